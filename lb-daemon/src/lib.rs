@@ -1,0 +1,2 @@
+//! lb-daemon: the control plane of an XDP direct-routing load balancer.
+pub mod dataplane;
