@@ -1,1 +1,298 @@
+//! What the XDP program and the daemon must agree on: map keys and values, flag bits,
+//! counter slots and load-time constants.
+//!
+//! Every type is `#[repr(C)]`, holds only integers and byte arrays (never a Rust `enum`,
+//! `bool` or `Option`, which would be undefined behaviour when laid over bytes the other
+//! side wrote), has explicit padding, and a size assertion.
+//!
+//! Addresses are stored as four `u32` words in network byte order, exactly as loaded from
+//! the packet: an IPv4 address fills word 0 and leaves words 1..3 zero. A `family` byte
+//! keeps `0.0.0.0/8`-style IPv4 keys apart from IPv4-compatible IPv6 ones.
 #![no_std]
+
+/// `family` value of an IPv4 key.
+pub const FAMILY_V4: u8 = 4;
+/// `family` value of an IPv6 key.
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_VRRP: u8 = 112;
+
+/// Default size of the flow table (LRU), overridable at load time.
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Default number of service slots (service ids are `0..MAX_SERVICES`).
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+/// Default number of backend slots (backend ids are `0..MAX_BACKENDS`).
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Default per-service ring size: the Maglev table size M (a prime).
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default size of the persistence-template table (LRU).
+pub const DEFAULT_MAX_PERSIST: u32 = 1 << 16;
+
+/// Names of the maps and globals, shared so that a rename breaks the build, not the load.
+pub mod names {
+    pub const PROGRAM: &str = "lb";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RINGS: &str = "RINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const PERSIST: &str = "PERSIST";
+    pub const RR_STATE: &str = "RR_STATE";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Global: the MAC address of the interface the program is attached to.
+    pub const GLOBAL_IFACE_MAC: &str = "IFACE_MAC";
+    /// Global: the number of ring slots reserved per service.
+    pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
+}
+
+/// Key of the `SERVICES` hash map: (VIP, port, protocol). Port 0 means every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order, as loaded from the packet.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+/// The node is active (VRRP master) for this service's VIP: forward. Clear: pass to the
+/// stack, like IPVS `backup_only`.
+pub const SVC_F_ACTIVE: u32 = 1 << 0;
+/// This port-0 entry exists only to route fragments of the VIP (see `docs/architecture.md`,
+/// "Fragments"); whole packets never match it.
+pub const SVC_F_FRAG_ONLY: u32 = 1 << 1;
+/// `sh` and `mh` hash the source port as well as the source address (IPVS `sh-port`/`mh-port`).
+pub const SVC_F_HASH_PORT: u32 = 1 << 2;
+
+/// Scheduler codes. The kernel needs only the way a ring slot is chosen: rr and wrr step a
+/// per-CPU counter, sh and mh hash the source. The ring contents make the difference.
+pub const SCHED_RR: u32 = 0;
+pub const SCHED_WRR: u32 = 1;
+pub const SCHED_SH: u32 = 2;
+pub const SCHED_MH: u32 = 3;
+
+/// Value of the `SERVICES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index into `RINGS` (times `RING_SIZE`), `RR_STATE` and `SERVICE_STATS`.
+    pub id: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    /// `SCHED_*`.
+    pub sched: u32,
+    /// Slots of this service's ring in use; 0 means no live backend.
+    pub ring_len: u32,
+    /// A flow idle this long is forgotten and its next packet scheduled again (IPVS's
+    /// per-protocol connection timeouts). 0 disables.
+    pub idle_timeout_s: u32,
+    /// IPVS `-p`: a client (masked by `persist_mask`) sticks to its backend for this long
+    /// after its last new connection. 0 disables persistence.
+    pub persist_timeout_s: u32,
+    /// IPVS `-M`: the granularity of persistence, applied to the source address.
+    pub persist_mask: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 40);
+
+/// The backend slot holds a backend.
+pub const BACKEND_F_PRESENT: u32 = 1 << 0;
+/// Weight 0: existing flows stay, no new ones (not even persistent clients).
+pub const BACKEND_F_DRAINING: u32 = 1 << 1;
+
+/// Value of the `BACKENDS` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendValue {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+    /// Bumped each time the slot is given to another backend, so that flows pinned to the
+    /// previous occupant are rescheduled rather than silently moved.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 16);
+
+/// Key of the `FLOWS` LRU map. Fragments use ports 0 (see "Fragments").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of the `FLOWS` map, and of the `PERSIST` map (a persistence template is a flow
+/// from one client network to one service).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub backend: u32,
+    pub generation: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a
+    /// second so that a busy flow does not dirty its cache line on every packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// Key of the `PERSIST` LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey {
+    /// Source address AND `persist_mask`.
+    pub addr: [u32; 4],
+    pub service: u32,
+}
+const _: () = assert!(core::mem::size_of::<PersistKey>() == 20);
+
+/// Per-CPU traffic counters of one service or one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
+
+/// Per-CPU counters of one reason (see [`reason`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReasonCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<ReasonCounters>() == 16);
+
+/// Why the program returned what it returned: the index into `REASON_STATS`. Each reason
+/// has exactly one verdict, given by [`reason::verdict`].
+pub mod reason {
+    /// XDP verdicts, as in `enum xdp_action`.
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+
+    /// TX: packet of a known flow.
+    pub const FWD_ESTABLISHED: u32 = 0;
+    /// TX: first packet of a flow, a backend was chosen.
+    pub const FWD_NEW_FLOW: u32 = 1;
+    /// TX: an IP fragment (first, middle or last).
+    pub const FWD_FRAGMENT: u32 = 2;
+    /// TX: ICMP "fragmentation needed" / ICMPv6 "packet too big" about a known flow.
+    pub const FWD_ICMP: u32 = 3;
+    /// PASS: not IPv4 or IPv6 (ARP, LLDP, ...).
+    pub const PASS_NOT_IP: u32 = 4;
+    /// PASS: no service for this destination (the node's own traffic, among others).
+    pub const PASS_NO_SERVICE: u32 = 5;
+    /// PASS: the service exists but this node is not active for its VIP (VRRP backup).
+    pub const PASS_INACTIVE: u32 = 6;
+    /// PASS: VRRP.
+    pub const PASS_VRRP: u32 = 7;
+    /// PASS: ICMP or ICMPv6 other than the forwarded errors (echo, neighbour discovery...).
+    pub const PASS_ICMP: u32 = 8;
+    /// PASS: an ICMP error about a flow this node does not know.
+    pub const PASS_ICMP_NO_FLOW: u32 = 9;
+    /// PASS: neither TCP, UDP nor ICMP.
+    pub const PASS_OTHER_PROTO: u32 = 10;
+    /// PASS: valid but beyond what the program parses (a second VLAN tag, more IPv6
+    /// extension headers than it walks, a jumbogram).
+    pub const PASS_UNSUPPORTED: u32 = 11;
+    /// PASS: the service has no live backend (the stack answers, like IPVS with an empty
+    /// service).
+    pub const PASS_NO_BACKEND: u32 = 12;
+    /// DROP: frame shorter than its Ethernet or VLAN header.
+    pub const DROP_MALFORMED_ETH: u32 = 13;
+    /// DROP: IPv4 header truncated, IHL < 5, total length beyond the frame or below IHL.
+    pub const DROP_MALFORMED_IPV4: u32 = 14;
+    /// DROP: IPv6 header or extension header truncated, payload length beyond the frame.
+    pub const DROP_MALFORMED_IPV6: u32 = 15;
+    /// DROP: TCP or UDP header truncated (in a packet for a VIP of ours).
+    pub const DROP_MALFORMED_L4: u32 = 16;
+    /// DROP: ICMP error truncated or inconsistent (in a packet for a VIP of ours).
+    pub const DROP_MALFORMED_ICMP: u32 = 17;
+    /// PASS: the maps are inconsistent (a ring slot names an empty backend slot); the
+    /// program logs it, the daemon repairs it.
+    pub const PASS_MAP_ERROR: u32 = 18;
+
+    pub const COUNT: u32 = 19;
+
+    /// The verdict that goes with a reason.
+    pub const fn verdict(reason: u32) -> u32 {
+        match reason {
+            FWD_ESTABLISHED | FWD_NEW_FLOW | FWD_FRAGMENT | FWD_ICMP => XDP_TX,
+            DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6
+            | DROP_MALFORMED_L4 | DROP_MALFORMED_ICMP => XDP_DROP,
+            _ => XDP_PASS,
+        }
+    }
+
+    /// A stable name for metrics and status output.
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            FWD_ESTABLISHED => "fwd_established",
+            FWD_NEW_FLOW => "fwd_new_flow",
+            FWD_FRAGMENT => "fwd_fragment",
+            FWD_ICMP => "fwd_icmp",
+            PASS_NOT_IP => "pass_not_ip",
+            PASS_NO_SERVICE => "pass_no_service",
+            PASS_INACTIVE => "pass_inactive",
+            PASS_VRRP => "pass_vrrp",
+            PASS_ICMP => "pass_icmp",
+            PASS_ICMP_NO_FLOW => "pass_icmp_no_flow",
+            PASS_OTHER_PROTO => "pass_other_proto",
+            PASS_UNSUPPORTED => "pass_unsupported",
+            PASS_NO_BACKEND => "pass_no_backend",
+            DROP_MALFORMED_ETH => "drop_malformed_eth",
+            DROP_MALFORMED_IPV4 => "drop_malformed_ipv4",
+            DROP_MALFORMED_IPV6 => "drop_malformed_ipv6",
+            DROP_MALFORMED_L4 => "drop_malformed_l4",
+            DROP_MALFORMED_ICMP => "drop_malformed_icmp",
+            PASS_MAP_ERROR => "pass_map_error",
+            _ => "unknown",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers and byte arrays only, with explicit
+    // padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for ReasonCounters {}
+}
+
+/// Address words as the kernel side stores them (network byte order in memory).
+pub const fn addr_v4(octets: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(octets), 0, 0, 0]
+}
+
+/// Address words as the kernel side stores them (network byte order in memory).
+pub const fn addr_v6(o: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}

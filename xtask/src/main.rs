@@ -1,1 +1,116 @@
-fn main() {}
+//! Project chores that do not belong in build scripts: building the XDP object, the test
+//! run, benchmarks and the lab.
+mod ebpf;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the XDP object (installs the eBPF toolchain first if it is missing and we are root).
+    BuildEbpf,
+    /// Install what the tests need, build everything and run every test.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: `dataplane`.
+    Bench {
+        /// Which benchmark.
+        which: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The demo: a client, a load balancer and three nginx real servers in namespaces.
+    Lab {
+        /// Extra arguments for the lab binary (see `--help`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The whole set-up a fresh machine needs for the tests, the lab and the benchmarks.
+fn setup(what: &str) -> Result<()> {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("xtask: not root, skipping `scripts/setup.sh {what}`; install its packages by hand");
+        return Ok(());
+    }
+    run(Command::new("bash").arg(root().join("scripts/setup.sh")).arg(what))
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::BuildEbpf => {
+            let obj = ebpf::build()?;
+            println!("{}", obj.display());
+        }
+        Cmd::Test { args } => {
+            setup("test")?;
+            ebpf::build()?;
+            // Privileged tests (namespaces, XDP) fail instead of skipping under CI.
+            let mut c = cargo();
+            c.args(["test", "--workspace", "--release"]).args(&args);
+            if std::env::var_os("CI").is_some() {
+                c.env("LB_REQUIRE_PRIVILEGED", "1");
+            }
+            run(&mut c)?;
+        }
+        Cmd::Bench { which, json } => {
+            setup("test")?;
+            ebpf::build()?;
+            let mut c = cargo();
+            c.args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]);
+            c.arg(&which);
+            if json {
+                c.arg("--json");
+            }
+            run(&mut c)?;
+        }
+        Cmd::Lab { args } => {
+            setup("test")?;
+            ebpf::build()?;
+            let mut c = cargo();
+            c.args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-lab", "--"]);
+            c.args(&args);
+            run(&mut c)?;
+        }
+    }
+    Ok(())
+}

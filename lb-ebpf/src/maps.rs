@@ -1,0 +1,63 @@
+//! Every map of the program, and the globals the loader sets. Sizes here are defaults: the
+//! daemon sets the real ones at load time (`EbpfLoader::map_max_entries`).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    Global,
+};
+use lb_common::*;
+
+/// The MAC address of the interface the program is attached to: the source of every frame
+/// it sends. Set at load time.
+#[unsafe(no_mangle)]
+pub static IFACE_MAC: Global<[u8; 6]> = Global::new([0; 6]);
+
+/// Ring slots reserved per service in `RINGS`. Set at load time.
+#[unsafe(no_mangle)]
+pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
+
+/// (VIP, port, protocol) -> service. Written by the daemon only.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 4, 0);
+
+/// Backend id -> MAC, state and generation. Written by the daemon only.
+#[map]
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Service id * RING_SIZE + slot -> backend id: the scheduler's table (rr list, wrr sequence,
+/// sh buckets or Maglev table), computed in user space.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_RING_SIZE, 0);
+
+/// 5-tuple -> backend: the connection table.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// (client network, service) -> backend: IPVS persistence templates.
+#[map]
+pub static PERSIST: LruHashMap<PersistKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_PERSIST, 0);
+
+/// Service id -> the rr/wrr position of this CPU. Per CPU, so choosing never races.
+#[map]
+pub static RR_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Reason -> packets and bytes.
+#[map]
+pub static REASON_STATS: PerCpuArray<ReasonCounters> =
+    PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+/// Service id -> forwarded packets, bytes, new flows.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Backend id -> forwarded packets, bytes, new flows.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Slot 0: when this CPU last logged, so that rare-event logs stay rare under a flood.
+#[map]
+pub static LOG_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

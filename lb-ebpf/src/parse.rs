@@ -1,0 +1,244 @@
+//! Bounded, verifier-friendly header parsing. Each function either returns what the next
+//! step needs or the reason that decides the packet's fate (`Err(reason)`).
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{reason::*, *};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Hop-by-hop, routing, fragment and destination options: one of each, plus a second
+/// destination-options header (RFC 8200 §4.1 order). More than that is passed, not parsed.
+const MAX_IPV6_EXT_HEADERS: usize = 5;
+
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, off).map(|p| p as *mut T)
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<T, u32> {
+    let p = ptr_at::<T>(ctx, off).ok_or(malformed)?;
+    // SAFETY: bounds checked above; packet data may be unaligned.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// What the layer-3 parse found.
+pub struct L3 {
+    pub family: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// The upper-layer protocol after any IPv6 extension headers.
+    pub proto: u8,
+    /// Offset of the upper-layer header from the start of the frame.
+    pub l4_off: usize,
+    /// Where the IP payload ends (the frame may carry Ethernet padding beyond it).
+    pub l3_end: usize,
+    /// A fragment: first, middle or last.
+    pub fragment: bool,
+    /// A fragment other than the first: no upper-layer header.
+    pub later_fragment: bool,
+}
+
+/// Ethernet and at most one 802.1Q tag: returns (ethertype, offset of the L3 header).
+#[inline(always)]
+pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), u32> {
+    let proto = u16::from_be(load::<u16>(ctx, 12, DROP_MALFORMED_ETH)?);
+    if proto == ETH_P_8021Q {
+        let inner = u16::from_be(load::<u16>(ctx, ETH_HLEN + 2, DROP_MALFORMED_ETH)?);
+        if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+            return Err(PASS_UNSUPPORTED);
+        }
+        return Ok((inner, ETH_HLEN + VLAN_HLEN));
+    }
+    if proto == ETH_P_8021AD {
+        return Err(PASS_UNSUPPORTED);
+    }
+    Ok((proto, ETH_HLEN))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    vihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    src: u32,
+    dst: u32,
+}
+
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
+    let h = load::<Ipv4Hdr>(ctx, off, DROP_MALFORMED_IPV4)?;
+    let ihl = ((h.vihl & 0x0f) as usize) * 4;
+    if h.vihl >> 4 != 4 || ihl < IPV4_HLEN {
+        return Err(DROP_MALFORMED_IPV4);
+    }
+    let tot_len = u16::from_be(h.tot_len) as usize;
+    let frame = ctx.data_end() - ctx.data();
+    if tot_len < ihl || off + tot_len > frame {
+        return Err(DROP_MALFORMED_IPV4);
+    }
+    let frag = u16::from_be(h.frag_off);
+    // MF set or a non-zero offset.
+    let fragment = frag & 0x3fff != 0;
+    Ok(L3 {
+        family: FAMILY_V4,
+        src: [h.src, 0, 0, 0],
+        dst: [h.dst, 0, 0, 0],
+        proto: h.proto,
+        l4_off: off + ihl,
+        l3_end: off + tot_len,
+        fragment,
+        later_fragment: frag & 0x1fff != 0,
+    })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    vtcfl: u32,
+    payload_len: u16,
+    next: u8,
+    hop_limit: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
+    let h = load::<Ipv6Hdr>(ctx, off, DROP_MALFORMED_IPV6)?;
+    if u32::from_be(h.vtcfl) >> 28 != 6 {
+        return Err(DROP_MALFORMED_IPV6);
+    }
+    let payload = u16::from_be(h.payload_len) as usize;
+    if payload == 0 {
+        // A jumbogram (RFC 2675) or an empty packet: nothing we balance.
+        return Err(PASS_UNSUPPORTED);
+    }
+    let frame = ctx.data_end() - ctx.data();
+    let l3_end = off + IPV6_HLEN + payload;
+    if l3_end > frame {
+        return Err(DROP_MALFORMED_IPV6);
+    }
+    let mut l3 = L3 {
+        family: FAMILY_V6,
+        src: h.src,
+        dst: h.dst,
+        proto: h.next,
+        l4_off: off + IPV6_HLEN,
+        l3_end,
+        fragment: false,
+        later_fragment: false,
+    };
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match l3.proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let ext = load::<[u8; 2]>(ctx, l3.l4_off, DROP_MALFORMED_IPV6)?;
+                l3.proto = ext[0];
+                l3.l4_off += (ext[1] as usize + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                // next header, reserved, offset (13 bits) | res (2) | M (1), identification
+                let ext = load::<[u8; 4]>(ctx, l3.l4_off, DROP_MALFORMED_IPV6)?;
+                let offlg = u16::from_be_bytes([ext[2], ext[3]]);
+                l3.proto = ext[0];
+                l3.l4_off += 8;
+                // An atomic fragment (offset 0, M clear; RFC 6946) is a whole packet.
+                l3.fragment = offlg & 0xfff9 != 0;
+                l3.later_fragment = offlg & 0xfff8 != 0;
+                if l3.later_fragment {
+                    break;
+                }
+            }
+            _ => break,
+        }
+        if l3.l4_off > l3_end {
+            return Err(DROP_MALFORMED_IPV6);
+        }
+    }
+    match l3.proto {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+            if !l3.later_fragment =>
+        {
+            Err(PASS_UNSUPPORTED)
+        }
+        _ => Ok(l3),
+    }
+}
+
+/// Source and destination ports of a TCP or UDP header (network byte order), after checking
+/// that the whole fixed header lies inside the IP payload.
+#[inline(always)]
+pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<(u16, u16), u32> {
+    let hlen = if l3.proto == PROTO_TCP { 20 } else { 8 };
+    if l3.l4_off + hlen > l3.l3_end {
+        return Err(DROP_MALFORMED_L4);
+    }
+    let p = load::<[u16; 2]>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
+    Ok((p[0], p[1]))
+}
+
+/// Type and code of an ICMP or ICMPv6 header, whose fixed part is 8 bytes.
+#[inline(always)]
+pub fn icmp_type_code(ctx: &XdpContext, l3: &L3) -> Result<(u8, u8), u32> {
+    if l3.l4_off + 8 > l3.l3_end {
+        return Err(DROP_MALFORMED_ICMP);
+    }
+    let t = load::<[u8; 2]>(ctx, l3.l4_off, DROP_MALFORMED_ICMP)?;
+    Ok((t[0], t[1]))
+}
+
+/// The packet quoted by an ICMP error (RFC 792, RFC 4443 §2.4): the IP header of a packet we
+/// (the VIP) sent, then at least the 8 bytes that hold the ports. Returns the quoted
+/// (src, dst, proto, sport, dport).
+#[inline(always)]
+pub fn icmp_quoted(ctx: &XdpContext, l3: &L3) -> Result<([u32; 4], [u32; 4], u8, u16, u16), u32> {
+    let inner = l3.l4_off + 8;
+    if l3.family == FAMILY_V4 {
+        let h = load::<Ipv4Hdr>(ctx, inner, DROP_MALFORMED_ICMP)?;
+        let ihl = ((h.vihl & 0x0f) as usize) * 4;
+        if h.vihl >> 4 != 4 || ihl < IPV4_HLEN {
+            return Err(DROP_MALFORMED_ICMP);
+        }
+        if inner + ihl + 4 > l3.l3_end {
+            return Err(DROP_MALFORMED_ICMP);
+        }
+        let p = load::<[u16; 2]>(ctx, inner + ihl, DROP_MALFORMED_ICMP)?;
+        Ok(([h.src, 0, 0, 0], [h.dst, 0, 0, 0], h.proto, p[0], p[1]))
+    } else {
+        let h = load::<Ipv6Hdr>(ctx, inner, DROP_MALFORMED_ICMP)?;
+        if u32::from_be(h.vtcfl) >> 28 != 6 || inner + IPV6_HLEN + 4 > l3.l3_end {
+            return Err(DROP_MALFORMED_ICMP);
+        }
+        let p = load::<[u16; 2]>(ctx, inner + IPV6_HLEN, DROP_MALFORMED_ICMP)?;
+        Ok((h.src, h.dst, h.next, p[0], p[1]))
+    }
+}
