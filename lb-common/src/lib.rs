@@ -234,8 +234,8 @@ pub mod reason {
     pub const fn verdict(reason: u32) -> u32 {
         match reason {
             FWD_ESTABLISHED | FWD_NEW_FLOW | FWD_FRAGMENT | FWD_ICMP => XDP_TX,
-            DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6
-            | DROP_MALFORMED_L4 | DROP_MALFORMED_ICMP => XDP_DROP,
+            DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6 | DROP_MALFORMED_L4
+            | DROP_MALFORMED_ICMP => XDP_DROP,
             _ => XDP_PASS,
         }
     }

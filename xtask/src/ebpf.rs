@@ -111,18 +111,32 @@ pub fn build() -> Result<PathBuf> {
         }
     };
     // We run under rustup's cargo: its variables would pick the wrong compiler.
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO",
+    ] {
         cmd.env_remove(var);
     }
-    let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .collect::<Vec<_>>();
+    let mut path =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
     if let Some(dir) = linker.parent() {
         path.insert(0, dir.to_path_buf());
     }
     cmd.env("PATH", std::env::join_paths(path)?)
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(root.join("lb-ebpf"))
-        .args(["build", "--locked", "--release", "--target", TARGET, "-Z", "build-std=core"]);
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ]);
     run(&mut cmd).context("building lb-ebpf")?;
     let obj = target_dir.join(TARGET).join("release/lb");
     if !obj.is_file() {

@@ -48,7 +48,9 @@ pub fn root() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -58,10 +60,14 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// The whole set-up a fresh machine needs for the tests, the lab and the benchmarks.
 fn setup(what: &str) -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
-        eprintln!("xtask: not root, skipping `scripts/setup.sh {what}`; install its packages by hand");
+        eprintln!(
+            "xtask: not root, skipping `scripts/setup.sh {what}`; install its packages by hand"
+        );
         return Ok(());
     }
-    run(Command::new("bash").arg(root().join("scripts/setup.sh")).arg(what))
+    run(Command::new("bash")
+        .arg(root().join("scripts/setup.sh"))
+        .arg(what))
 }
 
 extern "C" {
@@ -96,7 +102,16 @@ fn main() -> Result<()> {
             setup("test")?;
             ebpf::build()?;
             let mut c = cargo();
-            c.args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]);
+            c.args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--bin",
+                "lb-bench",
+                "--",
+            ]);
             c.arg(&which);
             if json {
                 c.arg("--json");
@@ -107,7 +122,16 @@ fn main() -> Result<()> {
             setup("test")?;
             ebpf::build()?;
             let mut c = cargo();
-            c.args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-lab", "--"]);
+            c.args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--bin",
+                "lb-lab",
+                "--",
+            ]);
             c.args(&args);
             run(&mut c)?;
         }

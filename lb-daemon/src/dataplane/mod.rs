@@ -1,4 +1,138 @@
 //! Everything between the daemon's view of services and the XDP program's maps.
+//!
+//! The flow is: a list of [`ServiceSpec`] (from the configuration, health checks, VRRP roles
+//! and the neighbour table) -> [`plan::Desired`], the exact map contents, computed by a pure
+//! function -> a diff against what is in the maps -> the writes, behind [`maps::MapWriter`]
+//! (the kernel, or memory in unit tests).
 pub mod maglev;
+pub mod maps;
 pub mod neigh;
+pub mod plan;
+pub mod program;
 pub mod ring;
+
+use std::net::{IpAddr, SocketAddr};
+
+pub use plan::Dataplane;
+
+/// Layer-4 protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => lb_common::PROTO_TCP,
+            Proto::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+/// IPVS scheduler names (`lb_algo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Round robin, per flow.
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Source hashing.
+    Sh,
+    /// Maglev hashing.
+    Mh,
+}
+
+impl Scheduler {
+    pub fn code(self) -> u32 {
+        match self {
+            Scheduler::Rr => lb_common::SCHED_RR,
+            Scheduler::Wrr => lb_common::SCHED_WRR,
+            Scheduler::Sh => lb_common::SCHED_SH,
+            Scheduler::Mh => lb_common::SCHED_MH,
+        }
+    }
+}
+
+impl std::str::FromStr for Scheduler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rr" => Ok(Scheduler::Rr),
+            "wrr" => Ok(Scheduler::Wrr),
+            "sh" => Ok(Scheduler::Sh),
+            "mh" => Ok(Scheduler::Mh),
+            other => Err(format!(
+                "unknown scheduler {other:?} (expected rr, wrr, sh or mh)"
+            )),
+        }
+    }
+}
+
+/// One virtual service as the dataplane needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSpec {
+    pub vip: IpAddr,
+    /// 0: every port of the VIP (IPVS fwmark-like catch-all).
+    pub port: u16,
+    pub proto: Proto,
+    pub sched: Scheduler,
+    /// `sh`/`mh` hash the source port too.
+    pub hash_port: bool,
+    /// Seconds; 0 disables persistence.
+    pub persistence_timeout: u32,
+    /// Prefix length of the persistence granularity (IPVS `-M`): 32/128 = per client.
+    pub persistence_prefix: u8,
+    /// Seconds a flow may stay idle before it is forgotten; 0 = only the LRU forgets it.
+    pub idle_timeout: u32,
+    /// This node is active (VRRP master) for the VIP.
+    pub active: bool,
+    pub backends: Vec<BackendSpec>,
+}
+
+/// One real server of a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    /// 0 drains: existing flows stay, new ones go elsewhere.
+    pub weight: u32,
+    /// From the neighbour table; `None` (not resolved, or failed) means unusable.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Default idle timeouts, IPVS's (`ipvsadm --set`): 900 s for established TCP, 300 s for UDP.
+pub fn default_idle_timeout(proto: Proto) -> u32 {
+    match proto {
+        Proto::Tcp => 900,
+        Proto::Udp => 300,
+    }
+}
+
+/// Key and address words in the layout the program uses.
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(a) => (lb_common::addr_v4(a.octets()), lb_common::FAMILY_V4),
+        IpAddr::V6(a) => (lb_common::addr_v6(a.octets()), lb_common::FAMILY_V6),
+    }
+}
+
+/// The mask words of a prefix length, for the program's `persist_mask`.
+pub fn prefix_mask(family: u8, prefix: u8) -> [u32; 4] {
+    let bits = if family == lb_common::FAMILY_V4 {
+        32
+    } else {
+        128
+    };
+    let prefix = u32::from(prefix).min(bits);
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate().take(bits as usize / 8) {
+        let start = i as u32 * 8;
+        *b = match prefix.saturating_sub(start) {
+            0 => 0,
+            n if n >= 8 => 0xff,
+            n => 0xffu8 << (8 - n),
+        };
+    }
+    lb_common::addr_v6(bytes)
+}

@@ -1,0 +1,193 @@
+//! The writes the control plane makes to the program's maps, behind a trait so that the
+//! planning logic runs against memory in unit tests and against the kernel in the daemon.
+use std::collections::HashMap;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use lb_common::{
+    names, reason, BackendValue, ReasonCounters, ServiceKey, ServiceValue, TrafficCounters,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapWriteError {
+    #[error("map {map}: {op} failed: {source}")]
+    Kernel {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {map} is missing from the program")]
+    Missing { map: &'static str },
+}
+
+/// What the planner writes. Each call is one element update, atomic for the program.
+pub trait MapWriter {
+    fn update_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceValue,
+    ) -> Result<(), MapWriteError>;
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
+    fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError>;
+    /// `RINGS[index] = backend`.
+    fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError>;
+}
+
+/// The maps in memory, for tests of the planner.
+#[derive(Default, Debug)]
+pub struct MemMaps {
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    pub backends: HashMap<u32, BackendValue>,
+    pub rings: HashMap<u32, u32>,
+    /// Number of element writes, to check that a diff writes only what changed.
+    pub writes: usize,
+}
+
+impl MapWriter for MemMaps {
+    fn update_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceValue,
+    ) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.services.insert(*key, *value);
+        Ok(())
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.services.remove(key);
+        Ok(())
+    }
+    fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.backends.insert(id, *value);
+        Ok(())
+    }
+    fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.rings.insert(index, backend);
+        Ok(())
+    }
+}
+
+/// The program's maps in the kernel.
+pub struct BpfMaps {
+    services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    backends: Array<MapData, BackendValue>,
+    rings: Array<MapData, u32>,
+    reason_stats: PerCpuArray<MapData, ReasonCounters>,
+    service_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+}
+
+fn take<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, MapWriteError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(MapWriteError::Missing { map: name })?;
+    T::try_from(map).map_err(|source| MapWriteError::Kernel {
+        map: name,
+        op: "open",
+        source,
+    })
+}
+
+fn kernel(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> MapWriteError {
+    move |source| MapWriteError::Kernel { map, op, source }
+}
+
+/// Counters summed over CPUs.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Indexed by `lb_common::reason`.
+    pub reasons: Vec<ReasonCounters>,
+}
+
+impl BpfMaps {
+    /// Takes the maps out of a loaded program.
+    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
+        Ok(Self {
+            services: take(ebpf, names::SERVICES)?,
+            backends: take(ebpf, names::BACKENDS)?,
+            rings: take(ebpf, names::RINGS)?,
+            reason_stats: take(ebpf, names::REASON_STATS)?,
+            service_stats: take(ebpf, names::SERVICE_STATS)?,
+            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Packets and bytes per reason, summed over CPUs.
+    pub fn reason_counters(&self) -> Result<Vec<ReasonCounters>, MapWriteError> {
+        (0..reason::COUNT)
+            .map(|r| {
+                let per_cpu = self
+                    .reason_stats
+                    .get(&r, 0)
+                    .map_err(kernel(names::REASON_STATS, "read"))?;
+                Ok(per_cpu
+                    .iter()
+                    .fold(ReasonCounters::default(), |a, c| ReasonCounters {
+                        packets: a.packets + c.packets,
+                        bytes: a.bytes + c.bytes,
+                    }))
+            })
+            .collect()
+    }
+
+    fn traffic(
+        map: &PerCpuArray<MapData, TrafficCounters>,
+        name: &'static str,
+        id: u32,
+    ) -> Result<TrafficCounters, MapWriteError> {
+        let per_cpu = map.get(&id, 0).map_err(kernel(name, "read"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(TrafficCounters::default(), |a, c| TrafficCounters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+            }))
+    }
+
+    /// Forwarded packets, bytes and new flows of one service, summed over CPUs.
+    pub fn service_counters(&self, id: u32) -> Result<TrafficCounters, MapWriteError> {
+        Self::traffic(&self.service_stats, names::SERVICE_STATS, id)
+    }
+
+    /// Forwarded packets, bytes and new flows of one backend, summed over CPUs.
+    pub fn backend_counters(&self, id: u32) -> Result<TrafficCounters, MapWriteError> {
+        Self::traffic(&self.backend_stats, names::BACKEND_STATS, id)
+    }
+}
+
+impl MapWriter for BpfMaps {
+    fn update_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceValue,
+    ) -> Result<(), MapWriteError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(kernel(names::SERVICES, "update"))
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
+        self.services
+            .remove(key)
+            .map_err(kernel(names::SERVICES, "delete"))
+    }
+    fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
+        self.backends
+            .set(id, value, 0)
+            .map_err(kernel(names::BACKENDS, "update"))
+    }
+    fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
+        self.rings
+            .set(index, backend, 0)
+            .map_err(kernel(names::RINGS, "update"))
+    }
+}

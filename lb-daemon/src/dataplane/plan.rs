@@ -1,0 +1,436 @@
+//! From service specs to map contents, and from one set of map contents to the next with the
+//! fewest writes, in an order the running program can never observe half-done.
+//!
+//! Ids are stable: a service keeps its id (and so its ring, rr position and counters) for as
+//! long as its key exists, and a backend keeps its id for as long as it belongs to the
+//! service, so established flows keep their backend across any update. A freed backend slot
+//! gets a new generation when reused, so flows pinned to its previous occupant reschedule.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use lb_common::*;
+
+use super::{
+    addr_words, maglev,
+    maps::{MapWriteError, MapWriter},
+    prefix_mask, ring, BackendSpec, Scheduler, ServiceSpec,
+};
+
+/// Sizes fixed when the program was loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_services: u32,
+    pub max_backends: u32,
+    /// Ring slots per service; the Maglev M is the largest prime not above it.
+    pub ring_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_services: DEFAULT_MAX_SERVICES,
+            max_backends: DEFAULT_MAX_BACKENDS,
+            ring_size: DEFAULT_RING_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("too many services: the program was loaded with room for {0}")]
+    TooManyServices(u32),
+    #[error("too many backends: the program was loaded with room for {0}")]
+    TooManyBackends(u32),
+    #[error("service {vip}:{port}: {source}")]
+    Maglev {
+        vip: std::net::IpAddr,
+        port: u16,
+        #[source]
+        source: maglev::MaglevError,
+    },
+    #[error("service {vip}:{port}: {source}")]
+    Ring {
+        vip: std::net::IpAddr,
+        port: u16,
+        #[source]
+        source: ring::RingError,
+    },
+    #[error("service {0} is listed twice")]
+    DuplicateService(String),
+    #[error(transparent)]
+    Map(#[from] MapWriteError),
+}
+
+/// The exact contents the maps should have.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub services: BTreeMap<ServiceKeyOrd, ServiceValue>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    /// Service id -> ring slots (backend ids).
+    pub rings: BTreeMap<u32, Vec<u32>>,
+}
+
+/// `ServiceKey` with an order, so that plans are deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKeyOrd(pub [u32; 4], pub u16, pub u8, pub u8);
+
+impl ServiceKeyOrd {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: self.0,
+            port: self.1,
+            proto: self.2,
+            family: self.3,
+        }
+    }
+    fn of(spec: &ServiceSpec) -> Self {
+        let (addr, family) = addr_words(spec.vip);
+        ServiceKeyOrd(addr, spec.port.to_be(), spec.proto.number(), family)
+    }
+}
+
+/// Id allocation that survives updates.
+#[derive(Debug, Default)]
+struct Ids {
+    services: HashMap<ServiceKeyOrd, u32>,
+    backends: HashMap<(ServiceKeyOrd, SocketAddr), u32>,
+    /// Generation of each backend slot ever used.
+    generations: Vec<u32>,
+}
+
+impl Ids {
+    fn service(&mut self, key: ServiceKeyOrd, limits: &Limits) -> Result<u32, PlanError> {
+        if let Some(&id) = self.services.get(&key) {
+            return Ok(id);
+        }
+        let id = (0..limits.max_services)
+            .find(|id| !self.services.values().any(|v| v == id))
+            .ok_or(PlanError::TooManyServices(limits.max_services))?;
+        self.services.insert(key, id);
+        Ok(id)
+    }
+
+    fn backend(
+        &mut self,
+        svc: ServiceKeyOrd,
+        addr: SocketAddr,
+        limits: &Limits,
+    ) -> Result<u32, PlanError> {
+        if let Some(&id) = self.backends.get(&(svc, addr)) {
+            return Ok(id);
+        }
+        let used: std::collections::HashSet<u32> = self.backends.values().copied().collect();
+        let id = (0..limits.max_backends)
+            .find(|id| !used.contains(id))
+            .ok_or(PlanError::TooManyBackends(limits.max_backends))?;
+        if self.generations.len() <= id as usize {
+            self.generations.resize(id as usize + 1, 0);
+        }
+        // A new occupant: flows of any earlier one must not follow it.
+        self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
+        self.backends.insert((svc, addr), id);
+        Ok(id)
+    }
+
+    /// Forget ids not used by `keep_*`.
+    fn retain(&mut self, services: &[ServiceKeyOrd], backends: &[(ServiceKeyOrd, SocketAddr)]) {
+        self.services.retain(|k, _| services.contains(k));
+        self.backends.retain(|k, _| backends.contains(k));
+    }
+}
+
+/// The largest prime not above `n` (Maglev needs a prime table size).
+fn prime_at_most(n: u32) -> u32 {
+    (2..=n.max(2))
+        .rev()
+        .find(|&p| maglev::is_prime(p))
+        .unwrap_or(2)
+}
+
+/// Backends that may take new flows: resolved MAC, positive weight.
+fn schedulable(b: &BackendSpec) -> bool {
+    b.mac.is_some() && b.weight > 0
+}
+
+/// The ring of one service, as indices into `backends`.
+fn ring_of(spec: &ServiceSpec, limits: &Limits) -> Result<Vec<usize>, PlanError> {
+    let live: Vec<usize> = (0..spec.backends.len())
+        .filter(|&i| schedulable(&spec.backends[i]))
+        .collect();
+    let weights: Vec<u32> = live.iter().map(|&i| spec.backends[i].weight).collect();
+    let ring: Vec<usize> = match spec.sched {
+        Scheduler::Rr => ring::rr(&weights),
+        Scheduler::Wrr => {
+            ring::wrr(&weights, limits.ring_size as usize).map_err(|source| PlanError::Ring {
+                vip: spec.vip,
+                port: spec.port,
+                source,
+            })?
+        }
+        Scheduler::Sh => ring::sh(&weights),
+        Scheduler::Mh => {
+            let input: Vec<maglev::MaglevBackend> = live
+                .iter()
+                .map(|&i| maglev::MaglevBackend {
+                    addr: spec.backends[i].addr,
+                    weight: spec.backends[i].weight,
+                })
+                .collect();
+            let table =
+                maglev::build(&input, prime_at_most(limits.ring_size)).map_err(|source| {
+                    PlanError::Maglev {
+                        vip: spec.vip,
+                        port: spec.port,
+                        source,
+                    }
+                })?;
+            // Maglev orders backends canonically; map back to positions in `live`.
+            let pos: HashMap<SocketAddr, usize> =
+                input.iter().enumerate().map(|(i, b)| (b.addr, i)).collect();
+            table.translate(|a| pos[a])
+        }
+    };
+    Ok(ring.into_iter().map(|i| live[i]).collect())
+}
+
+/// The desired map contents for `specs`, allocating ids in `ids`.
+fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desired, PlanError> {
+    let mut out = Desired::default();
+    let mut keep_services = Vec::new();
+    let mut keep_backends = Vec::new();
+    for spec in specs {
+        let key = ServiceKeyOrd::of(spec);
+        if keep_services.contains(&key) {
+            return Err(PlanError::DuplicateService(format!(
+                "{}:{}/{:?}",
+                spec.vip, spec.port, spec.proto
+            )));
+        }
+        keep_services.push(key);
+        let id = ids.service(key, limits)?;
+        let mut backend_ids = Vec::with_capacity(spec.backends.len());
+        for b in &spec.backends {
+            let bid = ids.backend(key, b.addr, limits)?;
+            keep_backends.push((key, b.addr));
+            backend_ids.push(bid);
+            // A backend without a MAC cannot be sent to: absent, so its flows reschedule.
+            let mut flags = 0;
+            if b.mac.is_some() {
+                flags |= BACKEND_F_PRESENT;
+            }
+            if b.weight == 0 {
+                flags |= BACKEND_F_DRAINING;
+            }
+            out.backends.insert(
+                bid,
+                BackendValue {
+                    mac: b.mac.unwrap_or_default(),
+                    _pad: [0; 2],
+                    flags,
+                    generation: ids.generations[bid as usize],
+                },
+            );
+        }
+        let ring: Vec<u32> = ring_of(spec, limits)?
+            .into_iter()
+            .map(|i| backend_ids[i])
+            .collect();
+        let mut flags = 0;
+        if spec.active {
+            flags |= SVC_F_ACTIVE;
+        }
+        if spec.hash_port {
+            flags |= SVC_F_HASH_PORT;
+        }
+        out.services.insert(
+            key,
+            ServiceValue {
+                id,
+                flags,
+                sched: spec.sched.code(),
+                ring_len: ring.len() as u32,
+                idle_timeout_s: spec.idle_timeout,
+                persist_timeout_s: spec.persistence_timeout,
+                persist_mask: prefix_mask(key.3, spec.persistence_prefix),
+            },
+        );
+        out.rings.insert(id, ring);
+    }
+    // Fragments carry no port (after the first): each (VIP, protocol) without an all-ports
+    // service routes them to its lowest-port service, through a port-0 entry marked
+    // fragments-only. See docs/architecture.md, "Fragments".
+    let mut frag: BTreeMap<([u32; 4], u8, u8), ServiceKeyOrd> = BTreeMap::new();
+    for key in out.services.keys() {
+        let group = (key.0, key.2, key.3);
+        let port = u16::from_be(key.1);
+        match frag.get(&group) {
+            Some(best) if u16::from_be(best.1) <= port => {}
+            _ => {
+                frag.insert(group, *key);
+            }
+        }
+    }
+    for ((addr, proto, family), owner) in frag {
+        if owner.1 != 0 {
+            let mut value = out.services[&owner];
+            value.flags |= SVC_F_FRAG_ONLY;
+            out.services
+                .insert(ServiceKeyOrd(addr, 0, proto, family), value);
+        }
+    }
+    ids.retain(&keep_services, &keep_backends);
+    Ok(out)
+}
+
+/// Writes `next` over `prev`: new and changed backends first, then rings and services, then
+/// services and backends that are gone. At every step each ring slot the program can reach
+/// names a present backend.
+fn apply(
+    prev: &Desired,
+    next: &Desired,
+    limits: &Limits,
+    w: &mut dyn MapWriter,
+) -> Result<(), PlanError> {
+    for (id, b) in &next.backends {
+        if prev.backends.get(id) != Some(b) {
+            w.update_backend(*id, b)?;
+        }
+    }
+    for (key, svc) in &next.services {
+        let ring = &next.rings[&svc.id];
+        let old = prev.rings.get(&svc.id).map(Vec::as_slice).unwrap_or(&[]);
+        let base = svc.id * limits.ring_size;
+        // Shrinking: shorten first, so the program never reads the slots being rewritten
+        // past the new end.
+        if let Some(old_svc) = prev.services.get(key) {
+            if svc.ring_len < old_svc.ring_len && old_svc.id == svc.id {
+                let mut shorter = *old_svc;
+                shorter.ring_len = svc.ring_len;
+                w.update_service(&key.key(), &shorter)?;
+            }
+        }
+        for (i, &bid) in ring.iter().enumerate() {
+            if old.get(i) != Some(&bid) {
+                w.update_ring_slot(base + i as u32, bid)?;
+            }
+        }
+        if prev.services.get(key) != Some(svc) {
+            w.update_service(&key.key(), svc)?;
+        }
+    }
+    for key in prev.services.keys() {
+        if !next.services.contains_key(key) {
+            w.delete_service(&key.key())?;
+        }
+    }
+    for id in prev.backends.keys() {
+        if !next.backends.contains_key(id) {
+            w.update_backend(*id, &BackendValue::default())?;
+        }
+    }
+    Ok(())
+}
+
+/// After a failed `apply`, any entry of `attempted` may or may not be in the maps. Returns a
+/// `prev` for the next `apply` that makes it rewrite every such entry (their values here
+/// match nothing real) and delete every such key it no longer wants.
+fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
+    let mut out = current.clone();
+    for (key, svc) in &attempted.services {
+        out.services.insert(
+            *key,
+            ServiceValue {
+                flags: u32::MAX,
+                ..*svc
+            },
+        );
+    }
+    for (id, b) in &attempted.backends {
+        out.backends.insert(
+            *id,
+            BackendValue {
+                flags: u32::MAX,
+                ..*b
+            },
+        );
+    }
+    for id in attempted.rings.keys() {
+        out.rings.insert(*id, Vec::new());
+    }
+    out
+}
+
+/// The control plane's handle on the program's maps.
+pub struct Dataplane<W: MapWriter> {
+    limits: Limits,
+    ids: Ids,
+    current: Desired,
+    specs: Vec<ServiceSpec>,
+    writer: W,
+}
+
+impl<W: MapWriter> Dataplane<W> {
+    pub fn new(writer: W, limits: Limits) -> Self {
+        Self {
+            limits,
+            ids: Ids::default(),
+            current: Desired::default(),
+            specs: Vec::new(),
+            writer,
+        }
+    }
+
+    /// Makes the maps hold exactly `specs`. On error nothing the program relies on is left
+    /// half-written: the caller may retry with the same or other specs.
+    pub fn update(&mut self, specs: &[ServiceSpec]) -> Result<(), PlanError> {
+        let next = desired(specs, &mut self.ids, &self.limits)?;
+        let result = apply(&self.current, &next, &self.limits, &mut self.writer);
+        match result {
+            Ok(()) => {
+                self.current = next;
+                self.specs = specs.to_vec();
+            }
+            Err(_) => self.current = uncertain(&self.current, &next),
+        }
+        result
+    }
+
+    /// Sets the active flag (VRRP master) of every service of `vip`.
+    pub fn set_active(&mut self, vip: std::net::IpAddr, active: bool) -> Result<(), PlanError> {
+        let mut specs = self.specs.clone();
+        for s in specs.iter_mut().filter(|s| s.vip == vip) {
+            s.active = active;
+        }
+        self.update(&specs)
+    }
+
+    pub fn specs(&self) -> &[ServiceSpec] {
+        &self.specs
+    }
+
+    pub fn current(&self) -> &Desired {
+        &self.current
+    }
+
+    /// The ids of a service and of its backends, in spec order (for counters and status).
+    pub fn ids_of(&self, spec: &ServiceSpec) -> Option<(u32, Vec<u32>)> {
+        let key = ServiceKeyOrd::of(spec);
+        let sid = *self.ids.services.get(&key)?;
+        let bids = spec
+            .backends
+            .iter()
+            .map(|b| self.ids.backends.get(&(key, b.addr)).copied())
+            .collect::<Option<Vec<u32>>>()?;
+        Some((sid, bids))
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn writer(&self) -> &W {
+        &self.writer
+    }
+}

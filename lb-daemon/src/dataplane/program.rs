@@ -1,0 +1,150 @@
+//! Loading the embedded XDP object with its sizes, and attaching it.
+use aya::{
+    programs::{ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{names, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST};
+
+use super::plan::Limits;
+
+/// The XDP object, built by `cargo xtask build-ebpf` and embedded at compile time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
+
+/// What is fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub limits: Limits,
+    /// Flow table entries (LRU).
+    pub max_flows: u32,
+    /// Persistence templates (LRU).
+    pub max_persist: u32,
+    /// The MAC of the interface the program will run on: the source of forwarded frames.
+    pub iface_mac: [u8; 6],
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_persist: DEFAULT_MAX_PERSIST,
+            iface_mac: [0; 6],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no program {0:?}")]
+    NoProgram(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching XDP to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("ring size {ring_size} x {max_services} services does not fit a BPF array")]
+    RingTooLarge { ring_size: u32, max_services: u32 },
+}
+
+/// Loads the program into the kernel (not attached yet).
+pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let l = opts.limits;
+    let rings = l
+        .ring_size
+        .checked_mul(l.max_services)
+        .ok_or(LoadError::RingTooLarge {
+            ring_size: l.ring_size,
+            max_services: l.max_services,
+        })?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::GLOBAL_IFACE_MAC, &opts.iface_mac, true)
+        .override_global(names::GLOBAL_RING_SIZE, &l.ring_size, true)
+        .map_max_entries(names::FLOWS, opts.max_flows)
+        .map_max_entries(names::PERSIST, opts.max_persist)
+        // Each service's own key, plus at most one fragments-only port-0 entry per
+        // (VIP, protocol), which is at most one per service.
+        .map_max_entries(names::SERVICES, l.max_services * 2)
+        .map_max_entries(names::RINGS, rings)
+        .map_max_entries(names::RR_STATE, l.max_services)
+        .map_max_entries(names::SERVICE_STATS, l.max_services)
+        .map_max_entries(names::BACKENDS, l.max_backends)
+        .map_max_entries(names::BACKEND_STATS, l.max_backends)
+        .load(OBJECT)?;
+    xdp(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: names::PROGRAM,
+            source,
+        })?;
+    Ok(ebpf)
+}
+
+/// The program, loaded or not.
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
+    let prog = ebpf
+        .program_mut(names::PROGRAM)
+        .ok_or(LoadError::NoProgram(names::PROGRAM))?;
+    prog.try_into().map_err(|source| LoadError::Program {
+        name: names::PROGRAM,
+        source,
+    })
+}
+
+/// How to attach: the driver's native XDP, the generic (skb) path, or native with a fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Native,
+    Skb,
+    Auto,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Self::Native),
+            "skb" => Ok(Self::Skb),
+            "auto" => Ok(Self::Auto),
+            o => Err(format!(
+                "unknown XDP mode {o:?} (expected native, skb or auto)"
+            )),
+        }
+    }
+}
+
+/// Attaches the loaded program to `iface`; returns the mode it runs in. The attachment is a
+/// bpf_link owned by this process: it goes away when the process does, even on SIGKILL.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<&'static str, LoadError> {
+    let prog = xdp(ebpf)?;
+    let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
+        prog.attach(iface, m)
+            .map(|_| name)
+            .map_err(|source| LoadError::Attach {
+                iface: iface.to_string(),
+                mode: name,
+                source,
+            })
+    };
+    match mode {
+        AttachMode::Native => try_mode(prog, XdpMode::Driver, "native"),
+        AttachMode::Skb => try_mode(prog, XdpMode::Skb, "skb"),
+        AttachMode::Auto => match try_mode(prog, XdpMode::Driver, "native") {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                tracing::warn!("native XDP unavailable ({e}), falling back to skb mode");
+                try_mode(prog, XdpMode::Skb, "skb")
+            }
+        },
+    }
+}

@@ -1,0 +1,90 @@
+//! Runs the real XDP object through BPF_PROG_TEST_RUN, with its maps filled by the daemon's
+//! own planner, so fixtures check the program and the control plane's view of it together.
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{TestRun, TestRunOptions},
+    Ebpf,
+};
+use lb_common::{names, FlowKey, FlowValue};
+use lb_daemon::dataplane::{
+    maps::BpfMaps,
+    plan::Limits,
+    program::{self, LoadOptions},
+    Dataplane,
+};
+
+/// The MAC the harness gives the load balancer's interface.
+pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+
+/// Small sizes: the fixtures need a handful of entries, and a 1M-entry LRU takes a while
+/// to allocate for every test.
+pub fn small_options() -> LoadOptions {
+    LoadOptions {
+        limits: Limits {
+            max_services: 8,
+            max_backends: 64,
+            ring_size: 257,
+        },
+        max_flows: 4096,
+        max_persist: 1024,
+        iface_mac: LB_MAC,
+    }
+}
+
+pub struct XdpHarness {
+    pub ebpf: Ebpf,
+    pub dp: Dataplane<BpfMaps>,
+    pub flows: BpfHashMap<MapData, FlowKey, FlowValue>,
+}
+
+/// What one run returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    pub verdict: u32,
+    pub data: Vec<u8>,
+    pub duration: Duration,
+}
+
+impl XdpHarness {
+    pub fn new(opts: LoadOptions) -> Result<Self> {
+        let mut ebpf = program::load(&opts).context("loading the XDP object")?;
+        let maps = BpfMaps::new(&mut ebpf)?;
+        let flows = ebpf
+            .take_map(names::FLOWS)
+            .context("FLOWS map")?
+            .try_into()
+            .context("FLOWS map type")?;
+        Ok(Self {
+            ebpf,
+            dp: Dataplane::new(maps, opts.limits),
+            flows,
+        })
+    }
+
+    /// One run of `frame`, `repeat` times (the duration is the kernel's per-run average).
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunOutput> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = program::xdp(&mut self.ebpf)?;
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> Result<RunOutput> {
+        self.run_repeat(frame, 1)
+    }
+}

@@ -1,0 +1,753 @@
+//! The XDP program on exact bytes: every case is a frame in, a verdict, the exact frame out
+//! and the reason counter it must bump, run through BPF_PROG_TEST_RUN on the real object with
+//! maps written by the daemon's planner.
+//!
+//! Frames shorter than an Ethernet header cannot be tested this way: the kernel refuses
+//! BPF_PROG_TEST_RUN input below ETH_HLEN (14 bytes) before the program runs.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use lb_common::reason::{self, *};
+use lb_daemon::dataplane::{BackendSpec, Proto, Scheduler, ServiceSpec};
+use lb_tests::{
+    netns::require_root,
+    packet::*,
+    xdp::{small_options, RunOutput, XdpHarness, LB_MAC},
+};
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const B: [[u8; 6]; 4] = [
+    [0x02, 0, 0, 0, 0, 0xb1],
+    [0x02, 0, 0, 0, 0, 0xb2],
+    [0x02, 0, 0, 0, 0, 0xb3],
+    [0x02, 0, 0, 0, 0, 0xb4],
+];
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP4_ALL_PORTS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+const VIP4_BACKUP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
+const VIP4_PERSIST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 103);
+const VIP4_SH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 104);
+const VIP4_MH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 105);
+const NODE4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+
+fn backend(i: usize, port: u16, weight: u32) -> BackendSpec {
+    BackendSpec {
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
+        weight,
+        mac: Some(B[i]),
+    }
+}
+
+fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler, n: usize) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        port,
+        proto,
+        sched,
+        hash_port: false,
+        persistence_timeout: 0,
+        persistence_prefix: 32,
+        idle_timeout: lb_daemon::dataplane::default_idle_timeout(proto),
+        active: true,
+        backends: (0..n).map(|i| backend(i, port, 1)).collect(),
+    }
+}
+
+/// The services every case runs against.
+fn specs() -> Vec<ServiceSpec> {
+    let mut backup = service(VIP4_BACKUP.into(), 80, Proto::Tcp, Scheduler::Rr, 3);
+    backup.active = false;
+    let mut persist = service(VIP4_PERSIST.into(), 443, Proto::Tcp, Scheduler::Rr, 3);
+    persist.persistence_timeout = 300;
+    persist.persistence_prefix = 24;
+    vec![
+        service(VIP4.into(), 80, Proto::Tcp, Scheduler::Rr, 3),
+        service(VIP4.into(), 443, Proto::Tcp, Scheduler::Rr, 3),
+        service(VIP4.into(), 53, Proto::Udp, Scheduler::Rr, 3),
+        service(VIP6.into(), 80, Proto::Tcp, Scheduler::Rr, 3),
+        service(VIP6.into(), 53, Proto::Udp, Scheduler::Rr, 3),
+        service(VIP4_ALL_PORTS.into(), 0, Proto::Tcp, Scheduler::Wrr, 3),
+        backup,
+        persist,
+    ]
+}
+
+/// Pins the calling thread to CPU 0: rr state is per CPU, and BPF_PROG_TEST_RUN runs on the
+/// caller's CPU, so this makes the rr order of a test exact.
+fn pin_cpu0() {
+    // SAFETY: plain syscall on a zeroed, then filled, cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+fn harness(specs: &[ServiceSpec]) -> Option<XdpHarness> {
+    if !require_root("xdp fixtures") {
+        return None;
+    }
+    pin_cpu0();
+    let mut h = XdpHarness::new(small_options()).expect("load the XDP object");
+    h.dp.update(specs).expect("write the maps");
+    Some(h)
+}
+
+fn tcp4_to(dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let ip = Ipv4::new(CLIENT4, dst, 6);
+    let seg = tcp(ip.addrs(), sport, dport, flags, b"");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg))
+}
+
+fn tcp4_from(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let ip = Ipv4::new(src, VIP4_PERSIST, 6);
+    let seg = tcp(ip.addrs(), sport, dport, TCP_SYN, b"");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg))
+}
+
+fn tcp4(sport: u16) -> Vec<u8> {
+    tcp4_to(VIP4, sport, 80, TCP_SYN)
+}
+
+fn udp4(sport: u16) -> Vec<u8> {
+    let ip = Ipv4::new(CLIENT4, VIP4, 17);
+    let d = udp(ip.addrs(), sport, 53, b"query");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&d))
+}
+
+fn tcp6_with(ext: Vec<(u8, Vec<u8>)>, sport: u16) -> Vec<u8> {
+    let mut ip = Ipv6::new(CLIENT6, VIP6, 6);
+    ip.ext = ext;
+    let seg = tcp(ip.addrs(), sport, 80, TCP_SYN, b"");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IPV6, &ip.build(&seg))
+}
+
+fn tcp6(sport: u16) -> Vec<u8> {
+    tcp6_with(Vec::new(), sport)
+}
+
+fn udp6(sport: u16) -> Vec<u8> {
+    let ip = Ipv6::new(CLIENT6, VIP6, 17);
+    let d = udp(ip.addrs(), sport, 53, b"query");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IPV6, &ip.build(&d))
+}
+
+/// Runs `frame` and checks the verdict, the reason counter it bumped, and the exact bytes.
+/// Returns the index of the backend the frame was sent to, if any.
+fn check(h: &mut XdpHarness, name: &str, frame: &[u8], want_reason: u32) -> Option<usize> {
+    let before = h.dp.writer().reason_counters().unwrap();
+    let RunOutput { verdict, data, .. } = h.run(frame).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let after = h.dp.writer().reason_counters().unwrap();
+    let bumped: Vec<&str> = (0..reason::COUNT)
+        .filter(|&r| after[r as usize].packets != before[r as usize].packets)
+        .map(reason::name)
+        .collect();
+    assert_eq!(bumped, vec![reason::name(want_reason)], "{name}: reason");
+    assert_eq!(
+        after[want_reason as usize].bytes - before[want_reason as usize].bytes,
+        frame.len() as u64,
+        "{name}: reason bytes"
+    );
+    assert_eq!(verdict, reason::verdict(want_reason), "{name}: verdict");
+    if verdict == XDP_TX {
+        let i = B
+            .iter()
+            .position(|m| data[..6] == m[..])
+            .unwrap_or_else(|| panic!("{name}: sent to unknown MAC {:02x?}", &data[..6]));
+        assert_eq!(data, with_macs(frame, B[i], LB_MAC), "{name}: output bytes");
+        Some(i)
+    } else {
+        if verdict == XDP_PASS {
+            assert_eq!(data, frame, "{name}: a passed frame is untouched");
+        }
+        None
+    }
+}
+
+#[test]
+fn forwards_new_and_established_flows_v4_v6_tcp_udp() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    // rr, per flow: new flows take b1, b2, b3, b1...; a flow's later packets stay put.
+    for (sport, want) in [(1000, 0), (1001, 1), (1002, 2), (1003, 0)] {
+        let got = check(&mut h, "tcp4 new", &tcp4(sport), FWD_NEW_FLOW);
+        assert_eq!(got, Some(want), "rr order");
+    }
+    for sport in [1000, 1001, 1002, 1003] {
+        let again = tcp4_to(VIP4, sport, 80, TCP_ACK);
+        let got = check(&mut h, "tcp4 established", &again, FWD_ESTABLISHED);
+        assert_eq!(got, Some([0, 1, 2, 0][(sport - 1000) as usize]));
+    }
+    let u = check(&mut h, "udp4 new", &udp4(5353), FWD_NEW_FLOW);
+    assert_eq!(
+        check(&mut h, "udp4 established", &udp4(5353), FWD_ESTABLISHED),
+        u
+    );
+    let t6 = check(&mut h, "tcp6 new", &tcp6(2000), FWD_NEW_FLOW);
+    assert_eq!(
+        check(&mut h, "tcp6 established", &tcp6(2000), FWD_ESTABLISHED),
+        t6
+    );
+    let u6 = check(&mut h, "udp6 new", &udp6(2001), FWD_NEW_FLOW);
+    assert_eq!(
+        check(&mut h, "udp6 established", &udp6(2001), FWD_ESTABLISHED),
+        u6
+    );
+    // Port 0: every port of the VIP.
+    for port in [22, 8080, 65535] {
+        check(
+            &mut h,
+            "all-ports service",
+            &tcp4_to(VIP4_ALL_PORTS, 3000, port, TCP_SYN),
+            FWD_NEW_FLOW,
+        );
+    }
+}
+
+#[test]
+fn vlan_ip_options_and_ipv6_extension_headers() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let ip = Ipv4::new(CLIENT4, VIP4, 6);
+    let seg = tcp(ip.addrs(), 4000, 80, TCP_SYN, b"");
+    let tagged = ether(LB_MAC, CLIENT_MAC, Some(42), ETH_P_IP, &ip.build(&seg));
+    check(&mut h, "802.1Q tagged", &tagged, FWD_NEW_FLOW);
+
+    for words in 1..=10 {
+        let mut ip = Ipv4::new(CLIENT4, VIP4, 6);
+        // NOP options up to IHL 15, ending with EOL.
+        ip.options = vec![1; words * 4];
+        *ip.options.last_mut().unwrap() = 0;
+        let seg = tcp(ip.addrs(), 4100 + words as u16, 80, TCP_SYN, b"");
+        let f = ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg));
+        check(
+            &mut h,
+            &format!("ipv4 options ihl={}", 5 + words),
+            &f,
+            FWD_NEW_FLOW,
+        );
+    }
+
+    let chains: Vec<Vec<(u8, Vec<u8>)>> = vec![
+        vec![(IPV6_HOPOPTS, Ipv6::opts_ext())],
+        vec![
+            (IPV6_HOPOPTS, Ipv6::opts_ext()),
+            (IPV6_ROUTING, Ipv6::routing_ext()),
+        ],
+        vec![
+            (IPV6_HOPOPTS, Ipv6::opts_ext()),
+            (IPV6_DSTOPTS, Ipv6::opts_ext()),
+            (IPV6_ROUTING, Ipv6::routing_ext()),
+            (IPV6_DSTOPTS, Ipv6::opts_ext()),
+        ],
+        // An atomic fragment (offset 0, no more fragments) is a whole packet (RFC 6946).
+        vec![(IPV6_FRAGMENT, Ipv6::fragment_ext(0, false, 7))],
+    ];
+    for (i, chain) in chains.into_iter().enumerate() {
+        check(
+            &mut h,
+            &format!("ipv6 ext chain {i}"),
+            &tcp6_with(chain, 4200 + i as u16),
+            FWD_NEW_FLOW,
+        );
+    }
+    // Six extension headers is more than the program walks: passed, not guessed at.
+    let long = vec![(IPV6_DSTOPTS, Ipv6::opts_ext()); 6];
+    check(
+        &mut h,
+        "ipv6 too many ext headers",
+        &tcp6_with(long, 4300),
+        PASS_UNSUPPORTED,
+    );
+    // Two VLAN tags (QinQ) are not parsed.
+    let mut qinq = ether(LB_MAC, CLIENT_MAC, Some(42), 0x8100, &[0x00, 0x07]);
+    qinq.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    qinq.extend_from_slice(&ip.build(&seg));
+    check(&mut h, "QinQ", &qinq, PASS_UNSUPPORTED);
+}
+
+#[test]
+fn non_service_traffic_passes_untouched() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let arp = ether([0xff; 6], CLIENT_MAC, None, ETH_P_ARP, &[0u8; 28]);
+    check(&mut h, "ARP", &arp, PASS_NOT_IP);
+
+    let mut vrrp_ip = Ipv4::new(NODE4, Ipv4Addr::new(224, 0, 0, 18), 112);
+    vrrp_ip.ttl = 255;
+    let vrrp = ether(
+        [1, 0, 0x5e, 0, 0, 18],
+        CLIENT_MAC,
+        None,
+        ETH_P_IP,
+        &vrrp_ip.build(&[0x21, 7, 100, 1, 0, 1, 0, 0, 192, 0, 2, 100]),
+    );
+    check(&mut h, "VRRP", &vrrp, PASS_VRRP);
+
+    let ns_ip = Ipv6::new(CLIENT6, "ff02::1:ff00:100".parse().unwrap(), 58);
+    let mut body = VIP6.octets().to_vec();
+    body.extend_from_slice(&[1, 1, 2, 0, 0, 0, 0, 0xc1]);
+    let ns = icmp6(ns_ip.addrs(), 135, 0, [0; 4], &body);
+    let ns_frame = ether(
+        [0x33, 0x33, 0xff, 0, 1, 0],
+        CLIENT_MAC,
+        None,
+        ETH_P_IPV6,
+        &ns_ip.build(&ns),
+    );
+    check(
+        &mut h,
+        "ICMPv6 neighbour solicitation",
+        &ns_frame,
+        PASS_ICMP,
+    );
+
+    let echo_ip = Ipv4::new(CLIENT4, VIP4, 1);
+    let echo = ether(
+        LB_MAC,
+        CLIENT_MAC,
+        None,
+        ETH_P_IP,
+        &echo_ip.build(&icmp4(8, 0, [0, 1, 0, 1], b"ping")),
+    );
+    check(&mut h, "echo request to the VIP", &echo, PASS_ICMP);
+    let echo6_ip = Ipv6::new(CLIENT6, VIP6, 58);
+    let echo6 = ether(
+        LB_MAC,
+        CLIENT_MAC,
+        None,
+        ETH_P_IPV6,
+        &echo6_ip.build(&icmp6(echo6_ip.addrs(), 128, 0, [0, 1, 0, 1], b"ping")),
+    );
+    check(&mut h, "ICMPv6 echo request to the VIP", &echo6, PASS_ICMP);
+
+    check(
+        &mut h,
+        "the node's own address",
+        &tcp4_to(NODE4, 5000, 22, TCP_SYN),
+        PASS_NO_SERVICE,
+    );
+    check(
+        &mut h,
+        "VIP, port without a service",
+        &tcp4_to(VIP4, 5000, 81, TCP_SYN),
+        PASS_NO_SERVICE,
+    );
+    let gre_ip = Ipv4::new(CLIENT4, VIP4, 47);
+    let gre = ether(
+        LB_MAC,
+        CLIENT_MAC,
+        None,
+        ETH_P_IP,
+        &gre_ip.build(&[0, 0, 8, 0]),
+    );
+    check(&mut h, "GRE to the VIP", &gre, PASS_OTHER_PROTO);
+}
+
+#[test]
+fn backup_node_passes_and_takes_over_without_losing_flows() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    check(
+        &mut h,
+        "service of a backup node",
+        &tcp4_to(VIP4_BACKUP, 6000, 80, TCP_SYN),
+        PASS_INACTIVE,
+    );
+    let b = check(&mut h, "tcp4 before", &tcp4(6001), FWD_NEW_FLOW);
+    h.dp.set_active(VIP4.into(), false).unwrap();
+    check(&mut h, "tcp4 while backup", &tcp4(6001), PASS_INACTIVE);
+    h.dp.set_active(VIP4.into(), true).unwrap();
+    assert_eq!(
+        check(&mut h, "tcp4 master again", &tcp4(6001), FWD_ESTABLISHED),
+        b
+    );
+}
+
+#[test]
+fn weight_zero_drains_and_removed_backend_reschedules() {
+    let mut specs = specs();
+    let Some(mut h) = harness(&specs) else { return };
+    // Flows on b1, b2, b3.
+    for sport in 7000..7006 {
+        check(&mut h, "spread", &tcp4(sport), FWD_NEW_FLOW);
+    }
+    // Drain b1: its flows stay, new flows avoid it.
+    specs[0].backends[0].weight = 0;
+    h.dp.update(&specs).unwrap();
+    assert_eq!(
+        check(&mut h, "drained keeps flow", &tcp4(7000), FWD_ESTABLISHED),
+        Some(0)
+    );
+    for sport in 7100..7110 {
+        assert_ne!(
+            check(&mut h, "no new flow to drained", &tcp4(sport), FWD_NEW_FLOW),
+            Some(0)
+        );
+    }
+    // Remove b2: its flow (sport 7001) is rescheduled, to a live backend.
+    specs[0].backends.remove(1);
+    h.dp.update(&specs).unwrap();
+    let moved = check(&mut h, "removed backend's flow", &tcp4(7001), FWD_NEW_FLOW);
+    assert_eq!(moved, Some(2), "only b3 takes new flows");
+    // Add a backend and change weights: established flows keep their backend.
+    specs[0].backends.push(backend(3, 80, 5));
+    specs[0].backends[1].weight = 3;
+    h.dp.update(&specs).unwrap();
+    assert_eq!(
+        check(&mut h, "after add", &tcp4(7000), FWD_ESTABLISHED),
+        Some(0)
+    );
+    assert_eq!(
+        check(&mut h, "after add", &tcp4(7002), FWD_ESTABLISHED),
+        Some(2)
+    );
+    assert_eq!(
+        check(&mut h, "after add", &tcp4(7001), FWD_ESTABLISHED),
+        Some(2)
+    );
+    // A backend whose MAC is unknown is absent: its flows reschedule.
+    specs[0].backends[1].mac = None;
+    h.dp.update(&specs).unwrap();
+    assert_eq!(
+        check(&mut h, "unresolved backend", &tcp4(7002), FWD_NEW_FLOW),
+        Some(3)
+    );
+    // No live backend at all: the stack gets it.
+    for b in &mut specs[0].backends {
+        b.weight = 0;
+    }
+    h.dp.update(&specs).unwrap();
+    check(&mut h, "no live backend", &tcp4(7200), PASS_NO_BACKEND);
+}
+
+#[test]
+fn idle_udp_flow_expires() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let first = check(&mut h, "udp new", &udp4(8000), FWD_NEW_FLOW).unwrap();
+    // Age the flow past the UDP timeout (300 s) by moving its timestamp back.
+    let keys: Vec<_> = h.flows.keys().map(Result::unwrap).collect();
+    assert_eq!(keys.len(), 1);
+    let mut v = h.flows.get(&keys[0], 0).unwrap();
+    v.last_seen_ns = v.last_seen_ns.saturating_sub(301 * 1_000_000_000);
+    h.flows.insert(keys[0], v, 0).unwrap();
+    let second = check(&mut h, "udp after idle timeout", &udp4(8000), FWD_NEW_FLOW).unwrap();
+    assert_eq!(second, (first + 1) % 3, "rescheduled by rr");
+    // Within the timeout it stays.
+    assert_eq!(
+        check(&mut h, "udp established", &udp4(8000), FWD_ESTABLISHED),
+        Some(second)
+    );
+}
+
+#[test]
+fn persistence_sticks_a_client_network_to_one_backend() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let a = check(
+        &mut h,
+        "first connection",
+        &tcp4_from(CLIENT4, 9000, 443),
+        FWD_NEW_FLOW,
+    );
+    for sport in 9001..9005 {
+        assert_eq!(
+            check(
+                &mut h,
+                "same client",
+                &tcp4_from(CLIENT4, sport, 443),
+                FWD_NEW_FLOW
+            ),
+            a
+        );
+    }
+    // Same /24: same backend; another /24: rr goes on.
+    assert_eq!(
+        check(
+            &mut h,
+            "same /24",
+            &tcp4_from(Ipv4Addr::new(198, 51, 100, 200), 9100, 443),
+            FWD_NEW_FLOW
+        ),
+        a
+    );
+    let other = check(
+        &mut h,
+        "other /24",
+        &tcp4_from(Ipv4Addr::new(203, 0, 113, 9), 9200, 443),
+        FWD_NEW_FLOW,
+    );
+    assert_ne!(other, a);
+}
+
+#[test]
+fn source_hash_and_maglev_follow_the_source() {
+    let specs = vec![
+        service(VIP4_SH.into(), 80, Proto::Tcp, Scheduler::Sh, 3),
+        service(VIP4_MH.into(), 80, Proto::Tcp, Scheduler::Mh, 3),
+    ];
+    let Some(mut h) = harness(&specs) else { return };
+    for vip in [VIP4_SH, VIP4_MH] {
+        let mut seen = std::collections::HashSet::new();
+        for client in 1..=40u8 {
+            let src = Ipv4Addr::new(203, 0, 113, client);
+            let mk = |sport: u16| {
+                let ip = Ipv4::new(src, vip, 6);
+                let seg = tcp(ip.addrs(), sport, 80, TCP_SYN, b"");
+                ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg))
+            };
+            let a = check(&mut h, "hash", &mk(100), FWD_NEW_FLOW);
+            assert_eq!(
+                check(&mut h, "same source, other port", &mk(200), FWD_NEW_FLOW),
+                a
+            );
+            seen.insert(a);
+        }
+        assert_eq!(seen.len(), 3, "40 sources spread over the 3 backends");
+    }
+}
+
+#[test]
+fn fragments_of_a_datagram_reach_one_backend() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    // IPv4: first (MF, offset 0, carries the UDP header), middle, last.
+    let payload = vec![0xabu8; 64];
+    let mut ip = Ipv4::new(CLIENT4, VIP4, 17);
+    let whole = udp(ip.addrs(), 5300, 53, &payload);
+    let mut got = Vec::new();
+    for (frag, part) in [
+        (0x2000u16, &whole[..40]),
+        (0x2005, &whole[40..56]),
+        (0x0007, &whole[56..]),
+    ] {
+        ip.frag = frag;
+        let f = ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(part));
+        got.push(check(
+            &mut h,
+            &format!("ipv4 fragment {frag:#x}"),
+            &f,
+            FWD_FRAGMENT,
+        ));
+    }
+    assert!(
+        got.iter().all(|g| *g == got[0]),
+        "all v4 fragments to one backend: {got:?}"
+    );
+    // The same datagram again after other flows moved the rr position: same backend.
+    check(&mut h, "other flow", &udp4(5400), FWD_NEW_FLOW);
+    ip.frag = 0x0007;
+    let last = ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&whole[56..]));
+    assert_eq!(
+        check(&mut h, "ipv4 last fragment again", &last, FWD_FRAGMENT),
+        got[0]
+    );
+
+    // IPv6: the fragment header, first / middle / last.
+    let mut ip6 = Ipv6::new(CLIENT6, VIP6, 17);
+    let whole6 = udp(ip6.addrs(), 5300, 53, &payload);
+    let mut got6 = Vec::new();
+    for (off, more, part) in [
+        (0u16, true, &whole6[..40]),
+        (5, true, &whole6[40..56]),
+        (7, false, &whole6[56..]),
+    ] {
+        ip6.ext = vec![(IPV6_FRAGMENT, Ipv6::fragment_ext(off, more, 0x77))];
+        let f = ether(LB_MAC, CLIENT_MAC, None, ETH_P_IPV6, &ip6.build(part));
+        got6.push(check(
+            &mut h,
+            &format!("ipv6 fragment off={off}"),
+            &f,
+            FWD_FRAGMENT,
+        ));
+    }
+    assert!(
+        got6.iter().all(|g| *g == got6[0]),
+        "all v6 fragments to one backend: {got6:?}"
+    );
+    // A VIP/protocol without any service: its fragments go to the stack, counted.
+    let mut other = Ipv4::new(CLIENT4, VIP4_SH, 17);
+    other.frag = 0x2000;
+    let f = ether(
+        LB_MAC,
+        CLIENT_MAC,
+        None,
+        ETH_P_IP,
+        &other.build(&whole[..40]),
+    );
+    check(&mut h, "fragment, no service", &f, PASS_NO_SERVICE);
+}
+
+#[test]
+fn icmp_packet_too_big_follows_its_flow() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let b = check(&mut h, "flow", &tcp4(40000), FWD_NEW_FLOW);
+    // The real server's reply (VIP:80 -> client:40000) was too big for a router.
+    let reply = Ipv4::new(VIP4, CLIENT4, 6);
+    let quoted = reply.build(&tcp(reply.addrs(), 80, 40000, TCP_ACK, &[0; 8]));
+    let ptb_ip = Ipv4::new(ROUTER4, VIP4, 1);
+    let ptb = |quoted: &[u8]| {
+        ether(
+            LB_MAC,
+            CLIENT_MAC,
+            None,
+            ETH_P_IP,
+            &ptb_ip.build(&icmp4(3, 4, [0, 0, 5, 0xdc], quoted)),
+        )
+    };
+    assert_eq!(
+        check(
+            &mut h,
+            "frag needed, known flow",
+            &ptb(&quoted[..28]),
+            FWD_ICMP
+        ),
+        b
+    );
+    let unknown = reply.build(&tcp(reply.addrs(), 80, 40001, TCP_ACK, &[]));
+    check(
+        &mut h,
+        "frag needed, unknown flow",
+        &ptb(&unknown[..28]),
+        PASS_ICMP_NO_FLOW,
+    );
+    check(
+        &mut h,
+        "frag needed, quoted ports cut",
+        &ptb(&quoted[..22]),
+        DROP_MALFORMED_ICMP,
+    );
+
+    let b6 = check(&mut h, "flow6", &tcp6(40000), FWD_NEW_FLOW);
+    let reply6 = Ipv6::new(VIP6, CLIENT6, 6);
+    let quoted6 = reply6.build(&tcp(reply6.addrs(), 80, 40000, TCP_ACK, &[0; 8]));
+    let ptb6_ip = Ipv6::new(ROUTER6, VIP6, 58);
+    let msg = icmp6(ptb6_ip.addrs(), 2, 0, [0, 0, 5, 0x00], &quoted6);
+    let f = ether(LB_MAC, CLIENT_MAC, None, ETH_P_IPV6, &ptb6_ip.build(&msg));
+    assert_eq!(
+        check(&mut h, "packet too big, known flow", &f, FWD_ICMP),
+        b6
+    );
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted_never_forwarded() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    // Every truncation point of a tagged IPv4 TCP frame and an IPv6 TCP frame with an
+    // extension header: each cut lands in exactly one documented malformed reason.
+    let ip = Ipv4::new(CLIENT4, VIP4, 6);
+    let tagged = ether(
+        LB_MAC,
+        CLIENT_MAC,
+        Some(7),
+        ETH_P_IP,
+        &ip.build(&tcp(ip.addrs(), 1, 80, TCP_SYN, b"")),
+    );
+    for len in 14..tagged.len() {
+        let want = if len < 18 {
+            DROP_MALFORMED_ETH
+        } else {
+            DROP_MALFORMED_IPV4
+        };
+        check(
+            &mut h,
+            &format!("tagged ipv4 cut at {len}"),
+            &tagged[..len],
+            want,
+        );
+    }
+    let v6 = tcp6_with(vec![(IPV6_HOPOPTS, Ipv6::opts_ext())], 1);
+    for len in 14..v6.len() {
+        let want = if len < 14 {
+            DROP_MALFORMED_ETH
+        } else {
+            DROP_MALFORMED_IPV6
+        };
+        check(&mut h, &format!("ipv6 cut at {len}"), &v6[..len], want);
+    }
+    // Headers that are whole but lie.
+    let good = tcp4(1);
+    let mut ihl4 = good.clone();
+    ihl4[14] = 0x44;
+    check(&mut h, "IHL 4", &ihl4, DROP_MALFORMED_IPV4);
+    let mut long = good.clone();
+    long[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    check(
+        &mut h,
+        "total length beyond the frame",
+        &long,
+        DROP_MALFORMED_IPV4,
+    );
+    let mut short = good.clone();
+    short[16..18].copy_from_slice(&19u16.to_be_bytes());
+    check(
+        &mut h,
+        "total length below IHL",
+        &short,
+        DROP_MALFORMED_IPV4,
+    );
+    let mut ver = good.clone();
+    ver[14] = 0x65;
+    check(
+        &mut h,
+        "version 6 in an IPv4 ethertype",
+        &ver,
+        DROP_MALFORMED_IPV4,
+    );
+    // IP says the TCP header is 12 bytes: truncated L4 within a consistent IP packet.
+    let l4 = Ipv4::new(CLIENT4, VIP4, 6)
+        .build(&tcp(Ipv4::new(CLIENT4, VIP4, 6).addrs(), 1, 80, TCP_SYN, b"")[..12]);
+    check(
+        &mut h,
+        "TCP header cut",
+        &ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &l4),
+        DROP_MALFORMED_L4,
+    );
+    let u = Ipv4::new(CLIENT4, VIP4, 17).build(&[0, 53, 0, 53]);
+    check(
+        &mut h,
+        "UDP header cut",
+        &ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &u),
+        DROP_MALFORMED_L4,
+    );
+    let mut plen = tcp6(1);
+    plen[18..20].copy_from_slice(&1000u16.to_be_bytes());
+    check(
+        &mut h,
+        "IPv6 payload length beyond the frame",
+        &plen,
+        DROP_MALFORMED_IPV6,
+    );
+    // An extension header whose length runs past the payload.
+    let mut ext = tcp6_with(vec![(IPV6_DSTOPTS, Ipv6::opts_ext())], 1);
+    ext[14 + 40 + 1] = 200;
+    check(
+        &mut h,
+        "IPv6 ext header beyond the payload",
+        &ext,
+        DROP_MALFORMED_IPV6,
+    );
+    // Ethernet padding after a short IP packet is fine.
+    let mut padded = tcp4(2);
+    padded.extend_from_slice(&[0; 6]);
+    check(&mut h, "ethernet padding", &padded, FWD_NEW_FLOW);
+}
