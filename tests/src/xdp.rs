@@ -88,3 +88,25 @@ impl XdpHarness {
         self.run_repeat(frame, 1)
     }
 }
+
+/// The trivial programs: `macswap` (the benchmark baseline), `pass` and `drop`.
+pub static TESTPROGS: &[u8] = aya::include_bytes_aligned!(env!("LB_TESTPROGS_OBJECT"));
+
+/// Loads one of the trivial programs; the returned `Ebpf` owns it.
+pub fn load_testprog(name: &str) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(TESTPROGS).context("loading the test programs")?;
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no test program {name}"))?
+        .try_into()?;
+    prog.load()?;
+    Ok(ebpf)
+}
+
+/// The XDP program `name` of `ebpf`.
+pub fn xdp_of<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
+}
