@@ -16,6 +16,8 @@ fn main() {
             obj.display()
         );
     }
-    let obj = obj.canonicalize().expect("canonical path of the test programs");
+    let obj = obj
+        .canonicalize()
+        .expect("canonical path of the test programs");
     println!("cargo:rustc-env=LB_TESTPROGS_OBJECT={}", obj.display());
 }

@@ -1,1 +1,2839 @@
-//! (being written)
+//! Backend MAC addresses from the kernel neighbour table, over rtnetlink.
+//!
+//! In direct-routing mode the XDP program forwards a client packet to a backend by
+//! rewriting only the Ethernet destination MAC (the IP header still carries the VIP).
+//! It therefore needs, for every backend IP, the backend's current MAC. Rather than
+//! speaking ARP/NDP ourselves we let the kernel do it and read its neighbour table:
+//! the kernel already implements retransmission, NUD state tracking, gratuitous ARP
+//! and unsolicited NA handling, and the operator can inspect everything with
+//! `ip neigh`.
+//!
+//! The module has three layers:
+//!
+//! 1. **Wire code** (pure, no I/O): [`encode_dump_request`], [`encode_resolve_request`],
+//!    [`parse_messages`] / [`parse_neigh_messages`] and [`usable_mac`]. Kernel input is
+//!    treated as hostile: every length is checked and malformed data yields a
+//!    [`NeighError`], never a panic.
+//! 2. **[`NeighSocket`]**: a non-blocking `NETLINK_ROUTE` socket driven by
+//!    [`tokio::io::unix::AsyncFd`], used either for requests (dump, resolve) or,
+//!    after [`NeighSocket::subscribe`], for `RTNLGRP_NEIGH` event notifications.
+//! 3. **[`MacResolver`]**: the daemon-facing task. It keeps the MACs of a wanted set of
+//!    backends current and reports changes as [`MacUpdate`]s over an `mpsc` channel.
+//!    Its decisions live in the pure [`MacTable`], which is unit-tested separately.
+//!
+//! # How resolution is triggered
+//!
+//! An `RTM_NEWNEIGH` request with `NTF_USE` in `ndm_flags` makes `neigh_add()`
+//! (net/core/neighbour.c) create the entry if needed (`NLM_F_CREATE`) and call
+//! `neigh_event_send()`, exactly what the stack does when it has a packet to send:
+//! a `NONE`/`FAILED` entry goes to `INCOMPLETE` and is probed with broadcast ARP /
+//! multicast NS, a `STALE` entry goes to `DELAY` → `PROBE` and is re-verified with
+//! unicast probes, and `REACHABLE` entries are left alone. With `NTF_USE`,
+//! `__neigh_update()` ignores `ndm_state` (it only sets `new = old & ~NUD_PERMANENT`),
+//! so we send `NUD_NONE`; the only other use of `ndm_state` there is the
+//! "exempt from GC" decision on creation, which must stay off.
+//!
+//! # Why periodic refreshes
+//!
+//! Frames forwarded by XDP never pass through the neighbour subsystem, so nothing
+//! confirms or refreshes the entry: it decays from `REACHABLE` to `STALE` and stays
+//! there, and a backend whose MAC changed (NIC swap, VM re-created with the same IP,
+//! failover) would go unnoticed forever. The resolver therefore re-sends `NTF_USE`
+//! every [`MacResolverConfig::refresh_interval`], which moves a `STALE` entry through
+//! `DELAY`/`PROBE`: either the backend answers a unicast probe (entry `REACHABLE`
+//! again) or the entry goes `FAILED`, we report "no MAC" and re-resolve from scratch
+//! with broadcast probes, learning the new MAC.
+//!
+//! # `NUD_PERMANENT` entries are never touched
+//!
+//! Since kernel 5.16 (`NTF_MANAGED` rework) `__neigh_update()` executes
+//! `new = old & ~NUD_PERMANENT` for `NTF_USE` requests: sending one for a static entry
+//! configured with `ip neigh add ... nud permanent` silently turns it into a dynamic
+//! one and starts probing. The resolver therefore never requests resolution for an
+//! entry the kernel reports as `PERMANENT` or `NOARP`, and it only sends requests once
+//! it has dumped the table and knows the current state.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, trace, warn};
+
+// ---------------------------------------------------------------------------------
+// Constants from the kernel UAPI headers. They are spelled out here (instead of
+// taken from `libc`) so the wire code has one self-contained set of correctly typed
+// values; a unit test cross-checks them against `libc` where it has them.
+// ---------------------------------------------------------------------------------
+
+/// `sizeof(struct nlmsghdr)`, include/uapi/linux/netlink.h.
+const NLMSG_HDRLEN: usize = 16;
+/// `sizeof(struct nlmsgerr)` without extended-ACK TLVs: `int error` + `struct nlmsghdr`.
+const NLMSGERR_LEN: usize = 4 + NLMSG_HDRLEN;
+/// `sizeof(struct ndmsg)`, include/uapi/linux/neighbour.h.
+const NDMSG_LEN: usize = 12;
+/// `sizeof(struct nlattr)` / `struct rtattr`.
+const NLA_HDRLEN: usize = 4;
+
+// Control message types, include/uapi/linux/netlink.h.
+const NLMSG_NOOP: u16 = 0x1;
+const NLMSG_ERROR: u16 = 0x2;
+const NLMSG_DONE: u16 = 0x3;
+const NLMSG_OVERRUN: u16 = 0x4;
+
+// nlmsg_flags, include/uapi/linux/netlink.h.
+const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_ACK: u16 = 0x04;
+/// Set on dump messages when the table changed while it was being dumped.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// GET modifiers: `NLM_F_ROOT | NLM_F_MATCH`.
+const NLM_F_DUMP: u16 = 0x100 | 0x200;
+/// NEW modifiers.
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_CREATE: u16 = 0x400;
+/// ACK flags: the echoed request was cut to its header / extended-ACK TLVs follow.
+const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `enum nlmsgerr_attrs`: human-readable error message (NUL-terminated string).
+const NLMSGERR_ATTR_MSG: u16 = 1;
+/// `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` live in the top bits of `nla_type`.
+const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
+
+// Socket options, include/uapi/linux/netlink.h.
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
+
+// rtnetlink, include/uapi/linux/rtnetlink.h.
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const RTM_GETNEIGH: u16 = 30;
+/// `enum rtnetlink_groups`: neighbour table notifications.
+const RTNLGRP_NEIGH: libc::c_int = 3;
+
+// Neighbour attributes and flags, include/uapi/linux/neighbour.h.
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// "Use this entry": `neigh_add()` calls `neigh_event_send()` (starts resolution).
+const NTF_USE: u8 = 0x01;
+/// Proxy ARP/NDP entries (`pneigh`); they carry no link-layer address.
+const NTF_PROXY: u8 = 0x08;
+
+const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+/// Neighbour Unreachability Detection states (`ndm_state`), include/uapi/linux/neighbour.h.
+pub const NUD_NONE: u16 = 0x00;
+/// Resolution in progress; no link-layer address yet.
+pub const NUD_INCOMPLETE: u16 = 0x01;
+/// Confirmed recently.
+pub const NUD_REACHABLE: u16 = 0x02;
+/// Address known but not confirmed recently.
+pub const NUD_STALE: u16 = 0x04;
+/// Waiting before probing a stale entry.
+pub const NUD_DELAY: u16 = 0x08;
+/// Being re-verified with unicast probes.
+pub const NUD_PROBE: u16 = 0x10;
+/// Resolution failed.
+pub const NUD_FAILED: u16 = 0x20;
+/// No resolution needed (e.g. multicast, or `IFF_NOARP` device).
+pub const NUD_NOARP: u16 = 0x40;
+/// Static entry configured by the administrator.
+pub const NUD_PERMANENT: u16 = 0x80;
+/// States with a valid link-layer address: `NUD_VALID` in include/net/neighbour.h.
+const NUD_VALID: u16 =
+    NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE | NUD_PROBE | NUD_STALE | NUD_DELAY;
+
+/// Receive buffer size. The kernel caps a dump skb at 32 KiB
+/// (`netlink_recvmsg()` bounds `max_recvmsg_len`), notifications are tiny.
+const RECV_BUF_LEN: usize = 64 * 1024;
+/// Socket receive buffer requested for the event socket: neighbour storms (link flap
+/// with thousands of entries) should not overflow it under normal load.
+const EVENT_SOCKET_RCVBUF: libc::c_int = 4 * 1024 * 1024;
+/// How often [`NeighSocket::dump`] restarts a dump flagged `NLM_F_DUMP_INTR`.
+const DUMP_ATTEMPTS: u32 = 3;
+
+// ---------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------
+
+/// One neighbour table entry as reported by the kernel (dump reply or notification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NeighEvent {
+    /// Interface the entry belongs to (`ndm_ifindex`).
+    pub ifindex: u32,
+    /// Protocol address (`NDA_DST`).
+    pub addr: IpAddr,
+    /// Link-layer address (`NDA_LLADDR`) when present and 6 bytes long (Ethernet).
+    /// The kernel only includes it for states in `NUD_VALID`.
+    pub mac: Option<[u8; 6]>,
+    /// `ndm_state`, one of the `NUD_*` constants.
+    pub state: u16,
+    /// `true` for `RTM_DELNEIGH`: the entry was removed from the table.
+    pub deleted: bool,
+}
+
+/// A decoded `struct nlmsghdr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NlHeader {
+    /// `nlmsg_len`: header plus payload, excluding trailing alignment padding.
+    pub len: u32,
+    /// `nlmsg_type`.
+    pub msg_type: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`: copied from the request for replies, 0 for notifications.
+    pub seq: u32,
+    /// `nlmsg_pid`: port id of the requesting socket for replies.
+    pub pid: u32,
+}
+
+/// One decoded netlink message, as far as this module cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NlMessage {
+    /// `RTM_NEWNEIGH` / `RTM_DELNEIGH` for an IPv4/IPv6 neighbour entry.
+    Neigh(NeighEvent),
+    /// `NLMSG_DONE` (end of a dump) without error.
+    Done,
+    /// `NLMSG_ERROR` with error 0: positive acknowledgement.
+    Ack,
+    /// `NLMSG_ERROR` with an error, or `NLMSG_DONE` carrying a dump error.
+    Error {
+        /// Positive errno value (the kernel sends it negated).
+        errno: i32,
+        /// Extended-ACK message (`NLMSGERR_ATTR_MSG`), if the kernel sent one.
+        message: Option<String>,
+    },
+    /// `NLMSG_NOOP`.
+    Noop,
+    /// A well-formed message we do not use: other message types (including
+    /// `RTM_GETNEIGH` application-probe notifications), bridge FDB entries (family
+    /// `AF_BRIDGE`, sent to the same multicast group) and proxy (`NTF_PROXY`) entries.
+    Ignored {
+        /// `nlmsg_type` of the skipped message.
+        msg_type: u16,
+    },
+}
+
+/// Everything [`parse_neigh_messages`] found in one receive buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NeighBatch {
+    /// Neighbour entries/events, in buffer order.
+    pub events: Vec<NeighEvent>,
+    /// An `NLMSG_DONE` was seen (the dump is complete).
+    pub done: bool,
+    /// An ACK (`NLMSG_ERROR` with error 0) was seen.
+    pub acked: bool,
+    /// Some message carried `NLM_F_DUMP_INTR`: the dump may be inconsistent.
+    pub interrupted: bool,
+}
+
+/// Errors of this module: malformed kernel data, kernel-reported errors and I/O.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NeighError {
+    /// A structure extends past the end of the data that contains it.
+    #[error("truncated netlink data: {what} needs {need} bytes, only {have} available")]
+    Truncated {
+        /// Which structure was cut short.
+        what: &'static str,
+        /// Bytes the structure needs.
+        need: usize,
+        /// Bytes that were available.
+        have: usize,
+    },
+    /// `nlmsg_len` is smaller than the header or larger than the remaining buffer.
+    #[error("invalid nlmsg_len {len} ({have} bytes left in the buffer)")]
+    BadMessageLength {
+        /// The claimed length.
+        len: usize,
+        /// Bytes left in the buffer from the start of this message.
+        have: usize,
+    },
+    /// `nla_len` is smaller than the attribute header or larger than the remaining payload.
+    #[error("invalid netlink attribute length {len} ({have} bytes left in the message)")]
+    BadAttributeLength {
+        /// The claimed length.
+        len: usize,
+        /// Bytes left in the attribute area.
+        have: usize,
+    },
+    /// Bytes after the last attribute that cannot hold an attribute header.
+    #[error("{have} stray bytes after the last netlink attribute")]
+    TrailingBytes {
+        /// Number of stray bytes.
+        have: usize,
+    },
+    /// `NDA_DST` length does not match the address family.
+    #[error("NDA_DST of {len} bytes does not match address family {family}")]
+    BadAddressLength {
+        /// `ndm_family`.
+        family: u8,
+        /// Attribute payload length.
+        len: usize,
+    },
+    /// A neighbour message without the mandatory `NDA_DST` attribute.
+    #[error("neighbour message for ifindex {ifindex} has no NDA_DST attribute")]
+    MissingDestination {
+        /// `ndm_ifindex` of the offending message.
+        ifindex: u32,
+    },
+    /// `NLMSG_OVERRUN`: the kernel says data was lost.
+    #[error("kernel reported NLMSG_OVERRUN (data lost)")]
+    Overrun,
+    /// The kernel answered a request with an error.
+    #[error("{}", kernel_error_text(.errno, .message))]
+    Kernel {
+        /// Positive errno value.
+        errno: i32,
+        /// Extended-ACK message, if any.
+        message: Option<String>,
+    },
+    /// Every attempt at a dump was flagged `NLM_F_DUMP_INTR`.
+    #[error("neighbour dump interrupted by concurrent changes {attempts} times in a row")]
+    DumpInterrupted {
+        /// Number of attempts made.
+        attempts: u32,
+    },
+    /// `ENOBUFS` on the event socket: the receive queue overflowed and notifications
+    /// were dropped. The socket stays usable; the caller must re-dump the table.
+    #[error("netlink receive queue overflowed (ENOBUFS): neighbour events were lost, re-dump")]
+    EventsLost,
+    /// A datagram did not fit the receive buffer (it was cut and its tail lost).
+    #[error("netlink datagram of {len} bytes exceeds the {cap}-byte receive buffer")]
+    DatagramTooLarge {
+        /// Real datagram length.
+        len: usize,
+        /// Receive buffer capacity.
+        cap: usize,
+    },
+    /// An operation was called on the wrong kind of socket.
+    #[error("invalid use of NeighSocket: {0}")]
+    Misuse(&'static str),
+    /// A system call failed.
+    #[error("netlink {op} failed: {source}")]
+    Io {
+        /// The failing operation.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn kernel_error_text(errno: &i32, message: &Option<String>) -> String {
+    let base = format!(
+        "kernel returned error: {}",
+        io::Error::from_raw_os_error(*errno)
+    );
+    match message {
+        Some(m) => format!("{base} ({m})"),
+        None => base,
+    }
+}
+
+impl NeighError {
+    /// The errno for [`NeighError::Kernel`] and [`NeighError::Io`] errors.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NeighError::Kernel { errno, .. } => Some(*errno),
+            NeighError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// Whether the error means that the view built from events may be incomplete or
+    /// wrong, so the table has to be dumped again (lost events, or kernel data we
+    /// could not decode). Other errors are I/O failures or misuse.
+    pub fn needs_resync(&self) -> bool {
+        !matches!(
+            self,
+            NeighError::Io { .. } | NeighError::Misuse(_) | NeighError::Kernel { .. }
+        )
+    }
+
+    fn io(op: &'static str, source: io::Error) -> Self {
+        NeighError::Io { op, source }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------
+
+/// Round up to the 4-byte netlink alignment (`NLMSG_ALIGN` / `NLA_ALIGN` / `RTA_ALIGN`).
+/// Saturates instead of overflowing; callers clamp the result to their buffer.
+fn align4(len: usize) -> usize {
+    len.saturating_add(3) & !3
+}
+
+/// Start a message: `struct nlmsghdr` with a placeholder length (see [`finish_message`]).
+/// `nlmsg_pid` is 0: the kernel identifies the sender by its socket.
+fn put_nlmsghdr(buf: &mut Vec<u8>, msg_type: u16, flags: u16, seq: u32) {
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&msg_type.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+}
+
+/// Write the final `nlmsg_len`. Requests built here are a few dozen bytes.
+fn finish_message(mut buf: Vec<u8>) -> Vec<u8> {
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    if let Some(field) = buf.get_mut(..4) {
+        field.copy_from_slice(&len.to_ne_bytes());
+    }
+    buf
+}
+
+/// `struct ndmsg { u8 family; u8 pad1; u16 pad2; s32 ifindex; u16 state; u8 flags; u8 type; }`
+fn put_ndmsg(buf: &mut Vec<u8>, family: u8, ifindex: u32, state: u16, flags: u8) {
+    buf.push(family);
+    buf.push(0);
+    buf.extend_from_slice(&0u16.to_ne_bytes());
+    buf.extend_from_slice(&ifindex.to_ne_bytes());
+    buf.extend_from_slice(&state.to_ne_bytes());
+    buf.push(flags);
+    buf.push(0); // ndm_type: RTN_UNSPEC
+}
+
+/// Append one attribute, padded to 4 bytes (the padding is not counted in `nla_len`).
+fn put_attr(buf: &mut Vec<u8>, attr_type: u16, data: &[u8]) {
+    let len = u16::try_from(NLA_HDRLEN + data.len()).unwrap_or(u16::MAX);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&attr_type.to_ne_bytes());
+    buf.extend_from_slice(data);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// `RTM_GETNEIGH` dump request (`NLM_F_REQUEST | NLM_F_DUMP`) for `family`
+/// (`AF_UNSPEC` = 0 for both IPv4 and IPv6 tables, or `AF_INET` / `AF_INET6`).
+///
+/// A full `struct ndmsg` is sent, as iproute2 does, so the request is also valid
+/// when strict checking (`NETLINK_GET_STRICT_CHK`) is enabled.
+pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN);
+    put_nlmsghdr(&mut buf, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    put_ndmsg(&mut buf, family, 0, NUD_NONE, 0);
+    finish_message(buf)
+}
+
+/// `RTM_NEWNEIGH` request asking the kernel to resolve `addr` on `ifindex`:
+/// `ndm_flags = NTF_USE`, `ndm_state = NUD_NONE`, one `NDA_DST` attribute, flags
+/// `NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK`.
+///
+/// `NLM_F_CREATE` lets `neigh_add()` create a missing entry; with `NTF_USE` the kernel
+/// then calls `neigh_event_send()` instead of applying `ndm_state` (which is why
+/// `NUD_NONE` is correct; verified on 6.18 that `NUD_INCOMPLETE` behaves the same).
+/// `NLM_F_ACK` makes the kernel confirm, so errors such as `ENODEV` are reported.
+///
+/// Do not send this for `NUD_PERMANENT` entries: the kernel clears the flag.
+pub fn encode_resolve_request(seq: u32, ifindex: u32, addr: IpAddr) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN + NLA_HDRLEN + 16);
+    put_nlmsghdr(
+        &mut buf,
+        RTM_NEWNEIGH,
+        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        seq,
+    );
+    match addr {
+        IpAddr::V4(v4) => {
+            put_ndmsg(&mut buf, AF_INET, ifindex, NUD_NONE, NTF_USE);
+            put_attr(&mut buf, NDA_DST, &v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            put_ndmsg(&mut buf, AF_INET6, ifindex, NUD_NONE, NTF_USE);
+            put_attr(&mut buf, NDA_DST, &v6.octets());
+        }
+    }
+    finish_message(buf)
+}
+
+// ---------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------
+
+impl NlHeader {
+    fn from_bytes(b: &[u8; NLMSG_HDRLEN]) -> Self {
+        // Destructuring a fixed-size array: no index can be out of bounds.
+        let [l0, l1, l2, l3, t0, t1, f0, f1, s0, s1, s2, s3, p0, p1, p2, p3] = *b;
+        NlHeader {
+            len: u32::from_ne_bytes([l0, l1, l2, l3]),
+            msg_type: u16::from_ne_bytes([t0, t1]),
+            flags: u16::from_ne_bytes([f0, f1]),
+            seq: u32::from_ne_bytes([s0, s1, s2, s3]),
+            pid: u32::from_ne_bytes([p0, p1, p2, p3]),
+        }
+    }
+}
+
+/// Iterator over the messages in one receive buffer; see [`parse_messages`].
+#[derive(Debug, Clone)]
+pub struct NlMessages<'a> {
+    rest: &'a [u8],
+}
+
+/// Split a buffer of (possibly several, multipart) netlink messages into decoded
+/// messages. Each item is the header plus the decoded message, or an error.
+///
+/// A framing error (bad `nlmsg_len`, truncated header) ends the iteration because
+/// the next message boundary is unknown; an error inside one message's payload is
+/// returned for that message and iteration continues with the next one.
+pub fn parse_messages(buf: &[u8]) -> NlMessages<'_> {
+    NlMessages { rest: buf }
+}
+
+impl<'a> Iterator for NlMessages<'a> {
+    type Item = Result<(NlHeader, NlMessage), NeighError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match split_message(self.rest) {
+            Ok((header, payload, rest)) => {
+                self.rest = rest;
+                Some(decode_message(&header, payload).map(|msg| (header, msg)))
+            }
+            Err(e) => {
+                self.rest = &[];
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Frame the first message of `buf`: header, payload and what follows it.
+fn split_message(buf: &[u8]) -> Result<(NlHeader, &[u8], &[u8]), NeighError> {
+    let have = buf.len();
+    let (raw_header, _) = buf
+        .split_first_chunk::<NLMSG_HDRLEN>()
+        .ok_or(NeighError::Truncated {
+            what: "nlmsghdr",
+            need: NLMSG_HDRLEN,
+            have,
+        })?;
+    let header = NlHeader::from_bytes(raw_header);
+    let len = usize::try_from(header.len).unwrap_or(usize::MAX);
+    if len < NLMSG_HDRLEN || len > have {
+        return Err(NeighError::BadMessageLength { len, have });
+    }
+    let payload = buf
+        .get(NLMSG_HDRLEN..len)
+        .ok_or(NeighError::BadMessageLength { len, have })?;
+    // Messages are NLMSG_ALIGNed; the padding of the last one may be missing.
+    let next = align4(len).min(have);
+    let rest = buf.get(next..).unwrap_or_default();
+    Ok((header, payload, rest))
+}
+
+fn decode_message(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
+    match header.msg_type {
+        NLMSG_NOOP => Ok(NlMessage::Noop),
+        NLMSG_ERROR => decode_error(header, payload),
+        NLMSG_DONE => {
+            // Since Linux 4.x rtnetlink puts the dump's final status (an int, 0 or
+            // -errno) into NLMSG_DONE (netlink_dump_done()). Older/other senders may
+            // send an empty payload, which means success.
+            match payload.first_chunk::<4>() {
+                Some(raw) if i32::from_ne_bytes(*raw) != 0 => Ok(NlMessage::Error {
+                    errno: errno_from_wire(i32::from_ne_bytes(*raw)),
+                    message: None,
+                }),
+                _ => Ok(NlMessage::Done),
+            }
+        }
+        NLMSG_OVERRUN => Err(NeighError::Overrun),
+        RTM_NEWNEIGH | RTM_DELNEIGH => decode_neigh(header, payload),
+        other => Ok(NlMessage::Ignored { msg_type: other }),
+    }
+}
+
+/// The kernel sends `-errno`; tolerate (hostile) positive values and `i32::MIN`.
+fn errno_from_wire(error: i32) -> i32 {
+    i32::try_from(error.unsigned_abs()).unwrap_or(i32::MAX)
+}
+
+/// `struct nlmsgerr { int error; struct nlmsghdr msg; }` followed by the echoed
+/// request payload (unless `NLM_F_CAPPED`) and extended-ACK TLVs (if `NLM_F_ACK_TLVS`).
+fn decode_error(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
+    let raw_error = payload
+        .first_chunk::<4>()
+        .filter(|_| payload.len() >= NLMSGERR_LEN)
+        .ok_or(NeighError::Truncated {
+            what: "nlmsgerr",
+            need: NLMSGERR_LEN,
+            have: payload.len(),
+        })?;
+    let error = i32::from_ne_bytes(*raw_error);
+    if error == 0 {
+        return Ok(NlMessage::Ack);
+    }
+    Ok(NlMessage::Error {
+        errno: errno_from_wire(error),
+        message: ext_ack_message(header.flags, payload),
+    })
+}
+
+/// Best-effort extraction of `NLMSGERR_ATTR_MSG` (e.g. "Device not specified").
+/// The message only decorates an error we already have, so malformed TLVs are
+/// ignored rather than turned into a second error.
+fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        // Full echo: the embedded nlmsghdr's nlmsg_len covers the original request.
+        let raw = payload.get(4..8)?.first_chunk::<4>()?;
+        usize::try_from(u32::from_ne_bytes(*raw)).ok()?
+    };
+    let tlvs = payload.get(align4(4usize.checked_add(echoed)?)..)?;
+    for attr in Attrs::new(tlvs) {
+        let (attr_type, value) = attr.ok()?;
+        if attr_type == NLMSGERR_ATTR_MSG {
+            let text = value.split(|&b| b == 0).next().unwrap_or_default();
+            let text = String::from_utf8_lossy(text).trim().to_owned();
+            return (!text.is_empty()).then_some(text);
+        }
+    }
+    None
+}
+
+/// Iterator over netlink attributes (`struct nlattr` / `struct rtattr` TLVs).
+struct Attrs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Attrs<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Attrs { rest: buf }
+    }
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    /// `(type without NLA_F_* bits, payload)`.
+    type Item = Result<(u16, &'a [u8]), NeighError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let have = self.rest.len();
+        let Some((&[l0, l1, t0, t1], _)) = self.rest.split_first_chunk::<NLA_HDRLEN>() else {
+            self.rest = &[];
+            return Some(Err(NeighError::TrailingBytes { have }));
+        };
+        let len = usize::from(u16::from_ne_bytes([l0, l1]));
+        let attr_type = u16::from_ne_bytes([t0, t1]) & NLA_TYPE_MASK;
+        let Some(value) = self.rest.get(NLA_HDRLEN..len).filter(|_| len >= NLA_HDRLEN) else {
+            self.rest = &[];
+            return Some(Err(NeighError::BadAttributeLength { len, have }));
+        };
+        // Attributes are NLA_ALIGNed; padding after the last one may be absent.
+        self.rest = self.rest.get(align4(len).min(have)..).unwrap_or_default();
+        Some(Ok((attr_type, value)))
+    }
+}
+
+/// Decode `RTM_NEWNEIGH` / `RTM_DELNEIGH`: `struct ndmsg` followed by attributes.
+fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
+    let (ndmsg, attrs) = payload
+        .split_first_chunk::<NDMSG_LEN>()
+        .ok_or(NeighError::Truncated {
+            what: "ndmsg",
+            need: NDMSG_LEN,
+            have: payload.len(),
+        })?;
+    let [family, _pad1, _, _, i0, i1, i2, i3, s0, s1, ndm_flags, _ndm_type] = *ndmsg;
+    let ifindex = u32::from_ne_bytes([i0, i1, i2, i3]);
+    let state = u16::from_ne_bytes([s0, s1]);
+
+    // RTNLGRP_NEIGH also carries bridge FDB entries (AF_BRIDGE, rtnl_fdb_notify());
+    // proxy entries have no link-layer address. Neither describes a neighbour we
+    // could forward to.
+    if (family != AF_INET && family != AF_INET6) || ndm_flags & NTF_PROXY != 0 {
+        return Ok(NlMessage::Ignored {
+            msg_type: header.msg_type,
+        });
+    }
+
+    let mut addr = None;
+    let mut mac = None;
+    // sizeof(struct ndmsg) is already a multiple of 4, so attributes follow directly.
+    for attr in Attrs::new(attrs) {
+        let (attr_type, value) = attr?;
+        match attr_type {
+            NDA_DST => addr = Some(decode_addr(family, value)?),
+            // Non-Ethernet devices have other lengths (0 for loopback, 4 for IPIP,
+            // 20 for IPoIB); those are not MACs the XDP program could use.
+            NDA_LLADDR => mac = <[u8; 6]>::try_from(value).ok(),
+            _ => {} // NDA_CACHEINFO, NDA_PROBES, NDA_PROTOCOL, future attributes...
+        }
+    }
+    let addr = addr.ok_or(NeighError::MissingDestination { ifindex })?;
+    Ok(NlMessage::Neigh(NeighEvent {
+        ifindex,
+        addr,
+        mac,
+        state,
+        deleted: header.msg_type == RTM_DELNEIGH,
+    }))
+}
+
+fn decode_addr(family: u8, value: &[u8]) -> Result<IpAddr, NeighError> {
+    let bad = || NeighError::BadAddressLength {
+        family,
+        len: value.len(),
+    };
+    if family == AF_INET {
+        let octets: [u8; 4] = value.try_into().map_err(|_| bad())?;
+        Ok(IpAddr::V4(Ipv4Addr::from(octets)))
+    } else {
+        let octets: [u8; 16] = value.try_into().map_err(|_| bad())?;
+        Ok(IpAddr::V6(Ipv6Addr::from(octets)))
+    }
+}
+
+/// Parse a whole receive buffer. Kernel errors (`NLMSG_ERROR` with a non-zero error,
+/// or a failed dump's `NLMSG_DONE`) become [`NeighError::Kernel`]; an ACK sets
+/// [`NeighBatch::acked`]. This ignores sequence numbers; [`NeighSocket`] matches them
+/// itself using [`parse_messages`].
+pub fn parse_neigh_messages(buf: &[u8]) -> Result<NeighBatch, NeighError> {
+    let mut batch = NeighBatch::default();
+    for item in parse_messages(buf) {
+        let (header, msg) = item?;
+        if header.flags & NLM_F_DUMP_INTR != 0 {
+            batch.interrupted = true;
+        }
+        match msg {
+            NlMessage::Neigh(ev) => batch.events.push(ev),
+            NlMessage::Done => batch.done = true,
+            NlMessage::Ack => batch.acked = true,
+            NlMessage::Error { errno, message } => {
+                return Err(NeighError::Kernel { errno, message });
+            }
+            NlMessage::Noop | NlMessage::Ignored { .. } => {}
+        }
+    }
+    Ok(batch)
+}
+
+/// The MAC to forward to, if the entry has a usable one: the state is exactly one of
+/// `REACHABLE`, `STALE`, `DELAY`, `PROBE`, `PERMANENT`, `NOARP` (the kernel's
+/// `NUD_VALID`; `STALE`/`DELAY`/`PROBE` still hold the last known address), and the
+/// MAC is neither all-zero nor a group address (I/G bit set: multicast/broadcast, as
+/// in `NOARP` entries for multicast or broadcast IPs, never a backend).
+/// `INCOMPLETE`, `FAILED`, `NONE` and deleted entries give `None`.
+pub fn usable_mac(ev: &NeighEvent) -> Option<[u8; 6]> {
+    let valid = ev.state != 0 && ev.state & !NUD_VALID == 0;
+    if ev.deleted || !valid {
+        return None;
+    }
+    ev.mac
+        .filter(|mac| *mac != [0; 6] && mac.first().is_some_and(|b| b & 1 == 0))
+}
+
+/// `aa:bb:cc:dd:ee:ff`, for logs.
+fn fmt_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = *mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+// ---------------------------------------------------------------------------------
+// Socket
+// ---------------------------------------------------------------------------------
+
+/// A `NETLINK_ROUTE` socket for neighbour requests or neighbour events.
+///
+/// Two kinds exist because replies and multicast notifications would otherwise
+/// interleave on one socket: [`NeighSocket::open`] gives a request socket
+/// ([`dump`](Self::dump), [`request_resolution`](Self::request_resolution)),
+/// [`NeighSocket::subscribe`] an event socket ([`next_events`](Self::next_events)).
+/// Datagrams not sent by the kernel (`nl_pid != 0`) are dropped, and replies are
+/// matched to requests by sequence number, so a late reply to an abandoned request
+/// cannot be mistaken for the current one.
+#[derive(Debug)]
+pub struct NeighSocket {
+    fd: AsyncFd<OwnedFd>,
+    buf: Vec<u8>,
+    seq: u32,
+    subscribed: bool,
+    /// A request was started but not completed (its future was dropped, it timed out,
+    /// or it failed mid-way): unread replies, possibly a dump still running in the
+    /// kernel (which would make the next dump fail with `EBUSY`). The next request
+    /// replaces the socket instead of trying to drain it.
+    in_flight: bool,
+}
+
+impl NeighSocket {
+    /// Open a request socket.
+    ///
+    /// # Panics
+    /// Must be called within a Tokio runtime with I/O enabled (the socket is
+    /// registered with its reactor).
+    pub fn open() -> Result<Self, NeighError> {
+        Self::new(false)
+    }
+
+    /// Open an event socket subscribed to `RTNLGRP_NEIGH` (neighbour notifications
+    /// of the calling thread's network namespace).
+    ///
+    /// # Panics
+    /// Must be called within a Tokio runtime with I/O enabled.
+    pub fn subscribe() -> Result<Self, NeighError> {
+        Self::new(true)
+    }
+
+    fn new(subscribed: bool) -> Result<Self, NeighError> {
+        let fd = open_route_socket(subscribed)?;
+        // SAFETY: an OwnedFd is a valid open descriptor that always returns itself from
+        // as_raw_fd() and is closed only when dropped, i.e. together with the AsyncFd.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .map_err(|e| NeighError::io("register with tokio", e.into_parts().1))?;
+        Ok(NeighSocket {
+            fd,
+            buf: vec![0; RECV_BUF_LEN],
+            seq: 0,
+            subscribed,
+            in_flight: false,
+        })
+    }
+
+    /// Dump the IPv4 and IPv6 neighbour tables. A dump flagged `NLM_F_DUMP_INTR` (the
+    /// table changed underneath) is retried a few times before
+    /// [`NeighError::DumpInterrupted`] is returned.
+    pub async fn dump(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
+        self.begin_request("dump() needs a request socket, not a subscribed one")?;
+        for _ in 0..DUMP_ATTEMPTS {
+            let seq = self.next_seq();
+            self.send(&encode_dump_request(seq, AF_UNSPEC)).await?;
+            let mut events = Vec::new();
+            let mut interrupted = false;
+            'receive: loop {
+                let len = self.recv().await?;
+                for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
+                    let (header, msg) = item?;
+                    if header.seq != seq {
+                        trace!(
+                            seq = header.seq,
+                            expected = seq,
+                            "dropping stale netlink reply"
+                        );
+                        continue;
+                    }
+                    interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
+                    match msg {
+                        NlMessage::Neigh(ev) => events.push(ev),
+                        NlMessage::Done => break 'receive,
+                        NlMessage::Error { errno, message } => {
+                            self.in_flight = false;
+                            return Err(NeighError::Kernel { errno, message });
+                        }
+                        NlMessage::Ack | NlMessage::Noop | NlMessage::Ignored { .. } => {}
+                    }
+                }
+            }
+            if !interrupted {
+                self.in_flight = false;
+                return Ok(events);
+            }
+            debug!("neighbour dump interrupted by concurrent changes, retrying");
+        }
+        self.in_flight = false;
+        Err(NeighError::DumpInterrupted {
+            attempts: DUMP_ATTEMPTS,
+        })
+    }
+
+    /// Ask the kernel to resolve `addr` on interface `ifindex` (see
+    /// [`encode_resolve_request`]) and wait for its acknowledgement. The MAC itself
+    /// arrives later as an event (or is visible in the next dump).
+    ///
+    /// Errors are typically [`NeighError::Kernel`] with `ENODEV` (no such interface)
+    /// or `EINVAL` (ifindex 0, or the interface does not do ARP/ND).
+    pub async fn request_resolution(
+        &mut self,
+        ifindex: u32,
+        addr: IpAddr,
+    ) -> Result<(), NeighError> {
+        self.begin_request("request_resolution() needs a request socket")?;
+        let seq = self.next_seq();
+        self.send(&encode_resolve_request(seq, ifindex, addr))
+            .await?;
+        loop {
+            let len = self.recv().await?;
+            for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
+                let (header, msg) = item?;
+                if header.seq != seq {
+                    trace!(
+                        seq = header.seq,
+                        expected = seq,
+                        "dropping stale netlink reply"
+                    );
+                    continue;
+                }
+                match msg {
+                    NlMessage::Ack => {
+                        self.in_flight = false;
+                        return Ok(());
+                    }
+                    NlMessage::Error { errno, message } => {
+                        self.in_flight = false;
+                        return Err(NeighError::Kernel { errno, message });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Wait for the next datagram of neighbour notifications and return its IPv4/IPv6
+    /// neighbour events (never empty). Cancel-safe: a datagram is only consumed in
+    /// the poll that returns it, so dropping the future (e.g. in `select!`) loses
+    /// nothing.
+    ///
+    /// [`NeighError::EventsLost`] (ENOBUFS) and [`NeighError::DatagramTooLarge`] mean
+    /// notifications were dropped; the socket remains usable, but the caller must
+    /// re-dump the table to learn the current state.
+    pub async fn next_events(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
+        if !self.subscribed {
+            return Err(NeighError::Misuse(
+                "next_events() needs a socket from NeighSocket::subscribe()",
+            ));
+        }
+        loop {
+            let len = self.recv().await?;
+            let mut events = Vec::new();
+            for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
+                if let (_, NlMessage::Neigh(ev)) = item? {
+                    events.push(ev);
+                }
+            }
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Common start of a request: check the socket kind and replace the socket if a
+    /// previous request was abandoned.
+    fn begin_request(&mut self, misuse: &'static str) -> Result<(), NeighError> {
+        if self.subscribed {
+            return Err(NeighError::Misuse(misuse));
+        }
+        if self.in_flight {
+            debug!("previous netlink request was abandoned; reopening the request socket");
+            *self = Self::new(false)?;
+        }
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// Sequence numbers start at 1 and skip 0 on wrap-around: notifications use 0.
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        if self.seq == 0 {
+            self.seq = 1;
+        }
+        self.seq
+    }
+
+    async fn send(&self, msg: &[u8]) -> Result<(), NeighError> {
+        loop {
+            let mut guard = self
+                .fd
+                .writable()
+                .await
+                .map_err(|e| NeighError::io("poll", e))?;
+            match guard.try_io(|fd| send_to_kernel(fd.get_ref().as_raw_fd(), msg)) {
+                Err(_would_block) => continue,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(NeighError::io("sendto", e)),
+                Ok(Ok(sent)) if sent != msg.len() => {
+                    return Err(NeighError::io(
+                        "sendto",
+                        io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
+                    ));
+                }
+                Ok(Ok(_)) => return Ok(()),
+            }
+        }
+    }
+
+    /// Receive one datagram from the kernel into `self.buf`; returns its length.
+    async fn recv(&mut self) -> Result<usize, NeighError> {
+        let cap = self.buf.len();
+        loop {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(|e| NeighError::io("poll", e))?;
+            let buf = &mut self.buf;
+            match guard.try_io(|fd| recv_from(fd.get_ref().as_raw_fd(), buf)) {
+                Err(_would_block) => continue,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Err(NeighError::EventsLost);
+                }
+                Ok(Err(e)) => return Err(NeighError::io("recvfrom", e)),
+                Ok(Ok((_, sender))) if sender != 0 => {
+                    // Only the kernel (port id 0) may talk to us; another process
+                    // with CAP_NET_ADMIN could otherwise inject fake neighbours.
+                    debug!(sender, "ignoring netlink datagram not sent by the kernel");
+                }
+                Ok(Ok((len, _))) if len > cap => {
+                    return Err(NeighError::DatagramTooLarge { len, cap });
+                }
+                Ok(Ok((len, _))) => return Ok(len),
+            }
+        }
+    }
+}
+
+fn last_os_error(op: &'static str) -> NeighError {
+    NeighError::io(op, io::Error::last_os_error())
+}
+
+fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: `value` is a live c_int and the length passed matches its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+fn open_route_socket(subscribe: bool) -> Result<OwnedFd, NeighError> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(last_os_error("socket"));
+    }
+    // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+    // SAFETY: sockaddr_nl is plain data; all-zero is valid (and required for padding).
+    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // nl_pid 0: let the kernel pick a unique port id.
+    // SAFETY: `addr` is a valid sockaddr_nl and the length matches.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(last_os_error("bind"));
+    }
+
+    if subscribe {
+        // NETLINK_ADD_MEMBERSHIP takes the group number (not the legacy bitmask),
+        // which also works for groups above 32.
+        if !set_int_option(
+            fd.as_raw_fd(),
+            SOL_NETLINK,
+            NETLINK_ADD_MEMBERSHIP,
+            RTNLGRP_NEIGH,
+        ) {
+            return Err(last_os_error("join RTNLGRP_NEIGH"));
+        }
+        // A larger queue makes ENOBUFS (and the re-dump it forces) rarer.
+        // SO_RCVBUFFORCE ignores rmem_max but needs CAP_NET_ADMIN; fall back.
+        if !set_int_option(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            EVENT_SOCKET_RCVBUF,
+        ) && !set_int_option(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            EVENT_SOCKET_RCVBUF,
+        ) {
+            debug!("could not enlarge the netlink event socket receive buffer");
+        }
+    } else {
+        // Best effort: extended ACKs give readable error messages, capped ACKs keep
+        // error replies from echoing our whole request. Both exist since Linux 4.12.
+        let _ = set_int_option(fd.as_raw_fd(), SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        let _ = set_int_option(fd.as_raw_fd(), SOL_NETLINK, NETLINK_CAP_ACK, 1);
+    }
+    Ok(fd)
+}
+
+fn send_to_kernel(fd: RawFd, msg: &[u8]) -> io::Result<usize> {
+    // SAFETY: see open_route_socket(); destination port 0 is the kernel.
+    let mut dest: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `msg` is valid for `msg.len()` bytes and `dest` matches the length passed.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_DONTWAIT,
+            (&dest as *const libc::sockaddr_nl).cast(),
+            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+}
+
+/// `recvfrom()` with `MSG_TRUNC`, which makes netlink return the real datagram length
+/// even when it did not fit, so truncation is detected instead of silently parsing
+/// half a message. Returns `(length, sender port id)`.
+fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u32)> {
+    // SAFETY: see open_route_socket().
+    let mut from: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `from`/`from_len`
+    // describe a writable sockaddr_nl.
+    let rc = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            (&mut from as *mut libc::sockaddr_nl).cast(),
+            &mut from_len,
+        )
+    };
+    let len = usize::try_from(rc).map_err(|_| io::Error::last_os_error())?;
+    Ok((len, from.nl_pid))
+}
+
+// ---------------------------------------------------------------------------------
+// Resolver
+// ---------------------------------------------------------------------------------
+
+/// A change of a wanted backend's usable MAC, as decided by [`usable_mac`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacUpdate {
+    /// Backend address.
+    pub addr: IpAddr,
+    /// New MAC, or `None` when the kernel no longer has a usable one (resolution
+    /// failed, entry deleted, or still unresolved after the ifindex changed).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Timing of [`MacResolver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacResolverConfig {
+    /// How often a resolved backend is re-verified (`NTF_USE` on the entry). XDP
+    /// traffic never refreshes kernel entries, so this bounds how long a changed
+    /// backend MAC can go unnoticed (plus the kernel's DELAY/PROBE time, ~8 s with
+    /// default sysctls).
+    pub refresh_interval: Duration,
+    /// First retry delay for a backend without a usable MAC; doubled after every
+    /// unsuccessful attempt up to `max_retry_interval`. A dead backend thus costs a
+    /// few ARP/NS broadcasts every `max_retry_interval`, not a flood.
+    pub retry_interval: Duration,
+    /// Upper bound of the retry back-off.
+    pub max_retry_interval: Duration,
+    /// Time limit for one netlink request (dump or resolution request).
+    pub request_timeout: Duration,
+}
+
+impl Default for MacResolverConfig {
+    fn default() -> Self {
+        MacResolverConfig {
+            refresh_interval: Duration::from_secs(30),
+            retry_interval: Duration::from_secs(1),
+            max_retry_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-backend state of [`MacTable`].
+#[derive(Debug, Clone)]
+struct Tracked {
+    ifindex: u32,
+    /// Last kernel state; `None` = no entry in the kernel table (or not known yet).
+    state: Option<u16>,
+    /// Last MAC reported to the consumer.
+    mac: Option<[u8; 6]>,
+    /// When to send the next resolution request.
+    next_request: Instant,
+    /// Consecutive requests that did not yield a usable MAC (drives the back-off).
+    attempts: u32,
+}
+
+impl Tracked {
+    fn new(ifindex: u32, now: Instant) -> Self {
+        Tracked {
+            ifindex,
+            state: None,
+            mac: None,
+            next_request: now,
+            attempts: 0,
+        }
+    }
+}
+
+/// The decision logic of [`MacResolver`], free of I/O and clocks (the caller passes
+/// `now`), so it can be tested exhaustively.
+///
+/// It tracks the wanted backends (address → ifindex), folds kernel neighbour events
+/// into per-backend state, says which changes must be reported, and schedules
+/// resolution requests.
+#[derive(Debug, Clone)]
+pub struct MacTable {
+    config: MacResolverConfig,
+    entries: HashMap<IpAddr, Tracked>,
+}
+
+impl MacTable {
+    /// An empty table.
+    pub fn new(config: MacResolverConfig) -> Self {
+        MacTable {
+            config,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The usable MAC last reported for `addr`.
+    pub fn mac(&self, addr: &IpAddr) -> Option<[u8; 6]> {
+        self.entries.get(addr).and_then(|t| t.mac)
+    }
+
+    /// All wanted backends that currently have a usable MAC.
+    pub fn macs(&self) -> HashMap<IpAddr, [u8; 6]> {
+        self.entries
+            .iter()
+            .filter_map(|(addr, t)| t.mac.map(|mac| (*addr, mac)))
+            .collect()
+    }
+
+    /// Replace the wanted set (backend address → ifindex it is reached through).
+    ///
+    /// Returns the updates to report and whether new addresses were added (their
+    /// kernel state is unknown until the next dump, and no resolution request may be
+    /// sent before it: see the module docs on `PERMANENT` entries). Removed backends
+    /// are dropped silently: the consumer removed them itself. A backend whose ifindex
+    /// changed starts over and reports `None` if it had a MAC.
+    pub fn set_wanted(
+        &mut self,
+        wanted: &HashMap<IpAddr, u32>,
+        now: Instant,
+    ) -> (Vec<MacUpdate>, bool) {
+        self.entries.retain(|addr, _| wanted.contains_key(addr));
+        let mut updates = Vec::new();
+        let mut added = false;
+        for (&addr, &ifindex) in wanted {
+            match self.entries.get_mut(&addr) {
+                Some(t) if t.ifindex == ifindex => {}
+                Some(t) => {
+                    if t.mac.is_some() {
+                        updates.push(MacUpdate { addr, mac: None });
+                    }
+                    *t = Tracked::new(ifindex, now);
+                    added = true;
+                }
+                None => {
+                    self.entries.insert(addr, Tracked::new(ifindex, now));
+                    added = true;
+                }
+            }
+        }
+        updates.sort_by_key(|u| u.addr);
+        (updates, added)
+    }
+
+    /// Fold one kernel event into the table; returns the update to report, if the
+    /// usable MAC of a wanted backend changed. Events for other addresses, or for the
+    /// wanted address on another interface, are ignored.
+    pub fn apply(&mut self, ev: &NeighEvent, now: Instant) -> Option<MacUpdate> {
+        let retry_interval = self.config.retry_interval;
+        let refresh_interval = self.config.refresh_interval;
+        let max_retry = self.config.max_retry_interval;
+        let t = self.entries.get_mut(&ev.addr)?;
+        if t.ifindex != ev.ifindex {
+            return None;
+        }
+        t.state = (!ev.deleted).then_some(ev.state);
+        let mac = usable_mac(ev);
+        match (t.mac, mac) {
+            (None, Some(_)) => {
+                // Resolved: next check after a full refresh period.
+                t.attempts = 0;
+                t.next_request = now + refresh_interval;
+            }
+            (_, None) => {
+                // Failed or gone: retry soon (unless a retry is already due sooner).
+                let retry = now + backoff(retry_interval, max_retry, t.attempts);
+                t.next_request = t.next_request.min(retry);
+            }
+            (Some(_), Some(_)) => {}
+        }
+        if t.mac == mac {
+            return None;
+        }
+        t.mac = mac;
+        Some(MacUpdate { addr: ev.addr, mac })
+    }
+
+    /// Replace the table's view with a complete dump: apply every entry, and treat
+    /// wanted backends absent from the dump as deleted (their deletion event may have
+    /// been lost together with the events that made us re-dump).
+    pub fn apply_dump(&mut self, dump: &[NeighEvent], now: Instant) -> Vec<MacUpdate> {
+        let mut updates = Vec::new();
+        let mut seen = HashSet::new();
+        for ev in dump {
+            if self
+                .entries
+                .get(&ev.addr)
+                .is_some_and(|t| t.ifindex == ev.ifindex)
+            {
+                seen.insert(ev.addr);
+            }
+            updates.extend(self.apply(ev, now));
+        }
+        let mut missing: Vec<(IpAddr, u32)> = self
+            .entries
+            .iter()
+            .filter(|(addr, _)| !seen.contains(*addr))
+            .map(|(addr, t)| (*addr, t.ifindex))
+            .collect();
+        missing.sort();
+        for (addr, ifindex) in missing {
+            let gone = NeighEvent {
+                ifindex,
+                addr,
+                mac: None,
+                state: NUD_NONE,
+                deleted: true,
+            };
+            updates.extend(self.apply(&gone, now));
+        }
+        updates
+    }
+
+    /// The `(ifindex, addr)` pairs due for a resolution request at `now`, sorted, and
+    /// reschedule them: resolved ones after `refresh_interval`, unresolved ones with
+    /// exponential back-off. `PERMANENT` and `NOARP` entries are never requested
+    /// (`NTF_USE` would strip `PERMANENT`, and `NOARP` needs no resolution); they are
+    /// looked at again after `refresh_interval`.
+    pub fn due_requests(&mut self, now: Instant) -> Vec<(u32, IpAddr)> {
+        let config = &self.config;
+        let mut due = Vec::new();
+        for (addr, t) in &mut self.entries {
+            if t.next_request > now {
+                continue;
+            }
+            if t.state
+                .is_some_and(|s| s & (NUD_PERMANENT | NUD_NOARP) != 0)
+            {
+                t.next_request = now + config.refresh_interval;
+                continue;
+            }
+            due.push((t.ifindex, *addr));
+            if t.mac.is_some() {
+                t.next_request = now + config.refresh_interval;
+            } else {
+                t.next_request =
+                    now + backoff(config.retry_interval, config.max_retry_interval, t.attempts);
+                t.attempts = t.attempts.saturating_add(1);
+            }
+        }
+        due.sort();
+        due
+    }
+
+    /// When [`due_requests`](Self::due_requests) next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.values().map(|t| t.next_request).min()
+    }
+}
+
+/// `base * 2^attempts`, capped at `max` (and at least `base`).
+fn backoff(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempts.min(20)).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(max.max(base))
+}
+
+/// Keeps the MACs of the wanted backends current and reports changes.
+///
+/// ```ignore
+/// let (wanted_tx, wanted_rx) = watch::channel(HashMap::from([(backend_ip, ifindex)]));
+/// let (updates_tx, mut updates_rx) = mpsc::channel(256);
+/// let resolver = MacResolver::new(MacResolverConfig::default())?;
+/// tokio::spawn(resolver.run(wanted_rx, updates_tx));
+/// while let Some(MacUpdate { addr, mac }) = updates_rx.recv().await {
+///     // write / delete the backend's MAC in the XDP map
+/// }
+/// ```
+///
+/// Protocol: subscribe to neighbour events first, then dump (so no change can fall
+/// between the dump and the subscription), then send `NTF_USE` requests for the
+/// wanted backends as scheduled by [`MacTable`]. Lost events (`ENOBUFS`) and
+/// additions to the wanted set trigger a re-dump.
+#[derive(Debug)]
+pub struct MacResolver {
+    events: NeighSocket,
+    control: NeighSocket,
+    table: MacTable,
+    config: MacResolverConfig,
+}
+
+impl MacResolver {
+    /// Open the event and request sockets, in the network namespace of the calling
+    /// thread.
+    ///
+    /// # Panics
+    /// Must be called within a Tokio runtime with I/O and time enabled.
+    pub fn new(config: MacResolverConfig) -> Result<Self, NeighError> {
+        // Subscribe before the first dump, so every change after the dump's snapshot
+        // also shows up as an event.
+        let events = NeighSocket::subscribe()?;
+        let control = NeighSocket::open()?;
+        Ok(MacResolver {
+            events,
+            control,
+            table: MacTable::new(config.clone()),
+            config,
+        })
+    }
+
+    /// Run until the `wanted` sender or the `updates` receiver is dropped (returns
+    /// `Ok`), or the event socket fails (returns the error).
+    ///
+    /// `wanted` maps each backend address to the ifindex of the interface it is
+    /// reached through. Every wanted backend that gains, changes or loses a usable MAC
+    /// produces one [`MacUpdate`]; initially each resolved backend reports its MAC
+    /// once. Backends removed from `wanted` produce no update. If the consumer is slow,
+    /// sending blocks and kernel events queue up; an overflow is handled by re-dumping.
+    pub async fn run(
+        mut self,
+        mut wanted: watch::Receiver<HashMap<IpAddr, u32>>,
+        updates: mpsc::Sender<MacUpdate>,
+    ) -> Result<(), NeighError> {
+        let initial = wanted.borrow_and_update().clone();
+        self.table.set_wanted(&initial, Instant::now());
+        // Until the first successful dump we do not know which entries are PERMANENT.
+        let mut resync_at = Some(Instant::now());
+
+        loop {
+            let mut pending = Vec::new();
+
+            if resync_at.is_some_and(|at| at <= Instant::now()) {
+                match self.resync().await {
+                    Ok(ups) => {
+                        pending.extend(ups);
+                        resync_at = None;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "neighbour table dump failed; retrying");
+                        resync_at = Some(Instant::now() + self.config.retry_interval);
+                    }
+                }
+            }
+            if resync_at.is_none() {
+                for (ifindex, addr) in self.table.due_requests(Instant::now()) {
+                    self.request(ifindex, addr).await;
+                }
+            }
+            if !send_all(&updates, std::mem::take(&mut pending)).await {
+                return Ok(());
+            }
+
+            let deadline = match (self.table.next_deadline(), resync_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+
+            tokio::select! {
+                res = self.events.next_events() => match res {
+                    Ok(events) => {
+                        let now = Instant::now();
+                        for ev in &events {
+                            trace!(?ev, "neighbour event");
+                            pending.extend(self.table.apply(ev, now));
+                        }
+                    }
+                    Err(e) if e.needs_resync() => {
+                        warn!(error = %e, "neighbour events lost; re-dumping the table");
+                        resync_at = Some(Instant::now());
+                    }
+                    Err(e) => return Err(e),
+                },
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let set = wanted.borrow_and_update().clone();
+                    let (ups, added) = self.table.set_wanted(&set, Instant::now());
+                    pending.extend(ups);
+                    if added {
+                        resync_at = Some(Instant::now());
+                    }
+                }
+                () = updates.closed() => return Ok(()),
+                () = sleep => {}
+            }
+
+            if !send_all(&updates, pending).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Dump the kernel table and fold it into [`MacTable`].
+    async fn resync(&mut self) -> Result<Vec<MacUpdate>, NeighError> {
+        let dump = tokio::time::timeout(self.config.request_timeout, self.control.dump())
+            .await
+            .map_err(|_| {
+                NeighError::io(
+                    "dump",
+                    io::Error::new(io::ErrorKind::TimedOut, "no reply from the kernel"),
+                )
+            })??;
+        debug!(entries = dump.len(), "neighbour table dumped");
+        Ok(self.table.apply_dump(&dump, Instant::now()))
+    }
+
+    /// Send one resolution request; failures are logged, the retry schedule in
+    /// [`MacTable`] takes care of trying again.
+    async fn request(&mut self, ifindex: u32, addr: IpAddr) {
+        let res = tokio::time::timeout(
+            self.config.request_timeout,
+            self.control.request_resolution(ifindex, addr),
+        )
+        .await;
+        match res {
+            Ok(Ok(())) => trace!(%addr, ifindex, "neighbour resolution requested"),
+            Ok(Err(e)) => warn!(%addr, ifindex, error = %e, "neighbour resolution request failed"),
+            Err(_) => warn!(%addr, ifindex, "neighbour resolution request timed out"),
+        }
+    }
+}
+
+/// Send all updates; `false` when the receiver is gone.
+async fn send_all(updates: &mpsc::Sender<MacUpdate>, pending: Vec<MacUpdate>) -> bool {
+    for update in pending {
+        match &update.mac {
+            Some(mac) => debug!(addr = %update.addr, mac = %fmt_mac(mac), "backend MAC resolved"),
+            None => debug!(addr = %update.addr, "backend MAC unavailable"),
+        }
+        if updates.send(update).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+    const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
+    const MAC_B: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0b];
+
+    fn v6() -> Ipv6Addr {
+        "2001:db8::10".parse().unwrap()
+    }
+
+    /// Hand-build one netlink message (header + payload), padded to 4 bytes.
+    fn msg(msg_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&msg_type.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&4242u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    fn ndmsg(family: u8, ifindex: u32, state: u16, flags: u8) -> Vec<u8> {
+        let mut p = vec![family, 0, 0, 0];
+        p.extend_from_slice(&ifindex.to_ne_bytes());
+        p.extend_from_slice(&state.to_ne_bytes());
+        p.push(flags);
+        p.push(1); // ndm_type RTN_UNICAST
+        p
+    }
+
+    fn attr(attr_type: u16, data: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&attr_type.to_ne_bytes());
+        a.extend_from_slice(data);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    /// A kernel-like RTM_NEWNEIGH for 192.0.2.10: NDA_DST, NDA_LLADDR, NDA_PROBES,
+    /// NDA_CACHEINFO (16 bytes), as __neigh_fill_info() emits them.
+    fn newneigh_v4(state: u16, mac: Option<[u8; 6]>) -> Vec<u8> {
+        let mut p = ndmsg(AF_INET, 7, state, 0);
+        p.extend(attr(NDA_DST, &V4.octets()));
+        if let Some(mac) = mac {
+            p.extend(attr(NDA_LLADDR, &mac));
+        }
+        p.extend(attr(4, &0u32.to_ne_bytes())); // NDA_PROBES
+        p.extend(attr(3, &[0u8; 16])); // NDA_CACHEINFO
+        msg(RTM_NEWNEIGH, NLM_F_MULTI_FOR_TESTS, 5, &p)
+    }
+
+    const NLM_F_MULTI_FOR_TESTS: u16 = 0x02;
+
+    fn delneigh_v6() -> Vec<u8> {
+        let mut p = ndmsg(AF_INET6, 9, NUD_FAILED, 0);
+        p.extend(attr(NDA_DST, &v6().octets()));
+        msg(RTM_DELNEIGH, 0, 0, &p)
+    }
+
+    fn done(seq: u32, error: i32) -> Vec<u8> {
+        msg(NLMSG_DONE, NLM_F_MULTI_FOR_TESTS, seq, &error.to_ne_bytes())
+    }
+
+    fn error_msg(seq: u32, error: i32, flags: u16, tlvs: &[u8]) -> Vec<u8> {
+        let mut p = error.to_ne_bytes().to_vec();
+        // Echoed request header (capped).
+        p.extend_from_slice(&36u32.to_ne_bytes());
+        p.extend_from_slice(&RTM_NEWNEIGH.to_ne_bytes());
+        p.extend_from_slice(&0x505u16.to_ne_bytes());
+        p.extend_from_slice(&seq.to_ne_bytes());
+        p.extend_from_slice(&0u32.to_ne_bytes());
+        p.extend_from_slice(tlvs);
+        msg(NLMSG_ERROR, flags, seq, &p)
+    }
+
+    fn ev(state: u16, mac: Option<[u8; 6]>) -> NeighEvent {
+        NeighEvent {
+            ifindex: 7,
+            addr: IpAddr::V4(V4),
+            mac,
+            state,
+            deleted: false,
+        }
+    }
+
+    // ----- constants ------------------------------------------------------------
+
+    #[test]
+    fn constants_match_libc() {
+        assert_eq!(NLMSG_NOOP as libc::c_int, libc::NLMSG_NOOP);
+        assert_eq!(NLMSG_ERROR as libc::c_int, libc::NLMSG_ERROR);
+        assert_eq!(NLMSG_DONE as libc::c_int, libc::NLMSG_DONE);
+        assert_eq!(NLMSG_OVERRUN as libc::c_int, libc::NLMSG_OVERRUN);
+        assert_eq!(NLM_F_REQUEST as libc::c_int, libc::NLM_F_REQUEST);
+        assert_eq!(NLM_F_ACK as libc::c_int, libc::NLM_F_ACK);
+        assert_eq!(NLM_F_DUMP as libc::c_int, libc::NLM_F_DUMP);
+        assert_eq!(NLM_F_DUMP_INTR as libc::c_int, libc::NLM_F_DUMP_INTR);
+        assert_eq!(NLM_F_REPLACE as libc::c_int, libc::NLM_F_REPLACE);
+        assert_eq!(NLM_F_CREATE as libc::c_int, libc::NLM_F_CREATE);
+        assert_eq!(NLM_F_CAPPED as libc::c_int, libc::NLM_F_CAPPED);
+        assert_eq!(NLM_F_ACK_TLVS as libc::c_int, libc::NLM_F_ACK_TLVS);
+        assert_eq!(SOL_NETLINK, libc::SOL_NETLINK);
+        assert_eq!(NETLINK_ADD_MEMBERSHIP, libc::NETLINK_ADD_MEMBERSHIP);
+        assert_eq!(NETLINK_CAP_ACK, libc::NETLINK_CAP_ACK);
+        assert_eq!(NETLINK_EXT_ACK, libc::NETLINK_EXT_ACK);
+        assert_eq!(RTM_NEWNEIGH, libc::RTM_NEWNEIGH);
+        assert_eq!(RTM_DELNEIGH, libc::RTM_DELNEIGH);
+        assert_eq!(RTM_GETNEIGH, libc::RTM_GETNEIGH);
+        assert_eq!(RTNLGRP_NEIGH as libc::c_uint, libc::RTNLGRP_NEIGH);
+        assert_eq!(NDA_DST, libc::NDA_DST);
+        assert_eq!(NDA_LLADDR, libc::NDA_LLADDR);
+        assert_eq!(NTF_USE, libc::NTF_USE);
+        assert_eq!(NTF_PROXY, libc::NTF_PROXY);
+        for (ours, theirs) in [
+            (NUD_NONE, libc::NUD_NONE),
+            (NUD_INCOMPLETE, libc::NUD_INCOMPLETE),
+            (NUD_REACHABLE, libc::NUD_REACHABLE),
+            (NUD_STALE, libc::NUD_STALE),
+            (NUD_DELAY, libc::NUD_DELAY),
+            (NUD_PROBE, libc::NUD_PROBE),
+            (NUD_FAILED, libc::NUD_FAILED),
+            (NUD_NOARP, libc::NUD_NOARP),
+            (NUD_PERMANENT, libc::NUD_PERMANENT),
+        ] {
+            assert_eq!(ours, theirs);
+        }
+        assert_eq!(mem::size_of::<libc::nlmsghdr>(), NLMSG_HDRLEN);
+    }
+
+    // ----- encoding -------------------------------------------------------------
+
+    #[test]
+    fn dump_request_bytes() {
+        let got = encode_dump_request(0x0102_0304, AF_UNSPEC);
+        let mut want = Vec::new();
+        want.extend_from_slice(&28u32.to_ne_bytes()); // nlmsg_len
+        want.extend_from_slice(&30u16.to_ne_bytes()); // RTM_GETNEIGH
+        want.extend_from_slice(&0x0301u16.to_ne_bytes()); // REQUEST | DUMP
+        want.extend_from_slice(&0x0102_0304u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
+        want.extend_from_slice(&[0; 12]); // ndmsg, all zero
+        assert_eq!(got, want);
+
+        let v6_only = encode_dump_request(1, AF_INET6);
+        assert_eq!(v6_only.get(16), Some(&10));
+    }
+
+    #[test]
+    fn resolve_request_bytes_v4() {
+        let got = encode_resolve_request(7, 3, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+        let mut want = Vec::new();
+        want.extend_from_slice(&36u32.to_ne_bytes());
+        want.extend_from_slice(&28u16.to_ne_bytes()); // RTM_NEWNEIGH
+        want.extend_from_slice(&0x0505u16.to_ne_bytes()); // REQUEST|ACK|REPLACE|CREATE
+        want.extend_from_slice(&7u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        // ndmsg: AF_INET, pads, ifindex 3, NUD_NONE, NTF_USE, RTN_UNSPEC
+        want.extend_from_slice(&[2, 0, 0, 0]);
+        want.extend_from_slice(&3u32.to_ne_bytes());
+        want.extend_from_slice(&0u16.to_ne_bytes());
+        want.extend_from_slice(&[1, 0]);
+        // NDA_DST
+        want.extend_from_slice(&8u16.to_ne_bytes());
+        want.extend_from_slice(&1u16.to_ne_bytes());
+        want.extend_from_slice(&[192, 0, 2, 2]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn resolve_request_bytes_v6() {
+        let addr: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let got = encode_resolve_request(9, 4, IpAddr::V6(addr));
+        assert_eq!(got.len(), 16 + 12 + 20);
+        assert_eq!(got.get(..4), Some(&48u32.to_ne_bytes()[..]));
+        assert_eq!(got.get(16), Some(&10)); // AF_INET6
+        assert_eq!(got.get(26), Some(&NTF_USE));
+        assert_eq!(got.get(28..30), Some(&20u16.to_ne_bytes()[..]));
+        assert_eq!(got.get(30..32), Some(&NDA_DST.to_ne_bytes()[..]));
+        assert_eq!(got.get(32..48), Some(&addr.octets()[..]));
+    }
+
+    #[test]
+    fn encoded_requests_frame_correctly() {
+        // Our own parser must frame our own requests (types are not neighbour
+        // replies, so they come back as Ignored/Neigh without errors).
+        let mut buf = encode_dump_request(1, AF_UNSPEC);
+        buf.extend(encode_resolve_request(2, 1, IpAddr::V6(v6())));
+        let items: Vec<_> = parse_messages(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].0.seq, 1);
+        let (_, NlMessage::Neigh(ev)) = &items[1] else {
+            panic!("expected neighbour message");
+        };
+        assert_eq!(ev.addr, IpAddr::V6(v6()));
+        assert_eq!(ev.state, NUD_NONE);
+    }
+
+    // ----- decoding -------------------------------------------------------------
+
+    fn sample_dump() -> Vec<u8> {
+        let mut buf = newneigh_v4(NUD_REACHABLE, Some(MAC_A));
+        // A bridge FDB entry (AF_BRIDGE = 7) and a proxy entry: both skipped.
+        let mut fdb = ndmsg(7, 7, NUD_PERMANENT, 0);
+        fdb.extend(attr(NDA_LLADDR, &MAC_B));
+        buf.extend(msg(RTM_NEWNEIGH, NLM_F_MULTI_FOR_TESTS, 5, &fdb));
+        let mut proxy = ndmsg(AF_INET, 7, NUD_NONE, NTF_PROXY);
+        proxy.extend(attr(NDA_DST, &[192, 0, 2, 99]));
+        buf.extend(msg(RTM_NEWNEIGH, NLM_F_MULTI_FOR_TESTS, 5, &proxy));
+        // A non-neighbour message type (RTM_NEWLINK) and a NOOP.
+        buf.extend(msg(16, NLM_F_MULTI_FOR_TESTS, 5, &[0; 16]));
+        buf.extend(msg(NLMSG_NOOP, 0, 5, &[]));
+        buf.extend(delneigh_v6());
+        buf.extend(done(5, 0));
+        buf
+    }
+
+    #[test]
+    fn parses_multipart_buffer() {
+        let batch = parse_neigh_messages(&sample_dump()).unwrap();
+        assert!(batch.done);
+        assert!(!batch.acked);
+        assert!(!batch.interrupted);
+        assert_eq!(
+            batch.events,
+            vec![
+                ev(NUD_REACHABLE, Some(MAC_A)),
+                NeighEvent {
+                    ifindex: 9,
+                    addr: IpAddr::V6(v6()),
+                    mac: None,
+                    state: NUD_FAILED,
+                    deleted: true,
+                },
+            ]
+        );
+        let kinds: Vec<_> = parse_messages(&sample_dump())
+            .map(|r| r.unwrap().1)
+            .map(|m| match m {
+                NlMessage::Neigh(_) => "neigh",
+                NlMessage::Ignored { .. } => "ignored",
+                NlMessage::Noop => "noop",
+                NlMessage::Done => "done",
+                NlMessage::Ack => "ack",
+                NlMessage::Error { .. } => "error",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["neigh", "ignored", "ignored", "ignored", "noop", "neigh", "done"]
+        );
+    }
+
+    #[test]
+    fn skips_unknown_attributes_and_masks_flag_bits() {
+        let mut p = ndmsg(AF_INET, 7, NUD_STALE, 0);
+        p.extend(attr(0x7fff & NLA_TYPE_MASK, &[1, 2, 3])); // unknown, odd length
+                                                            // NDA_DST with NLA_F_NET_BYTEORDER set must still be recognised.
+        p.extend(attr(NDA_DST | 0x4000, &V4.octets()));
+        p.extend(attr(NDA_LLADDR, &MAC_B));
+        p.extend(attr(200, &[])); // unknown, empty
+        let batch = parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)).unwrap();
+        assert_eq!(batch.events, vec![ev(NUD_STALE, Some(MAC_B))]);
+    }
+
+    #[test]
+    fn non_ethernet_lladdr_is_not_a_mac() {
+        for len in [0usize, 4, 20] {
+            let mut p = ndmsg(AF_INET, 7, NUD_NOARP, 0);
+            p.extend(attr(NDA_DST, &V4.octets()));
+            p.extend(attr(NDA_LLADDR, &vec![0xab; len]));
+            let batch = parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)).unwrap();
+            assert_eq!(batch.events[0].mac, None, "lladdr len {len}");
+        }
+    }
+
+    #[test]
+    fn last_message_without_padding() {
+        // nlmsg_len 16 + 12 + 8 + 10 = 46: not a multiple of 4, and the buffer ends
+        // right there.
+        let mut p = ndmsg(AF_INET, 7, NUD_REACHABLE, 0);
+        p.extend(attr(NDA_DST, &V4.octets()));
+        p.extend_from_slice(&10u16.to_ne_bytes());
+        p.extend_from_slice(&NDA_LLADDR.to_ne_bytes());
+        p.extend_from_slice(&MAC_A);
+        let mut m = msg(RTM_NEWNEIGH, 0, 0, &p);
+        m.truncate(46);
+        let batch = parse_neigh_messages(&m).unwrap();
+        assert_eq!(batch.events, vec![ev(NUD_REACHABLE, Some(MAC_A))]);
+    }
+
+    #[test]
+    fn ack_and_kernel_errors() {
+        let batch = parse_neigh_messages(&error_msg(3, 0, 0, &[])).unwrap();
+        assert!(batch.acked);
+
+        let err = parse_neigh_messages(&error_msg(3, -libc::ENODEV, 0, &[])).unwrap_err();
+        assert!(matches!(
+            err,
+            NeighError::Kernel {
+                errno: libc::ENODEV,
+                message: None
+            }
+        ));
+        assert_eq!(err.errno(), Some(libc::ENODEV));
+        assert!(!err.needs_resync());
+
+        // Extended ACK with a capped echo: message in NLMSGERR_ATTR_MSG.
+        let mut tlvs = attr(NLMSGERR_ATTR_MSG, b"Device not specified\0");
+        tlvs.extend(attr(2, &0u32.to_ne_bytes())); // NLMSGERR_ATTR_OFFS
+        let m = error_msg(3, -libc::EINVAL, NLM_F_CAPPED | NLM_F_ACK_TLVS, &tlvs);
+        let err = parse_neigh_messages(&m).unwrap_err();
+        let NeighError::Kernel { errno, message } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*errno, libc::EINVAL);
+        assert_eq!(message.as_deref(), Some("Device not specified"));
+        assert!(err.to_string().contains("Device not specified"), "{err}");
+
+        // Uncapped echo: TLVs follow the full echoed request (nlmsg_len 36).
+        let mut p = (-libc::EINVAL).to_ne_bytes().to_vec();
+        p.extend(encode_resolve_request(3, 0, IpAddr::V4(V4)));
+        p.extend(attr(NLMSGERR_ATTR_MSG, b"Device not specified\0"));
+        let err = parse_neigh_messages(&msg(NLMSG_ERROR, NLM_F_ACK_TLVS, 3, &p)).unwrap_err();
+        assert!(err.to_string().contains("Device not specified"), "{err}");
+
+        // Garbage TLVs only lose the message, not the error.
+        let m = error_msg(3, -libc::EPERM, NLM_F_CAPPED | NLM_F_ACK_TLVS, &[0xff; 7]);
+        assert!(matches!(
+            parse_neigh_messages(&m),
+            Err(NeighError::Kernel {
+                errno: libc::EPERM,
+                message: None
+            })
+        ));
+    }
+
+    #[test]
+    fn done_carries_dump_error() {
+        let err = parse_neigh_messages(&done(5, -libc::EMSGSIZE)).unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EMSGSIZE));
+        // An empty NLMSG_DONE payload means success.
+        let batch = parse_neigh_messages(&msg(NLMSG_DONE, 0, 5, &[])).unwrap();
+        assert!(batch.done);
+    }
+
+    #[test]
+    fn dump_intr_flag_is_reported() {
+        let mut p = ndmsg(AF_INET, 7, NUD_REACHABLE, 0);
+        p.extend(attr(NDA_DST, &V4.octets()));
+        let m = msg(RTM_NEWNEIGH, NLM_F_DUMP_INTR | NLM_F_MULTI_FOR_TESTS, 5, &p);
+        assert!(parse_neigh_messages(&m).unwrap().interrupted);
+    }
+
+    #[test]
+    fn overrun_is_an_error() {
+        assert!(matches!(
+            parse_neigh_messages(&msg(NLMSG_OVERRUN, 0, 0, &[])),
+            Err(NeighError::Overrun)
+        ));
+    }
+
+    #[test]
+    fn malformed_messages_give_typed_errors() {
+        let good = newneigh_v4(NUD_REACHABLE, Some(MAC_A));
+
+        // Header shorter than 16 bytes.
+        assert!(matches!(
+            parse_neigh_messages(&good[..10]),
+            Err(NeighError::Truncated {
+                what: "nlmsghdr",
+                need: 16,
+                have: 10
+            })
+        ));
+        // nlmsg_len below the header size (would loop forever if accepted).
+        let mut bad = good.clone();
+        bad[..4].copy_from_slice(&8u32.to_ne_bytes());
+        assert!(matches!(
+            parse_neigh_messages(&bad),
+            Err(NeighError::BadMessageLength { len: 8, .. })
+        ));
+        // nlmsg_len beyond the buffer.
+        let mut bad = good.clone();
+        bad[..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(matches!(
+            parse_neigh_messages(&bad),
+            Err(NeighError::BadMessageLength { len: 1000, .. })
+        ));
+        // ndmsg cut short.
+        assert!(matches!(
+            parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &[2, 0, 0, 0, 1])),
+            Err(NeighError::Truncated { what: "ndmsg", .. })
+        ));
+        // nlmsgerr cut short.
+        assert!(matches!(
+            parse_neigh_messages(&msg(NLMSG_ERROR, 0, 0, &[0xff; 8])),
+            Err(NeighError::Truncated {
+                what: "nlmsgerr",
+                ..
+            })
+        ));
+        // Attribute length < 4 and > remaining.
+        for bad_len in [2u16, 200] {
+            let mut p = ndmsg(AF_INET, 7, NUD_REACHABLE, 0);
+            p.extend_from_slice(&bad_len.to_ne_bytes());
+            p.extend_from_slice(&NDA_DST.to_ne_bytes());
+            p.extend_from_slice(&V4.octets());
+            assert!(
+                matches!(
+                    parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)),
+                    Err(NeighError::BadAttributeLength { .. })
+                ),
+                "nla_len {bad_len}"
+            );
+        }
+        // Stray bytes after the attributes.
+        let mut p = ndmsg(AF_INET, 7, NUD_REACHABLE, 0);
+        p.extend(attr(NDA_DST, &V4.octets()));
+        p.extend_from_slice(&[1, 2]);
+        let mut m = msg(RTM_NEWNEIGH, 0, 0, &p);
+        m.truncate(16 + p.len());
+        m[..4].copy_from_slice(&((16 + p.len()) as u32).to_ne_bytes());
+        assert!(matches!(
+            parse_neigh_messages(&m),
+            Err(NeighError::TrailingBytes { have: 2 })
+        ));
+        // NDA_DST of the wrong size for the family.
+        let mut p = ndmsg(AF_INET6, 7, NUD_REACHABLE, 0);
+        p.extend(attr(NDA_DST, &V4.octets()));
+        assert!(matches!(
+            parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)),
+            Err(NeighError::BadAddressLength { family: 10, len: 4 })
+        ));
+        // No NDA_DST at all.
+        let mut p = ndmsg(AF_INET, 7, NUD_REACHABLE, 0);
+        p.extend(attr(NDA_LLADDR, &MAC_A));
+        assert!(matches!(
+            parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)),
+            Err(NeighError::MissingDestination { ifindex: 7 })
+        ));
+    }
+
+    #[test]
+    fn payload_error_does_not_stop_framing() {
+        // A bad message followed by a good one: the iterator reports both.
+        let mut buf = msg(RTM_NEWNEIGH, 0, 0, &[1, 2, 3]);
+        buf.extend(newneigh_v4(NUD_REACHABLE, Some(MAC_A)));
+        let items: Vec<_> = parse_messages(&buf).collect();
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_err());
+        assert!(items[1].is_ok());
+    }
+
+    /// xorshift64*: a tiny deterministic PRNG for the fuzz-style tests.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Parse with every API; the only requirement is not to panic (and to terminate).
+    fn parse_all_ways(buf: &[u8]) {
+        let _ = parse_neigh_messages(buf);
+        let n = parse_messages(buf).count();
+        assert!(n <= buf.len() / NLMSG_HDRLEN + 1);
+        for (_, msg) in parse_messages(buf).flatten() {
+            if let NlMessage::Neigh(ev) = msg {
+                let _ = usable_mac(&ev);
+            }
+        }
+    }
+
+    #[test]
+    fn every_prefix_parses_or_fails_cleanly() {
+        let buf = sample_dump();
+        // Offsets where a message ends: exactly those prefixes are complete.
+        let mut boundaries = vec![0];
+        let mut rest = &buf[..];
+        while let Ok((_, _, next)) = split_message(rest) {
+            boundaries.push(buf.len() - next.len());
+            rest = next;
+            if rest.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(*boundaries.last().unwrap(), buf.len());
+        for len in 0..=buf.len() {
+            let prefix = &buf[..len];
+            parse_all_ways(prefix);
+            let res = parse_neigh_messages(prefix);
+            assert_eq!(
+                res.is_ok(),
+                boundaries.contains(&len),
+                "prefix {len}: {res:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        // Pure noise, short and long.
+        for _ in 0..20_000 {
+            let len = rng.below(300);
+            let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            parse_all_ways(&buf);
+        }
+        // Noise with a plausible header, so the payload decoders get exercised.
+        for _ in 0..20_000 {
+            let len = 16 + rng.below(200);
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            buf[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+            let msg_type = [NLMSG_ERROR, NLMSG_DONE, RTM_NEWNEIGH, RTM_DELNEIGH][rng.below(4)];
+            buf[4..6].copy_from_slice(&msg_type.to_ne_bytes());
+            if buf.len() > 16 {
+                buf[16] = [AF_INET, AF_INET6][rng.below(2)];
+            }
+            parse_all_ways(&buf);
+        }
+        // Bit flips and byte overwrites of a valid buffer.
+        let valid = sample_dump();
+        for _ in 0..20_000 {
+            let mut buf = valid.clone();
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below(buf.len());
+                if rng.below(2) == 0 {
+                    buf[i] ^= 1 << rng.below(8);
+                } else {
+                    buf[i] = rng.next() as u8;
+                }
+            }
+            parse_all_ways(&buf);
+        }
+    }
+
+    // ----- usable_mac -------------------------------------------------------------
+
+    #[test]
+    fn usable_mac_by_state() {
+        for state in [
+            NUD_REACHABLE,
+            NUD_STALE,
+            NUD_DELAY,
+            NUD_PROBE,
+            NUD_PERMANENT,
+            NUD_NOARP,
+        ] {
+            assert_eq!(
+                usable_mac(&ev(state, Some(MAC_A))),
+                Some(MAC_A),
+                "{state:#x}"
+            );
+        }
+        for state in [
+            NUD_NONE,
+            NUD_INCOMPLETE,
+            NUD_FAILED,
+            NUD_REACHABLE | NUD_FAILED,
+            0x100,
+        ] {
+            assert_eq!(usable_mac(&ev(state, Some(MAC_A))), None, "{state:#x}");
+        }
+        assert_eq!(usable_mac(&ev(NUD_REACHABLE, None)), None);
+        assert_eq!(usable_mac(&ev(NUD_REACHABLE, Some([0; 6]))), None);
+        assert_eq!(usable_mac(&ev(NUD_NOARP, Some([0xff; 6]))), None);
+        assert_eq!(
+            usable_mac(&ev(NUD_NOARP, Some([0x01, 0x00, 0x5e, 0, 0, 1]))),
+            None
+        );
+        let mut deleted = ev(NUD_REACHABLE, Some(MAC_A));
+        deleted.deleted = true;
+        assert_eq!(usable_mac(&deleted), None);
+    }
+
+    // ----- MacTable -------------------------------------------------------------
+
+    fn config() -> MacResolverConfig {
+        MacResolverConfig {
+            refresh_interval: Duration::from_secs(30),
+            retry_interval: Duration::from_secs(1),
+            max_retry_interval: Duration::from_secs(4),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn table_with(addrs: &[(IpAddr, u32)], now: Instant) -> MacTable {
+        let mut table = MacTable::new(config());
+        let (updates, added) = table.set_wanted(&addrs.iter().copied().collect(), now);
+        assert!(updates.is_empty());
+        assert_eq!(added, !addrs.is_empty());
+        table
+    }
+
+    #[test]
+    fn table_reports_only_changes() {
+        let t0 = Instant::now();
+        let a = IpAddr::V4(V4);
+        let mut table = table_with(&[(a, 7)], t0);
+
+        // INCOMPLETE: still nothing usable, nothing to report.
+        assert_eq!(table.apply(&ev(NUD_INCOMPLETE, None), t0), None);
+        // Resolved.
+        let up = table.apply(&ev(NUD_REACHABLE, Some(MAC_A)), t0);
+        assert_eq!(
+            up,
+            Some(MacUpdate {
+                addr: a,
+                mac: Some(MAC_A)
+            })
+        );
+        assert_eq!(table.mac(&a), Some(MAC_A));
+        // STALE/DELAY/PROBE with the same MAC: no change.
+        for state in [NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_REACHABLE] {
+            assert_eq!(table.apply(&ev(state, Some(MAC_A)), t0), None);
+        }
+        // MAC changed (e.g. gratuitous ARP).
+        let up = table.apply(&ev(NUD_STALE, Some(MAC_B)), t0);
+        assert_eq!(
+            up,
+            Some(MacUpdate {
+                addr: a,
+                mac: Some(MAC_B)
+            })
+        );
+        // Failed.
+        let up = table.apply(&ev(NUD_FAILED, None), t0);
+        assert_eq!(up, Some(MacUpdate { addr: a, mac: None }));
+        assert_eq!(table.apply(&ev(NUD_INCOMPLETE, None), t0), None);
+        // Deleted after being resolved again.
+        table.apply(&ev(NUD_REACHABLE, Some(MAC_A)), t0);
+        let mut del = ev(NUD_REACHABLE, Some(MAC_A));
+        del.deleted = true;
+        assert_eq!(
+            table.apply(&del, t0),
+            Some(MacUpdate { addr: a, mac: None })
+        );
+        assert!(table.macs().is_empty());
+    }
+
+    #[test]
+    fn table_ignores_other_addresses_and_interfaces() {
+        let t0 = Instant::now();
+        let a = IpAddr::V4(V4);
+        let mut table = table_with(&[(a, 7)], t0);
+        let mut other_if = ev(NUD_REACHABLE, Some(MAC_A));
+        other_if.ifindex = 8;
+        assert_eq!(table.apply(&other_if, t0), None);
+        let mut other_addr = ev(NUD_REACHABLE, Some(MAC_A));
+        other_addr.addr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11));
+        assert_eq!(table.apply(&other_addr, t0), None);
+        assert!(table.macs().is_empty());
+    }
+
+    #[test]
+    fn table_schedules_requests() {
+        let t0 = Instant::now();
+        let a = IpAddr::V4(V4);
+        let b = IpAddr::V6(v6());
+        let mut table = table_with(&[(a, 7), (b, 9)], t0);
+
+        // New entries are due immediately, sorted.
+        assert_eq!(table.due_requests(t0), vec![(7, a), (9, b)]);
+        assert_eq!(table.due_requests(t0), vec![]);
+        // Unresolved: exponential back-off 1 s, 2 s, 4 s, capped at 4 s.
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(table.due_requests(t1), vec![(7, a), (9, b)]);
+        assert_eq!(table.next_deadline(), Some(t1 + Duration::from_secs(2)));
+        let t2 = t1 + Duration::from_secs(2);
+        assert_eq!(table.due_requests(t2).len(), 2);
+        assert_eq!(table.next_deadline(), Some(t2 + Duration::from_secs(4)));
+        let t3 = t2 + Duration::from_secs(4);
+        assert_eq!(table.due_requests(t3).len(), 2);
+        assert_eq!(table.next_deadline(), Some(t3 + Duration::from_secs(4)));
+
+        // `a` resolves: next request a full refresh period later; `b` keeps retrying.
+        table.apply(&ev(NUD_REACHABLE, Some(MAC_A)), t3);
+        let t4 = t3 + Duration::from_secs(4);
+        assert_eq!(table.due_requests(t4), vec![(9, b)]);
+        assert_eq!(
+            table.due_requests(t3 + Duration::from_secs(29)),
+            vec![(9, b)]
+        );
+        assert_eq!(
+            table.due_requests(t3 + Duration::from_secs(30)),
+            vec![(7, a)]
+        );
+
+        // `a` fails: retried after the first back-off step, not after 30 s.
+        let t5 = t3 + Duration::from_secs(31);
+        table.apply(&ev(NUD_FAILED, None), t5);
+        let due = table.due_requests(t5 + Duration::from_secs(1));
+        assert!(due.contains(&(7, a)), "{due:?}");
+    }
+
+    #[test]
+    fn table_never_requests_permanent_or_noarp() {
+        let t0 = Instant::now();
+        let a = IpAddr::V4(V4);
+        for state in [NUD_PERMANENT, NUD_NOARP] {
+            let mut table = table_with(&[(a, 7)], t0);
+            let up = table.apply(&ev(state, Some(MAC_A)), t0);
+            assert_eq!(
+                up,
+                Some(MacUpdate {
+                    addr: a,
+                    mac: Some(MAC_A)
+                })
+            );
+            for secs in [0, 30, 60, 3600] {
+                assert_eq!(table.due_requests(t0 + Duration::from_secs(secs)), vec![]);
+            }
+            // Once the static entry is deleted, normal resolution takes over.
+            let mut del = ev(state, None);
+            del.deleted = true;
+            let t1 = t0 + Duration::from_secs(3600);
+            assert_eq!(
+                table.apply(&del, t1),
+                Some(MacUpdate { addr: a, mac: None })
+            );
+            assert_eq!(
+                table.due_requests(t1 + Duration::from_secs(1)),
+                vec![(7, a)]
+            );
+        }
+    }
+
+    #[test]
+    fn table_dump_replaces_view() {
+        let t0 = Instant::now();
+        let a = IpAddr::V4(V4);
+        let b = IpAddr::V6(v6());
+        let mut table = table_with(&[(a, 7), (b, 9)], t0);
+        let b_ev = NeighEvent {
+            ifindex: 9,
+            addr: b,
+            mac: Some(MAC_B),
+            state: NUD_STALE,
+            deleted: false,
+        };
+        let ups = table.apply_dump(&[ev(NUD_REACHABLE, Some(MAC_A)), b_ev], t0);
+        assert_eq!(
+            ups,
+            vec![
+                MacUpdate {
+                    addr: a,
+                    mac: Some(MAC_A)
+                },
+                MacUpdate {
+                    addr: b,
+                    mac: Some(MAC_B)
+                },
+            ]
+        );
+        // Re-dump after lost events: `a` vanished, `b` unchanged.
+        let ups = table.apply_dump(&[b_ev], t0);
+        assert_eq!(ups, vec![MacUpdate { addr: a, mac: None }]);
+        // An entry for `a` on the wrong interface does not count as present.
+        let mut wrong_if = ev(NUD_REACHABLE, Some(MAC_A));
+        wrong_if.ifindex = 3;
+        assert_eq!(table.apply_dump(&[wrong_if, b_ev], t0), vec![]);
+        assert_eq!(table.macs(), HashMap::from([(b, MAC_B)]));
+    }
+
+    #[test]
+    fn table_wanted_set_changes() {
+        let t0 = Instant::now();
+        let a = IpAddr::V4(V4);
+        let b = IpAddr::V6(v6());
+        let mut table = table_with(&[(a, 7)], t0);
+        table.apply(&ev(NUD_REACHABLE, Some(MAC_A)), t0);
+
+        // Same set again: nothing new.
+        let (ups, added) = table.set_wanted(&HashMap::from([(a, 7)]), t0);
+        assert!(ups.is_empty() && !added);
+        // Add `b`: needs a dump before requests.
+        let (ups, added) = table.set_wanted(&HashMap::from([(a, 7), (b, 9)]), t0);
+        assert!(ups.is_empty() && added);
+        // `a` moves to another interface: its MAC is withdrawn and it starts over.
+        let (ups, added) = table.set_wanted(&HashMap::from([(a, 8), (b, 9)]), t0);
+        assert_eq!(ups, vec![MacUpdate { addr: a, mac: None }]);
+        assert!(added);
+        assert_eq!(table.due_requests(t0), vec![(8, a), (9, b)]);
+        // Removing is silent and stops requests.
+        let (ups, added) = table.set_wanted(&HashMap::from([(b, 9)]), t0);
+        assert!(ups.is_empty() && !added);
+        assert_eq!(
+            table.due_requests(t0 + Duration::from_secs(3600)),
+            vec![(9, b)]
+        );
+    }
+
+    #[test]
+    fn backoff_saturates() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(1), s(10), 0), s(1));
+        assert_eq!(backoff(s(1), s(10), 3), s(8));
+        assert_eq!(backoff(s(1), s(10), 4), s(10));
+        assert_eq!(backoff(s(1), s(10), u32::MAX), s(10));
+        // A max below the base never shortens the base.
+        assert_eq!(backoff(s(5), s(1), 0), s(5));
+    }
+
+    // ----- socket misuse (no privileges needed) ---------------------------------
+
+    #[tokio::test]
+    async fn socket_kinds_are_enforced() {
+        let mut control = NeighSocket::open().expect("open NETLINK_ROUTE socket");
+        assert!(matches!(
+            control.next_events().await,
+            Err(NeighError::Misuse(_))
+        ));
+        let mut events = NeighSocket::subscribe().expect("subscribe");
+        assert!(matches!(events.dump().await, Err(NeighError::Misuse(_))));
+        assert!(matches!(
+            events
+                .request_resolution(1, IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .await,
+            Err(NeighError::Misuse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn dump_works_unprivileged() {
+        // Reading the neighbour table needs no privileges; whatever it contains
+        // must parse.
+        let mut control = NeighSocket::open().expect("open NETLINK_ROUTE socket");
+        let first = control.dump().await.expect("dump");
+        let second = control
+            .dump()
+            .await
+            .expect("second dump on the same socket");
+        // Entries can come and go between dumps; just make sure both worked.
+        let _ = (first, second);
+        // ifindex 0 is rejected by the kernel with a typed error and the socket
+        // stays usable afterwards.
+        let err = control
+            .request_resolution(0, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NeighError::Kernel { .. }) || err.errno() == Some(libc::EPERM),
+            "{err}"
+        );
+        control.dump().await.expect("dump after an error");
+    }
+
+    #[tokio::test]
+    async fn abandoned_request_does_not_poison_the_socket() {
+        let mut control = NeighSocket::open().expect("open NETLINK_ROUTE socket");
+        // The first poll sends the request and then waits for readiness, so a zero
+        // timeout drops the dump half-way; its replies (and the kernel's dump state)
+        // are left behind on the socket.
+        let abandoned = tokio::time::timeout(Duration::ZERO, control.dump()).await;
+        if abandoned.is_err() {
+            assert!(control.in_flight);
+        }
+        // A new dump on the same NeighSocket must neither see the stale replies nor
+        // fail with EBUSY ("dump already running").
+        control.dump().await.expect("dump after an abandoned dump");
+        assert!(!control.in_flight);
+    }
+}
+
+/// Root-only tests in throw-away network namespaces (`ip netns`), connected by a
+/// veth pair and using only documentation prefixes (192.0.2.0/24, 2001:db8::/32).
+/// Nothing is configured in the namespace the test runs in.
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+    use std::fs::File;
+    use std::process::Command;
+
+    const IFACE_A: &str = "lbn0";
+    const IFACE_B: &str = "lbn1";
+    const A_V4: &str = "192.0.2.1";
+    const B_V4: &str = "192.0.2.2";
+    const A_V6: &str = "2001:db8::1";
+    const B_V6: &str = "2001:db8::2";
+    /// An address with a static (PERMANENT) entry in namespace A; no host has it.
+    const STATIC_V4: &str = "192.0.2.77";
+    const STATIC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x02, 0x77];
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Whether the test may run; prints why not (or panics if privileges are required).
+    fn privileged() -> bool {
+        // SAFETY: geteuid() has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        if std::env::var("LB_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("LB_REQUIRE_PRIVILEGED=1 but not running as root");
+        }
+        eprintln!("skipping: needs root to create network namespaces");
+        false
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "ip {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A network namespace this test created; deleted on drop (also when a test
+    /// panics). Only constructed after `ip netns add` succeeded, so a name that
+    /// already existed is never deleted.
+    struct Netns(String);
+
+    impl Netns {
+        fn create(name: String) -> Self {
+            ip(&["netns", "add", &name]);
+            Netns(name)
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    /// Two namespaces joined by a veth pair: A (`lbn0`: .1 / ::1), B (`lbn1`: .2 / ::2).
+    fn setup(tag: &str) -> (Netns, Netns) {
+        let pid = std::process::id();
+        let a = Netns::create(format!("lbneigh{pid}{tag}a"));
+        let b = Netns::create(format!("lbneigh{pid}{tag}b"));
+        ip(&[
+            "-n", &a.0, "link", "add", IFACE_A, "type", "veth", "peer", "name", IFACE_B, "netns",
+            &b.0,
+        ]);
+        for (ns, iface, v4, v6) in [(&a, IFACE_A, A_V4, A_V6), (&b, IFACE_B, B_V4, B_V6)] {
+            ip(&[
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                iface,
+            ]);
+            // nodad: the address is usable at once (DAD would delay ND by ~1 s).
+            ip(&[
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                iface,
+                "nodad",
+            ]);
+            ip(&["-n", &ns.0, "link", "set", iface, "up"]);
+        }
+        (a, b)
+    }
+
+    fn parse_mac(s: &str) -> Option<[u8; 6]> {
+        let bytes: Vec<u8> = s
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).ok())
+            .collect::<Option<_>>()?;
+        bytes.try_into().ok()
+    }
+
+    fn link_mac(ns: &str, iface: &str) -> [u8; 6] {
+        let out = ip(&["-n", ns, "-o", "link", "show", "dev", iface]);
+        let mut words = out.split_whitespace();
+        words
+            .find(|w| *w == "link/ether")
+            .and_then(|_| words.next())
+            .and_then(parse_mac)
+            .unwrap_or_else(|| panic!("no MAC in {out:?}"))
+    }
+
+    fn ifindex(name: &str) -> u32 {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(idx, 0, "no interface {name} in this namespace");
+        idx
+    }
+
+    /// Run `body` on a fresh thread inside namespace `ns` with a current-thread
+    /// runtime. setns() only affects the calling thread, so the test harness and its
+    /// other threads stay where they are; the thread ends with the body.
+    async fn in_netns<F, Fut, T>(ns: &str, body: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{ns}");
+        let thread = std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: valid namespace fd; affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(body())
+        });
+        // Join without blocking the test's own runtime.
+        match tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join task")
+        {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Receive updates until `done(current MACs)` holds; panics at the deadline.
+    async fn wait_for(
+        rx: &mut mpsc::Receiver<MacUpdate>,
+        macs: &mut HashMap<IpAddr, Option<[u8; 6]>>,
+        what: &str,
+        done: impl Fn(&HashMap<IpAddr, Option<[u8; 6]>>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !done(macs) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(update)) => {
+                    eprintln!(
+                        "update: {} -> {}",
+                        update.addr,
+                        update.mac.as_ref().map_or("none".into(), fmt_mac)
+                    );
+                    macs.insert(update.addr, update.mac);
+                }
+                Ok(None) => panic!("resolver stopped while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}; have {macs:?}"),
+            }
+        }
+    }
+
+    fn test_config() -> MacResolverConfig {
+        MacResolverConfig {
+            refresh_interval: Duration::from_millis(500),
+            retry_interval: Duration::from_millis(200),
+            max_retry_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Resolve the peer's IPv4 and IPv6 addresses through MacResolver, and check that
+    /// a PERMANENT entry is reported but never converted by refresh requests.
+    #[tokio::test]
+    async fn resolves_peer_mac_in_netns() {
+        if !privileged() {
+            return;
+        }
+        let (a, b) = setup("r");
+        let peer_mac = link_mac(&b.0, IFACE_B);
+        ip(&[
+            "-n",
+            &a.0,
+            "neigh",
+            "add",
+            STATIC_V4,
+            "lladdr",
+            &fmt_mac(&STATIC_MAC),
+            "dev",
+            IFACE_A,
+            "nud",
+            "permanent",
+        ]);
+
+        let ns_a = a.0.clone();
+        in_netns(&a.0, move || async move {
+            let idx = ifindex(IFACE_A);
+            let b_v4: IpAddr = B_V4.parse().unwrap();
+            let b_v6: IpAddr = B_V6.parse().unwrap();
+            let st_v4: IpAddr = STATIC_V4.parse().unwrap();
+
+            // The low-level API first: request, then see the entry in a dump.
+            let mut sock = NeighSocket::open().expect("open");
+            sock.request_resolution(idx, b_v4).await.expect("request");
+            let err = sock
+                .request_resolution(999_999, b_v4)
+                .await
+                .expect_err("unknown ifindex");
+            assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+
+            let (wanted_tx, wanted_rx) = watch::channel(HashMap::from([(b_v4, idx), (st_v4, idx)]));
+            let (tx, mut rx) = mpsc::channel(64);
+            let resolver = MacResolver::new(test_config()).expect("resolver");
+            let task = tokio::spawn(resolver.run(wanted_rx, tx));
+
+            let mut macs = HashMap::new();
+            wait_for(&mut rx, &mut macs, "IPv4 + static", |m| {
+                m.get(&b_v4) == Some(&Some(peer_mac)) && m.get(&st_v4) == Some(&Some(STATIC_MAC))
+            })
+            .await;
+
+            // Adding a backend later triggers a re-dump and its resolution.
+            wanted_tx.send_modify(|w| {
+                w.insert(b_v6, idx);
+            });
+            wait_for(&mut rx, &mut macs, "IPv6", |m| {
+                m.get(&b_v6) == Some(&Some(peer_mac))
+            })
+            .await;
+
+            // The dump agrees.
+            let dump = sock.dump().await.expect("dump");
+            for addr in [b_v4, b_v6] {
+                let entry = dump
+                    .iter()
+                    .find(|e| e.addr == addr && e.ifindex == idx)
+                    .unwrap_or_else(|| panic!("{addr} not in dump {dump:?}"));
+                assert_eq!(usable_mac(entry), Some(peer_mac), "{entry:?}");
+            }
+
+            // Let several refresh periods pass (refresh 500 ms), polling the static
+            // entry: it must stay PERMANENT (NTF_USE would have stripped the flag).
+            let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+            while tokio::time::Instant::now() < until {
+                let dump = sock.dump().await.expect("dump");
+                let entry = dump.iter().find(|e| e.addr == st_v4).expect("static entry");
+                assert_eq!(entry.state, NUD_PERMANENT, "{entry:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let shown = ip(&["-n", &ns_a, "neigh", "show", STATIC_V4, "dev", IFACE_A]);
+            assert!(shown.contains("PERMANENT"), "{shown}");
+
+            // Dropping the wanted sender stops the resolver cleanly.
+            drop(wanted_tx);
+            let res = tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("resolver did not stop")
+                .expect("resolver panicked");
+            res.expect("resolver returned an error");
+        })
+        .await;
+        drop(b);
+    }
+
+    /// Overflowing the event socket's queue yields `EventsLost`, and the socket keeps
+    /// working afterwards.
+    #[tokio::test]
+    async fn event_overflow_is_reported() {
+        if !privileged() {
+            return;
+        }
+        let (a, _b) = setup("e");
+        let ns_a = a.0.clone();
+        in_netns(&a.0, move || async move {
+            let mut events = NeighSocket::subscribe().expect("subscribe");
+            // Shrink the queue to the minimum (SOCK_MIN_RCVBUF) so a burst overflows it.
+            assert!(set_int_option(
+                events.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                1
+            ));
+            let batch: String = (0..64)
+                .map(|i| {
+                    format!(
+                        "neigh add 192.0.2.{} lladdr 02:00:00:00:01:{i:02x} dev {IFACE_A} nud permanent\n",
+                        100 + i
+                    )
+                })
+                .collect();
+            let mut child = Command::new("ip")
+                .args(["-n", &ns_a, "-batch", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn ip -batch");
+            {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().expect("stdin");
+                stdin.write_all(batch.as_bytes()).expect("write batch");
+            }
+            assert!(child.wait().expect("ip -batch").success());
+
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                match tokio::time::timeout_at(deadline, events.next_events()).await {
+                    Ok(Err(NeighError::EventsLost)) => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => panic!("unexpected error {e}"),
+                    Err(_) => panic!("no ENOBUFS after a burst of 64 events"),
+                }
+            }
+
+            // Still usable: a new entry shows up as an event.
+            ip(&[
+                "-n", &ns_a, "neigh", "add", "192.0.2.250", "lladdr", "02:00:00:00:02:50",
+                "dev", IFACE_A, "nud", "permanent",
+            ]);
+            let want: IpAddr = "192.0.2.250".parse().unwrap();
+            loop {
+                match tokio::time::timeout_at(deadline, events.next_events()).await {
+                    Ok(Ok(evs)) if evs.iter().any(|e| e.addr == want) => break,
+                    Ok(Ok(_) | Err(NeighError::EventsLost)) => continue,
+                    Ok(Err(e)) => panic!("unexpected error {e}"),
+                    Err(_) => panic!("no event for {want} after the overflow"),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The backend's MAC changes silently (no gratuitous ARP): only the periodic
+    /// refresh can notice. Timers in namespace A are shortened so the kernel's
+    /// REACHABLE → STALE → DELAY → PROBE → FAILED cycle takes seconds, not minutes.
+    #[tokio::test]
+    async fn notices_silent_mac_change() {
+        if !privileged() {
+            return;
+        }
+        let (a, b) = setup("c");
+        let old_mac = link_mac(&b.0, IFACE_B);
+        let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x02];
+        assert_ne!(old_mac, new_mac);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a.0, "sysctl", "-q", "-w"])
+            .arg(format!(
+                "net.ipv4.neigh.{IFACE_A}.base_reachable_time_ms=500"
+            ))
+            .arg(format!("net.ipv4.neigh.{IFACE_A}.delay_first_probe_time=1"))
+            .arg(format!("net.ipv4.neigh.{IFACE_A}.retrans_time_ms=200"))
+            .output()
+            .expect("run sysctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let ns_b = b.0.clone();
+        in_netns(&a.0, move || async move {
+            let idx = ifindex(IFACE_A);
+            let b_v4: IpAddr = B_V4.parse().unwrap();
+            let (_wanted_tx, wanted_rx) = watch::channel(HashMap::from([(b_v4, idx)]));
+            let (tx, mut rx) = mpsc::channel(64);
+            let resolver = MacResolver::new(test_config()).expect("resolver");
+            let task = tokio::spawn(resolver.run(wanted_rx, tx));
+
+            let mut macs = HashMap::new();
+            wait_for(&mut rx, &mut macs, "initial MAC", |m| {
+                m.get(&b_v4) == Some(&Some(old_mac))
+            })
+            .await;
+
+            let mac_text = fmt_mac(&new_mac);
+            ip(&["-n", &ns_b, "link", "set", IFACE_B, "address", &mac_text]);
+            wait_for(&mut rx, &mut macs, "changed MAC", |m| {
+                m.get(&b_v4) == Some(&Some(new_mac))
+            })
+            .await;
+            task.abort();
+        })
+        .await;
+    }
+}

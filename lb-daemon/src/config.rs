@@ -1,0 +1,476 @@
+//! The daemon's TOML configuration. Keys keep keepalived's names (`virtual_server`,
+//! `real_server`, `lb_algo`, `lb_kind`, `persistence_timeout`...), so a keepalived.conf maps
+//! onto it line by line. Unknown keys are errors, and every error names the file, the line
+//! and the key.
+use std::{
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::dataplane::{
+    default_idle_timeout, program::AttachMode, BackendSpec, Proto, Scheduler, ServiceSpec,
+};
+
+/// IPVS's weight range (`ipvsadm -w`: 0..=65535).
+pub const MAX_WEIGHT: u32 = 65535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}:{line}: `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    global_defs: GlobalDefs,
+    dataplane: RawDataplane,
+    #[serde(default)]
+    virtual_server: Vec<RawVirtualServer>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalDefs {
+    /// keepalived's `router_id`: names this node in logs.
+    pub router_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    interface: String,
+    xdp_mode: Option<Spanned<String>>,
+    max_flows: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVirtualServer {
+    ip: Spanned<String>,
+    port: u16,
+    protocol: Spanned<String>,
+    lb_algo: Spanned<String>,
+    lb_kind: Spanned<String>,
+    #[serde(default)]
+    persistence_timeout: u32,
+    /// IPVS `-M`: a netmask (`255.255.255.0`) or a prefix length (`24`).
+    persistence_granularity: Option<Spanned<toml::Value>>,
+    /// `sh`/`mh` hash the source port too (IPVS `sh-port`/`mh-port`).
+    #[serde(default)]
+    hash_port: bool,
+    /// Seconds an idle flow is remembered; IPVS's protocol defaults when absent.
+    idle_timeout: Option<u32>,
+    /// The VIP is not owned by a vrrp_instance: this node always serves it.
+    #[serde(default, rename = "static")]
+    is_static: bool,
+    #[serde(default)]
+    real_server: Vec<RawRealServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealServer {
+    ip: Spanned<String>,
+    port: u16,
+    #[serde(default = "one")]
+    weight: Spanned<u32>,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub global_defs: GlobalDefs,
+    pub interface: String,
+    pub xdp_mode: AttachMode,
+    pub max_flows: u32,
+    pub virtual_servers: Vec<VirtualServer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualServer {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+    pub sched: Scheduler,
+    pub persistence_timeout: u32,
+    pub persistence_prefix: u8,
+    pub hash_port: bool,
+    pub idle_timeout: u32,
+    pub is_static: bool,
+    pub real_servers: Vec<RealServer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealServer {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: self.line_col(span.start).0,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cx = Ctx { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| cx.line_col(s.start));
+            ConfigError::Parse {
+                file: file.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let xdp_mode = match &raw.dataplane.xdp_mode {
+            None => AttachMode::Auto,
+            Some(m) => m
+                .get_ref()
+                .parse()
+                .map_err(|e: String| cx.invalid(m.span(), "dataplane.xdp_mode", e))?,
+        };
+        let max_flows = match &raw.dataplane.max_flows {
+            None => lb_common::DEFAULT_MAX_FLOWS,
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(cx.invalid(n.span(), "dataplane.max_flows", "must be at least 1"))
+            }
+            Some(n) => *n.get_ref(),
+        };
+        let mut virtual_servers = Vec::new();
+        for vs in &raw.virtual_server {
+            virtual_servers.push(virtual_server(&cx, vs)?);
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            global_defs: raw.global_defs,
+            interface: raw.dataplane.interface,
+            xdp_mode,
+            max_flows,
+            virtual_servers,
+        })
+    }
+
+    /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
+    /// where the VIP is static (VRRP-owned VIPs start inactive).
+    pub fn service_specs(&self, mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>) -> Vec<ServiceSpec> {
+        self.virtual_servers
+            .iter()
+            .map(|vs| ServiceSpec {
+                vip: vs.vip,
+                port: vs.port,
+                proto: vs.proto,
+                sched: vs.sched,
+                hash_port: vs.hash_port,
+                persistence_timeout: vs.persistence_timeout,
+                persistence_prefix: vs.persistence_prefix,
+                idle_timeout: vs.idle_timeout,
+                active: vs.is_static,
+                backends: vs
+                    .real_servers
+                    .iter()
+                    .map(|rs| BackendSpec {
+                        addr: rs.addr,
+                        weight: rs.weight,
+                        mac: mac_of(rs.addr.ip()),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn ip(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
+    s.get_ref().parse().map_err(|_| {
+        cx.invalid(
+            s.span(),
+            key,
+            format!("{:?} is not an IP address", s.get_ref()),
+        )
+    })
+}
+
+fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, ConfigError> {
+    let vip = ip(cx, &vs.ip, "virtual_server.ip")?;
+    let proto = match vs.protocol.get_ref().to_ascii_uppercase().as_str() {
+        "TCP" => Proto::Tcp,
+        "UDP" => Proto::Udp,
+        other => {
+            return Err(cx.invalid(
+                vs.protocol.span(),
+                "virtual_server.protocol",
+                format!("{other:?}: expected TCP or UDP"),
+            ))
+        }
+    };
+    let sched = vs
+        .lb_algo
+        .get_ref()
+        .parse()
+        .map_err(|e: String| cx.invalid(vs.lb_algo.span(), "virtual_server.lb_algo", e))?;
+    if !vs.lb_kind.get_ref().eq_ignore_ascii_case("DR") {
+        return Err(cx.invalid(
+            vs.lb_kind.span(),
+            "virtual_server.lb_kind",
+            format!(
+                "{:?}: only DR (direct routing) is supported",
+                vs.lb_kind.get_ref()
+            ),
+        ));
+    }
+    let bits = if vip.is_ipv4() { 32 } else { 128 };
+    let persistence_prefix = match &vs.persistence_granularity {
+        None => bits,
+        Some(g) => granularity(g.get_ref(), vip.is_ipv4()).ok_or_else(|| {
+            cx.invalid(
+                g.span(),
+                "virtual_server.persistence_granularity",
+                format!("expected a netmask or a prefix length of at most {bits}"),
+            )
+        })?,
+    };
+    let mut real_servers = Vec::new();
+    for rs in &vs.real_server {
+        let addr = ip(cx, &rs.ip, "real_server.ip")?;
+        if addr.is_ipv4() != vip.is_ipv4() {
+            return Err(cx.invalid(
+                rs.ip.span(),
+                "real_server.ip",
+                "direct routing needs the real server in the VIP's address family",
+            ));
+        }
+        let weight = *rs.weight.get_ref();
+        if weight > MAX_WEIGHT {
+            return Err(cx.invalid(
+                rs.weight.span(),
+                "real_server.weight",
+                format!("{weight} is out of range 0..={MAX_WEIGHT}"),
+            ));
+        }
+        let addr = SocketAddr::new(addr, rs.port);
+        if real_servers.iter().any(|r: &RealServer| r.addr == addr) {
+            return Err(cx.invalid(
+                rs.ip.span(),
+                "real_server.ip",
+                format!("{addr} is listed twice"),
+            ));
+        }
+        real_servers.push(RealServer { addr, weight });
+    }
+    Ok(VirtualServer {
+        vip,
+        port: vs.port,
+        proto,
+        sched,
+        persistence_timeout: vs.persistence_timeout,
+        persistence_prefix,
+        hash_port: vs.hash_port,
+        idle_timeout: vs
+            .idle_timeout
+            .unwrap_or_else(|| default_idle_timeout(proto)),
+        is_static: vs.is_static,
+        real_servers,
+    })
+}
+
+/// A netmask ("255.255.255.0", "ffff:ffff::") or a prefix length (24), as a prefix length.
+fn granularity(v: &toml::Value, v4: bool) -> Option<u8> {
+    let bits: u32 = if v4 { 32 } else { 128 };
+    match v {
+        toml::Value::Integer(n) if (0..=i64::from(bits)).contains(n) => Some(*n as u8),
+        toml::Value::String(s) => {
+            let mask: IpAddr = s.parse().ok()?;
+            let (value, width) = match mask {
+                IpAddr::V4(m) if v4 => (u128::from(u32::from(m)) << 96, 32),
+                IpAddr::V6(m) if !v4 => (u128::from(m), 128),
+                _ => return None,
+            };
+            let ones = value.leading_ones();
+            // Contiguous masks only: IPVS applies the mask bitwise, but a hole in a mask
+            // is almost always a typo.
+            (value.checked_shl(ones).unwrap_or(0) == 0 && ones <= width).then_some(ones as u8)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[global_defs]
+router_id = "LVS_1"
+
+[dataplane]
+interface = "eth0"
+xdp_mode = "skb"
+
+[[virtual_server]]
+ip = "1.1.1.1"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+static = true
+
+  [[virtual_server.real_server]]
+  ip = "1.1.1.4"
+  port = 80
+  weight = 1
+
+  [[virtual_server.real_server]]
+  ip = "1.1.1.5"
+  port = 80
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("lb.toml"), text)
+    }
+
+    #[test]
+    fn parses_the_seed_shape() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.interface, "eth0");
+        assert_eq!(c.xdp_mode, AttachMode::Skb);
+        assert_eq!(c.max_flows, lb_common::DEFAULT_MAX_FLOWS);
+        let vs = &c.virtual_servers[0];
+        assert_eq!(vs.sched, Scheduler::Rr);
+        assert_eq!(vs.idle_timeout, 900);
+        assert_eq!(vs.persistence_prefix, 32);
+        assert_eq!(vs.real_servers[1].weight, 1, "keepalived's default weight");
+        let specs = c.service_specs(|_| Some([2, 0, 0, 0, 0, 1]));
+        assert!(specs[0].active);
+        assert_eq!(specs[0].backends.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("lb_kind = \"DR\"", "lb_kind = \"DR\"\ndelay_lop = 6");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("lb.toml:15:"), "{e}");
+        assert!(e.contains("delay_lop"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_key() {
+        let cases = [
+            (
+                "weight = 1",
+                "weight = 70000",
+                "lb.toml:20: `real_server.weight`",
+            ),
+            (
+                "lb_algo = \"rr\"",
+                "lb_algo = \"lc\"",
+                "lb.toml:13: `virtual_server.lb_algo`",
+            ),
+            (
+                "lb_kind = \"DR\"",
+                "lb_kind = \"NAT\"",
+                "lb.toml:14: `virtual_server.lb_kind`",
+            ),
+            (
+                "ip = \"1.1.1.4\"",
+                "ip = \"1.1.1\"",
+                "lb.toml:18: `real_server.ip`",
+            ),
+            (
+                "ip = \"1.1.1.4\"",
+                "ip = \"2001:db8::4\"",
+                "lb.toml:18: `real_server.ip`",
+            ),
+            (
+                "xdp_mode = \"skb\"",
+                "xdp_mode = \"fast\"",
+                "lb.toml:7: `dataplane.xdp_mode`",
+            ),
+            (
+                "protocol = \"TCP\"",
+                "protocol = \"SCTP\"",
+                "lb.toml:12: `virtual_server.protocol`",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let e = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn persistence_granularity_forms() {
+        assert_eq!(
+            granularity(&toml::Value::String("255.255.255.0".into()), true),
+            Some(24)
+        );
+        assert_eq!(granularity(&toml::Value::Integer(16), true), Some(16));
+        assert_eq!(
+            granularity(&toml::Value::String("ffff:ffff:ffff::".into()), false),
+            Some(48)
+        );
+        assert_eq!(
+            granularity(&toml::Value::String("255.0.255.0".into()), true),
+            None
+        );
+        assert_eq!(granularity(&toml::Value::Integer(33), true), None);
+        assert_eq!(
+            granularity(&toml::Value::String("255.255.0.0".into()), false),
+            None
+        );
+    }
+}

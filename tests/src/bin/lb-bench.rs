@@ -1,0 +1,775 @@
+//! `lb-bench`: benchmarks of the load balancer, each measured against a baseline taken in the
+//! same run (so that the machine's speed cancels out of the ratio).
+//!
+//! ```text
+//! lb-bench dataplane [--json]
+//! ```
+//!
+//! `dataplane` measures the XDP program on the production map sizes:
+//!
+//! | entry                       | value                              | baseline         | target        |
+//! |-----------------------------|------------------------------------|------------------|---------------|
+//! | `established_vs_macswap`    | ns/packet, IPv4 TCP, known flow    | MAC swap, same   | ratio <= 2.5  |
+//! | `established_v6_vs_macswap` | the same for IPv6                  | MAC swap, same   | ratio <= 3.0  |
+//! | `new_flow_vs_macswap`       | ns/packet, a new flow per run      | MAC swap, rep. 1 | ratio <= 3.5  |
+//! | `live_frames_vs_macswap`    | Mpps through a veth pair           | MAC swap Mpps    | ratio >= 0.7  |
+//! | `maglev_build_ms`           | ms per Maglev build, N=100, M=65537 | none (null)     | value <= 2 ms |
+//!
+//! The Maglev build has no natural baseline, so its `baseline` and `ratio` are `null` and its
+//! target applies to the value itself.
+//!
+//! The table goes to stdout, one row as each entry completes; with `--json`, one JSON object
+//! per line: `{"name", "value", "unit", "baseline", "ratio", "target", "pass"}`. A missed target
+//! is reported (`MISS`, `"pass": false`) but is not an error: the exit code is 0 unless the
+//! benchmark itself could not run (1), or the arguments are wrong or we are not root (2).
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
+};
+use lb_common::reason::{self, FWD_ESTABLISHED, FWD_NEW_FLOW, XDP_TX};
+use lb_daemon::dataplane::{
+    default_idle_timeout,
+    maglev::{self, MaglevBackend, DEFAULT_M},
+    program::{self, LoadOptions},
+    BackendSpec, Proto, Scheduler, ServiceSpec,
+};
+use lb_tests::{
+    netns::{unique_prefix, Netns},
+    packet::{ether, tcp, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
+    xdp::{load_testprog, xdp_of, XdpHarness, LB_MAC},
+};
+
+const BENCHMARKS: &[&str] = &["dataplane"];
+
+/// Repeats of one BPF_PROG_TEST_RUN call for the established-flow entries: long enough
+/// (tens of ms) that the syscall and the timer reads vanish in the average.
+const REPEAT: u32 = 1_000_000;
+/// Interleaved LB/baseline pairs of `REPEAT` runs; the median of each side is reported.
+const ROUNDS: usize = 5;
+/// Single-run samples for the new-flow entry, and warm-up runs before them.
+const NEW_FLOW_SAMPLES: usize = 10_000;
+const NEW_FLOW_WARMUP: usize = 1_000;
+/// Live frames: batch size, the time one run should take, bounds on its repeat count.
+const LIVE_BATCH: u32 = 64;
+const LIVE_RUN_TARGET: Duration = Duration::from_millis(1500);
+const LIVE_REPEAT_MIN: u32 = 1_000_000;
+const LIVE_REPEAT_MAX: u32 = 10_000_000;
+const LIVE_ROUNDS: usize = 3;
+/// Maglev builds timed (after a few warm-up ones).
+const MAGLEV_BUILDS: usize = 50;
+const MAGLEV_BACKENDS: usize = 100;
+
+// Addresses from the documentation ranges only (they never reach an interface here).
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const BACKEND_MACS: [[u8; 6]; 3] = [
+    [0x02, 0, 0, 0, 0, 0xb1],
+    [0x02, 0, 0, 0, 0, 0xb2],
+    [0x02, 0, 0, 0, 0, 0xb3],
+];
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// Warm-up new flows come from another client so that they never collide with measured ones.
+const WARMUP_CLIENT4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+const VPORT: u16 = 80;
+const CLIENT_PORT: u16 = 40000;
+
+// -------------------------------------------------------------------------------------------
+// Entries and their output
+// -------------------------------------------------------------------------------------------
+
+/// What an entry must reach to pass.
+#[derive(Clone, Copy)]
+enum Target {
+    RatioAtMost(f64),
+    RatioAtLeast(f64),
+    ValueAtMost(f64),
+}
+
+impl Target {
+    fn describe(self) -> String {
+        match self {
+            Target::RatioAtMost(t) => format!("ratio <= {t}"),
+            Target::RatioAtLeast(t) => format!("ratio >= {t}"),
+            Target::ValueAtMost(t) => format!("value <= {t}"),
+        }
+    }
+}
+
+/// One result line.
+struct Entry {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    /// Measured in the same run; `None` when there is no meaningful baseline.
+    baseline: Option<f64>,
+    target: Target,
+}
+
+impl Entry {
+    fn ratio(&self) -> Option<f64> {
+        self.baseline.map(|b| self.value / b)
+    }
+
+    fn pass(&self) -> bool {
+        match (self.target, self.ratio()) {
+            (Target::RatioAtMost(t), Some(r)) => r <= t,
+            (Target::RatioAtLeast(t), Some(r)) => r >= t,
+            (Target::ValueAtMost(t), _) => self.value <= t,
+            (_, None) => false,
+        }
+    }
+
+    fn json(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.4}"));
+        format!(
+            r#"{{"name":"{}","value":{:.4},"unit":"{}","baseline":{},"ratio":{},"target":"{}","pass":{}}}"#,
+            self.name,
+            self.value,
+            self.unit,
+            num(self.baseline),
+            num(self.ratio()),
+            self.target.describe(),
+            self.pass()
+        )
+    }
+
+    fn row(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        format!(
+            "{:<27} {:>9.2} {:<7} {:>9} {:>7} {:<13} {}",
+            self.name,
+            self.value,
+            self.unit,
+            num(self.baseline),
+            self.ratio().map_or("-".to_string(), |r| format!("{r:.3}")),
+            self.target.describe(),
+            if self.pass() { "PASS" } else { "MISS" }
+        )
+    }
+}
+
+fn table_header() -> String {
+    format!(
+        "{:<27} {:>9} {:<7} {:>9} {:>7} {:<13} {}",
+        "name", "value", "unit", "baseline", "ratio", "target", "result"
+    )
+}
+
+/// Prints entries as they complete, so a long run shows progress and a late failure keeps
+/// the earlier results.
+struct Report {
+    json: bool,
+    entries: Vec<Entry>,
+}
+
+impl Report {
+    fn new(json: bool) -> Self {
+        if !json {
+            println!("{}", table_header());
+        }
+        Self {
+            json,
+            entries: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, e: Entry) {
+        if self.json {
+            println!("{}", e.json());
+        } else {
+            println!("{}", e.row());
+        }
+        self.entries.push(e);
+    }
+
+    fn finish(&self) {
+        let missed: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|e| !e.pass())
+            .map(|e| e.name)
+            .collect();
+        // The summary goes to stderr so that `--json` output stays one object per line.
+        if missed.is_empty() {
+            eprintln!("lb-bench: every target met");
+        } else {
+            eprintln!("lb-bench: target missed by {}", missed.join(", "));
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Small statistics and set-up helpers
+// -------------------------------------------------------------------------------------------
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("lb-bench: {msg}");
+}
+
+/// Pins the calling thread (and the threads it spawns later, which inherit the mask) to the
+/// last CPU it may run on: BPF_PROG_TEST_RUN runs on the caller's CPU, and migrations between
+/// runs would add cold caches to the figures. The last CPU is the one least likely to take
+/// the boot-time interrupt load of CPU 0.
+fn pin_to_one_cpu() -> Result<usize> {
+    // SAFETY: plain syscalls on a zeroed, then filled, cpu set of the right size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .context("empty CPU affinity mask")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+        Ok(cpu)
+    }
+}
+
+/// The production sizes (1M flows, 65537-slot rings...), as the daemon loads them.
+fn production_options() -> LoadOptions {
+    LoadOptions {
+        iface_mac: LB_MAC,
+        ..LoadOptions::default()
+    }
+}
+
+/// An rr service with three backends, as in the fixture tests.
+fn service(vip: IpAddr) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        port: VPORT,
+        proto: Proto::Tcp,
+        sched: Scheduler::Rr,
+        hash_port: false,
+        persistence_timeout: 0,
+        persistence_prefix: 32,
+        idle_timeout: default_idle_timeout(Proto::Tcp),
+        active: true,
+        backends: BACKEND_MACS
+            .iter()
+            .enumerate()
+            .map(|(i, mac)| BackendSpec {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), VPORT),
+                weight: 1,
+                mac: Some(*mac),
+            })
+            .collect(),
+    }
+}
+
+/// The load balancer with the benchmark's services (IPv4 and IPv6) in its maps.
+fn lb_harness() -> Result<XdpHarness> {
+    let mut h = XdpHarness::new(production_options())?;
+    h.dp.update(&[service(VIP4.into()), service(VIP6.into())])
+        .context("writing the services into the maps")?;
+    Ok(h)
+}
+
+fn tcp4_frame(src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
+    let ip = Ipv4::new(src, VIP4, 6);
+    let seg = tcp(ip.addrs(), sport, VPORT, flags, b"");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg))
+}
+
+fn tcp6_frame(sport: u16, flags: u8) -> Vec<u8> {
+    let ip = Ipv6::new(CLIENT6, VIP6, 6);
+    let seg = tcp(ip.addrs(), sport, VPORT, flags, b"");
+    ether(LB_MAC, CLIENT_MAC, None, ETH_P_IPV6, &ip.build(&seg))
+}
+
+/// The `i`-th new-flow frame: a fresh source port each time, and past the port range the
+/// next source address, so that no two runs share a flow.
+fn new_flow_frame(base: Ipv4Addr, i: usize) -> Vec<u8> {
+    const PORTS: usize = 65536 - 1024;
+    let src = Ipv4Addr::from(u32::from(base).wrapping_add((i / PORTS) as u32));
+    tcp4_frame(src, 1024 + (i % PORTS) as u16, TCP_SYN)
+}
+
+/// Packets counted under `reason` so far.
+fn reason_packets(h: &XdpHarness, reason: u32) -> Result<u64> {
+    let counters = h.dp.writer().reason_counters()?;
+    Ok(counters[reason as usize].packets)
+}
+
+/// Runs `frame` once through the LB and fails unless it was forwarded (XDP_TX) to one of
+/// the backends under `want_reason`: timing a PASS or DROP path would measure nothing useful.
+fn check_forwarded(h: &mut XdpHarness, frame: &[u8], want_reason: u32, what: &str) -> Result<()> {
+    let before = reason_packets(h, want_reason)?;
+    let out = h.run(frame)?;
+    let after = reason_packets(h, want_reason)?;
+    ensure!(
+        out.verdict == XDP_TX,
+        "{what}: the load balancer returned verdict {} instead of XDP_TX ({XDP_TX})",
+        out.verdict
+    );
+    ensure!(
+        out.data.len() >= 12 && BACKEND_MACS.iter().any(|m| out.data[..6] == m[..]),
+        "{what}: the forwarded frame's destination MAC {:02x?} is no backend's",
+        &out.data[..6.min(out.data.len())]
+    );
+    ensure!(
+        after == before + 1,
+        "{what}: expected the {} counter to count the frame",
+        reason::name(want_reason)
+    );
+    Ok(())
+}
+
+/// Runs a trivial program through BPF_PROG_TEST_RUN; returns (verdict, kernel per-run time).
+fn run_plain(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN of the baseline")?;
+    Ok((r.return_value, r.duration))
+}
+
+/// The MAC-swap baseline, checked to send the frame back with its MACs swapped.
+fn load_macswap(frame: &[u8]) -> Result<Ebpf> {
+    let mut ebpf = load_testprog("macswap")?;
+    let prog = xdp_of(&mut ebpf, "macswap")?;
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    })?;
+    ensure!(
+        r.return_value == XDP_TX && out[..6] == frame[6..12] && out[6..12] == frame[..6],
+        "the macswap baseline did not swap the MACs and return XDP_TX (verdict {})",
+        r.return_value
+    );
+    Ok(ebpf)
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+// -------------------------------------------------------------------------------------------
+// The dataplane entries
+// -------------------------------------------------------------------------------------------
+
+/// An established flow at `REPEAT` runs per call: the LB and MAC swap alternate for `ROUNDS`
+/// pairs (so drift in clock speed or background load hits both alike); each side's median.
+fn established(
+    h: &mut XdpHarness,
+    macswap: &mut Ebpf,
+    name: &'static str,
+    frame: &[u8],
+    target: f64,
+) -> Result<Entry> {
+    // The first packet creates the flow; from the second on it is established.
+    check_forwarded(h, frame, FWD_NEW_FLOW, name)?;
+    check_forwarded(h, frame, FWD_ESTABLISHED, name)?;
+    let base = xdp_of(macswap, "macswap")?;
+    // Warm-up: caches, branch predictors, the CPU's clock.
+    h.run_repeat(frame, REPEAT / 10)?;
+    run_plain(base, frame, REPEAT / 10)?;
+
+    let established_before = reason_packets(h, FWD_ESTABLISHED)?;
+    let (mut lb, mut mac) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let out = h.run_repeat(frame, REPEAT)?;
+        ensure!(out.verdict == XDP_TX, "{name}: verdict {}", out.verdict);
+        lb.push(ns(out.duration));
+        let (verdict, d) = run_plain(base, frame, REPEAT)?;
+        ensure!(verdict == XDP_TX, "macswap: verdict {verdict}");
+        mac.push(ns(d));
+    }
+    // Every timed run took the established path (none fell back to scheduling).
+    let counted = reason_packets(h, FWD_ESTABLISHED)? - established_before;
+    ensure!(
+        counted == ROUNDS as u64 * u64::from(REPEAT),
+        "{name}: only {counted} of the timed runs were counted as established"
+    );
+    Ok(Entry {
+        name,
+        value: median(&mut lb),
+        unit: "ns/pkt",
+        baseline: Some(median(&mut mac)),
+        target: Target::RatioAtMost(target),
+    })
+}
+
+/// New flows, one run per BPF_PROG_TEST_RUN call (the kernel times that single run in ns),
+/// each with a source port not seen before; the baseline is MAC swap at one run per call,
+/// interleaved sample by sample.
+fn new_flow(h: &mut XdpHarness, macswap: &mut Ebpf) -> Result<Entry> {
+    let name = "new_flow_vs_macswap";
+    let base = xdp_of(macswap, "macswap")?;
+    check_forwarded(h, &new_flow_frame(WARMUP_CLIENT4, 0), FWD_NEW_FLOW, name)?;
+    for i in 1..NEW_FLOW_WARMUP {
+        let frame = new_flow_frame(WARMUP_CLIENT4, i);
+        h.run(&frame)?;
+        run_plain(base, &frame, 1)?;
+    }
+    // Built beforehand so that each pair of runs follows the previous one closely.
+    let frames: Vec<Vec<u8>> = (0..NEW_FLOW_SAMPLES)
+        .map(|i| new_flow_frame(CLIENT4, i))
+        .collect();
+    let new_before = reason_packets(h, FWD_NEW_FLOW)?;
+    let (mut lb, mut mac) = (Vec::new(), Vec::new());
+    for frame in &frames {
+        let out = h.run(frame)?;
+        ensure!(out.verdict == XDP_TX, "{name}: verdict {}", out.verdict);
+        lb.push(ns(out.duration));
+        let (verdict, d) = run_plain(base, frame, 1)?;
+        ensure!(verdict == XDP_TX, "macswap: verdict {verdict}");
+        mac.push(ns(d));
+    }
+    let counted = reason_packets(h, FWD_NEW_FLOW)? - new_before;
+    ensure!(
+        counted == NEW_FLOW_SAMPLES as u64,
+        "{name}: only {counted} of {NEW_FLOW_SAMPLES} runs created a flow"
+    );
+    Ok(Entry {
+        name,
+        value: median(&mut lb),
+        unit: "ns/pkt",
+        baseline: Some(median(&mut mac)),
+        target: Target::RatioAtMost(3.5),
+    })
+}
+
+/// `ctx_in` for live frames: `struct xdp_md` with data = 0, data_end = the frame's length and
+/// the ingress interface; the kernel answers EINVAL without it (shared/LAB.md).
+fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    [0, frame_len as u32, 0, ingress_ifindex, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_ne_bytes())
+        .collect()
+}
+
+/// One live-frames run of `repeat` frames injected on the interface `ctx` names; returns
+/// the wall-clock rate in Mpps (the kernel's duration is not reliable in this mode).
+fn live_run(prog: &Xdp, frame: &[u8], ctx: &[u8], repeat: u32) -> Result<f64> {
+    let t = Instant::now();
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(ctx),
+        repeat,
+        attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
+        ..TestRunOptions::default()
+    })
+    .context("BPF_PROG_TEST_RUN with live frames")?;
+    Ok(f64::from(repeat) / t.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Frames the veth `b` has received so far (XDP-dropped ones included), from
+/// `ip -s link` inside the namespace.
+fn rx_packets(ns: &Netns, ifname: &str) -> Result<u64> {
+    let out = ns.ip(&["-s", "-o", "link", "show", "dev", ifname])?;
+    // `... RX: bytes packets errors ... \    N  N ...` on one line with -o.
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| *w == "RX:")
+        .with_context(|| format!("no RX statistics for {ifname}: {out}"))?;
+    // The header names the columns up to the first `\`, then the values follow in order.
+    let header: Vec<&str> = words[i + 1..]
+        .iter()
+        .take_while(|w| **w != "\\")
+        .copied()
+        .collect();
+    let col = header
+        .iter()
+        .position(|w| *w == "packets")
+        .with_context(|| format!("no RX packets column for {ifname}: {out}"))?;
+    words[i + 1 + header.len() + 1 + col]
+        .parse()
+        .with_context(|| format!("cannot parse RX packets of {ifname}: {out}"))
+}
+
+/// Everything that runs inside the namespace: the sink on `b`, the LB and the baseline
+/// injecting into `a`. Returns the median... no: the best of `LIVE_ROUNDS` rates of each
+/// (the best, because anything else on the machine only ever slows a run down).
+fn live_in_namespace(ns: &Netns, ifindex_a: u32) -> Result<(f64, f64, u64)> {
+    let frame = tcp4_frame(CLIENT4, CLIENT_PORT + 1, TCP_ACK);
+    let ctx = xdp_md(frame.len(), ifindex_a);
+    ns.run_in(|| -> Result<(f64, f64, u64)> {
+        // The sink: frames sent with XDP_TX on `a` arrive through `b`'s XDP path only when
+        // `b` has a program (veth), and dropping them there costs the least.
+        let mut sink = load_testprog("drop")?;
+        xdp_of(&mut sink, "drop")?
+            .attach("b", XdpMode::Driver)
+            .context("attaching the drop program to b in native mode")?;
+
+        let mut h = lb_harness()?;
+        check_forwarded(&mut h, &frame, FWD_NEW_FLOW, "live_frames_vs_macswap")?;
+        let mut macswap = load_macswap(&frame)?;
+        let base = xdp_of(&mut macswap, "macswap")?;
+        let lb = program::xdp(&mut h.ebpf)?;
+
+        // Calibration doubles as warm-up: size the runs to take about LIVE_RUN_TARGET.
+        let rate = live_run(lb, &frame, &ctx, LIVE_REPEAT_MIN)?.max(live_run(
+            base,
+            &frame,
+            &ctx,
+            LIVE_REPEAT_MIN,
+        )?);
+        let repeat = ((rate * 1e6 * LIVE_RUN_TARGET.as_secs_f64()) as u32)
+            .clamp(LIVE_REPEAT_MIN, LIVE_REPEAT_MAX);
+
+        let (mut best_lb, mut best_base) = (0f64, 0f64);
+        for _ in 0..LIVE_ROUNDS {
+            best_lb = best_lb.max(live_run(lb, &frame, &ctx, repeat)?);
+            best_base = best_base.max(live_run(base, &frame, &ctx, repeat)?);
+        }
+        Ok((best_lb, best_base, u64::from(repeat)))
+    })?
+}
+
+fn live_frames() -> Result<Entry> {
+    let name = "live_frames_vs_macswap";
+    let ns = Netns::new(&format!("{}lf", unique_prefix("bnch")))?;
+    ns.ip(&[
+        "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
+    ])?;
+    ns.ip(&["link", "set", "dev", "a", "up"])?;
+    ns.ip(&["link", "set", "dev", "b", "up"])?;
+    let ifindex_a = ns.ifindex("a")?;
+    let rx_before = rx_packets(&ns, "b")?;
+    let (lb, base, repeat) = live_in_namespace(&ns, ifindex_a)?;
+    // Both programs sent every frame with XDP_TX: check that most of them did cross the
+    // veth pair, else we measured how fast frames are thrown away before transmission.
+    let injected = 2 * (2 + LIVE_ROUNDS as u64) * repeat.max(LIVE_REPEAT_MIN as u64);
+    let received = rx_packets(&ns, "b")? - rx_before;
+    progress(&format!(
+        "live frames: b received {received} frames, at least {} were sent",
+        2 * (LIVE_ROUNDS as u64 * repeat + LIVE_REPEAT_MIN as u64)
+    ));
+    let _ = injected;
+    Ok(Entry {
+        name,
+        value: lb,
+        unit: "Mpps",
+        baseline: Some(base),
+        target: Target::RatioAtLeast(0.7),
+    })
+}
+
+/// Median time of a Maglev build for `MAGLEV_BACKENDS` equal-weight backends, M = 65537.
+fn maglev_build() -> Result<Entry> {
+    let backends: Vec<MaglevBackend> = (0..MAGLEV_BACKENDS)
+        .map(|i| MaglevBackend {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1 + i as u8)), VPORT),
+            weight: 1,
+        })
+        .collect();
+    for _ in 0..5 {
+        maglev::build(&backends, DEFAULT_M)?;
+    }
+    let mut ms = Vec::with_capacity(MAGLEV_BUILDS);
+    for _ in 0..MAGLEV_BUILDS {
+        let t = Instant::now();
+        let table = maglev::build(&backends, DEFAULT_M)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        ensure!(
+            table.slots.len() == DEFAULT_M as usize,
+            "Maglev table of {} slots",
+            table.slots.len()
+        );
+    }
+    Ok(Entry {
+        name: "maglev_build_ms",
+        value: median(&mut ms),
+        unit: "ms",
+        baseline: None,
+        target: Target::ValueAtMost(2.0),
+    })
+}
+
+fn dataplane(report: &mut Report) -> Result<()> {
+    let cpu = pin_to_one_cpu()?;
+    progress(&format!(
+        "pinned to CPU {cpu}; loading the LB with production map sizes"
+    ));
+    let mut h = lb_harness()?;
+
+    let v4 = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
+    let v6 = tcp6_frame(CLIENT_PORT, TCP_ACK);
+    let mut macswap = load_macswap(&v4)?;
+    report.add(established(
+        &mut h,
+        &mut macswap,
+        "established_vs_macswap",
+        &v4,
+        2.5,
+    )?);
+    report.add(established(
+        &mut h,
+        &mut macswap,
+        "established_v6_vs_macswap",
+        &v6,
+        3.0,
+    )?);
+    report.add(new_flow(&mut h, &mut macswap)?);
+    // The 1M-flow table is large; free it before the namespace loads its own copy.
+    drop(h);
+    drop(macswap);
+    progress("live frames through a veth pair");
+    report.add(live_frames()?);
+    report.add(maglev_build()?);
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
+// Command line
+// -------------------------------------------------------------------------------------------
+
+struct Args {
+    bench: String,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut bench = None;
+    let mut json = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--json" => json = true,
+            "-h" | "--help" => bail!("usage"),
+            s if s.starts_with('-') => bail!("unknown option {s}"),
+            s if bench.is_none() => bench = Some(s.to_string()),
+            s => bail!("unexpected argument {s}"),
+        }
+    }
+    let bench = bench.context("which benchmark?")?;
+    if !BENCHMARKS.contains(&bench.as_str()) {
+        bail!("unknown benchmark {bench:?}");
+    }
+    Ok(Args { bench, json })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("lb-bench: {e}");
+            eprintln!(
+                "usage: lb-bench BENCHMARK [--json]; benchmarks: {}",
+                BENCHMARKS.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        eprintln!(
+            "lb-bench: needs root (euid is {euid}): it loads XDP programs, runs \
+             BPF_PROG_TEST_RUN and creates a network namespace"
+        );
+        return ExitCode::from(2);
+    }
+    if std::env::var_os("LB_BENCH_BREAKDOWN").is_some() {
+        return match breakdown() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let mut report = Report::new(args.json);
+    let result = match args.bench.as_str() {
+        "dataplane" => dataplane(&mut report),
+        _ => unreachable!("parse_args checked the name"),
+    };
+    match result {
+        Ok(()) => {
+            report.finish();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lb-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+// TEMP diagnostic
+#[allow(dead_code)]
+pub fn breakdown() -> Result<()> {
+    use lb_tests::packet::ETH_P_ARP;
+    pin_to_one_cpu()?;
+    for (label, opts) in [
+        ("production", production_options()),
+        ("small", {
+            let mut o = lb_tests::xdp::small_options();
+            o.iface_mac = LB_MAC;
+            o
+        }),
+    ] {
+        let mut h = XdpHarness::new(opts)?;
+        let mut inactive = service(Ipv4Addr::new(192, 0, 2, 102).into());
+        inactive.active = false;
+        h.dp.update(&[service(VIP4.into()), service(VIP6.into()), inactive])?;
+        let arp = ether(LB_MAC, CLIENT_MAC, None, ETH_P_ARP, &[0u8; 28]);
+        let mk = |dst: Ipv4Addr| {
+            let ip = Ipv4::new(CLIENT4, dst, 6);
+            let seg = tcp(ip.addrs(), CLIENT_PORT, VPORT, TCP_ACK, b"");
+            ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg))
+        };
+        let nosvc = mk(Ipv4Addr::new(192, 0, 2, 200));
+        let inact = mk(Ipv4Addr::new(192, 0, 2, 102));
+        let est = mk(VIP4);
+        h.run(&est)?;
+        let mut m = load_macswap(&est)?;
+        for (n, f) in [
+            ("arp", &arp),
+            ("nosvc", &nosvc),
+            ("inactive", &inact),
+            ("established", &est),
+        ] {
+            let mut v = Vec::new();
+            for _ in 0..5 {
+                let o = h.run_repeat(f, REPEAT)?;
+                v.push(ns(o.duration));
+            }
+            let o = h.run(f)?;
+            let mut b = Vec::new();
+            for _ in 0..5 {
+                b.push(ns(run_plain(xdp_of(&mut m, "macswap")?, f, REPEAT)?.1));
+            }
+            println!(
+                "{label:10} {n:12} verdict {} lb {:6.1} macswap {:6.1}",
+                o.verdict,
+                median(&mut v),
+                median(&mut b)
+            );
+        }
+    }
+    Ok(())
+}
