@@ -81,6 +81,11 @@ fn cargo() -> Command {
     c
 }
 
+/// The namespace tests and the lab run the real `lb-daemon` binary.
+fn build_daemon() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "lb-daemon", "--bins"]))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => {
@@ -90,6 +95,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup("test")?;
             ebpf::build()?;
+            build_daemon()?;
             // Privileged tests (namespaces, XDP) fail instead of skipping under CI.
             let mut c = cargo();
             c.args(["test", "--workspace", "--release"]).args(&args);
@@ -121,6 +127,7 @@ fn main() -> Result<()> {
         Cmd::Lab { args } => {
             setup("test")?;
             ebpf::build()?;
+            build_daemon()?;
             let mut c = cargo();
             c.args([
                 "run",

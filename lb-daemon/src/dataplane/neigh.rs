@@ -903,6 +903,13 @@ impl NeighSocket {
     /// [`NeighError::EventsLost`] (ENOBUFS) and [`NeighError::DatagramTooLarge`] mean
     /// notifications were dropped; the socket remains usable, but the caller must
     /// re-dump the table to learn the current state.
+    ///
+    /// Before returning `EventsLost` the queued (now outdated) notifications are
+    /// discarded. This matters: after an overrun the kernel marks the socket congested
+    /// and silently drops every further notification until the queue has been emptied
+    /// (`netlink_overrun()` reports ENOBUFS only once, `netlink_rcv_wake()` clears the
+    /// state). A dump taken while still congested could miss later changes for good,
+    /// and stale queued events would be applied on top of the fresh dump.
     pub async fn next_events(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
         if !self.subscribed {
             return Err(NeighError::Misuse(
@@ -910,7 +917,14 @@ impl NeighSocket {
             ));
         }
         loop {
-            let len = self.recv().await?;
+            let len = match self.recv().await {
+                Ok(len) => len,
+                Err(NeighError::EventsLost) => {
+                    self.drain_queue()?;
+                    return Err(NeighError::EventsLost);
+                }
+                Err(e) => return Err(e),
+            };
             let mut events = Vec::new();
             for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
                 if let (_, NlMessage::Neigh(ev)) = item? {
@@ -921,6 +935,28 @@ impl NeighSocket {
                 return Ok(events);
             }
         }
+    }
+
+    /// Read and discard everything queued on the socket (see [`Self::next_events`]).
+    /// Bounded, so a continuous flood cannot keep us here forever.
+    fn drain_queue(&mut self) -> Result<(), NeighError> {
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut discarded = 0u32;
+        for _ in 0..65_536 {
+            match recv_from(fd, &mut self.buf) {
+                Ok(_) => discarded += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) => return Err(NeighError::io("recvfrom", e)),
+            }
+        }
+        debug!(
+            discarded,
+            "discarded queued neighbour events after an overrun"
+        );
+        Ok(())
     }
 
     /// Common start of a request: check the socket kind and replace the socket if a
@@ -2775,7 +2811,7 @@ mod netns_tests {
             loop {
                 match tokio::time::timeout_at(deadline, events.next_events()).await {
                     Ok(Ok(evs)) if evs.iter().any(|e| e.addr == want) => break,
-                    Ok(Ok(_) | Err(NeighError::EventsLost)) => continue,
+                    Ok(Ok(_)) => continue,
                     Ok(Err(e)) => panic!("unexpected error {e}"),
                     Err(_) => panic!("no event for {want} after the overflow"),
                 }

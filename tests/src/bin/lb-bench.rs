@@ -724,6 +724,22 @@ fn main() -> ExitCode {
 pub fn breakdown() -> Result<()> {
     use lb_tests::packet::ETH_P_ARP;
     pin_to_one_cpu()?;
+    if std::env::var("LB_BENCH_BREAKDOWN").as_deref() == Ok("est") {
+        let mut h = lb_harness()?;
+        let est = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
+        h.run(&est)?;
+        for _ in 0..30 {
+            h.run_repeat(&est, REPEAT)?;
+        }
+        return Ok(());
+    }
+    if std::env::var("LB_BENCH_BREAKDOWN").as_deref() == Ok("new") {
+        let mut h = lb_harness()?;
+        for i in 0..300_000 {
+            h.run(&new_flow_frame(CLIENT4, i))?;
+        }
+        return Ok(());
+    }
     for (label, opts) in [
         ("production", production_options()),
         ("small", {

@@ -1,0 +1,145 @@
+//! The pieces the DR namespace test and the `lb-lab` demo share: a config for the lab's
+//! topology, the daemon started inside the LB namespace, and per-backend counting.
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    netns::{wait_until, DrLab, Proc},
+    xdp::{load_testprog, xdp_of},
+};
+
+/// The `lb-daemon` binary: `$LB_DAEMON_BIN`, else beside (or one level above) the running
+/// executable, where `cargo build --release -p lb-daemon` puts it.
+pub fn daemon_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LB_DAEMON_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("own path")?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("lb-daemon"))
+        .collect();
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        format!(
+            "lb-daemon not found at {candidates:?}: build it with `cargo build --release -p lb-daemon` \
+             (`cargo xtask test` and `cargo xtask lab` do)"
+        )
+    })
+}
+
+/// The lab's services: port 80 on the v4 and v6 VIPs, one real server per lab server.
+pub fn lab_config(lab: &DrLab, xdp_mode: &str, lb_algo: &str, weights: &[u32]) -> String {
+    let mut c = format!(
+        "[global_defs]\nrouter_id = \"{}\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"{xdp_mode}\"\nmax_flows = 65536\n",
+        lab.prefix()
+    );
+    let n = lab.servers().len();
+    for (vip, servers) in [
+        (
+            crate::netns::VIP_V4.to_string(),
+            (1..=n)
+                .map(|i| crate::netns::server_v4(i).to_string())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            crate::netns::VIP_V6.to_string(),
+            (1..=n)
+                .map(|i| crate::netns::server_v6(i).to_string())
+                .collect(),
+        ),
+    ] {
+        c += &format!(
+            "\n[[virtual_server]]\nip = \"{vip}\"\nport = 80\nprotocol = \"TCP\"\nlb_algo = \"{lb_algo}\"\nlb_kind = \"DR\"\n# No VRRP instance owns the VIP yet: this node always serves it.\nstatic = true\n"
+        );
+        for (s, w) in servers.iter().zip(weights) {
+            c += &format!(
+                "  [[virtual_server.real_server]]\n  ip = \"{s}\"\n  port = 80\n  weight = {w}\n"
+            );
+        }
+    }
+    c
+}
+
+/// Keeps the bridge-side XDP program of native mode alive.
+pub struct NativePeer {
+    _ebpf: aya::Ebpf,
+    _link: aya::programs::xdp::XdpLinkId,
+}
+
+/// What native XDP on veth needs (shared/LAB.md): an XDP program on the bridge-side peer
+/// of the LB's veth, and TX checksum offload off on the senders.
+pub fn prepare_native(lab: &DrLab) -> Result<NativePeer> {
+    lab.set_tx_offload_off()?;
+    let ifindex = lab.lb_peer_ifindex()?;
+    lab.bridge().run_in(move || -> Result<NativePeer> {
+        let mut ebpf = load_testprog("pass")?;
+        let link = xdp_of(&mut ebpf, "pass")?
+            .attach_to_if_index(ifindex, aya::programs::XdpMode::Driver)?;
+        Ok(NativePeer {
+            _ebpf: ebpf,
+            _link: link,
+        })
+    })?
+}
+
+/// Starts `lb-daemon run` in the LB namespace with `config`, and waits until the program is
+/// attached in `xdp_mode` and every backend's MAC is resolved.
+pub fn start_daemon(lab: &DrLab, config: &str, xdp_mode: &str) -> Result<(Proc, PathBuf)> {
+    let cfg = lab.lb().dir().join("lb.toml");
+    std::fs::write(&cfg, config)?;
+    let bin = daemon_bin()?;
+    let daemon = lab.lb().spawn(&[
+        bin.to_str().context("path")?,
+        "run",
+        "--config",
+        cfg.to_str().context("path")?,
+    ])?;
+    let attached = format!("mode=\"{xdp_mode}\"");
+    let backends = 2 * lab.servers().len();
+    let mut exited = false;
+    let ready = wait_until(
+        "lb-daemon attaches and resolves every backend",
+        Duration::from_secs(20),
+        || {
+            exited = !daemon.is_running();
+            let log = daemon.read_stderr();
+            exited
+                || (log.contains(&attached)
+                    && log.matches("backend MAC resolved").count() >= backends)
+        },
+    );
+    if exited {
+        bail!("lb-daemon exited:\n{}", daemon.read_stderr());
+    }
+    ready.with_context(|| daemon.read_stderr())?;
+    Ok((daemon, cfg))
+}
+
+/// Rewrites the config and reloads it with SIGHUP; waits until the daemon says so.
+pub fn reload(daemon: &Proc, cfg: &std::path::Path, config: &str) -> Result<()> {
+    let before = daemon
+        .read_stderr()
+        .matches("configuration reloaded")
+        .count();
+    std::fs::write(cfg, config)?;
+    daemon.signal(libc::SIGHUP)?;
+    wait_until("the reload", Duration::from_secs(10), || {
+        daemon
+            .read_stderr()
+            .matches("configuration reloaded")
+            .count()
+            > before
+    })
+}
+
+/// How many replies each server gave (the servers answer with their name).
+pub fn counts(bodies: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for b in bodies {
+        *m.entry(b.trim().to_string()).or_insert(0) += 1;
+    }
+    m
+}
