@@ -46,10 +46,11 @@
 //!
 //! # `NUD_PERMANENT` entries are never touched
 //!
-//! Since kernel 5.16 (`NTF_MANAGED` rework) `__neigh_update()` executes
-//! `new = old & ~NUD_PERMANENT` for `NTF_USE` requests: sending one for a static entry
-//! configured with `ip neigh add ... nud permanent` silently turns it into a dynamic
-//! one and starts probing. The resolver therefore never requests resolution for an
+//! For `NTF_USE` requests `__neigh_update()` executes `new = old & ~NUD_PERMANENT`
+//! (6.18 source; the line came with the `NTF_MANAGED` rework): sending one for a static
+//! entry configured with `ip neigh add ... nud permanent` turns it into a dynamic one
+//! and starts probing. Verified on 6.18: the entry went from `PERMANENT` with its MAC
+//! to `INCOMPLETE` without one. The resolver therefore never requests resolution for an
 //! entry the kernel reports as `PERMANENT` or `NOARP`, and it only sends requests once
 //! it has dumped the table and knows the current state.
 
@@ -350,7 +351,7 @@ impl NeighError {
 
     /// Whether the error means that the view built from events may be incomplete or
     /// wrong, so the table has to be dumped again (lost events, or kernel data we
-    /// could not decode). Other errors are I/O failures or misuse.
+    /// could not decode). Kernel-reported errors, I/O failures and misuse give `false`.
     pub fn needs_resync(&self) -> bool {
         !matches!(
             self,
@@ -429,8 +430,10 @@ pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
 /// `NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK`.
 ///
 /// `NLM_F_CREATE` lets `neigh_add()` create a missing entry; with `NTF_USE` the kernel
-/// then calls `neigh_event_send()` instead of applying `ndm_state` (which is why
-/// `NUD_NONE` is correct; verified on 6.18 that `NUD_INCOMPLETE` behaves the same).
+/// then calls `neigh_event_send()` instead of applying `ndm_state`. Verified on 6.18:
+/// every `ndm_state` value (NONE, INCOMPLETE, REACHABLE, STALE, FAILED, NOARP,
+/// PERMANENT) is acked and resolves the same way; `NUD_NONE` is used because
+/// `NUD_PERMANENT` would additionally exempt a newly created entry from GC.
 /// `NLM_F_ACK` makes the kernel confirm, so errors such as `ENODEV` are reported.
 ///
 /// Do not send this for `NUD_PERMANENT` entries: the kernel clears the flag.
@@ -1495,10 +1498,9 @@ impl MacResolver {
                 return Ok(());
             }
 
-            let deadline = match (self.table.next_deadline(), resync_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // While a re-dump is pending no requests are sent, so only its time counts
+            // (an overdue request deadline would otherwise make this loop spin).
+            let deadline = resync_at.or_else(|| self.table.next_deadline());
             let sleep = async move {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,

@@ -693,15 +693,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if std::env::var_os("LB_BENCH_BREAKDOWN").is_some() {
-        return match breakdown() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e:#}");
-                ExitCode::from(1)
-            }
-        };
-    }
     let mut report = Report::new(args.json);
     let result = match args.bench.as_str() {
         "dataplane" => dataplane(&mut report),
@@ -719,73 +710,3 @@ fn main() -> ExitCode {
     }
 }
 
-// TEMP diagnostic
-#[allow(dead_code)]
-pub fn breakdown() -> Result<()> {
-    use lb_tests::packet::ETH_P_ARP;
-    pin_to_one_cpu()?;
-    if std::env::var("LB_BENCH_BREAKDOWN").as_deref() == Ok("est") {
-        let mut h = lb_harness()?;
-        let est = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
-        h.run(&est)?;
-        for _ in 0..30 {
-            h.run_repeat(&est, REPEAT)?;
-        }
-        return Ok(());
-    }
-    if std::env::var("LB_BENCH_BREAKDOWN").as_deref() == Ok("new") {
-        let mut h = lb_harness()?;
-        for i in 0..300_000 {
-            h.run(&new_flow_frame(CLIENT4, i))?;
-        }
-        return Ok(());
-    }
-    for (label, opts) in [
-        ("production", production_options()),
-        ("small", {
-            let mut o = lb_tests::xdp::small_options();
-            o.iface_mac = LB_MAC;
-            o
-        }),
-    ] {
-        let mut h = XdpHarness::new(opts)?;
-        let mut inactive = service(Ipv4Addr::new(192, 0, 2, 102).into());
-        inactive.active = false;
-        h.dp.update(&[service(VIP4.into()), service(VIP6.into()), inactive])?;
-        let arp = ether(LB_MAC, CLIENT_MAC, None, ETH_P_ARP, &[0u8; 28]);
-        let mk = |dst: Ipv4Addr| {
-            let ip = Ipv4::new(CLIENT4, dst, 6);
-            let seg = tcp(ip.addrs(), CLIENT_PORT, VPORT, TCP_ACK, b"");
-            ether(LB_MAC, CLIENT_MAC, None, ETH_P_IP, &ip.build(&seg))
-        };
-        let nosvc = mk(Ipv4Addr::new(192, 0, 2, 200));
-        let inact = mk(Ipv4Addr::new(192, 0, 2, 102));
-        let est = mk(VIP4);
-        h.run(&est)?;
-        let mut m = load_macswap(&est)?;
-        for (n, f) in [
-            ("arp", &arp),
-            ("nosvc", &nosvc),
-            ("inactive", &inact),
-            ("established", &est),
-        ] {
-            let mut v = Vec::new();
-            for _ in 0..5 {
-                let o = h.run_repeat(f, REPEAT)?;
-                v.push(ns(o.duration));
-            }
-            let o = h.run(f)?;
-            let mut b = Vec::new();
-            for _ in 0..5 {
-                b.push(ns(run_plain(xdp_of(&mut m, "macswap")?, f, REPEAT)?.1));
-            }
-            println!(
-                "{label:10} {n:12} verdict {} lb {:6.1} macswap {:6.1}",
-                o.verdict,
-                median(&mut v),
-                median(&mut b)
-            );
-        }
-    }
-    Ok(())
-}
