@@ -362,7 +362,7 @@ interface = "eth0"
 xdp_mode = "skb"
 
 [[virtual_server]]
-ip = "1.1.1.1"
+ip = "192.0.2.100"
 port = 80
 protocol = "TCP"
 lb_algo = "rr"
@@ -370,12 +370,12 @@ lb_kind = "DR"
 static = true
 
   [[virtual_server.real_server]]
-  ip = "1.1.1.4"
+  ip = "192.0.2.11"
   port = 80
   weight = 1
 
   [[virtual_server.real_server]]
-  ip = "1.1.1.5"
+  ip = "192.0.2.12"
   port = 80
 "#;
 
@@ -426,12 +426,12 @@ static = true
                 "lb.toml:14: `virtual_server.lb_kind`",
             ),
             (
-                "ip = \"1.1.1.4\"",
-                "ip = \"1.1.1\"",
+                "ip = \"192.0.2.11\"",
+                "ip = \"192.0.2\"",
                 "lb.toml:18: `real_server.ip`",
             ),
             (
-                "ip = \"1.1.1.4\"",
+                "ip = \"192.0.2.11\"",
                 "ip = \"2001:db8::4\"",
                 "lb.toml:18: `real_server.ip`",
             ),

@@ -161,7 +161,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                     Ok(new) => {
                         config = new;
-                        let _ = wanted_tx.send(wanted(&config, ifindex));
+                        let want = wanted(&config, ifindex);
+                        // The resolver says nothing about addresses it stops watching; a
+                        // MAC kept for one could go stale unnoticed if it came back.
+                        macs.retain(|ip, _| want.contains_key(ip));
+                        let _ = wanted_tx.send(want);
                         apply(&mut dp, &config, &macs);
                         info!(services = config.virtual_servers.len(), "configuration reloaded");
                     }

@@ -99,9 +99,9 @@ enum Target {
 impl Target {
     fn describe(self) -> String {
         match self {
-            Target::RatioAtMost(t) => format!("ratio <= {t}"),
-            Target::RatioAtLeast(t) => format!("ratio >= {t}"),
-            Target::ValueAtMost(t) => format!("value <= {t}"),
+            Target::RatioAtMost(t) => format!("ratio <= {t:?}"),
+            Target::RatioAtLeast(t) => format!("ratio >= {t:?}"),
+            Target::ValueAtMost(t) => format!("value <= {t:?}"),
         }
     }
 }
@@ -545,12 +545,8 @@ fn live_in_namespace(ns: &Netns, ifindex_a: u32) -> Result<LiveRates> {
         let lb = program::xdp(&mut h.ebpf)?;
 
         // Calibration doubles as warm-up: size the runs to take about LIVE_RUN_TARGET.
-        let rate = live_run(lb, &frame, &ctx, LIVE_REPEAT_MIN)?.max(live_run(
-            base,
-            &frame,
-            &ctx,
-            LIVE_REPEAT_MIN,
-        )?);
+        let lb_rate = live_run(lb, &frame, &ctx, LIVE_REPEAT_MIN)?;
+        let rate = lb_rate.max(live_run(base, &frame, &ctx, LIVE_REPEAT_MIN)?);
         let repeat = ((rate * 1e6 * LIVE_RUN_TARGET.as_secs_f64()) as u32)
             .clamp(LIVE_REPEAT_MIN, LIVE_REPEAT_MAX);
 
