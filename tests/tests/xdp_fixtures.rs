@@ -751,3 +751,40 @@ fn malformed_frames_are_dropped_and_counted_never_forwarded() {
     padded.extend_from_slice(&[0; 6]);
     check(&mut h, "ethernet padding", &padded, FWD_NEW_FLOW);
 }
+
+/// Collects the program's aya-log records.
+#[derive(Clone, Default)]
+struct Records(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn map_inconsistency_is_passed_and_logged_at_a_limited_rate() {
+    let Some(mut h) = harness(&specs()) else { return };
+    let records = Records::default();
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut h.ebpf, records.clone()).unwrap();
+    // Point the first service's ring (3 slots) at an empty backend slot, behind the
+    // planner's back: the program must not forward to it, and must say so, once.
+    let spec = specs()[0].clone();
+    let (sid, _) = h.dp.ids_of(&spec).unwrap();
+    let ring_size = h.dp.limits().ring_size;
+    use lb_daemon::dataplane::maps::MapWriter;
+    for slot in 0..3 {
+        h.dp.writer_mut().update_ring_slot(sid * ring_size + slot, 63).unwrap();
+    }
+    for sport in 0..5 {
+        check(&mut h, "ring slot names an empty backend", &tcp4(10_000 + sport), PASS_MAP_ERROR);
+    }
+    logger.flush();
+    let got = records.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one record for five bad packets within a second: {got:?}");
+    assert!(got[0].contains("names no usable backend"), "{got:?}");
+}

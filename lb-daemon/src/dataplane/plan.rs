@@ -433,4 +433,9 @@ impl<W: MapWriter> Dataplane<W> {
     pub fn writer(&self) -> &W {
         &self.writer
     }
+
+    /// The writer itself, bypassing the planner (tests use it to break the maps on purpose).
+    pub fn writer_mut(&mut self) -> &mut W {
+        &mut self.writer
+    }
 }
