@@ -1483,9 +1483,18 @@ mod tests {
             // the client resolved the VIP to the LB.
             let r = lab.curl_batch_raw(&vip, 1, Duration::from_secs(1)).unwrap();
             assert_eq!(r[0].status, 0, "{r:?}");
-            wait_until(&format!("{vip} to resolve"), Duration::from_secs(3), || {
-                lab.client().neigh_mac(&vip).ok().flatten().is_some()
-            })
+            // Each try sends traffic again: a resolution that failed (a lost ARP under
+            // load) is not retried by the kernel until something is sent.
+            wait_until(
+                &format!("{vip} to resolve"),
+                Duration::from_secs(10),
+                || {
+                    lab.client().neigh_mac(&vip).ok().flatten().is_some() || {
+                        let _ = lab.curl_batch_raw(&vip, 1, Duration::from_millis(300));
+                        false
+                    }
+                },
+            )
             .unwrap();
             assert_eq!(lab.client().neigh_mac(&vip).unwrap(), Some(lb_mac), "{vip}");
         }

@@ -761,14 +761,19 @@ impl log::Log for Records {
         true
     }
     fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(format!("{} {}", record.level(), record.args()));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
     }
     fn flush(&self) {}
 }
 
 #[test]
 fn map_inconsistency_is_passed_and_logged_at_a_limited_rate() {
-    let Some(mut h) = harness(&specs()) else { return };
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
     let records = Records::default();
     let mut logger = aya_log::EbpfLogger::init_with_logger(&mut h.ebpf, records.clone()).unwrap();
     // Point the first service's ring (3 slots) at an empty backend slot, behind the
@@ -778,13 +783,24 @@ fn map_inconsistency_is_passed_and_logged_at_a_limited_rate() {
     let ring_size = h.dp.limits().ring_size;
     use lb_daemon::dataplane::maps::MapWriter;
     for slot in 0..3 {
-        h.dp.writer_mut().update_ring_slot(sid * ring_size + slot, 63).unwrap();
+        h.dp.writer_mut()
+            .update_ring_slot(sid * ring_size + slot, 63)
+            .unwrap();
     }
     for sport in 0..5 {
-        check(&mut h, "ring slot names an empty backend", &tcp4(10_000 + sport), PASS_MAP_ERROR);
+        check(
+            &mut h,
+            "ring slot names an empty backend",
+            &tcp4(10_000 + sport),
+            PASS_MAP_ERROR,
+        );
     }
     logger.flush();
     let got = records.0.lock().unwrap().clone();
-    assert_eq!(got.len(), 1, "one record for five bad packets within a second: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "one record for five bad packets within a second: {got:?}"
+    );
     assert!(got[0].contains("names no usable backend"), "{got:?}");
 }

@@ -92,7 +92,7 @@ impl ServiceKeyOrd {
 }
 
 /// Id allocation that survives updates.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Ids {
     services: HashMap<ServiceKeyOrd, u32>,
     backends: HashMap<(ServiceKeyOrd, SocketAddr), u32>,
@@ -298,24 +298,32 @@ fn apply(
             w.update_backend(*id, b)?;
         }
     }
+    // Shrinking rings: shorten first, so the program never reads the slots being rewritten
+    // past the new end.
     for (key, svc) in &next.services {
-        let ring = &next.rings[&svc.id];
-        let old = prev.rings.get(&svc.id).map(Vec::as_slice).unwrap_or(&[]);
-        let base = svc.id * limits.ring_size;
-        // Shrinking: shorten first, so the program never reads the slots being rewritten
-        // past the new end.
-        if let Some(old_svc) = prev.services.get(key) {
-            if svc.ring_len < old_svc.ring_len && old_svc.id == svc.id {
-                let mut shorter = *old_svc;
-                shorter.ring_len = svc.ring_len;
-                w.update_service(&key.key(), &shorter)?;
+        if let Some(old) = prev.services.get(key) {
+            if svc.ring_len < old.ring_len && old.id == svc.id {
+                w.update_service(
+                    &key.key(),
+                    &ServiceValue {
+                        ring_len: svc.ring_len,
+                        ..*old
+                    },
+                )?;
             }
         }
+    }
+    // Once per ring, though a fragments-only entry shares its owner's.
+    for (id, ring) in &next.rings {
+        let old = prev.rings.get(id).map(Vec::as_slice).unwrap_or(&[]);
+        let base = id * limits.ring_size;
         for (i, &bid) in ring.iter().enumerate() {
             if old.get(i) != Some(&bid) {
                 w.update_ring_slot(base + i as u32, bid)?;
             }
         }
+    }
+    for (key, svc) in &next.services {
         if prev.services.get(key) != Some(svc) {
             w.update_service(&key.key(), svc)?;
         }
@@ -385,7 +393,11 @@ impl<W: MapWriter> Dataplane<W> {
     /// Makes the maps hold exactly `specs`. On error nothing the program relies on is left
     /// half-written: the caller may retry with the same or other specs.
     pub fn update(&mut self, specs: &[ServiceSpec]) -> Result<(), PlanError> {
-        let next = desired(specs, &mut self.ids, &self.limits)?;
+        // Plan on a copy: a spec that cannot be planned must not leak ids.
+        let mut ids = self.ids.clone();
+        let next = desired(specs, &mut ids, &self.limits)?;
+        // From here the maps may hold the new ids, whatever `apply` returns.
+        self.ids = ids;
         let result = apply(&self.current, &next, &self.limits, &mut self.writer);
         match result {
             Ok(()) => {
@@ -437,5 +449,275 @@ impl<W: MapWriter> Dataplane<W> {
     /// The writer itself, bypassing the planner (tests use it to break the maps on purpose).
     pub fn writer_mut(&mut self) -> &mut W {
         &mut self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::dataplane::{maps::MemMaps, Proto};
+
+    /// MemMaps that checks, after every single write, what the program relies on: each slot
+    /// below a service's `ring_len` names a present backend.
+    #[derive(Default)]
+    struct Checked(MemMaps);
+
+    impl Checked {
+        fn check(&self, limits: &Limits) {
+            for (key, svc) in &self.0.services {
+                for slot in 0..svc.ring_len {
+                    let idx = svc.id * limits.ring_size + slot;
+                    let bid = self.0.rings.get(&idx).unwrap_or_else(|| {
+                        panic!(
+                            "{key:?}: slot {slot} below ring_len {} unwritten",
+                            svc.ring_len
+                        )
+                    });
+                    let b = self.0.backends.get(bid).copied().unwrap_or_default();
+                    assert!(
+                        b.flags & BACKEND_F_PRESENT != 0,
+                        "{key:?}: slot {slot} -> absent backend {bid}"
+                    );
+                }
+            }
+        }
+    }
+
+    // A ring of 4099 slots: Maglev wants M well above 100 x N for its minimal disruption.
+    const LIMITS: Limits = Limits {
+        max_services: 8,
+        max_backends: 32,
+        ring_size: 4099,
+    };
+
+    impl MapWriter for Checked {
+        fn update_service(
+            &mut self,
+            k: &ServiceKey,
+            v: &ServiceValue,
+        ) -> Result<(), MapWriteError> {
+            self.0.update_service(k, v)?;
+            self.check(&LIMITS);
+            Ok(())
+        }
+        fn delete_service(&mut self, k: &ServiceKey) -> Result<(), MapWriteError> {
+            self.0.delete_service(k)?;
+            self.check(&LIMITS);
+            Ok(())
+        }
+        fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
+            self.0.update_backend(id, v)?;
+            self.check(&LIMITS);
+            Ok(())
+        }
+        fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
+            self.0.update_ring_slot(i, b)?;
+            // Only this slot can have changed; a full check per slot would be quadratic.
+            let (sid, slot) = (i / LIMITS.ring_size, i % LIMITS.ring_size);
+            if let Some(svc) = self.0.services.values().find(|s| s.id == sid) {
+                if slot < svc.ring_len {
+                    let b = self.0.backends.get(&b).copied().unwrap_or_default();
+                    assert!(
+                        b.flags & BACKEND_F_PRESENT != 0,
+                        "live slot {i} -> absent backend"
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn spec(port: u16, sched: Scheduler, weights: &[u32]) -> ServiceSpec {
+        ServiceSpec {
+            vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
+            port,
+            proto: Proto::Tcp,
+            sched,
+            hash_port: false,
+            persistence_timeout: 0,
+            persistence_prefix: 32,
+            idle_timeout: 900,
+            active: true,
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| BackendSpec {
+                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
+                    weight,
+                    mac: Some([2, 0, 0, 0, 0, i as u8]),
+                })
+                .collect(),
+        }
+    }
+
+    fn dp() -> Dataplane<Checked> {
+        Dataplane::new(Checked::default(), LIMITS)
+    }
+
+    #[test]
+    fn ids_are_stable_and_unchanged_updates_write_nothing() {
+        let mut d = dp();
+        let mut specs = vec![
+            spec(80, Scheduler::Rr, &[1, 1, 1]),
+            spec(443, Scheduler::Mh, &[1, 1]),
+        ];
+        d.update(&specs).unwrap();
+        let ids = d.ids_of(&specs[0]).unwrap();
+        let writes = d.writer().0.writes;
+        d.update(&specs).unwrap();
+        assert_eq!(d.writer().0.writes, writes, "same specs, no writes");
+        // Adding a service and a backend keeps every existing id.
+        specs.insert(0, spec(8080, Scheduler::Wrr, &[2, 1]));
+        specs[1]
+            .backends
+            .push(spec(80, Scheduler::Rr, &[1, 1, 1, 1]).backends[3].clone());
+        d.update(&specs).unwrap();
+        let (sid, bids) = d.ids_of(&specs[1]).unwrap();
+        assert_eq!(sid, ids.0);
+        assert_eq!(bids[..3], ids.1[..]);
+    }
+
+    #[test]
+    fn weight_change_rewrites_only_what_changed() {
+        let mut d = dp();
+        let mut specs = vec![spec(80, Scheduler::Mh, &[1, 1, 1, 1])];
+        d.update(&specs).unwrap();
+        let before = d.writer().0.writes;
+        specs[0].backends[3].weight = 0;
+        d.update(&specs).unwrap();
+        let writes = d.writer().0.writes - before;
+        // Maglev moves about a quarter of the slots; the service and one backend change.
+        let m = prime_at_most(LIMITS.ring_size) as usize;
+        assert!(writes < m / 4 + m / 50 + 3, "{writes} writes for M = {m}");
+        let (_, bids) = d.ids_of(&specs[0]).unwrap();
+        let b3 = d.writer().0.backends[&bids[3]];
+        assert_eq!(
+            b3.flags,
+            BACKEND_F_PRESENT | BACKEND_F_DRAINING,
+            "drained, not removed"
+        );
+    }
+
+    #[test]
+    fn removed_backend_slot_is_reused_with_a_new_generation() {
+        let mut d = dp();
+        let mut specs = vec![spec(80, Scheduler::Rr, &[1, 1, 1])];
+        d.update(&specs).unwrap();
+        let (_, bids) = d.ids_of(&specs[0]).unwrap();
+        let old = d.writer().0.backends[&bids[1]];
+        specs[0].backends.remove(1);
+        d.update(&specs).unwrap();
+        assert_eq!(
+            d.writer().0.backends[&bids[1]].flags,
+            0,
+            "removed backend cleared"
+        );
+        let mut newcomer = spec(80, Scheduler::Rr, &[1; 6]).backends[5].clone();
+        newcomer.mac = Some([2, 0, 0, 0, 0, 0x55]);
+        specs[0].backends.push(newcomer);
+        d.update(&specs).unwrap();
+        let (_, now) = d.ids_of(&specs[0]).unwrap();
+        assert_eq!(now[2], bids[1], "the free slot is reused");
+        assert_ne!(d.writer().0.backends[&now[2]].generation, old.generation);
+    }
+
+    #[test]
+    fn fragments_only_entry_points_at_the_lowest_port_service() {
+        let mut d = dp();
+        let specs = vec![
+            spec(443, Scheduler::Rr, &[1]),
+            spec(80, Scheduler::Rr, &[1, 1]),
+        ];
+        d.update(&specs).unwrap();
+        let maps = &d.writer().0;
+        let frag = maps
+            .services
+            .iter()
+            .find(|(k, _)| k.port == 0)
+            .expect("port-0 entry");
+        let (sid80, _) = d.ids_of(&specs[1]).unwrap();
+        assert_eq!(frag.1.id, sid80);
+        assert!(frag.1.flags & SVC_F_FRAG_ONLY != 0);
+        // A real all-ports service needs no extra entry.
+        let mut all = spec(0, Scheduler::Rr, &[1]);
+        all.proto = Proto::Tcp;
+        let mut d = dp();
+        d.update(&[all, spec(80, Scheduler::Rr, &[1])]).unwrap();
+        let ports0: Vec<_> = d
+            .writer()
+            .0
+            .services
+            .iter()
+            .filter(|(k, _)| k.port == 0)
+            .collect();
+        assert_eq!(ports0.len(), 1);
+        assert_eq!(ports0[0].1.flags & SVC_F_FRAG_ONLY, 0);
+    }
+
+    #[test]
+    fn unresolved_mac_and_zero_weight_leave_the_ring() {
+        let mut d = dp();
+        let mut specs = vec![spec(80, Scheduler::Rr, &[1, 0, 1])];
+        specs[0].backends[2].mac = None;
+        d.update(&specs).unwrap();
+        let svc = d
+            .writer()
+            .0
+            .services
+            .values()
+            .find(|s| s.flags & SVC_F_FRAG_ONLY == 0)
+            .copied()
+            .unwrap();
+        assert_eq!(svc.ring_len, 1);
+        // Shrinking to nothing and growing back keep the invariant at every write.
+        specs[0].backends[0].weight = 0;
+        d.update(&specs).unwrap();
+        specs[0].backends[0].weight = 1;
+        specs[0].backends[1].weight = 1;
+        specs[0].backends[2].mac = Some([2, 0, 0, 0, 0, 9]);
+        d.update(&specs).unwrap();
+        let svc = d
+            .writer()
+            .0
+            .services
+            .values()
+            .find(|s| s.flags & SVC_F_FRAG_ONLY == 0)
+            .copied()
+            .unwrap();
+        assert_eq!(svc.ring_len, 3);
+    }
+
+    #[test]
+    fn limits_and_duplicates_are_errors_not_truncation() {
+        let mut d = dp();
+        let many: Vec<ServiceSpec> = (1..=9).map(|p| spec(p, Scheduler::Rr, &[1])).collect();
+        assert!(matches!(
+            d.update(&many),
+            Err(PlanError::TooManyServices(8))
+        ));
+        let dup = vec![spec(80, Scheduler::Rr, &[1]), spec(80, Scheduler::Rr, &[1])];
+        assert!(matches!(
+            d.update(&dup),
+            Err(PlanError::DuplicateService(_))
+        ));
+        let big = vec![spec(80, Scheduler::Rr, &[1; 33])];
+        assert!(matches!(
+            d.update(&big),
+            Err(PlanError::TooManyBackends(32))
+        ));
+    }
+
+    #[test]
+    fn prefix_masks() {
+        use crate::dataplane::prefix_mask;
+        assert_eq!(prefix_mask(FAMILY_V4, 24), addr_v4([255, 255, 255, 0]));
+        assert_eq!(prefix_mask(FAMILY_V4, 32), addr_v4([255; 4]));
+        assert_eq!(prefix_mask(FAMILY_V4, 0), [0; 4]);
+        let mut v6 = [0u8; 16];
+        v6[..6].copy_from_slice(&[0xff; 6]);
+        v6[6] = 0x80;
+        assert_eq!(prefix_mask(FAMILY_V6, 49), addr_v6(v6));
     }
 }

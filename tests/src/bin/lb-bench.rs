@@ -408,7 +408,6 @@ fn established(
         ensure!(verdict == XDP_TX, "macswap: verdict {verdict}");
         mac.push(ns(d));
     }
-    eprintln!("DEBUG {name} lb {lb:?} mac {mac:?}");
     // Every timed run took the established path (none fell back to scheduling).
     let counted = reason_packets(h, FWD_ESTABLISHED)? - established_before;
     ensure!(

@@ -26,7 +26,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { sched: "rr".into(), xdp_mode: "skb".into(), requests: 300 };
+    let mut a = Args {
+        sched: "rr".into(),
+        xdp_mode: "skb".into(),
+        requests: 300,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -35,7 +39,9 @@ fn parse_args() -> Result<Args> {
             "--xdp-mode" => a.xdp_mode = value("--xdp-mode")?,
             "--requests" => a.requests = value("--requests")?.parse().context("--requests")?,
             "-h" | "--help" => {
-                println!("usage: lb-lab [--sched rr|wrr|sh|mh] [--xdp-mode skb|native] [--requests N]");
+                println!(
+                    "usage: lb-lab [--sched rr|wrr|sh|mh] [--xdp-mode skb|native] [--requests N]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -76,29 +82,67 @@ fn main() -> Result<()> {
     step(1, "building the lab: client, lb, rs1..rs3 on a bridge");
     let lab = DrLab::new(&unique_prefix("lab"), 3)?;
     lab.add_vip_to_lb()?;
-    let _native = if args.xdp_mode == "native" { Some(prepare_native(&lab)?) } else { None };
+    let _native = if args.xdp_mode == "native" {
+        Some(prepare_native(&lab)?)
+    } else {
+        None
+    };
     let names: Vec<&str> = lab.namespaces().map(|n| n.name()).collect();
     println!("    namespaces: {}", names.join(" "));
     check_interrupt()?;
 
-    let weights = if args.sched == "wrr" { [1, 2, 3] } else { [1, 1, 1] };
-    step(2, &format!("starting lb-daemon ({} over 3 real servers, XDP {} mode)", args.sched, args.xdp_mode));
-    let (daemon, cfg) = start_daemon(&lab, &lab_config(&lab, &args.xdp_mode, &args.sched, &weights), &args.xdp_mode)?;
+    let weights = if args.sched == "wrr" {
+        [1, 2, 3]
+    } else {
+        [1, 1, 1]
+    };
+    step(
+        2,
+        &format!(
+            "starting lb-daemon ({} over 3 real servers, XDP {} mode)",
+            args.sched, args.xdp_mode
+        ),
+    );
+    let (daemon, cfg) = start_daemon(
+        &lab,
+        &lab_config(&lab, &args.xdp_mode, &args.sched, &weights),
+        &args.xdp_mode,
+    )?;
     println!("    config: {}", cfg.display());
     check_interrupt()?;
 
-    step(3, &format!("{} requests to http://{VIP_V4}/ and to http://[{VIP_V6}]/, each a new connection", args.requests));
+    step(
+        3,
+        &format!(
+            "{} requests to http://{VIP_V4}/ and to http://[{VIP_V6}]/, each a new connection",
+            args.requests
+        ),
+    );
     let capture = lab.capture(lab.client(), "eth0", "tcp src port 80")?;
     let mut failed = Vec::new();
     for vip in [VIP_V4.to_string(), VIP_V6.to_string()] {
-        let bodies = lab.curl_batch(&vip, args.requests).with_context(|| format!("requests to {vip}"))?;
+        let bodies = lab
+            .curl_batch(&vip, args.requests)
+            .with_context(|| format!("requests to {vip}"))?;
         let c = counts(&bodies);
-        println!("    {vip:<14} {}", c.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("  "));
+        println!(
+            "    {vip:<14} {}",
+            c.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
         // rr/wrr spread one client's connections; sh/mh hash its address, so one server
         // takes them all (that stickiness is the point of source hashing).
-        let want = if matches!(args.sched.as_str(), "sh" | "mh") { 1 } else { 3 };
+        let want = if matches!(args.sched.as_str(), "sh" | "mh") {
+            1
+        } else {
+            3
+        };
         if c.len() != want || bodies.len() != args.requests {
-            failed.push(format!("{vip}: expected {want} real server(s) to answer, got {c:?}"));
+            failed.push(format!(
+                "{vip}: expected {want} real server(s) to answer, got {c:?}"
+            ));
         }
     }
     let lines = capture.stop()?;
@@ -123,7 +167,11 @@ fn main() -> Result<()> {
 
     daemon.signal(libc::SIGTERM)?;
     daemon.wait_timeout(std::time::Duration::from_secs(10))?;
-    println!("\nsummary: {} requests per VIP, {:.1} s in all; lab removed on exit", args.requests, started.elapsed().as_secs_f64());
+    println!(
+        "\nsummary: {} requests per VIP, {:.1} s in all; lab removed on exit",
+        args.requests,
+        started.elapsed().as_secs_f64()
+    );
     if !failed.is_empty() {
         bail!("the lab did not behave:\n  {}", failed.join("\n  "));
     }
