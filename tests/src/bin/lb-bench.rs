@@ -5,16 +5,18 @@
 //! lb-bench dataplane [--json]
 //! ```
 //!
-//! `dataplane` measures the XDP program on the production map sizes:
+//! `dataplane` measures the XDP program with the production map sizes (1M flows, 65537-slot
+//! rings), an rr service of three backends, on one pinned CPU:
 //!
-//! | entry                       | value                              | baseline         | target        |
-//! |-----------------------------|------------------------------------|------------------|---------------|
-//! | `established_vs_macswap`    | ns/packet, IPv4 TCP, known flow    | MAC swap, same   | ratio <= 2.5  |
-//! | `established_v6_vs_macswap` | the same for IPv6                  | MAC swap, same   | ratio <= 3.0  |
-//! | `new_flow_vs_macswap`       | ns/packet, a new flow per run      | MAC swap, rep. 1 | ratio <= 3.5  |
-//! | `live_frames_vs_macswap`    | Mpps through a veth pair           | MAC swap Mpps    | ratio >= 0.7  |
-//! | `maglev_build_ms`           | ms per Maglev build, N=100, M=65537 | none (null)     | value <= 2 ms |
+//! | entry                       | value (baseline: MAC swap on the same frame)            | target        |
+//! |-----------------------------|---------------------------------------------------------|---------------|
+//! | `established_vs_macswap`    | ns/packet, IPv4 TCP flow, repeat 1M, median of 5        | ratio <= 2.5  |
+//! | `established_v6_vs_macswap` | the same for IPv6                                       | ratio <= 3.0  |
+//! | `new_flow_vs_macswap`       | ns/packet, repeat 1, a new flow per run, 10,000 runs    | ratio <= 3.5  |
+//! | `live_frames_vs_macswap`    | Mpps injected as live frames into a veth, best of 3     | ratio >= 0.7  |
+//! | `maglev_build_ms`           | ms per Maglev build, N = 100, M = 65537, median of 50   | value <= 2 ms |
 //!
+//! LB and baseline runs alternate, so drift in clock speed or background load hits both.
 //! The Maglev build has no natural baseline, so its `baseline` and `ratio` are `null` and its
 //! target applies to the value itself.
 //!
@@ -223,6 +225,18 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The mean of the samples between the first and the third quartile: as indifferent to
+/// outliers (interrupts, cold misses) as the median, but it does not jump by a whole clock
+/// tick when the samples are quantised. The kernel clock behind BPF_PROG_TEST_RUN's duration
+/// ticks in 10 ns steps on this VM (single-run durations come out as 60, 70, 80... ns), so
+/// the median of the 70 ns MAC-swap runs flips between 60 and 70 from one run to the next.
+fn interquartile_mean(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let middle = &v[n / 4..n - n / 4];
+    middle.iter().sum::<f64>() / middle.len() as f64
+}
+
 fn progress(msg: &str) {
     eprintln!("lb-bench: {msg}");
 }
@@ -423,9 +437,10 @@ fn established(
     })
 }
 
-/// New flows, one run per BPF_PROG_TEST_RUN call (the kernel times that single run in ns),
-/// each with a source port not seen before; the baseline is MAC swap at one run per call,
-/// interleaved sample by sample.
+/// New flows, one run per BPF_PROG_TEST_RUN call (the kernel times that single run), each
+/// with a source port not seen before; the baseline is MAC swap at one run per call,
+/// interleaved sample by sample. Each side's interquartile mean (see there why not the
+/// median; both medians go to stderr).
 fn new_flow(h: &mut XdpHarness, macswap: &mut Ebpf) -> Result<Entry> {
     let name = "new_flow_vs_macswap";
     let base = xdp_of(macswap, "macswap")?;
@@ -454,11 +469,16 @@ fn new_flow(h: &mut XdpHarness, macswap: &mut Ebpf) -> Result<Entry> {
         counted == NEW_FLOW_SAMPLES as u64,
         "{name}: only {counted} of {NEW_FLOW_SAMPLES} runs created a flow"
     );
+    progress(&format!(
+        "new flows: medians {} (LB) and {} (MAC swap) ns; interquartile means reported",
+        median(&mut lb),
+        median(&mut mac)
+    ));
     Ok(Entry {
         name,
-        value: median(&mut lb),
+        value: interquartile_mean(&mut lb),
         unit: "ns/pkt",
-        baseline: Some(median(&mut mac)),
+        baseline: Some(interquartile_mean(&mut mac)),
         target: Target::RatioAtMost(3.5),
     })
 }
