@@ -5,14 +5,13 @@
 //! `bool` or `Option`, which would be undefined behaviour when laid over bytes the other
 //! side wrote), has explicit padding, and a size assertion.
 //!
-//! Addresses are stored as four `u32` words in network byte order, exactly as loaded from
-//! the packet: an IPv4 address fills word 0 and leaves words 1..3 zero. A `family` byte
-//! keeps `0.0.0.0/8`-style IPv4 keys apart from IPv4-compatible IPv6 ones.
+//! Addresses are stored in network byte order, exactly as loaded from the packet: a `u32`
+//! for IPv4, four `u32` words for IPv6. Keyed maps exist once per family, so an IPv4 flow
+//! key is 16 bytes rather than 40: less to hash, compare and keep in cache.
 #![no_std]
 
-/// `family` value of an IPv4 key.
+/// Address family tags (user space and the parser; keys are per-family maps).
 pub const FAMILY_V4: u8 = 4;
-/// `family` value of an IPv6 key.
 pub const FAMILY_V6: u8 = 6;
 
 pub const PROTO_ICMP: u8 = 1;
@@ -35,12 +34,17 @@ pub const DEFAULT_MAX_PERSIST: u32 = 1 << 16;
 /// Names of the maps and globals, shared so that a rename breaks the build, not the load.
 pub mod names {
     pub const PROGRAM: &str = "lb";
-    pub const SERVICES: &str = "SERVICES";
+    pub const SERVICES4: &str = "SERVICES4";
+    pub const SERVICES6: &str = "SERVICES6";
+    pub const SERVICE_INFO: &str = "SERVICE_INFO";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";
-    pub const FLOWS: &str = "FLOWS";
-    pub const PERSIST: &str = "PERSIST";
+    pub const FLOWS4: &str = "FLOWS4";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const PERSIST4: &str = "PERSIST4";
+    pub const PERSIST6: &str = "PERSIST6";
     pub const RR_STATE: &str = "RR_STATE";
+    pub const CLOCK: &str = "CLOCK";
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -50,24 +54,47 @@ pub mod names {
     pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
 }
 
-/// Key of the `SERVICES` hash map: (VIP, port, protocol). Port 0 means every port.
+/// Key of `SERVICES4`: (VIP, port, protocol). Port 0 means every port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct ServiceKey {
-    pub addr: [u32; 4],
+pub struct ServiceKey4 {
+    pub addr: u32,
     /// Network byte order, as loaded from the packet.
     pub port: u16,
     pub proto: u8,
-    pub family: u8,
+    pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceKey4>() == 8);
+
+/// Key of `SERVICES6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
+
+/// This port-0 entry exists only to route fragments of the VIP (see `docs/architecture.md`,
+/// "Fragments"); whole packets never match it.
+pub const SVC_REF_F_FRAG_ONLY: u32 = 1 << 0;
+
+/// Value of `SERVICES4`/`SERVICES6`: which service a key belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceRef {
+    /// Index into `SERVICE_INFO`.
+    pub id: u32,
+    /// `SVC_REF_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
 
 /// The node is active (VRRP master) for this service's VIP: forward. Clear: pass to the
 /// stack, like IPVS `backup_only`.
 pub const SVC_F_ACTIVE: u32 = 1 << 0;
-/// This port-0 entry exists only to route fragments of the VIP (see `docs/architecture.md`,
-/// "Fragments"); whole packets never match it.
-pub const SVC_F_FRAG_ONLY: u32 = 1 << 1;
 /// `sh` and `mh` hash the source port as well as the source address (IPVS `sh-port`/`mh-port`).
 pub const SVC_F_HASH_PORT: u32 = 1 << 2;
 
@@ -78,11 +105,12 @@ pub const SCHED_WRR: u32 = 1;
 pub const SCHED_SH: u32 = 2;
 pub const SCHED_MH: u32 = 3;
 
-/// Value of the `SERVICES` map.
+/// Value of the `SERVICE_INFO` array, indexed by service id. A slot whose service is gone
+/// is zeroed (not active).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Index into `RINGS` (times `RING_SIZE`), `RR_STATE` and `SERVICE_STATS`.
+    /// Its own id: the index into `RINGS` (times `RING_SIZE`), `RR_STATE`, `SERVICE_STATS`.
     pub id: u32,
     /// `SVC_F_*` bits.
     pub flags: u32,
@@ -90,8 +118,8 @@ pub struct ServiceValue {
     pub sched: u32,
     /// Slots of this service's ring in use; 0 means no live backend.
     pub ring_len: u32,
-    /// A flow idle this long is forgotten and its next packet scheduled again (IPVS's
-    /// per-protocol connection timeouts). 0 disables.
+    /// A flow idle this long (in `CLOCK` seconds) is forgotten and its next packet scheduled
+    /// again (IPVS's per-protocol connection timeouts). 0 disables.
     pub idle_timeout_s: u32,
     /// IPVS `-p`: a client (masked by `persist_mask`) sticks to its backend for this long
     /// after its last new connection. 0 disables persistence.
@@ -120,44 +148,67 @@ pub struct BackendValue {
 }
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 16);
 
-/// Key of the `FLOWS` LRU map. Fragments use ports 0 (see "Fragments").
+/// Key of `FLOWS4`. Fragments use ports 0 (see "Fragments").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
+pub struct FlowKey4 {
+    pub src: u32,
+    pub dst: u32,
     /// Network byte order.
     pub sport: u16,
     /// Network byte order.
     pub dport: u16,
     pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 
-/// Value of the `FLOWS` map, and of the `PERSIST` map (a persistence template is a flow
-/// from one client network to one service).
+/// Key of `FLOWS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey6 {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+
+/// Value of `FLOWS4`/`FLOWS6`, and of `PERSIST4`/`PERSIST6` (a persistence template is a
+/// flow from one client network to one service).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     pub backend: u32,
     pub generation: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet, refreshed at most once a
-    /// second so that a busy flow does not dirty its cache line on every packet.
-    pub last_seen_ns: u64,
+    /// The service the flow belongs to: lets a known flow skip the service lookup.
+    pub service: u32,
+    /// `CLOCK` (seconds) of the last packet; rewritten only when the second changes, so a
+    /// busy flow does not dirty its cache line on every packet.
+    pub last_seen: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 
-/// Key of the `PERSIST` LRU map.
+/// Key of `PERSIST4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct PersistKey {
+pub struct PersistKey4 {
     /// Source address AND `persist_mask`.
+    pub addr: u32,
+    pub service: u32,
+}
+const _: () = assert!(core::mem::size_of::<PersistKey4>() == 8);
+
+/// Key of `PERSIST6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey6 {
     pub addr: [u32; 4],
     pub service: u32,
 }
-const _: () = assert!(core::mem::size_of::<PersistKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PersistKey6>() == 20);
 
 /// Per-CPU traffic counters of one service or one backend.
 #[repr(C)]
@@ -272,22 +323,26 @@ mod user {
     use super::*;
     // SAFETY: all of these are repr(C), made of integers and byte arrays only, with explicit
     // padding, so every bit pattern is valid.
-    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceKey4 {}
+    unsafe impl aya::Pod for ServiceKey6 {}
+    unsafe impl aya::Pod for ServiceRef {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendValue {}
-    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey4 {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for PersistKey4 {}
+    unsafe impl aya::Pod for PersistKey6 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for ReasonCounters {}
 }
 
-/// Address words as the kernel side stores them (network byte order in memory).
-pub const fn addr_v4(octets: [u8; 4]) -> [u32; 4] {
-    [u32::from_ne_bytes(octets), 0, 0, 0]
+/// An IPv4 address as the kernel side stores it (network byte order in memory).
+pub const fn addr_v4(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
 }
 
-/// Address words as the kernel side stores them (network byte order in memory).
+/// An IPv6 address as the kernel side stores it (network byte order in memory).
 pub const fn addr_v6(o: [u8; 16]) -> [u32; 4] {
     [
         u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),

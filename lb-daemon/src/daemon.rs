@@ -133,6 +133,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     };
     apply(&mut dp, &config, &macs);
 
+    // The program's clock: flow idle times and persistence templates are measured on it.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -151,6 +153,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 apply(&mut dp, &config, &macs);
+            }
+            _ = tick.tick() => {
+                if let Err(e) = dp.writer_mut().set_clock(monotonic_seconds()) {
+                    error!("updating the XDP program's clock: {e}");
+                }
             }
             _ = hup.recv() => {
                 // A bad file leaves the running configuration as it is.
@@ -182,6 +189,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     info!("stopping: detaching the XDP program");
     drop(ebpf);
     Ok(())
+}
+
+/// Seconds of CLOCK_MONOTONIC, the program's time base.
+fn monotonic_seconds() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
 }
 
 pub fn fmt_mac(m: &[u8; 6]) -> String {

@@ -1,24 +1,105 @@
-//! Service lookup, the connection table, persistence and the choice of a backend.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+//! The connection table, service lookup, persistence and the choice of a backend.
+//!
+//! A packet of a known flow takes the short path: one flow-table lookup, then arrays only
+//! (its service's state, its backend). Everything else takes the long path: the service
+//! lookup by (VIP, port, protocol), then the scheduler. Each path is written once, generic
+//! over the address family, whose maps have keys of their own size.
+use aya_ebpf::{
+    maps::{HashMap, LruHashMap},
+    programs::XdpContext,
+};
 use aya_log_ebpf::warn;
 use lb_common::{reason::*, *};
 
 use crate::{
     forward::rewrite_macs,
-    maps::{BACKENDS, FLOWS, PERSIST, RINGS, RING_SIZE, RR_STATE, SERVICES},
+    maps::*,
     parse::{self, L3, ETH_P_IP, ETH_P_IPV6},
     stats::{count_forward, may_log},
 };
 
-const NS_PER_S: u64 = 1_000_000_000;
-/// A flow's `last_seen_ns` is rewritten only when it is older than this, so that a busy
-/// flow does not write its cache line on every packet. Idle timeouts are seconds, so a
-/// second of slack is invisible.
-const REFRESH_NS: u64 = NS_PER_S;
-
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
+
+/// The per-family maps and keys.
+trait Family {
+    type Flow: 'static;
+    type Svc: 'static;
+    type Persist: 'static;
+    fn flows() -> &'static LruHashMap<Self::Flow, FlowValue>;
+    fn services() -> &'static HashMap<Self::Svc, ServiceRef>;
+    fn persist() -> &'static LruHashMap<Self::Persist, FlowValue>;
+    fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> Self::Flow;
+    fn svc(dst: &[u32; 4], port: u16, proto: u8) -> Self::Svc;
+    fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> Self::Persist;
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type Flow = FlowKey4;
+    type Svc = ServiceKey4;
+    type Persist = PersistKey4;
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey4, FlowValue> {
+        &FLOWS4
+    }
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey4, ServiceRef> {
+        &SERVICES4
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKey4, FlowValue> {
+        &PERSIST4
+    }
+    #[inline(always)]
+    fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> FlowKey4 {
+        FlowKey4 { src: src[0], dst: dst[0], sport, dport, proto, _pad: [0; 3] }
+    }
+    #[inline(always)]
+    fn svc(dst: &[u32; 4], port: u16, proto: u8) -> ServiceKey4 {
+        ServiceKey4 { addr: dst[0], port, proto, _pad: 0 }
+    }
+    #[inline(always)]
+    fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> PersistKey4 {
+        PersistKey4 { addr: src[0] & mask[0], service }
+    }
+}
+
+impl Family for V6 {
+    type Flow = FlowKey6;
+    type Svc = ServiceKey6;
+    type Persist = PersistKey6;
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey6, FlowValue> {
+        &FLOWS6
+    }
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey6, ServiceRef> {
+        &SERVICES6
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKey6, FlowValue> {
+        &PERSIST6
+    }
+    #[inline(always)]
+    fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> FlowKey6 {
+        FlowKey6 { src: *src, dst: *dst, sport, dport, proto, _pad: [0; 3] }
+    }
+    #[inline(always)]
+    fn svc(dst: &[u32; 4], port: u16, proto: u8) -> ServiceKey6 {
+        ServiceKey6 { addr: *dst, port, proto, _pad: 0 }
+    }
+    #[inline(always)]
+    fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> PersistKey6 {
+        PersistKey6 {
+            addr: [src[0] & mask[0], src[1] & mask[1], src[2] & mask[2], src[3] & mask[3]],
+            service,
+        }
+    }
+}
 
 /// The whole decision for one frame. `Ok` and `Err` both carry the reason; `Err` is what
 /// `?` uses to say "decided early".
@@ -30,68 +111,20 @@ pub fn process(ctx: &XdpContext) -> Result<u32, u32> {
         ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
         _ => return Err(PASS_NOT_IP),
     };
+    let v4 = l3.family == FAMILY_V4;
     match l3.proto {
-        PROTO_TCP | PROTO_UDP => {}
-        PROTO_ICMP if l3.family == FAMILY_V4 => return icmp(ctx, &l3),
-        PROTO_ICMPV6 if l3.family == FAMILY_V6 => return icmp(ctx, &l3),
-        PROTO_VRRP => return Err(PASS_VRRP),
-        _ => return Err(PASS_OTHER_PROTO),
-    }
-    let mut flow = FlowKey {
-        src: l3.src,
-        dst: l3.dst,
-        sport: 0,
-        dport: 0,
-        proto: l3.proto,
-        family: l3.family,
-        _pad: [0; 2],
-    };
-    if l3.fragment {
-        // Every fragment of a datagram, the first included, is balanced by (client, VIP,
-        // protocol) with ports 0: later fragments carry no ports, and all of them must
-        // reach the backend that reassembles the datagram.
-        let svc = fragment_service(&l3)?;
-        return balance(ctx, svc, &flow, FWD_FRAGMENT, FWD_FRAGMENT);
-    }
-    let (sport, dport) = parse::ports(ctx, &l3)?;
-    flow.sport = sport;
-    flow.dport = dport;
-    let svc = service(&l3, dport)?;
-    balance(ctx, svc, &flow, FWD_ESTABLISHED, FWD_NEW_FLOW)
-}
-
-/// The service for (VIP, port, protocol), else the VIP's all-ports service.
-#[inline(always)]
-fn service(l3: &L3, port: u16) -> Result<&'static ServiceValue, u32> {
-    let mut key = ServiceKey {
-        addr: l3.dst,
-        port,
-        proto: l3.proto,
-        family: l3.family,
-    };
-    // SAFETY: the daemon replaces values whole (map update), never in place.
-    if let Some(svc) = unsafe { SERVICES.get(&key) } {
-        return Ok(svc);
-    }
-    key.port = 0;
-    match unsafe { SERVICES.get(&key) } {
-        Some(svc) if svc.flags & SVC_F_FRAG_ONLY == 0 => Ok(svc),
-        _ => Err(PASS_NO_SERVICE),
+        PROTO_TCP | PROTO_UDP if v4 => l4::<V4>(ctx, &l3),
+        PROTO_TCP | PROTO_UDP => l4::<V6>(ctx, &l3),
+        PROTO_ICMP if v4 => icmp::<V4>(ctx, &l3),
+        PROTO_ICMPV6 if !v4 => icmp::<V6>(ctx, &l3),
+        PROTO_VRRP => Err(PASS_VRRP),
+        _ => Err(PASS_OTHER_PROTO),
     }
 }
 
-/// The service that receives the VIP's fragments: its port-0 entry, either a real all-ports
-/// service or one the daemon added only for fragments.
 #[inline(always)]
-fn fragment_service(l3: &L3) -> Result<&'static ServiceValue, u32> {
-    let key = ServiceKey {
-        addr: l3.dst,
-        port: 0,
-        proto: l3.proto,
-        family: l3.family,
-    };
-    // SAFETY: as in `service`.
-    unsafe { SERVICES.get(&key) }.ok_or(PASS_NO_SERVICE)
+fn clock() -> u32 {
+    CLOCK.get(0).copied().unwrap_or(0)
 }
 
 /// A backend that may keep its flows: present, same occupant as when the flow was created.
@@ -101,82 +134,126 @@ fn live_backend(id: u32, generation: u32) -> Option<&'static BackendValue> {
     (b.flags & BACKEND_F_PRESENT != 0 && b.generation == generation).then_some(b)
 }
 
-/// Forward along the flow's backend, or choose one for a new (or expired, or orphaned) flow.
+/// TCP and UDP, whole packets and fragments.
 #[inline(always)]
-fn balance(
+fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
+    let now = clock();
+    if l3.fragment {
+        // Every fragment of a datagram, the first included, is balanced by (client, VIP,
+        // protocol) with ports 0: later fragments carry no ports, and all of them must
+        // reach the backend that reassembles the datagram.
+        let key = F::flow(&l3.src, &l3.dst, 0, 0, l3.proto);
+        if let Some(r) = established::<F>(ctx, &key, now, FWD_FRAGMENT) {
+            return r;
+        }
+        let svc = F::services().get_ptr(F::svc(&l3.dst, 0, l3.proto)).ok_or(PASS_NO_SERVICE)?;
+        // SAFETY: the daemon replaces values whole (map update), never in place.
+        let id = unsafe { (*svc).id };
+        return new_flow::<F>(ctx, id, &key, l3, 0, now, FWD_FRAGMENT);
+    }
+    let (sport, dport) = parse::ports(ctx, l3)?;
+    let key = F::flow(&l3.src, &l3.dst, sport, dport, l3.proto);
+    if let Some(r) = established::<F>(ctx, &key, now, FWD_ESTABLISHED) {
+        return r;
+    }
+    let id = service::<F>(l3, dport)?;
+    new_flow::<F>(ctx, id, &key, l3, sport, now, FWD_NEW_FLOW)
+}
+
+/// The short path: a known flow of an active service, not idle too long, whose backend is
+/// still there. `None` sends the packet down the long path, which also decides every
+/// reason for not forwarding.
+#[inline(always)]
+fn established<F: Family>(
     ctx: &XdpContext,
-    svc: &ServiceValue,
-    flow: &FlowKey,
-    established: u32,
-    new: u32,
+    key: &F::Flow,
+    now: u32,
+    reason: u32,
+) -> Option<Result<u32, u32>> {
+    let entry = F::flows().get_ptr_mut(key)?;
+    // SAFETY: LRU values stay valid while the program runs (RCU); a concurrent update of the
+    // same flow from another CPU can at worst mix two choices for one packet, both live.
+    let e = unsafe { &mut *entry };
+    let svc = SERVICE_INFO.get(e.service)?;
+    if svc.flags & SVC_F_ACTIVE == 0 {
+        return None;
+    }
+    if svc.idle_timeout_s != 0 && now.wrapping_sub(e.last_seen) > svc.idle_timeout_s {
+        return None;
+    }
+    let b = live_backend(e.backend, e.generation)?;
+    if e.last_seen != now {
+        e.last_seen = now;
+    }
+    if let Err(r) = rewrite_macs(ctx, &b.mac) {
+        return Some(Err(r));
+    }
+    count_forward(ctx, e.service, e.backend, false);
+    Some(Ok(reason))
+}
+
+/// The service for (VIP, port, protocol), else the VIP's all-ports service.
+#[inline(always)]
+fn service<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
+    // SAFETY (both reads): the daemon replaces values whole, never in place.
+    if let Some(r) = F::services().get_ptr(F::svc(&l3.dst, port, l3.proto)) {
+        return Ok(unsafe { (*r).id });
+    }
+    match F::services().get_ptr(F::svc(&l3.dst, 0, l3.proto)) {
+        Some(r) if unsafe { (*r).flags } & SVC_REF_F_FRAG_ONLY == 0 => Ok(unsafe { (*r).id }),
+        _ => Err(PASS_NO_SERVICE),
+    }
+}
+
+/// The long path for a packet of service `id`: choose a backend, remember the flow, send.
+#[inline(always)]
+fn new_flow<F: Family>(
+    ctx: &XdpContext,
+    id: u32,
+    key: &F::Flow,
+    l3: &L3,
+    sport: u16,
+    now: u32,
+    reason: u32,
 ) -> Result<u32, u32> {
+    let svc = SERVICE_INFO.get(id).ok_or(PASS_NO_SERVICE)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(PASS_INACTIVE);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = FLOWS.get_ptr_mut(flow) {
-        // SAFETY: LRU values stay valid while the program runs (RCU); a concurrent update of
-        // the same flow from another CPU can at worst make us read a mix of two choices for
-        // one packet, both of them live backends.
-        let e = unsafe { &mut *entry };
-        let age = now.wrapping_sub(e.last_seen_ns);
-        let idle = svc.idle_timeout_s as u64 * NS_PER_S;
-        if idle == 0 || age <= idle {
-            if let Some(b) = live_backend(e.backend, e.generation) {
-                if age > REFRESH_NS {
-                    e.last_seen_ns = now;
-                }
-                rewrite_macs(ctx, &b.mac)?;
-                count_forward(ctx, svc.id, e.backend, false);
-                return Ok(established);
-            }
-        }
-    }
-    let (id, b) = schedule(ctx, svc, flow, now)?;
-    let value = FlowValue {
-        backend: id,
-        generation: b.generation,
-        last_seen_ns: now,
-    };
-    if FLOWS.insert(flow, &value, 0).is_err() && may_log() {
-        warn!(ctx, "flow table insert failed for service {}", svc.id);
+    let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now)?;
+    let value = FlowValue { backend, generation: b.generation, service: id, last_seen: now };
+    if F::flows().insert(key, &value, 0).is_err() && may_log() {
+        warn!(ctx, "flow table insert failed for service {}", id);
     }
     rewrite_macs(ctx, &b.mac)?;
-    count_forward(ctx, svc.id, id, true);
-    Ok(new)
+    count_forward(ctx, id, backend, true);
+    Ok(reason)
 }
 
 /// Pick a backend for a new flow: the client's persistence template if it has a live one,
 /// else the scheduler's ring slot.
 #[inline(always)]
-fn schedule(
+fn schedule<F: Family>(
     ctx: &XdpContext,
     svc: &ServiceValue,
-    flow: &FlowKey,
-    now: u64,
+    l3: &L3,
+    sport: u16,
+    now: u32,
 ) -> Result<(u32, &'static BackendValue), u32> {
     if svc.ring_len == 0 {
         return Err(PASS_NO_BACKEND);
     }
     let persist = svc.persist_timeout_s != 0;
-    let pkey = PersistKey {
-        addr: [
-            flow.src[0] & svc.persist_mask[0],
-            flow.src[1] & svc.persist_mask[1],
-            flow.src[2] & svc.persist_mask[2],
-            flow.src[3] & svc.persist_mask[3],
-        ],
-        service: svc.id,
-    };
+    let pkey = F::persist_key(&l3.src, &svc.persist_mask, svc.id);
     if persist {
-        if let Some(t) = PERSIST.get_ptr_mut(&pkey) {
+        if let Some(t) = F::persist().get_ptr_mut(&pkey) {
             // SAFETY: as for flows.
             let t = unsafe { &mut *t };
-            if now.wrapping_sub(t.last_seen_ns) <= svc.persist_timeout_s as u64 * NS_PER_S {
+            if now.wrapping_sub(t.last_seen) <= svc.persist_timeout_s {
                 if let Some(b) = live_backend(t.backend, t.generation) {
                     // A draining backend takes no new connection, persistent or not.
                     if b.flags & BACKEND_F_DRAINING == 0 {
-                        t.last_seen_ns = now;
+                        t.last_seen = now;
                         return Ok((t.backend, b));
                     }
                 }
@@ -190,12 +267,8 @@ fn schedule(
     }
     let slot = match svc.sched {
         SCHED_SH | SCHED_MH => {
-            let port = if svc.flags & SVC_F_HASH_PORT != 0 {
-                flow.sport as u32
-            } else {
-                0
-            };
-            source_hash(&flow.src, port) % svc.ring_len
+            let port = if svc.flags & SVC_F_HASH_PORT != 0 { sport as u32 } else { 0 };
+            source_hash(&l3.src, port) % svc.ring_len
         }
         _ => {
             let Some(pos) = RR_STATE.get_ptr_mut(svc.id) else {
@@ -220,12 +293,8 @@ fn schedule(
         return Err(map_error(ctx, svc.id, slot));
     }
     if persist {
-        let t = FlowValue {
-            backend: id,
-            generation: b.generation,
-            last_seen_ns: now,
-        };
-        let _ = PERSIST.insert(&pkey, &t, 0);
+        let t = FlowValue { backend: id, generation: b.generation, service: svc.id, last_seen: now };
+        let _ = F::persist().insert(&pkey, &t, 0);
     }
     Ok((id, b))
 }
@@ -240,7 +309,7 @@ fn map_error(ctx: &XdpContext, service: u32, slot: u32) -> u32 {
 
 /// The sh/mh hash of a source address (and port). Only this program computes it, so it
 /// needs to be cheap and well mixed, and the same on every node: murmur3's finaliser over
-/// the address words.
+/// the address words (an IPv4 address has words 1..3 zero).
 #[inline(always)]
 fn source_hash(src: &[u32; 4], port: u32) -> u32 {
     let mut h = src[0] ^ src[1].rotate_left(7) ^ src[2].rotate_left(14) ^ src[3].rotate_left(21);
@@ -256,7 +325,7 @@ fn source_hash(src: &[u32; 4], port: u32) -> u32 {
 /// flow's backend, whose path MTU it concerns. Everything else (echo, neighbour discovery,
 /// other errors) goes to the stack.
 #[inline(always)]
-fn icmp(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
+fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     if l3.fragment {
         return Err(PASS_ICMP);
     }
@@ -275,36 +344,16 @@ fn icmp(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     if src != l3.dst || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return Err(PASS_ICMP_NO_FLOW);
     }
-    let flow = FlowKey {
-        src: dst,
-        dst: src,
-        sport: dport,
-        dport: sport,
-        proto,
-        family: l3.family,
-        _pad: [0; 2],
-    };
-    let quoted = L3 {
-        family: l3.family,
-        src: dst,
-        dst: src,
-        proto,
-        l4_off: 0,
-        l3_end: 0,
-        fragment: false,
-        later_fragment: false,
-    };
-    let svc = service(&quoted, sport).map_err(|_| PASS_ICMP_NO_FLOW)?;
+    let key = F::flow(&dst, &src, dport, sport, proto);
+    let entry = F::flows().get_ptr(&key).ok_or(PASS_ICMP_NO_FLOW)?;
+    // SAFETY: as in `established`.
+    let e = unsafe { &*entry };
+    let svc = SERVICE_INFO.get(e.service).ok_or(PASS_ICMP_NO_FLOW)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(PASS_INACTIVE);
     }
-    let Some(entry) = FLOWS.get_ptr(&flow) else {
-        return Err(PASS_ICMP_NO_FLOW);
-    };
-    // SAFETY: as in `balance`.
-    let e = unsafe { &*entry };
     let b = live_backend(e.backend, e.generation).ok_or(PASS_ICMP_NO_FLOW)?;
     rewrite_macs(ctx, &b.mac)?;
-    count_forward(ctx, svc.id, e.backend, false);
+    count_forward(ctx, e.service, e.backend, false);
     Ok(FWD_ICMP)
 }

@@ -16,10 +16,18 @@ pub static IFACE_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 #[unsafe(no_mangle)]
 pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
 
-/// (VIP, port, protocol) -> service. Written by the daemon only.
+/// (VIP, port, protocol) -> service id, per family. Written by the daemon only.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 4, 0);
+pub static SERVICES4: HashMap<ServiceKey4, ServiceRef> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+#[map]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceRef> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+
+/// Service id -> flags, scheduler, ring length, timeouts. An array, so a known flow reaches
+/// its service's state without a hash lookup.
+#[map]
+pub static SERVICE_INFO: Array<ServiceValue> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 /// Backend id -> MAC, state and generation. Written by the daemon only.
 #[map]
@@ -30,14 +38,27 @@ pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(DEFAULT_MAX_B
 #[map]
 pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_RING_SIZE, 0);
 
-/// 5-tuple -> backend: the connection table.
+/// 5-tuple -> backend: the connection table, per family.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// (client network, service) -> backend: IPVS persistence templates.
+/// (client network, service) -> backend: IPVS persistence templates, per family.
 #[map]
-pub static PERSIST: LruHashMap<PersistKey, FlowValue> =
+pub static PERSIST4: LruHashMap<PersistKey4, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_MAX_PERSIST, 0);
+#[map]
+pub static PERSIST6: LruHashMap<PersistKey6, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_PERSIST, 0);
+
+/// Slot 0: seconds of CLOCK_MONOTONIC, written by the daemon every second. Reading it is
+/// a memory load, where `bpf_ktime_get_ns` is a helper call that dominated the cost of an
+/// established flow; timeouts are whole seconds anyway.
+#[map]
+pub static CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Service id -> the rr/wrr position of this CPU. Per CPU, so choosing never races.
 #[map]

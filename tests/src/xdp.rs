@@ -4,11 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lb_common::{names, FlowKey, FlowValue};
 use lb_daemon::dataplane::{
     maps::BpfMaps,
     plan::Limits,
@@ -37,7 +35,6 @@ pub fn small_options() -> LoadOptions {
 pub struct XdpHarness {
     pub ebpf: Ebpf,
     pub dp: Dataplane<BpfMaps>,
-    pub flows: BpfHashMap<MapData, FlowKey, FlowValue>,
 }
 
 /// What one run returned.
@@ -52,16 +49,12 @@ impl XdpHarness {
     pub fn new(opts: LoadOptions) -> Result<Self> {
         let mut ebpf = program::load(&opts).context("loading the XDP object")?;
         let maps = BpfMaps::new(&mut ebpf)?;
-        let flows = ebpf
-            .take_map(names::FLOWS)
-            .context("FLOWS map")?
-            .try_into()
-            .context("FLOWS map type")?;
-        Ok(Self {
-            ebpf,
-            dp: Dataplane::new(maps, opts.limits),
-            flows,
-        })
+        Ok(Self { ebpf, dp: Dataplane::new(maps, opts.limits) })
+    }
+
+    /// Sets the program's clock (seconds), as the daemon does every second.
+    pub fn set_clock(&mut self, seconds: u32) -> Result<()> {
+        Ok(self.dp.writer_mut().set_clock(seconds)?)
     }
 
     /// One run of `frame`, `repeat` times (the duration is the kernel's per-run average).

@@ -4,8 +4,11 @@ use std::collections::HashMap;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use lb_common::{
-    names, reason, BackendValue, ReasonCounters, ServiceKey, ServiceValue, TrafficCounters,
+    names, reason, BackendValue, ReasonCounters, ServiceKey4, ServiceKey6, ServiceRef,
+    ServiceValue, TrafficCounters, FAMILY_V4,
 };
+
+use super::ServiceKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapWriteError {
@@ -22,12 +25,10 @@ pub enum MapWriteError {
 
 /// What the planner writes. Each call is one element update, atomic for the program.
 pub trait MapWriter {
-    fn update_service(
-        &mut self,
-        key: &ServiceKey,
-        value: &ServiceValue,
-    ) -> Result<(), MapWriteError>;
+    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef) -> Result<(), MapWriteError>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
+    /// `SERVICE_INFO[id] = value` (all zeroes for a service that is gone).
+    fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError>;
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError>;
     /// `RINGS[index] = backend`.
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError>;
@@ -36,7 +37,8 @@ pub trait MapWriter {
 /// The maps in memory, for tests of the planner.
 #[derive(Default, Debug)]
 pub struct MemMaps {
-    pub services: HashMap<ServiceKey, ServiceValue>,
+    pub services: HashMap<ServiceKey, ServiceRef>,
+    pub infos: HashMap<u32, ServiceValue>,
     pub backends: HashMap<u32, BackendValue>,
     pub rings: HashMap<u32, u32>,
     /// Number of element writes, to check that a diff writes only what changed.
@@ -44,11 +46,7 @@ pub struct MemMaps {
 }
 
 impl MapWriter for MemMaps {
-    fn update_service(
-        &mut self,
-        key: &ServiceKey,
-        value: &ServiceValue,
-    ) -> Result<(), MapWriteError> {
+    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.services.insert(*key, *value);
         Ok(())
@@ -56,6 +54,11 @@ impl MapWriter for MemMaps {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.services.remove(key);
+        Ok(())
+    }
+    fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.infos.insert(id, *value);
         Ok(())
     }
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
@@ -72,12 +75,23 @@ impl MapWriter for MemMaps {
 
 /// The program's maps in the kernel.
 pub struct BpfMaps {
-    services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    services4: BpfHashMap<MapData, ServiceKey4, ServiceRef>,
+    services6: BpfHashMap<MapData, ServiceKey6, ServiceRef>,
+    infos: Array<MapData, ServiceValue>,
     backends: Array<MapData, BackendValue>,
     rings: Array<MapData, u32>,
+    clock: Array<MapData, u32>,
     reason_stats: PerCpuArray<MapData, ReasonCounters>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
+}
+
+fn key4(k: &ServiceKey) -> ServiceKey4 {
+    ServiceKey4 { addr: k.addr[0], port: k.port, proto: k.proto, _pad: 0 }
+}
+
+fn key6(k: &ServiceKey) -> ServiceKey6 {
+    ServiceKey6 { addr: k.addr, port: k.port, proto: k.proto, _pad: 0 }
 }
 
 fn take<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, MapWriteError>
@@ -112,13 +126,22 @@ impl BpfMaps {
     /// Takes the maps out of a loaded program.
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
         Ok(Self {
-            services: take(ebpf, names::SERVICES)?,
+            services4: take(ebpf, names::SERVICES4)?,
+            services6: take(ebpf, names::SERVICES6)?,
+            infos: take(ebpf, names::SERVICE_INFO)?,
             backends: take(ebpf, names::BACKENDS)?,
             rings: take(ebpf, names::RINGS)?,
+            clock: take(ebpf, names::CLOCK)?,
             reason_stats: take(ebpf, names::REASON_STATS)?,
             service_stats: take(ebpf, names::SERVICE_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
         })
+    }
+
+    /// Sets the program's clock (seconds): flow idle times and persistence are measured on
+    /// it. The daemon writes CLOCK_MONOTONIC seconds every second; tests move it by hand.
+    pub fn set_clock(&mut self, seconds: u32) -> Result<(), MapWriteError> {
+        self.clock.set(0, seconds, 0).map_err(kernel(names::CLOCK, "update"))
     }
 
     /// Packets and bytes per reason, summed over CPUs.
@@ -166,28 +189,27 @@ impl BpfMaps {
 }
 
 impl MapWriter for BpfMaps {
-    fn update_service(
-        &mut self,
-        key: &ServiceKey,
-        value: &ServiceValue,
-    ) -> Result<(), MapWriteError> {
-        self.services
-            .insert(key, value, 0)
-            .map_err(kernel(names::SERVICES, "update"))
+    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef) -> Result<(), MapWriteError> {
+        if key.family == FAMILY_V4 {
+            self.services4.insert(key4(key), value, 0).map_err(kernel(names::SERVICES4, "update"))
+        } else {
+            self.services6.insert(key6(key), value, 0).map_err(kernel(names::SERVICES6, "update"))
+        }
     }
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
-        self.services
-            .remove(key)
-            .map_err(kernel(names::SERVICES, "delete"))
+        if key.family == FAMILY_V4 {
+            self.services4.remove(&key4(key)).map_err(kernel(names::SERVICES4, "delete"))
+        } else {
+            self.services6.remove(&key6(key)).map_err(kernel(names::SERVICES6, "delete"))
+        }
+    }
+    fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError> {
+        self.infos.set(id, value, 0).map_err(kernel(names::SERVICE_INFO, "update"))
     }
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
-        self.backends
-            .set(id, value, 0)
-            .map_err(kernel(names::BACKENDS, "update"))
+        self.backends.set(id, value, 0).map_err(kernel(names::BACKENDS, "update"))
     }
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
-        self.rings
-            .set(index, backend, 0)
-            .map_err(kernel(names::RINGS, "update"))
+        self.rings.set(index, backend, 0).map_err(kernel(names::RINGS, "update"))
     }
 }

@@ -13,9 +13,9 @@ use std::{
 use lb_common::*;
 
 use super::{
-    addr_words, maglev,
+    maglev,
     maps::{MapWriteError, MapWriter},
-    prefix_mask, ring, BackendSpec, Scheduler, ServiceSpec,
+    prefix_mask, ring, BackendSpec, Scheduler, ServiceKey, ServiceSpec,
 };
 
 /// Sizes fixed when the program was loaded.
@@ -66,42 +66,26 @@ pub enum PlanError {
 /// The exact contents the maps should have.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
-    pub services: BTreeMap<ServiceKeyOrd, ServiceValue>,
+    /// Service keys (each family's map) -> service id, with the fragments-only entries.
+    pub services: BTreeMap<ServiceKey, ServiceRef>,
+    /// Service id -> `SERVICE_INFO` value.
+    pub infos: BTreeMap<u32, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
     /// Service id -> ring slots (backend ids).
     pub rings: BTreeMap<u32, Vec<u32>>,
 }
 
-/// `ServiceKey` with an order, so that plans are deterministic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceKeyOrd(pub [u32; 4], pub u16, pub u8, pub u8);
-
-impl ServiceKeyOrd {
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey {
-            addr: self.0,
-            port: self.1,
-            proto: self.2,
-            family: self.3,
-        }
-    }
-    fn of(spec: &ServiceSpec) -> Self {
-        let (addr, family) = addr_words(spec.vip);
-        ServiceKeyOrd(addr, spec.port.to_be(), spec.proto.number(), family)
-    }
-}
-
 /// Id allocation that survives updates.
 #[derive(Clone, Debug, Default)]
 struct Ids {
-    services: HashMap<ServiceKeyOrd, u32>,
-    backends: HashMap<(ServiceKeyOrd, SocketAddr), u32>,
+    services: HashMap<ServiceKey, u32>,
+    backends: HashMap<(ServiceKey, SocketAddr), u32>,
     /// Generation of each backend slot ever used.
     generations: Vec<u32>,
 }
 
 impl Ids {
-    fn service(&mut self, key: ServiceKeyOrd, limits: &Limits) -> Result<u32, PlanError> {
+    fn service(&mut self, key: ServiceKey, limits: &Limits) -> Result<u32, PlanError> {
         if let Some(&id) = self.services.get(&key) {
             return Ok(id);
         }
@@ -114,7 +98,7 @@ impl Ids {
 
     fn backend(
         &mut self,
-        svc: ServiceKeyOrd,
+        svc: ServiceKey,
         addr: SocketAddr,
         limits: &Limits,
     ) -> Result<u32, PlanError> {
@@ -135,7 +119,7 @@ impl Ids {
     }
 
     /// Forget ids not used by `keep_*`.
-    fn retain(&mut self, services: &[ServiceKeyOrd], backends: &[(ServiceKeyOrd, SocketAddr)]) {
+    fn retain(&mut self, services: &[ServiceKey], backends: &[(ServiceKey, SocketAddr)]) {
         self.services.retain(|k, _| services.contains(k));
         self.backends.retain(|k, _| backends.contains(k));
     }
@@ -201,7 +185,7 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
     let mut keep_services = Vec::new();
     let mut keep_backends = Vec::new();
     for spec in specs {
-        let key = ServiceKeyOrd::of(spec);
+        let key = ServiceKey::of(spec);
         if keep_services.contains(&key) {
             return Err(PlanError::DuplicateService(format!(
                 "{}:{}/{:?}",
@@ -244,8 +228,8 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
         if spec.hash_port {
             flags |= SVC_F_HASH_PORT;
         }
-        out.services.insert(
-            key,
+        out.infos.insert(
+            id,
             ServiceValue {
                 id,
                 flags,
@@ -253,67 +237,54 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
                 ring_len: ring.len() as u32,
                 idle_timeout_s: spec.idle_timeout,
                 persist_timeout_s: spec.persistence_timeout,
-                persist_mask: prefix_mask(key.3, spec.persistence_prefix),
+                persist_mask: prefix_mask(key.family, spec.persistence_prefix),
             },
         );
+        out.services.insert(key, ServiceRef { id, flags: 0 });
         out.rings.insert(id, ring);
     }
     // Fragments carry no port (after the first): each (VIP, protocol) without an all-ports
     // service routes them to its lowest-port service, through a port-0 entry marked
     // fragments-only. See docs/architecture.md, "Fragments".
-    let mut frag: BTreeMap<([u32; 4], u8, u8), ServiceKeyOrd> = BTreeMap::new();
+    let mut frag: BTreeMap<([u32; 4], u8, u8), ServiceKey> = BTreeMap::new();
     for key in out.services.keys() {
-        let group = (key.0, key.2, key.3);
-        let port = u16::from_be(key.1);
+        let group = (key.addr, key.proto, key.family);
         match frag.get(&group) {
-            Some(best) if u16::from_be(best.1) <= port => {}
+            Some(best) if u16::from_be(best.port) <= u16::from_be(key.port) => {}
             _ => {
                 frag.insert(group, *key);
             }
         }
     }
     for ((addr, proto, family), owner) in frag {
-        if owner.1 != 0 {
-            let mut value = out.services[&owner];
-            value.flags |= SVC_F_FRAG_ONLY;
-            out.services
-                .insert(ServiceKeyOrd(addr, 0, proto, family), value);
+        if owner.port != 0 {
+            let id = out.services[&owner].id;
+            let frag_key = ServiceKey { addr, port: 0, proto, family };
+            out.services.insert(frag_key, ServiceRef { id, flags: SVC_REF_F_FRAG_ONLY });
         }
     }
     ids.retain(&keep_services, &keep_backends);
     Ok(out)
 }
 
-/// Writes `next` over `prev`: new and changed backends first, then rings and services, then
-/// services and backends that are gone. At every step each ring slot the program can reach
-/// names a present backend.
-fn apply(
-    prev: &Desired,
-    next: &Desired,
-    limits: &Limits,
-    w: &mut dyn MapWriter,
-) -> Result<(), PlanError> {
+/// Writes `next` over `prev`: new and changed backends first; then service state (a
+/// shrinking ring is shortened before its slots change), ring slots, and the keys that lead
+/// to the services; then keys, service slots and backends that are gone. At every step each
+/// ring slot the program can reach names a present backend, and each key names a service
+/// whose state is written.
+fn apply(prev: &Desired, next: &Desired, limits: &Limits, w: &mut dyn MapWriter) -> Result<(), PlanError> {
     for (id, b) in &next.backends {
         if prev.backends.get(id) != Some(b) {
             w.update_backend(*id, b)?;
         }
     }
-    // Shrinking rings: shorten first, so the program never reads the slots being rewritten
-    // past the new end.
-    for (key, svc) in &next.services {
-        if let Some(old) = prev.services.get(key) {
-            if svc.ring_len < old.ring_len && old.id == svc.id {
-                w.update_service(
-                    &key.key(),
-                    &ServiceValue {
-                        ring_len: svc.ring_len,
-                        ..*old
-                    },
-                )?;
+    for (id, info) in &next.infos {
+        if let Some(old) = prev.infos.get(id) {
+            if info.ring_len < old.ring_len {
+                w.update_service_info(*id, &ServiceValue { ring_len: info.ring_len, ..*old })?;
             }
         }
     }
-    // Once per ring, though a fragments-only entry shares its owner's.
     for (id, ring) in &next.rings {
         let old = prev.rings.get(id).map(Vec::as_slice).unwrap_or(&[]);
         let base = id * limits.ring_size;
@@ -323,14 +294,24 @@ fn apply(
             }
         }
     }
-    for (key, svc) in &next.services {
-        if prev.services.get(key) != Some(svc) {
-            w.update_service(&key.key(), svc)?;
+    for (id, info) in &next.infos {
+        if prev.infos.get(id) != Some(info) {
+            w.update_service_info(*id, info)?;
+        }
+    }
+    for (key, r) in &next.services {
+        if prev.services.get(key) != Some(r) {
+            w.update_service(key, r)?;
         }
     }
     for key in prev.services.keys() {
         if !next.services.contains_key(key) {
-            w.delete_service(&key.key())?;
+            w.delete_service(key)?;
+        }
+    }
+    for id in prev.infos.keys() {
+        if !next.infos.contains_key(id) {
+            w.update_service_info(*id, &ServiceValue::default())?;
         }
     }
     for id in prev.backends.keys() {
@@ -346,23 +327,14 @@ fn apply(
 /// match nothing real) and delete every such key it no longer wants.
 fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
     let mut out = current.clone();
-    for (key, svc) in &attempted.services {
-        out.services.insert(
-            *key,
-            ServiceValue {
-                flags: u32::MAX,
-                ..*svc
-            },
-        );
+    for (key, r) in &attempted.services {
+        out.services.insert(*key, ServiceRef { flags: u32::MAX, ..*r });
+    }
+    for (id, info) in &attempted.infos {
+        out.infos.insert(*id, ServiceValue { flags: u32::MAX, ..*info });
     }
     for (id, b) in &attempted.backends {
-        out.backends.insert(
-            *id,
-            BackendValue {
-                flags: u32::MAX,
-                ..*b
-            },
-        );
+        out.backends.insert(*id, BackendValue { flags: u32::MAX, ..*b });
     }
     for id in attempted.rings.keys() {
         out.rings.insert(*id, Vec::new());
@@ -428,7 +400,7 @@ impl<W: MapWriter> Dataplane<W> {
 
     /// The ids of a service and of its backends, in spec order (for counters and status).
     pub fn ids_of(&self, spec: &ServiceSpec) -> Option<(u32, Vec<u32>)> {
-        let key = ServiceKeyOrd::of(spec);
+        let key = ServiceKey::of(spec);
         let sid = *self.ids.services.get(&key)?;
         let bids = spec
             .backends
@@ -465,64 +437,56 @@ mod tests {
     struct Checked(MemMaps);
 
     impl Checked {
-        fn check(&self, limits: &Limits) {
-            for (key, svc) in &self.0.services {
-                for slot in 0..svc.ring_len {
-                    let idx = svc.id * limits.ring_size + slot;
+        fn check(&self) {
+            for info in self.0.infos.values().filter(|i| i.flags & SVC_F_ACTIVE != 0) {
+                for slot in 0..info.ring_len {
+                    let idx = info.id * LIMITS.ring_size + slot;
                     let bid = self.0.rings.get(&idx).unwrap_or_else(|| {
-                        panic!(
-                            "{key:?}: slot {slot} below ring_len {} unwritten",
-                            svc.ring_len
-                        )
+                        panic!("service {}: slot {slot} below ring_len {} unwritten", info.id, info.ring_len)
                     });
                     let b = self.0.backends.get(bid).copied().unwrap_or_default();
-                    assert!(
-                        b.flags & BACKEND_F_PRESENT != 0,
-                        "{key:?}: slot {slot} -> absent backend {bid}"
-                    );
+                    assert!(b.flags & BACKEND_F_PRESENT != 0, "service {}: slot {slot} -> absent backend {bid}", info.id);
                 }
+            }
+            for (key, r) in &self.0.services {
+                let info = self.0.infos.get(&r.id).copied().unwrap_or_default();
+                assert_eq!(info.id, r.id, "{key:?} names service {} whose state is not written", r.id);
             }
         }
     }
 
     // A ring of 4099 slots: Maglev wants M well above 100 x N for its minimal disruption.
-    const LIMITS: Limits = Limits {
-        max_services: 8,
-        max_backends: 32,
-        ring_size: 4099,
-    };
+    const LIMITS: Limits = Limits { max_services: 8, max_backends: 32, ring_size: 4099 };
 
     impl MapWriter for Checked {
-        fn update_service(
-            &mut self,
-            k: &ServiceKey,
-            v: &ServiceValue,
-        ) -> Result<(), MapWriteError> {
+        fn update_service(&mut self, k: &ServiceKey, v: &ServiceRef) -> Result<(), MapWriteError> {
             self.0.update_service(k, v)?;
-            self.check(&LIMITS);
+            self.check();
             Ok(())
         }
         fn delete_service(&mut self, k: &ServiceKey) -> Result<(), MapWriteError> {
             self.0.delete_service(k)?;
-            self.check(&LIMITS);
+            self.check();
+            Ok(())
+        }
+        fn update_service_info(&mut self, id: u32, v: &ServiceValue) -> Result<(), MapWriteError> {
+            self.0.update_service_info(id, v)?;
+            self.check();
             Ok(())
         }
         fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
             self.0.update_backend(id, v)?;
-            self.check(&LIMITS);
+            self.check();
             Ok(())
         }
         fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
             self.0.update_ring_slot(i, b)?;
             // Only this slot can have changed; a full check per slot would be quadratic.
             let (sid, slot) = (i / LIMITS.ring_size, i % LIMITS.ring_size);
-            if let Some(svc) = self.0.services.values().find(|s| s.id == sid) {
-                if slot < svc.ring_len {
+            if let Some(info) = self.0.infos.get(&sid) {
+                if info.flags & SVC_F_ACTIVE != 0 && slot < info.ring_len {
                     let b = self.0.backends.get(&b).copied().unwrap_or_default();
-                    assert!(
-                        b.flags & BACKEND_F_PRESENT != 0,
-                        "live slot {i} -> absent backend"
-                    );
+                    assert!(b.flags & BACKEND_F_PRESENT != 0, "live slot {i} -> absent backend");
                 }
             }
             Ok(())
@@ -639,7 +603,7 @@ mod tests {
             .expect("port-0 entry");
         let (sid80, _) = d.ids_of(&specs[1]).unwrap();
         assert_eq!(frag.1.id, sid80);
-        assert!(frag.1.flags & SVC_F_FRAG_ONLY != 0);
+        assert!(frag.1.flags & SVC_REF_F_FRAG_ONLY != 0);
         // A real all-ports service needs no extra entry.
         let mut all = spec(0, Scheduler::Rr, &[1]);
         all.proto = Proto::Tcp;
@@ -653,7 +617,7 @@ mod tests {
             .filter(|(k, _)| k.port == 0)
             .collect();
         assert_eq!(ports0.len(), 1);
-        assert_eq!(ports0[0].1.flags & SVC_F_FRAG_ONLY, 0);
+        assert_eq!(ports0[0].1.flags & SVC_REF_F_FRAG_ONLY, 0);
     }
 
     #[test]
@@ -662,14 +626,7 @@ mod tests {
         let mut specs = vec![spec(80, Scheduler::Rr, &[1, 0, 1])];
         specs[0].backends[2].mac = None;
         d.update(&specs).unwrap();
-        let svc = d
-            .writer()
-            .0
-            .services
-            .values()
-            .find(|s| s.flags & SVC_F_FRAG_ONLY == 0)
-            .copied()
-            .unwrap();
+        let svc = d.writer().0.infos.values().next().copied().unwrap();
         assert_eq!(svc.ring_len, 1);
         // Shrinking to nothing and growing back keep the invariant at every write.
         specs[0].backends[0].weight = 0;
@@ -678,14 +635,7 @@ mod tests {
         specs[0].backends[1].weight = 1;
         specs[0].backends[2].mac = Some([2, 0, 0, 0, 0, 9]);
         d.update(&specs).unwrap();
-        let svc = d
-            .writer()
-            .0
-            .services
-            .values()
-            .find(|s| s.flags & SVC_F_FRAG_ONLY == 0)
-            .copied()
-            .unwrap();
+        let svc = d.writer().0.infos.values().next().copied().unwrap();
         assert_eq!(svc.ring_len, 3);
     }
 
@@ -712,8 +662,8 @@ mod tests {
     #[test]
     fn prefix_masks() {
         use crate::dataplane::prefix_mask;
-        assert_eq!(prefix_mask(FAMILY_V4, 24), addr_v4([255, 255, 255, 0]));
-        assert_eq!(prefix_mask(FAMILY_V4, 32), addr_v4([255; 4]));
+        assert_eq!(prefix_mask(FAMILY_V4, 24)[0], addr_v4([255, 255, 255, 0]));
+        assert_eq!(prefix_mask(FAMILY_V4, 32)[0], addr_v4([255; 4]));
         assert_eq!(prefix_mask(FAMILY_V4, 0), [0; 4]);
         let mut v6 = [0u8; 16];
         v6[..6].copy_from_slice(&[0xff; 6]);

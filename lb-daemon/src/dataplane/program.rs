@@ -69,11 +69,16 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_IFACE_MAC, &opts.iface_mac, true)
         .override_global(names::GLOBAL_RING_SIZE, &l.ring_size, true)
-        .map_max_entries(names::FLOWS, opts.max_flows)
-        .map_max_entries(names::PERSIST, opts.max_persist)
+        // Each family gets the full size: a deployment may be all IPv4 or all IPv6.
+        .map_max_entries(names::FLOWS4, opts.max_flows)
+        .map_max_entries(names::FLOWS6, opts.max_flows)
+        .map_max_entries(names::PERSIST4, opts.max_persist)
+        .map_max_entries(names::PERSIST6, opts.max_persist)
         // Each service's own key, plus at most one fragments-only port-0 entry per
         // (VIP, protocol), which is at most one per service.
-        .map_max_entries(names::SERVICES, l.max_services * 2)
+        .map_max_entries(names::SERVICES4, l.max_services * 2)
+        .map_max_entries(names::SERVICES6, l.max_services * 2)
+        .map_max_entries(names::SERVICE_INFO, l.max_services)
         .map_max_entries(names::RINGS, rings)
         .map_max_entries(names::RR_STATE, l.max_services)
         .map_max_entries(names::SERVICE_STATS, l.max_services)
