@@ -45,6 +45,73 @@ fn load<T: Copy>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<T, u32>
     Ok(unsafe { p.read_unaligned() })
 }
 
+/// `N` 16-bit words at `off`, after one bounds check.
+///
+/// Headers are read in 16-bit units because the BPF back end turns an unaligned read of
+/// anything wider into single-byte loads. A frame starts at an even address (drivers put it
+/// at XDP_PACKET_HEADROOM, generic XDP at the skb's even-aligned MAC header, test runs at
+/// the headroom), and every header read here starts at an even offset (14 or 18, plus
+/// multiples of 4 or 8), so these loads are aligned. A wider load could not be: the IP
+/// header sits at offset 14.
+#[inline(always)]
+fn words<const N: usize>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<[u16; N], u32> {
+    let p = ptr_at::<[u16; N]>(ctx, off).ok_or(malformed)?;
+    // SAFETY: bounds checked above; 2-byte aligned as explained above.
+    Ok(unsafe { p.read() })
+}
+
+/// Two 16-bit words as the 32-bit value with the same bytes in memory.
+#[inline(always)]
+fn join(lo: u16, hi: u16) -> u32 {
+    let [a, b] = lo.to_ne_bytes();
+    let [c, d] = hi.to_ne_bytes();
+    u32::from_ne_bytes([a, b, c, d])
+}
+
+/// The IPv4 header fields we use, from its first 20 bytes.
+struct Ipv4Fields {
+    vihl: u8,
+    tot_len: u16,
+    frag_off: u16,
+    proto: u8,
+    src: u32,
+    dst: u32,
+}
+
+#[inline(always)]
+fn ipv4_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv4Fields, u32> {
+    let h = words::<10>(ctx, off, malformed)?;
+    Ok(Ipv4Fields {
+        vihl: h[0].to_ne_bytes()[0],
+        tot_len: u16::from_be(h[1]),
+        frag_off: u16::from_be(h[3]),
+        proto: h[4].to_ne_bytes()[1],
+        src: join(h[6], h[7]),
+        dst: join(h[8], h[9]),
+    })
+}
+
+/// The IPv6 header fields we use, from its 40 bytes.
+struct Ipv6Fields {
+    version: u8,
+    payload_len: u16,
+    next: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+#[inline(always)]
+fn ipv6_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv6Fields, u32> {
+    let h = words::<20>(ctx, off, malformed)?;
+    Ok(Ipv6Fields {
+        version: h[0].to_ne_bytes()[0] >> 4,
+        payload_len: u16::from_be(h[2]),
+        next: h[3].to_ne_bytes()[0],
+        src: [join(h[4], h[5]), join(h[6], h[7]), join(h[8], h[9]), join(h[10], h[11])],
+        dst: [join(h[12], h[13]), join(h[14], h[15]), join(h[16], h[17]), join(h[18], h[19])],
+    })
+}
+
 /// What the layer-3 parse found.
 pub struct L3 {
     pub family: u8,
@@ -65,9 +132,9 @@ pub struct L3 {
 /// Ethernet and at most one 802.1Q tag: returns (ethertype, offset of the L3 header).
 #[inline(always)]
 pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), u32> {
-    let proto = u16::from_be(load::<u16>(ctx, 12, DROP_MALFORMED_ETH)?);
+    let proto = u16::from_be(words::<1>(ctx, 12, DROP_MALFORMED_ETH)?[0]);
     if proto == ETH_P_8021Q {
-        let inner = u16::from_be(load::<u16>(ctx, ETH_HLEN + 2, DROP_MALFORMED_ETH)?);
+        let inner = u16::from_be(words::<1>(ctx, ETH_HLEN + 2, DROP_MALFORMED_ETH)?[0]);
         if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
             return Err(PASS_UNSUPPORTED);
         }
@@ -79,34 +146,19 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), u32> {
     Ok((proto, ETH_HLEN))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    vihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    src: u32,
-    dst: u32,
-}
-
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
-    let h = load::<Ipv4Hdr>(ctx, off, DROP_MALFORMED_IPV4)?;
+    let h = ipv4_fields(ctx, off, DROP_MALFORMED_IPV4)?;
     let ihl = ((h.vihl & 0x0f) as usize) * 4;
     if h.vihl >> 4 != 4 || ihl < IPV4_HLEN {
         return Err(DROP_MALFORMED_IPV4);
     }
-    let tot_len = u16::from_be(h.tot_len) as usize;
+    let tot_len = h.tot_len as usize;
     let frame = ctx.data_end() - ctx.data();
     if tot_len < ihl || off + tot_len > frame {
         return Err(DROP_MALFORMED_IPV4);
     }
-    let frag = u16::from_be(h.frag_off);
+    let frag = h.frag_off;
     // MF set or a non-zero offset.
     let fragment = frag & 0x3fff != 0;
     Ok(L3 {
@@ -121,24 +173,13 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     })
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv6Hdr {
-    vtcfl: u32,
-    payload_len: u16,
-    next: u8,
-    hop_limit: u8,
-    src: [u32; 4],
-    dst: [u32; 4],
-}
-
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
-    let h = load::<Ipv6Hdr>(ctx, off, DROP_MALFORMED_IPV6)?;
-    if u32::from_be(h.vtcfl) >> 28 != 6 {
+    let h = ipv6_fields(ctx, off, DROP_MALFORMED_IPV6)?;
+    if h.version != 6 {
         return Err(DROP_MALFORMED_IPV6);
     }
-    let payload = u16::from_be(h.payload_len) as usize;
+    let payload = h.payload_len as usize;
     if payload == 0 {
         // A jumbogram (RFC 2675) or an empty packet: nothing we balance.
         return Err(PASS_UNSUPPORTED);
@@ -202,7 +243,7 @@ pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<(u16, u16), u32> {
     if l3.l4_off + hlen > l3.l3_end {
         return Err(DROP_MALFORMED_L4);
     }
-    let p = load::<[u16; 2]>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
+    let p = words::<2>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
     Ok((p[0], p[1]))
 }
 
@@ -223,7 +264,7 @@ pub fn icmp_type_code(ctx: &XdpContext, l3: &L3) -> Result<(u8, u8), u32> {
 pub fn icmp_quoted(ctx: &XdpContext, l3: &L3) -> Result<([u32; 4], [u32; 4], u8, u16, u16), u32> {
     let inner = l3.l4_off + 8;
     if l3.family == FAMILY_V4 {
-        let h = load::<Ipv4Hdr>(ctx, inner, DROP_MALFORMED_ICMP)?;
+        let h = ipv4_fields(ctx, inner, DROP_MALFORMED_ICMP)?;
         let ihl = ((h.vihl & 0x0f) as usize) * 4;
         if h.vihl >> 4 != 4 || ihl < IPV4_HLEN {
             return Err(DROP_MALFORMED_ICMP);
@@ -231,14 +272,14 @@ pub fn icmp_quoted(ctx: &XdpContext, l3: &L3) -> Result<([u32; 4], [u32; 4], u8,
         if inner + ihl + 4 > l3.l3_end {
             return Err(DROP_MALFORMED_ICMP);
         }
-        let p = load::<[u16; 2]>(ctx, inner + ihl, DROP_MALFORMED_ICMP)?;
+        let p = words::<2>(ctx, inner + ihl, DROP_MALFORMED_ICMP)?;
         Ok(([h.src, 0, 0, 0], [h.dst, 0, 0, 0], h.proto, p[0], p[1]))
     } else {
-        let h = load::<Ipv6Hdr>(ctx, inner, DROP_MALFORMED_ICMP)?;
-        if u32::from_be(h.vtcfl) >> 28 != 6 || inner + IPV6_HLEN + 4 > l3.l3_end {
+        let h = ipv6_fields(ctx, inner, DROP_MALFORMED_ICMP)?;
+        if h.version != 6 || inner + IPV6_HLEN + 4 > l3.l3_end {
             return Err(DROP_MALFORMED_ICMP);
         }
-        let p = load::<[u16; 2]>(ctx, inner + IPV6_HLEN, DROP_MALFORMED_ICMP)?;
+        let p = words::<2>(ctx, inner + IPV6_HLEN, DROP_MALFORMED_ICMP)?;
         Ok((h.src, h.dst, h.next, p[0], p[1]))
     }
 }
