@@ -193,7 +193,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 
 /// Seconds of CLOCK_MONOTONIC, the program's time base.
 fn monotonic_seconds() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u32

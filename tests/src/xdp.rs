@@ -49,7 +49,10 @@ impl XdpHarness {
     pub fn new(opts: LoadOptions) -> Result<Self> {
         let mut ebpf = program::load(&opts).context("loading the XDP object")?;
         let maps = BpfMaps::new(&mut ebpf)?;
-        Ok(Self { ebpf, dp: Dataplane::new(maps, opts.limits) })
+        Ok(Self {
+            ebpf,
+            dp: Dataplane::new(maps, opts.limits),
+        })
     }
 
     /// Sets the program's clock (seconds), as the daemon does every second.

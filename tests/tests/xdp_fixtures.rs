@@ -441,18 +441,40 @@ fn idle_udp_flow_expires() {
     let first = check(&mut h, "udp new", &udp4(8000), FWD_NEW_FLOW).unwrap();
     // Within the UDP timeout (300 s) the flow stays; its last-seen time moves on.
     h.set_clock(1290).unwrap();
-    assert_eq!(check(&mut h, "udp established", &udp4(8000), FWD_ESTABLISHED), Some(first));
+    assert_eq!(
+        check(&mut h, "udp established", &udp4(8000), FWD_ESTABLISHED),
+        Some(first)
+    );
     h.set_clock(1580).unwrap();
-    assert_eq!(check(&mut h, "udp still established", &udp4(8000), FWD_ESTABLISHED), Some(first));
+    assert_eq!(
+        check(
+            &mut h,
+            "udp still established",
+            &udp4(8000),
+            FWD_ESTABLISHED
+        ),
+        Some(first)
+    );
     // Idle past the timeout: forgotten, rescheduled by rr.
     h.set_clock(1881).unwrap();
     let second = check(&mut h, "udp after idle timeout", &udp4(8000), FWD_NEW_FLOW).unwrap();
     assert_eq!(second, (first + 1) % 3, "rescheduled by rr");
-    assert_eq!(check(&mut h, "udp established again", &udp4(8000), FWD_ESTABLISHED), Some(second));
+    assert_eq!(
+        check(
+            &mut h,
+            "udp established again",
+            &udp4(8000),
+            FWD_ESTABLISHED
+        ),
+        Some(second)
+    );
     // TCP has its own, longer timeout (900 s): the same idle time keeps a TCP flow.
     let t = check(&mut h, "tcp new", &tcp4(8001), FWD_NEW_FLOW);
     h.set_clock(1881 + 301).unwrap();
-    assert_eq!(check(&mut h, "tcp idle 301 s", &tcp4(8001), FWD_ESTABLISHED), t);
+    assert_eq!(
+        check(&mut h, "tcp idle 301 s", &tcp4(8001), FWD_ESTABLISHED),
+        t
+    );
 }
 
 #[test]
@@ -496,8 +518,16 @@ fn persistence_sticks_a_client_network_to_one_backend() {
     assert_ne!(other, a);
     // The template expires persistence_timeout (300 s) after its last use.
     h.set_clock(301).unwrap();
-    let later = check(&mut h, "after the template expired", &tcp4_from(CLIENT4, 9300, 443), FWD_NEW_FLOW);
-    assert_ne!(later, a, "rr moved on, and the expired template no longer holds");
+    let later = check(
+        &mut h,
+        "after the template expired",
+        &tcp4_from(CLIENT4, 9300, 443),
+        FWD_NEW_FLOW,
+    );
+    assert_ne!(
+        later, a,
+        "rr moved on, and the expired template no longer holds"
+    );
 }
 
 #[test]

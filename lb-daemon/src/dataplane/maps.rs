@@ -25,7 +25,8 @@ pub enum MapWriteError {
 
 /// What the planner writes. Each call is one element update, atomic for the program.
 pub trait MapWriter {
-    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef) -> Result<(), MapWriteError>;
+    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef)
+        -> Result<(), MapWriteError>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
     /// `SERVICE_INFO[id] = value` (all zeroes for a service that is gone).
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError>;
@@ -46,7 +47,11 @@ pub struct MemMaps {
 }
 
 impl MapWriter for MemMaps {
-    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef) -> Result<(), MapWriteError> {
+    fn update_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceRef,
+    ) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.services.insert(*key, *value);
         Ok(())
@@ -87,11 +92,21 @@ pub struct BpfMaps {
 }
 
 fn key4(k: &ServiceKey) -> ServiceKey4 {
-    ServiceKey4 { addr: k.addr[0], port: k.port, proto: k.proto, _pad: 0 }
+    ServiceKey4 {
+        addr: k.addr[0],
+        port: k.port,
+        proto: k.proto,
+        _pad: 0,
+    }
 }
 
 fn key6(k: &ServiceKey) -> ServiceKey6 {
-    ServiceKey6 { addr: k.addr, port: k.port, proto: k.proto, _pad: 0 }
+    ServiceKey6 {
+        addr: k.addr,
+        port: k.port,
+        proto: k.proto,
+        _pad: 0,
+    }
 }
 
 fn take<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, MapWriteError>
@@ -141,7 +156,9 @@ impl BpfMaps {
     /// Sets the program's clock (seconds): flow idle times and persistence are measured on
     /// it. The daemon writes CLOCK_MONOTONIC seconds every second; tests move it by hand.
     pub fn set_clock(&mut self, seconds: u32) -> Result<(), MapWriteError> {
-        self.clock.set(0, seconds, 0).map_err(kernel(names::CLOCK, "update"))
+        self.clock
+            .set(0, seconds, 0)
+            .map_err(kernel(names::CLOCK, "update"))
     }
 
     /// Packets and bytes per reason, summed over CPUs.
@@ -189,27 +206,45 @@ impl BpfMaps {
 }
 
 impl MapWriter for BpfMaps {
-    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef) -> Result<(), MapWriteError> {
+    fn update_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceRef,
+    ) -> Result<(), MapWriteError> {
         if key.family == FAMILY_V4 {
-            self.services4.insert(key4(key), value, 0).map_err(kernel(names::SERVICES4, "update"))
+            self.services4
+                .insert(key4(key), value, 0)
+                .map_err(kernel(names::SERVICES4, "update"))
         } else {
-            self.services6.insert(key6(key), value, 0).map_err(kernel(names::SERVICES6, "update"))
+            self.services6
+                .insert(key6(key), value, 0)
+                .map_err(kernel(names::SERVICES6, "update"))
         }
     }
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
         if key.family == FAMILY_V4 {
-            self.services4.remove(&key4(key)).map_err(kernel(names::SERVICES4, "delete"))
+            self.services4
+                .remove(&key4(key))
+                .map_err(kernel(names::SERVICES4, "delete"))
         } else {
-            self.services6.remove(&key6(key)).map_err(kernel(names::SERVICES6, "delete"))
+            self.services6
+                .remove(&key6(key))
+                .map_err(kernel(names::SERVICES6, "delete"))
         }
     }
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError> {
-        self.infos.set(id, value, 0).map_err(kernel(names::SERVICE_INFO, "update"))
+        self.infos
+            .set(id, value, 0)
+            .map_err(kernel(names::SERVICE_INFO, "update"))
     }
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
-        self.backends.set(id, value, 0).map_err(kernel(names::BACKENDS, "update"))
+        self.backends
+            .set(id, value, 0)
+            .map_err(kernel(names::BACKENDS, "update"))
     }
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
-        self.rings.set(index, backend, 0).map_err(kernel(names::RINGS, "update"))
+        self.rings
+            .set(index, backend, 0)
+            .map_err(kernel(names::RINGS, "update"))
     }
 }

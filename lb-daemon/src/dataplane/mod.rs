@@ -112,7 +112,10 @@ pub fn default_idle_timeout(proto: Proto) -> u32 {
 /// Address words in the layout the program uses (an IPv4 address in word 0).
 pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
     match ip {
-        IpAddr::V4(a) => ([lb_common::addr_v4(a.octets()), 0, 0, 0], lb_common::FAMILY_V4),
+        IpAddr::V4(a) => (
+            [lb_common::addr_v4(a.octets()), 0, 0, 0],
+            lb_common::FAMILY_V4,
+        ),
         IpAddr::V6(a) => (lb_common::addr_v6(a.octets()), lb_common::FAMILY_V6),
     }
 }
@@ -131,7 +134,12 @@ pub struct ServiceKey {
 impl ServiceKey {
     pub fn of(spec: &ServiceSpec) -> Self {
         let (addr, family) = addr_words(spec.vip);
-        ServiceKey { addr, port: spec.port.to_be(), proto: spec.proto.number(), family }
+        ServiceKey {
+            addr,
+            port: spec.port.to_be(),
+            proto: spec.proto.number(),
+            family,
+        }
     }
 }
 

@@ -259,8 +259,19 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
     for ((addr, proto, family), owner) in frag {
         if owner.port != 0 {
             let id = out.services[&owner].id;
-            let frag_key = ServiceKey { addr, port: 0, proto, family };
-            out.services.insert(frag_key, ServiceRef { id, flags: SVC_REF_F_FRAG_ONLY });
+            let frag_key = ServiceKey {
+                addr,
+                port: 0,
+                proto,
+                family,
+            };
+            out.services.insert(
+                frag_key,
+                ServiceRef {
+                    id,
+                    flags: SVC_REF_F_FRAG_ONLY,
+                },
+            );
         }
     }
     ids.retain(&keep_services, &keep_backends);
@@ -272,7 +283,12 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
 /// to the services; then keys, service slots and backends that are gone. At every step each
 /// ring slot the program can reach names a present backend, and each key names a service
 /// whose state is written.
-fn apply(prev: &Desired, next: &Desired, limits: &Limits, w: &mut dyn MapWriter) -> Result<(), PlanError> {
+fn apply(
+    prev: &Desired,
+    next: &Desired,
+    limits: &Limits,
+    w: &mut dyn MapWriter,
+) -> Result<(), PlanError> {
     for (id, b) in &next.backends {
         if prev.backends.get(id) != Some(b) {
             w.update_backend(*id, b)?;
@@ -281,7 +297,13 @@ fn apply(prev: &Desired, next: &Desired, limits: &Limits, w: &mut dyn MapWriter)
     for (id, info) in &next.infos {
         if let Some(old) = prev.infos.get(id) {
             if info.ring_len < old.ring_len {
-                w.update_service_info(*id, &ServiceValue { ring_len: info.ring_len, ..*old })?;
+                w.update_service_info(
+                    *id,
+                    &ServiceValue {
+                        ring_len: info.ring_len,
+                        ..*old
+                    },
+                )?;
             }
         }
     }
@@ -328,13 +350,31 @@ fn apply(prev: &Desired, next: &Desired, limits: &Limits, w: &mut dyn MapWriter)
 fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
     let mut out = current.clone();
     for (key, r) in &attempted.services {
-        out.services.insert(*key, ServiceRef { flags: u32::MAX, ..*r });
+        out.services.insert(
+            *key,
+            ServiceRef {
+                flags: u32::MAX,
+                ..*r
+            },
+        );
     }
     for (id, info) in &attempted.infos {
-        out.infos.insert(*id, ServiceValue { flags: u32::MAX, ..*info });
+        out.infos.insert(
+            *id,
+            ServiceValue {
+                flags: u32::MAX,
+                ..*info
+            },
+        );
     }
     for (id, b) in &attempted.backends {
-        out.backends.insert(*id, BackendValue { flags: u32::MAX, ..*b });
+        out.backends.insert(
+            *id,
+            BackendValue {
+                flags: u32::MAX,
+                ..*b
+            },
+        );
     }
     for id in attempted.rings.keys() {
         out.rings.insert(*id, Vec::new());
@@ -438,25 +478,45 @@ mod tests {
 
     impl Checked {
         fn check(&self) {
-            for info in self.0.infos.values().filter(|i| i.flags & SVC_F_ACTIVE != 0) {
+            for info in self
+                .0
+                .infos
+                .values()
+                .filter(|i| i.flags & SVC_F_ACTIVE != 0)
+            {
                 for slot in 0..info.ring_len {
                     let idx = info.id * LIMITS.ring_size + slot;
                     let bid = self.0.rings.get(&idx).unwrap_or_else(|| {
-                        panic!("service {}: slot {slot} below ring_len {} unwritten", info.id, info.ring_len)
+                        panic!(
+                            "service {}: slot {slot} below ring_len {} unwritten",
+                            info.id, info.ring_len
+                        )
                     });
                     let b = self.0.backends.get(bid).copied().unwrap_or_default();
-                    assert!(b.flags & BACKEND_F_PRESENT != 0, "service {}: slot {slot} -> absent backend {bid}", info.id);
+                    assert!(
+                        b.flags & BACKEND_F_PRESENT != 0,
+                        "service {}: slot {slot} -> absent backend {bid}",
+                        info.id
+                    );
                 }
             }
             for (key, r) in &self.0.services {
                 let info = self.0.infos.get(&r.id).copied().unwrap_or_default();
-                assert_eq!(info.id, r.id, "{key:?} names service {} whose state is not written", r.id);
+                assert_eq!(
+                    info.id, r.id,
+                    "{key:?} names service {} whose state is not written",
+                    r.id
+                );
             }
         }
     }
 
     // A ring of 4099 slots: Maglev wants M well above 100 x N for its minimal disruption.
-    const LIMITS: Limits = Limits { max_services: 8, max_backends: 32, ring_size: 4099 };
+    const LIMITS: Limits = Limits {
+        max_services: 8,
+        max_backends: 32,
+        ring_size: 4099,
+    };
 
     impl MapWriter for Checked {
         fn update_service(&mut self, k: &ServiceKey, v: &ServiceRef) -> Result<(), MapWriteError> {
@@ -486,7 +546,10 @@ mod tests {
             if let Some(info) = self.0.infos.get(&sid) {
                 if info.flags & SVC_F_ACTIVE != 0 && slot < info.ring_len {
                     let b = self.0.backends.get(&b).copied().unwrap_or_default();
-                    assert!(b.flags & BACKEND_F_PRESENT != 0, "live slot {i} -> absent backend");
+                    assert!(
+                        b.flags & BACKEND_F_PRESENT != 0,
+                        "live slot {i} -> absent backend"
+                    );
                 }
             }
             Ok(())

@@ -11,6 +11,10 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod vrrp;
+
+pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
+
 use crate::dataplane::{
     default_idle_timeout, program::AttachMode, BackendSpec, Proto, Scheduler, ServiceSpec,
 };
@@ -49,6 +53,12 @@ struct RawConfig {
     global_defs: GlobalDefs,
     dataplane: RawDataplane,
     #[serde(default)]
+    vrrp_script: Vec<vrrp::RawScript>,
+    #[serde(default)]
+    vrrp_instance: Vec<vrrp::RawInstance>,
+    #[serde(default)]
+    vrrp_sync_group: Vec<vrrp::RawSyncGroup>,
+    #[serde(default)]
     virtual_server: Vec<RawVirtualServer>,
 }
 
@@ -57,6 +67,15 @@ struct RawConfig {
 pub struct GlobalDefs {
     /// keepalived's `router_id`: names this node in logs.
     pub router_id: Option<String>,
+    /// Default VRRP version of the instances: 2 (keepalived's default) or 3.
+    pub vrrp_version: Option<u8>,
+    /// keepalived's `enable_script_security`, on unless set to false here: scripts that a
+    /// user other than root could change are refused.
+    pub enable_script_security: Option<bool>,
+    /// The user scripts run as unless a script names its own.
+    pub script_user: Option<String>,
+    /// State changes as JSON lines, to this FIFO or Unix socket path.
+    pub notify_fifo: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +131,9 @@ pub struct Config {
     pub interface: String,
     pub xdp_mode: AttachMode,
     pub max_flows: u32,
+    pub vrrp_scripts: Vec<VrrpScript>,
+    pub vrrp_instances: Vec<VrrpInstance>,
+    pub sync_groups: Vec<SyncGroup>,
     pub virtual_servers: Vec<VirtualServer>,
 }
 
@@ -192,9 +214,46 @@ impl Config {
             }
             Some(n) => *n.get_ref(),
         };
+        let default_version = raw.global_defs.vrrp_version.unwrap_or(2);
+        let vrrp_scripts = raw
+            .vrrp_script
+            .iter()
+            .map(|s| vrrp::script(&cx, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vrrp_instances = raw
+            .vrrp_instance
+            .iter()
+            .map(|i| vrrp::instance(&cx, i, default_version))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sync_groups = raw
+            .vrrp_sync_group
+            .iter()
+            .map(|g| vrrp::sync_group(&cx, g))
+            .collect::<Result<Vec<_>, _>>()?;
+        vrrp::cross_check(
+            &cx,
+            &raw.vrrp_script,
+            &raw.vrrp_instance,
+            &vrrp_instances,
+            &raw.vrrp_sync_group,
+        )?;
         let mut virtual_servers = Vec::new();
         for vs in &raw.virtual_server {
-            virtual_servers.push(virtual_server(&cx, vs)?);
+            let checked = virtual_server(&cx, vs)?;
+            let owned = vrrp_instances
+                .iter()
+                .any(|i| i.virtual_ipaddress.iter().any(|v| v.addr == checked.vip));
+            if !checked.is_static && !owned {
+                return Err(cx.invalid(
+                    vs.ip.span(),
+                    "virtual_server.ip",
+                    format!(
+                        "{} is in no vrrp_instance's virtual_ipaddress: add it to one, or set static = true",
+                        checked.vip
+                    ),
+                ));
+            }
+            virtual_servers.push(checked);
         }
         Ok(Config {
             file: file.to_path_buf(),
@@ -202,6 +261,9 @@ impl Config {
             interface: raw.dataplane.interface,
             xdp_mode,
             max_flows,
+            vrrp_scripts,
+            vrrp_instances,
+            sync_groups,
             virtual_servers,
         })
     }

@@ -1,0 +1,973 @@
+//! The VRRP half of the configuration: keepalived's `vrrp_script`, `vrrp_instance` and
+//! `vrrp_sync_group` blocks, with the same key names.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Ctx};
+
+/// keepalived's `garp_master_delay` default, seconds.
+pub const DEFAULT_GARP_MASTER_DELAY: u32 = 5;
+/// keepalived's `garp_master_repeat` default.
+pub const DEFAULT_GARP_MASTER_REPEAT: u32 = 5;
+
+fn zero() -> Spanned<i32> {
+    Spanned::new(0..0, 0)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScript {
+    name: Spanned<String>,
+    script: Spanned<String>,
+    /// Seconds between runs (keepalived's default: 1).
+    interval: Option<Spanned<f64>>,
+    /// Seconds a run may take before it counts as a failure (default: the interval).
+    timeout: Option<Spanned<f64>>,
+    /// Priority change while failing; 0 (the default) means the instance goes to Fault.
+    #[serde(default = "zero")]
+    weight: Spanned<i32>,
+    /// Successes in a row before a failed script counts as OK again.
+    rise: Option<Spanned<u32>>,
+    /// Failures in a row before an OK script counts as failed.
+    fall: Option<Spanned<u32>>,
+    /// Run as this user (default: `global_defs.script_user`, else root).
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    auth_type: Spanned<String>,
+    auth_pass: Spanned<String>,
+}
+
+/// A tracked interface or script: a bare name, or `{ name = "...", weight = N }`. Read as a
+/// plain value (serde's untagged enums lose the spans that errors need).
+type RawTrack = Spanned<toml::Value>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInstance {
+    name: Spanned<String>,
+    /// `MASTER` or `BACKUP`: a start-up hint.
+    #[serde(default)]
+    state: Option<Spanned<String>>,
+    interface: Spanned<String>,
+    virtual_router_id: Spanned<u32>,
+    priority: Spanned<u32>,
+    /// Seconds; v3 takes hundredths (0.01 to 40.95).
+    advert_int: Option<Spanned<f64>>,
+    /// 2 or 3; default `global_defs.vrrp_version`, else 2 (keepalived's).
+    version: Option<Spanned<u8>>,
+    #[serde(default)]
+    nopreempt: bool,
+    /// Seconds.
+    preempt_delay: Option<Spanned<f64>>,
+    authentication: Option<RawAuth>,
+    virtual_ipaddress: Spanned<Vec<Spanned<String>>>,
+    unicast_src_ip: Option<Spanned<String>>,
+    #[serde(default)]
+    unicast_peer: Vec<Spanned<String>>,
+    #[serde(default)]
+    track_interface: Vec<RawTrack>,
+    #[serde(default)]
+    track_script: Vec<RawTrack>,
+    notify_master: Option<Spanned<String>>,
+    notify_backup: Option<Spanned<String>>,
+    notify_fault: Option<Spanned<String>>,
+    notify_stop: Option<Spanned<String>>,
+    notify: Option<Spanned<String>>,
+    garp_master_delay: Option<u32>,
+    garp_master_repeat: Option<Spanned<u32>>,
+    garp_master_refresh: Option<u32>,
+    garp_master_refresh_repeat: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSyncGroup {
+    name: Spanned<String>,
+    group: Vec<Spanned<String>>,
+    notify_master: Option<Spanned<String>>,
+    notify_backup: Option<Spanned<String>>,
+    notify_fault: Option<Spanned<String>>,
+    notify: Option<Spanned<String>>,
+}
+
+/// A checked `vrrp_script`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VrrpScript {
+    pub name: String,
+    /// The command line, split on whitespace; the first word is the program.
+    pub command: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub weight: i32,
+    pub rise: u32,
+    pub fall: u32,
+    pub user: Option<String>,
+}
+
+/// A virtual address as keepalived writes it: `ADDR[/PREFIX] [dev IFACE] [label LABEL]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualIp {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    /// The instance's interface when absent.
+    pub dev: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VrrpVersion {
+    V2,
+    V3,
+}
+
+/// A tracked interface or script and what its failure does: `None` = Fault, `Some(w)` =
+/// priority + w.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    pub name: String,
+    pub weight: Option<i32>,
+}
+
+/// Notify hooks, each a command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notify {
+    pub master: Option<String>,
+    pub backup: Option<String>,
+    pub fault: Option<String>,
+    pub stop: Option<String>,
+    /// Called with keepalived's arguments: `INSTANCE|GROUP <name> <STATE> <priority>`.
+    pub generic: Option<String>,
+}
+
+/// A checked `vrrp_instance`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VrrpInstance {
+    pub name: String,
+    pub start_master: bool,
+    pub interface: String,
+    pub vrid: u8,
+    pub priority: u8,
+    /// Centiseconds.
+    pub advert_int_cs: u16,
+    pub version: VrrpVersion,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    /// VRRPv2 simple password (at most 8 bytes).
+    pub auth_pass: Option<Vec<u8>>,
+    pub virtual_ipaddress: Vec<VirtualIp>,
+    pub unicast_src_ip: Option<IpAddr>,
+    pub unicast_peer: Vec<IpAddr>,
+    pub track_interface: Vec<Tracked>,
+    pub track_script: Vec<Tracked>,
+    pub notify: Notify,
+    pub garp_master_delay: Duration,
+    pub garp_master_repeat: u32,
+    pub garp_master_refresh: Duration,
+    pub garp_master_refresh_repeat: u32,
+}
+
+impl VrrpInstance {
+    pub fn family_v6(&self) -> bool {
+        self.virtual_ipaddress
+            .first()
+            .is_some_and(|v| v.addr.is_ipv6())
+    }
+}
+
+/// A checked `vrrp_sync_group`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncGroup {
+    pub name: String,
+    pub members: Vec<String>,
+    pub notify: Notify,
+}
+
+fn seconds(
+    cx: &Ctx,
+    v: &Spanned<f64>,
+    key: &str,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
+    let s = *v.get_ref();
+    if !(min..=max).contains(&s) {
+        return Err(cx.invalid(
+            v.span(),
+            key,
+            format!("{s} is out of range {min}..={max} seconds"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn command(cx: &Ctx, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let s = v.get_ref().trim();
+    if s.is_empty() {
+        return Err(cx.invalid(v.span(), key, "empty command"));
+    }
+    if !s.starts_with('/') {
+        return Err(cx.invalid(v.span(), key, "scripts are given by absolute path"));
+    }
+    Ok(s.to_string())
+}
+
+fn opt_command(
+    cx: &Ctx,
+    v: &Option<Spanned<String>>,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    v.as_ref().map(|v| command(cx, v, key)).transpose()
+}
+
+pub(super) fn script(cx: &Ctx, raw: &RawScript) -> Result<VrrpScript, ConfigError> {
+    let interval = match &raw.interval {
+        Some(i) => seconds(cx, i, "vrrp_script.interval", 0.01, 86_400.0)?,
+        None => Duration::from_secs(1),
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => seconds(cx, t, "vrrp_script.timeout", 0.01, 86_400.0)?,
+        None => interval,
+    };
+    let count = |v: &Option<Spanned<u32>>, key: &str| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(1),
+            Some(n) if (1..=1000).contains(n.get_ref()) => Ok(*n.get_ref()),
+            Some(n) => Err(cx.invalid(n.span(), key, "must be 1..=1000")),
+        }
+    };
+    let weight = *raw.weight.get_ref();
+    if !(-254..=254).contains(&weight) {
+        return Err(cx.invalid(
+            raw.weight.span(),
+            "vrrp_script.weight",
+            "must be -254..=254",
+        ));
+    }
+    let line = command(cx, &raw.script, "vrrp_script.script")?;
+    Ok(VrrpScript {
+        name: raw.name.get_ref().clone(),
+        command: line.split_whitespace().map(str::to_string).collect(),
+        interval,
+        timeout,
+        weight,
+        rise: count(&raw.rise, "vrrp_script.rise")?,
+        fall: count(&raw.fall, "vrrp_script.fall")?,
+        user: raw.user.clone(),
+    })
+}
+
+/// `ADDR[/PREFIX] [dev IFACE] [label LABEL]`.
+fn virtual_ip(cx: &Ctx, v: &Spanned<String>) -> Result<VirtualIp, ConfigError> {
+    let key = "vrrp_instance.virtual_ipaddress";
+    let bad = |m: String| cx.invalid(v.span(), key, m);
+    let mut words = v.get_ref().split_whitespace();
+    let first = words.next().ok_or_else(|| bad("empty address".into()))?;
+    let (addr, prefix) = match first.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (first, None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| bad(format!("{addr:?} is not an IP address")))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match prefix {
+        None => max,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| bad(format!("prefix {p:?} is not 0..={max}")))?,
+    };
+    let mut out = VirtualIp {
+        addr,
+        prefix_len,
+        dev: None,
+        label: None,
+    };
+    while let Some(word) = words.next() {
+        let value = words
+            .next()
+            .ok_or_else(|| bad(format!("{word:?} needs a value")))?;
+        match word {
+            "dev" => out.dev = Some(value.to_string()),
+            "label" => out.label = Some(value.to_string()),
+            other => {
+                return Err(bad(format!(
+                    "unknown option {other:?} (expected dev or label)"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn track(cx: &Ctx, t: &RawTrack, key: &str) -> Result<Tracked, ConfigError> {
+    let bad = |m: &str| cx.invalid(t.span(), key, m.to_string());
+    let (name, weight) = match t.get_ref() {
+        toml::Value::String(name) => (name.clone(), 0),
+        toml::Value::Table(table) => {
+            if let Some(k) = table.keys().find(|k| *k != "name" && *k != "weight") {
+                return Err(bad(&format!("unknown key {k:?} (expected name, weight)")));
+            }
+            let name = table
+                .get("name")
+                .and_then(toml::Value::as_str)
+                .ok_or_else(|| bad("needs a name"))?;
+            let weight = match table.get("weight") {
+                None => 0,
+                Some(w) => w
+                    .as_integer()
+                    .filter(|w| (-254..=254).contains(w))
+                    .ok_or_else(|| bad("weight must be an integer -254..=254"))?,
+            };
+            (name.to_string(), weight as i32)
+        }
+        _ => return Err(bad("a name, or a table with name and weight")),
+    };
+    Ok(Tracked {
+        name,
+        weight: (weight != 0).then_some(weight),
+    })
+}
+
+fn tracks(cx: &Ctx, raw: &[RawTrack], key: &str) -> Result<Vec<Tracked>, ConfigError> {
+    raw.iter().map(|t| track(cx, t, key)).collect()
+}
+
+fn notify(
+    cx: &Ctx,
+    m: &Option<Spanned<String>>,
+    b: &Option<Spanned<String>>,
+    f: &Option<Spanned<String>>,
+    s: Option<&Spanned<String>>,
+    g: &Option<Spanned<String>>,
+    block: &str,
+) -> Result<Notify, ConfigError> {
+    Ok(Notify {
+        master: opt_command(cx, m, &format!("{block}.notify_master"))?,
+        backup: opt_command(cx, b, &format!("{block}.notify_backup"))?,
+        fault: opt_command(cx, f, &format!("{block}.notify_fault"))?,
+        stop: s
+            .map(|s| command(cx, s, &format!("{block}.notify_stop")))
+            .transpose()?,
+        generic: opt_command(cx, g, &format!("{block}.notify"))?,
+    })
+}
+
+pub(super) fn instance(
+    cx: &Ctx,
+    raw: &RawInstance,
+    default_version: u8,
+) -> Result<VrrpInstance, ConfigError> {
+    let k = |name: &str| format!("vrrp_instance.{name}");
+    let version = match &raw.version {
+        None => default_version,
+        Some(v) => *v.get_ref(),
+    };
+    let version = match version {
+        2 => VrrpVersion::V2,
+        3 => VrrpVersion::V3,
+        other => {
+            let span = raw.version.as_ref().map_or(raw.name.span(), |v| v.span());
+            return Err(cx.invalid(span, &k("version"), format!("{other}: expected 2 or 3")));
+        }
+    };
+    let start_master = match &raw.state {
+        None => false,
+        Some(s) => match s.get_ref().as_str() {
+            "MASTER" => true,
+            "BACKUP" => false,
+            other => {
+                return Err(cx.invalid(
+                    s.span(),
+                    &k("state"),
+                    format!("{other:?}: expected MASTER or BACKUP"),
+                ))
+            }
+        },
+    };
+    let vrid = *raw.virtual_router_id.get_ref();
+    if !(1..=255).contains(&vrid) {
+        return Err(cx.invalid(
+            raw.virtual_router_id.span(),
+            &k("virtual_router_id"),
+            "must be 1..=255",
+        ));
+    }
+    let priority = *raw.priority.get_ref();
+    if !(1..=255).contains(&priority) {
+        return Err(cx.invalid(
+            raw.priority.span(),
+            &k("priority"),
+            "must be 1..=254, or 255 for the address owner",
+        ));
+    }
+    let advert_int_cs = match (&raw.advert_int, version) {
+        (None, _) => 100,
+        (Some(a), VrrpVersion::V2) => {
+            let s = *a.get_ref();
+            if s.fract() != 0.0 || !(1.0..=255.0).contains(&s) {
+                return Err(cx.invalid(
+                    a.span(),
+                    &k("advert_int"),
+                    "VRRPv2 takes whole seconds 1..=255",
+                ));
+            }
+            (s as u16) * 100
+        }
+        (Some(a), VrrpVersion::V3) => {
+            let cs = (*a.get_ref() * 100.0).round();
+            if !(1.0..=4095.0).contains(&cs) || (cs - *a.get_ref() * 100.0).abs() > 1e-6 {
+                return Err(cx.invalid(
+                    a.span(),
+                    &k("advert_int"),
+                    "VRRPv3 takes 0.01..=40.95 seconds in hundredths",
+                ));
+            }
+            cs as u16
+        }
+    };
+    let preempt_delay = match &raw.preempt_delay {
+        None => Duration::ZERO,
+        Some(d) => seconds(cx, d, &k("preempt_delay"), 0.0, 1000.0)?,
+    };
+    if raw.nopreempt && start_master {
+        let span = raw.state.as_ref().map_or(raw.name.span(), |s| s.span());
+        return Err(cx.invalid(
+            span,
+            &k("nopreempt"),
+            "nopreempt needs state BACKUP (keepalived ignores it with MASTER)",
+        ));
+    }
+    let auth_pass = match (&raw.authentication, version) {
+        (None, _) => None,
+        (Some(a), VrrpVersion::V3) => {
+            return Err(cx.invalid(
+                a.auth_type.span(),
+                &k("authentication"),
+                "VRRPv3 has no authentication (RFC 9568)",
+            ))
+        }
+        (Some(a), VrrpVersion::V2) => {
+            if a.auth_type.get_ref() != "PASS" {
+                return Err(cx.invalid(
+                    a.auth_type.span(),
+                    &k("authentication.auth_type"),
+                    "only PASS is supported (AH is not)",
+                ));
+            }
+            let pass = a.auth_pass.get_ref().as_bytes();
+            if pass.is_empty() || pass.len() > 8 {
+                return Err(cx.invalid(
+                    a.auth_pass.span(),
+                    &k("authentication.auth_pass"),
+                    "1 to 8 characters (keepalived would truncate)",
+                ));
+            }
+            Some(pass.to_vec())
+        }
+    };
+    let mut virtual_ipaddress = Vec::new();
+    for v in raw.virtual_ipaddress.get_ref() {
+        virtual_ipaddress.push(virtual_ip(cx, v)?);
+    }
+    if virtual_ipaddress.is_empty() {
+        return Err(cx.invalid(
+            raw.virtual_ipaddress.span(),
+            &k("virtual_ipaddress"),
+            "at least one address",
+        ));
+    }
+    let v6 = virtual_ipaddress[0].addr.is_ipv6();
+    if let Some(bad) = raw
+        .virtual_ipaddress
+        .get_ref()
+        .iter()
+        .zip(&virtual_ipaddress)
+        .find(|(_, v)| v.addr.is_ipv6() != v6)
+    {
+        return Err(cx.invalid(
+            bad.0.span(),
+            &k("virtual_ipaddress"),
+            "one address family per instance",
+        ));
+    }
+    if v6 && version == VrrpVersion::V2 {
+        return Err(cx.invalid(
+            raw.virtual_ipaddress.span(),
+            &k("virtual_ipaddress"),
+            "IPv6 needs VRRP version 3",
+        ));
+    }
+    let addr = |s: &Spanned<String>, key: &str| -> Result<IpAddr, ConfigError> {
+        let a: IpAddr = s.get_ref().parse().map_err(|_| {
+            cx.invalid(
+                s.span(),
+                key,
+                format!("{:?} is not an IP address", s.get_ref()),
+            )
+        })?;
+        if a.is_ipv6() != v6 {
+            return Err(cx.invalid(s.span(), key, "not the family of the virtual addresses"));
+        }
+        Ok(a)
+    };
+    let unicast_src_ip = raw
+        .unicast_src_ip
+        .as_ref()
+        .map(|s| addr(s, &k("unicast_src_ip")))
+        .transpose()?;
+    let unicast_peer = raw
+        .unicast_peer
+        .iter()
+        .map(|s| addr(s, &k("unicast_peer")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let repeat = |v: &Option<Spanned<u32>>, key: &str, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (1..=255).contains(n.get_ref()) => Ok(*n.get_ref()),
+            Some(n) => Err(cx.invalid(n.span(), key, "must be 1..=255")),
+        }
+    };
+    Ok(VrrpInstance {
+        name: raw.name.get_ref().clone(),
+        start_master,
+        interface: raw.interface.get_ref().clone(),
+        vrid: vrid as u8,
+        priority: priority as u8,
+        advert_int_cs,
+        version,
+        preempt: !raw.nopreempt,
+        preempt_delay,
+        auth_pass,
+        virtual_ipaddress,
+        unicast_src_ip,
+        unicast_peer,
+        track_interface: tracks(cx, &raw.track_interface, &k("track_interface"))?,
+        track_script: tracks(cx, &raw.track_script, &k("track_script"))?,
+        notify: notify(
+            cx,
+            &raw.notify_master,
+            &raw.notify_backup,
+            &raw.notify_fault,
+            raw.notify_stop.as_ref(),
+            &raw.notify,
+            "vrrp_instance",
+        )?,
+        garp_master_delay: Duration::from_secs(
+            raw.garp_master_delay
+                .unwrap_or(DEFAULT_GARP_MASTER_DELAY)
+                .into(),
+        ),
+        garp_master_repeat: repeat(
+            &raw.garp_master_repeat,
+            &k("garp_master_repeat"),
+            DEFAULT_GARP_MASTER_REPEAT,
+        )?,
+        garp_master_refresh: Duration::from_secs(raw.garp_master_refresh.unwrap_or(0).into()),
+        garp_master_refresh_repeat: repeat(
+            &raw.garp_master_refresh_repeat,
+            &k("garp_master_refresh_repeat"),
+            1,
+        )?,
+    })
+}
+
+pub(super) fn sync_group(cx: &Ctx, raw: &RawSyncGroup) -> Result<SyncGroup, ConfigError> {
+    Ok(SyncGroup {
+        name: raw.name.get_ref().clone(),
+        members: raw.group.iter().map(|m| m.get_ref().clone()).collect(),
+        notify: notify(
+            cx,
+            &raw.notify_master,
+            &raw.notify_backup,
+            &raw.notify_fault,
+            None,
+            &raw.notify,
+            "vrrp_sync_group",
+        )?,
+    })
+}
+
+/// Checks across blocks: unique names, VRID unique per interface and family, tracked
+/// scripts and sync-group members that exist, an instance in at most one group.
+pub(super) fn cross_check(
+    cx: &Ctx,
+    scripts: &[RawScript],
+    instances: &[RawInstance],
+    checked: &[VrrpInstance],
+    groups: &[RawSyncGroup],
+) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for s in scripts {
+        if !names.insert(s.name.get_ref().as_str()) {
+            return Err(cx.invalid(
+                s.name.span(),
+                "vrrp_script.name",
+                format!("{:?} is defined twice", s.name.get_ref()),
+            ));
+        }
+    }
+    let mut inst_names = HashSet::new();
+    let mut vrids: HashMap<(String, bool, u8), &str> = HashMap::new();
+    for (raw, c) in instances.iter().zip(checked) {
+        if !inst_names.insert(c.name.as_str()) {
+            return Err(cx.invalid(
+                raw.name.span(),
+                "vrrp_instance.name",
+                format!("{:?} is defined twice", c.name),
+            ));
+        }
+        if let Some(other) = vrids.insert((c.interface.clone(), c.family_v6(), c.vrid), &c.name) {
+            return Err(cx.invalid(
+                raw.virtual_router_id.span(),
+                "vrrp_instance.virtual_router_id",
+                format!(
+                    "{} is already used on {} by instance {other:?}",
+                    c.vrid, c.interface
+                ),
+            ));
+        }
+        for (t, raw_t) in c.track_script.iter().zip(&raw.track_script) {
+            if !names.contains(t.name.as_str()) {
+                return Err(cx.invalid(
+                    raw_t.span(),
+                    "vrrp_instance.track_script",
+                    format!("no vrrp_script {:?}", t.name),
+                ));
+            }
+        }
+    }
+    let mut grouped = HashSet::new();
+    let mut group_names = HashSet::new();
+    for g in groups {
+        if !group_names.insert(g.name.get_ref().as_str()) {
+            return Err(cx.invalid(
+                g.name.span(),
+                "vrrp_sync_group.name",
+                format!("{:?} is defined twice", g.name.get_ref()),
+            ));
+        }
+        for m in &g.group {
+            if !inst_names.contains(m.get_ref().as_str()) {
+                return Err(cx.invalid(
+                    m.span(),
+                    "vrrp_sync_group.group",
+                    format!("no vrrp_instance {:?}", m.get_ref()),
+                ));
+            }
+            if !grouped.insert(m.get_ref().as_str()) {
+                return Err(cx.invalid(
+                    m.span(),
+                    "vrrp_sync_group.group",
+                    format!("{:?} is already in a sync group", m.get_ref()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// keepalived's `enable_script_security`: a script, or a directory above it, that someone other
+/// than root can write to could be replaced by that someone and then run as root.
+pub fn check_script_safety(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    if meta.mode() & 0o111 == 0 {
+        return Err(format!("{} is not executable", path.display()));
+    }
+    let mut p: PathBuf = path.to_path_buf();
+    loop {
+        let m = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if m.uid() != 0 {
+            return Err(format!(
+                "{} is owned by uid {}, not root",
+                p.display(),
+                m.uid()
+            ));
+        }
+        // Group- or world-writable; a sticky directory (like /tmp) still lets others replace
+        // their own files in it, so it is refused too.
+        if m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is writable by users other than root (mode {:o})",
+                p.display(),
+                m.mode() & 0o7777
+            ));
+        }
+        if !p.pop() || p.as_os_str().is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// The seed's "Nginx + Keepalived" instance, in TOML.
+    const SEED: &str = r#"[global_defs]
+router_id = "NGINX_HA"
+
+[dataplane]
+interface = "eth0"
+
+[[vrrp_script]]
+name = "check_nginx"
+script = "/etc/keepalived/check_nginx.sh"
+interval = 3
+
+[[vrrp_instance]]
+name = "VI_1"
+state = "BACKUP"
+interface = "eth0"
+virtual_router_id = 77
+priority = 100
+advert_int = 1
+nopreempt = true
+authentication = { auth_type = "PASS", auth_pass = "123456" }
+virtual_ipaddress = ["192.0.2.100"]
+track_script = ["check_nginx"]
+notify_master = "/etc/keepalived/clean_arp.sh"
+
+[[vrrp_sync_group]]
+name = "VSG_1"
+group = ["VI_1"]
+
+[[virtual_server]]
+ip = "192.0.2.100"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("lb.toml"), text)
+    }
+
+    #[test]
+    fn seed_instance() {
+        let c = parse(SEED).unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!((i.vrid, i.priority, i.advert_int_cs), (77, 100, 100));
+        assert_eq!(i.version, VrrpVersion::V2);
+        assert!(!i.preempt && !i.start_master);
+        assert_eq!(i.auth_pass.as_deref(), Some(&b"123456"[..]));
+        assert_eq!(
+            i.virtual_ipaddress[0],
+            VirtualIp {
+                addr: "192.0.2.100".parse().unwrap(),
+                prefix_len: 32,
+                dev: None,
+                label: None
+            }
+        );
+        assert_eq!(
+            i.track_script,
+            vec![Tracked {
+                name: "check_nginx".into(),
+                weight: None
+            }]
+        );
+        assert_eq!(
+            i.notify.master.as_deref(),
+            Some("/etc/keepalived/clean_arp.sh")
+        );
+        assert_eq!(
+            (i.garp_master_delay, i.garp_master_repeat),
+            (Duration::from_secs(5), 5)
+        );
+        let s = &c.vrrp_scripts[0];
+        assert_eq!(
+            (s.interval, s.timeout, s.weight, s.rise, s.fall),
+            (Duration::from_secs(3), Duration::from_secs(3), 0, 1, 1)
+        );
+        assert_eq!(c.sync_groups[0].members, vec!["VI_1".to_string()]);
+    }
+
+    #[test]
+    fn virtual_ipaddress_forms() {
+        let text = SEED.replace(
+            r#"virtual_ipaddress = ["192.0.2.100"]"#,
+            r#"virtual_ipaddress = ["192.0.2.100/24 dev eth1 label eth1:vip", "192.0.2.101"]"#,
+        );
+        let c = parse(&text).unwrap();
+        let v = &c.vrrp_instances[0].virtual_ipaddress[0];
+        assert_eq!(
+            (v.prefix_len, v.dev.as_deref(), v.label.as_deref()),
+            (24, Some("eth1"), Some("eth1:vip"))
+        );
+    }
+
+    #[test]
+    fn v3_intervals_and_ipv6() {
+        let text = SEED
+            .replace("advert_int = 1\n", "advert_int = 0.01\nversion = 3\n")
+            .replace(
+                "authentication = { auth_type = \"PASS\", auth_pass = \"123456\" }\n",
+                "",
+            )
+            .replace(
+                r#"virtual_ipaddress = ["192.0.2.100"]"#,
+                r#"virtual_ipaddress = ["2001:db8::100"]"#,
+            )
+            .replace(r#"ip = "192.0.2.100""#, r#"ip = "2001:db8::100""#);
+        let c = parse(&text).unwrap();
+        assert_eq!(c.vrrp_instances[0].advert_int_cs, 1);
+        assert!(c.vrrp_instances[0].family_v6());
+    }
+
+    /// Each bad value names the file, its line and the key.
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "virtual_router_id = 77",
+                "virtual_router_id = 0",
+                "lb.toml:16: `vrrp_instance.virtual_router_id`",
+            ),
+            (
+                "priority = 100",
+                "priority = 256",
+                "lb.toml:17: `vrrp_instance.priority`",
+            ),
+            (
+                "advert_int = 1\n",
+                "advert_int = 1.5\n",
+                "lb.toml:18: `vrrp_instance.advert_int`",
+            ),
+            (
+                "state = \"BACKUP\"",
+                "state = \"MASTER\"",
+                "lb.toml:14: `vrrp_instance.nopreempt`",
+            ),
+            (
+                "state = \"BACKUP\"",
+                "state = \"ACTIVE\"",
+                "lb.toml:14: `vrrp_instance.state`",
+            ),
+            (
+                "auth_pass = \"123456\"",
+                "auth_pass = \"123456789\"",
+                "lb.toml:20: `vrrp_instance.authentication.auth_pass`",
+            ),
+            (
+                "auth_type = \"PASS\"",
+                "auth_type = \"AH\"",
+                "lb.toml:20: `vrrp_instance.authentication.auth_type`",
+            ),
+            (
+                r#"["192.0.2.100"]"#,
+                r#"["192.0.2.100/33"]"#,
+                "lb.toml:21: `vrrp_instance.virtual_ipaddress`",
+            ),
+            (
+                r#"["192.0.2.100"]"#,
+                r#"["192.0.2.100", "2001:db8::1"]"#,
+                "lb.toml:21: `vrrp_instance.virtual_ipaddress`",
+            ),
+            (
+                r#"track_script = ["check_nginx"]"#,
+                r#"track_script = ["check_nginz"]"#,
+                "lb.toml:22: `vrrp_instance.track_script`",
+            ),
+            (
+                r#"group = ["VI_1"]"#,
+                r#"group = ["VI_2"]"#,
+                "lb.toml:27: `vrrp_sync_group.group`",
+            ),
+            (
+                "notify_master = \"/etc",
+                "notify_master = \"etc",
+                "lb.toml:23: `vrrp_instance.notify_master`",
+            ),
+            (
+                "interval = 3",
+                "interval = 0",
+                "lb.toml:10: `vrrp_script.interval`",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(SEED.contains(from), "{from}");
+            let e = parse(&SEED.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{to}: {e}");
+        }
+        // A VIP no instance owns needs static = true.
+        let e = parse(&SEED.replace(
+            r#"ip = "192.0.2.100"
+port"#,
+            r#"ip = "192.0.2.200"
+port"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("lb.toml:30: `virtual_server.ip`"), "{e}");
+    }
+
+    #[test]
+    fn vrid_unique_per_interface_and_family() {
+        let second = r#"
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 77
+priority = 50
+virtual_ipaddress = ["192.0.2.101"]
+"#;
+        let e = parse(&format!("{SEED}{second}")).unwrap_err().to_string();
+        assert!(
+            e.contains("`vrrp_instance.virtual_router_id`") && e.contains("VI_1"),
+            "{e}"
+        );
+        // The same VRID on another interface, or for IPv6, is fine.
+        parse(&format!(
+            "{SEED}{}",
+            second.replace("interface = \"eth0\"", "interface = \"eth1\"")
+        ))
+        .unwrap();
+        let v6 = second
+            .replace("192.0.2.101", "2001:db8::101")
+            .replace("priority = 50", "priority = 50\nversion = 3");
+        parse(&format!("{SEED}{v6}")).unwrap();
+    }
+
+    #[test]
+    fn script_safety() {
+        let dir = std::env::temp_dir().join(format!("lbscript{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = dir.join("check.sh");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // /tmp itself is world-writable (sticky): refused, as keepalived does.
+        let e = check_script_safety(&script).unwrap_err();
+        assert!(e.contains("writable by users other than root"), "{e}");
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(check_script_safety(Path::new("/bin/true")).is_ok());
+        }
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_script_safety(&script)
+            .unwrap_err()
+            .contains("not executable"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
