@@ -2,4 +2,5 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod netlink;
 pub mod vrrp;

@@ -56,59 +56,27 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, trace, warn};
 
+/// Moved to [`crate::netlink`]; re-exported so this module's API is unchanged.
+pub use crate::netlink::NlHeader;
+use crate::netlink::{
+    self, attributes, parse_control, Control, MessageBuilder, NetlinkError, RouteSocket, AF_INET,
+    AF_INET6, AF_UNSPEC, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
+
 // ---------------------------------------------------------------------------------
-// Constants from the kernel UAPI headers. They are spelled out here (instead of
-// taken from `libc`) so the wire code has one self-contained set of correctly typed
-// values; a unit test cross-checks them against `libc` where it has them.
+// Constants from the kernel UAPI headers (the generic netlink ones live in
+// crate::netlink). A unit test cross-checks them against `libc`.
 // ---------------------------------------------------------------------------------
 
-/// `sizeof(struct nlmsghdr)`, include/uapi/linux/netlink.h.
-const NLMSG_HDRLEN: usize = 16;
-/// `sizeof(struct nlmsgerr)` without extended-ACK TLVs: `int error` + `struct nlmsghdr`.
-const NLMSGERR_LEN: usize = 4 + NLMSG_HDRLEN;
 /// `sizeof(struct ndmsg)`, include/uapi/linux/neighbour.h.
 const NDMSG_LEN: usize = 12;
-/// `sizeof(struct nlattr)` / `struct rtattr`.
-const NLA_HDRLEN: usize = 4;
-
-// Control message types, include/uapi/linux/netlink.h.
-const NLMSG_NOOP: u16 = 0x1;
-const NLMSG_ERROR: u16 = 0x2;
-const NLMSG_DONE: u16 = 0x3;
-const NLMSG_OVERRUN: u16 = 0x4;
-
-// nlmsg_flags, include/uapi/linux/netlink.h.
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_ACK: u16 = 0x04;
-/// Set on dump messages when the table changed while it was being dumped.
-const NLM_F_DUMP_INTR: u16 = 0x10;
-/// GET modifiers: `NLM_F_ROOT | NLM_F_MATCH`.
-const NLM_F_DUMP: u16 = 0x100 | 0x200;
-/// NEW modifiers.
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-/// ACK flags: the echoed request was cut to its header / extended-ACK TLVs follow.
-const NLM_F_CAPPED: u16 = 0x100;
-const NLM_F_ACK_TLVS: u16 = 0x200;
-/// `enum nlmsgerr_attrs`: human-readable error message (NUL-terminated string).
-const NLMSGERR_ATTR_MSG: u16 = 1;
-/// `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` live in the top bits of `nla_type`.
-const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
-
-// Socket options, include/uapi/linux/netlink.h.
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
-const NETLINK_CAP_ACK: libc::c_int = 10;
-const NETLINK_EXT_ACK: libc::c_int = 11;
 
 // rtnetlink, include/uapi/linux/rtnetlink.h.
 const RTM_NEWNEIGH: u16 = 28;
@@ -124,10 +92,6 @@ const NDA_LLADDR: u16 = 2;
 const NTF_USE: u8 = 0x01;
 /// Proxy ARP/NDP entries (`pneigh`); they carry no link-layer address.
 const NTF_PROXY: u8 = 0x08;
-
-const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
-const AF_INET: u8 = libc::AF_INET as u8;
-const AF_INET6: u8 = libc::AF_INET6 as u8;
 
 /// Neighbour Unreachability Detection states (`ndm_state`), include/uapi/linux/neighbour.h.
 pub const NUD_NONE: u16 = 0x00;
@@ -151,15 +115,6 @@ pub const NUD_PERMANENT: u16 = 0x80;
 const NUD_VALID: u16 =
     NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE | NUD_PROBE | NUD_STALE | NUD_DELAY;
 
-/// Receive buffer size. The kernel caps a dump skb at 32 KiB
-/// (`netlink_recvmsg()` bounds `max_recvmsg_len`), notifications are tiny.
-const RECV_BUF_LEN: usize = 64 * 1024;
-/// Socket receive buffer requested for the event socket: neighbour storms (link flap
-/// with thousands of entries) should not overflow it under normal load.
-const EVENT_SOCKET_RCVBUF: libc::c_int = 4 * 1024 * 1024;
-/// How often [`NeighSocket::dump`] restarts a dump flagged `NLM_F_DUMP_INTR`.
-const DUMP_ATTEMPTS: u32 = 3;
-
 // ---------------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------------
@@ -178,21 +133,6 @@ pub struct NeighEvent {
     pub state: u16,
     /// `true` for `RTM_DELNEIGH`: the entry was removed from the table.
     pub deleted: bool,
-}
-
-/// A decoded `struct nlmsghdr`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NlHeader {
-    /// `nlmsg_len`: header plus payload, excluding trailing alignment padding.
-    pub len: u32,
-    /// `nlmsg_type`.
-    pub msg_type: u16,
-    /// `nlmsg_flags`.
-    pub flags: u16,
-    /// `nlmsg_seq`: copied from the request for replies, 0 for notifications.
-    pub seq: u32,
-    /// `nlmsg_pid`: port id of the requesting socket for replies.
-    pub pid: u32,
 }
 
 /// One decoded netlink message, as far as this module cares.
@@ -236,6 +176,10 @@ pub struct NeighBatch {
 }
 
 /// Errors of this module: malformed kernel data, kernel-reported errors and I/O.
+///
+/// The framing variants mirror [`NetlinkError`] one to one (see the `From` impl);
+/// they are kept here so this module's API did not change when the framing moved
+/// to [`crate::netlink`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NeighError {
@@ -289,7 +233,7 @@ pub enum NeighError {
     #[error("kernel reported NLMSG_OVERRUN (data lost)")]
     Overrun,
     /// The kernel answered a request with an error.
-    #[error("{}", kernel_error_text(.errno, .message))]
+    #[error("{}", netlink::kernel_error_text(.errno, .message))]
     Kernel {
         /// Positive errno value.
         errno: i32,
@@ -328,14 +272,29 @@ pub enum NeighError {
     },
 }
 
-fn kernel_error_text(errno: &i32, message: &Option<String>) -> String {
-    let base = format!(
-        "kernel returned error: {}",
-        io::Error::from_raw_os_error(*errno)
-    );
-    match message {
-        Some(m) => format!("{base} ({m})"),
-        None => base,
+impl From<NetlinkError> for NeighError {
+    fn from(e: NetlinkError) -> Self {
+        match e {
+            NetlinkError::Truncated { what, need, have } => {
+                NeighError::Truncated { what, need, have }
+            }
+            NetlinkError::BadMessageLength { len, have } => {
+                NeighError::BadMessageLength { len, have }
+            }
+            NetlinkError::BadAttributeLength { len, have } => {
+                NeighError::BadAttributeLength { len, have }
+            }
+            NetlinkError::TrailingBytes { have } => NeighError::TrailingBytes { have },
+            NetlinkError::Overrun => NeighError::Overrun,
+            NetlinkError::Kernel { errno, message } => NeighError::Kernel { errno, message },
+            NetlinkError::DumpInterrupted { attempts } => NeighError::DumpInterrupted { attempts },
+            NetlinkError::EventsLost => NeighError::EventsLost,
+            NetlinkError::DatagramTooLarge { len, cap } => {
+                NeighError::DatagramTooLarge { len, cap }
+            }
+            NetlinkError::Misuse(what) => NeighError::Misuse(what),
+            NetlinkError::Io { op, source } => NeighError::Io { op, source },
+        }
     }
 }
 
@@ -350,7 +309,7 @@ impl NeighError {
     }
 
     /// Whether the error means that the view built from events may be incomplete or
-    /// wrong, so the table has to be dumped again (lost events, or kernel data we
+    /// wrong, so the table must be re-dumped (events lost, or kernel data we
     /// could not decode). Kernel-reported errors, I/O failures and misuse give `false`.
     pub fn needs_resync(&self) -> bool {
         !matches!(
@@ -368,49 +327,12 @@ impl NeighError {
 // Encoding
 // ---------------------------------------------------------------------------------
 
-/// Round up to the 4-byte netlink alignment (`NLMSG_ALIGN` / `NLA_ALIGN` / `RTA_ALIGN`).
-/// Saturates instead of overflowing; callers clamp the result to their buffer.
-fn align4(len: usize) -> usize {
-    len.saturating_add(3) & !3
-}
-
-/// Start a message: `struct nlmsghdr` with a placeholder length (see [`finish_message`]).
-/// `nlmsg_pid` is 0: the kernel identifies the sender by its socket.
-fn put_nlmsghdr(buf: &mut Vec<u8>, msg_type: u16, flags: u16, seq: u32) {
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(&msg_type.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-}
-
-/// Write the final `nlmsg_len`. Requests built here are a few dozen bytes.
-fn finish_message(mut buf: Vec<u8>) -> Vec<u8> {
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    if let Some(field) = buf.get_mut(..4) {
-        field.copy_from_slice(&len.to_ne_bytes());
-    }
-    buf
-}
-
 /// `struct ndmsg { u8 family; u8 pad1; u16 pad2; s32 ifindex; u16 state; u8 flags; u8 type; }`
-fn put_ndmsg(buf: &mut Vec<u8>, family: u8, ifindex: u32, state: u16, flags: u8) {
-    buf.push(family);
-    buf.push(0);
-    buf.extend_from_slice(&0u16.to_ne_bytes());
-    buf.extend_from_slice(&ifindex.to_ne_bytes());
-    buf.extend_from_slice(&state.to_ne_bytes());
-    buf.push(flags);
-    buf.push(0); // ndm_type: RTN_UNSPEC
-}
-
-/// Append one attribute, padded to 4 bytes (the padding is not counted in `nla_len`).
-fn put_attr(buf: &mut Vec<u8>, attr_type: u16, data: &[u8]) {
-    let len = u16::try_from(NLA_HDRLEN + data.len()).unwrap_or(u16::MAX);
-    buf.extend_from_slice(&len.to_ne_bytes());
-    buf.extend_from_slice(&attr_type.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(align4(buf.len()), 0);
+fn ndmsg(family: u8, ifindex: u32, state: u16, flags: u8) -> [u8; NDMSG_LEN] {
+    let [i0, i1, i2, i3] = ifindex.to_ne_bytes();
+    let [s0, s1] = state.to_ne_bytes();
+    // ndm_type: RTN_UNSPEC
+    [family, 0, 0, 0, i0, i1, i2, i3, s0, s1, flags, 0]
 }
 
 /// `RTM_GETNEIGH` dump request (`NLM_F_REQUEST | NLM_F_DUMP`) for `family`
@@ -419,10 +341,9 @@ fn put_attr(buf: &mut Vec<u8>, attr_type: u16, data: &[u8]) {
 /// A full `struct ndmsg` is sent, as iproute2 does, so the request is also valid
 /// when strict checking (`NETLINK_GET_STRICT_CHK`) is enabled.
 pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN);
-    put_nlmsghdr(&mut buf, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq);
-    put_ndmsg(&mut buf, family, 0, NUD_NONE, 0);
-    finish_message(buf)
+    let mut msg = MessageBuilder::new(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    msg.push_bytes(&ndmsg(family, 0, NUD_NONE, 0));
+    msg.finish()
 }
 
 /// `RTM_NEWNEIGH` request asking the kernel to resolve `addr` on `ifindex`:
@@ -438,48 +359,30 @@ pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
 ///
 /// Do not send this for `NUD_PERMANENT` entries: the kernel clears the flag.
 pub fn encode_resolve_request(seq: u32, ifindex: u32, addr: IpAddr) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN + NLA_HDRLEN + 16);
-    put_nlmsghdr(
-        &mut buf,
+    let mut msg = MessageBuilder::new(
         RTM_NEWNEIGH,
         NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
         seq,
     );
     match addr {
-        IpAddr::V4(v4) => {
-            put_ndmsg(&mut buf, AF_INET, ifindex, NUD_NONE, NTF_USE);
-            put_attr(&mut buf, NDA_DST, &v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            put_ndmsg(&mut buf, AF_INET6, ifindex, NUD_NONE, NTF_USE);
-            put_attr(&mut buf, NDA_DST, &v6.octets());
-        }
-    }
-    finish_message(buf)
+        IpAddr::V4(v4) => msg
+            .push_bytes(&ndmsg(AF_INET, ifindex, NUD_NONE, NTF_USE))
+            .push_attr(NDA_DST, &v4.octets()),
+        IpAddr::V6(v6) => msg
+            .push_bytes(&ndmsg(AF_INET6, ifindex, NUD_NONE, NTF_USE))
+            .push_attr(NDA_DST, &v6.octets()),
+    };
+    msg.finish()
 }
 
 // ---------------------------------------------------------------------------------
 // Decoding
 // ---------------------------------------------------------------------------------
 
-impl NlHeader {
-    fn from_bytes(b: &[u8; NLMSG_HDRLEN]) -> Self {
-        // Destructuring a fixed-size array: no index can be out of bounds.
-        let [l0, l1, l2, l3, t0, t1, f0, f1, s0, s1, s2, s3, p0, p1, p2, p3] = *b;
-        NlHeader {
-            len: u32::from_ne_bytes([l0, l1, l2, l3]),
-            msg_type: u16::from_ne_bytes([t0, t1]),
-            flags: u16::from_ne_bytes([f0, f1]),
-            seq: u32::from_ne_bytes([s0, s1, s2, s3]),
-            pid: u32::from_ne_bytes([p0, p1, p2, p3]),
-        }
-    }
-}
-
 /// Iterator over the messages in one receive buffer; see [`parse_messages`].
 #[derive(Debug, Clone)]
 pub struct NlMessages<'a> {
-    rest: &'a [u8],
+    inner: netlink::Messages<'a>,
 }
 
 /// Split a buffer of (possibly several, multipart) netlink messages into decoded
@@ -489,161 +392,33 @@ pub struct NlMessages<'a> {
 /// the next message boundary is unknown; an error inside one message's payload is
 /// returned for that message and iteration continues with the next one.
 pub fn parse_messages(buf: &[u8]) -> NlMessages<'_> {
-    NlMessages { rest: buf }
+    NlMessages {
+        inner: netlink::messages(buf),
+    }
 }
 
-impl<'a> Iterator for NlMessages<'a> {
+impl Iterator for NlMessages<'_> {
     type Item = Result<(NlHeader, NlMessage), NeighError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        match split_message(self.rest) {
-            Ok((header, payload, rest)) => {
-                self.rest = rest;
-                Some(decode_message(&header, payload).map(|msg| (header, msg)))
-            }
-            Err(e) => {
-                self.rest = &[];
-                Some(Err(e))
-            }
-        }
+        Some(match self.inner.next()? {
+            Ok((header, payload)) => decode_message(&header, payload).map(|msg| (header, msg)),
+            Err(e) => Err(e.into()),
+        })
     }
-}
-
-/// Frame the first message of `buf`: header, payload and what follows it.
-fn split_message(buf: &[u8]) -> Result<(NlHeader, &[u8], &[u8]), NeighError> {
-    let have = buf.len();
-    let (raw_header, _) = buf
-        .split_first_chunk::<NLMSG_HDRLEN>()
-        .ok_or(NeighError::Truncated {
-            what: "nlmsghdr",
-            need: NLMSG_HDRLEN,
-            have,
-        })?;
-    let header = NlHeader::from_bytes(raw_header);
-    let len = usize::try_from(header.len).unwrap_or(usize::MAX);
-    if len < NLMSG_HDRLEN || len > have {
-        return Err(NeighError::BadMessageLength { len, have });
-    }
-    let payload = buf
-        .get(NLMSG_HDRLEN..len)
-        .ok_or(NeighError::BadMessageLength { len, have })?;
-    // Messages are NLMSG_ALIGNed; the padding of the last one may be missing.
-    let next = align4(len).min(have);
-    let rest = buf.get(next..).unwrap_or_default();
-    Ok((header, payload, rest))
 }
 
 fn decode_message(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
-    match header.msg_type {
-        NLMSG_NOOP => Ok(NlMessage::Noop),
-        NLMSG_ERROR => decode_error(header, payload),
-        NLMSG_DONE => {
-            // Since Linux 4.x rtnetlink puts the dump's final status (an int, 0 or
-            // -errno) into NLMSG_DONE (netlink_dump_done()). Older/other senders may
-            // send an empty payload, which means success.
-            match payload.first_chunk::<4>() {
-                Some(raw) if i32::from_ne_bytes(*raw) != 0 => Ok(NlMessage::Error {
-                    errno: errno_from_wire(i32::from_ne_bytes(*raw)),
-                    message: None,
-                }),
-                _ => Ok(NlMessage::Done),
-            }
-        }
-        NLMSG_OVERRUN => Err(NeighError::Overrun),
-        RTM_NEWNEIGH | RTM_DELNEIGH => decode_neigh(header, payload),
-        other => Ok(NlMessage::Ignored { msg_type: other }),
-    }
-}
-
-/// The kernel sends `-errno`; tolerate (hostile) positive values and `i32::MIN`.
-fn errno_from_wire(error: i32) -> i32 {
-    i32::try_from(error.unsigned_abs()).unwrap_or(i32::MAX)
-}
-
-/// `struct nlmsgerr { int error; struct nlmsghdr msg; }` followed by the echoed
-/// request payload (unless `NLM_F_CAPPED`) and extended-ACK TLVs (if `NLM_F_ACK_TLVS`).
-fn decode_error(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
-    let raw_error = payload
-        .first_chunk::<4>()
-        .filter(|_| payload.len() >= NLMSGERR_LEN)
-        .ok_or(NeighError::Truncated {
-            what: "nlmsgerr",
-            need: NLMSGERR_LEN,
-            have: payload.len(),
-        })?;
-    let error = i32::from_ne_bytes(*raw_error);
-    if error == 0 {
-        return Ok(NlMessage::Ack);
-    }
-    Ok(NlMessage::Error {
-        errno: errno_from_wire(error),
-        message: ext_ack_message(header.flags, payload),
+    Ok(match parse_control(header, payload)? {
+        Some(Control::Noop) => NlMessage::Noop,
+        Some(Control::Done) => NlMessage::Done,
+        Some(Control::Ack) => NlMessage::Ack,
+        Some(Control::Error { errno, message }) => NlMessage::Error { errno, message },
+        None => match header.msg_type {
+            RTM_NEWNEIGH | RTM_DELNEIGH => decode_neigh(header, payload)?,
+            other => NlMessage::Ignored { msg_type: other },
+        },
     })
-}
-
-/// Best-effort extraction of `NLMSGERR_ATTR_MSG` (e.g. "Device not specified").
-/// The message only decorates an error we already have, so malformed TLVs are
-/// ignored rather than turned into a second error.
-fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
-    if flags & NLM_F_ACK_TLVS == 0 {
-        return None;
-    }
-    let echoed = if flags & NLM_F_CAPPED != 0 {
-        NLMSG_HDRLEN
-    } else {
-        // Full echo: the embedded nlmsghdr's nlmsg_len covers the original request.
-        let raw = payload.get(4..8)?.first_chunk::<4>()?;
-        usize::try_from(u32::from_ne_bytes(*raw)).ok()?
-    };
-    let tlvs = payload.get(align4(4usize.checked_add(echoed)?)..)?;
-    for attr in Attrs::new(tlvs) {
-        let (attr_type, value) = attr.ok()?;
-        if attr_type == NLMSGERR_ATTR_MSG {
-            let text = value.split(|&b| b == 0).next().unwrap_or_default();
-            let text = String::from_utf8_lossy(text).trim().to_owned();
-            return (!text.is_empty()).then_some(text);
-        }
-    }
-    None
-}
-
-/// Iterator over netlink attributes (`struct nlattr` / `struct rtattr` TLVs).
-struct Attrs<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Attrs<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Attrs { rest: buf }
-    }
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    /// `(type without NLA_F_* bits, payload)`.
-    type Item = Result<(u16, &'a [u8]), NeighError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let have = self.rest.len();
-        let Some((&[l0, l1, t0, t1], _)) = self.rest.split_first_chunk::<NLA_HDRLEN>() else {
-            self.rest = &[];
-            return Some(Err(NeighError::TrailingBytes { have }));
-        };
-        let len = usize::from(u16::from_ne_bytes([l0, l1]));
-        let attr_type = u16::from_ne_bytes([t0, t1]) & NLA_TYPE_MASK;
-        let Some(value) = self.rest.get(NLA_HDRLEN..len).filter(|_| len >= NLA_HDRLEN) else {
-            self.rest = &[];
-            return Some(Err(NeighError::BadAttributeLength { len, have }));
-        };
-        // Attributes are NLA_ALIGNed; padding after the last one may be absent.
-        self.rest = self.rest.get(align4(len).min(have)..).unwrap_or_default();
-        Some(Ok((attr_type, value)))
-    }
 }
 
 /// Decode `RTM_NEWNEIGH` / `RTM_DELNEIGH`: `struct ndmsg` followed by attributes.
@@ -671,7 +446,7 @@ fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighErr
     let mut addr = None;
     let mut mac = None;
     // sizeof(struct ndmsg) is already a multiple of 4, so attributes follow directly.
-    for attr in Attrs::new(attrs) {
+    for attr in attributes(attrs) {
         let (attr_type, value) = attr?;
         match attr_type {
             NDA_DST => addr = Some(decode_addr(family, value)?),
@@ -708,7 +483,7 @@ fn decode_addr(family: u8, value: &[u8]) -> Result<IpAddr, NeighError> {
 /// Parse a whole receive buffer. Kernel errors (`NLMSG_ERROR` with a non-zero error,
 /// or a failed dump's `NLMSG_DONE`) become [`NeighError::Kernel`]; an ACK sets
 /// [`NeighBatch::acked`]. This ignores sequence numbers; [`NeighSocket`] matches them
-/// itself using [`parse_messages`].
+/// itself.
 pub fn parse_neigh_messages(buf: &[u8]) -> Result<NeighBatch, NeighError> {
     let mut batch = NeighBatch::default();
     for item in parse_messages(buf) {
@@ -745,7 +520,7 @@ pub fn usable_mac(ev: &NeighEvent) -> Option<[u8; 6]> {
 }
 
 /// `aa:bb:cc:dd:ee:ff`, for logs.
-fn fmt_mac(mac: &[u8; 6]) -> String {
+pub(crate) fn fmt_mac(mac: &[u8; 6]) -> String {
     let [a, b, c, d, e, f] = *mac;
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
@@ -754,26 +529,18 @@ fn fmt_mac(mac: &[u8; 6]) -> String {
 // Socket
 // ---------------------------------------------------------------------------------
 
-/// A `NETLINK_ROUTE` socket for neighbour requests or neighbour events.
+/// A `NETLINK_ROUTE` socket for neighbour requests or neighbour events: a
+/// [`RouteSocket`] that speaks `ndmsg`.
 ///
 /// Two kinds exist because replies and multicast notifications would otherwise
 /// interleave on one socket: [`NeighSocket::open`] gives a request socket
 /// ([`dump`](Self::dump), [`request_resolution`](Self::request_resolution)),
 /// [`NeighSocket::subscribe`] an event socket ([`next_events`](Self::next_events)).
-/// Datagrams not sent by the kernel (`nl_pid != 0`) are dropped, and replies are
-/// matched to requests by sequence number, so a late reply to an abandoned request
-/// cannot be mistaken for the current one.
+/// Datagrams not sent by the kernel are dropped and replies are matched to requests
+/// by sequence number (see [`RouteSocket`]).
 #[derive(Debug)]
 pub struct NeighSocket {
-    fd: AsyncFd<OwnedFd>,
-    buf: Vec<u8>,
-    seq: u32,
-    subscribed: bool,
-    /// A request was started but not completed (its future was dropped, it timed out,
-    /// or it failed mid-way): unread replies, possibly a dump still running in the
-    /// kernel (which would make the next dump fail with `EBUSY`). The next request
-    /// replaces the socket instead of trying to drain it.
-    in_flight: bool,
+    sock: RouteSocket,
 }
 
 impl NeighSocket {
@@ -783,7 +550,9 @@ impl NeighSocket {
     /// Must be called within a Tokio runtime with I/O enabled (the socket is
     /// registered with its reactor).
     pub fn open() -> Result<Self, NeighError> {
-        Self::new(false)
+        Ok(NeighSocket {
+            sock: RouteSocket::open()?,
+        })
     }
 
     /// Open an event socket subscribed to `RTNLGRP_NEIGH` (neighbour notifications
@@ -792,21 +561,8 @@ impl NeighSocket {
     /// # Panics
     /// Must be called within a Tokio runtime with I/O enabled.
     pub fn subscribe() -> Result<Self, NeighError> {
-        Self::new(true)
-    }
-
-    fn new(subscribed: bool) -> Result<Self, NeighError> {
-        let fd = open_route_socket(subscribed)?;
-        // SAFETY: an OwnedFd is a valid open descriptor that always returns itself from
-        // as_raw_fd() and is closed only when dropped, i.e. together with the AsyncFd.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(|e| NeighError::io("register with tokio", e.into_parts().1))?;
         Ok(NeighSocket {
-            fd,
-            buf: vec![0; RECV_BUF_LEN],
-            seq: 0,
-            subscribed,
-            in_flight: false,
+            sock: RouteSocket::subscribe(&[RTNLGRP_NEIGH as u32])?,
         })
     }
 
@@ -814,46 +570,20 @@ impl NeighSocket {
     /// table changed underneath) is retried a few times before
     /// [`NeighError::DumpInterrupted`] is returned.
     pub async fn dump(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
-        self.begin_request("dump() needs a request socket, not a subscribed one")?;
-        for _ in 0..DUMP_ATTEMPTS {
-            let seq = self.next_seq();
-            self.send(&encode_dump_request(seq, AF_UNSPEC)).await?;
-            let mut events = Vec::new();
-            let mut interrupted = false;
-            'receive: loop {
-                let len = self.recv().await?;
-                for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
-                    let (header, msg) = item?;
-                    if header.seq != seq {
-                        trace!(
-                            seq = header.seq,
-                            expected = seq,
-                            "dropping stale netlink reply"
-                        );
-                        continue;
-                    }
-                    interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
-                    match msg {
-                        NlMessage::Neigh(ev) => events.push(ev),
-                        NlMessage::Done => break 'receive,
-                        NlMessage::Error { errno, message } => {
-                            self.in_flight = false;
-                            return Err(NeighError::Kernel { errno, message });
-                        }
-                        NlMessage::Ack | NlMessage::Noop | NlMessage::Ignored { .. } => {}
-                    }
-                }
-            }
-            if !interrupted {
-                self.in_flight = false;
-                return Ok(events);
-            }
-            debug!("neighbour dump interrupted by concurrent changes, retrying");
+        if self.sock.is_subscribed() {
+            return Err(NeighError::Misuse(
+                "dump() needs a request socket, not a subscribed one",
+            ));
         }
-        self.in_flight = false;
-        Err(NeighError::DumpInterrupted {
-            attempts: DUMP_ATTEMPTS,
-        })
+        self.sock
+            .dump(
+                |seq| encode_dump_request(seq, AF_UNSPEC),
+                |header, payload| match decode_message(header, payload)? {
+                    NlMessage::Neigh(ev) => Ok(Some(ev)),
+                    _ => Ok(None),
+                },
+            )
+            .await
     }
 
     /// Ask the kernel to resolve `addr` on interface `ifindex` (see
@@ -867,35 +597,15 @@ impl NeighSocket {
         ifindex: u32,
         addr: IpAddr,
     ) -> Result<(), NeighError> {
-        self.begin_request("request_resolution() needs a request socket")?;
-        let seq = self.next_seq();
-        self.send(&encode_resolve_request(seq, ifindex, addr))
-            .await?;
-        loop {
-            let len = self.recv().await?;
-            for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
-                let (header, msg) = item?;
-                if header.seq != seq {
-                    trace!(
-                        seq = header.seq,
-                        expected = seq,
-                        "dropping stale netlink reply"
-                    );
-                    continue;
-                }
-                match msg {
-                    NlMessage::Ack => {
-                        self.in_flight = false;
-                        return Ok(());
-                    }
-                    NlMessage::Error { errno, message } => {
-                        self.in_flight = false;
-                        return Err(NeighError::Kernel { errno, message });
-                    }
-                    _ => {}
-                }
-            }
+        if self.sock.is_subscribed() {
+            return Err(NeighError::Misuse(
+                "request_resolution() needs a request socket",
+            ));
         }
+        self.sock
+            .request(|seq| encode_resolve_request(seq, ifindex, addr))
+            .await?;
+        Ok(())
     }
 
     /// Wait for the next datagram of neighbour notifications and return its IPv4/IPv6
@@ -905,31 +615,18 @@ impl NeighSocket {
     ///
     /// [`NeighError::EventsLost`] (ENOBUFS) and [`NeighError::DatagramTooLarge`] mean
     /// notifications were dropped; the socket remains usable, but the caller must
-    /// re-dump the table to learn the current state.
-    ///
-    /// Before returning `EventsLost` the queued (now outdated) notifications are
-    /// discarded. This matters: after an overrun the kernel marks the socket congested
-    /// and silently drops every further notification until the queue has been emptied
-    /// (`netlink_overrun()` reports ENOBUFS only once, `netlink_rcv_wake()` clears the
-    /// state). A dump taken while still congested could miss later changes for good,
-    /// and stale queued events would be applied on top of the fresh dump.
+    /// re-dump the table to learn the current state. Queued, now outdated
+    /// notifications are discarded first (see [`RouteSocket::recv_events`]).
     pub async fn next_events(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
-        if !self.subscribed {
+        if !self.sock.is_subscribed() {
             return Err(NeighError::Misuse(
                 "next_events() needs a socket from NeighSocket::subscribe()",
             ));
         }
         loop {
-            let len = match self.recv().await {
-                Ok(len) => len,
-                Err(NeighError::EventsLost) => {
-                    self.drain_queue()?;
-                    return Err(NeighError::EventsLost);
-                }
-                Err(e) => return Err(e),
-            };
+            let buf = self.sock.recv_events().await?;
             let mut events = Vec::new();
-            for item in parse_messages(self.buf.get(..len).unwrap_or_default()) {
+            for item in parse_messages(buf) {
                 if let (_, NlMessage::Neigh(ev)) = item? {
                     events.push(ev);
                 }
@@ -939,228 +636,6 @@ impl NeighSocket {
             }
         }
     }
-
-    /// Read and discard everything queued on the socket (see [`Self::next_events`]).
-    /// Bounded, so a continuous flood cannot keep us here forever.
-    fn drain_queue(&mut self) -> Result<(), NeighError> {
-        let fd = self.fd.get_ref().as_raw_fd();
-        let mut discarded = 0u32;
-        for _ in 0..65_536 {
-            match recv_from(fd, &mut self.buf) {
-                Ok(_) => discarded += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e)
-                    if e.kind() == io::ErrorKind::Interrupted
-                        || e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(e) => return Err(NeighError::io("recvfrom", e)),
-            }
-        }
-        debug!(
-            discarded,
-            "discarded queued neighbour events after an overrun"
-        );
-        Ok(())
-    }
-
-    /// Common start of a request: check the socket kind and replace the socket if a
-    /// previous request was abandoned.
-    fn begin_request(&mut self, misuse: &'static str) -> Result<(), NeighError> {
-        if self.subscribed {
-            return Err(NeighError::Misuse(misuse));
-        }
-        if self.in_flight {
-            debug!("previous netlink request was abandoned; reopening the request socket");
-            *self = Self::new(false)?;
-        }
-        self.in_flight = true;
-        Ok(())
-    }
-
-    /// Sequence numbers start at 1 and skip 0 on wrap-around: notifications use 0.
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        if self.seq == 0 {
-            self.seq = 1;
-        }
-        self.seq
-    }
-
-    async fn send(&self, msg: &[u8]) -> Result<(), NeighError> {
-        loop {
-            let mut guard = self
-                .fd
-                .writable()
-                .await
-                .map_err(|e| NeighError::io("poll", e))?;
-            match guard.try_io(|fd| send_to_kernel(fd.get_ref().as_raw_fd(), msg)) {
-                Err(_would_block) => continue,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => return Err(NeighError::io("sendto", e)),
-                Ok(Ok(sent)) if sent != msg.len() => {
-                    return Err(NeighError::io(
-                        "sendto",
-                        io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
-                    ));
-                }
-                Ok(Ok(_)) => return Ok(()),
-            }
-        }
-    }
-
-    /// Receive one datagram from the kernel into `self.buf`; returns its length.
-    async fn recv(&mut self) -> Result<usize, NeighError> {
-        let cap = self.buf.len();
-        loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(|e| NeighError::io("poll", e))?;
-            let buf = &mut self.buf;
-            match guard.try_io(|fd| recv_from(fd.get_ref().as_raw_fd(), buf)) {
-                Err(_would_block) => continue,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(NeighError::EventsLost);
-                }
-                Ok(Err(e)) => return Err(NeighError::io("recvfrom", e)),
-                Ok(Ok((_, sender))) if sender != 0 => {
-                    // Only the kernel (port id 0) may talk to us; another process
-                    // with CAP_NET_ADMIN could otherwise inject fake neighbours.
-                    debug!(sender, "ignoring netlink datagram not sent by the kernel");
-                }
-                Ok(Ok((len, _))) if len > cap => {
-                    return Err(NeighError::DatagramTooLarge { len, cap });
-                }
-                Ok(Ok((len, _))) => return Ok(len),
-            }
-        }
-    }
-}
-
-fn last_os_error(op: &'static str) -> NeighError {
-    NeighError::io(op, io::Error::last_os_error())
-}
-
-fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
-    // SAFETY: `value` is a live c_int and the length passed matches its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
-}
-
-fn open_route_socket(subscribe: bool) -> Result<OwnedFd, NeighError> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(last_os_error("socket"));
-    }
-    // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-    // SAFETY: sockaddr_nl is plain data; all-zero is valid (and required for padding).
-    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // nl_pid 0: let the kernel pick a unique port id.
-    // SAFETY: `addr` is a valid sockaddr_nl and the length matches.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(last_os_error("bind"));
-    }
-
-    if subscribe {
-        // NETLINK_ADD_MEMBERSHIP takes the group number (not the legacy bitmask),
-        // which also works for groups above 32.
-        if !set_int_option(
-            fd.as_raw_fd(),
-            SOL_NETLINK,
-            NETLINK_ADD_MEMBERSHIP,
-            RTNLGRP_NEIGH,
-        ) {
-            return Err(last_os_error("join RTNLGRP_NEIGH"));
-        }
-        // A larger queue makes ENOBUFS (and the re-dump it forces) rarer.
-        // SO_RCVBUFFORCE ignores rmem_max but needs CAP_NET_ADMIN; fall back.
-        if !set_int_option(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            EVENT_SOCKET_RCVBUF,
-        ) && !set_int_option(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            EVENT_SOCKET_RCVBUF,
-        ) {
-            debug!("could not enlarge the netlink event socket receive buffer");
-        }
-    } else {
-        // Best effort: extended ACKs give readable error messages, capped ACKs keep
-        // error replies from echoing our whole request. Both exist since Linux 4.12.
-        let _ = set_int_option(fd.as_raw_fd(), SOL_NETLINK, NETLINK_EXT_ACK, 1);
-        let _ = set_int_option(fd.as_raw_fd(), SOL_NETLINK, NETLINK_CAP_ACK, 1);
-    }
-    Ok(fd)
-}
-
-fn send_to_kernel(fd: RawFd, msg: &[u8]) -> io::Result<usize> {
-    // SAFETY: see open_route_socket(); destination port 0 is the kernel.
-    let mut dest: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `msg` is valid for `msg.len()` bytes and `dest` matches the length passed.
-    let rc = unsafe {
-        libc::sendto(
-            fd,
-            msg.as_ptr().cast(),
-            msg.len(),
-            libc::MSG_DONTWAIT,
-            (&dest as *const libc::sockaddr_nl).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
-}
-
-/// `recvfrom()` with `MSG_TRUNC`, which makes netlink return the real datagram length
-/// even when it did not fit, so truncation is detected instead of silently parsing
-/// half a message. Returns `(length, sender port id)`.
-fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u32)> {
-    // SAFETY: see open_route_socket().
-    let mut from: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `from`/`from_len`
-    // describe a writable sockaddr_nl.
-    let rc = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            (&mut from as *mut libc::sockaddr_nl).cast(),
-            &mut from_len,
-        )
-    };
-    let len = usize::try_from(rc).map_err(|_| io::Error::last_os_error())?;
-    Ok((len, from.nl_pid))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1595,6 +1070,8 @@ async fn send_all(updates: &mpsc::Sender<MacUpdate>, pending: Vec<MacUpdate>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::*;
+    use std::mem;
 
     const V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
     const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
@@ -2465,12 +1942,12 @@ mod tests {
         // are left behind on the socket.
         let abandoned = tokio::time::timeout(Duration::ZERO, control.dump()).await;
         if abandoned.is_err() {
-            assert!(control.in_flight);
+            assert!(control.sock.in_flight());
         }
         // A new dump on the same NeighSocket must neither see the stale replies nor
         // fail with EBUSY ("dump already running").
         control.dump().await.expect("dump after an abandoned dump");
-        assert!(!control.in_flight);
+        assert!(!control.sock.in_flight());
     }
 }
 
@@ -2480,7 +1957,9 @@ mod tests {
 #[cfg(test)]
 mod netns_tests {
     use super::*;
+    use crate::netlink::set_int_option;
     use std::fs::File;
+    use std::os::fd::AsRawFd;
     use std::process::Command;
 
     const IFACE_A: &str = "lbn0";
@@ -2769,7 +2248,7 @@ mod netns_tests {
             let mut events = NeighSocket::subscribe().expect("subscribe");
             // Shrink the queue to the minimum (SOCK_MIN_RCVBUF) so a burst overflows it.
             assert!(set_int_option(
-                events.fd.get_ref().as_raw_fd(),
+                events.sock.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUF,
                 1

@@ -1,3 +1,6 @@
-//! VRRP (RFC 9568 v3, RFC 3768 v2): the wire format and the state machine, both without I/O.
+//! VRRP (RFC 9568 v3, RFC 3768 v2) and what keepalived adds around it. The wire format
+//! (`packet`) and the state machine (`fsm`) are pure; `vip` and `garp` talk to the kernel.
 pub mod fsm;
+pub mod garp;
 pub mod packet;
+pub mod vip;
