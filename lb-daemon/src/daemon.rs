@@ -1,6 +1,10 @@
 //! `lb-daemon run`: load and attach the XDP program, keep its maps equal to the
 //! configuration and the neighbour table, reload on SIGHUP, detach on SIGTERM/SIGINT.
-use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -11,13 +15,17 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, DataplaneConfig},
     dataplane::{
         maps::BpfMaps,
         neigh::{MacResolver, MacResolverConfig, MacUpdate},
         plan::Limits,
         program::{self, LoadOptions},
         Dataplane,
+    },
+    vrrp::{
+        runtime::{self, Event, MemberSpec, UnitSpec},
+        vip::{AddressSocket, VirtualAddress},
     },
 };
 
@@ -104,91 +112,268 @@ fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
         .collect()
 }
 
-pub async fn run(config_path: PathBuf) -> Result<()> {
-    let mut config = Config::load(&config_path)?;
-    let (iface_mac, ifindex) = interface_info(&config.interface)?;
-    let opts = LoadOptions {
-        limits: Limits::default(),
-        max_flows: config.max_flows,
-        iface_mac,
-        ..LoadOptions::default()
-    };
-    let mut ebpf = program::load(&opts).context("loading the XDP program")?;
-    spawn_bpf_logger(&mut ebpf);
-    let maps = BpfMaps::new(&mut ebpf)?;
-    let mode = program::attach(&mut ebpf, &config.interface, config.xdp_mode)?;
-    info!(interface = %config.interface, mode, "XDP program attached");
-    let mut dp = Dataplane::new(maps, opts.limits);
+/// The XDP side of a running daemon.
+struct Dp {
+    dp: Dataplane<BpfMaps>,
+    /// Keeps the program (and its bpf_link) alive.
+    _ebpf: aya::Ebpf,
+    ifindex: u32,
+    macs: HashMap<IpAddr, [u8; 6]>,
+    wanted_tx: watch::Sender<HashMap<IpAddr, u32>>,
+    resolver: tokio::task::JoinHandle<Result<(), crate::dataplane::neigh::NeighError>>,
+}
 
-    let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
-    let (wanted_tx, wanted_rx) = watch::channel(wanted(&config, ifindex));
-    let (mac_tx, mut mac_rx) = mpsc::channel::<MacUpdate>(1024);
-    let resolver = MacResolver::new(MacResolverConfig::default())?;
-    let mut resolver_task = tokio::spawn(resolver.run(wanted_rx, mac_tx));
+impl Dp {
+    async fn start(
+        config: &Config,
+        d: &DataplaneConfig,
+    ) -> Result<(Self, mpsc::Receiver<MacUpdate>)> {
+        let (iface_mac, ifindex) = interface_info(&d.interface)?;
+        let opts = LoadOptions {
+            limits: Limits::default(),
+            max_flows: d.max_flows,
+            iface_mac,
+            ..LoadOptions::default()
+        };
+        let mut ebpf = program::load(&opts).context("loading the XDP program")?;
+        spawn_bpf_logger(&mut ebpf);
+        let maps = BpfMaps::new(&mut ebpf)?;
+        let mode = program::attach(&mut ebpf, &d.interface, d.xdp_mode)?;
+        info!(interface = %d.interface, mode, "XDP program attached");
+        let (wanted_tx, wanted_rx) = watch::channel(wanted(config, ifindex));
+        let (mac_tx, mac_rx) = mpsc::channel::<MacUpdate>(1024);
+        let resolver = MacResolver::new(MacResolverConfig::default())?;
+        let resolver = tokio::spawn(resolver.run(wanted_rx, mac_tx));
+        let dp = Dataplane::new(maps, opts.limits);
+        Ok((
+            Self {
+                dp,
+                _ebpf: ebpf,
+                ifindex,
+                macs: HashMap::new(),
+                wanted_tx,
+                resolver,
+            },
+            mac_rx,
+        ))
+    }
 
-    let apply = |dp: &mut Dataplane<BpfMaps>, config: &Config, macs: &HashMap<IpAddr, [u8; 6]>| {
-        if let Err(e) = dp.update(&config.service_specs(|ip| macs.get(&ip).copied())) {
+    fn apply(&mut self, config: &Config, master_vips: &HashSet<IpAddr>) {
+        let specs = config.service_specs(|ip| self.macs.get(&ip).copied(), master_vips);
+        if let Err(e) = self.dp.update(&specs) {
             error!("updating the dataplane: {e}");
         }
+    }
+}
+
+/// Resolves each VRRP instance against the host: interface index, source address, own
+/// addresses, virtual addresses; and groups instances into units (sync groups).
+async fn vrrp_units(config: &Config) -> Result<Vec<UnitSpec>> {
+    let mut addrs = AddressSocket::open()?;
+    let mut members: HashMap<String, MemberSpec> = HashMap::new();
+    for inst in &config.vrrp_instances {
+        let (_, ifindex) = interface_info(&inst.interface)?;
+        let vip_set: HashSet<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
+        let on_link: Vec<IpAddr> = addrs
+            .list(Some(ifindex))
+            .await?
+            .into_iter()
+            .map(|a| a.addr)
+            .filter(|a| !vip_set.contains(a))
+            .collect();
+        let v6 = inst.family_v6();
+        let primary = match inst.unicast_src_ip {
+            Some(a) => a,
+            None => on_link
+                .iter()
+                .copied()
+                .find(|a| match a {
+                    // RFC 9568 §5.1.2.1: IPv6 adverts come from the link-local address.
+                    IpAddr::V6(a) => v6 && a.segments()[0] & 0xffc0 == 0xfe80,
+                    IpAddr::V4(_) => !v6,
+                })
+                .with_context(|| {
+                    format!(
+                        "vrrp_instance {}: {} has no {} address to send adverts from",
+                        inst.name,
+                        inst.interface,
+                        if v6 { "IPv6 link-local" } else { "IPv4" }
+                    )
+                })?,
+        };
+        let mut vips = Vec::new();
+        for v in &inst.virtual_ipaddress {
+            let ifindex = match &v.dev {
+                Some(dev) => interface_info(dev)?.1,
+                None => ifindex,
+            };
+            let mut va = VirtualAddress::new(v.addr, ifindex).with_prefix(v.prefix_len);
+            if let Some(l) = &v.label {
+                va = va.with_label(l.clone());
+            }
+            vips.push(va);
+        }
+        members.insert(
+            inst.name.clone(),
+            MemberSpec {
+                config: inst.clone(),
+                ifindex,
+                primary,
+                own: on_link,
+                vips,
+            },
+        );
+    }
+    let mut units = Vec::new();
+    for g in &config.sync_groups {
+        let ms: Vec<MemberSpec> = g.members.iter().filter_map(|n| members.remove(n)).collect();
+        units.push(UnitSpec {
+            members: ms,
+            group: Some((g.name.clone(), g.notify.clone())),
+        });
+    }
+    // Instances in no group, in configuration order.
+    for inst in &config.vrrp_instances {
+        if let Some(m) = members.remove(&inst.name) {
+            units.push(UnitSpec {
+                members: vec![m],
+                group: None,
+            });
+        }
+    }
+    Ok(units)
+}
+
+pub async fn run(config_path: PathBuf) -> Result<()> {
+    let mut config = Config::load(&config_path)?;
+    let (mut dp, mut mac_rx) = match &config.dataplane {
+        Some(d) => {
+            let (dp, rx) = Dp::start(&config, d).await?;
+            (Some(dp), Some(rx))
+        }
+        None => (None, None),
     };
-    apply(&mut dp, &config, &macs);
+    let mut master_vips: HashSet<IpAddr> = HashSet::new();
+    if let Some(dp) = dp.as_mut() {
+        dp.apply(&config, &master_vips);
+    }
+
+    let (event_tx, mut event_rx) = mpsc::channel::<Event>(256);
+    let vrrp = if config.vrrp_instances.is_empty() {
+        None
+    } else {
+        let units = vrrp_units(&config).await?;
+        Some(runtime::spawn(units, event_tx.clone())?)
+    };
 
     // The program's clock: flow idle times and persistence templates are measured on it.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    info!(services = config.virtual_servers.len(), "running");
+    info!(
+        services = config.virtual_servers.len(),
+        vrrp_instances = config.vrrp_instances.len(),
+        "running"
+    );
     loop {
         tokio::select! {
-            Some(up) = mac_rx.recv() => {
+            Some(up) = recv_opt(&mut mac_rx) => {
+                let Some(dp) = dp.as_mut() else { continue };
                 match up.mac {
                     Some(mac) => {
                         info!(backend = %up.addr, mac = %fmt_mac(&mac), "backend MAC resolved");
-                        macs.insert(up.addr, mac);
+                        dp.macs.insert(up.addr, mac);
                     }
                     None => {
                         warn!(backend = %up.addr, "backend MAC unknown: no new flows to it");
-                        macs.remove(&up.addr);
+                        dp.macs.remove(&up.addr);
                     }
                 }
-                apply(&mut dp, &config, &macs);
+                dp.apply(&config, &master_vips);
             }
+            Some(ev) = event_rx.recv() => match ev {
+                Event::Role { instance, vips, master } => {
+                    info!(%instance, master, "VRRP role: {}", if master { "serving" } else { "passing" });
+                    for v in vips {
+                        if master {
+                            master_vips.insert(v);
+                        } else {
+                            master_vips.remove(&v);
+                        }
+                    }
+                    if let Some(dp) = dp.as_mut() {
+                        dp.apply(&config, &master_vips);
+                    }
+                }
+                Event::State { group, name, state, priority, notify } => {
+                    info!(group, %name, %state, priority, "VRRP state");
+                    let _ = notify;
+                }
+            },
             _ = tick.tick() => {
-                if let Err(e) = dp.writer_mut().set_clock(monotonic_seconds()) {
-                    error!("updating the XDP program's clock: {e}");
+                if let Some(dp) = dp.as_mut() {
+                    if let Err(e) = dp.dp.writer_mut().set_clock(monotonic_seconds()) {
+                        error!("updating the XDP program's clock: {e}");
+                    }
                 }
             }
             _ = hup.recv() => {
                 // A bad file leaves the running configuration as it is.
                 match Config::load(&config_path) {
-                    Ok(new) if new.interface != config.interface || new.xdp_mode != config.xdp_mode
-                        || new.max_flows != config.max_flows => {
+                    Ok(new) if new.dataplane != config.dataplane => {
                         error!("reload: the dataplane section changed; restart to apply it, nothing changed");
+                    }
+                    Ok(new) if new.vrrp_instances != config.vrrp_instances || new.sync_groups != config.sync_groups => {
+                        // Restarting VRRP would release and retake the VIPs: a flap. Refused
+                        // until instances can be reconfigured in place.
+                        error!("reload: VRRP instances changed; restart to apply them, nothing changed");
                     }
                     Ok(new) => {
                         config = new;
-                        let want = wanted(&config, ifindex);
-                        // The resolver says nothing about addresses it stops watching; a
-                        // MAC kept for one could go stale unnoticed if it came back.
-                        macs.retain(|ip, _| want.contains_key(ip));
-                        let _ = wanted_tx.send(want);
-                        apply(&mut dp, &config, &macs);
+                        if let Some(dp) = dp.as_mut() {
+                            let want = wanted(&config, dp.ifindex);
+                            // The resolver says nothing about addresses it stops watching; a
+                            // MAC kept for one could go stale unnoticed if it came back.
+                            dp.macs.retain(|ip, _| want.contains_key(ip));
+                            let _ = dp.wanted_tx.send(want);
+                            dp.apply(&config, &master_vips);
+                        }
                         info!(services = config.virtual_servers.len(), "configuration reloaded");
                     }
                     Err(e) => error!("reload refused, keeping the running configuration: {e}"),
                 }
             }
-            res = &mut resolver_task => {
+            res = resolver_done(&mut dp) => {
                 anyhow::bail!("the neighbour resolver stopped: {:?}", res);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    if let Some(v) = vrrp {
+        info!("stopping VRRP: priority-0 adverts, releasing the virtual addresses");
+        tokio::task::spawn_blocking(move || v.shutdown(std::time::Duration::from_secs(3))).await?;
+    }
     info!("stopping: detaching the XDP program");
-    drop(ebpf);
+    drop(dp);
     Ok(())
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn resolver_done(
+    dp: &mut Option<Dp>,
+) -> Result<Result<(), crate::dataplane::neigh::NeighError>, tokio::task::JoinError> {
+    match dp {
+        Some(dp) => (&mut dp.resolver).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Seconds of CLOCK_MONOTONIC, the program's time base.

@@ -850,6 +850,102 @@ pub struct CurlReply {
     pub error: String,
 }
 
+/// A LAN: a Linux bridge in a namespace of its own, and hosts (namespaces) each joined to it
+/// by a veth pair whose host end is `eth0`. Topologies (the DR lab, the VRRP pairs) are built
+/// from it.
+#[derive(Debug)]
+pub struct Lan {
+    prefix: String,
+    bridge: Netns,
+}
+
+impl Lan {
+    pub fn new(prefix: &str) -> Result<Lan> {
+        let bridge = Netns::new(&format!("{prefix}br"))?;
+        // The bridge namespace carries no addresses: no IPv6 on its links, so the ports send
+        // no router solicitations, MLD reports or DAD probes into the captures.
+        bridge.sysctls(&[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+        ])?;
+        bridge.ip(&[
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        bridge.ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(Lan {
+            prefix: prefix.to_string(),
+            bridge,
+        })
+    }
+
+    pub fn bridge(&self) -> &Netns {
+        &self.bridge
+    }
+
+    pub fn into_bridge(self) -> Netns {
+        self.bridge
+    }
+
+    /// A host `{prefix}{suffix}`: namespace, sysctls, veth pair to the bridge (bridge port
+    /// `to-{suffix}`, MAC `02:db:00:00:00:{last}`), the given addresses on `eth0`, up.
+    pub fn host(&self, suffix: &str, last: u8, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<Netns> {
+        let prefix = &self.prefix;
+        let bridge = &self.bridge;
+        let ns = Netns::new(&format!("{prefix}{suffix}"))?;
+        // No DAD: addresses are usable at once (nodad below covers the global ones; this
+        // covers the link-local one), and no router advertisements are expected.
+        ns.sysctls(&[
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv6.conf.all.accept_ra", "0"),
+            ("net.ipv6.conf.default.accept_ra", "0"),
+        ])?;
+        let port = format!("to-{suffix}");
+        bridge.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "address",
+            &host_mac(last),
+            "netns",
+            ns.name(),
+        ])?;
+        bridge.ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{v4}/{PREFIX_LEN_V4}"),
+            "dev",
+            HOST_IF,
+        ])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{v6}/{PREFIX_LEN_V6}"),
+            "dev",
+            HOST_IF,
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", HOST_IF, "up"])?;
+        Ok(ns)
+    }
+}
+
 /// Direct-routing topology:
 ///
 /// ```text
@@ -925,73 +1021,9 @@ impl DrLab {
         if n_servers > MAX_SERVERS {
             bail!("at most {MAX_SERVERS} real servers, not {n_servers}");
         }
-        let bridge = Netns::new(&format!("{prefix}br"))?;
-        // The bridge namespace carries no addresses: no IPv6 on its links, so the ports send
-        // no router solicitations, MLD reports or DAD probes into the captures.
-        bridge.sysctls(&[
-            ("net.ipv6.conf.all.disable_ipv6", "1"),
-            ("net.ipv6.conf.default.disable_ipv6", "1"),
-        ])?;
-        bridge.ip(&[
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        bridge.ip(&["link", "set", BRIDGE, "up"])?;
-
-        // A host: namespace, sysctls, veth pair to the bridge, addresses.
-        let host = |suffix: &str, last: u8, v4: Ipv4Addr, v6: Ipv6Addr| -> Result<Netns> {
-            let ns = Netns::new(&format!("{prefix}{suffix}"))?;
-            // No DAD: addresses are usable at once (nodad below covers the global ones; this
-            // covers the link-local one), and no router advertisements are expected.
-            ns.sysctls(&[
-                ("net.ipv6.conf.all.accept_dad", "0"),
-                ("net.ipv6.conf.default.accept_dad", "0"),
-                ("net.ipv6.conf.all.accept_ra", "0"),
-                ("net.ipv6.conf.default.accept_ra", "0"),
-            ])?;
-            let port = format!("to-{suffix}");
-            bridge.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                HOST_IF,
-                "address",
-                &host_mac(last),
-                "netns",
-                ns.name(),
-            ])?;
-            bridge.ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{v4}/{PREFIX_LEN_V4}"),
-                "dev",
-                HOST_IF,
-            ])?;
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{v6}/{PREFIX_LEN_V6}"),
-                "dev",
-                HOST_IF,
-                "nodad",
-            ])?;
-            ns.ip(&["link", "set", HOST_IF, "up"])?;
-            Ok(ns)
-        };
+        let lan = Lan::new(prefix)?;
+        let host =
+            |suffix: &str, last: u8, v4: Ipv4Addr, v6: Ipv6Addr| lan.host(suffix, last, v4, v6);
 
         let client = host("c", 1, CLIENT_V4, CLIENT_V6)?;
         let lb = host("lb", 2, LB_V4, LB_V6)?;
@@ -1036,7 +1068,7 @@ impl DrLab {
             servers,
             client,
             lb,
-            bridge,
+            bridge: lan.into_bridge(),
             nginx,
         };
         lab.wait_ready(Duration::from_secs(10))?;

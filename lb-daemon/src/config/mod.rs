@@ -51,7 +51,7 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default)]
     global_defs: GlobalDefs,
-    dataplane: RawDataplane,
+    dataplane: Option<RawDataplane>,
     #[serde(default)]
     vrrp_script: Vec<vrrp::RawScript>,
     #[serde(default)]
@@ -123,14 +123,21 @@ fn one() -> Spanned<u32> {
     Spanned::new(0..0, 1)
 }
 
+/// The `[dataplane]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub interface: String,
+    pub xdp_mode: AttachMode,
+    pub max_flows: u32,
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub file: PathBuf,
     pub global_defs: GlobalDefs,
-    pub interface: String,
-    pub xdp_mode: AttachMode,
-    pub max_flows: u32,
+    /// Where and how XDP runs; absent for a VRRP-only node (keepalived + nginx).
+    pub dataplane: Option<DataplaneConfig>,
     pub vrrp_scripts: Vec<VrrpScript>,
     pub vrrp_instances: Vec<VrrpInstance>,
     pub sync_groups: Vec<SyncGroup>,
@@ -200,20 +207,18 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        let xdp_mode = match &raw.dataplane.xdp_mode {
-            None => AttachMode::Auto,
-            Some(m) => m
-                .get_ref()
-                .parse()
-                .map_err(|e: String| cx.invalid(m.span(), "dataplane.xdp_mode", e))?,
-        };
-        let max_flows = match &raw.dataplane.max_flows {
-            None => lb_common::DEFAULT_MAX_FLOWS,
-            Some(n) if *n.get_ref() == 0 => {
-                return Err(cx.invalid(n.span(), "dataplane.max_flows", "must be at least 1"))
-            }
-            Some(n) => *n.get_ref(),
-        };
+        let dataplane = raw
+            .dataplane
+            .as_ref()
+            .map(|d| dataplane(&cx, d))
+            .transpose()?;
+        if let (None, Some(vs)) = (&dataplane, raw.virtual_server.first()) {
+            return Err(cx.invalid(
+                vs.ip.span(),
+                "virtual_server",
+                "needs a [dataplane] section",
+            ));
+        }
         let default_version = raw.global_defs.vrrp_version.unwrap_or(2);
         let vrrp_scripts = raw
             .vrrp_script
@@ -258,9 +263,7 @@ impl Config {
         Ok(Config {
             file: file.to_path_buf(),
             global_defs: raw.global_defs,
-            interface: raw.dataplane.interface,
-            xdp_mode,
-            max_flows,
+            dataplane,
             vrrp_scripts,
             vrrp_instances,
             sync_groups,
@@ -269,8 +272,12 @@ impl Config {
     }
 
     /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
-    /// where the VIP is static (VRRP-owned VIPs start inactive).
-    pub fn service_specs(&self, mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>) -> Vec<ServiceSpec> {
+    /// where the VIP is static or held by a VRRP instance that is master (`master_vips`).
+    pub fn service_specs(
+        &self,
+        mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
+        master_vips: &std::collections::HashSet<IpAddr>,
+    ) -> Vec<ServiceSpec> {
         self.virtual_servers
             .iter()
             .map(|vs| ServiceSpec {
@@ -282,7 +289,7 @@ impl Config {
                 persistence_timeout: vs.persistence_timeout,
                 persistence_prefix: vs.persistence_prefix,
                 idle_timeout: vs.idle_timeout,
-                active: vs.is_static,
+                active: vs.is_static || master_vips.contains(&vs.vip),
                 backends: vs
                     .real_servers
                     .iter()
@@ -295,6 +302,28 @@ impl Config {
             })
             .collect()
     }
+}
+
+fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError> {
+    let xdp_mode = match &d.xdp_mode {
+        None => AttachMode::Auto,
+        Some(m) => m
+            .get_ref()
+            .parse()
+            .map_err(|e: String| cx.invalid(m.span(), "dataplane.xdp_mode", e))?,
+    };
+    let max_flows = match &d.max_flows {
+        None => lb_common::DEFAULT_MAX_FLOWS,
+        Some(n) if *n.get_ref() == 0 => {
+            return Err(cx.invalid(n.span(), "dataplane.max_flows", "must be at least 1"))
+        }
+        Some(n) => *n.get_ref(),
+    };
+    Ok(DataplaneConfig {
+        interface: d.interface.clone(),
+        xdp_mode,
+        max_flows,
+    })
 }
 
 fn ip(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
@@ -448,15 +477,16 @@ static = true
     #[test]
     fn parses_the_seed_shape() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.interface, "eth0");
-        assert_eq!(c.xdp_mode, AttachMode::Skb);
-        assert_eq!(c.max_flows, lb_common::DEFAULT_MAX_FLOWS);
+        let d = c.dataplane.as_ref().unwrap();
+        assert_eq!(d.interface, "eth0");
+        assert_eq!(d.xdp_mode, AttachMode::Skb);
+        assert_eq!(d.max_flows, lb_common::DEFAULT_MAX_FLOWS);
         let vs = &c.virtual_servers[0];
         assert_eq!(vs.sched, Scheduler::Rr);
         assert_eq!(vs.idle_timeout, 900);
         assert_eq!(vs.persistence_prefix, 32);
         assert_eq!(vs.real_servers[1].weight, 1, "keepalived's default weight");
-        let specs = c.service_specs(|_| Some([2, 0, 0, 0, 0, 1]));
+        let specs = c.service_specs(|_| Some([2, 0, 0, 0, 0, 1]), &Default::default());
         assert!(specs[0].active);
         assert_eq!(specs[0].backends.len(), 2);
     }

@@ -76,7 +76,7 @@ pub const AUTH_DATA_LEN: usize = 8;
 pub const TYPE_ADVERTISEMENT: u8 = 1;
 
 /// Field offsets of the VRRP header.
-mod field {
+pub mod field {
     pub type Field = core::ops::Range<usize>;
 
     /// Version (high nibble) and type (low nibble).

@@ -1,0 +1,607 @@
+//! The I/O around the state machine: one *unit* (a lone instance, or a sync group) per task,
+//! its sockets, its timers, its virtual addresses and gratuitous ARP/NA. The units run on a
+//! thread of their own (see [`spawn`]), so nothing the rest of the daemon does (a reload, a
+//! slow health check or script, a busy dataplane update) can delay an advert: keepalived's
+//! "thread timer expired" false failover cannot happen here.
+//!
+//! The unit talks to the rest of the daemon by messages only: [`Event`]s out (roles for the
+//! dataplane, state changes for notify hooks), [`Control`]s in (tracking, shutdown).
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant as StdInstant},
+};
+
+use tokio::{
+    sync::mpsc,
+    task::JoinHandle,
+    time::{sleep_until, Instant},
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    check::{self, advert_repr, Discard, RxConfig},
+    fsm::{self, Centis, Input, Output, StartState, State, SyncGroup, Time, Timer},
+    garp::{self, AnnounceOptions, GarpConfig, GarpSchedule, GarpSender},
+    packet::{self, Auth, IpPair, Version},
+    socket::VrrpSocket,
+    vip::{AddressSocket, VirtualAddress},
+};
+use crate::config::{
+    vrrp::{Notify, VrrpVersion},
+    VrrpInstance,
+};
+
+/// One instance of a unit, as configured and resolved on this host.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub config: VrrpInstance,
+    pub ifindex: u32,
+    /// Where adverts come from: `unicast_src_ip`, else the interface's first IPv4 address,
+    /// or its IPv6 link-local address.
+    pub primary: IpAddr,
+    /// The interface's own addresses (our adverts, looped back, come from one of them).
+    pub own: Vec<IpAddr>,
+    /// (address, ifindex, prefix, label) of each virtual address.
+    pub vips: Vec<VirtualAddress>,
+}
+
+/// A lone instance, or the members of a `vrrp_sync_group`.
+#[derive(Debug, Clone)]
+pub struct UnitSpec {
+    pub members: Vec<MemberSpec>,
+    /// `(name, notify)` of the sync group, if this unit is one.
+    pub group: Option<(String, Notify)>,
+}
+
+/// What a unit tells the rest of the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The instance now holds (`master`) or has released its virtual addresses: the
+    /// dataplane serves or passes their services.
+    Role {
+        instance: String,
+        vips: Vec<IpAddr>,
+        master: bool,
+    },
+    /// A state change, for notify hooks and the event stream.
+    State {
+        group: bool,
+        name: String,
+        state: String,
+        priority: u8,
+        notify: Notify,
+    },
+}
+
+/// What the rest of the daemon tells a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The sum of the tracking weights now applying to a member.
+    TrackWeight { member: String, total: i32 },
+    /// A member's weight-less tracked things: any failing means Fault.
+    SetFault { member: String, fault: bool },
+    /// Send priority 0, release the addresses, stop.
+    Shutdown,
+}
+
+/// The state machine of a unit: one instance, or a sync group of several.
+enum Machine {
+    Single(fsm::Instance),
+    Group(SyncGroup),
+}
+
+impl Machine {
+    fn handle(
+        &mut self,
+        member: usize,
+        input: Input,
+        now: Time,
+    ) -> Result<Vec<(usize, Output)>, fsm::FsmError> {
+        match self {
+            Machine::Single(i) => Ok(i.handle(input, now)?.into_iter().map(|o| (0, o)).collect()),
+            Machine::Group(g) => g.handle(member, input, now),
+        }
+    }
+
+    fn group_state(&self) -> Option<State> {
+        match self {
+            Machine::Single(_) => None,
+            Machine::Group(g) => g.state(),
+        }
+    }
+}
+
+/// Discards counted by reason, each logged at most once every [`LOG_EVERY`].
+#[derive(Debug, Default)]
+pub struct DiscardCounters {
+    pub counts: HashMap<&'static str, u64>,
+    last_log: HashMap<&'static str, StdInstant>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl DiscardCounters {
+    fn count(&mut self, instance: &str, d: &Discard) {
+        let name = d.name();
+        *self.counts.entry(name).or_default() += 1;
+        if d.is_expected() {
+            return;
+        }
+        self.log(instance, name, &format!("{d:?}"));
+    }
+
+    /// Something worth a (rate-limited) line that is not a discard.
+    fn note(&mut self, instance: &str, name: &'static str) {
+        *self.counts.entry(name).or_default() += 1;
+        self.log(instance, name, "the advert was kept");
+    }
+
+    fn log(&mut self, instance: &str, name: &'static str, detail: &str) {
+        let now = StdInstant::now();
+        let due = self
+            .last_log
+            .get(name)
+            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
+        if due {
+            self.last_log.insert(name, now);
+            warn!(
+                instance,
+                reason = name,
+                detail,
+                total = self.counts[name],
+                "VRRP advert not used as is"
+            );
+        }
+    }
+}
+
+struct Member {
+    spec: MemberSpec,
+    rx: RxConfig,
+    socket: std::sync::Arc<VrrpSocket>,
+    /// Where adverts go: the group, or each unicast peer.
+    destinations: Vec<IpAddr>,
+    timer: Timer,
+    garp: Option<JoinHandle<()>>,
+    discards: DiscardCounters,
+    holds_vips: bool,
+}
+
+fn fsm_config(m: &MemberSpec) -> fsm::Config {
+    let c = &m.config;
+    fsm::Config {
+        version: match c.version {
+            VrrpVersion::V2 => fsm::Version::V2,
+            VrrpVersion::V3 => fsm::Version::V3,
+        },
+        primary_address: m.primary,
+        priority: c.priority,
+        advert_interval: Centis(c.advert_int_cs),
+        preempt: c.preempt,
+        preempt_delay: c.preempt_delay,
+        start_state: if c.start_master {
+            StartState::Master
+        } else {
+            StartState::Backup
+        },
+    }
+}
+
+fn rx_config(m: &MemberSpec) -> RxConfig {
+    let c = &m.config;
+    RxConfig {
+        version: match c.version {
+            VrrpVersion::V2 => Version::V2,
+            VrrpVersion::V3 => Version::V3,
+        },
+        vrid: c.vrid,
+        auth: c
+            .auth_pass
+            .as_deref()
+            .and_then(Auth::simple)
+            .unwrap_or(Auth::None),
+        advert_int_cs: c.advert_int_cs,
+        own: m.own.clone(),
+        unicast_peers: c.unicast_peer.clone(),
+        vips: m.vips.iter().map(|v| v.addr).collect(),
+    }
+}
+
+/// Builds a unit's machine from its members' configurations.
+fn machine(spec: &UnitSpec) -> anyhow::Result<Machine> {
+    let configs: Vec<fsm::Config> = spec.members.iter().map(fsm_config).collect();
+    Ok(if spec.group.is_some() && configs.len() > 1 {
+        Machine::Group(SyncGroup::new(configs)?)
+    } else {
+        Machine::Single(fsm::Instance::new(configs[0])?)
+    })
+}
+
+/// Runs one unit until [`Control::Shutdown`] (or until the control channel closes).
+pub async fn run_unit(
+    spec: UnitSpec,
+    events: mpsc::Sender<Event>,
+    mut control: mpsc::Receiver<Control>,
+) -> anyhow::Result<()> {
+    let epoch = Instant::now();
+    let now = || Time::from_duration(epoch.elapsed());
+    let mut machine = machine(&spec)?;
+    let mut addrs = AddressSocket::open()?;
+    let (dgram_tx, mut dgram_rx) = mpsc::channel::<(
+        usize,
+        Vec<u8>,
+        Result<super::socket::Received, super::socket::RawError>,
+    )>(256);
+    let mut members = Vec::new();
+    let mut readers = Vec::new();
+    for (i, m) in spec.members.iter().enumerate() {
+        let c = &m.config;
+        let multicast = c.unicast_peer.is_empty();
+        let socket = std::sync::Arc::new(VrrpSocket::open(
+            &c.interface,
+            m.ifindex,
+            m.primary.is_ipv6(),
+            multicast,
+        )?);
+        let destinations = if multicast {
+            vec![if m.primary.is_ipv6() {
+                packet::MULTICAST_V6.into()
+            } else {
+                packet::MULTICAST_V4.into()
+            }]
+        } else {
+            c.unicast_peer.clone()
+        };
+        // A reader per socket: the unit's loop then waits on one channel, whatever the number
+        // of members.
+        let (reader_socket, tx) = (socket.clone(), dgram_tx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match reader_socket.recv(&mut buf).await {
+                    Ok(r) => {
+                        if tx.send((i, buf.clone(), r)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!("VRRP socket receive: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+        members.push(Member {
+            rx: rx_config(m),
+            spec: m.clone(),
+            socket,
+            destinations,
+            timer: Timer::None,
+            garp: None,
+            discards: DiscardCounters::default(),
+            holds_vips: false,
+        });
+    }
+
+    // A crashed earlier run may have left our addresses configured: remove them before we
+    // advertise, so that the network never sees two holders.
+    let all_vips: Vec<VirtualAddress> = spec
+        .members
+        .iter()
+        .flat_map(|m| m.vips.iter().cloned())
+        .collect();
+    for gone in addrs.remove_leftovers(&all_vips).await? {
+        warn!(address = %gone.addr, "removed a virtual address left behind by an earlier run");
+    }
+
+    let mut unit = Unit {
+        members,
+        events,
+        group: spec.group.clone(),
+        last_group_state: None,
+    };
+    for i in 0..unit.members.len() {
+        let out = machine.handle(i, Input::Startup, now());
+        unit.apply(&mut machine, &mut addrs, out).await;
+    }
+    loop {
+        let deadline = unit.members.iter().filter_map(|m| m.timer.deadline()).min();
+        let wake = async {
+            match deadline {
+                Some(at) => sleep_until(epoch + at.as_duration()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            ctl = control.recv() => match ctl {
+                Some(Control::Shutdown) | None => break,
+                Some(Control::TrackWeight { member, total }) => {
+                    if let Some(i) = unit.index(&member) {
+                        let out = machine.handle(i, Input::TrackWeight(total), now());
+                        unit.apply(&mut machine, &mut addrs, out).await;
+                    }
+                }
+                Some(Control::SetFault { member, fault }) => {
+                    if let Some(i) = unit.index(&member) {
+                        let out = machine.handle(i, Input::SetFault(fault), now());
+                        unit.apply(&mut machine, &mut addrs, out).await;
+                    }
+                }
+            },
+            () = wake => {
+                let t = now();
+                for i in 0..unit.members.len() {
+                    let timer = unit.members[i].timer;
+                    if timer.deadline().is_some_and(|d| d <= t) {
+                        let out = machine.handle(i, Input::TimerExpired(timer), t);
+                        unit.apply(&mut machine, &mut addrs, out).await;
+                    }
+                }
+            }
+            Some((i, buf, raw)) = dgram_rx.recv() => {
+                let m = &mut unit.members[i];
+                let accepted = match raw {
+                    Err(_) => Err(Discard::BadIpFraming),
+                    Ok(rx) => check::check(&m.rx, &rx, &buf),
+                };
+                match accepted {
+                    Err(d) => m.discards.count(&m.spec.config.name, &d),
+                    Ok(a) => {
+                        if a.addresses_differ {
+                            // RFC 9568 §7.1: log it, keep the advert.
+                            m.discards.note(&m.spec.config.name, "addresses_differ");
+                        }
+                        let out = machine.handle(i, Input::Advert(a.advert), now());
+                        unit.apply(&mut machine, &mut addrs, out).await;
+                    }
+                }
+            }
+        }
+    }
+    for i in 0..unit.members.len() {
+        let out = machine.handle(i, Input::Shutdown, now());
+        unit.apply(&mut machine, &mut addrs, out).await;
+    }
+    for r in readers {
+        r.abort();
+    }
+    Ok(())
+}
+
+struct Unit {
+    members: Vec<Member>,
+    events: mpsc::Sender<Event>,
+    group: Option<(String, Notify)>,
+    last_group_state: Option<State>,
+}
+
+impl Unit {
+    fn index(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.spec.config.name == name)
+    }
+
+    async fn apply(
+        &mut self,
+        machine: &mut Machine,
+        addrs: &mut AddressSocket,
+        outputs: Result<Vec<(usize, Output)>, fsm::FsmError>,
+    ) {
+        let outputs = match outputs {
+            Ok(o) => o,
+            Err(e) => {
+                debug!("VRRP input refused by the state machine: {e}");
+                return;
+            }
+        };
+        for (i, out) in outputs {
+            let m = &mut self.members[i];
+            let name = m.spec.config.name.clone();
+            match out {
+                Output::SendAdvert { priority } => {
+                    let repr = advert_repr(&m.rx, priority);
+                    for dst in &m.destinations {
+                        let Some(ip) = IpPair::new(m.spec.primary, *dst) else {
+                            continue;
+                        };
+                        match repr.to_bytes(&ip) {
+                            Ok(bytes) => {
+                                if let Err(e) = m.socket.send(&bytes, m.spec.primary, *dst) {
+                                    warn!(instance = %name, "sending an advert to {dst}: {e}");
+                                }
+                            }
+                            Err(e) => warn!(instance = %name, "encoding an advert: {e}"),
+                        }
+                    }
+                }
+                Output::BecomeMaster => {
+                    for v in &m.spec.vips {
+                        if let Err(e) = addrs.add(v).await {
+                            warn!(instance = %name, address = %v.addr, "adding the virtual address: {e}");
+                        }
+                    }
+                    m.holds_vips = true;
+                    if let Some(g) = m.garp.take() {
+                        g.abort();
+                    }
+                    m.garp = start_garp(&m.spec);
+                    let vips = m.spec.vips.iter().map(|v| v.addr).collect();
+                    let _ = self
+                        .events
+                        .send(Event::Role {
+                            instance: name,
+                            vips,
+                            master: true,
+                        })
+                        .await;
+                }
+                Output::BecomeBackup | Output::BecomeFault | Output::Stopped => {
+                    if let Some(g) = m.garp.take() {
+                        g.abort();
+                    }
+                    if m.holds_vips || matches!(out, Output::Stopped) {
+                        for v in &m.spec.vips {
+                            if let Err(e) = addrs.delete(v).await {
+                                warn!(instance = %name, address = %v.addr, "removing the virtual address: {e}");
+                            }
+                        }
+                        m.holds_vips = false;
+                    }
+                    let vips = m.spec.vips.iter().map(|v| v.addr).collect();
+                    let _ = self
+                        .events
+                        .send(Event::Role {
+                            instance: name,
+                            vips,
+                            master: false,
+                        })
+                        .await;
+                }
+                Output::StateChanged { from, to, priority } => {
+                    info!(instance = %name, %from, %to, priority, "VRRP state change");
+                    let state = if to == State::Initialize {
+                        "STOP".to_string()
+                    } else {
+                        to.to_string()
+                    };
+                    let notify = m.spec.config.notify.clone();
+                    let _ = self
+                        .events
+                        .send(Event::State {
+                            group: false,
+                            name,
+                            state,
+                            priority,
+                            notify,
+                        })
+                        .await;
+                }
+                Output::PriorityChanged { from, to } => {
+                    info!(instance = %name, from, to, "effective priority changed");
+                }
+                Output::SetTimer(t) => m.timer = t,
+            }
+        }
+        // A sync group changes state as a whole: tell its hooks once.
+        if let (Some((group, notify)), Some(state)) = (&self.group, machine.group_state()) {
+            if self.last_group_state != Some(state) {
+                self.last_group_state = Some(state);
+                let _ = self
+                    .events
+                    .send(Event::State {
+                        group: true,
+                        name: group.clone(),
+                        state: state.to_string(),
+                        priority: 0,
+                        notify: notify.clone(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// keepalived's gratuitous ARP / unsolicited NA after becoming master, as a task.
+fn start_garp(m: &MemberSpec) -> Option<JoinHandle<()>> {
+    let c = &m.config;
+    let config = GarpConfig {
+        master_delay: c.garp_master_delay,
+        master_repeat: c.garp_master_repeat,
+        master_refresh: c.garp_master_refresh,
+        master_refresh_repeat: c.garp_master_refresh_repeat,
+        interval: Duration::ZERO,
+    };
+    let mut sender = match GarpSender::open(m.ifindex, AnnounceOptions::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(instance = %c.name, "cannot send gratuitous ARP/NA: {e}");
+            return None;
+        }
+    };
+    let vips: Vec<IpAddr> = m.vips.iter().map(|v| v.addr).collect();
+    Some(tokio::spawn(async move {
+        let mut schedule = GarpSchedule::new(&config, vips, StdInstant::now());
+        garp::run_schedule(&mut sender, &mut schedule).await;
+    }))
+}
+
+/// A handle on the VRRP thread.
+pub struct VrrpThread {
+    pub controls: Vec<(Vec<String>, mpsc::Sender<Control>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl VrrpThread {
+    /// Sends `c` to the unit holding `member` (or to every unit for `Shutdown`).
+    pub fn send(&self, member: &str, c: Control) {
+        for (names, tx) in &self.controls {
+            if names.iter().any(|n| n == member) {
+                let _ = tx.try_send(c.clone());
+            }
+        }
+    }
+
+    /// Shuts every unit down (priority-0 adverts, addresses released) and waits for the
+    /// thread, at most `timeout`.
+    pub fn shutdown(mut self, timeout: Duration) {
+        for (_, tx) in &self.controls {
+            let _ = tx.try_send(Control::Shutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let deadline = StdInstant::now() + timeout;
+            while !t.is_finished() && StdInstant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!("VRRP thread did not stop in {timeout:?}");
+            }
+        }
+    }
+}
+
+/// Starts every unit on a dedicated thread with its own single-threaded runtime.
+pub fn spawn(units: Vec<UnitSpec>, events: mpsc::Sender<Event>) -> std::io::Result<VrrpThread> {
+    let mut controls = Vec::new();
+    let mut receivers = Vec::new();
+    for u in &units {
+        let (tx, rx) = mpsc::channel(64);
+        controls.push((
+            u.members.iter().map(|m| m.config.name.clone()).collect(),
+            tx,
+        ));
+        receivers.push(rx);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("vrrp".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let tasks: Vec<_> = units
+                    .into_iter()
+                    .zip(receivers)
+                    .map(|(u, rx)| {
+                        let ev = events.clone();
+                        tokio::spawn(async move {
+                            let names: Vec<String> =
+                                u.members.iter().map(|m| m.config.name.clone()).collect();
+                            if let Err(e) = run_unit(u, ev, rx).await {
+                                tracing::error!(instances = ?names, "VRRP stopped: {e:#}");
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+        })?;
+    Ok(VrrpThread {
+        controls,
+        thread: Some(thread),
+    })
+}
