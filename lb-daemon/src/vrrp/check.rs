@@ -168,7 +168,7 @@ pub fn advert_repr(cfg: &RxConfig, priority: u8) -> Repr {
         max_adver_int: packet::AdverInt::from_centis(cfg.advert_int_cs),
         addresses,
         auth: if cfg.version == Version::V2 {
-            cfg.auth.clone()
+            cfg.auth
         } else {
             Auth::None
         },
