@@ -21,9 +21,24 @@ struct Pair {
 
 fn pair(tag: &str) -> Pair {
     let lan = Lan::new(&unique_prefix(tag)).unwrap();
-    let client = lan.host("c", 1, Ipv4Addr::new(192, 0, 2, 1), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)).unwrap();
+    let client = lan
+        .host(
+            "c",
+            1,
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+        )
+        .unwrap();
     let nodes = (1..=2u8)
-        .map(|i| lan.host(&format!("n{i}"), 1 + i, Ipv4Addr::new(192, 0, 2, 1 + i), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1 + u16::from(i))).unwrap())
+        .map(|i| {
+            lan.host(
+                &format!("n{i}"),
+                1 + i,
+                Ipv4Addr::new(192, 0, 2, 1 + i),
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1 + u16::from(i)),
+            )
+            .unwrap()
+        })
         .collect();
     Pair { lan, client, nodes }
 }
@@ -50,11 +65,18 @@ fn start(node: &Netns, config: &str) -> Proc {
     let path = node.dir().join("lb.toml");
     std::fs::write(&path, config).unwrap();
     let bin = daemon_bin().unwrap();
-    node.spawn(&[bin.to_str().unwrap(), "run", "--config", path.to_str().unwrap()]).unwrap()
+    node.spawn(&[
+        bin.to_str().unwrap(),
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+    ])
+    .unwrap()
 }
 
 fn has_vip(node: &Netns) -> bool {
-    node.ip(&["-4", "addr", "show", "dev", "eth0"]).is_ok_and(|o| o.contains(&format!("{VIP}/")))
+    node.ip(&["-4", "addr", "show", "dev", "eth0"])
+        .is_ok_and(|o| o.contains(&format!("{VIP}/")))
 }
 
 fn wait_master(p: &Pair, i: usize, within: Duration, daemons: &[&Proc]) -> Duration {
@@ -73,10 +95,14 @@ fn wait_master(p: &Pair, i: usize, within: Duration, daemons: &[&Proc]) -> Durat
 /// The client's neighbour entry for the VIP points at node `i` (after a ping refreshes it).
 fn client_follows(p: &Pair, i: usize) {
     let mac = p.nodes[i].mac("eth0").unwrap();
-    wait_until("the client's neighbour entry to follow the master", Duration::from_secs(5), || {
-        let _ = p.client.exec(&["ping", "-c", "1", "-W", "1", VIP]);
-        p.client.neigh_mac(VIP).ok().flatten() == Some(mac)
-    })
+    wait_until(
+        "the client's neighbour entry to follow the master",
+        Duration::from_secs(5),
+        || {
+            let _ = p.client.exec(&["ping", "-c", "1", "-W", "1", VIP]);
+            p.client.neigh_mac(VIP).ok().flatten() == Some(mac)
+        },
+    )
     .unwrap();
 }
 
@@ -99,29 +125,242 @@ fn election_hard_failure_leftover_vip_and_graceful_stop() {
     // process start-up of nothing: it is already running) and the client follows it.
     d1.kill().unwrap();
     let t = Instant::now();
-    wait_until("n2 to take the VIP", Duration::from_secs(3), || has_vip(&p.nodes[1])).unwrap();
+    wait_until("n2 to take the VIP", Duration::from_secs(3), || {
+        has_vip(&p.nodes[1])
+    })
+    .unwrap();
     let took = t.elapsed();
     eprintln!("hard failure: n2 holds the VIP {took:?} after the SIGKILL");
-    assert!(took < Duration::from_millis(361 + 250), "takeover after {took:?}");
+    assert!(
+        took < Duration::from_millis(361 + 250),
+        "takeover after {took:?}"
+    );
     client_follows(&p, 1);
 
     // The killed daemon left its VIP configured; a new run removes it before advertising,
     // then preempts (150 > 100).
-    assert!(has_vip(&p.nodes[0]), "a SIGKILLed run leaves its address behind");
+    assert!(
+        has_vip(&p.nodes[0]),
+        "a SIGKILLed run leaves its address behind"
+    );
     let d1 = start(&p.nodes[0], &c1);
     wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
-    assert!(d1.read_stderr().contains("left behind by an earlier run"), "{}", d1.read_stderr());
+    assert!(
+        d1.read_stderr().contains("left behind by an earlier run"),
+        "{}",
+        d1.read_stderr()
+    );
     client_follows(&p, 0);
 
     // Graceful stop: a priority-0 advert, the backup takes over after its skew time.
     d1.signal(libc::SIGTERM).unwrap();
     let t = Instant::now();
-    wait_until("n2 to take the VIP after SIGTERM", Duration::from_secs(3), || has_vip(&p.nodes[1])).unwrap();
+    wait_until(
+        "n2 to take the VIP after SIGTERM",
+        Duration::from_secs(3),
+        || has_vip(&p.nodes[1]),
+    )
+    .unwrap();
     let took = t.elapsed();
     eprintln!("graceful stop: n2 holds the VIP {took:?} after the SIGTERM");
-    assert!(took < Duration::from_millis(61 + 250), "graceful takeover after {took:?}");
-    let st = d1.wait_timeout(Duration::from_secs(5)).unwrap().expect("exits");
+    assert!(
+        took < Duration::from_millis(61 + 250),
+        "graceful takeover after {took:?}"
+    );
+    let st = d1
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap()
+        .expect("exits");
     assert!(st.success(), "{}", d1.read_stderr());
     assert!(!has_vip(&p.nodes[0]), "a stopped daemon releases its VIP");
     drop(p.lan);
+}
+
+/// Checks that `f` holds throughout `window`: for what must *not* happen (a takeover), the
+/// only evidence is a window with no violation. Fails at the first violation.
+fn holds_for(what: &str, window: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(f(), "{what}: violated");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn holders(p: &Pair) -> Vec<usize> {
+    (0..2).filter(|&i| has_vip(&p.nodes[i])).collect()
+}
+
+#[test]
+fn preempt_and_nopreempt() {
+    if !require_root("vrrp preemption") {
+        return;
+    }
+    for nopreempt in [false, true] {
+        let p = pair("vp");
+        let extra = if nopreempt { "nopreempt = true" } else { "" };
+        let c1 = config("n1", 150, "0.1", extra);
+        let c2 = config("n2", 100, "0.1", "");
+        // n2 alone first: it becomes master.
+        let d2 = start(&p.nodes[1], &c2);
+        wait_master(&p, 1, Duration::from_secs(5), &[&d2]);
+        // The higher-priority n1 joins.
+        let d1 = start(&p.nodes[0], &c1);
+        if nopreempt {
+            // It must not take over: watch for four Master_Down_Intervals (361 ms each).
+            wait_until("n1 to start as backup", Duration::from_secs(3), || {
+                d1.read_stderr().contains("to=BACKUP")
+            })
+            .unwrap();
+            holds_for(
+                "nopreempt: n2 stays master",
+                Duration::from_millis(1500),
+                || holders(&p) == vec![1],
+            );
+        } else {
+            wait_master(&p, 0, Duration::from_secs(3), &[&d1, &d2]);
+        }
+    }
+}
+
+#[test]
+fn partition_then_heal_gives_one_master_within_an_interval() {
+    if !require_root("vrrp partition") {
+        return;
+    }
+    let p = pair("vq");
+    let d1 = start(&p.nodes[0], &config("n1", 150, "0.1", ""));
+    let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    // Isolated bridge ports do not forward to each other: n1 and n2 no longer hear each
+    // other (both still reach the client). Both become master.
+    let br = p.lan.bridge();
+    for port in ["to-n1", "to-n2"] {
+        br.exec(&["bridge", "link", "set", "dev", port, "isolated", "on"])
+            .unwrap();
+    }
+    wait_until(
+        "both nodes master while partitioned",
+        Duration::from_secs(3),
+        || holders(&p) == vec![0, 1],
+    )
+    .unwrap();
+    for port in ["to-n1", "to-n2"] {
+        br.exec(&["bridge", "link", "set", "dev", port, "isolated", "off"])
+            .unwrap();
+    }
+    let t = Instant::now();
+    wait_until("one master after the heal", Duration::from_secs(3), || {
+        holders(&p) == vec![0]
+    })
+    .unwrap();
+    let took = t.elapsed();
+    eprintln!("partition healed: one master after {took:?}");
+    // One advert interval (100 ms), plus the time to notice the address went away.
+    assert!(took < Duration::from_millis(100 + 150), "{took:?}");
+}
+
+#[test]
+fn v2_pass_authentication_and_a_wrong_password() {
+    if !require_root("vrrp v2 auth") {
+        return;
+    }
+    let p = pair("va");
+    let v2 = |name: &str, prio: u8, pass: &str| {
+        config(
+            name,
+            prio,
+            "1",
+            &format!(
+                "version = 2\nauthentication = {{ auth_type = \"PASS\", auth_pass = \"{pass}\" }}"
+            ),
+        )
+    };
+    let d1 = start(&p.nodes[0], &v2("n1", 150, "123456"));
+    let d2 = start(&p.nodes[1], &v2("n2", 100, "123456"));
+    // v2, 1 s: the backup waits 3 x 1 s + skew before it could become master; n1 must win.
+    wait_master(&p, 0, Duration::from_secs(6), &[&d1, &d2]);
+    holds_for(
+        "n1 stays the only master",
+        Duration::from_millis(1200),
+        || holders(&p) == vec![0],
+    );
+    assert!(
+        !d2.read_stderr().contains("not used as is"),
+        "{}",
+        d2.read_stderr()
+    );
+    // A backup with the wrong password discards every advert: it becomes master too, and
+    // says why.
+    d2.signal(libc::SIGTERM).unwrap();
+    d2.wait_timeout(Duration::from_secs(5)).unwrap();
+    let d2 = start(&p.nodes[1], &v2("n2", 100, "654321"));
+    wait_until("n2 to hold the VIP too", Duration::from_secs(6), || {
+        holders(&p) == vec![0, 1]
+    })
+    .unwrap();
+    wait_until("n2 to log the discards", Duration::from_secs(3), || {
+        d2.read_stderr().contains("reason=\"auth_mismatch\"")
+            || d2.read_stderr().contains("reason=auth_mismatch")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d2.read_stderr()));
+}
+
+#[test]
+fn ipv6_instance_election_and_failover() {
+    if !require_root("vrrp ipv6") {
+        return;
+    }
+    let p = pair("v6");
+    let vip6 = "2001:db8::100";
+    let c = |name: &str, prio: u8| {
+        config(name, prio, "0.1", "")
+            .replace(&format!("[\"{VIP}/24\"]"), &format!("[\"{vip6}/64\"]"))
+    };
+    let has6 = |i: usize| {
+        p.nodes[i]
+            .ip(&["-6", "addr", "show", "dev", "eth0"])
+            .is_ok_and(|o| o.contains(&format!("{vip6}/")))
+    };
+    // IPv6 link-local addresses need the carrier seen first (see vip.rs): wait for them.
+    for n in &p.nodes {
+        wait_until("a link-local address", Duration::from_secs(5), || {
+            n.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"])
+                .is_ok_and(|o| o.contains("fe80::"))
+        })
+        .unwrap();
+    }
+    let d1 = start(&p.nodes[0], &c("n1", 150));
+    let d2 = start(&p.nodes[1], &c("n2", 100));
+    wait_until(
+        "n1 to hold the IPv6 VIP alone",
+        Duration::from_secs(5),
+        || has6(0) && !has6(1),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n---\n{}", d1.read_stderr(), d2.read_stderr()));
+    let mac1 = p.nodes[0].mac("eth0").unwrap();
+    wait_until(
+        "the client to reach the VIP at n1",
+        Duration::from_secs(5),
+        || {
+            let _ = p.client.exec(&["ping", "-6", "-c", "1", "-W", "1", vip6]);
+            p.client.neigh_mac(vip6).ok().flatten() == Some(mac1)
+        },
+    )
+    .unwrap();
+    d1.kill().unwrap();
+    wait_until("n2 to take the IPv6 VIP", Duration::from_secs(3), || {
+        has6(1)
+    })
+    .unwrap();
+    let mac2 = p.nodes[1].mac("eth0").unwrap();
+    // The unsolicited NA moves the client's entry.
+    wait_until(
+        "the client's entry to follow",
+        Duration::from_secs(5),
+        || {
+            let _ = p.client.exec(&["ping", "-6", "-c", "1", "-W", "1", vip6]);
+            p.client.neigh_mac(vip6).ok().flatten() == Some(mac2)
+        },
+    )
+    .unwrap();
 }
