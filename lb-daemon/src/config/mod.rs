@@ -566,3 +566,23 @@ static = true
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The commented examples in `examples/` load and mean what their comments say.
+    #[test]
+    fn examples_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let lvs = Config::load(&dir.join("lvs-dr.toml")).unwrap();
+        assert_eq!(lvs.virtual_servers.len(), 2);
+        assert!(lvs.virtual_servers.iter().all(|v| v.real_servers.len() == 3 && !v.is_static));
+        assert_eq!(lvs.vrrp_instances[0].advert_int_cs, 500);
+        assert_eq!(lvs.sync_groups[0].members, vec!["VI_1".to_string()]);
+        let nginx = Config::load(&dir.join("nginx-ha.toml")).unwrap();
+        assert!(nginx.dataplane.is_none() && nginx.virtual_servers.is_empty());
+        assert!(!nginx.vrrp_instances[0].preempt);
+        assert_eq!(nginx.vrrp_scripts[0].interval, std::time::Duration::from_secs(3));
+    }
+}
