@@ -96,3 +96,57 @@ fn dr_end_to_end_skb() {
 fn dr_end_to_end_native() {
     dr_end_to_end("native");
 }
+
+/// The VIP belongs to a VRRP instance instead of being static: the service forwards only
+/// once the instance is master and holds the address; stopping the daemon releases it.
+#[test]
+fn dr_service_on_a_vrrp_owned_vip() {
+    if !require_lab("dr_service_on_a_vrrp_owned_vip") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dv"), 3).expect("lab");
+    let config = lab_config(&lab, "skb", "rr", &[1, 1, 1]).replace("static = true\n", "")
+        + r#"
+[[vrrp_instance]]
+name = "VI_4"
+interface = "eth0"
+virtual_router_id = 51
+priority = 150
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[vrrp_instance]]
+name = "VI_6"
+interface = "eth0"
+virtual_router_id = 52
+priority = 150
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["2001:db8::100/64"]
+"#;
+    // No add_vip_to_lb(): VRRP adds the VIPs when it becomes master.
+    let (daemon, _) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    lb_tests::netns::wait_until("the VIP on the LB", Duration::from_secs(5), || {
+        lab.lb()
+            .ip(&["addr", "show", "dev", "eth0"])
+            .is_ok_and(|o| o.contains("192.0.2.100/24") && o.contains("2001:db8::100/64"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let bodies = lab
+        .curl_batch("192.0.2.100", 30)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    assert_shares("rr once master", &counts(&bodies), [1, 1, 1], 30);
+    let bodies = lab.curl_batch("2001:db8::100", 30).unwrap();
+    assert_shares("rr over IPv6 once master", &counts(&bodies), [1, 1, 1], 30);
+    daemon.signal(libc::SIGTERM).unwrap();
+    daemon
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("daemon exits");
+    let out = lab.lb().ip(&["addr", "show", "dev", "eth0"]).unwrap();
+    assert!(
+        !out.contains("192.0.2.100/24"),
+        "VIP released on stop: {out}"
+    );
+}

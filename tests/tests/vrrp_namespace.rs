@@ -364,3 +364,35 @@ fn ipv6_instance_election_and_failover() {
     )
     .unwrap();
 }
+
+#[test]
+fn unicast_peers_never_use_multicast() {
+    if !require_root("vrrp unicast") {
+        return;
+    }
+    let p = pair("vu");
+    let uni = |name: &str, prio: u8, me: &str, peer: &str| {
+        config(
+            name,
+            prio,
+            "0.1",
+            &format!("unicast_src_ip = \"{me}\"\nunicast_peer = [\"{peer}\"]"),
+        )
+    };
+    // Watch the client's port: it sees flooded multicast, and no unicast between the nodes
+    // once the bridge has learned their MACs.
+    let capture = p.client.capture("eth0", "ip proto 112").unwrap();
+    let d1 = start(&p.nodes[0], &uni("n1", 150, "192.0.2.2", "192.0.2.3"));
+    let d2 = start(&p.nodes[1], &uni("n2", 100, "192.0.2.3", "192.0.2.2"));
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    d1.kill().unwrap();
+    wait_until("n2 to take over", Duration::from_secs(3), || {
+        has_vip(&p.nodes[1])
+    })
+    .unwrap();
+    let lines = capture.stop().unwrap();
+    assert!(
+        !lines.iter().any(|l| l.contains("224.0.0.18")),
+        "multicast seen: {lines:?}"
+    );
+}
