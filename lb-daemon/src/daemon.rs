@@ -246,6 +246,7 @@ async fn vrrp_units(config: &Config) -> Result<Vec<UnitSpec>> {
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut config = Config::load(&config_path)?;
+    config.check_scripts()?;
     let (mut dp, mut mac_rx) = match &config.dataplane {
         Some(d) => {
             let (dp, rx) = Dp::start(&config, d).await?;
@@ -320,7 +321,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             _ = hup.recv() => {
                 // A bad file leaves the running configuration as it is.
-                match Config::load(&config_path) {
+                match Config::load(&config_path).and_then(|c| c.check_scripts().map(|()| c)) {
                     Ok(new) if new.dataplane != config.dataplane => {
                         error!("reload: the dataplane section changed; restart to apply it, nothing changed");
                     }

@@ -41,6 +41,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Check { config } => {
             let c = Config::load(&config)?;
+            c.check_scripts()?;
             println!(
                 "{}: OK ({} virtual servers, {} real servers)",
                 config.display(),

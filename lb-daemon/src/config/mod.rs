@@ -139,6 +139,8 @@ pub struct Config {
     /// Where and how XDP runs; absent for a VRRP-only node (keepalived + nginx).
     pub dataplane: Option<DataplaneConfig>,
     pub vrrp_scripts: Vec<VrrpScript>,
+    /// Every script and hook program, with its line.
+    pub scripts: Vec<ScriptRef>,
     pub vrrp_instances: Vec<VrrpInstance>,
     pub sync_groups: Vec<SyncGroup>,
     pub virtual_servers: Vec<VirtualServer>,
@@ -167,6 +169,16 @@ pub struct RealServer {
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
+    /// Every script and hook the file names, for [`Config::check_scripts`].
+    scripts: std::cell::RefCell<Vec<ScriptRef>>,
+}
+
+/// A script or hook named in the file: where, and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptRef {
+    pub line: usize,
+    pub key: String,
+    pub program: PathBuf,
 }
 
 impl Ctx<'_> {
@@ -197,7 +209,11 @@ impl Config {
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cx = Ctx { file, text };
+        let cx = Ctx {
+            file,
+            text,
+            scripts: Default::default(),
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| cx.line_col(s.start));
             ConfigError::Parse {
@@ -265,10 +281,29 @@ impl Config {
             global_defs: raw.global_defs,
             dataplane,
             vrrp_scripts,
+            scripts: cx.scripts.take(),
             vrrp_instances,
             sync_groups,
             virtual_servers,
         })
+    }
+
+    /// keepalived's `enable_script_security` (on unless `global_defs` turns it off): every
+    /// script and hook exists, is executable, and neither it nor a directory above it can be
+    /// changed by a user other than root.
+    pub fn check_scripts(&self) -> Result<(), ConfigError> {
+        if self.global_defs.enable_script_security == Some(false) {
+            return Ok(());
+        }
+        for s in &self.scripts {
+            vrrp::check_script_safety(&s.program).map_err(|message| ConfigError::Invalid {
+                file: self.file.clone(),
+                line: s.line,
+                key: s.key.clone(),
+                message,
+            })?;
+        }
+        Ok(())
     }
 
     /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
@@ -577,12 +612,18 @@ mod example_tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let lvs = Config::load(&dir.join("lvs-dr.toml")).unwrap();
         assert_eq!(lvs.virtual_servers.len(), 2);
-        assert!(lvs.virtual_servers.iter().all(|v| v.real_servers.len() == 3 && !v.is_static));
+        assert!(lvs
+            .virtual_servers
+            .iter()
+            .all(|v| v.real_servers.len() == 3 && !v.is_static));
         assert_eq!(lvs.vrrp_instances[0].advert_int_cs, 500);
         assert_eq!(lvs.sync_groups[0].members, vec!["VI_1".to_string()]);
         let nginx = Config::load(&dir.join("nginx-ha.toml")).unwrap();
         assert!(nginx.dataplane.is_none() && nginx.virtual_servers.is_empty());
         assert!(!nginx.vrrp_instances[0].preempt);
-        assert_eq!(nginx.vrrp_scripts[0].interval, std::time::Duration::from_secs(3));
+        assert_eq!(
+            nginx.vrrp_scripts[0].interval,
+            std::time::Duration::from_secs(3)
+        );
     }
 }

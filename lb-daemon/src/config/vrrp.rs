@@ -219,6 +219,12 @@ fn command(cx: &Ctx, v: &Spanned<String>, key: &str) -> Result<String, ConfigErr
     if !s.starts_with('/') {
         return Err(cx.invalid(v.span(), key, "scripts are given by absolute path"));
     }
+    let program = s.split_whitespace().next().unwrap_or(s);
+    cx.scripts.borrow_mut().push(super::ScriptRef {
+        line: cx.line_col(v.span().start).0,
+        key: key.to_string(),
+        program: PathBuf::from(program),
+    });
     Ok(s.to_string())
 }
 
@@ -969,5 +975,42 @@ virtual_ipaddress = ["192.0.2.101"]
             .unwrap_err()
             .contains("not executable"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod script_ref_tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[test]
+    fn check_scripts_names_file_line_and_key() {
+        let text = r#"
+[[vrrp_script]]
+name = "chk"
+script = "/nonexistent/check.sh --fast"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 1
+priority = 100
+virtual_ipaddress = ["192.0.2.100"]
+track_script = ["chk"]
+notify = "/bin/true"
+"#;
+        let c = Config::parse(Path::new("lb.toml"), text).unwrap();
+        assert_eq!(c.scripts.len(), 2);
+        let e = c.check_scripts().unwrap_err().to_string();
+        assert!(
+            e.starts_with("lb.toml:4: `vrrp_script.script`: /nonexistent/check.sh"),
+            "{e}"
+        );
+        let off = text.replacen("\n", "\n[global_defs]\nenable_script_security = false\n", 1);
+        Config::parse(Path::new("lb.toml"), &off)
+            .unwrap()
+            .check_scripts()
+            .unwrap();
     }
 }
