@@ -259,7 +259,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         dp.apply(&config, &master_vips);
     }
 
-    let (event_tx, mut event_rx) = mpsc::channel::<Event>(256);
+    // Unbounded: the VRRP thread must never wait for the main loop.
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
     let vrrp = if config.vrrp_instances.is_empty() {
         None
     } else {

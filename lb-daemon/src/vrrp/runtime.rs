@@ -5,7 +5,8 @@
 //! "thread timer expired" false failover cannot happen here.
 //!
 //! The unit talks to the rest of the daemon by messages only: [`Event`]s out (roles for the
-//! dataplane, state changes for notify hooks), [`Control`]s in (tracking, shutdown).
+//! dataplane, state changes for notify hooks) on an unbounded channel, so the VRRP thread
+//! never waits for the main loop; [`Control`]s in (tracking, shutdown).
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -221,7 +222,7 @@ fn machine(spec: &UnitSpec) -> anyhow::Result<Machine> {
 /// Runs one unit until [`Control::Shutdown`] (or until the control channel closes).
 pub async fn run_unit(
     spec: UnitSpec,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
     mut control: mpsc::Receiver<Control>,
 ) -> anyhow::Result<()> {
     let epoch = Instant::now();
@@ -372,7 +373,7 @@ pub async fn run_unit(
 
 struct Unit {
     members: Vec<Member>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
     group: Option<(String, Notify)>,
     last_group_state: Option<State>,
 }
@@ -427,14 +428,11 @@ impl Unit {
                     }
                     m.garp = start_garp(&m.spec);
                     let vips = m.spec.vips.iter().map(|v| v.addr).collect();
-                    let _ = self
-                        .events
-                        .send(Event::Role {
+                    let _ = self.events.send(Event::Role {
                             instance: name,
                             vips,
                             master: true,
-                        })
-                        .await;
+                        });
                 }
                 Output::BecomeBackup | Output::BecomeFault | Output::Stopped => {
                     if let Some(g) = m.garp.take() {
@@ -449,14 +447,11 @@ impl Unit {
                         m.holds_vips = false;
                     }
                     let vips = m.spec.vips.iter().map(|v| v.addr).collect();
-                    let _ = self
-                        .events
-                        .send(Event::Role {
+                    let _ = self.events.send(Event::Role {
                             instance: name,
                             vips,
                             master: false,
-                        })
-                        .await;
+                        });
                 }
                 Output::StateChanged { from, to, priority } => {
                     info!(instance = %name, %from, %to, priority, "VRRP state change");
@@ -466,16 +461,13 @@ impl Unit {
                         to.to_string()
                     };
                     let notify = m.spec.config.notify.clone();
-                    let _ = self
-                        .events
-                        .send(Event::State {
+                    let _ = self.events.send(Event::State {
                             group: false,
                             name,
                             state,
                             priority,
                             notify,
-                        })
-                        .await;
+                        });
                 }
                 Output::PriorityChanged { from, to } => {
                     info!(instance = %name, from, to, "effective priority changed");
@@ -487,16 +479,13 @@ impl Unit {
         if let (Some((group, notify)), Some(state)) = (&self.group, machine.group_state()) {
             if self.last_group_state != Some(state) {
                 self.last_group_state = Some(state);
-                let _ = self
-                    .events
-                    .send(Event::State {
+                let _ = self.events.send(Event::State {
                         group: true,
                         name: group.clone(),
                         state: state.to_string(),
                         priority: 0,
                         notify: notify.clone(),
-                    })
-                    .await;
+                    });
             }
         }
     }
@@ -563,7 +552,7 @@ impl VrrpThread {
 }
 
 /// Starts every unit on a dedicated thread with its own single-threaded runtime.
-pub fn spawn(units: Vec<UnitSpec>, events: mpsc::Sender<Event>) -> std::io::Result<VrrpThread> {
+pub fn spawn(units: Vec<UnitSpec>, events: mpsc::UnboundedSender<Event>) -> std::io::Result<VrrpThread> {
     let mut controls = Vec::new();
     let mut receivers = Vec::new();
     for u in &units {
