@@ -396,3 +396,48 @@ fn unicast_peers_never_use_multicast() {
         "multicast seen: {lines:?}"
     );
 }
+
+/// keepalived's vrrp_sync_group: members change state together. n1 groups a v4 and a v6
+/// instance; n2 runs only a stronger v4 instance. n1's v4 member is backup, so its v6
+/// member is held back too, though nobody else claims the v6 VIP; when n2 dies, n1 takes both.
+#[test]
+fn sync_group_members_change_state_together() {
+    if !require_root("vrrp sync group") {
+        return;
+    }
+    let p = pair("vs");
+    let vip6 = "2001:db8::100";
+    for n in &p.nodes {
+        wait_until("a link-local address", Duration::from_secs(5), || {
+            n.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"])
+                .is_ok_and(|o| o.contains("fe80::"))
+        })
+        .unwrap();
+    }
+    let n1 = format!(
+        "{}\n[[vrrp_instance]]\nname = \"VI_6\"\ninterface = \"eth0\"\nvirtual_router_id = 52\npriority = 100\nadvert_int = 0.1\nvirtual_ipaddress = [\"{vip6}/64\"]\n\n[[vrrp_sync_group]]\nname = \"G\"\ngroup = [\"VI_1\", \"VI_6\"]\n",
+        config("n1", 100, "0.1", "")
+    );
+    let has6 = |i: usize| {
+        p.nodes[i]
+            .ip(&["-6", "addr", "show", "dev", "eth0"])
+            .is_ok_and(|o| o.contains(&format!("{vip6}/")))
+    };
+    let d2 = start(&p.nodes[1], &config("n2", 150, "0.1", ""));
+    wait_master(&p, 1, Duration::from_secs(5), &[&d2]);
+    let d1 = start(&p.nodes[0], &n1);
+    wait_until("n1 to start", Duration::from_secs(3), || {
+        d1.read_stderr().contains("to=BACKUP")
+    })
+    .unwrap();
+    holds_for(
+        "n1 holds no VIP while its v4 member is backup",
+        Duration::from_millis(1000),
+        || holders(&p) == vec![1] && !has6(0),
+    );
+    d2.kill().unwrap();
+    wait_until("n1 to take both VIPs", Duration::from_secs(3), || {
+        has_vip(&p.nodes[0]) && has6(0)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.read_stderr()));
+}
