@@ -24,7 +24,10 @@ use crate::{
         Dataplane,
     },
     vrrp::{
+        fsm::Input,
+        notify::Notifier,
         runtime::{self, Event, MemberSpec, UnitSpec},
+        track::{self, TrackTasks, Tracking},
         vip::{AddressSocket, VirtualAddress},
     },
 };
@@ -168,9 +171,13 @@ impl Dp {
 
 /// Resolves each VRRP instance against the host: interface index, source address, own
 /// addresses, virtual addresses; and groups instances into units (sync groups).
-async fn vrrp_units(config: &Config) -> Result<Vec<UnitSpec>> {
+async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Result<Vec<UnitSpec>> {
     let mut addrs = AddressSocket::open()?;
     let mut members: HashMap<String, MemberSpec> = HashMap::new();
+    let mut initial: HashMap<String, Vec<Input>> = HashMap::new();
+    for (name, input) in tracking.inputs() {
+        initial.entry(name).or_default().push(input);
+    }
     for inst in &config.vrrp_instances {
         let (_, ifindex) = interface_info(&inst.interface)?;
         let vip_set: HashSet<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
@@ -221,6 +228,7 @@ async fn vrrp_units(config: &Config) -> Result<Vec<UnitSpec>> {
                 primary,
                 own: on_link,
                 vips,
+                initial: initial.remove(&inst.name).unwrap_or_default(),
             },
         );
     }
@@ -229,7 +237,7 @@ async fn vrrp_units(config: &Config) -> Result<Vec<UnitSpec>> {
         let ms: Vec<MemberSpec> = g.members.iter().filter_map(|n| members.remove(n)).collect();
         units.push(UnitSpec {
             members: ms,
-            group: Some((g.name.clone(), g.notify.clone())),
+            group: Some(g.name.clone()),
         });
     }
     // Instances in no group, in configuration order.
@@ -261,10 +269,16 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 
     // Unbounded: the VRRP thread must never wait for the main loop.
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
+    // Notify hooks and the JSON event stream; tracked scripts and interfaces.
+    let notifier = Notifier::from_config(&config)?;
+    let (track_tx, mut track_rx) = mpsc::channel(track::EVENT_QUEUE_LEN);
+    let mut track_tasks = TrackTasks::start(&config, track_tx)?;
+    let mut tracking = Tracking::new(&config)?;
+    tracking.seed(&track_tasks.snapshot());
     let vrrp = if config.vrrp_instances.is_empty() {
         None
     } else {
-        let units = vrrp_units(&config).await?;
+        let units = vrrp_units(&config, &mut tracking).await?;
         Some(runtime::spawn(units, event_tx.clone())?)
     };
 
@@ -308,11 +322,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         dp.apply(&config, &master_vips);
                     }
                 }
-                Event::State { group, name, state, priority, notify } => {
-                    info!(group, %name, %state, priority, "VRRP state");
-                    let _ = notify;
-                }
+                Event::State(ev) => notifier.notify(ev),
             },
+            Some(ev) = track_rx.recv() => {
+                if let Some(v) = &vrrp {
+                    for (instance, input) in tracking.on_event(&ev) {
+                        v.send(&instance, runtime::Control::Track { member: instance.clone(), input });
+                    }
+                }
+            }
             _ = tick.tick() => {
                 if let Some(dp) = dp.as_mut() {
                     if let Err(e) = dp.dp.writer_mut().set_clock(monotonic_seconds()) {
@@ -332,6 +350,21 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         error!("reload: VRRP instances changed; restart to apply them, nothing changed");
                     }
                     Ok(new) => {
+                        // Unchanged scripts keep their rise/fall state across the reload.
+                        if let Err(e) = track_tasks.reload(&new) {
+                            error!("reload refused, keeping the running configuration: {e}");
+                            continue;
+                        }
+                        match Tracking::new(&new) {
+                            Ok(mut t) => {
+                                t.seed(&track_tasks.snapshot());
+                                tracking = t;
+                            }
+                            Err(e) => {
+                                error!("reload refused, keeping the running configuration: {e}");
+                                continue;
+                            }
+                        }
                         config = new;
                         if let Some(dp) = dp.as_mut() {
                             let want = wanted(&config, dp.ifindex);
@@ -356,7 +389,16 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     if let Some(v) = vrrp {
         info!("stopping VRRP: priority-0 adverts, releasing the virtual addresses");
         tokio::task::spawn_blocking(move || v.shutdown(std::time::Duration::from_secs(3))).await?;
+        // The STOP events the units sent on their way out.
+        while let Ok(ev) = event_rx.try_recv() {
+            if let Event::State(ev) = ev {
+                notifier.notify(ev);
+            }
+        }
     }
+    drop(track_tasks);
+    // keepalived gives stop hooks a second.
+    notifier.shutdown(std::time::Duration::from_secs(1)).await;
     info!("stopping: detaching the XDP program");
     drop(dp);
     Ok(())

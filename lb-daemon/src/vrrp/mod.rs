@@ -3,7 +3,9 @@
 pub mod check;
 pub mod fsm;
 pub mod garp;
+pub mod notify;
 pub mod packet;
 pub mod runtime;
 pub mod socket;
+pub mod track;
 pub mod vip;

@@ -20,6 +20,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+use super::notify::{self, NotifyState};
 use super::{
     check::{self, advert_repr, Discard, RxConfig},
     fsm::{self, Centis, Input, Output, StartState, State, SyncGroup, Time, Timer},
@@ -28,10 +29,7 @@ use super::{
     socket::VrrpSocket,
     vip::{AddressSocket, VirtualAddress},
 };
-use crate::config::{
-    vrrp::{Notify, VrrpVersion},
-    VrrpInstance,
-};
+use crate::config::{vrrp::VrrpVersion, VrrpInstance};
 
 /// One instance of a unit, as configured and resolved on this host.
 #[derive(Debug, Clone)]
@@ -45,14 +43,16 @@ pub struct MemberSpec {
     pub own: Vec<IpAddr>,
     /// (address, ifindex, prefix, label) of each virtual address.
     pub vips: Vec<VirtualAddress>,
+    /// Tracking already known at start-up (`TrackWeight`, `SetFault`), fed before `Startup`.
+    pub initial: Vec<Input>,
 }
 
 /// A lone instance, or the members of a `vrrp_sync_group`.
 #[derive(Debug, Clone)]
 pub struct UnitSpec {
     pub members: Vec<MemberSpec>,
-    /// `(name, notify)` of the sync group, if this unit is one.
-    pub group: Option<(String, Notify)>,
+    /// The sync group's name, if this unit is one.
+    pub group: Option<String>,
 }
 
 /// What a unit tells the rest of the daemon.
@@ -66,22 +66,14 @@ pub enum Event {
         master: bool,
     },
     /// A state change, for notify hooks and the event stream.
-    State {
-        group: bool,
-        name: String,
-        state: String,
-        priority: u8,
-        notify: Notify,
-    },
+    State(notify::Event),
 }
 
 /// What the rest of the daemon tells a unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Control {
-    /// The sum of the tracking weights now applying to a member.
-    TrackWeight { member: String, total: i32 },
-    /// A member's weight-less tracked things: any failing means Fault.
-    SetFault { member: String, fault: bool },
+    /// A tracking input (`TrackWeight` or `SetFault`) for the named member.
+    Track { member: String, input: Input },
     /// Send priority 0, release the addresses, stop.
     Shutdown,
 }
@@ -302,7 +294,12 @@ pub async fn run_unit(
         group: spec.group.clone(),
         last_group_state: None,
     };
-    for i in 0..unit.members.len() {
+    for (i, m) in spec.members.iter().enumerate() {
+        // A fault known before start-up makes the instance start in Fault.
+        for input in &m.initial {
+            let out = machine.handle(i, input.clone(), now());
+            unit.apply(&mut machine, &mut addrs, out).await;
+        }
         let out = machine.handle(i, Input::Startup, now());
         unit.apply(&mut machine, &mut addrs, out).await;
     }
@@ -318,15 +315,9 @@ pub async fn run_unit(
             biased;
             ctl = control.recv() => match ctl {
                 Some(Control::Shutdown) | None => break,
-                Some(Control::TrackWeight { member, total }) => {
+                Some(Control::Track { member, input }) => {
                     if let Some(i) = unit.index(&member) {
-                        let out = machine.handle(i, Input::TrackWeight(total), now());
-                        unit.apply(&mut machine, &mut addrs, out).await;
-                    }
-                }
-                Some(Control::SetFault { member, fault }) => {
-                    if let Some(i) = unit.index(&member) {
-                        let out = machine.handle(i, Input::SetFault(fault), now());
+                        let out = machine.handle(i, input, now());
                         unit.apply(&mut machine, &mut addrs, out).await;
                     }
                 }
@@ -374,7 +365,7 @@ pub async fn run_unit(
 struct Unit {
     members: Vec<Member>,
     events: mpsc::UnboundedSender<Event>,
-    group: Option<(String, Notify)>,
+    group: Option<String>,
     last_group_state: Option<State>,
 }
 
@@ -429,12 +420,16 @@ impl Unit {
                     m.garp = start_garp(&m.spec);
                     let vips = m.spec.vips.iter().map(|v| v.addr).collect();
                     let _ = self.events.send(Event::Role {
-                            instance: name,
-                            vips,
-                            master: true,
-                        });
+                        instance: name,
+                        vips,
+                        master: true,
+                    });
                 }
                 Output::BecomeBackup | Output::BecomeFault | Output::Stopped => {
+                    if matches!(out, Output::Stopped) {
+                        let stop = notify::Event::instance(name.clone(), NotifyState::Stop, 0);
+                        let _ = self.events.send(Event::State(stop));
+                    }
                     if let Some(g) = m.garp.take() {
                         g.abort();
                     }
@@ -448,26 +443,17 @@ impl Unit {
                     }
                     let vips = m.spec.vips.iter().map(|v| v.addr).collect();
                     let _ = self.events.send(Event::Role {
-                            instance: name,
-                            vips,
-                            master: false,
-                        });
+                        instance: name,
+                        vips,
+                        master: false,
+                    });
                 }
                 Output::StateChanged { from, to, priority } => {
                     info!(instance = %name, %from, %to, priority, "VRRP state change");
-                    let state = if to == State::Initialize {
-                        "STOP".to_string()
-                    } else {
-                        to.to_string()
-                    };
-                    let notify = m.spec.config.notify.clone();
-                    let _ = self.events.send(Event::State {
-                            group: false,
-                            name,
-                            state,
-                            priority,
-                            notify,
-                        });
+                    if let Some(state) = NotifyState::from_fsm(to) {
+                        let ev = notify::Event::instance(name, state, priority);
+                        let _ = self.events.send(Event::State(ev));
+                    }
                 }
                 Output::PriorityChanged { from, to } => {
                     info!(instance = %name, from, to, "effective priority changed");
@@ -476,16 +462,13 @@ impl Unit {
             }
         }
         // A sync group changes state as a whole: tell its hooks once.
-        if let (Some((group, notify)), Some(state)) = (&self.group, machine.group_state()) {
+        if let (Some(group), Some(state)) = (&self.group, machine.group_state()) {
             if self.last_group_state != Some(state) {
                 self.last_group_state = Some(state);
-                let _ = self.events.send(Event::State {
-                        group: true,
-                        name: group.clone(),
-                        state: state.to_string(),
-                        priority: 0,
-                        notify: notify.clone(),
-                    });
+                if let Some(state) = NotifyState::from_fsm(state) {
+                    let ev = notify::Event::group(group.clone(), state);
+                    let _ = self.events.send(Event::State(ev));
+                }
             }
         }
     }
@@ -552,7 +535,10 @@ impl VrrpThread {
 }
 
 /// Starts every unit on a dedicated thread with its own single-threaded runtime.
-pub fn spawn(units: Vec<UnitSpec>, events: mpsc::UnboundedSender<Event>) -> std::io::Result<VrrpThread> {
+pub fn spawn(
+    units: Vec<UnitSpec>,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<VrrpThread> {
     let mut controls = Vec::new();
     let mut receivers = Vec::new();
     for u in &units {

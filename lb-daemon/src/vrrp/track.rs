@@ -1,0 +1,1367 @@
+//! keepalived's `vrrp_script` + `track_script` and `track_interface`, split as STYLE.md asks:
+//! probes (a task per script, one poller for all interfaces) send results to a small pure
+//! [`RiseFall`] state, only its confirmed changes leave the probe as [`TrackEvent`]s, and a pure
+//! per-instance aggregate ([`InstanceTracking`]) turns them into the FSM's
+//! [`Input::TrackWeight`] and [`Input::SetFault`].
+//!
+//! # Rise and fall (keepalived `vrrp_scheduler.c`, `vrrp_script_child_thread`)
+//!
+//! keepalived.conf(5): "rise: required number of successes for OK transition; fall: required
+//! number of successes [sic: failures] for KO transition". A script starts in an *init* state
+//! (`vrrp_init_script`: `result = rise - 1 /* one success is enough */`) in which the first
+//! result decides either way: one success makes it OK, one failure makes it KO
+//! (`update_script_priorities(vscript, false)` is called for a failure while
+//! `init_state == SCRIPT_INIT_STATE_INIT`). After that it takes `fall` failures in a row to
+//! go from OK to KO and `rise` successes in a row to go back; a result of the other kind
+//! resets the run. `init_fail` ("assume script initially is in failed state") starts KO
+//! instead ([`RiseFall::starting_down`]; the configuration has no such key yet).
+//!
+//! A run succeeds when it exits with status 0. A run that outlives `timeout` is killed
+//! (SIGTERM, then SIGKILL, to its process group) and is a failure, as is one killed by a
+//! signal or one that cannot be started (logged at a limited rate). keepalived runs a script
+//! every `interval` and skips a tick while the previous run is still going; so do we. Output is
+//! discarded.
+//!
+//! # Weights (keepalived.conf(5), `vrrp_instance`, and `vrrp_track.c`)
+//!
+//! * weight 0: "go to FAULT state if any of these go down if unweighted";
+//! * weight > 0: "its priority will be increased by the weight when the interface is up (for
+//!   positive weights)";
+//! * weight < 0: "or decreased by the weight's absolute value when the interface is down (for
+//!   negative weights)". `track_script`: "The same principle as track_interface can be
+//!   applied to track_script entries, except that an unspecified weight means that the default
+//!   weight declared in the script will be used (which itself defaults to 0)". So a script's
+//!   weight comes from its `track_script` entry when given, else from its `vrrp_script`.
+//! * While a script has not reported yet (init state), keepalived's
+//!   `initialise_track_script_state` applies no weight, and an unweighted one holds the
+//!   instance in INIT (`num_script_init`) rather than Fault: [`Aggregate::pending`]. The FSM
+//!   has no such hold, so the runtime should delay [`Input::Startup`] while it is true; each
+//!   run ends within `timeout` plus [`KILL_GRACE`](super::notify::KILL_GRACE), so it clears.
+//! * The instance's own `interface` is tracked unweighted, as keepalived does unless
+//!   `dont_track_primary` ("Ignore VRRP interface faults (default unset)"), which the
+//!   configuration does not offer.
+//! * Sync-group members: "any track scripts/files configured against member VRRP instances
+//!   must have their tracking weights unset (i.e. equal to zero). Any trackers with a non-zero
+//!   priority will be ignored" (keepalived.conf(5), `vrrp_sync_group`). [`InstanceTracking`]
+//!   drops them (with a warning), which also keeps the FSM's `SyncGroup` from refusing a
+//!   non-zero [`Input::TrackWeight`].
+//!
+//! # Interfaces
+//!
+//! "Up" is `IFF_UP && IFF_RUNNING` from `SIOCGIFFLAGS` on a socket created by
+//! [`spawn_interfaces`], so in the network namespace of the thread that called it. A missing
+//! interface is down. The flags are polled every [`LINK_POLL`]: N ioctls per 100 ms cost
+//! nothing, a missed netlink notification (ENOBUFS on a busy link table) cannot leave a stale
+//! state behind, and 100 ms is far below the 3 s a VRRPv2 backup waits (keepalived itself
+//! offers `linkbeat_use_polling`). The first poll reports every interface; later ones only
+//! changes (rise = fall = 1, keepalived's behaviour without `interface_up_down_delays`).
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt, io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::MissedTickBehavior,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    fsm::Input,
+    notify::{run_command, LogLimit, RunOutcome, ScriptUser, UserError, LOG_EVERY},
+};
+use crate::config::{
+    vrrp::{check_script_safety, VrrpInstance, VrrpScript},
+    Config,
+};
+
+/// How often interface flags are read.
+pub const LINK_POLL: Duration = Duration::from_millis(100);
+/// Confirmed changes waiting for the consumer; a full channel only holds up the probe that
+/// wants to send.
+pub const EVENT_QUEUE_LEN: usize = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Rise/fall: the pure decision
+// ---------------------------------------------------------------------------------------------
+
+/// What is known about a tracked script or interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// No result yet (keepalived's init state).
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+/// Counts consecutive results and flips only after `rise` successes or `fall` failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiseFall {
+    rise: u32,
+    fall: u32,
+    status: Status,
+    /// Results in a row against the current status.
+    streak: u32,
+}
+
+impl RiseFall {
+    /// keepalived's default: the first result decides. `rise` and `fall` below 1 count as 1.
+    pub fn new(rise: u32, fall: u32) -> Self {
+        RiseFall {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            status: Status::Unknown,
+            streak: 0,
+        }
+    }
+
+    /// keepalived's `init_fail`: down until `rise` successes.
+    pub fn starting_down(rise: u32, fall: u32) -> Self {
+        RiseFall {
+            status: Status::Down,
+            ..RiseFall::new(rise, fall)
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Records one result; `Some(up)` when the status changed (including the first result).
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
+        let (threshold, flip) = match (self.status, ok) {
+            (Status::Unknown, _) => (1, true),
+            (Status::Up, true) | (Status::Down, false) => (0, false),
+            (Status::Up, false) => (self.fall, true),
+            (Status::Down, true) => (self.rise, true),
+        };
+        if !flip {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        if self.streak < threshold {
+            return None;
+        }
+        self.streak = 0;
+        self.status = if ok { Status::Up } else { Status::Down };
+        Some(ok)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+/// A tracked thing. Scripts and interfaces have separate name spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TrackKey {
+    Script(String),
+    Interface(String),
+}
+
+impl fmt::Display for TrackKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrackKey::Script(n) => write!(f, "script {n}"),
+            TrackKey::Interface(n) => write!(f, "interface {n}"),
+        }
+    }
+}
+
+/// A confirmed change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackEvent {
+    pub key: TrackKey,
+    pub up: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    #[error("vrrp_script {script:?}: {source}")]
+    User {
+        script: String,
+        #[source]
+        source: UserError,
+    },
+    /// keepalived's `enable_script_security`.
+    #[error("vrrp_script {script:?}: refusing to run as root: {reason}")]
+    UnsafeScript { script: String, reason: String },
+    #[error("vrrp_instance {instance:?}: track_script {script:?} has no vrrp_script")]
+    UnknownScript { instance: String, script: String },
+    #[error("interface tracking socket: {0}")]
+    Socket(#[source] io::Error),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Script probes
+// ---------------------------------------------------------------------------------------------
+
+/// A running `vrrp_script` probe; dropping it stops the probe (and kills a run in progress).
+#[derive(Debug)]
+pub struct ScriptTask {
+    script: VrrpScript,
+    user: ScriptUser,
+    status: watch::Receiver<Status>,
+    handle: JoinHandle<()>,
+}
+
+impl ScriptTask {
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+}
+
+impl Drop for ScriptTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Runs `script` as `user` every `interval`, in its own task, and sends its confirmed
+/// changes. The first run starts at once.
+pub fn spawn_script(
+    script: VrrpScript,
+    user: ScriptUser,
+    tx: mpsc::Sender<TrackEvent>,
+) -> ScriptTask {
+    let (status_tx, status) = watch::channel(Status::Unknown);
+    let handle = tokio::spawn(script_loop(script.clone(), user.clone(), tx, status_tx));
+    ScriptTask {
+        script,
+        user,
+        status,
+        handle,
+    }
+}
+
+async fn script_loop(
+    script: VrrpScript,
+    user: ScriptUser,
+    tx: mpsc::Sender<TrackEvent>,
+    status: watch::Sender<Status>,
+) {
+    let key = TrackKey::Script(script.name.clone());
+    let mut state = RiseFall::new(script.rise, script.fall);
+    let mut ticker = tokio::time::interval(script.interval);
+    // A run longer than the interval skips the ticks it covered (keepalived: "script still
+    // running").
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut trouble = LogLimit::new(LOG_EVERY);
+    loop {
+        ticker.tick().await;
+        let outcome = run_command(&script.command, &user, script.timeout).await;
+        let ok = outcome.success();
+        if !ok {
+            // A script that cannot run, or hangs, is a problem of its own; a plain non-zero
+            // exit is the script doing its job.
+            if matches!(outcome, RunOutcome::SpawnFailed(_) | RunOutcome::TimedOut) {
+                if let Some(suppressed) = trouble.allow() {
+                    warn!(script = %script.name, suppressed, "vrrp_script {}: {outcome}", script.name);
+                }
+            } else {
+                debug!(script = %script.name, "vrrp_script {}: {outcome}", script.name);
+            }
+        }
+        if let Some(up) = state.record(ok) {
+            if up {
+                info!(script = %script.name, "vrrp_script {} succeeded", script.name);
+            } else {
+                warn!(script = %script.name, "vrrp_script {} failed ({outcome})", script.name);
+            }
+            status.send_replace(state.status());
+            if tx
+                .send(TrackEvent {
+                    key: key.clone(),
+                    up,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interface probes
+// ---------------------------------------------------------------------------------------------
+
+/// Reads interface flags with SIOCGIFFLAGS.
+#[derive(Debug)]
+pub struct LinkProbe {
+    sock: OwnedFd,
+}
+
+impl LinkProbe {
+    /// A socket in the calling thread's network namespace.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: socket(2) has no memory preconditions.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+        Ok(LinkProbe {
+            sock: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Whether `name` is up and running; a missing interface is down.
+    pub fn is_up(&self, name: &str) -> io::Result<bool> {
+        // SAFETY: ifreq is plain old data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a valid interface name",
+            ));
+        }
+        for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: req is a valid ifreq that SIOCGIFFLAGS reads the name from and writes the
+        // flags into.
+        if unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENODEV | libc::ENXIO) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags });
+        let want = libc::IFF_UP | libc::IFF_RUNNING;
+        Ok(flags & want == want)
+    }
+}
+
+/// The interface poller; dropping it stops the polling.
+#[derive(Debug)]
+pub struct InterfaceTask {
+    names: BTreeSet<String>,
+    status: watch::Receiver<HashMap<String, Status>>,
+    handle: JoinHandle<()>,
+}
+
+impl InterfaceTask {
+    pub fn status(&self) -> HashMap<String, Status> {
+        self.status.borrow().clone()
+    }
+}
+
+impl Drop for InterfaceTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Polls `names` every `period` and sends confirmed changes (the first poll reports all).
+pub fn spawn_interfaces(
+    names: impl IntoIterator<Item = String>,
+    period: Duration,
+    tx: mpsc::Sender<TrackEvent>,
+) -> io::Result<InterfaceTask> {
+    let names: BTreeSet<String> = names.into_iter().collect();
+    let probe = LinkProbe::new()?;
+    let (status_tx, status) = watch::channel(HashMap::new());
+    let handle = tokio::spawn(interface_loop(probe, names.clone(), period, tx, status_tx));
+    Ok(InterfaceTask {
+        names,
+        status,
+        handle,
+    })
+}
+
+async fn interface_loop(
+    probe: LinkProbe,
+    names: BTreeSet<String>,
+    period: Duration,
+    tx: mpsc::Sender<TrackEvent>,
+    status: watch::Sender<HashMap<String, Status>>,
+) {
+    let mut states: Vec<(String, RiseFall, LogLimit)> = names
+        .into_iter()
+        .map(|n| (n, RiseFall::new(1, 1), LogLimit::new(LOG_EVERY)))
+        .collect();
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut changes = Vec::new();
+        for (name, state, log) in &mut states {
+            let up = probe.is_up(name).unwrap_or_else(|e| {
+                if let Some(suppressed) = log.allow() {
+                    warn!(interface = %name, suppressed, "track_interface {name}: {e}; counted as down");
+                }
+                false
+            });
+            if let Some(up) = state.record(up) {
+                if up {
+                    info!(interface = %name, "track_interface {name} is up");
+                } else {
+                    warn!(interface = %name, "track_interface {name} is down");
+                }
+                changes.push(TrackEvent {
+                    key: TrackKey::Interface(name.clone()),
+                    up,
+                });
+            }
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        status.send_replace(
+            states
+                .iter()
+                .map(|(n, s, _)| (n.clone(), s.status()))
+                .collect(),
+        );
+        for change in changes {
+            if tx.send(change).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// All probes of a configuration
+// ---------------------------------------------------------------------------------------------
+
+/// The user a `vrrp_script` runs as: its own `user`, else `global_defs.script_user`, else root.
+/// With `enable_script_security` (on unless false), a script run as root must not be
+/// replaceable by anyone else ([`check_script_safety`]).
+fn script_spec(config: &Config, script: &VrrpScript) -> Result<ScriptUser, TrackError> {
+    let name = script
+        .user
+        .as_deref()
+        .or(config.global_defs.script_user.as_deref());
+    let user = ScriptUser::resolve(name).map_err(|source| TrackError::User {
+        script: script.name.clone(),
+        source,
+    })?;
+    if user.is_root() && config.global_defs.enable_script_security != Some(false) {
+        if let Some(program) = script.command.first() {
+            check_script_safety(Path::new(program)).map_err(|reason| TrackError::UnsafeScript {
+                script: script.name.clone(),
+                reason,
+            })?;
+        }
+    }
+    Ok(user)
+}
+
+/// Every probe a configuration needs: the `vrrp_script`s some instance tracks (keepalived runs
+/// no others) and one poller for the tracked and primary interfaces. Dropping it stops them.
+#[derive(Debug)]
+pub struct TrackTasks {
+    scripts: HashMap<String, ScriptTask>,
+    interfaces: Option<InterfaceTask>,
+    tx: mpsc::Sender<TrackEvent>,
+}
+
+impl TrackTasks {
+    /// Needs a Tokio runtime. Resolves every script user first, so an error starts nothing.
+    pub fn start(config: &Config, tx: mpsc::Sender<TrackEvent>) -> Result<Self, TrackError> {
+        let mut tasks = TrackTasks {
+            scripts: HashMap::new(),
+            interfaces: None,
+            tx,
+        };
+        tasks.reload(config)?;
+        Ok(tasks)
+    }
+
+    /// Applies a new configuration. An unchanged script (same definition and user) keeps
+    /// running with its state; a changed one restarts from its init state. On error nothing
+    /// changes. Events of stopped probes may still be queued; a new [`Tracking`] seeded with
+    /// [`TrackTasks::snapshot`] gets them right again at the probes' next results.
+    pub fn reload(&mut self, config: &Config) -> Result<(), TrackError> {
+        let keys = Tracking::new(config)?.keys();
+        let mut wanted = HashMap::new();
+        for key in &keys {
+            if let TrackKey::Script(name) = key {
+                // Tracking::new has checked that it exists.
+                if let Some(script) = config.vrrp_scripts.iter().find(|s| &s.name == name) {
+                    wanted.insert(name.clone(), (script.clone(), script_spec(config, script)?));
+                }
+            }
+        }
+        let names: BTreeSet<String> = keys
+            .iter()
+            .filter_map(|k| match k {
+                TrackKey::Interface(n) => Some(n.clone()),
+                TrackKey::Script(_) => None,
+            })
+            .collect();
+        let keep = matches!(&self.interfaces, Some(task) if task.names == names);
+        let fresh = if names.is_empty() || keep {
+            None
+        } else {
+            Some(
+                spawn_interfaces(names.clone(), LINK_POLL, self.tx.clone())
+                    .map_err(TrackError::Socket)?,
+            )
+        };
+        // Nothing can fail from here on.
+        if names.is_empty() {
+            self.interfaces = None;
+        } else if let Some(task) = fresh {
+            self.interfaces = Some(task);
+        }
+        self.scripts.retain(|name, task| {
+            wanted
+                .get(name)
+                .is_some_and(|(s, u)| *s == task.script && *u == task.user)
+        });
+        for (name, (script, user)) in wanted {
+            if !self.scripts.contains_key(&name) {
+                let task = spawn_script(script, user, self.tx.clone());
+                self.scripts.insert(name, task);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current status of every probe.
+    pub fn snapshot(&self) -> HashMap<TrackKey, Status> {
+        let mut out: HashMap<TrackKey, Status> = self
+            .scripts
+            .iter()
+            .map(|(n, t)| (TrackKey::Script(n.clone()), t.status()))
+            .collect();
+        if let Some(task) = &self.interfaces {
+            out.extend(
+                task.status()
+                    .into_iter()
+                    .map(|(n, s)| (TrackKey::Interface(n), s)),
+            );
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregation: the pure per-instance decision
+// ---------------------------------------------------------------------------------------------
+
+/// One tracked thing of an instance and its effective weight (0 = Fault while down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackEntry {
+    pub key: TrackKey,
+    pub weight: i32,
+}
+
+/// What an instance's tracked things add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    /// For [`Input::TrackWeight`].
+    pub weight: i32,
+    /// For [`Input::SetFault`]: an unweighted thing is down.
+    pub fault: bool,
+    /// An unweighted thing has not reported yet: hold [`Input::Startup`].
+    pub pending: bool,
+}
+
+/// keepalived's sign rules over `entries`, with `status` giving each one's state.
+pub fn aggregate(entries: &[TrackEntry], status: impl Fn(&TrackKey) -> Status) -> Aggregate {
+    let mut out = Aggregate::default();
+    for entry in entries {
+        match (entry.weight, status(&entry.key)) {
+            (0, Status::Down) => out.fault = true,
+            (0, Status::Unknown) => out.pending = true,
+            (w, Status::Up) if w > 0 => out.weight += w,
+            (w, Status::Down) if w < 0 => out.weight += w,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One instance's tracked things, their last known state, and what the FSM was last told.
+#[derive(Debug, Clone)]
+pub struct InstanceTracking {
+    name: String,
+    entries: Vec<TrackEntry>,
+    status: HashMap<TrackKey, Status>,
+    /// What the FSM holds: it starts with weight 0 and no fault.
+    sent: (i32, bool),
+}
+
+impl InstanceTracking {
+    pub fn new(name: impl Into<String>, entries: Vec<TrackEntry>) -> Self {
+        InstanceTracking {
+            name: name.into(),
+            entries,
+            status: HashMap::new(),
+            sent: (0, false),
+        }
+    }
+
+    /// The instance's primary interface (unweighted), its `track_interface`s (unweighted unless
+    /// given a weight) and its `track_script`s (the entry's weight, else the script's). In a
+    /// sync group, weighted entries are ignored, as keepalived does.
+    pub fn for_instance(
+        instance: &VrrpInstance,
+        scripts: &[VrrpScript],
+        in_sync_group: bool,
+    ) -> Result<Self, TrackError> {
+        let mut entries = vec![TrackEntry {
+            key: TrackKey::Interface(instance.interface.clone()),
+            weight: 0,
+        }];
+        for t in &instance.track_interface {
+            entries.push(TrackEntry {
+                key: TrackKey::Interface(t.name.clone()),
+                weight: t.weight.unwrap_or(0),
+            });
+        }
+        for t in &instance.track_script {
+            let script = scripts.iter().find(|s| s.name == t.name).ok_or_else(|| {
+                TrackError::UnknownScript {
+                    instance: instance.name.clone(),
+                    script: t.name.clone(),
+                }
+            })?;
+            entries.push(TrackEntry {
+                key: TrackKey::Script(t.name.clone()),
+                weight: t.weight.unwrap_or(script.weight),
+            });
+        }
+        if in_sync_group {
+            entries.retain(|e| {
+                if e.weight != 0 {
+                    warn!(
+                        instance = %instance.name,
+                        "{}: weight {} ignored: vrrp_sync_group members track without weights",
+                        e.key, e.weight
+                    );
+                }
+                e.weight == 0
+            });
+        }
+        Ok(InstanceTracking::new(instance.name.clone(), entries))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn entries(&self) -> &[TrackEntry] {
+        &self.entries
+    }
+
+    pub fn tracks(&self, key: &TrackKey) -> bool {
+        self.entries.iter().any(|e| &e.key == key)
+    }
+
+    pub fn status(&self, key: &TrackKey) -> Status {
+        self.status.get(key).copied().unwrap_or_default()
+    }
+
+    pub fn aggregate(&self) -> Aggregate {
+        aggregate(&self.entries, |k| self.status(k))
+    }
+
+    /// Whether [`Input::Startup`] should wait (see [`Aggregate::pending`]).
+    pub fn pending(&self) -> bool {
+        self.aggregate().pending
+    }
+
+    /// Takes the probes' current states (after a reload, say); returns nothing by itself:
+    /// call [`InstanceTracking::inputs`].
+    pub fn seed(&mut self, snapshot: &HashMap<TrackKey, Status>) {
+        for entry in &self.entries {
+            if let Some(s) = snapshot.get(&entry.key) {
+                self.status.insert(entry.key.clone(), *s);
+            }
+        }
+    }
+
+    /// Records a confirmed change and returns the FSM inputs it calls for.
+    pub fn set(&mut self, key: &TrackKey, up: bool) -> Vec<Input> {
+        if !self.tracks(key) {
+            return Vec::new();
+        }
+        let status = if up { Status::Up } else { Status::Down };
+        self.status.insert(key.clone(), status);
+        self.inputs()
+    }
+
+    /// The inputs that bring the FSM to the current aggregate: the weight first, so an
+    /// instance leaving Fault does so with its final priority.
+    pub fn inputs(&mut self) -> Vec<Input> {
+        let now = self.aggregate();
+        let mut out = Vec::new();
+        if now.weight != self.sent.0 {
+            out.push(Input::TrackWeight(now.weight));
+        }
+        if now.fault != self.sent.1 {
+            out.push(Input::SetFault(now.fault));
+        }
+        self.sent = (now.weight, now.fault);
+        out
+    }
+}
+
+/// The [`InstanceTracking`] of every instance of a configuration.
+#[derive(Debug, Clone)]
+pub struct Tracking {
+    instances: Vec<InstanceTracking>,
+}
+
+impl Tracking {
+    pub fn new(config: &Config) -> Result<Self, TrackError> {
+        let grouped: BTreeSet<&str> = config
+            .sync_groups
+            .iter()
+            .flat_map(|g| g.members.iter().map(String::as_str))
+            .collect();
+        let instances = config
+            .vrrp_instances
+            .iter()
+            .map(|i| {
+                InstanceTracking::for_instance(
+                    i,
+                    &config.vrrp_scripts,
+                    grouped.contains(i.name.as_str()),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Tracking { instances })
+    }
+
+    /// Everything some instance tracks: what the probes must watch.
+    pub fn keys(&self) -> BTreeSet<TrackKey> {
+        self.instances
+            .iter()
+            .flat_map(|i| i.entries.iter().map(|e| e.key.clone()))
+            .collect()
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&InstanceTracking> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    pub fn instances(&self) -> &[InstanceTracking] {
+        &self.instances
+    }
+
+    pub fn seed(&mut self, snapshot: &HashMap<TrackKey, Status>) {
+        for i in &mut self.instances {
+            i.seed(snapshot);
+        }
+    }
+
+    /// The inputs every instance needs now, e.g. before start-up.
+    pub fn inputs(&mut self) -> Vec<(String, Input)> {
+        self.instances
+            .iter_mut()
+            .flat_map(|i| {
+                let name = i.name.clone();
+                i.inputs()
+                    .into_iter()
+                    .map(move |input| (name.clone(), input))
+            })
+            .collect()
+    }
+
+    /// Applies a confirmed change; returns `(instance name, input)` pairs in order.
+    pub fn on_event(&mut self, event: &TrackEvent) -> Vec<(String, Input)> {
+        self.instances
+            .iter_mut()
+            .flat_map(|i| {
+                let name = i.name.clone();
+                i.set(&event.key, event.up)
+                    .into_iter()
+                    .map(move |input| (name.clone(), input))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::super::notify::test_util::{eventually, privileged, TempDir};
+    use super::*;
+    use crate::config::vrrp::Tracked;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn script(name: &str, weight: i32) -> VrrpScript {
+        VrrpScript {
+            name: name.into(),
+            command: vec!["/bin/true".into()],
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(5),
+            weight,
+            rise: 1,
+            fall: 1,
+            user: None,
+        }
+    }
+
+    fn key_s(n: &str) -> TrackKey {
+        TrackKey::Script(n.into())
+    }
+    fn key_i(n: &str) -> TrackKey {
+        TrackKey::Interface(n.into())
+    }
+
+    #[test]
+    fn first_result_decides() {
+        let mut rf = RiseFall::new(3, 3);
+        assert_eq!(rf.status(), Status::Unknown);
+        assert_eq!(rf.record(true), Some(true));
+        assert_eq!(rf.status(), Status::Up);
+        let mut rf = RiseFall::new(3, 3);
+        assert_eq!(rf.record(false), Some(false));
+        assert_eq!(rf.status(), Status::Down);
+    }
+
+    #[test]
+    fn rise_and_fall_count_runs() {
+        let mut rf = RiseFall::new(2, 3);
+        rf.record(true);
+        // fall = 3: two failures are not enough, and a success resets the run.
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(false), Some(false));
+        assert_eq!(rf.status(), Status::Down);
+        assert_eq!(rf.record(false), None);
+        // rise = 2, reset by a failure.
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(true), Some(true));
+        assert_eq!(rf.record(true), None);
+        // rise = fall = 1 follows every result.
+        let mut rf = RiseFall::new(0, 1);
+        assert_eq!(
+            [true, false, false, true].map(|ok| rf.record(ok)),
+            [Some(true), Some(false), None, Some(true)]
+        );
+    }
+
+    #[test]
+    fn init_fail_needs_rise_successes() {
+        let mut rf = RiseFall::starting_down(3, 1);
+        assert_eq!(rf.status(), Status::Down);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(true), Some(true));
+    }
+
+    #[test]
+    fn weight_signs() {
+        let entries = vec![
+            TrackEntry {
+                key: key_s("plus"),
+                weight: 10,
+            },
+            TrackEntry {
+                key: key_s("minus"),
+                weight: -20,
+            },
+            TrackEntry {
+                key: key_i("eth1"),
+                weight: 0,
+            },
+        ];
+        let agg = |plus, minus, eth1| {
+            aggregate(&entries, |k| match k {
+                TrackKey::Script(n) if n == "plus" => plus,
+                TrackKey::Script(_) => minus,
+                TrackKey::Interface(_) => eth1,
+            })
+        };
+        use Status::*;
+        // Positive: added while it SUCCEEDS. Negative: added while it FAILS.
+        assert_eq!(
+            agg(Up, Up, Up),
+            Aggregate {
+                weight: 10,
+                fault: false,
+                pending: false
+            }
+        );
+        assert_eq!(agg(Down, Up, Up).weight, 0);
+        assert_eq!(agg(Up, Down, Up).weight, -10);
+        assert_eq!(agg(Down, Down, Up).weight, -20);
+        // Unweighted: Fault while down, nothing to the weight.
+        assert_eq!(
+            agg(Up, Up, Down),
+            Aggregate {
+                weight: 10,
+                fault: true,
+                pending: false
+            }
+        );
+        // Not reported yet: no weight either way; unweighted holds start-up.
+        assert_eq!(
+            agg(Unknown, Unknown, Unknown),
+            Aggregate {
+                weight: 0,
+                fault: false,
+                pending: true
+            }
+        );
+        assert_eq!(agg(Unknown, Unknown, Up), Aggregate::default());
+    }
+
+    fn instance(track_script: Vec<Tracked>, track_interface: Vec<Tracked>) -> VrrpInstance {
+        let text = r#"
+[dataplane]
+interface = "eth0"
+
+[[vrrp_script]]
+name = "chk"
+script = "/bin/true"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 1
+priority = 100
+virtual_ipaddress = ["192.0.2.1"]
+
+[[virtual_server]]
+ip = "192.0.2.1"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+"#;
+        let mut c = Config::parse(Path::new("t.toml"), text).unwrap();
+        let mut i = c.vrrp_instances.remove(0);
+        i.track_script = track_script;
+        i.track_interface = track_interface;
+        i
+    }
+
+    fn tracked(name: &str, weight: Option<i32>) -> Tracked {
+        Tracked {
+            name: name.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn weight_precedence_and_primary_interface() {
+        let scripts = [script("a", -30), script("b", 0), script("c", 5)];
+        let inst = instance(
+            vec![
+                tracked("a", None),
+                tracked("b", None),
+                tracked("c", Some(-7)),
+            ],
+            vec![tracked("eth1", None), tracked("eth2", Some(15))],
+        );
+        let t = InstanceTracking::for_instance(&inst, &scripts, false).unwrap();
+        assert_eq!(
+            t.entries(),
+            [
+                TrackEntry {
+                    key: key_i("eth0"),
+                    weight: 0
+                },
+                TrackEntry {
+                    key: key_i("eth1"),
+                    weight: 0
+                },
+                TrackEntry {
+                    key: key_i("eth2"),
+                    weight: 15
+                },
+                // The script's weight when the entry gives none...
+                TrackEntry {
+                    key: key_s("a"),
+                    weight: -30
+                },
+                TrackEntry {
+                    key: key_s("b"),
+                    weight: 0
+                },
+                // ...the entry's when it does.
+                TrackEntry {
+                    key: key_s("c"),
+                    weight: -7
+                },
+            ]
+        );
+        // Sync-group members keep only unweighted entries.
+        let g = InstanceTracking::for_instance(&inst, &scripts, true).unwrap();
+        assert!(g.entries().iter().all(|e| e.weight == 0));
+        assert_eq!(g.entries().len(), 3);
+        // A track_script without a vrrp_script is an error.
+        let bad = instance(vec![tracked("zz", None)], vec![]);
+        assert!(matches!(
+            InstanceTracking::for_instance(&bad, &scripts, false),
+            Err(TrackError::UnknownScript { .. })
+        ));
+    }
+
+    #[test]
+    fn inputs_only_on_change_weight_first() {
+        let mut t = InstanceTracking::new(
+            "VI_1",
+            vec![
+                TrackEntry {
+                    key: key_i("eth0"),
+                    weight: 0,
+                },
+                TrackEntry {
+                    key: key_s("chk"),
+                    weight: 0,
+                },
+                TrackEntry {
+                    key: key_s("w"),
+                    weight: -20,
+                },
+                TrackEntry {
+                    key: key_s("p"),
+                    weight: 5,
+                },
+            ],
+        );
+        assert!(t.pending());
+        assert_eq!(t.inputs(), []);
+        assert_eq!(t.set(&key_i("eth0"), true), []);
+        assert_eq!(t.set(&key_s("chk"), true), []);
+        assert!(!t.pending());
+        assert_eq!(t.set(&key_s("p"), true), [Input::TrackWeight(5)]);
+        assert_eq!(t.set(&key_s("p"), true), []);
+        assert_eq!(t.set(&key_s("w"), false), [Input::TrackWeight(-15)]);
+        assert_eq!(t.set(&key_s("chk"), false), [Input::SetFault(true)]);
+        assert_eq!(t.set(&key_i("eth0"), false), []);
+        assert_eq!(t.set(&key_s("chk"), true), []);
+        assert_eq!(t.set(&key_s("w"), true), [Input::TrackWeight(5)]);
+        // Both change at once: the weight first, then leaving Fault.
+        let mut snapshot = HashMap::new();
+        snapshot.insert(key_i("eth0"), Status::Up);
+        snapshot.insert(key_s("p"), Status::Down);
+        t.seed(&snapshot);
+        assert_eq!(t.inputs(), [Input::TrackWeight(0), Input::SetFault(false)]);
+        // Not ours: nothing.
+        assert_eq!(t.set(&key_s("other"), false), []);
+    }
+
+    #[test]
+    fn tracking_routes_events_to_instances() {
+        let text = r#"
+[global_defs]
+enable_script_security = false
+
+[dataplane]
+interface = "eth0"
+
+[[vrrp_script]]
+name = "chk"
+script = "/bin/true"
+weight = -10
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 1
+priority = 100
+virtual_ipaddress = ["192.0.2.1"]
+track_script = ["chk"]
+
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth1"
+virtual_router_id = 2
+priority = 100
+virtual_ipaddress = ["192.0.2.2"]
+track_script = ["chk"]
+
+[[vrrp_sync_group]]
+name = "G"
+group = ["VI_2"]
+
+[[virtual_server]]
+ip = "192.0.2.1"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+
+[[virtual_server]]
+ip = "192.0.2.2"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+"#;
+        let c = Config::parse(Path::new("t.toml"), text).unwrap();
+        let mut t = Tracking::new(&c).unwrap();
+        assert_eq!(
+            t.keys(),
+            [key_i("eth0"), key_i("eth1"), key_s("chk")]
+                .into_iter()
+                .collect()
+        );
+        // VI_2 is in a sync group: its weighted script is ignored.
+        assert_eq!(
+            t.on_event(&TrackEvent {
+                key: key_s("chk"),
+                up: false
+            }),
+            [("VI_1".to_string(), Input::TrackWeight(-10))]
+        );
+        assert_eq!(
+            t.on_event(&TrackEvent {
+                key: key_i("eth1"),
+                up: false
+            }),
+            [("VI_2".to_string(), Input::SetFault(true))]
+        );
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<TrackEvent>) -> TrackEvent {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("no event in time")
+            .expect("channel closed")
+    }
+
+    #[tokio::test]
+    async fn script_probe_reports_confirmed_changes() {
+        let dir = TempDir::new("track-script");
+        let flag = dir.path().join("ok");
+        let log = dir.path().join("runs");
+        // Succeeds while the flag file exists, and logs each result before exiting.
+        let path = dir.script(
+            "chk.sh",
+            &format!(
+                "if test -e {flag}; then echo ok >> {log}; exit 0; fi\necho fail >> {log}; exit 1",
+                flag = flag.display(),
+                log = log.display()
+            ),
+        );
+        std::fs::write(&flag, "").unwrap();
+        let mut s = script("chk", 0);
+        s.command = vec![path.display().to_string()];
+        s.rise = 2;
+        s.fall = 3;
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = spawn_script(s, ScriptUser::current(), tx);
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("chk"),
+                up: true
+            }
+        );
+        assert_eq!(task.status(), Status::Up);
+        // How many results of a kind the log ends with (runs go on after an event, but only
+        // add to that run).
+        let tail = |kind: &str| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines().rev().take_while(|l| *l == kind).count()
+        };
+        std::fs::remove_file(&flag).unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("chk"),
+                up: false
+            }
+        );
+        assert!(tail("fail") >= 3, "fell after {} failures", tail("fail"));
+        std::fs::write(&flag, "").unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("chk"),
+                up: true
+            }
+        );
+        assert!(tail("ok") >= 2, "rose after {} successes", tail("ok"));
+        assert_eq!(task.status(), Status::Up);
+    }
+
+    #[tokio::test]
+    async fn unstartable_or_hung_script_fails() {
+        let dir = TempDir::new("track-fail");
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut missing = script("missing", 0);
+        missing.command = vec![dir.path().join("nope.sh").display().to_string()];
+        let _a = spawn_script(missing, ScriptUser::current(), tx.clone());
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("missing"),
+                up: false
+            }
+        );
+
+        let hang = dir.script("hang.sh", "exec sleep 1000");
+        let mut hung = script("hung", 0);
+        hung.command = vec![hang.display().to_string()];
+        hung.timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let _b = spawn_script(hung, ScriptUser::current(), tx);
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("hung"),
+                up: false
+            }
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn script_runs_as_its_user() {
+        if !privileged("vrrp::track::script_runs_as_its_user") {
+            return;
+        }
+        let nobody = ScriptUser::lookup("nobody").unwrap();
+        let dir = TempDir::new("track-user");
+        let path = dir.script("me.sh", &format!("test \"$(id -u)\" = {}", nobody.uid()));
+        let mut s = script("me", 0);
+        s.command = vec![path.display().to_string()];
+        let (tx, mut rx) = mpsc::channel(8);
+        let _t = spawn_script(s.clone(), nobody, tx.clone());
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("me"),
+                up: true
+            }
+        );
+        // The same script as root fails its test.
+        s.name = "root".into();
+        let _r = spawn_script(s, ScriptUser::root(), tx);
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: key_s("root"),
+                up: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn interfaces_are_polled() {
+        let probe = LinkProbe::new().unwrap();
+        assert!(!probe.is_up("lbnosuch0").unwrap());
+        assert!(probe.is_up("").is_err());
+        assert!(probe.is_up("a-name-far-too-long-for-linux").is_err());
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = spawn_interfaces(
+            ["lo".to_string(), "lbnosuch0".to_string()],
+            Duration::from_millis(20),
+            tx,
+        )
+        .unwrap();
+        let mut got = vec![next(&mut rx).await, next(&mut rx).await];
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        // lo is up and running wherever the tests run; a missing interface is down.
+        assert_eq!(
+            got,
+            [
+                TrackEvent {
+                    key: key_i("lbnosuch0"),
+                    up: false
+                },
+                TrackEvent {
+                    key: key_i("lo"),
+                    up: probe.is_up("lo").unwrap()
+                },
+            ]
+        );
+        assert!(eventually(WAIT, || task.status().len() == 2).await);
+        // Nothing more while nothing changes.
+        assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv())
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn tasks_follow_the_configuration() {
+        let dir = TempDir::new("track-tasks");
+        let ok = dir.script("ok.sh", "exit 0");
+        let text = format!(
+            r#"
+[global_defs]
+enable_script_security = false
+
+[dataplane]
+interface = "lo"
+
+[[vrrp_script]]
+name = "chk"
+script = "{}"
+interval = 0.05
+
+[[vrrp_script]]
+name = "unused"
+script = "/nonexistent"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "lo"
+virtual_router_id = 1
+priority = 100
+virtual_ipaddress = ["192.0.2.1"]
+track_script = ["chk"]
+
+[[virtual_server]]
+ip = "192.0.2.1"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+"#,
+            ok.display()
+        );
+        // Scripts default to root, which only root can switch to.
+        if !privileged("vrrp::track::tasks_follow_the_configuration") {
+            return;
+        }
+        let mut c = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut tasks = TrackTasks::start(&c, tx).unwrap();
+        let mut tracking = Tracking::new(&c).unwrap();
+        // Only the tracked script runs; lo is polled.
+        let mut seen = BTreeSet::new();
+        while seen.len() < 2 {
+            let ev = next(&mut rx).await;
+            tracking.on_event(&ev);
+            seen.insert(ev.key);
+        }
+        assert_eq!(seen, [key_s("chk"), key_i("lo")].into_iter().collect());
+        assert!(!tracking.instances()[0].pending());
+        // An unchanged reload keeps the probe and its state.
+        tasks.reload(&c).unwrap();
+        assert_eq!(tasks.snapshot().get(&key_s("chk")), Some(&Status::Up));
+        let mut fresh = Tracking::new(&c).unwrap();
+        fresh.seed(&tasks.snapshot());
+        assert!(!fresh.instances()[0].pending());
+        // An unknown script user is refused and changes nothing.
+        c.global_defs.script_user = Some("lb-no-such-user-xyzzy".into());
+        assert!(matches!(tasks.reload(&c), Err(TrackError::User { .. })));
+        assert_eq!(tasks.snapshot().get(&key_s("chk")), Some(&Status::Up));
+    }
+}
