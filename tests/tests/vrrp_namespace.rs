@@ -441,3 +441,109 @@ fn sync_group_members_change_state_together() {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.read_stderr()));
 }
+
+/// A root-owned scratch directory outside /tmp (which is world-writable, so script security
+/// would refuse anything in it), removed on drop.
+struct ScriptDir(std::path::PathBuf);
+
+impl ScriptDir {
+    fn new(tag: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::path::PathBuf::from(format!("/run/lbtest-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ScriptDir(dir)
+    }
+
+    fn script(&self, name: &str, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.0.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for ScriptDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The seed's check_nginx.sh pattern: a failing track_script (weight 0) moves the instance
+/// to FAULT and the VIP to the peer; notify hooks run with keepalived's arguments and the
+/// same events reach a FIFO as JSON lines.
+#[test]
+fn failing_track_script_moves_the_vip_and_hooks_run() {
+    if !require_root("vrrp track_script") {
+        return;
+    }
+    let p = pair("vt");
+    let dir = ScriptDir::new(&unique_prefix("vt"));
+    let flag = dir.0.join("healthy");
+    std::fs::write(&flag, "").unwrap();
+    let check = dir.script("check.sh", &format!("test -e {}", flag.display()));
+    let log = dir.0.join("notify.log");
+    let hook = dir.script("notify.sh", &format!("echo \"$@\" >> {}", log.display()));
+    let fifo = dir.0.join("events.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A reader for the FIFO, so the daemon's event lines are not dropped.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap_or_default())
+    };
+    let n1 = format!(
+        "[[vrrp_script]]\nname = \"chk\"\nscript = \"{check}\"\ninterval = 0.1\nfall = 2\nrise = 2\n\n{}",
+        config("n1", 150, "0.1", &format!("track_script = [\"chk\"]\nnotify = \"{hook}\""))
+    )
+    .replace("vrrp_version = 3", &format!("vrrp_version = 3\nnotify_fifo = \"{}\"", fifo.display()));
+    let d1 = start(&p.nodes[0], &n1);
+    let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    std::fs::remove_file(&flag).unwrap();
+    wait_master(&p, 1, Duration::from_secs(5), &[&d1, &d2]);
+    std::fs::write(&flag, "").unwrap();
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    d1.signal(libc::SIGTERM).unwrap();
+    d1.wait_timeout(Duration::from_secs(5))
+        .unwrap()
+        .expect("exits");
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    let calls: Vec<&str> = calls.lines().collect();
+    // keepalived's generic notify: INSTANCE <name> <STATE> <priority>.
+    for want in [
+        "INSTANCE VI_1 BACKUP 150",
+        "INSTANCE VI_1 MASTER 150",
+        "INSTANCE VI_1 FAULT 150",
+        "INSTANCE VI_1 STOP 0",
+    ] {
+        assert!(
+            calls.contains(&want),
+            "{want:?} not in {calls:?}\n{}",
+            d1.read_stderr()
+        );
+    }
+    // If the daemon never opened the FIFO, the reader still waits in open(): a writer of
+    // our own (non-blocking, so it fails harmlessly once the reader is gone) releases it.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+    }
+    let events = reader.join().unwrap();
+    let states: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        states.iter().any(|s| s == "FAULT") && states.last().map(String::as_str) == Some("STOP"),
+        "{states:?}"
+    );
+}
