@@ -547,3 +547,43 @@ fn failing_track_script_moves_the_vip_and_hooks_run() {
         "{states:?}"
     );
 }
+
+/// track_interface: a tracked link going down is FAULT without a weight, and a priority
+/// change with one (150 - 60 = 90 < 100: the peer preempts).
+#[test]
+fn track_interface_fault_and_weight() {
+    if !require_root("vrrp track_interface") {
+        return;
+    }
+    for weighted in [false, true] {
+        let p = pair("vi");
+        // The tracked link: a veth pair inside n1 (this kernel has no dummy links).
+        p.nodes[0]
+            .ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"])
+            .unwrap();
+        p.nodes[0].ip(&["link", "set", "up0", "up"]).unwrap();
+        p.nodes[0].ip(&["link", "set", "up1", "up"]).unwrap();
+        let track = if weighted {
+            "track_interface = [{ name = \"up0\", weight = -60 }]"
+        } else {
+            "track_interface = [\"up0\"]"
+        };
+        let d1 = start(&p.nodes[0], &config("n1", 150, "0.1", track));
+        let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
+        wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+        p.nodes[0].ip(&["link", "set", "up1", "down"]).unwrap();
+        wait_master(&p, 1, Duration::from_secs(5), &[&d1, &d2]);
+        let want = if weighted {
+            "effective priority changed"
+        } else {
+            "to=FAULT"
+        };
+        assert!(
+            d1.read_stderr().contains(want),
+            "{want}:\n{}",
+            d1.read_stderr()
+        );
+        p.nodes[0].ip(&["link", "set", "up1", "up"]).unwrap();
+        wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    }
+}
