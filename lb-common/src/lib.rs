@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_SERVICES: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 /// Default per-service ring size: the Maglev table size M (a prime).
 pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default per-CPU flow cache slots, per family (see `FlowCache4`).
+pub const DEFAULT_FLOW_CACHE: u32 = 8192;
 /// Default size of the persistence-template table (LRU).
 pub const DEFAULT_MAX_PERSIST: u32 = 1 << 16;
 
@@ -44,6 +46,8 @@ pub mod names {
     pub const PERSIST4: &str = "PERSIST4";
     pub const PERSIST6: &str = "PERSIST6";
     pub const RR_STATE: &str = "RR_STATE";
+    pub const FLOW_CACHE4: &str = "FLOW_CACHE4";
+    pub const FLOW_CACHE6: &str = "FLOW_CACHE6";
     pub const CLOCK: &str = "CLOCK";
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
@@ -52,6 +56,8 @@ pub mod names {
     pub const GLOBAL_IFACE_MAC: &str = "IFACE_MAC";
     /// Global: the number of ring slots reserved per service.
     pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
+    /// Global: the slots of each flow cache (a power of two).
+    pub const GLOBAL_FLOW_CACHE_SIZE: &str = "FLOW_CACHE_SIZE";
 }
 
 /// Key of `SERVICES4`: (VIP, port, protocol). Port 0 means every port.
@@ -190,6 +196,26 @@ pub struct FlowValue {
     pub last_seen: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// A slot of `FLOW_CACHE4`, a per-CPU direct-mapped cache in front of `FLOWS4`. A hit is
+/// only a hint, validated like any flow (service active, not idle, backend still there);
+/// the LRU stays the source of truth and gets the flow's timestamp once a second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCache4 {
+    pub key: FlowKey4,
+    pub value: FlowValue,
+}
+const _: () = assert!(core::mem::size_of::<FlowCache4>() == 32);
+
+/// A slot of `FLOW_CACHE6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCache6 {
+    pub key: FlowKey6,
+    pub value: FlowValue,
+}
+const _: () = assert!(core::mem::size_of::<FlowCache6>() == 56);
 
 /// Key of `PERSIST4`.
 #[repr(C)]
@@ -332,6 +358,8 @@ mod user {
     unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for PersistKey4 {}
+    unsafe impl aya::Pod for FlowCache4 {}
+    unsafe impl aya::Pod for FlowCache6 {}
     unsafe impl aya::Pod for PersistKey6 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for ReasonCounters {}

@@ -5,7 +5,7 @@
 //! lookup by (VIP, port, protocol), then the scheduler. Each path is written once, generic
 //! over the address family, whose maps have keys of their own size.
 use aya_ebpf::{
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -14,7 +14,7 @@ use lb_common::{reason::*, *};
 use crate::{
     forward::rewrite_macs,
     maps::*,
-    parse::{self, L3, ETH_P_IP, ETH_P_IPV6},
+    parse::{self, ETH_P_IP, ETH_P_IPV6, L3},
     stats::{count_forward, may_log},
 };
 
@@ -33,6 +33,22 @@ trait Family {
     fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> Self::Flow;
     fn svc(dst: &[u32; 4], port: u16, proto: u8) -> Self::Svc;
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> Self::Persist;
+    type Cache: 'static;
+    fn cache() -> &'static PerCpuArray<Self::Cache>;
+    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue);
+    fn cache_fill(c: &mut Self::Cache, key: &Self::Flow, value: &FlowValue);
+    /// The flow's cache slot, before masking: cheap and well mixed.
+    fn slot(key: &Self::Flow) -> u32;
+    /// Key equality, written out so that it never becomes a call to `bcmp`.
+    fn same(a: &Self::Flow, b: &Self::Flow) -> bool;
+}
+
+/// Multiplicative mixing (Knuth), then the high half folded down: the low bits, which the
+/// cache mask keeps, depend on every input bit.
+#[inline(always)]
+fn mix(x: u32) -> u32 {
+    let h = x.wrapping_mul(0x9e37_79b1);
+    h ^ (h >> 16)
 }
 
 struct V4;
@@ -56,15 +72,59 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> FlowKey4 {
-        FlowKey4 { src: src[0], dst: dst[0], sport, dport, proto, _pad: [0; 3] }
+        FlowKey4 {
+            src: src[0],
+            dst: dst[0],
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
     }
     #[inline(always)]
     fn svc(dst: &[u32; 4], port: u16, proto: u8) -> ServiceKey4 {
-        ServiceKey4 { addr: dst[0], port, proto, _pad: 0 }
+        ServiceKey4 {
+            addr: dst[0],
+            port,
+            proto,
+            _pad: 0,
+        }
     }
     #[inline(always)]
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> PersistKey4 {
-        PersistKey4 { addr: src[0] & mask[0], service }
+        PersistKey4 {
+            addr: src[0] & mask[0],
+            service,
+        }
+    }
+    type Cache = FlowCache4;
+    #[inline(always)]
+    fn cache() -> &'static PerCpuArray<FlowCache4> {
+        &FLOW_CACHE4
+    }
+    #[inline(always)]
+    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue) {
+        (&c.key, &mut c.value)
+    }
+    #[inline(always)]
+    fn cache_fill(c: &mut FlowCache4, key: &FlowKey4, value: &FlowValue) {
+        c.key = *key;
+        c.value = *value;
+    }
+    #[inline(always)]
+    fn slot(k: &FlowKey4) -> u32 {
+        mix(k.src
+            ^ k.dst.rotate_left(11)
+            ^ (((k.sport as u32) << 16) | k.dport as u32)
+            ^ k.proto as u32)
+    }
+    #[inline(always)]
+    fn same(a: &FlowKey4, b: &FlowKey4) -> bool {
+        a.src == b.src
+            && a.dst == b.dst
+            && a.sport == b.sport
+            && a.dport == b.dport
+            && a.proto == b.proto
     }
 }
 
@@ -86,18 +146,69 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> FlowKey6 {
-        FlowKey6 { src: *src, dst: *dst, sport, dport, proto, _pad: [0; 3] }
+        FlowKey6 {
+            src: *src,
+            dst: *dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
     }
     #[inline(always)]
     fn svc(dst: &[u32; 4], port: u16, proto: u8) -> ServiceKey6 {
-        ServiceKey6 { addr: *dst, port, proto, _pad: 0 }
+        ServiceKey6 {
+            addr: *dst,
+            port,
+            proto,
+            _pad: 0,
+        }
     }
     #[inline(always)]
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> PersistKey6 {
         PersistKey6 {
-            addr: [src[0] & mask[0], src[1] & mask[1], src[2] & mask[2], src[3] & mask[3]],
+            addr: [
+                src[0] & mask[0],
+                src[1] & mask[1],
+                src[2] & mask[2],
+                src[3] & mask[3],
+            ],
             service,
         }
+    }
+    type Cache = FlowCache6;
+    #[inline(always)]
+    fn cache() -> &'static PerCpuArray<FlowCache6> {
+        &FLOW_CACHE6
+    }
+    #[inline(always)]
+    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue) {
+        (&c.key, &mut c.value)
+    }
+    #[inline(always)]
+    fn cache_fill(c: &mut FlowCache6, key: &FlowKey6, value: &FlowValue) {
+        c.key = *key;
+        c.value = *value;
+    }
+    #[inline(always)]
+    fn slot(k: &FlowKey6) -> u32 {
+        let s = k.src[0] ^ k.src[1] ^ k.src[2] ^ k.src[3];
+        let d = k.dst[0] ^ k.dst[1] ^ k.dst[2] ^ k.dst[3];
+        mix(s ^ d.rotate_left(11) ^ (((k.sport as u32) << 16) | k.dport as u32) ^ k.proto as u32)
+    }
+    #[inline(always)]
+    fn same(a: &FlowKey6, b: &FlowKey6) -> bool {
+        a.src[0] == b.src[0]
+            && a.src[1] == b.src[1]
+            && a.src[2] == b.src[2]
+            && a.src[3] == b.src[3]
+            && a.dst[0] == b.dst[0]
+            && a.dst[1] == b.dst[1]
+            && a.dst[2] == b.dst[2]
+            && a.dst[3] == b.dst[3]
+            && a.sport == b.sport
+            && a.dport == b.dport
+            && a.proto == b.proto
     }
 }
 
@@ -146,7 +257,9 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         if let Some(r) = established::<F>(ctx, &key, now, FWD_FRAGMENT) {
             return r;
         }
-        let svc = F::services().get_ptr(F::svc(&l3.dst, 0, l3.proto)).ok_or(PASS_NO_SERVICE)?;
+        let svc = F::services()
+            .get_ptr(F::svc(&l3.dst, 0, l3.proto))
+            .ok_or(PASS_NO_SERVICE)?;
         // SAFETY: the daemon replaces values whole (map update), never in place.
         let id = unsafe { (*svc).id };
         return new_flow::<F>(ctx, id, &key, l3, 0, now, FWD_FRAGMENT);
@@ -160,20 +273,17 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     new_flow::<F>(ctx, id, &key, l3, sport, now, FWD_NEW_FLOW)
 }
 
-/// The short path: a known flow of an active service, not idle too long, whose backend is
-/// still there. `None` sends the packet down the long path, which also decides every
-/// reason for not forwarding.
+/// The flow's slot in this CPU's cache, if the cache has one.
 #[inline(always)]
-fn established<F: Family>(
-    ctx: &XdpContext,
-    key: &F::Flow,
-    now: u32,
-    reason: u32,
-) -> Option<Result<u32, u32>> {
-    let entry = F::flows().get_ptr_mut(key)?;
-    // SAFETY: LRU values stay valid while the program runs (RCU); a concurrent update of the
-    // same flow from another CPU can at worst mix two choices for one packet, both live.
-    let e = unsafe { &mut *entry };
+fn cache_slot<F: Family>(key: &F::Flow) -> Option<*mut F::Cache> {
+    let mask = FLOW_CACHE_SIZE.load().wrapping_sub(1);
+    F::cache().get_ptr_mut(F::slot(key) & mask)
+}
+
+/// The backend a known flow may still use: its service active, not idle past the service's
+/// timeout, its backend present with the same generation.
+#[inline(always)]
+fn usable(e: &FlowValue, now: u32) -> Option<&'static BackendValue> {
     let svc = SERVICE_INFO.get(e.service)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return None;
@@ -181,15 +291,69 @@ fn established<F: Family>(
     if svc.idle_timeout_s != 0 && now.wrapping_sub(e.last_seen) > svc.idle_timeout_s {
         return None;
     }
-    let b = live_backend(e.backend, e.generation)?;
+    live_backend(e.backend, e.generation)
+}
+
+#[inline(always)]
+fn send_established(
+    ctx: &XdpContext,
+    b: &BackendValue,
+    e: &FlowValue,
+    reason: u32,
+) -> Result<u32, u32> {
+    rewrite_macs(ctx, &b.mac)?;
+    count_forward(ctx, e.service, e.backend, false);
+    Ok(reason)
+}
+
+/// The short path: a known flow of an active service, not idle too long, whose backend is
+/// still there. First this CPU's cache, then the flow table (which refills the cache).
+/// `None` sends the packet down the long path, which also decides every reason for not
+/// forwarding.
+#[inline(always)]
+fn established<F: Family>(
+    ctx: &XdpContext,
+    key: &F::Flow,
+    now: u32,
+    reason: u32,
+) -> Option<Result<u32, u32>> {
+    let cache = cache_slot::<F>(key);
+    if let Some(c) = cache {
+        // SAFETY: a per-CPU slot: only this CPU touches it while the program runs.
+        let (ckey, cval) = F::cache_parts(unsafe { &mut *c });
+        if F::same(ckey, key) {
+            if let Some(b) = usable(cval, now) {
+                if cval.last_seen != now {
+                    // Once a second, the table (the source of truth, and what other CPUs
+                    // see) learns that the flow is alive; if it evicted the flow, it gets
+                    // it back.
+                    cval.last_seen = now;
+                    let value = *cval;
+                    match F::flows().get_ptr_mut(key) {
+                        // SAFETY: as below.
+                        Some(e) => unsafe { (*e).last_seen = now },
+                        None => {
+                            let _ = F::flows().insert(key, &value, 0);
+                        }
+                    }
+                }
+                return Some(send_established(ctx, b, cval, reason));
+            }
+        }
+    }
+    let entry = F::flows().get_ptr_mut(key)?;
+    // SAFETY: LRU values stay valid while the program runs (RCU); a concurrent update of the
+    // same flow from another CPU can at worst mix two choices for one packet, both live.
+    let e = unsafe { &mut *entry };
+    let b = usable(e, now)?;
     if e.last_seen != now {
         e.last_seen = now;
     }
-    if let Err(r) = rewrite_macs(ctx, &b.mac) {
-        return Some(Err(r));
+    if let Some(c) = cache {
+        // SAFETY: per-CPU slot, as above.
+        F::cache_fill(unsafe { &mut *c }, key, e);
     }
-    count_forward(ctx, e.service, e.backend, false);
-    Some(Ok(reason))
+    Some(send_established(ctx, b, e, reason))
 }
 
 /// The service for (VIP, port, protocol), else the VIP's all-ports service.
@@ -221,9 +385,18 @@ fn new_flow<F: Family>(
         return Err(PASS_INACTIVE);
     }
     let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now)?;
-    let value = FlowValue { backend, generation: b.generation, service: id, last_seen: now };
+    let value = FlowValue {
+        backend,
+        generation: b.generation,
+        service: id,
+        last_seen: now,
+    };
     if F::flows().insert(key, &value, 0).is_err() && may_log() {
         warn!(ctx, "flow table insert failed for service {}", id);
+    }
+    if let Some(c) = cache_slot::<F>(key) {
+        // SAFETY: per-CPU slot, as in `established`.
+        F::cache_fill(unsafe { &mut *c }, key, &value);
     }
     rewrite_macs(ctx, &b.mac)?;
     count_forward(ctx, id, backend, true);
@@ -267,7 +440,11 @@ fn schedule<F: Family>(
     }
     let slot = match svc.sched {
         SCHED_SH | SCHED_MH => {
-            let port = if svc.flags & SVC_F_HASH_PORT != 0 { sport as u32 } else { 0 };
+            let port = if svc.flags & SVC_F_HASH_PORT != 0 {
+                sport as u32
+            } else {
+                0
+            };
             source_hash(&l3.src, port) % svc.ring_len
         }
         _ => {
@@ -293,7 +470,12 @@ fn schedule<F: Family>(
         return Err(map_error(ctx, svc.id, slot));
     }
     if persist {
-        let t = FlowValue { backend: id, generation: b.generation, service: svc.id, last_seen: now };
+        let t = FlowValue {
+            backend: id,
+            generation: b.generation,
+            service: svc.id,
+            last_seen: now,
+        };
         let _ = F::persist().insert(&pkey, &t, 0);
     }
     Ok((id, b))
@@ -302,7 +484,10 @@ fn schedule<F: Family>(
 #[inline(never)]
 fn map_error(ctx: &XdpContext, service: u32, slot: u32) -> u32 {
     if may_log() {
-        warn!(ctx, "service {}: ring slot {} names no usable backend", service, slot);
+        warn!(
+            ctx,
+            "service {}: ring slot {} names no usable backend", service, slot
+        );
     }
     PASS_MAP_ERROR
 }

@@ -28,6 +28,7 @@ pub fn small_options() -> LoadOptions {
         },
         max_flows: 4096,
         max_persist: 1024,
+        flow_cache: 256,
         iface_mac: LB_MAC,
     }
 }

@@ -840,3 +840,57 @@ fn map_inconsistency_is_passed_and_logged_at_a_limited_rate() {
     );
     assert!(got[0].contains("names no usable backend"), "{got:?}");
 }
+
+/// The per-CPU flow cache's slot for an IPv4 flow to VIP4:80 from CLIENT4, as lb.rs computes
+/// it (`V4::slot` then the mask): the test needs colliding flows.
+fn cache_slot_v4(sport: u16, size: u32) -> u32 {
+    let src = u32::from_ne_bytes(CLIENT4.octets());
+    let dst = u32::from_ne_bytes(VIP4.octets());
+    let ports = (u32::from(sport.to_be()) << 16) | u32::from(80u16.to_be());
+    let h = (src ^ dst.rotate_left(11) ^ ports ^ 6).wrapping_mul(0x9e37_79b1);
+    (h ^ (h >> 16)) & (size - 1)
+}
+
+#[test]
+fn flow_cache_collisions_and_write_through() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let size = small_options().flow_cache;
+    // More flows than cache slots: collisions evict each other, every flow keeps its
+    // backend all the same (the table behind the cache is the truth).
+    let flows: Vec<u16> = (20_000..20_000 + 2 * size as u16).collect();
+    let first: Vec<Option<usize>> = flows
+        .iter()
+        .map(|&p| check(&mut h, "new", &tcp4(p), FWD_NEW_FLOW))
+        .collect();
+    for (p, b) in flows.iter().zip(&first) {
+        assert_eq!(check(&mut h, "again", &tcp4(*p), FWD_ESTABLISHED), *b);
+    }
+    // Write-through: a flow seen (from the cache) at t=1290 tells the table, so after a
+    // colliding flow evicts it from the cache, the table still knows it was alive.
+    h.set_clock(1000).unwrap();
+    let a = 30_000u16;
+    let slot = cache_slot_v4(a, size);
+    let b = (30_001..40_000)
+        .find(|&p| cache_slot_v4(p, size) == slot)
+        .expect("a colliding port");
+    let ba = check(&mut h, "flow A", &tcp4(a), FWD_NEW_FLOW);
+    h.set_clock(1290).unwrap();
+    assert_eq!(
+        check(&mut h, "flow A from the cache", &tcp4(a), FWD_ESTABLISHED),
+        ba
+    );
+    check(
+        &mut h,
+        "flow B takes A's cache slot",
+        &tcp4(b),
+        FWD_NEW_FLOW,
+    );
+    // TCP's idle timeout is 900 s: 1290 + 800 is fresh only if the table got 1290.
+    h.set_clock(2090).unwrap();
+    assert_eq!(
+        check(&mut h, "flow A from the table", &tcp4(a), FWD_ESTABLISHED),
+        ba
+    );
+}

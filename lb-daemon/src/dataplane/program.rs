@@ -3,7 +3,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::{names, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST};
+use lb_common::{names, DEFAULT_FLOW_CACHE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST};
 
 use super::plan::Limits;
 
@@ -18,6 +18,8 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// Persistence templates (LRU).
     pub max_persist: u32,
+    /// Slots of each per-CPU flow cache; a power of two.
+    pub flow_cache: u32,
     /// The MAC of the interface the program will run on: the source of forwarded frames.
     pub iface_mac: [u8; 6],
 }
@@ -28,6 +30,7 @@ impl Default for LoadOptions {
             limits: Limits::default(),
             max_flows: DEFAULT_MAX_FLOWS,
             max_persist: DEFAULT_MAX_PERSIST,
+            flow_cache: DEFAULT_FLOW_CACHE,
             iface_mac: [0; 6],
         }
     }
@@ -52,6 +55,8 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("flow cache size {0} is not a power of two")]
+    FlowCacheSize(u32),
     #[error("ring size {ring_size} x {max_services} services does not fit a BPF array")]
     RingTooLarge { ring_size: u32, max_services: u32 },
 }
@@ -59,6 +64,9 @@ pub enum LoadError {
 /// Loads the program into the kernel (not attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     let l = opts.limits;
+    if !opts.flow_cache.is_power_of_two() {
+        return Err(LoadError::FlowCacheSize(opts.flow_cache));
+    }
     let rings = l
         .ring_size
         .checked_mul(l.max_services)
@@ -69,6 +77,9 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_IFACE_MAC, &opts.iface_mac, true)
         .override_global(names::GLOBAL_RING_SIZE, &l.ring_size, true)
+        .override_global(names::GLOBAL_FLOW_CACHE_SIZE, &opts.flow_cache, true)
+        .map_max_entries(names::FLOW_CACHE4, opts.flow_cache)
+        .map_max_entries(names::FLOW_CACHE6, opts.flow_cache)
         // Each family gets the full size: a deployment may be all IPv4 or all IPv6.
         .map_max_entries(names::FLOWS4, opts.max_flows)
         .map_max_entries(names::FLOWS6, opts.max_flows)
