@@ -297,7 +297,7 @@ pub async fn run_unit(
     for (i, m) in spec.members.iter().enumerate() {
         // A fault known before start-up makes the instance start in Fault.
         for input in &m.initial {
-            let out = machine.handle(i, input.clone(), now());
+            let out = machine.handle(i, *input, now());
             unit.apply(&mut machine, &mut addrs, out).await;
         }
         let out = machine.handle(i, Input::Startup, now());
