@@ -16,6 +16,7 @@
 
 use std::io;
 use std::mem;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
@@ -196,7 +197,7 @@ pub enum NetlinkError {
 }
 
 /// Display text of a kernel error: strerror plus the extended-ACK message.
-pub(crate) fn kernel_error_text(errno: &i32, message: &Option<String>) -> String {
+fn kernel_error_text(errno: &i32, message: &Option<String>) -> String {
     let base = format!(
         "kernel returned error: {}",
         io::Error::from_raw_os_error(*errno)
@@ -442,6 +443,32 @@ pub fn attr_string(value: &[u8]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// Split a protocol message's payload into its fixed-size family header (`what`:
+/// `struct ndmsg`, `struct ifaddrmsg`, ...) and the attributes that follow it.
+pub fn split_family_header<'a, const N: usize>(
+    payload: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a [u8; N], &'a [u8]), NetlinkError> {
+    payload
+        .split_first_chunk::<N>()
+        .ok_or(NetlinkError::Truncated {
+            what,
+            need: N,
+            have: payload.len(),
+        })
+}
+
+/// An address attribute (`NDA_DST`, `IFA_LOCAL`, ...) of an `AF_INET` (4 bytes) or
+/// `AF_INET6` (16 bytes) message. `None` when the length does not match the family,
+/// or for other families; callers turn that into their own error.
+pub fn decode_ip(family: u8, value: &[u8]) -> Option<IpAddr> {
+    match family {
+        AF_INET => <[u8; 4]>::try_from(value).ok().map(IpAddr::from),
+        AF_INET6 => <[u8; 16]>::try_from(value).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
 /// Iterator over netlink attributes (`struct nlattr` / `struct rtattr` TLVs).
 #[derive(Debug, Clone)]
 pub struct Attrs<'a> {
@@ -563,16 +590,8 @@ impl RouteSocket {
         self.send(&build(seq)).await?;
         loop {
             let len = self.recv().await?;
-            for item in messages(self.buf.get(..len).unwrap_or_default()) {
+            for item in replies(self.buf.get(..len).unwrap_or_default(), seq) {
                 let (header, payload) = item?;
-                if header.seq != seq {
-                    trace!(
-                        seq = header.seq,
-                        expected = seq,
-                        "dropping stale netlink reply"
-                    );
-                    continue;
-                }
                 match parse_control(&header, payload)? {
                     Some(Control::Ack) => {
                         self.in_flight = false;
@@ -609,16 +628,8 @@ impl RouteSocket {
             let mut interrupted = false;
             'receive: loop {
                 let len = self.recv().await?;
-                for item in messages(self.buf.get(..len).unwrap_or_default()) {
+                for item in replies(self.buf.get(..len).unwrap_or_default(), seq) {
                     let (header, payload) = item?;
-                    if header.seq != seq {
-                        trace!(
-                            seq = header.seq,
-                            expected = seq,
-                            "dropping stale netlink reply"
-                        );
-                        continue;
-                    }
                     interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
                     match parse_control(&header, payload)? {
                         Some(Control::Done) => break 'receive,
@@ -774,6 +785,25 @@ impl RouteSocket {
     }
 }
 
+/// The messages of one received datagram that answer request `seq` (framing errors
+/// included); replies to an earlier, abandoned request are dropped.
+fn replies(
+    buf: &[u8],
+    seq: u32,
+) -> impl Iterator<Item = Result<(NlHeader, &[u8]), NetlinkError>> + '_ {
+    messages(buf).filter(move |item| match item {
+        Ok((header, _)) if header.seq != seq => {
+            trace!(
+                seq = header.seq,
+                expected = seq,
+                "dropping stale netlink reply"
+            );
+            false
+        }
+        _ => true,
+    })
+}
+
 impl AsRawFd for RouteSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.get_ref().as_raw_fd()
@@ -914,12 +944,15 @@ fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u32)> {
 // Tests
 // ---------------------------------------------------------------------------------
 
+/// Hand-built wire data for the unit tests of this module and of the rtnetlink
+/// families built on it ([`crate::dataplane::neigh`], [`crate::vrrp::vip`]).
+/// Deliberately independent of [`MessageBuilder`], so the encoder is checked against
+/// a second implementation.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Hand-build one netlink message (header + payload), padded to 4 bytes.
-    fn msg(msg_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) mod test_wire {
+    /// One netlink message (header + payload), padded to 4 bytes. `nlmsg_pid` is an
+    /// arbitrary non-zero value: decoders must not depend on it.
+    pub(crate) fn msg(msg_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
         m.extend_from_slice(&msg_type.to_ne_bytes());
@@ -932,6 +965,41 @@ mod tests {
         }
         m
     }
+
+    /// One attribute (TLV), padded to 4 bytes.
+    pub(crate) fn attr(attr_type: u16, data: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&attr_type.to_ne_bytes());
+        a.extend_from_slice(data);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    /// xorshift64*: a tiny deterministic PRNG for the fuzz-style tests.
+    pub(crate) struct XorShift(pub(crate) u64);
+
+    impl XorShift {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        /// A value in `0..n` (`n` > 0).
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_wire::{msg, XorShift};
+    use super::*;
 
     #[test]
     fn constants_match_libc() {
@@ -1082,6 +1150,23 @@ mod tests {
     }
 
     #[test]
+    fn address_attributes() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        assert_eq!(
+            decode_ip(AF_INET, &[192, 0, 2, 1]),
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+        );
+        let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(decode_ip(AF_INET6, &v6.octets()), Some(IpAddr::V6(v6)));
+        // Length not matching the family, and families without IP addresses.
+        assert_eq!(decode_ip(AF_INET6, &[192, 0, 2, 1]), None);
+        assert_eq!(decode_ip(AF_INET, &v6.octets()), None);
+        assert_eq!(decode_ip(AF_INET, &[]), None);
+        assert_eq!(decode_ip(AF_UNSPEC, &[192, 0, 2, 1]), None);
+        assert_eq!(decode_ip(7, &[0; 6]), None);
+    }
+
+    #[test]
     fn framing_errors_are_typed() {
         assert!(matches!(
             split_message(&[0; 10]),
@@ -1118,23 +1203,15 @@ mod tests {
         }
     }
 
-    /// xorshift64*: a tiny deterministic PRNG for the fuzz-style test.
-    fn xorshift(state: &mut u64) -> u64 {
-        *state ^= *state >> 12;
-        *state ^= *state << 25;
-        *state ^= *state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     #[test]
     fn random_input_never_panics() {
-        let mut s = 0x1234_5678_9abc_def0u64;
+        let mut rng = XorShift(0x1234_5678_9abc_def0);
         for _ in 0..20_000 {
-            let len = (xorshift(&mut s) % 200) as usize;
-            let mut buf: Vec<u8> = (0..len).map(|_| xorshift(&mut s) as u8).collect();
-            if len >= 16 && xorshift(&mut s) & 1 == 0 {
+            let len = rng.below(200);
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if len >= 16 && rng.next() & 1 == 0 {
                 buf[..4].copy_from_slice(&(len as u32).to_ne_bytes());
-                let t = [NLMSG_ERROR, NLMSG_DONE, NLMSG_NOOP][(xorshift(&mut s) % 3) as usize];
+                let t = [NLMSG_ERROR, NLMSG_DONE, NLMSG_NOOP][rng.below(3)];
                 buf[4..6].copy_from_slice(&t.to_ne_bytes());
             }
             let mut n = 0;
@@ -1165,9 +1242,10 @@ mod tests {
     }
 }
 
-/// Helpers for root-only tests in throw-away network namespaces, shared by the
-/// `vrrp` modules' tests. Every namespace carries a per-process prefix and is deleted
-/// by a drop guard; nothing is configured in the namespace the test runs in.
+/// Helpers for root-only tests in throw-away network namespaces, shared by the tests
+/// of the `vrrp` modules and of [`crate::dataplane::neigh`]. Every namespace carries a
+/// per-process prefix and is deleted by a drop guard; nothing is configured in the
+/// namespace the test runs in.
 #[cfg(test)]
 pub(crate) mod test_netns {
     use std::fs::File;
@@ -1280,8 +1358,33 @@ pub(crate) mod test_netns {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
+        unwind(spawn_in_netns(ns, body).join())
+    }
+
+    /// [`in_netns`] for async tests: joins the thread without blocking the test's
+    /// own runtime.
+    pub(crate) async fn in_netns_async<F, Fut, T>(ns: &str, body: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let thread = spawn_in_netns(ns, body);
+        unwind(
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .expect("join task"),
+        )
+    }
+
+    fn spawn_in_netns<F, Fut, T>(ns: &str, body: F) -> std::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
         let path = format!("/run/netns/{ns}");
-        let thread = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
             // SAFETY: valid namespace fd; affects only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -1291,8 +1394,12 @@ pub(crate) mod test_netns {
                 .build()
                 .expect("runtime")
                 .block_on(body())
-        });
-        match thread.join() {
+        })
+    }
+
+    /// The thread's value, or its panic raised again in the caller.
+    fn unwind<T>(joined: std::thread::Result<T>) -> T {
+        match joined {
             Ok(value) => value,
             Err(panic) => std::panic::resume_unwind(panic),
         }

@@ -56,7 +56,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -175,46 +175,12 @@ pub struct NeighBatch {
     pub interrupted: bool,
 }
 
-/// Errors of this module: malformed kernel data, kernel-reported errors and I/O.
-///
-/// The framing variants mirror [`NetlinkError`] one to one (see the `From` impl);
-/// they are kept here so this module's API did not change when the framing moved
-/// to [`crate::netlink`].
+/// Errors of this module: malformed neighbour messages, plus everything the shared
+/// framing layer and socket report (malformed kernel data, kernel-reported errors and
+/// I/O) as [`NeighError::Netlink`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NeighError {
-    /// A structure extends past the end of the data that contains it.
-    #[error("truncated netlink data: {what} needs {need} bytes, only {have} available")]
-    Truncated {
-        /// Which structure was cut short.
-        what: &'static str,
-        /// Bytes the structure needs.
-        need: usize,
-        /// Bytes that were available.
-        have: usize,
-    },
-    /// `nlmsg_len` is smaller than the header or larger than the remaining buffer.
-    #[error("invalid nlmsg_len {len} ({have} bytes left in the buffer)")]
-    BadMessageLength {
-        /// The claimed length.
-        len: usize,
-        /// Bytes left in the buffer from the start of this message.
-        have: usize,
-    },
-    /// `nla_len` is smaller than the attribute header or larger than the remaining payload.
-    #[error("invalid netlink attribute length {len} ({have} bytes left in the message)")]
-    BadAttributeLength {
-        /// The claimed length.
-        len: usize,
-        /// Bytes left in the attribute area.
-        have: usize,
-    },
-    /// Bytes after the last attribute that cannot hold an attribute header.
-    #[error("{have} stray bytes after the last netlink attribute")]
-    TrailingBytes {
-        /// Number of stray bytes.
-        have: usize,
-    },
     /// `NDA_DST` length does not match the address family.
     #[error("NDA_DST of {len} bytes does not match address family {family}")]
     BadAddressLength {
@@ -229,81 +195,16 @@ pub enum NeighError {
         /// `ndm_ifindex` of the offending message.
         ifindex: u32,
     },
-    /// `NLMSG_OVERRUN`: the kernel says data was lost.
-    #[error("kernel reported NLMSG_OVERRUN (data lost)")]
-    Overrun,
-    /// The kernel answered a request with an error.
-    #[error("{}", netlink::kernel_error_text(.errno, .message))]
-    Kernel {
-        /// Positive errno value.
-        errno: i32,
-        /// Extended-ACK message, if any.
-        message: Option<String>,
-    },
-    /// Every attempt at a dump was flagged `NLM_F_DUMP_INTR`.
-    #[error("neighbour dump interrupted by concurrent changes {attempts} times in a row")]
-    DumpInterrupted {
-        /// Number of attempts made.
-        attempts: u32,
-    },
-    /// `ENOBUFS` on the event socket: the receive queue overflowed and notifications
-    /// were dropped. The socket stays usable; the caller must re-dump the table.
-    #[error("netlink receive queue overflowed (ENOBUFS): neighbour events were lost, re-dump")]
-    EventsLost,
-    /// A datagram did not fit the receive buffer (it was cut and its tail lost).
-    #[error("netlink datagram of {len} bytes exceeds the {cap}-byte receive buffer")]
-    DatagramTooLarge {
-        /// Real datagram length.
-        len: usize,
-        /// Receive buffer capacity.
-        cap: usize,
-    },
-    /// An operation was called on the wrong kind of socket.
-    #[error("invalid use of NeighSocket: {0}")]
-    Misuse(&'static str),
-    /// A system call failed.
-    #[error("netlink {op} failed: {source}")]
-    Io {
-        /// The failing operation.
-        op: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl From<NetlinkError> for NeighError {
-    fn from(e: NetlinkError) -> Self {
-        match e {
-            NetlinkError::Truncated { what, need, have } => {
-                NeighError::Truncated { what, need, have }
-            }
-            NetlinkError::BadMessageLength { len, have } => {
-                NeighError::BadMessageLength { len, have }
-            }
-            NetlinkError::BadAttributeLength { len, have } => {
-                NeighError::BadAttributeLength { len, have }
-            }
-            NetlinkError::TrailingBytes { have } => NeighError::TrailingBytes { have },
-            NetlinkError::Overrun => NeighError::Overrun,
-            NetlinkError::Kernel { errno, message } => NeighError::Kernel { errno, message },
-            NetlinkError::DumpInterrupted { attempts } => NeighError::DumpInterrupted { attempts },
-            NetlinkError::EventsLost => NeighError::EventsLost,
-            NetlinkError::DatagramTooLarge { len, cap } => {
-                NeighError::DatagramTooLarge { len, cap }
-            }
-            NetlinkError::Misuse(what) => NeighError::Misuse(what),
-            NetlinkError::Io { op, source } => NeighError::Io { op, source },
-        }
-    }
+    /// Framing, kernel errors, lost events, misuse of the socket, or I/O.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
 }
 
 impl NeighError {
-    /// The errno for [`NeighError::Kernel`] and [`NeighError::Io`] errors.
+    /// The errno for [`NetlinkError::Kernel`] and [`NetlinkError::Io`] errors.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NeighError::Kernel { errno, .. } => Some(*errno),
-            NeighError::Io { source, .. } => source.raw_os_error(),
+            NeighError::Netlink(e) => e.errno(),
             _ => None,
         }
     }
@@ -314,12 +215,10 @@ impl NeighError {
     pub fn needs_resync(&self) -> bool {
         !matches!(
             self,
-            NeighError::Io { .. } | NeighError::Misuse(_) | NeighError::Kernel { .. }
+            NeighError::Netlink(
+                NetlinkError::Io { .. } | NetlinkError::Misuse(_) | NetlinkError::Kernel { .. }
+            )
         )
-    }
-
-    fn io(op: &'static str, source: io::Error) -> Self {
-        NeighError::Io { op, source }
     }
 }
 
@@ -423,13 +322,7 @@ fn decode_message(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighE
 
 /// Decode `RTM_NEWNEIGH` / `RTM_DELNEIGH`: `struct ndmsg` followed by attributes.
 fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
-    let (ndmsg, attrs) = payload
-        .split_first_chunk::<NDMSG_LEN>()
-        .ok_or(NeighError::Truncated {
-            what: "ndmsg",
-            need: NDMSG_LEN,
-            have: payload.len(),
-        })?;
+    let (ndmsg, attrs) = netlink::split_family_header::<NDMSG_LEN>(payload, "ndmsg")?;
     let [family, _pad1, _, _, i0, i1, i2, i3, s0, s1, ndm_flags, _ndm_type] = *ndmsg;
     let ifindex = u32::from_ne_bytes([i0, i1, i2, i3]);
     let state = u16::from_ne_bytes([s0, s1]);
@@ -449,7 +342,13 @@ fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighErr
     for attr in attributes(attrs) {
         let (attr_type, value) = attr?;
         match attr_type {
-            NDA_DST => addr = Some(decode_addr(family, value)?),
+            NDA_DST => {
+                let ip = netlink::decode_ip(family, value).ok_or(NeighError::BadAddressLength {
+                    family,
+                    len: value.len(),
+                })?;
+                addr = Some(ip);
+            }
             // Non-Ethernet devices have other lengths (0 for loopback, 4 for IPIP,
             // 20 for IPoIB); those are not MACs the XDP program could use.
             NDA_LLADDR => mac = <[u8; 6]>::try_from(value).ok(),
@@ -466,22 +365,8 @@ fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighErr
     }))
 }
 
-fn decode_addr(family: u8, value: &[u8]) -> Result<IpAddr, NeighError> {
-    let bad = || NeighError::BadAddressLength {
-        family,
-        len: value.len(),
-    };
-    if family == AF_INET {
-        let octets: [u8; 4] = value.try_into().map_err(|_| bad())?;
-        Ok(IpAddr::V4(Ipv4Addr::from(octets)))
-    } else {
-        let octets: [u8; 16] = value.try_into().map_err(|_| bad())?;
-        Ok(IpAddr::V6(Ipv6Addr::from(octets)))
-    }
-}
-
 /// Parse a whole receive buffer. Kernel errors (`NLMSG_ERROR` with a non-zero error,
-/// or a failed dump's `NLMSG_DONE`) become [`NeighError::Kernel`]; an ACK sets
+/// or a failed dump's `NLMSG_DONE`) become [`NetlinkError::Kernel`]; an ACK sets
 /// [`NeighBatch::acked`]. This ignores sequence numbers; [`NeighSocket`] matches them
 /// itself.
 pub fn parse_neigh_messages(buf: &[u8]) -> Result<NeighBatch, NeighError> {
@@ -496,7 +381,7 @@ pub fn parse_neigh_messages(buf: &[u8]) -> Result<NeighBatch, NeighError> {
             NlMessage::Done => batch.done = true,
             NlMessage::Ack => batch.acked = true,
             NlMessage::Error { errno, message } => {
-                return Err(NeighError::Kernel { errno, message });
+                return Err(NetlinkError::Kernel { errno, message }.into());
             }
             NlMessage::Noop | NlMessage::Ignored { .. } => {}
         }
@@ -568,12 +453,13 @@ impl NeighSocket {
 
     /// Dump the IPv4 and IPv6 neighbour tables. A dump flagged `NLM_F_DUMP_INTR` (the
     /// table changed underneath) is retried a few times before
-    /// [`NeighError::DumpInterrupted`] is returned.
+    /// [`NetlinkError::DumpInterrupted`] is returned.
     pub async fn dump(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
         if self.sock.is_subscribed() {
-            return Err(NeighError::Misuse(
+            return Err(NetlinkError::Misuse(
                 "dump() needs a request socket, not a subscribed one",
-            ));
+            )
+            .into());
         }
         self.sock
             .dump(
@@ -590,7 +476,7 @@ impl NeighSocket {
     /// [`encode_resolve_request`]) and wait for its acknowledgement. The MAC itself
     /// arrives later as an event (or is visible in the next dump).
     ///
-    /// Errors are typically [`NeighError::Kernel`] with `ENODEV` (no such interface)
+    /// Errors are typically [`NetlinkError::Kernel`] with `ENODEV` (no such interface)
     /// or `EINVAL` (ifindex 0, or the interface does not do ARP/ND).
     pub async fn request_resolution(
         &mut self,
@@ -598,9 +484,7 @@ impl NeighSocket {
         addr: IpAddr,
     ) -> Result<(), NeighError> {
         if self.sock.is_subscribed() {
-            return Err(NeighError::Misuse(
-                "request_resolution() needs a request socket",
-            ));
+            return Err(NetlinkError::Misuse("request_resolution() needs a request socket").into());
         }
         self.sock
             .request(|seq| encode_resolve_request(seq, ifindex, addr))
@@ -613,15 +497,16 @@ impl NeighSocket {
     /// the poll that returns it, so dropping the future (e.g. in `select!`) loses
     /// nothing.
     ///
-    /// [`NeighError::EventsLost`] (ENOBUFS) and [`NeighError::DatagramTooLarge`] mean
+    /// [`NetlinkError::EventsLost`] (ENOBUFS) and [`NetlinkError::DatagramTooLarge`] mean
     /// notifications were dropped; the socket remains usable, but the caller must
     /// re-dump the table to learn the current state. Queued, now outdated
     /// notifications are discarded first (see [`RouteSocket::recv_events`]).
     pub async fn next_events(&mut self) -> Result<Vec<NeighEvent>, NeighError> {
         if !self.sock.is_subscribed() {
-            return Err(NeighError::Misuse(
+            return Err(NetlinkError::Misuse(
                 "next_events() needs a socket from NeighSocket::subscribe()",
-            ));
+            )
+            .into());
         }
         loop {
             let buf = self.sock.recv_events().await?;
@@ -1024,7 +909,7 @@ impl MacResolver {
         let dump = tokio::time::timeout(self.config.request_timeout, self.control.dump())
             .await
             .map_err(|_| {
-                NeighError::io(
+                NetlinkError::io(
                     "dump",
                     io::Error::new(io::ErrorKind::TimedOut, "no reply from the kernel"),
                 )
@@ -1070,8 +955,9 @@ async fn send_all(updates: &mpsc::Sender<MacUpdate>, pending: Vec<MacUpdate>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::test_wire::{attr, msg, XorShift};
     use crate::netlink::*;
-    use std::mem;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     const V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
     const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
@@ -1081,21 +967,6 @@ mod tests {
         "2001:db8::10".parse().unwrap()
     }
 
-    /// Hand-build one netlink message (header + payload), padded to 4 bytes.
-    fn msg(msg_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&msg_type.to_ne_bytes());
-        m.extend_from_slice(&flags.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&4242u32.to_ne_bytes());
-        m.extend_from_slice(payload);
-        while m.len() % 4 != 0 {
-            m.push(0);
-        }
-        m
-    }
-
     fn ndmsg(family: u8, ifindex: u32, state: u16, flags: u8) -> Vec<u8> {
         let mut p = vec![family, 0, 0, 0];
         p.extend_from_slice(&ifindex.to_ne_bytes());
@@ -1103,17 +974,6 @@ mod tests {
         p.push(flags);
         p.push(1); // ndm_type RTN_UNICAST
         p
-    }
-
-    fn attr(attr_type: u16, data: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&attr_type.to_ne_bytes());
-        a.extend_from_slice(data);
-        while a.len() % 4 != 0 {
-            a.push(0);
-        }
-        a
     }
 
     /// A kernel-like RTM_NEWNEIGH for 192.0.2.10: NDA_DST, NDA_LLADDR, NDA_PROBES,
@@ -1165,24 +1025,9 @@ mod tests {
 
     // ----- constants ------------------------------------------------------------
 
+    /// The generic netlink constants are checked in `crate::netlink`'s tests.
     #[test]
     fn constants_match_libc() {
-        assert_eq!(NLMSG_NOOP as libc::c_int, libc::NLMSG_NOOP);
-        assert_eq!(NLMSG_ERROR as libc::c_int, libc::NLMSG_ERROR);
-        assert_eq!(NLMSG_DONE as libc::c_int, libc::NLMSG_DONE);
-        assert_eq!(NLMSG_OVERRUN as libc::c_int, libc::NLMSG_OVERRUN);
-        assert_eq!(NLM_F_REQUEST as libc::c_int, libc::NLM_F_REQUEST);
-        assert_eq!(NLM_F_ACK as libc::c_int, libc::NLM_F_ACK);
-        assert_eq!(NLM_F_DUMP as libc::c_int, libc::NLM_F_DUMP);
-        assert_eq!(NLM_F_DUMP_INTR as libc::c_int, libc::NLM_F_DUMP_INTR);
-        assert_eq!(NLM_F_REPLACE as libc::c_int, libc::NLM_F_REPLACE);
-        assert_eq!(NLM_F_CREATE as libc::c_int, libc::NLM_F_CREATE);
-        assert_eq!(NLM_F_CAPPED as libc::c_int, libc::NLM_F_CAPPED);
-        assert_eq!(NLM_F_ACK_TLVS as libc::c_int, libc::NLM_F_ACK_TLVS);
-        assert_eq!(SOL_NETLINK, libc::SOL_NETLINK);
-        assert_eq!(NETLINK_ADD_MEMBERSHIP, libc::NETLINK_ADD_MEMBERSHIP);
-        assert_eq!(NETLINK_CAP_ACK, libc::NETLINK_CAP_ACK);
-        assert_eq!(NETLINK_EXT_ACK, libc::NETLINK_EXT_ACK);
         assert_eq!(RTM_NEWNEIGH, libc::RTM_NEWNEIGH);
         assert_eq!(RTM_DELNEIGH, libc::RTM_DELNEIGH);
         assert_eq!(RTM_GETNEIGH, libc::RTM_GETNEIGH);
@@ -1204,7 +1049,6 @@ mod tests {
         ] {
             assert_eq!(ours, theirs);
         }
-        assert_eq!(mem::size_of::<libc::nlmsghdr>(), NLMSG_HDRLEN);
     }
 
     // ----- encoding -------------------------------------------------------------
@@ -1376,10 +1220,10 @@ mod tests {
         let err = parse_neigh_messages(&error_msg(3, -libc::ENODEV, 0, &[])).unwrap_err();
         assert!(matches!(
             err,
-            NeighError::Kernel {
+            NeighError::Netlink(NetlinkError::Kernel {
                 errno: libc::ENODEV,
                 message: None
-            }
+            })
         ));
         assert_eq!(err.errno(), Some(libc::ENODEV));
         assert!(!err.needs_resync());
@@ -1389,7 +1233,7 @@ mod tests {
         tlvs.extend(attr(2, &0u32.to_ne_bytes())); // NLMSGERR_ATTR_OFFS
         let m = error_msg(3, -libc::EINVAL, NLM_F_CAPPED | NLM_F_ACK_TLVS, &tlvs);
         let err = parse_neigh_messages(&m).unwrap_err();
-        let NeighError::Kernel { errno, message } = &err else {
+        let NeighError::Netlink(NetlinkError::Kernel { errno, message }) = &err else {
             panic!("{err:?}");
         };
         assert_eq!(*errno, libc::EINVAL);
@@ -1407,11 +1251,33 @@ mod tests {
         let m = error_msg(3, -libc::EPERM, NLM_F_CAPPED | NLM_F_ACK_TLVS, &[0xff; 7]);
         assert!(matches!(
             parse_neigh_messages(&m),
-            Err(NeighError::Kernel {
+            Err(NeighError::Netlink(NetlinkError::Kernel {
                 errno: libc::EPERM,
                 message: None
-            })
+            }))
         ));
+    }
+
+    #[test]
+    fn helpers_look_through_the_netlink_error() {
+        let lost = NeighError::from(NetlinkError::EventsLost);
+        assert!(lost.needs_resync());
+        assert_eq!(lost.errno(), None);
+        assert_eq!(lost.to_string(), NetlinkError::EventsLost.to_string());
+        let too_large = NetlinkError::DatagramTooLarge {
+            len: 70_000,
+            cap: 65_536,
+        };
+        assert!(NeighError::from(too_large).needs_resync());
+        assert!(NeighError::from(NetlinkError::TrailingBytes { have: 2 }).needs_resync());
+        assert!(NeighError::MissingDestination { ifindex: 7 }.needs_resync());
+        assert_eq!(NeighError::MissingDestination { ifindex: 7 }.errno(), None);
+
+        let failed = NetlinkError::io("recvfrom", io::Error::from_raw_os_error(libc::EBADF));
+        let failed = NeighError::from(failed);
+        assert!(!failed.needs_resync());
+        assert_eq!(failed.errno(), Some(libc::EBADF));
+        assert!(!NeighError::from(NetlinkError::Misuse("test")).needs_resync());
     }
 
     #[test]
@@ -1435,7 +1301,7 @@ mod tests {
     fn overrun_is_an_error() {
         assert!(matches!(
             parse_neigh_messages(&msg(NLMSG_OVERRUN, 0, 0, &[])),
-            Err(NeighError::Overrun)
+            Err(NeighError::Netlink(NetlinkError::Overrun))
         ));
     }
 
@@ -1446,38 +1312,47 @@ mod tests {
         // Header shorter than 16 bytes.
         assert!(matches!(
             parse_neigh_messages(&good[..10]),
-            Err(NeighError::Truncated {
+            Err(NeighError::Netlink(NetlinkError::Truncated {
                 what: "nlmsghdr",
                 need: 16,
                 have: 10
-            })
+            }))
         ));
         // nlmsg_len below the header size (would loop forever if accepted).
         let mut bad = good.clone();
         bad[..4].copy_from_slice(&8u32.to_ne_bytes());
         assert!(matches!(
             parse_neigh_messages(&bad),
-            Err(NeighError::BadMessageLength { len: 8, .. })
+            Err(NeighError::Netlink(NetlinkError::BadMessageLength {
+                len: 8,
+                ..
+            }))
         ));
         // nlmsg_len beyond the buffer.
         let mut bad = good.clone();
         bad[..4].copy_from_slice(&1000u32.to_ne_bytes());
         assert!(matches!(
             parse_neigh_messages(&bad),
-            Err(NeighError::BadMessageLength { len: 1000, .. })
+            Err(NeighError::Netlink(NetlinkError::BadMessageLength {
+                len: 1000,
+                ..
+            }))
         ));
         // ndmsg cut short.
         assert!(matches!(
             parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &[2, 0, 0, 0, 1])),
-            Err(NeighError::Truncated { what: "ndmsg", .. })
+            Err(NeighError::Netlink(NetlinkError::Truncated {
+                what: "ndmsg",
+                ..
+            }))
         ));
         // nlmsgerr cut short.
         assert!(matches!(
             parse_neigh_messages(&msg(NLMSG_ERROR, 0, 0, &[0xff; 8])),
-            Err(NeighError::Truncated {
+            Err(NeighError::Netlink(NetlinkError::Truncated {
                 what: "nlmsgerr",
                 ..
-            })
+            }))
         ));
         // Attribute length < 4 and > remaining.
         for bad_len in [2u16, 200] {
@@ -1488,7 +1363,7 @@ mod tests {
             assert!(
                 matches!(
                     parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)),
-                    Err(NeighError::BadAttributeLength { .. })
+                    Err(NeighError::Netlink(NetlinkError::BadAttributeLength { .. }))
                 ),
                 "nla_len {bad_len}"
             );
@@ -1502,7 +1377,7 @@ mod tests {
         m[..4].copy_from_slice(&((16 + p.len()) as u32).to_ne_bytes());
         assert!(matches!(
             parse_neigh_messages(&m),
-            Err(NeighError::TrailingBytes { have: 2 })
+            Err(NeighError::Netlink(NetlinkError::TrailingBytes { have: 2 }))
         ));
         // NDA_DST of the wrong size for the family.
         let mut p = ndmsg(AF_INET6, 7, NUD_REACHABLE, 0);
@@ -1529,22 +1404,6 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert!(items[0].is_err());
         assert!(items[1].is_ok());
-    }
-
-    /// xorshift64*: a tiny deterministic PRNG for the fuzz-style tests.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     /// Parse with every API; the only requirement is not to panic (and to terminate).
@@ -1897,15 +1756,18 @@ mod tests {
         let mut control = NeighSocket::open().expect("open NETLINK_ROUTE socket");
         assert!(matches!(
             control.next_events().await,
-            Err(NeighError::Misuse(_))
+            Err(NeighError::Netlink(NetlinkError::Misuse(_)))
         ));
         let mut events = NeighSocket::subscribe().expect("subscribe");
-        assert!(matches!(events.dump().await, Err(NeighError::Misuse(_))));
+        assert!(matches!(
+            events.dump().await,
+            Err(NeighError::Netlink(NetlinkError::Misuse(_)))
+        ));
         assert!(matches!(
             events
                 .request_resolution(1, IpAddr::V4(Ipv4Addr::LOCALHOST))
                 .await,
-            Err(NeighError::Misuse(_))
+            Err(NeighError::Netlink(NetlinkError::Misuse(_)))
         ));
     }
 
@@ -1928,7 +1790,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, NeighError::Kernel { .. }) || err.errno() == Some(libc::EPERM),
+            matches!(err, NeighError::Netlink(NetlinkError::Kernel { .. }))
+                || err.errno() == Some(libc::EPERM),
             "{err}"
         );
         control.dump().await.expect("dump after an error");
@@ -1958,7 +1821,9 @@ mod tests {
 mod netns_tests {
     use super::*;
     use crate::netlink::set_int_option;
-    use std::fs::File;
+    use crate::netlink::test_netns::{
+        ifindex, in_netns_async, ip, link_mac, privileged, sysctl, Netns,
+    };
     use std::os::fd::AsRawFd;
     use std::process::Command;
 
@@ -1973,55 +1838,10 @@ mod netns_tests {
     const STATIC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x02, 0x77];
     const DEADLINE: Duration = Duration::from_secs(20);
 
-    /// Whether the test may run; prints why not (or panics if privileges are required).
-    fn privileged() -> bool {
-        // SAFETY: geteuid() has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("LB_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("LB_REQUIRE_PRIVILEGED=1 but not running as root");
-        }
-        eprintln!("skipping: needs root to create network namespaces");
-        false
-    }
-
-    fn ip(args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run ip {args:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "ip {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A network namespace this test created; deleted on drop (also when a test
-    /// panics). Only constructed after `ip netns add` succeeded, so a name that
-    /// already existed is never deleted.
-    struct Netns(String);
-
-    impl Netns {
-        fn create(name: String) -> Self {
-            ip(&["netns", "add", &name]);
-            Netns(name)
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-
     /// Two namespaces joined by a veth pair: A (`lbn0`: .1 / ::1), B (`lbn1`: .2 / ::2).
     fn setup(tag: &str) -> (Netns, Netns) {
-        let pid = std::process::id();
-        let a = Netns::create(format!("lbneigh{pid}{tag}a"));
-        let b = Netns::create(format!("lbneigh{pid}{tag}b"));
+        let a = Netns::create(&format!("neigh{tag}a"));
+        let b = Netns::create(&format!("neigh{tag}b"));
         ip(&[
             "-n", &a.0, "link", "add", IFACE_A, "type", "veth", "peer", "name", IFACE_B, "netns",
             &b.0,
@@ -2050,63 +1870,6 @@ mod netns_tests {
             ip(&["-n", &ns.0, "link", "set", iface, "up"]);
         }
         (a, b)
-    }
-
-    fn parse_mac(s: &str) -> Option<[u8; 6]> {
-        let bytes: Vec<u8> = s
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).ok())
-            .collect::<Option<_>>()?;
-        bytes.try_into().ok()
-    }
-
-    fn link_mac(ns: &str, iface: &str) -> [u8; 6] {
-        let out = ip(&["-n", ns, "-o", "link", "show", "dev", iface]);
-        let mut words = out.split_whitespace();
-        words
-            .find(|w| *w == "link/ether")
-            .and_then(|_| words.next())
-            .and_then(parse_mac)
-            .unwrap_or_else(|| panic!("no MAC in {out:?}"))
-    }
-
-    fn ifindex(name: &str) -> u32 {
-        let c = std::ffi::CString::new(name).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated string.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert_ne!(idx, 0, "no interface {name} in this namespace");
-        idx
-    }
-
-    /// Run `body` on a fresh thread inside namespace `ns` with a current-thread
-    /// runtime. setns() only affects the calling thread, so the test harness and its
-    /// other threads stay where they are; the thread ends with the body.
-    async fn in_netns<F, Fut, T>(ns: &str, body: F) -> T
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = T>,
-        T: Send + 'static,
-    {
-        let path = format!("/run/netns/{ns}");
-        let thread = std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: valid namespace fd; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(body())
-        });
-        // Join without blocking the test's own runtime.
-        match tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join task")
-        {
-            Ok(value) => value,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
     }
 
     /// Receive updates until `done(current MACs)` holds; panics at the deadline.
@@ -2146,7 +1909,7 @@ mod netns_tests {
     /// a PERMANENT entry is reported but never converted by refresh requests.
     #[tokio::test]
     async fn resolves_peer_mac_in_netns() {
-        if !privileged() {
+        if !privileged("neigh::resolves_peer_mac_in_netns") {
             return;
         }
         let (a, b) = setup("r");
@@ -2166,7 +1929,7 @@ mod netns_tests {
         ]);
 
         let ns_a = a.0.clone();
-        in_netns(&a.0, move || async move {
+        in_netns_async(&a.0, move || async move {
             let idx = ifindex(IFACE_A);
             let b_v4: IpAddr = B_V4.parse().unwrap();
             let b_v6: IpAddr = B_V6.parse().unwrap();
@@ -2239,12 +2002,12 @@ mod netns_tests {
     /// working afterwards.
     #[tokio::test]
     async fn event_overflow_is_reported() {
-        if !privileged() {
+        if !privileged("neigh::event_overflow_is_reported") {
             return;
         }
         let (a, _b) = setup("e");
         let ns_a = a.0.clone();
-        in_netns(&a.0, move || async move {
+        in_netns_async(&a.0, move || async move {
             let mut events = NeighSocket::subscribe().expect("subscribe");
             // Shrink the queue to the minimum (SOCK_MIN_RCVBUF) so a burst overflows it.
             assert!(set_int_option(
@@ -2276,7 +2039,7 @@ mod netns_tests {
             let deadline = tokio::time::Instant::now() + DEADLINE;
             loop {
                 match tokio::time::timeout_at(deadline, events.next_events()).await {
-                    Ok(Err(NeighError::EventsLost)) => break,
+                    Ok(Err(NeighError::Netlink(NetlinkError::EventsLost))) => break,
                     Ok(Ok(_)) => continue,
                     Ok(Err(e)) => panic!("unexpected error {e}"),
                     Err(_) => panic!("no ENOBUFS after a burst of 64 events"),
@@ -2306,30 +2069,23 @@ mod netns_tests {
     /// REACHABLE → STALE → DELAY → PROBE → FAILED cycle takes seconds, not minutes.
     #[tokio::test]
     async fn notices_silent_mac_change() {
-        if !privileged() {
+        if !privileged("neigh::notices_silent_mac_change") {
             return;
         }
         let (a, b) = setup("c");
         let old_mac = link_mac(&b.0, IFACE_B);
         let new_mac = [0x02, 0x00, 0x00, 0x00, 0x0b, 0x02];
         assert_ne!(old_mac, new_mac);
-        let out = Command::new("ip")
-            .args(["netns", "exec", &a.0, "sysctl", "-q", "-w"])
-            .arg(format!(
-                "net.ipv4.neigh.{IFACE_A}.base_reachable_time_ms=500"
-            ))
-            .arg(format!("net.ipv4.neigh.{IFACE_A}.delay_first_probe_time=1"))
-            .arg(format!("net.ipv4.neigh.{IFACE_A}.retrans_time_ms=200"))
-            .output()
-            .expect("run sysctl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for setting in [
+            format!("net.ipv4.neigh.{IFACE_A}.base_reachable_time_ms=500"),
+            format!("net.ipv4.neigh.{IFACE_A}.delay_first_probe_time=1"),
+            format!("net.ipv4.neigh.{IFACE_A}.retrans_time_ms=200"),
+        ] {
+            sysctl(&a.0, &setting);
+        }
 
         let ns_b = b.0.clone();
-        in_netns(&a.0, move || async move {
+        in_netns_async(&a.0, move || async move {
             let idx = ifindex(IFACE_A);
             let b_v4: IpAddr = B_V4.parse().unwrap();
             let (_wanted_tx, wanted_rx) = watch::channel(HashMap::from([(b_v4, idx)]));

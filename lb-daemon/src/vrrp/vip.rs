@@ -26,14 +26,14 @@
 //! treated as hostile (typed errors, no panics).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use tracing::{debug, info, warn};
 
 use crate::netlink::{
-    attr_string, attributes, parse_control, Control, MessageBuilder, NetlinkError, NlHeader,
-    RouteSocket, AF_INET, AF_INET6, AF_UNSPEC, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    attr_string, attributes, decode_ip, parse_control, split_family_header, Control,
+    MessageBuilder, NetlinkError, NlHeader, RouteSocket, AF_INET, AF_INET6, AF_UNSPEC, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 // ---------------------------------------------------------------------------------
@@ -374,14 +374,7 @@ pub fn parse_address_message(
     if header.msg_type != RTM_NEWADDR && header.msg_type != RTM_DELADDR {
         return Ok(None);
     }
-    let (ifa, attrs) =
-        payload
-            .split_first_chunk::<IFADDRMSG_LEN>()
-            .ok_or(NetlinkError::Truncated {
-                what: "ifaddrmsg",
-                need: IFADDRMSG_LEN,
-                have: payload.len(),
-            })?;
+    let (ifa, attrs) = split_family_header::<IFADDRMSG_LEN>(payload, "ifaddrmsg")?;
     let [family, prefix_len, flags8, scope, i0, i1, i2, i3] = *ifa;
     let ifindex = u32::from_ne_bytes([i0, i1, i2, i3]);
     let max_prefix = match family {
@@ -426,17 +419,10 @@ pub fn parse_address_message(
 }
 
 fn decode_addr(family: u8, value: &[u8]) -> Result<IpAddr, VipError> {
-    let bad = || VipError::BadAddressLength {
+    decode_ip(family, value).ok_or(VipError::BadAddressLength {
         family,
         len: value.len(),
-    };
-    if family == AF_INET {
-        let octets: [u8; 4] = value.try_into().map_err(|_| bad())?;
-        Ok(IpAddr::V4(Ipv4Addr::from(octets)))
-    } else {
-        let octets: [u8; 16] = value.try_into().map_err(|_| bad())?;
-        Ok(IpAddr::V6(Ipv6Addr::from(octets)))
-    }
+    })
 }
 
 /// Decode a whole receive buffer of address messages, ignoring sequence numbers
@@ -600,9 +586,11 @@ fn with_seq(mut msg: Vec<u8>, seq: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::test_wire::{attr, msg, XorShift};
     use crate::netlink::{
         split_message, NLMSGERR_ATTR_MSG, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED,
     };
+    use std::net::Ipv6Addr;
 
     const IFINDEX: u32 = 3;
 
@@ -612,32 +600,6 @@ mod tests {
 
     pub(super) fn v6(s: &str) -> IpAddr {
         IpAddr::V6(s.parse().unwrap())
-    }
-
-    /// Hand-build one netlink message (header + payload), padded to 4 bytes.
-    fn msg(msg_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&msg_type.to_ne_bytes());
-        m.extend_from_slice(&flags.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(payload);
-        while m.len() % 4 != 0 {
-            m.push(0);
-        }
-        m
-    }
-
-    fn attr(attr_type: u16, data: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&attr_type.to_ne_bytes());
-        a.extend_from_slice(data);
-        while a.len() % 4 != 0 {
-            a.push(0);
-        }
-        a
     }
 
     fn header(buf: &[u8]) -> NlHeader {
@@ -965,21 +927,15 @@ mod tests {
 
     #[test]
     fn random_input_never_panics() {
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            s.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let valid = newaddr_v4([192, 0, 2, 100], [192, 0, 2, 100], b"eth0:vip\0");
         for _ in 0..30_000 {
             let mut buf = valid.clone();
-            for _ in 0..1 + next() % 4 {
-                let i = (next() % buf.len() as u64) as usize;
-                buf[i] = next() as u8;
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below(buf.len());
+                buf[i] = rng.next() as u8;
             }
-            let cut = (next() % (buf.len() as u64 + 1)) as usize;
+            let cut = rng.below(buf.len() + 1);
             let _ = parse_address_messages(&buf[..cut]);
             let _ = parse_address_messages(&buf);
         }
