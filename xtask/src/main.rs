@@ -21,7 +21,7 @@ enum Cmd {
     /// Install what the tests need, build everything and run every test.
     Test {
         /// Extra arguments for `cargo test`.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Benchmarks: `dataplane`.
@@ -35,7 +35,7 @@ enum Cmd {
     /// The demo: a client, a load balancer and three nginx real servers in namespaces.
     Lab {
         /// Extra arguments for the lab binary (see `--help`).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
