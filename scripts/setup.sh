@@ -23,15 +23,15 @@ if [ "$what" = test ]; then
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing Debian packages: ${need_apt[*]}"
+  echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+  apt-get update -q >&2
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}" >&2
 fi
 
 # bpf-linker 0.13 against Debian's LLVM 22 (its default feature wants LLVM 23).
 if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
-  echo "setup: building bpf-linker 0.13.0 against LLVM 22"
+  echo "setup: building bpf-linker 0.13.0 against LLVM 22" >&2
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker@0.13.0 \
     --no-default-features --features llvm-22
 fi
@@ -40,4 +40,4 @@ fi
 for svc in nginx keepalived; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
-echo "setup: done"
+echo "setup: done" >&2

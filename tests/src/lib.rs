@@ -3,4 +3,6 @@
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod vrrp_bench;
+pub mod vrrp_lab;
 pub mod xdp;

@@ -24,7 +24,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: `dataplane`.
+    /// Benchmarks: `dataplane` (XDP per-packet cost) or `vrrp` (failover against keepalived).
     Bench {
         /// Which benchmark.
         which: String,
@@ -107,6 +107,7 @@ fn main() -> Result<()> {
         Cmd::Bench { which, json } => {
             setup("test")?;
             ebpf::build()?;
+            build_daemon()?;
             let mut c = cargo();
             c.args([
                 "run",

@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! lb-bench dataplane [--json]
+//! lb-bench vrrp [--json]
 //! ```
+//!
+//! `vrrp` (failover time of our VRRP pair against a keepalived pair) is documented in
+//! `lb_tests::vrrp_bench`.
 //!
 //! `dataplane` measures the XDP program with the production map sizes (1M flows, 65537-slot
 //! rings), an rr service of three backends, on one pinned CPU:
@@ -48,7 +52,7 @@ use lb_tests::{
     xdp::{load_testprog, xdp_of, XdpHarness, LB_MAC},
 };
 
-const BENCHMARKS: &[&str] = &["dataplane"];
+const BENCHMARKS: &[&str] = &["dataplane", "vrrp"];
 
 /// Repeats of one BPF_PROG_TEST_RUN call for the established-flow entries: long enough
 /// (tens of ms) that the syscall and the timer reads vanish in the average.
@@ -743,6 +747,10 @@ fn main() -> ExitCode {
              BPF_PROG_TEST_RUN and creates a network namespace"
         );
         return ExitCode::from(2);
+    }
+    // `vrrp`: failover time against keepalived; prints its own lines (with a "bound").
+    if args.bench == "vrrp" {
+        return lb_tests::vrrp_bench::main(args.json);
     }
     let mut report = Report::new(args.json);
     let result = match args.bench.as_str() {

@@ -1,0 +1,489 @@
+//! `lb-bench vrrp`: failover time of a pair of our daemons against a pair of keepalived 2.2.7,
+//! measured in the same run, on the same topology ([`crate::vrrp_lab`]), with the same
+//! configuration (one [`VrrpParams`]: priorities 150/100, the same VRID, interval,
+//! authentication, VIP and `state MASTER` on the higher node).
+//!
+//! | entry                                      | failure of the master                   | bound              |
+//! |--------------------------------------------|-----------------------------------------|--------------------|
+//! | `failover_hard_v2_1s_vs_keepalived`        | VRRPv2, `advert_int 1`: crash           | Master_Down_Interval |
+//! | `failover_hard_v3_10ms_vs_keepalived`      | VRRPv3, `advert_int 0.01`: crash        | Master_Down_Interval |
+//! | `failover_graceful_v3_10ms_vs_keepalived`  | VRRPv3, `advert_int 0.01`: SIGTERM      | Skew_Time          |
+//!
+//! **Metric**: the longest interval between two consecutive echo replies in a 1 ms ICMP echo
+//! stream from the client to the VIP ([`crate::vrrp_lab::Prober`]), in ms: from the last reply
+//! of the old master to the first reply of the new one, so it includes detection, the new
+//! master taking the VIP, and its gratuitous ARP moving the client. `value` is the median over
+//! the trials of our pair, `baseline` that of the keepalived pair, `ratio = value / baseline`,
+//! target `ratio <= 1.0`; `bound` is the protocol's figure for the backup (priority 100) in ms:
+//! Master_Down_Interval = 3 x interval + Skew_Time for a hard failure, Skew_Time =
+//! (256 - 100) / 256 x interval (v2: of a second) for a graceful one.
+//!
+//! **Crash** = SIGKILL of the master (for keepalived, of its whole process group: parent and
+//! VRRP child at once) and, in the same instant, its bridge port set down (netlink, tens of
+//! microseconds). A SIGKILL alone is no failure for the client: the killed daemon leaves the
+//! VIP on its interface, so that node's kernel keeps answering the probes until the new
+//! master's gratuitous ARP moves the client, and the stream shows no gap at all (a few ms of
+//! reordering; see `tests/tests/vrrp_keepalived.rs`, which prints it). A dead machine answers
+//! nothing, which the port going down reproduces. **Graceful** = SIGTERM: priority-0 advert,
+//! VIP removed.
+//!
+//! **Trial**: both pairs start with node 0 (priority 150) holding the VIP and the client's
+//! neighbour entry on node 0. The probe stream starts; the master is failed right after one of
+//! its adverts reaches the client (so the backup's Master_Down timer starts at a known time and
+//! the figures do not spread over a whole interval); the trial ends once node 1 holds the VIP
+//! and 50 more replies came. Node 0 is then started again (port up first) and the trial waits
+//! for it to hold the VIP again and for the client to follow. Trials of the two pairs alternate
+//! (ours, keepalived, ours...), so drift in load hits both. 5 trials per pair for the 1 s case
+//! (about 8 s each, dominated by Master_Down_Interval and keepalived's restart), 9 for the
+//! 10 ms cases; `LB_BENCH_VRRP_TRIALS=N` overrides both.
+//!
+//! Each trial also records the protocol-level figure seen on the wire by the client: first
+//! advert of node 1 minus last advert of node 0 (hard) or minus node 0's priority-0 advert
+//! (graceful); progress lines on stderr show both.
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    netns::unique_prefix,
+    vrrp_lab::{find_program, Peer, VrrpLab, VrrpParams},
+};
+
+/// How the master fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// SIGKILL (process group for keepalived) and the port down.
+    Crash,
+    /// SIGTERM.
+    Graceful,
+}
+
+/// One benchmark entry.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: &'static str,
+    pub params: VrrpParams,
+    pub failure: Failure,
+    pub trials: usize,
+}
+
+/// The three entries of `lb-bench vrrp`.
+pub fn cases() -> Vec<Case> {
+    let trials = |default: usize| {
+        std::env::var("LB_BENCH_VRRP_TRIALS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|n| *n >= 1)
+            .unwrap_or(default)
+    };
+    vec![
+        Case {
+            name: "failover_hard_v2_1s_vs_keepalived",
+            params: VrrpParams::v2_seed(),
+            failure: Failure::Crash,
+            trials: trials(5),
+        },
+        Case {
+            name: "failover_hard_v3_10ms_vs_keepalived",
+            params: VrrpParams::v3(1),
+            failure: Failure::Crash,
+            trials: trials(9),
+        },
+        Case {
+            name: "failover_graceful_v3_10ms_vs_keepalived",
+            params: VrrpParams::v3(1),
+            failure: Failure::Graceful,
+            trials: trials(9),
+        },
+    ]
+}
+
+impl Case {
+    /// The protocol bound for the backup (node 1), in ms.
+    pub fn bound_ms(&self) -> f64 {
+        let d = match self.failure {
+            Failure::Crash => self.params.master_down_interval(1),
+            Failure::Graceful => self.params.skew(1),
+        };
+        ms(d)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The start of the error of a trial whose pair was disturbed before the failure: the trial
+/// is run again (at most [`RETRIES`] times per trial).
+const UNSTABLE: &str = "disturbed before the failure";
+const RETRIES: usize = 2;
+
+/// What one trial measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Trial {
+    /// Longest gap in the echo stream, ms.
+    pub gap_ms: f64,
+    /// First advert of the new master minus the last (or priority-0) advert of the old one, ms.
+    pub wire_ms: f64,
+    pub lost: u64,
+}
+
+/// A pair ready for trials: node 0 holds the VIP and the client follows it.
+pub struct Pair {
+    lab: VrrpLab,
+    watch: crate::vrrp_lab::AdvertWatch,
+    src: [std::net::IpAddr; 2],
+    /// Node 0 was failed and not yet restored.
+    failed: bool,
+}
+
+impl Pair {
+    pub fn new(case: &Case, peer: Peer) -> Result<Self> {
+        let mut lab = VrrpLab::new(&unique_prefix("vb"), &case.params, [peer, peer])?;
+        let watch = lab.advert_watch()?;
+        let src = [lab.advert_source(0)?, lab.advert_source(1)?];
+        lab.start_both()?;
+        let p = &case.params;
+        lab.wait_holder(
+            0,
+            p.master_down_interval(0) + p.advert_int() + Duration::from_secs(3),
+        )?;
+        lab.wait_client_follows(0, Duration::from_secs(5))?;
+        Ok(Pair {
+            lab,
+            watch,
+            src,
+            failed: false,
+        })
+    }
+
+    /// One failure of node 0 and its return to the initial roles (also when the
+    /// measurement failed).
+    pub fn trial(&mut self, case: &Case) -> Result<Trial> {
+        let measured = self.fail_and_measure(case);
+        let restored = self.restore(case);
+        let trial = measured?;
+        restored.context("back to the initial roles")?;
+        Ok(trial)
+    }
+
+    fn fail_and_measure(&mut self, case: &Case) -> Result<Trial> {
+        let p = &case.params;
+        let lab = &mut self.lab;
+        let probe = lab.prober(Duration::from_millis(1))?;
+        probe.wait_replies_after(Instant::now(), 50, Duration::from_secs(3))?;
+        let src = self.src;
+        let advert = self.watch.wait_for(
+            "node 0's advert",
+            Instant::now(),
+            p.advert_int() * 3 + Duration::from_millis(100),
+            |a| a.src == src[0] && a.priority > 0,
+        )?;
+        self.failed = true;
+        let t0 = match case.failure {
+            Failure::Crash => lab.crash(0)?,
+            Failure::Graceful => lab.terminate(0)?,
+        };
+        let late = t0 - advert.at;
+        lab.wait_holder(1, p.master_down_interval(1) + Duration::from_secs(3))?;
+        let took_over = Instant::now();
+        probe
+            .wait_replies_after(took_over, 50, Duration::from_secs(3))
+            .context("the echo stream did not resume after the failover")?;
+        let report = probe.stop();
+        let gap = report
+            .longest_gap()
+            .context("no two echo replies in the trial")?;
+        // The longest gap is the failover's: it ends after the failure (a graceful stop opens
+        // it a little after the signal, when the old master removes the VIP).
+        if !(gap.to > t0 && gap.from + Duration::from_millis(100) > t0) {
+            let offset = if gap.from >= t0 {
+                ms(gap.from - t0)
+            } else {
+                -ms(t0 - gap.from)
+            };
+            bail!(
+                "{UNSTABLE}: the longest gap ({:.1} ms, opening {offset:.1} ms after the failure) \
+                 is not the failover's",
+                ms(gap.len())
+            );
+        }
+        let old = match case.failure {
+            Failure::Crash => self.watch.last_from_before(src[0], t0),
+            Failure::Graceful => Some(self.watch.wait_for(
+                "node 0's priority-0 advert",
+                t0,
+                Duration::from_secs(2),
+                |a| a.src == src[0] && a.priority == 0,
+            )?),
+        }
+        .context("no advert of node 0 before the failure")?;
+        let new = self
+            .watch
+            .first_from_after(src[1], old.at)
+            .context("no advert of node 1 after the failure")?;
+        if late > Duration::from_millis(5) {
+            eprintln!(
+                "lb-bench: note: the failure came {:.1} ms after node 0's advert",
+                ms(late)
+            );
+        }
+        Ok(Trial {
+            gap_ms: ms(gap.len()),
+            wire_ms: ms(new.at - old.at),
+            lost: report.lost(),
+        })
+    }
+
+    /// Node 0 running again (port up, new run), holding the VIP, the client following it.
+    fn restore(&mut self, case: &Case) -> Result<()> {
+        let p = &case.params;
+        let lab = &mut self.lab;
+        if self.failed {
+            match case.failure {
+                Failure::Crash => lab.revive(0)?,
+                Failure::Graceful => {
+                    lab.wait_stopped(0)?;
+                }
+            }
+            lab.start(0)?;
+            self.failed = false;
+        }
+        lab.wait_holder(
+            0,
+            p.master_down_interval(0) + p.advert_int() + Duration::from_secs(3),
+        )?;
+        lab.wait_client_follows(0, Duration::from_secs(5))
+    }
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One result line: ours against keepalived.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: &'static str,
+    /// Median of our trials, ms.
+    pub value: f64,
+    /// Median of keepalived's trials, ms.
+    pub baseline: f64,
+    /// The protocol bound, ms.
+    pub bound: f64,
+    pub target_ratio: f64,
+    pub ours: Vec<Trial>,
+    pub keepalived: Vec<Trial>,
+}
+
+impl Entry {
+    pub fn ratio(&self) -> f64 {
+        self.value / self.baseline
+    }
+
+    pub fn pass(&self) -> bool {
+        self.ratio() <= self.target_ratio
+    }
+
+    fn target(&self) -> String {
+        format!("ratio <= {:?}", self.target_ratio)
+    }
+
+    /// The `lb-bench --json` line, with the bound.
+    pub fn json(&self) -> String {
+        format!(
+            r#"{{"name":"{}","value":{:.4},"unit":"ms","baseline":{:.4},"ratio":{:.4},"target":"{}","pass":{},"bound":{:.4}}}"#,
+            self.name,
+            self.value,
+            self.baseline,
+            self.ratio(),
+            self.target(),
+            self.pass(),
+            self.bound
+        )
+    }
+
+    /// The table row.
+    pub fn row(&self) -> String {
+        format!(
+            "{:<40} {:>9.2} {:<4} {:>9.2} {:>7.3} {:<13} {:>9.2} {}",
+            self.name,
+            self.value,
+            "ms",
+            self.baseline,
+            self.ratio(),
+            self.target(),
+            self.bound,
+            if self.pass() { "PASS" } else { "MISS" }
+        )
+    }
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<40} {:>9} {:<4} {:>9} {:>7} {:<13} {:>9} {}",
+        "name", "value", "unit", "baseline", "ratio", "target", "bound", "result"
+    )
+}
+
+fn progress(msg: &str) {
+    eprintln!("lb-bench: {msg}");
+}
+
+fn describe(t: &[Trial]) -> String {
+    t.iter()
+        .map(|t| format!("{:.1}", t.gap_ms))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs one case: both pairs, alternating trials.
+pub fn run_case(case: &Case) -> Result<Entry> {
+    progress(&format!(
+        "{}: {} trials per pair, bound {:.2} ms",
+        case.name,
+        case.trials,
+        case.bound_ms()
+    ));
+    let mut ours = Pair::new(case, Peer::Ours).context("our pair")?;
+    let mut theirs = Pair::new(case, Peer::Keepalived).context("keepalived pair")?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..case.trials {
+        for (pair, out, who) in [
+            (&mut ours, &mut a, "ours"),
+            (&mut theirs, &mut b, "keepalived"),
+        ] {
+            let mut attempt = 0;
+            let t = loop {
+                match pair.trial(case) {
+                    Ok(t) => break t,
+                    Err(e) if attempt < RETRIES && format!("{e:#}").starts_with(UNSTABLE) => {
+                        attempt += 1;
+                        progress(&format!(
+                            "{} trial {} of {who}: {e:#}; running it again",
+                            case.name,
+                            i + 1
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(e
+                            .context(format!("{} trial {} of {who}", case.name, i + 1))
+                            .context(pair.lab.logs_for_error()));
+                    }
+                }
+            };
+            progress(&format!(
+                "{} trial {}/{} {who:<10}: gap {:7.2} ms, on the wire {:7.2} ms, {} probes lost",
+                case.name,
+                i + 1,
+                case.trials,
+                t.gap_ms,
+                t.wire_ms,
+                t.lost
+            ));
+            out.push(t);
+        }
+    }
+    drop(ours);
+    drop(theirs);
+    let gaps = |t: &[Trial]| t.iter().map(|t| t.gap_ms).collect::<Vec<_>>();
+    let wire = |t: &[Trial]| t.iter().map(|t| t.wire_ms).collect::<Vec<_>>();
+    progress(&format!(
+        "{}: gaps ours [{}] keepalived [{}]; median on the wire ours {:.2} ms keepalived {:.2} ms",
+        case.name,
+        describe(&a),
+        describe(&b),
+        median(&wire(&a)),
+        median(&wire(&b))
+    ));
+    Ok(Entry {
+        name: case.name,
+        value: median(&gaps(&a)),
+        baseline: median(&gaps(&b)),
+        bound: case.bound_ms(),
+        target_ratio: 1.0,
+        ours: a,
+        keepalived: b,
+    })
+}
+
+/// `lb-bench vrrp [--json]` (the caller checked that we are root): 0 when the benchmark ran
+/// (a missed target is reported, not an error), 1 when it could not.
+pub fn main(json: bool) -> ExitCode {
+    if find_program("keepalived").is_none() {
+        eprintln!(
+            "lb-bench: vrrp needs keepalived (apt-get install keepalived, or scripts/setup.sh test)"
+        );
+        return ExitCode::from(1);
+    }
+    if let Err(e) = crate::lab::daemon_bin() {
+        eprintln!("lb-bench: {e:#}");
+        return ExitCode::from(1);
+    }
+    if !json {
+        println!("{}", table_header());
+    }
+    let t = Instant::now();
+    let mut missed = Vec::new();
+    for case in cases() {
+        match run_case(&case) {
+            Ok(e) => {
+                println!("{}", if json { e.json() } else { e.row() });
+                if !e.pass() {
+                    missed.push(e.name);
+                }
+            }
+            Err(e) => {
+                eprintln!("lb-bench: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    progress(&format!("vrrp: {:.0} s", t.elapsed().as_secs_f64()));
+    if missed.is_empty() {
+        eprintln!("lb-bench: every target met");
+    } else {
+        eprintln!("lb-bench: target missed by {}", missed.join(", "));
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_and_lines() {
+        let c = cases();
+        assert_eq!(c.len(), 3);
+        assert!((c[0].bound_ms() - 3609.375).abs() < 1e-9);
+        assert!((c[1].bound_ms() - 36.09375).abs() < 1e-9);
+        assert!((c[2].bound_ms() - 6.09375).abs() < 1e-9);
+        let e = Entry {
+            name: "failover_hard_v3_10ms_vs_keepalived",
+            value: 40.0,
+            baseline: 50.0,
+            bound: 36.09375,
+            target_ratio: 1.0,
+            ours: vec![],
+            keepalived: vec![],
+        };
+        assert_eq!(
+            e.json(),
+            r#"{"name":"failover_hard_v3_10ms_vs_keepalived","value":40.0000,"unit":"ms","baseline":50.0000,"ratio":0.8000,"target":"ratio <= 1.0","pass":true,"bound":36.0938}"#
+        );
+        assert!(e.row().ends_with("PASS"));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,394 @@
+//! Interop with real keepalived (2.2.7 from Debian) in namespaces, both ways round: our daemon
+//! as master with keepalived as backup, and the reverse, for VRRPv2 with the seed's PASS
+//! authentication, VRRPv3 over IPv4 and VRRPv3 over IPv6. Each pair is generated from one
+//! [`VrrpParams`] (same VRID, interval, authentication, VIP, preemption; priorities 150 for
+//! node 0 and 100 for node 1, `state MASTER` on node 0 as in the seed) and goes through:
+//!
+//! 1. election: node 0 holds the VIP alone and the client's neighbour entry follows it;
+//! 2. hard failure: node 0 is SIGKILLed (keepalived: its whole process group) right after one of
+//!    its adverts; node 1 holds the VIP within Master_Down_Interval plus a margin, and its first
+//!    advert reaches the client Master_Down_Interval (± a small tolerance) after node 0's last;
+//! 3. preemption: node 0 is started again (its run removes the VIP the killed run left) and
+//!    takes the VIP back;
+//! 4. graceful stop: SIGTERM to node 0, whose priority-0 advert hands over to node 1 within
+//!    Skew_Time plus a margin; node 0 exits cleanly without the VIP;
+//! 5. zero discards on both sides: no "VRRP advert not used as is" in our log, no rejection line
+//!    in keepalived's log (`-l -D`), and all receive error counters of keepalived's statistics
+//!    dump (SIGUSR2, `$TMPDIR/keepalived.stats`) at zero, with adverts received;
+//! 6. our daemon's state changes are exactly the expected sequence.
+//!
+//! `wrong_password_is_seen_by_both_checks` shows that the discard checks of step 5 can fail: a
+//! mismatched password is reported by our log, keepalived's log and keepalived's counters.
+//!
+//! Skips (with a printed reason) unless root with keepalived installed; `LB_REQUIRE_PRIVILEGED=1`
+//! turns the skip into a failure. Needs `cargo build --release -p lb-daemon`.
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    netns::{require_root, unique_prefix},
+    vrrp_lab::{Advert, Peer, VrrpLab, VrrpParams},
+};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn gate(test: &str) -> bool {
+    require_root(test) && lb_tests::vrrp_lab::require_keepalived(test)
+}
+
+/// keepalived's statistics on node `i`, if it runs keepalived: no receive error counted, adverts
+/// received, and (`Became master`, `Released master`) of its current run as given.
+fn check_keepalived_stats(lab: &VrrpLab, i: usize, when: &str, masterships: (u64, u64)) {
+    if lab.peer(i) != Peer::Keepalived || !lab.is_running(i) {
+        return;
+    }
+    let stats = lab.keepalived_stats(i).unwrap();
+    eprintln!("keepalived node {i} stats {when}: {:?}", stats.0);
+    assert!(
+        stats.errors().is_empty(),
+        "keepalived on node {i} counted receive errors {when}: {:?}\n{}",
+        stats.errors(),
+        lab.logs_for_error()
+    );
+    // Node 0 may not have heard node 1 (a silent backup) before its first failure.
+    let heard_other = i == 1 || masterships != (1, 0) || when != "after the election";
+    assert!(
+        !heard_other || stats.received() > 0,
+        "keepalived on node {i} received no advert {when}: {:?}",
+        stats.0
+    );
+    assert_eq!(
+        (stats.get("Became master"), stats.get("Released master")),
+        masterships,
+        "keepalived on node {i} {when}: {:?}\n{}",
+        stats.0,
+        lab.logs_for_error()
+    );
+}
+
+fn advert_from(watch_adverts: &[Advert], src: IpAddr) -> Vec<&Advert> {
+    watch_adverts.iter().filter(|a| a.src == src).collect()
+}
+
+/// The whole scenario of the module doc for one pair.
+fn interop(test: &str, params: VrrpParams, peers: [Peer; 2]) {
+    if !gate(test) {
+        return;
+    }
+    let t_test = Instant::now();
+    let mut lab = VrrpLab::new(&unique_prefix("vk"), &params, peers).unwrap();
+    let watch = lab.advert_watch().unwrap();
+    let src = [lab.advert_source(0).unwrap(), lab.advert_source(1).unwrap()];
+    let adv = params.advert_int();
+    let mdi = params.master_down_interval(1);
+    let skew = params.skew(1);
+    let start_margin = Duration::from_secs(3);
+    eprintln!(
+        "{test}: node 0 = {} (priority {}), node 1 = {} (priority {}), v{}, advert_int {:?}, \
+         Master_Down_Interval(node 1) {:.1} ms, Skew_Time {:.1} ms",
+        peers[0],
+        params.priorities[0],
+        peers[1],
+        params.priorities[1],
+        params.version,
+        adv,
+        ms(mdi),
+        ms(skew)
+    );
+
+    // 1. Election.
+    lab.start_both().unwrap();
+    let took = lab
+        .wait_holder(0, params.master_down_interval(0) + adv + start_margin)
+        .unwrap();
+    eprintln!(
+        "{test}: node 0 holds the VIP {:.0} ms after both started",
+        ms(took)
+    );
+    lab.wait_client_follows(0, Duration::from_secs(5)).unwrap();
+    let a = watch
+        .wait_for("node 0's advert", Instant::now(), adv * 3, |a| {
+            a.src == src[0]
+        })
+        .unwrap();
+    assert_eq!(
+        (a.version, a.vrid, a.priority, a.interval_cs, a.ttl),
+        (
+            params.version,
+            params.vrid,
+            params.priorities[0],
+            params.advert_int_cs,
+            255
+        ),
+        "{a:?}"
+    );
+    check_keepalived_stats(&lab, 0, "after the election", (1, 0));
+    check_keepalived_stats(&lab, 1, "after the election", (0, 0));
+
+    // 2. Hard failure, right after one of node 0's adverts.
+    let probe = lab.prober(Duration::from_millis(1)).unwrap();
+    probe
+        .wait_replies_after(Instant::now(), 20, Duration::from_secs(3))
+        .unwrap();
+    let a = watch
+        .wait_for("node 0's advert", Instant::now(), adv * 3, |a| {
+            a.src == src[0]
+        })
+        .unwrap();
+    let t_kill = lab.kill(0).unwrap();
+    let since_advert = t_kill - a.at;
+    lab.wait_holder(1, mdi + Duration::from_secs(2)).unwrap();
+    let took = t_kill.elapsed();
+    let first = watch
+        .wait_for("node 1's first advert as master", t_kill, adv * 3, |a| {
+            a.src == src[1] && a.priority > 0
+        })
+        .unwrap();
+    let last = watch.last_from_before(src[0], t_kill).unwrap();
+    let takeover = first.at - last.at;
+    eprintln!(
+        "{test}: SIGKILL {:.2} ms after node 0's advert; node 1 advertises {:.1} ms after node \
+         0's last advert (Master_Down_Interval {:.1} ms), holds the VIP within {:.0} ms of the kill",
+        ms(since_advert),
+        ms(takeover),
+        ms(mdi),
+        ms(took)
+    );
+    assert!(
+        took <= mdi + Duration::from_millis(300),
+        "takeover {took:?} after the kill, Master_Down_Interval {mdi:?}\n{}",
+        lab.logs_for_error()
+    );
+    assert!(
+        takeover + Duration::from_millis(10) >= mdi && takeover <= mdi + Duration::from_millis(100),
+        "node 1's first advert {takeover:?} after node 0's last, Master_Down_Interval {mdi:?}\n{}",
+        lab.logs_for_error()
+    );
+    assert_eq!(first.priority, params.priorities[1]);
+    lab.wait_client_follows(1, Duration::from_secs(5)).unwrap();
+    probe
+        .wait_replies_after(Instant::now(), 20, Duration::from_secs(3))
+        .unwrap();
+    let report = probe.stop();
+    // The killed node keeps the VIP configured and its kernel keeps answering until the
+    // client's neighbour entry moves: this gap is no failover time (see vrrp_bench).
+    eprintln!(
+        "{test}: 1 ms echo stream across the SIGKILL: longest gap {:.1} ms, {} of {} lost",
+        report.longest_gap().map_or(f64::NAN, |g| ms(g.len())),
+        report.lost(),
+        report.sent
+    );
+    assert!(lab.has_vip(0), "a SIGKILLed run leaves its VIP behind");
+    check_keepalived_stats(&lab, 1, "after the hard failover", (1, 0));
+
+    // 3. Preemption when node 0 comes back.
+    lab.start(0).unwrap();
+    let took = lab
+        .wait_holder(0, params.master_down_interval(0) + adv + start_margin)
+        .unwrap();
+    eprintln!(
+        "{test}: node 0 restarted and preempted in {:.0} ms",
+        ms(took)
+    );
+    assert!(!lab.has_vip(1));
+    lab.wait_client_follows(0, Duration::from_secs(5)).unwrap();
+    check_keepalived_stats(&lab, 0, "after the preemption", (1, 0));
+    check_keepalived_stats(&lab, 1, "after the preemption", (1, 1));
+
+    // 4. Graceful stop.
+    let t_term = lab.terminate(0).unwrap();
+    let zero = watch
+        .wait_for(
+            "node 0's priority-0 advert",
+            t_term,
+            Duration::from_secs(3),
+            |a| a.src == src[0] && a.priority == 0,
+        )
+        .unwrap();
+    let first = watch
+        .wait_for(
+            "node 1's first advert after the release",
+            zero.at,
+            adv * 2 + skew,
+            |a| a.src == src[1] && a.priority > 0,
+        )
+        .unwrap();
+    let handover = first.at - zero.at;
+    lab.wait_holder(1, skew + Duration::from_secs(2)).unwrap();
+    let st = lab.wait_stopped(0).unwrap().expect("it was running");
+    eprintln!(
+        "{test}: SIGTERM: node 1 advertises {:.1} ms after node 0's priority-0 advert (Skew_Time \
+         {:.1} ms)",
+        ms(handover),
+        ms(skew)
+    );
+    assert!(
+        st.success(),
+        "node 0 exit status {st}\n{}",
+        lab.logs_for_error()
+    );
+    assert!(
+        handover <= skew + Duration::from_millis(100),
+        "handover {handover:?}, Skew_Time {skew:?}\n{}",
+        lab.logs_for_error()
+    );
+    assert!(!lab.has_vip(0), "a stopped node releases its VIP");
+    lab.wait_client_follows(1, Duration::from_secs(5)).unwrap();
+
+    // 5. Nothing refused, either side.
+    check_keepalived_stats(&lab, 1, "at the end", (2, 1));
+    for i in 0..2 {
+        let r = lab.rejections(i);
+        assert!(
+            r.is_empty(),
+            "node {i} ({}) refused adverts:\n{}\n{}",
+            lab.peer(i),
+            r.join("\n"),
+            lab.logs_for_error()
+        );
+    }
+    // Every advert on the wire was well-formed for this pair.
+    let adverts = watch.adverts();
+    for (i, s) in src.iter().enumerate() {
+        let mine = advert_from(&adverts, *s);
+        assert!(!mine.is_empty(), "no advert from node {i}");
+        for a in mine {
+            assert_eq!(
+                (a.version, a.vrid, a.interval_cs, a.ttl),
+                (params.version, params.vrid, params.advert_int_cs, 255),
+                "node {i}: {a:?}"
+            );
+            assert!(
+                a.priority == params.priorities[i] || a.priority == 0,
+                "node {i}: {a:?}"
+            );
+        }
+    }
+
+    // 6. Our daemon's state changes.
+    let expected: &[(&str, &str)] = if peers[0] == Peer::Ours {
+        // Run 1: elected, then killed; run 2: elected again, then stopped.
+        &[
+            ("INIT", "BACKUP"),
+            ("BACKUP", "MASTER"),
+            ("INIT", "BACKUP"),
+            ("BACKUP", "MASTER"),
+            ("MASTER", "INIT"),
+        ]
+    } else {
+        &[
+            ("INIT", "BACKUP"),
+            ("BACKUP", "MASTER"),
+            ("MASTER", "BACKUP"),
+            ("BACKUP", "MASTER"),
+        ]
+    };
+    let ours = usize::from(peers[0] != Peer::Ours);
+    let got = lab.ours_transitions(ours);
+    let got: Vec<(&str, &str)> = got.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect();
+    assert_eq!(got, expected, "{}", lab.log(ours));
+    drop(lab);
+    eprintln!("{test}: done in {:.1} s", t_test.elapsed().as_secs_f64());
+}
+
+#[test]
+fn v2_pass_ours_master_keepalived_backup() {
+    interop(
+        "v2_pass_ours_master_keepalived_backup",
+        VrrpParams::v2_seed(),
+        [Peer::Ours, Peer::Keepalived],
+    );
+}
+
+#[test]
+fn v2_pass_keepalived_master_ours_backup() {
+    interop(
+        "v2_pass_keepalived_master_ours_backup",
+        VrrpParams::v2_seed(),
+        [Peer::Keepalived, Peer::Ours],
+    );
+}
+
+#[test]
+fn v3_ours_master_keepalived_backup() {
+    interop(
+        "v3_ours_master_keepalived_backup",
+        VrrpParams::v3(10),
+        [Peer::Ours, Peer::Keepalived],
+    );
+}
+
+#[test]
+fn v3_keepalived_master_ours_backup() {
+    interop(
+        "v3_keepalived_master_ours_backup",
+        VrrpParams::v3(10),
+        [Peer::Keepalived, Peer::Ours],
+    );
+}
+
+#[test]
+fn v3_ipv6_ours_master_keepalived_backup() {
+    interop(
+        "v3_ipv6_ours_master_keepalived_backup",
+        VrrpParams::v3_ipv6(10),
+        [Peer::Ours, Peer::Keepalived],
+    );
+}
+
+#[test]
+fn v3_ipv6_keepalived_master_ours_backup() {
+    interop(
+        "v3_ipv6_keepalived_master_ours_backup",
+        VrrpParams::v3_ipv6(10),
+        [Peer::Keepalived, Peer::Ours],
+    );
+}
+
+/// The checks of step 5 can fail: with a wrong password on keepalived's side, our daemon logs
+/// the refusal, and so do keepalived's log and its authentication counter.
+#[test]
+fn wrong_password_is_seen_by_both_checks() {
+    let test = "wrong_password_is_seen_by_both_checks";
+    if !gate(test) {
+        return;
+    }
+    let params = VrrpParams::v2_seed();
+    let mut lab = VrrpLab::new(
+        &unique_prefix("vk"),
+        &params,
+        [Peer::Ours, Peer::Keepalived],
+    )
+    .unwrap();
+    lab.params_mut(1).auth_pass = Some("654321".into());
+    lab.start_both().unwrap();
+    // Our node (state MASTER) advertises after about a second and keepalived refuses it; after
+    // its Master_Down_Interval keepalived advertises too and we refuse it.
+    lb_tests::netns::wait_until(
+        "both sides to report the wrong password",
+        params.master_down_interval(1) + Duration::from_secs(4),
+        || !lab.rejections(0).is_empty() && !lab.rejections(1).is_empty(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs_for_error()));
+    let ours = lab.rejections(0);
+    let theirs = lab.rejections(1);
+    eprintln!("{test}: ours: {ours:?}\nkeepalived: {theirs:?}");
+    assert!(ours.iter().any(|l| l.contains("auth_mismatch")), "{ours:?}");
+    assert!(
+        theirs
+            .iter()
+            .any(|l| l.contains("received an invalid passwd")),
+        "{theirs:?}"
+    );
+    let stats = lab.keepalived_stats(1).unwrap();
+    assert!(
+        stats.get("Authentication Errors/Failure") > 0,
+        "{:?}",
+        stats.0
+    );
+    assert!(!stats.errors().is_empty());
+}
