@@ -803,8 +803,14 @@ impl Instance {
                 out.push(Output::SendAdvert {
                     priority: self.effective_priority,
                 });
+                // One interval after the deadline that fired, not after `now`: a runtime that
+                // wakes a little late must not stretch every interval (at 10 ms adverts, 1 ms
+                // of lateness each time is 10% fewer adverts). More than an interval behind,
+                // start again from now rather than send a burst.
+                let interval = self.config.advert_interval.as_duration();
+                let next = deadline + interval;
                 self.phase = Phase::Master {
-                    adver_at: now + self.config.advert_interval.as_duration(),
+                    adver_at: if next > now { next } else { now + interval },
                 };
             }
             // RFC 9568 §6.4.2: "If the Master_Down_Timer fires".
@@ -1444,6 +1450,33 @@ mod tests {
                 Output::SendAdvert { priority: 100 },
                 Output::SetTimer(Timer::Adver(t(6000))),
             ]
+        );
+    }
+
+    /// A late wake-up does not stretch the advert interval: the next deadline is one
+    /// interval after the one that fired; more than an interval late, one after now.
+    #[test]
+    fn late_adver_expiry_keeps_the_phase() {
+        let mut i = master(cfg(100), t(4000));
+        let armed = i.timer();
+        let Timer::Adver(at) = armed else {
+            panic!("{armed:?}")
+        };
+        let out = i
+            .handle(Input::TimerExpired(armed), at + Duration::from_millis(3))
+            .unwrap();
+        assert_eq!(
+            out.last(),
+            Some(&Output::SetTimer(Timer::Adver(at + Duration::from_secs(1))))
+        );
+        let armed = i.timer();
+        let late = at + Duration::from_millis(2500);
+        let out = i.handle(Input::TimerExpired(armed), late).unwrap();
+        assert_eq!(
+            out.last(),
+            Some(&Output::SetTimer(Timer::Adver(
+                late + Duration::from_secs(1)
+            )))
         );
     }
 
