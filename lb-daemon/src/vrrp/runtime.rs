@@ -93,6 +93,13 @@ impl Machine {
         }
     }
 
+    fn instance(&self, member: usize) -> Option<&fsm::Instance> {
+        match self {
+            Machine::Single(i) => (member == 0).then_some(i),
+            Machine::Group(g) => g.member(member),
+        }
+    }
+
     fn group_state(&self) -> Option<State> {
         match self {
             Machine::Single(_) => None,
@@ -155,6 +162,7 @@ struct Member {
     garp: Option<JoinHandle<()>>,
     discards: DiscardCounters,
     holds_vips: bool,
+    transitions: u64,
 }
 
 fn fsm_config(m: &MemberSpec) -> fsm::Config {
@@ -212,6 +220,7 @@ pub async fn run_unit(
     spec: UnitSpec,
     events: mpsc::UnboundedSender<Event>,
     mut control: mpsc::Receiver<Control>,
+    stats: SharedStats,
 ) -> anyhow::Result<()> {
     let clock = ProtocolClock::new()?;
     let now = || clock.now();
@@ -270,6 +279,7 @@ pub async fn run_unit(
             garp: None,
             discards: DiscardCounters::default(),
             holds_vips: false,
+            transitions: 0,
         });
     }
 
@@ -300,6 +310,7 @@ pub async fn run_unit(
         unit.apply(&mut machine, &mut addrs, out).await;
     }
     loop {
+        unit.publish(&machine, &stats);
         let deadline = unit.members.iter().filter_map(|m| m.timer.deadline()).min();
         clock.arm(deadline)?;
         tokio::select! {
@@ -474,6 +485,21 @@ impl ProtocolClock {
     }
 }
 
+/// What status and metrics show of an instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceStats {
+    pub state: String,
+    pub priority: u8,
+    pub effective_priority: u8,
+    /// The master we last heard, or ourselves.
+    pub master: Option<IpAddr>,
+    pub transitions: u64,
+    pub discards: std::collections::BTreeMap<String, u64>,
+}
+
+/// Instance name -> stats, written by the VRRP thread, read by status and metrics.
+pub type SharedStats = std::sync::Arc<std::sync::Mutex<HashMap<String, InstanceStats>>>;
+
 struct Unit {
     members: Vec<Member>,
     events: mpsc::UnboundedSender<Event>,
@@ -482,6 +508,40 @@ struct Unit {
 }
 
 impl Unit {
+    /// Publishes the members' stats. `try_lock`: if a reader holds the lock, this round is
+    /// skipped rather than the VRRP thread made to wait.
+    fn publish(&self, machine: &Machine, stats: &SharedStats) {
+        let Ok(mut map) = stats.try_lock() else {
+            return;
+        };
+        for (i, m) in self.members.iter().enumerate() {
+            let Some(inst) = machine.instance(i) else {
+                continue;
+            };
+            let master = if inst.state() == State::Master {
+                Some(m.spec.primary)
+            } else {
+                inst.last_master().map(|(a, _)| a)
+            };
+            map.insert(
+                m.spec.config.name.clone(),
+                InstanceStats {
+                    state: inst.state().to_string(),
+                    priority: m.spec.config.priority,
+                    effective_priority: inst.effective_priority(),
+                    master,
+                    transitions: m.transitions,
+                    discards: m
+                        .discards
+                        .counts
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                },
+            );
+        }
+    }
+
     fn index(&self, name: &str) -> Option<usize> {
         self.members.iter().position(|m| m.spec.config.name == name)
     }
@@ -561,6 +621,7 @@ impl Unit {
                     });
                 }
                 Output::StateChanged { from, to, priority } => {
+                    m.transitions += 1;
                     info!(instance = %name, %from, %to, priority, "VRRP state change");
                     if let Some(state) = NotifyState::from_fsm(to) {
                         let ev = notify::Event::instance(name, state, priority);
@@ -620,6 +681,7 @@ async fn start_garp(m: &MemberSpec) -> Option<JoinHandle<()>> {
 /// A handle on the VRRP thread.
 pub struct VrrpThread {
     pub controls: Vec<(Vec<String>, mpsc::Sender<Control>)>,
+    pub stats: SharedStats,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -658,6 +720,7 @@ pub fn spawn(
     units: Vec<UnitSpec>,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<VrrpThread> {
+    let stats = SharedStats::default();
     let mut controls = Vec::new();
     let mut receivers = Vec::new();
     for u in &units {
@@ -671,6 +734,7 @@ pub fn spawn(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let thread_stats = stats.clone();
     let thread = std::thread::Builder::new()
         .name("vrrp".into())
         .spawn(move || {
@@ -680,10 +744,11 @@ pub fn spawn(
                     .zip(receivers)
                     .map(|(u, rx)| {
                         let ev = events.clone();
+                        let st = thread_stats.clone();
                         tokio::spawn(async move {
                             let names: Vec<String> =
                                 u.members.iter().map(|m| m.config.name.clone()).collect();
-                            if let Err(e) = run_unit(u, ev, rx).await {
+                            if let Err(e) = run_unit(u, ev, rx, st).await {
                                 tracing::error!(instances = ?names, "VRRP stopped: {e:#}");
                             }
                         })
@@ -696,6 +761,7 @@ pub fn spawn(
         })?;
     Ok(VrrpThread {
         controls,
+        stats,
         thread: Some(thread),
     })
 }
