@@ -15,7 +15,8 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, DataplaneConfig},
+    config::{vrrp::VrrpVersion, Config, DataplaneConfig},
+    control::{self, Request, Response},
     dataplane::{
         maps::BpfMaps,
         neigh::{MacResolver, MacResolverConfig, MacUpdate},
@@ -23,6 +24,8 @@ use crate::{
         program::{self, LoadOptions},
         Dataplane,
     },
+    metrics,
+    status::{self, BackendStatus, ServiceStatus, Snapshot, VrrpStatus},
     vrrp::{
         fsm::Input,
         notify::Notifier,
@@ -284,6 +287,17 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 
     // The program's clock: flow idle times and persistence templates are measured on it.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // The control socket (status, reload) and the Prometheus endpoint.
+    let ctl = control::Server::bind(&config.global_defs.control_socket_path()).await?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(control::CALL_QUEUE_LEN);
+    tokio::spawn(ctl.serve(ctl_tx));
+    let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
+    let metrics_on = config.global_defs.metrics_address.is_some();
+    if let Some(addr) = config.global_defs.metrics_address {
+        let server = metrics::MetricsServer::bind(addr, false).await?;
+        info!(%addr, "Prometheus metrics on /metrics");
+        tokio::spawn(server.run(snap_rx));
+    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -337,48 +351,30 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         error!("updating the XDP program's clock: {e}");
                     }
                 }
-            }
-            _ = hup.recv() => {
-                // A bad file leaves the running configuration as it is.
-                match Config::load(&config_path).and_then(|c| c.check_scripts().map(|()| c)) {
-                    Ok(new) if new.dataplane != config.dataplane => {
-                        error!("reload: the dataplane section changed; restart to apply it, nothing changed");
-                    }
-                    Ok(new) if new.vrrp_instances != config.vrrp_instances || new.sync_groups != config.sync_groups => {
-                        // Restarting VRRP would release and retake the VIPs: a flap. Refused
-                        // until instances can be reconfigured in place.
-                        error!("reload: VRRP instances changed; restart to apply them, nothing changed");
-                    }
-                    Ok(new) => {
-                        // Unchanged scripts keep their rise/fall state across the reload.
-                        if let Err(e) = track_tasks.reload(&new) {
-                            error!("reload refused, keeping the running configuration: {e}");
-                            continue;
-                        }
-                        match Tracking::new(&new) {
-                            Ok(mut t) => {
-                                t.seed(&track_tasks.snapshot());
-                                tracking = t;
-                            }
-                            Err(e) => {
-                                error!("reload refused, keeping the running configuration: {e}");
-                                continue;
-                            }
-                        }
-                        config = new;
-                        if let Some(dp) = dp.as_mut() {
-                            let want = wanted(&config, dp.ifindex);
-                            // The resolver says nothing about addresses it stops watching; a
-                            // MAC kept for one could go stale unnoticed if it came back.
-                            dp.macs.retain(|ip, _| want.contains_key(ip));
-                            let _ = dp.wanted_tx.send(want);
-                            dp.apply(&config, &master_vips);
-                        }
-                        info!(services = config.virtual_servers.len(), "configuration reloaded");
-                    }
-                    Err(e) => error!("reload refused, keeping the running configuration: {e}"),
+                if metrics_on {
+                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier));
                 }
             }
+            _ = hup.recv() => {
+                if let Err(e) = reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &master_vips) {
+                    error!("reload refused, keeping the running configuration: {e}");
+                }
+            }
+            Some(call) = ctl_rx.recv() => match call.request {
+                Request::Status => {
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier);
+                    call.reply(Response::status(snap));
+                }
+                Request::Reload => {
+                    match reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &master_vips) {
+                        Ok(()) => call.reply(Response::ok()),
+                        Err(e) => {
+                            error!("reload refused, keeping the running configuration: {e}");
+                            call.reply(Response::error(e));
+                        }
+                    }
+                }
+            },
             res = resolver_done(&mut dp) => {
                 anyhow::bail!("the neighbour resolver stopped: {:?}", res);
             }
@@ -402,6 +398,121 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     info!("stopping: detaching the XDP program");
     drop(dp);
     Ok(())
+}
+
+/// Re-reads the file and applies it as a diff. A file that does not load, or that changes
+/// what cannot change in place (the dataplane section, the VRRP instances: restarting VRRP
+/// would release and retake the VIPs, a flap), changes nothing.
+fn reload(
+    path: &std::path::Path,
+    config: &mut Config,
+    dp: &mut Option<Dp>,
+    track_tasks: &mut TrackTasks,
+    tracking: &mut Tracking,
+    master_vips: &HashSet<IpAddr>,
+) -> Result<(), String> {
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    new.check_scripts().map_err(|e| e.to_string())?;
+    if new.dataplane != config.dataplane {
+        return Err("the [dataplane] section changed: restart to apply it".into());
+    }
+    if new.vrrp_instances != config.vrrp_instances || new.sync_groups != config.sync_groups {
+        return Err("VRRP instances changed: restart to apply them".into());
+    }
+    let mut t = Tracking::new(&new).map_err(|e| e.to_string())?;
+    // Unchanged scripts keep their rise/fall state across the reload.
+    track_tasks.reload(&new).map_err(|e| e.to_string())?;
+    t.seed(&track_tasks.snapshot());
+    *tracking = t;
+    *config = new;
+    if let Some(dp) = dp.as_mut() {
+        let want = wanted(config, dp.ifindex);
+        // The resolver says nothing about addresses it stops watching; a MAC kept for one
+        // could go stale unnoticed if it came back.
+        dp.macs.retain(|ip, _| want.contains_key(ip));
+        let _ = dp.wanted_tx.send(want);
+        dp.apply(config, master_vips);
+    }
+    info!(
+        services = config.virtual_servers.len(),
+        "configuration reloaded"
+    );
+    Ok(())
+}
+
+/// What `lb-daemon status` and the metrics show, from the maps, the VRRP thread's stats and
+/// the configuration.
+fn snapshot(
+    config: &Config,
+    dp: Option<&Dp>,
+    vrrp: Option<&runtime::VrrpThread>,
+    notifier: &Notifier,
+) -> Snapshot {
+    let mut snap = Snapshot::new(config.global_defs.router_id.clone());
+    if let Some(dp) = dp {
+        let maps = dp.dp.writer();
+        for (spec, vs) in dp.dp.specs().iter().zip(&config.virtual_servers) {
+            let Some((sid, bids)) = dp.dp.ids_of(spec) else {
+                continue;
+            };
+            let sc = maps.service_counters(sid).unwrap_or_default();
+            let backends = spec
+                .backends
+                .iter()
+                .zip(&bids)
+                .zip(&vs.real_servers)
+                .map(|((b, bid), rs)| {
+                    let bc = maps.backend_counters(*bid).unwrap_or_default();
+                    BackendStatus {
+                        addr: b.addr,
+                        weight: rs.weight,
+                        effective_weight: b.weight,
+                        health: status::HEALTH_UNKNOWN.into(),
+                        mac: b.mac.as_ref().map(fmt_mac),
+                        packets: bc.packets,
+                        bytes: bc.bytes,
+                        new_flows: bc.new_flows,
+                        check_latency_ms: None,
+                        last_error: None,
+                    }
+                })
+                .collect();
+            snap.services.push(ServiceStatus {
+                vip: spec.vip,
+                port: spec.port,
+                protocol: status::protocol_name(spec.proto).into(),
+                scheduler: format!("{:?}", spec.sched).to_lowercase(),
+                active: spec.active,
+                persistence_timeout: spec.persistence_timeout,
+                packets: sc.packets,
+                bytes: sc.bytes,
+                new_flows: sc.new_flows,
+                backends,
+            });
+        }
+        if let Ok(r) = maps.reason_counters() {
+            snap.reasons = status::reasons_from_counters(&r);
+        }
+    }
+    if let Some(v) = vrrp {
+        let stats = v.stats.lock().map(|m| m.clone()).unwrap_or_default();
+        for inst in &config.vrrp_instances {
+            let st = stats.get(&inst.name).cloned().unwrap_or_default();
+            let version = match inst.version {
+                VrrpVersion::V2 => 2,
+                VrrpVersion::V3 => 3,
+            };
+            snap.vrrp.push(VrrpStatus::from_stats(
+                &inst.name,
+                &inst.interface,
+                inst.vrid,
+                version,
+                &st,
+            ));
+        }
+    }
+    snap.notify = Some(notifier.counters().into());
+    snap
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

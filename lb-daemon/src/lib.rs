@@ -1,6 +1,9 @@
 //! lb-daemon: the control plane of an XDP direct-routing load balancer.
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 pub mod netlink;
+pub mod status;
 pub mod vrrp;

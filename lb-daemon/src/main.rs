@@ -22,6 +22,23 @@ enum Cmd {
         #[arg(long, short = 'f', default_value = "/etc/lb-daemon/lb.toml")]
         config: PathBuf,
     },
+    /// Services, backends and VRRP instances of the running daemon (ipvsadm -Ln --stats style).
+    Status {
+        /// The same as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Add per-second rates (two samples a second apart).
+        #[arg(long)]
+        rate: bool,
+        #[arg(long, default_value = lb_daemon::control::DEFAULT_PATH)]
+        socket: PathBuf,
+    },
+    /// Make the running daemon re-read its configuration (like SIGHUP, but says whether it
+    /// was accepted).
+    Reload {
+        #[arg(long, default_value = lb_daemon::control::DEFAULT_PATH)]
+        socket: PathBuf,
+    },
     /// Check a configuration file without touching the system; non-zero exit on an error.
     Check {
         #[arg(long, short = 'f', default_value = "/etc/lb-daemon/lb.toml")]
@@ -51,6 +68,20 @@ fn main() -> Result<()> {
                     .map(|v| v.real_servers.len())
                     .sum::<usize>()
             );
+            Ok(())
+        }
+        Cmd::Status { json, rate, socket } => {
+            let out = if rate && !json {
+                lb_daemon::control::cli_status_rate(&socket, std::time::Duration::from_secs(1))?
+            } else {
+                lb_daemon::control::cli_status(&socket, json)?
+            };
+            print!("{out}");
+            Ok(())
+        }
+        Cmd::Reload { socket } => {
+            lb_daemon::control::cli_reload(&socket)?;
+            println!("reloaded");
             Ok(())
         }
         Cmd::Run { config } => tokio::runtime::Builder::new_multi_thread()

@@ -30,6 +30,19 @@ pub fn daemon_bin() -> Result<PathBuf> {
     })
 }
 
+/// `config` with the daemon's control socket in `dir`: every daemon of a test needs its own
+/// (namespaces share the file system, and the default is /run/lb-daemon.sock).
+pub fn with_control_socket(config: &str, dir: &std::path::Path) -> String {
+    let line = format!("control_socket = \"{}\"\n", dir.join("ctl.sock").display());
+    match config.find("[global_defs]\n") {
+        Some(i) => {
+            let at = i + "[global_defs]\n".len();
+            format!("{}{line}{}", &config[..at], &config[at..])
+        }
+        None => format!("[global_defs]\n{line}\n{config}"),
+    }
+}
+
 /// The lab's services: port 80 on the v4 and v6 VIPs, one real server per lab server.
 pub fn lab_config(lab: &DrLab, xdp_mode: &str, lb_algo: &str, weights: &[u32]) -> String {
     let mut c = format!(
@@ -89,7 +102,7 @@ pub fn prepare_native(lab: &DrLab) -> Result<NativePeer> {
 /// attached in `xdp_mode` and every backend's MAC is resolved.
 pub fn start_daemon(lab: &DrLab, config: &str, xdp_mode: &str) -> Result<(Proc, PathBuf)> {
     let cfg = lab.lb().dir().join("lb.toml");
-    std::fs::write(&cfg, config)?;
+    std::fs::write(&cfg, with_control_socket(config, lab.lb().dir()))?;
     let bin = daemon_bin()?;
     let daemon = lab.lb().spawn(&[
         bin.to_str().context("path")?,
@@ -124,7 +137,8 @@ pub fn reload(daemon: &Proc, cfg: &std::path::Path, config: &str) -> Result<()> 
         .read_stderr()
         .matches("configuration reloaded")
         .count();
-    std::fs::write(cfg, config)?;
+    let dir = cfg.parent().context("config directory")?;
+    std::fs::write(cfg, with_control_socket(config, dir))?;
     daemon.signal(libc::SIGHUP)?;
     wait_until("the reload", Duration::from_secs(10), || {
         daemon

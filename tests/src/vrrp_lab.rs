@@ -510,7 +510,10 @@ impl Node {
         match self.peer {
             Peer::Ours => {
                 let cfg = dir.join(format!("ours-{run}.toml"));
-                fs::write(&cfg, self.params.ours_toml(self.index))?;
+                fs::write(
+                    &cfg,
+                    crate::lab::with_control_socket(&self.params.ours_toml(self.index), &dir),
+                )?;
                 let bin = daemon_bin()?;
                 let p = self.ns.spawn(&[
                     bin.to_str().context("daemon path")?,

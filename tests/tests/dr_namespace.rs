@@ -50,6 +50,41 @@ fn dr_end_to_end(mode: &str) {
     assert_shares("rr over IPv6", &counts(&bodies6), [1, 1, 1], 60);
     let lines = capture.stop().unwrap();
 
+    // `lb-daemon status --json` agrees with the traffic: one new flow per request, spread
+    // as the replies say, and at least the SYN, the ACK and the request per connection.
+    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
+        .args(["status", "--json", "--socket"])
+        .arg(lab.lb().dir().join("ctl.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (vip, n, bodies) in [
+        ("192.0.2.100", 300u64, &bodies),
+        ("2001:db8::100", 60, &bodies6),
+    ] {
+        let svc = status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["vip"] == vip)
+            .unwrap_or_else(|| panic!("{vip} in {status}"));
+        assert_eq!(svc["new_flows"], n, "{vip}: {svc}");
+        assert!(svc["packets"].as_u64().unwrap() >= 3 * n, "{vip}: {svc}");
+        let by_backend = counts(bodies);
+        for (i, b) in svc["backends"].as_array().unwrap().iter().enumerate() {
+            let served = by_backend
+                .get(&format!("rs{}", i + 1))
+                .copied()
+                .unwrap_or(0) as u64;
+            assert_eq!(b["new_flows"], served, "{vip} backend {i}: {b}");
+        }
+    }
+
     let lb_mac = fmt_mac(&lab.lb_mac().unwrap());
     let server_macs: Vec<String> = lab.server_macs().unwrap().iter().map(fmt_mac).collect();
     let replies: Vec<&String> = lines.iter().filter(|l| l.contains(" > ")).collect();

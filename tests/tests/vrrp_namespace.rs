@@ -63,7 +63,11 @@ virtual_ipaddress = ["{VIP}/24"]
 
 fn start(node: &Netns, config: &str) -> Proc {
     let path = node.dir().join("lb.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(
+        &path,
+        lb_tests::lab::with_control_socket(config, node.dir()),
+    )
+    .unwrap();
     let bin = daemon_bin().unwrap();
     node.spawn(&[
         bin.to_str().unwrap(),

@@ -76,6 +76,18 @@ pub struct GlobalDefs {
     pub script_user: Option<String>,
     /// State changes as JSON lines, to this FIFO or Unix socket path.
     pub notify_fifo: Option<PathBuf>,
+    /// The control socket of `lb-daemon status` and `reload` (default /run/lb-daemon.sock).
+    pub control_socket: Option<PathBuf>,
+    /// Where Prometheus metrics are served (a loopback address; none by default).
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+impl GlobalDefs {
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_PATH))
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,985 @@
+//! The control socket: `lb-daemon status` and `lb-daemon reload` talk to the running daemon
+//! through it.
+//!
+//! # Protocol
+//!
+//! A Unix stream socket (default [`DEFAULT_PATH`]), mode 0600 and answering only root (or the
+//! daemon's own user): one JSON request per line, one JSON response per line, as many as the
+//! client likes on one connection.
+//!
+//! | request | response |
+//! | --- | --- |
+//! | `{"cmd":"status"}` | `{"ok":true,"status":<Snapshot>}` (see [`crate::status`]) |
+//! | `{"cmd":"reload"}` | `{"ok":true}`, or `{"ok":false,"error":"file:line: key: message"}` |
+//! | anything else | `{"ok":false,"error":"..."}` |
+//!
+//! # Wiring: a channel the daemon's main loop answers
+//!
+//! The daemon owns its configuration and state inside one `tokio::select!` loop, so the
+//! server does not call into the daemon: it hands each request over as a [`Call`] on an
+//! `mpsc` channel, and the loop answers it with [`Call::reply`]:
+//!
+//! ```ignore
+//! let server = control::Server::bind(control::DEFAULT_PATH).await?; // fails if a daemon runs
+//! let (calls_tx, mut calls) = tokio::sync::mpsc::channel(control::CALL_QUEUE_LEN);
+//! tokio::spawn(server.serve(calls_tx));
+//! loop {
+//!     tokio::select! {
+//!         Some(call) = calls.recv() => match call.request {
+//!             control::Request::Status => { let s = snapshot(); call.reply(control::Response::status(s)) }
+//!             control::Request::Reload => call.reply(match reload() {
+//!                 Ok(()) => control::Response::ok(),
+//!                 Err(e) => control::Response::error(e.to_string()),
+//!             }),
+//!         },
+//!         // ...
+//!     }
+//! }
+//! ```
+//!
+//! [`Call::reply`] never blocks (a oneshot send), and a call dropped unanswered is answered
+//! with an error for the client. [`Server::serve`] returns when the daemon drops its receiver,
+//! and the socket file is removed when the [`Server`] is dropped (if it is still ours).
+//!
+//! # Hostile or broken clients
+//!
+//! Every client gets its own task, and at most [`Options::max_clients`] are served at once; one
+//! more is told it is busy and closed at once, so the daemon's file descriptors stay bounded.
+//! A request line longer than [`MAX_LINE`] is answered with an error and the connection
+//! closed; a client has [`Options::idle_timeout`] to send each line (so one that never sends,
+//! or sends a byte at a time, is closed) and [`Options::write_timeout`] to read each answer;
+//! one that disconnects mid-line is simply closed. None of them ever holds up the daemon,
+//! which only sees whole, parsed requests.
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot, Semaphore},
+    task::JoinSet,
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use crate::status::{rates, render_table, Snapshot};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_PATH: &str = "/run/lb-daemon.sock";
+/// The longest request line (without its newline).
+pub const MAX_LINE: usize = 64 * 1024;
+/// A good capacity for the channel of [`Call`]s.
+pub const CALL_QUEUE_LEN: usize = 16;
+/// The longest response line a client accepts (a status of many thousand backends).
+const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+/// How long a client waits for the daemon to accept its connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client waits for its answer: a bit more than the server gives the daemon.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// A request, as `{"cmd":"status"}` or `{"cmd":"reload"}`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Reload,
+}
+
+/// A response: `ok`, with `status` for a status request, or `error` when not `ok`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Snapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// `{"ok":true}`.
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            status: None,
+            error: None,
+        }
+    }
+
+    /// `{"ok":true,"status":...}`.
+    pub fn status(snapshot: Snapshot) -> Self {
+        Self {
+            ok: true,
+            status: Some(snapshot),
+            error: None,
+        }
+    }
+
+    /// `{"ok":false,"error":...}`.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            status: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// A request on its way to the daemon, with the way back to its client.
+#[derive(Debug)]
+pub struct Call {
+    pub request: Request,
+    reply: oneshot::Sender<Response>,
+}
+
+impl Call {
+    /// Answers the client (never blocks; a client that went away is not an error).
+    pub fn reply(self, response: Response) {
+        let _ = self.reply.send(response);
+    }
+}
+
+/// Limits of the server; [`Options::default`] is what the daemon uses.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Longest request line, without its newline.
+    pub max_line: usize,
+    /// Time a client has to send each request line, from the end of the previous answer.
+    pub idle_timeout: Duration,
+    /// Time a client has to take each answer.
+    pub write_timeout: Duration,
+    /// Time the daemon has to answer a call (a reload runs check scripts).
+    pub reply_timeout: Duration,
+    /// Clients served at once.
+    pub max_clients: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_line: MAX_LINE,
+            idle_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(60),
+            max_clients: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another lb-daemon answers on {}: refusing to start a second one", .0.display())]
+    InUse(PathBuf),
+    #[error("{} exists and is not a socket: refusing to replace it", .0.display())]
+    NotSocket(PathBuf),
+    #[error("{what} {}: {error}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    /// The client could not reach the daemon (with a hint why).
+    #[error("{0}")]
+    Connect(String),
+    #[error("timed out {0}")]
+    Timeout(String),
+    /// Not the protocol: a response that does not parse, a connection closed early.
+    #[error("control socket: {0}")]
+    Protocol(String),
+    /// The daemon answered `{"ok":false,"error":...}`.
+    #[error("{0}")]
+    Daemon(String),
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ControlError + 'a {
+    move |error| ControlError::Io {
+        what,
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// The request a line holds, or what to tell the client.
+pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
+    const EXPECTED: &str = r#"expected {"cmd":"status"} or {"cmd":"reload"}"#;
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("not JSON ({e}): {EXPECTED}"))?;
+    let cmd = v
+        .get("cmd")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| EXPECTED.to_string())?;
+    match cmd {
+        "status" => Ok(Request::Status),
+        "reload" => Ok(Request::Reload),
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            Err(format!(
+                "unknown command {shown:?} (expected status or reload)"
+            ))
+        }
+    }
+}
+
+/// A bound control socket, not serving yet.
+#[derive(Debug)]
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file we created: removed on drop only if still ours.
+    id: Option<(u64, u64)>,
+    options: Options,
+}
+
+impl Server {
+    /// [`Server::bind_with`] the default [`Options`].
+    pub async fn bind(path: impl AsRef<Path>) -> Result<Self> {
+        Self::bind_with(path, Options::default()).await
+    }
+
+    /// Creates the socket at `path`, mode 0600. A socket file nothing answers on (left by a
+    /// daemon that died) is replaced; if something answers, or `path` is not a socket, this
+    /// fails and leaves it alone.
+    pub async fn bind_with(path: impl AsRef<Path>, options: Options) -> Result<Self> {
+        let path = path.as_ref();
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ControlError::NotSocket(path.to_path_buf()))
+            }
+            Ok(_) => match timeout(Duration::from_secs(1), UnixStream::connect(path)).await {
+                // A listener with a full backlog does not answer at once but is alive.
+                Ok(Ok(_)) | Err(_) => return Err(ControlError::InUse(path.to_path_buf())),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    debug!(path = %path.display(), "removing a stale control socket");
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_error("removing the stale socket", path)(e)),
+                    }
+                }
+                Ok(Err(e)) => return Err(io_error("probing", path)(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("inspecting", path)(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io_error("binding", path))?;
+        // Between bind and chmod the file has the umask's mode; connections made in that
+        // window are still refused by the peer-credential check in `serve`.
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(path);
+            return Err(io_error("setting the mode of", path)(e));
+        }
+        let id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            id,
+            options,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves clients, handing their requests to `calls`, until the receiver of `calls` is
+    /// dropped. Then the socket file is removed; clients still connected are cut off.
+    pub async fn serve(self, calls: mpsc::Sender<Call>) {
+        let slots = Arc::new(Semaphore::new(self.options.max_clients.max(1)));
+        let mut clients = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = calls.closed() => break,
+                Some(_) = clients.join_next(), if !clients.is_empty() => {}
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        if let Err(why) = authorize(&stream) {
+                            warn!("control socket: {why}");
+                            refuse(&stream, &why);
+                            continue;
+                        }
+                        match slots.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let calls = calls.clone();
+                                let options = self.options.clone();
+                                clients.spawn(async move {
+                                    client(stream, calls, &options).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => {
+                                debug!("control socket: too many clients, one refused");
+                                refuse(&stream, "too many control clients at once, try again");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!("control socket: accept: {e}");
+                        // Out of file descriptors: let some close rather than spin.
+                        if out_of_resources(&e) {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        }
+        clients.shutdown().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// An accept error that persists until some descriptors or memory are freed.
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Only root and the daemon's own user may talk to it (the socket's mode says the same; this
+/// also covers the moment between bind and chmod).
+fn authorize(stream: &UnixStream) -> std::result::Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("no peer credentials: {e}"))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid() == 0 || cred.uid() == me {
+        Ok(())
+    } else {
+        Err(format!("uid {} is not allowed", cred.uid()))
+    }
+}
+
+/// Tells a client why it is turned away, without ever waiting for it, and closes.
+fn refuse(stream: &UnixStream, why: &str) {
+    let _ = stream.try_write(&response_line(&Response::error(why)));
+}
+
+fn response_line(r: &Response) -> Vec<u8> {
+    let mut line = serde_json::to_vec(r).unwrap_or_else(|e| {
+        serde_json::to_vec(&Response::error(format!("encoding the answer: {e}")))
+            .unwrap_or_default()
+    });
+    line.push(b'\n');
+    line
+}
+
+/// Reads one line of at most `max` bytes (without its `\n`, and without a `\r` before it).
+/// `Ok(None)`: the peer closed between lines. `Err(Some(msg))`: tell the client and close;
+/// `Err(None)`: just close.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::result::Result<Option<()>, Option<String>> {
+    buf.clear();
+    let n = reader
+        .take(max as u64 + 1)
+        .read_until(b'\n', buf)
+        .await
+        .map_err(|_| None)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        if buf.len() > max {
+            return Err(Some(format!("request line longer than {max} bytes")));
+        }
+        // The peer closed in the middle of a line.
+        return Err(None);
+    }
+    buf.pop();
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(()))
+}
+
+async fn write_line<W: AsyncWrite + Unpin>(w: &mut W, r: &Response, t: Duration) -> bool {
+    matches!(timeout(t, w.write_all(&response_line(r))).await, Ok(Ok(())))
+}
+
+/// One client, until it closes, misbehaves or times out.
+async fn client(stream: UnixStream, calls: mpsc::Sender<Call>, options: &Options) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        let read = timeout(
+            options.idle_timeout,
+            read_line(&mut rd, &mut line, options.max_line),
+        )
+        .await;
+        let response = match read {
+            Err(_) => {
+                debug!("control client idle for {:?}: closed", options.idle_timeout);
+                return;
+            }
+            Ok(Ok(None)) | Ok(Err(None)) => return,
+            Ok(Err(Some(why))) => {
+                debug!("control client: {why}");
+                write_line(&mut wr, &Response::error(why), options.write_timeout).await;
+                return;
+            }
+            Ok(Ok(Some(()))) => {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match parse_request(&line) {
+                    Ok(request) => dispatch(request, &calls, options.reply_timeout).await,
+                    Err(why) => Response::error(why),
+                }
+            }
+        };
+        if !write_line(&mut wr, &response, options.write_timeout).await {
+            debug!("control client did not take its answer: closed");
+            return;
+        }
+    }
+}
+
+/// Hands a request to the daemon and waits for its answer, at most `t` in all.
+async fn dispatch(request: Request, calls: &mpsc::Sender<Call>, t: Duration) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let call = Call { request, reply: tx };
+    let answered = timeout(t, async move {
+        if calls.send(call).await.is_err() {
+            return Response::error("the daemon is shutting down");
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::error("the daemon dropped the request"))
+    })
+    .await;
+    answered.unwrap_or_else(|_| Response::error(format!("no answer from the daemon in {t:?}")))
+}
+
+fn connect_error(path: &Path, e: io::Error) -> ControlError {
+    let p = path.display();
+    ControlError::Connect(match e.kind() {
+        io::ErrorKind::NotFound => format!("no control socket at {p}: is lb-daemon running?"),
+        io::ErrorKind::ConnectionRefused => {
+            format!("nothing answers on {p}: lb-daemon is not running")
+        }
+        io::ErrorKind::PermissionDenied => {
+            format!("{p}: permission denied (the control socket is for root only)")
+        }
+        _ => format!("connecting to {p}: {e}"),
+    })
+}
+
+/// Sends one request to the daemon at `path` and returns its answer (which may say
+/// `ok: false`).
+pub async fn request(path: impl AsRef<Path>, request: Request) -> Result<Response> {
+    request_within(path.as_ref(), request, CLIENT_TIMEOUT).await
+}
+
+async fn request_within(path: &Path, request: Request, t: Duration) -> Result<Response> {
+    let stream = timeout(CONNECT_TIMEOUT, UnixStream::connect(path))
+        .await
+        .map_err(|_| ControlError::Timeout(format!("connecting to {}", path.display())))?
+        .map_err(|e| connect_error(path, e))?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(&request).expect("a request always encodes");
+    line.push(b'\n');
+    let exchange = async {
+        wr.write_all(&line)
+            .await
+            .map_err(|e| ControlError::Protocol(format!("sending the request: {e}")))?;
+        let mut rd = BufReader::new(rd);
+        let mut buf = Vec::new();
+        match read_line(&mut rd, &mut buf, MAX_RESPONSE).await {
+            Ok(Some(())) => serde_json::from_slice::<Response>(&buf).map_err(|e| {
+                ControlError::Protocol(format!("a response that does not parse: {e}"))
+            }),
+            Ok(None) | Err(None) => Err(ControlError::Protocol(
+                "the daemon closed the connection without an answer".into(),
+            )),
+            Err(Some(why)) => Err(ControlError::Protocol(why)),
+        }
+    };
+    timeout(t, exchange)
+        .await
+        .map_err(|_| ControlError::Timeout(format!("waiting for the daemon's answer ({t:?})")))?
+}
+
+/// Runs `f` on a runtime of its own: for the CLI, which has none. Must not be called from
+/// inside a Tokio runtime.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| ControlError::Io {
+            what: "starting a runtime for",
+            path: PathBuf::from("the control client"),
+            error,
+        })?;
+    Ok(rt.block_on(f))
+}
+
+async fn status(path: &Path) -> Result<Snapshot> {
+    let r = request(path, Request::Status).await?;
+    match (r.ok, r.status, r.error) {
+        (true, Some(s), _) => Ok(s),
+        (true, None, _) => Err(ControlError::Protocol(
+            "a status answer without status".into(),
+        )),
+        (false, _, e) => Err(ControlError::Daemon(e.unwrap_or_else(|| "failed".into()))),
+    }
+}
+
+/// `lb-daemon status`: the daemon's status as a table ([`render_table`]), or with `json` its
+/// [`Snapshot`] as pretty JSON. The text ends with a newline (print it with `print!`).
+/// Blocking; not for use inside a Tokio runtime.
+pub fn cli_status(path: impl AsRef<Path>, json: bool) -> Result<String> {
+    let s = block_on(status(path.as_ref()))??;
+    if json {
+        let mut out = serde_json::to_string_pretty(&s)
+            .map_err(|e| ControlError::Protocol(format!("encoding the status: {e}")))?;
+        out.push('\n');
+        Ok(out)
+    } else {
+        Ok(render_table(&s, None))
+    }
+}
+
+/// `lb-daemon status --rate`: the table with per-second rates, from two status requests
+/// `interval` apart. Blocking; not for use inside a Tokio runtime.
+pub fn cli_status_rate(path: impl AsRef<Path>, interval: Duration) -> Result<String> {
+    let path = path.as_ref();
+    block_on(async {
+        let first = status(path).await?;
+        tokio::time::sleep(interval).await;
+        let second = status(path).await?;
+        Ok(render_table(&second, Some(&rates(&first, &second))))
+    })?
+}
+
+/// `lb-daemon reload`: asks the daemon to reload its configuration; its error (`file:line:
+/// key: message`) when it refused. Blocking; not for use inside a Tokio runtime.
+pub fn cli_reload(path: impl AsRef<Path>) -> Result<()> {
+    let r = block_on(request(path.as_ref(), Request::Reload))??;
+    if r.ok {
+        Ok(())
+    } else {
+        Err(ControlError::Daemon(
+            r.error.unwrap_or_else(|| "reload failed".into()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::test_support::{eventually, sample, unix_server_fds, TempDir};
+    use tokio::task::JoinHandle;
+
+    const RELOAD_ERROR: &str = "lb.toml:3: port: expected an integer";
+
+    fn quick() -> Options {
+        Options {
+            idle_timeout: Duration::from_millis(300),
+            write_timeout: Duration::from_millis(300),
+            reply_timeout: Duration::from_secs(5),
+            max_clients: 4,
+            ..Options::default()
+        }
+    }
+
+    /// A daemon that answers status with [`sample`] and refuses reloads.
+    async fn fake_daemon(mut calls: mpsc::Receiver<Call>) {
+        while let Some(call) = calls.recv().await {
+            let r = match call.request {
+                Request::Status => Response::status(sample()),
+                Request::Reload => Response::error(RELOAD_ERROR),
+            };
+            call.reply(r);
+        }
+    }
+
+    struct Running {
+        path: PathBuf,
+        server: JoinHandle<()>,
+        daemon: JoinHandle<()>,
+    }
+
+    impl Running {
+        async fn stop(self) {
+            self.daemon.abort();
+            let _ = self.daemon.await;
+            self.server.await.unwrap();
+        }
+    }
+
+    async fn start(dir: &TempDir, options: Options) -> Running {
+        let path = dir.path().join("ctl.sock");
+        let server = Server::bind_with(&path, options).await.unwrap();
+        let (tx, rx) = mpsc::channel(CALL_QUEUE_LEN);
+        Running {
+            path,
+            server: tokio::spawn(server.serve(tx)),
+            daemon: tokio::spawn(fake_daemon(rx)),
+        }
+    }
+
+    /// Everything the server sends until it closes (a reset counts as a close).
+    async fn read_all(s: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the server should close the connection");
+        out
+    }
+
+    async fn exchange(s: &mut UnixStream, line: &[u8]) -> Response {
+        s.write_all(line).await.unwrap();
+        let mut rd = BufReader::new(s);
+        let mut buf = Vec::new();
+        timeout(Duration::from_secs(10), rd.read_until(b'\n', &mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    #[tokio::test]
+    async fn status_and_reload_round_trip() {
+        let dir = TempDir::new("ctl");
+        let run = start(&dir, quick()).await;
+        let mode = std::fs::metadata(&run.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+        let r = request(&run.path, Request::Status).await.unwrap();
+        assert_eq!(r, Response::status(sample()));
+        let r = request(&run.path, Request::Reload).await.unwrap();
+        assert_eq!(r, Response::error(RELOAD_ERROR));
+        // The wire format.
+        assert_eq!(
+            serde_json::to_string(&Response::error(RELOAD_ERROR)).unwrap(),
+            r#"{"ok":false,"error":"lb.toml:3: port: expected an integer"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+
+        // Several requests, bad ones among them, on one connection.
+        let mut s = UnixStream::connect(&run.path).await.unwrap();
+        let r = exchange(&mut s, b"{\"cmd\":\"nope\"}\n").await;
+        assert!(!r.ok && r.error.unwrap().contains("unknown command \"nope\""));
+        let r = exchange(&mut s, b"\xff\xfe garbage\r\n").await;
+        assert!(!r.ok && r.error.unwrap().contains("not JSON"));
+        let r = exchange(&mut s, b"[1,2]\n").await;
+        assert!(!r.ok && r.error.unwrap().contains("expected {\"cmd\""));
+        let r = exchange(&mut s, b"\n  \n{\"cmd\":\"status\",\"extra\":1}\r\n").await;
+        assert_eq!(r, Response::status(sample()));
+        drop(s);
+
+        let path = run.path.clone();
+        run.stop().await;
+        assert!(
+            !path.exists(),
+            "the socket file is removed when serving stops"
+        );
+        assert!(matches!(
+            request(&path, Request::Status).await,
+            Err(ControlError::Connect(m)) if m.contains("is lb-daemon running?")
+        ));
+    }
+
+    #[tokio::test]
+    async fn stale_socket_replaced_live_one_and_other_files_left_alone() {
+        let dir = TempDir::new("ctl");
+        let path = dir.path().join("ctl.sock");
+        // A daemon that died: the file is there, nothing listens.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let run = start(&dir, quick()).await;
+        assert_eq!(
+            request(&run.path, Request::Status).await.unwrap(),
+            Response::status(sample())
+        );
+        // A second daemon refuses to start and leaves the first one working.
+        assert!(matches!(
+            Server::bind_with(&path, quick()).await,
+            Err(ControlError::InUse(_))
+        ));
+        assert!(request(&run.path, Request::Status).await.unwrap().ok);
+        run.stop().await;
+
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        assert!(matches!(
+            Server::bind_with(&file, quick()).await,
+            Err(ControlError::NotSocket(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_refused_and_closed() {
+        let dir = TempDir::new("ctl");
+        let run = start(&dir, quick()).await;
+
+        // Exactly the limit is fine.
+        let mut line = br#"{"cmd":"status"}"#.to_vec();
+        line.resize(MAX_LINE, b' ');
+        line.push(b'\n');
+        let mut s = UnixStream::connect(&run.path).await.unwrap();
+        assert_eq!(exchange(&mut s, &line).await, Response::status(sample()));
+        drop(s);
+
+        // One byte more is not.
+        let mut s = UnixStream::connect(&run.path).await.unwrap();
+        s.write_all(&vec![b'a'; MAX_LINE + 1]).await.unwrap();
+        let got = read_all(&mut s).await;
+        let r: Response = serde_json::from_slice(&got).unwrap();
+        assert_eq!(
+            r.error.as_deref(),
+            Some("request line longer than 65536 bytes")
+        );
+
+        // A flood without newline: cut off, and the others still served.
+        let mut s = UnixStream::connect(&run.path).await.unwrap();
+        let (mut rd, mut wr) = s.split();
+        let flood = async {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..64 {
+                if wr.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let drain = async {
+            let mut out = Vec::new();
+            let _ = timeout(Duration::from_secs(10), rd.read_to_end(&mut out))
+                .await
+                .expect("closed");
+        };
+        tokio::join!(flood, drain);
+        assert!(request(&run.path, Request::Status).await.unwrap().ok);
+        run.stop().await;
+    }
+
+    #[tokio::test]
+    async fn silent_and_half_done_clients_are_closed_without_blocking_others() {
+        let dir = TempDir::new("ctl");
+        let run = start(&dir, quick()).await;
+
+        // Never sends: closed after the idle timeout, with no answer.
+        let mut silent = UnixStream::connect(&run.path).await.unwrap();
+        // Half a line, then a byte at a time: the timeout is for the whole line.
+        let mut slow = UnixStream::connect(&run.path).await.unwrap();
+        slow.write_all(b"{\"cmd\":").await.unwrap();
+        // Half a line, then gone.
+        let mut gone = UnixStream::connect(&run.path).await.unwrap();
+        gone.write_all(b"{\"cmd\":\"sta").await.unwrap();
+        gone.shutdown().await.unwrap();
+
+        // Meanwhile, another client is served at once.
+        let r = timeout(Duration::from_secs(5), request(&run.path, Request::Status))
+            .await
+            .expect("served while the others hang")
+            .unwrap();
+        assert!(r.ok);
+
+        let slow_writer = async {
+            let mut n = 0;
+            while slow.write_all(b" ").await.is_ok() && n < 1000 {
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let (silent_got, (), gone_got) =
+            tokio::join!(read_all(&mut silent), slow_writer, read_all(&mut gone));
+        assert!(silent_got.is_empty(), "{silent_got:?}");
+        assert!(gone_got.is_empty(), "{gone_got:?}");
+        run.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped() {
+        let dir = TempDir::new("ctl");
+        let path = dir.path().join("ctl.sock");
+        let server = Server::bind_with(&path, quick()).await.unwrap();
+        let (tx, mut rx) = mpsc::channel::<Call>(CALL_QUEUE_LEN);
+        let server = tokio::spawn(server.serve(tx));
+        // A status far bigger than the socket buffers.
+        let mut big = sample();
+        for i in 0..20_000u32 {
+            let mut svc = big.services[0].clone();
+            svc.port = (i % 60_000) as u16 + 1;
+            big.services.push(svc);
+        }
+        let daemon = tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                call.reply(Response::status(big.clone()));
+            }
+        });
+        assert_eq!(unix_server_fds(&path), 1, "the listener");
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"{\"cmd\":\"status\"}\n{\"cmd\":\"status\"}\n")
+            .await
+            .unwrap();
+        // The server accepts, gives up writing, and closes its end.
+        eventually("accepted", || unix_server_fds(&path) == 2).await;
+        eventually("closed", || unix_server_fds(&path) == 1).await;
+        let got = read_all(&mut s).await;
+        assert!(
+            !got.is_empty() && !got.ends_with(b"\n"),
+            "a truncated answer, not {} bytes",
+            got.len()
+        );
+        // Others are still served.
+        let r = request(&path, Request::Reload).await.unwrap();
+        assert!(r.ok && r.status.is_some());
+        daemon.abort();
+        let _ = daemon.await;
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_descriptors_stay_bounded() {
+        let dir = TempDir::new("ctl");
+        // Long enough that no slot frees up while the others are turned away.
+        let options = Options {
+            idle_timeout: Duration::from_secs(2),
+            ..quick()
+        };
+        let run = start(&dir, options).await;
+        const N: usize = 100;
+        let max = quick().max_clients;
+        let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
+        let mut tasks = Vec::new();
+        for _ in 0..N {
+            let mut s = UnixStream::connect(&run.path).await.unwrap();
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rd = BufReader::new(&mut s);
+                let mut line = Vec::new();
+                let n = timeout(Duration::from_secs(10), rd.read_until(b'\n', &mut line))
+                    .await
+                    .expect("answered or closed")
+                    .unwrap_or(0);
+                let what = if n > 0 { "refused" } else { "closed" };
+                if n > 0 {
+                    let r: Response = serde_json::from_slice(&line).unwrap();
+                    assert!(r.error.unwrap().contains("too many"));
+                }
+                let _ = tx.send(what);
+                // Hold the connection until the server closes it.
+                let mut rest = Vec::new();
+                let _ = timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+            }));
+        }
+        drop(tx);
+        // All but `max_clients` are turned away at once.
+        let mut refused = 0;
+        while refused < N - max {
+            match rx.recv().await {
+                Some("refused") => refused += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert_eq!(refused, N - max);
+        // The listener and at most max_clients connections, while N clients are connected.
+        let held = unix_server_fds(&run.path);
+        assert!(held <= 1 + max, "{held}");
+        for t in tasks {
+            t.await.unwrap();
+        }
+        eventually("all closed", || unix_server_fds(&run.path) == 1).await;
+        // And the server still answers.
+        assert!(request(&run.path, Request::Status).await.unwrap().ok);
+        run.stop().await;
+    }
+
+    #[test]
+    fn blocking_cli_helpers() {
+        let dir = TempDir::new("ctl");
+        let path = dir.path().join("ctl.sock");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let p = path.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let server = Server::bind_with(&p, quick()).await.unwrap();
+                let (tx, rx) = mpsc::channel(CALL_QUEUE_LEN);
+                let server = tokio::spawn(server.serve(tx));
+                ready_tx.send(()).unwrap();
+                tokio::select! {
+                    _ = fake_daemon(rx) => {}
+                    _ = stop_rx => {}
+                }
+                server.await.unwrap();
+            });
+        });
+        ready_rx.recv().unwrap();
+
+        let table = cli_status(&path, false).unwrap();
+        assert_eq!(table, render_table(&sample(), None));
+        let json = cli_status(&path, true).unwrap();
+        assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), sample());
+        assert!(json.ends_with("}\n"));
+        let rated = cli_status_rate(&path, Duration::from_millis(10)).unwrap();
+        assert!(rated.contains("CPS  InPPS  InBPS"), "{rated}");
+        match cli_reload(&path) {
+            Err(ControlError::Daemon(e)) => assert_eq!(e, RELOAD_ERROR),
+            other => panic!("{other:?}"),
+        }
+
+        stop_tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(!path.exists());
+        let e = cli_reload(&path).unwrap_err().to_string();
+        assert!(e.contains("no control socket at"), "{e}");
+    }
+
+    #[test]
+    fn request_parsing() {
+        assert_eq!(parse_request(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(br#" {"cmd" : "reload"} "#),
+            Ok(Request::Reload)
+        );
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"{\"cmd\":1}",
+            b"null",
+            b"\"status\"",
+            b"{\"cmd\":\"status\"",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad:?}");
+        }
+        let long = format!(r#"{{"cmd":"{}"}}"#, "x".repeat(1000));
+        assert!(parse_request(long.as_bytes()).unwrap_err().len() < 200);
+    }
+}

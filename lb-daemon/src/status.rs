@@ -1,0 +1,1571 @@
+//! What the daemon shows of itself: one data model, [`Snapshot`], and its renderings.
+//!
+//! * JSON (serde): the control socket's `{"cmd":"status"}` answer and `lb-daemon status --json`.
+//! * [`render_table`]: a table in the spirit of `ipvsadm -Ln --stats` (and `--rate`, with
+//!   [`rates`] computed from two snapshots), followed by the VRRP instances.
+//! * [`render_prometheus`]: the Prometheus text exposition format 0.0.4, served on `/metrics`
+//!   by [`crate::metrics`].
+//!
+//! # The JSON interface
+//!
+//! Field names are an interface: scripts parse them. Fields are only ever added, never renamed
+//! or removed, and every field added later has a default, so what an older daemon wrote still
+//! parses. An example (one service, one backend, one VRRP instance, one XDP reason):
+//!
+//! ```json
+//! {"time":1700000000.5,"router_id":"lb1",
+//!  "services":[{"vip":"192.0.2.100","port":80,"protocol":"TCP","scheduler":"rr","active":true,
+//!    "persistence_timeout":0,"packets":340,"bytes":45678,"new_flows":12,
+//!    "backends":[{"addr":"192.0.2.11:80","weight":1,"effective_weight":1,"health":"up",
+//!      "mac":"02:00:00:00:00:0b","packets":200,"bytes":30000,"new_flows":7,
+//!      "check_latency_ms":1.5,"last_error":null}]}],
+//!  "vrrp":[{"name":"VI_1","interface":"eth0","vrid":51,"version":3,"state":"MASTER",
+//!    "priority":150,"effective_priority":150,"master":"192.0.2.2","transitions":3,
+//!    "discards":{"ttl":2}}],
+//!  "reasons":[{"name":"fwd_established","verdict":"tx","packets":300,"bytes":40000}],
+//!  "notify":null}
+//! ```
+//!
+//! Counters (`packets`, `bytes`, `new_flows`, `transitions`, `discards`) only grow while the
+//! daemon runs; they start again from zero when it restarts (or, for a backend or service,
+//! when it is removed and added back), which [`rates`] copes with.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// `health` of a backend whose checks pass (or that has no check).
+pub const HEALTH_UP: &str = "up";
+/// `health` of a backend whose checks fail.
+pub const HEALTH_DOWN: &str = "down";
+/// `health` of a backend not checked yet.
+pub const HEALTH_UNKNOWN: &str = "unknown";
+
+/// The VRRP states, in the words keepalived gives notify scripts (`vrrp::fsm::State`'s
+/// `Display`); `lb_vrrp_state` has one sample per state.
+pub const VRRP_STATES: [&str; 4] = ["INIT", "BACKUP", "MASTER", "FAULT"];
+
+/// Everything `lb-daemon status` shows, at one instant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Snapshot {
+    /// When it was taken: seconds since the Unix epoch (with a fraction).
+    pub time: f64,
+    /// `global_defs.router_id`, if configured.
+    pub router_id: Option<String>,
+    /// The virtual servers, in configuration order.
+    pub services: Vec<ServiceStatus>,
+    /// The VRRP instances, in configuration order.
+    pub vrrp: Vec<VrrpStatus>,
+    /// What the XDP program did with every packet it saw, per reason (empty without a
+    /// dataplane).
+    pub reasons: Vec<ReasonStatus>,
+    /// What happened to notify events and hooks (`null` when nothing is configured).
+    pub notify: Option<NotifyStatus>,
+}
+
+/// One virtual server (an IPVS service).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServiceStatus {
+    pub vip: IpAddr,
+    /// 0: every port of the VIP.
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    /// `lb_algo`: `rr`, `wrr`, `sh` or `mh`.
+    #[serde(default)]
+    pub scheduler: String,
+    /// This node serves it: the VRRP master for its VIP, or a VIP no VRRP instance holds.
+    #[serde(default)]
+    pub active: bool,
+    /// Seconds; 0: no persistence.
+    #[serde(default)]
+    pub persistence_timeout: u32,
+    /// Packets forwarded (inbound only: direct routing never sees the replies).
+    #[serde(default)]
+    pub packets: u64,
+    /// Bytes forwarded (the IP packets, without the Ethernet header).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Flows (connections) scheduled: ipvsadm's "Conns".
+    #[serde(default)]
+    pub new_flows: u64,
+    /// The real servers, in configuration order.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One real server of a service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BackendStatus {
+    pub addr: SocketAddr,
+    /// The configured weight.
+    #[serde(default)]
+    pub weight: u32,
+    /// The weight new flows are scheduled with: 0 when the backend is down, not resolved
+    /// (no MAC) or drained.
+    #[serde(default)]
+    pub effective_weight: u32,
+    /// [`HEALTH_UP`], [`HEALTH_DOWN`] or [`HEALTH_UNKNOWN`].
+    #[serde(default)]
+    pub health: String,
+    /// Its MAC address (`aa:bb:cc:dd:ee:ff`), once the neighbour table resolved it.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub new_flows: u64,
+    /// How long the last successful health check took.
+    #[serde(default)]
+    pub check_latency_ms: Option<f64>,
+    /// Why the last health check failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// One VRRP instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct VrrpStatus {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    /// 2 or 3.
+    pub version: u8,
+    /// One of [`VRRP_STATES`].
+    pub state: String,
+    /// The configured priority.
+    pub priority: u8,
+    /// With the tracking weights applied: what the adverts carry.
+    pub effective_priority: u8,
+    /// The master last heard from, or this node's own address when it is master.
+    pub master: Option<IpAddr>,
+    /// State changes since start.
+    pub transitions: u64,
+    /// Adverts discarded, per reason (`ttl`, `auth_mismatch`, ...).
+    pub discards: BTreeMap<String, u64>,
+}
+
+/// Packets the XDP program handled for one reason (`lb_common::reason`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct ReasonStatus {
+    /// `lb_common::reason::name`: `fwd_new_flow`, `pass_no_service`, ...
+    pub name: String,
+    /// `tx`, `pass` or `drop`.
+    pub verdict: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Notify events and hooks so far (`vrrp::notify::NotifyCounters`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct NotifyStatus {
+    pub events: u64,
+    /// Dropped because the queue to the notify worker was full.
+    pub queue_dropped: u64,
+    /// Lines written to the `notify_fifo`/socket.
+    pub sink_written: u64,
+    /// Not written to the FIFO/socket: nobody reading, or its buffer full.
+    pub sink_dropped: u64,
+    pub hooks_started: u64,
+    /// Exited non-zero, killed by a signal, or could not be started.
+    pub hooks_failed: u64,
+    pub hooks_timed_out: u64,
+}
+
+impl From<crate::vrrp::notify::NotifyCounters> for NotifyStatus {
+    fn from(c: crate::vrrp::notify::NotifyCounters) -> Self {
+        Self {
+            events: c.events,
+            queue_dropped: c.queue_dropped,
+            sink_written: c.sink_written,
+            sink_dropped: c.sink_dropped,
+            hooks_started: c.hooks_started,
+            hooks_failed: c.hooks_failed,
+            hooks_timed_out: c.hooks_timed_out,
+        }
+    }
+}
+
+/// Now, in seconds since the Unix epoch: [`Snapshot::time`].
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Snapshot {
+    /// An empty snapshot taken now.
+    pub fn new(router_id: Option<String>) -> Self {
+        Self {
+            time: unix_now(),
+            router_id,
+            ..Self::default()
+        }
+    }
+}
+
+/// [`ServiceStatus::protocol`] of a dataplane protocol.
+pub fn protocol_name(p: crate::dataplane::Proto) -> &'static str {
+    match p {
+        crate::dataplane::Proto::Tcp => "TCP",
+        crate::dataplane::Proto::Udp => "UDP",
+    }
+}
+
+/// [`ReasonStatus::verdict`] of an XDP action (`lb_common::reason::XDP_*`).
+pub fn verdict_name(action: u32) -> &'static str {
+    match action {
+        lb_common::reason::XDP_TX => "tx",
+        lb_common::reason::XDP_PASS => "pass",
+        lb_common::reason::XDP_DROP => "drop",
+        _ => "unknown",
+    }
+}
+
+/// The reasons of the program's `REASON_STATS` map, summed over CPUs and indexed by
+/// `lb_common::reason` (as `BpfMaps::reason_counters` returns them).
+pub fn reasons_from_counters(counters: &[lb_common::ReasonCounters]) -> Vec<ReasonStatus> {
+    counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let r = i as u32;
+            ReasonStatus {
+                name: lb_common::reason::name(r).to_string(),
+                verdict: verdict_name(lb_common::reason::verdict(r)).to_string(),
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        })
+        .collect()
+}
+
+impl VrrpStatus {
+    /// From what the VRRP thread publishes (`VrrpThread::stats`) and the instance's
+    /// configuration.
+    pub fn from_stats(
+        name: &str,
+        interface: &str,
+        vrid: u8,
+        version: u8,
+        stats: &crate::vrrp::runtime::InstanceStats,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            interface: interface.to_string(),
+            vrid,
+            version,
+            state: stats.state.clone(),
+            priority: stats.priority,
+            effective_priority: stats.effective_priority,
+            master: stats.master,
+            transitions: stats.transitions,
+            discards: stats.discards.clone(),
+        }
+    }
+}
+
+/// What identifies a service across snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+}
+
+impl ServiceStatus {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            vip: self.vip,
+            port: self.port,
+            protocol: self.protocol.clone(),
+        }
+    }
+}
+
+/// Per-second rates, as `ipvsadm -Ln --rate` shows them (its OutPPS/OutBPS are always 0 in
+/// direct routing, so they are left out).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rate {
+    /// New flows (connections) per second.
+    pub cps: f64,
+    /// Packets per second.
+    pub in_pps: f64,
+    /// Bytes per second.
+    pub in_bps: f64,
+}
+
+/// The rates between two snapshots. A service or backend missing from either snapshot, or
+/// with a counter that went backwards (the daemon restarted, or it was removed and added
+/// back), has no rate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Seconds between the two snapshots.
+    pub interval: f64,
+    pub services: BTreeMap<ServiceKey, Rate>,
+    pub backends: BTreeMap<(ServiceKey, SocketAddr), Rate>,
+}
+
+impl Rates {
+    pub fn service(&self, s: &ServiceStatus) -> Option<Rate> {
+        self.services.get(&s.key()).copied()
+    }
+
+    pub fn backend(&self, s: &ServiceStatus, b: &BackendStatus) -> Option<Rate> {
+        self.backends.get(&(s.key(), b.addr)).copied()
+    }
+}
+
+fn rate(prev: [u64; 3], now: [u64; 3], interval: f64) -> Option<Rate> {
+    if prev.iter().zip(&now).any(|(p, n)| n < p) {
+        return None;
+    }
+    let per_second = |i: usize| (now[i] - prev[i]) as f64 / interval;
+    Some(Rate {
+        cps: per_second(0),
+        in_pps: per_second(1),
+        in_bps: per_second(2),
+    })
+}
+
+/// Per-second rates of services and backends from `prev` to `now` (pure). Nothing when
+/// `now` is not later than `prev`.
+pub fn rates(prev: &Snapshot, now: &Snapshot) -> Rates {
+    let interval = now.time - prev.time;
+    let mut out = Rates {
+        interval,
+        ..Rates::default()
+    };
+    if !(interval.is_finite() && interval > 0.0) {
+        return out;
+    }
+    let mut before: BTreeMap<ServiceKey, &ServiceStatus> = BTreeMap::new();
+    for s in &prev.services {
+        before.entry(s.key()).or_insert(s);
+    }
+    for s in &now.services {
+        let key = s.key();
+        let Some(p) = before.get(&key) else {
+            continue;
+        };
+        if let Some(r) = rate(
+            [p.new_flows, p.packets, p.bytes],
+            [s.new_flows, s.packets, s.bytes],
+            interval,
+        ) {
+            out.services.entry(key.clone()).or_insert(r);
+        }
+        for b in &s.backends {
+            let Some(pb) = p.backends.iter().find(|pb| pb.addr == b.addr) else {
+                continue;
+            };
+            if let Some(r) = rate(
+                [pb.new_flows, pb.packets, pb.bytes],
+                [b.new_flows, b.packets, b.bytes],
+                interval,
+            ) {
+                out.backends.entry((key.clone(), b.addr)).or_insert(r);
+            }
+        }
+    }
+    out
+}
+
+/// A block of lines whose cells are aligned in columns; free lines are left as they are.
+enum Line {
+    Free(String),
+    Cells(Vec<String>),
+}
+
+fn align(lines: &[Line], right: &[bool], out: &mut String) {
+    let mut widths: Vec<usize> = Vec::new();
+    for l in lines {
+        if let Line::Cells(cells) = l {
+            for (i, c) in cells.iter().enumerate() {
+                let w = c.chars().count();
+                if i >= widths.len() {
+                    widths.push(w);
+                } else {
+                    widths[i] = widths[i].max(w);
+                }
+            }
+        }
+    }
+    for l in lines {
+        let mut line = String::new();
+        match l {
+            Line::Free(s) => line.push_str(s),
+            Line::Cells(cells) => {
+                for (i, w) in widths.iter().enumerate() {
+                    let c = cells.get(i).map(String::as_str).unwrap_or("");
+                    if i > 0 {
+                        line.push_str("  ");
+                    }
+                    if right.get(i).copied().unwrap_or(false) {
+                        let _ = write!(line, "{c:>w$}");
+                    } else {
+                        let _ = write!(line, "{c:<w$}");
+                    }
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+fn fmt_rate(r: Option<Rate>) -> [String; 3] {
+    match r {
+        Some(r) => [r.cps, r.in_pps, r.in_bps].map(|v| format!("{v:.0}")),
+        None => ["-", "-", "-"].map(String::from),
+    }
+}
+
+/// The status as a table, in the spirit of `ipvsadm -Ln --stats` (with `rates`, of
+/// `ipvsadm -Ln --rate` too):
+///
+/// ```text
+/// lb-daemon  router_id lb1
+/// Prot LocalAddress:Port Scheduler Flags
+///   -> RemoteAddress:Port  Forward  Weight  Health  Conns  InPkts  InBytes
+/// TCP  192.0.2.100:80 rr                               12     340    45678
+///   -> 192.0.2.11:80       Route    1       up          7     200    30000
+/// ```
+///
+/// A service this node does not serve (VRRP backup) is marked `(backup)`. Conns counts new
+/// flows, InPkts/InBytes what was forwarded. Weight is the effective weight, followed by the
+/// configured one in parentheses when they differ (`0 (100)`). A backend that is not up has
+/// its last check error on the line below. Then the VRRP instances and the XDP program's
+/// reasons that counted packets.
+pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
+    let mut out = String::from("lb-daemon");
+    if let Some(id) = &s.router_id {
+        let _ = write!(out, "  router_id {id}");
+    }
+    if let Some(r) = rates {
+        let _ = write!(out, "  rates per second over {:.1} s", r.interval);
+    }
+    out.push('\n');
+
+    let mut lines = vec![
+        Line::Free("Prot LocalAddress:Port Scheduler Flags".to_string()),
+        Line::Cells(
+            [
+                "  -> RemoteAddress:Port",
+                "Forward",
+                "Weight",
+                "Health",
+                "Conns",
+                "InPkts",
+                "InBytes",
+            ]
+            .iter()
+            .chain(if rates.is_some() {
+                ["CPS", "InPPS", "InBPS"].iter()
+            } else {
+                [].iter()
+            })
+            .map(|c| c.to_string())
+            .collect(),
+        ),
+    ];
+    let right = [
+        false, false, false, false, true, true, true, true, true, true,
+    ];
+    for svc in &s.services {
+        let mut desc = format!("{:<5}{}", svc.protocol, SocketAddr::new(svc.vip, svc.port));
+        if !svc.scheduler.is_empty() {
+            let _ = write!(desc, " {}", svc.scheduler);
+        }
+        if svc.persistence_timeout > 0 {
+            let _ = write!(desc, " persistent {}", svc.persistence_timeout);
+        }
+        if !svc.active {
+            desc.push_str(" (backup)");
+        }
+        let mut cells = vec![
+            desc,
+            String::new(),
+            String::new(),
+            String::new(),
+            svc.new_flows.to_string(),
+            svc.packets.to_string(),
+            svc.bytes.to_string(),
+        ];
+        if let Some(r) = rates {
+            cells.extend(fmt_rate(r.service(svc)));
+        }
+        lines.push(Line::Cells(cells));
+        for b in &svc.backends {
+            let weight = if b.weight == b.effective_weight {
+                b.weight.to_string()
+            } else {
+                format!("{} ({})", b.effective_weight, b.weight)
+            };
+            let mut cells = vec![
+                format!("  -> {}", b.addr),
+                "Route".to_string(),
+                weight,
+                b.health.clone(),
+                b.new_flows.to_string(),
+                b.packets.to_string(),
+                b.bytes.to_string(),
+            ];
+            if let Some(r) = rates {
+                cells.extend(fmt_rate(r.backend(svc, b)));
+            }
+            lines.push(Line::Cells(cells));
+            if let (Some(e), false) = (&b.last_error, b.health == HEALTH_UP) {
+                lines.push(Line::Free(format!("       last error: {}", one_line(e))));
+            }
+        }
+    }
+    align(&lines, &right, &mut out);
+
+    if !s.vrrp.is_empty() {
+        out.push_str("\nVRRP instances\n");
+        let lines: Vec<Line> = s
+            .vrrp
+            .iter()
+            .map(|v| {
+                let discards: Vec<String> = v
+                    .discards
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect();
+                Line::Cells(vec![
+                    v.name.clone(),
+                    v.interface.clone(),
+                    format!("vrid {}", v.vrid),
+                    format!("v{}", v.version),
+                    v.state.clone(),
+                    format!("prio {} (eff {})", v.priority, v.effective_priority),
+                    match v.master {
+                        Some(m) => format!("master {m}"),
+                        None => "master -".to_string(),
+                    },
+                    format!("transitions {}", v.transitions),
+                    if discards.is_empty() {
+                        "discards: none".to_string()
+                    } else {
+                        format!("discards: {}", discards.join(" "))
+                    },
+                ])
+            })
+            .collect();
+        align(&lines, &[], &mut out);
+    }
+
+    if !s.reasons.is_empty() {
+        out.push_str("\nXDP\n");
+        let mut lines = vec![Line::Cells(
+            ["Reason", "Verdict", "Packets", "Bytes"]
+                .map(String::from)
+                .to_vec(),
+        )];
+        lines.extend(s.reasons.iter().filter(|r| r.packets > 0).map(|r| {
+            Line::Cells(vec![
+                r.name.clone(),
+                r.verdict.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ])
+        }));
+        align(&lines, &[false, false, true, true], &mut out);
+    }
+    out
+}
+
+/// A message on one line (a check's stderr may hold several).
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// A label value, escaped as the text format wants: `\` `"` and newline.
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A sample value: Go's float syntax (`+Inf`, `-Inf`, `NaN`).
+fn prom_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+struct Prom {
+    out: String,
+}
+
+impl Prom {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// The snapshot in the Prometheus text exposition format, version 0.0.4 (serve it with
+/// `Content-Type: text/plain; version=0.0.4`).
+///
+/// | metric | labels | |
+/// | --- | --- | --- |
+/// | `lb_service_{packets,bytes,new_flows}_total` | vip, port, protocol | counters |
+/// | `lb_service_active` | vip, port, protocol | 1: this node serves it |
+/// | `lb_backend_{packets,bytes,new_flows}_total` | vip, port, protocol, backend | counters |
+/// | `lb_backend_up` | same | 1: health `up`; 0: `down` or `unknown` |
+/// | `lb_backend_weight`, `lb_backend_effective_weight` | same | configured, scheduled |
+/// | `lb_backend_check_latency_seconds` | same | only once a check succeeded |
+/// | `lb_vrrp_state` | instance, state | 1 for the current state, 0 for the others |
+/// | `lb_vrrp_priority`, `lb_vrrp_effective_priority` | instance | |
+/// | `lb_vrrp_transitions_total` | instance | |
+/// | `lb_vrrp_discards_total` | instance, reason | |
+/// | `lb_xdp_{packets,bytes}_total` | reason, verdict | |
+/// | `lb_notify_*` | | only when notify is configured |
+pub fn render_prometheus(s: &Snapshot) -> String {
+    let mut p = Prom { out: String::new() };
+    let svc_labels = |svc: &ServiceStatus| (svc.vip.to_string(), svc.port.to_string());
+
+    type ServiceValue = fn(&ServiceStatus) -> u64;
+    let service_counters: [(&str, &str, ServiceValue); 3] = [
+        (
+            "lb_service_packets_total",
+            "Packets forwarded to the service's backends.",
+            |s| s.packets,
+        ),
+        (
+            "lb_service_bytes_total",
+            "Bytes (IP packets) forwarded to the service's backends.",
+            |s| s.bytes,
+        ),
+        (
+            "lb_service_new_flows_total",
+            "Flows (connections) scheduled to a backend of the service.",
+            |s| s.new_flows,
+        ),
+    ];
+    for (name, help, value) in service_counters {
+        p.family(name, "counter", help);
+        for svc in &s.services {
+            let (vip, port) = svc_labels(svc);
+            let labels = [
+                ("vip", vip.as_str()),
+                ("port", port.as_str()),
+                ("protocol", svc.protocol.as_str()),
+            ];
+            p.sample(name, &labels, value(svc));
+        }
+    }
+    p.family(
+        "lb_service_active",
+        "gauge",
+        "1 if this node serves the service (VRRP master for its VIP, or no VRRP), 0 if not.",
+    );
+    for svc in &s.services {
+        let (vip, port) = svc_labels(svc);
+        let labels = [
+            ("vip", vip.as_str()),
+            ("port", port.as_str()),
+            ("protocol", svc.protocol.as_str()),
+        ];
+        p.sample("lb_service_active", &labels, u8::from(svc.active));
+    }
+
+    type BackendValue = fn(&BackendStatus) -> Option<String>;
+    let backend_families: [(&str, &str, &str, BackendValue); 7] = [
+        (
+            "lb_backend_packets_total",
+            "counter",
+            "Packets forwarded to the backend.",
+            |b| Some(b.packets.to_string()),
+        ),
+        (
+            "lb_backend_bytes_total",
+            "counter",
+            "Bytes (IP packets) forwarded to the backend.",
+            |b| Some(b.bytes.to_string()),
+        ),
+        (
+            "lb_backend_new_flows_total",
+            "counter",
+            "Flows (connections) scheduled to the backend.",
+            |b| Some(b.new_flows.to_string()),
+        ),
+        (
+            "lb_backend_up",
+            "gauge",
+            "1 if the backend's health checks pass, 0 if they fail or have not run yet.",
+            |b| Some(u8::from(b.health == HEALTH_UP).to_string()),
+        ),
+        (
+            "lb_backend_weight",
+            "gauge",
+            "The backend's configured weight.",
+            |b| Some(b.weight.to_string()),
+        ),
+        (
+            "lb_backend_effective_weight",
+            "gauge",
+            "The weight new flows are scheduled with (0: down, unresolved or drained).",
+            |b| Some(b.effective_weight.to_string()),
+        ),
+        (
+            "lb_backend_check_latency_seconds",
+            "gauge",
+            "How long the backend's last successful health check took.",
+            |b| b.check_latency_ms.map(|ms| prom_float(ms / 1000.0)),
+        ),
+    ];
+    for (name, kind, help, value) in backend_families {
+        p.family(name, kind, help);
+        for svc in &s.services {
+            let (vip, port) = svc_labels(svc);
+            for b in &svc.backends {
+                let Some(v) = value(b) else { continue };
+                let backend = b.addr.to_string();
+                let labels = [
+                    ("vip", vip.as_str()),
+                    ("port", port.as_str()),
+                    ("protocol", svc.protocol.as_str()),
+                    ("backend", backend.as_str()),
+                ];
+                p.sample(name, &labels, v);
+            }
+        }
+    }
+
+    p.family(
+        "lb_vrrp_state",
+        "gauge",
+        "1 for the VRRP instance's current state, 0 for the others.",
+    );
+    for v in &s.vrrp {
+        for state in VRRP_STATES {
+            p.sample(
+                "lb_vrrp_state",
+                &[("instance", &v.name), ("state", state)],
+                u8::from(v.state == state),
+            );
+        }
+        if !VRRP_STATES.contains(&v.state.as_str()) {
+            p.sample(
+                "lb_vrrp_state",
+                &[("instance", &v.name), ("state", &v.state)],
+                1,
+            );
+        }
+    }
+    type VrrpValue = fn(&VrrpStatus) -> u64;
+    let vrrp_families: [(&str, &str, &str, VrrpValue); 3] = [
+        (
+            "lb_vrrp_priority",
+            "gauge",
+            "The VRRP instance's configured priority.",
+            |v| v.priority.into(),
+        ),
+        (
+            "lb_vrrp_effective_priority",
+            "gauge",
+            "The VRRP instance's priority with tracking weights applied (what its adverts carry).",
+            |v| v.effective_priority.into(),
+        ),
+        (
+            "lb_vrrp_transitions_total",
+            "counter",
+            "State changes of the VRRP instance.",
+            |v| v.transitions,
+        ),
+    ];
+    for (name, kind, help, value) in vrrp_families {
+        p.family(name, kind, help);
+        for v in &s.vrrp {
+            p.sample(name, &[("instance", &v.name)], value(v));
+        }
+    }
+    p.family(
+        "lb_vrrp_discards_total",
+        "counter",
+        "VRRP adverts discarded by the instance, per reason.",
+    );
+    for v in &s.vrrp {
+        for (reason, n) in &v.discards {
+            p.sample(
+                "lb_vrrp_discards_total",
+                &[("instance", &v.name), ("reason", reason)],
+                n,
+            );
+        }
+    }
+
+    type ReasonValue = fn(&ReasonStatus) -> u64;
+    let xdp_families: [(&str, &str, ReasonValue); 2] = [
+        (
+            "lb_xdp_packets_total",
+            "Packets the XDP program handled, per reason and verdict.",
+            |r| r.packets,
+        ),
+        (
+            "lb_xdp_bytes_total",
+            "Bytes the XDP program handled, per reason and verdict.",
+            |r| r.bytes,
+        ),
+    ];
+    for (name, help, value) in xdp_families {
+        p.family(name, "counter", help);
+        for r in &s.reasons {
+            p.sample(
+                name,
+                &[("reason", &r.name), ("verdict", &r.verdict)],
+                value(r),
+            );
+        }
+    }
+
+    if let Some(n) = &s.notify {
+        p.family(
+            "lb_notify_events_total",
+            "counter",
+            "VRRP state events for notify hooks and the notify FIFO.",
+        );
+        p.sample("lb_notify_events_total", &[], n.events);
+        p.family(
+            "lb_notify_dropped_total",
+            "counter",
+            "Notify events dropped: the worker's queue was full, or the FIFO unread.",
+        );
+        p.sample(
+            "lb_notify_dropped_total",
+            &[("where", "queue")],
+            n.queue_dropped,
+        );
+        p.sample(
+            "lb_notify_dropped_total",
+            &[("where", "sink")],
+            n.sink_dropped,
+        );
+        p.family(
+            "lb_notify_hooks_total",
+            "counter",
+            "Notify hooks started, and how many of them failed or timed out.",
+        );
+        p.sample(
+            "lb_notify_hooks_total",
+            &[("result", "started")],
+            n.hooks_started,
+        );
+        p.sample(
+            "lb_notify_hooks_total",
+            &[("result", "failed")],
+            n.hooks_failed,
+        );
+        p.sample(
+            "lb_notify_hooks_total",
+            &[("result", "timed_out")],
+            n.hooks_timed_out,
+        );
+    }
+    p.out
+}
+
+/// Helpers shared by the tests of `status`, `control` and `metrics`.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+
+    /// The inodes of this process's open sockets, from the `socket:[N]` links in
+    /// /proc/self/fd.
+    fn own_socket_inodes() -> Vec<u64> {
+        let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let link = link.to_str()?;
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+    }
+
+    fn count_own(inodes: impl IntoIterator<Item = u64>) -> usize {
+        let theirs: std::collections::HashSet<u64> = inodes.into_iter().collect();
+        own_socket_inodes()
+            .iter()
+            .filter(|i| theirs.contains(i))
+            .count()
+    }
+
+    /// File descriptors of this process that are the server side of the Unix socket at
+    /// `path`: its listener and the connections it accepted (which carry its path in
+    /// /proc/net/unix; clients' ends do not). Exact whatever other tests do meanwhile.
+    pub fn unix_server_fds(path: &Path) -> usize {
+        let path = path.to_str().expect("a UTF-8 path");
+        let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+        count_own(table.lines().skip(1).filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(7) == Some(&path)).then(|| f.get(6)?.parse::<u64>().ok())?
+        }))
+    }
+
+    /// File descriptors of this process that are TCP sockets with local port `port`: a
+    /// server's listener and the connections it accepted.
+    pub fn tcp_server_fds(port: u16) -> usize {
+        let mut inodes: Vec<u64> = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let table = std::fs::read_to_string(table).unwrap_or_default();
+            inodes.extend(table.lines().skip(1).filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+                (local_port == port).then(|| f.get(9)?.parse::<u64>().ok())?
+            }));
+        }
+        count_own(inodes)
+    }
+
+    /// Waits until `f()` is true, at most 10 s.
+    pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A directory removed with everything in it when dropped.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "lb-daemon-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir(&p).expect("creating a temporary directory");
+            Self(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A snapshot with a bit of everything: IPv4 and IPv6, a backup service, a backend
+    /// down, two VRRP instances, XDP reasons.
+    pub fn sample() -> super::Snapshot {
+        use super::*;
+        Snapshot {
+            time: 1_700_000_000.0,
+            router_id: Some("lb1".into()),
+            services: vec![
+                ServiceStatus {
+                    vip: "192.0.2.100".parse().unwrap(),
+                    port: 80,
+                    protocol: "TCP".into(),
+                    scheduler: "rr".into(),
+                    active: true,
+                    persistence_timeout: 0,
+                    packets: 340,
+                    bytes: 45678,
+                    new_flows: 12,
+                    backends: vec![
+                        BackendStatus {
+                            addr: "192.0.2.11:80".parse().unwrap(),
+                            weight: 1,
+                            effective_weight: 1,
+                            health: HEALTH_UP.into(),
+                            mac: Some("02:00:00:00:00:0b".into()),
+                            packets: 200,
+                            bytes: 30000,
+                            new_flows: 7,
+                            check_latency_ms: Some(1.5),
+                            last_error: None,
+                        },
+                        BackendStatus {
+                            addr: "192.0.2.12:80".parse().unwrap(),
+                            weight: 1,
+                            effective_weight: 0,
+                            health: HEALTH_DOWN.into(),
+                            mac: None,
+                            packets: 140,
+                            bytes: 15678,
+                            new_flows: 5,
+                            check_latency_ms: None,
+                            last_error: Some("connect: Connection refused".into()),
+                        },
+                    ],
+                },
+                ServiceStatus {
+                    vip: "2001:db8::100".parse().unwrap(),
+                    port: 53,
+                    protocol: "UDP".into(),
+                    scheduler: "sh".into(),
+                    active: false,
+                    persistence_timeout: 300,
+                    packets: 0,
+                    bytes: 0,
+                    new_flows: 0,
+                    backends: vec![BackendStatus {
+                        addr: "[2001:db8::11]:53".parse().unwrap(),
+                        weight: 100,
+                        effective_weight: 100,
+                        health: HEALTH_UNKNOWN.into(),
+                        mac: None,
+                        packets: 0,
+                        bytes: 0,
+                        new_flows: 0,
+                        check_latency_ms: None,
+                        last_error: None,
+                    }],
+                },
+            ],
+            vrrp: vec![
+                VrrpStatus {
+                    name: "VI_1".into(),
+                    interface: "eth0".into(),
+                    vrid: 51,
+                    version: 3,
+                    state: "MASTER".into(),
+                    priority: 150,
+                    effective_priority: 150,
+                    master: Some("192.0.2.2".parse().unwrap()),
+                    transitions: 3,
+                    discards: [("auth_mismatch".to_string(), 0), ("ttl".to_string(), 2)]
+                        .into_iter()
+                        .collect(),
+                },
+                VrrpStatus {
+                    name: "VI_6".into(),
+                    interface: "eth0".into(),
+                    vrid: 52,
+                    version: 3,
+                    state: "BACKUP".into(),
+                    priority: 100,
+                    effective_priority: 90,
+                    master: Some("fe80::1".parse().unwrap()),
+                    transitions: 1,
+                    discards: BTreeMap::new(),
+                },
+            ],
+            reasons: vec![
+                ReasonStatus {
+                    name: "fwd_established".into(),
+                    verdict: "tx".into(),
+                    packets: 300,
+                    bytes: 40000,
+                },
+                ReasonStatus {
+                    name: "fwd_new_flow".into(),
+                    verdict: "tx".into(),
+                    packets: 40,
+                    bytes: 5678,
+                },
+                ReasonStatus {
+                    name: "pass_no_service".into(),
+                    verdict: "pass".into(),
+                    packets: 0,
+                    bytes: 0,
+                },
+                ReasonStatus {
+                    name: "drop_malformed_eth".into(),
+                    verdict: "drop".into(),
+                    packets: 2,
+                    bytes: 120,
+                },
+            ],
+            notify: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{test_support::sample, *};
+
+    #[test]
+    fn table_golden() {
+        let want = "\
+lb-daemon  router_id lb1
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port                             Forward  Weight  Health   Conns  InPkts  InBytes
+TCP  192.0.2.100:80 rr                                                           12     340    45678
+  -> 192.0.2.11:80                                  Route    1       up           7     200    30000
+  -> 192.0.2.12:80                                  Route    0 (1)   down         5     140    15678
+       last error: connect: Connection refused
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0       0        0
+  -> [2001:db8::11]:53                              Route    100     unknown      0       0        0
+
+VRRP instances
+VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  discards: ttl=2
+VI_6  eth0  vrid 52  v3  BACKUP  prio 100 (eff 90)   master fe80::1    transitions 1  discards: none
+
+XDP
+Reason              Verdict  Packets  Bytes
+fwd_established     tx           300  40000
+fwd_new_flow        tx            40   5678
+drop_malformed_eth  drop           2    120
+";
+        let got = render_table(&sample(), None);
+        assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn table_with_rates_golden() {
+        let prev = sample();
+        let mut now = sample();
+        now.time += 2.0;
+        now.router_id = None;
+        now.vrrp.clear();
+        now.reasons.clear();
+        let s = &mut now.services[0];
+        s.packets += 200;
+        s.bytes += 30000;
+        s.new_flows += 4;
+        s.backends[0].packets += 200;
+        s.backends[0].bytes += 30000;
+        s.backends[0].new_flows += 4;
+        // Removed and added back: counting from zero again.
+        s.backends[1].packets = 0;
+        s.backends[1].bytes = 0;
+        s.backends[1].new_flows = 0;
+        s.backends[1].last_error = Some("line one\nline two\n".into());
+        let r = rates(&prev, &now);
+        let want = "\
+lb-daemon  rates per second over 2.0 s
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port                             Forward  Weight  Health   Conns  InPkts  InBytes  CPS  InPPS  InBPS
+TCP  192.0.2.100:80 rr                                                           16     540    75678    2    100  15000
+  -> 192.0.2.11:80                                  Route    1       up          11     400    60000    2    100  15000
+  -> 192.0.2.12:80                                  Route    0 (1)   down         0       0        0    -      -      -
+       last error: line one / line two
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0       0        0    0      0      0
+  -> [2001:db8::11]:53                              Route    100     unknown      0       0        0    0      0      0
+";
+        let got = render_table(&now, Some(&r));
+        assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn table_of_an_empty_snapshot() {
+        assert_eq!(
+            render_table(&Snapshot::default(), None),
+            "lb-daemon\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port  Forward  Weight  Health  Conns  InPkts  InBytes\n"
+        );
+    }
+
+    #[test]
+    fn rates_per_second() {
+        let prev = sample();
+        let mut now = sample();
+        now.time += 0.5;
+        now.services[0].packets += 50;
+        now.services[0].bytes += 5000;
+        now.services[0].new_flows += 1;
+        now.services[0].backends[0].packets += 50;
+        let r = rates(&prev, &now);
+        assert_eq!(r.interval, 0.5);
+        let key = now.services[0].key();
+        assert_eq!(
+            r.services[&key],
+            Rate {
+                cps: 2.0,
+                in_pps: 100.0,
+                in_bps: 10000.0
+            }
+        );
+        assert_eq!(
+            r.backend(&now.services[0], &now.services[0].backends[0]),
+            Some(Rate {
+                cps: 0.0,
+                in_pps: 100.0,
+                in_bps: 0.0
+            })
+        );
+        assert_eq!(r.services.len(), 2);
+        assert_eq!(r.backends.len(), 3);
+    }
+
+    #[test]
+    fn rates_after_a_restart_or_a_change() {
+        let prev = sample();
+        // Restart: every counter went back to zero, a rate would be negative.
+        let mut now = sample();
+        now.time += 1.0;
+        now.services[0].packets = 1;
+        now.services[0].backends[0].bytes = 1;
+        let r = rates(&prev, &now);
+        assert_eq!(r.service(&now.services[0]), None);
+        assert_eq!(
+            r.backend(&now.services[0], &now.services[0].backends[0]),
+            None
+        );
+        // The other backend still has its rate.
+        assert!(r
+            .backend(&now.services[0], &now.services[0].backends[1])
+            .is_some());
+        // A new service or backend: nothing to compare with.
+        let mut now = sample();
+        now.time += 1.0;
+        now.services[0].port = 8080;
+        now.services[1].backends[0].addr = "[2001:db8::12]:53".parse().unwrap();
+        let r = rates(&prev, &now);
+        assert_eq!(r.service(&now.services[0]), None);
+        assert_eq!(
+            r.backend(&now.services[1], &now.services[1].backends[0]),
+            None
+        );
+        assert!(r.service(&now.services[1]).is_some());
+        // Time going backwards, or standing still: no rates at all.
+        for dt in [0.0, -1.0, f64::NAN] {
+            let mut now = sample();
+            now.time += dt;
+            let r = rates(&prev, &now);
+            assert!(r.services.is_empty() && r.backends.is_empty(), "{dt}");
+        }
+    }
+
+    #[test]
+    fn prometheus_golden() {
+        let mut s = sample();
+        s.notify = Some(NotifyStatus {
+            events: 4,
+            queue_dropped: 0,
+            sink_written: 4,
+            sink_dropped: 1,
+            hooks_started: 4,
+            hooks_failed: 1,
+            hooks_timed_out: 0,
+        });
+        s.reasons.truncate(2);
+        let want = r#"# HELP lb_service_packets_total Packets forwarded to the service's backends.
+# TYPE lb_service_packets_total counter
+lb_service_packets_total{vip="192.0.2.100",port="80",protocol="TCP"} 340
+lb_service_packets_total{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_service_bytes_total Bytes (IP packets) forwarded to the service's backends.
+# TYPE lb_service_bytes_total counter
+lb_service_bytes_total{vip="192.0.2.100",port="80",protocol="TCP"} 45678
+lb_service_bytes_total{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_service_new_flows_total Flows (connections) scheduled to a backend of the service.
+# TYPE lb_service_new_flows_total counter
+lb_service_new_flows_total{vip="192.0.2.100",port="80",protocol="TCP"} 12
+lb_service_new_flows_total{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_service_active 1 if this node serves the service (VRRP master for its VIP, or no VRRP), 0 if not.
+# TYPE lb_service_active gauge
+lb_service_active{vip="192.0.2.100",port="80",protocol="TCP"} 1
+lb_service_active{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_backend_packets_total Packets forwarded to the backend.
+# TYPE lb_backend_packets_total counter
+lb_backend_packets_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 200
+lb_backend_packets_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 140
+lb_backend_packets_total{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_bytes_total Bytes (IP packets) forwarded to the backend.
+# TYPE lb_backend_bytes_total counter
+lb_backend_bytes_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 30000
+lb_backend_bytes_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 15678
+lb_backend_bytes_total{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_new_flows_total Flows (connections) scheduled to the backend.
+# TYPE lb_backend_new_flows_total counter
+lb_backend_new_flows_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 7
+lb_backend_new_flows_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 5
+lb_backend_new_flows_total{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_up 1 if the backend's health checks pass, 0 if they fail or have not run yet.
+# TYPE lb_backend_up gauge
+lb_backend_up{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 1
+lb_backend_up{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 0
+lb_backend_up{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_weight The backend's configured weight.
+# TYPE lb_backend_weight gauge
+lb_backend_weight{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 1
+lb_backend_weight{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 1
+lb_backend_weight{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 100
+# HELP lb_backend_effective_weight The weight new flows are scheduled with (0: down, unresolved or drained).
+# TYPE lb_backend_effective_weight gauge
+lb_backend_effective_weight{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 1
+lb_backend_effective_weight{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 0
+lb_backend_effective_weight{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 100
+# HELP lb_backend_check_latency_seconds How long the backend's last successful health check took.
+# TYPE lb_backend_check_latency_seconds gauge
+lb_backend_check_latency_seconds{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 0.0015
+# HELP lb_vrrp_state 1 for the VRRP instance's current state, 0 for the others.
+# TYPE lb_vrrp_state gauge
+lb_vrrp_state{instance="VI_1",state="INIT"} 0
+lb_vrrp_state{instance="VI_1",state="BACKUP"} 0
+lb_vrrp_state{instance="VI_1",state="MASTER"} 1
+lb_vrrp_state{instance="VI_1",state="FAULT"} 0
+lb_vrrp_state{instance="VI_6",state="INIT"} 0
+lb_vrrp_state{instance="VI_6",state="BACKUP"} 1
+lb_vrrp_state{instance="VI_6",state="MASTER"} 0
+lb_vrrp_state{instance="VI_6",state="FAULT"} 0
+# HELP lb_vrrp_priority The VRRP instance's configured priority.
+# TYPE lb_vrrp_priority gauge
+lb_vrrp_priority{instance="VI_1"} 150
+lb_vrrp_priority{instance="VI_6"} 100
+# HELP lb_vrrp_effective_priority The VRRP instance's priority with tracking weights applied (what its adverts carry).
+# TYPE lb_vrrp_effective_priority gauge
+lb_vrrp_effective_priority{instance="VI_1"} 150
+lb_vrrp_effective_priority{instance="VI_6"} 90
+# HELP lb_vrrp_transitions_total State changes of the VRRP instance.
+# TYPE lb_vrrp_transitions_total counter
+lb_vrrp_transitions_total{instance="VI_1"} 3
+lb_vrrp_transitions_total{instance="VI_6"} 1
+# HELP lb_vrrp_discards_total VRRP adverts discarded by the instance, per reason.
+# TYPE lb_vrrp_discards_total counter
+lb_vrrp_discards_total{instance="VI_1",reason="auth_mismatch"} 0
+lb_vrrp_discards_total{instance="VI_1",reason="ttl"} 2
+# HELP lb_xdp_packets_total Packets the XDP program handled, per reason and verdict.
+# TYPE lb_xdp_packets_total counter
+lb_xdp_packets_total{reason="fwd_established",verdict="tx"} 300
+lb_xdp_packets_total{reason="fwd_new_flow",verdict="tx"} 40
+# HELP lb_xdp_bytes_total Bytes the XDP program handled, per reason and verdict.
+# TYPE lb_xdp_bytes_total counter
+lb_xdp_bytes_total{reason="fwd_established",verdict="tx"} 40000
+lb_xdp_bytes_total{reason="fwd_new_flow",verdict="tx"} 5678
+# HELP lb_notify_events_total VRRP state events for notify hooks and the notify FIFO.
+# TYPE lb_notify_events_total counter
+lb_notify_events_total 4
+# HELP lb_notify_dropped_total Notify events dropped: the worker's queue was full, or the FIFO unread.
+# TYPE lb_notify_dropped_total counter
+lb_notify_dropped_total{where="queue"} 0
+lb_notify_dropped_total{where="sink"} 1
+# HELP lb_notify_hooks_total Notify hooks started, and how many of them failed or timed out.
+# TYPE lb_notify_hooks_total counter
+lb_notify_hooks_total{result="started"} 4
+lb_notify_hooks_total{result="failed"} 1
+lb_notify_hooks_total{result="timed_out"} 0
+"#;
+        let got = render_prometheus(&s);
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            assert_eq!(g, w, "line {}", i + 1);
+        }
+        assert_eq!(got, want);
+    }
+
+    /// One line of the text format: a `# HELP`/`# TYPE` comment, or `name{labels} value`.
+    /// Returns the label values (unescaped) of a sample.
+    fn parse_line(line: &str) -> Result<Vec<(String, String)>, String> {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.splitn(3, ' ');
+            let kind = words.next().unwrap_or("");
+            let name = words.next().ok_or("comment without a metric name")?;
+            check_name(name)?;
+            let text = words.next().ok_or("comment without text")?;
+            match kind {
+                "HELP" => Ok(vec![]),
+                "TYPE"
+                    if ["counter", "gauge", "histogram", "summary", "untyped"].contains(&text) =>
+                {
+                    Ok(vec![])
+                }
+                _ => Err(format!("bad comment {kind} {text}")),
+            }
+        } else {
+            let end = line
+                .find(['{', ' '])
+                .ok_or("no value after the metric name")?;
+            check_name(&line[..end])?;
+            let mut rest = &line[end..];
+            let mut labels = Vec::new();
+            if let Some(r) = rest.strip_prefix('{') {
+                let mut chars = r.char_indices().peekable();
+                loop {
+                    // name
+                    let start = chars.peek().map(|(i, _)| *i).ok_or("unterminated labels")?;
+                    let mut eq = None;
+                    for (i, c) in chars.by_ref() {
+                        if c == '=' {
+                            eq = Some(i);
+                            break;
+                        }
+                    }
+                    let eq = eq.ok_or("label without =")?;
+                    let name = &r[start..eq];
+                    check_name(name)?;
+                    if chars.next().map(|(_, c)| c) != Some('"') {
+                        return Err("label value not quoted".into());
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().ok_or("unterminated label value")?.1 {
+                            '"' => break,
+                            '\n' => return Err("raw newline".into()),
+                            '\\' => match chars.next().ok_or("dangling backslash")?.1 {
+                                '\\' => value.push('\\'),
+                                '"' => value.push('"'),
+                                'n' => value.push('\n'),
+                                c => return Err(format!("bad escape \\{c}")),
+                            },
+                            c => value.push(c),
+                        }
+                    }
+                    labels.push((name.to_string(), value));
+                    match chars.next().ok_or("unterminated labels")? {
+                        (_, ',') => continue,
+                        (i, '}') => {
+                            rest = &r[i + 1..];
+                            break;
+                        }
+                        (_, c) => return Err(format!("unexpected {c:?} after a label")),
+                    }
+                }
+            }
+            let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+            match value {
+                "+Inf" | "-Inf" | "NaN" => {}
+                v => {
+                    v.parse::<f64>()
+                        .map_err(|e| format!("bad value {v:?}: {e}"))?;
+                }
+            }
+            Ok(labels)
+        }
+    }
+
+    fn check_name(name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.chars().enumerate().all(|(i, c)| {
+                c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("bad name {name:?}"))
+        }
+    }
+
+    #[test]
+    fn prometheus_every_line_parses_and_labels_are_escaped() {
+        let mut s = sample();
+        let nasty = "we\"ird\\na\nme";
+        s.vrrp[0].name = nasty.into();
+        s.vrrp[1].state = "STOP".into();
+        s.services[0].backends[0].check_latency_ms = Some(f64::INFINITY);
+        s.services[0].protocol = "T{C}P, x=\"1\"".into();
+        s.notify = Some(NotifyStatus::default());
+        let text = render_prometheus(&s);
+        assert!(text.ends_with('\n'));
+        let mut seen_nasty = false;
+        let mut families = std::collections::HashSet::new();
+        for line in text.lines() {
+            let labels = parse_line(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            seen_nasty |= labels.iter().any(|(k, v)| k == "instance" && v == nasty);
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(families.insert(name.to_string()), "{name} typed twice");
+            }
+        }
+        assert!(seen_nasty);
+        assert!(text.contains("lb_vrrp_state{instance=\"VI_6\",state=\"STOP\"} 1\n"));
+        assert!(text.contains("} +Inf\n"));
+        // No family is left out for an empty snapshot either.
+        for line in render_prometheus(&Snapshot::default()).lines() {
+            parse_line(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let s = sample();
+        let v = serde_json::to_value(&s).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k.join(",")
+        };
+        assert_eq!(keys(&v), "notify,reasons,router_id,services,time,vrrp");
+        assert_eq!(
+            keys(&v["services"][0]),
+            "active,backends,bytes,new_flows,packets,persistence_timeout,port,protocol,scheduler,vip"
+        );
+        assert_eq!(
+            keys(&v["services"][0]["backends"][0]),
+            "addr,bytes,check_latency_ms,effective_weight,health,last_error,mac,new_flows,packets,weight"
+        );
+        assert_eq!(
+            keys(&v["vrrp"][0]),
+            "discards,effective_priority,interface,master,name,priority,state,transitions,version,vrid"
+        );
+        assert_eq!(keys(&v["reasons"][0]), "bytes,name,packets,verdict");
+        assert_eq!(v["services"][0]["vip"], "192.0.2.100");
+        assert_eq!(v["services"][1]["backends"][0]["addr"], "[2001:db8::11]:53");
+        let back: Snapshot = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+        // What a future daemon adds is ignored; what an older one left out has a default.
+        let old: Snapshot = serde_json::from_str(
+            r#"{"time":1.0,"services":[{"vip":"192.0.2.1","port":80,"protocol":"TCP",
+                "backends":[{"addr":"192.0.2.2:80"}],"future":1}],"future":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.services[0].backends[0].weight, 0);
+        assert_eq!(old.vrrp, vec![]);
+    }
+
+    #[test]
+    fn reasons_from_the_program_counters() {
+        let mut c = vec![lb_common::ReasonCounters::default(); lb_common::reason::COUNT as usize];
+        c[lb_common::reason::DROP_MALFORMED_ETH as usize].packets = 3;
+        let r = reasons_from_counters(&c);
+        assert_eq!(r.len(), lb_common::reason::COUNT as usize);
+        assert_eq!(r[0].name, "fwd_established");
+        assert_eq!(r[0].verdict, "tx");
+        let d = &r[lb_common::reason::DROP_MALFORMED_ETH as usize];
+        assert_eq!(
+            (d.name.as_str(), d.verdict.as_str(), d.packets),
+            ("drop_malformed_eth", "drop", 3)
+        );
+        assert_eq!(r[lb_common::reason::PASS_VRRP as usize].verdict, "pass");
+    }
+}
