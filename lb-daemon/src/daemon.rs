@@ -24,7 +24,7 @@ use crate::{
         program::{self, LoadOptions},
         Dataplane,
     },
-    metrics,
+    health, metrics,
     status::{self, BackendStatus, ServiceStatus, Snapshot, VrrpStatus},
     vrrp::{
         fsm::Input,
@@ -118,6 +118,9 @@ fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
         .collect()
 }
 
+/// Each real server's health, as the checkers last reported it.
+type Health = HashMap<(health::ServiceKey, std::net::SocketAddr), health::BackendHealth>;
+
 /// The XDP side of a running daemon.
 struct Dp {
     dp: Dataplane<BpfMaps>,
@@ -164,8 +167,16 @@ impl Dp {
         ))
     }
 
-    fn apply(&mut self, config: &Config, master_vips: &HashSet<IpAddr>) {
-        let specs = config.service_specs(|ip| self.macs.get(&ip).copied(), master_vips);
+    fn apply(&mut self, config: &Config, master_vips: &HashSet<IpAddr>, health: &Health) {
+        let specs = config.service_specs(
+            |ip| self.macs.get(&ip).copied(),
+            master_vips,
+            |vs, rs| {
+                health
+                    .get(&((vs.vip, vs.port, vs.proto), rs.addr))
+                    .map(|h| (h.up, h.weight))
+            },
+        );
         if let Err(e) = self.dp.update(&specs) {
             error!("updating the dataplane: {e}");
         }
@@ -266,8 +277,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         None => (None, None),
     };
     let mut master_vips: HashSet<IpAddr> = HashSet::new();
+    // Health checks of the real servers; their first verdicts arrive as events.
+    let (health_tx, mut health_rx) = mpsc::channel(256);
+    let mut checkers = health::Checkers::start(&config, health_tx)?;
+    let mut health: Health = checkers.snapshot();
     if let Some(dp) = dp.as_mut() {
-        dp.apply(&config, &master_vips);
+        dp.apply(&config, &master_vips, &health);
     }
 
     // Unbounded: the VRRP thread must never wait for the main loop.
@@ -320,7 +335,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         dp.macs.remove(&up.addr);
                     }
                 }
-                dp.apply(&config, &master_vips);
+                dp.apply(&config, &master_vips, &health);
             }
             Some(ev) = event_rx.recv() => match ev {
                 Event::Role { instance, vips, master } => {
@@ -333,11 +348,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         }
                     }
                     if let Some(dp) = dp.as_mut() {
-                        dp.apply(&config, &master_vips);
+                        dp.apply(&config, &master_vips, &health);
                     }
                 }
                 Event::State(ev) => notifier.notify(ev),
             },
+            Some(ev) = health_rx.recv() => {
+                info!(vip = %ev.service.0, port = ev.service.1, backend = %ev.backend, up = ev.up, weight = ?ev.weight, "real server health");
+                health = checkers.snapshot();
+                if let Some(dp) = dp.as_mut() {
+                    dp.apply(&config, &master_vips, &health);
+                }
+            }
             Some(ev) = track_rx.recv() => {
                 if let Some(v) = &vrrp {
                     for (instance, input) in tracking.on_event(&ev) {
@@ -352,21 +374,21 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 if metrics_on {
-                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier));
+                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &health));
                 }
             }
             _ = hup.recv() => {
-                if let Err(e) = reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &master_vips) {
+                if let Err(e) = reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips) {
                     error!("reload refused, keeping the running configuration: {e}");
                 }
             }
             Some(call) = ctl_rx.recv() => match call.request {
                 Request::Status => {
-                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier);
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &health);
                     call.reply(Response::status(snap));
                 }
                 Request::Reload => {
-                    match reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &master_vips) {
+                    match reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips) {
                         Ok(()) => call.reply(Response::ok()),
                         Err(e) => {
                             error!("reload refused, keeping the running configuration: {e}");
@@ -403,12 +425,17 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 /// Re-reads the file and applies it as a diff. A file that does not load, or that changes
 /// what cannot change in place (the dataplane section, the VRRP instances: restarting VRRP
 /// would release and retake the VIPs, a flap), changes nothing.
+// Each argument is a separate piece of the main loop's state that a reload may change; a
+// struct bundling them would only exist for this call.
+#[allow(clippy::too_many_arguments)]
 fn reload(
     path: &std::path::Path,
     config: &mut Config,
     dp: &mut Option<Dp>,
     track_tasks: &mut TrackTasks,
     tracking: &mut Tracking,
+    checkers: &mut health::Checkers,
+    health: &mut Health,
     master_vips: &HashSet<IpAddr>,
 ) -> Result<(), String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
@@ -420,6 +447,9 @@ fn reload(
         return Err("VRRP instances changed: restart to apply them".into());
     }
     let mut t = Tracking::new(&new).map_err(|e| e.to_string())?;
+    // Unchanged checkers keep their state and timers.
+    checkers.reload(&new).map_err(|e| e.to_string())?;
+    *health = checkers.snapshot();
     // Unchanged scripts keep their rise/fall state across the reload.
     track_tasks.reload(&new).map_err(|e| e.to_string())?;
     t.seed(&track_tasks.snapshot());
@@ -431,7 +461,7 @@ fn reload(
         // could go stale unnoticed if it came back.
         dp.macs.retain(|ip, _| want.contains_key(ip));
         let _ = dp.wanted_tx.send(want);
-        dp.apply(config, master_vips);
+        dp.apply(config, master_vips, health);
     }
     info!(
         services = config.virtual_servers.len(),
@@ -447,6 +477,7 @@ fn snapshot(
     dp: Option<&Dp>,
     vrrp: Option<&runtime::VrrpThread>,
     notifier: &Notifier,
+    health: &Health,
 ) -> Snapshot {
     let mut snap = Snapshot::new(config.global_defs.router_id.clone());
     if let Some(dp) = dp {
@@ -463,17 +494,26 @@ fn snapshot(
                 .zip(&vs.real_servers)
                 .map(|((b, bid), rs)| {
                     let bc = maps.backend_counters(*bid).unwrap_or_default();
+                    let h = health.get(&((vs.vip, vs.port, vs.proto), rs.addr));
+                    let verdict = match h {
+                        Some(h) if !h.checked() => status::HEALTH_UNKNOWN,
+                        Some(h) if h.up => status::HEALTH_UP,
+                        Some(_) => status::HEALTH_DOWN,
+                        None => status::HEALTH_UNKNOWN,
+                    };
                     BackendStatus {
                         addr: b.addr,
                         weight: rs.weight,
                         effective_weight: b.weight,
-                        health: status::HEALTH_UNKNOWN.into(),
+                        health: verdict.into(),
                         mac: b.mac.as_ref().map(fmt_mac),
                         packets: bc.packets,
                         bytes: bc.bytes,
                         new_flows: bc.new_flows,
-                        check_latency_ms: None,
-                        last_error: None,
+                        check_latency_ms: h
+                            .and_then(|h| h.last_latency)
+                            .map(|d| d.as_secs_f64() * 1e3),
+                        last_error: h.and_then(|h| h.last_error.clone()),
                     }
                 })
                 .collect();

@@ -3,6 +3,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod metrics;
 pub mod netlink;
 pub mod status;

@@ -185,3 +185,72 @@ virtual_ipaddress = ["2001:db8::100/64"]
         "VIP released on stop: {out}"
     );
 }
+
+/// keepalived's TCP_CHECK: a real server whose nginx stops is taken out within the check's
+/// bound, after which no request through the VIP fails; when nginx comes back, so does the
+/// server.
+#[test]
+fn tcp_check_removes_and_restores_a_real_server() {
+    if !require_lab("tcp_check_removes_and_restores_a_real_server") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dh"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    // Checked every 200 ms, no retry, 300 ms connect timeout, no warm-up delay: a dead
+    // server is out within about half a second.
+    let check = "  TCP_CHECK = { connect_timeout = 0.3, retry = 0, delay_before_retry = 0.1, warmup = 0 }\n";
+    let config = lab_config(&lab, "skb", "rr", &[1, 1, 1])
+        .replace("lb_kind = \"DR\"\n", "lb_kind = \"DR\"\ndelay_loop = 0.2\n")
+        .replace("  weight = 1\n", &format!("  weight = 1\n{check}"));
+    let (daemon, _) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
+    assert_shares("all three up", &counts(&bodies), [1, 1, 1], 30);
+
+    // Stop rs2's nginx: the check notices, and the server leaves the rotation.
+    lab.nginx(2).signal(libc::SIGKILL).unwrap();
+    lb_tests::netns::wait_until(
+        "rs2 down in the daemon's log",
+        Duration::from_secs(5),
+        || {
+            daemon
+                .read_stderr()
+                .contains("backend=192.0.2.12:80 up=false")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let bodies = lab
+        .curl_batch("192.0.2.100", 60)
+        .unwrap_or_else(|e| panic!("a request failed after removal: {e:#}"));
+    let c = counts(&bodies);
+    assert_eq!(c.get("rs2"), None, "{c:?}");
+    assert_eq!(c.values().sum::<usize>(), 60);
+
+    // Start it again (the lab's own command line): it comes back.
+    let ups = daemon
+        .read_stderr()
+        .matches("backend=192.0.2.12:80 up=true")
+        .count();
+    let dir = lab.server(2).dir().to_string_lossy().into_owned();
+    let _nginx = lab
+        .server(2)
+        .spawn(&[
+            "nginx",
+            "-p",
+            &dir,
+            "-e",
+            &format!("{dir}/error.log"),
+            "-c",
+            &format!("{dir}/nginx.conf"),
+        ])
+        .unwrap();
+    lb_tests::netns::wait_until("rs2 up again", Duration::from_secs(5), || {
+        daemon
+            .read_stderr()
+            .matches("backend=192.0.2.12:80 up=true")
+            .count()
+            > ups
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
+    assert_shares("all three up again", &counts(&bodies), [1, 1, 1], 30);
+}

@@ -11,6 +11,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod check;
 pub mod vrrp;
 
 pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
@@ -120,6 +121,11 @@ struct RawVirtualServer {
     is_static: bool,
     #[serde(default)]
     real_server: Vec<RawRealServer>,
+    /// Seconds between checks of each real server (keepalived's default: 60).
+    delay_loop: Option<Spanned<f64>>,
+    /// A real server starts down until its first successful check.
+    #[serde(default)]
+    alpha: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +135,22 @@ struct RawRealServer {
     port: u16,
     #[serde(default = "one")]
     weight: Spanned<u32>,
+    // Health checks, keepalived's blocks and keys in TOML form; `config/check.rs` reads them.
+    #[serde(rename = "TCP_CHECK")]
+    tcp_check: Option<check::RawTcpCheck>,
+    #[serde(rename = "HTTP_GET")]
+    http_get: Option<check::RawHttpGet>,
+    #[serde(rename = "MISC_CHECK")]
+    misc_check: Option<check::RawMiscCheck>,
+    /// Weight 0 instead of removal when the checks fail.
+    #[serde(default)]
+    inhibit_on_failure: bool,
+    notify_up: Option<Spanned<String>>,
+    notify_down: Option<Spanned<String>>,
+    /// Overrides the virtual_server's `delay_loop`.
+    delay_loop: Option<Spanned<f64>>,
+    /// Overrides the virtual_server's `alpha`.
+    alpha: Option<bool>,
 }
 
 fn one() -> Spanned<u32> {
@@ -176,6 +198,8 @@ pub struct VirtualServer {
 pub struct RealServer {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Its health checks; none means always healthy (keepalived without a checker).
+    pub checks: check::Checks,
 }
 
 struct Ctx<'a> {
@@ -319,11 +343,16 @@ impl Config {
     }
 
     /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
-    /// where the VIP is static or held by a VRRP instance that is master (`master_vips`).
+    /// where the VIP is static or held by a VRRP instance that is master (`master_vips`),
+    /// and each real server as its health checks say (`health_of`: up, dynamic weight; no
+    /// verdict yet counts as up). A failing real server keeps its place in the list: with
+    /// `inhibit_on_failure` it drains (weight 0: its flows stay), otherwise it becomes
+    /// unusable (its flows move, as IPVS does when the real server is removed).
     pub fn service_specs(
         &self,
         mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
         master_vips: &std::collections::HashSet<IpAddr>,
+        health_of: impl Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)>,
     ) -> Vec<ServiceSpec> {
         self.virtual_servers
             .iter()
@@ -340,10 +369,26 @@ impl Config {
                 backends: vs
                     .real_servers
                     .iter()
-                    .map(|rs| BackendSpec {
-                        addr: rs.addr,
-                        weight: rs.weight,
-                        mac: mac_of(rs.addr.ip()),
+                    .map(|rs| {
+                        let (up, dynamic) = health_of(vs, rs).unwrap_or((true, None));
+                        let mac = mac_of(rs.addr.ip());
+                        match (up, rs.checks.inhibit_on_failure) {
+                            (true, _) => BackendSpec {
+                                addr: rs.addr,
+                                weight: dynamic.unwrap_or(rs.weight),
+                                mac,
+                            },
+                            (false, true) => BackendSpec {
+                                addr: rs.addr,
+                                weight: 0,
+                                mac,
+                            },
+                            (false, false) => BackendSpec {
+                                addr: rs.addr,
+                                weight: rs.weight,
+                                mac: None,
+                            },
+                        }
                     })
                     .collect(),
             })
@@ -448,7 +493,12 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                 format!("{addr} is listed twice"),
             ));
         }
-        real_servers.push(RealServer { addr, weight });
+        let checks = check::checks(cx, vs, rs, addr)?;
+        real_servers.push(RealServer {
+            addr,
+            weight,
+            checks,
+        });
     }
     Ok(VirtualServer {
         vip,
@@ -533,7 +583,11 @@ static = true
         assert_eq!(vs.idle_timeout, 900);
         assert_eq!(vs.persistence_prefix, 32);
         assert_eq!(vs.real_servers[1].weight, 1, "keepalived's default weight");
-        let specs = c.service_specs(|_| Some([2, 0, 0, 0, 0, 1]), &Default::default());
+        let specs = c.service_specs(
+            |_| Some([2, 0, 0, 0, 0, 1]),
+            &Default::default(),
+            |_, _| None,
+        );
         assert!(specs[0].active);
         assert_eq!(specs[0].backends.len(), 2);
     }

@@ -1,0 +1,860 @@
+//! The probes: one async function per check kind, each bounded by its timeout, sharing
+//! nothing, holding nothing after it returns (a socket or a script dies with the future, so a
+//! cancelled probe leaves nothing behind either).
+//!
+//! * `TCP_CHECK`: a connection to `connect_ip:connect_port`, from `bindto` when set, within
+//!   `connect_timeout`; then closed (keepalived's `tcp_check_thread` does the same).
+//! * `HTTP_GET`: for each url, within `connect_timeout` for the whole exchange: connect, send
+//!   [`http::request`], read at most [`http::MAX_RESPONSE`] bytes until the head is complete
+//!   (and, with `body_contains`, until the substring is found or the body ends). A reset, a
+//!   close before the head, a head that is not HTTP/1.x, a status outside `status_code`, or
+//!   silence until the deadline are failures.
+//! * `MISC_CHECK`: [`run_command`] as the check's user with `misc_timeout` (the process group
+//!   is killed after it). Exit 0 passes; with `misc_dynamic`, 2..=255 passes with weight
+//!   status - 2 (keepalived's `check_misc.c`); anything else fails.
+use std::{io, net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    time::{timeout_at, Instant},
+};
+
+use super::{engine::ProbeResult, http};
+use crate::{
+    config::check::{Connect, HttpGet, MiscCheck, Url},
+    vrrp::notify::{run_command, RunOutcome, ScriptUser},
+};
+
+/// A check as a probe runs it: the configuration, with a MISC_CHECK's user resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSpec {
+    Tcp(Connect),
+    Http(HttpGet),
+    Misc { check: MiscCheck, user: ScriptUser },
+}
+
+impl ProbeSpec {
+    /// keepalived's block name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeSpec::Tcp(_) => "TCP_CHECK",
+            ProbeSpec::Http(_) => "HTTP_GET",
+            ProbeSpec::Misc { .. } => "MISC_CHECK",
+        }
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("bind to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connect to {dest}: {source}")]
+    Connect {
+        dest: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connect to {dest}: no answer within {timeout:?}")]
+    ConnectTimeout { dest: SocketAddr, timeout: Duration },
+    #[error("GET {path} from {dest}: {source}")]
+    Io {
+        dest: SocketAddr,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("GET {path} from {dest}: no complete response within {timeout:?} ({got} bytes)")]
+    Timeout {
+        dest: SocketAddr,
+        path: String,
+        timeout: Duration,
+        got: usize,
+    },
+    #[error("GET {path} from {dest}: connection closed after {got} bytes, before the end of the response head")]
+    Closed {
+        dest: SocketAddr,
+        path: String,
+        got: usize,
+    },
+    #[error("GET {path} from {dest}: {reason}")]
+    Malformed {
+        dest: SocketAddr,
+        path: String,
+        reason: String,
+    },
+    #[error("GET {path} from {dest}: status {status}, expected {expected}")]
+    Status {
+        dest: SocketAddr,
+        path: String,
+        status: u16,
+        expected: String,
+    },
+    #[error("GET {path} from {dest}: no {needle:?} in the first {read} bytes of the body")]
+    Body {
+        dest: SocketAddr,
+        path: String,
+        needle: String,
+        read: usize,
+    },
+    #[error("{program}: {outcome}")]
+    Script { program: String, outcome: String },
+}
+
+/// Runs one probe to the end; never panics, never outlives its timeouts.
+pub async fn run(spec: &ProbeSpec) -> ProbeResult {
+    let start = Instant::now();
+    let outcome = match spec {
+        ProbeSpec::Tcp(c) => tcp(c).await.map(|()| None),
+        ProbeSpec::Http(h) => http_get(h).await.map(|()| None),
+        ProbeSpec::Misc { check, user } => misc(check, user).await,
+    };
+    ProbeResult {
+        latency: start.elapsed(),
+        outcome: outcome.map_err(|e| e.to_string()),
+    }
+}
+
+async fn connect(c: &Connect, deadline: Instant) -> Result<TcpStream, ProbeError> {
+    let dest = c.dest;
+    let sock = if dest.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| ProbeError::Connect { dest, source })?;
+    if let Some(ip) = c.bindto {
+        let addr = SocketAddr::new(ip, 0);
+        sock.bind(addr)
+            .map_err(|source| ProbeError::Bind { addr, source })?;
+    }
+    match timeout_at(deadline, sock.connect(dest)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ProbeError::Connect { dest, source }),
+        Err(_) => Err(ProbeError::ConnectTimeout {
+            dest,
+            timeout: c.timeout,
+        }),
+    }
+}
+
+/// `TCP_CHECK`.
+pub async fn tcp(c: &Connect) -> Result<(), ProbeError> {
+    connect(c, Instant::now() + c.timeout).await.map(drop)
+}
+
+/// `HTTP_GET`: every url, one after the other, each on its own connection.
+pub async fn http_get(h: &HttpGet) -> Result<(), ProbeError> {
+    for url in &h.urls {
+        get(&h.connect, url).await?;
+    }
+    Ok(())
+}
+
+/// One url within `connect_timeout`.
+pub async fn get(c: &Connect, url: &Url) -> Result<(), ProbeError> {
+    let deadline = Instant::now() + c.timeout;
+    let mut stream = connect(c, deadline).await?;
+    let host = url
+        .virtualhost
+        .clone()
+        .unwrap_or_else(|| http::default_host(c.dest));
+    let request = http::request(&url.path, &host);
+    let mut buf = Vec::new();
+    match timeout_at(
+        deadline,
+        exchange(&mut stream, c.dest, url, &request, &mut buf),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(ProbeError::Timeout {
+            dest: c.dest,
+            path: url.path.clone(),
+            timeout: c.timeout,
+            got: buf.len(),
+        }),
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn exchange(
+    stream: &mut TcpStream,
+    dest: SocketAddr,
+    url: &Url,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), ProbeError> {
+    let path = || url.path.clone();
+    let io_err = |source| ProbeError::Io {
+        dest,
+        path: path(),
+        source,
+    };
+    let malformed = |reason| ProbeError::Malformed {
+        dest,
+        path: path(),
+        reason,
+    };
+    stream.write_all(request).await.map_err(io_err)?;
+    let mut head: Option<http::Head> = None;
+    const CHUNK: usize = 2048;
+    let mut chunk = [0u8; CHUNK];
+    loop {
+        let room = http::MAX_RESPONSE - buf.len();
+        if room == 0 {
+            return Err(match head {
+                None => malformed(format!(
+                    "no end of the response head in the first {} bytes",
+                    http::MAX_RESPONSE
+                )),
+                // Unreachable: a full buffer is judged below, after the read that filled it.
+                Some(_) => malformed("response too long".into()),
+            });
+        }
+        let n = stream
+            .read(&mut chunk[..room.min(CHUNK)])
+            .await
+            .map_err(io_err)?;
+        let eof = n == 0;
+        buf.extend_from_slice(&chunk[..n]);
+        let h = match head {
+            Some(h) => h,
+            None => match http::parse_head(buf).map_err(malformed)? {
+                None if eof => {
+                    return Err(ProbeError::Closed {
+                        dest,
+                        path: path(),
+                        got: buf.len(),
+                    })
+                }
+                None => continue,
+                Some(h) => {
+                    if !url.status_code.contains(h.status) {
+                        return Err(ProbeError::Status {
+                            dest,
+                            path: path(),
+                            status: h.status,
+                            expected: url.status_code.to_string(),
+                        });
+                    }
+                    head = Some(h);
+                    h
+                }
+            },
+        };
+        let Some(needle) = &url.body_contains else {
+            return Ok(());
+        };
+        let (body, complete) =
+            http::decode_body(&buf[h.len..], h.framing, eof).map_err(malformed)?;
+        if contains(&body, needle.as_bytes()) {
+            return Ok(());
+        }
+        if complete || eof || buf.len() >= http::MAX_RESPONSE {
+            return Err(ProbeError::Body {
+                dest,
+                path: path(),
+                needle: needle.clone(),
+                read: body.len(),
+            });
+        }
+    }
+}
+
+/// `MISC_CHECK`: `Ok(Some(weight))` for a dynamic exit status 2..=255.
+pub async fn misc(m: &MiscCheck, user: &ScriptUser) -> Result<Option<u32>, ProbeError> {
+    match run_command(&m.command, user, m.timeout).await {
+        RunOutcome::Exited(0) => Ok(None),
+        RunOutcome::Exited(code) if m.dynamic && (2..=255).contains(&code) => {
+            Ok(Some(code as u32 - 2))
+        }
+        outcome => Err(ProbeError::Script {
+            program: m.command.first().cloned().unwrap_or_default(),
+            outcome: outcome.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_server {
+    //! Backends on 127.0.0.1 that answer well, badly, or not at all.
+    use std::{
+        net::SocketAddr,
+        os::fd::AsRawFd,
+        sync::{Arc, Mutex},
+    };
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        task::JoinHandle,
+    };
+
+    #[derive(Debug, Clone)]
+    pub(crate) enum Behaviour {
+        /// Read the request, send these bytes, close.
+        Respond(Vec<u8>),
+        /// Read the request, send these bytes, then say nothing more until the client goes.
+        RespondAndHang(Vec<u8>),
+        /// Accept and never answer (until the client closes).
+        Hang,
+        /// Accept and close at once.
+        Close,
+        /// Read the request, then reset the connection.
+        Reset,
+    }
+
+    pub(crate) struct Server {
+        pub(crate) addr: SocketAddr,
+        pub(crate) requests: Arc<Mutex<Vec<Vec<u8>>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// SO_LINGER 0: close sends RST.
+    pub(crate) fn reset(stream: TcpStream) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the descriptor is open (owned by `stream`), and linger is a valid
+        // struct linger of the length passed.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(stream);
+    }
+
+    async fn read_request(stream: &mut TcpStream) -> Vec<u8> {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16384 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        req
+    }
+
+    async fn until_eof(mut stream: TcpStream) {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    pub(crate) async fn serve(behaviour: Behaviour) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                while conns.try_join_next().is_some() {}
+                let behaviour = behaviour.clone();
+                let seen = seen.clone();
+                conns.spawn(async move {
+                    match behaviour {
+                        Behaviour::Respond(bytes) => {
+                            let req = read_request(&mut stream).await;
+                            seen.lock().unwrap().push(req);
+                            let _ = stream.write_all(&bytes).await;
+                        }
+                        Behaviour::RespondAndHang(bytes) => {
+                            let req = read_request(&mut stream).await;
+                            seen.lock().unwrap().push(req);
+                            let _ = stream.write_all(&bytes).await;
+                            until_eof(stream).await;
+                        }
+                        Behaviour::Hang => until_eof(stream).await,
+                        Behaviour::Close => drop(stream),
+                        Behaviour::Reset => {
+                            read_request(&mut stream).await;
+                            reset(stream);
+                        }
+                    }
+                });
+            }
+        });
+        Server {
+            addr,
+            requests,
+            task,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{
+        test_server::{serve, Behaviour},
+        *,
+    };
+    use crate::{
+        config::check::StatusCodes,
+        vrrp::notify::test_util::{alive, eventually, TempDir},
+    };
+
+    fn conn(dest: SocketAddr, timeout_ms: u64) -> Connect {
+        Connect {
+            dest,
+            bindto: None,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    fn url(path: &str) -> Url {
+        Url {
+            path: path.into(),
+            status_code: StatusCodes::default(),
+            virtualhost: None,
+            body_contains: None,
+        }
+    }
+
+    /// A port nothing listens on.
+    async fn closed_port() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn tcp_connects_refuses_and_binds() {
+        let server = serve(Behaviour::Hang).await;
+        tcp(&conn(server.addr, 1000)).await.unwrap();
+        let e = tcp(&conn(closed_port().await, 1000)).await.unwrap_err();
+        assert!(
+            matches!(&e, ProbeError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused),
+            "{e}"
+        );
+        let mut bound = conn(server.addr, 1000);
+        bound.bindto = Some([127, 0, 0, 1].into());
+        tcp(&bound).await.unwrap();
+        // Not an address of this host.
+        bound.bindto = Some([192, 0, 2, 1].into());
+        let e = tcp(&bound).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Bind { .. }), "{e}");
+        assert!(e.to_string().starts_with("bind to 192.0.2.1:0: "), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tcp_over_ipv6_loopback() {
+        let Ok(l) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("SKIP health::probe::tcp_over_ipv6_loopback: no ::1 here");
+            return;
+        };
+        let c = conn(l.local_addr().unwrap(), 1000);
+        tcp(&c).await.unwrap();
+    }
+
+    /// (what the backend does, status_code, body_contains, Ok or a part of the error).
+    #[tokio::test]
+    async fn http_answers() {
+        let ok200 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        type Case = (
+            Behaviour,
+            Option<&'static str>,
+            Option<&'static str>,
+            Result<(), &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (Behaviour::Respond(ok200.clone()), None, None, Ok(())),
+            (
+                Behaviour::Respond(b"HTTP/1.0 204 No Content\r\n\r\n".to_vec()),
+                None,
+                None,
+                Ok(()),
+            ),
+            (
+                Behaviour::Respond(b"HTTP/1.1 500 Internal Server Error\r\n\r\n".to_vec()),
+                None,
+                None,
+                Err("status 500, expected 200-299"),
+            ),
+            (
+                Behaviour::Respond(b"HTTP/1.1 500 Internal Server Error\r\n\r\n".to_vec()),
+                Some("500"),
+                None,
+                Ok(()),
+            ),
+            (
+                Behaviour::Respond(b"HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n".to_vec()),
+                Some("200 300-399"),
+                None,
+                Ok(()),
+            ),
+            (
+                Behaviour::Respond(b"SSH-2.0-OpenSSH_9.2p1\r\n".to_vec()),
+                None,
+                None,
+                Err("not an HTTP response"),
+            ),
+            (
+                Behaviour::Respond(b"HTTP/1.1 2OO OK\r\n\r\n".to_vec()),
+                None,
+                None,
+                Err("bad status line"),
+            ),
+            (
+                Behaviour::Respond(vec![0xff; 100]),
+                None,
+                None,
+                Err("not an HTTP response"),
+            ),
+            (
+                Behaviour::Respond(b"HTTP/1.1 200 OK\r\nContent-Le".to_vec()),
+                None,
+                None,
+                Err("connection closed after 27 bytes"),
+            ),
+            (Behaviour::Close, None, None, Err("")),
+            (Behaviour::Reset, None, None, Err("")),
+            (
+                Behaviour::Respond(
+                    [b"HTTP/1.1 200 OK\r\nX: ".to_vec(), vec![b'a'; 9000]].concat(),
+                ),
+                None,
+                None,
+                Err("no end of the response head in the first 8192 bytes"),
+            ),
+            (
+                Behaviour::Respond(ok200.clone()),
+                None,
+                Some("ok"),
+                Ok(()),
+            ),
+            (
+                Behaviour::Respond(ok200.clone()),
+                None,
+                Some("OK"),
+                Err("no \"OK\" in the first 2 bytes of the body"),
+            ),
+            (
+                Behaviour::Respond(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nall \r\n4\r\ngood\r\n0\r\n\r\n"
+                        .to_vec(),
+                ),
+                None,
+                Some("l go"),
+                Ok(()),
+            ),
+            (
+                Behaviour::Respond(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+                ),
+                None,
+                Some("x"),
+                Err("bad chunk size line"),
+            ),
+            (
+                // Close-delimited body: the end of the connection ends it.
+                Behaviour::Respond(b"HTTP/1.0 200 OK\r\n\r\nstatus: fine".to_vec()),
+                None,
+                Some("fine"),
+                Ok(()),
+            ),
+            (
+                // The substring beyond what is read does not count.
+                Behaviour::Respond(
+                    [
+                        b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+                        vec![b'.'; 9000],
+                        b"MARK".to_vec(),
+                    ]
+                    .concat(),
+                ),
+                None,
+                Some("MARK"),
+                Err("no \"MARK\" in the first 8173 bytes"),
+            ),
+            (
+                // Found before the body ends: no need to wait for the rest.
+                Behaviour::RespondAndHang(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nready".to_vec(),
+                ),
+                None,
+                Some("ready"),
+                Ok(()),
+            ),
+            (
+                // Status only: the head is enough, the body may never come.
+                Behaviour::RespondAndHang(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec()),
+                None,
+                None,
+                Ok(()),
+            ),
+        ];
+        for (behaviour, status, needle, want) in cases {
+            let what = format!("{behaviour:?} {status:?} {needle:?}")
+                .chars()
+                .take(120)
+                .collect::<String>();
+            let server = serve(behaviour).await;
+            let mut u = url("/health");
+            if let Some(s) = status {
+                u.status_code = StatusCodes::new(
+                    s.split_whitespace()
+                        .map(|w| match w.split_once('-') {
+                            Some((a, b)) => a.parse().unwrap()..=b.parse().unwrap(),
+                            None => w.parse().unwrap()..=w.parse().unwrap(),
+                        })
+                        .collect(),
+                );
+            }
+            u.body_contains = needle.map(str::to_string);
+            let got = get(&conn(server.addr, 2000), &u).await;
+            match (want, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(part), Err(e)) => {
+                    assert!(!matches!(e, ProbeError::Timeout { .. }), "{what}: {e}");
+                    assert!(e.to_string().contains(part), "{what}: {e}");
+                }
+                (want, got) => panic!("{what}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn http_request_and_host() {
+        let server = serve(Behaviour::Respond(b"HTTP/1.1 200 OK\r\n\r\n".to_vec())).await;
+        get(&conn(server.addr, 2000), &url("/a?b=c")).await.unwrap();
+        let mut vhost = url("/");
+        vhost.virtualhost = Some("www.example.com".into());
+        get(&conn(server.addr, 2000), &vhost).await.unwrap();
+        let reqs = server.requests.lock().unwrap().clone();
+        assert_eq!(
+            String::from_utf8_lossy(&reqs[0]),
+            format!(
+                "GET /a?b=c HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: lb-daemon-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+                server.addr.port()
+            )
+        );
+        assert!(String::from_utf8_lossy(&reqs[1]).contains("\r\nHost: www.example.com\r\n"));
+    }
+
+    #[tokio::test]
+    async fn http_every_url_must_pass() {
+        let good = serve(Behaviour::Respond(b"HTTP/1.1 200 OK\r\n\r\n".to_vec())).await;
+        let h = HttpGet {
+            connect: conn(good.addr, 2000),
+            urls: vec![url("/a"), url("/b")],
+        };
+        http_get(&h).await.unwrap();
+        assert_eq!(good.requests.lock().unwrap().len(), 2);
+        let mut strict = h.clone();
+        strict.urls[1].status_code = StatusCodes::new(vec![404..=404]);
+        let e = http_get(&strict).await.unwrap_err();
+        assert!(e.to_string().starts_with("GET /b from "), "{e}");
+    }
+
+    #[tokio::test]
+    async fn http_hang_times_out() {
+        for behaviour in [
+            Behaviour::Hang,
+            Behaviour::RespondAndHang(b"HTTP/1.1 200 O".to_vec()),
+            Behaviour::RespondAndHang(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab".to_vec()),
+        ] {
+            let server = serve(behaviour.clone()).await;
+            let mut u = url("/");
+            u.body_contains = Some("zz".into());
+            let start = Instant::now();
+            let e = get(&conn(server.addr, 300), &u).await.unwrap_err();
+            let took = start.elapsed();
+            assert!(
+                matches!(e, ProbeError::Timeout { .. }),
+                "{behaviour:?}: {e}"
+            );
+            assert!(
+                took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
+        }
+        let e = get(&conn(closed_port().await, 300), &url("/"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProbeError::Connect { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn run_reports_latency_and_errors() {
+        let server = serve(Behaviour::Hang).await;
+        let r = run(&ProbeSpec::Tcp(conn(server.addr, 1000))).await;
+        assert_eq!(r.outcome, Ok(None));
+        assert!(r.latency < Duration::from_secs(1));
+        let r = run(&ProbeSpec::Http(HttpGet {
+            connect: conn(server.addr, 100),
+            urls: vec![url("/")],
+        }))
+        .await;
+        assert!(r.latency >= Duration::from_millis(100));
+        assert!(
+            r.outcome
+                .as_ref()
+                .unwrap_err()
+                .contains("no complete response within 100ms (0 bytes)"),
+            "{r:?}"
+        );
+    }
+
+    fn misc_check(command: &std::path::Path, timeout_ms: u64, dynamic: bool) -> MiscCheck {
+        MiscCheck {
+            command: vec![command.to_str().unwrap().to_string()],
+            timeout: Duration::from_millis(timeout_ms),
+            dynamic,
+            user: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn misc_exit_codes() {
+        let dir = TempDir::new("health-misc");
+        let me = ScriptUser::current();
+        let ok = dir.script("ok.sh", "exit 0");
+        let one = dir.script("one.sh", "exit 1");
+        let twelve = dir.script("twelve.sh", "exit 12");
+        let two = dir.script("two.sh", "exit 2");
+        let max = dir.script("max.sh", "exit 255");
+        assert_eq!(
+            misc(&misc_check(&ok, 5000, false), &me).await.unwrap(),
+            None
+        );
+        assert_eq!(misc(&misc_check(&ok, 5000, true), &me).await.unwrap(), None);
+        let e = misc(&misc_check(&one, 5000, true), &me).await.unwrap_err();
+        assert!(
+            e.to_string().ends_with("one.sh: exited with status 1"),
+            "{e}"
+        );
+        assert!(misc(&misc_check(&twelve, 5000, false), &me).await.is_err());
+        assert_eq!(
+            misc(&misc_check(&twelve, 5000, true), &me).await.unwrap(),
+            Some(10)
+        );
+        assert_eq!(
+            misc(&misc_check(&two, 5000, true), &me).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            misc(&misc_check(&max, 5000, true), &me).await.unwrap(),
+            Some(253)
+        );
+        let e = misc(
+            &misc_check(&dir.path().join("missing.sh"), 5000, false),
+            &me,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("could not be started"), "{e}");
+        // Arguments are passed.
+        let args = dir.script("args.sh", "[ \"$1\" = port ] && [ \"$2\" = 80 ]");
+        let mut m = misc_check(&args, 5000, false);
+        m.command.extend(["port".into(), "80".into()]);
+        assert_eq!(misc(&m, &me).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn misc_timeout_kills_the_group() {
+        let dir = TempDir::new("health-misc-hang");
+        let pids = dir.path().join("pids");
+        let hang = dir.script(
+            "hang.sh",
+            &format!("sleep 1000 &\necho \"$$ $!\" > {}\nwait", pids.display()),
+        );
+        let start = Instant::now();
+        let e = misc(&misc_check(&hang, 300, false), &ScriptUser::current())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().ends_with("timed out"), "{e}");
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        let pids: Vec<i32> = std::fs::read_to_string(&pids)
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2);
+        assert!(
+            eventually(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))).await,
+            "{pids:?}"
+        );
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// Hostile backends must not make descriptors pile up: hundreds of probes against a
+    /// backend that accepts and never answers, and one that resets, leave the count where it
+    /// was (other tests of this process open some meanwhile: hence the slack).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn descriptors_stay_bounded_under_hostile_backends() {
+        const PROBES: usize = 400;
+        const SLACK: usize = 100;
+        let hang = serve(Behaviour::Hang).await;
+        let reset = serve(Behaviour::Reset).await;
+        let close = serve(Behaviour::Close).await;
+        let before = open_fds();
+        for server in [&hang, &reset, &close] {
+            for _ in 0..PROBES / 100 {
+                let mut batch = tokio::task::JoinSet::new();
+                for i in 0..100 {
+                    let spec = if i % 2 == 0 {
+                        ProbeSpec::Http(HttpGet {
+                            connect: conn(server.addr, 100),
+                            urls: vec![url("/")],
+                        })
+                    } else {
+                        ProbeSpec::Tcp(conn(server.addr, 100))
+                    };
+                    batch.spawn(async move { run(&spec).await });
+                }
+                while let Some(r) = batch.join_next().await {
+                    let r = r.unwrap();
+                    // TCP probes connect; HTTP probes all fail.
+                    if let Err(e) = r.outcome {
+                        assert!(!e.is_empty());
+                    }
+                }
+            }
+        }
+        // The backends' ends close once they see ours close.
+        let mut now = open_fds();
+        let settled = eventually(Duration::from_secs(10), || {
+            now = open_fds();
+            now <= before + SLACK
+        })
+        .await;
+        assert!(
+            settled,
+            "{before} descriptors before, {now} after {} probes",
+            3 * PROBES
+        );
+    }
+}
