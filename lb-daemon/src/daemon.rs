@@ -316,6 +316,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    if let Err(e) = crate::sdnotify::notify("READY=1") {
+        warn!("telling systemd we are ready: {e}");
+    }
     info!(
         services = config.virtual_servers.len(),
         vrrp_instances = config.vrrp_instances.len(),
@@ -404,6 +407,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             _ = int.recv() => break,
         }
     }
+    let _ = crate::sdnotify::notify("STOPPING=1");
     if let Some(v) = vrrp {
         info!("stopping VRRP: priority-0 adverts, releasing the virtual addresses");
         tokio::task::spawn_blocking(move || v.shutdown(std::time::Duration::from_secs(3))).await?;

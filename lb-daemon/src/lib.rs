@@ -6,5 +6,6 @@ pub mod dataplane;
 pub mod health;
 pub mod metrics;
 pub mod netlink;
+pub mod sdnotify;
 pub mod status;
 pub mod vrrp;
