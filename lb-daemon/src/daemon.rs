@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{vrrp::VrrpVersion, Config, DataplaneConfig},
     control::{self, Request, Response},
+    dataplane::neigh::fmt_mac,
     dataplane::{
         maps::BpfMaps,
         neigh::{MacResolver, MacResolverConfig, MacUpdate},
@@ -146,7 +147,10 @@ impl Dp {
         };
         let mut ebpf = program::load(&opts).context("loading the XDP program")?;
         spawn_bpf_logger(&mut ebpf);
-        let maps = BpfMaps::new(&mut ebpf)?;
+        let mut maps = BpfMaps::new(&mut ebpf)?;
+        // The clock before the first packet: a flow stamped 0 would look idle for years at
+        // the first tick and be rescheduled.
+        maps.set_clock(monotonic_seconds())?;
         let mode = program::attach(&mut ebpf, &d.interface, d.xdp_mode)?;
         info!(interface = %d.interface, mode, "XDP program attached");
         let (wanted_tx, wanted_rx) = watch::channel(wanted(config, ifindex));
@@ -167,7 +171,12 @@ impl Dp {
         ))
     }
 
-    fn apply(&mut self, config: &Config, master_vips: &HashSet<IpAddr>, health: &Health) {
+    fn apply(
+        &mut self,
+        config: &Config,
+        master_vips: &HashSet<IpAddr>,
+        health: &Health,
+    ) -> Result<(), crate::dataplane::plan::PlanError> {
         let specs = config.service_specs(
             |ip| self.macs.get(&ip).copied(),
             master_vips,
@@ -177,9 +186,7 @@ impl Dp {
                     .map(|h| (h.up, h.weight))
             },
         );
-        if let Err(e) = self.dp.update(&specs) {
-            error!("updating the dataplane: {e}");
-        }
+        self.dp.update(&specs)
     }
 }
 
@@ -282,7 +289,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut checkers = health::Checkers::start(&config, health_tx)?;
     let mut health: Health = checkers.snapshot();
     if let Some(dp) = dp.as_mut() {
-        dp.apply(&config, &master_vips, &health);
+        // A configuration the dataplane cannot hold is a start-up error.
+        dp.apply(&config, &master_vips, &health)
+            .context("writing the configuration into the dataplane")?;
     }
 
     // Unbounded: the VRRP thread must never wait for the main loop.
@@ -338,7 +347,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         dp.macs.remove(&up.addr);
                     }
                 }
-                dp.apply(&config, &master_vips, &health);
+                if let Err(e) = dp.apply(&config, &master_vips, &health) {
+                        error!("updating the dataplane: {e}");
+                    }
             }
             Some(ev) = event_rx.recv() => match ev {
                 Event::Role { instance, vips, master } => {
@@ -351,7 +362,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         }
                     }
                     if let Some(dp) = dp.as_mut() {
-                        dp.apply(&config, &master_vips, &health);
+                        if let Err(e) = dp.apply(&config, &master_vips, &health) {
+                        error!("updating the dataplane: {e}");
+                    }
                     }
                 }
                 Event::State(ev) => notifier.notify(ev),
@@ -360,7 +373,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 info!(vip = %ev.service.0, port = ev.service.1, backend = %ev.backend, up = ev.up, weight = ?ev.weight, "real server health");
                 health = checkers.snapshot();
                 if let Some(dp) = dp.as_mut() {
-                    dp.apply(&config, &master_vips, &health);
+                    if let Err(e) = dp.apply(&config, &master_vips, &health) {
+                        error!("updating the dataplane: {e}");
+                    }
                 }
             }
             Some(ev) = track_rx.recv() => {
@@ -451,11 +466,31 @@ fn reload(
         return Err("VRRP instances changed: restart to apply them".into());
     }
     let mut t = Tracking::new(&new).map_err(|e| e.to_string())?;
-    // Unchanged checkers keep their state and timers.
-    checkers.reload(&new).map_err(|e| e.to_string())?;
-    *health = checkers.snapshot();
+    // The maps first: a configuration the dataplane cannot hold (too many services or
+    // backends) is refused before anything else changes.
+    if let Some(dp) = dp.as_mut() {
+        if let Err(e) = dp.apply(&new, master_vips, health) {
+            // Put back what may have been written.
+            let _ = dp.apply(config, master_vips, health);
+            return Err(format!("the dataplane cannot take it: {e}"));
+        }
+    }
     // Unchanged scripts keep their rise/fall state across the reload.
-    track_tasks.reload(&new).map_err(|e| e.to_string())?;
+    if let Err(e) = track_tasks.reload(&new) {
+        if let Some(dp) = dp.as_mut() {
+            let _ = dp.apply(config, master_vips, health);
+        }
+        return Err(e.to_string());
+    }
+    // Unchanged checkers keep their state and timers.
+    if let Err(e) = checkers.reload(&new) {
+        let _ = track_tasks.reload(config);
+        if let Some(dp) = dp.as_mut() {
+            let _ = dp.apply(config, master_vips, health);
+        }
+        return Err(e.to_string());
+    }
+    *health = checkers.snapshot();
     t.seed(&track_tasks.snapshot());
     *tracking = t;
     *config = new;
@@ -465,7 +500,9 @@ fn reload(
         // could go stale unnoticed if it came back.
         dp.macs.retain(|ip, _| want.contains_key(ip));
         let _ = dp.wanted_tx.send(want);
-        dp.apply(config, master_vips, health);
+        if let Err(e) = dp.apply(config, master_vips, health) {
+            error!("updating the dataplane: {e}");
+        }
     }
     info!(
         services = config.virtual_servers.len(),
@@ -577,18 +614,5 @@ async fn resolver_done(
 
 /// Seconds of CLOCK_MONOTONIC, the program's time base.
 fn monotonic_seconds() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u32
-}
-
-pub fn fmt_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    crate::vrrp::runtime::monotonic().as_secs() as u32
 }

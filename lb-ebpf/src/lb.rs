@@ -323,21 +323,29 @@ fn established<F: Family>(
         let (ckey, cval) = F::cache_parts(unsafe { &mut *c });
         if F::same(ckey, key) {
             if let Some(b) = usable(cval, now) {
-                if cval.last_seen != now {
-                    // Once a second, the table (the source of truth, and what other CPUs
-                    // see) learns that the flow is alive; if it evicted the flow, it gets
-                    // it back.
-                    cval.last_seen = now;
-                    let value = *cval;
-                    match F::flows().get_ptr_mut(key) {
-                        // SAFETY: as below.
-                        Some(e) => unsafe { (*e).last_seen = now },
-                        None => {
-                            let _ = F::flows().insert(key, &value, 0);
+                if cval.last_seen == now {
+                    return Some(send_established(ctx, b, cval, reason));
+                }
+                // Once a second, the table (the source of truth, and what other CPUs see)
+                // learns that the flow is alive; if it evicted the flow, it gets it back. If
+                // another CPU gave the flow a different backend meanwhile, the table wins:
+                // fall through to it, which refills this cache.
+                match F::flows().get_ptr_mut(key) {
+                    // SAFETY: as below.
+                    Some(e) => unsafe {
+                        if (*e).backend == cval.backend && (*e).generation == cval.generation {
+                            (*e).last_seen = now;
+                            cval.last_seen = now;
+                            return Some(send_established(ctx, b, cval, reason));
                         }
+                    },
+                    None => {
+                        cval.last_seen = now;
+                        let value = *cval;
+                        let _ = F::flows().insert(key, &value, 0);
+                        return Some(send_established(ctx, b, cval, reason));
                     }
                 }
-                return Some(send_established(ctx, b, cval, reason));
             }
         }
     }

@@ -366,9 +366,17 @@ fn backup_node_passes_and_takes_over_without_losing_flows() {
         PASS_INACTIVE,
     );
     let b = check(&mut h, "tcp4 before", &tcp4(6001), FWD_NEW_FLOW);
-    h.dp.set_active(VIP4.into(), false).unwrap();
+    // What the daemon does on a VRRP role change: the same specs with the active flag flipped.
+    let set_active = |h: &mut XdpHarness, active: bool| {
+        let mut specs = h.dp.specs().to_vec();
+        for s in specs.iter_mut().filter(|s| s.vip == IpAddr::from(VIP4)) {
+            s.active = active;
+        }
+        h.dp.update(&specs).unwrap();
+    };
+    set_active(&mut h, false);
     check(&mut h, "tcp4 while backup", &tcp4(6001), PASS_INACTIVE);
-    h.dp.set_active(VIP4.into(), true).unwrap();
+    set_active(&mut h, true);
     assert_eq!(
         check(&mut h, "tcp4 master again", &tcp4(6001), FWD_ESTABLISHED),
         b

@@ -385,7 +385,7 @@ impl Config {
                             },
                             (false, false) => BackendSpec {
                                 addr: rs.addr,
-                                weight: rs.weight,
+                                weight: 0,
                                 mac: None,
                             },
                         }

@@ -405,7 +405,7 @@ pub fn usable_mac(ev: &NeighEvent) -> Option<[u8; 6]> {
 }
 
 /// `aa:bb:cc:dd:ee:ff`, for logs.
-pub(crate) fn fmt_mac(mac: &[u8; 6]) -> String {
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
     let [a, b, c, d, e, f] = *mac;
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }

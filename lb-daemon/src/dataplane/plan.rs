@@ -289,21 +289,27 @@ fn apply(
     limits: &Limits,
     w: &mut dyn MapWriter,
 ) -> Result<(), PlanError> {
+    // Backends that may take new flows first, so rings can name them. One that stops being
+    // usable (drained, or absent) is written only after the rings no longer name it: until
+    // then the program would find a ring slot naming a backend it must not use.
+    let usable =
+        |b: &BackendValue| b.flags & BACKEND_F_PRESENT != 0 && b.flags & BACKEND_F_DRAINING == 0;
     for (id, b) in &next.backends {
-        if prev.backends.get(id) != Some(b) {
+        if usable(b) && prev.backends.get(id) != Some(b) {
             w.update_backend(*id, b)?;
         }
     }
     for (id, info) in &next.infos {
         if let Some(old) = prev.infos.get(id) {
             if info.ring_len < old.ring_len {
-                w.update_service_info(
-                    *id,
-                    &ServiceValue {
-                        ring_len: info.ring_len,
-                        ..*old
-                    },
-                )?;
+                // Only flags both versions set: after a failed apply `old` may be a marker
+                // whose flags are all ones, which must never switch a service on.
+                let shorter = ServiceValue {
+                    ring_len: info.ring_len,
+                    flags: old.flags & info.flags,
+                    ..*old
+                };
+                w.update_service_info(*id, &shorter)?;
             }
         }
     }
@@ -334,6 +340,11 @@ fn apply(
     for id in prev.infos.keys() {
         if !next.infos.contains_key(id) {
             w.update_service_info(*id, &ServiceValue::default())?;
+        }
+    }
+    for (id, b) in &next.backends {
+        if !usable(b) && prev.backends.get(id) != Some(b) {
+            w.update_backend(*id, b)?;
         }
     }
     for id in prev.backends.keys() {
@@ -421,15 +432,6 @@ impl<W: MapWriter> Dataplane<W> {
         result
     }
 
-    /// Sets the active flag (VRRP master) of every service of `vip`.
-    pub fn set_active(&mut self, vip: std::net::IpAddr, active: bool) -> Result<(), PlanError> {
-        let mut specs = self.specs.clone();
-        for s in specs.iter_mut().filter(|s| s.vip == vip) {
-            s.active = active;
-        }
-        self.update(&specs)
-    }
-
     pub fn specs(&self) -> &[ServiceSpec] {
         &self.specs
     }
@@ -494,16 +496,17 @@ mod tests {
                     });
                     let b = self.0.backends.get(bid).copied().unwrap_or_default();
                     assert!(
-                        b.flags & BACKEND_F_PRESENT != 0,
-                        "service {}: slot {slot} -> absent backend {bid}",
-                        info.id
+                        b.flags & BACKEND_F_PRESENT != 0 && b.flags & BACKEND_F_DRAINING == 0,
+                        "service {}: slot {slot} -> unusable backend {bid} ({:#x})",
+                        info.id,
+                        b.flags
                     );
                 }
             }
             for (key, r) in &self.0.services {
-                let info = self.0.infos.get(&r.id).copied().unwrap_or_default();
-                assert_eq!(
-                    info.id, r.id,
+                let info = self.0.infos.get(&r.id).copied();
+                assert!(
+                    info.is_some_and(|i| i.id == r.id && i != ServiceValue::default()),
                     "{key:?} names service {} whose state is not written",
                     r.id
                 );
@@ -547,8 +550,8 @@ mod tests {
                 if info.flags & SVC_F_ACTIVE != 0 && slot < info.ring_len {
                     let b = self.0.backends.get(&b).copied().unwrap_or_default();
                     assert!(
-                        b.flags & BACKEND_F_PRESENT != 0,
-                        "live slot {i} -> absent backend"
+                        b.flags & BACKEND_F_PRESENT != 0 && b.flags & BACKEND_F_DRAINING == 0,
+                        "live slot {i} -> unusable backend"
                     );
                 }
             }
@@ -700,6 +703,23 @@ mod tests {
         d.update(&specs).unwrap();
         let svc = d.writer().0.infos.values().next().copied().unwrap();
         assert_eq!(svc.ring_len, 3);
+    }
+
+    /// A ring member that becomes unusable (MAC lost, health down, drained) leaves the ring
+    /// before its backend slot says so: the checked writer fails otherwise.
+    #[test]
+    fn a_ring_member_turning_unusable_leaves_the_ring_first() {
+        for sched in [Scheduler::Rr, Scheduler::Mh] {
+            let mut d = dp();
+            let mut specs = vec![spec(80, sched, &[1, 1, 1])];
+            d.update(&specs).unwrap();
+            specs[0].backends[1].mac = None;
+            d.update(&specs).unwrap();
+            specs[0].backends[1].mac = Some([2, 0, 0, 0, 0, 1]);
+            d.update(&specs).unwrap();
+            specs[0].backends[2].weight = 0;
+            d.update(&specs).unwrap();
+        }
     }
 
     #[test]

@@ -312,7 +312,12 @@ pub async fn run_unit(
     loop {
         unit.publish(&machine, &stats);
         let deadline = unit.members.iter().filter_map(|m| m.timer.deadline()).min();
-        clock.arm(deadline)?;
+        // A timer that cannot be armed ends the loop, but never skips the shutdown below:
+        // a master must not keep its addresses without advertising.
+        if let Err(e) = clock.arm(deadline) {
+            tracing::error!("VRRP timer: {e}; shutting the unit down");
+            break;
+        }
         tokio::select! {
             biased;
             ctl = control.recv() => match ctl {
@@ -325,7 +330,10 @@ pub async fn run_unit(
                 }
             },
             r = clock.wait() => {
-                r?;
+                if let Err(e) = r {
+                    tracing::error!("VRRP timer: {e}; shutting the unit down");
+                    break;
+                }
                 let t = now();
                 for i in 0..unit.members.len() {
                     let timer = unit.members[i].timer;
@@ -378,7 +386,8 @@ struct ProtocolClock {
     armed: std::sync::Mutex<Option<Time>>,
 }
 
-fn monotonic() -> Duration {
+/// CLOCK_MONOTONIC, the clock of every protocol timer and of the XDP program's `CLOCK`.
+pub(crate) fn monotonic() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -690,7 +699,11 @@ impl VrrpThread {
     pub fn send(&self, member: &str, c: Control) {
         for (names, tx) in &self.controls {
             if names.iter().any(|n| n == member) {
-                let _ = tx.try_send(c.clone());
+                // Tracking inputs are rare; a full queue means the VRRP thread is stuck, and
+                // saying so beats waiting on it from the main loop.
+                if let Err(e) = tx.try_send(c.clone()) {
+                    tracing::error!(member, "VRRP control message dropped: {e}");
+                }
             }
         }
     }
@@ -699,7 +712,8 @@ impl VrrpThread {
     /// thread, at most `timeout`.
     pub fn shutdown(mut self, timeout: Duration) {
         for (_, tx) in &self.controls {
-            let _ = tx.try_send(Control::Shutdown);
+            // Called from a blocking context: wait for room rather than drop the shutdown.
+            let _ = tx.blocking_send(Control::Shutdown);
         }
         if let Some(t) = self.thread.take() {
             let deadline = StdInstant::now() + timeout;
