@@ -254,3 +254,70 @@ fn tcp_check_removes_and_restores_a_real_server() {
     let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
     assert_shares("all three up again", &counts(&bodies), [1, 1, 1], 30);
 }
+
+/// A reload that changes weights keeps an open connection on its real server: no flow-table
+/// flush. A keep-alive HTTP connection sends one request, the daemon reloads with new weights
+/// (and a new scheduler), the same connection sends another and gets the same server.
+#[test]
+fn reload_keeps_an_open_connection() {
+    if !require_lab("reload_keeps_an_open_connection") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dk"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let (daemon, cfg) = start_daemon(&lab, &lab_config(&lab, "skb", "rr", &[1, 1, 1]), "skb")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let flag = lab.client().dir().join("go");
+    let script = format!(
+        r#"
+import os, socket, sys, time
+s = socket.create_connection(("192.0.2.100", 80), timeout=5)
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
+    data = b""
+    while not data.endswith(b"\n") or b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed")
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
+print(get(), flush=True)
+deadline = time.time() + 20
+while not os.path.exists("{flag}"):
+    if time.time() > deadline:
+        sys.exit("no go")
+    time.sleep(0.02)
+print(get(), flush=True)
+"#,
+        flag = flag.display()
+    );
+    let py = lab.client().dir().join("keepalive.py");
+    std::fs::write(&py, script).unwrap();
+    let client = lab
+        .client()
+        .spawn(&["python3", py.to_str().unwrap()])
+        .unwrap();
+    lb_tests::netns::wait_until("the first reply", Duration::from_secs(5), || {
+        !client.read_stdout().is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", client.read_stderr()));
+    // The serving real server drains (weight 0): were the flow table flushed, the second
+    // request could only go to another server.
+    let first = client.read_stdout().trim().to_string();
+    let mut weights = [5, 1, 3];
+    let serving: usize = first.trim_start_matches("rs").parse().expect("rsN");
+    weights[serving - 1] = 0;
+    reload(&daemon, &cfg, &lab_config(&lab, "skb", "wrr", &weights)).unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let status = client
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("client exits");
+    assert!(status.success(), "{}", client.read_stderr());
+    let replies: Vec<String> = client.read_stdout().lines().map(str::to_string).collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(
+        replies[0], replies[1],
+        "the connection moved to another server"
+    );
+}
