@@ -115,7 +115,11 @@ fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
     config
         .virtual_servers
         .iter()
-        .flat_map(|vs| vs.real_servers.iter().map(|rs| (rs.addr.ip(), ifindex)))
+        .flat_map(|vs| {
+            let sorry = vs.sorry_server.map(|a| a.ip());
+            vs.real_servers.iter().map(|rs| rs.addr.ip()).chain(sorry)
+        })
+        .map(|ip| (ip, ifindex))
         .collect()
 }
 
@@ -129,6 +133,8 @@ struct Dp {
     _ebpf: aya::Ebpf,
     ifindex: u32,
     macs: HashMap<IpAddr, [u8; 6]>,
+    /// Whether each service has its quorum (keepalived's `quorum`, with hysteresis).
+    quorum: HashMap<health::ServiceKey, bool>,
     wanted_tx: watch::Sender<HashMap<IpAddr, u32>>,
     resolver: tokio::task::JoinHandle<Result<(), crate::dataplane::neigh::NeighError>>,
 }
@@ -164,6 +170,7 @@ impl Dp {
                 _ebpf: ebpf,
                 ifindex,
                 macs: HashMap::new(),
+                quorum: HashMap::new(),
                 wanted_tx,
                 resolver,
             },
@@ -177,16 +184,50 @@ impl Dp {
         master_vips: &HashSet<IpAddr>,
         health: &Health,
     ) -> Result<(), crate::dataplane::plan::PlanError> {
+        let health_of = |vs: &crate::config::VirtualServer, rs: &crate::config::RealServer| {
+            health
+                .get(&((vs.vip, vs.port, vs.proto), rs.addr))
+                .map(|h| (h.up, h.weight))
+        };
+        // The healthy weight of each service: real servers that pass their checks and can
+        // be sent to.
+        let mut quorum = HashMap::new();
+        for vs in &config.virtual_servers {
+            let key = (vs.vip, vs.port, vs.proto);
+            let healthy: u32 = vs
+                .real_servers
+                .iter()
+                .filter(|rs| self.macs.contains_key(&rs.addr.ip()))
+                .filter_map(|rs| match health_of(vs, rs).unwrap_or((true, None)) {
+                    (true, dynamic) => Some(dynamic.unwrap_or(rs.weight)),
+                    (false, _) => None,
+                })
+                .sum();
+            let had = self.quorum.get(&key).copied();
+            let has = vs.quorum_next(had.unwrap_or(true), healthy);
+            // The first verdict (at start, before MACs resolve) is not news.
+            if had.is_some_and(|had| had != has) {
+                let what = if has { "regained" } else { "lost" };
+                info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
+            }
+            quorum.insert(key, has);
+        }
         let specs = config.service_specs(
             |ip| self.macs.get(&ip).copied(),
             master_vips,
-            |vs, rs| {
-                health
-                    .get(&((vs.vip, vs.port, vs.proto), rs.addr))
-                    .map(|h| (h.up, h.weight))
+            health_of,
+            |vs| {
+                quorum
+                    .get(&(vs.vip, vs.port, vs.proto))
+                    .copied()
+                    .unwrap_or(true)
             },
         );
-        self.dp.update(&specs)
+        let result = self.dp.update(&specs);
+        if result.is_ok() {
+            self.quorum = quorum;
+        }
+        result
     }
 }
 

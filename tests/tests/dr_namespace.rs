@@ -321,3 +321,104 @@ print(get(), flush=True)
         "the connection moved to another server"
     );
 }
+
+/// keepalived's quorum and sorry_server: when every checked real server is down, the sorry
+/// server takes the traffic; when one comes back, the pool does.
+#[test]
+fn sorry_server_while_the_quorum_is_lost() {
+    if !require_lab("sorry_server_while_the_quorum_is_lost") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("ds"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let check = "  TCP_CHECK = { connect_timeout = 0.3, retry = 0, delay_before_retry = 0.1, warmup = 0 }\n";
+    let mut config = String::from(
+        "[global_defs]\nrouter_id = \"sorry\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\nmax_flows = 65536\n\n\
+         [[virtual_server]]\nip = \"192.0.2.100\"\nport = 80\nprotocol = \"TCP\"\nlb_algo = \"rr\"\nlb_kind = \"DR\"\nstatic = true\n\
+         delay_loop = 0.2\nsorry_server = { ip = \"192.0.2.13\", port = 80 }\n",
+    );
+    for ip in ["192.0.2.11", "192.0.2.12"] {
+        config += &format!(
+            "  [[virtual_server.real_server]]\n  ip = \"{ip}\"\n  port = 80\n  weight = 1\n{check}"
+        );
+    }
+    // start_daemon waits for 2 x servers MAC lines (v4 + v6 in the lab's own configs); this
+    // one resolves three (two real servers and the sorry server): wait for those instead.
+    let cfg = lab.lb().dir().join("lb.toml");
+    std::fs::write(
+        &cfg,
+        lb_tests::lab::with_control_socket(&config, lab.lb().dir()),
+    )
+    .unwrap();
+    let bin = lb_tests::lab::daemon_bin().unwrap();
+    let daemon = lab
+        .lb()
+        .spawn(&[
+            bin.to_str().unwrap(),
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .unwrap();
+    lb_tests::netns::wait_until("three MACs resolved", Duration::from_secs(10), || {
+        daemon.read_stderr().matches("backend MAC resolved").count() >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    lb_tests::netns::wait_until("rs1 and rs2 serving", Duration::from_secs(5), || {
+        lab.curl_batch("192.0.2.100", 10).is_ok_and(|b| {
+            let c = counts(&b);
+            c.get("rs1").is_some() && c.get("rs2").is_some() && c.get("rs3").is_none()
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+
+    let lost = daemon.read_stderr().matches("service quorum lost").count();
+    lab.nginx(1).signal(libc::SIGKILL).unwrap();
+    lab.nginx(2).signal(libc::SIGKILL).unwrap();
+    lb_tests::netns::wait_until("the quorum lost", Duration::from_secs(5), || {
+        daemon.read_stderr().matches("service quorum lost").count() > lost
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let bodies = lab
+        .curl_batch("192.0.2.100", 20)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    assert_eq!(
+        counts(&bodies).get("rs3"),
+        Some(&20),
+        "{:?}",
+        counts(&bodies)
+    );
+
+    let regained = daemon
+        .read_stderr()
+        .matches("service quorum regained")
+        .count();
+    let dir = lab.server(1).dir().to_string_lossy().into_owned();
+    let _nginx = lab
+        .server(1)
+        .spawn(&[
+            "nginx",
+            "-p",
+            &dir,
+            "-e",
+            &format!("{dir}/error.log"),
+            "-c",
+            &format!("{dir}/nginx.conf"),
+        ])
+        .unwrap();
+    lb_tests::netns::wait_until("the quorum regained", Duration::from_secs(5), || {
+        daemon
+            .read_stderr()
+            .matches("service quorum regained")
+            .count()
+            > regained
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let bodies = lab.curl_batch("192.0.2.100", 20).unwrap();
+    assert_eq!(
+        counts(&bodies).get("rs1"),
+        Some(&20),
+        "{:?}",
+        counts(&bodies)
+    );
+}

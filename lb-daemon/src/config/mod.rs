@@ -126,6 +126,20 @@ struct RawVirtualServer {
     /// A real server starts down until its first successful check.
     #[serde(default)]
     alpha: bool,
+    /// keepalived's `quorum`: the healthy weight the service needs (default 1).
+    quorum: Option<Spanned<u32>>,
+    /// keepalived's `hysteresis`: weight units of slack around the quorum (default 0).
+    #[serde(default)]
+    hysteresis: u32,
+    /// keepalived's `sorry_server`: the only backend while the quorum is lost.
+    sorry_server: Option<RawSorryServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSorryServer {
+    ip: Spanned<String>,
+    port: u16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +206,22 @@ pub struct VirtualServer {
     pub idle_timeout: u32,
     pub is_static: bool,
     pub real_servers: Vec<RealServer>,
+    pub quorum: u32,
+    pub hysteresis: u32,
+    pub sorry_server: Option<SocketAddr>,
+}
+
+impl VirtualServer {
+    /// keepalived's quorum with hysteresis: a service that has its quorum keeps it while the
+    /// healthy weight stays at or above `quorum - hysteresis`; one that lost it regains it at
+    /// `quorum + hysteresis`.
+    pub fn quorum_next(&self, had_quorum: bool, healthy_weight: u32) -> bool {
+        if had_quorum {
+            healthy_weight >= self.quorum.saturating_sub(self.hysteresis)
+        } else {
+            healthy_weight >= self.quorum.saturating_add(self.hysteresis)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,20 +383,12 @@ impl Config {
         mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
         master_vips: &std::collections::HashSet<IpAddr>,
         health_of: impl Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)>,
+        has_quorum: impl Fn(&VirtualServer) -> bool,
     ) -> Vec<ServiceSpec> {
         self.virtual_servers
             .iter()
-            .map(|vs| ServiceSpec {
-                vip: vs.vip,
-                port: vs.port,
-                proto: vs.proto,
-                sched: vs.sched,
-                hash_port: vs.hash_port,
-                persistence_timeout: vs.persistence_timeout,
-                persistence_prefix: vs.persistence_prefix,
-                idle_timeout: vs.idle_timeout,
-                active: vs.is_static || master_vips.contains(&vs.vip),
-                backends: vs
+            .map(|vs| {
+                let mut backends: Vec<BackendSpec> = vs
                     .real_servers
                     .iter()
                     .map(|rs| {
@@ -390,7 +412,38 @@ impl Config {
                             },
                         }
                     })
-                    .collect(),
+                    .collect();
+                let mut active = vs.is_static || master_vips.contains(&vs.vip);
+                if !has_quorum(vs) {
+                    match vs.sorry_server {
+                        // keepalived swaps the pool for the sorry server: the real servers
+                        // (kept in the list, so their ids and order stay) take no traffic.
+                        Some(sorry) => {
+                            for b in &mut backends {
+                                b.weight = 0;
+                                b.mac = None;
+                            }
+                            backends.push(BackendSpec {
+                                addr: sorry,
+                                weight: 1,
+                                mac: mac_of(sorry.ip()),
+                            });
+                        }
+                        None => active = false,
+                    }
+                }
+                ServiceSpec {
+                    vip: vs.vip,
+                    port: vs.port,
+                    proto: vs.proto,
+                    sched: vs.sched,
+                    hash_port: vs.hash_port,
+                    persistence_timeout: vs.persistence_timeout,
+                    persistence_prefix: vs.persistence_prefix,
+                    idle_timeout: vs.idle_timeout,
+                    active,
+                    backends,
+                }
             })
             .collect()
     }
@@ -513,6 +566,28 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             .unwrap_or_else(|| default_idle_timeout(proto)),
         is_static: vs.is_static,
         real_servers,
+        quorum: match &vs.quorum {
+            None => 1,
+            Some(q) if *q.get_ref() == 0 => {
+                return Err(cx.invalid(q.span(), "virtual_server.quorum", "must be at least 1"))
+            }
+            Some(q) => *q.get_ref(),
+        },
+        hysteresis: vs.hysteresis,
+        sorry_server: match &vs.sorry_server {
+            None => None,
+            Some(s) => {
+                let a = ip(cx, &s.ip, "virtual_server.sorry_server.ip")?;
+                if a.is_ipv4() != vip.is_ipv4() {
+                    return Err(cx.invalid(
+                        s.ip.span(),
+                        "virtual_server.sorry_server.ip",
+                        "direct routing needs the sorry server in the VIP's address family",
+                    ));
+                }
+                Some(SocketAddr::new(a, s.port))
+            }
+        },
     })
 }
 
@@ -587,6 +662,7 @@ static = true
             |_| Some([2, 0, 0, 0, 0, 1]),
             &Default::default(),
             |_, _| None,
+            |_| true,
         );
         assert!(specs[0].active);
         assert_eq!(specs[0].backends.len(), 2);
@@ -691,5 +767,78 @@ mod example_tests {
             nginx.vrrp_scripts[0].interval,
             std::time::Duration::from_secs(3)
         );
+    }
+}
+
+#[cfg(test)]
+mod quorum_tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+[dataplane]
+interface = "eth0"
+
+[[virtual_server]]
+ip = "192.0.2.100"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+static = true
+quorum = 3
+hysteresis = 1
+sorry_server = { ip = "192.0.2.50", port = 80 }
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.11"
+  port = 80
+  weight = 2
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.12"
+  port = 80
+  weight = 2
+"#;
+
+    #[test]
+    fn quorum_with_hysteresis() {
+        let c = Config::parse(Path::new("lb.toml"), TEXT).unwrap();
+        let vs = &c.virtual_servers[0];
+        assert_eq!((vs.quorum, vs.hysteresis), (3, 1));
+        // Has it: kept down to quorum - hysteresis = 2.
+        assert!(vs.quorum_next(true, 2));
+        assert!(!vs.quorum_next(true, 1));
+        // Lost it: regained only at quorum + hysteresis = 4.
+        assert!(!vs.quorum_next(false, 3));
+        assert!(vs.quorum_next(false, 4));
+    }
+
+    #[test]
+    fn lost_quorum_swaps_in_the_sorry_server_or_deactivates() {
+        let c = Config::parse(Path::new("lb.toml"), TEXT).unwrap();
+        let mac = |_| Some([2, 0, 0, 0, 0, 1]);
+        let specs = c.service_specs(mac, &Default::default(), |_, _| None, |_| false);
+        let s = &specs[0];
+        assert!(s.active);
+        assert_eq!(s.backends.len(), 3);
+        assert!(s.backends[..2]
+            .iter()
+            .all(|b| b.weight == 0 && b.mac.is_none()));
+        assert_eq!(s.backends[2].addr, "192.0.2.50:80".parse().unwrap());
+        assert_eq!(s.backends[2].weight, 1);
+        let without = Config::parse(
+            Path::new("lb.toml"),
+            &TEXT.replace("sorry_server = { ip = \"192.0.2.50\", port = 80 }\n", ""),
+        )
+        .unwrap();
+        let specs = without.service_specs(mac, &Default::default(), |_, _| None, |_| false);
+        assert!(!specs[0].active, "no sorry server: the service steps aside");
+        let e = Config::parse(
+            Path::new("lb.toml"),
+            &TEXT.replace("quorum = 3", "quorum = 0"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`virtual_server.quorum`"), "{e}");
     }
 }
