@@ -367,7 +367,7 @@ fn sorry_server_while_the_quorum_is_lost() {
     lb_tests::netns::wait_until("rs1 and rs2 serving", Duration::from_secs(5), || {
         lab.curl_batch("192.0.2.100", 10).is_ok_and(|b| {
             let c = counts(&b);
-            c.get("rs1").is_some() && c.get("rs2").is_some() && c.get("rs3").is_none()
+            c.contains_key("rs1") && c.contains_key("rs2") && !c.contains_key("rs3")
         })
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
