@@ -323,28 +323,10 @@ fn established<F: Family>(
         let (ckey, cval) = F::cache_parts(unsafe { &mut *c });
         if F::same(ckey, key) {
             if let Some(b) = usable(cval, now) {
-                if cval.last_seen == now {
+                // Once a second the table hears from the cache (out of line: the hot path
+                // stays short).
+                if cval.last_seen == now || write_through::<F>(key, cval, now) {
                     return Some(send_established(ctx, b, cval, reason));
-                }
-                // Once a second, the table (the source of truth, and what other CPUs see)
-                // learns that the flow is alive; if it evicted the flow, it gets it back. If
-                // another CPU gave the flow a different backend meanwhile, the table wins:
-                // fall through to it, which refills this cache.
-                match F::flows().get_ptr_mut(key) {
-                    // SAFETY: as below.
-                    Some(e) => unsafe {
-                        if (*e).backend == cval.backend && (*e).generation == cval.generation {
-                            (*e).last_seen = now;
-                            cval.last_seen = now;
-                            return Some(send_established(ctx, b, cval, reason));
-                        }
-                    },
-                    None => {
-                        cval.last_seen = now;
-                        let value = *cval;
-                        let _ = F::flows().insert(key, &value, 0);
-                        return Some(send_established(ctx, b, cval, reason));
-                    }
                 }
             }
         }
@@ -362,6 +344,29 @@ fn established<F: Family>(
         F::cache_fill(unsafe { &mut *c }, key, e);
     }
     Some(send_established(ctx, b, e, reason))
+}
+
+/// The table (the source of truth, and what other CPUs see) learns that a cached flow is
+/// alive; if it evicted the flow, it gets it back. Returns false when another CPU gave the
+/// flow a different backend meanwhile: the caller then takes the table's word, which
+/// refills this cache.
+#[inline(never)]
+fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32) -> bool {
+    match F::flows().get_ptr_mut(key) {
+        // SAFETY: as in `established`.
+        Some(e) => unsafe {
+            if (*e).backend != cval.backend || (*e).generation != cval.generation {
+                return false;
+            }
+            (*e).last_seen = now;
+        },
+        None => {
+            let value = FlowValue { last_seen: now, ..*cval };
+            let _ = F::flows().insert(key, &value, 0);
+        }
+    }
+    cval.last_seen = now;
+    true
 }
 
 /// The service for (VIP, port, protocol), else the VIP's all-ports service.
