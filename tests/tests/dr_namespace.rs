@@ -230,19 +230,7 @@ fn tcp_check_removes_and_restores_a_real_server() {
         .read_stderr()
         .matches("backend=192.0.2.12:80 up=true")
         .count();
-    let dir = lab.server(2).dir().to_string_lossy().into_owned();
-    let _nginx = lab
-        .server(2)
-        .spawn(&[
-            "nginx",
-            "-p",
-            &dir,
-            "-e",
-            &format!("{dir}/error.log"),
-            "-c",
-            &format!("{dir}/nginx.conf"),
-        ])
-        .unwrap();
+    let _nginx = lb_tests::lab::restart_nginx(&lab, 2).unwrap();
     lb_tests::netns::wait_until("rs2 up again", Duration::from_secs(5), || {
         daemon
             .read_stderr()
@@ -393,19 +381,7 @@ fn sorry_server_while_the_quorum_is_lost() {
         .read_stderr()
         .matches("service quorum regained")
         .count();
-    let dir = lab.server(1).dir().to_string_lossy().into_owned();
-    let _nginx = lab
-        .server(1)
-        .spawn(&[
-            "nginx",
-            "-p",
-            &dir,
-            "-e",
-            &format!("{dir}/error.log"),
-            "-c",
-            &format!("{dir}/nginx.conf"),
-        ])
-        .unwrap();
+    let _nginx = lb_tests::lab::restart_nginx(&lab, 1).unwrap();
     lb_tests::netns::wait_until("the quorum regained", Duration::from_secs(5), || {
         daemon
             .read_stderr()

@@ -62,7 +62,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
-    path::PathBuf,
     time::Duration,
 };
 
@@ -462,31 +461,9 @@ const DELAY_LOOP: RangeInclusive<f64> = 0.01..=86_400.0;
 const TIMEOUT: RangeInclusive<f64> = 0.01..=3_600.0;
 const DELAY: RangeInclusive<f64> = 0.0..=86_400.0;
 
-/// Like `vrrp_script`'s: an absolute program, registered for the script-safety check.
+/// An absolute program, registered for the script-safety check (see `Ctx::command`).
 fn command(cx: &Ctx, v: &Value, key: &str) -> Result<String, ConfigError> {
-    command_str(cx, string(cx, v, key)?, v.span(), key)
-}
-
-fn command_str(
-    cx: &Ctx,
-    s: &str,
-    span: std::ops::Range<usize>,
-    key: &str,
-) -> Result<String, ConfigError> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(cx.invalid(span, key, "empty command"));
-    }
-    if !s.starts_with('/') {
-        return Err(cx.invalid(span, key, "scripts are given by absolute path"));
-    }
-    let program = s.split_whitespace().next().unwrap_or(s);
-    cx.scripts.borrow_mut().push(super::ScriptRef {
-        line: cx.line_col(span.start).0,
-        key: key.to_string(),
-        program: PathBuf::from(program),
-    });
-    Ok(s.to_string())
+    cx.command(string(cx, v, key)?, v.span(), key)
 }
 
 fn ip(cx: &Ctx, v: &Value, key: &str) -> Result<IpAddr, ConfigError> {
@@ -896,7 +873,7 @@ pub(super) fn checks(
     }
     let hook = |v: &Option<Spanned<String>>, key: &str| {
         v.as_ref()
-            .map(|v| command_str(cx, v.get_ref(), v.span(), key))
+            .map(|v| cx.command(v.get_ref(), v.span(), key))
             .transpose()
     };
     Ok(Checks {

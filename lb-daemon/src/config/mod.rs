@@ -255,6 +255,25 @@ impl Ctx<'_> {
         (line, column)
     }
 
+    /// A script or hook command line: an absolute program (and its arguments), registered
+    /// for [`Config::check_scripts`].
+    fn command(&self, s: &str, span: Range<usize>, key: &str) -> Result<String, ConfigError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(self.invalid(span, key, "empty command"));
+        }
+        if !s.starts_with('/') {
+            return Err(self.invalid(span, key, "scripts are given by absolute path"));
+        }
+        let program = s.split_whitespace().next().unwrap_or(s);
+        self.scripts.borrow_mut().push(ScriptRef {
+            line: self.line_col(span.start).0,
+            key: key.to_string(),
+            program: PathBuf::from(program),
+        });
+        Ok(s.to_string())
+    }
+
     fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_path_buf(),

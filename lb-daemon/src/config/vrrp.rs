@@ -212,20 +212,7 @@ fn seconds(
 }
 
 fn command(cx: &Ctx, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
-    let s = v.get_ref().trim();
-    if s.is_empty() {
-        return Err(cx.invalid(v.span(), key, "empty command"));
-    }
-    if !s.starts_with('/') {
-        return Err(cx.invalid(v.span(), key, "scripts are given by absolute path"));
-    }
-    let program = s.split_whitespace().next().unwrap_or(s);
-    cx.scripts.borrow_mut().push(super::ScriptRef {
-        line: cx.line_col(v.span().start).0,
-        key: key.to_string(),
-        program: PathBuf::from(program),
-    });
-    Ok(s.to_string())
+    cx.command(v.get_ref(), v.span(), key)
 }
 
 fn opt_command(
