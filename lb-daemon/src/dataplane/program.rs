@@ -55,8 +55,10 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
-    #[error("flow cache size {0} is not a power of two")]
+    #[error("flow cache size {0} is not a power of two, or too large for this many CPUs")]
     FlowCacheSize(u32),
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(std::io::Error),
     #[error("ring size {ring_size} x {max_services} services does not fit a BPF array")]
     RingTooLarge { ring_size: u32, max_services: u32 },
 }
@@ -74,12 +76,18 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
             ring_size: l.ring_size,
             max_services: l.max_services,
         })?;
+    // The flow caches hold one region per possible CPU (see the program's maps.rs).
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))? as u32;
+    let cache_slots = opts
+        .flow_cache
+        .checked_mul(cpus)
+        .ok_or(LoadError::FlowCacheSize(opts.flow_cache))?;
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_IFACE_MAC, &opts.iface_mac, true)
         .override_global(names::GLOBAL_RING_SIZE, &l.ring_size, true)
         .override_global(names::GLOBAL_FLOW_CACHE_SIZE, &opts.flow_cache, true)
-        .map_max_entries(names::FLOW_CACHE4, opts.flow_cache)
-        .map_max_entries(names::FLOW_CACHE6, opts.flow_cache)
+        .map_max_entries(names::FLOW_CACHE4, cache_slots)
+        .map_max_entries(names::FLOW_CACHE6, cache_slots)
         // Each family gets the full size: a deployment may be all IPv4 or all IPv6.
         .map_max_entries(names::FLOWS4, opts.max_flows)
         .map_max_entries(names::FLOWS6, opts.max_flows)
