@@ -4,6 +4,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -31,7 +32,7 @@ use crate::{
         fsm::Input,
         notify::Notifier,
         runtime::{self, Event, MemberSpec, UnitSpec},
-        track::{self, TrackTasks, Tracking},
+        track::{self, TrackEvent, TrackKey, TrackTasks, Tracking},
         vip::{AddressSocket, VirtualAddress},
     },
 };
@@ -135,6 +136,9 @@ struct Dp {
     macs: HashMap<IpAddr, [u8; 6]>,
     /// Whether each service has its quorum (keepalived's `quorum`, with hysteresis).
     quorum: HashMap<health::ServiceKey, bool>,
+    /// What `track_virtual_server` has been told, by service name.
+    quorum_reported: HashMap<String, bool>,
+    started: Instant,
     wanted_tx: watch::Sender<HashMap<IpAddr, u32>>,
     resolver: tokio::task::JoinHandle<Result<(), crate::dataplane::neigh::NeighError>>,
 }
@@ -171,6 +175,8 @@ impl Dp {
                 ifindex,
                 macs: HashMap::new(),
                 quorum: HashMap::new(),
+                quorum_reported: HashMap::new(),
+                started: Instant::now(),
                 wanted_tx,
                 resolver,
             },
@@ -228,6 +234,98 @@ impl Dp {
             self.quorum = quorum;
         }
         result
+    }
+
+    /// The quorum changes `track_virtual_server` has not heard of yet (see
+    /// [`quorum_changes`]).
+    fn quorum_events(&mut self, config: &Config) -> Vec<TrackEvent> {
+        let settled = self.started.elapsed() >= QUORUM_SETTLE;
+        let (events, reported) = quorum_changes(
+            config,
+            &self.quorum,
+            |ip| self.macs.contains_key(&ip),
+            &self.quorum_reported,
+            settled,
+        );
+        self.quorum_reported = reported;
+        events
+    }
+
+    /// What the services' quorums are, as [`Tracking::seed`] takes it.
+    fn quorum_status(&self) -> HashMap<TrackKey, track::Status> {
+        self.quorum_reported
+            .iter()
+            .map(|(name, &has)| {
+                let status = if has {
+                    track::Status::Up
+                } else {
+                    track::Status::Down
+                };
+                (TrackKey::Service(name.clone()), status)
+            })
+            .collect()
+    }
+}
+
+/// The quorum changes to report, and what will then have been reported (by service name),
+/// from each service's current quorum and what was reported before. A service's first
+/// verdict waits until its real servers' MACs are known, or until `settled`: before that, a
+/// healthy pool looks empty and would fault its instance at every start.
+fn quorum_changes(
+    config: &Config,
+    quorum: &HashMap<health::ServiceKey, bool>,
+    has_mac: impl Fn(IpAddr) -> bool,
+    before: &HashMap<String, bool>,
+    settled: bool,
+) -> (Vec<TrackEvent>, HashMap<String, bool>) {
+    let mut events = Vec::new();
+    let mut reported = HashMap::new();
+    for vs in &config.virtual_servers {
+        let name = vs.name();
+        let Some(&has) = quorum.get(&(vs.vip, vs.port, vs.proto)) else {
+            continue;
+        };
+        let was = before.get(&name).copied();
+        let known = settled || vs.real_servers.iter().all(|rs| has_mac(rs.addr.ip()));
+        if was.is_none() && !known {
+            continue;
+        }
+        if was != Some(has) {
+            events.push(TrackEvent {
+                key: TrackKey::Service(name.clone()),
+                up: has,
+            });
+        }
+        reported.insert(name, has);
+    }
+    (events, reported)
+}
+
+/// How long a service's quorum may stay unreported while some of its real servers' MACs
+/// are still unknown (see [`Dp::quorum_events`]).
+const QUORUM_SETTLE: Duration = Duration::from_secs(3);
+
+/// Passes quorum changes to the VRRP instances that track them.
+fn report_quorum(
+    dp: Option<&mut Dp>,
+    config: &Config,
+    tracking: &mut Tracking,
+    vrrp: Option<&runtime::VrrpThread>,
+) {
+    let Some(dp) = dp else { return };
+    for ev in dp.quorum_events(config) {
+        for (instance, input) in tracking.on_event(&ev) {
+            info!(%instance, "{} {}: {input:?}", ev.key, if ev.up { "has its quorum" } else { "lost its quorum" });
+            if let Some(v) = vrrp {
+                v.send(
+                    &instance,
+                    runtime::Control::Track {
+                        member: instance.clone(),
+                        input,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -462,6 +560,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        // Whatever the event, a service may have lost or regained its quorum (the tick
+        // also ends the settling time of the first verdicts).
+        report_quorum(dp.as_mut(), &config, &mut tracking, vrrp.as_ref());
     }
     let _ = crate::sdnotify::notify("STOPPING=1");
     if let Some(v) = vrrp {
@@ -533,6 +634,9 @@ fn reload(
     }
     *health = checkers.snapshot();
     t.seed(&track_tasks.snapshot());
+    if let Some(dp) = dp.as_ref() {
+        t.seed(&dp.quorum_status());
+    }
     *tracking = t;
     *config = new;
     if let Some(dp) = dp.as_mut() {
@@ -656,4 +760,66 @@ async fn resolver_done(
 /// Seconds of CLOCK_MONOTONIC, the program's time base.
 fn monotonic_seconds() -> u32 {
     crate::vrrp::runtime::monotonic().as_secs() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TEXT: &str = r#"
+[dataplane]
+interface = "eth0"
+
+[[virtual_server]]
+ip = "192.0.2.100"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+static = true
+quorum = 2
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.11"
+  port = 80
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.12"
+  port = 80
+"#;
+
+    #[test]
+    fn quorum_changes_are_reported_once_settled() {
+        let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
+        let key = (
+            config.virtual_servers[0].vip,
+            80,
+            config.virtual_servers[0].proto,
+        );
+        let name = "192.0.2.100:80/TCP".to_string();
+        let event = |up| TrackEvent {
+            key: TrackKey::Service(name.clone()),
+            up,
+        };
+        let lost = HashMap::from([(key, false)]);
+        let kept = HashMap::from([(key, true)]);
+        let one_mac = |ip: IpAddr| ip.to_string() == "192.0.2.11";
+        // At start the pool looks empty while MACs resolve: not reported...
+        let (events, reported) = quorum_changes(&config, &lost, one_mac, &HashMap::new(), false);
+        assert!(events.is_empty() && reported.is_empty());
+        // ...until every MAC is known, or the settling time is over.
+        let (events, reported) = quorum_changes(&config, &kept, |_| true, &HashMap::new(), false);
+        assert_eq!(events, [event(true)]);
+        let (events, _) = quorum_changes(&config, &lost, one_mac, &HashMap::new(), true);
+        assert_eq!(events, [event(false)]);
+        // Once reported, every change is news at once, and only a change.
+        let (events, reported) = quorum_changes(&config, &kept, one_mac, &reported, false);
+        assert!(events.is_empty());
+        let (events, reported) = quorum_changes(&config, &lost, one_mac, &reported, false);
+        assert_eq!(events, [event(false)]);
+        let (events, _) = quorum_changes(&config, &kept, one_mac, &reported, false);
+        assert_eq!(events, [event(true)]);
+    }
 }

@@ -398,3 +398,99 @@ fn sorry_server_while_the_quorum_is_lost() {
         counts(&bodies)
     );
 }
+
+/// `lb-daemon status --json` of the lab's LB.
+fn status_json(lab: &DrLab) -> serde_json::Value {
+    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
+        .args(["status", "--json", "--socket"])
+        .arg(lab.lb().dir().join("ctl.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A VRRP instance's (state, effective priority) in `status --json`.
+fn vrrp_state(lab: &DrLab, name: &str) -> (String, u64) {
+    let status = status_json(lab);
+    let i = status["vrrp"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("{name} in {status}"))
+        .clone();
+    (
+        i["state"].as_str().unwrap_or_default().to_string(),
+        i["effective_priority"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// `track_virtual_server`: a service's quorum lowers its VRRP instance's priority (with a
+/// weight) or faults it (without), and undoes it when the quorum is back; no script involved.
+#[test]
+fn quorum_tracked_by_vrrp_instances() {
+    if !require_lab("quorum_tracked_by_vrrp_instances") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dq"), 3).expect("lab");
+    let check = "  TCP_CHECK = { connect_timeout = 0.3, retry = 0, delay_before_retry = 0.1, warmup = 0 }\n";
+    let config = lab_config(&lab, "skb", "rr", &[1, 1, 1])
+        .replacen("static = true\n", "delay_loop = 0.2\nquorum = 2\n", 1)
+        .replace("  weight = 1\n", &format!("  weight = 1\n{check}"))
+        + r#"
+[[vrrp_instance]]
+name = "VI_W"
+interface = "eth0"
+virtual_router_id = 51
+priority = 100
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["192.0.2.100/24"]
+track_virtual_server = [{ name = "192.0.2.100:80", weight = -50 }]
+
+[[vrrp_instance]]
+name = "VI_F"
+interface = "eth0"
+virtual_router_id = 52
+priority = 100
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["192.0.2.101/24"]
+track_virtual_server = ["192.0.2.100:80/TCP"]
+"#;
+    let (daemon, _) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let wait = |what: &str, name: &str, want: (&str, u64)| {
+        lb_tests::netns::wait_until(what, Duration::from_secs(10), || {
+            let (state, prio) = vrrp_state(&lab, name);
+            state == want.0 && prio == want.1
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}: {name} is {:?}\n{}",
+                vrrp_state(&lab, name),
+                daemon.read_stderr()
+            )
+        });
+    };
+    wait("VI_W master at 100", "VI_W", ("MASTER", 100));
+    wait("VI_F master at 100", "VI_F", ("MASTER", 100));
+
+    // Two of three real servers down: one healthy weight is below the quorum of 2.
+    lab.nginx(1).signal(libc::SIGKILL).unwrap();
+    lab.nginx(2).signal(libc::SIGKILL).unwrap();
+    wait("VI_W lowered to 50", "VI_W", ("MASTER", 50));
+    wait("VI_F in FAULT", "VI_F", ("FAULT", 100));
+    let addrs = lab.lb().ip(&["addr", "show", "dev", "eth0"]).unwrap();
+    assert!(
+        addrs.contains("192.0.2.100/24") && !addrs.contains("192.0.2.101/24"),
+        "the faulted instance releases its VIP, the lowered one keeps its own: {addrs}"
+    );
+
+    // One back: the quorum is met again.
+    let _nginx = lb_tests::lab::restart_nginx(&lab, 1).unwrap();
+    wait("VI_W back at 100", "VI_W", ("MASTER", 100));
+    wait("VI_F master again", "VI_F", ("MASTER", 100));
+}

@@ -212,6 +212,16 @@ pub struct VirtualServer {
 }
 
 impl VirtualServer {
+    /// How logs, status and `track_virtual_server` name the service: `VIP:PORT/TCP`, with
+    /// an IPv6 VIP in brackets.
+    pub fn name(&self) -> String {
+        let proto = match self.proto {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        };
+        format!("{}/{proto}", SocketAddr::new(self.vip, self.port))
+    }
+
     /// keepalived's quorum with hysteresis: a service that has its quorum keeps it while the
     /// healthy weight stays at or above `quorum - hysteresis`; one that lost it regains it at
     /// `quorum + hysteresis`.
@@ -326,7 +336,7 @@ impl Config {
             .iter()
             .map(|s| vrrp::script(&cx, s))
             .collect::<Result<Vec<_>, _>>()?;
-        let vrrp_instances = raw
+        let vrrp_instances: Vec<vrrp::VrrpInstance> = raw
             .vrrp_instance
             .iter()
             .map(|i| vrrp::instance(&cx, i, default_version))
@@ -360,6 +370,18 @@ impl Config {
                 ));
             }
             virtual_servers.push(checked);
+        }
+        let mut vrrp_instances = vrrp_instances;
+        for (inst, raw_inst) in vrrp_instances.iter_mut().zip(&raw.vrrp_instance) {
+            for (t, raw_t) in inst
+                .track_virtual_server
+                .iter_mut()
+                .zip(&raw_inst.track_virtual_server)
+            {
+                t.name = tracked_service(&virtual_servers, &t.name).map_err(|m| {
+                    cx.invalid(raw_t.span(), "vrrp_instance.track_virtual_server", m)
+                })?;
+            }
         }
         Ok(Config {
             file: file.to_path_buf(),
@@ -488,6 +510,35 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
         xdp_mode,
         max_flows,
     })
+}
+
+/// The virtual server a `track_virtual_server` entry names (`VIP:PORT`, optionally
+/// `/TCP` or `/UDP`, which may be left out when only one protocol has that VIP and port), by
+/// its canonical name.
+fn tracked_service(services: &[VirtualServer], name: &str) -> Result<String, String> {
+    let (addr, proto) = match name.rsplit_once('/') {
+        Some((a, p)) => match p.to_ascii_uppercase().as_str() {
+            "TCP" => (a, Some(Proto::Tcp)),
+            "UDP" => (a, Some(Proto::Udp)),
+            _ => return Err(format!("{name:?}: the protocol must be TCP or UDP")),
+        },
+        None => (name, None),
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{name:?} is not VIP:PORT (an IPv6 VIP in brackets)"))?;
+    let found: Vec<&VirtualServer> = services
+        .iter()
+        .filter(|vs| vs.vip == addr.ip() && vs.port == addr.port())
+        .filter(|vs| proto.is_none_or(|p| vs.proto == p))
+        .collect();
+    match found[..] {
+        [vs] => Ok(vs.name()),
+        [] => Err(format!("no virtual_server {name:?}")),
+        _ => Err(format!(
+            "{name:?} names a TCP and a UDP service: add /TCP or /UDP"
+        )),
+    }
 }
 
 fn ip(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
@@ -737,6 +788,52 @@ static = true
         for (from, to, want) in cases {
             let e = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(e.starts_with(want), "{to}: {e}");
+        }
+    }
+
+    /// `GOOD` with a VRRP instance owning the VIP, tracking `track`; a UDP service on the
+    /// same VIP and port when `udp_too`.
+    fn tracking_config(track: &str, udp_too: bool) -> String {
+        let mut text = format!(
+            "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
+             priority = 100\nvirtual_ipaddress = [\"192.0.2.100/24\"]\ntrack_virtual_server = [{track}]\n{}",
+            GOOD.replace("static = true\n", "")
+        );
+        if udp_too {
+            text += "\n[[virtual_server]]\nip = \"192.0.2.100\"\nport = 80\nprotocol = \"UDP\"\n\
+                     lb_algo = \"rr\"\nlb_kind = \"DR\"\n";
+        }
+        text
+    }
+
+    #[test]
+    fn track_virtual_server_names_a_service() {
+        let tracked = |track: &str, udp_too: bool| {
+            parse(&tracking_config(track, udp_too))
+                .map(|c| c.vrrp_instances[0].track_virtual_server.clone())
+        };
+        let t = tracked(r#""192.0.2.100:80""#, false).unwrap();
+        assert_eq!(t[0].name, "192.0.2.100:80/TCP");
+        assert_eq!(t[0].weight, None);
+        let t = tracked(r#"{ name = "192.0.2.100:80/udp", weight = -30 }"#, true).unwrap();
+        assert_eq!(t[0].name, "192.0.2.100:80/UDP");
+        assert_eq!(t[0].weight, Some(-30));
+        for (track, udp_too, want) in [
+            (r#""192.0.2.100:80""#, true, "names a TCP and a UDP service"),
+            (
+                r#""192.0.2.100:81""#,
+                false,
+                "no virtual_server \"192.0.2.100:81\"",
+            ),
+            (r#""192.0.2.100""#, false, "is not VIP:PORT"),
+            (r#""192.0.2.100:80/SCTP""#, false, "must be TCP or UDP"),
+        ] {
+            let e = tracked(track, udp_too).unwrap_err().to_string();
+            assert!(
+                e.starts_with("lb.toml:7: `vrrp_instance.track_virtual_server`")
+                    && e.contains(want),
+                "{track}: {e}"
+            );
         }
     }
 

@@ -79,6 +79,9 @@ pub(super) struct RawInstance {
     track_interface: Vec<RawTrack>,
     #[serde(default)]
     track_script: Vec<RawTrack>,
+    /// Services whose quorum the instance tracks: `"VIP:PORT"` or `"VIP:PORT/TCP"`.
+    #[serde(default)]
+    pub(super) track_virtual_server: Vec<RawTrack>,
     notify_master: Option<Spanned<String>>,
     notify_backup: Option<Spanned<String>>,
     notify_fault: Option<Spanned<String>>,
@@ -170,6 +173,9 @@ pub struct VrrpInstance {
     pub unicast_peer: Vec<IpAddr>,
     pub track_interface: Vec<Tracked>,
     pub track_script: Vec<Tracked>,
+    /// Services whose quorum the instance tracks (this project's addition: keepalived needs
+    /// a `quorum_down` script for it). Names are canonical, [`super::VirtualServer::name`].
+    pub track_virtual_server: Vec<Tracked>,
     pub notify: Notify,
     pub garp_master_delay: Duration,
     pub garp_master_repeat: u32,
@@ -549,6 +555,8 @@ pub(super) fn instance(
         unicast_peer,
         track_interface: tracks(cx, &raw.track_interface, &k("track_interface"))?,
         track_script: tracks(cx, &raw.track_script, &k("track_script"))?,
+        // Resolved against the virtual servers by `Config::parse`.
+        track_virtual_server: tracks(cx, &raw.track_virtual_server, &k("track_virtual_server"))?,
         notify: notify(
             cx,
             &raw.notify_master,

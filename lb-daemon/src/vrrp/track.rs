@@ -163,6 +163,9 @@ impl RiseFall {
 pub enum TrackKey {
     Script(String),
     Interface(String),
+    /// A virtual server's quorum (up while it has it), by [`crate::config::VirtualServer::name`];
+    /// the daemon's reconciler reports it, no probe here.
+    Service(String),
 }
 
 impl fmt::Display for TrackKey {
@@ -170,6 +173,7 @@ impl fmt::Display for TrackKey {
         match self {
             TrackKey::Script(n) => write!(f, "script {n}"),
             TrackKey::Interface(n) => write!(f, "interface {n}"),
+            TrackKey::Service(n) => write!(f, "virtual_server {n}"),
         }
     }
 }
@@ -499,7 +503,7 @@ impl TrackTasks {
             .iter()
             .filter_map(|k| match k {
                 TrackKey::Interface(n) => Some(n.clone()),
-                TrackKey::Script(_) => None,
+                TrackKey::Script(_) | TrackKey::Service(_) => None,
             })
             .collect();
         let keep = matches!(&self.interfaces, Some(task) if task.names == names);
@@ -607,7 +611,8 @@ impl InstanceTracking {
     }
 
     /// The instance's primary interface (unweighted), its `track_interface`s (unweighted unless
-    /// given a weight) and its `track_script`s (the entry's weight, else the script's). In a
+    /// given a weight), its `track_script`s (the entry's weight, else the script's) and its
+    /// `track_virtual_server`s (unweighted unless given a weight: Fault without quorum). In a
     /// sync group, weighted entries are ignored, as keepalived does.
     pub fn for_instance(
         instance: &VrrpInstance,
@@ -634,6 +639,12 @@ impl InstanceTracking {
             entries.push(TrackEntry {
                 key: TrackKey::Script(t.name.clone()),
                 weight: t.weight.unwrap_or(script.weight),
+            });
+        }
+        for t in &instance.track_virtual_server {
+            entries.push(TrackEntry {
+                key: TrackKey::Service(t.name.clone()),
+                weight: t.weight.unwrap_or(0),
             });
         }
         if in_sync_group {
@@ -887,6 +898,7 @@ mod tests {
                 TrackKey::Script(n) if n == "plus" => plus,
                 TrackKey::Script(_) => minus,
                 TrackKey::Interface(_) => eth1,
+                TrackKey::Service(_) => Unknown,
             })
         };
         use Status::*;
@@ -1007,6 +1019,32 @@ lb_kind = "DR"
         let g = InstanceTracking::for_instance(&inst, &scripts, true).unwrap();
         assert!(g.entries().iter().all(|e| e.weight == 0));
         assert_eq!(g.entries().len(), 3);
+        // A track_virtual_server entry: Fault without a weight, the weight with one.
+        let mut svc = instance(vec![], vec![]);
+        svc.track_virtual_server = vec![
+            tracked("192.0.2.1:80/TCP", None),
+            tracked("192.0.2.1:443/TCP", Some(-40)),
+        ];
+        let mut t = InstanceTracking::for_instance(&svc, &scripts, false).unwrap();
+        assert_eq!(
+            t.entries()[1..],
+            [
+                TrackEntry {
+                    key: TrackKey::Service("192.0.2.1:80/TCP".into()),
+                    weight: 0
+                },
+                TrackEntry {
+                    key: TrackKey::Service("192.0.2.1:443/TCP".into()),
+                    weight: -40
+                },
+            ]
+        );
+        let https = TrackKey::Service("192.0.2.1:443/TCP".into());
+        let http = TrackKey::Service("192.0.2.1:80/TCP".into());
+        assert_eq!(t.set(&https, false), [Input::TrackWeight(-40)]);
+        assert_eq!(t.set(&http, false), [Input::SetFault(true)]);
+        assert_eq!(t.set(&http, true), [Input::SetFault(false)]);
+        assert_eq!(t.set(&https, true), [Input::TrackWeight(0)]);
         // A track_script without a vrrp_script is an error.
         let bad = instance(vec![tracked("zz", None)], vec![]);
         assert!(matches!(
