@@ -456,7 +456,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     tokio::spawn(ctl.serve(ctl_tx));
     let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
     let metrics_on = config.global_defs.metrics_address.is_some();
-    if let Some(addr) = config.global_defs.metrics_address {
+    if let Some(addr) = config
+        .global_defs
+        .metrics_address
+        .as_ref()
+        .map(|a| *a.get_ref())
+    {
         let server = metrics::MetricsServer::bind(addr, false).await?;
         info!(%addr, "Prometheus metrics on /metrics");
         tokio::spawn(server.run(snap_rx));

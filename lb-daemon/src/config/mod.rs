@@ -31,11 +31,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}:{line}:{column}: {message}")]
+    /// TOML syntax, or a value of the wrong type (serde's message names no key, so `key`
+    /// is read back from the text around the error).
+    #[error("{file}:{line}:{column}: {}{message}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
     Parse {
         file: PathBuf,
         line: usize,
         column: usize,
+        key: Option<String>,
         message: String,
     },
     #[error("{file}:{line}: `{key}`: {message}")]
@@ -80,7 +83,7 @@ pub struct GlobalDefs {
     /// The control socket of `lb-daemon status` and `reload` (default /run/lb-daemon.sock).
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus metrics are served (a loopback address; none by default).
-    pub metrics_address: Option<std::net::SocketAddr>,
+    pub metrics_address: Option<Spanned<std::net::SocketAddr>>,
 }
 
 impl GlobalDefs {
@@ -146,7 +149,7 @@ struct RawSorryServer {
 #[serde(deny_unknown_fields)]
 struct RawRealServer {
     ip: Spanned<String>,
-    port: u16,
+    port: Spanned<u16>,
     #[serde(default = "one")]
     weight: Spanned<u32>,
     // Health checks, keepalived's blocks and keys in TOML form; `config/check.rs` reads them.
@@ -315,6 +318,7 @@ impl Config {
                 file: file.to_path_buf(),
                 line,
                 column,
+                key: e.span().and_then(|s| key_at(text, s.start)),
                 message: e.message().to_string(),
             }
         })?;
@@ -353,9 +357,28 @@ impl Config {
             &vrrp_instances,
             &raw.vrrp_sync_group,
         )?;
-        let mut virtual_servers = Vec::new();
+        if let Some(m) = &raw.global_defs.metrics_address {
+            if !m.get_ref().ip().is_loopback() {
+                return Err(cx.invalid(
+                    m.span(),
+                    "global_defs.metrics_address",
+                    "must be a loopback address: the metrics name every backend and VIP",
+                ));
+            }
+        }
+        let mut virtual_servers: Vec<VirtualServer> = Vec::new();
         for vs in &raw.virtual_server {
             let checked = virtual_server(&cx, vs)?;
+            if virtual_servers
+                .iter()
+                .any(|o| (o.vip, o.port, o.proto) == (checked.vip, checked.port, checked.proto))
+            {
+                return Err(cx.invalid(
+                    vs.ip.span(),
+                    "virtual_server.ip",
+                    format!("{} is defined twice", checked.name()),
+                ));
+            }
             let owned = vrrp_instances
                 .iter()
                 .any(|i| i.virtual_ipaddress.iter().any(|v| v.addr == checked.vip));
@@ -512,6 +535,44 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
     })
 }
 
+/// The dotted key whose key or value is at `offset`: the table header above it, then the
+/// key on its line (the last `key =` before `offset`, or the key that starts there). `None`
+/// on a line that holds no key (a table header, say).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = &text[start..end];
+    if line.trim_start().starts_with('[') {
+        return None;
+    }
+    let at = offset - start;
+    let name = match line[..at].rfind('=') {
+        // The value of `key = ...`: the key is the word before that `=`, after any `{` or `,`
+        // of an inline table.
+        Some(eq) => {
+            let before = &line[..eq];
+            let from = before.rfind(['{', ',']).map_or(0, |i| i + 1);
+            before[from..].trim()
+        }
+        // The key itself (an unknown one, say).
+        None => line[at..].split('=').next().unwrap_or_default().trim(),
+    };
+    let name = name.trim_matches('"');
+    if name.is_empty() {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(['[', ']']).trim().to_string())
+    });
+    Some(match table {
+        Some(t) => format!("{t}.{name}"),
+        None => name.to_string(),
+    })
+}
+
 /// The virtual server a `track_virtual_server` entry names (`VIP:PORT`, optionally
 /// `/TCP` or `/UDP`, which may be left out when only one protocol has that VIP and port), by
 /// its canonical name.
@@ -608,7 +669,21 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                 format!("{weight} is out of range 0..={MAX_WEIGHT}"),
             ));
         }
-        let addr = SocketAddr::new(addr, rs.port);
+        // Direct routing rewrites MACs only: the real server gets the packet on the
+        // service's port whatever this says (IPVS ignores it silently; we do not).
+        let port = *rs.port.get_ref();
+        if vs.port != 0 && port != 0 && port != vs.port {
+            return Err(cx.invalid(
+                rs.port.span(),
+                "real_server.port",
+                format!(
+                    "{} differs from the service's port {}: direct routing cannot change ports \
+                     (TCP_CHECK.connect_port checks another port)",
+                    port, vs.port
+                ),
+            ));
+        }
+        let addr = SocketAddr::new(addr, port);
         if real_servers.iter().any(|r: &RealServer| r.addr == addr) {
             return Err(cx.invalid(
                 rs.ip.span(),

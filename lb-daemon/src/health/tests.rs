@@ -17,7 +17,8 @@ use crate::vrrp::notify::test_util::{eventually, privileged, TempDir};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn service() -> ServiceKey {
-    ("192.0.2.100".parse().unwrap(), 80, Proto::Tcp)
+    // Port 0 (every port): the real servers listen on ports of their own.
+    ("192.0.2.100".parse().unwrap(), 0, Proto::Tcp)
 }
 
 /// A static virtual service with `real_servers`; script security as given.
@@ -32,7 +33,7 @@ interface = "lo"
 
 [[virtual_server]]
 ip = "192.0.2.100"
-port = 80
+port = 0
 protocol = "TCP"
 lb_algo = "rr"
 lb_kind = "DR"
