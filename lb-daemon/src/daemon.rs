@@ -161,8 +161,8 @@ impl Dp {
         // The clock before the first packet: a flow stamped 0 would look idle for years at
         // the first tick and be rescheduled.
         maps.set_clock(monotonic_seconds())?;
-        let mode = program::attach(&mut ebpf, &d.interface, d.xdp_mode)?;
-        info!(interface = %d.interface, mode, "XDP program attached");
+        let mode = attach_xdp(&mut ebpf, d, ifindex).await?;
+        info!(interface = %d.interface, mode, keep_on_exit = d.keep_xdp_on_exit, "XDP program attached");
         let (wanted_tx, wanted_rx) = watch::channel(wanted(config, ifindex));
         let (mac_tx, mac_rx) = mpsc::channel::<MacUpdate>(1024);
         let resolver = MacResolver::new(MacResolverConfig::default())?;
@@ -327,6 +327,70 @@ fn report_quorum(
             }
         }
     }
+}
+
+/// Attaches the program to the dataplane interface; returns the mode it runs in.
+///
+/// A program a previous run left attached (`keep_xdp_on_exit`) is ours to replace; any other
+/// program is refused, never replaced. With `keep_xdp_on_exit` the attachment is the
+/// interface's own (netlink), which outlives the daemon, and it replaces a previous run's
+/// program in one step when the mode is the same; without it, a bpf_link, which the kernel
+/// drops with the daemon.
+async fn attach_xdp(
+    ebpf: &mut aya::Ebpf,
+    d: &DataplaneConfig,
+    ifindex: u32,
+) -> Result<&'static str> {
+    use crate::dataplane::xdp_link::{self, Mode};
+    let current = xdp_link::attached(ifindex)
+        .await
+        .with_context(|| format!("reading the XDP program of {}", d.interface))?;
+    if let Some(cur) = current {
+        let name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == cur.prog_id)
+            .and_then(|p| p.name_as_str().map(str::to_string))
+            .unwrap_or_default();
+        anyhow::ensure!(
+            name == lb_common::names::PROGRAM && cur.mode != Mode::Other,
+            "{} already runs XDP program {name:?} (id {}): detach it first",
+            d.interface,
+            cur.prog_id
+        );
+        info!(interface = %d.interface, id = cur.prog_id, mode = cur.mode.name(), "replacing the XDP program a previous run left attached");
+    }
+    if !d.keep_xdp_on_exit {
+        if let Some(cur) = current {
+            xdp_link::clear(ifindex, cur.mode).await?;
+        }
+        return Ok(program::attach(ebpf, &d.interface, d.xdp_mode)?);
+    }
+    let modes: &[Mode] = match d.xdp_mode {
+        program::AttachMode::Native => &[Mode::Native],
+        program::AttachMode::Skb => &[Mode::Skb],
+        program::AttachMode::Auto => &[Mode::Native, Mode::Skb],
+    };
+    let fd = program::xdp(ebpf)?.fd()?.try_clone()?;
+    let mut last = None;
+    for &mode in modes {
+        // A program in the other mode would stay beside ours: take it away first.
+        if let Some(cur) = current.filter(|c| c.mode != mode) {
+            xdp_link::clear(ifindex, cur.mode).await?;
+        }
+        use std::os::fd::AsFd;
+        match xdp_link::set(ifindex, fd.as_fd(), mode).await {
+            Ok(()) => return Ok(mode.name()),
+            Err(e) => {
+                warn!(interface = %d.interface, mode = mode.name(), "attaching XDP: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "attaching XDP to {}: {}",
+        d.interface,
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 /// Resolves each VRRP instance against the host: interface index, source address, own
@@ -583,7 +647,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     drop(track_tasks);
     // keepalived gives stop hooks a second.
     notifier.shutdown(std::time::Duration::from_secs(1)).await;
-    info!("stopping: detaching the XDP program");
+    match config.dataplane.as_ref().map(|d| d.keep_xdp_on_exit) {
+        Some(true) => info!("stopping: leaving the XDP program attached (keep_xdp_on_exit)"),
+        Some(false) => info!("stopping: detaching the XDP program"),
+        None => {}
+    }
     drop(dp);
     Ok(())
 }

@@ -494,3 +494,63 @@ track_virtual_server = ["192.0.2.100:80/TCP"]
     wait("VI_W back at 100", "VI_W", ("MASTER", 100));
     wait("VI_F master again", "VI_F", ("MASTER", 100));
 }
+
+/// `keep_xdp_on_exit`: a stopped daemon leaves its program forwarding (a restart or an
+/// upgrade does not interrupt the service); the next run replaces it, and a run without the
+/// option detaches on stop, leaving nothing behind.
+#[test]
+fn keep_xdp_on_exit_leaves_the_program_forwarding() {
+    if !require_lab("keep_xdp_on_exit_leaves_the_program_forwarding") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dx"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let plain = lab_config(&lab, "skb", "rr", &[1, 1, 1]);
+    let keep = plain.replace("[dataplane]\n", "[dataplane]\nkeep_xdp_on_exit = true\n");
+    let xdp_on_lb = || {
+        lab.lb()
+            .ip(&["link", "show", "dev", "eth0"])
+            .unwrap()
+            .contains("xdpgeneric")
+    };
+    let stop = |daemon: &lb_tests::netns::Proc| {
+        daemon.signal(libc::SIGTERM).unwrap();
+        let status = daemon
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap()
+            .expect("daemon exits");
+        assert!(status.success(), "{}", daemon.read_stderr());
+    };
+
+    let (daemon, _) = start_daemon(&lab, &keep, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    assert_shares(
+        "first run",
+        &counts(&lab.curl_batch("192.0.2.100", 30).unwrap()),
+        [1, 1, 1],
+        30,
+    );
+    stop(&daemon);
+    assert!(daemon
+        .read_stderr()
+        .contains("leaving the XDP program attached"));
+    assert!(xdp_on_lb(), "the program stays attached");
+    // No daemon: the program alone still balances (the replies name the real servers).
+    let bodies = lab
+        .curl_batch("192.0.2.100", 30)
+        .unwrap_or_else(|e| panic!("with the daemon stopped: {e:#}"));
+    assert_shares("daemon stopped", &counts(&bodies), [1, 1, 1], 30);
+
+    // The next run, without the option, takes the program over, and detaches on stop.
+    let (daemon, _) = start_daemon(&lab, &plain, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(daemon
+        .read_stderr()
+        .contains("replacing the XDP program a previous run left attached"));
+    assert_shares(
+        "second run",
+        &counts(&lab.curl_batch("192.0.2.100", 30).unwrap()),
+        [1, 1, 1],
+        30,
+    );
+    stop(&daemon);
+    assert!(!xdp_on_lb(), "nothing left attached");
+}

@@ -100,6 +100,8 @@ struct RawDataplane {
     interface: String,
     xdp_mode: Option<Spanned<String>>,
     max_flows: Option<Spanned<u32>>,
+    #[serde(default)]
+    keep_xdp_on_exit: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +182,9 @@ pub struct DataplaneConfig {
     pub interface: String,
     pub xdp_mode: AttachMode,
     pub max_flows: u32,
+    /// Leave the program forwarding when the daemon stops (a restart or an upgrade),
+    /// instead of detaching it.
+    pub keep_xdp_on_exit: bool,
 }
 
 /// A checked configuration.
@@ -532,6 +537,7 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
         interface: d.interface.clone(),
         xdp_mode,
         max_flows,
+        keep_xdp_on_exit: d.keep_xdp_on_exit,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod neigh;
 pub mod plan;
 pub mod program;
 pub mod ring;
+pub mod xdp_link;
 
 use std::net::{IpAddr, SocketAddr};
 

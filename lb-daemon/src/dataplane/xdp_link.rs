@@ -1,0 +1,228 @@
+//! The XDP program an interface runs, read and set over rtnetlink (`IFLA_XDP`).
+//!
+//! The daemon normally attaches through a bpf_link, which the kernel drops with the
+//! daemon's last file descriptor: a stop leaves nothing behind. `keep_xdp_on_exit` asks for
+//! the opposite, the program forwarding on while the daemon is down (a restart or an
+//! upgrade); that is the netlink attachment, which belongs to the interface, not to a
+//! process. Setting a program over netlink also replaces the one a previous run left, in
+//! one step, so a restart has no window where frames reach the stack unbalanced.
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::netlink::{
+    attributes, split_family_header, MessageBuilder, NetlinkError, RouteSocket, AF_UNSPEC,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
+/// `struct ifinfomsg`.
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_XDP: u16 = 43;
+const NLA_F_NESTED: u16 = 0x8000;
+// Nested in IFLA_XDP.
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_FLAGS: u16 = 3;
+const IFLA_XDP_PROG_ID: u16 = 4;
+// `XDP_FLAGS_*` and `XDP_ATTACHED_*`, include/uapi/linux/if_link.h.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_ATTACHED_DRV: u8 = 1;
+const XDP_ATTACHED_SKB: u8 = 2;
+
+/// Where a program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Native,
+    Skb,
+    /// Offloaded, or several modes at once: not ours to touch.
+    Other,
+}
+
+impl Mode {
+    fn flags(self) -> u32 {
+        match self {
+            Mode::Native => XDP_FLAGS_DRV_MODE,
+            Mode::Skb => XDP_FLAGS_SKB_MODE,
+            Mode::Other => 0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Skb => "skb",
+            Mode::Other => "other",
+        }
+    }
+}
+
+/// The program attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub prog_id: u32,
+    pub mode: Mode,
+}
+
+/// `struct ifinfomsg` for interface `ifindex`.
+fn ifinfomsg(ifindex: u32) -> [u8; IFINFOMSG_LEN] {
+    let mut h = [0u8; IFINFOMSG_LEN];
+    h[0] = AF_UNSPEC;
+    h[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    h
+}
+
+/// `RTM_SETLINK` giving `ifindex` the program `fd` (-1: none) in `mode`.
+pub fn encode_set(seq: u32, ifindex: u32, fd: i32, mode: Mode) -> Vec<u8> {
+    let mut nested = Vec::new();
+    for (t, v) in [
+        (IFLA_XDP_FD, fd.to_ne_bytes()),
+        (IFLA_XDP_FLAGS, mode.flags().to_ne_bytes()),
+    ] {
+        nested.extend_from_slice(&8u16.to_ne_bytes());
+        nested.extend_from_slice(&t.to_ne_bytes());
+        nested.extend_from_slice(&v);
+    }
+    let mut msg = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+    msg.push_bytes(&ifinfomsg(ifindex))
+        .push_attr(IFLA_XDP | NLA_F_NESTED, &nested);
+    msg.finish()
+}
+
+/// The program in an `RTM_NEWLINK` message about `ifindex`; `Ok(None)` for another
+/// interface, `Ok(Some(None))` for this one without a program.
+pub fn decode_link(
+    msg_type: u16,
+    payload: &[u8],
+    ifindex: u32,
+) -> Result<Option<Option<Attached>>, NetlinkError> {
+    if msg_type != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let (h, attrs) = split_family_header::<IFINFOMSG_LEN>(payload, "ifinfomsg")?;
+    if u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) != ifindex {
+        return Ok(None);
+    }
+    let mut found = None;
+    for attr in attributes(attrs) {
+        let (t, value) = attr?;
+        if t != IFLA_XDP {
+            continue;
+        }
+        let (mut mode, mut prog_id) = (None, None);
+        for inner in attributes(value) {
+            let (t, v) = inner?;
+            match (t, v) {
+                (IFLA_XDP_ATTACHED, [m, ..]) => mode = Some(*m),
+                (IFLA_XDP_PROG_ID, &[a, b, c, d]) => {
+                    prog_id = Some(u32::from_ne_bytes([a, b, c, d]))
+                }
+                _ => {}
+            }
+        }
+        found = match (mode, prog_id) {
+            (None | Some(0), _) | (_, None) => None,
+            (Some(m), Some(prog_id)) => Some(Attached {
+                prog_id,
+                mode: match m {
+                    XDP_ATTACHED_DRV => Mode::Native,
+                    XDP_ATTACHED_SKB => Mode::Skb,
+                    _ => Mode::Other,
+                },
+            }),
+        };
+    }
+    Ok(Some(found))
+}
+
+/// The program `ifindex` runs, if any.
+pub async fn attached(ifindex: u32) -> Result<Option<Attached>, NetlinkError> {
+    let mut sock = RouteSocket::open()?;
+    let found = sock
+        .dump(
+            |seq| {
+                let mut msg = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq);
+                msg.push_bytes(&ifinfomsg(0));
+                msg.finish()
+            },
+            |h, payload| decode_link(h.msg_type, payload, ifindex),
+        )
+        .await?;
+    Ok(found.into_iter().flatten().next())
+}
+
+/// Gives `ifindex` the program `prog` in `mode`, replacing the one it runs in that mode.
+pub async fn set(ifindex: u32, prog: BorrowedFd<'_>, mode: Mode) -> Result<(), NetlinkError> {
+    let fd = prog.as_raw_fd();
+    RouteSocket::open()?
+        .request(|seq| encode_set(seq, ifindex, fd, mode))
+        .await
+}
+
+/// Takes the program `ifindex` runs in `mode` away.
+pub async fn clear(ifindex: u32, mode: Mode) -> Result<(), NetlinkError> {
+    RouteSocket::open()?
+        .request(|seq| encode_set(seq, ifindex, -1, mode))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_request_bytes() {
+        let m = encode_set(7, 3, 9, Mode::Skb);
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &52u32.to_ne_bytes()[..], &RTM_SETLINK.to_ne_bytes(), &5u16.to_ne_bytes(),
+            &7u32.to_ne_bytes(), &0u32.to_ne_bytes(),
+            // ifinfomsg: AF_UNSPEC, index 3
+            &[0, 0, 0, 0], &3u32.to_ne_bytes(), &[0; 8],
+            // IFLA_XDP (nested): FD 9, FLAGS SKB
+            &20u16.to_ne_bytes(), &(43u16 | 0x8000).to_ne_bytes(),
+            &8u16.to_ne_bytes(), &1u16.to_ne_bytes(), &9i32.to_ne_bytes(),
+            &8u16.to_ne_bytes(), &3u16.to_ne_bytes(), &2u32.to_ne_bytes(),
+        ]
+        .concat();
+        assert_eq!(m, want);
+    }
+
+    fn newlink(ifindex: u32, xdp: &[u8]) -> Vec<u8> {
+        let mut p = ifinfomsg(ifindex).to_vec();
+        // IFLA_MTU first, then IFLA_XDP.
+        p.extend_from_slice(&[8, 0, 4, 0, 0xdc, 5, 0, 0]);
+        p.extend_from_slice(&((4 + xdp.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&(IFLA_XDP | NLA_F_NESTED).to_ne_bytes());
+        p.extend_from_slice(xdp);
+        p
+    }
+
+    #[test]
+    fn decodes_the_attached_program() {
+        let skb = [
+            &[5u8, 0, 2, 0, XDP_ATTACHED_SKB, 0, 0, 0][..],
+            &[8, 0, 4, 0],
+            &42u32.to_ne_bytes(),
+        ]
+        .concat();
+        let p = newlink(3, &skb);
+        assert_eq!(
+            decode_link(RTM_NEWLINK, &p, 3).unwrap(),
+            Some(Some(Attached {
+                prog_id: 42,
+                mode: Mode::Skb
+            }))
+        );
+        // Another interface, or none attached.
+        assert_eq!(decode_link(RTM_NEWLINK, &p, 4).unwrap(), None);
+        let none = newlink(3, &[5, 0, 2, 0, 0, 0, 0, 0]);
+        assert_eq!(decode_link(RTM_NEWLINK, &none, 3).unwrap(), Some(None));
+        // Hostile: truncated header or attribute is an error, not a panic.
+        assert!(decode_link(RTM_NEWLINK, &p[..10], 3).is_err());
+        let mut bad = p.clone();
+        bad.truncate(p.len() - 2);
+        assert!(decode_link(RTM_NEWLINK, &bad, 3).is_err());
+    }
+}
