@@ -23,7 +23,7 @@
 //!    "priority":150,"effective_priority":150,"master":"192.0.2.2","transitions":3,
 //!    "discards":{"ttl":2}}],
 //!  "reasons":[{"name":"fwd_established","verdict":"tx","packets":300,"bytes":40000}],
-//!  "notify":null}
+//!  "notify":null,"map_writes":131079}
 //! ```
 //!
 //! Counters (`packets`, `bytes`, `new_flows`, `transitions`, `discards`) only grow while the
@@ -66,6 +66,12 @@ pub struct Snapshot {
     pub reasons: Vec<ReasonStatus>,
     /// What happened to notify events and hooks (`null` when nothing is configured).
     pub notify: Option<NotifyStatus>,
+    /// Element writes the daemon made to the XDP program's maps since it started (service
+    /// keys, service state, ring slots, backends; not the clock, and nothing the program
+    /// writes itself): [`crate::dataplane::maps::map_writes`]. The planner writes only what
+    /// changes, so a reload of an unchanged file, or anything else that changes nothing the
+    /// program does, leaves it where it was.
+    pub map_writes: u64,
 }
 
 /// One virtual server (an IPVS service).
@@ -205,11 +211,12 @@ pub fn unix_now() -> f64 {
 }
 
 impl Snapshot {
-    /// An empty snapshot taken now.
+    /// An empty snapshot taken now, with this process's dataplane map writes so far.
     pub fn new(router_id: Option<String>) -> Self {
         Self {
             time: unix_now(),
             router_id,
+            map_writes: crate::dataplane::maps::map_writes(),
             ..Self::default()
         }
     }
@@ -664,6 +671,7 @@ impl Prom {
 /// | `lb_vrrp_transitions_total` | instance | |
 /// | `lb_vrrp_discards_total` | instance, reason | |
 /// | `lb_xdp_{packets,bytes}_total` | reason, verdict | |
+/// | `lb_dataplane_map_writes_total` | | element writes to the program's maps |
 /// | `lb_notify_*` | | only when notify is configured |
 pub fn render_prometheus(s: &Snapshot) -> String {
     let mut p = Prom { out: String::new() };
@@ -863,6 +871,13 @@ pub fn render_prometheus(s: &Snapshot) -> String {
             );
         }
     }
+
+    p.family(
+        "lb_dataplane_map_writes_total",
+        "counter",
+        "Element writes the daemon made to the XDP program's maps (services, rings, backends).",
+    );
+    p.sample("lb_dataplane_map_writes_total", &[], s.map_writes);
 
     if let Some(n) = &s.notify {
         p.family(
@@ -1128,6 +1143,7 @@ pub(crate) mod test_support {
                 },
             ],
             notify: None,
+            map_writes: 1234,
         }
     }
 }
@@ -1374,6 +1390,9 @@ lb_xdp_packets_total{reason="fwd_new_flow",verdict="tx"} 40
 # TYPE lb_xdp_bytes_total counter
 lb_xdp_bytes_total{reason="fwd_established",verdict="tx"} 40000
 lb_xdp_bytes_total{reason="fwd_new_flow",verdict="tx"} 5678
+# HELP lb_dataplane_map_writes_total Element writes the daemon made to the XDP program's maps (services, rings, backends).
+# TYPE lb_dataplane_map_writes_total counter
+lb_dataplane_map_writes_total 1234
 # HELP lb_notify_events_total VRRP state events for notify hooks and the notify FIFO.
 # TYPE lb_notify_events_total counter
 lb_notify_events_total 4
@@ -1525,7 +1544,10 @@ lb_notify_hooks_total{result="timed_out"} 0
             k.sort();
             k.join(",")
         };
-        assert_eq!(keys(&v), "notify,reasons,router_id,services,time,vrrp");
+        assert_eq!(
+            keys(&v),
+            "map_writes,notify,reasons,router_id,services,time,vrrp"
+        );
         assert_eq!(
             keys(&v["services"][0]),
             "active,backends,bytes,new_flows,packets,persistence_timeout,port,protocol,scheduler,vip"
@@ -1551,6 +1573,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         .unwrap();
         assert_eq!(old.services[0].backends[0].weight, 0);
         assert_eq!(old.vrrp, vec![]);
+        assert_eq!(old.map_writes, 0);
     }
 
     #[test]

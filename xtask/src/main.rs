@@ -24,7 +24,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: `dataplane` (XDP per-packet cost) or `vrrp` (failover against keepalived).
+    /// Benchmarks: `dataplane` (XDP per-packet cost), `vrrp` (failover against keepalived) or
+    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads).
     Bench {
         /// Which benchmark.
         which: String,

@@ -1,6 +1,9 @@
 //! The writes the control plane makes to the program's maps, behind a trait so that the
 //! planning logic runs against memory in unit tests and against the kernel in the daemon.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use lb_common::{
@@ -76,6 +79,27 @@ impl MapWriter for MemMaps {
         self.rings.insert(index, backend);
         Ok(())
     }
+}
+
+/// Element writes made through [`BpfMaps`] in this process.
+static MAP_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Element writes this process has made to the program's maps through [`BpfMaps`]: every
+/// update or delete of a service key, a service's state, a ring slot or a backend, counted
+/// when it is sent to the kernel (a failed one too: it may have changed something). The
+/// clock is not counted, nor anything the program writes itself (flows, persistence
+/// templates, counters).
+///
+/// The planner writes only what differs ([`super::plan`]), so this moves only when what
+/// the program must do changes: a reload of an unchanged configuration leaves it where it
+/// was. The daemon has one set of maps, so the process-wide count is the daemon's; status
+/// and metrics show it ([`crate::status::Snapshot::map_writes`]).
+pub fn map_writes() -> u64 {
+    MAP_WRITES.load(Ordering::Relaxed)
+}
+
+fn count_write() {
+    MAP_WRITES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The program's maps in the kernel.
@@ -211,6 +235,7 @@ impl MapWriter for BpfMaps {
         key: &ServiceKey,
         value: &ServiceRef,
     ) -> Result<(), MapWriteError> {
+        count_write();
         if key.family == FAMILY_V4 {
             self.services4
                 .insert(key4(key), value, 0)
@@ -222,6 +247,7 @@ impl MapWriter for BpfMaps {
         }
     }
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
+        count_write();
         if key.family == FAMILY_V4 {
             self.services4
                 .remove(&key4(key))
@@ -233,16 +259,19 @@ impl MapWriter for BpfMaps {
         }
     }
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError> {
+        count_write();
         self.infos
             .set(id, value, 0)
             .map_err(kernel(names::SERVICE_INFO, "update"))
     }
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
+        count_write();
         self.backends
             .set(id, value, 0)
             .map_err(kernel(names::BACKENDS, "update"))
     }
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
+        count_write();
         self.rings
             .set(index, backend, 0)
             .map_err(kernel(names::RINGS, "update"))

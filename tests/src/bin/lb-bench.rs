@@ -4,10 +4,13 @@
 //! ```text
 //! lb-bench dataplane [--json]
 //! lb-bench vrrp [--json]
+//! lb-bench daemon [--json]
 //! ```
 //!
 //! `vrrp` (failover time of our VRRP pair against a keepalived pair) is documented in
-//! `lb_tests::vrrp_bench`.
+//! `lb_tests::vrrp_bench`; `daemon` (health verdict to the dataplane, detection time against
+//! keepalived's formula, reloads that change nothing) in `lb_tests::daemon_bench`. `daemon`
+//! prints its entries in the same table and JSON form as `dataplane`.
 //!
 //! `dataplane` measures the XDP program with the production map sizes (1M flows, 65537-slot
 //! rings), an rr service of three backends, on one pinned CPU:
@@ -52,7 +55,7 @@ use lb_tests::{
     xdp::{load_testprog, xdp_of, XdpHarness, LB_MAC},
 };
 
-const BENCHMARKS: &[&str] = &["dataplane", "vrrp"];
+const BENCHMARKS: &[&str] = &["dataplane", "vrrp", "daemon"];
 
 /// Repeats of one BPF_PROG_TEST_RUN call for the established-flow entries: long enough
 /// (tens of ms) that the syscall and the timer reads vanish in the average.
@@ -100,6 +103,7 @@ enum Target {
     RatioAtMost(f64),
     RatioAtLeast(f64),
     ValueAtMost(f64),
+    ValueEquals(f64),
 }
 
 impl Target {
@@ -108,6 +112,7 @@ impl Target {
             Target::RatioAtMost(t) => format!("ratio <= {t:?}"),
             Target::RatioAtLeast(t) => format!("ratio >= {t:?}"),
             Target::ValueAtMost(t) => format!("value <= {t:?}"),
+            Target::ValueEquals(t) => format!("value == {t}"),
         }
     }
 }
@@ -132,6 +137,7 @@ impl Entry {
             (Target::RatioAtMost(t), Some(r)) => r <= t,
             (Target::RatioAtLeast(t), Some(r)) => r >= t,
             (Target::ValueAtMost(t), _) => self.value <= t,
+            (Target::ValueEquals(t), _) => self.value == t,
             (_, None) => false,
         }
     }
@@ -153,7 +159,7 @@ impl Entry {
     fn row(&self) -> String {
         let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         format!(
-            "{:<27} {:>9.2} {:<7} {:>9} {:>7} {:<13} {}",
+            "{:<28} {:>9.2} {:<7} {:>9} {:>7} {:<13} {}",
             self.name,
             self.value,
             self.unit,
@@ -167,7 +173,7 @@ impl Entry {
 
 fn table_header() -> String {
     format!(
-        "{:<27} {:>9} {:<7} {:>9} {:>7} {:<13} {}",
+        "{:<28} {:>9} {:<7} {:>9} {:>7} {:<13} {}",
         "name", "value", "unit", "baseline", "ratio", "target", "result"
     )
 }
@@ -689,6 +695,27 @@ fn dataplane(report: &mut Report) -> Result<()> {
 }
 
 // -------------------------------------------------------------------------------------------
+// The daemon entries (lb_tests::daemon_bench)
+// -------------------------------------------------------------------------------------------
+
+fn daemon(report: &mut Report) -> Result<()> {
+    use lb_tests::daemon_bench::{self, Target as T};
+    daemon_bench::run(&mut |e: daemon_bench::Entry| {
+        report.add(Entry {
+            name: e.name,
+            value: e.value,
+            unit: e.unit,
+            baseline: e.baseline,
+            target: match e.target {
+                T::RatioAtMost(t) => Target::RatioAtMost(t),
+                T::ValueAtMost(t) => Target::ValueAtMost(t),
+                T::ValueEquals(t) => Target::ValueEquals(t),
+            },
+        })
+    })
+}
+
+// -------------------------------------------------------------------------------------------
 // Command line
 // -------------------------------------------------------------------------------------------
 
@@ -755,6 +782,7 @@ fn main() -> ExitCode {
     let mut report = Report::new(args.json);
     let result = match args.bench.as_str() {
         "dataplane" => dataplane(&mut report),
+        "daemon" => daemon(&mut report),
         _ => unreachable!("parse_args checked the name"),
     };
     match result {
