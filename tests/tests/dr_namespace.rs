@@ -554,3 +554,81 @@ fn keep_xdp_on_exit_leaves_the_program_forwarding() {
     stop(&daemon);
     assert!(!xdp_on_lb(), "nothing left attached");
 }
+
+/// An invalid file sent by `lb-daemon reload` is refused with its error (file, line, key),
+/// and the running configuration keeps serving exactly as before.
+#[test]
+fn invalid_reload_changes_nothing() {
+    if !require_lab("invalid_reload_changes_nothing") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("di"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let good = lab_config(&lab, "skb", "wrr", &[3, 1, 1]);
+    let (daemon, cfg) = start_daemon(&lab, &good, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let before = status_json(&lab);
+    assert_shares(
+        "before",
+        &counts(&lab.curl_batch("192.0.2.100", 50).unwrap()),
+        [3, 1, 1],
+        50,
+    );
+    let writes = status_json(&lab)["map_writes"].as_u64().unwrap();
+
+    // A weight out of range: the file is refused as a whole.
+    let bad = good.replacen("weight = 3", "weight = 70000", 1);
+    std::fs::write(
+        &cfg,
+        lb_tests::lab::with_control_socket(&bad, lab.lb().dir()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
+        .args(["reload", "--socket"])
+        .arg(lab.lb().dir().join("ctl.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the reload was accepted: {err}");
+    assert!(
+        err.contains("lb.toml:") && err.contains("`real_server.weight`"),
+        "{err}"
+    );
+
+    let after = status_json(&lab);
+    assert_eq!(
+        after["map_writes"].as_u64().unwrap(),
+        writes,
+        "maps written"
+    );
+    assert_eq!(
+        after["services"].as_array().unwrap().len(),
+        before["services"].as_array().unwrap().len()
+    );
+    for (a, b) in after["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(before["services"].as_array().unwrap())
+    {
+        let weights = |s: &serde_json::Value| {
+            s["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| (b["addr"].clone(), b["effective_weight"].clone()))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            weights(a).iter().all(|(a, w)| a.is_string() && w.is_u64()),
+            "{a}"
+        );
+        assert_eq!(weights(a), weights(b), "{a}");
+    }
+    assert_shares(
+        "after",
+        &counts(&lab.curl_batch("192.0.2.100", 50).unwrap()),
+        [3, 1, 1],
+        50,
+    );
+    assert!(daemon.read_stderr().contains("reload refused"));
+}
