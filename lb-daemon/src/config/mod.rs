@@ -545,15 +545,19 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
 /// key on its line (the last `key =` before `offset`, or the key that starts there). `None`
 /// on a line that holds no key (a table header, say).
 fn key_at(text: &str, offset: usize) -> Option<String> {
+    // `get`: an offset inside a character gives no key rather than a panic.
     let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
-    let line = &text[start..end];
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let end = text
+        .get(offset..)?
+        .find('\n')
+        .map_or(text.len(), |i| offset + i);
+    let line = text.get(start..end)?;
     if line.trim_start().starts_with('[') {
         return None;
     }
     let at = offset - start;
-    let name = match line[..at].rfind('=') {
+    let name = match line.get(..at)?.rfind('=') {
         // The value of `key = ...`: the key is the word before that `=`, after any `{` or `,`
         // of an inline table.
         Some(eq) => {
@@ -562,13 +566,13 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
             before[from..].trim()
         }
         // The key itself (an unknown one, say).
-        None => line[at..].split('=').next().unwrap_or_default().trim(),
+        None => line.get(at..)?.split('=').next().unwrap_or_default().trim(),
     };
     let name = name.trim_matches('"');
     if name.is_empty() {
         return None;
     }
-    let table = text[..start].lines().rev().find_map(|l| {
+    let table = text.get(..start)?.lines().rev().find_map(|l| {
         let l = l.trim();
         l.starts_with('[')
             .then(|| l.trim_matches(['[', ']']).trim().to_string())
@@ -885,6 +889,23 @@ static = true
                      lb_algo = \"rr\"\nlb_kind = \"DR\"\n";
         }
         text
+    }
+
+    #[test]
+    fn key_at_reads_the_key_back_and_never_panics() {
+        let text = "[global_defs]\nrouter_id = \"é\"\n[dataplane]\nTCP = { retry = \"x\" }\n";
+        assert_eq!(
+            key_at(text, text.find("\"é").unwrap()).as_deref(),
+            Some("global_defs.router_id")
+        );
+        assert_eq!(
+            key_at(text, text.find("\"x").unwrap()).as_deref(),
+            Some("dataplane.retry")
+        );
+        assert_eq!(key_at(text, 0), None);
+        for offset in 0..=text.len() + 1 {
+            let _ = key_at(text, offset);
+        }
     }
 
     #[test]
