@@ -427,8 +427,11 @@ fn new_flow<F: Family>(
     if F::flows().insert(key, &value, 0).is_err() && may_log() {
         warn!(ctx, "flow table insert failed for service {}", id);
     }
+    // Found again rather than passed down from `established` (a few instructions): kept in
+    // a struct with the key, the pointer went through the compiler's byte-wise copy, after
+    // which the verifier no longer knows it as a map value and refuses the program.
     if let Some(c) = cache_slot::<F>(key) {
-        // SAFETY: per-CPU slot, as in `established`.
+        // SAFETY: this CPU's slot, as in `established`.
         F::cache_fill(unsafe { &mut *c }, key, &value);
     }
     rewrite_macs(ctx, &b.mac)?;

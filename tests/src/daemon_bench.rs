@@ -87,7 +87,7 @@
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -96,47 +96,14 @@ use anyhow::{bail, ensure, Context, Result};
 use lb_common::reason::XDP_TX;
 
 use crate::{
-    lab::{daemon_bin, restart_nginx, with_control_socket},
+    lab::{daemon_bin, restart_nginx, start_daemon_resolving, with_control_socket},
     netns::{server_v4, unique_prefix, wait_until, DrLab, Netns, Proc, HTTP_PORT, VIP_V4},
     packet::{ether, tcp, Ipv4, ETH_P_IP, TCP_SYN},
+    report::{median, Entry, Target},
 };
-
-// -------------------------------------------------------------------------------------------
-// Entries
-// -------------------------------------------------------------------------------------------
-
-/// What an entry must reach to pass.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Target {
-    RatioAtMost(f64),
-    ValueAtMost(f64),
-    ValueEquals(f64),
-}
-
-/// One result line (`lb-bench` prints it as a table row or a JSON object).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    pub name: &'static str,
-    pub value: f64,
-    pub unit: &'static str,
-    /// keepalived's formula for the detection entries; `None` for the others.
-    pub baseline: Option<f64>,
-    pub target: Target,
-}
 
 fn progress(msg: &str) {
     eprintln!("lb-bench: {msg}");
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn fmt_ms(v: &[f64]) -> String {
@@ -236,39 +203,6 @@ fn decision_needles(backend: &str, service: &str) -> (String, String) {
 // -------------------------------------------------------------------------------------------
 // The daemon in the lab
 // -------------------------------------------------------------------------------------------
-
-/// Starts `lb-daemon run` in the LB namespace with `config` (and its own control socket);
-/// waits until the program is attached and `macs` backend MACs are resolved. Returns the
-/// daemon and its control socket.
-fn start_daemon(lab: &DrLab, config: &str, macs: usize) -> Result<(Proc, PathBuf)> {
-    let dir = lab.lb().dir();
-    let cfg = dir.join("lb.toml");
-    std::fs::write(&cfg, with_control_socket(config, dir))?;
-    let bin = daemon_bin()?;
-    let daemon = lab.lb().spawn(&[
-        bin.to_str().context("path")?,
-        "run",
-        "--config",
-        cfg.to_str().context("path")?,
-    ])?;
-    let mut exited = false;
-    let ready = wait_until(
-        &format!("lb-daemon to attach and resolve {macs} backends"),
-        Duration::from_secs(30),
-        || {
-            exited = !daemon.is_running();
-            let log = daemon.read_stderr();
-            exited
-                || (log.contains("XDP program attached")
-                    && log.matches("backend MAC resolved").count() >= macs)
-        },
-    );
-    if exited {
-        bail!("lb-daemon exited:\n{}", daemon.read_stderr());
-    }
-    ready.with_context(|| daemon.read_stderr())?;
-    Ok((daemon, dir.join("ctl.sock")))
-}
 
 fn global_and_dataplane(router_id: &str) -> String {
     format!(
@@ -527,7 +461,7 @@ fn verdict_to_map() -> Result<Entry> {
             "\n[[virtual_server.real_server]]\nip = \"{ip}\"\nport = {HTTP_PORT}\nweight = 1\n"
         );
     }
-    let (daemon, _) = start_daemon(&lab, &config, VERDICT_BACKENDS)?;
+    let (daemon, _) = start_daemon_resolving(&lab, &config, "skb", VERDICT_BACKENDS)?;
     let prog = ProgFd::attached_to(lab.lb(), "eth0")?;
 
     // The clients whose Maglev slot names rs1: one SYN from every address of the three
@@ -725,7 +659,7 @@ impl DetectLab {
                  [[virtual_server.real_server]]\nip = \"{rs}\"\nport = {HTTP_PORT}\nweight = 1\n{}\n",
                 t.toml()
             );
-        let (daemon, _) = start_daemon(&lab, &config, 1)?;
+        let (daemon, _) = start_daemon_resolving(&lab, &config, "skb", 1)?;
         let (down, up) = decision_needles(
             &format!("{rs}:{HTTP_PORT}"),
             &format!("{VIP_V4}:{HTTP_PORT}/TCP"),
@@ -893,7 +827,8 @@ fn reload_identical() -> Result<Entry> {
          virtual_router_id = 51\npriority = 150\nadvert_int = 0.1\nversion = 3\n\
          virtual_ipaddress = [\"{VIP_V4}/24\"]\n"
     );
-    let (daemon, socket) = start_daemon(&lab, &config, 2)?;
+    let (daemon, _) = start_daemon_resolving(&lab, &config, "skb", 2)?;
+    let socket = lab.lb().dir().join("ctl.sock");
     let mut last = None;
     let steady = wait_until(
         "master, the service active and both servers up",
@@ -1039,7 +974,6 @@ mod tests {
         let phases: Vec<f64> = (0..DETECT_TRIALS).map(|i| phase(&t, i)).collect();
         assert!((phases[0] - 0.03).abs() < 1e-9);
         assert!((phases[DETECT_TRIALS - 1] - 0.97).abs() < 1e-9);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
     }
 
     #[test]

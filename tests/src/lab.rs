@@ -101,6 +101,17 @@ pub fn prepare_native(lab: &DrLab) -> Result<NativePeer> {
 /// Starts `lb-daemon run` in the LB namespace with `config`, and waits until the program is
 /// attached in `xdp_mode` and every backend's MAC is resolved.
 pub fn start_daemon(lab: &DrLab, config: &str, xdp_mode: &str) -> Result<(Proc, PathBuf)> {
+    start_daemon_resolving(lab, config, xdp_mode, 2 * lab.servers().len())
+}
+
+/// [`start_daemon`] for a configuration whose real servers are not the lab's two per
+/// server (v4 and v6): waits for `macs` resolved MACs.
+pub fn start_daemon_resolving(
+    lab: &DrLab,
+    config: &str,
+    xdp_mode: &str,
+    macs: usize,
+) -> Result<(Proc, PathBuf)> {
     let cfg = lab.lb().dir().join("lb.toml");
     std::fs::write(&cfg, with_control_socket(config, lab.lb().dir()))?;
     let bin = daemon_bin()?;
@@ -111,17 +122,15 @@ pub fn start_daemon(lab: &DrLab, config: &str, xdp_mode: &str) -> Result<(Proc, 
         cfg.to_str().context("path")?,
     ])?;
     let attached = format!("mode=\"{xdp_mode}\"");
-    let backends = 2 * lab.servers().len();
     let mut exited = false;
     let ready = wait_until(
-        "lb-daemon attaches and resolves every backend",
-        Duration::from_secs(20),
+        &format!("lb-daemon to attach and resolve {macs} backend MACs"),
+        Duration::from_secs(30),
         || {
             exited = !daemon.is_running();
             let log = daemon.read_stderr();
             exited
-                || (log.contains(&attached)
-                    && log.matches("backend MAC resolved").count() >= backends)
+                || (log.contains(&attached) && log.matches("backend MAC resolved").count() >= macs)
         },
     );
     if exited {

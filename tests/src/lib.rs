@@ -4,6 +4,7 @@ pub mod daemon_bench;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod report;
 pub mod vrrp_bench;
 pub mod vrrp_lab;
 pub mod xdp;

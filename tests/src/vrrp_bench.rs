@@ -49,6 +49,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     netns::unique_prefix,
+    report::median,
     vrrp_lab::{find_program, Peer, VrrpLab, VrrpParams},
 };
 
@@ -257,17 +258,6 @@ impl Pair {
             p.master_down_interval(0) + p.advert_int() + Duration::from_secs(3),
         )?;
         lab.wait_client_follows(0, Duration::from_secs(5))
-    }
-}
-
-pub fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -483,7 +473,5 @@ mod tests {
             r#"{"name":"failover_hard_v3_10ms_vs_keepalived","value":40.0000,"unit":"ms","baseline":50.0000,"ratio":0.8000,"target":"ratio <= 1.0","pass":true,"bound":36.0938}"#
         );
         assert!(e.row().ends_with("PASS"));
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

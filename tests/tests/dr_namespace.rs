@@ -52,17 +52,7 @@ fn dr_end_to_end(mode: &str) {
 
     // `lb-daemon status --json` agrees with the traffic: one new flow per request, spread
     // as the replies say, and at least the SYN, the ACK and the request per connection.
-    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
-        .args(["status", "--json", "--socket"])
-        .arg(lab.lb().dir().join("ctl.sock"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = status_json(&lab);
     for (vip, n, bodies) in [
         ("192.0.2.100", 300u64, &bodies),
         ("2001:db8::100", 60, &bodies6),

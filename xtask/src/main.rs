@@ -87,6 +87,30 @@ fn build_daemon() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "lb-daemon", "--bins"]))
 }
 
+/// What the tests, the benchmarks and the lab all need: the packages, the XDP object, and
+/// the daemon's binary.
+fn prepare() -> Result<()> {
+    setup("test")?;
+    ebpf::build()?;
+    build_daemon()
+}
+
+/// `cargo run` of one of the `lb-tests` binaries (`lb-bench`, `lb-lab`); arguments follow.
+fn tests_bin(bin: &str) -> Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    c
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => {
@@ -94,9 +118,7 @@ fn main() -> Result<()> {
             println!("{}", obj.display());
         }
         Cmd::Test { args } => {
-            setup("test")?;
-            ebpf::build()?;
-            build_daemon()?;
+            prepare()?;
             // Privileged tests (namespaces, XDP) fail instead of skipping under CI.
             let mut c = cargo();
             c.args(["test", "--workspace", "--release"]).args(&args);
@@ -106,43 +128,16 @@ fn main() -> Result<()> {
             run(&mut c)?;
         }
         Cmd::Bench { which, json } => {
-            setup("test")?;
-            ebpf::build()?;
-            build_daemon()?;
-            let mut c = cargo();
-            c.args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "lb-tests",
-                "--bin",
-                "lb-bench",
-                "--",
-            ]);
-            c.arg(&which);
+            prepare()?;
+            let mut args = vec![which];
             if json {
-                c.arg("--json");
+                args.push("--json".into());
             }
-            run(&mut c)?;
+            run(tests_bin("lb-bench").args(&args))?;
         }
         Cmd::Lab { args } => {
-            setup("test")?;
-            ebpf::build()?;
-            build_daemon()?;
-            let mut c = cargo();
-            c.args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "lb-tests",
-                "--bin",
-                "lb-lab",
-                "--",
-            ]);
-            c.args(&args);
-            run(&mut c)?;
+            prepare()?;
+            run(tests_bin("lb-lab").args(&args))?;
         }
     }
     Ok(())

@@ -52,6 +52,7 @@ use lb_daemon::dataplane::{
 use lb_tests::{
     netns::{unique_prefix, Netns},
     packet::{ether, tcp, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
+    report::{median, Entry, Report, Target},
     xdp::{load_testprog, xdp_of, XdpHarness, LB_MAC},
 };
 
@@ -97,143 +98,9 @@ const CLIENT_PORT: u16 = 40000;
 // Entries and their output
 // -------------------------------------------------------------------------------------------
 
-/// What an entry must reach to pass.
-#[derive(Clone, Copy)]
-enum Target {
-    RatioAtMost(f64),
-    RatioAtLeast(f64),
-    ValueAtMost(f64),
-    ValueEquals(f64),
-}
-
-impl Target {
-    fn describe(self) -> String {
-        match self {
-            Target::RatioAtMost(t) => format!("ratio <= {t:?}"),
-            Target::RatioAtLeast(t) => format!("ratio >= {t:?}"),
-            Target::ValueAtMost(t) => format!("value <= {t:?}"),
-            Target::ValueEquals(t) => format!("value == {t}"),
-        }
-    }
-}
-
-/// One result line.
-struct Entry {
-    name: &'static str,
-    value: f64,
-    unit: &'static str,
-    /// Measured in the same run; `None` when there is no meaningful baseline.
-    baseline: Option<f64>,
-    target: Target,
-}
-
-impl Entry {
-    fn ratio(&self) -> Option<f64> {
-        self.baseline.map(|b| self.value / b)
-    }
-
-    fn pass(&self) -> bool {
-        match (self.target, self.ratio()) {
-            (Target::RatioAtMost(t), Some(r)) => r <= t,
-            (Target::RatioAtLeast(t), Some(r)) => r >= t,
-            (Target::ValueAtMost(t), _) => self.value <= t,
-            (Target::ValueEquals(t), _) => self.value == t,
-            (_, None) => false,
-        }
-    }
-
-    fn json(&self) -> String {
-        let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.4}"));
-        format!(
-            r#"{{"name":"{}","value":{:.4},"unit":"{}","baseline":{},"ratio":{},"target":"{}","pass":{}}}"#,
-            self.name,
-            self.value,
-            self.unit,
-            num(self.baseline),
-            num(self.ratio()),
-            self.target.describe(),
-            self.pass()
-        )
-    }
-
-    fn row(&self) -> String {
-        let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-        format!(
-            "{:<28} {:>9.2} {:<7} {:>9} {:>7} {:<13} {}",
-            self.name,
-            self.value,
-            self.unit,
-            num(self.baseline),
-            self.ratio().map_or("-".to_string(), |r| format!("{r:.3}")),
-            self.target.describe(),
-            if self.pass() { "PASS" } else { "MISS" }
-        )
-    }
-}
-
-fn table_header() -> String {
-    format!(
-        "{:<28} {:>9} {:<7} {:>9} {:>7} {:<13} {}",
-        "name", "value", "unit", "baseline", "ratio", "target", "result"
-    )
-}
-
-/// Prints entries as they complete, so a long run shows progress and a late failure keeps
-/// the earlier results.
-struct Report {
-    json: bool,
-    entries: Vec<Entry>,
-}
-
-impl Report {
-    fn new(json: bool) -> Self {
-        if !json {
-            println!("{}", table_header());
-        }
-        Self {
-            json,
-            entries: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, e: Entry) {
-        if self.json {
-            println!("{}", e.json());
-        } else {
-            println!("{}", e.row());
-        }
-        self.entries.push(e);
-    }
-
-    fn finish(&self) {
-        let missed: Vec<&str> = self
-            .entries
-            .iter()
-            .filter(|e| !e.pass())
-            .map(|e| e.name)
-            .collect();
-        // The summary goes to stderr so that `--json` output stays one object per line.
-        if missed.is_empty() {
-            eprintln!("lb-bench: every target met");
-        } else {
-            eprintln!("lb-bench: target missed by {}", missed.join(", "));
-        }
-    }
-}
-
 // -------------------------------------------------------------------------------------------
 // Small statistics and set-up helpers
 // -------------------------------------------------------------------------------------------
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 /// The mean of the samples between the first and the third quartile: as indifferent to
 /// outliers (interrupts, cold misses) as the median, but it does not jump by a whole clock
@@ -440,9 +307,9 @@ fn established(
     );
     Ok(Entry {
         name,
-        value: median(&mut lb),
+        value: median(&lb),
         unit: "ns/pkt",
-        baseline: Some(median(&mut mac)),
+        baseline: Some(median(&mac)),
         target: Target::RatioAtMost(target),
     })
 }
@@ -481,8 +348,8 @@ fn new_flow(h: &mut XdpHarness, macswap: &mut Ebpf) -> Result<Entry> {
     );
     progress(&format!(
         "new flows: medians {} (LB) and {} (MAC swap) ns; interquartile means reported",
-        median(&mut lb),
-        median(&mut mac)
+        median(&lb),
+        median(&mac)
     ));
     Ok(Entry {
         name,
@@ -653,7 +520,7 @@ fn maglev_build() -> Result<Entry> {
     }
     Ok(Entry {
         name: "maglev_build_ms",
-        value: median(&mut ms),
+        value: median(&ms),
         unit: "ms",
         baseline: None,
         target: Target::ValueAtMost(2.0),
@@ -699,20 +566,7 @@ fn dataplane(report: &mut Report) -> Result<()> {
 // -------------------------------------------------------------------------------------------
 
 fn daemon(report: &mut Report) -> Result<()> {
-    use lb_tests::daemon_bench::{self, Target as T};
-    daemon_bench::run(&mut |e: daemon_bench::Entry| {
-        report.add(Entry {
-            name: e.name,
-            value: e.value,
-            unit: e.unit,
-            baseline: e.baseline,
-            target: match e.target {
-                T::RatioAtMost(t) => Target::RatioAtMost(t),
-                T::ValueAtMost(t) => Target::ValueAtMost(t),
-                T::ValueEquals(t) => Target::ValueEquals(t),
-            },
-        })
-    })
+    lb_tests::daemon_bench::run(&mut |e| report.add(e))
 }
 
 // -------------------------------------------------------------------------------------------
