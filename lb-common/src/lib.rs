@@ -297,9 +297,12 @@ pub mod reason {
     pub const DROP_MALFORMED_IPV4: u32 = 14;
     /// DROP: IPv6 header or extension header truncated, payload length beyond the frame.
     pub const DROP_MALFORMED_IPV6: u32 = 15;
-    /// DROP: TCP or UDP header truncated (in a packet for a VIP of ours).
+    /// DROP: TCP or UDP header truncated (checked before the service lookup: the stack
+    /// would drop such a packet too).
     pub const DROP_MALFORMED_L4: u32 = 16;
-    /// DROP: ICMP error truncated or inconsistent (in a packet for a VIP of ours).
+    /// DROP: ICMP header truncated, or a frag-needed/packet-too-big error whose quoted
+    /// packet is truncated or inconsistent (checked before the flow lookup: the stack would
+    /// drop such a packet too).
     pub const DROP_MALFORMED_ICMP: u32 = 17;
     /// PASS: the maps are inconsistent (a ring slot names an empty backend slot); the
     /// program logs it, the daemon repairs it.

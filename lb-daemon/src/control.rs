@@ -286,10 +286,6 @@ impl Server {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Serves clients, handing their requests to `calls`, until the receiver of `calls` is
     /// dropped. Then the socket file is removed; clients still connected are cut off.
     pub async fn serve(self, calls: mpsc::Sender<Call>) {

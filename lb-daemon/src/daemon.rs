@@ -204,10 +204,7 @@ impl Dp {
                 .real_servers
                 .iter()
                 .filter(|rs| self.macs.contains_key(&rs.addr.ip()))
-                .filter_map(|rs| match health_of(vs, rs).unwrap_or((true, None)) {
-                    (true, dynamic) => Some(dynamic.unwrap_or(rs.weight)),
-                    (false, _) => None,
-                })
+                .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
                 .sum();
             let had = self.quorum.get(&key).copied();
             let has = vs.quorum_next(had.unwrap_or(true), healthy);
@@ -365,14 +362,9 @@ async fn attach_xdp(
         }
         return Ok(program::attach(ebpf, &d.interface, d.xdp_mode)?);
     }
-    let modes: &[Mode] = match d.xdp_mode {
-        program::AttachMode::Native => &[Mode::Native],
-        program::AttachMode::Skb => &[Mode::Skb],
-        program::AttachMode::Auto => &[Mode::Native, Mode::Skb],
-    };
     let fd = program::xdp(ebpf)?.fd()?.try_clone()?;
     let mut last = None;
-    for &mode in modes {
+    for &mode in d.xdp_mode.modes() {
         // A program in the other mode would stay beside ours: take it away first.
         if let Some(cur) = current.filter(|c| c.mode != mode) {
             xdp_link::clear(ifindex, cur.mode).await?;
@@ -779,7 +771,7 @@ fn snapshot(
             snap.services.push(ServiceStatus {
                 vip: spec.vip,
                 port: spec.port,
-                protocol: status::protocol_name(spec.proto).into(),
+                protocol: spec.proto.name().into(),
                 scheduler: format!("{:?}", spec.sched).to_lowercase(),
                 active: spec.active,
                 persistence_timeout: spec.persistence_timeout,

@@ -1,5 +1,6 @@
 //! rtnetlink framing and the `NETLINK_ROUTE` socket, shared by the neighbour code
-//! ([`crate::dataplane::neigh`]) and the virtual-address code ([`crate::vrrp::vip`]).
+//! ([`crate::dataplane::neigh`]), the XDP attachment ([`crate::dataplane::xdp_link`]) and
+//! the virtual-address code ([`crate::vrrp::vip`]).
 //!
 //! Two layers:
 //!
@@ -264,13 +265,7 @@ impl MessageBuilder {
     /// `nla_len`). Payloads longer than an attribute can describe are cut to fit,
     /// so the message stays well-formed; callers only pass addresses and names.
     pub fn push_attr(&mut self, attr_type: u16, data: &[u8]) -> &mut Self {
-        let max = usize::from(u16::MAX) - NLA_HDRLEN;
-        let data = data.get(..max).unwrap_or(data);
-        let len = u16::try_from(NLA_HDRLEN + data.len()).unwrap_or(u16::MAX);
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&attr_type.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
+        put_attr(&mut self.buf, attr_type, data);
         self
     }
 
@@ -282,6 +277,19 @@ impl MessageBuilder {
         }
         self.buf
     }
+}
+
+/// Appends one attribute to `buf` (a message, or the payload of a nested attribute), padded
+/// to 4 bytes (the padding is not counted in `nla_len`). A payload longer than an attribute
+/// can describe is cut to fit, so the message stays well-formed.
+pub fn put_attr(buf: &mut Vec<u8>, attr_type: u16, data: &[u8]) {
+    let max = usize::from(u16::MAX) - NLA_HDRLEN;
+    let data = data.get(..max).unwrap_or(data);
+    let len = u16::try_from(NLA_HDRLEN + data.len()).unwrap_or(u16::MAX);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&attr_type.to_ne_bytes());
+    buf.extend_from_slice(data);
+    buf.resize(align4(buf.len()), 0);
 }
 
 // ---------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ pub struct Snapshot {
     /// What the XDP program did with every packet it saw, per reason (empty without a
     /// dataplane).
     pub reasons: Vec<ReasonStatus>,
-    /// What happened to notify events and hooks (`null` when nothing is configured).
+    /// What happened to notify events and hooks (the daemon always fills it; `null` only in
+    /// a snapshot made without one).
     pub notify: Option<NotifyStatus>,
     /// Element writes the daemon made to the XDP program's maps since it started (service
     /// keys, service state, ring slots, backends; not the clock, and nothing the program
@@ -219,14 +220,6 @@ impl Snapshot {
             map_writes: crate::dataplane::maps::map_writes(),
             ..Self::default()
         }
-    }
-}
-
-/// [`ServiceStatus::protocol`] of a dataplane protocol.
-pub fn protocol_name(p: crate::dataplane::Proto) -> &'static str {
-    match p {
-        crate::dataplane::Proto::Tcp => "TCP",
-        crate::dataplane::Proto::Udp => "UDP",
     }
 }
 
@@ -672,7 +665,7 @@ impl Prom {
 /// | `lb_vrrp_discards_total` | instance, reason | |
 /// | `lb_xdp_{packets,bytes}_total` | reason, verdict | |
 /// | `lb_dataplane_map_writes_total` | | element writes to the program's maps |
-/// | `lb_notify_*` | | only when notify is configured |
+/// | `lb_notify_*` | | notify events and hooks |
 pub fn render_prometheus(s: &Snapshot) -> String {
     let mut p = Prom { out: String::new() };
     let svc_labels = |svc: &ServiceStatus| (svc.vip.to_string(), svc.port.to_string());
@@ -928,7 +921,7 @@ pub fn render_prometheus(s: &Snapshot) -> String {
 /// Helpers shared by the tests of `status`, `control` and `metrics`.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     /// The inodes of this process's open sockets, from the `socket:[N]` links in
     /// /proc/self/fd.
@@ -982,42 +975,16 @@ pub(crate) mod test_support {
         count_own(inodes)
     }
 
-    /// Waits until `f()` is true, at most 10 s.
-    pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !f() {
-            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    /// Waits until `f()` is true, at most 10 s; panics naming `what` otherwise.
+    pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
+        let within = std::time::Duration::from_secs(10);
+        assert!(
+            crate::vrrp::notify::test_util::eventually(within, f).await,
+            "never: {what}"
+        );
     }
 
-    /// A directory removed with everything in it when dropped.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "lb-daemon-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir(&p).expect("creating a temporary directory");
-            Self(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub(crate) use crate::vrrp::notify::test_util::TempDir;
 
     /// A snapshot with a bit of everything: IPv4 and IPv6, a backup service, a backend
     /// down, two VRRP instances, XDP reasons.

@@ -1,7 +1,7 @@
 //! The connection table, service lookup, persistence and the choice of a backend.
 //!
-//! A packet of a known flow takes the short path: one flow-table lookup, then arrays only
-//! (its service's state, its backend). Everything else takes the long path: the service
+//! A packet of a known flow takes the short path: this CPU's flow cache (else one
+//! flow-table lookup), then arrays only (its service's state, its backend). Everything else takes the long path: the service
 //! lookup by (VIP, port, protocol), then the scheduler. Each path is written once, generic
 //! over the address family, whose maps have keys of their own size.
 use aya_ebpf::{
@@ -119,10 +119,7 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn slot(k: &FlowKey4) -> u32 {
-        mix(k.src
-            ^ k.dst.rotate_left(11)
-            ^ (((k.sport as u32) << 16) | k.dport as u32)
-            ^ k.proto as u32)
+        mix(k.src ^ k.dst.rotate_left(11) ^ ports_word(k.sport, k.dport) ^ k.proto as u32)
     }
     #[inline(always)]
     fn same(a: &FlowKey4, b: &FlowKey4) -> bool {
@@ -206,7 +203,7 @@ impl Family for V6 {
     fn slot(k: &FlowKey6) -> u32 {
         let s = k.src[0] ^ k.src[1] ^ k.src[2] ^ k.src[3];
         let d = k.dst[0] ^ k.dst[1] ^ k.dst[2] ^ k.dst[3];
-        mix(s ^ d.rotate_left(11) ^ (((k.sport as u32) << 16) | k.dport as u32) ^ k.proto as u32)
+        mix(s ^ d.rotate_left(11) ^ ports_word(k.sport, k.dport) ^ k.proto as u32)
     }
     #[inline(always)]
     fn same(a: &FlowKey6, b: &FlowKey6) -> bool {
@@ -266,7 +263,8 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         // protocol) with ports 0: later fragments carry no ports, and all of them must
         // reach the backend that reassembles the datagram.
         let key = F::flow(&l3.src, &l3.dst, 0, 0, l3.proto);
-        if let Some(r) = established::<F>(ctx, &key, now, FWD_FRAGMENT) {
+        let slot = cache_index::<F>(&key);
+        if let Some(r) = established::<F>(ctx, &key, slot, now, FWD_FRAGMENT) {
             return r;
         }
         let svc = F::services()
@@ -274,25 +272,33 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             .ok_or(PASS_NO_SERVICE)?;
         // SAFETY: the daemon replaces values whole (map update), never in place.
         let id = unsafe { (*svc).id };
-        return new_flow::<F>(ctx, id, &key, l3, 0, now, FWD_FRAGMENT);
+        return new_flow::<F>(ctx, id, &key, slot, l3, 0, now, FWD_FRAGMENT);
     }
     let (sport, dport) = parse::ports(ctx, l3)?;
     let key = F::flow(&l3.src, &l3.dst, sport, dport, l3.proto);
-    if let Some(r) = established::<F>(ctx, &key, now, FWD_ESTABLISHED) {
+    let slot = cache_index::<F>(&key);
+    if let Some(r) = established::<F>(ctx, &key, slot, now, FWD_ESTABLISHED) {
         return r;
     }
     let id = service::<F>(l3, dport)?;
-    new_flow::<F>(ctx, id, &key, l3, sport, now, FWD_NEW_FLOW)
+    new_flow::<F>(ctx, id, &key, slot, l3, sport, now, FWD_NEW_FLOW)
 }
 
-/// The flow's slot in this CPU's cache, if the cache has one (a CPU beyond the map's
-/// size, which the loader makes impossible, simply runs uncached).
+/// The index of the flow's slot in this CPU's region of the cache. Computed once per
+/// packet and passed down as a number: a slot pointer kept that long ends up moved by a
+/// byte-wise copy, after which the verifier no longer knows it as a map value.
 #[inline(always)]
-fn cache_slot<F: Family>(key: &F::Flow) -> Option<*mut F::Cache> {
+fn cache_index<F: Family>(key: &F::Flow) -> u32 {
     let size = FLOW_CACHE_SIZE.load();
     // SAFETY: a helper without arguments or side effects.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let index = cpu.wrapping_mul(size) | (F::slot(key) & size.wrapping_sub(1));
+    cpu.wrapping_mul(size) | (F::slot(key) & size.wrapping_sub(1))
+}
+
+/// The slot at `index`, if the cache has one (a CPU beyond the map's size, which the loader
+/// makes impossible, simply runs uncached).
+#[inline(always)]
+fn cache_slot<F: Family>(index: u32) -> Option<*mut F::Cache> {
     F::cache().get_ptr_mut(index)
 }
 
@@ -330,10 +336,11 @@ fn send_established(
 fn established<F: Family>(
     ctx: &XdpContext,
     key: &F::Flow,
+    slot: u32,
     now: u32,
     reason: u32,
 ) -> Option<Result<u32, u32>> {
-    let cache = cache_slot::<F>(key);
+    let cache = cache_slot::<F>(slot);
     if let Some(c) = cache {
         // SAFETY: a slot of this CPU's region: only this CPU touches it, and the program
         // runs to its end on one CPU (XDP runs with migration disabled).
@@ -408,6 +415,7 @@ fn new_flow<F: Family>(
     ctx: &XdpContext,
     id: u32,
     key: &F::Flow,
+    slot: u32,
     l3: &L3,
     sport: u16,
     now: u32,
@@ -427,10 +435,7 @@ fn new_flow<F: Family>(
     if F::flows().insert(key, &value, 0).is_err() && may_log() {
         warn!(ctx, "flow table insert failed for service {}", id);
     }
-    // Found again rather than passed down from `established` (a few instructions): kept in
-    // a struct with the key, the pointer went through the compiler's byte-wise copy, after
-    // which the verifier no longer knows it as a map value and refuses the program.
-    if let Some(c) = cache_slot::<F>(key) {
+    if let Some(c) = cache_slot::<F>(slot) {
         // SAFETY: this CPU's slot, as in `established`.
         F::cache_fill(unsafe { &mut *c }, key, &value);
     }
@@ -452,10 +457,11 @@ fn schedule<F: Family>(
     if svc.ring_len == 0 {
         return Err(PASS_NO_BACKEND);
     }
-    let persist = svc.persist_timeout_s != 0;
-    let pkey = F::persist_key(&l3.src, &svc.persist_mask, svc.id);
-    if persist {
-        if let Some(t) = F::persist().get_ptr_mut(&pkey) {
+    // The client's persistence template key, when the service has persistence.
+    let pkey =
+        (svc.persist_timeout_s != 0).then(|| F::persist_key(&l3.src, &svc.persist_mask, svc.id));
+    if let Some(pkey) = &pkey {
+        if let Some(t) = F::persist().get_ptr_mut(pkey) {
             // SAFETY: as for flows.
             let t = unsafe { &mut *t };
             if now.wrapping_sub(t.last_seen) <= svc.persist_timeout_s {
@@ -472,7 +478,7 @@ fn schedule<F: Family>(
 
     let ring_size = RING_SIZE.load();
     if svc.ring_len > ring_size {
-        return Err(map_error(ctx, svc.id, svc.ring_len));
+        return Err(ring_error(ctx, svc.id, svc.ring_len));
     }
     let slot = match svc.sched {
         SCHED_SH | SCHED_MH => {
@@ -485,7 +491,7 @@ fn schedule<F: Family>(
         }
         _ => {
             let Some(pos) = RR_STATE.get_ptr_mut(svc.id) else {
-                return Err(map_error(ctx, svc.id, svc.ring_len));
+                return Err(ring_error(ctx, svc.id, svc.ring_len));
             };
             // SAFETY: per-CPU slot: no other CPU reads or writes it, so there is no
             // read-modify-write race to lose a step to.
@@ -505,18 +511,31 @@ fn schedule<F: Family>(
     if b.flags & BACKEND_F_PRESENT == 0 || b.flags & BACKEND_F_DRAINING != 0 {
         return Err(map_error(ctx, svc.id, slot));
     }
-    if persist {
+    if let Some(pkey) = &pkey {
         let t = FlowValue {
             backend: id,
             generation: b.generation,
             service: svc.id,
             last_seen: now,
         };
-        let _ = F::persist().insert(&pkey, &t, 0);
+        let _ = F::persist().insert(pkey, &t, 0);
     }
     Ok((id, b))
 }
 
+/// A service whose ring length the maps cannot hold (or without its rr position).
+#[inline(never)]
+fn ring_error(ctx: &XdpContext, service: u32, ring_len: u32) -> u32 {
+    if may_log() {
+        warn!(
+            ctx,
+            "service {}: ring length {} does not fit the maps", service, ring_len
+        );
+    }
+    PASS_MAP_ERROR
+}
+
+/// A ring slot naming no usable backend: user space wrote the maps in the wrong order.
 #[inline(never)]
 fn map_error(ctx: &XdpContext, service: u32, slot: u32) -> u32 {
     if may_log() {
@@ -574,7 +593,5 @@ fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         return Err(PASS_INACTIVE);
     }
     let b = live_backend(e.backend, e.generation).ok_or(PASS_ICMP_NO_FLOW)?;
-    rewrite_macs(ctx, &b.mac)?;
-    count_forward(ctx, e.service, e.backend, false);
-    Ok(FWD_ICMP)
+    send_established(ctx, b, e, FWD_ICMP)
 }

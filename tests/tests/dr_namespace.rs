@@ -320,28 +320,9 @@ fn sorry_server_while_the_quorum_is_lost() {
             "  [[virtual_server.real_server]]\n  ip = \"{ip}\"\n  port = 80\n  weight = 1\n{check}"
         );
     }
-    // start_daemon waits for 2 x servers MAC lines (v4 + v6 in the lab's own configs); this
-    // one resolves three (two real servers and the sorry server): wait for those instead.
-    let cfg = lab.lb().dir().join("lb.toml");
-    std::fs::write(
-        &cfg,
-        lb_tests::lab::with_control_socket(&config, lab.lb().dir()),
-    )
-    .unwrap();
-    let bin = lb_tests::lab::daemon_bin().unwrap();
-    let daemon = lab
-        .lb()
-        .spawn(&[
-            bin.to_str().unwrap(),
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .unwrap();
-    lb_tests::netns::wait_until("three MACs resolved", Duration::from_secs(10), || {
-        daemon.read_stderr().matches("backend MAC resolved").count() >= 3
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    // Three MACs to resolve: two real servers and the sorry server.
+    let (daemon, _) = lb_tests::lab::start_daemon_resolving(&lab, &config, "skb", 3)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     lb_tests::netns::wait_until("rs1 and rs2 serving", Duration::from_secs(5), || {
         lab.curl_batch("192.0.2.100", 10).is_ok_and(|b| {
             let c = counts(&b);

@@ -223,11 +223,7 @@ impl VirtualServer {
     /// How logs, status and `track_virtual_server` name the service: `VIP:PORT/TCP`, with
     /// an IPv6 VIP in brackets.
     pub fn name(&self) -> String {
-        let proto = match self.proto {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-        };
-        format!("{}/{proto}", SocketAddr::new(self.vip, self.port))
+        crate::health::service_name(&(self.vip, self.port, self.proto))
     }
 
     /// keepalived's quorum with hysteresis: a service that has its quorum keeps it while the
@@ -248,6 +244,17 @@ pub struct RealServer {
     pub weight: u32,
     /// Its health checks; none means always healthy (keepalived without a checker).
     pub checks: check::Checks,
+}
+
+impl RealServer {
+    /// The weight it serves with given its checks' verdict (up, dynamic weight), or `None`
+    /// while it fails them. No verdict yet counts as up.
+    pub fn healthy_weight(&self, verdict: Option<(bool, Option<u32>)>) -> Option<u32> {
+        match verdict.unwrap_or((true, None)) {
+            (true, dynamic) => Some(dynamic.unwrap_or(self.weight)),
+            (false, _) => None,
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -363,7 +370,8 @@ impl Config {
             &raw.vrrp_sync_group,
         )?;
         if let Some(m) = &raw.global_defs.metrics_address {
-            if !m.get_ref().ip().is_loopback() {
+            // The metrics server's own rule, so that `check` and `run` agree.
+            if crate::metrics::check_addr(*m.get_ref(), false).is_err() {
                 return Err(cx.invalid(
                     m.span(),
                     "global_defs.metrics_address",
@@ -461,20 +469,22 @@ impl Config {
                     .real_servers
                     .iter()
                     .map(|rs| {
-                        let (up, dynamic) = health_of(vs, rs).unwrap_or((true, None));
                         let mac = mac_of(rs.addr.ip());
-                        match (up, rs.checks.inhibit_on_failure) {
-                            (true, _) => BackendSpec {
+                        match (
+                            rs.healthy_weight(health_of(vs, rs)),
+                            rs.checks.inhibit_on_failure,
+                        ) {
+                            (Some(weight), _) => BackendSpec {
                                 addr: rs.addr,
-                                weight: dynamic.unwrap_or(rs.weight),
+                                weight,
                                 mac,
                             },
-                            (false, true) => BackendSpec {
+                            (None, true) => BackendSpec {
                                 addr: rs.addr,
                                 weight: 0,
                                 mac,
                             },
-                            (false, false) => BackendSpec {
+                            (None, false) => BackendSpec {
                                 addr: rs.addr,
                                 weight: 0,
                                 mac: None,

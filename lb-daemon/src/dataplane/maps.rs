@@ -154,13 +154,6 @@ fn kernel(
     move |source| MapWriteError::Kernel { map, op, source }
 }
 
-/// Counters summed over CPUs.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    /// Indexed by `lb_common::reason`.
-    pub reasons: Vec<ReasonCounters>,
-}
-
 impl BpfMaps {
     /// Takes the maps out of a loaded program.
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {

@@ -24,6 +24,14 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// As keepalived and ipvsadm write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        }
+    }
+
     pub fn number(self) -> u8 {
         match self {
             Proto::Tcp => lb_common::PROTO_TCP,

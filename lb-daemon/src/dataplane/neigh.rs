@@ -389,8 +389,8 @@ pub fn parse_neigh_messages(buf: &[u8]) -> Result<NeighBatch, NeighError> {
     Ok(batch)
 }
 
-/// The MAC to forward to, if the entry has a usable one: the state is exactly one of
-/// `REACHABLE`, `STALE`, `DELAY`, `PROBE`, `PERMANENT`, `NOARP` (the kernel's
+/// The MAC to forward to, if the entry has a usable one: the state has one of
+/// `REACHABLE`, `STALE`, `DELAY`, `PROBE`, `PERMANENT`, `NOARP` set (the kernel's
 /// `NUD_VALID`; `STALE`/`DELAY`/`PROBE` still hold the last known address), and the
 /// MAC is neither all-zero nor a group address (I/G bit set: multicast/broadcast, as
 /// in `NOARP` entries for multicast or broadcast IPs, never a backend).

@@ -278,11 +278,12 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
     Ok(out)
 }
 
-/// Writes `next` over `prev`: new and changed backends first; then service state (a
-/// shrinking ring is shortened before its slots change), ring slots, and the keys that lead
-/// to the services; then keys, service slots and backends that are gone. At every step each
-/// ring slot the program can reach names a present backend, and each key names a service
-/// whose state is written.
+/// Writes `next` over `prev`: new and changed backends that may take new flows first; then
+/// the `ring_len` of shrinking services, the changed ring slots, the full service state,
+/// and the keys that lead to the services; then gone keys and service slots, backends that
+/// stopped being usable (now named by no ring), and gone backends. At every step each ring
+/// slot the program can reach names a usable backend, and each key names a service whose
+/// state is written.
 fn apply(
     prev: &Desired,
     next: &Desired,

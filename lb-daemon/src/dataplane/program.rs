@@ -5,7 +5,7 @@ use aya::{
 };
 use lb_common::{names, DEFAULT_FLOW_CACHE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST};
 
-use super::plan::Limits;
+use super::{plan::Limits, xdp_link::Mode};
 
 /// The XDP object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
@@ -125,8 +125,7 @@ pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
 }
 
 /// How to attach: the driver's native XDP, the generic (skb) path, or native with a fallback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     Native,
     Skb,
@@ -147,28 +146,41 @@ impl std::str::FromStr for AttachMode {
     }
 }
 
+impl AttachMode {
+    /// The modes to try, in order: `auto` is native with a fallback to skb.
+    pub fn modes(self) -> &'static [Mode] {
+        match self {
+            AttachMode::Native => &[Mode::Native],
+            AttachMode::Skb => &[Mode::Skb],
+            AttachMode::Auto => &[Mode::Native, Mode::Skb],
+        }
+    }
+}
+
 /// Attaches the loaded program to `iface`; returns the mode it runs in. The attachment is a
 /// bpf_link owned by this process: it goes away when the process does, even on SIGKILL.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<&'static str, LoadError> {
     let prog = xdp(ebpf)?;
-    let try_mode = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
-        prog.attach(iface, m)
-            .map(|_| name)
-            .map_err(|source| LoadError::Attach {
-                iface: iface.to_string(),
-                mode: name,
-                source,
-            })
-    };
-    match mode {
-        AttachMode::Native => try_mode(prog, XdpMode::Driver, "native"),
-        AttachMode::Skb => try_mode(prog, XdpMode::Skb, "skb"),
-        AttachMode::Auto => match try_mode(prog, XdpMode::Driver, "native") {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                tracing::warn!("native XDP unavailable ({e}), falling back to skb mode");
-                try_mode(prog, XdpMode::Skb, "skb")
+    let mut last = None;
+    for &m in mode.modes() {
+        let flags = if m == Mode::Native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        match prog.attach(iface, flags) {
+            Ok(_) => return Ok(m.name()),
+            Err(source) => {
+                let e = LoadError::Attach {
+                    iface: iface.to_string(),
+                    mode: m.name(),
+                    source,
+                };
+                tracing::warn!("{e}");
+                last = Some(e);
             }
-        },
+        }
     }
+    // `modes()` is never empty: there is always a last error.
+    Err(last.unwrap_or(LoadError::NoProgram(names::PROGRAM)))
 }

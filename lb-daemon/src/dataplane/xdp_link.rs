@@ -9,8 +9,8 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::netlink::{
-    attributes, split_family_header, MessageBuilder, NetlinkError, RouteSocket, AF_UNSPEC,
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    attributes, put_attr, split_family_header, MessageBuilder, NetlinkError, RouteSocket,
+    AF_UNSPEC, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 
 const RTM_NEWLINK: u16 = 16;
@@ -76,14 +76,8 @@ fn ifinfomsg(ifindex: u32) -> [u8; IFINFOMSG_LEN] {
 /// `RTM_SETLINK` giving `ifindex` the program `fd` (-1: none) in `mode`.
 pub fn encode_set(seq: u32, ifindex: u32, fd: i32, mode: Mode) -> Vec<u8> {
     let mut nested = Vec::new();
-    for (t, v) in [
-        (IFLA_XDP_FD, fd.to_ne_bytes()),
-        (IFLA_XDP_FLAGS, mode.flags().to_ne_bytes()),
-    ] {
-        nested.extend_from_slice(&8u16.to_ne_bytes());
-        nested.extend_from_slice(&t.to_ne_bytes());
-        nested.extend_from_slice(&v);
-    }
+    put_attr(&mut nested, IFLA_XDP_FD, &fd.to_ne_bytes());
+    put_attr(&mut nested, IFLA_XDP_FLAGS, &mode.flags().to_ne_bytes());
     let mut msg = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
     msg.push_bytes(&ifinfomsg(ifindex))
         .push_attr(IFLA_XDP | NLA_F_NESTED, &nested);

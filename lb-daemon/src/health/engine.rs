@@ -175,8 +175,8 @@ impl Engine {
     }
 
     /// Announces `key`'s state if it changed: always when up/down changes, and a weight
-    /// change while up. Hooks run on up/down changes when `hooks`.
-    fn announce(&mut self, key: &BackendKey, hooks: bool, out: &mut Vec<Output>) {
+    /// change while up. Hooks run on up/down changes.
+    fn announce(&mut self, key: &BackendKey, out: &mut Vec<Output>) {
         let Some(b) = self.backends.get(key) else {
             return;
         };
@@ -193,7 +193,7 @@ impl Engine {
         };
         out.push(Output::Event(event.clone()));
         let hook = if up { &b.notify_up } else { &b.notify_down };
-        if hooks && up != was_up {
+        if up != was_up {
             if let Some(argv) = hook {
                 out.push(Output::Hook {
                     argv: argv.clone(),
@@ -282,7 +282,7 @@ impl Engine {
             if let Some(b) = self.backends.get_mut(&key) {
                 b.checks = kept;
             }
-            self.announce(&key, true, &mut out);
+            self.announce(&key, &mut out);
         }
         out
     }
@@ -348,7 +348,7 @@ impl Engine {
                 b.weight = weight;
             }
         }
-        self.announce(&key, true, &mut out);
+        self.announce(&key, &mut out);
         out
     }
 

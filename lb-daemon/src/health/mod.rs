@@ -144,11 +144,7 @@ pub enum HealthError {
 
 /// `192.0.2.1:80/TCP`, `[2001:db8::1]:80/UDP`.
 pub fn service_name(s: &ServiceKey) -> String {
-    let proto = match s.2 {
-        Proto::Tcp => "TCP",
-        Proto::Udp => "UDP",
-    };
-    format!("{}/{proto}", SocketAddr::new(s.0, s.1))
+    format!("{}/{}", SocketAddr::new(s.0, s.1), s.2.name())
 }
 
 /// The engine's view of `config`, and the user hooks run as. Resolves every user and, with

@@ -111,7 +111,8 @@
 //!
 //! * Apply outputs in order. [`Output::SendAdvert`] comes before [`Output::BecomeMaster`] so the
 //!   old master drops the VIPs before our gratuitous ARPs/NAs go out (keepalived's order).
-//! * Keep one sleeping timer per instance; on [`Output::SetTimer`] replace it. When it fires,
+//! * Keep one pending timer per instance (the runtime arms one timerfd per unit, at the
+//!   earliest of its instances'); on [`Output::SetTimer`] replace it. When it fires,
 //!   compute `now` from the same epoch and call `handle(Input::TimerExpired(timer), now)`.
 //! * Adverts carry the configured `advert_interval` as Max Advertise Interval (v3) or Adver Int
 //!   in seconds (v2), and the priority from [`Output::SendAdvert`].
@@ -156,11 +157,6 @@ impl Time {
     /// The time since the epoch.
     pub const fn as_duration(self) -> Duration {
         self.0
-    }
-
-    /// How long after `earlier` this is, zero if it is not after it.
-    pub fn saturating_since(self, earlier: Time) -> Duration {
-        self.0.saturating_sub(earlier.0)
     }
 
     fn saturating_sub(self, d: Duration) -> Time {
@@ -554,11 +550,6 @@ impl Instance {
 
     pub fn effective_priority(&self) -> u8 {
         self.effective_priority
-    }
-
-    /// The last tracking weight sum received.
-    pub fn track_weight(&self) -> i32 {
-        self.track_weight
     }
 
     /// v3: learned from the master's adverts; v2: always the configured interval.

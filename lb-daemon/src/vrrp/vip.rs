@@ -553,10 +553,8 @@ impl AddressSocket {
                 label: None,
             };
             match self.delete(&vip).await {
-                Ok(true) => {
-                    warn!(vip = %vip, "removed virtual address left over from a previous run");
-                    removed.push(entry);
-                }
+                // The caller logs what was removed.
+                Ok(true) => removed.push(entry),
                 Ok(false) => {}
                 Err(e) => {
                     warn!(error = %e, "could not remove a leftover virtual address");
