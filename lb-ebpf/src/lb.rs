@@ -396,17 +396,20 @@ fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32) -> bo
     true
 }
 
-/// The service for (VIP, port, protocol), else the VIP's all-ports service.
+/// The service for (VIP, port, protocol), else the VIP's all-ports service. A whole packet
+/// never takes a fragments-only entry, whichever lookup finds it (a packet to port 0 finds
+/// it at the first).
 #[inline(always)]
 fn service<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
-    // SAFETY (both reads): the daemon replaces values whole, never in place.
-    if let Some(r) = F::services().get_ptr(F::svc(&l3.dst, port, l3.proto)) {
-        return Ok(unsafe { (*r).id });
-    }
-    match F::services().get_ptr(F::svc(&l3.dst, 0, l3.proto)) {
-        Some(r) if unsafe { (*r).flags } & SVC_REF_F_FRAG_ONLY == 0 => Ok(unsafe { (*r).id }),
-        _ => Err(PASS_NO_SERVICE),
-    }
+    let whole_packet = |svc: F::Svc| {
+        let r = F::services().get_ptr(svc)?;
+        // SAFETY: the daemon replaces values whole, never in place.
+        let r = unsafe { &*r };
+        (r.flags & SVC_REF_F_FRAG_ONLY == 0).then_some(r.id)
+    };
+    whole_packet(F::svc(&l3.dst, port, l3.proto))
+        .or_else(|| whole_packet(F::svc(&l3.dst, 0, l3.proto)))
+        .ok_or(PASS_NO_SERVICE)
 }
 
 /// The long path for a packet of service `id`: choose a backend, remember the flow, send.

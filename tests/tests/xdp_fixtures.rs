@@ -343,6 +343,14 @@ fn non_service_traffic_passes_untouched() {
         &tcp4_to(VIP4, 5000, 81, TCP_SYN),
         PASS_NO_SERVICE,
     );
+    // Port 0 is where the fragments-only entry of the VIP's lowest-port service sits:
+    // a whole packet must not take it.
+    check(
+        &mut h,
+        "VIP, whole packet to port 0",
+        &tcp4_to(VIP4, 5000, 0, TCP_SYN),
+        PASS_NO_SERVICE,
+    );
     let gre_ip = Ipv4::new(CLIENT4, VIP4, 47);
     let gre = ether(
         LB_MAC,
