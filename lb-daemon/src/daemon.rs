@@ -592,7 +592,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 if metrics_on {
-                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &health));
+                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot()));
                 }
             }
             _ = hup.recv() => {
@@ -602,7 +602,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             }
             Some(call) = ctl_rx.recv() => match call.request {
                 Request::Status => {
-                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &health);
+                    // The checkers' current view: `health` moves only on up/down changes,
+                    // while status also shows whether a check has run, its latency, its error.
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot());
                     call.reply(Response::status(snap));
                 }
                 Request::Reload => {

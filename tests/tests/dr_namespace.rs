@@ -195,6 +195,16 @@ fn tcp_check_removes_and_restores_a_real_server() {
     let (daemon, _) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
     let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
     assert_shares("all three up", &counts(&bodies), [1, 1, 1], 30);
+    // Status follows every probe (its latency), not only the up/down changes.
+    let latency = || status_json(&lab)["services"][0]["backends"][0]["check_latency_ms"].as_f64();
+    let first = latency();
+    assert!(first.is_some(), "{}", status_json(&lab));
+    lb_tests::netns::wait_until(
+        "a later probe's latency in status",
+        Duration::from_secs(5),
+        || latency() != first,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {}", status_json(&lab)));
 
     // Stop rs2's nginx: the check notices, and the server leaves the rotation.
     lab.nginx(2).signal(libc::SIGKILL).unwrap();
