@@ -23,6 +23,11 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 
+/// `bpf_map_update_elem` flags, and its answer when BPF_NOEXIST finds the key.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
 /// The per-family maps and keys.
 trait Family {
     type Flow: 'static;
@@ -272,16 +277,23 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             .ok_or(PASS_NO_SERVICE)?;
         // SAFETY: the daemon replaces values whole (map update), never in place.
         let id = unsafe { (*svc).id };
-        return new_flow::<F>(ctx, id, &key, slot, l3, 0, now, FWD_FRAGMENT);
+        return new_flow::<F>(ctx, id, &key, slot, l3, 0, now, FWD_FRAGMENT, false);
     }
-    let (sport, dport) = parse::ports(ctx, l3)?;
-    let key = F::flow(&l3.src, &l3.dst, sport, dport, l3.proto);
+    let l4 = parse::ports(ctx, l3)?;
+    let key = F::flow(&l3.src, &l3.dst, l4.sport, l4.dport, l3.proto);
     let slot = cache_index::<F>(&key);
+    if l4.syn && l4.sport == 1 && l4.dport == 0xffff {
+        // A connection's opening SYN is almost always a new flow: schedule first, and let
+        // the insert, which walks the flow's bucket anyway, say whether the flow exists
+        // (see `new_flow`). That skips a cache probe and a table lookup, both cache misses.
+        let id = service::<F>(l3, l4.dport)?;
+        return new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, now, FWD_NEW_FLOW, true);
+    }
     if let Some(r) = established::<F>(ctx, &key, slot, now, FWD_ESTABLISHED) {
         return r;
     }
-    let id = service::<F>(l3, dport)?;
-    new_flow::<F>(ctx, id, &key, slot, l3, sport, now, FWD_NEW_FLOW)
+    let id = service::<F>(l3, l4.dport)?;
+    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, now, FWD_NEW_FLOW, false)
 }
 
 /// The index of the flow's slot in this CPU's region of the cache. Computed once per
@@ -413,7 +425,13 @@ fn service<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
 }
 
 /// The long path for a packet of service `id`: choose a backend, remember the flow, send.
+///
+/// `syn`: the packet opens a TCP connection, and no lookup has been made. The flow is then
+/// inserted only if absent; one that exists (a retransmitted SYN, a client reusing the
+/// port of a live connection) keeps its backend, as the lookup would have given it: the
+/// rr step taken for it is handed back and no persistence template is written for it.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn new_flow<F: Family>(
     ctx: &XdpContext,
     id: u32,
@@ -423,20 +441,44 @@ fn new_flow<F: Family>(
     sport: u16,
     now: u32,
     reason: u32,
+    syn: bool,
 ) -> Result<u32, u32> {
     let svc = SERVICE_INFO.get(id).ok_or(PASS_NO_SERVICE)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(PASS_INACTIVE);
     }
-    let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now)?;
+    let mut fresh = false;
+    let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now, &mut fresh)?;
     let value = FlowValue {
         backend,
         generation: b.generation,
         service: id,
         last_seen: now,
     };
-    if F::flows().insert(key, &value, 0).is_err() && may_log() {
-        warn!(ctx, "flow table insert failed for service {}", id);
+    let flags = if syn { BPF_NOEXIST } else { BPF_ANY };
+    match F::flows().insert(key, &value, flags) {
+        Ok(()) => {}
+        Err(e) if syn && e == -EEXIST => {
+            if let Some(r) = established::<F>(ctx, key, slot, now, FWD_ESTABLISHED) {
+                if fresh && svc.sched != SCHED_SH && svc.sched != SCHED_MH {
+                    unstep_rr(svc.id);
+                }
+                return r;
+            }
+            // The entry is stale (its backend gone, or idle too long): the new choice
+            // replaces it.
+            let _ = F::flows().insert(key, &value, BPF_ANY);
+        }
+        Err(_) => {
+            if may_log() {
+                warn!(ctx, "flow table insert failed for service {}", id);
+            }
+        }
+    }
+    if fresh && svc.persist_timeout_s != 0 {
+        // The client had no live template: this choice becomes it.
+        let pkey = F::persist_key(&l3.src, &svc.persist_mask, svc.id);
+        let _ = F::persist().insert(&pkey, &value, 0);
     }
     if let Some(c) = cache_slot::<F>(slot) {
         // SAFETY: this CPU's slot, as in `established`.
@@ -447,8 +489,19 @@ fn new_flow<F: Family>(
     Ok(reason)
 }
 
+/// Takes back the rr/wrr step `schedule` made for a flow that turned out to exist.
+#[inline(always)]
+fn unstep_rr(service: u32) {
+    if let Some(pos) = RR_STATE.get_ptr_mut(service) {
+        // SAFETY: this CPU's slot, as in `schedule`.
+        unsafe { *pos = (*pos).wrapping_sub(1) };
+    }
+}
+
 /// Pick a backend for a new flow: the client's persistence template if it has a live one,
-/// else the scheduler's ring slot.
+/// else the scheduler's ring slot, which sets `fresh` (the caller then writes the template
+/// and, for rr/wrr, may hand the step back). An out-parameter rather than a richer return
+/// value: a struct holding the backend's pointer gets spilled in a way the verifier refuses.
 #[inline(always)]
 fn schedule<F: Family>(
     ctx: &XdpContext,
@@ -456,15 +509,14 @@ fn schedule<F: Family>(
     l3: &L3,
     sport: u16,
     now: u32,
+    fresh: &mut bool,
 ) -> Result<(u32, &'static BackendValue), u32> {
     if svc.ring_len == 0 {
         return Err(PASS_NO_BACKEND);
     }
-    // The client's persistence template key, when the service has persistence.
-    let pkey =
-        (svc.persist_timeout_s != 0).then(|| F::persist_key(&l3.src, &svc.persist_mask, svc.id));
-    if let Some(pkey) = &pkey {
-        if let Some(t) = F::persist().get_ptr_mut(pkey) {
+    if svc.persist_timeout_s != 0 {
+        let pkey = F::persist_key(&l3.src, &svc.persist_mask, svc.id);
+        if let Some(t) = F::persist().get_ptr_mut(&pkey) {
             // SAFETY: as for flows.
             let t = unsafe { &mut *t };
             if now.wrapping_sub(t.last_seen) <= svc.persist_timeout_s {
@@ -514,15 +566,7 @@ fn schedule<F: Family>(
     if b.flags & BACKEND_F_PRESENT == 0 || b.flags & BACKEND_F_DRAINING != 0 {
         return Err(map_error(ctx, svc.id, slot));
     }
-    if let Some(pkey) = &pkey {
-        let t = FlowValue {
-            backend: id,
-            generation: b.generation,
-            service: svc.id,
-            last_seen: now,
-        };
-        let _ = F::persist().insert(pkey, &t, 0);
-    }
+    *fresh = true;
     Ok((id, b))
 }
 

@@ -107,8 +107,18 @@ fn ipv6_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv6Field
         version: h[0].to_ne_bytes()[0] >> 4,
         payload_len: u16::from_be(h[2]),
         next: h[3].to_ne_bytes()[0],
-        src: [join(h[4], h[5]), join(h[6], h[7]), join(h[8], h[9]), join(h[10], h[11])],
-        dst: [join(h[12], h[13]), join(h[14], h[15]), join(h[16], h[17]), join(h[18], h[19])],
+        src: [
+            join(h[4], h[5]),
+            join(h[6], h[7]),
+            join(h[8], h[9]),
+            join(h[10], h[11]),
+        ],
+        dst: [
+            join(h[12], h[13]),
+            join(h[14], h[15]),
+            join(h[16], h[17]),
+            join(h[18], h[19]),
+        ],
     })
 }
 
@@ -127,6 +137,18 @@ pub struct L3 {
     pub fragment: bool,
     /// A fragment other than the first: no upper-layer header.
     pub later_fragment: bool,
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// What the transport-layer parse found. Ports stay in network byte order, as in the keys.
+pub struct L4 {
+    pub sport: u16,
+    pub dport: u16,
+    /// A TCP segment that opens a connection: SYN without ACK or RST.
+    pub syn: bool,
 }
 
 /// Ethernet and at most one 802.1Q tag: returns (ethertype, offset of the L3 header).
@@ -235,16 +257,32 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     }
 }
 
-/// Source and destination ports of a TCP or UDP header (network byte order), after checking
-/// that the whole fixed header lies inside the IP payload.
+/// The ports of a TCP or UDP header, and whether a TCP segment opens a connection, after
+/// checking that the whole fixed header lies inside the IP payload.
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<(u16, u16), u32> {
-    let hlen = if l3.proto == PROTO_TCP { 20 } else { 8 };
-    if l3.l4_off + hlen > l3.l3_end {
+pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, u32> {
+    if l3.proto == PROTO_TCP {
+        if l3.l4_off + 20 > l3.l3_end {
+            return Err(DROP_MALFORMED_L4);
+        }
+        let p = words::<2>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
+        // Data offset and flags (RFC 9293 §3.1), the flags in the second byte.
+        let flags = words::<1>(ctx, l3.l4_off + 12, DROP_MALFORMED_L4)?[0].to_ne_bytes()[1];
+        return Ok(L4 {
+            sport: p[0],
+            dport: p[1],
+            syn: flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
+        });
+    }
+    if l3.l4_off + 8 > l3.l3_end {
         return Err(DROP_MALFORMED_L4);
     }
     let p = words::<2>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
-    Ok((p[0], p[1]))
+    Ok(L4 {
+        sport: p[0],
+        dport: p[1],
+        syn: false,
+    })
 }
 
 /// Type and code of an ICMP or ICMPv6 header, whose fixed part is 8 bytes.

@@ -58,4 +58,3 @@ pub fn may_log() -> bool {
     }
     true
 }
-

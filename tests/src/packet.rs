@@ -70,6 +70,7 @@ pub fn tcp(addrs: Addrs, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> V
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_RST: u8 = 0x04;
 
 /// UDP datagram with `payload`, checksummed for `addrs`.
 pub fn udp(addrs: Addrs, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

@@ -212,6 +212,60 @@ fn forwards_new_and_established_flows_v4_v6_tcp_udp() {
     }
 }
 
+/// An opening SYN is inserted without a lookup first (`lb.rs`, `new_flow`): one that finds
+/// its flow already there (a retransmission, a reused port) must still keep the flow's
+/// backend, count as established, and hand back the rr step it took.
+#[test]
+fn retransmitted_syn_keeps_its_backend_and_the_rr_order() {
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    assert_eq!(check(&mut h, "syn", &tcp4(1500), FWD_NEW_FLOW), Some(0));
+    for _ in 0..3 {
+        let again = check(&mut h, "syn retransmitted", &tcp4(1500), FWD_ESTABLISHED);
+        assert_eq!(again, Some(0));
+    }
+    assert_eq!(
+        check(
+            &mut h,
+            "next flow, rr not skipped",
+            &tcp4(1501),
+            FWD_NEW_FLOW
+        ),
+        Some(1)
+    );
+    // SYN+ACK and RST+SYN are no opening SYNs: a flow's ordinary packets, looked up first.
+    for flags in [TCP_SYN | TCP_ACK, TCP_SYN | TCP_RST] {
+        let f = tcp4_to(VIP4, 1500, 80, flags);
+        assert_eq!(
+            check(&mut h, "syn with ack/rst", &f, FWD_ESTABLISHED),
+            Some(0)
+        );
+    }
+    // A first packet that is no SYN (a flow from before a failover) is a new flow too.
+    let ack = tcp4_to(VIP4, 1502, 80, TCP_ACK);
+    assert_eq!(
+        check(&mut h, "ack of an unknown flow", &ack, FWD_NEW_FLOW),
+        Some(2)
+    );
+    assert_eq!(
+        check(&mut h, "its syn later", &tcp4(1502), FWD_ESTABLISHED),
+        Some(2)
+    );
+    // IPv6 takes the same path.
+    let first = check(&mut h, "syn6", &tcp6(2500), FWD_NEW_FLOW);
+    assert_eq!(
+        check(&mut h, "syn6 again", &tcp6(2500), FWD_ESTABLISHED),
+        first
+    );
+    let next = check(&mut h, "next syn6", &tcp6(2501), FWD_NEW_FLOW);
+    assert_eq!(
+        next.map(|i| (i + 2) % 3),
+        first,
+        "rr order after a retransmitted syn6"
+    );
+}
+
 #[test]
 fn vlan_ip_options_and_ipv6_extension_headers() {
     let Some(mut h) = harness(&specs()) else {
