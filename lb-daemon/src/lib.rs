@@ -4,6 +4,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod import;
 pub mod metrics;
 pub mod netlink;
 pub mod sdnotify;

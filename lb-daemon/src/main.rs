@@ -44,6 +44,21 @@ enum Cmd {
         #[arg(long, short = 'f', default_value = "/etc/lb-daemon/lb.toml")]
         config: PathBuf,
     },
+    /// Convert a keepalived.conf (and what it includes) into lb-daemon's TOML. Lists what
+    /// lb-daemon does not support, and writes nothing then unless --allow-unsupported.
+    ImportKeepalived {
+        /// The keepalived configuration, e.g. /etc/keepalived/keepalived.conf.
+        file: PathBuf,
+        /// Where to write the TOML (default: standard output).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Import without what is not supported (still listed, and kept as comments).
+        #[arg(long)]
+        allow_unsupported: bool,
+        /// The interface XDP runs on (default: the one where the virtual servers' VIPs are).
+        #[arg(long)]
+        interface: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +85,12 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::ImportKeepalived {
+            file,
+            output,
+            allow_unsupported,
+            interface,
+        } => lb_daemon::import::cli(&file, output.as_deref(), allow_unsupported, interface),
         Cmd::Status { json, rate, socket } => {
             let out = if rate && !json {
                 lb_daemon::control::cli_status_rate(&socket, std::time::Duration::from_secs(1))?

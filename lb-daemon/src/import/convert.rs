@@ -1,0 +1,2107 @@
+//! keepalived's statements to lb-daemon's TOML document.
+//!
+//! Each supported keyword becomes its TOML key (keepalived's names are lb-daemon's); what
+//! lb-daemon does not support is recorded, with its position and why, and left in the output as
+//! a comment. Three things need more than a rename, and each is commented where it is done:
+//!
+//! * **Inheritance.** keepalived's "the virtual server setting is the default for real
+//!   servers, and the real server setting is the default for checkers" for `retry`,
+//!   `delay_before_retry`, `warmup`, `connect_timeout`, `virtualhost`, `inhibit_on_failure` and
+//!   `weight`: lb-daemon reads these per check (or per real server), so they are copied down to
+//!   every check or real server that does not set its own. A sync group's unweighted
+//!   `track_interface`/`track_script` are copied to its members (the group faults together
+//!   either way).
+//! * **Defaults.** Where keepalived's default differs from lb-daemon's, or lb-daemon has none,
+//!   the output states keepalived's value with a comment saying so (see [`super`]).
+//! * **Values lb-daemon cannot express** (a scheduler it does not have, NAT, `reverse`
+//!   tracking, shell quoting inside a command line) are errors at their position: dropping
+//!   them would change what the configuration does.
+//!
+//! Ranges are left to `lb-daemon`'s own checks, which run on the output and whose errors are
+//! reported at the keepalived position of the value (see `mod.rs`); here values are only
+//! checked for their form (a number, an address) and their type's range.
+use std::net::IpAddr;
+
+use super::{
+    emit::{Child, Doc, Elem, Entry, Section, Table, Value},
+    keywords::{self, Ctx},
+    parse::{Block, Comment, File, Stmt, Word},
+    source::{Sources, Span},
+    Diag, Options,
+};
+
+/// keepalived's `IPVS_SVC_PERSISTENT_TIMEOUT`: `persistence_timeout` without a value, and the
+/// timeout keepalived sets when `persistence_granularity` or port 0 needs persistence.
+const DEFAULT_PERSISTENCE_TIMEOUT: i64 = 360;
+/// keepalived's `VRRP_PRIO_DFL` and `VRRP_PRIO_OWNER`.
+const DEFAULT_PRIORITY: i64 = 100;
+const OWNER_PRIORITY: i64 = 255;
+
+/// Something keepalived.conf says that lb-daemon does not support.
+#[derive(Debug, Clone)]
+pub(crate) struct Unsupported {
+    pub span: Span,
+    /// The block it is in: `vrrp_instance VI_1`.
+    pub block: String,
+    /// How it was written.
+    pub written: String,
+    pub reason: String,
+}
+
+pub(crate) struct Converted {
+    pub doc: Doc,
+    pub unsupported: Vec<Unsupported>,
+}
+
+/// What an instance's defaults and the cross-block checks need to know of it.
+struct Instance {
+    table: Table,
+    name: String,
+    span: Span,
+    state: Option<String>,
+    priority: Option<i64>,
+    interface: Option<String>,
+    /// Each virtual address and its `dev`.
+    vips: Vec<(IpAddr, Option<String>)>,
+    /// `track_script` entries with an explicit `weight 0`.
+    zero_weight_scripts: Vec<(String, Span)>,
+}
+
+struct Group {
+    table: Table,
+    members: Vec<String>,
+    /// Unweighted `track_interface`/`track_script` entries, to copy to the members.
+    tracks: Vec<(&'static str, Elem)>,
+}
+
+struct Server {
+    table: Table,
+    vip: IpAddr,
+    span: Span,
+}
+
+/// Settings a virtual or real server passes down (keepalived's inheritance).
+#[derive(Default, Clone)]
+struct Inherited {
+    /// (TOML key, value, where it was set, which block set it).
+    items: Vec<(&'static str, Value, Span, &'static str)>,
+}
+
+impl Inherited {
+    fn get(&self, key: &str) -> Option<&(&'static str, Value, Span, &'static str)> {
+        self.items.iter().find(|i| i.0 == key)
+    }
+}
+
+struct Cx<'a> {
+    sources: &'a Sources,
+    opts: &'a Options,
+    unsupported: Vec<Unsupported>,
+    global: Option<Table>,
+    script_security: bool,
+    /// Any script or hook: keepalived's script defaults then matter.
+    scripts_named: bool,
+    /// global_defs' `vrrp_garp_master_*`: the instances' defaults.
+    garp: Vec<(&'static str, Value, Span)>,
+    /// global_defs' `vrrp_version`.
+    vrrp_version: Option<i64>,
+    scripts: Vec<(Table, String, i64)>,
+    instances: Vec<Instance>,
+    groups: Vec<Group>,
+    servers: Vec<Server>,
+    /// Comments for the end of the output (what sat around unsupported top-level blocks).
+    tail: Vec<String>,
+}
+
+pub(crate) fn convert(file: &File, sources: &Sources, opts: &Options) -> Result<Converted, Diag> {
+    let mut cx = Cx {
+        sources,
+        opts,
+        unsupported: Vec::new(),
+        global: None,
+        script_security: false,
+        scripts_named: false,
+        garp: Vec::new(),
+        vrrp_version: None,
+        scripts: Vec::new(),
+        instances: Vec::new(),
+        groups: Vec::new(),
+        servers: Vec::new(),
+        tail: Vec::new(),
+    };
+    for s in &file.body {
+        cx.top(s)?;
+    }
+    cx.tail.extend(texts(&file.tail));
+    cx.finish()
+}
+
+fn texts(c: &[Comment]) -> Vec<String> {
+    c.iter().map(|c| c.text.clone()).collect()
+}
+
+/// A table for a block statement, carrying its comments.
+fn block_table(s: &Stmt) -> Table {
+    let mut tail = s.block.as_ref().map(|b| texts(&b.tail)).unwrap_or_default();
+    tail.extend(s.closing.as_ref().map(|c| c.text.clone()));
+    Table {
+        comments: texts(&s.comments),
+        trailing: s.trailing.as_ref().map(|c| c.text.clone()),
+        span: Some(s.keyword().span),
+        tail,
+        ..Default::default()
+    }
+}
+
+/// An entry made by the importer, with the comment that says why.
+fn generated(key: &'static str, value: Value, span: Span, why: impl Into<String>) -> Entry {
+    Entry {
+        key,
+        value,
+        span: Some(span),
+        comments: Vec::new(),
+        trailing: Some(why.into()),
+    }
+}
+
+fn no_block(s: &Stmt) -> Result<(), Diag> {
+    match &s.block {
+        Some(b) => Err(Diag::new(
+            b.open,
+            format!("`{}` takes no {{ }} block", s.keyword().text),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn block(s: &Stmt) -> Result<&Block, Diag> {
+    s.block.as_ref().ok_or_else(|| {
+        Diag::new(
+            s.keyword().span,
+            format!("`{}` needs a {{ }} block", s.keyword().text),
+        )
+    })
+}
+
+/// The one value of a keyword.
+fn one(s: &Stmt) -> Result<&Word, Diag> {
+    no_block(s)?;
+    match s.args() {
+        [w] => Ok(w),
+        [] => Err(Diag::new(
+            s.keyword().span,
+            format!("`{}` needs a value", s.keyword().text),
+        )),
+        [_, extra, ..] => Err(Diag::new(
+            extra.span,
+            format!(
+                "`{}` takes one value: this is one too many",
+                s.keyword().text
+            ),
+        )),
+    }
+}
+
+fn no_args(s: &Stmt) -> Result<(), Diag> {
+    no_block(s)?;
+    match s.args().first() {
+        Some(w) => Err(Diag::new(
+            w.span,
+            format!("`{}` takes no value", s.keyword().text),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// keepalived's `<BOOL>` after a keyword that alone means "on".
+fn flag(s: &Stmt) -> Result<(bool, Span), Diag> {
+    no_block(s)?;
+    match s.args() {
+        [] => Ok((true, s.keyword().span)),
+        [w] => match w.text.as_str() {
+            "on" | "true" | "yes" => Ok((true, w.span)),
+            "off" | "false" | "no" => Ok((false, w.span)),
+            _ => Err(Diag::new(
+                w.span,
+                format!("`{}`: expected on, off, true, false, yes or no", w.text),
+            )),
+        },
+        [_, extra, ..] => Err(Diag::new(
+            extra.span,
+            format!(
+                "`{}` takes at most one value: this is one too many",
+                s.keyword().text
+            ),
+        )),
+    }
+}
+
+fn int(w: &Word, min: i64, max: i64) -> Result<i64, Diag> {
+    let t = w.text.strip_prefix('+').unwrap_or(&w.text);
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Diag::new(w.span, format!("`{}` is not an integer", w.text)));
+    }
+    match t.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(Diag::new(
+            w.span,
+            format!("{} is out of range {min}..={max}", w.text),
+        )),
+    }
+}
+
+fn uint(w: &Word) -> Result<i64, Diag> {
+    int(w, 0, i64::from(u32::MAX))
+}
+
+/// keepalived's `<TIMER>`: seconds, maybe with a fraction, as a TOML integer or float.
+fn seconds(w: &Word) -> Result<Value, Diag> {
+    let bad = || Diag::new(w.span, format!("`{}` is not a number of seconds", w.text));
+    let t = w.text.as_str();
+    let (int_part, frac) = match t.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (t, None),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int_part)
+        || !frac.is_none_or(digits)
+        || (int_part.is_empty() && frac.is_none_or(str::is_empty))
+    {
+        return Err(bad());
+    }
+    let int_part = int_part.trim_start_matches('0');
+    let int_part = if int_part.is_empty() { "0" } else { int_part };
+    match frac {
+        Some(f) if !f.is_empty() => {
+            // TOML's float syntax: digits on both sides of the point; keep the digits written.
+            let text = format!("{int_part}.{f}");
+            match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(Value::Float(text)),
+                _ => Err(bad()),
+            }
+        }
+        _ => int_part
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| Diag::new(w.span, format!("{} is out of range", w.text))),
+    }
+}
+
+fn ip(w: &Word) -> Result<IpAddr, Diag> {
+    w.text
+        .parse()
+        .map_err(|_| Diag::new(w.span, format!("`{}` is not an IP address", w.text)))
+}
+
+fn port(w: &Word) -> Result<i64, Diag> {
+    int(w, 0, 65535)
+}
+
+/// A command line lb-daemon can run as written: it splits command lines on whitespace, so
+/// keepalived's quoting of arguments (`'a b'`) and escapes inside one have no equivalent.
+fn command(words: &[Word]) -> Result<String, Diag> {
+    for w in words {
+        if let Some(i) = w.text.find(['\'', '"', '\\']) {
+            return Err(Diag::new(
+                w.span,
+                format!(
+                    "this command line has a `{}`: keepalived splits it with shell-like quoting, \
+                     lb-daemon on whitespace only; use a wrapper script",
+                    &w.text[i..i + 1]
+                ),
+            ));
+        }
+    }
+    Ok(words
+        .iter()
+        .map(|w| w.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+impl Cx<'_> {
+    fn locate(&self, span: Span) -> String {
+        self.sources.locate(span).to_string()
+    }
+
+    /// `key = value` from statement `s`, refusing a key given twice.
+    fn put(
+        &self,
+        t: &mut Table,
+        key: &'static str,
+        value: Value,
+        span: Span,
+        s: &Stmt,
+    ) -> Result<(), Diag> {
+        if let Some(prev) = t.get(key) {
+            let first = prev
+                .span
+                .map(|p| format!(" (first at {})", self.locate(p)))
+                .unwrap_or_default();
+            return Err(Diag::new(
+                s.keyword().span,
+                format!("`{}` is given twice in this block{first}", s.keyword().text),
+            ));
+        }
+        let mut comments = texts(&s.comments);
+        if let Some((_, why)) = keywords::alias(ctx_of(key), &s.keyword().text) {
+            comments.push(format!(" keepalived.conf says {}, {why}", s.keyword().text));
+        }
+        t.push(Entry {
+            key,
+            value,
+            span: Some(span),
+            comments,
+            trailing: s.trailing.as_ref().map(|c| c.text.clone()),
+        });
+        Ok(())
+    }
+
+    /// Records something unsupported, and leaves it in the output as a comment, after
+    /// `comments` (those of a statement left out whole; a part of one has its statement's
+    /// comments on the statement's entry already).
+    fn unsupported(
+        &mut self,
+        t: Option<&mut Table>,
+        block: &str,
+        comments: Vec<String>,
+        span: Span,
+        written: String,
+        reason: impl Into<String>,
+    ) {
+        let reason = reason.into();
+        let note = format!(" not imported ({}): {written}: {reason}", self.locate(span));
+        let mut lines = comments;
+        lines.push(note);
+        match t {
+            Some(t) => lines.into_iter().for_each(|l| t.comment(l)),
+            None => self.tail.extend(lines),
+        }
+        self.unsupported.push(Unsupported {
+            span,
+            block: block.to_string(),
+            written,
+            reason,
+        });
+    }
+
+    /// A keyword of `ctx` that is not supported, or not known at all.
+    fn other(&mut self, t: &mut Table, ctx: Ctx, block: &str, s: &Stmt, keyword: &str) {
+        let reason = keywords::unsupported(ctx, keyword).unwrap_or(
+            "a keyword the importer does not know (keepalived skips unknown keywords with a warning)",
+        );
+        self.unsupported(
+            Some(t),
+            block,
+            texts(&s.comments),
+            s.keyword().span,
+            s.written(),
+            reason,
+        );
+    }
+
+    /// A keyword's canonical name in `ctx`.
+    fn canonical(ctx: Ctx, w: &Word) -> &str {
+        match keywords::alias(ctx, &w.text) {
+            Some((c, _)) => c,
+            None => &w.text,
+        }
+    }
+
+    fn top(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let kw = s.keyword();
+        match Self::canonical(Ctx::Top, kw) {
+            "global_defs" => self.global_defs(s),
+            "vrrp_script" => self.vrrp_script(s),
+            "vrrp_instance" => self.vrrp_instance(s),
+            "vrrp_sync_group" => self.sync_group(s),
+            "virtual_server" => self.virtual_server(s),
+            other => match keywords::unsupported(Ctx::Top, other) {
+                Some(reason) => {
+                    let comments = texts(&s.comments);
+                    self.unsupported(None, "top level", comments, kw.span, s.written(), reason);
+                    Ok(())
+                }
+                None => Err(Diag::new(
+                    kw.span,
+                    format!(
+                        "unknown block `{}`: keepalived's top-level blocks are global_defs, \
+                         vrrp_script, vrrp_sync_group, vrrp_instance and virtual_server \
+                         (and some that lb-daemon does not support)",
+                        kw.text
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// The name after a block keyword: `vrrp_instance VI_1 {`.
+    fn block_name(s: &Stmt) -> Result<&Word, Diag> {
+        match s.args() {
+            [w] => Ok(w),
+            [] => Err(Diag::new(
+                s.keyword().span,
+                format!("`{}` needs a name", s.keyword().text),
+            )),
+            [_, extra, ..] => Err(Diag::new(
+                extra.span,
+                format!(
+                    "`{}` takes one name: this is one too many",
+                    s.keyword().text
+                ),
+            )),
+        }
+    }
+
+    fn global_defs(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let b = block(s)?;
+        if let Some(w) = s.args().first() {
+            return Err(Diag::new(w.span, "`global_defs` takes no name"));
+        }
+        // keepalived reads several global_defs blocks as one.
+        let mut t = match self.global.take() {
+            Some(mut t) => {
+                let more = block_table(s);
+                more.comments.into_iter().for_each(|c| t.comment(c));
+                t.tail.extend(more.tail);
+                t
+            }
+            None => block_table(s),
+        };
+        let block_label = "global_defs";
+        for st in &b.body {
+            let kw = st.keyword();
+            match Self::canonical(Ctx::GlobalDefs, kw) {
+                "router_id" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "router_id", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "vrrp_version" => {
+                    let w = one(st)?;
+                    let v = int(w, 2, 3)?;
+                    self.vrrp_version = Some(v);
+                    self.put(&mut t, "vrrp_version", Value::Int(v), w.span, st)?;
+                }
+                "enable_script_security" => {
+                    let (on, span) = flag(st)?;
+                    self.script_security = true;
+                    self.put(&mut t, "enable_script_security", Value::Bool(on), span, st)?;
+                }
+                "script_user" => {
+                    no_block(st)?;
+                    let (user, rest) = match st.args() {
+                        [u, rest @ ..] => (u, rest),
+                        [] => return Err(Diag::new(kw.span, "`script_user` needs a user name")),
+                    };
+                    self.put(
+                        &mut t,
+                        "script_user",
+                        Value::Str(user.text.clone()),
+                        user.span,
+                        st,
+                    )?;
+                    if let Some(g) = rest.first() {
+                        self.unsupported(
+                            Some(&mut t),
+                            block_label,
+                            Vec::new(),
+                            g.span,
+                            st.written(),
+                            "a group for scripts: lb-daemon runs them with the user's own group",
+                        );
+                    }
+                }
+                k @ ("vrrp_garp_master_delay"
+                | "vrrp_garp_master_repeat"
+                | "vrrp_garp_master_refresh"
+                | "vrrp_garp_master_refresh_repeat") => {
+                    let w = one(st)?;
+                    let v = uint(w)?;
+                    let key = match k {
+                        "vrrp_garp_master_delay" => "garp_master_delay",
+                        "vrrp_garp_master_repeat" => "garp_master_repeat",
+                        "vrrp_garp_master_refresh" => "garp_master_refresh",
+                        _ => "garp_master_refresh_repeat",
+                    };
+                    if self.garp.iter().any(|g| g.0 == key) {
+                        return Err(Diag::new(kw.span, format!("`{k}` is given twice")));
+                    }
+                    self.garp.push((key, Value::Int(v), w.span));
+                    // Its effect is in each vrrp_instance (copied there); say so here.
+                    texts(&st.comments).into_iter().for_each(|c| t.comment(c));
+                    t.comment(format!(
+                        " {k} {v}: copied to each vrrp_instance that sets no {key} of its own"
+                    ));
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::GlobalDefs, block_label, st, &other);
+                }
+            }
+        }
+        self.global = Some(t);
+        Ok(())
+    }
+
+    fn vrrp_script(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let name = Self::block_name(s)?;
+        let b = block(s)?;
+        let label = format!("vrrp_script {}", name.text);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "name",
+            value: Value::Str(name.text.clone()),
+            span: Some(name.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        let mut weight = 0;
+        for st in &b.body {
+            let kw = st.keyword();
+            match Self::canonical(Ctx::VrrpScript, kw) {
+                "script" => {
+                    no_block(st)?;
+                    if st.args().is_empty() {
+                        return Err(Diag::new(kw.span, "`script` needs a command"));
+                    }
+                    let cmd = command(st.args())?;
+                    self.scripts_named = true;
+                    self.put(&mut t, "script", Value::Str(cmd), st.args()[0].span, st)?;
+                }
+                k @ ("interval" | "timeout") => {
+                    let w = one(st)?;
+                    let key = if k == "interval" {
+                        "interval"
+                    } else {
+                        "timeout"
+                    };
+                    self.put(&mut t, key, seconds(w)?, w.span, st)?;
+                }
+                "weight" => {
+                    no_block(st)?;
+                    let w =
+                        match st.args() {
+                            [w] => w,
+                            [w, r] if r.text == "noreverse" => w,
+                            [_, r] if r.text == "reverse" => return Err(Diag::new(
+                                r.span,
+                                "`reverse` is not supported: lb-daemon has no reversed tracking",
+                            )),
+                            [] => return Err(Diag::new(kw.span, "`weight` needs a value")),
+                            [_, extra, ..] => {
+                                return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
+                            }
+                        };
+                    weight = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                    self.put(&mut t, "weight", Value::Int(weight), w.span, st)?;
+                }
+                k @ ("rise" | "fall") => {
+                    let w = one(st)?;
+                    let key = if k == "rise" { "rise" } else { "fall" };
+                    self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                }
+                "user" => self.user(&mut t, &label, st)?,
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::VrrpScript, &label, st, &other);
+                }
+            }
+        }
+        self.scripts.push((t, name.text.clone(), weight));
+        Ok(())
+    }
+
+    /// `user USER [GROUP]` of a vrrp_script or MISC_CHECK.
+    fn user(&mut self, t: &mut Table, label: &str, st: &Stmt) -> Result<(), Diag> {
+        no_block(st)?;
+        match st.args() {
+            [] => Err(Diag::new(st.keyword().span, "`user` needs a user name")),
+            [u, rest @ ..] => {
+                self.put(t, "user", Value::Str(u.text.clone()), u.span, st)?;
+                if let Some(g) = rest.first() {
+                    self.unsupported(
+                        Some(t),
+                        label,
+                        Vec::new(),
+                        g.span,
+                        st.written(),
+                        "a group for the script: lb-daemon runs it with the user's own group",
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A notify hook: `notify_master CMD [USER [GROUP]]`, where a quoted CMD has arguments.
+    fn hook(
+        &mut self,
+        t: &mut Table,
+        label: &str,
+        key: &'static str,
+        st: &Stmt,
+    ) -> Result<(), Diag> {
+        no_block(st)?;
+        let Some(cmd) = st.args().first() else {
+            return Err(Diag::new(
+                st.keyword().span,
+                format!("`{}` needs a command", st.keyword().text),
+            ));
+        };
+        let line = command(std::slice::from_ref(cmd))?;
+        self.scripts_named = true;
+        self.put(t, key, Value::Str(line), cmd.span, st)?;
+        if let Some(user) = st.args().get(1) {
+            self.unsupported(
+                Some(t),
+                label,
+                Vec::new(),
+                user.span,
+                st.written(),
+                "a user for a hook: lb-daemon runs hooks as global_defs.script_user (root by default)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The lines of a value block (`virtual_ipaddress { ... }`): statements without blocks.
+    fn lines(s: &Stmt) -> Result<&[Stmt], Diag> {
+        let b = block(s)?;
+        if !s.args().is_empty() {
+            return Err(Diag::new(
+                s.args()[0].span,
+                format!("`{}` takes its values in the {{ }} block", s.keyword().text),
+            ));
+        }
+        for l in &b.body {
+            no_block(l)?;
+        }
+        Ok(&b.body)
+    }
+
+    fn elem(line: &Stmt, value: Value, span: Span) -> Elem {
+        Elem {
+            value,
+            span: Some(span),
+            comments: texts(&line.comments),
+            trailing: line.trailing.as_ref().map(|c| c.text.clone()),
+        }
+    }
+
+    /// Appends array elements to `key` (a value block may be given more than once, as in
+    /// keepalived).
+    fn append(t: &mut Table, key: &'static str, s: &Stmt, elems: Vec<Elem>) {
+        let tail = s.block.as_ref().map(|b| texts(&b.tail)).unwrap_or_default();
+        if let Some(Entry {
+            value: Value::Array(existing),
+            comments,
+            ..
+        }) = t.get_mut(key)
+        {
+            existing.extend(elems);
+            comments.extend(texts(&s.comments));
+            comments.extend(tail);
+            return;
+        }
+        let mut comments = texts(&s.comments);
+        comments.extend(tail);
+        t.push(Entry {
+            key,
+            value: Value::Array(elems),
+            span: Some(s.keyword().span),
+            comments,
+            trailing: s.trailing.as_ref().map(|c| c.text.clone()),
+        });
+    }
+
+    /// `track_interface`/`track_script` lines: `NAME [weight W [reverse|noreverse]]`.
+    fn tracks(s: &Stmt) -> Result<Vec<Track>, Diag> {
+        let mut out = Vec::new();
+        for line in Self::lines(s)? {
+            let name = line.keyword();
+            let weight =
+                match line.args() {
+                    [] => None,
+                    [k, w, rest @ ..] if k.text == "weight" => {
+                        match rest {
+                            [] => {}
+                            [r] if r.text == "noreverse" => {}
+                            [r] if r.text == "reverse" => return Err(Diag::new(
+                                r.span,
+                                "`reverse` is not supported: lb-daemon has no reversed tracking",
+                            )),
+                            [extra, ..] => {
+                                return Err(Diag::new(
+                                    extra.span,
+                                    "expected `NAME [weight W [reverse]]`",
+                                ))
+                            }
+                        }
+                        Some((int(w, i64::from(i32::MIN), i64::from(i32::MAX))?, w.span))
+                    }
+                    [other, ..] => {
+                        return Err(Diag::new(
+                            other.span,
+                            "expected `NAME [weight W [reverse]]`",
+                        ))
+                    }
+                };
+            let value = match weight {
+                Some((w, _)) if w != 0 => Value::Inline(vec![
+                    ("name", Value::Str(name.text.clone())),
+                    ("weight", Value::Int(w)),
+                ]),
+                _ => Value::Str(name.text.clone()),
+            };
+            let span = weight.map_or(name.span, |(_, s)| s);
+            out.push((Self::elem(line, value, span), weight));
+        }
+        Ok(out)
+    }
+
+    fn vrrp_instance(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let name = Self::block_name(s)?;
+        let b = block(s)?;
+        let label = format!("vrrp_instance {}", name.text);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "name",
+            value: Value::Str(name.text.clone()),
+            span: Some(name.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        let mut inst = Instance {
+            table: Table::default(),
+            name: name.text.clone(),
+            span: s.keyword().span,
+            state: None,
+            priority: None,
+            interface: None,
+            vips: Vec::new(),
+            zero_weight_scripts: Vec::new(),
+        };
+        for st in &b.body {
+            let kw = st.keyword();
+            match Self::canonical(Ctx::Instance, kw) {
+                "state" => {
+                    let w = one(st)?;
+                    inst.state = Some(w.text.clone());
+                    self.put(&mut t, "state", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "interface" => {
+                    let w = one(st)?;
+                    inst.interface = Some(w.text.clone());
+                    self.put(&mut t, "interface", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "virtual_router_id" => {
+                    let w = one(st)?;
+                    self.put(
+                        &mut t,
+                        "virtual_router_id",
+                        Value::Int(uint(w)?),
+                        w.span,
+                        st,
+                    )?;
+                }
+                "priority" => {
+                    let w = one(st)?;
+                    let p = uint(w)?;
+                    inst.priority = Some(p);
+                    self.put(&mut t, "priority", Value::Int(p), w.span, st)?;
+                }
+                "advert_int" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "advert_int", seconds(w)?, w.span, st)?;
+                }
+                "version" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "version", Value::Int(int(w, 0, 255)?), w.span, st)?;
+                }
+                "nopreempt" => {
+                    no_args(st)?;
+                    self.put(&mut t, "nopreempt", Value::Bool(true), kw.span, st)?;
+                }
+                "preempt" => {
+                    // keepalived's default, "for backwards compatibility".
+                    no_args(st)?;
+                    self.put(&mut t, "nopreempt", Value::Bool(false), kw.span, st)?;
+                }
+                "preempt_delay" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "preempt_delay", seconds(w)?, w.span, st)?;
+                }
+                "authentication" => {
+                    let child = self.authentication(st, &label)?;
+                    if t.children.iter().any(|c| c.name == "authentication") {
+                        return Err(Diag::new(kw.span, "`authentication` is given twice"));
+                    }
+                    t.children.push(Child {
+                        name: "authentication",
+                        array: false,
+                        table: child,
+                    });
+                }
+                "virtual_ipaddress" => {
+                    let mut elems = Vec::new();
+                    for line in Self::lines(st)? {
+                        let (text, addr, dev) = self.vip(line, &label, &mut t)?;
+                        inst.vips.push((addr, dev));
+                        elems.push(Self::elem(line, Value::Str(text), line.keyword().span));
+                    }
+                    Self::append(&mut t, "virtual_ipaddress", st, elems);
+                }
+                "unicast_src_ip" => {
+                    let w = one(st)?;
+                    ip(w)?;
+                    self.put(
+                        &mut t,
+                        "unicast_src_ip",
+                        Value::Str(w.text.clone()),
+                        w.span,
+                        st,
+                    )?;
+                }
+                "unicast_peer" => {
+                    let mut elems = Vec::new();
+                    for line in Self::lines(st)? {
+                        let peer = line.keyword();
+                        ip(peer)?;
+                        let mut args = line.args().iter();
+                        while let Some(opt) = args.next() {
+                            match opt.text.as_str() {
+                                "min_ttl" | "max_ttl" => {
+                                    let Some(v) = args.next() else {
+                                        return Err(Diag::new(
+                                            opt.span,
+                                            format!("`{}` needs a value", opt.text),
+                                        ));
+                                    };
+                                    int(v, 0, 255)?;
+                                    self.unsupported(
+                                        Some(&mut t),
+                                        &label,
+                                        Vec::new(),
+                                        opt.span,
+                                        format!("unicast_peer {} {} {}", peer.text, opt.text, v.text),
+                                        "TTL limits on unicast peers are not implemented (adverts must have TTL 255)",
+                                    );
+                                }
+                                _ => {
+                                    return Err(Diag::new(
+                                        opt.span,
+                                        format!("unknown unicast_peer option `{}`", opt.text),
+                                    ))
+                                }
+                            }
+                        }
+                        elems.push(Self::elem(line, Value::Str(peer.text.clone()), peer.span));
+                    }
+                    Self::append(&mut t, "unicast_peer", st, elems);
+                }
+                "track_interface" => {
+                    let elems = Self::tracks(st)?.into_iter().map(|(e, _)| e).collect();
+                    Self::append(&mut t, "track_interface", st, elems);
+                }
+                "track_script" => {
+                    let mut elems = Vec::new();
+                    for (e, weight) in Self::tracks(st)? {
+                        if let (Some((0, span)), Value::Str(n)) = (weight, &e.value) {
+                            inst.zero_weight_scripts.push((n.clone(), span));
+                        }
+                        elems.push(e);
+                    }
+                    Self::append(&mut t, "track_script", st, elems);
+                }
+                k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
+                | "notify") => {
+                    let key = match k {
+                        "notify_master" => "notify_master",
+                        "notify_backup" => "notify_backup",
+                        "notify_fault" => "notify_fault",
+                        "notify_stop" => "notify_stop",
+                        _ => "notify",
+                    };
+                    self.hook(&mut t, &label, key, st)?;
+                }
+                k @ ("garp_master_delay"
+                | "garp_master_repeat"
+                | "garp_master_refresh"
+                | "garp_master_refresh_repeat") => {
+                    let w = one(st)?;
+                    let key = match k {
+                        "garp_master_delay" => "garp_master_delay",
+                        "garp_master_repeat" => "garp_master_repeat",
+                        "garp_master_refresh" => "garp_master_refresh",
+                        _ => "garp_master_refresh_repeat",
+                    };
+                    self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                }
+                "accept" => {
+                    no_args(st)?;
+                    texts(&st.comments).into_iter().for_each(|c| t.comment(c));
+                    t.comment(
+                        " accept: lb-daemon always accepts packets for the virtual addresses \
+                         (keepalived's accept mode)",
+                    );
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::Instance, &label, st, &other);
+                }
+            }
+        }
+        inst.table = t;
+        self.instances.push(inst);
+        Ok(())
+    }
+
+    fn authentication(&mut self, s: &Stmt, label: &str) -> Result<Table, Diag> {
+        let b = block(s)?;
+        if let Some(w) = s.args().first() {
+            return Err(Diag::new(w.span, "`authentication` takes no value"));
+        }
+        let mut t = block_table(s);
+        for st in &b.body {
+            let kw = st.keyword();
+            match kw.text.as_str() {
+                "auth_type" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "auth_type", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "auth_pass" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "auth_pass", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::Authentication, label, st, &other);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// A `virtual_ipaddress` line: `ADDR[/PREFIX] [dev IFACE] [label LABEL] [OPTIONS]`, as
+    /// lb-daemon's `ADDR[/PREFIX] [dev IFACE] [label LABEL]`; the options lb-daemon has not
+    /// are listed.
+    fn vip(
+        &mut self,
+        line: &Stmt,
+        label: &str,
+        t: &mut Table,
+    ) -> Result<(String, IpAddr, Option<String>), Diag> {
+        let first = line.keyword();
+        let (addr_text, prefix) = match first.text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (first.text.as_str(), None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| Diag::new(first.span, format!("`{addr_text}` is not an IP address")))?;
+        if let Some(p) = prefix {
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let ok =
+                p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|n| n <= max);
+            if !ok {
+                return Err(Diag::new(
+                    first.span,
+                    format!("`/{p}` is not a prefix length 0..={max}"),
+                ));
+            }
+        }
+        let mut out = first.text.clone();
+        let mut dev = None;
+        let mut args = line.args().iter();
+        while let Some(opt) = args.next() {
+            let o = opt.text.as_str();
+            match o {
+                "dev" | "label" => {
+                    let Some(v) = args.next() else {
+                        return Err(Diag::new(opt.span, format!("`{o}` needs a value")));
+                    };
+                    if o == "dev" {
+                        dev = Some(v.text.clone());
+                    }
+                    out.push_str(&format!(" {o} {}", v.text));
+                }
+                "brd" | "broadcast" | "scope" | "peer" | "preferred_lft" | "track_group" => {
+                    let Some(v) = args.next() else {
+                        return Err(Diag::new(opt.span, format!("`{o}` needs a value")));
+                    };
+                    self.unsupported(
+                        Some(t),
+                        label,
+                        Vec::new(),
+                        opt.span,
+                        format!("virtual_ipaddress {} {o} {}", first.text, v.text),
+                        "lb-daemon adds virtual addresses with the kernel's defaults, \
+                         and only dev and label",
+                    );
+                }
+                "home" | "-nodad" | "nodad" | "mngtmpaddr" | "noprefixroute" | "autojoin"
+                | "no_track" | "use_vmac" => {
+                    self.unsupported(
+                        Some(t),
+                        label,
+                        Vec::new(),
+                        opt.span,
+                        format!("virtual_ipaddress {} {o}", first.text),
+                        "lb-daemon adds virtual addresses with the kernel's defaults, \
+                         and only dev and label",
+                    );
+                }
+                _ => {
+                    return Err(Diag::new(
+                        opt.span,
+                        format!("unknown virtual_ipaddress option `{o}`"),
+                    ))
+                }
+            }
+        }
+        Ok((out, addr, dev))
+    }
+
+    fn sync_group(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let name = Self::block_name(s)?;
+        let b = block(s)?;
+        let label = format!("vrrp_sync_group {}", name.text);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "name",
+            value: Value::Str(name.text.clone()),
+            span: Some(name.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        let mut members = Vec::new();
+        let mut tracks = Vec::new();
+        for st in &b.body {
+            let kw = st.keyword();
+            match kw.text.as_str() {
+                "group" => {
+                    // keepalived reads the block's words, whatever the lines.
+                    let mut elems = Vec::new();
+                    for line in Self::lines(st)? {
+                        for (i, w) in line.words.iter().enumerate() {
+                            members.push(w.text.clone());
+                            let mut e = Self::elem(line, Value::Str(w.text.clone()), w.span);
+                            if i > 0 {
+                                e.comments.clear();
+                                e.trailing = None;
+                            }
+                            elems.push(e);
+                        }
+                    }
+                    Self::append(&mut t, "group", st, elems);
+                }
+                k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify") => {
+                    let key = match k {
+                        "notify_master" => "notify_master",
+                        "notify_backup" => "notify_backup",
+                        "notify_fault" => "notify_fault",
+                        _ => "notify",
+                    };
+                    self.hook(&mut t, &label, key, st)?;
+                }
+                k @ ("track_interface" | "track_script") => {
+                    let key = if k == "track_interface" {
+                        "track_interface"
+                    } else {
+                        "track_script"
+                    };
+                    for (mut e, weight) in Self::tracks(st)? {
+                        match weight {
+                            // lb-daemon's members track without weights (keepalived's rule
+                            // for a member's own trackers); a group's weight would be lost.
+                            Some((w, span)) if w != 0 => self.unsupported(
+                                Some(&mut t),
+                                &label,
+                                Vec::new(),
+                                span,
+                                format!("{k} {{ ... weight {w} }}"),
+                                "weighted tracking by a sync group: lb-daemon's sync group members track without weights",
+                            ),
+                            _ => {
+                                e.trailing = Some(format!(" from {label}"));
+                                tracks.push((key, e));
+                            }
+                        }
+                    }
+                    texts(&st.comments).into_iter().for_each(|c| t.comment(c));
+                    t.comment(format!(
+                        " {k}: copied to each member instance (the group faults together either way)"
+                    ));
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::SyncGroup, &label, st, &other);
+                }
+            }
+        }
+        self.groups.push(Group {
+            table: t,
+            members,
+            tracks,
+        });
+        Ok(())
+    }
+
+    fn virtual_server(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let kw = s.keyword();
+        let b = block(s)?;
+        let (ip_word, port_word) = match s.args() {
+            [k, ..] if k.text == "fwmark" || k.text == "group" => {
+                let reason = if k.text == "fwmark" {
+                    "fwmark virtual servers are not implemented: lb-daemon matches address, port and protocol"
+                } else {
+                    "virtual_server_group is not implemented: write one virtual_server per address"
+                };
+                let comments = texts(&s.comments);
+                self.unsupported(None, "top level", comments, k.span, s.written(), reason);
+                return Ok(());
+            }
+            [ip] => (ip, None),
+            [ip, port] => (ip, Some(port)),
+            [] => {
+                return Err(Diag::new(
+                    kw.span,
+                    "`virtual_server` needs an address and a port",
+                ))
+            }
+            [_, _, extra, ..] => {
+                return Err(Diag::new(extra.span, "expected `virtual_server IP [PORT]`"))
+            }
+        };
+        let vip = ip(ip_word)?;
+        let vport = match port_word {
+            Some(p) => port(p)?,
+            None => 0,
+        };
+        let label = format!("virtual_server {} {}", ip_word.text, vport);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "ip",
+            value: Value::Str(vip.to_string()),
+            span: Some(ip_word.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        t.push(Entry {
+            key: "port",
+            value: Value::Int(vport),
+            span: Some(port_word.map_or(ip_word.span, |p| p.span)),
+            comments: Vec::new(),
+            trailing: port_word
+                .is_none()
+                .then(|| " no port: every port of the VIP, as in keepalived".to_string()),
+        });
+        let mut inherit = Inherited::default();
+        let mut real_servers = Vec::new();
+        // sh-port/mh-port: keepalived applies them only with their scheduler.
+        let mut port_flags: Vec<(&Stmt, &'static str)> = Vec::new();
+        let mut lb_algo: Option<String> = None;
+        for st in &b.body {
+            let k = st.keyword();
+            match Self::canonical(Ctx::VirtualServer, k) {
+                "lb_algo" => {
+                    let w = one(st)?;
+                    if !matches!(w.text.as_str(), "rr" | "wrr" | "sh" | "mh") {
+                        return Err(Diag::new(
+                            w.span,
+                            format!(
+                                "scheduler `{}` is not supported: lb-daemon has rr, wrr, sh and mh",
+                                w.text
+                            ),
+                        ));
+                    }
+                    lb_algo = Some(w.text.clone());
+                    self.put(&mut t, "lb_algo", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "lb_kind" => {
+                    no_block(st)?;
+                    let Some(w) = st.args().first() else {
+                        return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
+                    };
+                    self.forwarding(w)?;
+                    if let Some(extra) = st.args().get(1) {
+                        return Err(Diag::new(extra.span, "`lb_kind DR` takes no options"));
+                    }
+                    self.put(&mut t, "lb_kind", Value::Str("DR".into()), w.span, st)?;
+                }
+                "persistence_timeout" => {
+                    no_block(st)?;
+                    match st.args() {
+                        [] => {
+                            self.put(
+                                &mut t,
+                                "persistence_timeout",
+                                Value::Int(DEFAULT_PERSISTENCE_TIMEOUT),
+                                k.span,
+                                st,
+                            )?;
+                            if let Some(e) = t.get_mut("persistence_timeout") {
+                                e.trailing.get_or_insert_with(|| {
+                                    " keepalived's value for persistence_timeout without one (6 minutes)".into()
+                                });
+                            }
+                        }
+                        [w] => self.put(
+                            &mut t,
+                            "persistence_timeout",
+                            Value::Int(uint(w)?),
+                            w.span,
+                            st,
+                        )?,
+                        [_, extra, ..] => {
+                            return Err(Diag::new(
+                                extra.span,
+                                "`persistence_timeout` takes one value",
+                            ))
+                        }
+                    }
+                }
+                "persistence_granularity" => {
+                    let w = one(st)?;
+                    // An IPv6 prefix length, or an IPv4 netmask.
+                    let v = match w.text.parse::<i64>() {
+                        Ok(n) => Value::Int(n),
+                        Err(_) => Value::Str(w.text.clone()),
+                    };
+                    self.put(&mut t, "persistence_granularity", v, w.span, st)?;
+                }
+                "protocol" => {
+                    let w = one(st)?;
+                    let p = w.text.to_ascii_uppercase();
+                    if p != "TCP" && p != "UDP" {
+                        return Err(Diag::new(
+                            w.span,
+                            format!(
+                                "protocol `{}` is not supported: lb-daemon has TCP and UDP",
+                                w.text
+                            ),
+                        ));
+                    }
+                    self.put(&mut t, "protocol", Value::Str(p), w.span, st)?;
+                }
+                "delay_loop" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "delay_loop", seconds(w)?, w.span, st)?;
+                }
+                "alpha" => {
+                    let (on, span) = flag(st)?;
+                    self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
+                }
+                key @ ("quorum" | "hysteresis") => {
+                    let w = one(st)?;
+                    let key = if key == "quorum" {
+                        "quorum"
+                    } else {
+                        "hysteresis"
+                    };
+                    self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                }
+                "sorry_server" => {
+                    no_block(st)?;
+                    let (a, p) = match st.args() {
+                        [a] => (a, None),
+                        [a, p] => (a, Some(p)),
+                        [] => return Err(Diag::new(k.span, "`sorry_server` needs an address")),
+                        [_, _, extra, ..] => {
+                            return Err(Diag::new(extra.span, "expected `sorry_server IP [PORT]`"))
+                        }
+                    };
+                    let addr = ip(a)?;
+                    // keepalived gives a sorry server without a port the service's.
+                    let sport = match p {
+                        Some(p) => port(p)?,
+                        None => vport,
+                    };
+                    let v = Value::Inline(vec![
+                        ("ip", Value::Str(addr.to_string())),
+                        ("port", Value::Int(sport)),
+                    ]);
+                    self.put(&mut t, "sorry_server", v, a.span, st)?;
+                }
+                "sorry_server_lvs_method" => {
+                    let w = one(st)?;
+                    self.forwarding(w)?;
+                }
+                "inhibit_on_failure" => {
+                    let (on, span) = flag(st)?;
+                    inherit.items.push((
+                        "inhibit_on_failure",
+                        Value::Bool(on),
+                        span,
+                        "virtual_server",
+                    ));
+                }
+                key @ ("retry" | "delay_before_retry" | "warmup" | "connect_timeout"
+                | "virtualhost" | "weight") => {
+                    let w = one(st)?;
+                    let (key, v) = inherited_value(key, w)?;
+                    if inherit.get(key).is_some() {
+                        return Err(Diag::new(k.span, format!("`{}` is given twice", k.text)));
+                    }
+                    inherit.items.push((key, v, w.span, "virtual_server"));
+                }
+                "sh-port" => {
+                    no_args(st)?;
+                    port_flags.push((st, "sh"));
+                }
+                "mh-port" => {
+                    no_args(st)?;
+                    port_flags.push((st, "mh"));
+                }
+                "ip_family" => {
+                    let w = one(st)?;
+                    let v6 = match w.text.as_str() {
+                        "inet" => false,
+                        "inet6" => true,
+                        _ => return Err(Diag::new(w.span, "expected inet or inet6")),
+                    };
+                    if v6 != vip.is_ipv6() {
+                        return Err(Diag::new(
+                            w.span,
+                            format!(
+                                "the virtual server's address {vip} is not of family {}",
+                                w.text
+                            ),
+                        ));
+                    }
+                }
+                "real_server" => {
+                    real_servers.push(self.real_server(st, &label, vport)?);
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::VirtualServer, &label, st, &other);
+                }
+            }
+        }
+        for (st, sched) in port_flags {
+            if lb_algo.as_deref() == Some(sched) {
+                if !t.has("hash_port") {
+                    self.put(
+                        &mut t,
+                        "hash_port",
+                        Value::Bool(true),
+                        st.keyword().span,
+                        st,
+                    )?;
+                }
+            } else {
+                self.unsupported(
+                    Some(&mut t),
+                    &label,
+                    texts(&st.comments),
+                    st.keyword().span,
+                    st.written(),
+                    format!(
+                        "keepalived ignores {}-port unless lb_algo is {sched}",
+                        sched
+                    ),
+                );
+            }
+        }
+        let Some(_) = lb_algo else {
+            return Err(Diag::new(
+                kw.span,
+                "no lb_algo: keepalived's default scheduler is wlc, which lb-daemon does not have: \
+                 set lb_algo (rr, wrr, sh or mh)",
+            ));
+        };
+        if !t.has("lb_kind") {
+            return Err(Diag::new(
+                kw.span,
+                "no lb_kind: keepalived's default is NAT, and lb-daemon forwards by direct routing \
+                 only: set lb_kind DR",
+            ));
+        }
+        if !t.has("protocol") {
+            t.push(generated(
+                "protocol",
+                Value::Str("UDP".into()),
+                kw.span,
+                " keepalived's default without `protocol` (\"no protocol set - defaulting to UDP\")",
+            ));
+        }
+        if !t.has("persistence_timeout") {
+            if t.has("persistence_granularity") {
+                t.push(generated(
+                    "persistence_timeout",
+                    Value::Int(DEFAULT_PERSISTENCE_TIMEOUT),
+                    kw.span,
+                    " keepalived makes a service with persistence_granularity persistent, 6 minutes",
+                ));
+            } else if vport == 0 {
+                t.push(generated(
+                    "persistence_timeout",
+                    Value::Int(DEFAULT_PERSISTENCE_TIMEOUT),
+                    kw.span,
+                    " keepalived makes a port-0 service persistent (\"zero port only valid for persistent services\")",
+                ));
+            }
+        }
+        Self::quorum_limits(&mut t, &real_servers, &inherit);
+        for mut rs in real_servers {
+            Self::inherit_into_real_server(&mut rs, &inherit);
+            t.children.push(Child {
+                name: "real_server",
+                array: true,
+                table: rs.table,
+            });
+        }
+        self.servers.push(Server {
+            table: t,
+            vip,
+            span: kw.span,
+        });
+        Ok(())
+    }
+
+    /// keepalived's corrections of a quorum it can never reach, and of a hysteresis that would
+    /// make the quorum 0 or less (`validate_check_config`), made explicit.
+    fn quorum_limits(t: &mut Table, rss: &[RealServer], inherit: &Inherited) {
+        let vs_weight = match inherit.get("weight") {
+            Some((_, Value::Int(w), _, _)) => *w,
+            _ => 1,
+        };
+        let total: i64 = rss
+            .iter()
+            .map(|rs| match rs.table.get("weight").map(|e| &e.value) {
+                Some(Value::Int(w)) => *w,
+                _ => vs_weight,
+            })
+            .sum();
+        let quorum = match t.get("quorum").map(|e| &e.value) {
+            Some(Value::Int(q)) => Some(*q),
+            _ => None,
+        };
+        if let Some(q) = quorum {
+            if total > 0 && q > total {
+                if let Some(e) = t.get_mut("quorum") {
+                    e.value = Value::Int(total);
+                    e.trailing = Some(format!(
+                        " keepalived.conf says {q}: keepalived lowers a quorum above the real servers' total weight to it"
+                    ));
+                }
+            }
+        }
+        let effective_quorum = match t.get("quorum").map(|e| &e.value) {
+            Some(Value::Int(q)) => *q,
+            _ => 1,
+        };
+        if let Some(Value::Int(h)) = t.get("hysteresis").map(|e| e.value.clone()) {
+            if effective_quorum >= 1 && h >= effective_quorum {
+                if let Some(e) = t.get_mut("hysteresis") {
+                    e.value = Value::Int(effective_quorum - 1);
+                    e.trailing = Some(format!(
+                        " keepalived.conf says {h}: keepalived lowers a hysteresis at or above the quorum to quorum - 1"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `lb_kind`, `lvs_method`, `sorry_server_lvs_method`: only DR.
+    fn forwarding(&self, w: &Word) -> Result<(), Diag> {
+        match w.text.as_str() {
+            "DR" => Ok(()),
+            "NAT" | "TUN" => Err(Diag::new(
+                w.span,
+                format!(
+                    "forwarding method {} is not supported: lb-daemon forwards by direct routing (DR) only",
+                    w.text
+                ),
+            )),
+            _ => Err(Diag::new(
+                w.span,
+                format!("unknown forwarding method `{}` (keepalived has NAT, DR and TUN)", w.text),
+            )),
+        }
+    }
+
+    fn real_server(&mut self, s: &Stmt, vs_label: &str, vport: i64) -> Result<RealServer, Diag> {
+        let kw = s.keyword();
+        let b = block(s)?;
+        let (ip_word, port_word) = match s.args() {
+            [ip] => (ip, None),
+            [ip, port] => (ip, Some(port)),
+            [] => return Err(Diag::new(kw.span, "`real_server` needs an address")),
+            [_, _, extra, ..] => {
+                return Err(Diag::new(extra.span, "expected `real_server IP [PORT]`"))
+            }
+        };
+        let addr = ip(ip_word)?;
+        let label = format!("{vs_label}, real_server {}", ip_word.text);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "ip",
+            value: Value::Str(addr.to_string()),
+            span: Some(ip_word.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        match port_word {
+            Some(p) => t.push(Entry {
+                key: "port",
+                value: Value::Int(port(p)?),
+                span: Some(p.span),
+                comments: Vec::new(),
+                trailing: None,
+            }),
+            // keepalived gives a direct-routing real server without a port the service's.
+            None => t.push(generated(
+                "port",
+                Value::Int(vport),
+                ip_word.span,
+                " no port in keepalived.conf: the service's, as keepalived sets it",
+            )),
+        }
+        let mut inherit = Inherited::default();
+        for st in &b.body {
+            let k = st.keyword();
+            match Self::canonical(Ctx::RealServer, k) {
+                "weight" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "weight", Value::Int(uint(w)?), w.span, st)?;
+                }
+                "inhibit_on_failure" => {
+                    let (on, span) = flag(st)?;
+                    self.put(&mut t, "inhibit_on_failure", Value::Bool(on), span, st)?;
+                }
+                key @ ("notify_up" | "notify_down") => {
+                    let key = if key == "notify_up" {
+                        "notify_up"
+                    } else {
+                        "notify_down"
+                    };
+                    self.hook(&mut t, &label, key, st)?;
+                }
+                "alpha" => {
+                    let (on, span) = flag(st)?;
+                    self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
+                }
+                "delay_loop" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "delay_loop", seconds(w)?, w.span, st)?;
+                }
+                key @ ("retry" | "delay_before_retry" | "warmup" | "connect_timeout"
+                | "virtualhost") => {
+                    let w = one(st)?;
+                    let (key, v) = inherited_value(key, w)?;
+                    if inherit.get(key).is_some() {
+                        return Err(Diag::new(k.span, format!("`{}` is given twice", k.text)));
+                    }
+                    inherit.items.push((key, v, w.span, "real_server"));
+                }
+                "lvs_method" => {
+                    let w = one(st)?;
+                    self.forwarding(w)?;
+                }
+                kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK") => {
+                    let (name, ctx): (&'static str, Ctx) = match kind {
+                        "TCP_CHECK" => ("TCP_CHECK", Ctx::TcpCheck),
+                        "HTTP_GET" => ("HTTP_GET", Ctx::HttpGet),
+                        _ => ("MISC_CHECK", Ctx::MiscCheck),
+                    };
+                    let check = self.check(st, ctx, &format!("{label}, {name}"))?;
+                    t.children.push(Child {
+                        name,
+                        array: true,
+                        table: check,
+                    });
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::RealServer, &label, st, &other);
+                }
+            }
+        }
+        Ok(RealServer { table: t, inherit })
+    }
+
+    /// A checker block: TCP_CHECK, HTTP_GET or MISC_CHECK.
+    fn check(&mut self, s: &Stmt, ctx: Ctx, label: &str) -> Result<Table, Diag> {
+        let b = block(s)?;
+        if let Some(w) = s.args().first() {
+            return Err(Diag::new(
+                w.span,
+                format!("`{}` takes no value", s.keyword().text),
+            ));
+        }
+        let connects = ctx != Ctx::MiscCheck;
+        let mut t = block_table(s);
+        for st in &b.body {
+            let k = st.keyword();
+            match Self::canonical(ctx, k) {
+                key @ ("connect_ip" | "bindto") if connects => {
+                    let w = one(st)?;
+                    ip(w)?;
+                    let key = if key == "connect_ip" {
+                        "connect_ip"
+                    } else {
+                        "bindto"
+                    };
+                    self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "connect_port" if connects => {
+                    let w = one(st)?;
+                    self.put(&mut t, "connect_port", Value::Int(port(w)?), w.span, st)?;
+                }
+                "connect_timeout" if connects => {
+                    let w = one(st)?;
+                    self.put(&mut t, "connect_timeout", seconds(w)?, w.span, st)?;
+                }
+                "retry" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "retry", Value::Int(uint(w)?), w.span, st)?;
+                }
+                key @ ("delay_before_retry" | "warmup" | "delay_loop") => {
+                    let w = one(st)?;
+                    let key = match key {
+                        "delay_before_retry" => "delay_before_retry",
+                        "warmup" => "warmup",
+                        _ => "delay_loop",
+                    };
+                    self.put(&mut t, key, seconds(w)?, w.span, st)?;
+                }
+                "alpha" => {
+                    let (on, span) = flag(st)?;
+                    self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
+                }
+                "url" if ctx == Ctx::HttpGet => {
+                    let url = self.url(st, label)?;
+                    t.children.push(Child {
+                        name: "url",
+                        array: true,
+                        table: url,
+                    });
+                }
+                "virtualhost" if ctx == Ctx::HttpGet => {
+                    let w = one(st)?;
+                    self.put(
+                        &mut t,
+                        "virtualhost",
+                        Value::Str(w.text.clone()),
+                        w.span,
+                        st,
+                    )?;
+                }
+                "http_protocol"
+                    if ctx == Ctx::HttpGet
+                        && st.args().len() == 1
+                        && st.args()[0].text == "1.1" =>
+                {
+                    no_block(st)?;
+                    t.comment(" http_protocol 1.1: what lb-daemon sends");
+                }
+                "fast_recovery" if ctx == Ctx::HttpGet && matches!(flag(st), Ok((true, _))) => {
+                    t.comment(" fast_recovery: what lb-daemon always does");
+                }
+                "misc_path" if ctx == Ctx::MiscCheck => {
+                    no_block(st)?;
+                    if st.args().is_empty() {
+                        return Err(Diag::new(k.span, "`misc_path` needs a command"));
+                    }
+                    let cmd = command(st.args())?;
+                    self.scripts_named = true;
+                    self.put(&mut t, "misc_path", Value::Str(cmd), st.args()[0].span, st)?;
+                }
+                "misc_timeout" if ctx == Ctx::MiscCheck => {
+                    let w = one(st)?;
+                    self.put(&mut t, "misc_timeout", seconds(w)?, w.span, st)?;
+                }
+                "misc_dynamic" if ctx == Ctx::MiscCheck => {
+                    let (on, span) = flag(st)?;
+                    self.put(&mut t, "misc_dynamic", Value::Bool(on), span, st)?;
+                }
+                "user" if ctx == Ctx::MiscCheck => self.user(&mut t, label, st)?,
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, ctx, label, st, &other);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    fn url(&mut self, s: &Stmt, label: &str) -> Result<Table, Diag> {
+        let b = block(s)?;
+        if let Some(w) = s.args().first() {
+            return Err(Diag::new(w.span, "`url` takes no value"));
+        }
+        let label = format!("{label}, url");
+        let mut t = block_table(s);
+        for st in &b.body {
+            let k = st.keyword();
+            match k.text.as_str() {
+                "path" => {
+                    let w = one(st)?;
+                    self.put(&mut t, "path", Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "status_code" => {
+                    no_block(st)?;
+                    let Some(first) = st.args().first() else {
+                        return Err(Diag::new(k.span, "`status_code` needs a value"));
+                    };
+                    let codes: Vec<&str> = st.args().iter().map(|w| w.text.as_str()).collect();
+                    self.put(
+                        &mut t,
+                        "status_code",
+                        Value::Str(codes.join(" ")),
+                        first.span,
+                        st,
+                    )?;
+                }
+                "virtualhost" => {
+                    let w = one(st)?;
+                    self.put(
+                        &mut t,
+                        "virtualhost",
+                        Value::Str(w.text.clone()),
+                        w.span,
+                        st,
+                    )?;
+                }
+                other => {
+                    let other = other.to_string();
+                    self.other(&mut t, Ctx::Url, &label, st, &other);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// keepalived's inheritance, made explicit in a real server and its checks: the check's
+    /// own setting, else the real server's, else the virtual server's.
+    fn inherit_into_real_server(rs: &mut RealServer, vs: &Inherited) {
+        let pick = |key: &str| rs.inherit.get(key).or_else(|| vs.get(key)).cloned();
+        for key in ["weight", "inhibit_on_failure"] {
+            if let (false, Some((key, value, span, from))) = (rs.table.has(key), pick(key)) {
+                rs.table.push(generated(
+                    key,
+                    value,
+                    span,
+                    format!(" the {from}'s (keepalived's inheritance)"),
+                ));
+            }
+        }
+        for child in &mut rs.table.children {
+            let keys: &[&str] = match child.name {
+                "TCP_CHECK" => &["retry", "delay_before_retry", "warmup", "connect_timeout"],
+                "HTTP_GET" => &[
+                    "retry",
+                    "delay_before_retry",
+                    "warmup",
+                    "connect_timeout",
+                    "virtualhost",
+                ],
+                // MISC_CHECK has no connection, so no connect_timeout.
+                _ => &["retry", "delay_before_retry", "warmup"],
+            };
+            for &key in keys {
+                if let (false, Some((key, value, span, from))) = (child.table.has(key), pick(key)) {
+                    child.table.push(generated(
+                        key,
+                        value,
+                        span,
+                        format!(" the {from}'s (keepalived's inheritance)"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<Converted, Diag> {
+        // A sync group's trackers, copied to its members.
+        let copies: Vec<(String, &'static str, Elem)> = self
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.members.iter().flat_map(move |m| {
+                    g.tracks
+                        .iter()
+                        .map(move |(k, e)| (m.clone(), *k, e.clone()))
+                })
+            })
+            .collect();
+        for (member, key, elem) in copies {
+            if let Some(inst) = self.instances.iter_mut().find(|i| i.name == member) {
+                match inst.table.get_mut(key) {
+                    Some(Entry {
+                        value: Value::Array(a),
+                        ..
+                    }) => a.push(elem),
+                    _ => {
+                        let span = elem.span;
+                        inst.table.push(Entry {
+                            key,
+                            value: Value::Array(vec![elem]),
+                            span,
+                            comments: Vec::new(),
+                            trailing: None,
+                        });
+                    }
+                }
+            }
+        }
+        let script_weights: Vec<(String, i64)> = self
+            .scripts
+            .iter()
+            .map(|(_, n, w)| (n.clone(), *w))
+            .collect();
+        for inst in &mut self.instances {
+            // `chk weight 0` overrides the script's weight in keepalived; lb-daemon reads a
+            // track entry's 0 as "the script's weight".
+            for (name, span) in &inst.zero_weight_scripts {
+                if let Some((_, w)) = script_weights.iter().find(|(n, w)| n == name && *w != 0) {
+                    return Err(Diag::new(
+                        *span,
+                        format!(
+                            "weight 0 overrides vrrp_script {name}'s weight {w} here, which lb-daemon \
+                             cannot express: give the script weight 0 or this entry its own weight"
+                        ),
+                    ));
+                }
+            }
+            let t = &mut inst.table;
+            let Some(_) = &inst.interface else {
+                return Err(Diag::new(
+                    inst.span,
+                    format!(
+                        "vrrp_instance {} has no interface: lb-daemon needs one",
+                        inst.name
+                    ),
+                ));
+            };
+            if inst.priority.is_none() {
+                let (p, why) = if inst.state.as_deref() == Some("MASTER") {
+                    (
+                        OWNER_PRIORITY,
+                        " keepalived's default for state MASTER (the address owner)",
+                    )
+                } else {
+                    (DEFAULT_PRIORITY, " keepalived's default")
+                };
+                t.push(generated("priority", Value::Int(p), inst.span, why));
+                inst.priority = Some(p);
+            }
+            if inst.state.is_none() && inst.priority == Some(OWNER_PRIORITY) {
+                t.push(generated(
+                    "state",
+                    Value::Str("MASTER".into()),
+                    inst.span,
+                    " keepalived starts an address owner (priority 255) as MASTER",
+                ));
+            }
+            let v6 = inst.vips.first().is_some_and(|(a, _)| a.is_ipv6());
+            if v6 && !t.has("version") && self.vrrp_version != Some(3) {
+                t.push(generated(
+                    "version",
+                    Value::Int(3),
+                    inst.span,
+                    " keepalived always runs an IPv6 instance with VRRPv3",
+                ));
+            }
+            for (key, value, span) in &self.garp {
+                if !t.has(key) {
+                    t.push(generated(
+                        key,
+                        value.clone(),
+                        *span,
+                        " from global_defs' vrrp_".to_string() + key,
+                    ));
+                }
+            }
+            if !t.has("virtual_ipaddress") {
+                return Err(Diag::new(
+                    inst.span,
+                    format!(
+                        "vrrp_instance {} has no virtual_ipaddress: lb-daemon needs at least one",
+                        inst.name
+                    ),
+                ));
+            }
+        }
+        // A VIP no instance holds is served whatever the VRRP state, as keepalived configures
+        // IPVS services whatever the state.
+        let mut interfaces: Vec<(String, String)> = Vec::new();
+        for vs in &mut self.servers {
+            let owner = self.instances.iter().find_map(|i| {
+                i.vips
+                    .iter()
+                    .find(|(a, _)| *a == vs.vip)
+                    .map(|(_, dev)| (i, dev))
+            });
+            match owner {
+                Some((inst, dev)) => {
+                    let iface = dev.clone().or_else(|| inst.interface.clone()).unwrap_or_default();
+                    if !interfaces.iter().any(|(i, _)| *i == iface) {
+                        interfaces.push((iface, inst.name.clone()));
+                    }
+                }
+                None => vs.table.push(generated(
+                    "static",
+                    Value::Bool(true),
+                    vs.span,
+                    " no vrrp_instance holds this VIP: keepalived configures its service on every node, \
+                     whatever the VRRP state",
+                )),
+            }
+        }
+        let dataplane = match self.servers.first() {
+            None => None,
+            Some(first) => {
+                let span = first.span;
+                let (iface, why) = match (&self.opts.interface, &interfaces[..]) {
+                    (Some(i), _) => (i.clone(), " given with --interface".to_string()),
+                    (None, [(i, inst)]) => (
+                        i.clone(),
+                        format!(
+                            " Here: where vrrp_instance {inst} holds the VIPs (--interface chooses another)."
+                        ),
+                    ),
+                    (None, []) => {
+                        return Err(Diag::new(
+                            span,
+                            "no vrrp_instance holds the virtual servers' VIPs, so the importer cannot \
+                             tell which interface XDP should run on: give --interface",
+                        ))
+                    }
+                    (None, several) => {
+                        let names: Vec<&str> = several.iter().map(|(i, _)| i.as_str()).collect();
+                        return Err(Diag::new(
+                            span,
+                            format!(
+                                "the virtual servers' VIPs are on {}: give --interface for the one \
+                                 XDP should run on",
+                                names.join(" and ")
+                            ),
+                        ));
+                    }
+                };
+                let mut t = Table {
+                    comments: vec![
+                        " Where the XDP program runs: keepalived has no such setting (IPVS works on".into(),
+                        " every interface), so the importer chose it.".into(),
+                    ],
+                    span: Some(span),
+                    ..Default::default()
+                };
+                t.push(Entry {
+                    key: "interface",
+                    value: Value::Str(iface),
+                    span: Some(span),
+                    comments: vec![why],
+                    trailing: None,
+                });
+                Some(t)
+            }
+        };
+        let mut global = self.global.take();
+        if self.scripts_named && !self.script_security {
+            let t = global.get_or_insert_with(Table::default);
+            let span = t.span.or_else(|| self.instances.first().map(|i| i.span));
+            t.push(Entry {
+                key: "enable_script_security",
+                value: Value::Bool(false),
+                span,
+                comments: vec![
+                    " keepalived's default: it runs scripts without enable_script_security's checks.".into(),
+                    " lb-daemon's default is true (scripts and their directories root-owned and".into(),
+                    " not writable by others): set it once `lb-daemon check` passes with it.".into(),
+                ],
+                trailing: None,
+            });
+            if !t.has("script_user") {
+                t.comment(
+                    " keepalived runs scripts as keepalived_script when that user exists, else as",
+                );
+                t.comment(" root; lb-daemon runs them as root unless script_user is set.");
+            }
+        }
+        let mut doc = Doc {
+            header: Vec::new(),
+            sections: Vec::new(),
+            tail: self.tail,
+        };
+        if let Some(t) = global.filter(|t| !t.is_empty()) {
+            doc.sections.push(Section {
+                name: "global_defs",
+                array: false,
+                table: t,
+            });
+        }
+        if let Some(t) = dataplane {
+            doc.sections.push(Section {
+                name: "dataplane",
+                array: false,
+                table: t,
+            });
+        }
+        let mut push_all = |name: &'static str, tables: Vec<Table>| {
+            for t in tables {
+                doc.sections.push(Section {
+                    name,
+                    array: true,
+                    table: t,
+                });
+            }
+        };
+        push_all(
+            "vrrp_script",
+            self.scripts.into_iter().map(|s| s.0).collect(),
+        );
+        push_all(
+            "vrrp_sync_group",
+            self.groups.into_iter().map(|g| g.table).collect(),
+        );
+        push_all(
+            "vrrp_instance",
+            self.instances.into_iter().map(|i| i.table).collect(),
+        );
+        push_all(
+            "virtual_server",
+            self.servers.into_iter().map(|s| s.table).collect(),
+        );
+        Ok(Converted {
+            doc,
+            unsupported: self.unsupported,
+        })
+    }
+}
+
+struct RealServer {
+    table: Table,
+    inherit: Inherited,
+}
+
+/// A `track_interface`/`track_script` entry, and its weight as written (with its place).
+type Track = (Elem, Option<(i64, Span)>);
+
+/// The TOML form of a setting a virtual or real server passes down.
+fn inherited_value(key: &str, w: &Word) -> Result<(&'static str, Value), Diag> {
+    Ok(match key {
+        "retry" => ("retry", Value::Int(uint(w)?)),
+        "delay_before_retry" => ("delay_before_retry", seconds(w)?),
+        "warmup" => ("warmup", seconds(w)?),
+        "connect_timeout" => ("connect_timeout", seconds(w)?),
+        "virtualhost" => ("virtualhost", Value::Str(w.text.clone())),
+        _ => ("weight", Value::Int(uint(w)?)),
+    })
+}
+
+/// The block a TOML key is read in, for alias notes: only the keys that have aliases matter.
+fn ctx_of(key: &str) -> Ctx {
+    match key {
+        "router_id" => Ctx::GlobalDefs,
+        "unicast_src_ip" => Ctx::Instance,
+        "lb_algo" | "lb_kind" => Ctx::VirtualServer,
+        // `nb_get_retry`: TCP_CHECK and HTTP_GET read it alike.
+        "retry" => Ctx::TcpCheck,
+        _ => Ctx::Top,
+    }
+}

@@ -1,0 +1,327 @@
+//! `lb-daemon import-keepalived`: a keepalived.conf (and what it includes) to lb-daemon's TOML.
+//!
+//! The stages, each its own module and each pure but the first:
+//!
+//! 1. `include`: read the file and everything it includes (globs, braces, relative to the
+//!    including file) into one token stream (`lexer`: keepalived's comments, quotes and braces).
+//! 2. `parse`: the tokens to a tree of statements and blocks, comments attached.
+//! 3. `convert`: the tree to a TOML document (`emit`'s model), with keepalived's aliases
+//!    (`keywords`), inheritance and defaults made explicit, and a list of what lb-daemon does not
+//!    support.
+//! 4. `emit`: the document to text, remembering which keepalived text each line came from.
+//! 5. [`Config::parse`] on that text: the output is checked by the same code as `lb-daemon
+//!    check`, and an error it finds is reported at the keepalived file, line and column of the
+//!    value it is about, so ranges and cross-references are checked in one place only.
+//!
+//! # What is not supported
+//!
+//! Every keyword lb-daemon does not support is listed with its file, line and column
+//! ([`Import::unsupported`]); the command refuses to write anything unless
+//! `--allow-unsupported` is given, and even then the list is printed and written into the output
+//! as comments. A *value* lb-daemon cannot express (a scheduler it does not have, NAT, `reverse`
+//! tracking) is an error instead, since leaving it out would change what the rest means.
+//!
+//! # keepalived's defaults that the output states
+//!
+//! | where | keepalived | written as |
+//! |---|---|---|
+//! | `vrrp_instance` without `priority` | 100, or 255 with `state MASTER` | `priority = 100` / `255` |
+//! | `vrrp_instance` without `state`, priority 255 | starts as MASTER | `state = "MASTER"` |
+//! | IPv6 `vrrp_instance` without `version` | always VRRPv3 | `version = 3` |
+//! | `global_defs` `vrrp_garp_master_*` | the instances' default | copied to each instance |
+//! | any script or hook, no `enable_script_security` | no script checks | `enable_script_security = false` |
+//! | `virtual_server` without `protocol` | UDP | `protocol = "UDP"` |
+//! | `persistence_timeout` without a value; `persistence_granularity` or port 0 without it | 360 s | `persistence_timeout = 360` |
+//! | VIP held by no `vrrp_instance` | the service runs on every node | `static = true` |
+//! | real or sorry server without a port | the service's port | `port = N` |
+//! | vs/rs `retry`, `delay_before_retry`, `warmup`, `connect_timeout`, `virtualhost`, `inhibit_on_failure`, `weight` | defaults for the real servers and their checks | copied down |
+//! | `quorum` above the total weight; `hysteresis` ≥ `quorum` | lowered to the total; to `quorum - 1` | the lowered value |
+//!
+//! Where keepalived's default is one lb-daemon cannot have (no `lb_algo`: wlc; no `lb_kind`:
+//! NAT), the import fails with the position of the `virtual_server`.
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError};
+
+mod convert;
+pub mod emit;
+mod include;
+pub mod keywords;
+pub mod lexer;
+pub mod parse;
+pub mod source;
+
+pub use source::{Files, Location, MemFiles, RealFiles};
+use source::{Sources, Span};
+
+/// A message about a place in the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diag {
+    pub span: Span,
+    pub message: String,
+}
+
+impl Diag {
+    pub fn new(span: Span, message: impl Into<String>) -> Self {
+        Diag {
+            span,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The top file could not be read.
+    #[error("{}: {message}", file.display())]
+    Read { file: PathBuf, message: String },
+    /// Bad input, at its place.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    At {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The output refused by a check that names no position the importer knows (a bug).
+    #[error("the imported configuration does not load: {0}")]
+    Output(String),
+}
+
+impl ImportError {
+    pub(crate) fn at(sources: &Sources, d: Diag) -> Self {
+        let Location { file, line, column } = sources.locate(d.span);
+        ImportError::At {
+            file,
+            line,
+            column,
+            message: d.message,
+        }
+    }
+}
+
+/// A keyword (or a part of one) that lb-daemon does not support.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedItem {
+    pub location: Location,
+    /// The block it is in: `vrrp_instance VI_1`.
+    pub block: String,
+    /// How it was written.
+    pub written: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnsupportedItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: `{}`: {}",
+            self.location, self.block, self.written, self.reason
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The `[dataplane]` interface; by default the one where the virtual servers' VIPs are.
+    pub interface: Option<String>,
+    /// The output's name, for the messages of the check of the output.
+    pub output_name: Option<PathBuf>,
+}
+
+/// A successful import.
+#[derive(Debug)]
+pub struct Import {
+    /// The TOML, with the unsupported keywords as comments.
+    pub toml: String,
+    pub unsupported: Vec<UnsupportedItem>,
+    /// The output, loaded.
+    pub config: Config,
+}
+
+/// Imports `path` from the file system.
+pub fn import_file(path: &Path, opts: &Options) -> Result<Import, ImportError> {
+    import_with(&RealFiles, path, opts)
+}
+
+/// Imports keepalived text held in memory, as the file `name` (an `include` in it finds no
+/// file, and fails with its position): for tests and fuzzing.
+pub fn import_str(name: &Path, text: &str, opts: &Options) -> Result<Import, ImportError> {
+    let mut files = MemFiles::new();
+    files.add(name, text.as_bytes().to_vec());
+    import_with(&files, name, opts)
+}
+
+pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Import, ImportError> {
+    let mut sources = Sources::default();
+    let tokens = include::load(files, path, &mut sources)?;
+    let tree = parse::parse(tokens).map_err(|d| ImportError::at(&sources, d))?;
+    let converted =
+        convert::convert(&tree, &sources, opts).map_err(|d| ImportError::at(&sources, d))?;
+    let mut doc = converted.doc;
+    let unsupported: Vec<UnsupportedItem> = converted
+        .unsupported
+        .iter()
+        .map(|u| UnsupportedItem {
+            location: sources.locate(u.span),
+            block: u.block.clone(),
+            written: u.written.clone(),
+            reason: u.reason.clone(),
+        })
+        .collect();
+    doc.header = header(path, &unsupported);
+    let (toml, lines) = emit::render(&doc);
+    let name = opts
+        .output_name
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<imported>"));
+    let config =
+        Config::parse(&name, &toml).map_err(|e| config_error(e, &lines, &sources, &toml))?;
+    Ok(Import {
+        toml,
+        unsupported,
+        config,
+    })
+}
+
+/// The statement tree of one text, without reading anything: `include` lines stay statements
+/// (`include PATTERN`). For tools and tests that look at keepalived text itself.
+pub fn parse_text(text: &str) -> Result<parse::File, String> {
+    let mut sources = Sources::default();
+    let id = sources.add(PathBuf::from("<text>"), text.to_string());
+    let located = |d: Diag| ImportError::at(&sources, d).to_string();
+    let tokens = lexer::lex(id, text)
+        .map_err(located)?
+        .into_iter()
+        .flat_map(|t| match t.tok {
+            lexer::Tok::Include { directive, pattern } => vec![
+                lexer::Token {
+                    tok: lexer::Tok::Word(directive),
+                    span: t.span,
+                },
+                lexer::Token {
+                    tok: lexer::Tok::Word(pattern),
+                    span: t.span,
+                },
+            ],
+            _ => vec![t],
+        })
+        .collect();
+    parse::parse(tokens).map_err(located)
+}
+
+fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
+    let mut h = vec![
+        format!(
+            " Imported from {} by `lb-daemon import-keepalived`.",
+            path.display()
+        ),
+        " The comments on lines the importer added say why: keepalived's defaults and".into(),
+        " inheritance, written out where lb-daemon's differ.".into(),
+    ];
+    if !unsupported.is_empty() {
+        h.push(String::new());
+        h.push(format!(
+            " Not imported: {} keyword(s) lb-daemon does not support:",
+            unsupported.len()
+        ));
+        h.extend(unsupported.iter().map(|u| format!("   {u}")));
+    }
+    h
+}
+
+/// An error of [`Config::parse`] on the output, at the keepalived text of its line.
+fn config_error(
+    e: ConfigError,
+    lines: &[Option<Span>],
+    sources: &Sources,
+    toml: &str,
+) -> ImportError {
+    let (line, message) = match &e {
+        ConfigError::Invalid {
+            line, key, message, ..
+        } => (*line, format!("`{key}`: {message}")),
+        ConfigError::Parse {
+            line, key, message, ..
+        } => (
+            *line,
+            match key {
+                Some(k) => format!("`{k}`: {message}"),
+                None => message.clone(),
+            },
+        ),
+        ConfigError::Read { .. } => return ImportError::Output(e.to_string()),
+    };
+    match line
+        .checked_sub(1)
+        .and_then(|i| lines.get(i))
+        .copied()
+        .flatten()
+    {
+        Some(span) => ImportError::at(sources, Diag::new(span, message)),
+        None => {
+            let text = line
+                .checked_sub(1)
+                .and_then(|i| toml.lines().nth(i))
+                .unwrap_or("");
+            ImportError::Output(format!("line {line} ({text:?}): {message}"))
+        }
+    }
+}
+
+/// The command: import `file`, print what is unsupported, write the TOML to `output` (or
+/// stdout). Refuses to write anything while something is unsupported, unless
+/// `allow_unsupported`.
+pub fn cli(
+    file: &Path,
+    output: Option<&Path>,
+    allow_unsupported: bool,
+    interface: Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(out) = output {
+        let same = match (file.canonicalize(), out.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            anyhow::bail!("{}: the output would overwrite the input", out.display());
+        }
+    }
+    let opts = Options {
+        interface,
+        output_name: output.map(Path::to_path_buf),
+    };
+    let import = import_file(file, &opts)?;
+    for u in &import.unsupported {
+        eprintln!("unsupported: {u}");
+    }
+    if !import.unsupported.is_empty() && !allow_unsupported {
+        anyhow::bail!(
+            "{} keyword(s) above are not supported by lb-daemon; nothing was written. Change \
+             them, or give --allow-unsupported to import without them (they are then kept in \
+             the output as comments)",
+            import.unsupported.len()
+        );
+    }
+    match output {
+        Some(out) => {
+            std::fs::write(out, &import.toml)
+                .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
+            let c = &import.config;
+            eprintln!(
+                "{}: written ({} vrrp_instance, {} virtual_server, {} real_server); \
+                 check it with `lb-daemon check --config {}`",
+                out.display(),
+                c.vrrp_instances.len(),
+                c.virtual_servers.len(),
+                c.virtual_servers
+                    .iter()
+                    .map(|v| v.real_servers.len())
+                    .sum::<usize>(),
+                out.display()
+            );
+        }
+        None => print!("{}", import.toml),
+    }
+    Ok(())
+}
