@@ -988,6 +988,22 @@ mod example_tests {
             .all(|v| v.real_servers.len() == 3 && !v.is_static));
         assert_eq!(lvs.vrrp_instances[0].advert_int_cs, 500);
         assert_eq!(lvs.sync_groups[0].members, vec!["VI_1".to_string()]);
+        // The seed's TCP_CHECK on every real server: delay_loop 6, connect_timeout 3,
+        // nb_get_retry 3, delay_before_retry 3.
+        for rs in lvs.virtual_servers.iter().flat_map(|v| &v.real_servers) {
+            let [check] = &rs.checks.checks[..] else {
+                panic!("{}: one TCP_CHECK expected", rs.addr)
+            };
+            let check::CheckKind::Tcp(c) = &check.kind else {
+                panic!("{check:?}")
+            };
+            assert_eq!(c.timeout, std::time::Duration::from_secs(3));
+            assert_eq!(c.dest, rs.addr);
+            let t = check.timing;
+            assert_eq!(t.delay_loop, std::time::Duration::from_secs(6));
+            assert_eq!(t.retry, 3);
+            assert_eq!(t.delay_before_retry, std::time::Duration::from_secs(3));
+        }
         let nginx = Config::load(&dir.join("nginx-ha.toml")).unwrap();
         assert!(nginx.dataplane.is_none() && nginx.virtual_servers.is_empty());
         assert!(!nginx.vrrp_instances[0].preempt);
