@@ -282,7 +282,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     let l4 = parse::ports(ctx, l3)?;
     let key = F::flow(&l3.src, &l3.dst, l4.sport, l4.dport, l3.proto);
     let slot = cache_index::<F>(&key);
-    if l4.syn && l4.sport == 1 && l4.dport == 0xffff {
+    if l4.syn {
         // A connection's opening SYN is almost always a new flow: schedule first, and let
         // the insert, which walks the flow's bucket anyway, say whether the flow exists
         // (see `new_flow`). That skips a cache probe and a table lookup, both cache misses.
