@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use lb_daemon::config::{Config, ConfigError};
+use lb_daemon::config::Config;
 
 /// Fewer files than this means the corpus went missing, not that everything passed.
 const MIN_CASES: usize = 25;
@@ -44,10 +44,8 @@ fn expectations(file: &Path) -> Vec<String> {
 }
 
 /// What `lb-daemon check` does with a file, minus the printing.
-fn check(file: &Path) -> Result<Config, ConfigError> {
-    let c = Config::load(file)?;
-    c.check_scripts()?;
-    Ok(c)
+fn check(file: &Path) -> anyhow::Result<Config> {
+    Config::check_file(file)
 }
 
 #[test]

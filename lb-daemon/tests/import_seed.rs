@@ -5,12 +5,14 @@
 //! "Nginx + Keepalived" VIP is the placeholder `xxx.xxx.xxx.xxx` in the seed, written
 //! 192.0.2.100 here (the placeholder itself is tested to fail with its position).
 //!
-//! Each import must pass what `lb-daemon check` does ([`Config::load`], then
-//! [`Config::check_scripts`]) and mean what `seed/*.expected.toml`, written by hand, means.
-//! The seed's scripts (`/etc/keepalived/check_nginx.sh`...) do not exist here; the import
-//! passes `check` anyway because keepalived checks no script unless `enable_script_security`
-//! is set, and the output states that default (`enable_script_security = false`). With the
-//! setting turned on, `check` refuses the missing scripts, and accepts a safe existing one.
+//! Each import must pass what `lb-daemon check` does ([`Config::check_file`]) and mean what
+//! `seed/*.expected.toml`, written by hand, means. The seed's scripts
+//! (`/etc/keepalived/check_nginx.sh`...) do not exist here, and `check` refuses a script that
+//! does not exist; so the copy that is checked names executable stand-ins at the same place
+//! under a scratch directory. keepalived checks no script's ownership unless
+//! `enable_script_security` is set, and the output states that default
+//! (`enable_script_security = false`); with the setting turned on, `check` refuses the
+//! missing scripts, and accepts a safe existing one.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -22,7 +24,7 @@ use lb_daemon::{
     config::{
         check::{CheckKind, Checks},
         vrrp::check_script_safety,
-        Config, ConfigError,
+        Config,
     },
     dataplane::{Proto, Scheduler},
     import::{self, Options},
@@ -41,10 +43,8 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 /// What `lb-daemon check` does with a file.
-fn check(file: &Path) -> Result<Config, ConfigError> {
-    let c = Config::load(file)?;
-    c.check_scripts()?;
-    Ok(c)
+fn check(file: &Path) -> anyhow::Result<Config> {
+    Config::check_file(file)
 }
 
 /// A model without where it was read from.
@@ -62,8 +62,21 @@ fn import_and_check(name: &str, dir: &Path) -> (import::Import, Config) {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let out = dir.join(name).with_extension("toml");
     fs::write(&out, &import.toml).unwrap();
-    let checked = check(&out).unwrap_or_else(|e| panic!("{e}\n{}", import.toml));
-    (import, checked)
+    let loaded = Config::load(&out).unwrap_or_else(|e| panic!("{e}\n{}", import.toml));
+    // The checked copy: every script the file names, as an executable stand-in under `dir`.
+    let stand_ins = dir.join("scripts");
+    let mut text = import.toml.clone();
+    for s in &loaded.scripts {
+        let at = stand_ins.join(s.program.strip_prefix("/").unwrap_or(&s.program));
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        fs::write(&at, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        text = text.replace(&*s.program.to_string_lossy(), &at.to_string_lossy());
+    }
+    let copy = dir.join(name).with_extension("checked.toml");
+    fs::write(&copy, &text).unwrap();
+    check(&copy).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    (import, loaded)
 }
 
 #[test]

@@ -431,15 +431,33 @@ impl Config {
         })
     }
 
+    /// `lb-daemon check`: the file as [`Config::load`] reads it, its scripts as
+    /// [`Config::check_scripts`] sees them, then what start-up would refuse beyond the file
+    /// (unknown users, unsafe hooks), by the same code the daemon starts with, starting
+    /// nothing and touching nothing.
+    pub fn check_file(file: &Path) -> anyhow::Result<Config> {
+        let c = Config::load(file)?;
+        c.check_scripts()?;
+        let named = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
+        crate::health::validate(&c).map_err(|e| named(&e))?;
+        crate::vrrp::track::validate(&c).map_err(|e| named(&e))?;
+        crate::vrrp::notify::NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
+        Ok(c)
+    }
+
     /// keepalived's `enable_script_security` (on unless `global_defs` turns it off): every
     /// script and hook exists, is executable, and neither it nor a directory above it can be
     /// changed by a user other than root.
     pub fn check_scripts(&self) -> Result<(), ConfigError> {
-        if self.global_defs.enable_script_security == Some(false) {
-            return Ok(());
-        }
+        let safety = self.global_defs.enable_script_security != Some(false);
         for s in &self.scripts {
-            vrrp::check_script_safety(&s.program).map_err(|message| ConfigError::Invalid {
+            // Without script security a script still has to be there to run.
+            let checked = if safety {
+                vrrp::check_script_safety(&s.program)
+            } else {
+                vrrp::check_script_runnable(&s.program)
+            };
+            checked.map_err(|message| ConfigError::Invalid {
                 file: self.file.clone(),
                 line: s.line,
                 key: s.key.clone(),

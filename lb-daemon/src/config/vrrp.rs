@@ -680,17 +680,24 @@ pub(super) fn cross_check(
     Ok(())
 }
 
-/// keepalived's `enable_script_security`: a script, or a directory above it, that someone other
-/// than root can write to could be replaced by that someone and then run as root.
-pub fn check_script_safety(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
+/// A script that can run at all: an executable file.
+pub fn check_script_runnable(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
-    if meta.mode() & 0o111 == 0 {
+    if meta.permissions().mode() & 0o111 == 0 {
         return Err(format!("{} is not executable", path.display()));
     }
+    Ok(())
+}
+
+/// keepalived's `enable_script_security`: a script, or a directory above it, that someone other
+/// than root can write to could be replaced by that someone and then run as root.
+pub fn check_script_safety(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    check_script_runnable(path)?;
     let mut p: PathBuf = path.to_path_buf();
     loop {
         let m = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -1002,8 +1009,16 @@ notify = "/bin/true"
             e.starts_with("lb.toml:4: `vrrp_script.script`: /nonexistent/check.sh"),
             "{e}"
         );
+        // Without script security ownership is not checked, but a missing script still is.
         let off = text.replacen("\n", "\n[global_defs]\nenable_script_security = false\n", 1);
-        Config::parse(Path::new("lb.toml"), &off)
+        let e = Config::parse(Path::new("lb.toml"), &off)
+            .unwrap()
+            .check_scripts()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/check.sh: No such file"), "{e}");
+        let present = off.replace("/nonexistent/check.sh", "/bin/true");
+        Config::parse(Path::new("lb.toml"), &present)
             .unwrap()
             .check_scripts()
             .unwrap();

@@ -147,6 +147,12 @@ pub fn service_name(s: &ServiceKey) -> String {
     format!("{}/{}", SocketAddr::new(s.0, s.1), s.2.name())
 }
 
+/// What [`Checkers::start`] would refuse in `config` (an unknown user, an unsafe script), for
+/// `lb-daemon check`: the same code, without starting anything.
+pub fn validate(config: &Config) -> Result<(), HealthError> {
+    specs(config).map(|_| ())
+}
+
 /// The engine's view of `config`, and the user hooks run as. Resolves every user and, with
 /// `enable_script_security` (on unless false), refuses scripts run as root that others could
 /// replace.

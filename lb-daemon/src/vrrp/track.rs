@@ -440,6 +440,16 @@ async fn interface_loop(
 // All probes of a configuration
 // ---------------------------------------------------------------------------------------------
 
+/// What [`TrackTasks::start`] would refuse in `config` (an undefined script, an unknown user,
+/// an unsafe script), for `lb-daemon check`: the same code, without starting anything.
+pub fn validate(config: &Config) -> Result<(), TrackError> {
+    Tracking::new(config)?;
+    for script in &config.vrrp_scripts {
+        script_spec(config, script)?;
+    }
+    Ok(())
+}
+
 /// The user a `vrrp_script` runs as: its own `user`, else `global_defs.script_user`, else root.
 /// With `enable_script_security` (on unless false), a script run as root must not be
 /// replaceable by anyone else ([`check_script_safety`]).
