@@ -248,9 +248,12 @@ pub struct RealServer {
 
 impl RealServer {
     /// The weight it serves with given its checks' verdict (up, dynamic weight), or `None`
-    /// while it fails them. No verdict yet counts as up.
+    /// while it fails them. No verdict yet counts as up, unless a check is `alpha` (down
+    /// until its first success): a server a reload just added has no verdict until its
+    /// checker has started, and must not take flows meanwhile.
     pub fn healthy_weight(&self, verdict: Option<(bool, Option<u32>)>) -> Option<u32> {
-        match verdict.unwrap_or((true, None)) {
+        let alpha = self.checks.checks.iter().any(|c| c.timing.alpha);
+        match verdict.unwrap_or((!alpha, None)) {
             (true, dynamic) => Some(dynamic.unwrap_or(self.weight)),
             (false, _) => None,
         }
@@ -1061,6 +1064,88 @@ sorry_server = { ip = "192.0.2.50", port = 80 }
   port = 80
   weight = 2
 "#;
+
+    /// Each real server as its checks say: up with its (dynamic) weight; failing, drained
+    /// with `inhibit_on_failure` (weight 0, MAC kept: its flows stay) or unusable (no MAC:
+    /// its flows move); no verdict yet, up unless `alpha`. The VIP of a backup instance is
+    /// inactive; a static one is always active.
+    #[test]
+    fn service_specs_follow_health_inhibit_alpha_and_vrrp_roles() {
+        let text = format!(
+            "{TEXT}
+  [[virtual_server.real_server]]
+  ip = \"192.0.2.13\"
+  port = 80
+  weight = 2
+  inhibit_on_failure = true
+    [[virtual_server.real_server.TCP_CHECK]]
+
+  [[virtual_server.real_server]]
+  ip = \"192.0.2.14\"
+  port = 80
+  weight = 2
+    [[virtual_server.real_server.TCP_CHECK]]
+    alpha = true
+
+[[vrrp_instance]]
+name = \"VI_1\"
+interface = \"eth0\"
+virtual_router_id = 1
+priority = 100
+virtual_ipaddress = [\"192.0.2.200\"]
+
+[[virtual_server]]
+ip = \"192.0.2.200\"
+port = 80
+protocol = \"TCP\"
+lb_algo = \"rr\"
+lb_kind = \"DR\"
+
+  [[virtual_server.real_server]]
+  ip = \"192.0.2.21\"
+  port = 80
+"
+        )
+        .replace("quorum = 3\nhysteresis = 1\n", "");
+        let c = Config::parse(Path::new("lb.toml"), &text).unwrap();
+        let mac = [2, 0, 0, 0, 0, 1];
+        let ip = |b: &BackendSpec| b.addr.ip().to_string();
+        // .11 up with a dynamic weight, .12 failing, .13 failing but inhibited, .14 alpha
+        // without a verdict yet.
+        let verdicts = |_: &VirtualServer, rs: &RealServer| match rs.addr.ip().to_string().as_str()
+        {
+            "192.0.2.11" => Some((true, Some(7))),
+            "192.0.2.12" | "192.0.2.13" => Some((false, None)),
+            _ => None,
+        };
+        let none = Default::default();
+        let specs = c.service_specs(|_| Some(mac), &none, verdicts, |_| true);
+        let b = &specs[0].backends;
+        assert_eq!(
+            b.iter()
+                .map(|b| (ip(b), b.weight, b.mac.is_some()))
+                .collect::<Vec<_>>(),
+            [
+                ("192.0.2.11".to_string(), 7, true),
+                ("192.0.2.12".to_string(), 0, false),
+                ("192.0.2.13".to_string(), 0, true),
+                ("192.0.2.14".to_string(), 0, false),
+            ]
+        );
+        assert!(specs[0].active, "static");
+        assert!(!specs[1].active, "its instance is not master here");
+        let master: std::collections::HashSet<IpAddr> = ["192.0.2.200".parse().unwrap()].into();
+        let specs = c.service_specs(|_| Some(mac), &master, verdicts, |_| true);
+        assert!(specs[1].active, "its instance is master");
+        assert_eq!(specs[1].backends[0].weight, 1, "no checks: up, its weight");
+        // The alpha server's first success brings it in.
+        let up = |_: &VirtualServer, _: &RealServer| Some((true, None));
+        let specs = c.service_specs(|_| Some(mac), &none, up, |_| true);
+        assert_eq!(
+            (specs[0].backends[3].weight, specs[0].backends[3].mac),
+            (2, Some(mac))
+        );
+    }
 
     #[test]
     fn quorum_with_hysteresis() {
