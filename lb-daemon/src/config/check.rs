@@ -44,12 +44,15 @@
 //!
 //! # What differs from keepalived
 //!
-//! * `digest` (an MD5 of the body, from `genhash`) is not supported and is refused with an
-//!   error, never ignored: a check that silently stopped comparing the body would pass where
-//!   keepalived's fails. `body_contains` covers the common use: a plain substring (at most
-//!   [`MAX_BODY_CONTAINS`] bytes) that must appear in the body, as far as the probe reads it
-//!   (the first [`crate::health::http::MAX_RESPONSE`] bytes of the response, de-chunked).
-//!   `regex` is refused the same way.
+//! * The body is checked, as far as the probe reads it (the first
+//!   [`crate::health::http::MAX_RESPONSE`] bytes of the response, de-chunked), by any of:
+//!   `digest` (keepalived's: the MD5 of the whole body, as `genhash` prints it; the probe then
+//!   reads up to [`crate::health::http::MAX_DIGEST_RESPONSE`] bytes, and a longer body fails
+//!   the check rather than being digested in part), `regex` (keepalived's, with
+//!   `regex_no_match = true` to fail on a match; Rust `regex` syntax, which for the usual
+//!   health-page patterns is PCRE's; at most [`MAX_REGEX`] bytes, compiled with a size
+//!   limit), and `body_contains` (ours: a plain substring, at most [`MAX_BODY_CONTAINS`]
+//!   bytes). keepalived's other `regex_*` options are refused, never ignored.
 //! * `connect_timeout` bounds an `HTTP_GET` url's whole exchange (connect, request, response),
 //!   not each step.
 //! * The request is `GET <path> HTTP/1.1` with `Host` and `Connection: close` (keepalived's
@@ -86,6 +89,11 @@ pub const DEFAULT_DELAY_BEFORE_RETRY: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATUS: RangeInclusive<u16> = 200..=299;
 /// The longest `body_contains`: it has to fit in what the probe reads of a response.
 pub const MAX_BODY_CONTAINS: usize = 1024;
+/// The longest `regex` pattern.
+pub const MAX_REGEX: usize = 1024;
+/// What a compiled `regex` may take (regex's own `size_limit`): a pattern that would need
+/// more is a configuration error, not a slow probe.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// The longest `url.path`.
 pub const MAX_PATH: usize = 2048;
 /// The most `retry` accepted.
@@ -193,10 +201,9 @@ pub(super) struct RawUrl {
     status_code: Option<Value>,
     virtualhost: Option<Value>,
     body_contains: Option<Value>,
-    /// Read only to refuse it with a clear message.
     digest: Option<Value>,
-    /// Read only to refuse it with a clear message.
     regex: Option<Value>,
+    regex_no_match: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +313,40 @@ pub struct Url {
     pub virtualhost: Option<String>,
     /// A substring the body must contain.
     pub body_contains: Option<String>,
+    /// keepalived's `digest`: the MD5 of the whole body.
+    pub digest: Option<[u8; 16]>,
+    /// keepalived's `regex` (and `regex_no_match`).
+    pub regex: Option<BodyRegex>,
+}
+
+impl Url {
+    /// Whether the probe has to read the body at all.
+    pub fn checks_body(&self) -> bool {
+        self.body_contains.is_some() || self.digest.is_some() || self.regex.is_some()
+    }
+}
+
+/// A compiled `regex`, compared (for reloads) by its source.
+#[derive(Debug, Clone)]
+pub struct BodyRegex {
+    pub source: String,
+    /// keepalived's `regex_no_match`: the check fails when the body matches.
+    pub no_match: bool,
+    pub compiled: regex::bytes::Regex,
+}
+
+impl PartialEq for BodyRegex {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.source, self.no_match) == (&other.source, other.no_match)
+    }
+}
+
+impl Eq for BodyRegex {}
+
+impl std::hash::Hash for BodyRegex {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.source, self.no_match).hash(state)
+    }
 }
 
 /// Accepted status codes.
@@ -680,20 +721,59 @@ fn status_codes(cx: &Ctx, v: &Value) -> Result<StatusCodes, ConfigError> {
 
 fn url(cx: &Ctx, raw: &RawUrl, default_host: &Option<String>) -> Result<Url, ConfigError> {
     let k = |key: &str| format!("real_server.HTTP_GET.url.{key}");
-    if let Some(d) = &raw.digest {
-        return Err(cx.invalid(
-            d.span(),
-            &k("digest"),
-            "not supported (it needs MD5): check status_code, and body_contains for a substring of the body",
-        ));
-    }
-    if let Some(r) = &raw.regex {
-        return Err(cx.invalid(
-            r.span(),
-            &k("regex"),
-            "not supported: body_contains matches a plain substring of the body",
-        ));
-    }
+    let digest = match &raw.digest {
+        None => None,
+        Some(v) => {
+            let d = string(cx, v, &k("digest"))?;
+            Some(md5_hex(d).ok_or_else(|| {
+                cx.invalid(
+                    v.span(),
+                    &k("digest"),
+                    format!("{d:?}: expected an MD5 digest, 32 hexadecimal digits (what genhash prints)"),
+                )
+            })?)
+        }
+    };
+    let regex = match &raw.regex {
+        None => {
+            if let Some(v) = &raw.regex_no_match {
+                return Err(cx.invalid(v.span(), &k("regex_no_match"), "needs a `regex`"));
+            }
+            None
+        }
+        Some(v) => {
+            let source = string(cx, v, &k("regex"))?;
+            if source.is_empty() || source.len() > MAX_REGEX {
+                return Err(cx.invalid(
+                    v.span(),
+                    &k("regex"),
+                    format!("must be 1..={MAX_REGEX} bytes"),
+                ));
+            }
+            let compiled = regex::bytes::RegexBuilder::new(source)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| cx.invalid(v.span(), &k("regex"), format!("{source:?}: {e}")))?;
+            let no_match = match &raw.regex_no_match {
+                None => false,
+                Some(n) => match n.get_ref() {
+                    toml::Value::Boolean(b) => *b,
+                    _ => {
+                        return Err(cx.invalid(
+                            n.span(),
+                            &k("regex_no_match"),
+                            "expected true or false",
+                        ))
+                    }
+                },
+            };
+            Some(BodyRegex {
+                source: source.to_string(),
+                no_match,
+                compiled,
+            })
+        }
+    };
     let path = string(cx, &raw.path, &k("path"))?;
     if !path.starts_with('/') || path.len() > MAX_PATH || !printable(path) {
         return Err(cx.invalid(
@@ -729,7 +809,23 @@ fn url(cx: &Ctx, raw: &RawUrl, default_host: &Option<String>) -> Result<Url, Con
             None => default_host.clone(),
         },
         body_contains,
+        digest,
+        regex,
     })
+}
+
+/// 32 hexadecimal digits, either case, as 16 bytes.
+fn md5_hex(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 32 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 16];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 fn http(cx: &Ctx, raw: &RawHttp, up: &Inherited) -> Result<Check, ConfigError> {
@@ -1056,6 +1152,8 @@ url = { path = "/" }"#,
                 status_code: StatusCodes(vec![200..=299]),
                 virtualhost: None,
                 body_contains: None,
+                digest: None,
+                regex: None,
             }]
         );
         assert!(h.urls[0].status_code.contains(204));
@@ -1089,6 +1187,32 @@ body_contains = "OK""#,
         assert_eq!(h.urls[1].status_code.to_string(), "204 300-399 404");
         assert_eq!(h.urls[1].virtualhost.as_deref(), Some("b.example.com:8080"));
         assert_eq!(h.urls[1].body_contains.as_deref(), Some("OK"));
+
+        // keepalived's digest and regex.
+        let c = checks_of(
+            "",
+            r#"[virtual_server.real_server.HTTP_GET]
+[[virtual_server.real_server.HTTP_GET.url]]
+path = "/"
+digest = "9B3A0C85A887A256D6939DA88AABD8CD"
+[[virtual_server.real_server.HTTP_GET.url]]
+path = "/status"
+regex = "^(ok|up)$"
+regex_no_match = true"#,
+        );
+        let CheckKind::Http(h) = &c.checks[0].kind else {
+            panic!()
+        };
+        assert_eq!(
+            h.urls[0].digest,
+            Some([
+                0x9b, 0x3a, 0x0c, 0x85, 0xa8, 0x87, 0xa2, 0x56, 0xd6, 0x93, 0x9d, 0xa8, 0x8a, 0xab,
+                0xd8, 0xcd
+            ])
+        );
+        let r = h.urls[1].regex.as_ref().unwrap();
+        assert!(r.no_match && r.compiled.is_match(b"up") && !r.compiled.is_match(b"down"));
+        assert!(h.urls.iter().all(Url::checks_body));
     }
 
     #[test]
@@ -1283,9 +1407,14 @@ url = [{ path = "/" }]"#,
             ("", format!("{http}delay_before_retry = 1e9\nurl = {{ path = \"/\" }}"), "delay_before_retry", "real_server.HTTP_GET.delay_before_retry"),
             ("", format!("{http}url = {{ path = \"health\" }}"), "health", "real_server.HTTP_GET.url.path"),
             ("", format!("{http}url = {{ path = \"/a b\" }}"), "/a b", "real_server.HTTP_GET.url.path"),
-            ("", format!("{http}url = {{ path = \"/\", digest = \"9b3a0c85a887a256d6939da88aabd8cd\" }}"), "digest", "real_server.HTTP_GET.url.digest"),
-            ("", format!("{url}digest = \"9b3a0c85a887a256d6939da88aabd8cd\""), "digest", "real_server.HTTP_GET.url.digest"),
-            ("", format!("{url}regex = \"ok\""), "regex", "real_server.HTTP_GET.url.regex"),
+            ("", format!("{url}digest = \"9b3a0c85a887a256d6939da88aabd8c\""), "digest", "real_server.HTTP_GET.url.digest"),
+            ("", format!("{url}digest = \"9b3a0c85a887a256d6939da88aabd8cg\""), "digest", "real_server.HTTP_GET.url.digest"),
+            ("", format!("{url}digest = 1"), "digest", "real_server.HTTP_GET.url.digest"),
+            ("", format!("{url}regex = \"(unclosed\""), "regex", "real_server.HTTP_GET.url.regex"),
+            ("", format!("{url}regex = \"\""), "regex", "real_server.HTTP_GET.url.regex"),
+            ("", format!("{url}regex = \"a{{1000}}{{1000}}\""), "regex", "real_server.HTTP_GET.url.regex"),
+            ("", format!("{url}regex_no_match = true"), "regex_no_match", "real_server.HTTP_GET.url.regex_no_match"),
+            ("", format!("{url}regex = \"ok\"\nregex_no_match = 1"), "regex_no_match", "real_server.HTTP_GET.url.regex_no_match"),
             ("", format!("{url}status_code = 99"), "status_code", "real_server.HTTP_GET.url.status_code"),
             ("", format!("{url}status_code = 600"), "status_code", "real_server.HTTP_GET.url.status_code"),
             ("", format!("{url}status_code = \"299-200\""), "status_code", "real_server.HTTP_GET.url.status_code"),

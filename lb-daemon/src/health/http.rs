@@ -5,9 +5,12 @@
 //! failure with a reason, never a panic, and nothing here reads past the bytes it is given.
 use std::net::SocketAddr;
 
-/// The most of a response the probe reads: the head and, for `body_contains`, the start of
-/// the body.
+/// The most of a response the probe reads: the head and, for `body_contains` and `regex`,
+/// the start of the body.
 pub const MAX_RESPONSE: usize = 8192;
+/// The most it reads for a `digest`, which is over the whole body: health pages are small,
+/// and a probe's memory stays bounded.
+pub const MAX_DIGEST_RESPONSE: usize = 64 * 1024;
 
 /// How the body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

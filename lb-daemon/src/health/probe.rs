@@ -6,9 +6,10 @@
 //!   `connect_timeout`; then closed (keepalived's `tcp_check_thread` does the same).
 //! * `HTTP_GET`: for each url, within `connect_timeout` for the whole exchange: connect, send
 //!   [`http::request`], read at most [`http::MAX_RESPONSE`] bytes until the head is complete
-//!   (and, with `body_contains`, until the substring is found or the body ends). A reset, a
-//!   close before the head, a head that is not HTTP/1.x, a status outside `status_code`, or
-//!   silence until the deadline are failures.
+//!   (and, when the body is checked, until the body ends: [`http::MAX_DIGEST_RESPONSE`] with a
+//!   `digest`; `body_contains` alone stops at its substring). A reset, a close before the
+//!   head, a head that is not HTTP/1.x, a status outside `status_code`, a body that fails
+//!   `body_contains`, `regex` or `digest`, or silence until the deadline are failures.
 //! * `MISC_CHECK`: [`run_command`] as the check's user with `misc_timeout` (the process group
 //!   is killed after it). Exit 0 passes; with `misc_dynamic`, 2..=255 passes with weight
 //!   status - 2 (keepalived's `check_misc.c`); anything else fails.
@@ -101,6 +102,27 @@ pub enum ProbeError {
         path: String,
         needle: String,
         read: usize,
+    },
+    #[error("GET {path} from {dest}: the body {} /{pattern}/ (first {read} bytes)", if *matched { "matches" } else { "does not match" })]
+    Regex {
+        dest: SocketAddr,
+        path: String,
+        pattern: String,
+        matched: bool,
+        read: usize,
+    },
+    #[error("GET {path} from {dest}: body digest {got}, expected {expected}")]
+    Digest {
+        dest: SocketAddr,
+        path: String,
+        got: String,
+        expected: String,
+    },
+    #[error("GET {path} from {dest}: the body is longer than the {limit} bytes a digest is computed over")]
+    TooLongToDigest {
+        dest: SocketAddr,
+        path: String,
+        limit: usize,
     },
     #[error("{program}: {outcome}")]
     Script { program: String, outcome: String },
@@ -208,13 +230,18 @@ async fn exchange(
     let mut head: Option<http::Head> = None;
     const CHUNK: usize = 2048;
     let mut chunk = [0u8; CHUNK];
+    // A digest is over the whole body, so it may read further.
+    let limit = if url.digest.is_some() {
+        http::MAX_DIGEST_RESPONSE
+    } else {
+        http::MAX_RESPONSE
+    };
     loop {
-        let room = http::MAX_RESPONSE - buf.len();
+        let room = limit - buf.len();
         if room == 0 {
             return Err(match head {
                 None => malformed(format!(
-                    "no end of the response head in the first {} bytes",
-                    http::MAX_RESPONSE
+                    "no end of the response head in the first {limit} bytes"
                 )),
                 // Unreachable: a full buffer is judged below, after the read that filled it.
                 Some(_) => malformed("response too long".into()),
@@ -251,15 +278,36 @@ async fn exchange(
                 }
             },
         };
-        let Some(needle) = &url.body_contains else {
-            return Ok(());
-        };
-        let (body, complete) =
-            http::decode_body(&buf[h.len..], h.framing, eof).map_err(malformed)?;
-        if contains(&body, needle.as_bytes()) {
+        if !url.checks_body() {
             return Ok(());
         }
-        if complete || eof || buf.len() >= http::MAX_RESPONSE {
+        let (body, complete) =
+            http::decode_body(&buf[h.len..], h.framing, eof).map_err(malformed)?;
+        let found = |needle: &String| contains(&body, needle.as_bytes());
+        let only_contains = url.digest.is_none() && url.regex.is_none();
+        if only_contains && url.body_contains.as_ref().is_some_and(found) {
+            return Ok(());
+        }
+        let ended = complete || eof;
+        if !ended && buf.len() < limit {
+            continue;
+        }
+        return judge_body(dest, url, &body, ended, limit);
+    }
+}
+
+/// The body as read (all of it when `ended`, else the first bytes up to the read limit)
+/// against the url's `body_contains`, `regex` and `digest`.
+fn judge_body(
+    dest: SocketAddr,
+    url: &Url,
+    body: &[u8],
+    ended: bool,
+    limit: usize,
+) -> Result<(), ProbeError> {
+    let path = || url.path.clone();
+    if let Some(needle) = &url.body_contains {
+        if !contains(body, needle.as_bytes()) {
             return Err(ProbeError::Body {
                 dest,
                 path: path(),
@@ -268,6 +316,39 @@ async fn exchange(
             });
         }
     }
+    if let Some(r) = &url.regex {
+        let matched = r.compiled.is_match(body);
+        if matched == r.no_match {
+            return Err(ProbeError::Regex {
+                dest,
+                path: path(),
+                pattern: r.source.clone(),
+                matched,
+                read: body.len(),
+            });
+        }
+    }
+    if let Some(want) = &url.digest {
+        if !ended {
+            return Err(ProbeError::TooLongToDigest {
+                dest,
+                path: path(),
+                limit,
+            });
+        }
+        use md5::Digest;
+        let got: [u8; 16] = md5::Md5::digest(body).into();
+        if &got != want {
+            let hex = |d: &[u8; 16]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            return Err(ProbeError::Digest {
+                dest,
+                path: path(),
+                got: hex(&got),
+                expected: hex(want),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `MISC_CHECK`: `Ok(Some(weight))` for a dynamic exit status 2..=255.
@@ -438,6 +519,8 @@ mod tests {
             status_code: StatusCodes::default(),
             virtualhost: None,
             body_contains: None,
+            digest: None,
+            regex: None,
         }
     }
 
@@ -641,6 +724,90 @@ mod tests {
                 (want, got) => panic!("{what}: want {want:?}, got {got:?}"),
             }
         }
+    }
+
+    /// keepalived's `digest` (MD5 of the whole body) and `regex` / `regex_no_match`.
+    #[tokio::test]
+    async fn http_digest_and_regex() {
+        use crate::config::check::BodyRegex;
+        let regex = |src: &str, no_match| BodyRegex {
+            source: src.into(),
+            no_match,
+            compiled: regex::bytes::Regex::new(src).unwrap(),
+        };
+        // md5("ok") and md5("") (`printf ok | md5sum`; RFC 1321's test suite), as genhash
+        // prints them.
+        let md5_ok = [
+            0x44, 0x4b, 0xcb, 0x3a, 0x3f, 0xcf, 0x83, 0x89, 0x29, 0x6c, 0x49, 0x46, 0x7f, 0x27,
+            0xe1, 0xd6,
+        ];
+        let md5_empty = [
+            0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04, 0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8,
+            0x42, 0x7e,
+        ];
+        let ok200 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n"
+                .to_vec();
+        let big = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n".to_vec(),
+            vec![b'x'; 70000],
+        ]
+        .concat();
+        type Case = (
+            Vec<u8>,
+            Option<[u8; 16]>,
+            Option<BodyRegex>,
+            Result<(), &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (ok200.clone(), Some(md5_ok), None, Ok(())),
+            (chunked.clone(), Some(md5_ok), None, Ok(())),
+            (
+                ok200.clone(),
+                Some(md5_empty),
+                None,
+                Err("body digest 444bcb3a3fcf8389296c49467f27e1d6, expected d41d8cd98f00b204e9800998ecf8427e"),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                Some(md5_empty),
+                None,
+                Ok(()),
+            ),
+            (big, Some(md5_ok), None, Err("longer than the 65536 bytes")),
+            (ok200.clone(), None, Some(regex("^o.$", false)), Ok(())),
+            (chunked, None, Some(regex("^ok$", false)), Ok(())),
+            (ok200.clone(), None, Some(regex("^up$", false)), Err("does not match /^up$/")),
+            (ok200.clone(), None, Some(regex("error", true)), Ok(())),
+            (ok200.clone(), None, Some(regex("o+k", true)), Err("matches /o+k/")),
+            // Both must hold.
+            (ok200.clone(), Some(md5_ok), Some(regex("nope", false)), Err("does not match")),
+        ];
+        for (reply, digest, re, want) in cases {
+            let what = format!(
+                "{:?} {digest:?} {re:?}",
+                String::from_utf8_lossy(&reply[..reply.len().min(60)])
+            );
+            let server = serve(Behaviour::Respond(reply)).await;
+            let mut u = url("/");
+            u.digest = digest;
+            u.regex = re;
+            match (want, get(&conn(server.addr, 2000), &u).await) {
+                (Ok(()), Ok(())) => {}
+                (Err(part), Err(e)) => assert!(e.to_string().contains(part), "{what}: {e}"),
+                (want, got) => panic!("{what}: want {want:?}, got {got:?}"),
+            }
+        }
+        // A digest waits for the whole body; a server that never finishes it times out.
+        let server = serve(Behaviour::RespondAndHang(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok".to_vec(),
+        ))
+        .await;
+        let mut u = url("/");
+        u.digest = Some(md5_ok);
+        let e = get(&conn(server.addr, 300), &u).await.unwrap_err();
+        assert!(matches!(e, ProbeError::Timeout { .. }), "{e}");
     }
 
     #[tokio::test]

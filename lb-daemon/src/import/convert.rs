@@ -1766,6 +1766,20 @@ impl Cx<'_> {
                         st,
                     )?;
                 }
+                // Checked (32 hex digits, a pattern that compiles) where the TOML is read.
+                "digest" | "regex" => {
+                    let w = one(st)?;
+                    let key = if k.text == "digest" {
+                        "digest"
+                    } else {
+                        "regex"
+                    };
+                    self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
+                }
+                "regex_no_match" => {
+                    no_args(st)?;
+                    self.put(&mut t, "regex_no_match", Value::Bool(true), k.span, st)?;
+                }
                 other => {
                     let other = other.to_string();
                     self.other(&mut t, Ctx::Url, &label, st, &other);

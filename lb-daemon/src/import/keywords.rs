@@ -185,7 +185,17 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "fast_recovery",
         ],
     ),
-    ("url", &["path", "status_code", "virtualhost"]),
+    (
+        "url",
+        &[
+            "path",
+            "status_code",
+            "virtualhost",
+            "digest",
+            "regex",
+            "regex_no_match",
+        ],
+    ),
     (
         "MISC_CHECK",
         &[
@@ -392,12 +402,9 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             _ => return None,
         },
         Url => match keyword {
-            "digest" => {
-                "digest (an MD5 of the body) is not implemented: the check would pass where keepalived's fails \
-                 on a changed body; body_contains matches a substring of it"
+            "regex_options" | "regex_stack" | "regex_min_offset" | "regex_max_offset" => {
+                "PCRE options, stack and offsets are not implemented: regex matches the first 8 KiB of the body"
             }
-            "regex" | "regex_no_match" | "regex_options" | "regex_stack" | "regex_min_offset"
-            | "regex_max_offset" => "regular expressions are not implemented: body_contains matches a plain substring",
             "tls_compliant" => "SSL_GET settings: SSL_GET is not implemented",
             _ => return None,
         },
@@ -427,7 +434,8 @@ mod tests {
         assert_eq!(alias(Ctx::MiscCheck, "nb_get_retry"), None);
         assert!(unsupported(Ctx::GlobalDefs, "notification_email").is_some());
         assert!(unsupported(Ctx::GlobalDefs, "router_id").is_none());
-        assert!(unsupported(Ctx::Url, "digest").is_some());
+        assert!(unsupported(Ctx::Url, "digest").is_none());
+        assert!(unsupported(Ctx::Url, "regex_min_offset").is_some());
         assert!(unsupported(Ctx::TcpCheck, "http_protocol").is_none());
     }
 }
