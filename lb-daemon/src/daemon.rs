@@ -20,6 +20,7 @@ use crate::{
     control::{self, Request, Response},
     dataplane::neigh::fmt_mac,
     dataplane::{
+        flows::FlowTables,
         maps::BpfMaps,
         neigh::{MacResolver, MacResolverConfig, MacUpdate},
         plan::Limits,
@@ -132,6 +133,11 @@ struct Dp {
     dp: Dataplane<BpfMaps>,
     /// Keeps the program (and its bpf_link) alive.
     _ebpf: aya::Ebpf,
+    /// The connection tables, read for the flows per backend.
+    flows: FlowTables,
+    /// The last count of flows per backend id, and when it was taken: a walk of a big
+    /// table takes a while, so the metrics' refresh reuses a recent one.
+    flow_counts: Option<(Instant, HashMap<u32, u64>)>,
     ifindex: u32,
     macs: HashMap<IpAddr, [u8; 6]>,
     /// Whether each service has its quorum (keepalived's `quorum`, with hysteresis).
@@ -158,6 +164,7 @@ impl Dp {
         let mut ebpf = program::load(&opts).context("loading the XDP program")?;
         spawn_bpf_logger(&mut ebpf);
         let mut maps = BpfMaps::new(&mut ebpf)?;
+        let flows = FlowTables::take(&mut ebpf)?;
         // The clock before the first packet: a flow stamped 0 would look idle for years at
         // the first tick and be rescheduled.
         maps.set_clock(monotonic_seconds())?;
@@ -172,6 +179,8 @@ impl Dp {
             Self {
                 dp,
                 _ebpf: ebpf,
+                flows,
+                flow_counts: None,
                 ifindex,
                 macs: HashMap::new(),
                 quorum: HashMap::new(),
@@ -182,6 +191,37 @@ impl Dp {
             },
             mac_rx,
         ))
+    }
+
+    /// Flows per backend id (current generation only), counted at most `max_age` ago. A
+    /// failed walk is logged and shows as no flows.
+    fn active_flows(&mut self, max_age: Duration) -> HashMap<u32, u64> {
+        if let Some((at, counts)) = &self.flow_counts {
+            if at.elapsed() <= max_age {
+                return counts.clone();
+            }
+        }
+        let current = self.dp.current();
+        let idle_of = |sid: u32| current.infos.get(&sid).map(|i| i.idle_timeout_s);
+        let counts = match self.flows.counts(monotonic_seconds(), idle_of) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("counting flows: {e}");
+                Default::default()
+            }
+        };
+        let mut per_backend = HashMap::new();
+        for ((bid, generation), n) in counts {
+            if current
+                .backends
+                .get(&bid)
+                .is_some_and(|b| b.generation == generation)
+            {
+                *per_backend.entry(bid).or_default() += n;
+            }
+        }
+        self.flow_counts = Some((Instant::now(), per_backend.clone()));
+        per_backend
     }
 
     fn apply(
@@ -297,6 +337,12 @@ fn quorum_changes(
     }
     (events, reported)
 }
+
+/// How old a count of flows per backend may be: `lb-daemon status` wants it fresh, the
+/// metrics (refreshed every second) take one from the last ten seconds, so that a big
+/// connection table is not walked every second.
+const STATUS_FLOW_COUNT_AGE: Duration = Duration::from_secs(1);
+const METRICS_FLOW_COUNT_AGE: Duration = Duration::from_secs(10);
 
 /// How long a service's quorum may stay unreported while some of its real servers' MACs
 /// are still unknown (see [`Dp::quorum_events`]).
@@ -592,7 +638,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                 }
                 if metrics_on {
-                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot()));
+                    let flows = dp.as_mut().map(|d| d.active_flows(METRICS_FLOW_COUNT_AGE)).unwrap_or_default();
+                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot(), &flows));
                 }
             }
             _ = hup.recv() => {
@@ -604,7 +651,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 Request::Status => {
                     // The checkers' current view: `health` moves only on up/down changes,
                     // while status also shows whether a check has run, its latency, its error.
-                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot());
+                    let flows = dp.as_mut().map(|d| d.active_flows(STATUS_FLOW_COUNT_AGE)).unwrap_or_default();
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot(), &flows);
                     call.reply(Response::status(snap));
                 }
                 Request::Reload => {
@@ -731,6 +779,7 @@ fn snapshot(
     vrrp: Option<&runtime::VrrpThread>,
     notifier: &Notifier,
     health: &Health,
+    flows: &HashMap<u32, u64>,
 ) -> Snapshot {
     let mut snap = Snapshot::new(config.global_defs.router_id.clone());
     if let Some(dp) = dp {
@@ -747,6 +796,7 @@ fn snapshot(
                 .zip(&vs.real_servers)
                 .map(|((b, bid), rs)| {
                     let bc = maps.backend_counters(*bid).unwrap_or_default();
+                    let active_flows = flows.get(bid).copied().unwrap_or(0);
                     let h = health.get(&((vs.vip, vs.port, vs.proto), rs.addr));
                     let verdict = match h {
                         Some(h) if !h.checked() => status::HEALTH_UNKNOWN,
@@ -763,6 +813,9 @@ fn snapshot(
                         packets: bc.packets,
                         bytes: bc.bytes,
                         new_flows: bc.new_flows,
+                        active_flows,
+                        checks_run: h.map_or(0, |h| h.checks.iter().map(|c| c.probes).sum()),
+                        checks_failed: h.map_or(0, |h| h.failures),
                         check_latency_ms: h
                             .and_then(|h| h.last_latency)
                             .map(|d| d.as_secs_f64() * 1e3),
@@ -780,6 +833,10 @@ fn snapshot(
                 packets: sc.packets,
                 bytes: sc.bytes,
                 new_flows: sc.new_flows,
+                active_flows: bids
+                    .iter()
+                    .map(|b| flows.get(b).copied().unwrap_or(0))
+                    .sum(),
                 backends,
             });
         }

@@ -101,6 +101,10 @@ pub struct ServiceStatus {
     /// Flows (connections) scheduled: ipvsadm's "Conns".
     #[serde(default)]
     pub new_flows: u64,
+    /// Flows in the connection table now, not idle past the service's timeout (ipvsadm's
+    /// ActiveConn + InActConn: the table does not track TCP states).
+    #[serde(default)]
+    pub active_flows: u64,
     /// The real servers, in configuration order.
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
@@ -129,6 +133,14 @@ pub struct BackendStatus {
     pub bytes: u64,
     #[serde(default)]
     pub new_flows: u64,
+    /// Its flows in the connection table now (see [`ServiceStatus::active_flows`]).
+    #[serde(default)]
+    pub active_flows: u64,
+    /// Health-check probes run so far, and how many failed (retries included).
+    #[serde(default)]
+    pub checks_run: u64,
+    #[serde(default)]
+    pub checks_failed: u64,
     /// How long the last successful health check took.
     #[serde(default)]
     pub check_latency_ms: Option<f64>,
@@ -438,13 +450,14 @@ fn fmt_rate(r: Option<Rate>) -> [String; 3] {
 /// ```text
 /// lb-daemon  router_id lb1
 /// Prot LocalAddress:Port Scheduler Flags
-///   -> RemoteAddress:Port  Forward  Weight  Health  Conns  InPkts  InBytes
-/// TCP  192.0.2.100:80 rr                               12     340    45678
-///   -> 192.0.2.11:80       Route    1       up          7     200    30000
+///   -> RemoteAddress:Port  Forward  Weight  Health  Flows  Conns  InPkts  InBytes
+/// TCP  192.0.2.100:80 rr                                   3     12     340    45678
+///   -> 192.0.2.11:80       Route    1       up          2      7     200    30000
 /// ```
 ///
-/// A service this node does not serve (VRRP backup) is marked `(backup)`. Conns counts new
-/// flows, InPkts/InBytes what was forwarded. Weight is the effective weight, followed by the
+/// A service this node does not serve (VRRP backup) is marked `(backup)`. Flows counts the
+/// flows in the connection table now (ipvsadm's ActiveConn and InActConn together), Conns
+/// the new flows so far, InPkts/InBytes what was forwarded. Weight is the effective weight, followed by the
 /// configured one in parentheses when they differ (`0 (100)`). A backend that is not up has
 /// its last check error on the line below. Then the VRRP instances and the XDP program's
 /// reasons that counted packets.
@@ -466,6 +479,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
                 "Forward",
                 "Weight",
                 "Health",
+                "Flows",
                 "Conns",
                 "InPkts",
                 "InBytes",
@@ -481,7 +495,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         ),
     ];
     let right = [
-        false, false, false, false, true, true, true, true, true, true,
+        false, false, false, false, true, true, true, true, true, true, true,
     ];
     for svc in &s.services {
         let mut desc = format!("{:<5}{}", svc.protocol, SocketAddr::new(svc.vip, svc.port));
@@ -499,6 +513,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
             String::new(),
             String::new(),
             String::new(),
+            svc.active_flows.to_string(),
             svc.new_flows.to_string(),
             svc.packets.to_string(),
             svc.bytes.to_string(),
@@ -518,6 +533,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
                 "Route".to_string(),
                 weight,
                 b.health.clone(),
+                b.active_flows.to_string(),
                 b.new_flows.to_string(),
                 b.packets.to_string(),
                 b.bytes.to_string(),
@@ -655,10 +671,13 @@ impl Prom {
 /// | --- | --- | --- |
 /// | `lb_service_{packets,bytes,new_flows}_total` | vip, port, protocol | counters |
 /// | `lb_service_active` | vip, port, protocol | 1: this node serves it |
+/// | `lb_service_active_flows` | vip, port, protocol | flows in the connection table |
 /// | `lb_backend_{packets,bytes,new_flows}_total` | vip, port, protocol, backend | counters |
 /// | `lb_backend_up` | same | 1: health `up`; 0: `down` or `unknown` |
 /// | `lb_backend_weight`, `lb_backend_effective_weight` | same | configured, scheduled |
 /// | `lb_backend_check_latency_seconds` | same | only once a check succeeded |
+/// | `lb_backend_active_flows` | same | flows in the connection table |
+/// | `lb_backend_checks_total`, `lb_backend_checks_failed_total` | same | probes run, failed |
 /// | `lb_vrrp_state` | instance, state | 1 for the current state, 0 for the others |
 /// | `lb_vrrp_priority`, `lb_vrrp_effective_priority` | instance | |
 /// | `lb_vrrp_transitions_total` | instance | |
@@ -714,9 +733,23 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         ];
         p.sample("lb_service_active", &labels, u8::from(svc.active));
     }
+    p.family(
+        "lb_service_active_flows",
+        "gauge",
+        "Flows of the service in the connection table, not idle past its timeout.",
+    );
+    for svc in &s.services {
+        let (vip, port) = svc_labels(svc);
+        let labels = [
+            ("vip", vip.as_str()),
+            ("port", port.as_str()),
+            ("protocol", svc.protocol.as_str()),
+        ];
+        p.sample("lb_service_active_flows", &labels, svc.active_flows);
+    }
 
     type BackendValue = fn(&BackendStatus) -> Option<String>;
-    let backend_families: [(&str, &str, &str, BackendValue); 7] = [
+    let backend_families: [(&str, &str, &str, BackendValue); 10] = [
         (
             "lb_backend_packets_total",
             "counter",
@@ -752,6 +785,24 @@ pub fn render_prometheus(s: &Snapshot) -> String {
             "gauge",
             "The weight new flows are scheduled with (0: down, unresolved or drained).",
             |b| Some(b.effective_weight.to_string()),
+        ),
+        (
+            "lb_backend_active_flows",
+            "gauge",
+            "Flows to the backend in the connection table, not idle past the service's timeout.",
+            |b| Some(b.active_flows.to_string()),
+        ),
+        (
+            "lb_backend_checks_total",
+            "counter",
+            "Health-check probes run against the backend (retries included).",
+            |b| Some(b.checks_run.to_string()),
+        ),
+        (
+            "lb_backend_checks_failed_total",
+            "counter",
+            "Health-check probes against the backend that failed (retries included).",
+            |b| Some(b.checks_failed.to_string()),
         ),
         (
             "lb_backend_check_latency_seconds",
@@ -1004,6 +1055,7 @@ pub(crate) mod test_support {
                     packets: 340,
                     bytes: 45678,
                     new_flows: 12,
+                    active_flows: 3,
                     backends: vec![
                         BackendStatus {
                             addr: "192.0.2.11:80".parse().unwrap(),
@@ -1014,6 +1066,9 @@ pub(crate) mod test_support {
                             packets: 200,
                             bytes: 30000,
                             new_flows: 7,
+                            active_flows: 2,
+                            checks_run: 40,
+                            checks_failed: 0,
                             check_latency_ms: Some(1.5),
                             last_error: None,
                         },
@@ -1026,6 +1081,9 @@ pub(crate) mod test_support {
                             packets: 140,
                             bytes: 15678,
                             new_flows: 5,
+                            active_flows: 1,
+                            checks_run: 41,
+                            checks_failed: 6,
                             check_latency_ms: None,
                             last_error: Some("connect: Connection refused".into()),
                         },
@@ -1041,6 +1099,7 @@ pub(crate) mod test_support {
                     packets: 0,
                     bytes: 0,
                     new_flows: 0,
+                    active_flows: 0,
                     backends: vec![BackendStatus {
                         addr: "[2001:db8::11]:53".parse().unwrap(),
                         weight: 100,
@@ -1050,6 +1109,9 @@ pub(crate) mod test_support {
                         packets: 0,
                         bytes: 0,
                         new_flows: 0,
+                        active_flows: 0,
+                        checks_run: 0,
+                        checks_failed: 0,
                         check_latency_ms: None,
                         last_error: None,
                     }],
@@ -1124,13 +1186,13 @@ mod tests {
         let want = "\
 lb-daemon  router_id lb1
 Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port                             Forward  Weight  Health   Conns  InPkts  InBytes
-TCP  192.0.2.100:80 rr                                                           12     340    45678
-  -> 192.0.2.11:80                                  Route    1       up           7     200    30000
-  -> 192.0.2.12:80                                  Route    0 (1)   down         5     140    15678
+  -> RemoteAddress:Port                             Forward  Weight  Health   Flows  Conns  InPkts  InBytes
+TCP  192.0.2.100:80 rr                                                            3     12     340    45678
+  -> 192.0.2.11:80                                  Route    1       up           2      7     200    30000
+  -> 192.0.2.12:80                                  Route    0 (1)   down         1      5     140    15678
        last error: connect: Connection refused
-UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0       0        0
-  -> [2001:db8::11]:53                              Route    100     unknown      0       0        0
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0      0       0        0
+  -> [2001:db8::11]:53                              Route    100     unknown      0      0       0        0
 
 VRRP instances
 VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  discards: ttl=2
@@ -1170,13 +1232,13 @@ drop_malformed_eth  drop           2    120
         let want = "\
 lb-daemon  rates per second over 2.0 s
 Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port                             Forward  Weight  Health   Conns  InPkts  InBytes  CPS  InPPS  InBPS
-TCP  192.0.2.100:80 rr                                                           16     540    75678    2    100  15000
-  -> 192.0.2.11:80                                  Route    1       up          11     400    60000    2    100  15000
-  -> 192.0.2.12:80                                  Route    0 (1)   down         0       0        0    -      -      -
+  -> RemoteAddress:Port                             Forward  Weight  Health   Flows  Conns  InPkts  InBytes  CPS  InPPS  InBPS
+TCP  192.0.2.100:80 rr                                                            3     16     540    75678    2    100  15000
+  -> 192.0.2.11:80                                  Route    1       up           2     11     400    60000    2    100  15000
+  -> 192.0.2.12:80                                  Route    0 (1)   down         1      0       0        0    -      -      -
        last error: line one / line two
-UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0       0        0    0      0      0
-  -> [2001:db8::11]:53                              Route    100     unknown      0       0        0    0      0      0
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0      0       0        0    0      0      0
+  -> [2001:db8::11]:53                              Route    100     unknown      0      0       0        0    0      0      0
 ";
         let got = render_table(&now, Some(&r));
         assert_eq!(got, want, "\n{got}");
@@ -1186,7 +1248,7 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
     fn table_of_an_empty_snapshot() {
         assert_eq!(
             render_table(&Snapshot::default(), None),
-            "lb-daemon\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port  Forward  Weight  Health  Conns  InPkts  InBytes\n"
+            "lb-daemon\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port  Forward  Weight  Health  Flows  Conns  InPkts  InBytes\n"
         );
     }
 
@@ -1290,6 +1352,10 @@ lb_service_new_flows_total{vip="2001:db8::100",port="53",protocol="UDP"} 0
 # TYPE lb_service_active gauge
 lb_service_active{vip="192.0.2.100",port="80",protocol="TCP"} 1
 lb_service_active{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_service_active_flows Flows of the service in the connection table, not idle past its timeout.
+# TYPE lb_service_active_flows gauge
+lb_service_active_flows{vip="192.0.2.100",port="80",protocol="TCP"} 3
+lb_service_active_flows{vip="2001:db8::100",port="53",protocol="UDP"} 0
 # HELP lb_backend_packets_total Packets forwarded to the backend.
 # TYPE lb_backend_packets_total counter
 lb_backend_packets_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 200
@@ -1320,6 +1386,21 @@ lb_backend_weight{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db
 lb_backend_effective_weight{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 1
 lb_backend_effective_weight{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 0
 lb_backend_effective_weight{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 100
+# HELP lb_backend_active_flows Flows to the backend in the connection table, not idle past the service's timeout.
+# TYPE lb_backend_active_flows gauge
+lb_backend_active_flows{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 2
+lb_backend_active_flows{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 1
+lb_backend_active_flows{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_checks_total Health-check probes run against the backend (retries included).
+# TYPE lb_backend_checks_total counter
+lb_backend_checks_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 40
+lb_backend_checks_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 41
+lb_backend_checks_total{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_checks_failed_total Health-check probes against the backend that failed (retries included).
+# TYPE lb_backend_checks_failed_total counter
+lb_backend_checks_failed_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 0
+lb_backend_checks_failed_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 6
+lb_backend_checks_failed_total{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
 # HELP lb_backend_check_latency_seconds How long the backend's last successful health check took.
 # TYPE lb_backend_check_latency_seconds gauge
 lb_backend_check_latency_seconds{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 0.0015
@@ -1517,11 +1598,11 @@ lb_notify_hooks_total{result="timed_out"} 0
         );
         assert_eq!(
             keys(&v["services"][0]),
-            "active,backends,bytes,new_flows,packets,persistence_timeout,port,protocol,scheduler,vip"
+            "active,active_flows,backends,bytes,new_flows,packets,persistence_timeout,port,protocol,scheduler,vip"
         );
         assert_eq!(
             keys(&v["services"][0]["backends"][0]),
-            "addr,bytes,check_latency_ms,effective_weight,health,last_error,mac,new_flows,packets,weight"
+            "active_flows,addr,bytes,check_latency_ms,checks_failed,checks_run,effective_weight,health,last_error,mac,new_flows,packets,weight"
         );
         assert_eq!(
             keys(&v["vrrp"][0]),

@@ -64,6 +64,8 @@ fn dr_end_to_end(mode: &str) {
             .find(|s| s["vip"] == vip)
             .unwrap_or_else(|| panic!("{vip} in {status}"));
         assert_eq!(svc["new_flows"], n, "{vip}: {svc}");
+        // Every flow is still in the table (well inside TCP's 900 s idle timeout).
+        assert_eq!(svc["active_flows"], n, "{vip}: {svc}");
         assert!(svc["packets"].as_u64().unwrap() >= 3 * n, "{vip}: {svc}");
         let by_backend = counts(bodies);
         for (i, b) in svc["backends"].as_array().unwrap().iter().enumerate() {
@@ -72,6 +74,7 @@ fn dr_end_to_end(mode: &str) {
                 .copied()
                 .unwrap_or(0) as u64;
             assert_eq!(b["new_flows"], served, "{vip} backend {i}: {b}");
+            assert_eq!(b["active_flows"], served, "{vip} backend {i}: {b}");
         }
     }
 

@@ -964,3 +964,51 @@ fn flow_cache_collisions_and_write_through() {
         ba
     );
 }
+
+/// The connection tables as `lb-daemon status` reads them (`BPF_MAP_LOOKUP_BATCH` over the
+/// real maps): flows per backend and generation, only those not idle past their service's
+/// timeout; a walk that needs more than one batch sees every entry once.
+#[test]
+fn flow_tables_count_live_flows_per_backend() {
+    use lb_daemon::dataplane::flows::FlowTables;
+    let Some(mut h) = harness(&specs()) else {
+        return;
+    };
+    let tables = FlowTables::take(&mut h.ebpf).expect("the flow tables");
+    h.set_clock(1000).unwrap();
+    // rr over three backends: 2, 2 and 1 TCP flows; one UDP flow; one IPv6 flow.
+    let mut want = [0u64; 3];
+    for sport in 9000..9005 {
+        want[check(&mut h, "tcp", &tcp4(sport), FWD_NEW_FLOW).unwrap()] += 1;
+    }
+    let udp = check(&mut h, "udp", &udp4(9100), FWD_NEW_FLOW).unwrap();
+    let v6 = check(&mut h, "tcp6", &tcp6(9200), FWD_NEW_FLOW).unwrap();
+    let current = h.dp.current().clone();
+    let idle_of = |sid: u32| current.infos.get(&sid).map(|i| i.idle_timeout_s);
+    let per_mac = |counts: &lb_daemon::dataplane::flows::FlowCounts| {
+        let mut per = [0u64; 4];
+        for ((bid, generation), n) in counts {
+            let b = current.backends[bid];
+            assert_eq!(b.generation, *generation);
+            per[B.iter().position(|m| *m == b.mac).unwrap()] += n;
+        }
+        per
+    };
+    let mut expect = [want[0], want[1], want[2], 0];
+    expect[udp] += 1;
+    expect[v6] += 1;
+    assert_eq!(per_mac(&tables.counts(1000, idle_of).unwrap()), expect);
+    // 301 s on, the UDP flow (300 s timeout) no longer counts; the TCP ones (900 s) do.
+    expect[udp] -= 1;
+    assert_eq!(per_mac(&tables.counts(1301, idle_of).unwrap()), expect);
+    assert_eq!(per_mac(&tables.counts(2000, idle_of).unwrap()), [0; 4]);
+    // A walk in many calls (64 entries each here) sees every entry once.
+    for i in 0..1500u16 {
+        h.run(&tcp4(20000 + i)).unwrap();
+        h.run(&tcp6(20000 + i)).unwrap();
+    }
+    let tables = tables.with_batch_size(64);
+    let mut seen = 0;
+    tables.for_each(|_| seen += 1).unwrap();
+    assert_eq!(seen, 7 + 3000);
+}
