@@ -59,6 +59,12 @@ enum Cmd {
         #[arg(long)]
         interface: Option<String>,
     },
+    /// Set this host up as a direct-routing real server, as the seed's /etc/init.d/ipvsadm
+    /// script does: the VIPs on lo, arp_ignore=1 and arp_announce=2; `stop` undoes it.
+    Realserver {
+        #[command(subcommand)]
+        action: lb_daemon::realserver::Action,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,8 +78,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().cmd {
         Cmd::Check { config } => {
-            let c = Config::load(&config)?;
-            c.check_scripts()?;
+            let c = Config::check_file(&config)?;
             println!(
                 "{}: OK ({} virtual servers, {} real servers)",
                 config.display(),
@@ -105,6 +110,7 @@ fn main() -> Result<()> {
             println!("reloaded");
             Ok(())
         }
+        Cmd::Realserver { action } => lb_daemon::realserver::cli(action),
         Cmd::Run { config } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

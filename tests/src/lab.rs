@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    netns::{wait_until, DrLab, Proc},
+    netns::{wait_until, DrLab, Netns, Proc},
     xdp::{load_testprog, xdp_of},
 };
 
@@ -86,8 +86,15 @@ pub struct NativePeer {
 /// of the LB's veth, and TX checksum offload off on the senders.
 pub fn prepare_native(lab: &DrLab) -> Result<NativePeer> {
     lab.set_tx_offload_off()?;
-    let ifindex = lab.lb_peer_ifindex()?;
-    lab.bridge().run_in(move || -> Result<NativePeer> {
+    pass_on_port(lab.bridge(), "to-lb")
+}
+
+/// A trivial XDP_PASS program (native mode) on `port` of the bridge namespace `bridge`: what
+/// native XDP_TX on a load balancer's veth needs on the veth's bridge-side peer (LAB.md).
+/// Detached when the returned value is dropped.
+pub fn pass_on_port(bridge: &Netns, port: &str) -> Result<NativePeer> {
+    let ifindex = bridge.ifindex(port)?;
+    bridge.run_in(move || -> Result<NativePeer> {
         let mut ebpf = load_testprog("pass")?;
         let link = xdp_of(&mut ebpf, "pass")?
             .attach_to_if_index(ifindex, aya::programs::XdpMode::Driver)?;

@@ -1,180 +1,155 @@
-//! `cargo xtask lab`: the demo. A client, one load balancer running `lb-daemon` with its XDP
-//! program, and three nginx real servers (VIP on `lo`, arp_ignore/arp_announce as in the
-//! seed's realserver script), all in network namespaces that are removed on exit or Ctrl-C.
-//! It sends requests through the VIP and shows who answered and how the frames travelled.
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
-};
+//! `cargo xtask lab`: the seed's two deployments, end to end, in network namespaces, under a
+//! steady stream of HTTP requests (see `lb_tests::e2e_lab`).
+//!
+//! 1. "LVS + Nginx + Keepalived": a client, two LBs (lb1 MASTER priority 100, lb2 BACKUP 99)
+//!    each running `lb-daemon` with XDP, three nginx real servers set up with
+//!    `lb-daemon realserver start`. Traffic and status; a real server stopped; the master
+//!    killed; both restored.
+//! 2. "Nginx + Keepalived": two nginx nodes sharing the VIP (`nopreempt`, `vrrp_script
+//!    check_nginx`). nginx stopped on the master moves the VIP; back, it does not take it back.
+//!
+//! Prints what it measured; exits 0 only when every step did what it should, otherwise non-zero
+//! naming the step. Everything is removed on exit or Ctrl-C.
+use std::{process::ExitCode, sync::atomic::Ordering, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use lb_tests::{
-    lab::{counts, lab_config, prepare_native, start_daemon},
-    netns::{fmt_mac, require_lab, unique_prefix, DrLab, VIP_V4, VIP_V6},
+    e2e_lab::{lvs_demo, nginx_demo, LvsParams, Summary, Timers, CANCEL, PHASE_REQUESTS},
+    netns::require_lab,
 };
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    CANCEL.store(true, Ordering::SeqCst);
 }
 
+const USAGE: &str = "usage: lb-lab [--scenario lvs|nginx|both] [--sched rr|wrr|sh|mh] \
+[--xdp-mode skb|native] [--nopreempt] [--hash-port] [--seed-timers] [--requests N]
+
+  --scenario     which of the seed's deployments (default: both)
+  --sched        the LVS scenario's lb_algo (default rr; wrr uses weights 1, 2, 3)
+  --xdp-mode     skb (default) or native (driver mode on the LBs' veths)
+  --nopreempt    both LBs `state BACKUP` + `nopreempt` (default: the seed's MASTER/BACKUP)
+  --hash-port    sh/mh hash the source port too (IPVS sh-port/mh-port)
+  --seed-timers  the seed's timers (advert_int 5, delay_loop 6, connect_timeout 3, retry 3,
+                 delay_before_retry 3, check interval 3) instead of the lab's (1, 1, 1, 1, 0.5, 1)
+  --requests N   successful requests per traffic phase (default 300)";
+
 struct Args {
-    sched: String,
-    xdp_mode: String,
+    scenario: String,
+    params: LvsParams,
     requests: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
-        sched: "rr".into(),
-        xdp_mode: "skb".into(),
-        requests: 300,
+        scenario: "both".into(),
+        params: LvsParams::new("rr", "skb"),
+        requests: PHASE_REQUESTS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "--sched" => a.sched = value("--sched")?,
-            "--xdp-mode" => a.xdp_mode = value("--xdp-mode")?,
+            "--scenario" => a.scenario = value("--scenario")?,
+            "--sched" => a.params.sched = value("--sched")?,
+            "--xdp-mode" => a.params.xdp_mode = value("--xdp-mode")?,
+            "--nopreempt" => a.params.preempt = false,
+            "--hash-port" => a.params.hash_port = true,
+            "--seed-timers" => a.params.timers = Timers::seed(),
             "--requests" => a.requests = value("--requests")?.parse().context("--requests")?,
             "-h" | "--help" => {
-                println!(
-                    "usage: lb-lab [--sched rr|wrr|sh|mh] [--xdp-mode skb|native] [--requests N]"
-                );
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other:?} (see --help)"),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if !["rr", "wrr", "sh", "mh"].contains(&a.sched.as_str()) {
+    if !["lvs", "nginx", "both"].contains(&a.scenario.as_str()) {
+        bail!("--scenario must be lvs, nginx or both");
+    }
+    if !["rr", "wrr", "sh", "mh"].contains(&a.params.sched.as_str()) {
         bail!("--sched must be rr, wrr, sh or mh");
     }
-    if !["skb", "native"].contains(&a.xdp_mode.as_str()) {
+    if !["skb", "native"].contains(&a.params.xdp_mode.as_str()) {
         bail!("--xdp-mode must be skb or native");
+    }
+    if a.requests == 0 {
+        bail!("--requests must be at least 1");
     }
     Ok(a)
 }
 
-fn step(n: usize, what: &str) {
-    println!("\n[{n}] {what}");
-}
-
-fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn main() -> Result<()> {
+fn run() -> Result<()> {
     let args = parse_args()?;
     if !require_lab("lb-lab") {
         bail!("the lab needs root and its tools (`cargo xtask lab` installs them)");
     }
-    // Ctrl-C: finish the current step, then drop the lab (which removes the namespaces).
+    // Ctrl-C / SIGTERM: every wait gives up, the run unwinds, the guards remove the lab.
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let started = Instant::now();
-    step(1, "building the lab: client, lb, rs1..rs3 on a bridge");
-    let lab = DrLab::new(&unique_prefix("lab"), 3)?;
-    lab.add_vip_to_lb()?;
-    let _native = if args.xdp_mode == "native" {
-        Some(prepare_native(&lab)?)
-    } else {
-        None
-    };
-    let names: Vec<&str> = lab.namespaces().map(|n| n.name()).collect();
-    println!("    namespaces: {}", names.join(" "));
-    check_interrupt()?;
-
-    let weights = if args.sched == "wrr" {
-        [1, 2, 3]
-    } else {
-        [1, 1, 1]
-    };
-    step(
-        2,
-        &format!(
-            "starting lb-daemon ({} over 3 real servers, XDP {} mode)",
-            args.sched, args.xdp_mode
-        ),
-    );
-    let (daemon, cfg) = start_daemon(
-        &lab,
-        &lab_config(&lab, &args.xdp_mode, &args.sched, &weights),
-        &args.xdp_mode,
-    )?;
-    println!("    config: {}", cfg.display());
-    check_interrupt()?;
-
-    step(
-        3,
-        &format!(
-            "{} requests to http://{VIP_V4}/ and to http://[{VIP_V6}]/, each a new connection",
-            args.requests
-        ),
-    );
-    let capture = lab.capture(lab.client(), "eth0", "tcp src port 80")?;
     let mut failed = Vec::new();
-    for vip in [VIP_V4.to_string(), VIP_V6.to_string()] {
-        let bodies = lab
-            .curl_batch(&vip, args.requests)
-            .with_context(|| format!("requests to {vip}"))?;
-        let c = counts(&bodies);
-        println!(
-            "    {vip:<14} {}",
-            c.iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("  ")
+    if args.scenario != "nginx" {
+        let p = &args.params;
+        let title = format!(
+            "LVS + Nginx + Keepalived ({}{}, XDP {}, {}, {} timers)",
+            p.sched,
+            if p.hash_port { " hash_port" } else { "" },
+            p.xdp_mode,
+            if p.preempt { "preempt" } else { "nopreempt" },
+            if p.timers == Timers::seed() {
+                "seed"
+            } else {
+                "lab"
+            }
         );
-        // rr/wrr spread one client's connections; sh/mh hash its address, so one server
-        // takes them all (that stickiness is the point of source hashing).
-        let want = if matches!(args.sched.as_str(), "sh" | "mh") {
-            1
-        } else {
-            3
-        };
-        if c.len() != want || bodies.len() != args.requests {
-            failed.push(format!(
-                "{vip}: expected {want} real server(s) to answer, got {c:?}"
-            ));
+        println!("==== {title} ====");
+        let mut s = Summary::default();
+        let r = lvs_demo(p, args.requests, &mut s);
+        s.print(&title);
+        if let Err(e) = r {
+            if s.failed.is_empty() {
+                failed.push(format!("LVS: {e:#}"));
+            }
+            failed.extend(s.failed.iter().map(|f| format!("LVS, step {f}")));
         }
     }
-    let lines = capture.stop()?;
-    check_interrupt()?;
-
-    step(4, "who sent the replies (tcpdump -e at the client)");
-    let lb_mac = fmt_mac(&lab.lb_mac()?);
-    let server_macs: Vec<String> = lab.server_macs()?.iter().map(fmt_mac).collect();
-    let mut from_servers = 0;
-    let mut via_lb = 0;
-    for l in &lines {
-        match l.split_whitespace().nth(1) {
-            Some(src) if server_macs.iter().any(|m| m == src) => from_servers += 1,
-            Some(src) if src == lb_mac => via_lb += 1,
-            _ => {}
+    if args.scenario != "lvs" && !CANCEL.load(Ordering::SeqCst) {
+        let title = "Nginx + Keepalived (nopreempt, vrrp_script check_nginx)";
+        println!("\n==== {title} ====");
+        let mut s = Summary::default();
+        let r = nginx_demo(args.params.timers, args.requests, &mut s);
+        s.print(title);
+        if let Err(e) = r {
+            if s.failed.is_empty() {
+                failed.push(format!("Nginx HA: {e:#}"));
+            }
+            failed.extend(s.failed.iter().map(|f| format!("Nginx HA, step {f}")));
         }
     }
-    println!("    {from_servers} reply frames straight from the real servers, {via_lb} through the LB ({lb_mac})");
-    if via_lb > 0 || from_servers == 0 {
-        failed.push("replies must come straight from the real servers".into());
-    }
-
-    daemon.signal(libc::SIGTERM)?;
-    daemon.wait_timeout(std::time::Duration::from_secs(10))?;
     println!(
-        "\nsummary: {} requests per VIP, {:.1} s in all; lab removed on exit",
-        args.requests,
+        "\n{:.1} s in all; every namespace removed",
         started.elapsed().as_secs_f64()
     );
+    if CANCEL.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
     if !failed.is_empty() {
-        bail!("the lab did not behave:\n  {}", failed.join("\n  "));
+        bail!("{}", failed.join("\n"));
     }
     println!("OK");
     Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-lab: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
