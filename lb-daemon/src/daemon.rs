@@ -598,7 +598,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
             }
             Some(ev) = event_rx.recv() => match ev {
-                Event::Role { instance, vips, master } => {
+                Event::Role { instance, vips, master, applied } => {
                     info!(%instance, master, "VRRP role: {}", if master { "serving" } else { "passing" });
                     for v in vips {
                         if master {
@@ -609,9 +609,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     }
                     if let Some(dp) = dp.as_mut() {
                         if let Err(e) = dp.apply(&config, &master_vips, &health) {
-                        error!("updating the dataplane: {e}");
+                            error!("updating the dataplane: {e}");
+                        }
                     }
-                    }
+                    // The new master may announce its VIPs now.
+                    applied.done();
                 }
                 Event::State(ev) => notifier.notify(ev),
             },

@@ -167,6 +167,16 @@ virtual_ipaddress = ["2001:db8::100/64"]
     assert_shares("rr once master", &counts(&bodies), [1, 1, 1], 30);
     let bodies = lab.curl_batch("2001:db8::100", 30).unwrap();
     assert_shares("rr over IPv6 once master", &counts(&bodies), [1, 1, 1], 30);
+    // The gratuitous ARP / NA that moves clients went out once the services were active
+    // (before, a client could reach the VIP's stack, which refuses the connection).
+    let log = daemon.read_stderr();
+    for instance in ["VI_4", "VI_6"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("announcing the virtual addresses") && l.contains(instance))
+            .unwrap_or_else(|| panic!("{instance} never announced its VIP:\n{log}"));
+        assert!(line.contains("services_active=true"), "{line}");
+    }
     daemon.signal(libc::SIGTERM).unwrap();
     daemon
         .wait_timeout(Duration::from_secs(10))

@@ -60,10 +60,40 @@ pub enum Event {
         instance: String,
         vips: Vec<IpAddr>,
         master: bool,
+        /// Told once the dataplane serves (or passes) the services: a new master announces
+        /// its VIPs (gratuitous ARP / NA) only then, or at most [`ROLE_ACK_WAIT`] later.
+        applied: RoleAck,
     },
     /// A state change, for notify hooks and the event stream.
     State(notify::Event),
 }
+
+/// The main loop's answer to [`Event::Role`]. Equal to any other: it carries no state
+/// worth comparing.
+#[derive(Debug, Clone, Default)]
+pub struct RoleAck(std::sync::Arc<tokio::sync::Notify>);
+
+impl RoleAck {
+    /// The dataplane has taken the role change.
+    pub fn done(&self) {
+        self.0.notify_one();
+    }
+
+    async fn wait(&self) {
+        self.0.notified().await
+    }
+}
+
+impl PartialEq for RoleAck {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// How long a new master waits for the dataplane before it announces its VIPs anyway:
+/// clients moved by a gratuitous ARP before the services are active would meet the stack,
+/// which refuses them; but the VRRP thread never waits long on the rest of the daemon.
+pub const ROLE_ACK_WAIT: Duration = Duration::from_millis(5);
 
 /// What the rest of the daemon tells a unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -568,6 +598,7 @@ impl Unit {
                 return;
             }
         };
+        let mut announce = Vec::new();
         for (i, out) in outputs {
             let m = &mut self.members[i];
             let name = m.spec.config.name.clone();
@@ -589,6 +620,17 @@ impl Unit {
                     }
                 }
                 Output::BecomeMaster => {
+                    // The services first (the main loop), the addresses meanwhile, and the
+                    // announcement once the services are active (below, after the adverts
+                    // of this step have gone out).
+                    let applied = RoleAck::default();
+                    let vips = m.spec.vips.iter().map(|v| v.addr).collect();
+                    let _ = self.events.send(Event::Role {
+                        instance: name.clone(),
+                        vips,
+                        master: true,
+                        applied: applied.clone(),
+                    });
                     for v in &m.spec.vips {
                         if let Err(e) = addrs.add(v).await {
                             warn!(instance = %name, address = %v.addr, "adding the virtual address: {e}");
@@ -598,13 +640,7 @@ impl Unit {
                     if let Some(g) = m.garp.take() {
                         g.abort();
                     }
-                    m.garp = start_garp(&m.spec).await;
-                    let vips = m.spec.vips.iter().map(|v| v.addr).collect();
-                    let _ = self.events.send(Event::Role {
-                        instance: name,
-                        vips,
-                        master: true,
-                    });
+                    announce.push((i, applied));
                 }
                 Output::BecomeBackup | Output::BecomeFault | Output::Stopped => {
                     if matches!(out, Output::Stopped) {
@@ -622,11 +658,14 @@ impl Unit {
                         }
                         m.holds_vips = false;
                     }
+                    // Services stay active until the addresses are gone: a client that still
+                    // sends here is better served by a real server than refused by the stack.
                     let vips = m.spec.vips.iter().map(|v| v.addr).collect();
                     let _ = self.events.send(Event::Role {
                         instance: name,
                         vips,
                         master: false,
+                        applied: RoleAck::default(),
                     });
                 }
                 Output::StateChanged { from, to, priority } => {
@@ -641,6 +680,21 @@ impl Unit {
                     info!(instance = %name, from, to, "effective priority changed");
                 }
                 Output::SetTimer(t) => m.timer = t,
+            }
+        }
+        for (i, applied) in announce {
+            let served = tokio::time::timeout(ROLE_ACK_WAIT, applied.wait())
+                .await
+                .is_ok();
+            let m = &mut self.members[i];
+            // Still master: a later output of this step may have ended it.
+            if m.holds_vips {
+                info!(
+                    instance = %m.spec.config.name,
+                    services_active = served,
+                    "announcing the virtual addresses"
+                );
+                m.garp = start_garp(&m.spec).await;
             }
         }
         // A sync group changes state as a whole: tell its hooks once.
