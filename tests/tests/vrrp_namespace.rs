@@ -248,6 +248,12 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
         || holders(&p) == vec![0, 1],
     )
     .unwrap();
+    // The client follows n2's gratuitous ARP (the later one). Its kernel would ignore an ARP
+    // update within `locktime` (1 s) of the last one; 0 lets the test see each at once.
+    p.client
+        .sysctl("net.ipv4.neigh.eth0.locktime", "0")
+        .unwrap();
+    client_follows(&p, 1);
     for port in ["to-n1", "to-n2"] {
         br.exec(&["bridge", "link", "set", "dev", port, "isolated", "off"])
             .unwrap();
@@ -261,6 +267,23 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
     eprintln!("partition healed: one master after {took:?}");
     // One advert interval (100 ms), plus the time to notice the address went away.
     assert!(took < Duration::from_millis(100 + 150), "{took:?}");
+    // n1, still master, heard n2's lower-priority advert and announced the VIP again: the
+    // client is back at n1 at once, without a ping (its entry would otherwise point at n2,
+    // which no longer answers for the VIP, until it is probed again, seconds later).
+    let mac1 = p.nodes[0].mac("eth0").unwrap();
+    wait_until(
+        "the client's entry back at n1 without traffic",
+        Duration::from_millis(500),
+        || p.client.neigh_mac(VIP).ok().flatten() == Some(mac1),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.read_stderr()));
+    assert!(
+        d1.read_stderr()
+            .contains("announcing the virtual addresses again"),
+        "{}",
+        d1.read_stderr()
+    );
+    drop(d2);
 }
 
 #[test]

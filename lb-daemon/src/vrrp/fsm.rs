@@ -49,9 +49,11 @@
 //! # Semantics chosen where the RFCs leave room (keepalived is the reference)
 //!
 //! * **Lower-priority advert at a master** (RFC 9568 §6.4.3, new relative to RFC 5798): the
-//!   master discards it and sends an advert at once, leaving its Adver timer as it was. This is
-//!   also done for VRRPv2, as keepalived does: it ends a dual-master period after a partition
-//!   heals within one advert interval.
+//!   master discards it and sends an advert at once, leaving its Adver timer as it was, and
+//!   announces its VIPs again ([`Output::Reannounce`], keepalived's `garp_lower_prio_repeat`).
+//!   This is also done for VRRPv2, as keepalived does: it ends a dual-master period after a
+//!   partition heals within one advert interval, and brings back the clients that followed
+//!   the other master meanwhile.
 //! * **Equal priority**: a backup accepts an advert of equal priority (RFC: "greater than or
 //!   equal"); between two masters the higher primary address wins (RFC 9568 §6.4.3). Two address
 //!   owners also fall back to the address comparison (keepalived instead lowers its own priority
@@ -338,6 +340,11 @@ pub enum Output {
     BecomeFault,
     /// Stopped (back in Initialize): make sure the VIPs are absent.
     Stopped,
+    /// Still master after a lower-priority advert: announce the VIPs again (gratuitous ARP /
+    /// unsolicited NA), as keepalived does (`garp_lower_prio_repeat`). Clients that followed
+    /// the other router while the two could not hear each other come back at once instead
+    /// of when their neighbour entry expires.
+    Reannounce,
     /// For notify scripts and logs; `priority` is the effective priority.
     StateChanged {
         from: State,
@@ -772,6 +779,7 @@ impl Instance {
             // RFC 9568: "Discard the ADVERTISEMENT; Send an ADVERTISEMENT immediately to assert
             // the Active state". The Adver timer keeps its phase (keepalived).
             out.push(Output::SendAdvert { priority: local });
+            out.push(Output::Reannounce);
         }
     }
 
@@ -1493,12 +1501,13 @@ mod tests {
     fn rfc9568_6_4_3_master_asserts_against_lower_priority() {
         let mut i = master(cfg(100), t(4000));
         let out = i.handle(advert(1, 99), t(4300)).unwrap();
-        assert_eq!(out, vec![Output::SendAdvert { priority: 100 }]);
+        let assert = vec![Output::SendAdvert { priority: 100 }, Output::Reannounce];
+        assert_eq!(out, assert);
         assert_eq!(i.state(), State::Master);
         assert_eq!(i.timer(), Timer::Adver(t(5000)));
         // Equal priority from a lower address is "lower" too.
         let out = i.handle(advert(9, 100), t(4400)).unwrap();
-        assert_eq!(out, vec![Output::SendAdvert { priority: 100 }]);
+        assert_eq!(out, assert);
     }
 
     /// RFC 9568 §6.4.3: a higher priority: "Cancel Adver_Timer; Set Master_Adver_Interval to
@@ -1545,7 +1554,10 @@ mod tests {
         let mut i = master(cfg(100), t(4000));
         let out = i.handle(advert(9, 100), t(4100)).unwrap();
         assert_eq!(i.state(), State::Master);
-        assert_eq!(out, vec![Output::SendAdvert { priority: 100 }]);
+        assert_eq!(
+            out,
+            vec![Output::SendAdvert { priority: 100 }, Output::Reannounce]
+        );
 
         // IPv6: 2001:db8::a against ::b and ::9.
         let c = Config::new(Version::V3, v6(0xa), 100);

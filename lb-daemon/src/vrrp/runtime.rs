@@ -95,6 +95,9 @@ impl PartialEq for RoleAck {
 /// which refuses them; but the VRRP thread never waits long on the rest of the daemon.
 pub const ROLE_ACK_WAIT: Duration = Duration::from_millis(5);
 
+/// The least time between two re-announcements after lower-priority adverts.
+const REANNOUNCE_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What the rest of the daemon tells a unit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Control {
@@ -192,6 +195,8 @@ struct Member {
     garp: Option<JoinHandle<()>>,
     discards: DiscardCounters,
     holds_vips: bool,
+    /// When the VIPs were last announced again after a lower-priority advert.
+    reannounced: Option<StdInstant>,
     transitions: u64,
 }
 
@@ -309,6 +314,7 @@ pub async fn run_unit(
             garp: None,
             discards: DiscardCounters::default(),
             holds_vips: false,
+            reannounced: None,
             transitions: 0,
         });
     }
@@ -678,6 +684,22 @@ impl Unit {
                 }
                 Output::PriorityChanged { from, to } => {
                     info!(instance = %name, from, to, "effective priority changed");
+                }
+                Output::Reannounce => {
+                    // At most once a second: a peer (or anyone) flooding lower-priority
+                    // adverts must not turn into a flood of gratuitous ARPs.
+                    let now = StdInstant::now();
+                    let recent = m
+                        .reannounced
+                        .is_some_and(|at| now.duration_since(at) < REANNOUNCE_MIN_INTERVAL);
+                    if m.holds_vips && !recent {
+                        m.reannounced = Some(now);
+                        info!(instance = %name, "lower-priority advert heard: announcing the virtual addresses again");
+                        if let Some(g) = m.garp.take() {
+                            g.abort();
+                        }
+                        m.garp = start_garp(&m.spec).await;
+                    }
                 }
                 Output::SetTimer(t) => m.timer = t,
             }
