@@ -491,6 +491,7 @@ async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Result<Vec<Unit
                 own: on_link,
                 vips,
                 initial: initial.remove(&inst.name).unwrap_or_default(),
+                dataplane: config.dataplane.is_some(),
             },
         );
     }

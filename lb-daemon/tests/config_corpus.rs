@@ -201,6 +201,24 @@ fn check_subcommand_exit_status_and_stderr() {
             );
         }
     }
+    // A file that is not there: one clear line naming it, no backtrace even when the
+    // environment asks Rust for them, and no cause repeated.
+    let missing = corpus_dir().join("no-such-file.toml");
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&missing)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "Error: {}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lvs-dr.toml");
     let out = Command::new(bin)
         .args(["check", "--config"])

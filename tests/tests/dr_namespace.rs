@@ -219,7 +219,11 @@ fn tcp_check_removes_and_restores_a_real_server() {
     )
     .unwrap_or_else(|e| panic!("{e:#}: {}", status_json(&lab)));
 
-    // Stop rs2's nginx: the check notices, and the server leaves the rotation.
+    // Stop rs2's nginx: the check notices within keepalived's bound for these settings,
+    // delay_loop + (retry + 1) x connect_timeout + retry x delay_before_retry = 0.5 s (the
+    // margin is for the log being polled on a loaded 2-core machine), and the server leaves
+    // the rotation.
+    let killed = std::time::Instant::now();
     lab.nginx(2).signal(libc::SIGKILL).unwrap();
     lb_tests::netns::wait_until(
         "rs2 down in the daemon's log",
@@ -231,6 +235,12 @@ fn tcp_check_removes_and_restores_a_real_server() {
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let detected = killed.elapsed();
+    eprintln!("rs2 detected down after {detected:?} (bound 500 ms)");
+    assert!(
+        detected <= Duration::from_millis(500 + 500),
+        "rs2 detected down after {detected:?}, bound 500 ms"
+    );
     let bodies = lab
         .curl_batch("192.0.2.100", 60)
         .unwrap_or_else(|e| panic!("a request failed after removal: {e:#}"));

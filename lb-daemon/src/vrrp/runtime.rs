@@ -41,6 +41,10 @@ pub struct MemberSpec {
     pub vips: Vec<VirtualAddress>,
     /// Tracking already known at start-up (`TrackWeight`, `SetFault`), fed before `Startup`.
     pub initial: Vec<Input>,
+    /// The daemon runs a dataplane: on becoming master, wait for it to serve the services
+    /// before announcing the VIPs ([`RoleAck`]). Without one (VRRP only) there is nothing
+    /// to wait for. (`[dataplane]` cannot change by reload.)
+    pub dataplane: bool,
 }
 
 /// A lone instance, or the members of a `vrrp_sync_group`.
@@ -705,9 +709,10 @@ impl Unit {
             }
         }
         for (i, applied) in announce {
-            let served = tokio::time::timeout(ROLE_ACK_WAIT, applied.wait())
-                .await
-                .is_ok();
+            let served = !self.members[i].spec.dataplane
+                || tokio::time::timeout(ROLE_ACK_WAIT, applied.wait())
+                    .await
+                    .is_ok();
             let m = &mut self.members[i];
             // Still master: a later output of this step may have ended it.
             if m.holds_vips {
