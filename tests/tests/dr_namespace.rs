@@ -177,16 +177,22 @@ virtual_ipaddress = ["2001:db8::100/64"]
             .unwrap_or_else(|| panic!("{instance} never announced its VIP:\n{log}"));
         assert!(line.contains("services_active=true"), "{line}");
     }
+    assert!(lab.lb().dir().join("ctl.sock").exists(), "no control socket");
     daemon.signal(libc::SIGTERM).unwrap();
     daemon
         .wait_timeout(Duration::from_secs(10))
         .unwrap()
         .expect("daemon exits");
+    // Nothing left behind: both VIPs, the XDP program, the control socket.
     let out = lab.lb().ip(&["addr", "show", "dev", "eth0"]).unwrap();
     assert!(
-        !out.contains("192.0.2.100/24"),
-        "VIP released on stop: {out}"
+        !out.contains("192.0.2.100/24") && !out.contains("2001:db8::100/64"),
+        "VIPs released on stop: {out}"
     );
+    let link = lab.lb().ip(&["link", "show", "dev", "eth0"]).unwrap();
+    assert!(!link.contains("xdp"), "XDP detached on stop: {link}");
+    let socket = lab.lb().dir().join("ctl.sock");
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 /// keepalived's TCP_CHECK: a real server whose nginx stops is taken out within the check's
