@@ -177,7 +177,10 @@ virtual_ipaddress = ["2001:db8::100/64"]
             .unwrap_or_else(|| panic!("{instance} never announced its VIP:\n{log}"));
         assert!(line.contains("services_active=true"), "{line}");
     }
-    assert!(lab.lb().dir().join("ctl.sock").exists(), "no control socket");
+    assert!(
+        lab.lb().dir().join("ctl.sock").exists(),
+        "no control socket"
+    );
     daemon.signal(libc::SIGTERM).unwrap();
     daemon
         .wait_timeout(Duration::from_secs(10))
@@ -585,24 +588,51 @@ fn invalid_reload_changes_nothing() {
     );
     let writes = status_json(&lab)["map_writes"].as_u64().unwrap();
 
-    // A weight out of range: the file is refused as a whole.
-    let bad = good.replacen("weight = 3", "weight = 70000", 1);
-    std::fs::write(
-        &cfg,
-        lb_tests::lab::with_control_socket(&bad, lab.lb().dir()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
-        .args(["reload", "--socket"])
-        .arg(lab.lb().dir().join("ctl.sock"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the reload was accepted: {err}");
-    assert!(
-        err.contains("lb.toml:") && err.contains("`real_server.weight`"),
-        "{err}"
-    );
+    // Each refused as a whole, with what is wrong and where: a weight out of range, TOML
+    // that does not parse, and a file that is gone.
+    let reload_cli = || {
+        std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
+            .args(["reload", "--socket"])
+            .arg(lab.lb().dir().join("ctl.sock"))
+            .output()
+            .unwrap()
+    };
+    let bad_weight = good.replacen("weight = 3", "weight = 70000", 1);
+    let bad_toml = good.replacen("[[virtual_server]]", "[[virtual_server]", 1);
+    for (content, expect) in [
+        (
+            Some(bad_weight.as_str()),
+            &["lb.toml:", "`real_server.weight`"][..],
+        ),
+        (
+            Some(bad_toml.as_str()),
+            &["lb.toml:", "invalid table header"][..],
+        ),
+        (
+            None,
+            &["lb.toml: cannot read: No such file or directory"][..],
+        ),
+    ] {
+        match content {
+            Some(text) => std::fs::write(
+                &cfg,
+                lb_tests::lab::with_control_socket(text, lab.lb().dir()),
+            )
+            .unwrap(),
+            None => std::fs::remove_file(&cfg).unwrap(),
+        }
+        let out = reload_cli();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the reload was accepted: {err}");
+        for e in expect {
+            assert!(err.contains(e), "expected {e:?} in: {err}");
+        }
+        assert_eq!(
+            status_json(&lab)["map_writes"].as_u64().unwrap(),
+            writes,
+            "maps written by a refused reload ({err})"
+        );
+    }
 
     let after = status_json(&lab);
     assert_eq!(
@@ -641,4 +671,119 @@ fn invalid_reload_changes_nothing() {
         50,
     );
     assert!(daemon.read_stderr().contains("reload refused"));
+}
+
+/// Reloading an unchanged file (SIGHUP or `lb-daemon reload`) touches nothing: no VIP is
+/// removed and added again (watched with `ip monitor address`), no VRRP transition, no map
+/// write, and traffic goes on.
+#[test]
+fn identical_reloads_touch_no_vip_no_vrrp_state_no_map() {
+    if !require_lab("identical_reloads_touch_no_vip_no_vrrp_state_no_map") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dz"), 3).expect("lab");
+    let config = lab_config(&lab, "skb", "rr", &[1, 1, 1]).replace("static = true\n", "")
+        + r#"
+[[vrrp_instance]]
+name = "VI_4"
+interface = "eth0"
+virtual_router_id = 51
+priority = 150
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["192.0.2.100/24"]
+
+[[vrrp_instance]]
+name = "VI_6"
+interface = "eth0"
+virtual_router_id = 52
+priority = 150
+advert_int = 0.1
+version = 3
+virtual_ipaddress = ["2001:db8::100/64"]
+"#;
+    let (daemon, _) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    lb_tests::netns::wait_until("VI_4 master", Duration::from_secs(5), || {
+        let s = status_json(&lab);
+        s["vrrp"][0]["state"] == "MASTER" && s["vrrp"][1]["state"] == "MASTER"
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let monitor = lab.lb().spawn(&["ip", "-o", "monitor", "address"]).unwrap();
+    // A marker address, added and removed, fences the watched stretch on both sides (and
+    // shows that the monitor is listening).
+    let marker = |n: usize| {
+        lab.lb()
+            .ip(&["addr", "add", "203.0.113.250/32", "dev", "lo"])
+            .unwrap();
+        lab.lb()
+            .ip(&["addr", "del", "203.0.113.250/32", "dev", "lo"])
+            .unwrap();
+        lb_tests::netns::wait_until(
+            "the monitor to see the marker",
+            Duration::from_secs(5),
+            || monitor.read_stdout().matches("203.0.113.250").count() >= 2 * n,
+        )
+        .unwrap();
+    };
+    marker(1);
+    let before = status_json(&lab);
+    let seen = monitor.read_stdout().lines().count();
+    for i in 0..10 {
+        if i % 2 == 0 {
+            let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
+                .args(["reload", "--socket"])
+                .arg(lab.lb().dir().join("ctl.sock"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            let reloads = daemon
+                .read_stderr()
+                .matches("configuration reloaded")
+                .count();
+            daemon.signal(libc::SIGHUP).unwrap();
+            lb_tests::netns::wait_until("the SIGHUP reload", Duration::from_secs(5), || {
+                daemon
+                    .read_stderr()
+                    .matches("configuration reloaded")
+                    .count()
+                    > reloads
+            })
+            .unwrap();
+        }
+    }
+    marker(2);
+    let events: Vec<String> = monitor
+        .read_stdout()
+        .lines()
+        .skip(seen)
+        .filter(|l| !l.contains("203.0.113.250"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        events.is_empty(),
+        "addresses changed during the reloads: {events:?}"
+    );
+    let after = status_json(&lab);
+    assert_eq!(
+        after["vrrp"][0]["transitions"],
+        before["vrrp"][0]["transitions"]
+    );
+    assert_eq!(after["vrrp"][0]["state"], "MASTER");
+    assert_eq!(after["map_writes"], before["map_writes"], "maps written");
+    assert_eq!(
+        daemon
+            .read_stderr()
+            .matches("configuration reloaded")
+            .count(),
+        10,
+        "{}",
+        daemon.read_stderr()
+    );
+    let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
+    assert_shares("after the reloads", &counts(&bodies), [1, 1, 1], 30);
 }
