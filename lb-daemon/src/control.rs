@@ -656,6 +656,46 @@ mod tests {
         serde_json::from_slice(&buf).unwrap()
     }
 
+    /// A user other than root and the daemon's own is turned away even when the socket's
+    /// mode would let it connect (the moment between bind and chmod, or a mode changed by
+    /// hand): the peer-credential check answers with an error and closes.
+    #[tokio::test]
+    async fn other_users_are_refused_by_their_credentials() {
+        if !crate::vrrp::notify::test_util::privileged("control::other_users_are_refused") {
+            return;
+        }
+        let dir = TempDir::new("ctl-cred");
+        let run = start(&dir, quick()).await;
+        std::fs::set_permissions(&run.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // A client as nobody (uid 65534): python3's socket module, one request, the answer.
+        let script = format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); \
+             s.sendall(b'{{\"cmd\":\"status\"}}\\n'); print(s.makefile().readline(), end='')",
+            run.path.display().to_string()
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new("python3")
+                .args(["-c", &script])
+                .uid(65534)
+                .gid(65534)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            answer.contains(r#""ok":false"#) && answer.contains("uid 65534 is not allowed"),
+            "stdout {answer:?}, stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Root still gets its answer.
+        let r = request(&run.path, Request::Status).await.unwrap();
+        assert_eq!(r, Response::status(sample()));
+        run.stop().await;
+    }
+
     #[tokio::test]
     async fn status_and_reload_round_trip() {
         let dir = TempDir::new("ctl");

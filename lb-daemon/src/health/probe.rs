@@ -987,8 +987,10 @@ mod tests {
         let hang = serve(Behaviour::Hang).await;
         let reset = serve(Behaviour::Reset).await;
         let close = serve(Behaviour::Close).await;
+        // Answers garbage, then keeps the connection open.
+        let garbage = serve(Behaviour::RespondAndHang(vec![0xff; 300])).await;
         let before = open_fds();
-        for server in [&hang, &reset, &close] {
+        for server in [&hang, &reset, &close, &garbage] {
             for _ in 0..PROBES / 100 {
                 let mut batch = tokio::task::JoinSet::new();
                 for i in 0..100 {
@@ -1021,7 +1023,7 @@ mod tests {
         assert!(
             settled,
             "{before} descriptors before, {now} after {} probes",
-            3 * PROBES
+            4 * PROBES
         );
     }
 }
