@@ -493,23 +493,30 @@ async fn request_within(path: &Path, request: Request, t: Duration) -> Result<Re
         .await
         .map_err(|_| ControlError::Timeout(format!("connecting to {}", path.display())))?
         .map_err(|e| connect_error(path, e))?;
+    exchange_on(stream, &request, t).await
+}
+
+/// One request and its answer on a connected stream.
+async fn exchange_on(stream: UnixStream, request: &Request, t: Duration) -> Result<Response> {
     let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_vec(&request).expect("a request always encodes");
+    let mut line = serde_json::to_vec(request).expect("a request always encodes");
     line.push(b'\n');
     let exchange = async {
-        wr.write_all(&line)
-            .await
-            .map_err(|e| ControlError::Protocol(format!("sending the request: {e}")))?;
+        // A daemon that refuses this client answers and closes without reading, and may do
+        // so before the request is written: the write then fails (EPIPE), but the answer
+        // is already queued. Read it before reporting the write.
+        let sent = wr.write_all(&line).await;
         let mut rd = BufReader::new(rd);
         let mut buf = Vec::new();
-        match read_line(&mut rd, &mut buf, MAX_RESPONSE).await {
-            Ok(Some(())) => serde_json::from_slice::<Response>(&buf).map_err(|e| {
+        match (read_line(&mut rd, &mut buf, MAX_RESPONSE).await, sent) {
+            (Ok(Some(())), _) => serde_json::from_slice::<Response>(&buf).map_err(|e| {
                 ControlError::Protocol(format!("a response that does not parse: {e}"))
             }),
-            Ok(None) | Err(None) => Err(ControlError::Protocol(
+            (_, Err(e)) => Err(ControlError::Protocol(format!("sending the request: {e}"))),
+            (Ok(None) | Err(None), Ok(())) => Err(ControlError::Protocol(
                 "the daemon closed the connection without an answer".into(),
             )),
-            Err(Some(why)) => Err(ControlError::Protocol(why)),
+            (Err(Some(why)), Ok(())) => Err(ControlError::Protocol(why)),
         }
     };
     timeout(t, exchange)
@@ -664,32 +671,46 @@ mod tests {
         if !crate::vrrp::notify::test_util::privileged("control::other_users_are_refused") {
             return;
         }
-        let dir = TempDir::new("ctl-cred");
+        // Not under $TMPDIR: nobody must be able to reach the socket through the path.
+        let dir = TempDir::world_reachable("ctl-cred");
         let run = start(&dir, quick()).await;
         std::fs::set_permissions(&run.path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        // A client as nobody (uid 65534): python3's socket module, one request, the answer.
-        let script = format!(
-            "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); \
-             s.sendall(b'{{\"cmd\":\"status\"}}\\n'); print(s.makefile().readline(), end='')",
-            run.path.display().to_string()
-        );
-        let out = tokio::task::spawn_blocking(move || {
-            use std::os::unix::process::CommandExt;
-            std::process::Command::new("python3")
-                .args(["-c", &script])
-                .uid(65534)
-                .gid(65534)
-                .output()
+        // A client as nobody (uid 65534). Linux keeps credentials per thread and the raw
+        // syscalls (unlike glibc's setuid) change only the calling one, so a thread of its
+        // own connects as nobody; the socket keeps those credentials (SO_PEERCRED is taken
+        // at connect), and the real client code runs the exchange on it.
+        let path = run.path.clone();
+        let stream = std::thread::spawn(move || {
+            // SAFETY: plain syscalls on this thread's credentials; the thread ends here.
+            unsafe {
+                assert_eq!(
+                    libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                    0
+                );
+                assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+            }
+            let s = std::os::unix::net::UnixStream::connect(&path);
+            s.and_then(|s| s.set_nonblocking(true).map(|()| s))
         })
-        .await
+        .join()
         .unwrap()
-        .unwrap();
-        let answer = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            answer.contains(r#""ok":false"#) && answer.contains("uid 65534 is not allowed"),
-            "stdout {answer:?}, stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .expect("nobody reaches the socket (mode 0666, directory 0755 under /run)");
+        // Let the server accept, answer and close before the request is written: the
+        // client must still report the daemon's answer, not the broken pipe.
+        let stream = UnixStream::from_std(stream).unwrap();
+        timeout(Duration::from_secs(10), stream.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = exchange_on(stream, &Request::Status, Duration::from_secs(10)).await;
+        match answer {
+            Ok(r) => assert!(
+                !r.ok && r.error.as_deref() == Some("uid 65534 is not allowed"),
+                "{r:?}"
+            ),
+            Err(e) => panic!("no answer: {e}"),
+        }
         // Root still gets its answer.
         let r = request(&run.path, Request::Status).await.unwrap();
         assert_eq!(r, Response::status(sample()));

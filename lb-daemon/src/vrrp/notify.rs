@@ -1253,6 +1253,17 @@ pub(crate) mod test_util {
             TempDir(path)
         }
 
+        /// A scratch directory under /run, whose ancestors every user may search:
+        /// for tests where another user must reach a file in it. `$TMPDIR` may sit
+        /// inside a private (0700) directory, as it does on some CI machines.
+        pub(crate) fn world_reachable(tag: &str) -> Self {
+            let path = PathBuf::from(format!("/run/lbtest-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            TempDir(path)
+        }
+
         pub(crate) fn path(&self) -> &Path {
             &self.0
         }
