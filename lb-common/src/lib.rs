@@ -32,6 +32,9 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_FLOW_CACHE: u32 = 8192;
 /// Default size of the persistence-template table (LRU).
 pub const DEFAULT_MAX_PERSIST: u32 = 1 << 16;
+/// Size in bytes of the connection-sync event ring (`SYNC_EVENTS`) while sync is off: the
+/// smallest a ring can be (one page); the loader sets the real size when sync is on.
+pub const DEFAULT_SYNC_RING_BYTES: u32 = 4096;
 
 /// Names of the maps and globals, shared so that a rename breaks the build, not the load.
 pub mod names {
@@ -52,12 +55,20 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Ring buffer of connection-sync events (`SyncEvent4`/`SyncEvent6`).
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
+    /// Per-CPU counters of the sync events (`sync_stat`).
+    pub const SYNC_STATS: &str = "SYNC_STATS";
     /// Global: the MAC address of the interface the program is attached to.
     pub const GLOBAL_IFACE_MAC: &str = "IFACE_MAC";
     /// Global: the number of ring slots reserved per service.
     pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
     /// Global: the slots of each flow cache (a power of two).
     pub const GLOBAL_FLOW_CACHE_SIZE: &str = "FLOW_CACHE_SIZE";
+    /// Global: non-zero makes the program write connection-sync events.
+    pub const GLOBAL_SYNC_ENABLED: &str = "SYNC_ENABLED";
+    /// Global: a refresh event is written when a flow's `last_seen >> SHIFT` changes.
+    pub const GLOBAL_SYNC_REFRESH_SHIFT: &str = "SYNC_REFRESH_SHIFT";
 }
 
 /// Key of `SERVICES4`: (VIP, port, protocol). Port 0 means every port.
@@ -236,6 +247,51 @@ pub struct PersistKey6 {
 }
 const _: () = assert!(core::mem::size_of::<PersistKey6>() == 20);
 
+/// Kinds of connection-sync event (`SyncEvent4::kind`), with [`SYNC_EV_F_REFRESH`] or'd in
+/// for a refresh: a flow the program created, or a persistence template it wrote.
+pub const SYNC_EV_FLOW: u32 = 1;
+pub const SYNC_EV_PERSIST: u32 = 2;
+/// The event refreshes an entry (its `last_seen` moved to another refresh window, or the
+/// LRU had dropped it) rather than creating it. The entry is sent whole either way.
+pub const SYNC_EV_F_REFRESH: u32 = 1 << 8;
+/// Mask of the kind proper.
+pub const SYNC_EV_KIND_MASK: u32 = 0xff;
+
+/// A connection-sync event for IPv4, written to `SYNC_EVENTS` when the program creates or
+/// refreshes a flow or a persistence template of a service (when `SYNC_ENABLED`). The
+/// daemon of the VRRP master sends it to its peer (see `docs/architecture.md`, "Connection
+/// sync").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncEvent4 {
+    /// `SYNC_EV_*`, maybe with `SYNC_EV_F_REFRESH`.
+    pub kind: u32,
+    pub value: FlowValue,
+    /// A flow: the `FlowKey4` as four words. A template: word 0 is the masked client
+    /// address (the service is `value.service`), the others are 0.
+    pub key: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<SyncEvent4>() == 36);
+
+/// A connection-sync event for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncEvent6 {
+    pub kind: u32,
+    pub value: FlowValue,
+    /// A flow: the `FlowKey6` as ten words. A template: words 0..4 are the masked client
+    /// address, the others are 0.
+    pub key: [u32; 10],
+}
+const _: () = assert!(core::mem::size_of::<SyncEvent6>() == 60);
+
+/// Slots of `SYNC_STATS` (per CPU, u64).
+pub mod sync_stat {
+    /// Events the ring had no room for (the daemon did not drain it fast enough).
+    pub const LOST: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
 /// Per-CPU traffic counters of one service or one backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -366,6 +422,8 @@ mod user {
     unsafe impl aya::Pod for PersistKey6 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for ReasonCounters {}
+    unsafe impl aya::Pod for SyncEvent4 {}
+    unsafe impl aya::Pod for SyncEvent6 {}
 }
 
 /// An IPv4 address as the kernel side stores it (network byte order in memory).

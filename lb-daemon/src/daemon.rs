@@ -133,8 +133,10 @@ struct Dp {
     dp: Dataplane<BpfMaps>,
     /// Keeps the program (and its bpf_link) alive.
     _ebpf: aya::Ebpf,
-    /// The connection tables, read for the flows per backend.
-    flows: FlowTables,
+    /// The connection tables, read for the flows per backend (and shared with sync).
+    flows: std::sync::Arc<FlowTables>,
+    /// Connection sync with the peer (`[sync]`).
+    sync: Option<crate::sync::SyncHandle>,
     /// The last count of flows per backend id, and when it was taken: a walk of a big
     /// table takes a while, so the metrics' refresh reuses a recent one.
     flow_counts: Option<(Instant, HashMap<u32, u64>)>,
@@ -159,12 +161,27 @@ impl Dp {
             limits: Limits::default(),
             max_flows: d.max_flows,
             iface_mac,
+            sync: config.sync.as_ref().map(|s| program::SyncLoad {
+                ring_bytes: s.ring_size,
+                refresh_shift: s.refresh_shift(),
+            }),
             ..LoadOptions::default()
         };
+        let sync_key = config.sync_key()?;
         let mut ebpf = program::load(&opts).context("loading the XDP program")?;
         spawn_bpf_logger(&mut ebpf);
         let mut maps = BpfMaps::new(&mut ebpf)?;
-        let flows = FlowTables::take(&mut ebpf)?;
+        let flows = std::sync::Arc::new(FlowTables::take(&mut ebpf)?);
+        let sync = match (&config.sync, sync_key) {
+            (Some(s), Some(key)) => {
+                let parts = crate::sync::ProgramParts::take(&mut ebpf, flows.clone())?;
+                Some(
+                    crate::sync::SyncHandle::start(s, &key, parts)
+                        .context("starting connection sync")?,
+                )
+            }
+            _ => None,
+        };
         // The clock before the first packet: a flow stamped 0 would look idle for years at
         // the first tick and be rescheduled.
         maps.set_clock(monotonic_seconds())?;
@@ -180,6 +197,7 @@ impl Dp {
                 dp,
                 _ebpf: ebpf,
                 flows,
+                sync,
                 flow_counts: None,
                 ifindex,
                 macs: HashMap::new(),
@@ -269,6 +287,10 @@ impl Dp {
         let result = self.dp.update(&specs);
         if result.is_ok() {
             self.quorum = quorum;
+        }
+        if let Some(s) = &self.sync {
+            // Sync names flows by the ids the maps hold now.
+            s.set_index(crate::sync::index_for(config, &self.dp));
         }
         result
     }
@@ -612,6 +634,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         if let Err(e) = dp.apply(&config, &master_vips, &health) {
                             error!("updating the dataplane: {e}");
                         }
+                        // The sync instance's master sends its flows; a backup installs them.
+                        if let (Some(s), Some(c)) = (&dp.sync, &config.sync) {
+                            if c.vrrp_instance == instance {
+                                s.set_master(master);
+                            }
+                        }
                     }
                     // The new master may announce its VIPs now.
                     applied.done();
@@ -719,6 +747,9 @@ fn reload(
 ) -> Result<(), String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
     new.check_scripts().map_err(|e| e.to_string())?;
+    if new.sync != config.sync {
+        return Err("the [sync] section changed: restart to apply it".into());
+    }
     if new.dataplane != config.dataplane {
         return Err("the [dataplane] section changed: restart to apply it".into());
     }
@@ -846,6 +877,7 @@ fn snapshot(
         if let Ok(r) = maps.reason_counters() {
             snap.reasons = status::reasons_from_counters(&r);
         }
+        snap.sync = dp.sync.as_ref().map(|s| s.status());
     }
     if let Some(v) = vrrp {
         let stats = v.stats.lock().map(|m| m.clone()).unwrap_or_default();

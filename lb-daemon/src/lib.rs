@@ -10,4 +10,5 @@ pub mod netlink;
 pub mod realserver;
 pub mod sdnotify;
 pub mod status;
+pub mod sync;
 pub mod vrrp;

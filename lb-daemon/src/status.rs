@@ -73,6 +73,58 @@ pub struct Snapshot {
     /// changes, so a reload of an unchanged file, or anything else that changes nothing the
     /// program does, leaves it where it was.
     pub map_writes: u64,
+    /// Connection sync with the peer LB (`null` without a `[sync]` section).
+    pub sync: Option<SyncStatus>,
+}
+
+/// Connection sync (`[sync]`): what this node sends as master and receives as backup.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct SyncStatus {
+    pub interface: String,
+    /// The vrrp_instance whose master sends.
+    pub vrrp_instance: String,
+    pub sync_id: u8,
+    /// `sending` while this node is master of the instance, else `receiving`.
+    pub role: String,
+    /// This run's boot id (a peer's replay window starts again when it changes).
+    pub boot_id: u32,
+    /// The peers heard from.
+    pub peers: Vec<SyncPeerStatus>,
+    /// The longest lag among the peers that acknowledged recently (master).
+    pub lag_ms: Option<f64>,
+    /// DATA messages, entries and UDP payload bytes sent.
+    pub sent_messages: u64,
+    pub sent_entries: u64,
+    pub sent_bytes: u64,
+    /// DATA messages and entries accepted, and entries written into the flow tables.
+    pub received_messages: u64,
+    pub received_entries: u64,
+    pub installed_entries: u64,
+    /// Messages a peer's sequence skipped (lost on the way).
+    pub lost_messages: u64,
+    /// Whole-table syncs sent to a peer that asked (master), or received (backup).
+    pub full_syncs_sent: u64,
+    pub full_syncs_received: u64,
+    /// Entries, events and datagrams dropped, by reason: `ring_lost` (the XDP program's
+    /// event ring was full), `not_synced`, `stale_backend`, `unknown_service`,
+    /// `unknown_backend`, `not_peer`, `bad_hmac`, `sync_id`, `truncated`, `replay_*`, ...
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// A peer of connection sync.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct SyncPeerStatus {
+    pub addr: Option<IpAddr>,
+    /// Milliseconds since its last message.
+    pub last_heard_ms: u64,
+    pub boot_id: u32,
+    /// From its acknowledgements: sending a message to its being installed there and
+    /// acknowledged (a round trip).
+    pub lag_ms: Option<f64>,
+    /// It asked for the whole table (it started, or has not had it yet).
+    pub wants_full: bool,
 }
 
 /// One virtual server (an IPVS service).
@@ -584,6 +636,10 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         align(&lines, &[], &mut out);
     }
 
+    if let Some(y) = &s.sync {
+        render_sync(y, &mut out);
+    }
+
     if !s.reasons.is_empty() {
         out.push_str("\nXDP\n");
         let mut lines = vec![Line::Cells(
@@ -602,6 +658,73 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         align(&lines, &[false, false, true, true], &mut out);
     }
     out
+}
+
+/// The `Connection sync` part of the table.
+fn render_sync(y: &SyncStatus, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\nConnection sync  {} vrrp_instance {} sync_id {}  {}{}",
+        y.interface,
+        y.vrrp_instance,
+        y.sync_id,
+        y.role,
+        y.lag_ms
+            .map(|l| format!("  lag {l:.1} ms"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  sent {} messages, {} entries, {} bytes; received {} messages, {} entries, {} installed; \
+         lost {} messages; full syncs sent {}, received {}",
+        y.sent_messages,
+        y.sent_entries,
+        y.sent_bytes,
+        y.received_messages,
+        y.received_entries,
+        y.installed_entries,
+        y.lost_messages,
+        y.full_syncs_sent,
+        y.full_syncs_received
+    );
+    let lines: Vec<Line> = y
+        .peers
+        .iter()
+        .map(|p| {
+            Line::Cells(vec![
+                format!(
+                    "  peer {}",
+                    p.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+                ),
+                format!("heard {} ms ago", p.last_heard_ms),
+                match p.lag_ms {
+                    Some(l) => format!("lag {l:.1} ms"),
+                    None => "lag -".into(),
+                },
+                if p.wants_full {
+                    "wants the whole table".into()
+                } else {
+                    String::new()
+                },
+            ])
+        })
+        .collect();
+    align(&lines, &[], out);
+    let dropped: Vec<String> = y
+        .dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  dropped: {}",
+        if dropped.is_empty() {
+            "none".to_string()
+        } else {
+            dropped.join(" ")
+        }
+    );
 }
 
 /// A message on one line (a check's stderr may hold several).
@@ -685,6 +808,12 @@ impl Prom {
 /// | `lb_xdp_{packets,bytes}_total` | reason, verdict | |
 /// | `lb_dataplane_map_writes_total` | | element writes to the program's maps |
 /// | `lb_notify_*` | | notify events and hooks |
+/// | `lb_sync_sending` | | 1: this node sends its flows (master of the sync instance) |
+/// | `lb_sync_{messages,entries,bytes}_total` | direction | sent, received (entries: installed too) |
+/// | `lb_sync_lost_messages_total` | | messages a peer's sequence skipped |
+/// | `lb_sync_full_syncs_total` | direction | whole-table syncs sent, received |
+/// | `lb_sync_dropped_total` | reason | entries, events and datagrams dropped |
+/// | `lb_sync_peer_lag_seconds`, `lb_sync_peer_last_heard_seconds` | peer | |
 pub fn render_prometheus(s: &Snapshot) -> String {
     let mut p = Prom { out: String::new() };
     let svc_labels = |svc: &ServiceStatus| (svc.vip.to_string(), svc.port.to_string());
@@ -923,6 +1052,10 @@ pub fn render_prometheus(s: &Snapshot) -> String {
     );
     p.sample("lb_dataplane_map_writes_total", &[], s.map_writes);
 
+    if let Some(y) = &s.sync {
+        render_sync_prometheus(y, &mut p);
+    }
+
     if let Some(n) = &s.notify {
         p.family(
             "lb_notify_events_total",
@@ -967,6 +1100,104 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         );
     }
     p.out
+}
+
+fn render_sync_prometheus(y: &SyncStatus, p: &mut Prom) {
+    p.family(
+        "lb_sync_sending",
+        "gauge",
+        "1 while this node is master of the sync instance and sends its flows.",
+    );
+    p.sample("lb_sync_sending", &[], u8::from(y.role == "sending"));
+    // (family, help, samples by direction; an empty direction is no sample)
+    type Family<'a> = (&'a str, &'a str, [(&'a str, u64); 3]);
+    let families: [Family; 3] = [
+        (
+            "lb_sync_messages_total",
+            "Connection sync DATA messages sent and accepted.",
+            [
+                ("sent", y.sent_messages),
+                ("received", y.received_messages),
+                ("", 0),
+            ],
+        ),
+        (
+            "lb_sync_entries_total",
+            "Flow and template entries sent, received, and installed into the tables.",
+            [
+                ("sent", y.sent_entries),
+                ("received", y.received_entries),
+                ("installed", y.installed_entries),
+            ],
+        ),
+        (
+            "lb_sync_full_syncs_total",
+            "Whole-table syncs sent to a peer that asked, and received.",
+            [
+                ("sent", y.full_syncs_sent),
+                ("received", y.full_syncs_received),
+                ("", 0),
+            ],
+        ),
+    ];
+    for (name, help, samples) in families {
+        p.family(name, "counter", help);
+        for (dir, v) in samples.iter().filter(|(d, _)| !d.is_empty()) {
+            p.sample(name, &[("direction", dir)], v);
+        }
+    }
+    p.family(
+        "lb_sync_bytes_total",
+        "counter",
+        "UDP payload bytes of the connection sync messages sent.",
+    );
+    p.sample(
+        "lb_sync_bytes_total",
+        &[("direction", "sent")],
+        y.sent_bytes,
+    );
+    p.family(
+        "lb_sync_lost_messages_total",
+        "counter",
+        "Connection sync messages a peer's sequence skipped.",
+    );
+    p.sample("lb_sync_lost_messages_total", &[], y.lost_messages);
+    p.family(
+        "lb_sync_dropped_total",
+        "counter",
+        "Connection sync entries, events and datagrams dropped, by reason.",
+    );
+    for (reason, n) in &y.dropped {
+        p.sample("lb_sync_dropped_total", &[("reason", reason)], n);
+    }
+    p.family(
+        "lb_sync_peer_last_heard_seconds",
+        "gauge",
+        "Seconds since the peer's last connection sync message.",
+    );
+    for peer in &y.peers {
+        let addr = peer.addr.map(|a| a.to_string()).unwrap_or_default();
+        p.sample(
+            "lb_sync_peer_last_heard_seconds",
+            &[("peer", &addr)],
+            prom_float(peer.last_heard_ms as f64 / 1e3),
+        );
+    }
+    p.family(
+        "lb_sync_peer_lag_seconds",
+        "gauge",
+        "Round trip from sending a sync message to the peer having installed it.",
+    );
+    for peer in &y.peers {
+        if let Some(l) = peer.lag_ms {
+            let addr = peer.addr.map(|a| a.to_string()).unwrap_or_default();
+            p.sample(
+                "lb_sync_peer_lag_seconds",
+                &[("peer", &addr)],
+                prom_float(l / 1e3),
+            );
+        }
+    }
 }
 
 /// Helpers shared by the tests of `status`, `control` and `metrics`.
@@ -1173,6 +1404,7 @@ pub(crate) mod test_support {
             ],
             notify: None,
             map_writes: 1234,
+            sync: None,
         }
     }
 }
@@ -1553,6 +1785,69 @@ lb_notify_hooks_total{result="timed_out"} 0
         }
     }
 
+    fn sync_sample() -> SyncStatus {
+        SyncStatus {
+            interface: "eth0".into(),
+            vrrp_instance: "VI_1".into(),
+            sync_id: 38,
+            role: "sending".into(),
+            boot_id: 1_700_000_000,
+            peers: vec![SyncPeerStatus {
+                addr: Some("192.0.2.3".parse().unwrap()),
+                last_heard_ms: 420,
+                boot_id: 1_700_000_100,
+                lag_ms: Some(1.5),
+                wants_full: false,
+            }],
+            lag_ms: Some(1.5),
+            sent_messages: 10,
+            sent_entries: 1000,
+            sent_bytes: 12000,
+            received_messages: 0,
+            received_entries: 0,
+            installed_entries: 0,
+            lost_messages: 0,
+            full_syncs_sent: 1,
+            full_syncs_received: 0,
+            dropped: [("bad_hmac".to_string(), 3), ("ring_lost".to_string(), 0)]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sync_status_in_the_table_and_the_metrics() {
+        let mut s = sample();
+        s.sync = Some(sync_sample());
+        let table = render_table(&s, None);
+        let want = [
+            "",
+            "Connection sync  eth0 vrrp_instance VI_1 sync_id 38  sending  lag 1.5 ms",
+            "  sent 10 messages, 1000 entries, 12000 bytes; received 0 messages, 0 entries, \
+             0 installed; lost 0 messages; full syncs sent 1, received 0",
+            "  peer 192.0.2.3  heard 420 ms ago  lag 1.5 ms",
+            "  dropped: bad_hmac=3",
+            "",
+        ]
+        .join("\n");
+        assert!(table.contains(&want), "{table}");
+        let text = render_prometheus(&s);
+        for line in [
+            "lb_sync_sending 1\n",
+            "lb_sync_entries_total{direction=\"installed\"} 0\n",
+            "lb_sync_bytes_total{direction=\"sent\"} 12000\n",
+            "lb_sync_dropped_total{reason=\"bad_hmac\"} 3\n",
+            "lb_sync_peer_lag_seconds{peer=\"192.0.2.3\"} 0.0015\n",
+            "lb_sync_peer_last_heard_seconds{peer=\"192.0.2.3\"} 0.42\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["sync"]["peers"][0]["lag_ms"], 1.5);
+        let back: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back.sync, s.sync);
+    }
+
     #[test]
     fn prometheus_every_line_parses_and_labels_are_escaped() {
         let mut s = sample();
@@ -1562,6 +1857,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         s.services[0].backends[0].check_latency_ms = Some(f64::INFINITY);
         s.services[0].protocol = "T{C}P, x=\"1\"".into();
         s.notify = Some(NotifyStatus::default());
+        s.sync = Some(sync_sample());
         let text = render_prometheus(&s);
         assert!(text.ends_with('\n'));
         let mut seen_nasty = false;
@@ -1594,7 +1890,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         };
         assert_eq!(
             keys(&v),
-            "map_writes,notify,reasons,router_id,services,time,vrrp"
+            "map_writes,notify,reasons,router_id,services,sync,time,vrrp"
         );
         assert_eq!(
             keys(&v["services"][0]),

@@ -12,7 +12,9 @@
 //! under a scratch directory. keepalived checks no script's ownership unless
 //! `enable_script_security` is set, and the output states that default
 //! (`enable_script_security = false`); with the setting turned on, `check` refuses the
-//! missing scripts, and accepts a safe existing one.
+//! missing scripts, and accepts a safe existing one. The same goes for the sync key that
+//! the LVS seed's `lvs_sync_daemon_inteface` needs (keepalived has none): the checked copy
+//! names a root-only stand-in.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -40,6 +42,14 @@ fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lb-import-seed-{tag}-{}", std::process::id()));
     fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A sync key as `check` wants it: 32 bytes, readable by its owner only.
+fn stand_in_key(dir: &Path) -> PathBuf {
+    let key = dir.join("sync.key");
+    fs::write(&key, [7u8; 32]).unwrap();
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    key
 }
 
 /// What `lb-daemon check` does with a file.
@@ -72,6 +82,10 @@ fn import_and_check(name: &str, dir: &Path) -> (import::Import, Config) {
         fs::write(&at, "#!/bin/sh\nexit 0\n").unwrap();
         fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         text = text.replace(&*s.program.to_string_lossy(), &at.to_string_lossy());
+    }
+    if let Some(sync) = &loaded.sync {
+        let key = stand_in_key(dir);
+        text = text.replace(&*sync.key_file.to_string_lossy(), &key.to_string_lossy());
     }
     let copy = dir.join(name).with_extension("checked.toml");
     fs::write(&copy, &text).unwrap();
@@ -122,25 +136,28 @@ fn nginx_seed_imports_and_means_the_example() {
 }
 
 #[test]
-fn lvs_seed_imports_without_its_sync_daemon() {
+fn lvs_seed_imports_with_its_sync_daemon() {
     let dir = scratch("lvs");
     let (import, checked) = import_and_check("lvs-dr.conf", &dir);
-    // The one keyword lb-daemon does not support yet, with its place.
-    let [u] = &import.unsupported[..] else {
-        panic!("{:?}", import.unsupported)
-    };
-    assert_eq!((u.location.line, u.location.column), (17, 5));
-    assert_eq!(u.written, "lvs_sync_daemon_inteface bond0");
-    assert!(u.reason.contains("connection synchronisation"), "{u}");
-    assert!(u.location.file.ends_with("seed/lvs-dr.conf"));
-    // ...and it is in the output, as comments: in the list at the top and where it was.
-    assert!(import.toml.contains(&format!("#   {u}")), "{}", import.toml);
+    // Everything maps: the seed's misspelt lvs_sync_daemon_inteface is the [sync] section.
+    assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
     assert!(
-        import.toml.contains("# not imported (")
-            && import
-                .toml
-                .contains("lvs-dr.conf:17:5): lvs_sync_daemon_inteface bond0")
+        import
+            .toml
+            .contains("from keepalived's `lvs_sync_daemon_inteface bond0` (")
+            && import.toml.contains("lvs-dr.conf:17:5)"),
+        "{}",
+        import.toml
     );
+    let sync = checked.sync.as_ref().unwrap();
+    assert_eq!(sync.interface, "bond0");
+    assert_eq!(sync.vrrp_instance, "VI_1");
+    assert_eq!(
+        sync.sync_id, 38,
+        "keepalived's default: the instance's VRID"
+    );
+    assert_eq!(sync.multicast_group, Some("224.0.0.81".parse().unwrap()));
+    assert_eq!((sync.port, sync.ttl), (8848, 1), "IPVS's defaults");
 
     let expected = Config::load(&seed("lvs-dr.expected.toml")).unwrap();
     assert_eq!(model(checked.clone()), model(expected));
@@ -238,7 +255,7 @@ fn seed_placeholder_address_is_an_error_at_its_place() {
 }
 
 /// The command: refuses to write while something is unsupported, writes with
-/// --allow-unsupported, and `lb-daemon check` accepts what it wrote.
+/// --allow-unsupported, and `lb-daemon check` accepts what it wrote (the sync key in place).
 #[test]
 fn import_keepalived_subcommand() {
     let bin = env!("CARGO_BIN_EXE_lb-daemon");
@@ -253,7 +270,14 @@ fn import_keepalived_subcommand() {
             .output()
             .unwrap()
     };
-    let lvs = seed("lvs-dr.conf");
+    // The LVS seed with one keyword lb-daemon does not support added.
+    let lvs = dir.join("lvs-dr.conf");
+    let text = fs::read_to_string(seed("lvs-dr.conf")).unwrap();
+    fs::write(
+        &lvs,
+        text.replacen("    priority 100\n", "    priority 100\n    use_vmac\n", 1),
+    )
+    .unwrap();
     let lvs = lvs.to_str().unwrap();
     let out_s = out.to_str().unwrap();
 
@@ -262,7 +286,7 @@ fn import_keepalived_subcommand() {
     assert!(!o.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "unsupported: {lvs}:17:5: vrrp_instance VI_1: `lvs_sync_daemon_inteface bond0`"
+            "unsupported: {lvs}:20:5: vrrp_instance VI_1: `use_vmac`"
         )),
         "{stderr}"
     );
@@ -280,10 +304,20 @@ fn import_keepalived_subcommand() {
         "the list is printed anyway: {stderr}"
     );
     let written = fs::read_to_string(&out).unwrap();
+    assert!(written.contains("use_vmac"), "{written}");
+    // The placeholder the importer writes for the sync key is refused until it exists.
+    let o = run(&["check", "--config", out_s]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        written.contains("lvs_sync_daemon_inteface bond0"),
-        "{written}"
+        !o.status.success() && stderr.contains("sync.key_file"),
+        "{stderr}"
     );
+    let key = stand_in_key(&dir);
+    fs::write(
+        &out,
+        written.replace("/etc/lb-daemon/sync.key", key.to_str().unwrap()),
+    )
+    .unwrap();
 
     let o = run(&["check", "--config", out_s]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

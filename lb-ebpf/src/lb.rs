@@ -17,6 +17,7 @@ use crate::{
     maps::*,
     parse::{self, ETH_P_IP, ETH_P_IPV6, L3},
     stats::{count_forward, may_log},
+    sync,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -47,6 +48,9 @@ trait Family {
     fn slot(key: &Self::Flow) -> u32;
     /// Key equality, written out so that it never becomes a call to `bcmp`.
     fn same(a: &Self::Flow, b: &Self::Flow) -> bool;
+    /// Connection-sync events (only called when `sync::enabled()`).
+    fn sync_flow(kind: u32, key: &Self::Flow, value: &FlowValue);
+    fn sync_persist(kind: u32, key: &Self::Persist, value: &FlowValue);
 }
 
 /// Multiplicative mixing (Knuth), then the high half folded down: the low bits, which the
@@ -133,6 +137,14 @@ impl Family for V4 {
             && a.sport == b.sport
             && a.dport == b.dport
             && a.proto == b.proto
+    }
+    #[inline(always)]
+    fn sync_flow(kind: u32, key: &FlowKey4, value: &FlowValue) {
+        sync::event4(kind, sync::words4(key), value)
+    }
+    #[inline(always)]
+    fn sync_persist(kind: u32, key: &PersistKey4, value: &FlowValue) {
+        sync::event4(kind, &[key.addr, 0, 0, 0], value)
     }
 }
 
@@ -223,6 +235,15 @@ impl Family for V6 {
             && a.sport == b.sport
             && a.dport == b.dport
             && a.proto == b.proto
+    }
+    #[inline(always)]
+    fn sync_flow(kind: u32, key: &FlowKey6, value: &FlowValue) {
+        sync::event6(kind, sync::words6(key), value)
+    }
+    #[inline(always)]
+    fn sync_persist(kind: u32, key: &PersistKey6, value: &FlowValue) {
+        let a = key.addr;
+        sync::event6(kind, &[a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0], value)
     }
 }
 
@@ -373,7 +394,11 @@ fn established<F: Family>(
     let e = unsafe { &mut *entry };
     let b = usable(e, now)?;
     if e.last_seen != now {
+        let old = e.last_seen;
         e.last_seen = now;
+        if sync::enabled() && sync::refresh_due(old, now) {
+            F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, e);
+        }
     }
     if let Some(c) = cache {
         // SAFETY: per-CPU slot, as above.
@@ -394,14 +419,20 @@ fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32) -> bo
             if (*e).backend != cval.backend || (*e).generation != cval.generation {
                 return false;
             }
+            let old = (*e).last_seen;
             (*e).last_seen = now;
+            if sync::enabled() && sync::refresh_due(old, now) {
+                F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, &*e);
+            }
         },
         None => {
             let value = FlowValue {
                 last_seen: now,
                 ..*cval
             };
-            let _ = F::flows().insert(key, &value, 0);
+            if F::flows().insert(key, &value, 0).is_ok() && sync::enabled() {
+                F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, &value);
+            }
         }
     }
     cval.last_seen = now;
@@ -457,7 +488,11 @@ fn new_flow<F: Family>(
     };
     let flags = if syn { BPF_NOEXIST } else { BPF_ANY };
     match F::flows().insert(key, &value, flags) {
-        Ok(()) => {}
+        Ok(()) => {
+            if sync::enabled() {
+                F::sync_flow(SYNC_EV_FLOW, key, &value);
+            }
+        }
         Err(e) if syn && e == -EEXIST => {
             if let Some(r) = established::<F>(ctx, key, slot, now, FWD_ESTABLISHED) {
                 if fresh && svc.sched != SCHED_SH && svc.sched != SCHED_MH {
@@ -467,7 +502,9 @@ fn new_flow<F: Family>(
             }
             // The entry is stale (its backend gone, or idle too long): the new choice
             // replaces it.
-            let _ = F::flows().insert(key, &value, BPF_ANY);
+            if F::flows().insert(key, &value, BPF_ANY).is_ok() && sync::enabled() {
+                F::sync_flow(SYNC_EV_FLOW, key, &value);
+            }
         }
         Err(_) => {
             if may_log() {
@@ -478,7 +515,9 @@ fn new_flow<F: Family>(
     if fresh && svc.persist_timeout_s != 0 {
         // The client had no live template: this choice becomes it.
         let pkey = F::persist_key(&l3.src, &svc.persist_mask, svc.id);
-        let _ = F::persist().insert(&pkey, &value, 0);
+        if F::persist().insert(&pkey, &value, 0).is_ok() && sync::enabled() {
+            F::sync_persist(SYNC_EV_PERSIST, &pkey, &value);
+        }
     }
     if let Some(c) = cache_slot::<F>(slot) {
         // SAFETY: this CPU's slot, as in `established`.
@@ -523,7 +562,11 @@ fn schedule<F: Family>(
                 if let Some(b) = live_backend(t.backend, t.generation) {
                     // A draining backend takes no new connection, persistent or not.
                     if b.flags & BACKEND_F_DRAINING == 0 {
+                        let old = t.last_seen;
                         t.last_seen = now;
+                        if sync::enabled() && sync::refresh_due(old, now) {
+                            F::sync_persist(SYNC_EV_PERSIST | SYNC_EV_F_REFRESH, &pkey, t);
+                        }
                         return Ok((t.backend, b));
                     }
                 }

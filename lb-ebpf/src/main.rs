@@ -13,6 +13,7 @@ mod lb;
 mod maps;
 mod parse;
 mod stats;
+mod sync;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 

@@ -2,7 +2,7 @@
 //! daemon sets the real ones at load time (`EbpfLoader::map_max_entries`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use lb_common::*;
@@ -19,6 +19,17 @@ pub static FLOW_CACHE_SIZE: Global<u32> = Global::new(DEFAULT_FLOW_CACHE);
 /// Ring slots reserved per service in `RINGS`. Set at load time.
 #[unsafe(no_mangle)]
 pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
+
+/// Non-zero: write a connection-sync event for every flow and persistence template created
+/// or refreshed (`sync.rs`). Set at load time; while it is 0 the verifier removes the
+/// emitting code, so a node without sync pays nothing for it.
+#[unsafe(no_mangle)]
+pub static SYNC_ENABLED: Global<u32> = Global::new(0);
+
+/// A flow's refresh event is written when `last_seen >> SYNC_REFRESH_SHIFT` changes: at most
+/// once per 2^shift seconds per flow. Set at load time.
+#[unsafe(no_mangle)]
+pub static SYNC_REFRESH_SHIFT: Global<u32> = Global::new(3);
 
 /// (VIP, port, protocol) -> service id, per family. Written by the daemon only.
 #[map]
@@ -92,6 +103,15 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Connection-sync events (`SyncEvent4`/`SyncEvent6`) for the daemon, which drains it on a
+/// timer (events are submitted without a wakeup). Sized at load time.
+#[map]
+pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_SYNC_RING_BYTES, 0);
+
+/// `sync_stat` slot -> count: events lost to a full ring.
+#[map]
+pub static SYNC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(sync_stat::COUNT, 0);
 
 /// Slot 0: when this CPU last logged, so that rare-event logs stay rare under a flood.
 #[map]

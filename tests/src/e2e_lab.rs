@@ -218,7 +218,20 @@ pub struct LvsParams {
     /// `hash_port = true` (sh/mh only: IPVS's sh-port/mh-port).
     pub hash_port: bool,
     pub timers: Timers,
+    /// Connection sync between the LBs (`[sync]`): none, unicast to the other LB, or IPVS's
+    /// multicast group.
+    pub sync: Option<SyncMode>,
 }
+
+/// How the LBs of the lab sync their flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Unicast,
+    Multicast,
+}
+
+/// Stands for the sync key's path in a generated configuration (each LB has its own copy).
+pub const SYNC_KEY_PLACEHOLDER: &str = "@SYNC_KEY@";
 
 impl LvsParams {
     pub fn new(sched: &str, xdp_mode: &str) -> Self {
@@ -228,6 +241,7 @@ impl LvsParams {
             preempt: true,
             hash_port: false,
             timers: Timers::lab(),
+            sync: None,
         }
     }
 
@@ -291,6 +305,17 @@ virtual_ipaddress = ["{VIP}"]
     } else {
         ""
     };
+    if let Some(mode) = p.sync {
+        let peer = node_v4(3 - node);
+        let group = match mode {
+            SyncMode::Unicast => String::new(),
+            SyncMode::Multicast => "multicast_group = \"224.0.0.81\"\n".into(),
+        };
+        c += &format!(
+            "\n[sync]\ninterface = \"{HOST_IF}\"\nvrrp_instance = \"VI_1\"\npeers = [\"{peer}\"]\n\
+             {group}key_file = \"{SYNC_KEY_PLACEHOLDER}\"\n"
+        );
+    }
     for port in [HTTP, HTTPS] {
         c += &format!(
             "\n[[virtual_server]]\nip = \"{VIP}\"\nport = {port}\nprotocol = \"TCP\"\n\
@@ -946,12 +971,28 @@ struct Daemon {
 impl Daemon {
     fn new(ns: &Netns, config: &str) -> Result<Daemon> {
         let cfg = ns.dir().join("lb.toml");
-        fs::write(&cfg, with_control_socket(config, ns.dir()))?;
-        Ok(Daemon {
+        let d = Daemon {
             cfg,
             proc: None,
             logs: Vec::new(),
-        })
+        };
+        d.write_config(ns, config)?;
+        Ok(d)
+    }
+
+    /// Writes `config` as this daemon's file, with its control socket and, for a `[sync]`
+    /// section, its copy of the lab's sync key (root-only, as the daemon wants it).
+    fn write_config(&self, ns: &Netns, config: &str) -> Result<()> {
+        let mut text = with_control_socket(config, ns.dir());
+        if text.contains(SYNC_KEY_PLACEHOLDER) {
+            use std::os::unix::fs::PermissionsExt;
+            let key = ns.dir().join("sync.key");
+            fs::write(&key, b"the lab's shared sync key, 32 b.")?;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+            text = text.replace(SYNC_KEY_PLACEHOLDER, &key.to_string_lossy());
+        }
+        fs::write(&self.cfg, text)?;
+        Ok(())
     }
 
     fn socket(ns: &Netns) -> PathBuf {
@@ -1312,6 +1353,39 @@ impl LvsLab {
     /// SIGTERM of LB `i`'s daemon (priority-0 advert, VIP released).
     pub fn stop_lb(&mut self, i: usize) -> Result<()> {
         self.lbs[i - 1].daemon.stop()
+    }
+
+    /// The pid of LB `i`'s running daemon.
+    pub fn lb_pid(&self, i: usize) -> Option<u32> {
+        self.lbs[i - 1].daemon.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Replaces LB `i`'s configuration file (as [`lvs_toml`] writes them); the next start or
+    /// [`LvsLab::reload_lb`] reads it.
+    pub fn set_config(&self, i: usize, config: &str) -> Result<()> {
+        let node = &self.lbs[i - 1];
+        node.daemon.write_config(&node.ns, config)
+    }
+
+    /// `lb-daemon reload` of LB `i`: fails unless the daemon accepted its file.
+    pub fn reload_lb(&self, i: usize) -> Result<()> {
+        let out = std::process::Command::new(daemon_bin()?)
+            .args(["reload", "--socket"])
+            .arg(Daemon::socket(self.lb(i)))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "lb{i} reload: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// LB `i`'s `sync` status (`null` without one, or when it does not answer).
+    pub fn sync_status(&self, i: usize) -> serde_json::Value {
+        status_json(self.lb(i))
+            .map(|s| s["sync"].clone())
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// LB `i`'s bridge port down (`up = false`) or up: its link cut or restored.

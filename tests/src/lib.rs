@@ -6,6 +6,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod report;
+pub mod sync_bench;
 pub mod vrrp_bench;
 pub mod vrrp_lab;
 pub mod xdp;

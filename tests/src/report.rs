@@ -8,6 +8,7 @@ pub enum Target {
     RatioAtMost(f64),
     RatioAtLeast(f64),
     ValueAtMost(f64),
+    ValueAtLeast(f64),
     ValueEquals(f64),
 }
 
@@ -17,6 +18,7 @@ impl Target {
             Target::RatioAtMost(t) => format!("ratio <= {t:?}"),
             Target::RatioAtLeast(t) => format!("ratio >= {t:?}"),
             Target::ValueAtMost(t) => format!("value <= {t:?}"),
+            Target::ValueAtLeast(t) => format!("value >= {t:?}"),
             Target::ValueEquals(t) => format!("value == {t}"),
         }
     }
@@ -43,6 +45,7 @@ impl Entry {
             (Target::RatioAtMost(t), Some(r)) => r <= t,
             (Target::RatioAtLeast(t), Some(r)) => r >= t,
             (Target::ValueAtMost(t), _) => self.value <= t,
+            (Target::ValueAtLeast(t), _) => self.value >= t,
             (Target::ValueEquals(t), _) => self.value == t,
             (_, None) => false,
         }

@@ -8,10 +8,11 @@ use aya::{
     Ebpf,
 };
 use lb_daemon::dataplane::{
+    default_idle_timeout,
     maps::BpfMaps,
     plan::Limits,
     program::{self, LoadOptions},
-    Dataplane,
+    BackendSpec, Dataplane, Proto, Scheduler, ServiceSpec,
 };
 
 /// The MAC the harness gives the load balancer's interface.
@@ -30,6 +31,7 @@ pub fn small_options() -> LoadOptions {
         max_persist: 1024,
         flow_cache: 256,
         iface_mac: LB_MAC,
+        sync: None,
     }
 }
 
@@ -106,4 +108,52 @@ pub fn xdp_of<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::program
         .program_mut(name)
         .with_context(|| format!("no program {name}"))?
         .try_into()?)
+}
+
+/// An rr service of three real servers (192.0.2.11..13, MACs 02:00:00:00:00:b1..b3), as the
+/// benchmarks use.
+pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    ServiceSpec {
+        vip,
+        port,
+        proto: Proto::Tcp,
+        sched: Scheduler::Rr,
+        hash_port: false,
+        persistence_timeout: 0,
+        persistence_prefix: 32,
+        idle_timeout: default_idle_timeout(Proto::Tcp),
+        active: true,
+        backends: (0..3u8)
+            .map(|i| BackendSpec {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
+                weight: 1,
+                mac: Some([0x02, 0, 0, 0, 0, 0xb1 + i]),
+            })
+            .collect(),
+    }
+}
+
+/// Pins the calling thread (and the threads it spawns later, which inherit the mask) to the
+/// last CPU it may run on: BPF_PROG_TEST_RUN runs on the caller's CPU, and migrations between
+/// runs would add cold caches to the figures. The last CPU is the one least likely to take
+/// the boot-time interrupt load of CPU 0. Returns the CPU.
+pub fn pin_to_last_cpu() -> Result<usize> {
+    // SAFETY: plain syscalls on a zeroed, then filled, cpu set of the right size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .context("empty CPU affinity mask")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+        Ok(cpu)
+    }
 }

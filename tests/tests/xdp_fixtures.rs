@@ -1012,3 +1012,378 @@ fn flow_tables_count_live_flows_per_backend() {
     tables.for_each(|_| seen += 1).unwrap();
     assert_eq!(seen, 7 + 3000);
 }
+
+/// The events of the connection-sync ring, as bytes, oldest first.
+fn sync_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(item.to_vec());
+    }
+    out
+}
+
+fn sync_ring(h: &mut XdpHarness) -> aya::maps::RingBuf<aya::maps::MapData> {
+    let map = h
+        .ebpf
+        .take_map(lb_common::names::SYNC_EVENTS)
+        .expect("the program has a sync ring");
+    aya::maps::RingBuf::try_from(map).expect("a ring buffer")
+}
+
+/// `SyncEvent4` as the program writes it (little-endian words, the key as in `FLOWS4`).
+fn event4(kind: u32, value: [u32; 4], key: [u8; 16]) -> Vec<u8> {
+    let mut b: Vec<u8> = std::iter::once(kind)
+        .chain(value)
+        .flat_map(u32::to_le_bytes)
+        .collect();
+    b.extend_from_slice(&key);
+    b
+}
+
+fn flow_key4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..4].copy_from_slice(&src.octets());
+    k[4..8].copy_from_slice(&dst.octets());
+    k[8..10].copy_from_slice(&sport.to_be_bytes());
+    k[10..12].copy_from_slice(&dport.to_be_bytes());
+    k[12] = proto;
+    k
+}
+
+/// Connection sync (`lb-ebpf/src/sync.rs`): a new flow writes one event with its exact
+/// entry; its packets write nothing until its last-seen second enters a new refresh window
+/// (2^3 s here), then one refresh; a persistence template is an event of its own; and with
+/// sync off the ring stays empty.
+#[test]
+fn sync_events_for_new_flows_refreshes_and_templates() {
+    if !require_root("xdp fixtures") {
+        return;
+    }
+    pin_cpu0();
+    let opts = lb_daemon::dataplane::program::LoadOptions {
+        sync: Some(lb_daemon::dataplane::program::SyncLoad {
+            ring_bytes: 1 << 16,
+            refresh_shift: 3,
+        }),
+        ..small_options()
+    };
+    let mut h = XdpHarness::new(opts).expect("load the XDP object");
+    let specs = specs();
+    h.dp.update(&specs).expect("write the maps");
+    let mut ring = sync_ring(&mut h);
+    h.set_clock(1000).unwrap();
+
+    let i = check(&mut h, "new flow", &tcp4(40000), FWD_NEW_FLOW).unwrap();
+    let (sid, bids) = h.dp.ids_of(&specs[0]).unwrap();
+    let gen = h.dp.current().backends[&bids[i]].generation;
+    let key = flow_key4(CLIENT4, VIP4, 40000, 80, 6);
+    assert_eq!(
+        sync_events(&mut ring),
+        [event4(
+            lb_common::SYNC_EV_FLOW,
+            [bids[i], gen, sid, 1000],
+            key
+        )],
+        "one event, the flow's entry"
+    );
+    let ack = tcp4_to(VIP4, 40000, 80, TCP_ACK);
+    check(&mut h, "established", &ack, FWD_ESTABLISHED);
+    h.set_clock(1007).unwrap();
+    check(&mut h, "established, same window", &ack, FWD_ESTABLISHED);
+    assert!(
+        sync_events(&mut ring).is_empty(),
+        "no refresh within a window"
+    );
+    h.set_clock(1008).unwrap();
+    check(&mut h, "established, next window", &ack, FWD_ESTABLISHED);
+    check(
+        &mut h,
+        "established, next window again",
+        &ack,
+        FWD_ESTABLISHED,
+    );
+    assert_eq!(
+        sync_events(&mut ring),
+        [event4(
+            lb_common::SYNC_EV_FLOW | lb_common::SYNC_EV_F_REFRESH,
+            [bids[i], gen, sid, 1008],
+            key
+        )],
+        "one refresh per window"
+    );
+
+    // A persistent service: the flow, then its client's template (the /24, the service).
+    let j = check(
+        &mut h,
+        "persistent",
+        &tcp4_from(CLIENT4, 9000, 443),
+        FWD_NEW_FLOW,
+    )
+    .unwrap();
+    let (psid, pbids) = h.dp.ids_of(&specs[7]).unwrap();
+    let pgen = h.dp.current().backends[&pbids[j]].generation;
+    let value = [pbids[j], pgen, psid, 1008];
+    let mut net = [0u8; 16];
+    net[..4].copy_from_slice(&[198, 51, 100, 0]);
+    assert_eq!(
+        sync_events(&mut ring),
+        [
+            event4(
+                lb_common::SYNC_EV_FLOW,
+                value,
+                flow_key4(CLIENT4, VIP4_PERSIST, 9000, 443, 6)
+            ),
+            event4(lb_common::SYNC_EV_PERSIST, value, net),
+        ]
+    );
+    // The template used again in a later window: the new flow, and the template refreshed.
+    h.set_clock(1016).unwrap();
+    check(
+        &mut h,
+        "persistent again",
+        &tcp4_from(CLIENT4, 9001, 443),
+        FWD_NEW_FLOW,
+    );
+    let value = [pbids[j], pgen, psid, 1016];
+    assert_eq!(
+        sync_events(&mut ring),
+        [
+            event4(
+                lb_common::SYNC_EV_PERSIST | lb_common::SYNC_EV_F_REFRESH,
+                value,
+                net
+            ),
+            event4(
+                lb_common::SYNC_EV_FLOW,
+                value,
+                flow_key4(CLIENT4, VIP4_PERSIST, 9001, 443, 6)
+            ),
+        ]
+    );
+
+    // Sync off (the daemon's default): the same traffic leaves the ring empty.
+    let Some(mut off) = harness(&specs) else {
+        return;
+    };
+    let mut ring = sync_ring(&mut off);
+    off.set_clock(1000).unwrap();
+    check(&mut off, "new flow, sync off", &tcp4(40000), FWD_NEW_FLOW);
+    off.set_clock(1100).unwrap();
+    check(&mut off, "established, sync off", &ack, FWD_ESTABLISHED);
+    check(
+        &mut off,
+        "persistent, sync off",
+        &tcp4_from(CLIENT4, 9000, 443),
+        FWD_NEW_FLOW,
+    );
+    assert!(sync_events(&mut ring).is_empty());
+}
+
+/// A ring with no room: the program forwards as ever and counts each event it drops.
+#[test]
+fn a_full_sync_ring_drops_and_counts_events() {
+    if !require_root("xdp fixtures") {
+        return;
+    }
+    pin_cpu0();
+    let opts = lb_daemon::dataplane::program::LoadOptions {
+        sync: Some(lb_daemon::dataplane::program::SyncLoad {
+            ring_bytes: 4096,
+            refresh_shift: 3,
+        }),
+        ..small_options()
+    };
+    let mut h = XdpHarness::new(opts).expect("load the XDP object");
+    h.dp.update(&specs()).expect("write the maps");
+    let mut ring = sync_ring(&mut h);
+    for sport in 0..100 {
+        check(&mut h, "new flow", &tcp4(20000 + sport), FWD_NEW_FLOW);
+    }
+    let kept = sync_events(&mut ring).len() as u64;
+    let stats: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(h.ebpf.map(lb_common::names::SYNC_STATS).unwrap())
+            .unwrap();
+    let lost: u64 = stats
+        .get(&lb_common::sync_stat::LOST, 0)
+        .unwrap()
+        .iter()
+        .sum();
+    // A 36-byte event takes 48 bytes of the ring (8 of header, rounded to 8).
+    assert_eq!(kept, 4096 / 48, "what fits");
+    assert_eq!(kept + lost, 100, "every other event is counted as lost");
+}
+
+/// Connection sync end to end through the real program on both sides, without a network: a
+/// flow the master's program creates goes through its event ring, the sender, the wire
+/// codec and the backup's receiver into the backup's table. The backup's ids differ (it
+/// added its services in another order), and its rr would pick another backend for a new
+/// flow. While backup it passes the flow's packets; once its service is active it forwards
+/// them to the master's backend at once, as an established flow. An entry for a backend the
+/// backup has removed is rescheduled, and a master never lets a synced entry overwrite its
+/// own flow.
+#[test]
+fn synced_flows_reach_the_backup_table_and_survive_the_takeover() {
+    use std::time::Instant;
+
+    use lb_daemon::{
+        dataplane::flows::FlowTables,
+        sync::{
+            codec::Key,
+            index::Index,
+            receiver::{Receiver, ReceiverConfig},
+            sender::{parse_event, Sender, SenderConfig},
+        },
+    };
+    if !require_root("xdp fixtures") {
+        return;
+    }
+    pin_cpu0();
+    let key = Key::new(b"a shared key of thirty-two bytes").unwrap();
+    let sync = lb_daemon::dataplane::program::LoadOptions {
+        sync: Some(lb_daemon::dataplane::program::SyncLoad {
+            ring_bytes: 1 << 16,
+            refresh_shift: 3,
+        }),
+        ..small_options()
+    };
+    // The master: the usual services, active.
+    let mut a = XdpHarness::new(sync).expect("load the XDP object");
+    let specs = specs();
+    a.dp.update(&specs).unwrap();
+    let mut ring = sync_ring(&mut a);
+    a.set_clock(5000).unwrap();
+    // The backup: the same services, the other way round, inactive.
+    let mut b = XdpHarness::new(small_options()).expect("load the XDP object");
+    let backup: Vec<ServiceSpec> = specs
+        .iter()
+        .rev()
+        .map(|s| ServiceSpec {
+            active: false,
+            ..s.clone()
+        })
+        .collect();
+    b.dp.update(&backup).unwrap();
+    b.set_clock(70).unwrap();
+    let tables = FlowTables::take(&mut b.ebpf).unwrap();
+    assert_ne!(
+        a.dp.ids_of(&specs[0]).unwrap().0,
+        b.dp.ids_of(&backup[7]).unwrap().0,
+        "the nodes' ids differ"
+    );
+
+    // Three flows on the master: rr sends them to b1, b2, b3.
+    let sent: Vec<usize> = (0..3)
+        .map(|i| check(&mut a, "master: new flow", &tcp4(41000 + i), FWD_NEW_FLOW).unwrap())
+        .collect();
+    assert_eq!(sent, [0, 1, 2]);
+    let now = Instant::now();
+    let mut sender = Sender::new(
+        SenderConfig {
+            sync_id: 38,
+            boot_id: 1,
+            max_message: 1472,
+            max_rate: 1 << 30,
+            queue_limit: 8,
+        },
+        key.clone(),
+        now,
+    );
+    let ia = Index::build(&a.dp, |_| true);
+    let first = sync_events(&mut ring);
+    for ev in &first {
+        sender.push_event(&parse_event(ev).unwrap(), &ia, 5003, 10);
+    }
+    sender.flush(10);
+    let msg = sender.pop(now).unwrap();
+    assert_eq!(
+        msg.len(),
+        20 + 3 * 14 + 3 * 12 + 16,
+        "three references, three entries"
+    );
+
+    let mut receiver = Receiver::new(
+        ReceiverConfig {
+            sync_id: 38,
+            peers: vec![],
+            own: vec![],
+            boot_id: 2,
+        },
+        key,
+    );
+    let ib = Index::build(&b.dp, |_| true);
+    let from: IpAddr = "192.0.2.2".parse().unwrap();
+    receiver.on_datagram(from, &msg, &ib, 70, 11, now);
+    receiver.install(&tables, false).unwrap();
+    assert_eq!(receiver.stats.installed, 3);
+    // A replay of the same message is refused.
+    receiver.on_datagram(from, &msg, &ib, 70, 12, now);
+    assert_eq!(receiver.stats.dropped.get("replay_duplicate"), Some(&1));
+
+    // Backup: passed, never forwarded.
+    for i in 0..3 {
+        let ack = tcp4_to(VIP4, 41000 + i, 80, TCP_ACK);
+        check(&mut b, "backup: synced flow", &ack, PASS_INACTIVE);
+    }
+    // Takeover: b1 removed meanwhile (its flow reschedules), the others go where the
+    // master sent them, as established flows.
+    let mut active: Vec<ServiceSpec> = backup
+        .iter()
+        .map(|s| ServiceSpec {
+            active: true,
+            ..s.clone()
+        })
+        .collect();
+    active[7].backends.remove(0);
+    b.dp.update(&active).unwrap();
+    for (i, &backend) in sent.iter().enumerate().skip(1) {
+        let ack = tcp4_to(VIP4, 41000 + i as u16, 80, TCP_ACK);
+        let got = check(&mut b, "new master: synced flow", &ack, FWD_ESTABLISHED);
+        assert_eq!(got, Some(backend), "the master's backend");
+    }
+    let ack = tcp4_to(VIP4, 41000, 80, TCP_ACK);
+    let got = check(
+        &mut b,
+        "new master: flow of a removed backend",
+        &ack,
+        FWD_NEW_FLOW,
+    );
+    assert_ne!(got, Some(0));
+
+    // A master keeps its own flows: the same entries again change nothing.
+    let mut sender2 = Sender::new(
+        SenderConfig {
+            sync_id: 38,
+            boot_id: 3,
+            max_message: 1472,
+            max_rate: 1 << 30,
+            queue_limit: 8,
+        },
+        Key::new(b"a shared key of thirty-two bytes").unwrap(),
+        now,
+    );
+    let before = receiver.stats.installed;
+    // Two more: rr sends them to b1 (which the backup removed) and b2.
+    check(&mut a, "master: another flow", &tcp4(41003), FWD_NEW_FLOW);
+    check(&mut a, "master: another flow", &tcp4(41004), FWD_NEW_FLOW);
+    // The three flows it has (its own now) and the two it has not.
+    for ev in first.iter().chain(&sync_events(&mut ring)) {
+        sender2.push_event(&parse_event(ev).unwrap(), &ia, 5003, 20);
+    }
+    sender2.flush(20);
+    let msg = sender2.pop(now).unwrap();
+    let ib = Index::build(&b.dp, |_| true);
+    receiver.on_datagram(from, &msg, &ib, 70, 21, now);
+    receiver.install(&tables, true).unwrap();
+    assert_eq!(receiver.stats.installed, before + 1, "41004");
+    assert_eq!(receiver.stats.kept_own, 2, "41001 and 41002");
+    assert_eq!(
+        receiver.stats.dropped.get("unknown_backend"),
+        Some(&2),
+        "41000 and 41003 name b1, which is gone"
+    );
+    let again = tcp4_to(VIP4, 41001, 80, TCP_ACK);
+    assert_eq!(
+        check(&mut b, "own flow kept", &again, FWD_ESTABLISHED),
+        Some(sent[1])
+    );
+}

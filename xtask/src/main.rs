@@ -24,8 +24,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: `dataplane` (XDP per-packet cost), `vrrp` (failover against keepalived) or
-    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads).
+    /// Benchmarks: `dataplane` (XDP per-packet cost), `vrrp` (failover against keepalived),
+    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads)
+    /// or `sync` (connection sync: lag, sender throughput, bytes per flow).
     Bench {
         /// Which benchmark.
         which: String,

@@ -12,8 +12,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod check;
+pub mod sync;
 pub mod vrrp;
 
+pub use sync::SyncConfig;
 pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 
 use crate::dataplane::{
@@ -64,6 +66,7 @@ struct RawConfig {
     vrrp_sync_group: Vec<vrrp::RawSyncGroup>,
     #[serde(default)]
     virtual_server: Vec<RawVirtualServer>,
+    sync: Option<sync::RawSync>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, PartialEq)]
@@ -200,6 +203,8 @@ pub struct Config {
     pub vrrp_instances: Vec<VrrpInstance>,
     pub sync_groups: Vec<SyncGroup>,
     pub virtual_servers: Vec<VirtualServer>,
+    /// Connection sync with the peer LB; absent: none.
+    pub sync: Option<SyncConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -422,6 +427,17 @@ impl Config {
                 })?;
             }
         }
+        let sync = match &raw.sync {
+            None => None,
+            Some(s) if dataplane.is_none() => {
+                return Err(cx.invalid(
+                    s.interface_span(),
+                    "sync",
+                    "needs a [dataplane] section: it syncs the XDP program's flows",
+                ))
+            }
+            Some(s) => Some(sync::sync(&cx, s, &vrrp_instances, &virtual_servers)?),
+        };
         Ok(Config {
             file: file.to_path_buf(),
             global_defs: raw.global_defs,
@@ -431,6 +447,7 @@ impl Config {
             vrrp_instances,
             sync_groups,
             virtual_servers,
+            sync,
         })
     }
 
@@ -445,7 +462,24 @@ impl Config {
         crate::health::validate(&c).map_err(|e| named(&e))?;
         crate::vrrp::track::validate(&c).map_err(|e| named(&e))?;
         crate::vrrp::notify::NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
+        c.sync_key()?;
         Ok(c)
+    }
+
+    /// The `[sync]` section's key, read from its `key_file` (see [`sync::read_key`]); `None`
+    /// without a `[sync]` section.
+    pub fn sync_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(s) = &self.sync else {
+            return Ok(None);
+        };
+        sync::read_key(s)
+            .map(Some)
+            .map_err(|message| ConfigError::Invalid {
+                file: self.file.clone(),
+                line: s.key_line,
+                key: "sync.key_file".into(),
+                message,
+            })
     }
 
     /// keepalived's `enable_script_security` (on unless `global_defs` turns it off): every

@@ -1,11 +1,14 @@
-//! The connection tables (`FLOWS4`, `FLOWS6`) read from user space: how many flows each
-//! backend holds, IPVS's `ActiveConn` column.
+//! The connection tables (`FLOWS4`, `FLOWS6`) and persistence templates (`PERSIST4`,
+//! `PERSIST6`) from user space: how many flows each backend holds (IPVS's `ActiveConn`
+//! column), and connection sync, which walks them for a peer and installs a peer's entries.
 //!
-//! The program writes these tables; the daemon only reads them, whole, with
-//! `BPF_MAP_LOOKUP_BATCH` (aya 0.14 has no batch calls): a walk of a million entries is
-//! thousands of syscalls instead of two million `get_next_key` + `lookup` pairs. A walk sees
-//! each entry present for its whole duration once; entries inserted or evicted meanwhile may
-//! or may not be seen, which is what a count of a live table can mean anyway.
+//! The program writes these tables; the daemon reads them whole with `BPF_MAP_LOOKUP_BATCH`
+//! and writes synced entries with `BPF_MAP_UPDATE_BATCH` (aya 0.14 has no batch calls): a
+//! walk of a million entries is thousands of syscalls instead of two million
+//! `get_next_key` + `lookup` pairs, and an install costs about 0.8 us per entry instead of
+//! 2. A walk sees each entry present for its whole duration once; entries inserted or
+//! evicted meanwhile may or may not be seen, which is what a count of a live table can mean
+//! anyway.
 use std::{
     collections::HashMap,
     io,
@@ -13,10 +16,15 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use lb_common::{names, FlowKey4, FlowKey6, FlowValue};
+use lb_common::{names, FlowCache4, FlowCache6, FlowKey4, FlowKey6, FlowValue};
 
-/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
+/// `BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// `bpf_map_update_elem` flags.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 /// Entries asked for per call; a hash bucket holding more than this answers ENOSPC, and the
 /// call is retried with room for more.
 const BATCH: usize = 4096;
@@ -34,6 +42,47 @@ pub enum FlowsError {
         #[source]
         source: io::Error,
     },
+    #[error("writing {map}: BPF_MAP_UPDATE_BATCH: {source}")]
+    Update {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One of the tables connection sync reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Flows4,
+    Flows6,
+    Persist4,
+    Persist6,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [
+        Table::Flows4,
+        Table::Flows6,
+        Table::Persist4,
+        Table::Persist6,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Flows4 => names::FLOWS4,
+            Table::Flows6 => names::FLOWS6,
+            Table::Persist4 => names::PERSIST4,
+            Table::Persist6 => names::PERSIST6,
+        }
+    }
+}
+
+/// What an install did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub written: usize,
+    /// Left alone because the table had the key already (`keep_existing`).
+    pub existed: usize,
 }
 
 /// `union bpf_attr`'s `batch` member.
@@ -54,27 +103,161 @@ struct BatchAttr {
 /// not idle past their service's timeout.
 pub type FlowCounts = HashMap<(u32, u32), u64>;
 
-/// Read access to both connection tables.
+/// The connection tables, the persistence templates and the per-CPU flow caches.
 pub struct FlowTables {
     v4: MapData,
     v6: MapData,
+    persist4: MapData,
+    persist6: MapData,
+    cache4: MapData,
+    cache6: MapData,
     /// Entries asked for per call.
     batch: usize,
 }
 
 impl FlowTables {
-    /// Takes the two tables out of the loaded program (the program keeps using them).
+    /// Takes the tables out of the loaded program (the program keeps using them).
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, FlowsError> {
-        let mut take = |name: &'static str| match ebpf.take_map(name) {
-            Some(Map::LruHashMap(m)) | Some(Map::HashMap(m)) => Ok(m),
+        let mut take = |name: &'static str, array: bool| match ebpf.take_map(name) {
+            Some(Map::LruHashMap(m)) | Some(Map::HashMap(m)) if !array => Ok(m),
+            Some(Map::Array(m)) if array => Ok(m),
             Some(_) => Err(FlowsError::Kind(name)),
             None => Err(FlowsError::Missing(name)),
         };
         Ok(Self {
-            v4: take(names::FLOWS4)?,
-            v6: take(names::FLOWS6)?,
+            v4: take(names::FLOWS4, false)?,
+            v6: take(names::FLOWS6, false)?,
+            persist4: take(names::PERSIST4, false)?,
+            persist6: take(names::PERSIST6, false)?,
+            cache4: take(names::FLOW_CACHE4, true)?,
+            cache6: take(names::FLOW_CACHE6, true)?,
             batch: BATCH,
         })
+    }
+
+    fn map(&self, t: Table) -> &MapData {
+        match t {
+            Table::Flows4 => &self.v4,
+            Table::Flows6 => &self.v6,
+            Table::Persist4 => &self.persist4,
+            Table::Persist6 => &self.persist6,
+        }
+    }
+
+    /// Writes `keys[i] -> values[i]` into table `t` (a peer's synced entries), replacing
+    /// what is there with one batch call per million entries, or with `keep_existing`
+    /// leaving every key the table has alone (a node's own flows are never overwritten),
+    /// one entry per call. `K` must be the table's key type
+    /// (`FlowKey4`, `FlowKey6`, `PersistKey4`, `PersistKey6`).
+    pub fn install<K: Copy>(
+        &self,
+        t: Table,
+        keys: &[K],
+        values: &[FlowValue],
+        keep_existing: bool,
+    ) -> Result<Installed, FlowsError> {
+        assert_eq!(keys.len(), values.len(), "one value per key");
+        let fd = self.map(t).fd().as_fd();
+        let mut done = Installed::default();
+        if keep_existing {
+            // The batch call takes no BPF_NOEXIST (the kernel allows BPF_F_LOCK only), so a
+            // master, which is rarely sent anything, writes one entry at a time.
+            for (k, v) in keys.iter().zip(values) {
+                // SAFETY: a key and a value of the table's types (see above).
+                let err = unsafe {
+                    update_elem(
+                        fd,
+                        (k as *const K).cast(),
+                        (v as *const FlowValue).cast(),
+                        BPF_NOEXIST,
+                    )
+                };
+                match err {
+                    None => done.written += 1,
+                    Some(e) if e.raw_os_error() == Some(libc::EEXIST) => done.existed += 1,
+                    Some(source) => {
+                        return Err(FlowsError::Update {
+                            map: t.name(),
+                            source,
+                        })
+                    }
+                }
+            }
+            return Ok(done);
+        }
+        let mut at = 0;
+        while at < keys.len() {
+            let n = (keys.len() - at).min(MAX_BATCH);
+            // SAFETY: `K` and `FlowValue` are the table's key and value types (see above),
+            // and both slices hold `n` entries from `at`.
+            let (written, err) = unsafe {
+                update_batch(
+                    fd,
+                    keys[at..].as_ptr().cast(),
+                    values[at..].as_ptr().cast(),
+                    n,
+                    BPF_ANY,
+                )
+            };
+            done.written += written;
+            at += written;
+            if let Some(source) = err {
+                return Err(FlowsError::Update {
+                    map: t.name(),
+                    source,
+                });
+            }
+            if written == 0 {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Empties every CPU's flow cache. A node that stops serving a VIP clears them, so that
+    /// no cached choice of before can outlive what the table says when it serves again
+    /// (within one `CLOCK` second a cache hit is not checked against the table).
+    pub fn clear_caches(&self) -> Result<(), FlowsError> {
+        fn clear<V: Copy + Default>(map: &MapData, name: &'static str) -> Result<(), FlowsError> {
+            let slots = map.info().map(|i| i.max_entries()).unwrap_or(0) as usize;
+            let chunk = slots.min(BATCH);
+            let values = vec![V::default(); chunk];
+            let mut at = 0;
+            while at < slots {
+                let n = (slots - at).min(chunk);
+                let keys: Vec<u32> = (at as u32..(at + n) as u32).collect();
+                // SAFETY: an array of `V` indexed by u32, `n` keys and values.
+                let (written, err) = unsafe {
+                    update_batch(
+                        map.fd().as_fd(),
+                        keys.as_ptr().cast(),
+                        values.as_ptr().cast(),
+                        n,
+                        BPF_ANY,
+                    )
+                };
+                if let Some(source) = err {
+                    return Err(FlowsError::Update { map: name, source });
+                }
+                at += written.max(1);
+            }
+            Ok(())
+        }
+        clear::<FlowCache4>(&self.cache4, names::FLOW_CACHE4)?;
+        clear::<FlowCache6>(&self.cache6, names::FLOW_CACHE6)
+    }
+
+    /// A walk of table `t` in steps (see [`Cursor`]).
+    pub fn cursor<K: Copy + Default>(&self, t: Table) -> Cursor<K> {
+        Cursor::new(t, self.batch)
+    }
+
+    /// The next step of `c`'s walk: up to a batch of entries, none once the walk is over.
+    pub fn step<'c, K: Copy + Default>(
+        &self,
+        c: &'c mut Cursor<K>,
+    ) -> Result<(&'c [K], &'c [FlowValue]), FlowsError> {
+        c.step(self.map(c.table).fd().as_fd())
     }
 
     /// Fewer entries per call than the default (tests walk small tables in many calls).
@@ -85,8 +268,8 @@ impl FlowTables {
 
     /// Every entry's value, both families.
     pub fn for_each(&self, mut f: impl FnMut(&FlowValue)) -> Result<usize, FlowsError> {
-        let n4 = walk::<FlowKey4>(self.v4.fd().as_fd(), names::FLOWS4, self.batch, &mut f)?;
-        let n6 = walk::<FlowKey6>(self.v6.fd().as_fd(), names::FLOWS6, self.batch, &mut f)?;
+        let n4 = walk::<FlowKey4>(self.v4.fd().as_fd(), Table::Flows4, self.batch, &mut f)?;
+        let n6 = walk::<FlowKey6>(self.v6.fd().as_fd(), Table::Flows6, self.batch, &mut f)?;
         Ok(n4 + n6)
     }
 
@@ -117,72 +300,186 @@ fn live(v: &FlowValue, now: u32, idle_of: &impl Fn(u32) -> Option<u32>) -> bool 
     }
 }
 
+/// `BPF_MAP_UPDATE_ELEM` of one entry; its error.
+///
+/// # Safety
+/// `key` and `value` point at a key and a value of the map's key and value sizes.
+unsafe fn update_elem(
+    fd: BorrowedFd<'_>,
+    key: *const u8,
+    value: *const u8,
+    flags: u64,
+) -> Option<io::Error> {
+    /// `union bpf_attr`'s element member.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as u64,
+        value: value as u64,
+        flags,
+    };
+    // SAFETY: a valid bpf_attr prefix for this command (the caller's promise for the
+    // pointers).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    (rc < 0).then(io::Error::last_os_error)
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `n` entries; returns how many the kernel wrote, and its error.
+///
+/// # Safety
+/// `keys` and `values` point at `n` keys and values of the map's key and value sizes.
+unsafe fn update_batch(
+    fd: BorrowedFd<'_>,
+    keys: *const u8,
+    values: *const u8,
+    n: usize,
+    elem_flags: u64,
+) -> (usize, Option<io::Error>) {
+    let mut attr = BatchAttr {
+        keys: keys as u64,
+        values: values as u64,
+        count: n as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command, pointing at `n` entries
+    // (the caller's promise).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    let err = (rc < 0).then(io::Error::last_os_error);
+    ((attr.count as usize).min(n), err)
+}
+
+/// A walk of one table, a batch of entries per step, so that a caller can spread a big
+/// table over time (connection sync sends a whole table to a peer that asks).
+pub struct Cursor<K> {
+    table: Table,
+    batch: usize,
+    keys: Vec<K>,
+    values: Vec<FlowValue>,
+    /// The kernel's position in the table between calls (a bucket index for hash maps).
+    token: u64,
+    started: bool,
+    done: bool,
+}
+
+impl<K: Copy + Default> Cursor<K> {
+    fn new(table: Table, batch: usize) -> Self {
+        Self {
+            table,
+            batch,
+            keys: vec![K::default(); batch],
+            values: vec![FlowValue::default(); batch],
+            token: 0,
+            started: false,
+            done: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn table(&self) -> Table {
+        self.table
+    }
+
+    fn step(&mut self, fd: BorrowedFd<'_>) -> Result<(&[K], &[FlowValue]), FlowsError> {
+        loop {
+            if self.done {
+                return Ok((&[], &[]));
+            }
+            let token_in = self.token;
+            let mut token_out = 0u64;
+            let mut attr = BatchAttr {
+                in_batch: if self.started {
+                    &token_in as *const u64 as u64
+                } else {
+                    0
+                },
+                out_batch: &mut token_out as *mut u64 as u64,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
+                count: self.batch as u32,
+                map_fd: fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: `attr` is a valid bpf_attr prefix for this command; keys and values
+            // have room for `count` entries of the map's key and value sizes (`K` is the
+            // table's key type, FlowValue its value type), and the tokens are 8 bytes, more
+            // than the 4 a hash map's position takes.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let err = (rc < 0).then(io::Error::last_os_error);
+            match err.as_ref().and_then(io::Error::raw_os_error) {
+                // One bucket holds more entries than fit: ask again with more room.
+                Some(libc::ENOSPC) if self.batch < MAX_BATCH => {
+                    self.batch *= 2;
+                    self.keys.resize(self.batch, K::default());
+                    self.values.resize(self.batch, FlowValue::default());
+                    continue;
+                }
+                None | Some(libc::ENOENT) => {}
+                Some(_) => {
+                    return Err(FlowsError::Batch {
+                        map: self.table.name(),
+                        source: err.unwrap_or_else(io::Error::last_os_error),
+                    })
+                }
+            }
+            let got = (attr.count as usize).min(self.batch);
+            // ENOENT: the walk reached the end (with the last entries in this answer).
+            self.done = err.is_some();
+            self.token = token_out;
+            self.started = true;
+            return Ok((&self.keys[..got], &self.values[..got]));
+        }
+    }
+}
+
 /// One whole table, `batch` entries per call.
 fn walk<K: Copy + Default>(
     fd: BorrowedFd<'_>,
-    map: &'static str,
-    mut batch: usize,
+    table: Table,
+    batch: usize,
     f: &mut impl FnMut(&FlowValue),
 ) -> Result<usize, FlowsError> {
-    let mut keys = vec![K::default(); batch];
-    let mut values = vec![FlowValue::default(); batch];
-    // The kernel's position in the table between calls (a bucket index for hash maps).
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
+    let mut c = Cursor::<K>::new(table, batch);
     let mut total = 0;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token_in as *const u64 as u64
-            },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: batch as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is a valid bpf_attr prefix for this command; keys and values have
-        // room for `count` entries of the map's key and value sizes (FlowKey4/6 and
-        // FlowValue are the program's own types), and the tokens are 8 bytes, more than the
-        // 4 a hash map's position takes.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(io::Error::last_os_error);
-        match err.as_ref().and_then(io::Error::raw_os_error) {
-            // One bucket holds more entries than fit: ask again with more room.
-            Some(libc::ENOSPC) if batch < MAX_BATCH => {
-                batch *= 2;
-                keys.resize(batch, K::default());
-                values.resize(batch, FlowValue::default());
-                continue;
-            }
-            None | Some(libc::ENOENT) => {}
-            Some(_) => {
-                return Err(FlowsError::Batch {
-                    map,
-                    source: err.unwrap_or_else(io::Error::last_os_error),
-                })
-            }
-        }
-        let got = (attr.count as usize).min(batch);
-        values[..got].iter().for_each(&mut *f);
-        total += got;
-        if err.is_some() {
-            // ENOENT: the walk reached the end (with the last entries in this answer).
-            return Ok(total);
-        }
-        token_in = token_out;
-        first = false;
+    while !c.is_done() {
+        let (_, values) = c.step(fd)?;
+        values.iter().for_each(&mut *f);
+        total += values.len();
     }
+    Ok(total)
 }
 
 #[cfg(test)]

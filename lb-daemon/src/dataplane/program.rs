@@ -3,7 +3,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::{names, DEFAULT_FLOW_CACHE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST};
+use lb_common::{
+    names, DEFAULT_FLOW_CACHE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST, DEFAULT_SYNC_RING_BYTES,
+};
 
 use super::{plan::Limits, xdp_link::Mode};
 
@@ -22,6 +24,27 @@ pub struct LoadOptions {
     pub flow_cache: u32,
     /// The MAC of the interface the program will run on: the source of forwarded frames.
     pub iface_mac: [u8; 6],
+    /// Connection sync: `None` leaves it off (the program then writes no events at all).
+    pub sync: Option<SyncLoad>,
+}
+
+/// What the program needs for connection sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncLoad {
+    /// Size of the event ring in bytes: a power of two, at least a page.
+    pub ring_bytes: u32,
+    /// A flow is refreshed (sent again) when `last_seen >> refresh_shift` changes: at most
+    /// once per 2^shift seconds of its traffic.
+    pub refresh_shift: u32,
+}
+
+impl Default for SyncLoad {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 4 << 20,
+            refresh_shift: 3,
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -32,6 +55,7 @@ impl Default for LoadOptions {
             max_persist: DEFAULT_MAX_PERSIST,
             flow_cache: DEFAULT_FLOW_CACHE,
             iface_mac: [0; 6],
+            sync: None,
         }
     }
 }
@@ -61,6 +85,8 @@ pub enum LoadError {
     Cpus(std::io::Error),
     #[error("ring size {ring_size} x {max_services} services does not fit a BPF array")]
     RingTooLarge { ring_size: u32, max_services: u32 },
+    #[error("the sync event ring of {0} bytes is not a power of two of at least a page")]
+    SyncRingSize(u32),
 }
 
 /// Loads the program into the kernel (not attached yet).
@@ -82,10 +108,28 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .flow_cache
         .checked_mul(cpus)
         .ok_or(LoadError::FlowCacheSize(opts.flow_cache))?;
+    let (sync_on, sync) = match opts.sync {
+        Some(s) => (1u32, s),
+        None => (
+            0,
+            SyncLoad {
+                ring_bytes: DEFAULT_SYNC_RING_BYTES,
+                ..SyncLoad::default()
+            },
+        ),
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    if !sync.ring_bytes.is_power_of_two() || sync.ring_bytes < page || sync.refresh_shift > 31 {
+        return Err(LoadError::SyncRingSize(sync.ring_bytes));
+    }
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_IFACE_MAC, &opts.iface_mac, true)
         .override_global(names::GLOBAL_RING_SIZE, &l.ring_size, true)
         .override_global(names::GLOBAL_FLOW_CACHE_SIZE, &opts.flow_cache, true)
+        .override_global(names::GLOBAL_SYNC_ENABLED, &sync_on, true)
+        .override_global(names::GLOBAL_SYNC_REFRESH_SHIFT, &sync.refresh_shift, true)
+        .map_max_entries(names::SYNC_EVENTS, sync.ring_bytes)
         .map_max_entries(names::FLOW_CACHE4, cache_slots)
         .map_max_entries(names::FLOW_CACHE6, cache_slots)
         // Each family gets the full size: a deployment may be all IPv4 or all IPv6.

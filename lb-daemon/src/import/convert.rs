@@ -36,6 +36,8 @@ const DEFAULT_PERSISTENCE_TIMEOUT: i64 = 360;
 /// keepalived's `VRRP_PRIO_DFL` and `VRRP_PRIO_OWNER`.
 const DEFAULT_PRIORITY: i64 = 100;
 const OWNER_PRIORITY: i64 = 255;
+/// Where the importer says the sync key goes (keepalived has none).
+pub(crate) const SYNC_KEY_PLACEHOLDER: &str = "/etc/lb-daemon/sync.key";
 
 /// Something keepalived.conf says that lb-daemon does not support.
 #[derive(Debug, Clone)]
@@ -80,6 +82,21 @@ struct Server {
     span: Span,
 }
 
+/// keepalived's IPVS sync daemon: `lvs_sync_daemon` in global_defs, or an instance's
+/// `lvs_sync_daemon_interface`; it becomes the `[sync]` section.
+struct SyncDaemon {
+    /// Where it was written, and how.
+    span: Span,
+    written: String,
+    comments: Vec<String>,
+    interface: (String, Span),
+    /// The instance whose master sends (the block of `lvs_sync_daemon_interface`).
+    instance: (String, Span),
+    /// `id`, `maxlen`, `port`, `ttl` (TOML key, value, place).
+    numbers: Vec<(&'static str, i64, Span)>,
+    group: Option<(String, Span)>,
+}
+
 /// Settings a virtual or real server passes down (keepalived's inheritance).
 #[derive(Default, Clone)]
 struct Inherited {
@@ -109,6 +126,7 @@ struct Cx<'a> {
     instances: Vec<Instance>,
     groups: Vec<Group>,
     servers: Vec<Server>,
+    sync: Option<SyncDaemon>,
     /// Comments for the end of the output (what sat around unsupported top-level blocks).
     tail: Vec<String>,
 }
@@ -127,6 +145,7 @@ pub(crate) fn convert(file: &File, sources: &Sources, opts: &Options) -> Result<
         instances: Vec::new(),
         groups: Vec::new(),
         servers: Vec::new(),
+        sync: None,
         tail: Vec::new(),
     };
     for s in &file.body {
@@ -534,6 +553,10 @@ impl Cx<'_> {
                         " {k} {v}: copied to each vrrp_instance that sets no {key} of its own"
                     ));
                 }
+                "lvs_sync_daemon" => {
+                    self.lvs_sync_daemon(st)?;
+                    t.comment(format!(" {}: the [sync] section", st.written()));
+                }
                 other => {
                     let other = other.to_string();
                     self.other(&mut t, Ctx::GlobalDefs, block_label, st, &other);
@@ -938,6 +961,19 @@ impl Cx<'_> {
                     };
                     self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
                 }
+                "lvs_sync_daemon_interface" => {
+                    let w = one(st)?;
+                    self.set_sync(SyncDaemon {
+                        span: kw.span,
+                        written: st.written(),
+                        comments: texts(&st.comments),
+                        interface: (w.text.clone(), w.span),
+                        instance: (name.text.clone(), name.span),
+                        numbers: Vec::new(),
+                        group: None,
+                    })?;
+                    t.comment(format!(" {}: the [sync] section", st.written()));
+                }
                 "accept" => {
                     no_args(st)?;
                     texts(&st.comments).into_iter().for_each(|c| t.comment(c));
@@ -955,6 +991,156 @@ impl Cx<'_> {
         inst.table = t;
         self.instances.push(inst);
         Ok(())
+    }
+
+    fn set_sync(&mut self, d: SyncDaemon) -> Result<(), Diag> {
+        if let Some(prev) = &self.sync {
+            return Err(Diag::new(
+                d.span,
+                format!(
+                    "a second IPVS sync daemon (the first at {}): lb-daemon syncs with one",
+                    self.locate(prev.span)
+                ),
+            ));
+        }
+        self.sync = Some(d);
+        Ok(())
+    }
+
+    /// `lvs_sync_daemon IFACE [INSTANCE] [id N] [maxlen N] [port N] [ttl N] [group ADDR]`.
+    fn lvs_sync_daemon(&mut self, st: &Stmt) -> Result<(), Diag> {
+        no_block(st)?;
+        let kw = st.keyword();
+        let (iface, rest) = match st.args() {
+            [i, rest @ ..] => (i, rest),
+            [] => return Err(Diag::new(kw.span, "`lvs_sync_daemon` needs an interface")),
+        };
+        const OPTIONS: [&str; 5] = ["id", "maxlen", "port", "ttl", "group"];
+        let (instance, mut rest) = match rest {
+            [i, rest @ ..] if !OPTIONS.contains(&i.text.as_str()) => (i, rest),
+            _ => {
+                return Err(Diag::new(
+                    kw.span,
+                    "`lvs_sync_daemon` without a vrrp_instance: lb-daemon needs the instance \
+                     whose master sends the flows",
+                ))
+            }
+        };
+        let mut numbers = Vec::new();
+        let mut group = None;
+        while let [opt, tail @ ..] = rest {
+            let Some((value, tail)) = tail.split_first() else {
+                return Err(Diag::new(opt.span, format!("`{}` needs a value", opt.text)));
+            };
+            let (key, min, max) = match opt.text.as_str() {
+                "id" => ("sync_id", 0, 255),
+                "maxlen" => ("max_message", 1, 65507),
+                "port" => ("port", 1, 65535),
+                "ttl" => ("ttl", 1, 255),
+                "group" => {
+                    ip(value)?;
+                    group = Some((value.text.clone(), value.span));
+                    rest = tail;
+                    continue;
+                }
+                _ => {
+                    return Err(Diag::new(
+                        opt.span,
+                        format!(
+                            "unknown lvs_sync_daemon option `{}` (id, maxlen, port, ttl, group)",
+                            opt.text
+                        ),
+                    ))
+                }
+            };
+            if numbers.iter().any(|(k, _, _)| *k == key) {
+                return Err(Diag::new(
+                    opt.span,
+                    format!("`{}` is given twice", opt.text),
+                ));
+            }
+            numbers.push((key, int(value, min, max)?, value.span));
+            rest = tail;
+        }
+        self.set_sync(SyncDaemon {
+            span: kw.span,
+            written: st.written(),
+            comments: texts(&st.comments),
+            interface: (iface.text.clone(), iface.span),
+            instance: (instance.text.clone(), instance.span),
+            numbers,
+            group,
+        })
+    }
+
+    /// The `[sync]` section of keepalived's sync daemon, with what keepalived has not: the
+    /// shared key (a placeholder path to fill in) and, unless `group` says otherwise, IPVS's
+    /// multicast group stated.
+    fn sync_section(&self, d: &SyncDaemon) -> Result<Table, Diag> {
+        if !self.instances.iter().any(|i| i.name == d.instance.0) {
+            return Err(Diag::new(
+                d.instance.1,
+                format!(
+                    "no vrrp_instance {}: its master sends the flows",
+                    d.instance.0
+                ),
+            ));
+        }
+        let mut comments = d.comments.clone();
+        comments.push(format!(
+            " Connection sync, from keepalived's `{}` ({}).",
+            d.written,
+            self.locate(d.span)
+        ));
+        let mut t = Table {
+            comments,
+            span: Some(d.span),
+            ..Default::default()
+        };
+        let entry = |key, value, span, trailing: Option<&str>| Entry {
+            key,
+            value,
+            span: Some(span),
+            comments: Vec::new(),
+            trailing: trailing.map(str::to_string),
+        };
+        t.push(entry(
+            "interface",
+            Value::Str(d.interface.0.clone()),
+            d.interface.1,
+            None,
+        ));
+        t.push(entry(
+            "vrrp_instance",
+            Value::Str(d.instance.0.clone()),
+            d.instance.1,
+            None,
+        ));
+        for (key, v, span) in &d.numbers {
+            t.push(entry(key, Value::Int(*v), *span, None));
+        }
+        match &d.group {
+            Some((g, span)) => t.push(entry("multicast_group", Value::Str(g.clone()), *span, None)),
+            None => t.push(generated(
+                "multicast_group",
+                Value::Str(crate::sync::codec::DEFAULT_GROUP.to_string()),
+                d.span,
+                " IPVS's default: its sync daemon sends to this group",
+            )),
+        }
+        t.push(Entry {
+            key: "key_file",
+            value: Value::Str(SYNC_KEY_PLACEHOLDER.into()),
+            span: Some(d.span),
+            comments: vec![
+                " keepalived's sync has no key; lb-daemon signs every message (HMAC-SHA256).".into(),
+                " Create this file on both nodes, the same bytes, root-only, for example:".into(),
+                "   head -c 32 /dev/urandom > /etc/lb-daemon/sync.key; chmod 600 /etc/lb-daemon/sync.key".into(),
+                " and list the peer LB here (peers = [\"ADDR\"]) so that only it is accepted.".into(),
+            ],
+            trailing: None,
+        });
+        Ok(t)
     }
 
     fn authentication(&mut self, s: &Stmt, label: &str) -> Result<Table, Diag> {
@@ -2015,6 +2201,10 @@ impl Cx<'_> {
                 Some(t)
             }
         };
+        let sync = match &self.sync {
+            Some(d) => Some(self.sync_section(d)?),
+            None => None,
+        };
         let mut global = self.global.take();
         if self.scripts_named && !self.script_security {
             let t = global.get_or_insert_with(Table::default);
@@ -2052,6 +2242,13 @@ impl Cx<'_> {
         if let Some(t) = dataplane {
             doc.sections.push(Section {
                 name: "dataplane",
+                array: false,
+                table: t,
+            });
+        }
+        if let Some(t) = sync {
+            doc.sections.push(Section {
+                name: "sync",
                 array: false,
                 table: t,
             });

@@ -50,6 +50,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "vrrp_garp_master_repeat",
             "vrrp_garp_master_refresh",
             "vrrp_garp_master_refresh_repeat",
+            "lvs_sync_daemon",
         ],
     ),
     (
@@ -99,6 +100,8 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "garp_master_refresh",
             "garp_master_refresh_repeat",
             "accept",
+            "lvs_sync_daemon_interface",
+            "lvs_sync_daemon_inteface",
         ],
     ),
     ("authentication", &["auth_type", "auth_pass"]),
@@ -239,8 +242,6 @@ const EMAIL: &str = "e-mail alerts are not implemented (notify hooks and global_
 const SNMP: &str = "SNMP and D-Bus are not implemented (lb-daemon exports Prometheus metrics: global_defs.metrics_address)";
 const PROCESS: &str =
     "lb-daemon is one process: keepalived's per-process tuning has no counterpart";
-const SYNC: &str =
-    "IPVS connection synchronisation is not implemented yet (a later `sync` section)";
 const ROUTES: &str =
     "lb-daemon manages virtual addresses only, not routes, rules or static addresses";
 const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
@@ -281,7 +282,6 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             | "enable_traps" | "snmp_vs_stats_update_interval"
             | "snmp_rs_stats_update_interval" | "enable_dbus" | "dbus_service_name"
             | "dbus_no_interface_name" => SNMP,
-            "lvs_sync_daemon" => SYNC,
             "notify_fifo" => FIFO,
             "notify_fifo_script" | "vrrp_notify_fifo" | "vrrp_notify_fifo_script"
             | "lvs_notify_fifo" | "lvs_notify_fifo_script" | "fifo_write_vrrp_states_on_reload" => {
@@ -345,7 +345,6 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             _ => return None,
         },
         Instance => match keyword {
-            "lvs_sync_daemon_interface" => SYNC,
             "use_vmac" | "use_vmac_addr" | "vmac_xmit_base" | "use_ipvlan" => VMAC,
             "track_file" | "track_process" | "track_bfd" => TRACK_OTHER,
             "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules"
@@ -422,10 +421,12 @@ mod tests {
             alias(Ctx::Instance, "lvs_sync_daemon_inteface").map(|a| a.0),
             Some("lvs_sync_daemon_interface")
         );
+        // IPVS's sync daemon is the [sync] section.
         assert_eq!(
             unsupported(Ctx::Instance, "lvs_sync_daemon_interface"),
-            Some(SYNC)
+            None
         );
+        assert_eq!(unsupported(Ctx::GlobalDefs, "lvs_sync_daemon"), None);
         assert_eq!(
             alias(Ctx::TcpCheck, "nb_get_retry").map(|a| a.0),
             Some("retry")

@@ -5,12 +5,14 @@
 //! lb-bench dataplane [--json]
 //! lb-bench vrrp [--json]
 //! lb-bench daemon [--json]
+//! lb-bench sync [--json]
 //! ```
 //!
 //! `vrrp` (failover time of our VRRP pair against a keepalived pair) is documented in
 //! `lb_tests::vrrp_bench`; `daemon` (health verdict to the dataplane, detection time against
-//! keepalived's formula, reloads that change nothing) in `lb_tests::daemon_bench`. `daemon`
-//! prints its entries in the same table and JSON form as `dataplane`.
+//! keepalived's formula, reloads that change nothing) in `lb_tests::daemon_bench`; `sync`
+//! (connection sync: lag, sender throughput, bytes per flow) in `lb_tests::sync_bench`.
+//! `daemon` and `sync` print their entries in the same table and JSON form as `dataplane`.
 //!
 //! `dataplane` measures the XDP program with the production map sizes (1M flows, 65537-slot
 //! rings), an rr service of three backends, on one pinned CPU:
@@ -56,7 +58,7 @@ use lb_tests::{
     xdp::{load_testprog, xdp_of, XdpHarness, LB_MAC},
 };
 
-const BENCHMARKS: &[&str] = &["dataplane", "vrrp", "daemon"];
+const BENCHMARKS: &[&str] = &["dataplane", "vrrp", "daemon", "sync"];
 
 /// Repeats of one BPF_PROG_TEST_RUN call for the established-flow entries: long enough
 /// (tens of ms) that the syscall and the timer reads vanish in the average.
@@ -118,28 +120,9 @@ fn progress(msg: &str) {
     eprintln!("lb-bench: {msg}");
 }
 
-/// Pins the calling thread (and the threads it spawns later, which inherit the mask) to the
-/// last CPU it may run on: BPF_PROG_TEST_RUN runs on the caller's CPU, and migrations between
-/// runs would add cold caches to the figures. The last CPU is the one least likely to take
-/// the boot-time interrupt load of CPU 0.
+/// See [`lb_tests::xdp::pin_to_last_cpu`].
 fn pin_to_one_cpu() -> Result<usize> {
-    // SAFETY: plain syscalls on a zeroed, then filled, cpu set of the right size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))
-            .context("empty CPU affinity mask")?;
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
-        }
-        Ok(cpu)
-    }
+    lb_tests::xdp::pin_to_last_cpu()
 }
 
 /// The production sizes (1M flows, 65537-slot rings...), as the daemon loads them.
@@ -637,6 +620,7 @@ fn main() -> ExitCode {
     let result = match args.bench.as_str() {
         "dataplane" => dataplane(&mut report),
         "daemon" => daemon(&mut report),
+        "sync" => lb_tests::sync_bench::run(&mut |e| report.add(e)),
         _ => unreachable!("parse_args checked the name"),
     };
     match result {
