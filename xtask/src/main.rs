@@ -34,7 +34,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The demo: a client, a load balancer and three nginx real servers in namespaces.
+    /// The demo, in namespaces: the seed's two deployments (a VRRP pair of lb-daemons in DR
+    /// mode in front of three nginx real servers, then the nginx HA pair), failovers included.
     Lab {
         /// Extra arguments for the lab binary (see `--help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
