@@ -112,6 +112,9 @@ fn spawn_bpf_logger(ebpf: &mut aya::Ebpf) {
     });
 }
 
+/// How long a backend may stay without a MAC before the daemon says so.
+const MAC_WARN_AFTER: Duration = Duration::from_secs(5);
+
 /// The set of backend addresses to resolve, with the interface they are reached through.
 fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
     config
@@ -147,11 +150,37 @@ struct Dp {
     /// What `track_virtual_server` has been told, by service name.
     quorum_reported: HashMap<String, bool>,
     started: Instant,
+    /// Backends without a MAC: since when, and whether that has been logged.
+    unresolved: HashMap<IpAddr, (Instant, bool)>,
     wanted_tx: watch::Sender<HashMap<IpAddr, u32>>,
     resolver: tokio::task::JoinHandle<Result<(), crate::dataplane::neigh::NeighError>>,
 }
 
 impl Dp {
+    /// Logs, once, each backend whose MAC the kernel has not resolved for
+    /// [`MAC_WARN_AFTER`]: an address no host answers ARP or neighbour solicitation for (a
+    /// typo, a server down, another segment) would otherwise be a silent hole in the pool.
+    /// Such a backend gets no new flows (status: `mac` null, effective weight 0).
+    fn warn_unresolved(&mut self, interface: &str, now: Instant) {
+        let wanted = self.wanted_tx.borrow().clone();
+        let macs = &self.macs;
+        self.unresolved
+            .retain(|ip, _| wanted.contains_key(ip) && !macs.contains_key(ip));
+        for ip in wanted.keys().filter(|ip| !macs.contains_key(*ip)) {
+            let (since, warned) = self.unresolved.entry(*ip).or_insert((now, false));
+            if !*warned && now.duration_since(*since) >= MAC_WARN_AFTER {
+                *warned = true;
+                warn!(
+                    backend = %ip,
+                    interface,
+                    "backend MAC not resolved after {}s: no host answers ARP/neighbour \
+                     solicitation for it; it gets no new flows until one does",
+                    MAC_WARN_AFTER.as_secs()
+                );
+            }
+        }
+    }
+
     async fn start(
         config: &Config,
         d: &DataplaneConfig,
@@ -201,6 +230,7 @@ impl Dp {
                 flow_counts: None,
                 ifindex,
                 macs: HashMap::new(),
+                unresolved: HashMap::new(),
                 quorum: HashMap::new(),
                 quorum_reported: HashMap::new(),
                 started: Instant::now(),
@@ -614,6 +644,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     None => {
                         warn!(backend = %up.addr, "backend MAC unknown: no new flows to it");
                         dp.macs.remove(&up.addr);
+                        // Said once already: no second warning from the tick.
+                        dp.unresolved.insert(up.addr, (Instant::now(), true));
                     }
                 }
                 if let Err(e) = dp.apply(&config, &master_vips, &health) {
@@ -666,6 +698,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 if let Some(dp) = dp.as_mut() {
                     if let Err(e) = dp.dp.writer_mut().set_clock(monotonic_seconds()) {
                         error!("updating the XDP program's clock: {e}");
+                    }
+                    if let Some(d) = &config.dataplane {
+                        dp.warn_unresolved(&d.interface, Instant::now());
                     }
                 }
                 if metrics_on {
@@ -841,7 +876,8 @@ fn snapshot(
                     BackendStatus {
                         addr: b.addr,
                         weight: rs.weight,
-                        effective_weight: b.weight,
+                        // The planner leaves a backend without a MAC out of the ring.
+                        effective_weight: if b.mac.is_some() { b.weight } else { 0 },
                         health: verdict.into(),
                         mac: b.mac.as_ref().map(fmt_mac),
                         packets: bc.packets,

@@ -794,3 +794,57 @@ virtual_ipaddress = ["2001:db8::100/64"]
     let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
     assert_shares("after the reloads", &counts(&bodies), [1, 1, 1], 30);
 }
+
+/// A real server that no host answers ARP for (a typo, a machine that is off): the others
+/// serve every request, status shows it without a MAC and with effective weight 0, and the
+/// daemon says so once, after 5 s, naming it.
+#[test]
+fn unresolved_backend_mac_is_reported_and_skipped() {
+    if !require_lab("unresolved_backend_mac_is_reported_and_skipped") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("du"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let base = lab_config(&lab, "skb", "rr", &[1, 1, 1]);
+    // A fourth real server for the IPv4 service, on the segment but with no host.
+    let at = base
+        .match_indices("\n[[virtual_server]]")
+        .nth(1)
+        .expect("the IPv6 service")
+        .0;
+    let config = format!(
+        "{}  [[virtual_server.real_server]]\n  ip = \"192.0.2.90\"\n  port = 80\n  weight = 1\n{}",
+        &base[..at],
+        &base[at..]
+    );
+    let (daemon, _) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let bodies = lab
+        .curl_batch("192.0.2.100", 30)
+        .unwrap_or_else(|e| panic!("a request failed: {e:#}"));
+    assert_shares("three of four resolved", &counts(&bodies), [1, 1, 1], 30);
+    let status = status_json(&lab);
+    let ghost = status["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == "192.0.2.90:80")
+        .unwrap_or_else(|| panic!("{status}"))
+        .clone();
+    assert!(ghost["mac"].is_null(), "{ghost}");
+    assert_eq!(ghost["effective_weight"], 0, "{ghost}");
+    let warning = "backend MAC not resolved after 5s";
+    lb_tests::netns::wait_until(
+        "the unresolved MAC warning",
+        Duration::from_secs(15),
+        || daemon.read_stderr().contains(warning),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let log = daemon.read_stderr();
+    let line = log.lines().find(|l| l.contains(warning)).unwrap();
+    assert!(line.contains("192.0.2.90"), "{line}");
+    // Once, not every second.
+    let ticks = log.matches(warning).count();
+    std::thread::sleep(Duration::from_secs(2)); // two ticks of the daemon's 1 s timer
+    assert_eq!(daemon.read_stderr().matches(warning).count(), ticks);
+    assert_eq!(ticks, 1, "{log}");
+}
