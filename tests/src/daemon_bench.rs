@@ -86,7 +86,7 @@
 //! see a change (an error otherwise).
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -290,29 +290,35 @@ impl ProgFd {
 
     /// One run of `frame`; returns the verdict and the frame as the program left it.
     pub fn run(&self, frame: &[u8], out: &mut [u8]) -> Result<(u32, usize)> {
-        let mut attr = TestRunAttr {
-            prog_fd: self.0.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_size_out: out.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
-            ..TestRunAttr::default()
-        };
-        // SAFETY: bpf(2) with buffers that live across the call and sizes that match them.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-        }
-        Ok((attr.retval, attr.data_size_out as usize))
+        test_run_once(self.0.as_fd(), frame, out)
     }
+}
+
+/// One BPF_PROG_TEST_RUN of `frame` on the program `prog`; returns the verdict and the
+/// frame as the program left it.
+pub fn test_run_once(prog: BorrowedFd<'_>, frame: &[u8], out: &mut [u8]) -> Result<(u32, usize)> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: bpf(2) with buffers that live across the call and sizes that match them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+    }
+    Ok((attr.retval, attr.data_size_out as usize))
 }
 
 // -------------------------------------------------------------------------------------------

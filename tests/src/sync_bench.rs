@@ -25,7 +25,7 @@ use std::{
     collections::VecDeque,
     fmt,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -106,53 +106,6 @@ fn program_of(pid: u32) -> Result<aya::programs::ProgramFd> {
         }
     }
     bail!("process {pid} holds no program {}", names::PROGRAM)
-}
-
-/// `BPF_PROG_TEST_RUN` of `frame`, once; returns the verdict and the frame out.
-fn test_run(prog: &aya::programs::ProgramFd, frame: &[u8], out: &mut [u8]) -> Result<(u32, usize)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    let mut attr = TestAttr {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: a valid bpf_attr prefix for BPF_PROG_TEST_RUN (10); the buffers live for the
-    // call and have the sizes given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            10,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
-    Ok((attr.retval, attr.data_size_out as usize))
 }
 
 /// Flow `i` of the soak: a client of 203.0.113.0/24 and a port, none used twice.
@@ -411,7 +364,8 @@ pub fn soak(prefix: &str, rate: u64, duration: Duration) -> Result<SoakReport> {
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while i < due {
             let (src, sport) = flow(i);
-            let (verdict, n) = test_run(&prog, &syn(src, sport), &mut out)?;
+            let (verdict, n) =
+                crate::daemon_bench::test_run_once(prog.as_fd(), &syn(src, sport), &mut out)?;
             ensure!(
                 verdict == lb_common::reason::XDP_TX && n >= 6,
                 "lb1's program did not forward flow {i} (verdict {verdict})"
