@@ -4,6 +4,7 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lb_daemon::{config::Config, daemon};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(
@@ -93,15 +94,31 @@ fn report(e: &anyhow::Error) -> String {
 }
 
 fn run() -> Result<()> {
+    let cli = Cli::parse();
+    // The daemon's lines go through a writer thread: formatting stays on the logging thread,
+    // but the write (and the stderr lock) does not, so a log line of the main loop can never
+    // hold up the VRRP thread between its takeover advert and its gratuitous ARP (measured:
+    // a takeover waited on the main loop's write). Not lossy: when the writer falls 128k
+    // lines behind, logging waits, as it would on stderr. `_flush` writes what is queued
+    // when `run` returns, before main prints an error. The CLI commands write directly.
+    let (writer, _flush) = if matches!(cli.cmd, Cmd::Run { .. }) {
+        let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("log")
+            .finish(std::io::stderr());
+        (BoxMakeWriter::new(w), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
-    match Cli::parse().cmd {
+    match cli.cmd {
         Cmd::Check { config } => {
             let c = Config::check_file(&config)?;
             println!(

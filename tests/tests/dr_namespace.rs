@@ -173,7 +173,7 @@ virtual_ipaddress = ["2001:db8::100/64"]
     for instance in ["VI_4", "VI_6"] {
         let line = log
             .lines()
-            .find(|l| l.contains("announcing the virtual addresses") && l.contains(instance))
+            .find(|l| l.contains("announced the virtual addresses") && l.contains(instance))
             .unwrap_or_else(|| panic!("{instance} never announced its VIP:\n{log}"));
         assert!(line.contains("services_active=true"), "{line}");
     }

@@ -203,6 +203,7 @@ mod tests {
                 dst: dst.into(),
                 ttl: 255,
                 payload: 0..bytes.len(),
+                arrived: None,
             },
             bytes,
         )

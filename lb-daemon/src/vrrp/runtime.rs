@@ -196,6 +196,11 @@ struct Member {
     /// Where adverts go: the group, or each unicast peer.
     destinations: Vec<IpAddr>,
     timer: Timer,
+    /// The first burst's socket, opened at start-up so that a takeover does not open one
+    /// (socket, bind, and a reactor turn before it is known writable) between its advert and
+    /// its gratuitous ARP. `None` if opening failed: tried again at the next announcement.
+    announcer: Option<GarpSender>,
+    /// The rest of the schedule (second burst, refreshes), on a socket of its own.
     garp: Option<JoinHandle<()>>,
     discards: DiscardCounters,
     holds_vips: bool,
@@ -315,6 +320,7 @@ pub async fn run_unit(
             socket,
             destinations,
             timer: Timer::None,
+            announcer: open_announcer(m),
             garp: None,
             discards: DiscardCounters::default(),
             holds_vips: false,
@@ -384,6 +390,7 @@ pub async fn run_unit(
                 }
             }
             Some((i, buf, raw)) = dgram_rx.recv() => {
+                let arrived = raw.as_ref().ok().and_then(|r| r.arrived);
                 let m = &mut unit.members[i];
                 let accepted = match raw {
                     Err(_) => Err(Discard::BadIpFraming),
@@ -396,7 +403,8 @@ pub async fn run_unit(
                             // RFC 9568 §7.1: log it, keep the advert.
                             m.discards.note(&m.spec.config.name, "addresses_differ");
                         }
-                        let out = machine.handle(i, Input::Advert(a.advert), now());
+                        let at = clock.arrival(arrived);
+                        let out = machine.handle(i, Input::Advert(a.advert), at);
                         unit.apply(&mut machine, &mut addrs, out).await;
                     }
                 }
@@ -424,6 +432,38 @@ struct ProtocolClock {
     /// What is armed, to skip redundant syscalls (a Mutex only so that the unit's future is
     /// Send; it is never contended).
     armed: std::sync::Mutex<Option<Time>>,
+    /// The latest time handed to the state machine, in ns since the epoch: times never go
+    /// back ([`ProtocolClock::arrival`] may name an instant before the last input's).
+    latest: std::sync::atomic::AtomicU64,
+}
+
+/// A receive timestamp further back than this is not believed: CLOCK_REALTIME, which the
+/// kernel stamps datagrams with, was stepped in between (the advert is then taken as
+/// arriving when it is read, as without a timestamp).
+const MAX_ARRIVAL_AGE: Duration = Duration::from_secs(1);
+
+/// CLOCK_REALTIME, the clock of SO_TIMESTAMPNS.
+fn realtime() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_REALTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The protocol time at which a datagram stamped `arrived` (CLOCK_REALTIME) came in, given
+/// the protocol time `now` and CLOCK_REALTIME `real_now`, read together: `now` minus the
+/// datagram's age, or `now` when there is no stamp or it is not believable (from the future,
+/// or older than [`MAX_ARRIVAL_AGE`]), never before `floor`.
+fn arrival_time(now: Time, real_now: Duration, arrived: Option<Duration>, floor: Time) -> Time {
+    let age = arrived
+        .and_then(|a| real_now.checked_sub(a))
+        .filter(|age| *age <= MAX_ARRIVAL_AGE)
+        .unwrap_or(Duration::ZERO);
+    let at = Time::from_duration(now.as_duration().saturating_sub(age));
+    at.max(floor)
 }
 
 /// CLOCK_MONOTONIC, the clock of every protocol timer and of the XDP program's `CLOCK`.
@@ -458,11 +498,37 @@ impl ProtocolClock {
             fd,
             epoch: monotonic(),
             armed: std::sync::Mutex::new(None),
+            latest: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     fn now(&self) -> Time {
-        Time::from_duration(monotonic().saturating_sub(self.epoch))
+        let t = Time::from_duration(monotonic().saturating_sub(self.epoch));
+        self.note(t);
+        t
+    }
+
+    fn note(&self, t: Time) {
+        let ns = u64::try_from(t.as_duration().as_nanos()).unwrap_or(u64::MAX);
+        self.latest
+            .fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When an advert that the kernel stamped `arrived` came in, as protocol time: RFC 9568
+    /// restarts the Master_Down timer when an advert is received, and this thread may read
+    /// it a while later (a wake-up from idle takes tens to hundreds of microseconds here,
+    /// and more on a loaded host). keepalived restarts it when it reads the advert.
+    fn arrival(&self, arrived: Option<Duration>) -> Time {
+        let floor = Time::from_duration(Duration::from_nanos(
+            self.latest.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+        let (now, real_now) = (
+            Time::from_duration(monotonic().saturating_sub(self.epoch)),
+            realtime(),
+        );
+        let at = arrival_time(now, real_now, arrived, floor);
+        self.note(at);
+        at
     }
 
     /// Arms the timer at `deadline` (absolute), or disarms it.
@@ -609,6 +675,9 @@ impl Unit {
             }
         };
         let mut announce = Vec::new();
+        // What only informs (logs, notify events) waits until the new master's gratuitous
+        // ARPs are out: each is a wake-up of another thread.
+        let mut later = Vec::new();
         for (i, out) in outputs {
             let m = &mut self.members[i];
             let name = m.spec.config.name.clone();
@@ -632,18 +701,27 @@ impl Unit {
                 Output::BecomeMaster => {
                     // The services first (the main loop), the addresses meanwhile, and the
                     // announcement once the services are active (below, after the adverts
-                    // of this step have gone out).
+                    // of this step have gone out). Without a dataplane the role only
+                    // informs (status), and waits with the logs.
                     let applied = RoleAck::default();
-                    let vips = m.spec.vips.iter().map(|v| v.addr).collect();
-                    let _ = self.events.send(Event::Role {
+                    let role = Event::Role {
                         instance: name.clone(),
-                        vips,
+                        vips: m.spec.vips.iter().map(|v| v.addr).collect(),
                         master: true,
                         applied: applied.clone(),
-                    });
+                    };
+                    if m.spec.dataplane {
+                        let _ = self.events.send(role);
+                    } else {
+                        later.push((i, Later::Event(role)));
+                    }
                     for v in &m.spec.vips {
-                        if let Err(e) = addrs.add(v).await {
-                            warn!(instance = %name, address = %v.addr, "adding the virtual address: {e}");
+                        match addrs.add(v).await {
+                            Ok(true) => later.push((i, Later::Added(v.clone()))),
+                            Ok(false) => {}
+                            Err(e) => {
+                                warn!(instance = %name, address = %v.addr, "adding the virtual address: {e}")
+                            }
                         }
                     }
                     m.holds_vips = true;
@@ -678,16 +756,8 @@ impl Unit {
                         applied: RoleAck::default(),
                     });
                 }
-                Output::StateChanged { from, to, priority } => {
-                    m.transitions += 1;
-                    info!(instance = %name, %from, %to, priority, "VRRP state change");
-                    if let Some(state) = NotifyState::from_fsm(to) {
-                        let ev = notify::Event::instance(name, state, priority);
-                        let _ = self.events.send(Event::State(ev));
-                    }
-                }
-                Output::PriorityChanged { from, to } => {
-                    info!(instance = %name, from, to, "effective priority changed");
+                Output::StateChanged { .. } | Output::PriorityChanged { .. } => {
+                    later.push((i, Later::Output(out)));
                 }
                 Output::Reannounce => {
                     // At most once a second: a peer (or anyone) flooding lower-priority
@@ -702,7 +772,7 @@ impl Unit {
                         if let Some(g) = m.garp.take() {
                             g.abort();
                         }
-                        m.garp = start_garp(&m.spec).await;
+                        m.garp = start_garp(m).await;
                     }
                 }
                 Output::SetTimer(t) => m.timer = t,
@@ -716,12 +786,34 @@ impl Unit {
             let m = &mut self.members[i];
             // Still master: a later output of this step may have ended it.
             if m.holds_vips {
+                m.garp = start_garp(m).await;
                 info!(
                     instance = %m.spec.config.name,
                     services_active = served,
-                    "announcing the virtual addresses"
+                    "announced the virtual addresses"
                 );
-                m.garp = start_garp(&m.spec).await;
+            }
+        }
+        for (i, l) in later {
+            let m = &mut self.members[i];
+            let name = m.spec.config.name.clone();
+            match l {
+                Later::Added(vip) => info!(instance = %name, %vip, "virtual address added"),
+                Later::Event(e) => {
+                    let _ = self.events.send(e);
+                }
+                Later::Output(Output::StateChanged { from, to, priority }) => {
+                    m.transitions += 1;
+                    info!(instance = %name, %from, %to, priority, "VRRP state change");
+                    if let Some(state) = NotifyState::from_fsm(to) {
+                        let ev = notify::Event::instance(name, state, priority);
+                        let _ = self.events.send(Event::State(ev));
+                    }
+                }
+                Later::Output(Output::PriorityChanged { from, to }) => {
+                    info!(instance = %name, from, to, "effective priority changed");
+                }
+                Later::Output(_) => {}
             }
         }
         // A sync group changes state as a whole: tell its hooks once.
@@ -737,9 +829,28 @@ impl Unit {
     }
 }
 
-/// keepalived's gratuitous ARP / unsolicited NA after becoming master, as a task.
-async fn start_garp(m: &MemberSpec) -> Option<JoinHandle<()>> {
-    let c = &m.config;
+/// What [`Unit::apply`] does once the gratuitous ARPs are out.
+enum Later {
+    /// A virtual address was added: the log line.
+    Added(VirtualAddress),
+    /// An event for the main loop.
+    Event(Event),
+    /// `StateChanged` (log, transition count, notify event) or `PriorityChanged` (log).
+    Output(Output),
+}
+
+/// The socket of a member's first bursts; `None` (with a warning) if it cannot be opened.
+fn open_announcer(m: &MemberSpec) -> Option<GarpSender> {
+    GarpSender::open(m.ifindex, AnnounceOptions::default())
+        .map_err(|e| warn!(instance = %m.config.name, "cannot send gratuitous ARP/NA: {e}"))
+        .ok()
+}
+
+/// keepalived's gratuitous ARP / unsolicited NA after becoming master: the first burst now,
+/// the rest as a task.
+async fn start_garp(m: &mut Member) -> Option<JoinHandle<()>> {
+    let spec = &m.spec;
+    let c = &spec.config;
     let config = GarpConfig {
         master_delay: c.garp_master_delay,
         master_repeat: c.garp_master_repeat,
@@ -747,24 +858,26 @@ async fn start_garp(m: &MemberSpec) -> Option<JoinHandle<()>> {
         master_refresh_repeat: c.garp_master_refresh_repeat,
         interval: Duration::ZERO,
     };
-    let mut sender = match GarpSender::open(m.ifindex, AnnounceOptions::default()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(instance = %c.name, "cannot send gratuitous ARP/NA: {e}");
-            return None;
-        }
-    };
-    let vips: Vec<IpAddr> = m.vips.iter().map(|v| v.addr).collect();
+    if m.announcer.is_none() {
+        m.announcer = open_announcer(spec);
+    }
+    let vips: Vec<IpAddr> = spec.vips.iter().map(|v| v.addr).collect();
     let mut schedule = GarpSchedule::new(&config, vips, StdInstant::now());
     // The first burst goes out now, before this unit does anything else: until it does,
-    // clients keep sending to the old master's MAC. The rest of the schedule (the second
-    // burst, refreshes) runs as a task.
+    // clients keep sending to the old master's MAC.
     let due = schedule.poll(StdInstant::now());
+    let sender = m.announcer.as_mut()?;
     if let Err(e) = sender.announce(&due.announce).await {
         warn!(instance = %c.name, "gratuitous ARP / unsolicited NA failed: {e}");
+        // A socket that failed (the interface went away and came back...) is not reused.
+        m.announcer = None;
     }
+    let (ifindex, name) = (spec.ifindex, c.name.clone());
     Some(tokio::spawn(async move {
-        garp::run_schedule(&mut sender, &mut schedule).await;
+        match GarpSender::open(ifindex, AnnounceOptions::default()) {
+            Ok(mut sender) => garp::run_schedule(&mut sender, &mut schedule).await,
+            Err(e) => warn!(instance = %name, "cannot send gratuitous ARP/NA: {e}"),
+        }
     }))
 }
 
@@ -859,4 +972,36 @@ pub fn spawn(
         stats,
         thread: Some(thread),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// An advert stamped 3 ms before it is read counts from its arrival; a missing stamp,
+    /// one from the future and one older than a second (the real-time clock was stepped)
+    /// count from the read; and an arrival never goes back before the last input's time.
+    #[test]
+    fn adverts_count_from_their_arrival() {
+        let now = Time::from_millis(10_000);
+        let real = Duration::from_secs(1_800_000_000);
+        let t = |arrived, floor| arrival_time(now, real, arrived, floor);
+        assert_eq!(t(Some(real - MS(3)), Time::ZERO), Time::from_millis(9_997));
+        assert_eq!(t(None, Time::ZERO), now);
+        assert_eq!(t(Some(real + MS(5)), Time::ZERO), now);
+        assert_eq!(t(Some(real - MS(1_001)), Time::ZERO), now);
+        assert_eq!(
+            t(Some(real - MS(1_000)), Time::ZERO),
+            Time::from_millis(9_000)
+        );
+        assert_eq!(
+            t(Some(real - MS(3)), Time::from_millis(9_999)),
+            Time::from_millis(9_999)
+        );
+        // A stamp older than the protocol epoch itself.
+        let early = arrival_time(Time::from_millis(2), real, Some(real - MS(500)), Time::ZERO);
+        assert_eq!(early, Time::ZERO);
+    }
 }

@@ -23,6 +23,8 @@ pub struct Received {
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
     pub payload: std::ops::Range<usize>,
+    /// When the kernel received the datagram (SO_TIMESTAMPNS: CLOCK_REALTIME), if it said.
+    pub arrived: Option<std::time::Duration>,
 }
 
 /// Why a datagram could not even be read as IP (counted like any other discard).
@@ -101,6 +103,15 @@ impl VrrpSocket {
         let ttl: libc::c_int = 255;
         let off: libc::c_int = 0;
         let on: libc::c_int = 1;
+        // The kernel's receive time of each advert: the Master_Down timer restarts from the
+        // advert's arrival, not from when this thread got to it (see `runtime::arrival`).
+        setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on,
+            "SO_TIMESTAMPNS",
+        )?;
         if v6 {
             setsockopt(
                 fd,
@@ -316,16 +327,13 @@ impl VrrpSocket {
                 return Err(io::Error::last_os_error());
             }
             let n = (n as usize).min(buf.len());
-            if !self.v6 {
-                // Raw IPv4 sockets deliver the IP header: read TTL and addresses from it.
-                return Ok(parse_ipv4(&buf[..n]));
-            }
-            let sin6 = &*(&sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-            let src = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            let (mut ttl, mut dst) = (None, None);
+            let (mut ttl, mut dst, mut arrived) = (None, None, None);
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::IPPROTO_IPV6 {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    arrived = timespec(ts);
+                } else if self.v6 && (*c).cmsg_level == libc::IPPROTO_IPV6 {
                     if (*c).cmsg_type == libc::IPV6_HOPLIMIT {
                         let v: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         ttl = u8::try_from(v).ok();
@@ -337,12 +345,19 @@ impl VrrpSocket {
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
+            if !self.v6 {
+                // Raw IPv4 sockets deliver the IP header: read TTL and addresses from it.
+                return Ok(parse_ipv4(&buf[..n]).map(|r| Received { arrived, ..r }));
+            }
+            let sin6 = &*(&sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+            let src = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Ok(match (ttl, dst) {
                 (Some(ttl), Some(dst)) => Ok(Received {
                     src: src.into(),
                     dst: dst.into(),
                     ttl,
                     payload: 0..n,
+                    arrived,
                 }),
                 _ => Err(RawError::MissingAncillary),
             })
@@ -369,12 +384,84 @@ pub fn parse_ipv4(d: &[u8]) -> Result<Received, RawError> {
         dst: dst.into(),
         ttl: d[8],
         payload: ihl..end,
+        arrived: None,
     })
+}
+
+/// A kernel timestamp as a duration since the epoch; `None` for one out of range.
+fn timespec(ts: libc::timespec) -> Option<std::time::Duration> {
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    Some(std::time::Duration::new(secs, nanos))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::test_netns::{ifindex, in_netns, ip, privileged, Netns};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// An advert comes with the kernel's receive time (SO_TIMESTAMPNS), also over IPv4,
+    /// where the raw socket delivers the IP header and no other ancillary data is read.
+    #[test]
+    fn adverts_carry_the_kernel_receive_time_in_netns() {
+        if !privileged("socket::adverts_carry_the_kernel_receive_time_in_netns") {
+            return;
+        }
+        // Two namespaces: a datagram from an address of the receiving namespace itself
+        // would be dropped as a martian.
+        let (na, nb) = (Netns::create("vsocka"), Netns::create("vsockb"));
+        ip(&[
+            "-n", &na.0, "link", "add", "vs0", "type", "veth", "peer", "name", "vs1", "netns",
+            &nb.0,
+        ]);
+        for (ns, iface, v4) in [(&na, "vs0", "192.0.2.1/24"), (&nb, "vs1", "192.0.2.2/24")] {
+            ip(&["-n", &ns.0, "addr", "add", v4, "dev", iface]);
+            ip(&["-n", &ns.0, "link", "set", iface, "up"]);
+        }
+        let src = IpAddr::from([192, 0, 2, 1]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let stop = stop.clone();
+            let ns = na.0.clone();
+            std::thread::spawn(move || {
+                in_netns(&ns, move || async move {
+                    let tx = VrrpSocket::open("vs0", ifindex("vs0"), false, true).expect("open");
+                    let advert = [0x31, 51, 100, 1, 0, 100, 0, 0, 192, 0, 2, 100];
+                    // Until the receiver has one (the veth may still be coming up).
+                    for _ in 0..100 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        tx.send(&advert, src, MULTICAST_V4.into()).expect("send");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            })
+        };
+        let got = in_netns(&nb.0, || async {
+            let rx = VrrpSocket::open("vs1", ifindex("vs1"), false, true).expect("open");
+            let mut buf = [0u8; 256];
+            tokio::time::timeout(Duration::from_secs(10), rx.recv(&mut buf))
+                .await
+                .expect("no advert in 10 s")
+                .expect("recv")
+                .expect("an IPv4 datagram")
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sender.join().expect("sender");
+        {
+            assert_eq!(got.src, src);
+            let arrived = got.arrived.expect("SO_TIMESTAMPNS stamp");
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            assert!(
+                arrived <= now && now - arrived < Duration::from_secs(1),
+                "stamp {arrived:?}, now {now:?}"
+            );
+        }
+    }
 
     #[test]
     fn ipv4_header_is_checked() {

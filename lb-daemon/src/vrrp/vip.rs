@@ -480,7 +480,7 @@ impl AddressSocket {
         let msg = encode_add_request(0, vip)?;
         match self.sock.request(|seq| with_seq(msg, seq)).await {
             Ok(()) => {
-                info!(%vip, "virtual address added");
+                debug!(%vip, "virtual address added");
                 Ok(true)
             }
             Err(e) if e.errno() == Some(libc::EEXIST) => {
