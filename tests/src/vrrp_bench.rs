@@ -22,9 +22,9 @@
 //! Master_Down_Interval = 3 x interval + Skew_Time for a hard failure, Skew_Time =
 //! (256 - 100) / 256 x interval (v2: of a second) for a graceful one.
 //!
-//! **Crash** = SIGKILL of the master (for keepalived, of its whole process group: parent and
-//! VRRP child at once) and, in the same instant, its bridge port set down (netlink, tens of
-//! microseconds). A SIGKILL alone is no failure for the client: the killed daemon leaves the
+//! **Crash** = the master's bridge port set down (netlink, tens of microseconds) and right
+//! after, SIGKILL of the master (for keepalived, of its whole process group: parent and VRRP
+//! child at once); see [`VrrpLab::crash`] for why in that order. A SIGKILL alone is no failure for the client: the killed daemon leaves the
 //! VIP on its interface, so that node's kernel keeps answering the probes until the new
 //! master's gratuitous ARP moves the client, and the stream shows no gap at all (a few ms of
 //! reordering; see `tests/tests/vrrp_keepalived.rs`, which prints it). A dead machine answers
@@ -32,19 +32,31 @@
 //! VIP removed.
 //!
 //! **Trial**: both pairs start with node 0 (priority 150) holding the VIP and the client's
-//! neighbour entry on node 0. The probe stream starts; the master is failed right after one of
-//! its adverts reaches the client (so the backup's Master_Down timer starts at a known time and
-//! the figures do not spread over a whole interval); the trial ends once node 1 holds the VIP
-//! and 50 more replies came. Node 0 is then started again (port up first) and the trial waits
-//! for it to hold the VIP again and for the client to follow. Trials of the two pairs alternate
-//! (ours, keepalived, ours...), so drift in load hits both. 9 trials per pair for the 1 s case
-//! (about 8 s each, dominated by Master_Down_Interval and keepalived's restart), 15 for the
-//! 10 ms cases: with fewer, the machine's noise (a few ms either way on 2 cores) decides the
-//! medians; `LB_BENCH_VRRP_TRIALS=N` overrides both.
+//! neighbour entry on node 0. The probe stream starts. When one of the master's adverts
+//! reaches the client (so the backup's Master_Down timer starts at a known time and the
+//! figures do not spread over a whole interval), the probe grid restarts 2 ms + the trial's
+//! phase after it, and the master fails half an interval after a probe of that grid. The
+//! trial ends once node 1 holds the VIP and 50 more replies came. Node 0 is then started
+//! again (port up first) and the trial waits for it to hold the VIP again and for the client
+//! to follow. Trials of the two pairs alternate (ours, keepalived, ours...), so drift in load
+//! hits both; 15 per pair (a 1 s trial takes about 8 s, dominated by Master_Down_Interval and
+//! keepalived's restart). `LB_BENCH_VRRP_TRIALS=N` overrides the count;
+//! `LB_BENCH_VRRP_ONLY=text` runs only the entries whose name contains `text`.
 //!
-//! Each trial also records the protocol-level figure seen on the wire by the client: first
-//! advert of node 1 minus last advert of node 0 (hard) or minus node 0's priority-0 advert
-//! (graceful); progress lines on stderr show both.
+//! **Phase**: a gap is a whole number of probe intervals, and which one depends on where the
+//! takeover falls on the probe grid. With a grid of random phase, two pairs that took over
+//! within a tenth of a millisecond of each other still scored 3610 or 3611 ms per trial by
+//! chance, and their medians over 9 trials differed by that chance, in either direction from
+//! one run to the next. So trial i of both pairs uses the same phase ([`phase`]), spread over
+//! the interval from one trial to the next: each pair of trials meets the same grid, and a
+//! pair that takes over earlier never scores a longer gap for it.
+//!
+//! Each trial also records, as the client sees them: the protocol-level figure (first advert
+//! of node 1 minus last advert of node 0 (hard) or minus node 0's priority-0 advert
+//! (graceful)), the new master's first gratuitous ARP after its first advert (its own
+//! takeover work: the address, the announcement), and the first echo reply after that ARP
+//! (the probes' phase, and the client's turn-around). Progress lines on stderr show them,
+//! with their medians per pair.
 use std::{
     process::ExitCode,
     time::{Duration, Instant},
@@ -90,7 +102,7 @@ pub fn cases() -> Vec<Case> {
             name: "failover_hard_v2_1s_vs_keepalived",
             params: VrrpParams::v2_seed(),
             failure: Failure::Crash,
-            trials: trials(9),
+            trials: trials(15),
         },
         Case {
             name: "failover_hard_v3_10ms_vs_keepalived",
@@ -125,6 +137,40 @@ fn ms(d: Duration) -> f64 {
 /// The echo stream's period: the resolution of every gap.
 pub const PROBE: Duration = Duration::from_millis(1);
 
+/// The probe grid of a trial restarts this long after the advert of node 0 that the trial
+/// waits for (room for the sender to take the new grid: it wakes once per interval)...
+const GRID_AFTER: Duration = Duration::from_millis(2);
+/// ... shifted by the trial's phase, and the failure comes this long after a probe: mid-way
+/// between two, so that whether the last reply before it arrives is never a race.
+const FAIL_AFTER_PROBE: Duration = Duration::from_micros(500);
+/// A failure later than this after its planned instant (the bench thread was not scheduled
+/// in time) is a disturbed trial, run again: it must still come before the next probe
+/// (planned half an interval after one), less that probe's round trip.
+const MAX_LATE: Duration = Duration::from_micros(400);
+
+/// The probe phase of trial `index`, in [0, 1) probe intervals: the golden-ratio sequence,
+/// which covers the interval evenly for any number of trials. Both pairs' trial `index` get
+/// the same phase, so the probes' phase, which moves a gap by up to one interval, is no
+/// longer a coin toss between the pairs: each pair of trials meets the same grid, and a
+/// pair that takes over earlier never shows a longer gap for it.
+pub fn phase(index: usize) -> Duration {
+    let golden = 0.618_033_988_749_895_f64;
+    PROBE.mul_f64((index as f64 * golden).fract())
+}
+
+/// Sleeps until `at`, then spins the last stretch (a sleep alone wakes up to a few hundred
+/// microseconds late here).
+fn sleep_until(at: Instant) {
+    let spin = Duration::from_micros(300);
+    let now = Instant::now();
+    if at > now + spin {
+        std::thread::sleep(at - now - spin);
+    }
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
+}
+
 /// A gap in whole probe intervals, as ms.
 fn in_probes(gap_ms: f64) -> f64 {
     let probe = ms(PROBE);
@@ -134,7 +180,7 @@ fn in_probes(gap_ms: f64) -> f64 {
 /// The start of the error of a trial whose pair was disturbed before the failure: the trial
 /// is run again (at most [`RETRIES`] times per trial).
 const UNSTABLE: &str = "disturbed before the failure";
-const RETRIES: usize = 2;
+const RETRIES: usize = 3;
 
 /// What one trial measured.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +189,10 @@ pub struct Trial {
     pub gap_ms: f64,
     /// First advert of the new master minus the last (or priority-0) advert of the old one, ms.
     pub wire_ms: f64,
+    /// The new master's first gratuitous ARP minus its first advert, ms (negative: before).
+    pub garp_ms: f64,
+    /// The first echo reply after the gap minus that gratuitous ARP, ms.
+    pub resume_ms: f64,
     pub lost: u64,
 }
 
@@ -177,15 +227,17 @@ impl Pair {
 
     /// One failure of node 0 and its return to the initial roles (also when the
     /// measurement failed).
-    pub fn trial(&mut self, case: &Case) -> Result<Trial> {
-        let measured = self.fail_and_measure(case);
+    /// Trial `index` (from 0) of the pair: the same index gives both pairs the same probe
+    /// phase ([`phase`]).
+    pub fn trial(&mut self, case: &Case, index: usize) -> Result<Trial> {
+        let measured = self.fail_and_measure(case, index);
         let restored = self.restore(case);
         let trial = measured?;
         restored.context("back to the initial roles")?;
         Ok(trial)
     }
 
-    fn fail_and_measure(&mut self, case: &Case) -> Result<Trial> {
+    fn fail_and_measure(&mut self, case: &Case, index: usize) -> Result<Trial> {
         let p = &case.params;
         let lab = &mut self.lab;
         let probe = lab.prober(PROBE)?;
@@ -197,12 +249,23 @@ impl Pair {
             p.advert_int() * 3 + Duration::from_millis(100),
             |a| a.src == src[0] && a.priority > 0,
         )?;
+        // The probe grid and the failure, both at fixed offsets from that advert.
+        let grid = advert.at + GRID_AFTER + phase(index);
+        probe.align(grid);
+        let planned = grid + FAIL_AFTER_PROBE;
+        sleep_until(planned);
         self.failed = true;
         let t0 = match case.failure {
             Failure::Crash => lab.crash(0)?,
             Failure::Graceful => lab.terminate(0)?,
         };
-        let late = t0 - advert.at;
+        let late = t0.saturating_duration_since(planned);
+        if late > MAX_LATE {
+            bail!(
+                "{UNSTABLE}: the failure came {:.2} ms after its planned instant",
+                ms(late)
+            );
+        }
         lab.wait_holder(1, p.master_down_interval(1) + Duration::from_secs(3))?;
         let took_over = Instant::now();
         probe
@@ -240,15 +303,23 @@ impl Pair {
             .watch
             .first_from_after(src[1], old.at)
             .context("no advert of node 1 after the failure")?;
-        if late > Duration::from_millis(5) {
-            eprintln!(
-                "lb-bench: note: the failure came {:.1} ms after node 0's advert",
-                ms(late)
-            );
-        }
+        let vip = p.vip;
+        let garp = self
+            .watch
+            .first_garp_after(vip, old.at)
+            .context("no gratuitous ARP for the VIP after the failure")?;
+        let signed = |a: Instant, b: Instant| {
+            if a >= b {
+                ms(a - b)
+            } else {
+                -ms(b - a)
+            }
+        };
         Ok(Trial {
             gap_ms: ms(gap.len()),
             wire_ms: ms(new.at - old.at),
+            garp_ms: signed(garp, new.at),
+            resume_ms: signed(gap.to, garp),
             lost: report.lost(),
         })
     }
@@ -369,7 +440,7 @@ pub fn run_case(case: &Case) -> Result<Entry> {
         ] {
             let mut attempt = 0;
             let t = loop {
-                match pair.trial(case) {
+                match pair.trial(case, i) {
                     Ok(t) => break t,
                     Err(e) if attempt < RETRIES && format!("{e:#}").starts_with(UNSTABLE) => {
                         attempt += 1;
@@ -387,12 +458,16 @@ pub fn run_case(case: &Case) -> Result<Entry> {
                 }
             };
             progress(&format!(
-                "{} trial {}/{} {who:<10}: gap {:7.2} ms, on the wire {:7.2} ms, {} probes lost",
+                "{} trial {}/{} {who:<10}: gap {:7.2} ms, on the wire {:7.2} ms, \
+                 gratuitous ARP {:+.2} ms after the first advert, first reply {:+.2} ms after it, \
+                 {} probes lost",
                 case.name,
                 i + 1,
                 case.trials,
                 t.gap_ms,
                 t.wire_ms,
+                t.garp_ms,
+                t.resume_ms,
                 t.lost
             ));
             out.push(t);
@@ -403,15 +478,23 @@ pub fn run_case(case: &Case) -> Result<Entry> {
     let gaps = |t: &[Trial]| t.iter().map(|t| in_probes(t.gap_ms)).collect::<Vec<_>>();
     let raw = |t: &[Trial]| t.iter().map(|t| t.gap_ms).collect::<Vec<_>>();
     let wire = |t: &[Trial]| t.iter().map(|t| t.wire_ms).collect::<Vec<_>>();
+    let garp = |t: &[Trial]| t.iter().map(|t| t.garp_ms).collect::<Vec<_>>();
+    let resume = |t: &[Trial]| t.iter().map(|t| t.resume_ms).collect::<Vec<_>>();
     progress(&format!(
-        "{}: gaps ours [{}] keepalived [{}]; raw medians ours {:.3} ms keepalived {:.3} ms; median on the wire ours {:.2} ms keepalived {:.2} ms",
+        "{}: gaps ours [{}] keepalived [{}]; raw medians ours {:.3} ms keepalived {:.3} ms; \
+         medians ours / keepalived: on the wire {:.2} / {:.2} ms, first advert to gratuitous \
+         ARP {:.3} / {:.3} ms, gratuitous ARP to first reply {:.3} / {:.3} ms",
         case.name,
         describe(&a),
         describe(&b),
         median(&raw(&a)),
         median(&raw(&b)),
         median(&wire(&a)),
-        median(&wire(&b))
+        median(&wire(&b)),
+        median(&garp(&a)),
+        median(&garp(&b)),
+        median(&resume(&a)),
+        median(&resume(&b))
     ));
     Ok(Entry {
         name: case.name,
@@ -442,7 +525,9 @@ pub fn main(json: bool) -> ExitCode {
     }
     let t = Instant::now();
     let mut missed = Vec::new();
-    for case in cases() {
+    // LB_BENCH_VRRP_ONLY=substring runs only the matching entries (when looking into one).
+    let only = std::env::var("LB_BENCH_VRRP_ONLY").unwrap_or_default();
+    for case in cases().into_iter().filter(|c| c.name.contains(&only)) {
         match run_case(&case) {
             Ok(e) => {
                 println!("{}", if json { e.json() } else { e.row() });
@@ -490,6 +575,17 @@ mod tests {
             r#"{"name":"failover_hard_v3_10ms_vs_keepalived","value":40.0000,"unit":"ms","baseline":50.0000,"ratio":0.8000,"target":"ratio <= 1.0","pass":true,"bound":36.0938}"#
         );
         assert!(e.row().ends_with("PASS"));
+    }
+
+    /// Both pairs' trial i share a phase; the phases spread over the whole interval.
+    #[test]
+    fn phases_cover_the_interval() {
+        let mut p: Vec<Duration> = (0..15).map(phase).collect();
+        assert!(p.iter().all(|d| *d < PROBE));
+        assert_eq!(phase(3), phase(3));
+        p.sort();
+        let widest = p.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(widest < PROBE / 5, "{p:?}");
     }
 
     /// Gaps count in whole probe intervals: jitter below one is not a difference.
