@@ -3,7 +3,13 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::LruHashMap,
+    programs::XdpContext,
+};
+use lb_common::{FlowValue, DEFAULT_MAX_FLOWS};
 
 /// The benchmark baseline: swap the MACs and send the frame back (the least any XDP
 /// forwarder does).
@@ -15,6 +21,45 @@ pub fn macswap(ctx: XdpContext) -> u32 {
     }
     let eth = start as *mut [[u8; 6]; 2];
     // SAFETY: the 12 bytes were checked to lie inside the frame.
+    unsafe {
+        let [dst, src] = eth.read();
+        eth.write([src, dst]);
+    }
+    xdp_action::XDP_TX
+}
+
+/// The flow table of [`lru_insert`]: the load balancer's `FLOWS4` (same key and value sizes,
+/// same default size, no flags).
+#[map]
+static LRU_FLOWS: LruHashMap<[u32; 4], FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The benchmark's floor for a new flow: MAC swap plus what any connection table costs a
+/// new flow, the kernel's LRU insert of its 5-tuple (BPF_NOEXIST, as the load balancer
+/// inserts a SYN's flow). No parsing beyond fixed offsets: an untagged IPv4 frame with a
+/// 20-byte header, as the benchmark sends.
+#[xdp]
+pub fn lru_insert(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 38 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the 38 bytes were checked to lie inside the frame.
+    let key = unsafe {
+        let w = |off: usize| ((start + off) as *const u32).read_unaligned();
+        [w(26), w(30), w(34), 6]
+    };
+    let value = FlowValue {
+        backend: 1,
+        generation: 1,
+        service: 0,
+        last_seen: 0,
+    };
+    if LRU_FLOWS.insert(&key, &value, 1).is_err() {
+        return xdp_action::XDP_PASS;
+    }
+    let eth = start as *mut [[u8; 6]; 2];
+    // SAFETY: as in `macswap`.
     unsafe {
         let [dst, src] = eth.read();
         eth.write([src, dst]);
