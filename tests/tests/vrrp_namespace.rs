@@ -180,6 +180,63 @@ fn election_hard_failure_leftover_vip_and_graceful_stop() {
     drop(p.lan);
 }
 
+/// A backup whose process does not run for a while (SIGSTOP: a starved CPU, a stalled
+/// host) must not take over from a master that kept advertising meanwhile: it reads the
+/// adverts the kernel queued, each at its arrival time, before it acts on its expired timer.
+/// And when the master died during the stall, the backup takes over as soon as it runs
+/// again, because the last advert is older than Master_Down_Interval, not one
+/// Master_Down_Interval after it resumed.
+#[test]
+fn a_stalled_backup_reads_queued_adverts_before_its_timer() {
+    if !require_root("vrrp stalled backup") {
+        return;
+    }
+    let p = pair("vs");
+    // Master_Down_Interval of n2: 361 ms.
+    let c1 = config("n1", 150, "0.1", "");
+    let c2 = config("n2", 100, "0.1", "");
+    let d1 = start(&p.nodes[0], &c1);
+    let d2 = start(&p.nodes[1], &c2);
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    wait_until("n2 to be backup", Duration::from_secs(3), || {
+        d2.read_stderr().contains("to=BACKUP")
+    })
+    .unwrap();
+
+    // 1. The master lives: a stall of more than two Master_Down_Intervals changes nothing.
+    d2.signal(libc::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    d2.signal(libc::SIGCONT).unwrap();
+    holds_for(
+        "a stalled backup stays backup",
+        Duration::from_millis(1000),
+        || holders(&p) == vec![0],
+    );
+    assert!(
+        !d2.read_stderr().contains("to=MASTER"),
+        "n2 took over from a live master after its stall:\n{}",
+        d2.read_stderr()
+    );
+
+    // 2. The master dies during the stall: the backup takes over at once on resuming.
+    d2.signal(libc::SIGSTOP).unwrap();
+    d1.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    d2.signal(libc::SIGCONT).unwrap();
+    let resumed = Instant::now();
+    wait_until("n2 to take the VIP", Duration::from_secs(3), || {
+        has_vip(&p.nodes[1])
+    })
+    .unwrap();
+    let took = resumed.elapsed();
+    eprintln!("stalled backup: master after {took:?} of running again");
+    assert!(
+        took < Duration::from_millis(200),
+        "n2 took {took:?} after resuming (its last advert was 600 ms old: no wait is due)"
+    );
+    drop(p.lan);
+}
+
 /// Checks that `f` holds throughout `window`: for what must *not* happen (a takeover), the
 /// only evidence is a window with no violation. Fails at the first violation.
 fn holds_for(what: &str, window: Duration, mut f: impl FnMut() -> bool) {

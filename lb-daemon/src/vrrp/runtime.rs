@@ -99,6 +99,32 @@ impl PartialEq for RoleAck {
 /// which refuses them; but the VRRP thread never waits long on the rest of the daemon.
 pub const ROLE_ACK_WAIT: Duration = Duration::from_millis(5);
 
+/// At most this many datagrams are read off one socket before a timer expiry is handled: a
+/// flood cannot hold the timer back for long.
+const MAX_DRAIN: usize = 256;
+
+/// What a master does about a lower-priority advert, given when it last announced (or will
+/// announce) its addresses again for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reannounce {
+    /// Announce now.
+    Now,
+    /// Announce once the pause since the last one is over.
+    After(Duration),
+    /// An announcement is already due later: nothing more.
+    Pending,
+}
+
+fn reannounce_plan(last: Option<StdInstant>, now: StdInstant) -> Reannounce {
+    match last {
+        Some(at) if at > now => Reannounce::Pending,
+        Some(at) if now.duration_since(at) < REANNOUNCE_MIN_INTERVAL => {
+            Reannounce::After(REANNOUNCE_MIN_INTERVAL - now.duration_since(at))
+        }
+        _ => Reannounce::Now,
+    }
+}
+
 /// The least time between two re-announcements after lower-priority adverts.
 const REANNOUNCE_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -340,6 +366,8 @@ pub async fn run_unit(
         warn!(address = %gone.addr, "removed a virtual address left behind by an earlier run");
     }
 
+    // For reading queued datagrams straight off the sockets (the timer branch below).
+    let mut drain_buf = vec![0u8; 2048];
     let mut unit = Unit {
         members,
         events,
@@ -380,6 +408,26 @@ pub async fn run_unit(
                     tracing::error!("VRRP timer: {e}; shutting the unit down");
                     break;
                 }
+                // Adverts that arrived before the deadline restart the timer, even when this
+                // thread gets to them only now (it was not scheduled for a while): read what
+                // the kernel has queued first, each at its arrival time, so that a stalled
+                // backup does not take over from a master that kept advertising
+                // (keepalived's "thread timer expired" false failover).
+                while let Ok((i, buf, raw)) = dgram_rx.try_recv() {
+                    unit.receive(&mut machine, &mut addrs, &clock, i, &buf, raw).await;
+                }
+                for i in 0..unit.members.len() {
+                    let socket = unit.members[i].socket.clone();
+                    for _ in 0..MAX_DRAIN {
+                        match socket.try_recv(&mut drain_buf) {
+                            Ok(raw) => {
+                                unit.receive(&mut machine, &mut addrs, &clock, i, &drain_buf, raw)
+                                    .await
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let t = now();
                 for i in 0..unit.members.len() {
                     let timer = unit.members[i].timer;
@@ -390,24 +438,7 @@ pub async fn run_unit(
                 }
             }
             Some((i, buf, raw)) = dgram_rx.recv() => {
-                let arrived = raw.as_ref().ok().and_then(|r| r.arrived);
-                let m = &mut unit.members[i];
-                let accepted = match raw {
-                    Err(_) => Err(Discard::BadIpFraming),
-                    Ok(rx) => check::check(&m.rx, &rx, &buf),
-                };
-                match accepted {
-                    Err(d) => m.discards.count(&m.spec.config.name, &d),
-                    Ok(a) => {
-                        if a.addresses_differ {
-                            // RFC 9568 §7.1: log it, keep the advert.
-                            m.discards.note(&m.spec.config.name, "addresses_differ");
-                        }
-                        let at = clock.arrival(arrived);
-                        let out = machine.handle(i, Input::Advert(a.advert), at);
-                        unit.apply(&mut machine, &mut addrs, out).await;
-                    }
-                }
+                unit.receive(&mut machine, &mut addrs, &clock, i, &buf, raw).await;
             }
         }
     }
@@ -435,6 +466,25 @@ struct ProtocolClock {
     /// The latest time handed to the state machine, in ns since the epoch: times never go
     /// back ([`ProtocolClock::arrival`] may name an instant before the last input's).
     latest: std::sync::atomic::AtomicU64,
+    /// CLOCK_MONOTONIC and CLOCK_REALTIME - CLOCK_MONOTONIC (ns) at the last arrival: a
+    /// change beyond slewing means the real-time clock was stepped (see [`stamp_usable`]).
+    /// A Mutex only so that the unit's future is Send; never contended.
+    clocks: std::sync::Mutex<Option<(Duration, i128)>>,
+}
+
+/// Whether receive stamps can be trusted now: the real-time clock, which stamps them, was
+/// not stepped since the last look (`prev`: monotonic time and real-time offset then).
+/// NTP slews by at most 500 ppm; a step moves the offset at once. A stamp taken before a
+/// step and read after it would date the advert wrongly (by the step: a forward step of
+/// 100 ms would make a fresh advert look 100 ms old, and a backup at 10 ms intervals take
+/// over from a live master).
+fn stamp_usable(prev: Option<(Duration, i128)>, mono_now: Duration, offset_now: i128) -> bool {
+    let Some((mono_then, offset_then)) = prev else {
+        return true;
+    };
+    let elapsed = mono_now.saturating_sub(mono_then).as_nanos() as i128;
+    let allowed = 1_000_000 + elapsed / 2000;
+    (offset_now - offset_then).abs() <= allowed
 }
 
 /// A receive timestamp further back than this is not believed: CLOCK_REALTIME, which the
@@ -499,6 +549,7 @@ impl ProtocolClock {
             epoch: monotonic(),
             armed: std::sync::Mutex::new(None),
             latest: std::sync::atomic::AtomicU64::new(0),
+            clocks: std::sync::Mutex::new(None),
         })
     }
 
@@ -522,11 +573,16 @@ impl ProtocolClock {
         let floor = Time::from_duration(Duration::from_nanos(
             self.latest.load(std::sync::atomic::Ordering::Relaxed),
         ));
-        let (now, real_now) = (
-            Time::from_duration(monotonic().saturating_sub(self.epoch)),
-            realtime(),
-        );
-        let at = arrival_time(now, real_now, arrived, floor);
+        let (mono, real_now) = (monotonic(), realtime());
+        let now = Time::from_duration(mono.saturating_sub(self.epoch));
+        let offset = real_now.as_nanos() as i128 - mono.as_nanos() as i128;
+        let usable = {
+            let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+            let usable = stamp_usable(*clocks, mono, offset);
+            *clocks = Some((mono, offset));
+            usable
+        };
+        let at = arrival_time(now, real_now, arrived.filter(|_| usable), floor);
         self.note(at);
         at
     }
@@ -657,6 +713,37 @@ impl Unit {
         }
     }
 
+    /// One datagram of member `i`: checked, then (an advert) handed to the state machine at
+    /// its arrival time.
+    async fn receive(
+        &mut self,
+        machine: &mut Machine,
+        addrs: &mut AddressSocket,
+        clock: &ProtocolClock,
+        i: usize,
+        buf: &[u8],
+        raw: Result<super::socket::Received, super::socket::RawError>,
+    ) {
+        let arrived = raw.as_ref().ok().and_then(|r| r.arrived);
+        let m = &mut self.members[i];
+        let accepted = match raw {
+            Err(_) => Err(Discard::BadIpFraming),
+            Ok(rx) => check::check(&m.rx, &rx, buf),
+        };
+        match accepted {
+            Err(d) => m.discards.count(&m.spec.config.name, &d),
+            Ok(a) => {
+                if a.addresses_differ {
+                    // RFC 9568 §7.1: log it, keep the advert.
+                    m.discards.note(&m.spec.config.name, "addresses_differ");
+                }
+                let at = clock.arrival(arrived);
+                let out = machine.handle(i, Input::Advert(a.advert), at);
+                self.apply(machine, addrs, out).await;
+            }
+        }
+    }
+
     fn index(&self, name: &str) -> Option<usize> {
         self.members.iter().position(|m| m.spec.config.name == name)
     }
@@ -759,22 +846,34 @@ impl Unit {
                 Output::StateChanged { .. } | Output::PriorityChanged { .. } => {
                     later.push((i, Later::Output(out)));
                 }
-                Output::Reannounce => {
+                Output::Reannounce if m.holds_vips => {
                     // At most once a second: a peer (or anyone) flooding lower-priority
-                    // adverts must not turn into a flood of gratuitous ARPs.
+                    // adverts must not turn into a flood of gratuitous ARPs. But one heard
+                    // within the second is not ignored: the peer that sent it may have been
+                    // master for a moment and moved clients to itself with its own
+                    // gratuitous ARP; they come back at the end of the second.
                     let now = StdInstant::now();
-                    let recent = m
-                        .reannounced
-                        .is_some_and(|at| now.duration_since(at) < REANNOUNCE_MIN_INTERVAL);
-                    if m.holds_vips && !recent {
-                        m.reannounced = Some(now);
-                        info!(instance = %name, "lower-priority advert heard: announcing the virtual addresses again");
-                        if let Some(g) = m.garp.take() {
-                            g.abort();
+                    match reannounce_plan(m.reannounced, now) {
+                        Reannounce::Pending => {}
+                        Reannounce::Now => {
+                            m.reannounced = Some(now);
+                            info!(instance = %name, "lower-priority advert heard: announcing the virtual addresses again");
+                            if let Some(g) = m.garp.take() {
+                                g.abort();
+                            }
+                            m.garp = start_garp(m).await;
                         }
-                        m.garp = start_garp(m).await;
+                        Reannounce::After(delay) => {
+                            m.reannounced = Some(now + delay);
+                            info!(instance = %name, ?delay, "lower-priority advert heard: announcing the virtual addresses again after a pause");
+                            if let Some(g) = m.garp.take() {
+                                g.abort();
+                            }
+                            m.garp = Some(deferred_garp(&m.spec, delay));
+                        }
                     }
                 }
+                Output::Reannounce => {}
                 Output::SetTimer(t) => m.timer = t,
             }
         }
@@ -839,6 +938,35 @@ enum Later {
     Output(Output),
 }
 
+/// keepalived's `garp_master_*` schedule of a member.
+fn garp_config(m: &MemberSpec) -> GarpConfig {
+    let c = &m.config;
+    GarpConfig {
+        master_delay: c.garp_master_delay,
+        master_repeat: c.garp_master_repeat,
+        master_refresh: c.garp_master_refresh,
+        master_refresh_repeat: c.garp_master_refresh_repeat,
+        interval: Duration::ZERO,
+    }
+}
+
+/// The whole announcement schedule of a member, starting `delay` from now, as a task (on a
+/// socket of its own: nothing here is urgent).
+fn deferred_garp(m: &MemberSpec, delay: Duration) -> JoinHandle<()> {
+    let (config, ifindex, name) = (garp_config(m), m.ifindex, m.config.name.clone());
+    let vips: Vec<IpAddr> = m.vips.iter().map(|v| v.addr).collect();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        match GarpSender::open(ifindex, AnnounceOptions::default()) {
+            Ok(mut sender) => {
+                let mut schedule = GarpSchedule::new(&config, vips, StdInstant::now());
+                garp::run_schedule(&mut sender, &mut schedule).await
+            }
+            Err(e) => warn!(instance = %name, "cannot send gratuitous ARP/NA: {e}"),
+        }
+    })
+}
+
 /// The socket of a member's first bursts; `None` (with a warning) if it cannot be opened.
 fn open_announcer(m: &MemberSpec) -> Option<GarpSender> {
     GarpSender::open(m.ifindex, AnnounceOptions::default())
@@ -851,13 +979,7 @@ fn open_announcer(m: &MemberSpec) -> Option<GarpSender> {
 async fn start_garp(m: &mut Member) -> Option<JoinHandle<()>> {
     let spec = &m.spec;
     let c = &spec.config;
-    let config = GarpConfig {
-        master_delay: c.garp_master_delay,
-        master_repeat: c.garp_master_repeat,
-        master_refresh: c.garp_master_refresh,
-        master_refresh_repeat: c.garp_master_refresh_repeat,
-        interval: Duration::ZERO,
-    };
+    let config = garp_config(spec);
     if m.announcer.is_none() {
         m.announcer = open_announcer(spec);
     }
@@ -1003,5 +1125,54 @@ mod tests {
         // A stamp older than the protocol epoch itself.
         let early = arrival_time(Time::from_millis(2), real, Some(real - MS(500)), Time::ZERO);
         assert_eq!(early, Time::ZERO);
+    }
+
+    /// Lower-priority adverts: the first one, and one after the pause, announce now; one
+    /// within the pause announces at its end; more within it add nothing.
+    #[test]
+    fn lower_priority_adverts_are_answered_at_most_once_a_second() {
+        let t0 = StdInstant::now();
+        assert_eq!(reannounce_plan(None, t0), Reannounce::Now);
+        assert_eq!(
+            reannounce_plan(Some(t0), t0 + MS(300)),
+            Reannounce::After(MS(700))
+        );
+        assert_eq!(
+            reannounce_plan(Some(t0 + MS(1_000)), t0 + MS(400)),
+            Reannounce::Pending
+        );
+        assert_eq!(reannounce_plan(Some(t0), t0 + MS(1_000)), Reannounce::Now);
+    }
+
+    /// Stamps are trusted while the real-time clock only slews (500 ppm at most, plus 1 ms
+    /// of reading jitter), not across a step of either sign.
+    #[test]
+    fn a_stepped_clock_voids_stamps() {
+        let ms = |n: i128| n * 1_000_000;
+        let at = |secs| Duration::from_secs(secs);
+        let offset = ms(1_000_000);
+        assert!(stamp_usable(None, at(10), offset));
+        assert!(stamp_usable(Some((at(10), offset)), at(11), offset + ms(1)));
+        // 255 s (v2's longest interval) of the fastest slew.
+        assert!(stamp_usable(
+            Some((at(10), offset)),
+            at(265),
+            offset + ms(127)
+        ));
+        assert!(!stamp_usable(
+            Some((at(10), offset)),
+            at(11),
+            offset + ms(100)
+        ));
+        assert!(!stamp_usable(
+            Some((at(10), offset)),
+            at(11),
+            offset - ms(100)
+        ));
+        assert!(!stamp_usable(
+            Some((at(10), offset)),
+            at(10),
+            offset + ms(2)
+        ));
     }
 }

@@ -306,6 +306,11 @@ impl VrrpSocket {
         }
     }
 
+    /// A datagram already queued on the socket, without waiting (`WouldBlock` when none is).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Result<Received, RawError>> {
+        self.recv_now(self.fd.get_ref().as_raw_fd(), buf)
+    }
+
     fn recv_now(&self, fd: libc::c_int, buf: &mut [u8]) -> io::Result<Result<Received, RawError>> {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
