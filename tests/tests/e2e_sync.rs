@@ -125,7 +125,14 @@ fn failover(tag: &str, mode: SyncMode, change_backends: bool) {
         Duration::from_secs(15),
         || lb2_counter(&lab, "installed_entries") >= CONNECTIONS as u64,
     )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nlb1 sync: {}\nlb2 sync: {}\n{}",
+            lab.sync_status(1),
+            lab.sync_status(2),
+            lab.logs()
+        )
+    });
     eprintln!("lb1 sync: {}", lab.sync_status(1));
     eprintln!("lb2 sync: {}", lab.sync_status(2));
 

@@ -98,6 +98,8 @@ struct Shared {
     master: AtomicBool,
     stop: AtomicBool,
     index: Mutex<Arc<Index>>,
+    /// Bumped at each change of `index`.
+    index_gen: std::sync::atomic::AtomicU64,
     status: Mutex<SyncStatus>,
 }
 
@@ -142,6 +144,7 @@ impl SyncHandle {
             master: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             index: Mutex::new(Arc::new(Index::default())),
+            index_gen: std::sync::atomic::AtomicU64::new(0),
             status: Mutex::new(SyncStatus::default()),
         });
         let engine = Engine::new(c, key, socket, parts);
@@ -167,6 +170,7 @@ impl SyncHandle {
         if let Ok(mut g) = self.shared.index.lock() {
             if **g != ix {
                 *g = Arc::new(ix);
+                self.shared.index_gen.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -361,7 +365,13 @@ impl Engine {
         let mut was_master = false;
         let mut next_drain = Instant::now();
         let mut next_tick = Instant::now();
+        let mut index_gen = 0;
         while !shared.stop.load(Ordering::SeqCst) {
+            let gen = shared.index_gen.load(Ordering::SeqCst);
+            if gen != index_gen {
+                index_gen = gen;
+                self.receiver.index_changed();
+            }
             let master = shared.master.load(Ordering::SeqCst);
             if master != was_master {
                 self.role_changed(master);

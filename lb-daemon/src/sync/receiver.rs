@@ -179,6 +179,19 @@ pub struct Receiver {
     last: Option<LastData>,
     /// A whole-table sync has arrived since start.
     full_synced: bool,
+    /// Entries refused as naming a service or backend this node does not have, since the
+    /// last whole-table sync completed.
+    unknown_since_full: u64,
+    /// The last whole-table sync had such entries: this node's index may not have been
+    /// complete yet (the sync starts before the dataplane has its services and backends),
+    /// so the next index change asks for the whole table again ([`Receiver::index_changed`]).
+    full_incomplete: bool,
+    /// The index changed after entries of the whole table now arriving were refused: ask
+    /// for it again once it is in.
+    stale_drops: bool,
+    /// The daemon has given the engine an index: before, a whole table would be refused
+    /// entirely, so it is not asked for.
+    index_ready: bool,
     pub stats: ReceiverStats,
 }
 
@@ -206,12 +219,40 @@ impl Receiver {
             pending: Pending::default(),
             last: None,
             full_synced: false,
+            unknown_since_full: 0,
+            full_incomplete: false,
+            stale_drops: false,
+            index_ready: false,
             stats: ReceiverStats::default(),
         }
     }
 
     pub fn full_synced(&self) -> bool {
         self.full_synced
+    }
+
+    /// The last message of a whole-table sync was taken.
+    fn full_done(&mut self) {
+        self.stats.full_syncs += 1;
+        // Entries refused by an index that has changed since: the new one may name them.
+        self.full_synced = !self.stale_drops;
+        self.full_incomplete = !self.stale_drops && self.unknown_since_full > 0;
+        self.stale_drops = false;
+        self.unknown_since_full = 0;
+    }
+
+    /// The daemon gave the engine a new index (its dataplane changed). If the last whole
+    /// table, or the one arriving, had entries the old index could not name, ask for it
+    /// again: once per index change, so a peer whose configuration really differs does not
+    /// cause a loop.
+    pub fn index_changed(&mut self) {
+        self.index_ready = true;
+        if self.full_incomplete {
+            self.full_incomplete = false;
+            self.full_synced = false;
+        } else if self.unknown_since_full > 0 {
+            self.stale_drops = true;
+        }
     }
 
     /// Entries waiting for [`Receiver::install`].
@@ -307,8 +348,7 @@ impl Receiver {
                     at: now,
                 });
                 if h.flags & codec::F_FULL_DONE != 0 {
-                    self.full_synced = true;
-                    self.stats.full_syncs += 1;
+                    self.full_done();
                 }
                 Incoming::Data { entries: n }
             }
@@ -336,10 +376,12 @@ impl Receiver {
             };
             let Some(sid) = ix.service(r) else {
                 self.stats.drop("unknown_service");
+                self.unknown_since_full += 1;
                 continue;
             };
             let Some((bid, generation)) = ix.backend(sid, r) else {
                 self.stats.drop("unknown_backend");
+                self.unknown_since_full += 1;
                 continue;
             };
             let value = FlowValue {
@@ -422,7 +464,7 @@ impl Receiver {
         self.ack_seq = self.ack_seq.wrapping_add(1);
         let h = Header {
             msg_type: codec::TYPE_ACK,
-            flags: if self.full_synced {
+            flags: if self.full_synced || !self.index_ready {
                 0
             } else {
                 codec::F_REQUEST_FULL
@@ -458,6 +500,58 @@ pub fn lag_ms(a: &Ack, now_ms: u32, boot: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn receiver() -> Receiver {
+        Receiver::new(
+            ReceiverConfig {
+                sync_id: 1,
+                peers: vec![],
+                own: vec![],
+                boot_id: 7,
+            },
+            Key::new(&[0x42; 32]).unwrap(),
+        )
+    }
+
+    fn asks_full(r: &mut Receiver) -> bool {
+        let ack = r.ack(Instant::now(), 0);
+        // The header's flags byte: after the magic (2 bytes) and version/type (1).
+        ack[3] & codec::F_REQUEST_FULL != 0
+    }
+
+    /// A whole table taken while the index could not name all of it (the daemon had not
+    /// configured its dataplane yet) is asked for again at the next index change, once; a
+    /// complete one is not.
+    #[test]
+    fn an_incomplete_whole_table_is_asked_again_once_the_index_changes() {
+        let mut r = receiver();
+        assert!(!asks_full(&mut r), "not before the daemon gave an index");
+        r.index_changed();
+        assert!(asks_full(&mut r));
+        r.unknown_since_full = 120;
+        r.full_done();
+        assert!(!asks_full(&mut r));
+        r.index_changed();
+        assert!(asks_full(&mut r), "asked again after the index changed");
+        r.full_done();
+        assert!(!asks_full(&mut r));
+        r.index_changed();
+        assert!(!asks_full(&mut r), "a complete table is not asked again");
+        assert_eq!(r.stats.full_syncs, 2);
+
+        // The index changes while a whole table is arriving, after some of it was refused
+        // (seen in the namespace test: the table's first message came 12 ms before the
+        // daemon's first index): asked again as soon as that table is in.
+        let mut r = receiver();
+        r.index_changed();
+        r.unknown_since_full = 70;
+        r.index_changed();
+        r.unknown_since_full += 130;
+        r.full_done();
+        assert!(asks_full(&mut r), "asked again at once");
+        r.full_done();
+        assert!(!asks_full(&mut r));
+    }
 
     #[test]
     fn replay_window() {
