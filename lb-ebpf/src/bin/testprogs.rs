@@ -19,13 +19,20 @@ pub fn macswap(ctx: XdpContext) -> u32 {
     if start + 12 > ctx.data_end() {
         return xdp_action::XDP_PASS;
     }
-    let eth = start as *mut [[u8; 6]; 2];
     // SAFETY: the 12 bytes were checked to lie inside the frame.
-    unsafe {
-        let [dst, src] = eth.read();
-        eth.write([src, dst]);
-    }
+    unsafe { swap_macs(start) };
     xdp_action::XDP_TX
+}
+
+/// Swaps the destination and source MACs of the frame at `start`.
+///
+/// # Safety
+/// The frame's first 12 bytes must lie inside the packet.
+#[inline(always)]
+unsafe fn swap_macs(start: usize) {
+    let eth = start as *mut [[u8; 6]; 2];
+    let [dst, src] = eth.read();
+    eth.write([src, dst]);
 }
 
 /// The flow table of [`lru_insert`]: the load balancer's `FLOWS4` (same key and value sizes,
@@ -58,12 +65,8 @@ pub fn lru_insert(ctx: XdpContext) -> u32 {
     if LRU_FLOWS.insert(&key, &value, 1).is_err() {
         return xdp_action::XDP_PASS;
     }
-    let eth = start as *mut [[u8; 6]; 2];
-    // SAFETY: as in `macswap`.
-    unsafe {
-        let [dst, src] = eth.read();
-        eth.write([src, dst]);
-    }
+    // SAFETY: the 38 bytes checked above include the MACs.
+    unsafe { swap_macs(start) };
     xdp_action::XDP_TX
 }
 
