@@ -164,6 +164,8 @@ pub struct BackendValue {
     pub generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 16);
+// The program copies `mac` in 16-bit words.
+const _: () = assert!(core::mem::offset_of!(BackendValue, mac) % 2 == 0);
 
 /// Key of `FLOWS4`. Fragments use ports 0 (see "Fragments").
 #[repr(C)]
@@ -208,16 +210,40 @@ pub struct FlowValue {
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 
-/// A slot of `FLOW_CACHE4`, a per-CPU direct-mapped cache in front of `FLOWS4`. A hit is
-/// only a hint, validated like any flow (service active, not idle, backend still there);
-/// the LRU stays the source of truth and gets the flow's timestamp once a second.
+/// Value of `CLOCK`'s one element: what the program reads once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Clock {
+    /// Seconds of CLOCK_MONOTONIC, written by the daemon every second: flow idle times and
+    /// persistence are measured on it.
+    pub now: u32,
+    /// Bumped by the daemon after every write to `SERVICE_INFO` or `BACKENDS`. A flow-cache
+    /// slot filled under the current epoch saw the service and backend as they still are.
+    pub epoch: u32,
+}
+const _: () = assert!(core::mem::size_of::<Clock>() == 8);
+
+/// A slot of `FLOW_CACHE4`, a per-CPU direct-mapped cache in front of `FLOWS4`.
+///
+/// A hit under the current `Clock::epoch` whose flow was seen this second goes out at once
+/// with the cached MAC: nothing it was checked against (service active, backend present,
+/// same generation, its MAC) has been written since, and a flow seen this second is not
+/// idle. Any other hit is validated like a table entry. The LRU stays the source of truth
+/// and gets the flow's timestamp once a second.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCache4 {
     pub key: FlowKey4,
     pub value: FlowValue,
+    /// `Clock::epoch` when the slot was filled.
+    pub epoch: u32,
+    /// The backend's MAC when the slot was filled (at an even offset: the program copies it
+    /// in 16-bit words).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<FlowCache4>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowCache4>() == 48);
+const _: () = assert!(core::mem::offset_of!(FlowCache4, mac) % 2 == 0);
 
 /// A slot of `FLOW_CACHE6`.
 #[repr(C)]
@@ -225,8 +251,12 @@ const _: () = assert!(core::mem::size_of::<FlowCache4>() == 32);
 pub struct FlowCache6 {
     pub key: FlowKey6,
     pub value: FlowValue,
+    pub epoch: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<FlowCache6>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowCache6>() == 72);
+const _: () = assert!(core::mem::offset_of!(FlowCache6, mac) % 2 == 0);
 
 /// Key of `PERSIST4`.
 #[repr(C)]
@@ -417,6 +447,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for PersistKey4 {}
+    unsafe impl aya::Pod for Clock {}
     unsafe impl aya::Pod for FlowCache4 {}
     unsafe impl aya::Pod for FlowCache6 {}
     unsafe impl aya::Pod for PersistKey6 {}

@@ -13,7 +13,7 @@ use aya_log_ebpf::warn;
 use lb_common::{reason::*, *};
 
 use crate::{
-    forward::rewrite_macs,
+    forward::{backend_mac, mac_words, rewrite_macs, MacWords},
     maps::*,
     parse::{self, ETH_P_IP, ETH_P_IPV6, L3},
     stats::{count_forward, may_log},
@@ -31,6 +31,7 @@ const EEXIST: i32 = 17;
 
 /// The per-family maps and keys.
 trait Family {
+    const V4: bool;
     type Flow: 'static;
     type Svc: 'static;
     type Persist: 'static;
@@ -42,8 +43,15 @@ trait Family {
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> Self::Persist;
     type Cache: 'static;
     fn cache() -> &'static Array<Self::Cache>;
-    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue);
-    fn cache_fill(c: &mut Self::Cache, key: &Self::Flow, value: &FlowValue);
+    /// The slot's key, flow, epoch and MAC.
+    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue, u32, MacWords);
+    fn cache_fill(
+        c: &mut Self::Cache,
+        key: &Self::Flow,
+        value: &FlowValue,
+        epoch: u32,
+        b: &BackendValue,
+    );
     /// The flow's cache slot, before masking: cheap and well mixed.
     fn slot(key: &Self::Flow) -> u32;
     /// Key equality, written out so that it never becomes a call to `bcmp`.
@@ -74,6 +82,7 @@ struct V4;
 struct V6;
 
 impl Family for V4 {
+    const V4: bool = true;
     type Flow = FlowKey4;
     type Svc = ServiceKey4;
     type Persist = PersistKey4;
@@ -118,13 +127,23 @@ impl Family for V4 {
         &FLOW_CACHE4
     }
     #[inline(always)]
-    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue) {
-        (&c.key, &mut c.value)
+    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue, u32, MacWords) {
+        // SAFETY: `FlowCache4` is 4-aligned and `mac` is at an even offset (lb-common).
+        let mac = unsafe { mac_words(&c.mac) };
+        (&c.key, &mut c.value, c.epoch, mac)
     }
     #[inline(always)]
-    fn cache_fill(c: &mut FlowCache4, key: &FlowKey4, value: &FlowValue) {
+    fn cache_fill(
+        c: &mut FlowCache4,
+        key: &FlowKey4,
+        value: &FlowValue,
+        epoch: u32,
+        b: &BackendValue,
+    ) {
         c.key = *key;
         c.value = *value;
+        c.epoch = epoch;
+        c.mac = b.mac;
     }
     #[inline(always)]
     fn slot(k: &FlowKey4) -> u32 {
@@ -149,6 +168,7 @@ impl Family for V4 {
 }
 
 impl Family for V6 {
+    const V4: bool = false;
     type Flow = FlowKey6;
     type Svc = ServiceKey6;
     type Persist = PersistKey6;
@@ -208,13 +228,23 @@ impl Family for V6 {
         &FLOW_CACHE6
     }
     #[inline(always)]
-    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue) {
-        (&c.key, &mut c.value)
+    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue, u32, MacWords) {
+        // SAFETY: `FlowCache6` is 4-aligned and `mac` is at an even offset (lb-common).
+        let mac = unsafe { mac_words(&c.mac) };
+        (&c.key, &mut c.value, c.epoch, mac)
     }
     #[inline(always)]
-    fn cache_fill(c: &mut FlowCache6, key: &FlowKey6, value: &FlowValue) {
+    fn cache_fill(
+        c: &mut FlowCache6,
+        key: &FlowKey6,
+        value: &FlowValue,
+        epoch: u32,
+        b: &BackendValue,
+    ) {
         c.key = *key;
         c.value = *value;
+        c.epoch = epoch;
+        c.mac = b.mac;
     }
     #[inline(always)]
     fn slot(k: &FlowKey6) -> u32 {
@@ -252,25 +282,30 @@ impl Family for V6 {
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> Result<u32, u32> {
     let (ethertype, l3_off) = parse::ethernet(ctx)?;
-    let l3 = match ethertype {
-        ETH_P_IP => parse::ipv4(ctx, l3_off)?,
-        ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
-        _ => return Err(PASS_NOT_IP),
-    };
-    let v4 = l3.family == FAMILY_V4;
+    // Each family runs to its verdict on its own: had both parses joined before the
+    // protocol dispatch, every header word of both would be live at the join (IPv6's eight
+    // address words among them), and the IPv4 path would pay for their spills.
+    match ethertype {
+        ETH_P_IP => transport::<V4>(ctx, &parse::ipv4(ctx, l3_off)?),
+        ETH_P_IPV6 => transport::<V6>(ctx, &parse::ipv6(ctx, l3_off)?),
+        _ => Err(PASS_NOT_IP),
+    }
+}
+
+#[inline(always)]
+fn transport<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     match l3.proto {
-        PROTO_TCP | PROTO_UDP if v4 => l4::<V4>(ctx, &l3),
-        PROTO_TCP | PROTO_UDP => l4::<V6>(ctx, &l3),
-        PROTO_ICMP if v4 => icmp::<V4>(ctx, &l3),
-        PROTO_ICMPV6 if !v4 => icmp::<V6>(ctx, &l3),
+        PROTO_TCP | PROTO_UDP => l4::<F>(ctx, l3),
+        PROTO_ICMP if F::V4 => icmp::<F>(ctx, l3),
+        PROTO_ICMPV6 if !F::V4 => icmp::<F>(ctx, l3),
         PROTO_VRRP => Err(PASS_VRRP),
         _ => Err(PASS_OTHER_PROTO),
     }
 }
 
 #[inline(always)]
-fn clock() -> u32 {
-    CLOCK.get(0).copied().unwrap_or(0)
+fn clock() -> Clock {
+    CLOCK.get(0).copied().unwrap_or_default()
 }
 
 /// A backend that may keep its flows: present, same occupant as when the flow was created.
@@ -283,14 +318,14 @@ fn live_backend(id: u32, generation: u32) -> Option<&'static BackendValue> {
 /// TCP and UDP, whole packets and fragments.
 #[inline(always)]
 fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
-    let now = clock();
+    let clk = clock();
     if l3.fragment {
         // Every fragment of a datagram, the first included, is balanced by (client, VIP,
         // protocol) with ports 0: later fragments carry no ports, and all of them must
         // reach the backend that reassembles the datagram.
         let key = F::flow(&l3.src, &l3.dst, 0, 0, l3.proto);
         let slot = cache_index::<F>(&key);
-        if let Some(r) = established::<F>(ctx, &key, slot, now, FWD_FRAGMENT) {
+        if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_FRAGMENT) {
             return r;
         }
         let svc = F::services()
@@ -298,7 +333,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             .ok_or(PASS_NO_SERVICE)?;
         // SAFETY: the daemon replaces values whole (map update), never in place.
         let id = unsafe { (*svc).id };
-        return new_flow::<F>(ctx, id, &key, slot, l3, 0, now, FWD_FRAGMENT, false);
+        return new_flow::<F>(ctx, id, &key, slot, l3, 0, clk, FWD_FRAGMENT, false);
     }
     let l4 = parse::ports(ctx, l3)?;
     let key = F::flow(&l3.src, &l3.dst, l4.sport, l4.dport, l3.proto);
@@ -308,13 +343,13 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         // the insert, which walks the flow's bucket anyway, say whether the flow exists
         // (see `new_flow`). That skips a cache probe and a table lookup, both cache misses.
         let id = service::<F>(l3, l4.dport)?;
-        return new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, now, FWD_NEW_FLOW, true);
+        return new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, FWD_NEW_FLOW, true);
     }
-    if let Some(r) = established::<F>(ctx, &key, slot, now, FWD_ESTABLISHED) {
+    if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED) {
         return r;
     }
     let id = service::<F>(l3, l4.dport)?;
-    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, now, FWD_NEW_FLOW, false)
+    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, FWD_NEW_FLOW, false)
 }
 
 /// The index of the flow's slot in this CPU's region of the cache. Computed once per
@@ -356,7 +391,12 @@ fn send_established(
     e: &FlowValue,
     reason: u32,
 ) -> Result<u32, u32> {
-    rewrite_macs(ctx, &b.mac)?;
+    send_to(ctx, backend_mac(b), e, reason)
+}
+
+#[inline(always)]
+fn send_to(ctx: &XdpContext, mac: MacWords, e: &FlowValue, reason: u32) -> Result<u32, u32> {
+    rewrite_macs(ctx, mac)?;
     count_forward(ctx, e.service, e.backend, false);
     Ok(reason)
 }
@@ -370,19 +410,25 @@ fn established<F: Family>(
     ctx: &XdpContext,
     key: &F::Flow,
     slot: u32,
-    now: u32,
+    clk: Clock,
     reason: u32,
 ) -> Option<Result<u32, u32>> {
+    let now = clk.now;
     let cache = cache_slot::<F>(slot);
     if let Some(c) = cache {
         // SAFETY: a slot of this CPU's region: only this CPU touches it, and the program
         // runs to its end on one CPU (XDP runs with migration disabled).
-        let (ckey, cval) = F::cache_parts(unsafe { &mut *c });
-        if F::same(ckey, key) {
+        let (ckey, cval, cepoch, cmac) = F::cache_parts(unsafe { &mut *c });
+        if F::same(ckey, key) && cepoch == clk.epoch {
+            // Seen this second, under the epoch the slot was filled in: neither idle nor
+            // changed since it was checked (see `FlowCache4`). No service or backend read.
+            if cval.last_seen == now {
+                return Some(send_to(ctx, cmac, cval, reason));
+            }
+            // Once a second the flow is checked again, and the table hears from the cache
+            // (out of line: the hot path stays short).
             if let Some(b) = usable(cval, now) {
-                // Once a second the table hears from the cache (out of line: the hot path
-                // stays short).
-                if cval.last_seen == now || write_through::<F>(key, cval, now) {
+                if write_through::<F>(key, cval, now) {
                     return Some(send_established(ctx, b, cval, reason));
                 }
             }
@@ -402,7 +448,7 @@ fn established<F: Family>(
     }
     if let Some(c) = cache {
         // SAFETY: per-CPU slot, as above.
-        F::cache_fill(unsafe { &mut *c }, key, e);
+        F::cache_fill(unsafe { &mut *c }, key, e, clk.epoch, b);
     }
     Some(send_established(ctx, b, e, reason))
 }
@@ -470,10 +516,11 @@ fn new_flow<F: Family>(
     slot: u32,
     l3: &L3,
     sport: u16,
-    now: u32,
+    clk: Clock,
     reason: u32,
     syn: bool,
 ) -> Result<u32, u32> {
+    let now = clk.now;
     let svc = SERVICE_INFO.get(id).ok_or(PASS_NO_SERVICE)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(PASS_INACTIVE);
@@ -494,7 +541,7 @@ fn new_flow<F: Family>(
             }
         }
         Err(e) if syn && e == -EEXIST => {
-            if let Some(r) = established::<F>(ctx, key, slot, now, FWD_ESTABLISHED) {
+            if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED) {
                 if fresh && svc.sched != SCHED_SH && svc.sched != SCHED_MH {
                     unstep_rr(svc.id);
                 }
@@ -521,9 +568,9 @@ fn new_flow<F: Family>(
     }
     if let Some(c) = cache_slot::<F>(slot) {
         // SAFETY: this CPU's slot, as in `established`.
-        F::cache_fill(unsafe { &mut *c }, key, &value);
+        F::cache_fill(unsafe { &mut *c }, key, &value, clk.epoch, b);
     }
-    rewrite_macs(ctx, &b.mac)?;
+    rewrite_macs(ctx, backend_mac(b))?;
     count_forward(ctx, id, backend, true);
     Ok(reason)
 }

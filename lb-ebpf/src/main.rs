@@ -7,6 +7,9 @@
 //! the stack untouched. `docs/architecture.md` has the whole picture and the verdict table.
 #![no_std]
 #![no_main]
+// For the empty `asm!` that hides a value from the optimiser (parse.rs). aya-ebpf uses the
+// same feature; the build runs with the library sources, as on nightly.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod forward;
 mod lb;

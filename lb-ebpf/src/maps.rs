@@ -8,9 +8,10 @@ use aya_ebpf::{
 use lb_common::*;
 
 /// The MAC address of the interface the program is attached to: the source of every frame
-/// it sends. Set at load time.
+/// it sends, in the 16-bit words the program copies (the bytes are the address's, in order).
+/// Set at load time.
 #[unsafe(no_mangle)]
-pub static IFACE_MAC: Global<[u8; 6]> = Global::new([0; 6]);
+pub static IFACE_MAC: Global<[u16; 3]> = Global::new([0; 3]);
 
 /// Slots of each flow cache, a power of two. Set at load time.
 #[unsafe(no_mangle)]
@@ -79,11 +80,12 @@ pub static PERSIST4: LruHashMap<PersistKey4, FlowValue> =
 pub static PERSIST6: LruHashMap<PersistKey6, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_MAX_PERSIST, 0);
 
-/// Slot 0: seconds of CLOCK_MONOTONIC, written by the daemon every second. Reading it is
-/// a memory load, where `bpf_ktime_get_ns` is a helper call that dominated the cost of an
-/// established flow; timeouts are whole seconds anyway.
+/// Slot 0: seconds of CLOCK_MONOTONIC, written by the daemon every second, and the epoch of
+/// the service and backend state (`Clock`). Reading the seconds is a memory load, where
+/// `bpf_ktime_get_ns` is a helper call that dominated the cost of an established flow;
+/// timeouts are whole seconds anyway.
 #[map]
-pub static CLOCK: Array<u32> = Array::with_max_entries(1, 0);
+pub static CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 
 /// Service id -> the rr/wrr position of this CPU. Per CPU, so choosing never races.
 #[map]

@@ -122,6 +122,24 @@ fn ipv6_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv6Field
     })
 }
 
+/// The frame's length, for the checks of the IP length fields against it.
+///
+/// Hidden from the optimiser: knowing `l3_end <= data_end - data`, LLVM would drop the later
+/// packet-pointer bounds checks that `l3_end` checks imply, and the verifier, which tracks
+/// packet ranges per pointer and not such relations, then refuses the loads they guarded.
+/// The barrier is an empty `asm!`: no instruction.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    #[allow(unused_mut)]
+    let mut len = ctx.data_end() - ctx.data();
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: an empty template: no instruction, no memory access.
+    unsafe {
+        core::arch::asm!("# {0}", inout(reg) len, options(pure, nomem, nostack, preserves_flags));
+    }
+    len
+}
+
 /// What the layer-3 parse found.
 pub struct L3 {
     pub family: u8,
@@ -176,7 +194,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         return Err(DROP_MALFORMED_IPV4);
     }
     let tot_len = h.tot_len as usize;
-    let frame = ctx.data_end() - ctx.data();
+    let frame = frame_len(ctx);
     if tot_len < ihl || off + tot_len > frame {
         return Err(DROP_MALFORMED_IPV4);
     }
@@ -206,7 +224,7 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         // A jumbogram (RFC 2675) or an empty packet: nothing we balance.
         return Err(PASS_UNSUPPORTED);
     }
-    let frame = ctx.data_end() - ctx.data();
+    let frame = frame_len(ctx);
     let l3_end = off + IPV6_HLEN + payload;
     if l3_end > frame {
         return Err(DROP_MALFORMED_IPV6);

@@ -7,7 +7,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use lb_common::{
-    names, reason, BackendValue, ReasonCounters, ServiceKey4, ServiceKey6, ServiceRef,
+    names, reason, BackendValue, Clock, ReasonCounters, ServiceKey4, ServiceKey6, ServiceRef,
     ServiceValue, TrafficCounters, FAMILY_V4,
 };
 
@@ -109,7 +109,9 @@ pub struct BpfMaps {
     infos: Array<MapData, ServiceValue>,
     backends: Array<MapData, BackendValue>,
     rings: Array<MapData, u32>,
-    clock: Array<MapData, u32>,
+    clock: Array<MapData, Clock>,
+    /// What `clock` holds: both fields are written together, and only from here.
+    clock_now: Clock,
     reason_stats: PerCpuArray<MapData, ReasonCounters>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -157,13 +159,18 @@ fn kernel(
 impl BpfMaps {
     /// Takes the maps out of a loaded program.
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
+        let clock: Array<MapData, Clock> = take(ebpf, names::CLOCK)?;
+        let clock_now = clock
+            .get(&0, 0)
+            .map_err(kernel(names::CLOCK, "read"))?;
         Ok(Self {
             services4: take(ebpf, names::SERVICES4)?,
             services6: take(ebpf, names::SERVICES6)?,
             infos: take(ebpf, names::SERVICE_INFO)?,
             backends: take(ebpf, names::BACKENDS)?,
             rings: take(ebpf, names::RINGS)?,
-            clock: take(ebpf, names::CLOCK)?,
+            clock,
+            clock_now,
             reason_stats: take(ebpf, names::REASON_STATS)?,
             service_stats: take(ebpf, names::SERVICE_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
@@ -173,9 +180,28 @@ impl BpfMaps {
     /// Sets the program's clock (seconds): flow idle times and persistence are measured on
     /// it. The daemon writes CLOCK_MONOTONIC seconds every second; tests move it by hand.
     pub fn set_clock(&mut self, seconds: u32) -> Result<(), MapWriteError> {
+        self.write_clock(Clock {
+            now: seconds,
+            ..self.clock_now
+        })
+    }
+
+    /// Tells the program that a service's state or a backend changed: flow-cache slots
+    /// filled before are checked again before their next use (`lb_common::FlowCache4`).
+    /// Called after the change, so that a slot filled under the new epoch saw it.
+    fn bump_epoch(&mut self) -> Result<(), MapWriteError> {
+        self.write_clock(Clock {
+            epoch: self.clock_now.epoch.wrapping_add(1),
+            ..self.clock_now
+        })
+    }
+
+    fn write_clock(&mut self, clock: Clock) -> Result<(), MapWriteError> {
         self.clock
-            .set(0, seconds, 0)
-            .map_err(kernel(names::CLOCK, "update"))
+            .set(0, clock, 0)
+            .map_err(kernel(names::CLOCK, "update"))?;
+        self.clock_now = clock;
+        Ok(())
     }
 
     /// Packets and bytes per reason, summed over CPUs.
@@ -253,15 +279,22 @@ impl MapWriter for BpfMaps {
     }
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError> {
         count_write();
-        self.infos
+        let written = self
+            .infos
             .set(id, value, 0)
-            .map_err(kernel(names::SERVICE_INFO, "update"))
+            .map_err(kernel(names::SERVICE_INFO, "update"));
+        // Even after a failed write: it may have changed something.
+        self.bump_epoch()?;
+        written
     }
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
         count_write();
-        self.backends
+        let written = self
+            .backends
             .set(id, value, 0)
-            .map_err(kernel(names::BACKENDS, "update"))
+            .map_err(kernel(names::BACKENDS, "update"));
+        self.bump_epoch()?;
+        written
     }
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
         count_write();
