@@ -160,9 +160,7 @@ impl BpfMaps {
     /// Takes the maps out of a loaded program.
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
         let clock: Array<MapData, Clock> = take(ebpf, names::CLOCK)?;
-        let clock_now = clock
-            .get(&0, 0)
-            .map_err(kernel(names::CLOCK, "read"))?;
+        let clock_now = clock.get(&0, 0).map_err(kernel(names::CLOCK, "read"))?;
         Ok(Self {
             services4: take(ebpf, names::SERVICES4)?,
             services6: take(ebpf, names::SERVICES6)?,
