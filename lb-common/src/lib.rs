@@ -114,6 +114,10 @@ const _: () = assert!(core::mem::size_of::<ServiceRef>() == 8);
 pub const SVC_F_ACTIVE: u32 = 1 << 0;
 /// `sh` and `mh` hash the source port as well as the source address (IPVS `sh-port`/`mh-port`).
 pub const SVC_F_HASH_PORT: u32 = 1 << 2;
+/// A TCP packet other than an opening SYN of a flow the table does not know is scheduled
+/// as a new flow (IPVS's `sloppy_tcp`; what lets connections survive a failover without
+/// sync). Clear: it goes to the stack, as IPVS does by default.
+pub const SVC_F_SLOPPY_TCP: u32 = 1 << 3;
 
 /// Scheduler codes. The kernel needs only the way a ring slot is chosen: rr and wrr step a
 /// per-CPU counter, sh and mh hash the source. The ring contents make the difference.
@@ -393,15 +397,27 @@ pub mod reason {
     /// PASS: the maps are inconsistent (a ring slot names an empty backend slot); the
     /// program logs it, the daemon repairs it.
     pub const PASS_MAP_ERROR: u32 = 18;
+    /// TX: a TCP packet other than an opening SYN, of a flow the table did not know, was
+    /// scheduled as a new flow (the service has `sloppy_tcp`: a connection that a failover
+    /// or an expiry left without its entry).
+    pub const FWD_NEW_FLOW_MIDSTREAM: u32 = 19;
+    /// PASS: a TCP packet other than an opening SYN, of a flow the table does not know, in
+    /// a service without `sloppy_tcp` (IPVS schedules only on SYN; the stack answers it).
+    pub const PASS_NOT_SYN: u32 = 20;
+    /// DROP: an IPv4 header whose checksum is wrong (the stack would drop it before IPVS
+    /// saw it; XDP sees it first).
+    pub const DROP_BAD_IPV4_CSUM: u32 = 21;
 
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
 
     /// The verdict that goes with a reason.
     pub const fn verdict(reason: u32) -> u32 {
         match reason {
-            FWD_ESTABLISHED | FWD_NEW_FLOW | FWD_FRAGMENT | FWD_ICMP => XDP_TX,
+            FWD_ESTABLISHED | FWD_NEW_FLOW | FWD_FRAGMENT | FWD_ICMP | FWD_NEW_FLOW_MIDSTREAM => {
+                XDP_TX
+            }
             DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6 | DROP_MALFORMED_L4
-            | DROP_MALFORMED_ICMP => XDP_DROP,
+            | DROP_MALFORMED_ICMP | DROP_BAD_IPV4_CSUM => XDP_DROP,
             _ => XDP_PASS,
         }
     }
@@ -428,6 +444,9 @@ pub mod reason {
             DROP_MALFORMED_L4 => "drop_malformed_l4",
             DROP_MALFORMED_ICMP => "drop_malformed_icmp",
             PASS_MAP_ERROR => "pass_map_error",
+            FWD_NEW_FLOW_MIDSTREAM => "fwd_new_flow_midstream",
+            PASS_NOT_SYN => "pass_not_syn",
+            DROP_BAD_IPV4_CSUM => "drop_bad_ipv4_csum",
             _ => "unknown",
         }
     }

@@ -120,6 +120,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
         proto: Proto::Tcp,
         sched: Scheduler::Rr,
         hash_port: false,
+        sloppy_tcp: true,
         persistence_timeout: 0,
         persistence_prefix: 32,
         idle_timeout: default_idle_timeout(Proto::Tcp),

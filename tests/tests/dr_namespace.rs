@@ -275,6 +275,87 @@ fn tcp_check_removes_and_restores_a_real_server() {
     assert_shares("all three up again", &counts(&bodies), [1, 1, 1], 30);
 }
 
+/// A check outage on a real server that keeps serving (issue 15, defect 1): its checks fail
+/// (its replies to the LB vanish into a blackhole route, the client's traffic is untouched),
+/// the daemon marks it down, and its established keep-alive connections carry on through
+/// the outage and after it, with no reset: a down verdict takes a real server out of the
+/// scheduling, not out of its flows (IPVS with `expire_nodest_conn = 0`). New connections
+/// avoid it meanwhile. Then the same outage with `expire_nodest_conn = true`: its
+/// connections are rescheduled, so the other servers answer them with RST (the test can
+/// fail: that is what happened to every connection before the fix).
+#[test]
+fn a_check_outage_resets_no_established_connection() {
+    if !require_lab("a_check_outage_resets_no_established_connection") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("db"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let check = "  TCP_CHECK = { connect_timeout = 0.3, retry = 0, delay_before_retry = 0.1, warmup = 0 }\n";
+    let config = |expire: bool| {
+        lab_config(&lab, "skb", "rr", &[1, 1, 1])
+            .replace(
+                "lb_kind = \"DR\"\n",
+                &format!("lb_kind = \"DR\"\ndelay_loop = 0.2\nexpire_nodest_conn = {expire}\n"),
+            )
+            .replace("  weight = 1\n", &format!("  weight = 1\n{check}"))
+    };
+    let (daemon, cfg) =
+        start_daemon(&lab, &config(false), "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let target: std::net::SocketAddr = "192.0.2.100:80".parse().unwrap();
+    let log = || daemon.read_stderr();
+
+    // One check outage of rs2; returns the round run while rs2 is down and the one after.
+    let outage = |conns: &mut lb_tests::e2e_lab::LongLived| {
+        let downs = log().matches("backend=192.0.2.12:80 up=false").count();
+        let ups = log().matches("backend=192.0.2.12:80 up=true").count();
+        lab.server(2)
+            .ip(&["route", "add", "blackhole", "192.0.2.2/32"])
+            .unwrap();
+        lb_tests::netns::wait_until("rs2 down", Duration::from_secs(5), || {
+            log().matches("backend=192.0.2.12:80 up=false").count() > downs
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+        let during = conns.round();
+        // New connections avoid the down server.
+        let bodies = lab
+            .curl_batch("192.0.2.100", 30)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+        assert_eq!(counts(&bodies).get("rs2"), None, "{:?}", counts(&bodies));
+        lab.server(2)
+            .ip(&["route", "del", "blackhole", "192.0.2.2/32"])
+            .unwrap();
+        lb_tests::netns::wait_until("rs2 up again", Duration::from_secs(5), || {
+            log().matches("backend=192.0.2.12:80 up=true").count() > ups
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+        (during, conns.round())
+    };
+
+    let mut conns = lb_tests::e2e_lab::LongLived::open(lab.client(), target, 12)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let on_rs2 = conns.by_backend().get("rs2").copied().unwrap_or(0);
+    assert!(
+        on_rs2 >= 2,
+        "rr spreads 12 connections: {:?}",
+        conns.by_backend()
+    );
+    let (during, after) = outage(&mut conns);
+    eprintln!("expire_nodest_conn = false: during the outage {during:?}, after {after:?}");
+    assert_eq!(during.ok, 12, "during the outage: {during:?}\n{}", log());
+    assert_eq!(after.ok, 12, "after the outage: {after:?}");
+
+    // IPVS's other choice: the down server's connections are rescheduled, and reset.
+    reload(&daemon, &cfg, &config(true)).unwrap();
+    let mut conns = lb_tests::e2e_lab::LongLived::open(lab.client(), target, 12)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let on_rs2 = conns.by_backend().get("rs2").copied().unwrap_or(0);
+    assert!(on_rs2 >= 2, "rr spreads 12 connections: {:?}", conns.by_backend());
+    let (during, _) = outage(&mut conns);
+    eprintln!("expire_nodest_conn = true: {on_rs2} on rs2, during the outage {during:?}");
+    assert_eq!(during.resets, on_rs2, "{during:?}");
+    assert_eq!(during.ok, 12 - on_rs2, "{during:?}");
+}
+
 /// A reload that changes weights keeps an open connection on its real server: no flow-table
 /// flush. A keep-alive HTTP connection sends one request, the daemon reloads with new weights
 /// (and a new scheduler), the same connection sends another and gets the same server.

@@ -49,6 +49,7 @@ fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler, n: usize) -> 
         proto,
         sched,
         hash_port: false,
+        sloppy_tcp: true,
         persistence_timeout: 0,
         persistence_prefix: 32,
         idle_timeout: lb_daemon::dataplane::default_idle_timeout(proto),

@@ -127,6 +127,15 @@ struct RawVirtualServer {
     /// The VIP is not owned by a vrrp_instance: this node always serves it.
     #[serde(default, rename = "static")]
     is_static: bool,
+    /// IPVS's `sloppy_tcp`, per service: a TCP packet other than an opening SYN, of a flow
+    /// the table does not know, is scheduled (on by default: connections then survive a
+    /// failover or an expiry without sync). false: only a SYN opens a flow, as in IPVS.
+    sloppy_tcp: Option<bool>,
+    /// IPVS's `expire_nodest_conn`, per service: the flows of a real server that fails its
+    /// checks (or of every real server while a sorry_server stands in) are rescheduled.
+    /// Off by default: they keep going to it, so a false verdict resets nothing.
+    #[serde(default)]
+    expire_nodest_conn: bool,
     #[serde(default)]
     real_server: Vec<RawRealServer>,
     /// Seconds between checks of each real server (keepalived's default: 60).
@@ -218,6 +227,10 @@ pub struct VirtualServer {
     pub hash_port: bool,
     pub idle_timeout: u32,
     pub is_static: bool,
+    /// IPVS `sloppy_tcp` (see the TOML key).
+    pub sloppy_tcp: bool,
+    /// IPVS `expire_nodest_conn` (see the TOML key).
+    pub expire_nodest_conn: bool,
     pub real_servers: Vec<RealServer>,
     pub quorum: u32,
     pub hysteresis: u32,
@@ -507,9 +520,12 @@ impl Config {
     /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
     /// where the VIP is static or held by a VRRP instance that is master (`master_vips`),
     /// and each real server as its health checks say (`health_of`: up, dynamic weight; no
-    /// verdict yet counts as up). A failing real server keeps its place in the list: with
-    /// `inhibit_on_failure` it drains (weight 0: its flows stay), otherwise it becomes
-    /// unusable (its flows move, as IPVS does when the real server is removed).
+    /// verdict yet counts as up). A failing real server keeps its place in the list and
+    /// takes no new flow; its established flows keep going to it (IPVS keeps them too, with
+    /// `expire_nodest_conn` at its default 0), so a false verdict resets nothing. With the
+    /// service's `expire_nodest_conn` (and without `inhibit_on_failure`, which in IPVS
+    /// keeps the server in the table) it becomes unusable instead: its flows are
+    /// rescheduled. The real servers a sorry_server stands in for follow the same rule.
     pub fn service_specs(
         &self,
         mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
@@ -542,7 +558,7 @@ impl Config {
                             (None, false) => BackendSpec {
                                 addr: rs.addr,
                                 weight: 0,
-                                mac: None,
+                                mac: if vs.expire_nodest_conn { None } else { mac },
                             },
                         }
                     })
@@ -551,11 +567,14 @@ impl Config {
                 if !has_quorum(vs) {
                     match vs.sorry_server {
                         // keepalived swaps the pool for the sorry server: the real servers
-                        // (kept in the list, so their ids and order stay) take no traffic.
+                        // (kept in the list, so their ids and order stay) take no new flow,
+                        // and keep their established ones unless `expire_nodest_conn`.
                         Some(sorry) => {
                             for b in &mut backends {
                                 b.weight = 0;
-                                b.mac = None;
+                                if vs.expire_nodest_conn {
+                                    b.mac = None;
+                                }
                             }
                             backends.push(BackendSpec {
                                 addr: sorry,
@@ -575,6 +594,7 @@ impl Config {
                     persistence_timeout: vs.persistence_timeout,
                     persistence_prefix: vs.persistence_prefix,
                     idle_timeout: vs.idle_timeout,
+                    sloppy_tcp: vs.sloppy_tcp,
                     active,
                     backends,
                 }
@@ -785,6 +805,8 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             .idle_timeout
             .unwrap_or_else(|| default_idle_timeout(proto)),
         is_static: vs.is_static,
+        sloppy_tcp: vs.sloppy_tcp.unwrap_or(true),
+        expire_nodest_conn: vs.expire_nodest_conn,
         real_servers,
         quorum: match &vs.quorum {
             None => 1,
@@ -1161,9 +1183,35 @@ lb_kind = \"DR\"
                 .collect::<Vec<_>>(),
             [
                 ("192.0.2.11".to_string(), 7, true),
+                // Failing: no new flows, established ones stay (expire_nodest_conn off).
+                ("192.0.2.12".to_string(), 0, true),
+                ("192.0.2.13".to_string(), 0, true),
+                // No verdict yet: takes no flow (and has none to keep).
+                ("192.0.2.14".to_string(), 0, true),
+            ]
+        );
+        // With expire_nodest_conn the failing server's flows are rescheduled (no MAC);
+        // the inhibited one keeps its place and its flows, as in IPVS.
+        let expiring = Config::parse(
+            Path::new("lb.toml"),
+            &text.replacen(
+                "lb_kind = \"DR\"\n",
+                "lb_kind = \"DR\"\nexpire_nodest_conn = true\n",
+                1,
+            ),
+        )
+        .unwrap();
+        assert!(expiring.virtual_servers[0].expire_nodest_conn);
+        let specs = expiring.service_specs(|_| Some(mac), &none, verdicts, |_| true);
+        assert_eq!(
+            specs[0]
+                .backends
+                .iter()
+                .map(|b| (ip(b), b.weight, b.mac.is_some()))
+                .collect::<Vec<_>>()[1..3],
+            [
                 ("192.0.2.12".to_string(), 0, false),
                 ("192.0.2.13".to_string(), 0, true),
-                ("192.0.2.14".to_string(), 0, false),
             ]
         );
         assert!(specs[0].active, "static");
@@ -1202,9 +1250,10 @@ lb_kind = \"DR\"
         let s = &specs[0];
         assert!(s.active);
         assert_eq!(s.backends.len(), 3);
+        // No new flows for the pool; its established flows stay (expire_nodest_conn off).
         assert!(s.backends[..2]
             .iter()
-            .all(|b| b.weight == 0 && b.mac.is_none()));
+            .all(|b| b.weight == 0 && b.mac.is_some()));
         assert_eq!(s.backends[2].addr, "192.0.2.50:80".parse().unwrap());
         assert_eq!(s.backends[2].weight, 1);
         let without = Config::parse(

@@ -96,6 +96,9 @@ pub struct ServiceSpec {
     pub persistence_prefix: u8,
     /// Seconds a flow may stay idle before it is forgotten; 0 = only the LRU forgets it.
     pub idle_timeout: u32,
+    /// A TCP packet other than an opening SYN, of a flow the table does not know, is
+    /// scheduled (IPVS `sloppy_tcp`); otherwise it goes to the stack.
+    pub sloppy_tcp: bool,
     /// This node is active (VRRP master) for the VIP.
     pub active: bool,
     pub backends: Vec<BackendSpec>,

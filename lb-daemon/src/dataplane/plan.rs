@@ -228,6 +228,9 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
         if spec.hash_port {
             flags |= SVC_F_HASH_PORT;
         }
+        if spec.sloppy_tcp {
+            flags |= SVC_F_SLOPPY_TCP;
+        }
         out.infos.insert(
             id,
             ServiceValue {
@@ -567,6 +570,7 @@ mod tests {
             proto: Proto::Tcp,
             sched,
             hash_port: false,
+            sloppy_tcp: true,
             persistence_timeout: 0,
             persistence_prefix: 32,
             idle_timeout: 900,

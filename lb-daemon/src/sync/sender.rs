@@ -363,6 +363,7 @@ mod tests {
             proto: Proto::Tcp,
             sched: Scheduler::Rr,
             hash_port: false,
+            sloppy_tcp: true,
             persistence_timeout: 0,
             persistence_prefix: 32,
             idle_timeout: 900,

@@ -141,6 +141,7 @@ fn service(vip: IpAddr) -> ServiceSpec {
         proto: Proto::Tcp,
         sched: Scheduler::Rr,
         hash_port: false,
+        sloppy_tcp: true,
         persistence_timeout: 0,
         persistence_prefix: 32,
         idle_timeout: default_idle_timeout(Proto::Tcp),
