@@ -7,6 +7,9 @@
 //! | `detect_refused_vs_formula`    | backend refuses connections (RST): failure -> verdict, against keepalived's bound | ratio <= 1.0 |
 //! | `detect_blackhole_vs_formula`  | backend silently drops (blackhole route): the same            | ratio <= 1.0 |
 //! | `reload_identical_transitions` | VRRP transitions + map writes over 100 reloads of an unchanged file | value == 0 |
+//! | `check_blip_resets`            | keep-alive requests reset by a 4 s check outage of a serving real server (`crate::blip_bench`); baseline: `expire_nodest_conn = true` | value == 0 |
+//!
+//! `LB_BENCH_DAEMON_ONLY=text` runs only the entries whose name contains `text`.
 //!
 //! # `verdict_to_map_ms`: end to end, through the running daemon
 //!
@@ -918,13 +921,28 @@ pub fn run(emit: &mut dyn FnMut(Entry)) -> Result<()> {
             bail!("daemon needs {tool} (scripts/setup.sh test installs it)");
         }
     }
-    emit(verdict_to_map()?);
-    let t = DETECT_TIMING;
-    let mut d = DetectLab::new(&t)?;
-    emit(detect(&mut d, Failure::Refused, &t)?);
-    emit(detect(&mut d, Failure::Blackhole, &t)?);
-    drop(d);
-    emit(reload_identical()?);
+    // LB_BENCH_DAEMON_ONLY=substring runs only the matching entries (when looking into one).
+    let only = std::env::var("LB_BENCH_DAEMON_ONLY").unwrap_or_default();
+    let wanted = |name: &str| name.contains(&only);
+    if wanted("verdict_to_map_ms") {
+        emit(verdict_to_map()?);
+    }
+    if wanted("detect_refused_vs_formula") || wanted("detect_blackhole_vs_formula") {
+        let t = DETECT_TIMING;
+        let mut d = DetectLab::new(&t)?;
+        if wanted("detect_refused_vs_formula") {
+            emit(detect(&mut d, Failure::Refused, &t)?);
+        }
+        if wanted("detect_blackhole_vs_formula") {
+            emit(detect(&mut d, Failure::Blackhole, &t)?);
+        }
+    }
+    if wanted("reload_identical_transitions") {
+        emit(reload_identical()?);
+    }
+    if wanted("check_blip_resets") {
+        emit(crate::blip_bench::check_blip_resets()?);
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Test support: exact packet fixtures, network namespaces with real peers, and the
 //! harness that runs the XDP program through BPF_PROG_TEST_RUN.
+pub mod blip_bench;
 pub mod daemon_bench;
 pub mod e2e_lab;
 pub mod lab;
