@@ -21,12 +21,13 @@
 //!      "check_latency_ms":1.5,"last_error":null}]}],
 //!  "vrrp":[{"name":"VI_1","interface":"eth0","vrid":51,"version":3,"state":"MASTER",
 //!    "priority":150,"effective_priority":150,"master":"192.0.2.2","transitions":3,
-//!    "discards":{"ttl":2}}],
+//!    "discards":{"ttl":2},"socket_drops":0}],
 //!  "reasons":[{"name":"fwd_established","verdict":"tx","packets":300,"bytes":40000}],
 //!  "notify":null,"map_writes":131079}
 //! ```
 //!
-//! Counters (`packets`, `bytes`, `new_flows`, `transitions`, `discards`) only grow while the
+//! Counters (`packets`, `bytes`, `new_flows`, `transitions`, `discards`, `socket_drops`) only
+//! grow while the
 //! daemon runs; they start again from zero when it restarts (or, for a backend or service,
 //! when it is removed and added back), which [`rates`] copes with.
 use std::{
@@ -220,8 +221,15 @@ pub struct VrrpStatus {
     pub master: Option<IpAddr>,
     /// State changes since start.
     pub transitions: u64,
-    /// Adverts discarded, per reason (`ttl`, `auth_mismatch`, ...).
+    /// Adverts discarded, per reason (`ttl`, `auth_mismatch`, ...; and
+    /// `priority_zero_rate_limited`, `lower_priority_rate_limited`: adverts a master would
+    /// have answered at once had it not just answered one, see `vrrp::fsm::Answer`).
     pub discards: BTreeMap<String, u64>,
+    /// Datagrams the kernel dropped before the instance could read them: the receive queue
+    /// of its socket was full (a flood, or the VRRP thread starved of CPU). The instance has
+    /// a socket of its own, which gets a copy of every VRRP datagram on its interface, so
+    /// these may carry any VRID.
+    pub socket_drops: u64,
 }
 
 /// Packets the XDP program handled for one reason (`lb_common::reason`).
@@ -336,6 +344,7 @@ impl VrrpStatus {
             master: stats.master,
             transitions: stats.transitions,
             discards: stats.discards.clone(),
+            socket_drops: stats.socket_drops,
         }
     }
 }
@@ -625,6 +634,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
                         None => "master -".to_string(),
                     },
                     format!("transitions {}", v.transitions),
+                    format!("socket drops {}", v.socket_drops),
                     if discards.is_empty() {
                         "discards: none".to_string()
                     } else {
@@ -805,6 +815,7 @@ impl Prom {
 /// | `lb_vrrp_priority`, `lb_vrrp_effective_priority` | instance | |
 /// | `lb_vrrp_transitions_total` | instance | |
 /// | `lb_vrrp_discards_total` | instance, reason | |
+/// | `lb_vrrp_socket_drops_total` | instance | dropped by the kernel: socket queue full |
 /// | `lb_xdp_{packets,bytes}_total` | reason, verdict | |
 /// | `lb_dataplane_map_writes_total` | | element writes to the program's maps |
 /// | `lb_notify_*` | | notify events and hooks |
@@ -1019,6 +1030,18 @@ pub fn render_prometheus(s: &Snapshot) -> String {
                 n,
             );
         }
+    }
+    p.family(
+        "lb_vrrp_socket_drops_total",
+        "counter",
+        "VRRP datagrams the kernel dropped before the instance read them (its socket's receive queue was full).",
+    );
+    for v in &s.vrrp {
+        p.sample(
+            "lb_vrrp_socket_drops_total",
+            &[("instance", &v.name)],
+            v.socket_drops,
+        );
     }
 
     type ReasonValue = fn(&ReasonStatus) -> u64;
@@ -1362,6 +1385,7 @@ pub(crate) mod test_support {
                     discards: [("auth_mismatch".to_string(), 0), ("ttl".to_string(), 2)]
                         .into_iter()
                         .collect(),
+                    socket_drops: 7,
                 },
                 VrrpStatus {
                     name: "VI_6".into(),
@@ -1374,6 +1398,7 @@ pub(crate) mod test_support {
                     master: Some("fe80::1".parse().unwrap()),
                     transitions: 1,
                     discards: BTreeMap::new(),
+                    socket_drops: 0,
                 },
             ],
             reasons: vec![
@@ -1427,8 +1452,8 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
   -> [2001:db8::11]:53                              Route    100     unknown      0      0       0        0
 
 VRRP instances
-VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  discards: ttl=2
-VI_6  eth0  vrid 52  v3  BACKUP  prio 100 (eff 90)   master fe80::1    transitions 1  discards: none
+VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  socket drops 7  discards: ttl=2
+VI_6  eth0  vrid 52  v3  BACKUP  prio 100 (eff 90)   master fe80::1    transitions 1  socket drops 0  discards: none
 
 XDP
 Reason              Verdict  Packets  Bytes
@@ -1662,6 +1687,10 @@ lb_vrrp_transitions_total{instance="VI_6"} 1
 # TYPE lb_vrrp_discards_total counter
 lb_vrrp_discards_total{instance="VI_1",reason="auth_mismatch"} 0
 lb_vrrp_discards_total{instance="VI_1",reason="ttl"} 2
+# HELP lb_vrrp_socket_drops_total VRRP datagrams the kernel dropped before the instance read them (its socket's receive queue was full).
+# TYPE lb_vrrp_socket_drops_total counter
+lb_vrrp_socket_drops_total{instance="VI_1"} 7
+lb_vrrp_socket_drops_total{instance="VI_6"} 0
 # HELP lb_xdp_packets_total Packets the XDP program handled, per reason and verdict.
 # TYPE lb_xdp_packets_total counter
 lb_xdp_packets_total{reason="fwd_established",verdict="tx"} 300
@@ -1902,7 +1931,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         );
         assert_eq!(
             keys(&v["vrrp"][0]),
-            "discards,effective_priority,interface,master,name,priority,state,transitions,version,vrid"
+            "discards,effective_priority,interface,master,name,priority,socket_drops,state,transitions,version,vrid"
         );
         assert_eq!(keys(&v["reasons"][0]), "bytes,name,packets,verdict");
         assert_eq!(v["services"][0]["vip"], "192.0.2.100");

@@ -8,6 +8,7 @@
 //! | `detect_blackhole_vs_formula`  | backend silently drops (blackhole route): the same            | ratio <= 1.0 |
 //! | `reload_identical_transitions` | VRRP transitions + map writes over 100 reloads of an unchanged file | value == 0 |
 //! | `check_blip_resets`            | keep-alive requests reset by a 4 s check outage of a serving real server (`crate::blip_bench`); baseline: `expire_nodest_conn = true` | value == 0 |
+//! | `vrrp_flood_cpu`               | the VRRP thread's CPU under 100k invalid adverts a second for 5 s (`crate::vrrp_flood`), in cores | value <= 0.5 |
 //!
 //! `LB_BENCH_DAEMON_ONLY=text` runs only the entries whose name contains `text`.
 //!
@@ -942,6 +943,9 @@ pub fn run(emit: &mut dyn FnMut(Entry)) -> Result<()> {
     }
     if wanted("check_blip_resets") {
         emit(crate::blip_bench::check_blip_resets()?);
+    }
+    if wanted("vrrp_flood_cpu") {
+        emit(crate::vrrp_flood::vrrp_flood_cpu()?);
     }
     Ok(())
 }

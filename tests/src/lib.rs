@@ -9,5 +9,6 @@ pub mod packet;
 pub mod report;
 pub mod sync_bench;
 pub mod vrrp_bench;
+pub mod vrrp_flood;
 pub mod vrrp_lab;
 pub mod xdp;

@@ -54,6 +54,12 @@
 //!   This is also done for VRRPv2, as keepalived does: it ends a dual-master period after a
 //!   partition heals within one advert interval, and brings back the clients that followed
 //!   the other master meanwhile.
+//! * **Answers at a bounded rate**: the two rules above send an advert at once for each advert
+//!   received, so a flood of priority-0 or lower-priority adverts would draw as many adverts
+//!   from the master (10k priority-0 adverts in a second drew 4,540). The first of each kind
+//!   is answered as the RFC says; another of the same kind within one Advertisement_Interval
+//!   of that answer is discarded and reported ([`Output::AnswerRateLimited`]), leaving the
+//!   Adver timer as it is. See [`ANSWER_MIN_INTERVAL_ADVERTS`] for why that bound.
 //! * **Equal priority**: a backup accepts an advert of equal priority (RFC: "greater than or
 //!   equal"); between two masters the higher primary address wins (RFC 9568 §6.4.3). Two address
 //!   owners also fall back to the address comparison (keepalived instead lowers its own priority
@@ -135,6 +141,20 @@ pub const PRIORITY_RELEASE: u8 = 0;
 pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(1000);
 /// The largest VRRPv3 Max Advertise Interval: a 12-bit field in centiseconds (RFC 9568 §5.2.7).
 pub const MAX_V3_INTERVAL: Centis = Centis(4095);
+
+/// The least time between two immediate answers of a master to adverts of one kind (priority
+/// 0, or a lower priority), in Advertisement_Intervals: one.
+///
+/// Why one interval: the immediate answer exists so that the routers that just heard a
+/// release (their Master_Down timer set to Skew_Time) or a second, lower master hear us
+/// before our next periodic advert. A router sends a release once when it stops, and a master
+/// one advert per interval, so every legitimate case is served by the first answer of an
+/// interval. Anything more within the interval is a flood or a loop: answering it would only
+/// multiply it onto the LAN, and, for a priority-0 flood, could not keep the backups quiet
+/// anyway (each forged release sets them to Skew_Time again). With this bound a master sends
+/// at most two adverts per interval (its periodic one and one answer), whatever the flood's
+/// rate; the rest are discarded and reported ([`Output::AnswerRateLimited`]).
+pub const ANSWER_MIN_INTERVAL_ADVERTS: u32 = 1;
 
 /// A point in time: the [`Duration`] since an epoch the runtime chooses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -345,6 +365,10 @@ pub enum Output {
     /// the other router while the two could not hear each other come back at once instead
     /// of when their neighbour entry expires.
     Reannounce,
+    /// A master discarded an advert it would have answered at once, because it answered one
+    /// of the same kind less than [`ANSWER_MIN_INTERVAL_ADVERTS`] intervals ago: count it.
+    /// Nothing else changed (the Adver timer keeps its deadline).
+    AnswerRateLimited(Answer),
     /// For notify scripts and logs; `priority` is the effective priority.
     StateChanged {
         from: State,
@@ -355,6 +379,25 @@ pub enum Output {
     PriorityChanged { from: u8, to: u8 },
     /// Replace the armed timer with this one (`Timer::None`: cancel it).
     SetTimer(Timer),
+}
+
+/// The kinds of advert a master answers at once (RFC 9568 §6.4.3), each at a bounded rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// Priority 0: another router released.
+    PriorityZero,
+    /// A lower priority (or an equal one from a lower address): a second master.
+    LowerPriority,
+}
+
+impl Answer {
+    /// The discard reason under which the runtime counts a rate-limited one.
+    pub fn rate_limited_name(self) -> &'static str {
+        match self {
+            Answer::PriorityZero => "priority_zero_rate_limited",
+            Answer::LowerPriority => "lower_priority_rate_limited",
+        }
+    }
 }
 
 /// One VRRP instance's protocol settings.
@@ -514,6 +557,10 @@ pub struct Instance {
     preempt_until: Option<Time>,
     /// The sender and priority of the last advert accepted as a backup (for status output).
     master: Option<(IpAddr, u8)>,
+    /// When this master last answered a priority-0 advert at once, and a lower-priority one
+    /// (see [`ANSWER_MIN_INTERVAL_ADVERTS`]).
+    answered_release: Option<Time>,
+    answered_lower: Option<Time>,
 }
 
 impl Instance {
@@ -530,6 +577,8 @@ impl Instance {
             sync_member: false,
             preempt_until: None,
             master: None,
+            answered_release: None,
+            answered_lower: None,
         })
     }
 
@@ -759,6 +808,10 @@ impl Instance {
     fn master_rx(&mut self, advert: Advert, now: Time, out: &mut Vec<Output>) {
         let local = self.effective_priority;
         if advert.priority == PRIORITY_RELEASE {
+            if !self.answer_due(Answer::PriorityZero, now) {
+                out.push(Output::AnswerRateLimited(Answer::PriorityZero));
+                return;
+            }
             // "Send an ADVERTISEMENT; Reset the Adver_Timer to Advertisement_Interval".
             out.push(Output::SendAdvert { priority: local });
             self.phase = Phase::Master {
@@ -778,9 +831,31 @@ impl Instance {
         } else {
             // RFC 9568: "Discard the ADVERTISEMENT; Send an ADVERTISEMENT immediately to assert
             // the Active state". The Adver timer keeps its phase (keepalived).
-            out.push(Output::SendAdvert { priority: local });
+            if self.answer_due(Answer::LowerPriority, now) {
+                out.push(Output::SendAdvert { priority: local });
+            } else {
+                out.push(Output::AnswerRateLimited(Answer::LowerPriority));
+            }
+            // The runtime limits re-announcements itself (and defers, rather than drops, one
+            // that comes too soon), so it still hears of every lower master.
             out.push(Output::Reannounce);
         }
+    }
+
+    /// Whether a master answers an advert of kind `kind` at `now`; if so, records the answer.
+    fn answer_due(&mut self, kind: Answer, now: Time) -> bool {
+        let pause = self.config.advert_interval.as_duration() * ANSWER_MIN_INTERVAL_ADVERTS;
+        let last = match kind {
+            Answer::PriorityZero => &mut self.answered_release,
+            Answer::LowerPriority => &mut self.answered_lower,
+        };
+        // `now` before the last answer cannot come from the runtime (its times never go
+        // back); it is treated as within the pause.
+        let due = last.is_none_or(|at| now >= at + pause);
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 
     /// Returns whether the unchanged timer must be armed again (an early expiry).
@@ -1505,9 +1580,143 @@ mod tests {
         assert_eq!(out, assert);
         assert_eq!(i.state(), State::Master);
         assert_eq!(i.timer(), Timer::Adver(t(5000)));
-        // Equal priority from a lower address is "lower" too.
-        let out = i.handle(advert(9, 100), t(4400)).unwrap();
-        assert_eq!(out, assert);
+        // Equal priority from a lower address is "lower" too (one interval later: answers
+        // come at most once an interval).
+        let out = i.handle(advert(9, 100), t(5300)).unwrap();
+        assert_eq!(out[0], Output::SendAdvert { priority: 100 });
+        assert!(out.contains(&Output::Reannounce), "{out:?}");
+    }
+
+    /// What a master did with a flood: the times of every advert it sent (answers and
+    /// periodic ones), and how many adverts of the flood it answered or rate-limited.
+    #[derive(Debug, Default)]
+    struct Flooded {
+        sent: Vec<Time>,
+        answered: usize,
+        limited: usize,
+    }
+
+    /// Feeds `adverts` (time, input) to a master in time order, firing its timer whenever
+    /// it falls due first: a virtual clock.
+    fn flood(i: &mut Instance, adverts: impl Iterator<Item = (Time, Input)>) -> Flooded {
+        let mut f = Flooded::default();
+        for (at, input) in adverts {
+            while let Some(due) = i.timer().deadline().filter(|d| *d <= at) {
+                for o in i.handle(Input::TimerExpired(i.timer()), due).unwrap() {
+                    if let Output::SendAdvert { .. } = o {
+                        f.sent.push(due);
+                    }
+                }
+            }
+            for o in i.handle(input, at).unwrap() {
+                match o {
+                    Output::SendAdvert { .. } => {
+                        f.sent.push(at);
+                        f.answered += 1;
+                    }
+                    Output::AnswerRateLimited(_) => f.limited += 1,
+                    _ => {}
+                }
+            }
+        }
+        f
+    }
+
+    /// Defect: 10k priority-0 adverts in one second drew 4,540 adverts from the master. The
+    /// first is answered at once as RFC 9568 §6.4.3 says (advert, Adver timer restarted); the
+    /// others within the interval are counted as rate-limited and change nothing, so the
+    /// master sends at most one answer and one periodic advert per interval.
+    #[test]
+    fn rfc9568_6_4_3_priority_zero_flood_is_answered_at_a_bounded_rate() {
+        // 1 s adverts: 10k releases in [4.3 s, 5.3 s), one every 100 us.
+        let mut i = master(cfg(100), t(4000));
+        let first = i.handle(advert(1, 0), t(4300)).unwrap();
+        assert_eq!(
+            first,
+            vec![
+                Output::SendAdvert { priority: 100 },
+                Output::SetTimer(Timer::Adver(t(5300))),
+            ],
+            "the first release is answered at once"
+        );
+        let burst =
+            (1..10_000u64).map(|k| (t(4300) + Duration::from_micros(100 * k), advert(1, 0)));
+        let f = flood(&mut i, burst);
+        assert_eq!((f.sent.len(), f.limited), (0, 9_999), "{f:?}");
+        assert_eq!(i.state(), State::Master);
+        assert_eq!(
+            i.timer(),
+            Timer::Adver(t(5300)),
+            "the timer was not pushed back"
+        );
+        // One interval after the answer, a release is answered again.
+        let out = i.handle(advert(1, 0), t(5300)).unwrap();
+        assert_eq!(out[0], Output::SendAdvert { priority: 100 });
+
+        // 10 ms adverts (the lab's timers): the same burst spans 100 intervals; the master
+        // keeps advertising and sends at most two adverts per interval.
+        let mut fast = cfg(100);
+        fast.advert_interval = Centis(1);
+        let mut i = master(fast, t(4000));
+        // Before the master's first periodic advert (at 4.01 s).
+        let start = t(4005);
+        let burst = (0..10_000u64).map(|k| (start + Duration::from_micros(100 * k), advert(1, 0)));
+        let f = flood(&mut i, burst);
+        assert_eq!(
+            f.sent.first(),
+            Some(&start),
+            "the first release is answered at once"
+        );
+        assert_eq!(f.answered + f.limited, 10_000);
+        assert!(
+            (100..=200).contains(&f.sent.len()) && f.answered <= 100,
+            "{} adverts in the second of the burst, {} of them answers",
+            f.sent.len(),
+            f.answered
+        );
+        for w in 0..100u64 {
+            let from = start + Duration::from_millis(10 * w);
+            let to = from + Duration::from_millis(10);
+            let n = f.sent.iter().filter(|at| **at >= from && **at < to).count();
+            assert!(n <= 2, "{n} adverts in the interval from {from:?}");
+        }
+        assert_eq!(i.state(), State::Master);
+    }
+
+    /// The same bound for lower-priority adverts (RFC 9568's assertion against a second
+    /// master): the first is answered at once, the rest of the interval only counted; each
+    /// still asks the runtime to re-announce (it limits that itself), and the Adver timer
+    /// keeps its phase.
+    #[test]
+    fn lower_priority_flood_is_answered_at_a_bounded_rate() {
+        let mut i = master(cfg(100), t(4000));
+        let first = i.handle(advert(1, 99), t(4300)).unwrap();
+        assert_eq!(
+            first,
+            vec![Output::SendAdvert { priority: 100 }, Output::Reannounce]
+        );
+        let limited = i.handle(advert(1, 99), t(4301)).unwrap();
+        assert_eq!(
+            limited,
+            vec![
+                Output::AnswerRateLimited(Answer::LowerPriority),
+                Output::Reannounce
+            ]
+        );
+        let burst =
+            (2..10_000u64).map(|k| (t(4300) + Duration::from_micros(100 * k), advert(1, 99)));
+        let f = flood(&mut i, burst);
+        // The periodic advert at 5 s falls inside the burst; nothing else is sent.
+        assert_eq!(f.sent, vec![t(5000)]);
+        assert_eq!((f.answered, f.limited), (0, 9_998));
+        assert_eq!(i.state(), State::Master);
+        // A release within the same interval is a different kind: answered at once.
+        let out = i.handle(advert(1, 0), t(5200)).unwrap();
+        assert_eq!(out[0], Output::SendAdvert { priority: 100 });
+        assert_eq!(
+            Answer::PriorityZero.rate_limited_name(),
+            "priority_zero_rate_limited"
+        );
     }
 
     /// RFC 9568 §6.4.3: a higher priority: "Cancel Adver_Timer; Set Master_Adver_Interval to

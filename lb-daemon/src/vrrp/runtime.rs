@@ -22,7 +22,7 @@ use super::{
     fsm::{self, Centis, Input, Output, StartState, State, SyncGroup, Time, Timer},
     garp::{self, AnnounceOptions, GarpConfig, GarpSchedule, GarpSender},
     packet::{self, Auth, IpPair, Version},
-    socket::VrrpSocket,
+    socket::{DropCounter, VrrpSocket},
     vip::{AddressSocket, VirtualAddress},
 };
 use crate::config::{vrrp::VrrpVersion, VrrpInstance};
@@ -187,16 +187,47 @@ impl DiscardCounters {
         if d.is_expected() {
             return;
         }
-        self.log(instance, name, &format!("{d:?}"));
+        // The detail is formatted only for the line that is logged: under a flood, formatting
+        // it for every discard was a visible share of the thread's time.
+        self.log(instance, name, || format!("{d:?}"));
     }
 
     /// Something worth a (rate-limited) line that is not a discard.
     fn note(&mut self, instance: &str, name: &'static str) {
-        *self.counts.entry(name).or_default() += 1;
-        self.log(instance, name, "the advert was kept");
+        self.count_named(instance, name, "the advert was kept");
     }
 
-    fn log(&mut self, instance: &str, name: &'static str, detail: &str) {
+    /// An advert the state machine discarded instead of answering it at once
+    /// ([`Output::AnswerRateLimited`]).
+    fn rate_limited(&mut self, instance: &str, kind: fsm::Answer) {
+        self.count_named(
+            instance,
+            kind.rate_limited_name(),
+            "answered one of its kind less than an advert interval ago",
+        );
+    }
+
+    fn count_named(&mut self, instance: &str, name: &'static str, detail: &str) {
+        *self.counts.entry(name).or_default() += 1;
+        self.log(instance, name, || detail.to_string());
+    }
+
+    fn log(&mut self, instance: &str, name: &'static str, detail: impl FnOnce() -> String) {
+        if self.log_due(name) {
+            let total = self.counts.get(name).copied().unwrap_or(0);
+            let detail = detail();
+            warn!(
+                instance,
+                reason = name,
+                detail,
+                total,
+                "VRRP advert not used as is"
+            );
+        }
+    }
+
+    /// Whether a line about `name` may be logged now (then it must be).
+    fn log_due(&mut self, name: &'static str) -> bool {
         let now = StdInstant::now();
         let due = self
             .last_log
@@ -204,16 +235,14 @@ impl DiscardCounters {
             .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
         if due {
             self.last_log.insert(name, now);
-            warn!(
-                instance,
-                reason = name,
-                detail,
-                total = self.counts[name],
-                "VRRP advert not used as is"
-            );
         }
+        due
     }
 }
+
+/// The key under which socket drops share [`DiscardCounters`]' log rate (they are not a
+/// discard reason: the adverts were never read, so nothing is known of them).
+const SOCKET_DROPS_LOG: &str = "socket_drops";
 
 struct Member {
     spec: MemberSpec,
@@ -229,6 +258,8 @@ struct Member {
     /// The rest of the schedule (second burst, refreshes), on a socket of its own.
     garp: Option<JoinHandle<()>>,
     discards: DiscardCounters,
+    /// Adverts the kernel dropped because the socket's receive queue was full.
+    socket_drops: DropCounter,
     holds_vips: bool,
     /// When the VIPs were last announced again after a lower-priority advert.
     reannounced: Option<StdInstant>,
@@ -329,7 +360,11 @@ pub async fn run_unit(
             loop {
                 match reader_socket.recv(&mut buf).await {
                     Ok(r) => {
-                        if tx.send((i, buf.clone(), r)).await.is_err() {
+                        // Only the bytes the checks read (a datagram with bad IP framing
+                        // needs none): under a flood, a copy of the whole buffer for each
+                        // datagram was a good share of the thread's work.
+                        let len = r.as_ref().map_or(0, |r| r.payload.end.min(buf.len()));
+                        if tx.send((i, buf[..len].to_vec(), r)).await.is_err() {
                             return;
                         }
                     }
@@ -349,6 +384,7 @@ pub async fn run_unit(
             announcer: open_announcer(m),
             garp: None,
             discards: DiscardCounters::default(),
+            socket_drops: DropCounter::default(),
             holds_vips: false,
             reannounced: None,
             transitions: 0,
@@ -373,6 +409,8 @@ pub async fn run_unit(
         events,
         group: spec.group.clone(),
         last_group_state: None,
+        published: None,
+        dirty: true,
     };
     for (i, m) in spec.members.iter().enumerate() {
         // A fault known before start-up makes the instance start in Fault.
@@ -384,7 +422,7 @@ pub async fn run_unit(
         unit.apply(&mut machine, &mut addrs, out).await;
     }
     loop {
-        unit.publish(&machine, &stats);
+        let publish_at = unit.publish_if_due(&machine, &stats);
         let deadline = unit.members.iter().filter_map(|m| m.timer.deadline()).min();
         // A timer that cannot be armed ends the loop, but never skips the shutdown below:
         // a master must not keep its addresses without advertising.
@@ -440,6 +478,10 @@ pub async fn run_unit(
             Some((i, buf, raw)) = dgram_rx.recv() => {
                 unit.receive(&mut machine, &mut addrs, &clock, i, &buf, raw).await;
             }
+            // Counters that changed since the last publication, when nothing else would
+            // come round to publishing them.
+            () = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)),
+                if publish_at.is_some() => {}
         }
     }
     for i in 0..unit.members.len() {
@@ -666,6 +708,9 @@ pub struct InstanceStats {
     pub master: Option<IpAddr>,
     pub transitions: u64,
     pub discards: std::collections::BTreeMap<String, u64>,
+    /// Adverts the kernel dropped before the instance could read them: its socket's receive
+    /// queue was full (one socket per instance, see [`super::socket`]).
+    pub socket_drops: u64,
 }
 
 /// Instance name -> stats, written by the VRRP thread, read by status and metrics.
@@ -676,14 +721,136 @@ struct Unit {
     events: mpsc::UnboundedSender<Event>,
     group: Option<String>,
     last_group_state: Option<State>,
+    /// When the stats were last published, and each member's [`Headline`] then.
+    published: Option<(StdInstant, Vec<Headline>)>,
+    /// Something a counter shows may have changed since the last publication.
+    dirty: bool,
+}
+
+/// What readers of the stats wait on (a test polling for MASTER, a script for a transition):
+/// published as soon as it changes. Counters follow at most [`PUBLISH_EVERY`] later.
+type Headline = (State, u8, Option<IpAddr>, u64);
+
+/// How long a counter may wait to be published. Publishing takes the stats lock, rebuilds
+/// each member's entry (names, the discard map) and reads its socket's drop count (a system
+/// call); done for every datagram, as it was, that was a large part of the thread's work
+/// under a flood of adverts.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether to publish now: at the first chance (`published`: when it was last done), when a
+/// headline changed, or when counters changed (`dirty`) and [`PUBLISH_EVERY`] has passed.
+/// Otherwise, when to come back for the counters (`None`: nothing waits).
+fn publish_plan(
+    published: Option<StdInstant>,
+    headline_changed: bool,
+    dirty: bool,
+    now: StdInstant,
+) -> Result<(), Option<StdInstant>> {
+    let Some(at) = published else {
+        return Ok(());
+    };
+    if headline_changed {
+        return Ok(());
+    }
+    if !dirty {
+        return Err(None);
+    }
+    let due = at + PUBLISH_EVERY;
+    if now >= due {
+        Ok(())
+    } else {
+        Err(Some(due))
+    }
 }
 
 impl Unit {
+    /// Reads each member's socket drop count, logging (at a limited rate) when it grew.
+    fn read_socket_drops(&mut self) {
+        for m in &mut self.members {
+            match m.socket.drops() {
+                Ok(now) => {
+                    let added = m.socket_drops.update(now);
+                    if added > 0 && m.discards.log_due(SOCKET_DROPS_LOG) {
+                        warn!(
+                            instance = %m.spec.config.name,
+                            added,
+                            total = m.socket_drops.total(),
+                            "the kernel dropped VRRP datagrams: the socket's receive queue was full"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if m.discards.log_due(SOCKET_DROPS_LOG) {
+                        warn!(instance = %m.spec.config.name, "reading the VRRP socket's drop count: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn headline(&self, machine: &Machine, i: usize) -> Option<Headline> {
+        let inst = machine.instance(i)?;
+        let master = inst.last_master().map(|(a, _)| a);
+        Some((
+            inst.state(),
+            inst.effective_priority(),
+            master,
+            self.members[i].transitions,
+        ))
+    }
+
+    fn headlines(&self, machine: &Machine) -> Vec<Headline> {
+        (0..self.members.len())
+            .filter_map(|i| self.headline(machine, i))
+            .collect()
+    }
+
+    /// Whether a headline differs from the published one (without building the list: this
+    /// runs for every datagram).
+    fn headline_changed(&self, machine: &Machine) -> bool {
+        let Some((_, published)) = &self.published else {
+            return true;
+        };
+        let mut now = (0..self.members.len()).filter_map(|i| self.headline(machine, i));
+        let same = published.iter().all(|h| now.next().as_ref() == Some(h)) && now.next().is_none();
+        !same
+    }
+
+    /// Publishes the stats if [`publish_plan`] says so; returns when to come back if
+    /// counters are left to publish.
+    fn publish_if_due(
+        &mut self,
+        machine: &Machine,
+        stats: &SharedStats,
+    ) -> Option<tokio::time::Instant> {
+        let changed = self.headline_changed(machine);
+        if !changed && !self.dirty {
+            return None;
+        }
+        let now = StdInstant::now();
+        let published = self.published.as_ref().map(|(at, _)| *at);
+        match publish_plan(published, changed, self.dirty, now) {
+            Err(later) => later.map(Into::into),
+            Ok(()) => {
+                if self.publish(machine, stats) {
+                    self.published = Some((now, self.headlines(machine)));
+                    self.dirty = false;
+                    None
+                } else {
+                    // A reader holds the lock: soon again, not at once (it is not ours to
+                    // spin on).
+                    Some((now + Duration::from_millis(1)).into())
+                }
+            }
+        }
+    }
+
     /// Publishes the members' stats. `try_lock`: if a reader holds the lock, this round is
-    /// skipped rather than the VRRP thread made to wait.
-    fn publish(&self, machine: &Machine, stats: &SharedStats) {
+    /// skipped (false) rather than the VRRP thread made to wait.
+    fn publish(&mut self, machine: &Machine, stats: &SharedStats) -> bool {
+        self.read_socket_drops();
         let Ok(mut map) = stats.try_lock() else {
-            return;
+            return false;
         };
         for (i, m) in self.members.iter().enumerate() {
             let Some(inst) = machine.instance(i) else {
@@ -708,9 +875,11 @@ impl Unit {
                         .iter()
                         .map(|(k, v)| (k.to_string(), *v))
                         .collect(),
+                    socket_drops: m.socket_drops.total(),
                 },
             );
         }
+        true
     }
 
     /// One datagram of member `i`: checked, then (an advert) handed to the state machine at
@@ -724,6 +893,7 @@ impl Unit {
         buf: &[u8],
         raw: Result<super::socket::Received, super::socket::RawError>,
     ) {
+        self.dirty = true;
         let arrived = raw.as_ref().ok().and_then(|r| r.arrived);
         let m = &mut self.members[i];
         let accepted = match raw {
@@ -754,6 +924,7 @@ impl Unit {
         addrs: &mut AddressSocket,
         outputs: Result<Vec<(usize, Output)>, fsm::FsmError>,
     ) {
+        self.dirty = true;
         let outputs = match outputs {
             Ok(o) => o,
             Err(e) => {
@@ -874,6 +1045,7 @@ impl Unit {
                     }
                 }
                 Output::Reannounce => {}
+                Output::AnswerRateLimited(kind) => m.discards.rate_limited(&name, kind),
                 Output::SetTimer(t) => m.timer = t,
             }
         }
@@ -1142,6 +1314,22 @@ mod tests {
             Reannounce::Pending
         );
         assert_eq!(reannounce_plan(Some(t0), t0 + MS(1_000)), Reannounce::Now);
+    }
+
+    /// Stats go out at once the first time and when a headline changes; counters alone at
+    /// most every PUBLISH_EVERY; nothing is scheduled when nothing changed.
+    #[test]
+    fn counters_are_published_at_a_bounded_rate() {
+        let t0 = StdInstant::now();
+        assert_eq!(publish_plan(None, false, false, t0), Ok(()));
+        let last = Some(t0);
+        assert_eq!(publish_plan(last, true, false, t0 + MS(1)), Ok(()));
+        assert_eq!(publish_plan(last, false, false, t0 + MS(1)), Err(None));
+        assert_eq!(
+            publish_plan(last, false, true, t0 + MS(1)),
+            Err(Some(t0 + PUBLISH_EVERY))
+        );
+        assert_eq!(publish_plan(last, false, true, t0 + PUBLISH_EVERY), Ok(()));
     }
 
     /// Stamps are trusted while the real-time clock only slews (500 ppm at most, plus 1 ms

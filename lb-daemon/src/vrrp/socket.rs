@@ -4,9 +4,14 @@
 //! One socket per instance, bound to its interface. Multicast (224.0.0.18, ff02::12) is
 //! joined only for a multicast instance; a unicast instance never sends to or joins the group,
 //! so it cannot fall back to multicast.
+//!
+//! The kernel gives every protocol-112 socket bound to an interface its own copy of each
+//! datagram, and drops a copy when that socket's receive queue is full. So the drops of a
+//! socket ([`VrrpSocket::drops`]) are exactly the adverts its instance never saw, whatever
+//! VRID they carried: they are counted per instance, with no sharing to apportion.
 use std::{
     io,
-    mem::{size_of, zeroed},
+    mem::{size_of, size_of_val, zeroed},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
@@ -306,6 +311,37 @@ impl VrrpSocket {
         }
     }
 
+    /// The socket's cumulative count of datagrams the kernel dropped for it (its receive
+    /// queue was full), `sk_drops`, as SO_MEMINFO reports it. A u32 that wraps: accumulate
+    /// it with [`DropCounter`].
+    ///
+    /// SO_MEMINFO rather than SO_RXQ_OVFL: the latter only hands the count over with the
+    /// next datagram read, so the drops at the end of a flood would stay unseen until another
+    /// advert arrives, which may be never for a master alone on its LAN.
+    pub fn drops(&self) -> io::Result<u32> {
+        let mut info = [0u32; MEMINFO_VARS];
+        let mut len = size_of_val(&info) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info` and updates `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        check(rc, "SO_MEMINFO")?;
+        let at = libc::SK_MEMINFO_DROPS as usize;
+        if (len as usize) < (at + 1) * size_of::<u32>() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("SO_MEMINFO returned {len} bytes, without the drop count"),
+            ));
+        }
+        Ok(info[at])
+    }
+
     /// A datagram already queued on the socket, without waiting (`WouldBlock` when none is).
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Result<Received, RawError>> {
         self.recv_now(self.fd.get_ref().as_raw_fd(), buf)
@@ -367,6 +403,35 @@ impl VrrpSocket {
                 _ => Err(RawError::MissingAncillary),
             })
         }
+    }
+}
+
+/// `SK_MEMINFO_VARS` of the kernel's `sock_diag.h` (libc does not export it): the drop
+/// count is the last of them.
+const MEMINFO_VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+
+/// A socket's drop count (a u32 that wraps) accumulated into a total that does not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounter {
+    /// The kernel's count at the last reading (it starts at 0 with the socket).
+    last: u32,
+    total: u64,
+}
+
+impl DropCounter {
+    /// Takes a new reading of the kernel's count; returns how many drops it adds.
+    pub fn update(&mut self, cumulative: u32) -> u64 {
+        // The kernel's counter only grows, so any difference is growth, across a wrap too
+        // (readings come from one thread, in order).
+        let added = u64::from(cumulative.wrapping_sub(self.last));
+        self.last = cumulative;
+        self.total += added;
+        added
+    }
+
+    /// Every drop since the socket was opened.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 }
 
@@ -466,6 +531,87 @@ mod tests {
                 "stamp {arrived:?}, now {now:?}"
             );
         }
+    }
+
+    #[test]
+    fn drop_counts_accumulate_across_the_wrap() {
+        let mut c = DropCounter::default();
+        assert_eq!(c.update(0), 0);
+        assert_eq!(c.update(5), 5);
+        assert_eq!(c.update(5), 0);
+        assert_eq!(c.update(u32::MAX - 1), u64::from(u32::MAX) - 6);
+        assert_eq!(c.update(3), 5, "wrapped: MAX-1 -> MAX -> 0 -> 1 -> 2 -> 3");
+        assert_eq!(c.total(), u64::from(u32::MAX) + 4);
+    }
+
+    /// A socket that is not read fills up; what the kernel drops then shows in
+    /// [`VrrpSocket::drops`] (SO_MEMINFO), without reading a datagram.
+    #[test]
+    fn drops_of_a_full_receive_queue_are_counted_in_netns() {
+        if !privileged("socket::drops_of_a_full_receive_queue_are_counted_in_netns") {
+            return;
+        }
+        let (na, nb) = (Netns::create("vsdra"), Netns::create("vsdrb"));
+        ip(&[
+            "-n", &na.0, "link", "add", "vd0", "type", "veth", "peer", "name", "vd1", "netns",
+            &nb.0,
+        ]);
+        for (ns, iface, v4) in [(&na, "vd0", "192.0.2.1/24"), (&nb, "vd1", "192.0.2.2/24")] {
+            ip(&["-n", &ns.0, "addr", "add", v4, "dev", iface]);
+            ip(&["-n", &ns.0, "link", "set", iface, "up"]);
+        }
+        let src = IpAddr::from([192, 0, 2, 1]);
+        let sender_ns = na.0.clone();
+        let (drops, queued) = in_netns(&nb.0, move || async move {
+            let rx = VrrpSocket::open("vd1", ifindex("vd1"), false, true).expect("open");
+            let small: libc::c_int = 1;
+            // The kernel rounds this up to its minimum (a few KiB): a handful of datagrams.
+            setsockopt(
+                rx.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &small,
+                "SO_RCVBUF",
+            )
+            .expect("SO_RCVBUF");
+            assert_eq!(rx.drops().expect("SO_MEMINFO"), 0);
+            let (ns, stop) = (
+                sender_ns,
+                std::time::Instant::now() + Duration::from_secs(10),
+            );
+            std::thread::spawn(move || {
+                in_netns(&ns, move || async move {
+                    let tx = VrrpSocket::open("vd0", ifindex("vd0"), false, true).expect("open");
+                    let advert = [0x31, 51, 100, 1, 0, 100, 0, 0, 192, 0, 2, 100];
+                    // 2000 datagrams: far more than the queue holds.
+                    for _ in 0..2000 {
+                        if std::time::Instant::now() > stop {
+                            break;
+                        }
+                        let _ = tx.send(&advert, src, MULTICAST_V4.into());
+                    }
+                })
+            })
+            .join()
+            .expect("sender");
+            let mut drops = 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while drops == 0 && std::time::Instant::now() < deadline {
+                drops = rx.drops().expect("SO_MEMINFO");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut buf = [0u8; 256];
+            let mut queued = 0u32;
+            while rx.try_recv(&mut buf).is_ok() {
+                queued += 1;
+            }
+            (drops, queued)
+        });
+        assert!(drops > 0, "no drops counted ({queued} datagrams queued)");
+        assert!(
+            drops + queued <= 2000,
+            "{drops} dropped + {queued} queued > 2000 sent"
+        );
     }
 
     #[test]
