@@ -116,7 +116,7 @@ pub const SVC_F_ACTIVE: u32 = 1 << 0;
 pub const SVC_F_HASH_PORT: u32 = 1 << 2;
 /// A TCP packet other than an opening SYN of a flow the table does not know is scheduled
 /// as a new flow (IPVS's `sloppy_tcp`; what lets connections survive a failover without
-/// sync). Clear: it goes to the stack, as IPVS does by default.
+/// sync), a RST excepted. Clear: it goes to the stack, as IPVS does by default.
 pub const SVC_F_SLOPPY_TCP: u32 = 1 << 3;
 
 /// Scheduler codes. The kernel needs only the way a ring slot is chosen: rr and wrr step a
@@ -376,7 +376,8 @@ pub mod reason {
     /// PASS: neither TCP, UDP nor ICMP.
     pub const PASS_OTHER_PROTO: u32 = 10;
     /// PASS: valid but beyond what the program parses (a second VLAN tag, more IPv6
-    /// extension headers than it walks, a jumbogram).
+    /// extension headers than it walks, a jumbogram, every fragment of an IPv6 datagram
+    /// whose fragmentable part starts with an extension header).
     pub const PASS_UNSUPPORTED: u32 = 11;
     /// PASS: the service has no live backend (the stack answers, like IPVS with an empty
     /// service).
@@ -387,8 +388,9 @@ pub mod reason {
     pub const DROP_MALFORMED_IPV4: u32 = 14;
     /// DROP: IPv6 header or extension header truncated, payload length beyond the frame.
     pub const DROP_MALFORMED_IPV6: u32 = 15;
-    /// DROP: TCP or UDP header truncated (checked before the service lookup: the stack
-    /// would drop such a packet too).
+    /// DROP: TCP or UDP header truncated, a TCP data offset below 5 words or past the
+    /// segment, a UDP length below 8 (IPv4; IPv6 allows 0) or past the payload (checked
+    /// before the service lookup: the stack would drop such a packet too).
     pub const DROP_MALFORMED_L4: u32 = 16;
     /// DROP: ICMP header truncated, or a frag-needed/packet-too-big error whose quoted
     /// packet is truncated or inconsistent (checked before the flow lookup: the stack would
@@ -402,13 +404,18 @@ pub mod reason {
     /// or an expiry left without its entry).
     pub const FWD_NEW_FLOW_MIDSTREAM: u32 = 19;
     /// PASS: a TCP packet other than an opening SYN, of a flow the table does not know, in
-    /// a service without `sloppy_tcp` (IPVS schedules only on SYN; the stack answers it).
+    /// a service without `sloppy_tcp` (IPVS schedules only on SYN; the stack answers it),
+    /// and a RST of such a flow in any service (IPVS never schedules one).
     pub const PASS_NOT_SYN: u32 = 20;
     /// DROP: an IPv4 header whose checksum is wrong (the stack would drop it before IPVS
     /// saw it; XDP sees it first).
     pub const DROP_BAD_IPV4_CSUM: u32 = 21;
+    /// PASS: the driver could not say whether it took a VLAN tag off the frame (its RX
+    /// metadata call failed): a frame whose VLAN is unknown is never forwarded; the stack,
+    /// which holds any such tag, gets it.
+    pub const PASS_VLAN_UNKNOWN: u32 = 22;
 
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// The verdict that goes with a reason.
     pub const fn verdict(reason: u32) -> u32 {
@@ -447,6 +454,7 @@ pub mod reason {
             FWD_NEW_FLOW_MIDSTREAM => "fwd_new_flow_midstream",
             PASS_NOT_SYN => "pass_not_syn",
             DROP_BAD_IPV4_CSUM => "drop_bad_ipv4_csum",
+            PASS_VLAN_UNKNOWN => "pass_vlan_unknown",
             _ => "unknown",
         }
     }

@@ -333,7 +333,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             .ok_or(PASS_NO_SERVICE)?;
         // SAFETY: the daemon replaces values whole (map update), never in place.
         let id = unsafe { (*svc).id };
-        return new_flow::<F>(ctx, id, &key, slot, l3, 0, clk, FWD_FRAGMENT, false);
+        return new_flow::<F>(ctx, id, &key, slot, l3, 0, clk, FWD_FRAGMENT, Opening::Any);
     }
     let l4 = parse::ports(ctx, l3)?;
     let key = F::flow(&l3.src, &l3.dst, l4.sport, l4.dport, l3.proto);
@@ -343,13 +343,47 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         // the insert, which walks the flow's bucket anyway, say whether the flow exists
         // (see `new_flow`). That skips a cache probe and a table lookup, both cache misses.
         let id = service::<F>(l3, l4.dport)?;
-        return new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, FWD_NEW_FLOW, true);
+        return new_flow::<F>(
+            ctx,
+            id,
+            &key,
+            slot,
+            l3,
+            l4.sport,
+            clk,
+            FWD_NEW_FLOW,
+            Opening::Syn,
+        );
     }
     if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED) {
         return r;
     }
     let id = service::<F>(l3, l4.dport)?;
-    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, FWD_NEW_FLOW, false)
+    let (reason, opening) = if l3.proto != PROTO_TCP {
+        (FWD_NEW_FLOW, Opening::Any)
+    } else if l4.rst {
+        (FWD_NEW_FLOW_MIDSTREAM, Opening::Never)
+    } else {
+        (FWD_NEW_FLOW_MIDSTREAM, Opening::Midstream)
+    };
+    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, reason, opening)
+}
+
+/// How the packet that misses the flow table may open a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// UDP, fragments: any packet.
+    Any,
+    /// A TCP opening SYN, inserted without a lookup first (see `new_flow`).
+    Syn,
+    /// Any other TCP segment but a reset (a connection that a failover, an expiry or a
+    /// restart left without its entry): only in a service with `SVC_F_SLOPPY_TCP`, as IPVS
+    /// with `sloppy_tcp`; else the stack gets it.
+    Midstream,
+    /// A TCP reset: never. It would open a flow only to close it, and IPVS never schedules
+    /// one either, sloppy or not: the stack gets it (and drops it, knowing no such
+    /// connection).
+    Never,
 }
 
 /// The index of the flow's slot in this CPU's region of the cache. Computed once per
@@ -503,10 +537,12 @@ fn service<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
 
 /// The long path for a packet of service `id`: choose a backend, remember the flow, send.
 ///
-/// `syn`: the packet opens a TCP connection, and no lookup has been made. The flow is then
-/// inserted only if absent; one that exists (a retransmitted SYN, a client reusing the
-/// port of a live connection) keeps its backend, as the lookup would have given it: the
+/// `Opening::Syn`: the packet opens a TCP connection, and no lookup has been made. The flow
+/// is then inserted only if absent; one that exists (a retransmitted SYN, a client reusing
+/// the port of a live connection) keeps its backend, as the lookup would have given it: the
 /// rr step taken for it is handed back and no persistence template is written for it.
+/// A TCP segment that is no opening SYN is judged here, after the service's own verdicts
+/// (inactive), because whether it may open a flow is the service's choice.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn new_flow<F: Family>(
@@ -518,13 +554,19 @@ fn new_flow<F: Family>(
     sport: u16,
     clk: Clock,
     reason: u32,
-    syn: bool,
+    opening: Opening,
 ) -> Result<u32, u32> {
     let now = clk.now;
     let svc = SERVICE_INFO.get(id).ok_or(PASS_NO_SERVICE)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(PASS_INACTIVE);
     }
+    match opening {
+        Opening::Never => return Err(PASS_NOT_SYN),
+        Opening::Midstream if svc.flags & SVC_F_SLOPPY_TCP == 0 => return Err(PASS_NOT_SYN),
+        _ => {}
+    }
+    let syn = opening == Opening::Syn;
     let mut fresh = false;
     let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now, &mut fresh)?;
     let value = FlowValue {
@@ -541,14 +583,22 @@ fn new_flow<F: Family>(
             }
         }
         Err(e) if syn && e == -EEXIST => {
-            if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED) {
-                if fresh && svc.sched != SCHED_SH && svc.sched != SCHED_MH {
-                    unstep_rr(svc.id);
+            // A retransmitted SYN, or a client reusing the port of an old connection: it
+            // keeps the flow's backend, unless that backend now drains (weight 0, or down
+            // while its established flows stay): a SYN is a connection being opened, and a
+            // draining backend takes none, so the SYN is scheduled afresh. Without this, a
+            // client that reuses a port would be sent to a dead server until the old
+            // flow's idle timeout.
+            if !drains::<F>(key) {
+                if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED) {
+                    if fresh && svc.sched != SCHED_SH && svc.sched != SCHED_MH {
+                        unstep_rr(svc.id);
+                    }
+                    return r;
                 }
-                return r;
             }
-            // The entry is stale (its backend gone, or idle too long): the new choice
-            // replaces it.
+            // The entry is stale (its backend gone or draining, or idle too long): the new
+            // choice replaces it.
             if F::flows().insert(key, &value, BPF_ANY).is_ok() && sync::enabled() {
                 F::sync_flow(SYNC_EV_FLOW, key, &value);
             }
@@ -573,6 +623,19 @@ fn new_flow<F: Family>(
     rewrite_macs(ctx, backend_mac(b))?;
     count_forward(ctx, id, backend, true);
     Ok(reason)
+}
+
+/// Whether the table's flow for `key` names a backend that takes no new connection.
+#[inline(always)]
+fn drains<F: Family>(key: &F::Flow) -> bool {
+    let Some(e) = F::flows().get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: as in `established`.
+    let backend = unsafe { (*e).backend };
+    BACKENDS
+        .get(backend)
+        .is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0)
 }
 
 /// Takes back the rr/wrr step `schedule` made for a flow that turned out to exist.

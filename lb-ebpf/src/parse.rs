@@ -13,6 +13,7 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const IPV4_HLEN: usize = 20;
+const IPV4_MAX_HLEN: usize = 60;
 const IPV6_HLEN: usize = 40;
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -91,6 +92,48 @@ fn ipv4_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv4Field
     })
 }
 
+/// The unfolded ones'-complement sum of the `N` 16-bit words at `off`.
+#[inline(always)]
+fn sum_words<const N: usize>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<u32, u32> {
+    let mut sum = 0u32;
+    for w in words::<N>(ctx, off, malformed)? {
+        sum += w as u32;
+    }
+    Ok(sum)
+}
+
+/// The unfolded ones'-complement sum of the options of an IPv4 header of `ihl` bytes (20 to
+/// 60): `ihl - 20` bytes after the fixed header.
+///
+/// Four bytes a step (IHL counts 32-bit words), under a constant bound: LLVM unrolls it, so
+/// each step reads at a fixed distance from the header and the verifier sees ten plain
+/// bounds checks, not a loop. All of it behind one branch: options are rare.
+#[inline(always)]
+fn ipv4_options_sum(ctx: &XdpContext, off: usize, ihl: usize) -> Result<u32, u32> {
+    let mut sum = 0;
+    let mut o = IPV4_HLEN;
+    for _ in 0..(IPV4_MAX_HLEN - IPV4_HLEN) / 4 {
+        if o >= ihl {
+            break;
+        }
+        sum += sum_words::<2>(ctx, off + o, DROP_MALFORMED_IPV4)?;
+        o += 4;
+    }
+    Ok(sum)
+}
+
+/// An Internet checksum over data that includes its checksum field is right when the
+/// ones'-complement sum of its 16-bit words is all ones (RFC 1071). The words may be summed
+/// in either byte order: end-around carry makes the sum byte-order independent.
+///
+/// One fold is enough here: an IPv4 header is at most 30 words, so `sum < 30 * 0x10000` and
+/// the folded value is at most 0xffff + 29; of those, only 0xffff itself folds to 0xffff
+/// (a second fold turns 0x10000..=0x1001c into 1..=29).
+#[inline(always)]
+fn checksum_ok(sum: u32) -> bool {
+    (sum & 0xffff) + (sum >> 16) == 0xffff
+}
+
 /// The IPv6 header fields we use, from its 40 bytes.
 struct Ipv6Fields {
     version: u8,
@@ -130,14 +173,19 @@ fn ipv6_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv6Field
 /// The barrier is an empty `asm!`: no instruction.
 #[inline(always)]
 fn frame_len(ctx: &XdpContext) -> usize {
-    #[allow(unused_mut)]
-    let mut len = ctx.data_end() - ctx.data();
+    opaque(ctx.data_end() - ctx.data())
+}
+
+/// `x`, but the optimiser no longer knows what it is. The barrier is an empty `asm!`: no
+/// instruction, and the verifier, which sees only the register, still knows the value.
+#[inline(always)]
+fn opaque(#[allow(unused_mut)] mut x: usize) -> usize {
     #[cfg(target_arch = "bpf")]
     // SAFETY: an empty template: no instruction, no memory access.
     unsafe {
-        core::arch::asm!("# {0}", inout(reg) len, options(pure, nomem, nostack, preserves_flags));
+        core::arch::asm!("# {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
     }
-    len
+    x
 }
 
 /// What the layer-3 parse found.
@@ -157,16 +205,22 @@ pub struct L3 {
     pub later_fragment: bool,
 }
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
 
 /// What the transport-layer parse found. Ports stay in network byte order, as in the keys.
 pub struct L4 {
     pub sport: u16,
     pub dport: u16,
-    /// A TCP segment that opens a connection: SYN without ACK or RST.
+    /// A TCP segment that opens a connection: SYN without ACK, RST or FIN (what IPVS
+    /// schedules without `sloppy_tcp`).
     pub syn: bool,
+    /// A TCP reset: never opens a flow, sloppy or not (IPVS neither).
+    pub rst: bool,
 }
 
 /// Ethernet and at most one 802.1Q tag: returns (ethertype, offset of the L3 header).
@@ -188,11 +242,27 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), u32> {
 
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
-    let h = ipv4_fields(ctx, off, DROP_MALFORMED_IPV4)?;
-    let ihl = ((h.vihl & 0x0f) as usize) * 4;
-    if h.vihl >> 4 != 4 || ihl < IPV4_HLEN {
+    let mut sum = sum_words::<10>(ctx, off, DROP_MALFORMED_IPV4)?;
+    let vihl = words::<1>(ctx, off, DROP_MALFORMED_IPV4)?[0].to_ne_bytes()[0];
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < IPV4_HLEN {
         return Err(DROP_MALFORMED_IPV4);
     }
+    // The kernel's IP layer drops a header whose checksum is wrong before anything else
+    // looks at it; here we come first, and a bad header must never be forwarded. Checked
+    // for every IPv4 packet, not only those we forward: it costs a few additions
+    // (established flows included), and the stack would drop the others. Before the total
+    // length, as `ip_rcv_core` does.
+    if ihl > IPV4_HLEN {
+        sum += ipv4_options_sum(ctx, off, ihl)?;
+    }
+    if !checksum_ok(sum) {
+        return Err(DROP_BAD_IPV4_CSUM);
+    }
+    // The fields are read again, not taken from the sum's loads (hence `opaque`): kept
+    // from there, every header word stayed live across the checks, and in the BPF back
+    // end's ten registers the spills cost more than a second read of a line in cache.
+    let h = ipv4_fields(ctx, opaque(off), DROP_MALFORMED_IPV4)?;
     let tot_len = h.tot_len as usize;
     let frame = frame_len(ctx);
     if tot_len < ihl || off + tot_len > frame {
@@ -252,10 +322,19 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
                 let offlg = u16::from_be_bytes([ext[2], ext[3]]);
                 l3.proto = ext[0];
                 l3.l4_off += 8;
+                if l3.l4_off > l3_end {
+                    return Err(DROP_MALFORMED_IPV6);
+                }
                 // An atomic fragment (offset 0, M clear; RFC 6946) is a whole packet.
                 l3.fragment = offlg & 0xfff9 != 0;
                 l3.later_fragment = offlg & 0xfff8 != 0;
-                if l3.later_fragment {
+                // Every fragment of a datagram must follow one rule, and the only thing
+                // past this header that every fragment carries is its next-header value
+                // (RFC 8200 §4.5: the first header of the fragmentable part). So nothing
+                // beyond it is parsed, not even in the first fragment: a fragmentable
+                // part that starts with another extension header is passed below, all
+                // fragments alike.
+                if l3.fragment {
                     break;
                 }
             }
@@ -266,40 +345,51 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         }
     }
     match l3.proto {
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
-            if !l3.later_fragment =>
-        {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
             Err(PASS_UNSUPPORTED)
         }
         _ => Ok(l3),
     }
 }
 
-/// The ports of a TCP or UDP header, and whether a TCP segment opens a connection, after
-/// checking that the whole fixed header lies inside the IP payload.
+/// The ports of a TCP or UDP header, and how a TCP segment stands to a connection, after
+/// checking that the header lies inside the IP payload: a TCP header's data offset at
+/// least 5 words and not beyond the segment; a UDP header whole, its length not beyond the
+/// payload.
 #[inline(always)]
 pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, u32> {
     if l3.proto == PROTO_TCP {
-        if l3.l4_off + 20 > l3.l3_end {
+        let p = words::<2>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
+        // Data offset (high nibble of the first byte) and flags (the second byte), RFC 9293
+        // §3.1. The offset alone bounds the header: the fixed part is in it.
+        let [doff, flags] = words::<1>(ctx, l3.l4_off + 12, DROP_MALFORMED_L4)?[0].to_ne_bytes();
+        let hlen = (doff >> 4) as usize * 4;
+        if hlen < TCP_HLEN || l3.l4_off + hlen > l3.l3_end {
             return Err(DROP_MALFORMED_L4);
         }
-        let p = words::<2>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
-        // Data offset and flags (RFC 9293 §3.1), the flags in the second byte.
-        let flags = words::<1>(ctx, l3.l4_off + 12, DROP_MALFORMED_L4)?[0].to_ne_bytes()[1];
         return Ok(L4 {
             sport: p[0],
             dport: p[1],
-            syn: flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
+            syn: flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN,
+            rst: flags & TCP_RST != 0,
         });
     }
-    if l3.l4_off + 8 > l3.l3_end {
+    if l3.l4_off + UDP_HLEN > l3.l3_end {
         return Err(DROP_MALFORMED_L4);
     }
-    let p = words::<2>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
+    let p = words::<3>(ctx, l3.l4_off, DROP_MALFORMED_L4)?;
+    // The UDP length may be shorter than the IP payload (the stack trims the rest) but not
+    // longer, nor shorter than the header; IPv6 allows 0, "the whole payload" (RFC 2675,
+    // and Linux takes it so for any IPv6 datagram).
+    let ulen = u16::from_be(p[2]) as usize;
+    if (ulen < UDP_HLEN && (l3.family == FAMILY_V4 || ulen != 0)) || l3.l4_off + ulen > l3.l3_end {
+        return Err(DROP_MALFORMED_L4);
+    }
     Ok(L4 {
         sport: p[0],
         dport: p[1],
         syn: false,
+        rst: false,
     })
 }
 

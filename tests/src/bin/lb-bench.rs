@@ -44,7 +44,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
-use lb_common::reason::{self, FWD_ESTABLISHED, FWD_NEW_FLOW, XDP_TX};
+use lb_common::reason::{self, FWD_ESTABLISHED, FWD_NEW_FLOW, FWD_NEW_FLOW_MIDSTREAM, XDP_TX};
 use lb_daemon::dataplane::{
     default_idle_timeout,
     maglev::{self, MaglevBackend, DEFAULT_M},
@@ -265,8 +265,9 @@ fn established(
     frame: &[u8],
     target: f64,
 ) -> Result<Entry> {
-    // The first packet creates the flow; from the second on it is established.
-    check_forwarded(h, frame, FWD_NEW_FLOW, name)?;
+    // The first packet (an ACK: the service is sloppy_tcp) creates the flow; from the
+    // second on it is established.
+    check_forwarded(h, frame, FWD_NEW_FLOW_MIDSTREAM, name)?;
     check_forwarded(h, frame, FWD_ESTABLISHED, name)?;
     let base = xdp_of(macswap, "macswap")?;
     // Warm-up: caches, branch predictors, the CPU's clock.
@@ -437,7 +438,7 @@ fn live_in_namespace(ns: &Netns, ifindex_a: u32) -> Result<LiveRates> {
             .context("attaching the drop program to b in native mode")?;
 
         let mut h = lb_harness()?;
-        check_forwarded(&mut h, &frame, FWD_NEW_FLOW, name)?;
+        check_forwarded(&mut h, &frame, FWD_NEW_FLOW_MIDSTREAM, name)?;
         let forwarded_before = reason_packets(&h, FWD_ESTABLISHED)?;
         let mut macswap = load_macswap(&frame)?;
         let base = xdp_of(&mut macswap, "macswap")?;
