@@ -283,6 +283,23 @@ fn preempt_and_nopreempt() {
     }
 }
 
+/// Bytes waiting in the receive queues of `node`'s raw IPv4 sockets of protocol 112 (VRRP),
+/// from /proc/net/raw (`tx_queue:rx_queue` in hex; the local "port" is the protocol).
+fn vrrp_rx_queued(node: &Netns) -> u64 {
+    let table = node.exec(&["cat", "/proc/net/raw"]).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let proto = f.get(1)?.rsplit(':').next()?;
+            let rx = f.get(4)?.rsplit(':').next()?;
+            (u32::from_str_radix(proto, 16).ok()? == 112)
+                .then(|| u64::from_str_radix(rx, 16).ok())?
+        })
+        .sum()
+}
+
 #[test]
 fn partition_then_heal_gives_one_master_within_an_interval() {
     if !require_root("vrrp partition") {
@@ -311,10 +328,26 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
         .sysctl("net.ipv4.neigh.eth0.locktime", "0")
         .unwrap();
     client_follows(&p, 1);
+    // Which node speaks first after the heal is chance. If n1 does, n2 steps down on hearing
+    // it and sends nothing (RFC 9568 §6.4.3, as keepalived does), so no one tells the client;
+    // the case under test is the other one, n1 hearing n2's lower priority. n1 is held
+    // (SIGSTOP) across the heal for two advert intervals, so that an advert of n2 waits in
+    // n1's socket when it resumes: it is n1's first input.
+    d1.signal(libc::SIGSTOP).unwrap();
     for port in ["to-n1", "to-n2"] {
         br.exec(&["bridge", "link", "set", "dev", port, "isolated", "off"])
             .unwrap();
     }
+    wait_until(
+        "an advert of n2 waiting in n1's VRRP socket",
+        Duration::from_secs(2),
+        || vrrp_rx_queued(&p.nodes[0]) > 0,
+    )
+    .unwrap_or_else(|e| {
+        let _ = d1.signal(libc::SIGCONT);
+        panic!("{e:#}")
+    });
+    d1.signal(libc::SIGCONT).unwrap();
     let t = Instant::now();
     wait_until("one master after the heal", Duration::from_secs(3), || {
         holders(&p) == vec![0]
