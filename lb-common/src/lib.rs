@@ -410,9 +410,10 @@ pub mod reason {
     /// DROP: an IPv4 header whose checksum is wrong (the stack would drop it before IPVS
     /// saw it; XDP sees it first).
     pub const DROP_BAD_IPV4_CSUM: u32 = 21;
-    /// PASS: the driver could not say whether it took a VLAN tag off the frame (its RX
-    /// metadata call failed): a frame whose VLAN is unknown is never forwarded; the stack,
-    /// which holds any such tag, gets it.
+    /// PASS: native mode (`lb_native`): the driver could not say whether it took a VLAN tag
+    /// off the frame (its RX metadata call failed), or the tag it took off could not be put
+    /// back into the frame to be sent. A frame whose VLAN is unknown is never forwarded; the
+    /// stack, which holds any such tag, gets it.
     pub const PASS_VLAN_UNKNOWN: u32 = 22;
 
     pub const COUNT: u32 = 23;

@@ -136,6 +136,8 @@ struct Dp {
     dp: Dataplane<BpfMaps>,
     /// Keeps the program (and its bpf_link) alive.
     _ebpf: aya::Ebpf,
+    /// Keeps `lb_native` and its bpf_link alive, when that is what runs.
+    _xdp: program::Attachment,
     /// The connection tables, read for the flows per backend (and shared with sync).
     flows: std::sync::Arc<FlowTables>,
     /// Connection sync with the peer (`[sync]`).
@@ -198,6 +200,8 @@ impl Dp {
         };
         let sync_key = config.sync_key()?;
         let mut ebpf = program::load(&opts).context("loading the XDP program")?;
+        // Before any map is taken out of `ebpf`: `lb_native` is loaded against them.
+        let native = program::native_plan(&ebpf, &d.interface, ifindex, d.xdp_mode).await;
         spawn_bpf_logger(&mut ebpf);
         let mut maps = BpfMaps::new(&mut ebpf)?;
         let flows = std::sync::Arc::new(FlowTables::take(&mut ebpf)?);
@@ -214,8 +218,16 @@ impl Dp {
         // The clock before the first packet: a flow stamped 0 would look idle for years at
         // the first tick and be rescheduled.
         maps.set_clock(monotonic_seconds())?;
-        let mode = attach_xdp(&mut ebpf, d, ifindex).await?;
-        info!(interface = %d.interface, mode, keep_on_exit = d.keep_xdp_on_exit, "XDP program attached");
+        let xdp = program::attach_xdp(
+            &mut ebpf,
+            native,
+            &d.interface,
+            ifindex,
+            d.xdp_mode,
+            d.keep_xdp_on_exit,
+        )
+        .await?;
+        info!(interface = %d.interface, mode = xdp.mode.name(), program = xdp.program, keep_on_exit = d.keep_xdp_on_exit, "XDP program attached");
         let (wanted_tx, wanted_rx) = watch::channel(wanted(config, ifindex));
         let (mac_tx, mac_rx) = mpsc::channel::<MacUpdate>(1024);
         let resolver = MacResolver::new(MacResolverConfig::default())?;
@@ -225,6 +237,7 @@ impl Dp {
             Self {
                 dp,
                 _ebpf: ebpf,
+                _xdp: xdp,
                 flows,
                 sync,
                 flow_counts: None,
@@ -422,65 +435,6 @@ fn report_quorum(
             }
         }
     }
-}
-
-/// Attaches the program to the dataplane interface; returns the mode it runs in.
-///
-/// A program a previous run left attached (`keep_xdp_on_exit`) is ours to replace; any other
-/// program is refused, never replaced. With `keep_xdp_on_exit` the attachment is the
-/// interface's own (netlink), which outlives the daemon, and it replaces a previous run's
-/// program in one step when the mode is the same; without it, a bpf_link, which the kernel
-/// drops with the daemon.
-async fn attach_xdp(
-    ebpf: &mut aya::Ebpf,
-    d: &DataplaneConfig,
-    ifindex: u32,
-) -> Result<&'static str> {
-    use crate::dataplane::xdp_link::{self, Mode};
-    let current = xdp_link::attached(ifindex)
-        .await
-        .with_context(|| format!("reading the XDP program of {}", d.interface))?;
-    if let Some(cur) = current {
-        let name = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .find(|p| p.id() == cur.prog_id)
-            .and_then(|p| p.name_as_str().map(str::to_string))
-            .unwrap_or_default();
-        anyhow::ensure!(
-            name == lb_common::names::PROGRAM && cur.mode != Mode::Other,
-            "{} already runs XDP program {name:?} (id {}): detach it first",
-            d.interface,
-            cur.prog_id
-        );
-        info!(interface = %d.interface, id = cur.prog_id, mode = cur.mode.name(), "replacing the XDP program a previous run left attached");
-    }
-    if !d.keep_xdp_on_exit {
-        if let Some(cur) = current {
-            xdp_link::clear(ifindex, cur.mode).await?;
-        }
-        return Ok(program::attach(ebpf, &d.interface, d.xdp_mode)?);
-    }
-    let fd = program::xdp(ebpf)?.fd()?.try_clone()?;
-    let mut last = None;
-    for &mode in d.xdp_mode.modes() {
-        // A program in the other mode would stay beside ours: take it away first.
-        if let Some(cur) = current.filter(|c| c.mode != mode) {
-            xdp_link::clear(ifindex, cur.mode).await?;
-        }
-        use std::os::fd::AsFd;
-        match xdp_link::set(ifindex, fd.as_fd(), mode).await {
-            Ok(()) => return Ok(mode.name()),
-            Err(e) => {
-                warn!(interface = %d.interface, mode = mode.name(), "attaching XDP: {e}");
-                last = Some(e);
-            }
-        }
-    }
-    Err(anyhow::anyhow!(
-        "attaching XDP to {}: {}",
-        d.interface,
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
 }
 
 /// Resolves each VRRP instance against the host: interface index, source address, own

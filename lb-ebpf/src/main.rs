@@ -17,20 +17,66 @@ mod maps;
 mod parse;
 mod stats;
 mod sync;
+mod vlan;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::reason::{self, PASS_VLAN_UNKNOWN, XDP_TX};
 
-// `#[xdp]` wraps this function in the program's entry point. Inlined into it, or LLVM
+// `#[xdp]` wraps each of these functions in its entry point. Inlined into it, or LLVM
 // may keep it a BPF-to-BPF call once the body grows, costing every packet a call and the
 // spills around it (established flows: about 15 ns).
+
+/// Skb mode, and native mode on a device that delivers every VLAN tag in the frame.
 #[xdp]
 #[inline(always)]
 pub fn lb(ctx: XdpContext) -> u32 {
-    let reason = match lb::process(&ctx) {
+    run::<vlan::InFrame>(&ctx)
+}
+
+/// Native mode on a device that may take VLAN tags off frames: `lb`, plus the tag the driver
+/// took off (`vlan.rs`). Loaded by the daemon bound to that device (lb-daemon's
+/// dataplane/devbound.rs): the kfunc it calls exists only there.
+#[xdp]
+#[inline(always)]
+pub fn lb_native(ctx: XdpContext) -> u32 {
+    run::<vlan::Driver>(&ctx)
+}
+
+/// Tests only: `lb_native` with the driver's answer read from `VLAN_TEST`.
+#[xdp]
+#[inline(always)]
+pub fn lb_vlan_test(ctx: XdpContext) -> u32 {
+    run::<vlan::TestMap>(&ctx)
+}
+
+#[inline(always)]
+fn run<O: vlan::Offload>(ctx: &XdpContext) -> u32 {
+    let reason = decide::<O>(ctx);
+    stats::count_reason(ctx, reason);
+    reason::verdict(reason)
+}
+
+/// The reason for one frame. A tag the driver took off makes the frame a tagged one (as if
+/// the tag were in it: forwarded with it), and goes back into the frame it sends.
+#[inline(always)]
+fn decide<O: vlan::Offload>(ctx: &XdpContext) -> u32 {
+    let tag = match vlan::offloaded::<O>(ctx) {
+        Ok(tag) => tag,
+        Err(reason) => return reason,
+    };
+    let reason = match lb::process(ctx) {
         Ok(reason) | Err(reason) => reason,
     };
-    stats::count_reason(&ctx, reason);
-    lb_common::reason::verdict(reason)
+    if let Some(tci) = tag {
+        // Only a frame that leaves: one passed to the stack still has its tag there.
+        if reason::verdict(reason) == XDP_TX && !vlan::push(ctx, tci) {
+            // Decided, counted as forwarded, its MACs rewritten, but it cannot leave on its
+            // VLAN (no room for the tag: drivers always leave some). The stack gets it, and
+            // drops it: it is addressed to the real server.
+            return PASS_VLAN_UNKNOWN;
+        }
+    }
+    reason
 }
 
 #[cfg(not(test))]

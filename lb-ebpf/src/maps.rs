@@ -118,3 +118,10 @@ pub static SYNC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(sync_sta
 /// Slot 0: when this CPU last logged, so that rare-event logs stay rare under a flood.
 #[map]
 pub static LOG_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tests only (`lb_vlan_test`, which BPF_PROG_TEST_RUN can run where it cannot run the
+/// device-bound `lb_native`): slot 0 holds the answer the driver's VLAN-tag call would give,
+/// as `ret as u32 | proto << 32 | tci << 48` (`proto` in host byte order); 0, the initial
+/// value, is "no tag taken off". No other entry point reads it.
+#[map]
+pub static VLAN_TEST: Array<u64> = Array::with_max_entries(1, 0);

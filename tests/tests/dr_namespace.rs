@@ -349,7 +349,11 @@ fn a_check_outage_resets_no_established_connection() {
     let mut conns = lb_tests::e2e_lab::LongLived::open(lab.client(), target, 12)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let on_rs2 = conns.by_backend().get("rs2").copied().unwrap_or(0);
-    assert!(on_rs2 >= 2, "rr spreads 12 connections: {:?}", conns.by_backend());
+    assert!(
+        on_rs2 >= 2,
+        "rr spreads 12 connections: {:?}",
+        conns.by_backend()
+    );
     let (during, _) = outage(&mut conns);
     eprintln!("expire_nodest_conn = true: {on_rs2} on rs2, during the outage {during:?}");
     assert_eq!(during.resets, on_rs2, "{during:?}");

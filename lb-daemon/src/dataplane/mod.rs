@@ -4,6 +4,7 @@
 //! and the neighbour table) -> [`plan::Desired`], the exact map contents, computed by a pure
 //! function -> a diff against what is in the maps -> the writes, behind [`maps::MapWriter`]
 //! (the kernel, or memory in unit tests).
+pub mod devbound;
 pub mod flows;
 pub mod maglev;
 pub mod maps;

@@ -1,4 +1,13 @@
 //! Loading the embedded XDP object with its sizes, and attaching it.
+//!
+//! The object has two entry points over one code and one set of maps: `lb`, which aya loads,
+//! and `lb_native`, which also reads the VLAN tag a driver took off the frame and is loaded
+//! bound to the interface ([`devbound`]). Skb mode runs `lb` (the kernel keeps an offloaded
+//! tag on the skb and puts it back on XDP_TX); native mode runs `lb_native` where the driver
+//! can say what it took off, `lb` where the device never delivers a tag beside the frame,
+//! and nothing elsewhere ([`native_plan`]).
+use std::os::fd::{AsFd, OwnedFd};
+
 use aya::{
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
@@ -7,7 +16,12 @@ use lb_common::{
     names, DEFAULT_FLOW_CACHE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_PERSIST, DEFAULT_SYNC_RING_BYTES,
 };
 
-use super::{plan::Limits, xdp_link::Mode};
+use super::devbound;
+use super::{
+    plan::Limits,
+    xdp_link::{self, Mode},
+};
+use crate::netlink::NetlinkError;
 
 /// The XDP object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
@@ -69,13 +83,6 @@ pub enum LoadError {
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("attaching XDP to {iface} in {mode} mode: {source}")]
-    Attach {
-        iface: String,
-        mode: &'static str,
         #[source]
         source: ProgramError,
     },
@@ -201,30 +208,226 @@ impl AttachMode {
     }
 }
 
-/// Attaches the loaded program to `iface`; returns the mode it runs in. The attachment is a
-/// bpf_link owned by this process: it goes away when the process does, even on SIGKILL.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<&'static str, LoadError> {
-    let prog = xdp(ebpf)?;
-    let mut last = None;
+/// What native mode will run on the interface: decided, and `lb_native` loaded, right after
+/// [`load`], while aya still holds every map the two entry points share.
+#[derive(Debug)]
+pub enum NativePlan {
+    /// Skb mode only: nothing was asked.
+    Unused,
+    /// `lb_native`, bound to the interface: it reads the tags the driver took off.
+    DevBound(OwnedFd),
+    /// The plain `lb`: the device delivers every tag in the frame.
+    Plain,
+    /// Native mode would forward tagged frames untagged, or that could not be ruled out: why.
+    Refused(String),
+}
+
+/// Decides what native mode runs on `iface` (see [`devbound::choose`]) and loads `lb_native`
+/// if that is it. Never an error: what stands in native mode's way is [`NativePlan::Refused`],
+/// which [`attach_xdp`] reports (and `auto` then takes skb mode).
+pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: AttachMode) -> NativePlan {
+    if !mode.modes().contains(&Mode::Native) {
+        return NativePlan::Unused;
+    }
+    let cannot_tell = |e: &dyn std::fmt::Display| {
+        format!("cannot tell whether {iface} delivers VLAN tags outside the frame: {e}")
+    };
+    let ports = match xdp_link::ports(ifindex).await {
+        Ok(p) => p,
+        Err(e) => return NativePlan::Refused(cannot_tell(&e)),
+    };
+    let facts = match devbound::tag_facts(iface, ifindex, &ports) {
+        Ok(f) => f,
+        Err(e) => return NativePlan::Refused(cannot_tell(&e)),
+    };
+    match devbound::choose(iface, &facts) {
+        devbound::Choice::Plain => NativePlan::Plain,
+        devbound::Choice::Refuse(why) => NativePlan::Refused(why),
+        devbound::Choice::DevBound => match devbound::load_native(OBJECT, ebpf, iface, ifindex) {
+            Ok(fd) => NativePlan::DevBound(fd),
+            Err(e) => NativePlan::Refused(format!(
+                "{iface} may deliver VLAN tags outside the frame, and the program that reads \
+                 them did not load: {e}"
+            )),
+        },
+    }
+}
+
+/// The program attached to the interface. Dropping it ends a bpf_link attachment of
+/// `lb_native` (aya keeps `lb`'s in the `Ebpf`); a netlink one (`keep_xdp_on_exit`) outlives
+/// it.
+#[derive(Debug)]
+pub struct Attachment {
+    pub mode: Mode,
+    /// `lb` or `lb_native`.
+    pub program: &'static str,
+    _prog: Option<OwnedFd>,
+    _link: Option<OwnedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("reading the XDP program of {iface}: {source}")]
+    Query {
+        iface: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("{iface} already runs XDP program {name:?} (id {id}): detach it first")]
+    Foreign {
+        iface: String,
+        name: String,
+        id: u32,
+    },
+    #[error("taking the previous XDP program off {iface}: {source}")]
+    Clear {
+        iface: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("attaching XDP to {iface}: {}", .errors.join("; "))]
+    Failed { iface: String, errors: Vec<String> },
+    #[error(transparent)]
+    Program(#[from] LoadError),
+}
+
+/// The names our programs have in the kernel: what a previous run may have left attached.
+const OUR_PROGRAMS: [&str; 2] = [names::PROGRAM, devbound::PROGRAM_NATIVE];
+
+/// Attaches the program to `iface` in the first of `mode`'s modes that works: native runs
+/// what `native` says, skb runs `lb`.
+///
+/// A program a previous run left attached (`keep_xdp_on_exit`) is ours to replace; any other
+/// program is refused, never replaced. With `keep_on_exit` the attachment is the interface's
+/// own (netlink), which outlives the daemon, and it replaces a previous run's program in one
+/// step when the mode is the same; without it, a bpf_link, which the kernel drops with the
+/// daemon.
+pub async fn attach_xdp(
+    ebpf: &mut Ebpf,
+    native: NativePlan,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+    keep_on_exit: bool,
+) -> Result<Attachment, AttachError> {
+    let current = xdp_link::attached(ifindex)
+        .await
+        .map_err(|source| AttachError::Query {
+            iface: iface.to_string(),
+            source,
+        })?;
+    if let Some(cur) = current {
+        let name = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == cur.prog_id)
+            .and_then(|p| p.name_as_str().map(str::to_string))
+            .unwrap_or_default();
+        if !OUR_PROGRAMS.contains(&name.as_str()) || cur.mode == Mode::Other {
+            return Err(AttachError::Foreign {
+                iface: iface.to_string(),
+                name,
+                id: cur.prog_id,
+            });
+        }
+        tracing::info!(
+            interface = iface,
+            id = cur.prog_id,
+            mode = cur.mode.name(),
+            "replacing the XDP program a previous run left attached"
+        );
+    }
+    let clear = |m: Mode| async move {
+        xdp_link::clear(ifindex, m)
+            .await
+            .map_err(|source| AttachError::Clear {
+                iface: iface.to_string(),
+                source,
+            })
+    };
+    if !keep_on_exit {
+        if let Some(cur) = current {
+            clear(cur.mode).await?;
+        }
+    }
+    let mut native = Some(native);
+    let mut errors = Vec::new();
     for &m in mode.modes() {
-        let flags = if m == Mode::Native {
-            XdpMode::Driver
+        let plan = if m == Mode::Native {
+            native.take()
         } else {
-            XdpMode::Skb
+            None
         };
-        match prog.attach(iface, flags) {
-            Ok(_) => return Ok(m.name()),
-            Err(source) => {
-                let e = LoadError::Attach {
-                    iface: iface.to_string(),
-                    mode: m.name(),
-                    source,
-                };
-                tracing::warn!("{e}");
-                last = Some(e);
+        // The program for this mode: `lb_native` (ours to keep open), or aya's `lb`.
+        let (program, own) = match plan {
+            Some(NativePlan::DevBound(fd)) => (devbound::PROGRAM_NATIVE, Some(fd)),
+            Some(NativePlan::Refused(why)) => {
+                tracing::warn!(interface = iface, "native XDP refused: {why}");
+                errors.push(format!("native mode refused: {why}"));
+                continue;
+            }
+            Some(NativePlan::Plain | NativePlan::Unused) | None => (names::PROGRAM, None),
+        };
+        // The bpf_link, if the attachment is one we must keep open.
+        let attached: Result<Option<OwnedFd>, String> = if keep_on_exit {
+            // A program in the other mode would stay beside ours: take it away first.
+            if let Some(cur) = current.filter(|c| c.mode != m) {
+                clear(cur.mode).await?;
+            }
+            let set = match &own {
+                Some(fd) => xdp_link::set(ifindex, fd.as_fd(), m).await,
+                None => {
+                    let fd = xdp(ebpf)?.fd().map_err(|source| LoadError::Program {
+                        name: names::PROGRAM,
+                        source,
+                    })?;
+                    let fd = fd.try_clone().map_err(|e| AttachError::Failed {
+                        iface: iface.to_string(),
+                        errors: vec![format!("duplicating the program's descriptor: {e}")],
+                    })?;
+                    xdp_link::set(ifindex, fd.as_fd(), m).await
+                }
+            };
+            set.map(|()| None).map_err(|e| e.to_string())
+        } else {
+            match &own {
+                Some(fd) => xdp_link::link_create(fd.as_fd(), ifindex, m)
+                    .map(Some)
+                    .map_err(|e| format!("bpf_link_create: {e}")),
+                None => {
+                    let flags = if m == Mode::Native {
+                        XdpMode::Driver
+                    } else {
+                        XdpMode::Skb
+                    };
+                    xdp(ebpf)?
+                        .attach_to_if_index(ifindex, flags)
+                        .map(|_| None)
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        match attached {
+            Ok(link) => {
+                return Ok(Attachment {
+                    mode: m,
+                    program,
+                    _prog: own,
+                    _link: link,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(
+                    interface = iface,
+                    mode = m.name(),
+                    program,
+                    "attaching XDP: {e}"
+                );
+                errors.push(format!("{} mode: {e}", m.name()));
             }
         }
     }
-    // `modes()` is never empty: there is always a last error.
-    Err(last.unwrap_or(LoadError::NoProgram(names::PROGRAM)))
+    Err(AttachError::Failed {
+        iface: iface.to_string(),
+        errors,
+    })
 }

@@ -6,11 +6,16 @@
 //! upgrade); that is the netlink attachment, which belongs to the interface, not to a
 //! process. Setting a program over netlink also replaces the one a previous run left, in
 //! one step, so a restart has no window where frames reach the stack unbalanced.
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
+};
+
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 
 use crate::netlink::{
-    attributes, put_attr, split_family_header, MessageBuilder, NetlinkError, RouteSocket,
-    AF_UNSPEC, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    attr_string, attributes, put_attr, split_family_header, MessageBuilder, NetlinkError,
+    RouteSocket, AF_UNSPEC, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 
 const RTM_NEWLINK: u16 = 16;
@@ -18,6 +23,8 @@ const RTM_GETLINK: u16 = 18;
 const RTM_SETLINK: u16 = 19;
 /// `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
 const IFLA_XDP: u16 = 43;
 const NLA_F_NESTED: u16 = 0x8000;
 // Nested in IFLA_XDP.
@@ -130,6 +137,43 @@ pub fn decode_link(
     Ok(Some(found))
 }
 
+/// The name of the interface an `RTM_NEWLINK` message is about, if `master` is its master
+/// (it is a port of that bond or bridge).
+pub fn decode_port(
+    msg_type: u16,
+    payload: &[u8],
+    master: u32,
+) -> Result<Option<String>, NetlinkError> {
+    if msg_type != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let (_, attrs) = split_family_header::<IFINFOMSG_LEN>(payload, "ifinfomsg")?;
+    let (mut name, mut is_port) = (None, false);
+    for attr in attributes(attrs) {
+        match attr? {
+            (IFLA_IFNAME, v) => name = attr_string(v),
+            (IFLA_MASTER, &[a, b, c, d]) => is_port = u32::from_ne_bytes([a, b, c, d]) == master,
+            _ => {}
+        }
+    }
+    Ok(name.filter(|_| is_port))
+}
+
+/// The interfaces whose master is `ifindex`: a bond's ports, whose drivers are the ones that
+/// receive its frames.
+pub async fn ports(ifindex: u32) -> Result<Vec<String>, NetlinkError> {
+    RouteSocket::open()?
+        .dump(
+            |seq| {
+                let mut msg = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq);
+                msg.push_bytes(&ifinfomsg(0));
+                msg.finish()
+            },
+            |h, payload| decode_port(h.msg_type, payload, ifindex),
+        )
+        .await
+}
+
 /// The program `ifindex` runs, if any.
 pub async fn attached(ifindex: u32) -> Result<Option<Attached>, NetlinkError> {
     let mut sock = RouteSocket::open()?;
@@ -152,6 +196,21 @@ pub async fn set(ifindex: u32, prog: BorrowedFd<'_>, mode: Mode) -> Result<(), N
     RouteSocket::open()?
         .request(|seq| encode_set(seq, ifindex, fd, mode))
         .await
+}
+
+/// A bpf_link giving `ifindex` the program `prog` in `mode`, as aya's `Xdp::attach` makes for
+/// the programs it loaded: the attachment lasts as long as the returned descriptor (the
+/// kernel drops it with the daemon, even on SIGKILL). For `lb_native`, which aya did not load.
+pub fn link_create(prog: BorrowedFd<'_>, ifindex: u32, mode: Mode) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing plain integers into the BPF_LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut attr.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.__bindgen_anon_2.target_ifindex = ifindex;
+    l.attach_type = bpf_attach_type::BPF_XDP as u32;
+    l.flags = mode.flags();
+    super::devbound::bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
 }
 
 /// Takes the program `ifindex` runs in `mode` away.
@@ -191,6 +250,29 @@ mod tests {
         p.extend_from_slice(&(IFLA_XDP | NLA_F_NESTED).to_ne_bytes());
         p.extend_from_slice(xdp);
         p
+    }
+
+    #[test]
+    fn decodes_ports() {
+        let link = |master: Option<u32>| {
+            let mut p = ifinfomsg(5).to_vec();
+            put_attr(&mut p, IFLA_IFNAME, b"eth1\0");
+            if let Some(m) = master {
+                put_attr(&mut p, IFLA_MASTER, &m.to_ne_bytes());
+            }
+            p
+        };
+        assert_eq!(
+            decode_port(RTM_NEWLINK, &link(Some(3)), 3).unwrap(),
+            Some("eth1".to_string())
+        );
+        assert_eq!(decode_port(RTM_NEWLINK, &link(Some(4)), 3).unwrap(), None);
+        assert_eq!(decode_port(RTM_NEWLINK, &link(None), 3).unwrap(), None);
+        assert_eq!(decode_port(RTM_SETLINK, &link(Some(3)), 3).unwrap(), None);
+        // Hostile: truncated header or attribute is an error, not a panic.
+        assert!(decode_port(RTM_NEWLINK, &link(Some(3))[..10], 3).is_err());
+        let p = link(Some(3));
+        assert!(decode_port(RTM_NEWLINK, &p[..p.len() - 2], 3).is_err());
     }
 
     #[test]
