@@ -2,10 +2,34 @@
 # Installs what the project needs on a fresh Debian 12 machine of this kind.
 #   setup.sh build   the eBPF toolchain only
 #   setup.sh test    that, plus the real peers the tests and the lab run (default)
+#   setup.sh fuzz    what `cargo xtask fuzz` needs: cargo-fuzz for the rustup nightly
+#                    toolchain, and a C++ compiler for libFuzzer
 # Idempotent: each step checks first, so a second run is quick.
 set -euo pipefail
 what=${1:-test}
-case "$what" in build|test) ;; *) echo "usage: $0 [build|test]" >&2; exit 2;; esac
+case "$what" in build|test|fuzz) ;; *) echo "usage: $0 [build|test|fuzz]" >&2; exit 2;; esac
+
+if [ "$what" = fuzz ]; then
+  # libFuzzer itself is C++, built by the libfuzzer-sys crate.
+  if ! command -v c++ >/dev/null 2>&1; then
+    echo "setup: installing g++ (libFuzzer is built from C++ sources)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends g++ >&2
+  fi
+  # cargo-fuzz drives the nightly toolchain that is on the machine (rustup cannot download
+  # one here); its -Z flags and the sanitizer-coverage pass need nightly.
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "setup: no rustup nightly toolchain: \`rustup toolchain install nightly\` first" >&2
+    exit 1
+  fi
+  if ! rustup run nightly cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: building cargo-fuzz" >&2
+    cargo install --locked cargo-fuzz@0.13.2
+  fi
+  echo "setup: fuzz done" >&2
+  exit 0
+fi
 
 need_apt=()
 want() { dpkg -s "$1" >/dev/null 2>&1 || need_apt+=("$1"); }

@@ -382,7 +382,7 @@ fn response_line(r: &Response) -> Vec<u8> {
 /// Reads one line of at most `max` bytes (without its `\n`, and without a `\r` before it).
 /// `Ok(None)`: the peer closed between lines. `Err(Some(msg))`: tell the client and close;
 /// `Err(None)`: just close.
-async fn read_line<R: AsyncRead + Unpin>(
+pub async fn read_line<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     buf: &mut Vec<u8>,
     max: usize,

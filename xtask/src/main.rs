@@ -1,6 +1,7 @@
 //! Project chores that do not belong in build scripts: building the XDP object, the test
-//! run, benchmarks and the lab.
+//! run, fuzzing, benchmarks and the lab.
 mod ebpf;
+mod fuzz;
 
 use std::{path::PathBuf, process::Command};
 
@@ -33,6 +34,15 @@ enum Cmd {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Fuzz the parsers of outside input (cargo-fuzz, libFuzzer, the nightly toolchain): one
+    /// target, or each in turn. Fails, naming the input, if one finds a crash.
+    Fuzz {
+        /// One target (a file of fuzz/fuzz_targets/); all of them without it.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        time: u32,
     },
     /// The demo, in namespaces: the seed's two deployments (a VRRP pair of lb-daemons in DR
     /// mode in front of three nginx real servers, then the nginx HA pair), failovers included.
@@ -137,6 +147,7 @@ fn main() -> Result<()> {
             }
             run(tests_bin("lb-bench").args(&args))?;
         }
+        Cmd::Fuzz { target, time } => fuzz::fuzz(target, time)?,
         Cmd::Lab { args } => {
             prepare()?;
             run(tests_bin("lb-lab").args(&args))?;

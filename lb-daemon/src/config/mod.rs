@@ -281,6 +281,10 @@ impl RealServer {
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
+    /// Where each line starts: a position's line is a binary search away. Scanning the
+    /// text from its start for each position made a file of many scripts quadratic (40k
+    /// `vrrp_script` blocks took 44 s to check).
+    line_starts: Vec<usize>,
     /// Every script and hook the file names, for [`Config::check_scripts`].
     scripts: std::cell::RefCell<Vec<ScriptRef>>,
 }
@@ -295,10 +299,11 @@ pub struct ScriptRef {
 
 impl Ctx<'_> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        (line, column)
+        let offset = offset.min(self.text.len());
+        // The last line start at or before `offset` (the first is 0, so there is one).
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        (line, offset - start + 1)
     }
 
     /// A script or hook command line: an absolute program (and its arguments), registered
@@ -343,6 +348,9 @@ impl Config {
         let cx = Ctx {
             file,
             text,
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
             scripts: Default::default(),
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {

@@ -20,7 +20,7 @@
 //! Ranges are left to `lb-daemon`'s own checks, which run on the output and whose errors are
 //! reported at the keepalived position of the value (see `mod.rs`); here values are only
 //! checked for their form (a number, an address) and their type's range.
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use super::{
     emit::{Child, Doc, Elem, Entry, Section, Table, Value},
@@ -38,6 +38,12 @@ const DEFAULT_PRIORITY: i64 = 100;
 const OWNER_PRIORITY: i64 = 255;
 /// Where the importer says the sync key goes (keepalived has none).
 pub(crate) const SYNC_KEY_PLACEHOLDER: &str = "/etc/lb-daemon/sync.key";
+/// The most unsupported keywords listed: each costs a message and a comment in the output,
+/// and a file with more is not a keepalived configuration lb-daemon can run.
+pub(crate) const MAX_UNSUPPORTED: usize = 10_000;
+/// The most tracker entries that sync groups copy to their members in all (members times
+/// trackers: a few text lines make a great many copies).
+const MAX_TRACK_COPIES: usize = 100_000;
 
 /// Something keepalived.conf says that lb-daemon does not support.
 #[derive(Debug, Clone)]
@@ -129,30 +135,67 @@ struct Cx<'a> {
     sync: Option<SyncDaemon>,
     /// Comments for the end of the output (what sat around unsupported top-level blocks).
     tail: Vec<String>,
+    /// Where the unsupported keyword past [`MAX_UNSUPPORTED`] is.
+    too_many_unsupported: Option<Span>,
+    /// Tracker entries the sync groups so far copy to their members.
+    track_copies: usize,
 }
 
-pub(crate) fn convert(file: &File, sources: &Sources, opts: &Options) -> Result<Converted, Diag> {
-    let mut cx = Cx {
-        sources,
-        opts,
-        unsupported: Vec::new(),
-        global: None,
-        script_security: false,
-        scripts_named: false,
-        garp: Vec::new(),
-        vrrp_version: None,
-        scripts: Vec::new(),
-        instances: Vec::new(),
-        groups: Vec::new(),
-        servers: Vec::new(),
-        sync: None,
-        tail: Vec::new(),
-    };
-    for s in &file.body {
-        cx.top(s)?;
+/// The converter, fed one top-level statement at a time ([`Converter::statement`]), so the
+/// tree of the whole file never has to exist.
+pub(crate) struct Converter<'a>(Cx<'a>);
+
+impl<'a> Converter<'a> {
+    pub(crate) fn new(sources: &'a Sources, opts: &'a Options) -> Self {
+        Converter(Cx {
+            sources,
+            opts,
+            unsupported: Vec::new(),
+            global: None,
+            script_security: false,
+            scripts_named: false,
+            garp: Vec::new(),
+            vrrp_version: None,
+            scripts: Vec::new(),
+            instances: Vec::new(),
+            groups: Vec::new(),
+            servers: Vec::new(),
+            sync: None,
+            tail: Vec::new(),
+            too_many_unsupported: None,
+            track_copies: 0,
+        })
     }
-    cx.tail.extend(texts(&file.tail));
-    cx.finish()
+
+    pub(crate) fn statement(&mut self, s: &Stmt) -> Result<(), Diag> {
+        self.0.top(s)?;
+        match self.0.too_many_unsupported {
+            Some(span) => Err(Diag::new(
+                span,
+                format!(
+                    "more than {MAX_UNSUPPORTED} keywords lb-daemon does not support: the \
+                     importer stops here"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The document, once every statement is in; `tail` is the comment lines after the last.
+    pub(crate) fn finish(mut self, tail: &[Comment]) -> Result<Converted, Diag> {
+        self.0.tail.extend(texts(tail));
+        self.0.finish()
+    }
+}
+
+/// A whole tree at once.
+#[allow(dead_code)]
+pub(crate) fn convert(file: &File, sources: &Sources, opts: &Options) -> Result<Converted, Diag> {
+    let mut c = Converter::new(sources, opts);
+    for s in &file.body {
+        c.statement(s)?;
+    }
+    c.finish(&file.tail)
 }
 
 fn texts(c: &[Comment]) -> Vec<String> {
@@ -194,7 +237,7 @@ fn no_block(s: &Stmt) -> Result<(), Diag> {
 }
 
 fn block(s: &Stmt) -> Result<&Block, Diag> {
-    s.block.as_ref().ok_or_else(|| {
+    s.block.as_deref().ok_or_else(|| {
         Diag::new(
             s.keyword().span,
             format!("`{}` needs a {{ }} block", s.keyword().text),
@@ -389,6 +432,10 @@ impl Cx<'_> {
         written: String,
         reason: impl Into<String>,
     ) {
+        if self.unsupported.len() >= MAX_UNSUPPORTED {
+            self.too_many_unsupported.get_or_insert(span);
+            return;
+        }
         let reason = reason.into();
         let note = format!(" not imported ({}): {written}: {reason}", self.locate(span));
         let mut lines = comments;
@@ -631,6 +678,7 @@ impl Cx<'_> {
                 }
             }
         }
+        t.shrink();
         self.scripts.push((t, name.text.clone(), weight));
         Ok(())
     }
@@ -988,6 +1036,7 @@ impl Cx<'_> {
                 }
             }
         }
+        t.shrink();
         inst.table = t;
         self.instances.push(inst);
         Ok(())
@@ -1326,6 +1375,19 @@ impl Cx<'_> {
                 }
             }
         }
+        self.track_copies = self
+            .track_copies
+            .saturating_add(members.len().saturating_mul(tracks.len()));
+        if self.track_copies > MAX_TRACK_COPIES {
+            return Err(Diag::new(
+                name.span,
+                format!(
+                    "the sync groups copy more than {MAX_TRACK_COPIES} trackers to their \
+                     members in all"
+                ),
+            ));
+        }
+        t.shrink();
         self.groups.push(Group {
             table: t,
             members,
@@ -1639,6 +1701,7 @@ impl Cx<'_> {
                 table: rs.table,
             });
         }
+        t.shrink();
         self.servers.push(Server {
             table: t,
             vip,
@@ -2028,8 +2091,14 @@ impl Cx<'_> {
                 })
             })
             .collect();
+        // Looked up by name, not scanned: members and instances may be many.
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (n, i) in self.instances.iter().enumerate() {
+            by_name.entry(i.name.clone()).or_insert(n);
+        }
         for (member, key, elem) in copies {
-            if let Some(inst) = self.instances.iter_mut().find(|i| i.name == member) {
+            let found = by_name.get(&member).copied();
+            if let Some(inst) = found.and_then(|n| self.instances.get_mut(n)) {
                 match inst.table.get_mut(key) {
                     Some(Entry {
                         value: Value::Array(a),
@@ -2048,16 +2117,18 @@ impl Cx<'_> {
                 }
             }
         }
-        let script_weights: Vec<(String, i64)> = self
-            .scripts
-            .iter()
-            .map(|(_, n, w)| (n.clone(), *w))
-            .collect();
+        // The first non-zero weight of each script name.
+        let mut script_weights: HashMap<String, i64> = HashMap::new();
+        for (_, n, w) in &self.scripts {
+            if *w != 0 {
+                script_weights.entry(n.clone()).or_insert(*w);
+            }
+        }
         for inst in &mut self.instances {
             // `chk weight 0` overrides the script's weight in keepalived; lb-daemon reads a
             // track entry's 0 as "the script's weight".
             for (name, span) in &inst.zero_weight_scripts {
-                if let Some((_, w)) = script_weights.iter().find(|(n, w)| n == name && *w != 0) {
+                if let Some(w) = script_weights.get(name) {
                     return Err(Diag::new(
                         *span,
                         format!(
@@ -2129,17 +2200,21 @@ impl Cx<'_> {
         // A VIP no instance holds is served whatever the VRRP state, as keepalived configures
         // IPVS services whatever the state.
         let mut interfaces: Vec<(String, String)> = Vec::new();
+        let mut seen_interfaces: std::collections::HashSet<String> = Default::default();
+        // The first instance (and its first entry) that holds each VIP, found once: a scan
+        // per virtual server would be quadratic in the size of the file.
+        let mut owners: HashMap<IpAddr, (&Instance, &Option<String>)> = HashMap::new();
+        for i in &self.instances {
+            for (a, dev) in &i.vips {
+                owners.entry(*a).or_insert((i, dev));
+            }
+        }
         for vs in &mut self.servers {
-            let owner = self.instances.iter().find_map(|i| {
-                i.vips
-                    .iter()
-                    .find(|(a, _)| *a == vs.vip)
-                    .map(|(_, dev)| (i, dev))
-            });
+            let owner = owners.get(&vs.vip).copied();
             match owner {
                 Some((inst, dev)) => {
                     let iface = dev.clone().or_else(|| inst.interface.clone()).unwrap_or_default();
-                    if !interfaces.iter().any(|(i, _)| *i == iface) {
+                    if seen_interfaces.insert(iface.clone()) {
                         interfaces.push((iface, inst.name.clone()));
                     }
                 }
@@ -2314,5 +2389,51 @@ fn ctx_of(key: &str) -> Ctx {
         // `nb_get_retry`: TCP_CHECK and HTTP_GET read it alike.
         "retry" => Ctx::TcpCheck,
         _ => Ctx::Top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{import_str, ImportError, Options};
+    use super::*;
+
+    fn error(text: &str) -> String {
+        match import_str(Path::new("k.conf"), text, &Options::default()) {
+            Err(e @ ImportError::At { .. }) => e.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unsupported_keywords_are_listed_up_to_a_limit() {
+        let many = format!(
+            "global_defs {{\n{}}}\n",
+            "notification_email x\n".repeat(MAX_UNSUPPORTED + 1)
+        );
+        let e = error(&many);
+        assert!(
+            e.starts_with(&format!(
+                "k.conf:{}:1: more than {MAX_UNSUPPORTED}",
+                MAX_UNSUPPORTED + 2
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sync_groups_copy_a_bounded_number_of_trackers() {
+        let n = 400;
+        let members: String = (0..n).map(|i| format!(" VI_{i}\n")).collect();
+        let tracks: String = (0..n).map(|i| format!(" chk_{i}\n")).collect();
+        let text = format!(
+            "vrrp_sync_group G {{\n group {{\n{members} }}\n track_script {{\n{tracks} }}\n}}\n"
+        );
+        let e = error(&text);
+        assert!(
+            e.starts_with("k.conf:1:17: the sync groups copy more than"),
+            "{e}"
+        );
     }
 }

@@ -98,6 +98,18 @@ impl Table {
         self.items.push(Item::Comment(text.into()));
     }
 
+    /// Gives back what its lists reserved beyond their length: a configuration of many small
+    /// blocks is many small tables, and an empty-handed list reserves room for four.
+    pub fn shrink(&mut self) {
+        self.comments.shrink_to_fit();
+        self.items.shrink_to_fit();
+        self.tail.shrink_to_fit();
+        self.children.shrink_to_fit();
+        for c in &mut self.children {
+            c.table.shrink();
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
             && self.children.is_empty()
@@ -124,8 +136,42 @@ pub struct Doc {
     pub tail: Vec<String>,
 }
 
-/// The TOML text, and for each of its lines (index 0 = line 1) the keepalived text it came from.
-pub fn render(doc: &Doc) -> (String, Vec<Option<Span>>) {
+/// For each line of the output, the keepalived text it came from, kept as runs of lines with
+/// the same origin (a block's comment lines are one run, so they cost nothing per line).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineMap {
+    /// (first line index of the run, its origin), by line index.
+    runs: Vec<(u32, Option<Span>)>,
+    lines: u32,
+}
+
+impl LineMap {
+    fn push(&mut self, span: Option<Span>) {
+        if self.runs.last().is_none_or(|r| r.1 != span) {
+            self.runs.push((self.lines, span));
+        }
+        self.lines = self.lines.saturating_add(1);
+    }
+
+    /// The origin of line index `i` (0 = line 1); `None` past the end.
+    pub fn get(&self, i: usize) -> Option<Option<Span>> {
+        let i = u32::try_from(i).ok().filter(|&i| i < self.lines)?;
+        let run = self.runs.partition_point(|r| r.0 <= i).checked_sub(1)?;
+        self.runs.get(run).map(|r| r.1)
+    }
+
+    /// The number of lines.
+    pub fn len(&self) -> usize {
+        self.lines as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+}
+
+/// The TOML text, and for each of its lines the keepalived text it came from.
+pub fn render(doc: &Doc) -> (String, LineMap) {
     let mut w = Writer::default();
     for c in &doc.header {
         w.comment(0, c, None);
@@ -146,7 +192,7 @@ pub fn render(doc: &Doc) -> (String, Vec<Option<Span>>) {
 #[derive(Default)]
 struct Writer {
     text: String,
-    spans: Vec<Option<Span>>,
+    spans: LineMap,
 }
 
 impl Writer {
@@ -343,8 +389,10 @@ mod tests {
              # two\n# lines\u{fffd}\nvirtual_ipaddress = [\n  \"192.0.2.1\",\n]\n"
         );
         assert_eq!(spans.len(), text.lines().count());
-        assert_eq!(spans[3], span(1));
-        assert_eq!(spans[8], span(3));
+        assert_eq!(spans.get(3), Some(span(1)));
+        assert_eq!(spans.get(8), Some(span(3)));
+        assert_eq!(spans.get(0), Some(None));
+        assert_eq!(spans.get(99), None);
         let parsed: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(
             parsed["vrrp_instance"][0]["name"].as_str(),

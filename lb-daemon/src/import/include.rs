@@ -8,19 +8,32 @@
 //! and an unreadable match is an error. A wildcard that matches nothing is fine for `include`,
 //! `includer`, `includem` and `includeb` (the reason such patterns exist), and an error for
 //! `includew` and `includea`, as keepalived's `include_check wildcard_match` makes it.
+//!
+//! Reading happens in two passes so that nothing holds the whole token stream: [`load`] reads
+//! every file (checking its syntax, and finding its includes), then [`stream`] lexes them again
+//! in reading order straight into the parser, whose top-level statements go to the converter
+//! one at a time. Errors of the first pass (a file that cannot be read, bad quoting) therefore
+//! come before those of the parser and the converter, as they did when the tokens were read
+//! in full first.
 use std::path::{Path, PathBuf};
 
 use super::{
-    lexer::{lex, Tok, Token},
-    source::{self, Files, Sources, Span},
-    Diag, ImportError,
+    lexer::{lex_each, Tok},
+    parse::{Comment, Parser, Stmt},
+    source::{self, FileId, Files, Sources, Span},
+    Diag, ImportError, MAX_INPUT_BYTES,
 };
 
-/// Limits that keep a hostile include tree finite.
+/// Limits that keep a hostile include tree finite (the bytes: [`MAX_INPUT_BYTES`]).
 const MAX_FILES: usize = 1000;
 const MAX_DEPTH: usize = 16;
-const MAX_FILE_BYTES: usize = 16 << 20;
-const MAX_TOTAL_BYTES: usize = 64 << 20;
+
+/// What [`load`] found: for each file read (by [`FileId`]), for each of its include lines in
+/// order, the files that line read, in order.
+pub(crate) struct Plan {
+    root: FileId,
+    includes: Vec<Vec<Vec<FileId>>>,
+}
 
 struct Loader<'a> {
     files: &'a dyn Files,
@@ -28,27 +41,62 @@ struct Loader<'a> {
     total_bytes: usize,
     /// The files being read, outermost first, to refuse include loops.
     chain: Vec<PathBuf>,
+    includes: Vec<Vec<Vec<FileId>>>,
 }
 
-/// The tokens of `root` with every include expanded. A failure is an [`ImportError`]: a
+/// Reads `root` and everything it includes into `sources`. A failure is an [`ImportError`]: a
 /// position in a file already read, or `root` that cannot be read.
 pub(crate) fn load(
     files: &dyn Files,
     root: &Path,
     sources: &mut Sources,
-) -> Result<Vec<Token>, ImportError> {
+) -> Result<Plan, ImportError> {
     let mut l = Loader {
         files,
         sources,
         total_bytes: 0,
         chain: Vec::new(),
+        includes: Vec::new(),
     };
-    let mut out = Vec::new();
-    match l.file(root, None, &mut out) {
-        Ok(()) => Ok(out),
+    match l.file(root, None) {
+        Ok(root) => Ok(Plan {
+            root,
+            includes: l.includes,
+        }),
         Err(Failure::Root(e)) => Err(e),
         Err(Failure::At(d)) => Err(ImportError::at(l.sources, d)),
     }
+}
+
+/// The tokens of what [`load`] read, in reading order, through `parser`: each top-level
+/// statement goes to `out` as soon as it is complete. Returns the comment lines after the last
+/// statement.
+pub(crate) fn stream(
+    plan: &Plan,
+    sources: &Sources,
+    out: &mut dyn FnMut(Stmt) -> Result<(), Diag>,
+) -> Result<Vec<Comment>, Diag> {
+    let mut parser = Parser::new();
+    stream_file(plan, sources, plan.root, &mut parser, out)?;
+    parser.finish(out)
+}
+
+fn stream_file(
+    plan: &Plan,
+    sources: &Sources,
+    id: FileId,
+    parser: &mut Parser,
+    out: &mut dyn FnMut(Stmt) -> Result<(), Diag>,
+) -> Result<(), Diag> {
+    let mut includes = plan.includes.get(id.0 as usize).into_iter().flatten();
+    lex_each(id, sources.text(id), &mut |t| match t.tok {
+        Tok::Include { .. } => includes
+            .next()
+            .into_iter()
+            .flatten()
+            .try_for_each(|&inc| stream_file(plan, sources, inc, parser, out)),
+        _ => parser.push(t, out),
+    })
 }
 
 enum Failure {
@@ -64,13 +112,8 @@ impl From<Diag> for Failure {
 }
 
 impl Loader<'_> {
-    /// Reads `path` (included at `from`, `None` for the top file) into `out`.
-    fn file(
-        &mut self,
-        path: &Path,
-        from: Option<Span>,
-        out: &mut Vec<Token>,
-    ) -> Result<(), Failure> {
+    /// Reads `path` (included at `from`, `None` for the top file) and what it includes.
+    fn file(&mut self, path: &Path, from: Option<Span>) -> Result<FileId, Failure> {
         let fail = |message: String| -> Failure {
             match from {
                 Some(at) => Failure::At(Diag::new(at, message)),
@@ -97,24 +140,28 @@ impl Loader<'_> {
                 .collect();
             return Err(fail(format!("include loop: {}", cycle.join(" includes "))));
         }
-        let bytes = self.files.read(path).map_err(|e| match from {
+        let room = MAX_INPUT_BYTES - self.total_bytes;
+        let bytes = self.files.read(path, room).map_err(|e| match from {
             Some(_) => fail(format!("cannot read {}: {e}", path.display())),
             None => fail(format!("cannot read: {e}")),
         })?;
-        if bytes.len() > MAX_FILE_BYTES {
-            return Err(fail(format!(
-                "{} is larger than {} MiB",
-                path.display(),
-                MAX_FILE_BYTES >> 20
-            )));
+        if bytes.len() > room {
+            let mib = MAX_INPUT_BYTES >> 20;
+            return Err(fail(if self.total_bytes == 0 {
+                format!(
+                    "{} is larger than {mib} MiB, the most the importer reads (keepalived \
+                     configurations are far smaller)",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "with {}, the configuration and what it includes are larger than {mib} MiB \
+                     in all, the most the importer reads",
+                    path.display()
+                )
+            }));
         }
         self.total_bytes += bytes.len();
-        if self.total_bytes > MAX_TOTAL_BYTES {
-            return Err(fail(format!(
-                "the included files are larger than {} MiB in all",
-                MAX_TOTAL_BYTES >> 20
-            )));
-        }
         let (text, bad_utf8) = match String::from_utf8(bytes) {
             Ok(t) => (t, None),
             Err(e) => {
@@ -123,38 +170,45 @@ impl Loader<'_> {
             }
         };
         let id = self.sources.add(path.to_path_buf(), text);
+        self.includes.push(Vec::new());
         if let Some(at) = bad_utf8 {
             // The lossy text has the same bytes up to the first invalid one.
             return Err(Diag::new(Span::new(id, at, at), "not valid UTF-8").into());
         }
-        let tokens = lex(id, self.sources.text(id))?;
-        self.chain.push(key);
-        for t in tokens {
-            match t.tok {
-                Tok::Include { directive, pattern } => {
-                    self.include(path, &directive, &pattern, t.span, out)?;
-                }
-                _ => out.push(t),
+        // The whole file is lexed (and its errors found) before any include is read.
+        let mut lines = Vec::new();
+        lex_each(id, self.sources.text(id), &mut |t| {
+            if let Tok::Include { directive, pattern } = t.tok {
+                lines.push((directive, pattern, t.span));
             }
+            Ok(())
+        })?;
+        self.chain.push(key);
+        let mut read = Vec::with_capacity(lines.len());
+        for (directive, pattern, at) in lines {
+            read.push(self.include(path, &directive, &pattern, at)?);
         }
         self.chain.pop();
-        Ok(())
+        if let Some(slot) = self.includes.get_mut(id.0 as usize) {
+            *slot = read;
+        }
+        Ok(id)
     }
 
+    /// The files one include line reads.
     fn include(
         &mut self,
         from_file: &Path,
         directive: &str,
         pattern: &str,
         at: Span,
-        out: &mut Vec<Token>,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<FileId>, Failure> {
         let base = from_file.parent().unwrap_or(Path::new(""));
         let alternatives = source::expand_braces(pattern)
             .map_err(|m| Diag::new(at, format!("`{directive} {pattern}`: {m}")))?;
         let must_match = matches!(directive, "includew" | "includea");
         let each_brace_must_match = directive == "includeb";
-        let mut matched_any = false;
+        let mut read = Vec::new();
         for alt in alternatives {
             let full = source::normalize(&base.join(&alt));
             let matches = if source::has_wildcards(&alt) {
@@ -174,15 +228,14 @@ impl Loader<'_> {
                 )
                 .into());
             }
-            matched_any |= !matches.is_empty();
             for m in matches {
-                self.file(&m, Some(at), out)?;
+                read.push(self.file(&m, Some(at))?);
             }
         }
-        if !matched_any && must_match {
+        if read.is_empty() && must_match {
             return Err(Diag::new(at, format!("`{directive} {pattern}`: nothing matches")).into());
         }
-        Ok(())
+        Ok(read)
     }
 }
 
@@ -193,16 +246,14 @@ mod tests {
 
     fn words(fs: &MemFiles, root: &str) -> Result<Vec<String>, String> {
         let mut sources = Sources::default();
-        load(fs, Path::new(root), &mut sources)
-            .map(|t| {
-                t.into_iter()
-                    .filter_map(|t| match t.tok {
-                        Tok::Word(w) => Some(w),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .map_err(|e| e.to_string())
+        let plan = load(fs, Path::new(root), &mut sources).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        stream(&plan, &sources, &mut |s| {
+            out.extend(s.words.into_iter().map(|w| w.text));
+            Ok(())
+        })
+        .map_err(|d| ImportError::at(&sources, d).to_string())?;
+        Ok(out)
     }
 
     #[test]
@@ -250,5 +301,52 @@ mod tests {
         assert!(e.starts_with("/k/bad.conf:2:5: not valid UTF-8"), "{e}");
         let e = words(&fs, "/k/nothing.conf").unwrap_err();
         assert!(e.starts_with("/k/nothing.conf: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn input_is_capped_in_all_and_named() {
+        let half = MAX_INPUT_BYTES / 2 + 1;
+        let mut fs = MemFiles::new();
+        fs.add("/k/a.conf", "include b.conf\ninclude c.conf\n")
+            .add("/k/b.conf", vec![b'#'; half])
+            .add("/k/c.conf", vec![b'#'; half])
+            .add("/k/big.conf", vec![b'#'; MAX_INPUT_BYTES + 1]);
+        let e = words(&fs, "/k/a.conf").unwrap_err();
+        assert!(
+            e.starts_with("/k/a.conf:2:9: with /k/c.conf, the configuration and what it includes are larger than 16 MiB"),
+            "{e}"
+        );
+        let e = words(&fs, "/k/big.conf").unwrap_err();
+        assert!(
+            e.starts_with("/k/big.conf: /k/big.conf is larger than 16 MiB"),
+            "{e}"
+        );
+    }
+
+    /// Statements reach the converter one by one, before the rest of the text is parsed:
+    /// a statement that fails stops the reading there.
+    #[test]
+    fn statements_stream_in_reading_order() {
+        let mut fs = MemFiles::new();
+        fs.add("/k/a.conf", "one { x }\ninclude b.conf\nthree\n} # stray\n")
+            .add("/k/b.conf", "two\n");
+        let mut sources = Sources::default();
+        let plan = load(&fs, Path::new("/k/a.conf"), &mut sources).unwrap();
+        let mut seen = Vec::new();
+        let err = stream(&plan, &sources, &mut |s| {
+            seen.push(s.keyword().text.clone());
+            Ok(())
+        })
+        .unwrap_err();
+        // `three` waits for its next line (a `{` there would open its block), which fails.
+        assert_eq!(seen, ["one", "two"]);
+        assert!(err.message.contains("`}` with no `{`"), "{}", err.message);
+        let mut seen = 0;
+        let err = stream(&plan, &sources, &mut |_| {
+            seen += 1;
+            Err(Diag::new(Span::new(plan.root, 0, 0), "stop"))
+        })
+        .unwrap_err();
+        assert_eq!((seen, err.message.as_str()), (1, "stop"));
     }
 }

@@ -50,18 +50,33 @@ fn is_blank(c: char) -> bool {
 /// The tokens of one file.
 pub fn lex(file: FileId, text: &str) -> Result<Vec<Token>, Diag> {
     let mut out = Vec::new();
+    lex_each(file, text, &mut |t| {
+        out.push(t);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The tokens of one file, handed to `sink` one at a time as they are read, so that no
+/// list of them all is ever held (a token is several times the size of its text). An error
+/// of `sink` ends the reading and is returned.
+pub fn lex_each(
+    file: FileId,
+    text: &str,
+    sink: &mut dyn FnMut(Token) -> Result<(), Diag>,
+) -> Result<(), Diag> {
     let mut line_start = 0;
     for line in text.split_inclusive('\n') {
         let body = line.strip_suffix('\n').unwrap_or(line);
-        lex_line(file, body, line_start, &mut out)?;
+        lex_line(file, body, line_start, sink)?;
         let eol = line_start + body.len();
-        out.push(Token {
+        sink(Token {
             tok: Tok::Newline,
             span: Span::new(file, eol, eol),
-        });
+        })?;
         line_start += line.len();
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Where the comment of a line starts (the byte offset of its `#` or `!`), and the offsets of
@@ -89,7 +104,12 @@ fn comment_start(line: &str) -> (Option<usize>, Vec<usize>) {
     (None, escapes)
 }
 
-fn lex_line(file: FileId, line: &str, base: usize, out: &mut Vec<Token>) -> Result<(), Diag> {
+fn lex_line(
+    file: FileId,
+    line: &str,
+    base: usize,
+    out: &mut dyn FnMut(Token) -> Result<(), Diag>,
+) -> Result<(), Diag> {
     let span = |a: usize, b: usize| Span::new(file, base + a, base + b);
     let (comment, escapes) = comment_start(line);
     let code = &line[..comment.unwrap_or(line.len())];
@@ -134,15 +154,14 @@ fn lex_line(file: FileId, line: &str, base: usize, out: &mut Vec<Token>) -> Resu
                     format!("`{d}` takes one file name or pattern"),
                 ));
             }
-            out.push(Token {
+            out(Token {
                 tok: Tok::Include {
                     directive: d.to_string(),
                     pattern: pattern.to_string(),
                 },
                 span: span(arg_start, arg_start + arg.len()),
-            });
-            push_comment(line, comment, &span, out);
-            return Ok(());
+            })?;
+            return push_comment(line, comment, &span, out);
         }
     }
     // keepalived substitutes its predefined parameters (`$_PWD`, `${_INSTANCE}`...) in the
@@ -155,23 +174,22 @@ fn lex_line(file: FileId, line: &str, base: usize, out: &mut Vec<Token>) -> Resu
         ));
     }
     words(code, &escapes, &span, out)?;
-    push_comment(line, comment, &span, out);
-    Ok(())
+    push_comment(line, comment, &span, out)
 }
 
 fn push_comment(
     line: &str,
     comment: Option<usize>,
     span: &dyn Fn(usize, usize) -> Span,
-    out: &mut Vec<Token>,
-) {
-    if let Some(c) = comment {
+    out: &mut dyn FnMut(Token) -> Result<(), Diag>,
+) -> Result<(), Diag> {
+    match comment {
         // Skip the one-byte `#` or `!`.
-        let text = line[c + 1..].trim_end_matches(is_blank);
-        out.push(Token {
-            tok: Tok::Comment(text.to_string()),
+        Some(c) => out(Token {
+            tok: Tok::Comment(line[c + 1..].trim_end_matches(is_blank).to_string()),
             span: span(c, line.len()),
-        });
+        }),
+        None => Ok(()),
     }
 }
 
@@ -225,7 +243,7 @@ fn words(
     code: &str,
     escapes: &[usize],
     span: &dyn Fn(usize, usize) -> Span,
-    out: &mut Vec<Token>,
+    out: &mut dyn FnMut(Token) -> Result<(), Diag>,
 ) -> Result<(), Diag> {
     let mut chars = code.char_indices().peekable();
     while let Some(&(start, c)) = chars.peek() {
@@ -235,10 +253,10 @@ fn words(
         }
         if c == '{' || c == '}' {
             chars.next();
-            out.push(Token {
+            out(Token {
                 tok: if c == '{' { Tok::Open } else { Tok::Close },
                 span: span(start, start + 1),
-            });
+            })?;
             continue;
         }
         let mut word = String::new();
@@ -284,10 +302,10 @@ fn words(
                 other => word.push(other),
             }
         }
-        out.push(Token {
+        out(Token {
             tok: Tok::Word(word),
             span: span(start, end),
-        });
+        })?;
     }
     Ok(())
 }

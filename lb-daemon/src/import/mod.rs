@@ -3,11 +3,13 @@
 //! The stages, each its own module and each pure but the first:
 //!
 //! 1. `include`: read the file and everything it includes (globs, braces, relative to the
-//!    including file) into one token stream (`lexer`: keepalived's comments, quotes and braces).
-//! 2. `parse`: the tokens to a tree of statements and blocks, comments attached.
-//! 3. `convert`: the tree to a TOML document (`emit`'s model), with keepalived's aliases
-//!    (`keywords`), inheritance and defaults made explicit, and a list of what lb-daemon does not
-//!    support.
+//!    including file), then stream its tokens in reading order (`lexer`: keepalived's comments,
+//!    quotes and braces).
+//! 2. `parse`: the tokens to a tree of statements and blocks, comments attached, handed on one
+//!    top-level statement at a time.
+//! 3. `convert`: each statement's tree into a TOML document (`emit`'s model), with keepalived's
+//!    aliases (`keywords`), inheritance and defaults made explicit, and a list of what
+//!    lb-daemon does not support.
 //! 4. `emit`: the document to text, remembering which keepalived text each line came from.
 //! 5. [`Config::parse`] on that text: the output is checked by the same code as `lb-daemon
 //!    check`, and an error it finds is reported at the keepalived file, line and column of the
@@ -37,6 +39,13 @@
 //! | vs/rs `retry`, `delay_before_retry`, `warmup`, `connect_timeout`, `virtualhost`, `inhibit_on_failure`, `weight` | defaults for the real servers and their checks | copied down |
 //! | `quorum` above the total weight; `hysteresis` ≥ `quorum` | lowered to the total; to `quorum - 1` | the lowered value |
 //!
+//! # Memory
+//!
+//! Nothing holds the whole token stream or the whole statement tree: a top-level statement's
+//! tree lives until it is converted (and may hold at most [`parse::MAX_STATEMENT_ELEMENTS`]
+//! words), so the importer's own memory is the text it read (at most [`MAX_INPUT_BYTES`]) and
+//! the document it writes. Loading the output (step 5) costs what [`Config::parse`] costs.
+//!
 //! Where keepalived's default is one lb-daemon cannot have (no `lb_algo`: wlc; no `lb_kind`:
 //! NAT), the import fails with the position of the `virtual_server`.
 use std::path::{Path, PathBuf};
@@ -53,6 +62,11 @@ pub mod source;
 
 pub use source::{Files, Location, MemFiles, RealFiles};
 use source::{Sources, Span};
+
+/// The most the importer reads, the configuration and what it includes together. keepalived
+/// configurations are far smaller, and the importer's memory is a small multiple of what it
+/// reads (the `import_memory` test holds it to that).
+pub const MAX_INPUT_BYTES: usize = 16 << 20;
 
 /// A message about a place in the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,23 +168,31 @@ pub fn import_str(name: &Path, text: &str, opts: &Options) -> Result<Import, Imp
 
 pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Import, ImportError> {
     let mut sources = Sources::default();
-    let tokens = include::load(files, path, &mut sources)?;
-    let tree = parse::parse(tokens).map_err(|d| ImportError::at(&sources, d))?;
-    let converted =
-        convert::convert(&tree, &sources, opts).map_err(|d| ImportError::at(&sources, d))?;
-    let mut doc = converted.doc;
-    let unsupported: Vec<UnsupportedItem> = converted
-        .unsupported
-        .iter()
-        .map(|u| UnsupportedItem {
-            location: sources.locate(u.span),
-            block: u.block.clone(),
-            written: u.written.clone(),
-            reason: u.reason.clone(),
-        })
-        .collect();
-    doc.header = header(path, &unsupported);
-    let (toml, lines) = emit::render(&doc);
+    let plan = include::load(files, path, &mut sources)?;
+    let (toml, lines, unsupported) = {
+        // Parsed and converted one top-level statement at a time; the document is dropped
+        // once rendered, before the output is loaded.
+        let mut converter = convert::Converter::new(&sources, opts);
+        let tail = include::stream(&plan, &sources, &mut |s| converter.statement(&s))
+            .map_err(|d| ImportError::at(&sources, d))?;
+        let converted = converter
+            .finish(&tail)
+            .map_err(|d| ImportError::at(&sources, d))?;
+        let mut doc = converted.doc;
+        let unsupported: Vec<UnsupportedItem> = converted
+            .unsupported
+            .iter()
+            .map(|u| UnsupportedItem {
+                location: sources.locate(u.span),
+                block: u.block.clone(),
+                written: u.written.clone(),
+                reason: u.reason.clone(),
+            })
+            .collect();
+        doc.header = header(path, &unsupported);
+        let (toml, lines) = emit::render(&doc);
+        (toml, lines, unsupported)
+    };
     let name = opts
         .output_name
         .clone()
@@ -189,25 +211,32 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
 pub fn parse_text(text: &str) -> Result<parse::File, String> {
     let mut sources = Sources::default();
     let id = sources.add(PathBuf::from("<text>"), text.to_string());
-    let located = |d: Diag| ImportError::at(&sources, d).to_string();
-    let tokens = lexer::lex(id, text)
-        .map_err(located)?
-        .into_iter()
-        .flat_map(|t| match t.tok {
-            lexer::Tok::Include { directive, pattern } => vec![
-                lexer::Token {
-                    tok: lexer::Tok::Word(directive),
-                    span: t.span,
-                },
-                lexer::Token {
-                    tok: lexer::Tok::Word(pattern),
-                    span: t.span,
-                },
-            ],
-            _ => vec![t],
-        })
-        .collect();
-    parse::parse(tokens).map_err(located)
+    let mut p = parse::Parser::new();
+    let mut body = Vec::new();
+    let mut keep = |s: parse::Stmt| {
+        body.push(s);
+        Ok(())
+    };
+    let read = lexer::lex_each(id, sources.text(id), &mut |t| match t.tok {
+        lexer::Tok::Include { directive, pattern } => {
+            for word in [directive, pattern] {
+                p.push(
+                    lexer::Token {
+                        tok: lexer::Tok::Word(word),
+                        span: t.span,
+                    },
+                    &mut keep,
+                )?;
+            }
+            Ok(())
+        }
+        _ => p.push(t, &mut keep),
+    })
+    .and_then(|()| p.finish(&mut keep));
+    match read {
+        Ok(tail) => Ok(parse::File { body, tail }),
+        Err(d) => Err(ImportError::at(&sources, d).to_string()),
+    }
 }
 
 fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
@@ -233,7 +262,7 @@ fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
 /// An error of [`Config::parse`] on the output, at the keepalived text of its line.
 fn config_error(
     e: ConfigError,
-    lines: &[Option<Span>],
+    lines: &emit::LineMap,
     sources: &Sources,
     toml: &str,
 ) -> ImportError {
@@ -252,12 +281,7 @@ fn config_error(
         ),
         ConfigError::Read { .. } => return ImportError::Output(e.to_string()),
     };
-    match line
-        .checked_sub(1)
-        .and_then(|i| lines.get(i))
-        .copied()
-        .flatten()
-    {
+    match line.checked_sub(1).and_then(|i| lines.get(i)).flatten() {
         Some(span) => ImportError::at(sources, Diag::new(span, message)),
         None => {
             let text = line

@@ -12,17 +12,27 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId(pub(crate) u32);
 
-/// A byte range of one file.
+/// A byte range of one file. Offsets are `u32`: the loader refuses more than
+/// [`super::MAX_INPUT_BYTES`] of input, and a span is made for every word, so its size counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     pub file: FileId,
-    pub start: usize,
-    pub end: usize,
+    pub start: u32,
+    pub end: u32,
 }
 
 impl Span {
     pub fn new(file: FileId, start: usize, end: usize) -> Self {
-        Span { file, start, end }
+        let at = |o: usize| u32::try_from(o).unwrap_or(u32::MAX);
+        Span {
+            file,
+            start: at(start),
+            end: at(end),
+        }
+    }
+
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
     }
 }
 
@@ -43,9 +53,13 @@ impl std::fmt::Display for Location {
 struct SourceFile {
     path: PathBuf,
     text: String,
-    /// Byte offset of the start of each line.
-    line_starts: Vec<usize>,
+    /// Byte offset of the start of every [`LINE_STEP`]th line (line 1, 1 + LINE_STEP, ...):
+    /// a full index would cost 8 bytes a line, more than the text of a file of short lines.
+    checkpoints: Vec<u32>,
 }
+
+/// Lines between two entries of [`SourceFile::checkpoints`].
+const LINE_STEP: usize = 64;
 
 /// Every file the importer read.
 #[derive(Default)]
@@ -55,14 +69,21 @@ pub struct Sources {
 
 impl Sources {
     pub fn add(&mut self, path: PathBuf, text: String) -> FileId {
-        let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let checkpoints = std::iter::once(0)
+            .chain(
+                text.match_indices('\n')
+                    .map(|(i, _)| i + 1)
+                    .skip(LINE_STEP - 1)
+                    .step_by(LINE_STEP),
+            )
+            .map(|o| u32::try_from(o).unwrap_or(u32::MAX))
+            .collect();
         // At most MAX_FILES files are ever added (the loader's limit), so this fits.
         let id = FileId(u32::try_from(self.files.len()).unwrap_or(u32::MAX));
         self.files.push(SourceFile {
             path,
             text,
-            line_starts,
+            checkpoints,
         });
         id
     }
@@ -92,7 +113,7 @@ impl Sources {
     pub fn slice(&self, span: Span) -> &str {
         self.files
             .get(span.file.0 as usize)
-            .and_then(|f| f.text.get(span.start..span.end))
+            .and_then(|f| f.text.get(span.range()))
             .unwrap_or("")
     }
 
@@ -105,9 +126,20 @@ impl Sources {
                 column: 0,
             };
         };
-        let offset = span.start.min(f.text.len());
-        let line = f.line_starts.partition_point(|&s| s <= offset).max(1);
-        let start = f.line_starts.get(line - 1).copied().unwrap_or(0);
+        let offset = (span.start as usize).min(f.text.len());
+        let k = f
+            .checkpoints
+            .partition_point(|&s| s as usize <= offset)
+            .max(1)
+            - 1;
+        let from = f.checkpoints.get(k).map_or(0, |&s| s as usize);
+        let before = f.text.as_bytes().get(from..offset).unwrap_or_default();
+        let newlines = before.iter().filter(|&&b| b == b'\n').count();
+        let line = k * LINE_STEP + newlines + 1;
+        let start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(from, |i| from + i + 1);
         let column = match f.text.get(start..offset) {
             Some(s) => s.chars().count() + 1,
             // Not on a character boundary (never for spans the lexer makes): count bytes.
@@ -123,7 +155,9 @@ impl Sources {
 
 /// What `include` needs of a file system.
 pub trait Files {
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The file's bytes, but at most `limit + 1` of them: a caller that gets more than `limit`
+    /// knows the file is too large without having read all of it.
+    fn read(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>>;
     /// The entries of a directory: name, and whether it is a directory.
     fn list(&self, dir: &Path) -> io::Result<Vec<(OsString, bool)>>;
     fn is_dir(&self, path: &Path) -> bool;
@@ -134,11 +168,18 @@ pub trait Files {
 pub struct RealFiles;
 
 impl Files for RealFiles {
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+    fn read(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
         if path.is_dir() {
             return Err(io::Error::other("is a directory"));
         }
-        std::fs::read(path)
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata().map_or(0, |m| m.len());
+        let cap = usize::try_from(size).unwrap_or(usize::MAX).min(limit) + 1;
+        let mut out = Vec::with_capacity(cap);
+        file.take(u64::try_from(limit).unwrap_or(u64::MAX) + 1)
+            .read_to_end(&mut out)?;
+        Ok(out)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<(OsString, bool)>> {
@@ -184,10 +225,10 @@ impl MemFiles {
 }
 
 impl Files for MemFiles {
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+    fn read(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>> {
         let path = normalize(path);
         if let Some(c) = self.files.get(&path) {
-            return Ok(c.clone());
+            return Ok(c[..c.len().min(limit.saturating_add(1))].to_vec());
         }
         if self.is_dir(&path) {
             return Err(io::Error::other("is a directory"));
@@ -520,5 +561,25 @@ mod tests {
         assert_eq!(s.locate(Span::new(id, at, at + 1)).to_string(), "f:2:4");
         assert_eq!(s.locate(Span::new(id, 999, 999)).line, 3);
         assert_eq!(s.locate(Span::new(FileId(7), 0, 0)).line, 0);
+    }
+
+    /// The sparse line index gives what counting every line from the start gives.
+    #[test]
+    fn locate_agrees_with_counting() {
+        let mut text = String::new();
+        for i in 0..1000 {
+            text.push_str(&"é".repeat(i % 7));
+            text.push_str(if i % 3 == 0 { "\n" } else { "x\n" });
+        }
+        let mut s = Sources::default();
+        let id = s.add("f".into(), text.clone());
+        for offset in (0..text.len()).filter(|o| text.is_char_boundary(*o)) {
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = text[start..offset].chars().count() + 1;
+            let got = s.locate(Span::new(id, offset, offset));
+            assert_eq!((got.line, got.column), (line, column), "offset {offset}");
+        }
     }
 }

@@ -1,0 +1,4 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(init: lb_fuzz::init("import"), |data: &[u8]| lb_fuzz::checks::import(data));
