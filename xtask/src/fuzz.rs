@@ -96,6 +96,9 @@ pub fn fuzz(target: Option<String>, secs: u32) -> Result<()> {
             );
         }
     }
+    // lb-daemon embeds the XDP object (its build script wants it), even where no target
+    // runs it.
+    crate::ebpf::build()?;
     // One build for all: they share everything but their few lines. No sanitizer: the
     // parsers are safe Rust, and without one a target runs several times faster; overflow
     // checks and debug assertions are on (fuzz/Cargo.toml).
