@@ -331,14 +331,19 @@ fn a_check_outage_resets_no_established_connection() {
         (during, conns.round())
     };
 
-    let mut conns = lb_tests::e2e_lab::LongLived::open(lab.client(), target, 12)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let on_rs2 = conns.by_backend().get("rs2").copied().unwrap_or(0);
-    assert!(
-        on_rs2 >= 2,
-        "rr spreads 12 connections: {:?}",
-        conns.by_backend()
-    );
+    // 12 keep-alive connections, and how many rr gave rs2.
+    let open = || {
+        let conns = lb_tests::e2e_lab::LongLived::open(lab.client(), target, 12)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let on_rs2 = conns.by_backend().get("rs2").copied().unwrap_or(0);
+        assert!(
+            on_rs2 >= 2,
+            "rr spreads 12 connections: {:?}",
+            conns.by_backend()
+        );
+        (conns, on_rs2)
+    };
+    let (mut conns, _) = open();
     let (during, after) = outage(&mut conns);
     eprintln!("expire_nodest_conn = false: during the outage {during:?}, after {after:?}");
     assert_eq!(during.ok, 12, "during the outage: {during:?}\n{}", log());
@@ -346,14 +351,7 @@ fn a_check_outage_resets_no_established_connection() {
 
     // IPVS's other choice: the down server's connections are rescheduled, and reset.
     reload(&daemon, &cfg, &config(true)).unwrap();
-    let mut conns = lb_tests::e2e_lab::LongLived::open(lab.client(), target, 12)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let on_rs2 = conns.by_backend().get("rs2").copied().unwrap_or(0);
-    assert!(
-        on_rs2 >= 2,
-        "rr spreads 12 connections: {:?}",
-        conns.by_backend()
-    );
+    let (mut conns, on_rs2) = open();
     let (during, _) = outage(&mut conns);
     eprintln!("expire_nodest_conn = true: {on_rs2} on rs2, during the outage {during:?}");
     assert_eq!(during.resets, on_rs2, "{during:?}");
