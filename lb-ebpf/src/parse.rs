@@ -201,8 +201,6 @@ pub struct L3 {
     pub l3_end: usize,
     /// A fragment: first, middle or last.
     pub fragment: bool,
-    /// A fragment other than the first: no upper-layer header.
-    pub later_fragment: bool,
 }
 
 const TCP_FIN: u8 = 0x01;
@@ -279,7 +277,6 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         l4_off: off + ihl,
         l3_end: off + tot_len,
         fragment,
-        later_fragment: frag & 0x1fff != 0,
     })
 }
 
@@ -307,7 +304,6 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         l4_off: off + IPV6_HLEN,
         l3_end,
         fragment: false,
-        later_fragment: false,
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match l3.proto {
@@ -327,7 +323,6 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
                 }
                 // An atomic fragment (offset 0, M clear; RFC 6946) is a whole packet.
                 l3.fragment = offlg & 0xfff9 != 0;
-                l3.later_fragment = offlg & 0xfff8 != 0;
                 // Every fragment of a datagram must follow one rule, and the only thing
                 // past this header that every fragment carries is its next-header value
                 // (RFC 8200 §4.5: the first header of the fragmentable part). So nothing

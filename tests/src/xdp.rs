@@ -18,6 +18,32 @@ use lb_daemon::dataplane::{
 /// The MAC the harness gives the load balancer's interface.
 pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 
+/// The addresses of the packet fixtures (`xdp_fixtures`, `xdp_random`, `xdp_vlan`): bytes in
+/// test frames, never on an interface.
+pub mod addrs {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+    /// The real servers' MACs, in backend order (192.0.2.11, .12...).
+    pub const B: [[u8; 6]; 4] = [
+        [0x02, 0, 0, 0, 0, 0xb1],
+        [0x02, 0, 0, 0, 0, 0xb2],
+        [0x02, 0, 0, 0, 0, 0xb3],
+        [0x02, 0, 0, 0, 0, 0xb4],
+    ];
+    pub const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    pub const VIP4_ALL_PORTS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+    pub const VIP4_BACKUP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
+    pub const VIP4_PERSIST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 103);
+    /// The node's own address.
+    pub const NODE4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+    pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+    pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+    pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+}
+
 /// Small sizes: the fixtures need a handful of entries, and a 1M-entry LRU takes a while
 /// to allocate for every test.
 pub fn small_options() -> LoadOptions {
@@ -129,7 +155,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
             .map(|i| BackendSpec {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
-                mac: Some([0x02, 0, 0, 0, 0, 0xb1 + i]),
+                mac: Some(addrs::B[i as usize]),
             })
             .collect(),
     }

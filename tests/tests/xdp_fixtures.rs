@@ -4,35 +4,18 @@
 //!
 //! Frames shorter than an Ethernet header cannot be tested this way: the kernel refuses
 //! BPF_PROG_TEST_RUN input below ETH_HLEN (14 bytes) before the program runs.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use lb_common::reason::{self, *};
 use lb_daemon::dataplane::{BackendSpec, Proto, Scheduler, ServiceSpec};
 use lb_tests::{
     netns::require_root,
     packet::*,
-    xdp::{small_options, RunOutput, XdpHarness, LB_MAC},
+    xdp::{addrs::*, small_options, RunOutput, XdpHarness, LB_MAC},
 };
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const B: [[u8; 6]; 4] = [
-    [0x02, 0, 0, 0, 0, 0xb1],
-    [0x02, 0, 0, 0, 0, 0xb2],
-    [0x02, 0, 0, 0, 0, 0xb3],
-    [0x02, 0, 0, 0, 0, 0xb4],
-];
-const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-const VIP4_ALL_PORTS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
-const VIP4_BACKUP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
-const VIP4_PERSIST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 103);
 const VIP4_SH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 104);
 const VIP4_MH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 105);
-const NODE4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
-const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 
 fn backend(i: usize, port: u16, weight: u32) -> BackendSpec {
     BackendSpec {

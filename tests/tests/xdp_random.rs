@@ -17,7 +17,7 @@
 //! reason and every malformed reason must come up, or the generator has gone blind.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Instant,
 };
 
@@ -26,30 +26,12 @@ use lb_daemon::dataplane::{BackendSpec, Proto, Scheduler, ServiceSpec};
 use lb_tests::{
     netns::require_root,
     packet::*,
-    xdp::{small_options, XdpHarness, LB_MAC},
+    xdp::{addrs::*, small_options, XdpHarness, LB_MAC},
 };
 
 /// The default seed (issue 15's).
 const SEED: u64 = 0x0015_5eed_c0de_0015;
 const FRAMES: usize = 80_000;
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const B: [[u8; 6]; 4] = [
-    [0x02, 0, 0, 0, 0, 0xb1],
-    [0x02, 0, 0, 0, 0, 0xb2],
-    [0x02, 0, 0, 0, 0, 0xb3],
-    [0x02, 0, 0, 0, 0, 0xb4],
-];
-const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-const VIP4_ALL_PORTS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
-const VIP4_BACKUP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
-const VIP4_PERSIST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 103);
-const NODE4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
-const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 
 /// xorshift64* (Vigna): small, fast, and the same sequence on every machine for a seed.
 struct Rng(u64);

@@ -7,18 +7,17 @@
 //! that tag put back (PCP and DEI too), exactly as a frame carrying its tag is; QinQ and
 //! 802.1ad are passed; a tag the driver cannot tell is never forwarded; a passed frame is
 //! left as it came (the stack still holds its tag).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use aya::{
     maps::Array,
     programs::{TestRun, TestRunOptions},
 };
 use lb_common::reason::{self, *};
-use lb_daemon::dataplane::{BackendSpec, Proto, Scheduler, ServiceSpec};
 use lb_tests::{
     netns::require_root,
     packet::*,
-    xdp::{small_options, xdp_of, XdpHarness, LB_MAC},
+    xdp::{addrs::*, rr_service, small_options, xdp_of, XdpHarness, LB_MAC},
 };
 
 /// The test entry point and its map (lb-ebpf's main.rs and maps.rs).
@@ -30,39 +29,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const ENODATA: i32 = 61;
 const EOPNOTSUPP: i32 = 95;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const B: [[u8; 6]; 3] = [
-    [0x02, 0, 0, 0, 0, 0xb1],
-    [0x02, 0, 0, 0, 0, 0xb2],
-    [0x02, 0, 0, 0, 0, 0xb3],
-];
-const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// Not a service: the stack's.
 const OTHER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
-
-fn service(vip: IpAddr) -> ServiceSpec {
-    ServiceSpec {
-        vip,
-        port: 80,
-        proto: Proto::Tcp,
-        sched: Scheduler::Rr,
-        hash_port: false,
-        sloppy_tcp: true,
-        persistence_timeout: 0,
-        persistence_prefix: 32,
-        idle_timeout: lb_daemon::dataplane::default_idle_timeout(Proto::Tcp),
-        active: true,
-        backends: (0..3u8)
-            .map(|i| BackendSpec {
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), 80),
-                weight: 1,
-                mac: Some(B[i as usize]),
-            })
-            .collect(),
-    }
-}
 
 struct Vlan {
     h: XdpHarness,
@@ -74,7 +42,7 @@ impl Vlan {
             return None;
         }
         let mut h = XdpHarness::new(small_options()).expect("load the XDP object");
-        h.dp.update(&[service(VIP4.into()), service(VIP6.into())])
+        h.dp.update(&[rr_service(VIP4.into(), 80), rr_service(VIP6.into(), 80)])
             .expect("write the maps");
         xdp_of(&mut h.ebpf, PROGRAM)
             .expect("the object's test entry point")

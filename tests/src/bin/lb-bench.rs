@@ -46,16 +46,14 @@ use aya::{
 };
 use lb_common::reason::{self, FWD_ESTABLISHED, FWD_NEW_FLOW, FWD_NEW_FLOW_MIDSTREAM, XDP_TX};
 use lb_daemon::dataplane::{
-    default_idle_timeout,
     maglev::{self, MaglevBackend, DEFAULT_M},
     program::{self, LoadOptions},
-    BackendSpec, Proto, Scheduler, ServiceSpec,
 };
 use lb_tests::{
     netns::{unique_prefix, Netns},
     packet::{ether, tcp, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_SYN},
     report::{median, Entry, Report, Target},
-    xdp::{load_testprog, xdp_of, XdpHarness, LB_MAC},
+    xdp::{addrs::B, load_testprog, rr_service, xdp_of, XdpHarness, LB_MAC},
 };
 
 const BENCHMARKS: &[&str] = &["dataplane", "vrrp", "daemon", "sync"];
@@ -80,11 +78,6 @@ const MAGLEV_BACKENDS: usize = 100;
 
 // Addresses from the documentation ranges only (they never reach an interface here).
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const BACKEND_MACS: [[u8; 6]; 3] = [
-    [0x02, 0, 0, 0, 0, 0xb1],
-    [0x02, 0, 0, 0, 0, 0xb2],
-    [0x02, 0, 0, 0, 0, 0xb3],
-];
 const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -133,36 +126,14 @@ fn production_options() -> LoadOptions {
     }
 }
 
-/// An rr service with three backends, as in the fixture tests.
-fn service(vip: IpAddr) -> ServiceSpec {
-    ServiceSpec {
-        vip,
-        port: VPORT,
-        proto: Proto::Tcp,
-        sched: Scheduler::Rr,
-        hash_port: false,
-        sloppy_tcp: true,
-        persistence_timeout: 0,
-        persistence_prefix: 32,
-        idle_timeout: default_idle_timeout(Proto::Tcp),
-        active: true,
-        backends: BACKEND_MACS
-            .iter()
-            .enumerate()
-            .map(|(i, mac)| BackendSpec {
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), VPORT),
-                weight: 1,
-                mac: Some(*mac),
-            })
-            .collect(),
-    }
-}
-
 /// The load balancer with the benchmark's services (IPv4 and IPv6) in its maps.
 fn lb_harness() -> Result<XdpHarness> {
     let mut h = XdpHarness::new(production_options())?;
-    h.dp.update(&[service(VIP4.into()), service(VIP6.into())])
-        .context("writing the services into the maps")?;
+    h.dp.update(&[
+        rr_service(VIP4.into(), VPORT),
+        rr_service(VIP6.into(), VPORT),
+    ])
+    .context("writing the services into the maps")?;
     Ok(h)
 }
 
@@ -204,7 +175,7 @@ fn check_forwarded(h: &mut XdpHarness, frame: &[u8], want_reason: u32, what: &st
         out.verdict
     );
     ensure!(
-        out.data.len() >= 12 && BACKEND_MACS.iter().any(|m| out.data[..6] == m[..]),
+        out.data.len() >= 12 && B[..3].iter().any(|m| out.data[..6] == m[..]),
         "{what}: the forwarded frame's destination MAC {:02x?} is no backend's",
         &out.data[..6.min(out.data.len())]
     );
