@@ -677,14 +677,13 @@ pub fn config(data: &[u8]) {
 /// An accepted configuration's services planned into maps; the same again writes nothing
 /// (a reload of an unchanged configuration changes nothing).
 fn plan(c: &Config) {
-    let specs = all_up(c);
+    let mut specs = all_up(c);
     assert_eq!(specs.len(), c.virtual_servers.len());
-    // A small ring keeps Maglev tables cheap; the planner's logic is the same.
-    let limits = Limits {
-        ring_size: 1031,
-        ..Limits::default()
-    };
-    let mut dp = Dataplane::new(MemMaps::default(), limits);
+    // Small Maglev tables keep an input cheap; the planner's logic is the same.
+    for s in &mut specs {
+        s.mh_table_size = s.mh_table_size.min(1031);
+    }
+    let mut dp = Dataplane::new(MemMaps::default(), Limits::CEILING);
     if dp.update(&specs).is_ok() {
         let writes = dp.writer().writes;
         dp.update(&specs).expect("the same specs plan again");

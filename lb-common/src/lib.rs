@@ -22,12 +22,16 @@ pub const PROTO_VRRP: u8 = 112;
 
 /// Default size of the flow table (LRU), overridable at load time.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
-/// Default number of service slots (service ids are `0..MAX_SERVICES`).
+/// Service slots the program's maps are compiled with; the loader sizes them from the
+/// configuration (service ids are `0..services`).
 pub const DEFAULT_MAX_SERVICES: u32 = 64;
-/// Default number of backend slots (backend ids are `0..MAX_BACKENDS`).
+/// Backend slots the program's maps are compiled with (backend ids are `0..backends`).
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
-/// Default per-service ring size: the Maglev table size M (a prime).
-pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// `RINGS` slots the program's maps are compiled with: every service's ring lies in this
+/// one array, at the service's `ring_off`.
+pub const DEFAULT_RING_SLOTS: u32 = 1 << 16;
+/// The default Maglev table size M of an `mh` service (a prime; IPVS's `mh` uses 65537 too).
+pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
 /// Default per-CPU flow cache slots, per family (see `FlowCache4`).
 pub const DEFAULT_FLOW_CACHE: u32 = 8192;
 /// Default size of the persistence-template table (LRU).
@@ -61,8 +65,6 @@ pub mod names {
     pub const SYNC_STATS: &str = "SYNC_STATS";
     /// Global: the MAC address of the interface the program is attached to.
     pub const GLOBAL_IFACE_MAC: &str = "IFACE_MAC";
-    /// Global: the number of ring slots reserved per service.
-    pub const GLOBAL_RING_SIZE: &str = "RING_SIZE";
     /// Global: the slots of each flow cache (a power of two).
     pub const GLOBAL_FLOW_CACHE_SIZE: &str = "FLOW_CACHE_SIZE";
     /// Global: non-zero makes the program write connection-sync events.
@@ -131,14 +133,20 @@ pub const SCHED_MH: u32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Its own id: the index into `RINGS` (times `RING_SIZE`), `RR_STATE`, `SERVICE_STATS`.
+    /// Its own id: the index into `RR_STATE`, `SERVICE_STATS`, persistence keys.
     pub id: u32,
     /// `SVC_F_*` bits.
     pub flags: u32,
     /// `SCHED_*`.
     pub sched: u32,
-    /// Slots of this service's ring in use; 0 means no live backend.
+    /// Slots of this service's ring in use, from `ring_off` on; 0 means no live backend.
+    /// `sh` and `mh` hash modulo it, rr and wrr step through it.
     pub ring_len: u32,
+    /// Where the service's ring starts in `RINGS`. The daemon moves a ring by writing the
+    /// new region whole, then changing `ring_len` and `ring_off` in separate writes, so a
+    /// reader never pairs one ring's offset with another's length.
+    pub ring_off: u32,
+    pub _pad: u32,
     /// A flow idle this long (in `CLOCK` seconds) is forgotten and its next packet scheduled
     /// again (IPVS's per-protocol connection timeouts). 0 disables.
     pub idle_timeout_s: u32,
@@ -148,7 +156,7 @@ pub struct ServiceValue {
     /// IPVS `-M`: the granularity of persistence, applied to the source address.
     pub persist_mask: [u32; 4],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 40);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 48);
 
 /// The backend slot holds a backend.
 pub const BACKEND_F_PRESENT: u32 = 1 << 0;

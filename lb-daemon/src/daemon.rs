@@ -23,7 +23,7 @@ use crate::{
         flows::FlowTables,
         maps::BpfMaps,
         neigh::{MacResolver, MacResolverConfig, MacUpdate},
-        plan::Limits,
+        plan::{Limits, PlanError},
         program::{self, LoadOptions},
         Dataplane,
     },
@@ -134,10 +134,16 @@ type Health = HashMap<(health::ServiceKey, std::net::SocketAddr), health::Backen
 /// The XDP side of a running daemon.
 struct Dp {
     dp: Dataplane<BpfMaps>,
-    /// Keeps the program (and its bpf_link) alive.
+    /// The instance whose sized maps are in use (the first one, or the last grown).
     _ebpf: aya::Ebpf,
-    /// Keeps `lb_native` and its bpf_link alive, when that is what runs.
-    _xdp: program::Attachment,
+    /// The attached program; a grown instance's program replaces it.
+    xdp: program::Attachment,
+    /// The maps the running program uses, by name: what a grown instance shares.
+    fds: program::MapFds,
+    iface: String,
+    iface_mac: [u8; 6],
+    /// `[dataplane]`'s reserve: the least room the maps keep.
+    reserve: crate::dataplane::plan::Limits,
     /// The connection tables, read for the flows per backend (and shared with sync).
     flows: std::sync::Arc<FlowTables>,
     /// Connection sync with the peer (`[sync]`).
@@ -188,8 +194,12 @@ impl Dp {
         d: &DataplaneConfig,
     ) -> Result<(Self, mpsc::Receiver<MacUpdate>)> {
         let (iface_mac, ifindex) = interface_info(&d.interface)?;
+        let limits = config
+            .dataplane_limits()
+            .context("sizing the dataplane's maps")?;
+        info!(%limits, "sizing the XDP program's maps");
         let opts = LoadOptions {
-            limits: Limits::default(),
+            limits,
             max_flows: d.max_flows,
             iface_mac,
             sync: config.sync.as_ref().map(|s| program::SyncLoad {
@@ -202,6 +212,7 @@ impl Dp {
         let mut ebpf = program::load(&opts).context("loading the XDP program")?;
         // Before any map is taken out of `ebpf`: `lb_native` is loaded against them.
         let native = program::native_plan(&ebpf, &d.interface, ifindex, d.xdp_mode).await;
+        let fds = program::MapFds::of(&ebpf)?;
         spawn_bpf_logger(&mut ebpf);
         let mut maps = BpfMaps::new(&mut ebpf)?;
         let flows = std::sync::Arc::new(FlowTables::take(&mut ebpf)?);
@@ -237,7 +248,11 @@ impl Dp {
             Self {
                 dp,
                 _ebpf: ebpf,
-                _xdp: xdp,
+                xdp,
+                fds,
+                iface: d.interface.clone(),
+                iface_mac,
+                reserve: d.reserve,
                 flows,
                 sync,
                 flow_counts: None,
@@ -285,12 +300,63 @@ impl Dp {
         per_backend
     }
 
-    fn apply(
+    /// Moves the dataplane to maps with room for `needs` (and headroom): a new program
+    /// instance over new sized maps, sharing the flow tables and everything else with the
+    /// running one, filled with the whole plan, then put in the running program's place in
+    /// one step. Flows, persistence and sync carry on; a failure leaves the running
+    /// instance as it was.
+    async fn grow(&mut self, needs: Limits) -> Result<()> {
+        let was = self.dp.limits();
+        let limits = Limits::with_headroom(needs).max(self.reserve).max(was);
+        let started = Instant::now();
+        let bound = (self.xdp.program == crate::dataplane::devbound::PROGRAM_NATIVE)
+            .then_some((self.iface.as_str(), self.ifindex));
+        let mut grown = program::grow(limits, self.iface_mac, &self.fds, self.xdp.program, bound)
+            .context("loading a larger XDP program instance")?;
+        let maps = self.dp.writer().regrown(&mut grown.ebpf, &grown.fds)?;
+        let old = self
+            .dp
+            .replace_maps(maps, limits)
+            .context("filling the larger maps")?;
+        if let Err(e) = self.xdp.replace(grown.prog).await {
+            self.dp.restore_maps(old, was);
+            return Err(e).context("switching to the larger XDP program instance");
+        }
+        // Flow-cache slots were filled against the old maps; they hold the same now, but
+        // nothing is assumed.
+        self.dp.writer_mut().new_epoch()?;
+        self._ebpf = grown.ebpf;
+        self.fds = grown.fds;
+        info!(from = %was, to = %limits, ms = started.elapsed().as_millis() as u64, "XDP maps grown");
+        Ok(())
+    }
+
+    /// [`Dp::apply`], growing the maps when the plan needs more room (or `[dataplane]`'s
+    /// reserve asks for it) and trying again.
+    async fn apply(
         &mut self,
         config: &Config,
         master_vips: &HashSet<IpAddr>,
         health: &Health,
-    ) -> Result<(), crate::dataplane::plan::PlanError> {
+    ) -> Result<()> {
+        if !self.dp.limits().covers(&self.reserve) {
+            self.grow(self.reserve).await?;
+        }
+        match self.apply_once(config, master_vips, health) {
+            Err(PlanError::NoRoom { needs, .. }) => {
+                self.grow(needs).await?;
+                Ok(self.apply_once(config, master_vips, health)?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    fn apply_once(
+        &mut self,
+        config: &Config,
+        master_vips: &HashSet<IpAddr>,
+        health: &Health,
+    ) -> Result<(), PlanError> {
         let health_of = |vs: &crate::config::VirtualServer, rs: &crate::config::RealServer| {
             health
                 .get(&((vs.vip, vs.port, vs.proto), rs.addr))
@@ -539,6 +605,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     if let Some(dp) = dp.as_mut() {
         // A configuration the dataplane cannot hold is a start-up error.
         dp.apply(&config, &master_vips, &health)
+            .await
             .context("writing the configuration into the dataplane")?;
     }
 
@@ -602,8 +669,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         dp.unresolved.insert(up.addr, (Instant::now(), true));
                     }
                 }
-                if let Err(e) = dp.apply(&config, &master_vips, &health) {
-                        error!("updating the dataplane: {e}");
+                if let Err(e) = dp.apply(&config, &master_vips, &health).await {
+                        error!("updating the dataplane: {e:#}");
                     }
             }
             Some(ev) = event_rx.recv() => match ev {
@@ -617,8 +684,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         }
                     }
                     if let Some(dp) = dp.as_mut() {
-                        if let Err(e) = dp.apply(&config, &master_vips, &health) {
-                            error!("updating the dataplane: {e}");
+                        if let Err(e) = dp.apply(&config, &master_vips, &health).await {
+                            error!("updating the dataplane: {e:#}");
                         }
                         // The sync instance's master sends its flows; a backup installs them.
                         if let (Some(s), Some(c)) = (&dp.sync, &config.sync) {
@@ -636,8 +703,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 info!(vip = %ev.service.0, port = ev.service.1, backend = %ev.backend, up = ev.up, weight = ?ev.weight, "real server health");
                 health = checkers.snapshot();
                 if let Some(dp) = dp.as_mut() {
-                    if let Err(e) = dp.apply(&config, &master_vips, &health) {
-                        error!("updating the dataplane: {e}");
+                    if let Err(e) = dp.apply(&config, &master_vips, &health).await {
+                        error!("updating the dataplane: {e:#}");
                     }
                 }
             }
@@ -663,7 +730,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 }
             }
             _ = hup.recv() => {
-                if let Err(e) = reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips) {
+                if let Err(e) = reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips).await {
                     error!("reload refused, keeping the running configuration: {e}");
                 }
             }
@@ -676,7 +743,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     call.reply(Response::status(snap));
                 }
                 Request::Reload => {
-                    match reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips) {
+                    match reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips).await {
                         Ok(()) => call.reply(Response::ok()),
                         Err(e) => {
                             error!("reload refused, keeping the running configuration: {e}");
@@ -724,7 +791,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 // Each argument is a separate piece of the main loop's state that a reload may change; a
 // struct bundling them would only exist for this call.
 #[allow(clippy::too_many_arguments)]
-fn reload(
+async fn reload(
     path: &std::path::Path,
     config: &mut Config,
     dp: &mut Option<Dp>,
@@ -739,7 +806,14 @@ fn reload(
     if new.sync != config.sync {
         return Err("the [sync] section changed: restart to apply it".into());
     }
-    if new.dataplane != config.dataplane {
+    // The reserve of room may change in place (the maps grow to it); nothing else may.
+    let in_place = |d: &Option<DataplaneConfig>| {
+        d.clone().map(|d| DataplaneConfig {
+            reserve: Limits::default(),
+            ..d
+        })
+    };
+    if in_place(&new.dataplane) != in_place(&config.dataplane) {
         return Err("the [dataplane] section changed: restart to apply it".into());
     }
     if new.vrrp_instances != config.vrrp_instances || new.sync_groups != config.sync_groups {
@@ -749,16 +823,16 @@ fn reload(
     // The maps first: a configuration the dataplane cannot hold (too many services or
     // backends) is refused before anything else changes.
     if let Some(dp) = dp.as_mut() {
-        if let Err(e) = dp.apply(&new, master_vips, health) {
+        if let Err(e) = dp.apply(&new, master_vips, health).await {
             // Put back what may have been written.
-            let _ = dp.apply(config, master_vips, health);
-            return Err(format!("the dataplane cannot take it: {e}"));
+            let _ = dp.apply(config, master_vips, health).await;
+            return Err(format!("the dataplane cannot take it: {e:#}"));
         }
     }
     // Unchanged scripts keep their rise/fall state across the reload.
     if let Err(e) = track_tasks.reload(&new) {
         if let Some(dp) = dp.as_mut() {
-            let _ = dp.apply(config, master_vips, health);
+            let _ = dp.apply(config, master_vips, health).await;
         }
         return Err(e.to_string());
     }
@@ -766,7 +840,7 @@ fn reload(
     if let Err(e) = checkers.reload(&new) {
         let _ = track_tasks.reload(config);
         if let Some(dp) = dp.as_mut() {
-            let _ = dp.apply(config, master_vips, health);
+            let _ = dp.apply(config, master_vips, health).await;
         }
         return Err(e.to_string());
     }
@@ -783,8 +857,8 @@ fn reload(
         // could go stale unnoticed if it came back.
         dp.macs.retain(|ip, _| want.contains_key(ip));
         let _ = dp.wanted_tx.send(want);
-        if let Err(e) = dp.apply(config, master_vips, health) {
-            error!("updating the dataplane: {e}");
+        if let Err(e) = dp.apply(config, master_vips, health).await {
+            error!("updating the dataplane: {e:#}");
         }
     }
     info!(

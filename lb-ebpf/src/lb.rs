@@ -684,10 +684,6 @@ fn schedule<F: Family>(
         }
     }
 
-    let ring_size = RING_SIZE.load();
-    if svc.ring_len > ring_size {
-        return Err(ring_error(ctx, svc.id, svc.ring_len));
-    }
     let slot = match svc.sched {
         SCHED_SH | SCHED_MH => {
             let port = if svc.flags & SVC_F_HASH_PORT != 0 {
@@ -710,7 +706,8 @@ fn schedule<F: Family>(
             }
         }
     };
-    let Some(&id) = RINGS.get(svc.id * ring_size + slot) else {
+    // A slot past the array (a corrupt `ring_off`) finds nothing: the lookup bounds it.
+    let Some(&id) = RINGS.get(svc.ring_off.wrapping_add(slot)) else {
         return Err(map_error(ctx, svc.id, slot));
     };
     let Some(b) = BACKENDS.get(id) else {
@@ -723,13 +720,13 @@ fn schedule<F: Family>(
     Ok((id, b))
 }
 
-/// A service whose ring length the maps cannot hold (or without its rr position).
+/// A service id past `RR_STATE`: the maps are not the size the daemon planned for.
 #[inline(never)]
 fn ring_error(ctx: &XdpContext, service: u32, ring_len: u32) -> u32 {
     if may_log() {
         warn!(
             ctx,
-            "service {}: ring length {} does not fit the maps", service, ring_len
+            "service {} (ring length {}) has no rr position", service, ring_len
         );
     }
     PASS_MAP_ERROR

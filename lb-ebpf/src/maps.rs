@@ -17,10 +17,6 @@ pub static IFACE_MAC: Global<[u16; 3]> = Global::new([0; 3]);
 #[unsafe(no_mangle)]
 pub static FLOW_CACHE_SIZE: Global<u32> = Global::new(DEFAULT_FLOW_CACHE);
 
-/// Ring slots reserved per service in `RINGS`. Set at load time.
-#[unsafe(no_mangle)]
-pub static RING_SIZE: Global<u32> = Global::new(DEFAULT_RING_SIZE);
-
 /// Non-zero: write a connection-sync event for every flow and persistence template created
 /// or refreshed (`sync.rs`). Set at load time; while it is 0 the verifier removes the
 /// emitting code, so a node without sync pays nothing for it.
@@ -49,10 +45,15 @@ pub static SERVICE_INFO: Array<ServiceValue> = Array::with_max_entries(DEFAULT_M
 #[map]
 pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// Service id * RING_SIZE + slot -> backend id: the scheduler's table (rr list, wrr sequence,
-/// sh buckets or Maglev table), computed in user space.
+/// `ring_off` + slot -> backend id: every service's scheduler table (rr list, wrr sequence,
+/// sh buckets or Maglev table), computed in user space, each in its own region of one
+/// array: a ring costs what its scheduler needs (an rr ring of 10 servers, 10 slots), and
+/// reaching it costs the same array lookup as a fixed stride did. Mappable: the daemon
+/// writes slots as memory, where a system call a slot would make a start with a hundred
+/// Maglev tables take seconds.
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_RING_SIZE, 0);
+pub static RINGS: Array<u32> =
+    Array::with_max_entries(DEFAULT_RING_SLOTS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// 5-tuple -> backend: the connection table, per family.
 #[map]

@@ -44,14 +44,17 @@ pub mod addrs {
     pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 }
 
+/// The Maglev table size of the fixtures' `mh` services: small, so tables build fast.
+pub const MH_TABLE_SIZE: u32 = 257;
+
 /// Small sizes: the fixtures need a handful of entries, and a 1M-entry LRU takes a while
 /// to allocate for every test.
 pub fn small_options() -> LoadOptions {
     LoadOptions {
         limits: Limits {
-            max_services: 8,
-            max_backends: 64,
-            ring_size: 257,
+            services: 8,
+            backends: 64,
+            ring_slots: 4096,
         },
         max_flows: 4096,
         max_persist: 1024,
@@ -147,6 +150,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
         sched: Scheduler::Rr,
         hash_port: false,
         sloppy_tcp: true,
+        mh_table_size: MH_TABLE_SIZE,
         persistence_timeout: 0,
         persistence_prefix: 32,
         idle_timeout: default_idle_timeout(Proto::Tcp),

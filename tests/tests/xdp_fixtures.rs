@@ -33,6 +33,7 @@ fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler, n: usize) -> 
         sched,
         hash_port: false,
         sloppy_tcp: true,
+        mh_table_size: lb_tests::xdp::MH_TABLE_SIZE,
         persistence_timeout: 0,
         persistence_prefix: 32,
         idle_timeout: lb_daemon::dataplane::default_idle_timeout(proto),
@@ -1616,12 +1617,10 @@ fn map_inconsistency_is_passed_and_logged_at_a_limited_rate() {
     // planner's back: the program must not forward to it, and must say so, once.
     let spec = specs()[0].clone();
     let (sid, _) = h.dp.ids_of(&spec).unwrap();
-    let ring_size = h.dp.limits().ring_size;
+    let off = h.dp.current().infos[&sid].ring_off;
     use lb_daemon::dataplane::maps::MapWriter;
     for slot in 0..3 {
-        h.dp.writer_mut()
-            .update_ring_slot(sid * ring_size + slot, 63)
-            .unwrap();
+        h.dp.writer_mut().update_ring_slot(off + slot, 63).unwrap();
     }
     for sport in 0..5 {
         check(

@@ -82,6 +82,7 @@ fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler) -> ServiceSpe
         sched,
         hash_port: false,
         sloppy_tcp: true,
+        mh_table_size: lb_tests::xdp::MH_TABLE_SIZE,
         persistence_timeout: 0,
         persistence_prefix: 32,
         idle_timeout: lb_daemon::dataplane::default_idle_timeout(proto),

@@ -19,11 +19,16 @@ pub use sync::SyncConfig;
 pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 
 use crate::dataplane::{
-    default_idle_timeout, program::AttachMode, BackendSpec, Proto, Scheduler, ServiceSpec,
+    default_idle_timeout,
+    plan::{self, Limits},
+    program::AttachMode,
+    BackendSpec, Proto, Scheduler, ServiceSpec,
 };
 
 /// IPVS's weight range (`ipvsadm -w`: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65535;
+/// The largest Maglev table an `mh` service may ask for (64 MiB of ring).
+pub const MAX_MH_TABLE_SIZE: u32 = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -105,6 +110,12 @@ struct RawDataplane {
     max_flows: Option<Spanned<u32>>,
     #[serde(default)]
     keep_xdp_on_exit: bool,
+    /// Room for at least this many services, real servers and ring slots: the maps follow
+    /// the configuration anyway; these reserve room for growth, so that a reload within
+    /// them never replaces the maps.
+    max_services: Option<Spanned<u32>>,
+    max_real_servers: Option<Spanned<u32>>,
+    ring_slots: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +147,8 @@ struct RawVirtualServer {
     /// Off by default: they keep going to it, so a false verdict resets nothing.
     #[serde(default)]
     expire_nodest_conn: bool,
+    /// `mh`: the Maglev table size M, a prime (default 65537, IPVS's).
+    mh_table_size: Option<Spanned<u32>>,
     #[serde(default)]
     real_server: Vec<RawRealServer>,
     /// Seconds between checks of each real server (keepalived's default: 60).
@@ -197,6 +210,9 @@ pub struct DataplaneConfig {
     /// Leave the program forwarding when the daemon stops (a restart or an upgrade),
     /// instead of detaching it.
     pub keep_xdp_on_exit: bool,
+    /// The least room the maps get (`max_services`, `max_real_servers`, `ring_slots`; 0
+    /// where not set): see [`Config::dataplane_limits`].
+    pub reserve: Limits,
 }
 
 /// A checked configuration.
@@ -231,6 +247,8 @@ pub struct VirtualServer {
     pub sloppy_tcp: bool,
     /// IPVS `expire_nodest_conn` (see the TOML key).
     pub expire_nodest_conn: bool,
+    /// `mh`: the Maglev table size M (a prime).
+    pub mh_table_size: u32,
     pub real_servers: Vec<RealServer>,
     pub quorum: u32,
     pub hysteresis: u32,
@@ -484,7 +502,34 @@ impl Config {
         crate::vrrp::track::validate(&c).map_err(|e| named(&e))?;
         crate::vrrp::notify::NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
         c.sync_key()?;
+        c.dataplane_limits().map_err(|e| named(&e))?;
         Ok(c)
+    }
+
+    /// The sizes the program's maps are loaded with: what every service needs with every
+    /// real server up (its sorry_server too), half as much again for growth, and at least
+    /// `[dataplane]`'s reserve. The daemon starts with these, and `lb-daemon check` refuses
+    /// what they refuse: the two run this same plan.
+    pub fn dataplane_limits(&self) -> Result<Limits, plan::PlanError> {
+        let all = std::collections::HashSet::new();
+        let mut specs =
+            self.service_specs(|_| Some([2, 0, 0, 0, 0, 1]), &all, |_, _| None, |_| true);
+        for (spec, vs) in specs.iter_mut().zip(&self.virtual_servers) {
+            if let Some(sorry) = vs.sorry_server {
+                spec.backends.push(BackendSpec {
+                    addr: sorry,
+                    weight: 1,
+                    mac: Some([2, 0, 0, 0, 0, 1]),
+                });
+            }
+        }
+        let needs = plan::needs(&specs)?;
+        let reserve = self
+            .dataplane
+            .as_ref()
+            .map(|d| d.reserve)
+            .unwrap_or_default();
+        Ok(Limits::with_headroom(needs).max(reserve))
     }
 
     /// The `[sync]` section's key, read from its `key_file` (see [`sync::read_key`]); `None`
@@ -603,6 +648,7 @@ impl Config {
                     persistence_prefix: vs.persistence_prefix,
                     idle_timeout: vs.idle_timeout,
                     sloppy_tcp: vs.sloppy_tcp,
+                    mh_table_size: vs.mh_table_size,
                     active,
                     backends,
                 }
@@ -626,11 +672,30 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
         }
         Some(n) => *n.get_ref(),
     };
+    let ceiling = Limits::CEILING;
+    let room = |v: &Option<Spanned<u32>>, key: &str, max: u32| match v {
+        None => Ok(0),
+        Some(n) if *n.get_ref() > max => Err(cx.invalid(
+            n.span(),
+            key,
+            format!("{} is above the most a node holds, {max}", n.get_ref()),
+        )),
+        Some(n) => Ok(*n.get_ref()),
+    };
     Ok(DataplaneConfig {
         interface: d.interface.clone(),
         xdp_mode,
         max_flows,
         keep_xdp_on_exit: d.keep_xdp_on_exit,
+        reserve: Limits {
+            services: room(&d.max_services, "dataplane.max_services", ceiling.services)?,
+            backends: room(
+                &d.max_real_servers,
+                "dataplane.max_real_servers",
+                ceiling.backends,
+            )?,
+            ring_slots: room(&d.ring_slots, "dataplane.ring_slots", ceiling.ring_slots)?,
+        },
     })
 }
 
@@ -754,6 +819,37 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             )
         })?,
     };
+    let mh_table_size = match &vs.mh_table_size {
+        None => lb_common::DEFAULT_MH_TABLE_SIZE,
+        Some(m) if sched != Scheduler::Mh => {
+            return Err(cx.invalid(
+                m.span(),
+                "virtual_server.mh_table_size",
+                "only a service with lb_algo = \"mh\" has a Maglev table",
+            ))
+        }
+        Some(m) => {
+            let m_v = *m.get_ref();
+            if m_v > MAX_MH_TABLE_SIZE || !crate::dataplane::maglev::is_prime(m_v) {
+                return Err(cx.invalid(
+                    m.span(),
+                    "virtual_server.mh_table_size",
+                    format!("{m_v} is not a prime of at most {MAX_MH_TABLE_SIZE}"),
+                ));
+            }
+            if (m_v as usize) < vs.real_server.len() + usize::from(vs.sorry_server.is_some()) {
+                return Err(cx.invalid(
+                    m.span(),
+                    "virtual_server.mh_table_size",
+                    format!(
+                        "{m_v} is smaller than the number of real servers: each needs a slot \
+                         (M should be at least 100 times their number)"
+                    ),
+                ));
+            }
+            m_v
+        }
+    };
     let mut real_servers = Vec::new();
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
@@ -815,6 +911,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         is_static: vs.is_static,
         sloppy_tcp: vs.sloppy_tcp.unwrap_or(true),
         expire_nodest_conn: vs.expire_nodest_conn,
+        mh_table_size,
         real_servers,
         quorum: match &vs.quorum {
             None => 1,

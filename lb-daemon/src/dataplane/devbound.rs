@@ -75,17 +75,18 @@ pub enum DevBoundError {
     Parse(#[source] aya_obj::ParseError),
     #[error("relocating {PROGRAM_NATIVE}: {0}")]
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
-    #[error("the XDP object has no program {PROGRAM_NATIVE}")]
-    NoProgram,
+    #[error("the XDP object has no program {0}")]
+    NoProgram(String),
     #[error(
         "{PROGRAM_NATIVE} has no VLAN-tag call to resolve: the XDP object does not match this \
          daemon"
     )]
     NoCallSite,
-    #[error("map {0} of the XDP object is not loaded (or was taken before {PROGRAM_NATIVE} was)")]
+    #[error("map {0} of the XDP object is not loaded (or was taken before the program was)")]
     MapMissing(String),
-    #[error("loading {PROGRAM_NATIVE} bound to {iface}: {source}{}", verifier_tail(.log))]
+    #[error("loading {program} ({iface}): {source}{}", verifier_tail(.log))]
     Load {
+        program: &'static str,
         iface: String,
         #[source]
         source: io::Error,
@@ -248,23 +249,41 @@ pub fn vlan_tag_kfunc() -> Result<u32, DevBoundError> {
         .map_err(|_| DevBoundError::NoKfunc)
 }
 
-/// Loads `object`'s `lb_native` bound to `ifindex`, sharing the maps of `ebpf` (the same
-/// object, loaded by aya; none of its maps taken yet).
+/// Loads `lb_native` bound to `ifindex`, relocated against the maps aya loaded for `lb`.
 pub fn load_native(
     object: &[u8],
     ebpf: &Ebpf,
     iface: &str,
     ifindex: u32,
 ) -> Result<OwnedFd, DevBoundError> {
-    let kfunc = vlan_tag_kfunc()?;
-    let (insns, license) = native_instructions(object, ebpf, kfunc)?;
-    prog_load(&insns, &license, ifindex, None).or_else(|source| {
+    let fd_of = |name: &str| ebpf.map(name).map(|m| map_data(m).fd().as_fd().as_raw_fd());
+    load_relocated(object, PROGRAM_NATIVE, &fd_of, Some((iface, ifindex)))
+}
+
+/// Loads entry point `program` of `object`, relocated against the maps `fd_of` names:
+/// `lb_native` (its VLAN-tag call resolved to the kfunc) bound to the device `bound` names,
+/// or `lb`, unbound. What lets a program run over maps it shares with another instance
+/// (`program::grow`), which aya's loader cannot do.
+pub fn load_relocated(
+    object: &[u8],
+    program: &'static str,
+    fd_of: &dyn Fn(&str) -> Option<RawFd>,
+    bound: Option<(&str, u32)>,
+) -> Result<OwnedFd, DevBoundError> {
+    let kfunc = match program {
+        PROGRAM_NATIVE => Some(vlan_tag_kfunc()?),
+        _ => None,
+    };
+    let (insns, license) = relocated_instructions(object, program, fd_of, kfunc)?;
+    let ifindex = bound.map(|(_, i)| i);
+    prog_load(program, &insns, &license, ifindex, None).or_else(|source| {
         // Again with a log, only to say why: most loads succeed, and a log costs time.
         let mut log = vec![0u8; VERIFIER_LOG_BYTES];
-        match prog_load(&insns, &license, ifindex, Some(&mut log)) {
+        match prog_load(program, &insns, &license, ifindex, Some(&mut log)) {
             Ok(fd) => Ok(fd),
             Err(_) => Err(DevBoundError::Load {
-                iface: iface.to_string(),
+                program,
+                iface: bound.map_or_else(|| "no device".to_string(), |(n, _)| n.to_string()),
                 source,
                 log: String::from_utf8_lossy(log.split(|&b| b == 0).next().unwrap_or_default())
                     .into_owned(),
@@ -273,22 +292,20 @@ pub fn load_native(
     })
 }
 
-/// `lb_native`'s instructions, relocated against `ebpf`'s maps, its VLAN-tag call resolved
-/// to the kfunc `kfunc`; and the object's licence.
-fn native_instructions(
+/// `program`'s instructions, relocated against the maps `fd_of` names, its VLAN-tag call
+/// resolved to the kfunc `kfunc` (when given); and the object's licence.
+fn relocated_instructions(
     object: &[u8],
-    ebpf: &Ebpf,
-    kfunc: u32,
+    program: &str,
+    fd_of: &dyn Fn(&str) -> Option<RawFd>,
+    kfunc: Option<u32>,
 ) -> Result<(Vec<bpf_insn>, CString), DevBoundError> {
     let mut obj = aya_obj::Object::parse(object).map_err(DevBoundError::Parse)?;
     // Out of the object, as aya does: relocation borrows them while it changes the object.
     let maps: Vec<(String, aya_obj::Map)> = obj.maps.drain().collect();
     let mut fds: Vec<RawFd> = Vec::with_capacity(maps.len());
     for (name, _) in &maps {
-        let map = ebpf
-            .map(name)
-            .ok_or_else(|| DevBoundError::MapMissing(name.clone()))?;
-        fds.push(map_data(map).fd().as_fd().as_raw_fd());
+        fds.push(fd_of(name).ok_or_else(|| DevBoundError::MapMissing(name.clone()))?);
     }
     let text: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_maps(
@@ -301,16 +318,18 @@ fn native_instructions(
     obj.relocate_calls(&text).map_err(DevBoundError::Relocate)?;
     let prog = obj
         .programs
-        .get(PROGRAM_NATIVE)
-        .ok_or(DevBoundError::NoProgram)?;
+        .get(program)
+        .ok_or(DevBoundError::NoProgram(program.to_string()))?;
     let mut insns = obj
         .functions
         .get(&prog.function_key())
-        .ok_or(DevBoundError::NoProgram)?
+        .ok_or(DevBoundError::NoProgram(program.to_string()))?
         .instructions
         .clone();
-    if resolve_vlan_tag_call(&mut insns, kfunc) == 0 {
-        return Err(DevBoundError::NoCallSite);
+    if let Some(kfunc) = kfunc {
+        if resolve_vlan_tag_call(&mut insns, kfunc) == 0 {
+            return Err(DevBoundError::NoCallSite);
+        }
     }
     Ok((insns, obj.license))
 }
@@ -332,7 +351,7 @@ pub fn resolve_vlan_tag_call(insns: &mut [bpf_insn], kfunc: u32) -> usize {
 }
 
 /// Every variant of aya's `Map` is a `MapData`; aya 0.14 has no accessor for it.
-fn map_data(map: &Map) -> &MapData {
+pub(crate) fn map_data(map: &Map) -> &MapData {
     match map {
         Map::Array(d)
         | Map::ArrayOfMaps(d)
@@ -367,12 +386,13 @@ fn map_data(map: &Map) -> &MapData {
     }
 }
 
-/// One `BPF_PROG_LOAD` of an XDP program bound to `ifindex`, without BTF (the verifier needs
-/// none for this program: no global functions, no CO-RE). The kernel names it `lb_native`.
+/// One `BPF_PROG_LOAD` of XDP program `name`, bound to `ifindex` if given, without BTF (the
+/// verifier needs none for this program: no global functions, no CO-RE).
 fn prog_load(
+    name: &str,
     insns: &[bpf_insn],
     license: &CStr,
-    ifindex: u32,
+    ifindex: Option<u32>,
     log: Option<&mut [u8]>,
 ) -> io::Result<OwnedFd> {
     // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
@@ -385,9 +405,12 @@ fn prog_load(
     a.insn_cnt =
         u32::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
     a.license = license.as_ptr() as u64;
-    a.prog_flags = BPF_F_XDP_DEV_BOUND_ONLY;
-    a.prog_ifindex = ifindex;
-    for (d, s) in a.prog_name.iter_mut().zip(PROGRAM_NATIVE.bytes()) {
+    if let Some(ifindex) = ifindex {
+        a.prog_flags = BPF_F_XDP_DEV_BOUND_ONLY;
+        a.prog_ifindex = ifindex;
+    }
+    // The kernel keeps 15 bytes of a name and a NUL.
+    for (d, s) in a.prog_name.iter_mut().take(15).zip(name.bytes()) {
         *d = s as libc::c_char;
     }
     if let Some(log) = log {
@@ -396,6 +419,23 @@ fn prog_load(
         a.log_size = u32::try_from(log.len()).unwrap_or(u32::MAX);
     }
     bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+}
+
+/// The `bpf(2)` system call for a command that returns 0 on success.
+pub(crate) fn bpf_ok(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    // SAFETY: as in `bpf`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The `bpf(2)` system call for a command that returns a new file descriptor.

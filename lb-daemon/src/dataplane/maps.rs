@@ -2,7 +2,8 @@
 //! planning logic runs against memory in unit tests and against the kernel in the daemon.
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering},
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
@@ -24,6 +25,18 @@ pub enum MapWriteError {
     },
     #[error("map {map} is missing from the program")]
     Missing { map: &'static str },
+    #[error("map {map}: mapping it into memory failed: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {map}: slot {index} is past its {len} slots")]
+    OutOfRange {
+        map: &'static str,
+        index: u32,
+        len: u32,
+    },
 }
 
 /// What the planner writes. Each call is one element update, atomic for the program.
@@ -36,6 +49,28 @@ pub trait MapWriter {
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError>;
     /// `RINGS[index] = backend`.
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError>;
+}
+
+/// No maps: planning alone (what a configuration needs, [`super::plan::needs`]).
+#[derive(Default, Debug)]
+pub struct NullMaps;
+
+impl MapWriter for NullMaps {
+    fn update_service(&mut self, _: &ServiceKey, _: &ServiceRef) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn delete_service(&mut self, _: &ServiceKey) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn update_service_info(&mut self, _: u32, _: &ServiceValue) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn update_backend(&mut self, _: u32, _: &BackendValue) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn update_ring_slot(&mut self, _: u32, _: u32) -> Result<(), MapWriteError> {
+        Ok(())
+    }
 }
 
 /// The maps in memory, for tests of the planner.
@@ -108,7 +143,7 @@ pub struct BpfMaps {
     services6: BpfHashMap<MapData, ServiceKey6, ServiceRef>,
     infos: Array<MapData, ServiceValue>,
     backends: Array<MapData, BackendValue>,
-    rings: Array<MapData, u32>,
+    rings: RingMap,
     clock: Array<MapData, Clock>,
     /// What `clock` holds: both fields are written together, and only from here.
     clock_now: Clock,
@@ -149,6 +184,69 @@ where
     })
 }
 
+/// `RINGS`, written through a shared mapping of the array (the program declares it
+/// `BPF_F_MMAPABLE`): a slot is one 32-bit store, where the bpf() call would cost a system
+/// call a slot, seconds for a hundred Maglev tables of 65537 slots.
+struct RingMap {
+    /// Keeps the map (and so the mapping's pages) alive.
+    _map: MapData,
+    mmap: memmap2::MmapMut,
+    len: u32,
+}
+
+impl RingMap {
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
+        let name = names::RINGS;
+        let map = ebpf
+            .take_map(name)
+            .ok_or(MapWriteError::Missing { map: name })?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(MapWriteError::Missing { map: name });
+        };
+        let len = data.info().map_err(kernel(name, "read"))?.max_entries();
+        let bytes = (len as usize * RING_STRIDE * 4).next_multiple_of(page_size());
+        // SAFETY: the kernel maps the array's own pages; they live as long as the map, which
+        // `_map` keeps. Slots are only ever accessed as `AtomicU32` (`slots`), so the
+        // program's concurrent reads race with nothing Rust assumes exclusive.
+        let mmap = unsafe {
+            memmap2::MmapOptions::new()
+                .len(bytes)
+                .map_mut(data.fd().as_fd().as_raw_fd())
+        }
+        .map_err(|e| MapWriteError::Mmap {
+            map: name,
+            source: e,
+        })?;
+        Ok(Self {
+            _map: data,
+            mmap,
+            len,
+        })
+    }
+
+    /// Slot `index`: the first 32-bit word of its element.
+    fn slot(&self, index: u32) -> Option<&AtomicU32> {
+        // SAFETY: the mapping is page-aligned and holds `len` elements of `RING_STRIDE`
+        // words (see `take`); AtomicU32 has u32's layout.
+        let words = unsafe {
+            std::slice::from_raw_parts(
+                self.mmap.as_ptr().cast::<AtomicU32>(),
+                self.len as usize * RING_STRIDE,
+            )
+        };
+        words.get(index as usize * RING_STRIDE)
+    }
+}
+
+/// 32-bit words from one `RINGS` element to the next: the kernel lays array elements 8
+/// bytes apart (`round_up(value_size, 8)`), a u32 value in the first half.
+const RING_STRIDE: usize = 2;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize
+}
+
 fn kernel(
     map: &'static str,
     op: &'static str,
@@ -166,13 +264,73 @@ impl BpfMaps {
             services6: take(ebpf, names::SERVICES6)?,
             infos: take(ebpf, names::SERVICE_INFO)?,
             backends: take(ebpf, names::BACKENDS)?,
-            rings: take(ebpf, names::RINGS)?,
+            rings: RingMap::take(ebpf)?,
             clock,
             clock_now,
             reason_stats: take(ebpf, names::REASON_STATS)?,
             service_stats: take(ebpf, names::SERVICE_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
         })
+    }
+
+    /// The maps of a grown instance ([`super::program::grow`]): its own sized maps, taken
+    /// out of `grown`, and the clock and reason counters it shares with this one (through
+    /// `shared`, its map descriptors). Counters of services and backends are copied over,
+    /// so that they carry on.
+    pub fn regrown(
+        &self,
+        grown: &mut aya::Ebpf,
+        shared: &super::program::MapFds,
+    ) -> Result<Self, MapWriteError> {
+        let reopen = |name: &'static str| -> Result<MapData, MapWriteError> {
+            let fd = shared
+                .dup(name)
+                .map_err(|_| MapWriteError::Missing { map: name })?;
+            MapData::from_fd(fd).map_err(kernel(name, "open"))
+        };
+        let clock = Array::try_from(aya::maps::Map::Array(reopen(names::CLOCK)?))
+            .map_err(kernel(names::CLOCK, "open"))?;
+        let reason_stats =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(reopen(names::REASON_STATS)?))
+                .map_err(kernel(names::REASON_STATS, "open"))?;
+        let mut new = Self {
+            services4: take(grown, names::SERVICES4)?,
+            services6: take(grown, names::SERVICES6)?,
+            infos: take(grown, names::SERVICE_INFO)?,
+            backends: take(grown, names::BACKENDS)?,
+            rings: RingMap::take(grown)?,
+            clock,
+            clock_now: self.clock_now,
+            reason_stats,
+            service_stats: take(grown, names::SERVICE_STATS)?,
+            backend_stats: take(grown, names::BACKEND_STATS)?,
+        };
+        for (from, to, name) in [
+            (
+                &self.service_stats,
+                &mut new.service_stats,
+                names::SERVICE_STATS,
+            ),
+            (
+                &self.backend_stats,
+                &mut new.backend_stats,
+                names::BACKEND_STATS,
+            ),
+        ] {
+            for id in 0..from.len().min(to.len()) {
+                let v = from.get(&id, 0).map_err(kernel(name, "read"))?;
+                if v.iter().any(|c| *c != TrafficCounters::default()) {
+                    to.set(id, v, 0).map_err(kernel(name, "update"))?;
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Tells the program the maps it runs over changed (a grown instance took over): every
+    /// flow-cache slot is checked again.
+    pub fn new_epoch(&mut self) -> Result<(), MapWriteError> {
+        self.bump_epoch()
     }
 
     /// Sets the program's clock (seconds): flow idle times and persistence are measured on
@@ -277,6 +435,9 @@ impl MapWriter for BpfMaps {
     }
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError> {
         count_write();
+        // Ring slots are stored through the mapping: every one stored so far must be seen
+        // by a program that sees this service state.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let written = self
             .infos
             .set(id, value, 0)
@@ -296,8 +457,12 @@ impl MapWriter for BpfMaps {
     }
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
         count_write();
-        self.rings
-            .set(index, backend, 0)
-            .map_err(kernel(names::RINGS, "update"))
+        let slot = self.rings.slot(index).ok_or(MapWriteError::OutOfRange {
+            map: names::RINGS,
+            index,
+            len: self.rings.len,
+        })?;
+        slot.store(backend, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -100,6 +100,8 @@ pub struct ServiceSpec {
     /// A TCP packet other than an opening SYN, of a flow the table does not know, is
     /// scheduled (IPVS `sloppy_tcp`); otherwise it goes to the stack.
     pub sloppy_tcp: bool,
+    /// `mh`: the Maglev table size M, a prime (ignored by the other schedulers).
+    pub mh_table_size: u32,
     /// This node is active (VRRP master) for the VIP.
     pub active: bool,
     pub backends: Vec<BackendSpec>,

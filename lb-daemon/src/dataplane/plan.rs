@@ -6,8 +6,10 @@
 //! service, so established flows keep their backend across any update. A freed backend slot
 //! gets a new generation when reused, so flows pinned to its previous occupant reschedule.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use lb_common::*;
@@ -18,31 +20,113 @@ use super::{
     prefix_mask, ring, BackendSpec, Scheduler, ServiceKey, ServiceSpec,
 };
 
-/// Sizes fixed when the program was loaded.
-#[derive(Clone, Copy, Debug)]
+/// The sizes of the maps the program was loaded with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    pub max_services: u32,
-    pub max_backends: u32,
-    /// Ring slots per service; the Maglev M is the largest prime not above it.
-    pub ring_size: u32,
+    /// Service slots: `SERVICE_INFO`, `RR_STATE` and `SERVICE_STATS` hold this many, the
+    /// key maps twice as many (each service's key and at most one fragments-only key).
+    pub services: u32,
+    /// Backend slots: `BACKENDS`, `BACKEND_STATS`.
+    pub backends: u32,
+    /// `RINGS` slots, shared by every service's ring.
+    pub ring_slots: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_services: DEFAULT_MAX_SERVICES,
-            max_backends: DEFAULT_MAX_BACKENDS,
-            ring_size: DEFAULT_RING_SIZE,
+            services: DEFAULT_MAX_SERVICES,
+            backends: DEFAULT_MAX_BACKENDS,
+            ring_slots: DEFAULT_RING_SLOTS,
         }
     }
 }
 
+impl Limits {
+    /// The most this daemon will load: far beyond any configuration seen in practice, and
+    /// low enough that every map fits memory (`RINGS` at the ceiling is 1 GiB; the per-CPU
+    /// counters of the service and backend slots cost 24 bytes a slot a CPU).
+    pub const CEILING: Limits = Limits {
+        services: 1 << 18,
+        backends: 1 << 21,
+        ring_slots: 1 << 28,
+    };
+
+    /// Whether maps of these sizes hold everything `needs` uses.
+    pub fn covers(&self, needs: &Limits) -> bool {
+        self.services >= needs.services
+            && self.backends >= needs.backends
+            && self.ring_slots >= needs.ring_slots
+    }
+
+    /// Each size the larger of the two.
+    pub fn max(self, o: Limits) -> Limits {
+        Limits {
+            services: self.services.max(o.services),
+            backends: self.backends.max(o.backends),
+            ring_slots: self.ring_slots.max(o.ring_slots),
+        }
+    }
+
+    /// Room for `needs` and half as much again, never less than the compiled-in sizes, never
+    /// more than [`Limits::CEILING`]: a configuration that grows a few services at a time
+    /// replaces the maps only once in a while.
+    pub fn with_headroom(needs: Limits) -> Limits {
+        let grow = |n: u32, min: u32, max: u32| n.saturating_add(n / 2).max(min).min(max);
+        let d = Limits::default();
+        let c = Limits::CEILING;
+        Limits {
+            services: grow(needs.services, d.services, c.services),
+            backends: grow(needs.backends, d.backends, c.backends),
+            ring_slots: grow(needs.ring_slots, d.ring_slots, c.ring_slots),
+        }
+    }
+
+    /// The first size above the ceiling, as (what, size, ceiling).
+    pub fn beyond_ceiling(&self) -> Option<(&'static str, u32, u32)> {
+        let c = Limits::CEILING;
+        [
+            ("services", self.services, c.services),
+            ("real servers", self.backends, c.backends),
+            ("ring slots", self.ring_slots, c.ring_slots),
+        ]
+        .into_iter()
+        .find(|(_, n, max)| n > max)
+    }
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} services, {} real servers, {} ring slots",
+            self.services, self.backends, self.ring_slots
+        )
+    }
+}
+
+/// The longest `wrr` ring: longer weight sequences are scaled down (see [`ring::wrr`]).
+pub const WRR_MAX_RING: usize = 1 << 16;
+
+/// How long a ring region a service left stays unused: a packet that read the service's
+/// old offset just before the switch may still read the old region, and must find the old
+/// ring there, not another service's. XDP runs for microseconds; this is ample.
+pub const REGION_QUARANTINE: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("too many services: the program was loaded with room for {0}")]
-    TooManyServices(u32),
-    #[error("too many backends: the program was loaded with room for {0}")]
-    TooManyBackends(u32),
+    /// The maps are too small for the plan: the daemon loads larger ones and plans again.
+    #[error("the maps hold {have}; this needs {needs}")]
+    NoRoom { needs: Limits, have: Limits },
+    #[error(
+        "needs {needs} {what}: no node holds more than {ceiling}{}",
+        if *what == "ring slots" { " (lower mh_table_size, or split the services across nodes)" } else { " (split the services across nodes)" }
+    )]
+    BeyondCeiling {
+        what: &'static str,
+        needs: u32,
+        ceiling: u32,
+    },
     #[error("service {vip}:{port}: {source}")]
     Maglev {
         vip: std::net::IpAddr,
@@ -63,6 +147,17 @@ pub enum PlanError {
     Map(#[from] MapWriteError),
 }
 
+/// A service's ring: its region of `RINGS` and the backend ids in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ring {
+    /// The region: `off..off + cap`; the ring fills its start.
+    pub off: u32,
+    pub cap: u32,
+    /// Shared with the previous plan when the service's ring did not change, so an update
+    /// that changes one service neither rebuilds nor compares the others' rings.
+    pub slots: Arc<[u32]>,
+}
+
 /// The exact contents the maps should have.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
@@ -71,66 +166,170 @@ pub struct Desired {
     /// Service id -> `SERVICE_INFO` value.
     pub infos: BTreeMap<u32, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
-    /// Service id -> ring slots (backend ids).
-    pub rings: BTreeMap<u32, Vec<u32>>,
+    /// Service id -> its ring.
+    pub rings: BTreeMap<u32, Ring>,
 }
 
-/// Id allocation that survives updates.
+/// Id allocation that survives updates: the lowest free id first, so ids stay dense and
+/// the maps' sizes follow what is configured, not what ever was.
 #[derive(Clone, Debug, Default)]
 struct Ids {
     services: HashMap<ServiceKey, u32>,
     backends: HashMap<(ServiceKey, SocketAddr), u32>,
     /// Generation of each backend slot ever used.
     generations: Vec<u32>,
+    free_services: BTreeSet<u32>,
+    next_service: u32,
+    free_backends: BTreeSet<u32>,
+    next_backend: u32,
 }
 
 impl Ids {
-    fn service(&mut self, key: ServiceKey, limits: &Limits) -> Result<u32, PlanError> {
+    fn service(&mut self, key: ServiceKey) -> u32 {
         if let Some(&id) = self.services.get(&key) {
-            return Ok(id);
+            return id;
         }
-        let id = (0..limits.max_services)
-            .find(|id| !self.services.values().any(|v| v == id))
-            .ok_or(PlanError::TooManyServices(limits.max_services))?;
+        let id = self.free_services.pop_first().unwrap_or_else(|| {
+            self.next_service += 1;
+            self.next_service - 1
+        });
         self.services.insert(key, id);
-        Ok(id)
+        id
     }
 
-    fn backend(
-        &mut self,
-        svc: ServiceKey,
-        addr: SocketAddr,
-        limits: &Limits,
-    ) -> Result<u32, PlanError> {
+    fn backend(&mut self, svc: ServiceKey, addr: SocketAddr) -> u32 {
         if let Some(&id) = self.backends.get(&(svc, addr)) {
-            return Ok(id);
+            return id;
         }
-        let used: std::collections::HashSet<u32> = self.backends.values().copied().collect();
-        let id = (0..limits.max_backends)
-            .find(|id| !used.contains(id))
-            .ok_or(PlanError::TooManyBackends(limits.max_backends))?;
+        let id = self.free_backends.pop_first().unwrap_or_else(|| {
+            self.next_backend += 1;
+            self.next_backend - 1
+        });
         if self.generations.len() <= id as usize {
             self.generations.resize(id as usize + 1, 0);
         }
         // A new occupant: flows of any earlier one must not follow it.
         self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
         self.backends.insert((svc, addr), id);
-        Ok(id)
+        id
     }
 
     /// Forget ids not used by `keep_*`.
-    fn retain(&mut self, services: &[ServiceKey], backends: &[(ServiceKey, SocketAddr)]) {
-        self.services.retain(|k, _| services.contains(k));
-        self.backends.retain(|k, _| backends.contains(k));
+    fn retain(
+        &mut self,
+        services: &HashSet<ServiceKey>,
+        backends: &HashSet<(ServiceKey, SocketAddr)>,
+    ) {
+        let free = &mut self.free_services;
+        self.services.retain(|k, id| {
+            let keep = services.contains(k);
+            if !keep {
+                free.insert(*id);
+            }
+            keep
+        });
+        let free = &mut self.free_backends;
+        self.backends.retain(|k, id| {
+            let keep = backends.contains(k);
+            if !keep {
+                free.insert(*id);
+            }
+            keep
+        });
+        // Free ids at the top give their room back.
+        while self.next_service > 0 && self.free_services.remove(&(self.next_service - 1)) {
+            self.next_service -= 1;
+        }
+        while self.next_backend > 0 && self.free_backends.remove(&(self.next_backend - 1)) {
+            self.next_backend -= 1;
+        }
     }
 }
 
-/// The largest prime not above `n` (Maglev needs a prime table size).
-fn prime_at_most(n: u32) -> u32 {
-    (2..=n.max(2))
-        .rev()
-        .find(|&p| maglev::is_prime(p))
-        .unwrap_or(2)
+/// The regions of `RINGS`: first fit among the free ones, else past the highest.
+#[derive(Clone, Debug, Default)]
+struct Regions {
+    /// Free regions below `top`, offset -> length, adjacent ones merged.
+    free: BTreeMap<u32, u32>,
+    /// Everything from here up is free.
+    top: u32,
+    /// Regions left by services, free once [`REGION_QUARANTINE`] has passed.
+    quarantined: Vec<(Instant, u32, u32)>,
+}
+
+impl Regions {
+    fn alloc(&mut self, len: u32) -> u32 {
+        if len == 0 {
+            return 0;
+        }
+        let fit = self
+            .free
+            .iter()
+            .find(|(_, &l)| l >= len)
+            .map(|(&o, &l)| (o, l));
+        if let Some((off, have)) = fit {
+            self.free.remove(&off);
+            if have > len {
+                self.free.insert(off + len, have - len);
+            }
+            return off;
+        }
+        let off = self.top;
+        self.top = self.top.saturating_add(len);
+        off
+    }
+
+    fn release(&mut self, off: u32, len: u32, now: Instant) {
+        if len > 0 {
+            self.quarantined.push((now, off, len));
+        }
+    }
+
+    /// Frees the regions whose quarantine is over.
+    fn settle(&mut self, now: Instant) {
+        let (done, wait): (Vec<_>, Vec<_>) = self
+            .quarantined
+            .drain(..)
+            .partition(|(at, _, _)| now.saturating_duration_since(*at) >= REGION_QUARANTINE);
+        self.quarantined = wait;
+        for (_, off, len) in done {
+            self.free_region(off, len);
+        }
+    }
+
+    fn free_region(&mut self, mut off: u32, mut len: u32) {
+        if let Some((&p, &pl)) = self.free.range(..off).next_back() {
+            if p + pl == off {
+                self.free.remove(&p);
+                off = p;
+                len += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(off + len)) {
+            self.free.remove(&(off + len));
+            len += nl;
+        }
+        if off + len == self.top {
+            self.top = off;
+        } else {
+            self.free.insert(off, len);
+        }
+    }
+}
+
+/// The region a ring of `len` slots gets: rr and wrr rings round up to a power of two, so
+/// that a server more or less rarely moves the ring; sh and mh rings have a fixed length.
+fn region_len(sched: Scheduler, len: u32) -> u32 {
+    match sched {
+        Scheduler::Rr | Scheduler::Wrr => len.checked_next_power_of_two().unwrap_or(len),
+        Scheduler::Sh | Scheduler::Mh => len,
+    }
+}
+
+/// Whether a ring of `len` slots stays in a region of `cap`: it fits, and the region is not
+/// far larger than it needs (an emptied ring keeps its region: its servers come back).
+fn region_keeps(sched: Scheduler, cap: u32, len: u32) -> bool {
+    cap >= len && (len == 0 || cap <= region_len(sched, len).saturating_mul(4))
 }
 
 /// Backends that may take new flows: resolved MAC, positive weight.
@@ -138,21 +337,29 @@ fn schedulable(b: &BackendSpec) -> bool {
     b.mac.is_some() && b.weight > 0
 }
 
-/// The ring of one service, as indices into `backends`.
-fn ring_of(spec: &ServiceSpec, limits: &Limits) -> Result<Vec<usize>, PlanError> {
+/// What a service's ring is computed from: equal inputs, equal ring.
+fn same_ring_inputs(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.sched == b.sched
+        && a.mh_table_size == b.mh_table_size
+        && a.backends.len() == b.backends.len()
+        && a.backends.iter().zip(&b.backends).all(|(x, y)| {
+            x.addr == y.addr && x.weight == y.weight && schedulable(x) == schedulable(y)
+        })
+}
+
+/// The ring of one service, as indices into `spec.backends`.
+fn ring_of(spec: &ServiceSpec) -> Result<Vec<usize>, PlanError> {
     let live: Vec<usize> = (0..spec.backends.len())
         .filter(|&i| schedulable(&spec.backends[i]))
         .collect();
     let weights: Vec<u32> = live.iter().map(|&i| spec.backends[i].weight).collect();
     let ring: Vec<usize> = match spec.sched {
         Scheduler::Rr => ring::rr(&weights),
-        Scheduler::Wrr => {
-            ring::wrr(&weights, limits.ring_size as usize).map_err(|source| PlanError::Ring {
-                vip: spec.vip,
-                port: spec.port,
-                source,
-            })?
-        }
+        Scheduler::Wrr => ring::wrr(&weights, WRR_MAX_RING).map_err(|source| PlanError::Ring {
+            vip: spec.vip,
+            port: spec.port,
+            source,
+        })?,
         Scheduler::Sh => ring::sh(&weights),
         Scheduler::Mh => {
             let input: Vec<maglev::MaglevBackend> = live
@@ -163,12 +370,10 @@ fn ring_of(spec: &ServiceSpec, limits: &Limits) -> Result<Vec<usize>, PlanError>
                 })
                 .collect();
             let table =
-                maglev::build(&input, prime_at_most(limits.ring_size)).map_err(|source| {
-                    PlanError::Maglev {
-                        vip: spec.vip,
-                        port: spec.port,
-                        source,
-                    }
+                maglev::build(&input, spec.mh_table_size).map_err(|source| PlanError::Maglev {
+                    vip: spec.vip,
+                    port: spec.port,
+                    source,
                 })?;
             // Maglev orders backends canonically; map back to positions in `live`.
             let pos: HashMap<SocketAddr, usize> =
@@ -179,26 +384,106 @@ fn ring_of(spec: &ServiceSpec, limits: &Limits) -> Result<Vec<usize>, PlanError>
     Ok(ring.into_iter().map(|i| live[i]).collect())
 }
 
-/// The desired map contents for `specs`, allocating ids in `ids`.
-fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desired, PlanError> {
+/// The rings of `specs[i]` for every `i` of `todo`, built on every core when there is
+/// enough to build (a start with a hundred Maglev tables); in `todo`'s order.
+fn rings_of(specs: &[ServiceSpec], todo: &[usize]) -> Vec<Result<Vec<usize>, PlanError>> {
+    // Slots to fill, roughly: what makes threads worth starting.
+    let work: usize = todo
+        .iter()
+        .map(|&i| match specs[i].sched {
+            Scheduler::Mh => specs[i].mh_table_size as usize,
+            _ => specs[i].backends.len() * 4,
+        })
+        .sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || work < 200_000 {
+        return todo.iter().map(|&i| ring_of(&specs[i])).collect();
+    }
+    let chunk = todo.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = todo
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || part.iter().map(|&i| ring_of(&specs[i])).collect::<Vec<_>>())
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("a ring builder panicked"))
+            .collect()
+    })
+}
+
+/// What planning keeps between updates, planned on a copy so a plan that fails leaks
+/// nothing.
+#[derive(Clone, Debug, Default)]
+struct Alloc {
+    ids: Ids,
+    regions: Regions,
+}
+
+impl Alloc {
+    /// The sizes the maps need for what is allocated now (regions in quarantine included).
+    fn extent(&self) -> Limits {
+        Limits {
+            services: self.ids.next_service,
+            backends: self.ids.next_backend,
+            ring_slots: self.regions.top,
+        }
+    }
+}
+
+/// The desired map contents for `specs`, allocating in `alloc`; `prev` is the current plan
+/// and `prev_specs` what it was made from, whose unchanged rings are kept as they are.
+fn desired(
+    specs: &[ServiceSpec],
+    prev: &Desired,
+    prev_specs: &HashMap<ServiceKey, &ServiceSpec>,
+    alloc: &mut Alloc,
+    now: Instant,
+) -> Result<Desired, PlanError> {
     let mut out = Desired::default();
-    let mut keep_services = Vec::new();
-    let mut keep_backends = Vec::new();
-    for spec in specs {
+    let mut keep_services = HashSet::with_capacity(specs.len());
+    let mut keep_backends = HashSet::new();
+    let ids = &mut alloc.ids;
+    let mut service_ids = Vec::with_capacity(specs.len());
+    let mut backend_ids = Vec::with_capacity(specs.len());
+    // Ids first, and which rings must be built.
+    let mut todo = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
         let key = ServiceKey::of(spec);
-        if keep_services.contains(&key) {
+        if !keep_services.insert(key) {
             return Err(PlanError::DuplicateService(format!(
                 "{}:{}/{:?}",
                 spec.vip, spec.port, spec.proto
             )));
         }
-        keep_services.push(key);
-        let id = ids.service(key, limits)?;
-        let mut backend_ids = Vec::with_capacity(spec.backends.len());
-        for b in &spec.backends {
-            let bid = ids.backend(key, b.addr, limits)?;
-            keep_backends.push((key, b.addr));
-            backend_ids.push(bid);
+        let id = ids.service(key);
+        let bids: Vec<u32> = spec
+            .backends
+            .iter()
+            .map(|b| {
+                keep_backends.insert((key, b.addr));
+                ids.backend(key, b.addr)
+            })
+            .collect();
+        let unchanged = prev.rings.contains_key(&id)
+            && prev_specs
+                .get(&key)
+                .is_some_and(|old| same_ring_inputs(old, spec));
+        if !unchanged {
+            todo.push(i);
+        }
+        service_ids.push(id);
+        backend_ids.push(bids);
+    }
+    let mut built = rings_of(specs, &todo).into_iter();
+    let mut todo = todo.into_iter().peekable();
+    for (i, spec) in specs.iter().enumerate() {
+        let key = ServiceKey::of(spec);
+        let id = service_ids[i];
+        let bids = &backend_ids[i];
+        for (b, &bid) in spec.backends.iter().zip(bids) {
             // A backend without a MAC cannot be sent to: absent, so its flows reschedule.
             let mut flags = 0;
             if b.mac.is_some() {
@@ -217,10 +502,36 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
                 },
             );
         }
-        let ring: Vec<u32> = ring_of(spec, limits)?
-            .into_iter()
-            .map(|i| backend_ids[i])
-            .collect();
+        let old = prev.rings.get(&id);
+        let ring = if todo.next_if_eq(&i).is_some() {
+            let slots: Arc<[u32]> = built
+                .next()
+                .expect("one ring built per service to build")?
+                .into_iter()
+                .map(|j| bids[j])
+                .collect();
+            let len = slots.len() as u32;
+            match old {
+                Some(r) if region_keeps(spec.sched, r.cap, len) => Ring {
+                    off: r.off,
+                    cap: r.cap,
+                    slots,
+                },
+                _ => {
+                    if let Some(r) = old {
+                        alloc.regions.release(r.off, r.cap, now);
+                    }
+                    let cap = region_len(spec.sched, len);
+                    Ring {
+                        off: alloc.regions.alloc(cap),
+                        cap,
+                        slots,
+                    }
+                }
+            }
+        } else {
+            old.cloned().expect("an unchanged ring was planned before")
+        };
         let mut flags = 0;
         if spec.active {
             flags |= SVC_F_ACTIVE;
@@ -237,7 +548,9 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
                 id,
                 flags,
                 sched: spec.sched.code(),
-                ring_len: ring.len() as u32,
+                ring_len: ring.slots.len() as u32,
+                ring_off: ring.off,
+                _pad: 0,
                 idle_timeout_s: spec.idle_timeout,
                 persist_timeout_s: spec.persistence_timeout,
                 persist_mask: prefix_mask(key.family, spec.persistence_prefix),
@@ -245,6 +558,12 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
         );
         out.services.insert(key, ServiceRef { id, flags: 0 });
         out.rings.insert(id, ring);
+    }
+    // Rings of services that are gone leave their regions.
+    for (id, r) in &prev.rings {
+        if !out.rings.contains_key(id) {
+            alloc.regions.release(r.off, r.cap, now);
+        }
     }
     // Fragments carry no port (after the first): each (VIP, protocol) without an all-ports
     // service routes them to its lowest-port service, through a port-0 entry marked
@@ -277,22 +596,20 @@ fn desired(specs: &[ServiceSpec], ids: &mut Ids, limits: &Limits) -> Result<Desi
             );
         }
     }
-    ids.retain(&keep_services, &keep_backends);
+    alloc.ids.retain(&keep_services, &keep_backends);
     Ok(out)
 }
 
 /// Writes `next` over `prev`: new and changed backends that may take new flows first; then
-/// the `ring_len` of shrinking services, the changed ring slots, the full service state,
-/// and the keys that lead to the services; then gone keys and service slots, backends that
-/// stopped being usable (now named by no ring), and gone backends. At every step each ring
-/// slot the program can reach names a usable backend, and each key names a service whose
-/// state is written.
-fn apply(
-    prev: &Desired,
-    next: &Desired,
-    limits: &Limits,
-    w: &mut dyn MapWriter,
-) -> Result<(), PlanError> {
+/// the `ring_len` of shrinking and moving rings, the changed ring slots (a moved ring whole,
+/// in its new region), the offsets of moved rings, the full service state, and the keys
+/// that lead to the services; then gone keys and service slots, backends that stopped
+/// being usable (now named by no ring), and gone backends. At every step each ring slot
+/// the program can reach names a usable backend, each key names a service whose state is
+/// written, and each write of a service's state changes its ring's offset or its length,
+/// never both (a reader that raced the write and saw half of it still pairs an offset with
+/// a length of the same ring).
+fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), PlanError> {
     // Backends that may take new flows first, so rings can name them. One that stops being
     // usable (drained, or absent) is written only after the rings no longer name it: until
     // then the program would find a ring slot naming a backend it must not use.
@@ -303,27 +620,58 @@ fn apply(
             w.update_backend(*id, b)?;
         }
     }
+    // A ring shrinking, or moving, first: its length at most the smaller of the two, on
+    // the old region. Only flags both versions set: after a failed apply `old` may be a
+    // marker whose flags are all ones, which must never switch a service on.
+    let mut shortened: BTreeMap<u32, ServiceValue> = BTreeMap::new();
     for (id, info) in &next.infos {
         if let Some(old) = prev.infos.get(id) {
-            if info.ring_len < old.ring_len {
-                // Only flags both versions set: after a failed apply `old` may be a marker
-                // whose flags are all ones, which must never switch a service on.
+            let moves = old.ring_off != info.ring_off;
+            if info.ring_len < old.ring_len || (moves && old.ring_len > 0) {
                 let shorter = ServiceValue {
-                    ring_len: info.ring_len,
+                    ring_len: info.ring_len.min(old.ring_len),
                     flags: old.flags & info.flags,
                     ..*old
                 };
                 w.update_service_info(*id, &shorter)?;
+                shortened.insert(*id, shorter);
+            } else if moves {
+                shortened.insert(*id, *old);
             }
         }
     }
     for (id, ring) in &next.rings {
-        let old = prev.rings.get(id).map(Vec::as_slice).unwrap_or(&[]);
-        let base = id * limits.ring_size;
-        for (i, &bid) in ring.iter().enumerate() {
+        let old = prev
+            .rings
+            .get(id)
+            .filter(|o| o.off == ring.off)
+            .map(|o| &o.slots[..])
+            .unwrap_or(&[]);
+        if prev
+            .rings
+            .get(id)
+            .is_some_and(|o| Arc::ptr_eq(&o.slots, &ring.slots))
+            && !old.is_empty()
+        {
+            continue;
+        }
+        for (i, &bid) in ring.slots.iter().enumerate() {
             if old.get(i) != Some(&bid) {
-                w.update_ring_slot(base + i as u32, bid)?;
+                w.update_ring_slot(ring.off + i as u32, bid)?;
             }
+        }
+    }
+    // Moved rings: the offset alone, with the length still at most the old ring's.
+    for (id, v) in &shortened {
+        let info = &next.infos[id];
+        if v.ring_off != info.ring_off {
+            w.update_service_info(
+                *id,
+                &ServiceValue {
+                    ring_off: info.ring_off,
+                    ..*v
+                },
+            )?;
         }
     }
     for (id, info) in &next.infos {
@@ -391,8 +739,15 @@ fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
             },
         );
     }
-    for id in attempted.rings.keys() {
-        out.rings.insert(*id, Vec::new());
+    for (id, r) in &attempted.rings {
+        // No slot known: every slot is written again.
+        out.rings.insert(
+            *id,
+            Ring {
+                slots: Arc::from([]),
+                ..r.clone()
+            },
+        );
     }
     out
 }
@@ -400,9 +755,12 @@ fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
 /// The control plane's handle on the program's maps.
 pub struct Dataplane<W: MapWriter> {
     limits: Limits,
-    ids: Ids,
+    alloc: Alloc,
     current: Desired,
     specs: Vec<ServiceSpec>,
+    /// False after a failed write: `current`'s rings are then markers, and every ring is
+    /// built again rather than kept.
+    rings_known: bool,
     writer: W,
 }
 
@@ -410,30 +768,86 @@ impl<W: MapWriter> Dataplane<W> {
     pub fn new(writer: W, limits: Limits) -> Self {
         Self {
             limits,
-            ids: Ids::default(),
+            alloc: Alloc::default(),
             current: Desired::default(),
             specs: Vec::new(),
+            rings_known: true,
             writer,
         }
     }
 
     /// Makes the maps hold exactly `specs`. On error nothing the program relies on is left
-    /// half-written: the caller may retry with the same or other specs.
+    /// half-written: the caller may retry with the same or other specs. [`PlanError::NoRoom`]
+    /// writes nothing: the caller loads larger maps ([`Dataplane::replace_maps`]) and
+    /// updates again.
     pub fn update(&mut self, specs: &[ServiceSpec]) -> Result<(), PlanError> {
-        // Plan on a copy: a spec that cannot be planned must not leak ids.
-        let mut ids = self.ids.clone();
-        let next = desired(specs, &mut ids, &self.limits)?;
+        self.update_at(specs, Instant::now())
+    }
+
+    /// [`Dataplane::update`] at `now` (when rings that moved may have their regions reused).
+    pub fn update_at(&mut self, specs: &[ServiceSpec], now: Instant) -> Result<(), PlanError> {
+        // Plan on a copy: a spec that cannot be planned must not leak ids or regions.
+        let mut alloc = self.alloc.clone();
+        alloc.regions.settle(now);
+        let empty = HashMap::new();
+        let prev_specs: HashMap<ServiceKey, &ServiceSpec> = if self.rings_known {
+            self.specs.iter().map(|s| (ServiceKey::of(s), s)).collect()
+        } else {
+            empty
+        };
+        let next = desired(specs, &self.current, &prev_specs, &mut alloc, now)?;
+        let needs = alloc.extent();
+        if let Some((what, needs, ceiling)) = needs.beyond_ceiling() {
+            return Err(PlanError::BeyondCeiling {
+                what,
+                needs,
+                ceiling,
+            });
+        }
+        if !self.limits.covers(&needs) {
+            return Err(PlanError::NoRoom {
+                needs,
+                have: self.limits,
+            });
+        }
         // From here the maps may hold the new ids, whatever `apply` returns.
-        self.ids = ids;
-        let result = apply(&self.current, &next, &self.limits, &mut self.writer);
+        self.alloc = alloc;
+        let result = apply(&self.current, &next, &mut self.writer);
         match result {
             Ok(()) => {
                 self.current = next;
                 self.specs = specs.to_vec();
+                self.rings_known = true;
             }
-            Err(_) => self.current = uncertain(&self.current, &next),
+            Err(_) => {
+                self.current = uncertain(&self.current, &next);
+                self.rings_known = false;
+            }
         }
         result
+    }
+
+    /// Moves everything to new maps of `limits` (which must hold what is planned now):
+    /// writes the current plan whole into `writer`, then hands it the job; returns the old
+    /// writer. On error the old maps stay in use.
+    pub fn replace_maps(&mut self, mut writer: W, limits: Limits) -> Result<W, PlanError> {
+        let needs = self.alloc.extent();
+        if !limits.covers(&needs) {
+            return Err(PlanError::NoRoom {
+                needs,
+                have: limits,
+            });
+        }
+        apply(&Desired::default(), &self.current, &mut writer)?;
+        self.limits = limits;
+        Ok(std::mem::replace(&mut self.writer, writer))
+    }
+
+    /// Puts back the maps [`Dataplane::replace_maps`] replaced (they still hold the plan:
+    /// nothing is written), when the new ones could not be put to use.
+    pub fn restore_maps(&mut self, writer: W, limits: Limits) {
+        self.writer = writer;
+        self.limits = limits;
     }
 
     pub fn specs(&self) -> &[ServiceSpec] {
@@ -447,17 +861,23 @@ impl<W: MapWriter> Dataplane<W> {
     /// The ids of a service and of its backends, in spec order (for counters and status).
     pub fn ids_of(&self, spec: &ServiceSpec) -> Option<(u32, Vec<u32>)> {
         let key = ServiceKey::of(spec);
-        let sid = *self.ids.services.get(&key)?;
+        let ids = &self.alloc.ids;
+        let sid = *ids.services.get(&key)?;
         let bids = spec
             .backends
             .iter()
-            .map(|b| self.ids.backends.get(&(key, b.addr)).copied())
+            .map(|b| ids.backends.get(&(key, b.addr)).copied())
             .collect::<Option<Vec<u32>>>()?;
         Some((sid, bids))
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// What the maps must hold for the current plan.
+    pub fn needs(&self) -> Limits {
+        self.alloc.extent()
     }
 
     pub fn writer(&self) -> &W {
@@ -468,6 +888,29 @@ impl<W: MapWriter> Dataplane<W> {
     pub fn writer_mut(&mut self) -> &mut W {
         &mut self.writer
     }
+}
+
+/// The sizes the maps need for `specs`, planned in memory with every real server up and
+/// resolved (the most the rings can take): what `lb-daemon check` reports and the daemon
+/// loads its maps with (plus headroom). Errors are those [`Dataplane::update`] would give.
+pub fn needs(specs: &[ServiceSpec]) -> Result<Limits, PlanError> {
+    let mut d = Dataplane::new(super::maps::NullMaps, Limits::CEILING);
+    let full: Vec<ServiceSpec> = specs
+        .iter()
+        .map(|s| ServiceSpec {
+            backends: s
+                .backends
+                .iter()
+                .map(|b| BackendSpec {
+                    mac: Some(b.mac.unwrap_or([2, 0, 0, 0, 0, 1])),
+                    ..b.clone()
+                })
+                .collect(),
+            ..s.clone()
+        })
+        .collect();
+    d.update(&full)?;
+    Ok(d.needs())
 }
 
 #[cfg(test)]
@@ -491,7 +934,7 @@ mod tests {
                 .filter(|i| i.flags & SVC_F_ACTIVE != 0)
             {
                 for slot in 0..info.ring_len {
-                    let idx = info.id * LIMITS.ring_size + slot;
+                    let idx = info.ring_off + slot;
                     let bid = self.0.rings.get(&idx).unwrap_or_else(|| {
                         panic!(
                             "service {}: slot {slot} below ring_len {} unwritten",
@@ -518,12 +961,13 @@ mod tests {
         }
     }
 
-    // A ring of 4099 slots: Maglev wants M well above 100 x N for its minimal disruption.
     const LIMITS: Limits = Limits {
-        max_services: 8,
-        max_backends: 32,
-        ring_size: 4099,
+        services: 8,
+        backends: 32,
+        ring_slots: 8 * 4099,
     };
+    // Maglev wants M well above 100 x N for its minimal disruption.
+    const M: u32 = 4099;
 
     impl MapWriter for Checked {
         fn update_service(&mut self, k: &ServiceKey, v: &ServiceRef) -> Result<(), MapWriteError> {
@@ -537,6 +981,21 @@ mod tests {
             Ok(())
         }
         fn update_service_info(&mut self, id: u32, v: &ServiceValue) -> Result<(), MapWriteError> {
+            // A reader racing the write may see half of it: it must not pair one ring's
+            // offset with another's length. (A service that is gone is zeroed after its
+            // keys are deleted, and only a key leads to its ring.)
+            if let Some(old) = self.0.infos.get(&id) {
+                if *v != ServiceValue::default() && old.ring_len > 0 {
+                    assert!(
+                        old.ring_off == v.ring_off || old.ring_len == v.ring_len,
+                        "service {id}: offset {} -> {} and length {} -> {} in one write",
+                        old.ring_off,
+                        v.ring_off,
+                        old.ring_len,
+                        v.ring_len
+                    );
+                }
+            }
             self.0.update_service_info(id, v)?;
             self.check();
             Ok(())
@@ -549,9 +1008,10 @@ mod tests {
         fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
             self.0.update_ring_slot(i, b)?;
             // Only this slot can have changed; a full check per slot would be quadratic.
-            let (sid, slot) = (i / LIMITS.ring_size, i % LIMITS.ring_size);
-            if let Some(info) = self.0.infos.get(&sid) {
-                if info.flags & SVC_F_ACTIVE != 0 && slot < info.ring_len {
+            for info in self.0.infos.values() {
+                if info.flags & SVC_F_ACTIVE != 0
+                    && (info.ring_off..info.ring_off + info.ring_len).contains(&i)
+                {
                     let b = self.0.backends.get(&b).copied().unwrap_or_default();
                     assert!(
                         b.flags & BACKEND_F_PRESENT != 0 && b.flags & BACKEND_F_DRAINING == 0,
@@ -574,6 +1034,7 @@ mod tests {
             persistence_timeout: 0,
             persistence_prefix: 32,
             idle_timeout: 900,
+            mh_table_size: M,
             active: true,
             backends: weights
                 .iter()
@@ -624,7 +1085,7 @@ mod tests {
         d.update(&specs).unwrap();
         let writes = d.writer().0.writes - before;
         // Maglev moves about a quarter of the slots; the service and one backend change.
-        let m = prime_at_most(LIMITS.ring_size) as usize;
+        let m = M as usize;
         assert!(writes < m / 4 + m / 50 + 3, "{writes} writes for M = {m}");
         let (_, bids) = d.ids_of(&specs[0]).unwrap();
         let b3 = d.writer().0.backends[&bids[3]];
@@ -733,7 +1194,10 @@ mod tests {
         let many: Vec<ServiceSpec> = (1..=9).map(|p| spec(p, Scheduler::Rr, &[1])).collect();
         assert!(matches!(
             d.update(&many),
-            Err(PlanError::TooManyServices(8))
+            Err(PlanError::NoRoom {
+                needs: Limits { services: 9, .. },
+                ..
+            })
         ));
         let dup = vec![spec(80, Scheduler::Rr, &[1]), spec(80, Scheduler::Rr, &[1])];
         assert!(matches!(
@@ -743,8 +1207,174 @@ mod tests {
         let big = vec![spec(80, Scheduler::Rr, &[1; 33])];
         assert!(matches!(
             d.update(&big),
-            Err(PlanError::TooManyBackends(32))
+            Err(PlanError::NoRoom {
+                needs: Limits { backends: 33, .. },
+                ..
+            })
         ));
+    }
+
+    /// Rings take what their scheduler needs: an rr ring of 10 servers 16 slots, sh 256,
+    /// mh its M; one that outgrows its region moves (every step checked), and the region it
+    /// left is reused only after the quarantine.
+    #[test]
+    fn rings_get_regions_of_their_own_size_and_move_when_they_outgrow_them() {
+        let mut d = Dataplane::new(
+            Checked::default(),
+            Limits {
+                backends: 256,
+                ..LIMITS
+            },
+        );
+        let t0 = Instant::now();
+        let mut specs = vec![
+            spec(80, Scheduler::Rr, &[1; 10]),
+            spec(81, Scheduler::Sh, &[1, 1]),
+            spec(82, Scheduler::Mh, &[1, 1]),
+        ];
+        d.update_at(&specs, t0).unwrap();
+        let ring = |d: &Dataplane<Checked>, s: &ServiceSpec| {
+            let (sid, _) = d.ids_of(s).unwrap();
+            d.current().rings[&sid].clone()
+        };
+        assert_eq!(
+            ring(&d, &specs[0]).cap,
+            16,
+            "rr: 10 slots in a region of 16"
+        );
+        assert_eq!(ring(&d, &specs[1]).cap, 256);
+        assert_eq!(ring(&d, &specs[2]).cap, M);
+        assert_eq!(d.needs().ring_slots, 16 + 256 + M);
+        // 20 servers: 32 slots, a new region past the others.
+        let old = ring(&d, &specs[0]);
+        specs[0] = spec(80, Scheduler::Rr, &[1; 20]);
+        d.update_at(&specs, t0).unwrap();
+        let moved = ring(&d, &specs[0]);
+        assert_eq!((moved.cap, moved.slots.len()), (32, 20));
+        assert_ne!(moved.off, old.off);
+        // A new service within the quarantine does not get the old region...
+        specs.push(spec(83, Scheduler::Rr, &[1; 9]));
+        d.update_at(&specs, t0 + REGION_QUARANTINE / 2).unwrap();
+        assert_ne!(ring(&d, &specs[3]).off, old.off);
+        // ...one after it does.
+        specs.push(spec(84, Scheduler::Rr, &[1; 9]));
+        d.update_at(&specs, t0 + REGION_QUARANTINE).unwrap();
+        assert_eq!(ring(&d, &specs[4]).off, old.off);
+        // Shrinking to nothing keeps the region; a ring far smaller than its region moves.
+        for b in &mut specs[0].backends {
+            b.weight = 0;
+        }
+        d.update_at(&specs, t0 + REGION_QUARANTINE).unwrap();
+        assert_eq!(ring(&d, &specs[0]).off, moved.off);
+        specs[0] = spec(80, Scheduler::Rr, &[1; 2]);
+        d.update_at(&specs, t0 + REGION_QUARANTINE).unwrap();
+        assert_eq!(ring(&d, &specs[0]).cap, 2);
+    }
+
+    /// An update that changes one service writes only that service's entries, and builds
+    /// only its ring.
+    #[test]
+    fn one_change_writes_one_service() {
+        let limits = Limits {
+            services: 256,
+            backends: 4096,
+            ring_slots: 1 << 20,
+        };
+        let mut d = Dataplane::new(Checked::default(), limits);
+        let mut specs: Vec<ServiceSpec> = (1..=100)
+            .map(|p| {
+                spec(
+                    p,
+                    [Scheduler::Rr, Scheduler::Wrr, Scheduler::Mh][p as usize % 3],
+                    &[1; 10],
+                )
+            })
+            .collect();
+        d.update(&specs).unwrap();
+        let rings: Vec<Arc<[u32]>> = specs
+            .iter()
+            .map(|s| d.current().rings[&d.ids_of(s).unwrap().0].slots.clone())
+            .collect();
+        let before = d.writer().0.writes;
+        // Port 1, wrr: weights (3, 1, ...) make a ring of 12.
+        assert_eq!(specs[0].sched, Scheduler::Wrr);
+        specs[0].backends[0].weight = 3;
+        d.update(&specs).unwrap();
+        let writes = d.writer().0.writes - before;
+        assert!(writes <= 12 + 3, "{writes} writes for one wrr ring");
+        for (i, s) in specs.iter().enumerate() {
+            let now = &d.current().rings[&d.ids_of(s).unwrap().0].slots;
+            assert_eq!(Arc::ptr_eq(now, &rings[i]), i != 0, "service {i}'s ring");
+        }
+    }
+
+    /// Maps too small: nothing is written, the caller loads larger maps, moves the plan into
+    /// them, and plans again; ids and rings stay where they were.
+    #[test]
+    fn no_room_then_larger_maps() {
+        let mut d = dp();
+        let mut specs: Vec<ServiceSpec> =
+            (1..=8).map(|p| spec(p, Scheduler::Rr, &[1, 1])).collect();
+        d.update(&specs).unwrap();
+        let ids: Vec<_> = specs.iter().map(|s| d.ids_of(s).unwrap()).collect();
+        specs.push(spec(9, Scheduler::Rr, &[1, 1]));
+        let before = d.writer().0.writes;
+        let Err(PlanError::NoRoom { needs, have }) = d.update(&specs) else {
+            panic!("a ninth service fits 8 slots");
+        };
+        assert_eq!((needs.services, have), (9, LIMITS));
+        assert_eq!(
+            d.writer().0.writes,
+            before,
+            "a plan that does not fit writes nothing"
+        );
+        let bigger = Limits::with_headroom(needs);
+        let old = d.replace_maps(Checked::default(), bigger).unwrap();
+        assert_eq!(old.0.writes, before);
+        assert_eq!(
+            d.writer().0.infos.len(),
+            8,
+            "the plan moved into the new maps"
+        );
+        d.update(&specs).unwrap();
+        for (s, id) in specs.iter().zip(&ids) {
+            assert_eq!(d.ids_of(s).as_ref(), Some(id));
+        }
+        assert_eq!(d.writer().0.infos.len(), 9);
+    }
+
+    #[test]
+    fn needs_counts_every_server_up_and_headroom_has_floors() {
+        let mut specs = vec![
+            spec(80, Scheduler::Rr, &[1, 0, 1]),
+            spec(81, Scheduler::Mh, &[1]),
+        ];
+        specs[0].backends[0].mac = None;
+        let n = needs(&specs).unwrap();
+        // rr: two servers with a weight (one without a MAC counts: it may resolve).
+        assert_eq!(
+            n,
+            Limits {
+                services: 2,
+                backends: 4,
+                ring_slots: 2 + M
+            }
+        );
+        assert_eq!(Limits::with_headroom(n), Limits::default());
+        let big = Limits {
+            services: 10_000,
+            backends: 100_000,
+            ring_slots: 1 << 24,
+        };
+        assert_eq!(
+            Limits::with_headroom(big),
+            Limits {
+                services: 15_000,
+                backends: 150_000,
+                ring_slots: 3 << 23
+            }
+        );
+        assert_eq!(Limits::with_headroom(Limits::CEILING), Limits::CEILING);
     }
 
     #[test]

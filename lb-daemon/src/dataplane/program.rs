@@ -6,10 +6,14 @@
 //! tag on the skb and puts it back on XDP_TX); native mode runs `lb_native` where the driver
 //! can say what it took off, `lb` where the device never delivers a tag beside the frame,
 //! and nothing elsewhere ([`native_plan`]).
-use std::os::fd::{AsFd, OwnedFd};
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+};
 
 use aya::{
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -90,25 +94,138 @@ pub enum LoadError {
     FlowCacheSize(u32),
     #[error("counting the possible CPUs: {0}")]
     Cpus(std::io::Error),
-    #[error("ring size {ring_size} x {max_services} services does not fit a BPF array")]
-    RingTooLarge { ring_size: u32, max_services: u32 },
+    #[error("maps of {0} are beyond what a node holds")]
+    TooLarge(Limits),
     #[error("the sync event ring of {0} bytes is not a power of two of at least a page")]
     SyncRingSize(u32),
+    #[error("duplicating the descriptor of map {0}: {1}")]
+    Dup(String, #[source] io::Error),
+    #[error(transparent)]
+    Relocated(#[from] devbound::DevBoundError),
 }
 
 /// Loads the program into the kernel (not attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let mut ebpf = create(opts)?;
+    xdp(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: names::PROGRAM,
+            source,
+        })?;
+    Ok(ebpf)
+}
+
+/// The maps whose sizes follow the configuration ([`Limits`]). A larger program instance
+/// gets new ones ([`grow`]) and shares every other map with the one it replaces: the flow
+/// and persistence tables above all, so that no flow is lost to the growth.
+pub const SIZED_MAPS: [&str; 8] = [
+    names::SERVICES4,
+    names::SERVICES6,
+    names::SERVICE_INFO,
+    names::BACKENDS,
+    names::RINGS,
+    names::RR_STATE,
+    names::SERVICE_STATS,
+    names::BACKEND_STATS,
+];
+
+/// A descriptor of each map of a program instance, by the object's names (its global data
+/// sections included): what another instance is relocated against.
+#[derive(Debug, Default)]
+pub struct MapFds(HashMap<String, OwnedFd>);
+
+impl MapFds {
+    /// Every map `ebpf` holds now: called before any is taken out.
+    pub fn of(ebpf: &Ebpf) -> Result<Self, LoadError> {
+        let mut out = HashMap::new();
+        for (name, map) in ebpf.maps() {
+            let fd = devbound::map_data(map)
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| LoadError::Dup(name.to_string(), e))?;
+            out.insert(name.to_string(), fd);
+        }
+        Ok(Self(out))
+    }
+
+    pub fn raw(&self, name: &str) -> Option<RawFd> {
+        self.0.get(name).map(|fd| fd.as_raw_fd())
+    }
+
+    /// A new descriptor of map `name`.
+    pub fn dup(&self, name: &str) -> Result<OwnedFd, LoadError> {
+        let fd = self
+            .0
+            .get(name)
+            .ok_or_else(|| devbound::DevBoundError::MapMissing(name.to_string()))?;
+        fd.try_clone()
+            .map_err(|e| LoadError::Dup(name.to_string(), e))
+    }
+}
+
+/// A program instance with room for more: its own [`SIZED_MAPS`], every other map shared.
+pub struct Grown {
+    /// Holds the new sized maps (take them out with [`super::maps::BpfMaps::regrown`]), and
+    /// unused small copies of the shared ones.
+    pub ebpf: Ebpf,
+    /// The program, relocated against `fds`; not attached.
+    pub prog: OwnedFd,
+    /// The maps it runs over: the next growth is relocated against these.
+    pub fds: MapFds,
+}
+
+/// Loads `program` (`lb`, or `lb_native` bound to the device `bound` names) over new
+/// [`SIZED_MAPS`] of `limits` and the maps of `shared` for everything else (flows,
+/// persistence, flow caches, clock, counters of reasons, sync events, the global data).
+/// Nothing is attached or written: the caller fills the new maps, then switches.
+pub fn grow(
+    limits: Limits,
+    iface_mac: [u8; 6],
+    shared: &MapFds,
+    program: &'static str,
+    bound: Option<(&str, u32)>,
+) -> Result<Grown, LoadError> {
+    // Small copies of the maps that stay shared: aya creates every map of the object.
+    let opts = LoadOptions {
+        limits,
+        max_flows: 1 << 12,
+        max_persist: 1 << 12,
+        flow_cache: 1,
+        iface_mac,
+        sync: None,
+    };
+    let ebpf = create(&opts)?;
+    let mut fds = HashMap::new();
+    for (name, fd) in &shared.0 {
+        let fd = if SIZED_MAPS.contains(&name.as_str()) {
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| devbound::DevBoundError::MapMissing(name.clone()))?;
+            devbound::map_data(map).fd().as_fd().try_clone_to_owned()
+        } else {
+            fd.try_clone()
+        };
+        fds.insert(
+            name.clone(),
+            fd.map_err(|e| LoadError::Dup(name.clone(), e))?,
+        );
+    }
+    let fds = MapFds(fds);
+    let prog = devbound::load_relocated(OBJECT, program, &|n| fds.raw(n), bound)?;
+    Ok(Grown { ebpf, prog, fds })
+}
+
+/// Creates the object's maps with their sizes; loads no program.
+fn create(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     let l = opts.limits;
     if !opts.flow_cache.is_power_of_two() {
         return Err(LoadError::FlowCacheSize(opts.flow_cache));
     }
-    let rings = l
-        .ring_size
-        .checked_mul(l.max_services)
-        .ok_or(LoadError::RingTooLarge {
-            ring_size: l.ring_size,
-            max_services: l.max_services,
-        })?;
+    if l.beyond_ceiling().is_some() || l.services == 0 || l.backends == 0 || l.ring_slots == 0 {
+        return Err(LoadError::TooLarge(l));
+    }
     // The flow caches hold one region per possible CPU (see the program's maps.rs).
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))? as u32;
     let cache_slots = opts
@@ -130,9 +247,8 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
     if !sync.ring_bytes.is_power_of_two() || sync.ring_bytes < page || sync.refresh_shift > 31 {
         return Err(LoadError::SyncRingSize(sync.ring_bytes));
     }
-    let mut ebpf = EbpfLoader::new()
+    let ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_IFACE_MAC, &opts.iface_mac, true)
-        .override_global(names::GLOBAL_RING_SIZE, &l.ring_size, true)
         .override_global(names::GLOBAL_FLOW_CACHE_SIZE, &opts.flow_cache, true)
         .override_global(names::GLOBAL_SYNC_ENABLED, &sync_on, true)
         .override_global(names::GLOBAL_SYNC_REFRESH_SHIFT, &sync.refresh_shift, true)
@@ -146,21 +262,15 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .map_max_entries(names::PERSIST6, opts.max_persist)
         // Each service's own key, plus at most one fragments-only port-0 entry per
         // (VIP, protocol), which is at most one per service.
-        .map_max_entries(names::SERVICES4, l.max_services * 2)
-        .map_max_entries(names::SERVICES6, l.max_services * 2)
-        .map_max_entries(names::SERVICE_INFO, l.max_services)
-        .map_max_entries(names::RINGS, rings)
-        .map_max_entries(names::RR_STATE, l.max_services)
-        .map_max_entries(names::SERVICE_STATS, l.max_services)
-        .map_max_entries(names::BACKENDS, l.max_backends)
-        .map_max_entries(names::BACKEND_STATS, l.max_backends)
+        .map_max_entries(names::SERVICES4, l.services * 2)
+        .map_max_entries(names::SERVICES6, l.services * 2)
+        .map_max_entries(names::SERVICE_INFO, l.services)
+        .map_max_entries(names::RINGS, l.ring_slots)
+        .map_max_entries(names::RR_STATE, l.services)
+        .map_max_entries(names::SERVICE_STATS, l.services)
+        .map_max_entries(names::BACKENDS, l.backends)
+        .map_max_entries(names::BACKEND_STATS, l.backends)
         .load(OBJECT)?;
-    xdp(&mut ebpf)?
-        .load()
-        .map_err(|source| LoadError::Program {
-            name: names::PROGRAM,
-            source,
-        })?;
     Ok(ebpf)
 }
 
@@ -253,16 +363,38 @@ pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: AttachMod
     }
 }
 
-/// The program attached to the interface. Dropping it ends a bpf_link attachment of
-/// `lb_native` (aya keeps `lb`'s in the `Ebpf`); a netlink one (`keep_xdp_on_exit`) outlives
-/// it.
+/// The program attached to the interface. Dropping it ends a bpf_link attachment; a netlink
+/// one (`keep_xdp_on_exit`) outlives it.
 #[derive(Debug)]
 pub struct Attachment {
     pub mode: Mode,
     /// `lb` or `lb_native`.
     pub program: &'static str,
-    _prog: Option<OwnedFd>,
-    _link: Option<OwnedFd>,
+    ifindex: u32,
+    prog: OwnedFd,
+    /// The bpf_link; none for a netlink attachment.
+    link: Option<OwnedFd>,
+}
+
+impl Attachment {
+    /// Puts `prog` (the same entry point, over other maps) in the attached program's place,
+    /// in one step: the kernel swaps the program a bpf_link or the interface runs, so every
+    /// frame meets one program or the other, never none.
+    pub async fn replace(&mut self, prog: OwnedFd) -> Result<(), AttachError> {
+        let failed = |e: String| AttachError::Failed {
+            iface: format!("interface {}", self.ifindex),
+            errors: vec![e],
+        };
+        match &self.link {
+            Some(link) => xdp_link::link_update(link.as_fd(), prog.as_fd(), self.prog.as_fd())
+                .map_err(|e| failed(format!("bpf_link_update: {e}")))?,
+            None => xdp_link::set(self.ifindex, prog.as_fd(), self.mode)
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+        }
+        self.prog = prog;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,15 +489,30 @@ pub async fn attach_xdp(
         } else {
             None
         };
-        // The program for this mode: `lb_native` (ours to keep open), or aya's `lb`.
+        // The program for this mode: `lb_native`, or aya's `lb` (a descriptor of our own,
+        // so that the attachment does not depend on aya's handle: a grown instance
+        // replaces it).
         let (program, own) = match plan {
-            Some(NativePlan::DevBound(fd)) => (devbound::PROGRAM_NATIVE, Some(fd)),
+            Some(NativePlan::DevBound(fd)) => (devbound::PROGRAM_NATIVE, fd),
             Some(NativePlan::Refused(why)) => {
                 tracing::warn!(interface = iface, "native XDP refused: {why}");
                 errors.push(format!("native mode refused: {why}"));
                 continue;
             }
-            Some(NativePlan::Plain | NativePlan::Unused) | None => (names::PROGRAM, None),
+            Some(NativePlan::Plain | NativePlan::Unused) | None => {
+                let fd = xdp(ebpf)?.fd().map_err(|source| LoadError::Program {
+                    name: names::PROGRAM,
+                    source,
+                })?;
+                let fd = fd
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| AttachError::Failed {
+                        iface: iface.to_string(),
+                        errors: vec![format!("duplicating the program's descriptor: {e}")],
+                    })?;
+                (names::PROGRAM, fd)
+            }
         };
         // The bpf_link, if the attachment is one we must keep open.
         let attached: Result<Option<OwnedFd>, String> = if keep_on_exit {
@@ -373,46 +520,23 @@ pub async fn attach_xdp(
             if let Some(cur) = current.filter(|c| c.mode != m) {
                 clear(cur.mode).await?;
             }
-            let set = match &own {
-                Some(fd) => xdp_link::set(ifindex, fd.as_fd(), m).await,
-                None => {
-                    let fd = xdp(ebpf)?.fd().map_err(|source| LoadError::Program {
-                        name: names::PROGRAM,
-                        source,
-                    })?;
-                    let fd = fd.try_clone().map_err(|e| AttachError::Failed {
-                        iface: iface.to_string(),
-                        errors: vec![format!("duplicating the program's descriptor: {e}")],
-                    })?;
-                    xdp_link::set(ifindex, fd.as_fd(), m).await
-                }
-            };
-            set.map(|()| None).map_err(|e| e.to_string())
+            xdp_link::set(ifindex, own.as_fd(), m)
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string())
         } else {
-            match &own {
-                Some(fd) => xdp_link::link_create(fd.as_fd(), ifindex, m)
-                    .map(Some)
-                    .map_err(|e| format!("bpf_link_create: {e}")),
-                None => {
-                    let flags = if m == Mode::Native {
-                        XdpMode::Driver
-                    } else {
-                        XdpMode::Skb
-                    };
-                    xdp(ebpf)?
-                        .attach_to_if_index(ifindex, flags)
-                        .map(|_| None)
-                        .map_err(|e| e.to_string())
-                }
-            }
+            xdp_link::link_create(own.as_fd(), ifindex, m)
+                .map(Some)
+                .map_err(|e| format!("bpf_link_create: {e}"))
         };
         match attached {
             Ok(link) => {
                 return Ok(Attachment {
                     mode: m,
                     program,
-                    _prog: own,
-                    _link: link,
+                    ifindex,
+                    prog: own,
+                    link,
                 })
             }
             Err(e) => {

@@ -213,6 +213,27 @@ pub fn link_create(prog: BorrowedFd<'_>, ifindex: u32, mode: Mode) -> io::Result
     super::devbound::bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
 }
 
+/// Makes bpf_link `link` run `prog` in place of `old` (`BPF_LINK_UPDATE` with
+/// `BPF_F_REPLACE`: it fails, rather than replacing another, if the link runs something else).
+pub fn link_update(
+    link: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    old: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing plain integers into the BPF_LINK_UPDATE member of a zeroed union.
+    let u = unsafe { &mut attr.link_update };
+    u.link_fd = link.as_raw_fd() as u32;
+    u.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
+    u.flags = BPF_F_REPLACE;
+    u.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
+    super::devbound::bpf_ok(bpf_cmd::BPF_LINK_UPDATE, &mut attr)
+}
+
+/// `BPF_F_REPLACE`, include/uapi/linux/bpf.h.
+const BPF_F_REPLACE: u32 = 1 << 2;
+
 /// Takes the program `ifindex` runs in `mode` away.
 pub async fn clear(ifindex: u32, mode: Mode) -> Result<(), NetlinkError> {
     RouteSocket::open()?

@@ -135,6 +135,7 @@ mod tests {
             sched: Scheduler::Rr,
             hash_port: false,
             sloppy_tcp: true,
+            mh_table_size: lb_common::DEFAULT_MH_TABLE_SIZE,
             persistence_timeout: 0,
             persistence_prefix: 32,
             idle_timeout: 900,
