@@ -375,8 +375,10 @@ impl Dp {
                 .sum();
             let had = self.quorum.get(&key).copied();
             let has = vs.quorum_next(had.unwrap_or(true), healthy);
-            // The first verdict (at start, before MACs resolve) is not news.
-            if had.is_some_and(|had| had != has) {
+            // The first verdict (at start, before MACs resolve) is not news, nor is a pool
+            // coming up as its MACs resolve at start.
+            let settling = self.started.elapsed() < QUORUM_SETTLE && has;
+            if had.is_some_and(|had| had != has) && !settling {
                 let what = if has { "regained" } else { "lost" };
                 info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
             }
@@ -657,16 +659,20 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         tokio::select! {
             Some(up) = recv_opt(&mut mac_rx) => {
                 let Some(dp) = dp.as_mut() else { continue };
-                match up.mac {
-                    Some(mac) => {
-                        info!(backend = %up.addr, mac = %fmt_mac(&mac), "backend MAC resolved");
-                        dp.macs.insert(up.addr, mac);
-                    }
-                    None => {
-                        warn!(backend = %up.addr, "backend MAC unknown: no new flows to it");
-                        dp.macs.remove(&up.addr);
-                        // Said once already: no second warning from the tick.
-                        dp.unresolved.insert(up.addr, (Instant::now(), true));
+                // Every update waiting is taken with this one: one plan for all of them.
+                let mut up = Some(up);
+                while let Some(u) = up.take().or_else(|| mac_rx.as_mut().and_then(|r| r.try_recv().ok())) {
+                    match u.mac {
+                        Some(mac) => {
+                            info!(backend = %u.addr, mac = %fmt_mac(&mac), "backend MAC resolved");
+                            dp.macs.insert(u.addr, mac);
+                        }
+                        None => {
+                            warn!(backend = %u.addr, "backend MAC unknown: no new flows to it");
+                            dp.macs.remove(&u.addr);
+                            // Said once already: no second warning from the tick.
+                            dp.unresolved.insert(u.addr, (Instant::now(), true));
+                        }
                     }
                 }
                 if let Err(e) = dp.apply(&config, &master_vips, &health).await {
@@ -700,7 +706,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 Event::State(ev) => notifier.notify(ev),
             },
             Some(ev) = health_rx.recv() => {
-                info!(vip = %ev.service.0, port = ev.service.1, backend = %ev.backend, up = ev.up, weight = ?ev.weight, "real server health");
+                // Every event waiting is taken with this one: one plan for all of them (a
+                // start with 100,000 real servers reports each once).
+                let mut ev = Some(ev);
+                while let Some(e) = ev.take().or_else(|| health_rx.try_recv().ok()) {
+                    info!(vip = %e.service.0, port = e.service.1, backend = %e.backend, up = e.up, weight = ?e.weight, "real server health");
+                }
                 health = checkers.snapshot();
                 if let Some(dp) = dp.as_mut() {
                     if let Err(e) = dp.apply(&config, &master_vips, &health).await {

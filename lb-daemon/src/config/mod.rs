@@ -92,6 +92,9 @@ pub struct GlobalDefs {
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus metrics are served (a loopback address; none by default).
     pub metrics_address: Option<Spanned<std::net::SocketAddr>>,
+    /// Metrics per real server (on by default); false keeps only the per-service ones, so a
+    /// scrape of a node with many thousands of real servers stays small.
+    pub metrics_per_backend: Option<bool>,
 }
 
 impl GlobalDefs {

@@ -9,7 +9,9 @@
 //! to a device nor link a kfunc call (aya-rs/aya#1650). So the object's `lb_native` entry
 //! point is loaded here: parsed again with aya-obj, relocated against the maps aya created
 //! for `lb` (the two share every map), its kfunc call resolved against the kernel's BTF, and
-//! loaded with one `BPF_PROG_LOAD`.
+//! loaded with one `BPF_PROG_LOAD`. The same loader ([`load_relocated`]) loads a grown
+//! instance of either entry point over maps it shares with the running one
+//! (`program::grow`).
 //!
 //! The kfunc call. bpf-linker 0.13 cannot emit one: an `extern` function becomes a call to
 //! an undefined symbol, which aya refuses, failing the whole object, `lb` included. The

@@ -174,8 +174,6 @@ pub struct Desired {
 /// the maps' sizes follow what is configured, not what ever was.
 #[derive(Clone, Debug, Default)]
 struct Ids {
-    services: HashMap<ServiceKey, u32>,
-    backends: HashMap<(ServiceKey, SocketAddr), u32>,
     /// Generation of each backend slot ever used.
     generations: Vec<u32>,
     free_services: BTreeSet<u32>,
@@ -185,22 +183,14 @@ struct Ids {
 }
 
 impl Ids {
-    fn service(&mut self, key: ServiceKey) -> u32 {
-        if let Some(&id) = self.services.get(&key) {
-            return id;
-        }
-        let id = self.free_services.pop_first().unwrap_or_else(|| {
+    fn service(&mut self) -> u32 {
+        self.free_services.pop_first().unwrap_or_else(|| {
             self.next_service += 1;
             self.next_service - 1
-        });
-        self.services.insert(key, id);
-        id
+        })
     }
 
-    fn backend(&mut self, svc: ServiceKey, addr: SocketAddr) -> u32 {
-        if let Some(&id) = self.backends.get(&(svc, addr)) {
-            return id;
-        }
+    fn backend(&mut self) -> u32 {
         let id = self.free_backends.pop_first().unwrap_or_else(|| {
             self.next_backend += 1;
             self.next_backend - 1
@@ -210,32 +200,12 @@ impl Ids {
         }
         // A new occupant: flows of any earlier one must not follow it.
         self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-        self.backends.insert((svc, addr), id);
         id
     }
 
-    /// Forget ids not used by `keep_*`.
-    fn retain(
-        &mut self,
-        services: &HashSet<ServiceKey>,
-        backends: &HashSet<(ServiceKey, SocketAddr)>,
-    ) {
-        let free = &mut self.free_services;
-        self.services.retain(|k, id| {
-            let keep = services.contains(k);
-            if !keep {
-                free.insert(*id);
-            }
-            keep
-        });
-        let free = &mut self.free_backends;
-        self.backends.retain(|k, id| {
-            let keep = backends.contains(k);
-            if !keep {
-                free.insert(*id);
-            }
-            keep
-        });
+    fn free(&mut self, services: &[u32], backends: &[u32]) {
+        self.free_services.extend(services);
+        self.free_backends.extend(backends);
         // Free ids at the top give their room back.
         while self.next_service > 0 && self.free_services.remove(&(self.next_service - 1)) {
             self.next_service -= 1;
@@ -433,57 +403,165 @@ impl Alloc {
     }
 }
 
-/// The desired map contents for `specs`, allocating in `alloc`; `prev` is the current plan
-/// and `prev_specs` what it was made from, whose unchanged rings are kept as they are.
-fn desired(
+/// One service as planned: what it was planned from and the ids it holds. Its entries are
+/// in [`Dataplane::current`].
+#[derive(Clone, Debug)]
+struct Planned {
+    spec: ServiceSpec,
+    id: u32,
+    /// The backend id of each of `spec.backends`, in order.
+    bids: Vec<u32>,
+    /// A failed write left its entries unknown: planned again at the next update.
+    dirty: bool,
+}
+
+impl Planned {
+    fn bid_of(&self, addr: SocketAddr) -> Option<u32> {
+        let i = self.spec.backends.iter().position(|b| b.addr == addr)?;
+        Some(self.bids[i])
+    }
+}
+
+/// Fragments carry no port (after the first): each (VIP, protocol) without an all-ports
+/// service routes them to its lowest-port service, through a port-0 entry marked
+/// fragments-only. See docs/architecture.md, "Fragments".
+type Group = ([u32; 4], u8, u8);
+
+fn group_of(key: &ServiceKey) -> Group {
+    (key.addr, key.proto, key.family)
+}
+
+/// The port-0 entry of a group whose services are `ports` (host-order port -> id), if any.
+fn frag_entry(
+    group: Group,
+    ports: Option<&BTreeMap<u16, u32>>,
+) -> Option<(ServiceKey, ServiceRef)> {
+    let (&port, &id) = ports?.iter().next()?;
+    (port != 0).then_some((
+        ServiceKey {
+            addr: group.0,
+            port: 0,
+            proto: group.1,
+            family: group.2,
+        },
+        ServiceRef {
+            id,
+            flags: SVC_REF_F_FRAG_ONLY,
+        },
+    ))
+}
+
+/// An update's changes: the entries of the services it touches as they are (`prev`) and as
+/// they will be (`next`); [`apply`] writes the difference.
+#[derive(Default)]
+struct Delta {
+    prev: Desired,
+    next: Desired,
+    /// Services planned again (or new), and services gone.
+    planned: Vec<(ServiceKey, Planned)>,
+    gone: Vec<ServiceKey>,
+    /// Service groups (for fragments) whose services change.
+    groups: BTreeMap<Group, BTreeMap<u16, u32>>,
+}
+
+/// The entries of service `p` in `current`.
+fn entries_of(current: &Desired, key: &ServiceKey, p: &Planned, into: &mut Desired) {
+    if let Some(r) = current.services.get(key) {
+        into.services.insert(*key, *r);
+    }
+    if let Some(i) = current.infos.get(&p.id) {
+        into.infos.insert(p.id, *i);
+    }
+    if let Some(r) = current.rings.get(&p.id) {
+        into.rings.insert(p.id, r.clone());
+    }
+    for bid in &p.bids {
+        if let Some(b) = current.backends.get(bid) {
+            into.backends.insert(*bid, *b);
+        }
+    }
+}
+
+/// Plans `specs` against what is planned: only the services whose spec changed (or whose
+/// entries a failed write left unknown), the new ones and the gone ones, allocating in
+/// `alloc`.
+fn plan(
     specs: &[ServiceSpec],
-    prev: &Desired,
-    prev_specs: &HashMap<ServiceKey, &ServiceSpec>,
+    current: &Desired,
+    planned: &HashMap<ServiceKey, Planned>,
+    groups: &HashMap<Group, BTreeMap<u16, u32>>,
+    stray: &Desired,
     alloc: &mut Alloc,
     now: Instant,
-) -> Result<Desired, PlanError> {
-    let mut out = Desired::default();
-    let mut keep_services = HashSet::with_capacity(specs.len());
-    let mut keep_backends = HashSet::new();
-    let ids = &mut alloc.ids;
-    let mut service_ids = Vec::with_capacity(specs.len());
-    let mut backend_ids = Vec::with_capacity(specs.len());
-    // Ids first, and which rings must be built.
-    let mut todo = Vec::new();
+) -> Result<Delta, PlanError> {
+    let mut d = Delta::default();
+    let mut seen: HashSet<ServiceKey> = HashSet::with_capacity(specs.len());
+    // (index in specs, key, old plan) of every service to plan.
+    let mut todo: Vec<(usize, ServiceKey, Option<&Planned>)> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let key = ServiceKey::of(spec);
-        if !keep_services.insert(key) {
+        if !seen.insert(key) {
             return Err(PlanError::DuplicateService(format!(
                 "{}:{}/{:?}",
                 spec.vip, spec.port, spec.proto
             )));
         }
-        let id = ids.service(key);
+        match planned.get(&key) {
+            Some(p) if !p.dirty && p.spec == *spec => {}
+            old => todo.push((i, key, old)),
+        }
+    }
+    let mut freed_services = Vec::new();
+    let mut freed_backends = Vec::new();
+    if seen.len() < planned.len() || todo.iter().any(|(_, _, old)| old.is_none()) {
+        for (key, p) in planned {
+            if !seen.contains(key) {
+                d.gone.push(*key);
+                entries_of(current, key, p, &mut d.prev);
+                freed_services.push(p.id);
+                freed_backends.extend(&p.bids);
+                if let Some(r) = current.rings.get(&p.id) {
+                    alloc.regions.release(r.off, r.cap, now);
+                }
+            }
+        }
+    }
+    // Rings to build: those whose inputs changed.
+    let build: Vec<usize> = todo
+        .iter()
+        .filter(|(i, _, old)| {
+            !old.is_some_and(|p| {
+                !p.dirty
+                    && current.rings.contains_key(&p.id)
+                    && same_ring_inputs(&p.spec, &specs[*i])
+            })
+        })
+        .map(|(i, _, _)| *i)
+        .collect();
+    let mut built = build
+        .iter()
+        .copied()
+        .zip(rings_of(specs, &build))
+        .peekable();
+    for &(i, key, old) in &todo {
+        let spec = &specs[i];
+        if let Some(p) = old {
+            entries_of(current, &key, p, &mut d.prev);
+        }
+        let id = old.map_or_else(|| alloc.ids.service(), |p| p.id);
         let bids: Vec<u32> = spec
             .backends
             .iter()
             .map(|b| {
-                keep_backends.insert((key, b.addr));
-                ids.backend(key, b.addr)
+                old.and_then(|p| p.bid_of(b.addr))
+                    .unwrap_or_else(|| alloc.ids.backend())
             })
             .collect();
-        let unchanged = prev.rings.contains_key(&id)
-            && prev_specs
-                .get(&key)
-                .is_some_and(|old| same_ring_inputs(old, spec));
-        if !unchanged {
-            todo.push(i);
+        if let Some(p) = old {
+            let kept: HashSet<u32> = bids.iter().copied().collect();
+            freed_backends.extend(p.bids.iter().filter(|b| !kept.contains(b)));
         }
-        service_ids.push(id);
-        backend_ids.push(bids);
-    }
-    let mut built = rings_of(specs, &todo).into_iter();
-    let mut todo = todo.into_iter().peekable();
-    for (i, spec) in specs.iter().enumerate() {
-        let key = ServiceKey::of(spec);
-        let id = service_ids[i];
-        let bids = &backend_ids[i];
-        for (b, &bid) in spec.backends.iter().zip(bids) {
+        for (b, &bid) in spec.backends.iter().zip(&bids) {
             // A backend without a MAC cannot be sent to: absent, so its flows reschedule.
             let mut flags = 0;
             if b.mac.is_some() {
@@ -492,45 +570,43 @@ fn desired(
             if b.weight == 0 {
                 flags |= BACKEND_F_DRAINING;
             }
-            out.backends.insert(
+            d.next.backends.insert(
                 bid,
                 BackendValue {
                     mac: b.mac.unwrap_or_default(),
                     _pad: [0; 2],
                     flags,
-                    generation: ids.generations[bid as usize],
+                    generation: alloc.ids.generations[bid as usize],
                 },
             );
         }
-        let old = prev.rings.get(&id);
-        let ring = if todo.next_if_eq(&i).is_some() {
-            let slots: Arc<[u32]> = built
-                .next()
-                .expect("one ring built per service to build")?
-                .into_iter()
-                .map(|j| bids[j])
-                .collect();
-            let len = slots.len() as u32;
-            match old {
-                Some(r) if region_keeps(spec.sched, r.cap, len) => Ring {
-                    off: r.off,
-                    cap: r.cap,
-                    slots,
-                },
-                _ => {
-                    if let Some(r) = old {
-                        alloc.regions.release(r.off, r.cap, now);
-                    }
-                    let cap = region_len(spec.sched, len);
-                    Ring {
-                        off: alloc.regions.alloc(cap),
-                        cap,
+        let old_ring = old.and_then(|p| current.rings.get(&p.id));
+        let ring = match built.next_if(|(j, _)| *j == i) {
+            Some((_, slots)) => {
+                let slots: Arc<[u32]> = slots?.into_iter().map(|j| bids[j]).collect();
+                let len = slots.len() as u32;
+                match old_ring {
+                    Some(r) if region_keeps(spec.sched, r.cap, len) => Ring {
+                        off: r.off,
+                        cap: r.cap,
                         slots,
+                    },
+                    _ => {
+                        if let Some(r) = old_ring {
+                            alloc.regions.release(r.off, r.cap, now);
+                        }
+                        let cap = region_len(spec.sched, len);
+                        Ring {
+                            off: alloc.regions.alloc(cap),
+                            cap,
+                            slots,
+                        }
                     }
                 }
             }
-        } else {
-            old.cloned().expect("an unchanged ring was planned before")
+            None => old_ring
+                .cloned()
+                .expect("an unchanged ring was planned before"),
         };
         let mut flags = 0;
         if spec.active {
@@ -542,7 +618,7 @@ fn desired(
         if spec.sloppy_tcp {
             flags |= SVC_F_SLOPPY_TCP;
         }
-        out.infos.insert(
+        d.next.infos.insert(
             id,
             ServiceValue {
                 id,
@@ -556,48 +632,50 @@ fn desired(
                 persist_mask: prefix_mask(key.family, spec.persistence_prefix),
             },
         );
-        out.services.insert(key, ServiceRef { id, flags: 0 });
-        out.rings.insert(id, ring);
+        d.next.services.insert(key, ServiceRef { id, flags: 0 });
+        d.next.rings.insert(id, ring);
+        d.planned.push((
+            key,
+            Planned {
+                spec: spec.clone(),
+                id,
+                bids,
+                dirty: false,
+            },
+        ));
     }
-    // Rings of services that are gone leave their regions.
-    for (id, r) in &prev.rings {
-        if !out.rings.contains_key(id) {
-            alloc.regions.release(r.off, r.cap, now);
+    // The fragments-only entries of the groups whose services come or go.
+    let mut touched: BTreeSet<Group> = BTreeSet::new();
+    for (key, _) in &d.planned {
+        if !planned.contains_key(key) {
+            touched.insert(group_of(key));
         }
     }
-    // Fragments carry no port (after the first): each (VIP, protocol) without an all-ports
-    // service routes them to its lowest-port service, through a port-0 entry marked
-    // fragments-only. See docs/architecture.md, "Fragments".
-    let mut frag: BTreeMap<([u32; 4], u8, u8), ServiceKey> = BTreeMap::new();
-    for key in out.services.keys() {
-        let group = (key.addr, key.proto, key.family);
-        match frag.get(&group) {
-            Some(best) if u16::from_be(best.port) <= u16::from_be(key.port) => {}
-            _ => {
-                frag.insert(group, *key);
-            }
-        }
+    for key in d.gone.iter().chain(stray.services.keys()) {
+        touched.insert(group_of(key));
     }
-    for ((addr, proto, family), owner) in frag {
-        if owner.port != 0 {
-            let id = out.services[&owner].id;
-            let frag_key = ServiceKey {
-                addr,
-                port: 0,
-                proto,
-                family,
-            };
-            out.services.insert(
-                frag_key,
-                ServiceRef {
-                    id,
-                    flags: SVC_REF_F_FRAG_ONLY,
-                },
-            );
+    for g in touched {
+        let mut ports = groups.get(&g).cloned().unwrap_or_default();
+        if let Some((k, r)) = frag_entry(g, Some(&ports)) {
+            d.prev
+                .services
+                .insert(k, current.services.get(&k).copied().unwrap_or(r));
         }
+        for key in d.gone.iter().filter(|k| group_of(k) == g) {
+            ports.remove(&u16::from_be(key.port));
+        }
+        for (key, p) in d.planned.iter().filter(|(k, _)| group_of(k) == g) {
+            ports.insert(u16::from_be(key.port), p.id);
+        }
+        if let Some((k, r)) = frag_entry(g, Some(&ports)) {
+            d.next.services.insert(k, r);
+        }
+        d.groups.insert(g, ports);
     }
-    alloc.ids.retain(&keep_services, &keep_backends);
-    Ok(out)
+    // Freed only now: an id or a slot freed by this update is not reused by it (a key of
+    // the gone service would lead to the newcomer's state until it is deleted).
+    alloc.ids.free(&freed_services, &freed_backends);
+    Ok(d)
 }
 
 /// Writes `next` over `prev`: new and changed backends that may take new flows first; then
@@ -641,20 +719,11 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
         }
     }
     for (id, ring) in &next.rings {
-        let old = prev
-            .rings
-            .get(id)
-            .filter(|o| o.off == ring.off)
-            .map(|o| &o.slots[..])
-            .unwrap_or(&[]);
-        if prev
-            .rings
-            .get(id)
-            .is_some_and(|o| Arc::ptr_eq(&o.slots, &ring.slots))
-            && !old.is_empty()
-        {
+        let prev_ring = prev.rings.get(id).filter(|o| o.off == ring.off);
+        if prev_ring.is_some_and(|o| Arc::ptr_eq(&o.slots, &ring.slots)) {
             continue;
         }
+        let old = prev_ring.map(|o| &o.slots[..]).unwrap_or(&[]);
         for (i, &bid) in ring.slots.iter().enumerate() {
             if old.get(i) != Some(&bid) {
                 w.update_ring_slot(ring.off + i as u32, bid)?;
@@ -707,13 +776,12 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
     Ok(())
 }
 
-/// After a failed `apply`, any entry of `attempted` may or may not be in the maps. Returns a
-/// `prev` for the next `apply` that makes it rewrite every such entry (their values here
-/// match nothing real) and delete every such key it no longer wants.
-fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
-    let mut out = current.clone();
+/// After a failed `apply`, any entry of `attempted` may or may not be in the maps: the
+/// values that stand for them match nothing real, so the next `apply` rewrites every such
+/// entry (and deletes every such key it no longer wants).
+fn mark_uncertain(current: &mut Desired, attempted: &Desired) {
     for (key, r) in &attempted.services {
-        out.services.insert(
+        current.services.insert(
             *key,
             ServiceRef {
                 flags: u32::MAX,
@@ -722,7 +790,7 @@ fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
         );
     }
     for (id, info) in &attempted.infos {
-        out.infos.insert(
+        current.infos.insert(
             *id,
             ServiceValue {
                 flags: u32::MAX,
@@ -731,7 +799,7 @@ fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
         );
     }
     for (id, b) in &attempted.backends {
-        out.backends.insert(
+        current.backends.insert(
             *id,
             BackendValue {
                 flags: u32::MAX,
@@ -741,7 +809,7 @@ fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
     }
     for (id, r) in &attempted.rings {
         // No slot known: every slot is written again.
-        out.rings.insert(
+        current.rings.insert(
             *id,
             Ring {
                 slots: Arc::from([]),
@@ -749,18 +817,22 @@ fn uncertain(current: &Desired, attempted: &Desired) -> Desired {
             },
         );
     }
-    out
 }
 
 /// The control plane's handle on the program's maps.
 pub struct Dataplane<W: MapWriter> {
     limits: Limits,
     alloc: Alloc,
+    /// What the maps hold.
     current: Desired,
     specs: Vec<ServiceSpec>,
-    /// False after a failed write: `current`'s rings are then markers, and every ring is
-    /// built again rather than kept.
-    rings_known: bool,
+    planned: HashMap<ServiceKey, Planned>,
+    /// The services of each (VIP, protocol, family), host-order port -> id: where its
+    /// fragments go.
+    groups: HashMap<Group, BTreeMap<u16, u32>>,
+    /// Entries a failed write may have left in the maps (markers that match nothing): the
+    /// next update writes or removes each of them, whichever service they belonged to.
+    stray: Desired,
     writer: W,
 }
 
@@ -771,7 +843,9 @@ impl<W: MapWriter> Dataplane<W> {
             alloc: Alloc::default(),
             current: Desired::default(),
             specs: Vec::new(),
-            rings_known: true,
+            planned: HashMap::new(),
+            groups: HashMap::new(),
+            stray: Desired::default(),
             writer,
         }
     }
@@ -779,7 +853,8 @@ impl<W: MapWriter> Dataplane<W> {
     /// Makes the maps hold exactly `specs`. On error nothing the program relies on is left
     /// half-written: the caller may retry with the same or other specs. [`PlanError::NoRoom`]
     /// writes nothing: the caller loads larger maps ([`Dataplane::replace_maps`]) and
-    /// updates again.
+    /// updates again. The cost follows the change: services whose spec is the same are
+    /// compared, nothing more.
     pub fn update(&mut self, specs: &[ServiceSpec]) -> Result<(), PlanError> {
         self.update_at(specs, Instant::now())
     }
@@ -789,13 +864,15 @@ impl<W: MapWriter> Dataplane<W> {
         // Plan on a copy: a spec that cannot be planned must not leak ids or regions.
         let mut alloc = self.alloc.clone();
         alloc.regions.settle(now);
-        let empty = HashMap::new();
-        let prev_specs: HashMap<ServiceKey, &ServiceSpec> = if self.rings_known {
-            self.specs.iter().map(|s| (ServiceKey::of(s), s)).collect()
-        } else {
-            empty
-        };
-        let next = desired(specs, &self.current, &prev_specs, &mut alloc, now)?;
+        let mut delta = plan(
+            specs,
+            &self.current,
+            &self.planned,
+            &self.groups,
+            &self.stray,
+            &mut alloc,
+            now,
+        )?;
         let needs = alloc.extent();
         if let Some((what, needs, ceiling)) = needs.beyond_ceiling() {
             return Err(PlanError::BeyondCeiling {
@@ -810,19 +887,71 @@ impl<W: MapWriter> Dataplane<W> {
                 have: self.limits,
             });
         }
+        let stray = std::mem::take(&mut self.stray);
+        for (k, v) in stray.services {
+            delta.prev.services.entry(k).or_insert(v);
+        }
+        for (k, v) in stray.infos {
+            delta.prev.infos.entry(k).or_insert(v);
+        }
+        for (k, v) in stray.backends {
+            delta.prev.backends.entry(k).or_insert(v);
+        }
+        for (k, v) in stray.rings {
+            delta.prev.rings.entry(k).or_insert(v);
+        }
         // From here the maps may hold the new ids, whatever `apply` returns.
         self.alloc = alloc;
-        let result = apply(&self.current, &next, &mut self.writer);
-        match result {
+        let result = apply(&delta.prev, &delta.next, &mut self.writer);
+        // What the maps hold now: the delta's entries replace the old ones...
+        let Delta {
+            prev,
+            next,
+            planned,
+            gone,
+            groups,
+        } = delta;
+        for k in prev.services.keys() {
+            self.current.services.remove(k);
+        }
+        for id in prev.infos.keys() {
+            self.current.infos.remove(id);
+            self.current.rings.remove(id);
+        }
+        for id in prev.backends.keys() {
+            self.current.backends.remove(id);
+        }
+        match &result {
             Ok(()) => {
-                self.current = next;
-                self.specs = specs.to_vec();
-                self.rings_known = true;
+                self.current.services.extend(next.services);
+                self.current.infos.extend(next.infos);
+                self.current.backends.extend(next.backends);
+                self.current.rings.extend(next.rings);
             }
+            // ...or, after a failure, markers of both that match nothing.
             Err(_) => {
-                self.current = uncertain(&self.current, &next);
-                self.rings_known = false;
+                mark_uncertain(&mut self.current, &prev);
+                mark_uncertain(&mut self.current, &next);
+                mark_uncertain(&mut self.stray, &prev);
+                mark_uncertain(&mut self.stray, &next);
             }
+        }
+        for key in gone {
+            self.planned.remove(&key);
+        }
+        for (key, mut p) in planned {
+            p.dirty = result.is_err();
+            self.planned.insert(key, p);
+        }
+        for (g, ports) in groups {
+            if ports.is_empty() {
+                self.groups.remove(&g);
+            } else {
+                self.groups.insert(g, ports);
+            }
+        }
+        if result.is_ok() {
+            self.specs = specs.to_vec();
         }
         result
     }
@@ -860,15 +989,22 @@ impl<W: MapWriter> Dataplane<W> {
 
     /// The ids of a service and of its backends, in spec order (for counters and status).
     pub fn ids_of(&self, spec: &ServiceSpec) -> Option<(u32, Vec<u32>)> {
-        let key = ServiceKey::of(spec);
-        let ids = &self.alloc.ids;
-        let sid = *ids.services.get(&key)?;
-        let bids = spec
-            .backends
-            .iter()
-            .map(|b| ids.backends.get(&(key, b.addr)).copied())
-            .collect::<Option<Vec<u32>>>()?;
-        Some((sid, bids))
+        let p = self.planned.get(&ServiceKey::of(spec))?;
+        let bids = if p.spec.backends.len() == spec.backends.len()
+            && p.spec
+                .backends
+                .iter()
+                .zip(&spec.backends)
+                .all(|(a, b)| a.addr == b.addr)
+        {
+            p.bids.clone()
+        } else {
+            spec.backends
+                .iter()
+                .map(|b| p.bid_of(b.addr))
+                .collect::<Option<Vec<u32>>>()?
+        };
+        Some((p.id, bids))
     }
 
     pub fn limits(&self) -> Limits {
@@ -1152,6 +1288,36 @@ mod tests {
         assert_eq!(ports0[0].1.flags & SVC_REF_F_FRAG_ONLY, 0);
     }
 
+    /// The fragments-only entry follows the services of its VIP as they come and go.
+    #[test]
+    fn fragments_only_entry_follows_services_coming_and_going() {
+        let mut d = dp();
+        let frag = |d: &Dataplane<Checked>| {
+            let f: Vec<ServiceRef> = d
+                .writer()
+                .0
+                .services
+                .iter()
+                .filter(|(k, _)| k.port == 0)
+                .map(|(_, r)| *r)
+                .collect();
+            assert!(f.len() <= 1);
+            f.first().map(|r| r.id)
+        };
+        let s80 = spec(80, Scheduler::Rr, &[1]);
+        let s443 = spec(443, Scheduler::Rr, &[1]);
+        let s25 = spec(25, Scheduler::Rr, &[1]);
+        d.update(&[s443.clone(), s80.clone()]).unwrap();
+        assert_eq!(frag(&d), Some(d.ids_of(&s80).unwrap().0));
+        d.update(&[s443.clone(), s80.clone(), s25.clone()]).unwrap();
+        assert_eq!(frag(&d), Some(d.ids_of(&s25).unwrap().0));
+        d.update(&[s443.clone()]).unwrap();
+        assert_eq!(frag(&d), Some(d.ids_of(&s443).unwrap().0));
+        d.update(&[]).unwrap();
+        assert_eq!(frag(&d), None);
+        assert!(d.writer().0.services.is_empty());
+    }
+
     #[test]
     fn unresolved_mac_and_zero_weight_leave_the_ring() {
         let mut d = dp();
@@ -1375,6 +1541,136 @@ mod tests {
             }
         );
         assert_eq!(Limits::with_headroom(Limits::CEILING), Limits::CEILING);
+    }
+
+    /// A write that fails halfway leaves entries the planner cannot know; the next update
+    /// (of the same or other specs) makes the maps exactly what a fresh plan writes, stray
+    /// entries of services that went away included.
+    #[test]
+    fn a_failed_write_is_repaired_by_the_next_update() {
+        struct Flaky {
+            maps: Checked,
+            fail_at: usize,
+        }
+        impl Flaky {
+            fn tick(&mut self) -> Result<(), MapWriteError> {
+                if self.maps.0.writes + 1 == self.fail_at {
+                    self.fail_at = 0;
+                    return Err(MapWriteError::Missing { map: "test" });
+                }
+                Ok(())
+            }
+        }
+        impl MapWriter for Flaky {
+            fn update_service(
+                &mut self,
+                k: &ServiceKey,
+                v: &ServiceRef,
+            ) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.update_service(k, v)
+            }
+            fn delete_service(&mut self, k: &ServiceKey) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.delete_service(k)
+            }
+            fn update_service_info(
+                &mut self,
+                id: u32,
+                v: &ServiceValue,
+            ) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.update_service_info(id, v)
+            }
+            fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.update_backend(id, v)
+            }
+            fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.update_ring_slot(i, b)
+            }
+        }
+        let first = vec![
+            spec(80, Scheduler::Rr, &[1, 1, 1]),
+            spec(443, Scheduler::Wrr, &[2, 1]),
+            spec(8080, Scheduler::Sh, &[1, 1]),
+        ];
+        let mut second = vec![
+            spec(80, Scheduler::Rr, &[1, 0, 1, 1]),
+            spec(9000, Scheduler::Mh, &[1, 1]),
+        ];
+        second[0].backends[2].mac = None;
+        for fail_at in 1..40 {
+            let mut d = Dataplane::new(
+                Flaky {
+                    maps: Checked::default(),
+                    fail_at: usize::MAX,
+                },
+                LIMITS,
+            );
+            d.update(&first).unwrap();
+            d.writer_mut().fail_at = d.writer().maps.0.writes + fail_at;
+            let failed = d.update(&second).is_err();
+            d.update(&second).unwrap();
+            // What a fresh plan of `second` writes, by key and by service.
+            let mut fresh = dp();
+            fresh.update(&second).unwrap();
+            let (got, want) = (&d.writer().maps.0, &fresh.writer().0);
+            let by_key = |m: &MemMaps| -> BTreeMap<ServiceKey, (ServiceValue, Vec<(u32, u32)>)> {
+                m.services
+                    .iter()
+                    .filter(|(k, _)| k.port != 0)
+                    .map(|(k, r)| {
+                        let info = m.infos[&r.id];
+                        let ring = (0..info.ring_len)
+                            .map(|i| {
+                                let b = m.rings[&(info.ring_off + i)];
+                                (m.backends[&b].flags, u32::from(m.backends[&b].mac[5]))
+                            })
+                            .collect();
+                        (
+                            *k,
+                            (
+                                ServiceValue {
+                                    id: 0,
+                                    ring_off: 0,
+                                    ..info
+                                },
+                                ring,
+                            ),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                by_key(got),
+                by_key(want),
+                "failing at write {fail_at} ({failed})"
+            );
+            assert_eq!(
+                got.services.len(),
+                want.services.len(),
+                "keys, failing at write {fail_at}"
+            );
+            let live = |m: &MemMaps| {
+                m.infos
+                    .values()
+                    .filter(|i| **i != ServiceValue::default())
+                    .count()
+            };
+            assert_eq!(
+                live(got),
+                live(want),
+                "service slots, failing at write {fail_at}"
+            );
+            let present = |m: &MemMaps| m.backends.values().filter(|b| b.flags != 0).count();
+            assert_eq!(
+                present(got),
+                present(want),
+                "backend slots, failing at write {fail_at}"
+            );
+        }
     }
 
     #[test]

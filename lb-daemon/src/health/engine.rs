@@ -251,12 +251,17 @@ impl Engine {
                     failures: 0,
                 };
                 b.announced = self.current(&b);
-                out.push(Output::Initial(HealthEvent {
-                    service: key.0,
-                    backend: key.1,
-                    up: b.announced.0,
-                    weight: None,
-                }));
+                // A server without checks is up from the start and stays so: nothing to
+                // announce (a node with 100,000 such servers would otherwise send as many
+                // events at every start).
+                if !b.checks.is_empty() {
+                    out.push(Output::Initial(HealthEvent {
+                        service: key.0,
+                        backend: key.1,
+                        up: b.announced.0,
+                        weight: None,
+                    }));
+                }
                 self.backends.insert(key, b);
                 continue;
             };
