@@ -7,6 +7,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod report;
+pub mod scale_bench;
 pub mod sync_bench;
 pub mod vrrp_bench;
 pub mod vrrp_flood;

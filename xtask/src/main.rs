@@ -26,8 +26,9 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Benchmarks: `dataplane` (XDP per-packet cost), `vrrp` (failover against keepalived),
-    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads)
-    /// or `sync` (connection sync: lag, sender throughput, bytes per flow).
+    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads),
+    /// `sync` (connection sync: lag, sender throughput, bytes per flow) or `scale` (start-up,
+    /// a one-weight reload and status with 10,000 services; LB_BENCH_SCALE_SERVICES=N).
     Bench {
         /// Which benchmark.
         which: String,

@@ -429,23 +429,23 @@ impl Config {
                 ));
             }
         }
-        let mut virtual_servers: Vec<VirtualServer> = Vec::new();
+        let mut virtual_servers: Vec<VirtualServer> = Vec::with_capacity(raw.virtual_server.len());
+        let mut keys = std::collections::HashSet::with_capacity(raw.virtual_server.len());
+        // Every VIP some instance owns, looked up once per service.
+        let owned_vips: std::collections::HashSet<IpAddr> = vrrp_instances
+            .iter()
+            .flat_map(|i| i.virtual_ipaddress.iter().map(|v| v.addr))
+            .collect();
         for vs in &raw.virtual_server {
             let checked = virtual_server(&cx, vs)?;
-            if virtual_servers
-                .iter()
-                .any(|o| (o.vip, o.port, o.proto) == (checked.vip, checked.port, checked.proto))
-            {
+            if !keys.insert((checked.vip, checked.port, checked.proto)) {
                 return Err(cx.invalid(
                     vs.ip.span(),
                     "virtual_server.ip",
                     format!("{} is defined twice", checked.name()),
                 ));
             }
-            let owned = vrrp_instances
-                .iter()
-                .any(|i| i.virtual_ipaddress.iter().any(|v| v.addr == checked.vip));
-            if !checked.is_static && !owned {
+            if !checked.is_static && !owned_vips.contains(&checked.vip) {
                 return Err(cx.invalid(
                     vs.ip.span(),
                     "virtual_server.ip",

@@ -6,13 +6,16 @@
 //! lb-bench vrrp [--json]
 //! lb-bench daemon [--json]
 //! lb-bench sync [--json]
+//! lb-bench scale [--json]
 //! ```
 //!
 //! `vrrp` (failover time of our VRRP pair against a keepalived pair) is documented in
 //! `lb_tests::vrrp_bench`; `daemon` (health verdict to the dataplane, detection time against
 //! keepalived's formula, reloads that change nothing) in `lb_tests::daemon_bench`; `sync`
-//! (connection sync: lag, sender throughput, bytes per flow) in `lb_tests::sync_bench`.
-//! `daemon` and `sync` print their entries in the same table and JSON form as `dataplane`.
+//! (connection sync: lag, sender throughput, bytes per flow) in `lb_tests::sync_bench`;
+//! `scale` (start-up, a one-weight reload and status with 10,000 services) in
+//! `lb_tests::scale_bench`. `daemon`, `sync` and `scale` print their entries in the same table
+//! and JSON form as `dataplane`.
 //!
 //! `dataplane` measures the XDP program with the production map sizes (1M flows, 65537-slot
 //! rings), an rr service of three backends, on one pinned CPU:
@@ -56,7 +59,7 @@ use lb_tests::{
     xdp::{addrs::B, load_testprog, rr_service, xdp_of, XdpHarness, LB_MAC},
 };
 
-const BENCHMARKS: &[&str] = &["dataplane", "vrrp", "daemon", "sync"];
+const BENCHMARKS: &[&str] = &["dataplane", "vrrp", "daemon", "sync", "scale"];
 
 /// Repeats of one BPF_PROG_TEST_RUN call for the established-flow entries: long enough
 /// (tens of ms) that the syscall and the timer reads vanish in the average.
@@ -536,6 +539,94 @@ fn dataplane(report: &mut Report) -> Result<()> {
 }
 
 // -------------------------------------------------------------------------------------------
+// The scale entries measured here, on the program itself (the rest: lb_tests::scale_bench)
+// -------------------------------------------------------------------------------------------
+
+/// `ring_bytes_per_rr_service` (the kernel memory of an rr ring of 10 real servers, as the
+/// planner lays it out: its region's slots, 8 bytes each, the array's element stride) and
+/// `established_vs_macswap_10k` (`established_vs_macswap` with 10,000 services of 10 real
+/// servers in the maps: their rings, states and keys around the one the flow uses).
+fn scale_dataplane(report: &mut Report) -> Result<()> {
+    use lb_daemon::dataplane::{
+        maps::MemMaps,
+        plan::{self, Dataplane, Limits},
+        BackendSpec, Scheduler,
+    };
+    let only = std::env::var(lb_tests::scale_bench::ONLY_ENV).unwrap_or_default();
+    let ten = |vip: IpAddr, port: u16, sched: Scheduler| {
+        let mut s = rr_service(vip, port);
+        s.sched = sched;
+        s.backends = (0..10u8)
+            .map(|i| BackendSpec {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
+                weight: 1,
+                mac: Some(B[usize::from(i) % B.len()]),
+            })
+            .collect();
+        s
+    };
+    if "ring_bytes_per_rr_service".contains(&only) {
+        let mut d = Dataplane::new(MemMaps::default(), Limits::default());
+        let spec = ten(VIP4.into(), VPORT, Scheduler::Rr);
+        d.update(std::slice::from_ref(&spec))?;
+        let (sid, _) = d.ids_of(&spec).context("the service's id")?;
+        let ring = &d.current().rings[&sid];
+        progress(&format!(
+            "rr ring of 10 real servers: {} slots in a region of {}",
+            ring.slots.len(),
+            ring.cap
+        ));
+        report.add(Entry {
+            name: "ring_bytes_per_rr_service",
+            value: f64::from(ring.cap) * 8.0,
+            unit: "bytes",
+            baseline: None,
+            target: Target::ValueAtMost(4096.0),
+        });
+    }
+    if "established_vs_macswap_10k".contains(&only) {
+        let cpu = pin_to_one_cpu()?;
+        // 10,000 services on 40 VIPs x 250 ports, the benchmark's own among them; rr, wrr
+        // and sh in turn.
+        let scheds = [Scheduler::Rr, Scheduler::Wrr, Scheduler::Sh];
+        let specs: Vec<_> = (0..10_000u32)
+            .map(|i| {
+                let vip = if i == 0 {
+                    VIP4
+                } else {
+                    Ipv4Addr::new(203, 0, 113, (i / 250) as u8 + 1)
+                };
+                let port = if i == 0 {
+                    VPORT
+                } else {
+                    1000 + (i % 250) as u16
+                };
+                ten(vip.into(), port, scheds[i as usize % 3])
+            })
+            .collect();
+        let limits = Limits::with_headroom(plan::needs(&specs)?);
+        progress(&format!(
+            "pinned to CPU {cpu}; loading the LB with 10,000 services ({limits})"
+        ));
+        let mut h = XdpHarness::new(LoadOptions {
+            limits,
+            ..production_options()
+        })?;
+        h.dp.update(&specs).context("writing 10,000 services")?;
+        let v4 = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
+        let mut macswap = load_macswap(&v4)?;
+        report.add(established(
+            &mut h,
+            &mut macswap,
+            "established_vs_macswap_10k",
+            &v4,
+            2.5,
+        )?);
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
 // The daemon entries (lb_tests::daemon_bench)
 // -------------------------------------------------------------------------------------------
 
@@ -612,6 +703,8 @@ fn main() -> ExitCode {
         "dataplane" => dataplane(&mut report),
         "daemon" => daemon(&mut report),
         "sync" => lb_tests::sync_bench::run(&mut |e| report.add(e)),
+        "scale" => lb_tests::scale_bench::run(&mut |e| report.add(e))
+            .and_then(|()| scale_dataplane(&mut report)),
         _ => unreachable!("parse_args checked the name"),
     };
     match result {
