@@ -489,15 +489,31 @@ pub async fn request(path: impl AsRef<Path>, request: Request) -> Result<Respons
 }
 
 async fn request_within(path: &Path, request: Request, t: Duration) -> Result<Response> {
+    parse_response(&request_line(path, request, t).await?)
+}
+
+/// [`request`]'s answer as the daemon sent it: one line of JSON, without its newline.
+async fn request_line(path: &Path, request: Request, t: Duration) -> Result<Vec<u8>> {
     let stream = timeout(CONNECT_TIMEOUT, UnixStream::connect(path))
         .await
         .map_err(|_| ControlError::Timeout(format!("connecting to {}", path.display())))?
         .map_err(|e| connect_error(path, e))?;
-    exchange_on(stream, &request, t).await
+    exchange_raw(stream, &request, t).await
+}
+
+fn parse_response(line: &[u8]) -> Result<Response> {
+    serde_json::from_slice::<Response>(line)
+        .map_err(|e| ControlError::Protocol(format!("a response that does not parse: {e}")))
 }
 
 /// One request and its answer on a connected stream.
+#[cfg(test)]
 async fn exchange_on(stream: UnixStream, request: &Request, t: Duration) -> Result<Response> {
+    parse_response(&exchange_raw(stream, request, t).await?)
+}
+
+/// One request and its answer's line on a connected stream.
+async fn exchange_raw(stream: UnixStream, request: &Request, t: Duration) -> Result<Vec<u8>> {
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_vec(request).expect("a request always encodes");
     line.push(b'\n');
@@ -506,12 +522,11 @@ async fn exchange_on(stream: UnixStream, request: &Request, t: Duration) -> Resu
         // so before the request is written: the write then fails (EPIPE), but the answer
         // is already queued. Read it before reporting the write.
         let sent = wr.write_all(&line).await;
-        let mut rd = BufReader::new(rd);
+        // A status of many thousand backends is tens of MB: read it in large pieces.
+        let mut rd = BufReader::with_capacity(1 << 20, rd);
         let mut buf = Vec::new();
         match (read_line(&mut rd, &mut buf, MAX_RESPONSE).await, sent) {
-            (Ok(Some(())), _) => serde_json::from_slice::<Response>(&buf).map_err(|e| {
-                ControlError::Protocol(format!("a response that does not parse: {e}"))
-            }),
+            (Ok(Some(())), _) => Ok(buf),
             (_, Err(e)) => Err(ControlError::Protocol(format!("sending the request: {e}"))),
             (Ok(None) | Err(None), Ok(())) => Err(ControlError::Protocol(
                 "the daemon closed the connection without an answer".into(),
@@ -539,7 +554,10 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
 }
 
 async fn status(path: &Path) -> Result<Snapshot> {
-    let r = request(path, Request::Status).await?;
+    status_of(request(path, Request::Status).await?)
+}
+
+fn status_of(r: Response) -> Result<Snapshot> {
     match (r.ok, r.status, r.error) {
         (true, Some(s), _) => Ok(s),
         (true, None, _) => Err(ControlError::Protocol(
@@ -552,16 +570,121 @@ async fn status(path: &Path) -> Result<Snapshot> {
 /// `lb-daemon status`: the daemon's status as a table ([`render_table`]), or with `json` its
 /// [`Snapshot`] as pretty JSON. The text ends with a newline (print it with `print!`).
 /// Blocking; not for use inside a Tokio runtime.
+///
+/// The JSON is the daemon's answer, laid out again: what `serde_json` would
+/// print for the same [`Snapshot`], without decoding it into one and encoding it again
+/// (0.2 s of the client's time for 100,000 backends).
 pub fn cli_status(path: impl AsRef<Path>, json: bool) -> Result<String> {
-    let s = block_on(status(path.as_ref()))??;
+    let path = path.as_ref();
     if json {
-        let mut out = serde_json::to_string_pretty(&s)
-            .map_err(|e| ControlError::Protocol(format!("encoding the status: {e}")))?;
-        out.push('\n');
-        Ok(out)
-    } else {
-        Ok(render_table(&s, None))
+        let line = block_on(request_line(path, Request::Status, CLIENT_TIMEOUT))??;
+        return status_json(&line);
     }
+    let s = block_on(status(path))??;
+    Ok(render_table(&s, None))
+}
+
+/// How a status answer starts: [`Response`]'s fields in order, as `serde_json` writes them
+/// (no spaces); it ends with the `}` that closes it.
+const STATUS_ANSWER_HEAD: &[u8] = br#"{"ok":true,"status":"#;
+
+/// The pretty JSON of the status in the daemon's answer `line`, with a newline. The status
+/// part of an answer as this daemon writes it is checked to be one JSON object and laid out
+/// with [`pretty_json`]; anything else (an error, another encoding) goes through
+/// [`Response`].
+fn status_json(line: &[u8]) -> Result<String> {
+    let status = line
+        .strip_prefix(STATUS_ANSWER_HEAD)
+        .and_then(|rest| rest.strip_suffix(b"}"))
+        .filter(|s| s.first() == Some(&b'{'))
+        .and_then(|s| std::str::from_utf8(s).ok());
+    // The check that it is JSON and the layout side by side: each is tens of ms at 100,000
+    // backends.
+    let laid_out = status.and_then(|s| {
+        std::thread::scope(|scope| {
+            let valid = scope.spawn(|| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok());
+            let out = pretty_json(s);
+            valid.join().unwrap_or(false).then_some(out)
+        })
+    });
+    let mut out = match laid_out {
+        Some(out) => out,
+        None => {
+            let s = status_of(parse_response(line)?)?;
+            serde_json::to_string_pretty(&s)
+                .map_err(|e| ControlError::Protocol(format!("encoding the status: {e}")))?
+        }
+    };
+    out.push('\n');
+    Ok(out)
+}
+
+/// `compact`, JSON as `serde_json` writes it (no whitespace), laid out as its pretty
+/// printer does: two spaces an indent, `": "` after a key, `{}` and `[]` when empty.
+/// Works on the bytes: every byte it acts on (`{}[],:"` and `\`) is ASCII, so neither a
+/// multi-byte character nor anything inside a string is touched.
+fn pretty_json(compact: &str) -> String {
+    const SPACES: &str = "                                                                ";
+    fn newline(out: &mut String, depth: usize) {
+        out.push('\n');
+        let mut n = 2 * depth;
+        while n > 0 {
+            let k = n.min(SPACES.len());
+            out.push_str(&SPACES[..k]);
+            n -= k;
+        }
+    }
+    let bytes = compact.as_bytes();
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    // `compact[copied..i]` is still to be copied.
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                continue;
+            }
+            open @ (b'{' | b'[') => {
+                out.push_str(&compact[copied..=i]);
+                let close = if open == b'{' { b'}' } else { b']' };
+                if bytes.get(i + 1) == Some(&close) {
+                    out.push(char::from(close));
+                    i += 1;
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            close @ (b'}' | b']') => {
+                out.push_str(&compact[copied..i]);
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(char::from(close));
+            }
+            b',' => {
+                out.push_str(&compact[copied..=i]);
+                newline(&mut out, depth);
+            }
+            b':' => {
+                out.push_str(&compact[copied..i]);
+                out.push_str(": ");
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 1;
+        copied = i;
+    }
+    out.push_str(&compact[copied.min(compact.len())..]);
+    out
 }
 
 /// `lb-daemon status --rate`: the table with per-second rates, from two status requests
@@ -1004,7 +1127,10 @@ mod tests {
         assert_eq!(table, render_table(&sample(), None));
         let json = cli_status(&path, true).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), sample());
-        assert!(json.ends_with("}\n"));
+        assert_eq!(
+            json,
+            serde_json::to_string_pretty(&sample()).unwrap() + "\n"
+        );
         let rated = cli_status_rate(&path, Duration::from_millis(10)).unwrap();
         assert!(rated.contains("CPS  InPPS  InBPS"), "{rated}");
         match cli_reload(&path) {
@@ -1017,6 +1143,75 @@ mod tests {
         assert!(!path.exists());
         let e = cli_reload(&path).unwrap_err().to_string();
         assert!(e.contains("no control socket at"), "{e}");
+    }
+
+    /// A snapshot whose strings hold every byte [`pretty_json`] acts on, escapes, and
+    /// characters of several bytes; empty objects and arrays; nested ones.
+    fn awkward() -> Snapshot {
+        let mut s = sample();
+        s.router_id = Some(r#"{[lb]},: "1"\ \" é 🦀 \u0041"#.into());
+        s.services[0].backends[1].last_error = Some("a\nb\t\"c\":{}[],\\".into());
+        s.services[1].backends.clear();
+        s.vrrp[0].discards.insert("\"}".into(), 1);
+        s.notify = Some(Default::default());
+        s.sync = Some(Default::default());
+        s
+    }
+
+    #[test]
+    fn pretty_json_is_what_serde_json_prints() {
+        for s in [sample(), awkward(), Snapshot::default()] {
+            let compact = serde_json::to_string(&s).unwrap();
+            assert_eq!(
+                pretty_json(&compact),
+                serde_json::to_string_pretty(&s).unwrap()
+            );
+            let answer = serde_json::to_vec(&Response::status(s.clone())).unwrap();
+            assert!(answer.starts_with(STATUS_ANSWER_HEAD));
+            assert_eq!(
+                status_json(&answer).unwrap(),
+                serde_json::to_string_pretty(&s).unwrap() + "\n"
+            );
+        }
+        for v in [
+            r#"[]"#,
+            r#"{}"#,
+            r#"[[],{},[1,[2]]]"#,
+            r#""x""#,
+            "1.5",
+            "null",
+        ] {
+            let value: serde_json::Value = serde_json::from_str(v).unwrap();
+            assert_eq!(
+                pretty_json(v),
+                serde_json::to_string_pretty(&value).unwrap(),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_answers_that_are_not_laid_out_as_they_come() {
+        // An error, and what does not parse: as before.
+        let error = serde_json::to_vec(&Response::error("boom")).unwrap();
+        assert!(matches!(status_json(&error), Err(ControlError::Daemon(e)) if e == "boom"));
+        for bad in [
+            &br#"{"ok":true,"status":{"time":1"#[..],
+            br#"{"ok":true,"status":{"time":1}}junk"#,
+            br#"{"ok":true,"status":{"time":1},"x":}"#,
+            b"\xff",
+        ] {
+            assert!(
+                matches!(status_json(bad), Err(ControlError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        // Another writer's spacing: through the types, with the same result.
+        let spaced = serde_json::to_string_pretty(&Response::status(sample())).unwrap();
+        assert_eq!(
+            status_json(spaced.as_bytes()).unwrap(),
+            serde_json::to_string_pretty(&sample()).unwrap() + "\n"
+        );
     }
 
     #[test]

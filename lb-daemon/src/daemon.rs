@@ -155,6 +155,8 @@ struct Dp {
     macs: HashMap<IpAddr, [u8; 6]>,
     /// Whether each service has its quorum (keepalived's `quorum`, with hysteresis).
     quorum: HashMap<health::ServiceKey, bool>,
+    /// The services whose quorum the log said was lost (and not yet regained).
+    quorum_said_lost: HashSet<health::ServiceKey>,
     /// What `track_virtual_server` has been told, by service name.
     quorum_reported: HashMap<String, bool>,
     started: Instant,
@@ -260,6 +262,7 @@ impl Dp {
                 macs: HashMap::new(),
                 unresolved: HashMap::new(),
                 quorum: HashMap::new(),
+                quorum_said_lost: HashSet::new(),
                 quorum_reported: HashMap::new(),
                 started: Instant::now(),
                 wanted_tx,
@@ -376,11 +379,17 @@ impl Dp {
             let had = self.quorum.get(&key).copied();
             let has = vs.quorum_next(had.unwrap_or(true), healthy);
             // The first verdict (at start, before MACs resolve) is not news, nor is a pool
-            // coming up as its MACs resolve at start.
-            let settling = self.started.elapsed() < QUORUM_SETTLE && has;
-            if had.is_some_and(|had| had != has) && !settling {
-                let what = if has { "regained" } else { "lost" };
-                info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
+            // coming up as its MACs resolve: only a quorum said lost is said regained.
+            if had.is_some_and(|had| had != has) {
+                let news = if has {
+                    self.quorum_said_lost.remove(&key)
+                } else {
+                    self.quorum_said_lost.insert(key)
+                };
+                if news {
+                    let what = if has { "regained" } else { "lost" };
+                    info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
+                }
             }
             quorum.insert(key, has);
         }
@@ -632,8 +641,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let ctl = control::Server::bind(&config.global_defs.control_socket_path()).await?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(control::CALL_QUEUE_LEN);
     tokio::spawn(ctl.serve(ctl_tx));
-    let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
+    let (snap_tx, snap_rx) = watch::channel(std::sync::Arc::default());
     let metrics_on = config.global_defs.metrics_address.is_some();
+    let mut metrics_due = Instant::now();
     if let Some(addr) = config
         .global_defs
         .metrics_address
@@ -735,9 +745,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         dp.warn_unresolved(&d.interface, Instant::now());
                     }
                 }
-                if metrics_on {
+                // Every second, or less often when a refresh costs more than 2% of a core
+                // (0.13 s at 100,000 real servers with per-backend metrics: every 7 s).
+                if metrics_on && Instant::now() >= metrics_due {
+                    let started = Instant::now();
                     let flows = dp.as_mut().map(|d| d.active_flows(METRICS_FLOW_COUNT_AGE)).unwrap_or_default();
-                    snap_tx.send_replace(snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot(), &flows));
+                    // Without per-backend metrics the real servers are left out whole: no
+                    // health to copy, no backend counters to read.
+                    let per_backend = config.global_defs.metrics_per_backend.unwrap_or(true);
+                    let health = if per_backend { checkers.snapshot() } else { Health::new() };
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &health, &flows, per_backend);
+                    snap_tx.send_replace(std::sync::Arc::new(metrics::Exposition::new(snap, per_backend)));
+                    metrics_due = started + started.elapsed() * 50;
                 }
             }
             _ = hup.recv() => {
@@ -750,7 +769,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     // The checkers' current view: `health` moves only on up/down changes,
                     // while status also shows whether a check has run, its latency, its error.
                     let flows = dp.as_mut().map(|d| d.active_flows(STATUS_FLOW_COUNT_AGE)).unwrap_or_default();
-                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot(), &flows);
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot(), &flows, true);
                     call.reply(Response::status(snap));
                 }
                 Request::Reload => {
@@ -812,8 +831,10 @@ async fn reload(
     health: &mut Health,
     master_vips: &HashSet<IpAddr>,
 ) -> Result<(), String> {
+    let started = Instant::now();
     let new = Config::load(path).map_err(|e| e.to_string())?;
     new.check_scripts().map_err(|e| e.to_string())?;
+    let parsed = started.elapsed();
     if new.sync != config.sync {
         return Err("the [sync] section changed: restart to apply it".into());
     }
@@ -833,6 +854,7 @@ async fn reload(
     let mut t = Tracking::new(&new).map_err(|e| e.to_string())?;
     // The maps first: a configuration the dataplane cannot hold (too many services or
     // backends) is refused before anything else changes.
+    let planning = Instant::now();
     if let Some(dp) = dp.as_mut() {
         if let Err(e) = dp.apply(&new, master_vips, health).await {
             // Put back what may have been written.
@@ -840,6 +862,7 @@ async fn reload(
             return Err(format!("the dataplane cannot take it: {e:#}"));
         }
     }
+    let planned = planning.elapsed();
     // Unchanged scripts keep their rise/fall state across the reload.
     if let Err(e) = track_tasks.reload(&new) {
         if let Some(dp) = dp.as_mut() {
@@ -872,15 +895,20 @@ async fn reload(
             error!("updating the dataplane: {e:#}");
         }
     }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     info!(
         services = config.virtual_servers.len(),
+        parse_ms = ms(parsed),
+        maps_ms = ms(planned),
+        total_ms = ms(started.elapsed()),
         "configuration reloaded"
     );
     Ok(())
 }
 
 /// What `lb-daemon status` and the metrics show, from the maps, the VRRP thread's stats and
-/// the configuration.
+/// the configuration. Without `per_backend` each service's real servers are left out, and
+/// their counters and health unread (the metrics of `metrics_per_backend = false`).
 fn snapshot(
     config: &Config,
     dp: Option<&Dp>,
@@ -888,23 +916,52 @@ fn snapshot(
     notifier: &Notifier,
     health: &Health,
     flows: &HashMap<u32, u64>,
+    per_backend: bool,
 ) -> Snapshot {
+    use crate::dataplane::Scheduler;
     let mut snap = Snapshot::new(config.global_defs.router_id.clone());
     if let Some(dp) = dp {
         let maps = dp.dp.writer();
+        // All the counters in a few batched reads: a lookup per id cost 0.14 s of system
+        // calls at 10,000 services of 10 real servers. Ids are dense from 0, so what the
+        // plan uses is all there is to read.
+        let used = dp.dp.needs();
+        let service_counters = maps.all_service_counters(used.services).unwrap_or_default();
+        let backend_counters = if per_backend {
+            maps.all_backend_counters(used.backends).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let counters = |all: &[lb_common::TrafficCounters], id: u32| {
+            all.get(id as usize).copied().unwrap_or_default()
+        };
+        // By id too: a hash lookup per backend adds up.
+        let mut flows_by_id = vec![0u64; used.backends as usize];
+        for (&bid, &n) in flows {
+            if let Some(f) = flows_by_id.get_mut(bid as usize) {
+                *f = n;
+            }
+        }
+        let flows_of = |bid: &u32| flows_by_id.get(*bid as usize).copied().unwrap_or(0);
+        snap.services.reserve(dp.dp.specs().len());
         for (spec, vs) in dp.dp.specs().iter().zip(&config.virtual_servers) {
             let Some((sid, bids)) = dp.dp.ids_of(spec) else {
                 continue;
             };
-            let sc = maps.service_counters(sid).unwrap_or_default();
+            let sc = counters(&service_counters, sid);
+            let real_servers = if per_backend {
+                &vs.real_servers[..]
+            } else {
+                &[]
+            };
             let backends = spec
                 .backends
                 .iter()
                 .zip(&bids)
-                .zip(&vs.real_servers)
+                .zip(real_servers)
                 .map(|((b, bid), rs)| {
-                    let bc = maps.backend_counters(*bid).unwrap_or_default();
-                    let active_flows = flows.get(bid).copied().unwrap_or(0);
+                    let bc = counters(&backend_counters, *bid);
+                    let active_flows = flows_of(bid);
                     let h = health.get(&((vs.vip, vs.port, vs.proto), rs.addr));
                     let verdict = match h {
                         Some(h) if !h.checked() => status::HEALTH_UNKNOWN,
@@ -918,7 +975,7 @@ fn snapshot(
                         // The planner leaves a backend without a MAC out of the ring.
                         effective_weight: if b.mac.is_some() { b.weight } else { 0 },
                         health: verdict.into(),
-                        mac: b.mac.as_ref().map(fmt_mac),
+                        mac: b.mac.as_ref().map(status::mac_text),
                         packets: bc.packets,
                         bytes: bc.bytes,
                         new_flows: bc.new_flows,
@@ -936,16 +993,19 @@ fn snapshot(
                 vip: spec.vip,
                 port: spec.port,
                 protocol: spec.proto.name().into(),
-                scheduler: format!("{:?}", spec.sched).to_lowercase(),
+                scheduler: match spec.sched {
+                    Scheduler::Rr => "rr",
+                    Scheduler::Wrr => "wrr",
+                    Scheduler::Sh => "sh",
+                    Scheduler::Mh => "mh",
+                }
+                .into(),
                 active: spec.active,
                 persistence_timeout: spec.persistence_timeout,
                 packets: sc.packets,
                 bytes: sc.bytes,
                 new_flows: sc.new_flows,
-                active_flows: bids
-                    .iter()
-                    .map(|b| flows.get(b).copied().unwrap_or(0))
-                    .sum(),
+                active_flows: bids.iter().map(flows_of).sum(),
                 backends,
             });
         }

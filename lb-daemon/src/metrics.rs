@@ -1,7 +1,7 @@
 //! `/metrics` for Prometheus: a deliberately tiny HTTP/1.1 server on Tokio's `TcpListener`.
 //!
-//! It answers `GET /metrics` (and `HEAD`) with [`render_prometheus`] of the latest
-//! [`Snapshot`] on a `watch` channel, 404 for any other path, 405 for another method on
+//! It answers `GET /metrics` (and `HEAD`) with [`render_prometheus_with`] of the latest
+//! [`Exposition`] on a `watch` channel, 404 for any other path, 405 for another method on
 //! `/metrics`, 400 for what is not an HTTP request, 431 for a request head over
 //! [`Options::max_request`]. One request per connection (`Connection: close`).
 //!
@@ -15,11 +15,11 @@
 //! # Wiring
 //!
 //! ```ignore
-//! let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Snapshot::default());
+//! let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Default::default());
 //! let metrics = metrics::MetricsServer::bind(addr, allow_non_loopback).await?; // fail early
 //! tokio::spawn(metrics.run(snapshot_rx));
 //! // every second (or when something changes):
-//! snapshot_tx.send_replace(build_snapshot());
+//! snapshot_tx.send_replace(Arc::new(Exposition::new(build_snapshot(), per_backend)));
 //! ```
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -34,11 +34,39 @@ use tracing::{debug, info, warn};
 
 use crate::{
     control::out_of_resources,
-    status::{render_prometheus, Snapshot},
+    status::{render_prometheus_with, PromOptions, Snapshot},
 };
 
 /// The content type of the text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What `/metrics` serves: a snapshot, and how to render it.
+///
+/// The channel holds it behind an `Arc`: a scrape takes its own reference and renders
+/// without holding the channel's lock, which the daemon's next `send_replace` would wait on
+/// (rendering 100,000 backends takes a while).
+#[derive(Clone, Debug, Default)]
+pub struct Exposition {
+    pub snapshot: Snapshot,
+    pub options: PromOptions,
+}
+
+impl Exposition {
+    /// `per_backend`: `global_defs.metrics_per_backend` ([`PromOptions::per_backend`]).
+    pub fn new(snapshot: Snapshot, per_backend: bool) -> Self {
+        Self {
+            snapshot,
+            options: PromOptions { per_backend },
+        }
+    }
+
+    fn render(&self) -> String {
+        render_prometheus_with(&self.snapshot, self.options)
+    }
+}
+
+/// The receiving side of what the daemon publishes.
+pub type Latest = watch::Receiver<Arc<Exposition>>;
 
 /// Limits of the server; [`Options::default`] is what the daemon uses.
 #[derive(Clone, Debug)]
@@ -130,7 +158,7 @@ impl MetricsServer {
     }
 
     /// Serves `/metrics` from the latest value of `snapshot`, until its sender is dropped.
-    pub async fn run(self, snapshot: watch::Receiver<Snapshot>) {
+    pub async fn run(self, snapshot: Latest) {
         info!(addr = %self.addr, "serving Prometheus metrics on /metrics");
         let slots = Arc::new(Semaphore::new(self.options.max_clients.max(1)));
         let mut clients = JoinSet::new();
@@ -180,7 +208,7 @@ impl MetricsServer {
 /// [`MetricsServer::bind`] then [`MetricsServer::run`] to see a bind error before spawning.
 pub async fn serve(
     addr: SocketAddr,
-    snapshot: watch::Receiver<Snapshot>,
+    snapshot: Latest,
     allow_non_loopback: bool,
 ) -> Result<(), MetricsError> {
     MetricsServer::bind(addr, allow_non_loopback)
@@ -247,7 +275,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The answer to a request head.
-fn route(head: &[u8], snapshot: &watch::Receiver<Snapshot>) -> Vec<u8> {
+async fn route(head: &[u8], snapshot: &Latest) -> Vec<u8> {
     let bad = || response("400 Bad Request", "text/plain", b"bad request\n", true);
     let Ok(head) = std::str::from_utf8(head) else {
         return bad();
@@ -273,7 +301,20 @@ fn route(head: &[u8], snapshot: &watch::Receiver<Snapshot>) -> Vec<u8> {
     }
     match method {
         "GET" | "HEAD" => {
-            let body = render_prometheus(&snapshot.borrow());
+            let latest = Arc::clone(&snapshot.borrow());
+            // Off the async workers: a big snapshot takes a while to render.
+            let body = match tokio::task::spawn_blocking(move || latest.render()).await {
+                Ok(body) => body,
+                Err(e) => {
+                    warn!("metrics: rendering failed: {e}");
+                    return response(
+                        "500 Internal Server Error",
+                        "text/plain",
+                        b"rendering failed\n",
+                        true,
+                    );
+                }
+            };
             response("200 OK", CONTENT_TYPE, body.as_bytes(), method == "GET")
         }
         _ => response(
@@ -285,7 +326,7 @@ fn route(head: &[u8], snapshot: &watch::Receiver<Snapshot>) -> Vec<u8> {
     }
 }
 
-async fn client(mut stream: TcpStream, snapshot: &watch::Receiver<Snapshot>, options: &Options) {
+async fn client(mut stream: TcpStream, snapshot: &Latest, options: &Options) {
     let answer = match timeout(
         options.read_timeout,
         read_head(&mut stream, options.max_request),
@@ -306,7 +347,7 @@ async fn client(mut stream: TcpStream, snapshot: &watch::Receiver<Snapshot>, opt
             b"request too large\n",
             true,
         ),
-        Ok(Head::Complete(head)) => route(&head, snapshot),
+        Ok(Head::Complete(head)) => route(&head, snapshot).await,
     };
     let sent = timeout(options.write_timeout, async {
         stream.write_all(&answer).await?;
@@ -321,7 +362,14 @@ async fn client(mut stream: TcpStream, snapshot: &watch::Receiver<Snapshot>, opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::test_support::{eventually, sample, tcp_server_fds};
+    use crate::status::{
+        render_prometheus,
+        test_support::{eventually, sample, tcp_server_fds},
+    };
+
+    fn published(snapshot: Snapshot, per_backend: bool) -> Arc<Exposition> {
+        Arc::new(Exposition::new(snapshot, per_backend))
+    }
 
     fn quick() -> Options {
         Options {
@@ -336,14 +384,14 @@ mod tests {
         options: Options,
     ) -> (
         SocketAddr,
-        watch::Sender<Snapshot>,
+        watch::Sender<Arc<Exposition>>,
         tokio::task::JoinHandle<()>,
     ) {
         let server = MetricsServer::bind_with("127.0.0.1:0".parse().unwrap(), options)
             .await
             .unwrap();
         let addr = server.local_addr();
-        let (tx, rx) = watch::channel(sample());
+        let (tx, rx) = watch::channel(published(sample(), true));
         (addr, tx, tokio::spawn(server.run(rx)))
     }
 
@@ -375,10 +423,20 @@ mod tests {
 
         let mut next = sample();
         next.services[0].packets = 999_999;
-        tx.send_replace(next.clone());
+        tx.send_replace(published(next.clone(), true));
         let (_, body) = split(&raw(addr, b"GET /metrics?x=1 HTTP/1.0\n\n").await);
         assert_eq!(body, render_prometheus(&next));
         assert!(body.contains("} 999999\n"));
+
+        // metrics_per_backend = false: the per-service series only.
+        tx.send_replace(published(next.clone(), false));
+        let (_, body) = split(&raw(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await);
+        assert_eq!(
+            body,
+            render_prometheus_with(&next, PromOptions { per_backend: false })
+        );
+        assert!(body.contains("lb_service_packets_total{"));
+        assert!(!body.contains("lb_backend_"), "{body}");
 
         let (head, body) = split(&raw(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await);
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -507,7 +565,7 @@ mod tests {
         assert!(matches!(
             serve(
                 "[2001:db8::1]:9100".parse().unwrap(),
-                watch::channel(Snapshot::default()).1,
+                watch::channel(Arc::default()).1,
                 false
             )
             .await,

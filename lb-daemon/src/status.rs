@@ -295,6 +295,21 @@ impl Snapshot {
     }
 }
 
+/// [`BackendStatus::mac`] of a MAC address: `aa:bb:cc:dd:ee:ff`, as `neigh::fmt_mac` writes
+/// it, without `format!` (a status of 100,000 backends makes as many: 20 ms that way).
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(17);
+    for (i, b) in mac.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
 /// [`ReasonStatus::verdict`] of an XDP action (`lb_common::reason::XDP_*`).
 pub fn verdict_name(action: u32) -> &'static str {
     match action {
@@ -747,8 +762,11 @@ fn one_line(s: &str) -> String {
 }
 
 /// A label value, escaped as the text format wants: `\` `"` and newline.
-fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
+fn escape_label(v: &str, out: &mut String) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -757,18 +775,38 @@ fn escape_label(v: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 /// A sample value: Go's float syntax (`+Inf`, `-Inf`, `NaN`).
-fn prom_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        v.to_string()
+struct PromFloat(f64);
+
+impl std::fmt::Display for PromFloat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if v.is_nan() {
+            f.write_str("NaN")
+        } else if v.is_infinite() {
+            f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" })
+        } else {
+            write!(f, "{v}")
+        }
     }
+}
+
+/// The labels of a sample, `k="v",...` escaped: made once for a service or backend and used
+/// for each of its families (a node with 100,000 backends has a million backend samples).
+fn prom_labels(labels: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label(v, &mut out);
+        out.push('"');
+    }
+    out
 }
 
 struct Prom {
@@ -782,18 +820,49 @@ impl Prom {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels = prom_labels(labels);
+        self.sample_with(name, &labels, value);
+    }
+
+    /// A sample whose labels [`prom_labels`] made.
+    fn sample_with(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-            }
+            self.out.push_str(labels);
             self.out.push('}');
         }
         let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// How [`render_prometheus_with`] renders a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromOptions {
+    /// The `lb_backend_*` families, a series per real server of every service
+    /// (`global_defs.metrics_per_backend`, on by default). Without them a scrape grows with
+    /// the services alone: 100,000 real servers are a million samples, about 100 MB.
+    pub per_backend: bool,
+}
+
+impl Default for PromOptions {
+    fn default() -> Self {
+        Self { per_backend: true }
+    }
+}
+
+/// A backend family's sample value.
+enum Num {
+    Int(u64),
+    Float(f64),
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Int(v) => write!(f, "{v}"),
+            Num::Float(v) => PromFloat(*v).fmt(f),
+        }
     }
 }
 
@@ -825,9 +894,27 @@ impl Prom {
 /// | `lb_sync_full_syncs_total` | direction | whole-table syncs sent, received |
 /// | `lb_sync_dropped_total` | reason | entries, events and datagrams dropped |
 /// | `lb_sync_peer_lag_seconds`, `lb_sync_peer_last_heard_seconds` | peer | |
+///
+/// Every family, the `lb_backend_*` ones included: [`render_prometheus_with`] can leave those
+/// out.
 pub fn render_prometheus(s: &Snapshot) -> String {
+    render_prometheus_with(s, PromOptions::default())
+}
+
+/// [`render_prometheus`], without the `lb_backend_*` families unless `options.per_backend`.
+pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
     let mut p = Prom { out: String::new() };
-    let svc_labels = |svc: &ServiceStatus| (svc.vip.to_string(), svc.port.to_string());
+    let svc_labels: Vec<String> = s
+        .services
+        .iter()
+        .map(|svc| {
+            prom_labels(&[
+                ("vip", &svc.vip.to_string()),
+                ("port", &svc.port.to_string()),
+                ("protocol", &svc.protocol),
+            ])
+        })
+        .collect();
 
     type ServiceValue = fn(&ServiceStatus) -> u64;
     let service_counters: [(&str, &str, ServiceValue); 3] = [
@@ -849,14 +936,8 @@ pub fn render_prometheus(s: &Snapshot) -> String {
     ];
     for (name, help, value) in service_counters {
         p.family(name, "counter", help);
-        for svc in &s.services {
-            let (vip, port) = svc_labels(svc);
-            let labels = [
-                ("vip", vip.as_str()),
-                ("port", port.as_str()),
-                ("protocol", svc.protocol.as_str()),
-            ];
-            p.sample(name, &labels, value(svc));
+        for (svc, labels) in s.services.iter().zip(&svc_labels) {
+            p.sample_with(name, labels, value(svc));
         }
     }
     p.family(
@@ -864,109 +945,19 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         "gauge",
         "1 if this node serves the service (VRRP master for its VIP, or no VRRP), 0 if not.",
     );
-    for svc in &s.services {
-        let (vip, port) = svc_labels(svc);
-        let labels = [
-            ("vip", vip.as_str()),
-            ("port", port.as_str()),
-            ("protocol", svc.protocol.as_str()),
-        ];
-        p.sample("lb_service_active", &labels, u8::from(svc.active));
+    for (svc, labels) in s.services.iter().zip(&svc_labels) {
+        p.sample_with("lb_service_active", labels, u8::from(svc.active));
     }
     p.family(
         "lb_service_active_flows",
         "gauge",
         "Flows of the service in the connection table, not idle past its timeout.",
     );
-    for svc in &s.services {
-        let (vip, port) = svc_labels(svc);
-        let labels = [
-            ("vip", vip.as_str()),
-            ("port", port.as_str()),
-            ("protocol", svc.protocol.as_str()),
-        ];
-        p.sample("lb_service_active_flows", &labels, svc.active_flows);
+    for (svc, labels) in s.services.iter().zip(&svc_labels) {
+        p.sample_with("lb_service_active_flows", labels, svc.active_flows);
     }
-
-    type BackendValue = fn(&BackendStatus) -> Option<String>;
-    let backend_families: [(&str, &str, &str, BackendValue); 10] = [
-        (
-            "lb_backend_packets_total",
-            "counter",
-            "Packets forwarded to the backend.",
-            |b| Some(b.packets.to_string()),
-        ),
-        (
-            "lb_backend_bytes_total",
-            "counter",
-            "Bytes (IP packets) forwarded to the backend.",
-            |b| Some(b.bytes.to_string()),
-        ),
-        (
-            "lb_backend_new_flows_total",
-            "counter",
-            "Flows (connections) scheduled to the backend.",
-            |b| Some(b.new_flows.to_string()),
-        ),
-        (
-            "lb_backend_up",
-            "gauge",
-            "1 if the backend's health checks pass, 0 if they fail or have not run yet.",
-            |b| Some(u8::from(b.health == HEALTH_UP).to_string()),
-        ),
-        (
-            "lb_backend_weight",
-            "gauge",
-            "The backend's configured weight.",
-            |b| Some(b.weight.to_string()),
-        ),
-        (
-            "lb_backend_effective_weight",
-            "gauge",
-            "The weight new flows are scheduled with (0: down, unresolved or drained).",
-            |b| Some(b.effective_weight.to_string()),
-        ),
-        (
-            "lb_backend_active_flows",
-            "gauge",
-            "Flows to the backend in the connection table, not idle past the service's timeout.",
-            |b| Some(b.active_flows.to_string()),
-        ),
-        (
-            "lb_backend_checks_total",
-            "counter",
-            "Health-check probes run against the backend (retries included).",
-            |b| Some(b.checks_run.to_string()),
-        ),
-        (
-            "lb_backend_checks_failed_total",
-            "counter",
-            "Health-check probes against the backend that failed (retries included).",
-            |b| Some(b.checks_failed.to_string()),
-        ),
-        (
-            "lb_backend_check_latency_seconds",
-            "gauge",
-            "How long the backend's last successful health check took.",
-            |b| b.check_latency_ms.map(|ms| prom_float(ms / 1000.0)),
-        ),
-    ];
-    for (name, kind, help, value) in backend_families {
-        p.family(name, kind, help);
-        for svc in &s.services {
-            let (vip, port) = svc_labels(svc);
-            for b in &svc.backends {
-                let Some(v) = value(b) else { continue };
-                let backend = b.addr.to_string();
-                let labels = [
-                    ("vip", vip.as_str()),
-                    ("port", port.as_str()),
-                    ("protocol", svc.protocol.as_str()),
-                    ("backend", backend.as_str()),
-                ];
-                p.sample(name, &labels, v);
-            }
-        }
+    if options.per_backend {
+        render_backends_prometheus(s, &svc_labels, &mut p);
     }
 
     p.family(
@@ -1125,6 +1116,95 @@ pub fn render_prometheus(s: &Snapshot) -> String {
     p.out
 }
 
+/// The `lb_backend_*` families; `svc_labels` are the services' labels, in order.
+fn render_backends_prometheus(s: &Snapshot, svc_labels: &[String], p: &mut Prom) {
+    type BackendValue = fn(&BackendStatus) -> Option<Num>;
+    let backend_families: [(&str, &str, &str, BackendValue); 10] = [
+        (
+            "lb_backend_packets_total",
+            "counter",
+            "Packets forwarded to the backend.",
+            |b| Some(Num::Int(b.packets)),
+        ),
+        (
+            "lb_backend_bytes_total",
+            "counter",
+            "Bytes (IP packets) forwarded to the backend.",
+            |b| Some(Num::Int(b.bytes)),
+        ),
+        (
+            "lb_backend_new_flows_total",
+            "counter",
+            "Flows (connections) scheduled to the backend.",
+            |b| Some(Num::Int(b.new_flows)),
+        ),
+        (
+            "lb_backend_up",
+            "gauge",
+            "1 if the backend's health checks pass, 0 if they fail or have not run yet.",
+            |b| Some(Num::Int(u64::from(b.health == HEALTH_UP))),
+        ),
+        (
+            "lb_backend_weight",
+            "gauge",
+            "The backend's configured weight.",
+            |b| Some(Num::Int(b.weight.into())),
+        ),
+        (
+            "lb_backend_effective_weight",
+            "gauge",
+            "The weight new flows are scheduled with (0: down, unresolved or drained).",
+            |b| Some(Num::Int(b.effective_weight.into())),
+        ),
+        (
+            "lb_backend_active_flows",
+            "gauge",
+            "Flows to the backend in the connection table, not idle past the service's timeout.",
+            |b| Some(Num::Int(b.active_flows)),
+        ),
+        (
+            "lb_backend_checks_total",
+            "counter",
+            "Health-check probes run against the backend (retries included).",
+            |b| Some(Num::Int(b.checks_run)),
+        ),
+        (
+            "lb_backend_checks_failed_total",
+            "counter",
+            "Health-check probes against the backend that failed (retries included).",
+            |b| Some(Num::Int(b.checks_failed)),
+        ),
+        (
+            "lb_backend_check_latency_seconds",
+            "gauge",
+            "How long the backend's last successful health check took.",
+            |b| b.check_latency_ms.map(|ms| Num::Float(ms / 1000.0)),
+        ),
+    ];
+    let labels: Vec<String> = s
+        .services
+        .iter()
+        .zip(svc_labels)
+        .flat_map(|(svc, svc_labels)| {
+            svc.backends.iter().map(move |b| {
+                let mut labels = svc_labels.clone();
+                labels.push(',');
+                labels.push_str(&prom_labels(&[("backend", &b.addr.to_string())]));
+                labels
+            })
+        })
+        .collect();
+    for (name, kind, help, value) in backend_families {
+        p.family(name, kind, help);
+        let backends = s.services.iter().flat_map(|svc| &svc.backends);
+        for (b, labels) in backends.zip(&labels) {
+            if let Some(v) = value(b) {
+                p.sample_with(name, labels, v);
+            }
+        }
+    }
+}
+
 fn render_sync_prometheus(y: &SyncStatus, p: &mut Prom) {
     p.family(
         "lb_sync_sending",
@@ -1203,7 +1283,7 @@ fn render_sync_prometheus(y: &SyncStatus, p: &mut Prom) {
         p.sample(
             "lb_sync_peer_last_heard_seconds",
             &[("peer", &addr)],
-            prom_float(peer.last_heard_ms as f64 / 1e3),
+            PromFloat(peer.last_heard_ms as f64 / 1e3),
         );
     }
     p.family(
@@ -1217,7 +1297,7 @@ fn render_sync_prometheus(y: &SyncStatus, p: &mut Prom) {
             p.sample(
                 "lb_sync_peer_lag_seconds",
                 &[("peer", &addr)],
-                prom_float(l / 1e3),
+                PromFloat(l / 1e3),
             );
         }
     }
@@ -1720,6 +1800,49 @@ lb_notify_hooks_total{result="timed_out"} 0
             assert_eq!(g, w, "line {}", i + 1);
         }
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn prometheus_without_backends() {
+        let mut s = sample();
+        s.notify = Some(NotifyStatus::default());
+        s.sync = Some(sync_sample());
+        let all = render_prometheus(&s);
+        assert_eq!(
+            render_prometheus_with(&s, PromOptions { per_backend: true }),
+            all
+        );
+        let off = render_prometheus_with(&s, PromOptions { per_backend: false });
+        // Exactly the per-backend families' lines fewer, everything else as it was.
+        let want: String = all
+            .lines()
+            .filter(|l| !l.contains("lb_backend_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(off, want);
+        assert!(all.contains("lb_backend_packets_total{"));
+        assert!(off.contains(
+            "lb_service_packets_total{vip=\"192.0.2.100\",port=\"80\",protocol=\"TCP\"} 340\n"
+        ));
+        assert!(off.contains("lb_xdp_packets_total{"));
+        assert!(off.contains("lb_vrrp_state{"));
+        assert!(off.contains("lb_sync_sending 1\n"));
+        assert!(off.contains("lb_notify_events_total 0\n"));
+        for line in off.lines() {
+            parse_line(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn mac_text_is_fmt_mac() {
+        for mac in [
+            [0; 6],
+            [0xff; 6],
+            [0x02, 0, 0, 0, 0, 0x0b],
+            [0xa0, 0x1f, 0x9e, 0x5, 0x50, 0xc],
+        ] {
+            assert_eq!(mac_text(&mac), crate::dataplane::neigh::fmt_mac(&mac));
+        }
     }
 
     /// One line of the text format: a `# HELP`/`# TYPE` comment, or `name{labels} value`.

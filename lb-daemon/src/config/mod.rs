@@ -1064,11 +1064,97 @@ static = true
                 "protocol = \"SCTP\"",
                 "lb.toml:12: `virtual_server.protocol`",
             ),
+            (
+                "lb_algo = \"rr\"",
+                "lb_algo = \"rr\"\nmh_table_size = 65537",
+                "lb.toml:14: `virtual_server.mh_table_size`: only a service with lb_algo",
+            ),
+            (
+                "lb_algo = \"rr\"",
+                "lb_algo = \"mh\"\nmh_table_size = 65536",
+                "lb.toml:14: `virtual_server.mh_table_size`: 65536 is not a prime",
+            ),
+            (
+                "lb_algo = \"rr\"",
+                "lb_algo = \"mh\"\nmh_table_size = 16777259",
+                "lb.toml:14: `virtual_server.mh_table_size`: 16777259 is not a prime of at most",
+            ),
+            (
+                "lb_algo = \"rr\"",
+                "lb_algo = \"mh\"\nmh_table_size = 1",
+                "lb.toml:14: `virtual_server.mh_table_size`",
+            ),
+            (
+                "xdp_mode = \"skb\"",
+                "xdp_mode = \"skb\"\nmax_services = 1000000",
+                "lb.toml:8: `dataplane.max_services`: 1000000 is above the most a node holds, 262144",
+            ),
+            (
+                "xdp_mode = \"skb\"",
+                "xdp_mode = \"skb\"\nring_slots = 4294967295",
+                "lb.toml:8: `dataplane.ring_slots`",
+            ),
         ];
         for (from, to, want) in cases {
             let e = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(e.starts_with(want), "{to}: {e}");
         }
+    }
+
+    /// The maps' sizes follow the configuration: what it needs with every real server up,
+    /// and half again, at least the compiled-in sizes and `[dataplane]`'s reserve; 65
+    /// services (once refused at start) are fine, and what no node holds is refused by
+    /// the same plan `run` makes, naming the limit.
+    #[test]
+    fn dataplane_limits_follow_the_configuration() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dataplane_limits().unwrap(), Limits::default());
+        let mut text = GOOD.to_string();
+        for port in 1..=65 {
+            text += &format!(
+                "\n[[virtual_server]]\nip = \"192.0.2.101\"\nport = {port}\nprotocol = \"TCP\"\n\
+                 lb_algo = \"mh\"\nmh_table_size = 1021\nlb_kind = \"DR\"\nstatic = true\n\
+                 sorry_server = {{ ip = \"192.0.2.13\", port = {port} }}\n\
+                 [[virtual_server.real_server]]\nip = \"192.0.2.11\"\nport = {port}\n"
+            );
+        }
+        let c = parse(&text).unwrap();
+        let l = c.dataplane_limits().unwrap();
+        // 66 services; 2 + 65 x 2 (sorry servers count) real servers; rr 2 + 65 x 1021;
+        // half again, at least the compiled-in sizes.
+        assert_eq!(
+            l,
+            Limits {
+                services: 99,
+                backends: 4096,
+                ring_slots: (2 + 65 * 1021) * 3 / 2
+            }
+        );
+        let reserved = text.replacen(
+            "xdp_mode = \"skb\"",
+            "xdp_mode = \"skb\"\nmax_services = 5000\nmax_real_servers = 5000",
+            1,
+        );
+        let l = parse(&reserved).unwrap().dataplane_limits().unwrap();
+        assert_eq!((l.services, l.backends), (5000, 5000));
+        // Beyond any node: ring slots, through Maglev tables of the largest M.
+        let mut huge = GOOD.to_string();
+        for port in 1..=17 {
+            huge += &format!(
+                "\n[[virtual_server]]\nip = \"192.0.2.101\"\nport = {port}\nprotocol = \"TCP\"\n\
+                 lb_algo = \"mh\"\nmh_table_size = 16777213\nlb_kind = \"DR\"\nstatic = true\n\
+                 [[virtual_server.real_server]]\nip = \"192.0.2.11\"\nport = {port}\n"
+            );
+        }
+        let e = parse(&huge)
+            .unwrap()
+            .dataplane_limits()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ring slots: no node holds more than 268435456 (lower mh_table_size"),
+            "{e}"
+        );
     }
 
     /// `GOOD` with a VRRP instance owning the VIP, tracking `track`; a UDP service on the

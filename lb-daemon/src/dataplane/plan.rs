@@ -538,6 +538,22 @@ fn plan(
         })
         .map(|(i, _, _)| *i)
         .collect();
+    // Maglev tables that cannot fit any node are refused before they are built (17 of the
+    // largest M would take a gigabyte): their slots alone are a lower bound of the need.
+    let mh_slots: u64 = build
+        .iter()
+        .map(|&i| &specs[i])
+        .filter(|s| s.sched == Scheduler::Mh && s.backends.iter().any(schedulable))
+        .map(|s| u64::from(s.mh_table_size))
+        .sum();
+    let at_least = u64::from(alloc.regions.top) + mh_slots;
+    if at_least > u64::from(Limits::CEILING.ring_slots) {
+        return Err(PlanError::BeyondCeiling {
+            what: "ring slots",
+            needs: u32::try_from(at_least).unwrap_or(u32::MAX),
+            ceiling: Limits::CEILING.ring_slots,
+        });
+    }
     let mut built = build
         .iter()
         .copied()
@@ -902,7 +918,10 @@ impl<W: MapWriter> Dataplane<W> {
         }
         // From here the maps may hold the new ids, whatever `apply` returns.
         self.alloc = alloc;
-        let result = apply(&delta.prev, &delta.next, &mut self.writer);
+        // A flow cached before the update is checked again after it (the epoch moves once,
+        // at the end, even after a failure).
+        let result = apply(&delta.prev, &delta.next, &mut self.writer)
+            .and(self.writer.settle().map_err(PlanError::from));
         // What the maps hold now: the delta's entries replace the old ones...
         let Delta {
             prev,
@@ -968,6 +987,7 @@ impl<W: MapWriter> Dataplane<W> {
             });
         }
         apply(&Desired::default(), &self.current, &mut writer)?;
+        writer.settle()?;
         self.limits = limits;
         Ok(std::mem::replace(&mut self.writer, writer))
     }
@@ -1311,7 +1331,7 @@ mod tests {
         assert_eq!(frag(&d), Some(d.ids_of(&s80).unwrap().0));
         d.update(&[s443.clone(), s80.clone(), s25.clone()]).unwrap();
         assert_eq!(frag(&d), Some(d.ids_of(&s25).unwrap().0));
-        d.update(&[s443.clone()]).unwrap();
+        d.update(std::slice::from_ref(&s443)).unwrap();
         assert_eq!(frag(&d), Some(d.ids_of(&s443).unwrap().0));
         d.update(&[]).unwrap();
         assert_eq!(frag(&d), None);
