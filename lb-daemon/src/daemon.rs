@@ -303,14 +303,14 @@ impl Dp {
         per_backend
     }
 
-    /// Moves the dataplane to maps with room for `needs` (and headroom): a new program
+    /// Moves the dataplane to maps of `to` (each size at least what it is): a new program
     /// instance over new sized maps, sharing the flow tables and everything else with the
     /// running one, filled with the whole plan, then put in the running program's place in
     /// one step. Flows, persistence and sync carry on; a failure leaves the running
     /// instance as it was.
-    async fn grow(&mut self, needs: Limits) -> Result<()> {
+    async fn grow(&mut self, to: Limits) -> Result<()> {
         let was = self.dp.limits();
-        let limits = Limits::with_headroom(needs).max(self.reserve).max(was);
+        let limits = to.max(was);
         let started = Instant::now();
         let bound = (self.xdp.program == crate::dataplane::devbound::PROGRAM_NATIVE)
             .then_some((self.iface.as_str(), self.ifindex));
@@ -347,7 +347,8 @@ impl Dp {
         }
         match self.apply_once(config, master_vips, health) {
             Err(PlanError::NoRoom { needs, .. }) => {
-                self.grow(needs).await?;
+                self.grow(Limits::with_headroom(needs).max(self.reserve))
+                    .await?;
                 Ok(self.apply_once(config, master_vips, health)?)
             }
             r => Ok(r?),
@@ -856,6 +857,11 @@ async fn reload(
     // backends) is refused before anything else changes.
     let planning = Instant::now();
     if let Some(dp) = dp.as_mut() {
+        // A larger reserve grows the maps now; a smaller one gives nothing back (the maps
+        // never shrink while running).
+        if let Some(d) = &new.dataplane {
+            dp.reserve = d.reserve;
+        }
         if let Err(e) = dp.apply(&new, master_vips, health).await {
             // Put back what may have been written.
             let _ = dp.apply(config, master_vips, health).await;

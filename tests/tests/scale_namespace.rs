@@ -373,6 +373,42 @@ fn a_reload_beyond_the_maps_grows_them_without_dropping_flows() {
         assert_eq!(svc["active_flows"], flows, "{vip}: {svc}");
     }
 
+    // A reload that only raises `[dataplane]`'s reserve grows the maps to it, in place.
+    let reserved = new_config.replacen(
+        "max_flows = 65536\n",
+        "max_flows = 65536\nmax_services = 5000\n",
+        1,
+    );
+    std::fs::write(&cfg, with_control_socket(&reserved, lab.lb().dir())).unwrap();
+    let out = std::process::Command::new(daemon_bin().unwrap())
+        .args(["reload", "--socket"])
+        .arg(lab.lb().dir().join("ctl.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reload of the reserve refused: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    wait_until(
+        "the maps grown to the reserve",
+        Duration::from_secs(10),
+        || {
+            log()
+                .lines()
+                .filter(|l| l.contains("XDP maps grown"))
+                .any(|l| number_after(l, "to=") == Some(5000))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", log()));
+    let after = sum(&conns.iter_mut().map(LongLived::round).collect::<Vec<_>>());
+    assert_eq!(
+        after.ok,
+        12 + 6,
+        "connections after the second growth: {after:?}"
+    );
+
     eprintln!(
         "lab up {lab_up:.2?}; daemon with {INITIAL} services up in {start_took:.2?}; reload to {} \
          services {reload_took:.2?} (growth {} ms: {grown}); {} rounds on {} connections during it: \
