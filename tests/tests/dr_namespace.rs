@@ -363,13 +363,57 @@ fn a_check_outage_resets_no_established_connection() {
 /// (and a new scheduler), the same connection sends another and gets the same server.
 #[test]
 fn reload_keeps_an_open_connection() {
-    if !require_lab("reload_keeps_an_open_connection") {
+    open_connection_across_a_reload("reload_keeps_an_open_connection", "skb", false, 0);
+}
+
+/// A reload that needs more room than the maps have grows them (a second program instance
+/// over larger maps, sharing the flow table, swapped in one step): in native mode, where
+/// the program is the device-bound `lb_native`, and under `keep_xdp_on_exit`, where the
+/// interface holds the program (a netlink replace, not a bpf_link update). The open
+/// connection stays on its server.
+#[test]
+fn a_reload_that_grows_the_maps_keeps_an_open_connection_native() {
+    open_connection_across_a_reload(
+        "a_reload_that_grows_the_maps_keeps_an_open_connection_native",
+        "native",
+        false,
+        100,
+    );
+}
+
+#[test]
+fn a_reload_that_grows_the_maps_keeps_an_open_connection_keep_xdp_on_exit() {
+    open_connection_across_a_reload(
+        "a_reload_that_grows_the_maps_keeps_an_open_connection_keep_xdp_on_exit",
+        "skb",
+        true,
+        100,
+    );
+}
+
+/// An open connection through the VIP, a reload that drains its server (and adds `extra`
+/// services beyond the 64 the maps start with: they grow), the connection's next request:
+/// it must reach the same server.
+fn open_connection_across_a_reload(test: &str, mode: &str, keep: bool, extra: u16) {
+    if !require_lab(test) {
         return;
     }
     let lab = DrLab::new(&unique_prefix("dk"), 3).expect("lab");
     lab.add_vip_to_lb().unwrap();
-    let (daemon, cfg) = start_daemon(&lab, &lab_config(&lab, "skb", "rr", &[1, 1, 1]), "skb")
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let _native_peer = (mode == "native").then(|| prepare_native(&lab).unwrap());
+    let config = |algo: &str, weights: &[u32]| {
+        let mut c = lab_config(&lab, mode, algo, weights);
+        if keep {
+            c = c.replacen(
+                "max_flows = 65536\n",
+                "max_flows = 65536\nkeep_xdp_on_exit = true\n",
+                1,
+            );
+        }
+        c
+    };
+    let (daemon, cfg) =
+        start_daemon(&lab, &config("rr", &[1, 1, 1]), mode).unwrap_or_else(|e| panic!("{e:#}"));
     let flag = lab.client().dir().join("go");
     let script = format!(
         r#"
@@ -410,7 +454,25 @@ print(get(), flush=True)
     let mut weights = [5, 1, 3];
     let serving: usize = first.trim_start_matches("rs").parse().expect("rsN");
     weights[serving - 1] = 0;
-    reload(&daemon, &cfg, &lab_config(&lab, "skb", "wrr", &weights)).unwrap();
+    let mut next = config("wrr", &weights);
+    for port in 1000..1000 + extra {
+        next += &format!(
+            "\n[[virtual_server]]\nip = \"192.0.2.100\"\nport = {port}\nprotocol = \"TCP\"\n\
+             lb_algo = \"rr\"\nlb_kind = \"DR\"\nstatic = true\n\
+             [[virtual_server.real_server]]\nip = \"192.0.2.11\"\nport = {port}\n"
+        );
+    }
+    reload(&daemon, &cfg, &next).unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let log = daemon.read_stderr();
+    assert_eq!(
+        log.matches("XDP maps grown").count(),
+        usize::from(extra > 0),
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+    if let Some(line) = log.lines().find(|l| l.contains("XDP program attached")) {
+        eprintln!("{test}: {line}");
+    }
     std::fs::write(&flag, "").unwrap();
     let status = client
         .wait_timeout(Duration::from_secs(10))
