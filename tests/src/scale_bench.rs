@@ -94,7 +94,7 @@
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -475,22 +475,6 @@ fn held_program(pid: u32) -> Result<Option<u32>> {
         .max())
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 /// Elements `first..first + len` of the array map `map` (values of type `V`), with
 /// BPF_MAP_LOOKUP_BATCH: one system call for a whole ring rather than one per slot (a Maglev
 /// table has 65,537).
@@ -503,43 +487,34 @@ fn read_array<V: Copy + Default>(
     out.clear();
     out.resize(len as usize, V::default());
     let mut keys = vec![0u32; len as usize];
-    // The batch token of an array is the last key read: the next call starts after it.
-    let mut token = first.wrapping_sub(1);
+    // The batch position of an array is the last key read: the next call starts after it.
+    let mut token = u64::from(first.wrapping_sub(1));
     let mut done = 0usize;
     while done < len as usize {
-        let mut attr = BatchAttr {
-            in_batch: if done == 0 && first == 0 {
-                0
-            } else {
-                &token as *const u32 as u64
-            },
-            out_batch: &mut token as *mut u32 as u64,
-            keys: keys[done..].as_mut_ptr() as u64,
-            values: out[done..].as_mut_ptr() as u64,
-            count: len - done as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: bpf(2) with buffers of `count` keys and values that outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
+        let position = std::ptr::addr_of_mut!(token).cast::<u8>();
+        // SAFETY: buffers of `len - done` keys and values (`V` is the map's value type; a
+        // batch read packs values at their own size) that outlive the call, and an 8-byte
+        // position (an array's takes 4, little-endian here).
+        let (got, err) = unsafe {
+            lb_daemon::dataplane::flows::lookup_batch(
+                map.fd().as_fd(),
+                (done > 0 || first > 0).then_some(position.cast_const()),
+                position,
+                keys[done..].as_mut_ptr().cast(),
+                out[done..].as_mut_ptr().cast(),
+                len - done as u32,
             )
         };
-        let err = std::io::Error::last_os_error();
-        // ENOENT: the end of the array, with what was read before it in `count`.
-        if rc < 0 && err.raw_os_error() != Some(libc::ENOENT) {
-            return Err(err).context("BPF_MAP_LOOKUP_BATCH");
+        // ENOENT: the end of the array, with what was read before it.
+        if let Some(e) = err.filter(|e| e.raw_os_error() != Some(libc::ENOENT)) {
+            return Err(e).context("BPF_MAP_LOOKUP_BATCH");
         }
         ensure!(
-            attr.count > 0,
+            got > 0,
             "elements {first}..{} are beyond the end of the map",
             first + len
         );
-        done += attr.count as usize;
+        done += got;
     }
     Ok(())
 }

@@ -339,6 +339,48 @@ unsafe fn update_elem(
     (rc < 0).then(io::Error::last_os_error)
 }
 
+/// One `BPF_MAP_LOOKUP_BATCH` call (aya 0.14 has none): up to `count` entries of map `fd`
+/// into `keys` and `values`, going on after position `in_batch` (none: from the start); the
+/// position reached is written to `out_batch`. Returns how many entries it read, and the
+/// kernel's error: ENOENT is the end of the map, with the entries before it read; ENOSPC,
+/// a hash bucket holding more than `count`. The one raw batch read of the daemon: the flow
+/// tables' walks, the counters of status and metrics, and the scale benchmark use it.
+///
+/// # Safety
+/// `keys` and `values` have room for `count` keys and values of the map's sizes (a per-CPU
+/// map's value: one per possible CPU, each rounded up to 8 bytes); `in_batch` and
+/// `out_batch` point at 8 bytes (a hash map's or an array's position takes 4).
+pub unsafe fn lookup_batch(
+    fd: BorrowedFd<'_>,
+    in_batch: Option<*const u8>,
+    out_batch: *mut u8,
+    keys: *mut u8,
+    values: *mut u8,
+    count: u32,
+) -> (usize, Option<io::Error>) {
+    let mut attr = BatchAttr {
+        in_batch: in_batch.map_or(0, |p| p as u64),
+        out_batch: out_batch as u64,
+        keys: keys as u64,
+        values: values as u64,
+        count,
+        map_fd: fd.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for this command, its pointers the caller's
+    // promise.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    let err = (rc < 0).then(io::Error::last_os_error);
+    ((attr.count as usize).min(count as usize), err)
+}
+
 /// `BPF_MAP_UPDATE_BATCH` of `n` entries; returns how many the kernel wrote, and its error.
 ///
 /// # Safety
@@ -413,32 +455,20 @@ impl<K: Copy + Default> Cursor<K> {
             }
             let token_in = self.token;
             let mut token_out = 0u64;
-            let mut attr = BatchAttr {
-                in_batch: if self.started {
-                    &token_in as *const u64 as u64
-                } else {
-                    0
-                },
-                out_batch: &mut token_out as *mut u64 as u64,
-                keys: self.keys.as_mut_ptr() as u64,
-                values: self.values.as_mut_ptr() as u64,
-                count: self.batch as u32,
-                map_fd: fd.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: `attr` is a valid bpf_attr prefix for this command; keys and values
-            // have room for `count` entries of the map's key and value sizes (`K` is the
-            // table's key type, FlowValue its value type), and the tokens are 8 bytes, more
-            // than the 4 a hash map's position takes.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
+            // SAFETY: keys and values have room for `batch` entries of the map's key and
+            // value sizes (`K` is the table's key type, FlowValue its value type), and the
+            // tokens are 8 bytes.
+            let (got, err) = unsafe {
+                lookup_batch(
+                    fd,
+                    self.started
+                        .then_some(std::ptr::addr_of!(token_in).cast::<u8>()),
+                    std::ptr::addr_of_mut!(token_out).cast::<u8>(),
+                    self.keys.as_mut_ptr().cast(),
+                    self.values.as_mut_ptr().cast(),
+                    self.batch as u32,
                 )
             };
-            let err = (rc < 0).then(io::Error::last_os_error);
             match err.as_ref().and_then(io::Error::raw_os_error) {
                 // One bucket holds more entries than fit: ask again with more room.
                 Some(libc::ENOSPC) if self.batch < MAX_BATCH => {
@@ -455,7 +485,6 @@ impl<K: Copy + Default> Cursor<K> {
                     })
                 }
             }
-            let got = (attr.count as usize).min(self.batch);
             // ENOENT: the walk reached the end (with the last entries in this answer).
             self.done = err.is_some();
             self.token = token_out;

@@ -11,7 +11,6 @@ use aya::{
     sys::SyscallError,
     Pod,
 };
-use aya_obj::generated::{bpf_attr, bpf_cmd};
 use lb_common::{
     names, reason, BackendValue, Clock, ReasonCounters, ServiceKey4, ServiceKey6, ServiceRef,
     ServiceValue, TrafficCounters, FAMILY_V4,
@@ -465,41 +464,39 @@ fn per_cpu_sums<V: Pod + Default>(
     };
     let n = n.min(map.len()) as usize;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| batch_error(e))?;
-    let fd = IterableMap::map(map).fd().as_fd().as_raw_fd();
+    let fd = IterableMap::map(map).fd().as_fd();
     let mut keys = vec![0u32; COUNTER_BATCH.min(n)];
     let mut values = vec![V::default(); keys.len() * cpus];
     let mut out = Vec::with_capacity(n);
-    let mut last = 0u32;
+    let mut last = 0u64;
     while out.len() < n {
         let want = (n - out.len()).min(COUNTER_BATCH);
-        // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: writing plain integers into the batch member of a zeroed union. The
-        // pointers are to buffers of `want` keys and `want` x `cpus` values, and to `last`
-        // (a key: the position to go on after), all alive across the call.
-        let b = unsafe { &mut attr.batch };
         // The kernel reads where to go on from before it writes where it stopped.
-        let position = std::ptr::addr_of_mut!(last) as u64;
-        b.in_batch = if out.is_empty() { 0 } else { position };
-        b.out_batch = position;
-        b.keys = keys.as_mut_ptr() as u64;
-        b.values = values.as_mut_ptr() as u64;
-        b.count = want as u32;
-        b.map_fd = fd as u32;
-        let r = super::devbound::bpf_ok(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // SAFETY: the kernel wrote how many it read back into the same member.
-        let got = (unsafe { attr.batch.count } as usize).min(want);
+        let position = std::ptr::addr_of_mut!(last).cast::<u8>();
+        // SAFETY: buffers of `want` keys and `want` x `cpus` values (V is 8-byte sized, see
+        // above), and `last`, a u64 (an array's position takes 4 bytes), all alive across
+        // the call.
+        let (got, err) = unsafe {
+            super::flows::lookup_batch(
+                fd,
+                (!out.is_empty()).then_some(position.cast_const()),
+                position,
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                want as u32,
+            )
+        };
         for per_cpu in values[..got * cpus].chunks_exact(cpus) {
             let mut sum = V::default();
             per_cpu.iter().for_each(|c| add(&mut sum, c));
             out.push(sum);
         }
-        match r {
-            Ok(()) if got > 0 => {}
+        match err {
+            None if got > 0 => {}
             // ENOENT: past the array's last element.
-            Ok(()) => break,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(batch_error(e)),
+            None => break,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Some(e) => return Err(batch_error(e)),
         }
     }
     Ok(out)
