@@ -229,8 +229,11 @@ pub struct Clock {
     /// Seconds of CLOCK_MONOTONIC, written by the daemon every second: flow idle times and
     /// persistence are measured on it.
     pub now: u32,
-    /// Bumped by the daemon after every write to `SERVICE_INFO` or `BACKENDS`. A flow-cache
-    /// slot filled under the current epoch saw the service and backend as they still are.
+    /// Bumped by the daemon at the end of every update that wrote `SERVICE_INFO` or
+    /// `BACKENDS` (once an update, not once a write: a start writes 100,000 backends). A
+    /// flow-cache slot filled under the current epoch saw the service and backend as the
+    /// last update left them; while an update is being written, a cached flow may still go
+    /// by the state before it, as a packet racing any one write would.
     pub epoch: u32,
 }
 const _: () = assert!(core::mem::size_of::<Clock>() == 8);
