@@ -281,15 +281,9 @@ impl ProgFd {
 
     /// The XDP program attached to `ifname` in `ns` (`ip -j link`).
     pub fn attached_to(ns: &Netns, ifname: &str) -> Result<Self> {
-        let out = ns.ip(&["-j", "link", "show", "dev", ifname])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("ip -j link: {out}"))?;
-        let xdp = &v[0]["xdp"];
-        let id = xdp["prog"]["id"]
-            .as_u64()
-            .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
-            .with_context(|| format!("no XDP program on {ifname} in {}: {out}", ns.name()))?;
-        Self::by_id(id as u32)
+        let id = crate::xdp::attached_prog_id(ns, ifname)?
+            .with_context(|| format!("no XDP program on {ifname} in {}", ns.name()))?;
+        Self::by_id(id)
     }
 
     /// One run of `frame`; returns the verdict and the frame as the program left it.

@@ -104,8 +104,9 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
 use lb_common::{
     addr_v4, names, BackendValue, ServiceKey4, ServiceRef, ServiceValue, BACKEND_F_PRESENT,
-    PROTO_TCP, SCHED_MH, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_F_ACTIVE,
+    DEFAULT_MH_TABLE_SIZE, PROTO_TCP, SCHED_MH, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_F_ACTIVE,
 };
+use lb_daemon::dataplane::{plan::WRR_MAX_RING, ring};
 
 use crate::{
     daemon_bench::log_time_us,
@@ -132,10 +133,6 @@ const PORTS_PER_VIP: usize = 100;
 const FIRST_PORT: u16 = 1000;
 /// One service in this many is `mh`.
 const MH_EVERY: usize = 100;
-/// The Maglev table size a service gets when it does not ask for one.
-const MAGLEV_M: u32 = 65537;
-/// IPVS's source-hash table: `IP_VS_SH_TAB_SIZE`.
-const SH_BUCKETS: u32 = 256;
 /// The reload target's first real server goes from weight 1 to this.
 const CHANGED_WEIGHT: u32 = 3;
 const RELOAD_REPS: usize = 10;
@@ -202,14 +199,6 @@ struct Service {
     servers: Vec<(Ipv4Addr, u32)>,
 }
 
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
 impl Service {
     /// The `ring_len` the service ends with once every real server has a MAC: rr takes each
     /// server once, wrr one IPVS cycle (`sum(w) / gcd(w)`, see `dataplane::ring::wrr`), sh
@@ -222,11 +211,11 @@ impl Service {
         match self.sched {
             Sched::Rr => weights.count() as u32,
             Sched::Wrr => {
-                let g = weights.clone().fold(0, gcd);
-                weights.map(|w| w / g).sum()
+                let w: Vec<u32> = weights.collect();
+                ring::wrr(&w, WRR_MAX_RING).map_or(0, |r| r.len() as u32)
             }
-            Sched::Sh => SH_BUCKETS,
-            Sched::Mh => MAGLEV_M,
+            Sched::Sh => ring::SH_TAB_SIZE as u32,
+            Sched::Mh => DEFAULT_MH_TABLE_SIZE,
         }
     }
 
@@ -440,39 +429,15 @@ impl ScaleLab {
 // The daemon's maps, by id
 // -------------------------------------------------------------------------------------------
 
-/// The id of the XDP program attached to `eth0` in `ns`, if any.
-fn attached_prog_id(ns: &Netns) -> Result<Option<u32>> {
-    let out = ns.ip(&["-j", "link", "show", "dev", "eth0"])?;
-    let v: serde_json::Value =
-        serde_json::from_str(&out).with_context(|| format!("ip -j link: {out}"))?;
-    let xdp = &v[0]["xdp"];
-    Ok(xdp["prog"]["id"]
-        .as_u64()
-        .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
-        .map(|id| id as u32))
-}
-
-/// The newest program named [`names::PROGRAM`] that process `pid` holds a descriptor of
-/// (`prog_id:` in its fdinfo): found before it is attached, without running a process.
-fn held_program(pid: u32) -> Result<Option<u32>> {
-    let mut ids = Vec::new();
-    let dir = format!("/proc/{pid}/fdinfo");
-    for e in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
-        let text = std::fs::read_to_string(e?.path()).unwrap_or_default();
-        ids.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
-    }
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    Ok(aya::programs::loaded_programs()
+/// The newest program named [`names::PROGRAM`] that process `pid` holds a descriptor of:
+/// found before it is attached.
+fn held_program(pid: u32) -> Option<u32> {
+    let ids = crate::xdp::held_ids(pid, "prog_id:");
+    aya::programs::loaded_programs()
         .flatten()
         .filter(|p| ids.contains(&p.id()) && p.name_as_str() == Some(names::PROGRAM))
         .map(|p| p.id())
-        .max())
+        .max()
 }
 
 /// Elements `first..first + len` of the array map `map` (values of type `V`), with
@@ -816,7 +781,7 @@ fn start(lab: &ScaleLab, plan: &Plan) -> Result<Running> {
             );
         }
         let Some(m) = maps.as_ref() else {
-            match held_program(daemon.pid())? {
+            match held_program(daemon.pid()) {
                 Some(id) => maps = Some(Maps::open(id)?),
                 None => std::thread::sleep(MAPS_POLL),
             }
@@ -831,7 +796,7 @@ fn start(lab: &ScaleLab, plan: &Plan) -> Result<Running> {
         }
         let (elapsed, at) = (t0.elapsed().as_secs_f64(), now_us());
         // Served only once attached: a daemon may fill the maps first.
-        match attached_prog_id(&lab.lb)? {
+        match crate::xdp::attached_prog_id(&lab.lb, "eth0")? {
             Some(id) if id == m.prog_id => {}
             Some(id) => {
                 progress(&format!(
@@ -1047,7 +1012,7 @@ fn reload_entry(lab: &ScaleLab, plan: &Plan, run: &Running) -> Result<Entry> {
                     return Err(exited(daemon));
                 }
                 if t0.elapsed() > RELOAD_TIMEOUT {
-                    let now = attached_prog_id(&lab.lb)?;
+                    let now = crate::xdp::attached_prog_id(&lab.lb, "eth0")?;
                     bail!(
                         "{name}: ring_len still {} after {RELOAD_TIMEOUT:?} (program attached: \
                          {now:?}, read: {})",

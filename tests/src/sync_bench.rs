@@ -63,31 +63,9 @@ pub fn soak_seconds(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Kernel object ids a process holds descriptors of (`prog_id:` or `map_id:` in fdinfo).
-fn held_ids(pid: u32, field: &str) -> Vec<u32> {
-    let mut ids = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in dir.flatten() {
-        if let Ok(text) = std::fs::read_to_string(e.path()) {
-            for l in text.lines() {
-                if let Some(v) = l.strip_prefix(field) {
-                    if let Ok(id) = v.trim().parse() {
-                        ids.push(id);
-                    }
-                }
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// The map `name` that process `pid` holds.
 fn map_of(pid: u32, name: &str) -> Result<MapData> {
-    for id in held_ids(pid, "map_id:") {
+    for id in crate::xdp::held_ids(pid, "map_id:") {
         if let Ok(info) = aya::maps::MapInfo::from_id(id) {
             if info.name_as_str() == Some(name) {
                 return Ok(MapData::from_id(id)?);
@@ -99,7 +77,7 @@ fn map_of(pid: u32, name: &str) -> Result<MapData> {
 
 /// The load balancer program process `pid` holds, as a descriptor to run it with.
 fn program_of(pid: u32) -> Result<aya::programs::ProgramFd> {
-    let ids = held_ids(pid, "prog_id:");
+    let ids = crate::xdp::held_ids(pid, "prog_id:");
     for p in aya::programs::loaded_programs().flatten() {
         if ids.contains(&p.id()) && p.name_as_str() == Some(names::PROGRAM) {
             return Ok(p.fd()?);

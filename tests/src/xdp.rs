@@ -188,3 +188,40 @@ pub fn pin_to_last_cpu() -> Result<usize> {
         Ok(cpu)
     }
 }
+
+/// The id of the XDP program attached to `ifname` in `ns` (`ip -j link`), if any: how the
+/// benchmarks find the running daemon's program.
+pub fn attached_prog_id(ns: &crate::netns::Netns, ifname: &str) -> Result<Option<u32>> {
+    let out = ns.ip(&["-j", "link", "show", "dev", ifname])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("ip -j link: {out}"))?;
+    let xdp = &v[0]["xdp"];
+    Ok(xdp["prog"]["id"]
+        .as_u64()
+        .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+        .map(|id| id as u32))
+}
+
+/// Kernel object ids process `pid` holds descriptors of (`prog_id:` or `map_id:` in its
+/// fdinfo), sorted: a program or a map found before it is attached, without running a
+/// process.
+pub fn held_ids(pid: u32, field: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            for l in text.lines() {
+                if let Some(v) = l.strip_prefix(field) {
+                    if let Ok(id) = v.trim().parse() {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
