@@ -655,7 +655,20 @@ pub fn config(data: &[u8]) {
         return;
     };
     let file = Path::new("fuzz.toml");
-    match Config::parse(file, text) {
+    // Read by service blocks (the daemon's way), it is what the whole file says: the same
+    // configuration or the same error; read again from the cache, the same once more.
+    let mut cache = lb_daemon::config::split::Cache::default();
+    let cut = Config::parse_cached(file, text, &mut cache);
+    match (&cut, Config::parse_whole(file, text)) {
+        (Ok(c), Ok(w)) => {
+            assert_eq!(c, &w, "the blocks and the whole file disagree");
+            let again = Config::parse_cached(file, text, &mut cache).expect("a cached read failed");
+            assert_eq!(c, &again, "a cached read differs");
+        }
+        (Err(c), Err(w)) => assert_eq!(c.to_string(), w.to_string()),
+        (c, w) => panic!("the blocks say {c:?}, the whole file {w:?}"),
+    }
+    match cut {
         Ok(c) => plan(&c),
         Err(e) => {
             let shown = e.to_string();

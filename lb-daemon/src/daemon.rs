@@ -4,6 +4,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -128,6 +129,20 @@ fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
         .collect()
 }
 
+/// A service's dataplane view and quorum, and the configuration they were computed from.
+#[derive(Clone)]
+struct DerivedService {
+    vs: Arc<crate::config::VirtualServer>,
+    quorum: bool,
+    spec: crate::dataplane::ServiceSpec,
+}
+
+type Derived = HashMap<health::ServiceKey, DerivedService, foldhash::fast::RandomState>;
+
+/// A real server's verdict (up, dynamic weight) by its checks; `None`: none yet.
+type HealthOf<'a> = dyn Fn(&crate::config::VirtualServer, &crate::config::RealServer) -> Option<(bool, Option<u32>)>
+    + 'a;
+
 /// Each real server's health, as the checkers last reported it.
 type Health = HashMap<(health::ServiceKey, std::net::SocketAddr), health::BackendHealth>;
 
@@ -145,7 +160,7 @@ struct Dp {
     /// `[dataplane]`'s reserve: the least room the maps keep.
     reserve: crate::dataplane::plan::Limits,
     /// The connection tables, read for the flows per backend (and shared with sync).
-    flows: std::sync::Arc<FlowTables>,
+    flows: Arc<FlowTables>,
     /// Connection sync with the peer (`[sync]`).
     sync: Option<crate::sync::SyncHandle>,
     /// The last count of flows per backend id, and when it was taken: a walk of a big
@@ -153,8 +168,19 @@ struct Dp {
     flow_counts: Option<(Instant, HashMap<u32, u64>)>,
     ifindex: u32,
     macs: HashMap<IpAddr, [u8; 6]>,
-    /// Whether each service has its quorum (keepalived's `quorum`, with hysteresis).
-    quorum: HashMap<health::ServiceKey, bool>,
+    /// Each service's dataplane view and quorum (keepalived's `quorum`, with hysteresis),
+    /// as last applied, with the configuration it came from: an apply computes again only
+    /// the services whose configuration is another one (a reload's changes) or that are
+    /// stale. At 10,000 services, computing all of them took tens of milliseconds.
+    derived: Derived,
+    /// Every service is to be computed again (see [`Dp::all_stale`]).
+    all_stale: bool,
+    /// These services are to be computed again (see [`Dp::stale`]).
+    stale: HashSet<health::ServiceKey>,
+    /// A quorum changed, or MACs did, since [`Dp::quorum_events`] last looked.
+    quorum_moved: bool,
+    /// Whether the settling time of the first verdicts had passed when it last looked.
+    was_settled: bool,
     /// The services whose quorum the log said was lost (and not yet regained).
     quorum_said_lost: HashSet<health::ServiceKey>,
     /// What `track_virtual_server` has been told, by service name.
@@ -217,7 +243,7 @@ impl Dp {
         let fds = program::MapFds::of(&ebpf)?;
         spawn_bpf_logger(&mut ebpf);
         let mut maps = BpfMaps::new(&mut ebpf)?;
-        let flows = std::sync::Arc::new(FlowTables::take(&mut ebpf)?);
+        let flows = Arc::new(FlowTables::take(&mut ebpf)?);
         let sync = match (&config.sync, sync_key) {
             (Some(s), Some(key)) => {
                 let parts = crate::sync::ProgramParts::take(&mut ebpf, flows.clone())?;
@@ -261,7 +287,11 @@ impl Dp {
                 ifindex,
                 macs: HashMap::new(),
                 unresolved: HashMap::new(),
-                quorum: HashMap::new(),
+                derived: Derived::default(),
+                all_stale: true,
+                stale: HashSet::new(),
+                quorum_moved: false,
+                was_settled: false,
                 quorum_said_lost: HashSet::new(),
                 quorum_reported: HashMap::new(),
                 started: Instant::now(),
@@ -366,48 +396,48 @@ impl Dp {
                 .get(&((vs.vip, vs.port, vs.proto), rs.addr))
                 .map(|h| (h.up, h.weight))
         };
-        // The healthy weight of each service: real servers that pass their checks and can
-        // be sent to.
-        let mut quorum = HashMap::new();
+        let all_stale = std::mem::take(&mut self.all_stale);
+        let stale = std::mem::take(&mut self.stale);
+        let mut specs = Vec::with_capacity(config.virtual_servers.len());
+        // Which specs are the ones last applied (see `Dataplane::update_known`).
+        let mut same = Vec::with_capacity(config.virtual_servers.len());
+        // The services computed again, taken in once the maps have them.
+        let mut fresh = Vec::new();
+        let mut quorum_moved = false;
         for vs in &config.virtual_servers {
             let key = (vs.vip, vs.port, vs.proto);
-            let healthy: u32 = vs
-                .real_servers
-                .iter()
-                .filter(|rs| self.macs.contains_key(&rs.addr.ip()))
-                .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
-                .sum();
-            let had = self.quorum.get(&key).copied();
-            let has = vs.quorum_next(had.unwrap_or(true), healthy);
-            // The first verdict (at start, before MACs resolve) is not news, nor is a pool
-            // coming up as its MACs resolve: only a quorum said lost is said regained.
-            if had.is_some_and(|had| had != has) {
-                let news = if has {
-                    self.quorum_said_lost.remove(&key)
-                } else {
-                    self.quorum_said_lost.insert(key)
-                };
-                if news {
-                    let what = if has { "regained" } else { "lost" };
-                    info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
+            let kept = self
+                .derived
+                .get(&key)
+                .filter(|d| !all_stale && Arc::ptr_eq(&d.vs, vs) && !stale.contains(&key));
+            same.push(kept.is_some());
+            match kept {
+                Some(d) => specs.push(d.spec.clone()),
+                None => {
+                    let d = self.derive(vs, master_vips, &health_of);
+                    quorum_moved |= self.derived.get(&key).map(|old| old.quorum) != Some(d.quorum);
+                    specs.push(d.spec.clone());
+                    fresh.push((key, d));
                 }
             }
-            quorum.insert(key, has);
         }
-        let specs = config.service_specs(
-            |ip| self.macs.get(&ip).copied(),
-            master_vips,
-            health_of,
-            |vs| {
-                quorum
-                    .get(&(vs.vip, vs.port, vs.proto))
-                    .copied()
-                    .unwrap_or(true)
-            },
-        );
-        let result = self.dp.update(&specs);
+        let result = self.dp.update_known(&specs, &same);
         if result.is_ok() {
-            self.quorum = quorum;
+            self.derived.extend(fresh);
+            if self.derived.len() > config.virtual_servers.len() {
+                // Services were removed.
+                let now: HashSet<health::ServiceKey> = config
+                    .virtual_servers
+                    .iter()
+                    .map(|vs| (vs.vip, vs.port, vs.proto))
+                    .collect();
+                self.derived.retain(|k, _| now.contains(k));
+                quorum_moved = true;
+            }
+            self.quorum_moved |= quorum_moved;
+        } else {
+            // Nothing was taken in: all of it is computed again next time.
+            self.all_stale = true;
         }
         if let Some(s) = &self.sync {
             // Sync names flows by the ids the maps hold now.
@@ -416,13 +446,77 @@ impl Dp {
         result
     }
 
+    /// A service's dataplane view (see [`Config::service_specs`]) and its quorum, logging a
+    /// quorum lost or regained.
+    fn derive(
+        &mut self,
+        vs: &Arc<crate::config::VirtualServer>,
+        master_vips: &HashSet<IpAddr>,
+        health_of: &HealthOf,
+    ) -> DerivedService {
+        let key = (vs.vip, vs.port, vs.proto);
+        // The healthy weight: real servers that pass their checks and can be sent to.
+        let healthy: u32 = vs
+            .real_servers
+            .iter()
+            .filter(|rs| self.macs.contains_key(&rs.addr.ip()))
+            .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
+            .sum();
+        let had = self.derived.get(&key).map(|d| d.quorum);
+        let has = vs.quorum_next(had.unwrap_or(true), healthy);
+        // The first verdict (at start, before MACs resolve) is not news, nor is a pool
+        // coming up as its MACs resolve: only a quorum said lost is said regained.
+        if had.is_some_and(|had| had != has) {
+            let news = if has {
+                self.quorum_said_lost.remove(&key)
+            } else {
+                self.quorum_said_lost.insert(key)
+            };
+            if news {
+                let what = if has { "regained" } else { "lost" };
+                info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
+            }
+        }
+        let spec = crate::config::service_spec(
+            vs,
+            |ip| self.macs.get(&ip).copied(),
+            master_vips,
+            health_of,
+            has,
+        );
+        DerivedService {
+            vs: vs.clone(),
+            quorum: has,
+            spec,
+        }
+    }
+
+    /// Every service is computed again at the next apply (VIPs changed hands, MACs moved).
+    fn all_stale(&mut self) {
+        self.all_stale = true;
+        // Whether a service's MACs are all known decides when its quorum is first told.
+        self.quorum_moved = true;
+    }
+
+    /// These services are computed again at the next apply (their health changed).
+    fn stale(&mut self, services: impl IntoIterator<Item = health::ServiceKey>) {
+        self.stale.extend(services);
+    }
+
     /// The quorum changes `track_virtual_server` has not heard of yet (see
     /// [`quorum_changes`]).
     fn quorum_events(&mut self, config: &Config) -> Vec<TrackEvent> {
         let settled = self.started.elapsed() >= QUORUM_SETTLE;
+        // A walk of every service after every event cost milliseconds at 10,000 of them:
+        // only a quorum that moved, a MAC learned or the end of the settling time can
+        // change what is reported.
+        if !std::mem::take(&mut self.quorum_moved) && settled == self.was_settled {
+            return Vec::new();
+        }
+        self.was_settled = settled;
         let (events, reported) = quorum_changes(
             config,
-            &self.quorum,
+            |key| self.derived.get(key).map(|d| d.quorum),
             |ip| self.macs.contains_key(&ip),
             &self.quorum_reported,
             settled,
@@ -432,16 +526,20 @@ impl Dp {
     }
 
     /// What the services' quorums are, as [`Tracking::seed`] takes it.
-    fn quorum_status(&self) -> HashMap<TrackKey, track::Status> {
-        self.quorum_reported
+    /// Only the services `config`'s instances track: the others are not looked up.
+    fn quorum_status(&self, config: &Config) -> HashMap<TrackKey, track::Status> {
+        config
+            .vrrp_instances
             .iter()
-            .map(|(name, &has)| {
+            .flat_map(|i| &i.track_virtual_server)
+            .filter_map(|t| {
+                let has = *self.quorum_reported.get(&t.name)?;
                 let status = if has {
                     track::Status::Up
                 } else {
                     track::Status::Down
                 };
-                (TrackKey::Service(name.clone()), status)
+                Some((TrackKey::Service(t.name.clone()), status))
             })
             .collect()
     }
@@ -453,7 +551,7 @@ impl Dp {
 /// healthy pool looks empty and would fault its instance at every start.
 fn quorum_changes(
     config: &Config,
-    quorum: &HashMap<health::ServiceKey, bool>,
+    quorum: impl Fn(&health::ServiceKey) -> Option<bool>,
     has_mac: impl Fn(IpAddr) -> bool,
     before: &HashMap<String, bool>,
     settled: bool,
@@ -462,7 +560,7 @@ fn quorum_changes(
     let mut reported = HashMap::new();
     for vs in &config.virtual_servers {
         let name = vs.name();
-        let Some(&has) = quorum.get(&(vs.vip, vs.port, vs.proto)) else {
+        let Some(has) = quorum(&(vs.vip, vs.port, vs.proto)) else {
             continue;
         };
         let was = before.get(&name).copied();
@@ -600,7 +698,9 @@ async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Result<Vec<Unit
 }
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
-    let mut config = Config::load(&config_path)?;
+    // What the last read parsed, by service block: a reload parses only what changed.
+    let mut parsed = crate::config::split::Cache::default();
+    let mut config = Config::load_cached(&config_path, &mut parsed)?;
     config.check_scripts()?;
     let (mut dp, mut mac_rx) = match &config.dataplane {
         Some(d) => {
@@ -642,7 +742,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let ctl = control::Server::bind(&config.global_defs.control_socket_path()).await?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(control::CALL_QUEUE_LEN);
     tokio::spawn(ctl.serve(ctl_tx));
-    let (snap_tx, snap_rx) = watch::channel(std::sync::Arc::default());
+    let (snap_tx, snap_rx) = watch::channel(Arc::default());
     let metrics_on = config.global_defs.metrics_address.is_some();
     let mut metrics_due = Instant::now();
     if let Some(addr) = config
@@ -686,9 +786,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         }
                     }
                 }
+                // A MAC is in every service that has the address.
+                dp.all_stale();
                 if let Err(e) = dp.apply(&config, &master_vips, &health).await {
-                        error!("updating the dataplane: {e:#}");
-                    }
+                    error!("updating the dataplane: {e:#}");
+                }
             }
             Some(ev) = event_rx.recv() => match ev {
                 Event::Role { instance, vips, master, applied } => {
@@ -701,6 +803,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                         }
                     }
                     if let Some(dp) = dp.as_mut() {
+                        dp.all_stale();
                         if let Err(e) = dp.apply(&config, &master_vips, &health).await {
                             error!("updating the dataplane: {e:#}");
                         }
@@ -720,11 +823,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 // Every event waiting is taken with this one: one plan for all of them (a
                 // start with 100,000 real servers reports each once).
                 let mut ev = Some(ev);
+                let mut services = HashSet::new();
                 while let Some(e) = ev.take().or_else(|| health_rx.try_recv().ok()) {
                     info!(vip = %e.service.0, port = e.service.1, backend = %e.backend, up = e.up, weight = ?e.weight, "real server health");
+                    services.insert(e.service);
                 }
-                health = checkers.snapshot();
+                let services: HashSet<_, foldhash::fast::RandomState> = services.into_iter().collect();
+                checkers.refresh(&mut health, health::Scope::Services(&services));
                 if let Some(dp) = dp.as_mut() {
+                    dp.stale(services);
                     if let Err(e) = dp.apply(&config, &master_vips, &health).await {
                         error!("updating the dataplane: {e:#}");
                     }
@@ -754,14 +861,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     // Without per-backend metrics the real servers are left out whole: no
                     // health to copy, no backend counters to read.
                     let per_backend = config.global_defs.metrics_per_backend.unwrap_or(true);
-                    let health = if per_backend { checkers.snapshot() } else { Health::new() };
+                    let health = if per_backend { checkers.in_order(&config) } else { Vec::new() };
                     let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &health, &flows, per_backend);
-                    snap_tx.send_replace(std::sync::Arc::new(metrics::Exposition::new(snap, per_backend)));
+                    snap_tx.send_replace(Arc::new(metrics::Exposition::new(snap, per_backend)));
                     metrics_due = started + started.elapsed() * 50;
                 }
             }
             _ = hup.recv() => {
-                if let Err(e) = reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips).await {
+                if let Err(e) = reload(&config_path, &mut parsed, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips).await {
                     error!("reload refused, keeping the running configuration: {e}");
                 }
             }
@@ -770,11 +877,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                     // The checkers' current view: `health` moves only on up/down changes,
                     // while status also shows whether a check has run, its latency, its error.
                     let flows = dp.as_mut().map(|d| d.active_flows(STATUS_FLOW_COUNT_AGE)).unwrap_or_default();
-                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.snapshot(), &flows, true);
+                    let snap = snapshot(&config, dp.as_ref(), vrrp.as_ref(), &notifier, &checkers.in_order(&config), &flows, true);
                     call.reply(Response::status(snap));
                 }
                 Request::Reload => {
-                    match reload(&config_path, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips).await {
+                    match reload(&config_path, &mut parsed, &mut config, &mut dp, &mut track_tasks, &mut tracking, &mut checkers, &mut health, &master_vips).await {
                         Ok(()) => call.reply(Response::ok()),
                         Err(e) => {
                             error!("reload refused, keeping the running configuration: {e}");
@@ -824,6 +931,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn reload(
     path: &std::path::Path,
+    parsed: &mut crate::config::split::Cache,
     config: &mut Config,
     dp: &mut Option<Dp>,
     track_tasks: &mut TrackTasks,
@@ -833,7 +941,9 @@ async fn reload(
     master_vips: &HashSet<IpAddr>,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let new = Config::load(path).map_err(|e| e.to_string())?;
+    // The cache is a memo of text to service: what it keeps is right whether or not
+    // this reload goes through.
+    let new = Config::load_cached(path, parsed).map_err(|e| e.to_string())?;
     new.check_scripts().map_err(|e| e.to_string())?;
     let parsed = started.elapsed();
     if new.sync != config.sync {
@@ -876,29 +986,56 @@ async fn reload(
         }
         return Err(e.to_string());
     }
+    // The services this reload touches; a change of `global_defs` (the scripts' user,
+    // script security) reaches every check.
+    let changed = config.changed_services(&new);
+    let scope = if new.global_defs == config.global_defs {
+        health::Scope::Services(&changed)
+    } else {
+        health::Scope::All
+    };
+    let addresses_moved = addresses(config, &changed) != addresses(&new, &changed);
+    let health_before = &verdicts(&new, &changed, health);
     // Unchanged checkers keep their state and timers.
-    if let Err(e) = checkers.reload(&new) {
+    if let Err(e) = checkers.reload(&new, scope, health) {
         let _ = track_tasks.reload(config);
         if let Some(dp) = dp.as_mut() {
             let _ = dp.apply(config, master_vips, health).await;
         }
         return Err(e.to_string());
     }
-    *health = checkers.snapshot();
     t.seed(&track_tasks.snapshot());
     if let Some(dp) = dp.as_ref() {
-        t.seed(&dp.quorum_status());
+        t.seed(&dp.quorum_status(&new));
     }
     *tracking = t;
     *config = new;
     if let Some(dp) = dp.as_mut() {
-        let want = wanted(config, dp.ifindex);
-        // The resolver says nothing about addresses it stops watching; a MAC kept for one
-        // could go stale unnoticed if it came back.
-        dp.macs.retain(|ip, _| want.contains_key(ip));
-        let _ = dp.wanted_tx.send(want);
-        if let Err(e) = dp.apply(config, master_vips, health).await {
-            error!("updating the dataplane: {e:#}");
+        // Rebuilt from every service only when some address came or went.
+        if addresses_moved {
+            let want = wanted(config, dp.ifindex);
+            // The resolver says nothing about addresses it stops watching; a MAC kept for
+            // one could go stale unnoticed if it came back.
+            dp.macs.retain(|ip, _| want.contains_key(ip));
+            let _ = dp.wanted_tx.send(want);
+        }
+        // The changed services again, with their checkers' first view, if that differs
+        // from what they were planned with (no verdict yet plans a new real server as its
+        // checker starts it, so it rarely does).
+        let again = match scope {
+            health::Scope::All => {
+                dp.all_stale();
+                true
+            }
+            health::Scope::Services(s) => {
+                dp.stale(s.iter().copied());
+                *health_before != verdicts(config, s, health)
+            }
+        };
+        if again {
+            if let Err(e) = dp.apply(config, master_vips, health).await {
+                error!("updating the dataplane: {e:#}");
+            }
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -912,6 +1049,47 @@ async fn reload(
     Ok(())
 }
 
+/// The addresses (real servers', sorry servers') of `services`, by service.
+fn addresses(
+    config: &Config,
+    services: &HashSet<health::ServiceKey, foldhash::fast::RandomState>,
+) -> Vec<(health::ServiceKey, Vec<IpAddr>)> {
+    let mut all: Vec<_> = config
+        .virtual_servers
+        .iter()
+        .filter(|vs| services.contains(&(vs.vip, vs.port, vs.proto)))
+        .map(|vs| {
+            let sorry = vs.sorry_server.map(|a| a.ip());
+            let ips = vs.real_servers.iter().map(|rs| rs.addr.ip()).chain(sorry);
+            ((vs.vip, vs.port, vs.proto), ips.collect())
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// The weight each real server of `services` serves with by `health`, as the dataplane
+/// plans it ([`crate::config::RealServer::healthy_weight`]).
+fn verdicts(
+    config: &Config,
+    services: &HashSet<health::ServiceKey, foldhash::fast::RandomState>,
+    health: &Health,
+) -> Vec<Option<u32>> {
+    config
+        .virtual_servers
+        .iter()
+        .filter(|vs| services.contains(&(vs.vip, vs.port, vs.proto)))
+        .flat_map(|vs| {
+            vs.real_servers.iter().map(|rs| {
+                let verdict = health
+                    .get(&((vs.vip, vs.port, vs.proto), rs.addr))
+                    .map(|h| (h.up, h.weight));
+                rs.healthy_weight(verdict)
+            })
+        })
+        .collect()
+}
+
 /// What `lb-daemon status` and the metrics show, from the maps, the VRRP thread's stats and
 /// the configuration. Without `per_backend` each service's real servers are left out, and
 /// their counters and health unread (the metrics of `metrics_per_backend = false`).
@@ -920,7 +1098,7 @@ fn snapshot(
     dp: Option<&Dp>,
     vrrp: Option<&runtime::VrrpThread>,
     notifier: &Notifier,
-    health: &Health,
+    health: &[Option<health::BackendHealth>],
     flows: &HashMap<u32, u64>,
     per_backend: bool,
 ) -> Snapshot {
@@ -950,7 +1128,11 @@ fn snapshot(
         }
         let flows_of = |bid: &u32| flows_by_id.get(*bid as usize).copied().unwrap_or(0);
         snap.services.reserve(dp.dp.specs().len());
+        // Where each service's real servers start in `health`.
+        let mut first_rs = 0;
         for (spec, vs) in dp.dp.specs().iter().zip(&config.virtual_servers) {
+            let health = health.get(first_rs..).unwrap_or_default();
+            first_rs += vs.real_servers.len();
             let Some((sid, bids)) = dp.dp.ids_of(spec) else {
                 continue;
             };
@@ -964,11 +1146,11 @@ fn snapshot(
                 .backends
                 .iter()
                 .zip(&bids)
-                .zip(real_servers)
-                .map(|((b, bid), rs)| {
+                .zip(real_servers.iter().enumerate())
+                .map(|((b, bid), (i, rs))| {
                     let bc = counters(&backend_counters, *bid);
                     let active_flows = flows_of(bid);
-                    let h = health.get(&((vs.vip, vs.port, vs.proto), rs.addr));
+                    let h = health.get(i).and_then(Option::as_ref);
                     let verdict = match h {
                         Some(h) if !h.checked() => status::HEALTH_UNKNOWN,
                         Some(h) if h.up => status::HEALTH_UP,
@@ -1103,23 +1285,23 @@ quorum = 2
             key: TrackKey::Service(name.clone()),
             up,
         };
-        let lost = HashMap::from([(key, false)]);
-        let kept = HashMap::from([(key, true)]);
+        let lost = |k: &health::ServiceKey| (*k == key).then_some(false);
+        let kept = |k: &health::ServiceKey| (*k == key).then_some(true);
         let one_mac = |ip: IpAddr| ip.to_string() == "192.0.2.11";
         // At start the pool looks empty while MACs resolve: not reported...
-        let (events, reported) = quorum_changes(&config, &lost, one_mac, &HashMap::new(), false);
+        let (events, reported) = quorum_changes(&config, lost, one_mac, &HashMap::new(), false);
         assert!(events.is_empty() && reported.is_empty());
         // ...until every MAC is known, or the settling time is over.
-        let (events, reported) = quorum_changes(&config, &kept, |_| true, &HashMap::new(), false);
+        let (events, reported) = quorum_changes(&config, kept, |_| true, &HashMap::new(), false);
         assert_eq!(events, [event(true)]);
-        let (events, _) = quorum_changes(&config, &lost, one_mac, &HashMap::new(), true);
+        let (events, _) = quorum_changes(&config, lost, one_mac, &HashMap::new(), true);
         assert_eq!(events, [event(false)]);
         // Once reported, every change is news at once, and only a change.
-        let (events, reported) = quorum_changes(&config, &kept, one_mac, &reported, false);
+        let (events, reported) = quorum_changes(&config, kept, one_mac, &reported, false);
         assert!(events.is_empty());
-        let (events, reported) = quorum_changes(&config, &lost, one_mac, &reported, false);
+        let (events, reported) = quorum_changes(&config, lost, one_mac, &reported, false);
         assert_eq!(events, [event(false)]);
-        let (events, _) = quorum_changes(&config, &kept, one_mac, &reported, false);
+        let (events, _) = quorum_changes(&config, kept, one_mac, &reported, false);
         assert_eq!(events, [event(true)]);
     }
 }

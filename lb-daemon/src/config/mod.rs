@@ -6,12 +6,14 @@ use std::{
     net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Deserialize;
 use toml::Spanned;
 
 pub mod check;
+pub mod split;
 pub mod sync;
 pub mod vrrp;
 
@@ -230,7 +232,9 @@ pub struct Config {
     pub scripts: Vec<ScriptRef>,
     pub vrrp_instances: Vec<VrrpInstance>,
     pub sync_groups: Vec<SyncGroup>,
-    pub virtual_servers: Vec<VirtualServer>,
+    /// Shared with the parse cache ([`split::Cache`]): a reload that leaves a service's
+    /// text alone hands over the same one, which says it is unchanged.
+    pub virtual_servers: Vec<Arc<VirtualServer>>,
     /// Connection sync with the peer LB; absent: none.
     pub sync: Option<SyncConfig>,
 }
@@ -302,6 +306,10 @@ impl RealServer {
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
+    /// Where `text`'s lines are in the file: (a line of `text`, its line in the file),
+    /// 0-based, in order; the lines after one follow it. A service block starts inside the
+    /// file, the rest of a cut file ([`split`]) has holes.
+    line_map: Vec<(usize, usize)>,
     /// Where each line starts: a position's line is a binary search away. Scanning the
     /// text from its start for each position made a file of many scripts quadratic (40k
     /// `vrrp_script` blocks took 44 s to check).
@@ -324,7 +332,14 @@ impl Ctx<'_> {
         // The last line start at or before `offset` (the first is 0, so there is one).
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self.line_starts[line.saturating_sub(1)];
-        (line, offset - start + 1)
+        let at = line.saturating_sub(1);
+        let i = self.line_map.partition_point(|&(from, _)| from <= at);
+        let (from, to) = self
+            .line_map
+            .get(i.wrapping_sub(1))
+            .copied()
+            .unwrap_or((0, 0));
+        (to + (at - from) + 1, offset - start + 1)
     }
 
     /// A script or hook command line: an absolute program (and its arguments), registered
@@ -347,73 +362,191 @@ impl Ctx<'_> {
     }
 
     fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        self.invalid_at(self.line_col(span.start).0, key, message)
+    }
+
+    fn invalid_at(&self, line: usize, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_path_buf(),
-            line: self.line_col(span.start).0,
+            line,
             key: key.to_string(),
             message: message.into(),
         }
     }
 }
 
+/// A checked service and the line of its `ip` key, for the checks across services.
+struct Service {
+    vs: Arc<VirtualServer>,
+    ip_line: usize,
+}
+
+/// A service block's document (see [`split`]): exactly one element.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    virtual_server: Vec<RawVirtualServer>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The context of `text`, whose lines are in `file` where `line_map` says (see
+    /// [`Ctx::line_map`]).
+    fn new(file: &'a Path, text: &'a str, line_map: Vec<(usize, usize)>) -> Self {
+        Ctx {
+            file,
+            text,
+            line_map,
+            line_starts: std::iter::once(0)
+                .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
+                .collect(),
+            scripts: Default::default(),
+        }
+    }
+
+    fn toml<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| self.line_col(s.start));
+            ConfigError::Parse {
+                file: self.file.to_path_buf(),
+                line,
+                column,
+                key: e.span().and_then(|s| key_at(self.text, s.start)),
+                message: e.message().to_string(),
+            }
+        })
+    }
+}
+
 impl Config {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_cached(file, &mut split::Cache::default())
+    }
+
+    /// [`Config::load`], parsing again only the services whose text is not in `cache`
+    /// (what the daemon read last), and leaving in it what this read.
+    pub fn load_cached(file: &Path, cache: &mut split::Cache) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
         })?;
-        Self::parse(file, &text)
+        Self::parse_cached(file, &text, cache)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cx = Ctx {
-            file,
-            text,
-            line_starts: std::iter::once(0)
-                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-                .collect(),
-            scripts: Default::default(),
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((0, 0), |s| cx.line_col(s.start));
-            ConfigError::Parse {
-                file: file.to_path_buf(),
-                line,
-                column,
-                key: e.span().and_then(|s| key_at(text, s.start)),
-                message: e.message().to_string(),
+        Self::parse_cached(file, text, &mut split::Cache::default())
+    }
+
+    /// [`Config::parse`], by service blocks (see [`split`]). Any error, or a file that
+    /// cannot be cut, is left to the whole-file parse, whose errors are the reference; a
+    /// failed parse leaves `cache` as it was.
+    pub fn parse_cached(
+        file: &Path,
+        text: &str,
+        cache: &mut split::Cache,
+    ) -> Result<Self, ConfigError> {
+        match split::split(text).and_then(|s| Self::parse_split(file, &s, cache)) {
+            Some(c) => Ok(c),
+            None => Self::parse_whole(file, text),
+        }
+    }
+
+    /// The whole file as one TOML document: the reference [`Config::parse_cached`] agrees
+    /// with (its errors are this one's), kept public for the fuzzer's comparison.
+    pub fn parse_whole(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cx = Ctx::new(file, text, vec![(0, 0)]);
+        let mut raw: RawConfig = cx.toml()?;
+        let first = raw
+            .virtual_server
+            .first()
+            .map(|vs| cx.line_col(vs.ip.span().start).0);
+        let services = std::mem::take(&mut raw.virtual_server);
+        Self::assemble(&cx, raw, first, || {
+            services
+                .iter()
+                .map(|vs| {
+                    Ok(Service {
+                        vs: Arc::new(virtual_server(&cx, vs)?),
+                        ip_line: cx.line_col(vs.ip.span().start).0,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The rest of the file as one document, each service block as its own; blocks in
+    /// `cache` are not parsed again. `None` on any error, or where the cut does not hold
+    /// (a `virtual_server` key outside the blocks).
+    fn parse_split(file: &Path, s: &split::Split, cache: &mut split::Cache) -> Option<Self> {
+        let cx = Ctx::new(file, &s.rest, s.line_map.clone());
+        let raw: RawConfig = cx.toml().ok()?;
+        if !raw.virtual_server.is_empty() {
+            return None;
+        }
+        let mut kept = Vec::new();
+        let assembled = Self::assemble(&cx, raw, s.blocks.first().map(|b| b.line + 1), || {
+            kept = split::parse_blocks(&s.blocks, cache, |b| parse_block(file, b))?;
+            let mut services = Vec::with_capacity(kept.len());
+            let mut scripts = cx.scripts.borrow_mut();
+            for (b, (_, _, p)) in s.blocks.iter().zip(&kept) {
+                services.push(Service {
+                    vs: p.service.clone(),
+                    ip_line: p.ip_line + b.line,
+                });
+                scripts.extend(p.scripts.iter().map(|r| ScriptRef {
+                    line: r.line + b.line,
+                    ..r.clone()
+                }));
             }
-        })?;
+            Ok(services)
+        });
+        match assembled {
+            // The cache holds this file's blocks, and only them.
+            Ok(config) => {
+                cache.keep(kept);
+                Some(config)
+            }
+            // Nothing lost: what was there before and the blocks read.
+            Err(_) => {
+                cache.add(kept);
+                None
+            }
+        }
+    }
+
+    /// The configuration from its parsed parts; `services` is called where the services'
+    /// own checks come in the order of checks.
+    fn assemble(
+        cx: &Ctx,
+        raw: RawConfig,
+        first_service_line: Option<usize>,
+        services: impl FnOnce() -> Result<Vec<Service>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
         let dataplane = raw
             .dataplane
             .as_ref()
-            .map(|d| dataplane(&cx, d))
+            .map(|d| dataplane(cx, d))
             .transpose()?;
-        if let (None, Some(vs)) = (&dataplane, raw.virtual_server.first()) {
-            return Err(cx.invalid(
-                vs.ip.span(),
-                "virtual_server",
-                "needs a [dataplane] section",
-            ));
+        if let (None, Some(line)) = (&dataplane, first_service_line) {
+            return Err(cx.invalid_at(line, "virtual_server", "needs a [dataplane] section"));
         }
         let default_version = raw.global_defs.vrrp_version.unwrap_or(2);
         let vrrp_scripts = raw
             .vrrp_script
             .iter()
-            .map(|s| vrrp::script(&cx, s))
+            .map(|s| vrrp::script(cx, s))
             .collect::<Result<Vec<_>, _>>()?;
         let vrrp_instances: Vec<vrrp::VrrpInstance> = raw
             .vrrp_instance
             .iter()
-            .map(|i| vrrp::instance(&cx, i, default_version))
+            .map(|i| vrrp::instance(cx, i, default_version))
             .collect::<Result<Vec<_>, _>>()?;
         let sync_groups = raw
             .vrrp_sync_group
             .iter()
-            .map(|g| vrrp::sync_group(&cx, g))
+            .map(|g| vrrp::sync_group(cx, g))
             .collect::<Result<Vec<_>, _>>()?;
         vrrp::cross_check(
-            &cx,
+            cx,
             &raw.vrrp_script,
             &raw.vrrp_instance,
             &vrrp_instances,
@@ -429,33 +562,33 @@ impl Config {
                 ));
             }
         }
-        let mut virtual_servers: Vec<VirtualServer> = Vec::with_capacity(raw.virtual_server.len());
-        let mut keys = std::collections::HashSet::with_capacity(raw.virtual_server.len());
+        let services = services()?;
+        let mut keys = std::collections::HashSet::with_capacity(services.len());
         // Every VIP some instance owns, looked up once per service.
         let owned_vips: std::collections::HashSet<IpAddr> = vrrp_instances
             .iter()
             .flat_map(|i| i.virtual_ipaddress.iter().map(|v| v.addr))
             .collect();
-        for vs in &raw.virtual_server {
-            let checked = virtual_server(&cx, vs)?;
-            if !keys.insert((checked.vip, checked.port, checked.proto)) {
-                return Err(cx.invalid(
-                    vs.ip.span(),
+        let mut virtual_servers = Vec::with_capacity(services.len());
+        for Service { vs, ip_line } in services {
+            if !keys.insert((vs.vip, vs.port, vs.proto)) {
+                return Err(cx.invalid_at(
+                    ip_line,
                     "virtual_server.ip",
-                    format!("{} is defined twice", checked.name()),
+                    format!("{} is defined twice", vs.name()),
                 ));
             }
-            if !checked.is_static && !owned_vips.contains(&checked.vip) {
-                return Err(cx.invalid(
-                    vs.ip.span(),
+            if !vs.is_static && !owned_vips.contains(&vs.vip) {
+                return Err(cx.invalid_at(
+                    ip_line,
                     "virtual_server.ip",
                     format!(
                         "{} is in no vrrp_instance's virtual_ipaddress: add it to one, or set static = true",
-                        checked.vip
+                        vs.vip
                     ),
                 ));
             }
-            virtual_servers.push(checked);
+            virtual_servers.push(vs);
         }
         let mut vrrp_instances = vrrp_instances;
         for (inst, raw_inst) in vrrp_instances.iter_mut().zip(&raw.vrrp_instance) {
@@ -478,10 +611,10 @@ impl Config {
                     "needs a [dataplane] section: it syncs the XDP program's flows",
                 ))
             }
-            Some(s) => Some(sync::sync(&cx, s, &vrrp_instances, &virtual_servers)?),
+            Some(s) => Some(sync::sync(cx, s, &vrrp_instances, &virtual_servers)?),
         };
         Ok(Config {
-            file: file.to_path_buf(),
+            file: cx.file.to_path_buf(),
             global_defs: raw.global_defs,
             dataplane,
             vrrp_scripts,
@@ -491,6 +624,38 @@ impl Config {
             virtual_servers,
             sync,
         })
+    }
+
+    /// The services `new` adds, removes, or reads from other text than `self` (by their
+    /// VIP, port and protocol): a service the parse cache handed over unchanged is the
+    /// same one ([`Config::load_cached`]). Two reads without the cache share nothing, so
+    /// every service counts as changed, which is never wrong.
+    pub fn changed_services(
+        &self,
+        new: &Config,
+    ) -> std::collections::HashSet<(IpAddr, u16, Proto), foldhash::fast::RandomState> {
+        let key = |vs: &VirtualServer| (vs.vip, vs.port, vs.proto);
+        let before: std::collections::HashMap<_, _, foldhash::fast::RandomState> = self
+            .virtual_servers
+            .iter()
+            .map(|vs| (key(vs), vs))
+            .collect();
+        let mut changed = std::collections::HashSet::default();
+        // How many of `self`'s services `new` still has.
+        let mut still = 0;
+        for vs in &new.virtual_servers {
+            let old = before.get(&key(vs));
+            still += usize::from(old.is_some());
+            if !old.is_some_and(|old| Arc::ptr_eq(old, vs)) {
+                changed.insert(key(vs));
+            }
+        }
+        if still < before.len() {
+            let after: std::collections::HashSet<_, foldhash::fast::RandomState> =
+                new.virtual_servers.iter().map(|vs| key(vs)).collect();
+            changed.extend(before.into_keys().filter(|k| !after.contains(k)));
+        }
+        changed
     }
 
     /// `lb-daemon check`: the file as [`Config::load`] reads it, its scripts as
@@ -591,72 +756,81 @@ impl Config {
     ) -> Vec<ServiceSpec> {
         self.virtual_servers
             .iter()
-            .map(|vs| {
-                let mut backends: Vec<BackendSpec> = vs
-                    .real_servers
-                    .iter()
-                    .map(|rs| {
-                        let mac = mac_of(rs.addr.ip());
-                        match (
-                            rs.healthy_weight(health_of(vs, rs)),
-                            rs.checks.inhibit_on_failure,
-                        ) {
-                            (Some(weight), _) => BackendSpec {
-                                addr: rs.addr,
-                                weight,
-                                mac,
-                            },
-                            (None, true) => BackendSpec {
-                                addr: rs.addr,
-                                weight: 0,
-                                mac,
-                            },
-                            (None, false) => BackendSpec {
-                                addr: rs.addr,
-                                weight: 0,
-                                mac: if vs.expire_nodest_conn { None } else { mac },
-                            },
-                        }
-                    })
-                    .collect();
-                let mut active = vs.is_static || master_vips.contains(&vs.vip);
-                if !has_quorum(vs) {
-                    match vs.sorry_server {
-                        // keepalived swaps the pool for the sorry server: the real servers
-                        // (kept in the list, so their ids and order stay) take no new flow,
-                        // and keep their established ones unless `expire_nodest_conn`.
-                        Some(sorry) => {
-                            for b in &mut backends {
-                                b.weight = 0;
-                                if vs.expire_nodest_conn {
-                                    b.mac = None;
-                                }
-                            }
-                            backends.push(BackendSpec {
-                                addr: sorry,
-                                weight: 1,
-                                mac: mac_of(sorry.ip()),
-                            });
-                        }
-                        None => active = false,
+            .map(|vs| service_spec(vs, &mac_of, master_vips, &health_of, has_quorum(vs)))
+            .collect()
+    }
+}
+
+/// One service of [`Config::service_specs`], its quorum given.
+pub fn service_spec(
+    vs: &VirtualServer,
+    mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
+    master_vips: &std::collections::HashSet<IpAddr>,
+    health_of: impl Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)>,
+    has_quorum: bool,
+) -> ServiceSpec {
+    let mut backends: Vec<BackendSpec> = vs
+        .real_servers
+        .iter()
+        .map(|rs| {
+            let mac = mac_of(rs.addr.ip());
+            match (
+                rs.healthy_weight(health_of(vs, rs)),
+                rs.checks.inhibit_on_failure,
+            ) {
+                (Some(weight), _) => BackendSpec {
+                    addr: rs.addr,
+                    weight,
+                    mac,
+                },
+                (None, true) => BackendSpec {
+                    addr: rs.addr,
+                    weight: 0,
+                    mac,
+                },
+                (None, false) => BackendSpec {
+                    addr: rs.addr,
+                    weight: 0,
+                    mac: if vs.expire_nodest_conn { None } else { mac },
+                },
+            }
+        })
+        .collect();
+    let mut active = vs.is_static || master_vips.contains(&vs.vip);
+    if !has_quorum {
+        match vs.sorry_server {
+            // keepalived swaps the pool for the sorry server: the real servers (kept in
+            // the list, so their ids and order stay) take no new flow, and keep their
+            // established ones unless `expire_nodest_conn`.
+            Some(sorry) => {
+                for b in &mut backends {
+                    b.weight = 0;
+                    if vs.expire_nodest_conn {
+                        b.mac = None;
                     }
                 }
-                ServiceSpec {
-                    vip: vs.vip,
-                    port: vs.port,
-                    proto: vs.proto,
-                    sched: vs.sched,
-                    hash_port: vs.hash_port,
-                    persistence_timeout: vs.persistence_timeout,
-                    persistence_prefix: vs.persistence_prefix,
-                    idle_timeout: vs.idle_timeout,
-                    sloppy_tcp: vs.sloppy_tcp,
-                    mh_table_size: vs.mh_table_size,
-                    active,
-                    backends,
-                }
-            })
-            .collect()
+                backends.push(BackendSpec {
+                    addr: sorry,
+                    weight: 1,
+                    mac: mac_of(sorry.ip()),
+                });
+            }
+            None => active = false,
+        }
+    }
+    ServiceSpec {
+        vip: vs.vip,
+        port: vs.port,
+        proto: vs.proto,
+        sched: vs.sched,
+        hash_port: vs.hash_port,
+        persistence_timeout: vs.persistence_timeout,
+        persistence_prefix: vs.persistence_prefix,
+        idle_timeout: vs.idle_timeout,
+        sloppy_tcp: vs.sloppy_tcp,
+        mh_table_size: vs.mh_table_size,
+        active,
+        backends,
     }
 }
 
@@ -747,7 +921,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 /// The virtual server a `track_virtual_server` entry names (`VIP:PORT`, optionally
 /// `/TCP` or `/UDP`, which may be left out when only one protocol has that VIP and port), by
 /// its canonical name.
-fn tracked_service(services: &[VirtualServer], name: &str) -> Result<String, String> {
+fn tracked_service(services: &[Arc<VirtualServer>], name: &str) -> Result<String, String> {
     let (addr, proto) = match name.rsplit_once('/') {
         Some((a, p)) => match p.to_ascii_uppercase().as_str() {
             "TCP" => (a, Some(Proto::Tcp)),
@@ -759,7 +933,7 @@ fn tracked_service(services: &[VirtualServer], name: &str) -> Result<String, Str
     let addr: SocketAddr = addr
         .parse()
         .map_err(|_| format!("{name:?} is not VIP:PORT (an IPv6 VIP in brackets)"))?;
-    let found: Vec<&VirtualServer> = services
+    let found: Vec<&Arc<VirtualServer>> = services
         .iter()
         .filter(|vs| vs.vip == addr.ip() && vs.port == addr.port())
         .filter(|vs| proto.is_none_or(|p| vs.proto == p))
@@ -780,6 +954,22 @@ fn ip(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
             key,
             format!("{:?} is not an IP address", s.get_ref()),
         )
+    })
+}
+
+/// One service block (see [`split`]) parsed and checked on its own, positions relative to
+/// its first line.
+fn parse_block(file: &Path, b: &split::Block) -> Result<split::Parsed, ConfigError> {
+    let cx = Ctx::new(file, b.text, vec![(0, 0)]);
+    let raw: RawBlock = cx.toml()?;
+    let [vs] = &raw.virtual_server[..] else {
+        return Err(cx.invalid(0..0, "virtual_server", "not one service"));
+    };
+    let service = Arc::new(virtual_server(&cx, vs)?);
+    Ok(split::Parsed {
+        service,
+        ip_line: cx.line_col(vs.ip.span().start).0,
+        scripts: cx.scripts.take(),
     })
 }
 
@@ -1240,6 +1430,153 @@ static = true
             granularity(&toml::Value::String("255.255.0.0".into()), false),
             None
         );
+    }
+
+    /// The same file read whole and by service blocks gives the same configuration
+    /// (scripts' lines included), and the blocks are cut where the file allows it.
+    #[test]
+    fn block_parse_agrees_with_whole_parse() {
+        let service = |vip: &str, extra: &str| {
+            format!(
+                "[[virtual_server]]\nip = \"{vip}\"\nport = 80\nprotocol = \"TCP\"\nlb_algo = \"wrr\"\n\
+                 lb_kind = \"DR\"\nstatic = true\n{extra}\n  [[ virtual_server.real_server ]] # a\n  \
+                 ip = \"192.0.2.11\"\n  port = 80\n  weight = 2\n  notify_up = \"/bin/true up\"\n\n  \
+                 [[virtual_server.real_server]]\n  ip = \"192.0.2.12\"\n  port = 80\n  \
+                 [virtual_server.real_server.TCP_CHECK]\n  connect_timeout = 2\n"
+            )
+        };
+        let head = "# lb\n[global_defs]\nrouter_id = \"a\"\n\n[dataplane]\ninterface = \"eth0\"\n";
+        let vrrp =
+            "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
+                    priority = 100\nvirtual_ipaddress = [\"192.0.2.200/24\"]\n";
+        let cut =
+            [
+                format!(
+                    "{head}{}{}",
+                    service("192.0.2.100", ""),
+                    service("192.0.2.101", "")
+                ),
+                // Other tables between and after the services (a script: its line is kept), a
+                // last line without a newline.
+                format!(
+                "{head}{}{vrrp}{}[[vrrp_script]]\nname = \"chk\"\nscript = \"/bin/true chk\"\n{}",
+                service("192.0.2.100", "sorry_server = { ip = \"192.0.2.9\", port = 80 }"),
+                service("192.0.2.101", "quorum = 2"),
+                service("192.0.2.102", "").trim_end()
+            ),
+                format!(
+                    "{}{head}{}",
+                    service("192.0.2.100", ""),
+                    service("192.0.2.200", "static = false").replace("static = true\n", "")
+                ),
+                GOOD.to_string(),
+            ];
+        let whole_only = [
+            // A multi-line string, a quoted header, a service array written inline.
+            format!("{head}{}a = \"\"\"\n\"\"\"\n", service("192.0.2.100", "")),
+            format!("{head}[\"virtual_server\"]\n"),
+            format!("{head}virtual_server = []\n"),
+        ];
+        let file = Path::new("lb.toml");
+        for text in cut.iter().chain(&whole_only) {
+            let mut cache = split::Cache::default();
+            let whole = Config::parse_whole(file, text);
+            let blocks = Config::parse_cached(file, text, &mut cache);
+            match (&whole, &blocks) {
+                (Ok(w), Ok(b)) => assert_eq!(w, b, "{text}"),
+                (Err(w), Err(b)) => assert_eq!(w.to_string(), b.to_string()),
+                _ => panic!("{text}:\n{whole:?}\n{blocks:?}"),
+            }
+            // A file read whole leaves nothing in the cache.
+            if whole.is_ok() {
+                assert_eq!(!cache.is_empty(), cut.contains(text), "{text}");
+            }
+        }
+        for ok in [0, 1, 3] {
+            assert!(parse(&cut[ok]).is_ok(), "{}", cut[ok]);
+        }
+        let scripts = parse(&cut[1]).unwrap().scripts;
+        assert_eq!(scripts[0].key, "vrrp_script.script", "{scripts:?}");
+        let scripts = parse(&cut[0]).unwrap().scripts;
+        assert_eq!(scripts.len(), 2);
+        assert_eq!(scripts[1].line, cut[0].lines().count() - 6, "{scripts:?}");
+    }
+
+    /// A second read with the first one's cache hands over the services whose text did not
+    /// change (moved or not), parses the one that did, and a bad file leaves the cache as it
+    /// was, with the error the whole parse gives.
+    #[test]
+    fn a_cached_read_parses_only_what_changed() {
+        let service = |n: u32, weight: u32| {
+            format!(
+                "[[virtual_server]]\nip = \"192.0.2.{n}\"\nport = 80\nprotocol = \"TCP\"\n\
+                 lb_algo = \"wrr\"\nlb_kind = \"DR\"\nstatic = true\n  [[virtual_server.real_server]]\n  \
+                 ip = \"198.51.100.{n}\"\n  port = 80\n  weight = {weight}\n  \
+                 notify_down = \"/bin/true {n}\"\n"
+            )
+        };
+        let file = |weights: [u32; 3], top: &str| {
+            format!(
+                "[dataplane]\ninterface = \"eth0\"\n{top}{}{}{}",
+                service(1, weights[0]),
+                service(2, weights[1]),
+                service(3, weights[2])
+            )
+        };
+        let path = Path::new("lb.toml");
+        let mut cache = split::Cache::default();
+        let first = Config::parse_cached(path, &file([1, 1, 1], ""), &mut cache).unwrap();
+        assert_eq!(cache.len(), 3);
+        // Service 2's weight changes and two lines come in above the services.
+        let text = file([1, 5, 1], "# moved\n\n");
+        let second = Config::parse_cached(path, &text, &mut cache).unwrap();
+        let same: Vec<bool> = first
+            .virtual_servers
+            .iter()
+            .zip(&second.virtual_servers)
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(same, [true, false, true]);
+        let key = |c: &Config, i: usize| {
+            let vs = &c.virtual_servers[i];
+            (vs.vip, vs.port, vs.proto)
+        };
+        let changed = |a: &Config, b: &Config| {
+            let mut v: Vec<_> = a.changed_services(b).into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(changed(&first, &second), [key(&first, 1)]);
+        assert_eq!(changed(&first, &first), []);
+        // Without the cache nothing is shared: all of them.
+        assert_eq!(
+            changed(&first, &Config::parse(path, &text).unwrap()).len(),
+            3
+        );
+        assert_eq!(second.virtual_servers[1].real_servers[0].weight, 5);
+        assert_eq!(second, Config::parse_whole(path, &text).unwrap());
+        // A bad weight in service 3: the whole parse's error, and the cache keeps its blocks.
+        let bad = file([1, 5, 70000], "# moved\n\n");
+        let e = Config::parse_cached(path, &bad, &mut cache).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            Config::parse_whole(path, &bad).unwrap_err().to_string()
+        );
+        assert!(e.to_string().starts_with("lb.toml:39:"), "{e}");
+        // Service 2 removed, service 4 added.
+        let fewer = text.replace(&service(2, 5), &service(4, 1));
+        let fourth = Config::parse_cached(path, &fewer, &mut split::Cache::default()).unwrap();
+        let mut cache_copy = split::Cache::default();
+        Config::parse_cached(path, &text, &mut cache_copy).unwrap();
+        let from = Config::parse_cached(path, &text, &mut cache_copy).unwrap();
+        let to = Config::parse_cached(path, &fewer, &mut cache_copy).unwrap();
+        assert_eq!(changed(&from, &to), [key(&from, 1), key(&fourth, 1)]);
+        let third = Config::parse_cached(path, &text, &mut cache).unwrap();
+        assert!(third
+            .virtual_servers
+            .iter()
+            .zip(&second.virtual_servers)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
     }
 }
 

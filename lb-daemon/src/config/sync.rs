@@ -150,7 +150,7 @@ pub(super) fn sync(
     cx: &Ctx,
     s: &RawSync,
     instances: &[VrrpInstance],
-    services: &[VirtualServer],
+    services: &[std::sync::Arc<VirtualServer>],
 ) -> Result<SyncConfig, ConfigError> {
     let key = |k: &str| format!("sync.{k}");
     if s.interface.get_ref().is_empty() {

@@ -7,7 +7,7 @@
 //! keepalived's rule (`update_svr_checker_state`: the server is alive when its list of failed
 //! checkers is empty). A `MISC_CHECK` with `misc_dynamic` also sets its weight.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -216,16 +216,28 @@ impl Engine {
         wanted: impl IntoIterator<Item = BackendSpec>,
         now: Instant,
     ) -> Vec<Output> {
+        self.reconcile_in(Scope::All, wanted, now)
+    }
+
+    /// [`Engine::reconcile`] of the services in `scope` only: `wanted` holds theirs, and
+    /// the other services' real servers are left as they are (a reload that changed a few
+    /// services of thousands).
+    pub fn reconcile_in(
+        &mut self,
+        scope: Scope<'_>,
+        wanted: impl IntoIterator<Item = BackendSpec>,
+        now: Instant,
+    ) -> Vec<Output> {
         let mut out = Vec::new();
         let mut specs: BTreeMap<BackendKey, BackendSpec> = BTreeMap::new();
         for spec in wanted {
-            specs.entry((spec.service, spec.backend)).or_insert(spec);
+            if scope.has(&spec.service) {
+                specs.entry((spec.service, spec.backend)).or_insert(spec);
+            }
         }
         let gone: Vec<BackendKey> = self
-            .backends
-            .keys()
+            .keys_in(scope)
             .filter(|k| !specs.contains_key(k))
-            .copied()
             .collect();
         for key in gone {
             if let Some(b) = self.backends.remove(&key) {
@@ -361,40 +373,89 @@ impl Engine {
     pub fn snapshot(&self) -> HashMap<BackendKey, BackendHealth> {
         self.backends
             .iter()
-            .map(|(key, b)| {
-                let slots: Vec<&Slot> = b
-                    .checks
-                    .iter()
-                    .filter_map(|id| self.checks.get(id))
-                    .collect();
-                let (up, weight) = self.current(b);
-                let checks: Vec<CheckHealth> = slots
-                    .iter()
-                    .map(|s| CheckHealth {
-                        kind: s.spec.probe.name(),
-                        up: s.state.is_up(),
-                        probes: s.probes,
-                        failures: s.failures,
-                        last_latency: s.last_latency,
-                        last_error: s.last_error.clone(),
-                    })
-                    .collect();
-                let last_latency = slots
-                    .iter()
-                    .filter(|s| s.last_ok.is_some())
-                    .max_by_key(|s| s.last_ok)
-                    .and_then(|s| s.last_latency);
-                let health = BackendHealth {
-                    up,
-                    weight,
-                    last_latency,
-                    last_error: checks.iter().find_map(|c| c.last_error.clone()),
-                    checks,
-                    failures: b.failures,
-                };
-                (*key, health)
-            })
+            .map(|(key, b)| (*key, self.health_of(b)))
             .collect()
+    }
+
+    /// The real servers of the services in `scope`, and how they are doing.
+    pub fn snapshot_in(&self, scope: Scope<'_>) -> Vec<(BackendKey, BackendHealth)> {
+        self.keys_in(scope)
+            .filter_map(|k| Some((k, self.health_of(self.backends.get(&k)?))))
+            .collect()
+    }
+
+    /// The real servers of `service` by address (in address order), and how they are doing.
+    pub fn service_health(&self, service: ServiceKey) -> Vec<(SocketAddr, BackendHealth)> {
+        let least = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.backends
+            .range((service, least)..)
+            .take_while(|(k, _)| k.0 == service)
+            .map(|(k, b)| (k.1, self.health_of(b)))
+            .collect()
+    }
+
+    /// The real servers of the services in `scope`, in order.
+    pub fn keys_in<'a>(&'a self, scope: Scope<'a>) -> Box<dyn Iterator<Item = BackendKey> + 'a> {
+        match scope {
+            Scope::All => Box::new(self.backends.keys().copied()),
+            Scope::Services(services) => Box::new(services.iter().flat_map(move |svc| {
+                // The least address there is: keys of one service are together.
+                let least = SocketAddr::from(([0, 0, 0, 0], 0));
+                self.backends
+                    .range((*svc, least)..)
+                    .map(|(k, _)| *k)
+                    .take_while(move |k| k.0 == *svc)
+            })),
+        }
+    }
+
+    fn health_of(&self, b: &Backend) -> BackendHealth {
+        let slots: Vec<&Slot> = b
+            .checks
+            .iter()
+            .filter_map(|id| self.checks.get(id))
+            .collect();
+        let (up, weight) = self.current(b);
+        let checks: Vec<CheckHealth> = slots
+            .iter()
+            .map(|s| CheckHealth {
+                kind: s.spec.probe.name(),
+                up: s.state.is_up(),
+                probes: s.probes,
+                failures: s.failures,
+                last_latency: s.last_latency,
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        let last_latency = slots
+            .iter()
+            .filter(|s| s.last_ok.is_some())
+            .max_by_key(|s| s.last_ok)
+            .and_then(|s| s.last_latency);
+        BackendHealth {
+            up,
+            weight,
+            last_latency,
+            last_error: checks.iter().find_map(|c| c.last_error.clone()),
+            checks,
+            failures: b.failures,
+        }
+    }
+}
+
+/// Which services a reconcile or a snapshot covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Services(&'a HashSet<ServiceKey, foldhash::fast::RandomState>),
+}
+
+impl Scope<'_> {
+    pub fn has(&self, service: &ServiceKey) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Services(s) => s.contains(service),
+        }
     }
 }
 
@@ -1006,5 +1067,67 @@ mod tests {
         let sim = Sim::new(vec![a.clone(), a]);
         assert_eq!(sim.events.len(), 1);
         assert_eq!(sim.engine.checks.len(), 1);
+    }
+
+    /// A reconcile scoped to some services changes only theirs: another service's checks
+    /// keep their ids and state, and are neither cancelled nor announced; the scoped ones
+    /// are added and removed as `wanted` says, and the scoped snapshot shows just them.
+    #[test]
+    fn a_scoped_reconcile_leaves_other_services_alone() {
+        const OTHER: ServiceKey = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101)), 80, Proto::Tcp);
+        let t = timing(1.0, 1, 1.0);
+        let other = |last: u8| BackendSpec {
+            service: OTHER,
+            ..backend(last, vec![tcp(81, t)])
+        };
+        let mut sim = Sim::new(vec![
+            backend(1, vec![tcp(80, t)]),
+            backend(2, vec![tcp(80, t)]),
+            other(1),
+        ]);
+        let ids = |e: &Engine, key: ServiceKey| -> Vec<CheckId> {
+            e.checks
+                .iter()
+                .filter(|(_, s)| s.key.0 == key)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let other_ids = ids(&sim.engine, OTHER);
+        let svc_ids = ids(&sim.engine, SVC);
+        sim.events.clear();
+        // SVC loses .2 and gains .3; OTHER is out of scope, and its listing in `wanted` (a
+        // real server more) is not looked at.
+        let scope: HashSet<ServiceKey, foldhash::fast::RandomState> = [SVC].into_iter().collect();
+        let out = sim.engine.reconcile_in(
+            Scope::Services(&scope),
+            vec![
+                backend(1, vec![tcp(80, t)]),
+                backend(3, vec![tcp(80, t)]),
+                other(9),
+            ],
+            sim.now,
+        );
+        sim.apply(out);
+        assert_eq!(ids(&sim.engine, OTHER), other_ids);
+        let now_svc = ids(&sim.engine, SVC);
+        assert_eq!(now_svc.len(), 2);
+        assert_eq!(now_svc[0], svc_ids[0], ".1 keeps its check");
+        assert_eq!(sim.cancelled, [svc_ids[1]], "only .2's check is cancelled");
+        // Only the new real server's first state is told.
+        let told: Vec<SocketAddr> = sim.events.iter().map(|(_, e)| e.backend).collect();
+        assert_eq!(told, [SocketAddr::new([192, 0, 2, 3].into(), 80)]);
+        let addrs = |v: Vec<(BackendKey, BackendHealth)>| -> Vec<(ServiceKey, u8)> {
+            v.into_iter()
+                .map(|((svc, a), _)| match a.ip() {
+                    IpAddr::V4(ip) => (svc, ip.octets()[3]),
+                    IpAddr::V6(_) => unreachable!(),
+                })
+                .collect()
+        };
+        assert_eq!(
+            addrs(sim.engine.snapshot_in(Scope::Services(&scope))),
+            [(SVC, 1), (SVC, 3)]
+        );
+        assert_eq!(sim.engine.snapshot().len(), 3);
     }
 }

@@ -50,8 +50,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-pub use engine::ProbeResult;
 use engine::{BackendKey, BackendSpec, CheckId, CheckSpec, Engine, Output};
+pub use engine::{ProbeResult, Scope};
 use probe::ProbeSpec;
 
 use crate::{
@@ -150,19 +150,23 @@ pub fn service_name(s: &ServiceKey) -> String {
 /// What [`Checkers::start`] would refuse in `config` (an unknown user, an unsafe script), for
 /// `lb-daemon check`: the same code, without starting anything.
 pub fn validate(config: &Config) -> Result<(), HealthError> {
-    specs(config).map(|_| ())
+    specs(config, Scope::All).map(|_| ())
 }
 
 /// The engine's view of `config`, and the user hooks run as. Resolves every user and, with
 /// `enable_script_security` (on unless false), refuses scripts run as root that others could
 /// replace.
-fn specs(config: &Config) -> Result<(Vec<BackendSpec>, ScriptUser), HealthError> {
+/// The checks of the services in `scope`.
+fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptUser), HealthError> {
     let default_user = config.global_defs.script_user.as_deref();
     let check_safety = config.global_defs.enable_script_security != Some(false);
     let hook_user = ScriptUser::resolve(default_user).map_err(HealthError::ScriptUser)?;
     let mut out = Vec::new();
     for vs in &config.virtual_servers {
         let service = (vs.vip, vs.port, vs.proto);
+        if !scope.has(&service) {
+            continue;
+        }
         for rs in &vs.real_servers {
             let unsafe_script = |what, program: &str, user: &ScriptUser| {
                 if !check_safety || !user.is_root() {
@@ -273,7 +277,7 @@ impl Checkers {
     /// Starts the checks of `config` (needs a Tokio runtime); events go to `tx`. Every
     /// script user is resolved and every script vetted first, so an error starts nothing.
     pub fn start(config: &Config, tx: mpsc::Sender<HealthEvent>) -> Result<Self, HealthError> {
-        let (specs, hook_user) = specs(config)?;
+        let (specs, hook_user) = specs(config, Scope::All)?;
         let mut engine = Engine::new(seed());
         let outbox = engine.reconcile(specs, Instant::now());
         let shared = Arc::new(Shared {
@@ -290,12 +294,33 @@ impl Checkers {
 
     /// Applies a new configuration (see the module documentation). On error nothing
     /// changes. When it returns, [`Checkers::snapshot`] already reflects it.
-    pub fn reload(&mut self, config: &Config) -> Result<(), HealthError> {
-        let (specs, hook_user) = specs(config)?;
+    /// Only the services in `scope` are looked at: the others' checks go on as they are.
+    /// `health`, a [`Checkers::snapshot`], is brought up to date for them (without copying
+    /// the others again: at 100,000 real servers a whole snapshot takes tens of ms).
+    pub fn reload(
+        &mut self,
+        config: &Config,
+        scope: Scope<'_>,
+        health: &mut HashMap<(ServiceKey, SocketAddr), BackendHealth>,
+    ) -> Result<(), HealthError> {
+        let (specs, hook_user) = specs(config, scope)?;
         let mut core = self.shared.lock();
-        let out = core.engine.reconcile(specs, Instant::now());
+        let before = match scope {
+            Scope::All => Vec::new(),
+            Scope::Services(_) => core.engine.keys_in(scope).collect(),
+        };
+        let out = core.engine.reconcile_in(scope, specs, Instant::now());
         core.outbox.extend(out);
         core.hook_user = hook_user;
+        match scope {
+            Scope::All => *health = core.engine.snapshot(),
+            Scope::Services(_) => {
+                for key in before {
+                    health.remove(&key);
+                }
+                health.extend(core.engine.snapshot_in(scope));
+            }
+        }
         drop(core);
         self.shared.wake.notify_one();
         Ok(())
@@ -304,6 +329,42 @@ impl Checkers {
     /// Every real server of the configuration, and how it is doing.
     pub fn snapshot(&self) -> HashMap<(ServiceKey, SocketAddr), BackendHealth> {
         self.shared.lock().engine.snapshot()
+    }
+
+    /// Brings `health`, a [`Checkers::snapshot`], up to date for the services in `scope`,
+    /// whose real servers are the same (their verdicts moved).
+    pub fn refresh(
+        &self,
+        health: &mut HashMap<(ServiceKey, SocketAddr), BackendHealth>,
+        scope: Scope<'_>,
+    ) {
+        match scope {
+            Scope::All => *health = self.snapshot(),
+            Scope::Services(_) => health.extend(self.shared.lock().engine.snapshot_in(scope)),
+        }
+    }
+
+    /// How each real server of `config` is doing, in the order of its services and their
+    /// real servers (`None`: not checked by these checkers). What status shows: a walk in
+    /// step with the configuration, where a snapshot then a lookup per real server cost
+    /// 80 ms at 100,000 of them.
+    pub fn in_order(&self, config: &Config) -> Vec<Option<BackendHealth>> {
+        let core = self.shared.lock();
+        let mut out = Vec::with_capacity(
+            config
+                .virtual_servers
+                .iter()
+                .map(|vs| vs.real_servers.len())
+                .sum(),
+        );
+        for vs in &config.virtual_servers {
+            let of_service = core.engine.service_health((vs.vip, vs.port, vs.proto));
+            for rs in &vs.real_servers {
+                let at = of_service.binary_search_by_key(&rs.addr, |(a, _)| *a);
+                out.push(at.ok().map(|i| of_service[i].1.clone()));
+            }
+        }
+        out
     }
 }
 

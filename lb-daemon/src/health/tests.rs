@@ -212,7 +212,9 @@ async fn reload_keeps_unchanged_checks() {
     assert_eq!(before[&(service(), closed)].checks[0].probes, 1);
     // Same configuration: same state; with a 60 s delay_loop a restarted check would have
     // run again at once (warmup 0) and be up until it did.
-    checkers.reload(&c1).unwrap();
+    checkers
+        .reload(&c1, Scope::All, &mut HashMap::new())
+        .unwrap();
     assert_eq!(checkers.snapshot(), before);
     // A new real server next to it: announced; the old one untouched.
     let other: SocketAddr = "127.0.0.2:9".parse().unwrap();
@@ -220,7 +222,9 @@ async fn reload_keeps_unchanged_checks() {
         false,
         &[real_server(closed, slow), real_server(other, slow)].concat(),
     );
-    checkers.reload(&c2).unwrap();
+    checkers
+        .reload(&c2, Scope::All, &mut HashMap::new())
+        .unwrap();
     let e = next(&mut rx).await;
     assert_eq!((e.backend, e.up), (other, true));
     assert_eq!(
@@ -230,7 +234,9 @@ async fn reload_keeps_unchanged_checks() {
     // A changed check starts over (up until its first run says otherwise).
     let changed = slow.replace("connect_timeout = 1", "connect_timeout = 2");
     let c3 = config(false, &real_server(closed, &changed));
-    checkers.reload(&c3).unwrap();
+    checkers
+        .reload(&c3, Scope::All, &mut HashMap::new())
+        .unwrap();
     let snap = checkers.snapshot();
     assert_eq!(snap.len(), 1, "the removed server is gone");
     let e = next(&mut rx).await;
@@ -239,7 +245,11 @@ async fn reload_keeps_unchanged_checks() {
     assert_eq!((e.backend, e.up), (closed, false));
     // No checks at all: always up.
     checkers
-        .reload(&config(false, &real_server(closed, "")))
+        .reload(
+            &config(false, &real_server(closed, "")),
+            Scope::All,
+            &mut HashMap::new(),
+        )
         .unwrap();
     let e = next(&mut rx).await;
     assert_eq!((e.backend, e.up), (closed, true));
@@ -322,7 +332,13 @@ async fn bad_users_and_unsafe_scripts_are_refused() {
     // A failed reload changes nothing.
     let mut ok = Checkers::start(&config(false, &misc(&script, "")), tx).unwrap();
     let before = ok.snapshot();
-    assert!(ok.reload(&config(true, &misc(&script, ""))).is_err());
+    assert!(ok
+        .reload(
+            &config(true, &misc(&script, "")),
+            Scope::All,
+            &mut HashMap::new()
+        )
+        .is_err());
     assert_eq!(
         ok.snapshot().keys().collect::<Vec<_>>(),
         before.keys().collect::<Vec<_>>()
