@@ -25,9 +25,12 @@ enum Cmd {
     },
     /// Services, backends and VRRP instances of the running daemon (ipvsadm -Ln --stats style).
     Status {
-        /// The same as JSON.
+        /// The same as JSON, on one line (as `ip -j` prints).
         #[arg(long)]
         json: bool,
+        /// With --json: laid out for reading (as `ip -j -p`).
+        #[arg(long, short = 'p', requires = "json")]
+        pretty: bool,
         /// Add per-second rates (two samples a second apart).
         #[arg(long)]
         rate: bool,
@@ -138,11 +141,18 @@ fn run() -> Result<()> {
             allow_unsupported,
             interface,
         } => lb_daemon::import::cli(&file, output.as_deref(), allow_unsupported, interface),
-        Cmd::Status { json, rate, socket } => {
+        Cmd::Status {
+            json,
+            pretty,
+            rate,
+            socket,
+        } => {
+            use lb_daemon::control::Json;
             let out = if rate && !json {
                 lb_daemon::control::cli_status_rate(&socket, std::time::Duration::from_secs(1))?
             } else {
-                lb_daemon::control::cli_status(&socket, json)?
+                let layout = json.then_some(if pretty { Json::Pretty } else { Json::Compact });
+                lb_daemon::control::cli_status(&socket, layout)?
             };
             print!("{out}");
             Ok(())

@@ -794,7 +794,8 @@ const RELOADS: usize = 100;
 
 /// `lb-daemon status --json` of the daemon behind `socket`.
 fn status(socket: &Path) -> Result<serde_json::Value> {
-    let out = lb_daemon::control::cli_status(socket, true).context("status")?;
+    let out = lb_daemon::control::cli_status(socket, Some(lb_daemon::control::Json::Compact))
+        .context("status")?;
     serde_json::from_str(&out).context("parsing the status")
 }
 

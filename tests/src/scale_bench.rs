@@ -879,7 +879,8 @@ fn timeline(daemon: &Proc, plan: &Plan, exec_us: i64, done_us: i64) {
 // -------------------------------------------------------------------------------------------
 
 fn status_json(socket: &Path) -> Result<serde_json::Value> {
-    let out = lb_daemon::control::cli_status(socket, true).context("status")?;
+    let out = lb_daemon::control::cli_status(socket, Some(lb_daemon::control::Json::Compact))
+        .context("status")?;
     serde_json::from_str(&out).context("parsing the status")
 }
 

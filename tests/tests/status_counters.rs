@@ -1,7 +1,8 @@
 //! The daemon's batched reads of the per-CPU service and backend counters
 //! (`BpfMaps::all_service_counters`, `all_backend_counters`), against the real program's maps
 //! at the size issue 16 asks for (10,000 services x 10 real servers, maps with the daemon's
-//! headroom): the same sums as one lookup per id, and what each way costs (printed).
+//! headroom): the same sums as one lookup per id (the reads are split between cores from
+//! 16,384 elements on), and what each way costs (printed).
 //!
 //! Needs root (it loads the program); skips with a printed reason otherwise, fails under
 //! `LB_REQUIRE_PRIVILEGED=1`.
@@ -78,6 +79,17 @@ fn batched_counter_reads_equal_single_lookups() {
         let mut map = writable(fds.dup(name).expect("dup"));
         let mut ids: Vec<u32> = vec![0, 1, 1023, 1024, 1025, 2047, 2048, SERVICES - 1, len - 1];
         ids.extend((0..len).step_by(997));
+        // Where a read split between cores meets (two or four of them), for the reads of
+        // `SERVICES * 10` and of the whole map.
+        for n in [SERVICES * 10, len] {
+            for at in [n / 4, n / 2, 3 * n / 4, n.div_ceil(2), n.div_ceil(4)] {
+                ids.extend(
+                    [at.saturating_sub(1), at, at + 1]
+                        .into_iter()
+                        .filter(|&id| id < len),
+                );
+            }
+        }
         for &id in &ids {
             let v = PerCpuValues::try_from(per_cpu(id, cpus)).expect("one value per CPU");
             map.set(id, v, 0).expect("writing a counter");

@@ -222,8 +222,13 @@ async fn reload_keeps_unchanged_checks() {
         false,
         &[real_server(closed, slow), real_server(other, slow)].concat(),
     );
+    // Reloaded as the daemon does, for the one service that changed: the health view it
+    // keeps is updated in place to what a whole snapshot says.
+    let mut health = checkers.snapshot();
+    let changed: std::collections::HashSet<_, foldhash::fast::RandomState> =
+        [service()].into_iter().collect();
     checkers
-        .reload(&c2, Scope::All, &mut HashMap::new())
+        .reload(&c2, Scope::Services(&changed), &mut health)
         .unwrap();
     let e = next(&mut rx).await;
     assert_eq!((e.backend, e.up), (other, true));
@@ -231,6 +236,16 @@ async fn reload_keeps_unchanged_checks() {
         checkers.snapshot()[&(service(), closed)],
         before[&(service(), closed)]
     );
+    // (The new server's probe may have run since: its entry is compared by presence.)
+    let mut keys: Vec<_> = health.keys().copied().collect();
+    keys.sort();
+    assert_eq!(keys, [(service(), closed), (service(), other)]);
+    assert_eq!(health[&(service(), closed)], before[&(service(), closed)]);
+    // In the configuration's order, as status reads it.
+    let in_order = checkers.in_order(&c2);
+    assert_eq!(in_order.len(), 2);
+    assert_eq!(in_order[0].as_ref(), Some(&before[&(service(), closed)]));
+    assert!(in_order[1].is_some());
     // A changed check starts over (up until its first run says otherwise).
     let changed = slow.replace("connect_timeout = 1", "connect_timeout = 2");
     let c3 = config(false, &real_server(closed, &changed));
