@@ -173,6 +173,8 @@ struct Dp {
     /// the services whose configuration is another one (a reload's changes) or that are
     /// stale. At 10,000 services, computing all of them took tens of milliseconds.
     derived: Derived,
+    /// The specs of the last apply, in its order (see [`Dp::apply_once`]).
+    applied: Vec<crate::dataplane::ServiceSpec>,
     /// Every service is to be computed again (see [`Dp::all_stale`]).
     all_stale: bool,
     /// These services are to be computed again (see [`Dp::stale`]).
@@ -288,6 +290,7 @@ impl Dp {
                 macs: HashMap::new(),
                 unresolved: HashMap::new(),
                 derived: Derived::default(),
+                applied: Vec::new(),
                 all_stale: true,
                 stale: HashSet::new(),
                 quorum_moved: false,
@@ -398,13 +401,24 @@ impl Dp {
         };
         let all_stale = std::mem::take(&mut self.all_stale);
         let stale = std::mem::take(&mut self.stale);
-        let mut specs = Vec::with_capacity(config.virtual_servers.len());
+        // The last apply's specs, where a kept service at the same place is already right
+        // (cloning 10,000 specs of 10 real servers was a third of a reload's planning).
+        let mut specs = std::mem::take(&mut self.applied);
+        specs.truncate(config.virtual_servers.len());
+        let put = |specs: &mut Vec<crate::dataplane::ServiceSpec>,
+                   i: usize,
+                   spec: &crate::dataplane::ServiceSpec| {
+            match specs.get_mut(i) {
+                Some(s) => s.clone_from(spec),
+                None => specs.push(spec.clone()),
+            }
+        };
         // Which specs are the ones last applied (see `Dataplane::update_known`).
         let mut same = Vec::with_capacity(config.virtual_servers.len());
         // The services computed again, taken in once the maps have them.
         let mut fresh = Vec::new();
         let mut quorum_moved = false;
-        for vs in &config.virtual_servers {
+        for (i, vs) in config.virtual_servers.iter().enumerate() {
             let key = (vs.vip, vs.port, vs.proto);
             let kept = self
                 .derived
@@ -412,16 +426,26 @@ impl Dp {
                 .filter(|d| !all_stale && Arc::ptr_eq(&d.vs, vs) && !stale.contains(&key));
             same.push(kept.is_some());
             match kept {
-                Some(d) => specs.push(d.spec.clone()),
+                Some(d) => {
+                    let here = specs
+                        .get(i)
+                        .is_some_and(|s| (s.vip, s.port, s.proto) == key);
+                    if !here {
+                        put(&mut specs, i, &d.spec);
+                    }
+                }
                 None => {
                     let d = self.derive(vs, master_vips, &health_of);
                     quorum_moved |= self.derived.get(&key).map(|old| old.quorum) != Some(d.quorum);
-                    specs.push(d.spec.clone());
+                    put(&mut specs, i, &d.spec);
                     fresh.push((key, d));
                 }
             }
         }
         let result = self.dp.update_known(&specs, &same);
+        // Whatever the result: after a failure every service is computed again (below),
+        // so nothing here is taken for right.
+        self.applied = specs;
         if result.is_ok() {
             self.derived.extend(fresh);
             if self.derived.len() > config.virtual_servers.len() {

@@ -174,9 +174,10 @@ pub struct BackendStatus {
     /// (no MAC) or drained.
     #[serde(default)]
     pub effective_weight: u32,
-    /// [`HEALTH_UP`], [`HEALTH_DOWN`] or [`HEALTH_UNKNOWN`].
+    /// [`HEALTH_UP`], [`HEALTH_DOWN`] or [`HEALTH_UNKNOWN`] (borrowed in the daemon: as
+    /// many allocations as real servers per status otherwise).
     #[serde(default)]
-    pub health: String,
+    pub health: std::borrow::Cow<'static, str>,
     /// Its MAC address (`aa:bb:cc:dd:ee:ff`), once the neighbour table resolved it.
     #[serde(default)]
     pub mac: Option<String>,
@@ -608,7 +609,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
                 format!("  -> {}", b.addr),
                 "Route".to_string(),
                 weight,
-                b.health.clone(),
+                b.health.to_string(),
                 b.active_flows.to_string(),
                 b.new_flows.to_string(),
                 b.packets.to_string(),

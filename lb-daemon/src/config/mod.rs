@@ -635,6 +635,23 @@ impl Config {
         new: &Config,
     ) -> std::collections::HashSet<(IpAddr, u16, Proto), foldhash::fast::RandomState> {
         let key = |vs: &VirtualServer| (vs.vip, vs.port, vs.proto);
+        // The same services in the same order (a reload that changed values): side by side,
+        // without a lookup.
+        if self.virtual_servers.len() == new.virtual_servers.len()
+            && self
+                .virtual_servers
+                .iter()
+                .zip(&new.virtual_servers)
+                .all(|(a, b)| key(a) == key(b))
+        {
+            return self
+                .virtual_servers
+                .iter()
+                .zip(&new.virtual_servers)
+                .filter(|(a, b)| !Arc::ptr_eq(a, b))
+                .map(|(_, b)| key(b))
+                .collect();
+        }
         let before: std::collections::HashMap<_, _, foldhash::fast::RandomState> = self
             .virtual_servers
             .iter()

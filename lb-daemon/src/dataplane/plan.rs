@@ -991,8 +991,22 @@ impl<W: MapWriter> Dataplane<W> {
             }
         }
         if result.is_ok() {
-            // In place: the unchanged specs' backend lists are copied into the ones there.
-            specs.clone_into(&mut self.specs);
+            if self.specs.len() == specs.len() {
+                // Same services in the same order (the usual case): a spec known the same
+                // is left as it is, the others copied in place.
+                for ((mine, new), same) in self
+                    .specs
+                    .iter_mut()
+                    .zip(specs)
+                    .zip(same.iter().copied().chain(std::iter::repeat(false)))
+                {
+                    if !(same && ServiceKey::of(mine) == ServiceKey::of(new)) {
+                        mine.clone_from(new);
+                    }
+                }
+            } else {
+                specs.clone_into(&mut self.specs);
+            }
         }
         result
     }

@@ -384,14 +384,43 @@ impl Engine {
             .collect()
     }
 
-    /// The real servers of `service` by address (in address order), and how they are doing.
-    pub fn service_health(&self, service: ServiceKey) -> Vec<(SocketAddr, BackendHealth)> {
-        let least = SocketAddr::from(([0, 0, 0, 0], 0));
-        self.backends
-            .range((service, least)..)
-            .take_while(|(k, _)| k.0 == service)
-            .map(|(k, b)| (k.1, self.health_of(b)))
-            .collect()
+    /// How each real server of `services` is doing, in their order (services, then real
+    /// servers; `None`: not known here). One walk of the table in key order, the services
+    /// visited sorted: a range lookup per service cost 20 ms at 10,000 services.
+    pub fn health_in_order(
+        &self,
+        services: &[std::sync::Arc<crate::config::VirtualServer>],
+    ) -> Vec<Option<BackendHealth>> {
+        let key = |i: usize| {
+            let vs = &services[i];
+            (vs.vip, vs.port, vs.proto)
+        };
+        let mut first = Vec::with_capacity(services.len());
+        let mut total = 0;
+        for vs in services {
+            first.push(total);
+            total += vs.real_servers.len();
+        }
+        let mut sorted: Vec<usize> = (0..services.len()).collect();
+        sorted.sort_unstable_by_key(|&i| key(i));
+        let mut out = vec![None; total];
+        let mut table = self.backends.iter().peekable();
+        // One service's entries, by address.
+        let mut mine: Vec<(SocketAddr, &Backend)> = Vec::new();
+        for i in sorted {
+            let service = key(i);
+            while table.next_if(|(k, _)| k.0 < service).is_some() {}
+            mine.clear();
+            while let Some((k, b)) = table.next_if(|(k, _)| k.0 == service) {
+                mine.push((k.1, b));
+            }
+            for (j, rs) in services[i].real_servers.iter().enumerate() {
+                if let Ok(at) = mine.binary_search_by_key(&rs.addr, |(a, _)| *a) {
+                    out[first[i] + j] = Some(self.health_of(mine[at].1));
+                }
+            }
+        }
+        out
     }
 
     /// The real servers of the services in `scope`, in order.
@@ -1129,5 +1158,35 @@ mod tests {
             [(SVC, 1), (SVC, 3)]
         );
         assert_eq!(sim.engine.snapshot().len(), 3);
+        // In a configuration's order, which need not be the table's: OTHER (.101) before
+        // SVC (.100), real servers in any order, one the checkers do not know (.7).
+        let vs = |vip: &str, rs: &[u8]| {
+            let mut t = format!(
+                "[[virtual_server]]\nip = \"{vip}\"\nport = 80\nprotocol = \"TCP\"\n\
+                 lb_algo = \"rr\"\nlb_kind = \"DR\"\nstatic = true\n"
+            );
+            for last in rs {
+                t += &format!(
+                    "[[virtual_server.real_server]]\nip = \"192.0.2.{last}\"\nport = 80\n"
+                );
+            }
+            t
+        };
+        let text = format!(
+            "[dataplane]\ninterface = \"eth0\"\n{}{}",
+            vs("192.0.2.101", &[1]),
+            vs("192.0.2.100", &[3, 7, 1])
+        );
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let snap = sim.engine.snapshot();
+        let at = |svc: ServiceKey, last: u8| {
+            snap.get(&(svc, SocketAddr::new([192, 0, 2, last].into(), 80)))
+                .cloned()
+        };
+        assert!(at(OTHER, 1).is_some() && at(SVC, 3).is_some() && at(SVC, 1).is_some());
+        assert_eq!(
+            sim.engine.health_in_order(&config.virtual_servers),
+            [at(OTHER, 1), at(SVC, 3), None, at(SVC, 1)]
+        );
     }
 }

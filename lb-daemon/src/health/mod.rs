@@ -345,26 +345,14 @@ impl Checkers {
     }
 
     /// How each real server of `config` is doing, in the order of its services and their
-    /// real servers (`None`: not checked by these checkers). What status shows: a walk in
-    /// step with the configuration, where a snapshot then a lookup per real server cost
-    /// 80 ms at 100,000 of them.
+    /// real servers (`None`: not checked by these checkers). What status shows: one walk
+    /// of the checkers' table, where a snapshot then a lookup per real server cost 80 ms at
+    /// 100,000 of them.
     pub fn in_order(&self, config: &Config) -> Vec<Option<BackendHealth>> {
-        let core = self.shared.lock();
-        let mut out = Vec::with_capacity(
-            config
-                .virtual_servers
-                .iter()
-                .map(|vs| vs.real_servers.len())
-                .sum(),
-        );
-        for vs in &config.virtual_servers {
-            let of_service = core.engine.service_health((vs.vip, vs.port, vs.proto));
-            for rs in &vs.real_servers {
-                let at = of_service.binary_search_by_key(&rs.addr, |(a, _)| *a);
-                out.push(at.ok().map(|i| of_service[i].1.clone()));
-            }
-        }
-        out
+        self.shared
+            .lock()
+            .engine
+            .health_in_order(&config.virtual_servers)
     }
 }
 
