@@ -1035,6 +1035,9 @@ async fn reload(
     *tracking = t;
     *config = new;
     if let Some(dp) = dp.as_mut() {
+        // A changed service's pool decides when its quorum is first told (all its MACs
+        // known), even when the quorum itself did not move.
+        dp.quorum_moved |= !changed.is_empty();
         // Rebuilt from every service only when some address came or went.
         if addresses_moved {
             let want = wanted(config, dp.ifindex);

@@ -71,8 +71,8 @@ struct RawConfig {
     vrrp_instance: Vec<vrrp::RawInstance>,
     #[serde(default)]
     vrrp_sync_group: Vec<vrrp::RawSyncGroup>,
-    #[serde(default)]
-    virtual_server: Vec<RawVirtualServer>,
+    /// `None`: no `virtual_server` key at all (which the rest of a cut file must have).
+    virtual_server: Option<Vec<RawVirtualServer>>,
     sync: Option<sync::RawSync>,
 }
 
@@ -455,11 +455,8 @@ impl Config {
     pub fn parse_whole(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let cx = Ctx::new(file, text, vec![(0, 0)]);
         let mut raw: RawConfig = cx.toml()?;
-        let first = raw
-            .virtual_server
-            .first()
-            .map(|vs| cx.line_col(vs.ip.span().start).0);
-        let services = std::mem::take(&mut raw.virtual_server);
+        let services = raw.virtual_server.take().unwrap_or_default();
+        let first = services.first().map(|vs| cx.line_col(vs.ip.span().start).0);
         Self::assemble(&cx, raw, first, || {
             services
                 .iter()
@@ -479,7 +476,8 @@ impl Config {
     fn parse_split(file: &Path, s: &split::Split, cache: &mut split::Cache) -> Option<Self> {
         let cx = Ctx::new(file, &s.rest, s.line_map.clone());
         let raw: RawConfig = cx.toml().ok()?;
-        if !raw.virtual_server.is_empty() {
+        // Even `virtual_server = []`: beside the blocks' headers it is a TOML error.
+        if raw.virtual_server.is_some() {
             return None;
         }
         let mut kept = Vec::new();
@@ -1493,6 +1491,13 @@ static = true
             format!("{head}{}a = \"\"\"\n\"\"\"\n", service("192.0.2.100", "")),
             format!("{head}[\"virtual_server\"]\n"),
             format!("{head}virtual_server = []\n"),
+            // An empty array beside blocks: an error of the whole file, which the rest of
+            // the file alone would not see.
+            format!("virtual_server = []\n{head}{}", service("192.0.2.100", "")),
+            format!(
+                "\"virtual_server\" = []\n{head}{}",
+                service("192.0.2.100", "")
+            ),
         ];
         let file = Path::new("lb.toml");
         for text in cut.iter().chain(&whole_only) {
