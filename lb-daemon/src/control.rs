@@ -420,30 +420,15 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         map_writes: u64,
         sync: &'a Option<crate::status::SyncStatus>,
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let part = snap.services.len().div_ceil(threads);
-    let services = std::thread::scope(|scope| {
-        let workers: Vec<_> = snap
-            .services
-            .chunks(part)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(serde_json::value::to_raw_value)
-                        .collect::<serde_json::Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(snap.services.len());
-        for w in workers {
-            match w.join() {
-                Ok(part) => all.extend(part?),
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        Ok::<_, serde_json::Error>(all)
-    })?;
+    let mut services = Vec::with_capacity(snap.services.len());
+    for part in crate::par::ranges(snap.services.len(), 0, |part| {
+        snap.services[part]
+            .iter()
+            .map(serde_json::value::to_raw_value)
+            .collect::<serde_json::Result<Vec<_>>>()
+    }) {
+        services.extend(part?);
+    }
     let Snapshot {
         time,
         router_id,

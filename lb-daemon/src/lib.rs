@@ -7,6 +7,7 @@ pub mod health;
 pub mod import;
 pub mod metrics;
 pub mod netlink;
+pub mod par;
 pub mod realserver;
 pub mod sdnotify;
 pub mod status;

@@ -263,38 +263,14 @@ pub(super) fn parse_blocks<E: Send>(
         .map(|(b, &h)| cache.take(h, b.text))
         .collect();
     let misses: Vec<usize> = (0..blocks.len()).filter(|&i| found[i].is_none()).collect();
-    let threads = if misses.len() < PARALLEL_FROM {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
-    let parse = &parse;
-    let fresh: Vec<(usize, Result<Parsed, E>)> = if threads == 1 {
-        misses.iter().map(|&i| (i, parse(&blocks[i]))).collect()
-    } else {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = misses
-                .chunks(misses.len().div_ceil(threads))
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|&i| (i, parse(&blocks[i])))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| match w.join() {
-                    Ok(r) => r,
-                    // A panic in a parse is a bug; it stays one on this thread.
-                    Err(p) => std::panic::resume_unwind(p),
-                })
-                .collect()
-        })
-    };
+    let fresh = crate::par::ranges(misses.len(), PARALLEL_FROM, |part| {
+        misses[part]
+            .iter()
+            .map(|&i| (i, parse(&blocks[i])))
+            .collect::<Vec<_>>()
+    });
     let mut error = None;
-    for (i, r) in fresh {
+    for (i, r) in fresh.into_iter().flatten() {
         match r {
             Ok(p) => found[i] = Some((hashes[i], Box::from(blocks[i].text), p)),
             Err(e) => {

@@ -369,15 +369,7 @@ pub unsafe fn lookup_batch(
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for this command, its pointers the caller's
     // promise.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    let err = (rc < 0).then(io::Error::last_os_error);
+    let err = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
     ((attr.count as usize).min(count as usize), err)
 }
 
@@ -402,16 +394,26 @@ unsafe fn update_batch(
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for this command, pointing at `n` entries
     // (the caller's promise).
+    let err = unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr) };
+    ((attr.count as usize).min(n), err)
+}
+
+/// The `bpf(cmd, attr)` system call of a batch command; its error, if any. The kernel
+/// writes in `attr.count` how many elements it did.
+///
+/// # Safety
+/// `attr` is a valid bpf_attr prefix for `cmd`, its pointers valid for what it says.
+unsafe fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> Option<io::Error> {
+    // SAFETY: the caller's promise; `attr` is alive and writable across the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
+            cmd,
+            attr as *mut BatchAttr,
             std::mem::size_of::<BatchAttr>(),
         )
     };
-    let err = (rc < 0).then(io::Error::last_os_error);
-    ((attr.count as usize).min(n), err)
+    (rc < 0).then(io::Error::last_os_error)
 }
 
 /// A walk of one table, a batch of entries per step, so that a caller can spread a big

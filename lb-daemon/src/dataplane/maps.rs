@@ -441,7 +441,7 @@ fn add_traffic(a: &mut TrafficCounters, c: &TrafficCounters) {
 const COUNTER_BATCH: usize = 1024;
 
 /// From this many elements on, [`per_cpu_sums_on_every_core`] splits the read.
-const PARALLEL_FROM: u32 = 16 * COUNTER_BATCH as u32;
+const PARALLEL_FROM: usize = 16 * COUNTER_BATCH;
 
 /// [`per_cpu_sums`] of `0..n`, in as many ranges as there are cores, read side by side: the
 /// kernel's copy is most of the cost (30 ms for 110,000 elements on 2 CPUs, nearly all of
@@ -453,26 +453,13 @@ fn per_cpu_sums_on_every_core<V: Pod + Default + Send + Sync>(
     add: impl Fn(&mut V, &V) + Sync,
 ) -> Result<Vec<V>, MapWriteError> {
     let n = n.min(map.len());
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()) as u32;
-    if n < PARALLEL_FROM || threads < 2 {
-        return per_cpu_sums(map, name, 0..n, add);
+    let mut all = Vec::with_capacity(n as usize);
+    for part in crate::par::ranges(n as usize, PARALLEL_FROM, |r| {
+        per_cpu_sums(map, name, r.start as u32..r.end as u32, &add)
+    }) {
+        all.extend(part?);
     }
-    let part = n.div_ceil(threads);
-    let add = &add;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| t * part..((t + 1) * part).min(n))
-            .map(|range| scope.spawn(move || per_cpu_sums(map, name, range, add)))
-            .collect();
-        let mut all = Vec::with_capacity(n as usize);
-        for w in workers {
-            match w.join() {
-                Ok(part) => all.extend(part?),
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        Ok(all)
-    })
+    Ok(all)
 }
 
 /// Elements `range` of a per-CPU array, each summed over CPUs with `add`.
