@@ -21,15 +21,15 @@ use std::{
 use hmac::{Hmac, KeyInit, Mac};
 use lb_daemon::{
     config::{Config, ConfigError},
-    control,
+    control, daemon,
     dataplane::{
         maps::MemMaps,
         neigh::{self, MacResolverConfig, MacTable, MacUpdate, NeighEvent},
-        plan::Limits,
         xdp_link, Dataplane, ServiceSpec,
     },
     health::http::{self, Framing},
     import::{self, ImportError},
+    model::Limits,
     netlink::{self, Control, MessageBuilder},
     sync::{
         codec::{self, Body, DataBuilder, DecodeError, Header, Key, Push, WireEntry, WireRef},
@@ -500,7 +500,7 @@ fn sync_index() -> &'static (Index, Vec<WireRef>) {
 /// Every service active and every real server up, with a MAC.
 fn all_up(config: &Config) -> Vec<ServiceSpec> {
     let vips: HashSet<IpAddr> = config.virtual_servers.iter().map(|v| v.vip).collect();
-    config.service_specs(|ip| Some(mac_of(ip)), &vips, |_, _| None, |_| true)
+    daemon::service_specs(config, |ip| Some(mac_of(ip)), &vips, |_, _| None, |_| true)
 }
 
 fn mac_of(ip: IpAddr) -> [u8; 6] {
@@ -708,7 +708,7 @@ fn plan(c: &Config) {
     }
     // Everything down, no quorum anywhere: a plan still, or a clear error.
     let vips: HashSet<IpAddr> = HashSet::new();
-    let down = c.service_specs(|_| None, &vips, |_, _| Some((false, None)), |_| false);
+    let down = daemon::service_specs(c, |_| None, &vips, |_, _| Some((false, None)), |_| false);
     let _ = dp.update(&down);
 }
 

@@ -71,7 +71,7 @@ use tracing::{debug, warn};
 use crate::status::{rates, render_table, Snapshot};
 
 /// Where the daemon listens unless told otherwise.
-pub const DEFAULT_PATH: &str = "/run/lb-daemon.sock";
+pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_PATH;
 /// The longest request line (without its newline).
 pub const MAX_LINE: usize = 64 * 1024;
 /// A good capacity for the channel of [`Call`]s.
@@ -888,7 +888,7 @@ mod tests {
     /// hand): the peer-credential check answers with an error and closes.
     #[tokio::test]
     async fn other_users_are_refused_by_their_credentials() {
-        if !crate::vrrp::notify::test_util::privileged("control::other_users_are_refused") {
+        if !crate::testutil::privileged("control::other_users_are_refused") {
             return;
         }
         // Not under $TMPDIR: nobody must be able to reach the socket through the path.

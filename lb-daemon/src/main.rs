@@ -3,7 +3,7 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use lb_daemon::{config::Config, daemon};
+use lb_daemon::daemon;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
@@ -34,13 +34,13 @@ enum Cmd {
         /// Add per-second rates (two samples a second apart).
         #[arg(long)]
         rate: bool,
-        #[arg(long, default_value = lb_daemon::control::DEFAULT_PATH)]
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
     /// Make the running daemon re-read its configuration (like SIGHUP, but says whether it
     /// was accepted).
     Reload {
-        #[arg(long, default_value = lb_daemon::control::DEFAULT_PATH)]
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
     /// Check a configuration file without touching the system; non-zero exit on an error.
@@ -123,7 +123,7 @@ fn run() -> Result<()> {
         .init();
     match cli.cmd {
         Cmd::Check { config } => {
-            let c = Config::check_file(&config)?;
+            let c = lb_daemon::daemon::check_file(&config)?;
             println!(
                 "{}: OK ({} virtual servers, {} real servers)",
                 config.display(),

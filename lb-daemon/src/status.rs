@@ -1365,12 +1365,12 @@ pub(crate) mod test_support {
     pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
         let within = std::time::Duration::from_secs(10);
         assert!(
-            crate::vrrp::notify::test_util::eventually(within, f).await,
+            crate::testutil::eventually(within, f).await,
             "never: {what}"
         );
     }
 
-    pub(crate) use crate::vrrp::notify::test_util::TempDir;
+    pub(crate) use crate::testutil::TempDir;
 
     /// A snapshot with a bit of everything: IPv4 and IPv6, a backup service, a backend
     /// down, two VRRP instances, XDP reasons.

@@ -45,7 +45,7 @@ fn expectations(file: &Path) -> Vec<String> {
 
 /// What `lb-daemon check` does with a file, minus the printing.
 fn check(file: &Path) -> anyhow::Result<Config> {
-    Config::check_file(file)
+    lb_daemon::daemon::check_file(file)
 }
 
 #[test]
@@ -131,8 +131,7 @@ track_script = ["chk"]
     );
     fs::write(&config, &text).unwrap();
     let loaded = Config::load(&config).expect("the file itself is fine");
-    let error = loaded
-        .check_scripts()
+    let error = lb_daemon::daemon::check_scripts(&loaded)
         .expect_err("a world-writable script must be refused")
         .to_string();
     let head = format!(

@@ -5,7 +5,7 @@
 //! "Nginx + Keepalived" VIP is the placeholder `xxx.xxx.xxx.xxx` in the seed, written
 //! 192.0.2.100 here (the placeholder itself is tested to fail with its position).
 //!
-//! Each import must pass what `lb-daemon check` does ([`Config::check_file`]) and mean what
+//! Each import must pass what `lb-daemon check` does ([`daemon::check_file`]) and mean what
 //! `seed/*.expected.toml`, written by hand, means. The seed's scripts
 //! (`/etc/keepalived/check_nginx.sh`...) do not exist here, and `check` refuses a script that
 //! does not exist; so the copy that is checked names executable stand-ins at the same place
@@ -25,11 +25,12 @@ use std::{
 use lb_daemon::{
     config::{
         check::{CheckKind, Checks},
-        vrrp::check_script_safety,
         Config,
     },
-    dataplane::{Proto, Scheduler},
+    daemon,
     import::{self, Options},
+    model::{Proto, Scheduler},
+    script::check_safety as check_script_safety,
 };
 
 fn seed(name: &str) -> PathBuf {
@@ -54,7 +55,7 @@ fn stand_in_key(dir: &Path) -> PathBuf {
 
 /// What `lb-daemon check` does with a file.
 fn check(file: &Path) -> anyhow::Result<Config> {
-    Config::check_file(file)
+    daemon::check_file(file)
 }
 
 /// A model without where it was read from.

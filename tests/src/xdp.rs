@@ -7,12 +7,13 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lb_daemon::dataplane::{
-    default_idle_timeout,
-    maps::BpfMaps,
-    plan::Limits,
-    program::{self, LoadOptions},
-    BackendSpec, Dataplane, Proto, Scheduler, ServiceSpec,
+use lb_daemon::{
+    dataplane::{
+        maps::BpfMaps,
+        program::{self, LoadOptions},
+        BackendSpec, Dataplane, ServiceSpec,
+    },
+    model::{Limits, Proto, Scheduler},
 };
 
 /// The MAC the harness gives the load balancer's interface.
@@ -153,7 +154,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
         mh_table_size: MH_TABLE_SIZE,
         persistence_timeout: 0,
         persistence_prefix: 32,
-        idle_timeout: default_idle_timeout(Proto::Tcp),
+        idle_timeout: Proto::Tcp.default_idle_timeout(),
         active: true,
         backends: (0..3u8)
             .map(|i| BackendSpec {

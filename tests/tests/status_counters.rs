@@ -10,10 +10,12 @@ use std::{os::fd::OwnedFd, time::Instant};
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{names, TrafficCounters};
-use lb_daemon::dataplane::{
-    maps::BpfMaps,
-    plan::Limits,
-    program::{self, LoadOptions, MapFds},
+use lb_daemon::{
+    dataplane::{
+        maps::BpfMaps,
+        program::{self, LoadOptions, MapFds},
+    },
+    model::Limits,
 };
 use lb_tests::{netns::require_root, xdp::LB_MAC};
 

@@ -22,7 +22,10 @@ use std::{
 };
 
 use lb_common::reason::{self, *};
-use lb_daemon::dataplane::{BackendSpec, Proto, Scheduler, ServiceSpec};
+use lb_daemon::{
+    dataplane::{BackendSpec, ServiceSpec},
+    model::{Proto, Scheduler},
+};
 use lb_tests::{
     netns::require_root,
     packet::*,
@@ -85,7 +88,7 @@ fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler) -> ServiceSpe
         mh_table_size: lb_tests::xdp::MH_TABLE_SIZE,
         persistence_timeout: 0,
         persistence_prefix: 32,
-        idle_timeout: lb_daemon::dataplane::default_idle_timeout(proto),
+        idle_timeout: proto.default_idle_timeout(),
         active: true,
         backends: (0..3).map(|i| backend(i, port)).collect(),
     }

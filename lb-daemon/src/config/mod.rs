@@ -20,12 +20,13 @@ pub mod vrrp;
 pub use sync::SyncConfig;
 pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 
-use crate::dataplane::{
-    default_idle_timeout,
-    plan::{self, Limits},
-    program::AttachMode,
-    BackendSpec, Proto, Scheduler, ServiceSpec,
-};
+// The configuration is a leaf: it reads and checks the file by its own rules, and uses
+// nothing of the daemon but the ground floor's model.
+use crate::model::{is_prime, Limits, Proto, Scheduler, ServiceKey, XdpMode};
+
+/// The control socket of `lb-daemon status` and `reload` when `global_defs.control_socket`
+/// is not set.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lb-daemon.sock";
 
 /// IPVS's weight range (`ipvsadm -w`: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -103,7 +104,7 @@ impl GlobalDefs {
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
             .clone()
-            .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_PATH))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
     }
 }
 
@@ -210,13 +211,13 @@ fn one() -> Spanned<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
     pub interface: String,
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpMode,
     pub max_flows: u32,
     /// Leave the program forwarding when the daemon stops (a restart or an upgrade),
     /// instead of detaching it.
     pub keep_xdp_on_exit: bool,
     /// The least room the maps get (`max_services`, `max_real_servers`, `ring_slots`; 0
-    /// where not set): see [`Config::dataplane_limits`].
+    /// where not set): the daemon's map sizes are at least these.
     pub reserve: Limits,
 }
 
@@ -266,7 +267,12 @@ impl VirtualServer {
     /// How logs, status and `track_virtual_server` name the service: `VIP:PORT/TCP`, with
     /// an IPv6 VIP in brackets.
     pub fn name(&self) -> String {
-        crate::health::service_name(&(self.vip, self.port, self.proto))
+        self.key().to_string()
+    }
+
+    /// Its VIP, port and protocol: how the rest of the daemon finds it.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(self.vip, self.port, self.proto)
     }
 
     /// keepalived's quorum with hysteresis: a service that has its quorum keeps it while the
@@ -551,8 +557,9 @@ impl Config {
             &raw.vrrp_sync_group,
         )?;
         if let Some(m) = &raw.global_defs.metrics_address {
-            // The metrics server's own rule, so that `check` and `run` agree.
-            if crate::metrics::check_addr(*m.get_ref(), false).is_err() {
+            // The rule the metrics server binds by (`metrics::check_addr`), so that `check`
+            // and `run` agree.
+            if !m.get_ref().ip().to_canonical().is_loopback() {
                 return Err(cx.invalid(
                     m.span(),
                     "global_defs.metrics_address",
@@ -569,7 +576,7 @@ impl Config {
             .collect();
         let mut virtual_servers = Vec::with_capacity(services.len());
         for Service { vs, ip_line } in services {
-            if !keys.insert((vs.vip, vs.port, vs.proto)) {
+            if !keys.insert(vs.key()) {
                 return Err(cx.invalid_at(
                     ip_line,
                     "virtual_server.ip",
@@ -631,8 +638,8 @@ impl Config {
     pub fn changed_services(
         &self,
         new: &Config,
-    ) -> std::collections::HashSet<(IpAddr, u16, Proto), foldhash::fast::RandomState> {
-        let key = |vs: &VirtualServer| (vs.vip, vs.port, vs.proto);
+    ) -> std::collections::HashSet<ServiceKey, foldhash::fast::RandomState> {
+        let key = |vs: &VirtualServer| vs.key();
         // The same services in the same order (a reload that changed values): side by side,
         // without a lookup.
         if self.virtual_servers.len() == new.virtual_servers.len()
@@ -673,48 +680,6 @@ impl Config {
         changed
     }
 
-    /// `lb-daemon check`: the file as [`Config::load`] reads it, its scripts as
-    /// [`Config::check_scripts`] sees them, then what start-up would refuse beyond the file
-    /// (unknown users, unsafe hooks), by the same code the daemon starts with, starting
-    /// nothing and touching nothing.
-    pub fn check_file(file: &Path) -> anyhow::Result<Config> {
-        let c = Config::load(file)?;
-        c.check_scripts()?;
-        let named = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
-        crate::health::validate(&c).map_err(|e| named(&e))?;
-        crate::vrrp::track::validate(&c).map_err(|e| named(&e))?;
-        crate::vrrp::notify::NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
-        c.sync_key()?;
-        c.dataplane_limits().map_err(|e| named(&e))?;
-        Ok(c)
-    }
-
-    /// The sizes the program's maps are loaded with: what every service needs with every
-    /// real server up (its sorry_server too), half as much again for growth, and at least
-    /// `[dataplane]`'s reserve. The daemon starts with these, and `lb-daemon check` refuses
-    /// what they refuse: the two run this same plan.
-    pub fn dataplane_limits(&self) -> Result<Limits, plan::PlanError> {
-        let all = std::collections::HashSet::new();
-        let mut specs =
-            self.service_specs(|_| Some([2, 0, 0, 0, 0, 1]), &all, |_, _| None, |_| true);
-        for (spec, vs) in specs.iter_mut().zip(&self.virtual_servers) {
-            if let Some(sorry) = vs.sorry_server {
-                spec.backends.push(BackendSpec {
-                    addr: sorry,
-                    weight: 1,
-                    mac: Some([2, 0, 0, 0, 0, 1]),
-                });
-            }
-        }
-        let needs = plan::needs(&specs)?;
-        let reserve = self
-            .dataplane
-            .as_ref()
-            .map(|d| d.reserve)
-            .unwrap_or_default();
-        Ok(Limits::with_headroom(needs).max(reserve))
-    }
-
     /// The `[sync]` section's key, read from its `key_file` (see [`sync::read_key`]); `None`
     /// without a `[sync]` section.
     pub fn sync_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -730,128 +695,11 @@ impl Config {
                 message,
             })
     }
-
-    /// keepalived's `enable_script_security` (on unless `global_defs` turns it off): every
-    /// script and hook exists, is executable, and neither it nor a directory above it can be
-    /// changed by a user other than root.
-    pub fn check_scripts(&self) -> Result<(), ConfigError> {
-        let safety = self.global_defs.enable_script_security != Some(false);
-        for s in &self.scripts {
-            // Without script security a script still has to be there to run.
-            let checked = if safety {
-                vrrp::check_script_safety(&s.program)
-            } else {
-                vrrp::check_script_runnable(&s.program)
-            };
-            checked.map_err(|message| ConfigError::Invalid {
-                file: self.file.clone(),
-                line: s.line,
-                key: s.key.clone(),
-                message,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
-    /// where the VIP is static or held by a VRRP instance that is master (`master_vips`),
-    /// and each real server as its health checks say (`health_of`: up, dynamic weight; no
-    /// verdict yet counts as up). A failing real server keeps its place in the list and
-    /// takes no new flow; its established flows keep going to it (IPVS keeps them too, with
-    /// `expire_nodest_conn` at its default 0), so a false verdict resets nothing. With the
-    /// service's `expire_nodest_conn` (and without `inhibit_on_failure`, which in IPVS
-    /// keeps the server in the table) it becomes unusable instead: its flows are
-    /// rescheduled. The real servers a sorry_server stands in for follow the same rule.
-    pub fn service_specs(
-        &self,
-        mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
-        master_vips: &std::collections::HashSet<IpAddr>,
-        health_of: impl Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)>,
-        has_quorum: impl Fn(&VirtualServer) -> bool,
-    ) -> Vec<ServiceSpec> {
-        self.virtual_servers
-            .iter()
-            .map(|vs| service_spec(vs, &mac_of, master_vips, &health_of, has_quorum(vs)))
-            .collect()
-    }
-}
-
-/// One service of [`Config::service_specs`], its quorum given.
-pub fn service_spec(
-    vs: &VirtualServer,
-    mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
-    master_vips: &std::collections::HashSet<IpAddr>,
-    health_of: impl Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)>,
-    has_quorum: bool,
-) -> ServiceSpec {
-    let mut backends: Vec<BackendSpec> = vs
-        .real_servers
-        .iter()
-        .map(|rs| {
-            let mac = mac_of(rs.addr.ip());
-            match (
-                rs.healthy_weight(health_of(vs, rs)),
-                rs.checks.inhibit_on_failure,
-            ) {
-                (Some(weight), _) => BackendSpec {
-                    addr: rs.addr,
-                    weight,
-                    mac,
-                },
-                (None, true) => BackendSpec {
-                    addr: rs.addr,
-                    weight: 0,
-                    mac,
-                },
-                (None, false) => BackendSpec {
-                    addr: rs.addr,
-                    weight: 0,
-                    mac: if vs.expire_nodest_conn { None } else { mac },
-                },
-            }
-        })
-        .collect();
-    let mut active = vs.is_static || master_vips.contains(&vs.vip);
-    if !has_quorum {
-        match vs.sorry_server {
-            // keepalived swaps the pool for the sorry server: the real servers (kept in
-            // the list, so their ids and order stay) take no new flow, and keep their
-            // established ones unless `expire_nodest_conn`.
-            Some(sorry) => {
-                for b in &mut backends {
-                    b.weight = 0;
-                    if vs.expire_nodest_conn {
-                        b.mac = None;
-                    }
-                }
-                backends.push(BackendSpec {
-                    addr: sorry,
-                    weight: 1,
-                    mac: mac_of(sorry.ip()),
-                });
-            }
-            None => active = false,
-        }
-    }
-    ServiceSpec {
-        vip: vs.vip,
-        port: vs.port,
-        proto: vs.proto,
-        sched: vs.sched,
-        hash_port: vs.hash_port,
-        persistence_timeout: vs.persistence_timeout,
-        persistence_prefix: vs.persistence_prefix,
-        idle_timeout: vs.idle_timeout,
-        sloppy_tcp: vs.sloppy_tcp,
-        mh_table_size: vs.mh_table_size,
-        active,
-        backends,
-    }
 }
 
 fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError> {
     let xdp_mode = match &d.xdp_mode {
-        None => AttachMode::Auto,
+        None => XdpMode::Auto,
         Some(m) => m
             .get_ref()
             .parse()
@@ -1038,7 +886,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         }
         Some(m) => {
             let m_v = *m.get_ref();
-            if m_v > MAX_MH_TABLE_SIZE || !crate::dataplane::maglev::is_prime(m_v) {
+            if m_v > MAX_MH_TABLE_SIZE || !is_prime(m_v) {
                 return Err(cx.invalid(
                     m.span(),
                     "virtual_server.mh_table_size",
@@ -1115,7 +963,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         hash_port: vs.hash_port,
         idle_timeout: vs
             .idle_timeout
-            .unwrap_or_else(|| default_idle_timeout(proto)),
+            .unwrap_or_else(|| proto.default_idle_timeout()),
         is_static: vs.is_static,
         sloppy_tcp: vs.sloppy_tcp.unwrap_or(true),
         expire_nodest_conn: vs.expire_nodest_conn,
@@ -1206,21 +1054,15 @@ static = true
         let c = parse(GOOD).unwrap();
         let d = c.dataplane.as_ref().unwrap();
         assert_eq!(d.interface, "eth0");
-        assert_eq!(d.xdp_mode, AttachMode::Skb);
+        assert_eq!(d.xdp_mode, XdpMode::Skb);
         assert_eq!(d.max_flows, lb_common::DEFAULT_MAX_FLOWS);
         let vs = &c.virtual_servers[0];
         assert_eq!(vs.sched, Scheduler::Rr);
         assert_eq!(vs.idle_timeout, 900);
         assert_eq!(vs.persistence_prefix, 32);
         assert_eq!(vs.real_servers[1].weight, 1, "keepalived's default weight");
-        let specs = c.service_specs(
-            |_| Some([2, 0, 0, 0, 0, 1]),
-            &Default::default(),
-            |_, _| None,
-            |_| true,
-        );
-        assert!(specs[0].active);
-        assert_eq!(specs[0].backends.len(), 2);
+        assert!(vs.is_static);
+        assert_eq!(vs.real_servers.len(), 2);
     }
 
     #[test]
@@ -1304,62 +1146,6 @@ static = true
             let e = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(e.starts_with(want), "{to}: {e}");
         }
-    }
-
-    /// The maps' sizes follow the configuration: what it needs with every real server up,
-    /// and half again, at least the compiled-in sizes and `[dataplane]`'s reserve; 65
-    /// services (once refused at start) are fine, and what no node holds is refused by
-    /// the same plan `run` makes, naming the limit.
-    #[test]
-    fn dataplane_limits_follow_the_configuration() {
-        let c = parse(GOOD).unwrap();
-        assert_eq!(c.dataplane_limits().unwrap(), Limits::default());
-        let mut text = GOOD.to_string();
-        for port in 1..=65 {
-            text += &format!(
-                "\n[[virtual_server]]\nip = \"192.0.2.101\"\nport = {port}\nprotocol = \"TCP\"\n\
-                 lb_algo = \"mh\"\nmh_table_size = 1021\nlb_kind = \"DR\"\nstatic = true\n\
-                 sorry_server = {{ ip = \"192.0.2.13\", port = {port} }}\n\
-                 [[virtual_server.real_server]]\nip = \"192.0.2.11\"\nport = {port}\n"
-            );
-        }
-        let c = parse(&text).unwrap();
-        let l = c.dataplane_limits().unwrap();
-        // 66 services; 2 + 65 x 2 (sorry servers count) real servers; rr 2 + 65 x 1021;
-        // half again, at least the compiled-in sizes.
-        assert_eq!(
-            l,
-            Limits {
-                services: 99,
-                backends: 4096,
-                ring_slots: (2 + 65 * 1021) * 3 / 2
-            }
-        );
-        let reserved = text.replacen(
-            "xdp_mode = \"skb\"",
-            "xdp_mode = \"skb\"\nmax_services = 5000\nmax_real_servers = 5000",
-            1,
-        );
-        let l = parse(&reserved).unwrap().dataplane_limits().unwrap();
-        assert_eq!((l.services, l.backends), (5000, 5000));
-        // Beyond any node: ring slots, through Maglev tables of the largest M.
-        let mut huge = GOOD.to_string();
-        for port in 1..=17 {
-            huge += &format!(
-                "\n[[virtual_server]]\nip = \"192.0.2.101\"\nport = {port}\nprotocol = \"TCP\"\n\
-                 lb_algo = \"mh\"\nmh_table_size = 16777213\nlb_kind = \"DR\"\nstatic = true\n\
-                 [[virtual_server.real_server]]\nip = \"192.0.2.11\"\nport = {port}\n"
-            );
-        }
-        let e = parse(&huge)
-            .unwrap()
-            .dataplane_limits()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("ring slots: no node holds more than 268435456 (lower mh_table_size"),
-            "{e}"
-        );
     }
 
     /// `GOOD` with a VRRP instance owning the VIP, tracking `track`; a UDP service on the
@@ -1561,7 +1347,7 @@ static = true
         assert_eq!(same, [true, false, true]);
         let key = |c: &Config, i: usize| {
             let vs = &c.virtual_servers[i];
-            (vs.vip, vs.port, vs.proto)
+            vs.key()
         };
         let changed = |a: &Config, b: &Config| {
             let mut v: Vec<_> = a.changed_services(b).into_iter().collect();
@@ -1641,187 +1427,5 @@ mod example_tests {
             nginx.vrrp_scripts[0].interval,
             std::time::Duration::from_secs(3)
         );
-    }
-}
-
-#[cfg(test)]
-mod quorum_tests {
-    use super::*;
-
-    const TEXT: &str = r#"
-[dataplane]
-interface = "eth0"
-
-[[virtual_server]]
-ip = "192.0.2.100"
-port = 80
-protocol = "TCP"
-lb_algo = "rr"
-lb_kind = "DR"
-static = true
-quorum = 3
-hysteresis = 1
-sorry_server = { ip = "192.0.2.50", port = 80 }
-
-  [[virtual_server.real_server]]
-  ip = "192.0.2.11"
-  port = 80
-  weight = 2
-
-  [[virtual_server.real_server]]
-  ip = "192.0.2.12"
-  port = 80
-  weight = 2
-"#;
-
-    /// Each real server as its checks say: up with its (dynamic) weight; failing, drained
-    /// with `inhibit_on_failure` (weight 0, MAC kept: its flows stay) or unusable (no MAC:
-    /// its flows move); no verdict yet, up unless `alpha`. The VIP of a backup instance is
-    /// inactive; a static one is always active.
-    #[test]
-    fn service_specs_follow_health_inhibit_alpha_and_vrrp_roles() {
-        let text = format!(
-            "{TEXT}
-  [[virtual_server.real_server]]
-  ip = \"192.0.2.13\"
-  port = 80
-  weight = 2
-  inhibit_on_failure = true
-    [[virtual_server.real_server.TCP_CHECK]]
-
-  [[virtual_server.real_server]]
-  ip = \"192.0.2.14\"
-  port = 80
-  weight = 2
-    [[virtual_server.real_server.TCP_CHECK]]
-    alpha = true
-
-[[vrrp_instance]]
-name = \"VI_1\"
-interface = \"eth0\"
-virtual_router_id = 1
-priority = 100
-virtual_ipaddress = [\"192.0.2.200\"]
-
-[[virtual_server]]
-ip = \"192.0.2.200\"
-port = 80
-protocol = \"TCP\"
-lb_algo = \"rr\"
-lb_kind = \"DR\"
-
-  [[virtual_server.real_server]]
-  ip = \"192.0.2.21\"
-  port = 80
-"
-        )
-        .replace("quorum = 3\nhysteresis = 1\n", "");
-        let c = Config::parse(Path::new("lb.toml"), &text).unwrap();
-        let mac = [2, 0, 0, 0, 0, 1];
-        let ip = |b: &BackendSpec| b.addr.ip().to_string();
-        // .11 up with a dynamic weight, .12 failing, .13 failing but inhibited, .14 alpha
-        // without a verdict yet.
-        let verdicts = |_: &VirtualServer, rs: &RealServer| match rs.addr.ip().to_string().as_str()
-        {
-            "192.0.2.11" => Some((true, Some(7))),
-            "192.0.2.12" | "192.0.2.13" => Some((false, None)),
-            _ => None,
-        };
-        let none = Default::default();
-        let specs = c.service_specs(|_| Some(mac), &none, verdicts, |_| true);
-        let b = &specs[0].backends;
-        assert_eq!(
-            b.iter()
-                .map(|b| (ip(b), b.weight, b.mac.is_some()))
-                .collect::<Vec<_>>(),
-            [
-                ("192.0.2.11".to_string(), 7, true),
-                // Failing: no new flows, established ones stay (expire_nodest_conn off).
-                ("192.0.2.12".to_string(), 0, true),
-                ("192.0.2.13".to_string(), 0, true),
-                // No verdict yet: takes no flow (and has none to keep).
-                ("192.0.2.14".to_string(), 0, true),
-            ]
-        );
-        // With expire_nodest_conn the failing server's flows are rescheduled (no MAC);
-        // the inhibited one keeps its place and its flows, as in IPVS.
-        let expiring = Config::parse(
-            Path::new("lb.toml"),
-            &text.replacen(
-                "lb_kind = \"DR\"\n",
-                "lb_kind = \"DR\"\nexpire_nodest_conn = true\n",
-                1,
-            ),
-        )
-        .unwrap();
-        assert!(expiring.virtual_servers[0].expire_nodest_conn);
-        let specs = expiring.service_specs(|_| Some(mac), &none, verdicts, |_| true);
-        assert_eq!(
-            specs[0]
-                .backends
-                .iter()
-                .map(|b| (ip(b), b.weight, b.mac.is_some()))
-                .collect::<Vec<_>>()[1..3],
-            [
-                ("192.0.2.12".to_string(), 0, false),
-                ("192.0.2.13".to_string(), 0, true),
-            ]
-        );
-        assert!(specs[0].active, "static");
-        assert!(!specs[1].active, "its instance is not master here");
-        let master: std::collections::HashSet<IpAddr> = ["192.0.2.200".parse().unwrap()].into();
-        let specs = c.service_specs(|_| Some(mac), &master, verdicts, |_| true);
-        assert!(specs[1].active, "its instance is master");
-        assert_eq!(specs[1].backends[0].weight, 1, "no checks: up, its weight");
-        // The alpha server's first success brings it in.
-        let up = |_: &VirtualServer, _: &RealServer| Some((true, None));
-        let specs = c.service_specs(|_| Some(mac), &none, up, |_| true);
-        assert_eq!(
-            (specs[0].backends[3].weight, specs[0].backends[3].mac),
-            (2, Some(mac))
-        );
-    }
-
-    #[test]
-    fn quorum_with_hysteresis() {
-        let c = Config::parse(Path::new("lb.toml"), TEXT).unwrap();
-        let vs = &c.virtual_servers[0];
-        assert_eq!((vs.quorum, vs.hysteresis), (3, 1));
-        // Has it: kept down to quorum - hysteresis = 2.
-        assert!(vs.quorum_next(true, 2));
-        assert!(!vs.quorum_next(true, 1));
-        // Lost it: regained only at quorum + hysteresis = 4.
-        assert!(!vs.quorum_next(false, 3));
-        assert!(vs.quorum_next(false, 4));
-    }
-
-    #[test]
-    fn lost_quorum_swaps_in_the_sorry_server_or_deactivates() {
-        let c = Config::parse(Path::new("lb.toml"), TEXT).unwrap();
-        let mac = |_| Some([2, 0, 0, 0, 0, 1]);
-        let specs = c.service_specs(mac, &Default::default(), |_, _| None, |_| false);
-        let s = &specs[0];
-        assert!(s.active);
-        assert_eq!(s.backends.len(), 3);
-        // No new flows for the pool; its established flows stay (expire_nodest_conn off).
-        assert!(s.backends[..2]
-            .iter()
-            .all(|b| b.weight == 0 && b.mac.is_some()));
-        assert_eq!(s.backends[2].addr, "192.0.2.50:80".parse().unwrap());
-        assert_eq!(s.backends[2].weight, 1);
-        let without = Config::parse(
-            Path::new("lb.toml"),
-            &TEXT.replace("sorry_server = { ip = \"192.0.2.50\", port = 80 }\n", ""),
-        )
-        .unwrap();
-        let specs = without.service_specs(mac, &Default::default(), |_, _| None, |_| false);
-        assert!(!specs[0].active, "no sorry server: the service steps aside");
-        let e = Config::parse(
-            Path::new("lb.toml"),
-            &TEXT.replace("quorum = 3", "quorum = 0"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("`virtual_server.quorum`"), "{e}");
     }
 }

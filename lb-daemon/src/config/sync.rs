@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, VirtualServer, VrrpInstance};
-use crate::sync::codec;
+use crate::model::sync_wire;
 
 /// The default refresh interval, seconds: a flow with traffic is sent again at most this
 /// often.
@@ -223,7 +223,7 @@ pub(super) fn sync(
         ));
     }
     let port = match &s.port {
-        None => codec::DEFAULT_PORT,
+        None => sync_wire::DEFAULT_PORT,
         Some(p) if *p.get_ref() == 0 => {
             return Err(cx.invalid(p.span(), &key("port"), "must be at least 1"))
         }
@@ -245,17 +245,17 @@ pub(super) fn sync(
         ));
     }
     let max_message = match &s.max_message {
-        None => codec::DEFAULT_MAX_MESSAGE,
+        None => sync_wire::DEFAULT_MAX_MESSAGE,
         Some(m) => {
             let v = *m.get_ref() as usize;
-            if !(codec::MIN_MESSAGE..=codec::MAX_MESSAGE).contains(&v) {
+            if !(sync_wire::MIN_MESSAGE..=sync_wire::MAX_MESSAGE).contains(&v) {
                 return Err(cx.invalid(
                     m.span(),
                     &key("max_message"),
                     format!(
                         "out of range {}..={} bytes",
-                        codec::MIN_MESSAGE,
-                        codec::MAX_MESSAGE
+                        sync_wire::MIN_MESSAGE,
+                        sync_wire::MAX_MESSAGE
                     ),
                 ));
             }
@@ -343,7 +343,7 @@ pub(super) fn sync(
 }
 
 /// Reads the shared key: the file must be a regular file that only its owner (root, or the
-/// user the daemon runs as) can read or write, of at least [`codec::MIN_KEY_LEN`] bytes (a
+/// user the daemon runs as) can read or write, of at least [`sync_wire::MIN_KEY_LEN`] bytes (a
 /// final newline is not part of the key).
 pub fn read_key(c: &SyncConfig) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::MetadataExt;
@@ -372,12 +372,12 @@ pub fn read_key(c: &SyncConfig) -> Result<Vec<u8>, String> {
     if key.last() == Some(&b'\n') {
         key.pop();
     }
-    if key.len() < codec::MIN_KEY_LEN {
+    if key.len() < sync_wire::MIN_KEY_LEN {
         return Err(format!(
             "{}: the key has {} bytes, fewer than {}",
             p.display(),
             key.len(),
-            codec::MIN_KEY_LEN
+            sync_wire::MIN_KEY_LEN
         ));
     }
     Ok(key)

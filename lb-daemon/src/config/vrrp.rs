@@ -3,7 +3,6 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    path::PathBuf,
     time::Duration,
 };
 
@@ -11,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Ctx};
+use crate::model::VrrpVersion;
 
 /// keepalived's `garp_master_delay` default, seconds.
 pub const DEFAULT_GARP_MASTER_DELAY: u32 = 5;
@@ -126,12 +126,6 @@ pub struct VirtualIp {
     /// The instance's interface when absent.
     pub dev: Option<String>,
     pub label: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VrrpVersion {
-    V2,
-    V3,
 }
 
 /// A tracked interface or script and what its failure does: `None` = Fault, `Some(w)` =
@@ -680,49 +674,6 @@ pub(super) fn cross_check(
     Ok(())
 }
 
-/// A script that can run at all: an executable file.
-pub fn check_script_runnable(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a file", path.display()));
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("{} is not executable", path.display()));
-    }
-    Ok(())
-}
-
-/// keepalived's `enable_script_security`: a script, or a directory above it, that someone other
-/// than root can write to could be replaced by that someone and then run as root.
-pub fn check_script_safety(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    check_script_runnable(path)?;
-    let mut p: PathBuf = path.to_path_buf();
-    loop {
-        let m = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if m.uid() != 0 {
-            return Err(format!(
-                "{} is owned by uid {}, not root",
-                p.display(),
-                m.uid()
-            ));
-        }
-        // Group- or world-writable; a sticky directory (like /tmp) still lets others replace
-        // their own files in it, so it is refused too.
-        if m.mode() & 0o022 != 0 {
-            return Err(format!(
-                "{} is writable by users other than root (mode {:o})",
-                p.display(),
-                m.mode() & 0o7777
-            ));
-        }
-        if !p.pop() || p.as_os_str().is_empty() {
-            return Ok(());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -955,72 +906,5 @@ virtual_ipaddress = ["192.0.2.101"]
             .replace("192.0.2.101", "2001:db8::101")
             .replace("priority = 50", "priority = 50\nversion = 3");
         parse(&format!("{SEED}{v6}")).unwrap();
-    }
-
-    #[test]
-    fn script_safety() {
-        let dir = std::env::temp_dir().join(format!("lbscript{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let script = dir.join("check.sh");
-        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        // /tmp itself is world-writable (sticky): refused, as keepalived does.
-        let e = check_script_safety(&script).unwrap_err();
-        assert!(e.contains("writable by users other than root"), "{e}");
-        if unsafe { libc::geteuid() } == 0 {
-            assert!(check_script_safety(Path::new("/bin/true")).is_ok());
-        }
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(check_script_safety(&script)
-            .unwrap_err()
-            .contains("not executable"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-#[cfg(test)]
-mod script_ref_tests {
-    use std::path::Path;
-
-    use crate::config::Config;
-
-    #[test]
-    fn check_scripts_names_file_line_and_key() {
-        let text = r#"
-[[vrrp_script]]
-name = "chk"
-script = "/nonexistent/check.sh --fast"
-
-[[vrrp_instance]]
-name = "VI_1"
-interface = "eth0"
-virtual_router_id = 1
-priority = 100
-virtual_ipaddress = ["192.0.2.100"]
-track_script = ["chk"]
-notify = "/bin/true"
-"#;
-        let c = Config::parse(Path::new("lb.toml"), text).unwrap();
-        assert_eq!(c.scripts.len(), 2);
-        let e = c.check_scripts().unwrap_err().to_string();
-        assert!(
-            e.starts_with("lb.toml:4: `vrrp_script.script`: /nonexistent/check.sh"),
-            "{e}"
-        );
-        // Without script security ownership is not checked, but a missing script still is.
-        let off = text.replacen("\n", "\n[global_defs]\nenable_script_security = false\n", 1);
-        let e = Config::parse(Path::new("lb.toml"), &off)
-            .unwrap()
-            .check_scripts()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/nonexistent/check.sh: No such file"), "{e}");
-        let present = off.replace("/nonexistent/check.sh", "/bin/true");
-        Config::parse(Path::new("lb.toml"), &present)
-            .unwrap()
-            .check_scripts()
-            .unwrap();
     }
 }

@@ -67,6 +67,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
+use crate::model::is_prime;
+
 /// Default table size: the smaller of the two primes the Maglev paper evaluates
 /// (section 5.3: 65537 and 655373). Large enough that slot shares are within about 0.2% of each
 /// other with 100 backends, small enough to build in about a millisecond.
@@ -130,26 +132,6 @@ impl MaglevTable {
         let ids: Vec<T> = self.backends.iter().map(id_of).collect();
         self.slots.iter().map(|&i| ids[i as usize]).collect()
     }
-}
-
-/// Deterministic primality test by trial division (at most ~22k divisions for a `u32`).
-pub fn is_prime(n: u32) -> bool {
-    if n < 4 {
-        return n >= 2;
-    }
-    if n.is_multiple_of(2) || n.is_multiple_of(3) {
-        return false;
-    }
-    // Every prime > 3 is 6k ± 1.
-    let n = u64::from(n);
-    let mut d: u64 = 5;
-    while d * d <= n {
-        if n.is_multiple_of(d) || n.is_multiple_of(d + 2) {
-            return false;
-        }
-        d += 6;
-    }
-    true
 }
 
 /// Longest canonical encoding: family byte, 16 IPv6 octets, 2 port bytes.

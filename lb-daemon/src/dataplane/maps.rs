@@ -16,7 +16,7 @@ use lb_common::{
     ServiceValue, TrafficCounters, FAMILY_V4,
 };
 
-use super::ServiceKey;
+use super::MapKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapWriteError {
@@ -45,9 +45,8 @@ pub enum MapWriteError {
 
 /// What the planner writes. Each call is one element update, atomic for the program.
 pub trait MapWriter {
-    fn update_service(&mut self, key: &ServiceKey, value: &ServiceRef)
-        -> Result<(), MapWriteError>;
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
+    fn update_service(&mut self, key: &MapKey, value: &ServiceRef) -> Result<(), MapWriteError>;
+    fn delete_service(&mut self, key: &MapKey) -> Result<(), MapWriteError>;
     /// `SERVICE_INFO[id] = value` (all zeroes for a service that is gone).
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError>;
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError>;
@@ -64,10 +63,10 @@ pub trait MapWriter {
 pub struct NullMaps;
 
 impl MapWriter for NullMaps {
-    fn update_service(&mut self, _: &ServiceKey, _: &ServiceRef) -> Result<(), MapWriteError> {
+    fn update_service(&mut self, _: &MapKey, _: &ServiceRef) -> Result<(), MapWriteError> {
         Ok(())
     }
-    fn delete_service(&mut self, _: &ServiceKey) -> Result<(), MapWriteError> {
+    fn delete_service(&mut self, _: &MapKey) -> Result<(), MapWriteError> {
         Ok(())
     }
     fn update_service_info(&mut self, _: u32, _: &ServiceValue) -> Result<(), MapWriteError> {
@@ -84,7 +83,7 @@ impl MapWriter for NullMaps {
 /// The maps in memory, for tests of the planner.
 #[derive(Default, Debug)]
 pub struct MemMaps {
-    pub services: HashMap<ServiceKey, ServiceRef>,
+    pub services: HashMap<MapKey, ServiceRef>,
     pub infos: HashMap<u32, ServiceValue>,
     pub backends: HashMap<u32, BackendValue>,
     pub rings: HashMap<u32, u32>,
@@ -93,16 +92,12 @@ pub struct MemMaps {
 }
 
 impl MapWriter for MemMaps {
-    fn update_service(
-        &mut self,
-        key: &ServiceKey,
-        value: &ServiceRef,
-    ) -> Result<(), MapWriteError> {
+    fn update_service(&mut self, key: &MapKey, value: &ServiceRef) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.services.insert(*key, *value);
         Ok(())
     }
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
+    fn delete_service(&mut self, key: &MapKey) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.services.remove(key);
         Ok(())
@@ -164,7 +159,7 @@ pub struct BpfMaps {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
 }
 
-fn key4(k: &ServiceKey) -> ServiceKey4 {
+fn key4(k: &MapKey) -> ServiceKey4 {
     ServiceKey4 {
         addr: k.addr[0],
         port: k.port,
@@ -173,7 +168,7 @@ fn key4(k: &ServiceKey) -> ServiceKey4 {
     }
 }
 
-fn key6(k: &ServiceKey) -> ServiceKey6 {
+fn key6(k: &MapKey) -> ServiceKey6 {
     ServiceKey6 {
         addr: k.addr,
         port: k.port,
@@ -528,11 +523,7 @@ fn per_cpu_sums<V: Pod + Default>(
 }
 
 impl MapWriter for BpfMaps {
-    fn update_service(
-        &mut self,
-        key: &ServiceKey,
-        value: &ServiceRef,
-    ) -> Result<(), MapWriteError> {
+    fn update_service(&mut self, key: &MapKey, value: &ServiceRef) -> Result<(), MapWriteError> {
         count_write();
         if key.family == FAMILY_V4 {
             self.services4
@@ -544,7 +535,7 @@ impl MapWriter for BpfMaps {
                 .map_err(kernel(names::SERVICES6, "update"))
         }
     }
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
+    fn delete_service(&mut self, key: &MapKey) -> Result<(), MapWriteError> {
         count_write();
         if key.family == FAMILY_V4 {
             self.services4

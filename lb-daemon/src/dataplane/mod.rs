@@ -18,68 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 pub use plan::Dataplane;
 
-/// Layer-4 protocol of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    /// As keepalived and ipvsadm write it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-        }
-    }
-
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => lb_common::PROTO_TCP,
-            Proto::Udp => lb_common::PROTO_UDP,
-        }
-    }
-}
-
-/// IPVS scheduler names (`lb_algo`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheduler {
-    /// Round robin, per flow.
-    Rr,
-    /// Weighted round robin.
-    Wrr,
-    /// Source hashing.
-    Sh,
-    /// Maglev hashing.
-    Mh,
-}
-
-impl Scheduler {
-    pub fn code(self) -> u32 {
-        match self {
-            Scheduler::Rr => lb_common::SCHED_RR,
-            Scheduler::Wrr => lb_common::SCHED_WRR,
-            Scheduler::Sh => lb_common::SCHED_SH,
-            Scheduler::Mh => lb_common::SCHED_MH,
-        }
-    }
-}
-
-impl std::str::FromStr for Scheduler {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "rr" => Ok(Scheduler::Rr),
-            "wrr" => Ok(Scheduler::Wrr),
-            "sh" => Ok(Scheduler::Sh),
-            "mh" => Ok(Scheduler::Mh),
-            other => Err(format!(
-                "unknown scheduler {other:?} (expected rr, wrr, sh or mh)"
-            )),
-        }
-    }
-}
+use crate::model::{Proto, Scheduler, ServiceKey};
 
 /// One virtual service as the dataplane needs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +46,13 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
 }
 
+impl ServiceSpec {
+    /// Its VIP, port and protocol.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(self.vip, self.port, self.proto)
+    }
+}
+
 /// One real server of a service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendSpec {
@@ -115,14 +61,6 @@ pub struct BackendSpec {
     pub weight: u32,
     /// From the neighbour table; `None` (not resolved, or failed) means unusable.
     pub mac: Option<[u8; 6]>,
-}
-
-/// Default idle timeouts, IPVS's (`ipvsadm --set`): 900 s for established TCP, 300 s for UDP.
-pub fn default_idle_timeout(proto: Proto) -> u32 {
-    match proto {
-        Proto::Tcp => 900,
-        Proto::Udp => 300,
-    }
 }
 
 /// Address words in the layout the program uses (an IPv4 address in word 0).
@@ -136,10 +74,11 @@ pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
-/// A service key of either family, ordered so that plans are deterministic. The kernel
-/// keeps one map per family; [`maps::BpfMaps`] picks it.
+/// A service's key as the program's maps hold it (address words, port in network byte
+/// order), ordered so that plans are deterministic. The kernel keeps one map per family;
+/// [`maps::BpfMaps`] picks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceKey {
+pub struct MapKey {
     pub addr: [u32; 4],
     /// Network byte order.
     pub port: u16,
@@ -147,10 +86,10 @@ pub struct ServiceKey {
     pub family: u8,
 }
 
-impl ServiceKey {
+impl MapKey {
     pub fn of(spec: &ServiceSpec) -> Self {
         let (addr, family) = addr_words(spec.vip);
-        ServiceKey {
+        MapKey {
             addr,
             port: spec.port.to_be(),
             proto: spec.proto.number(),

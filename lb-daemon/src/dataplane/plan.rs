@@ -14,96 +14,13 @@ use std::{
 
 use lb_common::*;
 
+use crate::model::Limits;
+
 use super::{
     maglev,
     maps::{MapWriteError, MapWriter},
-    prefix_mask, ring, BackendSpec, Scheduler, ServiceKey, ServiceSpec,
+    prefix_mask, ring, BackendSpec, MapKey, Scheduler, ServiceSpec,
 };
-
-/// The sizes of the maps the program was loaded with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Service slots: `SERVICE_INFO`, `RR_STATE` and `SERVICE_STATS` hold this many, the
-    /// key maps twice as many (each service's key and at most one fragments-only key).
-    pub services: u32,
-    /// Backend slots: `BACKENDS`, `BACKEND_STATS`.
-    pub backends: u32,
-    /// `RINGS` slots, shared by every service's ring.
-    pub ring_slots: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            services: DEFAULT_MAX_SERVICES,
-            backends: DEFAULT_MAX_BACKENDS,
-            ring_slots: DEFAULT_RING_SLOTS,
-        }
-    }
-}
-
-impl Limits {
-    /// The most this daemon will load: far beyond any configuration seen in practice, and
-    /// low enough that every map fits memory (`RINGS` at the ceiling is 1 GiB; the per-CPU
-    /// counters of the service and backend slots cost 24 bytes a slot a CPU).
-    pub const CEILING: Limits = Limits {
-        services: 1 << 18,
-        backends: 1 << 21,
-        ring_slots: 1 << 28,
-    };
-
-    /// Whether maps of these sizes hold everything `needs` uses.
-    pub fn covers(&self, needs: &Limits) -> bool {
-        self.services >= needs.services
-            && self.backends >= needs.backends
-            && self.ring_slots >= needs.ring_slots
-    }
-
-    /// Each size the larger of the two.
-    pub fn max(self, o: Limits) -> Limits {
-        Limits {
-            services: self.services.max(o.services),
-            backends: self.backends.max(o.backends),
-            ring_slots: self.ring_slots.max(o.ring_slots),
-        }
-    }
-
-    /// Room for `needs` and half as much again, never less than the compiled-in sizes, never
-    /// more than [`Limits::CEILING`]: a configuration that grows a few services at a time
-    /// replaces the maps only once in a while.
-    pub fn with_headroom(needs: Limits) -> Limits {
-        let grow = |n: u32, min: u32, max: u32| n.saturating_add(n / 2).max(min).min(max);
-        let d = Limits::default();
-        let c = Limits::CEILING;
-        Limits {
-            services: grow(needs.services, d.services, c.services),
-            backends: grow(needs.backends, d.backends, c.backends),
-            ring_slots: grow(needs.ring_slots, d.ring_slots, c.ring_slots),
-        }
-    }
-
-    /// The first size above the ceiling, as (what, size, ceiling).
-    pub fn beyond_ceiling(&self) -> Option<(&'static str, u32, u32)> {
-        let c = Limits::CEILING;
-        [
-            ("services", self.services, c.services),
-            ("real servers", self.backends, c.backends),
-            ("ring slots", self.ring_slots, c.ring_slots),
-        ]
-        .into_iter()
-        .find(|(_, n, max)| n > max)
-    }
-}
-
-impl std::fmt::Display for Limits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} services, {} real servers, {} ring slots",
-            self.services, self.backends, self.ring_slots
-        )
-    }
-}
 
 /// The longest `wrr` ring: longer weight sequences are scaled down (see [`ring::wrr`]).
 pub const WRR_MAX_RING: usize = 1 << 16;
@@ -162,7 +79,7 @@ pub struct Ring {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     /// Service keys (each family's map) -> service id, with the fragments-only entries.
-    pub services: BTreeMap<ServiceKey, ServiceRef>,
+    pub services: BTreeMap<MapKey, ServiceRef>,
     /// Service id -> `SERVICE_INFO` value.
     pub infos: BTreeMap<u32, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
@@ -427,18 +344,15 @@ impl Planned {
 /// fragments-only. See docs/architecture.md, "Fragments".
 type Group = ([u32; 4], u8, u8);
 
-fn group_of(key: &ServiceKey) -> Group {
+fn group_of(key: &MapKey) -> Group {
     (key.addr, key.proto, key.family)
 }
 
 /// The port-0 entry of a group whose services are `ports` (host-order port -> id), if any.
-fn frag_entry(
-    group: Group,
-    ports: Option<&BTreeMap<u16, u32>>,
-) -> Option<(ServiceKey, ServiceRef)> {
+fn frag_entry(group: Group, ports: Option<&BTreeMap<u16, u32>>) -> Option<(MapKey, ServiceRef)> {
     let (&port, &id) = ports?.iter().next()?;
     (port != 0).then_some((
-        ServiceKey {
+        MapKey {
             addr: group.0,
             port: 0,
             proto: group.1,
@@ -458,14 +372,14 @@ struct Delta {
     prev: Desired,
     next: Desired,
     /// Services planned again (or new), and services gone.
-    planned: Vec<(ServiceKey, Planned)>,
-    gone: Vec<ServiceKey>,
+    planned: Vec<(MapKey, Planned)>,
+    gone: Vec<MapKey>,
     /// Service groups (for fragments) whose services change.
     groups: BTreeMap<Group, BTreeMap<u16, u32>>,
 }
 
 /// The entries of service `p` in `current`.
-fn entries_of(current: &Desired, key: &ServiceKey, p: &Planned, into: &mut Desired) {
+fn entries_of(current: &Desired, key: &MapKey, p: &Planned, into: &mut Desired) {
     if let Some(r) = current.services.get(key) {
         into.services.insert(*key, *r);
     }
@@ -495,18 +409,18 @@ struct Wanted<'a> {
 fn plan(
     Wanted { specs, same }: Wanted<'_>,
     current: &Desired,
-    planned: &HashMap<ServiceKey, Planned>,
+    planned: &HashMap<MapKey, Planned>,
     groups: &HashMap<Group, BTreeMap<u16, u32>>,
     stray: &Desired,
     alloc: &mut Alloc,
     now: Instant,
 ) -> Result<Delta, PlanError> {
     let mut d = Delta::default();
-    let mut seen: HashSet<ServiceKey> = HashSet::with_capacity(specs.len());
+    let mut seen: HashSet<MapKey> = HashSet::with_capacity(specs.len());
     // (index in specs, key, old plan) of every service to plan.
-    let mut todo: Vec<(usize, ServiceKey, Option<&Planned>)> = Vec::new();
+    let mut todo: Vec<(usize, MapKey, Option<&Planned>)> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let key = ServiceKey::of(spec);
+        let key = MapKey::of(spec);
         if !seen.insert(key) {
             return Err(PlanError::DuplicateService(format!(
                 "{}:{}/{:?}",
@@ -849,7 +763,7 @@ pub struct Dataplane<W: MapWriter> {
     /// What the maps hold.
     current: Desired,
     specs: Vec<ServiceSpec>,
-    planned: HashMap<ServiceKey, Planned>,
+    planned: HashMap<MapKey, Planned>,
     /// The services of each (VIP, protocol, family), host-order port -> id: where its
     /// fragments go.
     groups: HashMap<Group, BTreeMap<u16, u32>>,
@@ -1000,7 +914,7 @@ impl<W: MapWriter> Dataplane<W> {
                     .zip(specs)
                     .zip(same.iter().copied().chain(std::iter::repeat(false)))
                 {
-                    if !(same && ServiceKey::of(mine) == ServiceKey::of(new)) {
+                    if !(same && MapKey::of(mine) == MapKey::of(new)) {
                         mine.clone_from(new);
                     }
                 }
@@ -1045,7 +959,7 @@ impl<W: MapWriter> Dataplane<W> {
 
     /// The ids of a service and of its backends, in spec order (for counters and status).
     pub fn ids_of(&self, spec: &ServiceSpec) -> Option<(u32, Vec<u32>)> {
-        let p = self.planned.get(&ServiceKey::of(spec))?;
+        let p = self.planned.get(&MapKey::of(spec))?;
         let bids = if p.spec.backends.len() == spec.backends.len()
             && p.spec
                 .backends
@@ -1162,12 +1076,12 @@ mod tests {
     const M: u32 = 4099;
 
     impl MapWriter for Checked {
-        fn update_service(&mut self, k: &ServiceKey, v: &ServiceRef) -> Result<(), MapWriteError> {
+        fn update_service(&mut self, k: &MapKey, v: &ServiceRef) -> Result<(), MapWriteError> {
             self.0.update_service(k, v)?;
             self.check();
             Ok(())
         }
-        fn delete_service(&mut self, k: &ServiceKey) -> Result<(), MapWriteError> {
+        fn delete_service(&mut self, k: &MapKey) -> Result<(), MapWriteError> {
             self.0.delete_service(k)?;
             self.check();
             Ok(())
@@ -1646,15 +1560,11 @@ mod tests {
             }
         }
         impl MapWriter for Flaky {
-            fn update_service(
-                &mut self,
-                k: &ServiceKey,
-                v: &ServiceRef,
-            ) -> Result<(), MapWriteError> {
+            fn update_service(&mut self, k: &MapKey, v: &ServiceRef) -> Result<(), MapWriteError> {
                 self.tick()?;
                 self.maps.update_service(k, v)
             }
-            fn delete_service(&mut self, k: &ServiceKey) -> Result<(), MapWriteError> {
+            fn delete_service(&mut self, k: &MapKey) -> Result<(), MapWriteError> {
                 self.tick()?;
                 self.maps.delete_service(k)
             }
@@ -1701,7 +1611,7 @@ mod tests {
             let mut fresh = dp();
             fresh.update(&second).unwrap();
             let (got, want) = (&d.writer().maps.0, &fresh.writer().0);
-            let by_key = |m: &MemMaps| -> BTreeMap<ServiceKey, (ServiceValue, Vec<(u32, u32)>)> {
+            let by_key = |m: &MemMaps| -> BTreeMap<MapKey, (ServiceValue, Vec<(u32, u32)>)> {
                 m.services
                     .iter()
                     .filter(|(k, _)| k.port != 0)

@@ -21,11 +21,11 @@ use lb_common::{
 };
 
 use super::devbound;
-use super::{
-    plan::Limits,
-    xdp_link::{self, Mode},
+use super::xdp_link::{self, Mode};
+use crate::{
+    model::{Limits, XdpMode},
+    netlink::NetlinkError,
 };
-use crate::netlink::NetlinkError;
 
 /// The XDP object, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
@@ -285,36 +285,12 @@ pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     })
 }
 
-/// How to attach: the driver's native XDP, the generic (skb) path, or native with a fallback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    Native,
-    Skb,
-    Auto,
-}
-
-impl std::str::FromStr for AttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "native" => Ok(Self::Native),
-            "skb" => Ok(Self::Skb),
-            "auto" => Ok(Self::Auto),
-            o => Err(format!(
-                "unknown XDP mode {o:?} (expected native, skb or auto)"
-            )),
-        }
-    }
-}
-
-impl AttachMode {
-    /// The modes to try, in order: `auto` is native with a fallback to skb.
-    pub fn modes(self) -> &'static [Mode] {
-        match self {
-            AttachMode::Native => &[Mode::Native],
-            AttachMode::Skb => &[Mode::Skb],
-            AttachMode::Auto => &[Mode::Native, Mode::Skb],
-        }
+/// The modes `xdp_mode` tries, in order: `auto` is native with a fallback to skb.
+pub fn modes(mode: XdpMode) -> &'static [Mode] {
+    match mode {
+        XdpMode::Native => &[Mode::Native],
+        XdpMode::Skb => &[Mode::Skb],
+        XdpMode::Auto => &[Mode::Native, Mode::Skb],
     }
 }
 
@@ -335,8 +311,8 @@ pub enum NativePlan {
 /// Decides what native mode runs on `iface` (see [`devbound::choose`]) and loads `lb_native`
 /// if that is it. Never an error: what stands in native mode's way is [`NativePlan::Refused`],
 /// which [`attach_xdp`] reports (and `auto` then takes skb mode).
-pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: AttachMode) -> NativePlan {
-    if !mode.modes().contains(&Mode::Native) {
+pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: XdpMode) -> NativePlan {
+    if !modes(mode).contains(&Mode::Native) {
         return NativePlan::Unused;
     }
     let cannot_tell = |e: &dyn std::fmt::Display| {
@@ -439,7 +415,7 @@ pub async fn attach_xdp(
     native: NativePlan,
     iface: &str,
     ifindex: u32,
-    mode: AttachMode,
+    mode: XdpMode,
     keep_on_exit: bool,
 ) -> Result<Attachment, AttachError> {
     let current = xdp_link::attached(ifindex)
@@ -483,7 +459,7 @@ pub async fn attach_xdp(
     }
     let mut native = Some(native);
     let mut errors = Vec::new();
-    for &m in mode.modes() {
+    for &m in modes(mode) {
         let plan = if m == Mode::Native {
             native.take()
         } else {

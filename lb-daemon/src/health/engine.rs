@@ -393,7 +393,7 @@ impl Engine {
     ) -> Vec<Option<BackendHealth>> {
         let key = |i: usize| {
             let vs = &services[i];
-            (vs.vip, vs.port, vs.proto)
+            vs.key()
         };
         let mut first = Vec::with_capacity(services.len());
         let mut total = 0;
@@ -493,9 +493,13 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{config::check::Connect, dataplane::Proto, vrrp::notify::ScriptUser};
+    use crate::{config::check::Connect, model::Proto, script::ScriptUser};
 
-    const SVC: ServiceKey = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)), 80, Proto::Tcp);
+    const SVC: ServiceKey = ServiceKey {
+        vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
+        port: 80,
+        proto: Proto::Tcp,
+    };
 
     fn s(secs: f64) -> Duration {
         Duration::from_secs_f64(secs)
@@ -1103,7 +1107,11 @@ mod tests {
     /// are added and removed as `wanted` says, and the scoped snapshot shows just them.
     #[test]
     fn a_scoped_reconcile_leaves_other_services_alone() {
-        const OTHER: ServiceKey = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101)), 80, Proto::Tcp);
+        const OTHER: ServiceKey = ServiceKey {
+            vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101)),
+            port: 80,
+            proto: Proto::Tcp,
+        };
         let t = timing(1.0, 1, 1.0);
         let other = |last: u8| BackendSpec {
             service: OTHER,

@@ -38,7 +38,7 @@ pub mod state;
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -55,15 +55,12 @@ pub use engine::{ProbeResult, Scope};
 use probe::ProbeSpec;
 
 use crate::{
-    config::{check::CheckKind, vrrp::check_script_safety, Config},
-    dataplane::Proto,
-    vrrp::notify::{
-        run_command, LogLimit, RunOutcome, ScriptUser, UserError, DEFAULT_HOOK_TIMEOUT, LOG_EVERY,
-    },
+    config::{check::CheckKind, Config},
+    log_limit::{LogLimit, LOG_EVERY},
+    script::{self, run_command, RunOutcome, ScriptUser, UserError, DEFAULT_HOOK_TIMEOUT},
 };
 
-/// A virtual service: VIP, port, protocol.
-pub type ServiceKey = (IpAddr, u16, Proto);
+pub use crate::model::ServiceKey;
 
 /// A real server's state, announced (see the module documentation for when).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,11 +139,6 @@ pub enum HealthError {
     },
 }
 
-/// `192.0.2.1:80/TCP`, `[2001:db8::1]:80/UDP`.
-pub fn service_name(s: &ServiceKey) -> String {
-    format!("{}/{}", SocketAddr::new(s.0, s.1), s.2.name())
-}
-
 /// What [`Checkers::start`] would refuse in `config` (an unknown user, an unsafe script), for
 /// `lb-daemon check`: the same code, without starting anything.
 pub fn validate(config: &Config) -> Result<(), HealthError> {
@@ -163,7 +155,7 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
     let hook_user = ScriptUser::resolve(default_user).map_err(HealthError::ScriptUser)?;
     let mut out = Vec::new();
     for vs in &config.virtual_servers {
-        let service = (vs.vip, vs.port, vs.proto);
+        let service = vs.key();
         if !scope.has(&service) {
             continue;
         }
@@ -172,9 +164,9 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                 if !check_safety || !user.is_root() {
                     return Ok(());
                 }
-                check_script_safety(Path::new(program)).map_err(|reason| {
+                script::check_safety(Path::new(program)).map_err(|reason| {
                     HealthError::UnsafeScript {
-                        service: service_name(&service),
+                        service: service.to_string(),
                         backend: rs.addr,
                         what,
                         program: program.to_string(),
@@ -190,7 +182,7 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                     CheckKind::Misc(m) => {
                         let user = ScriptUser::resolve(m.user.as_deref().or(default_user))
                             .map_err(|source| HealthError::MiscUser {
-                                service: service_name(&service),
+                                service: service.to_string(),
                                 backend: rs.addr,
                                 source,
                             })?;
@@ -426,7 +418,7 @@ async fn run(shared: Arc<Shared>, tx: mpsc::Sender<HealthEvent>) {
             match &output {
                 Output::Event(e) => log_event(e),
                 Output::Initial(e) => debug!(
-                    service = %service_name(&e.service),
+                    service = %e.service.to_string(),
                     backend = %e.backend,
                     up = e.up,
                     "health checks of real server {} start", e.backend
@@ -488,7 +480,7 @@ async fn run(shared: Arc<Shared>, tx: mpsc::Sender<HealthEvent>) {
                     let limit = logs.entry(done.id).or_insert_with(|| LogLimit::new(LOG_EVERY));
                     if let Some(suppressed) = limit.allow() {
                         warn!(
-                            service = %service_name(&done.key.0),
+                            service = %done.key.0.to_string(),
                             backend = %done.key.1,
                             check = done.kind,
                             suppressed,
@@ -505,7 +497,7 @@ async fn run(shared: Arc<Shared>, tx: mpsc::Sender<HealthEvent>) {
 }
 
 fn log_event(e: &HealthEvent) {
-    let service = service_name(&e.service);
+    let service = e.service.to_string();
     match (e.up, e.weight) {
         (true, None) => {
             info!(%service, backend = %e.backend, "real server {} of {service} is up", e.backend)
@@ -531,7 +523,7 @@ fn report_hook(program: &str, event: &HealthEvent, outcome: &RunOutcome, log: &M
             suppressed,
             "{what} {program} for real server {} of {}: {outcome}",
             event.backend,
-            service_name(&event.service)
+            event.service.to_string()
         ),
         None => debug!("{what} {program} for {}: {outcome}", event.backend),
     }

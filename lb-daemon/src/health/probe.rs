@@ -24,7 +24,7 @@ use tokio::{
 use super::{engine::ProbeResult, http};
 use crate::{
     config::check::{Connect, HttpGet, MiscCheck, Url},
-    vrrp::notify::{run_command, RunOutcome, ScriptUser},
+    script::{run_command, RunOutcome, ScriptUser},
 };
 
 /// A check as a probe runs it: the configuration, with a MISC_CHECK's user resolved.
@@ -502,7 +502,7 @@ mod tests {
     };
     use crate::{
         config::check::StatusCodes,
-        vrrp::notify::test_util::{alive, eventually, TempDir},
+        testutil::{alive, eventually, TempDir},
     };
 
     fn conn(dest: SocketAddr, timeout_ms: u64) -> Connect {

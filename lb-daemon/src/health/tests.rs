@@ -12,13 +12,16 @@ use super::{
     probe::test_server::{serve, Behaviour},
     *,
 };
-use crate::vrrp::notify::test_util::{eventually, privileged, TempDir};
+use crate::{
+    model::Proto,
+    testutil::{eventually, privileged, TempDir},
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn service() -> ServiceKey {
     // Port 0 (every port): the real servers listen on ports of their own.
-    ("192.0.2.100".parse().unwrap(), 0, Proto::Tcp)
+    ServiceKey::new("192.0.2.100".parse().unwrap(), 0, Proto::Tcp)
 }
 
 /// A static virtual service with `real_servers`; script security as given.
@@ -403,7 +406,7 @@ async fn safe_misc_script_runs_as_root_with_the_check_on() {
             ),
         ),
     );
-    c.check_scripts().unwrap();
+    crate::daemon::check_scripts(&c).unwrap();
     let (tx, mut rx) = mpsc::channel(16);
     let _checkers = Checkers::start(&c, tx).unwrap();
     assert!(next(&mut rx).await.up);

@@ -59,17 +59,12 @@ pub const ENTRY_LEN_V6: usize = 24;
 pub const WIRE_OVERHEAD_V4: usize = 14 + 20 + 8;
 pub const WIRE_OVERHEAD_V6: usize = 14 + 40 + 8;
 
-/// IPVS's sync port and multicast group (`ip_vs_sync.c`: `IP_VS_SYNC_PORT`, `IP_VS_SYNC_GROUP`).
-pub const DEFAULT_PORT: u16 = 8848;
-pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 81);
-/// The UDP payload of a 1500-byte IPv4 packet.
-pub const DEFAULT_MAX_MESSAGE: usize = 1472;
-/// The smallest message size that always holds one IPv6 entry with its reference.
-pub const MIN_MESSAGE: usize = HEADER_LEN + REF_LEN_V6 + ENTRY_LEN_V6 + TAG_LEN;
-/// The largest: a UDP payload.
-pub const MAX_MESSAGE: usize = 65507;
-/// Keys shorter than this are refused (HMAC-SHA256 wants at least 32; 16 is a floor).
-pub const MIN_KEY_LEN: usize = 16;
+// The limits the `[sync]` keys are checked against live on the ground floor, where the
+// configuration can read them; they must agree with this layout.
+pub use crate::model::sync_wire::{
+    DEFAULT_GROUP, DEFAULT_MAX_MESSAGE, DEFAULT_PORT, MAX_MESSAGE, MIN_KEY_LEN, MIN_MESSAGE,
+};
+const _: () = assert!(MIN_MESSAGE == HEADER_LEN + REF_LEN_V6 + ENTRY_LEN_V6 + TAG_LEN);
 
 pub const TYPE_DATA: u8 = 1;
 pub const TYPE_ACK: u8 = 2;

@@ -123,8 +123,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::dataplane::{
-        maps::MemMaps, plan::Limits, BackendSpec, Proto, Scheduler, ServiceSpec,
+    use crate::{
+        dataplane::{maps::MemMaps, BackendSpec, ServiceSpec},
+        model::{Limits, Proto, Scheduler},
     };
 
     fn spec(vip: u8, port: u16, n: u8) -> ServiceSpec {

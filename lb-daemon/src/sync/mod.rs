@@ -75,12 +75,12 @@ const PEER_FORGET: Duration = Duration::from_secs(600);
 
 /// Seconds of CLOCK_MONOTONIC: the program's `CLOCK`.
 pub fn now_s() -> u32 {
-    crate::vrrp::runtime::monotonic().as_secs() as u32
+    crate::os::monotonic().as_secs() as u32
 }
 
 /// Milliseconds of CLOCK_MONOTONIC, wrapping: `send_ms` and its echo.
 pub fn now_ms() -> u32 {
-    crate::vrrp::runtime::monotonic().as_millis() as u32
+    crate::os::monotonic().as_millis() as u32
 }
 
 /// This run's boot id: the Unix time at start, so that a restarted sender has a larger one
@@ -691,11 +691,11 @@ pub fn index_for<W: crate::dataplane::maps::MapWriter>(
     }) else {
         return Index::default();
     };
-    let synced: std::collections::HashSet<(IpAddr, u16, crate::dataplane::Proto)> = config
+    let synced: std::collections::HashSet<crate::model::ServiceKey> = config
         .virtual_servers
         .iter()
         .filter(|vs| crate::config::sync::synced(inst, vs))
-        .map(|vs| (vs.vip, vs.port, vs.proto))
+        .map(|vs| vs.key())
         .collect();
-    Index::build(dp, |s| synced.contains(&(s.vip, s.port, s.proto)))
+    Index::build(dp, |s| synced.contains(&s.key()))
 }

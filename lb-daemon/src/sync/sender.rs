@@ -346,9 +346,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        dataplane::{
-            maps::MemMaps, plan::Limits, BackendSpec, Dataplane, Proto, Scheduler, ServiceSpec,
-        },
+        dataplane::{maps::MemMaps, BackendSpec, Dataplane, ServiceSpec},
+        model::{Limits, Proto, Scheduler},
         sync::codec::{decode, Body},
     };
 

@@ -40,20 +40,6 @@ fn setsockopt<T>(
     check(rc, what)
 }
 
-/// The interface's index.
-pub fn ifindex(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| io::Error::other("interface name"))?;
-    // SAFETY: a NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no interface {name:?}"),
-        ));
-    }
-    Ok(i)
-}
-
 /// Every address of every interface of this node (its own messages must not count as a
 /// peer's).
 pub fn own_addresses() -> Vec<IpAddr> {
@@ -153,7 +139,7 @@ impl SyncSocket {
         };
         bind(fd, &local)?;
         if let Some(group) = c.multicast_group {
-            let index = ifindex(&c.interface)? as libc::c_int;
+            let index = crate::os::ifindex(&c.interface)? as libc::c_int;
             let mreq = libc::ip_mreqn {
                 imr_multiaddr: libc::in_addr {
                     s_addr: u32::from(group).to_be(),

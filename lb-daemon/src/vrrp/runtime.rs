@@ -25,7 +25,7 @@ use super::{
     socket::{DropCounter, VrrpSocket},
     vip::{AddressSocket, VirtualAddress},
 };
-use crate::config::{vrrp::VrrpVersion, VrrpInstance};
+use crate::{config::VrrpInstance, model::VrrpVersion};
 
 /// One instance of a unit, as configured and resolved on this host.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@
 //!   `initialise_track_script_state` applies no weight, and an unweighted one holds the
 //!   instance in INIT (`num_script_init`) rather than Fault: [`Aggregate::pending`]. The FSM
 //!   has no such hold, so the runtime should delay [`Input::Startup`] while it is true; each
-//!   run ends within `timeout` plus [`KILL_GRACE`](super::notify::KILL_GRACE), so it clears.
+//!   run ends within `timeout` plus [`KILL_GRACE`](crate::script::KILL_GRACE), so it clears.
 //! * The instance's own `interface` is tracked unweighted, as keepalived does unless
 //!   `dont_track_primary` ("Ignore VRRP interface faults (default unset)"), which the
 //!   configuration does not offer.
@@ -70,13 +70,11 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{
-    fsm::Input,
-    notify::{run_command, LogLimit, RunOutcome, ScriptUser, UserError, LOG_EVERY},
-};
-use crate::config::{
-    vrrp::{check_script_safety, VrrpInstance, VrrpScript},
-    Config,
+use super::fsm::Input;
+use crate::{
+    config::{Config, VrrpInstance, VrrpScript},
+    log_limit::{LogLimit, LOG_EVERY},
+    script::{check_safety, run_command, RunOutcome, ScriptUser, UserError},
 };
 
 /// How often interface flags are read.
@@ -452,7 +450,7 @@ pub fn validate(config: &Config) -> Result<(), TrackError> {
 
 /// The user a `vrrp_script` runs as: its own `user`, else `global_defs.script_user`, else root.
 /// With `enable_script_security` (on unless false), a script run as root must not be
-/// replaceable by anyone else ([`check_script_safety`]).
+/// replaceable by anyone else ([`check_safety`]).
 fn script_spec(config: &Config, script: &VrrpScript) -> Result<ScriptUser, TrackError> {
     let name = script
         .user
@@ -464,7 +462,7 @@ fn script_spec(config: &Config, script: &VrrpScript) -> Result<ScriptUser, Track
     })?;
     if user.is_root() && config.global_defs.enable_script_security != Some(false) {
         if let Some(program) = script.command.first() {
-            check_script_safety(Path::new(program)).map_err(|reason| TrackError::UnsafeScript {
+            check_safety(Path::new(program)).map_err(|reason| TrackError::UnsafeScript {
                 script: script.name.clone(),
                 reason,
             })?;
@@ -813,9 +811,9 @@ impl Tracking {
 mod tests {
     use std::time::Instant;
 
-    use super::super::notify::test_util::{eventually, privileged, TempDir};
     use super::*;
     use crate::config::vrrp::Tracked;
+    use crate::testutil::{eventually, privileged, TempDir};
 
     const WAIT: Duration = Duration::from_secs(10);
 

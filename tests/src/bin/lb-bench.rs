@@ -547,10 +547,13 @@ fn dataplane(report: &mut Report) -> Result<()> {
 /// `established_vs_macswap_10k` (`established_vs_macswap` with 10,000 services of 10 real
 /// servers in the maps: their rings, states and keys around the one the flow uses).
 fn scale_dataplane(report: &mut Report) -> Result<()> {
-    use lb_daemon::dataplane::{
-        maps::MemMaps,
-        plan::{self, Dataplane, Limits},
-        BackendSpec, Scheduler,
+    use lb_daemon::{
+        dataplane::{
+            maps::MemMaps,
+            plan::{self, Dataplane},
+            BackendSpec,
+        },
+        model::{Limits, Scheduler},
     };
     let only = std::env::var(lb_tests::scale_bench::ONLY_ENV).unwrap_or_default();
     let ten = |vip: IpAddr, port: u16, sched: Scheduler| {

@@ -8,6 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod preflight;
+mod reconcile;
+
+pub use preflight::{check_file, check_scripts};
+pub use reconcile::{dataplane_limits, service_spec, service_specs};
+
 use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
@@ -17,18 +23,18 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{vrrp::VrrpVersion, Config, DataplaneConfig},
+    config::{Config, DataplaneConfig},
     control::{self, Request, Response},
-    dataplane::neigh::fmt_mac,
     dataplane::{
         flows::FlowTables,
         maps::BpfMaps,
         neigh::{MacResolver, MacResolverConfig, MacUpdate},
-        plan::{Limits, PlanError},
+        plan::PlanError,
         program::{self, LoadOptions},
         Dataplane,
     },
     health, metrics,
+    model::{Limits, Mac, ServiceKey},
     status::{self, BackendStatus, ServiceStatus, Snapshot, VrrpStatus},
     vrrp::{
         fsm::Input,
@@ -42,7 +48,7 @@ use crate::{
 /// The MAC address and index of an interface, by ioctl (works in whatever network
 /// namespace the daemon runs in, unlike a path under /sys).
 pub fn interface_info(name: &str) -> Result<([u8; 6], u32)> {
-    let ifindex = nix_ifindex(name)?;
+    let ifindex = crate::os::ifindex(name)?;
     // SAFETY: plain socket + ioctl with a zeroed, NUL-terminated ifreq.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -66,20 +72,6 @@ pub fn interface_info(name: &str) -> Result<([u8; 6], u32)> {
         }
         Ok((mac, ifindex))
     }
-}
-
-fn nix_ifindex(name: &str) -> Result<u32> {
-    if name.len() >= libc::IFNAMSIZ {
-        anyhow::bail!("interface name {name:?} is too long");
-    }
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("no interface {name:?}"));
-    }
-    Ok(idx)
 }
 
 /// Polls the aya-log ring buffer, so the program's rare-event records reach our logs.
@@ -137,14 +129,14 @@ struct DerivedService {
     spec: crate::dataplane::ServiceSpec,
 }
 
-type Derived = HashMap<health::ServiceKey, DerivedService, foldhash::fast::RandomState>;
+type Derived = HashMap<ServiceKey, DerivedService, foldhash::fast::RandomState>;
 
 /// A real server's verdict (up, dynamic weight) by its checks; `None`: none yet.
 type HealthOf<'a> = dyn Fn(&crate::config::VirtualServer, &crate::config::RealServer) -> Option<(bool, Option<u32>)>
     + 'a;
 
 /// Each real server's health, as the checkers last reported it.
-type Health = HashMap<(health::ServiceKey, std::net::SocketAddr), health::BackendHealth>;
+type Health = HashMap<(ServiceKey, std::net::SocketAddr), health::BackendHealth>;
 
 /// The XDP side of a running daemon.
 struct Dp {
@@ -158,7 +150,7 @@ struct Dp {
     iface: String,
     iface_mac: [u8; 6],
     /// `[dataplane]`'s reserve: the least room the maps keep.
-    reserve: crate::dataplane::plan::Limits,
+    reserve: Limits,
     /// The connection tables, read for the flows per backend (and shared with sync).
     flows: Arc<FlowTables>,
     /// Connection sync with the peer (`[sync]`).
@@ -178,13 +170,13 @@ struct Dp {
     /// Every service is to be computed again (see [`Dp::all_stale`]).
     all_stale: bool,
     /// These services are to be computed again (see [`Dp::stale`]).
-    stale: HashSet<health::ServiceKey>,
+    stale: HashSet<ServiceKey>,
     /// A quorum changed, or MACs did, since [`Dp::quorum_events`] last looked.
     quorum_moved: bool,
     /// Whether the settling time of the first verdicts had passed when it last looked.
     was_settled: bool,
     /// The services whose quorum the log said was lost (and not yet regained).
-    quorum_said_lost: HashSet<health::ServiceKey>,
+    quorum_said_lost: HashSet<ServiceKey>,
     /// What `track_virtual_server` has been told, by service name.
     quorum_reported: HashMap<String, bool>,
     started: Instant,
@@ -224,9 +216,7 @@ impl Dp {
         d: &DataplaneConfig,
     ) -> Result<(Self, mpsc::Receiver<MacUpdate>)> {
         let (iface_mac, ifindex) = interface_info(&d.interface)?;
-        let limits = config
-            .dataplane_limits()
-            .context("sizing the dataplane's maps")?;
+        let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
         info!(%limits, "sizing the XDP program's maps");
         let opts = LoadOptions {
             limits,
@@ -395,9 +385,7 @@ impl Dp {
         health: &Health,
     ) -> Result<(), PlanError> {
         let health_of = |vs: &crate::config::VirtualServer, rs: &crate::config::RealServer| {
-            health
-                .get(&((vs.vip, vs.port, vs.proto), rs.addr))
-                .map(|h| (h.up, h.weight))
+            health.get(&(vs.key(), rs.addr)).map(|h| (h.up, h.weight))
         };
         let all_stale = std::mem::take(&mut self.all_stale);
         let stale = std::mem::take(&mut self.stale);
@@ -419,7 +407,7 @@ impl Dp {
         let mut fresh = Vec::new();
         let mut quorum_moved = false;
         for (i, vs) in config.virtual_servers.iter().enumerate() {
-            let key = (vs.vip, vs.port, vs.proto);
+            let key = vs.key();
             let kept = self
                 .derived
                 .get(&key)
@@ -427,9 +415,7 @@ impl Dp {
             same.push(kept.is_some());
             match kept {
                 Some(d) => {
-                    let here = specs
-                        .get(i)
-                        .is_some_and(|s| (s.vip, s.port, s.proto) == key);
+                    let here = specs.get(i).is_some_and(|s| s.key() == key);
                     if !here {
                         put(&mut specs, i, &d.spec);
                     }
@@ -450,11 +436,8 @@ impl Dp {
             self.derived.extend(fresh);
             if self.derived.len() > config.virtual_servers.len() {
                 // Services were removed.
-                let now: HashSet<health::ServiceKey> = config
-                    .virtual_servers
-                    .iter()
-                    .map(|vs| (vs.vip, vs.port, vs.proto))
-                    .collect();
+                let now: HashSet<ServiceKey> =
+                    config.virtual_servers.iter().map(|vs| vs.key()).collect();
                 self.derived.retain(|k, _| now.contains(k));
                 quorum_moved = true;
             }
@@ -470,7 +453,7 @@ impl Dp {
         result
     }
 
-    /// A service's dataplane view (see [`Config::service_specs`]) and its quorum, logging a
+    /// A service's dataplane view (see [`service_specs`]) and its quorum, logging a
     /// quorum lost or regained.
     fn derive(
         &mut self,
@@ -478,7 +461,7 @@ impl Dp {
         master_vips: &HashSet<IpAddr>,
         health_of: &HealthOf,
     ) -> DerivedService {
-        let key = (vs.vip, vs.port, vs.proto);
+        let key = vs.key();
         // The healthy weight: real servers that pass their checks and can be sent to.
         let healthy: u32 = vs
             .real_servers
@@ -501,7 +484,7 @@ impl Dp {
                 info!(vip = %vs.vip, port = vs.port, healthy, quorum = vs.quorum, "service quorum {what}");
             }
         }
-        let spec = crate::config::service_spec(
+        let spec = service_spec(
             vs,
             |ip| self.macs.get(&ip).copied(),
             master_vips,
@@ -523,7 +506,7 @@ impl Dp {
     }
 
     /// These services are computed again at the next apply (their health changed).
-    fn stale(&mut self, services: impl IntoIterator<Item = health::ServiceKey>) {
+    fn stale(&mut self, services: impl IntoIterator<Item = ServiceKey>) {
         self.stale.extend(services);
     }
 
@@ -575,7 +558,7 @@ impl Dp {
 /// healthy pool looks empty and would fault its instance at every start.
 fn quorum_changes(
     config: &Config,
-    quorum: impl Fn(&health::ServiceKey) -> Option<bool>,
+    quorum: impl Fn(&ServiceKey) -> Option<bool>,
     has_mac: impl Fn(IpAddr) -> bool,
     before: &HashMap<String, bool>,
     settled: bool,
@@ -584,7 +567,7 @@ fn quorum_changes(
     let mut reported = HashMap::new();
     for vs in &config.virtual_servers {
         let name = vs.name();
-        let Some(has) = quorum(&(vs.vip, vs.port, vs.proto)) else {
+        let Some(has) = quorum(&vs.key()) else {
             continue;
         };
         let was = before.get(&name).copied();
@@ -725,7 +708,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // What the last read parsed, by service block: a reload parses only what changed.
     let mut parsed = crate::config::split::Cache::default();
     let mut config = Config::load_cached(&config_path, &mut parsed)?;
-    config.check_scripts()?;
+    check_scripts(&config)?;
     let (mut dp, mut mac_rx) = match &config.dataplane {
         Some(d) => {
             let (dp, rx) = Dp::start(&config, d).await?;
@@ -799,7 +782,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 while let Some(u) = up.take().or_else(|| mac_rx.as_mut().and_then(|r| r.try_recv().ok())) {
                     match u.mac {
                         Some(mac) => {
-                            info!(backend = %u.addr, mac = %fmt_mac(&mac), "backend MAC resolved");
+                            info!(backend = %u.addr, mac = %Mac(mac), "backend MAC resolved");
                             dp.macs.insert(u.addr, mac);
                         }
                         None => {
@@ -849,7 +832,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let mut ev = Some(ev);
                 let mut services = HashSet::new();
                 while let Some(e) = ev.take().or_else(|| health_rx.try_recv().ok()) {
-                    info!(vip = %e.service.0, port = e.service.1, backend = %e.backend, up = e.up, weight = ?e.weight, "real server health");
+                    info!(service = %e.service, backend = %e.backend, up = e.up, weight = ?e.weight, "real server health");
                     services.insert(e.service);
                 }
                 let services: HashSet<_, foldhash::fast::RandomState> = services.into_iter().collect();
@@ -968,7 +951,7 @@ async fn reload(
     // The cache is a memo of text to service: what it keeps is right whether or not
     // this reload goes through.
     let new = Config::load_cached(path, parsed).map_err(|e| e.to_string())?;
-    new.check_scripts().map_err(|e| e.to_string())?;
+    check_scripts(&new).map_err(|e| e.to_string())?;
     let parsed = started.elapsed();
     if new.sync != config.sync {
         return Err("the [sync] section changed: restart to apply it".into());
@@ -1079,16 +1062,16 @@ async fn reload(
 /// The addresses (real servers', sorry servers') of `services`, by service.
 fn addresses(
     config: &Config,
-    services: &HashSet<health::ServiceKey, foldhash::fast::RandomState>,
-) -> Vec<(health::ServiceKey, Vec<IpAddr>)> {
+    services: &HashSet<ServiceKey, foldhash::fast::RandomState>,
+) -> Vec<(ServiceKey, Vec<IpAddr>)> {
     let mut all: Vec<_> = config
         .virtual_servers
         .iter()
-        .filter(|vs| services.contains(&(vs.vip, vs.port, vs.proto)))
+        .filter(|vs| services.contains(&vs.key()))
         .map(|vs| {
             let sorry = vs.sorry_server.map(|a| a.ip());
             let ips = vs.real_servers.iter().map(|rs| rs.addr.ip()).chain(sorry);
-            ((vs.vip, vs.port, vs.proto), ips.collect())
+            (vs.key(), ips.collect())
         })
         .collect();
     all.sort();
@@ -1099,18 +1082,16 @@ fn addresses(
 /// plans it ([`crate::config::RealServer::healthy_weight`]).
 fn verdicts(
     config: &Config,
-    services: &HashSet<health::ServiceKey, foldhash::fast::RandomState>,
+    services: &HashSet<ServiceKey, foldhash::fast::RandomState>,
     health: &Health,
 ) -> Vec<Option<u32>> {
     config
         .virtual_servers
         .iter()
-        .filter(|vs| services.contains(&(vs.vip, vs.port, vs.proto)))
+        .filter(|vs| services.contains(&vs.key()))
         .flat_map(|vs| {
             vs.real_servers.iter().map(|rs| {
-                let verdict = health
-                    .get(&((vs.vip, vs.port, vs.proto), rs.addr))
-                    .map(|h| (h.up, h.weight));
+                let verdict = health.get(&(vs.key(), rs.addr)).map(|h| (h.up, h.weight));
                 rs.healthy_weight(verdict)
             })
         })
@@ -1129,7 +1110,7 @@ fn snapshot(
     flows: &HashMap<u32, u64>,
     per_backend: bool,
 ) -> Snapshot {
-    use crate::dataplane::Scheduler;
+    use crate::model::Scheduler;
     let mut snap = Snapshot::new(config.global_defs.router_id.clone());
     if let Some(dp) = dp {
         let maps = dp.dp.writer();
@@ -1233,10 +1214,7 @@ fn snapshot(
         let stats = v.stats.lock().map(|m| m.clone()).unwrap_or_default();
         for inst in &config.vrrp_instances {
             let st = stats.get(&inst.name).cloned().unwrap_or_default();
-            let version = match inst.version {
-                VrrpVersion::V2 => 2,
-                VrrpVersion::V3 => 3,
-            };
+            let version = inst.version.number();
             snap.vrrp.push(VrrpStatus::from_stats(
                 &inst.name,
                 &inst.interface,
@@ -1268,7 +1246,7 @@ async fn resolver_done(
 
 /// Seconds of CLOCK_MONOTONIC, the program's time base.
 fn monotonic_seconds() -> u32 {
-    crate::vrrp::runtime::monotonic().as_secs() as u32
+    crate::os::monotonic().as_secs() as u32
 }
 
 #[cfg(test)]
@@ -1302,18 +1280,14 @@ quorum = 2
     #[test]
     fn quorum_changes_are_reported_once_settled() {
         let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
-        let key = (
-            config.virtual_servers[0].vip,
-            80,
-            config.virtual_servers[0].proto,
-        );
+        let key = config.virtual_servers[0].key();
         let name = "192.0.2.100:80/TCP".to_string();
         let event = |up| TrackEvent {
             key: TrackKey::Service(name.clone()),
             up,
         };
-        let lost = |k: &health::ServiceKey| (*k == key).then_some(false);
-        let kept = |k: &health::ServiceKey| (*k == key).then_some(true);
+        let lost = |k: &ServiceKey| (*k == key).then_some(false);
+        let kept = |k: &ServiceKey| (*k == key).then_some(true);
         let one_mac = |ip: IpAddr| ip.to_string() == "192.0.2.11";
         // At start the pool looks empty while MACs resolve: not reported...
         let (events, reported) = quorum_changes(&config, lost, one_mac, &HashMap::new(), false);

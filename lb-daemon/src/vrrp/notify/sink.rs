@@ -1,0 +1,247 @@
+//! The event stream's sink: a FIFO or a Unix socket, never blocking. An event nobody can
+//! take now is dropped and counted; the next one tries the path again.
+use std::{
+    fs::OpenOptions,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{
+            ffi::OsStrExt,
+            fs::{FileTypeExt, OpenOptionsExt},
+        },
+    },
+    path::{Path, PathBuf},
+};
+
+use tracing::warn;
+
+use crate::log_limit::{LogLimit, LOG_EVERY};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnKind {
+    Fifo,
+    Stream,
+    Datagram,
+}
+
+#[derive(Debug)]
+struct Conn {
+    fd: OwnedFd,
+    kind: ConnKind,
+}
+
+impl Conn {
+    fn open(path: &Path) -> io::Result<Conn> {
+        let file_type = std::fs::metadata(path)?.file_type();
+        if file_type.is_fifo() {
+            // ENXIO here means no reader: exactly "nobody is listening".
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?;
+            return Ok(Conn {
+                fd: file.into(),
+                kind: ConnKind::Fifo,
+            });
+        }
+        if file_type.is_socket() {
+            return match connect_unix(path, libc::SOCK_DGRAM) {
+                Ok(fd) => Ok(Conn {
+                    fd,
+                    kind: ConnKind::Datagram,
+                }),
+                Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Ok(Conn {
+                    fd: connect_unix(path, libc::SOCK_STREAM)?,
+                    kind: ConnKind::Stream,
+                }),
+                Err(e) => Err(e),
+            };
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "neither a FIFO nor a Unix socket",
+        ))
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: buf is valid for reads of buf.len() bytes; fd is open and ours.
+        let n = unsafe {
+            match self.kind {
+                ConnKind::Fifo => libc::write(fd, buf.as_ptr().cast(), buf.len()),
+                ConnKind::Stream | ConnKind::Datagram => libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                ),
+            }
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// A non-blocking connect: an AF_UNIX stream connect to a full backlog fails with EAGAIN
+/// instead of waiting.
+fn connect_unix(path: &Path, ty: libc::c_int) -> io::Result<OwnedFd> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    // SAFETY: addr is a valid sockaddr_un of at least len bytes.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Errors that mean "nobody is reading": not worth a log line, the event is just dropped.
+fn nobody_reading(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENXIO
+                | libc::ENOENT
+                | libc::ECONNREFUSED
+                | libc::EAGAIN
+                | libc::EPIPE
+                | libc::ECONNRESET
+                | libc::ENOTCONN
+        )
+    )
+}
+
+/// The reader went away: close and reopen.
+fn disconnected(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ECONNREFUSED | libc::ENOTCONN)
+    )
+}
+
+/// Writes lines to a FIFO or Unix socket without ever blocking.
+#[derive(Debug)]
+pub(crate) struct EventSink {
+    path: PathBuf,
+    conn: Option<Conn>,
+    /// The unwritten tail of a line a stream or FIFO took only partly.
+    pending: Vec<u8>,
+    log: LogLimit,
+}
+
+impl EventSink {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        EventSink {
+            path,
+            conn: None,
+            pending: Vec::new(),
+            log: LogLimit::new(LOG_EVERY),
+        }
+    }
+
+    fn complain(&mut self, what: &str, e: &io::Error) {
+        if nobody_reading(e) {
+            return;
+        }
+        if let Some(suppressed) = self.log.allow() {
+            warn!(path = %self.path.display(), suppressed, "notify_fifo: {what}: {e}; events are dropped");
+        }
+    }
+
+    /// True when the line was handed to the kernel (or its tail is queued behind it).
+    pub(crate) fn send(&mut self, line: &[u8]) -> bool {
+        // A reader that went away makes the first attempt fail; a new reader may already
+        // be waiting, so reopen once.
+        for _ in 0..2 {
+            let conn = match self.conn.take() {
+                Some(conn) => conn,
+                None => match Conn::open(&self.path) {
+                    Ok(conn) => {
+                        self.pending.clear();
+                        conn
+                    }
+                    Err(e) => {
+                        self.complain("open", &e);
+                        return false;
+                    }
+                },
+            };
+            if !self.pending.is_empty() {
+                match conn.write(&self.pending) {
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(e) if disconnected(&e) => {
+                        self.pending.clear();
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        self.pending.clear();
+                        self.complain("write", &e);
+                        return false;
+                    }
+                }
+                if !self.pending.is_empty() {
+                    // Still full: keep the connection, drop this line.
+                    self.conn = Some(conn);
+                    return false;
+                }
+            }
+            match conn.write(line) {
+                Ok(n) => {
+                    if n < line.len() && conn.kind != ConnKind::Datagram {
+                        self.pending.extend_from_slice(&line[n..]);
+                    }
+                    self.conn = Some(conn);
+                    return true;
+                }
+                Err(e) if disconnected(&e) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.conn = Some(conn);
+                    return false;
+                }
+                Err(e) => {
+                    // ENOBUFS and friends: keep the connection, drop the line.
+                    self.complain("write", &e);
+                    self.conn = Some(conn);
+                    return false;
+                }
+            }
+        }
+        false
+    }
+}
