@@ -1,13 +1,21 @@
 //! From the daemon's state to the dataplane's view: a pure function of the configuration,
 //! the neighbour table's MACs, the health verdicts, each service's quorum and the VRRP roles.
 //! Nothing here touches a map or a socket, so every rule is a unit test.
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use crate::{
     config::{Config, RealServer, VirtualServer},
     dataplane::{plan, BackendSpec, ServiceSpec},
-    model::Limits,
+    model::{Limits, ServiceKey},
+    vrrp::track::{TrackEvent, TrackKey},
 };
+
+/// A real server's verdict (up, dynamic weight) by its checks; `None`: none yet.
+pub(super) type HealthOf<'a> =
+    dyn Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)> + 'a;
 
 /// The dataplane's view: every service with its backends' MACs from `mac_of`, active
 /// where the VIP is static or held by a VRRP instance that is master (`master_vips`),
@@ -134,6 +142,98 @@ pub fn dataplane_limits(config: &Config) -> Result<Limits, plan::PlanError> {
         .map(|d| d.reserve)
         .unwrap_or_default();
     Ok(Limits::with_headroom(needs).max(reserve))
+}
+
+/// The quorum changes to report, and what will then have been reported (by service name),
+/// from each service's current quorum and what was reported before. A service's first
+/// verdict waits until its real servers' MACs are known, or until `settled`: before that, a
+/// healthy pool looks empty and would fault its instance at every start.
+pub(super) fn quorum_changes(
+    config: &Config,
+    quorum: impl Fn(&ServiceKey) -> Option<bool>,
+    has_mac: impl Fn(IpAddr) -> bool,
+    before: &HashMap<String, bool>,
+    settled: bool,
+) -> (Vec<TrackEvent>, HashMap<String, bool>) {
+    let mut events = Vec::new();
+    let mut reported = HashMap::new();
+    for vs in &config.virtual_servers {
+        let name = vs.name();
+        let Some(has) = quorum(&vs.key()) else {
+            continue;
+        };
+        let was = before.get(&name).copied();
+        let known = settled || vs.real_servers.iter().all(|rs| has_mac(rs.addr.ip()));
+        if was.is_none() && !known {
+            continue;
+        }
+        if was != Some(has) {
+            events.push(TrackEvent {
+                key: TrackKey::Service(name.clone()),
+                up: has,
+            });
+        }
+        reported.insert(name, has);
+    }
+    (events, reported)
+}
+
+#[cfg(test)]
+mod quorum_report_tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TEXT: &str = r#"
+[dataplane]
+interface = "eth0"
+
+[[virtual_server]]
+ip = "192.0.2.100"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+static = true
+quorum = 2
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.11"
+  port = 80
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.12"
+  port = 80
+"#;
+
+    #[test]
+    fn quorum_changes_are_reported_once_settled() {
+        let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
+        let key = config.virtual_servers[0].key();
+        let name = "192.0.2.100:80/TCP".to_string();
+        let event = |up| TrackEvent {
+            key: TrackKey::Service(name.clone()),
+            up,
+        };
+        let lost = |k: &ServiceKey| (*k == key).then_some(false);
+        let kept = |k: &ServiceKey| (*k == key).then_some(true);
+        let one_mac = |ip: IpAddr| ip.to_string() == "192.0.2.11";
+        // At start the pool looks empty while MACs resolve: not reported...
+        let (events, reported) = quorum_changes(&config, lost, one_mac, &HashMap::new(), false);
+        assert!(events.is_empty() && reported.is_empty());
+        // ...until every MAC is known, or the settling time is over.
+        let (events, reported) = quorum_changes(&config, kept, |_| true, &HashMap::new(), false);
+        assert_eq!(events, [event(true)]);
+        let (events, _) = quorum_changes(&config, lost, one_mac, &HashMap::new(), true);
+        assert_eq!(events, [event(false)]);
+        // Once reported, every change is news at once, and only a change.
+        let (events, reported) = quorum_changes(&config, kept, one_mac, &reported, false);
+        assert!(events.is_empty());
+        let (events, reported) = quorum_changes(&config, lost, one_mac, &reported, false);
+        assert_eq!(events, [event(false)]);
+        let (events, _) = quorum_changes(&config, kept, one_mac, &reported, false);
+        assert_eq!(events, [event(true)]);
+    }
 }
 
 #[cfg(test)]

@@ -265,6 +265,12 @@ fn seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// A reload's checks, resolved and checked, not yet running (see [`Checkers::prepare`]).
+pub struct PreparedChecks {
+    specs: Vec<BackendSpec>,
+    hook_user: ScriptUser,
+}
+
 impl Checkers {
     /// Starts the checks of `config` (needs a Tokio runtime); events go to `tx`. Every
     /// script user is resolved and every script vetted first, so an error starts nothing.
@@ -295,7 +301,28 @@ impl Checkers {
         scope: Scope<'_>,
         health: &mut HashMap<(ServiceKey, SocketAddr), BackendHealth>,
     ) -> Result<(), HealthError> {
+        let prepared = Checkers::prepare(config, scope)?;
+        self.commit(prepared, scope, health);
+        Ok(())
+    }
+
+    /// What [`Checkers::commit`] will run for `config` (every user resolved, every script
+    /// checked), with nothing running changed.
+    pub fn prepare(config: &Config, scope: Scope<'_>) -> Result<PreparedChecks, HealthError> {
         let (specs, hook_user) = specs(config, scope)?;
+        Ok(PreparedChecks { specs, hook_user })
+    }
+
+    /// Puts [`Checkers::prepare`]d checks in place for the services in `scope` (the scope
+    /// they were prepared for); nothing here can fail. `health` is brought up to date as
+    /// by [`Checkers::reload`].
+    pub fn commit(
+        &mut self,
+        prepared: PreparedChecks,
+        scope: Scope<'_>,
+        health: &mut HashMap<(ServiceKey, SocketAddr), BackendHealth>,
+    ) {
+        let PreparedChecks { specs, hook_user } = prepared;
         let mut core = self.shared.lock();
         let before = match scope {
             Scope::All => Vec::new(),
@@ -315,7 +342,6 @@ impl Checkers {
         }
         drop(core);
         self.shared.wake.notify_one();
-        Ok(())
     }
 
     /// Every real server of the configuration, and how it is doing.

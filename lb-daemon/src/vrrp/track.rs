@@ -480,6 +480,14 @@ pub struct TrackTasks {
     tx: mpsc::Sender<TrackEvent>,
 }
 
+/// A reload's tracking, checked and not yet running (see [`TrackTasks::prepare`]).
+pub struct PreparedTracks {
+    wanted: HashMap<String, (VrrpScript, ScriptUser)>,
+    no_interfaces: bool,
+    /// A new interface poller, when the set of interfaces changed.
+    fresh: Option<InterfaceTask>,
+}
+
 impl TrackTasks {
     /// Needs a Tokio runtime. Resolves every script user first, so an error starts nothing.
     pub fn start(config: &Config, tx: mpsc::Sender<TrackEvent>) -> Result<Self, TrackError> {
@@ -492,11 +500,21 @@ impl TrackTasks {
         Ok(tasks)
     }
 
-    /// Applies a new configuration. An unchanged script (same definition and user) keeps
-    /// running with its state; a changed one restarts from its init state. On error nothing
-    /// changes. Events of stopped probes may still be queued; a new [`Tracking`] seeded with
+    /// Applies a new configuration ([`TrackTasks::prepare`], then [`TrackTasks::commit`]).
+    /// An unchanged script (same definition and user) keeps running with its state; a
+    /// changed one restarts from its init state. On error nothing changes. Events of
+    /// stopped probes may still be queued; a new [`Tracking`] seeded with
     /// [`TrackTasks::snapshot`] gets them right again at the probes' next results.
     pub fn reload(&mut self, config: &Config) -> Result<(), TrackError> {
+        let prepared = self.prepare(config)?;
+        self.commit(prepared);
+        Ok(())
+    }
+
+    /// What [`TrackTasks::commit`] will run for `config`: every check that can fail (a
+    /// script's user, its safety, the interface socket) is done here, and nothing running
+    /// changes. Dropped without a commit, it leaves nothing behind.
+    pub fn prepare(&self, config: &Config) -> Result<PreparedTracks, TrackError> {
         let keys = Tracking::new(config)?.keys();
         let mut wanted = HashMap::new();
         for key in &keys {
@@ -523,12 +541,21 @@ impl TrackTasks {
                     .map_err(TrackError::Socket)?,
             )
         };
-        // Nothing can fail from here on.
-        if names.is_empty() {
+        Ok(PreparedTracks {
+            wanted,
+            no_interfaces: names.is_empty(),
+            fresh,
+        })
+    }
+
+    /// Puts a [`TrackTasks::prepare`]d set in place; nothing here can fail.
+    pub fn commit(&mut self, p: PreparedTracks) {
+        if p.no_interfaces {
             self.interfaces = None;
-        } else if let Some(task) = fresh {
+        } else if let Some(task) = p.fresh {
             self.interfaces = Some(task);
         }
+        let wanted = p.wanted;
         self.scripts.retain(|name, task| {
             wanted
                 .get(name)
@@ -540,7 +567,6 @@ impl TrackTasks {
                 self.scripts.insert(name, task);
             }
         }
-        Ok(())
     }
 
     /// The current status of every probe.

@@ -1,0 +1,284 @@
+//! The daemon's state, and one handler per kind of event. Each handler changes what its
+//! event changed, marks the services it touched for the dataplane, and applies; what the
+//! quorums then say goes to the VRRP instances that track them ([`State::after_event`]).
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use super::{
+    snapshot::snapshot, units::vrrp_units, xdp::Xdp, Dp, Health, Macs, METRICS_FLOW_COUNT_AGE,
+    STATUS_FLOW_COUNT_AGE,
+};
+use crate::{
+    config::{split, Config},
+    dataplane::neigh::MacUpdate,
+    health::{self, HealthEvent},
+    metrics,
+    model::ServiceKey,
+    status::Snapshot,
+    vrrp::{
+        notify::{self, Notifier},
+        runtime::{self, Event, RoleAck},
+        track::{self, TrackEvent, TrackTasks, Tracking},
+    },
+};
+
+/// Where the running parts report to the main loop.
+pub(super) struct Inbox {
+    pub macs: Option<mpsc::Receiver<MacUpdate>>,
+    pub health: mpsc::Receiver<HealthEvent>,
+    pub vrrp: mpsc::UnboundedReceiver<Event>,
+    pub track: mpsc::Receiver<TrackEvent>,
+}
+
+/// Everything the main loop keeps.
+pub(super) struct State {
+    pub path: std::path::PathBuf,
+    /// What the last read parsed, by service block: a reload parses only what changed.
+    pub parsed: split::Cache,
+    pub config: Config,
+    /// The XDP side; none on a VRRP-only node.
+    pub dp: Option<Dp>,
+    /// The VIPs of the instances that are master here.
+    pub master_vips: HashSet<IpAddr>,
+    /// Each real server's health, as the checkers last reported it.
+    pub health: Health,
+    pub checkers: health::Checkers,
+    pub track_tasks: TrackTasks,
+    pub tracking: Tracking,
+    pub vrrp: Option<runtime::VrrpThread>,
+    pub notifier: Notifier,
+    /// The metrics' snapshot, and when it is next taken; none without `metrics_address`.
+    pub metrics: Option<(watch::Sender<Arc<metrics::Exposition>>, Instant)>,
+}
+
+impl State {
+    /// Loads the file and starts every part: the XDP program, health checks, tracking,
+    /// notify, VRRP. The dataplane holds the configuration before VRRP can make this node
+    /// master.
+    pub(super) async fn start(path: std::path::PathBuf) -> Result<(State, Inbox)> {
+        let mut parsed = split::Cache::default();
+        let config = Config::load_cached(&path, &mut parsed)?;
+        super::check_scripts(&config)?;
+        let (dp, macs_rx) = match &config.dataplane {
+            Some(d) => {
+                let xdp = Xdp::start(&config, d).await?;
+                let (macs, rx) = Macs::start(&config, xdp.ifindex)?;
+                (Some(Dp::new(xdp, macs, Instant::now())), Some(rx))
+            }
+            None => (None, None),
+        };
+        // Health checks of the real servers; their first verdicts arrive as events.
+        let (health_tx, health_rx) = mpsc::channel(256);
+        let checkers = health::Checkers::start(&config, health_tx)?;
+        let health = checkers.snapshot();
+        // Unbounded: the VRRP thread must never wait for the main loop.
+        let (event_tx, event_rx) = mpsc::unbounded_channel::<Event>();
+        // Notify hooks and the JSON event stream; tracked scripts and interfaces.
+        let notifier = Notifier::from_config(&config)?;
+        let (track_tx, track_rx) = mpsc::channel(track::EVENT_QUEUE_LEN);
+        let track_tasks = TrackTasks::start(&config, track_tx)?;
+        let mut tracking = Tracking::new(&config)?;
+        tracking.seed(&track_tasks.snapshot());
+        let mut state = State {
+            path,
+            parsed,
+            config,
+            dp,
+            master_vips: HashSet::new(),
+            health,
+            checkers,
+            track_tasks,
+            tracking,
+            vrrp: None,
+            notifier,
+            metrics: None,
+        };
+        if let Some(dp) = state.dp.as_mut() {
+            // A configuration the dataplane cannot hold is a start-up error.
+            dp.apply(&state.config, &state.master_vips, &state.health)
+                .await
+                .context("writing the configuration into the dataplane")?;
+        }
+        if !state.config.vrrp_instances.is_empty() {
+            let units = vrrp_units(&state.config, &mut state.tracking).await?;
+            state.vrrp = Some(runtime::spawn(units, event_tx)?);
+        }
+        let inbox = Inbox {
+            macs: macs_rx,
+            health: health_rx,
+            vrrp: event_rx,
+            track: track_rx,
+        };
+        Ok((state, inbox))
+    }
+
+    /// Applies the state to the dataplane, logging a failure: the planner repairs what a
+    /// failed write left at the next apply.
+    async fn apply(&mut self) {
+        if let Some(dp) = self.dp.as_mut() {
+            if let Err(e) = dp
+                .apply(&self.config, &self.master_vips, &self.health)
+                .await
+            {
+                error!("updating the dataplane: {e:#}");
+            }
+        }
+    }
+
+    /// MACs the neighbour resolver learned or lost (every update waiting, in one plan).
+    pub(super) async fn on_macs(&mut self, updates: impl IntoIterator<Item = MacUpdate>) {
+        let Some(dp) = self.dp.as_mut() else { return };
+        for u in updates {
+            dp.macs.update(u);
+        }
+        // A MAC is in every service that has the address.
+        dp.all_stale();
+        self.apply().await;
+    }
+
+    /// An instance took or released its VIPs: their services are served or passed, and the
+    /// new master may announce them once the maps say so (`applied`).
+    pub(super) async fn on_role(
+        &mut self,
+        instance: String,
+        vips: Vec<IpAddr>,
+        master: bool,
+        applied: RoleAck,
+    ) {
+        info!(%instance, master, "VRRP role: {}", if master { "serving" } else { "passing" });
+        for v in vips {
+            if master {
+                self.master_vips.insert(v);
+            } else {
+                self.master_vips.remove(&v);
+            }
+        }
+        if let Some(dp) = self.dp.as_mut() {
+            dp.all_stale();
+        }
+        self.apply().await;
+        if let (Some(dp), Some(c)) = (&self.dp, &self.config.sync) {
+            // The sync instance's master sends its flows; a backup installs them.
+            if let (Some(s), true) = (&dp.xdp.sync, c.vrrp_instance == instance) {
+                s.set_master(master);
+            }
+        }
+        applied.done();
+    }
+
+    /// A VRRP state change, for notify hooks and the event stream.
+    pub(super) fn on_vrrp_state(&self, ev: notify::Event) {
+        self.notifier.notify(ev);
+    }
+
+    /// Real servers whose verdict changed (every event waiting, in one plan: a start with
+    /// 100,000 real servers reports each once).
+    pub(super) async fn on_health(&mut self, events: impl IntoIterator<Item = HealthEvent>) {
+        let mut services = HashSet::new();
+        for e in events {
+            info!(service = %e.service, backend = %e.backend, up = e.up, weight = ?e.weight, "real server health");
+            services.insert(e.service);
+        }
+        let services: HashSet<ServiceKey, foldhash::fast::RandomState> =
+            services.into_iter().collect();
+        self.checkers
+            .refresh(&mut self.health, health::Scope::Services(&services));
+        if let Some(dp) = self.dp.as_mut() {
+            dp.stale(services);
+        }
+        self.apply().await;
+    }
+
+    /// A tracked script or interface changed: the instances that track it hear of it.
+    pub(super) fn on_track(&mut self, ev: TrackEvent) {
+        if let Some(v) = &self.vrrp {
+            for (instance, input) in self.tracking.on_event(&ev) {
+                v.send(
+                    &instance,
+                    runtime::Control::Track {
+                        member: instance.clone(),
+                        input,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every second: the program's clock, unresolved MACs, and the metrics (every second,
+    /// or less often when a refresh costs more than 2% of a core: 0.13 s at 100,000 real
+    /// servers with per-backend metrics makes it every 7 s).
+    pub(super) fn on_tick(&mut self, now: Instant) {
+        if let (Some(dp), Some(d)) = (self.dp.as_mut(), &self.config.dataplane) {
+            dp.xdp.tick();
+            dp.macs.warn_unresolved(&d.interface, now);
+        }
+        let due = matches!(&self.metrics, Some((_, due)) if now >= *due);
+        if due {
+            let started = Instant::now();
+            // Without per-backend metrics the real servers are left out whole: no health
+            // to copy, no backend counters to read.
+            let per_backend = self.config.global_defs.metrics_per_backend.unwrap_or(true);
+            let snap = self.snapshot(METRICS_FLOW_COUNT_AGE, per_backend);
+            if let Some((tx, due)) = self.metrics.as_mut() {
+                tx.send_replace(Arc::new(metrics::Exposition::new(snap, per_backend)));
+                *due = started + started.elapsed() * 50;
+            }
+        }
+    }
+
+    /// `lb-daemon status`: the checkers' current view (`health` moves only on up/down
+    /// changes, while status also shows whether a check has run, its latency, its error).
+    pub(super) fn on_status(&mut self) -> Snapshot {
+        self.snapshot(STATUS_FLOW_COUNT_AGE, true)
+    }
+
+    fn snapshot(&mut self, flow_age: std::time::Duration, per_backend: bool) -> Snapshot {
+        let flows: HashMap<u32, u64> = self
+            .dp
+            .as_mut()
+            .map(|d| d.xdp.active_flows(flow_age))
+            .unwrap_or_default();
+        let health = if per_backend {
+            self.checkers.in_order(&self.config)
+        } else {
+            Vec::new()
+        };
+        snapshot(
+            &self.config,
+            self.dp.as_ref(),
+            self.vrrp.as_ref(),
+            &self.notifier,
+            &health,
+            &flows,
+            per_backend,
+        )
+    }
+
+    /// After any event: a service may have lost or regained its quorum (the tick also
+    /// ends the settling time of the first verdicts); the instances tracking it hear of it.
+    pub(super) fn after_event(&mut self, now: Instant) {
+        let Some(dp) = self.dp.as_mut() else { return };
+        for ev in dp.quorum_events(&self.config, now) {
+            for (instance, input) in self.tracking.on_event(&ev) {
+                info!(%instance, "{} {}: {input:?}", ev.key, if ev.up { "has its quorum" } else { "lost its quorum" });
+                if let Some(v) = &self.vrrp {
+                    v.send(
+                        &instance,
+                        runtime::Control::Track {
+                            member: instance.clone(),
+                            input,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The VRRP instances of a configuration, resolved against this host and grouped into the
+//! units the VRRP thread runs (a lone instance, or a sync group).
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use anyhow::{Context, Result};
+
+use super::xdp::interface_info;
+use crate::{
+    config::Config,
+    vrrp::{
+        fsm::Input,
+        runtime::{MemberSpec, UnitSpec},
+        track::Tracking,
+        vip::{AddressSocket, VirtualAddress},
+    },
+};
+
+/// Resolves each VRRP instance against the host: interface index, source address, own
+/// addresses, virtual addresses; and groups instances into units (sync groups).
+pub(super) async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Result<Vec<UnitSpec>> {
+    let mut addrs = AddressSocket::open()?;
+    let mut members: HashMap<String, MemberSpec> = HashMap::new();
+    let mut initial: HashMap<String, Vec<Input>> = HashMap::new();
+    for (name, input) in tracking.inputs() {
+        initial.entry(name).or_default().push(input);
+    }
+    for inst in &config.vrrp_instances {
+        let (_, ifindex) = interface_info(&inst.interface)?;
+        let vip_set: HashSet<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
+        let on_link: Vec<IpAddr> = addrs
+            .list(Some(ifindex))
+            .await?
+            .into_iter()
+            .map(|a| a.addr)
+            .filter(|a| !vip_set.contains(a))
+            .collect();
+        let v6 = inst.family_v6();
+        let primary = match inst.unicast_src_ip {
+            Some(a) => a,
+            None => on_link
+                .iter()
+                .copied()
+                .find(|a| match a {
+                    // RFC 9568 §5.1.2.1: IPv6 adverts come from the link-local address.
+                    IpAddr::V6(a) => v6 && a.segments()[0] & 0xffc0 == 0xfe80,
+                    IpAddr::V4(_) => !v6,
+                })
+                .with_context(|| {
+                    format!(
+                        "vrrp_instance {}: {} has no {} address to send adverts from",
+                        inst.name,
+                        inst.interface,
+                        if v6 { "IPv6 link-local" } else { "IPv4" }
+                    )
+                })?,
+        };
+        let mut vips = Vec::new();
+        for v in &inst.virtual_ipaddress {
+            let ifindex = match &v.dev {
+                Some(dev) => interface_info(dev)?.1,
+                None => ifindex,
+            };
+            let mut va = VirtualAddress::new(v.addr, ifindex).with_prefix(v.prefix_len);
+            if let Some(l) = &v.label {
+                va = va.with_label(l.clone());
+            }
+            vips.push(va);
+        }
+        members.insert(
+            inst.name.clone(),
+            MemberSpec {
+                config: inst.clone(),
+                ifindex,
+                primary,
+                own: on_link,
+                vips,
+                initial: initial.remove(&inst.name).unwrap_or_default(),
+                dataplane: config.dataplane.is_some(),
+            },
+        );
+    }
+    let mut units = Vec::new();
+    for g in &config.sync_groups {
+        let ms: Vec<MemberSpec> = g.members.iter().filter_map(|n| members.remove(n)).collect();
+        units.push(UnitSpec {
+            members: ms,
+            group: Some(g.name.clone()),
+        });
+    }
+    // Instances in no group, in configuration order.
+    for inst in &config.vrrp_instances {
+        if let Some(m) = members.remove(&inst.name) {
+            units.push(UnitSpec {
+                members: vec![m],
+                group: None,
+            });
+        }
+    }
+    Ok(units)
+}
