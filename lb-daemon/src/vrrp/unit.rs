@@ -404,7 +404,7 @@ impl Unit {
         self.apply(out, now)
     }
 
-    /// A datagram of member `member` was read (checked or not): counters may change.
+    /// A datagram was read (whether the checks keep it or not): counters may change.
     pub fn received(&mut self) {
         self.dirty = true;
     }
@@ -944,8 +944,9 @@ mod tests {
         );
     }
 
-    /// Stopping: notify_stop first, then the release advert... as the outputs come; the
-    /// addresses are removed whether or not they were held.
+    /// Stopping: the release advert as the state machine orders it, and `notify_stop` before
+    /// the announcements stop, the addresses go and the role is released; the addresses are
+    /// removed whether or not they were held.
     #[test]
     fn stopping_tells_notify_first_and_removes_the_addresses() {
         let (mut u, at) = master();
