@@ -1,5 +1,7 @@
 //! VRRP (RFC 9568 v3, RFC 3768 v2) and what keepalived adds around it. The wire format
-//! (`packet`) and the state machine (`fsm`) are pure; `vip` and `garp` talk to the kernel.
+//! (`packet`), the state machine (`fsm`) and the policy around it (`unit`: what to do, in
+//! which order, when) are pure; `runtime` carries that out, and `vip` and `garp` talk to the
+//! kernel.
 pub mod check;
 pub mod fsm;
 pub mod garp;
@@ -8,4 +10,5 @@ pub mod packet;
 pub mod runtime;
 pub mod socket;
 pub mod track;
+pub mod unit;
 pub mod vip;

@@ -1,14 +1,17 @@
 //! The I/O around the state machine: one *unit* (a lone instance, or a sync group) per task,
-//! its sockets, its timers, its virtual addresses and gratuitous ARP/NA. The units run on a
-//! thread of their own (see [`spawn`]), so nothing the rest of the daemon does (a reload, a
-//! slow health check or script, a busy dataplane update) can delay an advert: keepalived's
-//! "thread timer expired" false failover cannot happen here.
+//! its sockets, its timers, its virtual addresses and gratuitous ARP/NA. What to do, in which
+//! order and when is decided by the unit's policy ([`super::unit`], pure, time passed in);
+//! this shell reads the clocks, sockets and channels, feeds the policy, and carries out its
+//! [`Effect`]s in order. The units run on a thread of their own (see [`spawn`]), so nothing
+//! the rest of the daemon does (a reload, a slow health check or script, a busy dataplane
+//! update) can delay an advert: keepalived's "thread timer expired" false failover cannot
+//! happen here.
 //!
 //! The unit talks to the rest of the daemon by messages only: [`Event`]s out (roles for the
 //! dataplane, state changes for notify hooks) on an unbounded channel, so the VRRP thread
 //! never waits for the main loop; [`Control`]s in (tracking, shutdown).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     time::{Duration, Instant as StdInstant},
 };
@@ -16,13 +19,14 @@ use std::{
 use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::notify::{self, NotifyState};
+use super::notify;
 use super::{
     check::{self, advert_repr, Discard, RxConfig},
-    fsm::{self, Centis, Input, Output, StartState, State, SyncGroup, Time, Timer},
+    fsm::{self, Centis, Input, StartState, State, Time},
     garp::{self, AnnounceOptions, GarpConfig, GarpSchedule, GarpSender},
     packet::{self, Auth, IpPair, Version},
     socket::{DropCounter, VrrpSocket},
+    unit::{Effect, GarpStart, Log, MemberConfig, Publish, Unit},
     vip::{AddressSocket, VirtualAddress},
 };
 use crate::{config::VrrpInstance, model::VrrpVersion};
@@ -94,39 +98,11 @@ impl PartialEq for RoleAck {
     }
 }
 
-/// How long a new master waits for the dataplane before it announces its VIPs anyway:
-/// clients moved by a gratuitous ARP before the services are active would meet the stack,
-/// which refuses them; but the VRRP thread never waits long on the rest of the daemon.
-pub const ROLE_ACK_WAIT: Duration = Duration::from_millis(5);
+pub use super::unit::ROLE_ACK_WAIT;
 
 /// At most this many datagrams are read off one socket before a timer expiry is handled: a
 /// flood cannot hold the timer back for long.
 const MAX_DRAIN: usize = 256;
-
-/// What a master does about a lower-priority advert, given when it last announced (or will
-/// announce) its addresses again for one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reannounce {
-    /// Announce now.
-    Now,
-    /// Announce once the pause since the last one is over.
-    After(Duration),
-    /// An announcement is already due later: nothing more.
-    Pending,
-}
-
-fn reannounce_plan(last: Option<StdInstant>, now: StdInstant) -> Reannounce {
-    match last {
-        Some(at) if at > now => Reannounce::Pending,
-        Some(at) if now.duration_since(at) < REANNOUNCE_MIN_INTERVAL => {
-            Reannounce::After(REANNOUNCE_MIN_INTERVAL - now.duration_since(at))
-        }
-        _ => Reannounce::Now,
-    }
-}
-
-/// The least time between two re-announcements after lower-priority adverts.
-const REANNOUNCE_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the rest of the daemon tells a unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,109 +111,6 @@ pub enum Control {
     Track { member: String, input: Input },
     /// Send priority 0, release the addresses, stop.
     Shutdown,
-}
-
-/// The state machine of a unit: one instance, or a sync group of several.
-enum Machine {
-    Single(fsm::Instance),
-    Group(SyncGroup),
-}
-
-impl Machine {
-    fn handle(
-        &mut self,
-        member: usize,
-        input: Input,
-        now: Time,
-    ) -> Result<Vec<(usize, Output)>, fsm::FsmError> {
-        match self {
-            Machine::Single(i) => Ok(i.handle(input, now)?.into_iter().map(|o| (0, o)).collect()),
-            Machine::Group(g) => g.handle(member, input, now),
-        }
-    }
-
-    fn instance(&self, member: usize) -> Option<&fsm::Instance> {
-        match self {
-            Machine::Single(i) => (member == 0).then_some(i),
-            Machine::Group(g) => g.member(member),
-        }
-    }
-
-    fn group_state(&self) -> Option<State> {
-        match self {
-            Machine::Single(_) => None,
-            Machine::Group(g) => g.state(),
-        }
-    }
-}
-
-/// Discards counted by reason, each logged at most once every [`LOG_EVERY`].
-#[derive(Debug, Default)]
-pub struct DiscardCounters {
-    pub counts: HashMap<&'static str, u64>,
-    last_log: HashMap<&'static str, StdInstant>,
-}
-
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl DiscardCounters {
-    fn count(&mut self, instance: &str, d: &Discard) {
-        let name = d.name();
-        *self.counts.entry(name).or_default() += 1;
-        if d.is_expected() {
-            return;
-        }
-        // The detail is formatted only for the line that is logged: under a flood, formatting
-        // it for every discard was a visible share of the thread's time.
-        self.log(instance, name, || format!("{d:?}"));
-    }
-
-    /// Something worth a (rate-limited) line that is not a discard.
-    fn note(&mut self, instance: &str, name: &'static str) {
-        self.count_named(instance, name, "the advert was kept");
-    }
-
-    /// An advert the state machine discarded instead of answering it at once
-    /// ([`Output::AnswerRateLimited`]).
-    fn rate_limited(&mut self, instance: &str, kind: fsm::Answer) {
-        self.count_named(
-            instance,
-            kind.rate_limited_name(),
-            "answered one of its kind less than an advert interval ago",
-        );
-    }
-
-    fn count_named(&mut self, instance: &str, name: &'static str, detail: &str) {
-        *self.counts.entry(name).or_default() += 1;
-        self.log(instance, name, || detail.to_string());
-    }
-
-    fn log(&mut self, instance: &str, name: &'static str, detail: impl FnOnce() -> String) {
-        if self.log_due(name) {
-            let total = self.counts.get(name).copied().unwrap_or(0);
-            let detail = detail();
-            warn!(
-                instance,
-                reason = name,
-                detail,
-                total,
-                "VRRP advert not used as is"
-            );
-        }
-    }
-
-    /// Whether a line about `name` may be logged now (then it must be).
-    fn log_due(&mut self, name: &'static str) -> bool {
-        let now = StdInstant::now();
-        let due = self
-            .last_log
-            .get(name)
-            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
-        if due {
-            self.last_log.insert(name, now);
-        }
-        due
-    }
 }
 
 /// The key under which socket drops share [`DiscardCounters`]' log rate (they are not a
@@ -250,20 +123,19 @@ struct Member {
     socket: std::sync::Arc<VrrpSocket>,
     /// Where adverts go: the group, or each unicast peer.
     destinations: Vec<IpAddr>,
-    timer: Timer,
     /// The first burst's socket, opened at start-up so that a takeover does not open one
     /// (socket, bind, and a reactor turn before it is known writable) between its advert and
     /// its gratuitous ARP. `None` if opening failed: tried again at the next announcement.
     announcer: Option<GarpSender>,
     /// The rest of the schedule (second burst, refreshes), on a socket of its own.
     garp: Option<JoinHandle<()>>,
-    discards: DiscardCounters,
     /// Adverts the kernel dropped because the socket's receive queue was full.
     socket_drops: DropCounter,
-    holds_vips: bool,
-    /// When the VIPs were last announced again after a lower-priority advert.
-    reannounced: Option<StdInstant>,
-    transitions: u64,
+    /// The acknowledgement of the master role last told, until [`Effect::AwaitAck`] waits
+    /// for it.
+    ack: Option<RoleAck>,
+    /// The virtual addresses the last [`Effect::AddVips`] added, until [`Log::VipsAdded`].
+    added: Vec<VirtualAddress>,
 }
 
 fn fsm_config(m: &MemberSpec) -> fsm::Config {
@@ -306,14 +178,18 @@ fn rx_config(m: &MemberSpec) -> RxConfig {
     }
 }
 
-/// Builds a unit's machine from its members' configurations.
-fn machine(spec: &UnitSpec) -> anyhow::Result<Machine> {
-    let configs: Vec<fsm::Config> = spec.members.iter().map(fsm_config).collect();
-    Ok(if spec.group.is_some() && configs.len() > 1 {
-        Machine::Group(SyncGroup::new(configs)?)
-    } else {
-        Machine::Single(fsm::Instance::new(configs[0])?)
-    })
+/// Builds a unit's policy and state machine from its members' configurations.
+fn unit(spec: &UnitSpec) -> anyhow::Result<Unit> {
+    let members = spec
+        .members
+        .iter()
+        .map(|m| MemberConfig {
+            name: m.config.name.clone(),
+            fsm: fsm_config(m),
+            dataplane: m.dataplane,
+        })
+        .collect();
+    Ok(Unit::new(members, spec.group.clone())?)
 }
 
 /// Runs one unit until [`Control::Shutdown`] (or until the control channel closes).
@@ -325,7 +201,7 @@ pub async fn run_unit(
 ) -> anyhow::Result<()> {
     let clock = ProtocolClock::new()?;
     let now = || clock.now();
-    let mut machine = machine(&spec)?;
+    let mut unit = unit(&spec)?;
     let mut addrs = AddressSocket::open()?;
     let (dgram_tx, mut dgram_rx) = mpsc::channel::<(
         usize,
@@ -380,14 +256,11 @@ pub async fn run_unit(
             spec: m.clone(),
             socket,
             destinations,
-            timer: Timer::None,
             announcer: open_announcer(m),
             garp: None,
-            discards: DiscardCounters::default(),
             socket_drops: DropCounter::default(),
-            holds_vips: false,
-            reannounced: None,
-            transitions: 0,
+            ack: None,
+            added: Vec::new(),
         });
     }
 
@@ -404,26 +277,23 @@ pub async fn run_unit(
 
     // For reading queued datagrams straight off the sockets (the timer branch below).
     let mut drain_buf = vec![0u8; 2048];
-    let mut unit = Unit {
+    let mut shell = Shell {
         members,
         events,
-        group: spec.group.clone(),
-        last_group_state: None,
-        published: None,
-        dirty: true,
+        addrs,
     };
     for (i, m) in spec.members.iter().enumerate() {
         // A fault known before start-up makes the instance start in Fault.
         for input in &m.initial {
-            let out = machine.handle(i, *input, now());
-            unit.apply(&mut machine, &mut addrs, out).await;
+            let fx = unit.handle(i, *input, now());
+            shell.execute(&mut unit, fx).await;
         }
-        let out = machine.handle(i, Input::Startup, now());
-        unit.apply(&mut machine, &mut addrs, out).await;
+        let fx = unit.handle(i, Input::Startup, now());
+        shell.execute(&mut unit, fx).await;
     }
     loop {
-        let publish_at = unit.publish_if_due(&machine, &stats);
-        let deadline = unit.members.iter().filter_map(|m| m.timer.deadline()).min();
+        let publish_at = shell.publish_if_due(&mut unit, &clock, &stats);
+        let deadline = unit.deadline();
         // A timer that cannot be armed ends the loop, but never skips the shutdown below:
         // a master must not keep its addresses without advertising.
         if let Err(e) = clock.arm(deadline) {
@@ -436,8 +306,8 @@ pub async fn run_unit(
                 Some(Control::Shutdown) | None => break,
                 Some(Control::Track { member, input }) => {
                     if let Some(i) = unit.index(&member) {
-                        let out = machine.handle(i, input, now());
-                        unit.apply(&mut machine, &mut addrs, out).await;
+                        let fx = unit.handle(i, input, now());
+                        shell.execute(&mut unit, fx).await;
                     }
                 }
             },
@@ -452,31 +322,27 @@ pub async fn run_unit(
                 // backup does not take over from a master that kept advertising
                 // (keepalived's "thread timer expired" false failover).
                 while let Ok((i, buf, raw)) = dgram_rx.try_recv() {
-                    unit.receive(&mut machine, &mut addrs, &clock, i, &buf, raw).await;
+                    shell.receive(&mut unit, &clock, i, &buf, raw).await;
                 }
-                for i in 0..unit.members.len() {
-                    let socket = unit.members[i].socket.clone();
+                for i in 0..shell.members.len() {
+                    let socket = shell.members[i].socket.clone();
                     for _ in 0..MAX_DRAIN {
                         match socket.try_recv(&mut drain_buf) {
-                            Ok(raw) => {
-                                unit.receive(&mut machine, &mut addrs, &clock, i, &drain_buf, raw)
-                                    .await
-                            }
+                            Ok(raw) => shell.receive(&mut unit, &clock, i, &drain_buf, raw).await,
                             Err(_) => break,
                         }
                     }
                 }
                 let t = now();
-                for i in 0..unit.members.len() {
-                    let timer = unit.members[i].timer;
-                    if timer.deadline().is_some_and(|d| d <= t) {
-                        let out = machine.handle(i, Input::TimerExpired(timer), t);
-                        unit.apply(&mut machine, &mut addrs, out).await;
+                for i in 0..shell.members.len() {
+                    if let Some(timer) = unit.expired(i, t) {
+                        let fx = unit.handle(i, Input::TimerExpired(timer), t);
+                        shell.execute(&mut unit, fx).await;
                     }
                 }
             }
             Some((i, buf, raw)) = dgram_rx.recv() => {
-                unit.receive(&mut machine, &mut addrs, &clock, i, &buf, raw).await;
+                shell.receive(&mut unit, &clock, i, &buf, raw).await;
             }
             // Counters that changed since the last publication, when nothing else would
             // come round to publishing them.
@@ -484,9 +350,9 @@ pub async fn run_unit(
                 if publish_at.is_some() => {}
         }
     }
-    for i in 0..unit.members.len() {
-        let out = machine.handle(i, Input::Shutdown, now());
-        unit.apply(&mut machine, &mut addrs, out).await;
+    for i in 0..shell.members.len() {
+        let fx = unit.handle(i, Input::Shutdown, now());
+        shell.execute(&mut unit, fx).await;
     }
     for r in readers {
         r.abort();
@@ -601,6 +467,12 @@ impl ProtocolClock {
         t
     }
 
+    /// The protocol time now, without making it the floor of later arrivals (for the
+    /// policy's pacing, not for the state machine).
+    fn current(&self) -> Time {
+        Time::from_duration(monotonic().saturating_sub(self.epoch))
+    }
+
     fn note(&self, t: Time) {
         let ns = u64::try_from(t.as_duration().as_nanos()).unwrap_or(u64::MAX);
         self.latest
@@ -611,7 +483,9 @@ impl ProtocolClock {
     /// restarts the Master_Down timer when an advert is received, and this thread may read
     /// it a while later (a wake-up from idle takes tens to hundreds of microseconds here,
     /// and more on a loaded host). keepalived restarts it when it reads the advert.
-    fn arrival(&self, arrived: Option<Duration>) -> Time {
+    ///
+    /// Returns that time and the protocol time of the read.
+    fn arrival(&self, arrived: Option<Duration>) -> (Time, Time) {
         let floor = Time::from_duration(Duration::from_nanos(
             self.latest.load(std::sync::atomic::Ordering::Relaxed),
         ));
@@ -626,7 +500,7 @@ impl ProtocolClock {
         };
         let at = arrival_time(now, real_now, arrived.filter(|_| usable), floor);
         self.note(at);
-        at
+        (at, now)
     }
 
     /// Arms the timer at `deadline` (absolute), or disarms it.
@@ -716,61 +590,23 @@ pub struct InstanceStats {
 /// Instance name -> stats, written by the VRRP thread, read by status and metrics.
 pub type SharedStats = std::sync::Arc<std::sync::Mutex<HashMap<String, InstanceStats>>>;
 
-struct Unit {
+/// The I/O of a unit: its members' sockets and announcement tasks, the address socket, the
+/// channel to the rest of the daemon. It carries out the [`Effect`]s of the unit's policy
+/// ([`Unit`]), in order.
+struct Shell {
     members: Vec<Member>,
     events: mpsc::UnboundedSender<Event>,
-    group: Option<String>,
-    last_group_state: Option<State>,
-    /// When the stats were last published, and each member's [`Headline`] then.
-    published: Option<(StdInstant, Vec<Headline>)>,
-    /// Something a counter shows may have changed since the last publication.
-    dirty: bool,
+    addrs: AddressSocket,
 }
 
-/// What readers of the stats wait on (a test polling for MASTER, a script for a transition):
-/// published as soon as it changes. Counters follow at most [`PUBLISH_EVERY`] later.
-type Headline = (State, u8, Option<IpAddr>, u64);
-
-/// How long a counter may wait to be published. Publishing takes the stats lock, rebuilds
-/// each member's entry (names, the discard map) and reads its socket's drop count (a system
-/// call); done for every datagram, as it was, that was a large part of the thread's work
-/// under a flood of adverts.
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-
-/// Whether to publish now: at the first chance (`published`: when it was last done), when a
-/// headline changed, or when counters changed (`dirty`) and [`PUBLISH_EVERY`] has passed.
-/// Otherwise, when to come back for the counters (`None`: nothing waits).
-fn publish_plan(
-    published: Option<StdInstant>,
-    headline_changed: bool,
-    dirty: bool,
-    now: StdInstant,
-) -> Result<(), Option<StdInstant>> {
-    let Some(at) = published else {
-        return Ok(());
-    };
-    if headline_changed {
-        return Ok(());
-    }
-    if !dirty {
-        return Err(None);
-    }
-    let due = at + PUBLISH_EVERY;
-    if now >= due {
-        Ok(())
-    } else {
-        Err(Some(due))
-    }
-}
-
-impl Unit {
+impl Shell {
     /// Reads each member's socket drop count, logging (at a limited rate) when it grew.
-    fn read_socket_drops(&mut self) {
-        for m in &mut self.members {
+    fn read_socket_drops(&mut self, unit: &mut Unit, now: Time) {
+        for (i, m) in self.members.iter_mut().enumerate() {
             match m.socket.drops() {
-                Ok(now) => {
-                    let added = m.socket_drops.update(now);
-                    if added > 0 && m.discards.log_due(SOCKET_DROPS_LOG) {
+                Ok(drops) => {
+                    let added = m.socket_drops.update(drops);
+                    if added > 0 && unit.log_due(i, SOCKET_DROPS_LOG, now) {
                         warn!(
                             instance = %m.spec.config.name,
                             added,
@@ -780,7 +616,7 @@ impl Unit {
                     }
                 }
                 Err(e) => {
-                    if m.discards.log_due(SOCKET_DROPS_LOG) {
+                    if unit.log_due(i, SOCKET_DROPS_LOG, now) {
                         warn!(instance = %m.spec.config.name, "reading the VRRP socket's drop count: {e}");
                     }
                 }
@@ -788,72 +624,39 @@ impl Unit {
         }
     }
 
-    fn headline(&self, machine: &Machine, i: usize) -> Option<Headline> {
-        let inst = machine.instance(i)?;
-        let master = inst.last_master().map(|(a, _)| a);
-        Some((
-            inst.state(),
-            inst.effective_priority(),
-            master,
-            self.members[i].transitions,
-        ))
-    }
-
-    fn headlines(&self, machine: &Machine) -> Vec<Headline> {
-        (0..self.members.len())
-            .filter_map(|i| self.headline(machine, i))
-            .collect()
-    }
-
-    /// Whether a headline differs from the published one (without building the list: this
-    /// runs for every datagram).
-    fn headline_changed(&self, machine: &Machine) -> bool {
-        let Some((_, published)) = &self.published else {
-            return true;
-        };
-        let mut now = (0..self.members.len()).filter_map(|i| self.headline(machine, i));
-        let same = published.iter().all(|h| now.next().as_ref() == Some(h)) && now.next().is_none();
-        !same
-    }
-
-    /// Publishes the stats if [`publish_plan`] says so; returns when to come back if
-    /// counters are left to publish.
+    /// Publishes the stats if the unit says so; returns when to come back if counters are
+    /// left to publish.
     fn publish_if_due(
         &mut self,
-        machine: &Machine,
+        unit: &mut Unit,
+        clock: &ProtocolClock,
         stats: &SharedStats,
     ) -> Option<tokio::time::Instant> {
-        let changed = self.headline_changed(machine);
-        if !changed && !self.dirty {
-            return None;
-        }
-        let now = StdInstant::now();
-        let published = self.published.as_ref().map(|(at, _)| *at);
-        match publish_plan(published, changed, self.dirty, now) {
-            Err(later) => later.map(Into::into),
-            Ok(()) => {
-                if self.publish(machine, stats) {
-                    self.published = Some((now, self.headlines(machine)));
-                    self.dirty = false;
-                    None
-                } else {
-                    // A reader holds the lock: soon again, not at once (it is not ours to
-                    // spin on).
-                    Some((now + Duration::from_millis(1)).into())
+        let now = clock.current();
+        let at = match unit.publish_due(now) {
+            Publish::Idle => return None,
+            Publish::At(at) => at,
+            Publish::Now => {
+                if self.publish(unit, stats, now) {
+                    unit.published(now);
+                    return None;
                 }
+                unit.publish_blocked(now)
             }
-        }
+        };
+        let wait = at.as_duration().saturating_sub(now.as_duration());
+        Some(tokio::time::Instant::now() + wait)
     }
 
     /// Publishes the members' stats. `try_lock`: if a reader holds the lock, this round is
     /// skipped (false) rather than the VRRP thread made to wait.
-    fn publish(&mut self, machine: &Machine, stats: &SharedStats) -> bool {
-        self.read_socket_drops();
+    fn publish(&mut self, unit: &mut Unit, stats: &SharedStats, now: Time) -> bool {
+        self.read_socket_drops(unit, now);
         let Ok(mut map) = stats.try_lock() else {
             return false;
         };
         for (i, m) in self.members.iter().enumerate() {
-            let Some(inst) = machine.instance(i) else {
+            let Some(inst) = unit.instance(i) else {
                 continue;
             };
             let master = if inst.state() == State::Master {
@@ -868,10 +671,9 @@ impl Unit {
                     priority: m.spec.config.priority,
                     effective_priority: inst.effective_priority(),
                     master,
-                    transitions: m.transitions,
-                    discards: m
-                        .discards
-                        .counts
+                    transitions: unit.transitions(i),
+                    discards: unit
+                        .discard_counts(i)
                         .iter()
                         .map(|(k, v)| (k.to_string(), *v))
                         .collect(),
@@ -886,228 +688,181 @@ impl Unit {
     /// its arrival time.
     async fn receive(
         &mut self,
-        machine: &mut Machine,
-        addrs: &mut AddressSocket,
+        unit: &mut Unit,
         clock: &ProtocolClock,
         i: usize,
         buf: &[u8],
         raw: Result<super::socket::Received, super::socket::RawError>,
     ) {
-        self.dirty = true;
+        unit.received();
         let arrived = raw.as_ref().ok().and_then(|r| r.arrived);
-        let m = &mut self.members[i];
+        let m = &self.members[i];
         let accepted = match raw {
             Err(_) => Err(Discard::BadIpFraming),
             Ok(rx) => check::check(&m.rx, &rx, buf),
         };
         match accepted {
-            Err(d) => m.discards.count(&m.spec.config.name, &d),
+            Err(d) => {
+                if let Some(line) = unit.discarded(i, &d, clock.current()) {
+                    self.execute(unit, vec![line]).await;
+                }
+            }
             Ok(a) => {
                 if a.addresses_differ {
                     // RFC 9568 §7.1: log it, keep the advert.
-                    m.discards.note(&m.spec.config.name, "addresses_differ");
+                    if let Some(line) = unit.noted(i, "addresses_differ", clock.current()) {
+                        self.execute(unit, vec![line]).await;
+                    }
                 }
-                let at = clock.arrival(arrived);
-                let out = machine.handle(i, Input::Advert(a.advert), at);
-                self.apply(machine, addrs, out).await;
+                let (at, now) = clock.arrival(arrived);
+                let fx = unit.handle_at(i, Input::Advert(a.advert), at, now);
+                self.execute(unit, fx).await;
             }
         }
     }
 
-    fn index(&self, name: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.spec.config.name == name)
-    }
-
-    async fn apply(
-        &mut self,
-        machine: &mut Machine,
-        addrs: &mut AddressSocket,
-        outputs: Result<Vec<(usize, Output)>, fsm::FsmError>,
-    ) {
-        self.dirty = true;
-        let outputs = match outputs {
-            Ok(o) => o,
-            Err(e) => {
-                debug!("VRRP input refused by the state machine: {e}");
-                return;
-            }
-        };
-        let mut announce = Vec::new();
-        // What only informs (logs, notify events) waits until the new master's gratuitous
-        // ARPs are out: each is a wake-up of another thread.
-        let mut later = Vec::new();
-        for (i, out) in outputs {
-            let m = &mut self.members[i];
-            let name = m.spec.config.name.clone();
-            match out {
-                Output::SendAdvert { priority } => {
-                    let repr = advert_repr(&m.rx, priority);
-                    for dst in &m.destinations {
-                        let Some(ip) = IpPair::new(m.spec.primary, *dst) else {
-                            continue;
-                        };
-                        match repr.to_bytes(&ip) {
-                            Ok(bytes) => {
-                                if let Err(e) = m.socket.send(&bytes, m.spec.primary, *dst) {
-                                    warn!(instance = %name, "sending an advert to {dst}: {e}");
-                                }
-                            }
-                            Err(e) => warn!(instance = %name, "encoding an advert: {e}"),
-                        }
-                    }
-                }
-                Output::BecomeMaster => {
-                    // The services first (the main loop), the addresses meanwhile, and the
-                    // announcement once the services are active (below, after the adverts
-                    // of this step have gone out). Without a dataplane the role only
-                    // informs (status), and waits with the logs.
-                    let applied = RoleAck::default();
-                    let role = Event::Role {
-                        instance: name.clone(),
-                        vips: m.spec.vips.iter().map(|v| v.addr).collect(),
-                        master: true,
-                        applied: applied.clone(),
+    /// Carries out `effects` in order. A wait for the dataplane's acknowledgement
+    /// ([`Effect::AwaitAck`]) is done here, and its outcome handed back to the unit, whose
+    /// answer is carried out in turn.
+    async fn execute(&mut self, unit: &mut Unit, effects: Vec<Effect>) {
+        let mut queue = VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::AwaitAck { member, within } => {
+                    let served = match self.members[member].ack.take() {
+                        Some(ack) => tokio::time::timeout(within, ack.wait()).await.is_ok(),
+                        None => false,
                     };
-                    if m.spec.dataplane {
-                        let _ = self.events.send(role);
-                    } else {
-                        later.push((i, Later::Event(role)));
-                    }
-                    for v in &m.spec.vips {
-                        match addrs.add(v).await {
-                            Ok(true) => later.push((i, Later::Added(v.clone()))),
-                            Ok(false) => {}
-                            Err(e) => {
-                                warn!(instance = %name, address = %v.addr, "adding the virtual address: {e}")
-                            }
-                        }
-                    }
-                    m.holds_vips = true;
-                    if let Some(g) = m.garp.take() {
-                        g.abort();
-                    }
-                    announce.push((i, applied));
+                    queue.extend(unit.role_applied(member, served));
                 }
-                Output::BecomeBackup | Output::BecomeFault | Output::Stopped => {
-                    if matches!(out, Output::Stopped) {
-                        let stop = notify::Event::instance(name.clone(), NotifyState::Stop, 0);
-                        let _ = self.events.send(Event::State(stop));
-                    }
-                    if let Some(g) = m.garp.take() {
-                        g.abort();
-                    }
-                    if m.holds_vips || matches!(out, Output::Stopped) {
-                        for v in &m.spec.vips {
-                            if let Err(e) = addrs.delete(v).await {
-                                warn!(instance = %name, address = %v.addr, "removing the virtual address: {e}");
-                            }
-                        }
-                        m.holds_vips = false;
-                    }
-                    // Services stay active until the addresses are gone: a client that still
-                    // sends here is better served by a real server than refused by the stack.
-                    let vips = m.spec.vips.iter().map(|v| v.addr).collect();
-                    let _ = self.events.send(Event::Role {
-                        instance: name,
-                        vips,
-                        master: false,
-                        applied: RoleAck::default(),
-                    });
-                }
-                Output::StateChanged { .. } | Output::PriorityChanged { .. } => {
-                    later.push((i, Later::Output(out)));
-                }
-                Output::Reannounce if m.holds_vips => {
-                    // At most once a second: a peer (or anyone) flooding lower-priority
-                    // adverts must not turn into a flood of gratuitous ARPs. But one heard
-                    // within the second is not ignored: the peer that sent it may have been
-                    // master for a moment and moved clients to itself with its own
-                    // gratuitous ARP; they come back at the end of the second.
-                    let now = StdInstant::now();
-                    match reannounce_plan(m.reannounced, now) {
-                        Reannounce::Pending => {}
-                        Reannounce::Now => {
-                            m.reannounced = Some(now);
-                            info!(instance = %name, "lower-priority advert heard: announcing the virtual addresses again");
-                            if let Some(g) = m.garp.take() {
-                                g.abort();
-                            }
-                            m.garp = start_garp(m).await;
-                        }
-                        Reannounce::After(delay) => {
-                            m.reannounced = Some(now + delay);
-                            info!(instance = %name, ?delay, "lower-priority advert heard: announcing the virtual addresses again after a pause");
-                            if let Some(g) = m.garp.take() {
-                                g.abort();
-                            }
-                            m.garp = Some(deferred_garp(&m.spec, delay));
-                        }
-                    }
-                }
-                Output::Reannounce => {}
-                Output::AnswerRateLimited(kind) => m.discards.rate_limited(&name, kind),
-                Output::SetTimer(t) => m.timer = t,
-            }
-        }
-        for (i, applied) in announce {
-            let served = !self.members[i].spec.dataplane
-                || tokio::time::timeout(ROLE_ACK_WAIT, applied.wait())
-                    .await
-                    .is_ok();
-            let m = &mut self.members[i];
-            // Still master: a later output of this step may have ended it.
-            if m.holds_vips {
-                m.garp = start_garp(m).await;
-                info!(
-                    instance = %m.spec.config.name,
-                    services_active = served,
-                    "announced the virtual addresses"
-                );
-            }
-        }
-        for (i, l) in later {
-            let m = &mut self.members[i];
-            let name = m.spec.config.name.clone();
-            match l {
-                Later::Added(vip) => info!(instance = %name, %vip, "virtual address added"),
-                Later::Event(e) => {
-                    let _ = self.events.send(e);
-                }
-                Later::Output(Output::StateChanged { from, to, priority }) => {
-                    m.transitions += 1;
-                    info!(instance = %name, %from, %to, priority, "VRRP state change");
-                    if let Some(state) = NotifyState::from_fsm(to) {
-                        let ev = notify::Event::instance(name, state, priority);
-                        let _ = self.events.send(Event::State(ev));
-                    }
-                }
-                Later::Output(Output::PriorityChanged { from, to }) => {
-                    info!(instance = %name, from, to, "effective priority changed");
-                }
-                Later::Output(_) => {}
-            }
-        }
-        // A sync group changes state as a whole: tell its hooks once.
-        if let (Some(group), Some(state)) = (&self.group, machine.group_state()) {
-            if self.last_group_state != Some(state) {
-                self.last_group_state = Some(state);
-                if let Some(state) = NotifyState::from_fsm(state) {
-                    let ev = notify::Event::group(group.clone(), state);
-                    let _ = self.events.send(Event::State(ev));
-                }
+                effect => self.carry_out(effect).await,
             }
         }
     }
-}
 
-/// What [`Unit::apply`] does once the gratuitous ARPs are out.
-enum Later {
-    /// A virtual address was added: the log line.
-    Added(VirtualAddress),
-    /// An event for the main loop.
-    Event(Event),
-    /// `StateChanged` (log, transition count, notify event) or `PriorityChanged` (log).
-    Output(Output),
+    async fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::SendAdvert { member, priority } => {
+                let m = &self.members[member];
+                let name = &m.spec.config.name;
+                let repr = advert_repr(&m.rx, priority);
+                for dst in &m.destinations {
+                    let Some(ip) = IpPair::new(m.spec.primary, *dst) else {
+                        continue;
+                    };
+                    match repr.to_bytes(&ip) {
+                        Ok(bytes) => {
+                            if let Err(e) = m.socket.send(&bytes, m.spec.primary, *dst) {
+                                warn!(instance = %name, "sending an advert to {dst}: {e}");
+                            }
+                        }
+                        Err(e) => warn!(instance = %name, "encoding an advert: {e}"),
+                    }
+                }
+            }
+            Effect::Role { member, master } => {
+                let m = &mut self.members[member];
+                let applied = RoleAck::default();
+                if master {
+                    m.ack = Some(applied.clone());
+                }
+                let _ = self.events.send(Event::Role {
+                    instance: m.spec.config.name.clone(),
+                    vips: m.spec.vips.iter().map(|v| v.addr).collect(),
+                    master,
+                    applied,
+                });
+            }
+            Effect::AddVips { member } => {
+                let m = &mut self.members[member];
+                for v in &m.spec.vips {
+                    match self.addrs.add(v).await {
+                        Ok(true) => m.added.push(v.clone()),
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!(instance = %m.spec.config.name, address = %v.addr, "adding the virtual address: {e}")
+                        }
+                    }
+                }
+            }
+            Effect::RemoveVips { member } => {
+                let m = &self.members[member];
+                for v in &m.spec.vips {
+                    if let Err(e) = self.addrs.delete(v).await {
+                        warn!(instance = %m.spec.config.name, address = %v.addr, "removing the virtual address: {e}");
+                    }
+                }
+            }
+            Effect::StopGarp { member } => {
+                if let Some(g) = self.members[member].garp.take() {
+                    g.abort();
+                }
+            }
+            Effect::Garp { member, start } => {
+                let m = &mut self.members[member];
+                m.garp = match start {
+                    GarpStart::Now => start_garp(m).await,
+                    GarpStart::After(delay) => Some(deferred_garp(&m.spec, delay)),
+                };
+            }
+            Effect::AwaitAck { .. } => unreachable!("waited for in execute"),
+            Effect::Notify(ev) => {
+                let _ = self.events.send(Event::State(ev));
+            }
+            Effect::Log(line) => self.log(line),
+        }
+    }
+
+    fn log(&mut self, line: Log) {
+        let name = |member: usize| self.members[member].spec.config.name.as_str();
+        match line {
+            Log::VipsAdded { member } => {
+                let m = &mut self.members[member];
+                for vip in m.added.drain(..) {
+                    info!(instance = %m.spec.config.name, %vip, "virtual address added");
+                }
+            }
+            Log::StateChange {
+                member,
+                from,
+                to,
+                priority,
+            } => info!(instance = %name(member), %from, %to, priority, "VRRP state change"),
+            Log::PriorityChanged { member, from, to } => {
+                info!(instance = %name(member), from, to, "effective priority changed")
+            }
+            Log::Announced {
+                member,
+                services_active,
+            } => info!(
+                instance = %name(member),
+                services_active,
+                "announced the virtual addresses"
+            ),
+            Log::Reannounce {
+                member,
+                after: None,
+            } => {
+                info!(instance = %name(member), "lower-priority advert heard: announcing the virtual addresses again")
+            }
+            Log::Reannounce {
+                member,
+                after: Some(delay),
+            } => {
+                info!(instance = %name(member), ?delay, "lower-priority advert heard: announcing the virtual addresses again after a pause")
+            }
+            Log::NotUsed {
+                member,
+                reason,
+                detail,
+                total,
+            } => warn!(
+                instance = name(member),
+                reason, detail, total, "VRRP advert not used as is"
+            ),
+            Log::Refused(e) => debug!("VRRP input refused by the state machine: {e}"),
+        }
+    }
 }
 
 /// keepalived's `garp_master_*` schedule of a member.
@@ -1297,39 +1052,6 @@ mod tests {
         // A stamp older than the protocol epoch itself.
         let early = arrival_time(Time::from_millis(2), real, Some(real - MS(500)), Time::ZERO);
         assert_eq!(early, Time::ZERO);
-    }
-
-    /// Lower-priority adverts: the first one, and one after the pause, announce now; one
-    /// within the pause announces at its end; more within it add nothing.
-    #[test]
-    fn lower_priority_adverts_are_answered_at_most_once_a_second() {
-        let t0 = StdInstant::now();
-        assert_eq!(reannounce_plan(None, t0), Reannounce::Now);
-        assert_eq!(
-            reannounce_plan(Some(t0), t0 + MS(300)),
-            Reannounce::After(MS(700))
-        );
-        assert_eq!(
-            reannounce_plan(Some(t0 + MS(1_000)), t0 + MS(400)),
-            Reannounce::Pending
-        );
-        assert_eq!(reannounce_plan(Some(t0), t0 + MS(1_000)), Reannounce::Now);
-    }
-
-    /// Stats go out at once the first time and when a headline changes; counters alone at
-    /// most every PUBLISH_EVERY; nothing is scheduled when nothing changed.
-    #[test]
-    fn counters_are_published_at_a_bounded_rate() {
-        let t0 = StdInstant::now();
-        assert_eq!(publish_plan(None, false, false, t0), Ok(()));
-        let last = Some(t0);
-        assert_eq!(publish_plan(last, true, false, t0 + MS(1)), Ok(()));
-        assert_eq!(publish_plan(last, false, false, t0 + MS(1)), Err(None));
-        assert_eq!(
-            publish_plan(last, false, true, t0 + MS(1)),
-            Err(Some(t0 + PUBLISH_EVERY))
-        );
-        assert_eq!(publish_plan(last, false, true, t0 + PUBLISH_EVERY), Ok(()));
     }
 
     /// Stamps are trusted while the real-time clock only slews (500 ppm at most, plus 1 ms
