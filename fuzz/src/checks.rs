@@ -29,7 +29,7 @@ use lb_daemon::{
     },
     health::http::{self, Framing},
     import::{self, ImportError},
-    model::Limits,
+    model::{Limits, VrrpVersion},
     netlink::{self, Control, MessageBuilder},
     sync::{
         codec::{self, Body, DataBuilder, DecodeError, Header, Key, Push, WireEntry, WireRef},
@@ -40,7 +40,6 @@ use lb_daemon::{
         check::{self, Discard, RxConfig},
         packet::{
             self, Auth, ChecksumForm, Family, IpPair, Packet, ParseError, Repr, V3Ipv4Checksum,
-            Version,
         },
         socket::{self, Received},
     },
@@ -219,12 +218,12 @@ pub fn vrrp_packet(data: &[u8]) {
     // authentication data of a v2 advert without authentication (and then the checksum).
     let mut normal = msg.clone();
     match repr.version {
-        Version::V3 => normal[4] &= 0x0f,
-        Version::V2 if repr.auth == Auth::None => {
+        VrrpVersion::V3 => normal[4] &= 0x0f,
+        VrrpVersion::V2 if repr.auth == Auth::None => {
             let at = normal.len() - packet::AUTH_DATA_LEN;
             normal[at..].fill(0);
         }
-        Version::V2 => {}
+        VrrpVersion::V2 => {}
     }
     if normal == msg {
         assert_eq!(out, msg, "emit gives other bytes");
@@ -244,9 +243,9 @@ pub fn vrrp_check(data: &[u8]) {
     let options = input.byte();
     let v6 = options & 1 != 0;
     let version = if options & 2 != 0 || v6 {
-        Version::V3
+        VrrpVersion::V3
     } else {
-        Version::V2
+        VrrpVersion::V2
     };
     let vrid = input.byte();
     let advert_int_cs = input.u16();
@@ -268,7 +267,7 @@ pub fn vrrp_check(data: &[u8]) {
     let cfg = RxConfig {
         version,
         vrid,
-        auth: if options & 4 != 0 && version == Version::V2 {
+        auth: if options & 4 != 0 && version == VrrpVersion::V2 {
             Auth::Simple(password)
         } else {
             Auth::None
@@ -343,7 +342,7 @@ pub fn vrrp_check(data: &[u8]) {
                 acc.advert.max_advert_interval.0,
                 repr.max_adver_int.centis()
             );
-            if repr.version == Version::V2 {
+            if repr.version == VrrpVersion::V2 {
                 assert_eq!(repr.auth, cfg.auth);
                 assert_eq!(repr.max_adver_int.centis(), cfg.advert_int_cs);
             }

@@ -42,7 +42,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use lb_daemon::vrrp::packet::{self, Addresses, AdverInt, Auth, IpPair, Repr, Version};
+use lb_daemon::{
+    model::VrrpVersion,
+    vrrp::packet::{self, Addresses, AdverInt, Auth, IpPair, Repr},
+};
 
 use crate::{
     lab::{daemon_bin, with_control_socket},
@@ -311,7 +314,7 @@ pub fn thread_cpu(pid: u32, tid: u32) -> Result<Duration> {
 pub fn invalid_advert() -> Result<Vec<u8>> {
     let ip = IpPair::new(FLOODER_V4.into(), packet::MULTICAST_V4.into()).context("IP pair")?;
     let repr = Repr {
-        version: Version::V3,
+        version: VrrpVersion::V3,
         vrid: VRID,
         priority: 100,
         max_adver_int: AdverInt::from_centis(10),
@@ -334,7 +337,7 @@ pub fn invalid_advert() -> Result<Vec<u8>> {
 pub fn release_advert() -> Result<Vec<u8>> {
     let ip = IpPair::new(FLOODER_V4.into(), packet::MULTICAST_V4.into()).context("IP pair")?;
     let repr = Repr {
-        version: Version::V3,
+        version: VrrpVersion::V3,
         vrid: VRID,
         priority: 0,
         max_adver_int: AdverInt::from_centis(10),

@@ -4,14 +4,15 @@ use std::net::IpAddr;
 
 use super::{
     fsm::{Advert, Centis},
-    packet::{self, Auth, ChecksumForm, IpPair, Repr, Version},
+    packet::{self, Auth, ChecksumForm, IpPair, Repr},
     socket::Received,
 };
+use crate::model::VrrpVersion;
 
 /// What the checks need to know about the instance.
 #[derive(Debug, Clone)]
 pub struct RxConfig {
-    pub version: Version,
+    pub version: VrrpVersion,
     pub vrid: u8,
     /// VRRPv2: the simple password, if configured.
     pub auth: Auth,
@@ -103,7 +104,7 @@ pub fn check(cfg: &RxConfig, rx: &Received, datagram: &[u8]) -> Result<Accepted,
     if !cfg.unicast_peers.is_empty() && !cfg.unicast_peers.contains(&rx.src) {
         return Err(Discard::NotAPeer(rx.src));
     }
-    if repr.version == Version::V2 {
+    if repr.version == VrrpVersion::V2 {
         // RFC 3768 §7.1: the authentication type must match, and for simple text the
         // password too.
         match (&cfg.auth, &repr.auth) {
@@ -167,7 +168,7 @@ pub fn advert_repr(cfg: &RxConfig, priority: u8) -> Repr {
         priority,
         max_adver_int: packet::AdverInt::from_centis(cfg.advert_int_cs),
         addresses,
-        auth: if cfg.version == Version::V2 {
+        auth: if cfg.version == VrrpVersion::V2 {
             cfg.auth
         } else {
             Auth::None
@@ -183,7 +184,7 @@ mod tests {
 
     fn cfg() -> RxConfig {
         RxConfig {
-            version: Version::V2,
+            version: VrrpVersion::V2,
             vrid: 51,
             auth: Auth::simple(b"secret12").unwrap(),
             advert_int_cs: 100,
@@ -257,7 +258,7 @@ mod tests {
             })
         );
         let mut v3 = cfg();
-        v3.version = Version::V3;
+        v3.version = VrrpVersion::V3;
         v3.auth = Auth::None;
         let (rx, d) = datagram(&v3, 150, peer);
         assert_eq!(check(&c, &rx, &d), Err(Discard::WrongVersion(3)));

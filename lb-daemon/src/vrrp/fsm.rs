@@ -133,6 +133,8 @@ use std::net::IpAddr;
 use std::ops::Add;
 use std::time::Duration;
 
+use crate::model::VrrpVersion;
+
 /// The priority of the address owner (RFC 9568 §5.2.4): it becomes master at once on start-up.
 pub const PRIORITY_OWNER: u8 = 255;
 /// The priority a master sends when it gives the role up (RFC 9568 §5.2.4).
@@ -211,16 +213,6 @@ impl Centis {
     const fn as_micros(self) -> u64 {
         self.0 as u64 * 10_000
     }
-}
-
-/// The protocol version, which decides the timer formulas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// RFC 3768: IPv4 only; Skew_Time is `(256 - Priority) / 256` s and the advert interval is
-    /// always the configured one.
-    V2,
-    /// RFC 9568: Skew_Time scales with Master_Adver_Interval, which backups learn from adverts.
-    V3,
 }
 
 /// keepalived's `state MASTER|BACKUP`: a start-up hint, not a state.
@@ -403,7 +395,7 @@ impl Answer {
 /// One VRRP instance's protocol settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Config {
-    pub version: Version,
+    pub version: VrrpVersion,
     /// The primary address of the interface: the advert source, compared on equal priority.
     pub primary_address: IpAddr,
     /// 1..=254, or 255 for the address owner.
@@ -420,7 +412,7 @@ pub struct Config {
 
 impl Config {
     /// keepalived's defaults: 1 s adverts, preempt, no preempt delay, `state BACKUP`.
-    pub fn new(version: Version, primary_address: IpAddr, priority: u8) -> Self {
+    pub fn new(version: VrrpVersion, primary_address: IpAddr, priority: u8) -> Self {
         Config {
             version,
             primary_address,
@@ -443,12 +435,12 @@ impl Config {
         }
         let centis = self.advert_interval.0;
         match self.version {
-            Version::V3 => {
+            VrrpVersion::V3 => {
                 if !(1..=MAX_V3_INTERVAL.0).contains(&centis) {
                     return Err(ConfigError::V3IntervalOutOfRange { centis });
                 }
             }
-            Version::V2 => {
+            VrrpVersion::V2 => {
                 if centis == 0 || !centis.is_multiple_of(100) || centis > 25_500 {
                     return Err(ConfigError::V2IntervalInvalid { centis });
                 }
@@ -675,10 +667,10 @@ impl Instance {
 
     fn skew_for(&self, weight: u64) -> Duration {
         match self.config.version {
-            Version::V3 => {
+            VrrpVersion::V3 => {
                 Duration::from_micros(weight * self.master_adver_interval.as_micros() / 256)
             }
-            Version::V2 => Duration::from_micros(weight * 1_000_000 / 256),
+            VrrpVersion::V2 => Duration::from_micros(weight * 1_000_000 / 256),
         }
     }
 
@@ -752,7 +744,7 @@ impl Instance {
         if advert.sender == own {
             return Err(FsmError::OwnAdvert { address: own });
         }
-        if self.config.version == Version::V3 && advert.max_advert_interval.0 == 0 {
+        if self.config.version == VrrpVersion::V3 && advert.max_advert_interval.0 == 0 {
             return Err(FsmError::ZeroAdvertInterval {
                 sender: advert.sender,
             });
@@ -784,7 +776,7 @@ impl Instance {
         let delay = self.config.preempt_delay;
         let delaying = !delay.is_zero() && self.preempt_until.is_none_or(|until| now < until);
         if !self.config.preempt || advert.priority >= local || delaying {
-            if self.config.version == Version::V3 {
+            if self.config.version == VrrpVersion::V3 {
                 self.master_adver_interval = advert.max_advert_interval;
             }
             self.master = Some((advert.sender, advert.priority));
@@ -822,8 +814,8 @@ impl Instance {
         {
             // IpAddr's order within a family is the unsigned network-byte-order comparison.
             self.master_adver_interval = match self.config.version {
-                Version::V3 => advert.max_advert_interval,
-                Version::V2 => self.config.advert_interval,
+                VrrpVersion::V3 => advert.max_advert_interval,
+                VrrpVersion::V2 => self.config.advert_interval,
             };
             self.master = Some((advert.sender, advert.priority));
             let down = self.master_down_interval();
@@ -1156,7 +1148,7 @@ mod tests {
 
     /// A v3 instance at 192.0.2.10 with 1 s adverts.
     fn cfg(priority: u8) -> Config {
-        Config::new(Version::V3, v4(10), priority)
+        Config::new(VrrpVersion::V3, v4(10), priority)
     }
 
     fn t(ms: u64) -> Time {
@@ -1255,7 +1247,7 @@ mod tests {
             Duration::from_micros(1_500_000 + 109_375)
         );
 
-        let mut c = Config::new(Version::V2, v4(10), 200);
+        let mut c = Config::new(VrrpVersion::V2, v4(10), 200);
         c.advert_interval = Centis::from_secs(2);
         let i = started(c, Time::ZERO);
         // (256 - 200) / 256 s, whatever the interval.
@@ -1266,7 +1258,7 @@ mod tests {
         );
         // keepalived's measurement in LAB.md: advert_int 1, backup priority 100, takeover
         // 3.61 s after the last advert.
-        let i = started(Config::new(Version::V2, v4(10), 100), Time::ZERO);
+        let i = started(Config::new(VrrpVersion::V2, v4(10), 100), Time::ZERO);
         assert_eq!(i.master_down_interval(), Duration::from_micros(3_609_375));
     }
 
@@ -1430,7 +1422,7 @@ mod tests {
     /// has discarded adverts whose Adver Int differs (RFC 3768 §7.1).
     #[test]
     fn rfc3768_6_4_2_v2_backup_keeps_configured_interval() {
-        let mut i = started(Config::new(Version::V2, v4(10), 100), Time::ZERO);
+        let mut i = started(Config::new(VrrpVersion::V2, v4(10), 100), Time::ZERO);
         i.handle(
             Input::Advert(Advert {
                 sender: v4(1),
@@ -1769,7 +1761,7 @@ mod tests {
         );
 
         // IPv6: 2001:db8::a against ::b and ::9.
-        let c = Config::new(Version::V3, v6(0xa), 100);
+        let c = Config::new(VrrpVersion::V3, v6(0xa), 100);
         let mut i = master(c, t(4000));
         let adv = |last| {
             Input::Advert(Advert {
@@ -1808,7 +1800,7 @@ mod tests {
     /// RFC 3768 §6.4.3 (v2): a master yields with the configured interval.
     #[test]
     fn rfc3768_6_4_3_v2_master_yields_with_configured_interval() {
-        let mut i = master(Config::new(Version::V2, v4(10), 100), t(4000));
+        let mut i = master(Config::new(VrrpVersion::V2, v4(10), 100), t(4000));
         i.handle(
             Input::Advert(Advert {
                 sender: v4(1),
@@ -1943,8 +1935,8 @@ mod tests {
     /// §6.4.3).
     #[test]
     fn tracking_drop_lets_the_backup_preempt() {
-        let mut a = master(Config::new(Version::V3, v4(1), 150), t(4000));
-        let mut b = started(Config::new(Version::V3, v4(2), 120), Time::ZERO);
+        let mut a = master(Config::new(VrrpVersion::V3, v4(1), 150), t(4000));
+        let mut b = started(Config::new(VrrpVersion::V3, v4(2), 120), Time::ZERO);
         let adv = |from: &Instance, out: &[Output]| -> Vec<Input> {
             out.iter()
                 .filter_map(|o| match o {
@@ -2101,14 +2093,14 @@ mod tests {
         );
         assert_eq!(
             err(|c| {
-                c.version = Version::V2;
+                c.version = VrrpVersion::V2;
                 c.advert_interval = Centis(150);
             }),
             ConfigError::V2IntervalInvalid { centis: 150 }
         );
         assert_eq!(
             err(|c| {
-                c.version = Version::V2;
+                c.version = VrrpVersion::V2;
                 c.primary_address = v6(1);
             }),
             ConfigError::V2NeedsIpv4 { address: v6(1) }
@@ -2149,7 +2141,7 @@ mod tests {
             SyncGroup::new(vec![cfg(100)]).unwrap_err(),
             ConfigError::SyncGroupTooSmall { members: 1 }
         );
-        let mut v2 = Config::new(Version::V2, v4(1), 100);
+        let mut v2 = Config::new(VrrpVersion::V2, v4(1), 100);
         v2.advert_interval = Centis::from_secs(255);
         assert!(v2.validate().is_ok());
     }
@@ -2559,18 +2551,23 @@ mod tests {
 
     const EPSILON: Duration = Duration::from_millis(1);
 
-    fn pick_timing(rng: &mut Rng) -> (Version, Centis) {
+    fn pick_timing(rng: &mut Rng) -> (VrrpVersion, Centis) {
         match rng.below(4) {
-            0 => (Version::V2, Centis(100)),
-            1 => (Version::V3, Centis(100)),
-            2 => (Version::V3, Centis(10)),
-            _ => (Version::V3, Centis(37)),
+            0 => (VrrpVersion::V2, Centis(100)),
+            1 => (VrrpVersion::V3, Centis(100)),
+            2 => (VrrpVersion::V3, Centis(10)),
+            _ => (VrrpVersion::V3, Centis(37)),
         }
     }
 
     /// One v3 or v2 config per priority, all on IPv4 or (v3, by chance) all on IPv6.
-    fn configs(seed: u64, version: Version, interval: Centis, priorities: &[u8]) -> Vec<Config> {
-        let use_v6 = version == Version::V3 && Rng::new(seed ^ 0x77).percent(50);
+    fn configs(
+        seed: u64,
+        version: VrrpVersion,
+        interval: Centis,
+        priorities: &[u8],
+    ) -> Vec<Config> {
+        let use_v6 = version == VrrpVersion::V3 && Rng::new(seed ^ 0x77).percent(50);
         priorities
             .iter()
             .enumerate()
@@ -2595,7 +2592,7 @@ mod tests {
         Lan::new(nodes, seed)
     }
 
-    fn single_lan(seed: u64, version: Version, interval: Centis, priorities: &[u8]) -> Lan {
+    fn single_lan(seed: u64, version: VrrpVersion, interval: Centis, priorities: &[u8]) -> Lan {
         lan_of(configs(seed, version, interval, priorities), seed)
     }
 
@@ -2623,7 +2620,7 @@ mod tests {
             let mut rng = Rng::new(seed);
             let n = 2 + rng.below(4) as usize;
             let (version, interval) = pick_timing(&mut rng);
-            let use_v6 = version == Version::V3 && rng.percent(50);
+            let use_v6 = version == VrrpVersion::V3 && rng.percent(50);
             let mut priorities = Vec::new();
             let mut nodes = Vec::new();
             for r in 0..n {
@@ -2802,7 +2799,7 @@ mod tests {
             let mut rng = Rng::new(seed);
             let interval = Centis(100);
             let delay = Duration::from_secs(1 + rng.below(10));
-            let mut cs = configs(seed, Version::V3, interval, &[100, 150]);
+            let mut cs = configs(seed, VrrpVersion::V3, interval, &[100, 150]);
             cs[1].preempt_delay = delay;
             let mut lan = lan_of(cs, seed);
             lan.start_at(0, Time::ZERO);
@@ -2981,7 +2978,7 @@ mod tests {
     #[test]
     fn lan_exercises_stale_expiries() {
         let mut rng = Rng::new(7);
-        let mut lan = single_lan(7, Version::V3, Centis(100), &[100, 150, 200]);
+        let mut lan = single_lan(7, VrrpVersion::V3, Centis(100), &[100, 150, 200]);
         converge(&mut lan, &mut rng, Duration::from_secs(2), Centis(100));
         // Every accepted advert replaced a Master_Down timer whose expiry is still delivered.
         assert!(lan.stale > 10, "only {} stale expiries", lan.stale);

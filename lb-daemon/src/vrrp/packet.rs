@@ -60,6 +60,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use crate::model::VrrpVersion;
+
 /// IP protocol number of VRRP (IPv4 protocol / IPv6 next header), RFC 9568 §5.1.1.4.
 pub const IP_PROTO_VRRP: u8 = 112;
 /// IPv4 multicast group VRRP advertisements go to (RFC 9568 §5.1.1.2).
@@ -163,24 +165,6 @@ impl IpPair {
         match self {
             IpPair::V4 { .. } => Family::Ipv4,
             IpPair::V6 { .. } => Family::Ipv6,
-        }
-    }
-}
-
-/// Protocol version. Both share the first 4 and the last 2 header bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// RFC 3768: IPv4 only, 8-bit interval in seconds, authentication type and data.
-    V2,
-    /// RFC 9568: IPv4 and IPv6, 12-bit interval in centiseconds, no authentication.
-    V3,
-}
-
-impl Version {
-    pub const fn number(self) -> u8 {
-        match self {
-            Version::V2 => 2,
-            Version::V3 => 3,
         }
     }
 }
@@ -424,7 +408,7 @@ pub enum EmitError {
     #[error("VRRPv3 has no authentication")]
     AuthOnV3,
     #[error("advertisement interval of {centis} cs cannot be carried by VRRPv{}", version.number())]
-    AdverIntOutOfRange { version: Version, centis: u16 },
+    AdverIntOutOfRange { version: VrrpVersion, centis: u16 },
 }
 
 /// A read/write view of a VRRP message (the IP payload), for one address family.
@@ -746,7 +730,7 @@ fn fold(mut sum: u32) -> u16 {
 /// A VRRP advertisement, independent of its encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Repr {
-    pub version: Version,
+    pub version: VrrpVersion,
     /// 1..=255.
     pub vrid: u8,
     /// 0 = the master is leaving, 255 = the address owner, 1..=254 = backups.
@@ -795,10 +779,10 @@ impl Repr {
                 other => return Err(ParseError::UnknownAuthType(other)),
             };
             let interval = AdverInt::from_secs(packet.adver_int_secs());
-            (Version::V2, interval, auth)
+            (VrrpVersion::V2, interval, auth)
         } else {
             let interval = AdverInt::from_centis(packet.max_adver_int());
-            (Version::V3, interval, Auth::None)
+            (VrrpVersion::V3, interval, Auth::None)
         };
         if max_adver_int.centis() == 0 {
             return Err(ParseError::ZeroAdverInt);
@@ -840,8 +824,8 @@ impl Repr {
     /// Length of the message this advertisement encodes to.
     pub fn buffer_len(&self) -> usize {
         let auth = match self.version {
-            Version::V2 => AUTH_DATA_LEN,
-            Version::V3 => 0,
+            VrrpVersion::V2 => AUTH_DATA_LEN,
+            VrrpVersion::V3 => 0,
         };
         HEADER_LEN + self.addresses.len() * self.addresses.family().addr_len() + auth
     }
@@ -859,7 +843,7 @@ impl Repr {
         }
         let centis = self.max_adver_int.centis();
         match self.version {
-            Version::V2 => {
+            VrrpVersion::V2 => {
                 if ip.family() == Family::Ipv6 {
                     return Err(EmitError::V2OverIpv6);
                 }
@@ -870,7 +854,7 @@ impl Repr {
                     });
                 }
             }
-            Version::V3 => {
+            VrrpVersion::V3 => {
                 if self.auth != Auth::None {
                     return Err(EmitError::AuthOnV3);
                 }
@@ -918,12 +902,12 @@ impl Repr {
         // validate() bounded the count to 255.
         packet.set_addr_count(self.addresses.len() as u8);
         match self.version {
-            Version::V2 => {
+            VrrpVersion::V2 => {
                 packet.set_auth_type(self.auth.type_code());
                 // validate() made it a whole number of seconds in 1..=255.
                 packet.set_adver_int_secs(self.max_adver_int.whole_secs().unwrap_or(0));
             }
-            Version::V3 => packet.set_max_adver_int(self.max_adver_int.centis()),
+            VrrpVersion::V3 => packet.set_max_adver_int(self.max_adver_int.centis()),
         }
         packet.set_checksum(0);
         let out = packet.addr_bytes_mut();
@@ -939,7 +923,7 @@ impl Repr {
                 }
             }
         }
-        if self.version == Version::V2 {
+        if self.version == VrrpVersion::V2 {
             let data = match self.auth {
                 Auth::None => [0u8; AUTH_DATA_LEN],
                 Auth::Simple(key) => key,
@@ -1016,7 +1000,7 @@ mod tests {
 
     fn hand_v2_repr() -> Repr {
         Repr {
-            version: Version::V2,
+            version: VrrpVersion::V2,
             vrid: 7,
             priority: 100,
             max_adver_int: AdverInt::from_secs(3),
@@ -1043,7 +1027,7 @@ mod tests {
 
     fn hand_v3_v4_repr() -> Repr {
         Repr {
-            version: Version::V3,
+            version: VrrpVersion::V3,
             vrid: 200,
             priority: 255,
             max_adver_int: AdverInt::from_centis(50),
@@ -1070,7 +1054,7 @@ mod tests {
 
     fn hand_v3_v6_repr() -> Repr {
         Repr {
-            version: Version::V3,
+            version: VrrpVersion::V3,
             vrid: 1,
             priority: 0,
             max_adver_int: AdverInt::from_centis(4095),
@@ -1256,7 +1240,7 @@ mod tests {
             }
         );
         let repr = Repr {
-            version: Version::V2,
+            version: VrrpVersion::V2,
             vrid: 51,
             priority: 150,
             max_adver_int: AdverInt::DEFAULT,
@@ -1277,7 +1261,7 @@ mod tests {
         let (ttl, ip, vrrp) = split_ip(&hex(KA_V3_V4));
         assert_eq!(check_ttl(ttl), Ok(()));
         let repr = Repr {
-            version: Version::V3,
+            version: VrrpVersion::V3,
             vrid: 51,
             priority: 150,
             max_adver_int: AdverInt::DEFAULT,
@@ -1325,7 +1309,7 @@ mod tests {
             }
         );
         let repr = Repr {
-            version: Version::V3,
+            version: VrrpVersion::V3,
             vrid: 51,
             priority: 150,
             max_adver_int: AdverInt::DEFAULT,
@@ -1346,7 +1330,7 @@ mod tests {
         for (captured, priority) in [(KA_V3_V4_TWO, 150), (KA_V3_V4_TWO_PRIO0, 0)] {
             let (_, ip, vrrp) = split_ip(&hex(captured));
             let repr = Repr {
-                version: Version::V3,
+                version: VrrpVersion::V3,
                 vrid: 51,
                 priority,
                 max_adver_int: AdverInt::DEFAULT,
@@ -1561,7 +1545,7 @@ mod tests {
                 with(&|r| r.max_adver_int = v3(0)),
                 ip4,
                 EmitError::AdverIntOutOfRange {
-                    version: Version::V3,
+                    version: VrrpVersion::V3,
                     centis: 0,
                 },
             ),
@@ -1569,35 +1553,35 @@ mod tests {
                 with(&|r| r.max_adver_int = v3(4096)),
                 ip4,
                 EmitError::AdverIntOutOfRange {
-                    version: Version::V3,
+                    version: VrrpVersion::V3,
                     centis: 4096,
                 },
             ),
             (
                 with(&|r| {
-                    r.version = Version::V2;
+                    r.version = VrrpVersion::V2;
                     r.max_adver_int = v3(150);
                 }),
                 ip4,
                 EmitError::AdverIntOutOfRange {
-                    version: Version::V2,
+                    version: VrrpVersion::V2,
                     centis: 150,
                 },
             ),
             (
                 with(&|r| {
-                    r.version = Version::V2;
+                    r.version = VrrpVersion::V2;
                     r.max_adver_int = v3(25600);
                 }),
                 ip4,
                 EmitError::AdverIntOutOfRange {
-                    version: Version::V2,
+                    version: VrrpVersion::V2,
                     centis: 25600,
                 },
             ),
             (
                 with(&|r| {
-                    r.version = Version::V2;
+                    r.version = VrrpVersion::V2;
                     r.addresses = Addresses::V6(vec![v6("fe80::1")]);
                 }),
                 ip6,

@@ -24,12 +24,12 @@ use super::{
     check::{self, advert_repr, Discard, RxConfig},
     fsm::{self, Centis, Input, StartState, State, Time},
     garp::{self, AnnounceOptions, GarpConfig, GarpSchedule, GarpSender},
-    packet::{self, Auth, IpPair, Version},
+    packet::{self, Auth, IpPair},
     socket::{DropCounter, VrrpSocket},
     unit::{Effect, GarpStart, Log, MemberConfig, Publish, Unit},
     vip::{AddressSocket, VirtualAddress},
 };
-use crate::{config::VrrpInstance, model::VrrpVersion};
+use crate::config::VrrpInstance;
 
 /// One instance of a unit, as configured and resolved on this host.
 #[derive(Debug, Clone)]
@@ -141,10 +141,7 @@ struct Member {
 fn fsm_config(m: &MemberSpec) -> fsm::Config {
     let c = &m.config;
     fsm::Config {
-        version: match c.version {
-            VrrpVersion::V2 => fsm::Version::V2,
-            VrrpVersion::V3 => fsm::Version::V3,
-        },
+        version: c.version,
         primary_address: m.primary,
         priority: c.priority,
         advert_interval: Centis(c.advert_int_cs),
@@ -161,10 +158,7 @@ fn fsm_config(m: &MemberSpec) -> fsm::Config {
 fn rx_config(m: &MemberSpec) -> RxConfig {
     let c = &m.config;
     RxConfig {
-        version: match c.version {
-            VrrpVersion::V2 => Version::V2,
-            VrrpVersion::V3 => Version::V3,
-        },
+        version: c.version,
         vrid: c.vrid,
         auth: c
             .auth_pass
@@ -424,17 +418,6 @@ fn arrival_time(now: Time, real_now: Duration, arrived: Option<Duration>, floor:
     at.max(floor)
 }
 
-/// CLOCK_MONOTONIC, the clock of every protocol timer and of the XDP program's `CLOCK`.
-pub(crate) fn monotonic() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 impl ProtocolClock {
     fn new() -> std::io::Result<Self> {
         use std::os::fd::FromRawFd;
@@ -454,7 +437,7 @@ impl ProtocolClock {
             .map_err(|e| e.into_parts().1)?;
         Ok(Self {
             fd,
-            epoch: monotonic(),
+            epoch: crate::os::monotonic(),
             armed: std::sync::Mutex::new(None),
             latest: std::sync::atomic::AtomicU64::new(0),
             clocks: std::sync::Mutex::new(None),
@@ -462,7 +445,7 @@ impl ProtocolClock {
     }
 
     fn now(&self) -> Time {
-        let t = Time::from_duration(monotonic().saturating_sub(self.epoch));
+        let t = Time::from_duration(crate::os::monotonic().saturating_sub(self.epoch));
         self.note(t);
         t
     }
@@ -470,7 +453,7 @@ impl ProtocolClock {
     /// The protocol time now, without making it the floor of later arrivals (for the
     /// policy's pacing, not for the state machine).
     fn current(&self) -> Time {
-        Time::from_duration(monotonic().saturating_sub(self.epoch))
+        Time::from_duration(crate::os::monotonic().saturating_sub(self.epoch))
     }
 
     fn note(&self, t: Time) {
@@ -489,7 +472,7 @@ impl ProtocolClock {
         let floor = Time::from_duration(Duration::from_nanos(
             self.latest.load(std::sync::atomic::Ordering::Relaxed),
         ));
-        let (mono, real_now) = (monotonic(), realtime());
+        let (mono, real_now) = (crate::os::monotonic(), realtime());
         let now = Time::from_duration(mono.saturating_sub(self.epoch));
         let offset = real_now.as_nanos() as i128 - mono.as_nanos() as i128;
         let usable = {

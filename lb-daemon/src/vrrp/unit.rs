@@ -681,7 +681,10 @@ fn not_used(member: usize, (reason, detail, total): NotUsed) -> Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vrrp::fsm::{Advert, Centis, Version};
+    use crate::{
+        model::VrrpVersion,
+        vrrp::fsm::{Advert, Centis},
+    };
     use std::net::Ipv4Addr;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -698,7 +701,7 @@ mod tests {
     fn member(name: &str, last: u8, dataplane: bool) -> MemberConfig {
         MemberConfig {
             name: name.into(),
-            fsm: fsm::Config::new(Version::V3, addr(last), 100),
+            fsm: fsm::Config::new(VrrpVersion::V3, addr(last), 100),
             dataplane,
         }
     }
