@@ -1045,3 +1045,35 @@ mod tests {
         assert_eq!(verifier_tail("\n\n"), "");
     }
 }
+
+/// Root-only test in a throw-away network namespace: the netdev family asked over
+/// `netlink-packet-generic` about a veth. Nothing is configured outside the namespace.
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+    use crate::netlink::test_netns::{ifindex, in_netns, ip, privileged, Netns};
+
+    #[test]
+    fn netdev_family_answers_in_netns() {
+        if !privileged("devbound::netdev_family_answers_in_netns") {
+            return;
+        }
+        let ns = Netns::create("devb");
+        ip(&[
+            "-n", &ns.0, "link", "add", "ldb0", "type", "veth", "peer", "name", "ldb1",
+        ]);
+        in_netns(&ns.0, || async {
+            let idx = ifindex("ldb0");
+            // The netdev family exists since 6.3: found, and it answers for the veth.
+            let features = xdp_rx_metadata_features(idx).expect("netdev dev-get");
+            assert!(features.is_some(), "no netdev family on this kernel");
+            // An unknown interface is a typed kernel error, not a panic or a 0.
+            let err = xdp_rx_metadata_features(999_999).unwrap_err();
+            assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+            // An unknown family is None.
+            let mut genl = Genl::open().expect("open");
+            assert_eq!(genl.family("no-such-family").expect("getfamily"), None);
+            assert!(genl.family("nlctrl").expect("getfamily").is_some());
+        });
+    }
+}

@@ -347,3 +347,32 @@ mod tests {
         assert!(decode_link(RTM_NEWLINK, &bad, 3).is_err());
     }
 }
+
+/// Root-only test in a throw-away network namespace: link dumps decoded from the kernel.
+/// Nothing is configured outside the namespace.
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+    use crate::netlink::test_netns::{ifindex, in_netns, ip, privileged, Netns};
+
+    #[test]
+    fn ports_and_attachment_in_netns() {
+        if !privileged("xdp_link::ports_and_attachment_in_netns") {
+            return;
+        }
+        let ns = Netns::create("xdpl");
+        ip(&[
+            "-n", &ns.0, "link", "add", "lxl0", "type", "veth", "peer", "name", "lxl1",
+        ]);
+        ip(&["-n", &ns.0, "link", "add", "lxlbr", "type", "bridge"]);
+        ip(&["-n", &ns.0, "link", "set", "lxl0", "master", "lxlbr"]);
+        in_netns(&ns.0, || async {
+            let bridge = ifindex("lxlbr");
+            assert_eq!(ports(bridge).await.expect("ports"), ["lxl0"]);
+            assert!(ports(ifindex("lxl1")).await.expect("ports").is_empty());
+            assert_eq!(attached(ifindex("lxl0")).await.expect("attached"), None);
+            // Clearing what is not there is accepted by the kernel.
+            clear(ifindex("lxl0"), Mode::Skb).await.expect("clear");
+        });
+    }
+}

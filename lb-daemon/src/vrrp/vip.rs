@@ -31,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tracing::{debug, info, warn};
 
-use netlink_packet_core::{Emitable, Parseable};
+use netlink_packet_core::{Emitable, NetlinkBuffer, Parseable};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope},
     AddressFamily, RouteNetlinkMessage,
@@ -587,10 +587,11 @@ impl AddressSocket {
     }
 }
 
-/// Patch the sequence number into an encoded request (`nlmsg_seq`, bytes 8..12).
+/// Set the sequence number of an encoded request (`nlmsg_seq`); bytes that are not a
+/// whole message are left as they are.
 fn with_seq(mut msg: Vec<u8>, seq: u32) -> Vec<u8> {
-    if let Some(field) = msg.get_mut(8..12) {
-        field.copy_from_slice(&seq.to_ne_bytes());
+    if let Ok(mut header) = NetlinkBuffer::new_checked(&mut msg[..]) {
+        header.set_sequence_number(seq);
     }
     msg
 }
