@@ -49,6 +49,7 @@ use aya_obj::{
 
 use netlink_packet_core::{DecodeError, DefaultNla, Emitable, Nla, NlaBuffer, Parseable};
 use netlink_packet_generic::{
+    constants::CTRL_ATTR_FAMILY_ID,
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
     GenlFamily, GenlHeader, GenlMessage,
 };
@@ -808,10 +809,15 @@ impl Genl {
     }
 }
 
-/// `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply's attributes.
+/// `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply's attributes. Only that attribute
+/// is decoded: the reply's ops and multicast groups are not needed.
 fn family_id(attrs: &[u8]) -> Result<Option<u16>, NetlinkError> {
     for a in attributes(attrs) {
-        if let Ok(GenlCtrlAttrs::FamilyId(id)) = GenlCtrlAttrs::parse(&a?) {
+        let a = a?;
+        if a.kind() != CTRL_ATTR_FAMILY_ID {
+            continue;
+        }
+        if let Ok(GenlCtrlAttrs::FamilyId(id)) = GenlCtrlAttrs::parse(&a) {
             return Ok(Some(id));
         }
     }
@@ -1030,7 +1036,6 @@ mod tests {
         assert_eq!(rx_metadata_features(&[]).unwrap(), 0);
         // Hostile: a truncated attribute is an error, not a panic.
         assert!(rx_metadata_features(&attrs[..attrs.len() - 3]).is_err());
-        const CTRL_ATTR_FAMILY_ID: u16 = 1;
         let fam = attr(CTRL_ATTR_FAMILY_ID, &0x22u16.to_ne_bytes());
         assert_eq!(family_id(&fam).unwrap(), Some(0x22));
         assert_eq!(family_id(&[]).unwrap(), None);
