@@ -16,11 +16,13 @@
 //!    [`tokio::io::unix::AsyncFd`]: request/ACK exchanges and dumps matched by sequence
 //!    number, or, after [`RouteSocket::subscribe`], multicast notifications.
 //!
-//! Why not `rtnetlink`'s connection task: the callers rely on what this socket guarantees
-//! and `netlink-proto` does not offer: `ENOBUFS` on an event socket is reported (and the
-//! stale queue drained) so the neighbour table is re-dumped, a dump flagged
-//! `NLM_F_DUMP_INTR` is restarted, an abandoned request cannot poison the next one, and a
-//! datagram larger than the buffer is detected rather than parsed half.
+//! Why not `rtnetlink`'s connection task (`netlink-proto` 0.14): it logs and drops a
+//! message it cannot decode as a whole `RouteNetlinkMessage` (and a whole datagram on a
+//! framing error), so the neighbour resolver would never learn that its view needs a
+//! re-dump ([`crate::dataplane::neigh::NeighError::needs_resync`]); it leaves the stale
+//! queue after `ENOBUFS` to be applied on top of the re-dump; and it neither restarts a
+//! dump flagged `NLM_F_DUMP_INTR` nor detects a datagram cut by a short buffer. This
+//! socket does all four, and an abandoned request cannot poison the next one.
 
 use std::io;
 use std::mem;
