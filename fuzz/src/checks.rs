@@ -30,7 +30,7 @@ use lb_daemon::{
     health::http::{self, Framing},
     import::{self, ImportError},
     model::{Limits, VrrpVersion},
-    netlink::{self, Control, MessageBuilder},
+    netlink::{self, Control},
     sync::{
         codec::{self, Body, DataBuilder, DecodeError, Header, Key, Push, WireEntry, WireRef},
         index::Index,
@@ -43,6 +43,10 @@ use lb_daemon::{
         },
         socket::{self, Received},
     },
+};
+use netlink_packet_route::{
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    AddressFamily, RouteNetlinkMessage,
 };
 use sha2::Sha256;
 
@@ -909,11 +913,6 @@ fn request(line: &[u8]) {
 // Netlink
 // ---------------------------------------------------------------------------------------------
 
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_DELNEIGH: u16 = 29;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-
 /// A netlink receive buffer, through every decoder the daemon has: `[ifindex] buffer`.
 /// Neighbour events are then folded into the MAC table the resolver keeps.
 pub fn netlink(data: &[u8]) {
@@ -925,18 +924,19 @@ pub fn netlink(data: &[u8]) {
         let Ok((h, payload)) = m else {
             break;
         };
-        assert_eq!(payload.len() + 16, h.len as usize);
+        assert_eq!(payload.len() + 16, h.length as usize);
         let at = payload.as_ptr() as usize - buf.as_ptr() as usize;
         assert_eq!(at, consumed + 16, "messages are consecutive");
-        consumed = netlink::align4(at + payload.len()).min(buf.len());
+        consumed = (at + payload.len()).next_multiple_of(4).min(buf.len());
         if let Ok(Some(Control::Error { errno, message })) = netlink::parse_control(&h, payload) {
             assert!(errno > 0, "an error with errno {errno}");
             assert!(message.is_none_or(|m| !m.is_empty()));
         }
         for a in netlink::attributes(payload) {
-            let Ok((_, v)) = a else {
+            let Ok(a) = a else {
                 break;
             };
+            let v = a.value();
             let off = v.as_ptr() as usize - payload.as_ptr() as usize;
             assert!(off + v.len() <= payload.len());
         }
@@ -944,7 +944,7 @@ pub fn netlink(data: &[u8]) {
             let max = if a.addr.is_ipv4() { 32 } else { 128 };
             assert!(a.prefix_len <= max);
         }
-        let _ = xdp_link::decode_link(h.msg_type, payload, ifindex);
+        let _ = xdp_link::decode_link(h.message_type, payload, ifindex);
     }
     let _ = lb_daemon::vrrp::vip::parse_address_messages(buf);
     let per_message: Vec<_> = neigh::parse_messages(buf).collect();
@@ -968,28 +968,28 @@ pub fn netlink(data: &[u8]) {
 
 /// `ev` as the kernel would send it.
 pub fn encode_neigh(ev: &NeighEvent) -> Vec<u8> {
-    let msg_type = if ev.deleted {
-        RTM_DELNEIGH
+    let mut m = NeighbourMessage::default();
+    m.header.family = if ev.addr.is_ipv4() {
+        AddressFamily::Inet
     } else {
-        RTM_NEWNEIGH
+        AddressFamily::Inet6
     };
-    let mut m = MessageBuilder::new(msg_type, 0, 0);
-    let family = if ev.addr.is_ipv4() {
-        netlink::AF_INET
-    } else {
-        netlink::AF_INET6
-    };
-    let [i0, i1, i2, i3] = ev.ifindex.to_ne_bytes();
-    let [s0, s1] = ev.state.to_ne_bytes();
-    m.push_bytes(&[family, 0, 0, 0, i0, i1, i2, i3, s0, s1, 0, 0]);
-    match ev.addr {
-        IpAddr::V4(a) => m.push_attr(NDA_DST, &a.octets()),
-        IpAddr::V6(a) => m.push_attr(NDA_DST, &a.octets()),
-    };
+    m.header.ifindex = ev.ifindex;
+    m.header.state = NeighbourState::from(ev.state);
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+            ev.addr,
+        )));
     if let Some(mac) = ev.mac {
-        m.push_attr(NDA_LLADDR, &mac);
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     }
-    m.finish()
+    let msg = if ev.deleted {
+        RouteNetlinkMessage::DelNeighbour(m)
+    } else {
+        RouteNetlinkMessage::NewNeighbour(m)
+    };
+    netlink::encode(msg, 0, 0)
 }
 
 /// The resolver's table, fed the events: a wanted backend's MAC is what its latest event

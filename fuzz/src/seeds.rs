@@ -11,8 +11,17 @@ use std::{
 use lb_daemon::{
     dataplane::neigh::{self, NeighEvent, NUD_REACHABLE, NUD_STALE},
     import::keywords,
-    netlink::{self, MessageBuilder},
+    netlink,
     sync::codec::{self, Ack, DataBuilder, Header, Key, WireEntry, WireRef},
+};
+
+use netlink_packet_core::{
+    DefaultNla, DoneMessage, Emitable, ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
+    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+    AddressFamily, RouteNetlinkMessage,
 };
 
 use super::checks::{encode_neigh, SYNC_ID, SYNC_KEY};
@@ -496,46 +505,67 @@ fn netlink() -> Vec<Vec<u8>> {
     ] {
         dump.extend(encode_neigh(&e));
     }
-    let control = |msg_type: u16, flags: u16, payload: &[u8]| {
-        let mut m = MessageBuilder::new(msg_type, flags, 9);
-        m.push_bytes(payload);
-        m.finish()
+    let control = |payload: NetlinkPayload<RouteNetlinkMessage>, flags: u16| {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = 9;
+        let mut m = NetlinkMessage::new(header, payload);
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
     };
-    dump.extend(control(netlink::NLMSG_DONE, 0, &0i32.to_ne_bytes()));
+    let mut done = DoneMessage::default();
+    done.code = 0;
+    dump.extend(control(NetlinkPayload::Done(done), 0));
     // An error with its request echoed, capped, and an extended-ACK message.
-    let mut err = (-19i32).to_ne_bytes().to_vec();
-    err.extend_from_slice(
-        &neigh::encode_resolve_request(9, 3, "192.0.2.11".parse().expect("ip"))[..16],
-    );
-    netlink::put_attr(&mut err, netlink::NLMSGERR_ATTR_MSG, b"Device not found\0");
+    let mut err = ErrorMessage::default();
+    err.code = std::num::NonZeroI32::new(-19);
+    err.header =
+        neigh::encode_resolve_request(9, 3, "192.0.2.11".parse().expect("ip"))[..16].to_vec();
+    let msg = [DefaultNla::new(
+        netlink::NLMSGERR_ATTR_MSG,
+        b"Device not found\0".to_vec(),
+    )];
+    let at = err.header.len();
+    err.header.resize(at + msg.as_slice().buffer_len(), 0);
+    msg.as_slice().emit(&mut err.header[at..]);
     let error = control(
-        netlink::NLMSG_ERROR,
+        NetlinkPayload::Error(err),
         netlink::NLM_F_CAPPED | netlink::NLM_F_ACK_TLVS,
-        &err,
     );
-    let mut ack = 0i32.to_ne_bytes().to_vec();
-    ack.extend_from_slice(&[0; 16]);
-    let ack = control(netlink::NLMSG_ERROR, 0, &ack);
+    let mut ack = ErrorMessage::default();
+    ack.header = vec![0; 16];
+    let ack = control(NetlinkPayload::Error(ack), 0);
     // RTM_NEWADDR (20): ifaddrmsg, IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_FLAGS.
-    let mut addr = MessageBuilder::new(20, 0, 0);
-    addr.push_bytes(&[netlink::AF_INET, 24, 0x80, 0, 3, 0, 0, 0])
-        .push_attr(1, &[192, 0, 2, 100])
-        .push_attr(2, &[192, 0, 2, 100])
-        .push_attr(3, b"eth0\0")
-        .push_attr(8, &0x80u32.to_ne_bytes());
+    let mut addr = AddressMessage::default();
+    addr.header.family = AddressFamily::Inet;
+    addr.header.prefix_len = 24;
+    addr.header.flags = AddressHeaderFlags::from_bits_retain(0x80);
+    addr.header.index = 3;
+    let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100));
+    addr.attributes = vec![
+        AddressAttribute::Address(a),
+        AddressAttribute::Local(a),
+        AddressAttribute::Label("eth0".into()),
+        AddressAttribute::Flags(AddressFlags::from_bits_retain(0x80)),
+    ];
+    let addr = netlink::encode(RouteNetlinkMessage::NewAddress(addr), 0, 0);
     // RTM_NEWLINK (16): ifinfomsg of ifindex 3, IFLA_XDP { ATTACHED = 1, PROG_ID = 42 }.
-    let mut xdp = Vec::new();
-    netlink::put_attr(&mut xdp, 2, &[1]);
-    netlink::put_attr(&mut xdp, 4, &42u32.to_ne_bytes());
-    let mut link = MessageBuilder::new(16, 0, 0);
-    link.push_bytes(&[0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-        .push_attr(43 | 0x8000, &xdp);
+    let xdp = [LinkXdp::Attached(XdpAttached::Driver), LinkXdp::ProgId(42)];
+    let mut nested = vec![0; xdp.as_slice().buffer_len()];
+    xdp.as_slice().emit(&mut nested);
+    let mut link = LinkMessage::default();
+    link.header.index = 3;
+    link.attributes
+        .push(LinkAttribute::Other(DefaultNla::new(43 | 0x8000, nested)));
+    let link = netlink::encode(RouteNetlinkMessage::NewLink(link), 0, 0);
     vec![
         with(&[3], &dump),
         with(&[3], &error),
         with(&[3], &ack),
-        with(&[3], &addr.finish()),
-        with(&[3], &link.finish()),
+        with(&[3], &addr),
+        with(&[3], &link),
         with(&[3], &neigh::encode_dump_request(1, netlink::AF_UNSPEC)),
     ]
 }

@@ -47,8 +47,16 @@ use aya_obj::{
     },
 };
 
+use netlink_packet_core::{DecodeError, DefaultNla, Emitable, Nla, NlaBuffer, Parseable};
+use netlink_packet_generic::{
+    constants::CTRL_ATTR_FAMILY_ID,
+    ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
+    GenlFamily, GenlHeader, GenlMessage,
+};
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
 use crate::netlink::{
-    attributes, messages, parse_control, Control, MessageBuilder, NetlinkError, NLM_F_ACK,
+    attributes, encode, messages, parse_control, recv_datagram, Control, NetlinkError, NLM_F_ACK,
     NLM_F_REQUEST,
 };
 
@@ -590,54 +598,123 @@ pub fn driver(iface: &str) -> io::Result<Option<String>> {
 // Generic netlink: the netdev family's `xdp-rx-metadata-features`
 // ---------------------------------------------------------------------------------------------
 
-const NETLINK_GENERIC: libc::c_int = 16;
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 // include/uapi/linux/netdev.h
 const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_RX_METADATA_FEATURES: u16 = 5;
 pub const NETDEV_XDP_RX_METADATA_VLAN_TAG: u64 = 1 << 2;
-/// `struct genlmsghdr`: cmd, version, reserved.
-const GENL_HDRLEN: usize = 4;
 /// The kernel answers a local request at once; this only bounds a broken kernel.
 const GENL_TIMEOUT: libc::timeval = libc::timeval {
     tv_sec: 2,
     tv_usec: 0,
 };
+/// Receive buffer: a `dev-get` or `getfamily` reply is a few hundred bytes.
+const GENL_BUF_LEN: usize = 32 << 10;
 
-/// A blocking generic-netlink socket for one request at a time. Only the kernel's
-/// messages (port 0) that answer the request (its sequence number) are read.
+/// The attributes of the netdev family that the daemon reads or sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NetdevAttr {
+    Ifindex(u32),
+    /// `NETDEV_XDP_RX_METADATA_*` bits.
+    XdpRxMetadataFeatures(u64),
+    Other(DefaultNla),
+}
+
+impl Nla for NetdevAttr {
+    fn value_len(&self) -> usize {
+        match self {
+            NetdevAttr::Ifindex(_) => 4,
+            NetdevAttr::XdpRxMetadataFeatures(_) => 8,
+            NetdevAttr::Other(nla) => nla.value_len(),
+        }
+    }
+
+    fn kind(&self) -> u16 {
+        match self {
+            NetdevAttr::Ifindex(_) => NETDEV_A_DEV_IFINDEX,
+            NetdevAttr::XdpRxMetadataFeatures(_) => NETDEV_A_DEV_XDP_RX_METADATA_FEATURES,
+            NetdevAttr::Other(nla) => nla.kind(),
+        }
+    }
+
+    fn emit_value(&self, buffer: &mut [u8]) {
+        match self {
+            NetdevAttr::Ifindex(i) => buffer.copy_from_slice(&i.to_ne_bytes()),
+            NetdevAttr::XdpRxMetadataFeatures(f) => buffer.copy_from_slice(&f.to_ne_bytes()),
+            NetdevAttr::Other(nla) => nla.emit_value(buffer),
+        }
+    }
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for NetdevAttr {
+    fn parse(nla: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
+        let v = nla.value();
+        Ok(match nla.kind() {
+            NETDEV_A_DEV_IFINDEX => NetdevAttr::Ifindex(netlink_packet_core::parse_u32(v)?),
+            // A u64 by the family's spec; a shorter value is taken as its low bytes.
+            NETDEV_A_DEV_XDP_RX_METADATA_FEATURES => {
+                let mut b = [0u8; 8];
+                let v = v.get(..8).unwrap_or(v);
+                b[..v.len()].copy_from_slice(v);
+                NetdevAttr::XdpRxMetadataFeatures(u64::from_ne_bytes(b))
+            }
+            _ => NetdevAttr::Other(DefaultNla::parse(nla)?),
+        })
+    }
+}
+
+/// A message of the netdev generic-netlink family (`netdev`), which no rust-netlink crate
+/// covers: this is the small family payload `netlink-packet-generic` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Netdev {
+    cmd: u8,
+    attrs: Vec<NetdevAttr>,
+}
+
+impl GenlFamily for Netdev {
+    fn family_name() -> &'static str {
+        "netdev"
+    }
+
+    fn command(&self) -> u8 {
+        self.cmd
+    }
+
+    fn version(&self) -> u8 {
+        1
+    }
+}
+
+impl Emitable for Netdev {
+    fn buffer_len(&self) -> usize {
+        self.attrs.as_slice().buffer_len()
+    }
+
+    fn emit(&self, buffer: &mut [u8]) {
+        self.attrs.as_slice().emit(buffer)
+    }
+}
+
+/// A blocking generic-netlink socket (`netlink-sys`) for one request at a time. Only the
+/// kernel's messages (port 0) that answer the request (its sequence number) are read.
 struct Genl {
-    fd: OwnedFd,
+    socket: Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Genl {
     fn open() -> Result<Self, NetlinkError> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_GENERIC,
-            )
-        };
-        if fd < 0 {
-            return Err(NetlinkError::Io {
-                op: "socket(NETLINK_GENERIC)",
-                source: io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: just created, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut socket = Socket::new(NETLINK_GENERIC)
+            .map_err(|e| NetlinkError::io("socket(NETLINK_GENERIC)", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| NetlinkError::io("bind", e))?;
+        // netlink-sys has no setter for a receive timeout.
         // SAFETY: setsockopt with a timeval of the size passed.
         let rc = unsafe {
             libc::setsockopt(
-                fd.as_raw_fd(),
+                socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&GENL_TIMEOUT as *const libc::timeval).cast(),
@@ -645,94 +722,62 @@ impl Genl {
             )
         };
         if rc != 0 {
-            return Err(NetlinkError::Io {
-                op: "setsockopt(SO_RCVTIMEO)",
-                source: io::Error::last_os_error(),
-            });
+            return Err(NetlinkError::io(
+                "setsockopt(SO_RCVTIMEO)",
+                io::Error::last_os_error(),
+            ));
         }
         Ok(Genl {
-            fd,
+            socket,
             seq: 0,
-            buf: vec![0; 32 << 10],
+            buf: vec![0; GENL_BUF_LEN],
         })
     }
 
-    /// Sends command `cmd` of `family` with `attrs`; returns the attributes of its reply.
-    fn call(&mut self, family: u16, cmd: u8, attrs: &[u8]) -> Result<Vec<u8>, NetlinkError> {
+    /// Sends `request`; returns the attributes of its reply (after the `genlmsghdr`).
+    fn call<F>(&mut self, request: GenlMessage<F>) -> Result<Vec<u8>, NetlinkError>
+    where
+        F: GenlFamily + Emitable + std::fmt::Debug,
+    {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let mut msg = MessageBuilder::new(family, NLM_F_REQUEST | NLM_F_ACK, seq);
-        // genlmsghdr (version 1 of both families used here), then the attributes, which
-        // `put_attr` padded already.
-        msg.push_bytes(&[cmd, 1, 0, 0]).push_bytes(attrs);
-        let msg = msg.finish();
-        // SAFETY: a zeroed sockaddr_nl addresses the kernel (port 0).
-        let mut to: libc::sockaddr_nl = unsafe { zeroed() };
-        to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: sendto with a buffer and address of the sizes passed.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&to as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(NetlinkError::Io {
-                op: "sendto",
-                source: io::Error::last_os_error(),
-            });
+        let msg = encode(request, NLM_F_REQUEST | NLM_F_ACK, seq);
+        let sent = self
+            .socket
+            .send_to(&msg, &SocketAddr::new(0, 0), 0)
+            .map_err(|e| NetlinkError::io("sendto", e))?;
+        if sent != msg.len() {
+            return Err(NetlinkError::io(
+                "sendto",
+                io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
+            ));
         }
         let mut reply = None;
         loop {
-            // SAFETY: recvfrom into our buffer and address, of the sizes passed.
-            let (n, from) = unsafe {
-                let mut from: libc::sockaddr_nl = zeroed();
-                let mut from_len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-                let n = libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                    (&mut from as *mut libc::sockaddr_nl).cast(),
-                    &mut from_len,
-                );
-                (n, from)
+            let (n, from) = match recv_datagram(self.socket.as_raw_fd(), &mut self.buf, false) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(NetlinkError::io("recvfrom", e)),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io {
-                    op: "recvfrom",
-                    source: e,
-                });
-            }
-            let n = n as usize;
             if n > self.buf.len() {
                 return Err(NetlinkError::DatagramTooLarge {
                     len: n,
                     cap: self.buf.len(),
                 });
             }
-            if from.nl_pid != 0 {
+            if from != 0 {
                 continue;
             }
             for item in messages(&self.buf[..n]) {
                 let (header, payload) = item?;
-                if header.seq != seq {
+                if header.sequence_number != seq {
                     continue;
                 }
                 match parse_control(&header, payload)? {
                     Some(Control::Ack | Control::Done) => {
-                        return reply.ok_or(NetlinkError::Truncated {
+                        return reply.ok_or(NetlinkError::Malformed {
                             what: "generic netlink reply",
-                            need: GENL_HDRLEN,
-                            have: 0,
+                            source: "acknowledged without a reply".into(),
                         });
                     }
                     Some(Control::Error { errno, message }) => {
@@ -740,11 +785,9 @@ impl Genl {
                     }
                     Some(Control::Noop) => {}
                     None => {
-                        let attrs = payload.get(GENL_HDRLEN..).ok_or(NetlinkError::Truncated {
-                            what: "genlmsghdr",
-                            need: GENL_HDRLEN,
-                            have: payload.len(),
-                        })?;
+                        let genl = GenlHeader::parse(payload)
+                            .map_err(NetlinkError::malformed("genlmsghdr"))?;
+                        let attrs = payload.get(genl.buffer_len()..).unwrap_or_default();
                         reply = Some(attrs.to_vec());
                     }
                 }
@@ -754,11 +797,11 @@ impl Genl {
 
     /// The id of generic-netlink family `name`; `None` when the kernel has no such family.
     fn family(&mut self, name: &str) -> Result<Option<u16>, NetlinkError> {
-        let mut attrs = Vec::new();
-        let mut z = name.as_bytes().to_vec();
-        z.push(0);
-        crate::netlink::put_attr(&mut attrs, CTRL_ATTR_FAMILY_NAME, &z);
-        match self.call(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &attrs) {
+        let request = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(name.to_owned())],
+        });
+        match self.call(request) {
             Ok(reply) => Ok(family_id(&reply)?),
             Err(NetlinkError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(None),
             Err(e) => Err(e),
@@ -766,26 +809,27 @@ impl Genl {
     }
 }
 
-/// `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply.
+/// `CTRL_ATTR_FAMILY_ID` of a `CTRL_CMD_GETFAMILY` reply's attributes. Only that attribute
+/// is decoded: the reply's ops and multicast groups are not needed.
 fn family_id(attrs: &[u8]) -> Result<Option<u16>, NetlinkError> {
     for a in attributes(attrs) {
-        if let (CTRL_ATTR_FAMILY_ID, &[x, y]) = a? {
-            return Ok(Some(u16::from_ne_bytes([x, y])));
+        let a = a?;
+        if a.kind() != CTRL_ATTR_FAMILY_ID {
+            continue;
+        }
+        if let Ok(GenlCtrlAttrs::FamilyId(id)) = GenlCtrlAttrs::parse(&a) {
+            return Ok(Some(id));
         }
     }
     Ok(None)
 }
 
-/// `NETDEV_A_DEV_XDP_RX_METADATA_FEATURES` of a `NETDEV_CMD_DEV_GET` reply (0 when absent:
-/// a kernel that knows no RX metadata).
+/// `NETDEV_A_DEV_XDP_RX_METADATA_FEATURES` of a `NETDEV_CMD_DEV_GET` reply's attributes (0
+/// when absent: a kernel that knows no RX metadata).
 pub fn rx_metadata_features(attrs: &[u8]) -> Result<u64, NetlinkError> {
     for a in attributes(attrs) {
-        let (t, v) = a?;
-        if t == NETDEV_A_DEV_XDP_RX_METADATA_FEATURES {
-            let mut b = [0u8; 8];
-            let v = v.get(..8).unwrap_or(v);
-            b[..v.len()].copy_from_slice(v);
-            return Ok(u64::from_ne_bytes(b));
+        if let Ok(NetdevAttr::XdpRxMetadataFeatures(f)) = NetdevAttr::parse(&a?) {
+            return Ok(f);
         }
     }
     Ok(0)
@@ -795,18 +839,22 @@ pub fn rx_metadata_features(attrs: &[u8]) -> Result<u64, NetlinkError> {
 /// netdev family (before 6.3).
 pub fn xdp_rx_metadata_features(ifindex: u32) -> Result<Option<u64>, NetlinkError> {
     let mut genl = Genl::open()?;
-    let Some(family) = genl.family("netdev")? else {
+    let Some(family) = genl.family(Netdev::family_name())? else {
         return Ok(None);
     };
-    let mut attrs = Vec::new();
-    crate::netlink::put_attr(&mut attrs, NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes());
-    let reply = genl.call(family, NETDEV_CMD_DEV_GET, &attrs)?;
+    let mut request = GenlMessage::from_payload(Netdev {
+        cmd: NETDEV_CMD_DEV_GET,
+        attrs: vec![NetdevAttr::Ifindex(ifindex)],
+    });
+    request.set_resolved_family_id(family);
+    let reply = genl.call(request)?;
     rx_metadata_features(&reply).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::test_wire::attr;
 
     fn tags(ctag_rx: bool, stag_rx: bool, veth: bool) -> DeviceTags {
         DeviceTags {
@@ -970,23 +1018,17 @@ mod tests {
     #[test]
     fn netdev_reply_attributes() {
         let mut attrs = Vec::new();
-        crate::netlink::put_attr(&mut attrs, NETDEV_A_DEV_IFINDEX, &7u32.to_ne_bytes());
-        crate::netlink::put_attr(&mut attrs, 3, &0x7fu64.to_ne_bytes());
-        crate::netlink::put_attr(
-            &mut attrs,
+        attrs.extend(attr(NETDEV_A_DEV_IFINDEX, &7u32.to_ne_bytes()));
+        attrs.extend(attr(3, &0x7fu64.to_ne_bytes()));
+        attrs.extend(attr(
             NETDEV_A_DEV_XDP_RX_METADATA_FEATURES,
             &7u64.to_ne_bytes(),
-        );
+        ));
         let f = rx_metadata_features(&attrs).unwrap();
         assert_eq!(f, 7);
         assert_ne!(f & NETDEV_XDP_RX_METADATA_VLAN_TAG, 0);
         // A kernel before vlan-tag (6.3..6.7) reports timestamp and hash only.
-        let mut old = Vec::new();
-        crate::netlink::put_attr(
-            &mut old,
-            NETDEV_A_DEV_XDP_RX_METADATA_FEATURES,
-            &3u64.to_ne_bytes(),
-        );
+        let old = attr(NETDEV_A_DEV_XDP_RX_METADATA_FEATURES, &3u64.to_ne_bytes());
         assert_eq!(
             rx_metadata_features(&old).unwrap() & NETDEV_XDP_RX_METADATA_VLAN_TAG,
             0
@@ -994,8 +1036,7 @@ mod tests {
         assert_eq!(rx_metadata_features(&[]).unwrap(), 0);
         // Hostile: a truncated attribute is an error, not a panic.
         assert!(rx_metadata_features(&attrs[..attrs.len() - 3]).is_err());
-        let mut fam = Vec::new();
-        crate::netlink::put_attr(&mut fam, CTRL_ATTR_FAMILY_ID, &0x22u16.to_ne_bytes());
+        let fam = attr(CTRL_ATTR_FAMILY_ID, &0x22u16.to_ne_bytes());
         assert_eq!(family_id(&fam).unwrap(), Some(0x22));
         assert_eq!(family_id(&[]).unwrap(), None);
     }
@@ -1007,5 +1048,37 @@ mod tests {
         assert!(t.ends_with("line 19"), "{t}");
         assert!(!t.contains("line 11"), "{t}");
         assert_eq!(verifier_tail("\n\n"), "");
+    }
+}
+
+/// Root-only test in a throw-away network namespace: the netdev family asked over
+/// `netlink-packet-generic` about a veth. Nothing is configured outside the namespace.
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+    use crate::netlink::test_netns::{ifindex, in_netns, ip, privileged, Netns};
+
+    #[test]
+    fn netdev_family_answers_in_netns() {
+        if !privileged("devbound::netdev_family_answers_in_netns") {
+            return;
+        }
+        let ns = Netns::create("devb");
+        ip(&[
+            "-n", &ns.0, "link", "add", "ldb0", "type", "veth", "peer", "name", "ldb1",
+        ]);
+        in_netns(&ns.0, || async {
+            let idx = ifindex("ldb0");
+            // The netdev family exists since 6.3: found, and it answers for the veth.
+            let features = xdp_rx_metadata_features(idx).expect("netdev dev-get");
+            assert!(features.is_some(), "no netdev family on this kernel");
+            // An unknown interface is a typed kernel error, not a panic or a 0.
+            let err = xdp_rx_metadata_features(999_999).unwrap_err();
+            assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+            // An unknown family is None.
+            let mut genl = Genl::open().expect("open");
+            assert_eq!(genl.family("no-such-family").expect("getfamily"), None);
+            assert!(genl.family("nlctrl").expect("getfamily").is_some());
+        });
     }
 }

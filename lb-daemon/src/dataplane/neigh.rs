@@ -11,9 +11,10 @@
 //! The module has three layers:
 //!
 //! 1. **Wire code** (pure, no I/O): [`encode_dump_request`], [`encode_resolve_request`],
-//!    [`parse_messages`] / [`parse_neigh_messages`] and [`usable_mac`]. Kernel input is
-//!    treated as hostile: every length is checked and malformed data yields a
-//!    [`NeighError`], never a panic.
+//!    [`parse_messages`] / [`parse_neigh_messages`] and [`usable_mac`], on
+//!    `netlink-packet-route`'s `NeighbourMessage`, `NeighbourHeader` and
+//!    `NeighbourAttribute`. Kernel input is treated as hostile: every length is checked
+//!    and malformed data yields a [`NeighError`], never a panic.
 //! 2. **[`NeighSocket`]**: a non-blocking `NETLINK_ROUTE` socket driven by
 //!    [`tokio::io::unix::AsyncFd`], used either for requests (dump, resolve) or,
 //!    after [`NeighSocket::subscribe`], for `RTNLGRP_NEIGH` event notifications.
@@ -62,12 +63,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, trace, warn};
 
+use netlink_packet_core::{Emitable, ParseableParametrized};
+use netlink_packet_route::{
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourHeader, NeighbourMessage,
+        NeighbourState,
+    },
+    AddressFamily, RouteNetlinkMessage,
+};
+
 /// Moved to [`crate::netlink`]; re-exported so this module's API is unchanged.
 pub use crate::netlink::NlHeader;
 use crate::netlink::{
-    self, attributes, parse_control, Control, MessageBuilder, NetlinkError, RouteSocket, AF_INET,
-    AF_INET6, AF_UNSPEC, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    self, attributes, encode, parse_control, Control, NetlinkError, RouteSocket, AF_INET, AF_INET6,
+    AF_UNSPEC, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 
 // ---------------------------------------------------------------------------------
@@ -75,12 +84,10 @@ use crate::netlink::{
 // crate::netlink). A unit test cross-checks them against `libc`.
 // ---------------------------------------------------------------------------------
 
-/// `sizeof(struct ndmsg)`, include/uapi/linux/neighbour.h.
-const NDMSG_LEN: usize = 12;
-
 // rtnetlink, include/uapi/linux/rtnetlink.h.
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_DELNEIGH: u16 = 29;
+#[cfg(test)]
 const RTM_GETNEIGH: u16 = 30;
 /// `enum rtnetlink_groups`: neighbour table notifications.
 const RTNLGRP_NEIGH: libc::c_int = 3;
@@ -226,12 +233,14 @@ impl NeighError {
 // Encoding
 // ---------------------------------------------------------------------------------
 
-/// `struct ndmsg { u8 family; u8 pad1; u16 pad2; s32 ifindex; u16 state; u8 flags; u8 type; }`
-fn ndmsg(family: u8, ifindex: u32, state: u16, flags: u8) -> [u8; NDMSG_LEN] {
-    let [i0, i1, i2, i3] = ifindex.to_ne_bytes();
-    let [s0, s1] = state.to_ne_bytes();
-    // ndm_type: RTN_UNSPEC
-    [family, 0, 0, 0, i0, i1, i2, i3, s0, s1, flags, 0]
+/// A neighbour message with `struct ndmsg` set (`ndm_type` RTN_UNSPEC).
+fn neighbour_message(family: u8, ifindex: u32, state: u16, flags: u8) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::from(family);
+    msg.header.ifindex = ifindex;
+    msg.header.state = NeighbourState::from(state);
+    msg.header.flags = NeighbourFlags::from_bits_retain(flags);
+    msg
 }
 
 /// `RTM_GETNEIGH` dump request (`NLM_F_REQUEST | NLM_F_DUMP`) for `family`
@@ -240,9 +249,11 @@ fn ndmsg(family: u8, ifindex: u32, state: u16, flags: u8) -> [u8; NDMSG_LEN] {
 /// A full `struct ndmsg` is sent, as iproute2 does, so the request is also valid
 /// when strict checking (`NETLINK_GET_STRICT_CHK`) is enabled.
 pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
-    let mut msg = MessageBuilder::new(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq);
-    msg.push_bytes(&ndmsg(family, 0, NUD_NONE, 0));
-    msg.finish()
+    encode(
+        RouteNetlinkMessage::GetNeighbour(neighbour_message(family, 0, NUD_NONE, 0)),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    )
 }
 
 /// `RTM_NEWNEIGH` request asking the kernel to resolve `addr` on `ifindex`:
@@ -258,20 +269,20 @@ pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
 ///
 /// Do not send this for `NUD_PERMANENT` entries: the kernel clears the flag.
 pub fn encode_resolve_request(seq: u32, ifindex: u32, addr: IpAddr) -> Vec<u8> {
-    let mut msg = MessageBuilder::new(
-        RTM_NEWNEIGH,
+    let family = match addr {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    };
+    let mut msg = neighbour_message(family, ifindex, NUD_NONE, NTF_USE);
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+            addr,
+        )));
+    encode(
+        RouteNetlinkMessage::NewNeighbour(msg),
         NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
         seq,
-    );
-    match addr {
-        IpAddr::V4(v4) => msg
-            .push_bytes(&ndmsg(AF_INET, ifindex, NUD_NONE, NTF_USE))
-            .push_attr(NDA_DST, &v4.octets()),
-        IpAddr::V6(v6) => msg
-            .push_bytes(&ndmsg(AF_INET6, ifindex, NUD_NONE, NTF_USE))
-            .push_attr(NDA_DST, &v6.octets()),
-    };
-    msg.finish()
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -313,45 +324,62 @@ fn decode_message(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighE
         Some(Control::Done) => NlMessage::Done,
         Some(Control::Ack) => NlMessage::Ack,
         Some(Control::Error { errno, message }) => NlMessage::Error { errno, message },
-        None => match header.msg_type {
+        None => match header.message_type {
             RTM_NEWNEIGH | RTM_DELNEIGH => decode_neigh(header, payload)?,
             other => NlMessage::Ignored { msg_type: other },
         },
     })
 }
 
-/// Decode `RTM_NEWNEIGH` / `RTM_DELNEIGH`: `struct ndmsg` followed by attributes.
+/// Decode `RTM_NEWNEIGH` / `RTM_DELNEIGH`: `struct ndmsg` followed by attributes, with
+/// `netlink-packet-route`'s `NeighbourHeader` and `NeighbourAttribute`. Only `NDA_DST` and
+/// `NDA_LLADDR` are decoded: a whole `NeighbourMessage` would fail on a malformed
+/// attribute the resolver does not read.
 fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighError> {
-    let (ndmsg, attrs) = netlink::split_family_header::<NDMSG_LEN>(payload, "ndmsg")?;
-    let [family, _pad1, _, _, i0, i1, i2, i3, s0, s1, ndm_flags, _ndm_type] = *ndmsg;
-    let ifindex = u32::from_ne_bytes([i0, i1, i2, i3]);
-    let state = u16::from_ne_bytes([s0, s1]);
+    let ndm = NeighbourHeader::parse(payload).map_err(NetlinkError::malformed("ndmsg"))?;
+    let attrs = payload.get(ndm.buffer_len()..).unwrap_or_default();
+    let family = u8::from(ndm.family);
+    let ifindex = ndm.ifindex;
+    let state = u16::from(ndm.state);
 
     // RTNLGRP_NEIGH also carries bridge FDB entries (AF_BRIDGE, rtnl_fdb_notify());
     // proxy entries have no link-layer address. Neither describes a neighbour we
     // could forward to.
-    if (family != AF_INET && family != AF_INET6) || ndm_flags & NTF_PROXY != 0 {
+    if (family != AF_INET && family != AF_INET6) || ndm.flags.bits() & NTF_PROXY != 0 {
         return Ok(NlMessage::Ignored {
-            msg_type: header.msg_type,
+            msg_type: header.message_type,
         });
     }
 
     let mut addr = None;
     let mut mac = None;
-    // sizeof(struct ndmsg) is already a multiple of 4, so attributes follow directly.
     for attr in attributes(attrs) {
-        let (attr_type, value) = attr?;
-        match attr_type {
+        let attr = attr?;
+        match attr.kind() {
             NDA_DST => {
-                let ip = netlink::decode_ip(family, value).ok_or(NeighError::BadAddressLength {
-                    family,
-                    len: value.len(),
-                })?;
+                let ip = match NeighbourAttribute::parse_with_param(&attr, ndm.family) {
+                    Ok(NeighbourAttribute::Destination(NeighbourAddress::Inet(a))) => IpAddr::V4(a),
+                    Ok(NeighbourAttribute::Destination(NeighbourAddress::Inet6(a))) => {
+                        IpAddr::V6(a)
+                    }
+                    _ => {
+                        return Err(NeighError::BadAddressLength {
+                            family,
+                            len: attr.value().len(),
+                        })
+                    }
+                };
                 addr = Some(ip);
             }
             // Non-Ethernet devices have other lengths (0 for loopback, 4 for IPIP,
             // 20 for IPoIB); those are not MACs the XDP program could use.
-            NDA_LLADDR => mac = <[u8; 6]>::try_from(value).ok(),
+            NDA_LLADDR => {
+                if let Ok(NeighbourAttribute::LinkLayerAddress(lladdr)) =
+                    NeighbourAttribute::parse_with_param(&attr, ndm.family)
+                {
+                    mac = <[u8; 6]>::try_from(lladdr.as_slice()).ok();
+                }
+            }
             _ => {} // NDA_CACHEINFO, NDA_PROBES, NDA_PROTOCOL, future attributes...
         }
     }
@@ -361,7 +389,7 @@ fn decode_neigh(header: &NlHeader, payload: &[u8]) -> Result<NlMessage, NeighErr
         addr,
         mac,
         state,
-        deleted: header.msg_type == RTM_DELNEIGH,
+        deleted: header.message_type == RTM_DELNEIGH,
     }))
 }
 
@@ -957,6 +985,7 @@ mod tests {
     use super::*;
     use crate::netlink::test_wire::{attr, msg, XorShift};
     use crate::netlink::*;
+    use netlink_packet_core::NLA_TYPE_MASK;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     const V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -1111,7 +1140,7 @@ mod tests {
         buf.extend(encode_resolve_request(2, 1, IpAddr::V6(v6())));
         let items: Vec<_> = parse_messages(&buf).collect::<Result<_, _>>().unwrap();
         assert_eq!(items.len(), 2);
-        assert_eq!(items[0].0.seq, 1);
+        assert_eq!(items[0].0.sequence_number, 1);
         let (_, NlMessage::Neigh(ev)) = &items[1] else {
             panic!("expected neighbour message");
         };
@@ -1269,7 +1298,11 @@ mod tests {
             cap: 65_536,
         };
         assert!(NeighError::from(too_large).needs_resync());
-        assert!(NeighError::from(NetlinkError::TrailingBytes { have: 2 }).needs_resync());
+        let malformed = NetlinkError::Malformed {
+            what: "attribute",
+            source: "2 stray bytes".into(),
+        };
+        assert!(NeighError::from(malformed).needs_resync());
         assert!(NeighError::MissingDestination { ifindex: 7 }.needs_resync());
         assert_eq!(NeighError::MissingDestination { ifindex: 7 }.errno(), None);
 
@@ -1312,10 +1345,9 @@ mod tests {
         // Header shorter than 16 bytes.
         assert!(matches!(
             parse_neigh_messages(&good[..10]),
-            Err(NeighError::Netlink(NetlinkError::Truncated {
+            Err(NeighError::Netlink(NetlinkError::Malformed {
                 what: "nlmsghdr",
-                need: 16,
-                have: 10
+                ..
             }))
         ));
         // nlmsg_len below the header size (would loop forever if accepted).
@@ -1323,8 +1355,8 @@ mod tests {
         bad[..4].copy_from_slice(&8u32.to_ne_bytes());
         assert!(matches!(
             parse_neigh_messages(&bad),
-            Err(NeighError::Netlink(NetlinkError::BadMessageLength {
-                len: 8,
+            Err(NeighError::Netlink(NetlinkError::Malformed {
+                what: "nlmsghdr",
                 ..
             }))
         ));
@@ -1333,15 +1365,15 @@ mod tests {
         bad[..4].copy_from_slice(&1000u32.to_ne_bytes());
         assert!(matches!(
             parse_neigh_messages(&bad),
-            Err(NeighError::Netlink(NetlinkError::BadMessageLength {
-                len: 1000,
+            Err(NeighError::Netlink(NetlinkError::Malformed {
+                what: "nlmsghdr",
                 ..
             }))
         ));
         // ndmsg cut short.
         assert!(matches!(
             parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &[2, 0, 0, 0, 1])),
-            Err(NeighError::Netlink(NetlinkError::Truncated {
+            Err(NeighError::Netlink(NetlinkError::Malformed {
                 what: "ndmsg",
                 ..
             }))
@@ -1349,7 +1381,7 @@ mod tests {
         // nlmsgerr cut short.
         assert!(matches!(
             parse_neigh_messages(&msg(NLMSG_ERROR, 0, 0, &[0xff; 8])),
-            Err(NeighError::Netlink(NetlinkError::Truncated {
+            Err(NeighError::Netlink(NetlinkError::Malformed {
                 what: "nlmsgerr",
                 ..
             }))
@@ -1363,7 +1395,10 @@ mod tests {
             assert!(
                 matches!(
                     parse_neigh_messages(&msg(RTM_NEWNEIGH, 0, 0, &p)),
-                    Err(NeighError::Netlink(NetlinkError::BadAttributeLength { .. }))
+                    Err(NeighError::Netlink(NetlinkError::Malformed {
+                        what: "attribute",
+                        ..
+                    }))
                 ),
                 "nla_len {bad_len}"
             );
@@ -1377,7 +1412,10 @@ mod tests {
         m[..4].copy_from_slice(&((16 + p.len()) as u32).to_ne_bytes());
         assert!(matches!(
             parse_neigh_messages(&m),
-            Err(NeighError::Netlink(NetlinkError::TrailingBytes { have: 2 }))
+            Err(NeighError::Netlink(NetlinkError::Malformed {
+                what: "attribute",
+                ..
+            }))
         ));
         // NDA_DST of the wrong size for the family.
         let mut p = ndmsg(AF_INET6, 7, NUD_REACHABLE, 0);

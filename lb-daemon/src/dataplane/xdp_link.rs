@@ -12,31 +12,26 @@ use std::{
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
+use netlink_packet_core::{DefaultNla, Emitable, Parseable, ParseableParametrized, NLA_F_NESTED};
+use netlink_packet_route::{
+    link::{LinkAttribute, LinkHeader, LinkMessage, LinkXdp, XdpAttached},
+    AddressFamily, RouteNetlinkMessage,
+};
 
 use crate::netlink::{
-    attr_string, attributes, put_attr, split_family_header, MessageBuilder, NetlinkError,
-    RouteSocket, AF_UNSPEC, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    attr_string, attributes, encode, NetlinkError, RouteSocket, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 
 const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
+#[cfg(test)]
 const RTM_SETLINK: u16 = 19;
-/// `struct ifinfomsg`.
-const IFINFOMSG_LEN: usize = 16;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_XDP: u16 = 43;
-const NLA_F_NESTED: u16 = 0x8000;
-// Nested in IFLA_XDP.
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_ATTACHED: u16 = 2;
-const IFLA_XDP_FLAGS: u16 = 3;
-const IFLA_XDP_PROG_ID: u16 = 4;
-// `XDP_FLAGS_*` and `XDP_ATTACHED_*`, include/uapi/linux/if_link.h.
+// `XDP_FLAGS_*`, include/uapi/linux/if_link.h.
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-const XDP_ATTACHED_DRV: u8 = 1;
-const XDP_ATTACHED_SKB: u8 = 2;
 
 /// Where a program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,27 +67,53 @@ pub struct Attached {
     pub mode: Mode,
 }
 
-/// `struct ifinfomsg` for interface `ifindex`.
-fn ifinfomsg(ifindex: u32) -> [u8; IFINFOMSG_LEN] {
-    let mut h = [0u8; IFINFOMSG_LEN];
-    h[0] = AF_UNSPEC;
-    h[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    h
+/// A link message about interface `ifindex` (0: a dump of every interface).
+fn link_message(ifindex: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.interface_family = AddressFamily::Unspec;
+    msg.header.index = ifindex;
+    msg
 }
 
 /// `RTM_SETLINK` giving `ifindex` the program `fd` (-1: none) in `mode`.
 pub fn encode_set(seq: u32, ifindex: u32, fd: i32, mode: Mode) -> Vec<u8> {
-    let mut nested = Vec::new();
-    put_attr(&mut nested, IFLA_XDP_FD, &fd.to_ne_bytes());
-    put_attr(&mut nested, IFLA_XDP_FLAGS, &mode.flags().to_ne_bytes());
-    let mut msg = MessageBuilder::new(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
-    msg.push_bytes(&ifinfomsg(ifindex))
-        .push_attr(IFLA_XDP | NLA_F_NESTED, &nested);
-    msg.finish()
+    let xdp = [LinkXdp::Fd(fd), LinkXdp::Flags(mode.flags())];
+    let mut nested = vec![0; xdp.as_slice().buffer_len()];
+    xdp.as_slice().emit(&mut nested);
+    let mut msg = link_message(ifindex);
+    // `LinkAttribute::Xdp` is sent without NLA_F_NESTED; iproute2 and libbpf set it, and so
+    // did this daemon before, so the request stays byte for byte what it was.
+    msg.attributes.push(LinkAttribute::Other(DefaultNla::new(
+        IFLA_XDP | NLA_F_NESTED,
+        nested,
+    )));
+    encode(
+        RouteNetlinkMessage::SetLink(msg),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    )
+}
+
+/// `RTM_GETLINK` dump request for every interface.
+fn encode_dump(seq: u32) -> Vec<u8> {
+    encode(
+        RouteNetlinkMessage::GetLink(link_message(0)),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    )
+}
+
+/// The `ifinfomsg` of a link message and its attributes.
+fn split_link(payload: &[u8]) -> Result<(LinkHeader, &[u8]), NetlinkError> {
+    let header = LinkHeader::parse(payload).map_err(NetlinkError::malformed("ifinfomsg"))?;
+    let attrs = payload.get(header.buffer_len()..).unwrap_or_default();
+    Ok((header, attrs))
 }
 
 /// The program in an `RTM_NEWLINK` message about `ifindex`; `Ok(None)` for another
-/// interface, `Ok(Some(None))` for this one without a program.
+/// interface, `Ok(Some(None))` for this one without a program. The attributes are decoded
+/// one by one with `netlink-packet-route` (a whole `LinkMessage` would fail on any of the
+/// dozens of attributes the daemon does not read).
 pub fn decode_link(
     msg_type: u16,
     payload: &[u8],
@@ -101,34 +122,31 @@ pub fn decode_link(
     if msg_type != RTM_NEWLINK {
         return Ok(None);
     }
-    let (h, attrs) = split_family_header::<IFINFOMSG_LEN>(payload, "ifinfomsg")?;
-    if u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) != ifindex {
+    let (header, attrs) = split_link(payload)?;
+    if header.index != ifindex {
         return Ok(None);
     }
     let mut found = None;
     for attr in attributes(attrs) {
-        let (t, value) = attr?;
-        if t != IFLA_XDP {
+        let attr = attr?;
+        if attr.kind() != IFLA_XDP {
             continue;
         }
         let (mut mode, mut prog_id) = (None, None);
-        for inner in attributes(value) {
-            let (t, v) = inner?;
-            match (t, v) {
-                (IFLA_XDP_ATTACHED, [m, ..]) => mode = Some(*m),
-                (IFLA_XDP_PROG_ID, &[a, b, c, d]) => {
-                    prog_id = Some(u32::from_ne_bytes([a, b, c, d]))
-                }
+        for inner in attributes(attr.value()) {
+            match LinkXdp::parse(&inner?) {
+                Ok(LinkXdp::Attached(m)) => mode = Some(m),
+                Ok(LinkXdp::ProgId(id)) => prog_id = Some(id),
                 _ => {}
             }
         }
         found = match (mode, prog_id) {
-            (None | Some(0), _) | (_, None) => None,
+            (None | Some(XdpAttached::None), _) | (_, None) => None,
             (Some(m), Some(prog_id)) => Some(Attached {
                 prog_id,
                 mode: match m {
-                    XDP_ATTACHED_DRV => Mode::Native,
-                    XDP_ATTACHED_SKB => Mode::Skb,
+                    XdpAttached::Driver => Mode::Native,
+                    XdpAttached::SocketBuffer => Mode::Skb,
                     _ => Mode::Other,
                 },
             }),
@@ -147,12 +165,17 @@ pub fn decode_port(
     if msg_type != RTM_NEWLINK {
         return Ok(None);
     }
-    let (_, attrs) = split_family_header::<IFINFOMSG_LEN>(payload, "ifinfomsg")?;
+    let (header, attrs) = split_link(payload)?;
     let (mut name, mut is_port) = (None, false);
     for attr in attributes(attrs) {
-        match attr? {
-            (IFLA_IFNAME, v) => name = attr_string(v),
-            (IFLA_MASTER, &[a, b, c, d]) => is_port = u32::from_ne_bytes([a, b, c, d]) == master,
+        let attr = attr?;
+        // Only the two attributes read are decoded (see decode_link()).
+        if attr.kind() != IFLA_IFNAME && attr.kind() != IFLA_MASTER {
+            continue;
+        }
+        match LinkAttribute::parse_with_param(&attr, header.interface_family) {
+            Ok(LinkAttribute::IfName(_)) => name = attr_string(attr.value()),
+            Ok(LinkAttribute::Controller(m)) => is_port = m == master,
             _ => {}
         }
     }
@@ -163,14 +186,9 @@ pub fn decode_port(
 /// receive its frames.
 pub async fn ports(ifindex: u32) -> Result<Vec<String>, NetlinkError> {
     RouteSocket::open()?
-        .dump(
-            |seq| {
-                let mut msg = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq);
-                msg.push_bytes(&ifinfomsg(0));
-                msg.finish()
-            },
-            |h, payload| decode_port(h.msg_type, payload, ifindex),
-        )
+        .dump(encode_dump, |h, payload| {
+            decode_port(h.message_type, payload, ifindex)
+        })
         .await
 }
 
@@ -178,14 +196,9 @@ pub async fn ports(ifindex: u32) -> Result<Vec<String>, NetlinkError> {
 pub async fn attached(ifindex: u32) -> Result<Option<Attached>, NetlinkError> {
     let mut sock = RouteSocket::open()?;
     let found = sock
-        .dump(
-            |seq| {
-                let mut msg = MessageBuilder::new(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq);
-                msg.push_bytes(&ifinfomsg(0));
-                msg.finish()
-            },
-            |h, payload| decode_link(h.msg_type, payload, ifindex),
-        )
+        .dump(encode_dump, |h, payload| {
+            decode_link(h.message_type, payload, ifindex)
+        })
         .await?;
     Ok(found.into_iter().flatten().next())
 }
@@ -244,6 +257,17 @@ pub async fn clear(ifindex: u32, mode: Mode) -> Result<(), NetlinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::test_wire::attr;
+
+    const NLA_F_NESTED: u16 = 0x8000;
+    const XDP_ATTACHED_SKB: u8 = 2;
+
+    /// `struct ifinfomsg` for interface `ifindex`.
+    fn ifinfomsg(ifindex: u32) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        h
+    }
 
     #[test]
     fn set_request_bytes() {
@@ -277,9 +301,9 @@ mod tests {
     fn decodes_ports() {
         let link = |master: Option<u32>| {
             let mut p = ifinfomsg(5).to_vec();
-            put_attr(&mut p, IFLA_IFNAME, b"eth1\0");
+            p.extend(attr(IFLA_IFNAME, b"eth1\0"));
             if let Some(m) = master {
-                put_attr(&mut p, IFLA_MASTER, &m.to_ne_bytes());
+                p.extend(attr(IFLA_MASTER, &m.to_ne_bytes()));
             }
             p
         };
@@ -321,5 +345,34 @@ mod tests {
         let mut bad = p.clone();
         bad.truncate(p.len() - 2);
         assert!(decode_link(RTM_NEWLINK, &bad, 3).is_err());
+    }
+}
+
+/// Root-only test in a throw-away network namespace: link dumps decoded from the kernel.
+/// Nothing is configured outside the namespace.
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+    use crate::netlink::test_netns::{ifindex, in_netns, ip, privileged, Netns};
+
+    #[test]
+    fn ports_and_attachment_in_netns() {
+        if !privileged("xdp_link::ports_and_attachment_in_netns") {
+            return;
+        }
+        let ns = Netns::create("xdpl");
+        ip(&[
+            "-n", &ns.0, "link", "add", "lxl0", "type", "veth", "peer", "name", "lxl1",
+        ]);
+        ip(&["-n", &ns.0, "link", "add", "lxlbr", "type", "bridge"]);
+        ip(&["-n", &ns.0, "link", "set", "lxl0", "master", "lxlbr"]);
+        in_netns(&ns.0, || async {
+            let bridge = ifindex("lxlbr");
+            assert_eq!(ports(bridge).await.expect("ports"), ["lxl0"]);
+            assert!(ports(ifindex("lxl1")).await.expect("ports").is_empty());
+            assert_eq!(attached(ifindex("lxl0")).await.expect("attached"), None);
+            // Clearing what is not there is accepted by the kernel.
+            clear(ifindex("lxl0"), Mode::Skb).await.expect("clear");
+        });
     }
 }

@@ -4,7 +4,8 @@
 //! The VRRP master holds its VIPs as ordinary interface addresses, so the kernel
 //! answers ARP/ND for them and accepts their traffic; a backup holds none. This
 //! module adds and removes them (`RTM_NEWADDR` / `RTM_DELADDR`) and lists what an
-//! interface has (`RTM_GETADDR`), over the shared [`RouteSocket`].
+//! interface has (`RTM_GETADDR`), over the shared [`RouteSocket`]. The messages are
+//! `netlink-packet-route`'s `AddressMessage`s.
 //!
 //! Both operations are idempotent, because the daemon must be able to repeat them
 //! after a crash or a lost reply: adding an address that is already there
@@ -30,10 +31,15 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tracing::{debug, info, warn};
 
+use netlink_packet_core::{Emitable, NetlinkBuffer, Parseable};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope},
+    AddressFamily, RouteNetlinkMessage,
+};
+
 use crate::netlink::{
-    attr_string, attributes, decode_ip, parse_control, split_family_header, Control,
-    MessageBuilder, NetlinkError, NlHeader, RouteSocket, AF_INET, AF_INET6, AF_UNSPEC, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    attr_string, attributes, encode, parse_control, Control, NetlinkError, NlHeader, RouteSocket,
+    AF_INET, AF_INET6, AF_UNSPEC, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 // ---------------------------------------------------------------------------------
@@ -42,15 +48,14 @@ use crate::netlink::{
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
+#[cfg(test)]
 const RTM_GETADDR: u16 = 22;
-
-/// `sizeof(struct ifaddrmsg)`.
-const IFADDRMSG_LEN: usize = 8;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
 /// `u32` flags; supersedes the 8-bit `ifa_flags` when present.
+#[cfg(test)]
 const IFA_FLAGS: u16 = 8;
 
 /// `IFA_F_*` address flags (`InterfaceAddress::flags`).
@@ -286,17 +291,29 @@ impl VipError {
 // Encoding
 // ---------------------------------------------------------------------------------
 
-/// `struct ifaddrmsg { u8 family; u8 prefixlen; u8 flags; u8 scope; u32 index; }`
-fn ifaddrmsg(family: u8, prefix_len: u8, flags: u8, scope: u8, ifindex: u32) -> [u8; 8] {
-    let [i0, i1, i2, i3] = ifindex.to_ne_bytes();
-    [family, prefix_len, flags, scope, i0, i1, i2, i3]
-}
-
-fn family_and_octets(addr: &IpAddr) -> (u8, Vec<u8>) {
-    match addr {
-        IpAddr::V4(v4) => (AF_INET, v4.octets().to_vec()),
-        IpAddr::V6(v6) => (AF_INET6, v6.octets().to_vec()),
-    }
+/// `struct ifaddrmsg` and the attributes `IFA_LOCAL` and `IFA_ADDRESS`, both `vip`'s
+/// address (equal values mean "no peer").
+fn address_message(
+    vip: &VirtualAddress,
+    flags: AddressHeaderFlags,
+    scope: AddressScope,
+) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header = AddressHeader {
+        family: match vip.addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        },
+        prefix_len: vip.prefix_len,
+        flags,
+        scope,
+        index: vip.ifindex,
+    };
+    msg.attributes = vec![
+        AddressAttribute::Local(vip.addr),
+        AddressAttribute::Address(vip.addr),
+    ];
+    msg
 }
 
 /// `RTM_NEWADDR` with `NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL` (what
@@ -310,32 +327,20 @@ fn family_and_octets(addr: &IpAddr) -> (u8, Vec<u8>) {
 /// [`AddressSocket::add`] treats as success) rather than a silent update.
 pub fn encode_add_request(seq: u32, vip: &VirtualAddress) -> Result<Vec<u8>, VipError> {
     vip.validate()?;
-    let (family, octets) = family_and_octets(&vip.addr);
     let flags = if vip.addr.is_ipv6() {
-        IFA_F_NODAD as u8
+        AddressHeaderFlags::Nodad
     } else {
-        0
+        AddressHeaderFlags::empty()
     };
-    let mut msg = MessageBuilder::new(
-        RTM_NEWADDR,
+    let mut msg = address_message(vip, flags, AddressScope::Universe);
+    if let Some(label) = &vip.label {
+        msg.attributes.push(AddressAttribute::Label(label.clone()));
+    }
+    Ok(encode(
+        RouteNetlinkMessage::NewAddress(msg),
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         seq,
-    );
-    msg.push_bytes(&ifaddrmsg(
-        family,
-        vip.prefix_len,
-        flags,
-        RT_SCOPE_UNIVERSE,
-        vip.ifindex,
     ))
-    .push_attr(IFA_LOCAL, &octets)
-    .push_attr(IFA_ADDRESS, &octets);
-    if let Some(label) = &vip.label {
-        let mut text = label.as_bytes().to_vec();
-        text.push(0);
-        msg.push_attr(IFA_LABEL, &text);
-    }
-    Ok(msg.finish())
 }
 
 /// `RTM_DELADDR` with `NLM_F_REQUEST | NLM_F_ACK` for exactly this address and
@@ -343,21 +348,25 @@ pub fn encode_add_request(seq: u32, vip: &VirtualAddress) -> Result<Vec<u8>, Vip
 /// have to match). A missing address gives `EADDRNOTAVAIL`.
 pub fn encode_delete_request(seq: u32, vip: &VirtualAddress) -> Result<Vec<u8>, VipError> {
     vip.validate_address()?;
-    let (family, octets) = family_and_octets(&vip.addr);
-    let mut msg = MessageBuilder::new(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, seq);
-    msg.push_bytes(&ifaddrmsg(family, vip.prefix_len, 0, 0, vip.ifindex))
-        .push_attr(IFA_LOCAL, &octets)
-        .push_attr(IFA_ADDRESS, &octets);
-    Ok(msg.finish())
+    let msg = address_message(vip, AddressHeaderFlags::empty(), AddressScope::Universe);
+    Ok(encode(
+        RouteNetlinkMessage::DelAddress(msg),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    ))
 }
 
 /// `RTM_GETADDR` dump request for `family` (`AF_UNSPEC` for IPv4 and IPv6). Every
 /// interface is dumped (filtering by `ifa_index` needs `NETLINK_GET_STRICT_CHK`);
 /// callers filter the result.
 pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
-    let mut msg = MessageBuilder::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq);
-    msg.push_bytes(&ifaddrmsg(family, 0, 0, 0, 0));
-    msg.finish()
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::from(family);
+    encode(
+        RouteNetlinkMessage::GetAddress(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -365,18 +374,25 @@ pub fn encode_dump_request(seq: u32, family: u8) -> Vec<u8> {
 // ---------------------------------------------------------------------------------
 
 /// Decode one `RTM_NEWADDR` / `RTM_DELADDR` message (header and payload as framed by
-/// [`crate::netlink::messages`]). `Ok(None)` for other message types and for
-/// families other than IPv4/IPv6.
+/// [`crate::netlink::messages`]) with `netlink-packet-route`'s `AddressHeader` and
+/// `AddressAttribute`. `Ok(None)` for other message types and for families other than
+/// IPv4/IPv6.
+///
+/// Attributes are decoded one by one rather than as a whole `AddressMessage`, so that
+/// one the daemon does not need (`IFA_CACHEINFO`, a short `IFA_FLAGS`, a label that is
+/// not UTF-8) does not cost it the address.
 pub fn parse_address_message(
     header: &NlHeader,
     payload: &[u8],
 ) -> Result<Option<InterfaceAddress>, VipError> {
-    if header.msg_type != RTM_NEWADDR && header.msg_type != RTM_DELADDR {
+    if header.message_type != RTM_NEWADDR && header.message_type != RTM_DELADDR {
         return Ok(None);
     }
-    let (ifa, attrs) = split_family_header::<IFADDRMSG_LEN>(payload, "ifaddrmsg")?;
-    let [family, prefix_len, flags8, scope, i0, i1, i2, i3] = *ifa;
-    let ifindex = u32::from_ne_bytes([i0, i1, i2, i3]);
+    let ifa = AddressHeader::parse(payload).map_err(NetlinkError::malformed("ifaddrmsg"))?;
+    let attrs = payload.get(ifa.buffer_len()..).unwrap_or_default();
+    let family = u8::from(ifa.family);
+    let ifindex = ifa.index;
+    let prefix_len = ifa.prefix_len;
     let max_prefix = match family {
         AF_INET => 32,
         AF_INET6 => 128,
@@ -389,18 +405,27 @@ pub fn parse_address_message(
     let mut local = None;
     let mut address = None;
     let mut label = None;
-    let mut flags = u32::from(flags8);
+    let mut flags = u32::from(ifa.flags.bits());
     for attr in attributes(attrs) {
-        let (attr_type, value) = attr?;
-        match attr_type {
-            IFA_LOCAL => local = Some(decode_addr(family, value)?),
-            IFA_ADDRESS => address = Some(decode_addr(family, value)?),
-            IFA_LABEL => label = attr_string(value),
-            IFA_FLAGS => {
-                if let Some(raw) = value.first_chunk::<4>() {
-                    flags = u32::from_ne_bytes(*raw);
-                }
+        let attr = attr?;
+        let bad_length = || VipError::BadAddressLength {
+            family,
+            len: attr.value().len(),
+        };
+        // The crate takes 4 or 16 bytes for either family; the family decides here.
+        let of_family = |ip: IpAddr| {
+            if ip.is_ipv4() == (family == AF_INET) {
+                Ok(ip)
+            } else {
+                Err(bad_length())
             }
+        };
+        match (attr.kind(), AddressAttribute::parse(&attr)) {
+            (_, Ok(AddressAttribute::Local(ip))) => local = Some(of_family(ip)?),
+            (_, Ok(AddressAttribute::Address(ip))) => address = Some(of_family(ip)?),
+            (IFA_LOCAL | IFA_ADDRESS, Err(_)) => return Err(bad_length()),
+            (IFA_LABEL, _) => label = attr_string(attr.value()),
+            (_, Ok(AddressAttribute::Flags(f))) => flags = f.bits(),
             _ => {} // IFA_CACHEINFO, IFA_BROADCAST, IFA_PROTO, future attributes...
         }
     }
@@ -413,16 +438,9 @@ pub fn parse_address_message(
         prefix_len,
         label,
         flags,
-        scope,
-        deleted: header.msg_type == RTM_DELADDR,
+        scope: u8::from(ifa.scope),
+        deleted: header.message_type == RTM_DELADDR,
     }))
-}
-
-fn decode_addr(family: u8, value: &[u8]) -> Result<IpAddr, VipError> {
-    decode_ip(family, value).ok_or(VipError::BadAddressLength {
-        family,
-        len: value.len(),
-    })
 }
 
 /// Decode a whole receive buffer of address messages, ignoring sequence numbers
@@ -569,10 +587,11 @@ impl AddressSocket {
     }
 }
 
-/// Patch the sequence number into an encoded request (`nlmsg_seq`, bytes 8..12).
+/// Set the sequence number of an encoded request (`nlmsg_seq`); bytes that are not a
+/// whole message are left as they are.
 fn with_seq(mut msg: Vec<u8>, seq: u32) -> Vec<u8> {
-    if let Some(field) = msg.get_mut(8..12) {
-        field.copy_from_slice(&seq.to_ne_bytes());
+    if let Ok(mut header) = NetlinkBuffer::new_checked(&mut msg[..]) {
+        header.set_sequence_number(seq);
     }
     msg
 }
@@ -876,7 +895,7 @@ mod tests {
         // ifaddrmsg cut short.
         assert!(matches!(
             parse(&msg(RTM_NEWADDR, 0, 0, &[2, 24, 0])),
-            Err(VipError::Netlink(NetlinkError::Truncated {
+            Err(VipError::Netlink(NetlinkError::Malformed {
                 what: "ifaddrmsg",
                 ..
             }))
@@ -911,7 +930,10 @@ mod tests {
         p.extend_from_slice(&IFA_LOCAL.to_ne_bytes());
         assert!(matches!(
             parse(&msg(RTM_NEWADDR, 0, 0, &p)),
-            Err(VipError::Netlink(NetlinkError::BadAttributeLength { .. }))
+            Err(VipError::Netlink(NetlinkError::Malformed {
+                what: "attribute",
+                ..
+            }))
         ));
         // A short IFA_FLAGS is ignored (8-bit flags stay), not an error.
         let mut p = vec![AF_INET, 24, 0x80, 0, 4, 0, 0, 0];
