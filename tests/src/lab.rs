@@ -82,7 +82,7 @@ pub struct NativePeer {
     _link: aya::programs::xdp::XdpLinkId,
 }
 
-/// What native XDP on veth needs (shared/LAB.md): an XDP program on the bridge-side peer
+/// What native XDP on veth needs: an XDP program on the bridge-side peer
 /// of the LB's veth, and TX checksum offload off on the senders.
 pub fn prepare_native(lab: &DrLab) -> Result<NativePeer> {
     lab.set_tx_offload_off()?;
@@ -90,7 +90,7 @@ pub fn prepare_native(lab: &DrLab) -> Result<NativePeer> {
 }
 
 /// A trivial XDP_PASS program (native mode) on `port` of the bridge namespace `bridge`: what
-/// native XDP_TX on a load balancer's veth needs on the veth's bridge-side peer (LAB.md).
+/// native XDP_TX on a load balancer's veth needs on the veth's bridge-side peer.
 /// Detached when the returned value is dropped.
 pub fn pass_on_port(bridge: &Netns, port: &str) -> Result<NativePeer> {
     let ifindex = bridge.ifindex(port)?;

@@ -1,7 +1,7 @@
 //! Network-namespace test harness: namespaces, tracked child processes, packet captures and a
 //! direct-routing lab (client, load balancer and real servers on one Linux bridge).
 //!
-//! Safety rules this module follows (see `/work/shared/LAB.md`):
+//! Safety rules this module follows:
 //! - nothing is configured in the root namespace: every link, address and sysctl lives in a
 //!   namespace created here, and veth pairs are created directly inside those namespaces;
 //! - addresses come only from the documentation ranges (192.0.2.0/24, 2001:db8::/32);
@@ -1215,7 +1215,7 @@ impl DrLab {
 
     /// `ethtool -K eth0 tx off` on every host (client, LB, real servers): needed for native
     /// XDP on veth, where a frame that went through XDP loses its "checksum to be filled in"
-    /// state (LAB.md).
+    /// state.
     pub fn set_tx_offload_off(&self) -> Result<()> {
         for ns in self.hosts() {
             ns.exec(&["ethtool", "-K", HOST_IF, "tx", "off"])?;

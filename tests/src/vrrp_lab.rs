@@ -45,7 +45,7 @@
 //! advert), its taking the VIP, and the gratuitous ARP / unsolicited NA that moves the client
 //! to the new MAC. Its resolution is the probe interval (1 ms). Both threads run SCHED_FIFO
 //! (as root) so that other load does not delay the probes or the stamps. What is left is the
-//! machine's own noise: with a stable master, on the 2-core VM of `shared/LAB.md`, 99% of the
+//! machine's own noise: with a stable master, on a 2-core VM, 99% of the
 //! intervals are under 1.1-1.4 ms, 99.9% under 1.5-6 ms, and the longest in 4 s is 3-9 ms,
 //! for our pair and keepalived's alike. A failover gap is therefore exact to about 1 ms, and a
 //! rare noise spike can add a few ms to one trial (benchmarks take medians). Echo replies are

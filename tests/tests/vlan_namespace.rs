@@ -183,14 +183,14 @@ fn lab(test: &str, mode: &str) -> Option<(DrLab, Option<NativePeer>, Capture)> {
         return None;
     }
     let lab = DrLab::new(&unique_prefix("vl"), 1).expect("lab");
-    // br_netfilter (LAB.md) must not take these frames through the IP layer. Without the
+    // br_netfilter (loaded on some hosts) must not take these frames through the IP layer. Without the
     // module the keys do not exist, and there is nothing to turn off.
     let _ = lab.bridge().sysctls(&[
         ("net.bridge.bridge-nf-call-iptables", "0"),
         ("net.bridge.bridge-nf-call-ip6tables", "0"),
         ("net.bridge.bridge-nf-call-arptables", "0"),
     ]);
-    // Native XDP_TX on a veth needs an XDP program on its peer (LAB.md).
+    // Native XDP_TX on a veth needs an XDP program on its peer.
     let peer = (mode == "native").then(|| pass_on_port(lab.bridge(), "to-lb").expect("peer"));
     let lb_mac = fmt_mac(&lab.lb_mac().unwrap());
     let cap = lab

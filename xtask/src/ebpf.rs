@@ -2,7 +2,7 @@
 //! a compiler with the library sources (`-Z build-std=core`) and `bpf-linker`.
 //!
 //! Preference order: a rustup nightly that has `rust-src`; else Debian's `rustc-web` with
-//! `rust-web-src` (rustc 1.96, unlocked for `-Z` with RUSTC_BOOTSTRAP, see shared/LAB.md).
+//! `rust-web-src` (rustc 1.96, unlocked for `-Z` with RUSTC_BOOTSTRAP).
 //! When neither is there and we are root, `scripts/setup.sh build` installs the Debian one.
 use std::{
     path::{Path, PathBuf},

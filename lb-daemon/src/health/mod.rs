@@ -1,5 +1,5 @@
 //! Health checking of real servers: keepalived's `TCP_CHECK`, `HTTP_GET` and `MISC_CHECK`
-//! (configured in [`crate::config::check`]), split as STYLE.md asks:
+//! (configured in [`crate::config::check`]), the decision apart from the I/O:
 //!
 //! * [`probe`]: the I/O. One task per probe run, each bounded by its timeout, sending its
 //!   [`ProbeResult`] to one place.

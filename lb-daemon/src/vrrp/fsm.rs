@@ -1256,7 +1256,7 @@ mod tests {
             i.master_down_interval(),
             Duration::from_micros(6_000_000 + 218_750)
         );
-        // keepalived's measurement in LAB.md: advert_int 1, backup priority 100, takeover
+        // keepalived, measured in a namespace lab: advert_int 1, backup priority 100, takeover
         // 3.61 s after the last advert.
         let i = started(Config::new(VrrpVersion::V2, v4(10), 100), Time::ZERO);
         assert_eq!(i.master_down_interval(), Duration::from_micros(3_609_375));

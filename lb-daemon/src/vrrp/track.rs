@@ -1,4 +1,5 @@
-//! keepalived's `vrrp_script` + `track_script` and `track_interface`, split as STYLE.md asks:
+//! keepalived's `vrrp_script` + `track_script` and `track_interface`, the decision apart from
+//! the I/O:
 //! probes (a task per script, one poller for all interfaces) send results to a small pure
 //! [`RiseFall`] state, only its confirmed changes leave the probe as [`TrackEvent`]s, and a pure
 //! per-instance aggregate ([`InstanceTracking`]) turns them into the FSM's

@@ -71,7 +71,7 @@ pub fn lru_insert(ctx: XdpContext) -> u32 {
 }
 
 /// On the bridge-side peer of a veth that runs native XDP: frames sent with XDP_TX arrive
-/// through the peer's XDP path only when it has a program (see shared/LAB.md).
+/// through the peer's XDP path only when it has a program.
 #[xdp]
 pub fn pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS

@@ -338,7 +338,7 @@ fn new_flow(h: &mut XdpHarness, macswap: &mut Ebpf) -> Result<Entry> {
 }
 
 /// `ctx_in` for live frames: `struct xdp_md` with data = 0, data_end = the frame's length and
-/// the ingress interface; the kernel answers EINVAL without it (shared/LAB.md).
+/// the ingress interface; the kernel answers EINVAL without it.
 fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> Vec<u8> {
     // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     [0, frame_len as u32, 0, ingress_ifindex, 0, 0]
