@@ -1,20 +1,25 @@
 //! The daemon's one rate-limited logger: a condition that repeats (a failing hook, a
 //! malformed packet, a check that keeps timing out) logs one line per interval, with the
 //! count of the lines it held back.
-use std::time::{Duration, Instant};
+use std::{
+    ops::Add,
+    time::{Duration, Instant},
+};
 
 /// At most one log line per this interval for each repeating failure.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One log line per interval for a repeating condition, with the count of those suppressed.
+/// The clock is the caller's: `Instant` in the I/O shells, a protocol clock passed in by a
+/// pure core (VRRP's `fsm::Time`), so its tests run on a virtual clock.
 #[derive(Debug)]
-pub struct LogLimit {
+pub struct LogLimit<T = Instant> {
     every: Duration,
-    next: Option<Instant>,
+    next: Option<T>,
     suppressed: u64,
 }
 
-impl LogLimit {
+impl<T> LogLimit<T> {
     pub const fn new(every: Duration) -> Self {
         LogLimit {
             every,
@@ -22,14 +27,18 @@ impl LogLimit {
             suppressed: 0,
         }
     }
+}
 
+impl LogLimit<Instant> {
     /// `Some(suppressed)` when a line may be logged now.
     pub fn allow(&mut self) -> Option<u64> {
         self.allow_at(Instant::now())
     }
+}
 
+impl<T: Copy + Ord + Add<Duration, Output = T>> LogLimit<T> {
     /// As [`LogLimit::allow`], at `now`.
-    pub fn allow_at(&mut self, now: Instant) -> Option<u64> {
+    pub fn allow_at(&mut self, now: T) -> Option<u64> {
         match self.next {
             Some(next) if now < next => {
                 self.suppressed += 1;

@@ -32,9 +32,10 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     // SAFETY: a NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
+        let e = io::Error::last_os_error();
         return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no interface {name:?}"),
+            e.kind(),
+            format!("no interface {name:?}: {e}"),
         ));
     }
     Ok(i)
@@ -48,8 +49,8 @@ mod tests {
     fn interface_names() {
         assert_eq!(ifindex("lo").unwrap(), 1);
         assert_eq!(
-            ifindex("lb-no-such-if").unwrap_err().kind(),
-            io::ErrorKind::NotFound
+            ifindex("lb-no-such-if").unwrap_err().to_string(),
+            "no interface \"lb-no-such-if\": No such device (os error 19)"
         );
         assert_eq!(
             ifindex("a-name-longer-than-15").unwrap_err().kind(),

@@ -21,7 +21,7 @@
 //!      "check_latency_ms":1.5,"last_error":null}]}],
 //!  "vrrp":[{"name":"VI_1","interface":"eth0","vrid":51,"version":3,"state":"MASTER",
 //!    "priority":150,"effective_priority":150,"master":"192.0.2.2","transitions":3,
-//!    "discards":{"ttl":2},"socket_drops":0}],
+//!    "discards":{"bad_ttl":2},"socket_drops":0}],
 //!  "reasons":[{"name":"fwd_established","verdict":"tx","packets":300,"bytes":40000}],
 //!  "notify":null,"map_writes":131079}
 //! ```
@@ -222,7 +222,7 @@ pub struct VrrpStatus {
     pub master: Option<IpAddr>,
     /// State changes since start.
     pub transitions: u64,
-    /// Adverts discarded, per reason (`ttl`, `auth_mismatch`, ...; and
+    /// Adverts discarded, per reason (`bad_ttl`, `auth_mismatch`, ...; and
     /// `priority_zero_rate_limited`, `lower_priority_rate_limited`: adverts a master would
     /// have answered at once had it not just answered one, see `vrrp::fsm::Answer`).
     pub discards: BTreeMap<String, u64>,
@@ -1463,7 +1463,7 @@ pub(crate) mod test_support {
                     effective_priority: 150,
                     master: Some("192.0.2.2".parse().unwrap()),
                     transitions: 3,
-                    discards: [("auth_mismatch".to_string(), 0), ("ttl".to_string(), 2)]
+                    discards: [("auth_mismatch".to_string(), 0), ("bad_ttl".to_string(), 2)]
                         .into_iter()
                         .collect(),
                     socket_drops: 7,
@@ -1533,7 +1533,7 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
   -> [2001:db8::11]:53                              Route    100     unknown      0      0       0        0
 
 VRRP instances
-VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  socket drops 7  discards: ttl=2
+VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  socket drops 7  discards: bad_ttl=2
 VI_6  eth0  vrid 52  v3  BACKUP  prio 100 (eff 90)   master fe80::1    transitions 1  socket drops 0  discards: none
 
 XDP
@@ -1767,7 +1767,7 @@ lb_vrrp_transitions_total{instance="VI_6"} 1
 # HELP lb_vrrp_discards_total VRRP adverts discarded by the instance, per reason.
 # TYPE lb_vrrp_discards_total counter
 lb_vrrp_discards_total{instance="VI_1",reason="auth_mismatch"} 0
-lb_vrrp_discards_total{instance="VI_1",reason="ttl"} 2
+lb_vrrp_discards_total{instance="VI_1",reason="bad_ttl"} 2
 # HELP lb_vrrp_socket_drops_total VRRP datagrams the kernel dropped before the instance read them (its socket's receive queue was full).
 # TYPE lb_vrrp_socket_drops_total counter
 lb_vrrp_socket_drops_total{instance="VI_1"} 7

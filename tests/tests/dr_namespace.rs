@@ -534,6 +534,19 @@ fn sorry_server_while_the_quorum_is_lost() {
         "{:?}",
         counts(&bodies)
     );
+    // Status finds each backend by its address: the sorry server has its own row (weight
+    // 1, its flows), after the two real servers, which are down and take nothing.
+    let status = status_json(&lab);
+    let backends = status["services"][0]["backends"].as_array().unwrap();
+    let row = |addr: &str| backends.iter().find(|b| b["addr"] == addr);
+    let sorry = row("192.0.2.13:80").unwrap_or_else(|| panic!("no sorry server row: {status}"));
+    assert_eq!(sorry["weight"], 1, "{status}");
+    assert!(sorry["new_flows"].as_u64() >= Some(20), "{status}");
+    for rs in ["192.0.2.11:80", "192.0.2.12:80"] {
+        let rs = row(rs).unwrap_or_else(|| panic!("no row for {rs}: {status}"));
+        assert_eq!(rs["health"], "down", "{status}");
+        assert_eq!(rs["effective_weight"], 0, "{status}");
+    }
 
     let regained = daemon
         .read_stderr()

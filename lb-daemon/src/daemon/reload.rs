@@ -182,3 +182,135 @@ fn verdicts(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, time::Duration};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        config::split,
+        testutil::{eventually, privileged, TempDir},
+        vrrp::{
+            notify::Notifier,
+            track::{Status, TrackKey, TrackTasks},
+        },
+    };
+
+    /// A tracked script (each run takes a second, so a restarted one reads Unknown for that
+    /// long) and a service whose real server has a MISC_CHECK.
+    fn text(script: &str, interval: u32, misc_user: &str) -> String {
+        format!(
+            r#"
+[global_defs]
+enable_script_security = false
+
+[dataplane]
+interface = "lo"
+
+[[vrrp_script]]
+name = "chk"
+script = "{script}"
+interval = {interval}
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "lo"
+virtual_router_id = 51
+priority = 100
+virtual_ipaddress = ["192.0.2.100"]
+track_script = ["chk"]
+
+[[virtual_server]]
+ip = "192.0.2.100"
+port = 80
+protocol = "TCP"
+lb_algo = "rr"
+lb_kind = "DR"
+
+  [[virtual_server.real_server]]
+  ip = "192.0.2.11"
+  port = 80
+    [virtual_server.real_server.MISC_CHECK]
+    misc_path = "{script}"
+    user = "{misc_user}"
+"#
+        )
+    }
+
+    /// The state the main loop keeps, without the XDP side or a VRRP thread.
+    fn state(path: std::path::PathBuf) -> State {
+        let mut parsed = split::Cache::default();
+        let config = Config::load_cached(&path, &mut parsed).unwrap();
+        let (health_tx, health_rx) = mpsc::channel(256);
+        std::mem::forget(health_rx);
+        let checkers = health::Checkers::start(&config, health_tx).unwrap();
+        let (track_tx, track_rx) = mpsc::channel(64);
+        std::mem::forget(track_rx);
+        let track_tasks = TrackTasks::start(&config, track_tx).unwrap();
+        let mut tracking = Tracking::new(&config).unwrap();
+        tracking.seed(&track_tasks.snapshot());
+        State {
+            path,
+            parsed,
+            health: checkers.snapshot(),
+            checkers,
+            track_tasks,
+            tracking,
+            notifier: Notifier::from_config(&config).unwrap(),
+            config,
+            dp: None,
+            master_vips: HashSet::new(),
+            vrrp: None,
+            metrics: None,
+        }
+    }
+
+    /// A reload that one part refuses changes nothing in any part: the tracked script
+    /// (which the new file changes, and which the tracking part had already accepted) keeps
+    /// its task and its rise/fall state, the checks keep theirs, the configuration stays.
+    /// Before, tracking was reloaded first and "rolled back" by a second reload, which
+    /// restarted the script from its init state.
+    #[tokio::test]
+    async fn a_refused_reload_changes_nothing() {
+        if !privileged("a_refused_reload_changes_nothing") {
+            return;
+        }
+        let dir = TempDir::new("reload-tx");
+        let script = dir.script("ok.sh", "sleep 1; exit 0");
+        let script = script.display().to_string();
+        let path = dir.path().join("lb.toml");
+        std::fs::write(&path, text(&script, 5, "root")).unwrap();
+        let mut s = state(path.clone());
+        let chk = TrackKey::Script("chk".into());
+        let up = |s: &State| s.track_tasks.snapshot().get(&chk) == Some(&Status::Up);
+        assert!(
+            eventually(Duration::from_secs(15), || up(&s)).await,
+            "the tracked script never came up"
+        );
+        let config = s.config.clone();
+        let health = s.health.clone();
+
+        // The script's interval changes (tracking accepts that) and the check names a user
+        // that does not exist (the health checks refuse it).
+        std::fs::write(&path, text(&script, 6, "lb-no-such-user-xyzzy")).unwrap();
+        let e = s.on_reload().await.unwrap_err();
+        assert!(e.contains("lb-no-such-user-xyzzy"), "{e}");
+        assert!(
+            up(&s),
+            "the tracked script was restarted by a refused reload"
+        );
+        assert_eq!(s.config, config);
+        assert_eq!(s.health, health);
+        assert_eq!(s.checkers.snapshot(), health);
+
+        // The same change with a user that exists goes through, and restarts the script
+        // (its definition changed): from its init state.
+        std::fs::write(&path, text(&script, 6, "root")).unwrap();
+        s.on_reload().await.unwrap();
+        assert!(!up(&s), "a changed script keeps running its old definition");
+        assert!(eventually(Duration::from_secs(15), || up(&s)).await);
+    }
+}

@@ -43,7 +43,7 @@
 //! an advertisement interval of 0 (no timer can run on it).
 //!
 //! Left to the receiver and the state machine (RFC 9568 §7.1): TTL / hop limit 255
-//! ([`check_ttl`] is offered here), whether the VRID is configured on the interface, whether
+//! ([`REQUIRED_TTL`], checked by `vrrp::check`), whether the VRID is configured on the interface, whether
 //! the local router owns the address (priority 255), comparing the password and the address
 //! list with the configuration, and RFC 9568 §5.2.9's rule that an IPv6 list starts with the
 //! link-local address (keepalived 2.2.7 only warns "the first IPv6 VIP address should be link
@@ -130,17 +130,6 @@ pub const fn virtual_mac(family: Family, vrid: u8) -> [u8; 6] {
         Family::Ipv6 => 0x02,
     };
     [0x00, 0x00, 0x5e, 0x00, kind, vrid]
-}
-
-/// Checks the IPv4 TTL or IPv6 hop limit of a received advertisement (RFC 9568 §5.1.1.3,
-/// §5.1.2.3 and §7.1: it must be 255, proof that it was not routed), so a receiver can count
-/// the failure next to the others.
-pub fn check_ttl(ttl: u8) -> Result<(), ParseError> {
-    if ttl == REQUIRED_TTL {
-        Ok(())
-    } else {
-        Err(ParseError::BadTtl(ttl))
-    }
 }
 
 /// Source and destination of the IP packet an advertisement travelled (or will travel) in:
@@ -354,8 +343,6 @@ pub enum ParseError {
     UnknownAuthType(u8),
     #[error("advertisement interval 0")]
     ZeroAdverInt,
-    #[error("TTL / hop limit {0} is not 255")]
-    BadTtl(u8),
 }
 
 impl ParseError {
@@ -371,7 +358,6 @@ impl ParseError {
         "ah_auth_unsupported",
         "unknown_auth_type",
         "zero_adver_int",
-        "bad_ttl",
     ];
 
     /// Stable snake_case name of the discard reason, for counters.
@@ -387,7 +373,6 @@ impl ParseError {
             ParseError::AhAuthUnsupported => "ah_auth_unsupported",
             ParseError::UnknownAuthType(_) => "unknown_auth_type",
             ParseError::ZeroAdverInt => "zero_adver_int",
-            ParseError::BadTtl(_) => "bad_ttl",
         }
     }
 }
@@ -1231,7 +1216,7 @@ mod tests {
     #[test]
     fn keepalived_v2_pass() {
         let (ttl, ip, vrrp) = split_ip(&hex(KA_V2));
-        assert_eq!(check_ttl(ttl), Ok(()));
+        assert_eq!(ttl, REQUIRED_TTL);
         assert_eq!(
             ip,
             IpPair::V4 {
@@ -1259,7 +1244,7 @@ mod tests {
     #[test]
     fn keepalived_v3_ipv4_uses_pseudo_header() {
         let (ttl, ip, vrrp) = split_ip(&hex(KA_V3_V4));
-        assert_eq!(check_ttl(ttl), Ok(()));
+        assert_eq!(ttl, REQUIRED_TTL);
         let repr = Repr {
             version: VrrpVersion::V3,
             vrid: 51,
@@ -1300,7 +1285,7 @@ mod tests {
     #[test]
     fn keepalived_v3_ipv6() {
         let (hop_limit, ip, vrrp) = split_ip(&hex(KA_V3_V6));
-        assert_eq!(check_ttl(hop_limit), Ok(()));
+        assert_eq!(hop_limit, REQUIRED_TTL);
         assert_eq!(
             ip,
             IpPair::V6 {
@@ -1480,10 +1465,6 @@ mod tests {
             (
                 ParseError::ZeroAdverInt,
                 parse_edited(HAND_V2, &ip4, |b| b[5] = 0),
-            ),
-            (
-                ParseError::BadTtl(64),
-                check_ttl(64).map(|()| unreachable!()),
             ),
         ];
         let mut seen = std::collections::BTreeSet::new();

@@ -21,6 +21,7 @@ use super::{
     fsm::{self, Input, Output, State, SyncGroup, Time, Timer},
     notify::{self, NotifyState},
 };
+use crate::log_limit::LogLimit;
 
 /// How long a new master waits for the dataplane before it announces its VIPs anyway:
 /// clients moved by a gratuitous ARP before the services are active would meet the stack,
@@ -188,14 +189,14 @@ pub enum Publish {
 #[derive(Debug, Default)]
 pub struct DiscardCounters {
     pub counts: HashMap<&'static str, u64>,
-    last_log: HashMap<&'static str, Time>,
+    last_log: HashMap<&'static str, LogLimit<Time>>,
 }
 
 /// A line [`DiscardCounters`] wants logged: reason, detail, total.
-type NotUsed = (&'static str, String, u64);
+type LogLine = (&'static str, String, u64);
 
 impl DiscardCounters {
-    fn count(&mut self, d: &Discard, now: Time) -> Option<NotUsed> {
+    fn count(&mut self, d: &Discard, now: Time) -> Option<LogLine> {
         let name = d.name();
         *self.counts.entry(name).or_default() += 1;
         if d.is_expected() {
@@ -206,7 +207,7 @@ impl DiscardCounters {
         self.log(name, now, || format!("{d:?}"))
     }
 
-    fn count_named(&mut self, name: &'static str, detail: &str, now: Time) -> Option<NotUsed> {
+    fn count_named(&mut self, name: &'static str, detail: &str, now: Time) -> Option<LogLine> {
         *self.counts.entry(name).or_default() += 1;
         self.log(name, now, || detail.to_string())
     }
@@ -216,7 +217,7 @@ impl DiscardCounters {
         name: &'static str,
         now: Time,
         detail: impl FnOnce() -> String,
-    ) -> Option<NotUsed> {
+    ) -> Option<LogLine> {
         self.log_due(name, now).then(|| {
             let total = self.counts.get(name).copied().unwrap_or(0);
             (name, detail(), total)
@@ -225,14 +226,11 @@ impl DiscardCounters {
 
     /// Whether a line about `name` may be logged now (then it must be).
     pub fn log_due(&mut self, name: &'static str, now: Time) -> bool {
-        let due = self
-            .last_log
-            .get(name)
-            .is_none_or(|t| now.as_duration().saturating_sub(t.as_duration()) >= LOG_EVERY);
-        if due {
-            self.last_log.insert(name, now);
-        }
-        due
+        self.last_log
+            .entry(name)
+            .or_insert_with(|| LogLimit::new(LOG_EVERY))
+            .allow_at(now)
+            .is_some()
     }
 }
 
@@ -669,7 +667,7 @@ impl Unit {
     }
 }
 
-fn not_used(member: usize, (reason, detail, total): NotUsed) -> Effect {
+fn not_used(member: usize, (reason, detail, total): LogLine) -> Effect {
     Effect::Log(Log::NotUsed {
         member,
         reason,
