@@ -1016,10 +1016,11 @@ fn granularity(v: &toml::Value, v4: bool) -> Option<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A small valid file: one static service of two real servers.
+    pub(crate) const GOOD: &str = r#"
 [global_defs]
 router_id = "LVS_1"
 

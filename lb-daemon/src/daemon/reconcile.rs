@@ -241,33 +241,7 @@ mod limit_tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::ConfigError;
-
-    const GOOD: &str = r#"
-[global_defs]
-router_id = "LVS_1"
-
-[dataplane]
-interface = "eth0"
-xdp_mode = "skb"
-
-[[virtual_server]]
-ip = "192.0.2.100"
-port = 80
-protocol = "TCP"
-lb_algo = "rr"
-lb_kind = "DR"
-static = true
-
-  [[virtual_server.real_server]]
-  ip = "192.0.2.11"
-  port = 80
-  weight = 1
-
-  [[virtual_server.real_server]]
-  ip = "192.0.2.12"
-  port = 80
-"#;
+    use crate::config::{tests::GOOD, ConfigError};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("lb.toml"), text)

@@ -51,6 +51,7 @@ use self::{
 use crate::{
     config::SyncConfig,
     dataplane::flows::{Cursor, FlowTables, Table},
+    log_limit::LogLimit,
     status::{SyncPeerStatus, SyncStatus},
 };
 
@@ -316,8 +317,8 @@ struct Engine {
     /// When each peer (and which run of it) last got the whole table.
     full_sent: BTreeMap<IpAddr, (u32, Instant)>,
     stats: EngineStats,
-    /// When the last rejections were logged, and how many there were then.
-    logged: (Instant, u64),
+    /// Rejections are logged at a limited rate; how many there were at the last line.
+    rejections_log: (LogLimit, u64),
 }
 
 impl Engine {
@@ -356,7 +357,7 @@ impl Engine {
             bulk: None,
             full_sent: BTreeMap::new(),
             stats: EngineStats::default(),
-            logged: (now, 0),
+            rejections_log: (LogLimit::new(Duration::from_secs(10)), 0),
         }
     }
 
@@ -477,9 +478,10 @@ impl Engine {
             .filter(|(k, _)| !k.starts_with("unknown_"))
             .map(|(_, v)| v)
             .sum();
-        if total > self.logged.1 && now.duration_since(self.logged.0) >= Duration::from_secs(10) {
+        let (limit, logged) = &mut self.rejections_log;
+        if total > *logged && limit.allow_at(now).is_some() {
             warn!(dropped = ?self.receiver.stats.dropped, "connection sync: datagrams refused");
-            self.logged = (now, total);
+            *logged = total;
         }
     }
 
