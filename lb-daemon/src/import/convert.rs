@@ -1172,7 +1172,7 @@ impl Cx<'_> {
             Some((g, span)) => t.push(entry("multicast_group", Value::Str(g.clone()), *span, None)),
             None => t.push(generated(
                 "multicast_group",
-                Value::Str(crate::sync::codec::DEFAULT_GROUP.to_string()),
+                Value::Str(crate::model::sync_wire::DEFAULT_GROUP.to_string()),
                 d.span,
                 " IPVS's default: its sync daemon sends to this group",
             )),

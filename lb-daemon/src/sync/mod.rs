@@ -24,6 +24,9 @@ pub mod index;
 pub mod receiver;
 pub mod sender;
 pub mod socket;
+mod status;
+
+pub use status::{SyncPeerStatus, SyncStatus};
 
 use std::{
     collections::BTreeMap,
@@ -52,7 +55,6 @@ use crate::{
     config::SyncConfig,
     dataplane::flows::{Cursor, FlowTables, Table},
     log_limit::LogLimit,
-    status::{SyncPeerStatus, SyncStatus},
 };
 
 /// How often the ring is drained: the largest share of the lag (events are submitted without
