@@ -26,7 +26,7 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 pub use netlink_packet_core::{
     DecodeError, NetlinkHeader, NetlinkMessage, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN,
@@ -653,25 +653,19 @@ impl AsRawFd for RouteSocket {
     }
 }
 
-/// `setsockopt()` with an `int` value; `true` on success. For `SO_RCVBUFFORCE`, which
-/// `netlink-sys` has no setter for.
+/// `setsockopt()` with an `int` value; `true` on success. Kept for the neighbour tests
+/// (which shrink an event socket's queue); the daemon's own options go through
+/// [`crate::os::set_option`].
+#[cfg(test)]
 pub(crate) fn set_int_option(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
     value: libc::c_int,
 ) -> bool {
-    // SAFETY: `value` is a live c_int and the length passed matches its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
+    // SAFETY: the callers pass the descriptor of a socket they hold open for the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    crate::os::set_option(fd, level, name, &value, "setsockopt").is_ok()
 }
 
 fn open_route_socket(groups: &[u32]) -> Result<Socket, NetlinkError> {
@@ -700,12 +694,16 @@ fn open_route_socket(groups: &[u32]) -> Result<Socket, NetlinkError> {
     }
     // A larger queue makes ENOBUFS (and the re-dump it forces) rarer.
     // SO_RCVBUFFORCE ignores rmem_max but needs CAP_NET_ADMIN; fall back.
-    if !set_int_option(
-        socket.as_raw_fd(),
+    // Neither netlink-sys nor socket2 has a setter for SO_RCVBUFFORCE.
+    if crate::os::set_option(
+        socket.as_fd(),
         libc::SOL_SOCKET,
         libc::SO_RCVBUFFORCE,
-        EVENT_SOCKET_RCVBUF,
-    ) && socket.set_rx_buf_sz(EVENT_SOCKET_RCVBUF).is_err()
+        &EVENT_SOCKET_RCVBUF,
+        "SO_RCVBUFFORCE",
+    )
+    .is_err()
+        && socket.set_rx_buf_sz(EVENT_SOCKET_RCVBUF).is_err()
     {
         debug!("could not enlarge the netlink event socket receive buffer");
     }
@@ -1120,13 +1118,10 @@ pub(crate) mod test_netns {
         bytes.try_into().ok()
     }
 
-    /// ifindex of `iface` in the calling thread's namespace.
+    /// ifindex of `iface` in the calling thread's namespace ([`crate::os::ifindex`], which
+    /// answers for the calling thread's namespace too), panicking when there is none.
     pub(crate) fn ifindex(iface: &str) -> u32 {
-        let c = std::ffi::CString::new(iface).expect("interface name");
-        // SAFETY: `c` is a valid NUL-terminated string.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert_ne!(idx, 0, "no interface {iface} in this namespace");
-        idx
+        crate::os::ifindex(iface).unwrap_or_else(|e| panic!("{e} in this namespace"))
     }
 
     /// Run the future made by `body` on a fresh thread inside namespace `ns`, with a

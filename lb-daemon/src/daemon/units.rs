@@ -7,7 +7,6 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::xdp::interface_info;
 use crate::{
     config::Config,
     vrrp::{
@@ -28,7 +27,7 @@ pub(super) async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Resu
         initial.entry(name).or_default().push(input);
     }
     for inst in &config.vrrp_instances {
-        let (_, ifindex) = interface_info(&inst.interface)?;
+        let ifindex = crate::os::ifindex(&inst.interface)?;
         let vip_set: HashSet<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
         let on_link: Vec<IpAddr> = addrs
             .list(Some(ifindex))
@@ -60,7 +59,7 @@ pub(super) async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Resu
         let mut vips = Vec::new();
         for v in &inst.virtual_ipaddress {
             let ifindex = match &v.dev {
-                Some(dev) => interface_info(dev)?.1,
+                Some(dev) => crate::os::ifindex(dev)?,
                 None => ifindex,
             };
             let mut va = VirtualAddress::new(v.addr, ifindex).with_prefix(v.prefix_len);

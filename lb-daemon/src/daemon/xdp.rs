@@ -18,7 +18,7 @@ use crate::{
         flows::FlowTables,
         maps::BpfMaps,
         program::{self, LoadOptions},
-        Dataplane,
+        xdp_link, Dataplane,
     },
     model::Limits,
 };
@@ -48,7 +48,7 @@ pub(super) struct Xdp {
 impl Xdp {
     /// Loads the program with maps sized for `config`, starts sync, and attaches it.
     pub(super) async fn start(config: &Config, d: &DataplaneConfig) -> Result<Self> {
-        let (iface_mac, ifindex) = interface_info(&d.interface)?;
+        let (iface_mac, ifindex) = interface_info(&d.interface).await?;
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
         info!(%limits, "sizing the XDP program's maps");
         let opts = LoadOptions {
@@ -183,33 +183,21 @@ impl Xdp {
     }
 }
 
-/// The MAC address and index of an interface, by ioctl (works in whatever network
-/// namespace the daemon runs in, unlike a path under /sys).
-pub(super) fn interface_info(name: &str) -> Result<([u8; 6], u32)> {
+/// The MAC address and index of an interface, from a link dump over rtnetlink (in whatever
+/// network namespace the daemon runs in, unlike a path under /sys).
+pub(super) async fn interface_info(name: &str) -> Result<([u8; 6], u32)> {
     let ifindex = crate::os::ifindex(name)?;
-    // SAFETY: plain socket + ioctl with a zeroed, NUL-terminated ifreq.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
-        }
-        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc < 0 {
-            return Err(err).with_context(|| format!("SIOCGIFHWADDR {name}"));
-        }
-        let sa = req.ifr_ifru.ifru_hwaddr.sa_data;
-        let mut mac = [0u8; 6];
-        for (m, b) in mac.iter_mut().zip(sa.iter()) {
-            *m = *b as u8;
-        }
-        Ok((mac, ifindex))
+    let address = xdp_link::address(ifindex)
+        .await
+        .with_context(|| format!("reading the hardware address of {name}"))?
+        .with_context(|| format!("interface {name} (index {ifindex}) went away"))?;
+    // What SIOCGIFHWADDR gave before: the first six bytes, zero-filled (zeros for an
+    // interface without a hardware address).
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(&address) {
+        *m = *b;
     }
+    Ok((mac, ifindex))
 }
 
 /// Polls the aya-log ring buffer, so the program's rare-event records reach our logs.
@@ -246,4 +234,45 @@ fn spawn_bpf_logger(ebpf: &mut aya::Ebpf) {
 /// Seconds of CLOCK_MONOTONIC, the program's time base.
 fn monotonic_seconds() -> u32 {
     crate::os::monotonic().as_secs() as u32
+}
+
+/// Root-only test in a throw-away network namespace; nothing is configured outside it.
+#[cfg(test)]
+mod netns_tests {
+    use super::interface_info;
+    use crate::netlink::test_netns::{in_netns, ip, privileged, Netns};
+
+    #[test]
+    fn interface_info_in_netns() {
+        if !privileged("daemon::xdp::interface_info_in_netns") {
+            return;
+        }
+        let ns = Netns::create("ifinfo");
+        ip(&[
+            "-n",
+            &ns.0,
+            "link",
+            "add",
+            "lif0",
+            "address",
+            "02:00:5e:00:53:0a",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lif1",
+            "address",
+            "02:00:5e:00:53:0b",
+        ]);
+        in_netns(&ns.0, || async {
+            assert_eq!(interface_info("lo").await.expect("lo"), ([0; 6], 1));
+            let (mac, index) = interface_info("lif0").await.expect("lif0");
+            assert_eq!(mac, [0x02, 0, 0x5e, 0, 0x53, 0x0a]);
+            assert_eq!(index, crate::os::ifindex("lif0").unwrap());
+            let (mac, _) = interface_info("lif1").await.expect("lif1");
+            assert_eq!(mac, [0x02, 0, 0x5e, 0, 0x53, 0x0b]);
+            let e = interface_info("lif9").await.unwrap_err();
+            assert!(format!("{e:#}").contains("lif9"), "{e:#}");
+        });
+    }
 }

@@ -491,13 +491,7 @@ const STAG_RX: &str = "rx-vlan-stag-hw-parse";
 
 /// A socket for `SIOCETHTOOL`, in the caller's network namespace.
 fn ethtool_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: just created, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map(OwnedFd::from)
 }
 
 /// One `SIOCETHTOOL` request on `iface`; `data` starts with the command word and is as long
@@ -604,10 +598,7 @@ const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_RX_METADATA_FEATURES: u16 = 5;
 pub const NETDEV_XDP_RX_METADATA_VLAN_TAG: u64 = 1 << 2;
 /// The kernel answers a local request at once; this only bounds a broken kernel.
-const GENL_TIMEOUT: libc::timeval = libc::timeval {
-    tv_sec: 2,
-    tv_usec: 0,
-};
+const GENL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Receive buffer: a `dev-get` or `getfamily` reply is a few hundred bytes.
 const GENL_BUF_LEN: usize = 32 << 10;
 
@@ -710,23 +701,10 @@ impl Genl {
         socket
             .bind_auto()
             .map_err(|e| NetlinkError::io("bind", e))?;
-        // netlink-sys has no setter for a receive timeout.
-        // SAFETY: setsockopt with a timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&GENL_TIMEOUT as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(NetlinkError::io(
-                "setsockopt(SO_RCVTIMEO)",
-                io::Error::last_os_error(),
-            ));
-        }
+        // netlink-sys has no setter for a receive timeout; socket2 sets it on any socket.
+        socket2::SockRef::from(&socket)
+            .set_read_timeout(Some(GENL_TIMEOUT))
+            .map_err(|e| NetlinkError::io("setsockopt(SO_RCVTIMEO)", e))?;
         Ok(Genl {
             socket,
             seq: 0,

@@ -26,6 +26,7 @@ use crate::netlink::{
 const RTM_NEWLINK: u16 = 16;
 #[cfg(test)]
 const RTM_SETLINK: u16 = 19;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_XDP: u16 = 43;
@@ -182,6 +183,36 @@ pub fn decode_port(
     Ok(name.filter(|_| is_port))
 }
 
+/// The hardware address (`IFLA_ADDRESS`) in an `RTM_NEWLINK` message about `ifindex`;
+/// `Ok(None)` for another interface, an empty address for this one without any.
+pub fn decode_address(
+    msg_type: u16,
+    payload: &[u8],
+    ifindex: u32,
+) -> Result<Option<Vec<u8>>, NetlinkError> {
+    if msg_type != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let (header, attrs) = split_link(payload)?;
+    if header.index != ifindex {
+        return Ok(None);
+    }
+    let mut address = Vec::new();
+    for attr in attributes(attrs) {
+        let attr = attr?;
+        // Only the attribute read is decoded (see decode_link()).
+        if attr.kind() != IFLA_ADDRESS {
+            continue;
+        }
+        if let Ok(LinkAttribute::Address(a)) =
+            LinkAttribute::parse_with_param(&attr, header.interface_family)
+        {
+            address = a;
+        }
+    }
+    Ok(Some(address))
+}
+
 /// The interfaces whose master is `ifindex`: a bond's ports, whose drivers are the ones that
 /// receive its frames.
 pub async fn ports(ifindex: u32) -> Result<Vec<String>, NetlinkError> {
@@ -190,6 +221,17 @@ pub async fn ports(ifindex: u32) -> Result<Vec<String>, NetlinkError> {
             decode_port(h.message_type, payload, ifindex)
         })
         .await
+}
+
+/// The hardware address of `ifindex` (empty if it has none), from a link dump of the calling
+/// thread's network namespace; `None` if no such interface is in it.
+pub async fn address(ifindex: u32) -> Result<Option<Vec<u8>>, NetlinkError> {
+    let found = RouteSocket::open()?
+        .dump(encode_dump, |h, payload| {
+            decode_address(h.message_type, payload, ifindex)
+        })
+        .await?;
+    Ok(found.into_iter().next())
 }
 
 /// The program `ifindex` runs, if any.
@@ -318,6 +360,41 @@ mod tests {
         assert!(decode_port(RTM_NEWLINK, &link(Some(3))[..10], 3).is_err());
         let p = link(Some(3));
         assert!(decode_port(RTM_NEWLINK, &p[..p.len() - 2], 3).is_err());
+    }
+
+    #[test]
+    fn decodes_the_hardware_address() {
+        let link = |address: Option<&[u8]>| {
+            let mut p = ifinfomsg(5).to_vec();
+            p.extend(attr(IFLA_IFNAME, b"eth1\0"));
+            if let Some(a) = address {
+                p.extend(attr(IFLA_ADDRESS, a));
+            }
+            p
+        };
+        let mac = [0x02, 0, 0x5e, 0, 0x53, 0x01];
+        assert_eq!(
+            decode_address(RTM_NEWLINK, &link(Some(&mac)), 5).unwrap(),
+            Some(mac.to_vec())
+        );
+        // Another interface, another message, or no address.
+        assert_eq!(
+            decode_address(RTM_NEWLINK, &link(Some(&mac)), 4).unwrap(),
+            None
+        );
+        assert_eq!(
+            decode_address(RTM_SETLINK, &link(Some(&mac)), 5).unwrap(),
+            None
+        );
+        assert_eq!(
+            decode_address(RTM_NEWLINK, &link(None), 5).unwrap(),
+            Some(vec![])
+        );
+        // Hostile: truncated header or attribute is an error, not a panic.
+        let p = link(Some(&mac));
+        assert!(decode_address(RTM_NEWLINK, &p[..10], 5).is_err());
+        // (The last 2 bytes are the attribute's padding: cut into its value.)
+        assert!(decode_address(RTM_NEWLINK, &p[..p.len() - 3], 5).is_err());
     }
 
     #[test]

@@ -370,8 +370,8 @@ pub(crate) mod test_server {
     //! Backends on 127.0.0.1 that answer well, badly, or not at all.
     use std::{
         net::SocketAddr,
-        os::fd::AsRawFd,
         sync::{Arc, Mutex},
+        time::Duration,
     };
 
     use tokio::{
@@ -408,21 +408,7 @@ pub(crate) mod test_server {
 
     /// SO_LINGER 0: close sends RST.
     pub(crate) fn reset(stream: TcpStream) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: the descriptor is open (owned by `stream`), and linger is a valid
-        // struct linger of the length passed.
-        unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         drop(stream);
     }
 

@@ -3,41 +3,20 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, RawFd},
     time::Duration,
 };
+
+use socket2::{Domain, InterfaceIndexOrAddress, Socket, Type};
 
 use crate::config::SyncConfig;
 
 /// Socket buffers: room for a burst of messages while the engine installs a batch.
-const BUFFER_BYTES: libc::c_int = 4 << 20;
+const BUFFER_BYTES: usize = 4 << 20;
 
-fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(())
-}
-
-fn setsockopt<T>(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: &T,
-    what: &str,
-) -> io::Result<()> {
-    // SAFETY: `v` is a valid value of the option's type, of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    check(rc, what)
+/// `e` with what failed in front.
+fn failed(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// Every address of every interface of this node (its own messages must not count as a
@@ -85,77 +64,47 @@ pub struct SyncSocket {
 impl SyncSocket {
     pub fn open(c: &SyncConfig) -> io::Result<SyncSocket> {
         let v6 = c.multicast_group.is_none() && c.peers.iter().any(IpAddr::is_ipv6);
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        // SAFETY: plain socket call; the fd is owned by the UdpSocket right after.
-        let fd = unsafe {
-            libc::socket(
-                family,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        check(fd, "socket")?;
-        // SAFETY: `fd` is a fresh socket nobody else owns.
-        let socket = unsafe { UdpSocket::from_raw_fd(fd) };
-        let one: libc::c_int = 1;
-        setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one,
-            "SO_REUSEADDR",
-        )?;
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        // Close-on-exec (socket2's default) and non-blocking from the start.
+        let socket =
+            Socket::new(domain, Type::DGRAM.nonblocking(), None).map_err(failed("socket"))?;
+        socket
+            .set_reuse_address(true)
+            .map_err(failed("SO_REUSEADDR"))?;
         let dev = std::ffi::CString::new(c.interface.as_str())
             .map_err(|_| io::Error::other("interface name"))?;
-        // SAFETY: the name is NUL-terminated; the length includes the NUL.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                dev.as_ptr().cast(),
-                dev.as_bytes_with_nul().len() as libc::socklen_t,
-            )
-        };
-        check(rc, &format!("SO_BINDTODEVICE {}", c.interface))?;
-        setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &BUFFER_BYTES,
-            "SO_RCVBUF",
-        )?;
-        setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &BUFFER_BYTES,
-            "SO_SNDBUF",
-        )?;
+        socket
+            .bind_device(Some(dev.as_bytes_with_nul()))
+            .map_err(failed(&format!("SO_BINDTODEVICE {}", c.interface)))?;
+        socket
+            .set_recv_buffer_size(BUFFER_BYTES)
+            .map_err(failed("SO_RCVBUF"))?;
+        socket
+            .set_send_buffer_size(BUFFER_BYTES)
+            .map_err(failed("SO_SNDBUF"))?;
         let local: SocketAddr = if v6 {
             (Ipv6Addr::UNSPECIFIED, c.port).into()
         } else {
             (Ipv4Addr::UNSPECIFIED, c.port).into()
         };
-        bind(fd, &local)?;
+        socket
+            .bind(&local.into())
+            .map_err(failed(&format!("bind {local}")))?;
         if let Some(group) = c.multicast_group {
-            let index = crate::os::ifindex(&c.interface)? as libc::c_int;
+            let index = crate::os::ifindex(&c.interface)?;
+            socket
+                .join_multicast_v4_n(&group, &InterfaceIndexOrAddress::Index(index))
+                .map_err(failed("IP_ADD_MEMBERSHIP"))?;
+            // By index (`ip_mreqn`), which socket2's setter cannot give.
             let mreq = libc::ip_mreqn {
                 imr_multiaddr: libc::in_addr {
                     s_addr: u32::from(group).to_be(),
                 },
                 imr_address: libc::in_addr { s_addr: 0 },
-                imr_ifindex: index,
+                imr_ifindex: index as libc::c_int,
             };
-            setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_ADD_MEMBERSHIP,
-                &mreq,
-                "IP_ADD_MEMBERSHIP",
-            )?;
-            setsockopt(
-                fd,
+            crate::os::set_option(
+                socket.as_fd(),
                 libc::IPPROTO_IP,
                 libc::IP_MULTICAST_IF,
                 &mreq,
@@ -165,7 +114,7 @@ impl SyncSocket {
             socket.set_multicast_loop_v4(false)?;
         }
         Ok(SyncSocket {
-            socket,
+            socket: socket.into(),
             destinations: c.destinations(),
         })
     }
@@ -185,47 +134,4 @@ impl SyncSocket {
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut p, 1, ms) };
     }
-}
-
-fn bind(fd: RawFd, a: &SocketAddr) -> io::Result<()> {
-    let rc = match a {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: a valid sockaddr_in of its size.
-            unsafe {
-                libc::bind(
-                    fd,
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: a valid sockaddr_in6 of its size.
-            unsafe {
-                libc::bind(
-                    fd,
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
-    };
-    check(rc, &format!("bind {a}"))
 }

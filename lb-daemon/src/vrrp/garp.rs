@@ -60,7 +60,7 @@
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -607,20 +607,18 @@ impl GarpSender {
             source: io::Error::last_os_error(),
         };
         // Protocol 0: this socket receives nothing; each frame's protocol is given
-        // to sendto().
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(io_err("socket"));
-        }
-        // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // to sendto(). Close-on-exec (socket2's default) and non-blocking.
+        let fd = socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::RAW.nonblocking(),
+            None,
+        )
+        .map(OwnedFd::from)
+        .map_err(|source| GarpError::Io {
+            op: "socket",
+            ifindex,
+            source,
+        })?;
         let mut addr = sockaddr_ll(ifindex, 0, [0; 6]);
         addr.sll_halen = 0;
         // SAFETY: `addr` is a valid sockaddr_ll and the length matches. Binding ties

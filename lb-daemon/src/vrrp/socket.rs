@@ -13,12 +13,14 @@ use std::{
     io,
     mem::{size_of, size_of_val, zeroed},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
 };
 
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use super::packet::{IP_PROTO_VRRP, MULTICAST_V4, MULTICAST_V6};
+use crate::os;
 
 /// What one datagram brought, the VRRP message being `buf[payload]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,151 +57,79 @@ fn check(rc: libc::c_int, op: &'static str) -> io::Result<libc::c_int> {
     Ok(rc)
 }
 
-fn setsockopt<T>(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-    op: &'static str,
-) -> io::Result<()> {
-    // SAFETY: `value` points to a live T of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    check(rc, op).map(|_| ())
+/// `e` with the operation that failed in front, as [`check`] reports it.
+fn failed(op: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{op}: {e}"))
 }
 
 impl VrrpSocket {
     /// A protocol-112 socket on `ifname` (index `ifindex`); joins the VRRP group when
     /// `multicast`.
     pub fn open(ifname: &str, ifindex: u32, v6: bool, multicast: bool) -> io::Result<Self> {
-        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-        // SAFETY: plain socket(2).
-        let raw = check(
-            unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    IP_PROTO_VRRP.into(),
-                )
-            },
-            "socket(IPPROTO_VRRP)",
-        )?;
-        // SAFETY: a fresh descriptor we own.
-        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-        let fd = owned.as_raw_fd();
-        // SAFETY: the name bytes and their length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                ifname.as_ptr().cast(),
-                ifname.len() as libc::socklen_t,
-            )
-        };
-        check(rc, "SO_BINDTODEVICE")?;
-        let ttl: libc::c_int = 255;
-        let off: libc::c_int = 0;
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        // Close-on-exec (socket2's default) and non-blocking from the start.
+        let socket = Socket::new(
+            domain,
+            Type::RAW.nonblocking(),
+            Some(Protocol::from(libc::c_int::from(IP_PROTO_VRRP))),
+        )
+        .map_err(failed("socket(IPPROTO_VRRP)"))?;
+        socket
+            .bind_device(Some(ifname.as_bytes()))
+            .map_err(failed("SO_BINDTODEVICE"))?;
+        let ttl = 255;
         let on: libc::c_int = 1;
         // The kernel's receive time of each advert: the Master_Down timer restarts from the
         // advert's arrival, not from when this thread got to it (see `runtime::arrival`).
-        setsockopt(
-            fd,
+        os::set_option(
+            socket.as_fd(),
             libc::SOL_SOCKET,
             libc::SO_TIMESTAMPNS,
             &on,
             "SO_TIMESTAMPNS",
         )?;
         if v6 {
-            setsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MULTICAST_HOPS,
-                &ttl,
-                "IPV6_MULTICAST_HOPS",
-            )?;
-            setsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_UNICAST_HOPS,
-                &ttl,
-                "IPV6_UNICAST_HOPS",
-            )?;
+            socket
+                .set_multicast_hops_v6(ttl)
+                .map_err(failed("IPV6_MULTICAST_HOPS"))?;
+            socket
+                .set_unicast_hops_v6(ttl)
+                .map_err(failed("IPV6_UNICAST_HOPS"))?;
             // Our own adverts must not come back to us.
-            setsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MULTICAST_LOOP,
-                &off,
-                "IPV6_MULTICAST_LOOP",
-            )?;
-            setsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MULTICAST_IF,
-                &(ifindex as libc::c_int),
-                "IPV6_MULTICAST_IF",
-            )?;
-            setsockopt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_RECVHOPLIMIT,
-                &on,
-                "IPV6_RECVHOPLIMIT",
-            )?;
-            setsockopt(
-                fd,
+            socket
+                .set_multicast_loop_v6(false)
+                .map_err(failed("IPV6_MULTICAST_LOOP"))?;
+            socket
+                .set_multicast_if_v6(ifindex)
+                .map_err(failed("IPV6_MULTICAST_IF"))?;
+            socket
+                .set_recv_hoplimit_v6(true)
+                .map_err(failed("IPV6_RECVHOPLIMIT"))?;
+            os::set_option(
+                socket.as_fd(),
                 libc::IPPROTO_IPV6,
                 libc::IPV6_RECVPKTINFO,
                 &on,
                 "IPV6_RECVPKTINFO",
             )?;
             if multicast {
-                let mreq = libc::ipv6_mreq {
-                    ipv6mr_multiaddr: libc::in6_addr {
-                        s6_addr: MULTICAST_V6.octets(),
-                    },
-                    ipv6mr_interface: ifindex,
-                };
-                setsockopt(
-                    fd,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_ADD_MEMBERSHIP,
-                    &mreq,
-                    "IPV6_ADD_MEMBERSHIP",
-                )?;
+                socket
+                    .join_multicast_v6(&MULTICAST_V6, ifindex)
+                    .map_err(failed("IPV6_ADD_MEMBERSHIP"))?;
             }
         } else {
-            setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_TTL,
-                &ttl,
-                "IP_MULTICAST_TTL",
-            )?;
-            setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl, "IP_TTL")?;
-            setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_LOOP,
-                &off,
-                "IP_MULTICAST_LOOP",
-            )?;
+            socket
+                .set_multicast_ttl_v4(ttl)
+                .map_err(failed("IP_MULTICAST_TTL"))?;
+            socket.set_ttl_v4(ttl).map_err(failed("IP_TTL"))?;
+            socket
+                .set_multicast_loop_v4(false)
+                .map_err(failed("IP_MULTICAST_LOOP"))?;
             // Only the groups joined on this socket, not every group any socket joined.
-            setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_ALL,
-                &off,
-                "IP_MULTICAST_ALL",
-            )?;
+            socket
+                .set_multicast_all_v4(false)
+                .map_err(failed("IP_MULTICAST_ALL"))?;
+            // By index (`ip_mreqn`), which socket2's setter cannot give.
             let mreqn = libc::ip_mreqn {
                 imr_multiaddr: libc::in_addr {
                     s_addr: u32::from_ne_bytes(MULTICAST_V4.octets()),
@@ -207,26 +137,24 @@ impl VrrpSocket {
                 imr_address: libc::in_addr { s_addr: 0 },
                 imr_ifindex: ifindex as libc::c_int,
             };
-            setsockopt(
-                fd,
+            os::set_option(
+                socket.as_fd(),
                 libc::IPPROTO_IP,
                 libc::IP_MULTICAST_IF,
                 &mreqn,
                 "IP_MULTICAST_IF",
             )?;
             if multicast {
-                setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    libc::IP_ADD_MEMBERSHIP,
-                    &mreqn,
-                    "IP_ADD_MEMBERSHIP",
-                )?;
+                socket
+                    .join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(ifindex))
+                    .map_err(failed("IP_ADD_MEMBERSHIP"))?;
             }
         }
         // SAFETY: the OwnedFd stays inside the AsyncFd for the socket's whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(OwnedFd::from(socket), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
         Ok(Self { fd, v6, ifindex })
     }
 
@@ -564,16 +492,10 @@ mod tests {
         let sender_ns = na.0.clone();
         let (drops, queued) = in_netns(&nb.0, move || async move {
             let rx = VrrpSocket::open("vd1", ifindex("vd1"), false, true).expect("open");
-            let small: libc::c_int = 1;
             // The kernel rounds this up to its minimum (a few KiB): a handful of datagrams.
-            setsockopt(
-                rx.fd.get_ref().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &small,
-                "SO_RCVBUF",
-            )
-            .expect("SO_RCVBUF");
+            socket2::SockRef::from(rx.fd.get_ref())
+                .set_recv_buffer_size(1)
+                .expect("SO_RCVBUF");
             assert_eq!(rx.drops().expect("SO_MEMINFO"), 0);
             let (ns, stop) = (
                 sender_ns,
