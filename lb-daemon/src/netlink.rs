@@ -653,21 +653,6 @@ impl AsRawFd for RouteSocket {
     }
 }
 
-/// `setsockopt()` with an `int` value; `true` on success. Kept for the neighbour tests
-/// (which shrink an event socket's queue); the daemon's own options go through
-/// [`crate::os::set_option`].
-#[cfg(test)]
-pub(crate) fn set_int_option(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> bool {
-    // SAFETY: the callers pass the descriptor of a socket they hold open for the call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    crate::os::set_option(fd, level, name, &value, "setsockopt").is_ok()
-}
-
 fn open_route_socket(groups: &[u32]) -> Result<Socket, NetlinkError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| NetlinkError::io("socket", e))?;
     socket

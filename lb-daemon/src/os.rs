@@ -4,7 +4,7 @@
 //! program's `CLOCK` map and VRRP's packet timestamps need as a number.
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
     time::Duration,
 };
 
@@ -74,9 +74,58 @@ pub fn set_option<T: Copy>(
     Ok(())
 }
 
+/// A socket for interface ioctls ([`interface_flags`]) in the calling thread's namespace.
+pub fn ioctl_socket() -> io::Result<OwnedFd> {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map(OwnedFd::from)
+}
+
+/// The flags of interface `name` (`SIOCGIFFLAGS`: `IFF_UP`, `IFF_RUNNING`...), or `None`
+/// when there is no such interface. Read by an ioctl on `sock` ([`ioctl_socket`]): the
+/// cheapest way to poll one interface every 100 ms, which a netlink dump is not.
+pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid interface name"),
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq that SIOCGIFFLAGS reads the name from and writes the flags
+    // into.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODEV | libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    Ok(Some(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags })))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
+
+    #[test]
+    fn loopback_flags() {
+        let sock = ioctl_socket().unwrap();
+        let lo = interface_flags(sock.as_fd(), "lo").unwrap().unwrap();
+        assert_ne!(lo & libc::IFF_LOOPBACK, 0);
+        assert_eq!(
+            interface_flags(sock.as_fd(), "lb-no-such-if").unwrap(),
+            None
+        );
+        assert!(interface_flags(sock.as_fd(), "").is_err());
+        assert!(interface_flags(sock.as_fd(), "a-name-longer-than-15").is_err());
+    }
 
     #[test]
     fn interface_names() {

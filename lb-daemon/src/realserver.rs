@@ -34,6 +34,7 @@ use std::{
     collections::BTreeMap,
     fmt, fs,
     net::IpAddr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -348,23 +349,20 @@ pub fn parse_state(text: &str) -> Result<State> {
 /// An identifier of the calling thread's network namespace that is never reused during a
 /// boot: `SO_NETNS_COOKIE` (Linux 5.14+), else the namespace's device and inode numbers.
 pub fn netns_id() -> Result<String> {
-    // SAFETY: plain socket(2); closed below.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd >= 0 {
+    if let Ok(sock) = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None) {
         let mut cookie: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // socket2 has no getter for SO_NETNS_COOKIE.
         // SAFETY: a u64 buffer with its length, on our own socket.
         let r = unsafe {
             libc::getsockopt(
-                fd,
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
                 libc::SOL_SOCKET,
                 libc::SO_NETNS_COOKIE,
                 (&mut cookie as *mut u64).cast(),
                 &mut len,
             )
         };
-        // SAFETY: our own fd.
-        unsafe { libc::close(fd) };
         if r == 0 && len as usize == std::mem::size_of::<u64>() {
             return Ok(cookie.to_string());
         }
@@ -374,42 +372,13 @@ pub fn netns_id() -> Result<String> {
     Ok(format!("dev{}-ino{}", m.dev(), m.ino()))
 }
 
-fn interface_index(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: a valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(i)
-}
-
-/// `IFF_UP` of `name` (SIOCGIFFLAGS).
+/// `IFF_UP` of `name`.
 fn interface_is_up(name: &str) -> Result<bool> {
-    // SAFETY: plain socket(2); closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket");
-    }
-    // SAFETY: a zeroed ifreq with the name copied in (shorter than IFNAMSIZ), on our socket.
-    let (r, flags) = unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req
-            .ifr_name
-            .iter_mut()
-            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *d = s as libc::c_char;
-        }
-        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
-        let flags = req.ifr_ifru.ifru_flags;
-        libc::close(fd);
-        (r, flags)
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("flags of {name}"));
-    }
-    Ok(flags as libc::c_int & libc::IFF_UP != 0)
+    let sock = crate::os::ioctl_socket().context("socket")?;
+    let flags = crate::os::interface_flags(sock.as_fd(), name)
+        .with_context(|| format!("flags of {name}"))?
+        .with_context(|| format!("no interface {name}"))?;
+    Ok(flags & libc::IFF_UP != 0)
 }
 
 fn read_sysctl(key: &str) -> Result<String> {
@@ -494,7 +463,7 @@ pub fn cli(action: Action) -> Result<()> {
 }
 
 async fn run(action: Action) -> Result<()> {
-    let lo = interface_index(LOOPBACK)?;
+    let lo = crate::os::ifindex(LOOPBACK)?;
     let mut sock = AddressSocket::open().context("rtnetlink socket")?;
     let id = netns_id()?;
     match action {

@@ -249,21 +249,6 @@ impl Snapshot {
     }
 }
 
-/// [`BackendStatus::mac`] of a MAC address: `aa:bb:cc:dd:ee:ff`, as `neigh::fmt_mac` writes
-/// it, without `format!` (a status of 100,000 backends makes as many: 20 ms that way).
-pub fn mac_text(mac: &[u8; 6]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(17);
-    for (i, b) in mac.iter().enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
-}
-
 /// [`ReasonStatus::verdict`] of an XDP action (`lb_common::reason::XDP_*`).
 pub fn verdict_name(action: u32) -> &'static str {
     match action {
@@ -1784,18 +1769,6 @@ lb_notify_hooks_total{result="timed_out"} 0
         assert!(off.contains("lb_notify_events_total 0\n"));
         for line in off.lines() {
             parse_line(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        }
-    }
-
-    #[test]
-    fn mac_text_is_fmt_mac() {
-        for mac in [
-            [0; 6],
-            [0xff; 6],
-            [0x02, 0, 0, 0, 0, 0x0b],
-            [0xa0, 0x1f, 0x9e, 0x5, 0x50, 0xc],
-        ] {
-            assert_eq!(mac_text(&mac), crate::dataplane::neigh::fmt_mac(&mac));
         }
     }
 

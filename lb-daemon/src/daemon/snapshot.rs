@@ -8,7 +8,7 @@ use super::Dp;
 use crate::{
     config::Config,
     health::BackendHealth,
-    model::{Scheduler, ServiceKey},
+    model::{Mac, Scheduler, ServiceKey},
     status::{self, BackendStatus, ServiceStatus, Snapshot, VrrpStatus},
     vrrp::{notify::Notifier, runtime},
 };
@@ -177,7 +177,7 @@ fn backend(
         // The planner leaves a backend without a MAC out of the ring.
         effective_weight: if b.mac.is_some() { b.weight } else { 0 },
         health: verdict.into(),
-        mac: b.mac.as_ref().map(status::mac_text),
+        mac: b.mac.map(|m| Mac(m).to_string()),
         packets: bc.packets,
         bytes: bc.bytes,
         new_flows: bc.new_flows,

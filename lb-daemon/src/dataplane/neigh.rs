@@ -72,6 +72,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
 };
 
+use crate::model::Mac;
 /// Moved to [`crate::netlink`]; re-exported so this module's API is unchanged.
 pub use crate::netlink::NlHeader;
 use crate::netlink::{
@@ -430,12 +431,6 @@ pub fn usable_mac(ev: &NeighEvent) -> Option<[u8; 6]> {
     }
     ev.mac
         .filter(|mac| *mac != [0; 6] && mac.first().is_some_and(|b| b & 1 == 0))
-}
-
-/// `aa:bb:cc:dd:ee:ff`, for logs.
-pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    let [a, b, c, d, e, f] = *mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
 // ---------------------------------------------------------------------------------
@@ -966,7 +961,7 @@ impl MacResolver {
 async fn send_all(updates: &mpsc::Sender<MacUpdate>, pending: Vec<MacUpdate>) -> bool {
     for update in pending {
         match &update.mac {
-            Some(mac) => debug!(addr = %update.addr, mac = %fmt_mac(mac), "backend MAC resolved"),
+            Some(mac) => debug!(addr = %update.addr, mac = %Mac(*mac), "backend MAC resolved"),
             None => debug!(addr = %update.addr, "backend MAC unavailable"),
         }
         if updates.send(update).await.is_err() {
@@ -1858,7 +1853,6 @@ mod tests {
 #[cfg(test)]
 mod netns_tests {
     use super::*;
-    use crate::netlink::set_int_option;
     use crate::netlink::test_netns::{
         ifindex, in_netns_async, ip, link_mac, privileged, sysctl, Netns,
     };
@@ -1924,7 +1918,7 @@ mod netns_tests {
                     eprintln!(
                         "update: {} -> {}",
                         update.addr,
-                        update.mac.as_ref().map_or("none".into(), fmt_mac)
+                        update.mac.map_or("none".into(), |m| Mac(m).to_string())
                     );
                     macs.insert(update.addr, update.mac);
                 }
@@ -1959,7 +1953,7 @@ mod netns_tests {
             "add",
             STATIC_V4,
             "lladdr",
-            &fmt_mac(&STATIC_MAC),
+            &Mac(STATIC_MAC).to_string(),
             "dev",
             IFACE_A,
             "nud",
@@ -2048,12 +2042,10 @@ mod netns_tests {
         in_netns_async(&a.0, move || async move {
             let mut events = NeighSocket::subscribe().expect("subscribe");
             // Shrink the queue to the minimum (SOCK_MIN_RCVBUF) so a burst overflows it.
-            assert!(set_int_option(
-                events.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                1
-            ));
+            // SAFETY: the socket stays open for the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(events.sock.as_raw_fd()) };
+            crate::os::set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &1i32, "SO_RCVBUF")
+                .unwrap();
             let batch: String = (0..64)
                 .map(|i| {
                     format!(
@@ -2137,7 +2129,7 @@ mod netns_tests {
             })
             .await;
 
-            let mac_text = fmt_mac(&new_mac);
+            let mac_text = Mac(new_mac).to_string();
             ip(&["-n", &ns_b, "link", "set", IFACE_B, "address", &mac_text]);
             wait_for(&mut rx, &mut macs, "changed MAC", |m| {
                 m.get(&b_v4) == Some(&Some(new_mac))

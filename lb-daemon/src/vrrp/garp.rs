@@ -67,7 +67,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, trace, warn};
 
 use super::vip::{AddressSocket, InterfaceAddress, RT_SCOPE_LINK};
-use crate::dataplane::neigh::fmt_mac;
+use crate::model::Mac;
 
 // ---------------------------------------------------------------------------------
 // Wire constants
@@ -699,7 +699,7 @@ impl GarpSender {
         if mac == [0; 6] || mac.first().is_some_and(|b| b & 1 != 0) {
             return Err(GarpError::BadMac {
                 ifindex,
-                mac: fmt_mac(&mac),
+                mac: Mac(mac).to_string(),
             });
         }
         Ok(mac)
@@ -1369,7 +1369,7 @@ mod netns_tests {
             }
         }
         let mac = link_mac(&a.0, IF_A);
-        let mac_text = fmt_mac(&mac);
+        let mac_text = Mac(mac).to_string();
         make_stale(&b.0);
         let capture = Capture::start(&b.0, IF_B);
 

@@ -59,7 +59,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     path::Path,
     time::Duration,
 };
@@ -305,44 +305,15 @@ pub struct LinkProbe {
 impl LinkProbe {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: socket(2) has no memory preconditions.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor and nothing else owns it.
         Ok(LinkProbe {
-            sock: unsafe { OwnedFd::from_raw_fd(fd) },
+            sock: crate::os::ioctl_socket()?,
         })
     }
 
     /// Whether `name` is up and running; a missing interface is down.
     pub fn is_up(&self, name: &str) -> io::Result<bool> {
-        // SAFETY: ifreq is plain old data; all-zero is valid.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a valid interface name",
-            ));
-        }
-        for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        // SAFETY: req is a valid ifreq that SIOCGIFFLAGS reads the name from and writes the
-        // flags into.
-        if unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENODEV | libc::ENXIO) => Ok(false),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-        let flags = libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags });
         let want = libc::IFF_UP | libc::IFF_RUNNING;
-        Ok(flags & want == want)
+        Ok(crate::os::interface_flags(self.sock.as_fd(), name)?.is_some_and(|f| f & want == want))
     }
 }
 

@@ -4,11 +4,8 @@ use std::{
     fs::OpenOptions,
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{
-            ffi::OsStrExt,
-            fs::{FileTypeExt, OpenOptionsExt},
-        },
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::{FileTypeExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
 };
@@ -45,13 +42,13 @@ impl Conn {
             });
         }
         if file_type.is_socket() {
-            return match connect_unix(path, libc::SOCK_DGRAM) {
+            return match connect_unix(path, socket2::Type::DGRAM) {
                 Ok(fd) => Ok(Conn {
                     fd,
                     kind: ConnKind::Datagram,
                 }),
                 Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Ok(Conn {
-                    fd: connect_unix(path, libc::SOCK_STREAM)?,
+                    fd: connect_unix(path, socket2::Type::STREAM)?,
                     kind: ConnKind::Stream,
                 }),
                 Err(e) => Err(e),
@@ -86,46 +83,11 @@ impl Conn {
 
 /// A non-blocking connect: an AF_UNIX stream connect to a full backlog fails with EAGAIN
 /// instead of waiting.
-fn connect_unix(path: &Path, ty: libc::c_int) -> io::Result<OwnedFd> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: socket(2) has no memory preconditions.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    // SAFETY: addr is a valid sockaddr_un of at least len bytes.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+fn connect_unix(path: &Path, ty: socket2::Type) -> io::Result<OwnedFd> {
+    let addr = socket2::SockAddr::unix(path)?;
+    let sock = socket2::Socket::new(socket2::Domain::UNIX, ty.nonblocking(), None)?;
+    sock.connect(&addr)?;
+    Ok(sock.into())
 }
 
 /// Errors that mean "nobody is reading": not worth a log line, the event is just dropped.
