@@ -24,13 +24,17 @@ use lb_daemon::{
     control, daemon,
     dataplane::{
         maps::MemMaps,
-        neigh::{self, MacResolverConfig, MacTable, MacUpdate, NeighEvent},
-        xdp_link, Dataplane, ServiceSpec,
+        neigh::{MacResolverConfig, MacTable, MacUpdate},
+        Dataplane, ServiceSpec,
     },
     health::http::{self, Framing},
     import::{self, ImportError},
     model::{Limits, VrrpVersion},
-    netlink::{self, Control},
+    netlink::{
+        self,
+        neigh::{self, NeighEvent},
+        Control,
+    },
     sync::{
         codec::{self, Body, DataBuilder, DecodeError, Header, Key, Push, WireEntry, WireRef},
         index::Index,
@@ -940,13 +944,13 @@ pub fn netlink(data: &[u8]) {
             let off = v.as_ptr() as usize - payload.as_ptr() as usize;
             assert!(off + v.len() <= payload.len());
         }
-        if let Ok(Some(a)) = lb_daemon::vrrp::vip::parse_address_message(&h, payload) {
+        if let Ok(Some(a)) = lb_daemon::netlink::addr::parse_address_message(&h, payload) {
             let max = if a.addr.is_ipv4() { 32 } else { 128 };
             assert!(a.prefix_len <= max);
         }
-        let _ = xdp_link::decode_link(h.message_type, payload, ifindex);
+        let _ = netlink::link::decode_link(h.message_type, payload, ifindex);
     }
-    let _ = lb_daemon::vrrp::vip::parse_address_messages(buf);
+    let _ = lb_daemon::netlink::addr::parse_address_messages(buf);
     let per_message: Vec<_> = neigh::parse_messages(buf).collect();
     let Ok(batch) = neigh::parse_neigh_messages(buf) else {
         return;

@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_daemon::{
-    dataplane::neigh::{self, NeighEvent, NUD_REACHABLE, NUD_STALE},
     import::keywords,
     netlink,
+    netlink::neigh::{self, NeighEvent, NUD_REACHABLE, NUD_STALE},
     sync::codec::{self, Ack, DataBuilder, Header, Key, WireEntry, WireRef},
 };
 

@@ -41,7 +41,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::vrrp::vip::{host_prefix, AddressSocket, VirtualAddress};
+use crate::netlink::addr::{host_prefix, AddressSocket, VirtualAddress};
 
 /// Where the state files go by default.
 pub const DEFAULT_STATE_DIR: &str = "/run/lb-daemon";

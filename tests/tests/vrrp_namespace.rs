@@ -438,7 +438,7 @@ fn ipv6_instance_election_and_failover() {
             .ip(&["-6", "addr", "show", "dev", "eth0"])
             .is_ok_and(|o| o.contains(&format!("{vip6}/")))
     };
-    // IPv6 link-local addresses need the carrier seen first (see vip.rs): wait for them.
+    // IPv6 link-local addresses need the carrier seen first (see netlink/addr.rs): wait for them.
     for n in &p.nodes {
         wait_until("a link-local address", Duration::from_secs(5), || {
             n.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "link"])

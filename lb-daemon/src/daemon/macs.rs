@@ -15,8 +15,9 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
-    dataplane::neigh::{MacResolver, MacResolverConfig, MacUpdate, NeighError},
+    dataplane::neigh::{MacResolver, MacResolverConfig, MacUpdate},
     model::Mac,
+    netlink::neigh::NeighError,
 };
 
 /// How long a backend may stay without a MAC before the daemon says so.

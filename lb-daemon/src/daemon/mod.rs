@@ -177,7 +177,7 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
 
 async fn resolver_done(
     dp: &mut Option<Dp>,
-) -> Result<Result<(), crate::dataplane::neigh::NeighError>, tokio::task::JoinError> {
+) -> Result<Result<(), crate::netlink::neigh::NeighError>, tokio::task::JoinError> {
     match dp {
         Some(dp) => dp.macs.resolver_done().await,
         None => std::future::pending().await,

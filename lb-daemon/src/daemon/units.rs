@@ -9,11 +9,11 @@ use anyhow::{Context, Result};
 
 use crate::{
     config::Config,
+    netlink::addr::{AddressSocket, VirtualAddress},
     vrrp::{
         fsm::Input,
         runtime::{MemberSpec, UnitSpec},
         track::Tracking,
-        vip::{AddressSocket, VirtualAddress},
     },
 };
 

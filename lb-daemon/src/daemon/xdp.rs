@@ -18,7 +18,7 @@ use crate::{
         flows::FlowTables,
         maps::BpfMaps,
         program::{self, LoadOptions},
-        xdp_link, Dataplane,
+        Dataplane,
     },
     model::Limits,
 };
@@ -187,7 +187,7 @@ impl Xdp {
 /// network namespace the daemon runs in, unlike a path under /sys).
 pub(super) async fn interface_info(name: &str) -> Result<([u8; 6], u32)> {
     let ifindex = crate::os::ifindex(name)?;
-    let address = xdp_link::address(ifindex)
+    let address = crate::netlink::link::address(ifindex)
         .await
         .with_context(|| format!("reading the hardware address of {name}"))?
         .with_context(|| format!("interface {name} (index {ifindex}) went away"))?;

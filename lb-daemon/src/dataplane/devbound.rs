@@ -32,7 +32,7 @@ use std::{
     ffi::{CStr, CString},
     io,
     mem::{size_of, zeroed},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use aya::{
@@ -56,8 +56,8 @@ use netlink_packet_generic::{
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
 use crate::netlink::{
-    attributes, encode, messages, parse_control, recv_datagram, Control, NetlinkError, NLM_F_ACK,
-    NLM_F_REQUEST,
+    attributes, encode, link::Mode, messages, parse_control, recv_datagram, Control, NetlinkError,
+    NLM_F_ACK, NLM_F_REQUEST,
 };
 
 /// The entry point that reads offloaded tags: `lb` plus the kfunc (lb-ebpf's main.rs).
@@ -828,6 +828,42 @@ pub fn xdp_rx_metadata_features(ifindex: u32) -> Result<Option<u64>, NetlinkErro
     let reply = genl.call(request)?;
     rx_metadata_features(&reply).map(Some)
 }
+
+/// A bpf_link giving `ifindex` the program `prog` in `mode`, as aya's `Xdp::attach` makes for
+/// the programs it loaded: the attachment lasts as long as the returned descriptor (the
+/// kernel drops it with the daemon, even on SIGKILL). For `lb_native`, which aya did not load.
+pub fn link_create(prog: BorrowedFd<'_>, ifindex: u32, mode: Mode) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing plain integers into the BPF_LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut attr.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.__bindgen_anon_2.target_ifindex = ifindex;
+    l.attach_type = bpf_attach_type::BPF_XDP as u32;
+    l.flags = mode.flags();
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
+}
+
+/// Makes bpf_link `link` run `prog` in place of `old` (`BPF_LINK_UPDATE` with
+/// `BPF_F_REPLACE`: it fails, rather than replacing another, if the link runs something else).
+pub fn link_update(
+    link: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    old: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing plain integers into the BPF_LINK_UPDATE member of a zeroed union.
+    let u = unsafe { &mut attr.link_update };
+    u.link_fd = link.as_raw_fd() as u32;
+    u.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
+    u.flags = BPF_F_REPLACE;
+    u.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
+    bpf_ok(bpf_cmd::BPF_LINK_UPDATE, &mut attr)
+}
+
+/// `BPF_F_REPLACE`, include/uapi/linux/bpf.h.
+const BPF_F_REPLACE: u32 = 1 << 2;
 
 #[cfg(test)]
 mod tests {

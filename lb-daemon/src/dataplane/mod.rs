@@ -12,7 +12,6 @@ pub mod neigh;
 pub mod plan;
 pub mod program;
 pub mod ring;
-pub mod xdp_link;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -21,10 +21,10 @@ use lb_common::{
 };
 
 use super::devbound;
-use super::xdp_link::{self, Mode};
+use super::devbound::{link_create, link_update};
 use crate::{
     model::{Limits, XdpMode},
-    netlink::NetlinkError,
+    netlink::{self, link::Mode, NetlinkError},
 };
 
 /// The XDP object, built by `cargo xtask build-ebpf` and embedded at compile time.
@@ -318,7 +318,7 @@ pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: XdpMode) 
     let cannot_tell = |e: &dyn std::fmt::Display| {
         format!("cannot tell whether {iface} delivers VLAN tags outside the frame: {e}")
     };
-    let ports = match xdp_link::ports(ifindex).await {
+    let ports = match netlink::link::ports(ifindex).await {
         Ok(p) => p,
         Err(e) => return NativePlan::Refused(cannot_tell(&e)),
     };
@@ -362,9 +362,9 @@ impl Attachment {
             errors: vec![e],
         };
         match &self.link {
-            Some(link) => xdp_link::link_update(link.as_fd(), prog.as_fd(), self.prog.as_fd())
+            Some(link) => link_update(link.as_fd(), prog.as_fd(), self.prog.as_fd())
                 .map_err(|e| failed(format!("bpf_link_update: {e}")))?,
-            None => xdp_link::set(self.ifindex, prog.as_fd(), self.mode)
+            None => netlink::link::set(self.ifindex, prog.as_fd(), self.mode)
                 .await
                 .map_err(|e| failed(e.to_string()))?,
         }
@@ -418,7 +418,7 @@ pub async fn attach_xdp(
     mode: XdpMode,
     keep_on_exit: bool,
 ) -> Result<Attachment, AttachError> {
-    let current = xdp_link::attached(ifindex)
+    let current = netlink::link::attached(ifindex)
         .await
         .map_err(|source| AttachError::Query {
             iface: iface.to_string(),
@@ -445,7 +445,7 @@ pub async fn attach_xdp(
         );
     }
     let clear = |m: Mode| async move {
-        xdp_link::clear(ifindex, m)
+        netlink::link::clear(ifindex, m)
             .await
             .map_err(|source| AttachError::Clear {
                 iface: iface.to_string(),
@@ -496,12 +496,12 @@ pub async fn attach_xdp(
             if let Some(cur) = current.filter(|c| c.mode != m) {
                 clear(cur.mode).await?;
             }
-            xdp_link::set(ifindex, own.as_fd(), m)
+            netlink::link::set(ifindex, own.as_fd(), m)
                 .await
                 .map(|()| None)
                 .map_err(|e| e.to_string())
         } else {
-            xdp_link::link_create(own.as_fd(), ifindex, m)
+            link_create(own.as_fd(), ifindex, m)
                 .map(Some)
                 .map_err(|e| format!("bpf_link_create: {e}"))
         };

@@ -66,8 +66,8 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, trace, warn};
 
-use super::vip::{AddressSocket, InterfaceAddress, RT_SCOPE_LINK};
 use crate::model::Mac;
+use crate::netlink::addr::{AddressSocket, InterfaceAddress, RT_SCOPE_LINK};
 
 // ---------------------------------------------------------------------------------
 // Wire constants
@@ -960,7 +960,7 @@ mod tests {
 
     #[test]
     fn link_local_choice() {
-        use super::super::vip::{IFA_F_DADFAILED, IFA_F_TENTATIVE};
+        use crate::netlink::addr::{IFA_F_DADFAILED, IFA_F_TENTATIVE};
         let addrs = [
             entry("192.0.2.1", 0, 0, 3),
             entry("fe80::9", RT_SCOPE_LINK, 0, 4), // other interface
@@ -1183,10 +1183,10 @@ mod tests {
 #[cfg(test)]
 mod netns_tests {
     use super::*;
+    use crate::netlink::addr::VirtualAddress;
     use crate::netlink::test_netns::{
         have_tool, ifindex, in_netns, ip, link_mac, privileged, sysctl, Netns,
     };
-    use crate::vrrp::vip::VirtualAddress;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
 

@@ -11,4 +11,3 @@ pub mod runtime;
 pub mod socket;
 pub mod track;
 pub mod unit;
-pub mod vip;

@@ -27,9 +27,11 @@ use super::{
     packet::{self, Auth, IpPair},
     socket::{DropCounter, VrrpSocket},
     unit::{Effect, GarpStart, Log, MemberConfig, Publish, Unit},
-    vip::{AddressSocket, VirtualAddress},
 };
-use crate::config::VrrpInstance;
+use crate::{
+    config::VrrpInstance,
+    netlink::addr::{AddressSocket, VirtualAddress},
+};
 
 /// One instance of a unit, as configured and resolved on this host.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
-//! Netlink on the rust-netlink crates, shared by the neighbour code
-//! ([`crate::dataplane::neigh`]), the XDP attachment ([`crate::dataplane::xdp_link`]), the
-//! netdev family query ([`crate::dataplane::devbound`]) and the virtual-address code
-//! ([`crate::vrrp::vip`]).
+//! Netlink on the rust-netlink crates, on the ground floor: interface addresses ([`addr`]:
+//! VRRP's virtual addresses, real-server mode's VIP on `lo`), links and their XDP program
+//! ([`link`]), and the socket and framing the neighbour code ([`crate::dataplane::neigh`])
+//! and the netdev family query ([`crate::dataplane::devbound`]) build on.
 //!
 //! `netlink-packet-core` frames and checks every message (`NetlinkBuffer`, `NetlinkHeader`,
 //! `ErrorMessage`, `DoneMessage`, `NlasIterator`); `netlink-packet-route` and
@@ -19,10 +19,14 @@
 //! Why not `rtnetlink`'s connection task (`netlink-proto` 0.14): it logs and drops a
 //! message it cannot decode as a whole `RouteNetlinkMessage` (and a whole datagram on a
 //! framing error), so the neighbour resolver would never learn that its view needs a
-//! re-dump ([`crate::dataplane::neigh::NeighError::needs_resync`]); it leaves the stale
+//! re-dump ([`neigh::NeighError::needs_resync`]); it leaves the stale
 //! queue after `ENOBUFS` to be applied on top of the re-dump; and it neither restarts a
 //! dump flagged `NLM_F_DUMP_INTR` nor detects a datagram cut by a short buffer. This
 //! socket does all four, and an abandoned request cannot poison the next one.
+
+pub mod addr;
+pub mod link;
+pub mod neigh;
 
 use std::io;
 use std::mem;
@@ -729,7 +733,7 @@ pub(crate) fn recv_datagram(fd: RawFd, buf: &mut [u8], dontwait: bool) -> io::Re
 // ---------------------------------------------------------------------------------
 
 /// Hand-built wire data for the unit tests of this module and of the rtnetlink
-/// families built on it ([`crate::dataplane::neigh`], [`crate::vrrp::vip`]).
+/// families built on it ([`crate::dataplane::neigh`], [`addr`]).
 /// Deliberately independent of [`MessageBuilder`], so the encoder is checked against
 /// a second implementation.
 #[cfg(test)]

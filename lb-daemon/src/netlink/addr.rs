@@ -37,7 +37,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
 };
 
-use crate::netlink::{
+use super::{
     attr_string, attributes, encode, parse_control, Control, NetlinkError, NlHeader, RouteSocket,
     AF_INET, AF_INET6, AF_UNSPEC, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
@@ -448,7 +448,7 @@ pub fn parse_address_message(
 /// [`VipError::Netlink`] with [`NetlinkError::Kernel`].
 pub fn parse_address_messages(buf: &[u8]) -> Result<Vec<InterfaceAddress>, VipError> {
     let mut out = Vec::new();
-    for item in crate::netlink::messages(buf) {
+    for item in super::messages(buf) {
         let (header, payload) = item?;
         match parse_control(&header, payload)? {
             Some(Control::Error { errno, message }) => {

@@ -6,19 +6,15 @@
 //! upgrade); that is the netlink attachment, which belongs to the interface, not to a
 //! process. Setting a program over netlink also replaces the one a previous run left, in
 //! one step, so a restart has no window where frames reach the stack unbalanced.
-use std::{
-    io,
-    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
-};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 use netlink_packet_core::{DefaultNla, Emitable, Parseable, ParseableParametrized, NLA_F_NESTED};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkHeader, LinkMessage, LinkXdp, XdpAttached},
     AddressFamily, RouteNetlinkMessage,
 };
 
-use crate::netlink::{
+use super::{
     attr_string, attributes, encode, NetlinkError, RouteSocket, NLM_F_ACK, NLM_F_DUMP,
     NLM_F_REQUEST,
 };
@@ -44,7 +40,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn flags(self) -> u32 {
+    /// The `XDP_FLAGS_*` of the mode, for netlink and for `BPF_LINK_CREATE`.
+    pub fn flags(self) -> u32 {
         match self {
             Mode::Native => XDP_FLAGS_DRV_MODE,
             Mode::Skb => XDP_FLAGS_SKB_MODE,
@@ -252,42 +249,6 @@ pub async fn set(ifindex: u32, prog: BorrowedFd<'_>, mode: Mode) -> Result<(), N
         .request(|seq| encode_set(seq, ifindex, fd, mode))
         .await
 }
-
-/// A bpf_link giving `ifindex` the program `prog` in `mode`, as aya's `Xdp::attach` makes for
-/// the programs it loaded: the attachment lasts as long as the returned descriptor (the
-/// kernel drops it with the daemon, even on SIGKILL). For `lb_native`, which aya did not load.
-pub fn link_create(prog: BorrowedFd<'_>, ifindex: u32, mode: Mode) -> io::Result<OwnedFd> {
-    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing plain integers into the BPF_LINK_CREATE member of a zeroed union.
-    let l = unsafe { &mut attr.link_create };
-    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-    l.__bindgen_anon_2.target_ifindex = ifindex;
-    l.attach_type = bpf_attach_type::BPF_XDP as u32;
-    l.flags = mode.flags();
-    super::devbound::bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)
-}
-
-/// Makes bpf_link `link` run `prog` in place of `old` (`BPF_LINK_UPDATE` with
-/// `BPF_F_REPLACE`: it fails, rather than replacing another, if the link runs something else).
-pub fn link_update(
-    link: BorrowedFd<'_>,
-    prog: BorrowedFd<'_>,
-    old: BorrowedFd<'_>,
-) -> io::Result<()> {
-    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing plain integers into the BPF_LINK_UPDATE member of a zeroed union.
-    let u = unsafe { &mut attr.link_update };
-    u.link_fd = link.as_raw_fd() as u32;
-    u.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
-    u.flags = BPF_F_REPLACE;
-    u.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
-    super::devbound::bpf_ok(bpf_cmd::BPF_LINK_UPDATE, &mut attr)
-}
-
-/// `BPF_F_REPLACE`, include/uapi/linux/bpf.h.
-const BPF_F_REPLACE: u32 = 1 << 2;
 
 /// Takes the program `ifindex` runs in `mode` away.
 pub async fn clear(ifindex: u32, mode: Mode) -> Result<(), NetlinkError> {
