@@ -3,7 +3,7 @@
 //!
 //! # Protocol
 //!
-//! A Unix stream socket (default [`DEFAULT_PATH`]), mode 0600 and answering only root (or the
+//! A Unix stream socket (default [`crate::config::DEFAULT_CONTROL_SOCKET`]), mode 0600 and answering only root (or the
 //! daemon's own user): one JSON request per line, one JSON response per line, as many as the
 //! client likes on one connection.
 //!
@@ -20,7 +20,7 @@
 //! `mpsc` channel, and the loop answers it with [`Call::reply`]:
 //!
 //! ```ignore
-//! let server = control::Server::bind(control::DEFAULT_PATH).await?; // fails if a daemon runs
+//! let server = control::Server::bind(config::DEFAULT_CONTROL_SOCKET).await?; // fails if a daemon runs
 //! let (calls_tx, mut calls) = tokio::sync::mpsc::channel(control::CALL_QUEUE_LEN);
 //! tokio::spawn(server.serve(calls_tx));
 //! loop {
@@ -70,8 +70,6 @@ use tracing::{debug, warn};
 
 use crate::status::{rates, render_table, Snapshot};
 
-/// Where the daemon listens unless told otherwise.
-pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_PATH;
 /// The longest request line (without its newline).
 pub const MAX_LINE: usize = 64 * 1024;
 /// A good capacity for the channel of [`Call`]s.

@@ -32,7 +32,8 @@ impl State {
         let parsed = started.elapsed();
         restart_only(&self.config, &new)?;
 
-        // Prepare: each part checks what it would run, starting nothing.
+        // Prepare: each part checks what it would run; nothing running changes, and what a
+        // part prepared (a new interface poller) is dropped with a refusal.
         let mut tracking = Tracking::new(&new).map_err(|e| e.to_string())?;
         let tracks = self.track_tasks.prepare(&new).map_err(|e| e.to_string())?;
         // The services this reload touches; a change of `global_defs` (the scripts' user,

@@ -110,22 +110,26 @@ fn services(
                 .iter()
                 .zip(&bids)
                 .enumerate()
-                .map(|(j, (b, bid))| {
-                    // The real server at the same place, or found by its address; none: the
-                    // sorry server, which stands in with weight 1 and no checks.
+                .filter_map(|(j, (b, bid))| {
+                    // The service's real servers come first, in order ([`service_spec`]);
+                    // after them, the sorry server while the quorum is lost, which stands in
+                    // with weight 1 and no checks. One that is also a real server of the
+                    // service already has that server's row (and its counters).
                     let rs = match vs.real_servers.get(j) {
                         Some(rs) if rs.addr == b.addr => Some(j),
-                        _ => vs.real_servers.iter().position(|rs| rs.addr == b.addr),
+                        Some(_) => vs.real_servers.iter().position(|rs| rs.addr == b.addr),
+                        None if vs.real_servers.iter().any(|rs| rs.addr == b.addr) => return None,
+                        None => None,
                     };
                     let h = rs.and_then(|k| health.get(k)).and_then(Option::as_ref);
                     let weight = rs.map_or(1, |k| vs.real_servers[k].weight);
-                    backend(
+                    Some(backend(
                         b,
                         weight,
                         h,
                         counters(&backend_counters, *bid),
                         flows_of(bid),
-                    )
+                    ))
                 })
                 .collect()
         } else {

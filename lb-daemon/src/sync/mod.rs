@@ -359,7 +359,7 @@ impl Engine {
             bulk: None,
             full_sent: BTreeMap::new(),
             stats: EngineStats::default(),
-            rejections_log: (LogLimit::new(Duration::from_secs(10)), 0),
+            rejections_log: (quiet_for_a_while(now), 0),
         }
     }
 
@@ -702,4 +702,12 @@ pub fn index_for<W: crate::dataplane::maps::MapWriter>(
         .map(|vs| vs.key())
         .collect();
     Index::build(dp, |s| synced.contains(&s.key()))
+}
+
+/// The limit of the "datagrams refused" line: at most one every ten seconds, and none in
+/// the first ten (replays and strangers are common while both nodes come up).
+fn quiet_for_a_while(now: Instant) -> LogLimit {
+    let mut limit = LogLimit::new(Duration::from_secs(10));
+    limit.allow_at(now);
+    limit
 }
