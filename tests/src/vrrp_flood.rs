@@ -35,7 +35,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -44,6 +44,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use lb_daemon::{
     model::VrrpVersion,
+    os::set_option,
     vrrp::packet::{self, Addresses, AdverInt, Auth, IpPair, Repr},
 };
 
@@ -362,24 +363,6 @@ pub struct Flooder {
 /// Datagrams per `sendmmsg`.
 const BATCH: usize = 64;
 
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> Result<()> {
-    // SAFETY: `value` points to a live T of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setsockopt({level}, {name})"));
-    }
-    Ok(())
-}
-
 impl Flooder {
     /// Call in the peer namespace.
     fn socket(ifindex: u32) -> Result<OwnedFd> {
@@ -398,14 +381,32 @@ impl Flooder {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let ttl: libc::c_int = 255;
         let off: libc::c_int = 0;
-        setsockopt(&fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl)?;
-        setsockopt(&fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &off)?;
+        set_option(
+            fd.as_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_TTL,
+            &ttl,
+            "IP_MULTICAST_TTL",
+        )?;
+        set_option(
+            fd.as_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_LOOP,
+            &off,
+            "IP_MULTICAST_LOOP",
+        )?;
         let mreqn = libc::ip_mreqn {
             imr_multiaddr: libc::in_addr { s_addr: 0 },
             imr_address: libc::in_addr { s_addr: 0 },
             imr_ifindex: ifindex as libc::c_int,
         };
-        setsockopt(&fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &mreqn)?;
+        set_option(
+            fd.as_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            &mreqn,
+            "IP_MULTICAST_IF",
+        )?;
         Ok(fd)
     }
 

@@ -21,7 +21,7 @@ use crate::{
     config::{Config, VirtualServer},
     dataplane::{plan::PlanError, ServiceSpec},
     model::{Limits, ServiceKey},
-    vrrp::track::{self, TrackEvent, TrackKey},
+    vrrp::track::TrackEvent,
 };
 
 /// A service's dataplane view and quorum, and the configuration they were computed from.
@@ -217,10 +217,5 @@ impl Dp {
             |ip| known.contains_key(&ip),
             now,
         )
-    }
-
-    /// What the services' quorums are, as [`track::Tracking::seed`] takes it.
-    pub(super) fn quorum_status(&self, config: &Config) -> HashMap<TrackKey, track::Status> {
-        self.quorum.status(config)
     }
 }

@@ -78,7 +78,7 @@ impl State {
         self.checkers.commit(checks, scope, &mut self.health);
         tracking.seed(&self.track_tasks.snapshot());
         if let Some(dp) = self.dp.as_ref() {
-            tracking.seed(&dp.quorum_status(&new));
+            tracking.seed(&dp.quorum.status(&new));
         }
         self.tracking = tracking;
         self.config = new;

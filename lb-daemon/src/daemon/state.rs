@@ -201,13 +201,7 @@ impl State {
     pub(super) fn on_track(&mut self, ev: TrackEvent) {
         if let Some(v) = &self.vrrp {
             for (instance, input) in self.tracking.on_event(&ev) {
-                v.send(
-                    &instance,
-                    runtime::Control::Track {
-                        member: instance.clone(),
-                        input,
-                    },
-                );
+                v.track(instance, input);
             }
         }
     }
@@ -270,13 +264,7 @@ impl State {
             for (instance, input) in self.tracking.on_event(&ev) {
                 info!(%instance, "{} {}: {input:?}", ev.key, if ev.up { "has its quorum" } else { "lost its quorum" });
                 if let Some(v) = &self.vrrp {
-                    v.send(
-                        &instance,
-                        runtime::Control::Track {
-                            member: instance.clone(),
-                            input,
-                        },
-                    );
+                    v.track(instance, input);
                 }
             }
         }

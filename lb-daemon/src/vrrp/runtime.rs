@@ -936,6 +936,17 @@ impl VrrpThread {
         }
     }
 
+    /// A tracking input for `member` (a script, an interface or a service's quorum moved).
+    pub fn track(&self, member: String, input: Input) {
+        self.send(
+            &member,
+            Control::Track {
+                member: member.clone(),
+                input,
+            },
+        );
+    }
+
     /// Shuts every unit down (priority-0 adverts, addresses released) and waits for the
     /// thread, at most `timeout`.
     pub fn shutdown(mut self, timeout: Duration) {
