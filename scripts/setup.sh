@@ -41,7 +41,7 @@ for p in rustc-web rust-web-src cargo-web llvm-22-dev libpolly-22-dev zlib1g-dev
   want "$p"
 done
 if [ "$what" = test ]; then
-  for p in iproute2 ethtool curl tcpdump python3 nginx-light keepalived iputils-ping; do
+  for p in iproute2 ethtool curl tcpdump python3 nginx-light keepalived iputils-ping util-linux bpftool; do
     want "$p"
   done
 fi

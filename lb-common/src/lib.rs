@@ -71,7 +71,47 @@ pub mod names {
     pub const GLOBAL_SYNC_ENABLED: &str = "SYNC_ENABLED";
     /// Global: a refresh event is written when a flow's `last_seen >> SHIFT` changes.
     pub const GLOBAL_SYNC_REFRESH_SHIFT: &str = "SYNC_REFRESH_SHIFT";
+    /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
+    /// restarted daemon adopts the backend ids by.
+    pub const BACKEND_KEYS: &str = "BACKEND_KEYS";
+    /// Daemon only: slot 0 holds the pinned state's `Meta`.
+    pub const META: &str = "META";
 }
+
+/// The version of the maps' layout that a daemon pins (`Meta::layout`): raised whenever a
+/// map's key, value or meaning changes, so that a daemon never adopts maps it would read
+/// wrongly. A map whose type, key or value size differs from the object's is never adopted
+/// whatever the version says.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Slot 0 of the daemon-only `META` array, pinned beside the maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// `LAYOUT_VERSION` of the daemon that wrote the maps.
+    pub layout: u32,
+    /// The last connection-sync boot id this dataplane's daemon used: a restart takes a
+    /// larger one, so that the peer never mistakes its new sequence numbers for old ones.
+    pub sync_boot: u32,
+    /// Starts of daemons that adopted these maps (0 for the first).
+    pub adoptions: u64,
+}
+const _: () = assert!(core::mem::size_of::<Meta>() == 16);
+
+/// Value of the daemon-only `BACKEND_KEYS` array, indexed by backend id: which service's
+/// real server the id stands for. `family` 0: the id is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendKey {
+    pub service: u32,
+    /// The address in the program's words (`FAMILY_V4`: word 0).
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<BackendKey>() == 24);
 
 /// Key of `SERVICES4`: (VIP, port, protocol). Port 0 means every port.
 #[repr(C)]
@@ -482,6 +522,8 @@ mod user {
     unsafe impl aya::Pod for ServiceRef {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for FlowKey4 {}
     unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for FlowValue {}

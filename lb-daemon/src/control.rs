@@ -81,12 +81,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client waits for its answer: a bit more than the server gives the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// A request, as `{"cmd":"status"}` or `{"cmd":"reload"}`.
+/// A request, as `{"cmd":"status"}`, `{"cmd":"reload"}` or `{"cmd":"stop"}` (with
+/// `"release":true` or `false` to override `global_defs.on_stop`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
     Reload,
+    Stop {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<bool>,
+    },
 }
 
 /// A response: `ok`, with `status` for a status request, or `error` when not `ok`.
@@ -206,7 +211,7 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 /// The request a line holds, or what to tell the client.
 pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
-    const EXPECTED: &str = r#"expected {"cmd":"status"} or {"cmd":"reload"}"#;
+    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"reload"} or {"cmd":"stop"}"#;
     let v: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| format!("not JSON ({e}): {EXPECTED}"))?;
     let cmd = v
@@ -216,10 +221,15 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
     match cmd {
         "status" => Ok(Request::Status),
         "reload" => Ok(Request::Reload),
+        "stop" => match v.get("release") {
+            None | Some(serde_json::Value::Null) => Ok(Request::Stop { release: None }),
+            Some(serde_json::Value::Bool(b)) => Ok(Request::Stop { release: Some(*b) }),
+            Some(_) => Err(r#""release" must be true or false"#.to_string()),
+        },
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(format!(
-                "unknown command {shown:?} (expected status or reload)"
+                "unknown command {shown:?} (expected status, reload or stop)"
             ))
         }
     }
@@ -794,6 +804,21 @@ pub fn cli_status_rate(path: impl AsRef<Path>, interval: Duration) -> Result<Str
     })?
 }
 
+/// `lb-daemon stop`: asks the daemon to stop, releasing (`Some(true)`), keeping
+/// (`Some(false)`) or as `global_defs.on_stop` says (`None`). Returns once the daemon has
+/// taken the request; it stops after answering. Blocking; not for use inside a Tokio
+/// runtime.
+pub fn cli_stop(path: impl AsRef<Path>, release: Option<bool>) -> Result<()> {
+    let r = block_on(request(path.as_ref(), Request::Stop { release }))??;
+    if r.ok {
+        Ok(())
+    } else {
+        Err(ControlError::Daemon(
+            r.error.unwrap_or_else(|| "stop refused".into()),
+        ))
+    }
+}
+
 /// `lb-daemon reload`: asks the daemon to reload its configuration; its error (`file:line:
 /// key: message`) when it refused. Blocking; not for use inside a Tokio runtime.
 pub fn cli_reload(path: impl AsRef<Path>) -> Result<()> {
@@ -831,6 +856,7 @@ mod tests {
             let r = match call.request {
                 Request::Status => Response::status(sample()),
                 Request::Reload => Response::error(RELOAD_ERROR),
+                Request::Stop { .. } => Response::ok(),
             };
             call.reply(r);
         }

@@ -43,6 +43,17 @@ enum Cmd {
         #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Stop the running daemon: as `global_defs.on_stop` says (release by default), or
+    /// releasing (priority-0 adverts, VIPs removed, the XDP program detached and unpinned),
+    /// or keeping everything for the next run to take over (a restart or an upgrade).
+    Stop {
+        #[arg(long, conflicts_with = "keep")]
+        release: bool,
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Check a configuration file without touching the system; non-zero exit on an error.
     Check {
         #[arg(long, short = 'f', default_value = "/etc/lb-daemon/lb.toml")]
@@ -155,6 +166,16 @@ fn run() -> Result<()> {
                 lb_daemon::control::cli_status(&socket, layout)?
             };
             print!("{out}");
+            Ok(())
+        }
+        Cmd::Stop {
+            release,
+            keep,
+            socket,
+        } => {
+            let mode = (release || keep).then_some(release);
+            lb_daemon::control::cli_stop(&socket, mode)?;
+            println!("stopping");
             Ok(())
         }
         Cmd::Reload { socket } => {

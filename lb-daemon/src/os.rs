@@ -108,11 +108,122 @@ pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<li
     Ok(Some(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags })))
 }
 
+/// An identifier of the calling thread's network namespace that is never reused during a
+/// boot: `SO_NETNS_COOKIE` (Linux 5.14+), else the namespace's device and inode numbers.
+/// Names what belongs to one namespace in places every namespace shares (files under
+/// /run, pins under bpffs).
+pub fn netns_id() -> io::Result<String> {
+    if let Ok(sock) = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None) {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // socket2 has no getter for SO_NETNS_COOKIE.
+        // SAFETY: a u64 buffer with its length, on our own socket.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 && len as usize == std::mem::size_of::<u64>() {
+            return Ok(cookie.to_string());
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")?;
+    Ok(format!("dev{}-ino{}", m.dev(), m.ino()))
+}
+
+/// `BPF_FS_MAGIC`, include/uapi/linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `path` is on a bpf filesystem (where maps and links can be pinned).
+pub fn is_bpffs(path: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL"))?;
+    // SAFETY: statfs is plain old data; all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs to fill.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Takes an exclusive lock on `path` (created) for as long as the returned file is open,
+/// or says that another process holds it (`WouldBlock`). The kernel drops the lock with the
+/// process, however it ends.
+pub fn lock_exclusive(path: &std::path::Path) -> io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Mounts a bpf filesystem at `path` (an existing directory).
+pub fn mount_bpffs(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL"))?;
+    // SAFETY: NUL-terminated strings that outlive the call; no data.
+    let r = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this process shares the mount namespace of PID 1. A bpf filesystem mounted in a
+/// private one (`ip netns exec` gives a process its own) dies with the process, and the
+/// pins on it too. In a container PID 1's namespace may be out of reach even to root
+/// (`PermissionDenied`): the caller cannot tell then.
+pub fn in_init_mount_namespace() -> io::Result<bool> {
+    let own = std::fs::read_link("/proc/self/ns/mnt")?;
+    let init = std::fs::read_link("/proc/1/ns/mnt")?;
+    Ok(own == init)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
 
     use super::*;
+
+    #[test]
+    fn namespaces_and_filesystems() {
+        let id = netns_id().unwrap();
+        assert!(!id.is_empty());
+        assert_eq!(netns_id().unwrap(), id, "the same namespace, the same id");
+        assert!(!is_bpffs(std::path::Path::new("/proc")).unwrap());
+        assert!(is_bpffs(std::path::Path::new("/no/such/path")).is_err());
+        // An answer, or PID 1's namespace is out of reach: in a container, /proc/1/ns can
+        // be refused even to root (EACCES here), so a caller must handle "cannot tell".
+        match in_init_mount_namespace() {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+        }
+    }
 
     #[test]
     fn loopback_flags() {

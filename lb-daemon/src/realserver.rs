@@ -346,32 +346,6 @@ pub fn parse_state(text: &str) -> Result<State> {
 // The system
 // ---------------------------------------------------------------------------------------------
 
-/// An identifier of the calling thread's network namespace that is never reused during a
-/// boot: `SO_NETNS_COOKIE` (Linux 5.14+), else the namespace's device and inode numbers.
-pub fn netns_id() -> Result<String> {
-    if let Ok(sock) = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None) {
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // socket2 has no getter for SO_NETNS_COOKIE.
-        // SAFETY: a u64 buffer with its length, on our own socket.
-        let r = unsafe {
-            libc::getsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                libc::SOL_SOCKET,
-                libc::SO_NETNS_COOKIE,
-                (&mut cookie as *mut u64).cast(),
-                &mut len,
-            )
-        };
-        if r == 0 && len as usize == std::mem::size_of::<u64>() {
-            return Ok(cookie.to_string());
-        }
-    }
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata("/proc/thread-self/ns/net").context("/proc/thread-self/ns/net")?;
-    Ok(format!("dev{}-ino{}", m.dev(), m.ino()))
-}
-
 /// `IFF_UP` of `name`.
 fn interface_is_up(name: &str) -> Result<bool> {
     let sock = crate::os::ioctl_socket().context("socket")?;
@@ -465,7 +439,7 @@ pub fn cli(action: Action) -> Result<()> {
 async fn run(action: Action) -> Result<()> {
     let lo = crate::os::ifindex(LOOPBACK)?;
     let mut sock = AddressSocket::open().context("rtnetlink socket")?;
-    let id = netns_id()?;
+    let id = crate::os::netns_id().context("naming this network namespace")?;
     match action {
         Action::Start(a) => {
             if !interface_is_up(LOOPBACK)? {

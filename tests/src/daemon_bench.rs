@@ -122,7 +122,7 @@ fn fmt_ms(v: &[f64]) -> String {
 // -------------------------------------------------------------------------------------------
 
 /// CLOCK_REALTIME in microseconds since the Unix epoch: the clock of the daemon's log.
-fn now_us() -> i64 {
+pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -941,6 +941,14 @@ pub fn run(emit: &mut dyn FnMut(Entry)) -> Result<()> {
     }
     if wanted("vrrp_flood_cpu") {
         emit(crate::vrrp_flood::vrrp_flood_cpu()?);
+    }
+    if wanted("crash_failed_requests") {
+        emit(crate::hitless_bench::crash_failed_requests()?);
+    }
+    if wanted("restart_failed_requests") || wanted("restart_to_adopted_ms") {
+        let (failed, adopted) = crate::hitless_bench::restart()?;
+        emit(failed);
+        emit(adopted);
     }
     Ok(())
 }

@@ -76,7 +76,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::{
     lab::{daemon_bin, pass_on_port, with_control_socket, NativePeer},
-    netns::{fmt_mac, wait_until, Lan, Netns, Proc, HOST_IF},
+    netns::{fmt_mac, wait_until, Lan, Netns, PinFs, Proc, HOST_IF},
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -221,6 +221,13 @@ pub struct LvsParams {
     /// Connection sync between the LBs (`[sync]`): none, unicast to the other LB, or IPVS's
     /// multicast group.
     pub sync: Option<SyncMode>,
+    /// The LBs pin their dataplane on a bpf filesystem that outlives them (a [`PinFs`]), as
+    /// on a host where systemd mounts /sys/fs/bpf: a killed daemon's program keeps
+    /// forwarding, and the next run takes it over. Without it each daemon's pins live in its
+    /// own mount namespace (`ip netns exec` gives it one) and die with it.
+    pub pins: bool,
+    /// Set by the lab when `pins`: `[dataplane] pin_root`.
+    pub pin_root: Option<PathBuf>,
 }
 
 /// How the LBs of the lab sync their flows.
@@ -242,6 +249,8 @@ impl LvsParams {
             hash_port: false,
             timers: Timers::lab(),
             sync: None,
+            pins: false,
+            pin_root: None,
         }
     }
 
@@ -282,7 +291,7 @@ router_id = "LVS_{node}"
 interface = "{HOST_IF}"
 xdp_mode = "{xdp}"
 max_flows = 65536
-
+{pin_root}
 [[vrrp_sync_group]]
 name = "VSG_1"
 group = ["VI_1"]
@@ -299,6 +308,11 @@ virtual_ipaddress = ["{VIP}"]
 "#,
         xdp = p.xdp_mode,
         adv = t.advert_int,
+        pin_root = p
+            .pin_root
+            .as_ref()
+            .map(|r| format!("pin_root = \"{}\"\n", r.display()))
+            .unwrap_or_default(),
     );
     let hash_port = if p.hash_port && matches!(p.sched.as_str(), "sh" | "mh") {
         "hash_port = true\n"
@@ -1148,6 +1162,8 @@ pub struct LvsLab {
     // Field order is drop order (after Drop::drop): XDP helpers, hosts, the bridge last.
     native: Vec<NativePeer>,
     lbs: Vec<LbNode>,
+    /// The LBs' bpf filesystem (`params.pins`): after them, so that their pins go last.
+    pin_fs: Option<PinFs>,
     servers: Vec<RealServer>,
     client: Netns,
     lan: Lan,
@@ -1177,11 +1193,20 @@ impl LvsLab {
         );
         let lan = Lan::new(prefix)?;
         let client = lan.host("c", 1, CLIENT, v6(1))?;
+        let mut params = params;
+        let pin_fs = if params.pins {
+            let fs = PinFs::new(&std::env::temp_dir().join(format!("lbtest-{prefix}bpffs")))?;
+            params.pin_root = Some(fs.dir().to_path_buf());
+            Some(fs)
+        } else {
+            None
+        };
         let mut lab = LvsLab {
             prefix: prefix.to_string(),
             params: params.clone(),
             native: Vec::new(),
             lbs: Vec::new(),
+            pin_fs,
             servers: Vec::new(),
             client,
             lan,
@@ -1191,6 +1216,9 @@ impl LvsLab {
             let ns = lab
                 .lan
                 .host(&format!("lb{i}"), 1 + i as u8, node_v4(i), v6(1 + i as u16))?;
+            if let Some(fs) = &lab.pin_fs {
+                ns.use_pin_fs(fs);
+            }
             let daemon = Daemon::new(&ns, &lvs_toml(&params, i))?;
             lab.lbs.push(LbNode { ns, daemon });
         }
@@ -1345,7 +1373,61 @@ impl LvsLab {
         has_vip(self.lb(i))
     }
 
-    /// SIGKILL of LB `i`'s daemon (its XDP program goes with it; the VIP stays configured).
+    /// The log of LB `i`'s running daemon (empty when none runs).
+    pub fn lb_log(&self, i: usize) -> String {
+        self.lbs[i - 1]
+            .daemon
+            .proc
+            .as_ref()
+            .map(Proc::read_stderr)
+            .unwrap_or_default()
+    }
+
+    /// The LBs' bpf filesystem, when `params.pins`.
+    pub fn pin_fs(&self) -> Option<&PinFs> {
+        self.pin_fs.as_ref()
+    }
+
+    /// `lb-daemon stop` of LB `i` (`--release`, `--keep`, or neither: as its `on_stop`
+    /// says), and its exit.
+    pub fn stop_lb_with(&mut self, i: usize, how: Option<&str>) -> Result<()> {
+        let node = &mut self.lbs[i - 1];
+        let mut cmd = std::process::Command::new(daemon_bin()?);
+        cmd.arg("stop")
+            .arg("--socket")
+            .arg(Daemon::socket(&node.ns));
+        if let Some(h) = how {
+            cmd.arg(h);
+        }
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "lb-daemon stop: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if let Some(p) = node.daemon.proc.take() {
+            let status = p
+                .wait_timeout(Duration::from_secs(10))?
+                .context("lb-daemon did not exit after `stop`")?;
+            ensure!(
+                status.success(),
+                "lb-daemon exit: {status}\n{}",
+                p.read_stderr()
+            );
+        }
+        Ok(())
+    }
+
+    /// The XDP attachment LB `i`'s eth0 shows (`ip link`), none without a program.
+    pub fn xdp_attached(&self, i: usize) -> Option<String> {
+        let out = self.lb(i).ip(&["link", "show", "dev", HOST_IF]).ok()?;
+        out.split_whitespace()
+            .find(|w| w.starts_with("xdp"))
+            .map(str::to_string)
+    }
+
+    /// SIGKILL of LB `i`'s daemon (the VIP stays configured; its XDP program goes with it,
+    /// unless `params.pins`).
     pub fn kill_lb(&mut self, i: usize) -> Result<()> {
         self.lbs[i - 1].daemon.kill()
     }
@@ -2010,9 +2092,60 @@ pub fn lvs_demo(params: &LvsParams, requests: usize, summary: &mut Summary) -> R
         );
         Ok(())
     })?;
+    if params.pins {
+        summary.step(
+            "lvs 5: restart lb1 in place (an upgrade: stop --keep, start)",
+            |s| {
+                let peer = vrrp_transitions(lab.lb(2))?;
+                let t0 = Instant::now();
+                lab.stop_lb_with(1, Some("--keep"))?;
+                lab.start_lb(1)?;
+                let back = t0.elapsed();
+                lab.wait_state(1, "MASTER", Duration::from_secs(2))?;
+                // The peer would have taken over within its Master_Down_Interval.
+                holds_for("lb2 stays backup", t.master_down(99) + MARGIN, || {
+                    lab.state(2).as_deref() == Some("BACKUP")
+                })?;
+                let after = Instant::now();
+                stream.wait_successes(after, requests, Duration::from_secs(30))?;
+                let p = stream.phase(t0 - Duration::from_millis(500), Instant::now());
+                let moved = vrrp_transitions(lab.lb(2))? - peer;
+                let took_over = lab
+                    .lb_log(1)
+                    .lines()
+                    .find(|l| l.contains("took over the previous run's dataplane"))
+                    .map(str::to_string)
+                    .unwrap_or_default();
+                println!(
+                    "    lb1 back in {}; lb2's VRRP transitions: {moved}; failed requests: {}",
+                    secs(back),
+                    p.failures_line()
+                );
+                println!("    {}", took_over.trim());
+                s.add("5. lb1 restarted in place", secs(back));
+                s.add(
+                    "5. requests failed / lb2 transitions",
+                    format!("{} / {moved}", p.failures_line()),
+                );
+                ensure!(p.failed() == 0, "requests failed: {}", p.failures_line());
+                ensure!(moved == 0, "lb2 made {moved} VRRP transitions");
+                Ok(())
+            },
+        )?;
+    }
     drop(stream);
-    summary.step("lvs 5: tear down", |_| lab.teardown())?;
+    summary.step("lvs 6: tear down", |_| lab.teardown())?;
     Ok(())
+}
+
+/// VI_1's transitions in `status --json` of the daemon in `ns`.
+fn vrrp_transitions(ns: &Netns) -> Result<u64> {
+    let s = status_json(ns)?;
+    s["vrrp"]
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "VI_1"))
+        .and_then(|v| v["transitions"].as_u64())
+        .context("VI_1's transitions")
 }
 
 /// The nginx HA demo: traffic to the VIP, nginx stopped on the master (the VIP moves), nginx

@@ -382,6 +382,75 @@ fn stop_all(procs: &[Proc], grace: Duration) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A bpf filesystem for pins
+// ---------------------------------------------------------------------------------------------
+
+/// A bpf filesystem that outlives the processes that pin on it, without a mount in the
+/// host's namespace: mounted in a mount namespace of its own (a slave of the host's, so the
+/// network namespaces added later are seen in it), which a `sleep` holds until drop. A
+/// daemon started in it through `ip netns exec` gets a copy of its mounts, as a daemon
+/// started by systemd sees the host's /sys/fs/bpf; its pins (maps, links) live on after it
+/// is killed, for the next run to take over.
+pub struct PinFs {
+    holder: Child,
+    dir: PathBuf,
+}
+
+impl PinFs {
+    /// Mounts it at `dir` (created), in the holder's namespace only.
+    pub fn new(dir: &Path) -> Result<PinFs> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let script = format!(
+            "mount -t bpf bpf '{}' && echo ready && exec sleep 86400",
+            dir.display()
+        );
+        let mut holder = Command::new(program("unshare"))
+            .args(["--mount", "--propagation", "slave", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the bpf filesystem's holder (unshare)")?;
+        let stdout = holder.stdout.take().context("holder stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            bail!("mounting a bpf filesystem at {} failed", dir.display());
+        }
+        Ok(PinFs {
+            holder,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether anything is pinned under `sub` (seen from the holder's namespace).
+    pub fn list(&self, sub: &str) -> Result<String> {
+        run(Command::new(program("nsenter"))
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.pid()))
+            .args(["--", "find"])
+            .arg(self.dir.join(sub)))
+    }
+}
+
+impl Drop for PinFs {
+    fn drop(&mut self) {
+        // The namespace, its mount and every pin in it go with the holder.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Netns
 // ---------------------------------------------------------------------------------------------
 
@@ -391,6 +460,8 @@ pub struct Netns {
     dir: PathBuf,
     procs: Mutex<Vec<Proc>>,
     seq: AtomicU32,
+    /// Commands run from the mount namespace of this process (a [`PinFs`] holder).
+    mounts_of: Mutex<Option<u32>>,
 }
 
 impl std::fmt::Debug for Netns {
@@ -414,6 +485,7 @@ impl Netns {
             dir: std::env::temp_dir().join(format!("lbtest-{name}")),
             procs: Mutex::new(Vec::new()),
             seq: AtomicU32::new(0),
+            mounts_of: Mutex::new(None),
         };
         fs::create_dir_all(&ns.dir)
             .with_context(|| format!("cannot create {}", ns.dir.display()))?;
@@ -438,7 +510,19 @@ impl Netns {
     /// A `Command` for `ip netns exec NAME args...` (not run, not tracked). The program in
     /// `args[0]` is resolved to an absolute path.
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(program("ip"));
+        let holder = *self.mounts_of.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cmd = match holder {
+            // `ip netns exec` copies the mounts of the namespace it starts in: those of the
+            // holder, with its bpf filesystem.
+            Some(pid) => {
+                let mut c = Command::new(program("nsenter"));
+                c.arg(format!("--mount=/proc/{pid}/ns/mnt"))
+                    .arg("--")
+                    .arg(program("ip"));
+                c
+            }
+            None => Command::new(program("ip")),
+        };
         cmd.args(["netns", "exec", &self.name]);
         if let Some((first, rest)) = args.split_first() {
             match first.as_ref().to_str() {
@@ -454,6 +538,12 @@ impl Netns {
     /// line, exit status and stderr.
     pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
         run(&mut self.command(args))
+    }
+
+    /// Runs every later command of this namespace from the mount namespace `fs` holds, so
+    /// that what they pin on its bpf filesystem outlives them.
+    pub fn use_pin_fs(&self, fs: &PinFs) {
+        *self.mounts_of.lock().unwrap_or_else(|e| e.into_inner()) = Some(fs.pid());
     }
 
     /// `ip -n NAME args...` (cheaper than `exec(["ip", ...])`).

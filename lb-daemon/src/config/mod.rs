@@ -27,6 +27,9 @@ use crate::model::{is_prime, Limits, Proto, Scheduler, ServiceKey, XdpMode};
 /// The control socket of `lb-daemon status` and `reload` when `global_defs.control_socket`
 /// is not set.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lb-daemon.sock";
+/// Where the dataplane is pinned unless `[dataplane] pin_root` says otherwise: where
+/// systemd and iproute2 mount the bpf filesystem.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf";
 
 /// IPVS's weight range (`ipvsadm -w`: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65535;
@@ -98,6 +101,20 @@ pub struct GlobalDefs {
     /// Metrics per real server (on by default); false keeps only the per-service ones, so a
     /// scrape of a node with many thousands of real servers stays small.
     pub metrics_per_backend: Option<bool>,
+    /// What SIGTERM (and `lb-daemon stop` without `--keep`/`--release`) means: `release`
+    /// (the default, as keepalived: priority-0 adverts, the VIPs removed, the program
+    /// detached, its pins removed) or `keep` (keepalived's `--dont-release-vrrp`, and the
+    /// dataplane left forwarding: what a restart or an upgrade takes over).
+    pub on_stop: Option<OnStop>,
+}
+
+/// See [`GlobalDefs::on_stop`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    Keep,
+    #[default]
+    Release,
 }
 
 impl GlobalDefs {
@@ -116,6 +133,9 @@ struct RawDataplane {
     max_flows: Option<Spanned<u32>>,
     #[serde(default)]
     keep_xdp_on_exit: bool,
+    /// The bpf filesystem the maps and the link are pinned on (mounted there if it is not
+    /// one yet).
+    pin_root: Option<Spanned<String>>,
     /// Room for at least this many services, real servers and ring slots: the maps follow
     /// the configuration anyway; these reserve room for growth, so that a reload within
     /// them never replaces the maps.
@@ -216,6 +236,8 @@ pub struct DataplaneConfig {
     /// Leave the program forwarding when the daemon stops (a restart or an upgrade),
     /// instead of detaching it.
     pub keep_xdp_on_exit: bool,
+    /// The bpf filesystem the dataplane is pinned on (`/sys/fs/bpf` by default).
+    pub pin_root: PathBuf,
     /// The least room the maps get (`max_services`, `max_real_servers`, `ring_slots`; 0
     /// where not set): the daemon's map sizes are at least these.
     pub reserve: Limits,
@@ -727,6 +749,15 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
         xdp_mode,
         max_flows,
         keep_xdp_on_exit: d.keep_xdp_on_exit,
+        pin_root: match &d.pin_root {
+            None => PathBuf::from(DEFAULT_PIN_ROOT),
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains('\0') => {
+                PathBuf::from(p.get_ref())
+            }
+            Some(p) => {
+                return Err(cx.invalid(p.span(), "dataplane.pin_root", "must be an absolute path"))
+            }
+        },
         reserve: Limits {
             services: room(&d.max_services, "dataplane.max_services", ceiling.services)?,
             backends: room(

@@ -22,6 +22,7 @@ mod preflight;
 mod quorum;
 mod reconcile;
 mod reload;
+mod seed;
 mod snapshot;
 mod state;
 mod units;
@@ -42,6 +43,7 @@ use macs::Macs;
 use state::State;
 
 use crate::{
+    config::OnStop,
     control::{self, Request, Response},
     health, metrics,
     model::ServiceKey,
@@ -78,6 +80,8 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
         tokio::spawn(server.run(snap_rx));
         state.metrics = Some((snap_tx, Instant::now()));
     }
+    // What SIGTERM means; read once: a reload does not change how this run ends.
+    let on_stop = state.config.global_defs.on_stop.unwrap_or_default();
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -114,6 +118,11 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                 }
             }
             Some(call) = ctl_rx.recv() => match call.request {
+                Request::Stop { release } => {
+                    call.reply(Response::ok());
+                    let release = release.unwrap_or(on_stop == OnStop::Release);
+                    return stop(state, inbox, release).await;
+                }
                 Request::Status => call.reply(Response::status(state.on_status())),
                 Request::Reload => match state.on_reload().await {
                     Ok(()) => call.reply(Response::ok()),
@@ -131,12 +140,15 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
         }
         state.after_event(Instant::now());
     }
-    stop(state, inbox).await
+    stop(state, inbox, on_stop == OnStop::Release).await
 }
 
-/// Stops in order: VRRP first (priority-0 adverts, the VIPs released), then tracking and
-/// the notify hooks (keepalived gives stop hooks a second), the XDP program last.
-async fn stop(state: State, mut inbox: state::Inbox) -> Result<()> {
+/// Stops. A `release` stop goes in order: VRRP first (priority-0 adverts, the VIPs
+/// released), then tracking and the notify hooks (keepalived gives stop hooks a second), the
+/// XDP program last (detached and unpinned, unless `keep_xdp_on_exit`). A `keep` stop
+/// (keepalived's `--dont-release-vrrp`) leaves the VIPs, the program and its pinned maps as
+/// they are, for the next run to take over.
+async fn stop(state: State, mut inbox: state::Inbox, release: bool) -> Result<()> {
     let State {
         config,
         dp,
@@ -147,8 +159,13 @@ async fn stop(state: State, mut inbox: state::Inbox) -> Result<()> {
     } = state;
     let _ = crate::sdnotify::notify("STOPPING=1");
     if let Some(v) = vrrp {
-        info!("stopping VRRP: priority-0 adverts, releasing the virtual addresses");
-        tokio::task::spawn_blocking(move || v.shutdown(std::time::Duration::from_secs(3))).await?;
+        if release {
+            info!("stopping VRRP: priority-0 adverts, releasing the virtual addresses");
+        } else {
+            info!("stopping VRRP, keeping the virtual addresses for the next run");
+        }
+        tokio::task::spawn_blocking(move || v.shutdown(release, std::time::Duration::from_secs(3)))
+            .await?;
         // The STOP events the units sent on their way out.
         while let Ok(ev) = inbox.vrrp.try_recv() {
             if let Event::State(ev) = ev {
@@ -159,12 +176,19 @@ async fn stop(state: State, mut inbox: state::Inbox) -> Result<()> {
     drop(track_tasks);
     // keepalived gives stop hooks a second.
     notifier.shutdown(std::time::Duration::from_secs(1)).await;
-    match config.dataplane.as_ref().map(|d| d.keep_xdp_on_exit) {
-        Some(true) => info!("stopping: leaving the XDP program attached (keep_xdp_on_exit)"),
-        Some(false) => info!("stopping: detaching the XDP program"),
-        None => {}
+    let Some(dp) = dp else { return Ok(()) };
+    let keep_xdp = config
+        .dataplane
+        .as_ref()
+        .is_some_and(|d| d.keep_xdp_on_exit);
+    if !release {
+        info!("stopping: the XDP program keeps forwarding with the pinned maps");
+    } else if keep_xdp {
+        info!("stopping: leaving the XDP program attached (keep_xdp_on_exit)");
+    } else {
+        info!("stopping: detaching the XDP program and removing its pins");
+        dp.xdp.release().await;
     }
-    drop(dp);
     Ok(())
 }
 

@@ -13,8 +13,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use super::{
-    snapshot::snapshot, units::vrrp_units, xdp::Xdp, Dp, Health, Macs, METRICS_FLOW_COUNT_AGE,
-    STATUS_FLOW_COUNT_AGE,
+    seed::{self, Seeds},
+    snapshot::snapshot,
+    units::vrrp_units,
+    xdp::Xdp,
+    Dp, Health, Macs, METRICS_FLOW_COUNT_AGE, STATUS_FLOW_COUNT_AGE,
 };
 use crate::{
     config::{split, Config},
@@ -67,17 +70,24 @@ impl State {
         let mut parsed = split::Cache::default();
         let config = Config::load_cached(&path, &mut parsed)?;
         super::check_scripts(&config)?;
+        let mut seeds = Seeds::default();
         let (dp, macs_rx) = match &config.dataplane {
             Some(d) => {
                 let xdp = Xdp::start(&config, d).await?;
-                let (macs, rx) = Macs::start(&config, xdp.ifindex)?;
+                if xdp.adopted.is_some() {
+                    seeds = seed::seeds(xdp.dp.specs(), &config);
+                    info!(macs = seeds.macs.len(), down = seeds.down.len(), serving = ?seeds.master_vips, "until the resolver, the checks and VRRP speak, the previous run's MACs, verdicts and roles stand");
+                }
+                let (mut macs, rx) = Macs::start(&config, xdp.ifindex)?;
+                macs.known.extend(std::mem::take(&mut seeds.macs));
                 (Some(Dp::new(xdp, macs, Instant::now())), Some(rx))
             }
             None => (None, None),
         };
         // Health checks of the real servers; their first verdicts arrive as events.
         let (health_tx, health_rx) = mpsc::channel(256);
-        let checkers = health::Checkers::start(&config, health_tx)?;
+        let checkers =
+            health::Checkers::start_seeded(&config, health_tx, std::mem::take(&mut seeds.down))?;
         let health = checkers.snapshot();
         // Unbounded: the VRRP thread must never wait for the main loop.
         let (event_tx, event_rx) = mpsc::unbounded_channel::<Event>();
@@ -92,7 +102,7 @@ impl State {
             parsed,
             config,
             dp,
-            master_vips: HashSet::new(),
+            master_vips: seeds.master_vips,
             health,
             checkers,
             track_tasks,

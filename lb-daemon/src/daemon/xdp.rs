@@ -3,6 +3,7 @@
 //! tables, and connection sync.
 use std::{
     collections::HashMap,
+    os::fd::{AsFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,12 +12,16 @@ use anyhow::{Context, Result};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
+use lb_common::{names, Meta, LAYOUT_VERSION};
+
 use super::reconcile::dataplane_limits;
 use crate::{
     config::{Config, DataplaneConfig},
     dataplane::{
-        flows::FlowTables,
-        maps::BpfMaps,
+        adopt::Adopted,
+        flows::{copy_table, FlowTables, Table},
+        maps::{BpfMaps, NullMaps},
+        pins::{self, Pins, Take},
         program::{self, LoadOptions},
         Dataplane,
     },
@@ -31,6 +36,9 @@ pub(super) struct Xdp {
     attachment: program::Attachment,
     /// The maps the running program uses, by name: what a grown instance shares.
     fds: program::MapFds,
+    /// Where the maps and the link are pinned, so that the dataplane outlives the daemon;
+    /// none when no bpf filesystem could be had (then it dies with the daemon).
+    pins: Option<Pins>,
     iface: String,
     iface_mac: [u8; 6],
     pub ifindex: u32,
@@ -43,15 +51,28 @@ pub(super) struct Xdp {
     /// The last count of flows per backend id, and when it was taken: a walk of a big
     /// table takes a while, so the metrics' refresh reuses a recent one.
     flow_counts: Option<(Instant, HashMap<u32, u64>)>,
+    /// What was taken over from a previous run (none: a fresh start).
+    pub adopted: Option<Adopted>,
+    /// Held while this daemon runs the dataplane (see [`dataplane_lock`]).
+    _lock: std::fs::File,
+}
+
+/// The pinned maps a start takes over, and their planner (see [`Xdp::start`]).
+struct TakeOver {
+    judgement: pins::Judgement,
+    /// The pinned maps, by name.
+    pinned: HashMap<String, OwnedFd>,
 }
 
 impl Xdp {
-    /// Loads the program with maps sized for `config`, starts sync, and attaches it.
+    /// Loads the program with maps sized for `config`, or takes over the maps a previous
+    /// run pinned, starts sync, and attaches it (or makes the previous run's attachment run
+    /// it): the interface never runs without a program.
     pub(super) async fn start(config: &Config, d: &DataplaneConfig) -> Result<Self> {
+        let started = Instant::now();
         let (iface_mac, ifindex) = interface_info(&d.interface).await?;
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
-        info!(%limits, "sizing the XDP program's maps");
-        let opts = LoadOptions {
+        let mut opts = LoadOptions {
             limits,
             max_flows: d.max_flows,
             iface_mac,
@@ -62,16 +83,74 @@ impl Xdp {
             ..LoadOptions::default()
         };
         let sync_key = config.sync_key()?;
-        let mut ebpf = program::load(&opts).context("loading the XDP program")?;
-        // Before any map is taken out of `ebpf`: `lb_native` is loaded against them.
-        let native = program::native_plan(&ebpf, &d.interface, ifindex, d.xdp_mode).await;
-        let fds = program::MapFds::of(&ebpf)?;
+        // One daemon per dataplane: a second one would take the first one's maps and link
+        // over while it still writes them.
+        let lock = dataplane_lock(&d.interface)?;
+        let pins = match Pins::open(&d.pin_root, &d.interface) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!("the dataplane will not outlive this daemon (nothing can be pinned): {e}");
+                None
+            }
+        };
+        let mut take = match &pins {
+            Some(p) => look_at_pins(p, &opts)?,
+            None => None,
+        };
+        let judged = started.elapsed();
+        // Loaded over the adopted maps; again over fresh ones if what they hold is not
+        // consistent.
+        let (inst, maps, adopted) = loop {
+            let adopting = take.as_ref().is_some_and(|t| t.judgement.dropped.is_none());
+            if adopting {
+                // The sized maps are the pinned ones: the first apply grows them if the
+                // configuration needs more.
+                let t = take.as_ref().expect("adopting");
+                opts.limits = pinned_limits(t);
+            } else {
+                opts.limits = limits;
+            }
+            info!(limits = %opts.limits, adopting, "sizing the XDP program's maps");
+            let mut adopt = program::MapFds::default();
+            if let Some(t) = take.as_ref().filter(|_| adopting) {
+                for (name, fd) in &t.pinned {
+                    if t.judgement.adopts(name) {
+                        adopt.insert(name, fd.try_clone().context("duplicating a pinned map")?);
+                    }
+                }
+            }
+            let inst = program::instance(&opts, adopt).context("loading the XDP program")?;
+            if let Some(t) = take.as_ref().filter(|_| adopting) {
+                migrate(t, &inst.fds);
+            }
+            let maps = BpfMaps::open(&inst.fds)?;
+            if !adopting {
+                break (inst, maps, None);
+            }
+            let found = maps.read_back().context("reading the pinned maps back")?;
+            match Dataplane::adopt(NullMaps, &found) {
+                Ok(_) => break (inst, maps, Some(found)),
+                Err(e) => {
+                    warn!("the previous run's dataplane is not taken over: {e}; established connections are scheduled again");
+                    take = None;
+                }
+            }
+        };
+        let loaded = started.elapsed();
+        let native = program::native_plan(&inst.fds, &d.interface, ifindex, d.xdp_mode).await;
+        let program::Instance {
+            mut ebpf,
+            prog,
+            fds,
+        } = inst;
         spawn_bpf_logger(&mut ebpf);
-        let mut maps = BpfMaps::new(&mut ebpf)?;
-        let flows = Arc::new(FlowTables::take(&mut ebpf)?);
+        let flows = Arc::new(FlowTables::open(&fds)?);
+        let mut meta = maps.meta()?;
+        let boot = crate::sync::boot_id(meta.sync_boot);
         let sync = match (&config.sync, sync_key) {
             (Some(s), Some(key)) => {
-                let parts = crate::sync::ProgramParts::take(&mut ebpf, flows.clone())?;
+                let parts = crate::sync::ProgramParts::open(&fds, flows.clone(), boot)?;
+                meta.sync_boot = boot;
                 Some(
                     crate::sync::SyncHandle::start(s, &key, parts)
                         .context("starting connection sync")?,
@@ -79,24 +158,62 @@ impl Xdp {
             }
             _ => None,
         };
+        let (dp, adopted) = match adopted {
+            Some(found) => {
+                let (dp, summary) =
+                    Dataplane::adopt(maps, &found).map_err(|e| anyhow::anyhow!("{e}"))?;
+                meta.adoptions += 1;
+                (dp, Some(summary))
+            }
+            None => (Dataplane::new(maps, opts.limits), None),
+        };
+        let mut dp = dp;
+        let adopted_at = started.elapsed();
+        meta.layout = LAYOUT_VERSION;
+        dp.writer_mut().set_meta(&meta)?;
         // The clock before the first packet: a flow stamped 0 would look idle for years at
         // the first tick and be rescheduled.
-        maps.set_clock(monotonic_seconds())?;
+        dp.writer_mut().set_clock(monotonic_seconds())?;
+        if let Some(p) = &pins {
+            pin_maps(p, &fds);
+        }
         let attachment = program::attach_xdp(
-            &mut ebpf,
+            &prog,
             native,
             &d.interface,
             ifindex,
             d.xdp_mode,
+            pins.as_ref().and_then(Pins::link),
             d.keep_xdp_on_exit,
         )
         .await?;
-        info!(interface = %d.interface, mode = attachment.mode.name(), program = attachment.program, keep_on_exit = d.keep_xdp_on_exit, "XDP program attached");
+        if let (Some(p), Some(link)) = (&pins, attachment.link()) {
+            if let Err(e) = p.pin_link(link) {
+                warn!("the XDP program will not outlive this daemon: pinning its link: {e}");
+            }
+        }
+        if let Some(a) = &adopted {
+            let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+            let done = started.elapsed();
+            info!(
+                services = a.services,
+                real_servers = a.backends,
+                stray = a.stray,
+                judge_ms = %ms(judged),
+                load_ms = %ms(loaded - judged),
+                adopt_ms = %ms(adopted_at - loaded),
+                attach_ms = %ms(done - adopted_at),
+                total_ms = %ms(done),
+                "took over the previous run's dataplane"
+            );
+        }
+        info!(interface = %d.interface, mode = attachment.mode.name(), program = attachment.program, taken_over = attachment.taken_over, pinned = ?pins.as_ref().map(|p| p.dir().display().to_string()), "XDP program attached");
         Ok(Xdp {
-            dp: Dataplane::new(maps, opts.limits),
+            dp,
             _ebpf: ebpf,
             attachment,
             fds,
+            pins,
             iface: d.interface.clone(),
             iface_mac,
             ifindex,
@@ -104,7 +221,25 @@ impl Xdp {
             flows,
             sync,
             flow_counts: None,
+            adopted,
+            _lock: lock,
         })
+    }
+
+    /// Takes the program off the interface and removes the pins (a `release` stop): the
+    /// maps go with the last descriptor.
+    pub(super) async fn release(self) {
+        let Xdp {
+            attachment, pins, ..
+        } = self;
+        if let Err(e) = attachment.detach().await {
+            warn!("detaching the XDP program: {e}");
+        }
+        if let Some(p) = pins {
+            if let Err(e) = p.remove() {
+                warn!("removing the pinned dataplane: {e}");
+            }
+        }
     }
 
     /// Writes the program's clock (seconds of CLOCK_MONOTONIC).
@@ -156,7 +291,7 @@ impl Xdp {
         let started = Instant::now();
         let bound = (self.attachment.program == crate::dataplane::devbound::PROGRAM_NATIVE)
             .then_some((self.iface.as_str(), self.ifindex));
-        let mut grown = program::grow(
+        let grown = program::grow(
             limits,
             self.iface_mac,
             &self.fds,
@@ -164,7 +299,7 @@ impl Xdp {
             bound,
         )
         .context("loading a larger XDP program instance")?;
-        let maps = self.dp.writer().regrown(&mut grown.ebpf, &grown.fds)?;
+        let maps = self.dp.writer().regrown(&grown.fds)?;
         let old = self
             .dp
             .replace_maps(maps, limits)
@@ -178,8 +313,133 @@ impl Xdp {
         self.dp.writer_mut().new_epoch()?;
         self._ebpf = grown.ebpf;
         self.fds = grown.fds;
+        if let Some(p) = &self.pins {
+            pin_maps(p, &self.fds);
+        }
         info!(from = %was, to = %limits, ms = started.elapsed().as_millis() as u64, "XDP maps grown");
         Ok(())
+    }
+}
+
+/// The lock of the dataplane on `interface` in this network namespace: a second daemon on
+/// it is refused, naming the holder.
+fn dataplane_lock(interface: &str) -> Result<std::fs::File> {
+    let netns = crate::os::netns_id().context("naming this network namespace")?;
+    let safe: String = interface
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '%'
+            }
+        })
+        .collect();
+    let path = std::path::Path::new(crate::vrrp::record::DEFAULT_DIR)
+        .join(format!("dataplane-{netns}-{safe}.lock"));
+    crate::os::lock_exclusive(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            anyhow::anyhow!(
+                "another lb-daemon runs the dataplane on {interface} in this network namespace \
+                 (it holds {})",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("{}: {e}", path.display())
+        }
+    })
+}
+
+/// What a previous run left pinned, and what this run does with each map (logged).
+fn look_at_pins(p: &Pins, opts: &LoadOptions) -> Result<Option<TakeOver>> {
+    let found = p.maps()?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let shapes: HashMap<String, pins::Shape> =
+        found.iter().map(|(n, (s, _))| (n.clone(), *s)).collect();
+    let meta = found.get(names::META).and_then(|(_, fd)| {
+        let data = aya::maps::MapData::from_fd(fd.try_clone().ok()?).ok()?;
+        let meta: aya::maps::Array<_, Meta> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).ok()?;
+        meta.get(&0, 0).ok()
+    });
+    let judgement = pins::judge(
+        &shapes,
+        &program::expected_shapes(opts)?,
+        meta.map(|m| m.layout),
+    );
+    match &judgement.dropped {
+        Some(why) => {
+            warn!(pins = %p.dir().display(), "the previous run's dataplane is not taken over: {why}; established connections are scheduled again")
+        }
+        None => {
+            for (name, t) in &judgement.takes {
+                match t {
+                    Take::Adopt => {}
+                    Take::Migrate { from, to } => info!(
+                        map = name,
+                        from, to, "the pinned map is migrated to the configured size"
+                    ),
+                    Take::Fresh(Some(why)) => warn!(map = name, "the pinned map is dropped: {why}"),
+                    Take::Fresh(None) => {}
+                }
+            }
+        }
+    }
+    Ok(Some(TakeOver {
+        judgement,
+        pinned: found.into_iter().map(|(n, (_, fd))| (n, fd)).collect(),
+    }))
+}
+
+/// The sizes of the pinned planner maps.
+fn pinned_limits(t: &TakeOver) -> Limits {
+    let entries = |name: &str| {
+        t.pinned
+            .get(name)
+            .and_then(|fd| pins::shape_of(fd.as_fd()).ok())
+            .map_or(0, |s| s.entries)
+    };
+    Limits {
+        services: entries(names::SERVICE_INFO),
+        backends: entries(names::BACKENDS),
+        ring_slots: entries(names::RINGS),
+    }
+}
+
+/// Copies the entries of every pinned table [`pins::judge`] resized into the new map.
+fn migrate(t: &TakeOver, fds: &program::MapFds) {
+    for table in Table::ALL {
+        let name = table.name();
+        if !matches!(t.judgement.takes.get(name), Some(Take::Migrate { .. })) {
+            continue;
+        }
+        let (Some(from), Some(to)) = (t.pinned.get(name), fds.get(name)) else {
+            continue;
+        };
+        match copy_table(from.as_fd(), to, table) {
+            Ok(n) => info!(map = name, entries = n, "migrated the pinned map's entries"),
+            Err(e) => warn!(
+                map = name,
+                "migrating the pinned map: {e}; its entries are dropped"
+            ),
+        }
+    }
+}
+
+/// Pins every map of the running instance that is not pinned already (a fresh start, a
+/// migrated or a grown map), each in one step. A failure is logged: the dataplane then
+/// does not fully outlive the daemon.
+fn pin_maps(p: &Pins, fds: &program::MapFds) {
+    for name in pins::pinned() {
+        let Some(fd) = fds.get(name) else { continue };
+        if p.holds(name, fd) {
+            continue;
+        }
+        if let Err(e) = p.pin_map(name, fd) {
+            warn!("pinning map {name}: {e}; the dataplane will not fully outlive this daemon");
+        }
     }
 }
 

@@ -32,13 +32,10 @@ use std::{
     ffi::{CStr, CString},
     io,
     mem::{size_of, zeroed},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
-use aya::{
-    maps::{Map, MapData},
-    Ebpf,
-};
+use aya::maps::{Map, MapData};
 use aya_obj::{
     btf::BtfKind,
     generated::{
@@ -257,17 +254,6 @@ pub fn vlan_tag_kfunc() -> Result<u32, DevBoundError> {
     let btf = aya::Btf::from_sys_fs().map_err(DevBoundError::KernelBtf)?;
     btf.id_by_type_name_kind(KFUNC_VLAN_TAG, BtfKind::Func)
         .map_err(|_| DevBoundError::NoKfunc)
-}
-
-/// Loads `lb_native` bound to `ifindex`, relocated against the maps aya loaded for `lb`.
-pub fn load_native(
-    object: &[u8],
-    ebpf: &Ebpf,
-    iface: &str,
-    ifindex: u32,
-) -> Result<OwnedFd, DevBoundError> {
-    let fd_of = |name: &str| ebpf.map(name).map(|m| map_data(m).fd().as_fd().as_raw_fd());
-    load_relocated(object, PROGRAM_NATIVE, &fd_of, Some((iface, ifindex)))
 }
 
 /// Loads entry point `program` of `object`, relocated against the maps `fd_of` names:
@@ -845,11 +831,13 @@ pub fn link_create(prog: BorrowedFd<'_>, ifindex: u32, mode: Mode) -> io::Result
 }
 
 /// Makes bpf_link `link` run `prog` in place of `old` (`BPF_LINK_UPDATE` with
-/// `BPF_F_REPLACE`: it fails, rather than replacing another, if the link runs something else).
+/// `BPF_F_REPLACE`: it fails, rather than replacing another, if the link runs something
+/// else), or in place of whatever it runs (`old` none: a link a previous run pinned, whose
+/// program this one never held).
 pub fn link_update(
     link: BorrowedFd<'_>,
     prog: BorrowedFd<'_>,
-    old: BorrowedFd<'_>,
+    old: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
     // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -857,9 +845,50 @@ pub fn link_update(
     let u = unsafe { &mut attr.link_update };
     u.link_fd = link.as_raw_fd() as u32;
     u.__bindgen_anon_1.new_prog_fd = prog.as_raw_fd() as u32;
-    u.flags = BPF_F_REPLACE;
-    u.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
+    if let Some(old) = old {
+        u.flags = BPF_F_REPLACE;
+        u.__bindgen_anon_2.old_prog_fd = old.as_raw_fd() as u32;
+    }
     bpf_ok(bpf_cmd::BPF_LINK_UPDATE, &mut attr)
+}
+
+/// `BPF_OBJ_PIN`: `fd` (a map or a link) stays in the kernel as long as `path`, a new name
+/// on a bpf filesystem, exists. aya pins the maps and links it made; this pins ours.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let path = path_c(path)?;
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing plain integers into the BPF_OBJ_* member of a zeroed union; the
+    // path outlives the call.
+    let o = unsafe { &mut attr.__bindgen_anon_4 };
+    o.bpf_fd = fd.as_raw_fd() as u32;
+    o.pathname = path.as_ptr() as u64;
+    bpf_ok(bpf_cmd::BPF_OBJ_PIN, &mut attr)
+}
+
+/// `BPF_OBJ_GET`: a new descriptor of what `path` pins.
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let path = path_c(path)?;
+    // SAFETY: as in `obj_pin`.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `obj_pin`.
+    let o = unsafe { &mut attr.__bindgen_anon_4 };
+    o.pathname = path.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)
+}
+
+fn path_c(path: &std::path::Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
+/// `BPF_LINK_DETACH`: ends the link's attachment, whoever else holds the link (its pin).
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: an all-zero bpf_attr is the kernel's "nothing set".
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.link_detach.link_fd = link.as_raw_fd() as u32;
+    bpf_ok(bpf_cmd::BPF_LINK_DETACH, &mut attr)
 }
 
 /// `BPF_F_REPLACE`, include/uapi/linux/bpf.h.

@@ -116,23 +116,29 @@ pub struct FlowTables {
 }
 
 impl FlowTables {
-    /// Takes the tables out of the loaded program (the program keeps using them).
-    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, FlowsError> {
-        let mut take = |name: &'static str, array: bool| match ebpf.take_map(name) {
-            Some(Map::LruHashMap(m)) | Some(Map::HashMap(m)) if !array => Ok(m),
-            Some(Map::Array(m)) if array => Ok(m),
-            Some(_) => Err(FlowsError::Kind(name)),
-            None => Err(FlowsError::Missing(name)),
+    /// The tables of a program instance (`fds`, its maps).
+    pub fn open(fds: &super::program::MapFds) -> Result<Self, FlowsError> {
+        let open = |name: &'static str, array: bool| match fds.map(name) {
+            Ok(Map::LruHashMap(m)) | Ok(Map::HashMap(m)) if !array => Ok(m),
+            Ok(Map::Array(m)) if array => Ok(m),
+            Ok(_) => Err(FlowsError::Kind(name)),
+            Err(_) => Err(FlowsError::Missing(name)),
         };
         Ok(Self {
-            v4: take(names::FLOWS4, false)?,
-            v6: take(names::FLOWS6, false)?,
-            persist4: take(names::PERSIST4, false)?,
-            persist6: take(names::PERSIST6, false)?,
-            cache4: take(names::FLOW_CACHE4, true)?,
-            cache6: take(names::FLOW_CACHE6, true)?,
+            v4: open(names::FLOWS4, false)?,
+            v6: open(names::FLOWS6, false)?,
+            persist4: open(names::PERSIST4, false)?,
+            persist6: open(names::PERSIST6, false)?,
+            cache4: open(names::FLOW_CACHE4, true)?,
+            cache6: open(names::FLOW_CACHE6, true)?,
             batch: BATCH,
         })
+    }
+
+    /// The tables of a loaded program (tests).
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, FlowsError> {
+        let fds = super::program::MapFds::of(ebpf).map_err(|_| FlowsError::Missing("(any)"))?;
+        Self::open(&fds)
     }
 
     fn map(&self, t: Table) -> &MapData {
@@ -297,6 +303,54 @@ fn live(v: &FlowValue, now: u32, idle_of: &impl Fn(u32) -> Option<u32>) -> bool 
         None => false,
         Some(0) => true,
         Some(idle) => now.wrapping_sub(v.last_seen) <= idle,
+    }
+}
+
+/// Copies every entry of table `t` from map `from` into map `to` (the same layout, another
+/// size: a table a restart resizes). Returns how many it copied; a smaller `to` keeps what
+/// its LRU keeps.
+pub fn copy_table(from: BorrowedFd<'_>, to: BorrowedFd<'_>, t: Table) -> Result<usize, FlowsError> {
+    fn copy<K: Copy + Default>(
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        t: Table,
+    ) -> Result<usize, FlowsError> {
+        let mut c = Cursor::<K>::new(t, BATCH);
+        let mut total = 0;
+        while !c.is_done() {
+            let (keys, values) = c.step(from)?;
+            let mut at = 0;
+            while at < keys.len() {
+                // SAFETY: keys and values of the table's types, `keys.len() - at` of each.
+                let (written, err) = unsafe {
+                    update_batch(
+                        to,
+                        keys[at..].as_ptr().cast(),
+                        values[at..].as_ptr().cast(),
+                        keys.len() - at,
+                        BPF_ANY,
+                    )
+                };
+                at += written;
+                total += written;
+                if let Some(source) = err {
+                    return Err(FlowsError::Update {
+                        map: t.name(),
+                        source,
+                    });
+                }
+                if written == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+    match t {
+        Table::Flows4 => copy::<FlowKey4>(from, to, t),
+        Table::Flows6 => copy::<FlowKey6>(from, to, t),
+        Table::Persist4 => copy::<lb_common::PersistKey4>(from, to, t),
+        Table::Persist6 => copy::<lb_common::PersistKey6>(from, to, t),
     }
 }
 

@@ -12,11 +12,14 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    names, reason, BackendValue, Clock, ReasonCounters, ServiceKey4, ServiceKey6, ServiceRef,
-    ServiceValue, TrafficCounters, FAMILY_V4,
+    names, reason, BackendKey, BackendValue, Clock, Meta, ReasonCounters, ServiceKey4, ServiceKey6,
+    ServiceRef, ServiceValue, TrafficCounters, FAMILY_V4,
 };
 
-use super::MapKey;
+use super::{
+    program::{MapFds, OpenError},
+    MapKey,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapWriteError {
@@ -50,6 +53,8 @@ pub trait MapWriter {
     /// `SERVICE_INFO[id] = value` (all zeroes for a service that is gone).
     fn update_service_info(&mut self, id: u32, value: &ServiceValue) -> Result<(), MapWriteError>;
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError>;
+    /// `BACKEND_KEYS[id] = key` (all zeroes for an id that is free).
+    fn update_backend_key(&mut self, id: u32, key: &BackendKey) -> Result<(), MapWriteError>;
     /// `RINGS[index] = backend`.
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError>;
     /// The end of an update (whether it succeeded or not): the maps take what it wrote.
@@ -75,17 +80,21 @@ impl MapWriter for NullMaps {
     fn update_backend(&mut self, _: u32, _: &BackendValue) -> Result<(), MapWriteError> {
         Ok(())
     }
+    fn update_backend_key(&mut self, _: u32, _: &BackendKey) -> Result<(), MapWriteError> {
+        Ok(())
+    }
     fn update_ring_slot(&mut self, _: u32, _: u32) -> Result<(), MapWriteError> {
         Ok(())
     }
 }
 
 /// The maps in memory, for tests of the planner.
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct MemMaps {
     pub services: HashMap<MapKey, ServiceRef>,
     pub infos: HashMap<u32, ServiceValue>,
     pub backends: HashMap<u32, BackendValue>,
+    pub keys: HashMap<u32, BackendKey>,
     pub rings: HashMap<u32, u32>,
     /// Number of element writes, to check that a diff writes only what changed.
     pub writes: usize,
@@ -110,6 +119,11 @@ impl MapWriter for MemMaps {
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.backends.insert(id, *value);
+        Ok(())
+    }
+    fn update_backend_key(&mut self, id: u32, key: &BackendKey) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.keys.insert(id, *key);
         Ok(())
     }
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
@@ -147,6 +161,10 @@ pub struct BpfMaps {
     infos: Array<MapData, ServiceValue>,
     backends: Array<MapData, BackendValue>,
     rings: RingMap,
+    /// Daemon only: which real server each backend id stands for.
+    keys: Array<MapData, BackendKey>,
+    /// Daemon only: the layout version and what a restart takes over.
+    meta: Array<MapData, Meta>,
     clock: Array<MapData, Clock>,
     /// What `clock` holds: both fields are written together, and only from here.
     clock_now: Clock,
@@ -177,13 +195,19 @@ fn key6(k: &MapKey) -> ServiceKey6 {
     }
 }
 
-fn take<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, MapWriteError>
+/// Map `name` of `fds`, as the typed map `T`.
+fn open<T>(fds: &MapFds, name: &'static str) -> Result<T, MapWriteError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(MapWriteError::Missing { map: name })?;
+    let map = fds.map(name).map_err(|e| match e {
+        OpenError::Missing => MapWriteError::Missing { map: name },
+        OpenError::Kernel(source) => MapWriteError::Kernel {
+            map: name,
+            op: "open",
+            source,
+        },
+    })?;
     T::try_from(map).map_err(|source| MapWriteError::Kernel {
         map: name,
         op: "open",
@@ -202,14 +226,12 @@ struct RingMap {
 }
 
 impl RingMap {
-    fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
+    fn open(fds: &MapFds) -> Result<Self, MapWriteError> {
         let name = names::RINGS;
-        let map = ebpf
-            .take_map(name)
-            .ok_or(MapWriteError::Missing { map: name })?;
-        let aya::maps::Map::Array(data) = map else {
-            return Err(MapWriteError::Missing { map: name });
-        };
+        let fd = fds
+            .dup(name)
+            .map_err(|_| MapWriteError::Missing { map: name })?;
+        let data = MapData::from_fd(fd).map_err(kernel(name, "open"))?;
         let len = data.info().map_err(kernel(name, "read"))?.max_entries();
         let bytes = (len as usize * RING_STRIDE * 4).next_multiple_of(page_size());
         // SAFETY: the kernel maps the array's own pages; they live as long as the map, which
@@ -262,58 +284,93 @@ fn kernel(
 }
 
 impl BpfMaps {
-    /// Takes the maps out of a loaded program.
+    /// The maps of a loaded program (tests): the daemon's own maps are made beside them.
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self, MapWriteError> {
-        let clock: Array<MapData, Clock> = take(ebpf, names::CLOCK)?;
+        let mut fds = MapFds::of(ebpf).map_err(|_| MapWriteError::Missing { map: "(any)" })?;
+        fds.add_daemon_maps()
+            .map_err(kernel(names::BACKEND_KEYS, "create"))?;
+        Self::open(&fds)
+    }
+
+    /// The maps a program instance runs over (`fds`: the object's maps and the daemon's
+    /// own, [`MapFds::add_daemon_maps`]), fresh or adopted from a previous run.
+    pub fn open(fds: &MapFds) -> Result<Self, MapWriteError> {
+        let clock: Array<MapData, Clock> = open(fds, names::CLOCK)?;
         let clock_now = clock.get(&0, 0).map_err(kernel(names::CLOCK, "read"))?;
         Ok(Self {
-            services4: take(ebpf, names::SERVICES4)?,
-            services6: take(ebpf, names::SERVICES6)?,
-            infos: take(ebpf, names::SERVICE_INFO)?,
-            backends: take(ebpf, names::BACKENDS)?,
-            rings: RingMap::take(ebpf)?,
+            services4: open(fds, names::SERVICES4)?,
+            services6: open(fds, names::SERVICES6)?,
+            infos: open(fds, names::SERVICE_INFO)?,
+            backends: open(fds, names::BACKENDS)?,
+            rings: RingMap::open(fds)?,
+            keys: open(fds, names::BACKEND_KEYS)?,
+            meta: open(fds, names::META)?,
             clock,
             clock_now,
             epoch_stale: false,
-            reason_stats: take(ebpf, names::REASON_STATS)?,
-            service_stats: take(ebpf, names::SERVICE_STATS)?,
-            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            reason_stats: open(fds, names::REASON_STATS)?,
+            service_stats: open(fds, names::SERVICE_STATS)?,
+            backend_stats: open(fds, names::BACKEND_STATS)?,
         })
     }
 
-    /// The maps of a grown instance ([`super::program::grow`]): its own sized maps, taken
-    /// out of `grown`, and the clock and reason counters it shares with this one (through
-    /// `shared`, its map descriptors). Counters of services and backends are copied over,
-    /// so that they carry on.
-    pub fn regrown(
-        &self,
-        grown: &mut aya::Ebpf,
-        shared: &super::program::MapFds,
-    ) -> Result<Self, MapWriteError> {
-        let reopen = |name: &'static str| -> Result<MapData, MapWriteError> {
-            let fd = shared
-                .dup(name)
-                .map_err(|_| MapWriteError::Missing { map: name })?;
-            MapData::from_fd(fd).map_err(kernel(name, "open"))
-        };
-        let clock = Array::try_from(aya::maps::Map::Array(reopen(names::CLOCK)?))
-            .map_err(kernel(names::CLOCK, "open"))?;
-        let reason_stats =
-            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(reopen(names::REASON_STATS)?))
-                .map_err(kernel(names::REASON_STATS, "open"))?;
-        let mut new = Self {
-            services4: take(grown, names::SERVICES4)?,
-            services6: take(grown, names::SERVICES6)?,
-            infos: take(grown, names::SERVICE_INFO)?,
-            backends: take(grown, names::BACKENDS)?,
-            rings: RingMap::take(grown)?,
-            clock,
-            clock_now: self.clock_now,
-            epoch_stale: false,
-            reason_stats,
-            service_stats: take(grown, names::SERVICE_STATS)?,
-            backend_stats: take(grown, names::BACKEND_STATS)?,
-        };
+    /// The daemon's record beside the maps (all zeroes in maps nobody wrote it to).
+    pub fn meta(&self) -> Result<Meta, MapWriteError> {
+        self.meta.get(&0, 0).map_err(kernel(names::META, "read"))
+    }
+
+    pub fn set_meta(&mut self, meta: &Meta) -> Result<(), MapWriteError> {
+        self.meta
+            .set(0, meta, 0)
+            .map_err(kernel(names::META, "update"))
+    }
+
+    /// Everything the planner wrote, read back: what a restarted daemon adopts
+    /// ([`super::adopt`]). Arrays are read in batches, so this costs milliseconds at
+    /// 100,000 backends.
+    pub fn read_back(&self) -> Result<super::adopt::Found, MapWriteError> {
+        let mut found = super::adopt::Found::default();
+        for entry in self.services4.iter() {
+            let (k, v) = entry.map_err(kernel(names::SERVICES4, "read"))?;
+            found.services.push((
+                MapKey {
+                    addr: [k.addr, 0, 0, 0],
+                    port: k.port,
+                    proto: k.proto,
+                    family: FAMILY_V4,
+                },
+                v,
+            ));
+        }
+        for entry in self.services6.iter() {
+            let (k, v) = entry.map_err(kernel(names::SERVICES6, "read"))?;
+            found.services.push((
+                MapKey {
+                    addr: k.addr,
+                    port: k.port,
+                    proto: k.proto,
+                    family: lb_common::FAMILY_V6,
+                },
+                v,
+            ));
+        }
+        found.infos = read_array(&self.infos, names::SERVICE_INFO)?;
+        found.backends = read_array(&self.backends, names::BACKENDS)?;
+        found.keys = read_array(&self.keys, names::BACKEND_KEYS)?;
+        let mut rings = Vec::with_capacity(self.rings.len as usize);
+        for i in 0..self.rings.len {
+            rings.push(self.rings.slot(i).map_or(0, |s| s.load(Ordering::Relaxed)));
+        }
+        found.rings = rings;
+        Ok(found)
+    }
+
+    /// The maps of a grown instance ([`super::program::grow`]): `fds`, its own sized maps
+    /// and those it shares with this one (the clock, the reason counters, the daemon's
+    /// record). Counters of services and backends are copied over, so that they carry on.
+    pub fn regrown(&self, fds: &MapFds) -> Result<Self, MapWriteError> {
+        let mut new = Self::open(fds)?;
+        new.clock_now = self.clock_now;
         for (from, to, name) in [
             (
                 &self.service_stats,
@@ -423,6 +480,51 @@ impl BpfMaps {
     pub fn all_backend_counters(&self, n: u32) -> Result<Vec<TrafficCounters>, MapWriteError> {
         per_cpu_sums_on_every_core(&self.backend_stats, names::BACKEND_STATS, n, add_traffic)
     }
+}
+
+/// Every element of an array, in `BPF_MAP_LOOKUP_BATCH` calls (aya 0.14 has none): the
+/// values of a plain array come `value_size` apart, in index order.
+fn read_array<V: Pod + Default>(
+    map: &Array<MapData, V>,
+    name: &'static str,
+) -> Result<Vec<V>, MapWriteError> {
+    let batch_error = |io_error| {
+        kernel(name, "read")(aya::maps::MapError::SyscallError(SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error,
+        }))
+    };
+    let n = map.len() as usize;
+    let fd = IterableMap::map(map).fd().as_fd();
+    let mut out: Vec<V> = Vec::with_capacity(n);
+    let mut keys = vec![0u32; COUNTER_BATCH.min(n.max(1))];
+    let mut values = vec![V::default(); keys.len()];
+    let mut last = 0u64;
+    while out.len() < n {
+        let want = (n - out.len()).min(keys.len());
+        let position = std::ptr::addr_of_mut!(last).cast::<u8>();
+        // SAFETY: buffers of `want` keys and values of the map's sizes (a u32 key, a `V`
+        // value), and `last`, a u64 (an array's position takes 4 bytes), all alive across
+        // the call.
+        let (got, err) = unsafe {
+            super::flows::lookup_batch(
+                fd,
+                (!out.is_empty()).then_some(position.cast_const()),
+                position,
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                want as u32,
+            )
+        };
+        out.extend_from_slice(&values[..got]);
+        match err {
+            None if got > 0 => {}
+            None => break,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Some(e) => return Err(batch_error(e)),
+        }
+    }
+    Ok(out)
 }
 
 fn add_traffic(a: &mut TrafficCounters, c: &TrafficCounters) {
@@ -568,6 +670,12 @@ impl MapWriter for BpfMaps {
             .map_err(kernel(names::BACKENDS, "update"));
         self.epoch_stale = true;
         written
+    }
+    fn update_backend_key(&mut self, id: u32, key: &BackendKey) -> Result<(), MapWriteError> {
+        count_write();
+        self.keys
+            .set(id, key, 0)
+            .map_err(kernel(names::BACKEND_KEYS, "update"))
     }
     fn settle(&mut self) -> Result<(), MapWriteError> {
         if std::mem::take(&mut self.epoch_stale) {

@@ -4,11 +4,13 @@
 //! and the neighbour table) -> [`plan::Desired`], the exact map contents, computed by a pure
 //! function -> a diff against what is in the maps -> the writes, behind [`maps::MapWriter`]
 //! (the kernel, or memory in unit tests).
+pub mod adopt;
 pub mod devbound;
 pub mod flows;
 pub mod maglev;
 pub mod maps;
 pub mod neigh;
+pub mod pins;
 pub mod plan;
 pub mod program;
 pub mod ring;

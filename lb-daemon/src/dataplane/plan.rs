@@ -83,6 +83,9 @@ pub struct Desired {
     /// Service id -> `SERVICE_INFO` value.
     pub infos: BTreeMap<u32, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
+    /// Backend id -> the service and address it stands for (`BACKEND_KEYS`, which the
+    /// program never reads: what a restarted daemon adopts the ids by).
+    pub keys: BTreeMap<u32, BackendKey>,
     /// Service id -> its ring.
     pub rings: BTreeMap<u32, Ring>,
 }
@@ -90,13 +93,13 @@ pub struct Desired {
 /// Id allocation that survives updates: the lowest free id first, so ids stay dense and
 /// the maps' sizes follow what is configured, not what ever was.
 #[derive(Clone, Debug, Default)]
-struct Ids {
+pub(super) struct Ids {
     /// Generation of each backend slot ever used.
-    generations: Vec<u32>,
-    free_services: BTreeSet<u32>,
-    next_service: u32,
-    free_backends: BTreeSet<u32>,
-    next_backend: u32,
+    pub(super) generations: Vec<u32>,
+    pub(super) free_services: BTreeSet<u32>,
+    pub(super) next_service: u32,
+    pub(super) free_backends: BTreeSet<u32>,
+    pub(super) next_backend: u32,
 }
 
 impl Ids {
@@ -135,11 +138,11 @@ impl Ids {
 
 /// The regions of `RINGS`: first fit among the free ones, else past the highest.
 #[derive(Clone, Debug, Default)]
-struct Regions {
+pub(super) struct Regions {
     /// Free regions below `top`, offset -> length, adjacent ones merged.
-    free: BTreeMap<u32, u32>,
+    pub(super) free: BTreeMap<u32, u32>,
     /// Everything from here up is free.
-    top: u32,
+    pub(super) top: u32,
     /// Regions left by services, free once [`REGION_QUARANTINE`] has passed.
     quarantined: Vec<(Instant, u32, u32)>,
 }
@@ -206,7 +209,7 @@ impl Regions {
 
 /// The region a ring of `len` slots gets: rr and wrr rings round up to a power of two, so
 /// that a server more or less rarely moves the ring; sh and mh rings have a fixed length.
-fn region_len(sched: Scheduler, len: u32) -> u32 {
+pub(super) fn region_len(sched: Scheduler, len: u32) -> u32 {
     match sched {
         Scheduler::Rr | Scheduler::Wrr => len.checked_next_power_of_two().unwrap_or(len),
         Scheduler::Sh | Scheduler::Mh => len,
@@ -304,9 +307,9 @@ fn rings_of(specs: &[ServiceSpec], todo: &[usize]) -> Vec<Result<Vec<usize>, Pla
 /// What planning keeps between updates, planned on a copy so a plan that fails leaks
 /// nothing.
 #[derive(Clone, Debug, Default)]
-struct Alloc {
-    ids: Ids,
-    regions: Regions,
+pub(super) struct Alloc {
+    pub(super) ids: Ids,
+    pub(super) regions: Regions,
 }
 
 impl Alloc {
@@ -323,13 +326,14 @@ impl Alloc {
 /// One service as planned: what it was planned from and the ids it holds. Its entries are
 /// in [`Dataplane::current`].
 #[derive(Clone, Debug)]
-struct Planned {
-    spec: ServiceSpec,
-    id: u32,
+pub(super) struct Planned {
+    pub(super) spec: ServiceSpec,
+    pub(super) id: u32,
     /// The backend id of each of `spec.backends`, in order.
-    bids: Vec<u32>,
-    /// A failed write left its entries unknown: planned again at the next update.
-    dirty: bool,
+    pub(super) bids: Vec<u32>,
+    /// A failed write left its entries unknown (or the service was adopted from maps a
+    /// previous run wrote): planned again at the next update.
+    pub(super) dirty: bool,
 }
 
 impl Planned {
@@ -342,9 +346,9 @@ impl Planned {
 /// Fragments carry no port (after the first): each (VIP, protocol) without an all-ports
 /// service routes them to its lowest-port service, through a port-0 entry marked
 /// fragments-only. See docs/architecture.md, "Fragments".
-type Group = ([u32; 4], u8, u8);
+pub(super) type Group = ([u32; 4], u8, u8);
 
-fn group_of(key: &MapKey) -> Group {
+pub(super) fn group_of(key: &MapKey) -> Group {
     (key.addr, key.proto, key.family)
 }
 
@@ -392,6 +396,9 @@ fn entries_of(current: &Desired, key: &MapKey, p: &Planned, into: &mut Desired) 
     for bid in &p.bids {
         if let Some(b) = current.backends.get(bid) {
             into.backends.insert(*bid, *b);
+        }
+        if let Some(k) = current.keys.get(bid) {
+            into.keys.insert(*bid, *k);
         }
     }
 }
@@ -499,6 +506,17 @@ fn plan(
             freed_backends.extend(p.bids.iter().filter(|b| !kept.contains(b)));
         }
         for (b, &bid) in spec.backends.iter().zip(&bids) {
+            let (addr, family) = super::addr_words(b.addr.ip());
+            d.next.keys.insert(
+                bid,
+                BackendKey {
+                    service: id,
+                    addr,
+                    port: b.addr.port(),
+                    family,
+                    _pad: 0,
+                },
+            );
             // A backend without a MAC cannot be sent to: absent, so its flows reschedule.
             let mut flags = 0;
             if b.mac.is_some() {
@@ -630,6 +648,13 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
     // then the program would find a ring slot naming a backend it must not use.
     let usable =
         |b: &BackendValue| b.flags & BACKEND_F_PRESENT != 0 && b.flags & BACKEND_F_DRAINING == 0;
+    // Which real server an id stands for, before anything names the id: a daemon that
+    // restarts from these maps must never find a backend it cannot name.
+    for (id, k) in &next.keys {
+        if prev.keys.get(id) != Some(k) {
+            w.update_backend_key(*id, k)?;
+        }
+    }
     for (id, b) in &next.backends {
         if usable(b) && prev.backends.get(id) != Some(b) {
             w.update_backend(*id, b)?;
@@ -705,9 +730,22 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
             w.update_backend(*id, b)?;
         }
     }
-    for id in prev.backends.keys() {
+    // A cleared slot keeps its generation: the next occupant takes the one after it, also
+    // when a restarted daemon hands the slot out (flows of this one must not follow it).
+    for (id, b) in &prev.backends {
         if !next.backends.contains_key(id) {
-            w.update_backend(*id, &BackendValue::default())?;
+            w.update_backend(
+                *id,
+                &BackendValue {
+                    generation: b.generation,
+                    ..BackendValue::default()
+                },
+            )?;
+        }
+    }
+    for id in prev.keys.keys() {
+        if !next.keys.contains_key(id) {
+            w.update_backend_key(*id, &BackendKey::default())?;
         }
     }
     Ok(())
@@ -744,6 +782,16 @@ fn mark_uncertain(current: &mut Desired, attempted: &Desired) {
             },
         );
     }
+    for (id, k) in &attempted.keys {
+        // A padding byte no real key has.
+        current.keys.insert(
+            *id,
+            BackendKey {
+                _pad: u8::MAX,
+                ..*k
+            },
+        );
+    }
     for (id, r) in &attempted.rings {
         // No slot known: every slot is written again.
         current.rings.insert(
@@ -758,19 +806,19 @@ fn mark_uncertain(current: &mut Desired, attempted: &Desired) {
 
 /// The control plane's handle on the program's maps.
 pub struct Dataplane<W: MapWriter> {
-    limits: Limits,
-    alloc: Alloc,
+    pub(super) limits: Limits,
+    pub(super) alloc: Alloc,
     /// What the maps hold.
-    current: Desired,
-    specs: Vec<ServiceSpec>,
-    planned: HashMap<MapKey, Planned>,
+    pub(super) current: Desired,
+    pub(super) specs: Vec<ServiceSpec>,
+    pub(super) planned: HashMap<MapKey, Planned>,
     /// The services of each (VIP, protocol, family), host-order port -> id: where its
     /// fragments go.
-    groups: HashMap<Group, BTreeMap<u16, u32>>,
+    pub(super) groups: HashMap<Group, BTreeMap<u16, u32>>,
     /// Entries a failed write may have left in the maps (markers that match nothing): the
     /// next update writes or removes each of them, whichever service they belonged to.
-    stray: Desired,
-    writer: W,
+    pub(super) stray: Desired,
+    pub(super) writer: W,
 }
 
 impl<W: MapWriter> Dataplane<W> {
@@ -848,6 +896,9 @@ impl<W: MapWriter> Dataplane<W> {
         for (k, v) in stray.backends {
             delta.prev.backends.entry(k).or_insert(v);
         }
+        for (k, v) in stray.keys {
+            delta.prev.keys.entry(k).or_insert(v);
+        }
         for (k, v) in stray.rings {
             delta.prev.rings.entry(k).or_insert(v);
         }
@@ -875,11 +926,15 @@ impl<W: MapWriter> Dataplane<W> {
         for id in prev.backends.keys() {
             self.current.backends.remove(id);
         }
+        for id in prev.keys.keys() {
+            self.current.keys.remove(id);
+        }
         match &result {
             Ok(()) => {
                 self.current.services.extend(next.services);
                 self.current.infos.extend(next.infos);
                 self.current.backends.extend(next.backends);
+                self.current.keys.extend(next.keys);
                 self.current.rings.extend(next.rings);
             }
             // ...or, after a failure, markers of both that match nothing.
@@ -937,6 +992,19 @@ impl<W: MapWriter> Dataplane<W> {
             });
         }
         apply(&Desired::default(), &self.current, &mut writer)?;
+        // The generations of free slots, which the plan does not hold.
+        for (id, &generation) in self.alloc.ids.generations.iter().enumerate() {
+            let id = id as u32;
+            if generation != 0 && !self.current.backends.contains_key(&id) {
+                writer.update_backend(
+                    id,
+                    &BackendValue {
+                        generation,
+                        ..BackendValue::default()
+                    },
+                )?;
+            }
+        }
         writer.settle()?;
         self.limits = limits;
         Ok(std::mem::replace(&mut self.writer, writer))
@@ -1054,6 +1122,13 @@ mod tests {
                         info.id,
                         b.flags
                     );
+                    // A daemon restarted now could name the backend (adopt.rs).
+                    let k = self.0.keys.get(bid).copied().unwrap_or_default();
+                    assert!(
+                        k.family != 0 && k.service == info.id,
+                        "service {}: slot {slot} -> backend {bid} without its key ({k:?})",
+                        info.id
+                    );
                 }
             }
             for (key, r) in &self.0.services {
@@ -1108,6 +1183,11 @@ mod tests {
         }
         fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
             self.0.update_backend(id, v)?;
+            self.check();
+            Ok(())
+        }
+        fn update_backend_key(&mut self, id: u32, k: &BackendKey) -> Result<(), MapWriteError> {
+            self.0.update_backend_key(id, k)?;
             self.check();
             Ok(())
         }
@@ -1579,6 +1659,10 @@ mod tests {
             fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
                 self.tick()?;
                 self.maps.update_backend(id, v)
+            }
+            fn update_backend_key(&mut self, id: u32, k: &BackendKey) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.update_backend_key(id, k)
             }
             fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
                 self.tick()?;

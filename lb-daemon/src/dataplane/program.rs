@@ -9,7 +9,8 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    mem::size_of,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
 };
 
 use aya::{
@@ -22,6 +23,7 @@ use lb_common::{
 
 use super::devbound;
 use super::devbound::{link_create, link_update};
+use super::pins::Shape;
 use crate::{
     model::{Limits, XdpMode},
     netlink::{self, link::Mode, NetlinkError},
@@ -102,6 +104,8 @@ pub enum LoadError {
     Dup(String, #[source] io::Error),
     #[error(transparent)]
     Relocated(#[from] devbound::DevBoundError),
+    #[error("making the daemon's own maps: {0}")]
+    Daemon(String),
 }
 
 /// Loads the program into the kernel (not attached yet).
@@ -135,6 +139,13 @@ pub const SIZED_MAPS: [&str; 8] = [
 #[derive(Debug, Default)]
 pub struct MapFds(HashMap<String, OwnedFd>);
 
+/// Why [`MapFds::map`] found no map.
+#[derive(Debug)]
+pub enum OpenError {
+    Missing,
+    Kernel(aya::maps::MapError),
+}
+
 impl MapFds {
     /// Every map `ebpf` holds now: called before any is taken out.
     pub fn of(ebpf: &Ebpf) -> Result<Self, LoadError> {
@@ -154,6 +165,52 @@ impl MapFds {
         self.0.get(name).map(|fd| fd.as_raw_fd())
     }
 
+    /// Map `name` is `fd` from now on (an adopted or a migrated map).
+    pub fn insert(&mut self, name: &str, fd: OwnedFd) {
+        self.0.insert(name.to_string(), fd);
+    }
+
+    pub fn get(&self, name: &str) -> Option<BorrowedFd<'_>> {
+        self.0.get(name).map(|fd| fd.as_fd())
+    }
+
+    /// Map `name`, of the kind the kernel says it is: what aya's typed maps are made from.
+    pub fn map(&self, name: &str) -> Result<aya::maps::Map, OpenError> {
+        use aya::maps::{Map, MapType};
+        let fd = self.dup(name).map_err(|_| OpenError::Missing)?;
+        let data = aya::maps::MapData::from_fd(fd).map_err(OpenError::Kernel)?;
+        let kind = data
+            .info()
+            .and_then(|i| i.map_type())
+            .map_err(OpenError::Kernel)?;
+        Ok(match kind {
+            MapType::Array => Map::Array(data),
+            MapType::PerCpuArray => Map::PerCpuArray(data),
+            MapType::Hash => Map::HashMap(data),
+            MapType::LruHash => Map::LruHashMap(data),
+            MapType::RingBuf => Map::RingBuf(data),
+            _ => return Err(OpenError::Missing),
+        })
+    }
+
+    /// Makes the maps the program never reads, which only the daemon writes: `BACKEND_KEYS`
+    /// (as many as `BACKENDS` has slots) and `META`, where they are not there yet.
+    pub fn add_daemon_maps(&mut self) -> Result<(), aya::maps::MapError> {
+        if !self.0.contains_key(names::BACKEND_KEYS) {
+            let backends = match self.map(names::BACKENDS) {
+                Ok(m) => devbound::map_data(&m).info()?.max_entries(),
+                Err(OpenError::Kernel(e)) => return Err(e),
+                Err(OpenError::Missing) => lb_common::DEFAULT_MAX_BACKENDS,
+            };
+            self.insert(names::BACKEND_KEYS, backend_keys(backends)?);
+        }
+        if !self.0.contains_key(names::META) {
+            let meta = daemon_array(names::META, size_of::<lb_common::Meta>(), 1)?;
+            self.insert(names::META, meta);
+        }
+        Ok(())
+    }
+
     /// A new descriptor of map `name`.
     pub fn dup(&self, name: &str) -> Result<OwnedFd, LoadError> {
         let fd = self
@@ -163,6 +220,114 @@ impl MapFds {
         fd.try_clone()
             .map_err(|e| LoadError::Dup(name.to_string(), e))
     }
+}
+
+/// The maps a daemon of this build pins, as it would make them with `opts` (the planner's
+/// and counters' sizes as `opts.limits` says): what [`super::pins::judge`] compares the
+/// pinned ones with.
+pub fn expected_shapes(opts: &LoadOptions) -> Result<HashMap<&'static str, Shape>, LoadError> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| LoadError::Relocated(devbound::DevBoundError::Parse(e)))?;
+    let l = opts.limits;
+    let mut out = HashMap::new();
+    for name in super::pins::pinned() {
+        let entries = match name {
+            names::SERVICES4 | names::SERVICES6 => l.services * 2,
+            names::SERVICE_INFO | names::RR_STATE | names::SERVICE_STATS => l.services,
+            names::BACKENDS | names::BACKEND_STATS | names::BACKEND_KEYS => l.backends,
+            names::RINGS => l.ring_slots,
+            names::FLOWS4 | names::FLOWS6 => opts.max_flows,
+            names::PERSIST4 | names::PERSIST6 => opts.max_persist,
+            _ => 0,
+        };
+        let shape = match name {
+            names::BACKEND_KEYS => Shape {
+                kind: ARRAY,
+                key: 4,
+                value: size_of::<lb_common::BackendKey>() as u32,
+                entries,
+                flags: 0,
+            },
+            names::META => Shape {
+                kind: ARRAY,
+                key: 4,
+                value: size_of::<lb_common::Meta>() as u32,
+                entries: 1,
+                flags: 0,
+            },
+            _ => {
+                let Some(m) = object.maps.get(name) else {
+                    return Err(devbound::DevBoundError::MapMissing(name.to_string()).into());
+                };
+                Shape {
+                    kind: m.map_type(),
+                    key: m.key_size(),
+                    value: m.value_size(),
+                    entries: if entries == 0 {
+                        m.max_entries()
+                    } else {
+                        entries
+                    },
+                    flags: m.map_flags(),
+                }
+            }
+        };
+        out.insert(name, shape);
+    }
+    Ok(out)
+}
+
+/// `BPF_MAP_TYPE_ARRAY`.
+const ARRAY: u32 = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+
+/// A `BACKEND_KEYS` of `n` slots.
+pub fn backend_keys(n: u32) -> Result<OwnedFd, aya::maps::MapError> {
+    daemon_array(names::BACKEND_KEYS, size_of::<lb_common::BackendKey>(), n)
+}
+
+/// An array map of the daemon's own (the program never reads it), named `name`.
+fn daemon_array(name: &str, value: usize, n: u32) -> Result<OwnedFd, aya::maps::MapError> {
+    let def = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        value as u32,
+        n.max(1),
+        0,
+    );
+    let data = aya::maps::MapData::create(def, name, None)?;
+    data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "dup",
+            io_error,
+        })
+    })
+}
+
+/// A program instance over maps of its own and maps it takes over.
+pub struct Instance {
+    /// Holds the maps made for it (take them through `fds`), and the log ring.
+    pub ebpf: Ebpf,
+    /// `lb`, relocated against `fds`; not attached.
+    pub prog: OwnedFd,
+    /// Every map it runs over, the daemon's own included.
+    pub fds: MapFds,
+}
+
+/// Loads `lb` over the maps of `adopted` (a previous run's, from their pins) and new maps
+/// of `opts` for every other map. Maps that are adopted are made at their smallest (aya
+/// makes every map of the object) and dropped at once: a flow table of a million entries
+/// is allocated whole.
+pub fn instance(opts: &LoadOptions, adopted: MapFds) -> Result<Instance, LoadError> {
+    let mut ebpf = create_with(opts, &|name| adopted.0.contains_key(name))?;
+    let mut fds = MapFds::of(&ebpf)?;
+    for (name, fd) in adopted.0 {
+        drop(ebpf.take_map(&name));
+        fds.insert(&name, fd);
+    }
+    fds.add_daemon_maps()
+        .map_err(|e| LoadError::Daemon(e.to_string()))?;
+    let prog = devbound::load_relocated(OBJECT, names::PROGRAM, &|n| fds.raw(n), None)?;
+    Ok(Instance { ebpf, prog, fds })
 }
 
 /// A program instance with room for more: its own [`SIZED_MAPS`], every other map shared.
@@ -199,6 +364,13 @@ pub fn grow(
     let ebpf = create(&opts)?;
     let mut fds = HashMap::new();
     for (name, fd) in &shared.0 {
+        if name == names::BACKEND_KEYS {
+            // Sized like BACKENDS, and the daemon's own: made here.
+            let keys =
+                backend_keys(limits.backends).map_err(|e| LoadError::Daemon(e.to_string()))?;
+            fds.insert(name.clone(), keys);
+            continue;
+        }
         let fd = if SIZED_MAPS.contains(&name.as_str()) {
             let map = ebpf
                 .map(name)
@@ -219,6 +391,13 @@ pub fn grow(
 
 /// Creates the object's maps with their sizes; loads no program.
 fn create(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    create_with(opts, &|_| false)
+}
+
+/// [`create`], with the maps `small` names made as small as they can be (they are not
+/// going to be used).
+fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf, LoadError> {
+    let size = |name: &str, n: u32| if small(name) { 1 } else { n };
     let l = opts.limits;
     if !opts.flow_cache.is_power_of_two() {
         return Err(LoadError::FlowCacheSize(opts.flow_cache));
@@ -253,23 +432,23 @@ fn create(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .override_global(names::GLOBAL_SYNC_ENABLED, &sync_on, true)
         .override_global(names::GLOBAL_SYNC_REFRESH_SHIFT, &sync.refresh_shift, true)
         .map_max_entries(names::SYNC_EVENTS, sync.ring_bytes)
-        .map_max_entries(names::FLOW_CACHE4, cache_slots)
-        .map_max_entries(names::FLOW_CACHE6, cache_slots)
+        .map_max_entries(names::FLOW_CACHE4, size(names::FLOW_CACHE4, cache_slots))
+        .map_max_entries(names::FLOW_CACHE6, size(names::FLOW_CACHE6, cache_slots))
         // Each family gets the full size: a deployment may be all IPv4 or all IPv6.
-        .map_max_entries(names::FLOWS4, opts.max_flows)
-        .map_max_entries(names::FLOWS6, opts.max_flows)
-        .map_max_entries(names::PERSIST4, opts.max_persist)
-        .map_max_entries(names::PERSIST6, opts.max_persist)
+        .map_max_entries(names::FLOWS4, size(names::FLOWS4, opts.max_flows))
+        .map_max_entries(names::FLOWS6, size(names::FLOWS6, opts.max_flows))
+        .map_max_entries(names::PERSIST4, size(names::PERSIST4, opts.max_persist))
+        .map_max_entries(names::PERSIST6, size(names::PERSIST6, opts.max_persist))
         // Each service's own key, plus at most one fragments-only port-0 entry per
         // (VIP, protocol), which is at most one per service.
-        .map_max_entries(names::SERVICES4, l.services * 2)
-        .map_max_entries(names::SERVICES6, l.services * 2)
-        .map_max_entries(names::SERVICE_INFO, l.services)
-        .map_max_entries(names::RINGS, l.ring_slots)
-        .map_max_entries(names::RR_STATE, l.services)
-        .map_max_entries(names::SERVICE_STATS, l.services)
-        .map_max_entries(names::BACKENDS, l.backends)
-        .map_max_entries(names::BACKEND_STATS, l.backends)
+        .map_max_entries(names::SERVICES4, size(names::SERVICES4, l.services * 2))
+        .map_max_entries(names::SERVICES6, size(names::SERVICES6, l.services * 2))
+        .map_max_entries(names::SERVICE_INFO, size(names::SERVICE_INFO, l.services))
+        .map_max_entries(names::RINGS, size(names::RINGS, l.ring_slots))
+        .map_max_entries(names::RR_STATE, size(names::RR_STATE, l.services))
+        .map_max_entries(names::SERVICE_STATS, size(names::SERVICE_STATS, l.services))
+        .map_max_entries(names::BACKENDS, size(names::BACKENDS, l.backends))
+        .map_max_entries(names::BACKEND_STATS, size(names::BACKEND_STATS, l.backends))
         .load(OBJECT)?;
     Ok(ebpf)
 }
@@ -311,7 +490,7 @@ pub enum NativePlan {
 /// Decides what native mode runs on `iface` (see [`devbound::choose`]) and loads `lb_native`
 /// if that is it. Never an error: what stands in native mode's way is [`NativePlan::Refused`],
 /// which [`attach_xdp`] reports (and `auto` then takes skb mode).
-pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: XdpMode) -> NativePlan {
+pub async fn native_plan(fds: &MapFds, iface: &str, ifindex: u32, mode: XdpMode) -> NativePlan {
     if !modes(mode).contains(&Mode::Native) {
         return NativePlan::Unused;
     }
@@ -329,7 +508,12 @@ pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: XdpMode) 
     match devbound::choose(iface, &facts) {
         devbound::Choice::Plain => NativePlan::Plain,
         devbound::Choice::Refuse(why) => NativePlan::Refused(why),
-        devbound::Choice::DevBound => match devbound::load_native(OBJECT, ebpf, iface, ifindex) {
+        devbound::Choice::DevBound => match devbound::load_relocated(
+            OBJECT,
+            devbound::PROGRAM_NATIVE,
+            &|n| fds.raw(n),
+            Some((iface, ifindex)),
+        ) {
             Ok(fd) => NativePlan::DevBound(fd),
             Err(e) => NativePlan::Refused(format!(
                 "{iface} may deliver VLAN tags outside the frame, and the program that reads \
@@ -339,8 +523,8 @@ pub async fn native_plan(ebpf: &Ebpf, iface: &str, ifindex: u32, mode: XdpMode) 
     }
 }
 
-/// The program attached to the interface. Dropping it ends a bpf_link attachment; a netlink
-/// one (`keep_xdp_on_exit`) outlives it.
+/// The program attached to the interface. Dropping it ends a bpf_link attachment unless the
+/// link is pinned; a netlink one outlives it.
 #[derive(Debug)]
 pub struct Attachment {
     pub mode: Mode,
@@ -350,9 +534,30 @@ pub struct Attachment {
     prog: OwnedFd,
     /// The bpf_link; none for a netlink attachment.
     link: Option<OwnedFd>,
+    /// A previous run's attachment, now running this program.
+    pub taken_over: bool,
 }
 
 impl Attachment {
+    /// The bpf_link (none for a netlink attachment): what the caller pins.
+    pub fn link(&self) -> Option<BorrowedFd<'_>> {
+        self.link.as_ref().map(|l| l.as_fd())
+    }
+
+    /// Takes the program off the interface (a `release` stop): the link's attachment ends
+    /// with the link (the caller removes its pin), a netlink one is cleared.
+    pub async fn detach(self) -> Result<(), NetlinkError> {
+        match self.link {
+            Some(link) => {
+                // BPF_LINK_DETACH ends the attachment even while a pin still holds the
+                // link; dropping our descriptor is not enough then.
+                let _ = devbound::link_detach(link.as_fd());
+                Ok(())
+            }
+            None => netlink::link::clear(self.ifindex, self.mode).await,
+        }
+    }
+
     /// Puts `prog` (the same entry point, over other maps) in the attached program's place,
     /// in one step: the kernel swaps the program a bpf_link or the interface runs, so every
     /// frame meets one program or the other, never none.
@@ -362,7 +567,7 @@ impl Attachment {
             errors: vec![e],
         };
         match &self.link {
-            Some(link) => link_update(link.as_fd(), prog.as_fd(), self.prog.as_fd())
+            Some(link) => link_update(link.as_fd(), prog.as_fd(), Some(self.prog.as_fd()))
                 .map_err(|e| failed(format!("bpf_link_update: {e}")))?,
             None => netlink::link::set(self.ifindex, prog.as_fd(), self.mode)
                 .await
@@ -403,20 +608,25 @@ pub enum AttachError {
 const OUR_PROGRAMS: [&str; 2] = [names::PROGRAM, devbound::PROGRAM_NATIVE];
 
 /// Attaches the program to `iface` in the first of `mode`'s modes that works: native runs
-/// what `native` says, skb runs `lb`.
+/// what `native` says, skb runs `lb` (the plain entry point, loaded).
 ///
-/// A program a previous run left attached (`keep_xdp_on_exit`) is ours to replace; any other
-/// program is refused, never replaced. With `keep_on_exit` the attachment is the interface's
-/// own (netlink), which outlives the daemon, and it replaces a previous run's program in one
-/// step when the mode is the same; without it, a bpf_link, which the kernel drops with the
-/// daemon.
+/// The attachment is a bpf_link, which lasts as long as a descriptor of it or a pin does
+/// (the caller pins it: the dataplane then outlives the daemon), or with `netlink`
+/// (`keep_xdp_on_exit`) the interface's own, which outlives the daemon even where nothing
+/// can be pinned (but its maps cannot be taken over then). Taking over from a previous
+/// run never leaves the interface without a program: its pinned link (`pinned`) is made to
+/// run the new program (`BPF_LINK_UPDATE`); a program a previous run left attached through
+/// netlink (`keep_xdp_on_exit` before links were pinned) is replaced through netlink in one
+/// step, and stays a netlink attachment. Only a mode change detaches first. Any other
+/// program on the interface is refused, never replaced.
 pub async fn attach_xdp(
-    ebpf: &mut Ebpf,
+    lb: &OwnedFd,
     native: NativePlan,
     iface: &str,
     ifindex: u32,
     mode: XdpMode,
-    keep_on_exit: bool,
+    pinned: Option<OwnedFd>,
+    netlink: bool,
 ) -> Result<Attachment, AttachError> {
     let current = netlink::link::attached(ifindex)
         .await
@@ -424,6 +634,21 @@ pub async fn attach_xdp(
             iface: iface.to_string(),
             source,
         })?;
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone().map_err(|e| AttachError::Failed {
+            iface: iface.to_string(),
+            errors: vec![format!("duplicating the program's descriptor: {e}")],
+        })
+    };
+    // The program for mode `m` (a descriptor of our own: a grown instance replaces it), or
+    // why there is none.
+    let program_for = |m: Mode| -> Result<Result<(&'static str, OwnedFd), String>, AttachError> {
+        Ok(match (m, &native) {
+            (Mode::Native, NativePlan::DevBound(fd)) => Ok((devbound::PROGRAM_NATIVE, dup(fd)?)),
+            (Mode::Native, NativePlan::Refused(why)) => Err(why.clone()),
+            _ => Ok((names::PROGRAM, dup(lb)?)),
+        })
+    };
     if let Some(cur) = current {
         let name = aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -437,65 +662,85 @@ pub async fn attach_xdp(
                 id: cur.prog_id,
             });
         }
-        tracing::info!(
+        if modes(mode).contains(&cur.mode) {
+            match program_for(cur.mode)? {
+                Ok((program, own)) => {
+                    // A previous run's link: it runs the new program from now on.
+                    if let Some(link) = pinned {
+                        match link_update(link.as_fd(), own.as_fd(), None) {
+                            Ok(()) => {
+                                tracing::info!(
+                                    interface = iface,
+                                    id = cur.prog_id,
+                                    mode = cur.mode.name(),
+                                    program,
+                                    "the previous run's XDP link runs the new program"
+                                );
+                                return Ok(Attachment {
+                                    mode: cur.mode,
+                                    program,
+                                    ifindex,
+                                    prog: own,
+                                    link: Some(link),
+                                    taken_over: true,
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(interface = iface, "the previous run's XDP link cannot be updated ({e}): attaching anew");
+                            }
+                        }
+                    } else {
+                        // Attached through netlink: replaced through netlink, in one step.
+                        netlink::link::set(ifindex, own.as_fd(), cur.mode)
+                            .await
+                            .map_err(|e| AttachError::Failed {
+                                iface: iface.to_string(),
+                                errors: vec![format!("replacing the previous run's program: {e}")],
+                            })?;
+                        tracing::info!(
+                            interface = iface,
+                            id = cur.prog_id,
+                            mode = cur.mode.name(),
+                            program,
+                            "replacing the XDP program a previous run left attached"
+                        );
+                        return Ok(Attachment {
+                            mode: cur.mode,
+                            program,
+                            ifindex,
+                            prog: own,
+                            link: None,
+                            taken_over: true,
+                        });
+                    }
+                }
+                Err(why) => tracing::warn!(interface = iface, "native XDP refused: {why}"),
+            }
+        }
+        tracing::warn!(
             interface = iface,
             id = cur.prog_id,
             mode = cur.mode.name(),
-            "replacing the XDP program a previous run left attached"
+            "detaching the XDP program a previous run left attached: xdp_mode {mode:?} does not run it"
         );
-    }
-    let clear = |m: Mode| async move {
-        netlink::link::clear(ifindex, m)
+        netlink::link::clear(ifindex, cur.mode)
             .await
             .map_err(|source| AttachError::Clear {
                 iface: iface.to_string(),
                 source,
-            })
-    };
-    if !keep_on_exit {
-        if let Some(cur) = current {
-            clear(cur.mode).await?;
-        }
+            })?;
     }
-    let mut native = Some(native);
     let mut errors = Vec::new();
     for &m in modes(mode) {
-        let plan = if m == Mode::Native {
-            native.take()
-        } else {
-            None
-        };
-        // The program for this mode: `lb_native`, or aya's `lb` (a descriptor of our own,
-        // so that the attachment does not depend on aya's handle: a grown instance
-        // replaces it).
-        let (program, own) = match plan {
-            Some(NativePlan::DevBound(fd)) => (devbound::PROGRAM_NATIVE, fd),
-            Some(NativePlan::Refused(why)) => {
+        let (program, own) = match program_for(m)? {
+            Ok(p) => p,
+            Err(why) => {
                 tracing::warn!(interface = iface, "native XDP refused: {why}");
                 errors.push(format!("native mode refused: {why}"));
                 continue;
             }
-            Some(NativePlan::Plain | NativePlan::Unused) | None => {
-                let fd = xdp(ebpf)?.fd().map_err(|source| LoadError::Program {
-                    name: names::PROGRAM,
-                    source,
-                })?;
-                let fd = fd
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| AttachError::Failed {
-                        iface: iface.to_string(),
-                        errors: vec![format!("duplicating the program's descriptor: {e}")],
-                    })?;
-                (names::PROGRAM, fd)
-            }
         };
-        // The bpf_link, if the attachment is one we must keep open.
-        let attached: Result<Option<OwnedFd>, String> = if keep_on_exit {
-            // A program in the other mode would stay beside ours: take it away first.
-            if let Some(cur) = current.filter(|c| c.mode != m) {
-                clear(cur.mode).await?;
-            }
+        let attached = if netlink {
             netlink::link::set(ifindex, own.as_fd(), m)
                 .await
                 .map(|()| None)
@@ -513,6 +758,7 @@ pub async fn attach_xdp(
                     ifindex,
                     prog: own,
                     link,
+                    taken_over: false,
                 })
             }
             Err(e) => {

@@ -103,6 +103,9 @@ pub struct Engine {
     next_id: CheckId,
     backends: BTreeMap<BackendKey, Backend>,
     checks: BTreeMap<CheckId, Slot>,
+    /// Real servers whose first checks start from "down", as under `alpha`: the ones a
+    /// previous run of the daemon had found down (see [`Engine::seed_down`]).
+    initially_down: std::collections::HashSet<BackendKey>,
 }
 
 fn is_dynamic(spec: &CheckSpec) -> bool {
@@ -123,7 +126,16 @@ impl Engine {
             next_id: 0,
             backends: BTreeMap::new(),
             checks: BTreeMap::new(),
+            initially_down: Default::default(),
         }
+    }
+
+    /// The real servers a previous run of the daemon left down: their checks start as
+    /// under `alpha` (down until the first success), so that a restart neither sends new
+    /// flows to a server known dead nor waits for `retry` failures to find it so again.
+    /// Only checks added by the next [`Engine::reconcile`] are affected.
+    pub fn seed_down(&mut self, keys: impl IntoIterator<Item = BackendKey>) {
+        self.initially_down = keys.into_iter().collect();
     }
 
     /// splitmix64: a uniform fraction in [0, 1).
@@ -146,7 +158,10 @@ impl Engine {
             id,
             Slot {
                 key,
-                state: CheckState::new(spec.timing.alpha, spec.timing.retry),
+                state: CheckState::new(
+                    spec.timing.alpha || self.initially_down.contains(&key),
+                    spec.timing.retry,
+                ),
                 spec,
                 due: Some(now + warmup),
                 probes: 0,
@@ -581,9 +596,16 @@ mod tests {
 
     impl Sim {
         fn new(backends: Vec<BackendSpec>) -> Self {
+            Self::new_with(backends, |_| {})
+        }
+
+        /// A simulation whose engine `prepare` sets up before the first reconcile.
+        fn new_with(backends: Vec<BackendSpec>, prepare: impl FnOnce(&mut Engine)) -> Self {
             let t0 = Instant::now();
+            let mut engine = Engine::new(7);
+            prepare(&mut engine);
             let mut sim = Sim {
-                engine: Engine::new(7),
+                engine,
                 t0,
                 now: t0,
                 latency: Duration::ZERO,
@@ -767,6 +789,22 @@ mod tests {
         let mut sim = Sim::new(vec![backend(11, vec![tcp(80, timing(10.0, 3, 1.0))])]);
         sim.run(5.0, &mut |_, _| fail());
         assert_eq!(sim.ups(), [(0.0, true), (0.0, false)]);
+    }
+
+    #[test]
+    fn a_server_seeded_down_starts_down_until_the_first_success() {
+        let mut sim = Sim::new_with(
+            vec![backend(11, vec![tcp(80, timing(10.0, 1, 1.0))])],
+            |e| e.seed_down([(SVC, "192.0.2.11:80".parse().unwrap())]),
+        );
+        assert_eq!(sim.ups(), [(0.0, false)]);
+        let mut answer = |_: u16, _: f64| Ok(None);
+        sim.run(5.0, &mut answer);
+        assert_eq!(
+            sim.ups(),
+            [(0.0, false), (0.0, true)],
+            "up at its first success"
+        );
     }
 
     #[test]

@@ -275,8 +275,19 @@ impl Checkers {
     /// Starts the checks of `config` (needs a Tokio runtime); events go to `tx`. Every
     /// script user is resolved and every script vetted first, so an error starts nothing.
     pub fn start(config: &Config, tx: mpsc::Sender<HealthEvent>) -> Result<Self, HealthError> {
+        Self::start_seeded(config, tx, std::collections::HashSet::new())
+    }
+
+    /// [`Checkers::start`], the real servers of `down` starting down (see
+    /// [`Engine::seed_down`]): what a previous run of the daemon left them.
+    pub fn start_seeded(
+        config: &Config,
+        tx: mpsc::Sender<HealthEvent>,
+        down: std::collections::HashSet<(ServiceKey, SocketAddr)>,
+    ) -> Result<Self, HealthError> {
         let (specs, hook_user) = specs(config, Scope::All)?;
         let mut engine = Engine::new(seed());
+        engine.seed_down(down);
         let outbox = engine.reconcile(specs, Instant::now());
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {

@@ -87,13 +87,15 @@ pub fn now_ms() -> u32 {
 }
 
 /// This run's boot id: the Unix time at start, so that a restarted sender has a larger one
-/// (a peer's replay window then starts again).
-fn boot_id() -> u32 {
+/// (a peer's replay window then starts again); past `last` (the previous run's, kept beside
+/// the pinned maps), since a restart within the same second would repeat it.
+pub fn boot_id(last: u32) -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(1)
         .max(1)
+        .max(last.saturating_add(1))
 }
 
 /// What the main loop and the engine share.
@@ -117,22 +119,26 @@ pub struct ProgramParts {
     pub ring: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub tables: Arc<FlowTables>,
+    /// This run's boot id ([`boot_id`]).
+    pub boot: u32,
 }
 
 impl ProgramParts {
-    /// Takes the event ring and its counters out of the loaded program.
-    pub fn take(ebpf: &mut aya::Ebpf, tables: Arc<FlowTables>) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let ring = ebpf
-            .take_map(lb_common::names::SYNC_EVENTS)
-            .context("the XDP object has no SYNC_EVENTS ring")?;
-        let stats = ebpf
-            .take_map(lb_common::names::SYNC_STATS)
-            .context("the XDP object has no SYNC_STATS map")?;
+    /// The event ring and its counters of a program instance (`fds`, its maps).
+    pub fn open(
+        fds: &crate::dataplane::program::MapFds,
+        tables: Arc<FlowTables>,
+        boot: u32,
+    ) -> anyhow::Result<Self> {
+        let open = |name: &'static str| {
+            fds.map(name)
+                .map_err(|e| anyhow::anyhow!("the XDP program has no map {name}: {e:?}"))
+        };
         Ok(Self {
-            ring: RingBuf::try_from(ring)?,
-            stats: PerCpuArray::try_from(stats)?,
+            ring: RingBuf::try_from(open(lb_common::names::SYNC_EVENTS)?)?,
+            stats: PerCpuArray::try_from(open(lb_common::names::SYNC_STATS)?)?,
             tables,
+            boot,
         })
     }
 }
@@ -325,7 +331,7 @@ struct Engine {
 
 impl Engine {
     fn new(c: &SyncConfig, key: Key, socket: SyncSocket, parts: ProgramParts) -> Self {
-        let boot_id = boot_id();
+        let boot_id = parts.boot;
         let now = Instant::now();
         let sender = Sender::new(
             SenderConfig {

@@ -284,6 +284,12 @@ pub struct Advert {
 pub enum Input {
     /// RFC 9568 §6.4.1: leave Initialize.
     Startup,
+    /// Leave Initialize for Master at once: the daemon was master a moment ago (a `keep`
+    /// stop, or a crash restarted at once) and its addresses are still in place, so an
+    /// advert now keeps the peers' Master_Down timers from expiring and nothing moves (no
+    /// gratuitous ARP: the neighbours still point here). Not part of the RFC: what
+    /// keepalived's `--dont-release-vrrp` leaves undone.
+    Resume,
     /// Stop: a master releases with a priority-0 advert; every state returns to Initialize.
     Shutdown,
     /// An advert for this virtual router, validated by the receiver.
@@ -306,6 +312,7 @@ impl Input {
     pub fn kind(&self) -> InputKind {
         match self {
             Input::Startup => InputKind::Startup,
+            Input::Resume => InputKind::Resume,
             Input::Shutdown => InputKind::Shutdown,
             Input::Advert(_) => InputKind::Advert,
             Input::TimerExpired(_) => InputKind::TimerExpired,
@@ -322,6 +329,7 @@ impl Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InputKind {
     Startup,
+    Resume,
     Shutdown,
     Advert,
     TimerExpired,
@@ -346,6 +354,9 @@ pub enum Output {
     SendAdvert { priority: u8 },
     /// Add the VIPs, then send gratuitous ARPs / unsolicited NAs.
     BecomeMaster,
+    /// Master again after a restart ([`Input::Resume`]): the VIPs are in place and the
+    /// neighbours point here; nothing to add or announce.
+    Resumed,
     /// Make sure the VIPs are absent.
     BecomeBackup,
     /// Make sure the VIPs are absent.
@@ -643,6 +654,7 @@ impl Instance {
         let mut rearm = false;
         match input {
             Input::Startup => self.on_startup(now, &mut out)?,
+            Input::Resume => self.on_resume(now, &mut out)?,
             Input::Shutdown => self.on_shutdown(&mut out),
             Input::Advert(advert) => self.on_advert(advert, now, &mut out)?,
             Input::TimerExpired(timer) => rearm = self.on_timer(timer, now, &mut out),
@@ -707,6 +719,28 @@ impl Instance {
             };
             self.enter_backup(now + down, out);
         }
+        Ok(())
+    }
+
+    fn on_resume(&mut self, now: Time, out: &mut Vec<Output>) -> Result<(), FsmError> {
+        if self.phase != Phase::Initialize {
+            return Err(self.invalid(InputKind::Resume));
+        }
+        if self.is_faulted() {
+            // A fault known at start: as a start-up, which goes to Fault.
+            return self.on_startup(now, out);
+        }
+        self.master_adver_interval = self.config.advert_interval;
+        let from = self.state();
+        self.phase = Phase::Master {
+            adver_at: now + self.config.advert_interval.as_duration(),
+        };
+        self.preempt_until = None;
+        out.push(Output::SendAdvert {
+            priority: self.effective_priority,
+        });
+        out.push(Output::Resumed);
+        self.push_change(from, out);
         Ok(())
     }
 
@@ -1153,6 +1187,57 @@ mod tests {
 
     fn t(ms: u64) -> Time {
         Time::from_millis(ms)
+    }
+
+    #[test]
+    fn resume_is_master_at_once_with_an_advert_and_nothing_to_announce() {
+        let mut i = Instance::new(cfg(100)).unwrap();
+        let out = i.handle(Input::Resume, t(5)).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Output::SendAdvert { priority: 100 },
+                Output::Resumed,
+                Output::StateChanged {
+                    from: State::Initialize,
+                    to: State::Master,
+                    priority: 100
+                },
+                Output::SetTimer(Timer::Adver(t(1005))),
+            ]
+        );
+        assert_eq!(i.state(), State::Master);
+        // Only from Initialize.
+        assert!(i.handle(Input::Resume, t(6)).is_err());
+        // A higher-priority peer still wins: the resumed master steps down as any would.
+        let out = i.handle(advert(20, 200), t(10)).unwrap();
+        assert!(out.contains(&Output::BecomeBackup), "{out:?}");
+    }
+
+    #[test]
+    fn resume_with_a_fault_is_a_start_in_fault() {
+        let mut i = Instance::new(cfg(100)).unwrap();
+        i.handle(Input::SetFault(true), t(0)).unwrap();
+        i.handle(Input::Resume, t(1)).unwrap();
+        assert_eq!(i.state(), State::Fault);
+    }
+
+    #[test]
+    fn a_sync_group_resumes_whole() {
+        let mut g = SyncGroup::new(vec![cfg(100), cfg(100)]).unwrap();
+        let mut outs = Vec::new();
+        for m in 0..2 {
+            outs.extend(g.handle(m, Input::Resume, t(1)).unwrap());
+        }
+        assert!(g.members().iter().all(|m| m.state() == State::Master));
+        assert!(
+            outs.iter().all(|(_, o)| *o != Output::BecomeMaster),
+            "{outs:?}"
+        );
+        assert_eq!(
+            outs.iter().filter(|(_, o)| *o == Output::Resumed).count(),
+            2
+        );
     }
 
     fn advert(last: u8, priority: u8) -> Input {

@@ -13,6 +13,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    path::Path,
     time::{Duration, Instant as StdInstant},
 };
 
@@ -25,6 +26,7 @@ use super::{
     fsm::{self, Centis, Input, StartState, State, Time},
     garp::{self, AnnounceOptions, GarpConfig, GarpSchedule, GarpSender},
     packet::{self, Auth, IpPair},
+    record::{self, Record},
     socket::{DropCounter, VrrpSocket},
     unit::{Effect, GarpStart, Log, MemberConfig, Publish, Unit},
 };
@@ -113,6 +115,9 @@ pub enum Control {
     Track { member: String, input: Input },
     /// Send priority 0, release the addresses, stop.
     Shutdown,
+    /// Stop as the state is, the addresses kept (a `keep` stop, keepalived's
+    /// `--dont-release-vrrp`): the next run resumes from them.
+    Leave,
 }
 
 /// The key under which socket drops share [`DiscardCounters`]' log rate (they are not a
@@ -260,15 +265,26 @@ pub async fn run_unit(
         });
     }
 
-    // A crashed earlier run may have left our addresses configured: remove them before we
-    // advertise, so that the network never sees two holders.
+    // What the previous run left: a unit whose members were all master a moment ago, with
+    // their addresses still in place, resumes as master (see `record`).
+    let netns = crate::os::netns_id().unwrap_or_else(|_| "0".into());
+    let records: Vec<Record> = spec
+        .members
+        .iter()
+        .map(|m| Record::new(Path::new(record::DEFAULT_DIR), &netns, &m.config.name))
+        .collect();
     let all_vips: Vec<VirtualAddress> = spec
         .members
         .iter()
         .flat_map(|m| m.vips.iter().cloned())
         .collect();
-    for gone in addrs.remove_leftovers(&all_vips).await? {
-        warn!(address = %gone.addr, "removed a virtual address left behind by an earlier run");
+    let resume = resumable_unit(&spec, &records, &mut addrs, &all_vips).await;
+    if !resume {
+        // A crashed earlier run may have left our addresses configured: remove them before
+        // we advertise, so that the network never sees two holders.
+        for gone in addrs.remove_leftovers(&all_vips).await? {
+            warn!(address = %gone.addr, "removed a virtual address left behind by an earlier run");
+        }
     }
 
     // For reading queued datagrams straight off the sockets (the timer branch below).
@@ -277,6 +293,7 @@ pub async fn run_unit(
         members,
         events,
         addrs,
+        records,
     };
     for (i, m) in spec.members.iter().enumerate() {
         // A fault known before start-up makes the instance start in Fault.
@@ -284,9 +301,16 @@ pub async fn run_unit(
             let fx = unit.handle(i, *input, now());
             shell.execute(&mut unit, fx).await;
         }
-        let fx = unit.handle(i, Input::Startup, now());
+        let start = if resume {
+            info!(instance = %m.config.name, "resuming as master: the previous run was master a moment ago and its addresses are in place");
+            Input::Resume
+        } else {
+            Input::Startup
+        };
+        let fx = unit.handle(i, start, now());
         shell.execute(&mut unit, fx).await;
     }
+    let mut leave = false;
     loop {
         let publish_at = shell.publish_if_due(&mut unit, &clock, &stats);
         let deadline = unit.deadline();
@@ -300,6 +324,10 @@ pub async fn run_unit(
             biased;
             ctl = control.recv() => match ctl {
                 Some(Control::Shutdown) | None => break,
+                Some(Control::Leave) => {
+                    leave = true;
+                    break;
+                }
                 Some(Control::Track { member, input }) => {
                     if let Some(i) = unit.index(&member) {
                         let fx = unit.handle(i, input, now());
@@ -346,14 +374,45 @@ pub async fn run_unit(
                 if publish_at.is_some() => {}
         }
     }
-    for i in 0..shell.members.len() {
-        let fx = unit.handle(i, Input::Shutdown, now());
-        shell.execute(&mut unit, fx).await;
+    if !leave {
+        for i in 0..shell.members.len() {
+            let fx = unit.handle(i, Input::Shutdown, now());
+            shell.execute(&mut unit, fx).await;
+        }
     }
     for r in readers {
         r.abort();
     }
     Ok(())
+}
+
+/// Whether every member of the unit was master a moment ago (its record, see
+/// [`record::resumable`]) and every virtual address of the unit is still in place: then the
+/// unit resumes as master instead of starting over.
+async fn resumable_unit(
+    spec: &UnitSpec,
+    records: &[Record],
+    addrs: &mut AddressSocket,
+    vips: &[VirtualAddress],
+) -> bool {
+    let now = std::time::SystemTime::now();
+    let fresh = spec.members.iter().zip(records).all(|(m, r)| {
+        let interval = Duration::from_millis(u64::from(m.config.advert_int_cs) * 10);
+        r.read()
+            .is_some_and(|(master, at)| record::resumable(master, at, now, interval))
+    });
+    if !fresh {
+        return false;
+    }
+    match addrs.list(None).await {
+        Ok(present) => vips
+            .iter()
+            .all(|v| present.iter().any(|a| a.is_address_of(v))),
+        Err(e) => {
+            warn!("listing addresses to resume VRRP: {e}; starting over");
+            false
+        }
+    }
 }
 
 /// The protocol timer of a unit: a timerfd on CLOCK_MONOTONIC, armed at absolute deadlines.
@@ -582,6 +641,8 @@ struct Shell {
     members: Vec<Member>,
     events: mpsc::UnboundedSender<Event>,
     addrs: AddressSocket,
+    /// Each member's record for the next run (role, and the time of its last advert).
+    records: Vec<Record>,
 }
 
 impl Shell {
@@ -744,8 +805,16 @@ impl Shell {
                         Err(e) => warn!(instance = %name, "encoding an advert: {e}"),
                     }
                 }
+                if priority > 0 {
+                    if let Err(e) = self.records[member].advertised() {
+                        debug!(instance = %name, "touching the VRRP record: {e}");
+                    }
+                }
             }
             Effect::Role { member, master } => {
+                if let Err(e) = self.records[member].set(master) {
+                    warn!(instance = %self.members[member].spec.config.name, record = %self.records[member].path().display(), "recording the VRRP role for the next run: {e}");
+                }
                 let m = &mut self.members[member];
                 let applied = RoleAck::default();
                 if master {
@@ -947,12 +1016,17 @@ impl VrrpThread {
         );
     }
 
-    /// Shuts every unit down (priority-0 adverts, addresses released) and waits for the
-    /// thread, at most `timeout`.
-    pub fn shutdown(mut self, timeout: Duration) {
+    /// Shuts every unit down (`release`: priority-0 adverts, addresses released; else
+    /// left as they are) and waits for the thread, at most `timeout`.
+    pub fn shutdown(mut self, release: bool, timeout: Duration) {
+        let how = if release {
+            Control::Shutdown
+        } else {
+            Control::Leave
+        };
         for (_, tx) in &self.controls {
             // Called from a blocking context: wait for room rather than drop the shutdown.
-            let _ = tx.blocking_send(Control::Shutdown);
+            let _ = tx.blocking_send(how.clone());
         }
         if let Some(t) = self.thread.take() {
             let deadline = StdInstant::now() + timeout;

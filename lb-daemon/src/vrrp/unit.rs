@@ -468,6 +468,20 @@ impl Unit {
                     fx.push(Effect::StopGarp { member: i });
                     held.announce.push_back(i);
                 }
+                Output::Resumed => {
+                    // A restarted master: its addresses are in place and the neighbours
+                    // point here, so only the services are told (they were left serving).
+                    let role = Effect::Role {
+                        member: i,
+                        master: true,
+                    };
+                    if m.dataplane {
+                        fx.push(role);
+                    } else {
+                        held.later.push(role);
+                    }
+                    m.holds_vips = true;
+                }
                 Output::BecomeBackup | Output::BecomeFault | Output::Stopped => {
                     let stopped = matches!(out, Output::Stopped);
                     if stopped {
@@ -767,6 +781,37 @@ mod tests {
             ]
         );
         assert_eq!(u.transitions(0), 1);
+    }
+
+    /// A restarted master resumes: its advert, the role for the dataplane, and nothing to
+    /// add, announce or wait for (the addresses are in place, the neighbours point here).
+    #[test]
+    fn a_resumed_master_adds_and_announces_nothing() {
+        let mut u = single(true);
+        let fx = u.handle(0, Input::Resume, t(0));
+        assert_eq!(
+            fx,
+            vec![
+                Effect::SendAdvert {
+                    member: 0,
+                    priority: 100
+                },
+                Effect::Role {
+                    member: 0,
+                    master: true
+                },
+                log(Log::StateChange {
+                    member: 0,
+                    from: State::Initialize,
+                    to: State::Master,
+                    priority: 100
+                }),
+                notify("VI_1", NotifyState::Master, 100),
+            ]
+        );
+        // It holds the addresses: leaving Master removes them.
+        let fx = u.handle(0, Input::Shutdown, t(10));
+        assert!(fx.contains(&Effect::RemoveVips { member: 0 }), "{fx:?}");
     }
 
     /// A new master with a dataplane: its advert, the role for the dataplane, the addresses,

@@ -43,7 +43,12 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         scenario: "both".into(),
-        params: LvsParams::new("rr", "skb"),
+        // The dataplane pinned on a bpf filesystem that outlives the daemons, as systemd's
+        // /sys/fs/bpf does: a killed master's program keeps forwarding.
+        params: LvsParams {
+            pins: true,
+            ..LvsParams::new("rr", "skb")
+        },
         requests: PHASE_REQUESTS,
     };
     let mut it = std::env::args().skip(1);

@@ -1,0 +1,603 @@
+//! Taking over the maps a previous run of the daemon wrote (pure: what the maps hold in,
+//! a planner out).
+//!
+//! A restarted daemon finds the program's maps pinned ([`super::pins`]) and must go on
+//! from them: the same service ids (their rings, rr positions, counters, persistence
+//! templates) and the same backend ids and generations (every flow names its backend by
+//! both). Ids are not a function of the configuration (they depend on the order of past
+//! reloads), so they are read back: the service keys name the service ids, `BACKEND_KEYS`
+//! names the service and address of every backend id (the daemon writes it before
+//! anything names the id, and clears it last), and `BACKENDS` keeps the generation of every
+//! slot, free ones included.
+//!
+//! Each adopted service is planned again at the first update (it is marked dirty, since
+//! its weights are not in the maps); its ids are found by address, its ring rebuilt and
+//! compared slot by slot, so an unchanged configuration writes nothing.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use lb_common::{
+    BackendKey, BackendValue, ServiceRef, ServiceValue, BACKEND_F_DRAINING, BACKEND_F_PRESENT,
+    DEFAULT_MH_TABLE_SIZE, FAMILY_V4, FAMILY_V6, SVC_F_ACTIVE, SVC_F_HASH_PORT, SVC_F_SLOPPY_TCP,
+    SVC_REF_F_FRAG_ONLY,
+};
+
+use super::{
+    maps::{MapWriter, MemMaps},
+    plan::{group_of, Alloc, Dataplane, Planned, Ring},
+    BackendSpec, MapKey, ServiceSpec,
+};
+use crate::model::{Limits, Proto, Scheduler};
+
+/// What the maps hold, read back (`BpfMaps::read_back`, or [`MemMaps::found`] in tests).
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    /// Every key of `SERVICES4` and `SERVICES6`.
+    pub services: Vec<(MapKey, ServiceRef)>,
+    /// `SERVICE_INFO`, by id.
+    pub infos: Vec<ServiceValue>,
+    /// `BACKENDS`, by id.
+    pub backends: Vec<BackendValue>,
+    /// `BACKEND_KEYS`, by id.
+    pub keys: Vec<BackendKey>,
+    /// `RINGS`, every slot.
+    pub rings: Vec<u32>,
+}
+
+impl Found {
+    /// The sizes of the maps it was read from.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            services: self.infos.len() as u32,
+            backends: self.backends.len() as u32,
+            ring_slots: self.rings.len() as u32,
+        }
+    }
+}
+
+/// Maps that contradict themselves: never adopted (the daemon starts from empty maps).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("the pinned maps contradict themselves: {0}")]
+pub struct Corrupt(pub String);
+
+/// How much was taken over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    pub services: usize,
+    pub backends: usize,
+    /// Entries no live service owns (a write a crash cut short): the first update
+    /// clears them.
+    pub stray: usize,
+}
+
+fn corrupt(what: String) -> Corrupt {
+    Corrupt(what)
+}
+
+fn ip_of(addr: &[u32; 4], family: u8) -> Option<IpAddr> {
+    let bytes = |w: &[u32]| -> Vec<u8> { w.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+    match family {
+        FAMILY_V4 => {
+            let b = bytes(&addr[..1]);
+            Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+        }
+        FAMILY_V6 => {
+            let b: [u8; 16] = bytes(addr).try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+fn scheduler(code: u32) -> Option<Scheduler> {
+    [Scheduler::Rr, Scheduler::Wrr, Scheduler::Sh, Scheduler::Mh]
+        .into_iter()
+        .find(|s| s.code() == code)
+}
+
+fn proto(number: u8) -> Option<Proto> {
+    [Proto::Tcp, Proto::Udp]
+        .into_iter()
+        .find(|p| p.number() == number)
+}
+
+/// The prefix length of a persistence mask (leading one bits).
+fn prefix_of(mask: &[u32; 4], family: u8) -> u8 {
+    let words = if family == FAMILY_V4 { 1 } else { 4 };
+    let mut n = 0u32;
+    for w in &mask[..words] {
+        // The words hold the mask's bytes in order.
+        let ones = u32::from_be_bytes(w.to_ne_bytes()).leading_ones();
+        n += ones;
+        if ones < 32 {
+            break;
+        }
+    }
+    n as u8
+}
+
+impl<W: MapWriter> Dataplane<W> {
+    /// A planner that goes on from the maps `writer` holds (read back as `found`, their
+    /// sizes `found.limits()`). Writes nothing. The specs it reports until the first update
+    /// are read from the maps: weights 1 for a usable backend, 0 for a draining one; MACs,
+    /// active flags, timeouts and schedulers as written.
+    pub fn adopt(writer: W, found: &Found) -> Result<(Self, Adopted), Corrupt> {
+        let limits = found.limits();
+        let mut dp = Dataplane::new(writer, limits);
+        let mut summary = Adopted::default();
+        // Live services: the ones a whole-packet key names.
+        let mut live: BTreeMap<u32, MapKey> = BTreeMap::new();
+        for (key, r) in &found.services {
+            if r.flags & SVC_REF_F_FRAG_ONLY != 0 {
+                continue;
+            }
+            if r.id >= limits.services {
+                return Err(corrupt(format!(
+                    "a service key names id {} of {}",
+                    r.id, limits.services
+                )));
+            }
+            if live.insert(r.id, *key).is_some() {
+                return Err(corrupt(format!("two service keys name id {}", r.id)));
+            }
+        }
+        for (key, r) in &found.services {
+            if r.flags & SVC_REF_F_FRAG_ONLY != 0 && !live.contains_key(&r.id) {
+                return Err(corrupt(format!(
+                    "a fragments-only key names id {}, which no service has",
+                    r.id
+                )));
+            }
+            dp.current.services.insert(*key, *r);
+        }
+        // Live backends: the ones whose key names a live service.
+        let mut of_service: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (bid, k) in found.keys.iter().enumerate() {
+            let bid = bid as u32;
+            if k.family == 0 {
+                continue;
+            }
+            if live.contains_key(&k.service) && bid < limits.backends {
+                of_service.entry(k.service).or_default().push(bid);
+            } else {
+                // Written before a service that a crash kept from being keyed.
+                dp.stray.keys.insert(bid, *k);
+                if let Some(b) = found.backends.get(bid as usize) {
+                    dp.stray.backends.insert(bid, *b);
+                }
+                summary.stray += 1;
+            }
+        }
+        for (id, info) in found.infos.iter().enumerate() {
+            let id = id as u32;
+            if !live.contains_key(&id) && *info != ServiceValue::default() {
+                dp.stray.infos.insert(id, *info);
+                summary.stray += 1;
+            }
+        }
+        let mut used_regions: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        let mut specs = Vec::with_capacity(live.len());
+        for (&id, key) in &live {
+            let info = found.infos.get(id as usize).copied().unwrap_or_default();
+            let sched = scheduler(info.sched).ok_or_else(|| {
+                corrupt(format!("service {id} has scheduler code {}", info.sched))
+            })?;
+            let vip = ip_of(&key.addr, key.family)
+                .ok_or_else(|| corrupt(format!("service {id} has family {}", key.family)))?;
+            let proto = proto(key.proto)
+                .ok_or_else(|| corrupt(format!("service {id} has protocol {}", key.proto)))?;
+            let bids = of_service.remove(&id).unwrap_or_default();
+            let mut backends = Vec::with_capacity(bids.len());
+            for &bid in &bids {
+                let k = found.keys[bid as usize];
+                let ip = ip_of(&k.addr, k.family)
+                    .ok_or_else(|| corrupt(format!("backend {bid} has family {}", k.family)))?;
+                let b = found
+                    .backends
+                    .get(bid as usize)
+                    .copied()
+                    .unwrap_or_default();
+                let present = b.flags & BACKEND_F_PRESENT != 0;
+                backends.push(BackendSpec {
+                    addr: SocketAddr::new(ip, k.port),
+                    weight: u32::from(b.flags & BACKEND_F_DRAINING == 0 && present),
+                    mac: present.then_some(b.mac),
+                });
+                dp.current.backends.insert(bid, b);
+                dp.current.keys.insert(bid, k);
+            }
+            // The ring: every slot in use must name one of the service's backends.
+            let (off, len) = (info.ring_off, info.ring_len);
+            let end = u64::from(off) + u64::from(len);
+            if end > found.rings.len() as u64 {
+                return Err(corrupt(format!(
+                    "service {id}'s ring {off}+{len} is past {} slots",
+                    found.rings.len()
+                )));
+            }
+            let slots: Arc<[u32]> = found.rings[off as usize..end as usize].into();
+            if let Some(bad) = slots.iter().find(|b| !bids.contains(b)) {
+                return Err(corrupt(format!(
+                    "service {id}'s ring names backend {bad}, not one of its own"
+                )));
+            }
+            if len > 0 {
+                used_regions.insert(off, (len, id));
+            }
+            // The region is taken to be what the ring fills: whatever lay past it is given
+            // back (its true size is not in the maps, and a smaller one is always safe).
+            dp.current.rings.insert(
+                id,
+                Ring {
+                    off,
+                    cap: len,
+                    slots,
+                },
+            );
+            dp.current.infos.insert(id, info);
+            let spec = ServiceSpec {
+                vip,
+                port: u16::from_be(key.port),
+                proto,
+                sched,
+                hash_port: info.flags & SVC_F_HASH_PORT != 0,
+                persistence_timeout: info.persist_timeout_s,
+                persistence_prefix: prefix_of(&info.persist_mask, key.family),
+                idle_timeout: info.idle_timeout_s,
+                sloppy_tcp: info.flags & SVC_F_SLOPPY_TCP != 0,
+                mh_table_size: if sched == Scheduler::Mh && len > 0 {
+                    len
+                } else {
+                    DEFAULT_MH_TABLE_SIZE
+                },
+                active: info.flags & SVC_F_ACTIVE != 0,
+                backends,
+            };
+            dp.groups
+                .entry(group_of(key))
+                .or_default()
+                .insert(u16::from_be(key.port), id);
+            summary.services += 1;
+            summary.backends += bids.len();
+            specs.push(spec.clone());
+            dp.planned.insert(
+                *key,
+                Planned {
+                    spec,
+                    id,
+                    bids,
+                    dirty: true,
+                },
+            );
+        }
+        // Regions: in use as found, the gaps free.
+        let mut regions = super::plan::Regions::default();
+        let mut at = 0u32;
+        for (&off, &(len, id)) in &used_regions {
+            if off < at {
+                return Err(corrupt(format!(
+                    "service {id}'s ring at {off} overlaps another ending at {at}"
+                )));
+            }
+            if off > at {
+                regions.free.insert(at, off - at);
+            }
+            at = off + len;
+        }
+        regions.top = at;
+        // Ids: the live ones taken, the gaps free, every slot's generation kept.
+        let mut alloc = Alloc {
+            regions,
+            ..Alloc::default()
+        };
+        let ids = &mut alloc.ids;
+        ids.next_service = live.keys().next_back().map_or(0, |&m| m + 1);
+        ids.free_services = (0..ids.next_service)
+            .filter(|i| !live.contains_key(i))
+            .collect();
+        let live_backends: BTreeSet<u32> = dp.current.keys.keys().copied().collect();
+        ids.next_backend = live_backends.iter().next_back().map_or(0, |&m| m + 1);
+        ids.free_backends = (0..ids.next_backend)
+            .filter(|i| !live_backends.contains(i))
+            .collect();
+        ids.generations = found.backends.iter().map(|b| b.generation).collect();
+        while ids.generations.last() == Some(&0) {
+            ids.generations.pop();
+        }
+        if ids.generations.len() < ids.next_backend as usize {
+            ids.generations.resize(ids.next_backend as usize, 0);
+        }
+        dp.alloc = alloc;
+        dp.specs = specs;
+        Ok((dp, summary))
+    }
+}
+
+impl MemMaps {
+    /// What these maps hold, as maps of `limits` would be read back.
+    pub fn found(&self, limits: Limits) -> Found {
+        let mut infos = vec![ServiceValue::default(); limits.services as usize];
+        for (id, v) in &self.infos {
+            infos[*id as usize] = *v;
+        }
+        let mut backends = vec![BackendValue::default(); limits.backends as usize];
+        for (id, v) in &self.backends {
+            backends[*id as usize] = *v;
+        }
+        let mut keys = vec![BackendKey::default(); limits.backends as usize];
+        for (id, k) in &self.keys {
+            keys[*id as usize] = *k;
+        }
+        let mut rings = vec![0; limits.ring_slots as usize];
+        for (i, b) in &self.rings {
+            rings[*i as usize] = *b;
+        }
+        Found {
+            services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
+            infos,
+            backends,
+            keys,
+            rings,
+        }
+    }
+}
+
+/// The stray entries of `Desired` (for tests).
+#[cfg(test)]
+fn stray_of<W: MapWriter>(dp: &Dataplane<W>) -> &super::plan::Desired {
+    &dp.stray
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::plan::Dataplane;
+
+    fn spec(vip: &str, port: u16, sched: Scheduler, backends: &[(&str, u32)]) -> ServiceSpec {
+        ServiceSpec {
+            vip: vip.parse().unwrap(),
+            port,
+            proto: Proto::Tcp,
+            sched,
+            hash_port: false,
+            persistence_timeout: 0,
+            persistence_prefix: if vip.contains(':') { 128 } else { 32 },
+            idle_timeout: 900,
+            sloppy_tcp: false,
+            mh_table_size: 251,
+            active: true,
+            backends: backends
+                .iter()
+                .enumerate()
+                .map(|(i, (a, w))| BackendSpec {
+                    addr: a.parse().unwrap(),
+                    weight: *w,
+                    mac: Some([2, 0, 0, 0, 0, i as u8 + 1]),
+                })
+                .collect(),
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            services: 16,
+            backends: 64,
+            ring_slots: 4096,
+        }
+    }
+
+    /// A history of reloads (so ids are not what a fresh plan would give), then the
+    /// configuration it ended with.
+    fn history() -> (Dataplane<MemMaps>, Vec<ServiceSpec>) {
+        let mut dp = Dataplane::new(MemMaps::default(), limits());
+        let a = spec(
+            "192.0.2.10",
+            80,
+            Scheduler::Wrr,
+            &[("198.51.100.1:80", 1), ("198.51.100.2:80", 3)],
+        );
+        let b = spec(
+            "192.0.2.11",
+            443,
+            Scheduler::Mh,
+            &[("198.51.100.3:443", 1), ("198.51.100.4:443", 1)],
+        );
+        let c = spec(
+            "2001:db8::10",
+            80,
+            Scheduler::Rr,
+            &[("[2001:db8::1]:80", 1), ("[2001:db8::2]:80", 0)],
+        );
+        dp.update(&[a.clone(), b.clone()]).unwrap();
+        // The first service goes and comes back: its ids move, a slot's generation rises.
+        dp.update(std::slice::from_ref(&b)).unwrap();
+        dp.update_at(
+            &[b.clone(), c.clone(), a.clone()],
+            &[],
+            std::time::Instant::now() + std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut a2 = a.clone();
+        a2.backends.remove(0);
+        dp.update(&[b.clone(), c.clone(), a2.clone()]).unwrap();
+        (dp, vec![b, c, a2])
+    }
+
+    #[test]
+    fn an_unchanged_configuration_writes_nothing_after_adoption() {
+        let (dp, specs) = history();
+        let found = dp.writer().found(limits());
+        let before = dp.writer().writes;
+        let mut mem = dp.writer().clone();
+        mem.writes = 0;
+        let (mut adopted, summary) = Dataplane::adopt(mem, &found).unwrap();
+        assert_eq!(summary.services, 3);
+        assert_eq!(summary.backends, 5);
+        assert_eq!(summary.stray, 0);
+        assert!(before > 0);
+        adopted.update(&specs).unwrap();
+        assert_eq!(adopted.writer().writes, 0, "nothing differs");
+        // The same ids, the same generations: established flows keep their backend.
+        for s in &specs {
+            assert_eq!(adopted.ids_of(s), dp.ids_of(s), "{}", s.vip);
+        }
+        assert_eq!(adopted.current().backends, dp.current().backends);
+        assert_eq!(adopted.current().infos, dp.current().infos);
+    }
+
+    #[test]
+    fn a_slot_freed_before_the_restart_gets_a_new_generation() {
+        let (dp, mut specs) = history();
+        let found = dp.writer().found(limits());
+        let (mut adopted, _) = Dataplane::adopt(dp.writer().clone(), &found).unwrap();
+        // A new real server takes the lowest free slot: the one the removed server left.
+        let freed = found
+            .keys
+            .iter()
+            .enumerate()
+            .position(|(i, k)| k.family == 0 && found.backends[i].generation > 0)
+            .expect("a freed slot keeps its generation") as u32;
+        let old_generation = found.backends[freed as usize].generation;
+        specs[2].backends.push(BackendSpec {
+            addr: "198.51.100.9:80".parse().unwrap(),
+            weight: 1,
+            mac: Some([2, 0, 0, 0, 0, 9]),
+        });
+        adopted.update(&specs).unwrap();
+        let (_, bids) = adopted.ids_of(&specs[2]).unwrap();
+        assert!(bids.contains(&freed));
+        assert_eq!(
+            adopted.current().backends[&freed].generation,
+            old_generation + 1
+        );
+    }
+
+    #[test]
+    fn the_adopted_view_says_what_the_maps_say() {
+        let (dp, specs) = history();
+        let found = dp.writer().found(limits());
+        let (adopted, _) = Dataplane::adopt(MemMaps::default(), &found).unwrap();
+        let v6 = adopted
+            .specs()
+            .iter()
+            .find(|s| s.vip.is_ipv6())
+            .expect("the IPv6 service");
+        assert_eq!(v6.sched, Scheduler::Rr);
+        assert_eq!(v6.persistence_prefix, 128);
+        assert!(v6.active);
+        // The drained server: weight 0, MAC kept.
+        let drained = v6.backends.iter().find(|b| b.weight == 0).unwrap();
+        assert_eq!(drained.addr, specs[1].backends[1].addr);
+        assert!(drained.mac.is_some());
+        let mh = adopted
+            .specs()
+            .iter()
+            .find(|s| s.sched == Scheduler::Mh)
+            .unwrap();
+        assert_eq!(mh.mh_table_size, 251);
+    }
+
+    #[test]
+    fn entries_a_crash_left_unowned_are_cleared_by_the_first_update() {
+        let (dp, specs) = history();
+        let mut found = dp.writer().found(limits());
+        // A service was being added: its state and a backend written, its key not yet.
+        found.infos[9] = ServiceValue {
+            id: 9,
+            ring_len: 0,
+            ..ServiceValue::default()
+        };
+        found.keys[40] = BackendKey {
+            service: 9,
+            addr: [1, 0, 0, 0],
+            port: 80,
+            family: FAMILY_V4,
+            _pad: 0,
+        };
+        found.backends[40] = BackendValue {
+            flags: BACKEND_F_PRESENT,
+            generation: 1,
+            ..BackendValue::default()
+        };
+        let (mut adopted, summary) = Dataplane::adopt(MemMaps::default(), &found).unwrap();
+        assert_eq!(summary.stray, 2);
+        assert_eq!(stray_of(&adopted).keys.len(), 1);
+        adopted.update(&specs).unwrap();
+        let w = adopted.writer();
+        assert_eq!(w.keys[&40], BackendKey::default());
+        assert_eq!(w.backends[&40].flags, 0);
+        assert_eq!(w.backends[&40].generation, 1, "its generation stays");
+        assert_eq!(w.infos[&9], ServiceValue::default());
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let (dp, _) = history();
+        let good = dp.writer().found(limits());
+        let mut ring_names_a_stranger = good.clone();
+        let (id, info) = good
+            .infos
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.ring_len > 0)
+            .unwrap();
+        ring_names_a_stranger.rings[info.ring_off as usize] = 63;
+        let e = Dataplane::adopt(MemMaps::default(), &ring_names_a_stranger)
+            .err()
+            .unwrap();
+        assert!(e.0.contains(&format!("service {id}'s ring")), "{e}");
+
+        let mut past_the_end = good.clone();
+        past_the_end.infos[id].ring_off = 4096;
+        assert!(Dataplane::adopt(MemMaps::default(), &past_the_end).is_err());
+
+        let mut twice = good.clone();
+        let (k, r) = *twice
+            .services
+            .iter()
+            .find(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
+            .unwrap();
+        let mut other = k;
+        other.port = 9999u16.to_be();
+        twice.services.push((other, r));
+        let e = Dataplane::adopt(MemMaps::default(), &twice).err().unwrap();
+        assert!(e.0.contains("two service keys"), "{e}");
+
+        let mut bad_sched = good.clone();
+        bad_sched.infos[r.id as usize].sched = 77;
+        assert!(Dataplane::adopt(MemMaps::default(), &bad_sched).is_err());
+
+        // Empty maps: nothing to adopt, nothing wrong.
+        let (empty, s) = Dataplane::adopt(MemMaps::default(), &Found::default()).unwrap();
+        assert_eq!(s, Adopted::default());
+        assert!(empty.specs().is_empty());
+    }
+
+    #[test]
+    fn prefix_lengths_read_back() {
+        for (family, p) in [
+            (FAMILY_V4, 32),
+            (FAMILY_V4, 24),
+            (FAMILY_V4, 0),
+            (FAMILY_V6, 128),
+            (FAMILY_V6, 64),
+            (FAMILY_V6, 48),
+        ] {
+            let m = super::super::prefix_mask(family, p);
+            assert_eq!(prefix_of(&m, family), p, "{family} /{p}");
+        }
+    }
+
+    #[test]
+    fn addresses_read_back() {
+        for ip in ["192.0.2.7", "2001:db8::7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let (w, f) = super::super::addr_words(ip);
+            assert_eq!(ip_of(&w, f), Some(ip));
+        }
+        assert_eq!(ip_of(&[0; 4], 0), None);
+    }
+}
