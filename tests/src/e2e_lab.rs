@@ -1015,8 +1015,12 @@ impl Daemon {
 
     /// Starts a run and waits until `ready` holds for its log.
     fn start(&mut self, ns: &Netns, ready: impl Fn(&str) -> bool) -> Result<()> {
+        self.start_bin(ns, &daemon_bin()?, ready)
+    }
+
+    /// [`Daemon::start`] of the binary `bin` (another build).
+    fn start_bin(&mut self, ns: &Netns, bin: &Path, ready: impl Fn(&str) -> bool) -> Result<()> {
         ensure!(!self.is_running(), "{}: lb-daemon already runs", ns.name());
-        let bin = daemon_bin()?;
         let p = ns.spawn(&[
             bin.to_str().context("daemon path")?,
             "run",
@@ -1318,9 +1322,14 @@ impl LvsLab {
     /// Starts LB `i`'s daemon; returns once its program is attached, its real servers' MACs
     /// are known and VRRP has left Initialize.
     pub fn start_lb(&mut self, i: usize) -> Result<()> {
+        self.start_lb_bin(i, &daemon_bin()?)
+    }
+
+    /// [`LvsLab::start_lb`] with the daemon binary `bin` (another build: an upgrade).
+    pub fn start_lb_bin(&mut self, i: usize, bin: &Path) -> Result<()> {
         let mode = format!("mode=\"{}\"", self.params.xdp_mode);
         let node = &mut self.lbs[i - 1];
-        node.daemon.start(&node.ns, |log| {
+        node.daemon.start_bin(&node.ns, bin, |log| {
             log.contains("XDP program attached")
                 && log.contains(&mode)
                 && log.matches("backend MAC resolved").count() >= SERVERS

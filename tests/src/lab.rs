@@ -1,8 +1,12 @@
 //! The pieces the DR namespace test and the `lb-lab` demo share: a config for the lab's
 //! topology, the daemon started inside the LB namespace, and per-backend counting.
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     netns::{wait_until, DrLab, Netns, Proc},
@@ -28,6 +32,27 @@ pub fn daemon_bin() -> Result<PathBuf> {
              (`cargo xtask test` and `cargo xtask lab` do)"
         )
     })
+}
+
+/// The upgrade test's other build of the daemon (`LB_VARIANT_DAEMON_BIN`, else
+/// `target/variant/lb-daemon` beside `target/release/`): its XDP program differs from the
+/// ordinary one in a constant only (`cargo xtask test` builds it).
+pub fn variant_daemon_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LB_VARIANT_DAEMON_BIN") {
+        return Ok(p.into());
+    }
+    let main = daemon_bin()?;
+    let p = main
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("variant/lb-daemon"))
+        .context("target directory")?;
+    ensure!(
+        p.is_file(),
+        "{} is missing: `cargo xtask test` builds it",
+        p.display()
+    );
+    Ok(p)
 }
 
 /// `config` with the daemon's control socket in `dir`: every daemon of a test needs its own

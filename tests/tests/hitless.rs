@@ -451,3 +451,87 @@ fn another_layout_is_migrated_or_dropped_and_the_traffic_flows() {
     let p = stream.phase(t2 + Duration::from_secs(1), Instant::now());
     assert_eq!(p.failed(), 0, "{}", p.failures_line());
 }
+
+/// The tag of the XDP program attached to LB `i`'s eth0 (`bpftool net`, then `prog show`).
+fn attached_tag(lab: &LvsLab, i: usize) -> String {
+    let out = lab
+        .lb(i)
+        .exec(&["bpftool", "-j", "net", "show", "dev", "eth0"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v[0]["xdp"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no XDP program on lb{i}: {out}"));
+    let prog = lab
+        .lb(i)
+        .exec(&["bpftool", "-j", "prog", "show", "id", &id.to_string()])
+        .unwrap();
+    let p: serde_json::Value = serde_json::from_str(&prog).unwrap();
+    p["tag"].as_str().unwrap().to_string()
+}
+
+/// An upgrade onto another build of the XDP program (`target/variant/lb-daemon`, whose
+/// program differs in a constant): `stop --keep`, then the other binary. The link runs the
+/// new program from then on (another tag), a program is attached at every sample, no
+/// request fails and the peer sees no transition; and back again.
+#[test]
+fn an_upgrade_onto_another_build_of_the_program() {
+    if !require_lab("an_upgrade_onto_another_build_of_the_program") {
+        return;
+    }
+    let variant = lb_tests::lab::variant_daemon_bin().unwrap_or_else(|e| panic!("{e:#}"));
+    let _one = serial();
+    let params = pinned("rr");
+    let t = params.timers;
+    let mut lab = started("hv", params);
+    let mut conns = LongLived::open(lab.client(), lab.target(), 100).unwrap();
+    let stream = HttpStream::steady(lab.client(), lab.target()).unwrap();
+    stream
+        .wait_successes(Instant::now(), 200, Duration::from_secs(30))
+        .unwrap();
+    let peer_transitions = transitions(&lab, 2);
+    let before = attached_tag(&lab, 1);
+    let ordinary = lb_tests::lab::daemon_bin().unwrap();
+    let mut tags = vec![before.clone()];
+    for bin in [&variant, &ordinary] {
+        let watch = AttachedWatch::start(&lab, 1);
+        let t0 = Instant::now();
+        lab.stop_lb_with(1, Some("--keep")).unwrap();
+        lab.start_lb_bin(1, bin).unwrap_or_else(|e| panic!("{e:#}"));
+        lab.wait_state(1, "MASTER", Duration::from_secs(2)).unwrap();
+        let (samples, bare) = watch.finish();
+        tags.push(attached_tag(&lab, 1));
+        let log = lab.lb_log(1);
+        assert!(
+            log.contains("took over the previous run's dataplane"),
+            "{log}"
+        );
+        assert!(
+            log.contains("the previous run's XDP link runs the new program"),
+            "{log}"
+        );
+        all_ok(&conns.round(), 100, "after the upgrade");
+        stream
+            .wait_successes(Instant::now(), 100, Duration::from_secs(30))
+            .unwrap();
+        let p = stream.phase(t0 - Duration::from_millis(500), Instant::now());
+        eprintln!(
+            "{}: program {} -> {}; {samples} samples, {bare} without a program; {} requests, failed {}",
+            bin.display(),
+            tags[tags.len() - 2],
+            tags[tags.len() - 1],
+            p.requests,
+            p.failures_line()
+        );
+        assert_eq!(bare, 0, "{bare} of {samples} samples showed no program");
+        assert!(samples > 10, "{samples} samples");
+        assert_eq!(p.failed(), 0, "{}", p.failures_line());
+    }
+    assert_ne!(tags[0], tags[1], "the other build's program runs");
+    assert_eq!(tags[0], tags[2], "the ordinary build's program runs again");
+    lb_tests::e2e_lab::holds_for("lb2 stays backup", t.master_down(99), || {
+        lab.state(2).as_deref() == Some("BACKUP")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    assert_eq!(transitions(&lab, 2), peer_transitions, "the peer moved");
+}

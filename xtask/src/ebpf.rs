@@ -88,6 +88,16 @@ fn detect() -> Result<(Toolchain, PathBuf)> {
 
 /// Builds the object and returns its path.
 pub fn build() -> Result<PathBuf> {
+    build_in("target/ebpf", &[])
+}
+
+/// Builds the `upgrade-test` variant of the object (see lb-ebpf's Cargo.toml) and returns its
+/// path.
+pub fn build_variant() -> Result<PathBuf> {
+    build_in("target/ebpf-variant", &["--features", "upgrade-test"])
+}
+
+fn build_in(dir: &str, extra: &[&str]) -> Result<PathBuf> {
     let (tc, linker) = match detect() {
         Ok(found) => found,
         Err(e) => {
@@ -97,7 +107,7 @@ pub fn build() -> Result<PathBuf> {
         }
     };
     let root = root();
-    let target_dir = root.join("target/ebpf");
+    let target_dir = root.join(dir);
     let mut cmd = match tc {
         Toolchain::RustupNightly => {
             let mut c = Command::new("cargo");
@@ -136,7 +146,8 @@ pub fn build() -> Result<PathBuf> {
             TARGET,
             "-Z",
             "build-std=core",
-        ]);
+        ])
+        .args(extra);
     run(&mut cmd).context("building lb-ebpf")?;
     let obj = target_dir.join(TARGET).join("release/lb");
     if !obj.is_file() {

@@ -108,6 +108,31 @@ fn prepare() -> Result<()> {
     build_daemon()
 }
 
+/// The upgrade test's other build: `target/variant/lb-daemon`, a daemon that embeds the
+/// `upgrade-test` object. Built through the same target directory (only lb-daemon is
+/// compiled again), copied aside, then the ordinary daemon is built again.
+fn build_variant_daemon() -> Result<()> {
+    let obj = ebpf::build_variant()?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "lb-daemon",
+            "--bin",
+            "lb-daemon",
+        ])
+        .env("LB_EBPF_OBJECT", &obj))?;
+    let dir = root().join("target/variant");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(
+        root().join("target/release/lb-daemon"),
+        dir.join("lb-daemon"),
+    )
+    .context("copying the variant daemon")?;
+    build_daemon()
+}
+
 /// `cargo run` of one of the `lb-tests` binaries (`lb-bench`, `lb-lab`); arguments follow.
 fn tests_bin(bin: &str) -> Command {
     let mut c = cargo();
@@ -132,6 +157,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             prepare()?;
+            build_variant_daemon()?;
             // Privileged tests (namespaces, XDP) fail instead of skipping under CI.
             let mut c = cargo();
             c.args(["test", "--workspace", "--release"]).args(&args);
