@@ -84,6 +84,11 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match run() {
+        // `lb-daemon stop --release`: the operator took the node out, and systemd must not
+        // start it again (the unit's `RestartPreventExitStatus`).
+        Ok(()) if daemon::released_on_request() => {
+            std::process::ExitCode::from(daemon::EXIT_RELEASED)
+        }
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {}", report(&e));

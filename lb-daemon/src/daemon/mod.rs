@@ -121,6 +121,7 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                 Request::Stop { release } => {
                     call.reply(Response::ok());
                     let release = release.unwrap_or(on_stop == OnStop::Release);
+                    RELEASED_ON_REQUEST.store(release, std::sync::atomic::Ordering::Relaxed);
                     return stop(state, inbox, release).await;
                 }
                 Request::Status => call.reply(Response::status(state.on_status())),
@@ -141,6 +142,19 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
         state.after_event(Instant::now());
     }
     stop(state, inbox, on_stop == OnStop::Release).await
+}
+
+/// The exit status of a daemon that `lb-daemon stop` told to release: the systemd unit does
+/// not start it again (`RestartPreventExitStatus=`), where it does after anything else.
+pub const EXIT_RELEASED: u8 = 10;
+
+static RELEASED_ON_REQUEST: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the run ended with a release that `lb-daemon stop` asked for (see
+/// [`EXIT_RELEASED`]).
+pub fn released_on_request() -> bool {
+    RELEASED_ON_REQUEST.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Stops. A `release` stop goes in order: VRRP first (priority-0 adverts, the VIPs

@@ -118,7 +118,10 @@ impl State {
                 .context("writing the configuration into the dataplane")?;
         }
         if !state.config.vrrp_instances.is_empty() {
-            let units = vrrp_units(&state.config, &mut state.tracking).await?;
+            // A master resumes only over a dataplane that still serves its VIPs: the one
+            // taken over (or none at all, VRRP alone).
+            let may_resume = state.dp.as_ref().is_none_or(|dp| dp.xdp.adopted.is_some());
+            let units = vrrp_units(&state.config, &mut state.tracking, may_resume).await?;
             state.vrrp = Some(runtime::spawn(units, event_tx)?);
         }
         let inbox = Inbox {

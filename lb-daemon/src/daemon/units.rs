@@ -19,7 +19,11 @@ use crate::{
 
 /// Resolves each VRRP instance against the host: interface index, source address, own
 /// addresses, virtual addresses; and groups instances into units (sync groups).
-pub(super) async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Result<Vec<UnitSpec>> {
+pub(super) async fn vrrp_units(
+    config: &Config,
+    tracking: &mut Tracking,
+    may_resume: bool,
+) -> Result<Vec<UnitSpec>> {
     let mut addrs = AddressSocket::open()?;
     let mut members: HashMap<String, MemberSpec> = HashMap::new();
     let mut initial: HashMap<String, Vec<Input>> = HashMap::new();
@@ -78,6 +82,7 @@ pub(super) async fn vrrp_units(config: &Config, tracking: &mut Tracking) -> Resu
                 vips,
                 initial: initial.remove(&inst.name).unwrap_or_default(),
                 dataplane: config.dataplane.is_some(),
+                may_resume,
             },
         );
     }

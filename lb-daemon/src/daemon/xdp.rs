@@ -20,7 +20,7 @@ use crate::{
     dataplane::{
         adopt::Adopted,
         flows::{copy_table, FlowTables, Table},
-        maps::{BpfMaps, NullMaps},
+        maps::BpfMaps,
         pins::{self, Pins, Take},
         program::{self, LoadOptions},
         Dataplane,
@@ -100,7 +100,9 @@ impl Xdp {
         let judged = started.elapsed();
         // Loaded over the adopted maps; again over fresh ones if what they hold is not
         // consistent.
-        let (inst, maps, adopted) = loop {
+        // Over the adopted maps; again over fresh ones if they cannot be loaded over, read
+        // back or adopted: the start goes on, and says why.
+        let (inst, mut dp, adopted, loaded, adopted_at) = loop {
             let adopting = take.as_ref().is_some_and(|t| t.judgement.dropped.is_none());
             if adopting {
                 // The sized maps are the pinned ones: the first apply grows them if the
@@ -119,24 +121,35 @@ impl Xdp {
                     }
                 }
             }
-            let inst = program::instance(&opts, adopt).context("loading the XDP program")?;
-            if let Some(t) = take.as_ref().filter(|_| adopting) {
-                migrate(t, &inst.fds);
-            }
-            let maps = BpfMaps::open(&inst.fds)?;
             if !adopting {
-                break (inst, maps, None);
+                let inst = program::instance(&opts, adopt).context("loading the XDP program")?;
+                let maps = BpfMaps::open(&inst.fds)?;
+                let dp = Dataplane::new(maps, opts.limits);
+                let at = started.elapsed();
+                break (inst, dp, None, at, at);
             }
-            let found = maps.read_back().context("reading the pinned maps back")?;
-            match Dataplane::adopt(NullMaps, &found) {
-                Ok(_) => break (inst, maps, Some(found)),
+            let adopted = (|| -> Result<_> {
+                let inst = program::instance(&opts, adopt)
+                    .context("loading the XDP program over the pinned maps")?;
+                let loaded = started.elapsed();
+                if let Some(t) = &take {
+                    migrate(t, &inst.fds);
+                }
+                let maps = BpfMaps::open(&inst.fds)?;
+                let found = maps.read_back().context("reading the pinned maps back")?;
+                let (dp, summary) = Dataplane::adopt(maps, &found)?;
+                Ok((inst, dp, summary, loaded))
+            })();
+            match adopted {
+                Ok((inst, dp, summary, loaded)) => {
+                    break (inst, dp, Some(summary), loaded, started.elapsed())
+                }
                 Err(e) => {
-                    warn!("the previous run's dataplane is not taken over: {e}; established connections are scheduled again");
+                    warn!("the previous run's dataplane is not taken over: {e:#}; established connections are scheduled again");
                     take = None;
                 }
             }
         };
-        let loaded = started.elapsed();
         let native = program::native_plan(&inst.fds, &d.interface, ifindex, d.xdp_mode).await;
         let program::Instance {
             mut ebpf,
@@ -145,7 +158,7 @@ impl Xdp {
         } = inst;
         spawn_bpf_logger(&mut ebpf);
         let flows = Arc::new(FlowTables::open(&fds)?);
-        let mut meta = maps.meta()?;
+        let mut meta = dp.writer().meta()?;
         let boot = crate::sync::boot_id(meta.sync_boot);
         let sync = match (&config.sync, sync_key) {
             (Some(s), Some(key)) => {
@@ -158,25 +171,14 @@ impl Xdp {
             }
             _ => None,
         };
-        let (dp, adopted) = match adopted {
-            Some(found) => {
-                let (dp, summary) =
-                    Dataplane::adopt(maps, &found).map_err(|e| anyhow::anyhow!("{e}"))?;
-                meta.adoptions += 1;
-                (dp, Some(summary))
-            }
-            None => (Dataplane::new(maps, opts.limits), None),
-        };
-        let mut dp = dp;
-        let adopted_at = started.elapsed();
+        if adopted.is_some() {
+            meta.adoptions += 1;
+        }
         meta.layout = LAYOUT_VERSION;
         dp.writer_mut().set_meta(&meta)?;
         // The clock before the first packet: a flow stamped 0 would look idle for years at
         // the first tick and be rescheduled.
         dp.writer_mut().set_clock(monotonic_seconds())?;
-        if let Some(p) = &pins {
-            pin_maps(p, &fds);
-        }
         let attachment = program::attach_xdp(
             &prog,
             native,
@@ -187,9 +189,14 @@ impl Xdp {
             d.keep_xdp_on_exit,
         )
         .await?;
-        if let (Some(p), Some(link)) = (&pins, attachment.link()) {
-            if let Err(e) = p.pin_link(link) {
-                warn!("the XDP program will not outlive this daemon: pinning its link: {e}");
+        // Pinned once the program runs over them: until then the pins still name the maps
+        // the previous run's program uses.
+        if let Some(p) = &pins {
+            pin_maps(p, &fds);
+            if let Some(link) = attachment.link() {
+                if let Err(e) = p.pin_link(link) {
+                    warn!("the XDP program will not outlive this daemon: pinning its link: {e}");
+                }
             }
         }
         if let Some(a) = &adopted {
@@ -200,9 +207,9 @@ impl Xdp {
                 real_servers = a.backends,
                 stray = a.stray,
                 judge_ms = %ms(judged),
-                load_ms = %ms(loaded - judged),
-                adopt_ms = %ms(adopted_at - loaded),
-                attach_ms = %ms(done - adopted_at),
+                load_ms = %ms(loaded.saturating_sub(judged)),
+                adopt_ms = %ms(adopted_at.saturating_sub(loaded)),
+                attach_ms = %ms(done.saturating_sub(adopted_at)),
                 total_ms = %ms(done),
                 "took over the previous run's dataplane"
             );

@@ -14,7 +14,7 @@
 //! its weights are not in the maps); its ids are found by address, its ring rebuilt and
 //! compared slot by slot, so an unchanged configuration writes nothing.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
@@ -146,10 +146,11 @@ impl<W: MapWriter> Dataplane<W> {
         }
         for (key, r) in &found.services {
             if r.flags & SVC_REF_F_FRAG_ONLY != 0 && !live.contains_key(&r.id) {
-                return Err(corrupt(format!(
-                    "a fragments-only key names id {}, which no service has",
-                    r.id
-                )));
+                // Written before a service a crash kept from being keyed (or left when one
+                // went): the first update writes or removes it.
+                dp.stray.services.insert(*key, *r);
+                summary.stray += 1;
+                continue;
             }
             dp.current.services.insert(*key, *r);
         }
@@ -219,7 +220,8 @@ impl<W: MapWriter> Dataplane<W> {
                 )));
             }
             let slots: Arc<[u32]> = found.rings[off as usize..end as usize].into();
-            if let Some(bad) = slots.iter().find(|b| !bids.contains(b)) {
+            let own: HashSet<u32> = bids.iter().copied().collect();
+            if let Some(bad) = slots.iter().find(|b| !own.contains(b)) {
                 return Err(corrupt(format!(
                     "service {id}'s ring names backend {bad}, not one of its own"
                 )));
@@ -272,6 +274,40 @@ impl<W: MapWriter> Dataplane<W> {
                     dirty: true,
                 },
             );
+        }
+        // Each group's fragments-only key as the services found call for it: one missing or
+        // naming another service (a crash between two writes) is rewritten by the first
+        // update, which a stray marker makes look at the group.
+        let expected: BTreeMap<MapKey, ServiceRef> = dp
+            .groups
+            .iter()
+            .filter_map(|(g, ports)| super::plan::frag_entry(*g, Some(ports)))
+            .collect();
+        let unexpected: Vec<MapKey> = dp
+            .current
+            .services
+            .iter()
+            .filter(|(k, r)| r.flags & SVC_REF_F_FRAG_ONLY != 0 && expected.get(k) != Some(r))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in unexpected {
+            if let Some(r) = dp.current.services.remove(&k) {
+                dp.stray.services.insert(k, r);
+                summary.stray += 1;
+            }
+        }
+        for (k, r) in &expected {
+            if !dp.current.services.contains_key(k) && !dp.stray.services.contains_key(k) {
+                // Missing: a marker no real key has, so that the group is written.
+                dp.stray.services.insert(
+                    *k,
+                    ServiceRef {
+                        id: r.id,
+                        flags: u32::MAX,
+                    },
+                );
+                summary.stray += 1;
+            }
         }
         // Regions: in use as found, the gaps free.
         let mut regions = super::plan::Regions::default();
@@ -354,7 +390,7 @@ fn stray_of<W: MapWriter>(dp: &Dataplane<W>) -> &super::plan::Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::plan::Dataplane;
+    use crate::dataplane::{maps::MapWriteError, plan::Dataplane};
 
     fn spec(vip: &str, port: u16, sched: Scheduler, backends: &[(&str, u32)]) -> ServiceSpec {
         ServiceSpec {
@@ -574,6 +610,168 @@ mod tests {
         let (empty, s) = Dataplane::adopt(MemMaps::default(), &Found::default()).unwrap();
         assert_eq!(s, Adopted::default());
         assert!(empty.specs().is_empty());
+    }
+
+    /// One write, replayed onto maps in memory.
+    type Write = Box<dyn Fn(&mut MemMaps)>;
+
+    /// Every write of an update, recorded, so that a crash after any of them can be replayed.
+    #[derive(Default)]
+    struct Recorder(Vec<Write>);
+
+    impl MapWriter for Recorder {
+        fn update_service(&mut self, k: &MapKey, v: &ServiceRef) -> Result<(), MapWriteError> {
+            let (k, v) = (*k, *v);
+            self.0
+                .push(Box::new(move |m| drop(m.update_service(&k, &v))));
+            Ok(())
+        }
+        fn delete_service(&mut self, k: &MapKey) -> Result<(), MapWriteError> {
+            let k = *k;
+            self.0.push(Box::new(move |m| drop(m.delete_service(&k))));
+            Ok(())
+        }
+        fn update_service_info(&mut self, id: u32, v: &ServiceValue) -> Result<(), MapWriteError> {
+            let v = *v;
+            self.0
+                .push(Box::new(move |m| drop(m.update_service_info(id, &v))));
+            Ok(())
+        }
+        fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
+            let v = *v;
+            self.0
+                .push(Box::new(move |m| drop(m.update_backend(id, &v))));
+            Ok(())
+        }
+        fn update_backend_key(&mut self, id: u32, k: &BackendKey) -> Result<(), MapWriteError> {
+            let k = *k;
+            self.0
+                .push(Box::new(move |m| drop(m.update_backend_key(id, &k))));
+            Ok(())
+        }
+        fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
+            self.0
+                .push(Box::new(move |m| drop(m.update_ring_slot(i, b))));
+            Ok(())
+        }
+    }
+
+    /// What the program and a restarted daemon can see of maps, by name rather than by id
+    /// (a restarted daemon may hand out other ids, and other generations, than one that did
+    /// not crash): each key's service and its state, each ring as real servers, each real
+    /// server's MAC and flags.
+    fn visible(m: &MemMaps) -> impl PartialEq + std::fmt::Debug {
+        let name: BTreeMap<u32, MapKey> = m
+            .services
+            .iter()
+            .filter(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
+            .map(|(k, r)| (r.id, *k))
+            .collect();
+        let server = |bid: &u32| {
+            m.keys
+                .get(bid)
+                .filter(|k| k.family != 0)
+                .map(|k| (name.get(&k.service).copied(), k.addr, k.port))
+        };
+        let services: BTreeMap<MapKey, (u32, Option<MapKey>)> = m
+            .services
+            .iter()
+            .map(|(k, r)| (*k, (r.flags, name.get(&r.id).copied())))
+            .collect();
+        let infos: BTreeMap<MapKey, (ServiceValue, Vec<_>)> = name
+            .iter()
+            .map(|(id, key)| {
+                let v = m.infos.get(id).copied().unwrap_or_default();
+                let ring = (v.ring_off..v.ring_off + v.ring_len)
+                    .map(|i| m.rings.get(&i).and_then(server))
+                    .collect();
+                (
+                    *key,
+                    (
+                        ServiceValue {
+                            id: 0,
+                            ring_off: 0,
+                            ..v
+                        },
+                        ring,
+                    ),
+                )
+            })
+            .collect();
+        let mut backends: Vec<_> = m
+            .keys
+            .keys()
+            .filter_map(|id| {
+                let b = m.backends.get(id).copied().unwrap_or_default();
+                server(id).map(|s| (s, b.mac, b.flags))
+            })
+            .collect();
+        backends.sort();
+        (services, infos, backends)
+    }
+
+    /// A crash after any write of an update (new services, a new VIP whose fragments-only
+    /// key sorts first, a real server without a MAC yet, one gone, a service gone) leaves
+    /// maps a restarted daemon adopts; updating them to the same specs gives what a daemon
+    /// that never crashed wrote, and no flow of a slot's previous occupant can follow the
+    /// next one.
+    #[test]
+    fn a_crash_after_any_write_leaves_maps_that_are_adopted_and_repaired() {
+        let (dp, mut target) = history();
+        let base = dp.writer().clone();
+        let base_found = base.found(limits());
+        target.remove(0);
+        target[0].backends.push(BackendSpec {
+            addr: "[2001:db8::3]:80".parse().unwrap(),
+            weight: 1,
+            mac: None,
+        });
+        target.push(spec(
+            "192.0.2.12",
+            8080,
+            Scheduler::Sh,
+            &[("198.51.100.7:8080", 1), ("198.51.100.8:8080", 2)],
+        ));
+        target.push(spec(
+            "192.0.2.12",
+            8443,
+            Scheduler::Rr,
+            &[("198.51.100.9:8443", 1)],
+        ));
+        // The clean run: the writes it makes, and the maps it ends with.
+        let (mut rec, _) = Dataplane::adopt(Recorder::default(), &base_found).unwrap();
+        rec.update(&target).unwrap();
+        let ops = std::mem::take(&mut rec.writer_mut().0);
+        let mut clean = base.clone();
+        ops.iter().for_each(|op| op(&mut clean));
+        assert!(ops.len() > 20, "{} writes", ops.len());
+        for k in 0..=ops.len() {
+            let mut crashed = base.clone();
+            ops[..k].iter().for_each(|op| op(&mut crashed));
+            let found = crashed.found(limits());
+            let (mut again, _) = Dataplane::adopt(crashed, &found)
+                .unwrap_or_else(|e| panic!("after {k} of {} writes: {e}", ops.len()));
+            again.update(&target).unwrap();
+            assert_eq!(
+                visible(again.writer()),
+                visible(&clean),
+                "after {k} of {} writes",
+                ops.len()
+            );
+            // A slot given to another real server has a newer generation than the previous
+            // occupant's: none of its flows follows the newcomer.
+            let w = again.writer();
+            for (id, key) in w.keys.iter().filter(|(_, key)| key.family != 0) {
+                if base.keys.get(id) != Some(key) {
+                    let was = base.backends.get(id).map_or(0, |b| b.generation);
+                    assert!(
+                        w.backends[id].generation > was,
+                        "after {k} writes: slot {id} reused with generation {} (was {was})",
+                        w.backends[id].generation
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -191,32 +191,8 @@ impl FlowTables {
             }
             return Ok(done);
         }
-        let mut at = 0;
-        while at < keys.len() {
-            let n = (keys.len() - at).min(MAX_BATCH);
-            // SAFETY: `K` and `FlowValue` are the table's key and value types (see above),
-            // and both slices hold `n` entries from `at`.
-            let (written, err) = unsafe {
-                update_batch(
-                    fd,
-                    keys[at..].as_ptr().cast(),
-                    values[at..].as_ptr().cast(),
-                    n,
-                    BPF_ANY,
-                )
-            };
-            done.written += written;
-            at += written;
-            if let Some(source) = err {
-                return Err(FlowsError::Update {
-                    map: t.name(),
-                    source,
-                });
-            }
-            if written == 0 {
-                break;
-            }
-        }
+        // SAFETY: `K` is the table's key type (see above).
+        done.written = unsafe { write_batches(fd, t, keys, values) }?;
         Ok(done)
     }
 
@@ -319,30 +295,8 @@ pub fn copy_table(from: BorrowedFd<'_>, to: BorrowedFd<'_>, t: Table) -> Result<
         let mut total = 0;
         while !c.is_done() {
             let (keys, values) = c.step(from)?;
-            let mut at = 0;
-            while at < keys.len() {
-                // SAFETY: keys and values of the table's types, `keys.len() - at` of each.
-                let (written, err) = unsafe {
-                    update_batch(
-                        to,
-                        keys[at..].as_ptr().cast(),
-                        values[at..].as_ptr().cast(),
-                        keys.len() - at,
-                        BPF_ANY,
-                    )
-                };
-                at += written;
-                total += written;
-                if let Some(source) = err {
-                    return Err(FlowsError::Update {
-                        map: t.name(),
-                        source,
-                    });
-                }
-                if written == 0 {
-                    break;
-                }
-            }
+            // SAFETY: the cursor reads the table's own key type `K`.
+            total += unsafe { write_batches(to, t, keys, values) }?;
         }
         Ok(total)
     }
@@ -352,6 +306,45 @@ pub fn copy_table(from: BorrowedFd<'_>, to: BorrowedFd<'_>, t: Table) -> Result<
         Table::Persist4 => copy::<lb_common::PersistKey4>(from, to, t),
         Table::Persist6 => copy::<lb_common::PersistKey6>(from, to, t),
     }
+}
+
+/// Writes `keys[i] -> values[i]` into map `fd` (table `t`), `BPF_MAP_UPDATE_BATCH` calls of
+/// at most [`MAX_BATCH`] entries; returns how many the kernel wrote.
+///
+/// # Safety
+/// `K` is the map's key type.
+unsafe fn write_batches<K>(
+    fd: BorrowedFd<'_>,
+    t: Table,
+    keys: &[K],
+    values: &[FlowValue],
+) -> Result<usize, FlowsError> {
+    let mut at = 0;
+    while at < keys.len().min(values.len()) {
+        let n = (keys.len() - at).min(MAX_BATCH);
+        // SAFETY: `K` and `FlowValue` are the map's key and value types (the caller's
+        // promise), and both slices hold `n` entries from `at`.
+        let (written, err) = unsafe {
+            update_batch(
+                fd,
+                keys[at..].as_ptr().cast(),
+                values[at..].as_ptr().cast(),
+                n,
+                BPF_ANY,
+            )
+        };
+        at += written;
+        if let Some(source) = err {
+            return Err(FlowsError::Update {
+                map: t.name(),
+                source,
+            });
+        }
+        if written == 0 {
+            break;
+        }
+    }
+    Ok(at)
 }
 
 /// `BPF_MAP_UPDATE_ELEM` of one entry; its error.

@@ -353,7 +353,10 @@ pub(super) fn group_of(key: &MapKey) -> Group {
 }
 
 /// The port-0 entry of a group whose services are `ports` (host-order port -> id), if any.
-fn frag_entry(group: Group, ports: Option<&BTreeMap<u16, u32>>) -> Option<(MapKey, ServiceRef)> {
+pub(super) fn frag_entry(
+    group: Group,
+    ports: Option<&BTreeMap<u16, u32>>,
+) -> Option<(MapKey, ServiceRef)> {
     let (&port, &id) = ports?.iter().next()?;
     (port != 0).then_some((
         MapKey {
@@ -611,10 +614,12 @@ fn plan(
     }
     for g in touched {
         let mut ports = groups.get(&g).cloned().unwrap_or_default();
-        if let Some((k, r)) = frag_entry(g, Some(&ports)) {
-            d.prev
-                .services
-                .insert(k, current.services.get(&k).copied().unwrap_or(r));
+        // The group's fragments-only key as the maps hold it (none when they do not: a
+        // crash, or adopted maps, may have left it out; the update writes it then).
+        if let Some((k, _)) = frag_entry(g, Some(&ports)) {
+            if let Some(v) = current.services.get(&k) {
+                d.prev.services.insert(k, *v);
+            }
         }
         for key in d.gone.iter().filter(|k| group_of(k) == g) {
             ports.remove(&u16::from_be(key.port));
@@ -649,9 +654,23 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
     let usable =
         |b: &BackendValue| b.flags & BACKEND_F_PRESENT != 0 && b.flags & BACKEND_F_DRAINING == 0;
     // Which real server an id stands for, before anything names the id: a daemon that
-    // restarts from these maps must never find a backend it cannot name.
+    // restarts from these maps must never find a backend it cannot name. A new occupant's
+    // generation comes first, with nothing usable yet (no ring names the id): a daemon
+    // restarted after the key must find the new generation with it, never the one the
+    // previous occupant's flows carry.
     for (id, k) in &next.keys {
         if prev.keys.get(id) != Some(k) {
+            if let Some(b) = next.backends.get(id) {
+                if prev.backends.get(id).map(|p| p.generation) != Some(b.generation) {
+                    w.update_backend(
+                        *id,
+                        &BackendValue {
+                            generation: b.generation,
+                            ..BackendValue::default()
+                        },
+                    )?;
+                }
+            }
             w.update_backend_key(*id, k)?;
         }
     }
@@ -710,9 +729,16 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
             w.update_service_info(*id, info)?;
         }
     }
-    for (key, r) in &next.services {
-        if prev.services.get(key) != Some(r) {
-            w.update_service(key, r)?;
+    // The keys of whole packets before the fragments-only ones (which sort first): a
+    // fragments-only key names its service by id, and a daemon restarted between two of
+    // these writes must find that id named by the service's own key (dataplane/adopt.rs).
+    for frag_only in [false, true] {
+        for (key, r) in &next.services {
+            if (r.flags & SVC_REF_F_FRAG_ONLY != 0) == frag_only
+                && prev.services.get(key) != Some(r)
+            {
+                w.update_service(key, r)?;
+            }
         }
     }
     for key in prev.services.keys() {

@@ -592,7 +592,7 @@ pub enum AttachError {
         name: String,
         id: u32,
     },
-    #[error("taking the previous XDP program off {iface}: {source}")]
+    #[error("taking the previous XDP program off {iface}: {source} (on EBUSY: a bpf_link this daemon holds no pin of runs it; was pin_root changed?)")]
     Clear {
         iface: String,
         #[source]
@@ -625,7 +625,7 @@ pub async fn attach_xdp(
     iface: &str,
     ifindex: u32,
     mode: XdpMode,
-    pinned: Option<OwnedFd>,
+    mut pinned: Option<OwnedFd>,
     netlink: bool,
 ) -> Result<Attachment, AttachError> {
     let current = netlink::link::attached(ifindex)
@@ -666,7 +666,7 @@ pub async fn attach_xdp(
             match program_for(cur.mode)? {
                 Ok((program, own)) => {
                     // A previous run's link: it runs the new program from now on.
-                    if let Some(link) = pinned {
+                    if let Some(link) = pinned.take() {
                         match link_update(link.as_fd(), own.as_fd(), None) {
                             Ok(()) => {
                                 tracing::info!(
@@ -687,6 +687,7 @@ pub async fn attach_xdp(
                             }
                             Err(e) => {
                                 tracing::warn!(interface = iface, "the previous run's XDP link cannot be updated ({e}): attaching anew");
+                                pinned = Some(link);
                             }
                         }
                     } else {
@@ -723,12 +724,19 @@ pub async fn attach_xdp(
             mode = cur.mode.name(),
             "detaching the XDP program a previous run left attached: xdp_mode {mode:?} does not run it"
         );
-        netlink::link::clear(ifindex, cur.mode)
-            .await
-            .map_err(|source| AttachError::Clear {
-                iface: iface.to_string(),
-                source,
-            })?;
+        // Through its link when one is pinned: netlink cannot take a link's program off
+        // (EBUSY). A link pinned elsewhere (another pin_root) is refused the same way.
+        let via_link = pinned
+            .take()
+            .is_some_and(|link| devbound::link_detach(link.as_fd()).is_ok());
+        if !via_link {
+            netlink::link::clear(ifindex, cur.mode)
+                .await
+                .map_err(|source| AttachError::Clear {
+                    iface: iface.to_string(),
+                    source,
+                })?;
+        }
     }
     let mut errors = Vec::new();
     for &m in modes(mode) {

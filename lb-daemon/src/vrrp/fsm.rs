@@ -731,16 +731,7 @@ impl Instance {
             return self.on_startup(now, out);
         }
         self.master_adver_interval = self.config.advert_interval;
-        let from = self.state();
-        self.phase = Phase::Master {
-            adver_at: now + self.config.advert_interval.as_duration(),
-        };
-        self.preempt_until = None;
-        out.push(Output::SendAdvert {
-            priority: self.effective_priority,
-        });
-        out.push(Output::Resumed);
-        self.push_change(from, out);
+        self.become_master(now, Output::Resumed, out);
         Ok(())
     }
 
@@ -1002,6 +993,11 @@ impl Instance {
     /// RFC 9568 §6.4.1 (owner) and §6.4.2 (Master_Down_Timer fires): send an advert, take the
     /// addresses, arm the Adver timer.
     fn enter_master(&mut self, now: Time, out: &mut Vec<Output>) {
+        self.become_master(now, Output::BecomeMaster, out);
+    }
+
+    /// Master from now: an advert, then `how` (take the addresses, or, resumed, keep them).
+    fn become_master(&mut self, now: Time, how: Output, out: &mut Vec<Output>) {
         let from = self.state();
         self.phase = Phase::Master {
             adver_at: now + self.config.advert_interval.as_duration(),
@@ -1010,7 +1006,7 @@ impl Instance {
         out.push(Output::SendAdvert {
             priority: self.effective_priority,
         });
-        out.push(Output::BecomeMaster);
+        out.push(how);
         self.push_change(from, out);
     }
 

@@ -18,10 +18,11 @@ use std::{
 /// Where the records live unless told otherwise.
 pub const DEFAULT_DIR: &str = "/run/lb-daemon";
 
-/// How long after its last advert a master may resume: within this the peers' Master_Down
-/// timers (3 x Master_Adver_Interval + skew) have not expired.
+/// How long after its last advert a master may resume: the peers' Master_Down timers run
+/// 3 x Master_Adver_Interval + skew (a few ms for a high-priority peer) from that advert,
+/// and the resumed master's advert must reach them first; half an interval is kept for that.
 pub fn resume_window(advert_interval: Duration) -> Duration {
-    advert_interval * 3
+    advert_interval * 5 / 2
 }
 
 /// Whether an instance whose record says `master` and was last touched at `last` may
@@ -121,16 +122,16 @@ mod tests {
     fn only_a_fresh_master_resumes() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let adv = Duration::from_secs(1);
-        assert!(resumable(true, t0, t0 + Duration::from_millis(2900), adv));
+        assert!(resumable(true, t0, t0 + Duration::from_millis(2400), adv));
         assert!(
-            !resumable(true, t0, t0 + Duration::from_secs(3), adv),
-            "the peer takes over"
+            !resumable(true, t0, t0 + Duration::from_millis(2500), adv),
+            "too close to the peers' Master_Down_Interval"
         );
         assert!(!resumable(false, t0, t0, adv), "a backup starts over");
         // A record from the future (the clock was stepped back): start over.
         assert!(!resumable(true, t0 + Duration::from_secs(5), t0, adv));
         let fast = Duration::from_millis(100);
-        assert!(!resumable(true, t0, t0 + Duration::from_millis(300), fast));
+        assert!(!resumable(true, t0, t0 + Duration::from_millis(250), fast));
     }
 
     #[test]

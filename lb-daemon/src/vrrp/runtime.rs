@@ -53,6 +53,9 @@ pub struct MemberSpec {
     /// before announcing the VIPs ([`RoleAck`]). Without one (VRRP only) there is nothing
     /// to wait for. (`[dataplane]` cannot change by reload.)
     pub dataplane: bool,
+    /// A master of the previous run may resume (see `record`): the dataplane was taken
+    /// over, so its services still serve the VIPs, or there is none.
+    pub may_resume: bool,
 }
 
 /// A lone instance, or the members of a `vrrp_sync_group`.
@@ -397,6 +400,9 @@ async fn resumable_unit(
 ) -> bool {
     let now = std::time::SystemTime::now();
     let fresh = spec.members.iter().zip(records).all(|(m, r)| {
+        if !m.may_resume {
+            return false;
+        }
         let interval = Duration::from_millis(u64::from(m.config.advert_int_cs) * 10);
         r.read()
             .is_some_and(|(master, at)| record::resumable(master, at, now, interval))
