@@ -266,7 +266,8 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Clock {
-    /// Seconds of CLOCK_MONOTONIC, written by the daemon every second: flow idle times and
+    /// Seconds of CLOCK_MONOTONIC (less the time no daemon ran: the clock goes on across a
+    /// restart from where it stood), written by the daemon every second: flow idle times and
     /// persistence are measured on it.
     pub now: u32,
     /// Bumped by the daemon at the end of every update that wrote `SERVICE_INFO` or

@@ -535,3 +535,53 @@ fn an_upgrade_onto_another_build_of_the_program() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
     assert_eq!(transitions(&lab, 2), peer_transitions, "the peer moved");
 }
+
+/// The program's clock goes on across a restart from where it stood: a daemon dead for
+/// longer than a service's idle timeout (3 s here) while its program kept forwarding
+/// leaves flows that the next run neither finds idle nor reschedules (rr connections would
+/// move to other real servers and be reset).
+#[test]
+fn flows_are_not_idle_after_a_long_gap_without_a_daemon() {
+    if !require_lab("flows_are_not_idle_after_a_long_gap_without_a_daemon") {
+        return;
+    }
+    let _one = serial();
+    let lab = lb_tests::netns::DrLab::new(&unique_prefix("hc"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let fs = lb_tests::netns::PinFs::new(&lab.lb().dir().join("bpffs")).unwrap();
+    lab.lb().use_pin_fs(&fs);
+    let config = lb_tests::lab::lab_config(&lab, "skb", "rr", &[1, 1, 1])
+        .replace(
+            "max_flows = 65536\n",
+            &format!("max_flows = 65536\npin_root = \"{}\"\n", fs.dir().display()),
+        )
+        .replace("lb_kind = \"DR\"\n", "lb_kind = \"DR\"\nidle_timeout = 3\n");
+    let (daemon, _) =
+        lb_tests::lab::start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let target = std::net::SocketAddr::from((lb_tests::netns::VIP_V4, 80));
+    let mut conns = LongLived::open(lab.client(), target, 30).unwrap();
+    assert_eq!(conns.by_backend().len(), 3, "{:?}", conns.by_backend());
+    daemon.kill().unwrap();
+    // Five seconds without a daemon, the connections busy meanwhile.
+    let gap = Instant::now();
+    while gap.elapsed() < Duration::from_secs(5) {
+        all_ok(&conns.round(), 30, "with no daemon");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (daemon, _) =
+        lb_tests::lab::start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        daemon
+            .read_stderr()
+            .contains("took over the previous run's dataplane"),
+        "{}",
+        daemon.read_stderr()
+    );
+    all_ok(
+        &conns.round(),
+        30,
+        "after a 5 s gap with a 3 s idle timeout",
+    );
+    drop(daemon);
+    drop(fs);
+}

@@ -177,7 +177,10 @@ impl Xdp {
         meta.layout = LAYOUT_VERSION;
         dp.writer_mut().set_meta(&meta)?;
         // The clock before the first packet: a flow stamped 0 would look idle for years at
-        // the first tick and be rescheduled.
+        // the first tick and be rescheduled. Taken over, it goes on from the previous run's.
+        if adopted.is_some() {
+            crate::dataplane::continue_clock_from(dp.writer().clock_seconds());
+        }
         dp.writer_mut().set_clock(monotonic_seconds())?;
         let attachment = program::attach_xdp(
             &prog,
@@ -498,9 +501,9 @@ fn spawn_bpf_logger(ebpf: &mut aya::Ebpf) {
     });
 }
 
-/// Seconds of CLOCK_MONOTONIC, the program's time base.
+/// The program's time base ([`crate::dataplane::program_seconds`]).
 fn monotonic_seconds() -> u32 {
-    crate::os::monotonic().as_secs() as u32
+    crate::dataplane::program_seconds()
 }
 
 /// Root-only test in a throw-away network namespace; nothing is configured outside it.

@@ -399,6 +399,11 @@ impl BpfMaps {
         self.bump_epoch()
     }
 
+    /// The seconds the clock holds (the last written; a previous run's, when taken over).
+    pub fn clock_seconds(&self) -> u32 {
+        self.clock_now.now
+    }
+
     /// Sets the program's clock (seconds): flow idle times and persistence are measured on
     /// it. The daemon writes CLOCK_MONOTONIC seconds every second; tests move it by hand.
     pub fn set_clock(&mut self, seconds: u32) -> Result<(), MapWriteError> {

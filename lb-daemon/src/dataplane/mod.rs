@@ -15,11 +15,41 @@ pub mod plan;
 pub mod program;
 pub mod ring;
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 pub use plan::Dataplane;
 
 use crate::model::{Proto, Scheduler, ServiceKey};
+
+/// Seconds the program's clock is behind CLOCK_MONOTONIC (see [`program_seconds`]).
+static CLOCK_LAG: AtomicU32 = AtomicU32::new(0);
+
+/// The program's clock (`CLOCK`, whole seconds): what flows' `last_seen` and idle times are
+/// measured on, and what connection sync computes ages with. CLOCK_MONOTONIC, less the time
+/// no daemon ran the dataplane a start took over ([`continue_clock_from`]): the program's
+/// clock stood still then (nothing wrote it), and a jump would make every flow look idle for
+/// that long, which past a service's idle timeout would reschedule them all.
+pub fn program_seconds() -> u32 {
+    program_seconds_at(crate::os::monotonic().as_secs() as u32)
+}
+
+fn program_seconds_at(monotonic: u32) -> u32 {
+    monotonic.wrapping_sub(CLOCK_LAG.load(Ordering::Relaxed))
+}
+
+/// Makes the program's clock go on from `last`, the value a previous run last wrote (a
+/// value ahead of CLOCK_MONOTONIC, which no run of this boot wrote, changes nothing).
+pub fn continue_clock_from(last: u32) {
+    let now = crate::os::monotonic().as_secs() as u32;
+    CLOCK_LAG.store(lag_for(now, last), Ordering::Relaxed);
+}
+
+fn lag_for(monotonic: u32, last: u32) -> u32 {
+    monotonic.saturating_sub(last)
+}
 
 /// One virtual service as the dataplane needs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,4 +147,20 @@ pub fn prefix_mask(family: u8, prefix: u8) -> [u32; 4] {
         };
     }
     lb_common::addr_v6(bytes)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_goes_on_from_where_the_previous_run_left_it() {
+        // The previous run last wrote 1000; this one starts at monotonic 1300.
+        let lag = lag_for(1300, 1000);
+        assert_eq!(lag, 300);
+        assert_eq!(1300u32.wrapping_sub(lag), 1000, "no jump at the start");
+        assert_eq!(1310u32.wrapping_sub(lag), 1010, "then it runs");
+        // A value from no run of this boot (ahead of the clock) changes nothing.
+        assert_eq!(lag_for(1300, 5000), 0);
+    }
 }

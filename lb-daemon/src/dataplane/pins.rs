@@ -41,8 +41,10 @@ pub const TABLES: [&str; 4] = [
     names::PERSIST6,
 ];
 
-/// Positions and counters: adopted when they fit, else started afresh.
-pub const COUNTERS: [&str; 5] = [
+/// Positions, counters and the program's clock (its last value: where the next run's clock
+/// goes on from): adopted when they fit, else started afresh.
+pub const COUNTERS: [&str; 6] = [
+    names::CLOCK,
     names::RR_STATE,
     names::SERVICE_STATS,
     names::BACKEND_STATS,
@@ -50,9 +52,9 @@ pub const COUNTERS: [&str; 5] = [
     names::SYNC_STATS,
 ];
 
-/// Every map that is pinned (with `META`). The flow caches, the sync event ring, the clock,
-/// the log ring and the global data are the instance's own: nothing in them outlives it
-/// usefully, and bpffs refuses the '.' of the global data's names.
+/// Every map that is pinned (with `META`). The flow caches, the sync event ring, the log ring
+/// and the global data are the instance's own: nothing in them outlives it usefully, and
+/// bpffs refuses the '.' of the global data's names.
 pub fn pinned() -> impl Iterator<Item = &'static str> {
     PLANNER
         .into_iter()
@@ -446,6 +448,7 @@ mod tests {
             (names::BACKEND_STATS, shape(PERCPU_ARRAY, 4, 24, 40)),
             (names::REASON_STATS, shape(PERCPU_ARRAY, 4, 16, 30)),
             (names::SYNC_STATS, shape(PERCPU_ARRAY, 4, 8, 4)),
+            (names::CLOCK, shape(ARRAY, 4, 8, 1)),
         ])
     }
 

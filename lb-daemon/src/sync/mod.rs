@@ -76,9 +76,9 @@ const INSTALL_BATCH: usize = 8192;
 /// A peer not heard from for this long is left out of the status.
 const PEER_FORGET: Duration = Duration::from_secs(600);
 
-/// Seconds of CLOCK_MONOTONIC: the program's `CLOCK`.
+/// The program's `CLOCK` (seconds): what flows' `last_seen` is measured on.
 pub fn now_s() -> u32 {
-    crate::os::monotonic().as_secs() as u32
+    crate::dataplane::program_seconds()
 }
 
 /// Milliseconds of CLOCK_MONOTONIC, wrapping: `send_ms` and its echo.
