@@ -316,6 +316,9 @@ impl Engine {
             }
             self.announce(&key, &mut out);
         }
+        // A seed is for the first reconcile only: a check a later reload adds starts as its
+        // own `alpha` says.
+        self.initially_down.clear();
         out
     }
 
@@ -805,6 +808,7 @@ mod tests {
             [(0.0, false), (0.0, true)],
             "up at its first success"
         );
+        assert!(sim.engine.initially_down.is_empty(), "a seed is used once");
     }
 
     #[test]
