@@ -173,6 +173,22 @@ pub fn lock_exclusive(path: &std::path::Path) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// `name` as one component of a file name, in a directory every network namespace shares:
+/// letters, digits, '-' and '_' as they are, any other byte as `%XX`. No two names meet
+/// (the '%' is escaped too), and '.' and '/' never appear, which bpffs also asks ('.' in
+/// a name is refused there): `eth0.100` is `eth0%2e100`.
+pub fn file_name_part(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
 /// Mounts a bpf filesystem at `path` (an existing directory).
 pub fn mount_bpffs(path: &std::path::Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

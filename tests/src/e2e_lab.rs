@@ -2151,7 +2151,7 @@ pub fn lvs_demo(params: &LvsParams, requests: usize, summary: &mut Summary) -> R
 }
 
 /// VI_1's transitions in `status --json` of the daemon in `ns`.
-fn vrrp_transitions(ns: &Netns) -> Result<u64> {
+pub fn vrrp_transitions(ns: &Netns) -> Result<u64> {
     let s = status_json(ns)?;
     s["vrrp"]
         .as_array()

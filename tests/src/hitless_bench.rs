@@ -16,7 +16,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::{
     daemon_bench::log_time_us,
-    e2e_lab::{status_json, HttpStream, LvsLab, LvsParams, MARGIN},
+    e2e_lab::{HttpStream, LvsLab, LvsParams, MARGIN},
     netns::unique_prefix,
     report::{Entry, Target},
 };
@@ -33,12 +33,7 @@ fn pinned(pins: bool) -> LvsParams {
 }
 
 fn transitions(lab: &LvsLab, i: usize) -> Result<u64> {
-    let s = status_json(lab.lb(i))?;
-    s["vrrp"]
-        .as_array()
-        .and_then(|a| a.iter().find(|v| v["name"] == "VI_1"))
-        .and_then(|v| v["transitions"].as_u64())
-        .context("VI_1's transitions")
+    crate::e2e_lab::vrrp_transitions(lab.lb(i))
 }
 
 /// Failed requests from a SIGKILL of lb1's daemon until lb2 serves (and 200 more requests

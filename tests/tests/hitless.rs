@@ -47,12 +47,7 @@ fn started(tag: &str, params: LvsParams) -> LvsLab {
 
 /// VI_1's transitions on LB `i`.
 fn transitions(lab: &LvsLab, i: usize) -> u64 {
-    let s = status_json(lab.lb(i)).unwrap_or_else(|e| panic!("{e:#}"));
-    s["vrrp"]
-        .as_array()
-        .and_then(|a| a.iter().find(|v| v["name"] == "VI_1"))
-        .and_then(|v| v["transitions"].as_u64())
-        .unwrap_or_else(|| panic!("VI_1 in {s}"))
+    lb_tests::e2e_lab::vrrp_transitions(lab.lb(i)).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The flows LB `i`'s table holds for the HTTP service.

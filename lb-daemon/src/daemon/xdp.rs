@@ -60,8 +60,8 @@ pub(super) struct Xdp {
 /// The pinned maps a start takes over, and their planner (see [`Xdp::start`]).
 struct TakeOver {
     judgement: pins::Judgement,
-    /// The pinned maps, by name.
-    pinned: HashMap<String, OwnedFd>,
+    /// The pinned maps, by name, with their shapes.
+    pinned: HashMap<String, (pins::Shape, OwnedFd)>,
 }
 
 impl Xdp {
@@ -115,7 +115,7 @@ impl Xdp {
             info!(limits = %opts.limits, adopting, "sizing the XDP program's maps");
             let mut adopt = program::MapFds::default();
             if let Some(t) = take.as_ref().filter(|_| adopting) {
-                for (name, fd) in &t.pinned {
+                for (name, (_, fd)) in &t.pinned {
                     if t.judgement.adopts(name) {
                         adopt.insert(name, fd.try_clone().context("duplicating a pinned map")?);
                     }
@@ -335,18 +335,10 @@ impl Xdp {
 /// it is refused, naming the holder.
 fn dataplane_lock(interface: &str) -> Result<std::fs::File> {
     let netns = crate::os::netns_id().context("naming this network namespace")?;
-    let safe: String = interface
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '%'
-            }
-        })
-        .collect();
-    let path = std::path::Path::new(crate::vrrp::record::DEFAULT_DIR)
-        .join(format!("dataplane-{netns}-{safe}.lock"));
+    let path = std::path::Path::new(crate::vrrp::record::DEFAULT_DIR).join(format!(
+        "dataplane-{netns}-{}.lock",
+        crate::os::file_name_part(interface)
+    ));
     crate::os::lock_exclusive(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             anyhow::anyhow!(
@@ -399,18 +391,13 @@ fn look_at_pins(p: &Pins, opts: &LoadOptions) -> Result<Option<TakeOver>> {
     }
     Ok(Some(TakeOver {
         judgement,
-        pinned: found.into_iter().map(|(n, (_, fd))| (n, fd)).collect(),
+        pinned: found,
     }))
 }
 
 /// The sizes of the pinned planner maps.
 fn pinned_limits(t: &TakeOver) -> Limits {
-    let entries = |name: &str| {
-        t.pinned
-            .get(name)
-            .and_then(|fd| pins::shape_of(fd.as_fd()).ok())
-            .map_or(0, |s| s.entries)
-    };
+    let entries = |name: &str| t.pinned.get(name).map_or(0, |(s, _)| s.entries);
     Limits {
         services: entries(names::SERVICE_INFO),
         backends: entries(names::BACKENDS),
@@ -425,7 +412,7 @@ fn migrate(t: &TakeOver, fds: &program::MapFds) {
         if !matches!(t.judgement.takes.get(name), Some(Take::Migrate { .. })) {
             continue;
         }
-        let (Some(from), Some(to)) = (t.pinned.get(name), fds.get(name)) else {
+        let (Some((_, from)), Some(to)) = (t.pinned.get(name), fds.get(name)) else {
             continue;
         };
         match copy_table(from.as_fd(), to, table) {

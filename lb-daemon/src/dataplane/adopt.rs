@@ -73,10 +73,6 @@ pub struct Adopted {
     pub stray: usize,
 }
 
-fn corrupt(what: String) -> Corrupt {
-    Corrupt(what)
-}
-
 fn ip_of(addr: &[u32; 4], family: u8) -> Option<IpAddr> {
     let bytes = |w: &[u32]| -> Vec<u8> { w.iter().flat_map(|x| x.to_ne_bytes()).collect() };
     match family {
@@ -135,13 +131,13 @@ impl<W: MapWriter> Dataplane<W> {
                 continue;
             }
             if r.id >= limits.services {
-                return Err(corrupt(format!(
+                return Err(Corrupt(format!(
                     "a service key names id {} of {}",
                     r.id, limits.services
                 )));
             }
             if live.insert(r.id, *key).is_some() {
-                return Err(corrupt(format!("two service keys name id {}", r.id)));
+                return Err(Corrupt(format!("two service keys name id {}", r.id)));
             }
         }
         for (key, r) in &found.services {
@@ -184,18 +180,18 @@ impl<W: MapWriter> Dataplane<W> {
         for (&id, key) in &live {
             let info = found.infos.get(id as usize).copied().unwrap_or_default();
             let sched = scheduler(info.sched).ok_or_else(|| {
-                corrupt(format!("service {id} has scheduler code {}", info.sched))
+                Corrupt(format!("service {id} has scheduler code {}", info.sched))
             })?;
             let vip = ip_of(&key.addr, key.family)
-                .ok_or_else(|| corrupt(format!("service {id} has family {}", key.family)))?;
+                .ok_or_else(|| Corrupt(format!("service {id} has family {}", key.family)))?;
             let proto = proto(key.proto)
-                .ok_or_else(|| corrupt(format!("service {id} has protocol {}", key.proto)))?;
+                .ok_or_else(|| Corrupt(format!("service {id} has protocol {}", key.proto)))?;
             let bids = of_service.remove(&id).unwrap_or_default();
             let mut backends = Vec::with_capacity(bids.len());
             for &bid in &bids {
                 let k = found.keys[bid as usize];
                 let ip = ip_of(&k.addr, k.family)
-                    .ok_or_else(|| corrupt(format!("backend {bid} has family {}", k.family)))?;
+                    .ok_or_else(|| Corrupt(format!("backend {bid} has family {}", k.family)))?;
                 let b = found
                     .backends
                     .get(bid as usize)
@@ -214,7 +210,7 @@ impl<W: MapWriter> Dataplane<W> {
             let (off, len) = (info.ring_off, info.ring_len);
             let end = u64::from(off) + u64::from(len);
             if end > found.rings.len() as u64 {
-                return Err(corrupt(format!(
+                return Err(Corrupt(format!(
                     "service {id}'s ring {off}+{len} is past {} slots",
                     found.rings.len()
                 )));
@@ -222,7 +218,7 @@ impl<W: MapWriter> Dataplane<W> {
             let slots: Arc<[u32]> = found.rings[off as usize..end as usize].into();
             let own: HashSet<u32> = bids.iter().copied().collect();
             if let Some(bad) = slots.iter().find(|b| !own.contains(b)) {
-                return Err(corrupt(format!(
+                return Err(Corrupt(format!(
                     "service {id}'s ring names backend {bad}, not one of its own"
                 )));
             }
@@ -314,7 +310,7 @@ impl<W: MapWriter> Dataplane<W> {
         let mut at = 0u32;
         for (&off, &(len, id)) in &used_regions {
             if off < at {
-                return Err(corrupt(format!(
+                return Err(Corrupt(format!(
                     "service {id}'s ring at {off} overlaps another ending at {at}"
                 )));
             }
@@ -379,12 +375,6 @@ impl MemMaps {
             rings,
         }
     }
-}
-
-/// The stray entries of `Desired` (for tests).
-#[cfg(test)]
-fn stray_of<W: MapWriter>(dp: &Dataplane<W>) -> &super::plan::Desired {
-    &dp.stray
 }
 
 #[cfg(test)]
@@ -560,7 +550,7 @@ mod tests {
         };
         let (mut adopted, summary) = Dataplane::adopt(MemMaps::default(), &found).unwrap();
         assert_eq!(summary.stray, 2);
-        assert_eq!(stray_of(&adopted).keys.len(), 1);
+        assert_eq!(adopted.stray.keys.len(), 1);
         adopted.update(&specs).unwrap();
         let w = adopted.writer();
         assert_eq!(w.keys[&40], BackendKey::default());

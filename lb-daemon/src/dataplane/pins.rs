@@ -125,7 +125,7 @@ pub fn judge(
 ) -> Judgement {
     let mut takes: BTreeMap<&'static str, Take> = BTreeMap::new();
     let all_fresh = |why: String| {
-        let takes = pinned_names()
+        let takes = self::pinned()
             .map(|n| (n, Take::Fresh(pinned.contains_key(n).then(|| why.clone()))))
             .collect();
         Judgement {
@@ -135,7 +135,7 @@ pub fn judge(
     };
     if pinned.is_empty() {
         return Judgement {
-            takes: pinned_names().map(|n| (n, Take::Fresh(None))).collect(),
+            takes: self::pinned().map(|n| (n, Take::Fresh(None))).collect(),
             dropped: None,
         };
     }
@@ -219,10 +219,6 @@ pub fn judge(
         takes,
         dropped: None,
     }
-}
-
-fn pinned_names() -> impl Iterator<Item = &'static str> {
-    pinned()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -366,24 +362,8 @@ pub fn shape_of(fd: BorrowedFd<'_>) -> io::Result<Shape> {
 /// [`crate::os::netns_id`]).
 pub fn pin_dir(root: &Path, netns: &str, interface: &str) -> PathBuf {
     root.join("lb-daemon")
-        .join(escape(netns))
-        .join(escape(interface))
-}
-
-/// A name bpffs takes: it refuses '.' in names (`bpf_lookup`), so a VLAN interface such as
-/// `eth0.100` is written `eth0%2e100`; '%' itself is escaped so that two names never meet,
-/// and '/' (which no interface name holds) too.
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        match c {
-            '.' => out.push_str("%2e"),
-            '%' => out.push_str("%25"),
-            '/' => out.push_str("%2f"),
-            c => out.push(c),
-        }
-    }
-    out
+        .join(crate::os::file_name_part(netns))
+        .join(crate::os::file_name_part(interface))
 }
 
 #[cfg(test)]
@@ -403,6 +383,7 @@ mod tests {
             Path::new("/sys/fs/bpf/lb-daemon/4097/eth0%2e100")
         );
         // Escaping never makes two names one.
+        let escape = crate::os::file_name_part;
         assert_ne!(escape("a.b"), escape("a%2eb"));
         assert!(!escape("x/../y").contains('/') && !escape("x/../y").contains('.'));
     }

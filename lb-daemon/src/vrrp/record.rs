@@ -50,18 +50,11 @@ pub struct Record {
 impl Record {
     /// The record of `instance` in network namespace `netns`, under `dir`.
     pub fn new(dir: &Path, netns: &str, instance: &str) -> Record {
-        let safe: String = instance
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '%'
-                }
-            })
-            .collect();
         Record {
-            path: dir.join(format!("vrrp-{netns}-{safe}.state")),
+            path: dir.join(format!(
+                "vrrp-{netns}-{}.state",
+                crate::os::file_name_part(instance)
+            )),
             file: None,
         }
     }
