@@ -392,3 +392,159 @@ fn wrong_password_is_seen_by_both_checks() {
     );
     assert!(!stats.errors().is_empty());
 }
+
+/// Unicast VRRP between peers on different subnets, through a router that decrements the TTL:
+///
+/// ```text
+///  {p}a ours       eth0 198.51.100.2 ── {p}r to-a 198.51.100.1 | to-b 203.0.113.1 ── eth0 203.0.113.2 keepalived {p}b
+/// ```
+///
+/// Adverts arrive with TTL 254. keepalived checks the TTL only without `unicast_peer`, and
+/// so must we: our backup hears keepalived's adverts (it does not take the VIP), takes over
+/// when keepalived dies, and keepalived, back, preempts it by our adverts.
+#[test]
+fn unicast_across_a_router_with_keepalived() {
+    let test = "unicast_across_a_router_with_keepalived";
+    if !gate(test) {
+        return;
+    }
+    use lb_tests::{
+        e2e_lab::status_json,
+        lab::{daemon_bin, with_control_socket},
+        netns::{wait_until, Netns},
+    };
+    let p = unique_prefix("vr");
+    let a = Netns::new(&format!("{p}a")).unwrap();
+    let r = Netns::new(&format!("{p}r")).unwrap();
+    let b = Netns::new(&format!("{p}b")).unwrap();
+    r.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    for (host, port, net) in [(&a, "to-a", "198.51.100"), (&b, "to-b", "203.0.113")] {
+        r.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.name(),
+        ])
+        .unwrap();
+        r.ip(&["addr", "add", &format!("{net}.1/24"), "dev", port])
+            .unwrap();
+        r.ip(&["link", "set", port, "up"]).unwrap();
+        host.ip(&["addr", "add", &format!("{net}.2/24"), "dev", "eth0"])
+            .unwrap();
+        host.ip(&["link", "set", "eth0", "up"]).unwrap();
+        host.ip(&["route", "add", "default", "via", &format!("{net}.1")])
+            .unwrap();
+    }
+    let ours = with_control_socket(
+        "[global_defs]\nrouter_id = \"a\"\n\n[[vrrp_instance]]\nname = \"VI_1\"\n\
+         interface = \"eth0\"\nvirtual_router_id = 61\npriority = 100\nadvert_int = 1\n\
+         unicast_src_ip = \"198.51.100.2\"\nunicast_peer = [\"203.0.113.2\"]\n\
+         virtual_ipaddress = [\"192.0.2.100/32\"]\n",
+        a.dir(),
+    );
+    let ours_cfg = a.dir().join("lb.toml");
+    std::fs::write(&ours_cfg, ours).unwrap();
+    let kconf = b.dir().join("keepalived.conf");
+    std::fs::write(
+        &kconf,
+        "global_defs {\n    router_id b\n}\nvrrp_instance VI_1 {\n    state BACKUP\n    \
+         interface eth0\n    virtual_router_id 61\n    priority 150\n    advert_int 1\n    \
+         unicast_src_ip 203.0.113.2\n    unicast_peer {\n        198.51.100.2\n    }\n    \
+         virtual_ipaddress {\n        192.0.2.100/32\n    }\n}\n",
+    )
+    .unwrap();
+    let tmp = b.dir().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = std::cell::Cell::new(0);
+    let start_keepalived = || {
+        run.set(run.get() + 1);
+        let d = b.dir();
+        let n = run.get();
+        let mut cmd = b.command(&[
+            "keepalived".to_string(),
+            "-n".into(),
+            "-l".into(),
+            "-D".into(),
+            "-P".into(),
+            "-f".into(),
+            kconf.display().to_string(),
+            "-p".into(),
+            d.join(format!("k{n}.pid")).display().to_string(),
+            "-r".into(),
+            d.join(format!("k{n}-vrrp.pid")).display().to_string(),
+        ]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("keepalived.log"))
+            .unwrap();
+        cmd.env("TMPDIR", &tmp)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        b.spawn_command(cmd).unwrap()
+    };
+    let ours_vi = || -> Option<(String, Option<String>, u64)> {
+        let s = status_json(&a).ok()?;
+        let v = s["vrrp"].as_array()?.iter().find(|v| v["name"] == "VI_1")?;
+        Some((
+            v["state"].as_str()?.to_string(),
+            v["master"].as_str().map(str::to_string),
+            v["discards"]["bad_ttl"].as_u64().unwrap_or(0),
+        ))
+    };
+    let has_vip = |ns: &Netns| {
+        ns.ip(&["-4", "addr", "show", "dev", "eth0"])
+            .is_ok_and(|o| o.contains(" 192.0.2.100/32"))
+    };
+    let k = start_keepalived();
+    let d = a
+        .spawn(&[
+            daemon_bin().unwrap().to_str().unwrap(),
+            "run",
+            "--config",
+            ours_cfg.to_str().unwrap(),
+        ])
+        .unwrap();
+    let logs = || {
+        format!(
+            "{}\n---- keepalived ----\n{}",
+            d.read_stderr(),
+            std::fs::read_to_string(b.dir().join("keepalived.log")).unwrap_or_default()
+        )
+    };
+    // keepalived (150) becomes master; ours hears it through the router and stays backup.
+    wait_until(
+        "keepalived to be master and ours to follow it",
+        Duration::from_secs(10),
+        || {
+            has_vip(&b)
+                && ours_vi()
+                    .is_some_and(|(s, m, _)| s == "BACKUP" && m.as_deref() == Some("203.0.113.2"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", ours_vi(), logs()));
+    assert!(!has_vip(&a), "ours took the VIP while keepalived is master");
+    k.stop(Duration::from_secs(5)).unwrap();
+    wait_until("ours to take over", Duration::from_secs(6), || {
+        has_vip(&a) && ours_vi().is_some_and(|(s, _, _)| s == "MASTER")
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", ours_vi(), logs()));
+    // keepalived, back, hears our adverts (TTL 254) and preempts us with its priority.
+    let k = start_keepalived();
+    wait_until(
+        "keepalived to preempt ours",
+        Duration::from_secs(10),
+        || has_vip(&b) && !has_vip(&a) && ours_vi().is_some_and(|(s, _, _)| s == "BACKUP"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", ours_vi(), logs()));
+    assert_eq!(ours_vi().map(|v| v.2), Some(0), "{}", logs());
+    d.stop(Duration::from_secs(5)).unwrap();
+    k.stop(Duration::from_secs(5)).unwrap();
+}

@@ -75,27 +75,27 @@ pub fn service_spec(
             }
         })
         .collect();
-    let mut active = vs.is_static || master_vips.contains(&vs.vip);
-    if !has_quorum {
-        match vs.sorry_server {
-            // keepalived swaps the pool for the sorry server: the real servers (kept in
-            // the list, so their ids and order stay) take no new flow, and keep their
-            // established ones unless `expire_nodest_conn`.
-            Some(sorry) => {
-                for b in &mut backends {
-                    b.weight = 0;
-                    if vs.expire_nodest_conn {
-                        b.mac = None;
-                    }
-                }
-                backends.push(BackendSpec {
-                    addr: sorry,
-                    weight: 1,
-                    mac: mac_of(sorry.ip()),
-                });
+    // A service without a usable real server stays active: its established flows keep
+    // their servers (IPVS keeps a virtual service and its connections whatever its
+    // destinations' weights), and only a new flow finds no ring and goes to the stack.
+    let active = vs.is_static || master_vips.contains(&vs.vip);
+    // Quorum lost: keepalived swaps the pool for the sorry server, or, without one, keeps
+    // serving with the servers that are alive (its quorum then only drives `quorum_down`
+    // and tracking: `track_virtual_server` is how the VIP moves).
+    if let (false, Some(sorry)) = (has_quorum, vs.sorry_server) {
+        // The real servers (kept in the list, so their ids and order stay) take no new
+        // flow, and keep their established ones unless `expire_nodest_conn`.
+        for b in &mut backends {
+            b.weight = 0;
+            if vs.expire_nodest_conn {
+                b.mac = None;
             }
-            None => active = false,
         }
+        backends.push(BackendSpec {
+            addr: sorry,
+            weight: 1,
+            mac: mac_of(sorry.ip()),
+        });
     }
     ServiceSpec {
         vip: vs.vip,
@@ -456,7 +456,7 @@ lb_kind = \"DR\"
     }
 
     #[test]
-    fn lost_quorum_swaps_in_the_sorry_server_or_deactivates() {
+    fn lost_quorum_swaps_in_the_sorry_server_or_keeps_serving() {
         let c = Config::parse(Path::new("lb.toml"), TEXT).unwrap();
         let mac = |_| Some([2, 0, 0, 0, 0, 1]);
         let specs = service_specs(&c, mac, &Default::default(), |_, _| None, |_| false);
@@ -474,8 +474,21 @@ lb_kind = \"DR\"
             &TEXT.replace("sorry_server = { ip = \"192.0.2.50\", port = 80 }\n", ""),
         )
         .unwrap();
-        let specs = service_specs(&without, mac, &Default::default(), |_, _| None, |_| false);
-        assert!(!specs[0].active, "no sorry server: the service steps aside");
+        // No sorry server: the service goes on with what is alive, as keepalived does.
+        let up = |_: &VirtualServer, rs: &RealServer| Some((rs.addr.port() == 80, None));
+        let specs = service_specs(&without, mac, &Default::default(), up, |_| false);
+        assert!(
+            specs[0].active,
+            "no sorry server: the service keeps serving"
+        );
+        assert_eq!(
+            specs[0]
+                .backends
+                .iter()
+                .map(|b| b.weight)
+                .collect::<Vec<_>>(),
+            [2, 2]
+        );
         let e = Config::parse(
             Path::new("lb.toml"),
             &TEXT.replace("quorum = 3", "quorum = 0"),

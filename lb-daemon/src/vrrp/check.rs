@@ -78,8 +78,10 @@ pub struct Accepted {
 
 /// The checks, in the RFC's order where it gives one.
 pub fn check(cfg: &RxConfig, rx: &Received, datagram: &[u8]) -> Result<Accepted, Discard> {
-    // §7.1: "MUST verify that the IP TTL is 255".
-    if rx.ttl != packet::REQUIRED_TTL {
+    // §7.1: "MUST verify that the IP TTL is 255": the proof that the sender is on the
+    // link. Unicast peers are named instead, and may sit behind routers (cloud networks,
+    // sites): keepalived checks the TTL only without `unicast_peer`, and so do we.
+    if cfg.unicast_peers.is_empty() && rx.ttl != packet::REQUIRED_TTL {
         return Err(Discard::BadTtl(rx.ttl));
     }
     if cfg.own.contains(&rx.src) {
@@ -218,6 +220,27 @@ mod tests {
         assert_eq!(a.advert.priority, 150);
         assert_eq!(a.advert.max_advert_interval, Centis(100));
         assert!(!a.addresses_differ);
+    }
+
+    /// Unicast peers may be routers away: their TTL is not checked (keepalived's rule), but
+    /// anyone else is still refused.
+    #[test]
+    fn unicast_peers_are_not_held_to_ttl_255() {
+        let mut c = cfg();
+        let peer = Ipv4Addr::new(198, 51, 100, 2);
+        c.unicast_peers = vec![peer.into()];
+        let (mut rx, d) = datagram(&c, 150, peer);
+        rx.ttl = 250;
+        assert_eq!(
+            check(&c, &rx, &d).unwrap().advert.sender,
+            IpAddr::from(peer)
+        );
+        let (mut rx, d) = datagram(&c, 150, Ipv4Addr::new(198, 51, 100, 3));
+        rx.ttl = 250;
+        assert_eq!(
+            check(&c, &rx, &d),
+            Err(Discard::NotAPeer([198, 51, 100, 3].into()))
+        );
     }
 
     /// RFC 9568 §7.1 / RFC 3768 §7.1, one discard each.
