@@ -68,7 +68,10 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::status::{rates, render_table, Snapshot};
+use crate::{
+    model::RealServerAction,
+    status::{rates, render_table, with_rates, Snapshot},
+};
 
 /// The longest request line (without its newline).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -81,10 +84,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client waits for its answer: a bit more than the server gives the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// A request, as `{"cmd":"status"}`, `{"cmd":"reload"}` or `{"cmd":"stop"}` (with
-/// `"release":true` or `false` to override `global_defs.on_stop`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
+/// A request, as `{"cmd":"status"}`, `{"cmd":"reload"}`, `{"cmd":"stop"}` (with
+/// `"release":true` or `false` to override `global_defs.on_stop`), `{"cmd":"zero"}` or
+/// `{"cmd":"real-server","service":"VIP:PORT[/PROTO]","real":"IP[:PORT]","action":"drain"}`
+/// (`"action":{"weight":N}`, `"disable"`, `"enable"`, `"reset"`; a reset may say
+/// `"all":true` instead of naming a real server).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     Status,
     Reload,
@@ -92,14 +98,36 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         release: Option<bool>,
     },
+    /// `ipvsadm -Z`: the traffic counters that status shows start again from 0.
+    Zero,
+    RealServer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        real: Option<String>,
+        action: RealServerAction,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
 }
 
-/// A response: `ok`, with `status` for a status request, or `error` when not `ok`.
+impl Request {
+    /// Whether the request only reads: members of `global_defs.control_socket_group` may
+    /// send it.
+    pub fn reads_only(&self) -> bool {
+        matches!(self, Request::Status)
+    }
+}
+
+/// A response: `ok`, with `status` for a status request, what a change did in `message`, or
+/// `error` when not `ok`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Snapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -110,16 +138,24 @@ impl Response {
         Self {
             ok: true,
             status: None,
+            message: None,
             error: None,
+        }
+    }
+
+    /// `{"ok":true,"message":...}`.
+    pub fn done(message: impl Into<String>) -> Self {
+        Self {
+            message: Some(message.into()),
+            ..Self::ok()
         }
     }
 
     /// `{"ok":true,"status":...}`.
     pub fn status(snapshot: Snapshot) -> Self {
         Self {
-            ok: true,
             status: Some(snapshot),
-            error: None,
+            ..Self::ok()
         }
     }
 
@@ -127,8 +163,8 @@ impl Response {
     pub fn error(message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            status: None,
             error: Some(message.into()),
+            ..Self::ok()
         }
     }
 }
@@ -160,6 +196,8 @@ pub struct Options {
     pub reply_timeout: Duration,
     /// Clients served at once.
     pub max_clients: usize,
+    /// `global_defs.control_socket_group`: its members may send what only reads.
+    pub group: Option<libc::gid_t>,
 }
 
 impl Default for Options {
@@ -170,6 +208,7 @@ impl Default for Options {
             write_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(60),
             max_clients: 16,
+            group: None,
         }
     }
 }
@@ -211,7 +250,7 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 /// The request a line holds, or what to tell the client.
 pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
-    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"reload"} or {"cmd":"stop"}"#;
+    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"reload"}, {"cmd":"stop"}, {"cmd":"zero"} or {"cmd":"real-server",...}"#;
     let v: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| format!("not JSON ({e}): {EXPECTED}"))?;
     let cmd = v
@@ -221,6 +260,29 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
     match cmd {
         "status" => Ok(Request::Status),
         "reload" => Ok(Request::Reload),
+        "zero" => Ok(Request::Zero),
+        "real-server" => {
+            let r: Request =
+                serde_json::from_value(v.clone()).map_err(|e| format!("real-server: {e}"))?;
+            match &r {
+                Request::RealServer {
+                    service: None,
+                    all: false,
+                    ..
+                } => Err("real-server: name the service (or \"all\":true with reset)".into()),
+                Request::RealServer {
+                    real: None,
+                    all: false,
+                    ..
+                } => Err("real-server: name the real server (or \"all\":true with reset)".into()),
+                Request::RealServer {
+                    action, all: true, ..
+                } if *action != RealServerAction::Reset => {
+                    Err("real-server: \"all\" goes with reset only".into())
+                }
+                _ => Ok(r),
+            }
+        }
         "stop" => match v.get("release") {
             None | Some(serde_json::Value::Null) => Ok(Request::Stop { release: None }),
             Some(serde_json::Value::Bool(b)) => Ok(Request::Stop { release: Some(*b) }),
@@ -229,7 +291,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(format!(
-                "unknown command {shown:?} (expected status, reload or stop)"
+                "unknown command {shown:?} (expected status, reload, stop, zero or real-server)"
             ))
         }
     }
@@ -278,10 +340,22 @@ impl Server {
         }
         let listener = UnixListener::bind(path).map_err(io_error("binding", path))?;
         // Between bind and chmod the file has the umask's mode; connections made in that
-        // window are still refused by the peer-credential check in `serve`.
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        // window are still refused by the peer-credential check in `serve`. With a control
+        // group its members may connect (0660); what they may send is checked per request.
+        let mode = if options.group.is_some() {
+            0o660
+        } else {
+            0o600
+        };
+        let owned = match options.group {
+            Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)),
+            None => Ok(()),
+        };
+        if let Err(e) = owned
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        {
             let _ = std::fs::remove_file(path);
-            return Err(io_error("setting the mode of", path)(e));
+            return Err(io_error("setting the owner and mode of", path)(e));
         }
         let id = std::fs::symlink_metadata(path)
             .ok()
@@ -305,17 +379,20 @@ impl Server {
                 Some(_) = clients.join_next(), if !clients.is_empty() => {}
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        if let Err(why) = authorize(&stream) {
-                            warn!("control socket: {why}");
-                            refuse(&stream, &why);
-                            continue;
-                        }
+                        let access = match authorize(&stream, self.options.group) {
+                            Ok(a) => a,
+                            Err(why) => {
+                                warn!("control socket: {why}");
+                                refuse(&stream, &why);
+                                continue;
+                            }
+                        };
                         match slots.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let calls = calls.clone();
                                 let options = self.options.clone();
                                 clients.spawn(async move {
-                                    client(stream, calls, &options).await;
+                                    client(stream, calls, &options, access).await;
                                     drop(permit);
                                 });
                             }
@@ -358,19 +435,39 @@ pub(crate) fn out_of_resources(e: &io::Error) -> bool {
     )
 }
 
-/// Only root and the daemon's own user may talk to it (the socket's mode says the same; this
-/// also covers the moment between bind and chmod).
-fn authorize(stream: &UnixStream) -> std::result::Result<(), String> {
+/// What a client may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Root, or the daemon's own user: everything.
+    All,
+    /// A member of `global_defs.control_socket_group`: what only reads.
+    ReadOnly,
+}
+
+/// Root and the daemon's own user may send anything, the control group's members what only
+/// reads, nobody else anything (the socket's mode says the same; this also covers the
+/// moment between bind and chmod).
+fn authorize(
+    stream: &UnixStream,
+    group: Option<libc::gid_t>,
+) -> std::result::Result<Access, String> {
+    use std::os::fd::AsFd;
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("no peer credentials: {e}"))?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     if cred.uid() == 0 || cred.uid() == me {
-        Ok(())
-    } else {
-        Err(format!("uid {} is not allowed", cred.uid()))
+        return Ok(Access::All);
     }
+    if let Some(gid) = group {
+        let groups = crate::os::peer_groups(stream.as_fd())
+            .map_err(|e| format!("uid {}: no peer groups: {e}", cred.uid()))?;
+        if groups.contains(&gid) {
+            return Ok(Access::ReadOnly);
+        }
+    }
+    Err(format!("uid {} is not allowed", cred.uid()))
 }
 
 /// Tells a client why it is turned away, without ever waiting for it, and closes.
@@ -506,7 +603,7 @@ async fn write_line<W: AsyncWrite + Unpin>(w: &mut W, r: &Response, t: Duration)
 }
 
 /// One client, until it closes, misbehaves or times out.
-async fn client(stream: UnixStream, calls: mpsc::Sender<Call>, options: &Options) {
+async fn client(stream: UnixStream, calls: mpsc::Sender<Call>, options: &Options, access: Access) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = Vec::new();
@@ -532,6 +629,9 @@ async fn client(stream: UnixStream, calls: mpsc::Sender<Call>, options: &Options
                     continue;
                 }
                 match parse_request(&line) {
+                    Ok(r) if access == Access::ReadOnly && !r.reads_only() => Response::error(
+                        "only root may change the daemon: the control group may only read",
+                    ),
                     Ok(request) => dispatch(request, &calls, options.reply_timeout).await,
                     Err(why) => Response::error(why),
                 }
@@ -793,15 +893,38 @@ fn pretty_json(compact: &str) -> String {
 }
 
 /// `lb-daemon status --rate`: the table with per-second rates, from two status requests
-/// `interval` apart. Blocking; not for use inside a Tokio runtime.
-pub fn cli_status_rate(path: impl AsRef<Path>, interval: Duration) -> Result<String> {
+/// `interval` apart; with `json`, the second status with each service's and real server's
+/// `rate`. Blocking; not for use inside a Tokio runtime.
+pub fn cli_status_rate(
+    path: impl AsRef<Path>,
+    interval: Duration,
+    json: Option<Json>,
+) -> Result<String> {
     let path = path.as_ref();
-    block_on(async {
+    let (first, second) = block_on(async {
         let first = status(path).await?;
         tokio::time::sleep(interval).await;
-        let second = status(path).await?;
-        Ok(render_table(&second, Some(&rates(&first, &second))))
-    })?
+        Ok::<_, ControlError>((first, status(path).await?))
+    })??;
+    let encoded = match json {
+        None => return Ok(render_table(&second, Some(&rates(&first, &second)))),
+        Some(Json::Compact) => serde_json::to_string(&with_rates(&first, second)),
+        Some(Json::Pretty) => serde_json::to_string_pretty(&with_rates(&first, second)),
+    };
+    let mut out =
+        encoded.map_err(|e| ControlError::Protocol(format!("encoding the status: {e}")))?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// A change request (`lb-daemon real-server`, `lb-daemon zero`): what the daemon says it
+/// did. Blocking; not for use inside a Tokio runtime.
+pub fn cli_change(path: impl AsRef<Path>, request: Request) -> Result<String> {
+    let r = block_on(request_within(path.as_ref(), request, CLIENT_TIMEOUT))??;
+    match (r.ok, r.message, r.error) {
+        (true, m, _) => Ok(m.unwrap_or_default()),
+        (false, _, e) => Err(ControlError::Daemon(e.unwrap_or_else(|| "refused".into()))),
+    }
 }
 
 /// `lb-daemon stop`: asks the daemon to stop, releasing (`Some(true)`), keeping
@@ -857,6 +980,8 @@ mod tests {
                 Request::Status => Response::status(sample()),
                 Request::Reload => Response::error(RELOAD_ERROR),
                 Request::Stop { .. } => Response::ok(),
+                Request::Zero => Response::done("zeroed"),
+                Request::RealServer { action, .. } => Response::done(format!("{action:?}")),
             };
             call.reply(r);
         }
@@ -1254,8 +1379,20 @@ mod tests {
             json,
             serde_json::to_string_pretty(&sample()).unwrap() + "\n"
         );
-        let rated = cli_status_rate(&path, Duration::from_millis(10)).unwrap();
+        let rated = cli_status_rate(&path, Duration::from_millis(10), None).unwrap();
         assert!(rated.contains("CPS  InPPS  InBPS"), "{rated}");
+        // With --json, the status (the fake's clock stands still: no rates; see
+        // `status::tests::json_rates`).
+        let rated = cli_status_rate(&path, Duration::from_millis(10), Some(Json::Compact));
+        let rated: Snapshot = serde_json::from_str(&rated.unwrap()).unwrap();
+        assert_eq!(rated, sample());
+        let drain = Request::RealServer {
+            service: Some("192.0.2.100:80".into()),
+            real: Some("192.0.2.11".into()),
+            action: RealServerAction::Drain,
+            all: false,
+        };
+        assert_eq!(cli_change(&path, drain).unwrap(), "Drain");
         match cli_reload(&path) {
             Err(ControlError::Daemon(e)) => assert_eq!(e, RELOAD_ERROR),
             other => panic!("{other:?}"),
@@ -1388,5 +1525,49 @@ mod tests {
         }
         let long = format!(r#"{{"cmd":"{}"}}"#, "x".repeat(1000));
         assert!(parse_request(long.as_bytes()).unwrap_err().len() < 200);
+        assert_eq!(parse_request(br#"{"cmd":"zero"}"#), Ok(Request::Zero));
+        let weight = br#"{"cmd":"real-server","service":"192.0.2.100:80","real":"192.0.2.11","action":{"weight":5}}"#;
+        assert_eq!(
+            parse_request(weight),
+            Ok(Request::RealServer {
+                service: Some("192.0.2.100:80".into()),
+                real: Some("192.0.2.11".into()),
+                action: RealServerAction::Weight(5),
+                all: false
+            })
+        );
+        assert!(parse_request(br#"{"cmd":"real-server","action":"reset","all":true}"#).is_ok());
+        for (bad, why) in [
+            (
+                &br#"{"cmd":"real-server","action":"drain","all":true}"#[..],
+                "reset only",
+            ),
+            (
+                br#"{"cmd":"real-server","real":"192.0.2.11","action":"drain"}"#,
+                "name the service",
+            ),
+            (
+                br#"{"cmd":"real-server","service":"192.0.2.100:80","action":"drain"}"#,
+                "name the real server",
+            ),
+            (
+                br#"{"cmd":"real-server","service":"a","real":"b","action":"explode"}"#,
+                "explode",
+            ),
+            (
+                br#"{"cmd":"real-server","service":"a","real":"b","action":{"weight":-1}}"#,
+                "real-server",
+            ),
+            (
+                br#"{"cmd":"real-server","service":"a","real":"b","action":"drain","x":1}"#,
+                "real-server",
+            ),
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.contains(why), "{}: {e}", String::from_utf8_lossy(bad));
+        }
+        // Only status reads.
+        assert!(Request::Status.reads_only());
+        assert!(!Request::Zero.reads_only() && !Request::Reload.reads_only());
     }
 }

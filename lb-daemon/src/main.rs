@@ -54,6 +54,19 @@ enum Cmd {
         #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Change a real server of the running daemon, as `ipvsadm -e` does: an override on top
+    /// of the file that survives reloads and restarts until reset (`status` marks it).
+    RealServer {
+        #[command(subcommand)]
+        change: RealServerCmd,
+        #[arg(long, global = true, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Zero the traffic counters that `status` shows (`ipvsadm -Z`); the metrics go on.
+    Zero {
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Check a configuration file without touching the system; non-zero exit on an error.
     Check {
         #[arg(long, short = 'f', default_value = "/etc/lb-daemon/lb.toml")]
@@ -80,6 +93,60 @@ enum Cmd {
         #[command(subcommand)]
         action: lb_daemon::realserver::Action,
     },
+}
+
+/// `SERVICE` is `VIP:PORT[/PROTO]`, `REAL` is `IP[:PORT]` (IPv6 in brackets with a port).
+#[derive(Subcommand)]
+enum RealServerCmd {
+    /// Weight 0: no new connection; established ones go on.
+    Drain { service: String, real: String },
+    /// Serve with this weight while up, whatever the file says.
+    Weight {
+        service: String,
+        real: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=i64::from(lb_daemon::config::MAX_WEIGHT)))]
+        weight: u32,
+    },
+    /// Out, as if its checks failed.
+    Disable { service: String, real: String },
+    /// Undo `disable` and `drain`.
+    Enable { service: String, real: String },
+    /// Remove the real server's overrides, or with --all every override.
+    Reset {
+        #[arg(required_unless_present = "all")]
+        service: Option<String>,
+        #[arg(required_unless_present = "all")]
+        real: Option<String>,
+        #[arg(long, conflicts_with_all = ["service", "real"])]
+        all: bool,
+    },
+}
+
+impl RealServerCmd {
+    fn request(self) -> lb_daemon::control::Request {
+        use lb_daemon::model::RealServerAction as A;
+        let (service, real, action, all) = match self {
+            RealServerCmd::Drain { service, real } => (Some(service), Some(real), A::Drain, false),
+            RealServerCmd::Weight {
+                service,
+                real,
+                weight,
+            } => (Some(service), Some(real), A::Weight(weight), false),
+            RealServerCmd::Disable { service, real } => {
+                (Some(service), Some(real), A::Disable, false)
+            }
+            RealServerCmd::Enable { service, real } => {
+                (Some(service), Some(real), A::Enable, false)
+            }
+            RealServerCmd::Reset { service, real, all } => (service, real, A::Reset, all),
+        };
+        lb_daemon::control::Request::RealServer {
+            service,
+            real,
+            action,
+            all,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,10 +231,11 @@ fn run() -> Result<()> {
             socket,
         } => {
             use lb_daemon::control::Json;
-            let out = if rate && !json {
-                lb_daemon::control::cli_status_rate(&socket, std::time::Duration::from_secs(1))?
+            let layout = json.then_some(if pretty { Json::Pretty } else { Json::Compact });
+            let out = if rate {
+                let second = std::time::Duration::from_secs(1);
+                lb_daemon::control::cli_status_rate(&socket, second, layout)?
             } else {
-                let layout = json.then_some(if pretty { Json::Pretty } else { Json::Compact });
                 lb_daemon::control::cli_status(&socket, layout)?
             };
             print!("{out}");
@@ -189,6 +257,18 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Realserver { action } => lb_daemon::realserver::cli(action),
+        Cmd::RealServer { change, socket } => {
+            println!(
+                "{}",
+                lb_daemon::control::cli_change(&socket, change.request())?
+            );
+            Ok(())
+        }
+        Cmd::Zero { socket } => {
+            let r = lb_daemon::control::Request::Zero;
+            println!("{}", lb_daemon::control::cli_change(&socket, r)?);
+            Ok(())
+        }
         Cmd::Run { config } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

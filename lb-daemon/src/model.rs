@@ -108,6 +108,44 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+/// A service as an operator names it: `VIP:PORT`, then `/TCP` or `/UDP` (either case)
+/// or nothing (`None`: the caller decides, as `track_virtual_server` and `lb-daemon
+/// real-server` do when only one protocol has that VIP and port). An IPv6 VIP in brackets.
+pub fn parse_service_name(name: &str) -> Result<(SocketAddr, Option<Proto>), String> {
+    let (addr, proto) = match name.rsplit_once('/') {
+        Some((a, p)) => match p.to_ascii_uppercase().as_str() {
+            "TCP" => (a, Some(Proto::Tcp)),
+            "UDP" => (a, Some(Proto::Udp)),
+            _ => return Err(format!("{name:?}: the protocol must be TCP or UDP")),
+        },
+        None => (name, None),
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{name:?} is not VIP:PORT (an IPv6 VIP in brackets)"))?;
+    Ok((addr, proto))
+}
+
+/// A [`ServiceKey`] as its `Display` writes it (`VIP:PORT/PROTO`, the protocol required).
+pub fn parse_service_key(name: &str) -> Result<ServiceKey, String> {
+    match parse_service_name(name)? {
+        (addr, Some(proto)) => Ok(ServiceKey::new(addr.ip(), addr.port(), proto)),
+        (_, None) => Err(format!("{name:?}: add /TCP or /UDP")),
+    }
+}
+
+/// A runtime change to a real server (`lb-daemon real-server`), what `ipvsadm -e` does:
+/// see the daemon's `overrides` module for what each means.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RealServerAction {
+    Drain,
+    Weight(u32),
+    Disable,
+    Enable,
+    Reset,
+}
+
 /// The VRRP version of an instance: it decides the packet format (RFC 3768 against RFC
 /// 9568) and the timer formulas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

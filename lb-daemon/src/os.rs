@@ -220,6 +220,93 @@ pub fn in_init_mount_namespace() -> io::Result<bool> {
     Ok(own == init)
 }
 
+/// The id of group `name` (getgrnam_r, so NSS sources count); `None`: no such group.
+pub fn group_id(name: &str) -> io::Result<Option<libc::gid_t>> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return Ok(None);
+    };
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: group is plain old data; all-zero is a valid (empty) value.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; only the numeric field is read.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            libc::ERANGE if buf.len() < 1 << 20 => {
+                let len = buf.len() * 2;
+                buf.resize(len, 0);
+            }
+            // As getpwnam_r: several codes mean "not found", by libc and NSS module.
+            0 | libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM if result.is_null() => {
+                return Ok(None)
+            }
+            0 => return Ok(Some(grp.gr_gid)),
+            rc => return Err(io::Error::from_raw_os_error(rc)),
+        }
+    }
+}
+
+/// The groups of a Unix socket's peer, as they were when it connected: its primary group
+/// (`SO_PEERCRED`) and its supplementary groups (`SO_PEERGROUPS`, which neither std nor
+/// tokio nor socket2 reads).
+pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<libc::gid_t>> {
+    let mut cred: libc::ucred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a writable ucred of the size passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
+        // SAFETY: `groups` is writable for `len` bytes; the kernel writes at most that and
+        // says how much it needs when it is not enough (ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+            groups.push(cred.gid);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        let need = len as usize / std::mem::size_of::<libc::gid_t>();
+        if e.raw_os_error() == Some(libc::ERANGE) && need > groups.len() && need <= 1 << 16 {
+            groups.resize(need, 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

@@ -114,6 +114,9 @@ pub struct ServiceStatus {
     /// The real servers, in configuration order.
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
+    /// Per-second rates (`lb-daemon status --json --rate` only: the client measures them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 /// One real server of a service.
@@ -154,6 +157,16 @@ pub struct BackendStatus {
     /// Why the last health check failed.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// A runtime override (`lb-daemon real-server weight|drain`): the weight it serves with
+    /// while up, instead of the file's (0: drained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_weight: Option<u32>,
+    /// Disabled at runtime (`lb-daemon real-server disable`): out as if its checks failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Per-second rates (`lb-daemon status --json --rate` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 /// One VRRP instance.
@@ -323,7 +336,7 @@ impl ServiceStatus {
 
 /// Per-second rates, as `ipvsadm -Ln --rate` shows them (its OutPPS/OutBPS are always 0 in
 /// direct routing, so they are left out).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct Rate {
     /// New flows (connections) per second.
     pub cps: f64,
@@ -364,6 +377,82 @@ fn rate(prev: [u64; 3], now: [u64; 3], interval: f64) -> Option<Rate> {
         in_pps: per_second(1),
         in_bps: per_second(2),
     })
+}
+
+/// The traffic counters as `lb-daemon zero` found them (`ipvsadm -Z`): status shows what
+/// came since. The maps are not written (the program counts on, and the Prometheus
+/// counters, read from the same maps, must never go back); the counts are subtracted
+/// instead. A counter below its baseline was made anew since (a service removed and added
+/// back), and shows as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Zeroed {
+    services: BTreeMap<ServiceKey, [u64; 3]>,
+    backends: BTreeMap<(ServiceKey, SocketAddr), [u64; 3]>,
+    reasons: BTreeMap<String, [u64; 2]>,
+}
+
+impl Zeroed {
+    /// The baseline of `s` (a snapshot with its backends).
+    pub fn of(s: &Snapshot) -> Self {
+        let mut z = Zeroed::default();
+        for svc in &s.services {
+            let key = svc.key();
+            for b in &svc.backends {
+                z.backends
+                    .insert((key.clone(), b.addr), [b.new_flows, b.packets, b.bytes]);
+            }
+            z.services
+                .insert(key, [svc.new_flows, svc.packets, svc.bytes]);
+        }
+        for r in &s.reasons {
+            z.reasons.insert(r.name.clone(), [r.packets, r.bytes]);
+        }
+        z
+    }
+
+    /// `s`'s counters since the baseline.
+    pub fn subtract(&self, s: &mut Snapshot) {
+        fn since(now: &mut u64, base: u64) {
+            if *now >= base {
+                *now -= base;
+            }
+        }
+        fn since3(now: [&mut u64; 3], base: &[u64; 3]) {
+            for (n, b) in now.into_iter().zip(base) {
+                since(n, *b);
+            }
+        }
+        for svc in &mut s.services {
+            let key = svc.key();
+            if let Some(b) = self.services.get(&key) {
+                since3([&mut svc.new_flows, &mut svc.packets, &mut svc.bytes], b);
+            }
+            for be in &mut svc.backends {
+                if let Some(b) = self.backends.get(&(key.clone(), be.addr)) {
+                    since3([&mut be.new_flows, &mut be.packets, &mut be.bytes], b);
+                }
+            }
+        }
+        for r in &mut s.reasons {
+            if let Some([p, b]) = self.reasons.get(&r.name) {
+                since(&mut r.packets, *p);
+                since(&mut r.bytes, *b);
+            }
+        }
+    }
+}
+
+/// `now` with its rates from `prev` in each service's and backend's `rate`.
+pub fn with_rates(prev: &Snapshot, mut now: Snapshot) -> Snapshot {
+    let r = rates(prev, &now);
+    for svc in &mut now.services {
+        svc.rate = r.service(svc);
+        let key = svc.key();
+        for b in &mut svc.backends {
+            b.rate = r.backends.get(&(key.clone(), b.addr)).copied();
+        }
+    }
+    now
 }
 
 /// Per-second rates of services and backends from `prev` to `now` (pure). Nothing when
@@ -538,16 +627,29 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         }
         lines.push(Line::Cells(cells));
         for b in &svc.backends {
-            let weight = if b.weight == b.effective_weight {
+            let mut weight = if b.weight == b.effective_weight {
                 b.weight.to_string()
             } else {
                 format!("{} ({})", b.effective_weight, b.weight)
+            };
+            // Runtime overrides are marked: the file does not say them.
+            match b.override_weight {
+                Some(0) => weight.push_str(" drained"),
+                Some(w) => {
+                    let _ = write!(weight, " set {w}");
+                }
+                None => {}
+            }
+            let health = if b.disabled {
+                format!("{} disabled", b.health)
+            } else {
+                b.health.to_string()
             };
             let mut cells = vec![
                 format!("  -> {}", b.addr),
                 "Route".to_string(),
                 weight,
-                b.health.to_string(),
+                health,
                 b.active_flows.to_string(),
                 b.new_flows.to_string(),
                 b.packets.to_string(),
@@ -1329,6 +1431,7 @@ pub(crate) mod test_support {
                     bytes: 45678,
                     new_flows: 12,
                     active_flows: 3,
+                    rate: None,
                     backends: vec![
                         BackendStatus {
                             addr: "192.0.2.11:80".parse().unwrap(),
@@ -1344,6 +1447,9 @@ pub(crate) mod test_support {
                             checks_failed: 0,
                             check_latency_ms: Some(1.5),
                             last_error: None,
+                            override_weight: None,
+                            disabled: false,
+                            rate: None,
                         },
                         BackendStatus {
                             addr: "192.0.2.12:80".parse().unwrap(),
@@ -1359,6 +1465,9 @@ pub(crate) mod test_support {
                             checks_failed: 6,
                             check_latency_ms: None,
                             last_error: Some("connect: Connection refused".into()),
+                            override_weight: Some(0),
+                            disabled: false,
+                            rate: None,
                         },
                     ],
                 },
@@ -1373,6 +1482,7 @@ pub(crate) mod test_support {
                     bytes: 0,
                     new_flows: 0,
                     active_flows: 0,
+                    rate: None,
                     backends: vec![BackendStatus {
                         addr: "[2001:db8::11]:53".parse().unwrap(),
                         weight: 100,
@@ -1387,6 +1497,9 @@ pub(crate) mod test_support {
                         checks_failed: 0,
                         check_latency_ms: None,
                         last_error: None,
+                        override_weight: None,
+                        disabled: false,
+                        rate: None,
                     }],
                 },
             ],
@@ -1462,13 +1575,13 @@ mod tests {
         let want = "\
 lb-daemon  router_id lb1
 Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port                             Forward  Weight  Health   Flows  Conns  InPkts  InBytes
-TCP  192.0.2.100:80 rr                                                            3     12     340    45678
-  -> 192.0.2.11:80                                  Route    1       up           2      7     200    30000
-  -> 192.0.2.12:80                                  Route    0 (1)   down         1      5     140    15678
+  -> RemoteAddress:Port                             Forward  Weight         Health   Flows  Conns  InPkts  InBytes
+TCP  192.0.2.100:80 rr                                                                   3     12     340    45678
+  -> 192.0.2.11:80                                  Route    1              up           2      7     200    30000
+  -> 192.0.2.12:80                                  Route    0 (1) drained  down         1      5     140    15678
        last error: connect: Connection refused
-UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0      0       0        0
-  -> [2001:db8::11]:53                              Route    100     unknown      0      0       0        0
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                       0      0       0        0
+  -> [2001:db8::11]:53                              Route    100            unknown      0      0       0        0
 
 VRRP instances
 VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  socket drops 7  discards: bad_ttl=2
@@ -1508,13 +1621,13 @@ drop_malformed_eth  drop           2    120
         let want = "\
 lb-daemon  rates per second over 2.0 s
 Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port                             Forward  Weight  Health   Flows  Conns  InPkts  InBytes  CPS  InPPS  InBPS
-TCP  192.0.2.100:80 rr                                                            3     16     540    75678    2    100  15000
-  -> 192.0.2.11:80                                  Route    1       up           2     11     400    60000    2    100  15000
-  -> 192.0.2.12:80                                  Route    0 (1)   down         1      0       0        0    -      -      -
+  -> RemoteAddress:Port                             Forward  Weight         Health   Flows  Conns  InPkts  InBytes  CPS  InPPS  InBPS
+TCP  192.0.2.100:80 rr                                                                   3     16     540    75678    2    100  15000
+  -> 192.0.2.11:80                                  Route    1              up           2     11     400    60000    2    100  15000
+  -> 192.0.2.12:80                                  Route    0 (1) drained  down         1      0       0        0    -      -      -
        last error: line one / line two
-UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                0      0       0        0    0      0      0
-  -> [2001:db8::11]:53                              Route    100     unknown      0      0       0        0    0      0      0
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                       0      0       0        0    0      0      0
+  -> [2001:db8::11]:53                              Route    100            unknown      0      0       0        0    0      0      0
 ";
         let got = render_table(&now, Some(&r));
         assert_eq!(got, want, "\n{got}");
@@ -1558,6 +1671,67 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
         );
         assert_eq!(r.services.len(), 2);
         assert_eq!(r.backends.len(), 3);
+    }
+
+    /// `status --json --rate`: each service and real server carries its rate.
+    #[test]
+    fn json_rates() {
+        let prev = sample();
+        let mut now = sample();
+        now.time += 0.5;
+        now.services[0].backends[0].packets += 50;
+        now.services[0].packets += 50;
+        let now = with_rates(&prev, now);
+        assert_eq!(now.services[0].rate.map(|r| r.in_pps), Some(100.0));
+        assert_eq!(
+            now.services[0].backends[0].rate.map(|r| r.in_pps),
+            Some(100.0)
+        );
+        assert_eq!(
+            now.services[0].backends[1].rate.map(|r| r.in_pps),
+            Some(0.0)
+        );
+        let json = serde_json::to_string(&now).unwrap();
+        assert!(
+            json.contains(r#""rate":{"cps":0.0,"in_pps":100.0,"in_bps":0.0}"#),
+            "{json}"
+        );
+        // Without --rate nothing of it is in the JSON.
+        assert!(!serde_json::to_string(&sample()).unwrap().contains("rate"));
+    }
+
+    /// `lb-daemon zero`: status counts from the baseline; a counter that went below it was
+    /// made anew and counts from its own start.
+    #[test]
+    fn zeroed_counters() {
+        let z = Zeroed::of(&sample());
+        let mut now = sample();
+        now.services[0].packets += 7;
+        now.services[0].backends[0].bytes += 70;
+        now.services[1].backends[0].packets = 3;
+        now.reasons[0].packets += 1;
+        z.subtract(&mut now);
+        assert_eq!(
+            (
+                now.services[0].packets,
+                now.services[0].bytes,
+                now.services[0].new_flows
+            ),
+            (7, 0, 0)
+        );
+        assert_eq!(now.services[0].backends[0].bytes, 70);
+        assert_eq!(now.services[0].backends[1].packets, 0);
+        assert_eq!(now.services[1].backends[0].packets, 3);
+        assert_eq!((now.reasons[0].packets, now.reasons[0].bytes), (1, 0));
+        // What status does not count (flows in the table, health) is left alone.
+        assert_eq!(
+            now.services[0].active_flows,
+            sample().services[0].active_flows
+        );
+        let mut restarted = sample();
+        restarted.services[0].packets = 5;
+        z.subtract(&mut restarted);
+        assert_eq!(restarted.services[0].packets, 5);
     }
 
     #[test]

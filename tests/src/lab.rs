@@ -58,7 +58,13 @@ pub fn variant_daemon_bin() -> Result<PathBuf> {
 /// `config` with the daemon's control socket in `dir`: every daemon of a test needs its own
 /// (namespaces share the file system, and the default is /run/lb-daemon.sock).
 pub fn with_control_socket(config: &str, dir: &std::path::Path) -> String {
-    let line = format!("control_socket = \"{}\"\n", dir.join("ctl.sock").display());
+    // The state directory too: runtime overrides stay the test's own, never the host's
+    // /var/lib/lb-daemon.
+    let line = format!(
+        "control_socket = \"{}\"\nstate_dir = \"{}\"\n",
+        dir.join("ctl.sock").display(),
+        dir.join("state").display()
+    );
     match config.find("[global_defs]\n") {
         Some(i) => {
             let at = i + "[global_defs]\n".len();

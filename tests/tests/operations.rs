@@ -145,3 +145,272 @@ fn quorum_lost_without_a_sorry_server_keeps_serving() {
     assert_eq!(r.ok, 6 - to_dead, "{r:?}\n{}", lab.logs());
     lab.teardown().unwrap();
 }
+
+/// `lb-daemon ARGS --socket <LB i's>`: its standard output, or its error.
+fn ctl(lab: &LvsLab, i: usize, args: &[&str]) -> Result<String, String> {
+    ctl_as(lab, i, None, args)
+}
+
+/// [`ctl`] as another user: `setpriv` to uid 65534 with the given primary group and
+/// supplementary groups.
+fn ctl_as(
+    lab: &LvsLab,
+    i: usize,
+    user: Option<(&str, &str)>,
+    args: &[&str],
+) -> Result<String, String> {
+    let bin = lb_tests::lab::daemon_bin().unwrap();
+    let socket = lab.lb(i).dir().join("ctl.sock");
+    let mut cmd = match user {
+        None => std::process::Command::new(&bin),
+        Some((gid, groups)) => {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", &format!("--regid={gid}")]);
+            if groups.is_empty() {
+                c.arg("--clear-groups");
+            } else {
+                c.arg(format!("--groups={groups}"));
+            }
+            c.arg(&bin);
+            c
+        }
+    };
+    let out = cmd
+        .args(args)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Which real servers `n` new connections from the client reach.
+fn new_connections(lab: &LvsLab, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let target = lab.target();
+    lab.client()
+        .run_in(|| {
+            let mut m = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                let who = http_get(target, Duration::from_secs(1))
+                    .map(|b| b.trim().to_string())
+                    .unwrap_or_else(|f| format!("failed: {f:?}"));
+                *m.entry(who).or_insert(0) += 1;
+            }
+            m
+        })
+        .unwrap()
+}
+
+/// The HTTP service's real server `i` on LB `lb` in `status --json`.
+fn backend_json(lab: &LvsLab, lb: usize, i: usize) -> serde_json::Value {
+    let want = format!("{}:{HTTP}", lb_tests::e2e_lab::rs_v4(i));
+    let s = status_json(lab.lb(lb)).unwrap_or_else(|e| panic!("{e:#}"));
+    s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["port"] == HTTP)
+        .and_then(|v| v["backends"].as_array())
+        .and_then(|b| b.iter().find(|b| b["addr"] == want.as_str()))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The runtime commands of `ipvsadm -e`, on the master of the pair, under 12 keep-alive
+/// connections: drain keeps a server's connections and sends it no new one; the override
+/// survives a reload and a restart (the state file), is marked in status, and goes with
+/// reset; disable and enable; weight; an override whose server a reload removes is
+/// dropped with a line. Then who may do what on the control socket: a member of
+/// `control_socket_group` reads status and may not change anything; a non-member may not
+/// connect.
+#[test]
+fn runtime_changes_to_real_servers() {
+    let test = "runtime_changes_to_real_servers";
+    if !require_lab(test) || !lb_tests::netns::require_tools(test, &["setpriv"]) {
+        return;
+    }
+    let _one = serial();
+    let params = LvsParams::new("rr", "skb");
+    let mut lab = LvsLab::new(&unique_prefix("opr"), params.clone()).unwrap();
+    let base = lvs_toml(&params, 1).replacen(
+        "[global_defs]\n",
+        "[global_defs]\ncontrol_socket_group = \"nogroup\"\n",
+        1,
+    );
+    lab.set_config(1, &base).unwrap();
+    lab.start_pair().unwrap_or_else(|e| panic!("{e:#}"));
+    let rs = |i: usize| lb_tests::e2e_lab::rs_v4(i).to_string();
+    let svc = format!("{}:{HTTP}", lb_tests::e2e_lab::VIP);
+    let mut conns = LongLived::open(lab.client(), lab.target(), 12).unwrap();
+    let on_rs1 = conns.by_backend().get("rs1").copied().unwrap_or(0);
+    assert!(on_rs1 > 0, "{:?}", conns.by_backend());
+
+    // Drain rs1: its connections go on, new ones go elsewhere.
+    let out = ctl(&lab, 1, &["real-server", "drain", &svc, &rs(1)]).unwrap();
+    assert!(out.contains("drained"), "{out}");
+    let r = conns.round();
+    assert_eq!((r.ok, r.resets), (12, 0), "{r:?}");
+    let fresh = new_connections(&lab, 30);
+    assert_eq!(fresh.get("rs1"), None, "{fresh:?}");
+    assert_eq!(fresh.values().sum::<usize>(), 30, "{fresh:?}");
+    let b = backend_json(&lab, 1, 1);
+    assert_eq!(
+        (
+            b["override_weight"].as_u64(),
+            b["effective_weight"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{b}"
+    );
+    let table = ctl(&lab, 1, &["status"]).unwrap();
+    assert!(table.contains("drained"), "{table}");
+    let state_file = lab.lb(1).dir().join("state/overrides.json");
+    assert!(std::fs::read_to_string(&state_file)
+        .unwrap()
+        .contains(&rs(1)));
+
+    // A reload keeps it.
+    lab.reload_lb(1).unwrap();
+    assert_eq!(
+        backend_json(&lab, 1, 1)["override_weight"].as_u64(),
+        Some(0)
+    );
+    assert_eq!(new_connections(&lab, 12).get("rs1"), None);
+
+    // Disable rs2, then enable it; weight 3 for rs3.
+    ctl(&lab, 1, &["real-server", "disable", &svc, &rs(2)]).unwrap();
+    let b = backend_json(&lab, 1, 2);
+    assert_eq!(
+        (b["disabled"].as_bool(), b["effective_weight"].as_u64()),
+        (Some(true), Some(0)),
+        "{b}"
+    );
+    let fresh = new_connections(&lab, 12);
+    assert_eq!(fresh.keys().collect::<Vec<_>>(), ["rs3"], "{fresh:?}");
+    ctl(&lab, 1, &["real-server", "enable", &svc, &rs(2)]).unwrap();
+    ctl(
+        &lab,
+        1,
+        &[
+            "real-server",
+            "weight",
+            &svc,
+            &format!("{}:{HTTP}", rs(3)),
+            "3",
+        ],
+    )
+    .unwrap();
+    let b = backend_json(&lab, 1, 3);
+    assert_eq!(
+        (
+            b["override_weight"].as_u64(),
+            b["effective_weight"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{b}"
+    );
+    // Bad names are refused with what is wrong.
+    let e = ctl(&lab, 1, &["real-server", "drain", &svc, "192.0.2.99"]).unwrap_err();
+    assert!(e.contains("has no real server"), "{e}");
+    let e = ctl(&lab, 1, &["real-server", "drain", "192.0.2.100:81", &rs(1)]).unwrap_err();
+    assert!(e.contains("no virtual_server"), "{e}");
+
+    // The control group: a member reads, and may not change; a non-member may not connect.
+    let member = ctl_as(&lab, 1, Some(("100", "65534")), &["status", "--json"]);
+    assert!(
+        member.as_ref().is_ok_and(|s| s.contains("\"services\"")),
+        "{member:?}"
+    );
+    let e = ctl_as(
+        &lab,
+        1,
+        Some(("100", "65534")),
+        &["real-server", "reset", "--all"],
+    )
+    .unwrap_err();
+    assert!(e.contains("only root may change"), "{e}");
+    let e = ctl_as(&lab, 1, Some(("100", "")), &["status"]).unwrap_err();
+    assert!(e.contains("permission denied"), "{e}");
+
+    // A restart reads the state file back.
+    lab.stop_lb(1).unwrap();
+    lab.start_lb(1).unwrap();
+    lab.wait_state(1, "MASTER", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        backend_json(&lab, 1, 1)["override_weight"].as_u64(),
+        Some(0)
+    );
+    assert_eq!(
+        backend_json(&lab, 1, 3)["override_weight"].as_u64(),
+        Some(3)
+    );
+    wait(&lab, "lb1 to serve", Duration::from_secs(10), || {
+        new_connections(&lab, 1).keys().all(|k| k.starts_with("rs"))
+    });
+    assert_eq!(new_connections(&lab, 12).get("rs1"), None);
+
+    // A reload that removes rs3 drops its override, with a line.
+    let without_rs3 = base.replacen(
+        &format!(
+            "\n  [[virtual_server.real_server]]\n  ip = \"{}\"\n  port = {HTTP}\n",
+            rs(3)
+        ),
+        &format!("\n  [[virtual_server.real_server]]\n  ip = \"192.0.2.99\"\n  port = {HTTP}\n"),
+        1,
+    );
+    assert_ne!(without_rs3, base);
+    lab.set_config(1, &without_rs3).unwrap();
+    lab.reload_lb(1).unwrap();
+    assert!(
+        lab.lb_log(1).contains("runtime override dropped"),
+        "{}",
+        lab.lb_log(1)
+    );
+    let left = std::fs::read_to_string(&state_file).unwrap();
+    assert!(!left.contains(&rs(3)) && left.contains(&rs(1)), "{left}");
+
+    // Reset: rs1 takes new connections again; --all leaves no file.
+    ctl(&lab, 1, &["real-server", "reset", &svc, &rs(1)]).unwrap();
+    assert_eq!(
+        backend_json(&lab, 1, 1)["override_weight"],
+        serde_json::Value::Null
+    );
+    assert!(new_connections(&lab, 12).contains_key("rs1"));
+    ctl(&lab, 1, &["real-server", "drain", &svc, &rs(2)]).unwrap();
+    ctl(&lab, 1, &["real-server", "reset", "--all"]).unwrap();
+    assert!(!state_file.exists());
+
+    // zero: status counts from 0; the metrics would go on.
+    ctl(&lab, 1, &["zero"]).unwrap();
+    let s = status_json(lab.lb(1)).unwrap();
+    let http = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["port"] == HTTP)
+        .unwrap()
+        .clone();
+    assert!(http["new_flows"].as_u64().unwrap() <= 1, "{http}");
+    new_connections(&lab, 6);
+    let s = status_json(lab.lb(1)).unwrap();
+    let http = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["port"] == HTTP)
+        .unwrap()
+        .clone();
+    assert!(
+        (6..=7).contains(&http["new_flows"].as_u64().unwrap()),
+        "{http}"
+    );
+    // status --json --rate carries the rates.
+    let rated = ctl(&lab, 1, &["status", "--json", "--rate"]).unwrap();
+    assert!(rated.contains("\"rate\":{\"cps\":"), "{rated}");
+    lab.teardown().unwrap();
+}

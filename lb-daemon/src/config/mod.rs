@@ -31,6 +31,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lb-daemon.sock";
 /// systemd and iproute2 mount the bpf filesystem.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf";
 
+/// Where the daemon keeps what must survive a restart when `global_defs.state_dir` is not set.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb-daemon";
 /// IPVS's weight range (`ipvsadm -w`: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65535;
 /// The largest Maglev table an `mh` service may ask for (64 MiB of ring).
@@ -106,6 +108,12 @@ pub struct GlobalDefs {
     /// detached, its pins removed) or `keep` (keepalived's `--dont-release-vrrp`, and the
     /// dataplane left forwarding: what a restart or an upgrade takes over).
     pub on_stop: Option<OnStop>,
+    /// What must outlive a run, kept across restarts: the runtime overrides of `lb-daemon
+    /// real-server` (default /var/lib/lb-daemon).
+    pub state_dir: Option<PathBuf>,
+    /// The members of this group may use the control socket's read-only commands (status,
+    /// connections, which); changes stay root's. Without it the socket is root's alone.
+    pub control_socket_group: Option<Spanned<String>>,
 }
 
 /// See [`GlobalDefs::on_stop`].
@@ -122,6 +130,12 @@ impl GlobalDefs {
         self.control_socket
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
+    }
+
+    pub fn state_dir_path(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
     }
 }
 
@@ -816,28 +830,68 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 /// `/TCP` or `/UDP`, which may be left out when only one protocol has that VIP and port), by
 /// its canonical name.
 fn tracked_service(services: &[Arc<VirtualServer>], name: &str) -> Result<String, String> {
-    let (addr, proto) = match name.rsplit_once('/') {
-        Some((a, p)) => match p.to_ascii_uppercase().as_str() {
-            "TCP" => (a, Some(Proto::Tcp)),
-            "UDP" => (a, Some(Proto::Udp)),
-            _ => return Err(format!("{name:?}: the protocol must be TCP or UDP")),
-        },
-        None => (name, None),
-    };
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("{name:?} is not VIP:PORT (an IPv6 VIP in brackets)"))?;
+    find_service(services, name).map(|vs| vs.name())
+}
+
+/// The virtual server `name` names (see [`crate::model::parse_service_name`]).
+fn find_service<'a>(
+    services: &'a [Arc<VirtualServer>],
+    name: &str,
+) -> Result<&'a Arc<VirtualServer>, String> {
+    let (addr, proto) = crate::model::parse_service_name(name)?;
     let found: Vec<&Arc<VirtualServer>> = services
         .iter()
         .filter(|vs| vs.vip == addr.ip() && vs.port == addr.port())
         .filter(|vs| proto.is_none_or(|p| vs.proto == p))
         .collect();
     match found[..] {
-        [vs] => Ok(vs.name()),
+        [vs] => Ok(vs),
         [] => Err(format!("no virtual_server {name:?}")),
         _ => Err(format!(
             "{name:?} names a TCP and a UDP service: add /TCP or /UDP"
         )),
+    }
+}
+
+impl Config {
+    /// The virtual server an operator names `VIP:PORT[/PROTO]`.
+    pub fn find_service(&self, name: &str) -> Result<&Arc<VirtualServer>, String> {
+        find_service(&self.virtual_servers, name)
+    }
+}
+
+impl VirtualServer {
+    /// The real server an operator names `IP` or `IP:PORT` (the port may be left out when
+    /// the service has one real server at that address; an IPv6 address with a port in
+    /// brackets).
+    pub fn find_real(&self, name: &str) -> Result<&RealServer, String> {
+        let (ip, port) = match name.parse::<SocketAddr>() {
+            Ok(a) => (a.ip(), Some(a.port())),
+            Err(_) => (
+                name.trim_matches(['[', ']'])
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{name:?} is not IP or IP:PORT"))?,
+                None,
+            ),
+        };
+        let found: Vec<&RealServer> = self
+            .real_servers
+            .iter()
+            .filter(|rs| rs.addr.ip() == ip && port.is_none_or(|p| rs.addr.port() == p))
+            .collect();
+        match found[..] {
+            [rs] => Ok(rs),
+            [] => Err(format!("{} has no real server {name:?}", self.name())),
+            _ => Err(format!(
+                "{} has real servers {} at {ip}: add the port",
+                self.name(),
+                found
+                    .iter()
+                    .map(|rs| rs.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 }
 

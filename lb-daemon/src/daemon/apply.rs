@@ -12,6 +12,7 @@ use anyhow::Result;
 
 use super::{
     macs::Macs,
+    overrides::Overrides,
     quorum::Quorum,
     reconcile::{service_spec, HealthOf},
     xdp::Xdp,
@@ -72,16 +73,17 @@ impl Dp {
         config: &Config,
         master_vips: &HashSet<IpAddr>,
         health: &Health,
+        overrides: &Overrides,
     ) -> Result<()> {
         if !self.xdp.dp.limits().covers(&self.xdp.reserve) {
             let reserve = self.xdp.reserve;
             self.xdp.grow(reserve).await?;
         }
-        match self.apply_once(config, master_vips, health) {
+        match self.apply_once(config, master_vips, health, overrides) {
             Err(PlanError::NoRoom { needs, .. }) => {
                 let to = Limits::with_headroom(needs).max(self.xdp.reserve);
                 self.xdp.grow(to).await?;
-                Ok(self.apply_once(config, master_vips, health)?)
+                Ok(self.apply_once(config, master_vips, health, overrides)?)
             }
             r => Ok(r?),
         }
@@ -92,9 +94,16 @@ impl Dp {
         config: &Config,
         master_vips: &HashSet<IpAddr>,
         health: &Health,
+        overrides: &Overrides,
     ) -> Result<(), PlanError> {
+        // The checks' verdict with the operator's runtime changes on top.
         let health_of = |vs: &crate::config::VirtualServer, rs: &crate::config::RealServer| {
-            health.get(&(vs.key(), rs.addr)).map(|h| (h.up, h.weight))
+            let key = vs.key();
+            overrides.verdict(
+                &key,
+                rs,
+                health.get(&(key, rs.addr)).map(|h| (h.up, h.weight)),
+            )
         };
         let all_stale = std::mem::take(&mut self.all_stale);
         let stale = std::mem::take(&mut self.stale);

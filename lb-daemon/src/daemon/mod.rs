@@ -18,6 +18,7 @@ use std::{
 
 mod apply;
 mod macs;
+mod overrides;
 mod preflight;
 mod quorum;
 mod reconcile;
@@ -64,7 +65,14 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
     // The program's clock: flow idle times and persistence templates are measured on it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The control socket (status, reload) and the Prometheus endpoint.
-    let ctl = control::Server::bind(&state.config.global_defs.control_socket_path()).await?;
+    let ctl = control::Server::bind_with(
+        &state.config.global_defs.control_socket_path(),
+        control::Options {
+            group: control_group(&state.config)?,
+            ..control::Options::default()
+        },
+    )
+    .await?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(control::CALL_QUEUE_LEN);
     tokio::spawn(ctl.serve(ctl_tx));
     if let Some(addr) = state
@@ -125,6 +133,16 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                     return stop(state, inbox, release).await;
                 }
                 Request::Status => call.reply(Response::status(state.on_status())),
+                Request::Zero => call.reply(Response::done(state.on_zero())),
+                Request::RealServer { ref service, ref real, action, all } => {
+                    let r = state
+                        .on_real_server(service.as_deref(), real.as_deref(), action, all)
+                        .await;
+                    call.reply(match r {
+                        Ok(m) => Response::done(m),
+                        Err(e) => Response::error(e),
+                    });
+                }
                 Request::Reload => match state.on_reload().await {
                     Ok(()) => call.reply(Response::ok()),
                     Err(e) => {
@@ -142,6 +160,25 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
         state.after_event(Instant::now());
     }
     stop(state, inbox, on_stop == OnStop::Release).await
+}
+
+/// `global_defs.control_socket_group`'s id (an unknown group is an error naming the key).
+pub(crate) fn control_group(config: &crate::config::Config) -> Result<Option<libc::gid_t>> {
+    let Some(name) = &config.global_defs.control_socket_group else {
+        return Ok(None);
+    };
+    let name = name.get_ref();
+    match crate::os::group_id(name) {
+        Ok(Some(gid)) => Ok(Some(gid)),
+        Ok(None) => anyhow::bail!(
+            "{}: `global_defs.control_socket_group`: no group {name:?} on this host",
+            config.file.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "{}: `global_defs.control_socket_group`: looking up {name:?}: {e}",
+            config.file.display()
+        ),
+    }
 }
 
 /// The exit status of a daemon that `lb-daemon stop` told to release: the systemd unit does

@@ -21,6 +21,8 @@ pub fn check_file(file: &Path) -> anyhow::Result<Config> {
     NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
     c.sync_key()?;
     super::reconcile::dataplane_limits(&c).map_err(|e| named(&e))?;
+    super::control_group(&c)?;
+    super::overrides::load(&c.global_defs.state_dir_path())?;
     Ok(c)
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use tracing::{error, info};
 
-use super::{check_scripts, Health, State};
+use super::{check_scripts, overrides::Overrides, Health, State};
 use crate::{
     config::{Config, DataplaneConfig},
     health,
@@ -56,10 +56,18 @@ impl State {
             if let Some(d) = &new.dataplane {
                 dp.xdp.reserve = d.reserve;
             }
-            if let Err(e) = dp.apply(&new, &self.master_vips, &self.health).await {
+            if let Err(e) = dp
+                .apply(&new, &self.master_vips, &self.health, &self.overrides)
+                .await
+            {
                 dp.xdp.reserve = reserve;
                 if let Err(back) = dp
-                    .apply(&self.config, &self.master_vips, &self.health)
+                    .apply(
+                        &self.config,
+                        &self.master_vips,
+                        &self.health,
+                        &self.overrides,
+                    )
                     .await
                 {
                     // The planner writes the whole plan again at the next apply.
@@ -72,7 +80,7 @@ impl State {
 
         // Commit: nothing from here on can fail.
         let addresses_moved = addresses(&self.config, &changed) != addresses(&new, &changed);
-        let health_before = verdicts(&new, &changed, &self.health);
+        let health_before = verdicts(&new, &changed, &self.health, &self.overrides);
         // Unchanged scripts keep their rise/fall state, unchanged checkers their timers.
         self.track_tasks.commit(tracks);
         self.checkers.commit(checks, scope, &mut self.health);
@@ -82,6 +90,7 @@ impl State {
         }
         self.tracking = tracking;
         self.config = new;
+        self.drop_stale_overrides();
         if let Some(dp) = self.dp.as_mut() {
             // A changed service's pool decides when its quorum is first told (all its MACs
             // known), even when the quorum itself did not move.
@@ -100,12 +109,17 @@ impl State {
                 }
                 health::Scope::Services(s) => {
                     dp.stale(s.iter().copied());
-                    health_before != verdicts(&self.config, s, &self.health)
+                    health_before != verdicts(&self.config, s, &self.health, &self.overrides)
                 }
             };
             if again {
                 if let Err(e) = dp
-                    .apply(&self.config, &self.master_vips, &self.health)
+                    .apply(
+                        &self.config,
+                        &self.master_vips,
+                        &self.health,
+                        &self.overrides,
+                    )
                     .await
                 {
                     error!("updating the dataplane: {e:#}");
@@ -170,6 +184,7 @@ fn verdicts(
     config: &Config,
     services: &HashSet<ServiceKey, foldhash::fast::RandomState>,
     health: &Health,
+    overrides: &Overrides,
 ) -> Vec<Option<u32>> {
     config
         .virtual_servers
@@ -178,7 +193,7 @@ fn verdicts(
         .flat_map(|vs| {
             vs.real_servers.iter().map(|rs| {
                 let verdict = health.get(&(vs.key(), rs.addr)).map(|h| (h.up, h.weight));
-                rs.healthy_weight(verdict)
+                rs.healthy_weight(overrides.verdict(&vs.key(), rs, verdict))
             })
         })
         .collect()
@@ -266,6 +281,8 @@ lb_kind = "DR"
             master_vips: HashSet::new(),
             vrrp: None,
             metrics: None,
+            overrides: Default::default(),
+            zeroed: None,
         }
     }
 

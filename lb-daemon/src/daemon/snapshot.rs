@@ -4,7 +4,7 @@
 //! cannot pair one service's counters with another's name.
 use std::collections::HashMap;
 
-use super::Dp;
+use super::{overrides::Overrides, Dp};
 use crate::{
     config::Config,
     health::BackendHealth,
@@ -17,6 +17,7 @@ use crate::{
 /// each real server's health in the configuration's order ([`crate::health::Checkers::in_order`]).
 /// Without `per_backend` each service's real servers are left out, and their counters and
 /// health unread (the metrics of `metrics_per_backend = false`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn snapshot(
     config: &Config,
     dp: Option<&Dp>,
@@ -25,10 +26,11 @@ pub(super) fn snapshot(
     health: &[Option<BackendHealth>],
     flows: &HashMap<u32, u64>,
     per_backend: bool,
+    overrides: &Overrides,
 ) -> Snapshot {
     let mut snap = Snapshot::new(config.global_defs.router_id.clone());
     if let Some(dp) = dp {
-        services(&mut snap, config, dp, health, flows, per_backend);
+        services(&mut snap, config, dp, health, flows, per_backend, overrides);
     }
     if let Some(v) = vrrp {
         let stats = v.stats.lock().map(|m| m.clone()).unwrap_or_default();
@@ -54,6 +56,7 @@ fn services(
     health: &[Option<BackendHealth>],
     flows: &HashMap<u32, u64>,
     per_backend: bool,
+    overrides: &Overrides,
 ) {
     let planner = &dp.xdp.dp;
     let maps = planner.writer();
@@ -123,13 +126,18 @@ fn services(
                     };
                     let h = rs.and_then(|k| health.get(k)).and_then(Option::as_ref);
                     let weight = rs.map_or(1, |k| vs.real_servers[k].weight);
-                    Some(backend(
+                    let mut row = backend(
                         b,
                         weight,
                         h,
                         counters(&backend_counters, *bid),
                         flows_of(bid),
-                    ))
+                    );
+                    if let Some(o) = rs.and_then(|_| overrides.get(&spec.key(), b.addr)) {
+                        row.override_weight = o.weight;
+                        row.disabled = o.disabled;
+                    }
+                    Some(row)
                 })
                 .collect()
         } else {
@@ -153,6 +161,7 @@ fn services(
             new_flows: sc.new_flows,
             active_flows: bids.iter().map(flows_of).sum(),
             backends,
+            rate: None,
         });
     }
     if let Ok(r) = maps.reason_counters() {
@@ -192,5 +201,8 @@ fn backend(
             .and_then(|h| h.last_latency)
             .map(|d| d.as_secs_f64() * 1e3),
         last_error: h.and_then(|h| h.last_error.clone()),
+        override_weight: None,
+        disabled: false,
+        rate: None,
     }
 }

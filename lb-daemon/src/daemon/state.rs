@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use super::{
+    overrides::{self, Overrides},
     seed::{self, Seeds},
     snapshot::snapshot,
     units::vrrp_units,
@@ -24,8 +25,8 @@ use crate::{
     dataplane::neigh::MacUpdate,
     health::{self, HealthEvent},
     metrics,
-    model::ServiceKey,
-    status::Snapshot,
+    model::{RealServerAction, ServiceKey},
+    status::{Snapshot, Zeroed},
     vrrp::{
         notify::{self, Notifier},
         runtime::{self, Event, RoleAck},
@@ -60,6 +61,11 @@ pub(super) struct State {
     pub notifier: Notifier,
     /// The metrics' snapshot, and when it is next taken; none without `metrics_address`.
     pub metrics: Option<(watch::Sender<Arc<metrics::Exposition>>, Instant)>,
+    /// The operator's runtime changes to real servers (`lb-daemon real-server`), kept in
+    /// `global_defs.state_dir`.
+    pub overrides: Overrides,
+    /// The counters as `lb-daemon zero` found them: status shows what came since.
+    pub zeroed: Option<Zeroed>,
 }
 
 impl State {
@@ -70,6 +76,7 @@ impl State {
         let mut parsed = split::Cache::default();
         let config = Config::load_cached(&path, &mut parsed)?;
         super::check_scripts(&config)?;
+        let overrides = overrides::load(&config.global_defs.state_dir_path())?;
         let mut seeds = Seeds::default();
         let (dp, macs_rx) = match &config.dataplane {
             Some(d) => {
@@ -110,12 +117,26 @@ impl State {
             vrrp: None,
             notifier,
             metrics: None,
+            overrides,
+            zeroed: None,
         };
+        if !state.overrides.is_empty() {
+            info!(
+                overrides = state.overrides.len(),
+                "runtime changes to real servers (lb-daemon real-server) stand"
+            );
+        }
+        state.drop_stale_overrides();
         if let Some(dp) = state.dp.as_mut() {
             // A configuration the dataplane cannot hold is a start-up error.
-            dp.apply(&state.config, &state.master_vips, &state.health)
-                .await
-                .context("writing the configuration into the dataplane")?;
+            dp.apply(
+                &state.config,
+                &state.master_vips,
+                &state.health,
+                &state.overrides,
+            )
+            .await
+            .context("writing the configuration into the dataplane")?;
         }
         if !state.config.vrrp_instances.is_empty() {
             // A master resumes only over a dataplane that still serves its VIPs: the one
@@ -138,7 +159,12 @@ impl State {
     async fn apply(&mut self) {
         if let Some(dp) = self.dp.as_mut() {
             if let Err(e) = dp
-                .apply(&self.config, &self.master_vips, &self.health)
+                .apply(
+                    &self.config,
+                    &self.master_vips,
+                    &self.health,
+                    &self.overrides,
+                )
                 .await
             {
                 error!("updating the dataplane: {e:#}");
@@ -244,7 +270,80 @@ impl State {
     /// `lb-daemon status`: the checkers' current view (`health` moves only on up/down
     /// changes, while status also shows whether a check has run, its latency, its error).
     pub(super) fn on_status(&mut self) -> Snapshot {
-        self.snapshot(STATUS_FLOW_COUNT_AGE, true)
+        let mut s = self.snapshot(STATUS_FLOW_COUNT_AGE, true);
+        if let Some(z) = &self.zeroed {
+            z.subtract(&mut s);
+        }
+        s
+    }
+
+    /// `lb-daemon zero` (`ipvsadm -Z`): status counts from now on; the metrics do not.
+    pub(super) fn on_zero(&mut self) -> String {
+        let s = self.snapshot(STATUS_FLOW_COUNT_AGE, true);
+        self.zeroed = Some(Zeroed::of(&s));
+        info!("traffic counters zeroed for status");
+        format!("zeroed the counters of {} services", s.services.len())
+    }
+
+    /// `lb-daemon real-server ACTION SERVICE REAL` (or `reset --all`): the override is
+    /// written to the state file before it is applied, so that what the maps do is never
+    /// something a restart would forget; a write that fails changes nothing.
+    pub(super) async fn on_real_server(
+        &mut self,
+        service: Option<&str>,
+        real: Option<&str>,
+        action: RealServerAction,
+        all: bool,
+    ) -> Result<String, String> {
+        let mut next = self.overrides.clone();
+        let (message, stale) = if all {
+            let stale: Vec<ServiceKey> = self
+                .config
+                .virtual_servers
+                .iter()
+                .map(|v| v.key())
+                .collect();
+            (format!("{} overrides removed", next.clear()), stale)
+        } else {
+            let vs = self
+                .config
+                .find_service(service.unwrap_or_default())?
+                .clone();
+            let rs = vs.find_real(real.unwrap_or_default())?;
+            let now = next.set(&vs, rs.addr, action);
+            let what = match (now.disabled, now.weight) {
+                (false, None) => "as the file says".to_string(),
+                (true, _) => "disabled".to_string(),
+                (false, Some(0)) => "drained".to_string(),
+                (false, Some(w)) => format!("weight {w}"),
+            };
+            (format!("{} {}: {what}", vs.name(), rs.addr), vec![vs.key()])
+        };
+        let dir = self.config.global_defs.state_dir_path();
+        overrides::save(&dir, &next).map_err(|e| format!("{e:#}: nothing changed"))?;
+        self.overrides = next;
+        info!(%message, "runtime change to real servers");
+        if let Some(dp) = self.dp.as_mut() {
+            dp.stale(stale);
+        }
+        self.apply().await;
+        Ok(message)
+    }
+
+    /// Drops the overrides of real servers the configuration no longer has (after a start
+    /// or a reload), with a line each, and saves what is left.
+    pub(super) fn drop_stale_overrides(&mut self) {
+        let dropped = self.overrides.retain_configured(&self.config);
+        if dropped.is_empty() {
+            return;
+        }
+        for (service, real) in &dropped {
+            info!(%service, %real, "runtime override dropped: the configuration no longer has this real server");
+        }
+        if let Err(e) = overrides::save(&self.config.global_defs.state_dir_path(), &self.overrides)
+        {
+            error!("saving the runtime overrides: {e:#}");
+        }
     }
 
     fn snapshot(&mut self, flow_age: std::time::Duration, per_backend: bool) -> Snapshot {
@@ -266,6 +365,7 @@ impl State {
             &health,
             &flows,
             per_backend,
+            &self.overrides,
         )
     }
 
