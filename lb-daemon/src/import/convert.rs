@@ -59,6 +59,7 @@ pub(crate) struct Unsupported {
 pub(crate) struct Converted {
     pub doc: Doc,
     pub unsupported: Vec<Unsupported>,
+    pub warnings: Vec<Diag>,
 }
 
 /// What an instance's defaults and the cross-block checks need to know of it.
@@ -120,6 +121,7 @@ struct Cx<'a> {
     sources: &'a Sources,
     opts: &'a Options,
     unsupported: Vec<Unsupported>,
+    warnings: Vec<Diag>,
     global: Option<Table>,
     script_security: bool,
     /// Any script or hook: keepalived's script defaults then matter.
@@ -151,6 +153,7 @@ impl<'a> Converter<'a> {
             sources,
             opts,
             unsupported: Vec::new(),
+            warnings: Vec::new(),
             global: None,
             script_security: false,
             scripts_named: false,
@@ -2177,6 +2180,25 @@ impl Cx<'_> {
                     " keepalived always runs an IPv6 instance with VRRPv3",
                 ));
             }
+            // Only now is the version known: global_defs may come after the instance.
+            let version = match t.get("version").map(|e| &e.value) {
+                Some(Value::Int(v)) => *v,
+                _ if v6 => 3,
+                _ => self.vrrp_version.unwrap_or(2),
+            };
+            let auth = t.children.iter().position(|c| c.name == "authentication");
+            if let (3, Some(i)) = (version, auth) {
+                let auth = t.children.remove(i).table;
+                let span = auth.span.unwrap_or(inst.span);
+                let message =
+                    "keepalived ignores authentication with VRRPv3, which has none (RFC 9568): left out";
+                auth.comments.into_iter().for_each(|c| t.comment(c));
+                t.comment(format!(
+                    " {}: authentication {{ ... }}: {message}",
+                    self.sources.locate(span)
+                ));
+                self.warnings.push(Diag::new(span, message));
+            }
             for (key, value, span) in &self.garp {
                 if !t.has(key) {
                     t.push(generated(
@@ -2356,6 +2378,7 @@ impl Cx<'_> {
         Ok(Converted {
             doc,
             unsupported: self.unsupported,
+            warnings: self.warnings,
         })
     }
 }
@@ -2396,8 +2419,17 @@ fn ctx_of(key: &str) -> Ctx {
 mod tests {
     use std::path::Path;
 
-    use super::super::{import_str, ImportError, Options};
+    use super::super::{import_str, Import, ImportError, Options};
     use super::*;
+
+    fn import(text: &str) -> Import {
+        import_str(Path::new("k.conf"), text, &Options::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The 1-based line of the first line of `text` that holds `what`.
+    fn line_of(text: &str, what: &str) -> usize {
+        text.lines().position(|l| l.contains(what)).unwrap() + 1
+    }
 
     fn error(text: &str) -> String {
         match import_str(Path::new("k.conf"), text, &Options::default()) {
@@ -2435,5 +2467,48 @@ mod tests {
             e.starts_with("k.conf:1:17: the sync groups copy more than"),
             "{e}"
         );
+    }
+
+    /// keepalived: "VRRP version 3 does not support authentication. Ignoring." The version is
+    /// the instance's, else global_defs' (wherever it is in the file), and always 3 for IPv6.
+    #[test]
+    fn vrrp3_authentication_is_left_out_with_a_warning() {
+        let instance = |vip: &str, version: &str| {
+            format!(
+                "vrrp_instance VI_1 {{\n interface eth0\n{version} virtual_router_id 1\n \
+                 virtual_ipaddress {{\n  {vip}\n }}\n authentication {{\n  auth_type PASS\n  \
+                 auth_pass secret\n }}\n}}\n"
+            )
+        };
+        let global_v3 = "global_defs {\n vrrp_version 3\n}\n";
+        for text in [
+            instance("192.0.2.1", " version 3\n"),
+            format!("{global_v3}{}", instance("192.0.2.1", "")),
+            format!("{}{global_v3}", instance("192.0.2.1", "")),
+            instance("2001:db8::1", ""),
+        ] {
+            let i = import(&text);
+            assert_eq!(i.config.vrrp_instances[0].auth_pass, None, "{text}");
+            let [w] = &i.warnings[..] else {
+                panic!("{:?}", i.warnings)
+            };
+            assert_eq!(
+                (w.location.line, w.location.column),
+                (line_of(&text, "authentication"), 2)
+            );
+            assert!(
+                w.message
+                    .contains("keepalived ignores authentication with VRRPv3"),
+                "{w}"
+            );
+            assert!(!i.toml.contains("secret"), "{}", i.toml);
+            assert!(i.toml.contains(&w.to_string()), "{}", i.toml);
+        }
+        let v2 = import(&instance("192.0.2.1", ""));
+        assert_eq!(
+            v2.config.vrrp_instances[0].auth_pass.as_deref(),
+            Some(&b"secret"[..])
+        );
+        assert!(v2.warnings.is_empty(), "{:?}", v2.warnings);
     }
 }

@@ -23,6 +23,15 @@
 //! as comments. A *value* lb-daemon cannot express (a scheduler it does not have, NAT, `reverse`
 //! tracking) is an error instead, since leaving it out would change what the rest means.
 //!
+//! # What keepalived would change, and the importer does too
+//!
+//! keepalived accepts some things only to ignore or resolve them where it runs; the importer
+//! does the same, and says so in a [`Warning`] (printed, and written into the output as
+//! comments) rather than refusing or writing them on:
+//!
+//! * `authentication` in a VRRPv3 instance (keepalived: "VRRP version 3 does not support
+//!   authentication. Ignoring."): left out.
+//!
 //! # keepalived's defaults that the output states
 //!
 //! | where | keepalived | written as |
@@ -125,6 +134,21 @@ pub struct UnsupportedItem {
     pub reason: String,
 }
 
+/// Something keepalived accepts and the importer carries over, but not as written: what it
+/// ignores, or what it would have resolved on the machine it runs on. Printed, and written
+/// into the output as comments; it does not stop the import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub location: Location,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
 impl std::fmt::Display for UnsupportedItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -149,6 +173,7 @@ pub struct Import {
     /// The TOML, with the unsupported keywords as comments.
     pub toml: String,
     pub unsupported: Vec<UnsupportedItem>,
+    pub warnings: Vec<Warning>,
     /// The output, loaded.
     pub config: Config,
 }
@@ -169,7 +194,7 @@ pub fn import_str(name: &Path, text: &str, opts: &Options) -> Result<Import, Imp
 pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Import, ImportError> {
     let mut sources = Sources::default();
     let plan = include::load(files, path, &mut sources)?;
-    let (toml, lines, unsupported) = {
+    let (toml, lines, unsupported, warnings) = {
         // Parsed and converted one top-level statement at a time; the document is dropped
         // once rendered, before the output is loaded.
         let mut converter = convert::Converter::new(&sources, opts);
@@ -189,9 +214,17 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
                 reason: u.reason.clone(),
             })
             .collect();
-        doc.header = header(path, &unsupported);
+        let warnings: Vec<Warning> = converted
+            .warnings
+            .into_iter()
+            .map(|d| Warning {
+                location: sources.locate(d.span),
+                message: d.message,
+            })
+            .collect();
+        doc.header = header(path, &unsupported, &warnings);
         let (toml, lines) = emit::render(&doc);
-        (toml, lines, unsupported)
+        (toml, lines, unsupported, warnings)
     };
     let name = opts
         .output_name
@@ -202,6 +235,7 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
     Ok(Import {
         toml,
         unsupported,
+        warnings,
         config,
     })
 }
@@ -239,7 +273,7 @@ pub fn parse_text(text: &str) -> Result<parse::File, String> {
     }
 }
 
-fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
+fn header(path: &Path, unsupported: &[UnsupportedItem], warnings: &[Warning]) -> Vec<String> {
     let mut h = vec![
         format!(
             " Imported from {} by `lb-daemon import-keepalived`.",
@@ -255,6 +289,14 @@ fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
             unsupported.len()
         ));
         h.extend(unsupported.iter().map(|u| format!("   {u}")));
+    }
+    if !warnings.is_empty() {
+        h.push(String::new());
+        h.push(format!(
+            " Imported, but not as written: {} warning(s):",
+            warnings.len()
+        ));
+        h.extend(warnings.iter().map(|w| format!("   {w}")));
     }
     h
 }
@@ -316,6 +358,9 @@ pub fn cli(
         output_name: output.map(Path::to_path_buf),
     };
     let import = import_file(file, &opts)?;
+    for w in &import.warnings {
+        eprintln!("warning: {w}");
+    }
     for u in &import.unsupported {
         eprintln!("unsupported: {u}");
     }
