@@ -730,6 +730,8 @@ pub fn import(data: &[u8]) {
     let opts = import::Options {
         interface: (options & 1 != 0).then(|| "eth1".to_string()),
         output_name: None,
+        // No file system to look in: a script without a `/` is an error at its position.
+        search_path: None,
     };
     let file = Path::new("fuzz.conf");
     match import::import_str(file, text, &opts) {

@@ -26,7 +26,7 @@ use super::{
     emit::{Child, Doc, Elem, Entry, Section, Table, Value},
     keywords::{self, Ctx},
     parse::{Block, Comment, File, Stmt, Word},
-    source::{Sources, Span},
+    source::{self, Files, Lookup, Sources, Span},
     Diag, Options,
 };
 
@@ -119,6 +119,8 @@ impl Inherited {
 
 struct Cx<'a> {
     sources: &'a Sources,
+    /// Where scripts named without a path are looked for.
+    files: &'a dyn Files,
     opts: &'a Options,
     unsupported: Vec<Unsupported>,
     warnings: Vec<Diag>,
@@ -148,9 +150,10 @@ struct Cx<'a> {
 pub(crate) struct Converter<'a>(Cx<'a>);
 
 impl<'a> Converter<'a> {
-    pub(crate) fn new(sources: &'a Sources, opts: &'a Options) -> Self {
+    pub(crate) fn new(sources: &'a Sources, files: &'a dyn Files, opts: &'a Options) -> Self {
         Converter(Cx {
             sources,
+            files,
             opts,
             unsupported: Vec::new(),
             warnings: Vec::new(),
@@ -193,8 +196,13 @@ impl<'a> Converter<'a> {
 
 /// A whole tree at once.
 #[allow(dead_code)]
-pub(crate) fn convert(file: &File, sources: &Sources, opts: &Options) -> Result<Converted, Diag> {
-    let mut c = Converter::new(sources, opts);
+pub(crate) fn convert(
+    file: &File,
+    sources: &Sources,
+    files: &dyn Files,
+    opts: &Options,
+) -> Result<Converted, Diag> {
+    let mut c = Converter::new(sources, files, opts);
     for s in &file.body {
         c.statement(s)?;
     }
@@ -388,6 +396,69 @@ fn command(words: &[Word]) -> Result<String, Diag> {
 impl Cx<'_> {
     fn locate(&self, span: Span) -> String {
         self.sources.locate(span).to_string()
+    }
+
+    /// A script's command line ([`command`]) with its program where keepalived would find
+    /// it: a program named without a `/` is looked up on [`Options::search_path`] as keepalived
+    /// looks on its PATH, since lb-daemon runs programs by absolute path only. What is found
+    /// is written, with a warning and a comment in `t`: it is where the program is on the
+    /// machine the import runs on.
+    fn command(&mut self, t: &mut Table, words: &[Word]) -> Result<String, Diag> {
+        let line = command(words)?;
+        let Some(first) = words.first() else {
+            return Ok(line);
+        };
+        let Some(program) = line.split_whitespace().next().filter(|p| !p.contains('/')) else {
+            return Ok(line);
+        };
+        let lookup = self
+            .opts
+            .search_path
+            .as_deref()
+            .map(|path| (path, source::find_program(self.files, path, program)));
+        let found = match &lookup {
+            Some((_, Lookup::Found(found))) => found.to_str(),
+            _ => None,
+        };
+        let Some(found) = found else {
+            let (looked, why) = match &lookup {
+                None => (
+                    "the importer was given no PATH to look in".to_string(),
+                    String::new(),
+                ),
+                Some((path, l)) => (
+                    format!(
+                        "it is not on this machine's PATH ({})",
+                        path.to_string_lossy()
+                    ),
+                    match l {
+                        Lookup::NotExecutable(p) => format!(" ({} is not executable)", p.display()),
+                        _ => String::new(),
+                    },
+                ),
+            };
+            return Err(Diag::new(
+                first.span,
+                format!(
+                    "`{program}` has no `/`, so keepalived looks for it on its PATH, but \
+                     {looked}{why}; lb-daemon runs scripts by absolute path only: write the \
+                     absolute path of {program} in keepalived.conf"
+                ),
+            ));
+        };
+        let message = format!(
+            "`{program}` has no `/`: keepalived looks for it on its PATH; the importer found \
+             it at {found} on this machine's PATH and wrote that, so the machine lb-daemon \
+             runs on must have it at {found}"
+        );
+        t.comment(format!(" {}: {message}", self.locate(first.span)));
+        self.warnings.push(Diag::new(first.span, message));
+        let start = line.len() - line.trim_start().len();
+        Ok(format!(
+            "{}{found}{}",
+            &line[..start],
+            &line[start + program.len()..]
+        ))
     }
 
     /// `key = value` from statement `s`, refusing a key given twice.
@@ -638,7 +709,7 @@ impl Cx<'_> {
                     if st.args().is_empty() {
                         return Err(Diag::new(kw.span, "`script` needs a command"));
                     }
-                    let cmd = command(st.args())?;
+                    let cmd = self.command(&mut t, st.args())?;
                     self.scripts_named = true;
                     self.put(&mut t, "script", Value::Str(cmd), st.args()[0].span, st)?;
                 }
@@ -723,7 +794,7 @@ impl Cx<'_> {
                 format!("`{}` needs a command", st.keyword().text),
             ));
         };
-        let line = command(std::slice::from_ref(cmd))?;
+        let line = self.command(t, std::slice::from_ref(cmd))?;
         self.scripts_named = true;
         self.put(t, key, Value::Str(line), cmd.span, st)?;
         if let Some(user) = st.args().get(1) {
@@ -1958,7 +2029,7 @@ impl Cx<'_> {
                     if st.args().is_empty() {
                         return Err(Diag::new(k.span, "`misc_path` needs a command"));
                     }
-                    let cmd = command(st.args())?;
+                    let cmd = self.command(&mut t, st.args())?;
                     self.scripts_named = true;
                     self.put(&mut t, "misc_path", Value::Str(cmd), st.args()[0].span, st)?;
                 }
@@ -2419,7 +2490,7 @@ fn ctx_of(key: &str) -> Ctx {
 mod tests {
     use std::path::Path;
 
-    use super::super::{import_str, Import, ImportError, Options};
+    use super::super::{import_str, import_with, Import, ImportError, MemFiles, Options};
     use super::*;
 
     fn import(text: &str) -> Import {
@@ -2510,5 +2581,94 @@ mod tests {
             Some(&b"secret"[..])
         );
         assert!(v2.warnings.is_empty(), "{:?}", v2.warnings);
+    }
+
+    fn import_on_path(
+        text: &str,
+        fs: &mut MemFiles,
+        search_path: Option<&str>,
+    ) -> Result<Import, String> {
+        fs.add("/k/k.conf", text);
+        let opts = Options {
+            search_path: search_path.map(Into::into),
+            ..Default::default()
+        };
+        import_with(fs, Path::new("/k/k.conf"), &opts).map_err(|e| e.to_string())
+    }
+
+    /// keepalived looks a script named without a `/` up on its PATH; lb-daemon takes absolute
+    /// paths only, so the importer looks on the PATH it is given and writes what it finds.
+    #[test]
+    fn scripts_without_a_slash_are_looked_up_on_the_path_given() {
+        let text = "vrrp_script chk {\n script \"chk.sh --fast\"\n}\n\
+                    vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n \
+                    virtual_ipaddress {\n  192.0.2.1\n }\n track_script {\n  chk\n }\n \
+                    notify_master \" master.sh up\"\n}\n\
+                    virtual_server 192.0.2.1 80 {\n lb_algo rr\n lb_kind DR\n protocol TCP\n \
+                    real_server 10.0.0.1 80 {\n  MISC_CHECK {\n   misc_path /usr/bin/probe.sh\n  }\n \
+                    }\n real_server 10.0.0.2 80 {\n  MISC_CHECK {\n   misc_path \"probe.sh 10.0.0.2\"\n  \
+                    }\n }\n}\n";
+        let mut fs = MemFiles::new();
+        fs.add_executable("/usr/local/bin/chk.sh")
+            .add_executable("/usr/bin/chk.sh")
+            .add_executable("/usr/bin/master.sh")
+            .add_executable("/usr/bin/probe.sh");
+        let i = import_on_path(text, &mut fs, Some("/usr/local/bin:/usr/bin")).unwrap();
+        assert_eq!(
+            i.config.vrrp_scripts[0].command,
+            ["/usr/local/bin/chk.sh", "--fast"]
+        );
+        assert_eq!(
+            i.config.vrrp_instances[0].notify.master.as_deref(),
+            Some("/usr/bin/master.sh up")
+        );
+        let w: Vec<String> = i.warnings.iter().map(ToString::to_string).collect();
+        let [chk, master, probe] = &w[..] else {
+            panic!("{w:?}")
+        };
+        assert!(chk.starts_with("/k/k.conf:2:9: `chk.sh` "), "{chk}");
+        assert!(
+            master.starts_with("/k/k.conf:13:16: `master.sh` "),
+            "{master}"
+        );
+        assert!(
+            probe.starts_with(&format!(
+                "/k/k.conf:{}:14: `probe.sh` ",
+                line_of(text, "probe.sh 10")
+            )),
+            "{probe}"
+        );
+        assert!(
+            chk.contains("found it at /usr/local/bin/chk.sh on this machine's PATH")
+                && chk.contains("must have it at /usr/local/bin/chk.sh"),
+            "{chk}"
+        );
+        // Written with the path found, and a comment that says so.
+        assert!(
+            i.toml.contains("script = \"/usr/local/bin/chk.sh --fast\""),
+            "{}",
+            i.toml
+        );
+        assert!(
+            i.toml
+                .contains("misc_path = \"/usr/bin/probe.sh 10.0.0.2\""),
+            "{}",
+            i.toml
+        );
+        assert!(i.toml.contains(&format!("# {chk}")), "{}", i.toml);
+
+        // Not there, or not executable: an error that says what to write.
+        let mut fs = MemFiles::new();
+        fs.add("/usr/bin/chk.sh", "not executable");
+        let e = import_on_path(text, &mut fs, Some("/usr/local/bin:/usr/bin")).unwrap_err();
+        assert!(e.starts_with("/k/k.conf:2:9: `chk.sh` "), "{e}");
+        assert!(e.contains("/usr/bin/chk.sh is not executable"), "{e}");
+        assert!(
+            e.contains("write the absolute path of chk.sh in keepalived.conf"),
+            "{e}"
+        );
+        let e = import_on_path(text, &mut MemFiles::new(), None).unwrap_err();
+        assert!(e.starts_with("/k/k.conf:2:9: `chk.sh` "), "{e}");
+        assert!(e.contains("no PATH to look in"), "{e}");
     }
 }

@@ -31,6 +31,10 @@
 //!
 //! * `authentication` in a VRRPv3 instance (keepalived: "VRRP version 3 does not support
 //!   authentication. Ignoring."): left out.
+//! * A script, hook or `misc_path` whose program has no `/`: keepalived looks for it on its
+//!   PATH; the importer looks on the PATH it is given ([`Options::search_path`]: the command
+//!   gives its own) and writes the absolute path it finds, which the machine lb-daemon runs
+//!   on must have too. Not found, it is an error: lb-daemon takes absolute paths only.
 //!
 //! # keepalived's defaults that the output states
 //!
@@ -57,7 +61,10 @@
 //!
 //! Where keepalived's default is one lb-daemon cannot have (no `lb_algo`: wlc; no `lb_kind`:
 //! NAT), the import fails with the position of the `virtual_server`.
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use crate::config::{Config, ConfigError};
 
@@ -165,6 +172,10 @@ pub struct Options {
     pub interface: Option<String>,
     /// The output's name, for the messages of the check of the output.
     pub output_name: Option<PathBuf>,
+    /// Where to look for a script named without a `/`, as keepalived looks on its PATH:
+    /// the importing machine's PATH (the command passes it). `None`: nowhere, so such a
+    /// script is an error.
+    pub search_path: Option<OsString>,
 }
 
 /// A successful import.
@@ -197,7 +208,7 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
     let (toml, lines, unsupported, warnings) = {
         // Parsed and converted one top-level statement at a time; the document is dropped
         // once rendered, before the output is loaded.
-        let mut converter = convert::Converter::new(&sources, opts);
+        let mut converter = convert::Converter::new(&sources, files, opts);
         let tail = include::stream(&plan, &sources, &mut |s| converter.statement(&s))
             .map_err(|d| ImportError::at(&sources, d))?;
         let converted = converter
@@ -356,6 +367,8 @@ pub fn cli(
     let opts = Options {
         interface,
         output_name: output.map(Path::to_path_buf),
+        // Without PATH, keepalived searches glibc's confstr(_CS_PATH).
+        search_path: Some(std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into())),
     };
     let import = import_file(file, &opts)?;
     for w in &import.warnings {
