@@ -1386,6 +1386,12 @@ impl Cx<'_> {
         });
         let mut members = Vec::new();
         let mut tracks = Vec::new();
+        // The members straight in the block, the form keepalived's old failover case study
+        // showed (keepalived issue 824): keepalived takes each line for an unknown keyword,
+        // and then drops the group, as it has no members. Read as the `group { }` it stands
+        // for, when there is none.
+        let has_group = b.body.iter().any(|st| st.keyword().text == "group");
+        let mut loose = Vec::new();
         for st in &b.body {
             let kw = st.keyword();
             match kw.text.as_str() {
@@ -1443,11 +1449,53 @@ impl Cx<'_> {
                         " {k}: copied to each member instance (the group faults together either way)"
                     ));
                 }
+                other
+                    if !has_group
+                        && st.block.is_none()
+                        && keywords::unsupported(Ctx::SyncGroup, other).is_none() =>
+                {
+                    for (i, w) in st.words.iter().enumerate() {
+                        members.push(w.text.clone());
+                        let mut e = Self::elem(st, Value::Str(w.text.clone()), w.span);
+                        if i > 0 {
+                            e.comments.clear();
+                            e.trailing = None;
+                        }
+                        loose.push(e);
+                    }
+                }
                 other => {
                     let other = other.to_string();
                     self.other(&mut t, Ctx::SyncGroup, &label, st, &other);
                 }
             }
+        }
+        if let Some(span) = loose.first().and_then(|e| e.span) {
+            // The message is repeated in the output's header: a long list is cut short.
+            let mut names = members
+                .iter()
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ");
+            if members.len() > 4 {
+                names.push_str(" ...");
+            }
+            let message = format!(
+                "the members are listed without `group {{ }}`: imported as `group {{ {} }}`, \
+                 what the lines mean; keepalived takes them for unknown keywords and drops the \
+                 group, so under keepalived these instances did not fail over together",
+                names
+            );
+            t.comment(format!(" {}: {message}", self.locate(span)));
+            self.warnings.push(Diag::new(span, message));
+            t.push(Entry {
+                key: "group",
+                value: Value::Array(loose),
+                span: Some(span),
+                comments: Vec::new(),
+                trailing: None,
+            });
         }
         self.track_copies = self
             .track_copies
@@ -2670,5 +2718,42 @@ mod tests {
         let e = import_on_path(text, &mut MemFiles::new(), None).unwrap_err();
         assert!(e.starts_with("/k/k.conf:2:9: `chk.sh` "), "{e}");
         assert!(e.contains("no PATH to look in"), "{e}");
+    }
+
+    /// The sync group form keepalived's old failover case study showed, members straight in
+    /// the block, read as the `group { }` it stands for.
+    #[test]
+    fn sync_group_members_without_a_group_block() {
+        let instances = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n \
+                         virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
+                         vrrp_instance VI_2 {\n interface eth1\n virtual_router_id 2\n \
+                         virtual_ipaddress {\n  198.51.100.1\n }\n}\n\
+                         vrrp_instance VI_3 {\n interface eth1\n virtual_router_id 3\n \
+                         virtual_ipaddress {\n  198.51.100.2\n }\n}\n";
+        let text = format!(
+            "vrrp_sync_group G {{\n # inside\n VI_1\n VI_2 VI_3 # the others\n \
+             notify_master /bin/true\n}}\n{instances}"
+        );
+        let i = import(&text);
+        assert_eq!(i.config.sync_groups[0].members, ["VI_1", "VI_2", "VI_3"]);
+        assert_eq!(
+            i.config.sync_groups[0].notify.master.as_deref(),
+            Some("/bin/true")
+        );
+        assert!(i.unsupported.is_empty(), "{:?}", i.unsupported);
+        let [w] = &i.warnings[..] else {
+            panic!("{:?}", i.warnings)
+        };
+        assert!(w.to_string().starts_with("k.conf:3:2: "), "{w}");
+        assert!(w.message.contains("without `group { }`"), "{w}");
+        assert!(i.toml.contains("# the others"), "{}", i.toml);
+
+        // With a group block, keepalived's reading: a name beside it is an unknown keyword.
+        let text = format!("vrrp_sync_group G {{\n group {{\n  VI_1\n }}\n VI_2\n}}\n{instances}");
+        let i = import(&text);
+        assert_eq!(i.config.sync_groups[0].members, ["VI_1"]);
+        assert_eq!(i.unsupported.len(), 1, "{:?}", i.unsupported);
+        assert_eq!(i.unsupported[0].written, "VI_2");
+        assert!(i.warnings.is_empty(), "{:?}", i.warnings);
     }
 }

@@ -35,6 +35,10 @@
 //!   PATH; the importer looks on the PATH it is given ([`Options::search_path`]: the command
 //!   gives its own) and writes the absolute path it finds, which the machine lb-daemon runs
 //!   on must have too. Not found, it is an error: lb-daemon takes absolute paths only.
+//! * A `vrrp_sync_group` with its members straight in the block, without `group { }` (the
+//!   form keepalived's old failover case study showed): read as the `group { }` it stands
+//!   for. keepalived itself takes those lines for unknown keywords and drops the group, so
+//!   the warning says that the instances now fail over together.
 //!
 //! # keepalived's defaults that the output states
 //!
