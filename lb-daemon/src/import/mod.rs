@@ -23,6 +23,17 @@
 //! as comments. A *value* lb-daemon cannot express (a scheduler it does not have, NAT, `reverse`
 //! tracking) is an error instead, since leaving it out would change what the rest means.
 //!
+//! # Errors
+//!
+//! One run reports every error the conversion finds ([`ImportError::Several`]), each at its
+//! file, line and column and naming its keyword: a statement with an error is left out and
+//! the next one read, and what its absence would make wrong later (an instance without the
+//! `interface` that had the error, the VIPs no instance seems to hold) is not reported
+//! again. Two kinds stop at their first error: the text's own (a quote or a brace that does
+//! not close, an include that cannot be read), after which nothing is read reliably, and
+//! those of the check of the output (step 5), which runs only on a conversion without
+//! errors and stops at its first.
+//!
 //! # What keepalived would change, and the importer does too
 //!
 //! keepalived accepts some things only to ignore or resolve them where it runs; the importer
@@ -117,12 +128,31 @@ pub enum ImportError {
         column: usize,
         message: String,
     },
+    /// Bad input at several places: every error of one run, in the order found.
+    #[error("{}", lines(.0))]
+    Several(Vec<ImportError>),
     /// The output refused by a check that names no position the importer knows (a bug).
     #[error("the imported configuration does not load: {0}")]
     Output(String),
 }
 
+fn lines(errors: &[ImportError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl ImportError {
+    /// One error, or [`ImportError::Several`].
+    pub(crate) fn all(sources: &Sources, mut errors: Vec<Diag>) -> Self {
+        match errors.len() {
+            1 => Self::at(sources, errors.remove(0)),
+            _ => ImportError::Several(errors.into_iter().map(|d| Self::at(sources, d)).collect()),
+        }
+    }
+
     pub(crate) fn at(sources: &Sources, d: Diag) -> Self {
         let Location { file, line, column } = sources.locate(d.span);
         ImportError::At {
@@ -213,11 +243,11 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
         // Parsed and converted one top-level statement at a time; the document is dropped
         // once rendered, before the output is loaded.
         let mut converter = convert::Converter::new(&sources, files, opts);
-        let tail = include::stream(&plan, &sources, &mut |s| converter.statement(&s))
-            .map_err(|d| ImportError::at(&sources, d))?;
-        let converted = converter
-            .finish(&tail)
-            .map_err(|d| ImportError::at(&sources, d))?;
+        let converted = match include::stream(&plan, &sources, &mut |s| converter.statement(&s)) {
+            Ok(tail) => converter.finish(&tail),
+            Err(stop) => Err(converter.abort(stop)),
+        }
+        .map_err(|errors| ImportError::all(&sources, errors))?;
         let mut doc = converted.doc;
         let unsupported: Vec<UnsupportedItem> = converted
             .unsupported
@@ -374,7 +404,15 @@ pub fn cli(
         // Without PATH, keepalived searches glibc's confstr(_CS_PATH).
         search_path: Some(std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into())),
     };
-    let import = import_file(file, &opts)?;
+    let import = match import_file(file, &opts) {
+        Err(ImportError::Several(all)) => {
+            for e in &all {
+                eprintln!("error: {e}");
+            }
+            anyhow::bail!("{} errors above; nothing was written", all.len());
+        }
+        r => r?,
+    };
     for w in &import.warnings {
         eprintln!("warning: {w}");
     }
