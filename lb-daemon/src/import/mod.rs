@@ -34,11 +34,10 @@
 //! those of the check of the output (step 5), which runs only on a conversion without
 //! errors and stops at its first.
 //!
-//! # What keepalived would change, and the importer does too
+//! # Imported, but not as written
 //!
-//! keepalived accepts some things only to ignore or resolve them where it runs; the importer
-//! does the same, and says so in a [`Warning`] (printed, and written into the output as
-//! comments) rather than refusing or writing them on:
+//! A few things are carried over other than as written, each with a [`Warning`] (printed,
+//! and written into the output as comments) that says how; none stops the import:
 //!
 //! * `authentication` in a VRRPv3 instance (keepalived: "VRRP version 3 does not support
 //!   authentication. Ignoring."): left out.
