@@ -719,6 +719,24 @@ fn plan(c: &Config) {
     let _ = dp.update(&down);
 }
 
+/// An error of the importer on `text`, read as the file `file`: it says where in the text.
+fn in_text(file: &Path, text: &str, e: &ImportError) {
+    match e {
+        ImportError::At {
+            file: f,
+            line,
+            column,
+            ..
+        } => {
+            // Nothing else can be read: every error is in the text itself.
+            assert_eq!(f, file);
+            assert!(*line >= 1 && *column >= 1);
+            assert!(*line <= text.split('\n').count(), "line {line}");
+        }
+        e => panic!("an error without a position in the text: {e}"),
+    }
+}
+
 /// `lb-daemon import-keepalived` on keepalived text: `[options] text`; option bit 0 gives
 /// `--interface eth1`.
 pub fn import(data: &[u8]) {
@@ -730,6 +748,8 @@ pub fn import(data: &[u8]) {
     let opts = import::Options {
         interface: (options & 1 != 0).then(|| "eth1".to_string()),
         output_name: None,
+        // No file system to look in: a script without a `/` is an error at its position.
+        search_path: None,
     };
     let file = Path::new("fuzz.conf");
     match import::import_str(file, text, &opts) {
@@ -742,18 +762,11 @@ pub fn import(data: &[u8]) {
                 panic!("the imported TOML does not load: {e}\n{}", imported.toml);
             }
         }
-        Err(ImportError::At {
-            file: f,
-            line,
-            column,
-            ..
-        }) => {
-            // Nothing else can be read: every error is in the text itself.
-            assert_eq!(f, file);
-            assert!(line >= 1 && column >= 1);
-            assert!(line <= text.split('\n').count(), "line {line}");
+        Err(ImportError::Several(all)) => {
+            assert!(all.len() >= 2, "{all:?}");
+            all.iter().for_each(|e| in_text(file, text, e));
         }
-        Err(e) => panic!("an error without a position in the text: {e}"),
+        Err(e) => in_text(file, text, &e),
     }
     // The statement tree of the text, with includes as statements, reads it too.
     let _ = import::parse_text(text);

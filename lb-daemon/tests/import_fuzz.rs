@@ -47,10 +47,20 @@ fn survive(seed: u64, text: &str) {
                 assert!(u.location.line >= 1, "seed {seed}: {u}");
             }
         }
-        Ok(Err(ImportError::At { line, column, .. })) => {
-            assert!(line >= 1 && column >= 1, "seed {seed}: {text:?}");
+        Ok(Err(ImportError::Several(all))) => {
+            assert!(all.len() >= 2, "seed {seed}: {all:?}");
+            all.iter().for_each(|e| positioned(seed, text, e));
         }
-        Ok(Err(e)) => panic!("seed {seed}: an error without a position: {e}\n{text:?}"),
+        Ok(Err(e)) => positioned(seed, text, &e),
+    }
+}
+
+fn positioned(seed: u64, text: &str, e: &ImportError) {
+    match e {
+        ImportError::At { line, column, .. } => {
+            assert!(*line >= 1 && *column >= 1, "seed {seed}: {text:?}");
+        }
+        e => panic!("seed {seed}: an error without a position: {e}\n{text:?}"),
     }
 }
 

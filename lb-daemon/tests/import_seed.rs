@@ -251,7 +251,10 @@ fn seed_placeholder_address_is_an_error_at_its_place() {
         .to_string();
     assert_eq!(
         e,
-        format!("keepalived.conf:{line}:{column}: `xxx.xxx.xxx.xxx` is not an IP address")
+        format!(
+            "keepalived.conf:{line}:{column}: `virtual_ipaddress`: `xxx.xxx.xxx.xxx` is not an IP \
+             address"
+        )
     );
 }
 

@@ -26,7 +26,7 @@ use super::{
     emit::{Child, Doc, Elem, Entry, Section, Table, Value},
     keywords::{self, Ctx},
     parse::{Block, Comment, File, Stmt, Word},
-    source::{Sources, Span},
+    source::{self, Files, Lookup, Sources, Span},
     Diag, Options,
 };
 
@@ -41,6 +41,9 @@ pub(crate) const SYNC_KEY_PLACEHOLDER: &str = "/etc/lb-daemon/sync.key";
 /// The most unsupported keywords listed: each costs a message and a comment in the output,
 /// and a file with more is not a keepalived configuration lb-daemon can run.
 pub(crate) const MAX_UNSUPPORTED: usize = 10_000;
+/// The most errors reported: each costs a message, and a file that is not keepalived's can
+/// have one a line.
+pub(crate) const MAX_ERRORS: usize = 1000;
 /// The most tracker entries that sync groups copy to their members in all (members times
 /// trackers: a few text lines make a great many copies).
 const MAX_TRACK_COPIES: usize = 100_000;
@@ -59,6 +62,7 @@ pub(crate) struct Unsupported {
 pub(crate) struct Converted {
     pub doc: Doc,
     pub unsupported: Vec<Unsupported>,
+    pub warnings: Vec<Diag>,
 }
 
 /// What an instance's defaults and the cross-block checks need to know of it.
@@ -118,8 +122,11 @@ impl Inherited {
 
 struct Cx<'a> {
     sources: &'a Sources,
+    /// Where scripts named without a path are looked for.
+    files: &'a dyn Files,
     opts: &'a Options,
     unsupported: Vec<Unsupported>,
+    warnings: Vec<Diag>,
     global: Option<Table>,
     script_security: bool,
     /// Any script or hook: keepalived's script defaults then matter.
@@ -137,6 +144,11 @@ struct Cx<'a> {
     tail: Vec<String>,
     /// Where the unsupported keyword past [`MAX_UNSUPPORTED`] is.
     too_many_unsupported: Option<Span>,
+    /// The errors so far: a statement with an error is left out and the next one read, so
+    /// that one run reports them all.
+    errors: Vec<Diag>,
+    /// Where the error past [`MAX_ERRORS`] is.
+    too_many_errors: Option<Span>,
     /// Tracker entries the sync groups so far copy to their members.
     track_copies: usize,
 }
@@ -146,11 +158,13 @@ struct Cx<'a> {
 pub(crate) struct Converter<'a>(Cx<'a>);
 
 impl<'a> Converter<'a> {
-    pub(crate) fn new(sources: &'a Sources, opts: &'a Options) -> Self {
+    pub(crate) fn new(sources: &'a Sources, files: &'a dyn Files, opts: &'a Options) -> Self {
         Converter(Cx {
             sources,
+            files,
             opts,
             unsupported: Vec::new(),
+            warnings: Vec::new(),
             global: None,
             script_security: false,
             scripts_named: false,
@@ -163,37 +177,49 @@ impl<'a> Converter<'a> {
             sync: None,
             tail: Vec::new(),
             too_many_unsupported: None,
+            errors: Vec::new(),
+            too_many_errors: None,
             track_copies: 0,
         })
     }
 
+    /// Converts one top-level statement. Its errors are kept for [`Converter::finish`]; an
+    /// `Err` is a limit reached, where reading stops.
     pub(crate) fn statement(&mut self, s: &Stmt) -> Result<(), Diag> {
-        self.0.top(s)?;
-        match self.0.too_many_unsupported {
-            Some(span) => Err(Diag::new(
-                span,
-                format!(
-                    "more than {MAX_UNSUPPORTED} keywords lb-daemon does not support: the \
-                     importer stops here"
-                ),
-            )),
-            None => Ok(()),
-        }
+        let r = self.0.top(s);
+        self.0.recover(s, r);
+        self.0.limit()
     }
 
     /// The document, once every statement is in; `tail` is the comment lines after the last.
-    pub(crate) fn finish(mut self, tail: &[Comment]) -> Result<Converted, Diag> {
+    /// `Err`: every error found, in the order found.
+    pub(crate) fn finish(mut self, tail: &[Comment]) -> Result<Converted, Vec<Diag>> {
         self.0.tail.extend(texts(tail));
         self.0.finish()
+    }
+
+    /// The errors found before reading stopped at `stop` (an error of the text, or a limit of
+    /// [`Converter::statement`]), and `stop`.
+    pub(crate) fn abort(self, stop: Diag) -> Vec<Diag> {
+        let mut errors = self.0.errors;
+        errors.push(stop);
+        errors
     }
 }
 
 /// A whole tree at once.
 #[allow(dead_code)]
-pub(crate) fn convert(file: &File, sources: &Sources, opts: &Options) -> Result<Converted, Diag> {
-    let mut c = Converter::new(sources, opts);
+pub(crate) fn convert(
+    file: &File,
+    sources: &Sources,
+    files: &dyn Files,
+    opts: &Options,
+) -> Result<Converted, Vec<Diag>> {
+    let mut c = Converter::new(sources, files, opts);
     for s in &file.body {
-        c.statement(s)?;
+        if let Err(stop) = c.statement(s) {
+            return Err(c.abort(stop));
+        }
     }
     c.finish(&file.tail)
 }
@@ -387,6 +413,120 @@ impl Cx<'_> {
         self.sources.locate(span).to_string()
     }
 
+    /// Keeps an error, up to [`MAX_ERRORS`].
+    fn error(&mut self, d: Diag) {
+        if self.errors.len() >= MAX_ERRORS {
+            self.too_many_errors.get_or_insert(d.span);
+        } else {
+            self.errors.push(d);
+        }
+    }
+
+    /// Keeps the error of statement `st`, if any, for the reading to go on with the next. Out
+    /// of its line, a message must say which keyword it is about: it is named unless the
+    /// message names it already.
+    fn recover(&mut self, st: &Stmt, r: Result<(), Diag>) {
+        if let Err(mut d) = r {
+            let kw = &st.keyword().text;
+            if !d.message.contains(kw.as_str()) {
+                d.message = format!("`{kw}`: {}", d.message);
+            }
+            self.error(d);
+        }
+    }
+
+    /// Where reading stops: past [`MAX_UNSUPPORTED`] or [`MAX_ERRORS`], each of which
+    /// costs a message (and the first a comment in the output).
+    fn limit(&self) -> Result<(), Diag> {
+        if let Some(span) = self.too_many_errors {
+            return Err(Diag::new(
+                span,
+                format!("more than {MAX_ERRORS} errors: the importer stops here"),
+            ));
+        }
+        match self.too_many_unsupported {
+            Some(span) => Err(Diag::new(
+                span,
+                format!(
+                    "more than {MAX_UNSUPPORTED} keywords lb-daemon does not support: the \
+                     importer stops here"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether block `b` has a statement for `key` (by its canonical name in `ctx`): when
+    /// the key is missing all the same, that statement had an error, already reported.
+    fn written(b: &Block, ctx: Ctx, key: &str) -> bool {
+        b.body
+            .iter()
+            .any(|st| Self::canonical(ctx, st.keyword()) == key)
+    }
+
+    /// A script's command line ([`command`]) with its program where keepalived would find
+    /// it: a program named without a `/` is looked up on [`Options::search_path`] as keepalived
+    /// looks on its PATH, since lb-daemon runs programs by absolute path only. What is found
+    /// is written, with a warning and a comment in `t`: it is where the program is on the
+    /// machine the import runs on.
+    fn command(&mut self, t: &mut Table, words: &[Word]) -> Result<String, Diag> {
+        let line = command(words)?;
+        let Some(first) = words.first() else {
+            return Ok(line);
+        };
+        let Some(program) = line.split_whitespace().next().filter(|p| !p.contains('/')) else {
+            return Ok(line);
+        };
+        let lookup = self
+            .opts
+            .search_path
+            .as_deref()
+            .map(|path| (path, source::find_program(self.files, path, program)));
+        let found = match &lookup {
+            Some((_, Lookup::Found(found))) => found.to_str(),
+            _ => None,
+        };
+        let Some(found) = found else {
+            let (looked, why) = match &lookup {
+                None => (
+                    "the importer was given no PATH to look in".to_string(),
+                    String::new(),
+                ),
+                Some((path, l)) => (
+                    format!(
+                        "it is not on this machine's PATH ({})",
+                        path.to_string_lossy()
+                    ),
+                    match l {
+                        Lookup::NotExecutable(p) => format!(" ({} is not executable)", p.display()),
+                        _ => String::new(),
+                    },
+                ),
+            };
+            return Err(Diag::new(
+                first.span,
+                format!(
+                    "`{program}` has no `/`, so keepalived looks for it on its PATH, but \
+                     {looked}{why}; lb-daemon runs scripts by absolute path only: write the \
+                     absolute path of {program} in keepalived.conf"
+                ),
+            ));
+        };
+        let message = format!(
+            "`{program}` has no `/`: keepalived looks for it on its PATH; the importer found \
+             it at {found} on this machine's PATH and wrote that, so the machine lb-daemon \
+             runs on must have it at {found}"
+        );
+        t.comment(format!(" {}: {message}", self.locate(first.span)));
+        self.warnings.push(Diag::new(first.span, message));
+        let start = line.len() - line.trim_start().len();
+        Ok(format!(
+            "{}{found}{}",
+            &line[..start],
+            &line[start + program.len()..]
+        ))
+    }
+
     /// `key = value` from statement `s`, refusing a key given twice.
     fn put(
         &self,
@@ -537,78 +677,84 @@ impl Cx<'_> {
         };
         let block_label = "global_defs";
         for st in &b.body {
-            let kw = st.keyword();
-            match Self::canonical(Ctx::GlobalDefs, kw) {
-                "router_id" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "router_id", Value::Str(w.text.clone()), w.span, st)?;
-                }
-                "vrrp_version" => {
-                    let w = one(st)?;
-                    let v = int(w, 2, 3)?;
-                    self.vrrp_version = Some(v);
-                    self.put(&mut t, "vrrp_version", Value::Int(v), w.span, st)?;
-                }
-                "enable_script_security" => {
-                    let (on, span) = flag(st)?;
-                    self.script_security = true;
-                    self.put(&mut t, "enable_script_security", Value::Bool(on), span, st)?;
-                }
-                "script_user" => {
-                    no_block(st)?;
-                    let (user, rest) = match st.args() {
-                        [u, rest @ ..] => (u, rest),
-                        [] => return Err(Diag::new(kw.span, "`script_user` needs a user name")),
-                    };
-                    self.put(
-                        &mut t,
-                        "script_user",
-                        Value::Str(user.text.clone()),
-                        user.span,
-                        st,
-                    )?;
-                    if let Some(g) = rest.first() {
-                        self.unsupported(
-                            Some(&mut t),
-                            block_label,
-                            Vec::new(),
-                            g.span,
-                            st.written(),
-                            "a group for scripts: lb-daemon runs them with the user's own group",
-                        );
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match Self::canonical(Ctx::GlobalDefs, kw) {
+                    "router_id" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "router_id", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    "vrrp_version" => {
+                        let w = one(st)?;
+                        let v = int(w, 2, 3)?;
+                        self.vrrp_version = Some(v);
+                        self.put(&mut t, "vrrp_version", Value::Int(v), w.span, st)?;
+                    }
+                    "enable_script_security" => {
+                        let (on, span) = flag(st)?;
+                        self.script_security = true;
+                        self.put(&mut t, "enable_script_security", Value::Bool(on), span, st)?;
+                    }
+                    "script_user" => {
+                        no_block(st)?;
+                        let (user, rest) = match st.args() {
+                            [u, rest @ ..] => (u, rest),
+                            [] => {
+                                return Err(Diag::new(kw.span, "`script_user` needs a user name"))
+                            }
+                        };
+                        self.put(
+                            &mut t,
+                            "script_user",
+                            Value::Str(user.text.clone()),
+                            user.span,
+                            st,
+                        )?;
+                        if let Some(g) = rest.first() {
+                            self.unsupported(
+                                Some(&mut t),
+                                block_label,
+                                Vec::new(),
+                                g.span,
+                                st.written(),
+                                "a group for scripts: lb-daemon runs them with the user's own group",
+                            );
+                        }
+                    }
+                    k @ ("vrrp_garp_master_delay"
+                    | "vrrp_garp_master_repeat"
+                    | "vrrp_garp_master_refresh"
+                    | "vrrp_garp_master_refresh_repeat") => {
+                        let w = one(st)?;
+                        let v = uint(w)?;
+                        let key = match k {
+                            "vrrp_garp_master_delay" => "garp_master_delay",
+                            "vrrp_garp_master_repeat" => "garp_master_repeat",
+                            "vrrp_garp_master_refresh" => "garp_master_refresh",
+                            _ => "garp_master_refresh_repeat",
+                        };
+                        if self.garp.iter().any(|g| g.0 == key) {
+                            return Err(Diag::new(kw.span, format!("`{k}` is given twice")));
+                        }
+                        self.garp.push((key, Value::Int(v), w.span));
+                        // Its effect is in each vrrp_instance (copied there); say so here.
+                        texts(&st.comments).into_iter().for_each(|c| t.comment(c));
+                        t.comment(format!(
+                            " {k} {v}: copied to each vrrp_instance that sets no {key} of its own"
+                        ));
+                    }
+                    "lvs_sync_daemon" => {
+                        self.lvs_sync_daemon(st)?;
+                        t.comment(format!(" {}: the [sync] section", st.written()));
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::GlobalDefs, block_label, st, &other);
                     }
                 }
-                k @ ("vrrp_garp_master_delay"
-                | "vrrp_garp_master_repeat"
-                | "vrrp_garp_master_refresh"
-                | "vrrp_garp_master_refresh_repeat") => {
-                    let w = one(st)?;
-                    let v = uint(w)?;
-                    let key = match k {
-                        "vrrp_garp_master_delay" => "garp_master_delay",
-                        "vrrp_garp_master_repeat" => "garp_master_repeat",
-                        "vrrp_garp_master_refresh" => "garp_master_refresh",
-                        _ => "garp_master_refresh_repeat",
-                    };
-                    if self.garp.iter().any(|g| g.0 == key) {
-                        return Err(Diag::new(kw.span, format!("`{k}` is given twice")));
-                    }
-                    self.garp.push((key, Value::Int(v), w.span));
-                    // Its effect is in each vrrp_instance (copied there); say so here.
-                    texts(&st.comments).into_iter().for_each(|c| t.comment(c));
-                    t.comment(format!(
-                        " {k} {v}: copied to each vrrp_instance that sets no {key} of its own"
-                    ));
-                }
-                "lvs_sync_daemon" => {
-                    self.lvs_sync_daemon(st)?;
-                    t.comment(format!(" {}: the [sync] section", st.written()));
-                }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::GlobalDefs, block_label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         self.global = Some(t);
         Ok(())
@@ -628,30 +774,30 @@ impl Cx<'_> {
         });
         let mut weight = 0;
         for st in &b.body {
-            let kw = st.keyword();
-            match Self::canonical(Ctx::VrrpScript, kw) {
-                "script" => {
-                    no_block(st)?;
-                    if st.args().is_empty() {
-                        return Err(Diag::new(kw.span, "`script` needs a command"));
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match Self::canonical(Ctx::VrrpScript, kw) {
+                    "script" => {
+                        no_block(st)?;
+                        if st.args().is_empty() {
+                            return Err(Diag::new(kw.span, "`script` needs a command"));
+                        }
+                        let cmd = self.command(&mut t, st.args())?;
+                        self.scripts_named = true;
+                        self.put(&mut t, "script", Value::Str(cmd), st.args()[0].span, st)?;
                     }
-                    let cmd = command(st.args())?;
-                    self.scripts_named = true;
-                    self.put(&mut t, "script", Value::Str(cmd), st.args()[0].span, st)?;
-                }
-                k @ ("interval" | "timeout") => {
-                    let w = one(st)?;
-                    let key = if k == "interval" {
-                        "interval"
-                    } else {
-                        "timeout"
-                    };
-                    self.put(&mut t, key, seconds(w)?, w.span, st)?;
-                }
-                "weight" => {
-                    no_block(st)?;
-                    let w =
-                        match st.args() {
+                    k @ ("interval" | "timeout") => {
+                        let w = one(st)?;
+                        let key = if k == "interval" {
+                            "interval"
+                        } else {
+                            "timeout"
+                        };
+                        self.put(&mut t, key, seconds(w)?, w.span, st)?;
+                    }
+                    "weight" => {
+                        no_block(st)?;
+                        let w = match st.args() {
                             [w] => w,
                             [w, r] if r.text == "noreverse" => w,
                             [_, r] if r.text == "reverse" => return Err(Diag::new(
@@ -663,20 +809,23 @@ impl Cx<'_> {
                                 return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
                             }
                         };
-                    weight = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
-                    self.put(&mut t, "weight", Value::Int(weight), w.span, st)?;
+                        weight = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                        self.put(&mut t, "weight", Value::Int(weight), w.span, st)?;
+                    }
+                    k @ ("rise" | "fall") => {
+                        let w = one(st)?;
+                        let key = if k == "rise" { "rise" } else { "fall" };
+                        self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                    }
+                    "user" => self.user(&mut t, &label, st)?,
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::VrrpScript, &label, st, &other);
+                    }
                 }
-                k @ ("rise" | "fall") => {
-                    let w = one(st)?;
-                    let key = if k == "rise" { "rise" } else { "fall" };
-                    self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
-                }
-                "user" => self.user(&mut t, &label, st)?,
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::VrrpScript, &label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         t.shrink();
         self.scripts.push((t, name.text.clone(), weight));
@@ -720,7 +869,7 @@ impl Cx<'_> {
                 format!("`{}` needs a command", st.keyword().text),
             ));
         };
-        let line = command(std::slice::from_ref(cmd))?;
+        let line = self.command(t, std::slice::from_ref(cmd))?;
         self.scripts_named = true;
         self.put(t, key, Value::Str(line), cmd.span, st)?;
         if let Some(user) = st.args().get(1) {
@@ -854,187 +1003,209 @@ impl Cx<'_> {
             zero_weight_scripts: Vec::new(),
         };
         for st in &b.body {
-            let kw = st.keyword();
-            match Self::canonical(Ctx::Instance, kw) {
-                "state" => {
-                    let w = one(st)?;
-                    inst.state = Some(w.text.clone());
-                    self.put(&mut t, "state", Value::Str(w.text.clone()), w.span, st)?;
-                }
-                "interface" => {
-                    let w = one(st)?;
-                    inst.interface = Some(w.text.clone());
-                    self.put(&mut t, "interface", Value::Str(w.text.clone()), w.span, st)?;
-                }
-                "virtual_router_id" => {
-                    let w = one(st)?;
-                    self.put(
-                        &mut t,
-                        "virtual_router_id",
-                        Value::Int(uint(w)?),
-                        w.span,
-                        st,
-                    )?;
-                }
-                "priority" => {
-                    let w = one(st)?;
-                    let p = uint(w)?;
-                    inst.priority = Some(p);
-                    self.put(&mut t, "priority", Value::Int(p), w.span, st)?;
-                }
-                "advert_int" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "advert_int", seconds(w)?, w.span, st)?;
-                }
-                "version" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "version", Value::Int(int(w, 0, 255)?), w.span, st)?;
-                }
-                "nopreempt" => {
-                    no_args(st)?;
-                    self.put(&mut t, "nopreempt", Value::Bool(true), kw.span, st)?;
-                }
-                "preempt" => {
-                    // keepalived's default, "for backwards compatibility".
-                    no_args(st)?;
-                    self.put(&mut t, "nopreempt", Value::Bool(false), kw.span, st)?;
-                }
-                "preempt_delay" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "preempt_delay", seconds(w)?, w.span, st)?;
-                }
-                "authentication" => {
-                    let child = self.authentication(st, &label)?;
-                    if t.children.iter().any(|c| c.name == "authentication") {
-                        return Err(Diag::new(kw.span, "`authentication` is given twice"));
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match Self::canonical(Ctx::Instance, kw) {
+                    "state" => {
+                        let w = one(st)?;
+                        inst.state = Some(w.text.clone());
+                        self.put(&mut t, "state", Value::Str(w.text.clone()), w.span, st)?;
                     }
-                    t.children.push(Child {
-                        name: "authentication",
-                        array: false,
-                        table: child,
-                    });
-                }
-                "virtual_ipaddress" => {
-                    let mut elems = Vec::new();
-                    for line in Self::lines(st)? {
-                        let (text, addr, dev) = self.vip(line, &label, &mut t)?;
-                        inst.vips.push((addr, dev));
-                        elems.push(Self::elem(line, Value::Str(text), line.keyword().span));
+                    "interface" => {
+                        let w = one(st)?;
+                        inst.interface = Some(w.text.clone());
+                        self.put(&mut t, "interface", Value::Str(w.text.clone()), w.span, st)?;
                     }
-                    Self::append(&mut t, "virtual_ipaddress", st, elems);
-                }
-                "unicast_src_ip" => {
-                    let w = one(st)?;
-                    ip(w)?;
-                    self.put(
-                        &mut t,
-                        "unicast_src_ip",
-                        Value::Str(w.text.clone()),
-                        w.span,
-                        st,
-                    )?;
-                }
-                "unicast_peer" => {
-                    let mut elems = Vec::new();
-                    for line in Self::lines(st)? {
-                        let peer = line.keyword();
-                        ip(peer)?;
-                        let mut args = line.args().iter();
-                        while let Some(opt) = args.next() {
-                            match opt.text.as_str() {
-                                "min_ttl" | "max_ttl" => {
-                                    let Some(v) = args.next() else {
+                    "virtual_router_id" => {
+                        let w = one(st)?;
+                        self.put(
+                            &mut t,
+                            "virtual_router_id",
+                            Value::Int(uint(w)?),
+                            w.span,
+                            st,
+                        )?;
+                    }
+                    "priority" => {
+                        let w = one(st)?;
+                        let p = uint(w)?;
+                        inst.priority = Some(p);
+                        self.put(&mut t, "priority", Value::Int(p), w.span, st)?;
+                    }
+                    "advert_int" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "advert_int", seconds(w)?, w.span, st)?;
+                    }
+                    "version" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "version", Value::Int(int(w, 0, 255)?), w.span, st)?;
+                    }
+                    "nopreempt" => {
+                        no_args(st)?;
+                        self.put(&mut t, "nopreempt", Value::Bool(true), kw.span, st)?;
+                    }
+                    "preempt" => {
+                        // keepalived's default, "for backwards compatibility".
+                        no_args(st)?;
+                        self.put(&mut t, "nopreempt", Value::Bool(false), kw.span, st)?;
+                    }
+                    "preempt_delay" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "preempt_delay", seconds(w)?, w.span, st)?;
+                    }
+                    "authentication" => {
+                        let child = self.authentication(st, &label)?;
+                        if t.children.iter().any(|c| c.name == "authentication") {
+                            return Err(Diag::new(kw.span, "`authentication` is given twice"));
+                        }
+                        t.children.push(Child {
+                            name: "authentication",
+                            array: false,
+                            table: child,
+                        });
+                    }
+                    "virtual_ipaddress" => {
+                        let mut elems = Vec::new();
+                        for line in Self::lines(st)? {
+                            let (text, addr, dev) = self.vip(line, &label, &mut t)?;
+                            inst.vips.push((addr, dev));
+                            elems.push(Self::elem(line, Value::Str(text), line.keyword().span));
+                        }
+                        Self::append(&mut t, "virtual_ipaddress", st, elems);
+                    }
+                    "unicast_src_ip" => {
+                        let w = one(st)?;
+                        ip(w)?;
+                        self.put(
+                            &mut t,
+                            "unicast_src_ip",
+                            Value::Str(w.text.clone()),
+                            w.span,
+                            st,
+                        )?;
+                    }
+                    "unicast_peer" => {
+                        let mut elems = Vec::new();
+                        for line in Self::lines(st)? {
+                            let peer = line.keyword();
+                            ip(peer)?;
+                            let mut args = line.args().iter();
+                            while let Some(opt) = args.next() {
+                                match opt.text.as_str() {
+                                    "min_ttl" | "max_ttl" => {
+                                        let Some(v) = args.next() else {
+                                            return Err(Diag::new(
+                                                opt.span,
+                                                format!("`{}` needs a value", opt.text),
+                                            ));
+                                        };
+                                        int(v, 0, 255)?;
+                                        self.unsupported(
+                                            Some(&mut t),
+                                            &label,
+                                            Vec::new(),
+                                            opt.span,
+                                            format!("unicast_peer {} {} {}", peer.text, opt.text, v.text),
+                                            "TTL limits on unicast peers are not implemented (adverts must have TTL 255)",
+                                        );
+                                    }
+                                    _ => {
                                         return Err(Diag::new(
                                             opt.span,
-                                            format!("`{}` needs a value", opt.text),
-                                        ));
-                                    };
-                                    int(v, 0, 255)?;
-                                    self.unsupported(
-                                        Some(&mut t),
-                                        &label,
-                                        Vec::new(),
-                                        opt.span,
-                                        format!("unicast_peer {} {} {}", peer.text, opt.text, v.text),
-                                        "TTL limits on unicast peers are not implemented (adverts must have TTL 255)",
-                                    );
-                                }
-                                _ => {
-                                    return Err(Diag::new(
-                                        opt.span,
-                                        format!("unknown unicast_peer option `{}`", opt.text),
-                                    ))
+                                            format!("unknown unicast_peer option `{}`", opt.text),
+                                        ))
+                                    }
                                 }
                             }
+                            elems.push(Self::elem(line, Value::Str(peer.text.clone()), peer.span));
                         }
-                        elems.push(Self::elem(line, Value::Str(peer.text.clone()), peer.span));
+                        Self::append(&mut t, "unicast_peer", st, elems);
                     }
-                    Self::append(&mut t, "unicast_peer", st, elems);
-                }
-                "track_interface" => {
-                    let elems = Self::tracks(st)?.into_iter().map(|(e, _)| e).collect();
-                    Self::append(&mut t, "track_interface", st, elems);
-                }
-                "track_script" => {
-                    let mut elems = Vec::new();
-                    for (e, weight) in Self::tracks(st)? {
-                        if let (Some((0, span)), Value::Str(n)) = (weight, &e.value) {
-                            inst.zero_weight_scripts.push((n.clone(), span));
+                    "track_interface" => {
+                        let elems = Self::tracks(st)?.into_iter().map(|(e, _)| e).collect();
+                        Self::append(&mut t, "track_interface", st, elems);
+                    }
+                    "track_script" => {
+                        let mut elems = Vec::new();
+                        for (e, weight) in Self::tracks(st)? {
+                            if let (Some((0, span)), Value::Str(n)) = (weight, &e.value) {
+                                inst.zero_weight_scripts.push((n.clone(), span));
+                            }
+                            elems.push(e);
                         }
-                        elems.push(e);
+                        Self::append(&mut t, "track_script", st, elems);
                     }
-                    Self::append(&mut t, "track_script", st, elems);
+                    k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
+                    | "notify") => {
+                        let key = match k {
+                            "notify_master" => "notify_master",
+                            "notify_backup" => "notify_backup",
+                            "notify_fault" => "notify_fault",
+                            "notify_stop" => "notify_stop",
+                            _ => "notify",
+                        };
+                        self.hook(&mut t, &label, key, st)?;
+                    }
+                    k @ ("garp_master_delay"
+                    | "garp_master_repeat"
+                    | "garp_master_refresh"
+                    | "garp_master_refresh_repeat") => {
+                        let w = one(st)?;
+                        let key = match k {
+                            "garp_master_delay" => "garp_master_delay",
+                            "garp_master_repeat" => "garp_master_repeat",
+                            "garp_master_refresh" => "garp_master_refresh",
+                            _ => "garp_master_refresh_repeat",
+                        };
+                        self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                    }
+                    "lvs_sync_daemon_interface" => {
+                        let w = one(st)?;
+                        self.set_sync(SyncDaemon {
+                            span: kw.span,
+                            written: st.written(),
+                            comments: texts(&st.comments),
+                            interface: (w.text.clone(), w.span),
+                            instance: (name.text.clone(), name.span),
+                            numbers: Vec::new(),
+                            group: None,
+                        })?;
+                        t.comment(format!(" {}: the [sync] section", st.written()));
+                    }
+                    "accept" => {
+                        no_args(st)?;
+                        texts(&st.comments).into_iter().for_each(|c| t.comment(c));
+                        t.comment(
+                            " accept: lb-daemon always accepts packets for the virtual addresses \
+                             (keepalived's accept mode)",
+                        );
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::Instance, &label, st, &other);
+                    }
                 }
-                k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
-                | "notify") => {
-                    let key = match k {
-                        "notify_master" => "notify_master",
-                        "notify_backup" => "notify_backup",
-                        "notify_fault" => "notify_fault",
-                        "notify_stop" => "notify_stop",
-                        _ => "notify",
-                    };
-                    self.hook(&mut t, &label, key, st)?;
-                }
-                k @ ("garp_master_delay"
-                | "garp_master_repeat"
-                | "garp_master_refresh"
-                | "garp_master_refresh_repeat") => {
-                    let w = one(st)?;
-                    let key = match k {
-                        "garp_master_delay" => "garp_master_delay",
-                        "garp_master_repeat" => "garp_master_repeat",
-                        "garp_master_refresh" => "garp_master_refresh",
-                        _ => "garp_master_refresh_repeat",
-                    };
-                    self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
-                }
-                "lvs_sync_daemon_interface" => {
-                    let w = one(st)?;
-                    self.set_sync(SyncDaemon {
-                        span: kw.span,
-                        written: st.written(),
-                        comments: texts(&st.comments),
-                        interface: (w.text.clone(), w.span),
-                        instance: (name.text.clone(), name.span),
-                        numbers: Vec::new(),
-                        group: None,
-                    })?;
-                    t.comment(format!(" {}: the [sync] section", st.written()));
-                }
-                "accept" => {
-                    no_args(st)?;
-                    texts(&st.comments).into_iter().for_each(|c| t.comment(c));
-                    t.comment(
-                        " accept: lb-daemon always accepts packets for the virtual addresses \
-                         (keepalived's accept mode)",
-                    );
-                }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::Instance, &label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
+        }
+        if inst.interface.is_none() && !Self::written(b, Ctx::Instance, "interface") {
+            self.error(Diag::new(
+                inst.span,
+                format!(
+                    "vrrp_instance {} has no interface: lb-daemon needs one",
+                    inst.name
+                ),
+            ));
+        }
+        if !t.has("virtual_ipaddress") && !Self::written(b, Ctx::Instance, "virtual_ipaddress") {
+            self.error(Diag::new(
+                inst.span,
+                format!(
+                    "vrrp_instance {} has no virtual_ipaddress: lb-daemon needs at least one",
+                    inst.name
+                ),
+            ));
         }
         t.shrink();
         inst.table = t;
@@ -1199,21 +1370,25 @@ impl Cx<'_> {
         }
         let mut t = block_table(s);
         for st in &b.body {
-            let kw = st.keyword();
-            match kw.text.as_str() {
-                "auth_type" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "auth_type", Value::Str(w.text.clone()), w.span, st)?;
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match kw.text.as_str() {
+                    "auth_type" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "auth_type", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    "auth_pass" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "auth_pass", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::Authentication, label, st, &other);
+                    }
                 }
-                "auth_pass" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "auth_pass", Value::Str(w.text.clone()), w.span, st)?;
-                }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::Authentication, label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         Ok(t)
     }
@@ -1312,80 +1487,134 @@ impl Cx<'_> {
         });
         let mut members = Vec::new();
         let mut tracks = Vec::new();
+        // The members straight in the block, the form keepalived's old failover case study
+        // showed (keepalived issue 824): keepalived takes each line for an unknown keyword,
+        // and then drops the group, as it has no members. Read as the `group { }` it stands
+        // for, when there is none.
+        let has_group = b.body.iter().any(|st| st.keyword().text == "group");
+        let mut loose = Vec::new();
         for st in &b.body {
-            let kw = st.keyword();
-            match kw.text.as_str() {
-                "group" => {
-                    // keepalived reads the block's words, whatever the lines.
-                    let mut elems = Vec::new();
-                    for line in Self::lines(st)? {
-                        for (i, w) in line.words.iter().enumerate() {
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match kw.text.as_str() {
+                    "group" => {
+                        // keepalived reads the block's words, whatever the lines.
+                        let mut elems = Vec::new();
+                        for line in Self::lines(st)? {
+                            for (i, w) in line.words.iter().enumerate() {
+                                members.push(w.text.clone());
+                                let mut e = Self::elem(line, Value::Str(w.text.clone()), w.span);
+                                if i > 0 {
+                                    e.comments.clear();
+                                    e.trailing = None;
+                                }
+                                elems.push(e);
+                            }
+                        }
+                        Self::append(&mut t, "group", st, elems);
+                    }
+                    k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify") => {
+                        let key = match k {
+                            "notify_master" => "notify_master",
+                            "notify_backup" => "notify_backup",
+                            "notify_fault" => "notify_fault",
+                            _ => "notify",
+                        };
+                        self.hook(&mut t, &label, key, st)?;
+                    }
+                    k @ ("track_interface" | "track_script") => {
+                        let key = if k == "track_interface" {
+                            "track_interface"
+                        } else {
+                            "track_script"
+                        };
+                        for (mut e, weight) in Self::tracks(st)? {
+                            match weight {
+                                // lb-daemon's members track without weights (keepalived's rule
+                                // for a member's own trackers); a group's weight would be lost.
+                                Some((w, span)) if w != 0 => self.unsupported(
+                                    Some(&mut t),
+                                    &label,
+                                    Vec::new(),
+                                    span,
+                                    format!("{k} {{ ... weight {w} }}"),
+                                    "weighted tracking by a sync group: lb-daemon's sync group members track without weights",
+                                ),
+                                _ => {
+                                    e.trailing = Some(format!(" from {label}"));
+                                    tracks.push((key, e));
+                                }
+                            }
+                        }
+                        texts(&st.comments).into_iter().for_each(|c| t.comment(c));
+                        t.comment(format!(
+                            " {k}: copied to each member instance (the group faults together either way)"
+                        ));
+                    }
+                    other
+                        if !has_group
+                            && st.block.is_none()
+                            && keywords::unsupported(Ctx::SyncGroup, other).is_none() =>
+                    {
+                        for (i, w) in st.words.iter().enumerate() {
                             members.push(w.text.clone());
-                            let mut e = Self::elem(line, Value::Str(w.text.clone()), w.span);
+                            let mut e = Self::elem(st, Value::Str(w.text.clone()), w.span);
                             if i > 0 {
                                 e.comments.clear();
                                 e.trailing = None;
                             }
-                            elems.push(e);
+                            loose.push(e);
                         }
                     }
-                    Self::append(&mut t, "group", st, elems);
-                }
-                k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify") => {
-                    let key = match k {
-                        "notify_master" => "notify_master",
-                        "notify_backup" => "notify_backup",
-                        "notify_fault" => "notify_fault",
-                        _ => "notify",
-                    };
-                    self.hook(&mut t, &label, key, st)?;
-                }
-                k @ ("track_interface" | "track_script") => {
-                    let key = if k == "track_interface" {
-                        "track_interface"
-                    } else {
-                        "track_script"
-                    };
-                    for (mut e, weight) in Self::tracks(st)? {
-                        match weight {
-                            // lb-daemon's members track without weights (keepalived's rule
-                            // for a member's own trackers); a group's weight would be lost.
-                            Some((w, span)) if w != 0 => self.unsupported(
-                                Some(&mut t),
-                                &label,
-                                Vec::new(),
-                                span,
-                                format!("{k} {{ ... weight {w} }}"),
-                                "weighted tracking by a sync group: lb-daemon's sync group members track without weights",
-                            ),
-                            _ => {
-                                e.trailing = Some(format!(" from {label}"));
-                                tracks.push((key, e));
-                            }
-                        }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::SyncGroup, &label, st, &other);
                     }
-                    texts(&st.comments).into_iter().for_each(|c| t.comment(c));
-                    t.comment(format!(
-                        " {k}: copied to each member instance (the group faults together either way)"
-                    ));
                 }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::SyncGroup, &label, st, &other);
-                }
+                Ok(())
+            })();
+            self.recover(st, r);
+        }
+        if let Some(span) = loose.first().and_then(|e| e.span) {
+            // The message is repeated in the output's header: a long list is cut short.
+            let mut names = members
+                .iter()
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ");
+            if members.len() > 4 {
+                names.push_str(" ...");
             }
+            let message = format!(
+                "the members are listed without `group {{ }}`: imported as `group {{ {} }}`, \
+                 what the lines mean; keepalived takes them for unknown keywords and drops the \
+                 group, so under keepalived these instances did not fail over together",
+                names
+            );
+            t.comment(format!(" {}: {message}", self.locate(span)));
+            self.warnings.push(Diag::new(span, message));
+            t.push(Entry {
+                key: "group",
+                value: Value::Array(loose),
+                span: Some(span),
+                comments: Vec::new(),
+                trailing: None,
+            });
         }
         self.track_copies = self
             .track_copies
             .saturating_add(members.len().saturating_mul(tracks.len()));
         if self.track_copies > MAX_TRACK_COPIES {
-            return Err(Diag::new(
+            // Not kept: the copies are what would cost.
+            self.error(Diag::new(
                 name.span,
                 format!(
                     "the sync groups copy more than {MAX_TRACK_COPIES} trackers to their \
                      members in all"
                 ),
             ));
+            return Ok(());
         }
         t.shrink();
         self.groups.push(Group {
@@ -1451,182 +1680,189 @@ impl Cx<'_> {
         let mut port_flags: Vec<(&Stmt, &'static str)> = Vec::new();
         let mut lb_algo: Option<String> = None;
         for st in &b.body {
-            let k = st.keyword();
-            match Self::canonical(Ctx::VirtualServer, k) {
-                "lb_algo" => {
-                    let w = one(st)?;
-                    if !matches!(w.text.as_str(), "rr" | "wrr" | "sh" | "mh") {
-                        return Err(Diag::new(
-                            w.span,
-                            format!(
-                                "scheduler `{}` is not supported: lb-daemon has rr, wrr, sh and mh",
-                                w.text
-                            ),
-                        ));
+            let r = (|| -> Result<(), Diag> {
+                let k = st.keyword();
+                match Self::canonical(Ctx::VirtualServer, k) {
+                    "lb_algo" => {
+                        let w = one(st)?;
+                        if !matches!(w.text.as_str(), "rr" | "wrr" | "sh" | "mh") {
+                            return Err(Diag::new(
+                                w.span,
+                                format!(
+                                    "scheduler `{}` is not supported: lb-daemon has rr, wrr, sh and mh",
+                                    w.text
+                                ),
+                            ));
+                        }
+                        lb_algo = Some(w.text.clone());
+                        self.put(&mut t, "lb_algo", Value::Str(w.text.clone()), w.span, st)?;
                     }
-                    lb_algo = Some(w.text.clone());
-                    self.put(&mut t, "lb_algo", Value::Str(w.text.clone()), w.span, st)?;
-                }
-                "lb_kind" => {
-                    no_block(st)?;
-                    let Some(w) = st.args().first() else {
-                        return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
-                    };
-                    self.forwarding(w)?;
-                    if let Some(extra) = st.args().get(1) {
-                        return Err(Diag::new(extra.span, "`lb_kind DR` takes no options"));
+                    "lb_kind" => {
+                        no_block(st)?;
+                        let Some(w) = st.args().first() else {
+                            return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
+                        };
+                        self.forwarding(w)?;
+                        if let Some(extra) = st.args().get(1) {
+                            return Err(Diag::new(extra.span, "`lb_kind DR` takes no options"));
+                        }
+                        self.put(&mut t, "lb_kind", Value::Str("DR".into()), w.span, st)?;
                     }
-                    self.put(&mut t, "lb_kind", Value::Str("DR".into()), w.span, st)?;
-                }
-                "persistence_timeout" => {
-                    no_block(st)?;
-                    match st.args() {
-                        [] => {
-                            self.put(
+                    "persistence_timeout" => {
+                        no_block(st)?;
+                        match st.args() {
+                            [] => {
+                                self.put(
+                                    &mut t,
+                                    "persistence_timeout",
+                                    Value::Int(DEFAULT_PERSISTENCE_TIMEOUT),
+                                    k.span,
+                                    st,
+                                )?;
+                                if let Some(e) = t.get_mut("persistence_timeout") {
+                                    e.trailing.get_or_insert_with(|| {
+                                        " keepalived's value for persistence_timeout without one (6 minutes)".into()
+                                    });
+                                }
+                            }
+                            [w] => self.put(
                                 &mut t,
                                 "persistence_timeout",
-                                Value::Int(DEFAULT_PERSISTENCE_TIMEOUT),
-                                k.span,
+                                Value::Int(uint(w)?),
+                                w.span,
                                 st,
-                            )?;
-                            if let Some(e) = t.get_mut("persistence_timeout") {
-                                e.trailing.get_or_insert_with(|| {
-                                    " keepalived's value for persistence_timeout without one (6 minutes)".into()
-                                });
+                            )?,
+                            [_, extra, ..] => {
+                                return Err(Diag::new(
+                                    extra.span,
+                                    "`persistence_timeout` takes one value",
+                                ))
                             }
                         }
-                        [w] => self.put(
-                            &mut t,
-                            "persistence_timeout",
-                            Value::Int(uint(w)?),
-                            w.span,
-                            st,
-                        )?,
-                        [_, extra, ..] => {
+                    }
+                    "persistence_granularity" => {
+                        let w = one(st)?;
+                        // An IPv6 prefix length, or an IPv4 netmask.
+                        let v = match w.text.parse::<i64>() {
+                            Ok(n) => Value::Int(n),
+                            Err(_) => Value::Str(w.text.clone()),
+                        };
+                        self.put(&mut t, "persistence_granularity", v, w.span, st)?;
+                    }
+                    "protocol" => {
+                        let w = one(st)?;
+                        let p = w.text.to_ascii_uppercase();
+                        if p != "TCP" && p != "UDP" {
                             return Err(Diag::new(
-                                extra.span,
-                                "`persistence_timeout` takes one value",
-                            ))
+                                w.span,
+                                format!(
+                                    "protocol `{}` is not supported: lb-daemon has TCP and UDP",
+                                    w.text
+                                ),
+                            ));
                         }
+                        self.put(&mut t, "protocol", Value::Str(p), w.span, st)?;
                     }
-                }
-                "persistence_granularity" => {
-                    let w = one(st)?;
-                    // An IPv6 prefix length, or an IPv4 netmask.
-                    let v = match w.text.parse::<i64>() {
-                        Ok(n) => Value::Int(n),
-                        Err(_) => Value::Str(w.text.clone()),
-                    };
-                    self.put(&mut t, "persistence_granularity", v, w.span, st)?;
-                }
-                "protocol" => {
-                    let w = one(st)?;
-                    let p = w.text.to_ascii_uppercase();
-                    if p != "TCP" && p != "UDP" {
-                        return Err(Diag::new(
-                            w.span,
-                            format!(
-                                "protocol `{}` is not supported: lb-daemon has TCP and UDP",
-                                w.text
-                            ),
+                    "delay_loop" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "delay_loop", seconds(w)?, w.span, st)?;
+                    }
+                    "alpha" => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
+                    }
+                    key @ ("quorum" | "hysteresis") => {
+                        let w = one(st)?;
+                        let key = if key == "quorum" {
+                            "quorum"
+                        } else {
+                            "hysteresis"
+                        };
+                        self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                    }
+                    "sorry_server" => {
+                        no_block(st)?;
+                        let (a, p) = match st.args() {
+                            [a] => (a, None),
+                            [a, p] => (a, Some(p)),
+                            [] => return Err(Diag::new(k.span, "`sorry_server` needs an address")),
+                            [_, _, extra, ..] => {
+                                return Err(Diag::new(
+                                    extra.span,
+                                    "expected `sorry_server IP [PORT]`",
+                                ))
+                            }
+                        };
+                        let addr = ip(a)?;
+                        // keepalived gives a sorry server without a port the service's.
+                        let sport = match p {
+                            Some(p) => port(p)?,
+                            None => vport,
+                        };
+                        let v = Value::Inline(vec![
+                            ("ip", Value::Str(addr.to_string())),
+                            ("port", Value::Int(sport)),
+                        ]);
+                        self.put(&mut t, "sorry_server", v, a.span, st)?;
+                    }
+                    "sorry_server_lvs_method" => {
+                        let w = one(st)?;
+                        self.forwarding(w)?;
+                    }
+                    "inhibit_on_failure" => {
+                        let (on, span) = flag(st)?;
+                        inherit.items.push((
+                            "inhibit_on_failure",
+                            Value::Bool(on),
+                            span,
+                            "virtual_server",
                         ));
                     }
-                    self.put(&mut t, "protocol", Value::Str(p), w.span, st)?;
-                }
-                "delay_loop" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "delay_loop", seconds(w)?, w.span, st)?;
-                }
-                "alpha" => {
-                    let (on, span) = flag(st)?;
-                    self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
-                }
-                key @ ("quorum" | "hysteresis") => {
-                    let w = one(st)?;
-                    let key = if key == "quorum" {
-                        "quorum"
-                    } else {
-                        "hysteresis"
-                    };
-                    self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
-                }
-                "sorry_server" => {
-                    no_block(st)?;
-                    let (a, p) = match st.args() {
-                        [a] => (a, None),
-                        [a, p] => (a, Some(p)),
-                        [] => return Err(Diag::new(k.span, "`sorry_server` needs an address")),
-                        [_, _, extra, ..] => {
-                            return Err(Diag::new(extra.span, "expected `sorry_server IP [PORT]`"))
+                    key @ ("retry" | "delay_before_retry" | "warmup" | "connect_timeout"
+                    | "virtualhost" | "weight") => {
+                        let w = one(st)?;
+                        let (key, v) = inherited_value(key, w)?;
+                        if inherit.get(key).is_some() {
+                            return Err(Diag::new(k.span, format!("`{}` is given twice", k.text)));
                         }
-                    };
-                    let addr = ip(a)?;
-                    // keepalived gives a sorry server without a port the service's.
-                    let sport = match p {
-                        Some(p) => port(p)?,
-                        None => vport,
-                    };
-                    let v = Value::Inline(vec![
-                        ("ip", Value::Str(addr.to_string())),
-                        ("port", Value::Int(sport)),
-                    ]);
-                    self.put(&mut t, "sorry_server", v, a.span, st)?;
-                }
-                "sorry_server_lvs_method" => {
-                    let w = one(st)?;
-                    self.forwarding(w)?;
-                }
-                "inhibit_on_failure" => {
-                    let (on, span) = flag(st)?;
-                    inherit.items.push((
-                        "inhibit_on_failure",
-                        Value::Bool(on),
-                        span,
-                        "virtual_server",
-                    ));
-                }
-                key @ ("retry" | "delay_before_retry" | "warmup" | "connect_timeout"
-                | "virtualhost" | "weight") => {
-                    let w = one(st)?;
-                    let (key, v) = inherited_value(key, w)?;
-                    if inherit.get(key).is_some() {
-                        return Err(Diag::new(k.span, format!("`{}` is given twice", k.text)));
+                        inherit.items.push((key, v, w.span, "virtual_server"));
                     }
-                    inherit.items.push((key, v, w.span, "virtual_server"));
-                }
-                "sh-port" => {
-                    no_args(st)?;
-                    port_flags.push((st, "sh"));
-                }
-                "mh-port" => {
-                    no_args(st)?;
-                    port_flags.push((st, "mh"));
-                }
-                "ip_family" => {
-                    let w = one(st)?;
-                    let v6 = match w.text.as_str() {
-                        "inet" => false,
-                        "inet6" => true,
-                        _ => return Err(Diag::new(w.span, "expected inet or inet6")),
-                    };
-                    if v6 != vip.is_ipv6() {
-                        return Err(Diag::new(
-                            w.span,
-                            format!(
-                                "the virtual server's address {vip} is not of family {}",
-                                w.text
-                            ),
-                        ));
+                    "sh-port" => {
+                        no_args(st)?;
+                        port_flags.push((st, "sh"));
+                    }
+                    "mh-port" => {
+                        no_args(st)?;
+                        port_flags.push((st, "mh"));
+                    }
+                    "ip_family" => {
+                        let w = one(st)?;
+                        let v6 = match w.text.as_str() {
+                            "inet" => false,
+                            "inet6" => true,
+                            _ => return Err(Diag::new(w.span, "expected inet or inet6")),
+                        };
+                        if v6 != vip.is_ipv6() {
+                            return Err(Diag::new(
+                                w.span,
+                                format!(
+                                    "the virtual server's address {vip} is not of family {}",
+                                    w.text
+                                ),
+                            ));
+                        }
+                    }
+                    "real_server" => {
+                        real_servers.push(self.real_server(st, &label, vport)?);
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::VirtualServer, &label, st, &other);
                     }
                 }
-                "real_server" => {
-                    real_servers.push(self.real_server(st, &label, vport)?);
-                }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::VirtualServer, &label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         for (st, sched) in port_flags {
             if lb_algo.as_deref() == Some(sched) {
@@ -1653,15 +1889,15 @@ impl Cx<'_> {
                 );
             }
         }
-        let Some(_) = lb_algo else {
-            return Err(Diag::new(
+        if lb_algo.is_none() && !Self::written(b, Ctx::VirtualServer, "lb_algo") {
+            self.error(Diag::new(
                 kw.span,
                 "no lb_algo: keepalived's default scheduler is wlc, which lb-daemon does not have: \
                  set lb_algo (rr, wrr, sh or mh)",
             ));
-        };
-        if !t.has("lb_kind") {
-            return Err(Diag::new(
+        }
+        if !t.has("lb_kind") && !Self::written(b, Ctx::VirtualServer, "lb_kind") {
+            self.error(Diag::new(
                 kw.span,
                 "no lb_kind: keepalived's default is NAT, and lb-daemon forwards by direct routing \
                  only: set lb_kind DR",
@@ -1811,63 +2047,67 @@ impl Cx<'_> {
         }
         let mut inherit = Inherited::default();
         for st in &b.body {
-            let k = st.keyword();
-            match Self::canonical(Ctx::RealServer, k) {
-                "weight" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "weight", Value::Int(uint(w)?), w.span, st)?;
-                }
-                "inhibit_on_failure" => {
-                    let (on, span) = flag(st)?;
-                    self.put(&mut t, "inhibit_on_failure", Value::Bool(on), span, st)?;
-                }
-                key @ ("notify_up" | "notify_down") => {
-                    let key = if key == "notify_up" {
-                        "notify_up"
-                    } else {
-                        "notify_down"
-                    };
-                    self.hook(&mut t, &label, key, st)?;
-                }
-                "alpha" => {
-                    let (on, span) = flag(st)?;
-                    self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
-                }
-                "delay_loop" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "delay_loop", seconds(w)?, w.span, st)?;
-                }
-                key @ ("retry" | "delay_before_retry" | "warmup" | "connect_timeout"
-                | "virtualhost") => {
-                    let w = one(st)?;
-                    let (key, v) = inherited_value(key, w)?;
-                    if inherit.get(key).is_some() {
-                        return Err(Diag::new(k.span, format!("`{}` is given twice", k.text)));
+            let r = (|| -> Result<(), Diag> {
+                let k = st.keyword();
+                match Self::canonical(Ctx::RealServer, k) {
+                    "weight" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "weight", Value::Int(uint(w)?), w.span, st)?;
                     }
-                    inherit.items.push((key, v, w.span, "real_server"));
+                    "inhibit_on_failure" => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "inhibit_on_failure", Value::Bool(on), span, st)?;
+                    }
+                    key @ ("notify_up" | "notify_down") => {
+                        let key = if key == "notify_up" {
+                            "notify_up"
+                        } else {
+                            "notify_down"
+                        };
+                        self.hook(&mut t, &label, key, st)?;
+                    }
+                    "alpha" => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
+                    }
+                    "delay_loop" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "delay_loop", seconds(w)?, w.span, st)?;
+                    }
+                    key @ ("retry" | "delay_before_retry" | "warmup" | "connect_timeout"
+                    | "virtualhost") => {
+                        let w = one(st)?;
+                        let (key, v) = inherited_value(key, w)?;
+                        if inherit.get(key).is_some() {
+                            return Err(Diag::new(k.span, format!("`{}` is given twice", k.text)));
+                        }
+                        inherit.items.push((key, v, w.span, "real_server"));
+                    }
+                    "lvs_method" => {
+                        let w = one(st)?;
+                        self.forwarding(w)?;
+                    }
+                    kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK") => {
+                        let (name, ctx): (&'static str, Ctx) = match kind {
+                            "TCP_CHECK" => ("TCP_CHECK", Ctx::TcpCheck),
+                            "HTTP_GET" => ("HTTP_GET", Ctx::HttpGet),
+                            _ => ("MISC_CHECK", Ctx::MiscCheck),
+                        };
+                        let check = self.check(st, ctx, &format!("{label}, {name}"))?;
+                        t.children.push(Child {
+                            name,
+                            array: true,
+                            table: check,
+                        });
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::RealServer, &label, st, &other);
+                    }
                 }
-                "lvs_method" => {
-                    let w = one(st)?;
-                    self.forwarding(w)?;
-                }
-                kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK") => {
-                    let (name, ctx): (&'static str, Ctx) = match kind {
-                        "TCP_CHECK" => ("TCP_CHECK", Ctx::TcpCheck),
-                        "HTTP_GET" => ("HTTP_GET", Ctx::HttpGet),
-                        _ => ("MISC_CHECK", Ctx::MiscCheck),
-                    };
-                    let check = self.check(st, ctx, &format!("{label}, {name}"))?;
-                    t.children.push(Child {
-                        name,
-                        array: true,
-                        table: check,
-                    });
-                }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::RealServer, &label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         Ok(RealServer { table: t, inherit })
     }
@@ -1884,95 +2124,99 @@ impl Cx<'_> {
         let connects = ctx != Ctx::MiscCheck;
         let mut t = block_table(s);
         for st in &b.body {
-            let k = st.keyword();
-            match Self::canonical(ctx, k) {
-                key @ ("connect_ip" | "bindto") if connects => {
-                    let w = one(st)?;
-                    ip(w)?;
-                    let key = if key == "connect_ip" {
-                        "connect_ip"
-                    } else {
-                        "bindto"
-                    };
-                    self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
-                }
-                "connect_port" if connects => {
-                    let w = one(st)?;
-                    self.put(&mut t, "connect_port", Value::Int(port(w)?), w.span, st)?;
-                }
-                "connect_timeout" if connects => {
-                    let w = one(st)?;
-                    self.put(&mut t, "connect_timeout", seconds(w)?, w.span, st)?;
-                }
-                "retry" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "retry", Value::Int(uint(w)?), w.span, st)?;
-                }
-                key @ ("delay_before_retry" | "warmup" | "delay_loop") => {
-                    let w = one(st)?;
-                    let key = match key {
-                        "delay_before_retry" => "delay_before_retry",
-                        "warmup" => "warmup",
-                        _ => "delay_loop",
-                    };
-                    self.put(&mut t, key, seconds(w)?, w.span, st)?;
-                }
-                "alpha" => {
-                    let (on, span) = flag(st)?;
-                    self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
-                }
-                "url" if ctx == Ctx::HttpGet => {
-                    let url = self.url(st, label)?;
-                    t.children.push(Child {
-                        name: "url",
-                        array: true,
-                        table: url,
-                    });
-                }
-                "virtualhost" if ctx == Ctx::HttpGet => {
-                    let w = one(st)?;
-                    self.put(
-                        &mut t,
-                        "virtualhost",
-                        Value::Str(w.text.clone()),
-                        w.span,
-                        st,
-                    )?;
-                }
-                "http_protocol"
-                    if ctx == Ctx::HttpGet
-                        && st.args().len() == 1
-                        && st.args()[0].text == "1.1" =>
-                {
-                    no_block(st)?;
-                    t.comment(" http_protocol 1.1: what lb-daemon sends");
-                }
-                "fast_recovery" if ctx == Ctx::HttpGet && matches!(flag(st), Ok((true, _))) => {
-                    t.comment(" fast_recovery: what lb-daemon always does");
-                }
-                "misc_path" if ctx == Ctx::MiscCheck => {
-                    no_block(st)?;
-                    if st.args().is_empty() {
-                        return Err(Diag::new(k.span, "`misc_path` needs a command"));
+            let r = (|| -> Result<(), Diag> {
+                let k = st.keyword();
+                match Self::canonical(ctx, k) {
+                    key @ ("connect_ip" | "bindto") if connects => {
+                        let w = one(st)?;
+                        ip(w)?;
+                        let key = if key == "connect_ip" {
+                            "connect_ip"
+                        } else {
+                            "bindto"
+                        };
+                        self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
                     }
-                    let cmd = command(st.args())?;
-                    self.scripts_named = true;
-                    self.put(&mut t, "misc_path", Value::Str(cmd), st.args()[0].span, st)?;
+                    "connect_port" if connects => {
+                        let w = one(st)?;
+                        self.put(&mut t, "connect_port", Value::Int(port(w)?), w.span, st)?;
+                    }
+                    "connect_timeout" if connects => {
+                        let w = one(st)?;
+                        self.put(&mut t, "connect_timeout", seconds(w)?, w.span, st)?;
+                    }
+                    "retry" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "retry", Value::Int(uint(w)?), w.span, st)?;
+                    }
+                    key @ ("delay_before_retry" | "warmup" | "delay_loop") => {
+                        let w = one(st)?;
+                        let key = match key {
+                            "delay_before_retry" => "delay_before_retry",
+                            "warmup" => "warmup",
+                            _ => "delay_loop",
+                        };
+                        self.put(&mut t, key, seconds(w)?, w.span, st)?;
+                    }
+                    "alpha" => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
+                    }
+                    "url" if ctx == Ctx::HttpGet => {
+                        let url = self.url(st, label)?;
+                        t.children.push(Child {
+                            name: "url",
+                            array: true,
+                            table: url,
+                        });
+                    }
+                    "virtualhost" if ctx == Ctx::HttpGet => {
+                        let w = one(st)?;
+                        self.put(
+                            &mut t,
+                            "virtualhost",
+                            Value::Str(w.text.clone()),
+                            w.span,
+                            st,
+                        )?;
+                    }
+                    "http_protocol"
+                        if ctx == Ctx::HttpGet
+                            && st.args().len() == 1
+                            && st.args()[0].text == "1.1" =>
+                    {
+                        no_block(st)?;
+                        t.comment(" http_protocol 1.1: what lb-daemon sends");
+                    }
+                    "fast_recovery" if ctx == Ctx::HttpGet && matches!(flag(st), Ok((true, _))) => {
+                        t.comment(" fast_recovery: what lb-daemon always does");
+                    }
+                    "misc_path" if ctx == Ctx::MiscCheck => {
+                        no_block(st)?;
+                        if st.args().is_empty() {
+                            return Err(Diag::new(k.span, "`misc_path` needs a command"));
+                        }
+                        let cmd = self.command(&mut t, st.args())?;
+                        self.scripts_named = true;
+                        self.put(&mut t, "misc_path", Value::Str(cmd), st.args()[0].span, st)?;
+                    }
+                    "misc_timeout" if ctx == Ctx::MiscCheck => {
+                        let w = one(st)?;
+                        self.put(&mut t, "misc_timeout", seconds(w)?, w.span, st)?;
+                    }
+                    "misc_dynamic" if ctx == Ctx::MiscCheck => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "misc_dynamic", Value::Bool(on), span, st)?;
+                    }
+                    "user" if ctx == Ctx::MiscCheck => self.user(&mut t, label, st)?,
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, ctx, label, st, &other);
+                    }
                 }
-                "misc_timeout" if ctx == Ctx::MiscCheck => {
-                    let w = one(st)?;
-                    self.put(&mut t, "misc_timeout", seconds(w)?, w.span, st)?;
-                }
-                "misc_dynamic" if ctx == Ctx::MiscCheck => {
-                    let (on, span) = flag(st)?;
-                    self.put(&mut t, "misc_dynamic", Value::Bool(on), span, st)?;
-                }
-                "user" if ctx == Ctx::MiscCheck => self.user(&mut t, label, st)?,
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, ctx, label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         Ok(t)
     }
@@ -1985,55 +2229,59 @@ impl Cx<'_> {
         let label = format!("{label}, url");
         let mut t = block_table(s);
         for st in &b.body {
-            let k = st.keyword();
-            match k.text.as_str() {
-                "path" => {
-                    let w = one(st)?;
-                    self.put(&mut t, "path", Value::Str(w.text.clone()), w.span, st)?;
+            let r = (|| -> Result<(), Diag> {
+                let k = st.keyword();
+                match k.text.as_str() {
+                    "path" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "path", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    "status_code" => {
+                        no_block(st)?;
+                        let Some(first) = st.args().first() else {
+                            return Err(Diag::new(k.span, "`status_code` needs a value"));
+                        };
+                        let codes: Vec<&str> = st.args().iter().map(|w| w.text.as_str()).collect();
+                        self.put(
+                            &mut t,
+                            "status_code",
+                            Value::Str(codes.join(" ")),
+                            first.span,
+                            st,
+                        )?;
+                    }
+                    "virtualhost" => {
+                        let w = one(st)?;
+                        self.put(
+                            &mut t,
+                            "virtualhost",
+                            Value::Str(w.text.clone()),
+                            w.span,
+                            st,
+                        )?;
+                    }
+                    // Checked (32 hex digits, a pattern that compiles) where the TOML is read.
+                    "digest" | "regex" => {
+                        let w = one(st)?;
+                        let key = if k.text == "digest" {
+                            "digest"
+                        } else {
+                            "regex"
+                        };
+                        self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    "regex_no_match" => {
+                        no_args(st)?;
+                        self.put(&mut t, "regex_no_match", Value::Bool(true), k.span, st)?;
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::Url, &label, st, &other);
+                    }
                 }
-                "status_code" => {
-                    no_block(st)?;
-                    let Some(first) = st.args().first() else {
-                        return Err(Diag::new(k.span, "`status_code` needs a value"));
-                    };
-                    let codes: Vec<&str> = st.args().iter().map(|w| w.text.as_str()).collect();
-                    self.put(
-                        &mut t,
-                        "status_code",
-                        Value::Str(codes.join(" ")),
-                        first.span,
-                        st,
-                    )?;
-                }
-                "virtualhost" => {
-                    let w = one(st)?;
-                    self.put(
-                        &mut t,
-                        "virtualhost",
-                        Value::Str(w.text.clone()),
-                        w.span,
-                        st,
-                    )?;
-                }
-                // Checked (32 hex digits, a pattern that compiles) where the TOML is read.
-                "digest" | "regex" => {
-                    let w = one(st)?;
-                    let key = if k.text == "digest" {
-                        "digest"
-                    } else {
-                        "regex"
-                    };
-                    self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
-                }
-                "regex_no_match" => {
-                    no_args(st)?;
-                    self.put(&mut t, "regex_no_match", Value::Bool(true), k.span, st)?;
-                }
-                other => {
-                    let other = other.to_string();
-                    self.other(&mut t, Ctx::Url, &label, st, &other);
-                }
-            }
+                Ok(())
+            })();
+            self.recover(st, r);
         }
         Ok(t)
     }
@@ -2078,7 +2326,7 @@ impl Cx<'_> {
         }
     }
 
-    fn finish(mut self) -> Result<Converted, Diag> {
+    fn finish(mut self) -> Result<Converted, Vec<Diag>> {
         // A sync group's trackers, copied to its members.
         let copies: Vec<(String, &'static str, Elem)> = self
             .groups
@@ -2124,12 +2372,13 @@ impl Cx<'_> {
                 script_weights.entry(n.clone()).or_insert(*w);
             }
         }
+        let mut errors = Vec::new();
         for inst in &mut self.instances {
             // `chk weight 0` overrides the script's weight in keepalived; lb-daemon reads a
             // track entry's 0 as "the script's weight".
             for (name, span) in &inst.zero_weight_scripts {
                 if let Some(w) = script_weights.get(name) {
-                    return Err(Diag::new(
+                    errors.push(Diag::new(
                         *span,
                         format!(
                             "weight 0 overrides vrrp_script {name}'s weight {w} here, which lb-daemon \
@@ -2139,15 +2388,6 @@ impl Cx<'_> {
                 }
             }
             let t = &mut inst.table;
-            let Some(_) = &inst.interface else {
-                return Err(Diag::new(
-                    inst.span,
-                    format!(
-                        "vrrp_instance {} has no interface: lb-daemon needs one",
-                        inst.name
-                    ),
-                ));
-            };
             if inst.priority.is_none() {
                 let (p, why) = if inst.state.as_deref() == Some("MASTER") {
                     (
@@ -2177,6 +2417,25 @@ impl Cx<'_> {
                     " keepalived always runs an IPv6 instance with VRRPv3",
                 ));
             }
+            // Only now is the version known: global_defs may come after the instance.
+            let version = match t.get("version").map(|e| &e.value) {
+                Some(Value::Int(v)) => *v,
+                _ if v6 => 3,
+                _ => self.vrrp_version.unwrap_or(2),
+            };
+            let auth = t.children.iter().position(|c| c.name == "authentication");
+            if let (3, Some(i)) = (version, auth) {
+                let auth = t.children.remove(i).table;
+                let span = auth.span.unwrap_or(inst.span);
+                let message =
+                    "keepalived ignores authentication with VRRPv3, which has none (RFC 9568): left out";
+                auth.comments.into_iter().for_each(|c| t.comment(c));
+                t.comment(format!(
+                    " {}: authentication {{ ... }}: {message}",
+                    self.sources.locate(span)
+                ));
+                self.warnings.push(Diag::new(span, message));
+            }
             for (key, value, span) in &self.garp {
                 if !t.has(key) {
                     t.push(generated(
@@ -2187,15 +2446,15 @@ impl Cx<'_> {
                     ));
                 }
             }
-            if !t.has("virtual_ipaddress") {
-                return Err(Diag::new(
-                    inst.span,
-                    format!(
-                        "vrrp_instance {} has no virtual_ipaddress: lb-daemon needs at least one",
-                        inst.name
-                    ),
-                ));
+        }
+        errors.into_iter().for_each(|d| self.error(d));
+        // What follows looks across blocks: with a statement left out for its error (a VIP,
+        // an instance), its findings would be that statement's error again.
+        if !self.errors.is_empty() {
+            if let Err(stop) = self.limit() {
+                self.errors.push(stop);
             }
+            return Err(self.errors);
         }
         // A VIP no instance holds is served whatever the VRRP state, as keepalived configures
         // IPVS services whatever the state.
@@ -2240,22 +2499,22 @@ impl Cx<'_> {
                         ),
                     ),
                     (None, []) => {
-                        return Err(Diag::new(
+                        return Err(vec![Diag::new(
                             span,
                             "no vrrp_instance holds the virtual servers' VIPs, so the importer cannot \
                              tell which interface XDP should run on: give --interface",
-                        ))
+                        )])
                     }
                     (None, several) => {
                         let names: Vec<&str> = several.iter().map(|(i, _)| i.as_str()).collect();
-                        return Err(Diag::new(
+                        return Err(vec![Diag::new(
                             span,
                             format!(
                                 "the virtual servers' VIPs are on {}: give --interface for the one \
                                  XDP should run on",
                                 names.join(" and ")
                             ),
-                        ));
+                        )]);
                     }
                 };
                 let mut t = Table {
@@ -2277,7 +2536,7 @@ impl Cx<'_> {
             }
         };
         let sync = match &self.sync {
-            Some(d) => Some(self.sync_section(d)?),
+            Some(d) => Some(self.sync_section(d).map_err(|e| vec![e])?),
             None => None,
         };
         let mut global = self.global.take();
@@ -2356,6 +2615,7 @@ impl Cx<'_> {
         Ok(Converted {
             doc,
             unsupported: self.unsupported,
+            warnings: self.warnings,
         })
     }
 }
@@ -2396,8 +2656,17 @@ fn ctx_of(key: &str) -> Ctx {
 mod tests {
     use std::path::Path;
 
-    use super::super::{import_str, ImportError, Options};
+    use super::super::{import_str, import_with, Import, ImportError, MemFiles, Options};
     use super::*;
+
+    fn import(text: &str) -> Import {
+        import_str(Path::new("k.conf"), text, &Options::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The 1-based line of the first line of `text` that holds `what`.
+    fn line_of(text: &str, what: &str) -> usize {
+        text.lines().position(|l| l.contains(what)).unwrap() + 1
+    }
 
     fn error(text: &str) -> String {
         match import_str(Path::new("k.conf"), text, &Options::default()) {
@@ -2434,6 +2703,255 @@ mod tests {
         assert!(
             e.starts_with("k.conf:1:17: the sync groups copy more than"),
             "{e}"
+        );
+    }
+
+    /// keepalived: "VRRP version 3 does not support authentication. Ignoring." The version is
+    /// the instance's, else global_defs' (wherever it is in the file), and always 3 for IPv6.
+    #[test]
+    fn vrrp3_authentication_is_left_out_with_a_warning() {
+        let instance = |vip: &str, version: &str| {
+            format!(
+                "vrrp_instance VI_1 {{\n interface eth0\n{version} virtual_router_id 1\n \
+                 virtual_ipaddress {{\n  {vip}\n }}\n authentication {{\n  auth_type PASS\n  \
+                 auth_pass secret\n }}\n}}\n"
+            )
+        };
+        let global_v3 = "global_defs {\n vrrp_version 3\n}\n";
+        for text in [
+            instance("192.0.2.1", " version 3\n"),
+            format!("{global_v3}{}", instance("192.0.2.1", "")),
+            format!("{}{global_v3}", instance("192.0.2.1", "")),
+            instance("2001:db8::1", ""),
+        ] {
+            let i = import(&text);
+            assert_eq!(i.config.vrrp_instances[0].auth_pass, None, "{text}");
+            let [w] = &i.warnings[..] else {
+                panic!("{:?}", i.warnings)
+            };
+            assert_eq!(
+                (w.location.line, w.location.column),
+                (line_of(&text, "authentication"), 2)
+            );
+            assert!(
+                w.message
+                    .contains("keepalived ignores authentication with VRRPv3"),
+                "{w}"
+            );
+            assert!(!i.toml.contains("secret"), "{}", i.toml);
+            assert!(i.toml.contains(&w.to_string()), "{}", i.toml);
+        }
+        let v2 = import(&instance("192.0.2.1", ""));
+        assert_eq!(
+            v2.config.vrrp_instances[0].auth_pass.as_deref(),
+            Some(&b"secret"[..])
+        );
+        assert!(v2.warnings.is_empty(), "{:?}", v2.warnings);
+    }
+
+    fn import_on_path(
+        text: &str,
+        fs: &mut MemFiles,
+        search_path: Option<&str>,
+    ) -> Result<Import, String> {
+        fs.add("/k/k.conf", text);
+        let opts = Options {
+            search_path: search_path.map(Into::into),
+            ..Default::default()
+        };
+        import_with(fs, Path::new("/k/k.conf"), &opts).map_err(|e| e.to_string())
+    }
+
+    /// keepalived looks a script named without a `/` up on its PATH; lb-daemon takes absolute
+    /// paths only, so the importer looks on the PATH it is given and writes what it finds.
+    #[test]
+    fn scripts_without_a_slash_are_looked_up_on_the_path_given() {
+        let text = "vrrp_script chk {\n script \"chk.sh --fast\"\n}\n\
+                    vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n \
+                    virtual_ipaddress {\n  192.0.2.1\n }\n track_script {\n  chk\n }\n \
+                    notify_master \" master.sh up\"\n}\n\
+                    virtual_server 192.0.2.1 80 {\n lb_algo rr\n lb_kind DR\n protocol TCP\n \
+                    real_server 10.0.0.1 80 {\n  MISC_CHECK {\n   misc_path /usr/bin/probe.sh\n  }\n \
+                    }\n real_server 10.0.0.2 80 {\n  MISC_CHECK {\n   misc_path \"probe.sh 10.0.0.2\"\n  \
+                    }\n }\n}\n";
+        let mut fs = MemFiles::new();
+        fs.add_executable("/usr/local/bin/chk.sh")
+            .add_executable("/usr/bin/chk.sh")
+            .add_executable("/usr/bin/master.sh")
+            .add_executable("/usr/bin/probe.sh");
+        let i = import_on_path(text, &mut fs, Some("/usr/local/bin:/usr/bin")).unwrap();
+        assert_eq!(
+            i.config.vrrp_scripts[0].command,
+            ["/usr/local/bin/chk.sh", "--fast"]
+        );
+        assert_eq!(
+            i.config.vrrp_instances[0].notify.master.as_deref(),
+            Some("/usr/bin/master.sh up")
+        );
+        let w: Vec<String> = i.warnings.iter().map(ToString::to_string).collect();
+        let [chk, master, probe] = &w[..] else {
+            panic!("{w:?}")
+        };
+        assert!(chk.starts_with("/k/k.conf:2:9: `chk.sh` "), "{chk}");
+        assert!(
+            master.starts_with("/k/k.conf:13:16: `master.sh` "),
+            "{master}"
+        );
+        assert!(
+            probe.starts_with(&format!(
+                "/k/k.conf:{}:14: `probe.sh` ",
+                line_of(text, "probe.sh 10")
+            )),
+            "{probe}"
+        );
+        assert!(
+            chk.contains("found it at /usr/local/bin/chk.sh on this machine's PATH")
+                && chk.contains("must have it at /usr/local/bin/chk.sh"),
+            "{chk}"
+        );
+        // Written with the path found, and a comment that says so.
+        assert!(
+            i.toml.contains("script = \"/usr/local/bin/chk.sh --fast\""),
+            "{}",
+            i.toml
+        );
+        assert!(
+            i.toml
+                .contains("misc_path = \"/usr/bin/probe.sh 10.0.0.2\""),
+            "{}",
+            i.toml
+        );
+        assert!(i.toml.contains(&format!("# {chk}")), "{}", i.toml);
+
+        // Not there, or not executable: an error that says what to write.
+        let mut fs = MemFiles::new();
+        fs.add("/usr/bin/chk.sh", "not executable");
+        let e = import_on_path(text, &mut fs, Some("/usr/local/bin:/usr/bin")).unwrap_err();
+        assert!(e.starts_with("/k/k.conf:2:9: `chk.sh` "), "{e}");
+        assert!(e.contains("/usr/bin/chk.sh is not executable"), "{e}");
+        assert!(
+            e.contains("write the absolute path of chk.sh in keepalived.conf"),
+            "{e}"
+        );
+        let e = import_on_path(text, &mut MemFiles::new(), None).unwrap_err();
+        assert!(e.starts_with("/k/k.conf:2:9: `chk.sh` "), "{e}");
+        assert!(e.contains("no PATH to look in"), "{e}");
+    }
+
+    /// The sync group form keepalived's old failover case study showed, members straight in
+    /// the block, read as the `group { }` it stands for.
+    #[test]
+    fn sync_group_members_without_a_group_block() {
+        let instances = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n \
+                         virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
+                         vrrp_instance VI_2 {\n interface eth1\n virtual_router_id 2\n \
+                         virtual_ipaddress {\n  198.51.100.1\n }\n}\n\
+                         vrrp_instance VI_3 {\n interface eth1\n virtual_router_id 3\n \
+                         virtual_ipaddress {\n  198.51.100.2\n }\n}\n";
+        let text = format!(
+            "vrrp_sync_group G {{\n # inside\n VI_1\n VI_2 VI_3 # the others\n \
+             notify_master /bin/true\n}}\n{instances}"
+        );
+        let i = import(&text);
+        assert_eq!(i.config.sync_groups[0].members, ["VI_1", "VI_2", "VI_3"]);
+        assert_eq!(
+            i.config.sync_groups[0].notify.master.as_deref(),
+            Some("/bin/true")
+        );
+        assert!(i.unsupported.is_empty(), "{:?}", i.unsupported);
+        let [w] = &i.warnings[..] else {
+            panic!("{:?}", i.warnings)
+        };
+        assert!(w.to_string().starts_with("k.conf:3:2: "), "{w}");
+        assert!(w.message.contains("without `group { }`"), "{w}");
+        assert!(i.toml.contains("# the others"), "{}", i.toml);
+
+        // With a group block, keepalived's reading: a name beside it is an unknown keyword.
+        let text = format!("vrrp_sync_group G {{\n group {{\n  VI_1\n }}\n VI_2\n}}\n{instances}");
+        let i = import(&text);
+        assert_eq!(i.config.sync_groups[0].members, ["VI_1"]);
+        assert_eq!(i.unsupported.len(), 1, "{:?}", i.unsupported);
+        assert_eq!(i.unsupported[0].written, "VI_2");
+        assert!(i.warnings.is_empty(), "{:?}", i.warnings);
+    }
+
+    /// Every error of one run, one string each.
+    fn errors(text: &str) -> Vec<String> {
+        match import_str(Path::new("k.conf"), text, &Options::default()) {
+            Err(ImportError::Several(all)) => all.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+            Ok(i) => panic!("imported:\n{}", i.toml),
+        }
+    }
+
+    fn assert_starts(got: &[String], want: &[&str]) {
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.starts_with(w), "{g}\nexpected: {w}");
+        }
+    }
+
+    /// One run reports every error of the conversion, each at its place and naming its
+    /// keyword. A statement with an error is left out, and what that leaves missing is not
+    /// reported again.
+    #[test]
+    fn every_error_is_reported_once() {
+        let text = "vrrp_instance VI_1 {\n interface eth0 eth1\n priority high\n \
+                    virtual_router_id 1\n virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
+                    virtual_server 192.0.2.1 80 {\n lb_algo wlc\n lb_kind NAT\n protocol TCP\n \
+                    real_server 192.0.2 80 {\n }\n real_server 10.0.0.1 80 {\n  weight x\n }\n}\n\
+                    vrrp_instance VI_2 {\n virtual_router_id 2\n}\n";
+        assert_starts(
+            &errors(text),
+            &[
+                "k.conf:2:17: `interface` takes one value",
+                "k.conf:3:11: `priority`: `high` is not an integer",
+                "k.conf:10:10: `lb_algo`: scheduler `wlc` is not supported",
+                "k.conf:11:10: `lb_kind`: forwarding method NAT is not supported",
+                "k.conf:13:14: `real_server`: `192.0.2` is not an IP address",
+                "k.conf:16:10: `weight`: `x` is not an integer",
+                "k.conf:19:1: vrrp_instance VI_2 has no interface",
+                "k.conf:19:1: vrrp_instance VI_2 has no virtual_ipaddress",
+            ],
+        );
+    }
+
+    /// A syntax error stops the reading; what the conversion found before it is reported
+    /// with it.
+    #[test]
+    fn errors_before_a_syntax_error_are_reported_with_it() {
+        let text = "vrrp_instance VI_1 {\n interface eth0\n priority high\n \
+                    virtual_router_id 1\n virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
+                    global_defs {\n}\n}\n";
+        assert_starts(
+            &errors(text),
+            &[
+                "k.conf:3:11: `priority`: `high` is not an integer",
+                "k.conf:11:1: `}` with no `{`",
+            ],
+        );
+    }
+
+    #[test]
+    fn errors_are_reported_up_to_a_limit() {
+        let text = format!(
+            "global_defs {{\n{}}}\n",
+            "vrrp_version 4\n".repeat(MAX_ERRORS + 10)
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), MAX_ERRORS + 1);
+        assert!(
+            e[0].starts_with("k.conf:2:14: `vrrp_version`: 4 is out of range"),
+            "{}",
+            e[0]
+        );
+        let last = &e[MAX_ERRORS];
+        assert!(
+            last.starts_with(&format!(
+                "k.conf:{}:14: more than {MAX_ERRORS} errors",
+                MAX_ERRORS + 2
+            )),
+            "{last}"
         );
     }
 }

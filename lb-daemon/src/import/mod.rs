@@ -23,6 +23,33 @@
 //! as comments. A *value* lb-daemon cannot express (a scheduler it does not have, NAT, `reverse`
 //! tracking) is an error instead, since leaving it out would change what the rest means.
 //!
+//! # Errors
+//!
+//! One run reports every error the conversion finds ([`ImportError::Several`]), each at its
+//! file, line and column and naming its keyword: a statement with an error is left out and
+//! the next one read, and what its absence would make wrong later (an instance without the
+//! `interface` that had the error, the VIPs no instance seems to hold) is not reported
+//! again. Two kinds stop at their first error: the text's own (a quote or a brace that does
+//! not close, an include that cannot be read), after which nothing is read reliably, and
+//! those of the check of the output (step 5), which runs only on a conversion without
+//! errors and stops at its first.
+//!
+//! # Imported, but not as written
+//!
+//! A few things are carried over other than as written, each with a [`Warning`] (printed,
+//! and written into the output as comments) that says how; none stops the import:
+//!
+//! * `authentication` in a VRRPv3 instance (keepalived: "VRRP version 3 does not support
+//!   authentication. Ignoring."): left out.
+//! * A script, hook or `misc_path` whose program has no `/`: keepalived looks for it on its
+//!   PATH; the importer looks on the PATH it is given ([`Options::search_path`]: the command
+//!   gives its own) and writes the absolute path it finds, which the machine lb-daemon runs
+//!   on must have too. Not found, it is an error: lb-daemon takes absolute paths only.
+//! * A `vrrp_sync_group` with its members straight in the block, without `group { }` (the
+//!   form keepalived's old failover case study showed): read as the `group { }` it stands
+//!   for. keepalived itself takes those lines for unknown keywords and drops the group, so
+//!   the warning says that the instances now fail over together.
+//!
 //! # keepalived's defaults that the output states
 //!
 //! | where | keepalived | written as |
@@ -48,7 +75,10 @@
 //!
 //! Where keepalived's default is one lb-daemon cannot have (no `lb_algo`: wlc; no `lb_kind`:
 //! NAT), the import fails with the position of the `virtual_server`.
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
 
 use crate::config::{Config, ConfigError};
 
@@ -97,12 +127,31 @@ pub enum ImportError {
         column: usize,
         message: String,
     },
+    /// Bad input at several places: every error of one run, in the order found.
+    #[error("{}", lines(.0))]
+    Several(Vec<ImportError>),
     /// The output refused by a check that names no position the importer knows (a bug).
     #[error("the imported configuration does not load: {0}")]
     Output(String),
 }
 
+fn lines(errors: &[ImportError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl ImportError {
+    /// One error, or [`ImportError::Several`].
+    pub(crate) fn all(sources: &Sources, mut errors: Vec<Diag>) -> Self {
+        match errors.len() {
+            1 => Self::at(sources, errors.remove(0)),
+            _ => ImportError::Several(errors.into_iter().map(|d| Self::at(sources, d)).collect()),
+        }
+    }
+
     pub(crate) fn at(sources: &Sources, d: Diag) -> Self {
         let Location { file, line, column } = sources.locate(d.span);
         ImportError::At {
@@ -125,6 +174,21 @@ pub struct UnsupportedItem {
     pub reason: String,
 }
 
+/// Something keepalived accepts and the importer carries over, but not as written: what it
+/// ignores, or what it would have resolved on the machine it runs on. Printed, and written
+/// into the output as comments; it does not stop the import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub location: Location,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
 impl std::fmt::Display for UnsupportedItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -141,6 +205,10 @@ pub struct Options {
     pub interface: Option<String>,
     /// The output's name, for the messages of the check of the output.
     pub output_name: Option<PathBuf>,
+    /// Where to look for a script named without a `/`, as keepalived looks on its PATH:
+    /// the importing machine's PATH (the command passes it). `None`: nowhere, so such a
+    /// script is an error.
+    pub search_path: Option<OsString>,
 }
 
 /// A successful import.
@@ -149,6 +217,7 @@ pub struct Import {
     /// The TOML, with the unsupported keywords as comments.
     pub toml: String,
     pub unsupported: Vec<UnsupportedItem>,
+    pub warnings: Vec<Warning>,
     /// The output, loaded.
     pub config: Config,
 }
@@ -169,15 +238,15 @@ pub fn import_str(name: &Path, text: &str, opts: &Options) -> Result<Import, Imp
 pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Import, ImportError> {
     let mut sources = Sources::default();
     let plan = include::load(files, path, &mut sources)?;
-    let (toml, lines, unsupported) = {
+    let (toml, lines, unsupported, warnings) = {
         // Parsed and converted one top-level statement at a time; the document is dropped
         // once rendered, before the output is loaded.
-        let mut converter = convert::Converter::new(&sources, opts);
-        let tail = include::stream(&plan, &sources, &mut |s| converter.statement(&s))
-            .map_err(|d| ImportError::at(&sources, d))?;
-        let converted = converter
-            .finish(&tail)
-            .map_err(|d| ImportError::at(&sources, d))?;
+        let mut converter = convert::Converter::new(&sources, files, opts);
+        let converted = match include::stream(&plan, &sources, &mut |s| converter.statement(&s)) {
+            Ok(tail) => converter.finish(&tail),
+            Err(stop) => Err(converter.abort(stop)),
+        }
+        .map_err(|errors| ImportError::all(&sources, errors))?;
         let mut doc = converted.doc;
         let unsupported: Vec<UnsupportedItem> = converted
             .unsupported
@@ -189,9 +258,17 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
                 reason: u.reason.clone(),
             })
             .collect();
-        doc.header = header(path, &unsupported);
+        let warnings: Vec<Warning> = converted
+            .warnings
+            .into_iter()
+            .map(|d| Warning {
+                location: sources.locate(d.span),
+                message: d.message,
+            })
+            .collect();
+        doc.header = header(path, &unsupported, &warnings);
         let (toml, lines) = emit::render(&doc);
-        (toml, lines, unsupported)
+        (toml, lines, unsupported, warnings)
     };
     let name = opts
         .output_name
@@ -202,6 +279,7 @@ pub fn import_with(files: &dyn Files, path: &Path, opts: &Options) -> Result<Imp
     Ok(Import {
         toml,
         unsupported,
+        warnings,
         config,
     })
 }
@@ -239,7 +317,7 @@ pub fn parse_text(text: &str) -> Result<parse::File, String> {
     }
 }
 
-fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
+fn header(path: &Path, unsupported: &[UnsupportedItem], warnings: &[Warning]) -> Vec<String> {
     let mut h = vec![
         format!(
             " Imported from {} by `lb-daemon import-keepalived`.",
@@ -255,6 +333,14 @@ fn header(path: &Path, unsupported: &[UnsupportedItem]) -> Vec<String> {
             unsupported.len()
         ));
         h.extend(unsupported.iter().map(|u| format!("   {u}")));
+    }
+    if !warnings.is_empty() {
+        h.push(String::new());
+        h.push(format!(
+            " Imported, but not as written: {} warning(s):",
+            warnings.len()
+        ));
+        h.extend(warnings.iter().map(|w| format!("   {w}")));
     }
     h
 }
@@ -314,8 +400,21 @@ pub fn cli(
     let opts = Options {
         interface,
         output_name: output.map(Path::to_path_buf),
+        // Without PATH, keepalived searches glibc's confstr(_CS_PATH).
+        search_path: Some(std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into())),
     };
-    let import = import_file(file, &opts)?;
+    let import = match import_file(file, &opts) {
+        Err(ImportError::Several(all)) => {
+            for e in &all {
+                eprintln!("error: {e}");
+            }
+            anyhow::bail!("{} errors above; nothing was written", all.len());
+        }
+        r => r?,
+    };
+    for w in &import.warnings {
+        eprintln!("warning: {w}");
+    }
     for u in &import.unsupported {
         eprintln!("unsupported: {u}");
     }

@@ -1,9 +1,10 @@
 //! Where the importer's text comes from: the files it read (the configuration and everything
-//! it includes), positions in them, and the little file-system access `include` needs. That
-//! access is a trait, so the whole importer runs on files held in memory in the tests.
+//! it includes), positions in them, and the little file-system access `include` and the
+//! search for scripts named without a path need. That access is a trait, so the whole
+//! importer runs on files held in memory in the tests.
 use std::{
     collections::BTreeMap,
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     io,
     path::{Component, Path, PathBuf},
 };
@@ -162,6 +163,8 @@ pub trait Files {
     fn list(&self, dir: &Path) -> io::Result<Vec<(OsString, bool)>>;
     fn is_dir(&self, path: &Path) -> bool;
     fn exists(&self, path: &Path) -> bool;
+    /// A file (symlinks followed) that can be run: what [`find_program`] looks for.
+    fn is_executable(&self, path: &Path) -> bool;
 }
 
 /// The real file system.
@@ -205,12 +208,18 @@ impl Files for RealFiles {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+
+    fn is_executable(&self, path: &Path) -> bool {
+        // The rule `lb-daemon check` applies, so that what is found here passes it.
+        crate::script::check_runnable(path).is_ok()
+    }
 }
 
 /// Files held in memory (for tests): paths to contents; directories are implied by the paths.
 #[derive(Debug, Default, Clone)]
 pub struct MemFiles {
     files: BTreeMap<PathBuf, Vec<u8>>,
+    executable: std::collections::BTreeSet<PathBuf>,
 }
 
 impl MemFiles {
@@ -221,6 +230,13 @@ impl MemFiles {
     pub fn add(&mut self, path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>) -> &mut Self {
         self.files.insert(normalize(&path.into()), contents.into());
         self
+    }
+
+    /// Adds a file that [`Files::is_executable`] says can be run.
+    pub fn add_executable(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        let path = normalize(&path.into());
+        self.executable.insert(path.clone());
+        self.add(path, "#!/bin/sh\n")
     }
 }
 
@@ -267,6 +283,43 @@ impl Files for MemFiles {
         let path = normalize(path);
         self.files.contains_key(&path) || self.is_dir(&path)
     }
+
+    fn is_executable(&self, path: &Path) -> bool {
+        self.executable.contains(&normalize(path))
+    }
+}
+
+/// Where keepalived's search of its PATH finds a program named without a `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(PathBuf),
+    /// A file of that name, but none that can be run (keepalived: "Permissions failure for
+    /// script ... in path").
+    NotExecutable(PathBuf),
+    NotFound,
+}
+
+/// keepalived's search for a script named without a `/` (its `find_path`, execvp's rule):
+/// the first directory of `search_path` (a PATH, `:`-separated) that holds `name` as a file
+/// that can be run.
+pub fn find_program(files: &dyn Files, search_path: &OsStr, name: &str) -> Lookup {
+    let mut not_executable = None;
+    // An empty or relative entry is relative to keepalived's working directory (`/` once it
+    // runs as a daemon), which the importer's is not: such entries are not searched. The
+    // output is TOML, which holds UTF-8 only.
+    let dirs = std::env::split_paths(search_path)
+        .filter(|d| d.is_absolute())
+        .filter(|d| d.to_str().is_some());
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if files.is_executable(&candidate) {
+            return Lookup::Found(normalize(&candidate));
+        }
+        if not_executable.is_none() && files.exists(&candidate) && !files.is_dir(&candidate) {
+            not_executable = Some(normalize(&candidate));
+        }
+    }
+    not_executable.map_or(Lookup::NotFound, Lookup::NotExecutable)
 }
 
 /// `a/./b/../c` as `a/c`, without asking the file system (so without following symlinks; an
@@ -581,5 +634,39 @@ mod tests {
             let got = s.locate(Span::new(id, offset, offset));
             assert_eq!((got.line, got.column), (line, column), "offset {offset}");
         }
+    }
+
+    #[test]
+    fn programs_are_found_as_keepalived_searches_its_path() {
+        let mut fs = MemFiles::new();
+        fs.add_executable("/usr/local/bin/both.sh")
+            .add_executable("/usr/bin/both.sh")
+            .add("/usr/local/bin/later.sh", "not executable")
+            .add_executable("/usr/bin/later.sh")
+            .add("/usr/bin/plain.sh", "not executable")
+            .add_executable("/usr/bin/sub/x.sh")
+            .add_executable("bin/relative.sh");
+        let path = OsStr::new("/usr/local/bin::bin:/usr/bin/:/usr/sbin");
+        let find = |name| find_program(&fs, path, name);
+        // The first directory that has it, in PATH's order.
+        assert_eq!(
+            find("both.sh"),
+            Lookup::Found("/usr/local/bin/both.sh".into())
+        );
+        // A file that cannot be run is passed over.
+        assert_eq!(find("later.sh"), Lookup::Found("/usr/bin/later.sh".into()));
+        assert_eq!(
+            find("plain.sh"),
+            Lookup::NotExecutable("/usr/bin/plain.sh".into())
+        );
+        // A directory is not a program.
+        assert_eq!(find("sub"), Lookup::NotFound);
+        // Empty and relative entries name the importer's working directory, not keepalived's.
+        assert_eq!(find("relative.sh"), Lookup::NotFound);
+        assert_eq!(find("missing.sh"), Lookup::NotFound);
+        assert_eq!(
+            find_program(&fs, OsStr::new(""), "both.sh"),
+            Lookup::NotFound
+        );
     }
 }
