@@ -28,7 +28,7 @@ mod state;
 mod units;
 mod xdp;
 
-pub use preflight::{check_file, check_scripts};
+pub use preflight::{check_file, check_scripts, summary};
 pub use reconcile::{dataplane_limits, service_spec, service_specs};
 
 use anyhow::Result;
