@@ -1,7 +1,8 @@
 //! What start-up refuses beyond the file's own rules, and `lb-daemon check`: the
 //! configuration checks itself (`config/`); here every other part checks what it would
-//! refuse to start with (unknown users, unsafe scripts, an unreadable sync key, maps no node
-//! holds), by the same code the daemon starts with, starting nothing and touching nothing.
+//! refuse to start with (unknown users, unsafe scripts, an unreadable sync key or metrics
+//! token, maps no node holds), by the same code the daemon starts with, starting nothing and
+//! touching nothing.
 use std::path::Path;
 
 use crate::{
@@ -20,6 +21,7 @@ pub fn check_file(file: &Path) -> anyhow::Result<Config> {
     track::validate(&c).map_err(|e| named(&e))?;
     NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
     c.sync_key()?;
+    c.metrics_token()?;
     super::reconcile::dataplane_limits(&c).map_err(|e| named(&e))?;
     Ok(c)
 }
