@@ -208,13 +208,9 @@ fn run() -> Result<()> {
         Cmd::Check { config } => {
             let c = lb_daemon::daemon::check_file(&config)?;
             println!(
-                "{}: OK ({} virtual servers, {} real servers)",
+                "{}: OK ({})",
                 config.display(),
-                c.virtual_servers.len(),
-                c.virtual_servers
-                    .iter()
-                    .map(|v| v.real_servers.len())
-                    .sum::<usize>()
+                lb_daemon::daemon::summary(&c)
             );
             Ok(())
         }

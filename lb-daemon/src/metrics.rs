@@ -3,26 +3,31 @@
 //! It answers `GET /metrics` (and `HEAD`) with [`render_prometheus_with`] of the latest
 //! [`Exposition`] on a `watch` channel, 404 for any other path, 405 for another method on
 //! `/metrics`, 400 for what is not an HTTP request, 431 for a request head over
-//! [`Options::max_request`]. One request per connection (`Connection: close`).
+//! [`Options::max_request`]. One request per connection (`Connection: close`). It only
+//! reads: nothing a request says changes the daemon.
+//!
+//! With a [`BearerToken`] (`global_defs.metrics_bearer_token_file`, on a second `watch`
+//! channel: a reload changes it) every request must carry `Authorization: Bearer <token>`,
+//! or gets a 401 with `WWW-Authenticate: Bearer` and nothing else; without one the metrics,
+//! which name every VIP and backend, go to anyone who reaches the address.
 //!
 //! Each client has [`Options::read_timeout`] to send its request head and
 //! [`Options::write_timeout`] to take the answer; at most [`Options::max_clients`] are served
 //! at once, one more gets a 503 and is closed, so file descriptors stay bounded.
 //!
-//! The metrics say which backends and VIPs exist: by default only a loopback address is
-//! accepted; listening anywhere else has to be asked for.
-//!
 //! # Wiring
 //!
 //! ```ignore
 //! let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Default::default());
-//! let metrics = metrics::MetricsServer::bind(addr, allow_non_loopback).await?; // fail early
-//! tokio::spawn(metrics.run(snapshot_rx));
+//! let (token_tx, token_rx) = tokio::sync::watch::channel(token.map(|t| BearerToken::new(&t)));
+//! let metrics = metrics::MetricsServer::bind(addr).await?; // fail early
+//! tokio::spawn(metrics.run(snapshot_rx, token_rx));
 //! // every second (or when something changes):
 //! snapshot_tx.send_replace(Arc::new(Exposition::new(build_snapshot(), per_backend)));
 //! ```
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
+use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -68,11 +73,75 @@ impl Exposition {
 /// The receiving side of what the daemon publishes.
 pub type Latest = watch::Receiver<Arc<Exposition>>;
 
+/// The token every request must present, if any; the daemon replaces it at a reload.
+pub type Token = watch::Receiver<Option<BearerToken>>;
+
+/// The token of `Authorization: Bearer <token>`, kept as its SHA-256: comparing two digests
+/// takes the same time whatever the presented token shares with the right one and however
+/// long either is, so that timing the answers tells nothing of the token.
+#[derive(Clone)]
+pub struct BearerToken([u8; 32]);
+
+impl BearerToken {
+    pub fn new(token: &[u8]) -> Self {
+        Self(Sha256::digest(token).into())
+    }
+
+    /// Whether `presented` is the token, in a time that does not depend on either.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        let theirs: [u8; 32] = Sha256::digest(presented).into();
+        let diff = self
+            .0
+            .iter()
+            .zip(&theirs)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        // Kept from being turned into an early exit.
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+/// What a request head says of the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// No token asked, or the right one.
+    Granted,
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A bearer token, not the one.
+    Wrong,
+}
+
+/// Checks the request's `Authorization` header (its name and the scheme in any case, RFC
+/// 9110 §11.1) against `token`; `headers` are the head's lines after the request line.
+fn authorize<'a>(headers: impl Iterator<Item = &'a str>, token: Option<&BearerToken>) -> Auth {
+    let Some(token) = token else {
+        return Auth::Granted;
+    };
+    let credentials = headers
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, value)| {
+            let (scheme, credentials) = value.trim().split_once([' ', '\t'])?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| credentials.trim())
+        });
+    match credentials {
+        None => Auth::Missing,
+        Some(c) if token.accepts(c.as_bytes()) => Auth::Granted,
+        Some(_) => Auth::Wrong,
+    }
+}
+
 /// Limits of the server; [`Options::default`] is what the daemon uses.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Listen on an address that is not loopback.
-    pub allow_non_loopback: bool,
     /// Longest request head (request line and headers).
     pub max_request: usize,
     /// Time a client has to send its request head.
@@ -86,7 +155,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            allow_non_loopback: false,
             max_request: 8 * 1024,
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
@@ -97,25 +165,11 @@ impl Default for Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error(
-        "metrics address {0} is not a loopback address: the metrics name every VIP and backend; \
-         allow it explicitly to listen there"
-    )]
-    NotLoopback(SocketAddr),
     #[error("metrics: binding {addr}: {error}")]
     Bind {
         addr: SocketAddr,
         error: std::io::Error,
     },
-}
-
-/// Whether `addr` may be listened on (`::ffff:127.0.0.1` counts as loopback).
-pub fn check_addr(addr: SocketAddr, allow_non_loopback: bool) -> Result<(), MetricsError> {
-    if allow_non_loopback || addr.ip().to_canonical().is_loopback() {
-        Ok(())
-    } else {
-        Err(MetricsError::NotLoopback(addr))
-    }
 }
 
 /// A bound metrics listener, not serving yet.
@@ -127,21 +181,12 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` with the default [`Options`]; a non-loopback address only with
-    /// `allow_non_loopback`.
-    pub async fn bind(addr: SocketAddr, allow_non_loopback: bool) -> Result<Self, MetricsError> {
-        Self::bind_with(
-            addr,
-            Options {
-                allow_non_loopback,
-                ..Options::default()
-            },
-        )
-        .await
+    /// Binds `addr` with the default [`Options`].
+    pub async fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
+        Self::bind_with(addr, Options::default()).await
     }
 
     pub async fn bind_with(addr: SocketAddr, options: Options) -> Result<Self, MetricsError> {
-        check_addr(addr, options.allow_non_loopback)?;
         let bind_error = |error| MetricsError::Bind { addr, error };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
@@ -157,8 +202,10 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Serves `/metrics` from the latest value of `snapshot`, until its sender is dropped.
-    pub async fn run(self, snapshot: Latest) {
+    /// Serves `/metrics` from the latest value of `snapshot` to requests that carry the
+    /// latest value of `token` (all of them while it is `None`), until the sender of
+    /// `snapshot` is dropped.
+    pub async fn run(self, snapshot: Latest, token: Token) {
         info!(addr = %self.addr, "serving Prometheus metrics on /metrics");
         let slots = Arc::new(Semaphore::new(self.options.max_clients.max(1)));
         let mut clients = JoinSet::new();
@@ -175,9 +222,10 @@ impl MetricsServer {
                     Ok((stream, _)) => match slots.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let snapshot = snapshot.clone();
+                            let token = token.clone();
                             let options = self.options.clone();
                             clients.spawn(async move {
-                                client(stream, &snapshot, &options).await;
+                                client(stream, &snapshot, &token, &options).await;
                                 drop(permit);
                             });
                         }
@@ -185,6 +233,7 @@ impl MetricsServer {
                             debug!("metrics: too many clients, one refused");
                             let _ = stream.try_write(&response(
                                 "503 Service Unavailable",
+                                &[],
                                 "text/plain",
                                 b"too many clients\n",
                                 true,
@@ -204,28 +253,22 @@ impl MetricsServer {
     }
 }
 
-/// Binds `addr` and serves `/metrics` until the sender of `snapshot` is dropped. Prefer
-/// [`MetricsServer::bind`] then [`MetricsServer::run`] to see a bind error before spawning.
-pub async fn serve(
-    addr: SocketAddr,
-    snapshot: Latest,
-    allow_non_loopback: bool,
-) -> Result<(), MetricsError> {
-    MetricsServer::bind(addr, allow_non_loopback)
-        .await?
-        .run(snapshot)
-        .await;
-    Ok(())
-}
-
-fn response(status: &str, content_type: &str, body: &[u8], with_body: bool) -> Vec<u8> {
+/// An answer; `headers` are whole header lines without their CRLF.
+fn response(
+    status: &str,
+    headers: &[&str],
+    content_type: &str,
+    body: &[u8],
+    with_body: bool,
+) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     )
     .into_bytes();
-    if status.starts_with("405") {
-        out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+    for h in headers {
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     if with_body {
@@ -275,12 +318,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The answer to a request head.
-async fn route(head: &[u8], snapshot: &Latest) -> Vec<u8> {
-    let bad = || response("400 Bad Request", "text/plain", b"bad request\n", true);
+async fn route(head: &[u8], snapshot: &Latest, token: Option<&BearerToken>) -> Vec<u8> {
+    let bad = || response("400 Bad Request", &[], "text/plain", b"bad request\n", true);
     let Ok(head) = std::str::from_utf8(head) else {
         return bad();
     };
-    let line = head.lines().next().unwrap_or("");
+    let mut lines = head.lines();
+    let line = lines.next().unwrap_or("");
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -290,10 +334,28 @@ async fn route(head: &[u8], snapshot: &Latest) -> Vec<u8> {
     if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
         return bad();
     }
+    // Before anything else: without the token a request learns nothing, not even which
+    // paths exist.
+    let challenge = match authorize(lines, token) {
+        Auth::Granted => None,
+        Auth::Missing => Some("WWW-Authenticate: Bearer"),
+        Auth::Wrong => Some("WWW-Authenticate: Bearer error=\"invalid_token\""),
+    };
+    if let Some(challenge) = challenge {
+        debug!("metrics: a request without the right bearer token refused");
+        return response(
+            "401 Unauthorized",
+            &[challenge],
+            "text/plain",
+            b"unauthorized\n",
+            method != "HEAD",
+        );
+    }
     let path = target.split('?').next().unwrap_or(target);
     if path != "/metrics" {
         return response(
             "404 Not Found",
+            &[],
             "text/plain",
             b"not found: try /metrics\n",
             true,
@@ -309,16 +371,24 @@ async fn route(head: &[u8], snapshot: &Latest) -> Vec<u8> {
                     warn!("metrics: rendering failed: {e}");
                     return response(
                         "500 Internal Server Error",
+                        &[],
                         "text/plain",
                         b"rendering failed\n",
                         true,
                     );
                 }
             };
-            response("200 OK", CONTENT_TYPE, body.as_bytes(), method == "GET")
+            response(
+                "200 OK",
+                &[],
+                CONTENT_TYPE,
+                body.as_bytes(),
+                method == "GET",
+            )
         }
         _ => response(
             "405 Method Not Allowed",
+            &["Allow: GET, HEAD"],
             "text/plain",
             b"method not allowed\n",
             true,
@@ -326,7 +396,7 @@ async fn route(head: &[u8], snapshot: &Latest) -> Vec<u8> {
     }
 }
 
-async fn client(mut stream: TcpStream, snapshot: &Latest, options: &Options) {
+async fn client(mut stream: TcpStream, snapshot: &Latest, token: &Token, options: &Options) {
     let answer = match timeout(
         options.read_timeout,
         read_head(&mut stream, options.max_request),
@@ -343,11 +413,16 @@ async fn client(mut stream: TcpStream, snapshot: &Latest, options: &Options) {
         Ok(Head::Gone) => return,
         Ok(Head::TooLarge) => response(
             "431 Request Header Fields Too Large",
+            &[],
             "text/plain",
             b"request too large\n",
             true,
         ),
-        Ok(Head::Complete(head)) => route(&head, snapshot).await,
+        Ok(Head::Complete(head)) => {
+            // Cloned out of the channel: its lock is not held across the render.
+            let token = token.borrow().clone();
+            route(&head, snapshot, token.as_ref()).await
+        }
     };
     let sent = timeout(options.write_timeout, async {
         stream.write_all(&answer).await?;
@@ -387,12 +462,26 @@ mod tests {
         watch::Sender<Arc<Exposition>>,
         tokio::task::JoinHandle<()>,
     ) {
+        let (addr, tx, _token, server) = start_with_token(options, None).await;
+        (addr, tx, server)
+    }
+
+    async fn start_with_token(
+        options: Options,
+        token: Option<&[u8]>,
+    ) -> (
+        SocketAddr,
+        watch::Sender<Arc<Exposition>>,
+        watch::Sender<Option<BearerToken>>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let server = MetricsServer::bind_with("127.0.0.1:0".parse().unwrap(), options)
             .await
             .unwrap();
         let addr = server.local_addr();
         let (tx, rx) = watch::channel(published(sample(), true));
-        (addr, tx, tokio::spawn(server.run(rx)))
+        let (token_tx, token_rx) = watch::channel(token.map(BearerToken::new));
+        (addr, tx, token_tx, tokio::spawn(server.run(rx, token_rx)))
     }
 
     /// Sends `raw`, returns everything the server sends until it closes.
@@ -555,35 +644,174 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200 OK"));
     }
 
-    #[tokio::test]
-    async fn only_loopback_unless_allowed() {
-        let any: SocketAddr = "0.0.0.0:9100".parse().unwrap();
-        assert!(matches!(
-            MetricsServer::bind(any, false).await,
-            Err(MetricsError::NotLoopback(_))
-        ));
-        assert!(matches!(
-            serve(
-                "[2001:db8::1]:9100".parse().unwrap(),
-                watch::channel(Arc::default()).1,
-                false
-            )
-            .await,
-            Err(MetricsError::NotLoopback(_))
-        ));
-        assert!(check_addr(any, true).is_ok());
-        for ok in [
-            "127.0.0.1:9100",
-            "127.1.2.3:1",
-            "[::1]:9100",
-            "[::ffff:127.0.0.1]:9100",
-        ] {
-            assert!(check_addr(ok.parse().unwrap(), false).is_ok(), "{ok}");
+    /// Any address, not only loopback: a Prometheus on another host scrapes it (the
+    /// namespace test `metrics_namespace` does, from another namespace). Here a documentation
+    /// address on a throw-away namespace's loopback, and the wildcard.
+    #[test]
+    fn listens_on_any_address_in_netns() {
+        use crate::netlink::test_netns::{in_netns, ip, privileged, Netns};
+        if !privileged("metrics::listens_on_any_address_in_netns") {
+            return;
         }
-        let e = check_addr(any, false).unwrap_err().to_string();
-        assert!(
-            e.contains("0.0.0.0:9100") && e.contains("not a loopback"),
-            "{e}"
+        let ns = Netns::create("metrics");
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns.0, "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            "2001:db8::1/128",
+            "dev",
+            "lo",
+            "nodad",
+        ]);
+        in_netns(&ns.0, || async {
+            for (listen, connect) in [
+                ("192.0.2.1:0", "192.0.2.1"),
+                ("[2001:db8::1]:0", "2001:db8::1"),
+                ("0.0.0.0:0", "192.0.2.1"),
+            ] {
+                let server = MetricsServer::bind(listen.parse().unwrap())
+                    .await
+                    .unwrap_or_else(|e| panic!("{listen}: {e}"));
+                let at = SocketAddr::new(connect.parse().unwrap(), server.local_addr().port());
+                let (tx, rx) = watch::channel(published(sample(), true));
+                let (_token_tx, token_rx) = watch::channel(None);
+                let running = tokio::spawn(server.run(rx, token_rx));
+                let (head, _) = split(&raw(at, b"GET /metrics HTTP/1.1\r\n\r\n").await);
+                assert!(head.starts_with("HTTP/1.1 200 OK"), "{listen}: {head}");
+                drop(tx);
+                running.await.unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn bearer_tokens_compare_whole() {
+        let t = BearerToken::new(b"s3cret-token");
+        assert!(t.accepts(b"s3cret-token"));
+        for wrong in [
+            &b""[..],
+            b"s3cret-toke",
+            b"s3cret-token ",
+            b"s3cret-tokenX",
+            b"S3cret-token",
+            b"s3cret-token\0",
+        ] {
+            assert!(!t.accepts(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{t:?}"), "BearerToken(..)", "no secret in logs");
+    }
+
+    #[test]
+    fn the_authorization_header_is_read_as_rfc_9110_says() {
+        let token = BearerToken::new(b"tok_3n.~+/=");
+        let auth = |head: &str| authorize(head.lines(), Some(&token));
+        assert_eq!(auth(""), Auth::Missing);
+        assert_eq!(auth("Host: x\r\n"), Auth::Missing);
+        for ok in [
+            "Authorization: Bearer tok_3n.~+/=",
+            "authorization: bearer tok_3n.~+/=",
+            "AUTHORIZATION:BEARER tok_3n.~+/=",
+            "Host: x\r\nAuthorization:   Bearer \t tok_3n.~+/=  \r\nAccept: */*\r\n",
+        ] {
+            assert_eq!(auth(ok), Auth::Granted, "{ok:?}");
+        }
+        for missing in [
+            "Authorization: Basic dG9rOnRvaw==",
+            "Authorization: Bearer",
+            "Authorization: Bearertok_3n.~+/=",
+            "Authorization tok_3n.~+/=",
+            "X-Authorization: Bearer tok_3n.~+/=",
+            "Bearer: tok_3n.~+/=",
+        ] {
+            assert_eq!(auth(missing), Auth::Missing, "{missing:?}");
+        }
+        for wrong in [
+            "Authorization: Bearer tok",
+            "Authorization: Bearer tok_3n.~+/=x",
+            "Authorization: Bearer TOK_3N.~+/=",
+            "Authorization: Bearer tok_3n.~+/= extra",
+        ] {
+            assert_eq!(auth(wrong), Auth::Wrong, "{wrong:?}");
+        }
+        // The first Authorization header is the one.
+        assert_eq!(
+            auth("Authorization: Bearer nope\r\nAuthorization: Bearer tok_3n.~+/=\r\n"),
+            Auth::Wrong
         );
+        // No token asked: anything goes.
+        assert_eq!(authorize("".lines(), None), Auth::Granted);
+        assert_eq!(
+            authorize("Authorization: Bearer whatever".lines(), None),
+            Auth::Granted
+        );
+    }
+
+    /// With a token every request needs it, whatever its path or method, and a refusal
+    /// shows nothing of the metrics; the daemon's reload replaces or removes the token.
+    #[tokio::test]
+    async fn a_bearer_token_guards_every_request_and_follows_the_reload() {
+        let (addr, _tx, token_tx, _server) = start_with_token(quick(), Some(b"right")).await;
+        let get = |path: &str, auth: Option<&str>| {
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+            if let Some(a) = auth {
+                req += &format!("Authorization: {a}\r\n");
+            }
+            req += "\r\n";
+            req
+        };
+        let refused = |resp: Vec<u8>, challenge: &str| {
+            let (head, body) = split(&resp);
+            assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+            assert!(
+                head.contains(&format!("\r\nWWW-Authenticate: {challenge}\r\n"))
+                    || head.ends_with(&format!("\r\nWWW-Authenticate: {challenge}")),
+                "{head}"
+            );
+            assert_eq!(body, "unauthorized\n");
+        };
+        for path in ["/metrics", "/", "/nope"] {
+            refused(raw(addr, get(path, None).as_bytes()).await, "Bearer");
+            refused(
+                raw(addr, get(path, Some("Bearer wrong")).as_bytes()).await,
+                "Bearer error=\"invalid_token\"",
+            );
+            refused(
+                raw(addr, get(path, Some("Basic cmlnaHQ=")).as_bytes()).await,
+                "Bearer",
+            );
+        }
+        refused(
+            raw(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await,
+            "Bearer",
+        );
+        let (head, body) = split(&raw(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await);
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+        assert!(body.is_empty(), "{body}");
+        // Not a request at all is still a 400: there is nothing to authorize.
+        let (head, _) = split(&raw(addr, b"GET\r\n\r\n").await);
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+        let (head, body) =
+            split(&raw(addr, get("/metrics", Some("Bearer right")).as_bytes()).await);
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert_eq!(body, render_prometheus(&sample()));
+        let (head, _) = split(&raw(addr, get("/nope", Some("bearer right")).as_bytes()).await);
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+        // A reload with another token: the old one is refused from then on.
+        token_tx.send_replace(Some(BearerToken::new(b"next")));
+        refused(
+            raw(addr, get("/metrics", Some("Bearer right")).as_bytes()).await,
+            "Bearer error=\"invalid_token\"",
+        );
+        let (head, _) = split(&raw(addr, get("/metrics", Some("Bearer next")).as_bytes()).await);
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        // A reload without the key: open again.
+        token_tx.send_replace(None);
+        let (head, _) = split(&raw(addr, get("/metrics", None).as_bytes()).await);
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     }
 }

@@ -233,7 +233,41 @@ fn check_subcommand_exit_status_and_stderr() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("OK (2 virtual servers, 6 real servers)"),
+        stdout.contains("OK (1 VRRP instance, 2 virtual servers, 6 real servers)"),
         "{stdout}"
+    );
+    // A VRRP-only file: its instances are what it holds, not "0 virtual servers" alone.
+    let dir = std::env::temp_dir().join(format!("lb-corpus-vrrp-only-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let vrrp_only = dir.join("lb.toml");
+    let instance = |name: &str, vrid: u8| {
+        format!(
+            "[[vrrp_instance]]\nname = \"{name}\"\ninterface = \"eth0\"\nvirtual_router_id = {vrid}\n\
+             priority = 100\nvirtual_ipaddress = [\"192.0.2.{vrid}\"]\n\n"
+        )
+    };
+    fs::write(
+        &vrrp_only,
+        format!("{}{}", instance("VI_1", 51), instance("VI_2", 52)),
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&vrrp_only)
+        .output()
+        .unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.status.success(),
+        "exit {}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{}: OK (2 VRRP instances, 0 virtual servers, 0 real servers)\n",
+            vrrp_only.display()
+        )
     );
 }

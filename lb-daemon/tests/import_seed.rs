@@ -325,7 +325,8 @@ fn import_keepalived_subcommand() {
 
     let o = run(&["check", "--config", out_s]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("OK (2 virtual servers, 6 real servers)"));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("OK (1 VRRP instance, 2 virtual servers, 6 real servers)"));
 
     // Standard output when no -o; nothing unsupported in the Nginx seed.
     let nginx = seed("nginx-ha.conf");

@@ -1523,6 +1523,8 @@ pub struct Advert {
     pub at: Instant,
     pub src: IpAddr,
     pub ttl: u8,
+    /// The IPv4 TOS byte or the IPv6 traffic class (DSCP and ECN).
+    pub tos: u8,
     pub version: u8,
     pub vrid: u8,
     pub priority: u8,
@@ -1532,21 +1534,23 @@ pub struct Advert {
 
 /// Parses an IPv4 or IPv6 packet carrying VRRP (protocol 112).
 pub fn parse_advert(at: Instant, ip: &[u8]) -> Option<Advert> {
-    let (src, ttl, vrrp): (IpAddr, u8, &[u8]) = match ip.first()? >> 4 {
+    let (src, ttl, tos, vrrp): (IpAddr, u8, u8, &[u8]) = match ip.first()? >> 4 {
         4 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             if *ip.get(9)? != 112 {
                 return None;
             }
             let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            (src.into(), ip[8], ip.get(ihl..)?)
+            (src.into(), ip[8], ip[1], ip.get(ihl..)?)
         }
         6 => {
             if *ip.get(6)? != 112 {
                 return None;
             }
             let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            (src.into(), ip[7], ip.get(40..)?)
+            // Version (4 bits), traffic class (8), flow label (20).
+            let tclass = (ip[0] << 4) | (ip[1] >> 4);
+            (src.into(), ip[7], tclass, ip.get(40..)?)
         }
         _ => return None,
     };
@@ -1560,6 +1564,7 @@ pub fn parse_advert(at: Instant, ip: &[u8]) -> Option<Advert> {
         at,
         src,
         ttl,
+        tos,
         version,
         vrid: v[1],
         priority: v[2],
@@ -1825,18 +1830,30 @@ mod tests {
 
     #[test]
     fn advert_parsing() {
-        // VRRPv3 over IPv4 from 192.0.2.2: VRID 51, priority 150, 10 cs.
+        // VRRPv3 over IPv4 from 192.0.2.2, TOS CS6: VRID 51, priority 150, 10 cs.
         let mut p = vec![
-            0x45, 0, 0, 32, 0, 0, 0, 0, 255, 112, 0, 0, 192, 0, 2, 2, 224, 0, 0, 18,
+            0x45, 0xc0, 0, 32, 0, 0, 0, 0, 255, 112, 0, 0, 192, 0, 2, 2, 224, 0, 0, 18,
         ];
-        p.extend_from_slice(&[0x31, 51, 150, 1, 0, 10, 0, 0, 192, 0, 2, 100]);
+        let vrrp = [0x31, 51, 150, 1, 0, 10, 0, 0, 192, 0, 2, 100];
+        p.extend_from_slice(&vrrp);
         let a = parse_advert(Instant::now(), &p).unwrap();
         assert_eq!(a.src, IpAddr::from([192, 0, 2, 2]));
         assert_eq!(
-            (a.version, a.vrid, a.priority, a.interval_cs, a.ttl),
-            (3, 51, 150, 10, 255)
+            (a.version, a.vrid, a.priority, a.interval_cs, a.ttl, a.tos),
+            (3, 51, 150, 10, 255, 0xc0)
         );
         p[9] = 1;
         assert!(parse_advert(Instant::now(), &p).is_none());
+        // Over IPv6 from 2001:db8::2, traffic class 0xc0 and a flow label (which must not
+        // leak into it): 6c 0a bc de.
+        let mut p = vec![0x6c, 0x0a, 0xbc, 0xde, 0, 12, 112, 255];
+        p.extend_from_slice(&"2001:db8::2".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"ff02::12".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&vrrp);
+        let a = parse_advert(Instant::now(), &p).unwrap();
+        assert_eq!(a.src, "2001:db8::2".parse::<IpAddr>().unwrap());
+        assert_eq!((a.vrid, a.ttl, a.tos), (51, 255, 0xc0));
+        p[0] = 0x60;
+        assert_eq!(parse_advert(Instant::now(), &p).unwrap().tos, 0x00);
     }
 }

@@ -14,7 +14,9 @@
 //!    Skew_Time plus a margin; node 0 exits cleanly without the VIP;
 //! 5. zero discards on both sides: no "VRRP advert not used as is" in our log, no rejection line
 //!    in keepalived's log (`-l -D`), and all receive error counters of keepalived's statistics
-//!    dump (SIGUSR2, `$TMPDIR/keepalived.stats`) at zero, with adverts received;
+//!    dump (SIGUSR2, `$TMPDIR/keepalived.stats`) at zero, with adverts received; every advert
+//!    the client saw well-formed for the pair, ours marked DSCP CS6 (IPv4 TOS or IPv6 traffic
+//!    class 0xc0) as keepalived marks its own;
 //! 6. our daemon's state changes are exactly the expected sequence.
 //!
 //! `wrong_password_is_seen_by_both_checks` shows that the discard checks of step 5 can fail: a
@@ -256,7 +258,7 @@ fn interop(test: &str, params: VrrpParams, peers: [Peer; 2]) {
     for (i, s) in src.iter().enumerate() {
         let mine = advert_from(&adverts, *s);
         assert!(!mine.is_empty(), "no advert from node {i}");
-        for a in mine {
+        for a in &mine {
             assert_eq!(
                 (a.version, a.vrid, a.interval_cs, a.ttl),
                 (params.version, params.vrid, params.advert_int_cs, 255),
@@ -266,7 +268,16 @@ fn interop(test: &str, params: VrrpParams, peers: [Peer; 2]) {
                 a.priority == params.priorities[i] || a.priority == 0,
                 "node {i}: {a:?}"
             );
+            // Ours go out as network control (DSCP CS6), as keepalived's do.
+            if lab.peer(i) == Peer::Ours {
+                assert_eq!(a.tos, 0xc0, "node {i}'s TOS / traffic class: {a:?}");
+            }
         }
+        let marks: std::collections::BTreeSet<u8> = mine.iter().map(|a| a.tos).collect();
+        eprintln!(
+            "{test}: node {i} ({}) marks its adverts {marks:02x?}",
+            lab.peer(i)
+        );
     }
 
     // 6. Our daemon's state changes.

@@ -98,8 +98,12 @@ pub struct GlobalDefs {
     pub notify_fifo: Option<PathBuf>,
     /// The control socket of `lb-daemon status` and `reload` (default /run/lb-daemon.sock).
     pub control_socket: Option<PathBuf>,
-    /// Where Prometheus metrics are served (a loopback address; none by default).
+    /// Where Prometheus metrics are served (any address; none by default).
     pub metrics_address: Option<Spanned<std::net::SocketAddr>>,
+    /// A file holding the bearer token every scrape must present (`Authorization: Bearer
+    /// <token>`), read at start and at every reload; without it the metrics are served to
+    /// anyone who can reach `metrics_address`. See [`Config::metrics_token`].
+    pub metrics_bearer_token_file: Option<Spanned<String>>,
     /// Metrics per real server (on by default); false keeps only the per-service ones, so a
     /// scrape of a node with many thousands of real servers stays small.
     pub metrics_per_backend: Option<bool>,
@@ -257,11 +261,25 @@ pub struct DataplaneConfig {
     pub reserve: Limits,
 }
 
+/// A file a secret is read from, and the line that names it (for the errors about the
+/// file, which come when it is read: at start, at `check`, at every reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub path: PathBuf,
+    pub line: usize,
+}
+
+/// The key of [`GlobalDefs::metrics_bearer_token_file`], as its errors name it.
+const METRICS_TOKEN_KEY: &str = "global_defs.metrics_bearer_token_file";
+
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub file: PathBuf,
     pub global_defs: GlobalDefs,
+    /// `global_defs.metrics_bearer_token_file`, checked (an absolute path, with a
+    /// `metrics_address`); read by [`Config::metrics_token`].
+    pub metrics_token_file: Option<SecretFile>,
     /// Where and how XDP runs; absent for a VRRP-only node (keepalived + nginx).
     pub dataplane: Option<DataplaneConfig>,
     pub vrrp_scripts: Vec<VrrpScript>,
@@ -592,17 +610,23 @@ impl Config {
             &vrrp_instances,
             &raw.vrrp_sync_group,
         )?;
-        if let Some(m) = &raw.global_defs.metrics_address {
-            // The rule the metrics server binds by (`metrics::check_addr`), so that `check`
-            // and `run` agree.
-            if !m.get_ref().ip().to_canonical().is_loopback() {
+        let metrics_token_file = match &raw.global_defs.metrics_bearer_token_file {
+            None => None,
+            Some(f) if raw.global_defs.metrics_address.is_none() => {
                 return Err(cx.invalid(
-                    m.span(),
-                    "global_defs.metrics_address",
-                    "must be a loopback address: the metrics name every backend and VIP",
-                ));
+                    f.span(),
+                    METRICS_TOKEN_KEY,
+                    "needs global_defs.metrics_address: without it nothing serves the metrics",
+                ))
             }
-        }
+            Some(f) if !Path::new(f.get_ref()).is_absolute() => {
+                return Err(cx.invalid(f.span(), METRICS_TOKEN_KEY, "must be an absolute path"))
+            }
+            Some(f) => Some(SecretFile {
+                path: PathBuf::from(f.get_ref()),
+                line: cx.line_col(f.span().start).0,
+            }),
+        };
         let services = services()?;
         let mut keys = std::collections::HashSet::with_capacity(services.len());
         // Every VIP some instance owns, looked up once per service.
@@ -657,6 +681,7 @@ impl Config {
         Ok(Config {
             file: cx.file.to_path_buf(),
             global_defs: raw.global_defs,
+            metrics_token_file,
             dataplane,
             vrrp_scripts,
             scripts: cx.scripts.take(),
@@ -731,6 +756,69 @@ impl Config {
                 message,
             })
     }
+
+    /// The bearer token the metrics ask for, read from `global_defs.metrics_bearer_token_file`
+    /// (see [`read_token`]); `None` without the key. Read at start, by `check`, and at every
+    /// reload: a file that cannot be read refuses the reload, and the token stays.
+    pub fn metrics_token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(f) = &self.metrics_token_file else {
+            return Ok(None);
+        };
+        read_token(&f.path)
+            .map(Some)
+            .map_err(|message| ConfigError::Invalid {
+                file: self.file.clone(),
+                line: f.line,
+                key: METRICS_TOKEN_KEY.into(),
+                message,
+            })
+    }
+}
+
+/// Reads a secret: the file must be a regular file that only its owner (root, or the user
+/// the daemon runs as) can read or write.
+fn read_owner_only(p: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if !m.is_file() {
+        return Err(format!("{} is not a regular file", p.display()));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if m.uid() != euid {
+        return Err(format!(
+            "{} is owned by uid {}, not by uid {euid} that runs the daemon",
+            p.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} can be read or written by users other than its owner (mode {:o}): chmod 600 it",
+            p.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Reads a bearer token (see [`read_owner_only`]): the file's text without the white space
+/// around it (as Prometheus reads its `bearer_token_file`), not empty, and only of the
+/// characters an `Authorization` header carries as they are (visible ASCII, no space).
+fn read_token(p: &Path) -> Result<Vec<u8>, String> {
+    let bytes = read_owner_only(p)?;
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err(format!("{} is empty: it holds the token", p.display()));
+    }
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{}: the token has a space, a control character or a non-ASCII byte, which an \
+             Authorization header cannot carry",
+            p.display()
+        ));
+    }
+    Ok(token.to_vec())
 }
 
 fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError> {
@@ -1471,6 +1559,145 @@ static = true
             .iter()
             .zip(&second.virtual_servers)
             .all(|(a, b)| Arc::ptr_eq(a, b)));
+    }
+
+    /// The metrics listen on any address; the token file is checked where it is named, and
+    /// read (where every error names the file, the line and the key) only by
+    /// [`Config::metrics_token`], at start, `check` and reload.
+    #[test]
+    fn metrics_listen_anywhere_behind_a_token_file() {
+        use std::os::unix::fs::PermissionsExt;
+        for addr in [
+            "192.0.2.2:9100",
+            "[2001:db8::1]:9100",
+            "0.0.0.0:9100",
+            "[::]:9100",
+        ] {
+            let c = parse(&format!("[global_defs]\nmetrics_address = \"{addr}\"\n"))
+                .unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(
+                c.global_defs.metrics_address.as_ref().map(|a| *a.get_ref()),
+                Some(addr.parse().unwrap())
+            );
+            assert_eq!(c.metrics_token_file, None);
+            assert_eq!(c.metrics_token().unwrap(), None);
+        }
+
+        let with = |file: &str| {
+            format!(
+                "[global_defs]\nrouter_id = \"a\"\nmetrics_address = \"192.0.2.2:9100\"\n\
+                 metrics_bearer_token_file = \"{file}\"\n"
+            )
+        };
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err(&with("metrics.token")),
+            "lb.toml:4: `global_defs.metrics_bearer_token_file`: must be an absolute path"
+        );
+        assert_eq!(
+            err("[global_defs]\nmetrics_bearer_token_file = \"/etc/lb-daemon/metrics.token\"\n"),
+            "lb.toml:2: `global_defs.metrics_bearer_token_file`: needs global_defs.metrics_address: \
+             without it nothing serves the metrics"
+        );
+
+        let dir = crate::testutil::TempDir::new("metrics-token");
+        let token = dir.path().join("metrics.token");
+        let read = |text: &str| {
+            let c = parse(text).unwrap();
+            assert_eq!(
+                c.metrics_token_file,
+                Some(SecretFile {
+                    path: token.clone(),
+                    line: 4
+                })
+            );
+            c.metrics_token().map_err(|e| e.to_string())
+        };
+        let text = with(token.to_str().unwrap());
+        let at = format!(
+            "lb.toml:4: `global_defs.metrics_bearer_token_file`: {}",
+            token.display()
+        );
+        let write = |content: &[u8], mode: u32| {
+            std::fs::write(&token, content).unwrap();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        assert_eq!(
+            read(&text).unwrap_err(),
+            format!("{at}: No such file or directory (os error 2)")
+        );
+        write(b"", 0o600);
+        assert_eq!(
+            read(&text).unwrap_err(),
+            format!("{at} is empty: it holds the token")
+        );
+        write(b" \n\t\n", 0o600);
+        assert_eq!(
+            read(&text).unwrap_err(),
+            format!("{at} is empty: it holds the token")
+        );
+        for bad in [&b"two words"[..], b"ctl\x01", "n\u{f6}n-ascii".as_bytes()] {
+            write(bad, 0o600);
+            let e = read(&text).unwrap_err();
+            assert!(
+                e.starts_with(&at) && e.ends_with("which an Authorization header cannot carry"),
+                "{bad:?}: {e}"
+            );
+        }
+        write(b"s3cret\n", 0o644);
+        assert_eq!(
+            read(&text).unwrap_err(),
+            format!(
+                "{at} can be read or written by users other than its owner (mode 644): chmod 600 it"
+            )
+        );
+        // What Prometheus reads from its own file: the text without the white space around.
+        write(b"  s3cret-Tok_en.~+/=\r\n", 0o600);
+        assert_eq!(read(&text).unwrap(), Some(b"s3cret-Tok_en.~+/=".to_vec()));
+        std::fs::remove_file(&token).unwrap();
+        std::fs::create_dir(&token).unwrap();
+        assert_eq!(
+            read(&text).unwrap_err(),
+            format!("{at} is not a regular file")
+        );
+
+        // After the service blocks, which the file is cut at: still its own line.
+        let late = |file: &str| {
+            format!(
+                "{}\n{}",
+                GOOD.replacen("[global_defs]\nrouter_id = \"LVS_1\"\n", "", 1),
+                with(file)
+            )
+        };
+        let line = |text: &str| {
+            1 + text
+                .lines()
+                .position(|l| l.starts_with("metrics_bearer_token_file"))
+                .unwrap()
+        };
+        let relative = late("metrics.token");
+        assert!(line(&relative) > 20, "{relative}");
+        assert_eq!(
+            err(&relative),
+            format!(
+                "lb.toml:{}: `global_defs.metrics_bearer_token_file`: must be an absolute path",
+                line(&relative)
+            )
+        );
+        let missing = late("/nonexistent/metrics.token");
+        let e = parse(&missing)
+            .unwrap()
+            .metrics_token()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "lb.toml:{}: `global_defs.metrics_bearer_token_file`: /nonexistent/metrics.token: \
+                 No such file or directory (os error 2)",
+                line(&missing)
+            )
+        );
     }
 }
 

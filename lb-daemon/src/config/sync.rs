@@ -346,29 +346,8 @@ pub(super) fn sync(
 /// user the daemon runs as) can read or write, of at least [`sync_wire::MIN_KEY_LEN`] bytes (a
 /// final newline is not part of the key).
 pub fn read_key(c: &SyncConfig) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::MetadataExt;
     let p = &c.key_file;
-    let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    if !m.is_file() {
-        return Err(format!("{} is not a regular file", p.display()));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if m.uid() != euid {
-        return Err(format!(
-            "{} is owned by uid {}, not by uid {euid} that runs the daemon",
-            p.display(),
-            m.uid()
-        ));
-    }
-    if m.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} can be read or written by users other than its owner (mode {:o}): chmod 600 it",
-            p.display(),
-            m.mode() & 0o7777
-        ));
-    }
-    let mut key = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut key = super::read_owner_only(p)?;
     if key.last() == Some(&b'\n') {
         key.pop();
     }

@@ -12,7 +12,6 @@
 //! - [`preflight`]: what start-up and `lb-daemon check` refuse beyond the file.
 use std::{
     collections::HashMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,13 +28,13 @@ mod state;
 mod units;
 mod xdp;
 
-pub use preflight::{check_file, check_scripts};
+pub use preflight::{check_file, check_scripts, summary};
 pub use reconcile::{dataplane_limits, service_spec, service_specs};
 
 use anyhow::Result;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
+    sync::mpsc,
 };
 use tracing::{error, info, warn};
 
@@ -46,7 +45,7 @@ use state::State;
 use crate::{
     config::OnStop,
     control::{self, Request, Response},
-    health, metrics,
+    health,
     model::ServiceKey,
     vrrp::runtime::Event,
 };
@@ -64,7 +63,7 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
     let (mut state, mut inbox) = State::start(config_path).await?;
     // The program's clock: flow idle times and persistence templates are measured on it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // The control socket (status, reload) and the Prometheus endpoint.
+    // The control socket (status, reload, changes); the Prometheus endpoint is the state's.
     let ctl = control::Server::bind_with(
         &state.config.global_defs.control_socket_path(),
         control::Options {
@@ -75,19 +74,6 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
     .await?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(control::CALL_QUEUE_LEN);
     tokio::spawn(ctl.serve(ctl_tx));
-    if let Some(addr) = state
-        .config
-        .global_defs
-        .metrics_address
-        .as_ref()
-        .map(|a| *a.get_ref())
-    {
-        let (snap_tx, snap_rx) = watch::channel(Arc::default());
-        let server = metrics::MetricsServer::bind(addr, false).await?;
-        info!(%addr, "Prometheus metrics on /metrics");
-        tokio::spawn(server.run(snap_rx));
-        state.metrics = Some((snap_tx, Instant::now()));
-    }
     // What SIGTERM means; read once: a reload does not change how this run ends.
     let on_stop = state.config.global_defs.on_stop.unwrap_or_default();
     let mut hup = signal(SignalKind::hangup())?;

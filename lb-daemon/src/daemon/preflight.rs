@@ -1,7 +1,8 @@
 //! What start-up refuses beyond the file's own rules, and `lb-daemon check`: the
 //! configuration checks itself (`config/`); here every other part checks what it would
-//! refuse to start with (unknown users, unsafe scripts, an unreadable sync key, maps no node
-//! holds), by the same code the daemon starts with, starting nothing and touching nothing.
+//! refuse to start with (unknown users, unsafe scripts, an unreadable sync key or metrics
+//! token, maps no node holds), by the same code the daemon starts with, starting nothing and
+//! touching nothing.
 use std::path::Path;
 
 use crate::{
@@ -20,10 +21,28 @@ pub fn check_file(file: &Path) -> anyhow::Result<Config> {
     track::validate(&c).map_err(|e| named(&e))?;
     NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
     c.sync_key()?;
+    c.metrics_token()?;
     super::reconcile::dataplane_limits(&c).map_err(|e| named(&e))?;
     super::control_group(&c)?;
     super::overrides::load(&c.global_defs.state_dir_path())?;
     Ok(c)
+}
+
+/// What `lb-daemon check` says of a file it accepts: what it holds, VRRP instances first (a
+/// VRRP-only node has no virtual server, and "0 virtual servers" alone reads as nothing).
+pub fn summary(c: &Config) -> String {
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{}, {}, {}",
+        count(c.vrrp_instances.len(), "VRRP instance", "VRRP instances"),
+        count(c.virtual_servers.len(), "virtual server", "virtual servers"),
+        count(
+            c.virtual_servers.iter().map(|v| v.real_servers.len()).sum(),
+            "real server",
+            "real servers"
+        ),
+    )
 }
 
 /// keepalived's `enable_script_security` (on unless `global_defs` turns it off): every
@@ -85,5 +104,50 @@ notify = "/bin/true"
         assert!(e.contains("/nonexistent/check.sh: No such file"), "{e}");
         let present = off.replace("/nonexistent/check.sh", "/bin/true");
         check_scripts(&Config::parse(Path::new("lb.toml"), &present).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn summary_counts_vrrp_instances_services_and_real_servers() {
+        let instance = |name: &str, vrid: u8| {
+            format!(
+                "[[vrrp_instance]]\nname = \"{name}\"\ninterface = \"eth0\"\n\
+                 virtual_router_id = {vrid}\npriority = 100\nvirtual_ipaddress = [\"192.0.2.{vrid}\"]\n\n"
+            )
+        };
+        // VRRP only: the instances are what the file holds.
+        let vrrp_only = format!("{}{}", instance("VI_1", 1), instance("VI_2", 2));
+        let c = Config::parse(Path::new("lb.toml"), &vrrp_only).unwrap();
+        assert_eq!(
+            summary(&c),
+            "2 VRRP instances, 0 virtual servers, 0 real servers"
+        );
+        let service = |port: u16, servers: &[u8]| {
+            let mut s = format!(
+                "[[virtual_server]]\nip = \"192.0.2.1\"\nport = {port}\nprotocol = \"TCP\"\n\
+                 lb_algo = \"rr\"\nlb_kind = \"DR\"\n"
+            );
+            for last in servers {
+                s += &format!(
+                    "[[virtual_server.real_server]]\nip = \"192.0.2.{last}\"\nport = {port}\n"
+                );
+            }
+            s
+        };
+        let one = format!(
+            "[dataplane]\ninterface = \"eth0\"\n\n{}{}",
+            instance("VI_1", 1),
+            service(80, &[11])
+        );
+        let c = Config::parse(Path::new("lb.toml"), &one).unwrap();
+        assert_eq!(
+            summary(&c),
+            "1 VRRP instance, 1 virtual server, 1 real server"
+        );
+        let more = format!("{one}{}", service(443, &[11, 12, 13]));
+        let c = Config::parse(Path::new("lb.toml"), &more).unwrap();
+        assert_eq!(
+            summary(&c),
+            "1 VRRP instance, 2 virtual servers, 4 real servers"
+        );
     }
 }

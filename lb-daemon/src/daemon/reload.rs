@@ -31,6 +31,9 @@ impl State {
         check_scripts(&new).map_err(|e| e.to_string())?;
         let parsed = started.elapsed();
         restart_only(&self.config, &new)?;
+        // The metrics' token is read again, and a file that cannot be read refuses the
+        // reload: the token in use stays.
+        let metrics_token = new.metrics_token().map_err(|e| e.to_string())?;
 
         // Prepare: each part checks what it would run; nothing running changes, and what a
         // part prepared (a new interface poller) is dropped with a refusal.
@@ -89,6 +92,9 @@ impl State {
             tracking.seed(&dp.quorum.status(&new));
         }
         self.tracking = tracking;
+        if let Some(m) = &self.metrics {
+            m.set_token(metrics_token);
+        }
         self.config = new;
         self.drop_stale_overrides();
         if let Some(dp) = self.dp.as_mut() {
@@ -155,6 +161,10 @@ fn restart_only(running: &Config, new: &Config) -> Result<(), String> {
     }
     if new.vrrp_instances != running.vrrp_instances || new.sync_groups != running.sync_groups {
         return Err("VRRP instances changed: restart to apply them".into());
+    }
+    // The listener is bound once; its token changes in place.
+    if new.global_defs.metrics_address != running.global_defs.metrics_address {
+        return Err("global_defs.metrics_address changed: restart to apply it".into());
     }
     Ok(())
 }
@@ -330,5 +340,83 @@ lb_kind = "DR"
         s.on_reload().await.unwrap();
         assert!(!up(&s), "a changed script keeps running its old definition");
         assert!(eventually(Duration::from_secs(15), || up(&s)).await);
+    }
+
+    /// The metrics' token is read again at every reload; a file that cannot be read refuses
+    /// the reload (file, line and key named) and the token in use stays; the listener's
+    /// address is not changed by a reload.
+    #[tokio::test]
+    async fn a_reload_reads_the_metrics_token_again_and_a_bad_file_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("reload-token");
+        let token = dir.path().join("metrics.token");
+        let write_token = |t: &[u8], mode: u32| {
+            std::fs::write(&token, t).unwrap();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let text = |addr: &str, with_token: bool| {
+            let key = format!("metrics_bearer_token_file = \"{}\"\n", token.display());
+            format!(
+                "[global_defs]\nmetrics_address = \"{addr}\"\n{}",
+                if with_token { key.as_str() } else { "" }
+            )
+        };
+        let path = dir.path().join("lb.toml");
+        write_token(b"first\n", 0o600);
+        std::fs::write(&path, text("127.0.0.1:0", true)).unwrap();
+        let mut s = state(path.clone());
+        let first = s.config.metrics_token().unwrap();
+        s.metrics = Some(
+            super::super::state::Metrics::start("127.0.0.1:0".parse().unwrap(), first)
+                .await
+                .unwrap(),
+        );
+        let seen = s.metrics.as_ref().unwrap().token.subscribe();
+        let accepts = |t: &[u8]| seen.borrow().as_ref().map(|token| token.accepts(t));
+        assert_eq!(accepts(b"first"), Some(true));
+
+        write_token(b"second\n", 0o600);
+        s.on_reload().await.unwrap();
+        assert_eq!(
+            (accepts(b"second"), accepts(b"first")),
+            (Some(true), Some(false))
+        );
+
+        // Files that cannot be read: refused, with the file, the line and the key; the
+        // token and the configuration stay.
+        let config = s.config.clone();
+        let at = format!(
+            "{}:3: `global_defs.metrics_bearer_token_file`: {}",
+            path.display(),
+            token.display()
+        );
+        for (content, mode, why) in [
+            (&b""[..], 0o600, " is empty"),
+            (
+                b"third\n",
+                0o644,
+                " can be read or written by users other than its owner",
+            ),
+        ] {
+            write_token(content, mode);
+            let e = s.on_reload().await.unwrap_err();
+            assert!(e.starts_with(&format!("{at}{why}")), "{e}");
+            assert_eq!(accepts(b"second"), Some(true), "{e}");
+            assert_eq!(s.config, config);
+        }
+        std::fs::remove_file(&token).unwrap();
+        let e = s.on_reload().await.unwrap_err();
+        assert!(e.starts_with(&format!("{at}: No such file")), "{e}");
+        assert_eq!(accepts(b"second"), Some(true), "{e}");
+
+        // Without the key, no token is asked.
+        std::fs::write(&path, text("127.0.0.1:0", false)).unwrap();
+        s.on_reload().await.unwrap();
+        assert_eq!(accepts(b"second"), None);
+
+        // Another address needs a restart (the listener is bound once).
+        std::fs::write(&path, text("127.0.0.1:1", false)).unwrap();
+        let e = s.on_reload().await.unwrap_err();
+        assert!(e.contains("global_defs.metrics_address changed"), "{e}");
     }
 }

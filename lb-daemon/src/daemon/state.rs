@@ -59,13 +59,55 @@ pub(super) struct State {
     pub tracking: Tracking,
     pub vrrp: Option<runtime::VrrpThread>,
     pub notifier: Notifier,
-    /// The metrics' snapshot, and when it is next taken; none without `metrics_address`.
-    pub metrics: Option<(watch::Sender<Arc<metrics::Exposition>>, Instant)>,
+    /// The metrics server's feeds; none without `metrics_address`.
+    pub metrics: Option<Metrics>,
     /// The operator's runtime changes to real servers (`lb-daemon real-server`), kept in
     /// `global_defs.state_dir`.
     pub overrides: Overrides,
     /// The counters as `lb-daemon zero` found them: status shows what came since.
     pub zeroed: Option<Zeroed>,
+}
+
+/// What the main loop keeps of the metrics server: what it serves, and to whom.
+pub(super) struct Metrics {
+    /// What scrapes are served.
+    pub exposition: watch::Sender<Arc<metrics::Exposition>>,
+    /// When the exposition is next taken.
+    pub due: Instant,
+    /// The bearer token scrapes must carry, if any: a reload replaces it.
+    pub token: watch::Sender<Option<metrics::BearerToken>>,
+}
+
+impl Metrics {
+    /// Binds `addr` and serves the metrics there, to requests with `token` if there is one.
+    pub async fn start(addr: std::net::SocketAddr, token: Option<Vec<u8>>) -> Result<Self> {
+        let server = metrics::MetricsServer::bind(addr).await?;
+        let (exposition, exposition_rx) = watch::channel(Arc::default());
+        let bearer_token = token.is_some();
+        let (token, token_rx) = watch::channel(token.as_deref().map(metrics::BearerToken::new));
+        info!(%addr, bearer_token, "Prometheus metrics on /metrics");
+        tokio::spawn(server.run(exposition_rx, token_rx));
+        Ok(Self {
+            exposition,
+            due: Instant::now(),
+            token,
+        })
+    }
+
+    /// Asks for `token` from now on (`None`: for no token); logs when whether one is asked
+    /// changes.
+    pub fn set_token(&self, token: Option<Vec<u8>>) {
+        let asked = token.is_some();
+        let was = self
+            .token
+            .send_replace(token.as_deref().map(metrics::BearerToken::new))
+            .is_some();
+        match (was, asked) {
+            (false, true) => info!("the metrics now ask for a bearer token"),
+            (true, false) => info!("the metrics no longer ask for a bearer token"),
+            _ => {}
+        }
+    }
 }
 
 impl State {
@@ -77,6 +119,8 @@ impl State {
         let config = Config::load_cached(&path, &mut parsed)?;
         super::check_scripts(&config)?;
         let overrides = overrides::load(&config.global_defs.state_dir_path())?;
+        // Before anything starts: a token file that cannot be read is the file's error.
+        let metrics_token = config.metrics_token()?;
         let mut seeds = Seeds::default();
         let (dp, macs_rx) = match &config.dataplane {
             Some(d) => {
@@ -144,6 +188,9 @@ impl State {
             let may_resume = state.dp.as_ref().is_none_or(|dp| dp.xdp.adopted.is_some());
             let units = vrrp_units(&state.config, &mut state.tracking, may_resume).await?;
             state.vrrp = Some(runtime::spawn(units, event_tx)?);
+        }
+        if let Some(addr) = state.config.global_defs.metrics_address.as_ref() {
+            state.metrics = Some(Metrics::start(*addr.get_ref(), metrics_token).await?);
         }
         let inbox = Inbox {
             macs: macs_rx,
@@ -253,16 +300,17 @@ impl State {
             dp.xdp.tick();
             dp.macs.warn_unresolved(&d.interface, now);
         }
-        let due = matches!(&self.metrics, Some((_, due)) if now >= *due);
+        let due = matches!(&self.metrics, Some(m) if now >= m.due);
         if due {
             let started = Instant::now();
             // Without per-backend metrics the real servers are left out whole: no health
             // to copy, no backend counters to read.
             let per_backend = self.config.global_defs.metrics_per_backend.unwrap_or(true);
             let snap = self.snapshot(METRICS_FLOW_COUNT_AGE, per_backend);
-            if let Some((tx, due)) = self.metrics.as_mut() {
-                tx.send_replace(Arc::new(metrics::Exposition::new(snap, per_backend)));
-                *due = started + started.elapsed() * 50;
+            if let Some(m) = self.metrics.as_mut() {
+                m.exposition
+                    .send_replace(Arc::new(metrics::Exposition::new(snap, per_backend)));
+                m.due = started + started.elapsed() * 50;
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Raw IP protocol-112 sockets: sending adverts with TTL/hop limit 255 from a chosen source
-//! address, and receiving them with the TTL and addresses the checks need.
+//! Raw IP protocol-112 sockets: sending adverts with TTL/hop limit 255 and DSCP CS6 from a
+//! chosen source address, and receiving them with the TTL and addresses the checks need.
 //!
 //! One socket per instance, bound to its interface. Multicast (224.0.0.18, ff02::12) is
 //! joined only for a multicast instance; a unicast instance never sends to or joins the group,
@@ -42,6 +42,11 @@ pub enum RawError {
     #[error("hop limit or destination missing from the IPv6 ancillary data")]
     MissingAncillary,
 }
+
+/// The IPv4 TOS byte and IPv6 traffic class of every advert: DSCP CS6, network control
+/// (RFC 4594), as keepalived marks them (`IPTOS_PREC_INTERNETCONTROL`), so that a switch
+/// that queues by DSCP does not drop adverts behind bulk traffic and flap the VIPs.
+pub const ADVERT_TOS: u8 = 0xc0;
 
 pub struct VrrpSocket {
     fd: AsyncFd<OwnedFd>,
@@ -103,6 +108,9 @@ impl VrrpSocket {
                 .set_multicast_if_v6(ifindex)
                 .map_err(failed("IPV6_MULTICAST_IF"))?;
             socket
+                .set_tclass_v6(ADVERT_TOS.into())
+                .map_err(failed("IPV6_TCLASS"))?;
+            socket
                 .set_recv_hoplimit_v6(true)
                 .map_err(failed("IPV6_RECVHOPLIMIT"))?;
             os::set_option(
@@ -122,6 +130,9 @@ impl VrrpSocket {
                 .set_multicast_ttl_v4(ttl)
                 .map_err(failed("IP_MULTICAST_TTL"))?;
             socket.set_ttl_v4(ttl).map_err(failed("IP_TTL"))?;
+            socket
+                .set_tos_v4(ADVERT_TOS.into())
+                .map_err(failed("IP_TOS"))?;
             socket
                 .set_multicast_loop_v4(false)
                 .map_err(failed("IP_MULTICAST_LOOP"))?;
@@ -402,7 +413,8 @@ mod tests {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     /// An advert comes with the kernel's receive time (SO_TIMESTAMPNS), also over IPv4,
-    /// where the raw socket delivers the IP header and no other ancillary data is read.
+    /// where the raw socket delivers the IP header and no other ancillary data is read;
+    /// that header's TOS byte says the advert left marked CS6.
     #[test]
     fn adverts_carry_the_kernel_receive_time_in_netns() {
         if !privileged("socket::adverts_carry_the_kernel_receive_time_in_netns") {
@@ -442,14 +454,17 @@ mod tests {
         let got = in_netns(&nb.0, || async {
             let rx = VrrpSocket::open("vs1", ifindex("vs1"), false, true).expect("open");
             let mut buf = [0u8; 256];
-            tokio::time::timeout(Duration::from_secs(10), rx.recv(&mut buf))
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv(&mut buf))
                 .await
                 .expect("no advert in 10 s")
                 .expect("recv")
-                .expect("an IPv4 datagram")
+                .expect("an IPv4 datagram");
+            (got, buf[1])
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         sender.join().expect("sender");
+        let (got, tos) = got;
+        assert_eq!(tos, 0xc0, "the advert's TOS byte: CS6");
         {
             assert_eq!(got.src, src);
             let arrived = got.arrived.expect("SO_TIMESTAMPNS stamp");
@@ -459,6 +474,30 @@ mod tests {
                 "stamp {arrived:?}, now {now:?}"
             );
         }
+    }
+
+    /// Both families' sockets mark what they send CS6 (the IPv4 wire is checked above; the
+    /// namespace tests check both against keepalived).
+    #[test]
+    fn sockets_of_both_families_mark_adverts_cs6_in_netns() {
+        if !privileged("socket::sockets_of_both_families_mark_adverts_cs6_in_netns") {
+            return;
+        }
+        let ns = Netns::create("vsockt");
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        let (v4, v6) = in_netns(&ns.0, || async {
+            let marks = |v6: bool| {
+                let s = VrrpSocket::open("lo", ifindex("lo"), v6, false).expect("open");
+                let s = socket2::SockRef::from(s.fd.get_ref());
+                if v6 {
+                    s.tclass_v6().expect("IPV6_TCLASS")
+                } else {
+                    s.tos_v4().expect("IP_TOS")
+                }
+            };
+            (marks(false), marks(true))
+        });
+        assert_eq!((v4, v6), (0xc0, 0xc0));
     }
 
     #[test]
