@@ -70,7 +70,7 @@ use tracing::{debug, warn};
 
 use crate::{
     model::RealServerAction,
-    status::{rates, render_table, with_rates, Snapshot},
+    status::{rates, render_connections, render_table, with_rates, Connections, Snapshot},
 };
 
 /// The longest request line (without its newline).
@@ -100,6 +100,17 @@ pub enum Request {
     },
     /// `ipvsadm -Z`: the traffic counters that status shows start again from 0.
     Zero,
+    /// `ipvsadm -Lnc`: the flows of the connection table, filtered, at most `limit`.
+    Connections {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        real: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
     RealServer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         service: Option<String>,
@@ -111,11 +122,18 @@ pub enum Request {
     },
 }
 
+/// How many connections `lb-daemon connections` shows unless told otherwise.
+pub const DEFAULT_CONNECTIONS_LIMIT: usize = 1000;
+
+fn default_limit() -> usize {
+    DEFAULT_CONNECTIONS_LIMIT
+}
+
 impl Request {
     /// Whether the request only reads: members of `global_defs.control_socket_group` may
     /// send it.
     pub fn reads_only(&self) -> bool {
-        matches!(self, Request::Status)
+        matches!(self, Request::Status | Request::Connections { .. })
     }
 }
 
@@ -129,6 +147,8 @@ pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Connections>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -139,6 +159,7 @@ impl Response {
             ok: true,
             status: None,
             message: None,
+            connections: None,
             error: None,
         }
     }
@@ -147,6 +168,14 @@ impl Response {
     pub fn done(message: impl Into<String>) -> Self {
         Self {
             message: Some(message.into()),
+            ..Self::ok()
+        }
+    }
+
+    /// `{"ok":true,"connections":...}`.
+    pub fn connections(c: Connections) -> Self {
+        Self {
+            connections: Some(c),
             ..Self::ok()
         }
     }
@@ -261,6 +290,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         "status" => Ok(Request::Status),
         "reload" => Ok(Request::Reload),
         "zero" => Ok(Request::Zero),
+        "connections" => serde_json::from_value(v.clone()).map_err(|e| format!("connections: {e}")),
         "real-server" => {
             let r: Request =
                 serde_json::from_value(v.clone()).map_err(|e| format!("real-server: {e}"))?;
@@ -291,7 +321,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(format!(
-                "unknown command {shown:?} (expected status, reload, stop, zero or real-server)"
+                "unknown command {shown:?} (expected status, reload, stop, zero, real-server or connections)"
             ))
         }
     }
@@ -917,6 +947,29 @@ pub fn cli_status_rate(
     Ok(out)
 }
 
+/// `lb-daemon connections`: the table, or with `json` the answer's connections as JSON.
+/// Blocking; not for use inside a Tokio runtime.
+pub fn cli_connections(path: impl AsRef<Path>, request: Request, json: bool) -> Result<String> {
+    let r = block_on(request_within(path.as_ref(), request, CLIENT_TIMEOUT))??;
+    let c = match (r.ok, r.connections, r.error) {
+        (true, Some(c), _) => c,
+        (true, None, _) => {
+            return Err(ControlError::Protocol(
+                "a connections answer without connections".into(),
+            ))
+        }
+        (false, _, e) => return Err(ControlError::Daemon(e.unwrap_or_else(|| "failed".into()))),
+    };
+    if json {
+        let mut out = serde_json::to_string(&c)
+            .map_err(|e| ControlError::Protocol(format!("encoding: {e}")))?;
+        out.push('\n');
+        Ok(out)
+    } else {
+        Ok(render_connections(&c))
+    }
+}
+
 /// A change request (`lb-daemon real-server`, `lb-daemon zero`): what the daemon says it
 /// did. Blocking; not for use inside a Tokio runtime.
 pub fn cli_change(path: impl AsRef<Path>, request: Request) -> Result<String> {
@@ -982,6 +1035,7 @@ mod tests {
                 Request::Stop { .. } => Response::ok(),
                 Request::Zero => Response::done("zeroed"),
                 Request::RealServer { action, .. } => Response::done(format!("{action:?}")),
+                Request::Connections { .. } => Response::connections(Connections::default()),
             };
             call.reply(r);
         }

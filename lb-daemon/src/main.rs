@@ -62,6 +62,25 @@ enum Cmd {
         #[arg(long, global = true, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// The connection table (`ipvsadm -Lnc`): client, virtual server, real server, idle time.
+    Connections {
+        /// Only this service, `VIP:PORT[/PROTO]`.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only flows to this real server, `IP[:PORT]`.
+        #[arg(long)]
+        real: Option<String>,
+        /// Only flows from this client, `IP[:PORT]`.
+        #[arg(long)]
+        client: Option<String>,
+        /// Show at most this many (the total is always said).
+        #[arg(long, default_value_t = lb_daemon::control::DEFAULT_CONNECTIONS_LIMIT)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Zero the traffic counters that `status` shows (`ipvsadm -Z`); the metrics go on.
     Zero {
         #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
@@ -258,6 +277,23 @@ fn run() -> Result<()> {
                 "{}",
                 lb_daemon::control::cli_change(&socket, change.request())?
             );
+            Ok(())
+        }
+        Cmd::Connections {
+            service,
+            real,
+            client,
+            limit,
+            json,
+            socket,
+        } => {
+            let r = lb_daemon::control::Request::Connections {
+                service,
+                real,
+                client,
+                limit,
+            };
+            print!("{}", lb_daemon::control::cli_connections(&socket, r, json)?);
             Ok(())
         }
         Cmd::Zero { socket } => {

@@ -379,6 +379,61 @@ fn rate(prev: [u64; 3], now: [u64; 3], interval: f64) -> Option<Rate> {
     })
 }
 
+/// One flow of the connection table, as `ipvsadm -Lnc` shows one (direct routing sees the
+/// client's packets only, so there is no TCP state: the idle time says how alive it is).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    pub client: SocketAddr,
+    /// The VIP and port the client reached (port 0: a fragment's flow, balanced by address).
+    pub virtual_server: SocketAddr,
+    pub real_server: SocketAddr,
+    /// Seconds since its last packet.
+    pub idle_s: u32,
+}
+
+/// `lb-daemon connections`: the flows that match, at most `limit` of them, and how many
+/// matched in all.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Connections {
+    pub total: u64,
+    pub limit: usize,
+    pub connections: Vec<ConnectionStatus>,
+}
+
+/// The table of `lb-daemon connections` (`ipvsadm -Lnc`'s columns, idle time for expire).
+pub fn render_connections(c: &Connections) -> String {
+    let mut lines = vec![Line::Cells(
+        ["Pro", "Idle", "Source", "Virtual", "Destination"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    )];
+    for f in &c.connections {
+        lines.push(Line::Cells(vec![
+            f.protocol.clone(),
+            format!("{}s", f.idle_s),
+            f.client.to_string(),
+            f.virtual_server.to_string(),
+            f.real_server.to_string(),
+        ]));
+    }
+    let mut out = String::new();
+    align(&lines, &[false, true, false, false, false], &mut out);
+    if c.total > c.connections.len() as u64 {
+        let _ = writeln!(
+            out,
+            "{} of {} connections shown (--limit)",
+            c.connections.len(),
+            c.total
+        );
+    } else {
+        let _ = writeln!(out, "{} connections", c.total);
+    }
+    out
+}
+
 /// The traffic counters as `lb-daemon zero` found them (`ipvsadm -Z`): status shows what
 /// came since. The maps are not written (the program counts on, and the Prometheus
 /// counters, read from the same maps, must never go back); the counts are subtracted

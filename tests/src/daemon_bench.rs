@@ -4,6 +4,7 @@
 //! | entry                          | what it measures                                              | target       |
 //! |--------------------------------|---------------------------------------------------------------|--------------|
 //! | `verdict_to_map_ms`            | health verdict -> the XDP program stops choosing that backend, N = 100 real servers, `mh`; median of 20 | value <= 5 ms |
+//! | `runtime_drain_to_map_ms`      | `lb-daemon real-server drain` sent -> the program stops choosing that backend (the state file written and synced on the way), same lab; median of 20 | value <= 5 ms |
 //! | `detect_refused_vs_formula`    | backend refuses connections (RST): failure -> verdict, against keepalived's bound | ratio <= 1.0 |
 //! | `detect_blackhole_vs_formula`  | backend silently drops (blackhole route): the same            | ratio <= 1.0 |
 //! | `reload_identical_transitions` | VRRP transitions + map writes over 100 reloads of an unchanged file | value == 0 |
@@ -98,6 +99,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use lb_common::reason::XDP_TX;
+use lb_daemon::model::RealServerAction;
 
 use crate::{
     lab::{daemon_bin, restart_nginx, start_daemon_resolving, with_control_socket},
@@ -434,8 +436,23 @@ fn stop_time(records: &[(i64, bool)], t0: i64) -> Result<f64> {
     Ok((t_stop - t0) as f64 / 1e3)
 }
 
-fn verdict_to_map() -> Result<Entry> {
-    let name = "verdict_to_map_ms";
+/// What takes rs1 out of the ring in [`to_map`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// nginx killed: the checks' verdict (`verdict_to_map_ms`).
+    Verdict,
+    /// `lb-daemon real-server drain` (`runtime_drain_to_map_ms`): from the command's
+    /// request on the control socket, through the state file written and synced, to the
+    /// program's last new flow to rs1.
+    Drain,
+}
+
+/// From rs1 taken out to the program's last new flow to it, probed on the attached program.
+fn to_map(out: Out) -> Result<Entry> {
+    let name = match out {
+        Out::Verdict => "verdict_to_map_ms",
+        Out::Drain => "runtime_drain_to_map_ms",
+    };
     let lab = DrLab::new(&unique_prefix("bv"), 1)?;
     // The stand-ins: permanent neighbour entries, which the daemon's resolver reads and
     // never touches.
@@ -467,6 +484,13 @@ fn verdict_to_map() -> Result<Entry> {
     }
     let (daemon, _) = start_daemon_resolving(&lab, &config, "skb", VERDICT_BACKENDS)?;
     let prog = ProgFd::attached_to(lab.lb(), "eth0")?;
+    let socket = lab.lb().dir().join("ctl.sock");
+    let runtime = |action| lb_daemon::control::Request::RealServer {
+        service: Some(service.clone()),
+        real: Some(victim.to_string()),
+        action,
+        all: false,
+    };
 
     // The clients whose Maglev slot names rs1: one SYN from every address of the three
     // IPv4 documentation /24s.
@@ -517,8 +541,18 @@ fn verdict_to_map() -> Result<Entry> {
                 wait_until("the first probes", Duration::from_secs(5), || {
                     w.rounds.load(Ordering::Relaxed) >= 2 || watcher.is_finished()
                 })?;
-                nginx.signal(libc::SIGKILL)?;
-                let t0 = wait_log(&daemon, &down, downs, Duration::from_secs(5))?;
+                let t0 = match out {
+                    Out::Verdict => {
+                        nginx.signal(libc::SIGKILL)?;
+                        wait_log(&daemon, &down, downs, Duration::from_secs(5))?
+                    }
+                    Out::Drain => {
+                        let t0 = now_us();
+                        lb_daemon::control::cli_change(&socket, runtime(RealServerAction::Drain))
+                            .context("drain")?;
+                        t0
+                    }
+                };
                 wait_until(
                     "the program to stop choosing rs1",
                     Duration::from_secs(5),
@@ -533,24 +567,41 @@ fn verdict_to_map() -> Result<Entry> {
             Ok((measured?, records))
         })?;
         let ms = stop_time(&records, t0).with_context(|| format!("{name}, repetition {rep}"))?;
-        let main_ms = nth_log_time(&daemon, &main_loop, mains)
-            .map(|t| format!("{:.3}", (t - t0) as f64 / 1e3))
-            .unwrap_or_else(|_| "?".into());
-        progress(&format!(
-            "{name} {}/{VERDICT_REPS}: {ms:.3} ms from the verdict to the last new flow to rs1 \
-             (the main loop had it after {main_ms} ms; {} probes)",
-            rep + 1,
-            records.len()
-        ));
+        if out == Out::Verdict {
+            let main_ms = nth_log_time(&daemon, &main_loop, mains)
+                .map(|t| format!("{:.3}", (t - t0) as f64 / 1e3))
+                .unwrap_or_else(|_| "?".into());
+            progress(&format!(
+                "{name} {}/{VERDICT_REPS}: {ms:.3} ms from the verdict to the last new flow to rs1 \
+                 (the main loop had it after {main_ms} ms; {} probes)",
+                rep + 1,
+                records.len()
+            ));
+        } else {
+            progress(&format!(
+                "{name} {}/{VERDICT_REPS}: {ms:.3} ms from the drain request to the last new flow \
+                 to rs1 ({} probes)",
+                rep + 1,
+                records.len()
+            ));
+        }
         values.push(ms);
 
         // rs1 back, and chosen again, before the next repetition.
-        let ups = log_lines(&daemon, &up).len();
-        nginx
-            .wait_timeout(Duration::from_secs(5))?
-            .context("nginx did not die")?;
-        nginx = restart_nginx(&lab, 1)?;
-        wait_log(&daemon, &up, ups, Duration::from_secs(5))?;
+        match out {
+            Out::Verdict => {
+                let ups = log_lines(&daemon, &up).len();
+                nginx
+                    .wait_timeout(Duration::from_secs(5))?
+                    .context("nginx did not die")?;
+                nginx = restart_nginx(&lab, 1)?;
+                wait_log(&daemon, &up, ups, Duration::from_secs(5))?;
+            }
+            Out::Drain => {
+                lb_daemon::control::cli_change(&socket, runtime(RealServerAction::Reset))
+                    .context("reset")?;
+            }
+        }
         let mut err = None;
         wait_until(
             "the program to choose rs1 again",
@@ -921,7 +972,10 @@ pub fn run(emit: &mut dyn FnMut(Entry)) -> Result<()> {
     let only = std::env::var("LB_BENCH_DAEMON_ONLY").unwrap_or_default();
     let wanted = |name: &str| name.contains(&only);
     if wanted("verdict_to_map_ms") {
-        emit(verdict_to_map()?);
+        emit(to_map(Out::Verdict)?);
+    }
+    if wanted("runtime_drain_to_map_ms") {
+        emit(to_map(Out::Drain)?);
     }
     if wanted("detect_refused_vs_formula") || wanted("detect_blackhole_vs_formula") {
         let t = DETECT_TIMING;

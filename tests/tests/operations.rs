@@ -249,6 +249,51 @@ fn runtime_changes_to_real_servers() {
     let on_rs1 = conns.by_backend().get("rs1").copied().unwrap_or(0);
     assert!(on_rs1 > 0, "{:?}", conns.by_backend());
 
+    // The connection table, as ipvsadm -Lnc: every one of the 12, by real server, bounded.
+    let conns_json = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["connections", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&ctl(&lab, 1, &a).unwrap()).unwrap()
+    };
+    let all = conns_json(&["--service", &svc]);
+    assert_eq!(all["total"], 12, "{all}");
+    let row = &all["connections"][0];
+    assert_eq!(
+        (row["protocol"].as_str(), row["virtual_server"].as_str()),
+        (
+            Some("TCP"),
+            Some(format!("{}:{HTTP}", lb_tests::e2e_lab::VIP).as_str())
+        ),
+        "{row}"
+    );
+    assert!(
+        row["client"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", lb_tests::e2e_lab::CLIENT)),
+        "{row}"
+    );
+    assert!(row["idle_s"].as_u64().unwrap() < 10, "{row}");
+    let to_rs1 = conns_json(&["--real", &rs(1)]);
+    assert_eq!(to_rs1["total"].as_u64(), Some(on_rs1 as u64), "{to_rs1}");
+    let client_port = row["client"].as_str().unwrap().to_string();
+    assert_eq!(conns_json(&["--client", &client_port])["total"], 1);
+    let limited = conns_json(&["--limit", "2"]);
+    assert_eq!(
+        (
+            limited["total"].as_u64(),
+            limited["connections"].as_array().map(Vec::len)
+        ),
+        (Some(12), Some(2))
+    );
+    let table = ctl(&lab, 1, &["connections", "--limit", "2"]).unwrap();
+    assert!(
+        table.contains("2 of 12 connections shown") && table.contains("Destination"),
+        "{table}"
+    );
+    let e = ctl(&lab, 1, &["connections", "--client", "nonsense"]).unwrap_err();
+    assert!(e.contains("is not IP or IP:PORT"), "{e}");
+
     // Drain rs1: its connections go on, new ones go elsewhere.
     let out = ctl(&lab, 1, &["real-server", "drain", &svc, &rs(1)]).unwrap();
     assert!(out.contains("drained"), "{out}");
@@ -323,6 +368,11 @@ fn runtime_changes_to_real_servers() {
     let member = ctl_as(&lab, 1, Some(("100", "65534")), &["status", "--json"]);
     assert!(
         member.as_ref().is_ok_and(|s| s.contains("\"services\"")),
+        "{member:?}"
+    );
+    let member = ctl_as(&lab, 1, Some(("100", "65534")), &["connections", "--json"]);
+    assert!(
+        member.as_ref().is_ok_and(|s| s.contains("\"total\"")),
         "{member:?}"
     );
     let e = ctl_as(

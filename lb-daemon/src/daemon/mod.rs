@@ -120,6 +120,13 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                 }
                 Request::Status => call.reply(Response::status(state.on_status())),
                 Request::Zero => call.reply(Response::done(state.on_zero())),
+                Request::Connections { ref service, ref real, ref client, limit } => {
+                    let r = state.on_connections(service.as_deref(), real.as_deref(), client.as_deref(), limit);
+                    call.reply(match r {
+                        Ok(c) => Response::connections(c),
+                        Err(e) => Response::error(e),
+                    });
+                }
                 Request::RealServer { ref service, ref real, action, all } => {
                     let r = state
                         .on_real_server(service.as_deref(), real.as_deref(), action, all)

@@ -325,6 +325,41 @@ impl State {
         s
     }
 
+    /// `lb-daemon connections`: the connection table's live flows, filtered by service
+    /// (`VIP:PORT[/PROTO]`), real server and client (`IP[:PORT]` each).
+    pub(super) fn on_connections(
+        &self,
+        service: Option<&str>,
+        real: Option<&str>,
+        client: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::status::Connections, String> {
+        let Some(dp) = self.dp.as_ref() else {
+            return Err("no dataplane here: this node runs VRRP only".into());
+        };
+        let service = service
+            .map(|s| self.config.find_service(s).map(|vs| vs.key()))
+            .transpose()?;
+        let real = real.map(ip_and_port).transpose()?;
+        let client = client.map(ip_and_port).transpose()?;
+        let matches = |(ip, port): (std::net::IpAddr, Option<u16>), a: std::net::SocketAddr| {
+            a.ip() == ip && port.is_none_or(|p| p == a.port())
+        };
+        dp.xdp
+            .connections(
+                |c| {
+                    service.is_none_or(|k| {
+                        c.protocol == k.proto.name()
+                            && c.virtual_server.ip() == k.vip
+                            && (c.virtual_server.port() == k.port || k.port == 0)
+                    }) && real.is_none_or(|r| matches(r, c.real_server))
+                        && client.is_none_or(|r| matches(r, c.client))
+                },
+                limit,
+            )
+            .map_err(|e| format!("reading the connection table: {e:#}"))
+    }
+
     /// `lb-daemon zero` (`ipvsadm -Z`): status counts from now on; the metrics do not.
     pub(super) fn on_zero(&mut self) -> String {
         let s = self.snapshot(STATUS_FLOW_COUNT_AGE, true);
@@ -430,4 +465,16 @@ impl State {
             }
         }
     }
+}
+
+/// `IP` or `IP:PORT` (an IPv6 address with a port in brackets), as an operator names a real
+/// server or a client.
+fn ip_and_port(s: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok((a.ip(), Some(a.port())));
+    }
+    s.trim_matches(['[', ']'])
+        .parse()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
 }

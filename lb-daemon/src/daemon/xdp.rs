@@ -26,6 +26,7 @@ use crate::{
         Dataplane,
     },
     model::Limits,
+    status::{ConnectionStatus, Connections},
 };
 
 pub(super) struct Xdp {
@@ -288,6 +289,66 @@ impl Xdp {
         }
         self.flow_counts = Some((Instant::now(), per_backend.clone()));
         per_backend
+    }
+
+    /// The flows of the connection tables that `keep` keeps, live ones only (their service
+    /// and backend still the ones they were made with, not idle past the service's
+    /// timeout), the first `limit` of them, and how many matched.
+    pub(super) fn connections(
+        &self,
+        keep: impl Fn(&ConnectionStatus) -> bool,
+        limit: usize,
+    ) -> Result<Connections> {
+        let current = self.dp.current();
+        // Service id -> (protocol name, idle timeout); backend id -> (generation, address).
+        let mut services = HashMap::new();
+        let mut backends = HashMap::new();
+        for spec in self.dp.specs() {
+            let Some((sid, bids)) = self.dp.ids_of(spec) else {
+                continue;
+            };
+            services.insert(sid, (spec.proto.name(), spec.idle_timeout));
+            for (b, bid) in spec.backends.iter().zip(bids) {
+                if let Some(v) = current.backends.get(&bid) {
+                    backends.insert(bid, (v.generation, b.addr));
+                }
+            }
+        }
+        let now = monotonic_seconds();
+        let mut out = Connections {
+            limit,
+            ..Connections::default()
+        };
+        self.flows.entries(|(_, client, vip, v)| {
+            let Some(&(protocol, idle)) = services.get(&v.service) else {
+                return true;
+            };
+            let Some(&(_, real)) = backends.get(&v.backend).filter(|(g, _)| *g == v.generation)
+            else {
+                return true;
+            };
+            let idle_s = now.saturating_sub(v.last_seen);
+            if idle != 0 && idle_s > idle {
+                return true;
+            }
+            let c = ConnectionStatus {
+                protocol: protocol.to_string(),
+                client,
+                virtual_server: vip,
+                real_server: real,
+                idle_s,
+            };
+            if keep(&c) {
+                out.total += 1;
+                if out.connections.len() < limit {
+                    out.connections.push(c);
+                }
+            }
+            true
+        })?;
+        out.connections
+            .sort_by_key(|c| (c.virtual_server, c.client));
+        Ok(out)
     }
 
     /// Moves the dataplane to maps of `to` (each size at least what it is): a new program

@@ -272,6 +272,50 @@ impl FlowTables {
     }
 }
 
+/// One entry of a connection table, its key decoded: (protocol number, client, VIP and
+/// port, value). The program keeps addresses as the packet has them and ports in network
+/// order; a fragment's flow has ports 0.
+pub type FlowEntry = (u8, std::net::SocketAddr, std::net::SocketAddr, FlowValue);
+
+impl FlowTables {
+    /// Every entry of both connection tables, walked a batch at a time, for `f`; stops
+    /// early when `f` says so (returns false).
+    pub fn entries(&self, mut f: impl FnMut(FlowEntry) -> bool) -> Result<(), FlowsError> {
+        use std::net::{IpAddr, SocketAddr};
+        let mut c4 = self.cursor::<FlowKey4>(Table::Flows4);
+        while !c4.is_done() {
+            let (keys, values) = self.step(&mut c4)?;
+            for (k, v) in keys.iter().zip(values) {
+                let client =
+                    SocketAddr::new(IpAddr::from(k.src.to_ne_bytes()), u16::from_be(k.sport));
+                let vip = SocketAddr::new(IpAddr::from(k.dst.to_ne_bytes()), u16::from_be(k.dport));
+                if !f((k.proto, client, vip, *v)) {
+                    return Ok(());
+                }
+            }
+        }
+        let v6 = |w: &[u32; 4]| {
+            let mut o = [0u8; 16];
+            for (i, w) in w.iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            IpAddr::from(o)
+        };
+        let mut c6 = self.cursor::<FlowKey6>(Table::Flows6);
+        while !c6.is_done() {
+            let (keys, values) = self.step(&mut c6)?;
+            for (k, v) in keys.iter().zip(values) {
+                let client = SocketAddr::new(v6(&k.src), u16::from_be(k.sport));
+                let vip = SocketAddr::new(v6(&k.dst), u16::from_be(k.dport));
+                if !f((k.proto, client, vip, *v)) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The program's own test (`usable` in lb-ebpf's lb.rs): the service exists, and the flow
 /// has not been idle for longer than the service's timeout.
 fn live(v: &FlowValue, now: u32, idle_of: &impl Fn(u32) -> Option<u32>) -> bool {
