@@ -553,3 +553,20 @@ pub const fn addr_v6(o: [u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
     ]
 }
+
+/// The sh/mh hash of a source address (as [`addr_v4`]/[`addr_v6`] store it: an IPv4
+/// address has words 1..3 zero) and port (the packet's bytes as the program loads them,
+/// 0 unless the service hashes ports): the ring slot a new flow takes is this modulo the
+/// ring's length. It must be cheap and well mixed, and the same on every node: murmur3's
+/// finaliser over the address words. Here because user space asks it too (`lb-daemon
+/// which`).
+#[inline(always)]
+pub fn source_hash(src: &[u32; 4], port: u32) -> u32 {
+    let mut h = src[0] ^ src[1].rotate_left(7) ^ src[2].rotate_left(14) ^ src[3].rotate_left(21);
+    h ^= port.wrapping_mul(0x9e37_79b1);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}

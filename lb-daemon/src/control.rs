@@ -70,7 +70,7 @@ use tracing::{debug, warn};
 
 use crate::{
     model::RealServerAction,
-    status::{rates, render_connections, render_table, with_rates, Connections, Snapshot},
+    status::{rates, render_connections, render_table, with_rates, Connections, Snapshot, Which},
 };
 
 /// The longest request line (without its newline).
@@ -100,6 +100,11 @@ pub enum Request {
     },
     /// `ipvsadm -Z`: the traffic counters that status shows start again from 0.
     Zero,
+    /// The real server that serves `client` (`IP:PORT`) for `service`.
+    Which {
+        client: String,
+        service: String,
+    },
     /// `ipvsadm -Lnc`: the flows of the connection table, filtered, at most `limit`.
     Connections {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,7 +138,10 @@ impl Request {
     /// Whether the request only reads: members of `global_defs.control_socket_group` may
     /// send it.
     pub fn reads_only(&self) -> bool {
-        matches!(self, Request::Status | Request::Connections { .. })
+        matches!(
+            self,
+            Request::Status | Request::Connections { .. } | Request::Which { .. }
+        )
     }
 }
 
@@ -149,6 +157,8 @@ pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<Connections>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub which: Option<Which>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -160,6 +170,7 @@ impl Response {
             status: None,
             message: None,
             connections: None,
+            which: None,
             error: None,
         }
     }
@@ -168,6 +179,14 @@ impl Response {
     pub fn done(message: impl Into<String>) -> Self {
         Self {
             message: Some(message.into()),
+            ..Self::ok()
+        }
+    }
+
+    /// `{"ok":true,"which":...}`.
+    pub fn which(w: Which) -> Self {
+        Self {
+            which: Some(w),
             ..Self::ok()
         }
     }
@@ -290,6 +309,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         "status" => Ok(Request::Status),
         "reload" => Ok(Request::Reload),
         "zero" => Ok(Request::Zero),
+        "which" => serde_json::from_value(v.clone()).map_err(|e| format!("which: {e}")),
         "connections" => serde_json::from_value(v.clone()).map_err(|e| format!("connections: {e}")),
         "real-server" => {
             let r: Request =
@@ -321,7 +341,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(format!(
-                "unknown command {shown:?} (expected status, reload, stop, zero, real-server or connections)"
+                "unknown command {shown:?} (expected status, reload, stop, zero, real-server, connections or which)"
             ))
         }
     }
@@ -970,6 +990,29 @@ pub fn cli_connections(path: impl AsRef<Path>, request: Request, json: bool) -> 
     }
 }
 
+/// `lb-daemon which`: one line, or with `json` the answer as JSON. Blocking; not for use
+/// inside a Tokio runtime.
+pub fn cli_which(path: impl AsRef<Path>, request: Request, json: bool) -> Result<String> {
+    let r = block_on(request_within(path.as_ref(), request, CLIENT_TIMEOUT))??;
+    let w = match (r.ok, r.which, r.error) {
+        (true, Some(w), _) => w,
+        (true, None, _) => {
+            return Err(ControlError::Protocol(
+                "a which answer without which".into(),
+            ))
+        }
+        (false, _, e) => return Err(ControlError::Daemon(e.unwrap_or_else(|| "failed".into()))),
+    };
+    if json {
+        let mut out = serde_json::to_string(&w)
+            .map_err(|e| ControlError::Protocol(format!("encoding: {e}")))?;
+        out.push('\n');
+        Ok(out)
+    } else {
+        Ok(w.line())
+    }
+}
+
 /// A change request (`lb-daemon real-server`, `lb-daemon zero`): what the daemon says it
 /// did. Blocking; not for use inside a Tokio runtime.
 pub fn cli_change(path: impl AsRef<Path>, request: Request) -> Result<String> {
@@ -1036,6 +1079,7 @@ mod tests {
                 Request::Zero => Response::done("zeroed"),
                 Request::RealServer { action, .. } => Response::done(format!("{action:?}")),
                 Request::Connections { .. } => Response::connections(Connections::default()),
+                Request::Which { .. } => Response::which(Which::default()),
             };
             call.reply(r);
         }

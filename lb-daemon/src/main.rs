@@ -62,6 +62,18 @@ enum Cmd {
         #[arg(long, global = true, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// The real server that serves a client: its flow's, else the one a new flow would get
+    /// now (persistence, then the scheduler).
+    Which {
+        /// The client, `IP:PORT` (IPv6 in brackets).
+        client: String,
+        /// The service, `VIP:PORT[/PROTO]`.
+        service: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// The connection table (`ipvsadm -Lnc`): client, virtual server, real server, idle time.
     Connections {
         /// Only this service, `VIP:PORT[/PROTO]`.
@@ -294,6 +306,16 @@ fn run() -> Result<()> {
                 limit,
             };
             print!("{}", lb_daemon::control::cli_connections(&socket, r, json)?);
+            Ok(())
+        }
+        Cmd::Which {
+            client,
+            service,
+            json,
+            socket,
+        } => {
+            let r = lb_daemon::control::Request::Which { client, service };
+            print!("{}", lb_daemon::control::cli_which(&socket, r, json)?);
             Ok(())
         }
         Cmd::Zero { socket } => {

@@ -434,6 +434,46 @@ pub fn render_connections(c: &Connections) -> String {
     out
 }
 
+/// `lb-daemon which CLIENT SERVICE`: the real server a client's flow goes to, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Which {
+    /// The real server (none: no single one can be said, or none takes the flow).
+    pub real_server: Option<SocketAddr>,
+    /// `table` (the flow exists), `persistence` (the client's template), `scheduler` (a
+    /// new flow now), or `none`.
+    pub by: String,
+    /// rr and wrr take turns per CPU, so a new flow goes to one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<SocketAddr>,
+    /// What else there is to know (the flow's idle time, why none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Which {
+    /// One line for people.
+    pub fn line(&self) -> String {
+        let mut out = match (&self.real_server, self.candidates.is_empty()) {
+            (Some(r), _) => format!("{r} ({})", self.by),
+            (None, false) => format!(
+                "one of {} ({})",
+                self.candidates
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.by
+            ),
+            (None, true) => format!("no real server ({})", self.by),
+        };
+        if let Some(n) = &self.note {
+            let _ = write!(out, ": {n}");
+        }
+        out.push('\n');
+        out
+    }
+}
+
 /// The traffic counters as `lb-daemon zero` found them (`ipvsadm -Z`): status shows what
 /// came since. The maps are not written (the program counts on, and the Prometheus
 /// counters, read from the same maps, must never go back); the counts are subtracted

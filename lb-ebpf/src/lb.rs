@@ -691,7 +691,7 @@ fn schedule<F: Family>(
             } else {
                 0
             };
-            source_hash(&l3.src, port) % svc.ring_len
+            lb_common::source_hash(&l3.src, port) % svc.ring_len
         }
         _ => {
             let Some(pos) = RR_STATE.get_ptr_mut(svc.id) else {
@@ -742,20 +742,6 @@ fn map_error(ctx: &XdpContext, service: u32, slot: u32) -> u32 {
         );
     }
     PASS_MAP_ERROR
-}
-
-/// The sh/mh hash of a source address (and port). Only this program computes it, so it
-/// needs to be cheap and well mixed, and the same on every node: murmur3's finaliser over
-/// the address words (an IPv4 address has words 1..3 zero).
-#[inline(always)]
-fn source_hash(src: &[u32; 4], port: u32) -> u32 {
-    let mut h = src[0] ^ src[1].rotate_left(7) ^ src[2].rotate_left(14) ^ src[3].rotate_left(21);
-    h ^= port.wrapping_mul(0x9e37_79b1);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
 }
 
 /// ICMP: "fragmentation needed" and "packet too big" about a flow we balance go to that

@@ -293,6 +293,25 @@ fn runtime_changes_to_real_servers() {
     );
     let e = ctl(&lab, 1, &["connections", "--client", "nonsense"]).unwrap_err();
     assert!(e.contains("is not IP or IP:PORT"), "{e}");
+    // which: a flow the table has is its server's; a new one under rr, one of the ring's.
+    let which: serde_json::Value =
+        serde_json::from_str(&ctl(&lab, 1, &["which", &client_port, &svc, "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(
+        (which["by"].as_str(), &which["real_server"]),
+        (Some("table"), &row["real_server"]),
+        "{which}"
+    );
+    let fresh_client = format!("{}:9", lb_tests::e2e_lab::CLIENT);
+    let which: serde_json::Value =
+        serde_json::from_str(&ctl(&lab, 1, &["which", &fresh_client, &svc, "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(which["by"], "scheduler", "{which}");
+    assert_eq!(
+        which["candidates"].as_array().map(Vec::len),
+        Some(3),
+        "{which}"
+    );
 
     // Drain rs1: its connections go on, new ones go elsewhere.
     let out = ctl(&lab, 1, &["real-server", "drain", &svc, &rs(1)]).unwrap();
@@ -462,5 +481,67 @@ fn runtime_changes_to_real_servers() {
     // status --json --rate carries the rates.
     let rated = ctl(&lab, 1, &["status", "--json", "--rate"]).unwrap();
     assert!(rated.contains("\"rate\":{\"cps\":"), "{rated}");
+    lab.teardown().unwrap();
+}
+
+/// One HTTP request from the client's `port`: the real server that answered (`rsN`).
+fn request_from(lab: &LvsLab, port: u16) -> String {
+    use std::io::{Read, Write};
+    let target = lab.target();
+    lab.client()
+        .run_in(move || {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_reuse_address(true).unwrap();
+            let from = std::net::SocketAddr::from((lb_tests::e2e_lab::CLIENT, port));
+            s.bind(&from.into()).unwrap();
+            s.connect_timeout(&target.into(), Duration::from_secs(2))
+                .unwrap();
+            let mut s: std::net::TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text.lines().last().unwrap_or_default().trim().to_string()
+        })
+        .unwrap()
+}
+
+/// `which` for a flow that does not exist yet says what the program will do: under mh with
+/// ports hashed, the daemon's source hash and ring agree with the program's, port by port.
+#[test]
+fn which_predicts_a_new_flow_under_mh() {
+    let test = "which_predicts_a_new_flow_under_mh";
+    if !require_lab(test) {
+        return;
+    }
+    let _one = serial();
+    let params = LvsParams {
+        hash_port: true,
+        ..LvsParams::new("mh", "skb")
+    };
+    let lab = started("opw", params);
+    let svc = format!("{}:{HTTP}", lb_tests::e2e_lab::VIP);
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 20000..20012u16 {
+        let client = format!("{}:{port}", lb_tests::e2e_lab::CLIENT);
+        let which: serde_json::Value =
+            serde_json::from_str(&ctl(&lab, 1, &["which", &client, &svc, "--json"]).unwrap())
+                .unwrap();
+        assert_eq!(which["by"], "scheduler", "{which}");
+        let predicted = which["real_server"].as_str().unwrap().to_string();
+        let answered = request_from(&lab, port);
+        let i: usize = answered.trim_start_matches("rs").parse().unwrap();
+        assert_eq!(
+            predicted,
+            format!("{}:{HTTP}", lb_tests::e2e_lab::rs_v4(i)),
+            "port {port}"
+        );
+        seen.insert(answered);
+    }
+    assert!(
+        seen.len() >= 2,
+        "12 ports all went to {seen:?}: the test proves little"
+    );
     lab.teardown().unwrap();
 }

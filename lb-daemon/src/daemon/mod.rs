@@ -120,6 +120,13 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                 }
                 Request::Status => call.reply(Response::status(state.on_status())),
                 Request::Zero => call.reply(Response::done(state.on_zero())),
+                Request::Which { ref client, ref service } => {
+                    let r = state.on_which(client, service);
+                    call.reply(match r {
+                        Ok(w) => Response::which(w),
+                        Err(e) => Response::error(e),
+                    });
+                }
                 Request::Connections { ref service, ref real, ref client, limit } => {
                     let r = state.on_connections(service.as_deref(), real.as_deref(), client.as_deref(), limit);
                     call.reply(match r {

@@ -360,6 +360,25 @@ impl State {
             .map_err(|e| format!("reading the connection table: {e:#}"))
     }
 
+    /// `lb-daemon which CLIENT_IP:PORT SERVICE`.
+    pub(super) fn on_which(
+        &self,
+        client: &str,
+        service: &str,
+    ) -> Result<crate::status::Which, String> {
+        let Some(dp) = self.dp.as_ref() else {
+            return Err("no dataplane here: this node runs VRRP only".into());
+        };
+        let key = self.config.find_service(service)?.key();
+        let client: std::net::SocketAddr = client
+            .parse()
+            .map_err(|_| format!("{client:?} is not IP:PORT (an IPv6 address in brackets)"))?;
+        if client.is_ipv4() != key.vip.is_ipv4() {
+            return Err(format!("{client} and {key} are not of one family"));
+        }
+        dp.xdp.which(client, key)
+    }
+
     /// `lb-daemon zero` (`ipvsadm -Z`): status counts from now on; the metrics do not.
     pub(super) fn on_zero(&mut self) -> String {
         let s = self.snapshot(STATUS_FLOW_COUNT_AGE, true);

@@ -3,6 +3,7 @@
 //! tables, and connection sync.
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
@@ -25,8 +26,8 @@ use crate::{
         program::{self, LoadOptions},
         Dataplane,
     },
-    model::Limits,
-    status::{ConnectionStatus, Connections},
+    model::{Limits, Scheduler, ServiceKey},
+    status::{ConnectionStatus, Connections, Which},
 };
 
 pub(super) struct Xdp {
@@ -349,6 +350,136 @@ impl Xdp {
         out.connections
             .sort_by_key(|c| (c.virtual_server, c.client));
         Ok(out)
+    }
+
+    /// Which real server serves `client`'s flow to service `key`: the flow's own, if the
+    /// table has it live; else what a new flow would get now, as the program chooses
+    /// (`lb-ebpf`'s `schedule`): the client's persistence template, else the ring slot of
+    /// the source hash (sh, mh) or the rotation (rr, wrr: per CPU, so one of the ring's).
+    pub(super) fn which(&self, client: SocketAddr, key: ServiceKey) -> Result<Which, String> {
+        let spec = self
+            .dp
+            .specs()
+            .iter()
+            .find(|s| s.key() == key)
+            .ok_or_else(|| format!("{key} is not in the dataplane"))?;
+        let (sid, bids) = self
+            .dp
+            .ids_of(spec)
+            .ok_or_else(|| format!("{key} is not in the dataplane"))?;
+        let current = self.dp.current();
+        let addr_of = |bid: u32| {
+            bids.iter()
+                .position(|b| *b == bid)
+                .map(|i| spec.backends[i].addr)
+        };
+        let live = |v: &lb_common::FlowValue| {
+            current
+                .backends
+                .get(&v.backend)
+                .is_some_and(|b| b.generation == v.generation)
+        };
+        let now = monotonic_seconds();
+        let vip = SocketAddr::new(spec.vip, spec.port);
+        let flow = self
+            .flows
+            .flow(spec.proto.number(), client, vip)
+            .map_err(|e| e.to_string())?;
+        if let Some(v) = flow.filter(|v| v.service == sid && live(v)) {
+            let idle = now.saturating_sub(v.last_seen);
+            if spec.idle_timeout == 0 || idle <= spec.idle_timeout {
+                return Ok(Which {
+                    real_server: addr_of(v.backend),
+                    by: "table".into(),
+                    note: Some(format!("idle {idle} s")),
+                    ..Which::default()
+                });
+            }
+        }
+        if !spec.active {
+            return Ok(Which {
+                by: "none".into(),
+                note: Some(
+                    "this node does not serve the service (its VIP's instance is not master here)"
+                        .into(),
+                ),
+                ..Which::default()
+            });
+        }
+        let drains = |bid: u32| {
+            current
+                .backends
+                .get(&bid)
+                .is_none_or(|b| b.flags & lb_common::BACKEND_F_DRAINING != 0)
+        };
+        if spec.persistence_timeout != 0 {
+            let mask = current
+                .infos
+                .get(&sid)
+                .map(|i| i.persist_mask)
+                .unwrap_or([u32::MAX; 4]);
+            let t = self
+                .flows
+                .template(client.ip(), &mask, sid)
+                .map_err(|e| e.to_string())?;
+            if let Some(t) = t.filter(|t| {
+                live(t)
+                    && !drains(t.backend)
+                    && now.saturating_sub(t.last_seen) <= spec.persistence_timeout
+            }) {
+                return Ok(Which {
+                    real_server: addr_of(t.backend),
+                    by: "persistence".into(),
+                    ..Which::default()
+                });
+            }
+        }
+        let slots = current
+            .rings
+            .get(&sid)
+            .map(|r| r.slots.clone())
+            .unwrap_or_default();
+        if slots.is_empty() {
+            return Ok(Which {
+                by: "none".into(),
+                note: Some("no real server takes new connections".into()),
+                ..Which::default()
+            });
+        }
+        match spec.sched {
+            Scheduler::Sh | Scheduler::Mh => {
+                let src = match client.ip() {
+                    std::net::IpAddr::V4(a) => [lb_common::addr_v4(a.octets()), 0, 0, 0],
+                    std::net::IpAddr::V6(a) => lb_common::addr_v6(a.octets()),
+                };
+                // The program hashes the port as the packet has it (network order).
+                let port = if spec.hash_port {
+                    u32::from(client.port().to_be())
+                } else {
+                    0
+                };
+                let slot = lb_common::source_hash(&src, port) % slots.len() as u32;
+                Ok(Which {
+                    real_server: addr_of(slots[slot as usize]),
+                    by: "scheduler".into(),
+                    ..Which::default()
+                })
+            }
+            Scheduler::Rr | Scheduler::Wrr => {
+                let mut candidates: Vec<SocketAddr> = Vec::new();
+                for &bid in slots.iter() {
+                    if let Some(a) = addr_of(bid).filter(|a| !candidates.contains(a)) {
+                        candidates.push(a);
+                    }
+                }
+                Ok(Which {
+                    by: "scheduler".into(),
+                    candidates,
+                    note: Some("rr and wrr take turns on each CPU".into()),
+                    ..Which::default()
+                })
+            }
+        }
     }
 
     /// Moves the dataplane to maps of `to` (each size at least what it is): a new program

@@ -16,11 +16,14 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use lb_common::{names, FlowCache4, FlowCache6, FlowKey4, FlowKey6, FlowValue};
+use lb_common::{
+    names, FlowCache4, FlowCache6, FlowKey4, FlowKey6, FlowValue, PersistKey4, PersistKey6,
+};
 
 /// `BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 /// `bpf_map_update_elem` flags.
 const BPF_ANY: u64 = 0;
@@ -38,6 +41,12 @@ pub enum FlowsError {
     Kind(&'static str),
     #[error("reading {map}: BPF_MAP_LOOKUP_BATCH: {source}")]
     Batch {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {map}: BPF_MAP_LOOKUP_ELEM: {source}")]
+    Lookup {
         map: &'static str,
         #[source]
         source: io::Error,
@@ -272,6 +281,121 @@ impl FlowTables {
     }
 }
 
+impl FlowTables {
+    /// The flow of (`proto`, `client`, `vip`) in its family's table, if there is one.
+    pub fn flow(
+        &self,
+        proto: u8,
+        client: std::net::SocketAddr,
+        vip: std::net::SocketAddr,
+    ) -> Result<Option<FlowValue>, FlowsError> {
+        use std::net::IpAddr;
+        let mut v = FlowValue::default();
+        let found = match (client.ip(), vip.ip()) {
+            (IpAddr::V4(c), IpAddr::V4(d)) => {
+                let k = FlowKey4 {
+                    src: lb_common::addr_v4(c.octets()),
+                    dst: lb_common::addr_v4(d.octets()),
+                    sport: client.port().to_be(),
+                    dport: vip.port().to_be(),
+                    proto,
+                    _pad: [0; 3],
+                };
+                // SAFETY: FLOWS4's key and value types.
+                unsafe {
+                    lookup_elem(
+                        self.v4.fd().as_fd(),
+                        (&k as *const FlowKey4).cast(),
+                        (&mut v as *mut FlowValue).cast(),
+                    )
+                }
+            }
+            (IpAddr::V6(c), IpAddr::V6(d)) => {
+                let k = FlowKey6 {
+                    src: lb_common::addr_v6(c.octets()),
+                    dst: lb_common::addr_v6(d.octets()),
+                    sport: client.port().to_be(),
+                    dport: vip.port().to_be(),
+                    proto,
+                    _pad: [0; 3],
+                };
+                // SAFETY: FLOWS6's key and value types.
+                unsafe {
+                    lookup_elem(
+                        self.v6.fd().as_fd(),
+                        (&k as *const FlowKey6).cast(),
+                        (&mut v as *mut FlowValue).cast(),
+                    )
+                }
+            }
+            _ => Ok(false),
+        };
+        match found {
+            Ok(true) => Ok(Some(v)),
+            Ok(false) => Ok(None),
+            Err(source) => Err(FlowsError::Lookup {
+                map: Table::Flows4.name(),
+                source,
+            }),
+        }
+    }
+
+    /// The persistence template of (`client` masked, service `sid`), if there is one.
+    pub fn template(
+        &self,
+        client: std::net::IpAddr,
+        mask: &[u32; 4],
+        sid: u32,
+    ) -> Result<Option<FlowValue>, FlowsError> {
+        use std::net::IpAddr;
+        let mut v = FlowValue::default();
+        let found = match client {
+            IpAddr::V4(c) => {
+                let k = PersistKey4 {
+                    addr: lb_common::addr_v4(c.octets()) & mask[0],
+                    service: sid,
+                };
+                // SAFETY: PERSIST4's key and value types.
+                unsafe {
+                    lookup_elem(
+                        self.persist4.fd().as_fd(),
+                        (&k as *const PersistKey4).cast(),
+                        (&mut v as *mut FlowValue).cast(),
+                    )
+                }
+            }
+            IpAddr::V6(c) => {
+                let a = lb_common::addr_v6(c.octets());
+                let k = PersistKey6 {
+                    addr: [
+                        a[0] & mask[0],
+                        a[1] & mask[1],
+                        a[2] & mask[2],
+                        a[3] & mask[3],
+                    ],
+                    service: sid,
+                };
+                // SAFETY: PERSIST6's key and value types.
+                unsafe {
+                    lookup_elem(
+                        self.persist6.fd().as_fd(),
+                        (&k as *const PersistKey6).cast(),
+                        (&mut v as *mut FlowValue).cast(),
+                    )
+                }
+            }
+        };
+        match found {
+            Ok(true) => Ok(Some(v)),
+            Ok(false) => Ok(None),
+            Err(source) => Err(FlowsError::Lookup {
+                map: Table::Persist4.name(),
+                source,
+            }),
+        }
+    }
+}
+
 /// One entry of a connection table, its key decoded: (protocol number, client, VIP and
 /// port, value). The program keeps addresses as the packet has them and ports in network
 /// order; a fragment's flow has ports 0.
@@ -389,6 +513,48 @@ unsafe fn write_batches<K>(
         }
     }
     Ok(at)
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` of one entry: whether the key was there (its value written to
+/// `value`).
+///
+/// # Safety
+/// `key` and `value` point at a key and a value of the map's key and value sizes.
+unsafe fn lookup_elem(fd: BorrowedFd<'_>, key: *const u8, value: *mut u8) -> io::Result<bool> {
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as u64,
+        value: value as u64,
+        flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for this command (the caller's promise for the
+    // pointers).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// `BPF_MAP_UPDATE_ELEM` of one entry; its error.
