@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot, watch, Semaphore},
     task::JoinSet,
     time::timeout,
 };
@@ -244,8 +244,9 @@ pub struct Options {
     pub reply_timeout: Duration,
     /// Clients served at once.
     pub max_clients: usize,
-    /// `global_defs.control_socket_group`: its members may send what only reads.
-    pub group: Option<libc::gid_t>,
+    /// `global_defs.control_socket_group`: its members may send what only reads. A reload
+    /// changes it (see [`set_group`]).
+    pub group: watch::Receiver<Option<libc::gid_t>>,
 }
 
 impl Default for Options {
@@ -256,7 +257,7 @@ impl Default for Options {
             write_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(60),
             max_clients: 16,
-            group: None,
+            group: watch::channel(None).1,
         }
     }
 }
@@ -392,18 +393,8 @@ impl Server {
         // Between bind and chmod the file has the umask's mode; connections made in that
         // window are still refused by the peer-credential check in `serve`. With a control
         // group its members may connect (0660); what they may send is checked per request.
-        let mode = if options.group.is_some() {
-            0o660
-        } else {
-            0o600
-        };
-        let owned = match options.group {
-            Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)),
-            None => Ok(()),
-        };
-        if let Err(e) = owned
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
-        {
+        let group = *options.group.borrow();
+        if let Err(e) = set_group(path, group) {
             let _ = std::fs::remove_file(path);
             return Err(io_error("setting the owner and mode of", path)(e));
         }
@@ -429,7 +420,8 @@ impl Server {
                 Some(_) = clients.join_next(), if !clients.is_empty() => {}
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        let access = match authorize(&stream, self.options.group) {
+                        let group = *self.options.group.borrow();
+                        let access = match authorize(&stream, group) {
                             Ok(a) => a,
                             Err(why) => {
                                 warn!("control socket: {why}");
@@ -483,6 +475,16 @@ pub(crate) fn out_of_resources(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// The socket file's group and mode for `group`: the group's, 0660, or without one the
+/// daemon's own group, 0600. (The server learns the group from [`Options::group`].)
+pub fn set_group(path: &Path, group: Option<libc::gid_t>) -> io::Result<()> {
+    // SAFETY: getegid cannot fail.
+    let gid = group.unwrap_or_else(|| unsafe { libc::getegid() });
+    std::os::unix::fs::chown(path, None, Some(gid))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// What a client may send.

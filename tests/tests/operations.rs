@@ -481,6 +481,24 @@ fn runtime_changes_to_real_servers() {
     // status --json --rate carries the rates.
     let rated = ctl(&lab, 1, &["status", "--json", "--rate"]).unwrap();
     assert!(rated.contains("\"rate\":{\"cps\":"), "{rated}");
+
+    // global_defs in place: without the control group its former members are shut out;
+    // on_stop = "keep" makes the next SIGTERM leave the VIP where it is.
+    let plain = without_rs3.replacen(
+        "control_socket_group = \"nogroup\"\n",
+        "on_stop = \"keep\"\n",
+        1,
+    );
+    assert_ne!(plain, without_rs3);
+    lab.set_config(1, &plain).unwrap();
+    lab.reload_lb(1).unwrap();
+    let e = ctl_as(&lab, 1, Some(("100", "65534")), &["status"]).unwrap_err();
+    assert!(e.contains("permission denied"), "{e}");
+    lab.stop_lb(1).unwrap();
+    assert!(
+        lab.has_vip(1),
+        "on_stop = \"keep\" by reload, yet the stop released the VIP"
+    );
     lab.teardown().unwrap();
 }
 

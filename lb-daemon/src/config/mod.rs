@@ -914,6 +914,44 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// The 1-based line of `key` in `[table]` of a TOML file's `text` (the first `key =`
+/// after the table's header and before the next header), or of the header itself when
+/// `key` is empty, or of the first `[[table]]` header: for errors about what the model
+/// keeps no position of (a reload's refusals).
+pub fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let name = t.trim_matches(['[', ']']).trim();
+            inside = name == table;
+            if inside && key.is_empty() {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if inside {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+#[test]
+fn key_lines() {
+    let text = "[global_defs]\nrouter_id = \"a\"\ncontrol_socket = \"/x\"\n\n[[vrrp_instance]]\nname = \"VI\"\n[sync]\npeers = []\n";
+    assert_eq!(key_line(text, "global_defs", "control_socket"), Some(3));
+    assert_eq!(key_line(text, "global_defs", "name"), None);
+    assert_eq!(key_line(text, "vrrp_instance", ""), Some(5));
+    assert_eq!(key_line(text, "sync", ""), Some(7));
+    assert_eq!(key_line(text, "dataplane", ""), None);
+}
+
 /// The virtual server a `track_virtual_server` entry names (`VIP:PORT`, optionally
 /// `/TCP` or `/UDP`, which may be left out when only one protocol has that VIP and port), by
 /// its canonical name.

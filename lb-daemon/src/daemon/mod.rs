@@ -34,7 +34,7 @@ pub use reconcile::{dataplane_limits, service_spec, service_specs};
 use anyhow::Result;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -64,18 +64,22 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
     // The program's clock: flow idle times and persistence templates are measured on it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // The control socket (status, reload, changes); the Prometheus endpoint is the state's.
+    let (group_tx, group) = watch::channel(control_group(&state.config)?);
+    let ctl_path = state.config.global_defs.control_socket_path();
     let ctl = control::Server::bind_with(
-        &state.config.global_defs.control_socket_path(),
+        &ctl_path,
         control::Options {
-            group: control_group(&state.config)?,
+            group,
             ..control::Options::default()
         },
     )
     .await?;
+    state.control = Some(state::ControlSocket {
+        path: ctl_path,
+        group: group_tx,
+    });
     let (ctl_tx, mut ctl_rx) = mpsc::channel(control::CALL_QUEUE_LEN);
     tokio::spawn(ctl.serve(ctl_tx));
-    // What SIGTERM means; read once: a reload does not change how this run ends.
-    let on_stop = state.config.global_defs.on_stop.unwrap_or_default();
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -114,7 +118,7 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
             Some(call) = ctl_rx.recv() => match call.request {
                 Request::Stop { release } => {
                     call.reply(Response::ok());
-                    let release = release.unwrap_or(on_stop == OnStop::Release);
+                    let release = release.unwrap_or(on_stop(&state) == OnStop::Release);
                     RELEASED_ON_REQUEST.store(release, std::sync::atomic::Ordering::Relaxed);
                     return stop(state, inbox, release).await;
                 }
@@ -159,7 +163,13 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
         }
         state.after_event(Instant::now());
     }
-    stop(state, inbox, on_stop == OnStop::Release).await
+    let release = on_stop(&state) == OnStop::Release;
+    stop(state, inbox, release).await
+}
+
+/// What SIGTERM means, as the configuration now says (a reload may have changed it).
+fn on_stop(state: &State) -> OnStop {
+    state.config.global_defs.on_stop.unwrap_or_default()
 }
 
 /// `global_defs.control_socket_group`'s id (an unknown group is an error naming the key).

@@ -12,6 +12,7 @@ use std::{
 use tracing::{error, info};
 
 use super::{check_scripts, overrides::Overrides, Health, State};
+use crate::vrrp::notify::Notifier;
 use crate::{
     config::{Config, DataplaneConfig},
     health,
@@ -30,7 +31,7 @@ impl State {
         let new = Config::load_cached(&self.path, &mut self.parsed).map_err(|e| e.to_string())?;
         check_scripts(&new).map_err(|e| e.to_string())?;
         let parsed = started.elapsed();
-        restart_only(&self.config, &new)?;
+        restart_only(&self.config, &new).map_err(|r| refusal(&self.path, r))?;
         // The metrics' token is read again, and a file that cannot be read refuses the
         // reload: the token in use stays.
         let metrics_token = new.metrics_token().map_err(|e| e.to_string())?;
@@ -48,6 +49,29 @@ impl State {
             health::Scope::All
         };
         let checks = health::Checkers::prepare(&new, scope).map_err(|e| e.to_string())?;
+        // `global_defs`' hook options (user, script security, FIFO, router_id): a new
+        // notifier, which goes on with the old one's counts.
+        let hook_options = |g: &crate::config::GlobalDefs| {
+            (
+                g.script_user.clone(),
+                g.enable_script_security,
+                g.notify_fifo.clone(),
+                g.router_id.clone(),
+            )
+        };
+        let notifier = if hook_options(&new.global_defs) != hook_options(&self.config.global_defs) {
+            Some(Notifier::from_config_after(&new, &self.notifier).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        // The control socket's group: an unknown one refuses the reload.
+        let group = if new.global_defs.control_socket_group
+            != self.config.global_defs.control_socket_group
+        {
+            Some(super::control_group(&new).map_err(|e| format!("{e:#}"))?)
+        } else {
+            None
+        };
 
         // The maps: a configuration the dataplane cannot hold (too many services or
         // backends) is refused here, and what was written is put back.
@@ -84,6 +108,21 @@ impl State {
         // Commit: nothing from here on can fail.
         let addresses_moved = addresses(&self.config, &changed) != addresses(&new, &changed);
         let health_before = verdicts(&new, &changed, &self.health, &self.overrides);
+        if let Some(n) = notifier {
+            // The old one runs what it has queued, as a stop gives it.
+            let old = std::mem::replace(&mut self.notifier, n);
+            tokio::spawn(old.shutdown(Duration::from_secs(1)));
+            info!("notify options changed: hooks and the event stream follow global_defs");
+        }
+        if let (Some(gid), Some(c)) = (group, &self.control) {
+            match crate::control::set_group(&c.path, gid) {
+                Ok(()) => {
+                    c.group.send_replace(gid);
+                    info!(group = ?gid, "control socket group changed");
+                }
+                Err(e) => error!("changing the control socket's group: {e}"),
+            }
+        }
         // Unchanged scripts keep their rise/fall state, unchanged checkers their timers.
         self.track_tasks.commit(tracks);
         self.checkers.commit(checks, scope, &mut self.health);
@@ -144,10 +183,18 @@ impl State {
     }
 }
 
-/// What a reload cannot change in place: a restart applies it.
-fn restart_only(running: &Config, new: &Config) -> Result<(), String> {
+/// What a reload cannot change in place (a restart applies it): the table and key of the
+/// first such change (an empty key: the table as a whole), and why.
+fn restart_only(
+    running: &Config,
+    new: &Config,
+) -> Result<(), (&'static str, &'static str, String)> {
     if new.sync != running.sync {
-        return Err("the [sync] section changed: restart to apply it".into());
+        return Err((
+            "sync",
+            "",
+            "the [sync] section changed: restart to apply it".into(),
+        ));
     }
     // The reserve of room may change in place (the maps grow to it); nothing else may.
     let in_place = |d: &Option<DataplaneConfig>| {
@@ -157,16 +204,50 @@ fn restart_only(running: &Config, new: &Config) -> Result<(), String> {
         })
     };
     if in_place(&new.dataplane) != in_place(&running.dataplane) {
-        return Err("the [dataplane] section changed: restart to apply it".into());
+        return Err((
+            "dataplane",
+            "",
+            "the [dataplane] section changed: restart to apply it".into(),
+        ));
     }
     if new.vrrp_instances != running.vrrp_instances || new.sync_groups != running.sync_groups {
-        return Err("VRRP instances changed: restart to apply them".into());
+        return Err((
+            "vrrp_instance",
+            "",
+            "VRRP instances changed: restart to apply them".into(),
+        ));
     }
     // The listener is bound once; its token changes in place.
     if new.global_defs.metrics_address != running.global_defs.metrics_address {
-        return Err("global_defs.metrics_address changed: restart to apply it".into());
+        return Err((
+            "global_defs",
+            "metrics_address",
+            "global_defs.metrics_address changed: restart to apply it".into(),
+        ));
+    }
+    // This very reload's answer goes back over the socket; its group changes in place.
+    if new.global_defs.control_socket_path() != running.global_defs.control_socket_path() {
+        return Err((
+            "global_defs",
+            "control_socket",
+            "global_defs.control_socket changed: the socket this reload answers on stays \
+             until a restart"
+                .into(),
+        ));
     }
     Ok(())
+}
+
+/// A refusal of [`restart_only`] as `file:line: why` (the line of the key in the new file,
+/// where it can be found).
+fn refusal(file: &std::path::Path, (table, key, why): (&str, &str, String)) -> String {
+    let line = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| crate::config::key_line(&text, table, key));
+    match line {
+        Some(l) => format!("{}:{l}: {why}", file.display()),
+        None => format!("{}: {why}", file.display()),
+    }
 }
 
 /// The addresses (real servers', sorry servers') of `services`, by service.
@@ -293,6 +374,7 @@ lb_kind = "DR"
             metrics: None,
             overrides: Default::default(),
             zeroed: None,
+            control: None,
         }
     }
 
@@ -418,5 +500,81 @@ lb_kind = "DR"
         std::fs::write(&path, text("127.0.0.1:1", false)).unwrap();
         let e = s.on_reload().await.unwrap_err();
         assert!(e.contains("global_defs.metrics_address changed"), "{e}");
+    }
+
+    /// `global_defs` keys apply in place or are refused with the file, the line and why:
+    /// a new `notify_fifo` gets the next events (and the counts go on), an unknown
+    /// control group refuses the reload and changes nothing, a new control socket path is
+    /// refused at its line.
+    #[tokio::test]
+    async fn global_defs_apply_in_place_or_are_refused_at_their_line() {
+        let dir = TempDir::new("reload-global");
+        let path = dir.path().join("lb.toml");
+        let fifo = dir.path().join("events");
+        let text = |extra: &str| format!("[global_defs]\nrouter_id = \"a\"\n{extra}");
+        std::fs::write(&path, text("")).unwrap();
+        let mut s = state(path.clone());
+        s.on_vrrp_state(crate::vrrp::notify::Event::instance(
+            "VI_1",
+            crate::vrrp::notify::NotifyState::Master,
+            100,
+        ));
+        let before = s.notifier.counters().events;
+        assert_eq!(before, 1);
+
+        // The event stream, to a Unix datagram socket standing for a reader.
+        let reader = std::os::unix::net::UnixDatagram::bind(&fifo).unwrap();
+        reader.set_nonblocking(true).unwrap();
+        std::fs::write(
+            &path,
+            text(&format!("notify_fifo = \"{}\"\n", fifo.display())),
+        )
+        .unwrap();
+        s.on_reload().await.unwrap();
+        s.on_vrrp_state(crate::vrrp::notify::Event::instance(
+            "VI_1",
+            crate::vrrp::notify::NotifyState::Master,
+            100,
+        ));
+        // The notifier's worker runs on this test's runtime: wait without blocking it.
+        let mut buf = [0u8; 4096];
+        let mut got = String::new();
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                if let Ok(n) = reader.recv(&mut buf) {
+                    got = String::from_utf8_lossy(&buf[..n]).into_owned();
+                }
+                !got.is_empty()
+            })
+            .await,
+            "the new notify_fifo never got the event"
+        );
+        assert!(got.contains("VI_1"), "{got}");
+        assert_eq!(s.notifier.counters().events, before + 1, "the counts go on");
+
+        let config = s.config.clone();
+        std::fs::write(
+            &path,
+            text("control_socket_group = \"lb-no-such-group-xyzzy\"\n"),
+        )
+        .unwrap();
+        let e = s.on_reload().await.unwrap_err();
+        assert!(
+            e.contains("`global_defs.control_socket_group`")
+                && e.contains("lb-no-such-group-xyzzy"),
+            "{e}"
+        );
+        assert_eq!(s.config, config);
+
+        std::fs::write(&path, text("\ncontrol_socket = \"/run/other.sock\"\n")).unwrap();
+        let e = s.on_reload().await.unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "{}:4: global_defs.control_socket changed",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(s.config, config);
     }
 }

@@ -66,6 +66,15 @@ pub(super) struct State {
     pub overrides: Overrides,
     /// The counters as `lb-daemon zero` found them: status shows what came since.
     pub zeroed: Option<Zeroed>,
+    /// The control socket, whose group a reload changes (none until `run` binds it).
+    pub control: Option<ControlSocket>,
+}
+
+/// What the main loop keeps of the control socket.
+pub(super) struct ControlSocket {
+    pub path: std::path::PathBuf,
+    /// The group whose members may read (see `control::Options::group`).
+    pub group: watch::Sender<Option<libc::gid_t>>,
 }
 
 /// What the main loop keeps of the metrics server: what it serves, and to whom.
@@ -163,6 +172,7 @@ impl State {
             metrics: None,
             overrides,
             zeroed: None,
+            control: None,
         };
         if !state.overrides.is_empty() {
             info!(

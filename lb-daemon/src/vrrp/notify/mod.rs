@@ -202,6 +202,16 @@ impl Notifier {
         options: NotifyOptions,
         hooks: impl IntoIterator<Item = (Kind, String, Hooks)>,
     ) -> Result<Self, NotifyError> {
+        Self::start_counting(options, hooks, Arc::default())
+    }
+
+    /// [`Notifier::start`], counting into `counters` (a notifier that replaces another
+    /// goes on with its counts).
+    fn start_counting(
+        options: NotifyOptions,
+        hooks: impl IntoIterator<Item = (Kind, String, Hooks)>,
+        counters: Arc<Counters>,
+    ) -> Result<Self, NotifyError> {
         let hooks: HashMap<(Kind, String), Hooks> = hooks
             .into_iter()
             .filter(|(_, _, h)| !h.is_empty())
@@ -221,7 +231,6 @@ impl Notifier {
                 }
             }
         }
-        let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(options.queue_len.max(1));
         let worker = Worker {
             hooks,
@@ -241,6 +250,17 @@ impl Notifier {
 
     /// The hooks of every instance and sync group in `config`, with `global_defs`' options.
     pub fn from_config(config: &Config) -> Result<Self, NotifyError> {
+        Self::from_config_counting(config, Arc::default())
+    }
+
+    /// [`Notifier::from_config`] for a reload that changed `global_defs`: the new notifier
+    /// goes on with `previous`'s counts (the caller then shuts `previous` down, which
+    /// runs what it has queued).
+    pub fn from_config_after(config: &Config, previous: &Notifier) -> Result<Self, NotifyError> {
+        Self::from_config_counting(config, previous.counters.clone())
+    }
+
+    fn from_config_counting(config: &Config, counters: Arc<Counters>) -> Result<Self, NotifyError> {
         let hooks = config
             .vrrp_instances
             .iter()
@@ -257,7 +277,11 @@ impl Notifier {
                     .iter()
                     .map(|g| (Kind::Group, g.name.clone(), Hooks::from_config(&g.notify))),
             );
-        Notifier::start(NotifyOptions::from_global(&config.global_defs)?, hooks)
+        Notifier::start_counting(
+            NotifyOptions::from_global(&config.global_defs)?,
+            hooks,
+            counters,
+        )
     }
 
     /// Queues `event`: its hooks start, and its line is written, in the order of the calls.
