@@ -100,6 +100,11 @@ pub enum Request {
     },
     /// `ipvsadm -Z`: the traffic counters that status shows start again from 0.
     Zero,
+    /// What a reload of the file at `config` (an absolute path) would change; changes
+    /// nothing (root only: the daemon reads the file).
+    Diff {
+        config: String,
+    },
     /// The real server that serves `client` (`IP:PORT`) for `service`.
     Which {
         client: String,
@@ -310,6 +315,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         "status" => Ok(Request::Status),
         "reload" => Ok(Request::Reload),
         "zero" => Ok(Request::Zero),
+        "diff" => serde_json::from_value(v.clone()).map_err(|e| format!("diff: {e}")),
         "which" => serde_json::from_value(v.clone()).map_err(|e| format!("which: {e}")),
         "connections" => serde_json::from_value(v.clone()).map_err(|e| format!("connections: {e}")),
         "real-server" => {
@@ -342,7 +348,7 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         other => {
             let shown: String = other.chars().take(64).collect();
             Err(format!(
-                "unknown command {shown:?} (expected status, reload, stop, zero, real-server, connections or which)"
+                "unknown command {shown:?} (expected status, reload, stop, zero, real-server, connections, which or diff)"
             ))
         }
     }
@@ -1082,6 +1088,7 @@ mod tests {
                 Request::RealServer { action, .. } => Response::done(format!("{action:?}")),
                 Request::Connections { .. } => Response::connections(Connections::default()),
                 Request::Which { .. } => Response::which(Which::default()),
+                Request::Diff { .. } => Response::done("no change"),
             };
             call.reply(r);
         }

@@ -98,6 +98,14 @@ enum Cmd {
         #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// What `lb-daemon reload` of another file would change (VIPs, instances, services,
+    /// real servers, weights, map writes), changing nothing; whether it would be refused.
+    Diff {
+        #[arg(long, short = 'f')]
+        config: PathBuf,
+        #[arg(long, default_value = lb_daemon::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Check a configuration file without touching the system; non-zero exit on an error.
     Check {
         #[arg(long, short = 'f', default_value = "/etc/lb-daemon/lb.toml")]
@@ -316,6 +324,16 @@ fn run() -> Result<()> {
         } => {
             let r = lb_daemon::control::Request::Which { client, service };
             print!("{}", lb_daemon::control::cli_which(&socket, r, json)?);
+            Ok(())
+        }
+        Cmd::Diff { config, socket } => {
+            // The daemon reads the file: it needs the whole path.
+            let config = std::fs::canonicalize(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let r = lb_daemon::control::Request::Diff {
+                config: config.to_string_lossy().into_owned(),
+            };
+            print!("{}", lb_daemon::control::cli_change(&socket, r)?);
             Ok(())
         }
         Cmd::Zero { socket } => {

@@ -313,6 +313,46 @@ fn runtime_changes_to_real_servers() {
         "{which}"
     );
 
+    // diff: what a reload of another file would do, and nothing done.
+    let writes = |lab: &LvsLab| {
+        status_json(lab.lb(1)).unwrap()["map_writes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = writes(&lab);
+    let same = lab.lb(1).dir().join("same.toml");
+    std::fs::copy(lab.lb(1).dir().join("lb.toml"), &same).unwrap();
+    let out = ctl(&lab, 1, &["diff", "--config", same.to_str().unwrap()]).unwrap();
+    assert_eq!(out, "no change\nmap writes: 0\n");
+    let other = lab.lb(1).dir().join("other.toml");
+    let text = std::fs::read_to_string(lab.lb(1).dir().join("lb.toml"))
+        .unwrap()
+        .replacen("  weight = 1\n", "  weight = 0\n", 1);
+    std::fs::write(&other, &text).unwrap();
+    let out = ctl(&lab, 1, &["diff", "--config", other.to_str().unwrap()]).unwrap();
+    assert!(
+        out.contains(&format!("real server {}:{HTTP} weight 1 -> 0", rs(1))),
+        "{out}"
+    );
+    let n: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("map writes: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(n > 0, "{out}");
+    let refused = text.replace("priority = 100", "priority = 120");
+    std::fs::write(&other, &refused).unwrap();
+    let out = ctl(&lab, 1, &["diff", "--config", other.to_str().unwrap()]).unwrap();
+    assert!(
+        out.contains("a reload would be refused") && out.contains("priority: 100 -> 120"),
+        "{out}"
+    );
+    std::fs::write(&other, "[[virtual_server]]\nip = 1\n").unwrap();
+    let e = ctl(&lab, 1, &["diff", "--config", other.to_str().unwrap()]).unwrap_err();
+    assert!(e.contains("other.toml:"), "{e}");
+    assert_eq!(writes(&lab), before, "a diff wrote to the maps");
+    assert_eq!(backend_json(&lab, 1, 1)["weight"].as_u64(), Some(1));
+
     // Drain rs1: its connections go on, new ones go elsewhere.
     let out = ctl(&lab, 1, &["real-server", "drain", &svc, &rs(1)]).unwrap();
     assert!(out.contains("drained"), "{out}");

@@ -204,6 +204,46 @@ impl Dp {
         }
     }
 
+    /// What [`Dp::apply`] would plan for `config` now, changing nothing (no quorum is
+    /// moved or logged): `lb-daemon diff`'s specs.
+    pub(super) fn specs_for(
+        &self,
+        config: &Config,
+        master_vips: &HashSet<IpAddr>,
+        health: &Health,
+        overrides: &Overrides,
+    ) -> Vec<ServiceSpec> {
+        let health_of = |vs: &VirtualServer, rs: &crate::config::RealServer| {
+            let key = vs.key();
+            overrides.verdict(
+                &key,
+                rs,
+                health.get(&(key, rs.addr)).map(|h| (h.up, h.weight)),
+            )
+        };
+        config
+            .virtual_servers
+            .iter()
+            .map(|vs| {
+                let healthy: u32 = vs
+                    .real_servers
+                    .iter()
+                    .filter(|rs| self.macs.known.contains_key(&rs.addr.ip()))
+                    .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
+                    .sum();
+                let had = self.derived.get(&vs.key()).map(|d| d.quorum);
+                let has = vs.quorum_next(had.unwrap_or(true), healthy);
+                service_spec(
+                    vs,
+                    |ip| self.macs.known.get(&ip).copied(),
+                    master_vips,
+                    health_of,
+                    has,
+                )
+            })
+            .collect()
+    }
+
     /// Every service is computed again at the next apply (VIPs changed hands, MACs moved).
     pub(super) fn all_stale(&mut self) {
         self.all_stale = true;

@@ -16,6 +16,7 @@ use std::{
 };
 
 mod apply;
+mod diff;
 mod macs;
 mod overrides;
 mod preflight;
@@ -124,6 +125,13 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                 }
                 Request::Status => call.reply(Response::status(state.on_status())),
                 Request::Zero => call.reply(Response::done(state.on_zero())),
+                Request::Diff { ref config } => {
+                    let r = state.on_diff(std::path::Path::new(config));
+                    call.reply(match r {
+                        Ok(text) => Response::done(text),
+                        Err(e) => Response::error(e),
+                    });
+                }
                 Request::Which { ref client, ref service } => {
                     let r = state.on_which(client, service);
                     call.reply(match r {

@@ -183,6 +183,37 @@ impl State {
     }
 }
 
+impl State {
+    /// `lb-daemon diff --config NEW`: what a reload of `new` would do, line by line, and
+    /// nothing done: whether it would be refused (and why), what changes, and how many map
+    /// elements the dataplane would write. A file that does not load is the error.
+    pub(super) fn on_diff(&self, new: &std::path::Path) -> Result<String, String> {
+        let config = Config::load(new).map_err(|e| e.to_string())?;
+        check_scripts(&config).map_err(|e| e.to_string())?;
+        let mut lines = Vec::new();
+        if let Err(r) = restart_only(&self.config, &config) {
+            lines.push(format!("a reload would be refused: {}", refusal(new, r)));
+        }
+        lines.extend(super::diff::describe(&self.config, &config));
+        if let Some(dp) = &self.dp {
+            let specs = dp.specs_for(&config, &self.master_vips, &self.health, &self.overrides);
+            lines.push(match dp.xdp.dp.dry_run(&specs) {
+                Ok(n) => format!("map writes: {n}"),
+                Err(crate::dataplane::plan::PlanError::NoRoom { needs, .. }) => format!(
+                    "map writes: the maps would grow (to hold {needs:?}) and take the whole plan"
+                ),
+                Err(e) => format!("the dataplane would refuse it: {e}"),
+            });
+        }
+        if lines.iter().all(|l| l == "map writes: 0") {
+            lines.insert(0, "no change".into());
+        }
+        let mut text = lines.join("\n");
+        text.push('\n');
+        Ok(text)
+    }
+}
+
 /// What a reload cannot change in place (a restart applies it): the table and key of the
 /// first such change (an empty key: the table as a whole), and why.
 fn restart_only(

@@ -1006,6 +1006,35 @@ impl<W: MapWriter> Dataplane<W> {
         result
     }
 
+    /// How many map elements an update to `specs` would write, without writing anything
+    /// (`lb-daemon diff`): the same plan and the same writes as [`Dataplane::update`], into
+    /// a writer that only counts. [`PlanError::NoRoom`]: the maps would grow first, and the
+    /// whole plan be written into the new ones.
+    pub fn dry_run(&self, specs: &[ServiceSpec]) -> Result<usize, PlanError> {
+        let now = Instant::now();
+        let mut alloc = self.alloc.clone();
+        alloc.regions.settle(now);
+        let delta = plan(
+            Wanted { specs, same: &[] },
+            &self.current,
+            &self.planned,
+            &self.groups,
+            &self.stray,
+            &mut alloc,
+            now,
+        )?;
+        let needs = alloc.extent();
+        if !self.limits.covers(&needs) {
+            return Err(PlanError::NoRoom {
+                needs,
+                have: self.limits,
+            });
+        }
+        let mut counter = super::maps::MemMaps::default();
+        apply(&delta.prev, &delta.next, &mut counter)?;
+        Ok(counter.writes)
+    }
+
     /// Moves everything to new maps of `limits` (which must hold what is planned now):
     /// writes the current plan whole into `writer`, then hands it the job; returns the old
     /// writer. On error the old maps stay in use.
@@ -1289,6 +1318,26 @@ mod tests {
         let writes = misled.writer().0.writes;
         misled.update_known(&changed, &[true, true, true]).unwrap();
         assert_eq!(misled.writer().0.writes, writes);
+    }
+
+    /// `dry_run` counts what `update` then writes, and writes nothing itself.
+    #[test]
+    fn a_dry_run_counts_the_writes_of_the_update() {
+        let mut d = dp();
+        let mut specs = vec![
+            spec(80, Scheduler::Rr, &[1, 1, 1]),
+            spec(443, Scheduler::Mh, &[1, 1]),
+        ];
+        d.update(&specs).unwrap();
+        assert_eq!(d.dry_run(&specs).unwrap(), 0);
+        specs[0].backends[1].weight = 0;
+        specs.push(spec(8080, Scheduler::Wrr, &[2, 1]));
+        let before = d.writer().0.writes;
+        let counted = d.dry_run(&specs).unwrap();
+        assert_eq!(d.writer().0.writes, before, "a dry run wrote");
+        d.update(&specs).unwrap();
+        assert_eq!(d.writer().0.writes - before, counted);
+        assert!(counted > 0);
     }
 
     #[test]
