@@ -134,6 +134,8 @@ pub enum Request {
 
 /// How many connections `lb-daemon connections` shows unless told otherwise.
 pub const DEFAULT_CONNECTIONS_LIMIT: usize = 1000;
+/// The most it shows at once: an answer stays some tens of MB.
+pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
 fn default_limit() -> usize {
     DEFAULT_CONNECTIONS_LIMIT
@@ -317,7 +319,17 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
         "zero" => Ok(Request::Zero),
         "diff" => serde_json::from_value(v.clone()).map_err(|e| format!("diff: {e}")),
         "which" => serde_json::from_value(v.clone()).map_err(|e| format!("which: {e}")),
-        "connections" => serde_json::from_value(v.clone()).map_err(|e| format!("connections: {e}")),
+        "connections" => {
+            let r: Request =
+                serde_json::from_value(v.clone()).map_err(|e| format!("connections: {e}"))?;
+            match r {
+                Request::Connections { limit, .. } if limit > MAX_CONNECTIONS_LIMIT => Err(
+                    format!("connections: limit {limit} is above {MAX_CONNECTIONS_LIMIT}"),
+                ),
+                r => Ok(r),
+            }
+        }
+
         "real-server" => {
             let r: Request =
                 serde_json::from_value(v.clone()).map_err(|e| format!("real-server: {e}"))?;
@@ -337,6 +349,13 @@ pub fn parse_request(line: &[u8]) -> std::result::Result<Request, String> {
                 } if *action != RealServerAction::Reset => {
                     Err("real-server: \"all\" goes with reset only".into())
                 }
+                Request::RealServer {
+                    action: RealServerAction::Weight(w),
+                    ..
+                } if *w > crate::config::MAX_WEIGHT => Err(format!(
+                    "real-server: weight {w} is out of range 0..={}",
+                    crate::config::MAX_WEIGHT
+                )),
                 _ => Ok(r),
             }
         }
@@ -419,6 +438,9 @@ impl Server {
     /// dropped. Then the socket file is removed; clients still connected are cut off.
     pub async fn serve(self, calls: mpsc::Sender<Call>) {
         let slots = Arc::new(Semaphore::new(self.options.max_clients.max(1)));
+        // The control group's members have slots of their own: however many they hold,
+        // root can still reload, stop and change.
+        let reader_slots = Arc::new(Semaphore::new(self.options.max_clients.max(1)));
         let mut clients = JoinSet::new();
         loop {
             tokio::select! {
@@ -435,7 +457,11 @@ impl Server {
                                 continue;
                             }
                         };
-                        match slots.clone().try_acquire_owned() {
+                        let pool = match access {
+                            Access::All => &slots,
+                            Access::ReadOnly => &reader_slots,
+                        };
+                        match pool.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let calls = calls.clone();
                                 let options = self.options.clone();
@@ -688,7 +714,8 @@ async fn client(stream: UnixStream, calls: mpsc::Sender<Call>, options: &Options
                 }
                 match parse_request(&line) {
                     Ok(r) if access == Access::ReadOnly && !r.reads_only() => Response::error(
-                        "only root may change the daemon: the control group may only read",
+                        "only root may change the daemon or have it read files: the control \
+                         group may read status, connections and which",
                     ),
                     Ok(request) => dispatch(request, &calls, options.reply_timeout).await,
                     Err(why) => Response::error(why),
@@ -1673,8 +1700,19 @@ mod tests {
             let e = parse_request(bad).unwrap_err();
             assert!(e.contains(why), "{}: {e}", String::from_utf8_lossy(bad));
         }
-        // Only status reads.
+        // Only status, connections and which read; diff reads a file as root, so it is root's.
         assert!(Request::Status.reads_only());
         assert!(!Request::Zero.reads_only() && !Request::Reload.reads_only());
+        assert!(!Request::Diff {
+            config: "/etc/shadow".into()
+        }
+        .reads_only());
+        let e = parse_request(
+            br#"{"cmd":"real-server","service":"a","real":"b","action":{"weight":4294967295}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = parse_request(br#"{"cmd":"connections","limit":100000000}"#).unwrap_err();
+        assert!(e.contains("above"), "{e}");
     }
 }

@@ -505,6 +505,31 @@ impl Zeroed {
         z
     }
 
+    /// Forgets the baselines of services and real servers `config` no longer has: one that
+    /// comes back later counts from its own start.
+    pub fn retain_configured(&mut self, config: &crate::config::Config) {
+        let mut have: std::collections::BTreeSet<(ServiceKey, Option<SocketAddr>)> =
+            Default::default();
+        for vs in &config.virtual_servers {
+            let key = ServiceKey {
+                vip: vs.vip,
+                port: vs.port,
+                protocol: vs.proto.name().to_string(),
+            };
+            for rs in &vs.real_servers {
+                have.insert((key.clone(), Some(rs.addr)));
+            }
+            if let Some(sorry) = vs.sorry_server {
+                have.insert((key.clone(), Some(sorry)));
+            }
+            have.insert((key, None));
+        }
+        self.services
+            .retain(|k, _| have.contains(&(k.clone(), None)));
+        self.backends
+            .retain(|(k, a), _| have.contains(&(k.clone(), Some(*a))));
+    }
+
     /// `s`'s counters since the baseline.
     pub fn subtract(&self, s: &mut Snapshot) {
         fn since(now: &mut u64, base: u64) {

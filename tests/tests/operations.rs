@@ -129,6 +129,13 @@ fn quorum_lost_without_a_sorry_server_keeps_serving() {
     lab.stop_nginx(1).unwrap();
     lab.wait_health(1, 1, "down", Duration::from_secs(10))
         .unwrap();
+    // The premise: the service did lose its quorum (2 of 3 up, quorum 3).
+    wait(
+        &lab,
+        "lb1 to log the quorum lost",
+        Duration::from_secs(5),
+        || lab.lb_log(1).contains("service quorum lost"),
+    );
     let target = lab.target();
     let served = lab
         .client()
@@ -442,6 +449,14 @@ fn runtime_changes_to_real_servers() {
     )
     .unwrap_err();
     assert!(e.contains("only root may change"), "{e}");
+    let e = ctl_as(
+        &lab,
+        1,
+        Some(("100", "65534")),
+        &["diff", "--config", "/etc/hostname"],
+    )
+    .unwrap_err();
+    assert!(e.contains("only root may"), "{e}");
     let e = ctl_as(&lab, 1, Some(("100", "")), &["status"]).unwrap_err();
     assert!(e.contains("permission denied"), "{e}");
 

@@ -114,7 +114,7 @@ pub struct GlobalDefs {
     pub on_stop: Option<OnStop>,
     /// What must outlive a run, kept across restarts: the runtime overrides of `lb-daemon
     /// real-server` (default /var/lib/lb-daemon).
-    pub state_dir: Option<PathBuf>,
+    pub state_dir: Option<Spanned<PathBuf>>,
     /// The members of this group may use the control socket's read-only commands (status,
     /// connections, which); changes stay root's. Without it the socket is root's alone.
     pub control_socket_group: Option<Spanned<String>>,
@@ -138,7 +138,8 @@ impl GlobalDefs {
 
     pub fn state_dir_path(&self) -> PathBuf {
         self.state_dir
-            .clone()
+            .as_ref()
+            .map(|d| d.get_ref().clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
     }
 }
@@ -610,6 +611,25 @@ impl Config {
             &vrrp_instances,
             &raw.vrrp_sync_group,
         )?;
+        if let Some(d) = &raw.global_defs.state_dir {
+            // Relative, it would depend on the directory `check` and `run` start in.
+            if !d.get_ref().is_absolute() {
+                return Err(cx.invalid(
+                    d.span(),
+                    "global_defs.state_dir",
+                    "must be an absolute path",
+                ));
+            }
+        }
+        if let Some(g) = &raw.global_defs.control_socket_group {
+            if g.get_ref().is_empty() || g.get_ref().contains(['\0', ':', '\n']) {
+                return Err(cx.invalid(
+                    g.span(),
+                    "global_defs.control_socket_group",
+                    format!("{:?} is not a group name", g.get_ref()),
+                ));
+            }
+        }
         let metrics_token_file = match &raw.global_defs.metrics_bearer_token_file {
             None => None,
             Some(f) if raw.global_defs.metrics_address.is_none() => {

@@ -186,7 +186,7 @@ impl Dp {
             .iter()
             .filter(|rs| self.macs.known.contains_key(&rs.addr.ip()))
             .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
-            .sum();
+            .fold(0u32, u32::saturating_add);
         let had = self.derived.get(&key).map(|d| d.quorum);
         let has = vs.quorum_next(had.unwrap_or(true), healthy);
         self.quorum.log(vs, had, has, healthy);
@@ -230,7 +230,7 @@ impl Dp {
                     .iter()
                     .filter(|rs| self.macs.known.contains_key(&rs.addr.ip()))
                     .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
-                    .sum();
+                    .fold(0u32, u32::saturating_add);
                 let had = self.derived.get(&vs.key()).map(|d| d.quorum);
                 let has = vs.quorum_next(had.unwrap_or(true), healthy);
                 service_spec(

@@ -180,21 +180,31 @@ fn on_stop(state: &State) -> OnStop {
     state.config.global_defs.on_stop.unwrap_or_default()
 }
 
-/// `global_defs.control_socket_group`'s id (an unknown group is an error naming the key).
+/// `global_defs.control_socket_group`'s id; an unknown group is an error naming the file,
+/// the line and the key (the lookup is the host's, so `check` and start-up make it).
 pub(crate) fn control_group(config: &crate::config::Config) -> Result<Option<libc::gid_t>> {
     let Some(name) = &config.global_defs.control_socket_group else {
         return Ok(None);
     };
     let name = name.get_ref();
+    let at = || {
+        let line = std::fs::read_to_string(&config.file)
+            .ok()
+            .and_then(|t| crate::config::key_line(&t, "global_defs", "control_socket_group"));
+        match line {
+            Some(l) => format!("{}:{l}", config.file.display()),
+            None => config.file.display().to_string(),
+        }
+    };
     match crate::os::group_id(name) {
         Ok(Some(gid)) => Ok(Some(gid)),
         Ok(None) => anyhow::bail!(
             "{}: `global_defs.control_socket_group`: no group {name:?} on this host",
-            config.file.display()
+            at()
         ),
         Err(e) => anyhow::bail!(
             "{}: `global_defs.control_socket_group`: looking up {name:?}: {e}",
-            config.file.display()
+            at()
         ),
     }
 }

@@ -209,17 +209,21 @@ impl Overrides {
             ));
         }
         let mut by: BTreeMap<ServiceKey, BTreeMap<SocketAddr, Override>> = BTreeMap::new();
-        for e in file.overrides {
+        for (i, e) in file.overrides.into_iter().enumerate() {
+            let at = format!("override {} ({} {})", i + 1, e.service, e.real_server);
             let key = crate::model::parse_service_key(&e.service)
-                .map_err(|m| format!("service {:?}: {m}", e.service))?;
+                .map_err(|m| format!("{at}: service: {m}"))?;
             if e.with.weight.is_some_and(|w| w > MAX_WEIGHT) {
-                return Err(format!(
-                    "{} {}: weight out of range 0..={MAX_WEIGHT}",
-                    e.service, e.real_server
-                ));
+                return Err(format!("{at}: weight out of range 0..={MAX_WEIGHT}"));
             }
-            if !e.with.is_empty() {
-                by.entry(key).or_default().insert(e.real_server, e.with);
+            if !e.with.is_empty()
+                && by
+                    .entry(key)
+                    .or_default()
+                    .insert(e.real_server, e.with)
+                    .is_some()
+            {
+                return Err(format!("{at}: a second override of the same real server"));
             }
         }
         Ok(Overrides { by })
@@ -385,6 +389,10 @@ static = true
                 r#"{"version":1,"overrides":[{"service":"192.0.2.100:80/TCP","real_server":"192.0.2.11:80","wieght":1}]}"#,
                 "wieght",
             ),
+            (
+                r#"{"version":1,"overrides":[{"service":"192.0.2.100:80/TCP","real_server":"192.0.2.11:80","weight":1},{"service":"192.0.2.100:80/TCP","real_server":"192.0.2.11:80","weight":2}]}"#,
+                "override 2 (192.0.2.100:80/TCP 192.0.2.11:80): a second override",
+            ),
         ] {
             let e = Overrides::from_json(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
@@ -412,7 +420,7 @@ static = true
     }
 
     #[test]
-    fn save_is_atomic_and_an_empty_set_leaves_no_file() {
+    fn save_replaces_the_file_whole_and_an_empty_set_leaves_no_file() {
         let dir = std::env::temp_dir().join(format!("lb-overrides-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let c = config();

@@ -72,6 +72,35 @@ impl State {
         } else {
             None
         };
+        // A new state directory takes the overrides now (a directory that cannot be written
+        // refuses the reload); the old file goes at the commit.
+        let old_dir = self.config.global_defs.state_dir_path();
+        let new_dir = new.global_defs.state_dir_path();
+        if new_dir != old_dir {
+            let mut kept = self.overrides.clone();
+            kept.retain_configured(&new);
+            super::overrides::save(&new_dir, &kept).map_err(|e| {
+                format!("global_defs.state_dir: {e:#}: the runtime overrides could not move")
+            })?;
+        }
+        // The socket's group and mode before the maps (whose failure puts them back), so
+        // that nothing after them can fail.
+        let old_group = self.control.as_ref().map(|c| *c.group.borrow());
+        if let (Some(gid), Some(c)) = (group, &self.control) {
+            crate::control::set_group(&c.path, gid).map_err(|e| {
+                format!(
+                    "global_defs.control_socket_group: {}: {e}",
+                    c.path.display()
+                )
+            })?;
+        }
+        let put_group_back = |control: &Option<super::state::ControlSocket>| {
+            if let (Some(_), Some(c), Some(old)) = (group, control, old_group) {
+                if let Err(e) = crate::control::set_group(&c.path, old) {
+                    error!("putting the control socket's group back: {e}");
+                }
+            }
+        };
 
         // The maps: a configuration the dataplane cannot hold (too many services or
         // backends) is refused here, and what was written is put back.
@@ -100,6 +129,10 @@ impl State {
                     // The planner writes the whole plan again at the next apply.
                     error!("putting the running configuration back into the dataplane: {back:#}");
                 }
+                put_group_back(&self.control);
+                if new_dir != old_dir {
+                    let _ = super::overrides::save(&new_dir, &Default::default());
+                }
                 return Err(format!("the dataplane cannot take it: {e:#}"));
             }
         }
@@ -111,17 +144,25 @@ impl State {
         if let Some(n) = notifier {
             // The old one runs what it has queued, as a stop gives it.
             let old = std::mem::replace(&mut self.notifier, n);
-            tokio::spawn(old.shutdown(Duration::from_secs(1)));
+            // Its hooks run to their own timeout, as if nothing had changed.
+            tokio::spawn(
+                old.shutdown(crate::script::DEFAULT_HOOK_TIMEOUT + Duration::from_secs(1)),
+            );
             info!("notify options changed: hooks and the event stream follow global_defs");
         }
         if let (Some(gid), Some(c)) = (group, &self.control) {
-            match crate::control::set_group(&c.path, gid) {
-                Ok(()) => {
-                    c.group.send_replace(gid);
-                    info!(group = ?gid, "control socket group changed");
-                }
-                Err(e) => error!("changing the control socket's group: {e}"),
+            c.group.send_replace(gid);
+            info!(group = ?gid, "control socket group changed");
+        }
+        if new_dir != old_dir {
+            if let Err(e) = super::overrides::save(&old_dir, &Default::default()) {
+                error!("removing the runtime overrides of the old state_dir: {e:#}");
             }
+            info!(state_dir = %new_dir.display(), "runtime overrides moved");
+        }
+        if let Some(z) = self.zeroed.as_mut() {
+            // A service or real server the reload removes counts from 0 if it comes back.
+            z.retain_configured(&new);
         }
         // Unchanged scripts keep their rise/fall state, unchanged checkers their timers.
         self.track_tasks.commit(tracks);
@@ -188,13 +229,30 @@ impl State {
     /// nothing done: whether it would be refused (and why), what changes, and how many map
     /// elements the dataplane would write. A file that does not load is the error.
     pub(super) fn on_diff(&self, new: &std::path::Path) -> Result<String, String> {
+        // A regular file of a configuration's size, never a device or a FIFO to hang on.
+        let meta = std::fs::metadata(new).map_err(|e| format!("{}: {e}", new.display()))?;
+        if !meta.is_file() || meta.len() > MAX_DIFF_FILE {
+            return Err(format!(
+                "{}: not a regular file of at most {MAX_DIFF_FILE} bytes",
+                new.display()
+            ));
+        }
         let config = Config::load(new).map_err(|e| e.to_string())?;
         check_scripts(&config).map_err(|e| e.to_string())?;
+        // What else a reload prepares and may refuse.
+        config.metrics_token().map_err(|e| e.to_string())?;
+        super::control_group(&config).map_err(|e| format!("{e:#}"))?;
         let mut lines = Vec::new();
         if let Err(r) = restart_only(&self.config, &config) {
             lines.push(format!("a reload would be refused: {}", refusal(new, r)));
         }
         lines.extend(super::diff::describe(&self.config, &config));
+        let mut overrides = self.overrides.clone();
+        for (service, real) in overrides.retain_configured(&config) {
+            lines.push(format!(
+                "runtime override of {service} {real}: dropped (the real server goes)"
+            ));
+        }
         if let Some(dp) = &self.dp {
             let specs = dp.specs_for(&config, &self.master_vips, &self.health, &self.overrides);
             lines.push(match dp.xdp.dp.dry_run(&specs) {
@@ -213,6 +271,10 @@ impl State {
         Ok(text)
     }
 }
+
+/// The largest file `lb-daemon diff` reads (a configuration of 100,000 real servers is
+/// some tens of MB).
+const MAX_DIFF_FILE: u64 = 256 << 20;
 
 /// What a reload cannot change in place (a restart applies it): the table and key of the
 /// first such change (an empty key: the table as a whole), and why.

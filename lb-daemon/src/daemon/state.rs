@@ -128,6 +128,8 @@ impl State {
         let config = Config::load_cached(&path, &mut parsed)?;
         super::check_scripts(&config)?;
         let overrides = overrides::load(&config.global_defs.state_dir_path())?;
+        // Before anything starts: `run` binds the control socket with it afterwards.
+        super::control_group(&config)?;
         // Before anything starts: a token file that cannot be read is the file's error.
         let metrics_token = config.metrics_token()?;
         let mut seeds = Seeds::default();
@@ -214,18 +216,25 @@ impl State {
     /// Applies the state to the dataplane, logging a failure: the planner repairs what a
     /// failed write left at the next apply.
     async fn apply(&mut self) {
-        if let Some(dp) = self.dp.as_mut() {
-            if let Err(e) = dp
-                .apply(
+        if let Err(e) = self.try_apply().await {
+            error!("updating the dataplane: {e:#}");
+        }
+    }
+
+    /// [`State::apply`], its failure returned (the planner still repairs it at the next
+    /// apply).
+    async fn try_apply(&mut self) -> Result<()> {
+        match self.dp.as_mut() {
+            Some(dp) => {
+                dp.apply(
                     &self.config,
                     &self.master_vips,
                     &self.health,
                     &self.overrides,
                 )
                 .await
-            {
-                error!("updating the dataplane: {e:#}");
             }
+            None => Ok(()),
         }
     }
 
@@ -357,12 +366,9 @@ impl State {
         };
         dp.xdp
             .connections(
+                service,
                 |c| {
-                    service.is_none_or(|k| {
-                        c.protocol == k.proto.name()
-                            && c.virtual_server.ip() == k.vip
-                            && (c.virtual_server.port() == k.port || k.port == 0)
-                    }) && real.is_none_or(|r| matches(r, c.real_server))
+                    real.is_none_or(|r| matches(r, c.real_server))
                         && client.is_none_or(|r| matches(r, c.client))
                 },
                 limit,
@@ -386,6 +392,12 @@ impl State {
         if client.is_ipv4() != key.vip.is_ipv4() {
             return Err(format!("{client} and {key} are not of one family"));
         }
+        if key.port == 0 {
+            return Err(format!(
+                "{key} serves every port of its VIP: which flow is meant needs its port \
+                 (`lb-daemon connections --client {client}` lists them)"
+            ));
+        }
         dp.xdp.which(client, key)
     }
 
@@ -407,6 +419,14 @@ impl State {
         action: RealServerAction,
         all: bool,
     ) -> Result<String, String> {
+        if let RealServerAction::Weight(w) = action {
+            if w > crate::config::MAX_WEIGHT {
+                return Err(format!(
+                    "weight {w} is out of range 0..={}",
+                    crate::config::MAX_WEIGHT
+                ));
+            }
+        }
         let mut next = self.overrides.clone();
         let (message, stale) = if all {
             let stale: Vec<ServiceKey> = self
@@ -438,7 +458,11 @@ impl State {
         if let Some(dp) = self.dp.as_mut() {
             dp.stale(stale);
         }
-        self.apply().await;
+        // Saved and kept: the next apply writes it if this one cannot.
+        self.try_apply().await.map_err(|e| {
+            error!("updating the dataplane: {e:#}");
+            format!("{message}: saved, but the dataplane has not taken it yet: {e:#}")
+        })?;
         Ok(message)
     }
 

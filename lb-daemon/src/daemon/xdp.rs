@@ -297,6 +297,7 @@ impl Xdp {
     /// timeout), the first `limit` of them, and how many matched.
     pub(super) fn connections(
         &self,
+        service: Option<ServiceKey>,
         keep: impl Fn(&ConnectionStatus) -> bool,
         limit: usize,
     ) -> Result<Connections> {
@@ -308,6 +309,11 @@ impl Xdp {
             let Some((sid, bids)) = self.dp.ids_of(spec) else {
                 continue;
             };
+            // By the flow's service id: a fragment's flow (port 0) is its service's, and an
+            // all-ports service's flows are its own, not another service's on the VIP.
+            if service.is_some_and(|k| k != spec.key()) {
+                continue;
+            }
             services.insert(sid, (spec.proto.name(), spec.idle_timeout));
             for (b, bid) in spec.backends.iter().zip(bids) {
                 if let Some(v) = current.backends.get(&bid) {
