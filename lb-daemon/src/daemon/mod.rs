@@ -140,11 +140,22 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
                     });
                 }
                 Request::Connections { ref service, ref real, ref client, limit } => {
-                    let r = state.on_connections(service.as_deref(), real.as_deref(), client.as_deref(), limit);
-                    call.reply(match r {
-                        Ok(c) => Response::connections(c),
-                        Err(e) => Response::error(e),
-                    });
+                    match state.on_connections(service.as_deref(), real.as_deref(), client.as_deref(), limit) {
+                        Err(e) => call.reply(Response::error(e)),
+                        // The walk runs off the main loop, one at a time; the call is answered from it.
+                        Ok(walk) => {
+                            let walks = state.walks.clone();
+                            tokio::spawn(async move {
+                                let _one = walks.acquire_owned().await;
+                                let r = tokio::task::spawn_blocking(walk).await;
+                                call.reply(match r {
+                                    Ok(Ok(c)) => Response::connections(c),
+                                    Ok(Err(e)) => Response::error(format!("reading the connection table: {e:#}")),
+                                    Err(e) => Response::error(format!("reading the connection table: {e}")),
+                                });
+                            });
+                        }
+                    }
                 }
                 Request::RealServer { ref service, ref real, action, all } => {
                     let r = state

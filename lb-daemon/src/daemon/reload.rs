@@ -468,6 +468,7 @@ lb_kind = "DR"
             overrides: Default::default(),
             zeroed: None,
             control: None,
+            walks: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

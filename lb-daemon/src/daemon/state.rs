@@ -68,6 +68,9 @@ pub(super) struct State {
     pub zeroed: Option<Zeroed>,
     /// The control socket, whose group a reload changes (none until `run` binds it).
     pub control: Option<ControlSocket>,
+    /// One walk of the connection table at a time (`lb-daemon connections`, which the
+    /// control group may send): however many ask, one core at most walks.
+    pub walks: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the main loop keeps of the control socket.
@@ -175,6 +178,7 @@ impl State {
             overrides,
             zeroed: None,
             control: None,
+            walks: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         if !state.overrides.is_empty() {
             info!(
@@ -352,7 +356,8 @@ impl State {
         real: Option<&str>,
         client: Option<&str>,
         limit: usize,
-    ) -> Result<crate::status::Connections, String> {
+    ) -> Result<impl FnOnce() -> anyhow::Result<crate::status::Connections> + Send + 'static, String>
+    {
         let Some(dp) = self.dp.as_ref() else {
             return Err("no dataplane here: this node runs VRRP only".into());
         };
@@ -364,16 +369,14 @@ impl State {
         let matches = |(ip, port): (std::net::IpAddr, Option<u16>), a: std::net::SocketAddr| {
             a.ip() == ip && port.is_none_or(|p| p == a.port())
         };
-        dp.xdp
-            .connections(
-                service,
-                |c| {
-                    real.is_none_or(|r| matches(r, c.real_server))
-                        && client.is_none_or(|r| matches(r, c.client))
-                },
-                limit,
-            )
-            .map_err(|e| format!("reading the connection table: {e:#}"))
+        Ok(dp.xdp.connections(
+            service,
+            move |c| {
+                real.is_none_or(|r| matches(r, c.real_server))
+                    && client.is_none_or(|r| matches(r, c.client))
+            },
+            limit,
+        ))
     }
 
     /// `lb-daemon which CLIENT_IP:PORT SERVICE`.

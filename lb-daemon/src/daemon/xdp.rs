@@ -294,13 +294,14 @@ impl Xdp {
 
     /// The flows of the connection tables that `keep` keeps, live ones only (their service
     /// and backend still the ones they were made with, not idle past the service's
-    /// timeout), the first `limit` of them, and how many matched.
+    /// timeout), the first `limit` of them, and how many matched: a walk to run off the
+    /// main loop (a table of millions of flows takes a while), over what the maps name now.
     pub(super) fn connections(
         &self,
         service: Option<ServiceKey>,
-        keep: impl Fn(&ConnectionStatus) -> bool,
+        keep: impl Fn(&ConnectionStatus) -> bool + Send + 'static,
         limit: usize,
-    ) -> Result<Connections> {
+    ) -> impl FnOnce() -> Result<Connections> + Send + 'static {
         let current = self.dp.current();
         // Service id -> (protocol name, idle timeout); backend id -> (generation, address).
         let mut services = HashMap::new();
@@ -322,40 +323,43 @@ impl Xdp {
             }
         }
         let now = monotonic_seconds();
-        let mut out = Connections {
-            limit,
-            ..Connections::default()
-        };
-        self.flows.entries(|(_, client, vip, v)| {
-            let Some(&(protocol, idle)) = services.get(&v.service) else {
-                return true;
+        let flows = Arc::clone(&self.flows);
+        move || {
+            let mut out = Connections {
+                limit,
+                ..Connections::default()
             };
-            let Some(&(_, real)) = backends.get(&v.backend).filter(|(g, _)| *g == v.generation)
-            else {
-                return true;
-            };
-            let idle_s = now.saturating_sub(v.last_seen);
-            if idle != 0 && idle_s > idle {
-                return true;
-            }
-            let c = ConnectionStatus {
-                protocol: protocol.to_string(),
-                client,
-                virtual_server: vip,
-                real_server: real,
-                idle_s,
-            };
-            if keep(&c) {
-                out.total += 1;
-                if out.connections.len() < limit {
-                    out.connections.push(c);
+            flows.entries(|(_, client, vip, v)| {
+                let Some(&(protocol, idle)) = services.get(&v.service) else {
+                    return true;
+                };
+                let Some(&(_, real)) = backends.get(&v.backend).filter(|(g, _)| *g == v.generation)
+                else {
+                    return true;
+                };
+                let idle_s = now.saturating_sub(v.last_seen);
+                if idle != 0 && idle_s > idle {
+                    return true;
                 }
-            }
-            true
-        })?;
-        out.connections
-            .sort_by_key(|c| (c.virtual_server, c.client));
-        Ok(out)
+                let c = ConnectionStatus {
+                    protocol: protocol.to_string(),
+                    client,
+                    virtual_server: vip,
+                    real_server: real,
+                    idle_s,
+                };
+                if keep(&c) {
+                    out.total += 1;
+                    if out.connections.len() < limit {
+                        out.connections.push(c);
+                    }
+                }
+                true
+            })?;
+            out.connections
+                .sort_by_key(|c| (c.virtual_server, c.client));
+            Ok(out)
+        }
     }
 
     /// Which real server serves `client`'s flow to service `key`: the flow's own, if the
