@@ -220,36 +220,60 @@ pub fn in_init_mount_namespace() -> io::Result<bool> {
     Ok(own == init)
 }
 
-/// The id of group `name` (getgrnam_r, so NSS sources count); `None`: no such group.
+/// A user's ids, by name (getpwnam_r, so NSS sources count, as for keepalived); `None`: no
+/// such user.
+pub fn user_ids(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
+    by_name(
+        name,
+        // SAFETY: `by_name` passes pointers valid for the call, `buf` of `len` bytes.
+        |n, entry, buf, len, result| unsafe { libc::getpwnam_r(n, entry, buf, len, result) },
+        |p: &libc::passwd| (p.pw_uid, p.pw_gid),
+    )
+}
+
+/// A group's id, by name (getgrnam_r); `None`: no such group.
 pub fn group_id(name: &str) -> io::Result<Option<libc::gid_t>> {
+    by_name(
+        name,
+        // SAFETY: as for `user_ids`.
+        |n, entry, buf, len, result| unsafe { libc::getgrnam_r(n, entry, buf, len, result) },
+        |g: &libc::group| g.gr_gid,
+    )
+}
+
+/// The `get*nam_r` pattern: the entry for `name`, the buffer grown while the call asks for
+/// more (to 1 MiB); what `pick` reads of it (numbers only: its strings live in the buffer).
+fn by_name<T, R>(
+    name: &str,
+    call: impl Fn(*const libc::c_char, *mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+    pick: impl FnOnce(&T) -> R,
+) -> io::Result<Option<R>> {
     let Ok(cname) = std::ffi::CString::new(name) else {
         return Ok(None);
     };
     let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: group is plain old data; all-zero is a valid (empty) value.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call; only the numeric field is read.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        // SAFETY: `passwd` and `group` are plain old data; all-zero is a valid (empty) value.
+        let mut entry: T = unsafe { std::mem::zeroed() };
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = call(
+            cname.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
         match rc {
             libc::ERANGE if buf.len() < 1 << 20 => {
                 let len = buf.len() * 2;
                 buf.resize(len, 0);
             }
-            // As getpwnam_r: several codes mean "not found", by libc and NSS module.
+            // getpwnam_r(3): "0 or ENOENT or ESRCH or EBADF or EPERM or ..." mean "not
+            // found" depending on the libc and NSS module.
             0 | libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM if result.is_null() => {
                 return Ok(None)
             }
-            0 => return Ok(Some(grp.gr_gid)),
+            0 => return Ok(Some(pick(&entry))),
             rc => return Err(io::Error::from_raw_os_error(rc)),
         }
     }

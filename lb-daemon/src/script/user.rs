@@ -1,5 +1,5 @@
 //! Who scripts run as: `global_defs.script_user`, a script's own `user`, or root.
-use std::{ffi::CString, io};
+use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -47,50 +47,19 @@ impl ScriptUser {
     /// the user's primary group; supplementary groups are dropped when the uid changes (std's
     /// `Command::uid` calls `setgroups(0, NULL)`).
     pub fn lookup(name: &str) -> Result<Self, UserError> {
-        let unknown = || UserError::Unknown {
-            user: name.to_string(),
-        };
-        let cname = CString::new(name).map_err(|_| unknown())?;
-        let mut buf = vec![0u8; 1024];
-        loop {
-            // SAFETY: passwd is plain old data; all-zero is a valid (empty) value.
-            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-            let mut result: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: every pointer is valid for the call; buf outlives the use of pwd's
-            // string fields (we only read the numeric ones).
-            let rc = unsafe {
-                libc::getpwnam_r(
-                    cname.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            };
-            match rc {
-                libc::ERANGE if buf.len() < 1 << 20 => {
-                    let len = buf.len() * 2;
-                    buf.resize(len, 0);
-                }
-                // getpwnam_r(3): "0 or ENOENT or ESRCH or EBADF or EPERM or ..." mean "not
-                // found" depending on the libc and NSS module.
-                0 | libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM if result.is_null() => {
-                    return Err(unknown())
-                }
-                0 => {
-                    return Ok(ScriptUser {
-                        name: name.to_string(),
-                        uid: pwd.pw_uid,
-                        gid: pwd.pw_gid,
-                    })
-                }
-                rc => {
-                    return Err(UserError::Lookup {
-                        user: name.to_string(),
-                        source: io::Error::from_raw_os_error(rc),
-                    })
-                }
-            }
+        match crate::os::user_ids(name) {
+            Ok(Some((uid, gid))) => Ok(ScriptUser {
+                name: name.to_string(),
+                uid,
+                gid,
+            }),
+            Ok(None) => Err(UserError::Unknown {
+                user: name.to_string(),
+            }),
+            Err(source) => Err(UserError::Lookup {
+                user: name.to_string(),
+                source,
+            }),
         }
     }
 
