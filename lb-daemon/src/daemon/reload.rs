@@ -87,12 +87,15 @@ impl State {
         // that nothing after them can fail.
         let old_group = self.control.as_ref().map(|c| *c.group.borrow());
         if let (Some(gid), Some(c)) = (group, &self.control) {
-            crate::control::set_group(&c.path, gid).map_err(|e| {
-                format!(
+            if let Err(e) = crate::control::set_group(&c.path, gid) {
+                if new_dir != old_dir {
+                    let _ = super::overrides::save(&new_dir, &Default::default());
+                }
+                return Err(format!(
                     "global_defs.control_socket_group: {}: {e}",
                     c.path.display()
-                )
-            })?;
+                ));
+            }
         }
         let put_group_back = |control: &Option<super::state::ControlSocket>| {
             if let (Some(_), Some(c), Some(old)) = (group, control, old_group) {
