@@ -1,16 +1,21 @@
-//! The control socket: `lb-daemon status` and `lb-daemon reload` talk to the running daemon
-//! through it.
+//! The control socket: `lb-daemon status`, `reload`, `stop`, `real-server`, `zero`,
+//! `connections`, `which` and `diff` talk to the running daemon through it.
 //!
 //! # Protocol
 //!
-//! A Unix stream socket (default [`crate::config::DEFAULT_CONTROL_SOCKET`]), mode 0600 and answering only root (or the
-//! daemon's own user): one JSON request per line, one JSON response per line, as many as the
-//! client likes on one connection.
+//! A Unix stream socket (default [`crate::config::DEFAULT_CONTROL_SOCKET`]): one JSON request
+//! per line, one JSON response per line, as many as the client likes on one connection. Mode
+//! 0600, answering root (or the daemon's own user); with `global_defs.control_socket_group`
+//! 0660, and that group's members may send what only reads ([`Request::reads_only`]).
 //!
 //! | request | response |
 //! | --- | --- |
 //! | `{"cmd":"status"}` | `{"ok":true,"status":<Snapshot>}` (see [`crate::status`]) |
 //! | `{"cmd":"reload"}` | `{"ok":true}`, or `{"ok":false,"error":"file:line: key: message"}` |
+//! | `{"cmd":"stop","release":bool}` | `{"ok":true}`, then the daemon stops |
+//! | `{"cmd":"real-server",...}`, `{"cmd":"zero"}`, `{"cmd":"diff","config":PATH}` | `{"ok":true,"message":...}` |
+//! | `{"cmd":"connections",...}` | `{"ok":true,"connections":<Connections>}` |
+//! | `{"cmd":"which","client":...,"service":...}` | `{"ok":true,"which":<Which>}` |
 //! | anything else | `{"ok":false,"error":"..."}` |
 //!
 //! # Wiring: a channel the daemon's main loop answers

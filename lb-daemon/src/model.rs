@@ -126,6 +126,18 @@ pub fn parse_service_name(name: &str) -> Result<(SocketAddr, Option<Proto>), Str
     Ok((addr, proto))
 }
 
+/// `IP` or `IP:PORT` (an IPv6 address with a port in brackets), as an operator names a real
+/// server or a client.
+pub fn parse_ip_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip(), Some(a.port())));
+    }
+    s.trim_matches(['[', ']'])
+        .parse()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
+}
+
 /// A [`ServiceKey`] as its `Display` writes it (`VIP:PORT/PROTO`, the protocol required).
 pub fn parse_service_key(name: &str) -> Result<ServiceKey, String> {
     match parse_service_name(name)? {

@@ -351,13 +351,17 @@ pub struct RealServer {
 }
 
 impl RealServer {
+    /// keepalived's `alpha` on one of its checks: down until its first verdict.
+    pub fn alpha(&self) -> bool {
+        self.checks.checks.iter().any(|c| c.timing.alpha)
+    }
+
     /// The weight it serves with given its checks' verdict (up, dynamic weight), or `None`
     /// while it fails them. No verdict yet counts as up, unless a check is `alpha` (down
     /// until its first success): a server a reload just added has no verdict until its
     /// checker has started, and must not take flows meanwhile.
     pub fn healthy_weight(&self, verdict: Option<(bool, Option<u32>)>) -> Option<u32> {
-        let alpha = self.checks.checks.iter().any(|c| c.timing.alpha);
-        match verdict.unwrap_or((!alpha, None)) {
+        match verdict.unwrap_or((!self.alpha(), None)) {
             (true, dynamic) => Some(dynamic.unwrap_or(self.weight)),
             (false, _) => None,
         }
@@ -1011,15 +1015,7 @@ impl VirtualServer {
     /// the service has one real server at that address; an IPv6 address with a port in
     /// brackets).
     pub fn find_real(&self, name: &str) -> Result<&RealServer, String> {
-        let (ip, port) = match name.parse::<SocketAddr>() {
-            Ok(a) => (a.ip(), Some(a.port())),
-            Err(_) => (
-                name.trim_matches(['[', ']'])
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("{name:?} is not IP or IP:PORT"))?,
-                None,
-            ),
-        };
+        let (ip, port) = crate::model::parse_ip_port(name)?;
         let found: Vec<&RealServer> = self
             .real_servers
             .iter()

@@ -19,11 +19,32 @@ use super::{
     Health,
 };
 use crate::{
-    config::{Config, VirtualServer},
+    config::{Config, RealServer, VirtualServer},
     dataplane::{plan::PlanError, ServiceSpec},
     model::{Limits, ServiceKey},
     vrrp::track::TrackEvent,
 };
+
+/// A real server's verdict as the dataplane plans it (up, dynamic weight; `None`: none
+/// yet): its checks' (`health`), with the operator's runtime override on top.
+pub(super) fn verdict_of(
+    health: &Health,
+    overrides: &Overrides,
+    vs: &VirtualServer,
+    rs: &RealServer,
+) -> Option<(bool, Option<u32>)> {
+    let key = vs.key();
+    let checked = health.get(&(key, rs.addr)).map(|h| (h.up, h.weight));
+    overrides.verdict(&key, rs, checked)
+}
+
+/// [`Dp::plan_service`]'s result: the quorum it had and has, the healthy weight, the spec.
+struct PlannedService {
+    had: Option<bool>,
+    has: bool,
+    healthy: u32,
+    spec: ServiceSpec,
+}
 
 /// A service's dataplane view and quorum, and the configuration they were computed from.
 #[derive(Clone)]
@@ -96,15 +117,7 @@ impl Dp {
         health: &Health,
         overrides: &Overrides,
     ) -> Result<(), PlanError> {
-        // The checks' verdict with the operator's runtime changes on top.
-        let health_of = |vs: &crate::config::VirtualServer, rs: &crate::config::RealServer| {
-            let key = vs.key();
-            overrides.verdict(
-                &key,
-                rs,
-                health.get(&(key, rs.addr)).map(|h| (h.up, h.weight)),
-            )
-        };
+        let health_of = |vs: &VirtualServer, rs: &RealServer| verdict_of(health, overrides, vs, rs);
         let all_stale = std::mem::take(&mut self.all_stale);
         let stale = std::mem::take(&mut self.stale);
         // The last apply's specs, where a kept service at the same place is already right
@@ -175,11 +188,28 @@ impl Dp {
     /// quorum lost or regained.
     fn derive(
         &mut self,
-        vs: &Arc<crate::config::VirtualServer>,
+        vs: &Arc<VirtualServer>,
         master_vips: &HashSet<IpAddr>,
         health_of: &HealthOf,
     ) -> DerivedService {
-        let key = vs.key();
+        let planned = self.plan_service(vs, master_vips, health_of);
+        self.quorum
+            .log(vs, planned.had, planned.has, planned.healthy);
+        DerivedService {
+            vs: vs.clone(),
+            quorum: planned.has,
+            spec: planned.spec,
+        }
+    }
+
+    /// A service's quorum (keepalived's, with hysteresis, from what it had) and its spec, as
+    /// the state stands; nothing moved or logged.
+    fn plan_service(
+        &self,
+        vs: &VirtualServer,
+        master_vips: &HashSet<IpAddr>,
+        health_of: &HealthOf,
+    ) -> PlannedService {
         // The healthy weight: real servers that pass their checks and can be sent to.
         let healthy: u32 = vs
             .real_servers
@@ -187,9 +217,8 @@ impl Dp {
             .filter(|rs| self.macs.known.contains_key(&rs.addr.ip()))
             .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
             .fold(0u32, u32::saturating_add);
-        let had = self.derived.get(&key).map(|d| d.quorum);
+        let had = self.derived.get(&vs.key()).map(|d| d.quorum);
         let has = vs.quorum_next(had.unwrap_or(true), healthy);
-        self.quorum.log(vs, had, has, healthy);
         let spec = service_spec(
             vs,
             |ip| self.macs.known.get(&ip).copied(),
@@ -197,9 +226,10 @@ impl Dp {
             health_of,
             has,
         );
-        DerivedService {
-            vs: vs.clone(),
-            quorum: has,
+        PlannedService {
+            had,
+            has,
+            healthy,
             spec,
         }
     }
@@ -213,34 +243,11 @@ impl Dp {
         health: &Health,
         overrides: &Overrides,
     ) -> Vec<ServiceSpec> {
-        let health_of = |vs: &VirtualServer, rs: &crate::config::RealServer| {
-            let key = vs.key();
-            overrides.verdict(
-                &key,
-                rs,
-                health.get(&(key, rs.addr)).map(|h| (h.up, h.weight)),
-            )
-        };
+        let health_of = |vs: &VirtualServer, rs: &RealServer| verdict_of(health, overrides, vs, rs);
         config
             .virtual_servers
             .iter()
-            .map(|vs| {
-                let healthy: u32 = vs
-                    .real_servers
-                    .iter()
-                    .filter(|rs| self.macs.known.contains_key(&rs.addr.ip()))
-                    .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
-                    .fold(0u32, u32::saturating_add);
-                let had = self.derived.get(&vs.key()).map(|d| d.quorum);
-                let has = vs.quorum_next(had.unwrap_or(true), healthy);
-                service_spec(
-                    vs,
-                    |ip| self.macs.known.get(&ip).copied(),
-                    master_vips,
-                    health_of,
-                    has,
-                )
-            })
+            .map(|vs| self.plan_service(vs, master_vips, &health_of).spec)
             .collect()
     }
 

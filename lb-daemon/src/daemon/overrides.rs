@@ -123,8 +123,7 @@ impl Overrides {
         match o.weight {
             None => verdict,
             Some(w) => {
-                let alpha = rs.checks.checks.iter().any(|c| c.timing.alpha);
-                let up = verdict.map_or(!alpha, |v| v.0);
+                let up = verdict.map_or(!rs.alpha(), |v| v.0);
                 Some((up, up.then_some(w)))
             }
         }

@@ -378,10 +378,9 @@ fn verdicts(
         .iter()
         .filter(|vs| services.contains(&vs.key()))
         .flat_map(|vs| {
-            vs.real_servers.iter().map(|rs| {
-                let verdict = health.get(&(vs.key(), rs.addr)).map(|h| (h.up, h.weight));
-                rs.healthy_weight(overrides.verdict(&vs.key(), rs, verdict))
-            })
+            vs.real_servers
+                .iter()
+                .map(|rs| rs.healthy_weight(super::apply::verdict_of(health, overrides, vs, rs)))
         })
         .collect()
 }

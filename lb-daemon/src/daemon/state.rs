@@ -364,8 +364,8 @@ impl State {
         let service = service
             .map(|s| self.config.find_service(s).map(|vs| vs.key()))
             .transpose()?;
-        let real = real.map(ip_and_port).transpose()?;
-        let client = client.map(ip_and_port).transpose()?;
+        let real = real.map(crate::model::parse_ip_port).transpose()?;
+        let client = client.map(crate::model::parse_ip_port).transpose()?;
         let matches = |(ip, port): (std::net::IpAddr, Option<u16>), a: std::net::SocketAddr| {
             a.ip() == ip && port.is_none_or(|p| p == a.port())
         };
@@ -521,16 +521,4 @@ impl State {
             }
         }
     }
-}
-
-/// `IP` or `IP:PORT` (an IPv6 address with a port in brackets), as an operator names a real
-/// server or a client.
-fn ip_and_port(s: &str) -> Result<(std::net::IpAddr, Option<u16>), String> {
-    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
-        return Ok((a.ip(), Some(a.port())));
-    }
-    s.trim_matches(['[', ']'])
-        .parse()
-        .map(|ip| (ip, None))
-        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
 }

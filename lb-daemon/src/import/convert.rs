@@ -2771,8 +2771,8 @@ mod tests {
                     virtual_ipaddress {\n  192.0.2.1\n }\n track_script {\n  chk\n }\n \
                     notify_master \" master.sh up\"\n}\n\
                     virtual_server 192.0.2.1 80 {\n lb_algo rr\n lb_kind DR\n protocol TCP\n \
-                    real_server 10.0.0.1 80 {\n  MISC_CHECK {\n   misc_path /usr/bin/probe.sh\n  }\n \
-                    }\n real_server 10.0.0.2 80 {\n  MISC_CHECK {\n   misc_path \"probe.sh 10.0.0.2\"\n  \
+                    real_server 198.51.100.1 80 {\n  MISC_CHECK {\n   misc_path /usr/bin/probe.sh\n  }\n \
+                    }\n real_server 198.51.100.2 80 {\n  MISC_CHECK {\n   misc_path \"probe.sh 198.51.100.2\"\n  \
                     }\n }\n}\n";
         let mut fs = MemFiles::new();
         fs.add_executable("/usr/local/bin/chk.sh")
@@ -2800,7 +2800,7 @@ mod tests {
         assert!(
             probe.starts_with(&format!(
                 "/k/k.conf:{}:14: `probe.sh` ",
-                line_of(text, "probe.sh 10")
+                line_of(text, "probe.sh 198")
             )),
             "{probe}"
         );
@@ -2817,7 +2817,7 @@ mod tests {
         );
         assert!(
             i.toml
-                .contains("misc_path = \"/usr/bin/probe.sh 10.0.0.2\""),
+                .contains("misc_path = \"/usr/bin/probe.sh 198.51.100.2\""),
             "{}",
             i.toml
         );
@@ -2899,7 +2899,7 @@ mod tests {
         let text = "vrrp_instance VI_1 {\n interface eth0 eth1\n priority high\n \
                     virtual_router_id 1\n virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
                     virtual_server 192.0.2.1 80 {\n lb_algo wlc\n lb_kind NAT\n protocol TCP\n \
-                    real_server 192.0.2 80 {\n }\n real_server 10.0.0.1 80 {\n  weight x\n }\n}\n\
+                    real_server 192.0.2 80 {\n }\n real_server 198.51.100.1 80 {\n  weight x\n }\n}\n\
                     vrrp_instance VI_2 {\n virtual_router_id 2\n}\n";
         assert_starts(
             &errors(text),
