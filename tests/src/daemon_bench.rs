@@ -8,6 +8,7 @@
 //! | `detect_refused_vs_formula`    | backend refuses connections (RST): failure -> verdict, against keepalived's bound | ratio <= 1.0 |
 //! | `detect_blackhole_vs_formula`  | backend silently drops (blackhole route): the same            | ratio <= 1.0 |
 //! | `reload_identical_transitions` | VRRP transitions + map writes over 100 reloads of an unchanged file | value == 0 |
+//! | `reload_vrrp_change_transitions` | VRRP state changes on either node of a pair of ours over 10 reloads of both, each adding or removing a VIP and raising both priorities (the master stays the higher) | value == 0 |
 //! | `check_blip_resets`            | keep-alive requests reset by a 4 s check outage of a serving real server (`crate::blip_bench`); baseline: `expire_nodest_conn = true` | value == 0 |
 //! | `vrrp_flood_cpu`               | the VRRP thread's CPU under 100k invalid adverts a second for 5 s (`crate::vrrp_flood`), in cores | value <= 0.5 |
 //!
@@ -955,6 +956,102 @@ fn reload_identical() -> Result<Entry> {
     })
 }
 
+/// `reload_vrrp_change_transitions`: a pair of our daemons (VRRPv3, 1 s, priorities 150 and
+/// 100); ten rounds, each reloading both nodes with both priorities one higher and, in turn,
+/// a second VIP added or removed; each round waits until the master's adverts carry its new
+/// priority and the VIP is on it (or gone). Counted: state changes in both nodes' logs and
+/// status; and the VIP must never have left node 0 nor reached node 1.
+fn reload_vrrp_change() -> Result<Entry> {
+    use crate::vrrp_lab::{Peer, VrrpLab, VrrpParams};
+    const ROUNDS: u8 = 10;
+    let name = "reload_vrrp_change_transitions";
+    let params = VrrpParams {
+        master_hint: false,
+        ..VrrpParams::v3(100)
+    };
+    let mut lab = VrrpLab::new(&unique_prefix("rv"), &params, [Peer::Ours, Peer::Ours])?;
+    let watch = lab.advert_watch()?;
+    let src = lab.advert_source(0)?;
+    lab.start_both()?;
+    lab.wait_holder(0, Duration::from_secs(10))?;
+    let vip2: std::net::IpAddr = "192.0.2.101".parse()?;
+    let transitions = |lab: &VrrpLab, i: usize| -> Result<u64> {
+        let s = lab.status_ours(i)?;
+        s["vrrp"][0]["transitions"]
+            .as_u64()
+            .context("no transitions in the status")
+    };
+    let before = [transitions(&lab, 0)?, transitions(&lab, 1)?];
+    let logged = [lab.ours_transitions(0).len(), lab.ours_transitions(1).len()];
+    let has = |i: usize, a: std::net::IpAddr| {
+        lab.node(i)
+            .ip(&["-o", "addr", "show"])
+            .unwrap_or_default()
+            .contains(&format!(" {a}/"))
+    };
+    let started = std::time::Instant::now();
+    for round in 1..=ROUNDS {
+        let more: &[std::net::IpAddr] = if round % 2 == 1 { &[vip2] } else { &[] };
+        let t = std::time::Instant::now();
+        for i in [1, 0] {
+            lab.reload_ours(
+                i,
+                &params.ours_toml_with(i, params.priorities[i] + round, more),
+            )?;
+        }
+        let priority = params.priorities[0] + round;
+        watch.wait_for(
+            "the master's advert with its new priority",
+            t,
+            Duration::from_secs(3),
+            |a| a.src == src && a.priority == priority,
+        )?;
+        wait_until(
+            "the second VIP added or removed",
+            Duration::from_secs(5),
+            || has(0, vip2) != more.is_empty(),
+        )?;
+        ensure!(
+            has(0, params.vip) && !has(1, params.vip) && !has(1, vip2),
+            "round {round}: the VIPs moved"
+        );
+    }
+    // A change that went wrong shows later too (a backup that stopped hearing the master
+    // takes over after its Master_Down_Interval): watch that long, by the master's adverts.
+    let settle = std::time::Instant::now();
+    let mut at = settle;
+    while at.duration_since(settle) < params.master_down_interval(1) {
+        at = watch
+            .wait_for(
+                "the master's next advert",
+                at,
+                Duration::from_secs(3),
+                |a| a.src == src,
+            )?
+            .at;
+    }
+    ensure!(
+        has(0, params.vip) && !has(1, params.vip),
+        "the VIP moved after the reloads"
+    );
+    let after = [transitions(&lab, 0)?, transitions(&lab, 1)?];
+    let status_changes = (after[0] - before[0]) + (after[1] - before[1]);
+    let log_changes =
+        (lab.ours_transitions(0).len() - logged[0]) + (lab.ours_transitions(1).len() - logged[1]);
+    progress(&format!(
+        "{name}: {ROUNDS} rounds of two reloads in {:.1} s: {status_changes} state changes \
+         in the status, {log_changes} in the logs",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(Entry {
+        name,
+        value: status_changes.max(log_changes as u64) as f64,
+        unit: "transitions",
+        baseline: None,
+        target: Target::ValueEquals(0.0),
+    })
+}
+
 // -------------------------------------------------------------------------------------------
 // The benchmark
 // -------------------------------------------------------------------------------------------
@@ -989,6 +1086,9 @@ pub fn run(emit: &mut dyn FnMut(Entry)) -> Result<()> {
     }
     if wanted("reload_identical_transitions") {
         emit(reload_identical()?);
+    }
+    if wanted("reload_vrrp_change_transitions") {
+        emit(reload_vrrp_change()?);
     }
     if wanted("check_blip_resets") {
         emit(crate::blip_bench::check_blip_resets()?);

@@ -317,6 +317,11 @@ impl VrrpParams {
 
     /// Our daemon's configuration for node `i`.
     pub fn ours_toml(&self, i: usize) -> String {
+        self.ours_toml_with(i, self.priorities[i], &[])
+    }
+
+    /// [`VrrpParams::ours_toml`] with another priority and more VIPs (for reloads).
+    pub fn ours_toml_with(&self, i: usize, priority: u8, more_vips: &[IpAddr]) -> String {
         let mut c = format!(
             "[global_defs]\nrouter_id = \"node{i}\"\nvrrp_version = {}\n\n[[vrrp_instance]]\n\
              name = \"{INSTANCE}\"\nstate = \"{}\"\ninterface = \"{HOST_IF}\"\n\
@@ -324,7 +329,7 @@ impl VrrpParams {
             self.version,
             self.state(i),
             self.vrid,
-            self.priorities[i],
+            priority,
             self.advert_int_text()
         );
         if !self.preempt {
@@ -333,11 +338,11 @@ impl VrrpParams {
         if let (2, Some(pass)) = (self.version, &self.auth_pass) {
             c += &format!("authentication = {{ auth_type = \"PASS\", auth_pass = \"{pass}\" }}\n");
         }
-        c += &format!(
-            "virtual_ipaddress = [\"{}/{}\"]\n",
-            self.vip,
-            self.vip_prefix()
-        );
+        let vips: Vec<String> = std::iter::once(&self.vip)
+            .chain(more_vips)
+            .map(|v| format!("\"{v}/{}\"", self.vip_prefix()))
+            .collect();
+        c += &format!("virtual_ipaddress = [{}]\n", vips.join(", "));
         c
     }
 
@@ -953,6 +958,46 @@ impl VrrpLab {
     /// keepalived wrote its VRRP child's pid file and entered a state).
     pub fn start(&mut self, i: usize) -> Result<()> {
         self.nodes[i].start()
+    }
+
+    /// Writes `toml` (our TOML, with the node's control socket added) over the file node
+    /// `i`'s running daemon was started with, and has it reload: the daemon's answer, or
+    /// its refusal as the error.
+    pub fn reload_ours(&self, i: usize, toml: &str) -> Result<String> {
+        let node = &self.nodes[i];
+        ensure!(
+            matches!(node.running, Some(Running::Ours(_))),
+            "node {i} runs no daemon of ours"
+        );
+        let dir = node.ns.dir();
+        let cfg = dir.join(format!("ours-{}.toml", node.runs));
+        fs::write(&cfg, crate::lab::with_control_socket(toml, dir))?;
+        let out = std::process::Command::new(daemon_bin()?)
+            .args(["reload", "--socket"])
+            .arg(dir.join("ctl.sock"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success(),
+            "node {i} reload refused: {}",
+            text.trim()
+        );
+        Ok(text)
+    }
+
+    /// Node `i`'s `lb-daemon status --json` (our daemon).
+    pub fn status_ours(&self, i: usize) -> Result<serde_json::Value> {
+        let out = std::process::Command::new(daemon_bin()?)
+            .args(["status", "--json", "--socket"])
+            .arg(self.nodes[i].ns.dir().join("ctl.sock"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "node {i} status: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     pub fn start_both(&mut self) -> Result<()> {

@@ -22,8 +22,10 @@ use crate::{
 
 impl State {
     /// Re-reads the file and applies it as a diff. A file that does not load, or that
-    /// changes what cannot change in place (the dataplane section, the VRRP instances:
-    /// restarting VRRP would release and retake the VIPs, a flap), changes nothing.
+    /// changes what cannot change in place (see [`restart_only`]), changes nothing. VRRP
+    /// instances change in place, without an election ([`VrrpThread::reconfigure`]).
+    ///
+    /// [`VrrpThread::reconfigure`]: crate::vrrp::runtime::VrrpThread::reconfigure
     pub(super) async fn on_reload(&mut self) -> Result<(), String> {
         let started = Instant::now();
         // The cache is a memo of text to service: what it keeps is right whether or not
@@ -49,6 +51,22 @@ impl State {
             health::Scope::All
         };
         let checks = health::Checkers::prepare(&new, scope).map_err(|e| e.to_string())?;
+        // The VRRP units, resolved on this host (an interface that is not there refuses the
+        // reload); the thread that runs them, if this is the first instance.
+        let mut units = if new.vrrp_instances.is_empty() {
+            Vec::new()
+        } else {
+            super::units::vrrp_units(&new, true)
+                .await
+                .map_err(|e| format!("{e:#}"))?
+        };
+        let vrrp_thread = match (&self.vrrp, units.is_empty()) {
+            (None, false) => Some(
+                crate::vrrp::runtime::spawn(Vec::new(), self.vrrp_events.clone())
+                    .map_err(|e| format!("starting the VRRP thread: {e}"))?,
+            ),
+            _ => None,
+        };
         // `global_defs`' hook options (user, script security, FIFO, router_id): a new
         // notifier, which goes on with the old one's counts.
         let hook_options = |g: &crate::config::GlobalDefs| {
@@ -59,7 +77,15 @@ impl State {
                 g.router_id.clone(),
             )
         };
-        let notifier = if hook_options(&new.global_defs) != hook_options(&self.config.global_defs) {
+        // The instances' and groups' hooks.
+        fn hooks(c: &Config) -> Vec<(&String, &crate::config::vrrp::Notify)> {
+            let instances = c.vrrp_instances.iter().map(|i| (&i.name, &i.notify));
+            let groups = c.sync_groups.iter().map(|g| (&g.name, &g.notify));
+            instances.chain(groups).collect()
+        }
+        let notifier = if hook_options(&new.global_defs) != hook_options(&self.config.global_defs)
+            || hooks(&new) != hooks(&self.config)
+        {
             Some(Notifier::from_config_after(&new, &self.notifier).map_err(|e| e.to_string())?)
         } else {
             None
@@ -151,7 +177,9 @@ impl State {
             tokio::spawn(
                 old.shutdown(crate::script::DEFAULT_HOOK_TIMEOUT + Duration::from_secs(1)),
             );
-            info!("notify options changed: hooks and the event stream follow global_defs");
+            info!(
+                "notify hooks or options changed: hooks and the event stream follow the new file"
+            );
         }
         if let (Some(gid), Some(c)) = (group, &self.control) {
             c.group.send_replace(gid);
@@ -174,7 +202,22 @@ impl State {
         if let Some(dp) = self.dp.as_ref() {
             tracking.seed(&dp.quorum.status(&new));
         }
+        // Each unit with its tracking as it is now, after the instance's new settings.
+        super::units::set_tracking(&mut units, &mut tracking);
         self.tracking = tracking;
+        // An address no instance has any more is served by none.
+        let vips: HashSet<IpAddr> = new
+            .vrrp_instances
+            .iter()
+            .flat_map(|i| i.virtual_ipaddress.iter().map(|v| v.addr))
+            .collect();
+        self.master_vips.retain(|v| vips.contains(v));
+        if let Some(t) = vrrp_thread {
+            self.vrrp = Some(t);
+        }
+        if let Some(v) = self.vrrp.as_mut() {
+            v.reconfigure(units);
+        }
         if let Some(m) = &self.metrics {
             m.set_token(metrics_token);
         }
@@ -304,13 +347,6 @@ fn restart_only(
             "dataplane",
             "",
             "the [dataplane] section changed: restart to apply it".into(),
-        ));
-    }
-    if new.vrrp_instances != running.vrrp_instances || new.sync_groups != running.sync_groups {
-        return Err((
-            "vrrp_instance",
-            "",
-            "VRRP instances changed: restart to apply them".into(),
         ));
     }
     // The listener is bound once; its token changes in place.
@@ -466,6 +502,7 @@ lb_kind = "DR"
             dp: None,
             master_vips: HashSet::new(),
             vrrp: None,
+            vrrp_events: mpsc::unbounded_channel().0,
             metrics: None,
             overrides: Default::default(),
             zeroed: None,

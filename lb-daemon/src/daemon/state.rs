@@ -16,7 +16,7 @@ use super::{
     overrides::{self, Overrides},
     seed::{self, Seeds},
     snapshot::snapshot,
-    units::vrrp_units,
+    units::{set_tracking, vrrp_units},
     xdp::Xdp,
     Dp, Health, Macs, METRICS_FLOW_COUNT_AGE, STATUS_FLOW_COUNT_AGE,
 };
@@ -58,6 +58,8 @@ pub(super) struct State {
     pub track_tasks: TrackTasks,
     pub tracking: Tracking,
     pub vrrp: Option<runtime::VrrpThread>,
+    /// Where VRRP units report: a reload that brings the first instance starts the thread.
+    pub vrrp_events: mpsc::UnboundedSender<Event>,
     pub notifier: Notifier,
     /// The metrics server's feeds; none without `metrics_address`.
     pub metrics: Option<Metrics>,
@@ -173,6 +175,7 @@ impl State {
             track_tasks,
             tracking,
             vrrp: None,
+            vrrp_events: event_tx.clone(),
             notifier,
             metrics: None,
             overrides,
@@ -202,8 +205,9 @@ impl State {
             // A master resumes only over a dataplane that still serves its VIPs: the one
             // taken over (or none at all, VRRP alone).
             let may_resume = state.dp.as_ref().is_none_or(|dp| dp.xdp.adopted.is_some());
-            let units = vrrp_units(&state.config, &mut state.tracking, may_resume).await?;
-            state.vrrp = Some(runtime::spawn(units, event_tx)?);
+            let mut units = vrrp_units(&state.config, may_resume).await?;
+            set_tracking(&mut units, &mut state.tracking);
+            state.vrrp = Some(runtime::spawn(units, event_tx.clone())?);
         }
         if let Some(addr) = state.config.global_defs.metrics_address.as_ref() {
             state.metrics = Some(Metrics::start(*addr.get_ref(), metrics_token).await?);

@@ -11,25 +11,25 @@ use crate::{
     config::Config,
     netlink::addr::{AddressSocket, VirtualAddress},
     vrrp::{
-        fsm::Input,
         runtime::{MemberSpec, UnitSpec},
         track::Tracking,
     },
 };
 
+/// Each member's tracking as it is now ([`Tracking::state_inputs`]), fed to a new unit
+/// before it starts and to a reconfigured one after its new settings.
+pub(super) fn set_tracking(units: &mut [UnitSpec], tracking: &mut Tracking) {
+    for m in units.iter_mut().flat_map(|u| u.members.iter_mut()) {
+        m.initial = tracking.state_inputs(&m.config.name);
+    }
+}
+
 /// Resolves each VRRP instance against the host: interface index, source address, own
-/// addresses, virtual addresses; and groups instances into units (sync groups).
-pub(super) async fn vrrp_units(
-    config: &Config,
-    tracking: &mut Tracking,
-    may_resume: bool,
-) -> Result<Vec<UnitSpec>> {
+/// addresses, virtual addresses; and groups instances into units (sync groups). Their
+/// tracking is [`set_tracking`]'s.
+pub(super) async fn vrrp_units(config: &Config, may_resume: bool) -> Result<Vec<UnitSpec>> {
     let mut addrs = AddressSocket::open()?;
     let mut members: HashMap<String, MemberSpec> = HashMap::new();
-    let mut initial: HashMap<String, Vec<Input>> = HashMap::new();
-    for (name, input) in tracking.inputs() {
-        initial.entry(name).or_default().push(input);
-    }
     for inst in &config.vrrp_instances {
         let ifindex = crate::os::ifindex(&inst.interface)?;
         let vip_set: HashSet<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
@@ -80,7 +80,7 @@ pub(super) async fn vrrp_units(
                 primary,
                 own: on_link,
                 vips,
-                initial: initial.remove(&inst.name).unwrap_or_default(),
+                initial: Vec::new(),
                 dataplane: config.dataplane.is_some(),
                 may_resume,
             },

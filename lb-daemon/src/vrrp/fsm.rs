@@ -306,6 +306,10 @@ pub enum Input {
     SyncBackup,
     /// Sent by [`SyncGroup`]: every member wants to be master; become master now.
     SyncMaster,
+    /// A reload changed the instance's settings (priority, advert interval, preemption,
+    /// primary address): they apply from now, in the state the instance is in. The version
+    /// and the address family are the virtual router's identity and cannot change.
+    Reconfigure(Config),
 }
 
 impl Input {
@@ -321,6 +325,7 @@ impl Input {
             Input::SyncFault(_) => InputKind::SyncFault,
             Input::SyncBackup => InputKind::SyncBackup,
             Input::SyncMaster => InputKind::SyncMaster,
+            Input::Reconfigure(_) => InputKind::Reconfigure,
         }
     }
 }
@@ -338,6 +343,7 @@ pub enum InputKind {
     SyncFault,
     SyncBackup,
     SyncMaster,
+    Reconfigure,
 }
 
 impl fmt::Display for InputKind {
@@ -529,6 +535,10 @@ pub enum FsmError {
     ReservedSyncInput { input: InputKind },
     #[error("sync group member {member} was given tracking weight {weight}; keepalived ignores weights in sync groups")]
     WeightedTrackingInSyncGroup { member: usize, weight: i32 },
+    #[error("the new settings are refused: {0}")]
+    Config(ConfigError),
+    #[error("a reload cannot change an instance's version or address family: it is another virtual router")]
+    Identity,
 }
 
 /// The state with the timer it owns, so that exactly one timer exists by construction.
@@ -669,6 +679,7 @@ impl Instance {
             }
             Input::SyncBackup => self.on_sync_backup(now, &mut out),
             Input::SyncMaster => self.on_sync_master(now, &mut out)?,
+            Input::Reconfigure(config) => self.on_reconfigure(config, now, &mut out)?,
         }
         let timer_after = self.timer();
         if timer_after != timer_before || rearm {
@@ -931,14 +942,21 @@ impl Instance {
 
     fn on_track_weight(&mut self, weight: i32, now: Time, out: &mut Vec<Output>) {
         self.track_weight = weight;
-        if self.config.is_owner() {
-            return;
-        }
-        let total = i64::from(self.config.priority) + i64::from(weight);
-        let new = total.clamp(1, i64::from(PRIORITY_OWNER) - 1) as u8;
+        self.update_priority(now, out);
+    }
+
+    /// The configured priority plus the tracking weight (an owner's stays 255); a backup's
+    /// Master_Down deadline moves with the change in Skew_Time.
+    fn update_priority(&mut self, now: Time, out: &mut Vec<Output>) -> bool {
+        let new = if self.config.is_owner() {
+            PRIORITY_OWNER
+        } else {
+            let total = i64::from(self.config.priority) + i64::from(self.track_weight);
+            total.clamp(1, i64::from(PRIORITY_OWNER) - 1) as u8
+        };
         let old = self.effective_priority;
         if new == old {
-            return;
+            return false;
         }
         let old_skew = self.skew_time();
         self.effective_priority = new;
@@ -953,6 +971,52 @@ impl Instance {
             };
             self.phase = Phase::Backup { down_at: Some(at) };
         }
+        true
+    }
+
+    /// New settings, in place: no state changes here. A master advertises its new priority
+    /// at once (a backup that should now preempt learns it within one interval, not at the
+    /// next scheduled advert) and its next advert follows the new interval; a backup's
+    /// Master_Down deadline follows its new skew, and a v3 backup keeps the interval it
+    /// learned from the master (RFC 9568 §6.4.2). Not part of the RFC, which has no
+    /// reconfiguration: what keepalived does on reload for an instance it keeps.
+    fn on_reconfigure(
+        &mut self,
+        config: Config,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) -> Result<(), FsmError> {
+        config.validate().map_err(FsmError::Config)?;
+        if config.version != self.config.version
+            || config.primary_address.is_ipv6() != self.config.primary_address.is_ipv6()
+        {
+            return Err(FsmError::Identity);
+        }
+        self.config = config;
+        if !config.preempt {
+            self.preempt_until = None;
+        }
+        let changed = self.update_priority(now, out);
+        match self.phase {
+            Phase::Master { adver_at } => {
+                self.master_adver_interval = config.advert_interval;
+                let next = now + config.advert_interval.as_duration();
+                if changed {
+                    out.push(Output::SendAdvert {
+                        priority: self.effective_priority,
+                    });
+                    self.phase = Phase::Master { adver_at: next };
+                } else if next < adver_at {
+                    self.phase = Phase::Master { adver_at: next };
+                }
+            }
+            // A v3 backup that heard a master goes on with the interval it learned.
+            Phase::Backup { .. } if config.version == VrrpVersion::V3 && self.master.is_some() => {}
+            Phase::Backup { .. } | Phase::Fault | Phase::Initialize => {
+                self.master_adver_interval = config.advert_interval;
+            }
+        }
+        Ok(())
     }
 
     fn on_sync_backup(&mut self, now: Time, out: &mut Vec<Output>) {

@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// One instance of a unit, as configured and resolved on this host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemberSpec {
     pub config: VrrpInstance,
     pub ifindex: u32,
@@ -59,7 +59,7 @@ pub struct MemberSpec {
 }
 
 /// A lone instance, or the members of a `vrrp_sync_group`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UnitSpec {
     pub members: Vec<MemberSpec>,
     /// The sync group's name, if this unit is one.
@@ -121,6 +121,11 @@ pub enum Control {
     /// Stop as the state is, the addresses kept (a `keep` stop, keepalived's
     /// `--dont-release-vrrp`): the next run resumes from them.
     Leave,
+    /// A reload's new settings for the same members (same names, interfaces, virtual
+    /// router ids, versions and families): applied in place, in the state each member is
+    /// in (see [`Input::Reconfigure`]); addresses that went are removed and new ones added
+    /// and announced by a master. The members' `initial` inputs are their tracking now.
+    Reconfigure(Box<UnitSpec>),
 }
 
 /// The key under which socket drops share [`DiscardCounters`]' log rate (they are not a
@@ -146,6 +151,82 @@ struct Member {
     ack: Option<RoleAck>,
     /// The virtual addresses the last [`Effect::AddVips`] added, until [`Log::VipsAdded`].
     added: Vec<VirtualAddress>,
+    /// The task reading the socket into the unit's channel.
+    reader: JoinHandle<()>,
+}
+
+/// What a socket's reader hands the unit: the member, the bytes, what the socket said.
+type Datagram = (
+    usize,
+    Vec<u8>,
+    Result<super::socket::Received, super::socket::RawError>,
+);
+
+/// Member `i`'s socket (joined to the group without unicast peers), where its adverts go,
+/// and a reader for it: the unit's loop then waits on one channel, whatever the number of
+/// members.
+fn open_socket(
+    i: usize,
+    m: &MemberSpec,
+    tx: &mpsc::Sender<Datagram>,
+) -> anyhow::Result<(std::sync::Arc<VrrpSocket>, Vec<IpAddr>, JoinHandle<()>)> {
+    let c = &m.config;
+    let multicast = c.unicast_peer.is_empty();
+    let socket = std::sync::Arc::new(VrrpSocket::open(
+        &c.interface,
+        m.ifindex,
+        m.primary.is_ipv6(),
+        multicast,
+    )?);
+    let (reader_socket, tx) = (socket.clone(), tx.clone());
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match reader_socket.recv(&mut buf).await {
+                Ok(r) => {
+                    // Only the bytes the checks read (a datagram with bad IP framing
+                    // needs none): under a flood, a copy of the whole buffer for each
+                    // datagram was a good share of the thread's work.
+                    let len = r.as_ref().map_or(0, |r| r.payload.end.min(buf.len()));
+                    if tx.send((i, buf[..len].to_vec(), r)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!("VRRP socket receive: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok((socket, destinations(m), reader))
+}
+
+/// Where a member's adverts go: the group, or each unicast peer.
+fn destinations(m: &MemberSpec) -> Vec<IpAddr> {
+    if m.config.unicast_peer.is_empty() {
+        vec![if m.primary.is_ipv6() {
+            packet::MULTICAST_V6.into()
+        } else {
+            packet::MULTICAST_V4.into()
+        }]
+    } else {
+        m.config.unicast_peer.clone()
+    }
+}
+
+/// Whether `new` is the same virtual router as `old`, so that a reload may apply it in
+/// place: the same instance on the same interface, with the same virtual router id,
+/// version and address family.
+pub fn same_router(old: &MemberSpec, new: &MemberSpec) -> bool {
+    let (a, b) = (&old.config, &new.config);
+    a.name == b.name
+        && a.interface == b.interface
+        && old.ifindex == new.ifindex
+        && a.vrid == b.vrid
+        && a.version == b.version
+        && old.primary.is_ipv6() == new.primary.is_ipv6()
+        && old.dataplane == new.dataplane
 }
 
 fn fsm_config(m: &MemberSpec) -> fsm::Config {
@@ -207,54 +288,10 @@ pub async fn run_unit(
     let now = || clock.now();
     let mut unit = unit(&spec)?;
     let mut addrs = AddressSocket::open()?;
-    let (dgram_tx, mut dgram_rx) = mpsc::channel::<(
-        usize,
-        Vec<u8>,
-        Result<super::socket::Received, super::socket::RawError>,
-    )>(256);
+    let (dgram_tx, mut dgram_rx) = mpsc::channel::<Datagram>(256);
     let mut members = Vec::new();
-    let mut readers = Vec::new();
     for (i, m) in spec.members.iter().enumerate() {
-        let c = &m.config;
-        let multicast = c.unicast_peer.is_empty();
-        let socket = std::sync::Arc::new(VrrpSocket::open(
-            &c.interface,
-            m.ifindex,
-            m.primary.is_ipv6(),
-            multicast,
-        )?);
-        let destinations = if multicast {
-            vec![if m.primary.is_ipv6() {
-                packet::MULTICAST_V6.into()
-            } else {
-                packet::MULTICAST_V4.into()
-            }]
-        } else {
-            c.unicast_peer.clone()
-        };
-        // A reader per socket: the unit's loop then waits on one channel, whatever the number
-        // of members.
-        let (reader_socket, tx) = (socket.clone(), dgram_tx.clone());
-        readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            loop {
-                match reader_socket.recv(&mut buf).await {
-                    Ok(r) => {
-                        // Only the bytes the checks read (a datagram with bad IP framing
-                        // needs none): under a flood, a copy of the whole buffer for each
-                        // datagram was a good share of the thread's work.
-                        let len = r.as_ref().map_or(0, |r| r.payload.end.min(buf.len()));
-                        if tx.send((i, buf[..len].to_vec(), r)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        warn!("VRRP socket receive: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }));
+        let (socket, destinations, reader) = open_socket(i, m, &dgram_tx)?;
         members.push(Member {
             rx: rx_config(m),
             spec: m.clone(),
@@ -265,6 +302,7 @@ pub async fn run_unit(
             socket_drops: DropCounter::default(),
             ack: None,
             added: Vec::new(),
+            reader,
         });
     }
 
@@ -297,6 +335,7 @@ pub async fn run_unit(
         events,
         addrs,
         records,
+        dgram_tx,
     };
     for (i, m) in spec.members.iter().enumerate() {
         // A fault known before start-up makes the instance start in Fault.
@@ -336,6 +375,9 @@ pub async fn run_unit(
                         let fx = unit.handle(i, input, now());
                         shell.execute(&mut unit, fx).await;
                     }
+                }
+                Some(Control::Reconfigure(spec)) => {
+                    shell.reconfigure(&mut unit, *spec, &clock).await;
                 }
             },
             r = clock.wait() => {
@@ -383,8 +425,15 @@ pub async fn run_unit(
             shell.execute(&mut unit, fx).await;
         }
     }
-    for r in readers {
-        r.abort();
+    for m in &shell.members {
+        m.reader.abort();
+    }
+    // A removed instance leaves the status; one whose unit is replaced is published again
+    // by the new unit, which starts after this one has ended.
+    if let Ok(mut map) = stats.lock() {
+        for m in &shell.members {
+            map.remove(&m.spec.config.name);
+        }
     }
     Ok(())
 }
@@ -649,9 +698,82 @@ struct Shell {
     addrs: AddressSocket,
     /// Each member's record for the next run (role, and the time of its last advert).
     records: Vec<Record>,
+    /// For the reader of a socket opened again (a member that gains or loses its unicast
+    /// peers changes between the group and unicast).
+    dgram_tx: mpsc::Sender<Datagram>,
 }
 
 impl Shell {
+    /// [`Control::Reconfigure`]: each member's new settings in place.
+    async fn reconfigure(&mut self, unit: &mut Unit, spec: UnitSpec, clock: &ProtocolClock) {
+        for (i, new) in spec.members.into_iter().enumerate() {
+            let Some(m) = self.members.get_mut(i) else {
+                break;
+            };
+            if !same_router(&m.spec, &new) {
+                // The caller replaces such a unit instead; never half-applied.
+                warn!(instance = %new.config.name, "not the same virtual router: left as it was");
+                continue;
+            }
+            let name = new.config.name.clone();
+            let old = std::mem::replace(&mut m.spec, new);
+            if old.config.unicast_peer.is_empty() != m.spec.config.unicast_peer.is_empty() {
+                // Between the group and unicast: the socket's membership changes.
+                match open_socket(i, &m.spec, &self.dgram_tx) {
+                    Ok((socket, _, reader)) => {
+                        m.reader.abort();
+                        m.socket = socket;
+                        m.reader = reader;
+                    }
+                    Err(e) => {
+                        tracing::error!(instance = %name, "opening the VRRP socket for the new peers: {e:#}; the old socket stays")
+                    }
+                }
+            }
+            m.rx = rx_config(&m.spec);
+            m.destinations = destinations(&m.spec);
+            let config = fsm_config(&m.spec);
+            let inputs = m.spec.initial.clone();
+            let gone: Vec<VirtualAddress> = old
+                .vips
+                .iter()
+                .filter(|v| !m.spec.vips.contains(v))
+                .cloned()
+                .collect();
+            let vips_changed = old.vips != m.spec.vips;
+            // Only the tracking inputs differ when a tracked thing moved since the last
+            // reload: the state machine has them already.
+            let untracked = |m: &MemberSpec| MemberSpec {
+                initial: Vec::new(),
+                ..m.clone()
+            };
+            let settings_changed = untracked(&old) != untracked(&m.spec);
+            let fx = unit.handle(i, Input::Reconfigure(config), clock.now());
+            self.execute(unit, fx).await;
+            for input in inputs {
+                let fx = unit.handle(i, input, clock.now());
+                self.execute(unit, fx).await;
+            }
+            if vips_changed && unit.holds_vips(i) {
+                for v in &gone {
+                    match self.addrs.delete(v).await {
+                        Ok(_) => {
+                            info!(instance = %name, address = %v.addr, "virtual address removed")
+                        }
+                        Err(e) => {
+                            warn!(instance = %name, address = %v.addr, "removing the virtual address: {e}")
+                        }
+                    }
+                }
+                let fx = unit.vips_changed(i);
+                self.execute(unit, fx).await;
+            }
+            if settings_changed {
+                info!(instance = %name, "VRRP settings reloaded in place");
+            }
+        }
+    }
+
     /// Reads each member's socket drop count, logging (at a limited rate) when it grew.
     fn read_socket_drops(&mut self, unit: &mut Unit, now: Time) {
         for (i, m) in self.members.iter_mut().enumerate() {
@@ -990,21 +1112,98 @@ async fn start_garp(m: &mut Member) -> Option<JoinHandle<()>> {
     }))
 }
 
+/// A running unit, as the main loop knows it.
+struct Running {
+    spec: UnitSpec,
+    tx: mpsc::Sender<Control>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.spec.members.iter().map(|m| m.config.name.as_str())
+    }
+}
+
+/// What a reload does to a running unit ([`plan_units`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitStep {
+    /// Nothing changed.
+    Keep,
+    /// The same members, the same virtual routers: new settings in place (the new unit's
+    /// index).
+    Reconfigure(usize),
+    /// Its members are in another unit now (a sync group formed, left or changed), or one
+    /// of them is another virtual router (interface, id, version, family): it stops, and
+    /// the new units start once it has.
+    Replace,
+    /// None of its members is configured any more: it stops and releases its addresses.
+    Remove,
+}
+
+/// For each running unit, what a reload to `new` does to it; and the new units that start
+/// (once every unit that stops has stopped). Units are matched by their group and their
+/// members' names, in order.
+pub fn plan_units(old: &[UnitSpec], new: &[UnitSpec]) -> (Vec<UnitStep>, Vec<usize>) {
+    let names =
+        |u: &UnitSpec| -> Vec<String> { u.members.iter().map(|m| m.config.name.clone()).collect() };
+    let mut matched = vec![false; new.len()];
+    let steps = old
+        .iter()
+        .map(|o| {
+            let found = new.iter().enumerate().position(|(j, n)| {
+                !matched[j]
+                    && n.group == o.group
+                    && names(n) == names(o)
+                    && o.members
+                        .iter()
+                        .zip(&n.members)
+                        .all(|(a, b)| same_router(a, b))
+            });
+            match found {
+                Some(j) => {
+                    matched[j] = true;
+                    if new[j] == *o {
+                        UnitStep::Keep
+                    } else {
+                        UnitStep::Reconfigure(j)
+                    }
+                }
+                None => {
+                    let still = new.iter().flat_map(names).collect::<Vec<_>>();
+                    if names(o).iter().any(|n| still.contains(n)) {
+                        UnitStep::Replace
+                    } else {
+                        UnitStep::Remove
+                    }
+                }
+            }
+        })
+        .collect();
+    let start = (0..new.len()).filter(|j| !matched[*j]).collect();
+    (steps, start)
+}
+
 /// A handle on the VRRP thread.
 pub struct VrrpThread {
-    pub controls: Vec<(Vec<String>, mpsc::Sender<Control>)>,
+    units: Vec<Running>,
     pub stats: SharedStats,
+    /// The thread's runtime: units a reload adds start on it.
+    handle: tokio::runtime::Handle,
+    events: mpsc::UnboundedSender<Event>,
+    /// Ends the thread once every unit has stopped.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl VrrpThread {
-    /// Sends `c` to the unit holding `member` (or to every unit for `Shutdown`).
+    /// Sends `c` to the unit holding `member`.
     pub fn send(&self, member: &str, c: Control) {
-        for (names, tx) in &self.controls {
-            if names.iter().any(|n| n == member) {
+        for u in &self.units {
+            if u.names().any(|n| n == member) {
                 // Tracking inputs are rare; a full queue means the VRRP thread is stuck, and
                 // saying so beats waiting on it from the main loop.
-                if let Err(e) = tx.try_send(c.clone()) {
+                if let Err(e) = u.tx.try_send(c.clone()) {
                     tracing::error!(member, "VRRP control message dropped: {e}");
                 }
             }
@@ -1022,6 +1221,95 @@ impl VrrpThread {
         );
     }
 
+    /// The units of a reloaded configuration, each resolved on this host with its tracking
+    /// now in `initial`: what can change in place does ([`Control::Reconfigure`]: no state
+    /// change, no election); units whose members are gone stop and release their
+    /// addresses; units whose membership or virtual router changed stop and start again,
+    /// as masters if every member was master a moment ago (their addresses kept, see
+    /// `record`), else with an election; new units start.
+    pub fn reconfigure(&mut self, new: Vec<UnitSpec>) {
+        let old: Vec<UnitSpec> = self.units.iter().map(|u| u.spec.clone()).collect();
+        let (steps, start) = plan_units(&old, &new);
+        let states = self.stats.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut stopping = Vec::new();
+        let mut kept = Vec::new();
+        for (u, step) in std::mem::take(&mut self.units).into_iter().zip(steps) {
+            let names: Vec<String> = u.names().map(String::from).collect();
+            match step {
+                UnitStep::Keep => kept.push(u),
+                UnitStep::Reconfigure(j) => {
+                    let spec = new[j].clone();
+                    if let Err(e) = u.tx.try_send(Control::Reconfigure(Box::new(spec.clone()))) {
+                        tracing::error!(instances = ?names, "VRRP reconfiguration dropped: {e}");
+                    }
+                    kept.push(Running { spec, ..u });
+                }
+                UnitStep::Remove => {
+                    info!(instances = ?names, "VRRP instances removed: releasing their addresses");
+                    let _ = u.tx.try_send(Control::Shutdown);
+                    stopping.push(u.task);
+                }
+                UnitStep::Replace => {
+                    // Masters keep their addresses for the new unit to resume from; anything
+                    // else releases now, so that a peer takes over at once if it must.
+                    let all_master = names
+                        .iter()
+                        .all(|n| states.get(n).is_some_and(|s| s.state == "MASTER"));
+                    warn!(instances = ?names, resume = all_master, "VRRP unit changed (sync group membership, interface, id, version or family): it starts again");
+                    let how = if all_master {
+                        Control::Leave
+                    } else {
+                        Control::Shutdown
+                    };
+                    let _ = u.tx.try_send(how);
+                    stopping.push(u.task);
+                }
+            }
+        }
+        self.units = kept;
+        if start.is_empty() {
+            return;
+        }
+        // New units wait for the ones that stop: the same virtual router, addresses or
+        // records may pass from one to the other.
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        self.handle.spawn(async move {
+            for t in stopping {
+                let _ = t.await;
+            }
+            let _ = done_tx.send(true);
+        });
+        for j in start {
+            let mut spec = new[j].clone();
+            for m in &mut spec.members {
+                m.may_resume = true;
+            }
+            let mut done = done_rx.clone();
+            let running = self.start(spec, async move {
+                let _ = done.wait_for(|d| *d).await;
+            });
+            self.units.push(running);
+        }
+    }
+
+    /// Starts a unit on the thread's runtime once `after` is done.
+    fn start(
+        &self,
+        spec: UnitSpec,
+        after: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Running {
+        let (tx, rx) = mpsc::channel(64);
+        let (u, ev, st) = (spec.clone(), self.events.clone(), self.stats.clone());
+        let task = self.handle.spawn(async move {
+            after.await;
+            let names: Vec<String> = u.members.iter().map(|m| m.config.name.clone()).collect();
+            if let Err(e) = run_unit(u, ev, rx, st).await {
+                tracing::error!(instances = ?names, "VRRP stopped: {e:#}");
+            }
+        });
+        Running { spec, tx, task }
+    }
+
     /// Shuts every unit down (`release`: priority-0 adverts, addresses released; else
     /// left as they are) and waits for the thread, at most `timeout`.
     pub fn shutdown(mut self, release: bool, timeout: Duration) {
@@ -1030,12 +1318,18 @@ impl VrrpThread {
         } else {
             Control::Leave
         };
-        for (_, tx) in &self.controls {
+        for u in &self.units {
             // Called from a blocking context: wait for room rather than drop the shutdown.
-            let _ = tx.blocking_send(how.clone());
+            let _ = u.tx.blocking_send(how.clone());
+        }
+        let deadline = StdInstant::now() + timeout;
+        while !self.units.iter().all(|u| u.task.is_finished()) && StdInstant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
-            let deadline = StdInstant::now() + timeout;
             while !t.is_finished() && StdInstant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -1053,50 +1347,33 @@ pub fn spawn(
     units: Vec<UnitSpec>,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<VrrpThread> {
-    let stats = SharedStats::default();
-    let mut controls = Vec::new();
-    let mut receivers = Vec::new();
-    for u in &units {
-        let (tx, rx) = mpsc::channel(64);
-        controls.push((
-            u.members.iter().map(|m| m.config.name.clone()).collect(),
-            tx,
-        ));
-        receivers.push(rx);
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let thread_stats = stats.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = rt.handle().clone();
     let thread = std::thread::Builder::new()
         .name("vrrp".into())
         .spawn(move || {
+            // The units run while this waits; they are started and stopped from the main
+            // loop through `handle`.
             rt.block_on(async move {
-                let tasks: Vec<_> = units
-                    .into_iter()
-                    .zip(receivers)
-                    .map(|(u, rx)| {
-                        let ev = events.clone();
-                        let st = thread_stats.clone();
-                        tokio::spawn(async move {
-                            let names: Vec<String> =
-                                u.members.iter().map(|m| m.config.name.clone()).collect();
-                            if let Err(e) = run_unit(u, ev, rx, st).await {
-                                tracing::error!(instances = ?names, "VRRP stopped: {e:#}");
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    let _ = t.await;
-                }
+                let _ = stopped.await;
             })
         })?;
-    Ok(VrrpThread {
-        controls,
-        stats,
+    let mut vrrp = VrrpThread {
+        units: Vec::new(),
+        stats: SharedStats::default(),
+        handle,
+        events,
+        stop: Some(stop),
         thread: Some(thread),
-    })
+    };
+    for u in units {
+        let running = vrrp.start(u, std::future::ready(()));
+        vrrp.units.push(running);
+    }
+    Ok(vrrp)
 }
 
 #[cfg(test)]
@@ -1104,6 +1381,77 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn member(name: &str, vrid: u8, priority: u8) -> MemberSpec {
+        let text = format!(
+            "[[vrrp_instance]]\nname = \"{name}\"\ninterface = \"eth0\"\n\
+             virtual_router_id = {vrid}\npriority = {priority}\n\
+             virtual_ipaddress = [\"192.0.2.{vrid}\"]\n"
+        );
+        let config = crate::config::Config::parse(Path::new("t.toml"), &text)
+            .unwrap()
+            .vrrp_instances
+            .remove(0);
+        MemberSpec {
+            config,
+            ifindex: 2,
+            primary: "192.0.2.200".parse().unwrap(),
+            own: Vec::new(),
+            vips: Vec::new(),
+            initial: Vec::new(),
+            dataplane: false,
+            may_resume: false,
+        }
+    }
+
+    fn lone(m: MemberSpec) -> UnitSpec {
+        UnitSpec {
+            members: vec![m],
+            group: None,
+        }
+    }
+
+    /// A reload keeps what did not change, reconfigures the same virtual routers in place,
+    /// replaces a unit whose membership or router changed, removes what went, starts what
+    /// came.
+    #[test]
+    fn a_reload_changes_each_unit_as_little_as_it_can() {
+        let old = vec![
+            lone(member("A", 1, 100)),
+            lone(member("B", 2, 100)),
+            lone(member("C", 3, 100)),
+            lone(member("D", 4, 100)),
+            lone(member("E", 5, 100)),
+        ];
+        let new = vec![
+            // E unchanged (listed first: order does not matter), A with a new priority, B on
+            // another virtual router id, C and D now a sync group, F new.
+            lone(member("E", 5, 100)),
+            lone(member("A", 1, 150)),
+            lone(member("B", 9, 100)),
+            UnitSpec {
+                members: vec![member("C", 3, 100), member("D", 4, 100)],
+                group: Some("G".into()),
+            },
+            lone(member("F", 6, 100)),
+        ];
+        let (steps, start) = plan_units(&old, &new);
+        assert_eq!(
+            steps,
+            [
+                UnitStep::Reconfigure(1),
+                UnitStep::Replace,
+                UnitStep::Replace,
+                UnitStep::Replace,
+                UnitStep::Keep,
+            ]
+        );
+        assert_eq!(start, [2, 3, 4]);
+        // Everything gone.
+        let (steps, start) = plan_units(&old, &[]);
+        assert!(steps.iter().all(|s| *s == UnitStep::Remove), "{steps:?}");
+        assert!(start.is_empty());
+    }
 
     /// An advert stamped 3 ms before it is read counts from its arrival; a missing stamp,
     /// one from the future and one older than a second (the real-time clock was stepped)

@@ -713,6 +713,15 @@ impl InstanceTracking {
         self.inputs()
     }
 
+    /// The whole aggregate as inputs, whatever was sent before: for a state machine that
+    /// may hold another (one just built, or one whose tracking list a reload changed). The
+    /// weight first, so an instance leaving Fault does so with its final priority.
+    pub fn state_inputs(&mut self) -> Vec<Input> {
+        let now = self.aggregate();
+        self.sent = (now.weight, now.fault);
+        vec![Input::TrackWeight(now.weight), Input::SetFault(now.fault)]
+    }
+
     /// The inputs that bring the FSM to the current aggregate: the weight first, so an
     /// instance leaving Fault does so with its final priority.
     pub fn inputs(&mut self) -> Vec<Input> {
@@ -776,6 +785,16 @@ impl Tracking {
         for i in &mut self.instances {
             i.seed(snapshot);
         }
+    }
+
+    /// [`InstanceTracking::state_inputs`] of the instance named `name` (none if it tracks
+    /// nothing known here).
+    pub fn state_inputs(&mut self, name: &str) -> Vec<Input> {
+        self.instances
+            .iter_mut()
+            .find(|i| i.name == name)
+            .map(InstanceTracking::state_inputs)
+            .unwrap_or_default()
     }
 
     /// The inputs every instance needs now, e.g. before start-up.

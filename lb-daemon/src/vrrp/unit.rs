@@ -557,6 +557,44 @@ impl Unit {
         self.proceed(fx)
     }
 
+    /// Whether member `member` holds its virtual addresses (a master, or resumed).
+    pub fn holds_vips(&self, member: usize) -> bool {
+        self.members[member].holds_vips
+    }
+
+    /// A reload changed the virtual addresses of member `member`: a master tells the
+    /// dataplane the new set, adds the new addresses (the shell removed the ones that went)
+    /// and, once the dataplane serves them, announces them, in the order a new master does;
+    /// no state changes, no transition. A member without its addresses has nothing to do.
+    pub fn vips_changed(&mut self, member: usize) -> Vec<Effect> {
+        debug_assert!(
+            self.held.is_none(),
+            "an input while waiting for an acknowledgement"
+        );
+        let m = &self.members[member];
+        if !m.holds_vips {
+            return Vec::new();
+        }
+        let mut fx = Vec::new();
+        let mut held = Held::default();
+        let role = Effect::Role {
+            member,
+            master: true,
+        };
+        if m.dataplane {
+            fx.push(role);
+        } else {
+            held.later.push(role);
+        }
+        fx.push(Effect::AddVips { member });
+        held.later.push(Effect::Log(Log::VipsAdded { member }));
+        fx.push(Effect::StopGarp { member });
+        held.announce.push_back(member);
+        self.held = Some(held);
+        self.dirty = true;
+        self.proceed(fx)
+    }
+
     /// The dataplane acknowledged member `member`'s master role (`served`), or
     /// [`Effect::AwaitAck`]'s wait ran out (`!served`): the effects that follow.
     pub fn role_applied(&mut self, member: usize, served: bool) -> Vec<Effect> {
@@ -864,6 +902,124 @@ mod tests {
         );
         // Nothing is held any more.
         assert_eq!(u.role_applied(0, true), vec![]);
+    }
+
+    /// A reload's new settings for a master: a lower priority goes out in an advert at
+    /// once, and no state changes (no transition, no notify event, no address moved).
+    #[test]
+    fn a_reconfigured_master_advertises_its_new_priority_and_stays_master() {
+        let (mut u, at) = master();
+        let transitions = u.transitions(0);
+        let mut config = member("VI_1", 1, true).fsm;
+        config.priority = 90;
+        let now = at + MS(300);
+        let fx = u.handle(0, Input::Reconfigure(config), now);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::SendAdvert {
+                    member: 0,
+                    priority: 90
+                },
+                log(Log::PriorityChanged {
+                    member: 0,
+                    from: 100,
+                    to: 90
+                }),
+            ]
+        );
+        assert_eq!(u.transitions(0), transitions);
+        assert_eq!(u.instance(0).unwrap().state(), State::Master);
+        // The next advert a full (new) interval later.
+        assert_eq!(u.deadline(), Some(now + MS(1000)));
+
+        // A shorter interval brings the next advert forward; the same priority sends none.
+        config.advert_interval = Centis(20);
+        let fx = u.handle(0, Input::Reconfigure(config), now + MS(10));
+        assert_eq!(fx, vec![]);
+        assert_eq!(u.deadline(), Some(now + MS(210)));
+
+        // Identity cannot change: refused, nothing changed.
+        let mut v6 = config;
+        v6.primary_address = "2001:db8::1".parse().unwrap();
+        let fx = u.handle(0, Input::Reconfigure(v6), now + MS(20));
+        assert!(matches!(&fx[..], [Effect::Log(Log::Refused(_))]), "{fx:?}");
+        assert_eq!(u.instance(0).unwrap().config().primary_address, addr(1));
+    }
+
+    /// A backup's new priority moves its Master_Down deadline by the change in skew, and it
+    /// stays a backup: preemption follows the protocol (the next advert it hears, or the
+    /// timer), never the reload itself.
+    #[test]
+    fn a_reconfigured_backup_stays_backup_with_its_new_skew() {
+        let mut u = single(true);
+        u.handle(0, Input::Startup, t(0));
+        let before = u.deadline().unwrap();
+        let mut config = member("VI_1", 1, true).fsm;
+        config.priority = 200;
+        let fx = u.handle(0, Input::Reconfigure(config), t(100));
+        assert_eq!(
+            fx,
+            vec![log(Log::PriorityChanged {
+                member: 0,
+                from: 100,
+                to: 200
+            })]
+        );
+        // Skew: (256 - p) * 1 s / 256: 156/256 s before, 56/256 s after.
+        let skew = |p: u64| Duration::from_micros((256 - p) * 1_000_000 / 256);
+        assert_eq!(
+            u.deadline(),
+            Some(Time::from_duration(
+                before.as_duration() - (skew(100) - skew(200))
+            ))
+        );
+        assert_eq!(u.instance(0).unwrap().state(), State::Backup);
+        assert_eq!(u.transitions(0), 1);
+    }
+
+    /// New virtual addresses for a master: the dataplane hears of the new set first, the
+    /// addresses are added, and after the acknowledgement they are announced; a backup has
+    /// nothing to do.
+    #[test]
+    fn new_addresses_of_a_master_are_served_then_added_then_announced() {
+        let (mut u, _) = master();
+        let transitions = u.transitions(0);
+        assert!(u.holds_vips(0));
+        assert_eq!(
+            u.vips_changed(0),
+            vec![
+                Effect::Role {
+                    member: 0,
+                    master: true
+                },
+                Effect::AddVips { member: 0 },
+                Effect::StopGarp { member: 0 },
+                Effect::AwaitAck {
+                    member: 0,
+                    within: ROLE_ACK_WAIT
+                },
+            ]
+        );
+        assert_eq!(
+            u.role_applied(0, true),
+            vec![
+                Effect::Garp {
+                    member: 0,
+                    start: GarpStart::Now
+                },
+                log(Log::Announced {
+                    member: 0,
+                    services_active: true
+                }),
+                log(Log::VipsAdded { member: 0 }),
+            ]
+        );
+        assert_eq!(u.transitions(0), transitions);
+
+        let mut b = single(true);
+        b.handle(0, Input::Startup, t(0));
+        assert_eq!(b.vips_changed(0), vec![]);
     }
 
     /// No acknowledgement within ROLE_ACK_WAIT: the addresses are announced anyway, and the
