@@ -981,6 +981,8 @@ fn reload_vrrp_change() -> Result<Entry> {
             .as_u64()
             .context("no transitions in the status")
     };
+    // Every address change on node 0: the first VIP must never go, even for a moment.
+    let monitor = lab.node(0).spawn(&["ip", "-o", "monitor", "address"])?;
     let before = [transitions(&lab, 0)?, transitions(&lab, 1)?];
     let logged = [lab.ours_transitions(0).len(), lab.ours_transitions(1).len()];
     let has = |i: usize, a: std::net::IpAddr| {
@@ -1034,6 +1036,13 @@ fn reload_vrrp_change() -> Result<Entry> {
         has(0, params.vip) && !has(1, params.vip),
         "the VIP moved after the reloads"
     );
+    let gone = format!(" {}/", params.vip);
+    let flaps = monitor
+        .read_stdout()
+        .lines()
+        .filter(|l| l.starts_with("Deleted") && l.contains(&gone))
+        .count();
+    ensure!(flaps == 0, "node 0's VIP was deleted {flaps} times");
     let after = [transitions(&lab, 0)?, transitions(&lab, 1)?];
     let status_changes = (after[0] - before[0]) + (after[1] - before[1]);
     let log_changes =

@@ -363,7 +363,28 @@ fn a_check_outage_resets_no_established_connection() {
 /// (and a new scheduler), the same connection sends another and gets the same server.
 #[test]
 fn reload_keeps_an_open_connection() {
-    open_connection_across_a_reload("reload_keeps_an_open_connection", "skb", false, 0);
+    open_connection_across_a_reload("reload_keeps_an_open_connection", "skb", false, 0, None);
+}
+
+/// A reload that changes `max_flows` moves the flows into new tables (a program instance
+/// over them, swapped in one step, the flows of the copy's window copied after): the open
+/// connection, whose server the same reload drains, stays on it; larger and smaller.
+#[test]
+fn a_reload_that_resizes_the_flow_table_keeps_an_open_connection() {
+    let test = "a_reload_that_resizes_the_flow_table_keeps_an_open_connection";
+    open_connection_across_a_reload(test, "skb", false, 0, Some(262_144));
+    open_connection_across_a_reload(test, "skb", false, 0, Some(4096));
+}
+
+#[test]
+fn a_reload_that_resizes_the_flow_table_keeps_an_open_connection_native() {
+    open_connection_across_a_reload(
+        "a_reload_that_resizes_the_flow_table_keeps_an_open_connection_native",
+        "native",
+        false,
+        0,
+        Some(131_072),
+    );
 }
 
 /// A reload that needs more room than the maps have grows them (a second program instance
@@ -378,6 +399,7 @@ fn a_reload_that_grows_the_maps_keeps_an_open_connection_native() {
         "native",
         false,
         100,
+        None,
     );
 }
 
@@ -388,13 +410,20 @@ fn a_reload_that_grows_the_maps_keeps_an_open_connection_keep_xdp_on_exit() {
         "skb",
         true,
         100,
+        None,
     );
 }
 
 /// An open connection through the VIP, a reload that drains its server (and adds `extra`
 /// services beyond the 64 the maps start with: they grow), the connection's next request:
-/// it must reach the same server.
-fn open_connection_across_a_reload(test: &str, mode: &str, keep: bool, extra: u16) {
+/// it must reach the same server. With `max_flows`, the reload also resizes the tables.
+fn open_connection_across_a_reload(
+    test: &str,
+    mode: &str,
+    keep: bool,
+    extra: u16,
+    max_flows: Option<u32>,
+) {
     if !require_lab(test) {
         return;
     }
@@ -455,6 +484,10 @@ print(get(), flush=True)
     let serving: usize = first.trim_start_matches("rs").parse().expect("rsN");
     weights[serving - 1] = 0;
     let mut next = config("wrr", &weights);
+    if let Some(n) = max_flows {
+        next = next.replacen("max_flows = 65536\n", &format!("max_flows = {n}\n"), 1);
+        assert!(next.contains(&format!("max_flows = {n}\n")), "{next}");
+    }
     for port in 1000..1000 + extra {
         next += &format!(
             "\n[[virtual_server]]\nip = \"192.0.2.100\"\nport = {port}\nprotocol = \"TCP\"\n\
@@ -470,6 +503,18 @@ print(get(), flush=True)
         "{log}"
     );
     assert!(!log.contains("ERROR"), "{log}");
+    if let Some(n) = max_flows {
+        let line = log
+            .lines()
+            .find(|l| l.contains("connection tables resized"))
+            .unwrap_or_else(|| panic!("no resize in the log:\n{log}"));
+        eprintln!("{test}: {line}");
+        assert!(line.contains(&format!("max_flows={n}")), "{line}");
+        assert!(
+            !line.contains("copied=0"),
+            "the open connection's flow was not copied: {line}"
+        );
+    }
     if let Some(line) = log.lines().find(|l| l.contains("XDP program attached")) {
         eprintln!("{test}: {line}");
     }

@@ -8,7 +8,10 @@
 //!    and lb2 restarted with its real servers in the other order, so that its ids differ
 //!    from lb1's and it must get the whole table from lb1 again), over IPVS's multicast
 //!    group.
-//! 3. The soak (`lb_tests::sync_bench`): new flows at 50,000 a second into lb1's program
+//! 3. Sync reloaded in place on both LBs before the failover (unicast to IPVS's multicast
+//!    group, and a new key in the key files): lb2's new engine gets lb1's whole table again,
+//!    and the failover still resets nothing. A `ring_size` change is refused at its line.
+//! 4. The soak (`lb_tests::sync_bench`): new flows at 50,000 a second into lb1's program
 //!    for `LB_SYNC_SOAK_SECS` (15 s here; 60 s in `cargo xtask bench sync`); lb2's table
 //!    follows within the documented lag, and neither daemon's memory or descriptors grow.
 //!
@@ -71,7 +74,18 @@ fn lb2_counter(lab: &LvsLab, key: &str) -> u64 {
     lab.sync_status(2)[key].as_u64().unwrap_or(0)
 }
 
-fn failover(tag: &str, mode: SyncMode, change_backends: bool) {
+/// What happens between opening the connections and the failover.
+#[derive(Clone, Copy, PartialEq)]
+enum Before {
+    Nothing,
+    /// rs3 drained on both, lb2 restarted with its real servers reversed.
+    ChangeBackends,
+    /// `[sync]` reloaded on both: multicast instead of unicast, a new key.
+    ReloadSync,
+}
+
+fn failover(tag: &str, mode: SyncMode, before: Before) {
+    let change_backends = before == Before::ChangeBackends;
     let params = LvsParams {
         sync: Some(mode),
         ..LvsParams::new("rr", "skb")
@@ -119,6 +133,45 @@ fn failover(tag: &str, mode: SyncMode, change_backends: bool) {
             (CONNECTIONS, 0),
             "rs3 drained: its connections stay: {r:?}"
         );
+    }
+    if before == Before::ReloadSync {
+        wait(
+            "lb2 to hold every connection's flow before the reload",
+            Duration::from_secs(15),
+            || lb2_counter(&lab, "installed_entries") >= CONNECTIONS as u64,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+        // What the program fixes at load is refused, at its line.
+        let with_ring =
+            lvs_toml(&params, 1).replace("\n[sync]\n", "\n[sync]\nring_size = 1048576\n");
+        lab.set_config(1, &with_ring).unwrap();
+        let e = lab.reload_lb(1).unwrap_err().to_string();
+        assert!(e.contains(": sync.ring_size: the event ring"), "{e}");
+        let params = LvsParams {
+            sync: Some(SyncMode::Multicast),
+            ..params.clone()
+        };
+        for i in [1, 2] {
+            let text = lvs_toml(&params, i);
+            assert!(text.contains("multicast_group"), "{text}");
+            lab.set_config(i, &text).unwrap();
+            // A new key on both (each LB has its copy, which set_config wrote).
+            let key = lab.lb(i).dir().join("sync.key");
+            std::fs::write(&key, b"a new shared key for both, 32 b.").unwrap();
+            lab.reload_lb(i).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(
+                lab.lb_log(i)
+                    .contains("connection sync follows the new [sync]"),
+                "{}",
+                lab.lb_log(i)
+            );
+        }
+        wait(
+            "lb2's new engine to get lb1's whole table",
+            Duration::from_secs(15),
+            || lb2_counter(&lab, "full_syncs_received") >= 1,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
     }
     wait(
         "lb2 to hold every connection's flow",
@@ -170,7 +223,7 @@ fn rr_connections_survive_a_master_kill_with_sync() {
         return;
     }
     let _one = serial();
-    failover("sy1", SyncMode::Unicast, false);
+    failover("sy1", SyncMode::Unicast, Before::Nothing);
 }
 
 #[test]
@@ -179,7 +232,16 @@ fn rr_connections_survive_after_the_backend_set_changed() {
         return;
     }
     let _one = serial();
-    failover("sy2", SyncMode::Multicast, true);
+    failover("sy2", SyncMode::Multicast, Before::ChangeBackends);
+}
+
+#[test]
+fn rr_connections_survive_after_sync_was_reloaded() {
+    if !require_lab("rr_connections_survive_after_sync_was_reloaded") {
+        return;
+    }
+    let _one = serial();
+    failover("sy3", SyncMode::Unicast, Before::ReloadSync);
 }
 
 #[test]

@@ -347,11 +347,18 @@ fn runtime_changes_to_real_servers() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
     assert!(n > 0, "{out}");
-    let refused = text.replace("priority = 100", "priority = 120");
+    // A priority applies in place; how the program is attached does not.
+    let refused = text.replace("priority = 100", "priority = 120").replacen(
+        "max_flows = 65536\n",
+        "max_flows = 65536\nkeep_xdp_on_exit = true\n",
+        1,
+    );
     std::fs::write(&other, &refused).unwrap();
     let out = ctl(&lab, 1, &["diff", "--config", other.to_str().unwrap()]).unwrap();
     assert!(
-        out.contains("a reload would be refused") && out.contains("priority: 100 -> 120"),
+        out.contains("a reload would be refused")
+            && out.contains("dataplane.keep_xdp_on_exit changed")
+            && out.contains("priority: 100 -> 120"),
         "{out}"
     );
     std::fs::write(&other, "[[virtual_server]]\nip = 1\n").unwrap();

@@ -443,6 +443,31 @@ pub(super) fn instance(
             "nopreempt needs state BACKUP (keepalived ignores it with MASTER)",
         ));
     }
+    // What the state machine refuses (`fsm::Config::validate`), refused here at its line:
+    // a reload must never accept what the VRRP thread then cannot run.
+    if raw.nopreempt && priority == 255 {
+        return Err(cx.invalid(
+            raw.priority.span(),
+            &k("priority"),
+            "the address owner (255) always preempts: it cannot have nopreempt",
+        ));
+    }
+    if let (Some(d), false) = (&raw.preempt_delay, preempt_delay.is_zero()) {
+        if raw.nopreempt {
+            return Err(cx.invalid(
+                d.span(),
+                &k("preempt_delay"),
+                "preempt_delay has no effect with nopreempt",
+            ));
+        }
+        if start_master {
+            return Err(cx.invalid(
+                d.span(),
+                &k("preempt_delay"),
+                "preempt_delay needs state BACKUP (keepalived clears it with MASTER)",
+            ));
+        }
+    }
     let auth_pass = match (&raw.authentication, version) {
         (None, _) => None,
         (Some(a), VrrpVersion::V3) => {

@@ -16,7 +16,7 @@ use crate::vrrp::notify::Notifier;
 use crate::{
     config::{Config, DataplaneConfig},
     health,
-    model::{Limits, ServiceKey},
+    model::ServiceKey,
     vrrp::track::Tracking,
 };
 
@@ -37,6 +37,19 @@ impl State {
         // The metrics' token is read again, and a file that cannot be read refuses the
         // reload: the token in use stays.
         let metrics_token = new.metrics_token().map_err(|e| e.to_string())?;
+        // `[sync]`: its key is read again (its file may have new contents), and the engine
+        // starts again if anything changed, on the program's ring: what the ring fixes
+        // (its size, the refresh interval) waits for a restart.
+        let sync_key = new.sync_key().map_err(|e| e.to_string())?;
+        if let Some(dp) = &self.dp {
+            dp.xdp
+                .sync_fits(new.sync.as_ref())
+                .map_err(|(key, why)| refusal(&self.path, sync_refusal(key, why)))?;
+        }
+        let sync_changed = self
+            .dp
+            .as_ref()
+            .is_some_and(|dp| new.sync != self.config.sync || sync_key != dp.xdp.sync_key);
 
         // Prepare: each part checks what it would run; nothing running changes, and what a
         // part prepared (a new interface poller) is dropped with a refusal.
@@ -56,7 +69,12 @@ impl State {
         let mut units = if new.vrrp_instances.is_empty() {
             Vec::new()
         } else {
-            super::units::vrrp_units(&new, true)
+            let running = self
+                .vrrp
+                .as_ref()
+                .map(|v| v.member_specs())
+                .unwrap_or_default();
+            super::units::vrrp_units(&new, true, &running)
                 .await
                 .map_err(|e| format!("{e:#}"))?
         };
@@ -131,11 +149,28 @@ impl State {
             }
         };
 
+        // The steps that can fail after their checks, in order; the first failure undoes
+        // them all (each undo is harmless where its step did not run).
+        let old_sync_key = self.dp.as_ref().and_then(|dp| dp.xdp.sync_key.clone());
+        let old_reserve = self.dp.as_ref().map(|dp| dp.xdp.reserve);
+        let mut failed: Option<String> = None;
+        // Sync's engine.
+        if let (true, Some(dp)) = (sync_changed, self.dp.as_mut()) {
+            let master = sync_master(&new, &self.master_vips);
+            match dp
+                .xdp
+                .restart_sync(new.sync.as_ref(), sync_key.as_deref(), master)
+            {
+                Ok(()) => {
+                    info!(destinations = ?new.sync.as_ref().map(|s| s.destinations()), "connection sync follows the new [sync]")
+                }
+                Err(e) => failed = Some(format!("sync: {e:#}")),
+            }
+        }
         // The maps: a configuration the dataplane cannot hold (too many services or
-        // backends) is refused here, and what was written is put back.
+        // backends) is refused here.
         let planning = Instant::now();
-        if let Some(dp) = self.dp.as_mut() {
-            let reserve = dp.xdp.reserve;
+        if let (None, Some(dp)) = (&failed, self.dp.as_mut()) {
             // A larger reserve grows the maps now; a smaller one gives nothing back (the
             // maps never shrink while running).
             if let Some(d) = &new.dataplane {
@@ -145,7 +180,24 @@ impl State {
                 .apply(&new, &self.master_vips, &self.health, &self.overrides)
                 .await
             {
-                dp.xdp.reserve = reserve;
+                failed = Some(format!("the dataplane cannot take it: {e:#}"));
+            }
+        }
+        let planned = planning.elapsed();
+        // The connection tables' size, last: once the new tables run, nothing is undone.
+        if let (None, Some(dp), Some(d)) = (&failed, self.dp.as_mut(), &new.dataplane) {
+            if dp.xdp.max_flows() != Some(d.max_flows) {
+                if let Err(e) = dp.xdp.resize_flows(d.max_flows, new.sync.as_ref()).await {
+                    let why = format!("dataplane.max_flows: {e:#}");
+                    failed = Some(refusal(&self.path, ("dataplane", "max_flows", why)));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            if let Some(dp) = self.dp.as_mut() {
+                if let Some(r) = old_reserve {
+                    dp.xdp.reserve = r;
+                }
                 if let Err(back) = dp
                     .apply(
                         &self.config,
@@ -158,14 +210,23 @@ impl State {
                     // The planner writes the whole plan again at the next apply.
                     error!("putting the running configuration back into the dataplane: {back:#}");
                 }
-                put_group_back(&self.control);
-                if new_dir != old_dir {
-                    let _ = super::overrides::save(&new_dir, &Default::default());
+                if sync_changed {
+                    let master = sync_master(&self.config, &self.master_vips);
+                    if let Err(back) = dp.xdp.restart_sync(
+                        self.config.sync.as_ref(),
+                        old_sync_key.as_deref(),
+                        master,
+                    ) {
+                        error!("starting the running connection sync again: {back:#}");
+                    }
                 }
-                return Err(format!("the dataplane cannot take it: {e:#}"));
             }
+            put_group_back(&self.control);
+            if new_dir != old_dir {
+                let _ = super::overrides::save(&new_dir, &Default::default());
+            }
+            return Err(e);
         }
-        let planned = planning.elapsed();
 
         // Commit: nothing from here on can fail.
         let addresses_moved = addresses(&self.config, &changed) != addresses(&new, &changed);
@@ -289,7 +350,13 @@ impl State {
         config.metrics_token().map_err(|e| e.to_string())?;
         super::control_group(&config).map_err(|e| format!("{e:#}"))?;
         let mut lines = Vec::new();
-        if let Err(r) = restart_only(&self.config, &config) {
+        config.sync_key().map_err(|e| e.to_string())?;
+        let fits = self.dp.as_ref().map_or(Ok(()), |dp| {
+            dp.xdp
+                .sync_fits(config.sync.as_ref())
+                .map_err(|(key, why)| sync_refusal(key, why))
+        });
+        if let Err(r) = restart_only(&self.config, &config).and(fits) {
             lines.push(format!("a reload would be refused: {}", refusal(new, r)));
         }
         lines.extend(super::diff::describe(&self.config, &config));
@@ -328,26 +395,71 @@ fn restart_only(
     running: &Config,
     new: &Config,
 ) -> Result<(), (&'static str, &'static str, String)> {
-    if new.sync != running.sync {
-        return Err((
-            "sync",
-            "",
-            "the [sync] section changed: restart to apply it".into(),
-        ));
-    }
-    // The reserve of room may change in place (the maps grow to it); nothing else may.
-    let in_place = |d: &Option<DataplaneConfig>| {
-        d.clone().map(|d| DataplaneConfig {
-            reserve: Limits::default(),
-            ..d
-        })
-    };
-    if in_place(&new.dataplane) != in_place(&running.dataplane) {
-        return Err((
-            "dataplane",
-            "",
-            "the [dataplane] section changed: restart to apply it".into(),
-        ));
+    // The reserve of room (the maps grow to it) and `max_flows` (the tables are moved into
+    // new ones) change in place; what the attachment is made of does not.
+    match (&running.dataplane, &new.dataplane) {
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err((
+                "dataplane",
+                "",
+                "the [dataplane] section came or went: restart to start or stop the XDP side"
+                    .into(),
+            ))
+        }
+        (Some(a), Some(b)) => {
+            // Every key, so that a new one is not accepted and ignored: `max_flows` and
+            // `reserve` apply in place (see `on_reload`), the others are checked below.
+            let DataplaneConfig {
+                interface: _,
+                xdp_mode: _,
+                max_flows: _,
+                keep_xdp_on_exit: _,
+                pin_root: _,
+                reserve: _,
+            } = b;
+            let why = |key: &str, what: &str| format!("dataplane.{key} changed: {what}");
+            if a.interface != b.interface {
+                return Err((
+                    "dataplane",
+                    "interface",
+                    why(
+                        "interface",
+                        "the XDP program is attached to it: restart to move it",
+                    ),
+                ));
+            }
+            if a.xdp_mode != b.xdp_mode {
+                return Err((
+                    "dataplane",
+                    "xdp_mode",
+                    why(
+                        "xdp_mode",
+                        "another mode means detaching first: restart to apply it",
+                    ),
+                ));
+            }
+            if a.keep_xdp_on_exit != b.keep_xdp_on_exit {
+                return Err((
+                    "dataplane",
+                    "keep_xdp_on_exit",
+                    why(
+                        "keep_xdp_on_exit",
+                        "it chose how the program was attached: restart to apply it",
+                    ),
+                ));
+            }
+            if a.pin_root != b.pin_root {
+                return Err((
+                    "dataplane",
+                    "pin_root",
+                    why(
+                        "pin_root",
+                        "the maps and the link are pinned there: restart to move them",
+                    ),
+                ));
+            }
+        }
     }
     // The listener is bound once; its token changes in place.
     if new.global_defs.metrics_address != running.global_defs.metrics_address {
@@ -368,6 +480,33 @@ fn restart_only(
         ));
     }
     Ok(())
+}
+
+/// [`Xdp::sync_fits`]'s answer as a refusal that names the key.
+///
+/// [`Xdp::sync_fits`]: super::xdp::Xdp::sync_fits
+fn sync_refusal(key: &'static str, why: &str) -> (&'static str, &'static str, String) {
+    let named = if key.is_empty() {
+        format!("[sync]: {why}")
+    } else {
+        format!("sync.{key}: {why}")
+    };
+    ("sync", key, named)
+}
+
+/// Whether this node sends its flows under `config`'s `[sync]`: its instance holds its
+/// VIPs here.
+fn sync_master(config: &Config, master_vips: &HashSet<IpAddr>) -> bool {
+    let Some(s) = &config.sync else { return false };
+    config
+        .vrrp_instances
+        .iter()
+        .find(|i| i.name == s.vrrp_instance)
+        .is_some_and(|i| {
+            i.virtual_ipaddress
+                .iter()
+                .any(|v| master_vips.contains(&v.addr))
+        })
 }
 
 /// A refusal of [`restart_only`] as `file:line: why` (the line of the key in the new file,

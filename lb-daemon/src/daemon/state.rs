@@ -205,7 +205,7 @@ impl State {
             // A master resumes only over a dataplane that still serves its VIPs: the one
             // taken over (or none at all, VRRP alone).
             let may_resume = state.dp.as_ref().is_none_or(|dp| dp.xdp.adopted.is_some());
-            let mut units = vrrp_units(&state.config, may_resume).await?;
+            let mut units = vrrp_units(&state.config, may_resume, &Default::default()).await?;
             set_tracking(&mut units, &mut state.tracking);
             state.vrrp = Some(runtime::spawn(units, event_tx.clone())?);
         }

@@ -26,11 +26,24 @@ pub(super) fn set_tracking(units: &mut [UnitSpec], tracking: &mut Tracking) {
 
 /// Resolves each VRRP instance against the host: interface index, source address, own
 /// addresses, virtual addresses; and groups instances into units (sync groups). Their
-/// tracking is [`set_tracking`]'s.
-pub(super) async fn vrrp_units(config: &Config, may_resume: bool) -> Result<Vec<UnitSpec>> {
+/// tracking is [`set_tracking`]'s. An instance whose configuration is that of a running
+/// member in `running` keeps that member's resolution (a reload that does not touch an
+/// instance does not depend on its interface). Each instance's settings are checked as
+/// the VRRP state machine will take them.
+pub(super) async fn vrrp_units(
+    config: &Config,
+    may_resume: bool,
+    running: &HashMap<String, MemberSpec>,
+) -> Result<Vec<UnitSpec>> {
     let mut addrs = AddressSocket::open()?;
     let mut members: HashMap<String, MemberSpec> = HashMap::new();
     for inst in &config.vrrp_instances {
+        if let Some(m) = running.get(&inst.name).filter(|m| m.config == *inst) {
+            let mut m = m.clone();
+            m.initial.clear();
+            members.insert(inst.name.clone(), m);
+            continue;
+        }
         let ifindex = crate::os::ifindex(&inst.interface)?;
         let vip_set: HashSet<IpAddr> = inst.virtual_ipaddress.iter().map(|v| v.addr).collect();
         let on_link: Vec<IpAddr> = addrs
@@ -85,6 +98,10 @@ pub(super) async fn vrrp_units(config: &Config, may_resume: bool) -> Result<Vec<
                 may_resume,
             },
         );
+    }
+    for m in members.values() {
+        crate::vrrp::runtime::check(m)
+            .with_context(|| format!("vrrp_instance {}", m.config.name))?;
     }
     let mut units = Vec::new();
     for g in &config.sync_groups {

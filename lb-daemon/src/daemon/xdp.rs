@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,7 +20,7 @@ use crate::{
     config::{Config, DataplaneConfig},
     dataplane::{
         adopt::Adopted,
-        flows::{copy_table, FlowTables, Table},
+        flows::{copy_recent, copy_table, FlowTables, Table},
         maps::BpfMaps,
         pins::{self, Pins, Take},
         program::{self, LoadOptions},
@@ -50,6 +50,14 @@ pub(super) struct Xdp {
     flows: Arc<FlowTables>,
     /// Connection sync with the peer (`[sync]`).
     pub sync: Option<crate::sync::SyncHandle>,
+    /// What the program was loaded with for sync (its event ring and refresh interval):
+    /// fixed for its life, so a `[sync]` that needs other values waits for a restart.
+    pub sync_load: Option<program::SyncLoad>,
+    /// The key the running sync engine uses (a reload that changes the file's contents
+    /// starts the engine again with the new one).
+    pub sync_key: Option<Vec<u8>>,
+    /// This run's boot id, which sync tells its peers.
+    sync_boot: u32,
     /// The last count of flows per backend id, and when it was taken: a walk of a big
     /// table takes a while, so the metrics' refresh reuses a recent one.
     flow_counts: Option<(Instant, HashMap<u32, u64>)>,
@@ -162,12 +170,12 @@ impl Xdp {
         let flows = Arc::new(FlowTables::open(&fds)?);
         let mut meta = dp.writer().meta()?;
         let boot = crate::sync::boot_id(meta.sync_boot);
-        let sync = match (&config.sync, sync_key) {
+        let sync = match (&config.sync, &sync_key) {
             (Some(s), Some(key)) => {
                 let parts = crate::sync::ProgramParts::open(&fds, flows.clone(), boot)?;
                 meta.sync_boot = boot;
                 Some(
-                    crate::sync::SyncHandle::start(s, &key, parts)
+                    crate::sync::SyncHandle::start(s, key, parts)
                         .context("starting connection sync")?,
                 )
             }
@@ -232,6 +240,9 @@ impl Xdp {
             reserve: d.reserve,
             flows,
             sync,
+            sync_load: opts.sync,
+            sync_key,
+            sync_boot: boot,
             flow_counts: None,
             adopted,
             _lock: lock,
@@ -489,6 +500,145 @@ impl Xdp {
                     ..Which::default()
                 })
             }
+        }
+    }
+
+    /// Whether the program can run connection sync as `c` says without being loaded again:
+    /// its event ring and refresh interval are fixed at load. `Err`: the key that differs
+    /// (an empty one: the section as a whole) and why.
+    pub(super) fn sync_fits(
+        &self,
+        c: Option<&crate::config::SyncConfig>,
+    ) -> Result<(), (&'static str, &'static str)> {
+        let Some(c) = c else { return Ok(()) };
+        match self.sync_load {
+            None => Err((
+                "",
+                "the XDP program was loaded without connection sync (no event ring): \
+                 restart to add [sync]",
+            )),
+            Some(l) if l.ring_bytes != c.ring_size => Err((
+                "ring_size",
+                "the event ring is sized when the XDP program is loaded: restart to apply it",
+            )),
+            Some(l) if l.refresh_shift != c.refresh_shift() => Err((
+                "refresh_interval",
+                "the refresh interval is the XDP program's, set when it is loaded: restart \
+                 to apply it",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Connection sync as `c` says, with `key`: the running engine stops (its socket and
+    /// the event ring are free then) and a new one starts on the same ring and flow tables,
+    /// told whether this node sends (`master`). `None`: sync stops. The program must fit
+    /// ([`Xdp::sync_fits`]). The flows stay in the tables; the new engine's counters start
+    /// from 0, and a backup asks the master for its whole table again.
+    pub(super) fn restart_sync(
+        &mut self,
+        c: Option<&crate::config::SyncConfig>,
+        key: Option<&[u8]>,
+        master: bool,
+    ) -> Result<()> {
+        self.sync = None;
+        self.sync_key = None;
+        let (Some(c), Some(key)) = (c, key) else {
+            info!("connection sync stopped");
+            return Ok(());
+        };
+        let parts = crate::sync::ProgramParts::open(&self.fds, self.flows.clone(), self.sync_boot)?;
+        let h =
+            crate::sync::SyncHandle::start(c, key, parts).context("starting connection sync")?;
+        h.set_master(master);
+        self.sync = Some(h);
+        self.sync_key = Some(key.to_vec());
+        Ok(())
+    }
+
+    /// The connection tables' size (`[dataplane] max_flows`), now: a new program instance
+    /// over new tables of `max_flows` entries (every other map shared), the flows copied
+    /// into them, the instance put in the running one's place in one step, and then the
+    /// flows the running program added or touched during the copy copied as well (without
+    /// overwriting what the new one wrote since). Tables smaller than their flows keep the
+    /// most recent ones the kernel's LRU lets in. A failure before the switch leaves the
+    /// running instance as it was; sync goes on over the new tables.
+    pub(super) async fn resize_flows(
+        &mut self,
+        max_flows: u32,
+        sync: Option<&crate::config::SyncConfig>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let bound = (self.attachment.program == crate::dataplane::devbound::PROGRAM_NATIVE)
+            .then_some((self.iface.as_str(), self.ifindex));
+        let resized = program::resize_flows(
+            self.dp.limits(),
+            max_flows,
+            self.iface_mac,
+            &self.fds,
+            self.attachment.program,
+            bound,
+        )
+        .context("loading an XDP program instance with the new connection tables")?;
+        let tables = [Table::Flows4, Table::Flows6];
+        fn fd(fds: &program::MapFds, t: Table) -> Result<BorrowedFd<'_>> {
+            fds.get(t.name())
+                .with_context(|| format!("no map {}", t.name()))
+        }
+        let since = self.dp.writer().clock_seconds();
+        let mut copied = 0;
+        for t in tables {
+            let (from, to) = (fd(&self.fds, t)?, fd(&resized.fds, t)?);
+            copied += copy_table(from, to, t)
+                .with_context(|| format!("copying {} into the new table", t.name()))?;
+        }
+        self.attachment
+            .replace(resized.prog)
+            .await
+            .context("switching to the XDP program instance with the new tables")?;
+        let mut late = 0;
+        for t in tables {
+            let (from, to) = (fd(&self.fds, t)?, fd(&resized.fds, t)?);
+            match copy_recent(from, to, t, since) {
+                Ok(n) => late += n,
+                Err(e) => warn!(
+                    table = t.name(),
+                    "copying the flows added during the resize: {e}; they are scheduled again"
+                ),
+            }
+        }
+        self._ebpf = resized.ebpf;
+        self.fds = resized.fds;
+        if let Some(p) = &self.pins {
+            pin_maps(p, &self.fds);
+        }
+        self.flows = Arc::new(FlowTables::open(&self.fds)?);
+        self.flow_counts = None;
+        // Sync reads and writes the tables: a new engine over the new ones.
+        if let Some(master) = self.sync.as_ref().map(|s| s.is_master()) {
+            let key = self.sync_key.clone();
+            if let Err(e) = self.restart_sync(sync, key.as_deref(), master) {
+                tracing::error!("connection sync over the new tables: {e:#}");
+            }
+        }
+        info!(
+            max_flows,
+            copied,
+            late,
+            ms = started.elapsed().as_millis() as u64,
+            "connection tables resized"
+        );
+        Ok(())
+    }
+
+    /// The connection tables' size now.
+    pub(super) fn max_flows(&self) -> Option<u32> {
+        let f = self.fds.map(names::FLOWS4).ok()?;
+        match f {
+            aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => {
+                m.info().ok().map(|i| i.max_entries())
+            }
+            _ => None,
         }
     }
 

@@ -476,6 +476,62 @@ pub fn copy_table(from: BorrowedFd<'_>, to: BorrowedFd<'_>, t: Table) -> Result<
     }
 }
 
+/// Copies the entries of table `t` in `from` last seen at or after `since` (`CLOCK`
+/// seconds) that `to` does not hold yet, one entry per call (the batch call takes no
+/// `BPF_NOEXIST`): the flows a running program added or touched while [`copy_table`] copied
+/// the rest, without overwriting what the program now running on `to` wrote since.
+pub fn copy_recent(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    t: Table,
+    since: u32,
+) -> Result<usize, FlowsError> {
+    fn copy<K: Copy + Default>(
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        t: Table,
+        since: u32,
+    ) -> Result<usize, FlowsError> {
+        let mut c = Cursor::<K>::new(t, BATCH);
+        let mut total = 0;
+        while !c.is_done() {
+            let (keys, values) = c.step(from)?;
+            for (k, v) in keys
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| v.last_seen >= since)
+            {
+                // SAFETY: a key and a value of the table's types (the cursor read them).
+                let err = unsafe {
+                    update_elem(
+                        to,
+                        (k as *const K).cast(),
+                        (v as *const FlowValue).cast(),
+                        BPF_NOEXIST,
+                    )
+                };
+                match err {
+                    None => total += 1,
+                    Some(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Some(source) => {
+                        return Err(FlowsError::Update {
+                            map: t.name(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+    match t {
+        Table::Flows4 => copy::<FlowKey4>(from, to, t, since),
+        Table::Flows6 => copy::<FlowKey6>(from, to, t, since),
+        Table::Persist4 => copy::<lb_common::PersistKey4>(from, to, t, since),
+        Table::Persist6 => copy::<lb_common::PersistKey6>(from, to, t, since),
+    }
+}
+
 /// Writes `keys[i] -> values[i]` into map `fd` (table `t`), `BPF_MAP_UPDATE_BATCH` calls of
 /// at most [`MAX_BATCH`] entries; returns how many the kernel wrote.
 ///

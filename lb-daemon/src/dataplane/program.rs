@@ -361,17 +361,55 @@ pub fn grow(
         iface_mac,
         sync: None,
     };
-    let ebpf = create(&opts)?;
+    let fresh = |name: &str| SIZED_MAPS.contains(&name) || name == names::BACKEND_KEYS;
+    over_shared(&opts, shared, &fresh, program, bound)
+}
+
+/// Loads `program` as [`grow`] does, over new connection tables (`FLOWS4`, `FLOWS6`) of
+/// `max_flows` entries and the maps of `shared` for everything else (the sized maps at
+/// `limits`, the persistence tables, the caches...): the caller copies the flows over
+/// ([`super::flows::copy_table`]), then switches.
+pub fn resize_flows(
+    limits: Limits,
+    max_flows: u32,
+    iface_mac: [u8; 6],
+    shared: &MapFds,
+    program: &'static str,
+    bound: Option<(&str, u32)>,
+) -> Result<Grown, LoadError> {
+    let opts = LoadOptions {
+        limits,
+        max_flows,
+        max_persist: 1 << 12,
+        flow_cache: 1,
+        iface_mac,
+        sync: None,
+    };
+    let fresh = |name: &str| name == names::FLOWS4 || name == names::FLOWS6;
+    over_shared(&opts, shared, &fresh, program, bound)
+}
+
+/// `program` over the maps of `opts` that `fresh` names and `shared`'s others; every map
+/// that is not fresh is made at its smallest and dropped (aya makes every map of the
+/// object).
+fn over_shared(
+    opts: &LoadOptions,
+    shared: &MapFds,
+    fresh: &dyn Fn(&str) -> bool,
+    program: &'static str,
+    bound: Option<(&str, u32)>,
+) -> Result<Grown, LoadError> {
+    let ebpf = create_with(opts, &|name| !fresh(name))?;
     let mut fds = HashMap::new();
     for (name, fd) in &shared.0 {
-        if name == names::BACKEND_KEYS {
+        if name == names::BACKEND_KEYS && fresh(name) {
             // Sized like BACKENDS, and the daemon's own: made here.
             let keys =
-                backend_keys(limits.backends).map_err(|e| LoadError::Daemon(e.to_string()))?;
+                backend_keys(opts.limits.backends).map_err(|e| LoadError::Daemon(e.to_string()))?;
             fds.insert(name.clone(), keys);
             continue;
         }
-        let fd = if SIZED_MAPS.contains(&name.as_str()) {
+        let fd = if fresh(name) {
             let map = ebpf
                 .map(name)
                 .ok_or_else(|| devbound::DevBoundError::MapMissing(name.clone()))?;

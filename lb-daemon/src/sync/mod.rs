@@ -174,6 +174,11 @@ impl SyncHandle {
         self.shared.master.store(master, Ordering::SeqCst);
     }
 
+    /// Whether this node sends (its sync instance is master).
+    pub fn is_master(&self) -> bool {
+        self.shared.master.load(Ordering::SeqCst)
+    }
+
     /// The translation tables after a dataplane update.
     pub fn set_index(&self, ix: Index) {
         if let Ok(mut g) = self.shared.index.lock() {

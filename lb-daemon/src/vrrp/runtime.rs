@@ -122,10 +122,34 @@ pub enum Control {
     /// `--dont-release-vrrp`): the next run resumes from them.
     Leave,
     /// A reload's new settings for the same members (same names, interfaces, virtual
-    /// router ids, versions and families): applied in place, in the state each member is
-    /// in (see [`Input::Reconfigure`]); addresses that went are removed and new ones added
-    /// and announced by a master. The members' `initial` inputs are their tracking now.
-    Reconfigure(Box<UnitSpec>),
+    /// router ids, versions and families, in the unit's order): applied in place, in the
+    /// state each member is in (see [`Input::Reconfigure`]); addresses that went are
+    /// removed and new ones added and announced by a master. The members' `initial` inputs
+    /// are their tracking now. [`Done`] is dropped once it is all done.
+    Reconfigure(Box<UnitSpec>, Done),
+    /// Stop as [`Control::Leave`] does, for a unit that starts again right away and
+    /// resumes (its membership changed): members the reload removed first send priority 0
+    /// and release their addresses (by index), and the other members' addresses that the
+    /// new unit does not have are released.
+    Hand {
+        release_members: Vec<usize>,
+        release_vips: Vec<VirtualAddress>,
+    },
+    /// After a reload has settled in every unit: a master adds any of its addresses that is
+    /// missing (another unit may have removed one that moved to it) and announces what it
+    /// added, and tells the dataplane its addresses again.
+    Reassert,
+}
+
+/// Dropped by a unit once it has carried out a [`Control::Reconfigure`] (or with the
+/// message, if it never arrives): the reload waits for every unit's before it settles.
+#[derive(Debug, Clone)]
+pub struct Done(#[allow(dead_code)] mpsc::UnboundedSender<()>);
+
+impl PartialEq for Done {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The key under which socket drops share [`DiscardCounters`]' log rate (they are not a
@@ -212,6 +236,20 @@ fn destinations(m: &MemberSpec) -> Vec<IpAddr> {
         }]
     } else {
         m.config.unicast_peer.clone()
+    }
+}
+
+/// Whether the state machine takes `m`'s settings (what the configuration's own checks
+/// do not cover is refused here, before anything runs).
+pub fn check(m: &MemberSpec) -> Result<(), fsm::ConfigError> {
+    fsm_config(m).validate()
+}
+
+/// A member's spec without its tracking inputs: what a reload compares.
+fn untracked(m: &MemberSpec) -> MemberSpec {
+    MemberSpec {
+        initial: Vec::new(),
+        ..m.clone()
     }
 }
 
@@ -376,9 +414,16 @@ pub async fn run_unit(
                         shell.execute(&mut unit, fx).await;
                     }
                 }
-                Some(Control::Reconfigure(spec)) => {
+                Some(Control::Reconfigure(spec, done)) => {
                     shell.reconfigure(&mut unit, *spec, &clock).await;
+                    drop(done);
                 }
+                Some(Control::Hand { release_members, release_vips }) => {
+                    shell.hand(&unit, &release_members, &release_vips).await;
+                    leave = true;
+                    break;
+                }
+                Some(Control::Reassert) => shell.reassert(&mut unit).await,
             },
             r = clock.wait() => {
                 if let Err(e) = r {
@@ -704,18 +749,23 @@ struct Shell {
 }
 
 impl Shell {
-    /// [`Control::Reconfigure`]: each member's new settings in place.
+    /// [`Control::Reconfigure`]: each member's new settings in place. Every member's
+    /// addresses that went are removed before any member's new ones are added: an address
+    /// that moves from one member to another must end up on the interface.
     async fn reconfigure(&mut self, unit: &mut Unit, spec: UnitSpec, clock: &ProtocolClock) {
+        let mut gone_of = Vec::new();
         for (i, new) in spec.members.into_iter().enumerate() {
             let Some(m) = self.members.get_mut(i) else {
                 break;
             };
-            if !same_router(&m.spec, &new) {
-                // The caller replaces such a unit instead; never half-applied.
-                warn!(instance = %new.config.name, "not the same virtual router: left as it was");
+            let config = fsm_config(&new);
+            if !same_router(&m.spec, &new) || config.validate().is_err() {
+                // The reload checked both; never half-applied.
+                warn!(instance = %new.config.name, "new VRRP settings not applicable in place: left as they were");
                 continue;
             }
-            let name = new.config.name.clone();
+            // Whether the member held its addresses before its new tracking could fault it.
+            let held = unit.holds_vips(i);
             let old = std::mem::replace(&mut m.spec, new);
             if old.config.unicast_peer.is_empty() != m.spec.config.unicast_peer.is_empty() {
                 // Between the group and unicast: the socket's membership changes.
@@ -726,13 +776,12 @@ impl Shell {
                         m.reader = reader;
                     }
                     Err(e) => {
-                        tracing::error!(instance = %name, "opening the VRRP socket for the new peers: {e:#}; the old socket stays")
+                        tracing::error!(instance = %m.spec.config.name, "opening the VRRP socket for the new peers: {e:#}; the old socket stays")
                     }
                 }
             }
             m.rx = rx_config(&m.spec);
             m.destinations = destinations(&m.spec);
-            let config = fsm_config(&m.spec);
             let inputs = m.spec.initial.clone();
             let gone: Vec<VirtualAddress> = old
                 .vips
@@ -740,36 +789,102 @@ impl Shell {
                 .filter(|v| !m.spec.vips.contains(v))
                 .cloned()
                 .collect();
+            if untracked(&old) != untracked(&m.spec) {
+                info!(instance = %m.spec.config.name, "VRRP settings reloaded in place");
+            }
             let vips_changed = old.vips != m.spec.vips;
-            // Only the tracking inputs differ when a tracked thing moved since the last
-            // reload: the state machine has them already.
-            let untracked = |m: &MemberSpec| MemberSpec {
-                initial: Vec::new(),
-                ..m.clone()
-            };
-            let settings_changed = untracked(&old) != untracked(&m.spec);
             let fx = unit.handle(i, Input::Reconfigure(config), clock.now());
             self.execute(unit, fx).await;
             for input in inputs {
                 let fx = unit.handle(i, input, clock.now());
                 self.execute(unit, fx).await;
             }
-            if vips_changed && unit.holds_vips(i) {
-                for v in &gone {
-                    match self.addrs.delete(v).await {
-                        Ok(_) => {
-                            info!(instance = %name, address = %v.addr, "virtual address removed")
-                        }
-                        Err(e) => {
-                            warn!(instance = %name, address = %v.addr, "removing the virtual address: {e}")
-                        }
+            gone_of.push((i, held, gone, vips_changed));
+        }
+        for (i, held, gone, _) in &gone_of {
+            if !held || gone.is_empty() {
+                continue;
+            }
+            let name = self.members[*i].spec.config.name.clone();
+            for v in gone {
+                match self.addrs.delete(v).await {
+                    Ok(_) => info!(instance = %name, address = %v.addr, "virtual address removed"),
+                    Err(e) => {
+                        warn!(instance = %name, address = %v.addr, "removing the virtual address: {e}")
                     }
                 }
+            }
+            // The dataplane stops serving them (unless another master here takes them).
+            let _ = self.events.send(Event::Role {
+                instance: name,
+                vips: gone.iter().map(|v| v.addr).collect(),
+                master: false,
+                applied: RoleAck::default(),
+            });
+        }
+        for (i, _, _, vips_changed) in gone_of {
+            if vips_changed && unit.holds_vips(i) {
                 let fx = unit.vips_changed(i);
                 self.execute(unit, fx).await;
             }
-            if settings_changed {
-                info!(instance = %name, "VRRP settings reloaded in place");
+        }
+    }
+
+    /// [`Control::Hand`]: released members send priority 0 and give their addresses up,
+    /// and the addresses the next unit does not take go; the rest stays for it.
+    async fn hand(&mut self, unit: &Unit, members: &[usize], vips: &[VirtualAddress]) {
+        for &i in members {
+            if i >= self.members.len() || !unit.holds_vips(i) {
+                continue;
+            }
+            self.carry_out(Effect::SendAdvert {
+                member: i,
+                priority: 0,
+            })
+            .await;
+            self.carry_out(Effect::RemoveVips { member: i }).await;
+            self.carry_out(Effect::Role {
+                member: i,
+                master: false,
+            })
+            .await;
+            info!(instance = %self.members[i].spec.config.name, "VRRP instance removed: released");
+        }
+        for v in vips {
+            if let Err(e) = self.addrs.delete(v).await {
+                warn!(address = %v.addr, "removing the virtual address: {e}");
+            }
+        }
+    }
+
+    /// [`Control::Reassert`]: each master's addresses are all in place, and the dataplane
+    /// serves them.
+    async fn reassert(&mut self, unit: &mut Unit) {
+        for i in 0..self.members.len() {
+            if !unit.holds_vips(i) {
+                continue;
+            }
+            // One dump per interface, not per address (a unit may have hundreds).
+            let mut present = HashMap::new();
+            let mut missing = false;
+            for v in &self.members[i].spec.vips {
+                if let std::collections::hash_map::Entry::Vacant(e) = present.entry(v.ifindex) {
+                    e.insert(self.addrs.list(Some(v.ifindex)).await.unwrap_or_default());
+                }
+                missing |= !present[&v.ifindex].iter().any(|a| a.is_address_of(v));
+            }
+            if missing {
+                warn!(instance = %self.members[i].spec.config.name, "a virtual address went during the reload: adding and announcing it again");
+                let fx = unit.vips_changed(i);
+                self.execute(unit, fx).await;
+            } else {
+                let m = &self.members[i];
+                let _ = self.events.send(Event::Role {
+                    instance: m.spec.config.name.clone(),
+                    vips: m.spec.vips.iter().map(|v| v.addr).collect(),
+                    master: true,
+                    applied: RoleAck::default(),
+                });
             }
         }
     }
@@ -1126,61 +1241,137 @@ impl Running {
 }
 
 /// What a reload does to a running unit ([`plan_units`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum UnitStep {
-    /// Nothing changed.
+    /// Nothing changed but perhaps its tracking (which it is fed again).
     Keep,
     /// The same members, the same virtual routers: new settings in place (the new unit's
-    /// index).
+    /// index; its members in the running unit's order).
     Reconfigure(usize),
-    /// Its members are in another unit now (a sync group formed, left or changed), or one
-    /// of them is another virtual router (interface, id, version, family): it stops, and
-    /// the new units start once it has.
-    Replace,
+    /// Its members go on in one new unit, every one of which was master here with every
+    /// address it will have: it hands over ([`Control::Hand`]) and the new unit resumes.
+    Hand {
+        release_members: Vec<usize>,
+        release_vips: Vec<VirtualAddress>,
+    },
+    /// Its members go on elsewhere, but not so that the new unit can resume (a backup, a
+    /// new member, a new address, a split): it stops and releases, and the new units
+    /// start with an election.
+    Shutdown,
     /// None of its members is configured any more: it stops and releases its addresses.
     Remove,
 }
 
 /// For each running unit, what a reload to `new` does to it; and the new units that start
 /// (once every unit that stops has stopped). Units are matched by their group and their
-/// members' names, in order.
-pub fn plan_units(old: &[UnitSpec], new: &[UnitSpec]) -> (Vec<UnitStep>, Vec<usize>) {
-    let names =
-        |u: &UnitSpec| -> Vec<String> { u.members.iter().map(|m| m.config.name.clone()).collect() };
+/// members' names; `masters` are the instances that are master here now. Tracking inputs
+/// are not compared (every unit is fed its tracking again).
+pub fn plan_units(
+    old: &[UnitSpec],
+    new: &[UnitSpec],
+    masters: &std::collections::HashSet<String>,
+) -> (Vec<UnitStep>, Vec<usize>) {
+    use std::collections::BTreeSet;
+    let names = |u: &UnitSpec| -> BTreeSet<String> {
+        u.members.iter().map(|m| m.config.name.clone()).collect()
+    };
+    let member =
+        |u: &UnitSpec, name: &str| u.members.iter().find(|m| m.config.name == name).cloned();
     let mut matched = vec![false; new.len()];
-    let steps = old
+    let mut steps: Vec<Option<UnitStep>> = old
         .iter()
         .map(|o| {
-            let found = new.iter().enumerate().position(|(j, n)| {
+            let j = new.iter().enumerate().position(|(j, n)| {
                 !matched[j]
                     && n.group == o.group
                     && names(n) == names(o)
                     && o.members
                         .iter()
-                        .zip(&n.members)
-                        .all(|(a, b)| same_router(a, b))
+                        .all(|a| member(n, &a.config.name).is_some_and(|b| same_router(a, &b)))
+            })?;
+            matched[j] = true;
+            let same = o.members.iter().all(|a| {
+                member(&new[j], &a.config.name).is_some_and(|b| untracked(a) == untracked(&b))
             });
-            match found {
-                Some(j) => {
-                    matched[j] = true;
-                    if new[j] == *o {
-                        UnitStep::Keep
-                    } else {
-                        UnitStep::Reconfigure(j)
-                    }
-                }
-                None => {
-                    let still = new.iter().flat_map(names).collect::<Vec<_>>();
-                    if names(o).iter().any(|n| still.contains(n)) {
-                        UnitStep::Replace
-                    } else {
-                        UnitStep::Remove
-                    }
-                }
-            }
+            Some(if same {
+                UnitStep::Keep
+            } else {
+                UnitStep::Reconfigure(j)
+            })
         })
         .collect();
-    let start = (0..new.len()).filter(|j| !matched[*j]).collect();
+    let start: Vec<usize> = (0..new.len()).filter(|j| !matched[*j]).collect();
+    // The new units each unmatched running unit's members go on in.
+    let targets: Vec<BTreeSet<usize>> = old
+        .iter()
+        .zip(&steps)
+        .map(|(o, step)| match step {
+            Some(_) => BTreeSet::new(),
+            None => start
+                .iter()
+                .copied()
+                .filter(|&j| !names(&new[j]).is_disjoint(&names(o)))
+                .collect(),
+        })
+        .collect();
+    for &j in &start {
+        let u = &new[j];
+        let sources: Vec<usize> = (0..old.len())
+            .filter(|&i| steps[i].is_none() && targets[i].contains(&j))
+            .collect();
+        let held: Vec<VirtualAddress> = sources
+            .iter()
+            .flat_map(|&i| old[i].members.iter())
+            .filter(|m| names(u).contains(&m.config.name))
+            .flat_map(|m| m.vips.iter().cloned())
+            .collect();
+        let resumes = !sources.is_empty()
+            && sources.iter().all(|&i| targets[i].len() == 1)
+            && u.members.iter().all(|m| {
+                masters.contains(&m.config.name)
+                    && sources.iter().any(|&i| {
+                        member(&old[i], &m.config.name).is_some_and(|o| same_router(&o, m))
+                    })
+            })
+            && u.members
+                .iter()
+                .flat_map(|m| m.vips.iter())
+                .all(|v| held.contains(v));
+        if !resumes {
+            continue;
+        }
+        let kept: Vec<&VirtualAddress> = u.members.iter().flat_map(|m| m.vips.iter()).collect();
+        for &i in &sources {
+            let o = &old[i];
+            let release_members = (0..o.members.len())
+                .filter(|&k| !names(u).contains(&o.members[k].config.name))
+                .collect::<Vec<_>>();
+            let release_vips = o
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !release_members.contains(k))
+                .flat_map(|(_, m)| m.vips.iter())
+                .filter(|v| !kept.contains(v))
+                .cloned()
+                .collect();
+            steps[i] = Some(UnitStep::Hand {
+                release_members,
+                release_vips,
+            });
+        }
+    }
+    let steps = steps
+        .into_iter()
+        .zip(&targets)
+        .map(|(step, t)| {
+            step.unwrap_or(if t.is_empty() {
+                UnitStep::Remove
+            } else {
+                UnitStep::Shutdown
+            })
+        })
+        .collect();
     (steps, start)
 }
 
@@ -1191,6 +1382,9 @@ pub struct VrrpThread {
     /// The thread's runtime: units a reload adds start on it.
     handle: tokio::runtime::Handle,
     events: mpsc::UnboundedSender<Event>,
+    /// True once the last reload has settled: its stopping units stopped, every
+    /// reconfigured unit done. The next reload's new units, and a shutdown, wait for it.
+    settled: tokio::sync::watch::Receiver<bool>,
     /// Ends the thread once every unit has stopped.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1221,72 +1415,153 @@ impl VrrpThread {
         );
     }
 
+    /// The running members' resolved specs, by name: a reload reuses those of unchanged
+    /// instances rather than resolve them again (an interface gone since is no reason to
+    /// refuse a reload that does not touch it).
+    pub fn member_specs(&self) -> HashMap<String, MemberSpec> {
+        self.units
+            .iter()
+            .flat_map(|u| u.spec.members.iter())
+            .map(|m| (m.config.name.clone(), m.clone()))
+            .collect()
+    }
+
     /// The units of a reloaded configuration, each resolved on this host with its tracking
-    /// now in `initial`: what can change in place does ([`Control::Reconfigure`]: no state
-    /// change, no election); units whose members are gone stop and release their
-    /// addresses; units whose membership or virtual router changed stop and start again,
-    /// as masters if every member was master a moment ago (their addresses kept, see
-    /// `record`), else with an election; new units start.
+    /// now in `initial` ([`plan_units`]): what can change in place does
+    /// ([`Control::Reconfigure`]: no state change, no election); units whose members are
+    /// gone stop and release their addresses; units whose membership or virtual router
+    /// changed stop and start again, resuming as masters when every member was master
+    /// with every address it keeps ([`Control::Hand`]), else with an election; new units
+    /// start. Once all of it is done, every master makes sure its addresses are in place
+    /// ([`Control::Reassert`]).
     pub fn reconfigure(&mut self, new: Vec<UnitSpec>) {
+        // A unit whose task ended (it failed) starts again as a new one.
+        self.units.retain(|u| {
+            let alive = !u.task.is_finished();
+            if !alive {
+                warn!(instances = ?u.names().collect::<Vec<_>>(), "a stopped VRRP unit starts again");
+            }
+            alive
+        });
         let old: Vec<UnitSpec> = self.units.iter().map(|u| u.spec.clone()).collect();
-        let (steps, start) = plan_units(&old, &new);
-        let states = self.stats.lock().map(|m| m.clone()).unwrap_or_default();
+        let masters: std::collections::HashSet<String> = self
+            .stats
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, s)| s.state == "MASTER")
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (steps, start) = plan_units(&old, &new, &masters);
+        // Nothing to reassert after a reload that left every unit as it was.
+        let changed = !start.is_empty() || steps.iter().any(|s| *s != UnitStep::Keep);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
         let mut stopping = Vec::new();
         let mut kept = Vec::new();
         for (u, step) in std::mem::take(&mut self.units).into_iter().zip(steps) {
             let names: Vec<String> = u.names().map(String::from).collect();
             match step {
-                UnitStep::Keep => kept.push(u),
-                UnitStep::Reconfigure(j) => {
-                    let spec = new[j].clone();
-                    if let Err(e) = u.tx.try_send(Control::Reconfigure(Box::new(spec.clone()))) {
-                        tracing::error!(instances = ?names, "VRRP reconfiguration dropped: {e}");
+                UnitStep::Keep => {
+                    // Fed its tracking again: a change the main loop has not handed on yet
+                    // is then not lost with the old tracking's record of what was sent.
+                    let members = new
+                        .iter()
+                        .flat_map(|n| n.members.iter())
+                        .filter(|n| names.contains(&n.config.name));
+                    for n in members {
+                        for input in &n.initial {
+                            let c = Control::Track {
+                                member: n.config.name.clone(),
+                                input: *input,
+                            };
+                            if let Err(e) = u.tx.try_send(c) {
+                                tracing::error!(instances = ?names, "VRRP tracking input dropped: {e}");
+                            }
+                        }
                     }
-                    kept.push(Running { spec, ..u });
+                    kept.push(u);
+                }
+                UnitStep::Reconfigure(j) => {
+                    // The new settings in the running unit's order of members.
+                    let mut spec = new[j].clone();
+                    spec.members = u
+                        .spec
+                        .members
+                        .iter()
+                        .filter_map(|m| {
+                            new[j]
+                                .members
+                                .iter()
+                                .find(|n| n.config.name == m.config.name)
+                                .cloned()
+                        })
+                        .collect();
+                    let c = Control::Reconfigure(Box::new(spec.clone()), Done(done_tx.clone()));
+                    match u.tx.try_send(c) {
+                        Ok(()) => kept.push(Running { spec, ..u }),
+                        Err(e) => {
+                            // Kept as it runs: the next reload tries again.
+                            tracing::error!(instances = ?names, "VRRP reconfiguration dropped: {e}");
+                            kept.push(u);
+                        }
+                    }
+                }
+                UnitStep::Hand {
+                    release_members,
+                    release_vips,
+                } => {
+                    info!(instances = ?names, "VRRP unit changed (sync group membership): the new unit resumes as master");
+                    let _ = u.tx.try_send(Control::Hand {
+                        release_members,
+                        release_vips,
+                    });
+                    stopping.push(u.task);
+                }
+                UnitStep::Shutdown => {
+                    warn!(instances = ?names, "VRRP unit changed (sync group membership, interface, id, version or family), and not all of it was master with its addresses: it stops, and the new unit starts with an election");
+                    let _ = u.tx.try_send(Control::Shutdown);
+                    stopping.push(u.task);
                 }
                 UnitStep::Remove => {
                     info!(instances = ?names, "VRRP instances removed: releasing their addresses");
                     let _ = u.tx.try_send(Control::Shutdown);
                     stopping.push(u.task);
                 }
-                UnitStep::Replace => {
-                    // Masters keep their addresses for the new unit to resume from; anything
-                    // else releases now, so that a peer takes over at once if it must.
-                    let all_master = names
-                        .iter()
-                        .all(|n| states.get(n).is_some_and(|s| s.state == "MASTER"));
-                    warn!(instances = ?names, resume = all_master, "VRRP unit changed (sync group membership, interface, id, version or family): it starts again");
-                    let how = if all_master {
-                        Control::Leave
-                    } else {
-                        Control::Shutdown
-                    };
-                    let _ = u.tx.try_send(how);
-                    stopping.push(u.task);
-                }
             }
         }
+        drop(done_tx);
         self.units = kept;
-        if start.is_empty() {
-            return;
-        }
-        // New units wait for the ones that stop: the same virtual router, addresses or
-        // records may pass from one to the other.
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        // Settled when the previous reload has, every stopping unit has stopped and every
+        // reconfigured unit is done; then the masters reassert their addresses.
+        let reassert: Vec<mpsc::Sender<Control>> = if changed {
+            self.units.iter().map(|u| u.tx.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut previous = self.settled.clone();
+        let (settled_tx, settled_rx) = tokio::sync::watch::channel(false);
         self.handle.spawn(async move {
+            let _ = previous.wait_for(|s| *s).await;
             for t in stopping {
                 let _ = t.await;
             }
-            let _ = done_tx.send(true);
+            while done_rx.recv().await.is_some() {}
+            let _ = settled_tx.send(true);
+            for tx in reassert {
+                let _ = tx.try_send(Control::Reassert);
+            }
         });
+        self.settled = settled_rx.clone();
         for j in start {
             let mut spec = new[j].clone();
             for m in &mut spec.members {
                 m.may_resume = true;
             }
-            let mut done = done_rx.clone();
+            let mut settled = settled_rx.clone();
             let running = self.start(spec, async move {
-                let _ = done.wait_for(|d| *d).await;
+                let _ = settled.wait_for(|s| *s).await;
             });
             self.units.push(running);
         }
@@ -1318,14 +1593,36 @@ impl VrrpThread {
         } else {
             Control::Leave
         };
-        for u in &self.units {
-            // Called from a blocking context: wait for room rather than drop the shutdown.
-            let _ = u.tx.blocking_send(how.clone());
-        }
+        self.finish(Some(how), timeout);
+    }
+
+    /// [`VrrpThread::shutdown`]'s work; without units' senders left, `Drop` has nothing
+    /// to do.
+    fn finish(&mut self, how: Option<Control>, timeout: Duration) {
         let deadline = StdInstant::now() + timeout;
+        // A reload's stopping units first: what they release must not follow ours.
+        while !*self.settled.borrow() && StdInstant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match how {
+            Some(how) => {
+                for u in &self.units {
+                    // Called from a blocking context: wait for room rather than drop it.
+                    let _ = u.tx.blocking_send(how.clone());
+                }
+            }
+            // Closed channels: each unit stops as on `Shutdown`.
+            None => {
+                let (placeholder, _) = mpsc::channel(1);
+                for u in &mut self.units {
+                    u.tx = placeholder.clone();
+                }
+            }
+        }
         while !self.units.iter().all(|u| u.task.is_finished()) && StdInstant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.units.clear();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -1338,6 +1635,18 @@ impl VrrpThread {
             } else {
                 warn!("VRRP thread did not stop in {timeout:?}");
             }
+        }
+    }
+}
+
+impl Drop for VrrpThread {
+    /// Dropped without [`VrrpThread::shutdown`] (an error on the way out): the units still
+    /// release their addresses with priority-0 adverts before the thread's runtime goes.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // No blocking send here (this may run on a runtime's thread): the units see
+            // their channels close.
+            self.finish(None, Duration::from_secs(2));
         }
     }
 }
@@ -1366,6 +1675,7 @@ pub fn spawn(
         stats: SharedStats::default(),
         handle,
         events,
+        settled: tokio::sync::watch::channel(true).1,
         stop: Some(stop),
         thread: Some(thread),
     };
@@ -1411,16 +1721,35 @@ mod tests {
         }
     }
 
+    fn group(name: &str, members: Vec<MemberSpec>) -> UnitSpec {
+        UnitSpec {
+            members,
+            group: Some(name.into()),
+        }
+    }
+
+    fn with_vip(mut m: MemberSpec, last: u8) -> MemberSpec {
+        m.vips.push(VirtualAddress::new(
+            std::net::Ipv4Addr::new(192, 0, 2, last).into(),
+            2,
+        ));
+        m
+    }
+
+    fn masters(names: &[&str]) -> std::collections::HashSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
     /// A reload keeps what did not change, reconfigures the same virtual routers in place,
-    /// replaces a unit whose membership or router changed, removes what went, starts what
-    /// came.
+    /// hands a unit over to the one its masters go on in, shuts down what cannot resume,
+    /// removes what went, starts what came.
     #[test]
     fn a_reload_changes_each_unit_as_little_as_it_can() {
         let old = vec![
             lone(member("A", 1, 100)),
             lone(member("B", 2, 100)),
-            lone(member("C", 3, 100)),
-            lone(member("D", 4, 100)),
+            lone(with_vip(member("C", 3, 100), 30)),
+            lone(with_vip(member("D", 4, 100), 40)),
             lone(member("E", 5, 100)),
         ];
         let new = vec![
@@ -1429,26 +1758,73 @@ mod tests {
             lone(member("E", 5, 100)),
             lone(member("A", 1, 150)),
             lone(member("B", 9, 100)),
-            UnitSpec {
-                members: vec![member("C", 3, 100), member("D", 4, 100)],
-                group: Some("G".into()),
-            },
+            group(
+                "G",
+                vec![
+                    with_vip(member("C", 3, 100), 30),
+                    with_vip(member("D", 4, 100), 40),
+                ],
+            ),
             lone(member("F", 6, 100)),
         ];
-        let (steps, start) = plan_units(&old, &new);
+        let hand = || UnitStep::Hand {
+            release_members: vec![],
+            release_vips: vec![],
+        };
+        let (steps, start) = plan_units(&old, &new, &masters(&["A", "B", "C", "D", "E"]));
         assert_eq!(
             steps,
             [
                 UnitStep::Reconfigure(1),
-                UnitStep::Replace,
-                UnitStep::Replace,
-                UnitStep::Replace,
+                UnitStep::Shutdown,
+                hand(),
+                hand(),
                 UnitStep::Keep,
             ]
         );
         assert_eq!(start, [2, 3, 4]);
+
+        // D a backup: the group cannot resume, both stop.
+        let (steps, _) = plan_units(&old, &new, &masters(&["A", "C"]));
+        assert_eq!(steps[2..4], [UnitStep::Shutdown, UnitStep::Shutdown]);
+
+        // An address the group gains: it cannot resume either.
+        let mut gains = new.clone();
+        gains[3].members[0] = with_vip(gains[3].members[0].clone(), 31);
+        let (steps, _) = plan_units(&old, &gains, &masters(&["C", "D"]));
+        assert_eq!(steps[2..4], [UnitStep::Shutdown, UnitStep::Shutdown]);
+
+        // The group dissolved, D removed and C losing an address: C resumes alone, D
+        // releases, and so does C's lost address.
+        let old_group = vec![group(
+            "G",
+            vec![
+                with_vip(with_vip(member("C", 3, 100), 30), 31),
+                with_vip(member("D", 4, 100), 40),
+            ],
+        )];
+        let (steps, start) = plan_units(
+            &old_group,
+            &[lone(with_vip(member("C", 3, 100), 30))],
+            &masters(&["C", "D"]),
+        );
+        assert_eq!(
+            steps,
+            [UnitStep::Hand {
+                release_members: vec![1],
+                release_vips: vec![old_group[0].members[0].vips[1].clone()],
+            }]
+        );
+        assert_eq!(start, [0]);
+
+        // The group's members listed in another order: nothing changes.
+        let mut swapped = old_group.clone();
+        swapped[0].members.reverse();
+        let (steps, start) = plan_units(&old_group, &swapped, &masters(&[]));
+        assert_eq!((steps, start), (vec![UnitStep::Keep], vec![]));
+
         // Everything gone.
-        let (steps, start) = plan_units(&old, &[]);
+        let (steps, start) = plan_units(&old, &[], &masters(&[]));
         assert!(steps.iter().all(|s| *s == UnitStep::Remove), "{steps:?}");
         assert!(start.is_empty());
     }
