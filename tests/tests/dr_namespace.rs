@@ -1051,3 +1051,115 @@ fn unresolved_backend_mac_is_reported_and_skipped() {
     assert_eq!(daemon.read_stderr().matches(warning).count(), ticks);
     assert_eq!(ticks, 1, "{log}");
 }
+
+/// A reload that names another `[dataplane] interface` moves the program there (attached on
+/// the new one while the old one still runs, every map shared, the pins renamed, the old
+/// attachment removed): an open connection whose packets then come in on the new
+/// interface stays on its real server, new connections are served there, and the old
+/// interface runs no program any more.
+#[test]
+fn a_reload_moves_the_dataplane_to_another_interface() {
+    let test = "a_reload_moves_the_dataplane_to_another_interface";
+    if !require_lab(test) {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dm"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    let config = lab_config(&lab, "skb", "rr", &[1, 1, 1]);
+    let (daemon, cfg) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let flag = lab.client().dir().join("go");
+    let script = format!(
+        r#"
+import os, socket, sys, time
+s = socket.create_connection(("192.0.2.100", 80), timeout=5)
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
+    data = b""
+    while not data.endswith(b"\n") or b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed")
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
+print(get(), flush=True)
+deadline = time.time() + 20
+while not os.path.exists("{flag}"):
+    if time.time() > deadline:
+        sys.exit("no go")
+    time.sleep(0.02)
+print(get(), flush=True)
+"#,
+        flag = flag.display()
+    );
+    let py = lab.client().dir().join("keepalive.py");
+    std::fs::write(&py, script).unwrap();
+    let client = lab
+        .client()
+        .spawn(&["python3", py.to_str().unwrap()])
+        .unwrap();
+    lb_tests::netns::wait_until("the first reply", Duration::from_secs(5), || {
+        !client.read_stdout().is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", client.read_stderr()));
+
+    // A second port into the LAN: eth1 (192.0.2.6), the VIP moved onto it.
+    let lb = lab.lb().name().to_string();
+    lab.bridge()
+        .ip(&[
+            "link", "add", "to-lb2", "type", "veth", "peer", "name", "eth1", "netns", &lb,
+        ])
+        .unwrap();
+    lab.bridge()
+        .ip(&["link", "set", "to-lb2", "master", "br0", "up"])
+        .unwrap();
+    lab.lb()
+        .ip(&["addr", "add", "192.0.2.6/24", "dev", "eth1"])
+        .unwrap();
+    lab.lb().ip(&["link", "set", "eth1", "up"]).unwrap();
+
+    let moved = config.replacen("interface = \"eth0\"", "interface = \"eth1\"", 1);
+    assert_ne!(moved, config);
+    reload(&daemon, &cfg, &moved).unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    let log = daemon.read_stderr();
+    assert!(
+        log.contains("XDP program moved to another interface"),
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+    let xdp_on = |dev: &str| {
+        lab.lb()
+            .ip(&["-d", "link", "show", "dev", dev])
+            .unwrap_or_default()
+            .contains("xdp")
+    };
+    assert!(xdp_on("eth1") && !xdp_on("eth0"));
+
+    // The client's packets now come in on eth1 only.
+    lab.lb()
+        .ip(&["addr", "del", "192.0.2.100/32", "dev", "eth0"])
+        .unwrap();
+    lab.lb()
+        .ip(&["addr", "add", "192.0.2.100/32", "dev", "eth1"])
+        .unwrap();
+    lab.lb().ip(&["link", "set", "eth0", "down"]).unwrap();
+    lab.client()
+        .ip(&["neigh", "flush", "to", "192.0.2.100"])
+        .unwrap();
+    std::fs::write(&flag, "").unwrap();
+    let status = client
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("client exits");
+    assert!(status.success(), "{}", client.read_stderr());
+    let replies: Vec<String> = client.read_stdout().lines().map(str::to_string).collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(
+        replies[0], replies[1],
+        "the connection moved to another server"
+    );
+    // New connections through eth1, spread as before.
+    let got = lab.curl("192.0.2.100", 30).unwrap();
+    let spread = counts(&got);
+    assert_eq!(spread.values().sum::<usize>(), 30, "{spread:?}");
+    assert_eq!(spread.len(), 3, "{spread:?}");
+}

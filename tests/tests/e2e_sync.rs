@@ -84,8 +84,12 @@ enum Before {
     ReloadSync,
 }
 
+/// Connections opened after lb1's one-sided reload (`Before::ReloadSync`).
+const LATE: usize = 50;
+
 fn failover(tag: &str, mode: SyncMode, before: Before) {
     let change_backends = before == Before::ChangeBackends;
+    let mut late: Option<LongLived> = None;
     let params = LvsParams {
         sync: Some(mode),
         ..LvsParams::new("rr", "skb")
@@ -159,12 +163,12 @@ fn failover(tag: &str, mode: SyncMode, before: Before) {
             let key = lab.lb(i).dir().join("sync.key");
             std::fs::write(&key, b"a new shared key for both, 32 b.").unwrap();
             lab.reload_lb(i).unwrap_or_else(|e| panic!("{e:#}"));
-            assert!(
+            // The log is written by a thread of its own: it may follow the answer.
+            wait("the new [sync] in the log", Duration::from_secs(5), || {
                 lab.lb_log(i)
-                    .contains("connection sync follows the new [sync]"),
-                "{}",
-                lab.lb_log(i)
-            );
+                    .contains("connection sync follows the new [sync]")
+            })
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.lb_log(i)));
         }
         wait(
             "lb2's new engine to get lb1's whole table",
@@ -172,6 +176,39 @@ fn failover(tag: &str, mode: SyncMode, before: Before) {
             || lb2_counter(&lab, "full_syncs_received") >= 1,
         )
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+        wait(
+            "lb2 to hold every connection's flow again",
+            Duration::from_secs(15),
+            || lb2_counter(&lab, "installed_entries") >= CONNECTIONS as u64,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+        // One side alone: lb1's tables resized, its engine started again over them with
+        // a new boot id; lb2, which keeps its engine, goes on taking lb1's new flows.
+        let installed = lb2_counter(&lab, "installed_entries");
+        let resized = lvs_toml(&params, 1).replacen("max_flows = 65536", "max_flows = 131072", 1);
+        assert_ne!(resized, lvs_toml(&params, 1));
+        lab.set_config(1, &resized).unwrap();
+        let key = lab.lb(1).dir().join("sync.key");
+        std::fs::write(&key, b"a new shared key for both, 32 b.").unwrap();
+        lab.reload_lb(1).unwrap_or_else(|e| panic!("{e:#}"));
+        wait("the resize in the log", Duration::from_secs(5), || {
+            lab.lb_log(1).contains("connection tables resized")
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.lb_log(1)));
+        late = Some(LongLived::open(lab.client(), lab.target(), LATE).unwrap());
+        wait(
+            "lb2 to take lb1's flows after lb1's engine started again",
+            Duration::from_secs(15),
+            || lb2_counter(&lab, "installed_entries") >= installed + LATE as u64,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\nlb1 sync: {}\nlb2 sync: {}\n{}",
+                lab.sync_status(1),
+                lab.sync_status(2),
+                lab.logs()
+            )
+        });
     }
     wait(
         "lb2 to hold every connection's flow",
@@ -210,6 +247,15 @@ fn failover(tag: &str, mode: SyncMode, before: Before) {
         "every connection on its real server after the failover\n{}",
         lab.logs()
     );
+    if let Some(mut late) = late {
+        let r = late.round();
+        assert_eq!(
+            (r.ok, r.resets),
+            (LATE, 0),
+            "the connections opened after lb1's one-sided reload\n{}",
+            lab.logs()
+        );
+    }
     // And new connections go on through lb2.
     let more = LongLived::open(lab.client(), lab.target(), 10).unwrap();
     assert_eq!(more.len(), 10);

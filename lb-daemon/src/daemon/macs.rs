@@ -72,6 +72,14 @@ impl Macs {
         }
     }
 
+    /// Resolves on interface `ifindex` from now on (the dataplane moved). The MACs known
+    /// stay until the resolver reports the new interface's: on the same segment they are
+    /// the same, and a real server without a MAC would take no flows meanwhile.
+    pub(super) fn move_to(&mut self, config: &Config, ifindex: u32) {
+        self.ifindex = ifindex;
+        self.retarget(config);
+    }
+
     /// Watches the addresses of `config` from now on.
     pub(super) fn retarget(&mut self, config: &Config) {
         let want = wanted(config, self.ifindex);

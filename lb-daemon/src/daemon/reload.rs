@@ -154,23 +154,10 @@ impl State {
         let old_sync_key = self.dp.as_ref().and_then(|dp| dp.xdp.sync_key.clone());
         let old_reserve = self.dp.as_ref().map(|dp| dp.xdp.reserve);
         let mut failed: Option<String> = None;
-        // Sync's engine.
-        if let (true, Some(dp)) = (sync_changed, self.dp.as_mut()) {
-            let master = sync_master(&new, &self.master_vips);
-            match dp
-                .xdp
-                .restart_sync(new.sync.as_ref(), sync_key.as_deref(), master)
-            {
-                Ok(()) => {
-                    info!(destinations = ?new.sync.as_ref().map(|s| s.destinations()), "connection sync follows the new [sync]")
-                }
-                Err(e) => failed = Some(format!("sync: {e:#}")),
-            }
-        }
         // The maps: a configuration the dataplane cannot hold (too many services or
         // backends) is refused here.
         let planning = Instant::now();
-        if let (None, Some(dp)) = (&failed, self.dp.as_mut()) {
+        if let Some(dp) = self.dp.as_mut() {
             // A larger reserve grows the maps now; a smaller one gives nothing back (the
             // maps never shrink while running).
             if let Some(d) = &new.dataplane {
@@ -184,6 +171,38 @@ impl State {
             }
         }
         let planned = planning.elapsed();
+        // Sync's engine, once the maps took the plan (a refused plan never stops it). It
+        // goes on as sender or receiver as the running one did, unless it follows another
+        // instance now.
+        let same_instance = new.sync.as_ref().map(|s| &s.vrrp_instance)
+            == self.config.sync.as_ref().map(|s| &s.vrrp_instance);
+        let mut sync_restarted = false;
+        if let (None, true, Some(dp)) = (&failed, sync_changed, self.dp.as_mut()) {
+            sync_restarted = true;
+            let master = (!same_instance).then(|| sync_master(&new, &self.master_vips));
+            match dp
+                .xdp
+                .restart_sync(new.sync.as_ref(), sync_key.as_deref(), master)
+            {
+                Ok(()) => {
+                    info!(destinations = ?new.sync.as_ref().map(|s| s.destinations()), "connection sync follows the new [sync]")
+                }
+                Err(e) => failed = Some(format!("sync: {e:#}")),
+            }
+        }
+        // The interface: the program moves there (the old interface's attachment goes).
+        let mut moved_from: Option<crate::config::DataplaneConfig> = None;
+        if let (None, Some(dp), Some(d)) = (&failed, self.dp.as_mut(), &new.dataplane) {
+            if dp.xdp.interface() != d.interface {
+                match dp.xdp.move_to(d).await {
+                    Ok(()) => moved_from = self.config.dataplane.clone(),
+                    Err(e) => {
+                        let why = format!("dataplane.interface: {e:#}");
+                        failed = Some(refusal(&self.path, ("dataplane", "interface", why)));
+                    }
+                }
+            }
+        }
         // The connection tables' size, last: once the new tables run, nothing is undone.
         if let (None, Some(dp), Some(d)) = (&failed, self.dp.as_mut(), &new.dataplane) {
             if dp.xdp.max_flows() != Some(d.max_flows) {
@@ -195,6 +214,23 @@ impl State {
         }
         if let Some(e) = failed {
             if let Some(dp) = self.dp.as_mut() {
+                if let Some(old) = &moved_from {
+                    if let Err(back) = dp.xdp.move_to(old).await {
+                        error!("moving the XDP program back to {}: {back:#}", old.interface);
+                    }
+                }
+                // Sync first: the apply below gives it the running translation tables.
+                if sync_restarted {
+                    let master =
+                        (!same_instance).then(|| sync_master(&self.config, &self.master_vips));
+                    if let Err(back) = dp.xdp.restart_sync(
+                        self.config.sync.as_ref(),
+                        old_sync_key.as_deref(),
+                        master,
+                    ) {
+                        error!("starting the running connection sync again: {back:#}");
+                    }
+                }
                 if let Some(r) = old_reserve {
                     dp.xdp.reserve = r;
                 }
@@ -209,16 +245,6 @@ impl State {
                 {
                     // The planner writes the whole plan again at the next apply.
                     error!("putting the running configuration back into the dataplane: {back:#}");
-                }
-                if sync_changed {
-                    let master = sync_master(&self.config, &self.master_vips);
-                    if let Err(back) = dp.xdp.restart_sync(
-                        self.config.sync.as_ref(),
-                        old_sync_key.as_deref(),
-                        master,
-                    ) {
-                        error!("starting the running connection sync again: {back:#}");
-                    }
                 }
             }
             put_group_back(&self.control);
@@ -289,7 +315,9 @@ impl State {
             // known), even when the quorum itself did not move.
             dp.quorum.moved |= !changed.is_empty();
             // Rebuilt from every service only when some address came or went.
-            if addresses_moved {
+            if moved_from.is_some() {
+                dp.macs.move_to(&self.config, dp.xdp.ifindex);
+            } else if addresses_moved {
                 dp.macs.retarget(&self.config);
             }
             // The changed services again, with their checkers' first view, if that differs
@@ -408,8 +436,9 @@ fn restart_only(
             ))
         }
         (Some(a), Some(b)) => {
-            // Every key, so that a new one is not accepted and ignored: `max_flows` and
-            // `reserve` apply in place (see `on_reload`), the others are checked below.
+            // Every key, so that a new one is not accepted and ignored: `interface`,
+            // `max_flows` and `reserve` apply in place (see `on_reload`), the others are
+            // checked below.
             let DataplaneConfig {
                 interface: _,
                 xdp_mode: _,
@@ -419,16 +448,6 @@ fn restart_only(
                 reserve: _,
             } = b;
             let why = |key: &str, what: &str| format!("dataplane.{key} changed: {what}");
-            if a.interface != b.interface {
-                return Err((
-                    "dataplane",
-                    "interface",
-                    why(
-                        "interface",
-                        "the XDP program is attached to it: restart to move it",
-                    ),
-                ));
-            }
             if a.xdp_mode != b.xdp_mode {
                 return Err((
                     "dataplane",

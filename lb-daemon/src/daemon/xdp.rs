@@ -20,7 +20,7 @@ use crate::{
     config::{Config, DataplaneConfig},
     dataplane::{
         adopt::Adopted,
-        flows::{copy_recent, copy_table, FlowTables, Table},
+        flows::{copy_recent, copy_table, table_len, FlowTables, Table},
         maps::BpfMaps,
         pins::{self, Pins, Take},
         program::{self, LoadOptions},
@@ -532,25 +532,39 @@ impl Xdp {
 
     /// Connection sync as `c` says, with `key`: the running engine stops (its socket and
     /// the event ring are free then) and a new one starts on the same ring and flow tables,
-    /// told whether this node sends (`master`). `None`: sync stops. The program must fit
-    /// ([`Xdp::sync_fits`]). The flows stay in the tables; the new engine's counters start
-    /// from 0, and a backup asks the master for its whole table again.
+    /// told whether this node sends (`master`; `None`: as the running one does) and going
+    /// on with the running one's translation tables. `None`: sync stops. The program must
+    /// fit ([`Xdp::sync_fits`]). The new engine has a new boot id (kept in `META` for the
+    /// next run), so that its peer's replay window starts again with its first message
+    /// rather than drop it as old; a backup then asks for the master's whole table. The
+    /// flows stay in the tables; the new engine's counters start from 0.
     pub(super) fn restart_sync(
         &mut self,
         c: Option<&crate::config::SyncConfig>,
         key: Option<&[u8]>,
-        master: bool,
+        master: Option<bool>,
     ) -> Result<()> {
-        self.sync = None;
+        let old = self.sync.take();
+        let master = master.unwrap_or_else(|| old.as_ref().is_some_and(|h| h.is_master()));
+        let index = old.as_ref().map(|h| h.index());
+        drop(old);
         self.sync_key = None;
         let (Some(c), Some(key)) = (c, key) else {
             info!("connection sync stopped");
             return Ok(());
         };
-        let parts = crate::sync::ProgramParts::open(&self.fds, self.flows.clone(), self.sync_boot)?;
+        let boot = crate::sync::boot_id(self.sync_boot);
+        let mut meta = self.dp.writer().meta()?;
+        meta.sync_boot = boot;
+        self.dp.writer_mut().set_meta(&meta)?;
+        self.sync_boot = boot;
+        let parts = crate::sync::ProgramParts::open(&self.fds, self.flows.clone(), boot)?;
         let h =
             crate::sync::SyncHandle::start(c, key, parts).context("starting connection sync")?;
         h.set_master(master);
+        if let Some(ix) = index {
+            h.set_index(ix);
+        }
         self.sync = Some(h);
         self.sync_key = Some(key.to_vec());
         Ok(())
@@ -585,6 +599,19 @@ impl Xdp {
             fds.get(t.name())
                 .with_context(|| format!("no map {}", t.name()))
         }
+        // A smaller table must have room to spare: the kernel's LRU evicts before it is
+        // full (each CPU keeps free entries of its own), and the copy goes in hash order,
+        // not by age.
+        for t in tables {
+            let held = table_len(fd(&self.fds, t)?, t)?;
+            if held.saturating_mul(2) > max_flows as usize && Some(max_flows) < self.max_flows() {
+                anyhow::bail!(
+                    "{} holds {held} flows: a smaller table needs room for twice as many",
+                    t.name()
+                );
+            }
+        }
+        let new_tables = FlowTables::open(&resized.fds)?;
         let since = self.dp.writer().clock_seconds();
         let mut copied = 0;
         for t in tables {
@@ -592,14 +619,24 @@ impl Xdp {
             copied += copy_table(from, to, t)
                 .with_context(|| format!("copying {} into the new table", t.name()))?;
         }
+        // What the old program changed during the copy, overwritten (only it writes yet).
+        for t in tables {
+            let (from, to) = (fd(&self.fds, t)?, fd(&resized.fds, t)?);
+            copy_recent(from, to, t, since, true)
+                .with_context(|| format!("copying {}'s recent flows", t.name()))?;
+        }
+        let since = self.dp.writer().clock_seconds();
         self.attachment
             .replace(resized.prog)
             .await
             .context("switching to the XDP program instance with the new tables")?;
+        // Nothing below can fail: the new tables run.
         let mut late = 0;
         for t in tables {
-            let (from, to) = (fd(&self.fds, t)?, fd(&resized.fds, t)?);
-            match copy_recent(from, to, t, since) {
+            let (Ok(from), Ok(to)) = (fd(&self.fds, t), fd(&resized.fds, t)) else {
+                continue;
+            };
+            match copy_recent(from, to, t, since, false) {
                 Ok(n) => late += n,
                 Err(e) => warn!(
                     table = t.name(),
@@ -612,13 +649,15 @@ impl Xdp {
         if let Some(p) = &self.pins {
             pin_maps(p, &self.fds);
         }
-        self.flows = Arc::new(FlowTables::open(&self.fds)?);
+        self.flows = Arc::new(new_tables);
         self.flow_counts = None;
         // Sync reads and writes the tables: a new engine over the new ones.
-        if let Some(master) = self.sync.as_ref().map(|s| s.is_master()) {
+        if self.sync.is_some() {
             let key = self.sync_key.clone();
-            if let Err(e) = self.restart_sync(sync, key.as_deref(), master) {
-                tracing::error!("connection sync over the new tables: {e:#}");
+            if let Err(e) = self.restart_sync(sync, key.as_deref(), None) {
+                tracing::error!(
+                    "connection sync stopped: it could not start again over the new tables: {e:#}"
+                );
             }
         }
         info!(
@@ -629,6 +668,84 @@ impl Xdp {
             "connection tables resized"
         );
         Ok(())
+    }
+
+    /// The dataplane on another interface, now: a program instance with that interface's
+    /// MAC over every map of the running one (services, flows, persistence, sync's ring:
+    /// nothing is lost), attached there while the old one still runs, its maps and link
+    /// pinned under the new interface's name, then the old attachment and pins removed. A
+    /// failure before the new attachment runs leaves everything as it was. The caller
+    /// points the neighbour resolver at the new interface.
+    pub(super) async fn move_to(&mut self, d: &DataplaneConfig) -> Result<()> {
+        let started = Instant::now();
+        let (iface_mac, ifindex) = interface_info(&d.interface).await?;
+        let lock = dataplane_lock(&d.interface)?;
+        let opts = LoadOptions {
+            limits: self.dp.limits(),
+            iface_mac,
+            sync: self.sync_load,
+            ..LoadOptions::default()
+        };
+        let moved = program::for_interface(&opts, &self.fds)
+            .context("loading the XDP program for the new interface")?;
+        let native = program::native_plan(&moved.fds, &d.interface, ifindex, d.xdp_mode).await;
+        let attachment = program::attach_xdp(
+            &moved.prog,
+            native,
+            &d.interface,
+            ifindex,
+            d.xdp_mode,
+            None,
+            d.keep_xdp_on_exit,
+        )
+        .await?;
+        // Pinned under the new name before the old pins go: the dataplane outlives the
+        // daemon at every moment.
+        let pins = match Pins::open(&d.pin_root, &d.interface) {
+            Ok(p) => {
+                pin_maps(&p, &moved.fds);
+                if let Some(link) = attachment.link() {
+                    if let Err(e) = p.pin_link(link) {
+                        warn!(
+                            "the XDP program will not outlive this daemon: pinning its link: {e}"
+                        );
+                    }
+                }
+                Some(p)
+            }
+            Err(e) => {
+                warn!("the dataplane will not outlive this daemon (nothing can be pinned): {e}");
+                None
+            }
+        };
+        let old_attachment = std::mem::replace(&mut self.attachment, attachment);
+        if let Some(p) = std::mem::replace(&mut self.pins, pins) {
+            if let Err(e) = p.remove() {
+                warn!("removing the old interface's pins: {e}");
+            }
+        }
+        if let Err(e) = old_attachment.detach().await {
+            warn!(interface = %self.iface, "detaching the XDP program from the old interface: {e}");
+        }
+        let from = std::mem::replace(&mut self.iface, d.interface.clone());
+        self._ebpf = moved.ebpf;
+        self.fds = moved.fds;
+        self.iface_mac = iface_mac;
+        self.ifindex = ifindex;
+        self._lock = lock;
+        info!(
+            from = %from,
+            to = %d.interface,
+            mode = self.attachment.mode.name(),
+            ms = started.elapsed().as_millis() as u64,
+            "XDP program moved to another interface"
+        );
+        Ok(())
+    }
+
+    /// The interface the program runs on.
+    pub(super) fn interface(&self) -> &str {
+        &self.iface
     }
 
     /// The connection tables' size now.

@@ -476,21 +476,43 @@ pub fn copy_table(from: BorrowedFd<'_>, to: BorrowedFd<'_>, t: Table) -> Result<
     }
 }
 
+/// The number of entries of table `t` in map `fd` (a walk).
+pub fn table_len(fd: BorrowedFd<'_>, t: Table) -> Result<usize, FlowsError> {
+    fn len<K: Copy + Default>(fd: BorrowedFd<'_>, t: Table) -> Result<usize, FlowsError> {
+        let mut c = Cursor::<K>::new(t, BATCH);
+        let mut total = 0;
+        while !c.is_done() {
+            total += c.step(fd)?.0.len();
+        }
+        Ok(total)
+    }
+    match t {
+        Table::Flows4 => len::<FlowKey4>(fd, t),
+        Table::Flows6 => len::<FlowKey6>(fd, t),
+        Table::Persist4 => len::<lb_common::PersistKey4>(fd, t),
+        Table::Persist6 => len::<lb_common::PersistKey6>(fd, t),
+    }
+}
+
 /// Copies the entries of table `t` in `from` last seen at or after `since` (`CLOCK`
-/// seconds) that `to` does not hold yet, one entry per call (the batch call takes no
-/// `BPF_NOEXIST`): the flows a running program added or touched while [`copy_table`] copied
-/// the rest, without overwriting what the program now running on `to` wrote since.
+/// seconds), one entry per call (the batch call takes no `BPF_NOEXIST`): the flows a
+/// running program added or touched while [`copy_table`] copied the rest. `overwrite`:
+/// over what `to` holds (while nothing else writes it); else only where `to` holds
+/// nothing, so that what the program now running on `to` wrote since stays.
 pub fn copy_recent(
     from: BorrowedFd<'_>,
     to: BorrowedFd<'_>,
     t: Table,
     since: u32,
+    overwrite: bool,
 ) -> Result<usize, FlowsError> {
+    let flags = if overwrite { BPF_ANY } else { BPF_NOEXIST };
     fn copy<K: Copy + Default>(
         from: BorrowedFd<'_>,
         to: BorrowedFd<'_>,
         t: Table,
         since: u32,
+        flags: u64,
     ) -> Result<usize, FlowsError> {
         let mut c = Cursor::<K>::new(t, BATCH);
         let mut total = 0;
@@ -507,7 +529,7 @@ pub fn copy_recent(
                         to,
                         (k as *const K).cast(),
                         (v as *const FlowValue).cast(),
-                        BPF_NOEXIST,
+                        flags,
                     )
                 };
                 match err {
@@ -525,10 +547,10 @@ pub fn copy_recent(
         Ok(total)
     }
     match t {
-        Table::Flows4 => copy::<FlowKey4>(from, to, t, since),
-        Table::Flows6 => copy::<FlowKey6>(from, to, t, since),
-        Table::Persist4 => copy::<lb_common::PersistKey4>(from, to, t, since),
-        Table::Persist6 => copy::<lb_common::PersistKey6>(from, to, t, since),
+        Table::Flows4 => copy::<FlowKey4>(from, to, t, since, flags),
+        Table::Flows6 => copy::<FlowKey6>(from, to, t, since, flags),
+        Table::Persist4 => copy::<lb_common::PersistKey4>(from, to, t, since, flags),
+        Table::Persist6 => copy::<lb_common::PersistKey6>(from, to, t, since, flags),
     }
 }
 

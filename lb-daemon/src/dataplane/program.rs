@@ -389,6 +389,23 @@ pub fn resize_flows(
     over_shared(&opts, shared, &fresh, program, bound)
 }
 
+/// The map of the program's global data (`IFACE_MAC`, `FLOW_CACHE_SIZE`, `SYNC_*`).
+pub const GLOBAL_DATA: &str = ".rodata";
+
+/// Loads `lb` over every map of `shared` but the global data, made anew with `opts`' values:
+/// the instance for another interface (`opts.iface_mac` is its MAC; the flow cache and sync
+/// settings must be the running instance's, which the shared maps were sized for). The
+/// caller attaches it there ([`attach_xdp`], with a [`native_plan`] for that interface).
+pub fn for_interface(opts: &LoadOptions, shared: &MapFds) -> Result<Grown, LoadError> {
+    over_shared(
+        opts,
+        shared,
+        &|name| name == GLOBAL_DATA,
+        names::PROGRAM,
+        None,
+    )
+}
+
 /// `program` over the maps of `opts` that `fresh` names and `shared`'s others; every map
 /// that is not fresh is made at its smallest and dropped (aya makes every map of the
 /// object).

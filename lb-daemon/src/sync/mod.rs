@@ -174,6 +174,15 @@ impl SyncHandle {
         self.shared.master.store(master, Ordering::SeqCst);
     }
 
+    /// The translation tables the engine uses now (a new engine goes on with them).
+    pub fn index(&self) -> Index {
+        self.shared
+            .index
+            .lock()
+            .map(|g| (**g).clone())
+            .unwrap_or_default()
+    }
+
     /// Whether this node sends (its sync instance is master).
     pub fn is_master(&self) -> bool {
         self.shared.master.load(Ordering::SeqCst)
