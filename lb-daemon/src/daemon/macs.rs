@@ -11,7 +11,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
@@ -23,6 +23,12 @@ use crate::{
 /// How long a backend may stay without a MAC before the daemon says so.
 const MAC_WARN_AFTER: Duration = Duration::from_secs(5);
 
+/// After the dataplane moved to another interface, how long a MAC known on the old one
+/// stands while the resolver, which withdraws every address it watched on the old
+/// interface, resolves it on the new one: a backend without a MAC takes no flows, and
+/// its established ones would go to the stack.
+const MOVE_GRACE: Duration = Duration::from_secs(10);
+
 pub(super) struct Macs {
     /// Every resolved address.
     pub known: HashMap<IpAddr, [u8; 6]>,
@@ -32,6 +38,12 @@ pub(super) struct Macs {
     ifindex: u32,
     wanted_tx: watch::Sender<HashMap<IpAddr, u32>>,
     resolver: JoinHandle<Result<(), NeighError>>,
+    /// Until when a withdrawal of a MAC known before a move is ignored ([`MOVE_GRACE`]),
+    /// and the addresses resolved since the move: the others' MACs go when it ends.
+    moved_until: Option<Instant>,
+    confirmed: std::collections::HashSet<IpAddr>,
+    /// For those withdrawals: they go the way the resolver's updates do.
+    updates: mpsc::Sender<MacUpdate>,
 }
 
 impl Macs {
@@ -43,6 +55,7 @@ impl Macs {
         let (wanted_tx, wanted_rx) = watch::channel(wanted(config, ifindex));
         let (mac_tx, mac_rx) = mpsc::channel::<MacUpdate>(1024);
         let resolver = MacResolver::new(MacResolverConfig::default())?;
+        let mac_tx_for_moves = mac_tx.clone();
         let resolver = tokio::spawn(resolver.run(wanted_rx, mac_tx));
         Ok((
             Macs {
@@ -51,6 +64,9 @@ impl Macs {
                 ifindex,
                 wanted_tx,
                 resolver,
+                moved_until: None,
+                confirmed: Default::default(),
+                updates: mac_tx_for_moves,
             },
             mac_rx,
         ))
@@ -62,6 +78,14 @@ impl Macs {
             Some(mac) => {
                 info!(backend = %u.addr, mac = %Mac(mac), "backend MAC resolved");
                 self.known.insert(u.addr, mac);
+                if self.moved_until.is_some() {
+                    self.confirmed.insert(u.addr);
+                }
+            }
+            None if self.known.contains_key(&u.addr)
+                && self.moved_until.is_some_and(|t| Instant::now() < t) =>
+            {
+                debug!(backend = %u.addr, "backend MAC withdrawn by the move: kept until resolved on the new interface");
             }
             None => {
                 warn!(backend = %u.addr, "backend MAC unknown: no new flows to it");
@@ -77,7 +101,14 @@ impl Macs {
     /// the same, and a real server without a MAC would take no flows meanwhile.
     pub(super) fn move_to(&mut self, config: &Config, ifindex: u32) {
         self.ifindex = ifindex;
+        self.moved_until = Some(Instant::now() + MOVE_GRACE);
+        self.confirmed.clear();
         self.retarget(config);
+    }
+
+    /// The interface it resolves on.
+    pub(super) fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Watches the addresses of `config` from now on.
@@ -94,6 +125,18 @@ impl Macs {
     /// typo, a server down, another segment) would otherwise be a silent hole in the pool.
     /// Such a backend gets no new flows (status: `mac` null, effective weight 0).
     pub(super) fn warn_unresolved(&mut self, interface: &str, now: Instant) {
+        // A move's grace is over: MACs not resolved on the new interface are withdrawn
+        // (through the main loop, which plans them out).
+        if self.moved_until.is_some_and(|t| now >= t) {
+            self.moved_until = None;
+            for addr in self.known.keys().filter(|a| !self.confirmed.contains(a)) {
+                let _ = self.updates.try_send(MacUpdate {
+                    addr: *addr,
+                    mac: None,
+                });
+            }
+            self.confirmed.clear();
+        }
         let wanted = self.wanted_tx.borrow().clone();
         let known = &self.known;
         self.unresolved

@@ -37,6 +37,29 @@ impl State {
         // The metrics' token is read again, and a file that cannot be read refuses the
         // reload: the token in use stays.
         let metrics_token = new.metrics_token().map_err(|e| e.to_string())?;
+        // Another metrics address: the new listener is bound now (an address in use
+        // refuses the reload) and takes over at the commit; the old one stops with its
+        // feed. (None: no listener any more.)
+        let metrics_moved =
+            new.global_defs.metrics_address != self.config.global_defs.metrics_address;
+        let new_metrics = match (&new.global_defs.metrics_address, metrics_moved) {
+            (Some(addr), true) => Some(Some(
+                super::state::Metrics::start(*addr.get_ref(), metrics_token.clone())
+                    .await
+                    .map_err(|e| {
+                        refusal(
+                            &self.path,
+                            (
+                                "global_defs",
+                                "metrics_address",
+                                format!("global_defs.metrics_address: {e:#}"),
+                            ),
+                        )
+                    })?,
+            )),
+            (None, true) => Some(None),
+            (_, false) => None,
+        };
         // `[sync]`: its key is read again (its file may have new contents), and the engine
         // starts again if anything changed, on the program's ring: what the ring fixes
         // (its size, the refresh interval) waits for a restart.
@@ -50,6 +73,14 @@ impl State {
             .dp
             .as_ref()
             .is_some_and(|dp| new.sync != self.config.sync || sync_key != dp.xdp.sync_key);
+        // A smaller flow table must have room for the live flows: checked before anything
+        // moves.
+        if let (Some(dp), Some(d)) = (&self.dp, &new.dataplane) {
+            dp.xdp.check_resize(d.max_flows).map_err(|e| {
+                let why = format!("dataplane.max_flows: {e:#}");
+                refusal(&self.path, ("dataplane", "max_flows", why))
+            })?;
+        }
 
         // Prepare: each part checks what it would run; nothing running changes, and what a
         // part prepared (a new interface poller) is dropped with a refusal.
@@ -177,6 +208,11 @@ impl State {
         let same_instance = new.sync.as_ref().map(|s| &s.vrrp_instance)
             == self.config.sync.as_ref().map(|s| &s.vrrp_instance);
         let mut sync_restarted = false;
+        let was_master = self
+            .dp
+            .as_ref()
+            .and_then(|dp| dp.xdp.sync.as_ref())
+            .map(|h| h.is_master());
         if let (None, true, Some(dp)) = (&failed, sync_changed, self.dp.as_mut()) {
             sync_restarted = true;
             let master = (!same_instance).then(|| sync_master(&new, &self.master_vips));
@@ -221,8 +257,10 @@ impl State {
                 }
                 // Sync first: the apply below gives it the running translation tables.
                 if sync_restarted {
-                    let master =
-                        (!same_instance).then(|| sync_master(&self.config, &self.master_vips));
+                    // As it was before this reload's restart.
+                    let master = Some(
+                        was_master.unwrap_or_else(|| sync_master(&self.config, &self.master_vips)),
+                    );
                     if let Err(back) = dp.xdp.restart_sync(
                         self.config.sync.as_ref(),
                         old_sync_key.as_deref(),
@@ -305,7 +343,12 @@ impl State {
         if let Some(v) = self.vrrp.as_mut() {
             v.reconfigure(units);
         }
-        if let Some(m) = &self.metrics {
+        if let Some(m) = new_metrics {
+            if let Some(old) = &self.metrics {
+                info!(addr = %old.addr, "the metrics stop listening here");
+            }
+            self.metrics = m;
+        } else if let Some(m) = &self.metrics {
             m.set_token(metrics_token);
         }
         self.config = new;
@@ -315,7 +358,7 @@ impl State {
             // known), even when the quorum itself did not move.
             dp.quorum.moved |= !changed.is_empty();
             // Rebuilt from every service only when some address came or went.
-            if moved_from.is_some() {
+            if dp.macs.ifindex() != dp.xdp.ifindex {
                 dp.macs.move_to(&self.config, dp.xdp.ifindex);
             } else if addresses_moved {
                 dp.macs.retarget(&self.config);
@@ -479,14 +522,6 @@ fn restart_only(
                 ));
             }
         }
-    }
-    // The listener is bound once; its token changes in place.
-    if new.global_defs.metrics_address != running.global_defs.metrics_address {
-        return Err((
-            "global_defs",
-            "metrics_address",
-            "global_defs.metrics_address changed: restart to apply it".into(),
-        ));
     }
     // This very reload's answer goes back over the socket; its group changes in place.
     if new.global_defs.control_socket_path() != running.global_defs.control_socket_path() {
@@ -716,8 +751,8 @@ lb_kind = "DR"
     }
 
     /// The metrics' token is read again at every reload; a file that cannot be read refuses
-    /// the reload (file, line and key named) and the token in use stays; the listener's
-    /// address is not changed by a reload.
+    /// the reload (file, line and key named) and the token in use stays; another address
+    /// moves the listener, and one in use refuses the reload.
     #[tokio::test]
     async fn a_reload_reads_the_metrics_token_again_and_a_bad_file_changes_nothing() {
         use std::os::unix::fs::PermissionsExt;
@@ -787,10 +822,41 @@ lb_kind = "DR"
         s.on_reload().await.unwrap();
         assert_eq!(accepts(b"second"), None);
 
-        // Another address needs a restart (the listener is bound once).
-        std::fs::write(&path, text("127.0.0.1:1", false)).unwrap();
+        // Another address: the listener moves there, the old one stops.
+        let old = s.metrics.as_ref().unwrap().addr;
+        std::fs::write(&path, text("127.0.0.2:0", false)).unwrap();
+        s.on_reload().await.unwrap();
+        let new = s.metrics.as_ref().unwrap().addr;
+        assert_eq!(new.ip().to_string(), "127.0.0.2");
+        tokio::net::TcpStream::connect(new).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || std::net::TcpStream::connect(old)
+                .is_err())
+            .await,
+            "the old listener still accepts"
+        );
+        // An address in use refuses the reload at its line; the listener stays.
+        let busy = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+        let taken = busy.local_addr().unwrap();
+        std::fs::write(&path, text(&taken.to_string(), false)).unwrap();
         let e = s.on_reload().await.unwrap_err();
-        assert!(e.contains("global_defs.metrics_address changed"), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "{}:2: global_defs.metrics_address:",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(s.metrics.as_ref().unwrap().addr, new);
+        // Without the key, no listener.
+        std::fs::write(&path, "[global_defs]\n").unwrap();
+        s.on_reload().await.unwrap();
+        assert!(s.metrics.is_none());
+        assert!(
+            eventually(Duration::from_secs(5), || std::net::TcpStream::connect(new)
+                .is_err())
+            .await
+        );
     }
 
     /// `global_defs` keys apply in place or are refused with the file, the line and why:

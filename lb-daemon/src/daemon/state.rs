@@ -90,12 +90,15 @@ pub(super) struct Metrics {
     pub due: Instant,
     /// The bearer token scrapes must carry, if any: a reload replaces it.
     pub token: watch::Sender<Option<metrics::BearerToken>>,
+    /// Where it listens (the port the kernel chose for port 0).
+    pub addr: std::net::SocketAddr,
 }
 
 impl Metrics {
     /// Binds `addr` and serves the metrics there, to requests with `token` if there is one.
     pub async fn start(addr: std::net::SocketAddr, token: Option<Vec<u8>>) -> Result<Self> {
         let server = metrics::MetricsServer::bind(addr).await?;
+        let addr = server.local_addr();
         let (exposition, exposition_rx) = watch::channel(Arc::default());
         let bearer_token = token.is_some();
         let (token, token_rx) = watch::channel(token.as_deref().map(metrics::BearerToken::new));
@@ -105,6 +108,7 @@ impl Metrics {
             exposition,
             due: Instant::now(),
             token,
+            addr,
         })
     }
 

@@ -20,7 +20,7 @@ use crate::{
     config::{Config, DataplaneConfig},
     dataplane::{
         adopt::Adopted,
-        flows::{copy_recent, copy_table, table_len, FlowTables, Table},
+        flows::{copy_recent, copy_table, count_since, FlowTables, Table},
         maps::BpfMaps,
         pins::{self, Pins, Take},
         program::{self, LoadOptions},
@@ -63,6 +63,10 @@ pub(super) struct Xdp {
     flow_counts: Option<(Instant, HashMap<u32, u64>)>,
     /// What was taken over from a previous run (none: a fresh start).
     pub adopted: Option<Adopted>,
+    /// The attachment a move left on the previous interface, and when: it goes on serving
+    /// what still arrives there for [`RETIRE_AFTER`] (the VIP's traffic moves after the
+    /// reload), then it is detached.
+    retired: Option<(program::Attachment, String, Instant)>,
     /// Held while this daemon runs the dataplane (see [`dataplane_lock`]).
     _lock: std::fs::File,
 }
@@ -245,6 +249,7 @@ impl Xdp {
             sync_boot: boot,
             flow_counts: None,
             adopted,
+            retired: None,
             _lock: lock,
         })
     }
@@ -253,8 +258,16 @@ impl Xdp {
     /// maps go with the last descriptor.
     pub(super) async fn release(self) {
         let Xdp {
-            attachment, pins, ..
+            attachment,
+            pins,
+            retired,
+            ..
         } = self;
+        if let Some((old, iface, _)) = retired {
+            if let Err(e) = old.detach().await {
+                warn!(interface = %iface, "detaching the XDP program from the old interface: {e}");
+            }
+        }
         if let Err(e) = attachment.detach().await {
             warn!("detaching the XDP program: {e}");
         }
@@ -265,10 +278,29 @@ impl Xdp {
         }
     }
 
-    /// Writes the program's clock (seconds of CLOCK_MONOTONIC).
+    /// Writes the program's clock (seconds of CLOCK_MONOTONIC); detaches a move's old
+    /// attachment once it has served its time.
     pub(super) fn tick(&mut self) {
         if let Err(e) = self.dp.writer_mut().set_clock(monotonic_seconds()) {
             tracing::error!("updating the XDP program's clock: {e}");
+        }
+        if self
+            .retired
+            .as_ref()
+            .is_some_and(|(_, _, at)| at.elapsed() >= RETIRE_AFTER)
+        {
+            if let Some((old, iface, _)) = self.retired.take() {
+                tokio::spawn(async move {
+                    match old.detach().await {
+                        Ok(()) => {
+                            info!(interface = %iface, "XDP program detached from the previous interface")
+                        }
+                        Err(e) => {
+                            warn!(interface = %iface, "detaching the XDP program from the previous interface: {e}")
+                        }
+                    }
+                });
+            }
         }
     }
 
@@ -599,25 +631,22 @@ impl Xdp {
             fds.get(t.name())
                 .with_context(|| format!("no map {}", t.name()))
         }
-        // A smaller table must have room to spare: the kernel's LRU evicts before it is
-        // full (each CPU keeps free entries of its own), and the copy goes in hash order,
-        // not by age.
-        for t in tables {
-            let held = table_len(fd(&self.fds, t)?, t)?;
-            if held.saturating_mul(2) > max_flows as usize && Some(max_flows) < self.max_flows() {
-                anyhow::bail!(
-                    "{} holds {held} flows: a smaller table needs room for twice as many",
-                    t.name()
-                );
-            }
-        }
+        self.check_resize(max_flows)?;
+        let shrink = self.max_flows().is_some_and(|n| max_flows < n);
         let new_tables = FlowTables::open(&resized.fds)?;
         let since = self.dp.writer().clock_seconds();
+        let live = self.live_since();
         let mut copied = 0;
         for t in tables {
             let (from, to) = (fd(&self.fds, t)?, fd(&resized.fds, t)?);
-            copied += copy_table(from, to, t)
-                .with_context(|| format!("copying {} into the new table", t.name()))?;
+            // A smaller table takes the live flows only: the idle ones would take room
+            // the LRU then makes by evicting whatever it likes.
+            copied += if shrink {
+                copy_recent(from, to, t, live, true)
+            } else {
+                copy_table(from, to, t)
+            }
+            .with_context(|| format!("copying {} into the new table", t.name()))?;
         }
         // What the old program changed during the copy, overwritten (only it writes yet).
         for t in tables {
@@ -680,6 +709,20 @@ impl Xdp {
         let started = Instant::now();
         let (iface_mac, ifindex) = interface_info(&d.interface).await?;
         let lock = dataplane_lock(&d.interface)?;
+        if ifindex == self.ifindex {
+            // The same device under another name (a rename): only the pins move.
+            self.repin(d);
+            let from = std::mem::replace(&mut self.iface, d.interface.clone());
+            self._lock = lock;
+            info!(from = %from, to = %d.interface, "the XDP program's interface was renamed");
+            return Ok(());
+        }
+        // Back to where a move left its attachment: that one goes first.
+        if let Some((old, iface, _)) = self.retired.take() {
+            if let Err(e) = old.detach().await {
+                warn!(interface = %iface, "detaching the XDP program from the previous interface: {e}");
+            }
+        }
         let opts = LoadOptions {
             limits: self.dp.limits(),
             iface_mac,
@@ -724,10 +767,10 @@ impl Xdp {
                 warn!("removing the old interface's pins: {e}");
             }
         }
-        if let Err(e) = old_attachment.detach().await {
-            warn!(interface = %self.iface, "detaching the XDP program from the old interface: {e}");
-        }
         let from = std::mem::replace(&mut self.iface, d.interface.clone());
+        // Serving what still arrives there while the traffic moves; not pinned any more,
+        // so it does not outlive the daemon.
+        self.retired = Some((old_attachment, from.clone(), Instant::now()));
         self._ebpf = moved.ebpf;
         self.fds = moved.fds;
         self.iface_mac = iface_mac;
@@ -743,9 +786,72 @@ impl Xdp {
         Ok(())
     }
 
+    /// The maps and the link pinned under `d.interface`'s name, the old name's pins
+    /// removed.
+    fn repin(&mut self, d: &DataplaneConfig) {
+        match Pins::open(&d.pin_root, &d.interface) {
+            Ok(p) => {
+                pin_maps(&p, &self.fds);
+                if let Some(link) = self.attachment.link() {
+                    if let Err(e) = p.pin_link(link) {
+                        warn!(
+                            "the XDP program will not outlive this daemon: pinning its link: {e}"
+                        );
+                    }
+                }
+                if let Some(old) = self.pins.replace(p) {
+                    if let Err(e) = old.remove() {
+                        warn!("removing the old name's pins: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("the dataplane will not outlive this daemon (nothing can be pinned): {e}")
+            }
+        }
+    }
+
     /// The interface the program runs on.
     pub(super) fn interface(&self) -> &str {
         &self.iface
+    }
+
+    /// Whether the tables can be resized to `max_flows` now: a smaller table must have room
+    /// for twice the live flows (the kernel's LRU evicts before it is full: each CPU keeps
+    /// free entries of its own). Checked before a reload changes anything.
+    pub(super) fn check_resize(&self, max_flows: u32) -> Result<()> {
+        if self.max_flows().is_none_or(|n| max_flows >= n) {
+            return Ok(());
+        }
+        let since = self.live_since();
+        for t in [Table::Flows4, Table::Flows6] {
+            let fd = self
+                .fds
+                .get(t.name())
+                .with_context(|| format!("no map {}", t.name()))?;
+            let live = count_since(fd, t, since)?;
+            if live.saturating_mul(2) > max_flows as usize {
+                anyhow::bail!(
+                    "{} holds {live} live flows: a smaller table needs room for twice as many",
+                    t.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `CLOCK` second from which a flow is live: within the longest idle timeout of
+    /// any service.
+    fn live_since(&self) -> u32 {
+        let idle = self
+            .dp
+            .current()
+            .infos
+            .values()
+            .map(|i| i.idle_timeout_s)
+            .max()
+            .unwrap_or(0);
+        self.dp.writer().clock_seconds().saturating_sub(idle)
     }
 
     /// The connection tables' size now.
@@ -799,6 +905,10 @@ impl Xdp {
         Ok(())
     }
 }
+
+/// How long a move's old attachment goes on serving what arrives on the previous
+/// interface: time to move the VIP's traffic after the reload.
+pub(super) const RETIRE_AFTER: Duration = Duration::from_secs(60);
 
 /// The lock of the dataplane on `interface` in this network namespace: a second daemon on
 /// it is refused, naming the holder.

@@ -476,21 +476,31 @@ pub fn copy_table(from: BorrowedFd<'_>, to: BorrowedFd<'_>, t: Table) -> Result<
     }
 }
 
-/// The number of entries of table `t` in map `fd` (a walk).
-pub fn table_len(fd: BorrowedFd<'_>, t: Table) -> Result<usize, FlowsError> {
-    fn len<K: Copy + Default>(fd: BorrowedFd<'_>, t: Table) -> Result<usize, FlowsError> {
+/// The number of entries of table `t` in map `fd` last seen at or after `since` (`CLOCK`
+/// seconds; 0: all of them), by a walk.
+pub fn count_since(fd: BorrowedFd<'_>, t: Table, since: u32) -> Result<usize, FlowsError> {
+    fn count<K: Copy + Default>(
+        fd: BorrowedFd<'_>,
+        t: Table,
+        since: u32,
+    ) -> Result<usize, FlowsError> {
         let mut c = Cursor::<K>::new(t, BATCH);
         let mut total = 0;
         while !c.is_done() {
-            total += c.step(fd)?.0.len();
+            total += c
+                .step(fd)?
+                .1
+                .iter()
+                .filter(|v| v.last_seen >= since)
+                .count();
         }
         Ok(total)
     }
     match t {
-        Table::Flows4 => len::<FlowKey4>(fd, t),
-        Table::Flows6 => len::<FlowKey6>(fd, t),
-        Table::Persist4 => len::<lb_common::PersistKey4>(fd, t),
-        Table::Persist6 => len::<lb_common::PersistKey6>(fd, t),
+        Table::Flows4 => count::<FlowKey4>(fd, t, since),
+        Table::Flows6 => count::<FlowKey6>(fd, t, since),
+        Table::Persist4 => count::<lb_common::PersistKey4>(fd, t, since),
+        Table::Persist6 => count::<lb_common::PersistKey6>(fd, t, since),
     }
 }
 

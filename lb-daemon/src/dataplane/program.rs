@@ -397,6 +397,12 @@ pub const GLOBAL_DATA: &str = ".rodata";
 /// settings must be the running instance's, which the shared maps were sized for). The
 /// caller attaches it there ([`attach_xdp`], with a [`native_plan`] for that interface).
 pub fn for_interface(opts: &LoadOptions, shared: &MapFds) -> Result<Grown, LoadError> {
+    // Shared, the old global data would carry the old interface's MAC unnoticed.
+    if !shared.0.contains_key(GLOBAL_DATA) {
+        return Err(LoadError::Daemon(format!(
+            "the running program has no map {GLOBAL_DATA} to make anew"
+        )));
+    }
     over_shared(
         opts,
         shared,
