@@ -109,8 +109,11 @@ impl State {
                 .await
                 .map_err(|e| format!("{e:#}"))?
         };
-        let vrrp_thread = match (&self.vrrp, units.is_empty()) {
-            (None, false) => Some(
+        // Only for a file that brings the first instance: a running configuration with
+        // instances has its thread (a state without one, as in tests, gets none here).
+        let first = self.config.vrrp_instances.is_empty() && !units.is_empty();
+        let vrrp_thread = match (&self.vrrp, first) {
+            (None, true) => Some(
                 crate::vrrp::runtime::spawn(Vec::new(), self.vrrp_events.clone())
                     .map_err(|e| format!("starting the VRRP thread: {e}"))?,
             ),
@@ -746,6 +749,8 @@ lb_kind = "DR"
         // (its definition changed): from its init state.
         std::fs::write(&path, text(&script, 6, "root")).unwrap();
         s.on_reload().await.unwrap();
+        // This test runs in the host's namespace: no VRRP unit may start here.
+        assert!(s.vrrp.is_none());
         assert!(!up(&s), "a changed script keeps running its old definition");
         assert!(eventually(Duration::from_secs(15), || up(&s)).await);
     }
