@@ -443,40 +443,7 @@ fn open_connection_across_a_reload(
     };
     let (daemon, cfg) =
         start_daemon(&lab, &config("rr", &[1, 1, 1]), mode).unwrap_or_else(|e| panic!("{e:#}"));
-    let flag = lab.client().dir().join("go");
-    let script = format!(
-        r#"
-import os, socket, sys, time
-s = socket.create_connection(("192.0.2.100", 80), timeout=5)
-def get():
-    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
-    data = b""
-    while not data.endswith(b"\n") or b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            sys.exit("connection closed")
-        data += chunk
-    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
-print(get(), flush=True)
-deadline = time.time() + 20
-while not os.path.exists("{flag}"):
-    if time.time() > deadline:
-        sys.exit("no go")
-    time.sleep(0.02)
-print(get(), flush=True)
-"#,
-        flag = flag.display()
-    );
-    let py = lab.client().dir().join("keepalive.py");
-    std::fs::write(&py, script).unwrap();
-    let client = lab
-        .client()
-        .spawn(&["python3", py.to_str().unwrap()])
-        .unwrap();
-    lb_tests::netns::wait_until("the first reply", Duration::from_secs(5), || {
-        !client.read_stdout().is_empty()
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", client.read_stderr()));
+    let (client, flag) = keepalive_client(&lab);
     // The serving real server drains (weight 0): were the flow table flushed, the second
     // request could only go to another server.
     let first = client.read_stdout().trim().to_string();
@@ -1073,40 +1040,7 @@ fn a_reload_moves_the_dataplane_to_another_interface() {
     );
     assert!(config.contains("sloppy_tcp = false"), "{config}");
     let (daemon, cfg) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
-    let flag = lab.client().dir().join("go");
-    let script = format!(
-        r#"
-import os, socket, sys, time
-s = socket.create_connection(("192.0.2.100", 80), timeout=5)
-def get():
-    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
-    data = b""
-    while not data.endswith(b"\n") or b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            sys.exit("connection closed")
-        data += chunk
-    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
-print(get(), flush=True)
-deadline = time.time() + 20
-while not os.path.exists("{flag}"):
-    if time.time() > deadline:
-        sys.exit("no go")
-    time.sleep(0.02)
-print(get(), flush=True)
-"#,
-        flag = flag.display()
-    );
-    let py = lab.client().dir().join("keepalive.py");
-    std::fs::write(&py, script).unwrap();
-    let client = lab
-        .client()
-        .spawn(&["python3", py.to_str().unwrap()])
-        .unwrap();
-    lb_tests::netns::wait_until("the first reply", Duration::from_secs(5), || {
-        !client.read_stdout().is_empty()
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", client.read_stderr()));
+    let (client, flag) = keepalive_client(&lab);
 
     // A second port into the LAN: eth1 (192.0.2.6), the VIP moved onto it.
     let lb = lab.lb().name().to_string();
@@ -1173,4 +1107,45 @@ print(get(), flush=True)
     // the old interface before it resolves them on the new one).
     let log = daemon.read_stderr();
     assert!(!log.contains("backend MAC unknown"), "{log}");
+}
+
+/// A client holding one keep-alive HTTP connection through the VIP: it has sent its first
+/// request and printed the reply (waited for here); it sends the second once the returned
+/// flag file exists, prints that reply and exits (a closed connection is an error).
+fn keepalive_client(lab: &DrLab) -> (lb_tests::netns::Proc, std::path::PathBuf) {
+    let flag = lab.client().dir().join("go");
+    let script = format!(
+        r#"
+import os, socket, sys, time
+s = socket.create_connection(("192.0.2.100", 80), timeout=5)
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
+    data = b""
+    while not data.endswith(b"\n") or b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed")
+        data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
+print(get(), flush=True)
+deadline = time.time() + 20
+while not os.path.exists("{flag}"):
+    if time.time() > deadline:
+        sys.exit("no go")
+    time.sleep(0.02)
+print(get(), flush=True)
+"#,
+        flag = flag.display()
+    );
+    let py = lab.client().dir().join("keepalive.py");
+    std::fs::write(&py, script).unwrap();
+    let client = lab
+        .client()
+        .spawn(&["python3", py.to_str().unwrap()])
+        .unwrap();
+    lb_tests::netns::wait_until("the first reply", Duration::from_secs(5), || {
+        !client.read_stdout().is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", client.read_stderr()));
+    (client, flag)
 }
