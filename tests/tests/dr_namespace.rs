@@ -485,18 +485,7 @@ fn open_connection_across_a_reload(
     if let Some(line) = log.lines().find(|l| l.contains("XDP program attached")) {
         eprintln!("{test}: {line}");
     }
-    std::fs::write(&flag, "").unwrap();
-    let status = client
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("client exits");
-    assert!(status.success(), "{}", client.read_stderr());
-    let replies: Vec<String> = client.read_stdout().lines().map(str::to_string).collect();
-    assert_eq!(replies.len(), 2, "{replies:?}");
-    assert_eq!(
-        replies[0], replies[1],
-        "the connection moved to another server"
-    );
+    second_reply_from_the_same_server(&client, &flag);
 }
 
 /// keepalived's quorum and sorry_server: when every checked real server is down, the sorry
@@ -1086,18 +1075,7 @@ fn a_reload_moves_the_dataplane_to_another_interface() {
     lab.client()
         .ip(&["neigh", "flush", "to", "192.0.2.100"])
         .unwrap();
-    std::fs::write(&flag, "").unwrap();
-    let status = client
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("client exits");
-    assert!(status.success(), "{}", client.read_stderr());
-    let replies: Vec<String> = client.read_stdout().lines().map(str::to_string).collect();
-    assert_eq!(replies.len(), 2, "{replies:?}");
-    assert_eq!(
-        replies[0], replies[1],
-        "the connection moved to another server"
-    );
+    second_reply_from_the_same_server(&client, &flag);
     // New connections through eth1, spread as before.
     let got = lab.curl("192.0.2.100", 30).unwrap();
     let spread = counts(&got);
@@ -1148,4 +1126,21 @@ print(get(), flush=True)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", client.read_stderr()));
     (client, flag)
+}
+
+/// Lets [`keepalive_client`] send its second request: it must exit cleanly, the reply
+/// from the server that gave the first.
+fn second_reply_from_the_same_server(client: &lb_tests::netns::Proc, flag: &std::path::Path) {
+    std::fs::write(flag, "").unwrap();
+    let status = client
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("client exits");
+    assert!(status.success(), "{}", client.read_stderr());
+    let replies: Vec<String> = client.read_stdout().lines().map(str::to_string).collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(
+        replies[0], replies[1],
+        "the connection moved to another server"
+    );
 }

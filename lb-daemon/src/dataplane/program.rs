@@ -352,14 +352,12 @@ pub fn grow(
     program: &'static str,
     bound: Option<(&str, u32)>,
 ) -> Result<Grown, LoadError> {
-    // Small copies of the maps that stay shared: aya creates every map of the object.
+    // Only the fresh maps take their sizes from the options: `over_shared` makes the
+    // shared ones at their smallest, and the global data is the running program's.
     let opts = LoadOptions {
         limits,
-        max_flows: 1 << 12,
-        max_persist: 1 << 12,
-        flow_cache: 1,
         iface_mac,
-        sync: None,
+        ..LoadOptions::default()
     };
     let fresh = |name: &str| SIZED_MAPS.contains(&name) || name == names::BACKEND_KEYS;
     over_shared(&opts, shared, &fresh, program, bound)
@@ -380,10 +378,8 @@ pub fn resize_flows(
     let opts = LoadOptions {
         limits,
         max_flows,
-        max_persist: 1 << 12,
-        flow_cache: 1,
         iface_mac,
-        sync: None,
+        ..LoadOptions::default()
     };
     let fresh = |name: &str| name == names::FLOWS4 || name == names::FLOWS6;
     over_shared(&opts, shared, &fresh, program, bound)

@@ -449,24 +449,8 @@ impl Unit {
                     priority,
                 }),
                 Output::BecomeMaster => {
-                    // The services first (the main loop), the addresses meanwhile, and the
-                    // announcement once the services are active (after the adverts of this
-                    // step have gone out). Without a dataplane the role only informs
-                    // (status), and waits with the logs.
-                    let role = Effect::Role {
-                        member: i,
-                        master: true,
-                    };
-                    if m.dataplane {
-                        fx.push(role);
-                    } else {
-                        held.later.push(role);
-                    }
-                    fx.push(Effect::AddVips { member: i });
-                    held.later.push(Effect::Log(Log::VipsAdded { member: i }));
                     m.holds_vips = true;
-                    fx.push(Effect::StopGarp { member: i });
-                    held.announce.push_back(i);
+                    take_vips(i, m.dataplane, &mut fx, &mut held);
                 }
                 Output::Resumed => {
                     // A restarted master: its addresses are in place and the neighbours
@@ -577,19 +561,7 @@ impl Unit {
         }
         let mut fx = Vec::new();
         let mut held = Held::default();
-        let role = Effect::Role {
-            member,
-            master: true,
-        };
-        if m.dataplane {
-            fx.push(role);
-        } else {
-            held.later.push(role);
-        }
-        fx.push(Effect::AddVips { member });
-        held.later.push(Effect::Log(Log::VipsAdded { member }));
-        fx.push(Effect::StopGarp { member });
-        held.announce.push_back(member);
+        take_vips(member, m.dataplane, &mut fx, &mut held);
         self.held = Some(held);
         self.dirty = true;
         self.proceed(fx)
@@ -717,6 +689,26 @@ impl Unit {
     pub fn publish_blocked(&self, now: Time) -> Time {
         now + PUBLISH_RETRY
     }
+}
+
+/// How a master takes its addresses (a takeover, or new ones a reload gave it): the
+/// services first (the main loop), the addresses meanwhile, and the announcement once the
+/// services are active (after the adverts of this step have gone out). Without a
+/// dataplane the role only informs (status), and waits with the logs.
+fn take_vips(member: usize, dataplane: bool, fx: &mut Vec<Effect>, held: &mut Held) {
+    let role = Effect::Role {
+        member,
+        master: true,
+    };
+    if dataplane {
+        fx.push(role);
+    } else {
+        held.later.push(role);
+    }
+    fx.push(Effect::AddVips { member });
+    held.later.push(Effect::Log(Log::VipsAdded { member }));
+    fx.push(Effect::StopGarp { member });
+    held.announce.push_back(member);
 }
 
 fn not_used(member: usize, (reason, detail, total): LogLine) -> Effect {
