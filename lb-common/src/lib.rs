@@ -71,6 +71,15 @@ pub mod names {
     pub const GLOBAL_SYNC_ENABLED: &str = "SYNC_ENABLED";
     /// Global: a refresh event is written when a flow's `last_seen >> SHIFT` changes.
     pub const GLOBAL_SYNC_REFRESH_SHIFT: &str = "SYNC_REFRESH_SHIFT";
+    /// Backend id -> its connection counts (`BackendLoad`), kept by the program and
+    /// corrected by the daemon's sweep; what the count-based schedulers read.
+    pub const BACKEND_LOAD: &str = "BACKEND_LOAD";
+    /// Connection state -> timeout in seconds (`conn_state`), written by the daemon.
+    pub const TIMEOUTS: &str = "TIMEOUTS";
+    /// Slot 0: the SYN-flood guard (`SynGuard`).
+    pub const SYN_GUARD: &str = "SYN_GUARD";
+    /// Service id -> the two backends a count-based scheduler chooses between.
+    pub const CANDIDATES: &str = "CANDIDATES";
     /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
     /// restarted daemon adopts the backend ids by.
     pub const BACKEND_KEYS: &str = "BACKEND_KEYS";
@@ -82,7 +91,7 @@ pub mod names {
 /// map's key, value or meaning changes, so that a daemon never adopts maps it would read
 /// wrongly. A map whose type, key or value size differs from the object's is never adopted
 /// whatever the version says.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Slot 0 of the daemon-only `META` array, pinned beside the maps.
 #[repr(C)]
@@ -167,6 +176,183 @@ pub const SCHED_RR: u32 = 0;
 pub const SCHED_WRR: u32 = 1;
 pub const SCHED_SH: u32 = 2;
 pub const SCHED_MH: u32 = 3;
+/// The count-based schedulers: each new flow compares the connection counts
+/// (`BackendLoad`) of the two backends the daemon ranked least loaded (`CANDIDATES`); their
+/// ring holds every live backend once (what an unranked service and the flood hash use).
+pub const SCHED_LC: u32 = 4;
+pub const SCHED_WLC: u32 = 5;
+pub const SCHED_SED: u32 = 6;
+pub const SCHED_NQ: u32 = 7;
+pub const SCHED_FO: u32 = 8;
+pub const SCHED_OVF: u32 = 9;
+
+/// The connection counts of one backend, `BACKEND_LOAD[id]`, as `ipvsadm -Ln` shows them:
+/// the program adds and moves them as it creates flows and sees their state change; the
+/// daemon's sweep removes what expired or was evicted. Signed: a count the two race on can
+/// be one off for a moment, never read below 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendLoad {
+    /// ActiveConn: TCP connections in ESTABLISHED.
+    pub active: i32,
+    /// InActConn: every other state, UDP flows included.
+    pub inactive: i32,
+    /// `LOAD_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendLoad>() == 16);
+
+/// Slot 0 of `SYN_GUARD`: how many flows wait for the client's ACK (SYN_RECV), and how many
+/// may. A SYN that finds the table at its share of embryonic flows is forwarded without an
+/// entry, by a hash of its 5-tuple, and the client's ACK is scheduled by the same hash (see
+/// `docs/architecture.md`, "SYN floods").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SynGuard {
+    /// Flows in SYN_RECV (the program counts; the daemon's sweep corrects).
+    pub embryonic: i32,
+    /// The most flows in SYN_RECV the table may hold (written by the daemon).
+    pub cap: u32,
+    /// `CLOCK` seconds until which unknown flows' ACKs are scheduled by the flood hash: a
+    /// SYN_RECV timeout past the last SYN forwarded without an entry.
+    pub flood_until: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SynGuard>() == 16);
+
+/// Connection states, IPVS's TCP numbering (`IP_VS_TCP_S_*`), and one for UDP. The program
+/// follows IPVS's input-only table, the one IPVS uses for direct routing, where only the
+/// client's packets pass the balancer.
+pub mod conn_state {
+    /// Not a connection: a persistence template, a fragments flow.
+    pub const NONE: u32 = 0;
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT: u32 = 4;
+    pub const TIME_WAIT: u32 = 5;
+    pub const CLOSE: u32 = 6;
+    pub const CLOSE_WAIT: u32 = 7;
+    pub const LAST_ACK: u32 = 8;
+    pub const LISTEN: u32 = 9;
+    pub const SYNACK: u32 = 10;
+    /// A UDP flow (IPVS's `UDP_S_NORMAL`).
+    pub const UDP: u32 = 11;
+    pub const COUNT: u32 = 12;
+
+    /// TCP events, as IPVS's `tcp_state_idx` orders them: a RST wins, then SYN, FIN, ACK.
+    pub const EV_SYN: u32 = 0;
+    pub const EV_FIN: u32 = 1;
+    pub const EV_ACK: u32 = 2;
+    pub const EV_RST: u32 = 3;
+    /// A TCP segment with none of those flags: IPVS moves the connection to CLOSE.
+    pub const EV_NONE: u32 = 4;
+    /// Not a TCP segment whose flags the program read (a UDP datagram, a fragment): no move.
+    pub const EV_IGNORE: u32 = 5;
+
+    /// The event of a TCP segment's flags byte.
+    pub const fn tcp_event(flags: u8) -> u32 {
+        if flags & 0x04 != 0 {
+            EV_RST
+        } else if flags & 0x02 != 0 {
+            EV_SYN
+        } else if flags & 0x01 != 0 {
+            EV_FIN
+        } else if flags & 0x10 != 0 {
+            EV_ACK
+        } else {
+            EV_NONE
+        }
+    }
+
+    // IPVS's input-only rows (net/netfilter/ipvs/ip_vs_proto_tcp.c), one 4-bit next state per
+    // current state, state `s` at bits 4s..4s+4:
+    //          sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA
+    // syn      sSR  sES  sES  sSR  sSR  sSR  sSR  sSR  sSR  sSR  sSR
+    // fin      sCL  sFW  sSS  sTW  sFW  sTW  sCL  sCW  sLA  sLI  sTW
+    // ack      sES  sES  sSS  sES  sFW  sTW  sCL  sCW  sCL  sLI  sES
+    // rst      sCL  sCL  sCL  sSR  sCL  sCL  sCL  sCL  sLA  sLI  sCL
+    const fn row(next: [u32; 11]) -> u64 {
+        let mut r = 0u64;
+        let mut s = 0;
+        while s < 11 {
+            r |= (next[s] as u64) << (4 * s);
+            s += 1;
+        }
+        r
+    }
+    const NO: u32 = NONE;
+    const ES: u32 = ESTABLISHED;
+    const SS: u32 = SYN_SENT;
+    const SR: u32 = SYN_RECV;
+    const FW: u32 = FIN_WAIT;
+    const TW: u32 = TIME_WAIT;
+    const CL: u32 = CLOSE;
+    const CW: u32 = CLOSE_WAIT;
+    const LA: u32 = LAST_ACK;
+    const LI: u32 = LISTEN;
+    const _SA: u32 = SYNACK;
+    pub const ROW_SYN: u64 = row([SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR]);
+    pub const ROW_FIN: u64 = row([CL, FW, SS, TW, FW, TW, CL, CW, LA, LI, TW]);
+    pub const ROW_ACK: u64 = row([ES, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES]);
+    pub const ROW_RST: u64 = row([CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL]);
+    const _: () = assert!(NO == 0);
+
+    /// The state a TCP connection in `state` moves to on `event`. UDP flows and
+    /// `EV_IGNORE` stay where they are; a segment without any of the four flags closes the
+    /// connection, as in IPVS (`tcp_state_idx` < 0 leaves `new_state` at CLOSE).
+    #[inline(always)]
+    pub const fn tcp_next(state: u32, event: u32) -> u32 {
+        if state > SYNACK {
+            return state;
+        }
+        let row = match event {
+            EV_SYN => ROW_SYN,
+            EV_FIN => ROW_FIN,
+            EV_ACK => ROW_ACK,
+            EV_RST => ROW_RST,
+            EV_NONE => return CLOSE,
+            _ => return state,
+        };
+        ((row >> (4 * state)) & 0xf) as u32
+    }
+
+    /// IPVS's ActiveConn: an established TCP connection.
+    #[inline(always)]
+    pub const fn is_active(state: u32) -> bool {
+        state == ESTABLISHED
+    }
+
+    /// Counted at all (ActiveConn or InActConn): every state but `NONE`.
+    #[inline(always)]
+    pub const fn is_counted(state: u32) -> bool {
+        state != NONE && state < COUNT
+    }
+
+    /// IPVS's defaults (`tcp_timeouts`, `udp_timeouts`), seconds; `NONE` (a fragments flow)
+    /// takes its service's idle timeout, as ESTABLISHED and UDP may.
+    pub const DEFAULT_TIMEOUTS: [u32; COUNT as usize] =
+        [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120, 300];
+
+    pub const fn name(state: u32) -> &'static str {
+        match state {
+            NONE => "NONE",
+            ESTABLISHED => "ESTABLISHED",
+            SYN_SENT => "SYN_SENT",
+            SYN_RECV => "SYN_RECV",
+            FIN_WAIT => "FIN_WAIT",
+            TIME_WAIT => "TIME_WAIT",
+            CLOSE => "CLOSE",
+            CLOSE_WAIT => "CLOSE_WAIT",
+            LAST_ACK => "LAST_ACK",
+            LISTEN => "LISTEN",
+            SYNACK => "SYNACK",
+            UDP => "UDP",
+            _ => "unknown",
+        }
+    }
+}
 
 /// Value of the `SERVICE_INFO` array, indexed by service id. A slot whose service is gone
 /// is zeroed (not active).
@@ -198,6 +384,11 @@ pub struct ServiceValue {
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 48);
 
+/// The backend is overloaded (IPVS's `IP_VS_DEST_F_OVERLOAD`): its connections reached its
+/// `u_threshold` and have not yet fallen below its `l_threshold`. Kept in
+/// `BackendLoad::flags` by the program.
+pub const LOAD_F_OVERLOAD: u32 = 1 << 0;
+
 /// The backend slot holds a backend.
 pub const BACKEND_F_PRESENT: u32 = 1 << 0;
 /// Weight 0: existing flows stay, no new ones (not even persistent clients).
@@ -208,14 +399,21 @@ pub const BACKEND_F_DRAINING: u32 = 1 << 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendValue {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The configured weight (IPVS's range, 0..=65535): what `wlc`, `sed`, `nq`, `fo` and
+    /// `ovf` weigh the connection counts with.
+    pub weight: u16,
     /// `BACKEND_F_*` bits.
     pub flags: u32,
     /// Bumped each time the slot is given to another backend, so that flows pinned to the
     /// previous occupant are rescheduled rather than silently moved.
     pub generation: u32,
+    /// keepalived's `uthreshold` (IPVS `-x`): at this many connections the backend takes no
+    /// new one until they fall below `l_threshold`. 0: no limit.
+    pub u_threshold: u32,
+    /// keepalived's `lthreshold` (IPVS `-y`); 0: three quarters of `u_threshold`.
+    pub l_threshold: u32,
 }
-const _: () = assert!(core::mem::size_of::<BackendValue>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
 // The program copies `mac` in 16-bit words.
 const _: () = assert!(core::mem::offset_of!(BackendValue, mac) % 2 == 0);
 
@@ -259,8 +457,11 @@ pub struct FlowValue {
     /// `CLOCK` (seconds) of the last packet; rewritten only when the second changes, so a
     /// busy flow does not dirty its cache line on every packet.
     pub last_seen: u32,
+    /// The connection's state (`conn_state`): its timeout, and whether it counts as an
+    /// active or an inactive connection of its backend. 0 in a persistence template.
+    pub state: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 20);
 
 /// Value of `CLOCK`'s one element: what the program reads once per packet.
 #[repr(C)]
@@ -296,7 +497,7 @@ pub struct FlowCache4 {
     /// The backend's MAC when the slot was filled (at an even offset: the program copies it
     /// in 16-bit words).
     pub mac: [u8; 6],
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowCache4>() == 48);
 const _: () = assert!(core::mem::offset_of!(FlowCache4, mac) % 2 == 0);
@@ -309,7 +510,7 @@ pub struct FlowCache6 {
     pub value: FlowValue,
     pub epoch: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowCache6>() == 72);
 const _: () = assert!(core::mem::offset_of!(FlowCache6, mac) % 2 == 0);
@@ -357,7 +558,7 @@ pub struct SyncEvent4 {
     /// address (the service is `value.service`), the others are 0.
     pub key: [u32; 4],
 }
-const _: () = assert!(core::mem::size_of::<SyncEvent4>() == 36);
+const _: () = assert!(core::mem::size_of::<SyncEvent4>() == 40);
 
 /// A connection-sync event for IPv6.
 #[repr(C)]
@@ -369,7 +570,7 @@ pub struct SyncEvent6 {
     /// address, the others are 0.
     pub key: [u32; 10],
 }
-const _: () = assert!(core::mem::size_of::<SyncEvent6>() == 60);
+const _: () = assert!(core::mem::size_of::<SyncEvent6>() == 64);
 
 /// Slots of `SYNC_STATS` (per CPU, u64).
 pub mod sync_stat {
@@ -467,15 +668,22 @@ pub mod reason {
     /// back into the frame to be sent. A frame whose VLAN is unknown is never forwarded; the
     /// stack, which holds any such tag, gets it.
     pub const PASS_VLAN_UNKNOWN: u32 = 22;
+    /// TX: an opening SYN that found the table at its share of embryonic flows
+    /// (`SynGuard::cap`): forwarded by a hash of its 5-tuple, no entry written (a SYN flood
+    /// cannot push established flows out of the table).
+    pub const FWD_SYN_UNTRACKED: u32 = 23;
 
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// The verdict that goes with a reason.
     pub const fn verdict(reason: u32) -> u32 {
         match reason {
-            FWD_ESTABLISHED | FWD_NEW_FLOW | FWD_FRAGMENT | FWD_ICMP | FWD_NEW_FLOW_MIDSTREAM => {
-                XDP_TX
-            }
+            FWD_ESTABLISHED
+            | FWD_NEW_FLOW
+            | FWD_FRAGMENT
+            | FWD_ICMP
+            | FWD_NEW_FLOW_MIDSTREAM
+            | FWD_SYN_UNTRACKED => XDP_TX,
             DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6 | DROP_MALFORMED_L4
             | DROP_MALFORMED_ICMP | DROP_BAD_IPV4_CSUM => XDP_DROP,
             _ => XDP_PASS,
@@ -508,6 +716,7 @@ pub mod reason {
             PASS_NOT_SYN => "pass_not_syn",
             DROP_BAD_IPV4_CSUM => "drop_bad_ipv4_csum",
             PASS_VLAN_UNKNOWN => "pass_vlan_unknown",
+            FWD_SYN_UNTRACKED => "fwd_syn_untracked",
             _ => "unknown",
         }
     }
@@ -537,6 +746,8 @@ mod user {
     unsafe impl aya::Pod for ReasonCounters {}
     unsafe impl aya::Pod for SyncEvent4 {}
     unsafe impl aya::Pod for SyncEvent6 {}
+    unsafe impl aya::Pod for BackendLoad {}
+    unsafe impl aya::Pod for SynGuard {}
 }
 
 /// An IPv4 address as the kernel side stores it (network byte order in memory).

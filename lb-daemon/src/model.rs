@@ -51,9 +51,35 @@ pub enum Scheduler {
     Sh,
     /// Maglev hashing.
     Mh,
+    /// Least connections.
+    Lc,
+    /// Weighted least connections: keepalived's default.
+    Wlc,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
+    /// Weighted failover.
+    Fo,
+    /// Weighted overflow.
+    Ovf,
 }
 
 impl Scheduler {
+    /// Every scheduler, with its keepalived name.
+    pub const ALL: [(Scheduler, &'static str); 10] = [
+        (Scheduler::Rr, "rr"),
+        (Scheduler::Wrr, "wrr"),
+        (Scheduler::Sh, "sh"),
+        (Scheduler::Mh, "mh"),
+        (Scheduler::Lc, "lc"),
+        (Scheduler::Wlc, "wlc"),
+        (Scheduler::Sed, "sed"),
+        (Scheduler::Nq, "nq"),
+        (Scheduler::Fo, "fo"),
+        (Scheduler::Ovf, "ovf"),
+    ];
+
     /// The program's code for it (`SERVICE_INFO.sched`).
     pub fn code(self) -> u32 {
         match self {
@@ -61,22 +87,93 @@ impl Scheduler {
             Scheduler::Wrr => lb_common::SCHED_WRR,
             Scheduler::Sh => lb_common::SCHED_SH,
             Scheduler::Mh => lb_common::SCHED_MH,
+            Scheduler::Lc => lb_common::SCHED_LC,
+            Scheduler::Wlc => lb_common::SCHED_WLC,
+            Scheduler::Sed => lb_common::SCHED_SED,
+            Scheduler::Nq => lb_common::SCHED_NQ,
+            Scheduler::Fo => lb_common::SCHED_FO,
+            Scheduler::Ovf => lb_common::SCHED_OVF,
         }
+    }
+
+    /// The scheduler of a program code.
+    pub fn of_code(code: u32) -> Option<Scheduler> {
+        Self::ALL.iter().map(|(s, _)| *s).find(|s| s.code() == code)
+    }
+
+    /// keepalived's (and ipvsadm's) name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("?", |(_, n)| n)
+    }
+
+    /// Chooses by connection counts (its ring holds every live backend once).
+    pub fn counts(self) -> bool {
+        matches!(
+            self,
+            Scheduler::Lc
+                | Scheduler::Wlc
+                | Scheduler::Sed
+                | Scheduler::Nq
+                | Scheduler::Fo
+                | Scheduler::Ovf
+        )
     }
 }
 
 impl std::str::FromStr for Scheduler {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "rr" => Ok(Scheduler::Rr),
-            "wrr" => Ok(Scheduler::Wrr),
-            "sh" => Ok(Scheduler::Sh),
-            "mh" => Ok(Scheduler::Mh),
-            other => Err(format!(
-                "unknown scheduler {other:?} (expected rr, wrr, sh or mh)"
-            )),
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(sched, _)| *sched)
+            .ok_or_else(|| {
+                format!(
+                    "unknown scheduler {s:?} (expected one of {})",
+                    Self::ALL.map(|(_, n)| n).join(", ")
+                )
+            })
+    }
+}
+
+/// keepalived's `uthreshold`/`lthreshold` (IPVS `-x`/`-y`): at `upper` connections (active
+/// and inactive) a real server takes no new one until they fall below `lower` (0: three
+/// quarters of `upper`). 0 and 0: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Thresholds {
+    pub upper: u32,
+    pub lower: u32,
+}
+
+/// keepalived's `lvs_timeouts` (`ipvsadm --set tcp tcpfin udp`): the idle timeouts of an
+/// established TCP connection, of one the client closed (FIN_WAIT) and of a UDP flow, in
+/// seconds; `None` keeps IPVS's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LvsTimeouts {
+    pub tcp: Option<u32>,
+    pub tcpfin: Option<u32>,
+    pub udp: Option<u32>,
+}
+
+impl LvsTimeouts {
+    /// The timeout of every connection state (`lb_common::conn_state`), as the program
+    /// reads them.
+    pub fn per_state(&self) -> [u32; lb_common::conn_state::COUNT as usize] {
+        use lb_common::conn_state::{DEFAULT_TIMEOUTS, ESTABLISHED, FIN_WAIT, UDP};
+        let mut t = DEFAULT_TIMEOUTS;
+        for (state, v) in [
+            (ESTABLISHED, self.tcp),
+            (FIN_WAIT, self.tcpfin),
+            (UDP, self.udp),
+        ] {
+            if let Some(v) = v {
+                t[state as usize] = v;
+            }
         }
+        t
     }
 }
 
@@ -374,7 +471,15 @@ mod tests {
             assert_eq!(Mac(mac).to_string(), slow);
         }
         assert_eq!("wrr".parse::<Scheduler>(), Ok(Scheduler::Wrr));
-        assert!("lc".parse::<Scheduler>().unwrap_err().contains("\"lc\""));
+        for (sched, name) in Scheduler::ALL {
+            assert_eq!(name.parse::<Scheduler>(), Ok(sched));
+            assert_eq!(sched.name(), name);
+            assert_eq!(Scheduler::of_code(sched.code()), Some(sched));
+        }
+        assert!("lblc"
+            .parse::<Scheduler>()
+            .unwrap_err()
+            .contains("\"lblc\""));
         assert_eq!("auto".parse::<XdpMode>(), Ok(XdpMode::Auto));
         assert!("drv".parse::<XdpMode>().is_err());
     }

@@ -111,6 +111,12 @@ pub struct ServiceStatus {
     /// ActiveConn + InActConn: the table does not track TCP states).
     #[serde(default)]
     pub active_flows: u64,
+    /// ipvsadm's ActiveConn: established TCP connections (the sum of its real servers').
+    #[serde(default)]
+    pub active_conns: u64,
+    /// ipvsadm's InActConn: every other connection state, UDP flows included.
+    #[serde(default)]
+    pub inactive_conns: u64,
     /// The real servers, in configuration order.
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
@@ -146,6 +152,12 @@ pub struct BackendStatus {
     /// Its flows in the connection table now (see [`ServiceStatus::active_flows`]).
     #[serde(default)]
     pub active_flows: u64,
+    /// ipvsadm's ActiveConn and InActConn (see [`ServiceStatus::active_conns`]): what the
+    /// count-based schedulers weigh.
+    #[serde(default)]
+    pub active_conns: u64,
+    #[serde(default)]
+    pub inactive_conns: u64,
     /// Health-check probes run so far, and how many failed (retries included).
     #[serde(default)]
     pub checks_run: u64,
@@ -674,7 +686,7 @@ fn fmt_rate(r: Option<Rate>) -> [String; 3] {
 /// ```text
 /// lb-daemon  router_id lb1
 /// Prot LocalAddress:Port Scheduler Flags
-///   -> RemoteAddress:Port  Forward  Weight  Health  Flows  Conns  InPkts  InBytes
+///   -> RemoteAddress:Port  Forward  Weight  Health  ActiveConn  InActConn  Conns  InPkts  InBytes
 /// TCP  192.0.2.100:80 rr                                   3     12     340    45678
 ///   -> 192.0.2.11:80       Route    1       up          2      7     200    30000
 /// ```
@@ -703,7 +715,8 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
                 "Forward",
                 "Weight",
                 "Health",
-                "Flows",
+                "ActiveConn",
+                "InActConn",
                 "Conns",
                 "InPkts",
                 "InBytes",
@@ -719,7 +732,7 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         ),
     ];
     let right = [
-        false, false, false, false, true, true, true, true, true, true, true,
+        false, false, false, false, true, true, true, true, true, true, true, true,
     ];
     for svc in &s.services {
         let mut desc = format!("{:<5}{}", svc.protocol, SocketAddr::new(svc.vip, svc.port));
@@ -737,7 +750,8 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
             String::new(),
             String::new(),
             String::new(),
-            svc.active_flows.to_string(),
+            svc.active_conns.to_string(),
+            svc.inactive_conns.to_string(),
             svc.new_flows.to_string(),
             svc.packets.to_string(),
             svc.bytes.to_string(),
@@ -770,7 +784,8 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
                 "Route".to_string(),
                 weight,
                 health,
-                b.active_flows.to_string(),
+                b.active_conns.to_string(),
+                b.inactive_conns.to_string(),
                 b.new_flows.to_string(),
                 b.packets.to_string(),
                 b.bytes.to_string(),
@@ -1035,11 +1050,13 @@ impl std::fmt::Display for Num {
 /// | `lb_service_{packets,bytes,new_flows}_total` | vip, port, protocol | counters |
 /// | `lb_service_active` | vip, port, protocol | 1: this node serves it |
 /// | `lb_service_active_flows` | vip, port, protocol | flows in the connection table |
+/// | `lb_service_{active,inactive}_connections` | vip, port, protocol | ipvsadm's ActiveConn, InActConn |
 /// | `lb_backend_{packets,bytes,new_flows}_total` | vip, port, protocol, backend | counters |
 /// | `lb_backend_up` | same | 1: health `up`; 0: `down` or `unknown` |
 /// | `lb_backend_weight`, `lb_backend_effective_weight` | same | configured, scheduled |
 /// | `lb_backend_check_latency_seconds` | same | only once a check succeeded |
 /// | `lb_backend_active_flows` | same | flows in the connection table |
+/// | `lb_backend_{active,inactive}_connections` | same | ipvsadm's ActiveConn, InActConn |
 /// | `lb_backend_checks_total`, `lb_backend_checks_failed_total` | same | probes run, failed |
 /// | `lb_vrrp_state` | instance, state | 1 for the current state, 0 for the others |
 /// | `lb_vrrp_priority`, `lb_vrrp_effective_priority` | instance | |
@@ -1116,6 +1133,26 @@ pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
     );
     for (svc, labels) in s.services.iter().zip(&svc_labels) {
         p.sample_with("lb_service_active_flows", labels, svc.active_flows);
+    }
+    p.family(
+        "lb_service_active_connections",
+        "gauge",
+        "Established TCP connections of the service (ipvsadm's ActiveConn).",
+    );
+    for (svc, labels) in s.services.iter().zip(&svc_labels) {
+        p.sample_with("lb_service_active_connections", labels, svc.active_conns);
+    }
+    p.family(
+        "lb_service_inactive_connections",
+        "gauge",
+        "Connections of the service in any other state, UDP flows included (ipvsadm's InActConn).",
+    );
+    for (svc, labels) in s.services.iter().zip(&svc_labels) {
+        p.sample_with(
+            "lb_service_inactive_connections",
+            labels,
+            svc.inactive_conns,
+        );
     }
     if options.per_backend {
         render_backends_prometheus(s, &svc_labels, &mut p);
@@ -1280,7 +1317,7 @@ pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
 /// The `lb_backend_*` families; `svc_labels` are the services' labels, in order.
 fn render_backends_prometheus(s: &Snapshot, svc_labels: &[String], p: &mut Prom) {
     type BackendValue = fn(&BackendStatus) -> Option<Num>;
-    let backend_families: [(&str, &str, &str, BackendValue); 10] = [
+    let backend_families: [(&str, &str, &str, BackendValue); 12] = [
         (
             "lb_backend_packets_total",
             "counter",
@@ -1322,6 +1359,18 @@ fn render_backends_prometheus(s: &Snapshot, svc_labels: &[String], p: &mut Prom)
             "gauge",
             "Flows to the backend in the connection table, not idle past the service's timeout.",
             |b| Some(Num::Int(b.active_flows)),
+        ),
+        (
+            "lb_backend_active_connections",
+            "gauge",
+            "Established TCP connections to the backend (ipvsadm's ActiveConn).",
+            |b| Some(Num::Int(b.active_conns)),
+        ),
+        (
+            "lb_backend_inactive_connections",
+            "gauge",
+            "Connections to the backend in any other state, UDP flows included (ipvsadm's InActConn).",
+            |b| Some(Num::Int(b.inactive_conns)),
         ),
         (
             "lb_backend_checks_total",
@@ -1551,6 +1600,10 @@ pub(crate) mod test_support {
                     bytes: 45678,
                     new_flows: 12,
                     active_flows: 3,
+
+                    active_conns: 2,
+
+                    inactive_conns: 1,
                     rate: None,
                     backends: vec![
                         BackendStatus {
@@ -1563,6 +1616,10 @@ pub(crate) mod test_support {
                             bytes: 30000,
                             new_flows: 7,
                             active_flows: 2,
+
+                            active_conns: 2,
+
+                            inactive_conns: 0,
                             checks_run: 40,
                             checks_failed: 0,
                             check_latency_ms: Some(1.5),
@@ -1581,6 +1638,10 @@ pub(crate) mod test_support {
                             bytes: 15678,
                             new_flows: 5,
                             active_flows: 1,
+
+                            active_conns: 0,
+
+                            inactive_conns: 1,
                             checks_run: 41,
                             checks_failed: 6,
                             check_latency_ms: None,
@@ -1602,6 +1663,10 @@ pub(crate) mod test_support {
                     bytes: 0,
                     new_flows: 0,
                     active_flows: 0,
+
+                    active_conns: 0,
+
+                    inactive_conns: 0,
                     rate: None,
                     backends: vec![BackendStatus {
                         addr: "[2001:db8::11]:53".parse().unwrap(),
@@ -1613,6 +1678,10 @@ pub(crate) mod test_support {
                         bytes: 0,
                         new_flows: 0,
                         active_flows: 0,
+
+                        active_conns: 0,
+
+                        inactive_conns: 0,
                         checks_run: 0,
                         checks_failed: 0,
                         check_latency_ms: None,
@@ -1695,13 +1764,13 @@ mod tests {
         let want = "\
 lb-daemon  router_id lb1
 Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port                             Forward  Weight         Health   Flows  Conns  InPkts  InBytes
-TCP  192.0.2.100:80 rr                                                                   3     12     340    45678
-  -> 192.0.2.11:80                                  Route    1              up           2      7     200    30000
-  -> 192.0.2.12:80                                  Route    0 (1) drained  down         1      5     140    15678
+  -> RemoteAddress:Port                             Forward  Weight         Health   ActiveConn  InActConn  Conns  InPkts  InBytes
+TCP  192.0.2.100:80 rr                                                                        2          1     12     340    45678
+  -> 192.0.2.11:80                                  Route    1              up                2          0      7     200    30000
+  -> 192.0.2.12:80                                  Route    0 (1) drained  down              0          1      5     140    15678
        last error: connect: Connection refused
-UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                       0      0       0        0
-  -> [2001:db8::11]:53                              Route    100            unknown      0      0       0        0
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                            0          0      0       0        0
+  -> [2001:db8::11]:53                              Route    100            unknown           0          0      0       0        0
 
 VRRP instances
 VI_1  eth0  vrid 51  v3  MASTER  prio 150 (eff 150)  master 192.0.2.2  transitions 3  socket drops 7  discards: bad_ttl=2
@@ -1741,13 +1810,13 @@ drop_malformed_eth  drop           2    120
         let want = "\
 lb-daemon  rates per second over 2.0 s
 Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port                             Forward  Weight         Health   Flows  Conns  InPkts  InBytes  CPS  InPPS  InBPS
-TCP  192.0.2.100:80 rr                                                                   3     16     540    75678    2    100  15000
-  -> 192.0.2.11:80                                  Route    1              up           2     11     400    60000    2    100  15000
-  -> 192.0.2.12:80                                  Route    0 (1) drained  down         1      0       0        0    -      -      -
+  -> RemoteAddress:Port                             Forward  Weight         Health   ActiveConn  InActConn  Conns  InPkts  InBytes  CPS  InPPS  InBPS
+TCP  192.0.2.100:80 rr                                                                        2          1     16     540    75678    2    100  15000
+  -> 192.0.2.11:80                                  Route    1              up                2          0     11     400    60000    2    100  15000
+  -> 192.0.2.12:80                                  Route    0 (1) drained  down              0          1      0       0        0    -      -      -
        last error: line one / line two
-UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                       0      0       0        0    0      0      0
-  -> [2001:db8::11]:53                              Route    100            unknown      0      0       0        0    0      0      0
+UDP  [2001:db8::100]:53 sh persistent 300 (backup)                                            0          0      0       0        0    0      0      0
+  -> [2001:db8::11]:53                              Route    100            unknown           0          0      0       0        0    0      0      0
 ";
         let got = render_table(&now, Some(&r));
         assert_eq!(got, want, "\n{got}");
@@ -1757,7 +1826,7 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
     fn table_of_an_empty_snapshot() {
         assert_eq!(
             render_table(&Snapshot::default(), None),
-            "lb-daemon\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port  Forward  Weight  Health  Flows  Conns  InPkts  InBytes\n"
+            "lb-daemon\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port  Forward  Weight  Health  ActiveConn  InActConn  Conns  InPkts  InBytes\n"
         );
     }
 
@@ -1926,6 +1995,14 @@ lb_service_active{vip="2001:db8::100",port="53",protocol="UDP"} 0
 # TYPE lb_service_active_flows gauge
 lb_service_active_flows{vip="192.0.2.100",port="80",protocol="TCP"} 3
 lb_service_active_flows{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_service_active_connections Established TCP connections of the service (ipvsadm's ActiveConn).
+# TYPE lb_service_active_connections gauge
+lb_service_active_connections{vip="192.0.2.100",port="80",protocol="TCP"} 2
+lb_service_active_connections{vip="2001:db8::100",port="53",protocol="UDP"} 0
+# HELP lb_service_inactive_connections Connections of the service in any other state, UDP flows included (ipvsadm's InActConn).
+# TYPE lb_service_inactive_connections gauge
+lb_service_inactive_connections{vip="192.0.2.100",port="80",protocol="TCP"} 1
+lb_service_inactive_connections{vip="2001:db8::100",port="53",protocol="UDP"} 0
 # HELP lb_backend_packets_total Packets forwarded to the backend.
 # TYPE lb_backend_packets_total counter
 lb_backend_packets_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 200
@@ -1961,6 +2038,16 @@ lb_backend_effective_weight{vip="2001:db8::100",port="53",protocol="UDP",backend
 lb_backend_active_flows{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 2
 lb_backend_active_flows{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 1
 lb_backend_active_flows{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_active_connections Established TCP connections to the backend (ipvsadm's ActiveConn).
+# TYPE lb_backend_active_connections gauge
+lb_backend_active_connections{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 2
+lb_backend_active_connections{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 0
+lb_backend_active_connections{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
+# HELP lb_backend_inactive_connections Connections to the backend in any other state, UDP flows included (ipvsadm's InActConn).
+# TYPE lb_backend_inactive_connections gauge
+lb_backend_inactive_connections{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 0
+lb_backend_inactive_connections{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.12:80"} 1
+lb_backend_inactive_connections{vip="2001:db8::100",port="53",protocol="UDP",backend="[2001:db8::11]:53"} 0
 # HELP lb_backend_checks_total Health-check probes run against the backend (retries included).
 # TYPE lb_backend_checks_total counter
 lb_backend_checks_total{vip="192.0.2.100",port="80",protocol="TCP",backend="192.0.2.11:80"} 40
@@ -2267,11 +2354,11 @@ lb_notify_hooks_total{result="timed_out"} 0
         );
         assert_eq!(
             keys(&v["services"][0]),
-            "active,active_flows,backends,bytes,new_flows,packets,persistence_timeout,port,protocol,scheduler,vip"
+            "active,active_conns,active_flows,backends,bytes,inactive_conns,new_flows,packets,persistence_timeout,port,protocol,scheduler,vip"
         );
         assert_eq!(
             keys(&v["services"][0]["backends"][0]),
-            "active_flows,addr,bytes,check_latency_ms,checks_failed,checks_run,effective_weight,health,last_error,mac,new_flows,packets,weight"
+            "active_conns,active_flows,addr,bytes,check_latency_ms,checks_failed,checks_run,effective_weight,health,inactive_conns,last_error,mac,new_flows,packets,weight"
         );
         assert_eq!(
             keys(&v["vrrp"][0]),

@@ -10,9 +10,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use lb_common::{reason::*, *};
+use lb_common::{
+    conn_state::{tcp_next, CLOSE, EV_IGNORE, EV_SYN, NONE, SYN_RECV, TIME_WAIT, UDP},
+    reason::*,
+    *,
+};
 
 use crate::{
+    conns,
     forward::{backend_mac, mac_words, rewrite_macs, MacWords},
     maps::*,
     parse::{self, ETH_P_IP, ETH_P_IPV6, L3},
@@ -325,7 +330,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         // reach the backend that reassembles the datagram.
         let key = F::flow(&l3.src, &l3.dst, 0, 0, l3.proto);
         let slot = cache_index::<F>(&key);
-        if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_FRAGMENT) {
+        if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_FRAGMENT, EV_IGNORE) {
             return r;
         }
         let svc = F::services()
@@ -333,7 +338,19 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             .ok_or(PASS_NO_SERVICE)?;
         // SAFETY: the daemon replaces values whole (map update), never in place.
         let id = unsafe { (*svc).id };
-        return new_flow::<F>(ctx, id, &key, slot, l3, 0, clk, FWD_FRAGMENT, Opening::Any);
+        // A fragments flow is no connection: it has no state and is not counted.
+        return new_flow::<F>(
+            ctx,
+            id,
+            &key,
+            slot,
+            l3,
+            0,
+            clk,
+            FWD_FRAGMENT,
+            Opening::Any,
+            NONE,
+        );
     }
     let l4 = parse::ports(ctx, l3)?;
     let key = F::flow(&l3.src, &l3.dst, l4.sport, l4.dport, l3.proto);
@@ -353,20 +370,27 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             clk,
             FWD_NEW_FLOW,
             Opening::Syn,
+            SYN_RECV,
         );
     }
-    if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED) {
+    if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED, l4.ev) {
         return r;
     }
     let id = service::<F>(l3, l4.dport)?;
-    let (reason, opening) = if l3.proto != PROTO_TCP {
-        (FWD_NEW_FLOW, Opening::Any)
+    let (reason, opening, state) = if l3.proto != PROTO_TCP {
+        (FWD_NEW_FLOW, Opening::Any, UDP)
     } else if l4.rst {
-        (FWD_NEW_FLOW_MIDSTREAM, Opening::Never)
+        (FWD_NEW_FLOW_MIDSTREAM, Opening::Never, NONE)
     } else {
-        (FWD_NEW_FLOW_MIDSTREAM, Opening::Midstream)
+        // IPVS's sloppy TCP: the state a connection without an entry moves to (an ACK:
+        // ESTABLISHED, a FIN: CLOSE).
+        (
+            FWD_NEW_FLOW_MIDSTREAM,
+            Opening::Midstream,
+            tcp_next(NONE, l4.ev),
+        )
     };
-    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, reason, opening)
+    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, reason, opening, state)
 }
 
 /// How the packet that misses the flow table may open a flow.
@@ -378,7 +402,8 @@ enum Opening {
     Syn,
     /// Any other TCP segment but a reset (a connection that a failover, an expiry or a
     /// restart left without its entry): only in a service with `SVC_F_SLOPPY_TCP`, as IPVS
-    /// with `sloppy_tcp`; else the stack gets it.
+    /// with `sloppy_tcp`, or while SYNs go out untracked (the ACK of such a SYN, scheduled
+    /// by the same hash); else the stack gets it.
     Midstream,
     /// A TCP reset: never. It would open a flow only to close it, and IPVS never schedules
     /// one either, sloppy or not: the stack gets it (and drops it, knowing no such
@@ -412,7 +437,8 @@ fn usable(e: &FlowValue, now: u32) -> Option<&'static BackendValue> {
     if svc.flags & SVC_F_ACTIVE == 0 {
         return None;
     }
-    if svc.idle_timeout_s != 0 && now.wrapping_sub(e.last_seen) > svc.idle_timeout_s {
+    let timeout = conns::timeout(svc, e.state);
+    if timeout != 0 && now.wrapping_sub(e.last_seen) > timeout {
         return None;
     }
     live_backend(e.backend, e.generation)
@@ -438,7 +464,7 @@ fn send_to(ctx: &XdpContext, mac: MacWords, e: &FlowValue, reason: u32) -> Resul
 /// The short path: a known flow of an active service, not idle too long, whose backend is
 /// still there. First this CPU's cache, then the flow table (which refills the cache).
 /// `None` sends the packet down the long path, which also decides every reason for not
-/// forwarding.
+/// forwarding. `ev` moves the connection's state (`conn_state::tcp_next`).
 #[inline(always)]
 fn established<F: Family>(
     ctx: &XdpContext,
@@ -446,6 +472,7 @@ fn established<F: Family>(
     slot: u32,
     clk: Clock,
     reason: u32,
+    ev: u32,
 ) -> Option<Result<u32, u32>> {
     let now = clk.now;
     let cache = cache_slot::<F>(slot);
@@ -454,15 +481,17 @@ fn established<F: Family>(
         // runs to its end on one CPU (XDP runs with migration disabled).
         let (ckey, cval, cepoch, cmac) = F::cache_parts(unsafe { &mut *c });
         if F::same(ckey, key) && cepoch == clk.epoch {
-            // Seen this second, under the epoch the slot was filled in: neither idle nor
-            // changed since it was checked (see `FlowCache4`). No service or backend read.
-            if cval.last_seen == now {
+            // Seen this second, under the epoch the slot was filled in, and no state change:
+            // neither idle nor changed since it was checked (see `FlowCache4`). No service
+            // or backend read.
+            let moves = tcp_next(cval.state, ev) != cval.state;
+            if cval.last_seen == now && !moves {
                 return Some(send_to(ctx, cmac, cval, reason));
             }
-            // Once a second the flow is checked again, and the table hears from the cache
-            // (out of line: the hot path stays short).
+            // Once a second, and at a state change, the flow is checked again, and the
+            // table hears from the cache (out of line: the hot path stays short).
             if let Some(b) = usable(cval, now) {
-                if write_through::<F>(key, cval, now) {
+                if write_through::<F>(key, cval, now, ev) {
                     return Some(send_established(ctx, b, cval, reason));
                 }
             }
@@ -480,6 +509,11 @@ fn established<F: Family>(
             F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, e);
         }
     }
+    let state = e.state;
+    let next = tcp_next(state, ev);
+    if next != state {
+        conns::set_state(&raw mut e.state, e.backend, state, next);
+    }
     if let Some(c) = cache {
         // SAFETY: per-CPU slot, as above.
         F::cache_fill(unsafe { &mut *c }, key, e, clk.epoch, b);
@@ -488,11 +522,11 @@ fn established<F: Family>(
 }
 
 /// The table (the source of truth, and what other CPUs see) learns that a cached flow is
-/// alive; if it evicted the flow, it gets it back. Returns false when another CPU gave the
-/// flow a different backend meanwhile: the caller then takes the table's word, which
-/// refills this cache.
+/// alive, and its state change; if it evicted the flow, it gets it back. Returns false when
+/// another CPU gave the flow a different backend meanwhile: the caller then takes the
+/// table's word, which refills this cache.
 #[inline(never)]
-fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32) -> bool {
+fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32, ev: u32) -> bool {
     match F::flows().get_ptr_mut(key) {
         // SAFETY: as in `established`.
         Some(e) => unsafe {
@@ -500,19 +534,36 @@ fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32) -> bo
                 return false;
             }
             let old = (*e).last_seen;
-            (*e).last_seen = now;
-            if sync::enabled() && sync::refresh_due(old, now) {
-                F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, &*e);
+            if old != now {
+                (*e).last_seen = now;
+                if sync::enabled() && sync::refresh_due(old, now) {
+                    F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, &*e);
+                }
             }
+            let state = (*e).state;
+            let next = tcp_next(state, ev);
+            if next != state {
+                conns::set_state(&raw mut (*e).state, (*e).backend, state, next);
+            }
+            cval.state = (*e).state;
         },
         None => {
+            let next = tcp_next(cval.state, ev);
             let value = FlowValue {
                 last_seen: now,
+                state: next,
                 ..*cval
             };
-            if F::flows().insert(key, &value, 0).is_ok() && sync::enabled() {
-                F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, &value);
+            if F::flows().insert(key, &value, 0).is_ok() {
+                // Still counted in its old state (only the sweep sees an eviction).
+                if next != cval.state {
+                    conns::moved(cval.backend, cval.state, next);
+                }
+                if sync::enabled() {
+                    F::sync_flow(SYNC_EV_FLOW | SYNC_EV_F_REFRESH, key, &value);
+                }
             }
+            cval.state = next;
         }
     }
     cval.last_seen = now;
@@ -535,12 +586,15 @@ fn service<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
         .ok_or(PASS_NO_SERVICE)
 }
 
-/// The long path for a packet of service `id`: choose a backend, remember the flow, send.
+/// The long path for a packet of service `id`: choose a backend, remember the flow (in
+/// `state`, counted for its backend), send.
 ///
 /// `Opening::Syn`: the packet opens a TCP connection, and no lookup has been made. The flow
 /// is then inserted only if absent; one that exists (a retransmitted SYN, a client reusing
 /// the port of a live connection) keeps its backend, as the lookup would have given it: the
 /// rr step taken for it is handed back and no persistence template is written for it.
+/// A SYN that finds the table at its share of embryonic flows (`conns::flooded`) writes no
+/// entry and is scheduled by a hash of its 5-tuple, which its ACK will find again.
 /// A TCP segment that is no opening SYN is judged here, after the service's own verdicts
 /// (inactive), because whether it may open a flow is the service's choice.
 #[inline(always)]
@@ -555,52 +609,84 @@ fn new_flow<F: Family>(
     clk: Clock,
     reason: u32,
     opening: Opening,
+    state: u32,
 ) -> Result<u32, u32> {
     let now = clk.now;
     let svc = SERVICE_INFO.get(id).ok_or(PASS_NO_SERVICE)?;
     if svc.flags & SVC_F_ACTIVE == 0 {
         return Err(PASS_INACTIVE);
     }
+    let mut hashed = false;
     match opening {
         Opening::Never => return Err(PASS_NOT_SYN),
-        Opening::Midstream if svc.flags & SVC_F_SLOPPY_TCP == 0 => return Err(PASS_NOT_SYN),
+        Opening::Midstream => {
+            if conns::in_flood_window(now) {
+                hashed = true;
+            } else if svc.flags & SVC_F_SLOPPY_TCP == 0 {
+                return Err(PASS_NOT_SYN);
+            }
+        }
         _ => {}
     }
     let syn = opening == Opening::Syn;
+    let guard = if syn { conns::flooded() } else { None };
+    hashed |= guard.is_some();
     let mut fresh = false;
-    let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now, &mut fresh)?;
+    let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now, hashed, &mut fresh)?;
+    if let Some(g) = guard {
+        conns::extend_flood_window(g, now);
+        rewrite_macs(ctx, backend_mac(b))?;
+        count_forward(ctx, id, backend, true);
+        return Ok(FWD_SYN_UNTRACKED);
+    }
     let value = FlowValue {
         backend,
         generation: b.generation,
         service: id,
         last_seen: now,
+        state,
     };
     let flags = if syn { BPF_NOEXIST } else { BPF_ANY };
     match F::flows().insert(key, &value, flags) {
         Ok(()) => {
+            conns::count(backend, state, 1);
             if sync::enabled() {
                 F::sync_flow(SYNC_EV_FLOW, key, &value);
             }
         }
         Err(e) if syn && e == -EEXIST => {
             // A retransmitted SYN, or a client reusing the port of an old connection: it
-            // keeps the flow's backend, unless that backend now drains (weight 0, or down
-            // while its established flows stay): a SYN is a connection being opened, and a
-            // draining backend takes none, so the SYN is scheduled afresh. Without this, a
-            // client that reuses a port would be sent to a dead server until the old
-            // flow's idle timeout.
-            if !drains::<F>(key) {
-                if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED) {
-                    if fresh && svc.sched != SCHED_SH && svc.sched != SCHED_MH {
+            // keeps the flow's backend (its state moves as IPVS's table says), unless that
+            // backend now drains (weight 0, or down while its established flows stay): a
+            // SYN is a connection being opened, and a draining backend takes none. A
+            // connection in TIME_WAIT or CLOSE is over: the SYN is a new one, scheduled
+            // afresh (IPVS's `conn_reuse_mode`). Without this, a client that reuses a port
+            // would be sent to a dead server until the old flow's idle timeout.
+            let old = copy_of::<F>(key);
+            let reuse = old.is_some_and(|o| {
+                o.state != TIME_WAIT && o.state != CLOSE && !backend_drains(o.backend)
+            });
+            if reuse {
+                if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED, EV_SYN)
+                {
+                    if fresh && (svc.sched == SCHED_RR || svc.sched == SCHED_WRR) {
                         unstep_rr(svc.id);
                     }
                     return r;
                 }
             }
-            // The entry is stale (its backend gone or draining, or idle too long): the new
-            // choice replaces it.
-            if F::flows().insert(key, &value, BPF_ANY).is_ok() && sync::enabled() {
-                F::sync_flow(SYNC_EV_FLOW, key, &value);
+            // The entry is stale (its backend gone or draining, idle too long, or the
+            // connection over): the new choice replaces it.
+            if F::flows().insert(key, &value, BPF_ANY).is_ok() {
+                if let Some(o) = old {
+                    if live_backend(o.backend, o.generation).is_some() {
+                        conns::count(o.backend, o.state, -1);
+                    }
+                }
+                conns::count(backend, state, 1);
+                if sync::enabled() {
+                    F::sync_flow(SYNC_EV_FLOW, key, &value);
+                }
             }
         }
         Err(_) => {
@@ -612,8 +698,12 @@ fn new_flow<F: Family>(
     if fresh && svc.persist_timeout_s != 0 {
         // The client had no live template: this choice becomes it.
         let pkey = F::persist_key(&l3.src, &svc.persist_mask, svc.id);
-        if F::persist().insert(&pkey, &value, 0).is_ok() && sync::enabled() {
-            F::sync_persist(SYNC_EV_PERSIST, &pkey, &value);
+        let template = FlowValue {
+            state: NONE,
+            ..value
+        };
+        if F::persist().insert(&pkey, &template, 0).is_ok() && sync::enabled() {
+            F::sync_persist(SYNC_EV_PERSIST, &pkey, &template);
         }
     }
     if let Some(c) = cache_slot::<F>(slot) {
@@ -625,14 +715,17 @@ fn new_flow<F: Family>(
     Ok(reason)
 }
 
-/// Whether the table's flow for `key` names a backend that takes no new connection.
+/// The table's flow for `key`, copied.
 #[inline(always)]
-fn drains<F: Family>(key: &F::Flow) -> bool {
-    let Some(e) = F::flows().get_ptr(key) else {
-        return false;
-    };
+fn copy_of<F: Family>(key: &F::Flow) -> Option<FlowValue> {
+    let e = F::flows().get_ptr(key)?;
     // SAFETY: as in `established`.
-    let backend = unsafe { (*e).backend };
+    Some(unsafe { *e })
+}
+
+/// Whether `backend` takes no new connection.
+#[inline(always)]
+fn backend_drains(backend: u32) -> bool {
     BACKENDS
         .get(backend)
         .is_some_and(|b| b.flags & BACKEND_F_DRAINING != 0)
@@ -648,9 +741,12 @@ fn unstep_rr(service: u32) {
 }
 
 /// Pick a backend for a new flow: the client's persistence template if it has a live one,
-/// else the scheduler's ring slot, which sets `fresh` (the caller then writes the template
-/// and, for rr/wrr, may hand the step back). An out-parameter rather than a richer return
-/// value: a struct holding the backend's pointer gets spilled in a way the verifier refuses.
+/// else the scheduler's choice, which sets `fresh` (the caller then writes the template
+/// and, for rr/wrr, may hand the step back). `hashed`: the flow gets no entry now (or got
+/// none at its SYN), so any scheduler but sh and mh (which hash anyway) chooses by a hash
+/// of the client's address and port, the one choice its next packet can make again. An
+/// out-parameter rather than a richer return value: a struct holding the backend's pointer
+/// gets spilled in a way the verifier refuses.
 #[inline(always)]
 fn schedule<F: Family>(
     ctx: &XdpContext,
@@ -658,6 +754,7 @@ fn schedule<F: Family>(
     l3: &L3,
     sport: u16,
     now: u32,
+    hashed: bool,
     fresh: &mut bool,
 ) -> Result<(u32, &'static BackendValue), u32> {
     if svc.ring_len == 0 {
@@ -693,12 +790,33 @@ fn schedule<F: Family>(
             };
             lb_common::source_hash(&l3.src, port) % svc.ring_len
         }
-        _ => {
+        _ if hashed => lb_common::source_hash(&l3.src, sport as u32) % svc.ring_len,
+        SCHED_RR | SCHED_WRR => {
             let Some(pos) = RR_STATE.get_ptr_mut(svc.id) else {
                 return Err(ring_error(ctx, svc.id, svc.ring_len));
             };
             // SAFETY: per-CPU slot: no other CPU reads or writes it, so there is no
             // read-modify-write race to lose a step to.
+            unsafe {
+                let p = *pos % svc.ring_len;
+                *pos = p + 1;
+                p
+            }
+        }
+        _ => {
+            let id = least(svc);
+            if id != NO_CANDIDATE {
+                if let Some(b) = BACKENDS.get(id) {
+                    *fresh = true;
+                    return Ok((id, b));
+                }
+            }
+            // No candidate qualifies (every one overloaded, or none ranked yet: the daemon
+            // ranks within milliseconds of a start): the ring's next backend, as rr.
+            let Some(pos) = RR_STATE.get_ptr_mut(svc.id) else {
+                return Err(ring_error(ctx, svc.id, svc.ring_len));
+            };
+            // SAFETY: per-CPU slot, as above.
             unsafe {
                 let p = *pos % svc.ring_len;
                 *pos = p + 1;
@@ -718,6 +836,67 @@ fn schedule<F: Family>(
     }
     *fresh = true;
     Ok((id, b))
+}
+
+const NO_CANDIDATE: u32 = u32::MAX;
+
+/// The count-based schedulers (`lc`, `wlc`, `sed`, `nq`, `fo`, `ovf`), IPVS's formulas
+/// between the two backends the daemon ranked best for the service (`CANDIDATES`, at most
+/// 20 ms old), on their counts now: every new flow counts at once, so a burst alternates
+/// between the two as IPVS's scan would between the least loaded, and the daemon's next
+/// ranking brings in any other that became lighter. IPVS scans every real server for each
+/// connection; comparing two keeps a new flow's cost flat, and the verifier's work too (a
+/// scan of 16 in the program took it past its million instructions).
+///
+/// Every scheduler is one comparison, `overhead / weight` least (lc: weight 1; fo and ovf:
+/// overhead 1, so the heaviest wins), ties to the first. `NO_CANDIDATE` when neither
+/// qualifies.
+#[inline(never)]
+fn least(svc: &ServiceValue) -> u32 {
+    let Some(c) = CANDIDATES.get(svc.id) else {
+        return NO_CANDIDATE;
+    };
+    // Written by the daemon as id + 1, 0 for none.
+    let (c0, c1) = (c[0].wrapping_sub(1), c[1].wrapping_sub(1));
+    let (oh0, w0) = score(c0, svc.sched);
+    let (oh1, w1) = score(c1, svc.sched);
+    // The first wins unless the second is strictly lighter: oh1 / w1 < oh0 / w0.
+    if w1 != 0 && (w0 == 0 || oh0 * w1 > oh1 * w0) {
+        c1
+    } else if w0 != 0 {
+        c0
+    } else {
+        NO_CANDIDATE
+    }
+}
+
+/// A backend's (overhead, weight) under `sched`; weight 0 when it takes nothing (absent,
+/// draining, weight 0, overloaded, or for `ovf` more active connections than its weight).
+#[inline(always)]
+fn score(id: u32, sched: u32) -> (u64, u64) {
+    let Some(b) = BACKENDS.get(id) else {
+        return (1, 0);
+    };
+    let Some(l) = BACKEND_LOAD.get_ptr_mut(id) else {
+        return (1, 0);
+    };
+    let (a, ina) = conns::load_of(l);
+    let weight = b.weight as u64;
+    if b.flags & (BACKEND_F_PRESENT | BACKEND_F_DRAINING) != BACKEND_F_PRESENT
+        || weight == 0
+        || (sched == SCHED_OVF && a > weight)
+        || conns::overloaded(l, b.u_threshold, b.l_threshold, a + ina)
+    {
+        return (1, 0);
+    }
+    match sched {
+        SCHED_LC => ((a << 8) + ina, 1),
+        SCHED_WLC => ((a << 8) + ina, weight),
+        // nq: a backend without active connections is taken at once.
+        SCHED_NQ if a == 0 => (0, weight),
+        SCHED_SED | SCHED_NQ => (a + 1, weight),
+        _ => (1, weight),
+    }
 }
 
 /// A service id past `RR_STATE`: the maps are not the size the daemon planned for.

@@ -10,7 +10,12 @@
 // For the empty `asm!` that hides a value from the optimiser (parse.rs). aya-ebpf uses the
 // same feature; the build runs with the library sources, as on nightly.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+// For 32-bit atomics (conns.rs): the BPF target's `core` declares atomic types of 64 bits
+// only, and no compare-and-swap, though BPF v3 has both in 32 bits.
+#![allow(internal_features)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
+mod conns;
 mod forward;
 mod lb;
 mod maps;

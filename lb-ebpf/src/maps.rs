@@ -107,6 +107,30 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Backend id -> its connection counts (`BackendLoad`): atomic adds by the program on every
+/// CPU, corrections by the daemon's sweep through a shared mapping (hence mappable).
+#[map]
+pub static BACKEND_LOAD: Array<BackendLoad> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Service id -> the two backends (as id + 1; 0: none) the daemon ranked least loaded for
+/// a count-based scheduler, refreshed every 20 ms; the program chooses between them on
+/// their counts now. Mappable: the daemon writes them as memory.
+#[map]
+pub static CANDIDATES: Array<[u32; 2]> =
+    Array::with_max_entries(DEFAULT_MAX_SERVICES, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Connection state -> its timeout in seconds (`conn_state`; ESTABLISHED, UDP and NONE take
+/// the service's `idle_timeout_s` instead). Written by the daemon (`lvs_timeouts`).
+#[map]
+pub static TIMEOUTS: Array<u32> = Array::with_max_entries(conn_state::COUNT, 0);
+
+/// Slot 0: the SYN-flood guard (`SynGuard`), shared by every CPU; mappable for the daemon's
+/// corrections, which must not overwrite the program's concurrent counts.
+#[map]
+pub static SYN_GUARD: Array<SynGuard> =
+    Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
 /// Connection-sync events (`SyncEvent4`/`SyncEvent6`) for the daemon, which drains it on a
 /// timer (events are submitted without a wakeup). Sized at load time.
 #[map]

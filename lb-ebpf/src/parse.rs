@@ -219,6 +219,9 @@ pub struct L4 {
     pub syn: bool,
     /// A TCP reset: never opens a flow, sloppy or not (IPVS neither).
     pub rst: bool,
+    /// The segment's event for the connection's state (`conn_state::EV_*`); `EV_IGNORE`
+    /// for UDP.
+    pub ev: u32,
 }
 
 /// Ethernet and at most one 802.1Q tag: returns (ethertype, offset of the L3 header).
@@ -367,6 +370,7 @@ pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, u32> {
             dport: p[1],
             syn: flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN,
             rst: flags & TCP_RST != 0,
+            ev: lb_common::conn_state::tcp_event(flags),
         });
     }
     if l3.l4_off + UDP_HLEN > l3.l3_end {
@@ -385,6 +389,7 @@ pub fn ports(ctx: &XdpContext, l3: &L3) -> Result<L4, u32> {
         dport: p[1],
         syn: false,
         rst: false,
+        ev: lb_common::conn_state::EV_IGNORE,
     })
 }
 

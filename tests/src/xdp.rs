@@ -81,7 +81,11 @@ pub struct RunOutput {
 impl XdpHarness {
     pub fn new(opts: LoadOptions) -> Result<Self> {
         let mut ebpf = program::load(&opts).context("loading the XDP object")?;
-        let maps = BpfMaps::new(&mut ebpf)?;
+        let mut maps = BpfMaps::new(&mut ebpf)?;
+        // As the daemon starts: IPVS's default timeouts, a quarter of the table for flows
+        // waiting for their ACK.
+        maps.set_timeouts(&lb_daemon::model::LvsTimeouts::default().per_state())?;
+        maps.set_syn_cap((opts.max_flows / 4).max(1));
         Ok(Self {
             ebpf,
             dp: Dataplane::new(maps, opts.limits),
@@ -158,6 +162,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
         active: true,
         backends: (0..3u8)
             .map(|i| BackendSpec {
+                thresholds: Default::default(),
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
                 mac: Some(addrs::B[i as usize]),

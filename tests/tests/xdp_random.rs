@@ -71,6 +71,7 @@ impl Rng {
 
 fn backend(i: usize, port: u16) -> BackendSpec {
     BackendSpec {
+        thresholds: Default::default(),
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
         weight: 1,
         mac: Some(B[i]),

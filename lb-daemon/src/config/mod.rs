@@ -22,7 +22,9 @@ pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 
 // The configuration is a leaf: it reads and checks the file by its own rules, and uses
 // nothing of the daemon but the ground floor's model.
-use crate::model::{is_prime, Limits, Proto, Scheduler, ServiceKey, XdpMode};
+use crate::model::{
+    is_prime, Limits, LvsTimeouts, Proto, Scheduler, ServiceKey, Thresholds, XdpMode,
+};
 
 /// The control socket of `lb-daemon status` and `reload` when `global_defs.control_socket`
 /// is not set.
@@ -118,6 +120,20 @@ pub struct GlobalDefs {
     /// The members of this group may use the control socket's read-only commands (status,
     /// connections, which); changes stay root's. Without it the socket is root's alone.
     pub control_socket_group: Option<Spanned<String>>,
+    /// keepalived's `lvs_timeouts` (`ipvsadm --set`): `{ tcp = S, tcpfin = S, udp = S }`,
+    /// the idle timeouts of established TCP connections, of closing ones (FIN_WAIT) and of
+    /// UDP flows; each absent one keeps IPVS's default (900, 120, 300). A service's own
+    /// `idle_timeout` wins over `tcp`/`udp`.
+    pub lvs_timeouts: Option<Spanned<RawLvsTimeouts>>,
+}
+
+/// See [`GlobalDefs::lvs_timeouts`].
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLvsTimeouts {
+    pub tcp: Option<u32>,
+    pub tcpfin: Option<u32>,
+    pub udp: Option<u32>,
 }
 
 /// See [`GlobalDefs::on_stop`].
@@ -130,6 +146,21 @@ pub enum OnStop {
 }
 
 impl GlobalDefs {
+    /// `lvs_timeouts`, checked at parse (each at least 1 s).
+    pub fn lvs_timeouts(&self) -> LvsTimeouts {
+        self.lvs_timeouts
+            .as_ref()
+            .map(|t| {
+                let t = t.get_ref();
+                LvsTimeouts {
+                    tcp: t.tcp,
+                    tcpfin: t.tcpfin,
+                    udp: t.udp,
+                }
+            })
+            .unwrap_or_default()
+    }
+
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
             .clone()
@@ -169,7 +200,8 @@ struct RawVirtualServer {
     ip: Spanned<String>,
     port: u16,
     protocol: Spanned<String>,
-    lb_algo: Spanned<String>,
+    /// keepalived's default: wlc.
+    lb_algo: Option<Spanned<String>>,
     lb_kind: Spanned<String>,
     #[serde(default)]
     persistence_timeout: u32,
@@ -224,6 +256,11 @@ struct RawRealServer {
     port: Spanned<u16>,
     #[serde(default = "one")]
     weight: Spanned<u32>,
+    /// keepalived's `uthreshold`: the most connections (active and inactive) it takes.
+    uthreshold: Option<Spanned<u32>>,
+    /// keepalived's `lthreshold`: below this many it takes new ones again (default three
+    /// quarters of `uthreshold`).
+    lthreshold: Option<Spanned<u32>>,
     // Health checks, keepalived's blocks and keys in TOML form; `config/check.rs` reads them.
     #[serde(rename = "TCP_CHECK")]
     tcp_check: Option<check::RawTcpCheck>,
@@ -304,7 +341,8 @@ pub struct VirtualServer {
     pub persistence_timeout: u32,
     pub persistence_prefix: u8,
     pub hash_port: bool,
-    pub idle_timeout: u32,
+    /// Its own `idle_timeout`; none: `lvs_timeouts`' or IPVS's ([`Self::idle_timeout`]).
+    pub idle_timeout: Option<u32>,
     pub is_static: bool,
     /// IPVS `sloppy_tcp` (see the TOML key).
     pub sloppy_tcp: bool,
@@ -319,6 +357,18 @@ pub struct VirtualServer {
 }
 
 impl VirtualServer {
+    /// Seconds an established connection (a UDP flow) may stay idle: its own
+    /// `idle_timeout`, else `lvs_timeouts`' `tcp` (`udp`), else IPVS's default.
+    pub fn idle_timeout(&self, lvs: &LvsTimeouts) -> u32 {
+        self.idle_timeout.unwrap_or_else(|| {
+            match self.proto {
+                Proto::Tcp => lvs.tcp,
+                Proto::Udp => lvs.udp,
+            }
+            .unwrap_or_else(|| self.proto.default_idle_timeout())
+        })
+    }
+
     /// How logs, status and `track_virtual_server` name the service: `VIP:PORT/TCP`, with
     /// an IPv6 VIP in brackets.
     pub fn name(&self) -> String {
@@ -346,6 +396,8 @@ impl VirtualServer {
 pub struct RealServer {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// `uthreshold`/`lthreshold` (count-based schedulers only).
+    pub thresholds: Thresholds,
     /// Its health checks; none means always healthy (keepalived without a checker).
     pub checks: check::Checks,
 }
@@ -625,6 +677,18 @@ impl Config {
                 ));
             }
         }
+        if let Some(t) = &raw.global_defs.lvs_timeouts {
+            let v = t.get_ref();
+            for (name, secs) in [("tcp", v.tcp), ("tcpfin", v.tcpfin), ("udp", v.udp)] {
+                if secs == Some(0) {
+                    return Err(cx.invalid(
+                        t.span(),
+                        "global_defs.lvs_timeouts",
+                        format!("{name} = 0: a timeout is at least 1 second (leave it out for IPVS's default)"),
+                    ));
+                }
+            }
+        }
         if let Some(g) = &raw.global_defs.control_socket_group {
             if g.get_ref().is_empty() || g.get_ref().contains(['\0', ':', '\n']) {
                 return Err(cx.invalid(
@@ -700,7 +764,13 @@ impl Config {
                     "needs a [dataplane] section: it syncs the XDP program's flows",
                 ))
             }
-            Some(s) => Some(sync::sync(cx, s, &vrrp_instances, &virtual_servers)?),
+            Some(s) => Some(sync::sync(
+                cx,
+                s,
+                &vrrp_instances,
+                &virtual_servers,
+                &raw.global_defs.lvs_timeouts(),
+            )?),
         };
         Ok(Config {
             file: cx.file.to_path_buf(),
@@ -1063,6 +1133,48 @@ fn parse_block(file: &Path, b: &split::Block) -> Result<split::Parsed, ConfigErr
     })
 }
 
+/// A real server's `uthreshold`/`lthreshold`: only where connections are counted, the lower
+/// one below the upper one.
+fn thresholds(cx: &Ctx, sched: Scheduler, rs: &RawRealServer) -> Result<Thresholds, ConfigError> {
+    let upper = rs.uthreshold.as_ref();
+    let lower = rs.lthreshold.as_ref();
+    if let Some(t) = upper.or(lower) {
+        if !sched.counts() {
+            let key = if upper.is_some() {
+                "real_server.uthreshold"
+            } else {
+                "real_server.lthreshold"
+            };
+            return Err(cx.invalid(
+                t.span(),
+                key,
+                format!(
+                    "lb_algo {:?} does not count connections: thresholds need lc, wlc, sed, \
+                     nq, fo or ovf",
+                    sched.name()
+                ),
+            ));
+        }
+    }
+    let t = Thresholds {
+        upper: upper.map_or(0, |u| *u.get_ref()),
+        lower: lower.map_or(0, |l| *l.get_ref()),
+    };
+    if let Some(l) = lower {
+        if t.upper == 0 || t.lower >= t.upper {
+            return Err(cx.invalid(
+                l.span(),
+                "real_server.lthreshold",
+                format!(
+                    "{} needs a larger uthreshold (it is where a server takes connections again)",
+                    t.lower
+                ),
+            ));
+        }
+    }
+    Ok(t)
+}
+
 fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, ConfigError> {
     let vip = ip(cx, &vs.ip, "virtual_server.ip")?;
     let proto = match vs.protocol.get_ref().to_ascii_uppercase().as_str() {
@@ -1076,11 +1188,14 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             ))
         }
     };
-    let sched = vs
-        .lb_algo
-        .get_ref()
-        .parse()
-        .map_err(|e: String| cx.invalid(vs.lb_algo.span(), "virtual_server.lb_algo", e))?;
+    // keepalived's default scheduler (IPVS_DEF_SCHED).
+    let sched = match &vs.lb_algo {
+        None => Scheduler::Wlc,
+        Some(a) => a
+            .get_ref()
+            .parse()
+            .map_err(|e: String| cx.invalid(a.span(), "virtual_server.lb_algo", e))?,
+    };
     if !vs.lb_kind.get_ref().eq_ignore_ascii_case("DR") {
         return Err(cx.invalid(
             vs.lb_kind.span(),
@@ -1174,9 +1289,11 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             ));
         }
         let checks = check::checks(cx, vs, rs, addr)?;
+        let thresholds = thresholds(cx, sched, rs)?;
         real_servers.push(RealServer {
             addr,
             weight,
+            thresholds,
             checks,
         });
     }
@@ -1188,9 +1305,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         persistence_timeout: vs.persistence_timeout,
         persistence_prefix,
         hash_port: vs.hash_port,
-        idle_timeout: vs
-            .idle_timeout
-            .unwrap_or_else(|| proto.default_idle_timeout()),
+        idle_timeout: vs.idle_timeout,
         is_static: vs.is_static,
         sloppy_tcp: vs.sloppy_tcp.unwrap_or(true),
         expire_nodest_conn: vs.expire_nodest_conn,
@@ -1286,7 +1401,8 @@ static = true
         assert_eq!(d.max_flows, lb_common::DEFAULT_MAX_FLOWS);
         let vs = &c.virtual_servers[0];
         assert_eq!(vs.sched, Scheduler::Rr);
-        assert_eq!(vs.idle_timeout, 900);
+        assert_eq!(vs.idle_timeout, None);
+        assert_eq!(vs.idle_timeout(&Default::default()), 900);
         assert_eq!(vs.persistence_prefix, 32);
         assert_eq!(vs.real_servers[1].weight, 1, "keepalived's default weight");
         assert!(vs.is_static);
@@ -1311,8 +1427,13 @@ static = true
             ),
             (
                 "lb_algo = \"rr\"",
-                "lb_algo = \"lc\"",
+                "lb_algo = \"lblc\"",
                 "lb.toml:13: `virtual_server.lb_algo`",
+            ),
+            (
+                "weight = 1",
+                "weight = 1\nuthreshold = 10",
+                "lb.toml:21: `real_server.uthreshold`: lb_algo \"rr\" does not count connections",
             ),
             (
                 "lb_kind = \"DR\"",
@@ -1374,6 +1495,52 @@ static = true
             let e = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(e.starts_with(want), "{to}: {e}");
         }
+    }
+
+    /// keepalived's default scheduler, thresholds and `lvs_timeouts`.
+    #[test]
+    fn wlc_by_default_thresholds_and_lvs_timeouts() {
+        let text = GOOD.replacen("lb_algo = \"rr\"\n", "", 1);
+        let c = parse(&text).unwrap();
+        assert_eq!(c.virtual_servers[0].sched, Scheduler::Wlc);
+        let text = GOOD.replacen(
+            "weight = 1",
+            "weight = 1\nuthreshold = 100\nlthreshold = 60",
+            1,
+        );
+        let text = text.replacen("lb_algo = \"rr\"", "lb_algo = \"wlc\"", 1);
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.virtual_servers[0].real_servers[0].thresholds,
+            Thresholds {
+                upper: 100,
+                lower: 60
+            }
+        );
+        let bad = text.replacen("lthreshold = 60", "lthreshold = 100", 1);
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lb.toml:22: `real_server.lthreshold`: 100 needs a larger uthreshold"),
+            "{e}"
+        );
+        let text = GOOD.replacen(
+            "router_id = \"LVS_1\"",
+            "router_id = \"LVS_1\"\nlvs_timeouts = { tcp = 7200, tcpfin = 30 }",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        let lvs = c.global_defs.lvs_timeouts();
+        assert_eq!(c.virtual_servers[0].idle_timeout(&lvs), 7200);
+        let t = lvs.per_state();
+        assert_eq!(t[lb_common::conn_state::FIN_WAIT as usize], 30);
+        assert_eq!(t[lb_common::conn_state::UDP as usize], 300);
+        assert_eq!(t[lb_common::conn_state::CLOSE as usize], 10);
+        let bad = text.replacen("tcpfin = 30", "tcpfin = 0", 1);
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lb.toml:4: `global_defs.lvs_timeouts`: tcpfin"),
+            "{e}"
+        );
     }
 
     /// `GOOD` with a VRRP instance owning the VIP, tracking `track`; a UDP service on the

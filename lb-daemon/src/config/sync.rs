@@ -151,6 +151,7 @@ pub(super) fn sync(
     s: &RawSync,
     instances: &[VrrpInstance],
     services: &[std::sync::Arc<VirtualServer>],
+    lvs: &crate::model::LvsTimeouts,
 ) -> Result<SyncConfig, ConfigError> {
     let key = |k: &str| format!("sync.{k}");
     if s.interface.get_ref().is_empty() {
@@ -293,7 +294,8 @@ pub(super) fn sync(
     // A synced flow idle for less than its timeout must stay on the backup: its refreshes
     // come at most a refresh interval (plus the lag) apart.
     for vs in services.iter().filter(|vs| synced(inst, vs)) {
-        if vs.idle_timeout != 0 && vs.idle_timeout < 2 * refresh_interval {
+        let idle = vs.idle_timeout(lvs);
+        if idle != 0 && idle < 2 * refresh_interval {
             let span = s
                 .refresh_interval
                 .as_ref()
@@ -306,7 +308,7 @@ pub(super) fn sync(
                      on the backup between two refreshes",
                     refresh_interval,
                     vs.name(),
-                    vs.idle_timeout
+                    idle
                 ),
             ));
         }

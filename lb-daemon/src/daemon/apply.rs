@@ -72,6 +72,9 @@ pub(super) struct Dp {
     all_stale: bool,
     /// These services are to be computed again (see [`Dp::stale`]).
     stale: HashSet<ServiceKey>,
+    /// `lvs_timeouts` as the program has them (none before the first apply): a change
+    /// rewrites `TIMEOUTS` and computes every service again (their idle timeouts follow).
+    lvs: Option<crate::model::LvsTimeouts>,
 }
 
 impl Dp {
@@ -84,6 +87,7 @@ impl Dp {
             applied: Vec::new(),
             all_stale: true,
             stale: HashSet::new(),
+            lvs: None,
         }
     }
 
@@ -118,6 +122,15 @@ impl Dp {
         overrides: &Overrides,
     ) -> Result<(), PlanError> {
         let health_of = |vs: &VirtualServer, rs: &RealServer| verdict_of(health, overrides, vs, rs);
+        let lvs = config.global_defs.lvs_timeouts();
+        if self.lvs != Some(lvs) {
+            if let Err(e) = self.xdp.dp.writer_mut().set_timeouts(&lvs.per_state()) {
+                tracing::error!("writing the connection timeouts: {e}");
+            } else {
+                self.lvs = Some(lvs);
+            }
+            self.all_stale = true;
+        }
         let all_stale = std::mem::take(&mut self.all_stale);
         let stale = std::mem::take(&mut self.stale);
         // The last apply's specs, where a kept service at the same place is already right
@@ -221,6 +234,7 @@ impl Dp {
         let has = vs.quorum_next(had.unwrap_or(true), healthy);
         let spec = service_spec(
             vs,
+            &self.lvs.unwrap_or_default(),
             |ip| self.macs.known.get(&ip).copied(),
             master_vips,
             health_of,

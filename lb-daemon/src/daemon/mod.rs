@@ -64,6 +64,9 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
     let (mut state, mut inbox) = State::start(config_path).await?;
     // The program's clock: flow idle times and persistence templates are measured on it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The count-based schedulers' candidates (lc, wlc...): ranked again on the counts now.
+    let mut rank = tokio::time::interval(Duration::from_millis(20));
+    rank.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The control socket (status, reload, changes); the Prometheus endpoint is the state's.
     let (group_tx, group) = watch::channel(control_group(&state.config)?);
     let ctl_path = state.config.global_defs.control_socket_path();
@@ -111,6 +114,7 @@ pub async fn run(config_path: std::path::PathBuf) -> Result<()> {
             }
             Some(ev) = inbox.track.recv() => state.on_track(ev),
             _ = tick.tick() => state.on_tick(Instant::now()),
+            _ = rank.tick() => state.on_rank(),
             _ = hup.recv() => {
                 if let Err(e) = state.on_reload().await {
                     error!("reload refused, keeping the running configuration: {e}");

@@ -36,13 +36,23 @@ pub fn service_specs(
     config
         .virtual_servers
         .iter()
-        .map(|vs| service_spec(vs, &mac_of, master_vips, &health_of, has_quorum(vs)))
+        .map(|vs| {
+            service_spec(
+                vs,
+                &config.global_defs.lvs_timeouts(),
+                &mac_of,
+                master_vips,
+                &health_of,
+                has_quorum(vs),
+            )
+        })
         .collect()
 }
 
 /// One service of [`service_specs`], its quorum given.
 pub fn service_spec(
     vs: &VirtualServer,
+    lvs: &crate::model::LvsTimeouts,
     mac_of: impl Fn(IpAddr) -> Option<[u8; 6]>,
     master_vips: &HashSet<IpAddr>,
     health_of: impl Fn(&VirtualServer, &RealServer) -> Option<(bool, Option<u32>)>,
@@ -58,16 +68,19 @@ pub fn service_spec(
                 rs.checks.inhibit_on_failure,
             ) {
                 (Some(weight), _) => BackendSpec {
+                    thresholds: Default::default(),
                     addr: rs.addr,
                     weight,
                     mac,
                 },
                 (None, true) => BackendSpec {
+                    thresholds: Default::default(),
                     addr: rs.addr,
                     weight: 0,
                     mac,
                 },
                 (None, false) => BackendSpec {
+                    thresholds: Default::default(),
                     addr: rs.addr,
                     weight: 0,
                     mac: if vs.expire_nodest_conn { None } else { mac },
@@ -92,6 +105,7 @@ pub fn service_spec(
             }
         }
         backends.push(BackendSpec {
+            thresholds: Default::default(),
             addr: sorry,
             weight: 1,
             mac: mac_of(sorry.ip()),
@@ -105,7 +119,7 @@ pub fn service_spec(
         hash_port: vs.hash_port,
         persistence_timeout: vs.persistence_timeout,
         persistence_prefix: vs.persistence_prefix,
-        idle_timeout: vs.idle_timeout,
+        idle_timeout: vs.idle_timeout(lvs),
         sloppy_tcp: vs.sloppy_tcp,
         mh_table_size: vs.mh_table_size,
         active,
@@ -129,6 +143,7 @@ pub fn dataplane_limits(config: &Config) -> Result<Limits, plan::PlanError> {
     for (spec, vs) in specs.iter_mut().zip(&config.virtual_servers) {
         if let Some(sorry) = vs.sorry_server {
             spec.backends.push(BackendSpec {
+                thresholds: Default::default(),
                 addr: sorry,
                 weight: 1,
                 mac: Some([2, 0, 0, 0, 0, 1]),

@@ -122,6 +122,7 @@ weight = 1
             backends: backends
                 .iter()
                 .map(|(a, w, mac)| BackendSpec {
+                    thresholds: Default::default(),
                     addr: a.parse().unwrap(),
                     weight: *w,
                     mac: mac.then_some([2, 0, 0, 0, 0, 1]),

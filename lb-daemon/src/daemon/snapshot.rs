@@ -8,7 +8,7 @@ use super::{overrides::Overrides, Dp};
 use crate::{
     config::Config,
     health::BackendHealth,
-    model::{Mac, Scheduler, ServiceKey},
+    model::{Mac, ServiceKey},
     status::{self, BackendStatus, ServiceStatus, Snapshot, VrrpStatus},
     vrrp::{notify::Notifier, runtime},
 };
@@ -133,6 +133,7 @@ fn services(
                         counters(&backend_counters, *bid),
                         flows_of(bid),
                     );
+                    (row.active_conns, row.inactive_conns) = maps.load(*bid);
                     if let Some(o) = rs.and_then(|_| overrides.get(&spec.key(), b.addr)) {
                         row.override_weight = o.weight;
                         row.disabled = o.disabled;
@@ -147,19 +148,15 @@ fn services(
             vip: spec.vip,
             port: spec.port,
             protocol: spec.proto.name().into(),
-            scheduler: match spec.sched {
-                Scheduler::Rr => "rr",
-                Scheduler::Wrr => "wrr",
-                Scheduler::Sh => "sh",
-                Scheduler::Mh => "mh",
-            }
-            .into(),
+            scheduler: spec.sched.name().into(),
             active: spec.active,
             persistence_timeout: spec.persistence_timeout,
             packets: sc.packets,
             bytes: sc.bytes,
             new_flows: sc.new_flows,
             active_flows: bids.iter().map(flows_of).sum(),
+            active_conns: bids.iter().map(|b| maps.load(*b).0).sum(),
+            inactive_conns: bids.iter().map(|b| maps.load(*b).1).sum(),
             backends,
             rate: None,
         });
@@ -195,6 +192,8 @@ fn backend(
         bytes: bc.bytes,
         new_flows: bc.new_flows,
         active_flows,
+        active_conns: 0,
+        inactive_conns: 0,
         checks_run: h.map_or(0, |h| h.checks.iter().map(|c| c.probes).sum()),
         checks_failed: h.map_or(0, |h| h.failures),
         check_latency_ms: h

@@ -67,9 +67,29 @@ pub(super) struct Xdp {
     /// what still arrives there for [`RETIRE_AFTER`] (the VIP's traffic moves after the
     /// reload), then it is detached.
     retired: Option<(program::Attachment, String, Instant)>,
+    /// The sweep's pacing (see [`Xdp::sweep`]).
+    sweep: Sweep,
     /// Held while this daemon runs the dataplane (see [`dataplane_lock`]).
     _lock: std::fs::File,
 }
+
+/// When the sweep last ran and what it cost.
+#[derive(Debug, Default)]
+struct Sweep {
+    last: Option<Instant>,
+    took: Duration,
+}
+
+/// The share of the flow table flows waiting for the client's ACK may take: a quarter. A
+/// SYN flood then fills at most that share (the rest goes out untracked, by hash), and the
+/// established flows in the other three quarters are never evicted for it.
+fn syn_cap(max_flows: u32) -> u32 {
+    (max_flows / 4).max(1)
+}
+
+/// At most this share of a core for the sweep: a table that takes 20 ms to walk is swept
+/// every second, one that takes 200 ms every 10 s.
+const SWEEP_SHARE: u32 = 50;
 
 /// The pinned maps a start takes over, and their planner (see [`Xdp::start`]).
 struct TakeOver {
@@ -250,8 +270,10 @@ impl Xdp {
             flow_counts: None,
             adopted,
             retired: None,
+            sweep: Sweep::default(),
             _lock: lock,
         })
+        .inspect(|x| x.dp.writer().set_syn_cap(syn_cap(d.max_flows)))
     }
 
     /// Takes the program off the interface and removes the pins (a `release` stop): the
@@ -284,6 +306,12 @@ impl Xdp {
         if let Err(e) = self.dp.writer_mut().set_clock(monotonic_seconds()) {
             tracing::error!("updating the XDP program's clock: {e}");
         }
+        let due = self.sweep.last.is_none_or(|at| {
+            at.elapsed() >= (self.sweep.took * SWEEP_SHARE).max(Duration::from_secs(1))
+        });
+        if due {
+            self.sweep();
+        }
         if self
             .retired
             .as_ref()
@@ -304,6 +332,26 @@ impl Xdp {
         }
     }
 
+    /// The sweep (`Dataplane::sweep`): expired flows removed, the connection counts put
+    /// right. Paced by [`SWEEP_SHARE`].
+    pub(super) fn sweep(&mut self) {
+        let started = Instant::now();
+        match self.dp.sweep(&self.flows) {
+            Ok(s) if s.removed > 0 => {
+                tracing::debug!(walked = s.walked, removed = s.removed, "flows swept")
+            }
+            Ok(_) => {}
+            Err(e) => warn!("sweeping the flow tables: {e}"),
+        }
+        self.sweep.took = started.elapsed();
+        self.sweep.last = Some(Instant::now());
+    }
+
+    /// The count-based schedulers' candidates, ranked again (every 20 ms).
+    pub(super) fn rank(&self) {
+        self.dp.rank();
+    }
+
     /// Flows per backend id (current generation only), counted at most `max_age` ago. A
     /// failed walk is logged and shows as no flows.
     pub(super) fn active_flows(&mut self, max_age: Duration) -> HashMap<u32, u64> {
@@ -314,7 +362,8 @@ impl Xdp {
         }
         let current = self.dp.current();
         let idle_of = |sid: u32| current.infos.get(&sid).map(|i| i.idle_timeout_s);
-        let counts = match self.flows.counts(monotonic_seconds(), idle_of) {
+        let timeouts = *self.dp.writer().timeouts();
+        let counts = match self.flows.counts(monotonic_seconds(), idle_of, &timeouts) {
             Ok(c) => c,
             Err(e) => {
                 warn!("counting flows: {e}");
@@ -518,7 +567,7 @@ impl Xdp {
                     ..Which::default()
                 })
             }
-            Scheduler::Rr | Scheduler::Wrr => {
+            _ => {
                 let mut candidates: Vec<SocketAddr> = Vec::new();
                 for &bid in slots.iter() {
                     if let Some(a) = addr_of(bid).filter(|a| !candidates.contains(a)) {
@@ -528,7 +577,14 @@ impl Xdp {
                 Ok(Which {
                     by: "scheduler".into(),
                     candidates,
-                    note: Some("rr and wrr take turns on each CPU".into()),
+                    note: Some(
+                        if spec.sched.counts() {
+                            "the least loaded takes it, by the connection counts at that moment"
+                        } else {
+                            "rr and wrr take turns on each CPU"
+                        }
+                        .into(),
+                    ),
                     ..Which::default()
                 })
             }
@@ -680,6 +736,7 @@ impl Xdp {
         }
         self.flows = Arc::new(new_tables);
         self.flow_counts = None;
+        self.dp.writer().set_syn_cap(syn_cap(max_flows));
         // Sync reads and writes the tables: a new engine over the new ones.
         if self.sync.is_some() {
             let key = self.sync_key.clone();

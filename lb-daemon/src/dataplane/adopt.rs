@@ -89,9 +89,7 @@ fn ip_of(addr: &[u32; 4], family: u8) -> Option<IpAddr> {
 }
 
 fn scheduler(code: u32) -> Option<Scheduler> {
-    [Scheduler::Rr, Scheduler::Wrr, Scheduler::Sh, Scheduler::Mh]
-        .into_iter()
-        .find(|s| s.code() == code)
+    Scheduler::of_code(code)
 }
 
 fn proto(number: u8) -> Option<Proto> {
@@ -199,6 +197,10 @@ impl<W: MapWriter> Dataplane<W> {
                     .unwrap_or_default();
                 let present = b.flags & BACKEND_F_PRESENT != 0;
                 backends.push(BackendSpec {
+                    thresholds: super::Thresholds {
+                        upper: b.u_threshold,
+                        lower: b.l_threshold,
+                    },
                     addr: SocketAddr::new(ip, k.port),
                     weight: u32::from(b.flags & BACKEND_F_DRAINING == 0 && present),
                     mac: present.then_some(b.mac),
@@ -399,6 +401,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (a, w))| BackendSpec {
+                    thresholds: Default::default(),
                     addr: a.parse().unwrap(),
                     weight: *w,
                     mac: Some([2, 0, 0, 0, 0, i as u8 + 1]),
@@ -488,6 +491,7 @@ mod tests {
             .expect("a freed slot keeps its generation") as u32;
         let old_generation = found.backends[freed as usize].generation;
         specs[2].backends.push(BackendSpec {
+            thresholds: Default::default(),
             addr: "198.51.100.9:80".parse().unwrap(),
             weight: 1,
             mac: Some([2, 0, 0, 0, 0, 9]),
@@ -712,6 +716,7 @@ mod tests {
         let base_found = base.found(limits());
         target.remove(0);
         target[0].backends.push(BackendSpec {
+            thresholds: Default::default(),
             addr: "[2001:db8::3]:80".parse().unwrap(),
             weight: 1,
             mac: None,

@@ -23,6 +23,7 @@ use lb_common::{
 /// `BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 /// `bpf_map_update_elem` flags.
@@ -47,6 +48,12 @@ pub enum FlowsError {
     },
     #[error("reading {map}: BPF_MAP_LOOKUP_ELEM: {source}")]
     Lookup {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("removing expired flows from {map}: BPF_MAP_DELETE_BATCH: {source}")]
+    Delete {
         map: &'static str,
         #[source]
         source: io::Error,
@@ -265,15 +272,17 @@ impl FlowTables {
     }
 
     /// How many flows each backend holds at `now` (the program's `CLOCK`), counting only
-    /// entries not idle past `idle_of(service)` seconds (0: no limit).
+    /// entries not past their timeout: their state's (`timeouts`), or for an established
+    /// connection or a UDP flow `idle_of(service)` seconds (0: no limit).
     pub fn counts(
         &self,
         now: u32,
         idle_of: impl Fn(u32) -> Option<u32>,
+        timeouts: &[u32; lb_common::conn_state::COUNT as usize],
     ) -> Result<FlowCounts, FlowsError> {
         let mut counts = FlowCounts::new();
         self.for_each(|v| {
-            if live(v, now, &idle_of) {
+            if !super::expiry::expired(v, now, idle_of(v.service), timeouts) {
                 *counts.entry((v.backend, v.generation)).or_default() += 1;
             }
         })?;
@@ -281,7 +290,65 @@ impl FlowTables {
     }
 }
 
+/// What a sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Entries walked.
+    pub walked: usize,
+    /// Expired entries removed.
+    pub removed: usize,
+}
+
 impl FlowTables {
+    /// IPVS's connection timers, in batches: walks both connection tables, removes every
+    /// entry `expired` says is past its timeout, and shows `live` every other one. An entry
+    /// the program replaced between the walk's read and the removal (a client that reused
+    /// the 5-tuple of an expired flow within that moment) goes too; the per-CPU flow cache,
+    /// which holds the new flow, writes it back at its next second.
+    pub fn sweep(
+        &self,
+        expired: impl Fn(&FlowValue) -> bool,
+        mut live: impl FnMut(&FlowValue),
+    ) -> Result<Swept, FlowsError> {
+        fn one<K: Copy + Default>(
+            tables: &FlowTables,
+            t: Table,
+            expired: &impl Fn(&FlowValue) -> bool,
+            live: &mut impl FnMut(&FlowValue),
+            out: &mut Swept,
+        ) -> Result<(), FlowsError> {
+            let fd = tables.map(t).fd().as_fd();
+            let mut c = tables.cursor::<K>(t);
+            let mut gone: Vec<K> = Vec::new();
+            while !c.is_done() {
+                let (keys, values) = c.step(fd)?;
+                out.walked += keys.len();
+                for (k, v) in keys.iter().zip(values) {
+                    if expired(v) {
+                        gone.push(*k);
+                    } else {
+                        live(v);
+                    }
+                }
+            }
+            for chunk in gone.chunks(BATCH) {
+                let (n, err) = delete_keys(fd, chunk);
+                out.removed += n;
+                if let Some(source) = err {
+                    return Err(FlowsError::Delete {
+                        map: t.name(),
+                        source,
+                    });
+                }
+            }
+            Ok(())
+        }
+        let mut out = Swept::default();
+        one::<FlowKey4>(self, Table::Flows4, &expired, &mut live, &mut out)?;
+        one::<FlowKey6>(self, Table::Flows6, &expired, &mut live, &mut out)?;
+        Ok(out)
+    }
+
     /// The flow of (`proto`, `client`, `vip`) in its family's table, if there is one.
     pub fn flow(
         &self,
@@ -437,16 +504,6 @@ impl FlowTables {
             }
         }
         Ok(())
-    }
-}
-
-/// The program's own test (`usable` in lb-ebpf's lb.rs): the service exists, and the flow
-/// has not been idle for longer than the service's timeout.
-fn live(v: &FlowValue, now: u32, idle_of: &impl Fn(u32) -> Option<u32>) -> bool {
-    match idle_of(v.service) {
-        None => false,
-        Some(0) => true,
-        Some(idle) => now.wrapping_sub(v.last_seen) <= idle,
     }
 }
 
@@ -718,6 +775,33 @@ pub unsafe fn lookup_batch(
     ((attr.count as usize).min(count as usize), err)
 }
 
+/// `BPF_MAP_DELETE_BATCH` of `keys`, in as many calls as it takes: the kernel stops at a key
+/// that is not there (ENOENT: the LRU evicted it meanwhile), which is skipped. Returns how
+/// many it removed, and the first other error.
+fn delete_keys<K: Copy>(fd: BorrowedFd<'_>, keys: &[K]) -> (usize, Option<io::Error>) {
+    let (mut at, mut removed) = (0, 0);
+    while at < keys.len() {
+        let rest = &keys[at..];
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at `rest.len()` keys of the map's key type `K` (the
+        // caller's table).
+        let err = unsafe { batch(BPF_MAP_DELETE_BATCH, &mut attr) };
+        let n = (attr.count as usize).min(rest.len());
+        removed += n;
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            None => break,
+            Some(libc::ENOENT) => at += n + 1,
+            Some(_) => return (removed, err),
+        }
+    }
+    (removed, None)
+}
+
 /// `BPF_MAP_UPDATE_BATCH` of `n` entries; returns how many the kernel wrote, and its error.
 ///
 /// # Safety
@@ -856,30 +940,4 @@ fn walk<K: Copy + Default>(
         total += values.len();
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_live_entries_count() {
-        let v = |service, last_seen| FlowValue {
-            backend: 1,
-            generation: 2,
-            service,
-            last_seen,
-        };
-        let idle = |s| match s {
-            0 => Some(300),
-            1 => Some(0),
-            _ => None,
-        };
-        assert!(live(&v(0, 1000), 1300, &idle));
-        assert!(!live(&v(0, 1000), 1301, &idle), "idle past the timeout");
-        assert!(live(&v(1, 0), u32::MAX, &idle), "no timeout");
-        assert!(!live(&v(7, 1000), 1000, &idle), "no such service");
-        // The clock wraps like the program's.
-        assert!(live(&v(0, u32::MAX - 10), 5, &idle));
-    }
 }

@@ -175,7 +175,28 @@ pub struct BpfMaps {
     reason_stats: PerCpuArray<MapData, ReasonCounters>,
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    /// `BACKEND_LOAD`: the connection counts (`BackendLoad`: active, inactive, flags).
+    load: MappedArray,
+    /// `SYN_GUARD`'s one element (`SynGuard`: embryonic, cap, flood_until).
+    guard: MappedArray,
+    timeouts: Array<MapData, u32>,
+    /// `CANDIDATES`: per service, the two backends a count-based scheduler chooses between.
+    candidates: MappedArray,
+    /// What `TIMEOUTS` holds (written only from here).
+    timeouts_now: [u32; lb_common::conn_state::COUNT as usize],
 }
+
+/// Words of `BackendLoad` and `SynGuard` (lb-common's layouts).
+const LOAD_ACTIVE: usize = 0;
+const LOAD_INACTIVE: usize = 1;
+const LOAD_FLAGS: usize = 2;
+const GUARD_EMBRYONIC: usize = 0;
+const GUARD_CAP: usize = 1;
+const GUARD_FLOOD_UNTIL: usize = 2;
+const _: () = assert!(std::mem::offset_of!(lb_common::BackendLoad, inactive) == 4 * LOAD_INACTIVE);
+const _: () = assert!(std::mem::offset_of!(lb_common::SynGuard, cap) == 4 * GUARD_CAP);
+const _: () =
+    assert!(std::mem::offset_of!(lb_common::SynGuard, flood_until) == 4 * GUARD_FLOOD_UNTIL);
 
 fn key4(k: &MapKey) -> ServiceKey4 {
     ServiceKey4 {
@@ -215,28 +236,36 @@ where
     })
 }
 
-/// `RINGS`, written through a shared mapping of the array (the program declares it
-/// `BPF_F_MMAPABLE`): a slot is one 32-bit store, where the bpf() call would cost a system
-/// call a slot, seconds for a hundred Maglev tables of 65537 slots.
-struct RingMap {
+/// An array the program declares `BPF_F_MMAPABLE`, mapped into the daemon's memory: its
+/// 32-bit words are read and written as atomics, concurrently with the program.
+///
+/// `RINGS` is written so: a slot is one 32-bit store, where the bpf() call would cost a
+/// system call a slot, seconds for a hundred Maglev tables of 65537 slots. `BACKEND_LOAD`
+/// and `SYN_GUARD` are corrected so: the program adds to their counts on every CPU, and
+/// only an atomic add of the daemon's correction keeps what it added meanwhile (an element
+/// update would overwrite it).
+struct MappedArray {
     /// Keeps the map (and so the mapping's pages) alive.
     _map: MapData,
     mmap: memmap2::MmapMut,
     len: u32,
+    /// 32-bit words from one element to the next: the kernel lays array elements
+    /// `round_up(value_size, 8)` bytes apart.
+    stride: usize,
 }
 
-impl RingMap {
-    fn open(fds: &MapFds) -> Result<Self, MapWriteError> {
-        let name = names::RINGS;
+impl MappedArray {
+    fn open(fds: &MapFds, name: &'static str, value_size: usize) -> Result<Self, MapWriteError> {
         let fd = fds
             .dup(name)
             .map_err(|_| MapWriteError::Missing { map: name })?;
         let data = MapData::from_fd(fd).map_err(kernel(name, "open"))?;
         let len = data.info().map_err(kernel(name, "read"))?.max_entries();
-        let bytes = (len as usize * RING_STRIDE * 4).next_multiple_of(page_size());
+        let stride = value_size.next_multiple_of(8) / 4;
+        let bytes = (len as usize * stride * 4).next_multiple_of(page_size());
         // SAFETY: the kernel maps the array's own pages; they live as long as the map, which
-        // `_map` keeps. Slots are only ever accessed as `AtomicU32` (`slots`), so the
-        // program's concurrent reads race with nothing Rust assumes exclusive.
+        // `_map` keeps. Words are only ever accessed as `AtomicU32` (`word`), so the
+        // program's concurrent accesses race with nothing Rust assumes exclusive.
         let mmap = unsafe {
             memmap2::MmapOptions::new()
                 .len(bytes)
@@ -250,26 +279,43 @@ impl RingMap {
             _map: data,
             mmap,
             len,
+            stride,
         })
     }
 
-    /// Slot `index`: the first 32-bit word of its element.
-    fn slot(&self, index: u32) -> Option<&AtomicU32> {
-        // SAFETY: the mapping is page-aligned and holds `len` elements of `RING_STRIDE`
-        // words (see `take`); AtomicU32 has u32's layout.
+    /// Word `word` of element `index`.
+    fn word(&self, index: u32, word: usize) -> Option<&AtomicU32> {
+        if word >= self.stride {
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned and holds `len` elements of `stride` words
+        // (see `open`); AtomicU32 has u32's layout.
         let words = unsafe {
             std::slice::from_raw_parts(
                 self.mmap.as_ptr().cast::<AtomicU32>(),
-                self.len as usize * RING_STRIDE,
+                self.len as usize * self.stride,
             )
         };
-        words.get(index as usize * RING_STRIDE)
+        words.get(index as usize * self.stride + word)
     }
 }
 
-/// 32-bit words from one `RINGS` element to the next: the kernel lays array elements 8
-/// bytes apart (`round_up(value_size, 8)`), a u32 value in the first half.
-const RING_STRIDE: usize = 2;
+/// `RINGS`: a slot is the first 32-bit word of its element.
+struct RingMap(MappedArray);
+
+impl RingMap {
+    fn open(fds: &MapFds) -> Result<Self, MapWriteError> {
+        Ok(Self(MappedArray::open(fds, names::RINGS, 4)?))
+    }
+
+    fn slot(&self, index: u32) -> Option<&AtomicU32> {
+        self.0.word(index, 0)
+    }
+
+    fn len(&self) -> u32 {
+        self.0.len
+    }
+}
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -311,7 +357,161 @@ impl BpfMaps {
             reason_stats: open(fds, names::REASON_STATS)?,
             service_stats: open(fds, names::SERVICE_STATS)?,
             backend_stats: open(fds, names::BACKEND_STATS)?,
+            load: MappedArray::open(
+                fds,
+                names::BACKEND_LOAD,
+                std::mem::size_of::<lb_common::BackendLoad>(),
+            )?,
+            guard: MappedArray::open(
+                fds,
+                names::SYN_GUARD,
+                std::mem::size_of::<lb_common::SynGuard>(),
+            )?,
+            timeouts: open(fds, names::TIMEOUTS)?,
+            candidates: MappedArray::open(fds, names::CANDIDATES, 8)?,
+            timeouts_now: [0; lb_common::conn_state::COUNT as usize],
         })
+    }
+
+    /// The connection states' timeouts as last written.
+    pub fn timeouts(&self) -> &[u32; lb_common::conn_state::COUNT as usize] {
+        &self.timeouts_now
+    }
+
+    /// Offers service `sid`'s two candidates (backend id + 1; 0: none), each word written
+    /// only when it changes.
+    pub fn set_candidates(&self, sid: u32, pair: [u32; 2]) {
+        for (w, v) in pair.into_iter().enumerate() {
+            if let Some(a) = self.candidates.word(sid, w) {
+                if a.load(Ordering::Relaxed) != v {
+                    a.store(v, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The candidates offered for service `sid` (tests).
+    pub fn candidates(&self, sid: u32) -> [u32; 2] {
+        let read = |w| {
+            self.candidates
+                .word(sid, w)
+                .map_or(0, |a| a.load(Ordering::Relaxed))
+        };
+        [read(0), read(1)]
+    }
+
+    /// Backend `id`'s overload flag (`LOAD_F_OVERLOAD`).
+    pub fn overload_flag(&self, id: u32) -> bool {
+        self.load
+            .word(id, LOAD_FLAGS)
+            .is_some_and(|a| a.load(Ordering::Relaxed) & lb_common::LOAD_F_OVERLOAD != 0)
+    }
+
+    pub fn set_overload_flag(&self, id: u32, on: bool) {
+        if let Some(a) = self.load.word(id, LOAD_FLAGS) {
+            if on {
+                a.fetch_or(lb_common::LOAD_F_OVERLOAD, Ordering::Relaxed);
+            } else {
+                a.fetch_and(!lb_common::LOAD_F_OVERLOAD, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The connection states' timeouts (`lb_common::conn_state`), seconds.
+    pub fn set_timeouts(
+        &mut self,
+        t: &[u32; lb_common::conn_state::COUNT as usize],
+    ) -> Result<(), MapWriteError> {
+        for (state, &secs) in t.iter().enumerate() {
+            let state = state as u32;
+            if self.timeouts.get(&state, 0).ok() != Some(secs) {
+                self.timeouts
+                    .set(state, secs, 0)
+                    .map_err(kernel(names::TIMEOUTS, "update"))?;
+            }
+        }
+        self.timeouts_now = *t;
+        Ok(())
+    }
+
+    /// The most flows the table may hold in SYN_RECV (0: no limit).
+    pub fn set_syn_cap(&self, cap: u32) {
+        if let Some(w) = self.guard.word(0, GUARD_CAP) {
+            w.store(cap, Ordering::Relaxed);
+        }
+    }
+
+    /// Backend slots of `BACKEND_LOAD`.
+    pub fn load_len(&self) -> u32 {
+        self.load.len
+    }
+
+    /// Backend `id`'s connections now: (active, inactive), never below 0.
+    pub fn load(&self, id: u32) -> (u64, u64) {
+        let read = |w| {
+            self.load
+                .word(id, w)
+                .map_or(0, |a| (a.load(Ordering::Relaxed) as i32).max(0) as u64)
+        };
+        (read(LOAD_ACTIVE), read(LOAD_INACTIVE))
+    }
+
+    /// The raw counts (active, inactive) of every backend slot, for a correction.
+    pub fn load_snapshot(&self) -> Vec<(i32, i32)> {
+        (0..self.load.len)
+            .map(|id| {
+                let read = |w| {
+                    self.load
+                        .word(id, w)
+                        .map_or(0, |a| a.load(Ordering::Relaxed) as i32)
+                };
+                (read(LOAD_ACTIVE), read(LOAD_INACTIVE))
+            })
+            .collect()
+    }
+
+    /// Adds `delta` (active, inactive) to backend `id`'s counts, atomically: what the
+    /// program adds meanwhile stays.
+    pub fn correct_load(&self, id: u32, delta: (i32, i32)) {
+        for (w, d) in [(LOAD_ACTIVE, delta.0), (LOAD_INACTIVE, delta.1)] {
+            if d != 0 {
+                if let Some(a) = self.load.word(id, w) {
+                    a.fetch_add(d as u32, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Zeroes backend `id`'s counts (a slot given to another backend).
+    pub fn clear_load(&self, id: u32) {
+        for w in [LOAD_ACTIVE, LOAD_INACTIVE, LOAD_FLAGS] {
+            if let Some(a) = self.load.word(id, w) {
+                a.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The SYN-flood guard: (flows in SYN_RECV, the cap, flood window end).
+    pub fn guard(&self) -> (i32, u32, u32) {
+        let read = |w| {
+            self.guard
+                .word(0, w)
+                .map_or(0, |a| a.load(Ordering::Relaxed))
+        };
+        (
+            read(GUARD_EMBRYONIC) as i32,
+            read(GUARD_CAP),
+            read(GUARD_FLOOD_UNTIL),
+        )
+    }
+
+    /// Adds `delta` to the count of flows in SYN_RECV, atomically.
+    pub fn correct_embryonic(&self, delta: i32) {
+        if delta != 0 {
+            if let Some(a) = self.guard.word(0, GUARD_EMBRYONIC) {
+                a.fetch_add(delta as u32, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The daemon's record beside the maps (all zeroes in maps nobody wrote it to).
@@ -357,8 +557,8 @@ impl BpfMaps {
         found.infos = read_array(&self.infos, names::SERVICE_INFO)?;
         found.backends = read_array(&self.backends, names::BACKENDS)?;
         found.keys = read_array(&self.keys, names::BACKEND_KEYS)?;
-        let mut rings = Vec::with_capacity(self.rings.len as usize);
-        for i in 0..self.rings.len {
+        let mut rings = Vec::with_capacity(self.rings.len() as usize);
+        for i in 0..self.rings.len() {
             rings.push(self.rings.slot(i).map_or(0, |s| s.load(Ordering::Relaxed)));
         }
         found.rings = rings;
@@ -371,6 +571,7 @@ impl BpfMaps {
     pub fn regrown(&self, fds: &MapFds) -> Result<Self, MapWriteError> {
         let mut new = Self::open(fds)?;
         new.clock_now = self.clock_now;
+        new.timeouts_now = self.timeouts_now;
         for (from, to, name) in [
             (
                 &self.service_stats,
@@ -389,6 +590,11 @@ impl BpfMaps {
                     to.set(id, v, 0).map_err(kernel(name, "update"))?;
                 }
             }
+        }
+        // The connection counts carry on too (what the program adds to the old ones until
+        // the switch, the next sweep puts right).
+        for (id, (a, i)) in self.load_snapshot().into_iter().enumerate() {
+            new.correct_load(id as u32, (a, i));
         }
         Ok(new)
     }
@@ -693,7 +899,7 @@ impl MapWriter for BpfMaps {
         let slot = self.rings.slot(index).ok_or(MapWriteError::OutOfRange {
             map: names::RINGS,
             index,
-            len: self.rings.len,
+            len: self.rings.len(),
         })?;
         slot.store(backend, Ordering::Relaxed);
         Ok(())

@@ -6,7 +6,9 @@
 //! (the kernel, or memory in unit tests).
 pub mod adopt;
 pub mod devbound;
+pub mod expiry;
 pub mod flows;
+pub mod least;
 pub mod maglev;
 pub mod maps;
 pub mod neigh;
@@ -92,7 +94,11 @@ pub struct BackendSpec {
     pub weight: u32,
     /// From the neighbour table; `None` (not resolved, or failed) means unusable.
     pub mac: Option<[u8; 6]>,
+    /// keepalived's `uthreshold` and `lthreshold`.
+    pub thresholds: Thresholds,
 }
+
+pub use crate::model::Thresholds;
 
 /// Address words in the layout the program uses (an IPv4 address in word 0).
 pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {

@@ -211,8 +211,9 @@ impl Regions {
 /// that a server more or less rarely moves the ring; sh and mh rings have a fixed length.
 pub(super) fn region_len(sched: Scheduler, len: u32) -> u32 {
     match sched {
-        Scheduler::Rr | Scheduler::Wrr => len.checked_next_power_of_two().unwrap_or(len),
         Scheduler::Sh | Scheduler::Mh => len,
+        // rr, wrr and the count-based ones (whose ring is every live backend once).
+        _ => len.checked_next_power_of_two().unwrap_or(len),
     }
 }
 
@@ -244,7 +245,16 @@ fn ring_of(spec: &ServiceSpec) -> Result<Vec<usize>, PlanError> {
         .collect();
     let weights: Vec<u32> = live.iter().map(|&i| spec.backends[i].weight).collect();
     let ring: Vec<usize> = match spec.sched {
-        Scheduler::Rr => ring::rr(&weights),
+        // The count-based schedulers choose between ranked candidates (`CANDIDATES`); their
+        // ring, every live backend once, is what an unranked service and the SYN-flood
+        // hash take.
+        Scheduler::Rr
+        | Scheduler::Lc
+        | Scheduler::Wlc
+        | Scheduler::Sed
+        | Scheduler::Nq
+        | Scheduler::Fo
+        | Scheduler::Ovf => ring::rr(&weights),
         Scheduler::Wrr => ring::wrr(&weights, WRR_MAX_RING).map_err(|source| PlanError::Ring {
             vip: spec.vip,
             port: spec.port,
@@ -532,9 +542,12 @@ fn plan(
                 bid,
                 BackendValue {
                     mac: b.mac.unwrap_or_default(),
-                    _pad: [0; 2],
+                    // The configuration caps weights at IPVS's 65535.
+                    weight: b.weight.min(u32::from(u16::MAX)) as u16,
                     flags,
                     generation: alloc.ids.generations[bid as usize],
+                    u_threshold: b.thresholds.upper,
+                    l_threshold: b.thresholds.lower,
                 },
             );
         }
@@ -1131,6 +1144,7 @@ pub fn needs(specs: &[ServiceSpec]) -> Result<Limits, PlanError> {
                 .backends
                 .iter()
                 .map(|b| BackendSpec {
+                    thresholds: Default::default(),
                     mac: Some(b.mac.unwrap_or([2, 0, 0, 0, 0, 1])),
                     ..b.clone()
                 })
@@ -1281,6 +1295,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, &weight)| BackendSpec {
+                    thresholds: Default::default(),
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
                     weight,
                     mac: Some([2, 0, 0, 0, 0, i as u8]),

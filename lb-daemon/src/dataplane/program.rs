@@ -123,7 +123,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
 /// The maps whose sizes follow the configuration ([`Limits`]). A larger program instance
 /// gets new ones ([`grow`]) and shares every other map with the one it replaces: the flow
 /// and persistence tables above all, so that no flow is lost to the growth.
-pub const SIZED_MAPS: [&str; 8] = [
+pub const SIZED_MAPS: [&str; 10] = [
     names::SERVICES4,
     names::SERVICES6,
     names::SERVICE_INFO,
@@ -132,6 +132,8 @@ pub const SIZED_MAPS: [&str; 8] = [
     names::RR_STATE,
     names::SERVICE_STATS,
     names::BACKEND_STATS,
+    names::BACKEND_LOAD,
+    names::CANDIDATES,
 ];
 
 /// A descriptor of each map of a program instance, by the object's names (its global data
@@ -506,6 +508,8 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .map_max_entries(names::SERVICE_STATS, size(names::SERVICE_STATS, l.services))
         .map_max_entries(names::BACKENDS, size(names::BACKENDS, l.backends))
         .map_max_entries(names::BACKEND_STATS, size(names::BACKEND_STATS, l.backends))
+        .map_max_entries(names::BACKEND_LOAD, size(names::BACKEND_LOAD, l.backends))
+        .map_max_entries(names::CANDIDATES, size(names::CANDIDATES, l.services))
         .load(OBJECT)?;
     Ok(ebpf)
 }

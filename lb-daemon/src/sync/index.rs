@@ -143,6 +143,7 @@ mod tests {
             active: true,
             backends: (0..n)
                 .map(|i| BackendSpec {
+                    thresholds: Default::default(),
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                     weight: 1,
                     mac: Some([2, 0, 0, 0, 0, i]),

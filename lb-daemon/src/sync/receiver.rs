@@ -389,6 +389,7 @@ impl Receiver {
                 generation,
                 service: sid,
                 last_seen: now_s.wrapping_sub(u32::from(e.age_s)),
+                state: synced_state(e.kind, r.proto),
             };
             let p = &mut self.pending;
             match (e.kind, r.vip) {
@@ -495,6 +496,18 @@ pub fn lag_ms(a: &Ack, now_ms: u32, boot: u32) -> Option<f64> {
     }
     let rtt = now_ms.wrapping_sub(a.echo_ms).wrapping_sub(a.held_ms) as i32;
     (rtt >= 0).then_some(f64::from(rtt))
+}
+
+/// The state a synced entry is installed in. The wire carries no state (IPVS's sync
+/// does; ours may later): a flow the master synced is a live connection, established for
+/// TCP, and counted so on this node as on the master; a template is no connection.
+fn synced_state(kind: u8, proto: u8) -> u32 {
+    use lb_common::conn_state::{ESTABLISHED, NONE, UDP};
+    match (kind, proto) {
+        (codec::ENTRY_FLOW, lb_common::PROTO_TCP) => ESTABLISHED,
+        (codec::ENTRY_FLOW, _) => UDP,
+        _ => NONE,
+    }
 }
 
 #[cfg(test)]

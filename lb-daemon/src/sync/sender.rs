@@ -370,6 +370,7 @@ mod tests {
             active: true,
             backends: (0..3)
                 .map(|i| BackendSpec {
+                    thresholds: Default::default(),
                     addr: format!("192.0.2.{}:80", 11 + i).parse().unwrap(),
                     weight: 1,
                     mac: Some([2, 0, 0, 0, 0, i]),
@@ -399,6 +400,7 @@ mod tests {
                 generation,
                 service: sid,
                 last_seen,
+                state: lb_common::conn_state::ESTABLISHED,
             },
             key,
         })

@@ -61,6 +61,7 @@ pub fn lru_insert(ctx: XdpContext) -> u32 {
         generation: 1,
         service: 0,
         last_seen: 0,
+        state: 0,
     };
     if LRU_FLOWS.insert(&key, &value, 1).is_err() {
         return xdp_action::XDP_PASS;

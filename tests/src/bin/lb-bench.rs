@@ -561,6 +561,7 @@ fn scale_dataplane(report: &mut Report) -> Result<()> {
         s.sched = sched;
         s.backends = (0..10u8)
             .map(|i| BackendSpec {
+                thresholds: Default::default(),
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
                 mac: Some(B[usize::from(i) % B.len()]),
