@@ -107,8 +107,8 @@ pub struct ServiceStatus {
     /// Flows (connections) scheduled: ipvsadm's "Conns".
     #[serde(default)]
     pub new_flows: u64,
-    /// Flows in the connection table now, not idle past the service's timeout (ipvsadm's
-    /// ActiveConn + InActConn: the table does not track TCP states).
+    /// Flows in the connection table now, not past their timeouts (ipvsadm's ActiveConn +
+    /// InActConn, fragments flows included).
     #[serde(default)]
     pub active_flows: u64,
     /// ipvsadm's ActiveConn: established TCP connections (the sum of its real servers').

@@ -629,7 +629,14 @@ fn new_flow<F: Family>(
         _ => {}
     }
     let syn = opening == Opening::Syn;
-    let guard = if syn { conns::flooded() } else { None };
+    // Past the embryonic share a SYN writes no entry, unless its flow has one (a
+    // retransmission, a port reused in TIME_WAIT): that one is dealt with as always, since
+    // the client's ACK will find it, and replacing it does not grow the table.
+    let guard = if syn {
+        conns::flooded().filter(|_| copy_of::<F>(key).is_none())
+    } else {
+        None
+    };
     hashed |= guard.is_some();
     let mut fresh = false;
     let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now, hashed, &mut fresh)?;
@@ -790,6 +797,19 @@ fn schedule<F: Family>(
             };
             lb_common::source_hash(&l3.src, port) % svc.ring_len
         }
+        // A persistent service hashes the client's network, as its template would key it:
+        // every connection the client opens during the flood then reaches one backend,
+        // which its template names once one is written.
+        _ if hashed && svc.persist_timeout_s != 0 => {
+            let m = &svc.persist_mask;
+            let net = [
+                l3.src[0] & m[0],
+                l3.src[1] & m[1],
+                l3.src[2] & m[2],
+                l3.src[3] & m[3],
+            ];
+            lb_common::source_hash(&net, 0) % svc.ring_len
+        }
         _ if hashed => lb_common::source_hash(&l3.src, sport as u32) % svc.ring_len,
         SCHED_RR | SCHED_WRR => {
             let Some(pos) = RR_STATE.get_ptr_mut(svc.id) else {
@@ -856,8 +876,9 @@ fn least(svc: &ServiceValue) -> u32 {
     let Some(c) = CANDIDATES.get(svc.id) else {
         return NO_CANDIDATE;
     };
-    // Written by the daemon as id + 1, 0 for none.
-    let (c0, c1) = (c[0].wrapping_sub(1), c[1].wrapping_sub(1));
+    // Written by the daemon as slots of the service's ring + 1 (0: none): a pair the daemon
+    // wrote for the service that had this id before can only name this service's backends.
+    let (c0, c1) = (ring_slot(svc, c[0]), ring_slot(svc, c[1]));
     let (oh0, w0) = score(c0, svc.sched);
     let (oh1, w1) = score(c1, svc.sched);
     // The first wins unless the second is strictly lighter: oh1 / w1 < oh0 / w0.
@@ -868,6 +889,19 @@ fn least(svc: &ServiceValue) -> u32 {
     } else {
         NO_CANDIDATE
     }
+}
+
+/// The backend at ring slot `w - 1` of `svc` (`NO_CANDIDATE` for 0 or past the ring).
+#[inline(always)]
+fn ring_slot(svc: &ServiceValue, w: u32) -> u32 {
+    let s = w.wrapping_sub(1);
+    if s >= svc.ring_len {
+        return NO_CANDIDATE;
+    }
+    RINGS
+        .get(svc.ring_off.wrapping_add(s))
+        .copied()
+        .unwrap_or(NO_CANDIDATE)
 }
 
 /// A backend's (overhead, weight) under `sched`; weight 0 when it takes nothing (absent,

@@ -113,9 +113,10 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
 pub static BACKEND_LOAD: Array<BackendLoad> =
     Array::with_max_entries(DEFAULT_MAX_BACKENDS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
-/// Service id -> the two backends (as id + 1; 0: none) the daemon ranked least loaded for
-/// a count-based scheduler, refreshed every 20 ms; the program chooses between them on
-/// their counts now. Mappable: the daemon writes them as memory.
+/// Service id -> the two backends the daemon ranked least loaded for a count-based
+/// scheduler, as slots of the service's ring + 1 (0: none), refreshed every 20 ms; the
+/// program chooses between them on their counts now. Mappable: the daemon writes them as
+/// memory.
 #[map]
 pub static CANDIDATES: Array<[u32; 2]> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES, aya_ebpf::bindings::BPF_F_MMAPABLE);

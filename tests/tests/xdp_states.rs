@@ -561,3 +561,81 @@ fn a_syn_flood_never_pushes_established_flows_out() {
         }
     }
 }
+
+/// `uthreshold`/`lthreshold`, IPVS's overload flag: at the upper threshold a server takes
+/// no new connection, below the lower one (three quarters of the upper by default) again.
+#[test]
+fn an_overloaded_server_takes_nothing_until_below_its_lower_threshold() {
+    for f in [Family::V4, Family::V6] {
+        let mut spec = service(f, Proto::Tcp, Scheduler::Wlc, &[10, 1]);
+        spec.backends[0].thresholds = lb_daemon::model::Thresholds { upper: 4, lower: 0 };
+        let Some(mut c) = Case::new(f, spec) else {
+            return;
+        };
+        let (_, bids) = c.h.dp.ids_of(&c.spec).unwrap();
+        // The other holds 10 established connections: the first takes the new ones until
+        // it holds 4.
+        c.h.dp.writer().correct_load(bids[1], (10, 0));
+        for n in 0..4 {
+            assert_eq!(
+                c.tcp("below the threshold", n, TCP_SYN, FWD_NEW_FLOW),
+                Some(0)
+            );
+        }
+        for n in 4..8 {
+            assert_eq!(
+                c.tcp("overloaded", n, TCP_SYN, FWD_NEW_FLOW),
+                Some(1),
+                "{f:?}"
+            );
+        }
+        // Down to 3 (not below three quarters of 4): still overloaded.
+        c.h.dp.writer().correct_load(bids[0], (0, -1));
+        assert_eq!(c.tcp("3 of 4", 8, TCP_SYN, FWD_NEW_FLOW), Some(1), "{f:?}");
+        // Down to 2: it takes connections again.
+        c.h.dp.writer().correct_load(bids[0], (0, -1));
+        assert_eq!(c.tcp("2 of 4", 9, TCP_SYN, FWD_NEW_FLOW), Some(0), "{f:?}");
+    }
+}
+
+/// During a flood, a SYN whose flow the table holds (a retransmission) keeps its entry's
+/// backend; a persistent service's untracked SYNs of one client all reach one backend.
+#[test]
+fn a_flood_keeps_existing_entries_and_persistence() {
+    for f in [Family::V4, Family::V6] {
+        let Some(mut c) = Case::new(f, service(f, Proto::Tcp, Scheduler::Rr, &[1, 1, 1])) else {
+            return;
+        };
+        c.h.dp.writer().set_syn_cap(1);
+        let b = c.tcp("syn", 1, TCP_SYN, FWD_NEW_FLOW).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                c.tcp("retransmission", 1, TCP_SYN, FWD_ESTABLISHED),
+                Some(b)
+            );
+        }
+        c.tcp("flooded", 2, TCP_SYN, FWD_SYN_UNTRACKED);
+        assert_eq!(c.embryonic(), 1, "{f:?}");
+
+        let mut spec = service(f, Proto::Tcp, Scheduler::Rr, &[1, 1, 1]);
+        spec.persistence_timeout = 300;
+        spec.persistence_prefix = if matches!(f, Family::V4) { 24 } else { 64 };
+        let Some(mut c) = Case::new(f, spec) else {
+            return;
+        };
+        c.h.dp.writer().set_syn_cap(1);
+        c.tcp("fills the share", 100, TCP_SYN, FWD_NEW_FLOW);
+        // One client (one address), six connections at once: one backend.
+        let client = f.client(7);
+        let mut seen = Vec::new();
+        for port in 5000..5006 {
+            let syn = frame(f, client, port, Proto::Tcp, TCP_SYN);
+            seen.push(c.send("parallel syn", &syn, FWD_SYN_UNTRACKED).unwrap());
+        }
+        for port in 5000..5006 {
+            let ack = frame(f, client, port, Proto::Tcp, TCP_ACK);
+            seen.push(c.send("its ack", &ack, FWD_NEW_FLOW_MIDSTREAM).unwrap());
+        }
+        assert!(seen.iter().all(|&s| s == seen[0]), "{f:?}: {seen:?}");
+    }
+}

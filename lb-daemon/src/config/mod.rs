@@ -128,12 +128,12 @@ pub struct GlobalDefs {
 }
 
 /// See [`GlobalDefs::lvs_timeouts`].
-#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RawLvsTimeouts {
-    pub tcp: Option<u32>,
-    pub tcpfin: Option<u32>,
-    pub udp: Option<u32>,
+    pub tcp: Option<Spanned<u32>>,
+    pub tcpfin: Option<Spanned<u32>>,
+    pub udp: Option<Spanned<u32>>,
 }
 
 /// See [`GlobalDefs::on_stop`].
@@ -152,10 +152,11 @@ impl GlobalDefs {
             .as_ref()
             .map(|t| {
                 let t = t.get_ref();
+                let v = |s: &Option<Spanned<u32>>| s.as_ref().map(|s| *s.get_ref());
                 LvsTimeouts {
-                    tcp: t.tcp,
-                    tcpfin: t.tcpfin,
-                    udp: t.udp,
+                    tcp: v(&t.tcp),
+                    tcpfin: v(&t.tcpfin),
+                    udp: v(&t.udp),
                 }
             })
             .unwrap_or_default()
@@ -679,12 +680,12 @@ impl Config {
         }
         if let Some(t) = &raw.global_defs.lvs_timeouts {
             let v = t.get_ref();
-            for (name, secs) in [("tcp", v.tcp), ("tcpfin", v.tcpfin), ("udp", v.udp)] {
-                if secs == Some(0) {
+            for (name, secs) in [("tcp", &v.tcp), ("tcpfin", &v.tcpfin), ("udp", &v.udp)] {
+                if let Some(s) = secs.as_ref().filter(|s| *s.get_ref() == 0) {
                     return Err(cx.invalid(
-                        t.span(),
-                        "global_defs.lvs_timeouts",
-                        format!("{name} = 0: a timeout is at least 1 second (leave it out for IPVS's default)"),
+                        s.span(),
+                        &format!("global_defs.lvs_timeouts.{name}"),
+                        "0: a timeout is at least 1 second (leave it out for IPVS's default)",
                     ));
                 }
             }
@@ -1538,7 +1539,7 @@ static = true
         let bad = text.replacen("tcpfin = 30", "tcpfin = 0", 1);
         let e = parse(&bad).unwrap_err().to_string();
         assert!(
-            e.starts_with("lb.toml:4: `global_defs.lvs_timeouts`: tcpfin"),
+            e.starts_with("lb.toml:4: `global_defs.lvs_timeouts.tcpfin`: 0: a timeout"),
             "{e}"
         );
     }

@@ -173,6 +173,11 @@ impl Dp {
             }
         }
         let result = self.xdp.dp.update_known(&specs, &same);
+        if result.is_ok() {
+            // New and changed count-based services get their candidates now, not at the
+            // next round.
+            self.xdp.dp.rank();
+        }
         // Whatever the result: after a failure every service is computed again (below),
         // so nothing here is taken for right.
         self.applied = specs;

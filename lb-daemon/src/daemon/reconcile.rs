@@ -68,19 +68,19 @@ pub fn service_spec(
                 rs.checks.inhibit_on_failure,
             ) {
                 (Some(weight), _) => BackendSpec {
-                    thresholds: Default::default(),
+                    thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight,
                     mac,
                 },
                 (None, true) => BackendSpec {
-                    thresholds: Default::default(),
+                    thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight: 0,
                     mac,
                 },
                 (None, false) => BackendSpec {
-                    thresholds: Default::default(),
+                    thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight: 0,
                     mac: if vs.expire_nodest_conn { None } else { mac },

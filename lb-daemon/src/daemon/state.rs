@@ -325,7 +325,7 @@ impl State {
 
     /// Every 20 ms: the count-based schedulers' candidates.
     pub(super) fn on_rank(&mut self) {
-        if let Some(dp) = &self.dp {
+        if let Some(dp) = &mut self.dp {
             dp.xdp.rank();
         }
     }

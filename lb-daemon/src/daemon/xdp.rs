@@ -69,11 +69,13 @@ pub(super) struct Xdp {
     retired: Option<(program::Attachment, String, Instant)>,
     /// The sweep's pacing (see [`Xdp::sweep`]).
     sweep: Sweep,
+    /// The ranking's (see [`Xdp::rank`]).
+    rank: Sweep,
     /// Held while this daemon runs the dataplane (see [`dataplane_lock`]).
     _lock: std::fs::File,
 }
 
-/// When the sweep last ran and what it cost.
+/// When the sweep (the ranking) last ran and what it cost.
 #[derive(Debug, Default)]
 struct Sweep {
     last: Option<Instant>,
@@ -216,6 +218,10 @@ impl Xdp {
             crate::dataplane::continue_clock_from(dp.writer().clock_seconds());
         }
         dp.writer_mut().set_clock(monotonic_seconds())?;
+        // The connection timeouts and the SYN guard's share, before the first packet.
+        dp.writer_mut()
+            .set_timeouts(&config.global_defs.lvs_timeouts().per_state())?;
+        dp.writer().set_syn_cap(syn_cap(d.max_flows));
         let attachment = program::attach_xdp(
             &prog,
             native,
@@ -271,9 +277,9 @@ impl Xdp {
             adopted,
             retired: None,
             sweep: Sweep::default(),
+            rank: Sweep::default(),
             _lock: lock,
         })
-        .inspect(|x| x.dp.writer().set_syn_cap(syn_cap(d.max_flows)))
     }
 
     /// Takes the program off the interface and removes the pins (a `release` stop): the
@@ -347,9 +353,19 @@ impl Xdp {
         self.sweep.last = Some(Instant::now());
     }
 
-    /// The count-based schedulers' candidates, ranked again (every 20 ms).
-    pub(super) fn rank(&self) {
-        self.dp.rank();
+    /// The count-based schedulers' candidates, ranked again: every 20 ms, or less often
+    /// when a round costs more than 2% of a core (many thousands of real servers).
+    pub(super) fn rank(&mut self) {
+        let due = self
+            .rank
+            .last
+            .is_none_or(|at| at.elapsed() >= self.rank.took * SWEEP_SHARE);
+        if due {
+            let started = Instant::now();
+            self.dp.rank();
+            self.rank.took = started.elapsed();
+            self.rank.last = Some(Instant::now());
+        }
     }
 
     /// Flows per backend id (current generation only), counted at most `max_age` ago. A

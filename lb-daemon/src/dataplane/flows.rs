@@ -301,10 +301,12 @@ pub struct Swept {
 
 impl FlowTables {
     /// IPVS's connection timers, in batches: walks both connection tables, removes every
-    /// entry `expired` says is past its timeout, and shows `live` every other one. An entry
-    /// the program replaced between the walk's read and the removal (a client that reused
-    /// the 5-tuple of an expired flow within that moment) goes too; the per-CPU flow cache,
-    /// which holds the new flow, writes it back at its next second.
+    /// entry `expired` says is past its timeout (each batch's right after it is read), and
+    /// shows `live` every other one. An entry the program replaced between a batch's read
+    /// and its removal (a client that reused the 5-tuple of an expired flow within that
+    /// fraction of a millisecond) goes too; the per-CPU flow cache, which holds the new
+    /// flow, writes it back at its next second when the client's packets stay on its CPU,
+    /// and otherwise the next packet is scheduled again.
     pub fn sweep(
         &self,
         expired: impl Fn(&FlowValue) -> bool,
@@ -323,6 +325,7 @@ impl FlowTables {
             while !c.is_done() {
                 let (keys, values) = c.step(fd)?;
                 out.walked += keys.len();
+                gone.clear();
                 for (k, v) in keys.iter().zip(values) {
                     if expired(v) {
                         gone.push(*k);
@@ -330,9 +333,7 @@ impl FlowTables {
                         live(v);
                     }
                 }
-            }
-            for chunk in gone.chunks(BATCH) {
-                let (n, err) = delete_keys(fd, chunk);
+                let (n, err) = delete_keys(fd, &gone);
                 out.removed += n;
                 if let Some(source) = err {
                     return Err(FlowsError::Delete {

@@ -120,8 +120,14 @@ impl super::Dataplane<super::maps::BpfMaps> {
                     })
                 })
                 .collect();
+            // As slots of the ring + 1: the program reads the backend from the service's own
+            // ring, so a pair left from a service that had this id before names nothing of
+            // another service's.
             let [a, b] = best_two(sched, &candidates);
-            let enc = |x: Option<u32>| x.map_or(0, |id| id + 1);
+            let enc = |x: Option<u32>| {
+                x.and_then(|id| ring.slots.iter().position(|&s| s == id))
+                    .map_or(0, |slot| slot as u32 + 1)
+            };
             maps.set_candidates(sid, [enc(a), enc(b)]);
             ranked += 1;
         }

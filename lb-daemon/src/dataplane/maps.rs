@@ -595,6 +595,7 @@ impl BpfMaps {
         // the switch, the next sweep puts right).
         for (id, (a, i)) in self.load_snapshot().into_iter().enumerate() {
             new.correct_load(id as u32, (a, i));
+            new.set_overload_flag(id as u32, self.overload_flag(id as u32));
         }
         Ok(new)
     }
@@ -875,6 +876,15 @@ impl MapWriter for BpfMaps {
     }
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
         count_write();
+        // A slot given to another backend starts with no connections and not overloaded:
+        // the previous occupant's flows are no longer this one's (they reschedule).
+        if self
+            .backends
+            .get(&id, 0)
+            .is_ok_and(|old| old.generation != value.generation)
+        {
+            self.clear_load(id);
+        }
         let written = self
             .backends
             .set(id, value, 0)

@@ -339,6 +339,47 @@ fn int(w: &Word, min: i64, max: i64) -> Result<i64, Diag> {
     }
 }
 
+/// keepalived's `lvs_timeouts [tcp S] [tcpfin S] [udp S]` (at least one), as the TOML's
+/// inline table.
+fn lvs_timeouts(st: &Stmt) -> Result<Vec<(&'static str, Value)>, Diag> {
+    no_block(st)?;
+    let mut out: Vec<(&'static str, Value)> = Vec::new();
+    let mut args = st.args().iter();
+    while let Some(k) = args.next() {
+        let name = match k.text.as_str() {
+            "tcp" => "tcp",
+            "tcpfin" => "tcpfin",
+            "udp" => "udp",
+            other => {
+                return Err(Diag::new(
+                    k.span,
+                    format!("`lvs_timeouts`: {other}: expected tcp, tcpfin or udp"),
+                ))
+            }
+        };
+        let Some(v) = args.next() else {
+            return Err(Diag::new(
+                k.span,
+                format!("`lvs_timeouts`: {name} needs seconds"),
+            ));
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(Diag::new(
+                k.span,
+                format!("`lvs_timeouts`: {name} is given twice"),
+            ));
+        }
+        out.push((name, Value::Int(int(v, 1, i64::from(u32::MAX))?)));
+    }
+    if out.is_empty() {
+        return Err(Diag::new(
+            st.keyword().span,
+            "`lvs_timeouts` needs at least one of tcp, tcpfin and udp",
+        ));
+    }
+    Ok(out)
+}
+
 fn uint(w: &Word) -> Result<i64, Diag> {
     int(w, 0, i64::from(u32::MAX))
 }
@@ -742,6 +783,11 @@ impl Cx<'_> {
                         t.comment(format!(
                             " {k} {v}: copied to each vrrp_instance that sets no {key} of its own"
                         ));
+                    }
+                    "lvs_timeouts" => {
+                        let v = lvs_timeouts(st)?;
+                        let span = st.keyword().span;
+                        self.put(&mut t, "lvs_timeouts", Value::Inline(v), span, st)?;
                     }
                     "lvs_sync_daemon" => {
                         self.lvs_sync_daemon(st)?;
@@ -1685,12 +1731,13 @@ impl Cx<'_> {
                 match Self::canonical(Ctx::VirtualServer, k) {
                     "lb_algo" => {
                         let w = one(st)?;
-                        if !matches!(w.text.as_str(), "rr" | "wrr" | "sh" | "mh") {
+                        if w.text.parse::<crate::model::Scheduler>().is_err() {
                             return Err(Diag::new(
                                 w.span,
                                 format!(
-                                    "scheduler `{}` is not supported: lb-daemon has rr, wrr, sh and mh",
-                                    w.text
+                                    "scheduler `{}` is not supported: lb-daemon has {}",
+                                    w.text,
+                                    crate::model::Scheduler::ALL.map(|(_, n)| n).join(", ")
                                 ),
                             ));
                         }
@@ -1889,13 +1936,7 @@ impl Cx<'_> {
                 );
             }
         }
-        if lb_algo.is_none() && !Self::written(b, Ctx::VirtualServer, "lb_algo") {
-            self.error(Diag::new(
-                kw.span,
-                "no lb_algo: keepalived's default scheduler is wlc, which lb-daemon does not have: \
-                 set lb_algo (rr, wrr, sh or mh)",
-            ));
-        }
+        // No lb_algo: keepalived's default, wlc, is lb-daemon's too (the TOML leaves it out).
         if !t.has("lb_kind") && !Self::written(b, Ctx::VirtualServer, "lb_kind") {
             self.error(Diag::new(
                 kw.span,
@@ -2053,6 +2094,15 @@ impl Cx<'_> {
                     "weight" => {
                         let w = one(st)?;
                         self.put(&mut t, "weight", Value::Int(uint(w)?), w.span, st)?;
+                    }
+                    key @ ("uthreshold" | "lthreshold") => {
+                        let w = one(st)?;
+                        let key = if key == "uthreshold" {
+                            "uthreshold"
+                        } else {
+                            "lthreshold"
+                        };
+                        self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
                     }
                     "inhibit_on_failure" => {
                         let (on, span) = flag(st)?;
@@ -2898,7 +2948,7 @@ mod tests {
     fn every_error_is_reported_once() {
         let text = "vrrp_instance VI_1 {\n interface eth0 eth1\n priority high\n \
                     virtual_router_id 1\n virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
-                    virtual_server 192.0.2.1 80 {\n lb_algo wlc\n lb_kind NAT\n protocol TCP\n \
+                    virtual_server 192.0.2.1 80 {\n lb_algo lblc\n lb_kind NAT\n protocol TCP\n \
                     real_server 192.0.2 80 {\n }\n real_server 198.51.100.1 80 {\n  weight x\n }\n}\n\
                     vrrp_instance VI_2 {\n virtual_router_id 2\n}\n";
         assert_starts(
@@ -2906,7 +2956,7 @@ mod tests {
             &[
                 "k.conf:2:17: `interface` takes one value",
                 "k.conf:3:11: `priority`: `high` is not an integer",
-                "k.conf:10:10: `lb_algo`: scheduler `wlc` is not supported",
+                "k.conf:10:10: `lb_algo`: scheduler `lblc` is not supported",
                 "k.conf:11:10: `lb_kind`: forwarding method NAT is not supported",
                 "k.conf:13:14: `real_server`: `192.0.2` is not an IP address",
                 "k.conf:16:10: `weight`: `x` is not an integer",

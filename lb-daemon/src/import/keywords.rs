@@ -51,6 +51,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "vrrp_garp_master_refresh",
             "vrrp_garp_master_refresh_repeat",
             "lvs_sync_daemon",
+            "lvs_timeouts",
         ],
     ),
     (
@@ -138,6 +139,8 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
         "real_server",
         &[
             "weight",
+            "uthreshold",
+            "lthreshold",
             "inhibit_on_failure",
             "notify_up",
             "notify_down",
@@ -312,7 +315,6 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "startup_script" | "startup_script_timeout" | "shutdown_script"
             | "shutdown_script_timeout" => "start-up and shut-down scripts are not implemented (use the systemd unit)",
             "default_interface" => ROUTES,
-            "lvs_timeouts" => "per-protocol IPVS timeouts: set virtual_server.idle_timeout instead",
             "lvs_flush" | "lvs_flush_on_stop" => "lb-daemon owns its XDP maps: there is no IPVS table to flush",
             "vrrp_garp_lower_prio_repeat" | "vrrp_garp_lower_prio_delay" | "vrrp_garp_interval"
             | "vrrp_gna_interval" | "vrrp_min_garp" | "vrrp_garp_extra_if" => {
@@ -381,7 +383,6 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             | "FILE_CHECK" => OTHER_CHECKER,
             "smtp_alert" => EMAIL,
             "snmp_name" => SNMP,
-            "uthreshold" | "lthreshold" => NOT_IMPLEMENTED,
             _ => return None,
         },
         TcpCheck | HttpGet | MiscCheck => match keyword {

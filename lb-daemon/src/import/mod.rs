@@ -73,8 +73,9 @@
 //! words), so the importer's own memory is the text it read (at most [`MAX_INPUT_BYTES`]) and
 //! the document it writes. Loading the output (step 5) costs what [`Config::parse`] costs.
 //!
-//! Where keepalived's default is one lb-daemon cannot have (no `lb_algo`: wlc; no `lb_kind`:
-//! NAT), the import fails with the position of the `virtual_server`.
+//! Where keepalived's default is one lb-daemon cannot have (no `lb_kind`: NAT), the import
+//! fails with the position of the `virtual_server`. No `lb_algo` is keepalived's wlc, which
+//! is lb-daemon's default too.
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
