@@ -359,7 +359,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         // A connection's opening SYN is almost always a new flow: schedule first, and let
         // the insert, which walks the flow's bucket anyway, say whether the flow exists
         // (see `new_flow`). That skips a cache probe and a table lookup, both cache misses.
-        let id = service::<F>(l3, l4.dport)?;
+        let id = service::<F>(l3, l4.dport, clk.epoch)?;
         return new_flow::<F>(
             ctx,
             id,
@@ -376,7 +376,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED, l4.ev) {
         return r;
     }
-    let id = service::<F>(l3, l4.dport)?;
+    let id = service::<F>(l3, l4.dport, clk.epoch)?;
     let (reason, opening, state) = if l3.proto != PROTO_TCP {
         (FWD_NEW_FLOW, Opening::Any, UDP)
     } else if l4.rst {
@@ -570,11 +570,63 @@ fn write_through<F: Family>(key: &F::Flow, cval: &mut FlowValue, now: u32, ev: u
     true
 }
 
+/// The service of a whole packet: this CPU's memo of [`service_lookup`] when it holds the
+/// answer under the current epoch, else the lookup, whose answer it keeps. Only answers are
+/// kept (a packet for no service looks up every time).
+#[inline(always)]
+fn service<F: Family>(l3: &L3, port: u16, epoch: u32) -> Result<u32, u32> {
+    let pp = port as u32 | (l3.proto as u32) << 16;
+    let d = &l3.dst;
+    if F::V4 {
+        let Some(m) = SVC_MEMO4.get_ptr_mut(mix(d[0] ^ pp) & (SVC_MEMO_SLOTS - 1)) else {
+            return service_lookup::<F>(l3, port);
+        };
+        // SAFETY: this CPU's slot; the program runs to its end on one CPU.
+        let m = unsafe { &mut *m };
+        if m.addr == d[0] && m.port_proto == pp && m.epoch == epoch {
+            return Ok(m.id);
+        }
+        let id = service_lookup::<F>(l3, port)?;
+        *m = SvcMemo4 {
+            addr: d[0],
+            port_proto: pp,
+            id,
+            epoch,
+        };
+        Ok(id)
+    } else {
+        let slot = mix(d[0] ^ d[1] ^ d[2] ^ d[3] ^ pp) & (SVC_MEMO_SLOTS - 1);
+        let Some(m) = SVC_MEMO6.get_ptr_mut(slot) else {
+            return service_lookup::<F>(l3, port);
+        };
+        // SAFETY: as above.
+        let m = unsafe { &mut *m };
+        if m.addr[0] == d[0]
+            && m.addr[1] == d[1]
+            && m.addr[2] == d[2]
+            && m.addr[3] == d[3]
+            && m.port_proto == pp
+            && m.epoch == epoch
+        {
+            return Ok(m.id);
+        }
+        let id = service_lookup::<F>(l3, port)?;
+        *m = SvcMemo6 {
+            addr: *d,
+            port_proto: pp,
+            id,
+            epoch,
+            _pad: 0,
+        };
+        Ok(id)
+    }
+}
+
 /// The service for (VIP, port, protocol), else the VIP's all-ports service. A whole packet
 /// never takes a fragments-only entry, whichever lookup finds it (a packet to port 0 finds
 /// it at the first).
 #[inline(always)]
-fn service<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
+fn service_lookup<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
     let whole_packet = |svc: F::Svc| {
         let r = F::services().get_ptr(svc)?;
         // SAFETY: the daemon replaces values whole, never in place.

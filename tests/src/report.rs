@@ -10,6 +10,8 @@ pub enum Target {
     ValueAtMost(f64),
     ValueAtLeast(f64),
     ValueEquals(f64),
+    /// A figure printed for information, with no target.
+    Info,
 }
 
 impl Target {
@@ -20,6 +22,7 @@ impl Target {
             Target::ValueAtMost(t) => format!("value <= {t:?}"),
             Target::ValueAtLeast(t) => format!("value >= {t:?}"),
             Target::ValueEquals(t) => format!("value == {t}"),
+            Target::Info => "information".to_string(),
         }
     }
 }
@@ -47,6 +50,7 @@ impl Entry {
             (Target::ValueAtMost(t), _) => self.value <= t,
             (Target::ValueAtLeast(t), _) => self.value >= t,
             (Target::ValueEquals(t), _) => self.value == t,
+            (Target::Info, _) => true,
             (_, None) => false,
         }
     }

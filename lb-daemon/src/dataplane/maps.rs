@@ -839,6 +839,8 @@ fn per_cpu_sums<V: Pod + Default>(
 impl MapWriter for BpfMaps {
     fn update_service(&mut self, key: &MapKey, value: &ServiceRef) -> Result<(), MapWriteError> {
         count_write();
+        // The program's service memo (SVC_MEMO4/6) holds lookups until the epoch changes.
+        self.epoch_stale = true;
         if key.family == FAMILY_V4 {
             self.services4
                 .insert(key4(key), value, 0)
@@ -851,6 +853,7 @@ impl MapWriter for BpfMaps {
     }
     fn delete_service(&mut self, key: &MapKey) -> Result<(), MapWriteError> {
         count_write();
+        self.epoch_stale = true;
         if key.family == FAMILY_V4 {
             self.services4
                 .remove(&key4(key))
