@@ -613,6 +613,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         notify: &'a Option<crate::status::NotifyStatus>,
         map_writes: u64,
         sync: &'a Option<crate::status::SyncStatus>,
+        syn_guard: &'a Option<crate::status::SynGuardStatus>,
     }
     let mut services = Vec::with_capacity(snap.services.len());
     for part in crate::par::ranges(snap.services.len(), 0, |part| {
@@ -632,6 +633,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         notify,
         map_writes,
         sync,
+        syn_guard,
     } = snap;
     serde_json::to_writer(
         out,
@@ -646,6 +648,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
                 notify,
                 map_writes: *map_writes,
                 sync,
+                syn_guard,
             },
         },
     )

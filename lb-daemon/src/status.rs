@@ -79,6 +79,24 @@ pub struct Snapshot {
     pub map_writes: u64,
     /// Connection sync with the peer LB (`null` without a `[sync]` section).
     pub sync: Option<SyncStatus>,
+    /// The flow table's SYN-flood guard (`null` without a dataplane).
+    #[serde(default)]
+    pub syn_guard: Option<SynGuardStatus>,
+}
+
+/// Flows waiting for the client's ACK, and what became of them (see `docs/architecture.md`,
+/// "SYN floods"). SYNs forwarded without an entry are the reason `fwd_syn_untracked`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SynGuardStatus {
+    /// Flows in SYN_RECV now.
+    pub embryonic: u64,
+    /// The most the table may hold (a quarter of `max_flows`).
+    pub cap: u64,
+    /// SYN_RECV flows the sweep removed at their timeout (never acknowledged), since start.
+    pub expired: u64,
+    /// SYN_RECV flows gone without the program or the sweep seeing them go: the table's LRU
+    /// evicted them (since start).
+    pub evicted: u64,
 }
 
 /// One virtual server (an IPVS service).
@@ -841,6 +859,14 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         render_sync(y, &mut out);
     }
 
+    if let Some(g) = &s.syn_guard {
+        let _ = writeln!(
+            out,
+            "\nSYN guard  {} of {} flows waiting for their ACK; expired {}, evicted {}",
+            g.embryonic, g.cap, g.expired, g.evicted
+        );
+    }
+
     if !s.reasons.is_empty() {
         out.push_str("\nXDP\n");
         let mut lines = vec![Line::Cells(
@@ -1065,6 +1091,8 @@ impl std::fmt::Display for Num {
 /// | `lb_vrrp_socket_drops_total` | instance | dropped by the kernel: socket queue full |
 /// | `lb_xdp_{packets,bytes}_total` | reason, verdict | |
 /// | `lb_dataplane_map_writes_total` | | element writes to the program's maps |
+/// | `lb_embryonic_flows`, `lb_embryonic_flows_cap` | | flows waiting for their ACK, and the most the table holds |
+/// | `lb_embryonic_{expired,evicted}_total` | | such flows gone at their timeout, evicted by the LRU |
 /// | `lb_notify_*` | | notify events and hooks |
 /// | `lb_sync_sending` | | 1: this node sends its flows (master of the sync instance) |
 /// | `lb_sync_{messages,entries,bytes}_total` | direction | sent, received (entries: installed too) |
@@ -1264,6 +1292,37 @@ pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
     );
     p.sample("lb_dataplane_map_writes_total", &[], s.map_writes);
 
+    if let Some(g) = &s.syn_guard {
+        for (name, kind, help, v) in [
+            (
+                "lb_embryonic_flows",
+                "gauge",
+                "Flows waiting for the client's ACK (SYN_RECV) in the flow table.",
+                g.embryonic,
+            ),
+            (
+                "lb_embryonic_flows_cap",
+                "gauge",
+                "The most flows in SYN_RECV the table holds; past it SYNs go out untracked.",
+                g.cap,
+            ),
+            (
+                "lb_embryonic_expired_total",
+                "counter",
+                "SYN_RECV flows removed at their timeout, never acknowledged.",
+                g.expired,
+            ),
+            (
+                "lb_embryonic_evicted_total",
+                "counter",
+                "SYN_RECV flows the flow table's LRU evicted.",
+                g.evicted,
+            ),
+        ] {
+            p.family(name, kind, help);
+            p.sample(name, &[], v);
+        }
+    }
     if let Some(y) = &s.sync {
         render_sync_prometheus(y, &mut p);
     }
@@ -1751,6 +1810,7 @@ pub(crate) mod test_support {
             notify: None,
             map_writes: 1234,
             sync: None,
+            syn_guard: None,
         }
     }
 }
@@ -1820,6 +1880,34 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
 ";
         let got = render_table(&now, Some(&r));
         assert_eq!(got, want, "\n{got}");
+    }
+
+    /// The SYN guard in the table and in the metrics.
+    #[test]
+    fn syn_guard_in_table_and_metrics() {
+        let mut s = sample();
+        s.syn_guard = Some(SynGuardStatus {
+            embryonic: 3,
+            cap: 100,
+            expired: 4,
+            evicted: 5,
+        });
+        let table = render_table(&s, None);
+        assert!(
+            table.contains(
+                "\nSYN guard  3 of 100 flows waiting for their ACK; expired 4, evicted 5\n"
+            ),
+            "{table}"
+        );
+        let prom = render_prometheus(&s);
+        for line in [
+            "lb_embryonic_flows 3",
+            "lb_embryonic_flows_cap 100",
+            "lb_embryonic_expired_total 4",
+            "lb_embryonic_evicted_total 5",
+        ] {
+            assert!(prom.lines().any(|l| l == line), "{line} in\n{prom}");
+        }
     }
 
     #[test]
@@ -2350,7 +2438,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         };
         assert_eq!(
             keys(&v),
-            "map_writes,notify,reasons,router_id,services,sync,time,vrrp"
+            "map_writes,notify,reasons,router_id,services,syn_guard,sync,time,vrrp"
         );
         assert_eq!(
             keys(&v["services"][0]),

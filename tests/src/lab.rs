@@ -219,3 +219,18 @@ pub fn counts(bodies: &[String]) -> BTreeMap<String, usize> {
     }
     m
 }
+
+/// `lb-daemon status --json` of the daemon in `lab`'s LB namespace (its control socket).
+pub fn status_json(lab: &DrLab) -> serde_json::Value {
+    let out = std::process::Command::new(daemon_bin().unwrap())
+        .args(["status", "--json", "--socket"])
+        .arg(lab.lb().dir().join("ctl.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

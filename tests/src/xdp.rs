@@ -231,3 +231,17 @@ pub fn held_ids(pid: u32, field: &str) -> Vec<u32> {
     ids.dedup();
     ids
 }
+
+/// Pins the calling thread to CPU 0: rr state is per CPU, and BPF_PROG_TEST_RUN runs on the
+/// caller's CPU, so this makes the rr order of a fixture exact.
+pub fn pin_cpu0() {
+    // SAFETY: plain syscall on a zeroed, then filled, cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use lb_tests::{
-    lab::{counts, lab_config, prepare_native, reload, start_daemon},
+    lab::{counts, lab_config, prepare_native, reload, start_daemon, status_json},
     netns::{fmt_mac, require_lab, unique_prefix, DrLab},
 };
 
@@ -569,21 +569,6 @@ fn sorry_server_while_the_quorum_is_lost() {
         "{:?}",
         counts(&bodies)
     );
-}
-
-/// `lb-daemon status --json` of the lab's LB.
-fn status_json(lab: &DrLab) -> serde_json::Value {
-    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
-        .args(["status", "--json", "--socket"])
-        .arg(lab.lb().dir().join("ctl.sock"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// A VRRP instance's (state, effective priority) in `status --json`.

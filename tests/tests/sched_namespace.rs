@@ -7,7 +7,7 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{counts, lab_config, reload, start_daemon},
+    lab::{counts, lab_config, reload, start_daemon, status_json},
     netns::{require_lab, unique_prefix, wait_until, DrLab, Proc},
 };
 
@@ -63,20 +63,6 @@ fn release(p: &Proc, flag: &Path) {
 fn served(p: &Proc) -> BTreeMap<String, usize> {
     let lines: Vec<String> = p.read_stdout().lines().map(str::to_string).collect();
     counts(&lines)
-}
-
-fn status_json(lab: &DrLab) -> serde_json::Value {
-    let out = std::process::Command::new(lb_tests::lab::daemon_bin().unwrap())
-        .args(["status", "--json", "--socket"])
-        .arg(lab.lb().dir().join("ctl.sock"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// (ActiveConn, InActConn) of each real server of the IPv4 service, as `status` shows them.

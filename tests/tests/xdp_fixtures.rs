@@ -15,7 +15,7 @@ use lb_daemon::{
 use lb_tests::{
     netns::require_root,
     packet::*,
-    xdp::{addrs::*, small_options, RunOutput, XdpHarness, LB_MAC},
+    xdp::{addrs::*, pin_cpu0, small_options, RunOutput, XdpHarness, LB_MAC},
 };
 
 const VIP4_SH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 104);
@@ -64,20 +64,6 @@ fn specs() -> Vec<ServiceSpec> {
         backup,
         persist,
     ]
-}
-
-/// Pins the calling thread to CPU 0: rr state is per CPU, and BPF_PROG_TEST_RUN runs on the
-/// caller's CPU, so this makes the rr order of a test exact.
-fn pin_cpu0() {
-    // SAFETY: plain syscall on a zeroed, then filled, cpu set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
-            0
-        );
-    }
 }
 
 fn harness(specs: &[ServiceSpec]) -> Option<XdpHarness> {

@@ -165,6 +165,13 @@ fn services(
         snap.reasons = status::reasons_from_counters(&r);
     }
     snap.sync = dp.xdp.sync.as_ref().map(|s| s.status());
+    let (embryonic, cap, _) = maps.guard();
+    snap.syn_guard = Some(status::SynGuardStatus {
+        embryonic: embryonic.max(0) as u64,
+        cap: u64::from(cap),
+        expired: dp.xdp.embryonic_expired,
+        evicted: dp.xdp.embryonic_evicted,
+    });
 }
 
 /// One backend's row: `weight` is the configured one, `h` its checks' view.

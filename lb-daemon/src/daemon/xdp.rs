@@ -71,6 +71,9 @@ pub(super) struct Xdp {
     sweep: Sweep,
     /// The ranking's (see [`Xdp::rank`]).
     rank: Sweep,
+    /// SYN_RECV flows the sweeps removed at their timeout, and found evicted, since start.
+    pub embryonic_expired: u64,
+    pub embryonic_evicted: u64,
     /// Held while this daemon runs the dataplane (see [`dataplane_lock`]).
     _lock: std::fs::File,
 }
@@ -278,6 +281,8 @@ impl Xdp {
             retired: None,
             sweep: Sweep::default(),
             rank: Sweep::default(),
+            embryonic_expired: 0,
+            embryonic_evicted: 0,
             _lock: lock,
         })
     }
@@ -343,10 +348,17 @@ impl Xdp {
     pub(super) fn sweep(&mut self) {
         let started = Instant::now();
         match self.dp.sweep(&self.flows) {
-            Ok(s) if s.removed > 0 => {
-                tracing::debug!(walked = s.walked, removed = s.removed, "flows swept")
+            Ok(r) => {
+                self.embryonic_expired += r.embryonic_expired;
+                self.embryonic_evicted += r.embryonic_lost;
+                if r.swept.removed > 0 {
+                    tracing::debug!(
+                        walked = r.swept.walked,
+                        removed = r.swept.removed,
+                        "flows swept"
+                    );
+                }
             }
-            Ok(_) => {}
             Err(e) => warn!("sweeping the flow tables: {e}"),
         }
         self.sweep.took = started.elapsed();

@@ -21,6 +21,16 @@ pub fn expired(
     timeout != 0 && now.wrapping_sub(v.last_seen) > timeout
 }
 
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub swept: super::flows::Swept,
+    /// Flows in SYN_RECV it removed at their timeout.
+    pub embryonic_expired: u64,
+    /// Flows in SYN_RECV the program had counted that were gone unseen (LRU evictions).
+    pub embryonic_lost: u64,
+}
+
 /// The counts the sweep found: what `BACKEND_LOAD` and the SYN guard should say.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
@@ -59,7 +69,7 @@ impl super::Dataplane<super::maps::BpfMaps> {
     pub fn sweep(
         &self,
         flows: &super::flows::FlowTables,
-    ) -> Result<super::flows::Swept, super::flows::FlowsError> {
+    ) -> Result<SweepReport, super::flows::FlowsError> {
         let maps = &self.writer;
         let now = maps.clock_seconds();
         let timeouts = *maps.timeouts();
@@ -67,10 +77,15 @@ impl super::Dataplane<super::maps::BpfMaps> {
         let (embryonic_before, _, _) = maps.guard();
         let current = &self.current;
         let mut tally = Tally::default();
+        let embryonic_expired = std::cell::Cell::new(0u64);
         let swept = flows.sweep(
             |v| {
                 let idle = current.infos.get(&v.service).map(|i| i.idle_timeout_s);
-                expired(v, now, idle, &timeouts)
+                let gone = expired(v, now, idle, &timeouts);
+                if gone && v.state == conn_state::SYN_RECV {
+                    embryonic_expired.set(embryonic_expired.get() + 1);
+                }
+                gone
             },
             |v| {
                 let live = current
@@ -89,7 +104,15 @@ impl super::Dataplane<super::maps::BpfMaps> {
             maps.correct_load(id as u32, (want_a - a, want_i - i));
         }
         maps.correct_embryonic(tally.embryonic - embryonic_before);
-        Ok(swept)
+        let expired_sr = embryonic_expired.get();
+        // What the program counted less what is there and what the sweep removed: gone
+        // unseen, evicted (give or take what changed during the walk).
+        let lost = i64::from(embryonic_before) - i64::from(tally.embryonic) - expired_sr as i64;
+        Ok(SweepReport {
+            swept,
+            embryonic_expired: expired_sr,
+            embryonic_lost: lost.max(0) as u64,
+        })
     }
 }
 

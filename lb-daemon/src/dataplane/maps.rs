@@ -184,6 +184,8 @@ pub struct BpfMaps {
     candidates: MappedArray,
     /// What `TIMEOUTS` holds (written only from here).
     timeouts_now: [u32; lb_common::conn_state::COUNT as usize],
+    /// The generation this writer last wrote to each backend slot.
+    generations: Vec<Option<u32>>,
 }
 
 /// Words of `BackendLoad` and `SynGuard` (lb-common's layouts).
@@ -370,6 +372,7 @@ impl BpfMaps {
             timeouts: open(fds, names::TIMEOUTS)?,
             candidates: MappedArray::open(fds, names::CANDIDATES, 8)?,
             timeouts_now: [0; lb_common::conn_state::COUNT as usize],
+            generations: Vec::new(),
         })
     }
 
@@ -572,6 +575,7 @@ impl BpfMaps {
         let mut new = Self::open(fds)?;
         new.clock_now = self.clock_now;
         new.timeouts_now = self.timeouts_now;
+        new.generations = self.generations.clone();
         for (from, to, name) in [
             (
                 &self.service_stats,
@@ -880,13 +884,17 @@ impl MapWriter for BpfMaps {
     fn update_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapWriteError> {
         count_write();
         // A slot given to another backend starts with no connections and not overloaded:
-        // the previous occupant's flows are no longer this one's (they reschedule).
-        if self
-            .backends
-            .get(&id, 0)
-            .is_ok_and(|old| old.generation != value.generation)
-        {
+        // the previous occupant's flows are no longer this one's (they reschedule). What
+        // this writer wrote is remembered rather than read back (a system call a backend
+        // at start); a slot it never wrote (taken over) is cleared too, and the first sweep,
+        // at the first tick, counts it again.
+        let i = id as usize;
+        if self.generations.len() <= i {
+            self.generations.resize(i + 1, None);
+        }
+        if self.generations[i] != Some(value.generation) {
             self.clear_load(id);
+            self.generations[i] = Some(value.generation);
         }
         let written = self
             .backends
