@@ -77,7 +77,8 @@ pub static FLOW_CACHE6: Array<FlowCache6> = Array::with_max_entries(DEFAULT_FLOW
 /// mapped, valid under the `Clock::epoch` it was filled in (the daemon bumps the epoch after
 /// every update that writes `SERVICES4`/`SERVICES6`). A hit is an inlined array read where
 /// the hash lookup is a helper call: about a fifth of a new flow's own cost. Program-private:
-/// never pinned or written by the daemon; a new instance starts with an empty one.
+/// never pinned or written by the daemon; a grown or resized instance shares it (the epoch
+/// bump at the switch voids it), a restarted one starts with an empty one.
 #[map]
 pub static SVC_MEMO4: PerCpuArray<SvcMemo4> = PerCpuArray::with_max_entries(SVC_MEMO_SLOTS, 0);
 #[map]

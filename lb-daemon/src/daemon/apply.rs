@@ -176,7 +176,7 @@ impl Dp {
         if result.is_ok() {
             // New and changed count-based services get their candidates now, not at the
             // next round.
-            self.xdp.dp.rank();
+            self.xdp.rank();
         }
         // Whatever the result: after a failure every service is computed again (below),
         // so nothing here is taken for right.

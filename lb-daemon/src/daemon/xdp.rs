@@ -174,8 +174,9 @@ impl Xdp {
                 if let Some(t) = &take {
                     migrate(t, &inst.fds);
                 }
-                let maps = BpfMaps::open(&inst.fds)?;
+                let mut maps = BpfMaps::open(&inst.fds)?;
                 let found = maps.read_back().context("reading the pinned maps back")?;
+                maps.remember_generations(&found.backends);
                 let (dp, summary) = Dataplane::adopt(maps, &found)?;
                 Ok((inst, dp, summary, loaded))
             })();

@@ -376,6 +376,18 @@ impl BpfMaps {
         })
     }
 
+    /// The generations the maps hold, read back at a take-over: a backend the previous run
+    /// wrote keeps its connection counts at its next write.
+    pub fn remember_generations(&mut self, backends: &[BackendValue]) {
+        self.generations = backends
+            .iter()
+            .map(|b| {
+                (b.flags & lb_common::BACKEND_F_PRESENT != 0 || b.generation != 0)
+                    .then_some(b.generation)
+            })
+            .collect();
+    }
+
     /// The connection states' timeouts as last written.
     pub fn timeouts(&self) -> &[u32; lb_common::conn_state::COUNT as usize] {
         &self.timeouts_now
@@ -888,6 +900,12 @@ impl MapWriter for BpfMaps {
         // this writer wrote is remembered rather than read back (a system call a backend
         // at start); a slot it never wrote (taken over) is cleared too, and the first sweep,
         // at the first tick, counts it again.
+        let written = self
+            .backends
+            .set(id, value, 0)
+            .map_err(kernel(names::BACKENDS, "update"));
+        self.epoch_stale = true;
+        written?;
         let i = id as usize;
         if self.generations.len() <= i {
             self.generations.resize(i + 1, None);
@@ -896,12 +914,7 @@ impl MapWriter for BpfMaps {
             self.clear_load(id);
             self.generations[i] = Some(value.generation);
         }
-        let written = self
-            .backends
-            .set(id, value, 0)
-            .map_err(kernel(names::BACKENDS, "update"));
-        self.epoch_stale = true;
-        written
+        Ok(())
     }
     fn update_backend_key(&mut self, id: u32, key: &BackendKey) -> Result<(), MapWriteError> {
         count_write();
@@ -910,8 +923,11 @@ impl MapWriter for BpfMaps {
             .map_err(kernel(names::BACKEND_KEYS, "update"))
     }
     fn settle(&mut self) -> Result<(), MapWriteError> {
-        if std::mem::take(&mut self.epoch_stale) {
+        // Cleared only once the bump is written: a failed one is tried again next time (a
+        // service memo or flow-cache slot must never outlive what it was filled from).
+        if self.epoch_stale {
             self.bump_epoch()?;
+            self.epoch_stale = false;
         }
         Ok(())
     }

@@ -369,9 +369,13 @@ fn lvs_timeouts(st: &Stmt) -> Result<Vec<(&'static str, Value)>, Diag> {
                 format!("`lvs_timeouts`: {name} is given twice"),
             ));
         }
-        out.push((name, Value::Int(int(v, 1, i64::from(u32::MAX))?)));
+        // keepalived's range: 0 (IPVS's default kept: the key left out) to 31 days.
+        let secs = int(v, 0, 31 * 86_400)?;
+        if secs != 0 {
+            out.push((name, Value::Int(secs)));
+        }
     }
-    if out.is_empty() {
+    if st.args().is_empty() {
         return Err(Diag::new(
             st.keyword().span,
             "`lvs_timeouts` needs at least one of tcp, tcpfin and udp",
@@ -786,8 +790,10 @@ impl Cx<'_> {
                     }
                     "lvs_timeouts" => {
                         let v = lvs_timeouts(st)?;
-                        let span = st.keyword().span;
-                        self.put(&mut t, "lvs_timeouts", Value::Inline(v), span, st)?;
+                        if !v.is_empty() {
+                            let span = st.keyword().span;
+                            self.put(&mut t, "lvs_timeouts", Value::Inline(v), span, st)?;
+                        }
                     }
                     "lvs_sync_daemon" => {
                         self.lvs_sync_daemon(st)?;
