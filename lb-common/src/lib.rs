@@ -205,8 +205,9 @@ const _: () = assert!(core::mem::size_of::<BackendLoad>() == 16);
 
 /// Slot 0 of `SYN_GUARD`: how many flows wait for the client's ACK (SYN_RECV), and how many
 /// may. A SYN that finds the table at its share of embryonic flows is forwarded without an
-/// entry, by a hash of its 5-tuple, and the client's ACK is scheduled by the same hash (see
-/// `docs/architecture.md`, "SYN floods").
+/// entry, by a hash of the client's address and port (its network, in a persistent service),
+/// and the client's ACK is scheduled by the same hash (see `docs/architecture.md`, "SYN
+/// floods").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SynGuard {
@@ -669,8 +670,8 @@ pub mod reason {
     /// stack, which holds any such tag, gets it.
     pub const PASS_VLAN_UNKNOWN: u32 = 22;
     /// TX: an opening SYN that found the table at its share of embryonic flows
-    /// (`SynGuard::cap`): forwarded by a hash of its 5-tuple, no entry written (a SYN flood
-    /// cannot push established flows out of the table).
+    /// (`SynGuard::cap`): forwarded by a hash of the client's address and port, no entry
+    /// written (a SYN flood cannot push established flows out of the table).
     pub const FWD_SYN_UNTRACKED: u32 = 23;
 
     pub const COUNT: u32 = 24;

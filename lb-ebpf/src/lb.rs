@@ -646,7 +646,8 @@ fn service_lookup<F: Family>(l3: &L3, port: u16) -> Result<u32, u32> {
 /// the port of a live connection) keeps its backend, as the lookup would have given it: the
 /// rr step taken for it is handed back and no persistence template is written for it.
 /// A SYN that finds the table at its share of embryonic flows (`conns::flooded`) writes no
-/// entry and is scheduled by a hash of its 5-tuple, which its ACK will find again.
+/// entry and is scheduled by a hash of the client's address and port (its network, in a
+/// persistent service), which its ACK will find again.
 /// A TCP segment that is no opening SYN is judged here, after the service's own verdicts
 /// (inactive), because whether it may open a flow is the service's choice.
 #[inline(always)]

@@ -355,7 +355,7 @@ fn new_flow(h: &mut XdpHarness, macswap: &mut Ebpf) -> Result<[Entry; 2]> {
     ])
 }
 
-/// A service of `n` real servers (10.0.0.0 on, MACs 02:00:00:00:hi:lo) under `sched`. The
+/// A service of `n` real servers (203.0.113.0 on, MACs 02:00:00:00:hi:lo) under `sched`. The
 /// addresses never reach an interface: the program only keeps them.
 fn service_of(vip: Ipv4Addr, sched: Scheduler, n: usize) -> ServiceSpec {
     let mut spec = rr_service(vip.into(), VPORT);
