@@ -18,6 +18,9 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_GRE: u8 = 47;
 pub const PROTO_VRRP: u8 = 112;
 
 /// Default size of the flow table (LRU), overridable at load time.
@@ -80,18 +83,26 @@ pub mod names {
     pub const SYN_GUARD: &str = "SYN_GUARD";
     /// Service id -> the two backends a count-based scheduler chooses between.
     pub const CANDIDATES: &str = "CANDIDATES";
+    /// Backend id -> this CPU's memo of the FIB's answer for a tunnel backend (program
+    /// private; sized with the backends).
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
     /// restarted daemon adopts the backend ids by.
     pub const BACKEND_KEYS: &str = "BACKEND_KEYS";
     /// Daemon only: slot 0 holds the pinned state's `Meta`.
     pub const META: &str = "META";
+    /// A real server's decapsulator (`realserver start --tunnel`): the entry point, the
+    /// VIPs it takes tunnelled packets for (`DecapKey`), and its GUE port (a global).
+    pub const DECAP_PROGRAM: &str = "lb_decap";
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    pub const GLOBAL_DECAP_GUE_PORT: &str = "DECAP_GUE_PORT";
 }
 
 /// The version of the maps' layout that a daemon pins (`Meta::layout`): raised whenever a
 /// map's key, value or meaning changes, so that a daemon never adopts maps it would read
 /// wrongly. A map whose type, key or value size differs from the object's is never adopted
 /// whatever the version says.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Slot 0 of the daemon-only `META` array, pinned beside the maps.
 #[repr(C)]
@@ -121,6 +132,17 @@ pub struct BackendKey {
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<BackendKey>() == 24);
+
+/// Key of `DECAP_VIPS`: a VIP a real server takes tunnelled packets for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DecapKey {
+    /// The address in the program's words (`family` 4: word 0, the others 0).
+    pub addr: [u32; 4],
+    /// 4 or 6.
+    pub family: u32,
+}
+const _: () = assert!(core::mem::size_of::<DecapKey>() == 20);
 
 /// Key of `SERVICES4`: (VIP, port, protocol). Port 0 means every port.
 #[repr(C)]
@@ -394,6 +416,20 @@ pub const LOAD_F_OVERLOAD: u32 = 1 << 0;
 pub const BACKEND_F_PRESENT: u32 = 1 << 0;
 /// Weight 0: existing flows stay, no new ones (not even persistent clients).
 pub const BACKEND_F_DRAINING: u32 = 1 << 1;
+/// Reached through a tunnel (IPVS's TUN: `BackendValue::tun_*`), not by its MAC.
+pub const BACKEND_F_TUN: u32 = 1 << 2;
+
+/// `BackendValue::tun_kind`: how a TUN backend's packets are wrapped. IPIP means IPv4 in
+/// IPv4 or IPv6 in IPv6 (protocol 4 or 41), as IPVS's `ipip` does for either family.
+pub const TUN_IPIP: u8 = 0;
+/// GUE (RFC draft-ietf-intarea-gue, variant 0, no options): UDP to `tun_port`, a 4-byte
+/// header naming the inner protocol. What IPVS's `gue` writes, UDP checksum 0.
+pub const TUN_GUE: u8 = 1;
+/// GRE (RFC 2784): a 4-byte header, no key, no checksum, no sequence; IPVS's `gre`.
+pub const TUN_GRE: u8 = 2;
+/// Outer header bytes of each kind after the outer IP header (UDP 8 + GUE 4; GRE 4).
+pub const TUN_GUE_HLEN: usize = 12;
+pub const TUN_GRE_HLEN: usize = 4;
 
 /// Value of the `BACKENDS` array, indexed by backend id.
 #[repr(C)]
@@ -413,8 +449,20 @@ pub struct BackendValue {
     pub u_threshold: u32,
     /// keepalived's `lthreshold` (IPVS `-y`); 0: three quarters of `u_threshold`.
     pub l_threshold: u32,
+    /// With `BACKEND_F_TUN`: the outer header's destination (the real server) and source
+    /// (an address of this node), in the family of the service (no mixed families).
+    pub tun_daddr: [u32; 4],
+    pub tun_saddr: [u32; 4],
+    /// `TUN_*`.
+    pub tun_kind: u8,
+    /// The outer TTL (hop limit).
+    pub tun_ttl: u8,
+    /// `TUN_GUE`: the UDP destination port, network byte order.
+    pub tun_port: u16,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
+// One cache line: what a packet reads of its backend (flags, generation, MAC) stays in one.
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 64);
 // The program copies `mac` in 16-bit words.
 const _: () = assert!(core::mem::offset_of!(BackendValue, mac) % 2 == 0);
 
@@ -498,7 +546,9 @@ pub struct FlowCache4 {
     /// The backend's MAC when the slot was filled (at an even offset: the program copies it
     /// in 16-bit words).
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1: the backend is reached through a tunnel (`BACKEND_F_TUN`), `mac` unused.
+    pub tun: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowCache4>() == 48);
 const _: () = assert!(core::mem::offset_of!(FlowCache4, mac) % 2 == 0);
@@ -511,7 +561,8 @@ pub struct FlowCache6 {
     pub value: FlowValue,
     pub epoch: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    pub tun: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowCache6>() == 72);
 const _: () = assert!(core::mem::offset_of!(FlowCache6, mac) % 2 == 0);
@@ -673,20 +724,46 @@ pub mod reason {
     /// (`SynGuard::cap`): forwarded by a hash of the client's address and port, no entry
     /// written (a SYN flood cannot push established flows out of the table).
     pub const FWD_SYN_UNTRACKED: u32 = 23;
+    /// TX: a packet for a TUN backend that would not fit the path once wrapped, with DF
+    /// set (IPv4) or IPv6: answered in its place with ICMP "fragmentation needed" (ICMPv6
+    /// "packet too big") from the VIP, quoting it, with the MTU left inside the tunnel.
+    pub const TX_TOO_BIG: u32 = 24;
+    /// DROP: the same without DF (IPv4: IPVS would fragment the outer packet, which XDP
+    /// cannot), or an ICMP error that itself would not fit (never answered with one).
+    pub const DROP_TOO_BIG: u32 = 25;
+    /// DROP: a TUN backend's next hop has no neighbour entry (the kernel's FIB says
+    /// NO_NEIGH). The daemon resolves every tunnel's next hop ahead, and again when this
+    /// counts; passed to the stack, the packet would reach the VIP this node owns, which
+    /// answers a SYN with a reset.
+    pub const DROP_NO_NEIGH: u32 = 26;
+    /// DROP: the FIB has no usable route to a TUN backend (unreachable, blackhole,
+    /// forwarding disabled on the interface), or the frame had no room for the header.
+    pub const DROP_NO_ROUTE: u32 = 27;
 
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 28;
+
+    /// Or'd into a forwarding reason by the program when the frame leaves through another
+    /// interface than it came in on (a TUN backend whose route says so): the verdict is
+    /// then XDP_REDIRECT. Never stored: the counters take the reason without it.
+    pub const VIA_REDIRECT: u32 = 1 << 8;
+    pub const XDP_REDIRECT: u32 = 4;
 
     /// The verdict that goes with a reason.
     pub const fn verdict(reason: u32) -> u32 {
+        if reason & VIA_REDIRECT != 0 {
+            return XDP_REDIRECT;
+        }
         match reason {
             FWD_ESTABLISHED
             | FWD_NEW_FLOW
             | FWD_FRAGMENT
             | FWD_ICMP
             | FWD_NEW_FLOW_MIDSTREAM
-            | FWD_SYN_UNTRACKED => XDP_TX,
+            | FWD_SYN_UNTRACKED
+            | TX_TOO_BIG => XDP_TX,
             DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6 | DROP_MALFORMED_L4
-            | DROP_MALFORMED_ICMP | DROP_BAD_IPV4_CSUM => XDP_DROP,
+            | DROP_MALFORMED_ICMP | DROP_BAD_IPV4_CSUM | DROP_TOO_BIG | DROP_NO_NEIGH
+            | DROP_NO_ROUTE => XDP_DROP,
             _ => XDP_PASS,
         }
     }
@@ -718,6 +795,10 @@ pub mod reason {
             DROP_BAD_IPV4_CSUM => "drop_bad_ipv4_csum",
             PASS_VLAN_UNKNOWN => "pass_vlan_unknown",
             FWD_SYN_UNTRACKED => "fwd_syn_untracked",
+            TX_TOO_BIG => "tx_too_big",
+            DROP_TOO_BIG => "drop_too_big",
+            DROP_NO_NEIGH => "drop_no_neigh",
+            DROP_NO_ROUTE => "drop_no_route",
             _ => "unknown",
         }
     }
@@ -749,6 +830,7 @@ mod user {
     unsafe impl aya::Pod for SyncEvent6 {}
     unsafe impl aya::Pod for BackendLoad {}
     unsafe impl aya::Pod for SynGuard {}
+    unsafe impl aya::Pod for DecapKey {}
 }
 
 /// An IPv4 address as the kernel side stores it (network byte order in memory).

@@ -148,6 +148,74 @@ pub struct Thresholds {
     pub lower: u32,
 }
 
+/// How a TUN real server's packets are wrapped: keepalived's `lvs_method TUN type ...`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TunnelKind {
+    /// IPv4 in IPv4 (protocol 4), IPv6 in IPv6 (41): keepalived's and IPVS's default.
+    #[default]
+    Ipip,
+    /// GUE over UDP to a port (keepalived's `type gue port N`).
+    Gue,
+    /// GRE (keepalived's `type gre`).
+    Gre,
+}
+
+impl TunnelKind {
+    pub const ALL: [TunnelKind; 3] = [TunnelKind::Ipip, TunnelKind::Gue, TunnelKind::Gre];
+
+    /// keepalived's name, and the TOML's.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Gue => "gue",
+            TunnelKind::Gre => "gre",
+        }
+    }
+
+    /// The program's code (`lb_common::TUN_*`).
+    pub fn code(self) -> u8 {
+        match self {
+            TunnelKind::Ipip => lb_common::TUN_IPIP,
+            TunnelKind::Gue => lb_common::TUN_GUE,
+            TunnelKind::Gre => lb_common::TUN_GRE,
+        }
+    }
+
+    /// Bytes the tunnel adds to a packet of the given family.
+    pub fn overhead(self, v4: bool) -> usize {
+        let ip = if v4 { 20 } else { 40 };
+        ip + match self {
+            TunnelKind::Ipip => 0,
+            TunnelKind::Gue => lb_common::TUN_GUE_HLEN,
+            TunnelKind::Gre => lb_common::TUN_GRE_HLEN,
+        }
+    }
+}
+
+impl std::str::FromStr for TunnelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TunnelKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("{s:?}: expected ipip, gue or gre"))
+    }
+}
+
+/// The outer TTL (hop limit) of tunnelled packets by default.
+pub const DEFAULT_TUNNEL_TTL: u8 = 64;
+
+/// IPVS's TUN forwarding of one real server: the packet, whole, inside an outer header from
+/// `source` (`None`: the interface's primary address of the family) to the real server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tunnel {
+    pub kind: TunnelKind,
+    /// GUE's UDP destination port (0 for the others).
+    pub port: u16,
+    pub ttl: u8,
+    pub source: Option<std::net::IpAddr>,
+}
+
 /// keepalived's `lvs_timeouts` (`ipvsadm --set tcp tcpfin udp`): the idle timeouts of an
 /// established TCP connection, of one the client closed (FIN_WAIT) and of a UDP flow, in
 /// seconds; `None` keeps IPVS's default.

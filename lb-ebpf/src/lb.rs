@@ -22,7 +22,7 @@ use crate::{
     maps::*,
     parse::{self, ETH_P_IP, ETH_P_IPV6, L3},
     stats::{count_forward, may_log},
-    sync,
+    sync, tunnel,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -48,8 +48,8 @@ trait Family {
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> Self::Persist;
     type Cache: 'static;
     fn cache() -> &'static Array<Self::Cache>;
-    /// The slot's key, flow, epoch and MAC.
-    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue, u32, MacWords);
+    /// The slot's key, flow, epoch, MAC and whether the backend is a tunnel's.
+    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue, u32, MacWords, bool);
     fn cache_fill(
         c: &mut Self::Cache,
         key: &Self::Flow,
@@ -132,10 +132,10 @@ impl Family for V4 {
         &FLOW_CACHE4
     }
     #[inline(always)]
-    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue, u32, MacWords) {
+    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue, u32, MacWords, bool) {
         // SAFETY: `FlowCache4` is 4-aligned and `mac` is at an even offset (lb-common).
         let mac = unsafe { mac_words(&c.mac) };
-        (&c.key, &mut c.value, c.epoch, mac)
+        (&c.key, &mut c.value, c.epoch, mac, c.tun != 0)
     }
     #[inline(always)]
     fn cache_fill(
@@ -149,6 +149,7 @@ impl Family for V4 {
         c.value = *value;
         c.epoch = epoch;
         c.mac = b.mac;
+        c.tun = (b.flags & BACKEND_F_TUN != 0) as u8;
     }
     #[inline(always)]
     fn slot(k: &FlowKey4) -> u32 {
@@ -233,10 +234,10 @@ impl Family for V6 {
         &FLOW_CACHE6
     }
     #[inline(always)]
-    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue, u32, MacWords) {
+    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue, u32, MacWords, bool) {
         // SAFETY: `FlowCache6` is 4-aligned and `mac` is at an even offset (lb-common).
         let mac = unsafe { mac_words(&c.mac) };
-        (&c.key, &mut c.value, c.epoch, mac)
+        (&c.key, &mut c.value, c.epoch, mac, c.tun != 0)
     }
     #[inline(always)]
     fn cache_fill(
@@ -250,6 +251,7 @@ impl Family for V6 {
         c.value = *value;
         c.epoch = epoch;
         c.mac = b.mac;
+        c.tun = (b.flags & BACKEND_F_TUN != 0) as u8;
     }
     #[inline(always)]
     fn slot(k: &FlowKey6) -> u32 {
@@ -390,7 +392,9 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             tcp_next(NONE, l4.ev),
         )
     };
-    new_flow::<F>(ctx, id, &key, slot, l3, l4.sport, clk, reason, opening, state)
+    new_flow::<F>(
+        ctx, id, &key, slot, l3, l4.sport, clk, reason, opening, state,
+    )
 }
 
 /// How the packet that misses the flow table may open a flow.
@@ -445,20 +449,44 @@ fn usable(e: &FlowValue, now: u32) -> Option<&'static BackendValue> {
 }
 
 #[inline(always)]
-fn send_established(
+fn send_established<F: Family>(
     ctx: &XdpContext,
+    key: &F::Flow,
     b: &BackendValue,
     e: &FlowValue,
+    clk: Clock,
     reason: u32,
 ) -> Result<u32, u32> {
-    send_to(ctx, backend_mac(b), e, reason)
+    let tun = b.flags & BACKEND_F_TUN != 0;
+    send_to::<F>(ctx, key, backend_mac(b), tun, e, false, clk, reason)
 }
 
+/// Sends the frame to flow `e`'s backend: by its MAC (direct routing), or wrapped for its
+/// tunnel (`tun`); counts it for the flow's service and backend. The reason comes back with
+/// `VIA_REDIRECT` when a tunnel's route leaves through another interface; a packet the
+/// tunnel cannot take comes back as the reason it did not go (`tunnel::send`).
 #[inline(always)]
-fn send_to(ctx: &XdpContext, mac: MacWords, e: &FlowValue, reason: u32) -> Result<u32, u32> {
-    rewrite_macs(ctx, mac)?;
-    count_forward(ctx, e.service, e.backend, false);
-    Ok(reason)
+#[allow(clippy::too_many_arguments)]
+fn send_to<F: Family>(
+    ctx: &XdpContext,
+    key: &F::Flow,
+    mac: MacWords,
+    tun: bool,
+    e: &FlowValue,
+    new_flow: bool,
+    clk: Clock,
+    reason: u32,
+) -> Result<u32, u32> {
+    let via = if !tun {
+        rewrite_macs(ctx, mac)?;
+        0
+    } else if F::V4 {
+        tunnel::send::<true>(ctx, e.backend, F::slot(key), clk)?
+    } else {
+        tunnel::send::<false>(ctx, e.backend, F::slot(key), clk)?
+    };
+    count_forward(ctx, e.service, e.backend, new_flow);
+    Ok(reason | via)
 }
 
 /// The short path: a known flow of an active service, not idle too long, whose backend is
@@ -479,20 +507,20 @@ fn established<F: Family>(
     if let Some(c) = cache {
         // SAFETY: a slot of this CPU's region: only this CPU touches it, and the program
         // runs to its end on one CPU (XDP runs with migration disabled).
-        let (ckey, cval, cepoch, cmac) = F::cache_parts(unsafe { &mut *c });
+        let (ckey, cval, cepoch, cmac, ctun) = F::cache_parts(unsafe { &mut *c });
         if F::same(ckey, key) && cepoch == clk.epoch {
             // Seen this second, under the epoch the slot was filled in, and no state change:
             // neither idle nor changed since it was checked (see `FlowCache4`). No service
             // or backend read.
             let moves = tcp_next(cval.state, ev) != cval.state;
             if cval.last_seen == now && !moves {
-                return Some(send_to(ctx, cmac, cval, reason));
+                return Some(send_to::<F>(ctx, key, cmac, ctun, cval, false, clk, reason));
             }
             // Once a second, and at a state change, the flow is checked again, and the
             // table hears from the cache (out of line: the hot path stays short).
             if let Some(b) = usable(cval, now) {
                 if write_through::<F>(key, cval, now, ev) {
-                    return Some(send_established(ctx, b, cval, reason));
+                    return Some(send_established::<F>(ctx, key, b, cval, clk, reason));
                 }
             }
         }
@@ -518,7 +546,7 @@ fn established<F: Family>(
         // SAFETY: per-CPU slot, as above.
         F::cache_fill(unsafe { &mut *c }, key, e, clk.epoch, b);
     }
-    Some(send_established(ctx, b, e, reason))
+    Some(send_established::<F>(ctx, key, b, e, clk, reason))
 }
 
 /// The table (the source of truth, and what other CPUs see) learns that a cached flow is
@@ -693,12 +721,6 @@ fn new_flow<F: Family>(
     hashed |= guard.is_some();
     let mut fresh = false;
     let (backend, b) = schedule::<F>(ctx, svc, l3, sport, now, hashed, &mut fresh)?;
-    if let Some(g) = guard {
-        conns::extend_flood_window(g, now);
-        rewrite_macs(ctx, backend_mac(b))?;
-        count_forward(ctx, id, backend, true);
-        return Ok(FWD_SYN_UNTRACKED);
-    }
     let value = FlowValue {
         backend,
         generation: b.generation,
@@ -706,6 +728,20 @@ fn new_flow<F: Family>(
         last_seen: now,
         state,
     };
+    let tun = b.flags & BACKEND_F_TUN != 0;
+    if let Some(g) = guard {
+        conns::extend_flood_window(g, now);
+        return send_to::<F>(
+            ctx,
+            key,
+            backend_mac(b),
+            tun,
+            &value,
+            true,
+            clk,
+            FWD_SYN_UNTRACKED,
+        );
+    }
     let flags = if syn { BPF_NOEXIST } else { BPF_ANY };
     match F::flows().insert(key, &value, flags) {
         Ok(()) => {
@@ -727,8 +763,7 @@ fn new_flow<F: Family>(
                 o.state != TIME_WAIT && o.state != CLOSE && !backend_drains(o.backend)
             });
             if reuse {
-                if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED, EV_SYN)
-                {
+                if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED, EV_SYN) {
                     if fresh && (svc.sched == SCHED_RR || svc.sched == SCHED_WRR) {
                         unstep_rr(svc.id);
                     }
@@ -770,9 +805,7 @@ fn new_flow<F: Family>(
         // SAFETY: this CPU's slot, as in `established`.
         F::cache_fill(unsafe { &mut *c }, key, &value, clk.epoch, b);
     }
-    rewrite_macs(ctx, backend_mac(b))?;
-    count_forward(ctx, id, backend, true);
-    Ok(reason)
+    send_to::<F>(ctx, key, backend_mac(b), tun, &value, true, clk, reason)
 }
 
 /// The table's flow for `key`, copied.
@@ -1042,5 +1075,5 @@ fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         return Err(PASS_INACTIVE);
     }
     let b = live_backend(e.backend, e.generation).ok_or(PASS_ICMP_NO_FLOW)?;
-    send_established(ctx, b, e, FWD_ICMP)
+    send_established::<F>(ctx, &key, b, e, clock(), FWD_ICMP)
 }

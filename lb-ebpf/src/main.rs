@@ -16,12 +16,14 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 mod conns;
+mod decap;
 mod forward;
 mod lb;
 mod maps;
 mod parse;
 mod stats;
 mod sync;
+mod tunnel;
 mod vlan;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
@@ -45,6 +47,14 @@ pub fn lb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 pub fn lb_native(ctx: XdpContext) -> u32 {
     run::<vlan::Driver>(&ctx)
+}
+
+/// Not the balancer: a TUN real server's decapsulator (`decap.rs`), which the daemon's
+/// `realserver start --tunnel` loads on the real server.
+#[xdp]
+#[inline(always)]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    decap::run(&ctx)
 }
 
 /// Tests only: `lb_native` with the driver's answer read from `VLAN_TEST`.

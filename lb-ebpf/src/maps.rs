@@ -157,6 +157,35 @@ pub static BACKEND_LOAD: Array<BackendLoad> =
 pub static CANDIDATES: Array<[u32; 2]> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
+/// Backend id -> this CPU's memo of the FIB's answer for a TUN backend (`NextHop`): the
+/// next hop's MAC, the egress interface and its MTU, asked again once a second and after
+/// every update (epoch). Program-private; sized with the backends.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Slot 0: this CPU's `bpf_fib_lookup` argument: 64 bytes the program's stack, at its
+/// 512-byte limit, has no room for.
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<crate::tunnel::FibParams> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `NEXT_HOPS` slot: what `bpf_fib_lookup` said about the route to a tunnel backend.
+/// Valid while `ok` is 1, `checked` is the `CLOCK` second and `epoch` the `Clock::epoch`:
+/// a neighbour's new MAC or a route's new MTU is seen within a second, a backend's new
+/// address at once.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// The next hop's MAC and the egress interface's, as the program copies them.
+    pub dmac: [u16; 3],
+    pub smac: [u16; 3],
+    pub ifindex: u32,
+    /// The route's MTU: the largest outer packet.
+    pub mtu: u32,
+    pub checked: u32,
+    pub epoch: u32,
+    pub ok: u32,
+}
+
 /// Connection state -> its timeout in seconds (`conn_state`; ESTABLISHED, UDP and NONE take
 /// the service's `idle_timeout_s` instead). Written by the daemon (`lvs_timeouts`).
 #[map]

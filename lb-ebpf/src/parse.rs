@@ -55,7 +55,11 @@ fn load<T: Copy>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<T, u32>
 /// multiples of 4 or 8), so these loads are aligned. A wider load could not be: the IP
 /// header sits at offset 14.
 #[inline(always)]
-fn words<const N: usize>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<[u16; N], u32> {
+pub fn words<const N: usize>(
+    ctx: &XdpContext,
+    off: usize,
+    malformed: u32,
+) -> Result<[u16; N], u32> {
     let p = ptr_at::<[u16; N]>(ctx, off).ok_or(malformed)?;
     // SAFETY: bounds checked above; 2-byte aligned as explained above.
     Ok(unsafe { p.read() })
@@ -63,7 +67,7 @@ fn words<const N: usize>(ctx: &XdpContext, off: usize, malformed: u32) -> Result
 
 /// Two 16-bit words as the 32-bit value with the same bytes in memory.
 #[inline(always)]
-fn join(lo: u16, hi: u16) -> u32 {
+pub fn join(lo: u16, hi: u16) -> u32 {
     let [a, b] = lo.to_ne_bytes();
     let [c, d] = hi.to_ne_bytes();
     u32::from_ne_bytes([a, b, c, d])
@@ -94,7 +98,7 @@ fn ipv4_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv4Field
 
 /// The unfolded ones'-complement sum of the `N` 16-bit words at `off`.
 #[inline(always)]
-fn sum_words<const N: usize>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<u32, u32> {
+pub fn sum_words<const N: usize>(ctx: &XdpContext, off: usize, malformed: u32) -> Result<u32, u32> {
     let mut sum = 0u32;
     for w in words::<N>(ctx, off, malformed)? {
         sum += w as u32;
@@ -172,7 +176,7 @@ fn ipv6_fields(ctx: &XdpContext, off: usize, malformed: u32) -> Result<Ipv6Field
 /// packet ranges per pointer and not such relations, then refuses the loads they guarded.
 /// The barrier is an empty `asm!`: no instruction.
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> usize {
+pub fn frame_len(ctx: &XdpContext) -> usize {
     opaque(ctx.data_end() - ctx.data())
 }
 

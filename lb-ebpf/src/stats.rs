@@ -10,7 +10,7 @@ pub fn frame_len(ctx: &XdpContext) -> u64 {
 
 #[inline(always)]
 pub fn count_reason(ctx: &XdpContext, reason: u32) {
-    if let Some(c) = REASON_STATS.get_ptr_mut(reason) {
+    if let Some(c) = REASON_STATS.get_ptr_mut(reason & !lb_common::reason::VIA_REDIRECT) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
         unsafe {
             (*c).packets += 1;

@@ -120,6 +120,33 @@ impl XdpHarness {
     pub fn run(&mut self, frame: &[u8]) -> Result<RunOutput> {
         self.run_repeat(frame, 1)
     }
+
+    /// One run of `frame` as if it arrived on interface `ifindex` of the calling thread's
+    /// network namespace: what the program's FIB lookups (TUN) see. `repeat` as in
+    /// [`Self::run_repeat`].
+    pub fn run_on(&mut self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<RunOutput> {
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end the frame's length, the rest 0.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = program::xdp(&mut self.ebpf)?;
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
+    }
 }
 
 /// The trivial programs: `macswap` (the benchmark baseline), `pass` and `drop`.
@@ -166,6 +193,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
                 mac: Some(addrs::B[i as usize]),
+                tunnel: None,
             })
             .collect(),
     }

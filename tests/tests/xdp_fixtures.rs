@@ -27,6 +27,7 @@ fn backend(i: usize, port: u16, weight: u32) -> BackendSpec {
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
         weight,
         mac: Some(B[i]),
+        tunnel: None,
     }
 }
 

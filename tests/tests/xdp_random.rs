@@ -75,6 +75,7 @@ fn backend(i: usize, port: u16) -> BackendSpec {
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
         weight: 1,
         mac: Some(B[i]),
+        tunnel: None,
     }
 }
 

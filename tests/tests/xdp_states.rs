@@ -93,6 +93,7 @@ fn service(f: Family, proto: Proto, sched: Scheduler, weights: &[u32]) -> Servic
                 weight,
                 mac: Some(B[i]),
                 thresholds: Default::default(),
+                tunnel: None,
             })
             .collect(),
     }

@@ -23,7 +23,8 @@ pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 // The configuration is a leaf: it reads and checks the file by its own rules, and uses
 // nothing of the daemon but the ground floor's model.
 use crate::model::{
-    is_prime, Limits, LvsTimeouts, Proto, Scheduler, ServiceKey, Thresholds, XdpMode,
+    is_prime, Limits, LvsTimeouts, Proto, Scheduler, ServiceKey, Thresholds, Tunnel, TunnelKind,
+    XdpMode, DEFAULT_TUNNEL_TTL,
 };
 
 /// The control socket of `lb-daemon status` and `reload` when `global_defs.control_socket`
@@ -203,7 +204,19 @@ struct RawVirtualServer {
     protocol: Spanned<String>,
     /// keepalived's default: wlc.
     lb_algo: Option<Spanned<String>>,
+    /// "DR" or "TUN" (keepalived's `lb_kind`, or its synonym `lvs_method`).
+    #[serde(alias = "lvs_method")]
     lb_kind: Spanned<String>,
+    /// TUN: "ipip" (the default), "gue" (with `tunnel_port`) or "gre"; keepalived's
+    /// `lvs_method TUN type ...`. Each real server may say otherwise.
+    tunnel_type: Option<Spanned<String>>,
+    /// TUN with GUE: the real servers' UDP port (keepalived's `port N`).
+    tunnel_port: Option<Spanned<u16>>,
+    /// TUN: the outer TTL (hop limit), 64 by default.
+    tunnel_ttl: Option<Spanned<u8>>,
+    /// TUN: the outer source address (default: the interface's primary address of the
+    /// VIP's family).
+    tunnel_source: Option<Spanned<String>>,
     #[serde(default)]
     persistence_timeout: u32,
     /// IPVS `-M`: a netmask (`255.255.255.0`) or a prefix length (`24`).
@@ -262,6 +275,12 @@ struct RawRealServer {
     /// keepalived's `lthreshold`: below this many it takes new ones again (default three
     /// quarters of `uthreshold`).
     lthreshold: Option<Spanned<u32>>,
+    /// keepalived's per-real-server `lvs_method`: "DR" or "TUN" (default: the
+    /// virtual_server's `lb_kind`).
+    lvs_method: Option<Spanned<String>>,
+    /// TUN: this real server's tunnel type and GUE port (default: the virtual_server's).
+    tunnel_type: Option<Spanned<String>>,
+    tunnel_port: Option<Spanned<u16>>,
     // Health checks, keepalived's blocks and keys in TOML form; `config/check.rs` reads them.
     #[serde(rename = "TCP_CHECK")]
     tcp_check: Option<check::RawTcpCheck>,
@@ -397,6 +416,9 @@ impl VirtualServer {
 pub struct RealServer {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// TUN forwarding (keepalived's `lvs_method TUN`); `None`: direct routing. `source`
+    /// stays `None` when the file names none: the daemon takes the interface's.
+    pub tunnel: Option<crate::model::Tunnel>,
     /// `uthreshold`/`lthreshold` (count-based schedulers only).
     pub thresholds: Thresholds,
     /// Its health checks; none means always healthy (keepalived without a checker).
@@ -1197,16 +1219,8 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             .parse()
             .map_err(|e: String| cx.invalid(a.span(), "virtual_server.lb_algo", e))?,
     };
-    if !vs.lb_kind.get_ref().eq_ignore_ascii_case("DR") {
-        return Err(cx.invalid(
-            vs.lb_kind.span(),
-            "virtual_server.lb_kind",
-            format!(
-                "{:?}: only DR (direct routing) is supported",
-                vs.lb_kind.get_ref()
-            ),
-        ));
-    }
+    let vs_tun = forwarding(cx, &vs.lb_kind, "virtual_server.lb_kind")?;
+    let vs_tunnel = vs_tunnel(cx, vs, vip, vs_tun)?;
     let bits = if vip.is_ipv4() { 32 } else { 128 };
     let persistence_prefix = match &vs.persistence_granularity {
         None => bits,
@@ -1252,11 +1266,17 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     let mut real_servers = Vec::new();
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
+        let tunnel = rs_tunnel(cx, rs, vs_tunnel)?;
         if addr.is_ipv4() != vip.is_ipv4() {
             return Err(cx.invalid(
                 rs.ip.span(),
                 "real_server.ip",
-                "direct routing needs the real server in the VIP's address family",
+                if tunnel.is_some() {
+                    "a TUN real server must be in the VIP's address family (the outer header \
+                     takes the inner packet's)"
+                } else {
+                    "direct routing needs the real server in the VIP's address family"
+                },
             ));
         }
         let weight = *rs.weight.get_ref();
@@ -1294,6 +1314,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         real_servers.push(RealServer {
             addr,
             weight,
+            tunnel,
             thresholds,
             checks,
         });
@@ -1335,6 +1356,165 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             }
         },
     })
+}
+
+/// `lb_kind` / `lvs_method`: true for TUN, false for DR.
+fn forwarding(cx: &Ctx, kind: &Spanned<String>, key: &str) -> Result<bool, ConfigError> {
+    match kind.get_ref().to_ascii_uppercase().as_str() {
+        "DR" => Ok(false),
+        "TUN" => Ok(true),
+        other => Err(cx.invalid(
+            kind.span(),
+            key,
+            format!("{other:?}: expected DR (direct routing) or TUN (IPIP, GUE or GRE tunnels)"),
+        )),
+    }
+}
+
+/// A tunnel type and its GUE port, keepalived's rule: `gue` needs a port, the others have
+/// none.
+fn tunnel_kind(
+    cx: &Ctx,
+    ty: Option<&Spanned<String>>,
+    port: Option<&Spanned<u16>>,
+    prefix: &str,
+) -> Result<(TunnelKind, u16), ConfigError> {
+    let kind = match ty {
+        None => TunnelKind::Ipip,
+        Some(t) => t
+            .get_ref()
+            .parse()
+            .map_err(|e: String| cx.invalid(t.span(), &format!("{prefix}.tunnel_type"), e))?,
+    };
+    match (kind, port) {
+        (TunnelKind::Gue, Some(p)) if *p.get_ref() != 0 => Ok((kind, *p.get_ref())),
+        (TunnelKind::Gue, Some(p)) => Err(cx.invalid(
+            p.span(),
+            &format!("{prefix}.tunnel_port"),
+            "must be 1..=65535",
+        )),
+        (TunnelKind::Gue, None) => Err(cx.invalid(
+            ty.map(|t| t.span()).unwrap_or(0..0),
+            &format!("{prefix}.tunnel_type"),
+            "a gue tunnel needs `tunnel_port` (the real servers' GUE port)",
+        )),
+        (_, Some(p)) => Err(cx.invalid(
+            p.span(),
+            &format!("{prefix}.tunnel_port"),
+            format!("only a gue tunnel has a port, not {}", kind.name()),
+        )),
+        (_, None) => Ok((kind, 0)),
+    }
+}
+
+/// The virtual_server's tunnel: what its TUN real servers use unless they say otherwise.
+/// Its keys are refused on a DR service, where they would mean nothing.
+fn vs_tunnel(
+    cx: &Ctx,
+    vs: &RawVirtualServer,
+    vip: IpAddr,
+    tun: bool,
+) -> Result<Option<Tunnel>, ConfigError> {
+    if !tun {
+        let stray = [
+            vs.tunnel_type.as_ref().map(|t| (t.span(), "tunnel_type")),
+            vs.tunnel_port.as_ref().map(|t| (t.span(), "tunnel_port")),
+            vs.tunnel_ttl.as_ref().map(|t| (t.span(), "tunnel_ttl")),
+            vs.tunnel_source
+                .as_ref()
+                .map(|t| (t.span(), "tunnel_source")),
+        ];
+        if let Some((span, key)) = stray.into_iter().flatten().next() {
+            return Err(cx.invalid(
+                span,
+                &format!("virtual_server.{key}"),
+                "only a virtual_server with lb_kind = \"TUN\" has a tunnel",
+            ));
+        }
+        return Ok(None);
+    }
+    let (kind, port) = tunnel_kind(
+        cx,
+        vs.tunnel_type.as_ref(),
+        vs.tunnel_port.as_ref(),
+        "virtual_server",
+    )?;
+    let ttl = match &vs.tunnel_ttl {
+        None => DEFAULT_TUNNEL_TTL,
+        Some(t) if *t.get_ref() == 0 => {
+            return Err(cx.invalid(t.span(), "virtual_server.tunnel_ttl", "must be 1..=255"))
+        }
+        Some(t) => *t.get_ref(),
+    };
+    let source = match &vs.tunnel_source {
+        None => None,
+        Some(s) => {
+            let a = ip(cx, s, "virtual_server.tunnel_source")?;
+            if a.is_ipv4() != vip.is_ipv4() {
+                return Err(cx.invalid(
+                    s.span(),
+                    "virtual_server.tunnel_source",
+                    "must be in the VIP's address family",
+                ));
+            }
+            Some(a)
+        }
+    };
+    Ok(Some(Tunnel {
+        kind,
+        port,
+        ttl,
+        source,
+    }))
+}
+
+/// A real server's tunnel: its own `lvs_method`, type and port over the virtual_server's.
+fn rs_tunnel(
+    cx: &Ctx,
+    rs: &RawRealServer,
+    vs_tunnel: Option<Tunnel>,
+) -> Result<Option<Tunnel>, ConfigError> {
+    let tun = match &rs.lvs_method {
+        None => vs_tunnel.is_some(),
+        Some(m) => forwarding(cx, m, "real_server.lvs_method")?,
+    };
+    if !tun {
+        if let Some((span, key)) = [
+            rs.tunnel_type.as_ref().map(|t| (t.span(), "tunnel_type")),
+            rs.tunnel_port.as_ref().map(|t| (t.span(), "tunnel_port")),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        {
+            return Err(cx.invalid(
+                span,
+                &format!("real_server.{key}"),
+                "only a TUN real server has a tunnel",
+            ));
+        }
+        return Ok(None);
+    }
+    let base = vs_tunnel.unwrap_or(Tunnel {
+        kind: TunnelKind::Ipip,
+        port: 0,
+        ttl: DEFAULT_TUNNEL_TTL,
+        source: None,
+    });
+    if rs.tunnel_type.is_none() && rs.tunnel_port.is_none() {
+        return Ok(Some(base));
+    }
+    // Its own type; without one, the virtual_server's, with this port.
+    let (kind, port) = match (&rs.tunnel_type, &rs.tunnel_port) {
+        (None, Some(p)) if base.kind == TunnelKind::Gue => {
+            if *p.get_ref() == 0 {
+                return Err(cx.invalid(p.span(), "real_server.tunnel_port", "must be 1..=65535"));
+            }
+            (TunnelKind::Gue, *p.get_ref())
+        }
+        (ty, p) => tunnel_kind(cx, ty.as_ref(), p.as_ref(), "real_server")?,
+    };
+    Ok(Some(Tunnel { kind, port, ..base }))
 }
 
 /// A netmask ("255.255.255.0", "ffff:ffff::") or a prefix length (24), as a prefix length.

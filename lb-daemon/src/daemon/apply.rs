@@ -75,6 +75,9 @@ pub(super) struct Dp {
     /// `lvs_timeouts` as the program has them (none before the first apply): a change
     /// rewrites `TIMEOUTS` and computes every service again (their idle timeouts follow).
     lvs: Option<crate::model::LvsTimeouts>,
+    /// The interface's primary IPv4 and IPv6 addresses: the outer source of a TUN real
+    /// server's packets where its virtual_server names no `tunnel_source`.
+    tunnel_sources: [Option<IpAddr>; 2],
 }
 
 impl Dp {
@@ -88,7 +91,51 @@ impl Dp {
             all_stale: true,
             stale: HashSet::new(),
             lvs: None,
+            tunnel_sources: [None; 2],
         }
+    }
+
+    /// Reads the interface's primary addresses again (at start, at a reload, after a move):
+    /// what a TUN real server's outer header comes from by default. A change computes every
+    /// service again (and says so).
+    pub(super) async fn refresh_tunnel_sources(&mut self, config: &Config) -> bool {
+        if !config
+            .virtual_servers
+            .iter()
+            .any(|vs| vs.real_servers.iter().any(|rs| rs.tunnel.is_some()))
+        {
+            return false;
+        }
+        let listed = match crate::netlink::addr::AddressSocket::open() {
+            Ok(mut sock) => sock.list(Some(self.xdp.ifindex)).await,
+            Err(e) => Err(e),
+        };
+        let addrs = match listed {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("reading the interface's addresses for the tunnels' source: {e}");
+                return false;
+            }
+        };
+        let vips: HashSet<IpAddr> = config
+            .virtual_servers
+            .iter()
+            .map(|vs| vs.vip)
+            .chain(
+                config
+                    .vrrp_instances
+                    .iter()
+                    .flat_map(|i| i.virtual_ipaddress.iter().map(|v| v.addr)),
+            )
+            .collect();
+        let sources = primary_addresses(&addrs, &vips);
+        if sources != self.tunnel_sources {
+            tracing::info!(v4 = ?sources[0], v6 = ?sources[1], "tunnels' source addresses");
+            self.tunnel_sources = sources;
+            self.all_stale = true;
+            return true;
+        }
+        false
     }
 
     /// [`Dp::apply`], growing the maps when the plan needs more room (or `[dataplane]`'s
@@ -232,12 +279,12 @@ impl Dp {
         let healthy: u32 = vs
             .real_servers
             .iter()
-            .filter(|rs| self.macs.known.contains_key(&rs.addr.ip()))
+            .filter(|rs| rs.tunnel.is_some() || self.macs.known.contains_key(&rs.addr.ip()))
             .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
             .fold(0u32, u32::saturating_add);
         let had = self.derived.get(&vs.key()).map(|d| d.quorum);
         let has = vs.quorum_next(had.unwrap_or(true), healthy);
-        let spec = service_spec(
+        let mut spec = service_spec(
             vs,
             &self.lvs.unwrap_or_default(),
             |ip| self.macs.known.get(&ip).copied(),
@@ -245,6 +292,15 @@ impl Dp {
             health_of,
             has,
         );
+        // A TUN real server without its virtual_server's `tunnel_source` sends from the
+        // interface's primary address; none known, the plan leaves it unusable.
+        for b in &mut spec.backends {
+            if let Some(t) = &mut b.tunnel {
+                if t.source.is_none() {
+                    t.source = self.tunnel_sources[usize::from(b.addr.is_ipv6())];
+                }
+            }
+        }
         PlannedService {
             had,
             has,
@@ -292,5 +348,64 @@ impl Dp {
             |ip| known.contains_key(&ip),
             now,
         )
+    }
+}
+
+/// The interface's primary IPv4 and IPv6 addresses among `addrs`: the first of each family
+/// of global scope that is no VIP, no secondary (IPv4) and usable (IPv6: not tentative).
+fn primary_addresses(
+    addrs: &[crate::netlink::addr::InterfaceAddress],
+    vips: &HashSet<IpAddr>,
+) -> [Option<IpAddr>; 2] {
+    use crate::netlink::addr::{IFA_F_SECONDARY, RT_SCOPE_UNIVERSE};
+    let pick = |v4: bool| {
+        addrs
+            .iter()
+            .filter(|a| a.addr.is_ipv4() == v4 && a.scope == RT_SCOPE_UNIVERSE && !a.deleted)
+            .filter(|a| !vips.contains(&a.addr) && !a.is_tentative())
+            .filter(|a| !v4 || a.flags & IFA_F_SECONDARY == 0)
+            .map(|a| a.addr)
+            .next()
+    };
+    [pick(true), pick(false)]
+}
+
+#[cfg(test)]
+mod tunnel_source_tests {
+    use super::*;
+    use crate::netlink::addr::{
+        InterfaceAddress, IFA_F_SECONDARY, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
+    };
+
+    fn a(addr: &str, flags: u32, scope: u8) -> InterfaceAddress {
+        InterfaceAddress {
+            ifindex: 2,
+            addr: addr.parse().unwrap(),
+            prefix_len: 24,
+            label: None,
+            flags,
+            scope,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn the_first_global_address_of_each_family_that_is_no_vip() {
+        let vips: HashSet<IpAddr> = ["192.0.2.100".parse().unwrap()].into();
+        let addrs = [
+            a("fe80::1", 0, RT_SCOPE_LINK),
+            a("192.0.2.100", 0, RT_SCOPE_UNIVERSE),
+            a("192.0.2.7", IFA_F_SECONDARY, RT_SCOPE_UNIVERSE),
+            a("192.0.2.2", 0, RT_SCOPE_UNIVERSE),
+            a("2001:db8::2", 0, RT_SCOPE_UNIVERSE),
+        ];
+        assert_eq!(
+            primary_addresses(&addrs, &vips),
+            [
+                Some("192.0.2.2".parse().unwrap()),
+                Some("2001:db8::2".parse().unwrap())
+            ]
+        );
+        assert_eq!(primary_addresses(&addrs[..2], &vips), [None, None]);
     }
 }

@@ -171,7 +171,12 @@ fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
         .iter()
         .flat_map(|vs| {
             let sorry = vs.sorry_server.map(|a| a.ip());
-            vs.real_servers.iter().map(|rs| rs.addr.ip()).chain(sorry)
+            // A TUN real server needs no MAC: its next hop is the FIB's.
+            vs.real_servers
+                .iter()
+                .filter(|rs| rs.tunnel.is_none())
+                .map(|rs| rs.addr.ip())
+                .chain(sorry)
         })
         .map(|ip| (ip, ifindex))
         .collect()

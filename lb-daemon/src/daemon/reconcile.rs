@@ -62,7 +62,11 @@ pub fn service_spec(
         .real_servers
         .iter()
         .map(|rs| {
-            let mac = mac_of(rs.addr.ip());
+            // A TUN real server is reached through the FIB's next hop: no MAC of its own.
+            let mac = match rs.tunnel {
+                Some(_) => Some(crate::dataplane::TUNNEL_MAC),
+                None => mac_of(rs.addr.ip()),
+            };
             match (
                 rs.healthy_weight(health_of(vs, rs)),
                 rs.checks.inhibit_on_failure,
@@ -72,18 +76,21 @@ pub fn service_spec(
                     addr: rs.addr,
                     weight,
                     mac,
+                    tunnel: rs.tunnel,
                 },
                 (None, true) => BackendSpec {
                     thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight: 0,
                     mac,
+                    tunnel: rs.tunnel,
                 },
                 (None, false) => BackendSpec {
                     thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight: 0,
                     mac: if vs.expire_nodest_conn { None } else { mac },
+                    tunnel: rs.tunnel,
                 },
             }
         })
@@ -109,6 +116,7 @@ pub fn service_spec(
             addr: sorry,
             weight: 1,
             mac: mac_of(sorry.ip()),
+            tunnel: None,
         });
     }
     ServiceSpec {
@@ -147,6 +155,7 @@ pub fn dataplane_limits(config: &Config) -> Result<Limits, plan::PlanError> {
                 addr: sorry,
                 weight: 1,
                 mac: Some([2, 0, 0, 0, 0, 1]),
+                tunnel: None,
             });
         }
     }
@@ -178,7 +187,11 @@ pub(super) fn quorum_changes(
             continue;
         };
         let was = before.get(&name).copied();
-        let known = settled || vs.real_servers.iter().all(|rs| has_mac(rs.addr.ip()));
+        let known = settled
+            || vs
+                .real_servers
+                .iter()
+                .all(|rs| rs.tunnel.is_some() || has_mac(rs.addr.ip()));
         if was.is_none() && !known {
             continue;
         }

@@ -366,19 +366,22 @@ impl State {
             } else if addresses_moved {
                 dp.macs.retarget(&self.config);
             }
+            // The interface's addresses: a TUN real server's default source.
+            let sources_moved = dp.refresh_tunnel_sources(&self.config).await;
             // The changed services again, with their checkers' first view, if that differs
             // from what they were planned with (no verdict yet plans a new real server as
             // its checker starts it, so it rarely does).
-            let again = match scope {
-                health::Scope::All => {
-                    dp.all_stale();
-                    true
-                }
-                health::Scope::Services(s) => {
-                    dp.stale(s.iter().copied());
-                    health_before != verdicts(&self.config, s, &self.health, &self.overrides)
-                }
-            };
+            let again = sources_moved
+                || match scope {
+                    health::Scope::All => {
+                        dp.all_stale();
+                        true
+                    }
+                    health::Scope::Services(s) => {
+                        dp.stale(s.iter().copied());
+                        health_before != verdicts(&self.config, s, &self.health, &self.overrides)
+                    }
+                };
             if again {
                 if let Err(e) = dp
                     .apply(

@@ -126,6 +126,7 @@ weight = 1
                     addr: a.parse().unwrap(),
                     weight: *w,
                     mac: mac.then_some([2, 0, 0, 0, 0, 1]),
+                    tunnel: None,
                 })
                 .collect(),
         }

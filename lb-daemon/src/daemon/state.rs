@@ -151,7 +151,9 @@ impl State {
                 }
                 let (mut macs, rx) = Macs::start(&config, xdp.ifindex)?;
                 macs.known.extend(std::mem::take(&mut seeds.macs));
-                (Some(Dp::new(xdp, macs, Instant::now())), Some(rx))
+                let mut dp = Dp::new(xdp, macs, Instant::now());
+                let _ = dp.refresh_tunnel_sources(&config).await;
+                (Some(dp), Some(rx))
             }
             None => (None, None),
         };

@@ -204,6 +204,7 @@ impl<W: MapWriter> Dataplane<W> {
                     addr: SocketAddr::new(ip, k.port),
                     weight: u32::from(b.flags & BACKEND_F_DRAINING == 0 && present),
                     mac: present.then_some(b.mac),
+                    tunnel: None,
                 });
                 dp.current.backends.insert(bid, b);
                 dp.current.keys.insert(bid, k);
@@ -405,6 +406,7 @@ mod tests {
                     addr: a.parse().unwrap(),
                     weight: *w,
                     mac: Some([2, 0, 0, 0, 0, i as u8 + 1]),
+                    tunnel: None,
                 })
                 .collect(),
         }
@@ -495,6 +497,7 @@ mod tests {
             addr: "198.51.100.9:80".parse().unwrap(),
             weight: 1,
             mac: Some([2, 0, 0, 0, 0, 9]),
+            tunnel: None,
         });
         adopted.update(&specs).unwrap();
         let (_, bids) = adopted.ids_of(&specs[2]).unwrap();
@@ -720,6 +723,7 @@ mod tests {
             addr: "[2001:db8::3]:80".parse().unwrap(),
             weight: 1,
             mac: None,
+            tunnel: None,
         });
         target.push(spec(
             "192.0.2.12",

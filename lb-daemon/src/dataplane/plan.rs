@@ -531,25 +531,40 @@ fn plan(
                 },
             );
             // A backend without a MAC cannot be sent to: absent, so its flows reschedule.
+            // Nor can a TUN backend without a source address of its family.
             let mut flags = 0;
-            if b.mac.is_some() {
+            let mut value = BackendValue {
+                mac: b.mac.unwrap_or_default(),
+                // The configuration caps weights at IPVS's 65535.
+                weight: b.weight.min(u32::from(u16::MAX)) as u16,
+                generation: alloc.ids.generations[bid as usize],
+                u_threshold: b.thresholds.upper,
+                l_threshold: b.thresholds.lower,
+                ..BackendValue::default()
+            };
+            let mut usable = b.mac.is_some();
+            if let Some(t) = &b.tunnel {
+                flags |= BACKEND_F_TUN;
+                value.mac = [0; 6];
+                value.tun_daddr = addr;
+                value.tun_kind = t.kind.code();
+                value.tun_ttl = t.ttl;
+                value.tun_port = t.port.to_be();
+                match t.source {
+                    Some(s) if s.is_ipv4() == b.addr.is_ipv4() => {
+                        value.tun_saddr = super::addr_words(s).0;
+                    }
+                    _ => usable = false,
+                }
+            }
+            if usable {
                 flags |= BACKEND_F_PRESENT;
             }
             if b.weight == 0 {
                 flags |= BACKEND_F_DRAINING;
             }
-            d.next.backends.insert(
-                bid,
-                BackendValue {
-                    mac: b.mac.unwrap_or_default(),
-                    // The configuration caps weights at IPVS's 65535.
-                    weight: b.weight.min(u32::from(u16::MAX)) as u16,
-                    flags,
-                    generation: alloc.ids.generations[bid as usize],
-                    u_threshold: b.thresholds.upper,
-                    l_threshold: b.thresholds.lower,
-                },
-            );
+            value.flags = flags;
+            d.next.backends.insert(bid, value);
         }
         let old_ring = old.and_then(|p| current.rings.get(&p.id));
         let ring = match built.next_if(|(j, _)| *j == i) {
@@ -1299,6 +1314,7 @@ mod tests {
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
                     weight,
                     mac: Some([2, 0, 0, 0, 0, i as u8]),
+                    tunnel: None,
                 })
                 .collect(),
         }

@@ -106,6 +106,8 @@ pub enum LoadError {
     Relocated(#[from] devbound::DevBoundError),
     #[error("making the daemon's own maps: {0}")]
     Daemon(String),
+    #[error("writing the decapsulator's VIPs: {0}")]
+    DecapVips(String),
 }
 
 /// Loads the program into the kernel (not attached yet).
@@ -123,7 +125,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
 /// The maps whose sizes follow the configuration ([`Limits`]). A larger program instance
 /// gets new ones ([`grow`]) and shares every other map with the one it replaces: the flow
 /// and persistence tables above all, so that no flow is lost to the growth.
-pub const SIZED_MAPS: [&str; 10] = [
+pub const SIZED_MAPS: [&str; 11] = [
     names::SERVICES4,
     names::SERVICES6,
     names::SERVICE_INFO,
@@ -134,6 +136,7 @@ pub const SIZED_MAPS: [&str; 10] = [
     names::BACKEND_STATS,
     names::BACKEND_LOAD,
     names::CANDIDATES,
+    names::NEXT_HOPS,
 ];
 
 /// A descriptor of each map of a program instance, by the object's names (its global data
@@ -510,8 +513,75 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .map_max_entries(names::BACKEND_STATS, size(names::BACKEND_STATS, l.backends))
         .map_max_entries(names::BACKEND_LOAD, size(names::BACKEND_LOAD, l.backends))
         .map_max_entries(names::CANDIDATES, size(names::CANDIDATES, l.services))
+        .map_max_entries(names::NEXT_HOPS, size(names::NEXT_HOPS, l.backends))
         .load(OBJECT)?;
     Ok(ebpf)
+}
+
+/// The real server's decapsulator (`realserver start --tunnel`), loaded, its `DECAP_VIPS`
+/// holding `vips` and its GUE port `gue_port` (0: none). The object's balancer maps are
+/// made as small as they can be: the decapsulator uses none of them.
+pub fn load_decap(gue_port: u16, vips: &[std::net::IpAddr]) -> Result<Ebpf, LoadError> {
+    let port = gue_port.to_be();
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::GLOBAL_DECAP_GUE_PORT, &port, true);
+    for name in SIZED_MAPS.iter().chain(&[
+        names::FLOWS4,
+        names::FLOWS6,
+        names::PERSIST4,
+        names::PERSIST6,
+        names::FLOW_CACHE4,
+        names::FLOW_CACHE6,
+    ]) {
+        loader.map_max_entries(name, 1);
+    }
+    let mut ebpf = loader.load(OBJECT)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(names::DECAP_PROGRAM)
+        .ok_or(LoadError::NoProgram(names::DECAP_PROGRAM))?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            name: names::DECAP_PROGRAM,
+            source,
+        })?;
+    program.load().map_err(|source| LoadError::Program {
+        name: names::DECAP_PROGRAM,
+        source,
+    })?;
+    let map = ebpf
+        .map_mut(names::DECAP_VIPS)
+        .ok_or(LoadError::NoProgram(names::DECAP_VIPS))?;
+    let mut map: aya::maps::HashMap<_, lb_common::DecapKey, u32> =
+        aya::maps::HashMap::try_from(map).map_err(|e| LoadError::DecapVips(e.to_string()))?;
+    for vip in vips {
+        let (addr, family) = super::addr_words(*vip);
+        let key = lb_common::DecapKey {
+            addr,
+            family: u32::from(family),
+        };
+        map.insert(key, 1, 0)
+            .map_err(|e| LoadError::DecapVips(e.to_string()))?;
+    }
+    Ok(ebpf)
+}
+
+/// The decapsulator's program of an object [`load_decap`] loaded.
+pub fn decap_fd(ebpf: &Ebpf) -> Result<BorrowedFd<'_>, LoadError> {
+    let program: &Xdp = ebpf
+        .program(names::DECAP_PROGRAM)
+        .ok_or(LoadError::NoProgram(names::DECAP_PROGRAM))?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            name: names::DECAP_PROGRAM,
+            source,
+        })?;
+    program
+        .fd()
+        .map(|fd| fd.as_fd())
+        .map_err(|source| LoadError::Program {
+            name: names::DECAP_PROGRAM,
+            source,
+        })
 }
 
 /// The program, loaded or not.

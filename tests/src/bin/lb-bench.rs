@@ -369,6 +369,7 @@ fn service_of(vip: Ipv4Addr, sched: Scheduler, n: usize) -> ServiceSpec {
             ),
             weight: 1,
             mac: Some([2, 0, 0, 0, (i >> 8) as u8, i as u8]),
+            tunnel: None,
         })
         .collect();
     spec
@@ -764,6 +765,7 @@ fn scale_dataplane(report: &mut Report) -> Result<()> {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
                 mac: Some(B[usize::from(i) % B.len()]),
+                tunnel: None,
             })
             .collect();
         s
