@@ -17,6 +17,19 @@
 //! Both are idempotent: a second `start` changes nothing (it repairs what was undone by hand),
 //! and `stop` without a recorded `start` changes nothing.
 //!
+//! # TUN (`--tunnel ipip|gue|gre --interface IF`)
+//!
+//! For a load balancer that wraps packets (keepalived's `lb_kind TUN`), `start` also puts
+//! the project's XDP decapsulator on `IF` (the object's `lb_decap` entry point, attached
+//! through the interface's netlink attachment so that it stays after the command exits): it
+//! takes the outer header off each IPIP, GUE (`--port`) or GRE packet whose inner packet is
+//! for one of the VIPs and hands that to the stack, which delivers it to the VIP on `lo`.
+//! IPVS's real servers use the kernel's tunnel devices instead (`tunl0`, `ip6tnl0`, `gre0`,
+//! `ip fou add port N gue`, with `rp_filter` 0 on the device); the decapsulator needs none of
+//! them (kernels built without them serve too) and no `rp_filter` change: the inner packet
+//! arrives on `IF`, the interface the client is routed through. `stop` takes it off, if the
+//! program attached there is still the one `start` attached.
+//!
 //! # State
 //!
 //! What `start` found and changed is recorded in a JSON file,
@@ -78,6 +91,16 @@ pub struct StartArgs {
     /// Where the state file goes.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// The load balancer forwards by TUN of this type (ipip, gue or gre): take its outer
+    /// headers off packets for the VIPs arriving on `--interface`.
+    #[arg(long, requires = "interface")]
+    pub tunnel: Option<crate::model::TunnelKind>,
+    /// GUE's UDP port (with `--tunnel gue`).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The interface the tunnelled packets arrive on (with `--tunnel`).
+    #[arg(long)]
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -108,6 +131,23 @@ pub struct State {
     pub version: u32,
     pub vips: Vec<VipRecord>,
     pub sysctls: Vec<SysctlRecord>,
+    /// The decapsulator `start --tunnel` attached (absent in files of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decap: Option<DecapRecord>,
+}
+
+/// The XDP decapsulator `start --tunnel` attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecapRecord {
+    pub interface: String,
+    pub ifindex: u32,
+    /// The attached program's id: `stop` takes off only this one.
+    pub prog_id: u32,
+    /// "native" or "skb".
+    pub mode: String,
+    /// "ipip", "gue" or "gre", and GUE's port.
+    pub tunnel: String,
+    pub port: u16,
 }
 
 /// A VIP `start` was given.
@@ -452,7 +492,16 @@ async fn run(action: Action) -> Result<()> {
             // Recorded first: a start that fails half-way is still undone by stop.
             save_state(&path, &state)?;
             apply(&mut sock, lo, &changes).await?;
-            if changes.is_empty() {
+            let mut state = state;
+            if let Some(kind) = a.tunnel {
+                let record = attach_decap(&a, kind, &state, previous.as_ref()).await?;
+                println!(
+                    "realserver: {} decapsulator on {} ({} mode, program {})",
+                    record.tunnel, record.interface, record.mode, record.prog_id
+                );
+                state.decap = Some(record);
+                save_state(&path, &state)?;
+            } else if changes.is_empty() {
                 println!("realserver: already set up, nothing changed");
             }
             println!("realserver: state in {}", path.display());
@@ -473,6 +522,17 @@ async fn run(action: Action) -> Result<()> {
                 println!("realserver: {n}");
             }
             apply(&mut sock, lo, &plan.changes).await?;
+            let mut plan = plan;
+            // The decapsulator goes with the last VIP.
+            if let Some(d) = &state.decap {
+                let last = plan.state.as_ref().is_none_or(|s| s.vips.is_empty());
+                if last {
+                    println!("realserver: {}", detach_decap(d).await?);
+                    if let Some(s) = plan.state.as_mut() {
+                        s.decap = None;
+                    }
+                }
+            }
             match &plan.state {
                 Some(s) => save_state(&path, s)?,
                 None => match fs::remove_file(&path) {
@@ -493,6 +553,92 @@ async fn run(action: Action) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Loads the decapsulator for the VIPs `state` records and attaches it to `--interface`
+/// (native mode, else skb), replacing the one a previous `start` attached there; refuses to
+/// replace another program.
+async fn attach_decap(
+    a: &StartArgs,
+    kind: crate::model::TunnelKind,
+    state: &State,
+    previous: Option<&State>,
+) -> Result<DecapRecord> {
+    use crate::{dataplane::program, model::TunnelKind, netlink::link};
+    let interface = a
+        .interface
+        .as_deref()
+        .context("--tunnel needs --interface")?;
+    let port = match (kind, a.port) {
+        (TunnelKind::Gue, Some(p)) if p != 0 => p,
+        (TunnelKind::Gue, _) => {
+            bail!("--tunnel gue needs --port (the load balancer's tunnel_port)")
+        }
+        (_, Some(_)) => bail!("--port is GUE's; a {} tunnel has none", kind.name()),
+        (_, None) => 0,
+    };
+    let ifindex = crate::os::ifindex(interface)?;
+    let ours = previous
+        .and_then(|p| p.decap.as_ref())
+        .filter(|d| d.ifindex == ifindex)
+        .map(|d| d.prog_id);
+    let attached = link::attached(ifindex).await?;
+    if let Some(at) = &attached {
+        if Some(at.prog_id) != ours {
+            bail!(
+                "{interface} already has an XDP program (id {}) that start did not attach: \
+                 not replacing it",
+                at.prog_id
+            );
+        }
+    }
+    let vips: Vec<IpAddr> = state.vips.iter().map(|r| r.addr).collect();
+    let ebpf = program::load_decap(port, &vips)?;
+    let fd = program::decap_fd(&ebpf)?;
+    let mut last = None;
+    for mode in [link::Mode::Native, link::Mode::Skb] {
+        // A program of ours in the other mode comes off first: an interface takes one.
+        if let Some(at) = attached.as_ref().filter(|at| at.mode != mode) {
+            link::clear(ifindex, at.mode).await?;
+        }
+        match link::set(ifindex, fd, mode).await {
+            Ok(()) => {
+                let id = link::attached(ifindex)
+                    .await?
+                    .map(|at| at.prog_id)
+                    .context("the decapsulator is not attached after all")?;
+                return Ok(DecapRecord {
+                    interface: interface.to_string(),
+                    ifindex,
+                    prog_id: id,
+                    mode: mode.name().to_string(),
+                    tunnel: kind.name().to_string(),
+                    port,
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(
+        || anyhow::anyhow!("attaching the decapsulator"),
+        |e| anyhow::Error::new(e).context(format!("attaching the decapsulator to {interface}")),
+    ))
+}
+
+/// Takes off the decapsulator `d` records, if it is still the program attached there.
+async fn detach_decap(d: &DecapRecord) -> Result<String> {
+    use crate::netlink::link;
+    match link::attached(d.ifindex).await? {
+        Some(at) if at.prog_id == d.prog_id => {
+            link::clear(d.ifindex, at.mode).await?;
+            Ok(format!("decapsulator taken off {}", d.interface))
+        }
+        Some(at) => Ok(format!(
+            "{}: another XDP program (id {}) replaced the decapsulator, left alone",
+            d.interface, at.prog_id
+        )),
+        None => Ok(format!("{}: the decapsulator was already off", d.interface)),
+    }
 }
 
 /// `realserver status`'s text.
@@ -518,6 +664,20 @@ pub fn status_text(path: &Path, state: Option<&State>, now: &Observed) -> String
             } else {
                 "was there before start"
             }
+        );
+    }
+    if let Some(d) = &state.decap {
+        out += &format!(
+            "  {} decapsulator{} on {} ({} mode, program {})\n",
+            d.tunnel,
+            if d.port != 0 {
+                format!(" (UDP port {})", d.port)
+            } else {
+                String::new()
+            },
+            d.interface,
+            d.mode,
+            d.prog_id
         );
     }
     for s in &state.sysctls {

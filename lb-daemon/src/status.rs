@@ -298,6 +298,7 @@ pub fn verdict_name(action: u32) -> &'static str {
         lb_common::reason::XDP_TX => "tx",
         lb_common::reason::XDP_PASS => "pass",
         lb_common::reason::XDP_DROP => "drop",
+        lb_common::reason::XDP_REDIRECT => "redirect",
         _ => "unknown",
     }
 }

@@ -150,10 +150,20 @@ pub fn start_daemon_resolving(
     xdp_mode: &str,
     macs: usize,
 ) -> Result<(Proc, PathBuf)> {
-    let cfg = lab.lb().dir().join("lb.toml");
-    std::fs::write(&cfg, with_control_socket(config, lab.lb().dir()))?;
+    start_daemon_in(lab.lb(), config, xdp_mode, macs)
+}
+
+/// [`start_daemon_resolving`] in namespace `lb`, of any topology.
+pub fn start_daemon_in(
+    lb: &crate::netns::Netns,
+    config: &str,
+    xdp_mode: &str,
+    macs: usize,
+) -> Result<(Proc, PathBuf)> {
+    let cfg = lb.dir().join("lb.toml");
+    std::fs::write(&cfg, with_control_socket(config, lb.dir()))?;
     let bin = daemon_bin()?;
-    let daemon = lab.lb().spawn(&[
+    let daemon = lb.spawn(&[
         bin.to_str().context("path")?,
         "run",
         "--config",
@@ -222,9 +232,14 @@ pub fn counts(bodies: &[String]) -> BTreeMap<String, usize> {
 
 /// `lb-daemon status --json` of the daemon in `lab`'s LB namespace (its control socket).
 pub fn status_json(lab: &DrLab) -> serde_json::Value {
+    status_json_in(lab.lb())
+}
+
+/// [`status_json`] of the daemon in namespace `lb`.
+pub fn status_json_in(lb: &crate::netns::Netns) -> serde_json::Value {
     let out = std::process::Command::new(daemon_bin().unwrap())
         .args(["status", "--json", "--socket"])
-        .arg(lab.lb().dir().join("ctl.sock"))
+        .arg(lb.dir().join("ctl.sock"))
         .output()
         .unwrap();
     assert!(

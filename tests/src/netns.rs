@@ -1350,81 +1350,17 @@ impl DrLab {
     /// request still uses a new TCP connection (`Connection: close`), so each is a new flow.
     /// Fails if any request failed or was not a 200.
     pub fn curl_batch(&self, host: &str, n: usize) -> Result<Vec<String>> {
-        let replies = self.curl_batch_raw(host, n, Duration::from_secs(2))?;
-        let bad: Vec<&CurlReply> = replies.iter().filter(|r| r.status != 200).collect();
-        if let Some(first) = bad.first() {
-            bail!(
-                "{} of {n} requests to {} failed; first: status {} {}",
-                bad.len(),
-                url_for(host),
-                first.status,
-                first.error
-            );
-        }
-        Ok(replies.into_iter().map(|r| r.body).collect())
+        curl_batch_from(&self.client, host, n)
     }
 
-    /// One curl process for `n` requests to `host`, each on a new TCP connection, each with
-    /// its own `max_time`; failed requests are reported in the result (status 0), not as an
-    /// error.
+    /// One curl process for `n` requests to `host` (see [`curl_batch_raw_from`]).
     pub fn curl_batch_raw(
         &self,
         host: &str,
         n: usize,
         max_time: Duration,
     ) -> Result<Vec<CurlReply>> {
-        const MARK: &str = "\n\x1e@@curl ";
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let url = url_for(host);
-        let max_time = format!("{:.3}", max_time.as_secs_f64());
-        let write_out = format!("{MARK}%{{http_code}} %{{local_port}} %{{errormsg}}\n");
-        let mut args: Vec<&str> = vec![
-            "curl",
-            "-s",
-            "-g",
-            "--max-time",
-            &max_time,
-            "-H",
-            "Connection: close",
-            "-w",
-            &write_out,
-        ];
-        args.extend(std::iter::repeat_n(url.as_str(), n));
-        let mut cmd = self.client.command(&args);
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run `{}`", command_line(&cmd)))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut replies = Vec::with_capacity(n);
-        let mut rest: &str = &stdout;
-        while let Some(pos) = rest.find(MARK) {
-            let body = rest[..pos].trim_end_matches('\n').to_string();
-            let after = &rest[pos + MARK.len()..];
-            let (meta, tail) = after.split_once('\n').unwrap_or((after, ""));
-            let mut words = meta.splitn(3, ' ');
-            let status = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            let local_port = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            let error = words.next().unwrap_or("").trim().to_string();
-            replies.push(CurlReply {
-                status,
-                body,
-                local_port,
-                error,
-            });
-            rest = tail;
-        }
-        if replies.len() != n {
-            bail!(
-                "curl gave {} results for {n} requests ({}): {}",
-                replies.len(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(replies)
+        curl_batch_raw_from(&self.client, host, n, max_time)
     }
 
     /// Starts tcpdump on `ifname` in `ns` (see [`Netns::capture`]).
@@ -1434,6 +1370,285 @@ impl DrLab {
 
     /// Stops every process in every namespace of the lab.
     fn stop_everything(&self) {
+        let procs: Vec<Proc> = self
+            .namespaces()
+            .flat_map(|ns| std::mem::take(&mut *ns.procs.lock().unwrap_or_else(|e| e.into_inner())))
+            .collect();
+        stop_all(&procs, Duration::from_secs(2));
+    }
+}
+
+/// Like [`DrLab::curl`] but with one curl process for all `n` requests (much faster); each
+/// request still uses a new TCP connection (`Connection: close`), so each is a new flow.
+/// Fails if any request failed or was not a 200.
+pub fn curl_batch_from(client: &Netns, host: &str, n: usize) -> Result<Vec<String>> {
+    let replies = curl_batch_raw_from(client, host, n, Duration::from_secs(2))?;
+    let bad: Vec<&CurlReply> = replies.iter().filter(|r| r.status != 200).collect();
+    if let Some(first) = bad.first() {
+        bail!(
+            "{} of {n} requests to {} failed; first: status {} {}",
+            bad.len(),
+            url_for(host),
+            first.status,
+            first.error
+        );
+    }
+    Ok(replies.into_iter().map(|r| r.body).collect())
+}
+
+/// One curl process for `n` requests to `host`, each on a new TCP connection, each with
+/// its own `max_time`; failed requests are reported in the result (status 0), not as an
+/// error.
+pub fn curl_batch_raw_from(
+    client: &Netns,
+    host: &str,
+    n: usize,
+    max_time: Duration,
+) -> Result<Vec<CurlReply>> {
+    const MARK: &str = "\n\x1e@@curl ";
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let url = url_for(host);
+    let max_time = format!("{:.3}", max_time.as_secs_f64());
+    let write_out = format!("{MARK}%{{http_code}} %{{local_port}} %{{errormsg}}\n");
+    let mut args: Vec<&str> = vec![
+        "curl",
+        "-s",
+        "-g",
+        "--max-time",
+        &max_time,
+        "-H",
+        "Connection: close",
+        "-w",
+        &write_out,
+    ];
+    args.extend(std::iter::repeat_n(url.as_str(), n));
+    let mut cmd = client.command(&args);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `{}`", command_line(&cmd)))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut replies = Vec::with_capacity(n);
+    let mut rest: &str = &stdout;
+    while let Some(pos) = rest.find(MARK) {
+        let body = rest[..pos].trim_end_matches('\n').to_string();
+        let after = &rest[pos + MARK.len()..];
+        let (meta, tail) = after.split_once('\n').unwrap_or((after, ""));
+        let mut words = meta.splitn(3, ' ');
+        let status = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let local_port = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let error = words.next().unwrap_or("").trim().to_string();
+        replies.push(CurlReply {
+            status,
+            body,
+            local_port,
+            error,
+        });
+        rest = tail;
+    }
+    if replies.len() != n {
+        bail!(
+            "curl gave {} results for {n} requests ({}): {}",
+            replies.len(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(replies)
+}
+
+/// Starts nginx in `ns` answering `body\n` (the labs' real-server configuration, under the
+/// namespace's directory).
+pub fn spawn_nginx(ns: &Netns, body: &str) -> Result<Proc> {
+    let conf = ns.dir().join("nginx.conf");
+    fs::write(&conf, nginx_conf(ns.dir(), body))
+        .with_context(|| format!("write {}", conf.display()))?;
+    let dir = ns.dir().to_string_lossy().into_owned();
+    ns.spawn(&[
+        "nginx",
+        "-p",
+        &dir,
+        "-e",
+        &format!("{dir}/error.log"),
+        "-c",
+        &conf.to_string_lossy(),
+    ])
+}
+
+/// The TUN topology: the real servers on a subnet of their own, behind a router.
+///
+/// ```text
+///  {p}c  eth0 192.0.2.1   2001:db8::1   ──┐ {p}fbr: the front LAN
+///  {p}lb eth0 192.0.2.2   2001:db8::2   ──┤   (routes to the back via .254 / ::fe)
+///  {p}rt eth0 192.0.2.254 2001:db8::fe  ──┘
+///  {p}rt eth1 203.0.113.254 2001:db8:3::fe ──┐ {p}bbr: the back LAN
+///  {p}rsI eth0 203.0.113.(10+I) 2001:db8:3::(10+I), default via the router, nginx :80 ──┘
+/// ```
+///
+/// The real servers get no VIP: `lb-daemon realserver start --tunnel` is what the tests
+/// run there. The LB gets the VIPs from [`TunLab::add_vip_to_lb`].
+pub struct TunLab {
+    // Field order is drop order: hosts first, the bridges last.
+    servers: Vec<Netns>,
+    client: Netns,
+    lb: Netns,
+    router: Netns,
+    front: Netns,
+    back: Netns,
+    nginx: Vec<Proc>,
+}
+
+/// The back LAN's addresses.
+pub fn tun_server_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, 10 + i as u8)
+}
+
+pub fn tun_server_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+impl TunLab {
+    pub fn new(prefix: &str, n_servers: usize) -> Result<TunLab> {
+        let front = Lan::new(&format!("{prefix}f"))?;
+        let back = Lan::new(&format!("{prefix}b"))?;
+        let client = front.host("c", 1, CLIENT_V4, CLIENT_V6)?;
+        let lb = front.host("lb", 2, LB_V4, LB_V6)?;
+        let router = front.host(
+            "rt",
+            99,
+            Ipv4Addr::new(192, 0, 2, 254),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe),
+        )?;
+        // The router's second leg, on the back LAN.
+        back.bridge().ip(&[
+            "link",
+            "add",
+            "to-rt",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            router.name(),
+        ])?;
+        back.bridge()
+            .ip(&["link", "set", "to-rt", "master", BRIDGE, "up"])?;
+        router.ip(&["addr", "add", "203.0.113.254/24", "dev", "eth1"])?;
+        router.ip(&["addr", "add", "2001:db8:3::fe/64", "dev", "eth1", "nodad"])?;
+        router.ip(&["link", "set", "eth1", "up"])?;
+        router.sysctls(&[
+            ("net.ipv4.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            // The real servers answer from the VIP, which is routed to the front: strict
+            // reverse-path filtering would drop every reply.
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.eth1.rp_filter", "0"),
+        ])?;
+        // The load balancer reaches the back through the router; its FIB lookups need
+        // forwarding on (bpf_fib_lookup refuses otherwise).
+        lb.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.254"])?;
+        lb.ip(&["route", "add", "2001:db8:3::/64", "via", "2001:db8::fe"])?;
+        lb.sysctls(&[
+            ("net.ipv4.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ])?;
+        let mut servers = Vec::with_capacity(n_servers);
+        let mut nginx = Vec::with_capacity(n_servers);
+        for i in 1..=n_servers {
+            let name = format!("rs{i}");
+            let ns = back.host(&name, 10 + i as u8, tun_server_v4(i), tun_server_v6(i))?;
+            ns.ip(&["route", "add", "default", "via", "203.0.113.254"])?;
+            ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:3::fe"])?;
+            nginx.push(spawn_nginx(&ns, &name)?);
+            servers.push(ns);
+        }
+        let lab = TunLab {
+            servers,
+            client,
+            lb,
+            router,
+            front: front.into_bridge(),
+            back: back.into_bridge(),
+            nginx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (i, ns) in lab.servers.iter().enumerate() {
+            let url = url_for(&tun_server_v4(i + 1).to_string());
+            let want = format!("rs{}\n", i + 1);
+            wait_until(
+                &format!("nginx in {}", ns.name()),
+                deadline.saturating_duration_since(Instant::now()),
+                || {
+                    lab.lb
+                        .exec(&["curl", "-s", "--max-time", "1", &url])
+                        .is_ok_and(|b| b == want)
+                },
+            )?;
+        }
+        Ok(lab)
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn lb(&self) -> &Netns {
+        &self.lb
+    }
+
+    pub fn router(&self) -> &Netns {
+        &self.router
+    }
+
+    /// Real server `i`, 1-based.
+    pub fn server(&self, i: usize) -> &Netns {
+        &self.servers[i - 1]
+    }
+
+    pub fn servers(&self) -> &[Netns] {
+        &self.servers
+    }
+
+    pub fn nginx(&self, i: usize) -> &Proc {
+        &self.nginx[i - 1]
+    }
+
+    /// The VIPs on the LB's eth0, as VRRP would put them.
+    pub fn add_vip_to_lb(&self) -> Result<()> {
+        self.lb
+            .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", HOST_IF])?;
+        self.lb.ip(&[
+            "addr",
+            "add",
+            &format!("{VIP_V6}/128"),
+            "dev",
+            HOST_IF,
+            "nodad",
+        ])?;
+        Ok(())
+    }
+
+    /// `n` requests from the client (see [`curl_batch_from`]).
+    pub fn curl_batch(&self, host: &str, n: usize) -> Result<Vec<String>> {
+        curl_batch_from(&self.client, host, n)
+    }
+
+    fn namespaces(&self) -> impl Iterator<Item = &Netns> {
+        self.servers.iter().chain([
+            &self.client,
+            &self.lb,
+            &self.router,
+            &self.front,
+            &self.back,
+        ])
+    }
+}
+
+impl Drop for TunLab {
+    fn drop(&mut self) {
         let procs: Vec<Proc> = self
             .namespaces()
             .flat_map(|ns| std::mem::take(&mut *ns.procs.lock().unwrap_or_else(|e| e.into_inner())))
