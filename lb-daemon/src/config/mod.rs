@@ -1591,6 +1591,55 @@ static = true
     }
 
     #[test]
+    fn tun_per_virtual_and_real_server() {
+        let text = GOOD
+            .replace(
+                "lb_kind = \"DR\"",
+                "lvs_method = \"TUN\"\ntunnel_type = \"gue\"\ntunnel_port = 6080\ntunnel_ttl = 32\ntunnel_source = \"192.0.2.2\"",
+            )
+            .replace(
+                "  ip = \"192.0.2.12\"\n  port = 80\n",
+                "  ip = \"192.0.2.12\"\n  port = 80\n  tunnel_type = \"gre\"\n\n  [[virtual_server.real_server]]\n  ip = \"192.0.2.13\"\n  port = 80\n  lvs_method = \"DR\"\n",
+            );
+        let c = parse(&text).unwrap();
+        let rs = &c.virtual_servers[0].real_servers;
+        let gue = Tunnel {
+            kind: TunnelKind::Gue,
+            port: 6080,
+            ttl: 32,
+            source: Some("192.0.2.2".parse().unwrap()),
+        };
+        assert_eq!(rs[0].tunnel, Some(gue));
+        assert_eq!(
+            rs[1].tunnel,
+            Some(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                ..gue
+            }),
+            "its own type, the rest the virtual_server's"
+        );
+        assert_eq!(rs[2].tunnel, None, "lvs_method DR");
+        // A DR service's real server may still go through a tunnel, an IPIP one by default.
+        let text = GOOD.replace(
+            "  ip = \"192.0.2.12\"\n  port = 80\n",
+            "  ip = \"192.0.2.12\"\n  port = 80\n  lvs_method = \"TUN\"\n",
+        );
+        let c = parse(&text).unwrap();
+        let rs = &c.virtual_servers[0].real_servers;
+        assert_eq!(rs[0].tunnel, None);
+        assert_eq!(
+            rs[1].tunnel,
+            Some(Tunnel {
+                kind: TunnelKind::Ipip,
+                port: 0,
+                ttl: DEFAULT_TUNNEL_TTL,
+                source: None
+            })
+        );
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = GOOD.replace("lb_kind = \"DR\"", "lb_kind = \"DR\"\ndelay_lop = 6");
         let e = parse(&text).unwrap_err().to_string();

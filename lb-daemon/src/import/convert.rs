@@ -272,6 +272,105 @@ fn block(s: &Stmt) -> Result<&Block, Diag> {
 }
 
 /// The one value of a keyword.
+/// A forwarding method as keepalived's `lb_kind`/`lvs_method` writes it: `DR`, or
+/// `TUN [type ipip|gue|gre] [port N] [nocsum]`, the options in any order.
+struct Method {
+    /// The tunnel's type and where the file says it (`None`: `DR`).
+    tunnel: Option<(crate::model::TunnelKind, Option<Span>)>,
+    port: Option<(u16, Span)>,
+}
+
+fn method(st: &Stmt) -> Result<Method, Diag> {
+    use crate::model::TunnelKind;
+    let args = st.args();
+    let w = &args[0];
+    match w.text.as_str() {
+        "DR" => {
+            if let Some(extra) = args.get(1) {
+                return Err(Diag::new(extra.span, "`DR` takes no options"));
+            }
+            return Ok(Method {
+                tunnel: None,
+                port: None,
+            });
+        }
+        "TUN" => {}
+        "NAT" => {
+            return Err(Diag::new(
+                w.span,
+                "forwarding method NAT is not supported: lb-daemon forwards by direct routing \
+                 (DR) or tunnels (TUN)",
+            ))
+        }
+        _ => {
+            return Err(Diag::new(
+                w.span,
+                format!(
+                    "unknown forwarding method `{}` (keepalived has NAT, DR and TUN)",
+                    w.text
+                ),
+            ))
+        }
+    }
+    let mut kind = None;
+    let mut port = None;
+    let mut rest = args[1..].iter();
+    while let Some(o) = rest.next() {
+        match o.text.as_str() {
+            "type" => {
+                let v = rest
+                    .next()
+                    .ok_or_else(|| Diag::new(o.span, "`type` needs ipip, gue or gre"))?;
+                let k: TunnelKind = v.text.parse().map_err(|e: String| Diag::new(v.span, e))?;
+                kind = Some((k, Some(v.span)));
+            }
+            "port" => {
+                let v = rest
+                    .next()
+                    .ok_or_else(|| Diag::new(o.span, "`port` needs a number"))?;
+                let p = v
+                    .text
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| Diag::new(v.span, "a port is 1..=65535"))?;
+                port = Some((p, v.span));
+            }
+            // keepalived's default: no checksum in the tunnel header, what lb-daemon sends.
+            "nocsum" => {}
+            "csum" | "remcsum" => {
+                return Err(Diag::new(
+                    o.span,
+                    format!(
+                        "`{}` is not supported: lb-daemon sends tunnels without checksums \
+                         (keepalived's `nocsum`, its default)",
+                        o.text
+                    ),
+                ))
+            }
+            _ => {
+                return Err(Diag::new(
+                    o.span,
+                    format!("unknown TUN option `{}` (type, port, nocsum)", o.text),
+                ))
+            }
+        }
+    }
+    let kind = kind.unwrap_or((TunnelKind::Ipip, None));
+    // keepalived's rule: "gue tunnels require port, otherwise cannot have port".
+    match (kind.0, port) {
+        (TunnelKind::Gue, None) => Err(Diag::new(w.span, "a gue tunnel needs `port N`")),
+        (k, Some((_, span))) if k != TunnelKind::Gue => Err(Diag::new(
+            span,
+            format!("only a gue tunnel has a port, not {}", k.name()),
+        )),
+        _ => Ok(Method {
+            tunnel: Some(kind),
+            port,
+        }),
+    }
+}
+
 fn one(s: &Stmt) -> Result<&Word, Diag> {
     no_block(s)?;
     match s.args() {
@@ -1755,11 +1854,8 @@ impl Cx<'_> {
                         let Some(w) = st.args().first() else {
                             return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
                         };
-                        self.forwarding(w)?;
-                        if let Some(extra) = st.args().get(1) {
-                            return Err(Diag::new(extra.span, "`lb_kind DR` takes no options"));
-                        }
-                        self.put(&mut t, "lb_kind", Value::Str("DR".into()), w.span, st)?;
+                        let m = method(st)?;
+                        self.put_method(&mut t, "lb_kind", m, w.span, st)?;
                     }
                     "persistence_timeout" => {
                         no_block(st)?;
@@ -1860,7 +1956,12 @@ impl Cx<'_> {
                     }
                     "sorry_server_lvs_method" => {
                         let w = one(st)?;
-                        self.forwarding(w)?;
+                        if method(st)?.tunnel.is_some() {
+                            return Err(Diag::new(
+                                w.span,
+                                "a sorry server is reached by direct routing only (DR)",
+                            ));
+                        }
                     }
                     "inhibit_on_failure" => {
                         let (on, span) = flag(st)?;
@@ -1947,7 +2048,7 @@ impl Cx<'_> {
             self.error(Diag::new(
                 kw.span,
                 "no lb_kind: keepalived's default is NAT, and lb-daemon forwards by direct routing \
-                 only: set lb_kind DR",
+                 or tunnels only: set lb_kind DR or TUN",
             ));
         }
         if !t.has("protocol") {
@@ -2037,22 +2138,28 @@ impl Cx<'_> {
         }
     }
 
-    /// `lb_kind`, `lvs_method`, `sorry_server_lvs_method`: only DR.
-    fn forwarding(&self, w: &Word) -> Result<(), Diag> {
-        match w.text.as_str() {
-            "DR" => Ok(()),
-            "NAT" | "TUN" => Err(Diag::new(
-                w.span,
-                format!(
-                    "forwarding method {} is not supported: lb-daemon forwards by direct routing (DR) only",
-                    w.text
-                ),
-            )),
-            _ => Err(Diag::new(
-                w.span,
-                format!("unknown forwarding method `{}` (keepalived has NAT, DR and TUN)", w.text),
-            )),
+    /// Writes a forwarding method as the TOML says it: `key` (`lb_kind`, or a real server's
+    /// `lvs_method`) and the tunnel's type and port.
+    fn put_method(
+        &self,
+        t: &mut Table,
+        key: &'static str,
+        m: Method,
+        span: Span,
+        st: &Stmt,
+    ) -> Result<(), Diag> {
+        let name = if m.tunnel.is_some() { "TUN" } else { "DR" };
+        self.put(t, key, Value::Str(name.into()), span, st)?;
+        if let Some((kind, kspan)) = m.tunnel {
+            if kind != crate::model::TunnelKind::Ipip || kspan.is_some() {
+                let at = kspan.unwrap_or(span);
+                self.put(t, "tunnel_type", Value::Str(kind.name().into()), at, st)?;
+            }
+            if let Some((port, pspan)) = m.port {
+                self.put(t, "tunnel_port", Value::Int(i64::from(port)), pspan, st)?;
+            }
         }
+        Ok(())
     }
 
     fn real_server(&mut self, s: &Stmt, vs_label: &str, vport: i64) -> Result<RealServer, Diag> {
@@ -2140,8 +2247,12 @@ impl Cx<'_> {
                         inherit.items.push((key, v, w.span, "real_server"));
                     }
                     "lvs_method" => {
-                        let w = one(st)?;
-                        self.forwarding(w)?;
+                        no_block(st)?;
+                        let Some(w) = st.args().first() else {
+                            return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
+                        };
+                        let m = method(st)?;
+                        self.put_method(&mut t, "lvs_method", m, w.span, st)?;
                     }
                     kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK") => {
                         let (name, ctx): (&'static str, Ctx) = match kind {
