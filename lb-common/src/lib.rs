@@ -86,6 +86,8 @@ pub mod names {
     /// Backend id -> this CPU's memo of the FIB's answer for a tunnel backend (program
     /// private; sized with the backends).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Global: the possible CPUs (`NEXT_HOPS` holds a slot per backend and CPU).
+    pub const GLOBAL_NR_CPUS: &str = "NR_CPUS";
     /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
     /// restarted daemon adopts the backend ids by.
     pub const BACKEND_KEYS: &str = "BACKEND_KEYS";

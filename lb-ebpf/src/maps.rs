@@ -157,11 +157,17 @@ pub static BACKEND_LOAD: Array<BackendLoad> =
 pub static CANDIDATES: Array<[u32; 2]> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
-/// Backend id -> this CPU's memo of the FIB's answer for a TUN backend (`NextHop`): the
-/// next hop's MAC, the egress interface and its MTU, asked again once a second and after
-/// every update (epoch). Program-private; sized with the backends.
+/// Backend id x CPU -> that CPU's memo of the FIB's answer for a TUN backend (`NextHop`):
+/// the next hop's MAC, the egress interface and its MTU, asked again once a second and
+/// after every update (epoch). Slot `backend * NR_CPUS + cpu`, in one plain array: a
+/// per-CPU array cost a helper call a lookup, the established packet's biggest cost after
+/// wrapping. Program-private; sized with the backends.
 #[map]
-pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The possible CPUs (`NEXT_HOPS`' stride). Set at load time.
+#[unsafe(no_mangle)]
+pub static NR_CPUS: Global<u32> = Global::new(1);
 
 /// Slot 0: this CPU's `bpf_fib_lookup` argument: 64 bytes the program's stack, at its
 /// 512-byte limit, has no room for.

@@ -8,7 +8,8 @@
 //! daemon refuses a TUN real server of another family than its virtual server.
 use aya_ebpf::{
     helpers::{
-        bpf_csum_diff, bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_csum_diff, bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
     },
     programs::XdpContext,
     EbpfContext,
@@ -16,7 +17,7 @@ use aya_ebpf::{
 use lb_common::{reason::*, *};
 
 use crate::{
-    maps::{BACKENDS, FIB_SCRATCH, NEXT_HOPS},
+    maps::{NextHop, BACKENDS, FIB_SCRATCH, NEXT_HOPS, NR_CPUS},
     parse::{frame_len, join, ptr_at_mut, words, ETH_P_8021Q},
 };
 
@@ -83,18 +84,29 @@ pub fn send<const V4: bool>(
     hash: u32,
     clk: Clock,
 ) -> Result<u32, u32> {
-    let r = if V4 {
-        route4(ctx, backend, clk.now, clk.epoch)
-    } else {
-        route6(ctx, backend, clk.now, clk.epoch)
-    };
-    if r != 0 {
-        return Err(r);
+    // The memo is checked here, an array read: the call that asks the FIB is made once a
+    // second (or after an update) only.
+    let slot = backend
+        .wrapping_mul(NR_CPUS.load())
+        // SAFETY: a helper without arguments or side effects.
+        .wrapping_add(unsafe { bpf_get_smp_processor_id() });
+    let fresh = NEXT_HOPS
+        .get(slot)
+        .is_some_and(|h| h.ok == 1 && h.checked == clk.now && h.epoch == clk.epoch);
+    if !fresh {
+        let r = if V4 {
+            route4(ctx, backend, slot, clk.now, clk.epoch)
+        } else {
+            route6(ctx, backend, slot, clk.now, clk.epoch)
+        };
+        if r != 0 {
+            return Err(r);
+        }
     }
     let w = if V4 {
-        wrap4(ctx, backend, hash)
+        wrap4(ctx, backend, slot, hash)
     } else {
-        wrap6(ctx, backend, hash)
+        wrap6(ctx, backend, slot, hash)
     };
     if w & TOO_BIG != 0 {
         let room = w & 0xffff;
@@ -117,32 +129,32 @@ const TOO_BIG: u32 = 1 << 30;
 
 /// [`next_hop`] for an IPv4 backend: 0 when `NEXT_HOPS` holds its route, else the reason.
 #[inline(never)]
-fn route4(ctx: &XdpContext, backend: u32, now: u32, epoch: u32) -> u32 {
-    match next_hop::<true>(ctx, backend, Clock { now, epoch }) {
+fn route4(ctx: &XdpContext, backend: u32, slot: u32, now: u32, epoch: u32) -> u32 {
+    match next_hop::<true>(ctx, backend, slot, Clock { now, epoch }) {
         Ok(()) => 0,
         Err(r) => r,
     }
 }
 
 #[inline(never)]
-fn route6(ctx: &XdpContext, backend: u32, now: u32, epoch: u32) -> u32 {
-    match next_hop::<false>(ctx, backend, Clock { now, epoch }) {
+fn route6(ctx: &XdpContext, backend: u32, slot: u32, now: u32, epoch: u32) -> u32 {
+    match next_hop::<false>(ctx, backend, slot, Clock { now, epoch }) {
         Ok(()) => 0,
         Err(r) => r,
     }
 }
 
 #[inline(never)]
-fn wrap4(ctx: &XdpContext, backend: u32, hash: u32) -> u32 {
-    match wrap::<true>(ctx, backend, hash) {
+fn wrap4(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) -> u32 {
+    match wrap::<true>(ctx, backend, slot, hash) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
 }
 
 #[inline(never)]
-fn wrap6(ctx: &XdpContext, backend: u32, hash: u32) -> u32 {
-    match wrap::<false>(ctx, backend, hash) {
+fn wrap6(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) -> u32 {
+    match wrap::<false>(ctx, backend, slot, hash) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
@@ -163,9 +175,9 @@ fn kind_of<const V4: bool>(kind: u8) -> (u8, usize) {
 /// or [`route6`] just before): `Ok` with the verdict's flag, `Err` with `TOO_BIG | mtu`
 /// when the packet would not fit (the caller answers it), or a reason.
 #[inline(always)]
-fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, hash: u32) -> Result<u32, u32> {
+fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) -> Result<u32, u32> {
     let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
-    let hop = NEXT_HOPS.get(backend).ok_or(DROP_NO_ROUTE)?;
+    let hop: &NextHop = NEXT_HOPS.get(slot).ok_or(DROP_NO_ROUTE)?;
     let (proto, extra) = kind_of::<V4>(b.tun_kind);
     let outer = if V4 { IPV4_HLEN } else { IPV6_HLEN };
     let overhead = outer + extra;
@@ -314,18 +326,19 @@ fn inner<const V4: bool>(ctx: &XdpContext, l3_off: usize) -> Result<Inner, u32> 
     }
 }
 
-/// This CPU's memo of the route to `backend`, asked of the FIB when it is older than this
-/// second or the last update. A failed answer is not kept: the next packet asks again.
+/// Asks the FIB for the route to `backend` and keeps the answer in this CPU's memo, `slot`
+/// (valid for this second and epoch). A failed answer is not kept: the next packet asks
+/// again.
 #[inline(always)]
-fn next_hop<const V4: bool>(ctx: &XdpContext, backend: u32, clk: Clock) -> Result<(), u32> {
-    let hop = NEXT_HOPS.get_ptr_mut(backend).ok_or(DROP_NO_ROUTE)?;
+fn next_hop<const V4: bool>(
+    ctx: &XdpContext,
+    backend: u32,
+    slot: u32,
+    clk: Clock,
+) -> Result<(), u32> {
+    let hop = NEXT_HOPS.get_ptr_mut(slot).ok_or(DROP_NO_ROUTE)?;
     // SAFETY: this CPU's slot; the program runs to its end on one CPU.
-    unsafe {
-        if (*hop).ok == 1 && (*hop).checked == clk.now && (*hop).epoch == clk.epoch {
-            return Ok(());
-        }
-        (*hop).ok = 0;
-    }
+    unsafe { (*hop).ok = 0 };
     let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
     let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(DROP_NO_ROUTE)?;
     let (proto, _) = kind_of::<V4>(b.tun_kind);

@@ -308,9 +308,15 @@ fn ipip_gue_and_gre_wrap_v4_and_v6_exactly() {
             for spec in &specs {
                 let rs = spec.backends[0].addr.ip();
                 let kind = spec.backends[0].tunnel.unwrap().kind;
-                // The opening SYN (a new flow), then the ACK (the flow cache's short path).
-                for (flags, want) in [(TCP_SYN, "fwd_new_flow"), (TCP_ACK, "fwd_established")] {
-                    let inner = packet(spec.vip, 40000, flags, 10, true);
+                // The opening SYN (a new flow), then the ACK (the flow cache's short path);
+                // a connection the table does not know (sloppy TCP), then its next segment.
+                for (sport, flags, want) in [
+                    (40000, TCP_SYN, "fwd_new_flow"),
+                    (40000, TCP_ACK, "fwd_established"),
+                    (40001, TCP_ACK, "fwd_new_flow_midstream"),
+                    (40001, TCP_ACK, "fwd_established"),
+                ] {
+                    let inner = packet(spec.vip, sport, flags, 10, true);
                     let (out, bumped) = run(&mut h, &fib, &frame(&inner));
                     assert_eq!(out.verdict, XDP_TX, "{kind:?} to {rs}: {bumped:?}");
                     assert_eq!(bumped, [want], "{kind:?} to {rs}");

@@ -493,6 +493,7 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .override_global(names::GLOBAL_FLOW_CACHE_SIZE, &opts.flow_cache, true)
         .override_global(names::GLOBAL_SYNC_ENABLED, &sync_on, true)
         .override_global(names::GLOBAL_SYNC_REFRESH_SHIFT, &sync.refresh_shift, true)
+        .override_global(names::GLOBAL_NR_CPUS, &cpus, true)
         .map_max_entries(names::SYNC_EVENTS, sync.ring_bytes)
         .map_max_entries(names::FLOW_CACHE4, size(names::FLOW_CACHE4, cache_slots))
         .map_max_entries(names::FLOW_CACHE6, size(names::FLOW_CACHE6, cache_slots))
@@ -513,7 +514,10 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .map_max_entries(names::BACKEND_STATS, size(names::BACKEND_STATS, l.backends))
         .map_max_entries(names::BACKEND_LOAD, size(names::BACKEND_LOAD, l.backends))
         .map_max_entries(names::CANDIDATES, size(names::CANDIDATES, l.services))
-        .map_max_entries(names::NEXT_HOPS, size(names::NEXT_HOPS, l.backends))
+        .map_max_entries(
+            names::NEXT_HOPS,
+            size(names::NEXT_HOPS, l.backends.saturating_mul(cpus)),
+        )
         .load(OBJECT)?;
     Ok(ebpf)
 }

@@ -29,6 +29,8 @@
 //! | `new_flow_wlc_vs_rr`        | a new flow of a wlc service of 100 real servers, against an rr one of 100 | ratio <= 1.25 |
 //! | `syn_flood_established_kept` | 10,000 established flows, then 10 x max_flows spoofed SYNs: the share still on their server | value == 1 |
 //! | `established_under_flood_vs_macswap` | an established flow's ns/packet, one run after every 32 of the flood's SYNs, against MAC swap runs interleaved alike (interquartile means) | ratio <= 2.5 |
+//! | `tun_established_vs_macswap` | an established flow to an IPIP real server behind a router (the next hop from the kernel's FIB, in a namespace of the benchmark's own), one run per call (a run wraps the frame it is given), 10,000 runs against MAC swap alike (interquartile means) | ratio <= 2.5 |
+//! | `tun_new_flow_vs_lru_floor` | `new_flow_vs_lru_floor` to IPIP real servers alike        | ratio <= 1.25 |
 //! | `live_frames_vs_macswap`    | Mpps injected as live frames into a veth, best of 3     | ratio >= 0.7  |
 //! | `maglev_build_ms`           | ms per Maglev build, N = 100, M = 65537, median of 50   | value <= 2 ms |
 //!
@@ -693,14 +695,186 @@ fn maglev_build() -> Result<Entry> {
     })
 }
 
+/// `tun_established_vs_macswap` and `tun_new_flow_vs_lru_floor`: the rr service of three
+/// real servers, reached by IPIP through a router. The FIB the program asks is a network
+/// namespace's the benchmark makes (a veth, the router's neighbour entry permanent, a route
+/// to the real servers' subnet through it); the runs are made there, as arriving on the veth.
+fn tun(macswap: &mut Ebpf) -> Result<[Entry; 2]> {
+    use lb_daemon::model::{Tunnel, TunnelKind};
+    use lb_tests::netns::{unique_prefix, Netns};
+    const VIP_TUN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 120);
+    progress("TUN: a namespace with a route to the real servers through a router");
+    let lab = Netns::new(&format!("{}lb", unique_prefix("tunb")))?;
+    for args in [
+        &["link", "add", "lb0", "type", "veth", "peer", "name", "rt0"][..],
+        &["link", "set", "lb0", "up"],
+        &["link", "set", "rt0", "up"],
+        &["addr", "add", "192.0.2.2/24", "dev", "lb0"],
+        &[
+            "neigh",
+            "add",
+            "192.0.2.1",
+            "lladdr",
+            "02:00:00:00:00:aa",
+            "dev",
+            "lb0",
+            "nud",
+            "permanent",
+        ],
+        &["route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
+    ] {
+        lab.ip(args)?;
+    }
+    lab.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    let ifindex = lab.ifindex("lb0")?;
+    let mut spec = service_of(VIP_TUN, Scheduler::Rr, 3);
+    for (i, b) in spec.backends.iter_mut().enumerate() {
+        b.addr = SocketAddr::new(Ipv4Addr::new(203, 0, 113, 11 + i as u8).into(), VPORT);
+        b.mac = Some(lb_daemon::dataplane::TUNNEL_MAC);
+        b.tunnel = Some(Tunnel {
+            kind: TunnelKind::Ipip,
+            port: 0,
+            ttl: 64,
+            source: Some(Ipv4Addr::new(192, 0, 2, 2).into()),
+        });
+    }
+    lab.run_in(move || -> Result<[Entry; 2]> {
+        let mut h = lb_harness()?;
+        h.dp.update(std::slice::from_ref(&spec))?;
+        let base = xdp_of(macswap, "macswap")?;
+        // A wrapped frame: 20 bytes longer, to the router's MAC.
+        let forwarded = |h: &mut XdpHarness, frame: &[u8], repeat: u32, name: &str| {
+            let before = h.dp.writer().reason_counters()?;
+            let out = h.run_on(frame, ifindex, repeat)?;
+            if !(out.verdict == XDP_TX
+                && out.data.len() == frame.len() + 20
+                && out.data[..6] == [2, 0, 0, 0, 0, 0xaa])
+            {
+                let after = h.dp.writer().reason_counters()?;
+                let counted: Vec<&str> = (0..reason::COUNT)
+                    .filter(|&r| after[r as usize].packets != before[r as usize].packets)
+                    .map(reason::name)
+                    .collect();
+                bail!(
+                    "{name}: verdict {} ({counted:?}), {} bytes to {:02x?}",
+                    out.verdict,
+                    out.data.len(),
+                    &out.data[..6.min(out.data.len())]
+                );
+            }
+            Ok(out.duration)
+        };
+        let name = "tun_established_vs_macswap";
+        let mut frame = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
+        frame[30..34].copy_from_slice(&VIP_TUN.octets());
+        lb_tests::packet::ipv4_fix_checksum(&mut frame, 14);
+        // One run per call: BPF_PROG_TEST_RUN repeats a program on the frame the previous
+        // run left, and a wrapped frame is no longer the client's packet. Interleaved with
+        // MAC swap at one run per call; each side's interquartile mean.
+        forwarded(&mut h, &frame, 1, name)?;
+        for _ in 0..NEW_FLOW_WARMUP {
+            forwarded(&mut h, &frame, 1, name)?;
+            run_plain(base, &frame, 1)?;
+        }
+        let established_before = reason_packets(&h, FWD_ESTABLISHED)?;
+        let (mut lb, mut mac) = (Vec::new(), Vec::new());
+        for _ in 0..NEW_FLOW_SAMPLES {
+            lb.push(ns(forwarded(&mut h, &frame, 1, name)?));
+            let (verdict, d) = run_plain(base, &frame, 1)?;
+            ensure!(verdict == XDP_TX, "macswap: verdict {verdict}");
+            mac.push(ns(d));
+        }
+        let counted = reason_packets(&h, FWD_ESTABLISHED)? - established_before;
+        ensure!(
+            counted == NEW_FLOW_SAMPLES as u64,
+            "{name}: only {counted} of the timed runs were counted as established"
+        );
+        // For the note: the same flow by direct routing, run the same way (stderr).
+        {
+            let mut dr = service_of(VIP_TUN, Scheduler::Rr, 3);
+            dr.vip = Ipv4Addr::new(192, 0, 2, 121).into();
+            h.dp.update(&[spec.clone(), dr])?;
+            let mut f = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
+            f[30..34].copy_from_slice(&[192, 0, 2, 121]);
+            lb_tests::packet::ipv4_fix_checksum(&mut f, 14);
+            h.run_on(&f, ifindex, 1)?;
+            let (mut d, mut t) = (Vec::new(), Vec::new());
+            for _ in 0..NEW_FLOW_SAMPLES {
+                d.push(ns(h.run_on(&f, ifindex, 1)?.duration));
+                t.push(ns(h.run_on(&frame, ifindex, 1)?.duration));
+            }
+            progress(&format!(
+                "single runs: DR {:.1}, TUN {:.1}",
+                interquartile_mean(&mut d),
+                interquartile_mean(&mut t)
+            ));
+        }
+        let established = Entry {
+            name,
+            value: interquartile_mean(&mut lb),
+            unit: "ns/pkt",
+            baseline: Some(interquartile_mean(&mut mac)),
+            target: Target::RatioAtMost(2.5),
+        };
+
+        let name = "tun_new_flow_vs_lru_floor";
+        let mut floor_prog = load_testprog("lru_insert")?;
+        let floor = xdp_of(&mut floor_prog, "lru_insert")?;
+        let to_vip = |mut f: Vec<u8>| {
+            f[30..34].copy_from_slice(&VIP_TUN.octets());
+            lb_tests::packet::ipv4_fix_checksum(&mut f, 14);
+            f
+        };
+        for i in 0..NEW_FLOW_WARMUP {
+            let frame = to_vip(new_flow_frame(WARMUP_CLIENT4, i));
+            forwarded(&mut h, &frame, 1, name)?;
+            run_plain(floor, &frame, 1)?;
+        }
+        let frames: Vec<Vec<u8>> = (0..NEW_FLOW_SAMPLES)
+            .map(|i| to_vip(new_flow_frame(NEW_FLOW_CLIENT4, i)))
+            .collect();
+        let new_before = reason_packets(&h, FWD_NEW_FLOW)?;
+        let (mut lb, mut lru) = (Vec::new(), Vec::new());
+        for frame in &frames {
+            lb.push(ns(forwarded(&mut h, frame, 1, name)?));
+            let (verdict, d) = run_plain(floor, frame, 1)?;
+            ensure!(verdict == XDP_TX, "lru_insert: verdict {verdict}");
+            lru.push(ns(d));
+        }
+        let counted = reason_packets(&h, FWD_NEW_FLOW)? - new_before;
+        ensure!(
+            counted == NEW_FLOW_SAMPLES as u64,
+            "{name}: only {counted} of {NEW_FLOW_SAMPLES} runs created a flow"
+        );
+        Ok([
+            established,
+            Entry {
+                name,
+                value: interquartile_mean(&mut lb),
+                unit: "ns/pkt",
+                baseline: Some(interquartile_mean(&mut lru)),
+                target: Target::RatioAtMost(1.25),
+            },
+        ])
+    })?
+}
+
 fn dataplane(report: &mut Report) -> Result<()> {
     let cpu = pin_to_one_cpu()?;
     progress(&format!(
         "pinned to CPU {cpu}; loading the LB with production map sizes"
     ));
+    let v4 = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
+    // `LB_BENCH_ONLY=tun`: the tunnel entries alone.
+    if std::env::var("LB_BENCH_ONLY").is_ok_and(|o| o == "tun") {
+        let mut macswap = load_macswap(&v4)?;
+        for e in tun(&mut macswap)? {
+            report.add(e);
+        }
+        return Ok(());
+    }
     let mut h = lb_harness()?;
 
-    let v4 = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
     let v6 = tcp6_frame(CLIENT_PORT, TCP_ACK);
     let mut macswap = load_macswap(&v4)?;
     report.add(established(
@@ -724,6 +898,9 @@ fn dataplane(report: &mut Report) -> Result<()> {
     drop(h);
     report.add(new_flow_wlc(&mut macswap)?);
     for e in syn_flood(&mut macswap)? {
+        report.add(e);
+    }
+    for e in tun(&mut macswap)? {
         report.add(e);
     }
     drop(macswap);
