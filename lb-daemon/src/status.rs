@@ -197,6 +197,11 @@ pub struct BackendStatus {
     /// Per-second rates (`lb-daemon status --json --rate` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
+    /// TUN forwarding: the tunnel it is reached by (`ipip`, `gue port 6080`, `gre`) and the
+    /// outer source (`from 192.0.2.2`; `from ?` while the interface has none); absent for
+    /// direct routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
 }
 
 /// One VRRP instance.
@@ -1687,6 +1692,7 @@ pub(crate) mod test_support {
                             override_weight: None,
                             disabled: false,
                             rate: None,
+                            tunnel: None,
                         },
                         BackendStatus {
                             addr: "192.0.2.12:80".parse().unwrap(),
@@ -1709,6 +1715,7 @@ pub(crate) mod test_support {
                             override_weight: Some(0),
                             disabled: false,
                             rate: None,
+                            tunnel: None,
                         },
                     ],
                 },
@@ -1749,6 +1756,7 @@ pub(crate) mod test_support {
                         override_weight: None,
                         disabled: false,
                         rate: None,
+                        tunnel: Some("ipip from 2001:db8::2".into()),
                     }],
                 },
             ],

@@ -148,6 +148,12 @@ fn tun_end_to_end(kind: &str) {
     let status = status_json_in(lab.lb());
     let svc = &status["services"][0];
     assert_eq!(svc["new_flows"], 30, "{svc}");
+    let via = match kind {
+        "gue" => format!("gue port {GUE_PORT} from 192.0.2.2"),
+        k => format!("{k} from 192.0.2.2"),
+    };
+    assert_eq!(svc["backends"][0]["tunnel"], via.as_str(), "{svc}");
+    assert_eq!(svc["backends"][0]["effective_weight"], 1, "{svc}");
 
     // rs2 stops: taken out within the check's bound, no request fails; it comes back.
     lab.nginx(2).signal(libc::SIGKILL).unwrap();

@@ -188,13 +188,23 @@ fn backend(
         Some(_) => status::HEALTH_DOWN,
         None => status::HEALTH_UNKNOWN,
     };
+    // The planner leaves a backend without a MAC out of the ring, and a TUN one without a
+    // source address.
+    let usable = b.mac.is_some() && b.tunnel.is_none_or(|t| t.source.is_some());
     BackendStatus {
         addr: b.addr,
         weight,
-        // The planner leaves a backend without a MAC out of the ring.
-        effective_weight: if b.mac.is_some() { b.weight } else { 0 },
+        effective_weight: if usable { b.weight } else { 0 },
         health: verdict.into(),
-        mac: b.mac.map(|m| Mac(m).to_string()),
+        mac: b.mac.filter(|_| b.tunnel.is_none()).map(|m| Mac(m).to_string()),
+        tunnel: b.tunnel.map(|t| {
+            let port = match t.port {
+                0 => String::new(),
+                p => format!(" port {p}"),
+            };
+            let from = t.source.map_or_else(|| "?".to_string(), |a| a.to_string());
+            format!("{}{port} from {from}", t.kind.name())
+        }),
         packets: bc.packets,
         bytes: bc.bytes,
         new_flows: bc.new_flows,
