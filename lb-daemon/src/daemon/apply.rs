@@ -106,6 +106,26 @@ impl Dp {
         {
             return false;
         }
+        // The program's FIB lookups refuse an interface that does not forward: every
+        // tunnelled packet would be dropped (`drop_no_route`). Said at start and at each
+        // reload; the operator decides (the daemon changes no sysctl of the node's own).
+        if let Some(d) = &config.dataplane {
+            for (v4, family) in [(true, "ipv4"), (false, "ipv6")] {
+                let wanted = config.virtual_servers.iter().any(|vs| {
+                    vs.vip.is_ipv4() == v4 && vs.real_servers.iter().any(|rs| rs.tunnel.is_some())
+                });
+                let key = format!("/proc/sys/net/{family}/conf/{}/forwarding", d.interface);
+                let on = std::fs::read_to_string(&key).is_ok_and(|v| v.trim() != "0");
+                if wanted && !on {
+                    tracing::warn!(
+                        "TUN real servers of {family} need forwarding on {} ({key} = 1): the \
+                         program's FIB lookups refuse it otherwise, and their packets are \
+                         dropped (drop_no_route)",
+                        d.interface
+                    );
+                }
+            }
+        }
         let listed = match crate::netlink::addr::AddressSocket::open() {
             Ok(mut sock) => sock.list(Some(self.xdp.ifindex)).await,
             Err(e) => Err(e),

@@ -196,7 +196,10 @@ fn backend(
         weight,
         effective_weight: if usable { b.weight } else { 0 },
         health: verdict.into(),
-        mac: b.mac.filter(|_| b.tunnel.is_none()).map(|m| Mac(m).to_string()),
+        mac: b
+            .mac
+            .filter(|_| b.tunnel.is_none())
+            .map(|m| Mac(m).to_string()),
         tunnel: b.tunnel.map(|t| {
             let port = match t.port {
                 0 => String::new(),
