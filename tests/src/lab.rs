@@ -209,16 +209,7 @@ pub fn reload(daemon: &Proc, cfg: &std::path::Path, config: &str) -> Result<()> 
 /// Starts real server `i`'s nginx again, with the lab's own command line (after a test
 /// killed it to make the server fail its health checks).
 pub fn restart_nginx(lab: &DrLab, i: usize) -> Result<Proc> {
-    let dir = lab.server(i).dir().to_string_lossy().into_owned();
-    lab.server(i).spawn(&[
-        "nginx",
-        "-p",
-        &dir,
-        "-e",
-        &format!("{dir}/error.log"),
-        "-c",
-        &format!("{dir}/nginx.conf"),
-    ])
+    crate::netns::spawn_nginx(lab.server(i), &format!("rs{i}"))
 }
 
 /// How many replies each server gave (the servers answer with their name).

@@ -1137,19 +1137,7 @@ impl DrLab {
                 "lo",
                 "nodad",
             ])?;
-            let conf = ns.dir().join("nginx.conf");
-            fs::write(&conf, nginx_conf(ns.dir(), &name))
-                .with_context(|| format!("write {}", conf.display()))?;
-            let dir = ns.dir().to_string_lossy().into_owned();
-            let proc = ns.spawn(&[
-                "nginx",
-                "-p",
-                &dir,
-                "-e",
-                &format!("{dir}/error.log"),
-                "-c",
-                &conf.to_string_lossy(),
-            ])?;
+            let proc = spawn_nginx(&ns, &name)?;
             servers.push(ns);
             nginx.push(proc);
         }
@@ -1281,17 +1269,7 @@ impl DrLab {
     /// Puts the VIPs on the LB's eth0 (192.0.2.100/32, 2001:db8::100/128 nodad) so it answers
     /// ARP and neighbour solicitations for them, as VRRP would.
     pub fn add_vip_to_lb(&self) -> Result<()> {
-        self.lb
-            .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", HOST_IF])?;
-        self.lb.ip(&[
-            "addr",
-            "add",
-            &format!("{VIP_V6}/128"),
-            "dev",
-            HOST_IF,
-            "nodad",
-        ])?;
-        Ok(())
+        add_vips(&self.lb)
     }
 
     /// Removes what [`DrLab::add_vip_to_lb`] added.
@@ -1459,6 +1437,21 @@ pub fn curl_batch_raw_from(
     Ok(replies)
 }
 
+/// The labs' VIPs (192.0.2.100/32, 2001:db8::100/128 nodad) on `ns`'s eth0, as VRRP would
+/// put them on a load balancer.
+fn add_vips(ns: &Netns) -> Result<()> {
+    ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", HOST_IF])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{VIP_V6}/128"),
+        "dev",
+        HOST_IF,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
 /// Starts nginx in `ns` answering `body\n` (the labs' real-server configuration, under the
 /// namespace's directory).
 pub fn spawn_nginx(ns: &Netns, body: &str) -> Result<Proc> {
@@ -1618,17 +1611,7 @@ impl TunLab {
 
     /// The VIPs on the LB's eth0, as VRRP would put them.
     pub fn add_vip_to_lb(&self) -> Result<()> {
-        self.lb
-            .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", HOST_IF])?;
-        self.lb.ip(&[
-            "addr",
-            "add",
-            &format!("{VIP_V6}/128"),
-            "dev",
-            HOST_IF,
-            "nodad",
-        ])?;
-        Ok(())
+        add_vips(&self.lb)
     }
 
     /// `n` requests from the client (see [`curl_batch_from`]).

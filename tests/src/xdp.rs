@@ -99,12 +99,18 @@ impl XdpHarness {
 
     /// One run of `frame`, `repeat` times (the duration is the kernel's per-run average).
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunOutput> {
+        self.test_run(frame, None, repeat)
+    }
+
+    /// BPF_PROG_TEST_RUN of `frame`, with the context `ctx` (a `struct xdp_md`) if given.
+    fn test_run(&mut self, frame: &[u8], ctx: Option<&[u8]>, repeat: u32) -> Result<RunOutput> {
         let mut out = vec![0u8; frame.len() + 256];
         let prog = program::xdp(&mut self.ebpf)?;
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ctx,
                 repeat,
                 ..TestRunOptions::default()
             })
@@ -129,23 +135,7 @@ impl XdpHarness {
         // egress_ifindex. The kernel wants data_end the frame's length, the rest 0.
         let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let prog = program::xdp(&mut self.ebpf)?;
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        out.truncate(r.data_size_out as usize);
-        Ok(RunOutput {
-            verdict: r.return_value,
-            data: out,
-            duration: r.duration,
-        })
+        self.test_run(frame, Some(&ctx), repeat)
     }
 }
 
