@@ -37,6 +37,9 @@ pub const DEFAULT_RING_SLOTS: u32 = 1 << 16;
 pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
 /// Default per-CPU flow cache slots, per family (see `FlowCache4`).
 pub const DEFAULT_FLOW_CACHE: u32 = 8192;
+/// Slots of each CPU's next-hop memo (`NEXT_HOPS`), a power of two: TUN backends whose ids
+/// share a slot ask the FIB in turn.
+pub const NEXT_HOP_SLOTS: u32 = 4096;
 /// Default size of the persistence-template table (LRU).
 pub const DEFAULT_MAX_PERSIST: u32 = 1 << 16;
 /// Size in bytes of the connection-sync event ring (`SYNC_EVENTS`) while sync is off: the
@@ -86,8 +89,6 @@ pub mod names {
     /// Backend id -> this CPU's memo of the FIB's answer for a tunnel backend (program
     /// private; sized with the backends).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    /// Global: the possible CPUs (`NEXT_HOPS` holds a slot per backend and CPU).
-    pub const GLOBAL_NR_CPUS: &str = "NR_CPUS";
     /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
     /// restarted daemon adopts the backend ids by.
     pub const BACKEND_KEYS: &str = "BACKEND_KEYS";
@@ -734,9 +735,9 @@ pub mod reason {
     /// cannot), or an ICMP error that itself would not fit (never answered with one).
     pub const DROP_TOO_BIG: u32 = 25;
     /// DROP: a TUN backend's next hop has no neighbour entry (the kernel's FIB says
-    /// NO_NEIGH). The daemon resolves every tunnel's next hop ahead, and again when this
-    /// counts; passed to the stack, the packet would reach the VIP this node owns, which
-    /// answers a SYN with a reset.
+    /// NO_NEIGH; the FIB lookup resolves nothing, the node's own traffic to the real servers,
+    /// its health checks, does). Passed to the stack, the packet would reach the VIP this
+    /// node owns, which answers a SYN with a reset.
     pub const DROP_NO_NEIGH: u32 = 26;
     /// DROP: the FIB has no usable route to a TUN backend (unreachable, blackhole,
     /// forwarding disabled on the interface), or the frame had no room for the header.

@@ -172,6 +172,11 @@ impl TunnelKind {
         }
     }
 
+    /// The kind of a program's code (`lb_common::TUN_*`).
+    pub fn of_code(code: u8) -> Option<Self> {
+        TunnelKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
     /// The program's code (`lb_common::TUN_*`).
     pub fn code(self) -> u8 {
         match self {

@@ -96,10 +96,10 @@ pub struct StartArgs {
     #[arg(long, requires = "interface")]
     pub tunnel: Option<crate::model::TunnelKind>,
     /// GUE's UDP port (with `--tunnel gue`).
-    #[arg(long)]
+    #[arg(long, requires = "tunnel")]
     pub port: Option<u16>,
     /// The interface the tunnelled packets arrive on (with `--tunnel`).
-    #[arg(long)]
+    #[arg(long, requires = "tunnel")]
     pub interface: Option<String>,
 }
 
@@ -578,6 +578,14 @@ async fn attach_decap(
         (_, None) => 0,
     };
     let ifindex = crate::os::ifindex(interface)?;
+    // One decapsulator at a time: the one a previous start put on another interface comes
+    // off (if it is still there), or stop would never find it.
+    if let Some(old) = previous
+        .and_then(|p| p.decap.as_ref())
+        .filter(|d| d.ifindex != ifindex)
+    {
+        println!("realserver: {}", detach_decap(old).await?);
+    }
     let ours = previous
         .and_then(|p| p.decap.as_ref())
         .filter(|d| d.ifindex == ifindex)

@@ -157,17 +157,15 @@ pub static BACKEND_LOAD: Array<BackendLoad> =
 pub static CANDIDATES: Array<[u32; 2]> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
-/// Backend id x CPU -> that CPU's memo of the FIB's answer for a TUN backend (`NextHop`):
-/// the next hop's MAC, the egress interface and its MTU, asked again once a second and
-/// after every update (epoch). Slot `backend * NR_CPUS + cpu`, in one plain array: a
+/// Each CPU's memo of the FIB's answers for TUN backends (`NextHop`): the next hop's MAC,
+/// the egress interface and its MTU, asked again once a second and after every update
+/// (epoch). Direct mapped, `NEXT_HOP_SLOTS` slots per CPU, CPU `c`'s from
+/// `c * NEXT_HOP_SLOTS` on, a slot holding the backend it answers for: one plain array (a
 /// per-CPU array cost a helper call a lookup, the established packet's biggest cost after
-/// wrapping. Program-private; sized with the backends.
+/// wrapping) whose size follows the CPUs, not the real servers. Program-private; the
+/// loader sizes it.
 #[map]
-pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
-
-/// The possible CPUs (`NEXT_HOPS`' stride). Set at load time.
-#[unsafe(no_mangle)]
-pub static NR_CPUS: Global<u32> = Global::new(1);
+pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(NEXT_HOP_SLOTS, 0);
 
 /// Slot 0: this CPU's `bpf_fib_lookup` argument: 64 bytes the program's stack, at its
 /// 512-byte limit, has no room for.
@@ -190,6 +188,11 @@ pub struct NextHop {
     pub checked: u32,
     pub epoch: u32,
     pub ok: u32,
+    /// The backend the slot answers for, and the interface the frame came in on (the FIB
+    /// was asked as for a packet arriving there).
+    pub backend: u32,
+    pub ingress: u32,
+    pub _pad: u32,
 }
 
 /// Connection state -> its timeout in seconds (`conn_state`; ESTABLISHED, UDP and NONE take

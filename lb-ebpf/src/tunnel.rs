@@ -17,7 +17,7 @@ use aya_ebpf::{
 use lb_common::{reason::*, *};
 
 use crate::{
-    maps::{NextHop, BACKENDS, FIB_SCRATCH, NEXT_HOPS, NR_CPUS},
+    maps::{NextHop, BACKENDS, FIB_SCRATCH, NEXT_HOPS},
     parse::{frame_len, join, ptr_at_mut, words, ETH_P_8021Q},
 };
 
@@ -86,13 +86,19 @@ pub fn send<const V4: bool>(
 ) -> Result<u32, u32> {
     // The memo is checked here, an array read: the call that asks the FIB is made once a
     // second (or after an update) only.
-    let slot = backend
-        .wrapping_mul(NR_CPUS.load())
-        // SAFETY: a helper without arguments or side effects.
-        .wrapping_add(unsafe { bpf_get_smp_processor_id() });
-    let fresh = NEXT_HOPS
-        .get(slot)
-        .is_some_and(|h| h.ok == 1 && h.checked == clk.now && h.epoch == clk.epoch);
+    // SAFETY: a helper without arguments or side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let slot = cpu
+        .wrapping_mul(NEXT_HOP_SLOTS)
+        .wrapping_add(backend & (NEXT_HOP_SLOTS - 1));
+    let ingress = ctx.ingress_ifindex() as u32;
+    let fresh = NEXT_HOPS.get(slot).is_some_and(|h| {
+        h.ok == 1
+            && h.checked == clk.now
+            && h.epoch == clk.epoch
+            && h.backend == backend
+            && h.ingress == ingress
+    });
     if !fresh {
         let r = if V4 {
             route4(ctx, backend, slot, clk.now, clk.epoch)
@@ -183,13 +189,20 @@ fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) ->
     let overhead = outer + extra;
     let l3_off = l3_offset(ctx)?;
     let inner = inner::<V4>(ctx, l3_off)?;
+    // 0: a kernel that says no MTU (before 5.12, `mtu_result`): no check.
     let mtu = hop.mtu;
-    if inner.len + overhead as u32 > mtu {
+    if mtu != 0 && inner.len + overhead as u32 > mtu {
         // IPv4 without DF: IPVS would fragment the outer packet; XDP cannot.
         if inner.icmp || (V4 && !inner.df) {
             return Err(DROP_TOO_BIG);
         }
-        return Err(TOO_BIG | (mtu.saturating_sub(overhead as u32) & 0xffff));
+        // Below the family's least MTU (IPv4 68, IPv6 1280) a host ignores the MTU it is
+        // told, and sends the same size again: nothing to answer with.
+        let room = mtu.saturating_sub(overhead as u32);
+        if room < if V4 { 68 } else { 1280 } {
+            return Err(DROP_TOO_BIG);
+        }
+        return Err(TOO_BIG | (room & 0xffff));
     }
     // SAFETY: the helper moves the frame's start; every packet pointer is derived afresh
     // below.
@@ -350,7 +363,8 @@ fn next_hop<const V4: bool>(
     p.dport = 0;
     // 0: no MTU check here (`wrap` checks each packet); the route's MTU comes back in it.
     p.tot_len = 0;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
     p.flowinfo = 0;
     p.src = b.tun_saddr;
     p.dst = b.tun_daddr;
@@ -379,6 +393,8 @@ fn next_hop<const V4: bool>(
         (*hop).mtu = p.tot_len as u32;
         (*hop).checked = clk.now;
         (*hop).epoch = clk.epoch;
+        (*hop).backend = backend;
+        (*hop).ingress = ingress;
         (*hop).ok = 1;
     }
     Ok(())

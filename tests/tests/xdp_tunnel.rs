@@ -116,6 +116,17 @@ impl Fib {
             "2001:db8::1",
             "mtu",
             "lock",
+            "1400",
+        ]);
+        // Too small for IPv6 once wrapped: 1300 less 40 is below 1280.
+        ip(&[
+            "route",
+            "add",
+            "2001:db8:5::/64",
+            "via",
+            "2001:db8::1",
+            "mtu",
+            "lock",
             "1300",
         ]);
         // A gateway nobody resolved, and no route at all.
@@ -382,12 +393,18 @@ fn too_big_for_the_path_is_answered_with_icmp_from_the_vip() {
     }
     let fib = Fib::new();
     let specs = [
-        // The route to 203.0.113.128/25 has MTU 1400, to 2001:db8:4::/64 1300.
+        // The routes to 203.0.113.128/25 and 2001:db8:4::/64 have MTU 1400, to
+        // 2001:db8:5::/64 1300.
         service(v4(120), rs4(140, 0), Some(tunnel(TunnelKind::Ipip, true))),
         service(v4(121), rs4(141, 0), Some(tunnel(TunnelKind::Gue, true))),
         service(
             v6(0x120),
             rs6(4, 0x11),
+            Some(tunnel(TunnelKind::Ipip, false)),
+        ),
+        service(
+            v6(0x121),
+            rs6(5, 0x11),
             Some(tunnel(TunnelKind::Ipip, false)),
         ),
     ];
@@ -428,9 +445,9 @@ fn too_big_for_the_path_is_answered_with_icmp_from_the_vip() {
             let inner = packet(specs[0].vip, 40012, TCP_ACK, 1360, false);
             let (out, bumped) = run(&mut h, &fib, &frame(&inner));
             assert_eq!((out.verdict, bumped), (XDP_DROP, vec!["drop_too_big"]));
-            // IPv6: 1300 + 40 do not fit 1300: "packet too big", MTU 1260, from the VIP.
-            let inner = packet(specs[2].vip, 40013, TCP_ACK, 1240, true);
-            assert_eq!(inner.len(), 1300);
+            // IPv6: 1400 + 40 do not fit 1400: "packet too big", MTU 1360, from the VIP.
+            let inner = packet(specs[2].vip, 40013, TCP_ACK, 1340, true);
+            assert_eq!(inner.len(), 1400);
             let (out, bumped) = run(&mut h, &fib, &frame(&inner));
             assert_eq!((out.verdict, bumped), (XDP_TX, vec!["tx_too_big"]));
             let IpAddr::V6(vip6) = specs[2].vip else {
@@ -441,14 +458,19 @@ fn too_big_for_the_path_is_answered_with_icmp_from_the_vip() {
                 ip.addrs(),
                 2,
                 0,
-                1260u32.to_be_bytes(),
+                1360u32.to_be_bytes(),
                 &inner[..48],
             ));
             assert_eq!(
                 out.data,
                 ether(CLIENT_MAC, LB_MAC, None, ETH_P_IPV6, &l3),
-                "ICMPv6 packet too big from the VIP, MTU 1260, quoting 48 bytes"
+                "ICMPv6 packet too big from the VIP, MTU 1360, quoting 48 bytes"
             );
+            // A path whose MTU less the tunnel is below IPv6's 1280: a client told so would
+            // send 1280 bytes again. Dropped and counted, unanswered.
+            let inner = packet(specs[3].vip, 40014, TCP_ACK, 1240, true);
+            let (out, bumped) = run(&mut h, &fib, &frame(&inner));
+            assert_eq!((out.verdict, bumped), (XDP_DROP, vec!["drop_too_big"]));
         })
         .unwrap();
 }

@@ -1512,6 +1512,13 @@ fn rs_tunnel(
             }
             (TunnelKind::Gue, *p.get_ref())
         }
+        (None, Some(p)) => {
+            return Err(cx.invalid(
+                p.span(),
+                "real_server.tunnel_port",
+                format!("only a gue tunnel has a port, not {}", base.kind.name()),
+            ))
+        }
         (ty, p) => tunnel_kind(cx, ty.as_ref(), p.as_ref(), "real_server")?,
     };
     Ok(Some(Tunnel { kind, port, ..base }))

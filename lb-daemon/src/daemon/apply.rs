@@ -299,7 +299,13 @@ impl Dp {
         let healthy: u32 = vs
             .real_servers
             .iter()
-            .filter(|rs| rs.tunnel.is_some() || self.macs.known.contains_key(&rs.addr.ip()))
+            .filter(|rs| match &rs.tunnel {
+                Some(t) => {
+                    t.source.is_some()
+                        || self.tunnel_sources[usize::from(rs.addr.is_ipv6())].is_some()
+                }
+                None => self.macs.known.contains_key(&rs.addr.ip()),
+            })
             .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
             .fold(0u32, u32::saturating_add);
         let had = self.derived.get(&vs.key()).map(|d| d.quorum);
@@ -318,6 +324,10 @@ impl Dp {
             if let Some(t) = &mut b.tunnel {
                 if t.source.is_none() {
                     t.source = self.tunnel_sources[usize::from(b.addr.is_ipv6())];
+                }
+                // Still none: unusable, out of the ring (its flows reschedule).
+                if t.source.is_none() {
+                    b.mac = None;
                 }
             }
         }

@@ -26,7 +26,8 @@ pub(super) fn seeds(adopted: &[ServiceSpec], config: &Config) -> Seeds {
     let mut s = Seeds::default();
     let by_key: HashMap<ServiceKey, &ServiceSpec> = adopted.iter().map(|a| (a.key(), a)).collect();
     for a in adopted {
-        for b in &a.backends {
+        // A TUN backend has no MAC of its own to seed.
+        for b in a.backends.iter().filter(|b| b.tunnel.is_none()) {
             if let Some(mac) = b.mac {
                 s.macs.insert(b.addr.ip(), mac);
             }

@@ -196,6 +196,17 @@ impl<W: MapWriter> Dataplane<W> {
                     .copied()
                     .unwrap_or_default();
                 let present = b.flags & BACKEND_F_PRESENT != 0;
+                // A TUN backend's value says its tunnel; its MAC field means nothing.
+                let tunnel = (b.flags & lb_common::BACKEND_F_TUN != 0)
+                    .then(|| {
+                        Some(crate::model::Tunnel {
+                            kind: crate::model::TunnelKind::of_code(b.tun_kind)?,
+                            port: u16::from_be(b.tun_port),
+                            ttl: b.tun_ttl,
+                            source: ip_of(&b.tun_saddr, k.family),
+                        })
+                    })
+                    .flatten();
                 backends.push(BackendSpec {
                     thresholds: super::Thresholds {
                         upper: b.u_threshold,
@@ -203,8 +214,12 @@ impl<W: MapWriter> Dataplane<W> {
                     },
                     addr: SocketAddr::new(ip, k.port),
                     weight: u32::from(b.flags & BACKEND_F_DRAINING == 0 && present),
-                    mac: present.then_some(b.mac),
-                    tunnel: None,
+                    mac: present.then_some(if tunnel.is_some() {
+                        super::TUNNEL_MAC
+                    } else {
+                        b.mac
+                    }),
+                    tunnel,
                 });
                 dp.current.backends.insert(bid, b);
                 dp.current.keys.insert(bid, k);
@@ -477,6 +492,32 @@ mod tests {
         }
         assert_eq!(adopted.current().backends, dp.current().backends);
         assert_eq!(adopted.current().infos, dp.current().infos);
+    }
+
+    #[test]
+    fn a_tun_backend_is_adopted_with_its_tunnel() {
+        use crate::model::{Tunnel, TunnelKind};
+        let mut s = spec("192.0.2.100", 80, Scheduler::Rr, &[("203.0.113.11:80", 1)]);
+        s.backends[0].mac = Some(super::super::TUNNEL_MAC);
+        s.backends[0].tunnel = Some(Tunnel {
+            kind: TunnelKind::Gue,
+            port: 6080,
+            ttl: 32,
+            source: Some("192.0.2.2".parse().unwrap()),
+        });
+        let mut dp = Dataplane::new(MemMaps::default(), limits());
+        dp.update(std::slice::from_ref(&s)).unwrap();
+        let found = dp.writer().found(limits());
+        let mut mem = dp.writer().clone();
+        mem.writes = 0;
+        let (mut adopted, _) = Dataplane::adopt(mem, &found).unwrap();
+        assert_eq!(
+            adopted.specs()[0].backends,
+            s.backends,
+            "the tunnel read back"
+        );
+        adopted.update(&[s]).unwrap();
+        assert_eq!(adopted.writer().writes, 0, "nothing differs");
     }
 
     #[test]

@@ -223,9 +223,17 @@ fn region_keeps(sched: Scheduler, cap: u32, len: u32) -> bool {
     cap >= len && (len == 0 || cap <= region_len(sched, len).saturating_mul(4))
 }
 
-/// Backends that may take new flows: resolved MAC, positive weight.
+/// Backends that may take new flows: resolved MAC (a TUN one: a source address of its
+/// family), positive weight. What the backend's `BACKEND_F_PRESENT` says too: a ring slot
+/// never names a backend the program would refuse.
 fn schedulable(b: &BackendSpec) -> bool {
-    b.mac.is_some() && b.weight > 0
+    usable(b) && b.weight > 0
+}
+
+fn usable(b: &BackendSpec) -> bool {
+    b.mac.is_some()
+        && b.tunnel
+            .is_none_or(|t| t.source.is_some_and(|s| s.is_ipv4() == b.addr.is_ipv4()))
 }
 
 /// What a service's ring is computed from: equal inputs, equal ring.
@@ -542,7 +550,6 @@ fn plan(
                 l_threshold: b.thresholds.lower,
                 ..BackendValue::default()
             };
-            let mut usable = b.mac.is_some();
             if let Some(t) = &b.tunnel {
                 flags |= BACKEND_F_TUN;
                 value.mac = [0; 6];
@@ -550,14 +557,11 @@ fn plan(
                 value.tun_kind = t.kind.code();
                 value.tun_ttl = t.ttl;
                 value.tun_port = t.port.to_be();
-                match t.source {
-                    Some(s) if s.is_ipv4() == b.addr.is_ipv4() => {
-                        value.tun_saddr = super::addr_words(s).0;
-                    }
-                    _ => usable = false,
+                if let Some(s) = t.source {
+                    value.tun_saddr = super::addr_words(s).0;
                 }
             }
-            if usable {
+            if usable(b) {
                 flags |= BACKEND_F_PRESENT;
             }
             if b.weight == 0 {
@@ -1349,6 +1353,38 @@ mod tests {
         let writes = misled.writer().0.writes;
         misled.update_known(&changed, &[true, true, true]).unwrap();
         assert_eq!(misled.writer().0.writes, writes);
+    }
+
+    /// A TUN backend: its tunnel in its value; without a source address of its family it is
+    /// absent and out of the ring (the checked writer asserts every ring slot is usable).
+    #[test]
+    fn a_tun_backend_without_a_source_is_out_of_the_ring() {
+        use crate::model::{Tunnel, TunnelKind};
+        let mut s = spec(80, Scheduler::Rr, &[1, 1]);
+        let tunnel = Tunnel {
+            kind: TunnelKind::Gre,
+            port: 0,
+            ttl: 64,
+            source: Some("192.0.2.2".parse().unwrap()),
+        };
+        s.backends[0].tunnel = Some(tunnel);
+        s.backends[1].tunnel = Some(Tunnel {
+            source: None,
+            ..tunnel
+        });
+        let mut d = dp();
+        d.update(std::slice::from_ref(&s)).unwrap();
+        let (id, bids) = d.ids_of(&s).unwrap();
+        let cur = d.current();
+        let b0 = cur.backends[&bids[0]];
+        assert_eq!(
+            b0.flags & (BACKEND_F_PRESENT | BACKEND_F_TUN),
+            BACKEND_F_PRESENT | BACKEND_F_TUN
+        );
+        assert_eq!((b0.tun_kind, b0.tun_ttl), (TUN_GRE, 64));
+        assert_eq!(b0.tun_saddr[0], lb_common::addr_v4([192, 0, 2, 2]));
+        assert_eq!(cur.backends[&bids[1]].flags & BACKEND_F_PRESENT, 0);
+        assert_eq!(cur.infos[&id].ring_len, 1, "only the one with a source");
     }
 
     /// `dry_run` counts what `update` then writes, and writes nothing itself.

@@ -125,7 +125,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
 /// The maps whose sizes follow the configuration ([`Limits`]). A larger program instance
 /// gets new ones ([`grow`]) and shares every other map with the one it replaces: the flow
 /// and persistence tables above all, so that no flow is lost to the growth.
-pub const SIZED_MAPS: [&str; 11] = [
+pub const SIZED_MAPS: [&str; 10] = [
     names::SERVICES4,
     names::SERVICES6,
     names::SERVICE_INFO,
@@ -136,7 +136,6 @@ pub const SIZED_MAPS: [&str; 11] = [
     names::BACKEND_STATS,
     names::BACKEND_LOAD,
     names::CANDIDATES,
-    names::NEXT_HOPS,
 ];
 
 /// A descriptor of each map of a program instance, by the object's names (its global data
@@ -493,7 +492,6 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .override_global(names::GLOBAL_FLOW_CACHE_SIZE, &opts.flow_cache, true)
         .override_global(names::GLOBAL_SYNC_ENABLED, &sync_on, true)
         .override_global(names::GLOBAL_SYNC_REFRESH_SHIFT, &sync.refresh_shift, true)
-        .override_global(names::GLOBAL_NR_CPUS, &cpus, true)
         .map_max_entries(names::SYNC_EVENTS, sync.ring_bytes)
         .map_max_entries(names::FLOW_CACHE4, size(names::FLOW_CACHE4, cache_slots))
         .map_max_entries(names::FLOW_CACHE6, size(names::FLOW_CACHE6, cache_slots))
@@ -516,7 +514,10 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .map_max_entries(names::CANDIDATES, size(names::CANDIDATES, l.services))
         .map_max_entries(
             names::NEXT_HOPS,
-            size(names::NEXT_HOPS, l.backends.saturating_mul(cpus)),
+            size(
+                names::NEXT_HOPS,
+                lb_common::NEXT_HOP_SLOTS.saturating_mul(cpus),
+            ),
         )
         .load(OBJECT)?;
     Ok(ebpf)

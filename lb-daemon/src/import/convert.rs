@@ -2151,7 +2151,10 @@ impl Cx<'_> {
         let name = if m.tunnel.is_some() { "TUN" } else { "DR" };
         self.put(t, key, Value::Str(name.into()), span, st)?;
         if let Some((kind, kspan)) = m.tunnel {
-            if kind != crate::model::TunnelKind::Ipip || kspan.is_some() {
+            // A real server's `lvs_method TUN` without a type means IPIP in keepalived
+            // (each `lvs_method` starts from IPIP), where the TOML would take the
+            // virtual_server's: the type is written out.
+            if kind != crate::model::TunnelKind::Ipip || kspan.is_some() || key == "lvs_method" {
                 let at = kspan.unwrap_or(span);
                 self.put(t, "tunnel_type", Value::Str(kind.name().into()), at, st)?;
             }
