@@ -1567,19 +1567,36 @@ impl TunLab {
             back: back.into_bridge(),
             nginx,
         };
+        // The real servers' decapsulator runs in native mode, where a veth frame loses its
+        // "checksum to be filled in" state: every sender computes its checksums itself, as
+        // for the DR lab's native mode.
+        for ns in lab.namespaces().filter(|ns| !ns.name().ends_with("br")) {
+            for dev in ["eth0", "eth1"] {
+                if ns.link_is_up(dev) {
+                    ns.exec(&["ethtool", "-K", dev, "tx", "off"])?;
+                }
+            }
+        }
+        // Every server answers the load balancer through the router, over IPv4 and IPv6:
+        // the routes work and every neighbour on the way is resolved before a test starts.
         let deadline = Instant::now() + Duration::from_secs(10);
         for (i, ns) in lab.servers.iter().enumerate() {
-            let url = url_for(&tun_server_v4(i + 1).to_string());
             let want = format!("rs{}\n", i + 1);
-            wait_until(
-                &format!("nginx in {}", ns.name()),
-                deadline.saturating_duration_since(Instant::now()),
-                || {
-                    lab.lb
-                        .exec(&["curl", "-s", "--max-time", "1", &url])
-                        .is_ok_and(|b| b == want)
-                },
-            )?;
+            for host in [
+                tun_server_v4(i + 1).to_string(),
+                tun_server_v6(i + 1).to_string(),
+            ] {
+                let url = url_for(&host);
+                wait_until(
+                    &format!("nginx in {} at {url}", ns.name()),
+                    deadline.saturating_duration_since(Instant::now()),
+                    || {
+                        lab.lb
+                            .exec(&["curl", "-s", "-g", "--max-time", "1", &url])
+                            .is_ok_and(|b| b == want)
+                    },
+                )?;
+            }
         }
         Ok(lab)
     }
