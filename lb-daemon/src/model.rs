@@ -185,16 +185,6 @@ impl TunnelKind {
             TunnelKind::Gre => lb_common::TUN_GRE,
         }
     }
-
-    /// Bytes the tunnel adds to a packet of the given family.
-    pub fn overhead(self, v4: bool) -> usize {
-        let ip = if v4 { 20 } else { 40 };
-        ip + match self {
-            TunnelKind::Ipip => 0,
-            TunnelKind::Gue => lb_common::TUN_GUE_HLEN,
-            TunnelKind::Gre => lb_common::TUN_GRE_HLEN,
-        }
-    }
 }
 
 impl std::str::FromStr for TunnelKind {
