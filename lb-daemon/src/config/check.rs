@@ -60,6 +60,10 @@
 //!   `virtualhost` can be set on the `HTTP_GET` block or on a `url`; the virtual and real
 //!   server levels of keepalived have no such key here.
 //! * All `url`s of a check are fetched in one run (keepalived's `fast_recovery`).
+//! * `TCP_CHECK.via_tunnel = true` (ours, off by default; only for a TUN real server): the
+//!   SYN goes to the VIP through the real server's tunnel, as clients' packets do, so the
+//!   check fails when the real server listens on its own address but does not answer for the
+//!   VIP (no VIP on its loopback, no decapsulation). See [`TunnelTcp`].
 //! * Command lines (`misc_path`, `notify_up`, `notify_down`) are split on whitespace, without
 //!   quoting, as for `vrrp_script`; the program must be an absolute path.
 use std::{
@@ -72,6 +76,7 @@ use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, RawRealServer, RawVirtualServer};
+use crate::model::Tunnel;
 
 /// keepalived's `delay_loop` default.
 pub const DEFAULT_DELAY_LOOP: Duration = Duration::from_secs(60);
@@ -163,6 +168,8 @@ type Value = Spanned<toml::Value>;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTcp {
+    /// Ours: the SYN goes through the real server's tunnel to the VIP (see [`TunnelTcp`]).
+    via_tunnel: Option<Value>,
     connect_ip: Option<Value>,
     connect_port: Option<Value>,
     bindto: Option<Value>,
@@ -269,6 +276,8 @@ pub struct Timing {
 pub enum CheckKind {
     /// `TCP_CHECK`: a connection is accepted.
     Tcp(Connect),
+    /// `TCP_CHECK` with `via_tunnel`: the VIP answers a SYN sent through the tunnel.
+    TcpTunnel(TunnelTcp),
     /// `HTTP_GET`: every url answers with an accepted status (and body).
     Http(HttpGet),
     /// `MISC_CHECK`: a program exits with 0 (or 2..=255 when dynamic).
@@ -279,7 +288,7 @@ impl CheckKind {
     /// keepalived's block name.
     pub fn name(&self) -> &'static str {
         match self {
-            CheckKind::Tcp(_) => "TCP_CHECK",
+            CheckKind::Tcp(_) | CheckKind::TcpTunnel(_) => "TCP_CHECK",
             CheckKind::Http(_) => "HTTP_GET",
             CheckKind::Misc(_) => "MISC_CHECK",
         }
@@ -296,6 +305,21 @@ pub struct Connect {
     /// `connect_timeout`: for a TCP check the connection, for an HTTP check each url's whole
     /// exchange (connect, request, response).
     pub timeout: Duration,
+}
+
+/// A `TCP_CHECK` with `via_tunnel = true`: a SYN to `vip`:`connect.dest`'s port, wrapped as
+/// the dataplane wraps the real server's traffic and sent to `connect.dest`'s address; up
+/// when the SYN-ACK comes back from the VIP (the real server answers for the VIP, not only on
+/// its own address), then reset. A plain `TCP_CHECK` proves the server listens; this one
+/// proves the tunnel, the decapsulation and the VIP on the real server too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TunnelTcp {
+    /// The outer destination (`connect_ip`, by default the real server) and the port probed
+    /// on the VIP (`connect_port`); the source is `bindto`, else the tunnel's `source`, else
+    /// the address the kernel picks towards the real server.
+    pub connect: Connect,
+    pub vip: IpAddr,
+    pub tunnel: Tunnel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -543,6 +567,9 @@ struct Inherited {
     /// The real server's `ip` line, for errors about keys that are absent.
     span: std::ops::Range<usize>,
     addr: SocketAddr,
+    /// The service's address, and the real server's tunnel when it is forwarded by TUN.
+    vip: IpAddr,
+    tunnel: Option<Tunnel>,
 }
 
 fn connect(cx: &Ctx, raw: RawConnect, block: &str, up: &Inherited) -> Result<Connect, ConfigError> {
@@ -645,10 +672,25 @@ fn tcp(cx: &Ctx, raw: &RawTcp, up: &Inherited) -> Result<Check, ConfigError> {
         DEFAULT_RETRY,
         DEFAULT_DELAY_BEFORE_RETRY,
     )?;
-    Ok(Check {
-        kind: CheckKind::Tcp(conn),
-        timing,
-    })
+    let key = format!("{block}.via_tunnel");
+    let kind = match (boolean(cx, &raw.via_tunnel, &key)?, up.tunnel) {
+        (Some(true), Some(tunnel)) => CheckKind::TcpTunnel(TunnelTcp {
+            connect: conn,
+            vip: up.vip,
+            tunnel,
+        }),
+        (Some(true), None) => {
+            return Err(cx.invalid(
+                raw.via_tunnel
+                    .as_ref()
+                    .map_or(up.span.clone(), |v| v.span()),
+                &key,
+                "only a TUN real server has a tunnel to check through",
+            ))
+        }
+        _ => CheckKind::Tcp(conn),
+    };
+    Ok(Check { kind, timing })
 }
 
 fn virtualhost(cx: &Ctx, v: &Value, key: &str) -> Result<String, ConfigError> {
@@ -931,6 +973,8 @@ pub(super) fn checks(
     vs: &RawVirtualServer,
     rs: &RawRealServer,
     addr: SocketAddr,
+    vip: IpAddr,
+    tunnel: Option<Tunnel>,
 ) -> Result<Checks, ConfigError> {
     let vs_delay = server_seconds(cx, &vs.delay_loop, "virtual_server.delay_loop")?;
     let rs_delay = server_seconds(cx, &rs.delay_loop, "real_server.delay_loop")?;
@@ -939,6 +983,8 @@ pub(super) fn checks(
         alpha: rs.alpha.unwrap_or(vs.alpha),
         span: rs.ip.span(),
         addr,
+        vip,
+        tunnel,
     };
     let mut checks = Vec::new();
     for t in rs.tcp_check.iter().flat_map(|b| &b.0) {
@@ -1008,7 +1054,13 @@ static = true
 
     /// BASE with `vs` after the virtual server's keys and `rs` after the real server's.
     fn text(vs: &str, rs: &str) -> String {
-        BASE.replace("#VS", vs).replace("#RS", rs)
+        // A virtual server's own lb_kind replaces BASE's.
+        let base = if vs.contains("lb_kind") {
+            BASE.replace("lb_kind = \"DR\"\n", "")
+        } else {
+            BASE.to_string()
+        };
+        base.replace("#VS", vs).replace("#RS", rs)
     }
 
     fn parse(vs: &str, rs: &str) -> Result<Config, ConfigError> {
@@ -1359,6 +1411,48 @@ url = [{ path = "/" }]"#,
     }
 
     /// Every bad value names the file, its line and the key.
+    /// `via_tunnel`: through the real server's tunnel (its own type over the service's), to
+    /// the VIP and the checked port; off, or false, a plain TCP_CHECK.
+    #[test]
+    fn tcp_via_tunnel() {
+        let c = checks_of(
+            "lb_kind = \"TUN\"\ntunnel_type = \"gue\"\ntunnel_port = 6080\ntunnel_source = \"192.0.2.2\"",
+            "[virtual_server.real_server.TCP_CHECK]\nvia_tunnel = true\nconnect_port = 8080",
+        );
+        assert_eq!(
+            c.checks[0].kind,
+            CheckKind::TcpTunnel(TunnelTcp {
+                connect: Connect {
+                    dest: "192.0.2.11:8080".parse().unwrap(),
+                    bindto: None,
+                    timeout: secs(5.0),
+                },
+                vip: "192.0.2.100".parse().unwrap(),
+                tunnel: Tunnel {
+                    kind: crate::model::TunnelKind::Gue,
+                    port: 6080,
+                    ttl: crate::model::DEFAULT_TUNNEL_TTL,
+                    source: Some("192.0.2.2".parse().unwrap()),
+                },
+            })
+        );
+        assert_eq!(c.checks[0].kind.name(), "TCP_CHECK");
+        let c = checks_of(
+            "lb_kind = \"TUN\"",
+            "[virtual_server.real_server.TCP_CHECK]\nvia_tunnel = false",
+        );
+        assert!(matches!(c.checks[0].kind, CheckKind::Tcp(_)), "{c:?}");
+        // A TUN real server of a DR service.
+        let c = checks_of(
+            "",
+            "lvs_method = \"TUN\"\n[virtual_server.real_server.TCP_CHECK]\nvia_tunnel = true",
+        );
+        assert!(
+            matches!(&c.checks[0].kind, CheckKind::TcpTunnel(t) if t.tunnel.kind == crate::model::TunnelKind::Ipip),
+            "{c:?}"
+        );
+    }
+
     #[test]
     fn bad_values_name_file_line_and_key() {
         let tcp = "[virtual_server.real_server.TCP_CHECK]\n";
@@ -1373,6 +1467,9 @@ url = [{ path = "/" }]"#,
             ("", "notify_up = \"up.sh\"".into(), "notify_up", "real_server.notify_up"),
             ("", "notify_down = \" \"".into(), "notify_down", "real_server.notify_down"),
             ("", format!("{tcp}connect_port = 0"), "connect_port", "real_server.TCP_CHECK.connect_port"),
+            // Direct routing has no tunnel to check through.
+            ("", format!("{tcp}via_tunnel = true"), "via_tunnel", "real_server.TCP_CHECK.via_tunnel"),
+            ("lb_kind = \"TUN\"", format!("{tcp}via_tunnel = 1"), "via_tunnel", "real_server.TCP_CHECK.via_tunnel"),
             ("", format!("{tcp}connect_port = 65536"), "connect_port", "real_server.TCP_CHECK.connect_port"),
             ("", format!("{tcp}connect_ip = \"10.0.0\""), "connect_ip", "real_server.TCP_CHECK.connect_ip"),
             ("", format!("{tcp}bindto = \"fe80::1\""), "bindto", "real_server.TCP_CHECK.bindto"),

@@ -1309,7 +1309,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                 format!("{addr} is listed twice"),
             ));
         }
-        let checks = check::checks(cx, vs, rs, addr)?;
+        let checks = check::checks(cx, vs, rs, addr, vip, tunnel)?;
         let thresholds = thresholds(cx, sched, rs)?;
         real_servers.push(RealServer {
             addr,

@@ -573,6 +573,7 @@ mod tests {
     fn port_of(p: &ProbeSpec) -> u16 {
         match p {
             ProbeSpec::Tcp(c) => c.dest.port(),
+            ProbeSpec::TcpTunnel(t) => t.connect.dest.port(),
             ProbeSpec::Http(h) => h.connect.dest.port(),
             ProbeSpec::Misc { .. } => 0,
         }

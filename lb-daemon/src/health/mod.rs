@@ -35,6 +35,7 @@ pub mod engine;
 pub mod http;
 pub mod probe;
 pub mod state;
+pub mod tunnel_wire;
 
 use std::{
     collections::HashMap,
@@ -178,6 +179,7 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
             for c in &rs.checks.checks {
                 let probe = match &c.kind {
                     CheckKind::Tcp(conn) => ProbeSpec::Tcp(*conn),
+                    CheckKind::TcpTunnel(t) => ProbeSpec::TcpTunnel(*t),
                     CheckKind::Http(h) => ProbeSpec::Http(h.clone()),
                     CheckKind::Misc(m) => {
                         let user = ScriptUser::resolve(m.user.as_deref().or(default_user))

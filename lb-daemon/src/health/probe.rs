@@ -10,10 +10,18 @@
 //!   `digest`; `body_contains` alone stops at its substring). A reset, a close before the
 //!   head, a head that is not HTTP/1.x, a status outside `status_code`, a body that fails
 //!   `body_contains`, `regex` or `digest`, or silence until the deadline are failures.
+//! * `TCP_CHECK` with `via_tunnel`: a SYN to the VIP, wrapped as the dataplane wraps the real
+//!   server's traffic (see [`super::tunnel_wire`]), within `connect_timeout`: up when the
+//!   VIP's SYN-ACK comes back (read from a packet socket), which is then reset; a RST from the
+//!   VIP or silence are failures. Needs CAP_NET_RAW, as the dataplane does.
 //! * `MISC_CHECK`: [`run_command`] as the check's user with `misc_timeout` (the process group
 //!   is killed after it). Exit 0 passes; with `misc_dynamic`, 2..=255 passes with weight
 //!   status - 2 (keepalived's `check_misc.c`); anything else fails.
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -21,9 +29,13 @@ use tokio::{
     time::{timeout_at, Instant},
 };
 
-use super::{engine::ProbeResult, http};
+use super::{
+    engine::ProbeResult,
+    http,
+    tunnel_wire::{self, Answer, Carrier},
+};
 use crate::{
-    config::check::{Connect, HttpGet, MiscCheck, Url},
+    config::check::{Connect, HttpGet, MiscCheck, TunnelTcp, Url},
     script::{run_command, RunOutcome, ScriptUser},
 };
 
@@ -31,6 +43,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeSpec {
     Tcp(Connect),
+    TcpTunnel(TunnelTcp),
     Http(HttpGet),
     Misc { check: MiscCheck, user: ScriptUser },
 }
@@ -39,7 +52,7 @@ impl ProbeSpec {
     /// keepalived's block name.
     pub fn name(&self) -> &'static str {
         match self {
-            ProbeSpec::Tcp(_) => "TCP_CHECK",
+            ProbeSpec::Tcp(_) | ProbeSpec::TcpTunnel(_) => "TCP_CHECK",
             ProbeSpec::Http(_) => "HTTP_GET",
             ProbeSpec::Misc { .. } => "MISC_CHECK",
         }
@@ -126,6 +139,22 @@ pub enum ProbeError {
     },
     #[error("{program}: {outcome}")]
     Script { program: String, outcome: String },
+    #[error("{vip} through the tunnel to {dest}: {what}: {source}")]
+    Tunnel {
+        vip: SocketAddr,
+        dest: IpAddr,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{vip} through the tunnel to {dest}: refused (RST)")]
+    TunnelRefused { vip: SocketAddr, dest: IpAddr },
+    #[error("{vip} through the tunnel to {dest}: no answer from the VIP within {timeout:?}")]
+    TunnelTimeout {
+        vip: SocketAddr,
+        dest: IpAddr,
+        timeout: Duration,
+    },
 }
 
 /// Runs one probe to the end; never panics, never outlives its timeouts.
@@ -133,6 +162,7 @@ pub async fn run(spec: &ProbeSpec) -> ProbeResult {
     let start = Instant::now();
     let outcome = match spec {
         ProbeSpec::Tcp(c) => tcp(c).await.map(|()| None),
+        ProbeSpec::TcpTunnel(t) => tcp_via_tunnel(t).await.map(|()| None),
         ProbeSpec::Http(h) => http_get(h).await.map(|()| None),
         ProbeSpec::Misc { check, user } => misc(check, user).await,
     };
@@ -168,6 +198,175 @@ async fn connect(c: &Connect, deadline: Instant) -> Result<TcpStream, ProbeError
 /// `TCP_CHECK`.
 pub async fn tcp(c: &Connect) -> Result<(), ProbeError> {
     connect(c, Instant::now() + c.timeout).await.map(drop)
+}
+
+/// `TCP_CHECK` with `via_tunnel`.
+pub async fn tcp_via_tunnel(t: &TunnelTcp) -> Result<(), ProbeError> {
+    let deadline = Instant::now() + t.connect.timeout;
+    let dest = t.connect.dest.ip();
+    let vip = SocketAddr::new(t.vip, t.connect.dest.port());
+    let fail = |what| {
+        move |source| ProbeError::Tunnel {
+            vip,
+            dest,
+            what,
+            source,
+        }
+    };
+    let src = match t.connect.bindto.or(t.tunnel.source) {
+        Some(a) => a,
+        None => route_source(dest).map_err(fail("no route"))?,
+    };
+    if src == t.vip {
+        // The real server holds the VIP too: it would answer itself.
+        return Err(fail("source")(io::Error::other(
+            "the SYN would come from the VIP itself: set bindto or tunnel_source",
+        )));
+    }
+    // The port is held by a bound TCP socket for as long as the probe runs, so no connection
+    // of this host uses it meanwhile.
+    let reserved = socket2::Socket::new(
+        socket2::Domain::for_address(vip),
+        socket2::Type::STREAM,
+        None,
+    )
+    .and_then(|s| s.bind(&SocketAddr::new(src, 0).into()).map(|()| s))
+    .map_err(fail("reserve a port"))?;
+    let sport = reserved
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port());
+    let probe = tunnel_wire::Probe {
+        src,
+        sport,
+        vip: t.vip,
+        vport: vip.port(),
+        isn: random_u32(),
+    };
+    let v6 = t.vip.is_ipv6();
+    let capture = Capture::open(v6, vip.port(), sport).map_err(fail("packet socket"))?;
+    let send = |inner: &[u8]| -> io::Result<()> {
+        let payload = tunnel_wire::wrap(t.tunnel.kind, v6, inner);
+        let domain = socket2::Domain::for_address(vip);
+        let (sock, to) = match tunnel_wire::carrier(t.tunnel.kind, t.tunnel.port, v6) {
+            Carrier::Raw(proto) => (
+                socket2::Socket::new(domain, socket2::Type::RAW, Some(proto.into()))?,
+                SocketAddr::new(dest, 0),
+            ),
+            Carrier::Udp(port) => (
+                socket2::Socket::new(domain, socket2::Type::DGRAM, None)?,
+                SocketAddr::new(dest, port),
+            ),
+        };
+        sock.bind(&SocketAddr::new(src, 0).into())?;
+        if v6 {
+            sock.set_unicast_hops_v6(t.tunnel.ttl.into())?;
+        } else {
+            sock.set_ttl_v4(t.tunnel.ttl.into())?;
+        }
+        sock.send_to(&payload, &to.into()).map(drop)
+    };
+    send(&probe.syn()).map_err(fail("send"))?;
+    loop {
+        let packet = match timeout_at(deadline, capture.next()).await {
+            Err(_) => {
+                return Err(ProbeError::TunnelTimeout {
+                    vip,
+                    dest,
+                    timeout: t.connect.timeout,
+                })
+            }
+            Ok(p) => p.map_err(fail("packet socket"))?,
+        };
+        match probe.answer(&packet) {
+            Some(Answer::Accepted) => {
+                // The real server holds a half-open connection: close it now rather than
+                // let it retransmit its SYN-ACK. If this RST is lost, its own timeout does.
+                let _ = send(&probe.rst());
+                drop(reserved);
+                return Ok(());
+            }
+            Some(Answer::Refused) => return Err(ProbeError::TunnelRefused { vip, dest }),
+            None => continue,
+        }
+    }
+}
+
+/// The source address the kernel would pick towards `dest` (a connected UDP socket sends
+/// nothing).
+fn route_source(dest: IpAddr) -> io::Result<IpAddr> {
+    let any: IpAddr = if dest.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+    s.connect(SocketAddr::new(dest, 9))?;
+    Ok(s.local_addr()?.ip())
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 4 {
+        // Without the kernel's randomness the clock's nanoseconds still vary per probe; the
+        // number only has to be unlikely to match a stray segment.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.subsec_nanos() ^ t.as_secs() as u32;
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// A packet socket (`SOCK_DGRAM`: from the IP header on) of one IP version, filtered in the
+/// kernel to TCP from `vport` to `sport` (see [`tunnel_wire::reply_filter`]). One per probe,
+/// open for the probe's round trip (its timeout when nothing answers): while it is, every
+/// packet this host's stack receives runs its eight-instruction filter (packets the XDP
+/// program forwards never reach it).
+struct Capture(tokio::io::unix::AsyncFd<socket2::Socket>);
+
+impl Capture {
+    fn open(v6: bool, vport: u16, sport: u16) -> io::Result<Self> {
+        let ethertype = if v6 { libc::ETH_P_IPV6 } else { libc::ETH_P_IP } as u16;
+        let sock = socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::DGRAM,
+            Some(i32::from(ethertype.to_be()).into()),
+        )?;
+        // Frames queued before the filter is attached are read and judged like the rest.
+        let filter: Vec<socket2::SockFilter> = tunnel_wire::reply_filter(v6, vport, sport)
+            .into_iter()
+            .map(|(code, jt, jf, k)| socket2::SockFilter::new(code, jt, jf, k))
+            .collect();
+        sock.attach_filter(&filter)?;
+        sock.set_nonblocking(true)?;
+        // SAFETY: the AsyncFd owns the socket, so its descriptor lives as long as the
+        // registration.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(sock) };
+        Ok(Capture(fd.map_err(|e| e.into_parts().1)?))
+    }
+
+    /// The next packet the filter passed, at most [`tunnel_wire::SNAP`] bytes of it.
+    async fn next(&self) -> io::Result<Vec<u8>> {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); tunnel_wire::SNAP as usize];
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.try_io(|s| s.get_ref().recv(&mut buf)) {
+                Ok(n) => {
+                    let n = n?;
+                    // SAFETY: recv initialised the first `n` bytes.
+                    return Ok(buf[..n]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect());
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 /// `HTTP_GET`: every url, one after the other, each on its own connection.
