@@ -1441,6 +1441,8 @@ pub fn curl_batch_raw_from(
 /// put them on a load balancer.
 fn add_vips(ns: &Netns) -> Result<()> {
     ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", HOST_IF])?;
+    // Deprecated, as the daemon's VRRP adds IPv6 VIPs (netlink/addr.rs): never the source of
+    // the node's own connections.
     ns.ip(&[
         "addr",
         "add",
@@ -1448,6 +1450,8 @@ fn add_vips(ns: &Netns) -> Result<()> {
         "dev",
         HOST_IF,
         "nodad",
+        "preferred_lft",
+        "0",
     ])?;
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! TUN forwarding end to end, in namespaces, with real peers: a client, `lb-daemon` wrapping
 //! packets in XDP, a router (a namespace forwarding between two LANs), and three nginx real
 //! servers on the router's other side, set up by `lb-daemon realserver start --tunnel`. Once
-//! with IPIP and once with GUE: replies come straight from the real servers (seen on the
+//! each with IPIP, GUE and GRE: replies come straight from the real servers (seen on the
 //! router's back leg, never at the load balancer), rr shares hold over IPv4 and IPv6, a real
 //! server that stops is taken out and comes back, and a path whose MTU is too small for the
 //! wrapped packet yields ICMP "fragmentation needed" from the VIP, after which the client's
-//! requests fit.
+//! requests fit. A real server that stops answering for the VIP (its nginx still up on its
+//! own address) is taken out by the check through the tunnel alone.
 use std::time::Duration;
 
 use lb_tests::{
@@ -42,8 +43,11 @@ fn config(kind: &str) -> String {
         "gue" => format!("tunnel_type = \"gue\"\ntunnel_port = {GUE_PORT}\n"),
         k => format!("tunnel_type = \"{k}\"\n"),
     };
-    // Checked every 200 ms, no retry: a dead server is out within about half a second.
-    let check = "  TCP_CHECK = { connect_timeout = 0.3, retry = 0, delay_before_retry = 0.1, warmup = 0 }\n";
+    // Checked every 200 ms, no retry: a dead server is out within about half a second. Two
+    // checks: the server listens on its own address, and it answers for the VIP through the
+    // tunnel.
+    let timing = "connect_timeout = 0.3, retry = 0, delay_before_retry = 0.1, warmup = 0";
+    let check = format!("  TCP_CHECK = [{{ {timing} }}, {{ via_tunnel = true, {timing} }}]\n");
     let mut c = "[global_defs]\nrouter_id = \"tun\"\n\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"skb\"\nmax_flows = 65536\n".to_string();
     for (vip, servers) in [
         (
@@ -58,10 +62,6 @@ fn config(kind: &str) -> String {
         c += &format!(
             "\n[[virtual_server]]\nip = \"{vip}\"\nport = 80\nprotocol = \"TCP\"\nlb_algo = \"rr\"\nlb_kind = \"TUN\"\n{tunnel}delay_loop = 0.2\nstatic = true\n"
         );
-        // IPv6 real servers go unchecked: their TCP_CHECKs through the router failed at start
-        // in some runs of this lab while the tunnelled IPv6 traffic flowed; the cause is not
-        // established (an open defect, in issue 21's note).
-        let check = if vip.contains(':') { "" } else { check };
         for s in servers {
             c += &format!("  [[virtual_server.real_server]]\n  ip = \"{s}\"\n  port = 80\n{check}");
         }
@@ -112,19 +112,24 @@ fn tun_end_to_end(kind: &str) {
 
     let (daemon, _) =
         start_daemon_in(lab.lb(), &config(kind), "skb", 0).unwrap_or_else(|e| panic!("{e:#}"));
-    // Every checked real server up (a probe answered: a server without a verdict counts as
-    // up too) before the first request.
+    // Every real server of both services up by both checks (a probe answered: a server
+    // without a verdict counts as up too) before the first request.
     wait_until(
-        "three real servers checked up",
+        "six real servers checked up",
         Duration::from_secs(10),
         || {
             lab.lb().dir().join("ctl.sock").exists()
-                && status_json_in(lab.lb())["services"][0]["backends"]
+                && status_json_in(lab.lb())["services"]
                     .as_array()
-                    .is_some_and(|backends| {
-                        backends
-                            .iter()
-                            .all(|b| b["health"] == "up" && b["check_latency_ms"].is_number())
+                    .is_some_and(|services| {
+                        services.len() == 2
+                            && services.iter().all(|s| {
+                                s["backends"].as_array().is_some_and(|backends| {
+                                    backends.iter().all(|b| {
+                                        b["health"] == "up" && b["check_latency_ms"].is_number()
+                                    })
+                                })
+                            })
                     })
         },
     )
@@ -158,10 +163,14 @@ fn tun_end_to_end(kind: &str) {
         from_vip >= 60,
         "{from_vip} replies from the VIP at the router: {routed:?}"
     );
-    // (The health checks' replies, from the real servers' own addresses, do come here.)
+    // (The health checks' replies do come here: the plain checks' from the real servers' own
+    // addresses, the checks through the tunnel's from the VIP to the load balancer.)
     let via_lb: Vec<&String> = direct
         .iter()
-        .filter(|l| l.contains("192.0.2.100.80 >") || l.contains("2001:db8::100.80 >"))
+        .filter(|l| {
+            (l.contains("192.0.2.100.80 >") && !l.contains("> 192.0.2.2."))
+                || (l.contains("2001:db8::100.80 >") && !l.contains("> 2001:db8::2."))
+        })
         .collect();
     assert!(
         via_lb.is_empty(),
@@ -204,6 +213,61 @@ fn tun_end_to_end(kind: &str) {
     let bodies = lab.curl_batch("192.0.2.100", 30).unwrap();
     assert_shares(&format!("{kind}: rs2 back"), &counts(&bodies), 30);
 
+    // rs3 loses the VIPs from its loopback: its nginx still answers on its own addresses, so
+    // only the checks through the tunnel see that it would drop every client's packet.
+    let rs3 = [
+        ("192.0.2.100/32", "203.0.113.13:80", 0),
+        ("2001:db8::100/128", "[2001:db8:3::13]:80", 1),
+    ];
+    let ups = |backend: &str| {
+        daemon
+            .read_stderr()
+            .matches(&format!("backend={backend} up=true"))
+            .count()
+    };
+    let ups_before: Vec<usize> = rs3.iter().map(|(_, b, _)| ups(b)).collect();
+    for (vip, _, _) in rs3 {
+        lab.server(3)
+            .ip(&["addr", "del", vip, "dev", "lo"])
+            .unwrap();
+    }
+    for (vip, backend, service) in rs3 {
+        wait_until(&format!("{backend} down"), Duration::from_secs(5), || {
+            daemon
+                .read_stderr()
+                .contains(&format!("backend={backend} up=false"))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+        let status = status_json_in(lab.lb());
+        let b = &status["services"][service]["backends"][2];
+        assert_eq!(b["addr"], backend, "{status}");
+        let vip = vip.split('/').next().unwrap();
+        let vip_port = if service == 0 {
+            format!("{vip}:80")
+        } else {
+            format!("[{vip}]:80")
+        };
+        let rs = backend.rsplit_once(':').unwrap().0.trim_matches(['[', ']']);
+        let want = format!("{vip_port} through the tunnel to {rs}: no answer from the VIP");
+        let why = b["last_error"].as_str().unwrap_or_default();
+        assert!(why.contains(&want), "want {want:?}: {b}");
+    }
+    let c = counts(&lab.curl_batch("192.0.2.100", 20).unwrap());
+    assert_eq!(c.get("rs3"), None, "{c:?}");
+    for (vip, _, _) in rs3 {
+        lab.server(3)
+            .ip(&["addr", "add", vip, "dev", "lo"])
+            .unwrap();
+    }
+    for ((_, backend, _), before) in rs3.iter().zip(ups_before) {
+        wait_until(
+            &format!("{backend} up again"),
+            Duration::from_secs(5),
+            || ups(backend) > before,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.read_stderr()));
+    }
+
     // A path of MTU 1400 to the real servers: the client's full-size segments (1500 bytes)
     // do not fit once wrapped. The program answers with "fragmentation needed" from the VIP,
     // the client lowers its path MTU, and the request goes through; the next one fits.
@@ -219,7 +283,12 @@ fn tun_end_to_end(kind: &str) {
             "1400",
         ])
         .unwrap();
-    let overhead = if kind == "gue" { 32 } else { 20 };
+    // The outer IPv4 header, and GUE's UDP and GUE headers or GRE's header.
+    let overhead = match kind {
+        "gue" => 32,
+        "gre" => 24,
+        _ => 20,
+    };
     let icmp = lab
         .client()
         .capture("eth0", "icmp and src host 192.0.2.100")
@@ -283,4 +352,9 @@ fn tun_end_to_end_ipip() {
 #[test]
 fn tun_end_to_end_gue() {
     tun_end_to_end("gue");
+}
+
+#[test]
+fn tun_end_to_end_gre() {
+    tun_end_to_end("gre");
 }

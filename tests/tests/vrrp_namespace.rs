@@ -454,6 +454,16 @@ fn ipv6_instance_election_and_failover() {
         || has6(0) && !has6(1),
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}\n---\n{}", d1.read_stderr(), d2.read_stderr()));
+    // Deprecated: never the source of the node's own connections (its health checks), still
+    // its address for what is sent to it (the pings below).
+    let shown = p.nodes[0]
+        .ip(&["-6", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    let line = shown
+        .lines()
+        .find(|l| l.contains(&format!("{vip6}/")))
+        .unwrap();
+    assert!(line.contains("deprecated"), "{shown}");
     let mac1 = p.nodes[0].mac("eth0").unwrap();
     wait_until(
         "the client to reach the VIP at n1",

@@ -33,7 +33,10 @@ use tracing::{debug, info, warn};
 
 use netlink_packet_core::{Emitable, NetlinkBuffer, Parseable};
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope},
+    address::{
+        AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope,
+        CacheInfo,
+    },
     AddressFamily, RouteNetlinkMessage,
 };
 
@@ -321,7 +324,14 @@ fn address_message(
 /// (equal values mean "no peer"), `IFA_LABEL` when given. IPv6 addresses carry
 /// `IFA_F_NODAD`, so they are usable at once instead of after ~1 s of duplicate
 /// address detection: another VRRP router holding the same VIP is exactly what the
-/// protocol rules out, and DAD would only delay the takeover.
+/// protocol rules out, and DAD would only delay the takeover. They are also added
+/// deprecated (`IFA_CACHEINFO`: preferred lifetime 0, valid forever, `ip addr add ...
+/// preferred_lft 0`): still the node's address for everything sent to it, but never the
+/// source the kernel picks for a connection of its own. Otherwise RFC 6724's rules can
+/// prefer the VIP (on a tie the newest address wins): the health checks would come from the
+/// VIP, and a real server that holds the VIP on its loopback (DR, TUN) answers them to
+/// itself; any other connection the node opens would break at the next failover. IPv4 picks
+/// the route's preferred source, the interface's primary address, so needs no such flag.
 ///
 /// With `NLM_F_EXCL` an existing address gives `EEXIST` (which
 /// [`AddressSocket::add`] treats as success) rather than a silent update.
@@ -333,6 +343,11 @@ pub fn encode_add_request(seq: u32, vip: &VirtualAddress) -> Result<Vec<u8>, Vip
         AddressHeaderFlags::empty()
     };
     let mut msg = address_message(vip, flags, AddressScope::Universe);
+    if vip.addr.is_ipv6() {
+        let mut lifetimes = CacheInfo::default(); // preferred 0
+        lifetimes.ifa_valid = u32::MAX; // INFINITY_LIFE_TIME
+        msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
+    }
     if let Some(label) = &vip.label {
         msg.attributes.push(AddressAttribute::Label(label.clone()));
     }
@@ -681,12 +696,12 @@ mod tests {
     }
 
     #[test]
-    fn add_request_bytes_v6_nodad() {
+    fn add_request_bytes_v6_nodad_deprecated() {
         let addr: Ipv6Addr = "2001:db8::100".parse().unwrap();
         let vip = VirtualAddress::new(IpAddr::V6(addr), 7).with_prefix(64);
         let got = encode_add_request(1, &vip).unwrap();
         let mut want = Vec::new();
-        want.extend_from_slice(&64u32.to_ne_bytes()); // 16 + 8 + 20 + 20
+        want.extend_from_slice(&84u32.to_ne_bytes()); // 16 + 8 + 20 + 20 + 20
         want.extend_from_slice(&20u16.to_ne_bytes());
         want.extend_from_slice(&0x0605u16.to_ne_bytes());
         want.extend_from_slice(&1u32.to_ne_bytes());
@@ -699,6 +714,12 @@ mod tests {
             want.extend_from_slice(&t.to_ne_bytes());
             want.extend_from_slice(&addr.octets());
         }
+        // IFA_CACHEINFO (6): preferred 0, valid forever, no timestamps.
+        want.extend_from_slice(&20u16.to_ne_bytes());
+        want.extend_from_slice(&6u16.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        want.extend_from_slice(&u32::MAX.to_ne_bytes());
+        want.extend_from_slice(&[0; 8]);
         assert_eq!(got, want);
     }
 
