@@ -86,9 +86,17 @@ pub mod names {
     pub const SYN_GUARD: &str = "SYN_GUARD";
     /// Service id -> the two backends a count-based scheduler chooses between.
     pub const CANDIDATES: &str = "CANDIDATES";
-    /// Backend id -> this CPU's memo of the FIB's answer for a tunnel backend (program
-    /// private; sized with the backends).
+    /// Backend id -> this CPU's memo of the FIB's answer for a tunnel or NAT backend
+    /// (program private; sized with the CPUs).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// NAT: a reply's flow key (real server to client) -> the flow's key (client to VIP),
+    /// what the reply is rewritten back to. LRU, sized with the flow table.
+    pub const NAT_REV4: &str = "NAT_REV4";
+    pub const NAT_REV6: &str = "NAT_REV6";
+    /// Slot 0: non-zero while some backend is reached by NAT. A packet of no known flow is
+    /// then looked up as a reply before the service lookup; without NAT nothing pays for
+    /// that lookup. Written by the daemon at every update, shared by the instances.
+    pub const NAT_ON: &str = "NAT_ON";
     /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
     /// restarted daemon adopts the backend ids by.
     pub const BACKEND_KEYS: &str = "BACKEND_KEYS";
@@ -421,6 +429,9 @@ pub const BACKEND_F_PRESENT: u32 = 1 << 0;
 pub const BACKEND_F_DRAINING: u32 = 1 << 1;
 /// Reached through a tunnel (IPVS's TUN: `BackendValue::tun_*`), not by its MAC.
 pub const BACKEND_F_TUN: u32 = 1 << 2;
+/// Reached by NAT (IPVS's masquerading): the packet's destination becomes
+/// `BackendValue::daddr` and `nat_port`, its replies' source the VIP and port again.
+pub const BACKEND_F_NAT: u32 = 1 << 3;
 
 /// `BackendValue::tun_kind`: how a TUN backend's packets are wrapped. IPIP means IPv4 in
 /// IPv4 or IPv6 in IPv6 (protocol 4 or 41), as IPVS's `ipip` does for either family.
@@ -452,9 +463,10 @@ pub struct BackendValue {
     pub u_threshold: u32,
     /// keepalived's `lthreshold` (IPVS `-y`); 0: three quarters of `u_threshold`.
     pub l_threshold: u32,
-    /// With `BACKEND_F_TUN`: the outer header's destination (the real server) and source
-    /// (an address of this node), in the family of the service (no mixed families).
-    pub tun_daddr: [u32; 4],
+    /// With `BACKEND_F_TUN` or `BACKEND_F_NAT`: the real server's address, in the family of
+    /// the service (no mixed families): TUN's outer destination, NAT's new destination.
+    pub daddr: [u32; 4],
+    /// With `BACKEND_F_TUN`: the outer header's source (an address of this node).
     pub tun_saddr: [u32; 4],
     /// `TUN_*`.
     pub tun_kind: u8,
@@ -462,7 +474,10 @@ pub struct BackendValue {
     pub tun_ttl: u8,
     /// `TUN_GUE`: the UDP destination port, network byte order.
     pub tun_port: u16,
-    pub _pad: u32,
+    /// With `BACKEND_F_NAT`: the real server's port, network byte order (0: the service's,
+    /// as for an all-ports service).
+    pub nat_port: u16,
+    pub _pad: u16,
 }
 // One cache line: what a packet reads of its backend (flags, generation, MAC) stays in one.
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 64);
@@ -549,8 +564,9 @@ pub struct FlowCache4 {
     /// The backend's MAC when the slot was filled (at an even offset: the program copies it
     /// in 16-bit words).
     pub mac: [u8; 6],
-    /// 1: the backend is reached through a tunnel (`BACKEND_F_TUN`), `mac` unused.
-    pub tun: u8,
+    /// How the backend is reached: its `BACKEND_F_TUN` or `BACKEND_F_NAT` bit (`mac` then
+    /// unused), or 0 (direct routing, by `mac`).
+    pub via: u8,
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowCache4>() == 48);
@@ -564,7 +580,7 @@ pub struct FlowCache6 {
     pub value: FlowValue,
     pub epoch: u32,
     pub mac: [u8; 6],
-    pub tun: u8,
+    pub via: u8,
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowCache6>() == 72);
@@ -742,8 +758,18 @@ pub mod reason {
     /// DROP: the FIB has no usable route to a TUN backend (unreachable, blackhole,
     /// forwarding disabled on the interface), or the frame had no room for the header.
     pub const DROP_NO_ROUTE: u32 = 27;
+    /// TX: a real server's reply in a NAT flow, its source rewritten to the VIP and port,
+    /// sent towards the client.
+    pub const FWD_NAT_REPLY: u32 = 28;
+    /// DROP: a packet of a NAT flow the program cannot rewrite (a fragment, whose later
+    /// pieces carry no port; an IPv6 packet with extension headers before TCP or UDP).
+    pub const DROP_NAT_UNSUPPORTED: u32 = 29;
+    /// PASS: a NAT packet rewritten for the stack to forward: its next hop has no
+    /// neighbour entry yet (the stack resolves it), or a reply's TTL runs out (the stack
+    /// answers "time exceeded").
+    pub const PASS_NAT_TO_STACK: u32 = 30;
 
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 31;
 
     /// Or'd into a forwarding reason by the program when the frame leaves through another
     /// interface than it came in on (a TUN backend whose route says so): the verdict is
@@ -763,10 +789,11 @@ pub mod reason {
             | FWD_ICMP
             | FWD_NEW_FLOW_MIDSTREAM
             | FWD_SYN_UNTRACKED
-            | TX_TOO_BIG => XDP_TX,
+            | TX_TOO_BIG
+            | FWD_NAT_REPLY => XDP_TX,
             DROP_MALFORMED_ETH | DROP_MALFORMED_IPV4 | DROP_MALFORMED_IPV6 | DROP_MALFORMED_L4
             | DROP_MALFORMED_ICMP | DROP_BAD_IPV4_CSUM | DROP_TOO_BIG | DROP_NO_NEIGH
-            | DROP_NO_ROUTE => XDP_DROP,
+            | DROP_NO_ROUTE | DROP_NAT_UNSUPPORTED => XDP_DROP,
             _ => XDP_PASS,
         }
     }
@@ -802,6 +829,9 @@ pub mod reason {
             DROP_TOO_BIG => "drop_too_big",
             DROP_NO_NEIGH => "drop_no_neigh",
             DROP_NO_ROUTE => "drop_no_route",
+            FWD_NAT_REPLY => "fwd_nat_reply",
+            DROP_NAT_UNSUPPORTED => "drop_nat_unsupported",
+            PASS_NAT_TO_STACK => "pass_nat_to_stack",
             _ => "unknown",
         }
     }
@@ -866,4 +896,107 @@ pub fn source_hash(src: &[u32; 4], port: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
+}
+
+/// Incremental updates of an Internet checksum (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`)
+/// when a NAT rewrites an address or a port. Words are taken as they lie in memory (the
+/// ones'-complement sum is the same in either byte order, RFC 1071 §2(B)), so the program
+/// passes the raw fields.
+pub mod csum {
+    #[inline(always)]
+    fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// `check` after a 16-bit field changed from `old` to `new`.
+    #[inline(always)]
+    pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+        !fold((!check) as u32 + (!old) as u32 + new as u32)
+    }
+
+    /// `check` after a 32-bit field (an IPv4 address, an IPv6 address word) changed.
+    #[inline(always)]
+    pub fn replace32(check: u16, old: u32, new: u32) -> u16 {
+        let [a, b, c, d] = old.to_ne_bytes();
+        let [e, f, g, h] = new.to_ne_bytes();
+        let sum = (!check) as u32
+            + (!u16::from_ne_bytes([a, b])) as u32
+            + (!u16::from_ne_bytes([c, d])) as u32
+            + u16::from_ne_bytes([e, f]) as u32
+            + u16::from_ne_bytes([g, h]) as u32;
+        !fold(sum)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The checksum of `words` from scratch (RFC 1071).
+        fn full(words: &[u16]) -> u16 {
+            !fold(words.iter().map(|w| *w as u32).sum())
+        }
+
+        #[test]
+        fn incremental_equals_recomputed() {
+            // An IPv4 header (RFC 1071's example bytes aside, a real one: 192.0.2.1 ->
+            // 192.0.2.100, TCP, TTL 64), its checksum field zeroed in `words`.
+            let mut words = [
+                0x4500u16.to_be(),
+                0x003cu16.to_be(),
+                0x1c46u16.to_be(),
+                0x4000u16.to_be(),
+                0x4006u16.to_be(),
+                0,
+                0xc000u16.to_be(),
+                0x0201u16.to_be(),
+                0xc000u16.to_be(),
+                0x0264u16.to_be(),
+            ];
+            let check = full(&words);
+            // The destination becomes 203.0.113.11.
+            let old = u32::from_ne_bytes([192, 0, 2, 100]);
+            let new = u32::from_ne_bytes([203, 0, 113, 11]);
+            let updated = replace32(check, old, new);
+            let [a, b, c, d] = new.to_ne_bytes();
+            words[8] = u16::from_ne_bytes([a, b]);
+            words[9] = u16::from_ne_bytes([c, d]);
+            assert_eq!(updated, full(&words));
+            // A port, in a TCP-like checksum over arbitrary words.
+            let mut seg = [0x1234u16, 0x0050u16.to_be(), 0xffff, 0, 0x8001];
+            let check = full(&seg);
+            let updated = replace16(check, seg[1], 0x1f90u16.to_be());
+            seg[1] = 0x1f90u16.to_be();
+            assert_eq!(updated, full(&seg));
+            // Changing a field to itself changes nothing (but -0 and +0: RFC 1624's point).
+            for c in [0x0001u16, 0x1234, 0xfffe] {
+                assert_eq!(replace16(c, 0x5555, 0x5555), c);
+            }
+        }
+
+        #[test]
+        fn every_single_word_change_matches_a_recomputation() {
+            // Exhaustive over the changed word's values for a few headers: the update never
+            // disagrees with a recomputation (the one representation RFC 1624 fixes).
+            for base in [
+                [0u16, 0, 0],
+                [0xffff, 0xffff, 0xffff],
+                [0x1234, 0xabcd, 0x0f0f],
+            ] {
+                let check = full(&base);
+                for new in 0..=u16::MAX {
+                    let mut w = base;
+                    w[1] = new;
+                    let got = replace16(check, base[1], new);
+                    let want = full(&w);
+                    // 0x0000 and 0xffff are the same number in ones' complement.
+                    assert!(
+                        got == want || (got == 0xffff && want == 0) || (got == 0 && want == 0xffff),
+                        "{base:?} -> {new:#x}: {got:#x} vs {want:#x}"
+                    );
+                }
+            }
+        }
+    }
 }

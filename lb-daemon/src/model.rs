@@ -197,6 +197,35 @@ impl std::str::FromStr for TunnelKind {
     }
 }
 
+/// How a real server is reached: IPVS's forwarding method, keepalived's `lb_kind` /
+/// `lvs_method`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Forward {
+    /// Direct routing: the frame as it came, its MACs rewritten (`DR`).
+    #[default]
+    Dr,
+    /// Inside a tunnel (`TUN`).
+    Tun(Tunnel),
+    /// NAT (`NAT`, IPVS's masquerading): the destination rewritten to the real server's
+    /// address and port, its replies' source back to the VIP's.
+    Nat,
+}
+
+impl Forward {
+    /// The tunnel of a TUN real server.
+    pub fn tunnel(&self) -> Option<Tunnel> {
+        match self {
+            Forward::Tun(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// Direct routing: the only method that needs the real server's MAC.
+    pub fn is_dr(&self) -> bool {
+        matches!(self, Forward::Dr)
+    }
+}
+
 /// The outer TTL (hop limit) of tunnelled packets by default.
 pub const DEFAULT_TUNNEL_TTL: u8 = 64;
 

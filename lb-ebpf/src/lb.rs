@@ -20,6 +20,7 @@ use crate::{
     conns,
     forward::{backend_mac, mac_words, rewrite_macs, MacWords},
     maps::*,
+    nat,
     parse::{self, ETH_P_IP, ETH_P_IPV6, L3},
     stats::{count_forward, may_log},
     sync, tunnel,
@@ -46,10 +47,17 @@ trait Family {
     fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> Self::Flow;
     fn svc(dst: &[u32; 4], port: u16, proto: u8) -> Self::Svc;
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> Self::Persist;
+    /// NAT: a reply's key -> its flow's key (`NAT_REV4`/`NAT_REV6`).
+    fn nat_rev() -> &'static LruHashMap<Self::Flow, Self::Flow>;
+    /// The key of the replies of flow `key` from a NAT real server at `daddr`, `port` (0:
+    /// the flow's own destination port).
+    fn reverse(key: &Self::Flow, daddr: &[u32; 4], port: u16) -> Self::Flow;
+    /// `nat::reply4`/`nat::reply6` for a reply of the flow `fwd`.
+    fn nat_reply(ctx: &XdpContext, fwd: &Self::Flow) -> Result<u32, u32>;
     type Cache: 'static;
     fn cache() -> &'static Array<Self::Cache>;
-    /// The slot's key, flow, epoch, MAC and whether the backend is a tunnel's.
-    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue, u32, MacWords, bool);
+    /// The slot's key, flow, epoch, MAC and how the backend is reached (`FlowCache4::via`).
+    fn cache_parts(c: &mut Self::Cache) -> (&Self::Flow, &mut FlowValue, u32, MacWords, u32);
     fn cache_fill(
         c: &mut Self::Cache,
         key: &Self::Flow,
@@ -126,16 +134,36 @@ impl Family for V4 {
             service,
         }
     }
+    #[inline(always)]
+    fn nat_rev() -> &'static LruHashMap<FlowKey4, FlowKey4> {
+        &NAT_REV4
+    }
+    #[inline(always)]
+    fn reverse(key: &FlowKey4, daddr: &[u32; 4], port: u16) -> FlowKey4 {
+        let sport = if port != 0 { port } else { key.dport };
+        let words = [
+            daddr[0],
+            key.src,
+            ports_word(sport, key.sport),
+            key.proto as u32,
+        ];
+        // SAFETY: as in `flow`.
+        unsafe { core::mem::transmute::<[u32; 4], FlowKey4>(words) }
+    }
+    #[inline(always)]
+    fn nat_reply(ctx: &XdpContext, fwd: &FlowKey4) -> Result<u32, u32> {
+        nat::reply4(ctx, fwd)
+    }
     type Cache = FlowCache4;
     #[inline(always)]
     fn cache() -> &'static Array<FlowCache4> {
         &FLOW_CACHE4
     }
     #[inline(always)]
-    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue, u32, MacWords, bool) {
+    fn cache_parts(c: &mut FlowCache4) -> (&FlowKey4, &mut FlowValue, u32, MacWords, u32) {
         // SAFETY: `FlowCache4` is 4-aligned and `mac` is at an even offset (lb-common).
         let mac = unsafe { mac_words(&c.mac) };
-        (&c.key, &mut c.value, c.epoch, mac, c.tun != 0)
+        (&c.key, &mut c.value, c.epoch, mac, c.via as u32)
     }
     #[inline(always)]
     fn cache_fill(
@@ -149,7 +177,7 @@ impl Family for V4 {
         c.value = *value;
         c.epoch = epoch;
         c.mac = b.mac;
-        c.tun = (b.flags & BACKEND_F_TUN != 0) as u8;
+        c.via = via(b) as u8;
     }
     #[inline(always)]
     fn slot(k: &FlowKey4) -> u32 {
@@ -228,16 +256,43 @@ impl Family for V6 {
             service,
         }
     }
+    #[inline(always)]
+    fn nat_rev() -> &'static LruHashMap<FlowKey6, FlowKey6> {
+        &NAT_REV6
+    }
+    #[inline(always)]
+    fn reverse(key: &FlowKey6, daddr: &[u32; 4], port: u16) -> FlowKey6 {
+        let sport = if port != 0 { port } else { key.dport };
+        let s = &key.src;
+        let words = [
+            daddr[0],
+            daddr[1],
+            daddr[2],
+            daddr[3],
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            ports_word(sport, key.sport),
+            key.proto as u32,
+        ];
+        // SAFETY: as in `flow`.
+        unsafe { core::mem::transmute::<[u32; 10], FlowKey6>(words) }
+    }
+    #[inline(always)]
+    fn nat_reply(ctx: &XdpContext, fwd: &FlowKey6) -> Result<u32, u32> {
+        nat::reply6(ctx, fwd)
+    }
     type Cache = FlowCache6;
     #[inline(always)]
     fn cache() -> &'static Array<FlowCache6> {
         &FLOW_CACHE6
     }
     #[inline(always)]
-    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue, u32, MacWords, bool) {
+    fn cache_parts(c: &mut FlowCache6) -> (&FlowKey6, &mut FlowValue, u32, MacWords, u32) {
         // SAFETY: `FlowCache6` is 4-aligned and `mac` is at an even offset (lb-common).
         let mac = unsafe { mac_words(&c.mac) };
-        (&c.key, &mut c.value, c.epoch, mac, c.tun != 0)
+        (&c.key, &mut c.value, c.epoch, mac, c.via as u32)
     }
     #[inline(always)]
     fn cache_fill(
@@ -251,7 +306,7 @@ impl Family for V6 {
         c.value = *value;
         c.epoch = epoch;
         c.mac = b.mac;
-        c.tun = (b.flags & BACKEND_F_TUN != 0) as u8;
+        c.via = via(b) as u8;
     }
     #[inline(always)]
     fn slot(k: &FlowKey6) -> u32 {
@@ -313,6 +368,13 @@ fn transport<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
 #[inline(always)]
 fn clock() -> Clock {
     CLOCK.get(0).copied().unwrap_or_default()
+}
+
+/// How backend `b` is reached: its `BACKEND_F_TUN` or `BACKEND_F_NAT` bit, 0 for direct
+/// routing.
+#[inline(always)]
+fn via(b: &BackendValue) -> u32 {
+    b.flags & (BACKEND_F_TUN | BACKEND_F_NAT)
 }
 
 /// A backend that may keep its flows: present, same occupant as when the flow was created.
@@ -377,6 +439,13 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     }
     if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED, l4.ev) {
         return r;
+    }
+    if NAT_ON.get(0).is_some_and(|on| *on != 0) {
+        // A real server's reply in a NAT flow: keyed by its own direction.
+        if let Some(fwd) = F::nat_rev().get_ptr(&key) {
+            // SAFETY: LRU values stay valid while the program runs (RCU).
+            return F::nat_reply(ctx, unsafe { &*fwd });
+        }
     }
     let id = service::<F>(l3, l4.dport, clk.epoch)?;
     let (reason, opening, state) = if l3.proto != PROTO_TCP {
@@ -457,33 +526,39 @@ fn send_established<F: Family>(
     clk: Clock,
     reason: u32,
 ) -> Result<u32, u32> {
-    let tun = b.flags & BACKEND_F_TUN != 0;
-    send_to::<F>(ctx, key, backend_mac(b), tun, e, false, clk, reason)
+    send_to::<F>(ctx, key, backend_mac(b), via(b), e, false, clk, reason)
 }
 
-/// Sends the frame to flow `e`'s backend: by its MAC (direct routing), or wrapped for its
-/// tunnel (`tun`); counts it for the flow's service and backend. The reason comes back with
-/// `VIA_REDIRECT` when a tunnel's route leaves through another interface; a packet the
-/// tunnel cannot take comes back as the reason it did not go (`tunnel::send`).
+/// Sends the frame to flow `e`'s backend: by its MAC (direct routing), wrapped for its
+/// tunnel, or rewritten for NAT (`how`: `via`'s bit); counts it for the flow's service and
+/// backend. The reason comes back with `VIA_REDIRECT` when the route to a TUN or NAT backend
+/// leaves through another interface; a packet that cannot go that way comes back as the
+/// reason it did not (`tunnel::send`, `nat::send`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn send_to<F: Family>(
     ctx: &XdpContext,
     key: &F::Flow,
     mac: MacWords,
-    tun: bool,
+    how: u32,
     e: &FlowValue,
     new_flow: bool,
     clk: Clock,
     reason: u32,
 ) -> Result<u32, u32> {
-    let via = if !tun {
+    let via = if how == 0 {
         rewrite_macs(ctx, mac)?;
         0
+    } else if how & BACKEND_F_TUN != 0 {
+        if F::V4 {
+            tunnel::send::<true>(ctx, e.backend, F::slot(key), clk)?
+        } else {
+            tunnel::send::<false>(ctx, e.backend, F::slot(key), clk)?
+        }
     } else if F::V4 {
-        tunnel::send::<true>(ctx, e.backend, F::slot(key), clk)?
+        nat::send::<true>(ctx, e.backend, clk)?
     } else {
-        tunnel::send::<false>(ctx, e.backend, F::slot(key), clk)?
+        nat::send::<false>(ctx, e.backend, clk)?
     };
     count_forward(ctx, e.service, e.backend, new_flow);
     Ok(reason | via)
@@ -507,14 +582,14 @@ fn established<F: Family>(
     if let Some(c) = cache {
         // SAFETY: a slot of this CPU's region: only this CPU touches it, and the program
         // runs to its end on one CPU (XDP runs with migration disabled).
-        let (ckey, cval, cepoch, cmac, ctun) = F::cache_parts(unsafe { &mut *c });
+        let (ckey, cval, cepoch, cmac, cvia) = F::cache_parts(unsafe { &mut *c });
         if F::same(ckey, key) && cepoch == clk.epoch {
             // Seen this second, under the epoch the slot was filled in, and no state change:
             // neither idle nor changed since it was checked (see `FlowCache4`). No service
             // or backend read.
             let moves = tcp_next(cval.state, ev) != cval.state;
             if cval.last_seen == now && !moves {
-                return Some(send_to::<F>(ctx, key, cmac, ctun, cval, false, clk, reason));
+                return Some(send_to::<F>(ctx, key, cmac, cvia, cval, false, clk, reason));
             }
             // Once a second, and at a state change, the flow is checked again, and the
             // table hears from the cache (out of line: the hot path stays short).
@@ -728,14 +803,14 @@ fn new_flow<F: Family>(
         last_seen: now,
         state,
     };
-    let tun = b.flags & BACKEND_F_TUN != 0;
+    let how = via(b);
     if let Some(g) = guard {
         conns::extend_flood_window(g, now);
         return send_to::<F>(
             ctx,
             key,
             backend_mac(b),
-            tun,
+            how,
             &value,
             true,
             clk,
@@ -746,6 +821,9 @@ fn new_flow<F: Family>(
     match F::flows().insert(key, &value, flags) {
         Ok(()) => {
             conns::count(backend, state, 1);
+            if how == BACKEND_F_NAT {
+                nat_reverse::<F>(key, b);
+            }
             if sync::enabled() {
                 F::sync_flow(SYNC_EV_FLOW, key, &value);
             }
@@ -779,6 +857,9 @@ fn new_flow<F: Family>(
                     }
                 }
                 conns::count(backend, state, 1);
+                if how == BACKEND_F_NAT {
+                    nat_reverse::<F>(key, b);
+                }
                 if sync::enabled() {
                     F::sync_flow(SYNC_EV_FLOW, key, &value);
                 }
@@ -805,7 +886,17 @@ fn new_flow<F: Family>(
         // SAFETY: this CPU's slot, as in `established`.
         F::cache_fill(unsafe { &mut *c }, key, &value, clk.epoch, b);
     }
-    send_to::<F>(ctx, key, backend_mac(b), tun, &value, true, clk, reason)
+    send_to::<F>(ctx, key, backend_mac(b), how, &value, true, clk, reason)
+}
+
+/// Remembers that the replies of the NAT flow `key` to backend `b` belong to it (a failed
+/// insert leaves the replies to the stack, as for a flow the table could not keep). A SYN
+/// the flood guard forwards untracked gets no entry either: the reverse table would then
+/// fill with a flood's entries. Out of line: the reverse key (40 bytes for IPv6) would sit
+/// in the main frame, which has no room left for the steps it calls.
+#[inline(never)]
+fn nat_reverse<F: Family>(key: &F::Flow, b: &BackendValue) {
+    let _ = F::nat_rev().insert(&F::reverse(key, &b.daddr, b.nat_port), key, 0);
 }
 
 /// The table's flow for `key`, copied.

@@ -63,6 +63,19 @@ pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
 pub static FLOWS6: LruHashMap<FlowKey6, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// NAT: a reply's 5-tuple (real server to client) -> its flow's key (client to VIP), per
+/// family; written with the flow, sized with the flow table (`nat.rs`).
+#[map]
+pub static NAT_REV4: LruHashMap<FlowKey4, FlowKey4> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub static NAT_REV6: LruHashMap<FlowKey6, FlowKey6> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Slot 0: non-zero while some backend is NAT's: the program then looks up replies.
+#[map]
+pub static NAT_ON: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per-CPU direct-mapped caches in front of `FLOWS4`/`FLOWS6`: a known flow's packets
 /// usually hit here, an array read, instead of paying a hash-table lookup (which cost about
 /// a third of an established packet's time). One plain array holding `FLOW_CACHE_SIZE`
@@ -157,7 +170,7 @@ pub static BACKEND_LOAD: Array<BackendLoad> =
 pub static CANDIDATES: Array<[u32; 2]> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
-/// Each CPU's memo of the FIB's answers for TUN backends (`NextHop`): the next hop's MAC,
+/// Each CPU's memo of the FIB's answers for TUN and NAT backends (`NextHop`): the next hop's MAC,
 /// the egress interface and its MTU, asked again once a second and after every update
 /// (epoch). Direct mapped, `NEXT_HOP_SLOTS` slots per CPU, CPU `c`'s from
 /// `c * NEXT_HOP_SLOTS` on, a slot holding the backend it answers for: one plain array (a
@@ -170,7 +183,7 @@ pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(NEXT_HOP_SLOTS, 0
 /// Slot 0: this CPU's `bpf_fib_lookup` argument: 64 bytes the program's stack, at its
 /// 512-byte limit, has no room for.
 #[map]
-pub static FIB_SCRATCH: PerCpuArray<crate::tunnel::FibParams> = PerCpuArray::with_max_entries(1, 0);
+pub static FIB_SCRATCH: PerCpuArray<crate::route::FibParams> = PerCpuArray::with_max_entries(1, 0);
 
 /// A `NEXT_HOPS` slot: what `bpf_fib_lookup` said about the route to a tunnel backend.
 /// Valid while `ok` is 1, `checked` is the `CLOCK` second and `epoch` the `Clock::epoch`:

@@ -65,6 +65,18 @@ pub fn words<const N: usize>(
     Ok(unsafe { p.read() })
 }
 
+/// Where the IP header starts: after the Ethernet header and the one VLAN tag the parser
+/// allows in the frame.
+#[inline(always)]
+pub fn l3_offset(ctx: &XdpContext) -> Result<usize, u32> {
+    let t = words::<1>(ctx, 12, DROP_MALFORMED_ETH)?[0];
+    Ok(if u16::from_be(t) == ETH_P_8021Q {
+        18
+    } else {
+        14
+    })
+}
+
 /// Two 16-bit words as the 32-bit value with the same bytes in memory.
 #[inline(always)]
 pub fn join(lo: u16, hi: u16) -> u32 {

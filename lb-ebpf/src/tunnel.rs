@@ -7,22 +7,17 @@
 //! The outer header takes the inner packet's family (IPv4 in IPv4, IPv6 in IPv6): the
 //! daemon refuses a TUN real server of another family than its virtual server.
 use aya_ebpf::{
-    helpers::{
-        bpf_csum_diff, bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail,
-    },
+    helpers::{bpf_csum_diff, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
-    EbpfContext,
 };
 use lb_common::{reason::*, *};
 
 use crate::{
-    maps::{NextHop, BACKENDS, FIB_SCRATCH, NEXT_HOPS},
-    parse::{frame_len, join, ptr_at_mut, words, ETH_P_8021Q},
+    maps::{NextHop, BACKENDS},
+    parse::{frame_len, join, l3_offset, ptr_at_mut, words},
+    route,
 };
 
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const ICMP_HLEN: usize = 8;
@@ -34,27 +29,6 @@ const QUOTE4: usize = IPV4_HLEN + 8;
 const QUOTE6: usize = IPV6_HLEN + 8;
 /// TTL (hop limit) of the ICMP errors sent back, as Linux's default.
 const ICMP_TTL: u8 = 64;
-/// `BPF_FIB_LKUP_RET_NO_NEIGH`: a route, but no neighbour entry for its next hop.
-const FIB_NO_NEIGH: i64 = 7;
-
-/// `struct bpf_fib_lookup` (uapi/linux/bpf.h), its unions reduced to the members used:
-/// `tot_len` comes back as the route's MTU on success (`mtu_result`).
-#[repr(C)]
-pub struct FibParams {
-    pub family: u8,
-    pub l4_protocol: u8,
-    pub sport: u16,
-    pub dport: u16,
-    pub tot_len: u16,
-    pub ifindex: u32,
-    pub flowinfo: u32,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    pub vlan: u32,
-    pub smac: [u16; 3],
-    pub dmac: [u16; 3],
-}
-const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
 /// What the wrapped packet's headers take from the inner one.
 struct Inner {
@@ -84,31 +58,7 @@ pub fn send<const V4: bool>(
     hash: u32,
     clk: Clock,
 ) -> Result<u32, u32> {
-    // The memo is checked here, an array read: the call that asks the FIB is made once a
-    // second (or after an update) only.
-    // SAFETY: a helper without arguments or side effects.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let slot = cpu
-        .wrapping_mul(NEXT_HOP_SLOTS)
-        .wrapping_add(backend & (NEXT_HOP_SLOTS - 1));
-    let ingress = ctx.ingress_ifindex() as u32;
-    let fresh = NEXT_HOPS.get(slot).is_some_and(|h| {
-        h.ok == 1
-            && h.checked == clk.now
-            && h.epoch == clk.epoch
-            && h.backend == backend
-            && h.ingress == ingress
-    });
-    if !fresh {
-        let r = if V4 {
-            route4(ctx, backend, slot, clk.now, clk.epoch)
-        } else {
-            route6(ctx, backend, slot, clk.now, clk.epoch)
-        };
-        if r != 0 {
-            return Err(r);
-        }
-    }
+    let slot = route::to_backend::<V4>(ctx, backend, clk)?;
     let w = if V4 {
         wrap4(ctx, backend, slot, hash)
     } else {
@@ -133,23 +83,6 @@ pub fn send<const V4: bool>(
 const FAILED: u32 = 1 << 31;
 const TOO_BIG: u32 = 1 << 30;
 
-/// [`next_hop`] for an IPv4 backend: 0 when `NEXT_HOPS` holds its route, else the reason.
-#[inline(never)]
-fn route4(ctx: &XdpContext, backend: u32, slot: u32, now: u32, epoch: u32) -> u32 {
-    match next_hop::<true>(ctx, backend, slot, Clock { now, epoch }) {
-        Ok(()) => 0,
-        Err(r) => r,
-    }
-}
-
-#[inline(never)]
-fn route6(ctx: &XdpContext, backend: u32, slot: u32, now: u32, epoch: u32) -> u32 {
-    match next_hop::<false>(ctx, backend, slot, Clock { now, epoch }) {
-        Ok(()) => 0,
-        Err(r) => r,
-    }
-}
-
 #[inline(never)]
 fn wrap4(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) -> u32 {
     match wrap::<true>(ctx, backend, slot, hash) {
@@ -164,6 +97,12 @@ fn wrap6(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) -> u32 {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
+}
+
+/// The outer IP protocol of tunnel `kind` (the FIB is asked for it).
+#[inline(always)]
+pub fn outer_proto<const V4: bool>(kind: u8) -> u8 {
+    kind_of::<V4>(kind).0
 }
 
 /// The outer protocol and the bytes after the outer IP header, per kind.
@@ -183,7 +122,7 @@ fn kind_of<const V4: bool>(kind: u8) -> (u8, usize) {
 #[inline(always)]
 fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) -> Result<u32, u32> {
     let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
-    let hop: &NextHop = NEXT_HOPS.get(slot).ok_or(DROP_NO_ROUTE)?;
+    let hop: &NextHop = route::hop(slot)?;
     let (proto, extra) = kind_of::<V4>(b.tun_kind);
     let outer = if V4 { IPV4_HLEN } else { IPV6_HLEN };
     let overhead = outer + extra;
@@ -241,7 +180,7 @@ fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) ->
                 inner.df,
                 u16::from_ne_bytes([b.tun_ttl, proto]),
                 b.tun_saddr[0],
-                b.tun_daddr[0],
+                b.daddr[0],
             )
         };
     } else {
@@ -258,7 +197,7 @@ fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) ->
                 let [x, y] = split(b.tun_saddr[i]);
                 h[4 + 2 * i] = x;
                 h[5 + 2 * i] = y;
-                let [x, y] = split(b.tun_daddr[i]);
+                let [x, y] = split(b.daddr[i]);
                 h[12 + 2 * i] = x;
                 h[13 + 2 * i] = y;
             }
@@ -303,18 +242,6 @@ fn wrap<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32, hash: u32) ->
     Ok(VIA_REDIRECT)
 }
 
-/// Where the IP header starts: after the Ethernet header and the one VLAN tag the parser
-/// allows in the frame.
-#[inline(always)]
-fn l3_offset(ctx: &XdpContext) -> Result<usize, u32> {
-    let t = words::<1>(ctx, 12, DROP_MALFORMED_ETH)?[0];
-    Ok(if u16::from_be(t) == ETH_P_8021Q {
-        18
-    } else {
-        14
-    })
-}
-
 /// The inner packet's fields the outer header copies (the parser has checked them).
 #[inline(always)]
 fn inner<const V4: bool>(ctx: &XdpContext, l3_off: usize) -> Result<Inner, u32> {
@@ -337,67 +264,6 @@ fn inner<const V4: bool>(ctx: &XdpContext, l3_off: usize) -> Result<Inner, u32> 
             icmp: h[3].to_ne_bytes()[0] == PROTO_ICMPV6,
         })
     }
-}
-
-/// Asks the FIB for the route to `backend` and keeps the answer in this CPU's memo, `slot`
-/// (valid for this second and epoch). A failed answer is not kept: the next packet asks
-/// again.
-#[inline(always)]
-fn next_hop<const V4: bool>(
-    ctx: &XdpContext,
-    backend: u32,
-    slot: u32,
-    clk: Clock,
-) -> Result<(), u32> {
-    let hop = NEXT_HOPS.get_ptr_mut(slot).ok_or(DROP_NO_ROUTE)?;
-    // SAFETY: this CPU's slot; the program runs to its end on one CPU.
-    unsafe { (*hop).ok = 0 };
-    let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
-    let params = FIB_SCRATCH.get_ptr_mut(0).ok_or(DROP_NO_ROUTE)?;
-    let (proto, _) = kind_of::<V4>(b.tun_kind);
-    // SAFETY: this CPU's scratch slot (a map value: the 64 bytes stay off the stack).
-    let p = unsafe { &mut *params };
-    p.family = if V4 { AF_INET } else { AF_INET6 };
-    p.l4_protocol = proto;
-    p.sport = 0;
-    p.dport = 0;
-    // 0: no MTU check here (`wrap` checks each packet); the route's MTU comes back in it.
-    p.tot_len = 0;
-    let ingress = ctx.ingress_ifindex() as u32;
-    p.ifindex = ingress;
-    p.flowinfo = 0;
-    p.src = b.tun_saddr;
-    p.dst = b.tun_daddr;
-    p.vlan = 0;
-    // SAFETY: `p` is a `struct bpf_fib_lookup` of the size given.
-    let r = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            params.cast(),
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    if r != 0 {
-        return Err(if r == FIB_NO_NEIGH {
-            DROP_NO_NEIGH
-        } else {
-            DROP_NO_ROUTE
-        });
-    }
-    // SAFETY: as above.
-    unsafe {
-        (*hop).dmac = p.dmac;
-        (*hop).smac = p.smac;
-        (*hop).ifindex = p.ifindex;
-        (*hop).mtu = p.tot_len as u32;
-        (*hop).checked = clk.now;
-        (*hop).epoch = clk.epoch;
-        (*hop).backend = backend;
-        (*hop).ingress = ingress;
-        (*hop).ok = 1;
-    }
-    Ok(())
 }
 
 /// A 32-bit value as its two 16-bit halves in memory order.

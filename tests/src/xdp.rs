@@ -13,7 +13,7 @@ use lb_daemon::{
         program::{self, LoadOptions},
         BackendSpec, Dataplane, ServiceSpec,
     },
-    model::{Limits, Proto, Scheduler},
+    model::{Forward, Limits, Proto, Scheduler},
 };
 
 /// The MAC the harness gives the load balancer's interface.
@@ -59,6 +59,7 @@ pub fn small_options() -> LoadOptions {
         },
         max_flows: 4096,
         max_persist: 1024,
+        nat_flows: 4096,
         flow_cache: 256,
         iface_mac: LB_MAC,
         sync: None,
@@ -183,7 +184,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
                 mac: Some(addrs::B[i as usize]),
-                tunnel: None,
+                forward: Forward::Dr,
             })
             .collect(),
     }

@@ -62,6 +62,7 @@ fn batched_counter_reads_equal_single_lookups() {
         limits,
         max_flows: 4096,
         max_persist: 1024,
+        nat_flows: 0,
         flow_cache: 256,
         iface_mac: LB_MAC,
         sync: None,

@@ -10,7 +10,7 @@ use lb_common::conn_state;
 use lb_common::reason::{self, *};
 use lb_daemon::{
     dataplane::{BackendSpec, ServiceSpec},
-    model::{Proto, Scheduler},
+    model::{Forward, Proto, Scheduler},
 };
 use lb_tests::{
     netns::require_root,
@@ -27,7 +27,7 @@ fn backend(i: usize, port: u16, weight: u32) -> BackendSpec {
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
         weight,
         mac: Some(B[i]),
-        tunnel: None,
+        forward: Forward::Dr,
     }
 }
 

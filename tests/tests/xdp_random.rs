@@ -24,7 +24,7 @@ use std::{
 use lb_common::reason::{self, *};
 use lb_daemon::{
     dataplane::{BackendSpec, ServiceSpec},
-    model::{Proto, Scheduler},
+    model::{Forward, Proto, Scheduler},
 };
 use lb_tests::{
     netns::require_root,
@@ -75,7 +75,7 @@ fn backend(i: usize, port: u16) -> BackendSpec {
         addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
         weight: 1,
         mac: Some(B[i]),
-        tunnel: None,
+        forward: Forward::Dr,
     }
 }
 

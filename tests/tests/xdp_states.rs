@@ -11,7 +11,7 @@ use lb_common::{
 };
 use lb_daemon::{
     dataplane::{flows::FlowTables, BackendSpec, ServiceSpec},
-    model::{LvsTimeouts, Proto, Scheduler},
+    model::{Forward, LvsTimeouts, Proto, Scheduler},
 };
 use lb_tests::{
     netns::require_root,
@@ -93,7 +93,7 @@ fn service(f: Family, proto: Proto, sched: Scheduler, weights: &[u32]) -> Servic
                 weight,
                 mac: Some(B[i]),
                 thresholds: Default::default(),
-                tunnel: None,
+                forward: Forward::Dr,
             })
             .collect(),
     }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use lb_common::reason::{self, *};
 use lb_daemon::{
     dataplane::{BackendSpec, ServiceSpec, TUNNEL_MAC},
-    model::{Proto, Scheduler, Tunnel, TunnelKind},
+    model::{Forward, Proto, Scheduler, Tunnel, TunnelKind},
 };
 use lb_tests::{
     netns::{require_root, unique_prefix, Netns},
@@ -176,7 +176,7 @@ fn service(vip: IpAddr, rs: IpAddr, t: Option<Tunnel>) -> ServiceSpec {
                 [2, 0, 0, 0, 0, 0xb1]
             }),
             thresholds: Default::default(),
-            tunnel: t,
+            forward: t.map_or(Forward::Dr, Forward::Tun),
         }],
     }
 }
@@ -318,7 +318,7 @@ fn ipip_gue_and_gre_wrap_v4_and_v6_exactly() {
             let mut h = harness(&fib, &specs);
             for spec in &specs {
                 let rs = spec.backends[0].addr.ip();
-                let kind = spec.backends[0].tunnel.unwrap().kind;
+                let kind = spec.backends[0].forward.tunnel().unwrap().kind;
                 // The opening SYN (a new flow), then the ACK (the flow cache's short path);
                 // a connection the table does not know (sloppy TCP), then its next segment.
                 for (sport, flags, want) in [
@@ -351,7 +351,7 @@ fn a_vlan_tag_and_a_direct_routing_neighbour_stay_as_they_were() {
         weight: 1,
         mac: Some([2, 0, 0, 0, 0, 0xb2]),
         thresholds: Default::default(),
-        tunnel: None,
+        forward: Forward::Dr,
     });
     fib.ns
         .run_in(|| {

@@ -321,7 +321,7 @@ impl Dp {
         // A TUN real server without its virtual_server's `tunnel_source` sends from the
         // interface's primary address; none known, the plan leaves it unusable.
         for b in &mut spec.backends {
-            if let Some(t) = &mut b.tunnel {
+            if let crate::model::Forward::Tun(t) = &mut b.forward {
                 if t.source.is_none() {
                     t.source = self.tunnel_sources[usize::from(b.addr.is_ipv6())];
                 }

@@ -63,9 +63,13 @@ pub fn service_spec(
         .iter()
         .map(|rs| {
             // A TUN real server is reached through the FIB's next hop: no MAC of its own.
-            let mac = match rs.tunnel {
-                Some(_) => Some(crate::dataplane::TUNNEL_MAC),
-                None => mac_of(rs.addr.ip()),
+            let forward = rs
+                .tunnel
+                .map_or(crate::model::Forward::Dr, crate::model::Forward::Tun);
+            let mac = if forward.is_dr() {
+                mac_of(rs.addr.ip())
+            } else {
+                Some(crate::dataplane::TUNNEL_MAC)
             };
             match (
                 rs.healthy_weight(health_of(vs, rs)),
@@ -76,21 +80,21 @@ pub fn service_spec(
                     addr: rs.addr,
                     weight,
                     mac,
-                    tunnel: rs.tunnel,
+                    forward,
                 },
                 (None, true) => BackendSpec {
                     thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight: 0,
                     mac,
-                    tunnel: rs.tunnel,
+                    forward,
                 },
                 (None, false) => BackendSpec {
                     thresholds: rs.thresholds,
                     addr: rs.addr,
                     weight: 0,
                     mac: if vs.expire_nodest_conn { None } else { mac },
-                    tunnel: rs.tunnel,
+                    forward,
                 },
             }
         })
@@ -116,7 +120,7 @@ pub fn service_spec(
             addr: sorry,
             weight: 1,
             mac: mac_of(sorry.ip()),
-            tunnel: None,
+            forward: crate::model::Forward::Dr,
         });
     }
     ServiceSpec {
@@ -155,7 +159,7 @@ pub fn dataplane_limits(config: &Config) -> Result<Limits, plan::PlanError> {
                 addr: sorry,
                 weight: 1,
                 mac: Some([2, 0, 0, 0, 0, 1]),
-                tunnel: None,
+                forward: crate::model::Forward::Dr,
             });
         }
     }

@@ -27,7 +27,7 @@ pub(super) fn seeds(adopted: &[ServiceSpec], config: &Config) -> Seeds {
     let by_key: HashMap<ServiceKey, &ServiceSpec> = adopted.iter().map(|a| (a.key(), a)).collect();
     for a in adopted {
         // A TUN backend has no MAC of its own to seed.
-        for b in a.backends.iter().filter(|b| b.tunnel.is_none()) {
+        for b in a.backends.iter().filter(|b| b.forward.is_dr()) {
             if let Some(mac) = b.mac {
                 s.macs.insert(b.addr.ip(), mac);
             }
@@ -127,7 +127,7 @@ weight = 1
                     addr: a.parse().unwrap(),
                     weight: *w,
                     mac: mac.then_some([2, 0, 0, 0, 0, 1]),
-                    tunnel: None,
+                    forward: crate::model::Forward::Dr,
                 })
                 .collect(),
         }

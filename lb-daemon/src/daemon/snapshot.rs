@@ -190,7 +190,7 @@ fn backend(
     };
     // The planner leaves a backend without a MAC out of the ring, and a TUN one without a
     // source address.
-    let usable = b.mac.is_some() && b.tunnel.is_none_or(|t| t.source.is_some());
+    let usable = b.mac.is_some() && b.forward.tunnel().is_none_or(|t| t.source.is_some());
     BackendStatus {
         addr: b.addr,
         weight,
@@ -198,9 +198,9 @@ fn backend(
         health: verdict.into(),
         mac: b
             .mac
-            .filter(|_| b.tunnel.is_none())
+            .filter(|_| b.forward.is_dr())
             .map(|m| Mac(m).to_string()),
-        tunnel: b.tunnel.map(|t| {
+        tunnel: b.forward.tunnel().map(|t| {
             let port = match t.port {
                 0 => String::new(),
                 p => format!(" port {p}"),

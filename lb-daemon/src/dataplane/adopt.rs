@@ -196,7 +196,8 @@ impl<W: MapWriter> Dataplane<W> {
                     .copied()
                     .unwrap_or_default();
                 let present = b.flags & BACKEND_F_PRESENT != 0;
-                // A TUN backend's value says its tunnel; its MAC field means nothing.
+                // A TUN backend's value says its tunnel; a TUN or NAT backend's MAC field
+                // means nothing.
                 let tunnel = (b.flags & lb_common::BACKEND_F_TUN != 0)
                     .then(|| {
                         Some(crate::model::Tunnel {
@@ -207,6 +208,11 @@ impl<W: MapWriter> Dataplane<W> {
                         })
                     })
                     .flatten();
+                let forward = match tunnel {
+                    Some(t) => super::Forward::Tun(t),
+                    None if b.flags & lb_common::BACKEND_F_NAT != 0 => super::Forward::Nat,
+                    None => super::Forward::Dr,
+                };
                 backends.push(BackendSpec {
                     thresholds: super::Thresholds {
                         upper: b.u_threshold,
@@ -214,12 +220,12 @@ impl<W: MapWriter> Dataplane<W> {
                     },
                     addr: SocketAddr::new(ip, k.port),
                     weight: u32::from(b.flags & BACKEND_F_DRAINING == 0 && present),
-                    mac: present.then_some(if tunnel.is_some() {
-                        super::TUNNEL_MAC
-                    } else {
+                    mac: present.then_some(if forward.is_dr() {
                         b.mac
+                    } else {
+                        super::TUNNEL_MAC
                     }),
-                    tunnel,
+                    forward,
                 });
                 dp.current.backends.insert(bid, b);
                 dp.current.keys.insert(bid, k);
@@ -398,7 +404,10 @@ impl MemMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{maps::MapWriteError, plan::Dataplane};
+    use crate::{
+        dataplane::{maps::MapWriteError, plan::Dataplane},
+        model::Forward,
+    };
 
     fn spec(vip: &str, port: u16, sched: Scheduler, backends: &[(&str, u32)]) -> ServiceSpec {
         ServiceSpec {
@@ -421,7 +430,7 @@ mod tests {
                     addr: a.parse().unwrap(),
                     weight: *w,
                     mac: Some([2, 0, 0, 0, 0, i as u8 + 1]),
-                    tunnel: None,
+                    forward: Forward::Dr,
                 })
                 .collect(),
         }
@@ -495,16 +504,23 @@ mod tests {
     }
 
     #[test]
-    fn a_tun_backend_is_adopted_with_its_tunnel() {
+    fn tun_and_nat_backends_are_adopted_with_their_forwarding() {
         use crate::model::{Tunnel, TunnelKind};
-        let mut s = spec("192.0.2.100", 80, Scheduler::Rr, &[("203.0.113.11:80", 1)]);
+        let mut s = spec(
+            "192.0.2.100",
+            80,
+            Scheduler::Rr,
+            &[("203.0.113.11:80", 1), ("198.51.100.11:8080", 1)],
+        );
         s.backends[0].mac = Some(super::super::TUNNEL_MAC);
-        s.backends[0].tunnel = Some(Tunnel {
+        s.backends[0].forward = Forward::Tun(Tunnel {
             kind: TunnelKind::Gue,
             port: 6080,
             ttl: 32,
             source: Some("192.0.2.2".parse().unwrap()),
         });
+        s.backends[1].mac = Some(super::super::TUNNEL_MAC);
+        s.backends[1].forward = Forward::Nat;
         let mut dp = Dataplane::new(MemMaps::default(), limits());
         dp.update(std::slice::from_ref(&s)).unwrap();
         let found = dp.writer().found(limits());
@@ -514,7 +530,7 @@ mod tests {
         assert_eq!(
             adopted.specs()[0].backends,
             s.backends,
-            "the tunnel read back"
+            "the tunnel and the NAT read back"
         );
         adopted.update(&[s]).unwrap();
         assert_eq!(adopted.writer().writes, 0, "nothing differs");
@@ -538,7 +554,7 @@ mod tests {
             addr: "198.51.100.9:80".parse().unwrap(),
             weight: 1,
             mac: Some([2, 0, 0, 0, 0, 9]),
-            tunnel: None,
+            forward: Forward::Dr,
         });
         adopted.update(&specs).unwrap();
         let (_, bids) = adopted.ids_of(&specs[2]).unwrap();
@@ -764,7 +780,7 @@ mod tests {
             addr: "[2001:db8::3]:80".parse().unwrap(),
             weight: 1,
             mac: None,
-            tunnel: None,
+            forward: Forward::Dr,
         });
         target.push(spec(
             "192.0.2.12",

@@ -61,6 +61,11 @@ pub trait MapWriter {
     fn settle(&mut self) -> Result<(), MapWriteError> {
         Ok(())
     }
+    /// Whether some backend is reached by NAT (`CLOCK_F_NAT`: the program then looks up
+    /// replies).
+    fn set_nat(&mut self, _on: bool) -> Result<(), MapWriteError> {
+        Ok(())
+    }
 }
 
 /// No maps: planning alone (what a configuration needs, [`super::plan::needs`]).
@@ -96,6 +101,8 @@ pub struct MemMaps {
     pub backends: HashMap<u32, BackendValue>,
     pub keys: HashMap<u32, BackendKey>,
     pub rings: HashMap<u32, u32>,
+    /// `NAT_ON`.
+    pub nat: bool,
     /// Number of element writes, to check that a diff writes only what changed.
     pub writes: usize,
 }
@@ -129,6 +136,13 @@ impl MapWriter for MemMaps {
     fn update_ring_slot(&mut self, index: u32, backend: u32) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.rings.insert(index, backend);
+        Ok(())
+    }
+    fn set_nat(&mut self, on: bool) -> Result<(), MapWriteError> {
+        if self.nat != on {
+            self.writes += 1;
+            self.nat = on;
+        }
         Ok(())
     }
 }
@@ -168,6 +182,10 @@ pub struct BpfMaps {
     clock: Array<MapData, Clock>,
     /// What `clock` holds: both fields are written together, and only from here.
     clock_now: Clock,
+    /// `NAT_ON`, and what this writer last wrote there (`None`: nothing yet, so the first
+    /// update writes it: a map of a fresh instance starts at 0 whatever the plan adopted).
+    nat_on: Array<MapData, u32>,
+    nat_written: Option<bool>,
     /// A service's state or a backend was written since the epoch last moved: it moves at
     /// the end of the update ([`MapWriter::settle`]), once, not after every write (a
     /// start writes 100,000 backends).
@@ -355,6 +373,8 @@ impl BpfMaps {
             meta: open(fds, names::META)?,
             clock,
             clock_now,
+            nat_on: open(fds, names::NAT_ON)?,
+            nat_written: None,
             epoch_stale: false,
             reason_stats: open(fds, names::REASON_STATS)?,
             service_stats: open(fds, names::SERVICE_STATS)?,
@@ -587,6 +607,7 @@ impl BpfMaps {
         let mut new = Self::open(fds)?;
         new.clock_now = self.clock_now;
         new.timeouts_now = self.timeouts_now;
+        new.nat_written = self.nat_written;
         new.generations = self.generations.clone();
         for (from, to, name) in [
             (
@@ -921,6 +942,16 @@ impl MapWriter for BpfMaps {
         self.keys
             .set(id, key, 0)
             .map_err(kernel(names::BACKEND_KEYS, "update"))
+    }
+    fn set_nat(&mut self, on: bool) -> Result<(), MapWriteError> {
+        if self.nat_written != Some(on) {
+            count_write();
+            self.nat_on
+                .set(0, u32::from(on), 0)
+                .map_err(kernel(names::NAT_ON, "update"))?;
+            self.nat_written = Some(on);
+        }
+        Ok(())
     }
     fn settle(&mut self) -> Result<(), MapWriteError> {
         // Cleared only once the bump is written: a failed one is tried again next time (a

@@ -92,20 +92,20 @@ pub struct BackendSpec {
     pub addr: SocketAddr,
     /// 0 drains: existing flows stay, new ones go elsewhere.
     pub weight: u32,
-    /// From the neighbour table; `None` (not resolved, or failed) means unusable. A TUN
-    /// backend needs no MAC (its packets go to the next hop the kernel's FIB names): any
+    /// From the neighbour table; `None` (not resolved, or failed) means unusable. A TUN or
+    /// NAT backend needs no MAC (its packets go to the next hop the kernel's FIB names): any
     /// `Some` marks it usable ([`TUNNEL_MAC`]).
     pub mac: Option<[u8; 6]>,
     /// keepalived's `uthreshold` and `lthreshold`.
     pub thresholds: Thresholds,
-    /// TUN forwarding (`None`: direct routing), its source address filled in.
-    pub tunnel: Option<Tunnel>,
+    /// How it is reached; a tunnel's source address filled in.
+    pub forward: Forward,
 }
 
-/// The `mac` of a usable TUN backend: never written to a frame.
+/// The `mac` of a usable TUN or NAT backend: never written to a frame.
 pub const TUNNEL_MAC: [u8; 6] = [0; 6];
 
-pub use crate::model::{Thresholds, Tunnel};
+pub use crate::model::{Forward, Thresholds, Tunnel};
 
 /// Address words in the layout the program uses (an IPv4 address in word 0).
 pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {

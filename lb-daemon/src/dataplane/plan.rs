@@ -232,7 +232,8 @@ fn schedulable(b: &BackendSpec) -> bool {
 
 fn usable(b: &BackendSpec) -> bool {
     b.mac.is_some()
-        && b.tunnel
+        && b.forward
+            .tunnel()
             .is_none_or(|t| t.source.is_some_and(|s| s.is_ipv4() == b.addr.is_ipv4()))
 }
 
@@ -550,15 +551,24 @@ fn plan(
                 l_threshold: b.thresholds.lower,
                 ..BackendValue::default()
             };
-            if let Some(t) = &b.tunnel {
-                flags |= BACKEND_F_TUN;
-                value.mac = [0; 6];
-                value.tun_daddr = addr;
-                value.tun_kind = t.kind.code();
-                value.tun_ttl = t.ttl;
-                value.tun_port = t.port.to_be();
-                if let Some(s) = t.source {
-                    value.tun_saddr = super::addr_words(s).0;
+            match &b.forward {
+                super::Forward::Dr => {}
+                super::Forward::Tun(t) => {
+                    flags |= BACKEND_F_TUN;
+                    value.mac = [0; 6];
+                    value.daddr = addr;
+                    value.tun_kind = t.kind.code();
+                    value.tun_ttl = t.ttl;
+                    value.tun_port = t.port.to_be();
+                    if let Some(s) = t.source {
+                        value.tun_saddr = super::addr_words(s).0;
+                    }
+                }
+                super::Forward::Nat => {
+                    flags |= BACKEND_F_NAT;
+                    value.mac = [0; 6];
+                    value.daddr = addr;
+                    value.nat_port = b.addr.port().to_be();
                 }
             }
             if usable(b) {
@@ -680,6 +690,13 @@ fn plan(
 /// never both (a reader that raced the write and saw half of it still pairs an offset with
 /// a length of the same ring).
 fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), PlanError> {
+    // The program looks replies up only while some backend is NAT's: on before the first is
+    // written, off after the last is gone (said at every update: the writer skips what it
+    // wrote already, and a fresh instance hears it).
+    let nat = next.backends.values().any(|b| b.flags & BACKEND_F_NAT != 0);
+    if nat {
+        w.set_nat(true)?;
+    }
     // Backends that may take new flows first, so rings can name them. One that stops being
     // usable (drained, or absent) is written only after the rings no longer name it: until
     // then the program would find a ring slot naming a backend it must not use.
@@ -805,6 +822,9 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
         if !next.keys.contains_key(id) {
             w.update_backend_key(*id, &BackendKey::default())?;
         }
+    }
+    if !nat {
+        w.set_nat(false)?;
     }
     Ok(())
 }
@@ -1181,6 +1201,7 @@ mod tests {
 
     use super::*;
     use crate::dataplane::{maps::MemMaps, Proto};
+    use crate::model::Forward;
 
     /// MemMaps that checks, after every single write, what the program relies on: each slot
     /// below a service's `ring_len` names a present backend.
@@ -1270,6 +1291,11 @@ mod tests {
             Ok(())
         }
         fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
+            // A NAT backend's replies are translated only while the program looks them up.
+            assert!(
+                v.flags & BACKEND_F_NAT == 0 || self.0.nat,
+                "backend {id}: NAT's before NAT_ON"
+            );
             self.0.update_backend(id, v)?;
             self.check();
             Ok(())
@@ -1278,6 +1304,17 @@ mod tests {
             self.0.update_backend_key(id, k)?;
             self.check();
             Ok(())
+        }
+        fn set_nat(&mut self, on: bool) -> Result<(), MapWriteError> {
+            assert!(
+                on || !self
+                    .0
+                    .backends
+                    .values()
+                    .any(|b| b.flags & BACKEND_F_NAT != 0),
+                "NAT_ON off while a NAT backend is in the maps"
+            );
+            self.0.set_nat(on)
         }
         fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
             self.0.update_ring_slot(i, b)?;
@@ -1318,7 +1355,7 @@ mod tests {
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i as u8)), port),
                     weight,
                     mac: Some([2, 0, 0, 0, 0, i as u8]),
-                    tunnel: None,
+                    forward: Forward::Dr,
                 })
                 .collect(),
         }
@@ -1355,6 +1392,37 @@ mod tests {
         assert_eq!(misled.writer().0.writes, writes);
     }
 
+    /// A NAT backend: its address and port (another than the service's) in its value, no MAC;
+    /// `NAT_ON` while one is in the maps (the checked writer asserts the order), off once
+    /// the last is gone.
+    #[test]
+    fn a_nat_backend_has_its_address_and_port_and_turns_nat_on() {
+        let mut s = spec(80, Scheduler::Rr, &[1, 1]);
+        s.backends[0].forward = Forward::Nat;
+        s.backends[0].addr.set_port(8080);
+        s.backends[0].mac = Some(crate::dataplane::TUNNEL_MAC);
+        let mut d = dp();
+        d.update(std::slice::from_ref(&s)).unwrap();
+        assert!(d.writer().0.nat);
+        let (_, bids) = d.ids_of(&s).unwrap();
+        let b0 = d.current().backends[&bids[0]];
+        assert_eq!(
+            b0.flags & (BACKEND_F_PRESENT | BACKEND_F_NAT | BACKEND_F_TUN),
+            BACKEND_F_PRESENT | BACKEND_F_NAT
+        );
+        let std::net::IpAddr::V4(a) = s.backends[0].addr.ip() else {
+            unreachable!()
+        };
+        assert_eq!(b0.daddr[0], lb_common::addr_v4(a.octets()));
+        assert_eq!(u16::from_be(b0.nat_port), 8080);
+        assert_eq!(b0.mac, [0; 6]);
+        assert_eq!(d.current().backends[&bids[1]].flags & BACKEND_F_NAT, 0);
+        // Direct routing again: off.
+        s.backends[0].forward = Forward::Dr;
+        d.update(std::slice::from_ref(&s)).unwrap();
+        assert!(!d.writer().0.nat);
+    }
+
     /// A TUN backend: its tunnel in its value; without a source address of its family it is
     /// absent and out of the ring (the checked writer asserts every ring slot is usable).
     #[test]
@@ -1367,8 +1435,8 @@ mod tests {
             ttl: 64,
             source: Some("192.0.2.2".parse().unwrap()),
         };
-        s.backends[0].tunnel = Some(tunnel);
-        s.backends[1].tunnel = Some(Tunnel {
+        s.backends[0].forward = Forward::Tun(tunnel);
+        s.backends[1].forward = Forward::Tun(Tunnel {
             source: None,
             ..tunnel
         });

@@ -40,6 +40,10 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// Persistence templates (LRU).
     pub max_persist: u32,
+    /// Entries of each NAT reverse table (`NAT_REV4`/`NAT_REV6`, LRU): a NAT flow's
+    /// replies find it there. 0 (no NAT service) makes them as small as a map can be: an
+    /// LRU table's entries are allocated whole at load time.
+    pub nat_flows: u32,
     /// Slots of each per-CPU flow cache; a power of two.
     pub flow_cache: u32,
     /// The MAC of the interface the program will run on: the source of forwarded frames.
@@ -73,6 +77,7 @@ impl Default for LoadOptions {
             limits: Limits::default(),
             max_flows: DEFAULT_MAX_FLOWS,
             max_persist: DEFAULT_MAX_PERSIST,
+            nat_flows: 0,
             flow_cache: DEFAULT_FLOW_CACHE,
             iface_mac: [0; 6],
             sync: None,
@@ -500,6 +505,14 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .map_max_entries(names::FLOWS6, size(names::FLOWS6, opts.max_flows))
         .map_max_entries(names::PERSIST4, size(names::PERSIST4, opts.max_persist))
         .map_max_entries(names::PERSIST6, size(names::PERSIST6, opts.max_persist))
+        .map_max_entries(
+            names::NAT_REV4,
+            size(names::NAT_REV4, opts.nat_flows.max(1)),
+        )
+        .map_max_entries(
+            names::NAT_REV6,
+            size(names::NAT_REV6, opts.nat_flows.max(1)),
+        )
         // Each service's own key, plus at most one fragments-only port-0 entry per
         // (VIP, protocol), which is at most one per service.
         .map_max_entries(names::SERVICES4, size(names::SERVICES4, l.services * 2))
@@ -535,6 +548,8 @@ pub fn load_decap(gue_port: u16, vips: &[std::net::IpAddr]) -> Result<Ebpf, Load
         names::FLOWS6,
         names::PERSIST4,
         names::PERSIST6,
+        names::NAT_REV4,
+        names::NAT_REV6,
         names::FLOW_CACHE4,
         names::FLOW_CACHE6,
     ]) {

@@ -147,7 +147,7 @@ mod tests {
                     addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                     weight: 1,
                     mac: Some([2, 0, 0, 0, 0, i]),
-                    tunnel: None,
+                    forward: crate::model::Forward::Dr,
                 })
                 .collect(),
         }

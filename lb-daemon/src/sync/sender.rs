@@ -374,7 +374,7 @@ mod tests {
                     addr: format!("192.0.2.{}:80", 11 + i).parse().unwrap(),
                     weight: 1,
                     mac: Some([2, 0, 0, 0, 0, i]),
-                    tunnel: None,
+                    forward: crate::model::Forward::Dr,
                 })
                 .collect(),
         };

@@ -60,7 +60,7 @@ use lb_daemon::{
         program::{self, LoadOptions},
         BackendSpec, ServiceSpec,
     },
-    model::Scheduler,
+    model::{Forward, Scheduler},
 };
 use lb_tests::{
     netns::{unique_prefix, Netns},
@@ -371,7 +371,7 @@ fn service_of(vip: Ipv4Addr, sched: Scheduler, n: usize) -> ServiceSpec {
             ),
             weight: 1,
             mac: Some([2, 0, 0, 0, (i >> 8) as u8, i as u8]),
-            tunnel: None,
+            forward: Forward::Dr,
         })
         .collect();
     spec
@@ -700,7 +700,7 @@ fn maglev_build() -> Result<Entry> {
 /// namespace's the benchmark makes (a veth, the router's neighbour entry permanent, a route
 /// to the real servers' subnet through it); the runs are made there, as arriving on the veth.
 fn tun(macswap: &mut Ebpf) -> Result<[Entry; 2]> {
-    use lb_daemon::model::{Tunnel, TunnelKind};
+    use lb_daemon::model::{Forward, Tunnel, TunnelKind};
     use lb_tests::netns::{unique_prefix, Netns};
     const VIP_TUN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 120);
     progress("TUN: a namespace with a route to the real servers through a router");
@@ -731,7 +731,7 @@ fn tun(macswap: &mut Ebpf) -> Result<[Entry; 2]> {
     for (i, b) in spec.backends.iter_mut().enumerate() {
         b.addr = SocketAddr::new(Ipv4Addr::new(203, 0, 113, 11 + i as u8).into(), VPORT);
         b.mac = Some(lb_daemon::dataplane::TUNNEL_MAC);
-        b.tunnel = Some(Tunnel {
+        b.forward = Forward::Tun(Tunnel {
             kind: TunnelKind::Ipip,
             port: 0,
             ttl: 64,
@@ -942,7 +942,7 @@ fn scale_dataplane(report: &mut Report) -> Result<()> {
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11 + i)), port),
                 weight: 1,
                 mac: Some(B[usize::from(i) % B.len()]),
-                tunnel: None,
+                forward: Forward::Dr,
             })
             .collect();
         s

@@ -1,0 +1,315 @@
+//! NAT forwarding (IPVS's masquerading, keepalived's `lb_kind NAT`): a client's packet to
+//! the VIP gets the real server's address and port as its destination; the real server's
+//! reply, which comes back through this node (its gateway), gets the VIP and the service's
+//! port back as its source. Checksums are updated in place (RFC 1624), never recomputed;
+//! the next hop each way comes from the kernel's FIB (`route.rs`).
+//!
+//! The flow table keys a flow by its client's packets; `NAT_REV4`/`NAT_REV6` key it by its
+//! replies (real server to client) and give the flow's key back, from which the reply's new
+//! source is read. What the program cannot rewrite is dropped and counted
+//! (`drop_nat_unsupported`): a fragment (its later pieces carry no port) and an IPv6 packet
+//! with extension headers before TCP or UDP.
+//!
+//! A next hop without a neighbour entry is no drop here, unlike TUN's: the packet, rewritten,
+//! is no longer for the VIP, so the stack can forward it, resolving the neighbour on the way
+//! (`pass_nat_to_stack`). So is a reply whose TTL runs out: the stack answers it.
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
+use lb_common::{csum, reason::*, *};
+
+use crate::{
+    maps::{BACKENDS, FIB_SCRATCH},
+    parse::{join, l3_offset, ptr_at_mut, words},
+    route,
+};
+
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+/// Set in what the out-of-line steps return when the frame did not go, with the reason.
+const FAILED: u32 = 1 << 31;
+
+#[inline(always)]
+fn result(r: u32) -> Result<u32, u32> {
+    if r & FAILED != 0 {
+        Err(r & !FAILED)
+    } else {
+        Ok(r)
+    }
+}
+
+/// Sends the frame, a client's packet of a flow of NAT backend `backend`, to it: `Ok(0)` by
+/// XDP_TX, `Ok(VIA_REDIRECT)` through another interface, `Err(reason)` when it does not
+/// go that way.
+#[inline(always)]
+pub fn send<const V4: bool>(ctx: &XdpContext, backend: u32, clk: Clock) -> Result<u32, u32> {
+    let slot = match route::to_backend::<V4>(ctx, backend, clk) {
+        Ok(slot) => slot,
+        Err(DROP_NO_NEIGH) => u32::MAX,
+        Err(r) => return Err(r),
+    };
+    result(if V4 {
+        in4(ctx, backend, slot)
+    } else {
+        in6(ctx, backend, slot)
+    })
+}
+
+// Out of line, as TUN's steps (see `tunnel::send`): inlined into every path that forwards,
+// they would take the verifier past its limits.
+#[inline(never)]
+fn in4(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
+    match inbound::<true>(ctx, backend, slot) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+#[inline(never)]
+fn in6(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
+    match inbound::<false>(ctx, backend, slot) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+/// `slot`: the backend's `NEXT_HOPS` slot, `u32::MAX` when its next hop has no neighbour
+/// entry (the rewritten packet then goes to the stack).
+#[inline(always)]
+fn inbound<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> Result<u32, u32> {
+    let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
+    let l3_off = l3_offset(ctx)?;
+    let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
+    let port = if b.nat_port != 0 {
+        b.nat_port
+    } else {
+        words::<1>(ctx, l4_off + 2, DROP_MALFORMED_L4)?[0]
+    };
+    rewrite::<V4, true>(ctx, l3_off, l4_off, tcp, &b.daddr, port)?;
+    if slot == u32::MAX {
+        return Err(PASS_NAT_TO_STACK);
+    }
+    let hop = route::hop(slot)?;
+    route::out(ctx, hop.dmac, hop.smac, hop.ifindex)
+}
+
+/// A real server's reply in a NAT flow whose client's packets have key `fwd` (client ->
+/// VIP): its source becomes the VIP and port, its TTL one less, and it goes towards the
+/// client. `Ok(FWD_NAT_REPLY | via)`, or the reason it does not go that way.
+///
+/// The route is asked first, from here (each step called from the main frame: nested, the
+/// frames would pass the 512 bytes of stack a program may use): a reply the stack will
+/// forward keeps its TTL (the stack takes one).
+#[inline(always)]
+pub fn reply4(ctx: &XdpContext, fwd: &FlowKey4) -> Result<u32, u32> {
+    let r = route::to_host4(ctx, fwd.dst, fwd.src);
+    result(out4(ctx, fwd, r))
+}
+
+#[inline(always)]
+pub fn reply6(ctx: &XdpContext, fwd: &FlowKey6) -> Result<u32, u32> {
+    let r = route::to_host6(ctx, &fwd.dst, &fwd.src);
+    result(out6(ctx, fwd, r))
+}
+
+#[inline(never)]
+fn out4(ctx: &XdpContext, fwd: &FlowKey4, route: u32) -> u32 {
+    let vip = [fwd.dst, 0, 0, 0];
+    match outbound::<true>(ctx, &vip, fwd.dport, route) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+#[inline(never)]
+fn out6(ctx: &XdpContext, fwd: &FlowKey6, route: u32) -> u32 {
+    match outbound::<false>(ctx, &fwd.dst, fwd.dport, route) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+/// `r`: what the FIB said of the route to the client (0: `FIB_SCRATCH` holds it).
+#[inline(always)]
+fn outbound<const V4: bool>(
+    ctx: &XdpContext,
+    vip: &[u32; 4],
+    vport: u16,
+    r: u32,
+) -> Result<u32, u32> {
+    let l3_off = l3_offset(ctx)?;
+    let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
+    // One whose TTL runs out goes to the stack as it came, which answers its sender.
+    match r {
+        0 => {
+            if !hop_limit::<V4>(ctx, l3_off)? {
+                return Err(PASS_NAT_TO_STACK);
+            }
+        }
+        DROP_NO_NEIGH => {}
+        r => return Err(r),
+    }
+    rewrite::<V4, false>(ctx, l3_off, l4_off, tcp, vip, vport)?;
+    if r != 0 {
+        return Err(PASS_NAT_TO_STACK);
+    }
+    let p = FIB_SCRATCH.get(0).ok_or(DROP_NO_ROUTE)?;
+    route::out(ctx, p.dmac, p.smac, p.ifindex).map(|via| FWD_NAT_REPLY | via)
+}
+
+/// Takes one off the TTL (hop limit), as a router does: false, and nothing changed, when it
+/// would reach 0 (the stack answers with "time exceeded").
+#[inline(always)]
+fn hop_limit<const V4: bool>(ctx: &XdpContext, l3_off: usize) -> Result<bool, u32> {
+    if V4 {
+        let h = ptr_at_mut::<[u16; 10]>(ctx, l3_off).ok_or(DROP_MALFORMED_IPV4)?;
+        // SAFETY: bounds checked by `ptr_at_mut`; an even offset.
+        unsafe {
+            let h = &mut *h;
+            let [ttl, proto] = h[4].to_ne_bytes();
+            if ttl <= 1 {
+                return Ok(false);
+            }
+            let new = u16::from_ne_bytes([ttl - 1, proto]);
+            h[5] = csum::replace16(h[5], h[4], new);
+            h[4] = new;
+        }
+    } else {
+        let h = ptr_at_mut::<[u16; 4]>(ctx, l3_off).ok_or(DROP_MALFORMED_IPV6)?;
+        // SAFETY: as above.
+        unsafe {
+            let h = &mut *h;
+            let [next, hops] = h[3].to_ne_bytes();
+            if hops <= 1 {
+                return Ok(false);
+            }
+            h[3] = u16::from_ne_bytes([next, hops - 1]);
+        }
+    }
+    Ok(true)
+}
+
+/// Where TCP or UDP starts, and whether it is TCP; `DROP_NAT_UNSUPPORTED` for a fragment,
+/// or an IPv6 packet whose TCP or UDP header does not follow the fixed header at once.
+#[inline(always)]
+fn transport<const V4: bool>(ctx: &XdpContext, l3_off: usize) -> Result<(usize, bool), u32> {
+    if V4 {
+        let h = words::<5>(ctx, l3_off, DROP_MALFORMED_IPV4)?;
+        let [vihl, _] = h[0].to_ne_bytes();
+        if u16::from_be(h[3]) & 0x3fff != 0 {
+            return Err(DROP_NAT_UNSUPPORTED);
+        }
+        let proto = h[4].to_ne_bytes()[1];
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return Err(DROP_NAT_UNSUPPORTED);
+        }
+        let ihl = (vihl & 0xf) as usize * 4;
+        if ihl < IPV4_HLEN {
+            return Err(DROP_MALFORMED_IPV4);
+        }
+        Ok((l3_off + ihl, proto == PROTO_TCP))
+    } else {
+        let h = words::<4>(ctx, l3_off, DROP_MALFORMED_IPV6)?;
+        let next = h[3].to_ne_bytes()[0];
+        if next != PROTO_TCP && next != PROTO_UDP {
+            return Err(DROP_NAT_UNSUPPORTED);
+        }
+        Ok((l3_off + IPV6_HLEN, next == PROTO_TCP))
+    }
+}
+
+/// Rewrites the destination (`DST`) or source address to `addr` and the same side's port to
+/// `port` (both as they lie in the packet), updating the IPv4 header's checksum and TCP's or
+/// UDP's (an IPv4 UDP checksum of 0, "none", stays 0; a computed 0 is sent as 0xffff).
+#[inline(always)]
+fn rewrite<const V4: bool, const DST: bool>(
+    ctx: &XdpContext,
+    l3_off: usize,
+    l4_off: usize,
+    tcp: bool,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<(), u32> {
+    // The IP header's bounds first: checked after TCP's, whose offset lies past it, the
+    // compiler drops this check as implied, and the verifier, which does not follow that
+    // reasoning, refuses the access.
+    let (h4, h6) = if V4 {
+        let h = ptr_at_mut::<[u16; 10]>(ctx, l3_off).ok_or(DROP_MALFORMED_IPV4)?;
+        (h, core::ptr::null_mut())
+    } else {
+        let h = ptr_at_mut::<[u16; 20]>(ctx, l3_off).ok_or(DROP_MALFORMED_IPV6)?;
+        (core::ptr::null_mut(), h)
+    };
+    // The ports and the checksum through one pointer, checked once for all of them (TCP's
+    // checksum is word 8, UDP's word 3): two pointers, and the compiler again drops the
+    // check of the one whose bounds the other's imply.
+    let (l4, ci) = if tcp {
+        let p = ptr_at_mut::<[u16; 9]>(ctx, l4_off).ok_or(DROP_MALFORMED_L4)?;
+        (p.cast::<u16>(), 8)
+    } else {
+        let p = ptr_at_mut::<[u16; 4]>(ctx, l4_off).ok_or(DROP_MALFORMED_L4)?;
+        (p.cast::<u16>(), 3)
+    };
+    // SAFETY: within the words checked; TCP and UDP headers start at an even offset (the
+    // IP header's length is a multiple of 4), so the fields are 2-aligned.
+    let (c, pt) = unsafe { (l4.add(ci), l4.add(if DST { 1 } else { 0 })) };
+    // SAFETY: as above.
+    let mut check = unsafe { c.read() };
+    let none = !tcp && V4 && check == 0;
+    if V4 {
+        let i = if DST { 8 } else { 6 };
+        // SAFETY: as above; `h4` was checked for 20 bytes.
+        unsafe {
+            let h = &mut *h4;
+            let old = join(h[i], h[i + 1]);
+            let [lo, hi] = split(addr[0]);
+            h[5] = csum::replace32(h[5], old, addr[0]);
+            h[i] = lo;
+            h[i + 1] = hi;
+            check = csum::replace32(check, old, addr[0]);
+        }
+    } else {
+        let base = if DST { 12 } else { 4 };
+        // SAFETY: as above; `h6` was checked for 40 bytes, the address is its 16 bytes at
+        // `base` words.
+        unsafe {
+            let old = (h6 as *mut u16).add(base);
+            // RFC 1624 over the whole address by the kernel's `bpf_csum_diff` (the sum of
+            // `addr` less that of `old`, on top of `~check`): word by word, the four
+            // updates held more registers than the function has.
+            let sum = bpf_csum_diff(
+                old.cast(),
+                16,
+                addr.as_ptr() as *mut u32,
+                16,
+                (!check) as u32,
+            );
+            if sum < 0 {
+                return Err(DROP_MALFORMED_IPV6);
+            }
+            let sum = sum as u64 as u32;
+            let folded = (sum & 0xffff) + (sum >> 16);
+            check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+            for w in 0..4 {
+                let [lo, hi] = split(addr[w]);
+                old.add(2 * w).write(lo);
+                old.add(2 * w + 1).write(hi);
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        check = csum::replace16(check, pt.read(), port);
+        pt.write(port);
+        if !none {
+            c.write(if !tcp && check == 0 { 0xffff } else { check });
+        }
+    }
+    Ok(())
+}
+
+/// A 32-bit value as its two 16-bit halves in memory order.
+#[inline(always)]
+fn split(x: u32) -> [u16; 2] {
+    let [a, b, c, d] = x.to_ne_bytes();
+    [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
+}

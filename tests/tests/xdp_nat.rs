@@ -1,0 +1,345 @@
+//! NAT forwarding on the real XDP object through BPF_PROG_TEST_RUN, byte for byte: a
+//! client's packet to the VIP leaves towards the real server with its destination address
+//! and port rewritten, a real server's reply leaves towards the client from the VIP and
+//! the service's port with its TTL one less; IPv4 and IPv6, TCP and UDP (an IPv4 UDP
+//! checksum of 0 stays 0). The expected frames are built afresh by the test's packet
+//! builder, which computes every checksum whole: the program's in-place updates must come
+//! out the same. Then what the program does not rewrite itself: a fragment and an IPv6
+//! packet with extension headers (dropped, counted), a next hop without a neighbour entry
+//! and a reply whose TTL runs out (to the stack), a reply of no known flow (untouched).
+//!
+//! The FIB is a network namespace's own: the outside interface `lb0` (the clients behind a
+//! router), the inside one `lb1` (the real servers, on its subnet), permanent neighbour
+//! entries for the router and the real servers.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use lb_common::reason::{self, *};
+use lb_daemon::{
+    dataplane::{BackendSpec, ServiceSpec, TUNNEL_MAC},
+    model::{Forward, Proto, Scheduler},
+};
+use lb_tests::{
+    netns::{require_root, unique_prefix, Netns},
+    packet::{
+        ether, tcp, udp, Addrs, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, TCP_ACK, TCP_SYN,
+    },
+    xdp::{small_options, RunOutput, XdpHarness, MH_TABLE_SIZE},
+};
+
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+const RS_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+/// A real server with a neighbour entry, and one without.
+const RS4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+const RS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x11);
+const RS4_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+/// The service's port and the real servers'.
+const VPORT: u16 = 80;
+const RPORT: u16 = 8080;
+
+/// The namespace whose FIB the program asks.
+struct Fib {
+    ns: Netns,
+    lb0: u32,
+    lb1: u32,
+    lb0_mac: [u8; 6],
+    lb1_mac: [u8; 6],
+}
+
+impl Fib {
+    fn new() -> Fib {
+        let ns = Netns::new(&format!("{}lb", unique_prefix("nat"))).expect("namespace");
+        let ip = |args: &[&str]| {
+            ns.ip(args)
+                .unwrap_or_else(|e| panic!("ip {}: {e:#}", args.join(" ")))
+        };
+        ip(&["link", "add", "lb0", "type", "veth", "peer", "name", "rt0"]);
+        ip(&["link", "add", "lb1", "type", "veth", "peer", "name", "rs0"]);
+        for dev in ["lb0", "rt0", "lb1", "rs0"] {
+            ip(&["link", "set", dev, "up"]);
+        }
+        ns.sysctls(&[
+            ("net.ipv4.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ])
+        .expect("forwarding on (bpf_fib_lookup refuses otherwise)");
+        ip(&["addr", "add", "192.0.2.2/24", "dev", "lb0"]);
+        ip(&["addr", "add", "2001:db8::2/64", "dev", "lb0", "nodad"]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", "lb1"]);
+        ip(&["addr", "add", "2001:db8:10::1/64", "dev", "lb1", "nodad"]);
+        for (addr, mac, dev) in [
+            ("192.0.2.1", "02:00:00:00:00:aa", "lb0"),
+            ("2001:db8::1", "02:00:00:00:00:aa", "lb0"),
+            ("198.51.100.11", "02:00:00:00:00:b1", "lb1"),
+            ("2001:db8:10::11", "02:00:00:00:00:b1", "lb1"),
+        ] {
+            ip(&[
+                "neigh",
+                "add",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1"]);
+        ip(&["route", "add", "2001:db8:1::/64", "via", "2001:db8::1"]);
+        Fib {
+            lb0: ns.ifindex("lb0").unwrap(),
+            lb1: ns.ifindex("lb1").unwrap(),
+            lb0_mac: ns.mac("lb0").unwrap(),
+            lb1_mac: ns.mac("lb1").unwrap(),
+            ns,
+        }
+    }
+}
+
+/// A one-server rr NAT service at `vip`:80, its real server at `rs`:8080.
+fn service(vip: IpAddr, proto: Proto, rs: IpAddr) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        port: VPORT,
+        proto,
+        sched: Scheduler::Rr,
+        hash_port: false,
+        sloppy_tcp: true,
+        mh_table_size: MH_TABLE_SIZE,
+        persistence_timeout: 0,
+        persistence_prefix: if vip.is_ipv4() { 32 } else { 128 },
+        idle_timeout: 900,
+        active: true,
+        backends: vec![BackendSpec {
+            addr: SocketAddr::new(rs, RPORT),
+            weight: 1,
+            mac: Some(TUNNEL_MAC),
+            thresholds: Default::default(),
+            forward: Forward::Nat,
+        }],
+    }
+}
+
+/// An IPv4 or IPv6 packet from `src`:`sport` to `dst`:`dport` (TCP with `flags`, or UDP
+/// when `flags` is `None`), TTL `ttl`, 10 bytes of data, every checksum computed whole.
+fn packet(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: Option<u8>, ttl: u8) -> Vec<u8> {
+    let data = [0x5a; 10];
+    let l4 = |addrs: Addrs| match flags {
+        Some(f) => tcp(addrs, sport, dport, f, &data),
+        None => udp(addrs, sport, dport, &data),
+    };
+    let proto = if flags.is_some() { 6 } else { 17 };
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = Ipv4::new(s, d, proto);
+            ip.ttl = ttl;
+            ip.build(&l4(ip.addrs()))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut ip = Ipv6::new(s, d, proto);
+            ip.hop_limit = ttl;
+            ip.build(&l4(ip.addrs()))
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn ethertype(l3: &[u8]) -> u16 {
+    if l3[0] >> 4 == 4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    }
+}
+
+fn run(h: &mut XdpHarness, ifindex: u32, frame: &[u8]) -> (RunOutput, Vec<&'static str>) {
+    let before = h.dp.writer().reason_counters().unwrap();
+    let out = h.run_on(frame, ifindex, 1).expect("test run");
+    let after = h.dp.writer().reason_counters().unwrap();
+    let bumped = (0..reason::COUNT)
+        .filter(|&r| after[r as usize].packets != before[r as usize].packets)
+        .map(reason::name)
+        .collect();
+    (out, bumped)
+}
+
+fn harness(specs: &[ServiceSpec]) -> XdpHarness {
+    let mut h = XdpHarness::new(small_options()).expect("load the XDP object");
+    h.dp.update(specs).expect("write the maps");
+    h.set_clock(1000).unwrap();
+    h
+}
+
+#[test]
+fn nat_rewrites_both_directions_exactly() {
+    if !require_root("nat_rewrites_both_directions_exactly") {
+        return;
+    }
+    let fib = Fib::new();
+    let cases: [(IpAddr, IpAddr, IpAddr, Proto); 4] = [
+        (VIP4.into(), RS4.into(), CLIENT4.into(), Proto::Tcp),
+        (VIP6.into(), RS6.into(), CLIENT6.into(), Proto::Tcp),
+        (VIP4.into(), RS4.into(), CLIENT4.into(), Proto::Udp),
+        (VIP6.into(), RS6.into(), CLIENT6.into(), Proto::Udp),
+    ];
+    let specs: Vec<ServiceSpec> = cases
+        .iter()
+        .map(|(vip, rs, _, proto)| service(*vip, *proto, *rs))
+        .collect();
+    fib.ns
+        .run_in(|| {
+            let mut h = harness(&specs);
+            for (vip, rs, client, proto) in cases {
+                let what = format!("{proto:?} {vip} -> {rs}");
+                let tcp = proto == Proto::Tcp;
+                // The opening packet (a new flow), then the next (the flow cache's path).
+                for (flags, want) in [(TCP_SYN, "fwd_new_flow"), (TCP_ACK, "fwd_established")] {
+                    let flags = tcp.then_some(flags);
+                    let inbound = packet(client, vip, 40000, VPORT, flags, 64);
+                    let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ethertype(&inbound), &inbound);
+                    let (out, bumped) = run(&mut h, fib.lb0, &frame);
+                    assert_eq!(
+                        (out.verdict, bumped),
+                        (XDP_REDIRECT, vec![want]),
+                        "{what}: in by lb0, out by lb1"
+                    );
+                    // Destination and port rewritten, the TTL as it was: IPVS forwards the
+                    // client's packets from its local input, without a router's decrement.
+                    let l3 = packet(client, rs, 40000, RPORT, flags, 64);
+                    assert_eq!(
+                        out.data,
+                        ether(RS_MAC, fib.lb1_mac, None, ethertype(&l3), &l3),
+                        "{what}: the client's packet for the real server"
+                    );
+                }
+                // The reply: from the real server's port, in by lb1; out by lb0 to the
+                // router, from the VIP and the service's port, TTL one less.
+                let flags = tcp.then_some(TCP_SYN | TCP_ACK);
+                let reply = packet(rs, client, RPORT, 40000, flags, 64);
+                let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&reply), &reply);
+                let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                assert_eq!(
+                    (out.verdict, bumped),
+                    (XDP_REDIRECT, vec!["fwd_nat_reply"]),
+                    "{what}: the reply"
+                );
+                let l3 = packet(vip, client, VPORT, 40000, flags, 63);
+                assert_eq!(
+                    out.data,
+                    ether(ROUTER_MAC, fib.lb0_mac, None, ethertype(&l3), &l3),
+                    "{what}: the reply for the client"
+                );
+                // A reply of a flow the table does not know: the stack's.
+                let stray = packet(rs, client, RPORT, 40999, flags, 64);
+                let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&stray), &stray);
+                let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
+                assert_eq!(out.data, frame, "{what}: untouched");
+            }
+            // An IPv4 UDP checksum of 0 ("none") stays 0 both ways.
+            let mut inbound = packet(CLIENT4.into(), VIP4.into(), 41000, VPORT, None, 64);
+            inbound[26..28].copy_from_slice(&[0, 0]);
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &inbound);
+            let (out, _) = run(&mut h, fib.lb0, &frame);
+            assert_eq!(out.verdict, XDP_REDIRECT);
+            let mut l3 = packet(CLIENT4.into(), RS4.into(), 41000, RPORT, None, 64);
+            l3[26..28].copy_from_slice(&[0, 0]);
+            assert_eq!(out.data, ether(RS_MAC, fib.lb1_mac, None, ETH_P_IP, &l3));
+            let mut reply = packet(RS4.into(), CLIENT4.into(), RPORT, 41000, None, 64);
+            reply[26..28].copy_from_slice(&[0, 0]);
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+            let (out, _) = run(&mut h, fib.lb1, &frame);
+            assert_eq!(out.verdict, XDP_REDIRECT);
+            let mut l3 = packet(VIP4.into(), CLIENT4.into(), VPORT, 41000, None, 63);
+            l3[26..28].copy_from_slice(&[0, 0]);
+            assert_eq!(
+                out.data,
+                ether(ROUTER_MAC, fib.lb0_mac, None, ETH_P_IP, &l3)
+            );
+        })
+        .unwrap();
+}
+
+#[test]
+fn what_nat_leaves_to_the_stack_or_drops() {
+    if !require_root("what_nat_leaves_to_the_stack_or_drops") {
+        return;
+    }
+    let fib = Fib::new();
+    let unresolved_vip = Ipv4Addr::new(192, 0, 2, 101);
+    let specs = [
+        service(VIP4.into(), Proto::Tcp, RS4.into()),
+        service(VIP6.into(), Proto::Tcp, RS6.into()),
+        service(unresolved_vip.into(), Proto::Tcp, RS4_UNRESOLVED.into()),
+    ];
+    fib.ns
+        .run_in(|| {
+            let mut h = harness(&specs);
+            // A fragment: its later pieces carry no port to rewrite.
+            let mut ip = Ipv4::new(CLIENT4, VIP4, 6);
+            ip.frag = 0x2000;
+            let frag = ip.build(&tcp(ip.addrs(), 40100, VPORT, TCP_SYN, &[0; 16]));
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &frag);
+            let (out, bumped) = run(&mut h, fib.lb0, &frame);
+            assert_eq!(
+                (out.verdict, bumped),
+                (XDP_DROP, vec!["drop_nat_unsupported"])
+            );
+            // IPv6 with a destination-options header before TCP.
+            let mut ip = Ipv6::new(CLIENT6, VIP6, 6);
+            ip.ext = vec![(IPV6_DSTOPTS, Ipv6::opts_ext())];
+            let ext = ip.build(&tcp(ip.addrs(), 40101, VPORT, TCP_SYN, &[]));
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IPV6, &ext);
+            let (out, bumped) = run(&mut h, fib.lb0, &frame);
+            assert_eq!(
+                (out.verdict, bumped),
+                (XDP_DROP, vec!["drop_nat_unsupported"])
+            );
+            // A real server without a neighbour entry: the packet, rewritten, goes to the
+            // stack, which forwards it and resolves the neighbour; its MACs as they came.
+            let inbound = packet(
+                CLIENT4.into(),
+                unresolved_vip.into(),
+                40102,
+                VPORT,
+                Some(TCP_SYN),
+                64,
+            );
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &inbound);
+            let (out, bumped) = run(&mut h, fib.lb0, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_nat_to_stack"]));
+            let l3 = packet(
+                CLIENT4.into(),
+                RS4_UNRESOLVED.into(),
+                40102,
+                RPORT,
+                Some(TCP_SYN),
+                64,
+            );
+            assert_eq!(
+                out.data,
+                ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &l3)
+            );
+            // A reply whose TTL runs out: to the stack as it came, which answers it.
+            let inbound = packet(CLIENT4.into(), VIP4.into(), 40103, VPORT, Some(TCP_SYN), 64);
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &inbound);
+            assert_eq!(run(&mut h, fib.lb0, &frame).0.verdict, XDP_REDIRECT);
+            let reply = packet(
+                RS4.into(),
+                CLIENT4.into(),
+                RPORT,
+                40103,
+                Some(TCP_SYN | TCP_ACK),
+                1,
+            );
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+            let (out, bumped) = run(&mut h, fib.lb1, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_nat_to_stack"]));
+            assert_eq!(out.data, frame);
+        })
+        .unwrap();
+}
