@@ -89,8 +89,17 @@ pub mod names {
     /// Backend id -> this CPU's memo of the FIB's answer for a tunnel or NAT backend
     /// (program private; sized with the CPUs).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    /// NAT: a reply's flow key (real server to client) -> the flow's key (client to VIP),
-    /// what the reply is rewritten back to. LRU, sized with the flow table.
+    /// This CPU's memo of the FIB's answer for a NAT client, direct mapped by its address
+    /// (program private; sized with the CPUs, as `NEXT_HOPS`).
+    pub const HOST_HOPS: &str = "HOST_HOPS";
+    /// NAT: a real server's (address, port, protocol) as a `ServiceKey4`/`ServiceKey6` ->
+    /// the VIP and port its replies come from (`NatSource`). Written by the daemon, one
+    /// entry per NAT real server: a reply needs no per-flow state unless two services
+    /// share the real server (`NatSource::shared`).
+    pub const NAT_SOURCES4: &str = "NAT_SOURCES4";
+    pub const NAT_SOURCES6: &str = "NAT_SOURCES6";
+    /// NAT, for a shared real server only: a reply's flow key (real server to client) ->
+    /// the flow's key (client to VIP). LRU, sized with the flow table.
     pub const NAT_REV4: &str = "NAT_REV4";
     pub const NAT_REV6: &str = "NAT_REV6";
     /// Slot 0: non-zero while some backend is reached by NAT. A packet of no known flow is
@@ -484,6 +493,21 @@ const _: () = assert!(core::mem::size_of::<BackendValue>() == 64);
 // The program copies `mac` in 16-bit words.
 const _: () = assert!(core::mem::offset_of!(BackendValue, mac) % 2 == 0);
 
+/// Value of `NAT_SOURCES4`/`NAT_SOURCES6`: what a NAT real server's replies are rewritten
+/// to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatSource {
+    /// The VIP (word 0 for IPv4) and the service's port, network byte order.
+    pub vip: [u32; 4],
+    pub vport: u16,
+    /// 1: more than one service sends to this real server's address and port, so its
+    /// replies are told apart by their flow (`NAT_REV4`/`NAT_REV6`, written per flow).
+    pub shared: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<NatSource>() == 20);
+
 /// Key of `FLOWS4`. Fragments use ports 0 (see "Fragments").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -864,6 +888,7 @@ mod user {
     unsafe impl aya::Pod for BackendLoad {}
     unsafe impl aya::Pod for SynGuard {}
     unsafe impl aya::Pod for DecapKey {}
+    unsafe impl aya::Pod for NatSource {}
 }
 
 /// An IPv4 address as the kernel side stores it (network byte order in memory).

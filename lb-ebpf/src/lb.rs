@@ -47,13 +47,24 @@ trait Family {
     fn flow(src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> Self::Flow;
     fn svc(dst: &[u32; 4], port: u16, proto: u8) -> Self::Svc;
     fn persist_key(src: &[u32; 4], mask: &[u32; 4], service: u32) -> Self::Persist;
-    /// NAT: a reply's key -> its flow's key (`NAT_REV4`/`NAT_REV6`).
+    /// NAT: a real server's (address, port, protocol) -> its replies' source
+    /// (`NAT_SOURCES4`/`NAT_SOURCES6`).
+    fn nat_sources() -> &'static HashMap<Self::Svc, NatSource>;
+    /// NAT, a shared real server: a reply's key -> its flow's key (`NAT_REV4`/`NAT_REV6`).
     fn nat_rev() -> &'static LruHashMap<Self::Flow, Self::Flow>;
     /// The key of the replies of flow `key` from a NAT real server at `daddr`, `port` (0:
     /// the flow's own destination port).
     fn reverse(key: &Self::Flow, daddr: &[u32; 4], port: u16) -> Self::Flow;
-    /// `nat::reply4`/`nat::reply6` for a reply of the flow `fwd`.
-    fn nat_reply(ctx: &XdpContext, fwd: &Self::Flow) -> Result<u32, u32>;
+    /// The VIP, its port and the client of flow `fwd` (a `NAT_REV4`/`NAT_REV6` value).
+    fn fwd_parts(fwd: &Self::Flow) -> (&[u32; 4], u16, &[u32; 4]);
+    /// `nat::reply4`/`nat::reply6`.
+    fn nat_reply(
+        ctx: &XdpContext,
+        vip: &[u32; 4],
+        vport: u16,
+        client: &[u32; 4],
+        clk: Clock,
+    ) -> Result<u32, u32>;
     type Cache: 'static;
     fn cache() -> &'static Array<Self::Cache>;
     /// The slot's key, flow, epoch, MAC and how the backend is reached (`FlowCache4::via`).
@@ -135,6 +146,10 @@ impl Family for V4 {
         }
     }
     #[inline(always)]
+    fn nat_sources() -> &'static HashMap<ServiceKey4, NatSource> {
+        &NAT_SOURCES4
+    }
+    #[inline(always)]
     fn nat_rev() -> &'static LruHashMap<FlowKey4, FlowKey4> {
         &NAT_REV4
     }
@@ -151,8 +166,27 @@ impl Family for V4 {
         unsafe { core::mem::transmute::<[u32; 4], FlowKey4>(words) }
     }
     #[inline(always)]
-    fn nat_reply(ctx: &XdpContext, fwd: &FlowKey4) -> Result<u32, u32> {
-        nat::reply4(ctx, fwd)
+    fn fwd_parts(fwd: &FlowKey4) -> (&[u32; 4], u16, &[u32; 4]) {
+        // SAFETY: `FlowKey4` is `repr(C)`: `src` then `dst`, each a `u32`; only word 0 of
+        // the arrays returned is read for IPv4 (`nat_reply`).
+        unsafe {
+            let p = fwd as *const FlowKey4 as *const u32;
+            (
+                &*(p.add(1) as *const [u32; 4]),
+                fwd.dport,
+                &*(p as *const [u32; 4]),
+            )
+        }
+    }
+    #[inline(always)]
+    fn nat_reply(
+        ctx: &XdpContext,
+        vip: &[u32; 4],
+        vport: u16,
+        client: &[u32; 4],
+        clk: Clock,
+    ) -> Result<u32, u32> {
+        nat::reply4(ctx, vip[0], vport, client[0], clk)
     }
     type Cache = FlowCache4;
     #[inline(always)]
@@ -257,6 +291,10 @@ impl Family for V6 {
         }
     }
     #[inline(always)]
+    fn nat_sources() -> &'static HashMap<ServiceKey6, NatSource> {
+        &NAT_SOURCES6
+    }
+    #[inline(always)]
     fn nat_rev() -> &'static LruHashMap<FlowKey6, FlowKey6> {
         &NAT_REV6
     }
@@ -280,8 +318,18 @@ impl Family for V6 {
         unsafe { core::mem::transmute::<[u32; 10], FlowKey6>(words) }
     }
     #[inline(always)]
-    fn nat_reply(ctx: &XdpContext, fwd: &FlowKey6) -> Result<u32, u32> {
-        nat::reply6(ctx, fwd)
+    fn fwd_parts(fwd: &FlowKey6) -> (&[u32; 4], u16, &[u32; 4]) {
+        (&fwd.dst, fwd.dport, &fwd.src)
+    }
+    #[inline(always)]
+    fn nat_reply(
+        ctx: &XdpContext,
+        vip: &[u32; 4],
+        vport: u16,
+        client: &[u32; 4],
+        clk: Clock,
+    ) -> Result<u32, u32> {
+        nat::reply6(ctx, vip, vport, client, clk)
     }
     type Cache = FlowCache6;
     #[inline(always)]
@@ -394,7 +442,7 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         // reach the backend that reassembles the datagram.
         let key = F::flow(&l3.src, &l3.dst, 0, 0, l3.proto);
         let slot = cache_index::<F>(&key);
-        if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_FRAGMENT, EV_IGNORE) {
+        if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_FRAGMENT, EV_IGNORE, None) {
             return r;
         }
         let svc = F::services()
@@ -437,15 +485,10 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
             SYN_RECV,
         );
     }
-    if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED, l4.ev) {
+    // Possibly a NAT real server's reply (see `established`).
+    let reply = Some((l3, l4.sport));
+    if let Some(r) = established::<F>(ctx, &key, slot, clk, FWD_ESTABLISHED, l4.ev, reply) {
         return r;
-    }
-    if NAT_ON.get(0).is_some_and(|on| *on != 0) {
-        // A real server's reply in a NAT flow: keyed by its own direction.
-        if let Some(fwd) = F::nat_rev().get_ptr(&key) {
-            // SAFETY: LRU values stay valid while the program runs (RCU).
-            return F::nat_reply(ctx, unsafe { &*fwd });
-        }
     }
     let id = service::<F>(l3, l4.dport, clk.epoch)?;
     let (reason, opening, state) = if l3.proto != PROTO_TCP {
@@ -464,6 +507,29 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     new_flow::<F>(
         ctx, id, &key, slot, l3, l4.sport, clk, reason, opening, state,
     )
+}
+
+/// A NAT real server's reply: the packet comes from a real server's address and port (its
+/// entry in `NAT_SOURCES4`/`NAT_SOURCES6` says the VIP and port to put back), or, from a
+/// real server two services share, its flow's reverse entry says which service's it is.
+#[inline(always)]
+fn nat_reply<F: Family>(
+    ctx: &XdpContext,
+    l3: &L3,
+    key: &F::Flow,
+    sport: u16,
+    clk: Clock,
+) -> Option<Result<u32, u32>> {
+    let src = F::nat_sources().get_ptr(F::svc(&l3.src, sport, l3.proto))?;
+    // SAFETY: the daemon replaces values whole (map update), never in place.
+    let src = unsafe { &*src };
+    if src.shared == 0 {
+        return Some(F::nat_reply(ctx, &src.vip, src.vport, &l3.dst, clk));
+    }
+    let fwd = F::nat_rev().get_ptr(key)?;
+    // SAFETY: LRU values stay valid while the program runs (RCU).
+    let (vip, vport, client) = F::fwd_parts(unsafe { &*fwd });
+    Some(F::nat_reply(ctx, vip, vport, client, clk))
 }
 
 /// How the packet that misses the flow table may open a flow.
@@ -568,6 +634,13 @@ fn send_to<F: Family>(
 /// still there. First this CPU's cache, then the flow table (which refills the cache).
 /// `None` sends the packet down the long path, which also decides every reason for not
 /// forwarding. `ev` moves the connection's state (`conn_state::tcp_next`).
+///
+/// `reply` (the packet's L3 and source port): a real server's reply in a NAT flow is looked
+/// for between the cache and the table. A reply misses both, and the table's miss (a bucket
+/// of a million-entry table, a cache miss) cost it as much as all the rest; a client's
+/// packet pays the small lookup only when the cache misses, and only while some backend is
+/// NAT's. (Not a closure: the compiler kept it out of line, and its frame on top of the
+/// main one passed the 512 bytes of stack.)
 #[inline(always)]
 fn established<F: Family>(
     ctx: &XdpContext,
@@ -576,6 +649,7 @@ fn established<F: Family>(
     clk: Clock,
     reason: u32,
     ev: u32,
+    reply: Option<(&L3, u16)>,
 ) -> Option<Result<u32, u32>> {
     let now = clk.now;
     let cache = cache_slot::<F>(slot);
@@ -597,6 +671,13 @@ fn established<F: Family>(
                 if write_through::<F>(key, cval, now, ev) {
                     return Some(send_established::<F>(ctx, key, b, cval, clk, reason));
                 }
+            }
+        }
+    }
+    if let Some((l3, sport)) = reply {
+        if NAT_ON.get(0).is_some_and(|on| *on != 0) {
+            if let Some(r) = nat_reply::<F>(ctx, l3, key, sport, clk) {
+                return Some(r);
             }
         }
     }
@@ -822,7 +903,7 @@ fn new_flow<F: Family>(
         Ok(()) => {
             conns::count(backend, state, 1);
             if how == BACKEND_F_NAT {
-                nat_reverse::<F>(key, b);
+                nat_reverse::<F>(key, b, l3.proto);
             }
             if sync::enabled() {
                 F::sync_flow(SYNC_EV_FLOW, key, &value);
@@ -841,7 +922,9 @@ fn new_flow<F: Family>(
                 o.state != TIME_WAIT && o.state != CLOSE && !backend_drains(o.backend)
             });
             if reuse {
-                if let Some(r) = established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED, EV_SYN) {
+                if let Some(r) =
+                    established::<F>(ctx, key, slot, clk, FWD_ESTABLISHED, EV_SYN, None)
+                {
                     if fresh && (svc.sched == SCHED_RR || svc.sched == SCHED_WRR) {
                         unstep_rr(svc.id);
                     }
@@ -858,7 +941,7 @@ fn new_flow<F: Family>(
                 }
                 conns::count(backend, state, 1);
                 if how == BACKEND_F_NAT {
-                    nat_reverse::<F>(key, b);
+                    nat_reverse::<F>(key, b, l3.proto);
                 }
                 if sync::enabled() {
                     F::sync_flow(SYNC_EV_FLOW, key, &value);
@@ -889,14 +972,22 @@ fn new_flow<F: Family>(
     send_to::<F>(ctx, key, backend_mac(b), how, &value, true, clk, reason)
 }
 
-/// Remembers that the replies of the NAT flow `key` to backend `b` belong to it (a failed
-/// insert leaves the replies to the stack, as for a flow the table could not keep). A SYN
-/// the flood guard forwards untracked gets no entry either: the reverse table would then
-/// fill with a flood's entries. Out of line: the reverse key (40 bytes for IPv6) would sit
-/// in the main frame, which has no room left for the steps it calls.
+/// For a NAT backend two services share (`NatSource::shared`), remembers that the replies
+/// of flow `key` belong to it: its reverse entry. Any other needs none, its replies' source
+/// is the backend's own (`NAT_SOURCES4`/`NAT_SOURCES6`). A failed insert leaves the replies
+/// to the stack, as for a flow the table could not keep. A SYN the flood guard forwards
+/// untracked gets no entry either: the reverse table would then fill with a flood's. Out
+/// of line: the reverse key (40 bytes for IPv6) would sit in the main frame, which has no
+/// room left for the steps it calls.
 #[inline(never)]
-fn nat_reverse<F: Family>(key: &F::Flow, b: &BackendValue) {
-    let _ = F::nat_rev().insert(&F::reverse(key, &b.daddr, b.nat_port), key, 0);
+fn nat_reverse<F: Family>(key: &F::Flow, b: &BackendValue, proto: u8) {
+    let shared = F::nat_sources()
+        .get_ptr(F::svc(&b.daddr, b.nat_port, proto))
+        // SAFETY: as in `nat_reply`.
+        .is_some_and(|s| unsafe { (*s).shared != 0 });
+    if shared {
+        let _ = F::nat_rev().insert(&F::reverse(key, &b.daddr, b.nat_port), key, 0);
+    }
 }
 
 /// The table's flow for `key`, copied.

@@ -63,8 +63,18 @@ pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
 pub static FLOWS6: LruHashMap<FlowKey6, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// NAT: a reply's 5-tuple (real server to client) -> its flow's key (client to VIP), per
-/// family; written with the flow, sized with the flow table (`nat.rs`).
+/// NAT: a real server's (address, port, protocol) -> the VIP and port its replies come
+/// from, per family. Written by the daemon only; sized with the backends.
+#[map]
+pub static NAT_SOURCES4: HashMap<ServiceKey4, NatSource> =
+    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+#[map]
+pub static NAT_SOURCES6: HashMap<ServiceKey6, NatSource> =
+    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// NAT, a real server two services share: a reply's 5-tuple (real server to client) -> its
+/// flow's key (client to VIP), per family; written with the flow, sized with the flow
+/// table (`nat.rs`).
 #[map]
 pub static NAT_REV4: LruHashMap<FlowKey4, FlowKey4> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
@@ -206,6 +216,27 @@ pub struct NextHop {
     pub backend: u32,
     pub ingress: u32,
     pub _pad: u32,
+}
+
+/// Each CPU's memo of the FIB's answers for NAT clients (`HostHop`), as `NEXT_HOPS` is for
+/// backends: direct mapped by the client's address, `NEXT_HOP_SLOTS` slots per CPU, each
+/// holding the address it answers for, valid for its second and epoch. Program-private; the
+/// loader sizes it.
+#[map]
+pub static HOST_HOPS: Array<HostHop> = Array::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+/// A `HOST_HOPS` slot: the route to one client.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HostHop {
+    pub addr: [u32; 4],
+    pub dmac: [u16; 3],
+    pub smac: [u16; 3],
+    pub ifindex: u32,
+    pub checked: u32,
+    pub epoch: u32,
+    pub ingress: u32,
+    pub ok: u32,
 }
 
 /// Connection state -> its timeout in seconds (`conn_state`; ESTABLISHED, UDP and NONE take

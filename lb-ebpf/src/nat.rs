@@ -17,7 +17,7 @@ use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use lb_common::{csum, reason::*, *};
 
 use crate::{
-    maps::{BACKENDS, FIB_SCRATCH},
+    maps::BACKENDS,
     parse::{join, l3_offset, ptr_at_mut, words},
     route,
 };
@@ -92,68 +92,77 @@ fn inbound<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> Result<
     route::out(ctx, hop.dmac, hop.smac, hop.ifindex)
 }
 
-/// A real server's reply in a NAT flow whose client's packets have key `fwd` (client ->
-/// VIP): its source becomes the VIP and port, its TTL one less, and it goes towards the
-/// client. `Ok(FWD_NAT_REPLY | via)`, or the reason it does not go that way.
+/// A real server's reply in a NAT flow: its source becomes `vip`, `vport` (as they lie in
+/// the packet), its TTL one less, and it goes towards the client (its destination,
+/// `client`). `Ok(FWD_NAT_REPLY | via)`, or the reason it does not go that way.
 ///
 /// The route is asked first, from here (each step called from the main frame: nested, the
 /// frames would pass the 512 bytes of stack a program may use): a reply the stack will
 /// forward keeps its TTL (the stack takes one).
 #[inline(always)]
-pub fn reply4(ctx: &XdpContext, fwd: &FlowKey4) -> Result<u32, u32> {
-    let r = route::to_host4(ctx, fwd.dst, fwd.src);
-    result(out4(ctx, fwd, r))
+pub fn reply4(ctx: &XdpContext, vip: u32, vport: u16, client: u32, clk: Clock) -> Result<u32, u32> {
+    let slot = match route::to_host4(ctx, vip, client, clk) {
+        Ok(slot) => slot,
+        Err(DROP_NO_NEIGH) => u32::MAX,
+        Err(r) => return Err(r),
+    };
+    result(out4(ctx, vip, vport, slot))
 }
 
 #[inline(always)]
-pub fn reply6(ctx: &XdpContext, fwd: &FlowKey6) -> Result<u32, u32> {
-    let r = route::to_host6(ctx, &fwd.dst, &fwd.src);
-    result(out6(ctx, fwd, r))
+pub fn reply6(
+    ctx: &XdpContext,
+    vip: &[u32; 4],
+    vport: u16,
+    client: &[u32; 4],
+    clk: Clock,
+) -> Result<u32, u32> {
+    let slot = match route::to_host6(ctx, vip, client, clk) {
+        Ok(slot) => slot,
+        Err(DROP_NO_NEIGH) => u32::MAX,
+        Err(r) => return Err(r),
+    };
+    result(out6(ctx, vip, vport, slot))
 }
 
 #[inline(never)]
-fn out4(ctx: &XdpContext, fwd: &FlowKey4, route: u32) -> u32 {
-    let vip = [fwd.dst, 0, 0, 0];
-    match outbound::<true>(ctx, &vip, fwd.dport, route) {
+fn out4(ctx: &XdpContext, vip: u32, vport: u16, slot: u32) -> u32 {
+    let vip = [vip, 0, 0, 0];
+    match outbound::<true>(ctx, &vip, vport, slot) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
 }
 
 #[inline(never)]
-fn out6(ctx: &XdpContext, fwd: &FlowKey6, route: u32) -> u32 {
-    match outbound::<false>(ctx, &fwd.dst, fwd.dport, route) {
+fn out6(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
+    match outbound::<false>(ctx, vip, vport, slot) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
 }
 
-/// `r`: what the FIB said of the route to the client (0: `FIB_SCRATCH` holds it).
+/// `slot`: the client's `HOST_HOPS` slot, `u32::MAX` when its next hop has no neighbour
+/// entry (the rewritten packet then goes to the stack).
 #[inline(always)]
 fn outbound<const V4: bool>(
     ctx: &XdpContext,
     vip: &[u32; 4],
     vport: u16,
-    r: u32,
+    slot: u32,
 ) -> Result<u32, u32> {
     let l3_off = l3_offset(ctx)?;
     let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
     // One whose TTL runs out goes to the stack as it came, which answers its sender.
-    match r {
-        0 => {
-            if !hop_limit::<V4>(ctx, l3_off)? {
-                return Err(PASS_NAT_TO_STACK);
-            }
-        }
-        DROP_NO_NEIGH => {}
-        r => return Err(r),
-    }
-    rewrite::<V4, false>(ctx, l3_off, l4_off, tcp, vip, vport)?;
-    if r != 0 {
+    if slot != u32::MAX && !hop_limit::<V4>(ctx, l3_off)? {
         return Err(PASS_NAT_TO_STACK);
     }
-    let p = FIB_SCRATCH.get(0).ok_or(DROP_NO_ROUTE)?;
-    route::out(ctx, p.dmac, p.smac, p.ifindex).map(|via| FWD_NAT_REPLY | via)
+    rewrite::<V4, false>(ctx, l3_off, l4_off, tcp, vip, vport)?;
+    if slot == u32::MAX {
+        return Err(PASS_NAT_TO_STACK);
+    }
+    let hop = route::host_hop(slot)?;
+    route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_NAT_REPLY | via)
 }
 
 /// Takes one off the TTL (hop limit), as a router does: false, and nothing changed, when it

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{reason::*, *};
 
 use crate::{
-    maps::{NextHop, BACKENDS, FIB_SCRATCH, NEXT_HOPS},
+    maps::{HostHop, NextHop, BACKENDS, FIB_SCRATCH, HOST_HOPS, NEXT_HOPS},
     parse::ptr_at_mut,
     tunnel,
 };
@@ -156,12 +156,76 @@ fn next_hop<const V4: bool>(
     Ok(())
 }
 
-/// Asks the FIB for the route to IPv4 host `dst` (from `src`), for a NAT reply to its
-/// client: 0 with the answer in this CPU's `FIB_SCRATCH` (`dmac`, `smac`, `ifindex`), else
-/// the reason. Not kept: clients are many, and each reply asks (a memo is the next step if
-/// the cost shows).
+/// The `HOST_HOPS` slot that holds the route to NAT client `dst` (IPv4) for this CPU,
+/// asked of the FIB (from `src`, the VIP) when the slot does not hold it for this second
+/// and epoch: a direct-mapped memo keyed by the client's address, as `NEXT_HOPS` is by the
+/// backend. Without it every reply asked the FIB, the biggest part of its cost.
+#[inline(always)]
+pub fn to_host4(ctx: &XdpContext, src: u32, dst: u32, clk: Clock) -> Result<u32, u32> {
+    let (slot, fresh) = host_slot(ctx, dst, 0, 0, 0, clk);
+    if !fresh {
+        let r = host4(ctx, slot, src, dst, packed(clk));
+        if r != 0 {
+            return Err(r);
+        }
+    }
+    Ok(slot)
+}
+
+/// [`to_host4`] for IPv6 (the addresses from a map value or the caller's frame).
+#[inline(always)]
+pub fn to_host6(ctx: &XdpContext, src: &[u32; 4], dst: &[u32; 4], clk: Clock) -> Result<u32, u32> {
+    let (slot, fresh) = host_slot(ctx, dst[0], dst[1], dst[2], dst[3], clk);
+    if !fresh {
+        let r = host6(ctx, slot, src, dst, packed(clk));
+        if r != 0 {
+            return Err(r);
+        }
+    }
+    Ok(slot)
+}
+
+/// This CPU's slot for the host `a..d` (IPv4: `a`, the rest 0), and whether it holds a
+/// fresh answer for it.
+#[inline(always)]
+fn host_slot(ctx: &XdpContext, a: u32, b: u32, c: u32, d: u32, clk: Clock) -> (u32, bool) {
+    // SAFETY: a helper without arguments or side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let h =
+        (a ^ b.rotate_left(7) ^ c.rotate_left(14) ^ d.rotate_left(21)).wrapping_mul(0x9e37_79b1);
+    let slot = cpu
+        .wrapping_mul(NEXT_HOP_SLOTS)
+        .wrapping_add((h ^ (h >> 16)) & (NEXT_HOP_SLOTS - 1));
+    let ingress = ctx.ingress_ifindex() as u32;
+    let fresh = HOST_HOPS.get(slot).is_some_and(|m| {
+        m.ok == 1
+            && m.checked == clk.now
+            && m.epoch == clk.epoch
+            && m.ingress == ingress
+            && m.addr[0] == a
+            && m.addr[1] == b
+            && m.addr[2] == c
+            && m.addr[3] == d
+    });
+    (slot, fresh)
+}
+
+/// The clock in one register: a BPF function takes at most five arguments.
+#[inline(always)]
+fn packed(clk: Clock) -> u64 {
+    clk.now as u64 | (clk.epoch as u64) << 32
+}
+
+#[inline(always)]
+fn unpacked(clk: u64) -> Clock {
+    Clock {
+        now: clk as u32,
+        epoch: (clk >> 32) as u32,
+    }
+}
+
 #[inline(never)]
-pub fn to_host4(ctx: &XdpContext, src: u32, dst: u32) -> u32 {
+fn host4(ctx: &XdpContext, slot: u32, src: u32, dst: u32, clk: u64) -> u32 {
     let Some(params) = FIB_SCRATCH.get_ptr_mut(0) else {
         return DROP_NO_ROUTE;
     };
@@ -170,12 +234,11 @@ pub fn to_host4(ctx: &XdpContext, src: u32, dst: u32) -> u32 {
     p.family = AF_INET;
     p.src = [src, 0, 0, 0];
     p.dst = [dst, 0, 0, 0];
-    host(ctx, params)
+    host(ctx, params, slot, unpacked(clk))
 }
 
-/// [`to_host4`] for IPv6 (the addresses from a map value: nothing on the stack).
 #[inline(never)]
-pub fn to_host6(ctx: &XdpContext, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
+fn host6(ctx: &XdpContext, slot: u32, src: &[u32; 4], dst: &[u32; 4], clk: u64) -> u32 {
     let Some(params) = FIB_SCRATCH.get_ptr_mut(0) else {
         return DROP_NO_ROUTE;
     };
@@ -184,18 +247,28 @@ pub fn to_host6(ctx: &XdpContext, src: &[u32; 4], dst: &[u32; 4]) -> u32 {
     p.family = AF_INET6;
     p.src = *src;
     p.dst = *dst;
-    host(ctx, params)
+    host(ctx, params, slot, unpacked(clk))
 }
 
+/// Asks the FIB with `params` (family and addresses filled in) and keeps a successful
+/// answer in `HOST_HOPS[slot]`: 0, else the reason. A failed answer is not kept.
 #[inline(always)]
-fn host(ctx: &XdpContext, params: *mut FibParams) -> u32 {
-    // SAFETY: this CPU's scratch slot.
-    let p = unsafe { &mut *params };
+fn host(ctx: &XdpContext, params: *mut FibParams, slot: u32, clk: Clock) -> u32 {
+    let Some(memo) = HOST_HOPS.get_ptr_mut(slot) else {
+        return DROP_NO_ROUTE;
+    };
+    // SAFETY: this CPU's scratch slot and memo slot; the program runs to its end on one CPU.
+    let (p, m) = unsafe { (&mut *params, &mut *memo) };
+    m.ok = 0;
+    // The host asked for, kept before the call: a successful lookup overwrites the
+    // destination with the route's gateway.
+    m.addr = p.dst;
     p.l4_protocol = 0;
     p.sport = 0;
     p.dport = 0;
     p.tot_len = 0;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
     p.flowinfo = 0;
     p.vlan = 0;
     // SAFETY: `p` is a `struct bpf_fib_lookup` of the size given.
@@ -208,10 +281,26 @@ fn host(ctx: &XdpContext, params: *mut FibParams) -> u32 {
         )
     };
     match r {
-        0 => 0,
+        0 => {
+            m.dmac = p.dmac;
+            m.smac = p.smac;
+            m.ifindex = p.ifindex;
+            m.checked = clk.now;
+            m.epoch = clk.epoch;
+            m.ingress = ingress;
+            m.ok = 1;
+            0
+        }
         FIB_NO_NEIGH => DROP_NO_NEIGH,
         _ => DROP_NO_ROUTE,
     }
+}
+
+/// A `HOST_HOPS` slot's answer, for a caller that has just had [`to_host4`] or
+/// [`to_host6`] succeed.
+#[inline(always)]
+pub fn host_hop(slot: u32) -> Result<&'static HostHop, u32> {
+    HOST_HOPS.get(slot).ok_or(DROP_NO_ROUTE)
 }
 
 /// Puts the next hop's MACs on the frame and says how it leaves: 0 for XDP_TX (the route

@@ -6,7 +6,9 @@
 //! builder, which computes every checksum whole: the program's in-place updates must come
 //! out the same. Then what the program does not rewrite itself: a fragment and an IPv6
 //! packet with extension headers (dropped, counted), a next hop without a neighbour entry
-//! and a reply whose TTL runs out (to the stack), a reply of no known flow (untouched).
+//! and a reply whose TTL runs out (to the stack), a packet from another port of a real
+//! server (untouched); a real server two services share, whose replies are told apart by
+//! their flows.
 //!
 //! The FIB is a network namespace's own: the outside interface `lb0` (the clients behind a
 //! router), the inside one `lb1` (the real servers, on its subnet), permanent neighbour
@@ -233,8 +235,10 @@ fn nat_rewrites_both_directions_exactly() {
                     ether(ROUTER_MAC, fib.lb0_mac, None, ethertype(&l3), &l3),
                     "{what}: the reply for the client"
                 );
-                // A reply of a flow the table does not know: the stack's.
-                let stray = packet(rs, client, RPORT, 40999, flags, 64);
+                // From another port of the real server's: no NAT source, the stack's. (Any
+                // packet from its service port is the VIP's, flow or not: the translation
+                // is by the real server, not by the flow, unless two services share it.)
+                let stray = packet(rs, client, 22, 40999, flags, 64);
                 let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&stray), &stray);
                 let (out, bumped) = run(&mut h, fib.lb1, &frame);
                 assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
@@ -340,6 +344,55 @@ fn what_nat_leaves_to_the_stack_or_drops() {
             let (out, bumped) = run(&mut h, fib.lb1, &frame);
             assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_nat_to_stack"]));
             assert_eq!(out.data, frame);
+        })
+        .unwrap();
+}
+
+/// Two services sending to one real server and port: a reply's source cannot be told from
+/// the real server alone, so each flow's reverse entry says which service's it is.
+#[test]
+fn a_real_server_two_services_share_is_told_apart_by_flow() {
+    if !require_root("a_real_server_two_services_share_is_told_apart_by_flow") {
+        return;
+    }
+    let fib = Fib::new();
+    let vip_b = Ipv4Addr::new(192, 0, 2, 102);
+    let mut b = service(vip_b.into(), Proto::Tcp, RS4.into());
+    b.port = 443;
+    let specs = [service(VIP4.into(), Proto::Tcp, RS4.into()), b];
+    fib.ns
+        .run_in(|| {
+            let mut h = harness(&specs);
+            for (vip, vport, cport) in [(VIP4, VPORT, 40200), (vip_b, 443, 40201)] {
+                let inbound = packet(CLIENT4.into(), vip.into(), cport, vport, Some(TCP_SYN), 64);
+                let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &inbound);
+                let (out, bumped) = run(&mut h, fib.lb0, &frame);
+                assert_eq!((out.verdict, bumped), (XDP_REDIRECT, vec!["fwd_new_flow"]));
+                let l3 = packet(CLIENT4.into(), RS4.into(), cport, RPORT, Some(TCP_SYN), 64);
+                assert_eq!(out.data, ether(RS_MAC, fib.lb1_mac, None, ETH_P_IP, &l3));
+            }
+            for (vip, vport, cport) in [(VIP4, VPORT, 40200), (vip_b, 443, 40201)] {
+                let flags = Some(TCP_SYN | TCP_ACK);
+                let reply = packet(RS4.into(), CLIENT4.into(), RPORT, cport, flags, 64);
+                let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+                let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                assert_eq!(
+                    (out.verdict, bumped),
+                    (XDP_REDIRECT, vec!["fwd_nat_reply"]),
+                    "the reply to port {cport}"
+                );
+                let l3 = packet(vip.into(), CLIENT4.into(), vport, cport, flags, 63);
+                assert_eq!(
+                    out.data,
+                    ether(ROUTER_MAC, fib.lb0_mac, None, ETH_P_IP, &l3),
+                    "the reply to port {cport} comes from {vip}:{vport}"
+                );
+            }
+            // A reply of no flow of either: neither service's, the stack's.
+            let reply = packet(RS4.into(), CLIENT4.into(), RPORT, 40202, Some(TCP_ACK), 64);
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+            let (out, bumped) = run(&mut h, fib.lb1, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
         })
         .unwrap();
 }

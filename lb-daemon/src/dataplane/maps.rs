@@ -12,8 +12,8 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    names, reason, BackendKey, BackendValue, Clock, Meta, ReasonCounters, ServiceKey4, ServiceKey6,
-    ServiceRef, ServiceValue, TrafficCounters, FAMILY_V4,
+    names, reason, BackendKey, BackendValue, Clock, Meta, NatSource, ReasonCounters, ServiceKey4,
+    ServiceKey6, ServiceRef, ServiceValue, TrafficCounters, FAMILY_V4,
 };
 
 use super::{
@@ -61,9 +61,21 @@ pub trait MapWriter {
     fn settle(&mut self) -> Result<(), MapWriteError> {
         Ok(())
     }
-    /// Whether some backend is reached by NAT (`CLOCK_F_NAT`: the program then looks up
+    /// Whether some backend is reached by NAT (`NAT_ON`: the program then looks up
     /// replies).
     fn set_nat(&mut self, _on: bool) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    /// `NAT_SOURCES4`/`NAT_SOURCES6[key] = value`: a NAT real server's (address, port,
+    /// protocol) and its replies' source.
+    fn update_nat_source(
+        &mut self,
+        _key: &MapKey,
+        _value: &NatSource,
+    ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn delete_nat_source(&mut self, _key: &MapKey) -> Result<(), MapWriteError> {
         Ok(())
     }
 }
@@ -103,6 +115,8 @@ pub struct MemMaps {
     pub rings: HashMap<u32, u32>,
     /// `NAT_ON`.
     pub nat: bool,
+    /// `NAT_SOURCES4`/`NAT_SOURCES6`.
+    pub nat_sources: HashMap<MapKey, NatSource>,
     /// Number of element writes, to check that a diff writes only what changed.
     pub writes: usize,
 }
@@ -143,6 +157,16 @@ impl MapWriter for MemMaps {
             self.writes += 1;
             self.nat = on;
         }
+        Ok(())
+    }
+    fn update_nat_source(&mut self, key: &MapKey, value: &NatSource) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.nat_sources.insert(*key, *value);
+        Ok(())
+    }
+    fn delete_nat_source(&mut self, key: &MapKey) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.nat_sources.remove(key);
         Ok(())
     }
 }
@@ -186,6 +210,8 @@ pub struct BpfMaps {
     /// update writes it: a map of a fresh instance starts at 0 whatever the plan adopted).
     nat_on: Array<MapData, u32>,
     nat_written: Option<bool>,
+    nat_sources4: BpfHashMap<MapData, ServiceKey4, NatSource>,
+    nat_sources6: BpfHashMap<MapData, ServiceKey6, NatSource>,
     /// A service's state or a backend was written since the epoch last moved: it moves at
     /// the end of the update ([`MapWriter::settle`]), once, not after every write (a
     /// start writes 100,000 backends).
@@ -375,6 +401,8 @@ impl BpfMaps {
             clock_now,
             nat_on: open(fds, names::NAT_ON)?,
             nat_written: None,
+            nat_sources4: open(fds, names::NAT_SOURCES4)?,
+            nat_sources6: open(fds, names::NAT_SOURCES6)?,
             epoch_stale: false,
             reason_stats: open(fds, names::REASON_STATS)?,
             service_stats: open(fds, names::SERVICE_STATS)?,
@@ -952,6 +980,35 @@ impl MapWriter for BpfMaps {
             self.nat_written = Some(on);
         }
         Ok(())
+    }
+    fn update_nat_source(&mut self, key: &MapKey, value: &NatSource) -> Result<(), MapWriteError> {
+        count_write();
+        if key.family == FAMILY_V4 {
+            self.nat_sources4
+                .insert(key4(key), value, 0)
+                .map_err(kernel(names::NAT_SOURCES4, "update"))
+        } else {
+            self.nat_sources6
+                .insert(key6(key), value, 0)
+                .map_err(kernel(names::NAT_SOURCES6, "update"))
+        }
+    }
+    fn delete_nat_source(&mut self, key: &MapKey) -> Result<(), MapWriteError> {
+        count_write();
+        let r = if key.family == FAMILY_V4 {
+            self.nat_sources4.remove(&key4(key))
+        } else {
+            self.nat_sources6.remove(&key6(key))
+        };
+        let name = if key.family == FAMILY_V4 {
+            names::NAT_SOURCES4
+        } else {
+            names::NAT_SOURCES6
+        };
+        match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(kernel(name, "delete")(e)),
+        }
     }
     fn settle(&mut self) -> Result<(), MapWriteError> {
         // Cleared only once the bump is written: a failed one is tried again next time (a

@@ -690,13 +690,6 @@ fn plan(
 /// never both (a reader that raced the write and saw half of it still pairs an offset with
 /// a length of the same ring).
 fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), PlanError> {
-    // The program looks replies up only while some backend is NAT's: on before the first is
-    // written, off after the last is gone (said at every update: the writer skips what it
-    // wrote already, and a fresh instance hears it).
-    let nat = next.backends.values().any(|b| b.flags & BACKEND_F_NAT != 0);
-    if nat {
-        w.set_nat(true)?;
-    }
     // Backends that may take new flows first, so rings can name them. One that stops being
     // usable (drained, or absent) is written only after the rings no longer name it: until
     // then the program would find a ring slot naming a backend it must not use.
@@ -823,10 +816,60 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
             w.update_backend_key(*id, &BackendKey::default())?;
         }
     }
-    if !nat {
-        w.set_nat(false)?;
-    }
     Ok(())
+}
+
+/// What `NAT_SOURCES4`/`NAT_SOURCES6` must hold for the maps `current` would hold once
+/// `delta` is applied: one entry per NAT real server (address, port, protocol), with the VIP
+/// and port of its service; shared when two services send to it. Every NAT backend counts,
+/// draining ones too (their flows' replies still come). A scan of the backends, not of the
+/// change: the entries depend on which services share a real server.
+fn nat_sources(current: &Desired, delta: &Delta) -> BTreeMap<MapKey, NatSource> {
+    let (prev, next) = (&delta.prev, &delta.next);
+    let services = current
+        .services
+        .iter()
+        .filter(|(k, _)| !prev.services.contains_key(k))
+        .chain(&next.services);
+    let vip_of: HashMap<u32, MapKey> = services
+        .filter(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
+        .map(|(k, r)| (r.id, *k))
+        .collect();
+    let backends = current
+        .backends
+        .iter()
+        .filter(|(id, _)| !prev.backends.contains_key(id))
+        .chain(&next.backends)
+        .filter(|(_, b)| b.flags & BACKEND_F_NAT != 0);
+    let mut out = BTreeMap::new();
+    for (id, b) in backends {
+        let Some(k) = next.keys.get(id).or_else(|| current.keys.get(id)) else {
+            continue;
+        };
+        let Some(vip) = vip_of.get(&k.service) else {
+            continue;
+        };
+        let source = MapKey {
+            addr: b.daddr,
+            port: b.nat_port,
+            proto: vip.proto,
+            family: k.family,
+        };
+        let value = NatSource {
+            vip: vip.addr,
+            vport: vip.port,
+            shared: 0,
+            _pad: 0,
+        };
+        out.entry(source)
+            .and_modify(|v: &mut NatSource| {
+                if (v.vip, v.vport) != (value.vip, value.vport) {
+                    v.shared = 1;
+                }
+            })
+            .or_insert(value);
+    }
+    out
 }
 
 /// After a failed `apply`, any entry of `attempted` may or may not be in the maps: the
@@ -896,6 +939,8 @@ pub struct Dataplane<W: MapWriter> {
     /// Entries a failed write may have left in the maps (markers that match nothing): the
     /// next update writes or removes each of them, whichever service they belonged to.
     pub(super) stray: Desired,
+    /// What `NAT_SOURCES4`/`NAT_SOURCES6` hold (as this plan wrote them).
+    pub(super) nat: BTreeMap<MapKey, NatSource>,
     pub(super) writer: W,
 }
 
@@ -909,6 +954,7 @@ impl<W: MapWriter> Dataplane<W> {
             planned: HashMap::new(),
             groups: HashMap::new(),
             stray: Desired::default(),
+            nat: BTreeMap::new(),
             writer,
         }
     }
@@ -982,9 +1028,15 @@ impl<W: MapWriter> Dataplane<W> {
         }
         // From here the maps may hold the new ids, whatever `apply` returns.
         self.alloc = alloc;
+        // A NAT real server's replies are translated from its first flow on: its entry, and
+        // NAT_ON, before the backend is written; entries no backend needs go after.
+        let nat = nat_sources(&self.current, &delta);
         // A flow cached before the update is checked again after it (the epoch moves once,
         // at the end, even after a failure).
-        let result = apply(&delta.prev, &delta.next, &mut self.writer)
+        let result = self
+            .write_nat(&nat, false)
+            .and_then(|()| apply(&delta.prev, &delta.next, &mut self.writer))
+            .and_then(|()| self.write_nat(&nat, true))
             .and(self.writer.settle().map_err(PlanError::from));
         // What the maps hold now: the delta's entries replace the old ones...
         let Delta {
@@ -1087,6 +1139,44 @@ impl<W: MapWriter> Dataplane<W> {
         Ok(counter.writes)
     }
 
+    /// Writes `nat` into `NAT_SOURCES4`/`NAT_SOURCES6` and `NAT_ON`: the new and changed
+    /// entries (and NAT_ON turned on), or, `after`, the entries that are gone (and NAT_ON
+    /// turned off when none is left). What is written is remembered as written even if a
+    /// later write fails: the next update writes the difference again.
+    fn write_nat(
+        &mut self,
+        nat: &BTreeMap<MapKey, NatSource>,
+        after: bool,
+    ) -> Result<(), PlanError> {
+        if !after {
+            if !nat.is_empty() {
+                self.writer.set_nat(true)?;
+            }
+            for (k, v) in nat {
+                if self.nat.get(k) != Some(v) {
+                    self.nat.remove(k);
+                    self.writer.update_nat_source(k, v)?;
+                    self.nat.insert(*k, *v);
+                }
+            }
+            return Ok(());
+        }
+        let gone: Vec<MapKey> = self
+            .nat
+            .keys()
+            .filter(|k| !nat.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.writer.delete_nat_source(&k)?;
+            self.nat.remove(&k);
+        }
+        if nat.is_empty() {
+            self.writer.set_nat(false)?;
+        }
+        Ok(())
+    }
+
     /// Moves everything to new maps of `limits` (which must hold what is planned now):
     /// writes the current plan whole into `writer`, then hands it the job; returns the old
     /// writer. On error the old maps stay in use.
@@ -1097,6 +1187,10 @@ impl<W: MapWriter> Dataplane<W> {
                 needs,
                 have: limits,
             });
+        }
+        writer.set_nat(!self.nat.is_empty())?;
+        for (k, v) in &self.nat {
+            writer.update_nat_source(k, v)?;
         }
         apply(&Desired::default(), &self.current, &mut writer)?;
         // The generations of free slots, which the plan does not hold.
@@ -1316,6 +1410,12 @@ mod tests {
             );
             self.0.set_nat(on)
         }
+        fn update_nat_source(&mut self, k: &MapKey, v: &NatSource) -> Result<(), MapWriteError> {
+            self.0.update_nat_source(k, v)
+        }
+        fn delete_nat_source(&mut self, k: &MapKey) -> Result<(), MapWriteError> {
+            self.0.delete_nat_source(k)
+        }
         fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
             self.0.update_ring_slot(i, b)?;
             // Only this slot can have changed; a full check per slot would be quadratic.
@@ -1417,10 +1517,43 @@ mod tests {
         assert_eq!(u16::from_be(b0.nat_port), 8080);
         assert_eq!(b0.mac, [0; 6]);
         assert_eq!(d.current().backends[&bids[1]].flags & BACKEND_F_NAT, 0);
-        // Direct routing again: off.
+        // Its replies' source: the VIP and the service's port, for (address, 8080, TCP).
+        let source = MapKey {
+            addr: b0.daddr,
+            port: 8080u16.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family: lb_common::FAMILY_V4,
+        };
+        let vip = MapKey::of(&s);
+        let want = NatSource {
+            vip: vip.addr,
+            vport: vip.port,
+            shared: 0,
+            _pad: 0,
+        };
+        assert_eq!(d.writer().0.nat_sources.len(), 1);
+        assert_eq!(d.writer().0.nat_sources[&source], want);
+        // A second service sending to the same real server and port: shared, its replies
+        // told apart by their flows. A change to it alone leaves the first's entry.
+        let mut other = spec(81, Scheduler::Rr, &[1]);
+        other.backends[0] = s.backends[0].clone();
+        d.update(&[s.clone(), other.clone()]).unwrap();
+        assert_eq!(d.writer().0.nat_sources[&source].shared, 1);
+        other.backends[0].weight = 5;
+        d.update(&[s.clone(), other.clone()]).unwrap();
+        assert_eq!(d.writer().0.nat_sources[&source].shared, 1);
+        assert!(d.writer().0.nat);
+        // The second one reached by direct routing: no longer shared; NAT stays on although
+        // the change (the update's delta) holds no NAT backend.
+        other.backends[0].forward = Forward::Dr;
+        d.update(&[s.clone(), other.clone()]).unwrap();
+        assert_eq!(d.writer().0.nat_sources[&source], want);
+        assert!(d.writer().0.nat);
+        // Direct routing for both: off, no entry left.
         s.backends[0].forward = Forward::Dr;
-        d.update(std::slice::from_ref(&s)).unwrap();
+        d.update(&[s, other]).unwrap();
         assert!(!d.writer().0.nat);
+        assert!(d.writer().0.nat_sources.is_empty());
     }
 
     /// A TUN backend: its tunnel in its value; without a source address of its family it is

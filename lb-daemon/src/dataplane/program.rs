@@ -130,7 +130,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
 /// The maps whose sizes follow the configuration ([`Limits`]). A larger program instance
 /// gets new ones ([`grow`]) and shares every other map with the one it replaces: the flow
 /// and persistence tables above all, so that no flow is lost to the growth.
-pub const SIZED_MAPS: [&str; 10] = [
+pub const SIZED_MAPS: [&str; 12] = [
     names::SERVICES4,
     names::SERVICES6,
     names::SERVICE_INFO,
@@ -141,6 +141,8 @@ pub const SIZED_MAPS: [&str; 10] = [
     names::BACKEND_STATS,
     names::BACKEND_LOAD,
     names::CANDIDATES,
+    names::NAT_SOURCES4,
+    names::NAT_SOURCES6,
 ];
 
 /// A descriptor of each map of a program instance, by the object's names (its global data
@@ -524,11 +526,20 @@ fn create_with(opts: &LoadOptions, small: &dyn Fn(&str) -> bool) -> Result<Ebpf,
         .map_max_entries(names::BACKENDS, size(names::BACKENDS, l.backends))
         .map_max_entries(names::BACKEND_STATS, size(names::BACKEND_STATS, l.backends))
         .map_max_entries(names::BACKEND_LOAD, size(names::BACKEND_LOAD, l.backends))
+        .map_max_entries(names::NAT_SOURCES4, size(names::NAT_SOURCES4, l.backends))
+        .map_max_entries(names::NAT_SOURCES6, size(names::NAT_SOURCES6, l.backends))
         .map_max_entries(names::CANDIDATES, size(names::CANDIDATES, l.services))
         .map_max_entries(
             names::NEXT_HOPS,
             size(
                 names::NEXT_HOPS,
+                lb_common::NEXT_HOP_SLOTS.saturating_mul(cpus),
+            ),
+        )
+        .map_max_entries(
+            names::HOST_HOPS,
+            size(
+                names::HOST_HOPS,
                 lb_common::NEXT_HOP_SLOTS.saturating_mul(cpus),
             ),
         )

@@ -859,19 +859,225 @@ fn tun(macswap: &mut Ebpf) -> Result<[Entry; 2]> {
     })?
 }
 
+/// `nat_established_vs_macswap`, `nat_reply_vs_macswap` and `nat_new_flow_vs_lru_floor`:
+/// an rr NAT service of three real servers on port 8080 behind service port 80, the clients
+/// behind a router on the outside interface `lb0`, the real servers on the inside one `lb1`
+/// (permanent neighbour entries: the FIB names their MACs). A client's packet comes in on
+/// lb0 and leaves by lb1 (XDP_REDIRECT), a reply the other way; the tables are the
+/// production sizes, the reverse table as large as the flow table.
+fn nat(macswap: &mut Ebpf) -> Result<[Entry; 3]> {
+    use lb_daemon::model::Forward;
+    use lb_tests::netns::{unique_prefix, Netns};
+    const VIP_NAT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 130);
+    const RPORT: u16 = 8080;
+    const RS_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb1];
+    const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+    progress("NAT: a namespace with an outside and an inside interface");
+    let lab = Netns::new(&format!("{}lb", unique_prefix("natb")))?;
+    for args in [
+        &["link", "add", "lb0", "type", "veth", "peer", "name", "rt0"][..],
+        &["link", "add", "lb1", "type", "veth", "peer", "name", "rs0"],
+        &["link", "set", "lb0", "up"],
+        &["link", "set", "rt0", "up"],
+        &["link", "set", "lb1", "up"],
+        &["link", "set", "rs0", "up"],
+        &["addr", "add", "192.0.2.2/24", "dev", "lb0"],
+        &["addr", "add", "203.0.113.1/24", "dev", "lb1"],
+        &[
+            "neigh",
+            "add",
+            "192.0.2.1",
+            "lladdr",
+            "02:00:00:00:00:aa",
+            "dev",
+            "lb0",
+            "nud",
+            "permanent",
+        ],
+        &["route", "add", "198.51.100.0/24", "via", "192.0.2.1"],
+    ] {
+        lab.ip(args)?;
+    }
+    for i in 0..3u8 {
+        let rs = format!("203.0.113.{}", 11 + i);
+        lab.ip(&[
+            "neigh",
+            "add",
+            &rs,
+            "lladdr",
+            "02:00:00:00:00:b1",
+            "dev",
+            "lb1",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    lab.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    let lb0 = lab.ifindex("lb0")?;
+    let lb1 = lab.ifindex("lb1")?;
+    let mut spec = service_of(VIP_NAT, Scheduler::Rr, 3);
+    for (i, b) in spec.backends.iter_mut().enumerate() {
+        b.addr = SocketAddr::new(Ipv4Addr::new(203, 0, 113, 11 + i as u8).into(), RPORT);
+        b.mac = Some(lb_daemon::dataplane::TUNNEL_MAC);
+        b.forward = Forward::Nat;
+    }
+    lab.run_in(move || -> Result<[Entry; 3]> {
+        let mut h = XdpHarness::new(LoadOptions {
+            nat_flows: lb_common::DEFAULT_MAX_FLOWS,
+            ..production_options()
+        })?;
+        h.dp.update(std::slice::from_ref(&spec))?;
+        let base = xdp_of(macswap, "macswap")?;
+        // Out by the other interface, to `mac`.
+        let forwarded = |h: &mut XdpHarness, frame: &[u8], on: u32, mac: [u8; 6], name: &str| {
+            let before = h.dp.writer().reason_counters()?;
+            let out = h.run_on(frame, on, 1)?;
+            if !(out.verdict == reason::XDP_REDIRECT && out.data[..6] == mac) {
+                let after = h.dp.writer().reason_counters()?;
+                let counted: Vec<&str> = (0..reason::COUNT)
+                    .filter(|&r| after[r as usize].packets != before[r as usize].packets)
+                    .map(reason::name)
+                    .collect();
+                bail!(
+                    "{name}: verdict {} ({counted:?}) to {:02x?}",
+                    out.verdict,
+                    &out.data[..6.min(out.data.len())]
+                );
+            }
+            Ok(out)
+        };
+        let to_vip = |mut f: Vec<u8>| {
+            f[30..34].copy_from_slice(&VIP_NAT.octets());
+            lb_tests::packet::ipv4_fix_checksum(&mut f, 14);
+            f
+        };
+        // One run per call, as for TUN: a run leaves the frame rewritten. Interleaved with
+        // MAC swap at one run per call; each side's interquartile mean.
+        let timed = |h: &mut XdpHarness,
+                     frame: &[u8],
+                     on: u32,
+                     mac: [u8; 6],
+                     name: &'static str,
+                     counted_as: u32|
+         -> Result<Entry> {
+            for _ in 0..NEW_FLOW_WARMUP {
+                forwarded(h, frame, on, mac, name)?;
+                run_plain(base, frame, 1)?;
+            }
+            let before = reason_packets(h, counted_as)?;
+            let (mut lb, mut mac_ns) = (Vec::new(), Vec::new());
+            for _ in 0..NEW_FLOW_SAMPLES {
+                lb.push(ns(forwarded(h, frame, on, mac, name)?.duration));
+                let (verdict, d) = run_plain(base, frame, 1)?;
+                ensure!(verdict == XDP_TX, "macswap: verdict {verdict}");
+                mac_ns.push(ns(d));
+            }
+            let counted = reason_packets(h, counted_as)? - before;
+            ensure!(
+                counted == NEW_FLOW_SAMPLES as u64,
+                "{name}: {counted} of the timed runs counted as {}",
+                reason::name(counted_as)
+            );
+            Ok(Entry {
+                name,
+                value: interquartile_mean(&mut lb),
+                unit: "ns/pkt",
+                baseline: Some(interquartile_mean(&mut mac_ns)),
+                target: Target::RatioAtMost(3.0),
+            })
+        };
+        let syn = to_vip(tcp4_frame(CLIENT4, CLIENT_PORT, TCP_SYN));
+        let first = forwarded(&mut h, &syn, lb0, RS_MAC, "the first SYN")?;
+        let rs = Ipv4Addr::new(
+            first.data[30],
+            first.data[31],
+            first.data[32],
+            first.data[33],
+        );
+        let ack = to_vip(tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK));
+        let established = timed(
+            &mut h,
+            &ack,
+            lb0,
+            RS_MAC,
+            "nat_established_vs_macswap",
+            FWD_ESTABLISHED,
+        )?;
+        let reply = {
+            let ip = Ipv4::new(rs, CLIENT4, 6);
+            let seg = tcp(ip.addrs(), RPORT, CLIENT_PORT, TCP_ACK, b"");
+            ether(LB_MAC, RS_MAC, None, ETH_P_IP, &ip.build(&seg))
+        };
+        let replies = timed(
+            &mut h,
+            &reply,
+            lb1,
+            ROUTER_MAC,
+            "nat_reply_vs_macswap",
+            reason::FWD_NAT_REPLY,
+        )?;
+
+        let name = "nat_new_flow_vs_lru_floor";
+        let mut floor_prog = load_testprog("lru_insert")?;
+        let floor = xdp_of(&mut floor_prog, "lru_insert")?;
+        for i in 0..NEW_FLOW_WARMUP {
+            let frame = to_vip(new_flow_frame(WARMUP_CLIENT4, i));
+            forwarded(&mut h, &frame, lb0, RS_MAC, name)?;
+            run_plain(floor, &frame, 1)?;
+        }
+        let frames: Vec<Vec<u8>> = (0..NEW_FLOW_SAMPLES)
+            .map(|i| to_vip(new_flow_frame(NEW_FLOW_CLIENT4, i)))
+            .collect();
+        let new_before = reason_packets(&h, FWD_NEW_FLOW)?;
+        let (mut lb, mut lru) = (Vec::new(), Vec::new());
+        for frame in &frames {
+            lb.push(ns(forwarded(&mut h, frame, lb0, RS_MAC, name)?.duration));
+            let (verdict, d) = run_plain(floor, frame, 1)?;
+            ensure!(verdict == XDP_TX, "lru_insert: verdict {verdict}");
+            lru.push(ns(d));
+        }
+        let counted = reason_packets(&h, FWD_NEW_FLOW)? - new_before;
+        ensure!(
+            counted == NEW_FLOW_SAMPLES as u64,
+            "{name}: only {counted} of {NEW_FLOW_SAMPLES} runs created a flow"
+        );
+        Ok([
+            established,
+            replies,
+            Entry {
+                name,
+                value: interquartile_mean(&mut lb),
+                unit: "ns/pkt",
+                baseline: Some(interquartile_mean(&mut lru)),
+                target: Target::RatioAtMost(1.5),
+            },
+        ])
+    })?
+}
+
 fn dataplane(report: &mut Report) -> Result<()> {
     let cpu = pin_to_one_cpu()?;
     progress(&format!(
         "pinned to CPU {cpu}; loading the LB with production map sizes"
     ));
     let v4 = tcp4_frame(CLIENT4, CLIENT_PORT, TCP_ACK);
-    // `LB_BENCH_ONLY=tun`: the tunnel entries alone.
-    if std::env::var("LB_BENCH_ONLY").is_ok_and(|o| o == "tun") {
-        let mut macswap = load_macswap(&v4)?;
-        for e in tun(&mut macswap)? {
-            report.add(e);
+    // `LB_BENCH_ONLY=tun` (or `nat`): the tunnel (NAT) entries alone.
+    match std::env::var("LB_BENCH_ONLY").as_deref() {
+        Ok("tun") => {
+            let mut macswap = load_macswap(&v4)?;
+            for e in tun(&mut macswap)? {
+                report.add(e);
+            }
+            return Ok(());
         }
-        return Ok(());
+        Ok("nat") => {
+            let mut macswap = load_macswap(&v4)?;
+            for e in nat(&mut macswap)? {
+                report.add(e);
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let mut h = lb_harness()?;
 
@@ -901,6 +1107,9 @@ fn dataplane(report: &mut Report) -> Result<()> {
         report.add(e);
     }
     for e in tun(&mut macswap)? {
+        report.add(e);
+    }
+    for e in nat(&mut macswap)? {
         report.add(e);
     }
     drop(macswap);
