@@ -788,9 +788,9 @@ pub mod reason {
     /// DROP: a packet of a NAT flow the program cannot rewrite (a fragment, whose later
     /// pieces carry no port; an IPv6 packet with extension headers before TCP or UDP).
     pub const DROP_NAT_UNSUPPORTED: u32 = 29;
-    /// PASS: a NAT packet rewritten for the stack to forward: its next hop has no
-    /// neighbour entry yet (the stack resolves it), or a reply's TTL runs out (the stack
-    /// answers "time exceeded").
+    /// PASS: a NAT client's packet rewritten for the stack to forward, its next hop having
+    /// no neighbour entry yet (the stack resolves it), or a reply whose TTL runs out, as it
+    /// came (the stack answers "time exceeded").
     pub const PASS_NAT_TO_STACK: u32 = 30;
 
     pub const COUNT: u32 = 31;

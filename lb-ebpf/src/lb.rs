@@ -55,8 +55,9 @@ trait Family {
     /// The key of the replies of flow `key` from a NAT real server at `daddr`, `port` (0:
     /// the flow's own destination port).
     fn reverse(key: &Self::Flow, daddr: &[u32; 4], port: u16) -> Self::Flow;
-    /// The VIP, its port and the client of flow `fwd` (a `NAT_REV4`/`NAT_REV6` value).
-    fn fwd_parts(fwd: &Self::Flow) -> (&[u32; 4], u16, &[u32; 4]);
+    /// `nat_reply` for a reply of flow `fwd` (a `NAT_REV4`/`NAT_REV6` value): from its
+    /// VIP and port, to its client.
+    fn nat_reply_of(ctx: &XdpContext, fwd: &Self::Flow, clk: Clock) -> Result<u32, u32>;
     /// `nat::reply4`/`nat::reply6`.
     fn nat_reply(
         ctx: &XdpContext,
@@ -166,17 +167,8 @@ impl Family for V4 {
         unsafe { core::mem::transmute::<[u32; 4], FlowKey4>(words) }
     }
     #[inline(always)]
-    fn fwd_parts(fwd: &FlowKey4) -> (&[u32; 4], u16, &[u32; 4]) {
-        // SAFETY: `FlowKey4` is `repr(C)`: `src` then `dst`, each a `u32`; only word 0 of
-        // the arrays returned is read for IPv4 (`nat_reply`).
-        unsafe {
-            let p = fwd as *const FlowKey4 as *const u32;
-            (
-                &*(p.add(1) as *const [u32; 4]),
-                fwd.dport,
-                &*(p as *const [u32; 4]),
-            )
-        }
+    fn nat_reply_of(ctx: &XdpContext, fwd: &FlowKey4, clk: Clock) -> Result<u32, u32> {
+        nat::reply4(ctx, fwd.dst, fwd.dport, fwd.src, clk)
     }
     #[inline(always)]
     fn nat_reply(
@@ -318,8 +310,8 @@ impl Family for V6 {
         unsafe { core::mem::transmute::<[u32; 10], FlowKey6>(words) }
     }
     #[inline(always)]
-    fn fwd_parts(fwd: &FlowKey6) -> (&[u32; 4], u16, &[u32; 4]) {
-        (&fwd.dst, fwd.dport, &fwd.src)
+    fn nat_reply_of(ctx: &XdpContext, fwd: &FlowKey6, clk: Clock) -> Result<u32, u32> {
+        nat::reply6(ctx, &fwd.dst, fwd.dport, &fwd.src, clk)
     }
     #[inline(always)]
     fn nat_reply(
@@ -528,8 +520,7 @@ fn nat_reply<F: Family>(
     }
     let fwd = F::nat_rev().get_ptr(key)?;
     // SAFETY: LRU values stay valid while the program runs (RCU).
-    let (vip, vport, client) = F::fwd_parts(unsafe { &*fwd });
-    Some(F::nat_reply(ctx, vip, vport, client, clk))
+    Some(F::nat_reply_of(ctx, unsafe { &*fwd }, clk))
 }
 
 /// How the packet that misses the flow table may open a flow.
@@ -1257,5 +1248,9 @@ fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
         return Err(PASS_INACTIVE);
     }
     let b = live_backend(e.backend, e.generation).ok_or(PASS_ICMP_NO_FLOW)?;
+    if b.flags & BACKEND_F_NAT != 0 {
+        // Its quoted packet would need translating too: not done yet, the stack gets it.
+        return Err(PASS_ICMP);
+    }
     send_established::<F>(ctx, &key, b, e, clock(), FWD_ICMP)
 }

@@ -10,9 +10,14 @@
 //! (`drop_nat_unsupported`): a fragment (its later pieces carry no port) and an IPv6 packet
 //! with extension headers before TCP or UDP.
 //!
-//! A next hop without a neighbour entry is no drop here, unlike TUN's: the packet, rewritten,
-//! is no longer for the VIP, so the stack can forward it, resolving the neighbour on the way
-//! (`pass_nat_to_stack`). So is a reply whose TTL runs out: the stack answers it.
+//! A client's packet whose next hop (to the real server) has no neighbour entry is no drop
+//! here, unlike TUN's: rewritten, it is no longer for the VIP, so the stack can forward it,
+//! resolving the neighbour on the way (`pass_nat_to_stack`). A reply's cannot go that way:
+//! rewritten, its source is the VIP, which the stack of the node holding it drops as a
+//! martian; it is dropped and counted (`drop_no_neigh`), as TUN's. A reply whose TTL runs
+//! out goes to the stack as it came, which answers its sender. A packet from a real
+//! server's service port to this node itself (a health check's answer) is no reply: it
+//! passes untouched.
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use lb_common::{csum, reason::*, *};
 
@@ -97,15 +102,11 @@ fn inbound<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> Result<
 /// `client`). `Ok(FWD_NAT_REPLY | via)`, or the reason it does not go that way.
 ///
 /// The route is asked first, from here (each step called from the main frame: nested, the
-/// frames would pass the 512 bytes of stack a program may use): a reply the stack will
-/// forward keeps its TTL (the stack takes one).
+/// frames would pass the 512 bytes of stack a program may use); without one the packet is
+/// left as it came.
 #[inline(always)]
 pub fn reply4(ctx: &XdpContext, vip: u32, vport: u16, client: u32, clk: Clock) -> Result<u32, u32> {
-    let slot = match route::to_host4(ctx, vip, client, clk) {
-        Ok(slot) => slot,
-        Err(DROP_NO_NEIGH) => u32::MAX,
-        Err(r) => return Err(r),
-    };
+    let slot = route::to_host4(ctx, vip, client, clk)?;
     result(out4(ctx, vip, vport, slot))
 }
 
@@ -117,11 +118,7 @@ pub fn reply6(
     client: &[u32; 4],
     clk: Clock,
 ) -> Result<u32, u32> {
-    let slot = match route::to_host6(ctx, vip, client, clk) {
-        Ok(slot) => slot,
-        Err(DROP_NO_NEIGH) => u32::MAX,
-        Err(r) => return Err(r),
-    };
+    let slot = route::to_host6(ctx, vip, client, clk)?;
     result(out6(ctx, vip, vport, slot))
 }
 
@@ -142,8 +139,7 @@ fn out6(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
     }
 }
 
-/// `slot`: the client's `HOST_HOPS` slot, `u32::MAX` when its next hop has no neighbour
-/// entry (the rewritten packet then goes to the stack).
+/// `slot`: the client's `HOST_HOPS` slot.
 #[inline(always)]
 fn outbound<const V4: bool>(
     ctx: &XdpContext,
@@ -154,13 +150,10 @@ fn outbound<const V4: bool>(
     let l3_off = l3_offset(ctx)?;
     let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
     // One whose TTL runs out goes to the stack as it came, which answers its sender.
-    if slot != u32::MAX && !hop_limit::<V4>(ctx, l3_off)? {
+    if !hop_limit::<V4>(ctx, l3_off)? {
         return Err(PASS_NAT_TO_STACK);
     }
     rewrite::<V4, false>(ctx, l3_off, l4_off, tcp, vip, vport)?;
-    if slot == u32::MAX {
-        return Err(PASS_NAT_TO_STACK);
-    }
     let hop = route::host_hop(slot)?;
     route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_NAT_REPLY | via)
 }

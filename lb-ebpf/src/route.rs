@@ -20,6 +20,8 @@ pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 /// `BPF_FIB_LKUP_RET_NO_NEIGH`: a route, but no neighbour entry for its next hop.
 const FIB_NO_NEIGH: i64 = 7;
+/// `BPF_FIB_LKUP_RET_NOT_FWDED`: the destination is local (no forwarding to do).
+const FIB_NOT_FWDED: i64 = 4;
 
 /// `struct bpf_fib_lookup` (uapi/linux/bpf.h), its unions reduced to the members used:
 /// `tot_len` comes back as the route's MTU on success (`mtu_result`).
@@ -251,7 +253,9 @@ fn host6(ctx: &XdpContext, slot: u32, src: &[u32; 4], dst: &[u32; 4], clk: u64) 
 }
 
 /// Asks the FIB with `params` (family and addresses filled in) and keeps a successful
-/// answer in `HOST_HOPS[slot]`: 0, else the reason. A failed answer is not kept.
+/// answer in `HOST_HOPS[slot]`: 0, else the reason. A failed answer is not kept. A local
+/// destination is `PASS_NO_SERVICE`: the packet is this node's own (a health check's
+/// answer from a real server's service port), no reply to translate.
 #[inline(always)]
 fn host(ctx: &XdpContext, params: *mut FibParams, slot: u32, clk: Clock) -> u32 {
     let Some(memo) = HOST_HOPS.get_ptr_mut(slot) else {
@@ -292,6 +296,7 @@ fn host(ctx: &XdpContext, params: *mut FibParams, slot: u32, clk: Clock) -> u32 
             0
         }
         FIB_NO_NEIGH => DROP_NO_NEIGH,
+        FIB_NOT_FWDED => PASS_NO_SERVICE,
         _ => DROP_NO_ROUTE,
     }
 }

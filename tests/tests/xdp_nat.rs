@@ -5,10 +5,12 @@
 //! checksum of 0 stays 0). The expected frames are built afresh by the test's packet
 //! builder, which computes every checksum whole: the program's in-place updates must come
 //! out the same. Then what the program does not rewrite itself: a fragment and an IPv6
-//! packet with extension headers (dropped, counted), a next hop without a neighbour entry
-//! and a reply whose TTL runs out (to the stack), a packet from another port of a real
-//! server (untouched); a real server two services share, whose replies are told apart by
-//! their flows.
+//! packet with extension headers (dropped, counted), a real server without a neighbour
+//! entry (to the stack, rewritten), a client without one (dropped, counted: rewritten, the
+//! reply's source would be the VIP, a martian to the stack), a reply whose TTL runs out (to
+//! the stack as it came), the answer to this node's own connection and a packet from
+//! another port of a real server (untouched); a real server two services share, whose
+//! replies are told apart by their flows.
 //!
 //! The FIB is a network namespace's own: the outside interface `lb0` (the clients behind a
 //! router), the inside one `lb1` (the real servers, on its subnet), permanent neighbour
@@ -90,7 +92,9 @@ impl Fib {
                 "permanent",
             ]);
         }
-        ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1"]);
+        ip(&["route", "add", "203.0.113.0/25", "via", "192.0.2.1"]);
+        // Clients behind a gateway nobody resolved.
+        ip(&["route", "add", "203.0.113.128/25", "via", "192.0.2.9"]);
         ip(&["route", "add", "2001:db8:1::/64", "via", "2001:db8::1"]);
         Fib {
             lb0: ns.ifindex("lb0").unwrap(),
@@ -344,6 +348,37 @@ fn what_nat_leaves_to_the_stack_or_drops() {
             let (out, bumped) = run(&mut h, fib.lb1, &frame);
             assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_nat_to_stack"]));
             assert_eq!(out.data, frame);
+            // The real server answering this node's own connection to its service port (a
+            // health check): no reply to translate, the stack's as it came.
+            let own = packet(
+                RS4.into(),
+                Ipv4Addr::new(198, 51, 100, 1).into(),
+                RPORT,
+                50000,
+                Some(TCP_SYN | TCP_ACK),
+                64,
+            );
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &own);
+            let (out, bumped) = run(&mut h, fib.lb1, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
+            assert_eq!(out.data, frame);
+            // A client behind a gateway without a neighbour entry: its reply is dropped and
+            // counted (rewritten, its source the VIP, the stack would drop it as a martian).
+            let far = Ipv4Addr::new(203, 0, 113, 200);
+            let inbound = packet(far.into(), VIP4.into(), 40104, VPORT, Some(TCP_SYN), 64);
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &inbound);
+            assert_eq!(run(&mut h, fib.lb0, &frame).0.verdict, XDP_REDIRECT);
+            let reply = packet(
+                RS4.into(),
+                far.into(),
+                RPORT,
+                40104,
+                Some(TCP_SYN | TCP_ACK),
+                64,
+            );
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+            let (out, bumped) = run(&mut h, fib.lb1, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_DROP, vec!["drop_no_neigh"]));
         })
         .unwrap();
 }

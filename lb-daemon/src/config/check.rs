@@ -674,6 +674,20 @@ fn tcp(cx: &Ctx, raw: &RawTcp, up: &Inherited) -> Result<Check, ConfigError> {
     )?;
     let key = format!("{block}.via_tunnel");
     let kind = match (boolean(cx, &raw.via_tunnel, &key)?, up.tunnel) {
+        (Some(true), Some(_)) if conn.dest.is_ipv4() != up.vip.is_ipv4() => {
+            return Err(cx.invalid(
+                raw.connect_ip
+                    .as_ref()
+                    .map_or(up.span.clone(), |v| v.span()),
+                &format!("{block}.connect_ip"),
+                format!(
+                    "{} is not in the address family of the VIP {}: the tunnel's outer header \
+                     takes the inner packet's",
+                    conn.dest.ip(),
+                    up.vip
+                ),
+            ))
+        }
         (Some(true), Some(tunnel)) => CheckKind::TcpTunnel(TunnelTcp {
             connect: conn,
             vip: up.vip,
@@ -1470,6 +1484,7 @@ url = [{ path = "/" }]"#,
             // Direct routing has no tunnel to check through.
             ("", format!("{tcp}via_tunnel = true"), "via_tunnel", "real_server.TCP_CHECK.via_tunnel"),
             ("lb_kind = \"TUN\"", format!("{tcp}via_tunnel = 1"), "via_tunnel", "real_server.TCP_CHECK.via_tunnel"),
+            ("lb_kind = \"TUN\"", format!("{tcp}via_tunnel = true\nconnect_ip = \"2001:db8::11\""), "connect_ip", "real_server.TCP_CHECK.connect_ip"),
             ("", format!("{tcp}connect_port = 65536"), "connect_port", "real_server.TCP_CHECK.connect_port"),
             ("", format!("{tcp}connect_ip = \"10.0.0\""), "connect_ip", "real_server.TCP_CHECK.connect_ip"),
             ("", format!("{tcp}bindto = \"fe80::1\""), "bindto", "real_server.TCP_CHECK.bindto"),

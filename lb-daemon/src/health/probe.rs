@@ -236,7 +236,9 @@ pub async fn tcp_via_tunnel(t: &TunnelTcp) -> Result<(), ProbeError> {
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
-        .map_or(0, |a| a.port());
+        .map(|a| a.port())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| fail("reserve a port")(io::Error::other("no port bound")))?;
     let probe = tunnel_wire::Probe {
         src,
         sport,

@@ -326,8 +326,10 @@ fn address_message(
 /// address detection: another VRRP router holding the same VIP is exactly what the
 /// protocol rules out, and DAD would only delay the takeover. They are also added
 /// deprecated (`IFA_CACHEINFO`: preferred lifetime 0, valid forever, `ip addr add ...
-/// preferred_lft 0`): still the node's address for everything sent to it, but never the
-/// source the kernel picks for a connection of its own. Otherwise RFC 6724's rules can
+/// preferred_lft 0`): still the node's address for everything sent to it, but not the
+/// source the kernel picks for a connection of its own while the interface has a preferred
+/// address of the family (RFC 6724 rule 3; an address already there, which `EEXIST`
+/// leaves as it is, keeps its lifetimes). Otherwise RFC 6724's rules can
 /// prefer the VIP (on a tie the newest address wins): the health checks would come from the
 /// VIP, and a real server that holds the VIP on its loopback (DR, TUN) answers them to
 /// itself; any other connection the node opens would break at the next failover. IPv4 picks
