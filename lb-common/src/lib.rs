@@ -37,8 +37,9 @@ pub const DEFAULT_RING_SLOTS: u32 = 1 << 16;
 pub const DEFAULT_MH_TABLE_SIZE: u32 = 65537;
 /// Default per-CPU flow cache slots, per family (see `FlowCache4`).
 pub const DEFAULT_FLOW_CACHE: u32 = 8192;
-/// Slots of each CPU's next-hop memo (`NEXT_HOPS`), a power of two: TUN backends whose ids
-/// share a slot ask the FIB in turn.
+/// Slots of each CPU's next-hop memos (`NEXT_HOPS`, `HOST_HOPS`), a power of two: TUN and
+/// NAT backends whose ids share a slot, and NAT clients whose addresses do, ask the FIB in
+/// turn.
 pub const NEXT_HOP_SLOTS: u32 = 4096;
 /// Default size of the persistence-template table (LRU).
 pub const DEFAULT_MAX_PERSIST: u32 = 1 << 16;

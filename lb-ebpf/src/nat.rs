@@ -4,9 +4,11 @@
 //! port back as its source. Checksums are updated in place (RFC 1624), never recomputed;
 //! the next hop each way comes from the kernel's FIB (`route.rs`).
 //!
-//! The flow table keys a flow by its client's packets; `NAT_REV4`/`NAT_REV6` key it by its
-//! replies (real server to client) and give the flow's key back, from which the reply's new
-//! source is read. What the program cannot rewrite is dropped and counted
+//! A reply's new source is its real server's service's VIP and port: `NAT_SOURCES4`/
+//! `NAT_SOURCES6`, which the daemon writes per real server, say them, with no per-flow
+//! state. Only a real server two services share needs its flows told apart:
+//! `NAT_REV4`/`NAT_REV6` key them by their replies and give each flow's key back
+//! (`lb::nat_reply`). What the program cannot rewrite is dropped and counted
 //! (`drop_nat_unsupported`): a fragment (its later pieces carry no port) and an IPv6 packet
 //! with extension headers before TCP or UDP.
 //!

@@ -1,8 +1,8 @@
 //! The next hop towards a backend that is not on the load balancer's segment (TUN's and
 //! NAT's real servers), and towards a NAT client: the kernel's FIB (`bpf_fib_lookup`) names
-//! the next hop's MAC, the egress interface and the route's MTU. A backend's answer is kept
-//! per backend and CPU for a second (`NEXT_HOPS`), and asked again at once after any update
-//! (epoch).
+//! the next hop's MAC, the egress interface and the route's MTU. An answer is kept per CPU
+//! for a second, a backend's by its id (`NEXT_HOPS`), a client's by its address
+//! (`HOST_HOPS`), and asked again at once after any update (epoch).
 use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect},
     programs::XdpContext,
