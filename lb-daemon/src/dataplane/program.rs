@@ -563,6 +563,8 @@ pub fn load_decap(gue_port: u16, vips: &[std::net::IpAddr]) -> Result<Ebpf, Load
         names::NAT_REV6,
         names::FLOW_CACHE4,
         names::FLOW_CACHE6,
+        names::NEXT_HOPS,
+        names::HOST_HOPS,
     ]) {
         loader.map_max_entries(name, 1);
     }
