@@ -93,6 +93,9 @@ pub mod names {
     /// This CPU's memo of the FIB's answer for a NAT client, direct mapped by its address
     /// (program private; sized with the CPUs, as `NEXT_HOPS`).
     pub const HOST_HOPS: &str = "HOST_HOPS";
+    /// Next hops towards NAT clients that had no neighbour entry (`NeighWant`), direct
+    /// mapped by address; mappable: the daemon polls it and asks the kernel to resolve them.
+    pub const NEIGH_WANTED: &str = "NEIGH_WANTED";
     /// NAT: a real server's (address, port, protocol) as a `ServiceKey4`/`ServiceKey6` ->
     /// the VIP and port its replies come from (`NatSource`). Written by the daemon, one
     /// entry per NAT real server: a reply needs no per-flow state unless two services
@@ -264,6 +267,30 @@ pub struct SynGuard {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SynGuard>() == 16);
+
+/// Slots of `NEIGH_WANTED` (a power of two).
+pub const NEIGH_WANTED_SLOTS: u32 = 64;
+
+/// A `NEIGH_WANTED` slot: a next hop the FIB named for a NAT reply, which had no neighbour
+/// entry. The program drops such a reply (translated, the stack would take it for a martian;
+/// untranslated, it would show the client the real server); the daemon asks the kernel to
+/// resolve the next hop (`NTF_USE`), so that the client's retransmission gets through. An
+/// outside router's entry is otherwise made only by the node's own traffic: after a
+/// failover the new master may have none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NeighWant {
+    /// The next hop (IPv4: word 0).
+    pub addr: [u32; 4],
+    pub ifindex: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    /// `CLOCK` second of the last drop, written last by the program (0: never).
+    pub seen: u32,
+    /// The daemon's: the `seen` it last asked for.
+    pub asked: u32,
+}
+const _: () = assert!(core::mem::size_of::<NeighWant>() == 32);
 
 /// Connection states, IPVS's TCP numbering (`IP_VS_TCP_S_*`), and one for UDP. The program
 /// follows IPVS's input-only table, the one IPVS uses for direct routing, where only the

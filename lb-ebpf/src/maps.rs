@@ -225,6 +225,11 @@ pub struct NextHop {
 #[map]
 pub static HOST_HOPS: Array<HostHop> = Array::with_max_entries(NEXT_HOP_SLOTS, 0);
 
+/// Next hops without a neighbour entry, for the daemon to resolve (`NeighWant`).
+#[map]
+pub static NEIGH_WANTED: Array<NeighWant> =
+    Array::with_max_entries(NEIGH_WANTED_SLOTS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
 /// A `HOST_HOPS` slot: the route to one client.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{reason::*, *};
 
 use crate::{
-    maps::{HostHop, NextHop, BACKENDS, FIB_SCRATCH, HOST_HOPS, NEXT_HOPS},
+    maps::{HostHop, NextHop, BACKENDS, FIB_SCRATCH, HOST_HOPS, NEIGH_WANTED, NEXT_HOPS},
     parse::ptr_at_mut,
     tunnel,
 };
@@ -295,7 +295,21 @@ fn host(ctx: &XdpContext, params: *mut FibParams, slot: u32, clk: Clock) -> u32 
             m.ok = 1;
             0
         }
-        FIB_NO_NEIGH => DROP_NO_NEIGH,
+        FIB_NO_NEIGH => {
+            // The FIB named the next hop and its interface: the daemon resolves it.
+            let h = p.dst[0] ^ p.dst[3];
+            if let Some(w) = NEIGH_WANTED.get_ptr_mut((h ^ (h >> 8)) & (NEIGH_WANTED_SLOTS - 1)) {
+                // SAFETY: a slot of a shared array; a torn entry only makes the daemon ask
+                // the kernel about a wrong address, which it validates and the kernel fails.
+                unsafe {
+                    (*w).addr = p.dst;
+                    (*w).ifindex = p.ifindex;
+                    (*w).family = p.family as u32;
+                    (*w).seen = clk.now;
+                }
+            }
+            DROP_NO_NEIGH
+        }
         FIB_NOT_FWDED => PASS_NO_SERVICE,
         _ => DROP_NO_ROUTE,
     }

@@ -97,6 +97,34 @@ pub fn rs_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 10 + i as u8)
 }
 
+/// NAT (`LvsParams::nat`): the inside network's VIP, the real servers' gateway.
+pub const INSIDE_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// NAT: the port the real servers listen on behind the service's port 80 (443: 8443).
+pub const NAT_PORT: u16 = 8080;
+
+/// NAT: LB `i`'s inside address, 198.51.100.(1+i).
+pub fn inside_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 1 + i as u8)
+}
+
+/// NAT: real server `i` on the inside network, 198.51.100.(10+i).
+pub fn nat_rs_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+/// The real server's port for service port `port` (NAT moves 80 to 8080, 443 to 8443).
+fn rs_port(nat: bool, port: u16) -> u16 {
+    match (nat, port) {
+        (true, HTTP) => NAT_PORT,
+        (true, _) => 8443,
+        (false, p) => p,
+    }
+}
+
+fn v6_inside(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, last)
+}
+
 fn v6(last: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
 }
@@ -228,6 +256,11 @@ pub struct LvsParams {
     pub pins: bool,
     /// Set by the lab when `pins`: `[dataplane] pin_root`.
     pub pin_root: Option<PathBuf>,
+    /// keepalived's usual NAT deployment instead of the seed's DR one: the real servers on
+    /// an inside network (198.51.100.0/24, nginx on 8080 and 8443 behind the services' 80
+    /// and 443), their gateway the inside VIP of a second vrrp_instance (eth1), in one sync
+    /// group with the outside one.
+    pub nat: bool,
 }
 
 /// How the LBs of the lab sync their flows.
@@ -251,6 +284,7 @@ impl LvsParams {
             sync: None,
             pins: false,
             pin_root: None,
+            nat: false,
         }
     }
 
@@ -291,10 +325,10 @@ router_id = "LVS_{node}"
 interface = "{HOST_IF}"
 xdp_mode = "{xdp}"
 max_flows = 65536
-{pin_root}
+{pin_root}{inside}
 [[vrrp_sync_group]]
 name = "VSG_1"
-group = ["VI_1"]
+group = ["VI_1"{vi_2}]
 
 [[vrrp_instance]]
 name = "VI_1"
@@ -305,7 +339,23 @@ priority = {priority}
 advert_int = {adv}
 {nopreempt}authentication = {{ auth_type = "PASS", auth_pass = "123456" }}
 virtual_ipaddress = ["{VIP}"]
-"#,
+{inside_instance}"#,
+        inside = if p.nat {
+            "inside_interfaces = [\"eth1\"]\n"
+        } else {
+            ""
+        },
+        vi_2 = if p.nat { ", \"VI_2\"" } else { "" },
+        inside_instance = if p.nat {
+            format!(
+                "\n[[vrrp_instance]]\nname = \"VI_2\"\nstate = \"{state}\"\ninterface = \"eth1\"\n\
+                 virtual_router_id = 39\npriority = {priority}\nadvert_int = {adv}\n{nopreempt}\
+                 virtual_ipaddress = [\"{INSIDE_VIP}\"]\n",
+                adv = t.advert_int
+            )
+        } else {
+            String::new()
+        },
         xdp = p.xdp_mode,
         adv = t.advert_int,
         pin_root = p
@@ -330,17 +380,19 @@ virtual_ipaddress = ["{VIP}"]
              {group}key_file = \"{SYNC_KEY_PLACEHOLDER}\"\n"
         );
     }
+    let kind = if p.nat { "NAT" } else { "DR" };
     for port in [HTTP, HTTPS] {
         c += &format!(
             "\n[[virtual_server]]\nip = \"{VIP}\"\nport = {port}\nprotocol = \"TCP\"\n\
-             lb_algo = \"{}\"\nlb_kind = \"DR\"\ndelay_loop = {}\n{hash_port}",
+             lb_algo = \"{}\"\nlb_kind = \"{kind}\"\ndelay_loop = {}\n{hash_port}",
             p.sched, t.delay_loop
         );
+        let rport = rs_port(p.nat, port);
         for (i, w) in (1..=SERVERS).zip(p.weights()) {
             c += &format!(
-                "\n  [[virtual_server.real_server]]\n  ip = \"{}\"\n  port = {port}\n  weight = {w}\n  \
+                "\n  [[virtual_server.real_server]]\n  ip = \"{}\"\n  port = {rport}\n  weight = {w}\n  \
                  TCP_CHECK = {{ connect_timeout = {}, retry = {}, delay_before_retry = {} }}\n",
-                rs_v4(i),
+                if p.nat { nat_rs_v4(i) } else { rs_v4(i) },
                 t.connect_timeout,
                 t.retry,
                 t.delay_before_retry
@@ -440,8 +492,7 @@ fn start_nginx(ns: &Netns) -> Result<Proc> {
     ])
 }
 
-fn wait_nginx(ns: &Netns, proc: &Proc, addr: Ipv4Addr, body: &str) -> Result<()> {
-    let target = SocketAddr::from((addr, HTTP));
+fn wait_nginx(ns: &Netns, proc: &Proc, target: SocketAddr, body: &str) -> Result<()> {
     let mut exited = false;
     let r = wait(
         &format!("nginx in {} to answer", ns.name()),
@@ -1171,6 +1222,8 @@ pub struct LvsLab {
     servers: Vec<RealServer>,
     client: Netns,
     lan: Lan,
+    /// NAT: the inside network (the real servers', and the LBs' eth1).
+    inside: Option<Lan>,
     /// What `realserver start` printed on rs1.
     pub realserver_output: String,
 }
@@ -1214,12 +1267,33 @@ impl LvsLab {
             servers: Vec::new(),
             client,
             lan,
+            inside: if params.nat {
+                Some(Lan::new(&format!("{prefix}i"))?)
+            } else {
+                None
+            },
             realserver_output: String::new(),
         };
         for i in 1..=2 {
             let ns = lab
                 .lan
                 .host(&format!("lb{i}"), 1 + i as u8, node_v4(i), v6(1 + i as u16))?;
+            if let Some(inside) = &lab.inside {
+                inside.join(
+                    &ns,
+                    &format!("lb{i}"),
+                    "eth1",
+                    1 + i as u8,
+                    inside_v4(i),
+                    v6_inside(1 + i as u16),
+                )?;
+                // NAT forwards: the program's FIB lookups need it, and so does the stack for
+                // what the program passes it (a real server not resolved yet).
+                ns.sysctls(&[
+                    ("net.ipv4.conf.all.forwarding", "1"),
+                    ("net.ipv6.conf.all.forwarding", "1"),
+                ])?;
+            }
             if let Some(fs) = &lab.pin_fs {
                 ns.use_pin_fs(fs);
             }
@@ -1229,25 +1303,42 @@ impl LvsLab {
         let bin = daemon_bin()?;
         let bin = bin.to_str().context("daemon path")?;
         for i in 1..=SERVERS {
-            let ns = lab.lan.host(
-                &format!("rs{i}"),
-                10 + i as u8,
-                rs_v4(i),
-                v6(0x10 + i as u16),
-            )?;
-            let out = ns.exec(&[bin, "realserver", "start", "--vip", &VIP.to_string()])?;
-            if i == 1 {
-                lab.realserver_output = out;
-            }
+            let ns = match &lab.inside {
+                // NAT: nothing to set up but the route (keepalived's deployment).
+                Some(inside) => {
+                    let ns = inside.host(
+                        &format!("rs{i}"),
+                        10 + i as u8,
+                        nat_rs_v4(i),
+                        v6_inside(0x10 + i as u16),
+                    )?;
+                    ns.ip(&["route", "add", "default", "via", &INSIDE_VIP.to_string()])?;
+                    ns
+                }
+                None => {
+                    let ns = lab.lan.host(
+                        &format!("rs{i}"),
+                        10 + i as u8,
+                        rs_v4(i),
+                        v6(0x10 + i as u16),
+                    )?;
+                    let out = ns.exec(&[bin, "realserver", "start", "--vip", &VIP.to_string()])?;
+                    if i == 1 {
+                        lab.realserver_output = out;
+                    }
+                    ns
+                }
+            };
+            let ports = [rs_port(params.nat, HTTP), rs_port(params.nat, HTTPS)];
             fs::write(
                 ns.dir().join("nginx.conf"),
-                nginx_conf(ns.dir(), &format!("rs{i}"), &[HTTP, HTTPS]),
+                nginx_conf(ns.dir(), &format!("rs{i}"), &ports),
             )?;
             let nginx = start_nginx(&ns)?;
             lab.servers.push(RealServer {
                 ns,
                 nginx: Some(nginx),
-                set_up: true,
+                set_up: !params.nat,
             });
         }
         for i in 1..=SERVERS {
@@ -1255,7 +1346,7 @@ impl LvsLab {
             wait_nginx(
                 &s.ns,
                 s.nginx.as_ref().expect("started"),
-                rs_v4(i),
+                lab.rs_addr(i),
                 &format!("rs{i}"),
             )?;
         }
@@ -1311,7 +1402,18 @@ impl LvsLab {
 
     /// Every namespace, the bridge's last.
     pub fn namespaces(&self) -> impl Iterator<Item = &Netns> {
-        self.hosts().chain([self.lan.bridge()])
+        self.hosts()
+            .chain([self.lan.bridge()])
+            .chain(self.inside.as_ref().map(Lan::bridge))
+    }
+
+    /// Real server `i`'s address and port behind the service's port 80.
+    pub fn rs_addr(&self, i: usize) -> SocketAddr {
+        if self.params.nat {
+            SocketAddr::from((nat_rs_v4(i), NAT_PORT))
+        } else {
+            SocketAddr::from((rs_v4(i), HTTP))
+        }
     }
 
     /// The VIP's port 80.
@@ -1328,11 +1430,18 @@ impl LvsLab {
     /// [`LvsLab::start_lb`] with the daemon binary `bin` (another build: an upgrade).
     pub fn start_lb_bin(&mut self, i: usize, bin: &Path) -> Result<()> {
         let mode = format!("mode=\"{}\"", self.params.xdp_mode);
+        let nat = self.params.nat;
         let node = &mut self.lbs[i - 1];
         node.daemon.start_bin(&node.ns, bin, |log| {
             log.contains("XDP program attached")
                 && log.contains(&mode)
-                && log.matches("backend MAC resolved").count() >= SERVERS
+                // NAT's real servers are reached through the FIB: no MAC to resolve, but the
+                // program on the inside interface as well.
+                && if nat {
+                    log.contains("XDP program attached to an inside interface")
+                } else {
+                    log.matches("backend MAC resolved").count() >= SERVERS
+                }
                 && log.contains("VRRP state change")
         })
     }
@@ -1508,13 +1617,15 @@ impl LvsLab {
         ensure!(s.nginx.is_none(), "rs{i}'s nginx runs");
         let p = start_nginx(&s.ns)?;
         s.nginx = Some(p.clone());
-        wait_nginx(&s.ns, &p, rs_v4(i), &format!("rs{i}"))
+        let target = self.rs_addr(i);
+        let s = &self.servers[i - 1];
+        wait_nginx(&s.ns, &p, target, &format!("rs{i}"))
     }
 
     /// Real server `i`'s health for port 80 as LB `lb` sees it (`up`, `down`, `unknown`).
     pub fn health(&self, lb: usize, i: usize) -> Option<String> {
         let s = status_json(self.lb(lb)).ok()?;
-        let want = format!("{}:{HTTP}", rs_v4(i));
+        let want = self.rs_addr(i).to_string();
         s["services"]
             .as_array()?
             .iter()
@@ -1639,7 +1750,12 @@ impl NginxHaLab {
             )?;
             let daemon = Daemon::new(&ns, &nginx_ha_toml(&timers, &script))?;
             let nginx = start_nginx(&ns)?;
-            wait_nginx(&ns, &nginx, node_v4(i), &format!("n{i}"))?;
+            wait_nginx(
+                &ns,
+                &nginx,
+                SocketAddr::from((node_v4(i), HTTP)),
+                &format!("n{i}"),
+            )?;
             nodes.push(NginxNode {
                 ns,
                 nginx: Some(nginx),
@@ -1739,7 +1855,12 @@ impl NginxHaLab {
         ensure!(n.nginx.is_none(), "n{i}'s nginx runs");
         let p = start_nginx(&n.ns)?;
         n.nginx = Some(p.clone());
-        wait_nginx(&n.ns, &p, node_v4(i), &format!("n{i}"))
+        wait_nginx(
+            &n.ns,
+            &p,
+            SocketAddr::from((node_v4(i), HTTP)),
+            &format!("n{i}"),
+        )
     }
 
     pub fn kill_daemon(&mut self, i: usize) -> Result<()> {

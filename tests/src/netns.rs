@@ -989,9 +989,7 @@ impl Lan {
     /// A host `{prefix}{suffix}`: namespace, sysctls, veth pair to the bridge (bridge port
     /// `to-{suffix}`, MAC `02:db:00:00:00:{last}`), the given addresses on `eth0`, up.
     pub fn host(&self, suffix: &str, last: u8, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<Netns> {
-        let prefix = &self.prefix;
-        let bridge = &self.bridge;
-        let ns = Netns::new(&format!("{prefix}{suffix}"))?;
+        let ns = Netns::new(&format!("{}{suffix}", self.prefix))?;
         // No DAD: addresses are usable at once (nodad below covers the global ones; this
         // covers the link-local one), and no router advertisements are expected.
         ns.sysctls(&[
@@ -1000,6 +998,22 @@ impl Lan {
             ("net.ipv6.conf.all.accept_ra", "0"),
             ("net.ipv6.conf.default.accept_ra", "0"),
         ])?;
+        self.join(&ns, suffix, HOST_IF, last, v4, v6)?;
+        Ok(ns)
+    }
+
+    /// Joins the existing host `ns` to this LAN: a veth pair (bridge port `to-{suffix}`, the
+    /// host's end `ifname` with MAC `02:db:00:00:00:{last}`), the given addresses on it, up.
+    pub fn join(
+        &self,
+        ns: &Netns,
+        suffix: &str,
+        ifname: &str,
+        last: u8,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+    ) -> Result<()> {
+        let bridge = &self.bridge;
         let port = format!("to-{suffix}");
         bridge.ip(&[
             "link",
@@ -1009,7 +1023,7 @@ impl Lan {
             "veth",
             "peer",
             "name",
-            HOST_IF,
+            ifname,
             "address",
             &host_mac(last),
             "netns",
@@ -1021,18 +1035,18 @@ impl Lan {
             "add",
             &format!("{v4}/{PREFIX_LEN_V4}"),
             "dev",
-            HOST_IF,
+            ifname,
         ])?;
         ns.ip(&[
             "addr",
             "add",
             &format!("{v6}/{PREFIX_LEN_V6}"),
             "dev",
-            HOST_IF,
+            ifname,
             "nodad",
         ])?;
-        ns.ip(&["link", "set", HOST_IF, "up"])?;
-        Ok(ns)
+        ns.ip(&["link", "set", ifname, "up"])?;
+        Ok(())
     }
 }
 

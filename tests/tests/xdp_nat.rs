@@ -377,8 +377,16 @@ fn what_nat_leaves_to_the_stack_or_drops() {
                 64,
             );
             let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+            assert!(h.dp.writer().wanted_neighbours().is_empty());
             let (out, bumped) = run(&mut h, fib.lb1, &frame);
             assert_eq!((out.verdict, bumped), (XDP_DROP, vec!["drop_no_neigh"]));
+            // Its next hop, the gateway, for the daemon to resolve: once.
+            let gateway = Ipv4Addr::new(192, 0, 2, 9);
+            assert_eq!(
+                h.dp.writer().wanted_neighbours(),
+                vec![(fib.lb0, gateway.into())]
+            );
+            assert!(h.dp.writer().wanted_neighbours().is_empty());
         })
         .unwrap();
 }

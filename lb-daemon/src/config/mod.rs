@@ -23,8 +23,8 @@ pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 // The configuration is a leaf: it reads and checks the file by its own rules, and uses
 // nothing of the daemon but the ground floor's model.
 use crate::model::{
-    is_prime, Limits, LvsTimeouts, Proto, Scheduler, ServiceKey, Thresholds, Tunnel, TunnelKind,
-    XdpMode, DEFAULT_TUNNEL_TTL,
+    is_prime, Forward, Limits, LvsTimeouts, Proto, Scheduler, ServiceKey, Thresholds, Tunnel,
+    TunnelKind, XdpMode, DEFAULT_TUNNEL_TTL,
 };
 
 /// The control socket of `lb-daemon status` and `reload` when `global_defs.control_socket`
@@ -181,6 +181,10 @@ impl GlobalDefs {
 #[serde(deny_unknown_fields)]
 struct RawDataplane {
     interface: String,
+    /// Where the program runs as well: the interfaces towards NAT real servers, whose
+    /// replies it translates (IPVS sees every interface; XDP only those it is attached to).
+    #[serde(default)]
+    inside_interfaces: Vec<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
     max_flows: Option<Spanned<u32>>,
     #[serde(default)]
@@ -204,7 +208,7 @@ struct RawVirtualServer {
     protocol: Spanned<String>,
     /// keepalived's default: wlc.
     lb_algo: Option<Spanned<String>>,
-    /// "DR" or "TUN" (keepalived's `lb_kind`, or its synonym `lvs_method`).
+    /// "DR", "TUN" or "NAT" (keepalived's `lb_kind`, or its synonym `lvs_method`).
     #[serde(alias = "lvs_method")]
     lb_kind: Spanned<String>,
     /// TUN: "ipip" (the default), "gue" (with `tunnel_port`) or "gre"; keepalived's
@@ -275,7 +279,7 @@ struct RawRealServer {
     /// keepalived's `lthreshold`: below this many it takes new ones again (default three
     /// quarters of `uthreshold`).
     lthreshold: Option<Spanned<u32>>,
-    /// keepalived's per-real-server `lvs_method`: "DR" or "TUN" (default: the
+    /// keepalived's per-real-server `lvs_method`: "DR", "TUN" or "NAT" (default: the
     /// virtual_server's `lb_kind`).
     lvs_method: Option<Spanned<String>>,
     /// TUN: this real server's tunnel type and GUE port (default: the virtual_server's).
@@ -307,6 +311,10 @@ fn one() -> Spanned<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
     pub interface: String,
+    /// The other interfaces the program runs on (NAT's inside networks): same mode, same
+    /// maps; their traffic is only ever a NAT real server's reply or what the program
+    /// passes to the stack.
+    pub inside_interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub max_flows: u32,
     /// Leave the program forwarding when the daemon stops (a restart or an upgrade),
@@ -374,6 +382,9 @@ pub struct VirtualServer {
     pub quorum: u32,
     pub hysteresis: u32,
     pub sorry_server: Option<SocketAddr>,
+    /// How the sorry server is reached: the service's `lb_kind`, as in keepalived (a TUN
+    /// service's tunnel; a NAT service's sorry server may listen on another port).
+    pub sorry_forward: Forward,
 }
 
 impl VirtualServer {
@@ -387,6 +398,14 @@ impl VirtualServer {
             }
             .unwrap_or_else(|| self.proto.default_idle_timeout())
         })
+    }
+
+    /// How its real servers and its sorry server are reached.
+    pub fn forwards(&self) -> impl Iterator<Item = Forward> + '_ {
+        self.real_servers
+            .iter()
+            .map(|rs| rs.forward)
+            .chain(self.sorry_server.map(|_| self.sorry_forward))
     }
 
     /// How logs, status and `track_virtual_server` name the service: `VIP:PORT/TCP`, with
@@ -416,9 +435,10 @@ impl VirtualServer {
 pub struct RealServer {
     pub addr: SocketAddr,
     pub weight: u32,
-    /// TUN forwarding (keepalived's `lvs_method TUN`); `None`: direct routing. `source`
-    /// stays `None` when the file names none: the daemon takes the interface's.
-    pub tunnel: Option<crate::model::Tunnel>,
+    /// How it is reached: direct routing, a tunnel (keepalived's `lvs_method TUN`; its
+    /// `source` stays `None` when the file names none: the daemon takes the interface's) or
+    /// NAT (its port may differ from the service's).
+    pub forward: Forward,
     /// `uthreshold`/`lthreshold` (count-based schedulers only).
     pub thresholds: Thresholds,
     /// Its health checks; none means always healthy (keepalived without a checker).
@@ -963,8 +983,26 @@ fn dataplane(cx: &Ctx, d: &RawDataplane) -> Result<DataplaneConfig, ConfigError>
         )),
         Some(n) => Ok(*n.get_ref()),
     };
+    let mut inside_interfaces: Vec<String> = Vec::new();
+    for i in &d.inside_interfaces {
+        let name = i.get_ref();
+        let why = if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            Some(format!("{name:?} is not an interface name"))
+        } else if *name == d.interface {
+            Some(format!("{name} is `dataplane.interface` already"))
+        } else if inside_interfaces.contains(name) {
+            Some(format!("{name} is listed twice"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(cx.invalid(i.span(), "dataplane.inside_interfaces", why));
+        }
+        inside_interfaces.push(name.clone());
+    }
     Ok(DataplaneConfig {
         interface: d.interface.clone(),
+        inside_interfaces,
         xdp_mode,
         max_flows,
         keep_xdp_on_exit: d.keep_xdp_on_exit,
@@ -1219,8 +1257,20 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             .parse()
             .map_err(|e: String| cx.invalid(a.span(), "virtual_server.lb_algo", e))?,
     };
-    let vs_tun = forwarding(cx, &vs.lb_kind, "virtual_server.lb_kind")?;
-    let vs_tunnel = vs_tunnel(cx, vs, vip, vs_tun)?;
+    let vs_method = forwarding(cx, &vs.lb_kind, "virtual_server.lb_kind")?;
+    // A NAT reply's source port is the service's: a service of every port has none.
+    let all_ports_nat = |span: std::ops::Range<usize>, key: &str| {
+        cx.invalid(
+            span,
+            key,
+            "a service of every port (port 0) cannot be NAT: its replies' port would be \
+             unknown (use DR or TUN, or one service per port)",
+        )
+    };
+    if vs_method == Method::Nat && vs.port == 0 {
+        return Err(all_ports_nat(vs.lb_kind.span(), "virtual_server.lb_kind"));
+    }
+    let vs_tunnel = vs_tunnel(cx, vs, vip, vs_method)?;
     let bits = if vip.is_ipv4() { 32 } else { 128 };
     let persistence_prefix = match &vs.persistence_granularity {
         None => bits,
@@ -1266,16 +1316,27 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     let mut real_servers = Vec::new();
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
-        let tunnel = rs_tunnel(cx, rs, vs_tunnel)?;
+        let forward = rs_forward(cx, rs, vs_method, vs_tunnel)?;
+        if forward == Forward::Nat && vs.port == 0 {
+            let span = rs.lvs_method.as_ref().map_or(rs.ip.span(), |m| m.span());
+            return Err(all_ports_nat(span, "real_server.lvs_method"));
+        }
         if addr.is_ipv4() != vip.is_ipv4() {
             return Err(cx.invalid(
                 rs.ip.span(),
                 "real_server.ip",
-                if tunnel.is_some() {
-                    "a TUN real server must be in the VIP's address family (the outer header \
-                     takes the inner packet's)"
-                } else {
-                    "direct routing needs the real server in the VIP's address family"
+                match forward {
+                    Forward::Tun(_) => {
+                        "a TUN real server must be in the VIP's address family (the outer \
+                         header takes the inner packet's)"
+                    }
+                    Forward::Nat => {
+                        "a NAT real server must be in the VIP's address family (no translation \
+                         between IPv4 and IPv6)"
+                    }
+                    Forward::Dr => {
+                        "direct routing needs the real server in the VIP's address family"
+                    }
                 },
             ));
         }
@@ -1288,15 +1349,19 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             ));
         }
         // Direct routing rewrites MACs only: the real server gets the packet on the
-        // service's port whatever this says (IPVS ignores it silently; we do not).
-        let port = *rs.port.get_ref();
-        if vs.port != 0 && port != 0 && port != vs.port {
+        // service's port whatever this says (IPVS ignores it silently; we do not). NAT
+        // rewrites the port: 0 means the service's, as in ipvsadm.
+        let mut port = *rs.port.get_ref();
+        if forward == Forward::Nat && port == 0 {
+            port = vs.port;
+        }
+        if forward != Forward::Nat && vs.port != 0 && port != 0 && port != vs.port {
             return Err(cx.invalid(
                 rs.port.span(),
                 "real_server.port",
                 format!(
-                    "{} differs from the service's port {}: direct routing cannot change ports \
-                     (TCP_CHECK.connect_port checks another port)",
+                    "{} differs from the service's port {}: direct routing and tunnels cannot \
+                     change ports (NAT can; TCP_CHECK.connect_port checks another port)",
                     port, vs.port
                 ),
             ));
@@ -1309,12 +1374,12 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                 format!("{addr} is listed twice"),
             ));
         }
-        let checks = check::checks(cx, vs, rs, addr, vip, tunnel)?;
+        let checks = check::checks(cx, vs, rs, addr, vip, forward.tunnel())?;
         let thresholds = thresholds(cx, sched, rs)?;
         real_servers.push(RealServer {
             addr,
             weight,
-            tunnel,
+            forward,
             thresholds,
             checks,
         });
@@ -1349,24 +1414,44 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                     return Err(cx.invalid(
                         s.ip.span(),
                         "virtual_server.sorry_server.ip",
-                        "direct routing needs the sorry server in the VIP's address family",
+                        "the sorry server must be in the VIP's address family",
                     ));
                 }
-                Some(SocketAddr::new(a, s.port))
+                let port = match (vs_method, s.port) {
+                    (Method::Nat, 0) => vs.port,
+                    (_, p) => p,
+                };
+                Some(SocketAddr::new(a, port))
             }
+        },
+        sorry_forward: match (vs_method, vs_tunnel) {
+            (Method::Tun, Some(t)) => Forward::Tun(t),
+            (Method::Nat, _) => Forward::Nat,
+            _ => Forward::Dr,
         },
     })
 }
 
-/// `lb_kind` / `lvs_method`: true for TUN, false for DR.
-fn forwarding(cx: &Ctx, kind: &Spanned<String>, key: &str) -> Result<bool, ConfigError> {
+/// keepalived's forwarding methods, as `lb_kind` / `lvs_method` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Dr,
+    Tun,
+    Nat,
+}
+
+/// `lb_kind` / `lvs_method`.
+fn forwarding(cx: &Ctx, kind: &Spanned<String>, key: &str) -> Result<Method, ConfigError> {
     match kind.get_ref().to_ascii_uppercase().as_str() {
-        "DR" => Ok(false),
-        "TUN" => Ok(true),
+        "DR" => Ok(Method::Dr),
+        "TUN" => Ok(Method::Tun),
+        "NAT" => Ok(Method::Nat),
         other => Err(cx.invalid(
             kind.span(),
             key,
-            format!("{other:?}: expected DR (direct routing) or TUN (IPIP, GUE or GRE tunnels)"),
+            format!(
+                "{other:?}: expected DR (direct routing), TUN (IPIP, GUE or GRE tunnels) or NAT"
+            ),
         )),
     }
 }
@@ -1413,9 +1498,9 @@ fn vs_tunnel(
     cx: &Ctx,
     vs: &RawVirtualServer,
     vip: IpAddr,
-    tun: bool,
+    method: Method,
 ) -> Result<Option<Tunnel>, ConfigError> {
-    if !tun {
+    if method != Method::Tun {
         let stray = [
             vs.tunnel_type.as_ref().map(|t| (t.span(), "tunnel_type")),
             vs.tunnel_port.as_ref().map(|t| (t.span(), "tunnel_port")),
@@ -1468,17 +1553,19 @@ fn vs_tunnel(
     }))
 }
 
-/// A real server's tunnel: its own `lvs_method`, type and port over the virtual_server's.
-fn rs_tunnel(
+/// How a real server is reached: its own `lvs_method`, tunnel type and port over the
+/// virtual_server's.
+fn rs_forward(
     cx: &Ctx,
     rs: &RawRealServer,
+    vs_method: Method,
     vs_tunnel: Option<Tunnel>,
-) -> Result<Option<Tunnel>, ConfigError> {
-    let tun = match &rs.lvs_method {
-        None => vs_tunnel.is_some(),
+) -> Result<Forward, ConfigError> {
+    let method = match &rs.lvs_method {
+        None => vs_method,
         Some(m) => forwarding(cx, m, "real_server.lvs_method")?,
     };
-    if !tun {
+    if method != Method::Tun {
         if let Some((span, key)) = [
             rs.tunnel_type.as_ref().map(|t| (t.span(), "tunnel_type")),
             rs.tunnel_port.as_ref().map(|t| (t.span(), "tunnel_port")),
@@ -1493,7 +1580,11 @@ fn rs_tunnel(
                 "only a TUN real server has a tunnel",
             ));
         }
-        return Ok(None);
+        return Ok(if method == Method::Nat {
+            Forward::Nat
+        } else {
+            Forward::Dr
+        });
     }
     let base = vs_tunnel.unwrap_or(Tunnel {
         kind: TunnelKind::Ipip,
@@ -1502,7 +1593,7 @@ fn rs_tunnel(
         source: None,
     });
     if rs.tunnel_type.is_none() && rs.tunnel_port.is_none() {
-        return Ok(Some(base));
+        return Ok(Forward::Tun(base));
     }
     // Its own type; without one, the virtual_server's, with this port.
     let (kind, port) = match (&rs.tunnel_type, &rs.tunnel_port) {
@@ -1521,7 +1612,7 @@ fn rs_tunnel(
         }
         (ty, p) => tunnel_kind(cx, ty.as_ref(), p.as_ref(), "real_server")?,
     };
-    Ok(Some(Tunnel { kind, port, ..base }))
+    Ok(Forward::Tun(Tunnel { kind, port, ..base }))
 }
 
 /// A netmask ("255.255.255.0", "ffff:ffff::") or a prefix length (24), as a prefix length.
@@ -1616,17 +1707,17 @@ static = true
             ttl: 32,
             source: Some("192.0.2.2".parse().unwrap()),
         };
-        assert_eq!(rs[0].tunnel, Some(gue));
+        assert_eq!(rs[0].forward, Forward::Tun(gue));
         assert_eq!(
-            rs[1].tunnel,
-            Some(Tunnel {
+            rs[1].forward,
+            Forward::Tun(Tunnel {
                 kind: TunnelKind::Gre,
                 port: 0,
                 ..gue
             }),
             "its own type, the rest the virtual_server's"
         );
-        assert_eq!(rs[2].tunnel, None, "lvs_method DR");
+        assert_eq!(rs[2].forward, Forward::Dr, "lvs_method DR");
         // A DR service's real server may still go through a tunnel, an IPIP one by default.
         let text = GOOD.replace(
             "  ip = \"192.0.2.12\"\n  port = 80\n",
@@ -1634,15 +1725,104 @@ static = true
         );
         let c = parse(&text).unwrap();
         let rs = &c.virtual_servers[0].real_servers;
-        assert_eq!(rs[0].tunnel, None);
+        assert_eq!(rs[0].forward, Forward::Dr);
         assert_eq!(
-            rs[1].tunnel,
-            Some(Tunnel {
+            rs[1].forward,
+            Forward::Tun(Tunnel {
                 kind: TunnelKind::Ipip,
                 port: 0,
                 ttl: DEFAULT_TUNNEL_TTL,
                 source: None
             })
+        );
+    }
+
+    #[test]
+    fn nat_per_virtual_and_real_server() {
+        // keepalived's usual NAT service: real servers on 8080 behind port 80, one on the
+        // service's port by `port = 0`, a sorry server that is NAT'd as well.
+        let text = GOOD
+            .replace(
+                "lb_kind = \"DR\"",
+                "lb_kind = \"NAT\"\nsorry_server = { ip = \"192.0.2.50\", port = 8081 }",
+            )
+            .replace(
+                "ip = \"192.0.2.11\"\n  port = 80",
+                "ip = \"192.0.2.11\"\n  port = 8080",
+            )
+            .replace(
+                "ip = \"192.0.2.12\"\n  port = 80",
+                "ip = \"192.0.2.12\"\n  port = 0",
+            )
+            .replace(
+                "xdp_mode = \"skb\"",
+                "xdp_mode = \"skb\"\ninside_interfaces = [\"eth1\"]",
+            );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.dataplane.as_ref().unwrap().inside_interfaces, ["eth1"]);
+        let vs = &c.virtual_servers[0];
+        assert_eq!(vs.real_servers[0].forward, Forward::Nat);
+        assert_eq!(vs.real_servers[0].addr, "192.0.2.11:8080".parse().unwrap());
+        assert_eq!(
+            vs.real_servers[1].addr,
+            "192.0.2.12:80".parse().unwrap(),
+            "port 0: the service's"
+        );
+        assert_eq!(vs.sorry_server, Some("192.0.2.50:8081".parse().unwrap()));
+        assert_eq!(vs.sorry_forward, Forward::Nat);
+        // One real server NAT'd in a DR service; the others keep the service's port.
+        let text = GOOD.replace(
+            "  ip = \"192.0.2.12\"\n  port = 80\n",
+            "  ip = \"192.0.2.12\"\n  port = 8080\n  lvs_method = \"NAT\"\n",
+        );
+        let c = parse(&text).unwrap();
+        let rs = &c.virtual_servers[0].real_servers;
+        assert_eq!((rs[0].forward, rs[1].forward), (Forward::Dr, Forward::Nat));
+        assert_eq!(c.virtual_servers[0].sorry_forward, Forward::Dr);
+        // Refused: NAT for a service of every port, at the key that asks for it, and a
+        // DR real server on another port.
+        for (from, to, want) in [
+            (
+                "port = 80\nprotocol",
+                "port = 0\nprotocol",
+                "lb.toml:14: `virtual_server.lb_kind`: a service of every port",
+            ),
+            (
+                "ip = \"192.0.2.11\"\n  port = 80",
+                "ip = \"192.0.2.11\"\n  port = 8080",
+                "lb.toml:19: `real_server.port`: 8080 differs",
+            ),
+            (
+                "xdp_mode = \"skb\"",
+                "xdp_mode = \"skb\"\ninside_interfaces = [\"eth0\"]",
+                "lb.toml:8: `dataplane.inside_interfaces`: eth0 is `dataplane.interface`",
+            ),
+            (
+                "xdp_mode = \"skb\"",
+                "xdp_mode = \"skb\"\ninside_interfaces = [\"eth1\", \"eth1\"]",
+                "lb.toml:8: `dataplane.inside_interfaces`: eth1 is listed twice",
+            ),
+        ] {
+            let nat = GOOD.replace("lb_kind = \"DR\"", "lb_kind = \"NAT\"");
+            let text = if to.starts_with("port = 0") {
+                nat.replace(from, to)
+            } else {
+                GOOD.replace(from, to)
+            };
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let text = GOOD
+            .replace("port = 80\nprotocol", "port = 0\nprotocol")
+            .replace(
+                "  ip = \"192.0.2.12\"\n  port = 80\n",
+                "  ip = \"192.0.2.12\"\n  port = 0\n  lvs_method = \"NAT\"\n",
+            )
+            .replace("port = 80\n  weight", "port = 0\n  weight");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("lb.toml:25: `real_server.lvs_method`: a service of every port"),
+            "{e}"
         );
     }
 
@@ -1674,7 +1854,7 @@ static = true
             ),
             (
                 "lb_kind = \"DR\"",
-                "lb_kind = \"NAT\"",
+                "lb_kind = \"FULLNAT\"",
                 "lb.toml:14: `virtual_server.lb_kind`",
             ),
             (

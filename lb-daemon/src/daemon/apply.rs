@@ -21,7 +21,7 @@ use super::{
 use crate::{
     config::{Config, RealServer, VirtualServer},
     dataplane::{plan::PlanError, ServiceSpec},
-    model::{Limits, ServiceKey},
+    model::{Forward, Limits, ServiceKey},
     vrrp::track::TrackEvent,
 };
 
@@ -99,32 +99,34 @@ impl Dp {
     /// what a TUN real server's outer header comes from by default. A change computes every
     /// service again (and says so).
     pub(super) async fn refresh_tunnel_sources(&mut self, config: &Config) -> bool {
+        // The program's FIB lookups refuse an interface that does not forward: every
+        // tunnelled or NAT packet would be dropped (`drop_no_route`). Said at start and at
+        // each reload; the operator decides (the daemon changes no sysctl of the node's own).
+        if let Some(d) = &config.dataplane {
+            for (v4, family) in [(true, "ipv4"), (false, "ipv6")] {
+                let wanted = config
+                    .virtual_servers
+                    .iter()
+                    .any(|vs| vs.vip.is_ipv4() == v4 && vs.forwards().any(|f| !f.is_dr()));
+                for iface in std::iter::once(&d.interface).chain(&d.inside_interfaces) {
+                    let key = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+                    let on = std::fs::read_to_string(&key).is_ok_and(|v| v.trim() != "0");
+                    if wanted && !on {
+                        tracing::warn!(
+                            "TUN and NAT real servers of {family} need forwarding on {iface} \
+                             ({key} = 1): the program's FIB lookups refuse it otherwise, and \
+                             their packets are dropped (drop_no_route)",
+                        );
+                    }
+                }
+            }
+        }
         if !config
             .virtual_servers
             .iter()
-            .any(|vs| vs.real_servers.iter().any(|rs| rs.tunnel.is_some()))
+            .any(|vs| vs.forwards().any(|f| f.tunnel().is_some()))
         {
             return false;
-        }
-        // The program's FIB lookups refuse an interface that does not forward: every
-        // tunnelled packet would be dropped (`drop_no_route`). Said at start and at each
-        // reload; the operator decides (the daemon changes no sysctl of the node's own).
-        if let Some(d) = &config.dataplane {
-            for (v4, family) in [(true, "ipv4"), (false, "ipv6")] {
-                let wanted = config.virtual_servers.iter().any(|vs| {
-                    vs.vip.is_ipv4() == v4 && vs.real_servers.iter().any(|rs| rs.tunnel.is_some())
-                });
-                let key = format!("/proc/sys/net/{family}/conf/{}/forwarding", d.interface);
-                let on = std::fs::read_to_string(&key).is_ok_and(|v| v.trim() != "0");
-                if wanted && !on {
-                    tracing::warn!(
-                        "TUN real servers of {family} need forwarding on {} ({key} = 1): the \
-                         program's FIB lookups refuse it otherwise, and their packets are \
-                         dropped (drop_no_route)",
-                        d.interface
-                    );
-                }
-            }
         }
         let listed = match crate::netlink::addr::AddressSocket::open() {
             Ok(mut sock) => sock.list(Some(self.xdp.ifindex)).await,
@@ -299,12 +301,13 @@ impl Dp {
         let healthy: u32 = vs
             .real_servers
             .iter()
-            .filter(|rs| match &rs.tunnel {
-                Some(t) => {
+            .filter(|rs| match &rs.forward {
+                Forward::Tun(t) => {
                     t.source.is_some()
                         || self.tunnel_sources[usize::from(rs.addr.is_ipv6())].is_some()
                 }
-                None => self.macs.known.contains_key(&rs.addr.ip()),
+                Forward::Nat => true,
+                Forward::Dr => self.macs.known.contains_key(&rs.addr.ip()),
             })
             .filter_map(|rs| rs.healthy_weight(health_of(vs, rs)))
             .fold(0u32, u32::saturating_add);

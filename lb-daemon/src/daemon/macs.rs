@@ -170,11 +170,14 @@ fn wanted(config: &Config, ifindex: u32) -> HashMap<IpAddr, u32> {
         .virtual_servers
         .iter()
         .flat_map(|vs| {
-            let sorry = vs.sorry_server.map(|a| a.ip());
-            // A TUN real server needs no MAC: its next hop is the FIB's.
+            let sorry = vs
+                .sorry_server
+                .filter(|_| vs.sorry_forward.is_dr())
+                .map(|a| a.ip());
+            // A TUN or NAT real server needs no MAC: its next hop is the FIB's.
             vs.real_servers
                 .iter()
-                .filter(|rs| rs.tunnel.is_none())
+                .filter(|rs| rs.forward.is_dr())
                 .map(|rs| rs.addr.ip())
                 .chain(sorry)
         })

@@ -62,10 +62,9 @@ pub fn service_spec(
         .real_servers
         .iter()
         .map(|rs| {
-            // A TUN real server is reached through the FIB's next hop: no MAC of its own.
-            let forward = rs
-                .tunnel
-                .map_or(crate::model::Forward::Dr, crate::model::Forward::Tun);
+            // A TUN or NAT real server is reached through the FIB's next hop: no MAC of its
+            // own.
+            let forward = rs.forward;
             let mac = if forward.is_dr() {
                 mac_of(rs.addr.ip())
             } else {
@@ -115,12 +114,17 @@ pub fn service_spec(
                 b.mac = None;
             }
         }
+        let forward = vs.sorry_forward;
         backends.push(BackendSpec {
             thresholds: Default::default(),
             addr: sorry,
             weight: 1,
-            mac: mac_of(sorry.ip()),
-            forward: crate::model::Forward::Dr,
+            mac: if forward.is_dr() {
+                mac_of(sorry.ip())
+            } else {
+                Some(crate::dataplane::TUNNEL_MAC)
+            },
+            forward,
         });
     }
     ServiceSpec {
@@ -159,7 +163,7 @@ pub fn dataplane_limits(config: &Config) -> Result<Limits, plan::PlanError> {
                 addr: sorry,
                 weight: 1,
                 mac: Some([2, 0, 0, 0, 0, 1]),
-                forward: crate::model::Forward::Dr,
+                forward: vs.sorry_forward,
             });
         }
     }
@@ -195,7 +199,7 @@ pub(super) fn quorum_changes(
             || vs
                 .real_servers
                 .iter()
-                .all(|rs| rs.tunnel.is_some() || has_mac(rs.addr.ip()));
+                .all(|rs| !rs.forward.is_dr() || has_mac(rs.addr.ip()));
         if was.is_none() && !known {
             continue;
         }

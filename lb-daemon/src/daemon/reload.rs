@@ -490,6 +490,7 @@ fn restart_only(
             // checked below.
             let DataplaneConfig {
                 interface: _,
+                inside_interfaces: _,
                 xdp_mode: _,
                 max_flows: _,
                 keep_xdp_on_exit: _,
@@ -504,6 +505,16 @@ fn restart_only(
                     why(
                         "xdp_mode",
                         "another mode means detaching first: restart to apply it",
+                    ),
+                ));
+            }
+            if a.inside_interfaces != b.inside_interfaces {
+                return Err((
+                    "dataplane",
+                    "inside_interfaces",
+                    why(
+                        "inside_interfaces",
+                        "the program is attached there at start: restart to apply it",
                     ),
                 ));
             }

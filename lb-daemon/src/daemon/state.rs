@@ -325,10 +325,12 @@ impl State {
         }
     }
 
-    /// Every 20 ms: the count-based schedulers' candidates.
+    /// Every 20 ms: the count-based schedulers' candidates, and the next hops NAT replies
+    /// were dropped for.
     pub(super) fn on_rank(&mut self) {
         if let Some(dp) = &mut self.dp {
             dp.xdp.rank();
+            dp.xdp.resolve_wanted();
         }
     }
 

@@ -76,6 +76,21 @@ pub(super) struct Xdp {
     pub embryonic_evicted: u64,
     /// Held while this daemon runs the dataplane (see [`dataplane_lock`]).
     _lock: std::fs::File,
+    /// The program on `[dataplane] inside_interfaces`.
+    inside: Vec<Inside>,
+    /// Resolving the NAT clients' next hops: one line a minute.
+    neigh_log: crate::log_limit::LogLimit,
+}
+
+/// The program on an inside interface (NAT's real servers' side): an instance of its own
+/// (that interface's MAC in its global data) over every map of the main one, made anew
+/// whenever the main one is (the maps grown or the tables resized).
+struct Inside {
+    iface: String,
+    ifindex: u32,
+    mac: [u8; 6],
+    attachment: program::Attachment,
+    _ebpf: aya::Ebpf,
 }
 
 /// When the sweep (the ranking) last ran and what it cost.
@@ -111,9 +126,16 @@ impl Xdp {
         let started = Instant::now();
         let (iface_mac, ifindex) = interface_info(&d.interface).await?;
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
+        // The NAT reverse tables, as large as the connection tables where a service is
+        // NAT'd (only a real server two services share fills them); one entry otherwise.
+        let nat = config
+            .virtual_servers
+            .iter()
+            .any(|vs| vs.forwards().any(|f| f == crate::model::Forward::Nat));
         let mut opts = LoadOptions {
             limits,
             max_flows: d.max_flows,
+            nat_flows: if nat { d.max_flows } else { 0 },
             iface_mac,
             sync: config.sync.as_ref().map(|s| program::SyncLoad {
                 ring_bytes: s.ring_size,
@@ -177,7 +199,9 @@ impl Xdp {
                 let mut maps = BpfMaps::open(&inst.fds)?;
                 let found = maps.read_back().context("reading the pinned maps back")?;
                 maps.remember_generations(&found.backends);
-                let (dp, summary) = Dataplane::adopt(maps, &found)?;
+                let (mut dp, summary) = Dataplane::adopt(maps, &found)?;
+                dp.write_nat_sources()
+                    .context("writing the NAT real servers' sources")?;
                 Ok((inst, dp, summary, loaded))
             })();
             match adopted {
@@ -262,6 +286,20 @@ impl Xdp {
             );
         }
         info!(interface = %d.interface, mode = attachment.mode.name(), program = attachment.program, taken_over = attachment.taken_over, pinned = ?pins.as_ref().map(|p| p.dir().display().to_string()), "XDP program attached");
+        let mut inside = Vec::new();
+        for iface in &d.inside_interfaces {
+            let at = attach_inside(
+                iface,
+                d,
+                opts.limits.max(dp.limits()),
+                opts.sync,
+                &fds,
+                pins.as_ref(),
+            )
+            .await
+            .with_context(|| format!("attaching XDP to the inside interface {iface}"))?;
+            inside.push(at);
+        }
         Ok(Xdp {
             dp,
             _ebpf: ebpf,
@@ -285,7 +323,78 @@ impl Xdp {
             embryonic_expired: 0,
             embryonic_evicted: 0,
             _lock: lock,
+            inside,
+            neigh_log: crate::log_limit::LogLimit::new(crate::log_limit::LOG_EVERY),
         })
+    }
+
+    /// Asks the kernel to resolve the next hops the program dropped NAT replies for (no
+    /// neighbour entry: `NEIGH_WANTED`), so that the clients' retransmissions get through:
+    /// after a failover the new master may know no outside router or client yet. Polled
+    /// every 20 ms (a read of 64 mapped slots); the requests go out off the main loop.
+    pub(super) fn resolve_wanted(&mut self) {
+        let wanted = self.dp.writer().wanted_neighbours();
+        if wanted.is_empty() {
+            return;
+        }
+        if let Some(held) = self.neigh_log.allow() {
+            info!(next_hops = ?wanted, held_back = held, "resolving the next hops of NAT replies dropped without a neighbour entry");
+        }
+        tokio::spawn(async move {
+            let mut sock = match crate::netlink::neigh::NeighSocket::open() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("opening a neighbour socket for NAT's next hops: {e}");
+                    return;
+                }
+            };
+            for (ifindex, addr) in wanted {
+                if let Err(e) = sock.request_resolution(ifindex, addr).await {
+                    tracing::debug!(%addr, ifindex, "resolving a NAT reply's next hop: {e}");
+                }
+            }
+        });
+    }
+
+    /// The inside interfaces' programs made anew over the main one's maps (after a grow
+    /// or a resize replaced them) and put in place, each in one step. A failure leaves
+    /// that interface on maps the main program no longer writes: said loudly.
+    async fn renew_inside(&mut self) -> Result<()> {
+        let limits = self.dp.limits();
+        for i in &mut self.inside {
+            let opts = LoadOptions {
+                limits,
+                iface_mac: i.mac,
+                sync: self.sync_load,
+                ..LoadOptions::default()
+            };
+            let grown = program::for_interface(&opts, &self.fds)
+                .with_context(|| format!("loading the XDP program for {}", i.iface))?;
+            let prog = if i.attachment.program == crate::dataplane::devbound::PROGRAM_NATIVE {
+                match program::native_plan(
+                    &grown.fds,
+                    &i.iface,
+                    i.ifindex,
+                    crate::model::XdpMode::Native,
+                )
+                .await
+                {
+                    program::NativePlan::DevBound(fd) => fd,
+                    other => anyhow::bail!(
+                        "loading the device-bound XDP program for {}: {other:?}",
+                        i.iface
+                    ),
+                }
+            } else {
+                grown.prog
+            };
+            i.attachment
+                .replace(prog)
+                .await
+                .with_context(|| format!("switching {}'s XDP program", i.iface))?;
+            i._ebpf = grown.ebpf;
+        }
+        Ok(())
     }
 
     /// Takes the program off the interface and removes the pins (a `release` stop): the
@@ -295,8 +404,14 @@ impl Xdp {
             attachment,
             pins,
             retired,
+            inside,
             ..
         } = self;
+        for i in inside {
+            if let Err(e) = i.attachment.detach().await {
+                warn!(interface = %i.iface, "detaching the XDP program: {e}");
+            }
+        }
         if let Some((old, iface, _)) = retired {
             if let Err(e) = old.detach().await {
                 warn!(interface = %iface, "detaching the XDP program from the old interface: {e}");
@@ -744,10 +859,16 @@ impl Xdp {
             .replace(resized.prog)
             .await
             .context("switching to the XDP program instance with the new tables")?;
+        let old_fds = std::mem::replace(&mut self.fds, resized.fds);
+        if let Err(e) = self.renew_inside().await {
+            tracing::error!(
+                "the inside interfaces' programs still use the old connection tables: {e:#}"
+            );
+        }
         // Nothing below can fail: the new tables run.
         let mut late = 0;
         for t in tables {
-            let (Ok(from), Ok(to)) = (fd(&self.fds, t), fd(&resized.fds, t)) else {
+            let (Ok(from), Ok(to)) = (fd(&old_fds, t), fd(&self.fds, t)) else {
                 continue;
             };
             match copy_recent(from, to, t, since, false) {
@@ -759,7 +880,6 @@ impl Xdp {
             }
         }
         self._ebpf = resized.ebpf;
-        self.fds = resized.fds;
         if let Some(p) = &self.pins {
             pin_maps(p, &self.fds);
         }
@@ -984,12 +1104,69 @@ impl Xdp {
         self.dp.writer_mut().new_epoch()?;
         self._ebpf = grown.ebpf;
         self.fds = grown.fds;
+        if let Err(e) = self.renew_inside().await {
+            tracing::error!("the inside interfaces' programs still use the smaller maps: {e:#}");
+        }
         if let Some(p) = &self.pins {
             pin_maps(p, &self.fds);
         }
         info!(from = %was, to = %limits, ms = started.elapsed().as_millis() as u64, "XDP maps grown");
         Ok(())
     }
+}
+
+/// Attaches the program to the inside interface `iface`: an instance over `fds` (the main
+/// one's maps) with that interface's MAC, in `d`'s mode, taking over the link a previous
+/// run pinned for it, and pins its own link with the dataplane's.
+async fn attach_inside(
+    iface: &str,
+    d: &DataplaneConfig,
+    limits: Limits,
+    sync: Option<program::SyncLoad>,
+    fds: &program::MapFds,
+    pins: Option<&Pins>,
+) -> Result<Inside> {
+    let (mac, ifindex) = interface_info(iface).await?;
+    let opts = LoadOptions {
+        limits,
+        iface_mac: mac,
+        sync,
+        ..LoadOptions::default()
+    };
+    let inst = program::for_interface(&opts, fds).context("loading the XDP program")?;
+    let native = program::native_plan(&inst.fds, iface, ifindex, d.xdp_mode).await;
+    let attachment = program::attach_xdp(
+        &inst.prog,
+        native,
+        iface,
+        ifindex,
+        d.xdp_mode,
+        pins.and_then(|p| p.inside_link(iface)),
+        d.keep_xdp_on_exit,
+    )
+    .await?;
+    if let (Some(p), Some(link)) = (pins, attachment.link()) {
+        if let Err(e) = p.pin_inside_link(iface, link) {
+            warn!(
+                interface = iface,
+                "the XDP program will not outlive this daemon there: pinning its link: {e}"
+            );
+        }
+    }
+    info!(
+        interface = iface,
+        mode = attachment.mode.name(),
+        program = attachment.program,
+        taken_over = attachment.taken_over,
+        "XDP program attached to an inside interface"
+    );
+    Ok(Inside {
+        iface: iface.to_string(),
+        ifindex,
+        mac,
+        attachment,
+        _ebpf: inst.ebpf,
+    })
 }
 
 /// How long a move's old attachment goes on serving what arrives on the previous

@@ -524,18 +524,27 @@ mod tests {
         let mut dp = Dataplane::new(MemMaps::default(), limits());
         dp.update(std::slice::from_ref(&s)).unwrap();
         let found = dp.writer().found(limits());
+        let want = dp.writer().nat_sources.clone();
+        assert_eq!(want.len(), 1);
         let mut mem = dp.writer().clone();
+        // NAT_SOURCES and NAT_ON are not pinned: a new instance has them empty.
+        mem.nat_sources.clear();
+        mem.nat = false;
         mem.writes = 0;
         let (mut adopted, _) = Dataplane::adopt(mem, &found).unwrap();
+        assert_eq!(adopted.writer().writes, 0, "adopting writes nothing");
         assert_eq!(
             adopted.specs()[0].backends,
             s.backends,
             "the tunnel and the NAT read back"
         );
+        // Written before the new instance is attached: NAT_ON and the one source.
+        adopted.write_nat_sources().unwrap();
+        assert_eq!(adopted.writer().writes, 2);
+        assert!(adopted.writer().nat);
+        assert_eq!(adopted.writer().nat_sources, want);
         adopted.update(&[s]).unwrap();
-        // Nothing differs but the NAT real server's entry in NAT_SOURCES, which is not
-        // pinned: a new instance's map starts empty, so the first update writes it.
-        assert_eq!(adopted.writer().writes, 1, "only the NAT source");
+        assert_eq!(adopted.writer().writes, 2, "nothing differs after that");
     }
 
     #[test]

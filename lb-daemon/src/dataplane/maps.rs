@@ -226,6 +226,8 @@ pub struct BpfMaps {
     timeouts: Array<MapData, u32>,
     /// `CANDIDATES`: per service, the two backends a count-based scheduler chooses between.
     candidates: MappedArray,
+    /// `NEIGH_WANTED`: next hops towards NAT clients that had no neighbour entry.
+    neigh_wanted: MappedArray,
     /// What `TIMEOUTS` holds (written only from here).
     timeouts_now: [u32; lb_common::conn_state::COUNT as usize],
     /// The generation this writer last wrote to each backend slot.
@@ -419,6 +421,11 @@ impl BpfMaps {
             )?,
             timeouts: open(fds, names::TIMEOUTS)?,
             candidates: MappedArray::open(fds, names::CANDIDATES, 8)?,
+            neigh_wanted: MappedArray::open(
+                fds,
+                names::NEIGH_WANTED,
+                std::mem::size_of::<lb_common::NeighWant>(),
+            )?,
             timeouts_now: [0; lb_common::conn_state::COUNT as usize],
             generations: Vec::new(),
         })
@@ -626,6 +633,52 @@ impl BpfMaps {
         }
         found.rings = rings;
         Ok(found)
+    }
+
+    /// The next hops the program found without a neighbour entry since the last call (each
+    /// slot's drop, once), as (interface index, address): what the daemon asks the kernel to
+    /// resolve. A slot read while the program rewrites it is skipped (its `seen` moved) and
+    /// read at the next call.
+    pub fn wanted_neighbours(&self) -> Vec<(u32, std::net::IpAddr)> {
+        // Words of `NeighWant`.
+        const IFINDEX: usize = 4;
+        const FAMILY: usize = 5;
+        const SEEN: usize = 6;
+        const ASKED: usize = 7;
+        let w = &self.neigh_wanted;
+        let mut out = Vec::new();
+        for i in 0..w.len {
+            let word = |n: usize| w.word(i, n).map_or(0, |a| a.load(Ordering::Acquire));
+            let seen = word(SEEN);
+            if seen == 0 || seen == word(ASKED) {
+                continue;
+            }
+            let addr = [word(0), word(1), word(2), word(3)];
+            let (ifindex, family) = (word(IFINDEX), word(FAMILY));
+            if word(SEEN) != seen {
+                continue;
+            }
+            if let Some(a) = w.word(i, ASKED) {
+                a.store(seen, Ordering::Release);
+            }
+            // The program's own record, yet checked: a torn or stray slot is dropped.
+            let ip = match family {
+                2 => std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(addr[0]))),
+                10 => {
+                    let mut b = [0u8; 16];
+                    for (chunk, word) in b.chunks_exact_mut(4).zip(addr) {
+                        chunk.copy_from_slice(&word.to_ne_bytes());
+                    }
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::from(b))
+                }
+                _ => continue,
+            };
+            if ifindex == 0 || ip.is_unspecified() || ip.is_multicast() {
+                continue;
+            }
+            out.push((ifindex, ip));
+        }
+        out
     }
 
     /// The maps of a grown instance ([`super::program::grow`]): `fds`, its own sized maps

@@ -52,6 +52,11 @@ pub const COUNTERS: [&str; 6] = [
     names::SYNC_STATS,
 ];
 
+/// The NAT reverse tables (a shared NAT real server's replies, per flow): adopted when
+/// their size is the configured one, else started afresh (the replies of that server's
+/// flows then go untranslated until they end; other NAT servers need no entries).
+pub const REVERSE: [&str; 2] = [names::NAT_REV4, names::NAT_REV6];
+
 /// Every map that is pinned (with `META`). The flow caches, the sync event ring, the log ring
 /// and the global data are the instance's own: nothing in them outlives it usefully, and
 /// bpffs refuses the '.' of the global data's names.
@@ -60,6 +65,7 @@ pub fn pinned() -> impl Iterator<Item = &'static str> {
         .into_iter()
         .chain(TABLES)
         .chain(COUNTERS)
+        .chain(REVERSE)
         .chain([names::META])
 }
 
@@ -195,7 +201,7 @@ pub fn judge(
         };
         takes.insert(name, take);
     }
-    for name in COUNTERS {
+    for name in COUNTERS.into_iter().chain(REVERSE) {
         let entries = match name {
             names::RR_STATE | names::SERVICE_STATS => Some(services),
             names::BACKEND_STATS => Some(backends),
@@ -316,6 +322,16 @@ impl Pins {
         self.pin_map("link", link)
     }
 
+    /// The pinned bpf_link of the program on the inside interface `iface` (`[dataplane]
+    /// inside_interfaces`), kept with the dataplane's: one dataplane, several attachments.
+    pub fn inside_link(&self, iface: &str) -> Option<OwnedFd> {
+        devbound::obj_get(&self.path(&format!("link@{iface}"))).ok()
+    }
+
+    pub fn pin_inside_link(&self, iface: &str, link: BorrowedFd<'_>) -> Result<(), PinError> {
+        self.pin_map(&format!("link@{iface}"), link)
+    }
+
     pub fn unpin_link(&self) {
         let _ = std::fs::remove_file(self.path("link"));
     }
@@ -430,7 +446,27 @@ mod tests {
             (names::REASON_STATS, shape(PERCPU_ARRAY, 4, 16, 30)),
             (names::SYNC_STATS, shape(PERCPU_ARRAY, 4, 8, 4)),
             (names::CLOCK, shape(ARRAY, 4, 8, 1)),
+            (names::NAT_REV4, shape(LRU, 16, 16, flows)),
+            (names::NAT_REV6, shape(LRU, 40, 40, flows)),
         ])
+    }
+
+    #[test]
+    fn nat_reverse_tables_are_adopted_at_their_size_or_made_anew() {
+        // A previous version pinned none: everything else is adopted.
+        let mut pinned = maps(1000);
+        pinned.remove(names::NAT_REV4);
+        pinned.remove(names::NAT_REV6);
+        let j = judge(&pinned_of(&pinned), &maps(1000), Some(LAYOUT_VERSION));
+        assert_eq!(j.dropped, None);
+        assert_eq!(j.takes[names::NAT_REV4], Take::Fresh(None));
+        assert!(j.adopts(names::FLOWS4) && j.adopts(names::BACKENDS));
+        // Another size (NAT came or went, or max_flows changed): made anew, said why.
+        let mut pinned = maps(1000);
+        pinned.insert(names::NAT_REV6, shape(LRU, 40, 40, 1));
+        let j = judge(&pinned_of(&pinned), &maps(1000), Some(LAYOUT_VERSION));
+        assert!(matches!(&j.takes[names::NAT_REV6], Take::Fresh(Some(_))));
+        assert!(j.adopts(names::NAT_REV4) && j.adopts(names::FLOWS6));
     }
 
     fn pinned_of(m: &HashMap<&'static str, Shape>) -> HashMap<String, Shape> {

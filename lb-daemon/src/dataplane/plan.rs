@@ -1139,6 +1139,15 @@ impl<W: MapWriter> Dataplane<W> {
         Ok(counter.writes)
     }
 
+    /// Writes what `NAT_SOURCES4`/`NAT_SOURCES6` and `NAT_ON` must hold for the maps as they
+    /// are (adopted ones: those two are the program instance's own, empty in a new one):
+    /// called before a new instance is attached, so that the NAT real servers' replies are
+    /// translated from its first packet, not from the daemon's first update.
+    pub fn write_nat_sources(&mut self) -> Result<(), PlanError> {
+        let nat = nat_sources(&self.current, &Delta::default());
+        self.write_nat(&nat, false)
+    }
+
     /// Writes `nat` into `NAT_SOURCES4`/`NAT_SOURCES6` and `NAT_ON`: the new and changed
     /// entries (and NAT_ON turned on), or, `after`, the entries that are gone (and NAT_ON
     /// turned off when none is left). What is written is remembered as written even if a

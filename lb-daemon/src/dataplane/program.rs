@@ -249,6 +249,7 @@ pub fn expected_shapes(opts: &LoadOptions) -> Result<HashMap<&'static str, Shape
             names::RINGS => l.ring_slots,
             names::FLOWS4 | names::FLOWS6 => opts.max_flows,
             names::PERSIST4 | names::PERSIST6 => opts.max_persist,
+            names::NAT_REV4 | names::NAT_REV6 => opts.nat_flows.max(1),
             _ => 0,
         };
         let shape = match name {

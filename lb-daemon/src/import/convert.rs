@@ -90,6 +90,8 @@ struct Server {
     table: Table,
     vip: IpAddr,
     span: Span,
+    /// It or one of its real servers is NAT'd: the program must see the replies.
+    nat: bool,
 }
 
 /// keepalived's IPVS sync daemon: `lvs_sync_daemon` in global_defs, or an instance's
@@ -272,12 +274,24 @@ fn block(s: &Stmt) -> Result<&Block, Diag> {
 }
 
 /// The one value of a keyword.
-/// A forwarding method as keepalived's `lb_kind`/`lvs_method` writes it: `DR`, or
+/// A forwarding method as keepalived's `lb_kind`/`lvs_method` writes it: `DR`, `NAT`, or
 /// `TUN [type ipip|gue|gre] [port N] [nocsum]`, the options in any order.
 struct Method {
-    /// The tunnel's type and where the file says it (`None`: `DR`).
+    /// The tunnel's type and where the file says it (`None`: `DR` or `NAT`).
     tunnel: Option<(crate::model::TunnelKind, Option<Span>)>,
     port: Option<(u16, Span)>,
+    nat: bool,
+}
+
+impl Method {
+    /// Its name in the TOML (keepalived's).
+    fn name(&self) -> &'static str {
+        match (self.nat, &self.tunnel) {
+            (true, _) => "NAT",
+            (false, Some(_)) => "TUN",
+            (false, None) => "DR",
+        }
+    }
 }
 
 fn method(st: &Stmt) -> Result<Method, Diag> {
@@ -285,23 +299,17 @@ fn method(st: &Stmt) -> Result<Method, Diag> {
     let args = st.args();
     let w = &args[0];
     match w.text.as_str() {
-        "DR" => {
+        m @ ("DR" | "NAT") => {
             if let Some(extra) = args.get(1) {
-                return Err(Diag::new(extra.span, "`DR` takes no options"));
+                return Err(Diag::new(extra.span, format!("`{m}` takes no options")));
             }
             return Ok(Method {
                 tunnel: None,
                 port: None,
+                nat: m == "NAT",
             });
         }
         "TUN" => {}
-        "NAT" => {
-            return Err(Diag::new(
-                w.span,
-                "forwarding method NAT is not supported: lb-daemon forwards by direct routing \
-                 (DR) or tunnels (TUN)",
-            ))
-        }
         _ => {
             return Err(Diag::new(
                 w.span,
@@ -367,6 +375,7 @@ fn method(st: &Stmt) -> Result<Method, Diag> {
         _ => Ok(Method {
             tunnel: Some(kind),
             port,
+            nat: false,
         }),
     }
 }
@@ -1830,6 +1839,10 @@ impl Cx<'_> {
         // sh-port/mh-port: keepalived applies them only with their scheduler.
         let mut port_flags: Vec<(&Stmt, &'static str)> = Vec::new();
         let mut lb_algo: Option<String> = None;
+        // The service's forwarding method, and `sorry_server_lvs_method`'s (checked against
+        // it once the block is read: either may come first).
+        let mut lb_kind: Option<&'static str> = None;
+        let mut sorry_method: Option<(&'static str, Span)> = None;
         for st in &b.body {
             let r = (|| -> Result<(), Diag> {
                 let k = st.keyword();
@@ -1855,6 +1868,7 @@ impl Cx<'_> {
                             return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
                         };
                         let m = method(st)?;
+                        lb_kind = Some(m.name());
                         self.put_method(&mut t, "lb_kind", m, w.span, st)?;
                     }
                     "persistence_timeout" => {
@@ -1954,14 +1968,19 @@ impl Cx<'_> {
                         ]);
                         self.put(&mut t, "sorry_server", v, a.span, st)?;
                     }
+                    "nat_mask" => {
+                        no_block(st)?;
+                        let message = "`nat_mask` is obsolete (it meant something to the \
+                                       Linux 2.2 IPVS only; keepalived ignores it): left out";
+                        t.comment(format!(" {}: {message}", self.locate(k.span)));
+                        self.warnings.push(Diag::new(k.span, message));
+                    }
                     "sorry_server_lvs_method" => {
-                        let w = one(st)?;
-                        if method(st)?.tunnel.is_some() {
-                            return Err(Diag::new(
-                                w.span,
-                                "a sorry server is reached by direct routing only (DR)",
-                            ));
-                        }
+                        no_block(st)?;
+                        let Some(w) = st.args().first() else {
+                            return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
+                        };
+                        sorry_method = Some((method(st)?.name(), w.span));
                     }
                     "inhibit_on_failure" => {
                         let (on, span) = flag(st)?;
@@ -2045,11 +2064,25 @@ impl Cx<'_> {
         }
         // No lb_algo: keepalived's default, wlc, is lb-daemon's too (the TOML leaves it out).
         if !t.has("lb_kind") && !Self::written(b, Ctx::VirtualServer, "lb_kind") {
-            self.error(Diag::new(
+            t.push(generated(
+                "lb_kind",
+                Value::Str("NAT".into()),
                 kw.span,
-                "no lb_kind: keepalived's default is NAT, and lb-daemon forwards by direct routing \
-                 or tunnels only: set lb_kind DR or TUN",
+                " keepalived's default without `lb_kind`",
             ));
+        }
+        // lb-daemon reaches the sorry server the service's way, keepalived's default.
+        if let Some((m, span)) = sorry_method {
+            let kind = lb_kind.unwrap_or("NAT");
+            if m != kind {
+                self.error(Diag::new(
+                    span,
+                    format!(
+                        "`sorry_server_lvs_method`: a sorry server is reached the service's way \
+                         (lb_kind {kind}), not {m}"
+                    ),
+                ));
+            }
         }
         if !t.has("protocol") {
             t.push(generated(
@@ -2077,6 +2110,9 @@ impl Cx<'_> {
             }
         }
         Self::quorum_limits(&mut t, &real_servers, &inherit);
+        let is_nat = |t: &Table, key: &str| matches!(t.get(key).map(|e| &e.value), Some(Value::Str(m)) if m == "NAT");
+        let nat =
+            is_nat(&t, "lb_kind") || real_servers.iter().any(|r| is_nat(&r.table, "lvs_method"));
         for mut rs in real_servers {
             Self::inherit_into_real_server(&mut rs, &inherit);
             t.children.push(Child {
@@ -2090,6 +2126,7 @@ impl Cx<'_> {
             table: t,
             vip,
             span: kw.span,
+            nat,
         });
         Ok(())
     }
@@ -2148,8 +2185,7 @@ impl Cx<'_> {
         span: Span,
         st: &Stmt,
     ) -> Result<(), Diag> {
-        let name = if m.tunnel.is_some() { "TUN" } else { "DR" };
-        self.put(t, key, Value::Str(name.into()), span, st)?;
+        self.put(t, key, Value::Str(m.name().into()), span, st)?;
         if let Some((kind, kspan)) = m.tunnel {
             // A real server's `lvs_method TUN` without a type means IPIP in keepalived
             // (each `lvs_method` starts from IPIP), where the TOML would take the
@@ -2695,6 +2731,25 @@ impl Cx<'_> {
                     span: Some(span),
                     ..Default::default()
                 };
+                // NAT: the real servers' replies come back through the node, on the other
+                // instances' interfaces in keepalived's usual set-up (an inside VIP as their
+                // gateway): the program must run there too.
+                let mut inside: Vec<Elem> = Vec::new();
+                if self.servers.iter().any(|s| s.nat) {
+                    for i in &self.instances {
+                        let Some(name) = &i.interface else { continue };
+                        if *name != iface
+                            && !inside.iter().any(|e| e.value == Value::Str(name.clone()))
+                        {
+                            inside.push(Elem {
+                                value: Value::Str(name.clone()),
+                                span: Some(i.span),
+                                comments: Vec::new(),
+                                trailing: None,
+                            });
+                        }
+                    }
+                }
                 t.push(Entry {
                     key: "interface",
                     value: Value::Str(iface),
@@ -2702,6 +2757,19 @@ impl Cx<'_> {
                     comments: vec![why],
                     trailing: None,
                 });
+                if !inside.is_empty() {
+                    t.push(Entry {
+                        key: "inside_interfaces",
+                        value: Value::Array(inside),
+                        span: Some(span),
+                        comments: vec![
+                            " NAT: the real servers' replies come back through the node, here on"
+                                .into(),
+                            " the other vrrp_instances' interfaces.".into(),
+                        ],
+                        trailing: None,
+                    });
+                }
                 Some(t)
             }
         };
@@ -3068,7 +3136,7 @@ mod tests {
     fn every_error_is_reported_once() {
         let text = "vrrp_instance VI_1 {\n interface eth0 eth1\n priority high\n \
                     virtual_router_id 1\n virtual_ipaddress {\n  192.0.2.1\n }\n}\n\
-                    virtual_server 192.0.2.1 80 {\n lb_algo lblc\n lb_kind NAT\n protocol TCP\n \
+                    virtual_server 192.0.2.1 80 {\n lb_algo lblc\n lb_kind FULLNAT\n protocol TCP\n \
                     real_server 192.0.2 80 {\n }\n real_server 198.51.100.1 80 {\n  weight x\n }\n}\n\
                     vrrp_instance VI_2 {\n virtual_router_id 2\n}\n";
         assert_starts(
@@ -3077,7 +3145,7 @@ mod tests {
                 "k.conf:2:17: `interface` takes one value",
                 "k.conf:3:11: `priority`: `high` is not an integer",
                 "k.conf:10:10: `lb_algo`: scheduler `lblc` is not supported",
-                "k.conf:11:10: `lb_kind`: forwarding method NAT is not supported",
+                "k.conf:11:10: `lb_kind`: unknown forwarding method `FULLNAT`",
                 "k.conf:13:14: `real_server`: `192.0.2` is not an IP address",
                 "k.conf:16:10: `weight`: `x` is not an integer",
                 "k.conf:19:1: vrrp_instance VI_2 has no interface",

@@ -122,6 +122,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "hysteresis",
             "sorry_server",
             "sorry_server_lvs_method",
+            "nat_mask",
             "inhibit_on_failure",
             "retry",
             "delay_before_retry",
@@ -374,8 +375,9 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "smtp_alert" => EMAIL,
             "snmp_name" => SNMP,
             "omega" | "ha_suspend" | "persistence_engine" | "hashed" | "ops" | "flag-1"
-            | "flag-2" | "flag-3" | "sh-fallback" | "mh-fallback" | "sorry_server_inhibit"
-            | "nat_mask" => NOT_IMPLEMENTED,
+            | "flag-2" | "flag-3" | "sh-fallback" | "mh-fallback" | "sorry_server_inhibit" => {
+                NOT_IMPLEMENTED
+            }
             _ => return None,
         },
         RealServer => match keyword {

@@ -1,0 +1,164 @@
+//! NAT (keepalived's `lb_kind NAT`) end to end, in keepalived's usual deployment: a VRRP pair
+//! of load balancers with an outside interface (eth0: the client and the VIP) and an inside
+//! one (eth1: the real servers' network), an outside and an inside vrrp_instance in one sync
+//! group, and three nginx real servers on the inside network whose default gateway is the
+//! inside VIP, listening on 8080 behind the service's port 80. Nothing is installed on the
+//! real servers but that route.
+//!
+//! * curl through the VIP reaches all three; every reply the client sees comes from
+//!   VIP:80, none from a real server's address (tcpdump on the client);
+//! * a real server whose nginx stops goes down by its TCP_CHECK (on its own port 8080),
+//!   new connections avoid it, and it comes back;
+//! * lb1 is SIGKILLed: lb2 takes both VIPs (the sync group), and with connection sync every
+//!   established connection goes on on its real server, its replies translated by lb2
+//!   (which first has to resolve the client's address: `NEIGH_WANTED`).
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    e2e_lab::{wait, LongLived, LvsLab, LvsParams, SyncMode, INSIDE_VIP, MARGIN, NAT_PORT, VIP},
+    netns::{require_lab, require_tools, unique_prefix, HOST_IF},
+};
+
+const CONNECTIONS: usize = 60;
+
+/// `curl` from the client to the VIP: the body (`rsN`).
+fn curl(lab: &LvsLab) -> String {
+    lab.client()
+        .exec(&["curl", "-sS", "--max-time", "3", &format!("http://{VIP}/")])
+        .unwrap_or_else(|e| panic!("curl through the VIP: {e:#}\n{}", lab.logs()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn nat_pair_translates_both_ways_and_fails_over_with_sync() {
+    if !require_lab("nat_pair_translates_both_ways_and_fails_over_with_sync")
+        || !require_tools(
+            "nat_pair_translates_both_ways_and_fails_over_with_sync",
+            &["curl", "tcpdump"],
+        )
+    {
+        return;
+    }
+    let params = LvsParams {
+        nat: true,
+        sync: Some(SyncMode::Unicast),
+        ..LvsParams::new("rr", "skb")
+    };
+    let t = params.timers;
+    let mut lab = LvsLab::new(&unique_prefix("nat"), params).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.start_pair().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(lab
+        .lb(1)
+        .ip(&["-4", "addr", "show", "dev", "eth1"])
+        .unwrap()
+        .contains(&INSIDE_VIP.to_string()));
+    for i in 1..=3 {
+        lab.wait_health(1, i, "up", Duration::from_secs(10))
+            .unwrap();
+    }
+
+    // curl through the VIP: rr over the three; every reply from the VIP's port 80.
+    let from_vip = lab
+        .client()
+        .capture(HOST_IF, &format!("tcp and src host {VIP} and src port 80"))
+        .unwrap();
+    let from_inside = lab
+        .client()
+        .capture(HOST_IF, "src net 198.51.100.0/24 or src port 8080")
+        .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..12 {
+        *seen.entry(curl(&lab)).or_insert(0) += 1;
+    }
+    // rr keeps a position per CPU: each CPU's share goes round the three.
+    assert_eq!(seen.len(), 3, "rr over the three real servers: {seen:?}");
+    assert!(seen.values().all(|&n| n >= 2), "{seen:?}");
+    from_vip
+        .wait_for("replies from the VIP", Duration::from_secs(3), |l| {
+            l.len() >= 12
+        })
+        .unwrap_or_else(|e| panic!("replies from the VIP: {e:#}"));
+    let leaked = from_inside.stop().unwrap();
+    assert!(
+        leaked.is_empty(),
+        "untranslated replies reached the client: {leaked:?}"
+    );
+    drop(from_vip);
+
+    // A real server stops: down by its check on port 8080, skipped, back.
+    lab.stop_nginx(3).unwrap();
+    lab.wait_health(1, 3, "down", t.detection_refused() + MARGIN)
+        .unwrap();
+    for _ in 0..6 {
+        assert_ne!(
+            curl(&lab),
+            "rs3",
+            "a new connection went to the stopped real server"
+        );
+    }
+    lab.start_nginx(3).unwrap();
+    lab.wait_health(1, 3, "up", Duration::from_secs(10))
+        .unwrap();
+
+    // Established connections, synced to lb2.
+    let mut conns = LongLived::open(lab.client(), lab.target(), CONNECTIONS).unwrap();
+    let spread = conns.by_backend();
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    let r = conns.round();
+    assert_eq!(
+        (r.ok, r.resets),
+        (CONNECTIONS, 0),
+        "before the failover: {r:?}"
+    );
+    wait(
+        "lb2 to hold every connection's flow",
+        Duration::from_secs(15),
+        || {
+            lab.sync_status(2)["installed_entries"]
+                .as_u64()
+                .unwrap_or(0)
+                >= CONNECTIONS as u64
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+
+    // lb1 killed: lb2 takes both VIPs and translates the connections' replies.
+    let t0 = Instant::now();
+    lab.kill_lb(1).unwrap();
+    lab.wait_state(
+        2,
+        "MASTER",
+        t.master_down(99) + MARGIN + Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    wait("lb2 to hold the inside VIP", Duration::from_secs(5), || {
+        lab.lb(2)
+            .ip(&["-4", "addr", "show", "dev", "eth1"])
+            .is_ok_and(|a| a.contains(&INSIDE_VIP.to_string()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    lab.wait_client_follows(2, Duration::from_secs(5)).unwrap();
+    let r = conns.round();
+    eprintln!("after lb1's SIGKILL ({:?}): {r:?}", t0.elapsed());
+    assert_eq!(
+        (r.ok, r.resets, r.moved),
+        (CONNECTIONS, 0, 0),
+        "every connection on its real server after the failover: {r:?}\n{}",
+        lab.logs()
+    );
+    for line in lab
+        .lb_log(2)
+        .lines()
+        .filter(|l| l.contains("resolving the next hops"))
+    {
+        eprintln!("lb2: {line}");
+    }
+    // New connections through lb2, to all three.
+    let more = LongLived::open(lab.client(), lab.target(), 9).unwrap();
+    assert_eq!(more.by_backend().len(), 3, "{:?}", more.by_backend());
+    assert!(
+        lab.rs_addr(1).port() == NAT_PORT,
+        "the real servers listen behind the service's port"
+    );
+}
