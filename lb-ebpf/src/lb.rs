@@ -28,6 +28,7 @@ use crate::{
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 
 /// `bpf_map_update_elem` flags, and its answer when BPF_NOEXIST finds the key.
@@ -60,6 +61,16 @@ trait Family {
     fn nat_reply_of(ctx: &XdpContext, fwd: &Self::Flow, clk: Clock) -> Result<u32, u32>;
     /// `nat::reply4`/`nat::reply6`.
     fn nat_reply(
+        ctx: &XdpContext,
+        vip: &[u32; 4],
+        vport: u16,
+        client: &[u32; 4],
+        clk: Clock,
+    ) -> Result<u32, u32>;
+    /// `nat_icmp_reply` for the flow `fwd` (a `NAT_REV4`/`NAT_REV6` value).
+    fn nat_icmp_reply_of(ctx: &XdpContext, fwd: &Self::Flow, clk: Clock) -> Result<u32, u32>;
+    /// `nat::icmp_reply4`/`nat::icmp_reply6`.
+    fn nat_icmp_reply(
         ctx: &XdpContext,
         vip: &[u32; 4],
         vport: u16,
@@ -171,6 +182,10 @@ impl Family for V4 {
         nat::reply4(ctx, fwd.dst, fwd.dport, fwd.src, clk)
     }
     #[inline(always)]
+    fn nat_icmp_reply_of(ctx: &XdpContext, fwd: &FlowKey4, clk: Clock) -> Result<u32, u32> {
+        nat::icmp_reply4(ctx, fwd.dst, fwd.dport, fwd.src, clk)
+    }
+    #[inline(always)]
     fn nat_reply(
         ctx: &XdpContext,
         vip: &[u32; 4],
@@ -179,6 +194,16 @@ impl Family for V4 {
         clk: Clock,
     ) -> Result<u32, u32> {
         nat::reply4(ctx, vip[0], vport, client[0], clk)
+    }
+    #[inline(always)]
+    fn nat_icmp_reply(
+        ctx: &XdpContext,
+        vip: &[u32; 4],
+        vport: u16,
+        client: &[u32; 4],
+        clk: Clock,
+    ) -> Result<u32, u32> {
+        nat::icmp_reply4(ctx, vip[0], vport, client[0], clk)
     }
     type Cache = FlowCache4;
     #[inline(always)]
@@ -314,6 +339,10 @@ impl Family for V6 {
         nat::reply6(ctx, &fwd.dst, fwd.dport, &fwd.src, clk)
     }
     #[inline(always)]
+    fn nat_icmp_reply_of(ctx: &XdpContext, fwd: &FlowKey6, clk: Clock) -> Result<u32, u32> {
+        nat::icmp_reply6(ctx, &fwd.dst, fwd.dport, &fwd.src, clk)
+    }
+    #[inline(always)]
     fn nat_reply(
         ctx: &XdpContext,
         vip: &[u32; 4],
@@ -322,6 +351,16 @@ impl Family for V6 {
         clk: Clock,
     ) -> Result<u32, u32> {
         nat::reply6(ctx, vip, vport, client, clk)
+    }
+    #[inline(always)]
+    fn nat_icmp_reply(
+        ctx: &XdpContext,
+        vip: &[u32; 4],
+        vport: u16,
+        client: &[u32; 4],
+        clk: Clock,
+    ) -> Result<u32, u32> {
+        nat::icmp_reply6(ctx, vip, vport, client, clk)
     }
     type Cache = FlowCache6;
     #[inline(always)]
@@ -1217,30 +1256,43 @@ fn map_error(ctx: &XdpContext, service: u32, slot: u32) -> u32 {
 }
 
 /// ICMP: "fragmentation needed" and "packet too big" about a flow we balance go to that
-/// flow's backend, whose path MTU it concerns. Everything else (echo, neighbour discovery,
-/// other errors) goes to the stack.
+/// flow's backend, whose path MTU it concerns. With NAT, every error IPVS translates
+/// (destination unreachable, time exceeded; ICMPv6's parameter problem too) about a NAT
+/// flow is translated, both ways (`nat::icmp_send`, `nat::icmp_reply4`). Everything else
+/// (echo, neighbour discovery, other errors) goes to the stack.
 #[inline(always)]
 fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     if l3.fragment {
         return Err(PASS_ICMP);
     }
     let (ty, code) = parse::icmp_type_code(ctx, l3)?;
-    let ptb = if l3.family == FAMILY_V4 {
-        ty == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED
+    let (ptb, error) = if l3.family == FAMILY_V4 {
+        (
+            ty == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED,
+            ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED,
+        )
     } else {
-        ty == ICMPV6_PKT_TOOBIG
+        (ty == ICMPV6_PKT_TOOBIG, (1..=4).contains(&ty))
     };
-    if !ptb {
+    let nat = error && NAT_ON.get(0).is_some_and(|on| *on != 0);
+    if !ptb && !nat {
         return Err(PASS_ICMP);
     }
     let (src, dst, proto, sport, dport) = parse::icmp_quoted(ctx, l3)?;
     // The quoted packet is one the VIP sent (a real server's reply): from VIP:port to the
-    // client. Its flow is the reverse.
+    // client; its flow is the reverse. Or, NAT, one the client sent that was translated
+    // here, which an ICMP error from the real servers' side quotes: its key is then the
+    // reverse entry's of its real server's replies.
     if src != l3.dst || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return Err(PASS_ICMP_NO_FLOW);
     }
     let key = F::flow(&dst, &src, dport, sport, proto);
-    let entry = F::flows().get_ptr(&key).ok_or(PASS_ICMP_NO_FLOW)?;
+    let Some(entry) = F::flows().get_ptr(&key) else {
+        if nat {
+            return nat_icmp_reply::<F>(ctx, &key, &dst, dport, proto, &l3.dst);
+        }
+        return Err(PASS_ICMP_NO_FLOW);
+    };
     // SAFETY: as in `established`.
     let e = unsafe { &*entry };
     let svc = SERVICE_INFO.get(e.service).ok_or(PASS_ICMP_NO_FLOW)?;
@@ -1249,8 +1301,41 @@ fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     }
     let b = live_backend(e.backend, e.generation).ok_or(PASS_ICMP_NO_FLOW)?;
     if b.flags & BACKEND_F_NAT != 0 {
-        // Its quoted packet would need translating too: not done yet, the stack gets it.
+        return if F::V4 {
+            nat::icmp_send::<true>(ctx, e.backend, clock())
+        } else {
+            nat::icmp_send::<false>(ctx, e.backend, clock())
+        };
+    }
+    if !ptb {
         return Err(PASS_ICMP);
     }
     send_established::<F>(ctx, &key, b, e, clock(), FWD_ICMP)
+}
+
+/// An ICMP error from the real servers' side about a NAT flow: its quoted packet (from
+/// the client to real server `rs`, `rport`) names the real server, whose `NAT_SOURCES`
+/// entry names the VIP and port (or, shared, whose flow's reverse entry does, under `key`:
+/// the quoted packet's reverse, the key of its replies).
+#[inline(always)]
+fn nat_icmp_reply<F: Family>(
+    ctx: &XdpContext,
+    key: &F::Flow,
+    rs: &[u32; 4],
+    rport: u16,
+    proto: u8,
+    client: &[u32; 4],
+) -> Result<u32, u32> {
+    let src = F::nat_sources()
+        .get_ptr(F::svc(rs, rport, proto))
+        .ok_or(PASS_ICMP_NO_FLOW)?;
+    // SAFETY: as in `nat_reply`.
+    let src = unsafe { &*src };
+    if src.shared == 0 {
+        return F::nat_icmp_reply(ctx, &src.vip, src.vport, client, clock());
+    }
+    let fwd = F::nat_rev().get_ptr(key).ok_or(PASS_ICMP_NO_FLOW)?;
+    // SAFETY: as in `nat_reply`.
+    let fwd = unsafe { &*fwd };
+    F::nat_icmp_reply_of(ctx, fwd, clock())
 }

@@ -311,6 +311,228 @@ fn rewrite<const V4: bool, const DST: bool>(
     Ok(())
 }
 
+/// An ICMP error from the client's side about a NAT flow (its quoted packet is a reply
+/// the client got from the VIP, translated here) goes to the flow's real server, as IPVS's
+/// `ip_vs_nat_icmp` sends it: the outer destination and the quoted source become the real
+/// server's address, the quoted source port its port. `Ok(FWD_ICMP | via)`, or the reason.
+#[inline(always)]
+pub fn icmp_send<const V4: bool>(ctx: &XdpContext, backend: u32, clk: Clock) -> Result<u32, u32> {
+    let slot = match route::to_backend::<V4>(ctx, backend, clk) {
+        Ok(slot) => slot,
+        Err(DROP_NO_NEIGH) => u32::MAX,
+        Err(r) => return Err(r),
+    };
+    result(if V4 {
+        icmp_in4(ctx, backend, slot)
+    } else {
+        icmp_in6(ctx, backend, slot)
+    })
+}
+
+#[inline(never)]
+fn icmp_in4(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
+    match icmp_inbound::<true>(ctx, backend, slot) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+#[inline(never)]
+fn icmp_in6(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
+    match icmp_inbound::<false>(ctx, backend, slot) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+#[inline(always)]
+fn icmp_inbound<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> Result<u32, u32> {
+    let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
+    let l3_off = l3_offset(ctx)?;
+    icmp_rewrite::<V4, false>(ctx, l3_off, &b.daddr, b.nat_port)?;
+    if slot == u32::MAX {
+        return Err(PASS_NAT_TO_STACK);
+    }
+    let hop = route::hop(slot)?;
+    route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_ICMP | via)
+}
+
+/// An ICMP error from the real servers' side (the real server, or a router on its way)
+/// about a NAT flow (its quoted packet is the client's, translated here) goes to the
+/// client as from the VIP: the outer source and the quoted destination become `vip`, the
+/// quoted destination port `vport`, the TTL one less. `Ok(FWD_ICMP | via)`, or the reason.
+#[inline(always)]
+pub fn icmp_reply4(
+    ctx: &XdpContext,
+    vip: u32,
+    vport: u16,
+    client: u32,
+    clk: Clock,
+) -> Result<u32, u32> {
+    let slot = route::to_host4(ctx, vip, client, clk)?;
+    result(icmp_out4(ctx, vip, vport, slot))
+}
+
+#[inline(always)]
+pub fn icmp_reply6(
+    ctx: &XdpContext,
+    vip: &[u32; 4],
+    vport: u16,
+    client: &[u32; 4],
+    clk: Clock,
+) -> Result<u32, u32> {
+    let slot = route::to_host6(ctx, vip, client, clk)?;
+    result(icmp_out6(ctx, vip, vport, slot))
+}
+
+#[inline(never)]
+fn icmp_out4(ctx: &XdpContext, vip: u32, vport: u16, slot: u32) -> u32 {
+    let vip = [vip, 0, 0, 0];
+    match icmp_outbound::<true>(ctx, &vip, vport, slot) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+#[inline(never)]
+fn icmp_out6(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
+    match icmp_outbound::<false>(ctx, vip, vport, slot) {
+        Ok(v) => v,
+        Err(r) => r | FAILED,
+    }
+}
+
+#[inline(always)]
+fn icmp_outbound<const V4: bool>(
+    ctx: &XdpContext,
+    vip: &[u32; 4],
+    vport: u16,
+    slot: u32,
+) -> Result<u32, u32> {
+    let l3_off = l3_offset(ctx)?;
+    icmp_rewrite::<V4, true>(ctx, l3_off, vip, vport)?;
+    let hop = route::host_hop(slot)?;
+    route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_ICMP | via)
+}
+
+/// Rewrites an ICMP error about a NAT flow: `OUT` (towards the client) the outer source,
+/// the quoted destination and its port, and the TTL (hop limit) one less; else the outer
+/// destination, the quoted source and its port. Only the common shape is taken: no IPv4
+/// options, outside or quoted, and the quoted TCP or UDP header right after the quoted
+/// IP header; the rest passes to the stack untouched (`pass_icmp`). The whole of it lies
+/// at fixed offsets from the IP header, checked once through one pointer (separate checks
+/// of nested regions are dropped by the compiler as implied, which the verifier refuses).
+///
+/// Checksums, in place: the IPv4 header's and the quoted header's for their addresses; the
+/// ICMP checksum, which covers the quoted header, changes only by the port (the quoted
+/// address's change and its header checksum's cancel out); ICMPv6's covers the outer
+/// addresses too (the pseudo-header). The quoted TCP or UDP checksum is left as it came,
+/// as IPVS leaves it (the quote is usually cut short of the segment it sums).
+#[inline(always)]
+fn icmp_rewrite<const V4: bool, const OUT: bool>(
+    ctx: &XdpContext,
+    l3_off: usize,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<(), u32> {
+    if V4 {
+        // Outer header words 0..10, ICMP 10..14 (checksum 11), quoted header 14..24
+        // (checksum 19, source 20..22, destination 22..24), quoted ports 24 and 25.
+        let p = ptr_at_mut::<[u16; 26]>(ctx, l3_off).ok_or(DROP_MALFORMED_ICMP)?;
+        // SAFETY: bounds checked by `ptr_at_mut`; the IP header starts at an even offset.
+        let h = unsafe { &mut *p };
+        if h[0].to_ne_bytes()[0] != 0x45 || h[14].to_ne_bytes()[0] != 0x45 {
+            return Err(PASS_ICMP);
+        }
+        if OUT {
+            let [ttl, proto] = h[4].to_ne_bytes();
+            if ttl <= 1 {
+                return Err(PASS_NAT_TO_STACK);
+            }
+            let new = u16::from_ne_bytes([ttl - 1, proto]);
+            h[5] = csum::replace16(h[5], h[4], new);
+            h[4] = new;
+        }
+        let (o, q, pi) = if OUT { (6, 22, 25) } else { (8, 20, 24) };
+        let [lo, hi] = split(addr[0]);
+        let old = join(h[o], h[o + 1]);
+        h[5] = csum::replace32(h[5], old, addr[0]);
+        h[o] = lo;
+        h[o + 1] = hi;
+        let old = join(h[q], h[q + 1]);
+        h[19] = csum::replace32(h[19], old, addr[0]);
+        h[q] = lo;
+        h[q + 1] = hi;
+        if port != 0 {
+            h[11] = csum::replace16(h[11], h[pi], port);
+            h[pi] = port;
+        }
+    } else {
+        // Outer header words 0..20 (hop limit in 3, source 4..12, destination 12..20),
+        // ICMPv6 20..24 (checksum 21), quoted header 24..44 (source 28..36, destination
+        // 36..44), quoted ports 44 and 45.
+        let p = ptr_at_mut::<[u16; 46]>(ctx, l3_off).ok_or(DROP_MALFORMED_ICMP)?;
+        // SAFETY: as above.
+        let h = unsafe { &mut *p };
+        if h[24].to_ne_bytes()[0] >> 4 != 6 {
+            return Err(PASS_ICMP);
+        }
+        if OUT {
+            let [next, hops] = h[3].to_ne_bytes();
+            if hops <= 1 {
+                return Err(PASS_NAT_TO_STACK);
+            }
+            h[3] = u16::from_ne_bytes([next, hops - 1]);
+        }
+        let (o, q, pi) = if OUT { (4, 36, 45) } else { (12, 28, 44) };
+        let base = h.as_mut_ptr();
+        // SAFETY: as above; each address is 16 bytes within the 92 checked, read before
+        // `h` is used again.
+        let check = unsafe {
+            let check = csum16_diff(base.add(o), addr, h[21])?;
+            csum16_diff(base.add(q), addr, check)?
+        };
+        for w in 0..4 {
+            let [lo, hi] = split(addr[w]);
+            h[o + 2 * w] = lo;
+            h[o + 2 * w + 1] = hi;
+            h[q + 2 * w] = lo;
+            h[q + 2 * w + 1] = hi;
+        }
+        h[21] = check;
+        if port != 0 {
+            h[21] = csum::replace16(h[21], h[pi], port);
+            h[pi] = port;
+        }
+    }
+    Ok(())
+}
+
+/// `check` updated for the 16 bytes at `old` becoming `new` (RFC 1624, by the kernel's
+/// `bpf_csum_diff`).
+///
+/// # Safety
+/// `old` must point to 16 readable bytes of the packet.
+#[inline(always)]
+unsafe fn csum16_diff(old: *mut u16, new: &[u32; 4], check: u16) -> Result<u16, u32> {
+    // SAFETY: the caller's.
+    let sum = unsafe {
+        bpf_csum_diff(
+            old.cast(),
+            16,
+            new.as_ptr() as *mut u32,
+            16,
+            (!check) as u32,
+        )
+    };
+    if sum < 0 {
+        return Err(DROP_MALFORMED_ICMP);
+    }
+    let sum = sum as u64 as u32;
+    let folded = (sum & 0xffff) + (sum >> 16);
+    Ok(!(((folded & 0xffff) + (folded >> 16)) as u16))
+}
+
 /// A 32-bit value as its two 16-bit halves in memory order.
 #[inline(always)]
 fn split(x: u32) -> [u16; 2] {

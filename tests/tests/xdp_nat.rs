@@ -25,7 +25,8 @@ use lb_daemon::{
 use lb_tests::{
     netns::{require_root, unique_prefix, Netns},
     packet::{
-        ether, tcp, udp, Addrs, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, TCP_ACK, TCP_SYN,
+        ether, icmp4, icmp6, tcp, udp, Addrs, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS,
+        TCP_ACK, TCP_SYN,
     },
     xdp::{small_options, RunOutput, XdpHarness, MH_TABLE_SIZE},
 };
@@ -387,6 +388,139 @@ fn what_nat_leaves_to_the_stack_or_drops() {
                 vec![(fib.lb0, gateway.into())]
             );
             assert!(h.dp.writer().wanted_neighbours().is_empty());
+        })
+        .unwrap();
+}
+
+/// An ICMP error whose quoted packet is `quoted` (its IP header and the first 8 bytes of
+/// TCP: the ports, not the TCP checksum, which the translation leaves as it came), from
+/// `src` to `dst` with TTL (hop limit) `ttl`.
+fn icmp_error(src: IpAddr, dst: IpAddr, ty: u8, code: u8, quoted: &[u8], ttl: u8) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = Ipv4::new(s, d, 1);
+            ip.ttl = ttl;
+            ip.build(&icmp4(ty, code, [0, 0, 5, 0xdc], &quoted[..28]))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut ip = Ipv6::new(s, d, 58);
+            ip.hop_limit = ttl;
+            ip.build(&icmp6(ip.addrs(), ty, code, [0, 0, 5, 0], &quoted[..48]))
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// VIP, real server, client, a router on the client's side and one on the real servers',
+/// and the ICMP types and codes each side sends.
+type IcmpCase = (
+    IpAddr,
+    IpAddr,
+    IpAddr,
+    IpAddr,
+    IpAddr,
+    [(u8, u8); 2],
+    [(u8, u8); 2],
+);
+
+/// ICMP errors about NAT flows, translated both ways as IPVS does, byte for byte (every
+/// checksum of the expected frames computed whole by the test's builder): from the
+/// client's side (fragmentation needed, port unreachable) to the real server, about the
+/// reply the client got from the VIP; from the real servers' side (the real server's port
+/// unreachable, an inside router's time exceeded) to the client, from the VIP, about the
+/// client's packet as it was before translation.
+#[test]
+fn icmp_errors_about_nat_flows_are_translated_both_ways() {
+    if !require_root("icmp_errors_about_nat_flows_are_translated_both_ways") {
+        return;
+    }
+    let fib = Fib::new();
+    let specs = [
+        service(VIP4.into(), Proto::Tcp, RS4.into()),
+        service(VIP6.into(), Proto::Tcp, RS6.into()),
+    ];
+    let inside_router4: IpAddr = Ipv4Addr::new(198, 51, 100, 99).into();
+    let inside_router6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x99).into();
+    let outside_router4: IpAddr = Ipv4Addr::new(203, 0, 113, 1).into();
+    let outside_router6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).into();
+    let cases: [IcmpCase; 2] = [
+        (
+            VIP4.into(),
+            RS4.into(),
+            CLIENT4.into(),
+            outside_router4,
+            inside_router4,
+            [(3, 4), (3, 3)],
+            [(3, 3), (11, 0)],
+        ),
+        (
+            VIP6.into(),
+            RS6.into(),
+            CLIENT6.into(),
+            outside_router6,
+            inside_router6,
+            [(2, 0), (1, 4)],
+            [(1, 4), (3, 0)],
+        ),
+    ];
+    fib.ns
+        .run_in(|| {
+            let mut h = harness(&specs);
+            for (vip, rs, client, outside, inside, from_client, from_rs) in cases {
+                let inbound = packet(client, vip, 40200, VPORT, Some(TCP_SYN), 64);
+                let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ethertype(&inbound), &inbound);
+                assert_eq!(run(&mut h, fib.lb0, &frame).0.verdict, XDP_REDIRECT);
+                // The client's side: about the reply it got (VIP:80 -> client), to the real
+                // server as about its own reply (rs:8080 -> client); the TTL as it came.
+                let reply = packet(vip, client, VPORT, 40200, Some(TCP_ACK), 64);
+                let reply_rs = packet(rs, client, RPORT, 40200, Some(TCP_ACK), 64);
+                for (from, (ty, code)) in [outside, client].into_iter().zip(from_client) {
+                    let what = format!("{vip}: type {ty} code {code} from {from}");
+                    let err = icmp_error(from, vip, ty, code, &reply, 64);
+                    let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ethertype(&err), &err);
+                    let (out, bumped) = run(&mut h, fib.lb0, &frame);
+                    assert_eq!(
+                        (out.verdict, bumped),
+                        (XDP_REDIRECT, vec!["fwd_icmp"]),
+                        "{what}"
+                    );
+                    let want = icmp_error(from, rs, ty, code, &reply_rs, 64);
+                    assert_eq!(
+                        out.data,
+                        ether(RS_MAC, fib.lb1_mac, None, ethertype(&want), &want),
+                        "{what}: for the real server"
+                    );
+                }
+                // The real servers' side: about the client's packet as translated
+                // (client -> rs:8080), to the client from the VIP as about the packet it
+                // sent (client -> VIP:80); the TTL one less.
+                let sent = packet(client, rs, 40200, RPORT, Some(TCP_SYN), 64);
+                let sent_vip = packet(client, vip, 40200, VPORT, Some(TCP_SYN), 64);
+                for (from, (ty, code)) in [rs, inside].into_iter().zip(from_rs) {
+                    let what = format!("{vip}: type {ty} code {code} from {from}");
+                    let err = icmp_error(from, client, ty, code, &sent, 64);
+                    let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&err), &err);
+                    let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                    assert_eq!(
+                        (out.verdict, bumped),
+                        (XDP_REDIRECT, vec!["fwd_icmp"]),
+                        "{what}"
+                    );
+                    let want = icmp_error(vip, client, ty, code, &sent_vip, 63);
+                    assert_eq!(
+                        out.data,
+                        ether(ROUTER_MAC, fib.lb0_mac, None, ethertype(&want), &want),
+                        "{what}: for the client"
+                    );
+                }
+                // About a packet of no NAT flow or real server: the stack's, untouched.
+                let other = packet(client, rs, 40201, 22, Some(TCP_SYN), 64);
+                let err = icmp_error(rs, client, from_rs[0].0, from_rs[0].1, &other, 64);
+                let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&err), &err);
+                let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_icmp_no_flow"]));
+                assert_eq!(out.data, frame);
+            }
         })
         .unwrap();
 }
