@@ -162,3 +162,70 @@ fn nat_pair_translates_both_ways_and_fails_over_with_sync() {
         "the real servers listen behind the service's port"
     );
 }
+
+/// Whether LB 1's `dev` runs an XDP program.
+fn xdp_on(lab: &LvsLab, dev: &str) -> bool {
+    lab.lb(1)
+        .ip(&["link", "show", "dev", dev])
+        .is_ok_and(|l| l.contains("xdp"))
+}
+
+/// A restart keeps NAT's connections: the dataplane pinned (as on a host with systemd's
+/// /sys/fs/bpf), `lb-daemon stop --keep` leaves the program forwarding on both interfaces
+/// (the inside one's link is pinned with the dataplane), the next run takes both over and
+/// writes the NAT sources before its program runs; `stop --release` takes both off.
+#[test]
+fn nat_restart_takes_both_interfaces_over() {
+    if !require_lab("nat_restart_takes_both_interfaces_over") {
+        return;
+    }
+    let params = LvsParams {
+        nat: true,
+        pins: true,
+        ..LvsParams::new("rr", "skb")
+    };
+    let t = params.timers;
+    let mut lab = LvsLab::new(&unique_prefix("nar"), params).unwrap_or_else(|e| panic!("{e:#}"));
+    // One node: no peer to take the VIPs while it is down.
+    lab.start_lb(1).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.wait_state(1, "MASTER", t.master_down(100) + MARGIN)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut conns = LongLived::open(lab.client(), lab.target(), 30).unwrap();
+    assert_eq!(conns.by_backend().len(), 3, "{:?}", conns.by_backend());
+
+    lab.stop_lb_with(1, Some("--keep")).unwrap();
+    assert!(
+        xdp_on(&lab, HOST_IF) && xdp_on(&lab, "eth1"),
+        "the program stays on both"
+    );
+    let r = conns.round();
+    assert_eq!(
+        (r.ok, r.resets),
+        (30, 0),
+        "while no daemon runs, both directions translated: {r:?}\n{}",
+        lab.logs()
+    );
+
+    lab.start_lb(1).unwrap_or_else(|e| panic!("{e:#}"));
+    let log = lab.lb_log(1);
+    assert!(
+        log.lines().any(
+            |l| l.contains("XDP program attached to an inside interface")
+                && l.contains("taken_over=true")
+        ),
+        "the inside link taken over:\n{log}"
+    );
+    let r = conns.round();
+    assert_eq!(
+        (r.ok, r.resets),
+        (30, 0),
+        "after the restart: {r:?}\n{}",
+        lab.logs()
+    );
+
+    lab.stop_lb_with(1, Some("--release")).unwrap();
+    assert!(
+        !xdp_on(&lab, HOST_IF) && !xdp_on(&lab, "eth1"),
+        "a release takes both off"
+    );
+}

@@ -265,6 +265,9 @@ struct RawVirtualServer {
 struct RawSorryServer {
     ip: Spanned<String>,
     port: u16,
+    /// keepalived's `sorry_server_lvs_method`: "DR", "TUN" (the service's tunnel, IPIP
+    /// where the service has none) or "NAT"; default: the service's `lb_kind`.
+    lvs_method: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,8 +315,8 @@ fn one() -> Spanned<u32> {
 pub struct DataplaneConfig {
     pub interface: String,
     /// The other interfaces the program runs on (NAT's inside networks): same mode, same
-    /// maps; their traffic is only ever a NAT real server's reply or what the program
-    /// passes to the stack.
+    /// maps, the same program (a packet for a VIP arriving there is balanced as on the
+    /// main interface; what the inside should carry are the NAT real servers' replies).
     pub inside_interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub max_flows: u32,
@@ -1313,6 +1316,21 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             m_v
         }
     };
+    // keepalived's: the sorry server is reached the service's way unless it says otherwise.
+    let sorry_method = match vs.sorry_server.as_ref().and_then(|s| s.lvs_method.as_ref()) {
+        None => vs_method,
+        Some(m) => forwarding(cx, m, "virtual_server.sorry_server.lvs_method")?,
+    };
+    if sorry_method == Method::Nat && vs.port == 0 {
+        let span = vs
+            .sorry_server
+            .as_ref()
+            .map_or(vs.lb_kind.span(), |s| s.ip.span());
+        return Err(all_ports_nat(
+            span,
+            "virtual_server.sorry_server.lvs_method",
+        ));
+    }
     let mut real_servers = Vec::new();
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
@@ -1367,7 +1385,16 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             ));
         }
         let addr = SocketAddr::new(addr, port);
-        if real_servers.iter().any(|r: &RealServer| r.addr == addr) {
+        // Port 0 of a DR or TUN real server is the service's: the same real server as one
+        // written with that port.
+        let effective = |a: SocketAddr| match a.port() {
+            0 => SocketAddr::new(a.ip(), vs.port),
+            _ => a,
+        };
+        if real_servers
+            .iter()
+            .any(|r: &RealServer| effective(r.addr) == effective(addr))
+        {
             return Err(cx.invalid(
                 rs.ip.span(),
                 "real_server.ip",
@@ -1417,17 +1444,22 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                         "the sorry server must be in the VIP's address family",
                     ));
                 }
-                let port = match (vs_method, s.port) {
+                let port = match (sorry_method, s.port) {
                     (Method::Nat, 0) => vs.port,
                     (_, p) => p,
                 };
                 Some(SocketAddr::new(a, port))
             }
         },
-        sorry_forward: match (vs_method, vs_tunnel) {
-            (Method::Tun, Some(t)) => Forward::Tun(t),
-            (Method::Nat, _) => Forward::Nat,
-            _ => Forward::Dr,
+        sorry_forward: match sorry_method {
+            Method::Tun => Forward::Tun(vs_tunnel.unwrap_or(Tunnel {
+                kind: TunnelKind::Ipip,
+                port: 0,
+                ttl: DEFAULT_TUNNEL_TTL,
+                source: None,
+            })),
+            Method::Nat => Forward::Nat,
+            Method::Dr => Forward::Dr,
         },
     })
 }
@@ -1822,6 +1854,49 @@ static = true
         let e = parse(&text).unwrap_err().to_string();
         assert!(
             e.contains("lb.toml:25: `real_server.lvs_method`: a service of every port"),
+            "{e}"
+        );
+        // The sorry server its own way (keepalived's sorry_server_lvs_method): DR in a NAT
+        // service, NAT (port 0: the service's) or an IPIP tunnel in a DR one.
+        for (service, sorry, port, want) in [
+            ("NAT", "DR", 8081, Forward::Dr),
+            ("DR", "NAT", 0, Forward::Nat),
+            (
+                "DR",
+                "TUN",
+                80,
+                Forward::Tun(Tunnel {
+                    kind: TunnelKind::Ipip,
+                    port: 0,
+                    ttl: DEFAULT_TUNNEL_TTL,
+                    source: None,
+                }),
+            ),
+        ] {
+            let text = GOOD.replace(
+                "lb_kind = \"DR\"",
+                &format!(
+                    "lb_kind = \"{service}\"\nsorry_server = {{ ip = \"192.0.2.50\", port = {port}, \
+                     lvs_method = \"{sorry}\" }}"
+                ),
+            );
+            let vs = &parse(&text).unwrap().virtual_servers[0];
+            assert_eq!(
+                vs.sorry_forward, want,
+                "{service} service, {sorry} sorry server"
+            );
+            let port = if port == 0 { 80 } else { port };
+            assert_eq!(vs.sorry_server.unwrap().port(), port);
+        }
+        // Port 0 of a DR real server is the service's: the same real server as a NAT one
+        // on that port.
+        let text = GOOD.replace(
+            "  ip = \"192.0.2.12\"\n  port = 80\n",
+            "  ip = \"192.0.2.11\"\n  port = 0\n  lvs_method = \"NAT\"\n",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("`real_server.ip`: 192.0.2.11:80 is listed twice"),
             "{e}"
         );
     }

@@ -73,6 +73,11 @@ impl State {
             .dp
             .as_ref()
             .is_some_and(|dp| new.sync != self.config.sync || sync_key != dp.xdp.sync_key);
+        if let Some(dp) = &self.dp {
+            dp.xdp
+                .nat_fits(&new)
+                .map_err(|why| refusal(&self.path, ("virtual_server", "lb_kind", why)))?;
+        }
         // A smaller flow table must have room for the live flows: checked before anything
         // moves.
         if let (Some(dp), Some(d)) = (&self.dp, &new.dataplane) {
@@ -432,6 +437,11 @@ impl State {
             dp.xdp
                 .sync_fits(config.sync.as_ref())
                 .map_err(|(key, why)| sync_refusal(key, why))
+                .and_then(|()| {
+                    dp.xdp
+                        .nat_fits(&config)
+                        .map_err(|why| ("virtual_server", "lb_kind", why))
+                })
         });
         if let Err(r) = restart_only(&self.config, &config).and(fits) {
             lines.push(format!("a reload would be refused: {}", refusal(new, r)));

@@ -125,6 +125,13 @@ impl Xdp {
     pub(super) async fn start(config: &Config, d: &DataplaneConfig) -> Result<Self> {
         let started = Instant::now();
         let (iface_mac, ifindex) = interface_info(&d.interface).await?;
+        // The inside interfaces looked up before anything is attached: a typo stops the
+        // start here, not with the main program already running.
+        for iface in &d.inside_interfaces {
+            interface_info(iface)
+                .await
+                .with_context(|| format!("dataplane.inside_interfaces: {iface}"))?;
+        }
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
         // The NAT reverse tables, as large as the connection tables where a service is
         // NAT'd (only a real server two services share fills them); one entry otherwise.
@@ -286,6 +293,15 @@ impl Xdp {
             );
         }
         info!(interface = %d.interface, mode = attachment.mode.name(), program = attachment.program, taken_over = attachment.taken_over, pinned = ?pins.as_ref().map(|p| p.dir().display().to_string()), "XDP program attached");
+        // A previous run's inside attachments on interfaces no longer listed: taken off,
+        // or they would go on translating with maps nothing writes any more.
+        if let Some(p) = &pins {
+            for (name, link) in p.stray_inside_links(&d.inside_interfaces) {
+                let _ = crate::dataplane::devbound::link_detach(link.as_fd());
+                p.unpin(&name);
+                info!(pin = %name, "detached a previous run's XDP program from an interface no longer in inside_interfaces");
+            }
+        }
         let mut inside = Vec::new();
         for iface in &d.inside_interfaces {
             let at = attach_inside(
@@ -356,23 +372,39 @@ impl Xdp {
         });
     }
 
-    /// The inside interfaces' programs made anew over the main one's maps (after a grow
-    /// or a resize replaced them) and put in place, each in one step. A failure leaves
-    /// that interface on maps the main program no longer writes: said loudly.
-    async fn renew_inside(&mut self) -> Result<()> {
-        let limits = self.dp.limits();
-        for i in &mut self.inside {
+    /// Pins the inside interfaces' links with the dataplane's (a move's or a rename's new
+    /// pins: the old ones go with their directory).
+    fn pin_inside_links(&self, p: &Pins) {
+        for i in &self.inside {
+            if let Some(link) = i.attachment.link() {
+                if let Err(e) = p.pin_inside_link(&i.iface, link) {
+                    warn!(interface = %i.iface, "the XDP program will not outlive this daemon there: pinning its link: {e}");
+                }
+            }
+        }
+    }
+
+    /// The inside interfaces' programs made anew over `fds` (a grown or resized instance's
+    /// maps, with `limits`), loaded but not yet put in place: made before the main program
+    /// switches, so that a failure leaves everything as it was.
+    async fn prepare_inside(
+        &self,
+        fds: &program::MapFds,
+        limits: Limits,
+    ) -> Result<Vec<(OwnedFd, aya::Ebpf)>> {
+        let mut out = Vec::with_capacity(self.inside.len());
+        for i in &self.inside {
             let opts = LoadOptions {
                 limits,
                 iface_mac: i.mac,
                 sync: self.sync_load,
                 ..LoadOptions::default()
             };
-            let grown = program::for_interface(&opts, &self.fds)
+            let inst = program::for_interface(&opts, fds)
                 .with_context(|| format!("loading the XDP program for {}", i.iface))?;
             let prog = if i.attachment.program == crate::dataplane::devbound::PROGRAM_NATIVE {
                 match program::native_plan(
-                    &grown.fds,
+                    &inst.fds,
                     &i.iface,
                     i.ifindex,
                     crate::model::XdpMode::Native,
@@ -386,15 +418,26 @@ impl Xdp {
                     ),
                 }
             } else {
-                grown.prog
+                inst.prog
             };
-            i.attachment
-                .replace(prog)
-                .await
-                .with_context(|| format!("switching {}'s XDP program", i.iface))?;
-            i._ebpf = grown.ebpf;
+            out.push((prog, inst.ebpf));
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Puts [`Xdp::prepare_inside`]'s programs in place, each in one step. A switch that
+    /// fails (netlink refusing a program it took before) leaves that interface on maps the
+    /// main program no longer writes: said loudly, the others switched all the same.
+    async fn switch_inside(&mut self, prepared: Vec<(OwnedFd, aya::Ebpf)>) {
+        for (i, (prog, ebpf)) in self.inside.iter_mut().zip(prepared) {
+            match i.attachment.replace(prog).await {
+                Ok(()) => i._ebpf = ebpf,
+                Err(e) => tracing::error!(
+                    interface = %i.iface,
+                    "the inside interface's XDP program still runs over the previous maps (NAT replies there may go untranslated until a restart): {e}"
+                ),
+            }
+        }
     }
 
     /// Takes the program off the interface and removes the pins (a `release` stop): the
@@ -826,6 +869,7 @@ impl Xdp {
             bound,
         )
         .context("loading an XDP program instance with the new connection tables")?;
+        let inside = self.prepare_inside(&resized.fds, self.dp.limits()).await?;
         let tables = [Table::Flows4, Table::Flows6];
         fn fd(fds: &program::MapFds, t: Table) -> Result<BorrowedFd<'_>> {
             fds.get(t.name())
@@ -860,11 +904,6 @@ impl Xdp {
             .await
             .context("switching to the XDP program instance with the new tables")?;
         let old_fds = std::mem::replace(&mut self.fds, resized.fds);
-        if let Err(e) = self.renew_inside().await {
-            tracing::error!(
-                "the inside interfaces' programs still use the old connection tables: {e:#}"
-            );
-        }
         // Nothing below can fail: the new tables run.
         let mut late = 0;
         for t in tables {
@@ -879,6 +918,9 @@ impl Xdp {
                 ),
             }
         }
+        // The inside interfaces follow once the new tables hold every flow (they see only
+        // NAT replies, which need no table, and whatever else the stack should have).
+        self.switch_inside(inside).await;
         self._ebpf = resized.ebpf;
         if let Some(p) = &self.pins {
             pin_maps(p, &self.fds);
@@ -960,6 +1002,7 @@ impl Xdp {
                         );
                     }
                 }
+                self.pin_inside_links(&p);
                 Some(p)
             }
             Err(e) => {
@@ -1005,6 +1048,7 @@ impl Xdp {
                         );
                     }
                 }
+                self.pin_inside_links(&p);
                 if let Some(old) = self.pins.replace(p) {
                     if let Err(e) = old.remove() {
                         warn!("removing the old name's pins: {e}");
@@ -1060,6 +1104,29 @@ impl Xdp {
         self.dp.writer().clock_seconds().saturating_sub(idle)
     }
 
+    /// Whether `config`'s NAT services fit the running program: the NAT reverse tables are
+    /// made at start, as large as the flow table when a service is NAT'd and of one entry
+    /// otherwise, so the first NAT service waits for a restart (checked before a reload
+    /// changes anything).
+    pub(super) fn nat_fits(&self, config: &Config) -> Result<(), String> {
+        let nat = config
+            .virtual_servers
+            .iter()
+            .any(|vs| vs.forwards().any(|f| f == crate::model::Forward::Nat));
+        let room = match self.fds.map(names::NAT_REV4) {
+            Ok(aya::maps::Map::LruHashMap(m)) => m.info().ok().map(|i| i.max_entries()),
+            _ => None,
+        };
+        if nat && room.is_some_and(|n| n <= 1) {
+            return Err(
+                "the first NAT service needs a restart: the running program was \
+                        started without NAT, and its NAT reverse tables have no room"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The connection tables' size now.
     pub(super) fn max_flows(&self) -> Option<u32> {
         let f = self.fds.map(names::FLOWS4).ok()?;
@@ -1090,6 +1157,7 @@ impl Xdp {
             bound,
         )
         .context("loading a larger XDP program instance")?;
+        let inside = self.prepare_inside(&grown.fds, limits).await?;
         let maps = self.dp.writer().regrown(&grown.fds)?;
         let old = self
             .dp
@@ -1104,9 +1172,7 @@ impl Xdp {
         self.dp.writer_mut().new_epoch()?;
         self._ebpf = grown.ebpf;
         self.fds = grown.fds;
-        if let Err(e) = self.renew_inside().await {
-            tracing::error!("the inside interfaces' programs still use the smaller maps: {e:#}");
-        }
+        self.switch_inside(inside).await;
         if let Some(p) = &self.pins {
             pin_maps(p, &self.fds);
         }

@@ -325,11 +325,30 @@ impl Pins {
     /// The pinned bpf_link of the program on the inside interface `iface` (`[dataplane]
     /// inside_interfaces`), kept with the dataplane's: one dataplane, several attachments.
     pub fn inside_link(&self, iface: &str) -> Option<OwnedFd> {
-        devbound::obj_get(&self.path(&format!("link@{iface}"))).ok()
+        devbound::obj_get(&self.path(&inside_link_name(iface))).ok()
     }
 
     pub fn pin_inside_link(&self, iface: &str, link: BorrowedFd<'_>) -> Result<(), PinError> {
-        self.pin_map(&format!("link@{iface}"), link)
+        self.pin_map(&inside_link_name(iface), link)
+    }
+
+    /// The inside links pinned here whose interface `keep` does not name (a previous run's,
+    /// for interfaces no longer configured), by pin name, each with its link.
+    pub fn stray_inside_links(&self, keep: &[String]) -> Vec<(String, OwnedFd)> {
+        let wanted: Vec<String> = keep.iter().map(|i| inside_link_name(i)).collect();
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("link@") && !n.ends_with("_next") && !wanted.contains(n))
+            .filter_map(|n| Some((n.clone(), devbound::obj_get(&self.path(&n)).ok()?)))
+            .collect()
+    }
+
+    /// Removes the pin `name` (a [`Pins::stray_inside_links`] one).
+    pub fn unpin(&self, name: &str) {
+        let _ = std::fs::remove_file(self.path(name));
     }
 
     pub fn unpin_link(&self) {
@@ -376,6 +395,12 @@ pub fn shape_of(fd: BorrowedFd<'_>) -> io::Result<Shape> {
 
 /// The directory of the dataplane on `interface` in network namespace `netns` (see
 /// [`crate::os::netns_id`]).
+/// The pin of the link on inside interface `iface` (escaped: bpffs refuses a '.', which a
+/// VLAN device's name has).
+fn inside_link_name(iface: &str) -> String {
+    format!("link@{}", crate::os::file_name_part(iface))
+}
+
 pub fn pin_dir(root: &Path, netns: &str, interface: &str) -> PathBuf {
     root.join("lb-daemon")
         .join(crate::os::file_name_part(netns))

@@ -1980,7 +1980,15 @@ impl Cx<'_> {
                         let Some(w) = st.args().first() else {
                             return Err(Diag::new(k.span, format!("`{}` needs a value", k.text)));
                         };
-                        sorry_method = Some((method(st)?.name(), w.span));
+                        let m = method(st)?;
+                        if let Some(span) = m.port.map(|p| p.1).or(m.tunnel.and_then(|t| t.1)) {
+                            return Err(Diag::new(
+                                span,
+                                "a sorry server takes the service's tunnel (or IPIP): its own \
+                                 type and port are not supported",
+                            ));
+                        }
+                        sorry_method = Some((m.name(), w.span));
                     }
                     "inhibit_on_failure" => {
                         let (on, span) = flag(st)?;
@@ -2071,17 +2079,17 @@ impl Cx<'_> {
                 " keepalived's default without `lb_kind`",
             ));
         }
-        // lb-daemon reaches the sorry server the service's way, keepalived's default.
-        if let Some((m, span)) = sorry_method {
-            let kind = lb_kind.unwrap_or("NAT");
-            if m != kind {
-                self.error(Diag::new(
-                    span,
-                    format!(
-                        "`sorry_server_lvs_method`: a sorry server is reached the service's way \
-                         (lb_kind {kind}), not {m}"
-                    ),
-                ));
+        // keepalived reaches the sorry server the service's way unless it says otherwise:
+        // the TOML's `lvs_method` in the sorry server's table, where it differs.
+        if let Some((m, _)) = sorry_method {
+            if m != lb_kind.unwrap_or("NAT") {
+                if let Some(Entry {
+                    value: Value::Inline(items),
+                    ..
+                }) = t.get_mut("sorry_server")
+                {
+                    items.push(("lvs_method", Value::Str(m.into())));
+                }
             }
         }
         if !t.has("protocol") {
