@@ -18,8 +18,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use lb_common::reason::{self, *};
+use lb_common::FlowKey4;
 use lb_daemon::{
-    dataplane::{BackendSpec, ServiceSpec, TUNNEL_MAC},
+    dataplane::{flows::reverse_key4, BackendSpec, ServiceSpec, TUNNEL_MAC},
     model::{Forward, Proto, Scheduler},
 };
 use lb_tests::{
@@ -570,6 +571,35 @@ fn a_real_server_two_services_share_is_told_apart_by_flow() {
             let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
             let (out, bumped) = run(&mut h, fib.lb1, &frame);
             assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
+            // An ICMP error from the real server about the second flow's packet: from
+            // the second VIP and port, by the flow's reverse entry.
+            let sent = packet(CLIENT4.into(), RS4.into(), 40201, RPORT, Some(TCP_SYN), 64);
+            let err = icmp_error(RS4.into(), CLIENT4.into(), 3, 3, &sent, 64);
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &err);
+            let (out, bumped) = run(&mut h, fib.lb1, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_REDIRECT, vec!["fwd_icmp"]));
+            let sent_vip = packet(CLIENT4.into(), vip_b.into(), 40201, 443, Some(TCP_SYN), 64);
+            let want = icmp_error(vip_b.into(), CLIENT4.into(), 3, 3, &sent_vip, 63);
+            assert_eq!(
+                out.data,
+                ether(ROUTER_MAC, fib.lb0_mac, None, ETH_P_IP, &want)
+            );
+            // The reverse entries the program wrote are where connection sync writes a
+            // peer's (`flows::reverse_key4`): the receiver's keys are the program's.
+            let rev: aya::maps::HashMap<_, FlowKey4, FlowKey4> =
+                aya::maps::HashMap::try_from(h.ebpf.map("NAT_REV4").unwrap()).unwrap();
+            for (vip, vport, cport) in [(VIP4, VPORT, 40200u16), (vip_b, 443, 40201)] {
+                let flow = FlowKey4 {
+                    src: lb_common::addr_v4(CLIENT4.octets()),
+                    dst: lb_common::addr_v4(vip.octets()),
+                    sport: cport.to_be(),
+                    dport: vport.to_be(),
+                    proto: 6,
+                    _pad: [0; 3],
+                };
+                let key = reverse_key4(&flow, SocketAddr::new(RS4.into(), RPORT));
+                assert_eq!(rev.get(&key, 0).ok(), Some(flow), "{vip}:{vport}");
+            }
         })
         .unwrap();
 }

@@ -93,6 +93,33 @@ impl Table {
     }
 }
 
+/// The `NAT_REV4` key of flow `flow`'s replies from NAT real server `rs` (as the program's
+/// `lb::nat_reverse` writes it): from the real server's address and port to the client's.
+pub fn reverse_key4(flow: &FlowKey4, rs: std::net::SocketAddr) -> FlowKey4 {
+    let (addr, _) = super::addr_words(rs.ip());
+    FlowKey4 {
+        src: addr[0],
+        dst: flow.src,
+        sport: rs.port().to_be(),
+        dport: flow.sport,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// [`reverse_key4`] for IPv6 (`NAT_REV6`).
+pub fn reverse_key6(flow: &FlowKey6, rs: std::net::SocketAddr) -> FlowKey6 {
+    let (addr, _) = super::addr_words(rs.ip());
+    FlowKey6 {
+        src: addr,
+        dst: flow.src,
+        sport: rs.port().to_be(),
+        dport: flow.sport,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
+
 /// What an install did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Installed {
@@ -127,6 +154,9 @@ pub struct FlowTables {
     persist6: MapData,
     cache4: MapData,
     cache6: MapData,
+    /// `NAT_REV4`/`NAT_REV6`: a shared NAT real server's replies' keys -> their flows'.
+    rev4: MapData,
+    rev6: MapData,
     /// Entries asked for per call.
     batch: usize,
 }
@@ -147,6 +177,8 @@ impl FlowTables {
             persist6: open(names::PERSIST6, false)?,
             cache4: open(names::FLOW_CACHE4, true)?,
             cache6: open(names::FLOW_CACHE6, true)?,
+            rev4: open(names::NAT_REV4, false)?,
+            rev6: open(names::NAT_REV6, false)?,
             batch: BATCH,
         })
     }
@@ -164,6 +196,38 @@ impl FlowTables {
             Table::Persist4 => &self.persist4,
             Table::Persist6 => &self.persist6,
         }
+    }
+
+    /// Writes NAT reverse entries `replies[i] -> flows[i]` (`NAT_REV6` if `v6`, else
+    /// `NAT_REV4`) for a peer's synced flows to a shared NAT real server; with
+    /// `keep_existing` (a master) leaving the ones the table has. One entry per call: only
+    /// a real server two services share has any. `K` must be the family's flow key.
+    pub fn install_reverse<K: Copy>(
+        &self,
+        v6: bool,
+        replies: &[K],
+        flows: &[K],
+        keep_existing: bool,
+    ) -> Result<usize, FlowsError> {
+        let (map, name) = if v6 {
+            (&self.rev6, names::NAT_REV6)
+        } else {
+            (&self.rev4, names::NAT_REV4)
+        };
+        let fd = map.fd().as_fd();
+        let flag = if keep_existing { BPF_NOEXIST } else { BPF_ANY };
+        let mut written = 0;
+        for (k, v) in replies.iter().zip(flows) {
+            // SAFETY: `K` is the map's key and value type (the caller's promise).
+            let err =
+                unsafe { update_elem(fd, (k as *const K).cast(), (v as *const K).cast(), flag) };
+            match err {
+                None => written += 1,
+                Some(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Some(source) => return Err(FlowsError::Update { map: name, source }),
+            }
+        }
+        Ok(written)
     }
 
     /// Writes `keys[i] -> values[i]` into table `t` (a peer's synced entries), replacing

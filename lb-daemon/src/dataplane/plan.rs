@@ -1139,6 +1139,19 @@ impl<W: MapWriter> Dataplane<W> {
         Ok(counter.writes)
     }
 
+    /// Whether NAT real server `rs` (its address and port, for protocol `proto`) is one two
+    /// services share: its flows' replies are then told apart by reverse entries.
+    pub fn nat_shared(&self, proto: u8, rs: SocketAddr) -> bool {
+        let (addr, family) = super::addr_words(rs.ip());
+        let key = MapKey {
+            addr,
+            port: rs.port().to_be(),
+            proto,
+            family,
+        };
+        self.nat.get(&key).is_some_and(|s| s.shared != 0)
+    }
+
     /// Writes what `NAT_SOURCES4`/`NAT_SOURCES6` and `NAT_ON` must hold for the maps as they
     /// are (adopted ones: those two are the program instance's own, empty in a new one):
     /// called before a new instance is attached, so that the NAT real servers' replies are

@@ -31,6 +31,9 @@ pub struct Index {
     backends: HashMap<(u32, SocketAddr), (u32, u32)>,
     /// Service id -> (idle timeout, persistence timeout), seconds (0: none).
     timeouts: HashMap<u32, (u32, u32)>,
+    /// NAT real servers two services share, by backend id: a synced flow to one needs its
+    /// reverse entry too (its replies are told apart by it).
+    nat_shared: HashMap<u32, SocketAddr>,
 }
 
 impl Index {
@@ -69,6 +72,11 @@ impl Index {
                     },
                 );
                 ix.backends.insert((sid, b.addr), (bid, generation));
+                if b.forward == crate::model::Forward::Nat
+                    && dp.nat_shared(spec.proto.number(), b.addr)
+                {
+                    ix.nat_shared.insert(bid, b.addr);
+                }
             }
         }
         ix
@@ -97,6 +105,12 @@ impl Index {
     }
 
     /// Whether a service id is synced here.
+    /// The address and port of backend `bid` when it is a NAT real server two services
+    /// share.
+    pub fn nat_shared(&self, bid: u32) -> Option<SocketAddr> {
+        self.nat_shared.get(&bid).copied()
+    }
+
     pub fn is_synced(&self, sid: u32) -> bool {
         self.timeouts.contains_key(&sid)
     }
@@ -150,6 +164,35 @@ mod tests {
                     forward: crate::model::Forward::Dr,
                 })
                 .collect(),
+        }
+    }
+
+    /// A NAT real server two services send to on the same port is shared: a synced flow to
+    /// it needs its reverse entry. One that only one service sends to is not.
+    #[test]
+    fn shared_nat_real_servers_are_named() {
+        let nat = |mut s: ServiceSpec, port: u16| {
+            for b in &mut s.backends {
+                b.forward = crate::model::Forward::Nat;
+                b.addr.set_port(port);
+            }
+            s
+        };
+        // 192.0.2.11:8080 behind both 100:80 and 100:443; 192.0.2.12:9000 behind 200:80.
+        let specs = [
+            nat(spec(100, 80, 1), 8080),
+            nat(spec(100, 443, 1), 8080),
+            nat(spec(200, 80, 2), 9000),
+        ];
+        let mut dp = Dataplane::new(MemMaps::default(), Limits::default());
+        dp.update(&specs).unwrap();
+        let ix = Index::build(&dp, |_| true);
+        for s in &specs {
+            let (_, bids) = dp.ids_of(s).unwrap();
+            for (b, bid) in s.backends.iter().zip(bids) {
+                let shared = b.addr.port() == 8080;
+                assert_eq!(ix.nat_shared(bid), shared.then_some(b.addr), "{}", b.addr);
+            }
         }
     }
 

@@ -141,6 +141,10 @@ struct Pending {
     flows6: (Vec<FlowKey6>, Vec<FlowValue>),
     persist4: (Vec<PersistKey4>, Vec<FlowValue>),
     persist6: (Vec<PersistKey6>, Vec<FlowValue>),
+    /// NAT reverse entries (a reply's key -> its flow's key) of flows to a shared NAT real
+    /// server: as the program writes them (`lb::nat_reverse`).
+    rev4: (Vec<FlowKey4>, Vec<FlowKey4>),
+    rev6: (Vec<FlowKey6>, Vec<FlowKey6>),
 }
 
 impl Pending {
@@ -392,27 +396,42 @@ impl Receiver {
                 state: synced_state(e.kind, r.proto),
             };
             let p = &mut self.pending;
+            let shared = ix.nat_shared(bid).filter(|_| e.kind == codec::ENTRY_FLOW);
             match (e.kind, r.vip) {
                 (codec::ENTRY_FLOW, IpAddr::V4(_)) => {
-                    p.flows4.0.push(FlowKey4 {
+                    let key = FlowKey4 {
                         src: ip4(&e.caddr),
                         dst: ip4(&r.vip),
                         sport: e.cport.to_be(),
                         dport: e.dport.to_be(),
                         proto: r.proto,
                         _pad: [0; 3],
-                    });
+                    };
+                    if let Some(rs) = shared {
+                        p.rev4
+                            .0
+                            .push(crate::dataplane::flows::reverse_key4(&key, rs));
+                        p.rev4.1.push(key);
+                    }
+                    p.flows4.0.push(key);
                     p.flows4.1.push(value);
                 }
                 (codec::ENTRY_FLOW, IpAddr::V6(_)) => {
-                    p.flows6.0.push(FlowKey6 {
+                    let key = FlowKey6 {
                         src: ip6(&e.caddr),
                         dst: ip6(&r.vip),
                         sport: e.cport.to_be(),
                         dport: e.dport.to_be(),
                         proto: r.proto,
                         _pad: [0; 3],
-                    });
+                    };
+                    if let Some(rs) = shared {
+                        p.rev6
+                            .0
+                            .push(crate::dataplane::flows::reverse_key6(&key, rs));
+                        p.rev6.1.push(key);
+                    }
+                    p.flows6.0.push(key);
                     p.flows6.1.push(value);
                 }
                 (_, IpAddr::V4(_)) => {
@@ -451,6 +470,8 @@ impl Receiver {
         if !p.persist6.0.is_empty() {
             done.push(t.install(Table::Persist6, &p.persist6.0, &p.persist6.1, master));
         }
+        t.install_reverse(false, &p.rev4.0, &p.rev4.1, master)?;
+        t.install_reverse(true, &p.rev6.0, &p.rev6.1, master)?;
         for d in done {
             let d = d?;
             self.stats.installed += d.written as u64;
