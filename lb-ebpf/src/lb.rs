@@ -554,12 +554,13 @@ fn nat_reply<F: Family>(
     let src = F::nat_sources().get_ptr(F::svc(&l3.src, sport, l3.proto))?;
     // SAFETY: the daemon replaces values whole (map update), never in place.
     let src = unsafe { &*src };
-    if src.shared == 0 {
-        return Some(F::nat_reply(ctx, &src.vip, src.vport, &l3.dst, clk));
+    // Shared, the flow's reverse entry says whose; a flow without one (from before the
+    // real server was shared) is the service's the entry still names.
+    match F::nat_rev().get_ptr(key).filter(|_| src.shared != 0) {
+        // SAFETY: LRU values stay valid while the program runs (RCU).
+        Some(fwd) => Some(F::nat_reply_of(ctx, unsafe { &*fwd }, clk)),
+        None => Some(F::nat_reply(ctx, &src.vip, src.vport, &l3.dst, clk)),
     }
-    let fwd = F::nat_rev().get_ptr(key)?;
-    // SAFETY: LRU values stay valid while the program runs (RCU).
-    Some(F::nat_reply_of(ctx, unsafe { &*fwd }, clk))
 }
 
 /// How the packet that misses the flow table may open a flow.
@@ -1278,7 +1279,10 @@ fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     if !ptb && !nat {
         return Err(PASS_ICMP);
     }
-    let (src, dst, proto, sport, dport) = parse::icmp_quoted(ctx, l3)?;
+    // A quote too short to read is malformed for "fragmentation needed" (about our
+    // traffic), any other error's the stack's as before NAT looked at it.
+    let (src, dst, proto, sport, dport) =
+        parse::icmp_quoted(ctx, l3).map_err(|e| if ptb { e } else { PASS_ICMP })?;
     // The quoted packet is one the VIP sent (a real server's reply): from VIP:port to the
     // client; its flow is the reverse. Or, NAT, one the client sent that was translated
     // here, which an ICMP error from the real servers' side quotes: its key is then the
@@ -1331,11 +1335,9 @@ fn nat_icmp_reply<F: Family>(
         .ok_or(PASS_ICMP_NO_FLOW)?;
     // SAFETY: as in `nat_reply`.
     let src = unsafe { &*src };
-    if src.shared == 0 {
-        return F::nat_icmp_reply(ctx, &src.vip, src.vport, client, clock());
+    match F::nat_rev().get_ptr(key).filter(|_| src.shared != 0) {
+        // SAFETY: as in `nat_reply`.
+        Some(fwd) => F::nat_icmp_reply_of(ctx, unsafe { &*fwd }, clock()),
+        None => F::nat_icmp_reply(ctx, &src.vip, src.vport, client, clock()),
     }
-    let fwd = F::nat_rev().get_ptr(key).ok_or(PASS_ICMP_NO_FLOW)?;
-    // SAFETY: as in `nat_reply`.
-    let fwd = unsafe { &*fwd };
-    F::nat_icmp_reply_of(ctx, fwd, clock())
 }

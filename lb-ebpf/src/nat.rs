@@ -474,7 +474,13 @@ fn icmp_rewrite<const V4: bool, const OUT: bool>(
         let p = ptr_at_mut::<[u16; 46]>(ctx, l3_off).ok_or(DROP_MALFORMED_ICMP)?;
         // SAFETY: as above.
         let h = unsafe { &mut *p };
-        if h[24].to_ne_bytes()[0] >> 4 != 6 {
+        // ICMPv6 right after the fixed header (no extension headers, which would move
+        // everything), and TCP or UDP right after the quoted one.
+        let quoted_next = h[27].to_ne_bytes()[0];
+        if h[3].to_ne_bytes()[0] != 58
+            || h[24].to_ne_bytes()[0] >> 4 != 6
+            || (quoted_next != PROTO_TCP && quoted_next != PROTO_UDP)
+        {
             return Err(PASS_ICMP);
         }
         if OUT {

@@ -27,7 +27,7 @@ use lb_tests::{
     netns::{require_root, unique_prefix, Netns},
     packet::{
         ether, icmp4, icmp6, tcp, udp, Addrs, Ipv4, Ipv6, ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS,
-        TCP_ACK, TCP_SYN,
+        IPV6_HOPOPTS, TCP_ACK, TCP_SYN,
     },
     xdp::{small_options, RunOutput, XdpHarness, MH_TABLE_SIZE},
 };
@@ -514,6 +514,43 @@ fn icmp_errors_about_nat_flows_are_translated_both_ways() {
                         "{what}: for the client"
                     );
                 }
+                // Shapes the translation does not take, to the stack untouched: a quote cut
+                // short of its ports, and (IPv6) an extension header before the ICMPv6 one.
+                let short = match icmp_error(rs, client, from_rs[0].0, from_rs[0].1, &sent, 64) {
+                    mut v if rs.is_ipv4() => {
+                        v.truncate(20 + 8 + 22);
+                        v[2..4].copy_from_slice(&50u16.to_be_bytes());
+                        lb_tests::packet::ipv4_fix_checksum(&mut v, 0);
+                        v
+                    }
+                    mut v => {
+                        v.truncate(40 + 8 + 42);
+                        v[4..6].copy_from_slice(&50u16.to_be_bytes());
+                        v
+                    }
+                };
+                let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&short), &short);
+                let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                assert_eq!(
+                    (out.verdict, bumped),
+                    (XDP_PASS, vec!["pass_icmp"]),
+                    "{vip}: short"
+                );
+                assert_eq!(out.data, frame);
+                if let (IpAddr::V6(s), IpAddr::V6(d)) = (rs, client) {
+                    let mut ip = Ipv6::new(s, d, 58);
+                    ip.ext = vec![(IPV6_HOPOPTS, Ipv6::opts_ext())];
+                    let msg = icmp6(ip.addrs(), 1, 4, [0; 4], &sent[..48]);
+                    let ext = ip.build(&msg);
+                    let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IPV6, &ext);
+                    let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                    assert_eq!(
+                        (out.verdict, bumped),
+                        (XDP_PASS, vec!["pass_icmp"]),
+                        "hop-by-hop"
+                    );
+                    assert_eq!(out.data, frame);
+                }
                 // About a packet of no NAT flow or real server: the stack's, untouched.
                 let other = packet(client, rs, 40201, 22, Some(TCP_SYN), 64);
                 let err = icmp_error(rs, client, from_rs[0].0, from_rs[0].1, &other, 64);
@@ -540,7 +577,24 @@ fn a_real_server_two_services_share_is_told_apart_by_flow() {
     let specs = [service(VIP4.into(), Proto::Tcp, RS4.into()), b];
     fib.ns
         .run_in(|| {
-            let mut h = harness(&specs);
+            // A flow from before the second service shares the real server: no reverse
+            // entry; its replies stay the first service's.
+            let mut h = harness(&specs[..1]);
+            let early = packet(CLIENT4.into(), VIP4.into(), 40199, VPORT, Some(TCP_SYN), 64);
+            let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &early);
+            assert_eq!(run(&mut h, fib.lb0, &frame).0.verdict, XDP_REDIRECT);
+            h.dp.update(&specs).expect("the second service");
+            let flags = Some(TCP_SYN | TCP_ACK);
+            let reply = packet(RS4.into(), CLIENT4.into(), RPORT, 40199, flags, 64);
+            let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
+            let (out, bumped) = run(&mut h, fib.lb1, &frame);
+            assert_eq!((out.verdict, bumped), (XDP_REDIRECT, vec!["fwd_nat_reply"]));
+            let l3 = packet(VIP4.into(), CLIENT4.into(), VPORT, 40199, flags, 63);
+            assert_eq!(
+                out.data,
+                ether(ROUTER_MAC, fib.lb0_mac, None, ETH_P_IP, &l3),
+                "the earlier flow's reply from the first service's VIP"
+            );
             for (vip, vport, cport) in [(VIP4, VPORT, 40200), (vip_b, 443, 40201)] {
                 let inbound = packet(CLIENT4.into(), vip.into(), cport, vport, Some(TCP_SYN), 64);
                 let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &inbound);
@@ -566,11 +620,17 @@ fn a_real_server_two_services_share_is_told_apart_by_flow() {
                     "the reply to port {cport} comes from {vip}:{vport}"
                 );
             }
-            // A reply of no flow of either: neither service's, the stack's.
+            // A reply of no flow of either: taken for the service the entry names, the
+            // first (as any packet from a NAT real server's service port is its service's).
             let reply = packet(RS4.into(), CLIENT4.into(), RPORT, 40202, Some(TCP_ACK), 64);
             let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
             let (out, bumped) = run(&mut h, fib.lb1, &frame);
-            assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
+            assert_eq!((out.verdict, bumped), (XDP_REDIRECT, vec!["fwd_nat_reply"]));
+            let l3 = packet(VIP4.into(), CLIENT4.into(), VPORT, 40202, Some(TCP_ACK), 63);
+            assert_eq!(
+                out.data,
+                ether(ROUTER_MAC, fib.lb0_mac, None, ETH_P_IP, &l3)
+            );
             // An ICMP error from the real server about the second flow's packet: from
             // the second VIP and port, by the flow's reverse entry.
             let sent = packet(CLIENT4.into(), RS4.into(), 40201, RPORT, Some(TCP_SYN), 64);

@@ -1446,6 +1446,19 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                 }
                 let port = match (sorry_method, s.port) {
                     (Method::Nat, 0) => vs.port,
+                    (Method::Nat, p) => p,
+                    // As for a real server: DR and tunnels cannot change ports.
+                    (_, p) if vs.port != 0 && p != 0 && p != vs.port => {
+                        return Err(cx.invalid(
+                            s.ip.span(),
+                            "virtual_server.sorry_server.port",
+                            format!(
+                                "{p} differs from the service's port {}: direct routing and \
+                                 tunnels cannot change ports (NAT can)",
+                                vs.port
+                            ),
+                        ))
+                    }
                     (_, p) => p,
                 };
                 Some(SocketAddr::new(a, port))
@@ -1859,7 +1872,7 @@ static = true
         // The sorry server its own way (keepalived's sorry_server_lvs_method): DR in a NAT
         // service, NAT (port 0: the service's) or an IPIP tunnel in a DR one.
         for (service, sorry, port, want) in [
-            ("NAT", "DR", 8081, Forward::Dr),
+            ("NAT", "DR", 80, Forward::Dr),
             ("DR", "NAT", 0, Forward::Nat),
             (
                 "DR",

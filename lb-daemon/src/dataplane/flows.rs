@@ -199,15 +199,14 @@ impl FlowTables {
     }
 
     /// Writes NAT reverse entries `replies[i] -> flows[i]` (`NAT_REV6` if `v6`, else
-    /// `NAT_REV4`) for a peer's synced flows to a shared NAT real server; with
-    /// `keep_existing` (a master) leaving the ones the table has. One entry per call: only
-    /// a real server two services share has any. `K` must be the family's flow key.
+    /// `NAT_REV4`) for a peer's synced flows to a shared NAT real server, over what is
+    /// there, as the program writes its own (the same reply's key names the same flow),
+    /// in batches. `K` must be the family's flow key.
     pub fn install_reverse<K: Copy>(
         &self,
         v6: bool,
         replies: &[K],
         flows: &[K],
-        keep_existing: bool,
     ) -> Result<usize, FlowsError> {
         let (map, name) = if v6 {
             (&self.rev6, names::NAT_REV6)
@@ -215,19 +214,30 @@ impl FlowTables {
             (&self.rev4, names::NAT_REV4)
         };
         let fd = map.fd().as_fd();
-        let flag = if keep_existing { BPF_NOEXIST } else { BPF_ANY };
-        let mut written = 0;
-        for (k, v) in replies.iter().zip(flows) {
-            // SAFETY: `K` is the map's key and value type (the caller's promise).
-            let err =
-                unsafe { update_elem(fd, (k as *const K).cast(), (v as *const K).cast(), flag) };
-            match err {
-                None => written += 1,
-                Some(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Some(source) => return Err(FlowsError::Update { map: name, source }),
+        let total = replies.len().min(flows.len());
+        let mut at = 0;
+        while at < total {
+            let n = (total - at).min(MAX_BATCH);
+            // SAFETY: `K` is the map's key and value type (the caller's promise), and both
+            // slices hold `n` entries from `at`.
+            let (written, err) = unsafe {
+                update_batch(
+                    fd,
+                    replies[at..].as_ptr().cast(),
+                    flows[at..].as_ptr().cast(),
+                    n,
+                    BPF_ANY,
+                )
+            };
+            at += written;
+            if let Some(source) = err {
+                return Err(FlowsError::Update { map: name, source });
+            }
+            if written == 0 {
+                break;
             }
         }
-        Ok(written)
+        Ok(at)
     }
 
     /// Writes `keys[i] -> values[i]` into table `t` (a peer's synced entries), replacing

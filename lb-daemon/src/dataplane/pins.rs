@@ -299,7 +299,9 @@ impl Pins {
     /// crash leaves the old pin or the new one).
     pub fn pin_map(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), PinError> {
         let path = self.path(name);
-        let next = self.path(&format!("{name}_next"));
+        // `~`: no escaped interface name (`file_name_part`) has one, so no pin's temporary
+        // name is another pin's.
+        let next = self.path(&format!("{name}~next"));
         let _ = std::fs::remove_file(&next);
         devbound::obj_pin(fd, &next).map_err(io_at(&next))?;
         std::fs::rename(&next, &path).map_err(io_at(&path))
@@ -341,7 +343,7 @@ impl Pins {
         };
         dir.filter_map(Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("link@") && !n.ends_with("_next") && !wanted.contains(n))
+            .filter(|n| n.starts_with("link@") && !n.ends_with("~next") && !wanted.contains(n))
             .filter_map(|n| Some((n.clone(), devbound::obj_get(&self.path(&n)).ok()?)))
             .collect()
     }

@@ -824,7 +824,16 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
 /// and port of its service; shared when two services send to it. Every NAT backend counts,
 /// draining ones too (their flows' replies still come). A scan of the backends, not of the
 /// change: the entries depend on which services share a real server.
-fn nat_sources(current: &Desired, delta: &Delta) -> BTreeMap<MapKey, NatSource> {
+///
+/// A shared entry still names one service, the one a reply without a reverse entry is
+/// taken for: the one `held` (what the maps hold) named, when it is still among them. So
+/// the flows a real server had before a second service started sharing it, which have no
+/// reverse entries, keep their replies translated as their own service's.
+fn nat_sources(
+    current: &Desired,
+    delta: &Delta,
+    held: &BTreeMap<MapKey, NatSource>,
+) -> BTreeMap<MapKey, NatSource> {
     let (prev, next) = (&delta.prev, &delta.next);
     let services = current
         .services
@@ -861,10 +870,14 @@ fn nat_sources(current: &Desired, delta: &Delta) -> BTreeMap<MapKey, NatSource> 
             shared: 0,
             _pad: 0,
         };
+        let was = held.get(&source).map(|p| (p.vip, p.vport));
         out.entry(source)
             .and_modify(|v: &mut NatSource| {
                 if (v.vip, v.vport) != (value.vip, value.vport) {
                     v.shared = 1;
+                    if was == Some((value.vip, value.vport)) {
+                        (v.vip, v.vport) = (value.vip, value.vport);
+                    }
                 }
             })
             .or_insert(value);
@@ -1030,7 +1043,7 @@ impl<W: MapWriter> Dataplane<W> {
         self.alloc = alloc;
         // A NAT real server's replies are translated from its first flow on: its entry, and
         // NAT_ON, before the backend is written; entries no backend needs go after.
-        let nat = nat_sources(&self.current, &delta);
+        let nat = nat_sources(&self.current, &delta, &self.nat);
         // A flow cached before the update is checked again after it (the epoch moves once,
         // at the end, even after a failure).
         let result = self
@@ -1157,7 +1170,7 @@ impl<W: MapWriter> Dataplane<W> {
     /// called before a new instance is attached, so that the NAT real servers' replies are
     /// translated from its first packet, not from the daemon's first update.
     pub fn write_nat_sources(&mut self) -> Result<(), PlanError> {
-        let nat = nat_sources(&self.current, &Delta::default());
+        let nat = nat_sources(&self.current, &Delta::default(), &self.nat);
         self.write_nat(&nat, false)
     }
 

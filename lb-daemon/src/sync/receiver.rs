@@ -470,12 +470,17 @@ impl Receiver {
         if !p.persist6.0.is_empty() {
             done.push(t.install(Table::Persist6, &p.persist6.0, &p.persist6.1, master));
         }
-        t.install_reverse(false, &p.rev4.0, &p.rev4.1, master)?;
-        t.install_reverse(true, &p.rev6.0, &p.rev6.1, master)?;
+        let reverse = [
+            t.install_reverse(false, &p.rev4.0, &p.rev4.1),
+            t.install_reverse(true, &p.rev6.0, &p.rev6.1),
+        ];
         for d in done {
             let d = d?;
             self.stats.installed += d.written as u64;
             self.stats.kept_own += d.existed as u64;
+        }
+        for r in reverse {
+            r?;
         }
         Ok(())
     }
