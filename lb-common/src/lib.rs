@@ -106,9 +106,11 @@ pub mod names {
     /// the flow's key (client to VIP). LRU, sized with the flow table.
     pub const NAT_REV4: &str = "NAT_REV4";
     pub const NAT_REV6: &str = "NAT_REV6";
-    /// Slot 0: non-zero while some backend is reached by NAT. A packet of no known flow is
-    /// then looked up as a reply before the service lookup; without NAT nothing pays for
-    /// that lookup. Written by the daemon at every update, shared by the instances.
+    /// Slot 0: `NAT_ON_ANY` while some backend is reached by NAT (a packet of no known flow
+    /// is then looked up as a reply before the service lookup; without NAT nothing pays for
+    /// that lookup), with `NAT_ON_SHARED` while some NAT real server is shared (a new flow
+    /// then looks up whether its real server is one; without, none pays for that). Written
+    /// by the daemon at every update, shared by the instances.
     pub const NAT_ON: &str = "NAT_ON";
     /// Daemon only (the program never reads it): backend id -> `BackendKey`, what a
     /// restarted daemon adopts the backend ids by.
@@ -267,6 +269,10 @@ pub struct SynGuard {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SynGuard>() == 16);
+
+/// `NAT_ON`'s bits.
+pub const NAT_ON_ANY: u32 = 1;
+pub const NAT_ON_SHARED: u32 = 2;
 
 /// Slots of `NEIGH_WANTED` (a power of two).
 pub const NEIGH_WANTED_SLOTS: u32 = 64;

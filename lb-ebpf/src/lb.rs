@@ -1012,6 +1012,9 @@ fn new_flow<F: Family>(
 /// room left for the steps it calls.
 #[inline(never)]
 fn nat_reverse<F: Family>(key: &F::Flow, b: &BackendValue, proto: u8) {
+    if NAT_ON.get(0).is_none_or(|on| *on & NAT_ON_SHARED == 0) {
+        return;
+    }
     let shared = F::nat_sources()
         .get_ptr(F::svc(&b.daddr, b.nat_port, proto))
         // SAFETY: as in `nat_reply`.

@@ -529,7 +529,7 @@ mod tests {
         let mut mem = dp.writer().clone();
         // NAT_SOURCES and NAT_ON are not pinned: a new instance has them empty.
         mem.nat_sources.clear();
-        mem.nat = false;
+        mem.nat = 0;
         mem.writes = 0;
         let (mut adopted, _) = Dataplane::adopt(mem, &found).unwrap();
         assert_eq!(adopted.writer().writes, 0, "adopting writes nothing");
@@ -541,7 +541,7 @@ mod tests {
         // Written before the new instance is attached: NAT_ON and the one source.
         adopted.write_nat_sources().unwrap();
         assert_eq!(adopted.writer().writes, 2);
-        assert!(adopted.writer().nat);
+        assert_eq!(adopted.writer().nat, lb_common::NAT_ON_ANY);
         assert_eq!(adopted.writer().nat_sources, want);
         adopted.update(&[s]).unwrap();
         assert_eq!(adopted.writer().writes, 2, "nothing differs after that");

@@ -61,9 +61,9 @@ pub trait MapWriter {
     fn settle(&mut self) -> Result<(), MapWriteError> {
         Ok(())
     }
-    /// Whether some backend is reached by NAT (`NAT_ON`: the program then looks up
-    /// replies).
-    fn set_nat(&mut self, _on: bool) -> Result<(), MapWriteError> {
+    /// `NAT_ON`'s bits: `NAT_ON_ANY` while some backend is reached by NAT (the program then
+    /// looks up replies), `NAT_ON_SHARED` while some NAT real server is shared.
+    fn set_nat(&mut self, _bits: u32) -> Result<(), MapWriteError> {
         Ok(())
     }
     /// `NAT_SOURCES4`/`NAT_SOURCES6[key] = value`: a NAT real server's (address, port,
@@ -114,7 +114,7 @@ pub struct MemMaps {
     pub keys: HashMap<u32, BackendKey>,
     pub rings: HashMap<u32, u32>,
     /// `NAT_ON`.
-    pub nat: bool,
+    pub nat: u32,
     /// `NAT_SOURCES4`/`NAT_SOURCES6`.
     pub nat_sources: HashMap<MapKey, NatSource>,
     /// Number of element writes, to check that a diff writes only what changed.
@@ -152,10 +152,10 @@ impl MapWriter for MemMaps {
         self.rings.insert(index, backend);
         Ok(())
     }
-    fn set_nat(&mut self, on: bool) -> Result<(), MapWriteError> {
-        if self.nat != on {
+    fn set_nat(&mut self, bits: u32) -> Result<(), MapWriteError> {
+        if self.nat != bits {
             self.writes += 1;
-            self.nat = on;
+            self.nat = bits;
         }
         Ok(())
     }
@@ -209,7 +209,7 @@ pub struct BpfMaps {
     /// `NAT_ON`, and what this writer last wrote there (`None`: nothing yet, so the first
     /// update writes it: a map of a fresh instance starts at 0 whatever the plan adopted).
     nat_on: Array<MapData, u32>,
-    nat_written: Option<bool>,
+    nat_written: Option<u32>,
     nat_sources4: BpfHashMap<MapData, ServiceKey4, NatSource>,
     nat_sources6: BpfHashMap<MapData, ServiceKey6, NatSource>,
     /// A service's state or a backend was written since the epoch last moved: it moves at
@@ -1024,13 +1024,13 @@ impl MapWriter for BpfMaps {
             .set(id, key, 0)
             .map_err(kernel(names::BACKEND_KEYS, "update"))
     }
-    fn set_nat(&mut self, on: bool) -> Result<(), MapWriteError> {
-        if self.nat_written != Some(on) {
+    fn set_nat(&mut self, bits: u32) -> Result<(), MapWriteError> {
+        if self.nat_written != Some(bits) {
             count_write();
             self.nat_on
-                .set(0, u32::from(on), 0)
+                .set(0, bits, 0)
                 .map_err(kernel(names::NAT_ON, "update"))?;
-            self.nat_written = Some(on);
+            self.nat_written = Some(bits);
         }
         Ok(())
     }

@@ -885,6 +885,15 @@ fn nat_sources(
     out
 }
 
+/// `NAT_ON`'s bits for the sources `nat`.
+fn nat_bits(nat: &BTreeMap<MapKey, NatSource>) -> u32 {
+    match (nat.is_empty(), nat.values().any(|s| s.shared != 0)) {
+        (true, _) => 0,
+        (false, false) => NAT_ON_ANY,
+        (false, true) => NAT_ON_ANY | NAT_ON_SHARED,
+    }
+}
+
 /// After a failed `apply`, any entry of `attempted` may or may not be in the maps: the
 /// values that stand for them match nothing real, so the next `apply` rewrites every such
 /// entry (and deletes every such key it no longer wants).
@@ -1184,8 +1193,11 @@ impl<W: MapWriter> Dataplane<W> {
         after: bool,
     ) -> Result<(), PlanError> {
         if !after {
-            if !nat.is_empty() {
-                self.writer.set_nat(true)?;
+            // The bits of both: a flow's reverse entry is written from before the first
+            // shared entry to after the last one.
+            let on = nat_bits(nat) | nat_bits(&self.nat);
+            if on != 0 {
+                self.writer.set_nat(on)?;
             }
             for (k, v) in nat {
                 if self.nat.get(k) != Some(v) {
@@ -1206,9 +1218,7 @@ impl<W: MapWriter> Dataplane<W> {
             self.writer.delete_nat_source(&k)?;
             self.nat.remove(&k);
         }
-        if nat.is_empty() {
-            self.writer.set_nat(false)?;
-        }
+        self.writer.set_nat(nat_bits(nat))?;
         Ok(())
     }
 
@@ -1223,7 +1233,7 @@ impl<W: MapWriter> Dataplane<W> {
                 have: limits,
             });
         }
-        writer.set_nat(!self.nat.is_empty())?;
+        writer.set_nat(nat_bits(&self.nat))?;
         for (k, v) in &self.nat {
             writer.update_nat_source(k, v)?;
         }
@@ -1422,7 +1432,7 @@ mod tests {
         fn update_backend(&mut self, id: u32, v: &BackendValue) -> Result<(), MapWriteError> {
             // A NAT backend's replies are translated only while the program looks them up.
             assert!(
-                v.flags & BACKEND_F_NAT == 0 || self.0.nat,
+                v.flags & BACKEND_F_NAT == 0 || self.0.nat & NAT_ON_ANY != 0,
                 "backend {id}: NAT's before NAT_ON"
             );
             self.0.update_backend(id, v)?;
@@ -1434,16 +1444,17 @@ mod tests {
             self.check();
             Ok(())
         }
-        fn set_nat(&mut self, on: bool) -> Result<(), MapWriteError> {
+        fn set_nat(&mut self, bits: u32) -> Result<(), MapWriteError> {
             assert!(
-                on || !self
-                    .0
-                    .backends
-                    .values()
-                    .any(|b| b.flags & BACKEND_F_NAT != 0),
+                bits & NAT_ON_ANY != 0
+                    || !self
+                        .0
+                        .backends
+                        .values()
+                        .any(|b| b.flags & BACKEND_F_NAT != 0),
                 "NAT_ON off while a NAT backend is in the maps"
             );
-            self.0.set_nat(on)
+            self.0.set_nat(bits)
         }
         fn update_nat_source(&mut self, k: &MapKey, v: &NatSource) -> Result<(), MapWriteError> {
             self.0.update_nat_source(k, v)
@@ -1538,7 +1549,7 @@ mod tests {
         s.backends[0].mac = Some(crate::dataplane::TUNNEL_MAC);
         let mut d = dp();
         d.update(std::slice::from_ref(&s)).unwrap();
-        assert!(d.writer().0.nat);
+        assert_eq!(d.writer().0.nat, NAT_ON_ANY, "nothing shared");
         let (_, bids) = d.ids_of(&s).unwrap();
         let b0 = d.current().backends[&bids[0]];
         assert_eq!(
@@ -1574,20 +1585,30 @@ mod tests {
         other.backends[0] = s.backends[0].clone();
         d.update(&[s.clone(), other.clone()]).unwrap();
         assert_eq!(d.writer().0.nat_sources[&source].shared, 1);
+        // Still the first service's: a reply without a reverse entry (a flow from before)
+        // is taken for it.
+        assert_eq!(
+            (
+                d.writer().0.nat_sources[&source].vip,
+                d.writer().0.nat_sources[&source].vport
+            ),
+            (want.vip, want.vport)
+        );
+        assert_eq!(d.writer().0.nat, NAT_ON_ANY | NAT_ON_SHARED);
         other.backends[0].weight = 5;
         d.update(&[s.clone(), other.clone()]).unwrap();
         assert_eq!(d.writer().0.nat_sources[&source].shared, 1);
-        assert!(d.writer().0.nat);
+        assert_eq!(d.writer().0.nat, NAT_ON_ANY | NAT_ON_SHARED);
         // The second one reached by direct routing: no longer shared; NAT stays on although
         // the change (the update's delta) holds no NAT backend.
         other.backends[0].forward = Forward::Dr;
         d.update(&[s.clone(), other.clone()]).unwrap();
         assert_eq!(d.writer().0.nat_sources[&source], want);
-        assert!(d.writer().0.nat);
+        assert_eq!(d.writer().0.nat, NAT_ON_ANY);
         // Direct routing for both: off, no entry left.
         s.backends[0].forward = Forward::Dr;
         d.update(&[s, other]).unwrap();
-        assert!(!d.writer().0.nat);
+        assert_eq!(d.writer().0.nat, 0);
         assert!(d.writer().0.nat_sources.is_empty());
     }
 
