@@ -96,6 +96,10 @@ pub mod names {
     /// Next hops towards NAT clients that had no neighbour entry (`NeighWant`), direct
     /// mapped by address; mappable: the daemon polls it and asks the kernel to resolve them.
     pub const NEIGH_WANTED: &str = "NEIGH_WANTED";
+    /// The interfaces the program runs on, by ifindex (a `DEVMAP_HASH`): frames for
+    /// another of them go out by `bpf_redirect_map`, which the kernel sends in bulk. Written
+    /// by the daemon before the program is attached; shared by the instances.
+    pub const TX_PORTS: &str = "TX_PORTS";
     /// NAT: a real server's (address, port, protocol) as a `ServiceKey4`/`ServiceKey6` ->
     /// the VIP and port its replies come from (`NatSource`). Written by the daemon, one
     /// entry per NAT real server: a reply needs no per-flow state unless two services
@@ -273,6 +277,9 @@ const _: () = assert!(core::mem::size_of::<SynGuard>() == 16);
 /// `NAT_ON`'s bits.
 pub const NAT_ON_ANY: u32 = 1;
 pub const NAT_ON_SHARED: u32 = 2;
+
+/// The most interfaces `TX_PORTS` holds.
+pub const TX_PORTS_MAX: u32 = 64;
 
 /// Slots of `NEIGH_WANTED` (a power of two).
 pub const NEIGH_WANTED_SLOTS: u32 = 64;

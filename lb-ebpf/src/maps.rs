@@ -2,7 +2,7 @@
 //! daemon sets the real ones at load time (`EbpfLoader::map_max_entries`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use lb_common::*;
@@ -224,6 +224,10 @@ pub struct NextHop {
 /// loader sizes it.
 #[map]
 pub static HOST_HOPS: Array<HostHop> = Array::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+/// The interfaces the program runs on, by ifindex: the redirect's targets (`route::out`).
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(TX_PORTS_MAX, 0);
 
 /// Next hops without a neighbour entry, for the daemon to resolve (`NeighWant`).
 #[map]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{reason::*, *};
 
 use crate::{
-    maps::{HostHop, NextHop, BACKENDS, FIB_SCRATCH, HOST_HOPS, NEIGH_WANTED, NEXT_HOPS},
+    maps::{HostHop, NextHop, BACKENDS, FIB_SCRATCH, HOST_HOPS, NEIGH_WANTED, NEXT_HOPS, TX_PORTS},
     parse::ptr_at_mut,
     tunnel,
 };
@@ -333,8 +333,13 @@ pub fn out(ctx: &XdpContext, dmac: [u16; 3], smac: [u16; 3], ifindex: u32) -> Re
     if ifindex as usize == ctx.ingress_ifindex() {
         return Ok(0);
     }
-    // SAFETY: a helper on scalars; it records the target for the verdict.
-    unsafe { bpf_redirect(ifindex, 0) };
+    // Through the devmap when the daemon put the interface there (the kernel then sends
+    // the frames of a poll in bulk); else, an interface the program does not run on (a
+    // route the daemon did not foresee), by the plain redirect.
+    if TX_PORTS.redirect(ifindex, 0).is_err() {
+        // SAFETY: a helper on scalars; it records the target for the verdict.
+        unsafe { bpf_redirect(ifindex, 0) };
+    }
     Ok(VIA_REDIRECT)
 }
 

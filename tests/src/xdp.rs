@@ -93,6 +93,20 @@ impl XdpHarness {
         })
     }
 
+    /// Puts `ifindexes` into `TX_PORTS`, as the daemon does with the interfaces the program
+    /// runs on: a redirect to one of them goes through the devmap.
+    pub fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(lb_common::names::TX_PORTS)
+            .context("no TX_PORTS")?;
+        let mut ports = aya::maps::DevMapHash::try_from(map)?;
+        for &i in ifindexes {
+            ports.insert(i, i, None, 0)?;
+        }
+        Ok(())
+    }
+
     /// Sets the program's clock (seconds), as the daemon does every second.
     pub fn set_clock(&mut self, seconds: u32) -> Result<()> {
         Ok(self.dp.writer_mut().set_clock(seconds)?)

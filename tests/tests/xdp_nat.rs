@@ -201,6 +201,7 @@ fn nat_rewrites_both_directions_exactly() {
     fib.ns
         .run_in(|| {
             let mut h = harness(&specs);
+            h.set_tx_ports(&[fib.lb0, fib.lb1]).unwrap();
             for (vip, rs, client, proto) in cases {
                 let what = format!("{proto:?} {vip} -> {rs}");
                 let tcp = proto == Proto::Tcp;
@@ -289,6 +290,7 @@ fn what_nat_leaves_to_the_stack_or_drops() {
     fib.ns
         .run_in(|| {
             let mut h = harness(&specs);
+            h.set_tx_ports(&[fib.lb0, fib.lb1]).unwrap();
             // A fragment: its later pieces carry no port to rewrite.
             let mut ip = Ipv4::new(CLIENT4, VIP4, 6);
             ip.frag = 0x2000;
@@ -467,6 +469,7 @@ fn icmp_errors_about_nat_flows_are_translated_both_ways() {
     fib.ns
         .run_in(|| {
             let mut h = harness(&specs);
+            h.set_tx_ports(&[fib.lb0, fib.lb1]).unwrap();
             for (vip, rs, client, outside, inside, from_client, from_rs) in cases {
                 let inbound = packet(client, vip, 40200, VPORT, Some(TCP_SYN), 64);
                 let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ethertype(&inbound), &inbound);
@@ -580,6 +583,7 @@ fn a_real_server_two_services_share_is_told_apart_by_flow() {
             // A flow from before the second service shares the real server: no reverse
             // entry; its replies stay the first service's.
             let mut h = harness(&specs[..1]);
+            h.set_tx_ports(&[fib.lb0, fib.lb1]).unwrap();
             let early = packet(CLIENT4.into(), VIP4.into(), 40199, VPORT, Some(TCP_SYN), 64);
             let frame = ether(fib.lb0_mac, ROUTER_MAC, None, ETH_P_IP, &early);
             assert_eq!(run(&mut h, fib.lb0, &frame).0.verdict, XDP_REDIRECT);

@@ -127,10 +127,12 @@ impl Xdp {
         let (iface_mac, ifindex) = interface_info(&d.interface).await?;
         // The inside interfaces looked up before anything is attached: a typo stops the
         // start here, not with the main program already running.
+        let mut ports = vec![ifindex];
         for iface in &d.inside_interfaces {
-            interface_info(iface)
+            let (_, i) = interface_info(iface)
                 .await
                 .with_context(|| format!("dataplane.inside_interfaces: {iface}"))?;
+            ports.push(i);
         }
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
         // The NAT reverse tables, as large as the connection tables where a service is
@@ -229,6 +231,8 @@ impl Xdp {
         } = inst;
         spawn_bpf_logger(&mut ebpf);
         let flows = Arc::new(FlowTables::open(&fds)?);
+        // The redirect's targets, before the first packet.
+        set_tx_ports(&fds, &ports)?;
         let mut meta = dp.writer().meta()?;
         let boot = crate::sync::boot_id(meta.sync_boot);
         let sync = match (&config.sync, &sync_key) {
@@ -979,6 +983,7 @@ impl Xdp {
         };
         let moved = program::for_interface(&opts, &self.fds)
             .context("loading the XDP program for the new interface")?;
+        set_tx_ports(&moved.fds, &[ifindex])?;
         let native = program::native_plan(&moved.fds, &d.interface, ifindex, d.xdp_mode).await;
         let attachment = program::attach_xdp(
             &moved.prog,
@@ -1179,6 +1184,22 @@ impl Xdp {
         info!(from = %was, to = %limits, ms = started.elapsed().as_millis() as u64, "XDP maps grown");
         Ok(())
     }
+}
+
+/// Puts the interfaces `ifindexes` into `TX_PORTS`, the devmap the program redirects
+/// through (a frame for another interface it runs on goes out in the kernel's bulk).
+fn set_tx_ports(fds: &program::MapFds, ifindexes: &[u32]) -> Result<()> {
+    let map = fds
+        .map(names::TX_PORTS)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e:?}", names::TX_PORTS))?;
+    let mut ports = aya::maps::DevMapHash::try_from(map)
+        .with_context(|| format!("opening {}", names::TX_PORTS))?;
+    for &i in ifindexes {
+        ports
+            .insert(i, i, None, 0)
+            .with_context(|| format!("{}: interface {i}", names::TX_PORTS))?;
+    }
+    Ok(())
 }
 
 /// Attaches the program to the inside interface `iface`: an instance over `fds` (the main

@@ -200,6 +200,7 @@ impl MapFds {
             MapType::Hash => Map::HashMap(data),
             MapType::LruHash => Map::LruHashMap(data),
             MapType::RingBuf => Map::RingBuf(data),
+            MapType::DevMapHash => Map::DevMapHash(data),
             _ => return Err(OpenError::Missing),
         })
     }

@@ -927,6 +927,8 @@ fn nat(macswap: &mut Ebpf) -> Result<[Entry; 3]> {
             ..production_options()
         })?;
         h.dp.update(std::slice::from_ref(&spec))?;
+        // As the daemon does: the redirect goes through the devmap.
+        h.set_tx_ports(&[lb0, lb1])?;
         let base = xdp_of(macswap, "macswap")?;
         // Out by the other interface, to `mac`.
         let forwarded = |h: &mut XdpHarness, frame: &[u8], on: u32, mac: [u8; 6], name: &str| {
