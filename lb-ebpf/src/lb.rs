@@ -56,6 +56,11 @@ trait Family {
     /// The key of the replies of flow `key` from a NAT real server at `daddr`, `port` (0:
     /// the flow's own destination port).
     fn reverse(key: &Self::Flow, daddr: &[u32; 4], port: u16) -> Self::Flow;
+    /// The key of the flow a reply (`reply`: from the real server to the client) is of,
+    /// its VIP and port being `vip`, `vport`.
+    fn forward(reply: &Self::Flow, vip: &[u32; 4], vport: u16) -> Self::Flow;
+    /// Whether `reply` comes from `addr`.
+    fn comes_from(reply: &Self::Flow, addr: &[u32; 4]) -> bool;
     /// `nat_reply` for a reply of flow `fwd` (a `NAT_REV4`/`NAT_REV6` value): from its
     /// VIP and port, to its client.
     fn nat_reply_of(ctx: &XdpContext, fwd: &Self::Flow, clk: Clock) -> Result<u32, u32>;
@@ -164,6 +169,20 @@ impl Family for V4 {
     #[inline(always)]
     fn nat_rev() -> &'static LruHashMap<FlowKey4, FlowKey4> {
         &NAT_REV4
+    }
+    #[inline(always)]
+    fn forward(reply: &FlowKey4, vip: &[u32; 4], vport: u16) -> FlowKey4 {
+        Self::flow(
+            &[reply.dst, 0, 0, 0],
+            vip,
+            reply.dport,
+            vport,
+            reply.proto,
+        )
+    }
+    #[inline(always)]
+    fn comes_from(reply: &FlowKey4, addr: &[u32; 4]) -> bool {
+        reply.src == addr[0]
     }
     #[inline(always)]
     fn reverse(key: &FlowKey4, daddr: &[u32; 4], port: u16) -> FlowKey4 {
@@ -314,6 +333,14 @@ impl Family for V6 {
     #[inline(always)]
     fn nat_rev() -> &'static LruHashMap<FlowKey6, FlowKey6> {
         &NAT_REV6
+    }
+    #[inline(always)]
+    fn forward(reply: &FlowKey6, vip: &[u32; 4], vport: u16) -> FlowKey6 {
+        Self::flow(&reply.dst, vip, reply.dport, vport, reply.proto)
+    }
+    #[inline(always)]
+    fn comes_from(reply: &FlowKey6, addr: &[u32; 4]) -> bool {
+        reply.src == *addr
     }
     #[inline(always)]
     fn reverse(key: &FlowKey6, daddr: &[u32; 4], port: u16) -> FlowKey6 {
@@ -555,12 +582,71 @@ fn nat_reply<F: Family>(
     // SAFETY: the daemon replaces values whole (map update), never in place.
     let src = unsafe { &*src };
     // Shared, the flow's reverse entry says whose; a flow without one (from before the
-    // real server was shared) is the service's the entry still names.
+    // real server was shared) is the service's the entry still names. Either way only a
+    // live flow's reply is translated: one of no flow goes to the stack, as in IPVS.
     match F::nat_rev().get_ptr(key).filter(|_| src.shared != 0) {
-        // SAFETY: LRU values stay valid while the program runs (RCU).
-        Some(fwd) => Some(F::nat_reply_of(ctx, unsafe { &*fwd }, clk)),
-        None => Some(F::nat_reply(ctx, &src.vip, src.vport, &l3.dst, clk)),
+        Some(fwd) => {
+            // SAFETY: LRU values stay valid while the program runs (RCU).
+            let fwd = unsafe { &*fwd };
+            nat_live::<F>(fwd, key, packed(clk)).then(|| F::nat_reply_of(ctx, fwd, clk))
+        }
+        None => nat_live_of::<F>(key, &src.vip, src.vport, packed(clk))
+            .then(|| F::nat_reply(ctx, &src.vip, src.vport, &l3.dst, clk)),
     }
+}
+
+/// Whether `fwd` is a live flow (not idle past its timeout) whose backend is the NAT real
+/// server reply `reply` comes from; its last-seen second refreshed, as IPVS refreshes a
+/// connection from both directions (a stream only the server sends on stays alive). Out
+/// of line: its frame holds no key of the main frame's.
+#[inline(never)]
+fn nat_live<F: Family>(fwd: &F::Flow, reply: &F::Flow, clk: u64) -> bool {
+    live_nat_flow::<F>(fwd, reply, clk)
+}
+
+/// `clk`: the clock packed in one register (`now | epoch << 32`).
+#[inline(always)]
+fn live_nat_flow<F: Family>(fwd: &F::Flow, reply: &F::Flow, clk: u64) -> bool {
+    let (now, epoch) = (clk as u32, (clk >> 32) as u32);
+    // The client's packets saw the flow this second, on this CPU (the flow cache): live,
+    // no table lookup. A reply comes as often as the client's packets: this is the
+    // common case where both directions share a CPU. IPv4 only: comparing IPv6 keys here
+    // takes more stack than the main frame leaves.
+    if let Some(c) = cache_slot::<F>(cache_index::<F>(fwd)).filter(|_| F::V4) {
+        // SAFETY: a slot of this CPU's region, as in `established`.
+        let (ckey, cval, cepoch, _, cvia) = F::cache_parts(unsafe { &mut *c });
+        if F::same(ckey, fwd) && cepoch == epoch && cval.last_seen == now {
+            return cvia & BACKEND_F_NAT != 0
+                && BACKENDS
+                    .get(cval.backend)
+                    .is_some_and(|b| F::comes_from(reply, &b.daddr));
+        }
+    }
+    let Some(e) = F::flows().get_ptr_mut(fwd) else {
+        return false;
+    };
+    // SAFETY: as in `established`.
+    let e = unsafe { &mut *e };
+    let ok = usable(e, now)
+        .is_some_and(|b| b.flags & BACKEND_F_NAT != 0 && F::comes_from(reply, &b.daddr));
+    if ok && e.last_seen != now {
+        e.last_seen = now;
+    }
+    ok
+}
+
+/// [`nat_live`] for the flow of `reply` to `vip`, `vport`: its key made here, in this
+/// frame, not the main one (and no call deeper: the main frame leaves room for one).
+#[inline(never)]
+fn nat_live_of<F: Family>(reply: &F::Flow, vip: &[u32; 4], vport: u16, clk: u64) -> bool {
+    let fwd = F::forward(reply, vip, vport);
+    live_nat_flow::<F>(&fwd, reply, clk)
+}
+
+/// The clock in one register: a BPF function takes at most five arguments.
+#[inline(always)]
+fn packed(clk: Clock) -> u64 {
+    clk.now as u64 | (clk.epoch as u64) << 32
 }
 
 /// How the packet that misses the flow table may open a flow.
@@ -1338,9 +1424,21 @@ fn nat_icmp_reply<F: Family>(
         .ok_or(PASS_ICMP_NO_FLOW)?;
     // SAFETY: as in `nat_reply`.
     let src = unsafe { &*src };
+    let clk = clock();
     match F::nat_rev().get_ptr(key).filter(|_| src.shared != 0) {
-        // SAFETY: as in `nat_reply`.
-        Some(fwd) => F::nat_icmp_reply_of(ctx, unsafe { &*fwd }, clock()),
-        None => F::nat_icmp_reply(ctx, &src.vip, src.vport, client, clock()),
+        Some(fwd) => {
+            // SAFETY: as in `nat_reply`.
+            let fwd = unsafe { &*fwd };
+            if !nat_live::<F>(fwd, key, packed(clk)) {
+                return Err(PASS_ICMP_NO_FLOW);
+            }
+            F::nat_icmp_reply_of(ctx, fwd, clk)
+        }
+        None => {
+            if !nat_live_of::<F>(key, &src.vip, src.vport, packed(clk)) {
+                return Err(PASS_ICMP_NO_FLOW);
+            }
+            F::nat_icmp_reply(ctx, &src.vip, src.vport, client, clk)
+        }
     }
 }

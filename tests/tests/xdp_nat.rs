@@ -242,9 +242,13 @@ fn nat_rewrites_both_directions_exactly() {
                     ether(ROUTER_MAC, fib.lb0_mac, None, ethertype(&l3), &l3),
                     "{what}: the reply for the client"
                 );
-                // From another port of the real server's: no NAT source, the stack's. (Any
-                // packet from its service port is the VIP's, flow or not: the translation
-                // is by the real server, not by the flow, unless two services share it.)
+                // Of no flow (another client port), and from another port of the real
+                // server's: the stack's, untouched.
+                let unknown = packet(rs, client, RPORT, 40998, flags, 64);
+                let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&unknown), &unknown);
+                let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
+                assert_eq!(out.data, frame, "{what}: no flow, untouched");
                 let stray = packet(rs, client, 22, 40999, flags, 64);
                 let frame = ether(fib.lb1_mac, RS_MAC, None, ethertype(&stray), &stray);
                 let (out, bumped) = run(&mut h, fib.lb1, &frame);
@@ -624,17 +628,12 @@ fn a_real_server_two_services_share_is_told_apart_by_flow() {
                     "the reply to port {cport} comes from {vip}:{vport}"
                 );
             }
-            // A reply of no flow of either: taken for the service the entry names, the
-            // first (as any packet from a NAT real server's service port is its service's).
+            // A reply of no flow of either: neither service's, the stack's (as in IPVS).
             let reply = packet(RS4.into(), CLIENT4.into(), RPORT, 40202, Some(TCP_ACK), 64);
             let frame = ether(fib.lb1_mac, RS_MAC, None, ETH_P_IP, &reply);
             let (out, bumped) = run(&mut h, fib.lb1, &frame);
-            assert_eq!((out.verdict, bumped), (XDP_REDIRECT, vec!["fwd_nat_reply"]));
-            let l3 = packet(VIP4.into(), CLIENT4.into(), VPORT, 40202, Some(TCP_ACK), 63);
-            assert_eq!(
-                out.data,
-                ether(ROUTER_MAC, fib.lb0_mac, None, ETH_P_IP, &l3)
-            );
+            assert_eq!((out.verdict, bumped), (XDP_PASS, vec!["pass_no_service"]));
+            assert_eq!(out.data, frame);
             // An ICMP error from the real server about the second flow's packet: from
             // the second VIP and port, by the flow's reverse entry.
             let sent = packet(CLIENT4.into(), RS4.into(), 40201, RPORT, Some(TCP_SYN), 64);
