@@ -45,6 +45,9 @@ pub struct Found {
     pub keys: Vec<BackendKey>,
     /// `RINGS`, every slot.
     pub rings: Vec<u32>,
+    /// `NAT_SOURCES4` and `NAT_SOURCES6`: which service a shared real server's entry names
+    /// (a reply without a reverse entry is taken for it) goes on from them.
+    pub nat: Vec<(MapKey, lb_common::NatSource)>,
 }
 
 impl Found {
@@ -368,6 +371,7 @@ impl<W: MapWriter> Dataplane<W> {
         }
         dp.alloc = alloc;
         dp.specs = specs;
+        dp.nat = found.nat.iter().copied().collect();
         Ok((dp, summary))
     }
 }
@@ -397,6 +401,7 @@ impl MemMaps {
             backends,
             keys,
             rings,
+            nat: self.nat_sources.iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
 }
@@ -523,14 +528,24 @@ mod tests {
         s.backends[1].forward = Forward::Nat;
         let mut dp = Dataplane::new(MemMaps::default(), limits());
         dp.update(std::slice::from_ref(&s)).unwrap();
-        let found = dp.writer().found(limits());
         let want = dp.writer().nat_sources.clone();
         assert_eq!(want.len(), 1);
+        // NAT_SOURCES taken over (pinned): the entries go on as they were; NAT_ON, the
+        // instance's own, is written before the program runs.
         let mut mem = dp.writer().clone();
-        // NAT_SOURCES and NAT_ON are not pinned: a new instance has them empty.
+        mem.nat = 0;
+        mem.writes = 0;
+        let found = mem.found(limits());
+        let (mut kept, _) = Dataplane::adopt(mem, &found).unwrap();
+        kept.write_nat_sources().unwrap();
+        assert_eq!(kept.writer().writes, 1, "NAT_ON alone");
+        assert_eq!(kept.writer().nat_sources, want);
+        // NAT_SOURCES made anew (another size): a new instance has it empty.
+        let mut mem = dp.writer().clone();
         mem.nat_sources.clear();
         mem.nat = 0;
         mem.writes = 0;
+        let found = mem.found(limits());
         let (mut adopted, _) = Dataplane::adopt(mem, &found).unwrap();
         assert_eq!(adopted.writer().writes, 0, "adopting writes nothing");
         assert_eq!(

@@ -632,6 +632,26 @@ impl BpfMaps {
             rings.push(self.rings.slot(i).map_or(0, |s| s.load(Ordering::Relaxed)));
         }
         found.rings = rings;
+        for entry in self.nat_sources4.iter() {
+            let (k, v) = entry.map_err(kernel(names::NAT_SOURCES4, "read"))?;
+            let key = MapKey {
+                addr: [k.addr, 0, 0, 0],
+                port: k.port,
+                proto: k.proto,
+                family: FAMILY_V4,
+            };
+            found.nat.push((key, v));
+        }
+        for entry in self.nat_sources6.iter() {
+            let (k, v) = entry.map_err(kernel(names::NAT_SOURCES6, "read"))?;
+            let key = MapKey {
+                addr: k.addr,
+                port: k.port,
+                proto: k.proto,
+                family: lb_common::FAMILY_V6,
+            };
+            found.nat.push((key, v));
+        }
         Ok(found)
     }
 

@@ -52,10 +52,18 @@ pub const COUNTERS: [&str; 6] = [
     names::SYNC_STATS,
 ];
 
-/// The NAT reverse tables (a shared NAT real server's replies, per flow): adopted when
-/// their size is the configured one, else started afresh (the replies of that server's
-/// flows then go untranslated until they end; other NAT servers need no entries).
-pub const REVERSE: [&str; 2] = [names::NAT_REV4, names::NAT_REV6];
+/// NAT's maps: the reverse tables (a shared NAT real server's replies, per flow), adopted
+/// when their size is the configured one, else started afresh (the replies of that
+/// server's flows then go untranslated until they end; other NAT servers need no
+/// entries); the real servers' sources (`NAT_SOURCES4`/`6`, sized with the backends),
+/// adopted so that a shared real server names the service it named (the daemon writes
+/// them whole before the program runs either way).
+pub const REVERSE: [&str; 4] = [
+    names::NAT_REV4,
+    names::NAT_REV6,
+    names::NAT_SOURCES4,
+    names::NAT_SOURCES6,
+];
 
 /// Every map that is pinned (with `META`). The flow caches, the sync event ring, the log ring
 /// and the global data are the instance's own: nothing in them outlives it usefully, and
@@ -204,7 +212,7 @@ pub fn judge(
     for name in COUNTERS.into_iter().chain(REVERSE) {
         let entries = match name {
             names::RR_STATE | names::SERVICE_STATS => Some(services),
-            names::BACKEND_STATS => Some(backends),
+            names::BACKEND_STATS | names::NAT_SOURCES4 | names::NAT_SOURCES6 => Some(backends),
             _ => expected.get(name).map(|s| s.entries),
         };
         let take = match (pinned.get(name), expected.get(name)) {
@@ -475,6 +483,8 @@ mod tests {
             (names::CLOCK, shape(ARRAY, 4, 8, 1)),
             (names::NAT_REV4, shape(LRU, 16, 16, flows)),
             (names::NAT_REV6, shape(LRU, 40, 40, flows)),
+            (names::NAT_SOURCES4, shape(HASH, 8, 20, 40)),
+            (names::NAT_SOURCES6, shape(HASH, 20, 20, 40)),
         ])
     }
 

@@ -1193,20 +1193,43 @@ impl<W: MapWriter> Dataplane<W> {
         after: bool,
     ) -> Result<(), PlanError> {
         if !after {
-            // The bits of both: a flow's reverse entry is written from before the first
-            // shared entry to after the last one.
-            let on = nat_bits(nat) | nat_bits(&self.nat);
-            if on != 0 {
+            // While the update runs, the backends of the old plan and of the new one may
+            // both take flows: an entry that changes stands for both, shared (each new flow
+            // writes its reverse entry) and still naming the service it named (whose flows
+            // from before have none). The entries as planned follow the update.
+            let during: Vec<(MapKey, NatSource)> = nat
+                .iter()
+                .map(|(k, v)| match self.nat.get(k) {
+                    Some(old) if old != v => (*k, NatSource { shared: 1, ..*old }),
+                    _ => (*k, *v),
+                })
+                .collect();
+            let shared = if during.iter().any(|(_, v)| v.shared != 0) {
+                NAT_ON_SHARED
+            } else {
+                0
+            };
+            // The bits of both, and of the entries between: a flow's reverse entry is
+            // written from before the first shared entry to after the last one.
+            let on = nat_bits(nat) | nat_bits(&self.nat) | shared;
+            if !nat.is_empty() || !self.nat.is_empty() {
                 self.writer.set_nat(on)?;
             }
-            for (k, v) in nat {
-                if self.nat.get(k) != Some(v) {
-                    self.nat.remove(k);
-                    self.writer.update_nat_source(k, v)?;
-                    self.nat.insert(*k, *v);
+            for (k, v) in during {
+                if self.nat.get(&k) != Some(&v) {
+                    self.nat.remove(&k);
+                    self.writer.update_nat_source(&k, &v)?;
+                    self.nat.insert(k, v);
                 }
             }
             return Ok(());
+        }
+        for (k, v) in nat {
+            if self.nat.get(k) != Some(v) {
+                self.nat.remove(k);
+                self.writer.update_nat_source(k, v)?;
+                self.nat.insert(*k, *v);
+            }
         }
         let gone: Vec<MapKey> = self
             .nat
@@ -1387,6 +1410,50 @@ mod tests {
                     r.id
                 );
             }
+            // A NAT real server that a ring can send new flows to has its entry, shared
+            // whenever the rings of two services can (each new flow must then write its
+            // reverse entry), at every moment of an update.
+            let mut senders: BTreeMap<MapKey, BTreeSet<u32>> = BTreeMap::new();
+            for (key, r) in &self.0.services {
+                let Some(info) = self
+                    .0
+                    .infos
+                    .get(&r.id)
+                    .filter(|i| i.flags & SVC_F_ACTIVE != 0)
+                else {
+                    continue;
+                };
+                for slot in 0..info.ring_len {
+                    let Some(b) = self
+                        .0
+                        .rings
+                        .get(&(info.ring_off + slot))
+                        .and_then(|bid| self.0.backends.get(bid))
+                    else {
+                        continue;
+                    };
+                    if b.flags & BACKEND_F_NAT != 0 {
+                        let source = MapKey {
+                            addr: b.daddr,
+                            port: b.nat_port,
+                            proto: key.proto,
+                            family: key.family,
+                        };
+                        senders.entry(source).or_default().insert(r.id);
+                    }
+                }
+            }
+            for (source, services) in senders {
+                let entry = self.0.nat_sources.get(&source);
+                assert!(
+                    entry.is_some(),
+                    "NAT real server {source:?} without its entry"
+                );
+                assert!(
+                    services.len() < 2 || entry.is_some_and(|e| e.shared != 0),
+                    "NAT real server {source:?} of services {services:?} not shared"
+                );
+            }
         }
     }
 
@@ -1457,10 +1524,14 @@ mod tests {
             self.0.set_nat(bits)
         }
         fn update_nat_source(&mut self, k: &MapKey, v: &NatSource) -> Result<(), MapWriteError> {
-            self.0.update_nat_source(k, v)
+            self.0.update_nat_source(k, v)?;
+            self.check();
+            Ok(())
         }
         fn delete_nat_source(&mut self, k: &MapKey) -> Result<(), MapWriteError> {
-            self.0.delete_nat_source(k)
+            self.0.delete_nat_source(k)?;
+            self.check();
+            Ok(())
         }
         fn update_ring_slot(&mut self, i: u32, b: u32) -> Result<(), MapWriteError> {
             self.0.update_ring_slot(i, b)?;

@@ -246,7 +246,11 @@ pub fn expected_shapes(opts: &LoadOptions) -> Result<HashMap<&'static str, Shape
         let entries = match name {
             names::SERVICES4 | names::SERVICES6 => l.services * 2,
             names::SERVICE_INFO | names::RR_STATE | names::SERVICE_STATS => l.services,
-            names::BACKENDS | names::BACKEND_STATS | names::BACKEND_KEYS => l.backends,
+            names::BACKENDS
+            | names::BACKEND_STATS
+            | names::BACKEND_KEYS
+            | names::NAT_SOURCES4
+            | names::NAT_SOURCES6 => l.backends,
             names::RINGS => l.ring_slots,
             names::FLOWS4 | names::FLOWS6 => opts.max_flows,
             names::PERSIST4 | names::PERSIST6 => opts.max_persist,
