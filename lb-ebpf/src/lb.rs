@@ -63,19 +63,13 @@ trait Family {
     fn comes_from(reply: &Self::Flow, addr: &[u32; 4]) -> bool;
     /// `nat_reply` for a reply of flow `fwd` (a `NAT_REV4`/`NAT_REV6` value): from its
     /// VIP and port, to its client.
-    fn nat_reply_of(ctx: &XdpContext, fwd: &Self::Flow, clk: Clock) -> Result<u32, u32>;
-    /// `nat::reply4`/`nat::reply6`.
-    fn nat_reply(
+    fn nat_reply_of<const ICMP: bool>(
         ctx: &XdpContext,
-        vip: &[u32; 4],
-        vport: u16,
-        client: &[u32; 4],
+        fwd: &Self::Flow,
         clk: Clock,
     ) -> Result<u32, u32>;
-    /// `nat_icmp_reply` for the flow `fwd` (a `NAT_REV4`/`NAT_REV6` value).
-    fn nat_icmp_reply_of(ctx: &XdpContext, fwd: &Self::Flow, clk: Clock) -> Result<u32, u32>;
-    /// `nat::icmp_reply4`/`nat::icmp_reply6`.
-    fn nat_icmp_reply(
+    /// `nat::reply4`/`nat::reply6` (`ICMP`: of an ICMP error about the flow).
+    fn nat_reply<const ICMP: bool>(
         ctx: &XdpContext,
         vip: &[u32; 4],
         vport: u16,
@@ -172,13 +166,7 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn forward(reply: &FlowKey4, vip: &[u32; 4], vport: u16) -> FlowKey4 {
-        Self::flow(
-            &[reply.dst, 0, 0, 0],
-            vip,
-            reply.dport,
-            vport,
-            reply.proto,
-        )
+        Self::flow(&[reply.dst, 0, 0, 0], vip, reply.dport, vport, reply.proto)
     }
     #[inline(always)]
     fn comes_from(reply: &FlowKey4, addr: &[u32; 4]) -> bool {
@@ -197,32 +185,22 @@ impl Family for V4 {
         unsafe { core::mem::transmute::<[u32; 4], FlowKey4>(words) }
     }
     #[inline(always)]
-    fn nat_reply_of(ctx: &XdpContext, fwd: &FlowKey4, clk: Clock) -> Result<u32, u32> {
-        nat::reply4(ctx, fwd.dst, fwd.dport, fwd.src, clk)
+    fn nat_reply_of<const ICMP: bool>(
+        ctx: &XdpContext,
+        fwd: &FlowKey4,
+        clk: Clock,
+    ) -> Result<u32, u32> {
+        nat::reply4::<ICMP>(ctx, fwd.dst, fwd.dport, fwd.src, clk)
     }
     #[inline(always)]
-    fn nat_icmp_reply_of(ctx: &XdpContext, fwd: &FlowKey4, clk: Clock) -> Result<u32, u32> {
-        nat::icmp_reply4(ctx, fwd.dst, fwd.dport, fwd.src, clk)
-    }
-    #[inline(always)]
-    fn nat_reply(
+    fn nat_reply<const ICMP: bool>(
         ctx: &XdpContext,
         vip: &[u32; 4],
         vport: u16,
         client: &[u32; 4],
         clk: Clock,
     ) -> Result<u32, u32> {
-        nat::reply4(ctx, vip[0], vport, client[0], clk)
-    }
-    #[inline(always)]
-    fn nat_icmp_reply(
-        ctx: &XdpContext,
-        vip: &[u32; 4],
-        vport: u16,
-        client: &[u32; 4],
-        clk: Clock,
-    ) -> Result<u32, u32> {
-        nat::icmp_reply4(ctx, vip[0], vport, client[0], clk)
+        nat::reply4::<ICMP>(ctx, vip[0], vport, client[0], clk)
     }
     type Cache = FlowCache4;
     #[inline(always)]
@@ -362,32 +340,22 @@ impl Family for V6 {
         unsafe { core::mem::transmute::<[u32; 10], FlowKey6>(words) }
     }
     #[inline(always)]
-    fn nat_reply_of(ctx: &XdpContext, fwd: &FlowKey6, clk: Clock) -> Result<u32, u32> {
-        nat::reply6(ctx, &fwd.dst, fwd.dport, &fwd.src, clk)
+    fn nat_reply_of<const ICMP: bool>(
+        ctx: &XdpContext,
+        fwd: &FlowKey6,
+        clk: Clock,
+    ) -> Result<u32, u32> {
+        nat::reply6::<ICMP>(ctx, &fwd.dst, fwd.dport, &fwd.src, clk)
     }
     #[inline(always)]
-    fn nat_icmp_reply_of(ctx: &XdpContext, fwd: &FlowKey6, clk: Clock) -> Result<u32, u32> {
-        nat::icmp_reply6(ctx, &fwd.dst, fwd.dport, &fwd.src, clk)
-    }
-    #[inline(always)]
-    fn nat_reply(
+    fn nat_reply<const ICMP: bool>(
         ctx: &XdpContext,
         vip: &[u32; 4],
         vport: u16,
         client: &[u32; 4],
         clk: Clock,
     ) -> Result<u32, u32> {
-        nat::reply6(ctx, vip, vport, client, clk)
-    }
-    #[inline(always)]
-    fn nat_icmp_reply(
-        ctx: &XdpContext,
-        vip: &[u32; 4],
-        vport: u16,
-        client: &[u32; 4],
-        clk: Clock,
-    ) -> Result<u32, u32> {
-        nat::icmp_reply6(ctx, vip, vport, client, clk)
+        nat::reply6::<ICMP>(ctx, vip, vport, client, clk)
     }
     type Cache = FlowCache6;
     #[inline(always)]
@@ -588,10 +556,10 @@ fn nat_reply<F: Family>(
         Some(fwd) => {
             // SAFETY: LRU values stay valid while the program runs (RCU).
             let fwd = unsafe { &*fwd };
-            nat_live::<F>(fwd, key, packed(clk)).then(|| F::nat_reply_of(ctx, fwd, clk))
+            nat_live::<F>(fwd, key, packed(clk)).then(|| F::nat_reply_of::<false>(ctx, fwd, clk))
         }
         None => nat_live_of::<F>(key, &src.vip, src.vport, packed(clk))
-            .then(|| F::nat_reply(ctx, &src.vip, src.vport, &l3.dst, clk)),
+            .then(|| F::nat_reply::<false>(ctx, &src.vip, src.vport, &l3.dst, clk)),
     }
 }
 
@@ -739,9 +707,9 @@ fn send_to<F: Family>(
             tunnel::send::<false>(ctx, e.backend, F::slot(key), clk)?
         }
     } else if F::V4 {
-        nat::send::<true>(ctx, e.backend, clk)?
+        nat::send::<true, false>(ctx, e.backend, clk)?
     } else {
-        nat::send::<false>(ctx, e.backend, clk)?
+        nat::send::<false, false>(ctx, e.backend, clk)?
     };
     count_forward(ctx, e.service, e.backend, new_flow);
     Ok(reason | via)
@@ -1348,7 +1316,7 @@ fn map_error(ctx: &XdpContext, service: u32, slot: u32) -> u32 {
 /// ICMP: "fragmentation needed" and "packet too big" about a flow we balance go to that
 /// flow's backend, whose path MTU it concerns. With NAT, every error IPVS translates
 /// (destination unreachable, time exceeded; ICMPv6's parameter problem too) about a NAT
-/// flow is translated, both ways (`nat::icmp_send`, `nat::icmp_reply4`). Everything else
+/// flow is translated, both ways (`nat::send`, `nat::reply4` with `ICMP`). Everything else
 /// (echo, neighbour discovery, other errors) goes to the stack.
 #[inline(always)]
 fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
@@ -1395,9 +1363,9 @@ fn icmp<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
     let b = live_backend(e.backend, e.generation).ok_or(PASS_ICMP_NO_FLOW)?;
     if b.flags & BACKEND_F_NAT != 0 {
         return if F::V4 {
-            nat::icmp_send::<true>(ctx, e.backend, clock())
+            nat::send::<true, true>(ctx, e.backend, clock())
         } else {
-            nat::icmp_send::<false>(ctx, e.backend, clock())
+            nat::send::<false, true>(ctx, e.backend, clock())
         };
     }
     if !ptb {
@@ -1432,13 +1400,13 @@ fn nat_icmp_reply<F: Family>(
             if !nat_live::<F>(fwd, key, packed(clk)) {
                 return Err(PASS_ICMP_NO_FLOW);
             }
-            F::nat_icmp_reply_of(ctx, fwd, clk)
+            F::nat_reply_of::<true>(ctx, fwd, clk)
         }
         None => {
             if !nat_live_of::<F>(key, &src.vip, src.vport, packed(clk)) {
                 return Err(PASS_ICMP_NO_FLOW);
             }
-            F::nat_icmp_reply(ctx, &src.vip, src.vport, client, clk)
+            F::nat_reply::<true>(ctx, &src.vip, src.vport, client, clk)
         }
     }
 }

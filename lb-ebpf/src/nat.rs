@@ -46,34 +46,40 @@ fn result(r: u32) -> Result<u32, u32> {
 
 /// Sends the frame, a client's packet of a flow of NAT backend `backend`, to it: `Ok(0)` by
 /// XDP_TX, `Ok(VIA_REDIRECT)` through another interface, `Err(reason)` when it does not
-/// go that way.
+/// go that way. `ICMP`: the frame is an ICMP error from the client's side about the flow
+/// (its quoted packet a reply the client got from the VIP), sent to the real server as
+/// IPVS's `ip_vs_nat_icmp` sends it: `Ok(FWD_ICMP | via)`.
 #[inline(always)]
-pub fn send<const V4: bool>(ctx: &XdpContext, backend: u32, clk: Clock) -> Result<u32, u32> {
+pub fn send<const V4: bool, const ICMP: bool>(
+    ctx: &XdpContext,
+    backend: u32,
+    clk: Clock,
+) -> Result<u32, u32> {
     let slot = match route::to_backend::<V4>(ctx, backend, clk) {
         Ok(slot) => slot,
         Err(DROP_NO_NEIGH) => u32::MAX,
         Err(r) => return Err(r),
     };
     result(if V4 {
-        in4(ctx, backend, slot)
+        in4::<ICMP>(ctx, backend, slot)
     } else {
-        in6(ctx, backend, slot)
+        in6::<ICMP>(ctx, backend, slot)
     })
 }
 
 // Out of line, as TUN's steps (see `tunnel::send`): inlined into every path that forwards,
 // they would take the verifier past its limits.
 #[inline(never)]
-fn in4(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
-    match inbound::<true>(ctx, backend, slot) {
+fn in4<const ICMP: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
+    match inbound::<true, ICMP>(ctx, backend, slot) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
 }
 
 #[inline(never)]
-fn in6(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
-    match inbound::<false>(ctx, backend, slot) {
+fn in6<const ICMP: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
+    match inbound::<false, ICMP>(ctx, backend, slot) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
@@ -82,38 +88,57 @@ fn in6(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
 /// `slot`: the backend's `NEXT_HOPS` slot, `u32::MAX` when its next hop has no neighbour
 /// entry (the rewritten packet then goes to the stack).
 #[inline(always)]
-fn inbound<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> Result<u32, u32> {
+fn inbound<const V4: bool, const ICMP: bool>(
+    ctx: &XdpContext,
+    backend: u32,
+    slot: u32,
+) -> Result<u32, u32> {
     let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
     let l3_off = l3_offset(ctx)?;
-    let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
-    let port = if b.nat_port != 0 {
-        b.nat_port
+    if ICMP {
+        icmp_rewrite::<V4, false>(ctx, l3_off, &b.daddr, b.nat_port)?;
     } else {
-        words::<1>(ctx, l4_off + 2, DROP_MALFORMED_L4)?[0]
-    };
-    rewrite::<V4, true>(ctx, l3_off, l4_off, tcp, &b.daddr, port)?;
+        let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
+        let port = if b.nat_port != 0 {
+            b.nat_port
+        } else {
+            words::<1>(ctx, l4_off + 2, DROP_MALFORMED_L4)?[0]
+        };
+        rewrite::<V4, true>(ctx, l3_off, l4_off, tcp, &b.daddr, port)?;
+    }
     if slot == u32::MAX {
         return Err(PASS_NAT_TO_STACK);
     }
     let hop = route::hop(slot)?;
-    route::out(ctx, hop.dmac, hop.smac, hop.ifindex)
+    let via = route::out(ctx, hop.dmac, hop.smac, hop.ifindex)?;
+    Ok(if ICMP { FWD_ICMP | via } else { via })
 }
 
 /// A real server's reply in a NAT flow: its source becomes `vip`, `vport` (as they lie in
 /// the packet), its TTL one less, and it goes towards the client (its destination,
-/// `client`). `Ok(FWD_NAT_REPLY | via)`, or the reason it does not go that way.
+/// `client`). `Ok(FWD_NAT_REPLY | via)`, or the reason it does not go that way. `ICMP`: the
+/// frame is an ICMP error from the real servers' side (the real server, or a router on
+/// its way) about the flow (its quoted packet the client's, translated here), sent to the
+/// client as from the VIP: the outer source, the quoted destination and its port become
+/// the VIP's (`Ok(FWD_ICMP | via)`).
 ///
 /// The route is asked first, from here (each step called from the main frame: nested, the
 /// frames would pass the 512 bytes of stack a program may use); without one the packet is
 /// left as it came.
 #[inline(always)]
-pub fn reply4(ctx: &XdpContext, vip: u32, vport: u16, client: u32, clk: Clock) -> Result<u32, u32> {
+pub fn reply4<const ICMP: bool>(
+    ctx: &XdpContext,
+    vip: u32,
+    vport: u16,
+    client: u32,
+    clk: Clock,
+) -> Result<u32, u32> {
     let slot = route::to_host4(ctx, vip, client, clk)?;
-    result(out4(ctx, vip, vport, slot))
+    result(out4::<ICMP>(ctx, vip, vport, slot))
 }
 
 #[inline(always)]
-pub fn reply6(
+pub fn reply6<const ICMP: bool>(
     ctx: &XdpContext,
     vip: &[u32; 4],
     vport: u16,
@@ -121,21 +146,21 @@ pub fn reply6(
     clk: Clock,
 ) -> Result<u32, u32> {
     let slot = route::to_host6(ctx, vip, client, clk)?;
-    result(out6(ctx, vip, vport, slot))
+    result(out6::<ICMP>(ctx, vip, vport, slot))
 }
 
 #[inline(never)]
-fn out4(ctx: &XdpContext, vip: u32, vport: u16, slot: u32) -> u32 {
+fn out4<const ICMP: bool>(ctx: &XdpContext, vip: u32, vport: u16, slot: u32) -> u32 {
     let vip = [vip, 0, 0, 0];
-    match outbound::<true>(ctx, &vip, vport, slot) {
+    match outbound::<true, ICMP>(ctx, &vip, vport, slot) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
 }
 
 #[inline(never)]
-fn out6(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
-    match outbound::<false>(ctx, vip, vport, slot) {
+fn out6<const ICMP: bool>(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
+    match outbound::<false, ICMP>(ctx, vip, vport, slot) {
         Ok(v) => v,
         Err(r) => r | FAILED,
     }
@@ -143,21 +168,26 @@ fn out6(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
 
 /// `slot`: the client's `HOST_HOPS` slot.
 #[inline(always)]
-fn outbound<const V4: bool>(
+fn outbound<const V4: bool, const ICMP: bool>(
     ctx: &XdpContext,
     vip: &[u32; 4],
     vport: u16,
     slot: u32,
 ) -> Result<u32, u32> {
     let l3_off = l3_offset(ctx)?;
-    let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
-    // One whose TTL runs out goes to the stack as it came, which answers its sender.
-    if !hop_limit::<V4>(ctx, l3_off)? {
-        return Err(PASS_NAT_TO_STACK);
+    if ICMP {
+        icmp_rewrite::<V4, true>(ctx, l3_off, vip, vport)?;
+    } else {
+        let (l4_off, tcp) = transport::<V4>(ctx, l3_off)?;
+        // One whose TTL runs out goes to the stack as it came, which answers its sender.
+        if !hop_limit::<V4>(ctx, l3_off)? {
+            return Err(PASS_NAT_TO_STACK);
+        }
+        rewrite::<V4, false>(ctx, l3_off, l4_off, tcp, vip, vport)?;
     }
-    rewrite::<V4, false>(ctx, l3_off, l4_off, tcp, vip, vport)?;
     let hop = route::host_hop(slot)?;
-    route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_NAT_REPLY | via)
+    let via = route::out(ctx, hop.dmac, hop.smac, hop.ifindex)?;
+    Ok(if ICMP { FWD_ICMP } else { FWD_NAT_REPLY } | via)
 }
 
 /// Takes one off the TTL (hop limit), as a router does: false, and nothing changed, when it
@@ -277,22 +307,9 @@ fn rewrite<const V4: bool, const DST: bool>(
         // `base` words.
         unsafe {
             let old = (h6 as *mut u16).add(base);
-            // RFC 1624 over the whole address by the kernel's `bpf_csum_diff` (the sum of
-            // `addr` less that of `old`, on top of `~check`): word by word, the four
-            // updates held more registers than the function has.
-            let sum = bpf_csum_diff(
-                old.cast(),
-                16,
-                addr.as_ptr() as *mut u32,
-                16,
-                (!check) as u32,
-            );
-            if sum < 0 {
-                return Err(DROP_MALFORMED_IPV6);
-            }
-            let sum = sum as u64 as u32;
-            let folded = (sum & 0xffff) + (sum >> 16);
-            check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+            // RFC 1624 over the whole address by the kernel's `bpf_csum_diff`: word by
+            // word, the four updates held more registers than the function has.
+            check = csum16_diff(old, addr, check)?;
             for w in 0..4 {
                 let [lo, hi] = split(addr[w]);
                 old.add(2 * w).write(lo);
@@ -309,110 +326,6 @@ fn rewrite<const V4: bool, const DST: bool>(
         }
     }
     Ok(())
-}
-
-/// An ICMP error from the client's side about a NAT flow (its quoted packet is a reply
-/// the client got from the VIP, translated here) goes to the flow's real server, as IPVS's
-/// `ip_vs_nat_icmp` sends it: the outer destination and the quoted source become the real
-/// server's address, the quoted source port its port. `Ok(FWD_ICMP | via)`, or the reason.
-#[inline(always)]
-pub fn icmp_send<const V4: bool>(ctx: &XdpContext, backend: u32, clk: Clock) -> Result<u32, u32> {
-    let slot = match route::to_backend::<V4>(ctx, backend, clk) {
-        Ok(slot) => slot,
-        Err(DROP_NO_NEIGH) => u32::MAX,
-        Err(r) => return Err(r),
-    };
-    result(if V4 {
-        icmp_in4(ctx, backend, slot)
-    } else {
-        icmp_in6(ctx, backend, slot)
-    })
-}
-
-#[inline(never)]
-fn icmp_in4(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
-    match icmp_inbound::<true>(ctx, backend, slot) {
-        Ok(v) => v,
-        Err(r) => r | FAILED,
-    }
-}
-
-#[inline(never)]
-fn icmp_in6(ctx: &XdpContext, backend: u32, slot: u32) -> u32 {
-    match icmp_inbound::<false>(ctx, backend, slot) {
-        Ok(v) => v,
-        Err(r) => r | FAILED,
-    }
-}
-
-#[inline(always)]
-fn icmp_inbound<const V4: bool>(ctx: &XdpContext, backend: u32, slot: u32) -> Result<u32, u32> {
-    let b = BACKENDS.get(backend).ok_or(DROP_NO_ROUTE)?;
-    let l3_off = l3_offset(ctx)?;
-    icmp_rewrite::<V4, false>(ctx, l3_off, &b.daddr, b.nat_port)?;
-    if slot == u32::MAX {
-        return Err(PASS_NAT_TO_STACK);
-    }
-    let hop = route::hop(slot)?;
-    route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_ICMP | via)
-}
-
-/// An ICMP error from the real servers' side (the real server, or a router on its way)
-/// about a NAT flow (its quoted packet is the client's, translated here) goes to the
-/// client as from the VIP: the outer source and the quoted destination become `vip`, the
-/// quoted destination port `vport`, the TTL one less. `Ok(FWD_ICMP | via)`, or the reason.
-#[inline(always)]
-pub fn icmp_reply4(
-    ctx: &XdpContext,
-    vip: u32,
-    vport: u16,
-    client: u32,
-    clk: Clock,
-) -> Result<u32, u32> {
-    let slot = route::to_host4(ctx, vip, client, clk)?;
-    result(icmp_out4(ctx, vip, vport, slot))
-}
-
-#[inline(always)]
-pub fn icmp_reply6(
-    ctx: &XdpContext,
-    vip: &[u32; 4],
-    vport: u16,
-    client: &[u32; 4],
-    clk: Clock,
-) -> Result<u32, u32> {
-    let slot = route::to_host6(ctx, vip, client, clk)?;
-    result(icmp_out6(ctx, vip, vport, slot))
-}
-
-#[inline(never)]
-fn icmp_out4(ctx: &XdpContext, vip: u32, vport: u16, slot: u32) -> u32 {
-    let vip = [vip, 0, 0, 0];
-    match icmp_outbound::<true>(ctx, &vip, vport, slot) {
-        Ok(v) => v,
-        Err(r) => r | FAILED,
-    }
-}
-
-#[inline(never)]
-fn icmp_out6(ctx: &XdpContext, vip: &[u32; 4], vport: u16, slot: u32) -> u32 {
-    match icmp_outbound::<false>(ctx, vip, vport, slot) {
-        Ok(v) => v,
-        Err(r) => r | FAILED,
-    }
-}
-
-#[inline(always)]
-fn icmp_outbound<const V4: bool>(
-    ctx: &XdpContext,
-    vip: &[u32; 4],
-    vport: u16,
-    slot: u32,
-) -> Result<u32, u32> {
-    let l3_off = l3_offset(ctx)?;
-    icmp_rewrite::<V4, true>(ctx, l3_off, vip, vport)?;
-    let hop = route::host_hop(slot)?;
-    route::out(ctx, hop.dmac, hop.smac, hop.ifindex).map(|via| FWD_ICMP | via)
 }
 
 /// Rewrites an ICMP error about a NAT flow: `OUT` (towards the client) the outer source,
@@ -515,7 +428,7 @@ fn icmp_rewrite<const V4: bool, const OUT: bool>(
 }
 
 /// `check` updated for the 16 bytes at `old` becoming `new` (RFC 1624, by the kernel's
-/// `bpf_csum_diff`).
+/// `bpf_csum_diff`: the sum of `new` less that of `old`, on top of `~check`).
 ///
 /// # Safety
 /// `old` must point to 16 readable bytes of the packet.
@@ -531,8 +444,9 @@ unsafe fn csum16_diff(old: *mut u16, new: &[u32; 4], check: u16) -> Result<u16, 
             (!check) as u32,
         )
     };
+    // Never, with these sizes; counted as the IPv6 packet's fault should a kernel say so.
     if sum < 0 {
-        return Err(DROP_MALFORMED_ICMP);
+        return Err(DROP_MALFORMED_IPV6);
     }
     let sum = sum as u64 as u32;
     let folded = (sum & 0xffff) + (sum >> 16);
