@@ -59,8 +59,8 @@ trait Family {
     /// The key of the flow a reply (`reply`: from the real server to the client) is of,
     /// its VIP and port being `vip`, `vport`.
     fn forward(reply: &Self::Flow, vip: &[u32; 4], vport: u16) -> Self::Flow;
-    /// Whether `reply` comes from `addr`.
-    fn comes_from(reply: &Self::Flow, addr: &[u32; 4]) -> bool;
+    /// Whether `reply` comes from `addr` and `port` (as they lie in the packet; 0: any).
+    fn comes_from(reply: &Self::Flow, addr: &[u32; 4], port: u16) -> bool;
     /// `nat_reply` for a reply of flow `fwd` (a `NAT_REV4`/`NAT_REV6` value): from its
     /// VIP and port, to its client.
     fn nat_reply_of<const ICMP: bool>(
@@ -169,8 +169,8 @@ impl Family for V4 {
         Self::flow(&[reply.dst, 0, 0, 0], vip, reply.dport, vport, reply.proto)
     }
     #[inline(always)]
-    fn comes_from(reply: &FlowKey4, addr: &[u32; 4]) -> bool {
-        reply.src == addr[0]
+    fn comes_from(reply: &FlowKey4, addr: &[u32; 4], port: u16) -> bool {
+        reply.src == addr[0] && (port == 0 || reply.sport == port)
     }
     #[inline(always)]
     fn reverse(key: &FlowKey4, daddr: &[u32; 4], port: u16) -> FlowKey4 {
@@ -317,8 +317,8 @@ impl Family for V6 {
         Self::flow(&reply.dst, vip, reply.dport, vport, reply.proto)
     }
     #[inline(always)]
-    fn comes_from(reply: &FlowKey6, addr: &[u32; 4]) -> bool {
-        reply.src == *addr
+    fn comes_from(reply: &FlowKey6, addr: &[u32; 4], port: u16) -> bool {
+        reply.src == *addr && (port == 0 || reply.sport == port)
     }
     #[inline(always)]
     fn reverse(key: &FlowKey6, daddr: &[u32; 4], port: u16) -> FlowKey6 {
@@ -558,8 +558,12 @@ fn nat_reply<F: Family>(
             let fwd = unsafe { &*fwd };
             nat_live::<F>(fwd, key, packed(clk)).then(|| F::nat_reply_of::<false>(ctx, fwd, clk))
         }
-        None => nat_live_of::<F>(key, &src.vip, src.vport, packed(clk))
-            .then(|| F::nat_reply::<false>(ctx, &src.vip, src.vport, &l3.dst, clk)),
+        // While a SYN flood lasts, a SYN the guard forwarded without a flow gets its
+        // answer translated all the same (its client's ACK is scheduled by the same hash):
+        // new connections go on during a flood, as before replies were checked.
+        None => (nat_live_of::<F>(key, &src.vip, src.vport, packed(clk))
+            || (src.shared == 0 && conns::in_flood_window(clk.now)))
+        .then(|| F::nat_reply::<false>(ctx, &src.vip, src.vport, &l3.dst, clk)),
     }
 }
 
@@ -585,9 +589,8 @@ fn live_nat_flow<F: Family>(fwd: &F::Flow, reply: &F::Flow, clk: u64) -> bool {
         let (ckey, cval, cepoch, _, cvia) = F::cache_parts(unsafe { &mut *c });
         if F::same(ckey, fwd) && cepoch == epoch && cval.last_seen == now {
             return cvia & BACKEND_F_NAT != 0
-                && BACKENDS
-                    .get(cval.backend)
-                    .is_some_and(|b| F::comes_from(reply, &b.daddr));
+                && live_backend(cval.backend, cval.generation)
+                    .is_some_and(|b| F::comes_from(reply, &b.daddr, b.nat_port));
         }
     }
     let Some(e) = F::flows().get_ptr_mut(fwd) else {
@@ -595,9 +598,13 @@ fn live_nat_flow<F: Family>(fwd: &F::Flow, reply: &F::Flow, clk: u64) -> bool {
     };
     // SAFETY: as in `established`.
     let e = unsafe { &mut *e };
-    let ok = usable(e, now)
-        .is_some_and(|b| b.flags & BACKEND_F_NAT != 0 && F::comes_from(reply, &b.daddr));
-    if ok && e.last_seen != now {
+    let ok = usable(e, now).is_some_and(|b| {
+        b.flags & BACKEND_F_NAT != 0 && F::comes_from(reply, &b.daddr, b.nat_port)
+    });
+    // Refreshed, but never across a sync refresh window: the client's next packet crosses
+    // it and sends the flow's refresh to the peer (`established`), which a reply cannot
+    // from here (the event's call would nest a third frame).
+    if ok && e.last_seen != now && !(sync::enabled() && sync::refresh_due(e.last_seen, now)) {
         e.last_seen = now;
     }
     ok

@@ -1216,20 +1216,12 @@ impl<W: MapWriter> Dataplane<W> {
                 self.writer.set_nat(on)?;
             }
             for (k, v) in during {
-                if self.nat.get(&k) != Some(&v) {
-                    self.nat.remove(&k);
-                    self.writer.update_nat_source(&k, &v)?;
-                    self.nat.insert(k, v);
-                }
+                self.write_nat_source(k, v)?;
             }
             return Ok(());
         }
         for (k, v) in nat {
-            if self.nat.get(k) != Some(v) {
-                self.nat.remove(k);
-                self.writer.update_nat_source(k, v)?;
-                self.nat.insert(*k, *v);
-            }
+            self.write_nat_source(*k, *v)?;
         }
         let gone: Vec<MapKey> = self
             .nat
@@ -1238,11 +1230,44 @@ impl<W: MapWriter> Dataplane<W> {
             .copied()
             .collect();
         for k in gone {
-            self.writer.delete_nat_source(&k)?;
+            if let Err(e) = self.writer.delete_nat_source(&k) {
+                self.nat_uncertain(k, None);
+                return Err(e.into());
+            }
             self.nat.remove(&k);
         }
         self.writer.set_nat(nat_bits(nat))?;
         Ok(())
+    }
+
+    /// Writes NAT source `k` = `v` unless the maps hold it already. A failed write may or
+    /// may not have landed: the record then matches nothing (see [`Self::nat_uncertain`]).
+    fn write_nat_source(&mut self, k: MapKey, v: NatSource) -> Result<(), PlanError> {
+        if self.nat.get(&k) == Some(&v) {
+            return Ok(());
+        }
+        if let Err(e) = self.writer.update_nat_source(&k, &v) {
+            self.nat_uncertain(k, Some(v));
+            return Err(e.into());
+        }
+        self.nat.insert(k, v);
+        Ok(())
+    }
+
+    /// After a failed write of NAT source `k` (to `tried`, or a delete): its record keeps
+    /// the service it named before (else the one tried) but matches no plan (`shared` of
+    /// a value never written), so the next update writes it again, first as changing
+    /// (shared, that service), as `mark_uncertain` does for the other maps.
+    fn nat_uncertain(&mut self, k: MapKey, tried: Option<NatSource>) {
+        if let Some(base) = self.nat.get(&k).copied().or(tried) {
+            self.nat.insert(
+                k,
+                NatSource {
+                    shared: u8::MAX,
+                    ..base
+                },
+            );
+        }
     }
 
     /// Moves everything to new maps of `limits` (which must hold what is planned now):
@@ -1413,8 +1438,13 @@ mod tests {
             // A NAT real server that a ring can send new flows to has its entry, shared
             // whenever the rings of two services can (each new flow must then write its
             // reverse entry), at every moment of an update.
-            let mut senders: BTreeMap<MapKey, BTreeSet<u32>> = BTreeMap::new();
-            for (key, r) in &self.0.services {
+            let mut senders: BTreeMap<MapKey, BTreeSet<(u32, MapKey)>> = BTreeMap::new();
+            for (key, r) in self
+                .0
+                .services
+                .iter()
+                .filter(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
+            {
                 let Some(info) = self
                     .0
                     .infos
@@ -1439,20 +1469,26 @@ mod tests {
                             proto: key.proto,
                             family: key.family,
                         };
-                        senders.entry(source).or_default().insert(r.id);
+                        senders.entry(source).or_default().insert((r.id, *key));
                     }
                 }
             }
             for (source, services) in senders {
-                let entry = self.0.nat_sources.get(&source);
+                let Some(entry) = self.0.nat_sources.get(&source) else {
+                    panic!("NAT real server {source:?} without its entry");
+                };
+                let ids: BTreeSet<u32> = services.iter().map(|(id, _)| *id).collect();
                 assert!(
-                    entry.is_some(),
-                    "NAT real server {source:?} without its entry"
+                    ids.len() < 2 || entry.shared != 0,
+                    "NAT real server {source:?} of services {ids:?} not shared"
                 );
-                assert!(
-                    services.len() < 2 || entry.is_some_and(|e| e.shared != 0),
-                    "NAT real server {source:?} of services {services:?} not shared"
-                );
+                // One service's alone: its replies are that service's.
+                if let (1, Some((_, svc))) = (ids.len(), services.first()) {
+                    assert!(
+                        entry.shared != 0 || (entry.vip, entry.vport) == (svc.addr, svc.port),
+                        "NAT real server {source:?} of service {svc:?} names another: {entry:?}"
+                    );
+                }
             }
         }
     }
@@ -2099,10 +2135,13 @@ mod tests {
         struct Flaky {
             maps: Checked,
             fail_at: usize,
+            /// Calls so far (a call that changes nothing counts: it may fail too).
+            calls: usize,
         }
         impl Flaky {
             fn tick(&mut self) -> Result<(), MapWriteError> {
-                if self.maps.0.writes + 1 == self.fail_at {
+                self.calls += 1;
+                if self.calls == self.fail_at {
                     self.fail_at = 0;
                     return Err(MapWriteError::Missing { map: "test" });
                 }
@@ -2138,6 +2177,70 @@ mod tests {
                 self.tick()?;
                 self.maps.update_ring_slot(i, b)
             }
+            fn set_nat(&mut self, bits: u32) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.set_nat(bits)
+            }
+            fn update_nat_source(
+                &mut self,
+                k: &MapKey,
+                v: &NatSource,
+            ) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.update_nat_source(k, v)
+            }
+            fn delete_nat_source(&mut self, k: &MapKey) -> Result<(), MapWriteError> {
+                self.tick()?;
+                self.maps.delete_nat_source(k)
+            }
+        }
+        // NAT: a real server two services share, then one of them moved to another real
+        // server and the other's weight changed; a write failing anywhere. The checked
+        // writer asserts at every write that a real server two live rings send to is
+        // shared; the next update leaves the sources as a fresh plan writes them.
+        let nat = |mut s: ServiceSpec, ports: &[u16]| {
+            for (b, p) in s.backends.iter_mut().zip(ports) {
+                b.forward = Forward::Nat;
+                b.addr.set_port(*p);
+                b.mac = Some(crate::dataplane::TUNNEL_MAC);
+            }
+            s
+        };
+        let shared = vec![
+            nat(spec(80, Scheduler::Rr, &[1, 1]), &[8080, 8081]),
+            nat(spec(81, Scheduler::Rr, &[1]), &[8080]),
+        ];
+        let mut moved = shared.clone();
+        moved[1].backends[0].addr.set_port(9090);
+        moved[0].backends[1].weight = 3;
+        // And a real server that moves from one service to another in one update.
+        let alone = vec![nat(spec(80, Scheduler::Rr, &[1]), &[8080])];
+        let taken = vec![nat(spec(81, Scheduler::Rr, &[1]), &[8080])];
+        for (fail_at, shared, moved) in (1..30)
+            .map(|f| (f, &shared, &moved))
+            .chain((1..12).map(|f| (f, &alone, &taken)))
+        {
+            let mut d = Dataplane::new(
+                Flaky {
+                    maps: Checked::default(),
+                    fail_at: usize::MAX,
+                    calls: 0,
+                },
+                LIMITS,
+            );
+            d.update(shared).unwrap();
+            d.writer_mut().fail_at = d.writer().calls + fail_at;
+            let _ = d.update(moved);
+            d.writer_mut().fail_at = usize::MAX;
+            d.update(moved).unwrap();
+            let mut fresh = dp();
+            fresh.update(moved).unwrap();
+            assert_eq!(
+                d.writer().maps.0.nat_sources,
+                fresh.writer().0.nat_sources,
+                "failing at write {fail_at}"
+            );
+            assert_eq!(d.writer().maps.0.nat, fresh.writer().0.nat);
         }
         let first = vec![
             spec(80, Scheduler::Rr, &[1, 1, 1]),
@@ -2154,11 +2257,12 @@ mod tests {
                 Flaky {
                     maps: Checked::default(),
                     fail_at: usize::MAX,
+                    calls: 0,
                 },
                 LIMITS,
             );
             d.update(&first).unwrap();
-            d.writer_mut().fail_at = d.writer().maps.0.writes + fail_at;
+            d.writer_mut().fail_at = d.writer().calls + fail_at;
             let failed = d.update(&second).is_err();
             d.update(&second).unwrap();
             // What a fresh plan of `second` writes, by key and by service.
