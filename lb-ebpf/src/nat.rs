@@ -5,8 +5,9 @@
 //! the next hop each way comes from the kernel's FIB (`route.rs`).
 //!
 //! A reply's new source is its real server's service's VIP and port: `NAT_SOURCES4`/
-//! `NAT_SOURCES6`, which the daemon writes per real server, say them, with no per-flow
-//! state. Only a real server two services share needs its flows told apart:
+//! `NAT_SOURCES6`, which the daemon writes per real server, say them, with no reverse
+//! entry (the flow table still says whether the reply's connection is live,
+//! `lb::nat_live`). Only a real server two services share needs its flows told apart:
 //! `NAT_REV4`/`NAT_REV6` key them by their replies and give each flow's key back
 //! (`lb::nat_reply`). What the program cannot rewrite is dropped and counted
 //! (`drop_nat_unsupported`): a fragment (its later pieces carry no port) and an IPv6 packet

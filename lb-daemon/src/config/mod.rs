@@ -363,6 +363,16 @@ pub struct Config {
     pub sync: Option<SyncConfig>,
 }
 
+impl Config {
+    /// Whether some real server (or sorry server) is reached by NAT: the program then needs
+    /// its reverse tables, and the inside interfaces their replies.
+    pub fn has_nat(&self) -> bool {
+        self.virtual_servers
+            .iter()
+            .any(|vs| vs.forwards().any(|f| f == Forward::Nat))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VirtualServer {
     pub vip: IpAddr,

@@ -137,10 +137,7 @@ impl Xdp {
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
         // The NAT reverse tables, as large as the connection tables where a service is
         // NAT'd (only a real server two services share fills them); one entry otherwise.
-        let nat = config
-            .virtual_servers
-            .iter()
-            .any(|vs| vs.forwards().any(|f| f == crate::model::Forward::Nat));
+        let nat = config.has_nat();
         let mut opts = LoadOptions {
             limits,
             max_flows: d.max_flows,
@@ -1114,10 +1111,7 @@ impl Xdp {
     /// otherwise, so the first NAT service waits for a restart (checked before a reload
     /// changes anything).
     pub(super) fn nat_fits(&self, config: &Config) -> Result<(), String> {
-        let nat = config
-            .virtual_servers
-            .iter()
-            .any(|vs| vs.forwards().any(|f| f == crate::model::Forward::Nat));
+        let nat = config.has_nat();
         let room = match self.fds.map(names::NAT_REV4) {
             Ok(aya::maps::Map::LruHashMap(m)) => m.info().ok().map(|i| i.max_entries()),
             _ => None,
