@@ -295,6 +295,16 @@ struct RawRealServer {
     http_get: Option<check::RawHttpGet>,
     #[serde(rename = "MISC_CHECK")]
     misc_check: Option<check::RawMiscCheck>,
+    #[serde(rename = "SSL_GET")]
+    ssl_get: Option<check::RawHttpGet>,
+    #[serde(rename = "DNS_CHECK")]
+    dns_check: Option<check::RawDnsCheck>,
+    #[serde(rename = "UDP_CHECK")]
+    udp_check: Option<check::RawUdpCheck>,
+    #[serde(rename = "PING_CHECK")]
+    ping_check: Option<check::RawPingCheck>,
+    #[serde(rename = "SMTP_CHECK")]
+    smtp_check: Option<check::RawSmtpCheck>,
     /// Weight 0 instead of removal when the checks fail.
     #[serde(default)]
     inhibit_on_failure: bool,
@@ -352,7 +362,7 @@ pub struct Config {
     /// Where and how XDP runs; absent for a VRRP-only node (keepalived + nginx).
     pub dataplane: Option<DataplaneConfig>,
     pub vrrp_scripts: Vec<VrrpScript>,
-    /// Every script and hook program, with its line.
+    /// Every script and hook program, and every other file read, with its line.
     pub scripts: Vec<ScriptRef>,
     pub vrrp_instances: Vec<VrrpInstance>,
     pub sync_groups: Vec<SyncGroup>,
@@ -491,12 +501,24 @@ struct Ctx<'a> {
     scripts: std::cell::RefCell<Vec<ScriptRef>>,
 }
 
-/// A script or hook named in the file: where, and what it runs.
+/// A script or hook named in the file: where, and what it runs; or another file the
+/// daemon reads when it starts its parts (an SSL_GET's `ca_file`), so that their errors name
+/// the line. A service block's lines are relative to the block until the file is assembled,
+/// which is why they are kept here and not in the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptRef {
     pub line: usize,
     pub key: String,
     pub program: PathBuf,
+    pub kind: RefKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    /// A program run as a script or hook: checked by `check_scripts`.
+    Program,
+    /// A file read, not run.
+    Read,
 }
 
 impl Ctx<'_> {
@@ -530,8 +552,19 @@ impl Ctx<'_> {
             line: self.line_col(span.start).0,
             key: key.to_string(),
             program: PathBuf::from(program),
+            kind: RefKind::Program,
         });
         Ok(s.to_string())
+    }
+
+    /// A file the daemon reads (not a program), registered for the line of its errors.
+    fn file_read(&self, path: &str, span: Range<usize>, key: &str) {
+        self.scripts.borrow_mut().push(ScriptRef {
+            line: self.line_col(span.start).0,
+            key: key.to_string(),
+            program: PathBuf::from(path),
+            kind: RefKind::Read,
+        });
     }
 
     fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {

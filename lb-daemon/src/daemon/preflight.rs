@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, RefKind},
     health, script,
     vrrp::{notify::NotifyOptions, track},
 };
@@ -50,7 +50,7 @@ pub fn summary(c: &Config) -> String {
 /// changed by a user other than root. An error names the file, the line and the key.
 pub fn check_scripts(config: &Config) -> Result<(), ConfigError> {
     let safety = config.global_defs.enable_script_security != Some(false);
-    for s in &config.scripts {
+    for s in config.scripts.iter().filter(|s| s.kind == RefKind::Program) {
         // Without script security a script still has to be there to run.
         let checked = if safety {
             script::check_safety(&s.program)

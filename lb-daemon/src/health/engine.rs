@@ -571,12 +571,7 @@ mod tests {
     }
 
     fn port_of(p: &ProbeSpec) -> u16 {
-        match p {
-            ProbeSpec::Tcp(c) => c.dest.port(),
-            ProbeSpec::TcpTunnel(t) => t.connect.dest.port(),
-            ProbeSpec::Http(h) => h.connect.dest.port(),
-            ProbeSpec::Misc { .. } => 0,
-        }
+        p.port()
     }
 
     /// What a probe answers: by check port (0 for MISC) and virtual time in seconds.

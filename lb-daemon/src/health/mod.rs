@@ -31,10 +31,14 @@
 //!
 //! A change of a real server's state is always logged. A failing probe is logged at most once
 //! per [`LOG_EVERY`] per check, with the number of failures not logged; so are failing hooks.
+pub mod datagram;
 pub mod engine;
 pub mod http;
+pub mod ping;
 pub mod probe;
+pub mod smtp;
 pub mod state;
+pub mod tls;
 pub mod tunnel_wire;
 
 use std::{
@@ -54,9 +58,10 @@ use tracing::{debug, info, warn};
 use engine::{BackendKey, BackendSpec, CheckId, CheckSpec, Engine, Output};
 pub use engine::{ProbeResult, Scope};
 use probe::ProbeSpec;
+use tls::TlsClient;
 
 use crate::{
-    config::{check::CheckKind, Config},
+    config::{check::CheckKind, Config, RefKind},
     log_limit::{LogLimit, LOG_EVERY},
     script::{self, run_command, RunOutcome, ScriptUser, UserError, DEFAULT_HOOK_TIMEOUT},
 };
@@ -138,6 +143,13 @@ pub enum HealthError {
         program: String,
         reason: String,
     },
+    /// An SSL_GET's `ca_file` that cannot be read or holds no usable certificate.
+    #[error("{}:{line}: `real_server.SSL_GET.ca_file`: {reason}", file.display())]
+    Tls {
+        file: std::path::PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// What [`Checkers::start`] would refuse in `config` (an unknown user, an unsafe script), for
@@ -180,7 +192,29 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                 let probe = match &c.kind {
                     CheckKind::Tcp(conn) => ProbeSpec::Tcp(*conn),
                     CheckKind::TcpTunnel(t) => ProbeSpec::TcpTunnel(*t),
-                    CheckKind::Http(h) => ProbeSpec::Http(h.clone()),
+                    CheckKind::Http(h) => match &h.tls {
+                        None => ProbeSpec::Http(h.clone()),
+                        Some(tls) => ProbeSpec::Ssl {
+                            check: h.clone(),
+                            client: TlsClient::new(tls).map_err(|reason| {
+                                let at = tls.ca_file.as_ref().and_then(|ca| {
+                                    config
+                                        .scripts
+                                        .iter()
+                                        .find(|r| r.kind == RefKind::Read && r.program == ca.path)
+                                });
+                                HealthError::Tls {
+                                    file: config.file.clone(),
+                                    line: at.map_or(0, |r| r.line),
+                                    reason,
+                                }
+                            })?,
+                        },
+                    },
+                    CheckKind::Dns(d) => ProbeSpec::Dns(d.clone()),
+                    CheckKind::Udp(u) => ProbeSpec::Udp(u.clone()),
+                    CheckKind::Ping(p) => ProbeSpec::Ping(*p),
+                    CheckKind::Smtp(m) => ProbeSpec::Smtp(m.clone()),
                     CheckKind::Misc(m) => {
                         let user = ScriptUser::resolve(m.user.as_deref().or(default_user))
                             .map_err(|source| HealthError::MiscUser {

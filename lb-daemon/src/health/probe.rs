@@ -24,28 +24,38 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     time::{timeout_at, Instant},
 };
 
 use super::{
+    datagram,
     engine::ProbeResult,
-    http,
+    http, ping, smtp,
+    tls::{self, TlsClient},
     tunnel_wire::{self, Answer, Carrier},
 };
 use crate::{
-    config::check::{Connect, HttpGet, MiscCheck, TunnelTcp, Url},
+    config::check::{
+        Connect, DnsCheck, HttpGet, MiscCheck, PingCheck, SmtpCheck, Tls, TunnelTcp, UdpCheck, Url,
+    },
     script::{run_command, RunOutcome, ScriptUser},
 };
 
-/// A check as a probe runs it: the configuration, with a MISC_CHECK's user resolved.
+/// A check as a probe runs it: the configuration, with a MISC_CHECK's user resolved and an
+/// SSL_GET's TLS client built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeSpec {
     Tcp(Connect),
     TcpTunnel(TunnelTcp),
     Http(HttpGet),
+    Ssl { check: HttpGet, client: TlsClient },
     Misc { check: MiscCheck, user: ScriptUser },
+    Dns(DnsCheck),
+    Udp(UdpCheck),
+    Ping(PingCheck),
+    Smtp(SmtpCheck),
 }
 
 impl ProbeSpec {
@@ -54,7 +64,25 @@ impl ProbeSpec {
         match self {
             ProbeSpec::Tcp(_) | ProbeSpec::TcpTunnel(_) => "TCP_CHECK",
             ProbeSpec::Http(_) => "HTTP_GET",
+            ProbeSpec::Ssl { .. } => "SSL_GET",
             ProbeSpec::Misc { .. } => "MISC_CHECK",
+            ProbeSpec::Dns(_) => "DNS_CHECK",
+            ProbeSpec::Udp(_) => "UDP_CHECK",
+            ProbeSpec::Ping(_) => "PING_CHECK",
+            ProbeSpec::Smtp(_) => "SMTP_CHECK",
+        }
+    }
+
+    /// The port probed (0 for a script or an echo).
+    pub fn port(&self) -> u16 {
+        match self {
+            ProbeSpec::Tcp(c) => c.dest.port(),
+            ProbeSpec::TcpTunnel(t) => t.connect.dest.port(),
+            ProbeSpec::Http(h) | ProbeSpec::Ssl { check: h, .. } => h.connect.dest.port(),
+            ProbeSpec::Dns(d) => d.connect.dest.port(),
+            ProbeSpec::Udp(u) => u.connect.dest.port(),
+            ProbeSpec::Smtp(m) => m.connect.dest.port(),
+            ProbeSpec::Misc { .. } | ProbeSpec::Ping(_) => 0,
         }
     }
 }
@@ -155,6 +183,45 @@ pub enum ProbeError {
         dest: IpAddr,
         timeout: Duration,
     },
+    #[error("GET {path} from {dest}: TLS: {source}")]
+    Tls {
+        dest: SocketAddr,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A datagram probe's send or receive failed: an ICMP error (refused: port unreachable)
+    /// or a local one.
+    #[error("{check} to {dest}: {source}")]
+    Datagram {
+        check: &'static str,
+        dest: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{check} to {dest}: no answer within {timeout:?}{}", ignored_note(*ignored))]
+    Silent {
+        check: &'static str,
+        dest: SocketAddr,
+        timeout: Duration,
+        /// Datagrams that came but were not the answer.
+        ignored: u32,
+    },
+    /// An answer that fails the check.
+    #[error("{check} to {dest}: {reason}")]
+    Answer {
+        check: &'static str,
+        dest: SocketAddr,
+        reason: String,
+    },
+}
+
+fn ignored_note(n: u32) -> String {
+    match n {
+        0 => String::new(),
+        1 => " (1 other datagram ignored)".into(),
+        n => format!(" ({n} other datagrams ignored)"),
+    }
 }
 
 /// Runs one probe to the end; never panics, never outlives its timeouts.
@@ -163,8 +230,13 @@ pub async fn run(spec: &ProbeSpec) -> ProbeResult {
     let outcome = match spec {
         ProbeSpec::Tcp(c) => tcp(c).await.map(|()| None),
         ProbeSpec::TcpTunnel(t) => tcp_via_tunnel(t).await.map(|()| None),
-        ProbeSpec::Http(h) => http_get(h).await.map(|()| None),
+        ProbeSpec::Http(h) => http_get(h, None).await.map(|()| None),
+        ProbeSpec::Ssl { check, client } => http_get(check, Some(client)).await.map(|()| None),
         ProbeSpec::Misc { check, user } => misc(check, user).await,
+        ProbeSpec::Dns(d) => datagram::dns(d).await.map(|()| None),
+        ProbeSpec::Udp(u) => datagram::udp(u).await.map(|()| None),
+        ProbeSpec::Ping(p) => ping::ping(p).await.map(|()| None),
+        ProbeSpec::Smtp(m) => smtp::smtp(m).await.map(|()| None),
     };
     ProbeResult {
         latency: start.elapsed(),
@@ -172,7 +244,7 @@ pub async fn run(spec: &ProbeSpec) -> ProbeResult {
     }
 }
 
-async fn connect(c: &Connect, deadline: Instant) -> Result<TcpStream, ProbeError> {
+pub(super) async fn connect(c: &Connect, deadline: Instant) -> Result<TcpStream, ProbeError> {
     let dest = c.dest;
     let sock = if dest.is_ipv4() {
         TcpSocket::new_v4()
@@ -308,7 +380,7 @@ fn route_source(dest: IpAddr) -> io::Result<IpAddr> {
     Ok(s.local_addr()?.ip())
 }
 
-fn random_u32() -> u32 {
+pub(super) fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -371,24 +443,59 @@ impl Capture {
     }
 }
 
-/// `HTTP_GET`: every url, one after the other, each on its own connection.
-pub async fn http_get(h: &HttpGet) -> Result<(), ProbeError> {
+/// `HTTP_GET` (and `SSL_GET` with `tls`): every url, one after the other, each on its own
+/// connection.
+pub async fn http_get(h: &HttpGet, tls: Option<&TlsClient>) -> Result<(), ProbeError> {
     for url in &h.urls {
-        get(&h.connect, url).await?;
+        fetch(&h.connect, url, tls.zip(h.tls.as_ref())).await?;
     }
     Ok(())
 }
 
-/// One url within `connect_timeout`.
+/// One url over plain HTTP.
 pub async fn get(c: &Connect, url: &Url) -> Result<(), ProbeError> {
+    fetch(c, url, None).await
+}
+
+/// One url within `connect_timeout` (the TLS handshake included).
+async fn fetch(c: &Connect, url: &Url, tls: Option<(&TlsClient, &Tls)>) -> Result<(), ProbeError> {
     let deadline = Instant::now() + c.timeout;
-    let mut stream = connect(c, deadline).await?;
+    let stream = connect(c, deadline).await?;
     let host = url
         .virtualhost
         .clone()
         .unwrap_or_else(|| http::default_host(c.dest));
     let request = http::request(&url.path, &host);
     let mut buf = Vec::new();
+    let timed_out = |got| ProbeError::Timeout {
+        dest: c.dest,
+        path: url.path.clone(),
+        timeout: c.timeout,
+        got,
+    };
+    let Some((client, spec)) = tls else {
+        let mut stream = stream;
+        return match timeout_at(
+            deadline,
+            exchange(&mut stream, c.dest, url, &request, &mut buf),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(timed_out(buf.len())),
+        };
+    };
+    let tls_err = |source| ProbeError::Tls {
+        dest: c.dest,
+        path: url.path.clone(),
+        source,
+    };
+    let name = tls::server_name(spec.server_name(url), c.dest.ip()).map_err(tls_err)?;
+    let connector = tokio_rustls::TlsConnector::from(client.config.clone());
+    let mut stream = match timeout_at(deadline, connector.connect(name, stream)).await {
+        Ok(s) => s.map_err(tls_err)?,
+        Err(_) => return Err(timed_out(0)),
+    };
     match timeout_at(
         deadline,
         exchange(&mut stream, c.dest, url, &request, &mut buf),
@@ -396,12 +503,7 @@ pub async fn get(c: &Connect, url: &Url) -> Result<(), ProbeError> {
     .await
     {
         Ok(result) => result,
-        Err(_) => Err(ProbeError::Timeout {
-            dest: c.dest,
-            path: url.path.clone(),
-            timeout: c.timeout,
-            got: buf.len(),
-        }),
+        Err(_) => Err(timed_out(buf.len())),
     }
 }
 
@@ -409,8 +511,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn exchange(
-    stream: &mut TcpStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     dest: SocketAddr,
     url: &Url,
     request: &[u8],
@@ -448,10 +550,13 @@ async fn exchange(
                 Some(_) => malformed("response too long".into()),
             });
         }
-        let n = stream
-            .read(&mut chunk[..room.min(CHUNK)])
-            .await
-            .map_err(io_err)?;
+        let n = match stream.read(&mut chunk[..room.min(CHUNK)]).await {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify (many do after a response framed
+            // by its close): the end of the response, as keepalived reads it.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(io_err(e)),
+        };
         let eof = n == 0;
         buf.extend_from_slice(&chunk[..n]);
         let h = match head {
@@ -1021,12 +1126,13 @@ mod tests {
         let h = HttpGet {
             connect: conn(good.addr, 2000),
             urls: vec![url("/a"), url("/b")],
+            tls: None,
         };
-        http_get(&h).await.unwrap();
+        http_get(&h, None).await.unwrap();
         assert_eq!(good.requests.lock().unwrap().len(), 2);
         let mut strict = h.clone();
         strict.urls[1].status_code = StatusCodes::new(vec![404..=404]);
-        let e = http_get(&strict).await.unwrap_err();
+        let e = http_get(&strict, None).await.unwrap_err();
         assert!(e.to_string().starts_with("GET /b from "), "{e}");
     }
 
@@ -1067,6 +1173,7 @@ mod tests {
         let r = run(&ProbeSpec::Http(HttpGet {
             connect: conn(server.addr, 100),
             urls: vec![url("/")],
+            tls: None,
         }))
         .await;
         assert!(r.latency >= Duration::from_millis(100));
@@ -1185,6 +1292,7 @@ mod tests {
                         ProbeSpec::Http(HttpGet {
                             connect: conn(server.addr, 100),
                             urls: vec![url("/")],
+                            tls: None,
                         })
                     } else {
                         ProbeSpec::Tcp(conn(server.addr, 100))

@@ -78,6 +78,12 @@ use toml::Spanned;
 use super::{ConfigError, Ctx, RawRealServer, RawVirtualServer};
 use crate::model::Tunnel;
 
+mod probes;
+pub use probes::{
+    parse_hex, DnsCheck, PingCheck, ReplyRule, SmtpCheck, UdpCheck, DEFAULT_DNS_RETRY,
+    DEFAULT_HELO, DEFAULT_MAX_REPLY,
+};
+
 /// keepalived's `delay_loop` default.
 pub const DEFAULT_DELAY_LOOP: Duration = Duration::from_secs(60);
 /// keepalived's `connect_timeout` default.
@@ -145,7 +151,7 @@ impl Block for RawTcp {
     const KEY: &'static str = "TCP_CHECK";
 }
 impl Block for RawHttp {
-    const KEY: &'static str = "HTTP_GET";
+    const KEY: &'static str = "HTTP_GET (or SSL_GET)";
 }
 impl Block for RawUrl {
     const KEY: &'static str = "url";
@@ -153,6 +159,12 @@ impl Block for RawUrl {
 impl Block for RawMisc {
     const KEY: &'static str = "MISC_CHECK";
 }
+
+/// `DNS_CHECK`, `UDP_CHECK`, `PING_CHECK`, `SMTP_CHECK`: one block or several each.
+pub(super) type RawDnsCheck = OneOrMany<probes::RawDns>;
+pub(super) type RawUdpCheck = OneOrMany<probes::RawUdp>;
+pub(super) type RawPingCheck = OneOrMany<probes::RawPing>;
+pub(super) type RawSmtpCheck = OneOrMany<probes::RawSmtp>;
 
 /// `TCP_CHECK`: one block or several.
 pub(super) type RawTcpCheck = OneOrMany<RawTcp>;
@@ -188,6 +200,10 @@ pub(super) struct RawHttp {
     url: Spanned<OneOrMany<RawUrl>>,
     /// The `Host` of the urls that set none.
     virtualhost: Option<Value>,
+    /// `SSL_GET` only: keepalived's SNI switch and name, and our CA to verify against.
+    enable_sni: Option<Value>,
+    sni_name: Option<Value>,
+    ca_file: Option<Value>,
     connect_ip: Option<Value>,
     connect_port: Option<Value>,
     bindto: Option<Value>,
@@ -282,6 +298,14 @@ pub enum CheckKind {
     Http(HttpGet),
     /// `MISC_CHECK`: a program exits with 0 (or 2..=255 when dynamic).
     Misc(MiscCheck),
+    /// `DNS_CHECK`: the query is answered NOERROR.
+    Dns(DnsCheck),
+    /// `UDP_CHECK`: no ICMP error comes back (and, if required, a reply that fits).
+    Udp(UdpCheck),
+    /// `PING_CHECK`: an echo is answered.
+    Ping(PingCheck),
+    /// `SMTP_CHECK`: the server greets, takes HELO and QUIT.
+    Smtp(SmtpCheck),
 }
 
 impl CheckKind {
@@ -289,8 +313,12 @@ impl CheckKind {
     pub fn name(&self) -> &'static str {
         match self {
             CheckKind::Tcp(_) | CheckKind::TcpTunnel(_) => "TCP_CHECK",
-            CheckKind::Http(_) => "HTTP_GET",
+            CheckKind::Http(h) => h.name(),
             CheckKind::Misc(_) => "MISC_CHECK",
+            CheckKind::Dns(_) => "DNS_CHECK",
+            CheckKind::Udp(_) => "UDP_CHECK",
+            CheckKind::Ping(_) => "PING_CHECK",
+            CheckKind::Smtp(_) => "SMTP_CHECK",
         }
     }
 }
@@ -326,6 +354,72 @@ pub struct TunnelTcp {
 pub struct HttpGet {
     pub connect: Connect,
     pub urls: Vec<Url>,
+    /// `SSL_GET`: the exchange goes over TLS.
+    pub tls: Option<Tls>,
+}
+
+impl HttpGet {
+    /// keepalived's block name.
+    pub fn name(&self) -> &'static str {
+        if self.tls.is_some() {
+            "SSL_GET"
+        } else {
+            "HTTP_GET"
+        }
+    }
+}
+
+/// `SSL_GET`'s TLS. keepalived never verifies the server's certificate (its `SSL_CTX` keeps
+/// OpenSSL's `SSL_VERIFY_NONE`, even with a `ca`): neither does this without `ca_file`; the
+/// handshake's signatures are still checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// The name sent as SNI: `sni_name`, else with `enable_sni` each url's `virtualhost`
+    /// (without a port); none by default, as in keepalived.
+    pub sni: Sni,
+    /// Ours: verify the server's chain against these CAs and its name (the SNI name, else
+    /// the url's `virtualhost`, else the address probed).
+    pub ca_file: Option<CaFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sni {
+    Off,
+    /// keepalived's `enable_sni`.
+    Virtualhost,
+    /// keepalived's `sni_name`.
+    Name(String),
+}
+
+/// A PEM file of CA certificates, read when the checks start (and by `lb-daemon check`);
+/// its line is in [`crate::config::Config::scripts`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaFile {
+    pub path: std::path::PathBuf,
+}
+
+impl Tls {
+    /// The name a url's exchange verifies (and sends as SNI when it is on): the SNI name,
+    /// else the url's `virtualhost` without its port; `None`: the address probed.
+    pub fn server_name<'a>(&'a self, url: &'a Url) -> Option<&'a str> {
+        match &self.sni {
+            Sni::Name(n) => Some(n),
+            Sni::Off | Sni::Virtualhost => url.virtualhost.as_deref().map(host_part),
+        }
+    }
+}
+
+/// `host` of `host:port` (and of `[v6]:port`).
+fn host_part(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => h,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -720,8 +814,7 @@ fn virtualhost(cx: &Ctx, v: &Value, key: &str) -> Result<String, ConfigError> {
 }
 
 /// `200`, `"200-299 404"`, `[200, "300-399"]`.
-fn status_codes(cx: &Ctx, v: &Value) -> Result<StatusCodes, ConfigError> {
-    let key = "real_server.HTTP_GET.url.status_code";
+fn status_codes(cx: &Ctx, v: &Value, key: &str) -> Result<StatusCodes, ConfigError> {
     let bad = |m: String| cx.invalid(v.span(), key, m);
     let code = |n: i64| -> Result<u16, ConfigError> {
         u16::try_from(n)
@@ -775,8 +868,13 @@ fn status_codes(cx: &Ctx, v: &Value) -> Result<StatusCodes, ConfigError> {
     Ok(StatusCodes(ranges))
 }
 
-fn url(cx: &Ctx, raw: &RawUrl, default_host: &Option<String>) -> Result<Url, ConfigError> {
-    let k = |key: &str| format!("real_server.HTTP_GET.url.{key}");
+fn url(
+    cx: &Ctx,
+    raw: &RawUrl,
+    default_host: &Option<String>,
+    block: &str,
+) -> Result<Url, ConfigError> {
+    let k = |key: &str| format!("{block}.url.{key}");
     let digest = match &raw.digest {
         None => None,
         Some(v) => {
@@ -858,7 +956,7 @@ fn url(cx: &Ctx, raw: &RawUrl, default_host: &Option<String>) -> Result<Url, Con
         path: path.to_string(),
         status_code: match &raw.status_code {
             None => StatusCodes::default(),
-            Some(v) => status_codes(cx, v)?,
+            Some(v) => status_codes(cx, v, &k("status_code"))?,
         },
         virtualhost: match &raw.virtualhost {
             Some(v) => Some(virtualhost(cx, v, &k("virtualhost"))?),
@@ -884,8 +982,13 @@ fn md5_hex(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-fn http(cx: &Ctx, raw: &RawHttp, up: &Inherited) -> Result<Check, ConfigError> {
-    let block = "real_server.HTTP_GET";
+fn http(cx: &Ctx, raw: &RawHttp, up: &Inherited, ssl: bool) -> Result<Check, ConfigError> {
+    let block = if ssl {
+        "real_server.SSL_GET"
+    } else {
+        "real_server.HTTP_GET"
+    };
+    let k = |key: &str| format!("{block}.{key}");
     let conn = connect(
         cx,
         RawConnect {
@@ -915,26 +1018,52 @@ fn http(cx: &Ctx, raw: &RawHttp, up: &Inherited) -> Result<Check, ConfigError> {
     let host = raw
         .virtualhost
         .as_ref()
-        .map(|v| virtualhost(cx, v, "real_server.HTTP_GET.virtualhost"))
+        .map(|v| virtualhost(cx, v, &k("virtualhost")))
         .transpose()?;
+    let tls = if ssl {
+        let enable_sni = boolean(cx, &raw.enable_sni, &k("enable_sni"))?.unwrap_or(false);
+        let sni = match &raw.sni_name {
+            Some(v) => Sni::Name(host_part(&virtualhost(cx, v, &k("sni_name"))?).to_string()),
+            None if enable_sni => Sni::Virtualhost,
+            None => Sni::Off,
+        };
+        let ca_file = match &raw.ca_file {
+            None => None,
+            Some(v) => {
+                let p = string(cx, v, &k("ca_file"))?;
+                if !p.starts_with('/') {
+                    return Err(cx.invalid(v.span(), &k("ca_file"), "must be an absolute path"));
+                }
+                cx.file_read(p, v.span(), &k("ca_file"));
+                Some(CaFile { path: p.into() })
+            }
+        };
+        Some(Tls { sni, ca_file })
+    } else {
+        if let Some(v) = [&raw.enable_sni, &raw.sni_name, &raw.ca_file]
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            return Err(cx.invalid(v.span(), block, "enable_sni, sni_name and ca_file are SSL_GET's: write SSL_GET for a check over TLS"));
+        }
+        None
+    };
     let urls = raw
         .url
         .get_ref()
         .0
         .iter()
-        .map(|u| url(cx, u, &host))
+        .map(|u| url(cx, u, &host, block))
         .collect::<Result<Vec<_>, _>>()?;
     if urls.is_empty() {
-        return Err(cx.invalid(
-            raw.url.span(),
-            "real_server.HTTP_GET.url",
-            "needs at least one url",
-        ));
+        return Err(cx.invalid(raw.url.span(), &k("url"), "needs at least one url"));
     }
     Ok(Check {
         kind: CheckKind::Http(HttpGet {
             connect: conn,
             urls,
+            tls,
         }),
         timing,
     })
@@ -1005,7 +1134,22 @@ pub(super) fn checks(
         checks.push(tcp(cx, t, &up)?);
     }
     for h in rs.http_get.iter().flat_map(|b| &b.0) {
-        checks.push(http(cx, h, &up)?);
+        checks.push(http(cx, h, &up, false)?);
+    }
+    for h in rs.ssl_get.iter().flat_map(|b| &b.0) {
+        checks.push(http(cx, h, &up, true)?);
+    }
+    for d in rs.dns_check.iter().flat_map(|b| &b.0) {
+        checks.push(probes::dns(cx, d, &up)?);
+    }
+    for u in rs.udp_check.iter().flat_map(|b| &b.0) {
+        checks.push(probes::udp(cx, u, &up)?);
+    }
+    for p in rs.ping_check.iter().flat_map(|b| &b.0) {
+        checks.push(probes::ping(cx, p, &up)?);
+    }
+    for m in rs.smtp_check.iter().flat_map(|b| &b.0) {
+        checks.push(probes::smtp(cx, m, &up)?);
     }
     let mut dynamic = false;
     for m in rs.misc_check.iter().flat_map(|b| &b.0) {
@@ -1473,6 +1617,11 @@ url = [{ path = "/" }]"#,
         let http = "[virtual_server.real_server.HTTP_GET]\n";
         let url = "[virtual_server.real_server.HTTP_GET]\n[[virtual_server.real_server.HTTP_GET.url]]\npath = \"/\"\n";
         let misc = "[virtual_server.real_server.MISC_CHECK]\n";
+        let ssl = "[virtual_server.real_server.SSL_GET]\nurl = { path = \"/\" }\n";
+        let dns = "[virtual_server.real_server.DNS_CHECK]\n";
+        let udp = "[virtual_server.real_server.UDP_CHECK]\n";
+        let ping = "[virtual_server.real_server.PING_CHECK]\n";
+        let smtp = "[virtual_server.real_server.SMTP_CHECK]\n";
         // (virtual_server keys, real_server keys, the bad line, the key in the message)
         let cases: &[(&str, String, &str, &str)] = &[
             ("delay_loop = 0", String::new(), "delay_loop = 0", "virtual_server.delay_loop"),
@@ -1546,6 +1695,28 @@ url = [{ path = "/" }]"#,
             ("", format!("{misc}misc_path = \"/bin/true\"\nnb_get_retry = 1"), "nb_get_retry", "nb_get_retry"),
             ("", format!("{misc}misc_path = \"/bin/true\"\nconnect_timeout = 1"), "connect_timeout", "connect_timeout"),
             ("", "[[virtual_server.real_server.MISC_CHECK]]\nmisc_path = \"/bin/true\"\nmisc_dynamic = true\n[[virtual_server.real_server.MISC_CHECK]]\nmisc_path = \"/bin/false\"\nmisc_dynamic = true".into(), "misc_path = \"/bin/false\"", "real_server.MISC_CHECK.misc_dynamic"),
+            ("", format!("{ssl}enable_sni = 1"), "enable_sni", "real_server.SSL_GET.enable_sni"),
+            ("", format!("{ssl}ca_file = \"ca.pem\""), "ca_file", "real_server.SSL_GET.ca_file"),
+            ("", format!("{ssl}sni_name = \"a b\""), "sni_name", "real_server.SSL_GET.sni_name"),
+            ("", format!("{url}ca_file = \"/ca.pem\""), "ca_file", "ca_file"),
+            ("", format!("{http}enable_sni = true\nurl = {{ path = \"/\" }}"), "enable_sni", "SSL_GET"),
+            ("", format!("{dns}type = \"SRV\""), "type", "real_server.DNS_CHECK.type"),
+            ("", format!("{dns}type = 1"), "type", "real_server.DNS_CHECK.type"),
+            ("", format!("{dns}name = \"a..b\""), "name", "real_server.DNS_CHECK.name"),
+            ("", format!("{dns}name = \"{}\"", "x".repeat(64)), "name", "real_server.DNS_CHECK.name"),
+            ("", format!("{dns}nb_get_retry = 1"), "nb_get_retry", "nb_get_retry"),
+            ("", format!("{udp}payload = \"0g\""), "payload", "real_server.UDP_CHECK.payload"),
+            ("", format!("{udp}payload = \"0x\""), "payload", "real_server.UDP_CHECK.payload"),
+            ("", format!("{udp}payload = \"{}\"", "00".repeat(1401)), "payload", "real_server.UDP_CHECK.payload"),
+            ("", format!("{udp}require_reply = 1"), "require_reply", "real_server.UDP_CHECK.require_reply"),
+            ("", format!("{udp}require_reply = \"zz\""), "require_reply", "real_server.UDP_CHECK.require_reply"),
+            ("", format!("{udp}min_reply_length = 4"), "min_reply_length", "real_server.UDP_CHECK.min_reply_length"),
+            ("", format!("{udp}require_reply = true\nmin_reply_length = 9\nmax_reply_length = 8"), "max_reply_length", "real_server.UDP_CHECK.max_reply_length"),
+            ("", format!("{udp}require_reply = true\nmax_reply_length = 65536"), "max_reply_length", "real_server.UDP_CHECK.max_reply_length"),
+            ("", format!("{ping}connect_port = 1"), "connect_port", "connect_port"),
+            ("", format!("{ping}bindto = \"2001:db8::1\""), "bindto", "real_server.PING_CHECK.bindto"),
+            ("", format!("{smtp}helo_name = \"a b\""), "helo_name", "real_server.SMTP_CHECK.helo_name"),
+            ("", format!("{smtp}helo_name = \"\""), "helo_name", "real_server.SMTP_CHECK.helo_name"),
         ];
         for (vs, rs, bad_line, key) in cases {
             let t = text(vs, rs);
@@ -1571,6 +1742,172 @@ url = [{ path = "/" }]"#,
                 line_of(&t, "192.0.2.11")
             )),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn ssl_get_is_http_get_over_tls() {
+        let c = checks_of(
+            "",
+            r#"[virtual_server.real_server.SSL_GET]
+url = { path = "/health", digest = "9b3a0c85a887a256d6939da88aabd8cd" }"#,
+        );
+        let Check {
+            kind: CheckKind::Http(h),
+            timing,
+        } = &c.checks[0]
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(c.checks[0].kind.name(), "SSL_GET");
+        assert_eq!(
+            timing.delay_before_retry,
+            secs(3.0),
+            "keepalived's SSL_GET default"
+        );
+        assert_eq!(
+            h.tls,
+            Some(Tls {
+                sni: Sni::Off,
+                ca_file: None
+            }),
+            "keepalived: no SNI, no verification"
+        );
+        assert!(h.urls[0].digest.is_some());
+
+        let rs = r#"[virtual_server.real_server.SSL_GET]
+virtualhost = "www.example.test:8443"
+enable_sni = true
+ca_file = "/etc/lb/ca.pem"
+url = [{ path = "/" }, { path = "/b", virtualhost = "b.example.test" }]"#;
+        let c = checks_of("", rs);
+        let CheckKind::Http(h) = &c.checks[0].kind else {
+            panic!("{c:?}")
+        };
+        let tls = h.tls.as_ref().unwrap();
+        assert_eq!(tls.sni, Sni::Virtualhost);
+        assert_eq!(
+            tls.ca_file.as_ref().and_then(|c| c.path.to_str()),
+            Some("/etc/lb/ca.pem")
+        );
+        let c = parse("", rs).unwrap();
+        let r = &c.scripts[0];
+        assert_eq!(
+            (r.line, r.key.as_str(), r.kind),
+            (
+                line_of(&text("", rs), "ca_file"),
+                "real_server.SSL_GET.ca_file",
+                crate::config::RefKind::Read
+            )
+        );
+        // The SNI and verified name is the url's virtualhost without its port.
+        assert_eq!(tls.server_name(&h.urls[0]), Some("www.example.test"));
+        assert_eq!(tls.server_name(&h.urls[1]), Some("b.example.test"));
+        let named = Tls {
+            sni: Sni::Name("sni.example.test".into()),
+            ca_file: None,
+        };
+        assert_eq!(named.server_name(&h.urls[1]), Some("sni.example.test"));
+        assert_eq!(host_part("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(host_part("2001:db8::1"), "2001:db8::1");
+    }
+
+    #[test]
+    fn dns_udp_ping_smtp_defaults_and_keys() {
+        let c = checks_of(
+            "",
+            "[virtual_server.real_server.DNS_CHECK]
+[virtual_server.real_server.UDP_CHECK]
+\
+             [virtual_server.real_server.PING_CHECK]
+[virtual_server.real_server.SMTP_CHECK]",
+        );
+        let names: Vec<_> = c.checks.iter().map(|c| c.kind.name()).collect();
+        assert_eq!(
+            names,
+            ["DNS_CHECK", "UDP_CHECK", "PING_CHECK", "SMTP_CHECK"]
+        );
+        let CheckKind::Dns(d) = &c.checks[0].kind else {
+            panic!()
+        };
+        assert_eq!((d.qtype.as_str(), d.name.as_str()), ("SOA", "."));
+        assert_eq!(d.connect.dest, "192.0.2.11:80".parse().unwrap());
+        let t = c.checks[0].timing;
+        assert_eq!(
+            (t.retry, t.delay_before_retry),
+            (3, secs(60.0)),
+            "keepalived: retry 3, delay_before_retry delay_loop"
+        );
+        let CheckKind::Udp(u) = &c.checks[1].kind else {
+            panic!()
+        };
+        assert_eq!((u.payload.as_slice(), &u.reply), (&[][..], &None));
+        assert_eq!(
+            c.checks[2].kind,
+            CheckKind::Ping(PingCheck {
+                dest: "192.0.2.11".parse().unwrap(),
+                bindto: None,
+                timeout: secs(5.0)
+            })
+        );
+        let CheckKind::Smtp(m) = &c.checks[3].kind else {
+            panic!()
+        };
+        assert_eq!(m.helo_name, "smtpchecker.keepalived.org");
+
+        let c = checks_of(
+            "",
+            r#"[virtual_server.real_server.DNS_CHECK]
+type = "aaaa"
+name = "www.example.test"
+connect_port = 53
+delay_loop = 4
+[virtual_server.real_server.UDP_CHECK]
+connect_port = 53
+payload = "0001 0100"
+require_reply = "00x1"
+min_reply_length = 2
+max_reply_length = 512
+[virtual_server.real_server.PING_CHECK]
+connect_ip = "192.0.2.12"
+bindto = "192.0.2.1"
+connect_timeout = 1
+[virtual_server.real_server.SMTP_CHECK]
+connect_port = 25
+helo_name = "lb.example.test""#,
+        );
+        let CheckKind::Dns(d) = &c.checks[0].kind else {
+            panic!()
+        };
+        assert_eq!((d.qtype.as_str(), d.connect.dest.port()), ("AAAA", 53));
+        assert_eq!(&d.query[d.query.len() - 4..], &[0, 28, 0, 1], "AAAA IN");
+        assert_eq!(c.checks[0].timing.delay_before_retry, secs(4.0));
+        let CheckKind::Udp(u) = &c.checks[1].kind else {
+            panic!()
+        };
+        assert_eq!(u.payload, [0, 1, 1, 0]);
+        assert_eq!(
+            u.reply,
+            Some(ReplyRule {
+                pattern: vec![(0, 0xff), (0x01, 0x0f)],
+                min_len: 2,
+                max_len: 512
+            })
+        );
+        assert_eq!(
+            c.checks[2].kind,
+            CheckKind::Ping(PingCheck {
+                dest: "192.0.2.12".parse().unwrap(),
+                bindto: Some("192.0.2.1".parse().unwrap()),
+                timeout: secs(1.0)
+            })
+        );
+        let CheckKind::Smtp(m) = &c.checks[3].kind else {
+            panic!()
+        };
+        assert_eq!(
+            (m.helo_name.as_str(), m.connect.dest.port()),
+            ("lb.example.test", 25)
         );
     }
 
