@@ -41,7 +41,10 @@ for p in rustc-web rust-web-src cargo-web llvm-22-dev libpolly-22-dev zlib1g-dev
   want "$p"
 done
 if [ "$what" = test ]; then
-  for p in iproute2 ethtool curl tcpdump python3 nginx-light keepalived iputils-ping util-linux bpftool; do
+  # dnsmasq-base and python3-aiosmtpd: the DNS, UDP and SMTP checkers' peers (binaries only, no
+  # service started); openssl makes the SSL_GET test's certificates.
+  for p in iproute2 ethtool curl tcpdump python3 nginx-light keepalived iputils-ping util-linux bpftool \
+      dnsmasq-base python3-aiosmtpd openssl; do
     want "$p"
   done
 fi

@@ -150,7 +150,7 @@ fn good_corpus_round_trips() {
 /// Every (block, keyword) of the statements in `stmts`.
 fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
     // Blocks whose contents are keywords; the others (virtual_ipaddress...) hold values.
-    const KEYWORD_BLOCKS: [&str; 11] = [
+    const KEYWORD_BLOCKS: [&str; 17] = [
         "global_defs",
         "vrrp_script",
         "vrrp_sync_group",
@@ -161,6 +161,12 @@ fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
         "TCP_CHECK",
         "HTTP_GET",
         "MISC_CHECK",
+        "SSL_GET",
+        "DNS_CHECK",
+        "UDP_CHECK",
+        "PING_CHECK",
+        "SMTP_CHECK",
+        "SSL",
         "url",
     ];
     for s in stmts {

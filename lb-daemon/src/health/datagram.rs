@@ -46,6 +46,17 @@ fn socket(c: &Connect) -> Result<UdpSocket, ProbeError> {
     UdpSocket::from_std(s.into()).map_err(err)
 }
 
+/// A datagram socket's error, saying what the kernel read from the ICMP error behind it.
+fn icmp_said(e: io::Error) -> io::Error {
+    let what = match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ICMP port unreachable",
+        Some(libc::EHOSTUNREACH) => "ICMP host unreachable, or no ARP/ND answer",
+        Some(libc::ENETUNREACH) => "ICMP network unreachable, or no route",
+        _ => return e,
+    };
+    io::Error::new(e.kind(), format!("{e} ({what})"))
+}
+
 /// What a datagram says to a `DNS_CHECK` that sent ID `id`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DnsAnswer {
@@ -89,7 +100,7 @@ pub async fn dns(d: &DnsCheck) -> Result<(), ProbeError> {
     let what = |source: io::Error| ProbeError::Datagram {
         check: "DNS_CHECK",
         dest,
-        source,
+        source: icmp_said(source),
     };
     sock.send(&query).await.map_err(what)?;
     let mut buf = vec![0u8; DNS_BUF];
@@ -134,7 +145,7 @@ pub async fn udp(u: &UdpCheck) -> Result<(), ProbeError> {
     let what = |source: io::Error| ProbeError::Datagram {
         check: "UDP_CHECK",
         dest,
-        source,
+        source: icmp_said(source),
     };
     sock.send(&u.payload).await.map_err(what)?;
     // Room for any datagram, so that a reply's length is its own, not the buffer's.

@@ -760,6 +760,36 @@ impl Cx<'_> {
         );
     }
 
+    /// The top-level `SSL` block. keepalived loads its `ca` into the SSL_GET context but
+    /// never asks OpenSSL to verify against it, so a server it checks is up whatever its
+    /// certificate: the `ca` is left out (with a warning) to keep that; `ca_file` on an
+    /// SSL_GET is how lb-daemon verifies. A client certificate is not supported.
+    fn ssl(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let b = block(s)?;
+        for st in &b.body {
+            let k = st.keyword();
+            if k.text == "ca" {
+                let message = "keepalived loads `SSL.ca` but never verifies certificates \
+                               against it: left out (SSL_GET.ca_file verifies)";
+                self.tail
+                    .push(format!(" {}: {message}", self.locate(k.span)));
+                self.warnings.push(Diag::new(k.span, message));
+                continue;
+            }
+            let reason = keywords::unsupported(Ctx::Ssl, &k.text)
+                .unwrap_or("a keyword the importer does not know in keepalived's SSL block");
+            self.unsupported(
+                None,
+                "SSL",
+                texts(&st.comments),
+                k.span,
+                st.written(),
+                reason,
+            );
+        }
+        Ok(())
+    }
+
     /// A keyword's canonical name in `ctx`.
     fn canonical(ctx: Ctx, w: &Word) -> &str {
         match keywords::alias(ctx, &w.text) {
@@ -776,6 +806,7 @@ impl Cx<'_> {
             "vrrp_instance" => self.vrrp_instance(s),
             "vrrp_sync_group" => self.sync_group(s),
             "virtual_server" => self.virtual_server(s),
+            "SSL" => self.ssl(s),
             other => match keywords::unsupported(Ctx::Top, other) {
                 Some(reason) => {
                     let comments = texts(&s.comments);
@@ -2301,10 +2332,16 @@ impl Cx<'_> {
                         let m = method(st)?;
                         self.put_method(&mut t, "lvs_method", m, w.span, st)?;
                     }
-                    kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK") => {
+                    kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK" | "SSL_GET" | "DNS_CHECK"
+                    | "UDP_CHECK" | "PING_CHECK" | "SMTP_CHECK") => {
                         let (name, ctx): (&'static str, Ctx) = match kind {
                             "TCP_CHECK" => ("TCP_CHECK", Ctx::TcpCheck),
                             "HTTP_GET" => ("HTTP_GET", Ctx::HttpGet),
+                            "SSL_GET" => ("SSL_GET", Ctx::SslGet),
+                            "DNS_CHECK" => ("DNS_CHECK", Ctx::DnsCheck),
+                            "UDP_CHECK" => ("UDP_CHECK", Ctx::UdpCheck),
+                            "PING_CHECK" => ("PING_CHECK", Ctx::PingCheck),
+                            "SMTP_CHECK" => ("SMTP_CHECK", Ctx::SmtpCheck),
                             _ => ("MISC_CHECK", Ctx::MiscCheck),
                         };
                         let check = self.check(st, ctx, &format!("{label}, {name}"))?;
@@ -2326,7 +2363,8 @@ impl Cx<'_> {
         Ok(RealServer { table: t, inherit })
     }
 
-    /// A checker block: TCP_CHECK, HTTP_GET or MISC_CHECK.
+    /// A checker block: TCP_CHECK, HTTP_GET, SSL_GET, MISC_CHECK, DNS_CHECK, UDP_CHECK,
+    /// PING_CHECK or SMTP_CHECK.
     fn check(&mut self, s: &Stmt, ctx: Ctx, label: &str) -> Result<Table, Diag> {
         let b = block(s)?;
         if let Some(w) = s.args().first() {
@@ -2336,6 +2374,7 @@ impl Cx<'_> {
             ));
         }
         let connects = ctx != Ctx::MiscCheck;
+        let http = matches!(ctx, Ctx::HttpGet | Ctx::SslGet);
         let mut t = block_table(s);
         for st in &b.body {
             let r = (|| -> Result<(), Diag> {
@@ -2351,7 +2390,7 @@ impl Cx<'_> {
                         };
                         self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
                     }
-                    "connect_port" if connects => {
+                    "connect_port" if connects && ctx != Ctx::PingCheck => {
                         let w = one(st)?;
                         self.put(&mut t, "connect_port", Value::Int(port(w)?), w.span, st)?;
                     }
@@ -2376,7 +2415,7 @@ impl Cx<'_> {
                         let (on, span) = flag(st)?;
                         self.put(&mut t, "alpha", Value::Bool(on), span, st)?;
                     }
-                    "url" if ctx == Ctx::HttpGet => {
+                    "url" if http => {
                         let url = self.url(st, label)?;
                         t.children.push(Child {
                             name: "url",
@@ -2384,7 +2423,7 @@ impl Cx<'_> {
                             table: url,
                         });
                     }
-                    "virtualhost" if ctx == Ctx::HttpGet => {
+                    "virtualhost" if http => {
                         let w = one(st)?;
                         self.put(
                             &mut t,
@@ -2395,15 +2434,62 @@ impl Cx<'_> {
                         )?;
                     }
                     "http_protocol"
-                        if ctx == Ctx::HttpGet
-                            && st.args().len() == 1
-                            && st.args()[0].text == "1.1" =>
+                        if http && st.args().len() == 1 && st.args()[0].text == "1.1" =>
                     {
                         no_block(st)?;
                         t.comment(" http_protocol 1.1: what lb-daemon sends");
                     }
-                    "fast_recovery" if ctx == Ctx::HttpGet && matches!(flag(st), Ok((true, _))) => {
+                    "fast_recovery" if http && matches!(flag(st), Ok((true, _))) => {
                         t.comment(" fast_recovery: what lb-daemon always does");
+                    }
+                    "enable_sni" if ctx == Ctx::SslGet => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "enable_sni", Value::Bool(on), span, st)?;
+                    }
+                    "sni_name" if ctx == Ctx::SslGet => {
+                        let w = one(st)?;
+                        self.put(&mut t, "sni_name", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    // Checked (a type keepalived knows, a domain name) where the TOML is read.
+                    key @ ("type" | "name") if ctx == Ctx::DnsCheck => {
+                        let w = one(st)?;
+                        let key = if key == "type" { "type" } else { "name" };
+                        self.put(&mut t, key, Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    // keepalived's hex strings may be written in groups: kept as written.
+                    "payload" if ctx == Ctx::UdpCheck => {
+                        no_block(st)?;
+                        let Some(first) = st.args().first() else {
+                            return Err(Diag::new(k.span, "`payload` needs hex digits"));
+                        };
+                        let hex: Vec<&str> = st.args().iter().map(|w| w.text.as_str()).collect();
+                        self.put(&mut t, "payload", Value::Str(hex.join(" ")), first.span, st)?;
+                    }
+                    "require_reply" if ctx == Ctx::UdpCheck => {
+                        no_block(st)?;
+                        let v = match st.args() {
+                            [] => Value::Bool(true),
+                            words => {
+                                let hex: Vec<&str> =
+                                    words.iter().map(|w| w.text.as_str()).collect();
+                                Value::Str(hex.join(" "))
+                            }
+                        };
+                        let span = st.args().first().map_or(k.span, |w| w.span);
+                        self.put(&mut t, "require_reply", v, span, st)?;
+                    }
+                    key @ ("min_reply_length" | "max_reply_length") if ctx == Ctx::UdpCheck => {
+                        let w = one(st)?;
+                        let key = if key == "min_reply_length" {
+                            "min_reply_length"
+                        } else {
+                            "max_reply_length"
+                        };
+                        self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
+                    }
+                    "helo_name" if ctx == Ctx::SmtpCheck => {
+                        let w = one(st)?;
+                        self.put(&mut t, "helo_name", Value::Str(w.text.clone()), w.span, st)?;
                     }
                     "misc_path" if ctx == Ctx::MiscCheck => {
                         no_block(st)?;
@@ -2516,8 +2602,7 @@ impl Cx<'_> {
         }
         for child in &mut rs.table.children {
             let keys: &[&str] = match child.name {
-                "TCP_CHECK" => &["retry", "delay_before_retry", "warmup", "connect_timeout"],
-                "HTTP_GET" => &[
+                "HTTP_GET" | "SSL_GET" => &[
                     "retry",
                     "delay_before_retry",
                     "warmup",
@@ -2525,7 +2610,8 @@ impl Cx<'_> {
                     "virtualhost",
                 ],
                 // MISC_CHECK has no connection, so no connect_timeout.
-                _ => &["retry", "delay_before_retry", "warmup"],
+                "MISC_CHECK" => &["retry", "delay_before_retry", "warmup"],
+                _ => &["retry", "delay_before_retry", "warmup", "connect_timeout"],
             };
             for &key in keys {
                 if let (false, Some((key, value, span, from))) = (child.table.has(key), pick(key)) {

@@ -20,8 +20,15 @@ pub enum Ctx {
     RealServer,
     TcpCheck,
     HttpGet,
+    SslGet,
     Url,
     MiscCheck,
+    DnsCheck,
+    UdpCheck,
+    PingCheck,
+    SmtpCheck,
+    /// The top-level `SSL` block (SSL_GET's client settings).
+    Ssl,
 }
 
 /// The keywords lb-daemon supports, by the block they are in (keepalived's names and aliases).
@@ -156,6 +163,11 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "TCP_CHECK",
             "HTTP_GET",
             "MISC_CHECK",
+            "SSL_GET",
+            "DNS_CHECK",
+            "UDP_CHECK",
+            "PING_CHECK",
+            "SMTP_CHECK",
         ],
     ),
     (
@@ -192,6 +204,91 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "fast_recovery",
         ],
     ),
+    (
+        "SSL_GET",
+        &[
+            "url",
+            "virtualhost",
+            "enable_sni",
+            "sni_name",
+            "connect_ip",
+            "connect_port",
+            "bindto",
+            "connect_timeout",
+            "retry",
+            "nb_get_retry",
+            "delay_before_retry",
+            "warmup",
+            "delay_loop",
+            "alpha",
+            "http_protocol",
+            "fast_recovery",
+        ],
+    ),
+    (
+        "DNS_CHECK",
+        &[
+            "type",
+            "name",
+            "connect_ip",
+            "connect_port",
+            "bindto",
+            "connect_timeout",
+            "retry",
+            "delay_before_retry",
+            "warmup",
+            "delay_loop",
+            "alpha",
+        ],
+    ),
+    (
+        "UDP_CHECK",
+        &[
+            "payload",
+            "require_reply",
+            "min_reply_length",
+            "max_reply_length",
+            "connect_ip",
+            "connect_port",
+            "bindto",
+            "connect_timeout",
+            "retry",
+            "delay_before_retry",
+            "warmup",
+            "delay_loop",
+            "alpha",
+        ],
+    ),
+    (
+        "PING_CHECK",
+        &[
+            "connect_ip",
+            "bindto",
+            "connect_timeout",
+            "retry",
+            "delay_before_retry",
+            "warmup",
+            "delay_loop",
+            "alpha",
+        ],
+    ),
+    (
+        "SMTP_CHECK",
+        &[
+            "helo_name",
+            "connect_ip",
+            "connect_port",
+            "bindto",
+            "connect_timeout",
+            "retry",
+            "delay_before_retry",
+            "warmup",
+            "delay_loop",
+            "alpha",
+        ],
+    ),
+    // keepalived loads its `ca` but never verifies with it: the importer leaves it out.
+    ("SSL", &["ca"]),
     (
         "url",
         &[
@@ -236,7 +333,7 @@ pub fn alias(ctx: Ctx, word: &str) -> Option<(&'static str, &'static str)> {
         (VirtualServer, "lvs_sched") => ("lb_algo", "lb_algo's newer name"),
         (VirtualServer, "lvs_method") => ("lb_kind", "lb_kind's newer name"),
         // check_http.c: "nb_get_retry is deprecated - please use 'retry'".
-        (TcpCheck | HttpGet, "nb_get_retry") => ("retry", "retry's deprecated name"),
+        (TcpCheck | HttpGet | SslGet, "nb_get_retry") => ("retry", "retry's deprecated name"),
         _ => return None,
     })
 }
@@ -251,7 +348,7 @@ const ROUTES: &str =
 const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
 const TRACK_OTHER: &str =
     "only track_interface, track_script and track_virtual_server are implemented";
-const OTHER_CHECKER: &str = "only TCP_CHECK, HTTP_GET and MISC_CHECK are implemented";
+const OTHER_CHECKER: &str = "BFD_CHECK and FILE_CHECK are not implemented";
 const FIFO: &str = "lb-daemon's notify_fifo writes JSON lines, not keepalived's text lines: \
                     set global_defs.notify_fifo by hand once its reader understands them";
 
@@ -267,7 +364,6 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             }
             "garp_group" => "per-interface gratuitous ARP pacing is not implemented",
             "track_file" | "vrrp_track_process" | "bfd_instance" => TRACK_OTHER,
-            "SSL" => "SSL_GET is not implemented, so neither are its SSL settings",
             "linkbeat_interfaces" | "interface_up_down_delays" | "linkbeat_use_polling" => {
                 "lb-daemon follows links over netlink only, without debouncing"
             }
@@ -381,24 +477,28 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             _ => return None,
         },
         RealServer => match keyword {
-            "SSL_GET" | "SMTP_CHECK" | "DNS_CHECK" | "BFD_CHECK" | "UDP_CHECK" | "PING_CHECK"
-            | "FILE_CHECK" => OTHER_CHECKER,
+            "BFD_CHECK" | "FILE_CHECK" => OTHER_CHECKER,
             "smtp_alert" => EMAIL,
             "snmp_name" => SNMP,
             _ => return None,
         },
-        TcpCheck | HttpGet | MiscCheck => match keyword {
+        TcpCheck | HttpGet | SslGet | MiscCheck | DnsCheck | UdpCheck | PingCheck | SmtpCheck => match keyword {
             "bind_if" | "bind_port" | "fwmark" | "log_all_failures" => NOT_IMPLEMENTED,
             "connect_timeout" if ctx == MiscCheck => {
                 "a MISC_CHECK has no connection: misc_timeout bounds its script"
             }
-            "enable_sni" | "sni_name" | "tls_compliant" if ctx == HttpGet => {
-                "SSL_GET settings: SSL_GET is not implemented"
+            "connect_port" if ctx == PingCheck => "an ICMP echo has no port",
+            "enable_sni" | "sni_name" if ctx == HttpGet => {
+                "an SSL_GET setting in an HTTP_GET, where keepalived ignores it"
             }
-            "http_protocol" if ctx == HttpGet => {
+            "tls_compliant" => "not implemented: lb-daemon closes an SSL_GET's connection without close_notify",
+            "host" if ctx == SmtpCheck => {
+                "SMTP_CHECK's deprecated host blocks: write one SMTP_CHECK per host (connect_ip, connect_port, bindto)"
+            }
+            "http_protocol" if matches!(ctx, HttpGet | SslGet) => {
                 "lb-daemon sends HTTP/1.1 requests with Connection: close (keepalived's http_protocol 1.1) only"
             }
-            "fast_recovery" if ctx == HttpGet => {
+            "fast_recovery" if matches!(ctx, HttpGet | SslGet) => {
                 "lb-daemon always fetches every url of a check in one run (keepalived's fast_recovery on)"
             }
             _ => return None,
@@ -407,7 +507,13 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "regex_options" | "regex_stack" | "regex_min_offset" | "regex_max_offset" => {
                 "PCRE options, stack and offsets are not implemented: regex matches the first 8 KiB of the body"
             }
-            "tls_compliant" => "SSL_GET settings: SSL_GET is not implemented",
+            "tls_compliant" => "not implemented: lb-daemon closes an SSL_GET's connection without close_notify",
+            _ => return None,
+        },
+        Ssl => match keyword {
+            "certificate" | "key" | "password" => {
+                "client certificates for SSL_GET are not implemented"
+            }
             _ => return None,
         },
     };
