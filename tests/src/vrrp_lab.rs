@@ -210,7 +210,14 @@ pub struct VrrpParams {
     /// BACKUP` on the other. Without it both start as BACKUP. keepalived does not allow it
     /// with `nopreempt`.
     pub master_hint: bool,
+    /// Each node writes its state changes to a FIFO in keepalived's format (ours:
+    /// `notify_fifo_format = "keepalived"`), read by a `notify_fifo_script` that appends
+    /// every line to [`FIFO_LOG`] in the node's directory.
+    pub fifo: bool,
 }
+
+/// Where a node's FIFO reader appends the lines it read (see [`VrrpParams::fifo`]).
+pub const FIFO_LOG: &str = "fifo.log";
 
 impl VrrpParams {
     /// The seed's VRRPv2 pair: VRID 51, priorities 150/100, `advert_int 1`, `auth_type PASS`
@@ -225,6 +232,7 @@ impl VrrpParams {
             vip: VIP_V4.into(),
             preempt: true,
             master_hint: true,
+            fifo: false,
         }
     }
 
@@ -497,6 +505,27 @@ fn keepalived_alive_in(pid: u32, pgrp: u32) -> bool {
         && comm(pid) == "keepalived"
 }
 
+/// A node's FIFO path and the reader script keepalived's `notify_fifo_script` and ours are
+/// given: it appends each line it reads to [`FIFO_LOG`].
+fn fifo_reader(dir: &std::path::Path) -> Result<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let fifo = dir.join("events.fifo");
+    let reader = dir.join("fifo-reader.sh");
+    let log = dir.join(FIFO_LOG);
+    fs::write(
+        &reader,
+        format!(
+            "#!/bin/sh\nwhile read -r line; do echo \"$line\" >> {}; done < \"$1\"\n",
+            log.display()
+        ),
+    )?;
+    fs::set_permissions(&reader, fs::Permissions::from_mode(0o755))?;
+    Ok((
+        fifo.to_str().context("path")?.to_string(),
+        reader.to_str().context("path")?.to_string(),
+    ))
+}
+
 impl Node {
     fn is_running(&self) -> bool {
         match &self.running {
@@ -515,10 +544,20 @@ impl Node {
         match self.peer {
             Peer::Ours => {
                 let cfg = dir.join(format!("ours-{run}.toml"));
-                fs::write(
-                    &cfg,
-                    crate::lab::with_control_socket(&self.params.ours_toml(self.index), &dir),
-                )?;
+                let mut text = self.params.ours_toml(self.index);
+                if self.params.fifo {
+                    let (fifo, reader) = fifo_reader(&dir)?;
+                    text = text.replacen(
+                        "[global_defs]\n",
+                        &format!(
+                            "[global_defs]\nnotify_fifo = \"{fifo}\"\n\
+                             notify_fifo_format = \"keepalived\"\n\
+                             notify_fifo_script = \"{reader}\"\nenable_script_security = false\n"
+                        ),
+                        1,
+                    );
+                }
+                fs::write(&cfg, crate::lab::with_control_socket(&text, &dir))?;
                 let bin = daemon_bin()?;
                 let p = self.ns.spawn(&[
                     bin.to_str().context("daemon path")?,
@@ -545,7 +584,18 @@ impl Node {
             }
             Peer::Keepalived => {
                 let cfg = dir.join(format!("keepalived-{run}.conf"));
-                fs::write(&cfg, self.params.keepalived_conf(self.index))?;
+                let mut text = self.params.keepalived_conf(self.index);
+                if self.params.fifo {
+                    let (fifo, reader) = fifo_reader(&dir)?;
+                    text = text.replacen(
+                        "global_defs {\n",
+                        &format!(
+                            "global_defs {{\n    notify_fifo {fifo}\n    notify_fifo_script {reader}\n"
+                        ),
+                        1,
+                    );
+                }
+                fs::write(&cfg, text)?;
                 let pid = dir.join(format!("keepalived-{run}.pid"));
                 let vrrp_pid = dir.join(format!("keepalived-{run}-vrrp.pid"));
                 let tmp = dir.join("tmp");

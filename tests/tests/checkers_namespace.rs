@@ -4,7 +4,8 @@
 //! - `SSL_GET` against nginx serving HTTPS with a certificate of the test's own CA (made by
 //!   openssl): verified with `ca_file` (and SNI: nginx logs the name it received), refused
 //!   with another CA's file (the error says why), and unverified without one, as keepalived
-//!   does; the body's MD5 is keepalived's `digest`.
+//!   does; the body's MD5 is keepalived's `digest`. A reload after the CA file is rewritten
+//!   in place verifies against the new one.
 //! - `DNS_CHECK` against dnsmasq: a name it holds is up, one it does not is down with
 //!   NXDOMAIN.
 //! - `UDP_CHECK` against dnsmasq's port with a DNS query as payload and the answer's ID and
@@ -355,10 +356,13 @@ fn checkers_against_real_peers() {
         .count()
         + 1;
     assert!(!out.status.success(), "check accepted a missing CA file");
+    let want = format!(
+        "{}:{line}: `real_server.SSL_GET.ca_file`: /nonexistent/ca.pem",
+        cfg.display()
+    );
     assert!(
-        err.contains(&format!(
-            "lb.toml:{line}: `real_server.SSL_GET.ca_file`: /nonexistent/ca.pem"
-        )),
+        err.lines()
+            .any(|l| l.trim_start_matches("Error: ").starts_with(&want)),
         "{err}"
     );
 
@@ -404,6 +408,12 @@ fn checkers_against_real_peers() {
         dns_log.contains("query[A] missing.example.test from 192.0.2.2"),
         "{dns_log}"
     );
+
+    // A CA rotation: the file is rewritten in place, the configuration is not. A reload
+    // reads it again, and the check verifies against the new CA.
+    std::fs::copy(peer.dir().join("ca.pem"), peer.dir().join("other.pem")).unwrap();
+    daemon.signal(libc::SIGHUP).unwrap();
+    wait_health(&node, &daemon, &[("192.0.2.100", 444, "up", "")]);
 
     // Every peer stops: its checks go down, saying why.
     for p in [&peers.nginx, &peers.dnsmasq, &peers.smtp] {

@@ -302,6 +302,44 @@ fn interop(test: &str, params: VrrpParams, peers: [Peer; 2]) {
     let got = lab.ours_transitions(ours);
     let got: Vec<(&str, &str)> = got.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect();
     assert_eq!(got, expected, "{}", lab.log(ours));
+
+    // 7. keepalived's FIFO lines, from keepalived and from ours, read by the same reader.
+    if params.fifo {
+        for i in 0..2 {
+            let path = lab.node(i).dir().join(lb_tests::vrrp_lab::FIFO_LOG);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text.lines() {
+                let w: Vec<&str> = line.split(' ').collect();
+                assert!(
+                    w.len() == 4
+                        && w[0] == "INSTANCE"
+                        && w[1] == "\"VI_1\""
+                        && ["MASTER", "BACKUP", "FAULT", "STOP"].contains(&w[2])
+                        && w[3].parse::<u8>().is_ok(),
+                    "node {i} ({}): {line:?} is not keepalived's FIFO line:\n{text}",
+                    lab.peer(i)
+                );
+            }
+            let master = format!("INSTANCE \"VI_1\" MASTER {}", params.priorities[i]);
+            assert!(
+                text.lines().any(|l| l == master),
+                "node {i} ({}): no {master:?} in\n{text}",
+                lab.peer(i)
+            );
+            eprintln!(
+                "{test}: node {i} ({}) FIFO lines: {:?}",
+                lab.peer(i),
+                text.lines().collect::<Vec<_>>()
+            );
+        }
+        let backup = format!("INSTANCE \"VI_1\" BACKUP {}", params.priorities[1]);
+        let text = std::fs::read_to_string(lab.node(1).dir().join(lb_tests::vrrp_lab::FIFO_LOG))
+            .unwrap_or_default();
+        assert!(
+            text.lines().any(|l| l == backup),
+            "node 1: no {backup:?} in\n{text}"
+        );
+    }
     drop(lab);
     eprintln!("{test}: done in {:.1} s", t_test.elapsed().as_secs_f64());
 }
@@ -310,7 +348,10 @@ fn interop(test: &str, params: VrrpParams, peers: [Peer; 2]) {
 fn v2_pass_ours_master_keepalived_backup() {
     interop(
         "v2_pass_ours_master_keepalived_backup",
-        VrrpParams::v2_seed(),
+        VrrpParams {
+            fifo: true,
+            ..VrrpParams::v2_seed()
+        },
         [Peer::Ours, Peer::Keepalived],
     );
 }
@@ -319,7 +360,10 @@ fn v2_pass_ours_master_keepalived_backup() {
 fn v2_pass_keepalived_master_ours_backup() {
     interop(
         "v2_pass_keepalived_master_ours_backup",
-        VrrpParams::v2_seed(),
+        VrrpParams {
+            fifo: true,
+            ..VrrpParams::v2_seed()
+        },
         [Peer::Keepalived, Peer::Ours],
     );
 }

@@ -99,6 +99,14 @@ pub struct GlobalDefs {
     pub script_user: Option<String>,
     /// State changes as JSON lines, to this FIFO or Unix socket path.
     pub notify_fifo: Option<PathBuf>,
+    /// The lines' format: `json` (the default) or `keepalived` (keepalived's own text lines,
+    /// `INSTANCE "VI_1" MASTER 100`, for the FIFO readers written for it; the FIFO is then
+    /// made when it does not exist, as keepalived makes it).
+    pub notify_fifo_format: Option<FifoFormat>,
+    /// keepalived's `notify_fifo_script`: a program started with the daemon (and again when a
+    /// reload changes it), the FIFO's path as its last argument, to read the events; run as
+    /// `script_user`, killed when the daemon stops.
+    pub notify_fifo_script: Option<Spanned<String>>,
     /// The control socket of `lb-daemon status` and `reload` (default /run/lb-daemon.sock).
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus metrics are served (any address; none by default).
@@ -126,6 +134,15 @@ pub struct GlobalDefs {
     /// UDP flows; each absent one keeps IPVS's default (900, 120, 300). A service's own
     /// `idle_timeout` wins over `tcp`/`udp`.
     pub lvs_timeouts: Option<Spanned<RawLvsTimeouts>>,
+}
+
+/// See [`GlobalDefs::notify_fifo_format`].
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FifoFormat {
+    #[default]
+    Json,
+    Keepalived,
 }
 
 /// See [`GlobalDefs::lvs_timeouts`].
@@ -288,7 +305,7 @@ struct RawRealServer {
     /// TUN: this real server's tunnel type and GUE port (default: the virtual_server's).
     tunnel_type: Option<Spanned<String>>,
     tunnel_port: Option<Spanned<u16>>,
-    // Health checks, keepalived's blocks and keys in TOML form; `config/check.rs` reads them.
+    // Health checks, keepalived's blocks and keys in TOML form; `config/check/` reads them.
     #[serde(rename = "TCP_CHECK")]
     tcp_check: Option<check::RawTcpCheck>,
     #[serde(rename = "HTTP_GET")]
@@ -776,6 +793,17 @@ impl Config {
                         "0: a timeout is at least 1 second (leave it out for IPVS's default)",
                     ));
                 }
+            }
+        }
+        if let Some(s) = &raw.global_defs.notify_fifo_script {
+            let key = "global_defs.notify_fifo_script";
+            cx.command(s.get_ref(), s.span(), key)?;
+            if raw.global_defs.notify_fifo.is_none() {
+                return Err(cx.invalid(
+                    s.span(),
+                    key,
+                    "needs global_defs.notify_fifo: the FIFO it reads",
+                ));
             }
         }
         if let Some(g) = &raw.global_defs.control_socket_group {

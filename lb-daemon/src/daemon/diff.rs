@@ -62,6 +62,18 @@ fn global_defs(old: &Config, new: &Config, out: &mut Vec<String>) {
     changed(out, &k("notify_fifo"), &a.notify_fifo, &b.notify_fifo);
     changed(
         out,
+        &k("notify_fifo_format"),
+        &a.notify_fifo_format,
+        &b.notify_fifo_format,
+    );
+    changed(
+        out,
+        &k("notify_fifo_script"),
+        &a.notify_fifo_script.as_ref().map(|s| s.get_ref()),
+        &b.notify_fifo_script.as_ref().map(|s| s.get_ref()),
+    );
+    changed(
+        out,
         &k("control_socket"),
         &a.control_socket,
         &b.control_socket,

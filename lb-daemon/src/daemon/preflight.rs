@@ -17,7 +17,11 @@ pub fn check_file(file: &Path) -> anyhow::Result<Config> {
     let c = Config::load(file)?;
     check_scripts(&c)?;
     let named = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", file.display());
-    health::validate(&c).map_err(|e| named(&e))?;
+    health::validate(&c).map_err(|e| match e {
+        // It names the file and the line already.
+        health::HealthError::Tls { .. } => anyhow::anyhow!("{e}"),
+        e => named(&e),
+    })?;
     track::validate(&c).map_err(|e| named(&e))?;
     NotifyOptions::from_global(&c.global_defs).map_err(|e| named(&e))?;
     c.sync_key()?;

@@ -93,7 +93,16 @@ impl State {
         let tracks = self.track_tasks.prepare(&new).map_err(|e| e.to_string())?;
         // The services this reload touches; a change of `global_defs` (the scripts' user,
         // script security) reaches every check.
-        let changed = self.config.changed_services(&new);
+        let mut changed = self.config.changed_services(&new);
+        // An SSL_GET's CA file is read when its check is built: a service whose text is the
+        // same may have a rewritten CA file (a rotation), so those services are always
+        // reconciled. A check whose CA file holds the same certificates stays as it is.
+        changed.extend(
+            new.virtual_servers
+                .iter()
+                .filter(|vs| vs.real_servers.iter().any(|rs| rs.checks.reads_files()))
+                .map(|vs| vs.key()),
+        );
         let scope = if new.global_defs == self.config.global_defs {
             health::Scope::Services(&changed)
         } else {
@@ -131,6 +140,8 @@ impl State {
                 g.script_user.clone(),
                 g.enable_script_security,
                 g.notify_fifo.clone(),
+                g.notify_fifo_format,
+                g.notify_fifo_script.as_ref().map(|s| s.get_ref().clone()),
                 g.router_id.clone(),
             )
         };

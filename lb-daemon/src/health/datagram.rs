@@ -1,7 +1,8 @@
 //! The probes over UDP: `DNS_CHECK` and `UDP_CHECK`. Each opens a connected socket (so the
 //! kernel hands it only datagrams from the address probed) with `IP_RECVERR`, so that every
-//! ICMP error about it, not only the "hard" ones, fails the read (as keepalived's
-//! `udp_socket_error` reads them).
+//! ICMP error about it, not only the "hard" ones, fails the read. keepalived's
+//! `udp_socket_error` fails only on destination unreachable; here a time exceeded (a
+//! routing loop) or a parameter problem fails too: the datagram did not arrive.
 //!
 //! * `DNS_CHECK` (keepalived's `dns_recv_thread`): the query with a random ID; a datagram
 //!   that is too short, has another ID or is not a response is ignored and the probe waits
@@ -50,7 +51,9 @@ fn socket(c: &Connect) -> Result<UdpSocket, ProbeError> {
 fn icmp_said(e: io::Error) -> io::Error {
     let what = match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "ICMP port unreachable",
-        Some(libc::EHOSTUNREACH) => "ICMP host unreachable, or no ARP/ND answer",
+        Some(libc::EHOSTUNREACH) => {
+            "an ICMP error (host unreachable, time exceeded), or no ARP/ND answer"
+        }
         Some(libc::ENETUNREACH) => "ICMP network unreachable, or no route",
         _ => return e,
     };
@@ -96,7 +99,9 @@ pub async fn dns(d: &DnsCheck) -> Result<(), ProbeError> {
     let sock = socket(c)?;
     let id = (super::probe::random_u32() & 0xffff) as u16;
     let mut query = d.query.clone();
-    query[..2].copy_from_slice(&id.to_be_bytes());
+    if let Some(head) = query.get_mut(..2) {
+        head.copy_from_slice(&id.to_be_bytes());
+    }
     let what = |source: io::Error| ProbeError::Datagram {
         check: "DNS_CHECK",
         dest,
@@ -203,16 +208,17 @@ mod tests {
         }
     }
 
-    /// A UDP server on loopback answering each datagram with `answer(datagram)`.
+    /// A UDP server on loopback answering each datagram with the datagrams of
+    /// `answer(datagram)`, in order.
     async fn server(
-        answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static,
+        answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static,
     ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = s.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                if let Some(a) = answer(&buf[..n]) {
+                for a in answer(&buf[..n]) {
                     let _ = s.send_to(&a, from).await;
                 }
             }
@@ -228,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn udp_without_reply_fails_only_on_icmp() {
-        let (addr, _t) = server(|_| None).await;
+        let (addr, _t) = server(|_| vec![]).await;
         let u = UdpCheck {
             connect: conn(addr, 200),
             payload: vec![1, 2],
@@ -245,7 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn udp_require_reply() {
-        let (addr, _t) = server(|d| Some([b"OK ", d].concat())).await;
+        let (addr, _t) = server(|d| vec![[b"OK ", d].concat()]).await;
         let rule = |p: &str, min, max| ReplyRule {
             pattern: parse_hex(p, true).unwrap(),
             min_len: min,
@@ -263,7 +269,7 @@ mod tests {
         u.reply = Some(rule("", 0, 5));
         let e = udp(&u).await.unwrap_err().to_string();
         assert!(e.contains("a reply of 7 bytes, expected 0..=5"), "{e}");
-        let (quiet, _q) = server(|_| None).await;
+        let (quiet, _q) = server(|_| vec![]).await;
         u.connect = conn(quiet, 200);
         u.reply = Some(rule("", 0, 255));
         let e = udp(&u).await.unwrap_err().to_string();
@@ -281,11 +287,19 @@ mod tests {
 
     #[tokio::test]
     async fn dns_waits_past_strays_and_judges_rcode() {
-        // First a stray with the wrong ID, then the answer.
+        // First strays (another ID, a query, a short datagram), then the answer.
         let (addr, _t) = server(|q| {
             let mut a = q.to_vec();
             a[2] |= 0x80;
-            Some(a)
+            // Each stray says REFUSED: taken for the answer, it would fail the check.
+            let mut other = a.clone();
+            other[1] ^= 1;
+            other[3] = 0x85;
+            let mut query = q.to_vec();
+            query[3] = 0x85;
+            let mut short = a[..11].to_vec();
+            short[3] = 0x85;
+            vec![other, query, short, a]
         })
         .await;
         dns(&dns_check(addr, 1000)).await.unwrap();
@@ -293,7 +307,7 @@ mod tests {
             let mut a = q.to_vec();
             a[2] |= 0x80;
             a[3] = 0x83;
-            Some(a)
+            vec![a]
         })
         .await;
         let e = dns(&dns_check(nx, 1000)).await.unwrap_err().to_string();
@@ -302,7 +316,7 @@ mod tests {
             let mut a = q.to_vec();
             a[0] ^= 0xff;
             a[2] |= 0x80;
-            Some(a)
+            vec![a]
         })
         .await;
         let e = dns(&dns_check(wrong, 300)).await.unwrap_err().to_string();

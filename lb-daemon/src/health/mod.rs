@@ -1,5 +1,6 @@
-//! Health checking of real servers: keepalived's `TCP_CHECK`, `HTTP_GET` and `MISC_CHECK`
-//! (configured in [`crate::config::check`]), the decision apart from the I/O:
+//! Health checking of real servers: keepalived's `TCP_CHECK`, `HTTP_GET`, `SSL_GET`,
+//! `MISC_CHECK`, `DNS_CHECK`, `UDP_CHECK`, `PING_CHECK` and `SMTP_CHECK` (configured in
+//! [`crate::config::check`]), the decision apart from the I/O:
 //!
 //! * [`probe`]: the I/O. One task per probe run, each bounded by its timeout, sending its
 //!   [`ProbeResult`] to one place.
@@ -108,7 +109,7 @@ impl BackendHealth {
 /// One check of a real server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckHealth {
-    /// keepalived's block name: `TCP_CHECK`, `HTTP_GET`, `MISC_CHECK`.
+    /// keepalived's block name: `TCP_CHECK`, `HTTP_GET`, `SSL_GET`, `DNS_CHECK`....
     pub kind: &'static str,
     pub up: bool,
     /// Probes run so far.
@@ -167,6 +168,9 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
     let check_safety = config.global_defs.enable_script_security != Some(false);
     let hook_user = ScriptUser::resolve(default_user).map_err(HealthError::ScriptUser)?;
     let mut out = Vec::new();
+    // One TLS client per distinct SSL_GET setting: a CA file is read once, not once per
+    // real server, and its certificates are held once.
+    let mut tls_clients: HashMap<crate::config::check::Tls, TlsClient> = HashMap::new();
     for vs in &config.virtual_servers {
         let service = vs.key();
         if !scope.has(&service) {
@@ -196,19 +200,25 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                         None => ProbeSpec::Http(h.clone()),
                         Some(tls) => ProbeSpec::Ssl {
                             check: h.clone(),
-                            client: TlsClient::new(tls).map_err(|reason| {
-                                let at = tls.ca_file.as_ref().and_then(|ca| {
-                                    config
-                                        .scripts
-                                        .iter()
-                                        .find(|r| r.kind == RefKind::Read && r.program == ca.path)
-                                });
-                                HealthError::Tls {
-                                    file: config.file.clone(),
-                                    line: at.map_or(0, |r| r.line),
-                                    reason,
+                            client: match tls_clients.get(tls) {
+                                Some(c) => c.clone(),
+                                None => {
+                                    let c = TlsClient::new(tls).map_err(|reason| {
+                                        let at = tls.ca_file.as_ref().and_then(|ca| {
+                                            config.scripts.iter().find(|r| {
+                                                r.kind == RefKind::Read && r.program == ca.path
+                                            })
+                                        });
+                                        HealthError::Tls {
+                                            file: config.file.clone(),
+                                            line: at.map_or(0, |r| r.line),
+                                            reason,
+                                        }
+                                    })?;
+                                    tls_clients.insert(tls.clone(), c.clone());
+                                    c
                                 }
-                            })?,
+                            },
                         },
                     },
                     CheckKind::Dns(d) => ProbeSpec::Dns(d.clone()),

@@ -494,7 +494,12 @@ async fn fetch(c: &Connect, url: &Url, tls: Option<(&TlsClient, &Tls)>) -> Resul
     let connector = tokio_rustls::TlsConnector::from(client.config.clone());
     let mut stream = match timeout_at(deadline, connector.connect(name, stream)).await {
         Ok(s) => s.map_err(tls_err)?,
-        Err(_) => return Err(timed_out(0)),
+        Err(_) => {
+            return Err(tls_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no complete handshake within {:?}", c.timeout),
+            )))
+        }
     };
     match timeout_at(
         deadline,

@@ -1,6 +1,7 @@
 //! `SMTP_CHECK`: keepalived's dialogue (`check_smtp.c`): the greeting must be 220, `HELO
-//! helo_name` must be answered 250, then `QUIT` (whatever answers it, or a close, passes).
-//! All of it within `connect_timeout`.
+//! helo_name` must be answered 250, then `QUIT` must be answered by a line, whatever it says
+//! (a close without one fails, as in keepalived's `smtp_get_line_cb`). All of it within
+//! `connect_timeout`.
 //!
 //! Replies are read as RFC 5321 (4.2) writes them: a multi-line reply (`220-...` lines, then
 //! `220 ...`) is one reply, where keepalived reads only the first line and fails a
@@ -128,8 +129,22 @@ pub async fn smtp(s: &SmtpCheck) -> Result<(), ProbeError> {
             .write_all(b"QUIT\r\n")
             .await
             .map_err(|e| fail(format!("QUIT: {e}")))?;
-        // keepalived reads one line of any content; a close passes too.
-        reply(&mut stream, &mut buf, "QUIT", dest).await.map(drop)
+        // keepalived reads one line of any content.
+        let mut chunk = [0u8; 512];
+        while !buf.contains(&b'\n') {
+            if buf.len() >= MAX_LINE {
+                return Err(fail(format!("QUIT: a line longer than {MAX_LINE} bytes")));
+            }
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| fail(format!("QUIT: {e}")))?;
+            if n == 0 {
+                return Err(fail("closed without answering QUIT".into()));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
     };
     match timeout_at(deadline, dialogue).await {
         Ok(r) => r,
@@ -169,8 +184,9 @@ mod tests {
         assert!(parse_reply(&many).unwrap_err().contains("reply longer"));
     }
 
-    /// A scripted SMTP peer on loopback: sends `greeting`, answers HELO with `helo`.
-    async fn peer(greeting: &'static [u8], helo: &'static [u8]) -> SocketAddr {
+    /// A scripted SMTP peer on loopback: sends `greeting`, answers HELO with `helo` and
+    /// QUIT with `quit`.
+    async fn peer(greeting: &'static [u8], helo: &'static [u8], quit: &'static [u8]) -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -188,7 +204,7 @@ mod tests {
             assert_eq!(got, b"HELO probe.example.test\r\n");
             let _ = s.write_all(helo).await;
             let _ = s.read(&mut buf).await;
-            let _ = s.write_all(b"221 bye\r\n").await;
+            let _ = s.write_all(quit).await;
         });
         addr
     }
@@ -206,15 +222,21 @@ mod tests {
 
     #[tokio::test]
     async fn dialogue() {
-        let ok = peer(b"220-mx\r\n220 ready\r\n", b"250 hello\r\n").await;
+        let ok = peer(b"220-mx\r\n220 ready\r\n", b"250 hello\r\n", b"221 bye\r\n").await;
         smtp(&check(ok)).await.unwrap();
-        let busy = peer(b"421 busy\r\n", b"").await;
+        // Any line answers QUIT (keepalived reads one line, whatever it says).
+        let odd = peer(b"220 ready\r\n", b"250 hello\r\n", b"bye now\n").await;
+        smtp(&check(odd)).await.unwrap();
+        let gone = peer(b"220 ready\r\n", b"250 hello\r\n", b"").await;
+        let e = smtp(&check(gone)).await.unwrap_err().to_string();
+        assert!(e.contains("closed without answering QUIT"), "{e}");
+        let busy = peer(b"421 busy\r\n", b"", b"").await;
         let e = smtp(&check(busy)).await.unwrap_err().to_string();
         assert!(e.contains("greeting 421, expected 220"), "{e}");
-        let refused = peer(b"220 ready\r\n", b"550 no\r\n").await;
+        let refused = peer(b"220 ready\r\n", b"550 no\r\n", b"").await;
         let e = smtp(&check(refused)).await.unwrap_err().to_string();
         assert!(e.contains("HELO answered 550"), "{e}");
-        let quiet = peer(b"", b"").await;
+        let quiet = peer(b"", b"", b"").await;
         let e = smtp(&check(quiet)).await.unwrap_err().to_string();
         assert!(e.contains("no answer within"), "{e}");
     }

@@ -18,6 +18,28 @@ use crate::config::check::{Sni, Tls};
 
 /// The most CA certificates one file may hold.
 const MAX_CAS: usize = 1000;
+/// The largest CA file read (Debian's whole bundle is about 220 KB).
+const MAX_CA_FILE: u64 = 4 << 20;
+
+/// A CA file's bytes, at most [`MAX_CA_FILE`]: a path to something endless (a device, a
+/// pipe) is an error, not a daemon that fills its memory or waits.
+fn read_bounded(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Opening a FIFO would wait for a writer: only a regular file is read.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CA_FILE + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_CA_FILE {
+        return Err(io::Error::other(format!(
+            "larger than {MAX_CA_FILE} bytes: not a CA file"
+        )));
+    }
+    Ok(buf)
+}
 
 /// A check's TLS client, compared by what it was built from (the check and the CA file's
 /// certificates), so that a reload with a changed CA file restarts the check.
@@ -64,10 +86,9 @@ impl TlsClient {
             ),
             Some(ca) => {
                 let path = ca.path.display();
+                let pem = read_bounded(&ca.path).map_err(|e| format!("{path}: {e}"))?;
                 let mut cas = Vec::new();
-                for c in
-                    CertificateDer::pem_file_iter(&ca.path).map_err(|e| format!("{path}: {e}"))?
-                {
+                for c in CertificateDer::pem_slice_iter(&pem) {
                     cas.push(c.map_err(|e| format!("{path}: {e}"))?);
                     if cas.len() > MAX_CAS {
                         return Err(format!("{path}: more than {MAX_CAS} certificates"));
@@ -98,6 +119,9 @@ impl TlsClient {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         config.enable_sni = tls.sni != Sni::Off;
+        // Every probe makes a full handshake, as keepalived's do: a resumed session would
+        // skip the certificate, so a replaced or expired one would go on passing.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(TlsClient {
             config: Arc::new(config),
             cas,

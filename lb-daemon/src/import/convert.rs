@@ -927,6 +927,81 @@ impl Cx<'_> {
                             " {k} {v}: copied to each vrrp_instance that sets no {key} of its own"
                         ));
                     }
+                    // lb-daemon's FIFO carries the VRRP lines (keepalived's `notify_fifo`
+                    // also the checkers'): both keywords are that FIFO, in keepalived's
+                    // format so that its readers go on working.
+                    k @ ("notify_fifo" | "vrrp_notify_fifo") => {
+                        no_block(st)?;
+                        let (path, owner) = match st.args() {
+                            [p, rest @ ..] => (p, rest.first()),
+                            [] => return Err(Diag::new(kw.span, format!("`{k}` needs a path"))),
+                        };
+                        if t.has("notify_fifo") {
+                            return Err(Diag::new(
+                                kw.span,
+                                "lb-daemon writes one FIFO: give notify_fifo or vrrp_notify_fifo, not both",
+                            ));
+                        }
+                        self.put(
+                            &mut t,
+                            "notify_fifo",
+                            Value::Str(path.text.clone()),
+                            path.span,
+                            st,
+                        )?;
+                        t.push(generated(
+                            "notify_fifo_format",
+                            Value::Str("keepalived".into()),
+                            kw.span,
+                            " keepalived's lines (INSTANCE \"VI_1\" MASTER 100) for its readers",
+                        ));
+                        if let Some(o) = owner {
+                            self.unsupported(
+                                Some(&mut t),
+                                block_label,
+                                Vec::new(),
+                                o.span,
+                                st.written(),
+                                "the FIFO's owner: lb-daemon makes it as the user it runs as",
+                            );
+                        }
+                    }
+                    k @ ("notify_fifo_script" | "vrrp_notify_fifo_script") => {
+                        no_block(st)?;
+                        let Some(first) = st.args().first() else {
+                            return Err(Diag::new(kw.span, format!("`{k}` needs a command")));
+                        };
+                        if t.has("notify_fifo_script") {
+                            return Err(Diag::new(
+                                kw.span,
+                                "lb-daemon starts one FIFO script: give notify_fifo_script or vrrp_notify_fifo_script, not both",
+                            ));
+                        }
+                        // keepalived's optional user after the (quoted) command line.
+                        let (words, user) = match st.args() {
+                            [cmd, user] if cmd.text.contains(' ') => (&st.args()[..1], Some(user)),
+                            all => (all, None),
+                        };
+                        let cmd = self.command(&mut t, words)?;
+                        self.scripts_named = true;
+                        self.put(
+                            &mut t,
+                            "notify_fifo_script",
+                            Value::Str(cmd),
+                            first.span,
+                            st,
+                        )?;
+                        if let Some(u) = user {
+                            self.unsupported(
+                                Some(&mut t),
+                                block_label,
+                                Vec::new(),
+                                u.span,
+                                st.written(),
+                                "a user for the FIFO script: lb-daemon runs it as global_defs.script_user",
+                            );
+                        }
+                    }
                     "lvs_timeouts" => {
                         let v = lvs_timeouts(st)?;
                         if !v.is_empty() {

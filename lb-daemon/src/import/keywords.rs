@@ -59,6 +59,10 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "vrrp_garp_master_refresh_repeat",
             "lvs_sync_daemon",
             "lvs_timeouts",
+            "notify_fifo",
+            "vrrp_notify_fifo",
+            "notify_fifo_script",
+            "vrrp_notify_fifo_script",
         ],
     ),
     (
@@ -349,8 +353,6 @@ const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
 const TRACK_OTHER: &str =
     "only track_interface, track_script and track_virtual_server are implemented";
 const OTHER_CHECKER: &str = "BFD_CHECK and FILE_CHECK are not implemented";
-const FIFO: &str = "lb-daemon's notify_fifo writes JSON lines, not keepalived's text lines: \
-                    set global_defs.notify_fifo by hand once its reader understands them";
 
 /// Why lb-daemon does not support `keyword` (its canonical name) in `ctx`, if keepalived has
 /// such a keyword there.
@@ -382,11 +384,10 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             | "enable_traps" | "snmp_vs_stats_update_interval"
             | "snmp_rs_stats_update_interval" | "enable_dbus" | "dbus_service_name"
             | "dbus_no_interface_name" => SNMP,
-            "notify_fifo" => FIFO,
-            "notify_fifo_script" | "vrrp_notify_fifo" | "vrrp_notify_fifo_script"
-            | "lvs_notify_fifo" | "lvs_notify_fifo_script" | "fifo_write_vrrp_states_on_reload" => {
-                "keepalived's FIFO formats and FIFO scripts are not implemented (lb-daemon's notify_fifo writes JSON lines)"
+            "lvs_notify_fifo" | "lvs_notify_fifo_script" => {
+                "the checkers' FIFO lines (RS/VS UP/DOWN) are not implemented: notify_up/notify_down hooks report them"
             }
+            "fifo_write_vrrp_states_on_reload" => NOT_IMPLEMENTED,
             "vrrp_mcast_group4" | "vrrp_mcast_group6" => {
                 "lb-daemon uses the VRRP groups of the RFCs, 224.0.0.18 and ff02::12"
             }

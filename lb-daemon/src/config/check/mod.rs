@@ -1,6 +1,7 @@
-//! Health-check configuration: keepalived's `TCP_CHECK`, `HTTP_GET` and `MISC_CHECK` blocks of a
-//! `real_server`, with keepalived's key names and defaults, in TOML form. [`crate::health`]
-//! runs them.
+//! Health-check configuration: keepalived's `TCP_CHECK`, `HTTP_GET`, `SSL_GET` and
+//! `MISC_CHECK` blocks of a `real_server` (and in [`probes`], `DNS_CHECK`, `UDP_CHECK`,
+//! `PING_CHECK`, `SMTP_CHECK`), with keepalived's key names and defaults, in TOML form.
+//! [`crate::health`] runs them.
 //!
 //! ```toml
 //! [[virtual_server.real_server]]
@@ -33,8 +34,8 @@
 //! | `alpha` | off | "On daemon startup assume that all RSs are down and healthchecks failed ... Alpha mode is disabled by default." |
 //! | `connect_ip`, `connect_port` | the real server's | "The default is the realserver IP" / "... port" |
 //! | `connect_timeout` | 5 s | "Optional connection timeout in seconds. The default is 5 seconds" |
-//! | `retry` | 1; `MISC_CHECK` 0 | "Retry count to make additional checks if check of an alive server fails. Default: 1 unless specified below"; `MISC_CHECK`: "The retry default is 0." `nb_get_retry` is its deprecated alias (`check_http.c`: "nb_get_retry is deprecated - please use 'retry'"), taken in `TCP_CHECK` and `HTTP_GET`. |
-//! | `delay_before_retry` | `HTTP_GET` 3 s, else 1 s | "Defaults to delay_loop for DNS_CHECK, 3 seconds for HTTP_GET and SSL_GET, and 1 second otherwise." |
+//! | `retry` | 1; `MISC_CHECK` 0; `DNS_CHECK` 3 | "Retry count to make additional checks if check of an alive server fails. Default: 1 unless specified below"; `MISC_CHECK`: "The retry default is 0."; `check_dns.h`: `DNS_DEFAULT_RETRY 3`. `nb_get_retry` is its deprecated alias (`check_http.c`: "nb_get_retry is deprecated - please use 'retry'"), taken in `TCP_CHECK`, `HTTP_GET` and `SSL_GET`. |
+//! | `delay_before_retry` | `HTTP_GET`, `SSL_GET` 3 s; `DNS_CHECK` `delay_loop`; else 1 s | "Defaults to delay_loop for DNS_CHECK, 3 seconds for HTTP_GET and SSL_GET, and 1 second otherwise." |
 //! | `warmup` | `delay_loop` | "Optional random delay to start the initial check for maximum N seconds ... Enabled by default, with the maximum at delay_loop. Specify 0 to disable" (`check_parser.c`: `checker->warmup = ... : checker->delay_loop`) |
 //! | `status_code` | 200-299 | "eg status_code 200 or status_code 200-299 400-499 503 505 / Default is 200-299" |
 //! | `misc_timeout` | `delay_loop` | not in the man page; `check_misc.c` runs the script with `misck_checker->timeout ? misck_checker->timeout : checker->vs->delay_loop` |
@@ -264,6 +265,23 @@ pub struct Checks {
 impl Checks {
     pub fn is_empty(&self) -> bool {
         self.checks.is_empty()
+    }
+
+    /// Whether a check reads a file when it is built (an SSL_GET's `ca_file`), which a
+    /// reload must read again even when the service's text did not change.
+    pub fn reads_files(&self) -> bool {
+        self.checks.iter().any(|c| {
+            matches!(
+                &c.kind,
+                CheckKind::Http(HttpGet {
+                    tls: Some(Tls {
+                        ca_file: Some(_),
+                        ..
+                    }),
+                    ..
+                })
+            )
+        })
     }
 }
 
@@ -666,24 +684,20 @@ struct Inherited {
     tunnel: Option<Tunnel>,
 }
 
-fn connect(cx: &Ctx, raw: RawConnect, block: &str, up: &Inherited) -> Result<Connect, ConfigError> {
+/// `connect_ip` (by default the real server's) and `bindto`, of one address family.
+fn endpoints(
+    cx: &Ctx,
+    connect_ip: &Option<Value>,
+    bindto: &Option<Value>,
+    block: &str,
+    up: &Inherited,
+) -> Result<(IpAddr, Option<IpAddr>), ConfigError> {
     let k = |key: &str| format!("{block}.{key}");
-    let dest_ip = match raw.connect_ip {
+    let dest_ip = match connect_ip {
         Some(v) => ip(cx, v, &k("connect_ip"))?,
         None => up.addr.ip(),
     };
-    let port = match raw.connect_port {
-        Some(p) => integer(cx, p, &k("connect_port"), 1..=65535)? as u16,
-        None if up.addr.port() == 0 => {
-            return Err(cx.invalid(
-                up.span.clone(),
-                &k("connect_port"),
-                "the real server has port 0: give the port to check",
-            ))
-        }
-        None => up.addr.port(),
-    };
-    let bindto = match raw.bindto {
+    let bindto = match bindto {
         None => None,
         Some(v) => {
             let a = ip(cx, v, &k("bindto"))?;
@@ -696,6 +710,23 @@ fn connect(cx: &Ctx, raw: RawConnect, block: &str, up: &Inherited) -> Result<Con
             }
             Some(a)
         }
+    };
+    Ok((dest_ip, bindto))
+}
+
+fn connect(cx: &Ctx, raw: RawConnect, block: &str, up: &Inherited) -> Result<Connect, ConfigError> {
+    let k = |key: &str| format!("{block}.{key}");
+    let (dest_ip, bindto) = endpoints(cx, raw.connect_ip, raw.bindto, block, up)?;
+    let port = match raw.connect_port {
+        Some(p) => integer(cx, p, &k("connect_port"), 1..=65535)? as u16,
+        None if up.addr.port() == 0 => {
+            return Err(cx.invalid(
+                up.span.clone(),
+                &k("connect_port"),
+                "the real server has port 0: give the port to check",
+            ))
+        }
+        None => up.addr.port(),
     };
     Ok(Connect {
         dest: SocketAddr::new(dest_ip, port),
@@ -1040,12 +1071,18 @@ fn http(cx: &Ctx, raw: &RawHttp, up: &Inherited, ssl: bool) -> Result<Check, Con
         };
         Some(Tls { sni, ca_file })
     } else {
-        if let Some(v) = [&raw.enable_sni, &raw.sni_name, &raw.ca_file]
-            .into_iter()
-            .flatten()
-            .next()
-        {
-            return Err(cx.invalid(v.span(), block, "enable_sni, sni_name and ca_file are SSL_GET's: write SSL_GET for a check over TLS"));
+        for (v, key) in [
+            (&raw.enable_sni, "enable_sni"),
+            (&raw.sni_name, "sni_name"),
+            (&raw.ca_file, "ca_file"),
+        ] {
+            if let Some(v) = v {
+                return Err(cx.invalid(
+                    v.span(),
+                    &k(key),
+                    "an SSL_GET key: write SSL_GET for a check over TLS",
+                ));
+            }
         }
         None
     };
@@ -1699,7 +1736,8 @@ url = [{ path = "/" }]"#,
             ("", format!("{ssl}ca_file = \"ca.pem\""), "ca_file", "real_server.SSL_GET.ca_file"),
             ("", format!("{ssl}sni_name = \"a b\""), "sni_name", "real_server.SSL_GET.sni_name"),
             ("", format!("{url}ca_file = \"/ca.pem\""), "ca_file", "ca_file"),
-            ("", format!("{http}enable_sni = true\nurl = {{ path = \"/\" }}"), "enable_sni", "SSL_GET"),
+            ("", format!("{http}enable_sni = true\nurl = {{ path = \"/\" }}"), "enable_sni", "real_server.HTTP_GET.enable_sni"),
+            ("", format!("{http}ca_file = \"/ca.pem\"\nurl = {{ path = \"/\" }}"), "ca_file", "real_server.HTTP_GET.ca_file"),
             ("", format!("{dns}type = \"SRV\""), "type", "real_server.DNS_CHECK.type"),
             ("", format!("{dns}type = 1"), "type", "real_server.DNS_CHECK.type"),
             ("", format!("{dns}name = \"a..b\""), "name", "real_server.DNS_CHECK.name"),
@@ -1711,6 +1749,8 @@ url = [{ path = "/" }]"#,
             ("", format!("{udp}require_reply = 1"), "require_reply", "real_server.UDP_CHECK.require_reply"),
             ("", format!("{udp}require_reply = \"zz\""), "require_reply", "real_server.UDP_CHECK.require_reply"),
             ("", format!("{udp}min_reply_length = 4"), "min_reply_length", "real_server.UDP_CHECK.min_reply_length"),
+            ("", format!("{udp}max_reply_length = 4"), "max_reply_length", "real_server.UDP_CHECK.max_reply_length"),
+            ("", format!("{ping}connect_port = 7"), "connect_port", "real_server.PING_CHECK.connect_port"),
             ("", format!("{udp}require_reply = true\nmin_reply_length = 9\nmax_reply_length = 8"), "max_reply_length", "real_server.UDP_CHECK.max_reply_length"),
             ("", format!("{udp}require_reply = true\nmax_reply_length = 65536"), "max_reply_length", "real_server.UDP_CHECK.max_reply_length"),
             ("", format!("{ping}connect_port = 1"), "connect_port", "connect_port"),

@@ -23,9 +23,9 @@ use hickory_proto::{
 };
 
 use super::{
-    connect, integer, ip, seconds, string, timing, wrong_type, Check, CheckKind, Connect,
-    Inherited, RawConnect, RawTiming, Value, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DELAY_BEFORE_RETRY,
-    DEFAULT_RETRY, TIMEOUT,
+    connect, endpoints, integer, seconds, string, timing, wrong_type, Check, CheckKind, Connect,
+    Inherited, RawConnect, RawTiming, Timing, Value, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DELAY_BEFORE_RETRY, DEFAULT_RETRY, TIMEOUT,
 };
 use crate::config::{ConfigError, Ctx};
 
@@ -84,6 +84,8 @@ pub(in crate::config) struct RawUdp {
 #[serde(deny_unknown_fields)]
 pub(in crate::config) struct RawPing {
     connect_ip: Option<Value>,
+    /// Refused with a reason (an echo has no port), not as an unknown key.
+    connect_port: Option<Value>,
     bindto: Option<Value>,
     connect_timeout: Option<Value>,
     retry: Option<Value>,
@@ -226,54 +228,85 @@ pub fn parse_hex(s: &str, wildcards: bool) -> Result<Vec<(u8, u8)>, String> {
     Ok(out)
 }
 
-fn timings<'a>(
+/// The connecting and timing keys, which every block here has under the same names.
+struct Common<'a> {
+    connect_ip: &'a Option<Value>,
+    connect_port: &'a Option<Value>,
+    bindto: &'a Option<Value>,
+    connect_timeout: &'a Option<Value>,
     retry: &'a Option<Value>,
     delay_before_retry: &'a Option<Value>,
     warmup: &'a Option<Value>,
     delay_loop: &'a Option<Value>,
     alpha: &'a Option<Value>,
-) -> RawTiming<'a> {
-    RawTiming {
-        retry,
-        nb_get_retry: None,
-        delay_before_retry,
-        warmup,
-        delay_loop,
-        alpha,
+}
+
+macro_rules! common {
+    ($raw:expr) => {
+        Common {
+            connect_ip: &$raw.connect_ip,
+            connect_port: &$raw.connect_port,
+            bindto: &$raw.bindto,
+            connect_timeout: &$raw.connect_timeout,
+            retry: &$raw.retry,
+            delay_before_retry: &$raw.delay_before_retry,
+            warmup: &$raw.warmup,
+            delay_loop: &$raw.delay_loop,
+            alpha: &$raw.alpha,
+        }
+    };
+}
+
+impl<'a> Common<'a> {
+    fn connect(&self, cx: &Ctx, block: &str, up: &Inherited) -> Result<Connect, ConfigError> {
+        connect(
+            cx,
+            RawConnect {
+                connect_ip: self.connect_ip,
+                connect_port: self.connect_port,
+                bindto: self.bindto,
+                connect_timeout: self.connect_timeout,
+            },
+            block,
+            up,
+        )
+    }
+
+    fn timing(
+        &self,
+        cx: &Ctx,
+        block: &str,
+        up: &Inherited,
+        default_retry: u32,
+        default_delay_before_retry: Duration,
+    ) -> Result<Timing, ConfigError> {
+        timing(
+            cx,
+            RawTiming {
+                retry: self.retry,
+                nb_get_retry: None,
+                delay_before_retry: self.delay_before_retry,
+                warmup: self.warmup,
+                delay_loop: self.delay_loop,
+                alpha: self.alpha,
+            },
+            block,
+            up,
+            default_retry,
+            default_delay_before_retry,
+        )
     }
 }
 
 pub(super) fn dns(cx: &Ctx, raw: &RawDns, up: &Inherited) -> Result<Check, ConfigError> {
     let block = "real_server.DNS_CHECK";
     let k = |key: &str| format!("{block}.{key}");
-    let connect = connect(
-        cx,
-        RawConnect {
-            connect_ip: &raw.connect_ip,
-            connect_port: &raw.connect_port,
-            bindto: &raw.bindto,
-            connect_timeout: &raw.connect_timeout,
-        },
-        block,
-        up,
-    )?;
+    let common = common!(raw);
+    let connect = common.connect(cx, block, up)?;
     // keepalived: "Defaults to delay_loop for DNS_CHECK".
     let delay_loop =
         seconds(cx, &raw.delay_loop, &k("delay_loop"), super::DELAY_LOOP)?.unwrap_or(up.delay_loop);
-    let timing = timing(
-        cx,
-        timings(
-            &raw.retry,
-            &raw.delay_before_retry,
-            &raw.warmup,
-            &raw.delay_loop,
-            &raw.alpha,
-        ),
-        block,
-        up,
-        DEFAULT_DNS_RETRY,
-        delay_loop,
-    )?;
+    let timing = common.timing(cx, block, up, DEFAULT_DNS_RETRY, delay_loop)?;
     let qtype = match &raw.qtype {
         None => "SOA".to_string(),
         Some(v) => {
@@ -323,31 +356,9 @@ fn dns_query(qtype: &str, name: &str) -> Result<Vec<u8>, String> {
 pub(super) fn udp(cx: &Ctx, raw: &RawUdp, up: &Inherited) -> Result<Check, ConfigError> {
     let block = "real_server.UDP_CHECK";
     let k = |key: &str| format!("{block}.{key}");
-    let connect = connect(
-        cx,
-        RawConnect {
-            connect_ip: &raw.connect_ip,
-            connect_port: &raw.connect_port,
-            bindto: &raw.bindto,
-            connect_timeout: &raw.connect_timeout,
-        },
-        block,
-        up,
-    )?;
-    let timing = timing(
-        cx,
-        timings(
-            &raw.retry,
-            &raw.delay_before_retry,
-            &raw.warmup,
-            &raw.delay_loop,
-            &raw.alpha,
-        ),
-        block,
-        up,
-        DEFAULT_RETRY,
-        DEFAULT_DELAY_BEFORE_RETRY,
-    )?;
+    let common = common!(raw);
+    let connect = common.connect(cx, block, up)?;
+    let timing = common.timing(cx, block, up, DEFAULT_RETRY, DEFAULT_DELAY_BEFORE_RETRY)?;
     let payload = match &raw.payload {
         None => Vec::new(),
         Some(v) => {
@@ -390,18 +401,23 @@ pub(super) fn udp(cx: &Ctx, raw: &RawUdp, up: &Inherited) -> Result<Check, Confi
     };
     let reply = match pattern {
         None => {
-            if let Some((_, span)) = min.clone().or(max.clone()) {
-                return Err(cx.invalid(
-                    span,
-                    &k("min_reply_length"),
-                    "reply lengths need require_reply",
-                ));
+            for (given, key) in [(&min, "min_reply_length"), (&max, "max_reply_length")] {
+                if let Some((_, span)) = given {
+                    return Err(cx.invalid(span.clone(), &k(key), "needs require_reply"));
+                }
             }
             None
         }
         Some(pattern) => {
+            // keepalived judges lengths only with a pattern (`check_udp_reply`): a bare
+            // `require_reply` takes any reply, unless a length is given here.
+            let max_default = if pattern.is_empty() {
+                u16::MAX
+            } else {
+                DEFAULT_MAX_REPLY
+            };
             let min_len = min.as_ref().map_or(0, |m| m.0);
-            let max_len = max.as_ref().map_or(DEFAULT_MAX_REPLY, |m| m.0);
+            let max_len = max.as_ref().map_or(max_default, |m| m.0);
             if min_len > max_len {
                 let span = max.or(min).map(|m| m.1).unwrap_or(up.span.clone());
                 return Err(cx.invalid(
@@ -430,38 +446,12 @@ pub(super) fn udp(cx: &Ctx, raw: &RawUdp, up: &Inherited) -> Result<Check, Confi
 pub(super) fn ping(cx: &Ctx, raw: &RawPing, up: &Inherited) -> Result<Check, ConfigError> {
     let block = "real_server.PING_CHECK";
     let k = |key: &str| format!("{block}.{key}");
-    let dest = match &raw.connect_ip {
-        Some(v) => ip(cx, v, &k("connect_ip"))?,
-        None => up.addr.ip(),
-    };
-    let bindto = match &raw.bindto {
-        None => None,
-        Some(v) => {
-            let a = ip(cx, v, &k("bindto"))?;
-            if a.is_ipv4() != dest.is_ipv4() {
-                return Err(cx.invalid(
-                    v.span(),
-                    &k("bindto"),
-                    format!("{a} is not in the address family of {dest}"),
-                ));
-            }
-            Some(a)
-        }
-    };
-    let timing = timing(
-        cx,
-        timings(
-            &raw.retry,
-            &raw.delay_before_retry,
-            &raw.warmup,
-            &raw.delay_loop,
-            &raw.alpha,
-        ),
-        block,
-        up,
-        DEFAULT_RETRY,
-        DEFAULT_DELAY_BEFORE_RETRY,
-    )?;
+    if let Some(v) = &raw.connect_port {
+        return Err(cx.invalid(v.span(), &k("connect_port"), "an ICMP echo has no port"));
+    }
+    let common = common!(raw);
+    let (dest, bindto) = endpoints(cx, &raw.connect_ip, &raw.bindto, block, up)?;
+    let timing = common.timing(cx, block, up, DEFAULT_RETRY, DEFAULT_DELAY_BEFORE_RETRY)?;
     Ok(Check {
         kind: CheckKind::Ping(PingCheck {
             dest,
@@ -476,31 +466,9 @@ pub(super) fn ping(cx: &Ctx, raw: &RawPing, up: &Inherited) -> Result<Check, Con
 pub(super) fn smtp(cx: &Ctx, raw: &RawSmtp, up: &Inherited) -> Result<Check, ConfigError> {
     let block = "real_server.SMTP_CHECK";
     let k = |key: &str| format!("{block}.{key}");
-    let connect = connect(
-        cx,
-        RawConnect {
-            connect_ip: &raw.connect_ip,
-            connect_port: &raw.connect_port,
-            bindto: &raw.bindto,
-            connect_timeout: &raw.connect_timeout,
-        },
-        block,
-        up,
-    )?;
-    let timing = timing(
-        cx,
-        timings(
-            &raw.retry,
-            &raw.delay_before_retry,
-            &raw.warmup,
-            &raw.delay_loop,
-            &raw.alpha,
-        ),
-        block,
-        up,
-        DEFAULT_RETRY,
-        DEFAULT_DELAY_BEFORE_RETRY,
-    )?;
+    let common = common!(raw);
+    let connect = common.connect(cx, block, up)?;
+    let timing = common.timing(cx, block, up, DEFAULT_RETRY, DEFAULT_DELAY_BEFORE_RETRY)?;
     let helo_name = match &raw.helo_name {
         None => DEFAULT_HELO.to_string(),
         Some(v) => {

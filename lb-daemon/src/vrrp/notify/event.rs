@@ -105,6 +105,17 @@ struct JsonEvent<'a> {
     router_id: &'a str,
 }
 
+/// One event as keepalived writes it to its `notify_fifo` (`vrrp_notify.c`,
+/// `notify_fifo`): `INSTANCE "VI_1" MASTER 100`, newline included. keepalived quotes the
+/// name without escaping; a name here has no quote or newline (the configuration allows
+/// neither in instance and group names), so the line cannot be broken.
+pub fn event_keepalived(event: &Event) -> String {
+    format!(
+        "{} \"{}\" {} {}\n",
+        event.kind, event.name, event.state, event.priority
+    )
+}
+
 /// One event as a JSON line, newline included.
 pub fn event_json(event: &Event, time: SystemTime, router_id: &str) -> String {
     let time = time

@@ -35,7 +35,17 @@
 //! to a FIFO, or a Unix datagram or stream socket, at the configured path (keepalived writes
 //! `INSTANCE "VI_1" MASTER 100` lines to its FIFO; JSON is the same four fields plus time and
 //! router_id, and cannot be broken by odd names). The reader owns the path and creates it; the
-//! daemon never creates or removes it. Everything is non-blocking: if nobody reads (ENXIO,
+//! daemon never creates or removes it.
+//!
+//! With `notify_fifo_format = "keepalived"` the lines are keepalived's own
+//! ([`event_keepalived`]), for the readers written for keepalived, and the daemon makes the
+//! FIFO (mode 0644) when the path does not exist and holds it open for reading too, as
+//! keepalived does (`notify.c`, `fifo_open`): lines written before a reader comes wait in
+//! the pipe (up to its 64 KiB) instead of being dropped. keepalived also removes the FIFO
+//! at exit, which here would pull it from under a reload's new notifier, so it stays. `notify_fifo_script` (keepalived's) is started once with
+//! the FIFO's path as its last argument, as the script user, without a timeout; it is killed
+//! when the notifier stops (the daemon stops, or a reload changes `global_defs`' hook
+//! options). Everything is non-blocking: if nobody reads (ENXIO,
 //! ECONNREFUSED, a missing path) or the reader's buffer is full (EAGAIN), the event is dropped
 //! and counted ([`NotifyCounters::sink_dropped`]); the next event tries to (re)open the path, so
 //! a reader that comes back gets the events from then on. A line the kernel took only partly is
@@ -48,7 +58,7 @@ mod event;
 mod hooks;
 mod sink;
 
-pub use event::{event_json, Event, Kind, NotifyState};
+pub use event::{event_json, event_keepalived, Event, Kind, NotifyState};
 pub use hooks::{generic_argv, Hooks};
 use sink::EventSink;
 
@@ -70,7 +80,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    config::{Config, GlobalDefs},
+    config::{Config, FifoFormat, GlobalDefs},
     log_limit::{LogLimit, LOG_EVERY},
     script::{self, RunOutcome, ScriptUser, UserError, DEFAULT_HOOK_TIMEOUT},
 };
@@ -81,6 +91,8 @@ pub const QUEUE_LEN: usize = 1024;
 pub enum NotifyError {
     #[error(transparent)]
     User(#[from] UserError),
+    #[error("global_defs.notify_fifo_script: refusing to run as root: {reason}")]
+    UnsafeFifoScript { reason: String },
     /// keepalived's `enable_script_security`: a hook run as root that others could replace.
     #[error("{kind} {name:?}: {hook}: refusing to run as root: {reason}")]
     UnsafeScript {
@@ -101,6 +113,10 @@ pub struct NotifyOptions {
     pub check_safety: bool,
     /// `global_defs.notify_fifo`: a FIFO or Unix socket.
     pub sink: Option<PathBuf>,
+    /// `global_defs.notify_fifo_format`.
+    pub format: FifoFormat,
+    /// `global_defs.notify_fifo_script`, split on whitespace.
+    pub fifo_script: Option<Vec<String>>,
     /// `global_defs.router_id`, else the host name (keepalived's default).
     pub router_id: String,
     pub queue_len: usize,
@@ -113,9 +129,34 @@ impl NotifyOptions {
             timeout: DEFAULT_HOOK_TIMEOUT,
             check_safety: global.enable_script_security != Some(false),
             sink: global.notify_fifo.clone(),
+            format: global.notify_fifo_format.unwrap_or_default(),
+            fifo_script: global
+                .notify_fifo_script
+                .as_ref()
+                .map(|s| s.get_ref().split_whitespace().map(str::to_string).collect()),
             router_id: global.router_id.clone().unwrap_or_else(hostname),
             queue_len: QUEUE_LEN,
         })
+    }
+}
+
+/// Makes a FIFO at `path` (mode 0644, as keepalived) when nothing is there. Something
+/// already there (the reader's own FIFO or socket) is left alone; a FIFO that cannot be made
+/// is logged, and the events are then dropped and counted as with no reader. The FIFO is
+/// left in place when the daemon stops: a reload's new notifier goes on writing to it.
+fn make_fifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if std::fs::symlink_metadata(path).is_ok() {
+        return;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        warn!(path = %path.display(), "notify_fifo: a path with a NUL byte");
+        return;
+    };
+    // SAFETY: `c` is a NUL-terminated path; mkfifo only reads it.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } != 0 {
+        let e = std::io::Error::last_os_error();
+        warn!(path = %path.display(), "notify_fifo: mkfifo: {e}");
     }
 }
 
@@ -231,10 +272,36 @@ impl Notifier {
                 }
             }
         }
+        if let (true, Some(words)) = (
+            options.check_safety && options.user.is_root(),
+            &options.fifo_script,
+        ) {
+            if let Some(program) = words.first() {
+                script::check_safety(Path::new(program))
+                    .map_err(|reason| NotifyError::UnsafeFifoScript { reason })?;
+            }
+        }
         let (tx, rx) = mpsc::channel(options.queue_len.max(1));
+        // keepalived's format: the FIFO is made here when it is not there, as keepalived
+        // does.
+        if let (Some(path), FifoFormat::Keepalived) = (&options.sink, options.format) {
+            make_fifo(path);
+        }
+        let fifo_script = match (&options.sink, &options.fifo_script) {
+            (Some(path), Some(words)) => {
+                let mut argv = words.clone();
+                argv.push(path.display().to_string());
+                Some(argv)
+            }
+            _ => None,
+        };
         let worker = Worker {
             hooks,
-            sink: options.sink.map(EventSink::new),
+            format: options.format,
+            fifo_script,
+            sink: options
+                .sink
+                .map(|p| EventSink::new(p, options.format == FifoFormat::Keepalived)),
             user: options.user,
             timeout: options.timeout,
             router_id: options.router_id,
@@ -320,6 +387,9 @@ impl Notifier {
 
 struct Worker {
     hooks: HashMap<(Kind, String), Hooks>,
+    format: FifoFormat,
+    /// `notify_fifo_script`'s command line, the FIFO's path last.
+    fifo_script: Option<Vec<String>>,
     sink: Option<EventSink>,
     user: ScriptUser,
     timeout: Duration,
@@ -331,12 +401,26 @@ struct Worker {
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
         let mut running = JoinSet::new();
+        // Killed (with its process group) when this task ends: a dropped `Running` does.
+        let _reader = match self.fifo_script.take() {
+            None => None,
+            Some(argv) => match script::spawn(argv.clone(), self.user.clone()).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(script = %argv[0], "notify_fifo_script {}: {e}", argv[0]);
+                    None
+                }
+            },
+        };
         while let Some(Queued { event, time }) = rx.recv().await {
             while running.try_join_next().is_some() {}
             // keepalived's order: the hooks, then the FIFO line.
             self.start_hooks(&event, &mut running).await;
             if let Some(sink) = &mut self.sink {
-                let line = event_json(&event, time, &self.router_id);
+                let line = match self.format {
+                    FifoFormat::Json => event_json(&event, time, &self.router_id),
+                    FifoFormat::Keepalived => event_keepalived(&event),
+                };
                 if sink.send(line.as_bytes()) {
                     bump(&self.counters.sink_written);
                 } else {
@@ -424,6 +508,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             check_safety: false,
             sink,
+            format: FifoFormat::Json,
+            fifo_script: None,
             router_id: "lb-test".into(),
             queue_len: 16,
         }
@@ -499,6 +585,18 @@ mod tests {
         assert_eq!(
             NotifyState::from_fsm(State::Fault),
             Some(NotifyState::Fault)
+        );
+    }
+
+    #[test]
+    fn keepalived_line() {
+        assert_eq!(
+            event_keepalived(&Event::instance("VI_1", NotifyState::Fault, 90)),
+            "INSTANCE \"VI_1\" FAULT 90\n"
+        );
+        assert_eq!(
+            event_keepalived(&Event::group("G", NotifyState::Stop)),
+            "GROUP \"G\" STOP 0\n"
         );
     }
 
@@ -739,6 +837,57 @@ mod tests {
                 }
             }
         })
+    }
+
+    #[tokio::test]
+    async fn keepalived_lines_to_the_fifo_it_makes_read_by_the_fifo_script() {
+        let dir = TempDir::new("notify-kfifo");
+        let fifo = dir.path().join("events");
+        let out = dir.path().join("read");
+        // keepalived's FIFO readers are started with the FIFO's path as their last argument.
+        let script = dir.script(
+            "reader.sh",
+            &format!(
+                "while read -r line; do echo \"$1 $line\" >> {}; done < \"$2\"",
+                out.display()
+            ),
+        );
+        let mut o = options(Some(fifo.clone()));
+        o.format = FifoFormat::Keepalived;
+        o.fifo_script = Some(vec![script.display().to_string(), "got".into()]);
+        let n = Notifier::start(o, []).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&fifo).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_fifo()
+            }),
+            "the FIFO is made at start"
+        );
+        // Sent at once, before the reader has opened the FIFO: held in the pipe, as
+        // keepalived's are, not dropped.
+        n.notify(Event::instance("VI_1", NotifyState::Master, 100));
+        n.notify(Event::group("VSG_1", NotifyState::Backup));
+        let read = || std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(
+            eventually(WAIT, || read().contains("got GROUP \"VSG_1\" BACKUP 0\n")).await,
+            "{}",
+            read()
+        );
+        assert_eq!(
+            read(),
+            "got INSTANCE \"VI_1\" MASTER 100\ngot GROUP \"VSG_1\" BACKUP 0\n"
+        );
+        assert_eq!(n.counters().sink_dropped, 0);
+        // Stopping the notifier kills the reader.
+        assert!(n.shutdown(WAIT).await);
+        let pids = std::process::Command::new("pgrep")
+            .args(["-f", &script.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            pids.stdout.is_empty(),
+            "the FIFO script outlived its notifier"
+        );
     }
 
     // The test thread blocks on the reader side; the notifier's worker needs another.

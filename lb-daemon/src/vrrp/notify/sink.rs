@@ -28,11 +28,13 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(path: &Path) -> io::Result<Conn> {
+    fn open(path: &Path, hold_open: bool) -> io::Result<Conn> {
         let file_type = std::fs::metadata(path)?.file_type();
         if file_type.is_fifo() {
-            // ENXIO here means no reader: exactly "nobody is listening".
+            // ENXIO here means no reader: exactly "nobody is listening". Held open (read and
+            // write, as keepalived opens its FIFO), the pipe keeps what nobody read yet.
             let file = OpenOptions::new()
+                .read(hold_open)
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(path)?;
@@ -122,12 +124,17 @@ pub(crate) struct EventSink {
     /// The unwritten tail of a line a stream or FIFO took only partly.
     pending: Vec<u8>,
     log: LogLimit,
+    /// keepalived's way with its FIFO: opened for reading too, so lines written while no
+    /// reader is there (before its `notify_fifo_script` has opened it) wait in the pipe, up
+    /// to its capacity, instead of being dropped.
+    hold_open: bool,
 }
 
 impl EventSink {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf, hold_open: bool) -> Self {
         EventSink {
             path,
+            hold_open,
             conn: None,
             pending: Vec::new(),
             log: LogLimit::new(LOG_EVERY),
@@ -150,7 +157,7 @@ impl EventSink {
         for _ in 0..2 {
             let conn = match self.conn.take() {
                 Some(conn) => conn,
-                None => match Conn::open(&self.path) {
+                None => match Conn::open(&self.path, self.hold_open) {
                     Ok(conn) => {
                         self.pending.clear();
                         conn
