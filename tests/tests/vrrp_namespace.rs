@@ -8,7 +8,7 @@ use std::{
 
 use lb_tests::{
     lab::daemon_bin,
-    netns::{require_root, unique_prefix, wait_until, Lan, Netns, Proc},
+    netns::{fmt_mac, require_root, unique_prefix, wait_until, Lan, Netns, Proc},
 };
 
 const VIP: &str = "192.0.2.100";
@@ -306,7 +306,17 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
         return;
     }
     let p = pair("vq");
-    let d1 = start(&p.nodes[0], &config("n1", 150, "0.1", ""));
+    // n1 announces with 5 frames when it becomes master, with 2 (and no second burst) when
+    // it hears a lower-priority advert (keepalived's garp_lower_prio_*).
+    let d1 = start(
+        &p.nodes[0],
+        &config(
+            "n1",
+            150,
+            "0.1",
+            "garp_master_repeat = 5\ngarp_lower_prio_repeat = 2\ngarp_lower_prio_delay = 0",
+        ),
+    );
     let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
     wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
     // Isolated bridge ports do not forward to each other: n1 and n2 no longer hear each
@@ -347,6 +357,8 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
         let _ = d1.signal(libc::SIGCONT);
         panic!("{e:#}")
     });
+    let n1_mac = fmt_mac(&p.nodes[0].mac("eth0").unwrap());
+    let arps = p.client.capture("eth0", "arp").unwrap();
     d1.signal(libc::SIGCONT).unwrap();
     let t = Instant::now();
     wait_until("one master after the heal", Duration::from_secs(3), || {
@@ -373,7 +385,90 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
         "{}",
         d1.read_stderr()
     );
+    // Bursts of garp_lower_prio_repeat (2), not garp_master_repeat (5): one, or two when
+    // n2's second advert came within the second (the reannouncements' pacing).
+    let from_n1 = || gratuitous(&arps.lines(), &n1_mac).len();
+    wait_until("n1's lower-priority burst", Duration::from_secs(2), || {
+        from_n1() >= 2
+    })
+    .unwrap();
+    holds_for("no burst of 5", Duration::from_millis(1500), || {
+        from_n1() % 2 == 0 || from_n1() < 4
+    });
+    let n = from_n1();
+    assert!(n == 2 || n == 4, "{n} gratuitous ARPs: {:#?}", arps.lines());
     drop(d2);
+}
+
+/// The gratuitous ARPs for the VIP from `mac` in tcpdump's lines, as seconds of the day.
+fn gratuitous(lines: &[String], mac: &str) -> Vec<f64> {
+    let announce = format!("Request who-has {VIP} (ff:ff:ff:ff:ff:ff) tell {VIP}");
+    lines
+        .iter()
+        .filter(|l| l.contains(mac) && l.contains(&announce))
+        .filter_map(|l| {
+            let t = l.split_whitespace().next()?;
+            let mut hms = t.split(':');
+            let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+            Some(
+                h.parse::<f64>().ok()? * 3600.0
+                    + m.parse::<f64>().ok()? * 60.0
+                    + s.parse::<f64>().ok()?,
+            )
+        })
+        .collect()
+}
+
+/// keepalived's `vrrp_startup_delay` (the instance waits in INIT, holding nothing) and
+/// `vrrp_garp_interval` (the gratuitous ARPs of a burst are spaced).
+#[test]
+fn startup_delay_and_paced_gratuitous_arps() {
+    if !require_root("vrrp startup delay") {
+        return;
+    }
+    let p = pair("vt");
+    let arps = p.client.capture("eth0", "arp").unwrap();
+    let mac1 = fmt_mac(&p.nodes[0].mac("eth0").unwrap());
+    let text = config(
+        "n1",
+        150,
+        "0.1",
+        "garp_master_repeat = 3\ngarp_master_delay = 0",
+    )
+    .replacen(
+        "[global_defs]\n",
+        "[global_defs]\nvrrp_startup_delay = 1.0\nvrrp_garp_interval = 0.25\n",
+        1,
+    );
+    let t0 = Instant::now();
+    let d1 = start(&p.nodes[0], &text);
+    holds_for(
+        "no VIP during vrrp_startup_delay",
+        Duration::from_millis(800),
+        || !has_vip(&p.nodes[0]),
+    );
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1]);
+    let took = t0.elapsed();
+    eprintln!("master {took:?} after the start (vrrp_startup_delay 1 s, advert_int 0.1 s)");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(
+        d1.read_stderr().contains("vrrp_startup_delay over"),
+        "{}",
+        d1.read_stderr()
+    );
+    wait_until("three gratuitous ARPs", Duration::from_secs(3), || {
+        gratuitous(&arps.lines(), &mac1).len() >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{:#?}", arps.lines()));
+    holds_for(
+        "no fourth (garp_master_delay 0)",
+        Duration::from_millis(600),
+        || gratuitous(&arps.lines(), &mac1).len() == 3,
+    );
+    let times = gratuitous(&arps.lines(), &mac1);
+    let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between the gratuitous ARPs: {gaps:?} (vrrp_garp_interval 0.25 s)");
+    assert!(gaps.iter().all(|g| *g >= 0.24), "{gaps:?}");
 }
 
 #[test]

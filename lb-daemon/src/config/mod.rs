@@ -7,6 +7,7 @@ use std::{
     ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -134,6 +135,14 @@ pub struct GlobalDefs {
     /// UDP flows; each absent one keeps IPVS's default (900, 120, 300). A service's own
     /// `idle_timeout` wins over `tcp`/`udp`.
     pub lvs_timeouts: Option<Spanned<RawLvsTimeouts>>,
+    /// keepalived's `vrrp_startup_delay`: seconds the VRRP instances wait in INIT when the
+    /// daemon starts (not at a reload), for the network to settle after a boot. A master
+    /// that resumes (the previous run's addresses still in place) does not wait.
+    pub vrrp_startup_delay: Option<Spanned<f64>>,
+    /// keepalived's `vrrp_garp_interval` and `vrrp_gna_interval`: seconds between two
+    /// gratuitous ARPs (unsolicited NAs) of a burst, for switches that police them.
+    pub vrrp_garp_interval: Option<Spanned<f64>>,
+    pub vrrp_gna_interval: Option<Spanned<f64>>,
 }
 
 /// See [`GlobalDefs::notify_fifo_format`].
@@ -164,6 +173,13 @@ pub enum OnStop {
 }
 
 impl GlobalDefs {
+    /// `vrrp_startup_delay`, checked by [`Config::parse`].
+    pub fn startup_delay(&self) -> Duration {
+        self.vrrp_startup_delay
+            .as_ref()
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(*s.get_ref()))
+    }
+
     /// `lvs_timeouts`, checked at parse (each at least 1 s).
     pub fn lvs_timeouts(&self) -> LvsTimeouts {
         self.lvs_timeouts
@@ -751,6 +767,40 @@ impl Config {
             return Err(cx.invalid_at(line, "virtual_server", "needs a [dataplane] section"));
         }
         let default_version = raw.global_defs.vrrp_version.unwrap_or(2);
+        // Seconds, 0 up to a bound: keepalived warns from 1 s (intervals) and 60 s (the
+        // start-up delay) on; beyond these they are mistakes.
+        let secs =
+            |v: &Option<Spanned<f64>>, key: &str, max: f64| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(Duration::ZERO),
+                    Some(s) if (0.0..=max).contains(s.get_ref()) => {
+                        Ok(Duration::from_secs_f64(*s.get_ref()))
+                    }
+                    Some(s) => Err(cx.invalid(
+                        s.span(),
+                        &format!("global_defs.{key}"),
+                        format!("{} is out of range 0..={max} seconds", s.get_ref()),
+                    )),
+                }
+            };
+        let instance_defaults = vrrp::InstanceDefaults {
+            version: default_version,
+            garp_interval: secs(
+                &raw.global_defs.vrrp_garp_interval,
+                "vrrp_garp_interval",
+                10.0,
+            )?,
+            gna_interval: secs(
+                &raw.global_defs.vrrp_gna_interval,
+                "vrrp_gna_interval",
+                10.0,
+            )?,
+        };
+        secs(
+            &raw.global_defs.vrrp_startup_delay,
+            "vrrp_startup_delay",
+            3600.0,
+        )?;
         let vrrp_scripts = raw
             .vrrp_script
             .iter()
@@ -759,7 +809,7 @@ impl Config {
         let vrrp_instances: Vec<vrrp::VrrpInstance> = raw
             .vrrp_instance
             .iter()
-            .map(|i| vrrp::instance(cx, i, default_version))
+            .map(|i| vrrp::instance(cx, i, &instance_defaults))
             .collect::<Result<Vec<_>, _>>()?;
         let sync_groups = raw
             .vrrp_sync_group

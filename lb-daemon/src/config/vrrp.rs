@@ -91,6 +91,11 @@ pub(super) struct RawInstance {
     garp_master_repeat: Option<Spanned<u32>>,
     garp_master_refresh: Option<u32>,
     garp_master_refresh_repeat: Option<Spanned<u32>>,
+    /// keepalived's: a master that hears a lower-priority advert announces its VIPs again,
+    /// this many frames per VIP (default `garp_master_repeat`), and a second time after
+    /// `garp_lower_prio_delay` seconds (default `garp_master_delay`).
+    garp_lower_prio_repeat: Option<Spanned<u32>>,
+    garp_lower_prio_delay: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +180,12 @@ pub struct VrrpInstance {
     pub garp_master_repeat: u32,
     pub garp_master_refresh: Duration,
     pub garp_master_refresh_repeat: u32,
+    /// After a lower-priority advert: frames per VIP, and the pause before the second burst.
+    pub garp_lower_prio_repeat: u32,
+    pub garp_lower_prio_delay: Duration,
+    /// Between two frames of a burst: `global_defs.vrrp_garp_interval` for an IPv4
+    /// instance, `vrrp_gna_interval` for an IPv6 one (0: back to back).
+    pub garp_interval: Duration,
 }
 
 impl VrrpInstance {
@@ -358,11 +369,20 @@ fn notify(
     })
 }
 
+/// What `global_defs` sets for every instance.
+pub(super) struct InstanceDefaults {
+    pub version: u8,
+    /// `vrrp_garp_interval`, `vrrp_gna_interval`.
+    pub garp_interval: Duration,
+    pub gna_interval: Duration,
+}
+
 pub(super) fn instance(
     cx: &Ctx,
     raw: &RawInstance,
-    default_version: u8,
+    defaults: &InstanceDefaults,
 ) -> Result<VrrpInstance, ConfigError> {
+    let default_version = defaults.version;
     let k = |name: &str| format!("vrrp_instance.{name}");
     let version = match &raw.version {
         None => default_version,
@@ -601,6 +621,26 @@ pub(super) fn instance(
             &k("garp_master_refresh_repeat"),
             1,
         )?,
+        garp_lower_prio_repeat: repeat(
+            &raw.garp_lower_prio_repeat,
+            &k("garp_lower_prio_repeat"),
+            repeat(
+                &raw.garp_master_repeat,
+                &k("garp_master_repeat"),
+                DEFAULT_GARP_MASTER_REPEAT,
+            )?,
+        )?,
+        garp_lower_prio_delay: Duration::from_secs(
+            raw.garp_lower_prio_delay
+                .or(raw.garp_master_delay)
+                .unwrap_or(DEFAULT_GARP_MASTER_DELAY)
+                .into(),
+        ),
+        garp_interval: if v6 {
+            defaults.gna_interval
+        } else {
+            defaults.garp_interval
+        },
     })
 }
 
@@ -745,6 +785,53 @@ lb_kind = "DR"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("lb.toml"), text)
+    }
+
+    #[test]
+    fn garp_timers_and_their_defaults() {
+        let text = "[global_defs]\nvrrp_garp_interval = 0.05\nvrrp_gna_interval = 0.2\n\
+                    vrrp_startup_delay = 2.5\n\n\
+                    [[vrrp_instance]]\nname = \"V4\"\ninterface = \"eth0\"\nvirtual_router_id = 1\n\
+                    priority = 100\ngarp_master_repeat = 3\ngarp_master_delay = 7\n\
+                    virtual_ipaddress = [\"192.0.2.100\"]\n\n\
+                    [[vrrp_instance]]\nname = \"V6\"\ninterface = \"eth0\"\nvirtual_router_id = 2\n\
+                    priority = 100\nversion = 3\ngarp_lower_prio_repeat = 9\ngarp_lower_prio_delay = 0\n\
+                    virtual_ipaddress = [\"2001:db8::100/64\"]\n";
+        let c = parse(text).unwrap();
+        let (v4, v6) = (&c.vrrp_instances[0], &c.vrrp_instances[1]);
+        // The lower-priority announcements default to the instance's garp_master_*.
+        assert_eq!(
+            (v4.garp_lower_prio_repeat, v4.garp_lower_prio_delay),
+            (3, Duration::from_secs(7))
+        );
+        assert_eq!(
+            (v6.garp_lower_prio_repeat, v6.garp_lower_prio_delay),
+            (9, Duration::ZERO)
+        );
+        // ARP pacing for IPv4, NA pacing for IPv6.
+        assert_eq!(v4.garp_interval, Duration::from_millis(50));
+        assert_eq!(v6.garp_interval, Duration::from_millis(200));
+        assert_eq!(c.global_defs.startup_delay(), Duration::from_millis(2500));
+        for (bad, key) in [
+            ("vrrp_garp_interval = 11", "global_defs.vrrp_garp_interval"),
+            ("vrrp_gna_interval = -1", "global_defs.vrrp_gna_interval"),
+            (
+                "vrrp_startup_delay = 4000",
+                "global_defs.vrrp_startup_delay",
+            ),
+        ] {
+            let e = parse(&format!("[global_defs]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("lb.toml:2: `{key}`")), "{e}");
+        }
+        let e = parse(&text.replace("garp_lower_prio_repeat = 9", "garp_lower_prio_repeat = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`vrrp_instance.garp_lower_prio_repeat`: must be 1..=255"),
+            "{e}"
+        );
     }
 
     #[test]

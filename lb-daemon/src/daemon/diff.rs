@@ -104,6 +104,26 @@ fn global_defs(old: &Config, new: &Config, out: &mut Vec<String>) {
     );
     changed(out, &k("on_stop"), &a.on_stop, &b.on_stop);
     changed(out, &k("state_dir"), &a.state_dir, &b.state_dir);
+    for (key, x, y) in [
+        (
+            "vrrp_startup_delay",
+            &a.vrrp_startup_delay,
+            &b.vrrp_startup_delay,
+        ),
+        (
+            "vrrp_garp_interval",
+            &a.vrrp_garp_interval,
+            &b.vrrp_garp_interval,
+        ),
+        (
+            "vrrp_gna_interval",
+            &a.vrrp_gna_interval,
+            &b.vrrp_gna_interval,
+        ),
+    ] {
+        let value = |v: &Option<toml::Spanned<f64>>| v.as_ref().map(|s| *s.get_ref());
+        changed(out, &k(key), &value(x), &value(y));
+    }
 }
 
 fn instances(old: &Config, new: &Config, out: &mut Vec<String>) {

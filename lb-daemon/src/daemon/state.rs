@@ -212,6 +212,10 @@ impl State {
             // taken over (or none at all, VRRP alone).
             let may_resume = state.dp.as_ref().is_none_or(|dp| dp.xdp.adopted.is_some());
             let mut units = vrrp_units(&state.config, may_resume, &Default::default()).await?;
+            // vrrp_startup_delay holds the instances of the daemon's start only.
+            for u in &mut units {
+                u.startup_delay = state.config.global_defs.startup_delay();
+            }
             set_tracking(&mut units, &mut state.tracking);
             state.vrrp = Some(runtime::spawn(units, event_tx.clone())?);
         }

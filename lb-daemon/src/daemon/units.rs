@@ -109,6 +109,7 @@ pub(super) async fn vrrp_units(
         units.push(UnitSpec {
             members: ms,
             group: Some(g.name.clone()),
+            startup_delay: std::time::Duration::ZERO,
         });
     }
     // Instances in no group, in configuration order.
@@ -117,6 +118,7 @@ pub(super) async fn vrrp_units(
             units.push(UnitSpec {
                 members: vec![m],
                 group: None,
+                startup_delay: std::time::Duration::ZERO,
             });
         }
     }

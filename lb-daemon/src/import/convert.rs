@@ -908,13 +908,17 @@ impl Cx<'_> {
                     k @ ("vrrp_garp_master_delay"
                     | "vrrp_garp_master_repeat"
                     | "vrrp_garp_master_refresh"
-                    | "vrrp_garp_master_refresh_repeat") => {
+                    | "vrrp_garp_master_refresh_repeat"
+                    | "vrrp_garp_lower_prio_repeat"
+                    | "vrrp_garp_lower_prio_delay") => {
                         let w = one(st)?;
                         let v = uint(w)?;
                         let key = match k {
                             "vrrp_garp_master_delay" => "garp_master_delay",
                             "vrrp_garp_master_repeat" => "garp_master_repeat",
                             "vrrp_garp_master_refresh" => "garp_master_refresh",
+                            "vrrp_garp_lower_prio_repeat" => "garp_lower_prio_repeat",
+                            "vrrp_garp_lower_prio_delay" => "garp_lower_prio_delay",
                             _ => "garp_master_refresh_repeat",
                         };
                         if self.garp.iter().any(|g| g.0 == key) {
@@ -1001,6 +1005,15 @@ impl Cx<'_> {
                                 "a user for the FIFO script: lb-daemon runs it as global_defs.script_user",
                             );
                         }
+                    }
+                    k @ ("vrrp_startup_delay" | "vrrp_garp_interval" | "vrrp_gna_interval") => {
+                        let w = one(st)?;
+                        let key = match k {
+                            "vrrp_startup_delay" => "vrrp_startup_delay",
+                            "vrrp_garp_interval" => "vrrp_garp_interval",
+                            _ => "vrrp_gna_interval",
+                        };
+                        self.put(&mut t, key, seconds(w)?, w.span, st)?;
                     }
                     "lvs_timeouts" => {
                         let v = lvs_timeouts(st)?;
@@ -1415,12 +1428,16 @@ impl Cx<'_> {
                     k @ ("garp_master_delay"
                     | "garp_master_repeat"
                     | "garp_master_refresh"
-                    | "garp_master_refresh_repeat") => {
+                    | "garp_master_refresh_repeat"
+                    | "garp_lower_prio_repeat"
+                    | "garp_lower_prio_delay") => {
                         let w = one(st)?;
                         let key = match k {
                             "garp_master_delay" => "garp_master_delay",
                             "garp_master_repeat" => "garp_master_repeat",
                             "garp_master_refresh" => "garp_master_refresh",
+                            "garp_lower_prio_repeat" => "garp_lower_prio_repeat",
+                            "garp_lower_prio_delay" => "garp_lower_prio_delay",
                             _ => "garp_master_refresh_repeat",
                         };
                         self.put(&mut t, key, Value::Int(uint(w)?), w.span, st)?;
@@ -2818,6 +2835,32 @@ impl Cx<'_> {
                         value.clone(),
                         *span,
                         " from global_defs' vrrp_".to_string() + key,
+                    ));
+                }
+            }
+            // keepalived's lower-priority announcements default to global_defs' values
+            // (vrrp_garp_lower_prio_*, else vrrp_garp_master_*, else 5), lb-daemon's to the
+            // instance's garp_master_*: where an instance sets its own, the two differ.
+            for (lower, master) in [
+                ("garp_lower_prio_repeat", "garp_master_repeat"),
+                ("garp_lower_prio_delay", "garp_master_delay"),
+            ] {
+                if t.has(lower) {
+                    continue;
+                }
+                let Some(own) = t.get(master).map(|e| (e.value.clone(), e.span)) else {
+                    continue;
+                };
+                let global = self.garp.iter().find(|g| g.0 == master);
+                let keepalived = global.map_or(Value::Int(5), |g| g.1.clone());
+                if own.0 != keepalived {
+                    let span = own.1.or(global.map(|g| g.2)).unwrap_or(inst.span);
+                    t.push(generated(
+                        lower,
+                        keepalived,
+                        span,
+                        " keepalived's: global_defs' value, not this instance's ".to_string()
+                            + master,
                     ));
                 }
             }

@@ -63,6 +63,11 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "vrrp_notify_fifo",
             "notify_fifo_script",
             "vrrp_notify_fifo_script",
+            "vrrp_startup_delay",
+            "vrrp_garp_interval",
+            "vrrp_gna_interval",
+            "vrrp_garp_lower_prio_repeat",
+            "vrrp_garp_lower_prio_delay",
         ],
     ),
     (
@@ -111,6 +116,8 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "garp_master_repeat",
             "garp_master_refresh",
             "garp_master_refresh_repeat",
+            "garp_lower_prio_repeat",
+            "garp_lower_prio_delay",
             "accept",
             "lvs_sync_daemon_interface",
             "lvs_sync_daemon_inteface",
@@ -414,14 +421,13 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             | "shutdown_script_timeout" => "start-up and shut-down scripts are not implemented (use the systemd unit)",
             "default_interface" => ROUTES,
             "lvs_flush" | "lvs_flush_on_stop" => "lb-daemon owns its XDP maps: there is no IPVS table to flush",
-            "vrrp_garp_lower_prio_repeat" | "vrrp_garp_lower_prio_delay" | "vrrp_garp_interval"
-            | "vrrp_gna_interval" | "vrrp_min_garp" | "vrrp_garp_extra_if" => {
-                "only garp_master_delay, garp_master_repeat, garp_master_refresh and garp_master_refresh_repeat are implemented"
+            "vrrp_min_garp" | "vrrp_garp_extra_if" => {
+                "only the garp_master_*, garp_lower_prio_* and garp/gna intervals are implemented"
             }
             "vrrp_down_timer_adverts" | "vrrp_lower_prio_no_advert"
             | "vrrp_higher_prio_send_advert" | "v3_checksum_as_v2" | "vrrp_check_unicast_src"
             | "vrrp_skip_check_adv_addr" | "vrrp_strict" | "vrrp_notify_priority_changes"
-            | "vrrp_startup_delay" | "vrrp_delay_after_boot" | "log_unknown_vrids"
+            | "vrrp_delay_after_boot" | "log_unknown_vrids"
             | "checker_log_all_failures" | "rs_init_notifies" | "linkbeat_use_polling"
             | "dynamic_interfaces" => NOT_IMPLEMENTED,
             "nftables" | "nftables_priority" | "nftables_counters" | "nftables_ifindex"
@@ -456,8 +462,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "mcast_dst_ip" => "lb-daemon uses the VRRP groups of the RFCs, 224.0.0.18 and ff02::12",
             "vrf" | "native_ipv6" | "dont_track_primary" | "track_src_ip"
             | "check_unicast_src" | "unicast_fault_no_peer" | "unicast_ttl"
-            | "old_unicast_checksum" | "v3_checksum_as_v2" | "garp_lower_prio_delay"
-            | "garp_lower_prio_repeat" | "garp_extra_if" | "down_timer_adverts"
+            | "old_unicast_checksum" | "v3_checksum_as_v2" | "garp_extra_if" | "down_timer_adverts"
             | "timer_expired_backup" | "lower_prio_no_advert" | "higher_prio_send_advert"
             | "skip_check_adv_addr" | "strict_mode" | "debug" | "notify_master_rx_lower_pri"
             | "notify_priority_changes" | "notify_deleted" | "kernel_rx_buf_size"

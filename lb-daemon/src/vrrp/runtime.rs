@@ -64,6 +64,10 @@ pub struct UnitSpec {
     pub members: Vec<MemberSpec>,
     /// The sync group's name, if this unit is one.
     pub group: Option<String>,
+    /// keepalived's `vrrp_startup_delay`: the members stay in Initialize this long before
+    /// they start (set for the units of the daemon's start, zero for a reload's). A unit
+    /// that resumes as master does not wait: it holds its addresses and must advertise.
+    pub startup_delay: Duration,
 }
 
 /// What a unit tells the rest of the daemon.
@@ -387,13 +391,25 @@ pub async fn run_unit(
         } else {
             Input::Startup
         };
+        if start == Input::Startup && !spec.startup_delay.is_zero() {
+            continue;
+        }
         let fx = unit.handle(i, start, now());
         shell.execute(&mut unit, fx).await;
+    }
+    // vrrp_startup_delay: the members start when it is over (the timer branch below).
+    let mut start_at = None;
+    if !resume && !spec.startup_delay.is_zero() {
+        info!(delay = ?spec.startup_delay, "VRRP instances wait in INIT before they start (vrrp_startup_delay)");
+        start_at = Some(now() + spec.startup_delay);
     }
     let mut leave = false;
     loop {
         let publish_at = shell.publish_if_due(&mut unit, &clock, &stats);
-        let deadline = unit.deadline();
+        let deadline = match (unit.deadline(), start_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // A timer that cannot be armed ends the loop, but never skips the shutdown below:
         // a master must not keep its addresses without advertising.
         if let Err(e) = clock.arm(deadline) {
@@ -451,6 +467,14 @@ pub async fn run_unit(
                 for i in 0..shell.members.len() {
                     if let Some(timer) = unit.expired(i, t) {
                         let fx = unit.handle(i, Input::TimerExpired(timer), t);
+                        shell.execute(&mut unit, fx).await;
+                    }
+                }
+                if start_at.is_some_and(|s| s <= t) {
+                    start_at = None;
+                    info!("vrrp_startup_delay over: the VRRP instances start");
+                    for i in 0..shell.members.len() {
+                        let fx = unit.handle(i, Input::Startup, t);
                         shell.execute(&mut unit, fx).await;
                     }
                 }
@@ -1098,8 +1122,9 @@ impl Shell {
             Effect::Garp { member, start } => {
                 let m = &mut self.members[member];
                 m.garp = match start {
-                    GarpStart::Now => start_garp(m).await,
-                    GarpStart::After(delay) => Some(deferred_garp(&m.spec, delay)),
+                    GarpStart::Now => start_garp(m, false).await,
+                    GarpStart::LowerPrio(None) => start_garp(m, true).await,
+                    GarpStart::LowerPrio(Some(delay)) => Some(deferred_garp(&m.spec, delay)),
                 };
             }
             Effect::AwaitAck { .. } => unreachable!("waited for in execute"),
@@ -1162,22 +1187,29 @@ impl Shell {
     }
 }
 
-/// keepalived's `garp_master_*` schedule of a member.
-fn garp_config(m: &MemberSpec) -> GarpConfig {
+/// keepalived's `garp_master_*` schedule of a member; after a lower-priority advert
+/// (`lower_prio`), its two bursts are `garp_lower_prio_repeat` frames, `garp_lower_prio_delay`
+/// apart, and the refreshes go on as before.
+fn garp_config(m: &MemberSpec, lower_prio: bool) -> GarpConfig {
     let c = &m.config;
+    let (master_delay, master_repeat) = if lower_prio {
+        (c.garp_lower_prio_delay, c.garp_lower_prio_repeat)
+    } else {
+        (c.garp_master_delay, c.garp_master_repeat)
+    };
     GarpConfig {
-        master_delay: c.garp_master_delay,
-        master_repeat: c.garp_master_repeat,
+        master_delay,
+        master_repeat,
         master_refresh: c.garp_master_refresh,
         master_refresh_repeat: c.garp_master_refresh_repeat,
-        interval: Duration::ZERO,
+        interval: c.garp_interval,
     }
 }
 
-/// The whole announcement schedule of a member, starting `delay` from now, as a task (on a
-/// socket of its own: nothing here is urgent).
+/// The lower-priority announcement schedule of a member, starting `delay` from now, as a
+/// task (on a socket of its own: nothing here is urgent).
 fn deferred_garp(m: &MemberSpec, delay: Duration) -> JoinHandle<()> {
-    let (config, ifindex, name) = (garp_config(m), m.ifindex, m.config.name.clone());
+    let (config, ifindex, name) = (garp_config(m, true), m.ifindex, m.config.name.clone());
     let vips: Vec<IpAddr> = m.vips.iter().map(|v| v.addr).collect();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
@@ -1198,12 +1230,12 @@ fn open_announcer(m: &MemberSpec) -> Option<GarpSender> {
         .ok()
 }
 
-/// keepalived's gratuitous ARP / unsolicited NA after becoming master: the first burst now,
-/// the rest as a task.
-async fn start_garp(m: &mut Member) -> Option<JoinHandle<()>> {
+/// keepalived's gratuitous ARP / unsolicited NA after becoming master (or, `lower_prio`,
+/// after a lower-priority advert): the first burst now, the rest as a task.
+async fn start_garp(m: &mut Member, lower_prio: bool) -> Option<JoinHandle<()>> {
     let spec = &m.spec;
     let c = &spec.config;
-    let config = garp_config(spec);
+    let config = garp_config(spec, lower_prio);
     if m.announcer.is_none() {
         m.announcer = open_announcer(spec);
     }
@@ -1718,6 +1750,7 @@ mod tests {
         UnitSpec {
             members: vec![m],
             group: None,
+            startup_delay: Duration::ZERO,
         }
     }
 
@@ -1725,6 +1758,7 @@ mod tests {
         UnitSpec {
             members,
             group: Some(name.into()),
+            startup_delay: Duration::ZERO,
         }
     }
 

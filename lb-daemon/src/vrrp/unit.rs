@@ -73,11 +73,12 @@ pub enum Effect {
 /// When an announcement schedule starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GarpStart {
-    /// Its first burst now, before anything else: until it is out, clients keep sending to
-    /// the old master's MAC.
+    /// Becoming master: its first burst now, before anything else: until it is out,
+    /// clients keep sending to the old master's MAC.
     Now,
-    /// After this pause.
-    After(Duration),
+    /// Still master after a lower-priority advert: keepalived's `garp_lower_prio_repeat` and
+    /// `garp_lower_prio_delay`, now or after this pause.
+    LowerPrio(Option<Duration>),
 }
 
 /// The log lines whose place in the order the unit decides.
@@ -514,11 +515,11 @@ impl Unit {
                         Reannounce::Pending => continue,
                         Reannounce::Now => {
                             m.reannounced = Some(now);
-                            (GarpStart::Now, None)
+                            (GarpStart::LowerPrio(None), None)
                         }
                         Reannounce::After(delay) => {
                             m.reannounced = Some(now + delay);
-                            (GarpStart::After(delay), Some(delay))
+                            (GarpStart::LowerPrio(Some(delay)), Some(delay))
                         }
                     };
                     fx.push(Effect::Log(Log::Reannounce { member: i, after }));
@@ -1196,7 +1197,7 @@ mod tests {
         let (mut u, at) = master();
         let reannounce = |u: &mut Unit, now: Time| u.apply(Ok(vec![(0, Output::Reannounce)]), now);
         let now = |after: Option<Duration>| {
-            let start = after.map_or(GarpStart::Now, GarpStart::After);
+            let start = GarpStart::LowerPrio(after);
             vec![
                 log(Log::Reannounce { member: 0, after }),
                 Effect::StopGarp { member: 0 },
@@ -1239,7 +1240,7 @@ mod tests {
                 Effect::StopGarp { member: 0 },
                 Effect::Garp {
                     member: 0,
-                    start: GarpStart::Now
+                    start: GarpStart::LowerPrio(None)
                 },
             ]
         );
