@@ -150,7 +150,7 @@ fn good_corpus_round_trips() {
 /// Every (block, keyword) of the statements in `stmts`.
 fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
     // Blocks whose contents are keywords; the others (virtual_ipaddress...) hold values.
-    const KEYWORD_BLOCKS: [&str; 17] = [
+    const KEYWORD_BLOCKS: [&str; 18] = [
         "global_defs",
         "vrrp_script",
         "vrrp_sync_group",
@@ -167,6 +167,7 @@ fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
         "PING_CHECK",
         "SMTP_CHECK",
         "SSL",
+        "track_file",
         "url",
     ];
     for s in stmts {

@@ -419,6 +419,41 @@ fn gratuitous(lines: &[String], mac: &str) -> Vec<f64> {
         .collect()
 }
 
+/// keepalived's `track_file`: the number in a file moves the priority (`weight -1`: a
+/// number of 100 takes 150 down to 50, below the peer's 100); `init_file` makes the file.
+#[test]
+fn track_file_moves_the_vip() {
+    if !require_root("vrrp track_file") {
+        return;
+    }
+    let p = pair("vf");
+    let file = p.nodes[0].dir().join("prio");
+    let extra = format!(
+        "track_file = [\"prio\"]\n\n[[track_file]]\nname = \"prio\"\nfile = \"{}\"\n\
+         weight = -1\ninit_file = 0\n",
+        file.display()
+    );
+    let d1 = start(&p.nodes[0], &config("n1", 150, "0.1", &extra));
+    let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n", "init_file");
+    std::fs::write(&file, "100\n").unwrap();
+    let took = wait_master(&p, 1, Duration::from_secs(5), &[&d1, &d2]);
+    eprintln!("track_file 100 (weight -1): n2 master after {took:?}");
+    assert!(
+        d1.read_stderr().contains("track_file prio reads 100"),
+        "{}",
+        d1.read_stderr()
+    );
+    // A number keepalived would not take (beyond 32 bits) changes nothing.
+    std::fs::write(&file, "99999999999\n").unwrap();
+    holds_for("n2 stays master", Duration::from_millis(500), || {
+        holders(&p) == vec![1]
+    });
+    std::fs::write(&file, "0\n").unwrap();
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+}
+
 /// keepalived's `vrrp_startup_delay` (the instance waits in INIT, holding nothing) and
 /// `vrrp_garp_interval` (the gratuitous ARPs of a burst are spaced).
 #[test]

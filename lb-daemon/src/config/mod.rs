@@ -78,6 +78,8 @@ struct RawConfig {
     #[serde(default)]
     vrrp_script: Vec<vrrp::RawScript>,
     #[serde(default)]
+    track_file: Vec<vrrp::RawTrackFile>,
+    #[serde(default)]
     vrrp_instance: Vec<vrrp::RawInstance>,
     #[serde(default)]
     vrrp_sync_group: Vec<vrrp::RawSyncGroup>,
@@ -395,6 +397,8 @@ pub struct Config {
     /// Where and how XDP runs; absent for a VRRP-only node (keepalived + nginx).
     pub dataplane: Option<DataplaneConfig>,
     pub vrrp_scripts: Vec<VrrpScript>,
+    /// keepalived's `track_file` blocks, for the instances' `track_file` and FILE_CHECK.
+    pub track_files: Vec<vrrp::TrackFile>,
     /// Every script and hook program, and every other file read, with its line.
     pub scripts: Vec<ScriptRef>,
     pub vrrp_instances: Vec<VrrpInstance>,
@@ -816,9 +820,23 @@ impl Config {
             .iter()
             .map(|g| vrrp::sync_group(cx, g))
             .collect::<Result<Vec<_>, _>>()?;
+        let track_files = raw
+            .track_file
+            .iter()
+            .map(|f| {
+                let checked = vrrp::track_file(cx, f)?;
+                cx.file_read(
+                    &checked.path.to_string_lossy(),
+                    f.file_span(),
+                    "track_file.file",
+                );
+                Ok(checked)
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         vrrp::cross_check(
             cx,
             &raw.vrrp_script,
+            &raw.track_file,
             &raw.vrrp_instance,
             &vrrp_instances,
             &raw.vrrp_sync_group,
@@ -945,6 +963,7 @@ impl Config {
             metrics_token_file,
             dataplane,
             vrrp_scripts,
+            track_files,
             scripts: cx.scripts.take(),
             vrrp_instances,
             sync_groups,

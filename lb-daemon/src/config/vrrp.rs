@@ -39,6 +39,28 @@ pub(super) struct RawScript {
     fall: Option<Spanned<u32>>,
     /// Run as this user (default: `global_defs.script_user`, else root).
     user: Option<String>,
+    /// keepalived's `weight N reverse`: the priority moves the other way.
+    #[serde(default)]
+    reverse: bool,
+}
+
+/// keepalived's `track_file` block: a file holding a number that moves the priority of the
+/// instances that track it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrackFile {
+    name: Spanned<String>,
+    file: Spanned<String>,
+    /// The number times this is added to the priority (keepalived's default: 1); 0: the
+    /// instance faults while the number is not 0.
+    weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    reverse: bool,
+    /// keepalived's `init_file VALUE`: the file is written with this number at start when
+    /// it does not exist (or always, with `init_file_overwrite`).
+    init_file: Option<Spanned<i64>>,
+    #[serde(default)]
+    init_file_overwrite: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +101,8 @@ pub(super) struct RawInstance {
     track_interface: Vec<RawTrack>,
     #[serde(default)]
     track_script: Vec<RawTrack>,
+    #[serde(default)]
+    track_file: Vec<RawTrack>,
     /// Services whose quorum the instance tracks: `"VIP:PORT"` or `"VIP:PORT/TCP"`.
     #[serde(default)]
     pub(super) track_virtual_server: Vec<RawTrack>,
@@ -121,6 +145,18 @@ pub struct VrrpScript {
     pub rise: u32,
     pub fall: u32,
     pub user: Option<String>,
+    pub reverse: bool,
+}
+
+/// A checked `track_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackFile {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub weight: i32,
+    pub reverse: bool,
+    /// Written at start when the file is missing (or always, `overwrite`).
+    pub init: Option<(i64, bool)>,
 }
 
 /// A virtual address as keepalived writes it: `ADDR[/PREFIX] [dev IFACE] [label LABEL]`.
@@ -133,12 +169,14 @@ pub struct VirtualIp {
     pub label: Option<String>,
 }
 
-/// A tracked interface or script and what its failure does: `None` = Fault, `Some(w)` =
-/// priority + w.
+/// A tracked interface, script or file and what its failure does: `None` = the tracked
+/// thing's own weight (a script's, a file's), else Fault; `Some(w)` = priority + w.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracked {
     pub name: String,
     pub weight: Option<i32>,
+    /// keepalived's `reverse` (`None`: the tracked thing's own).
+    pub reverse: Option<bool>,
 }
 
 /// Notify hooks, each a command line.
@@ -172,6 +210,7 @@ pub struct VrrpInstance {
     pub unicast_peer: Vec<IpAddr>,
     pub track_interface: Vec<Tracked>,
     pub track_script: Vec<Tracked>,
+    pub track_file: Vec<Tracked>,
     /// Services whose quorum the instance tracks (this project's addition: keepalived needs
     /// a `quorum_down` script for it). Names are canonical, [`super::VirtualServer::name`].
     pub track_virtual_server: Vec<Tracked>,
@@ -268,6 +307,7 @@ pub(super) fn script(cx: &Ctx, raw: &RawScript) -> Result<VrrpScript, ConfigErro
         rise: count(&raw.rise, "vrrp_script.rise")?,
         fall: count(&raw.fall, "vrrp_script.fall")?,
         user: raw.user.clone(),
+        reverse: raw.reverse,
     })
 }
 
@@ -318,30 +358,96 @@ fn virtual_ip(cx: &Ctx, v: &Spanned<String>) -> Result<VirtualIp, ConfigError> {
 
 fn track(cx: &Ctx, t: &RawTrack, key: &str) -> Result<Tracked, ConfigError> {
     let bad = |m: &str| cx.invalid(t.span(), key, m.to_string());
+    let mut reverse = None;
+    // A weight given, even 0, stands over the tracked thing's own (keepalived's
+    // `track_file { f weight 0 }` faults on a non-zero number whatever the file's weight).
     let (name, weight) = match t.get_ref() {
-        toml::Value::String(name) => (name.clone(), 0),
+        toml::Value::String(name) => (name.clone(), None),
         toml::Value::Table(table) => {
-            if let Some(k) = table.keys().find(|k| *k != "name" && *k != "weight") {
-                return Err(bad(&format!("unknown key {k:?} (expected name, weight)")));
+            if let Some(k) = table
+                .keys()
+                .find(|k| !["name", "weight", "reverse"].contains(&k.as_str()))
+            {
+                return Err(bad(&format!(
+                    "unknown key {k:?} (expected name, weight, reverse)"
+                )));
+            }
+            if let Some(r) = table.get("reverse") {
+                reverse = Some(
+                    r.as_bool()
+                        .ok_or_else(|| bad("reverse must be true or false"))?,
+                );
             }
             let name = table
                 .get("name")
                 .and_then(toml::Value::as_str)
                 .ok_or_else(|| bad("needs a name"))?;
             let weight = match table.get("weight") {
-                None => 0,
-                Some(w) => w
-                    .as_integer()
-                    .filter(|w| (-254..=254).contains(w))
-                    .ok_or_else(|| bad("weight must be an integer -254..=254"))?,
+                None => None,
+                Some(w) => Some(
+                    w.as_integer()
+                        .filter(|w| (-254..=254).contains(w))
+                        .ok_or_else(|| bad("weight must be an integer -254..=254"))?
+                        as i32,
+                ),
             };
-            (name.to_string(), weight as i32)
+            (name.to_string(), weight)
         }
         _ => return Err(bad("a name, or a table with name and weight")),
     };
     Ok(Tracked {
         name,
-        weight: (weight != 0).then_some(weight),
+        weight,
+        reverse,
+    })
+}
+
+impl RawTrackFile {
+    pub(super) fn file_span(&self) -> std::ops::Range<usize> {
+        self.file.span()
+    }
+}
+
+pub(super) fn track_file(cx: &Ctx, raw: &RawTrackFile) -> Result<TrackFile, ConfigError> {
+    let path = raw.file.get_ref();
+    if !path.starts_with('/') {
+        return Err(cx.invalid(
+            raw.file.span(),
+            "track_file.file",
+            "must be an absolute path",
+        ));
+    }
+    let weight = match &raw.weight {
+        None => 1,
+        Some(w) if (-254..=254).contains(w.get_ref()) => *w.get_ref() as i32,
+        Some(w) => return Err(cx.invalid(w.span(), "track_file.weight", "must be -254..=254")),
+    };
+    let init = match &raw.init_file {
+        None if raw.init_file_overwrite => {
+            return Err(cx.invalid(
+                raw.name.span(),
+                "track_file.init_file_overwrite",
+                "needs init_file, the number to write",
+            ))
+        }
+        None => None,
+        Some(v) if i32::try_from(*v.get_ref()).is_ok() => {
+            Some((*v.get_ref(), raw.init_file_overwrite))
+        }
+        Some(v) => {
+            return Err(cx.invalid(
+                v.span(),
+                "track_file.init_file",
+                "must fit in 32 bits, as keepalived reads it",
+            ))
+        }
+    };
+    Ok(TrackFile {
+        name: raw.name.get_ref().clone(),
+        path: path.into(),
+        weight,
+        reverse: raw.reverse,
+        init,
     })
 }
 
@@ -594,6 +700,7 @@ pub(super) fn instance(
         unicast_peer,
         track_interface: tracks(cx, &raw.track_interface, &k("track_interface"))?,
         track_script: tracks(cx, &raw.track_script, &k("track_script"))?,
+        track_file: tracks(cx, &raw.track_file, &k("track_file"))?,
         // Resolved against the virtual servers by `Config::parse`.
         track_virtual_server: tracks(cx, &raw.track_virtual_server, &k("track_virtual_server"))?,
         notify: notify(
@@ -665,10 +772,21 @@ pub(super) fn sync_group(cx: &Ctx, raw: &RawSyncGroup) -> Result<SyncGroup, Conf
 pub(super) fn cross_check(
     cx: &Ctx,
     scripts: &[RawScript],
+    files: &[RawTrackFile],
     instances: &[RawInstance],
     checked: &[VrrpInstance],
     groups: &[RawSyncGroup],
 ) -> Result<(), ConfigError> {
+    let mut file_names = HashSet::new();
+    for f in files {
+        if !file_names.insert(f.name.get_ref().as_str()) {
+            return Err(cx.invalid(
+                f.name.span(),
+                "track_file.name",
+                format!("{:?} is defined twice", f.name.get_ref()),
+            ));
+        }
+    }
     let mut names = HashSet::new();
     for s in scripts {
         if !names.insert(s.name.get_ref().as_str()) {
@@ -705,6 +823,15 @@ pub(super) fn cross_check(
                     raw_t.span(),
                     "vrrp_instance.track_script",
                     format!("no vrrp_script {:?}", t.name),
+                ));
+            }
+        }
+        for (t, raw_t) in c.track_file.iter().zip(&raw.track_file) {
+            if !file_names.contains(t.name.as_str()) {
+                return Err(cx.invalid(
+                    raw_t.span(),
+                    "vrrp_instance.track_file",
+                    format!("no track_file {:?}", t.name),
                 ));
             }
         }
@@ -855,7 +982,8 @@ lb_kind = "DR"
             i.track_script,
             vec![Tracked {
                 name: "check_nginx".into(),
-                weight: None
+                weight: None,
+                reverse: None
             }]
         );
         assert_eq!(

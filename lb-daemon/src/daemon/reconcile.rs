@@ -206,7 +206,7 @@ pub(super) fn quorum_changes(
         if was != Some(has) {
             events.push(TrackEvent {
                 key: TrackKey::Service(name.clone()),
-                up: has,
+                status: has.into(),
             });
         }
         reported.insert(name, has);
@@ -247,9 +247,9 @@ quorum = 2
         let config = Config::parse(Path::new("t.toml"), TEXT).unwrap();
         let key = config.virtual_servers[0].key();
         let name = "192.0.2.100:80/TCP".to_string();
-        let event = |up| TrackEvent {
+        let event = |up: bool| TrackEvent {
             key: TrackKey::Service(name.clone()),
-            up,
+            status: up.into(),
         };
         let lost = |k: &ServiceKey| (*k == key).then_some(false);
         let kept = |k: &ServiceKey| (*k == key).then_some(true);

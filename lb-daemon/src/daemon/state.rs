@@ -167,6 +167,8 @@ impl State {
         // Notify hooks and the JSON event stream; tracked scripts and interfaces.
         let notifier = Notifier::from_config(&config)?;
         let (track_tx, track_rx) = mpsc::channel(track::EVENT_QUEUE_LEN);
+        // keepalived's init_file, at start only (a reload never rewrites a tracked file).
+        track::init_track_files(&config.track_files);
         let track_tasks = TrackTasks::start(&config, track_tx)?;
         let mut tracking = Tracking::new(&config)?;
         tracking.seed(&track_tasks.snapshot());
@@ -537,7 +539,7 @@ impl State {
         let Some(dp) = self.dp.as_mut() else { return };
         for ev in dp.quorum_events(&self.config, now) {
             for (instance, input) in self.tracking.on_event(&ev) {
-                info!(%instance, "{} {}: {input:?}", ev.key, if ev.up { "has its quorum" } else { "lost its quorum" });
+                info!(%instance, "{} {}: {input:?}", ev.key, if ev.status == track::Status::Up { "has its quorum" } else { "lost its quorum" });
                 if let Some(v) = &self.vrrp {
                     v.track(instance, input);
                 }

@@ -13,8 +13,8 @@
 //!   either way).
 //! * **Defaults.** Where keepalived's default differs from lb-daemon's, or lb-daemon has none,
 //!   the output states keepalived's value with a comment saying so (see [`super`]).
-//! * **Values lb-daemon cannot express** (a scheduler it does not have, NAT, `reverse`
-//!   tracking, shell quoting inside a command line) are errors at their position: dropping
+//! * **Values lb-daemon cannot express** (a scheduler it does not have, NAT for a service of
+//!   every port, shell quoting inside a command line) are errors at their position: dropping
 //!   them would change what the configuration does.
 //!
 //! Ranges are left to `lb-daemon`'s own checks, which run on the output and whose errors are
@@ -138,6 +138,8 @@ struct Cx<'a> {
     /// global_defs' `vrrp_version`.
     vrrp_version: Option<i64>,
     scripts: Vec<(Table, String, i64)>,
+    /// keepalived's `track_file` blocks.
+    track_files: Vec<Table>,
     instances: Vec<Instance>,
     groups: Vec<Group>,
     servers: Vec<Server>,
@@ -173,6 +175,7 @@ impl<'a> Converter<'a> {
             garp: Vec::new(),
             vrrp_version: None,
             scripts: Vec::new(),
+            track_files: Vec::new(),
             instances: Vec::new(),
             groups: Vec::new(),
             servers: Vec::new(),
@@ -803,6 +806,7 @@ impl Cx<'_> {
         match Self::canonical(Ctx::Top, kw) {
             "global_defs" => self.global_defs(s),
             "vrrp_script" => self.vrrp_script(s),
+            "track_file" => self.track_file(s),
             "vrrp_instance" => self.vrrp_instance(s),
             "vrrp_sync_group" => self.sync_group(s),
             "virtual_server" => self.virtual_server(s),
@@ -1039,6 +1043,91 @@ impl Cx<'_> {
         Ok(())
     }
 
+    /// keepalived's `track_file NAME { file PATH; weight N [reverse]; init_file [N] [overwrite] }`.
+    fn track_file(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let name = Self::block_name(s)?;
+        let b = block(s)?;
+        let label = format!("track_file {}", name.text);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "name",
+            value: Value::Str(name.text.clone()),
+            span: Some(name.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        for st in &b.body {
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match kw.text.as_str() {
+                    "file" => {
+                        let w = one(st)?;
+                        if !w.text.starts_with('/') {
+                            return Err(Diag::new(
+                                w.span,
+                                "lb-daemon reads a tracked file by absolute path: give one",
+                            ));
+                        }
+                        self.put(&mut t, "file", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    "weight" => {
+                        no_block(st)?;
+                        let (w, reverse) = match st.args() {
+                            [w] => (w, false),
+                            [w, r] if r.text == "noreverse" => (w, false),
+                            [w, r] if r.text == "reverse" => (w, true),
+                            [] => return Err(Diag::new(kw.span, "`weight` needs a value")),
+                            [_, extra, ..] => {
+                                return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
+                            }
+                        };
+                        let v = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                        self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
+                        if reverse {
+                            self.put(&mut t, "reverse", Value::Bool(true), st.args()[1].span, st)?;
+                        }
+                    }
+                    "init_file" => {
+                        no_block(st)?;
+                        // keepalived: `init_file [VALUE] [overwrite]`, VALUE 0 when absent.
+                        let (value, overwrite) = match st.args() {
+                            [] => (None, None),
+                            [o] if o.text == "overwrite" => (None, Some(o)),
+                            [v] => (Some(v), None),
+                            [v, o] if o.text == "overwrite" => (Some(v), Some(o)),
+                            [_, extra, ..] => {
+                                return Err(Diag::new(
+                                    extra.span,
+                                    "expected `init_file [VALUE] [overwrite]`",
+                                ))
+                            }
+                        };
+                        let n = match value {
+                            Some(v) => int(v, i64::from(i32::MIN), i64::from(i32::MAX))?,
+                            None => 0,
+                        };
+                        let span = value.map_or(kw.span, |v| v.span);
+                        self.put(&mut t, "init_file", Value::Int(n), span, st)?;
+                        if let Some(o) = overwrite {
+                            self.put(&mut t, "init_file_overwrite", Value::Bool(true), o.span, st)?;
+                        }
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::TrackFile, &label, st, &other);
+                    }
+                }
+                Ok(())
+            })();
+            self.recover(st, r);
+        }
+        if !t.has("file") {
+            return Err(Diag::new(name.span, "a track_file needs a `file`"));
+        }
+        self.track_files.push(t);
+        Ok(())
+    }
+
     fn vrrp_script(&mut self, s: &Stmt) -> Result<(), Diag> {
         let name = Self::block_name(s)?;
         let b = block(s)?;
@@ -1076,13 +1165,10 @@ impl Cx<'_> {
                     }
                     "weight" => {
                         no_block(st)?;
-                        let w = match st.args() {
-                            [w] => w,
-                            [w, r] if r.text == "noreverse" => w,
-                            [_, r] if r.text == "reverse" => return Err(Diag::new(
-                                r.span,
-                                "`reverse` is not supported: lb-daemon has no reversed tracking",
-                            )),
+                        let (w, reverse) = match st.args() {
+                            [w] => (w, None),
+                            [w, r] if r.text == "noreverse" => (w, None),
+                            [w, r] if r.text == "reverse" => (w, Some(r.span)),
                             [] => return Err(Diag::new(kw.span, "`weight` needs a value")),
                             [_, extra, ..] => {
                                 return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
@@ -1090,6 +1176,9 @@ impl Cx<'_> {
                         };
                         weight = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
                         self.put(&mut t, "weight", Value::Int(weight), w.span, st)?;
+                        if let Some(span) = reverse {
+                            self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
+                        }
                     }
                     k @ ("rise" | "fall") => {
                         let w = one(st)?;
@@ -1214,44 +1303,42 @@ impl Cx<'_> {
         });
     }
 
-    /// `track_interface`/`track_script` lines: `NAME [weight W [reverse|noreverse]]`.
     fn tracks(s: &Stmt) -> Result<Vec<Track>, Diag> {
+        Self::tracks_of(s, false)
+    }
+
+    /// `track_interface`/`track_script`/`track_file` lines: `NAME [weight W [reverse|noreverse]]`
+    /// (a `reverse` or `noreverse` alone, keepalived's newer form, too).
+    /// `keep_zero`: a `weight 0` is written (a tracked file's own weight is 1 by default).
+    fn tracks_of(s: &Stmt, keep_zero: bool) -> Result<Vec<Track>, Diag> {
         let mut out = Vec::new();
         for line in Self::lines(s)? {
             let name = line.keyword();
-            let weight =
-                match line.args() {
-                    [] => None,
-                    [k, w, rest @ ..] if k.text == "weight" => {
-                        match rest {
-                            [] => {}
-                            [r] if r.text == "noreverse" => {}
-                            [r] if r.text == "reverse" => return Err(Diag::new(
-                                r.span,
-                                "`reverse` is not supported: lb-daemon has no reversed tracking",
-                            )),
-                            [extra, ..] => {
-                                return Err(Diag::new(
-                                    extra.span,
-                                    "expected `NAME [weight W [reverse]]`",
-                                ))
-                            }
-                        }
-                        Some((int(w, i64::from(i32::MIN), i64::from(i32::MAX))?, w.span))
-                    }
-                    [other, ..] => {
-                        return Err(Diag::new(
-                            other.span,
-                            "expected `NAME [weight W [reverse]]`",
-                        ))
-                    }
-                };
-            let value = match weight {
-                Some((w, _)) if w != 0 => Value::Inline(vec![
-                    ("name", Value::Str(name.text.clone())),
-                    ("weight", Value::Int(w)),
-                ]),
-                _ => Value::Str(name.text.clone()),
+            let usage = "expected `NAME [weight W] [reverse|noreverse]`";
+            let (weight, rest) = match line.args() {
+                [k, w, rest @ ..] if k.text == "weight" => (
+                    Some((int(w, i64::from(i32::MIN), i64::from(i32::MAX))?, w.span)),
+                    rest,
+                ),
+                rest => (None, rest),
+            };
+            let reverse = match rest {
+                [] => None,
+                [r] if r.text == "noreverse" => Some(false),
+                [r] if r.text == "reverse" => Some(true),
+                [extra, ..] => return Err(Diag::new(extra.span, usage)),
+            };
+            let mut fields = vec![("name", Value::Str(name.text.clone()))];
+            if let Some((w, _)) = weight.filter(|(w, _)| *w != 0 || keep_zero) {
+                fields.push(("weight", Value::Int(w)));
+            }
+            if let Some(r) = reverse {
+                fields.push(("reverse", Value::Bool(r)));
+            }
+            let value = if fields.len() == 1 {
+                Value::Str(name.text.clone())
+            } else {
+                Value::Inline(fields)
             };
             let span = weight.map_or(name.span, |(_, s)| s);
             out.push((Self::elem(line, value, span), weight));
@@ -1407,12 +1494,29 @@ impl Cx<'_> {
                     "track_script" => {
                         let mut elems = Vec::new();
                         for (e, weight) in Self::tracks(st)? {
-                            if let (Some((0, span)), Value::Str(n)) = (weight, &e.value) {
-                                inst.zero_weight_scripts.push((n.clone(), span));
+                            let name = match &e.value {
+                                Value::Str(n) => Some(n.clone()),
+                                Value::Inline(f) if !f.iter().any(|(k, _)| *k == "weight") => {
+                                    f.iter().find_map(|(k, v)| match (k, v) {
+                                        (&"name", Value::Str(n)) => Some(n.clone()),
+                                        _ => None,
+                                    })
+                                }
+                                _ => None,
+                            };
+                            if let (Some((0, span)), Some(n)) = (weight, name) {
+                                inst.zero_weight_scripts.push((n, span));
                             }
                             elems.push(e);
                         }
                         Self::append(&mut t, "track_script", st, elems);
+                    }
+                    "track_file" => {
+                        let elems = Self::tracks_of(st, true)?
+                            .into_iter()
+                            .map(|(e, _)| e)
+                            .collect();
+                        Self::append(&mut t, "track_file", st, elems);
                     }
                     k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
                     | "notify") => {
@@ -1805,11 +1909,11 @@ impl Cx<'_> {
                         };
                         self.hook(&mut t, &label, key, st)?;
                     }
-                    k @ ("track_interface" | "track_script") => {
-                        let key = if k == "track_interface" {
-                            "track_interface"
-                        } else {
-                            "track_script"
+                    k @ ("track_interface" | "track_script" | "track_file") => {
+                        let key = match k {
+                            "track_interface" => "track_interface",
+                            "track_script" => "track_script",
+                            _ => "track_file",
                         };
                         for (mut e, weight) in Self::tracks(st)? {
                             match weight {
@@ -3050,6 +3154,7 @@ impl Cx<'_> {
             "vrrp_script",
             self.scripts.into_iter().map(|s| s.0).collect(),
         );
+        push_all("track_file", self.track_files);
         push_all(
             "vrrp_sync_group",
             self.groups.into_iter().map(|g| g.table).collect(),

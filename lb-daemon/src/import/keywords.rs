@@ -29,6 +29,8 @@ pub enum Ctx {
     SmtpCheck,
     /// The top-level `SSL` block (SSL_GET's client settings).
     Ssl,
+    /// A top-level `track_file` block.
+    TrackFile,
 }
 
 /// The keywords lb-daemon supports, by the block they are in (keepalived's names and aliases).
@@ -43,8 +45,11 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "vrrp_instance",
             "virtual_server",
             "include",
+            "track_file",
+            "vrrp_track_file",
         ],
     ),
+    ("track_file", &["file", "weight", "init_file"]),
     (
         "global_defs",
         &[
@@ -86,6 +91,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "notify",
             "track_interface",
             "track_script",
+            "track_file",
         ],
     ),
     (
@@ -107,6 +113,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "unicast_peer",
             "track_interface",
             "track_script",
+            "track_file",
             "notify_master",
             "notify_backup",
             "notify_fault",
@@ -358,7 +365,7 @@ const ROUTES: &str =
     "lb-daemon manages virtual addresses only, not routes, rules or static addresses";
 const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
 const TRACK_OTHER: &str =
-    "only track_interface, track_script and track_virtual_server are implemented";
+    "only track_interface, track_script, track_file and track_virtual_server are implemented";
 const OTHER_CHECKER: &str = "BFD_CHECK and FILE_CHECK are not implemented";
 
 /// Why lb-daemon does not support `keyword` (its canonical name) in `ctx`, if keepalived has
@@ -372,7 +379,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
                 "virtual_server_group is not implemented: write one virtual_server per address"
             }
             "garp_group" => "per-interface gratuitous ARP pacing is not implemented",
-            "track_file" | "vrrp_track_process" | "bfd_instance" => TRACK_OTHER,
+            "vrrp_track_process" | "bfd_instance" => TRACK_OTHER,
             "linkbeat_interfaces" | "interface_up_down_delays" | "linkbeat_use_polling" => {
                 "lb-daemon follows links over netlink only, without debouncing"
             }
@@ -447,12 +454,12 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "notify_deleted" | "notify_priority_changes" | "global_tracking"
             | "sync_group_tracking_weight" => NOT_IMPLEMENTED,
             "smtp_alert" => EMAIL,
-            "track_file" | "track_process" | "track_bfd" => TRACK_OTHER,
+            "track_process" | "track_bfd" => TRACK_OTHER,
             _ => return None,
         },
         Instance => match keyword {
             "use_vmac" | "use_vmac_addr" | "vmac_xmit_base" | "use_ipvlan" => VMAC,
-            "track_file" | "track_process" | "track_bfd" => TRACK_OTHER,
+            "track_process" | "track_bfd" => TRACK_OTHER,
             "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules"
             | "promote_secondaries" => ROUTES,
             "no_virtual_ipaddress" => "lb-daemon needs at least one virtual address per instance",
@@ -516,6 +523,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "tls_compliant" => "not implemented: lb-daemon closes an SSL_GET's connection without close_notify",
             _ => return None,
         },
+        TrackFile => return None,
         Ssl => match keyword {
             "certificate" | "key" | "password" => {
                 "client certificates for SSL_GET are not implemented"

@@ -57,10 +57,10 @@
 //! offers `linkbeat_use_polling`). The first poll reports every interface; later ones only
 //! changes (rise = fall = 1, keepalived's behaviour without `interface_up_down_delays`).
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt, io,
     os::fd::{AsFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -73,7 +73,7 @@ use tracing::{debug, info, warn};
 
 use super::fsm::Input;
 use crate::{
-    config::{Config, VrrpInstance, VrrpScript},
+    config::{vrrp::TrackFile, Config, VrrpInstance, VrrpScript},
     log_limit::{LogLimit, LOG_EVERY},
     script::{check_safety, run_command, RunOutcome, ScriptUser, UserError},
 };
@@ -96,6 +96,18 @@ pub enum Status {
     Unknown,
     Up,
     Down,
+    /// A tracked file's number (a missing or unreadable file is 0, as in keepalived).
+    Value(i64),
+}
+
+impl From<bool> for Status {
+    fn from(up: bool) -> Self {
+        if up {
+            Status::Up
+        } else {
+            Status::Down
+        }
+    }
 }
 
 /// Counts consecutive results and flips only after `rise` successes or `fall` failures.
@@ -134,7 +146,7 @@ impl RiseFall {
     /// Records one result; `Some(up)` when the status changed (including the first result).
     pub fn record(&mut self, ok: bool) -> Option<bool> {
         let (threshold, flip) = match (self.status, ok) {
-            (Status::Unknown, _) => (1, true),
+            (Status::Unknown | Status::Value(_), _) => (1, true),
             (Status::Up, true) | (Status::Down, false) => (0, false),
             (Status::Up, false) => (self.fall, true),
             (Status::Down, true) => (self.rise, true),
@@ -165,6 +177,8 @@ pub enum TrackKey {
     /// A virtual server's quorum (up while it has it), by [`crate::config::VirtualServer::name`];
     /// the daemon's reconciler reports it, no probe here.
     Service(String),
+    /// A `track_file`, by name: its number.
+    File(String),
 }
 
 impl fmt::Display for TrackKey {
@@ -173,6 +187,7 @@ impl fmt::Display for TrackKey {
             TrackKey::Script(n) => write!(f, "script {n}"),
             TrackKey::Interface(n) => write!(f, "interface {n}"),
             TrackKey::Service(n) => write!(f, "virtual_server {n}"),
+            TrackKey::File(n) => write!(f, "track_file {n}"),
         }
     }
 }
@@ -181,7 +196,7 @@ impl fmt::Display for TrackKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackEvent {
     pub key: TrackKey,
-    pub up: bool,
+    pub status: Status,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +212,8 @@ pub enum TrackError {
     UnsafeScript { script: String, reason: String },
     #[error("vrrp_instance {instance:?}: track_script {script:?} has no vrrp_script")]
     UnknownScript { instance: String, script: String },
+    #[error("vrrp_instance {instance:?}: track_file {file:?} has no track_file block")]
+    UnknownFile { instance: String, file: String },
     #[error("interface tracking socket: {0}")]
     Socket(#[source] io::Error),
 }
@@ -281,7 +298,7 @@ async fn script_loop(
             if tx
                 .send(TrackEvent {
                     key: key.clone(),
-                    up,
+                    status: up.into(),
                 })
                 .await
                 .is_err()
@@ -385,7 +402,7 @@ async fn interface_loop(
                 }
                 changes.push(TrackEvent {
                     key: TrackKey::Interface(name.clone()),
-                    up,
+                    status: up.into(),
                 });
             }
         }
@@ -402,6 +419,168 @@ async fn interface_loop(
             if tx.send(change).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File probes
+// ---------------------------------------------------------------------------------------------
+
+/// keepalived reads at most this much of a tracked file (`process_track_file`).
+const FILE_READ: usize = 127;
+
+/// A tracked file's number as keepalived reads it: `strtol(buf, NULL, 0)` over its first
+/// [`FILE_READ`] bytes (leading white space, a sign, then decimal, `0x` hexadecimal or `0`
+/// octal digits, up to the first other character); no digits is 0. `None`: out of the
+/// 32-bit range keepalived accepts, which it ignores (the last number stands).
+pub fn parse_track_file(buf: &[u8]) -> Option<i64> {
+    let mut s = buf
+        .iter()
+        .copied()
+        .skip_while(u8::is_ascii_whitespace)
+        .peekable();
+    let negative = match s.peek() {
+        Some(b'-') => {
+            s.next();
+            true
+        }
+        Some(b'+') => {
+            s.next();
+            false
+        }
+        _ => false,
+    };
+    let rest: Vec<u8> = s.collect();
+    let (radix, digits) = match rest.as_slice() {
+        [b'0', b'x' | b'X', d, ..] if d.is_ascii_hexdigit() => (16, &rest[2..]),
+        [b'0', ..] => (8, &rest[..]),
+        _ => (10, &rest[..]),
+    };
+    let mut value: i64 = 0;
+    for &c in digits {
+        let Some(d) = (c as char).to_digit(radix) else {
+            break;
+        };
+        value = value
+            .checked_mul(i64::from(radix))?
+            .checked_add(i64::from(d))?;
+        if value > i64::from(i32::MAX) + 1 {
+            return None;
+        }
+    }
+    let value = if negative { -value } else { value };
+    (i64::from(i32::MIN)..=i64::from(i32::MAX) + 1)
+        .contains(&value)
+        .then_some(value)
+}
+
+/// A tracked file's number now: a missing or unreadable file is 0 (keepalived's), opened
+/// without blocking (a FIFO put there does not hang the poller).
+fn read_track_file(path: &Path) -> Option<i64> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut buf = [0u8; FILE_READ];
+    let n = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|mut f| f.read(&mut buf))
+    {
+        Ok(n) => n,
+        Err(_) => return Some(0),
+    };
+    parse_track_file(&buf[..n])
+}
+
+/// The file poller; dropping it stops the polling.
+#[derive(Debug)]
+pub struct FileTask {
+    files: BTreeMap<String, PathBuf>,
+    status: watch::Receiver<HashMap<String, Status>>,
+    handle: JoinHandle<()>,
+}
+
+impl Drop for FileTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Reads every tracked file every `period` (as the interfaces are polled: keepalived
+/// follows them with inotify, but a poll of a few small files costs nothing and misses no
+/// change that lasts a period, including a file replaced under another name); the first
+/// round reports every file, later ones the numbers that changed.
+pub fn spawn_files(
+    files: BTreeMap<String, PathBuf>,
+    period: Duration,
+    tx: mpsc::Sender<TrackEvent>,
+) -> FileTask {
+    let (status_tx, status) = watch::channel(HashMap::new());
+    let handle = tokio::spawn(file_loop(files.clone(), period, tx, status_tx));
+    FileTask {
+        files,
+        status,
+        handle,
+    }
+}
+
+async fn file_loop(
+    files: BTreeMap<String, PathBuf>,
+    period: Duration,
+    tx: mpsc::Sender<TrackEvent>,
+    status: watch::Sender<HashMap<String, Status>>,
+) {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut bad = LogLimit::new(LOG_EVERY);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut changes = Vec::new();
+        for (name, path) in &files {
+            let Some(value) = read_track_file(path) else {
+                if let Some(suppressed) = bad.allow() {
+                    warn!(file = %path.display(), suppressed, "track_file {name}: a number out of the 32-bit range; ignored");
+                }
+                continue;
+            };
+            if last.get(name) != Some(&value) {
+                info!(file = %path.display(), value, "track_file {name} reads {value}");
+                last.insert(name.clone(), value);
+                changes.push(TrackEvent {
+                    key: TrackKey::File(name.clone()),
+                    status: Status::Value(value),
+                });
+            }
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        status.send_replace(
+            last.iter()
+                .map(|(n, v)| (n.clone(), Status::Value(*v)))
+                .collect(),
+        );
+        for change in changes {
+            if tx.send(change).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// keepalived's `init_file`: at start, a tracked file that does not exist (or any, with
+/// `overwrite`) is written with its number. An error is logged: the file then reads 0.
+pub fn init_track_files(files: &[TrackFile]) {
+    for f in files {
+        let Some((value, overwrite)) = f.init else {
+            continue;
+        };
+        if !overwrite && std::fs::symlink_metadata(&f.path).is_ok() {
+            continue;
+        }
+        if let Err(e) = std::fs::write(&f.path, format!("{value}\n")) {
+            warn!(file = %f.path.display(), "track_file {}: init_file: {e}", f.name);
         }
     }
 }
@@ -449,6 +628,7 @@ fn script_spec(config: &Config, script: &VrrpScript) -> Result<ScriptUser, Track
 pub struct TrackTasks {
     scripts: HashMap<String, ScriptTask>,
     interfaces: Option<InterfaceTask>,
+    files: Option<FileTask>,
     tx: mpsc::Sender<TrackEvent>,
 }
 
@@ -458,6 +638,9 @@ pub struct PreparedTracks {
     no_interfaces: bool,
     /// A new interface poller, when the set of interfaces changed.
     fresh: Option<InterfaceTask>,
+    no_files: bool,
+    /// A new file poller, when the set of tracked files changed.
+    fresh_files: Option<FileTask>,
 }
 
 impl TrackTasks {
@@ -466,6 +649,7 @@ impl TrackTasks {
         let mut tasks = TrackTasks {
             scripts: HashMap::new(),
             interfaces: None,
+            files: None,
             tx,
         };
         tasks.reload(config)?;
@@ -501,9 +685,24 @@ impl TrackTasks {
             .iter()
             .filter_map(|k| match k {
                 TrackKey::Interface(n) => Some(n.clone()),
-                TrackKey::Script(_) | TrackKey::Service(_) => None,
+                TrackKey::Script(_) | TrackKey::Service(_) | TrackKey::File(_) => None,
             })
             .collect();
+        // The tracked files, each under its name, with what a new poller would read.
+        let files: BTreeMap<String, PathBuf> = keys
+            .iter()
+            .filter_map(|k| match k {
+                TrackKey::File(n) => config
+                    .track_files
+                    .iter()
+                    .find(|f| &f.name == n)
+                    .map(|f| (n.clone(), f.path.clone())),
+                _ => None,
+            })
+            .collect();
+        let keep_files = matches!(&self.files, Some(task) if task.files == files);
+        let fresh_files = (!files.is_empty() && !keep_files)
+            .then(|| spawn_files(files.clone(), LINK_POLL, self.tx.clone()));
         let keep = matches!(&self.interfaces, Some(task) if task.names == names);
         let fresh = if names.is_empty() || keep {
             None
@@ -517,6 +716,8 @@ impl TrackTasks {
             wanted,
             no_interfaces: names.is_empty(),
             fresh,
+            no_files: files.is_empty(),
+            fresh_files,
         })
     }
 
@@ -526,6 +727,11 @@ impl TrackTasks {
             self.interfaces = None;
         } else if let Some(task) = p.fresh {
             self.interfaces = Some(task);
+        }
+        if p.no_files {
+            self.files = None;
+        } else if let Some(task) = p.fresh_files {
+            self.files = Some(task);
         }
         let wanted = p.wanted;
         self.scripts.retain(|name, task| {
@@ -555,6 +761,14 @@ impl TrackTasks {
                     .map(|(n, s)| (TrackKey::Interface(n), s)),
             );
         }
+        if let Some(task) = &self.files {
+            out.extend(
+                task.status
+                    .borrow()
+                    .iter()
+                    .map(|(n, s)| (TrackKey::File(n.clone()), *s)),
+            );
+        }
         out
     }
 }
@@ -568,7 +782,14 @@ impl TrackTasks {
 pub struct TrackEntry {
     pub key: TrackKey,
     pub weight: i32,
+    /// keepalived's `reverse`: the adjustment goes the other way (a weighted entry), or the
+    /// fault comes while up (an unweighted one).
+    pub reverse: bool,
 }
+
+/// keepalived's bounds of a tracked file's adjustment (`weight_range`): below -253 the
+/// instance faults; above 253 it is 253.
+const FILE_ADJUST: std::ops::RangeInclusive<i64> = -253..=253;
 
 /// What an instance's tracked things add up to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -582,15 +803,38 @@ pub struct Aggregate {
 }
 
 /// keepalived's sign rules over `entries`, with `status` giving each one's state.
+///
+/// * Up or down (scripts, interfaces, quorums): unweighted, Fault while down (`reverse`:
+///   while up); a positive weight adds while up, a negative one while down; `reverse`
+///   subtracts what would be added.
+/// * A file's number `v` (`vrrp_track.c`, `process_update_vrrp_track_file_status`):
+///   unweighted, Fault while `v != 0` (`reverse`: while `v == 0`); weighted, `v x weight`
+///   (negated with `reverse`) is added, at most 253, and below -253 is Fault.
 pub fn aggregate(entries: &[TrackEntry], status: impl Fn(&TrackKey) -> Status) -> Aggregate {
     let mut out = Aggregate::default();
     for entry in entries {
-        match (entry.weight, status(&entry.key)) {
-            (0, Status::Down) => out.fault = true,
-            (0, Status::Unknown) => out.pending = true,
-            (w, Status::Up) if w > 0 => out.weight += w,
-            (w, Status::Down) if w < 0 => out.weight += w,
-            _ => {}
+        let (w, r) = (entry.weight, entry.reverse);
+        let sign = if r { -1 } else { 1 };
+        match status(&entry.key) {
+            Status::Unknown if w == 0 => out.pending = true,
+            Status::Unknown => {}
+            Status::Up | Status::Down => {
+                let up = status(&entry.key) == Status::Up;
+                if w == 0 {
+                    out.fault |= up == r;
+                } else if (w > 0) == up {
+                    out.weight += w * sign;
+                }
+            }
+            Status::Value(v) if w == 0 => out.fault |= (v != 0) != r,
+            Status::Value(v) => {
+                let adjust = v.saturating_mul(i64::from(w)).saturating_mul(sign.into());
+                if adjust < *FILE_ADJUST.start() {
+                    out.fault = true;
+                } else {
+                    out.weight += adjust.min(*FILE_ADJUST.end()) as i32;
+                }
+            }
         }
     }
     out
@@ -623,16 +867,19 @@ impl InstanceTracking {
     pub fn for_instance(
         instance: &VrrpInstance,
         scripts: &[VrrpScript],
+        files: &[TrackFile],
         in_sync_group: bool,
     ) -> Result<Self, TrackError> {
         let mut entries = vec![TrackEntry {
             key: TrackKey::Interface(instance.interface.clone()),
             weight: 0,
+            reverse: false,
         }];
         for t in &instance.track_interface {
             entries.push(TrackEntry {
                 key: TrackKey::Interface(t.name.clone()),
                 weight: t.weight.unwrap_or(0),
+                reverse: t.reverse.unwrap_or(false),
             });
         }
         for t in &instance.track_script {
@@ -645,12 +892,29 @@ impl InstanceTracking {
             entries.push(TrackEntry {
                 key: TrackKey::Script(t.name.clone()),
                 weight: t.weight.unwrap_or(script.weight),
+                reverse: t.reverse.unwrap_or(script.reverse),
+            });
+        }
+        for t in &instance.track_file {
+            let file =
+                files
+                    .iter()
+                    .find(|f| f.name == t.name)
+                    .ok_or_else(|| TrackError::UnknownFile {
+                        instance: instance.name.clone(),
+                        file: t.name.clone(),
+                    })?;
+            entries.push(TrackEntry {
+                key: TrackKey::File(t.name.clone()),
+                weight: t.weight.unwrap_or(file.weight),
+                reverse: t.reverse.unwrap_or(file.reverse),
             });
         }
         for t in &instance.track_virtual_server {
             entries.push(TrackEntry {
                 key: TrackKey::Service(t.name.clone()),
                 weight: t.weight.unwrap_or(0),
+                reverse: t.reverse.unwrap_or(false),
             });
         }
         if in_sync_group {
@@ -705,10 +969,14 @@ impl InstanceTracking {
 
     /// Records a confirmed change and returns the FSM inputs it calls for.
     pub fn set(&mut self, key: &TrackKey, up: bool) -> Vec<Input> {
+        self.set_status(key, up.into())
+    }
+
+    /// [`InstanceTracking::set`] for any status (a file's number).
+    pub fn set_status(&mut self, key: &TrackKey, status: Status) -> Vec<Input> {
         if !self.tracks(key) {
             return Vec::new();
         }
-        let status = if up { Status::Up } else { Status::Down };
         self.status.insert(key.clone(), status);
         self.inputs()
     }
@@ -758,6 +1026,7 @@ impl Tracking {
                 InstanceTracking::for_instance(
                     i,
                     &config.vrrp_scripts,
+                    &config.track_files,
                     grouped.contains(i.name.as_str()),
                 )
             })
@@ -816,7 +1085,7 @@ impl Tracking {
             .iter_mut()
             .flat_map(|i| {
                 let name = i.name.clone();
-                i.set(&event.key, event.up)
+                i.set_status(&event.key, event.status)
                     .into_iter()
                     .map(move |input| (name.clone(), input))
             })
@@ -844,6 +1113,7 @@ mod tests {
             rise: 1,
             fall: 1,
             user: None,
+            reverse: false,
         }
     }
 
@@ -908,14 +1178,17 @@ mod tests {
             TrackEntry {
                 key: key_s("plus"),
                 weight: 10,
+                reverse: false,
             },
             TrackEntry {
                 key: key_s("minus"),
                 weight: -20,
+                reverse: false,
             },
             TrackEntry {
                 key: key_i("eth1"),
                 weight: 0,
+                reverse: false,
             },
         ];
         let agg = |plus, minus, eth1| {
@@ -923,7 +1196,7 @@ mod tests {
                 TrackKey::Script(n) if n == "plus" => plus,
                 TrackKey::Script(_) => minus,
                 TrackKey::Interface(_) => eth1,
-                TrackKey::Service(_) => Unknown,
+                TrackKey::Service(_) | TrackKey::File(_) => Unknown,
             })
         };
         use Status::*;
@@ -994,6 +1267,7 @@ lb_kind = "DR"
         Tracked {
             name: name.into(),
             weight,
+            reverse: None,
         }
     }
 
@@ -1008,40 +1282,46 @@ lb_kind = "DR"
             ],
             vec![tracked("eth1", None), tracked("eth2", Some(15))],
         );
-        let t = InstanceTracking::for_instance(&inst, &scripts, false).unwrap();
+        let t = InstanceTracking::for_instance(&inst, &scripts, &[], false).unwrap();
         assert_eq!(
             t.entries(),
             [
                 TrackEntry {
                     key: key_i("eth0"),
-                    weight: 0
+                    weight: 0,
+                    reverse: false
                 },
                 TrackEntry {
                     key: key_i("eth1"),
-                    weight: 0
+                    weight: 0,
+                    reverse: false
                 },
                 TrackEntry {
                     key: key_i("eth2"),
-                    weight: 15
+                    weight: 15,
+                    reverse: false
                 },
                 // The script's weight when the entry gives none...
                 TrackEntry {
                     key: key_s("a"),
-                    weight: -30
+                    weight: -30,
+                    reverse: false
                 },
                 TrackEntry {
                     key: key_s("b"),
-                    weight: 0
+                    weight: 0,
+                    reverse: false
                 },
                 // ...the entry's when it does.
                 TrackEntry {
                     key: key_s("c"),
-                    weight: -7
+                    weight: -7,
+                    reverse: false
                 },
             ]
         );
         // Sync-group members keep only unweighted entries.
-        let g = InstanceTracking::for_instance(&inst, &scripts, true).unwrap();
+        let g = InstanceTracking::for_instance(&inst, &scripts, &[], true).unwrap();
         assert!(g.entries().iter().all(|e| e.weight == 0));
         assert_eq!(g.entries().len(), 3);
         // A track_virtual_server entry: Fault without a weight, the weight with one.
@@ -1050,17 +1330,19 @@ lb_kind = "DR"
             tracked("192.0.2.1:80/TCP", None),
             tracked("192.0.2.1:443/TCP", Some(-40)),
         ];
-        let mut t = InstanceTracking::for_instance(&svc, &scripts, false).unwrap();
+        let mut t = InstanceTracking::for_instance(&svc, &scripts, &[], false).unwrap();
         assert_eq!(
             t.entries()[1..],
             [
                 TrackEntry {
                     key: TrackKey::Service("192.0.2.1:80/TCP".into()),
-                    weight: 0
+                    weight: 0,
+                    reverse: false
                 },
                 TrackEntry {
                     key: TrackKey::Service("192.0.2.1:443/TCP".into()),
-                    weight: -40
+                    weight: -40,
+                    reverse: false
                 },
             ]
         );
@@ -1073,7 +1355,7 @@ lb_kind = "DR"
         // A track_script without a vrrp_script is an error.
         let bad = instance(vec![tracked("zz", None)], vec![]);
         assert!(matches!(
-            InstanceTracking::for_instance(&bad, &scripts, false),
+            InstanceTracking::for_instance(&bad, &scripts, &[], false),
             Err(TrackError::UnknownScript { .. })
         ));
     }
@@ -1086,18 +1368,22 @@ lb_kind = "DR"
                 TrackEntry {
                     key: key_i("eth0"),
                     weight: 0,
+                    reverse: false,
                 },
                 TrackEntry {
                     key: key_s("chk"),
                     weight: 0,
+                    reverse: false,
                 },
                 TrackEntry {
                     key: key_s("w"),
                     weight: -20,
+                    reverse: false,
                 },
                 TrackEntry {
                     key: key_s("p"),
                     weight: 5,
+                    reverse: false,
                 },
             ],
         );
@@ -1183,14 +1469,14 @@ lb_kind = "DR"
         assert_eq!(
             t.on_event(&TrackEvent {
                 key: key_s("chk"),
-                up: false
+                status: false.into(),
             }),
             [("VI_1".to_string(), Input::TrackWeight(-10))]
         );
         assert_eq!(
             t.on_event(&TrackEvent {
                 key: key_i("eth1"),
-                up: false
+                status: false.into(),
             }),
             [("VI_2".to_string(), Input::SetFault(true))]
         );
@@ -1228,7 +1514,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("chk"),
-                up: true
+                status: true.into(),
             }
         );
         assert_eq!(task.status(), Status::Up);
@@ -1243,7 +1529,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("chk"),
-                up: false
+                status: false.into(),
             }
         );
         assert!(tail("fail") >= 3, "fell after {} failures", tail("fail"));
@@ -1252,7 +1538,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("chk"),
-                up: true
+                status: true.into(),
             }
         );
         assert!(tail("ok") >= 2, "rose after {} successes", tail("ok"));
@@ -1270,7 +1556,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("missing"),
-                up: false
+                status: false.into(),
             }
         );
 
@@ -1284,7 +1570,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("hung"),
-                up: false
+                status: false.into(),
             }
         );
         let took = started.elapsed();
@@ -1310,7 +1596,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("me"),
-                up: true
+                status: true.into(),
             }
         );
         // The same script as root fails its test.
@@ -1320,7 +1606,7 @@ lb_kind = "DR"
             next(&mut rx).await,
             TrackEvent {
                 key: key_s("root"),
-                up: false
+                status: false.into(),
             }
         );
     }
@@ -1346,11 +1632,11 @@ lb_kind = "DR"
             [
                 TrackEvent {
                     key: key_i("lbnosuch0"),
-                    up: false
+                    status: false.into(),
                 },
                 TrackEvent {
                     key: key_i("lo"),
-                    up: probe.is_up("lo").unwrap()
+                    status: probe.is_up("lo").unwrap().into(),
                 },
             ]
         );
@@ -1426,5 +1712,149 @@ lb_kind = "DR"
         c.global_defs.script_user = Some("lb-no-such-user-xyzzy".into());
         assert!(matches!(tasks.reload(&c), Err(TrackError::User { .. })));
         assert_eq!(tasks.snapshot().get(&key_s("chk")), Some(&Status::Up));
+    }
+
+    #[test]
+    fn reverse_turns_each_rule_around() {
+        let entry = |weight, reverse| {
+            vec![TrackEntry {
+                key: key_s("s"),
+                weight,
+                reverse,
+            }]
+        };
+        let agg = |e: &[TrackEntry], st| aggregate(e, |_| st);
+        use Status::*;
+        // Unweighted: Fault while down; reversed, while up.
+        assert!(agg(&entry(0, false), Down).fault && !agg(&entry(0, false), Up).fault);
+        assert!(agg(&entry(0, true), Up).fault && !agg(&entry(0, true), Down).fault);
+        // Positive: +w while up; reversed, -w while up.
+        assert_eq!(agg(&entry(10, false), Up).weight, 10);
+        assert_eq!(agg(&entry(10, true), Up).weight, -10);
+        assert_eq!(agg(&entry(10, true), Down).weight, 0);
+        // Negative: -w while down; reversed, +|w| while down.
+        assert_eq!(agg(&entry(-10, false), Down).weight, -10);
+        assert_eq!(agg(&entry(-10, true), Down).weight, 10);
+        assert_eq!(agg(&entry(-10, true), Up).weight, 0);
+        // Not known yet: an unweighted entry holds the start either way.
+        assert!(agg(&entry(0, true), Unknown).pending);
+    }
+
+    #[test]
+    fn track_file_numbers_as_keepalived_counts_them() {
+        let file = |weight, reverse| {
+            vec![TrackEntry {
+                key: TrackKey::File("f".into()),
+                weight,
+                reverse,
+            }]
+        };
+        let agg = |e: &[TrackEntry], v| aggregate(e, |_| Status::Value(v));
+        // Unweighted: Fault while not 0; reversed, while 0.
+        assert!(agg(&file(0, false), 3).fault && !agg(&file(0, false), 0).fault);
+        assert!(agg(&file(0, true), 0).fault && !agg(&file(0, true), -1).fault);
+        // Weighted: number x weight, negated when reversed, at most 253, Fault below -253.
+        assert_eq!(agg(&file(1, false), 20).weight, 20);
+        assert_eq!(agg(&file(-2, false), 20).weight, -40);
+        assert_eq!(agg(&file(2, true), 20).weight, -40);
+        assert_eq!(agg(&file(10, false), 100).weight, 253);
+        assert_eq!(
+            agg(&file(1, false), -253),
+            Aggregate {
+                weight: -253,
+                ..Default::default()
+            }
+        );
+        assert!(agg(&file(1, false), -254).fault);
+        assert!(
+            agg(&file(254, false), i64::from(i32::MIN)).fault,
+            "no overflow"
+        );
+        // Not read yet: nothing, and no hold (keepalived's weighted files start at 0).
+        let weighted = file(5, false);
+        assert_eq!(
+            aggregate(&weighted, |_| Status::Unknown),
+            Aggregate::default()
+        );
+    }
+
+    #[test]
+    fn track_file_contents_read_as_strtol() {
+        assert_eq!(parse_track_file(b"42\n"), Some(42));
+        assert_eq!(parse_track_file(b"  -7 apples"), Some(-7));
+        assert_eq!(parse_track_file(b"+0x1F"), Some(31));
+        assert_eq!(parse_track_file(b"010"), Some(8), "octal, as strtol base 0");
+        assert_eq!(parse_track_file(b"0x"), Some(0), "a lone 0 before an x");
+        assert_eq!(parse_track_file(b""), Some(0));
+        assert_eq!(parse_track_file(b"garbage"), Some(0));
+        assert_eq!(
+            parse_track_file(b"2147483648"),
+            Some(2147483648),
+            "INT32_MAX + 1 accepted"
+        );
+        assert_eq!(parse_track_file(b"2147483649"), None);
+        assert_eq!(parse_track_file(b"-2147483649"), None);
+        assert_eq!(parse_track_file(&[b'9'; 127]), None);
+    }
+
+    #[tokio::test]
+    async fn file_poller_reports_numbers_and_their_changes() {
+        let dir = crate::testutil::TempDir::new("track-file");
+        let path = dir.path().join("prio");
+        std::fs::write(&path, "5\n").unwrap();
+        let missing = dir.path().join("absent");
+        let (tx, mut rx) = mpsc::channel(16);
+        let files: BTreeMap<String, PathBuf> = [
+            ("a".to_string(), path.clone()),
+            ("b".to_string(), missing.clone()),
+        ]
+        .into();
+        let task = spawn_files(files, Duration::from_millis(20), tx);
+        let mut first = vec![next(&mut rx).await, next(&mut rx).await];
+        first.sort_by(|x, y| x.key.cmp(&y.key));
+        assert_eq!(
+            first,
+            [
+                TrackEvent {
+                    key: TrackKey::File("a".into()),
+                    status: Status::Value(5)
+                },
+                TrackEvent {
+                    key: TrackKey::File("b".into()),
+                    status: Status::Value(0)
+                },
+            ]
+        );
+        std::fs::write(&missing, "-3").unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: TrackKey::File("b".into()),
+                status: Status::Value(-3)
+            }
+        );
+        // Out of range: ignored, the last number stands; then a good one.
+        std::fs::write(&path, "99999999999").unwrap();
+        // Five poll periods without an event: the only evidence of an ignored number.
+        assert!(tokio::time::timeout(Duration::from_millis(100), rx.recv())
+            .await
+            .is_err());
+        std::fs::write(&path, "6").unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: TrackKey::File("a".into()),
+                status: Status::Value(6)
+            }
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            TrackEvent {
+                key: TrackKey::File("a".into()),
+                status: Status::Value(0)
+            }
+        );
+        assert_eq!(task.status.borrow().get("b"), Some(&Status::Value(-3)));
     }
 }
