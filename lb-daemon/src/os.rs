@@ -331,6 +331,71 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<libc::gid_t>> {
     }
 }
 
+/// keepalived reads at most this much of a tracked file (`process_track_file`).
+const NUMBER_FILE_READ: usize = 127;
+
+/// A tracked file's number as keepalived reads it: `strtol(buf, NULL, 0)` over its first
+/// 127 bytes (leading white space, a sign, then decimal, `0x` hexadecimal or `0` octal
+/// digits, up to the first other character); no digits is 0. `None`: out of the 32-bit
+/// range keepalived accepts, which it ignores (the last number stands).
+pub fn parse_number_file(buf: &[u8]) -> Option<i64> {
+    let mut s = buf
+        .iter()
+        .copied()
+        .skip_while(u8::is_ascii_whitespace)
+        .peekable();
+    let negative = match s.peek() {
+        Some(b'-') => {
+            s.next();
+            true
+        }
+        Some(b'+') => {
+            s.next();
+            false
+        }
+        _ => false,
+    };
+    let rest: Vec<u8> = s.collect();
+    let (radix, digits) = match rest.as_slice() {
+        [b'0', b'x' | b'X', d, ..] if d.is_ascii_hexdigit() => (16, &rest[2..]),
+        [b'0', ..] => (8, &rest[..]),
+        _ => (10, &rest[..]),
+    };
+    let mut value: i64 = 0;
+    for &c in digits {
+        let Some(d) = (c as char).to_digit(radix) else {
+            break;
+        };
+        value = value
+            .checked_mul(i64::from(radix))?
+            .checked_add(i64::from(d))?;
+        if value > i64::from(i32::MAX) + 1 {
+            return None;
+        }
+    }
+    let value = if negative { -value } else { value };
+    (i64::from(i32::MIN)..=i64::from(i32::MAX) + 1)
+        .contains(&value)
+        .then_some(value)
+}
+
+/// A tracked file's number now (see [`parse_number_file`]): a missing or unreadable file
+/// is 0 (keepalived's), opened without blocking (a FIFO put there does not hang the caller).
+pub fn read_number_file(path: &std::path::Path) -> Option<i64> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut buf = [0u8; NUMBER_FILE_READ];
+    let n = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|mut f| f.read(&mut buf))
+    {
+        Ok(n) => n,
+        Err(_) => return Some(0),
+    };
+    parse_number_file(&buf[..n])
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

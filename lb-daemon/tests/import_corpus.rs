@@ -150,7 +150,7 @@ fn good_corpus_round_trips() {
 /// Every (block, keyword) of the statements in `stmts`.
 fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
     // Blocks whose contents are keywords; the others (virtual_ipaddress...) hold values.
-    const KEYWORD_BLOCKS: [&str; 18] = [
+    const KEYWORD_BLOCKS: [&str; 19] = [
         "global_defs",
         "vrrp_script",
         "vrrp_sync_group",
@@ -166,6 +166,7 @@ fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
         "UDP_CHECK",
         "PING_CHECK",
         "SMTP_CHECK",
+        "FILE_CHECK",
         "SSL",
         "track_file",
         "url",

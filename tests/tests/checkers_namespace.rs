@@ -181,8 +181,37 @@ fn config(peer: &Path, body_md5: &str) -> String {
         service("192.0.2.100", 81, "TCP", "192.0.2.77", "PING_CHECK]"),
         service("192.0.2.100", 25, "TCP", "192.0.2.11",
             "SMTP_CHECK]\nhelo_name = \"lb.example.test\""),
+        // FILE_CHECK: unweighted (down while the number is not 0) and weighted (the real
+        // server's weight 10 moves by number x -1).
+        service("192.0.2.100", 84, "TCP", "192.0.2.11", "FILE_CHECK]\ntrack_file = \"drain\"")
+            .replace(&format!("\n{timing}"), "\n")
+            .replace("port = 84\n[virtual_server.real_server", "port = 84\nweight = 10\n[virtual_server.real_server"),
+        service("192.0.2.100", 85, "TCP", "192.0.2.11", "FILE_CHECK]\ntrack_file = \"load\"")
+            .replace(&format!("\n{timing}"), "\n")
+            .replace("port = 85\n[virtual_server.real_server", "port = 85\nweight = 10\n[virtual_server.real_server"),
+        format!(
+            "[[track_file]]\nname = \"drain\"\nfile = \"{}\"\nweight = 0\ninit_file = 0\n\n\
+             [[track_file]]\nname = \"load\"\nfile = \"{}\"\nweight = -1\ninit_file = 0\n",
+            peer.join("drain").display(),
+            peer.join("load").display()
+        ),
     ]
     .concat()
+}
+
+/// The effective weight of the one real server of the service on `port`.
+fn effective_weight(node: &Netns, port: u16) -> Option<u64> {
+    let out = std::process::Command::new(daemon_bin().unwrap())
+        .args(["status", "--json", "--socket"])
+        .arg(node.dir().join("ctl.sock"))
+        .output()
+        .ok()?;
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    s["services"]
+        .as_array()?
+        .iter()
+        .find(|svc| svc["port"] == port)?["backends"][0]["effective_weight"]
+        .as_u64()
 }
 
 /// Each service's only real server: (VIP port or address family, health, last error).
@@ -390,8 +419,25 @@ fn checkers_against_real_peers() {
             ("2001:db8::100", 80, "up", ""),
             ("192.0.2.100", 81, "down", "192.0.2.77"),
             ("192.0.2.100", 25, "up", ""),
+            ("192.0.2.100", 84, "up", ""),
+            ("192.0.2.100", 85, "up", ""),
         ],
     );
+    assert_eq!(effective_weight(&node, 85), Some(10));
+    // The track_files are written: one drains, the other moves the weight.
+    std::fs::write(peer.dir().join("drain"), "1\n").unwrap();
+    std::fs::write(peer.dir().join("load"), "4\n").unwrap();
+    wait_health(
+        &node,
+        &daemon,
+        &[("192.0.2.100", 84, "down", "track_file drain reads 1")],
+    );
+    wait_until("the weight 10 - 4", Duration::from_secs(5), || {
+        effective_weight(&node, 85) == Some(6)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", effective_weight(&node, 85)));
+    std::fs::write(peer.dir().join("drain"), "0\n").unwrap();
+    wait_health(&node, &daemon, &[("192.0.2.100", 84, "up", "")]);
     // nginx saw the SNI of the verified check, and none from keepalived's default.
     let log = std::fs::read_to_string(peer.dir().join("access.log")).unwrap();
     assert!(

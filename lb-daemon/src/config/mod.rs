@@ -340,6 +340,8 @@ struct RawRealServer {
     ping_check: Option<check::RawPingCheck>,
     #[serde(rename = "SMTP_CHECK")]
     smtp_check: Option<check::RawSmtpCheck>,
+    #[serde(rename = "FILE_CHECK")]
+    file_check: Option<check::RawFileCheck>,
     /// Weight 0 instead of removal when the checks fail.
     #[serde(default)]
     inhibit_on_failure: bool,
@@ -556,6 +558,8 @@ pub enum RefKind {
     Program,
     /// A file read, not run.
     Read,
+    /// Not a file: the name of a `track_file` a FILE_CHECK uses (`program` holds it).
+    TrackFileName,
 }
 
 impl Ctx<'_> {
@@ -592,6 +596,17 @@ impl Ctx<'_> {
             kind: RefKind::Program,
         });
         Ok(s.to_string())
+    }
+
+    /// A `track_file` named by a FILE_CHECK, checked against the `track_file` blocks once
+    /// the file is assembled.
+    fn track_file_named(&self, name: &str, span: Range<usize>, key: &str) {
+        self.scripts.borrow_mut().push(ScriptRef {
+            line: self.line_col(span.start).0,
+            key: key.to_string(),
+            program: PathBuf::from(name),
+            kind: RefKind::TrackFileName,
+        });
     }
 
     /// A file the daemon reads (not a program), registered for the line of its errors.
@@ -901,6 +916,20 @@ impl Config {
             }),
         };
         let services = services()?;
+        // A FILE_CHECK's track_file, now that every block is read.
+        for r in cx.scripts.borrow().iter() {
+            if r.kind == RefKind::TrackFileName
+                && !track_files
+                    .iter()
+                    .any(|f| f.name.as_str() == r.program.as_os_str())
+            {
+                return Err(cx.invalid_at(
+                    r.line,
+                    &r.key,
+                    format!("no track_file {:?}", r.program.display().to_string()),
+                ));
+            }
+        }
         let mut keys = std::collections::HashSet::with_capacity(services.len());
         // Every VIP some instance owns, looked up once per service.
         let owned_vips: std::collections::HashSet<IpAddr> = vrrp_instances

@@ -94,9 +94,10 @@ impl State {
         // The services this reload touches; a change of `global_defs` (the scripts' user,
         // script security) reaches every check.
         let mut changed = self.config.changed_services(&new);
-        // An SSL_GET's CA file is read when its check is built: a service whose text is the
-        // same may have a rewritten CA file (a rotation), so those services are always
-        // reconciled. A check whose CA file holds the same certificates stays as it is.
+        // An SSL_GET's CA file is read when its check is built, a FILE_CHECK's track_file is
+        // a block of its own: a service whose text is the same may have a rewritten CA file
+        // (a rotation) or track_file, so those services are always reconciled. A check that
+        // comes out the same stays as it is.
         changed.extend(
             new.virtual_servers
                 .iter()

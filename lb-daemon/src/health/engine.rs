@@ -109,13 +109,14 @@ pub struct Engine {
 }
 
 fn is_dynamic(spec: &CheckSpec) -> bool {
-    matches!(
-        &spec.probe,
+    match &spec.probe {
         ProbeSpec::Misc {
-            check: MiscCheck { dynamic: true, .. },
+            check: MiscCheck { dynamic, .. },
             ..
-        }
-    )
+        } => *dynamic,
+        ProbeSpec::File(f) => f.weight != 0,
+        _ => false,
+    }
 }
 
 impl Engine {

@@ -225,6 +225,20 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                     CheckKind::Udp(u) => ProbeSpec::Udp(u.clone()),
                     CheckKind::Ping(p) => ProbeSpec::Ping(*p),
                     CheckKind::Smtp(m) => ProbeSpec::Smtp(m.clone()),
+                    CheckKind::File(f) => {
+                        // Config::parse has checked that the track_file exists.
+                        let Some(tf) = config.track_files.iter().find(|t| t.name == f.track_file)
+                        else {
+                            continue;
+                        };
+                        ProbeSpec::File(probe::FileProbe {
+                            name: tf.name.clone(),
+                            path: tf.path.clone(),
+                            weight: f.weight.unwrap_or(tf.weight),
+                            reverse: f.reverse.unwrap_or(tf.reverse),
+                            base: rs.weight,
+                        })
+                    }
                     CheckKind::Misc(m) => {
                         let user = ScriptUser::resolve(m.user.as_deref().or(default_user))
                             .map_err(|source| HealthError::MiscUser {

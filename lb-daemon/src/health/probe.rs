@@ -56,6 +56,36 @@ pub enum ProbeSpec {
     Udp(UdpCheck),
     Ping(PingCheck),
     Smtp(SmtpCheck),
+    File(FileProbe),
+}
+
+/// A `FILE_CHECK` as its probe runs it: the `track_file` resolved, the real server's own
+/// weight known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProbe {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub weight: i32,
+    pub reverse: bool,
+    /// The real server's configured weight, which a weighted check moves.
+    pub base: u32,
+}
+
+impl FileProbe {
+    /// Unweighted: up while the number is 0 (`reverse`: not 0). Weighted: up, with the real
+    /// server's weight plus number x weight (negated by `reverse`), in IPVS's 0..=65535.
+    pub fn judge(&self, number: i64) -> Result<Option<u32>, String> {
+        if self.weight == 0 {
+            return if (number != 0) != self.reverse {
+                Err(format!("track_file {} reads {number}", self.name))
+            } else {
+                Ok(None)
+            };
+        }
+        let sign = if self.reverse { -1 } else { 1 };
+        let w = i64::from(self.base) + number * i64::from(self.weight) * sign;
+        Ok(Some(w.clamp(0, i64::from(crate::config::MAX_WEIGHT)) as u32))
+    }
 }
 
 impl ProbeSpec {
@@ -70,6 +100,7 @@ impl ProbeSpec {
             ProbeSpec::Udp(_) => "UDP_CHECK",
             ProbeSpec::Ping(_) => "PING_CHECK",
             ProbeSpec::Smtp(_) => "SMTP_CHECK",
+            ProbeSpec::File(_) => "FILE_CHECK",
         }
     }
 
@@ -82,7 +113,7 @@ impl ProbeSpec {
             ProbeSpec::Dns(d) => d.connect.dest.port(),
             ProbeSpec::Udp(u) => u.connect.dest.port(),
             ProbeSpec::Smtp(m) => m.connect.dest.port(),
-            ProbeSpec::Misc { .. } | ProbeSpec::Ping(_) => 0,
+            ProbeSpec::Misc { .. } | ProbeSpec::Ping(_) | ProbeSpec::File(_) => 0,
         }
     }
 }
@@ -207,6 +238,8 @@ pub enum ProbeError {
         /// Datagrams that came but were not the answer.
         ignored: u32,
     },
+    #[error("FILE_CHECK: {reason}")]
+    File { reason: String },
     /// An answer that fails the check.
     #[error("{check} to {dest}: {reason}")]
     Answer {
@@ -237,6 +270,12 @@ pub async fn run(spec: &ProbeSpec) -> ProbeResult {
         ProbeSpec::Udp(u) => datagram::udp(u).await.map(|()| None),
         ProbeSpec::Ping(p) => ping::ping(p).await.map(|()| None),
         ProbeSpec::Smtp(m) => smtp::smtp(m).await.map(|()| None),
+        ProbeSpec::File(f) => match crate::os::read_number_file(&f.path) {
+            Some(n) => f.judge(n).map_err(|reason| ProbeError::File { reason }),
+            None => Err(ProbeError::File {
+                reason: format!("track_file {}: a number out of the 32-bit range", f.name),
+            }),
+        },
     };
     ProbeResult {
         latency: start.elapsed(),
@@ -1324,6 +1363,32 @@ mod tests {
             settled,
             "{before} descriptors before, {now} after {} probes",
             4 * PROBES
+        );
+    }
+
+    #[test]
+    fn file_check_judges_numbers_as_keepalived() {
+        let probe = |weight, reverse| FileProbe {
+            name: "drain".into(),
+            path: "/run/drain".into(),
+            weight,
+            reverse,
+            base: 10,
+        };
+        assert_eq!(probe(0, false).judge(0), Ok(None));
+        assert_eq!(
+            probe(0, false).judge(2),
+            Err("track_file drain reads 2".into())
+        );
+        assert_eq!(probe(0, true).judge(2), Ok(None));
+        assert!(probe(0, true).judge(0).is_err());
+        assert_eq!(probe(-1, false).judge(4), Ok(Some(6)));
+        assert_eq!(probe(-1, true).judge(4), Ok(Some(14)));
+        assert_eq!(probe(-5, false).judge(4), Ok(Some(0)), "at least 0");
+        assert_eq!(
+            probe(254, false).judge(1 << 31),
+            Ok(Some(65535)),
+            "at most IPVS's"
         );
     }
 }

@@ -2528,6 +2528,14 @@ impl Cx<'_> {
                         let m = method(st)?;
                         self.put_method(&mut t, "lvs_method", m, w.span, st)?;
                     }
+                    "FILE_CHECK" => {
+                        let check = self.file_check(st, &format!("{label}, FILE_CHECK"))?;
+                        t.children.push(Child {
+                            name: "FILE_CHECK",
+                            array: true,
+                            table: check,
+                        });
+                    }
                     kind @ ("TCP_CHECK" | "HTTP_GET" | "MISC_CHECK" | "SSL_GET" | "DNS_CHECK"
                     | "UDP_CHECK" | "PING_CHECK" | "SMTP_CHECK") => {
                         let (name, ctx): (&'static str, Ctx) = match kind {
@@ -2557,6 +2565,53 @@ impl Cx<'_> {
             self.recover(st, r);
         }
         Ok(RealServer { table: t, inherit })
+    }
+
+    /// keepalived's `FILE_CHECK { track_file NAME; weight N [reverse] }`.
+    fn file_check(&mut self, s: &Stmt, label: &str) -> Result<Table, Diag> {
+        let b = block(s)?;
+        let mut t = block_table(s);
+        for st in &b.body {
+            let r = (|| -> Result<(), Diag> {
+                let k = st.keyword();
+                match k.text.as_str() {
+                    "track_file" => {
+                        let w = one(st)?;
+                        self.put(&mut t, "track_file", Value::Str(w.text.clone()), w.span, st)?;
+                    }
+                    "weight" => {
+                        no_block(st)?;
+                        let (w, reverse) = match st.args() {
+                            [w] => (w, None),
+                            [w, r] if r.text == "noreverse" => (w, Some((false, r.span))),
+                            [w, r] if r.text == "reverse" => (w, Some((true, r.span))),
+                            [] => return Err(Diag::new(k.span, "`weight` needs a value")),
+                            [_, extra, ..] => {
+                                return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
+                            }
+                        };
+                        let v = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                        self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
+                        if let Some((r, span)) = reverse {
+                            self.put(&mut t, "reverse", Value::Bool(r), span, st)?;
+                        }
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::FileCheck, label, st, &other);
+                    }
+                }
+                Ok(())
+            })();
+            self.recover(st, r);
+        }
+        if !t.has("track_file") {
+            return Err(Diag::new(
+                s.keyword().span,
+                "a FILE_CHECK needs a `track_file`",
+            ));
+        }
+        Ok(t)
     }
 
     /// A checker block: TCP_CHECK, HTTP_GET, SSL_GET, MISC_CHECK, DNS_CHECK, UDP_CHECK,
@@ -2807,6 +2862,8 @@ impl Cx<'_> {
                 ],
                 // MISC_CHECK has no connection, so no connect_timeout.
                 "MISC_CHECK" => &["retry", "delay_before_retry", "warmup"],
+                // FILE_CHECK follows its file: no timing keys at all.
+                "FILE_CHECK" => &[],
                 _ => &["retry", "delay_before_retry", "warmup", "connect_timeout"],
             };
             for &key in keys {

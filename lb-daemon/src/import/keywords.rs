@@ -31,6 +31,7 @@ pub enum Ctx {
     Ssl,
     /// A top-level `track_file` block.
     TrackFile,
+    FileCheck,
 }
 
 /// The keywords lb-daemon supports, by the block they are in (keepalived's names and aliases).
@@ -186,8 +187,10 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "UDP_CHECK",
             "PING_CHECK",
             "SMTP_CHECK",
+            "FILE_CHECK",
         ],
     ),
+    ("FILE_CHECK", &["track_file", "weight"]),
     (
         "TCP_CHECK",
         &[
@@ -366,7 +369,7 @@ const ROUTES: &str =
 const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
 const TRACK_OTHER: &str =
     "only track_interface, track_script, track_file and track_virtual_server are implemented";
-const OTHER_CHECKER: &str = "BFD_CHECK and FILE_CHECK are not implemented";
+const OTHER_CHECKER: &str = "BFD_CHECK is not implemented";
 
 /// Why lb-daemon does not support `keyword` (its canonical name) in `ctx`, if keepalived has
 /// such a keyword there.
@@ -490,7 +493,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             _ => return None,
         },
         RealServer => match keyword {
-            "BFD_CHECK" | "FILE_CHECK" => OTHER_CHECKER,
+            "BFD_CHECK" => OTHER_CHECKER,
             "smtp_alert" => EMAIL,
             "snmp_name" => SNMP,
             _ => return None,
@@ -523,7 +526,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "tls_compliant" => "not implemented: lb-daemon closes an SSL_GET's connection without close_notify",
             _ => return None,
         },
-        TrackFile => return None,
+        TrackFile | FileCheck => return None,
         Ssl => match keyword {
             "certificate" | "key" | "password" => {
                 "client certificates for SSL_GET are not implemented"

@@ -427,71 +427,6 @@ async fn interface_loop(
 // File probes
 // ---------------------------------------------------------------------------------------------
 
-/// keepalived reads at most this much of a tracked file (`process_track_file`).
-const FILE_READ: usize = 127;
-
-/// A tracked file's number as keepalived reads it: `strtol(buf, NULL, 0)` over its first
-/// [`FILE_READ`] bytes (leading white space, a sign, then decimal, `0x` hexadecimal or `0`
-/// octal digits, up to the first other character); no digits is 0. `None`: out of the
-/// 32-bit range keepalived accepts, which it ignores (the last number stands).
-pub fn parse_track_file(buf: &[u8]) -> Option<i64> {
-    let mut s = buf
-        .iter()
-        .copied()
-        .skip_while(u8::is_ascii_whitespace)
-        .peekable();
-    let negative = match s.peek() {
-        Some(b'-') => {
-            s.next();
-            true
-        }
-        Some(b'+') => {
-            s.next();
-            false
-        }
-        _ => false,
-    };
-    let rest: Vec<u8> = s.collect();
-    let (radix, digits) = match rest.as_slice() {
-        [b'0', b'x' | b'X', d, ..] if d.is_ascii_hexdigit() => (16, &rest[2..]),
-        [b'0', ..] => (8, &rest[..]),
-        _ => (10, &rest[..]),
-    };
-    let mut value: i64 = 0;
-    for &c in digits {
-        let Some(d) = (c as char).to_digit(radix) else {
-            break;
-        };
-        value = value
-            .checked_mul(i64::from(radix))?
-            .checked_add(i64::from(d))?;
-        if value > i64::from(i32::MAX) + 1 {
-            return None;
-        }
-    }
-    let value = if negative { -value } else { value };
-    (i64::from(i32::MIN)..=i64::from(i32::MAX) + 1)
-        .contains(&value)
-        .then_some(value)
-}
-
-/// A tracked file's number now: a missing or unreadable file is 0 (keepalived's), opened
-/// without blocking (a FIFO put there does not hang the poller).
-fn read_track_file(path: &Path) -> Option<i64> {
-    use std::{io::Read, os::unix::fs::OpenOptionsExt};
-    let mut buf = [0u8; FILE_READ];
-    let n = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .and_then(|mut f| f.read(&mut buf))
-    {
-        Ok(n) => n,
-        Err(_) => return Some(0),
-    };
-    parse_track_file(&buf[..n])
-}
-
 /// The file poller; dropping it stops the polling.
 #[derive(Debug)]
 pub struct FileTask {
@@ -538,7 +473,7 @@ async fn file_loop(
         ticker.tick().await;
         let mut changes = Vec::new();
         for (name, path) in &files {
-            let Some(value) = read_track_file(path) else {
+            let Some(value) = crate::os::read_number_file(path) else {
                 if let Some(suppressed) = bad.allow() {
                     warn!(file = %path.display(), suppressed, "track_file {name}: a number out of the 32-bit range; ignored");
                 }
@@ -1780,6 +1715,7 @@ lb_kind = "DR"
 
     #[test]
     fn track_file_contents_read_as_strtol() {
+        use crate::os::parse_number_file as parse_track_file;
         assert_eq!(parse_track_file(b"42\n"), Some(42));
         assert_eq!(parse_track_file(b"  -7 apples"), Some(-7));
         assert_eq!(parse_track_file(b"+0x1F"), Some(31));

@@ -81,8 +81,8 @@ use crate::model::Tunnel;
 
 mod probes;
 pub use probes::{
-    parse_hex, DnsCheck, PingCheck, ReplyRule, SmtpCheck, UdpCheck, DEFAULT_DNS_RETRY,
-    DEFAULT_HELO, DEFAULT_MAX_REPLY,
+    parse_hex, DnsCheck, FileCheck, PingCheck, ReplyRule, SmtpCheck, UdpCheck, DEFAULT_DNS_RETRY,
+    DEFAULT_HELO, DEFAULT_MAX_REPLY, FILE_CHECK_PERIOD,
 };
 
 /// keepalived's `delay_loop` default.
@@ -166,6 +166,7 @@ pub(super) type RawDnsCheck = OneOrMany<probes::RawDns>;
 pub(super) type RawUdpCheck = OneOrMany<probes::RawUdp>;
 pub(super) type RawPingCheck = OneOrMany<probes::RawPing>;
 pub(super) type RawSmtpCheck = OneOrMany<probes::RawSmtp>;
+pub(super) type RawFileCheck = OneOrMany<probes::RawFile>;
 
 /// `TCP_CHECK`: one block or several.
 pub(super) type RawTcpCheck = OneOrMany<RawTcp>;
@@ -267,8 +268,9 @@ impl Checks {
         self.checks.is_empty()
     }
 
-    /// Whether a check reads a file when it is built (an SSL_GET's `ca_file`), which a
-    /// reload must read again even when the service's text did not change.
+    /// Whether a check is built from more than its service's block: an SSL_GET's `ca_file`
+    /// (read when the check is built), a FILE_CHECK's `track_file` (a block of its own). A
+    /// reload must build it again even when the service's text did not change.
     pub fn reads_files(&self) -> bool {
         self.checks.iter().any(|c| {
             matches!(
@@ -279,7 +281,7 @@ impl Checks {
                         ..
                     }),
                     ..
-                })
+                }) | CheckKind::File(_)
             )
         })
     }
@@ -324,6 +326,8 @@ pub enum CheckKind {
     Ping(PingCheck),
     /// `SMTP_CHECK`: the server greets, takes HELO and QUIT.
     Smtp(SmtpCheck),
+    /// `FILE_CHECK`: a tracked file's number.
+    File(FileCheck),
 }
 
 impl CheckKind {
@@ -337,6 +341,7 @@ impl CheckKind {
             CheckKind::Udp(_) => "UDP_CHECK",
             CheckKind::Ping(_) => "PING_CHECK",
             CheckKind::Smtp(_) => "SMTP_CHECK",
+            CheckKind::File(_) => "FILE_CHECK",
         }
     }
 }
@@ -1187,6 +1192,9 @@ pub(super) fn checks(
     }
     for m in rs.smtp_check.iter().flat_map(|b| &b.0) {
         checks.push(probes::smtp(cx, m, &up)?);
+    }
+    for f in rs.file_check.iter().flat_map(|b| &b.0) {
+        checks.push(probes::file(cx, f)?);
     }
     let mut dynamic = false;
     for m in rs.misc_check.iter().flat_map(|b| &b.0) {

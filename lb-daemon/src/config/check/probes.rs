@@ -122,6 +122,69 @@ impl super::Block for RawPing {
 impl super::Block for RawSmtp {
     const KEY: &'static str = "SMTP_CHECK";
 }
+impl super::Block for RawFile {
+    const KEY: &'static str = "FILE_CHECK";
+}
+
+/// keepalived's `FILE_CHECK { track_file NAME; weight N [reverse] }`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::config) struct RawFile {
+    track_file: Value,
+    weight: Option<Value>,
+    reverse: Option<Value>,
+}
+
+/// `FILE_CHECK`: a `track_file`'s number, read every [`FILE_CHECK_PERIOD`]. Unweighted, the
+/// real server is down while the number is not 0 (`reverse`: while it is 0); weighted, its
+/// weight is its own plus number x weight (negated by `reverse`), at least 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileCheck {
+    /// The `track_file` (its path is in [`crate::config::Config::track_files`]).
+    pub track_file: String,
+    /// `None`: the track_file's own weight.
+    pub weight: Option<i32>,
+    /// `None`: the track_file's own.
+    pub reverse: Option<bool>,
+}
+
+/// keepalived follows a tracked file with inotify; the check reads it this often.
+pub const FILE_CHECK_PERIOD: Duration = Duration::from_millis(200);
+
+pub(super) fn file(cx: &Ctx, raw: &RawFile) -> Result<Check, ConfigError> {
+    let k = |key: &str| format!("real_server.FILE_CHECK.{key}");
+    let name = string(cx, &raw.track_file, &k("track_file"))?;
+    // Checked against the file's track_file blocks once it is assembled (a service block
+    // is parsed apart from them).
+    cx.track_file_named(name, raw.track_file.span(), &k("track_file"));
+    let weight = raw
+        .weight
+        .as_ref()
+        .map(|w| integer(cx, w, &k("weight"), -254..=254).map(|w| w as i32))
+        .transpose()?;
+    let reverse = match &raw.reverse {
+        None => None,
+        Some(v) => Some(
+            v.get_ref()
+                .as_bool()
+                .ok_or_else(|| wrong_type(cx, v, &k("reverse"), "true or false"))?,
+        ),
+    };
+    Ok(Check {
+        kind: CheckKind::File(FileCheck {
+            track_file: name.to_string(),
+            weight,
+            reverse,
+        }),
+        timing: Timing {
+            delay_loop: FILE_CHECK_PERIOD,
+            retry: 0,
+            delay_before_retry: Duration::ZERO,
+            warmup: Duration::ZERO,
+            alpha: false,
+        },
+    })
+}
 
 /// `DNS_CHECK`: a query over UDP; up when the answer with the query's ID says NOERROR.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
