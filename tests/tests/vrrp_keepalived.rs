@@ -332,6 +332,15 @@ fn interop(test: &str, params: VrrpParams, peers: [Peer; 2]) {
                 text.lines().collect::<Vec<_>>()
             );
         }
+        // The same changes in the same bytes: the two nodes' lines differ in the priority only.
+        let shape = |i: usize| -> Vec<String> {
+            std::fs::read_to_string(lab.node(i).dir().join(lb_tests::vrrp_lab::FIFO_LOG))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.replace(&params.priorities[i].to_string(), "P"))
+                .collect()
+        };
+        assert_eq!(shape(0), shape(1), "keepalived's and ours");
         let backup = format!("INSTANCE \"VI_1\" BACKUP {}", params.priorities[1]);
         let text = std::fs::read_to_string(lab.node(1).dir().join(lb_tests::vrrp_lab::FIFO_LOG))
             .unwrap_or_default();

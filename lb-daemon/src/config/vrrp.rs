@@ -728,15 +728,19 @@ pub(super) fn instance(
             &k("garp_master_refresh_repeat"),
             1,
         )?,
-        garp_lower_prio_repeat: repeat(
-            &raw.garp_lower_prio_repeat,
-            &k("garp_lower_prio_repeat"),
-            repeat(
-                &raw.garp_master_repeat,
-                &k("garp_master_repeat"),
-                DEFAULT_GARP_MASTER_REPEAT,
+        // 0 is keepalived's way to send nothing after a lower-priority advert.
+        garp_lower_prio_repeat: match &raw.garp_lower_prio_repeat {
+            Some(n) if *n.get_ref() == 0 => 0,
+            v => repeat(
+                v,
+                &k("garp_lower_prio_repeat"),
+                repeat(
+                    &raw.garp_master_repeat,
+                    &k("garp_master_repeat"),
+                    DEFAULT_GARP_MASTER_REPEAT,
+                )?,
             )?,
-        )?,
+        },
         garp_lower_prio_delay: Duration::from_secs(
             raw.garp_lower_prio_delay
                 .or(raw.garp_master_delay)
@@ -952,7 +956,11 @@ lb_kind = "DR"
                 .to_string();
             assert!(e.starts_with(&format!("lb.toml:2: `{key}`")), "{e}");
         }
-        let e = parse(&text.replace("garp_lower_prio_repeat = 9", "garp_lower_prio_repeat = 0"))
+        // 0: no burst after a lower-priority advert (keepalived's).
+        let c = parse(&text.replace("garp_lower_prio_repeat = 9", "garp_lower_prio_repeat = 0"))
+            .unwrap();
+        assert_eq!(c.vrrp_instances[1].garp_lower_prio_repeat, 0);
+        let e = parse(&text.replace("garp_lower_prio_repeat = 9", "garp_lower_prio_repeat = 256"))
             .unwrap_err()
             .to_string();
         assert!(

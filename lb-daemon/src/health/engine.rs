@@ -108,7 +108,9 @@ pub struct Engine {
     initially_down: std::collections::HashSet<BackendKey>,
 }
 
-fn is_dynamic(spec: &CheckSpec) -> bool {
+/// Whether a check sets its real server's weight (a MISC_CHECK with `misc_dynamic`, a
+/// weighted FILE_CHECK).
+pub(super) fn is_dynamic(spec: &CheckSpec) -> bool {
     match &spec.probe {
         ProbeSpec::Misc {
             check: MiscCheck { dynamic, .. },

@@ -144,6 +144,14 @@ pub enum HealthError {
         program: String,
         reason: String,
     },
+    #[error(
+        "real_server {backend} of {service}: only one check can set its weight (a MISC_CHECK \
+         with misc_dynamic, a FILE_CHECK with a weight)"
+    )]
+    ManyWeights {
+        service: String,
+        backend: SocketAddr,
+    },
     /// An SSL_GET's `ca_file` that cannot be read or holds no usable certificate.
     #[error("{}:{line}: `real_server.SSL_GET.ca_file`: {reason}", file.display())]
     Tls {
@@ -231,13 +239,20 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                         else {
                             continue;
                         };
-                        ProbeSpec::File(probe::FileProbe {
-                            name: tf.name.clone(),
-                            path: tf.path.clone(),
-                            weight: f.weight.unwrap_or(tf.weight),
-                            reverse: f.reverse.unwrap_or(tf.reverse),
-                            base: rs.weight,
-                        })
+                        // keepalived's `file_end_handler`: a FILE_CHECK weight of 0 is no
+                        // weight (the track_file's, with its reverse); a weight given has
+                        // its own reverse, false unless said.
+                        let (weight, reverse) = match f.weight {
+                            Some(w) if w != 0 => (w, f.reverse.unwrap_or(false)),
+                            _ => (tf.weight, f.reverse.unwrap_or(tf.reverse)),
+                        };
+                        ProbeSpec::File(probe::FileProbe::new(
+                            tf.name.clone(),
+                            tf.path.clone(),
+                            weight,
+                            reverse,
+                            rs.weight,
+                        ))
                     }
                     CheckKind::Misc(m) => {
                         let user = ScriptUser::resolve(m.user.as_deref().or(default_user))
@@ -258,6 +273,13 @@ fn specs(config: &Config, scope: Scope<'_>) -> Result<(Vec<BackendSpec>, ScriptU
                 checks.push(CheckSpec {
                     probe,
                     timing: c.timing,
+                });
+            }
+            // Each would set the weight on its own, and they would take turns.
+            if checks.iter().filter(|c| engine::is_dynamic(c)).count() > 1 {
+                return Err(HealthError::ManyWeights {
+                    service: service.to_string(),
+                    backend: rs.addr,
                 });
             }
             let hook = |what, line: &Option<String>| -> Result<_, HealthError> {

@@ -61,7 +61,7 @@ pub enum ProbeSpec {
 
 /// A `FILE_CHECK` as its probe runs it: the `track_file` resolved, the real server's own
 /// weight known.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FileProbe {
     pub name: String,
     pub path: std::path::PathBuf,
@@ -69,9 +69,50 @@ pub struct FileProbe {
     pub reverse: bool,
     /// The real server's configured weight, which a weighted check moves.
     pub base: u32,
+    /// The last number read: one out of the 32-bit range is ignored and this stands, as in
+    /// keepalived (shared by the probes of one check; not part of its identity).
+    last: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
+impl PartialEq for FileProbe {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.name, &self.path, self.weight, self.reverse, self.base)
+            == (&o.name, &o.path, o.weight, o.reverse, o.base)
+    }
+}
+
+impl Eq for FileProbe {}
+
 impl FileProbe {
+    pub fn new(
+        name: String,
+        path: std::path::PathBuf,
+        weight: i32,
+        reverse: bool,
+        base: u32,
+    ) -> Self {
+        FileProbe {
+            name,
+            path,
+            weight,
+            reverse,
+            base,
+            last: Default::default(),
+        }
+    }
+
+    /// The number now: the file's, else (out of range) the last one read.
+    pub fn number(&self) -> i64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        match crate::os::read_number_file(&self.path) {
+            Some(n) => {
+                self.last.store(n, Relaxed);
+                n
+            }
+            None => self.last.load(Relaxed),
+        }
+    }
+
     /// Unweighted: up while the number is 0 (`reverse`: not 0). Weighted: up, with the real
     /// server's weight plus number x weight (negated by `reverse`), in IPVS's 0..=65535.
     pub fn judge(&self, number: i64) -> Result<Option<u32>, String> {
@@ -270,12 +311,9 @@ pub async fn run(spec: &ProbeSpec) -> ProbeResult {
         ProbeSpec::Udp(u) => datagram::udp(u).await.map(|()| None),
         ProbeSpec::Ping(p) => ping::ping(p).await.map(|()| None),
         ProbeSpec::Smtp(m) => smtp::smtp(m).await.map(|()| None),
-        ProbeSpec::File(f) => match crate::os::read_number_file(&f.path) {
-            Some(n) => f.judge(n).map_err(|reason| ProbeError::File { reason }),
-            None => Err(ProbeError::File {
-                reason: format!("track_file {}: a number out of the 32-bit range", f.name),
-            }),
-        },
+        ProbeSpec::File(f) => f
+            .judge(f.number())
+            .map_err(|reason| ProbeError::File { reason }),
     };
     ProbeResult {
         latency: start.elapsed(),
@@ -1368,13 +1406,18 @@ mod tests {
 
     #[test]
     fn file_check_judges_numbers_as_keepalived() {
-        let probe = |weight, reverse| FileProbe {
-            name: "drain".into(),
-            path: "/run/drain".into(),
-            weight,
-            reverse,
-            base: 10,
+        let probe = |weight, reverse| {
+            FileProbe::new("drain".into(), "/run/drain".into(), weight, reverse, 10)
         };
+        // The number: a missing file is 0; one out of range leaves the last number standing.
+        let dir = crate::testutil::TempDir::new("file-check");
+        let path = dir.path().join("n");
+        let p = FileProbe::new("n".into(), path.clone(), 0, false, 1);
+        assert_eq!(p.number(), 0);
+        std::fs::write(&path, "7").unwrap();
+        assert_eq!(p.number(), 7);
+        std::fs::write(&path, "99999999999").unwrap();
+        assert_eq!(p.number(), 7, "out of range: the last number stands");
         assert_eq!(probe(0, false).judge(0), Ok(None));
         assert_eq!(
             probe(0, false).judge(2),

@@ -467,3 +467,40 @@ async fn dropping_stops_the_probes() {
     let end = tokio::time::timeout(WAIT, async { while rx.recv().await.is_some() {} }).await;
     assert!(end.is_ok(), "the event channel stayed open");
 }
+
+/// Two checks that would each set the weight are refused (they would take turns); a
+/// FILE_CHECK weight of 0 is keepalived's "none": the track_file's weight and reverse.
+#[test]
+fn one_check_sets_the_weight() {
+    let addr: SocketAddr = "192.0.2.11:80".parse().unwrap();
+    let files = "\n[[track_file]]\nname = \"a\"\nfile = \"/run/lb-test-a\"\nweight = -2\n\
+                 reverse = true\n\n[[track_file]]\nname = \"b\"\nfile = \"/run/lb-test-b\"\n\
+                 weight = 0\n";
+    let checks = |b: &str| {
+        config(
+            false,
+            &(real_server(
+                addr,
+                &format!(
+                    "[[virtual_server.real_server.FILE_CHECK]]\ntrack_file = \"a\"\nweight = 0\n\
+                     [[virtual_server.real_server.FILE_CHECK]]\ntrack_file = \"b\"\n{b}"
+                ),
+            ) + files),
+        )
+    };
+    // a: weight 0 is none, so a's -2 with its reverse; b: unweighted.
+    let one = checks("");
+    let (specs, _) = specs(&one, Scope::All).unwrap();
+    let got: Vec<(i32, bool)> = specs[0]
+        .checks
+        .iter()
+        .filter_map(|c| match &c.probe {
+            ProbeSpec::File(f) => Some((f.weight, f.reverse)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [(-2, true), (0, false)]);
+    // b weighted too: two checks would set the weight.
+    let e = validate(&checks("weight = 3")).unwrap_err();
+    assert!(matches!(e, HealthError::ManyWeights { .. }), "{e}");
+}

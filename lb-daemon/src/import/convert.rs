@@ -985,11 +985,9 @@ impl Cx<'_> {
                                 "lb-daemon starts one FIFO script: give notify_fifo_script or vrrp_notify_fifo_script, not both",
                             ));
                         }
-                        // keepalived's optional user after the (quoted) command line.
-                        let (words, user) = match st.args() {
-                            [cmd, user] if cmd.text.contains(' ') => (&st.args()[..1], Some(user)),
-                            all => (all, None),
-                        };
+                        // keepalived's `notify_fifo_script CMD [user [group]]`: a command with
+                        // arguments is one quoted word.
+                        let (words, user) = (&st.args()[..1], st.args().get(1));
                         let cmd = self.command(&mut t, words)?;
                         self.scripts_named = true;
                         self.put(
@@ -1915,7 +1913,8 @@ impl Cx<'_> {
                             "track_script" => "track_script",
                             _ => "track_file",
                         };
-                        for (mut e, weight) in Self::tracks(st)? {
+                        // A file's own weight is 1: its explicit 0 is written out.
+                        for (mut e, weight) in Self::tracks_of(st, key == "track_file")? {
                             match weight {
                                 // lb-daemon's members track without weights (keepalived's rule
                                 // for a member's own trackers); a group's weight would be lost.

@@ -1,5 +1,5 @@
-//! keepalived's `vrrp_script` + `track_script` and `track_interface`, the decision apart from
-//! the I/O:
+//! keepalived's `vrrp_script` + `track_script`, `track_interface` and `track_file`, the
+//! decision apart from the I/O:
 //! probes (a task per script, one poller for all interfaces) send results to a small pure
 //! [`RiseFall`] state, only its confirmed changes leave the probe as [`TrackEvent`]s, and a pure
 //! per-instance aggregate ([`InstanceTracking`]) turns them into the FSM's
@@ -444,13 +444,19 @@ impl Drop for FileTask {
 /// Reads every tracked file every `period` (as the interfaces are polled: keepalived
 /// follows them with inotify, but a poll of a few small files costs nothing and misses no
 /// change that lasts a period, including a file replaced under another name); the first
-/// round reports every file, later ones the numbers that changed.
+/// round reports every file, later ones the numbers that changed. The first round is read
+/// here, before it returns, so that [`TrackTasks::snapshot`] has every number at once (a
+/// reload's new tracking is seeded with it: a weighted file never counts as 0 for a moment).
 pub fn spawn_files(
     files: BTreeMap<String, PathBuf>,
     period: Duration,
     tx: mpsc::Sender<TrackEvent>,
 ) -> FileTask {
-    let (status_tx, status) = watch::channel(HashMap::new());
+    let first: HashMap<String, Status> = files
+        .iter()
+        .filter_map(|(n, p)| Some((n.clone(), Status::Value(crate::os::read_number_file(p)?))))
+        .collect();
+    let (status_tx, status) = watch::channel(first);
     let handle = tokio::spawn(file_loop(files.clone(), period, tx, status_tx));
     FileTask {
         files,
@@ -505,16 +511,33 @@ async fn file_loop(
 }
 
 /// keepalived's `init_file`: at start, a tracked file that does not exist (or any, with
-/// `overwrite`) is written with its number. An error is logged: the file then reads 0.
+/// `overwrite`) is written with its number. Only a regular file is written, never through
+/// a symbolic link nor into a FIFO (opened without blocking). An error is logged: the file
+/// then reads as it is (0 when missing).
 pub fn init_track_files(files: &[TrackFile]) {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
     for f in files {
         let Some((value, overwrite)) = f.init else {
             continue;
         };
-        if !overwrite && std::fs::symlink_metadata(&f.path).is_ok() {
-            continue;
+        let existing = std::fs::symlink_metadata(&f.path).ok();
+        match &existing {
+            Some(_) if !overwrite => continue,
+            Some(m) if !m.is_file() => {
+                warn!(file = %f.path.display(), "track_file {}: init_file: not a regular file; left alone", f.name);
+                continue;
+            }
+            _ => {}
         }
-        if let Err(e) = std::fs::write(&f.path, format!("{value}\n")) {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&f.path)
+            .and_then(|mut file| file.write_all(format!("{value}\n").as_bytes()));
+        if let Err(e) = written {
             warn!(file = %f.path.display(), "track_file {}: init_file: {e}", f.name);
         }
     }
@@ -574,8 +597,8 @@ pub struct PreparedTracks {
     /// A new interface poller, when the set of interfaces changed.
     fresh: Option<InterfaceTask>,
     no_files: bool,
-    /// A new file poller, when the set of tracked files changed.
-    fresh_files: Option<FileTask>,
+    /// The files of a new poller, when the set of tracked files changed.
+    fresh_files: Option<BTreeMap<String, PathBuf>>,
 }
 
 impl TrackTasks {
@@ -635,9 +658,10 @@ impl TrackTasks {
                 _ => None,
             })
             .collect();
+        // Started at commit, not here: a poller sends into the live channel, and a refused
+        // reload must not have told the instances another file's number.
         let keep_files = matches!(&self.files, Some(task) if task.files == files);
-        let fresh_files = (!files.is_empty() && !keep_files)
-            .then(|| spawn_files(files.clone(), LINK_POLL, self.tx.clone()));
+        let fresh_files = (!files.is_empty() && !keep_files).then_some(files.clone());
         let keep = matches!(&self.interfaces, Some(task) if task.names == names);
         let fresh = if names.is_empty() || keep {
             None
@@ -665,8 +689,8 @@ impl TrackTasks {
         }
         if p.no_files {
             self.files = None;
-        } else if let Some(task) = p.fresh_files {
-            self.files = Some(task);
+        } else if let Some(files) = p.fresh_files {
+            self.files = Some(spawn_files(files, LINK_POLL, self.tx.clone()));
         }
         let wanted = p.wanted;
         self.scripts.retain(|name, task| {

@@ -34,8 +34,8 @@
 //!
 //! to a FIFO, or a Unix datagram or stream socket, at the configured path (keepalived writes
 //! `INSTANCE "VI_1" MASTER 100` lines to its FIFO; JSON is the same four fields plus time and
-//! router_id, and cannot be broken by odd names). The reader owns the path and creates it; the
-//! daemon never creates or removes it.
+//! router_id, and cannot be broken by odd names). The reader owns the path and creates it; in
+//! JSON the daemon never creates or removes it.
 //!
 //! With `notify_fifo_format = "keepalived"` the lines are keepalived's own
 //! ([`event_keepalived`]), for the readers written for keepalived, and the daemon makes the
@@ -845,10 +845,13 @@ mod tests {
         let fifo = dir.path().join("events");
         let out = dir.path().join("read");
         // keepalived's FIFO readers are started with the FIFO's path as their last argument.
+        // This one never ends by itself (it polls past an end of file), so only the
+        // notifier's stop can end it.
         let script = dir.script(
             "reader.sh",
             &format!(
-                "while read -r line; do echo \"$1 $line\" >> {}; done < \"$2\"",
+                "exec 3<\"$2\"\nwhile true; do\n  if read -r line <&3; then echo \"$1 $line\" >> {}; \
+                 else sleep 0.05; fi\ndone",
                 out.display()
             ),
         );
@@ -879,13 +882,16 @@ mod tests {
         );
         assert_eq!(n.counters().sink_dropped, 0);
         // Stopping the notifier kills the reader.
+        let running = || {
+            std::process::Command::new("pgrep")
+                .args(["-f", &script.display().to_string()])
+                .output()
+                .is_ok_and(|o| !o.stdout.is_empty())
+        };
+        assert!(running(), "the reader runs while the notifier does");
         assert!(n.shutdown(WAIT).await);
-        let pids = std::process::Command::new("pgrep")
-            .args(["-f", &script.display().to_string()])
-            .output()
-            .unwrap();
         assert!(
-            pids.stdout.is_empty(),
+            eventually(WAIT, || !running()).await,
             "the FIFO script outlived its notifier"
         );
     }
