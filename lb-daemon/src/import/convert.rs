@@ -257,6 +257,27 @@ fn generated(key: &'static str, value: Value, span: Span, why: impl Into<String>
     }
 }
 
+/// The `reverse` or `noreverse` after a weight: whether it reverses, and where it is.
+type ReverseWord = Option<(bool, Span)>;
+
+/// keepalived's `weight N [reverse|noreverse]` (of a vrrp_script, a track_file, a
+/// FILE_CHECK): the number's word, its value, and the reverse word if any.
+fn weight_arg(s: &Stmt) -> Result<(&Word, i64, ReverseWord), Diag> {
+    no_block(s)?;
+    let (w, reverse) = match s.args() {
+        [w] => (w, None),
+        [w, r] if r.text == "noreverse" => (w, Some((false, r.span))),
+        [w, r] if r.text == "reverse" => (w, Some((true, r.span))),
+        [] => return Err(Diag::new(s.keyword().span, "`weight` needs a value")),
+        [_, extra, ..] => return Err(Diag::new(extra.span, "expected `weight N [reverse]`")),
+    };
+    Ok((
+        w,
+        int(w, i64::from(i32::MIN), i64::from(i32::MAX))?,
+        reverse,
+    ))
+}
+
 fn no_block(s: &Stmt) -> Result<(), Diag> {
     match &s.block {
         Some(b) => Err(Diag::new(
@@ -1069,20 +1090,10 @@ impl Cx<'_> {
                         self.put(&mut t, "file", Value::Str(w.text.clone()), w.span, st)?;
                     }
                     "weight" => {
-                        no_block(st)?;
-                        let (w, reverse) = match st.args() {
-                            [w] => (w, false),
-                            [w, r] if r.text == "noreverse" => (w, false),
-                            [w, r] if r.text == "reverse" => (w, true),
-                            [] => return Err(Diag::new(kw.span, "`weight` needs a value")),
-                            [_, extra, ..] => {
-                                return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
-                            }
-                        };
-                        let v = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                        let (w, v, reverse) = weight_arg(st)?;
                         self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
-                        if reverse {
-                            self.put(&mut t, "reverse", Value::Bool(true), st.args()[1].span, st)?;
+                        if let Some((true, span)) = reverse {
+                            self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
                         }
                     }
                     "init_file" => {
@@ -1162,19 +1173,10 @@ impl Cx<'_> {
                         self.put(&mut t, key, seconds(w)?, w.span, st)?;
                     }
                     "weight" => {
-                        no_block(st)?;
-                        let (w, reverse) = match st.args() {
-                            [w] => (w, None),
-                            [w, r] if r.text == "noreverse" => (w, None),
-                            [w, r] if r.text == "reverse" => (w, Some(r.span)),
-                            [] => return Err(Diag::new(kw.span, "`weight` needs a value")),
-                            [_, extra, ..] => {
-                                return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
-                            }
-                        };
-                        weight = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                        let (w, v, reverse) = weight_arg(st)?;
+                        weight = v;
                         self.put(&mut t, "weight", Value::Int(weight), w.span, st)?;
-                        if let Some(span) = reverse {
+                        if let Some((true, span)) = reverse {
                             self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
                         }
                     }
@@ -2579,17 +2581,7 @@ impl Cx<'_> {
                         self.put(&mut t, "track_file", Value::Str(w.text.clone()), w.span, st)?;
                     }
                     "weight" => {
-                        no_block(st)?;
-                        let (w, reverse) = match st.args() {
-                            [w] => (w, None),
-                            [w, r] if r.text == "noreverse" => (w, Some((false, r.span))),
-                            [w, r] if r.text == "reverse" => (w, Some((true, r.span))),
-                            [] => return Err(Diag::new(k.span, "`weight` needs a value")),
-                            [_, extra, ..] => {
-                                return Err(Diag::new(extra.span, "expected `weight N [reverse]`"))
-                            }
-                        };
-                        let v = int(w, i64::from(i32::MIN), i64::from(i32::MAX))?;
+                        let (w, v, reverse) = weight_arg(st)?;
                         self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
                         if let Some((r, span)) = reverse {
                             self.put(&mut t, "reverse", Value::Bool(r), span, st)?;
