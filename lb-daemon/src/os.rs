@@ -396,11 +396,125 @@ pub fn read_number_file(path: &std::path::Path) -> Option<i64> {
     parse_number_file(&buf[..n])
 }
 
+/// A running process as a `vrrp_track_process` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The kernel's process name (`/proc/PID/comm`, at most 15 bytes).
+    pub comm: Vec<u8>,
+    /// The start of `/proc/PID/cmdline` (NUL after each word), when asked for.
+    pub cmdline: Option<Vec<u8>>,
+}
+
+/// Enough of `/proc/PID/stat` for the name and state: the PID (at most 10 digits), the
+/// name in parentheses (at most 15 bytes), the state letter.
+const STAT_HEAD: usize = 64;
+
+/// The process name and state letter of a `/proc/PID/stat` line's start. The name may hold
+/// any byte, `)` included, so it ends at the last `)`: what follows it (the state and
+/// numbers) has none.
+pub fn parse_proc_stat(head: &[u8]) -> Option<(&[u8], u8)> {
+    let open = head.iter().position(|b| *b == b'(')?;
+    let close = head.iter().rposition(|b| *b == b')')?;
+    let name = head.get(open + 1..close)?;
+    match head.get(close + 1..close + 3)? {
+        [b' ', state] => Some((name, *state)),
+        _ => None,
+    }
+}
+
+/// Every process now (threads are not processes here: `/proc` lists thread-group leaders
+/// only), zombies and dead ones left out, as keepalived counts them. With `cmdline_max`,
+/// the first that many bytes of each command line too (a process that went away meanwhile
+/// is skipped). Hand-written rather than the `procfs` crate: two fields of one file per
+/// process, read into a stack buffer, are the whole need, several times a second.
+pub fn processes(cmdline_max: Option<usize>) -> io::Result<Vec<ProcessInfo>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut path = String::with_capacity(32);
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        path.clear();
+        path.push_str("/proc/");
+        path.push_str(pid);
+        let base = path.len();
+        path.push_str("/stat");
+        let mut head = [0u8; STAT_HEAD];
+        let Ok(n) = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) else {
+            continue;
+        };
+        let Some((comm, state)) = parse_proc_stat(&head[..n]) else {
+            continue;
+        };
+        if matches!(state, b'Z' | b'X' | b'x') {
+            continue;
+        }
+        let cmdline = match cmdline_max {
+            None => None,
+            Some(max) => {
+                path.truncate(base);
+                path.push_str("/cmdline");
+                let mut buf = Vec::with_capacity(max);
+                match std::fs::File::open(&path)
+                    .and_then(|f| f.take(max as u64).read_to_end(&mut buf))
+                {
+                    Ok(_) => Some(buf),
+                    Err(_) => continue,
+                }
+            }
+        };
+        out.push(ProcessInfo {
+            comm: comm.to_vec(),
+            cmdline,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
 
     use super::*;
+
+    #[test]
+    fn proc_stat_heads() {
+        assert_eq!(
+            parse_proc_stat(b"1234 (nginx) S 1 1234 1234 0 -1"),
+            Some((&b"nginx"[..], b'S'))
+        );
+        // A name may hold spaces and parentheses: it ends at the last `)`.
+        assert_eq!(
+            parse_proc_stat(b"77 (a) b (c)) Z 1 2 3"),
+            Some((&b"a) b (c)"[..], b'Z'))
+        );
+        assert_eq!(parse_proc_stat(b"77 (cut"), None);
+        assert_eq!(parse_proc_stat(b"77 (x)"), None, "no state");
+        assert_eq!(parse_proc_stat(b""), None);
+        assert_eq!(parse_proc_stat(b")("), None);
+    }
+
+    #[test]
+    fn this_process_is_listed() {
+        let me = std::fs::read("/proc/self/comm").unwrap();
+        let me = &me[..me.len() - 1];
+        let all = processes(Some(4096)).unwrap();
+        let mine = std::fs::read("/proc/self/cmdline").unwrap();
+        assert!(
+            all.iter().any(
+                |p| p.comm == me && p.cmdline.as_deref() == Some(&mine[..mine.len().min(4096)])
+            ),
+            "{me:?} not among {} processes",
+            all.len()
+        );
+        assert!(processes(None).unwrap().iter().all(|p| p.cmdline.is_none()));
+    }
 
     #[test]
     fn namespaces_and_filesystems() {

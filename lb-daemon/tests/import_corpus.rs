@@ -150,7 +150,7 @@ fn good_corpus_round_trips() {
 /// Every (block, keyword) of the statements in `stmts`.
 fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
     // Blocks whose contents are keywords; the others (virtual_ipaddress...) hold values.
-    const KEYWORD_BLOCKS: [&str; 19] = [
+    const KEYWORD_BLOCKS: [&str; 20] = [
         "global_defs",
         "vrrp_script",
         "vrrp_sync_group",
@@ -169,6 +169,7 @@ fn collect(stmts: &[Stmt], block: &str, out: &mut Vec<(String, String)>) {
         "FILE_CHECK",
         "SSL",
         "track_file",
+        "vrrp_track_process",
         "url",
     ];
     for s in stmts {

@@ -454,6 +454,71 @@ fn track_file_moves_the_vip() {
     wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
 }
 
+/// keepalived's `vrrp_track_process`, the seed's nginx tracked without a script: a process
+/// (a copy of `sleep` under a name no other process has) stops, the VIP moves to the peer
+/// once `terminate_delay` is over; it runs again, the VIP comes back. A restart quicker than
+/// the delay moves nothing.
+#[test]
+fn track_process_moves_the_vip() {
+    if !require_root("vrrp track_process") {
+        return;
+    }
+    let p = pair("vp");
+    // /proc is the host's: the name must be unique among every process running.
+    let name = format!("lbtp{}", std::process::id() % 100_000);
+    let program = p.nodes[0].dir().join(&name);
+    std::fs::copy("/bin/sleep", &program).unwrap();
+    let run = || {
+        p.nodes[0]
+            .spawn(&[program.to_str().unwrap(), "600"])
+            .unwrap()
+    };
+    let extra = format!(
+        "track_process = [\"app\"]\n\n[[vrrp_track_process]]\nname = \"app\"\n\
+         process = \"{name}\"\nterminate_delay = 0.5\n"
+    );
+    let app = run();
+    let d1 = start(&p.nodes[0], &config("n1", 150, "0.1", &extra));
+    let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    app.kill().unwrap();
+    let killed = Instant::now();
+    let took = wait_master(&p, 1, Duration::from_secs(5), &[&d1, &d2]);
+    eprintln!(
+        "track_process {name} stopped: n2 master {:?} later (terminate_delay 0.5 s)",
+        killed.elapsed()
+    );
+    assert!(killed.elapsed() >= Duration::from_millis(500), "{took:?}");
+    assert!(
+        d1.read_stderr()
+            .contains("track_process app: 0 running, down"),
+        "{}",
+        d1.read_stderr()
+    );
+    let app = run();
+    let took = wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
+    eprintln!("track_process {name} running again: n1 master after {took:?}");
+    // A restart within terminate_delay (down 0.3 s, longer than a /proc poll, shorter than
+    // the delay): n1 stays master throughout.
+    app.kill().unwrap();
+    holds_for(
+        "n1 stays master while down",
+        Duration::from_millis(300),
+        || holders(&p) == vec![0],
+    );
+    let _app = run();
+    holds_for("n1 stays master", Duration::from_millis(1200), || {
+        holders(&p) == vec![0]
+    });
+    assert_eq!(
+        d1.read_stderr()
+            .matches("track_process app: 0 running, down")
+            .count(),
+        1,
+        "the quick restart is not reported"
+    );
+}
+
 /// keepalived's `vrrp_startup_delay` (the instance waits in INIT, holding nothing) and
 /// `vrrp_garp_interval` (the gratuitous ARPs of a burst are spaced).
 #[test]

@@ -80,6 +80,8 @@ struct RawConfig {
     #[serde(default)]
     track_file: Vec<vrrp::RawTrackFile>,
     #[serde(default)]
+    vrrp_track_process: Vec<vrrp::RawTrackProcess>,
+    #[serde(default)]
     vrrp_instance: Vec<vrrp::RawInstance>,
     #[serde(default)]
     vrrp_sync_group: Vec<vrrp::RawSyncGroup>,
@@ -401,6 +403,8 @@ pub struct Config {
     pub vrrp_scripts: Vec<VrrpScript>,
     /// keepalived's `track_file` blocks, for the instances' `track_file` and FILE_CHECK.
     pub track_files: Vec<vrrp::TrackFile>,
+    /// keepalived's `vrrp_track_process` blocks.
+    pub track_processes: Vec<vrrp::TrackProcess>,
     /// Every script and hook program, and every other file read, with its line.
     pub scripts: Vec<ScriptRef>,
     pub vrrp_instances: Vec<VrrpInstance>,
@@ -848,10 +852,16 @@ impl Config {
                 Ok(checked)
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let track_processes = raw
+            .vrrp_track_process
+            .iter()
+            .map(|p| vrrp::track_process(cx, p))
+            .collect::<Result<Vec<_>, _>>()?;
         vrrp::cross_check(
             cx,
             &raw.vrrp_script,
             &raw.track_file,
+            &raw.vrrp_track_process,
             &raw.vrrp_instance,
             &vrrp_instances,
             &raw.vrrp_sync_group,
@@ -993,6 +1003,7 @@ impl Config {
             dataplane,
             vrrp_scripts,
             track_files,
+            track_processes,
             scripts: cx.scripts.take(),
             vrrp_instances,
             sync_groups,

@@ -63,6 +63,37 @@ pub(super) struct RawTrackFile {
     init_file_overwrite: bool,
 }
 
+/// keepalived's `vrrp_track_process` block: how many processes of a name run, and what that
+/// does to the instances that track it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrackProcess {
+    name: Spanned<String>,
+    /// The process name, or `[name, param, ...]` (keepalived's `process NAME PARAM...`; an
+    /// array keeps spaces inside a parameter, as keepalived's quotes do).
+    process: Spanned<toml::Value>,
+    /// `exact`, `partial` or `initial`; given parameters without it mean `exact`.
+    param_match: Option<Spanned<String>>,
+    /// Match `process` against the program as started (the command line's first word)
+    /// rather than the kernel's process name.
+    #[serde(default)]
+    full_command: bool,
+    /// Priority change while below quorum; 0 (keepalived's default) means Fault.
+    #[serde(default = "zero")]
+    weight: Spanned<i32>,
+    #[serde(default)]
+    reverse: bool,
+    /// Processes needed (default 1) and allowed (default unbounded).
+    quorum: Option<Spanned<u32>>,
+    quorum_max: Option<Spanned<u32>>,
+    /// Seconds: `fork_delay` and `terminate_delay` at once.
+    delay: Option<Spanned<f64>>,
+    /// Seconds a gained quorum must hold before it counts.
+    fork_delay: Option<Spanned<f64>>,
+    /// Seconds a lost quorum must last before it counts.
+    terminate_delay: Option<Spanned<f64>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
@@ -103,6 +134,8 @@ pub(super) struct RawInstance {
     track_script: Vec<RawTrack>,
     #[serde(default)]
     track_file: Vec<RawTrack>,
+    #[serde(default)]
+    track_process: Vec<RawTrack>,
     /// Services whose quorum the instance tracks: `"VIP:PORT"` or `"VIP:PORT/TCP"`.
     #[serde(default)]
     pub(super) track_virtual_server: Vec<RawTrack>,
@@ -159,6 +192,41 @@ pub struct TrackFile {
     pub init: Option<(i64, bool)>,
 }
 
+/// How a `vrrp_track_process`'s parameters are compared with a process's (after the
+/// program, which is always compared whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamMatch {
+    /// The same parameters, no more (none configured: the process has none).
+    Exact,
+    /// The configured parameters come first; more may follow.
+    Partial,
+    /// As `Partial`, and the last configured parameter need only begin the process's.
+    Initial,
+}
+
+/// A checked `vrrp_track_process`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackProcess {
+    pub name: String,
+    /// The kernel's process name (`comm`, at most 15 bytes), or with `full_command` the
+    /// program as started (the command line's first word).
+    pub process: String,
+    pub params: Vec<String>,
+    /// `None`: parameters are not looked at.
+    pub param_match: Option<ParamMatch>,
+    pub full_command: bool,
+    pub weight: i32,
+    pub reverse: bool,
+    /// Up while `quorum <= count <= quorum_max`.
+    pub quorum: u32,
+    pub quorum_max: u32,
+    pub fork_delay: Duration,
+    pub terminate_delay: Duration,
+}
+
+/// The kernel keeps a process name in 16 bytes with its NUL (`TASK_COMM_LEN`).
+pub const COMM_MAX: usize = 15;
+
 /// A virtual address as keepalived writes it: `ADDR[/PREFIX] [dev IFACE] [label LABEL]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualIp {
@@ -211,6 +279,7 @@ pub struct VrrpInstance {
     pub track_interface: Vec<Tracked>,
     pub track_script: Vec<Tracked>,
     pub track_file: Vec<Tracked>,
+    pub track_process: Vec<Tracked>,
     /// Services whose quorum the instance tracks (this project's addition: keepalived needs
     /// a `quorum_down` script for it). Names are canonical, [`super::VirtualServer::name`].
     pub track_virtual_server: Vec<Tracked>,
@@ -448,6 +517,107 @@ pub(super) fn track_file(cx: &Ctx, raw: &RawTrackFile) -> Result<TrackFile, Conf
         weight,
         reverse: raw.reverse,
         init,
+    })
+}
+
+pub(super) fn track_process(cx: &Ctx, raw: &RawTrackProcess) -> Result<TrackProcess, ConfigError> {
+    let k = |name: &str| format!("vrrp_track_process.{name}");
+    let bad_process = |m: &str| cx.invalid(raw.process.span(), &k("process"), m.to_string());
+    let mut words: Vec<String> = match raw.process.get_ref() {
+        toml::Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|w| w.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad_process("an array of strings: the program, then its parameters"))?,
+        _ => {
+            return Err(bad_process(
+                "a name, or an array: the program, then its parameters",
+            ))
+        }
+    };
+    if words.is_empty() || words[0].is_empty() {
+        return Err(bad_process("needs a process name"));
+    }
+    // A NUL separates the words of a command line: one inside a word could never match.
+    if words.iter().any(|w| w.contains('\0')) {
+        return Err(bad_process("a NUL byte cannot be part of a command line"));
+    }
+    let process = words.remove(0);
+    let param_match = match &raw.param_match {
+        None if words.is_empty() => None,
+        // keepalived: parameters alone are matched exactly.
+        None => Some(ParamMatch::Exact),
+        Some(m) => Some(match m.get_ref().as_str() {
+            "exact" => ParamMatch::Exact,
+            "partial" => ParamMatch::Partial,
+            "initial" => ParamMatch::Initial,
+            other => {
+                return Err(cx.invalid(
+                    m.span(),
+                    &k("param_match"),
+                    format!("{other:?}: expected exact, partial or initial"),
+                ))
+            }
+        }),
+    };
+    // Parameters live in the command line, so matching them matches the program there too.
+    let full_command = raw.full_command || param_match.is_some();
+    if !full_command && process.len() > COMM_MAX {
+        // keepalived takes it and never matches: the kernel cuts process names at 15 bytes.
+        return Err(bad_process(&format!(
+            "{process:?} is longer than a process name can be ({COMM_MAX} bytes): \
+             give its first {COMM_MAX} bytes, or set full_command to match the program path"
+        )));
+    }
+    let weight = *raw.weight.get_ref();
+    if !(-254..=254).contains(&weight) {
+        return Err(cx.invalid(raw.weight.span(), &k("weight"), "must be -254..=254"));
+    }
+    let quorum_max = match &raw.quorum_max {
+        None => u32::MAX,
+        Some(q) if *q.get_ref() <= 65_535 => *q.get_ref(),
+        Some(q) => return Err(cx.invalid(q.span(), &k("quorum_max"), "must be 0..=65535")),
+    };
+    let quorum = match &raw.quorum {
+        // keepalived: `quorum_max 0` is "up while none runs".
+        None if quorum_max == 0 => 0,
+        None => 1,
+        Some(q) if *q.get_ref() == 0 && quorum_max == 0 => 0,
+        Some(q) if !(1..=65_535).contains(q.get_ref()) => {
+            return Err(cx.invalid(q.span(), &k("quorum"), "must be 1..=65535"))
+        }
+        Some(q) if *q.get_ref() > quorum_max => {
+            return Err(cx.invalid(
+                q.span(),
+                &k("quorum"),
+                format!("{} is above quorum_max {quorum_max}", q.get_ref()),
+            ))
+        }
+        Some(q) => *q.get_ref(),
+    };
+    let delay = |v: &Option<Spanned<f64>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+        v.as_ref()
+            .map(|d| seconds(cx, d, &k(key), 0.0, 3600.0))
+            .transpose()
+    };
+    let both = delay(&raw.delay, "delay")?;
+    Ok(TrackProcess {
+        name: raw.name.get_ref().clone(),
+        process,
+        params: words,
+        param_match,
+        full_command,
+        weight,
+        reverse: raw.reverse,
+        quorum,
+        quorum_max,
+        fork_delay: delay(&raw.fork_delay, "fork_delay")?
+            .or(both)
+            .unwrap_or_default(),
+        terminate_delay: delay(&raw.terminate_delay, "terminate_delay")?
+            .or(both)
+            .unwrap_or_default(),
     })
 }
 
@@ -701,6 +871,7 @@ pub(super) fn instance(
         track_interface: tracks(cx, &raw.track_interface, &k("track_interface"))?,
         track_script: tracks(cx, &raw.track_script, &k("track_script"))?,
         track_file: tracks(cx, &raw.track_file, &k("track_file"))?,
+        track_process: tracks(cx, &raw.track_process, &k("track_process"))?,
         // Resolved against the virtual servers by `Config::parse`.
         track_virtual_server: tracks(cx, &raw.track_virtual_server, &k("track_virtual_server"))?,
         notify: notify(
@@ -777,6 +948,7 @@ pub(super) fn cross_check(
     cx: &Ctx,
     scripts: &[RawScript],
     files: &[RawTrackFile],
+    processes: &[RawTrackProcess],
     instances: &[RawInstance],
     checked: &[VrrpInstance],
     groups: &[RawSyncGroup],
@@ -788,6 +960,16 @@ pub(super) fn cross_check(
                 f.name.span(),
                 "track_file.name",
                 format!("{:?} is defined twice", f.name.get_ref()),
+            ));
+        }
+    }
+    let mut process_names = HashSet::new();
+    for p in processes {
+        if !process_names.insert(p.name.get_ref().as_str()) {
+            return Err(cx.invalid(
+                p.name.span(),
+                "vrrp_track_process.name",
+                format!("{:?} is defined twice", p.name.get_ref()),
             ));
         }
     }
@@ -836,6 +1018,15 @@ pub(super) fn cross_check(
                     raw_t.span(),
                     "vrrp_instance.track_file",
                     format!("no track_file {:?}", t.name),
+                ));
+            }
+        }
+        for (t, raw_t) in c.track_process.iter().zip(&raw.track_process) {
+            if !process_names.contains(t.name.as_str()) {
+                return Err(cx.invalid(
+                    raw_t.span(),
+                    "vrrp_instance.track_process",
+                    format!("no vrrp_track_process {:?}", t.name),
                 ));
             }
         }
@@ -1008,6 +1199,104 @@ lb_kind = "DR"
             (Duration::from_secs(3), Duration::from_secs(3), 0, 1, 1)
         );
         assert_eq!(c.sync_groups[0].members, vec!["VI_1".to_string()]);
+    }
+
+    /// The seed's nginx tracked without a script: keepalived's `vrrp_track_process`.
+    #[test]
+    fn track_process_blocks() {
+        let with = |block: &str, entry: &str| {
+            SEED.replace(
+                "track_script = [\"check_nginx\"]",
+                &format!("track_script = [\"check_nginx\"]\ntrack_process = [{entry}]"),
+            ) + "\n[[vrrp_track_process]]\nname = \"nginx\"\n"
+                + block
+        };
+        let c = parse(&with("process = \"nginx\"\ndelay = 2\n", "\"nginx\"")).unwrap();
+        let p = &c.track_processes[0];
+        assert_eq!(
+            (
+                p.process.as_str(),
+                p.params.len(),
+                p.param_match,
+                p.full_command
+            ),
+            ("nginx", 0, None, false)
+        );
+        // keepalived's defaults: weight 0 (Fault), quorum 1, no maximum; delay sets both.
+        assert_eq!((p.weight, p.quorum, p.quorum_max), (0, 1, u32::MAX));
+        assert_eq!(
+            (p.fork_delay, p.terminate_delay),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert_eq!(c.vrrp_instances[0].track_process[0].name, "nginx");
+        // Parameters alone: exact, on the command line; an array keeps a space in one.
+        let c = parse(&with(
+            "process = [\"/usr/sbin/nginx\", \"-g\", \"daemon off;\"]\n",
+            "{ name = \"nginx\", weight = -20, reverse = true }",
+        ))
+        .unwrap();
+        let p = &c.track_processes[0];
+        assert_eq!(p.params, vec!["-g".to_string(), "daemon off;".into()]);
+        assert_eq!(
+            (p.param_match, p.full_command),
+            (Some(ParamMatch::Exact), true)
+        );
+        let t = &c.vrrp_instances[0].track_process[0];
+        assert_eq!((t.weight, t.reverse), (Some(-20), Some(true)));
+        let c = parse(&with(
+            "process = \"app -c\"\nparam_match = \"initial\"\n",
+            "\"nginx\"",
+        ))
+        .unwrap();
+        assert_eq!(c.track_processes[0].param_match, Some(ParamMatch::Initial));
+        // quorum_max 0: up while none runs.
+        let c = parse(&with("process = \"nginx\"\nquorum_max = 0\n", "\"nginx\"")).unwrap();
+        assert_eq!(
+            (c.track_processes[0].quorum, c.track_processes[0].quorum_max),
+            (0, 0)
+        );
+        for (block, entry, want) in [
+            (
+                "process = \"a-name-of-16-byte\"\n",
+                "\"nginx\"",
+                "lb.toml:39: `vrrp_track_process.process`: \"a-name-of-16-byte\" is longer",
+            ),
+            (
+                "process = \"nginx\"\nquorum = 3\nquorum_max = 2\n",
+                "\"nginx\"",
+                "lb.toml:40: `vrrp_track_process.quorum`: 3 is above quorum_max 2",
+            ),
+            (
+                "process = \"nginx\"\nparam_match = \"regex\"\n",
+                "\"nginx\"",
+                "lb.toml:40: `vrrp_track_process.param_match`: \"regex\": expected",
+            ),
+            (
+                "process = []\n",
+                "\"nginx\"",
+                "lb.toml:39: `vrrp_track_process.process`: needs",
+            ),
+            (
+                "process = \"nginx\"\n",
+                "\"apache\"",
+                "lb.toml:23: `vrrp_instance.track_process`: no vrrp_track_process \"apache\"",
+            ),
+            (
+                "process = \"nginx\"\nweight = 255\n",
+                "\"nginx\"",
+                "lb.toml:40: `vrrp_track_process.weight`",
+            ),
+        ] {
+            let e = parse(&with(block, entry)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}\nwant {want}");
+        }
+        // Full command: a path longer than a process name is fine.
+        let c = parse(&with(
+            "process = \"/usr/local/sbin/haproxy\"\nfull_command = true\n",
+            "\"nginx\"",
+        ))
+        .unwrap();
+        assert!(c.track_processes[0].full_command);
     }
 
     #[test]

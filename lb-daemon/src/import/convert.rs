@@ -140,6 +140,8 @@ struct Cx<'a> {
     scripts: Vec<(Table, String, i64)>,
     /// keepalived's `track_file` blocks.
     track_files: Vec<Table>,
+    /// keepalived's `vrrp_track_process` blocks.
+    track_processes: Vec<Table>,
     instances: Vec<Instance>,
     groups: Vec<Group>,
     servers: Vec<Server>,
@@ -176,6 +178,7 @@ impl<'a> Converter<'a> {
             vrrp_version: None,
             scripts: Vec::new(),
             track_files: Vec::new(),
+            track_processes: Vec::new(),
             instances: Vec::new(),
             groups: Vec::new(),
             servers: Vec::new(),
@@ -828,6 +831,7 @@ impl Cx<'_> {
             "global_defs" => self.global_defs(s),
             "vrrp_script" => self.vrrp_script(s),
             "track_file" => self.track_file(s),
+            "vrrp_track_process" => self.track_process(s),
             "vrrp_instance" => self.vrrp_instance(s),
             "vrrp_sync_group" => self.sync_group(s),
             "virtual_server" => self.virtual_server(s),
@@ -1134,6 +1138,125 @@ impl Cx<'_> {
             return Err(Diag::new(name.span, "a track_file needs a `file`"));
         }
         self.track_files.push(t);
+        Ok(())
+    }
+
+    /// keepalived's `vrrp_track_process NAME { process NAME [PARAM...]; param_match
+    /// [initial|partial]; weight N [reverse]; quorum N; quorum_max N; delay S; fork_delay S;
+    /// terminate_delay S; full_command }`.
+    fn track_process(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let name = Self::block_name(s)?;
+        let b = block(s)?;
+        let label = format!("vrrp_track_process {}", name.text);
+        let mut t = block_table(s);
+        t.push(Entry {
+            key: "name",
+            value: Value::Str(name.text.clone()),
+            span: Some(name.span),
+            comments: Vec::new(),
+            trailing: None,
+        });
+        let mut quorum = None;
+        let mut quorum_max = None;
+        for st in &b.body {
+            let r = (|| -> Result<(), Diag> {
+                let kw = st.keyword();
+                match kw.text.as_str() {
+                    "process" => {
+                        no_block(st)?;
+                        let words = st.args();
+                        let Some(first) = words.first() else {
+                            return Err(Diag::new(kw.span, "`process` needs a process name"));
+                        };
+                        // One plain word stays a string; with parameters (keepalived's quotes
+                        // may have put spaces in one) an array keeps each word whole.
+                        let value = match words {
+                            [w] if !w.text.contains(char::is_whitespace) => {
+                                Value::Str(w.text.clone())
+                            }
+                            _ => Value::Array(
+                                words
+                                    .iter()
+                                    .map(|w| Self::elem(st, Value::Str(w.text.clone()), w.span))
+                                    .map(|mut e| {
+                                        e.comments.clear();
+                                        e.trailing = None;
+                                        e
+                                    })
+                                    .collect(),
+                            ),
+                        };
+                        self.put(&mut t, "process", value, first.span, st)?;
+                    }
+                    "param_match" => {
+                        no_block(st)?;
+                        let (mode, span) = match st.args() {
+                            // keepalived: alone, the parameters must be the same.
+                            [] => ("exact", kw.span),
+                            [w] if w.text == "initial" => ("initial", w.span),
+                            [w] if w.text == "partial" => ("partial", w.span),
+                            [w, ..] => {
+                                return Err(Diag::new(
+                                    w.span,
+                                    "expected `param_match`, `param_match initial` or `param_match partial`",
+                                ))
+                            }
+                        };
+                        self.put(&mut t, "param_match", Value::Str(mode.into()), span, st)?;
+                    }
+                    "weight" => {
+                        let (w, v, reverse) = weight_arg(st)?;
+                        self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
+                        if let Some((true, span)) = reverse {
+                            self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
+                        }
+                    }
+                    "quorum" => {
+                        let w = one(st)?;
+                        quorum = Some((int(w, 1, 65_535)?, w.span, st));
+                    }
+                    "quorum_max" => {
+                        let w = one(st)?;
+                        quorum_max = Some((int(w, 0, 65_535)?, w.span, st));
+                    }
+                    key @ ("delay" | "fork_delay" | "terminate_delay") => {
+                        let key = match key {
+                            "delay" => "delay",
+                            "fork_delay" => "fork_delay",
+                            _ => "terminate_delay",
+                        };
+                        let w = one(st)?;
+                        self.put(&mut t, key, seconds(w)?, w.span, st)?;
+                    }
+                    "full_command" => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "full_command", Value::Bool(on), span, st)?;
+                    }
+                    other => {
+                        let other = other.to_string();
+                        self.other(&mut t, Ctx::TrackProcess, &label, st, &other);
+                    }
+                }
+                Ok(())
+            })();
+            self.recover(st, r);
+        }
+        // keepalived: `quorum_max 0` makes the quorum 0 (up while none runs).
+        if let Some((q, span, st)) = quorum {
+            if !(q <= 1 && quorum_max.is_some_and(|(m, _, _)| m == 0)) {
+                self.put(&mut t, "quorum", Value::Int(q), span, st)?;
+            }
+        }
+        if let Some((m, span, st)) = quorum_max {
+            self.put(&mut t, "quorum_max", Value::Int(m), span, st)?;
+        }
+        if !t.has("process") {
+            return Err(Diag::new(
+                name.span,
+                "a vrrp_track_process needs a `process`",
+            ));
+        }
+        self.track_processes.push(t);
         Ok(())
     }
 
@@ -1511,12 +1634,18 @@ impl Cx<'_> {
                         }
                         Self::append(&mut t, "track_script", st, elems);
                     }
-                    "track_file" => {
+                    k @ ("track_file" | "track_process") => {
+                        let key = if k == "track_file" {
+                            "track_file"
+                        } else {
+                            "track_process"
+                        };
+                        // An entry's explicit weight 0 stands over the block's own.
                         let elems = Self::tracks_of(st, true)?
                             .into_iter()
                             .map(|(e, _)| e)
                             .collect();
-                        Self::append(&mut t, "track_file", st, elems);
+                        Self::append(&mut t, key, st, elems);
                     }
                     k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
                     | "notify") => {
@@ -1909,14 +2038,17 @@ impl Cx<'_> {
                         };
                         self.hook(&mut t, &label, key, st)?;
                     }
-                    k @ ("track_interface" | "track_script" | "track_file") => {
+                    k @ ("track_interface" | "track_script" | "track_file" | "track_process") => {
                         let key = match k {
                             "track_interface" => "track_interface",
                             "track_script" => "track_script",
-                            _ => "track_file",
+                            "track_file" => "track_file",
+                            _ => "track_process",
                         };
-                        // A file's own weight is 1: its explicit 0 is written out.
-                        for (mut e, weight) in Self::tracks_of(st, key == "track_file")? {
+                        // A file's or process's own weight may be other than 0: an explicit
+                        // 0 is written out.
+                        let keep_zero = matches!(key, "track_file" | "track_process");
+                        for (mut e, weight) in Self::tracks_of(st, keep_zero)? {
                             match weight {
                                 // lb-daemon's members track without weights (keepalived's rule
                                 // for a member's own trackers); a group's weight would be lost.
@@ -3203,6 +3335,7 @@ impl Cx<'_> {
             self.scripts.into_iter().map(|s| s.0).collect(),
         );
         push_all("track_file", self.track_files);
+        push_all("vrrp_track_process", self.track_processes);
         push_all(
             "vrrp_sync_group",
             self.groups.into_iter().map(|g| g.table).collect(),

@@ -31,6 +31,8 @@ pub enum Ctx {
     Ssl,
     /// A top-level `track_file` block.
     TrackFile,
+    /// A top-level `vrrp_track_process` block.
+    TrackProcess,
     FileCheck,
 }
 
@@ -48,9 +50,24 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "include",
             "track_file",
             "vrrp_track_file",
+            "vrrp_track_process",
         ],
     ),
     ("track_file", &["file", "weight", "init_file"]),
+    (
+        "vrrp_track_process",
+        &[
+            "process",
+            "param_match",
+            "weight",
+            "quorum",
+            "quorum_max",
+            "delay",
+            "fork_delay",
+            "terminate_delay",
+            "full_command",
+        ],
+    ),
     (
         "global_defs",
         &[
@@ -93,6 +110,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "track_interface",
             "track_script",
             "track_file",
+            "track_process",
         ],
     ),
     (
@@ -115,6 +133,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "track_interface",
             "track_script",
             "track_file",
+            "track_process",
             "notify_master",
             "notify_backup",
             "notify_fault",
@@ -368,7 +387,7 @@ const ROUTES: &str =
     "lb-daemon manages virtual addresses only, not routes, rules or static addresses";
 const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
 const TRACK_OTHER: &str =
-    "only track_interface, track_script, track_file and track_virtual_server are implemented";
+    "track_bfd is not implemented (track_interface, track_script, track_file, track_process and track_virtual_server are)";
 const OTHER_CHECKER: &str = "BFD_CHECK is not implemented";
 
 /// Why lb-daemon does not support `keyword` (its canonical name) in `ctx`, if keepalived has
@@ -382,7 +401,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
                 "virtual_server_group is not implemented: write one virtual_server per address"
             }
             "garp_group" => "per-interface gratuitous ARP pacing is not implemented",
-            "vrrp_track_process" | "bfd_instance" => TRACK_OTHER,
+            "bfd_instance" => TRACK_OTHER,
             "linkbeat_interfaces" | "interface_up_down_delays" | "linkbeat_use_polling" => {
                 "lb-daemon follows links over netlink only, without debouncing"
             }
@@ -457,12 +476,12 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "notify_deleted" | "notify_priority_changes" | "global_tracking"
             | "sync_group_tracking_weight" => NOT_IMPLEMENTED,
             "smtp_alert" => EMAIL,
-            "track_process" | "track_bfd" => TRACK_OTHER,
+            "track_bfd" => TRACK_OTHER,
             _ => return None,
         },
         Instance => match keyword {
             "use_vmac" | "use_vmac_addr" | "vmac_xmit_base" | "use_ipvlan" => VMAC,
-            "track_process" | "track_bfd" => TRACK_OTHER,
+            "track_bfd" => TRACK_OTHER,
             "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules"
             | "promote_secondaries" => ROUTES,
             "no_virtual_ipaddress" => "lb-daemon needs at least one virtual address per instance",
@@ -526,7 +545,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             "tls_compliant" => "not implemented: lb-daemon closes an SSL_GET's connection without close_notify",
             _ => return None,
         },
-        TrackFile | FileCheck => return None,
+        TrackFile | TrackProcess | FileCheck => return None,
         Ssl => match keyword {
             "certificate" | "key" | "password" => {
                 "client certificates for SSL_GET are not implemented"

@@ -7,6 +7,7 @@ pub mod fsm;
 pub mod garp;
 pub mod notify;
 pub mod packet;
+pub mod process;
 pub mod record;
 pub mod runtime;
 pub mod socket;

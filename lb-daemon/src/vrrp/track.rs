@@ -71,9 +71,15 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::fsm::Input;
+use super::{
+    fsm::Input,
+    process::{spawn_processes, ProcessTask, PROCESS_POLL},
+};
 use crate::{
-    config::{vrrp::TrackFile, Config, VrrpInstance, VrrpScript},
+    config::{
+        vrrp::{TrackFile, TrackProcess},
+        Config, VrrpInstance, VrrpScript,
+    },
     log_limit::{LogLimit, LOG_EVERY},
     script::{check_safety, run_command, RunOutcome, ScriptUser, UserError},
 };
@@ -179,6 +185,8 @@ pub enum TrackKey {
     Service(String),
     /// A `track_file`, by name: its number.
     File(String),
+    /// A `vrrp_track_process`, by name: up while its quorum of processes runs.
+    Process(String),
 }
 
 impl fmt::Display for TrackKey {
@@ -188,6 +196,7 @@ impl fmt::Display for TrackKey {
             TrackKey::Interface(n) => write!(f, "interface {n}"),
             TrackKey::Service(n) => write!(f, "virtual_server {n}"),
             TrackKey::File(n) => write!(f, "track_file {n}"),
+            TrackKey::Process(n) => write!(f, "track_process {n}"),
         }
     }
 }
@@ -214,6 +223,10 @@ pub enum TrackError {
     UnknownScript { instance: String, script: String },
     #[error("vrrp_instance {instance:?}: track_file {file:?} has no track_file block")]
     UnknownFile { instance: String, file: String },
+    #[error(
+        "vrrp_instance {instance:?}: track_process {process:?} has no vrrp_track_process block"
+    )]
+    UnknownProcess { instance: String, process: String },
     #[error("interface tracking socket: {0}")]
     Socket(#[source] io::Error),
 }
@@ -587,6 +600,7 @@ pub struct TrackTasks {
     scripts: HashMap<String, ScriptTask>,
     interfaces: Option<InterfaceTask>,
     files: Option<FileTask>,
+    processes: Option<ProcessTask>,
     tx: mpsc::Sender<TrackEvent>,
 }
 
@@ -599,6 +613,9 @@ pub struct PreparedTracks {
     no_files: bool,
     /// The files of a new poller, when the set of tracked files changed.
     fresh_files: Option<BTreeMap<String, PathBuf>>,
+    no_processes: bool,
+    /// The trackers of a new process poller, when they changed.
+    fresh_processes: Option<BTreeMap<String, TrackProcess>>,
 }
 
 impl TrackTasks {
@@ -608,6 +625,7 @@ impl TrackTasks {
             scripts: HashMap::new(),
             interfaces: None,
             files: None,
+            processes: None,
             tx,
         };
         tasks.reload(config)?;
@@ -643,7 +661,10 @@ impl TrackTasks {
             .iter()
             .filter_map(|k| match k {
                 TrackKey::Interface(n) => Some(n.clone()),
-                TrackKey::Script(_) | TrackKey::Service(_) | TrackKey::File(_) => None,
+                TrackKey::Script(_)
+                | TrackKey::Service(_)
+                | TrackKey::File(_)
+                | TrackKey::Process(_) => None,
             })
             .collect();
         // The tracked files, each under its name, with what a new poller would read.
@@ -658,10 +679,25 @@ impl TrackTasks {
                 _ => None,
             })
             .collect();
+        let processes: BTreeMap<String, TrackProcess> = keys
+            .iter()
+            .filter_map(|k| match k {
+                TrackKey::Process(n) => config
+                    .track_processes
+                    .iter()
+                    .find(|p| &p.name == n)
+                    .map(|p| (n.clone(), p.clone())),
+                _ => None,
+            })
+            .collect();
         // Started at commit, not here: a poller sends into the live channel, and a refused
         // reload must not have told the instances another file's number.
         let keep_files = matches!(&self.files, Some(task) if task.files == files);
         let fresh_files = (!files.is_empty() && !keep_files).then_some(files.clone());
+        // Unchanged trackers keep their counts and pending delays.
+        let keep_processes = matches!(&self.processes, Some(t) if t.processes == processes);
+        let no_processes = processes.is_empty();
+        let fresh_processes = (!no_processes && !keep_processes).then_some(processes);
         let keep = matches!(&self.interfaces, Some(task) if task.names == names);
         let fresh = if names.is_empty() || keep {
             None
@@ -677,6 +713,8 @@ impl TrackTasks {
             fresh,
             no_files: files.is_empty(),
             fresh_files,
+            no_processes,
+            fresh_processes,
         })
     }
 
@@ -691,6 +729,11 @@ impl TrackTasks {
             self.files = None;
         } else if let Some(files) = p.fresh_files {
             self.files = Some(spawn_files(files, LINK_POLL, self.tx.clone()));
+        }
+        if p.no_processes {
+            self.processes = None;
+        } else if let Some(processes) = p.fresh_processes {
+            self.processes = Some(spawn_processes(processes, PROCESS_POLL, self.tx.clone()));
         }
         let wanted = p.wanted;
         self.scripts.retain(|name, task| {
@@ -726,6 +769,13 @@ impl TrackTasks {
                     .borrow()
                     .iter()
                     .map(|(n, s)| (TrackKey::File(n.clone()), *s)),
+            );
+        }
+        if let Some(task) = &self.processes {
+            out.extend(
+                task.status()
+                    .into_iter()
+                    .map(|(n, s)| (TrackKey::Process(n), s)),
             );
         }
         out
@@ -827,6 +877,7 @@ impl InstanceTracking {
         instance: &VrrpInstance,
         scripts: &[VrrpScript],
         files: &[TrackFile],
+        processes: &[TrackProcess],
         in_sync_group: bool,
     ) -> Result<Self, TrackError> {
         let mut entries = vec![TrackEntry {
@@ -867,6 +918,19 @@ impl InstanceTracking {
                 key: TrackKey::File(t.name.clone()),
                 weight: t.weight.unwrap_or(file.weight),
                 reverse: t.reverse.unwrap_or(file.reverse),
+            });
+        }
+        for t in &instance.track_process {
+            let p = processes.iter().find(|p| p.name == t.name).ok_or_else(|| {
+                TrackError::UnknownProcess {
+                    instance: instance.name.clone(),
+                    process: t.name.clone(),
+                }
+            })?;
+            entries.push(TrackEntry {
+                key: TrackKey::Process(t.name.clone()),
+                weight: t.weight.unwrap_or(p.weight),
+                reverse: t.reverse.unwrap_or(p.reverse),
             });
         }
         for t in &instance.track_virtual_server {
@@ -986,6 +1050,7 @@ impl Tracking {
                     i,
                     &config.vrrp_scripts,
                     &config.track_files,
+                    &config.track_processes,
                     grouped.contains(i.name.as_str()),
                 )
             })
@@ -1155,7 +1220,7 @@ mod tests {
                 TrackKey::Script(n) if n == "plus" => plus,
                 TrackKey::Script(_) => minus,
                 TrackKey::Interface(_) => eth1,
-                TrackKey::Service(_) | TrackKey::File(_) => Unknown,
+                TrackKey::Service(_) | TrackKey::File(_) | TrackKey::Process(_) => Unknown,
             })
         };
         use Status::*;
@@ -1241,7 +1306,7 @@ lb_kind = "DR"
             ],
             vec![tracked("eth1", None), tracked("eth2", Some(15))],
         );
-        let t = InstanceTracking::for_instance(&inst, &scripts, &[], false).unwrap();
+        let t = InstanceTracking::for_instance(&inst, &scripts, &[], &[], false).unwrap();
         assert_eq!(
             t.entries(),
             [
@@ -1280,7 +1345,7 @@ lb_kind = "DR"
             ]
         );
         // Sync-group members keep only unweighted entries.
-        let g = InstanceTracking::for_instance(&inst, &scripts, &[], true).unwrap();
+        let g = InstanceTracking::for_instance(&inst, &scripts, &[], &[], true).unwrap();
         assert!(g.entries().iter().all(|e| e.weight == 0));
         assert_eq!(g.entries().len(), 3);
         // A track_virtual_server entry: Fault without a weight, the weight with one.
@@ -1289,7 +1354,7 @@ lb_kind = "DR"
             tracked("192.0.2.1:80/TCP", None),
             tracked("192.0.2.1:443/TCP", Some(-40)),
         ];
-        let mut t = InstanceTracking::for_instance(&svc, &scripts, &[], false).unwrap();
+        let mut t = InstanceTracking::for_instance(&svc, &scripts, &[], &[], false).unwrap();
         assert_eq!(
             t.entries()[1..],
             [
@@ -1314,7 +1379,7 @@ lb_kind = "DR"
         // A track_script without a vrrp_script is an error.
         let bad = instance(vec![tracked("zz", None)], vec![]);
         assert!(matches!(
-            InstanceTracking::for_instance(&bad, &scripts, &[], false),
+            InstanceTracking::for_instance(&bad, &scripts, &[], &[], false),
             Err(TrackError::UnknownScript { .. })
         ));
     }
