@@ -192,6 +192,7 @@ pub fn rr_service(vip: std::net::IpAddr, port: u16) -> ServiceSpec {
         persistence_prefix: 32,
         idle_timeout: Proto::Tcp.default_idle_timeout(),
         active: true,
+        aliases: Vec::new(),
         backends: (0..3u8)
             .map(|i| BackendSpec {
                 thresholds: Default::default(),

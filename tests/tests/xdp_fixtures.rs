@@ -44,6 +44,7 @@ fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler, n: usize) -> 
         persistence_prefix: 32,
         idle_timeout: proto.default_idle_timeout(),
         active: true,
+        aliases: Vec::new(),
         backends: (0..n).map(|i| backend(i, port, 1)).collect(),
     }
 }
@@ -1996,6 +1997,7 @@ fn synced_flows_reach_the_backup_table_and_survive_the_takeover() {
         .rev()
         .map(|s| ServiceSpec {
             active: false,
+            aliases: Vec::new(),
             ..s.clone()
         })
         .collect();
@@ -2067,6 +2069,7 @@ fn synced_flows_reach_the_backup_table_and_survive_the_takeover() {
         .iter()
         .map(|s| ServiceSpec {
             active: true,
+            aliases: Vec::new(),
             ..s.clone()
         })
         .collect();

@@ -122,6 +122,7 @@ fn service(vip: IpAddr, proto: Proto, rs: IpAddr) -> ServiceSpec {
         persistence_prefix: if vip.is_ipv4() { 32 } else { 128 },
         idle_timeout: 900,
         active: true,
+        aliases: Vec::new(),
         backends: vec![BackendSpec {
             addr: SocketAddr::new(rs, RPORT),
             weight: 1,

@@ -92,6 +92,7 @@ fn service(vip: IpAddr, port: u16, proto: Proto, sched: Scheduler) -> ServiceSpe
         persistence_prefix: 32,
         idle_timeout: proto.default_idle_timeout(),
         active: true,
+        aliases: Vec::new(),
         backends: (0..3).map(|i| backend(i, port)).collect(),
     }
 }

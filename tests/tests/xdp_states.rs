@@ -85,6 +85,7 @@ fn service(f: Family, proto: Proto, sched: Scheduler, weights: &[u32]) -> Servic
         persistence_prefix: if matches!(f, Family::V4) { 32 } else { 128 },
         idle_timeout: proto.default_idle_timeout(),
         active: true,
+        aliases: Vec::new(),
         backends: weights
             .iter()
             .enumerate()

@@ -167,6 +167,7 @@ fn service(vip: IpAddr, rs: IpAddr, t: Option<Tunnel>) -> ServiceSpec {
         persistence_prefix: if vip.is_ipv4() { 32 } else { 128 },
         idle_timeout: 900,
         active: true,
+        aliases: Vec::new(),
         backends: vec![BackendSpec {
             addr: SocketAddr::new(rs, 80),
             weight: 1,

@@ -120,6 +120,7 @@ weight = 1
             sloppy_tcp: false,
             mh_table_size: 65537,
             active,
+            aliases: Vec::new(),
             backends: backends
                 .iter()
                 .map(|(a, w, mac)| BackendSpec {

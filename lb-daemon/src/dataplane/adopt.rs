@@ -125,8 +125,9 @@ impl<W: MapWriter> Dataplane<W> {
         let limits = found.limits();
         let mut dp = Dataplane::new(writer, limits);
         let mut summary = Adopted::default();
-        // Live services: the ones a whole-packet key names.
-        let mut live: BTreeMap<u32, MapKey> = BTreeMap::new();
+        // Live services: the ones a whole-packet key names; several keys name a group's
+        // service (the least is the one the planner knows it by, `ServiceSpec::ident`).
+        let mut live: BTreeMap<u32, Vec<MapKey>> = BTreeMap::new();
         for (key, r) in &found.services {
             if r.flags & SVC_REF_F_FRAG_ONLY != 0 {
                 continue;
@@ -137,9 +138,7 @@ impl<W: MapWriter> Dataplane<W> {
                     r.id, limits.services
                 )));
             }
-            if live.insert(r.id, *key).is_some() {
-                return Err(Corrupt(format!("two service keys name id {}", r.id)));
-            }
+            live.entry(r.id).or_default().push(*key);
         }
         for (key, r) in &found.services {
             if r.flags & SVC_REF_F_FRAG_ONLY != 0 && !live.contains_key(&r.id) {
@@ -178,7 +177,24 @@ impl<W: MapWriter> Dataplane<W> {
         }
         let mut used_regions: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
         let mut specs = Vec::with_capacity(live.len());
-        for (&id, key) in &live {
+        for (&id, keys) in &mut live {
+            keys.sort();
+            let key = &keys[0];
+            if let Some(k) = keys[1..]
+                .iter()
+                .find(|k| (k.proto, k.family) != (key.proto, key.family))
+            {
+                return Err(Corrupt(format!(
+                    "service {id} has keys of protocol {} family {} and of protocol {} family {}",
+                    key.proto, key.family, k.proto, k.family
+                )));
+            }
+            let mut aliases = Vec::with_capacity(keys.len() - 1);
+            for k in &keys[1..] {
+                let ip = ip_of(&k.addr, k.family)
+                    .ok_or_else(|| Corrupt(format!("service {id} has family {}", k.family)))?;
+                aliases.push((ip, u16::from_be(k.port)));
+            }
             let info = found.infos.get(id as usize).copied().unwrap_or_default();
             let sched = scheduler(info.sched).ok_or_else(|| {
                 Corrupt(format!("service {id} has scheduler code {}", info.sched))
@@ -279,12 +295,15 @@ impl<W: MapWriter> Dataplane<W> {
                     DEFAULT_MH_TABLE_SIZE
                 },
                 active: info.flags & SVC_F_ACTIVE != 0,
+                aliases,
                 backends,
             };
-            dp.groups
-                .entry(group_of(key))
-                .or_default()
-                .insert(u16::from_be(key.port), id);
+            for k in keys.iter() {
+                dp.groups
+                    .entry(group_of(k))
+                    .or_default()
+                    .insert(u16::from_be(k.port), id);
+            }
             summary.services += 1;
             summary.backends += bids.len();
             specs.push(spec.clone());
@@ -427,6 +446,7 @@ mod tests {
             sloppy_tcp: false,
             mh_table_size: 251,
             active: true,
+            aliases: Vec::new(),
             backends: backends
                 .iter()
                 .enumerate()
@@ -506,6 +526,88 @@ mod tests {
         }
         assert_eq!(adopted.current().backends, dp.current().backends);
         assert_eq!(adopted.current().infos, dp.current().infos);
+    }
+
+    /// keepalived's virtual_server_group: several (VIP, port)s lead to one service id (one
+    /// ring, one persistence table); its keys come and go with the group, and maps read
+    /// back name the same service whatever order the configuration lists them in.
+    #[test]
+    fn a_group_is_one_service_under_several_keys() {
+        let mut web = spec(
+            "192.0.2.20",
+            443,
+            Scheduler::Rr,
+            &[("198.51.100.1:80", 1), ("198.51.100.2:80", 1)],
+        );
+        web.persistence_timeout = 300;
+        web.aliases = vec![
+            ("192.0.2.20".parse().unwrap(), 80),
+            ("192.0.2.21".parse().unwrap(), 80),
+        ];
+        let other = spec(
+            "192.0.2.21",
+            8080,
+            Scheduler::Rr,
+            &[("198.51.100.3:8080", 1)],
+        );
+        let mut dp = Dataplane::new(MemMaps::default(), limits());
+        dp.update(&[web.clone(), other.clone()]).unwrap();
+        let (id, _) = dp.ids_of(&web).unwrap();
+        let whole: Vec<(MapKey, ServiceRef)> = dp
+            .writer()
+            .services
+            .iter()
+            .filter(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        assert_eq!(whole.len(), 4, "three keys of the group, one of the other");
+        for k in web.map_keys() {
+            assert_eq!(dp.writer().services[&k].id, id, "{k:?}");
+        }
+        // Fragments of 192.0.2.20 go to its lowest port (80, the group), of 192.0.2.21 to
+        // port 80 too (the group's alias), not to the other service's 8080.
+        for k in web.map_keys().filter(|k| k.port != 443u16.to_be()) {
+            let frag = MapKey { port: 0, ..k };
+            assert_eq!(
+                dp.writer().services[&frag],
+                ServiceRef {
+                    id,
+                    flags: SVC_REF_F_FRAG_ONLY
+                }
+            );
+        }
+        // A key listed in two services is refused before anything is written.
+        let mut clash = other.clone();
+        clash.aliases = vec![("192.0.2.20".parse().unwrap(), 80)];
+        let writes = dp.writer().writes;
+        assert!(dp.update(&[web.clone(), clash]).is_err());
+        assert_eq!(dp.writer().writes, writes);
+        // Read back and adopted: the same service, its aliases found, nothing rewritten,
+        // even with the group listed in another order.
+        let found = dp.writer().found(limits());
+        let mut mem = dp.writer().clone();
+        mem.writes = 0;
+        let (mut adopted, summary) = Dataplane::adopt(mem, &found).unwrap();
+        assert_eq!((summary.services, summary.stray), (2, 0));
+        let mut reordered = web.clone();
+        reordered.aliases.reverse();
+        std::mem::swap(&mut reordered.port, &mut reordered.aliases[1].1);
+        assert_eq!(reordered.ident(), web.ident());
+        adopted.update(&[reordered.clone(), other.clone()]).unwrap();
+        assert_eq!(adopted.writer().writes, 0, "nothing differs");
+        assert_eq!(adopted.ids_of(&reordered).unwrap().0, id);
+        // An alias dropped: its key goes (and 192.0.2.21's fragments go to 8080 now).
+        let mut fewer = web.clone();
+        fewer.aliases.pop();
+        adopted.update(&[fewer.clone(), other.clone()]).unwrap();
+        let k21: MapKey = web.map_keys().last().unwrap();
+        assert!(!adopted.writer().services.contains_key(&k21));
+        let frag21 = MapKey { port: 0, ..k21 };
+        assert_eq!(
+            adopted.writer().services[&frag21].id,
+            adopted.ids_of(&other).unwrap().0
+        );
+        assert_eq!(adopted.ids_of(&fewer).unwrap().0, id, "the same service");
     }
 
     #[test]
@@ -676,11 +778,13 @@ mod tests {
             .iter()
             .find(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
             .unwrap();
+        // Two keys of one id are a group's service; of two protocols, a contradiction.
         let mut other = k;
         other.port = 9999u16.to_be();
+        other.proto = lb_common::PROTO_UDP;
         twice.services.push((other, r));
         let e = Dataplane::adopt(MemMaps::default(), &twice).err().unwrap();
-        assert!(e.0.contains("two service keys"), "{e}");
+        assert!(e.0.contains("has keys of protocol"), "{e}");
 
         let mut bad_sched = good.clone();
         bad_sched.infos[r.id as usize].sched = 77;

@@ -77,12 +77,35 @@ pub struct ServiceSpec {
     /// This node is active (VRRP master) for the VIP.
     pub active: bool,
     pub backends: Vec<BackendSpec>,
+    /// The other (VIP, port)s of the same protocol that lead to this one service, with its
+    /// one ring, rr position, persistence and counters (keepalived's `virtual_server_group`).
+    pub aliases: Vec<(IpAddr, u16)>,
 }
 
 impl ServiceSpec {
     /// Its VIP, port and protocol.
     pub fn key(&self) -> ServiceKey {
         ServiceKey::new(self.vip, self.port, self.proto)
+    }
+
+    /// Every map key that leads to it: its own, then its aliases'.
+    pub fn map_keys(&self) -> impl Iterator<Item = MapKey> + '_ {
+        std::iter::once(MapKey::of(self)).chain(self.aliases.iter().map(|&(vip, port)| {
+            let (addr, family) = addr_words(vip);
+            MapKey {
+                addr,
+                port: port.to_be(),
+                proto: self.proto.number(),
+                family,
+            }
+        }))
+    }
+
+    /// The key the planner knows it by: the least of [`ServiceSpec::map_keys`], so that
+    /// maps read back after a restart (which do not say which key was the configuration's
+    /// first) name the same service.
+    pub fn ident(&self) -> MapKey {
+        self.map_keys().min().expect("a service has its own key")
     }
 }
 

@@ -404,10 +404,12 @@ struct Delta {
     groups: BTreeMap<Group, BTreeMap<u16, u32>>,
 }
 
-/// The entries of service `p` in `current`.
-fn entries_of(current: &Desired, key: &MapKey, p: &Planned, into: &mut Desired) {
-    if let Some(r) = current.services.get(key) {
-        into.services.insert(*key, *r);
+/// The entries of service `p` in `current` (every key that leads to it).
+fn entries_of(current: &Desired, p: &Planned, into: &mut Desired) {
+    for key in p.spec.map_keys() {
+        if let Some(r) = current.services.get(&key) {
+            into.services.insert(key, *r);
+        }
     }
     if let Some(i) = current.infos.get(&p.id) {
         into.infos.insert(p.id, *i);
@@ -446,15 +448,21 @@ fn plan(
 ) -> Result<Delta, PlanError> {
     let mut d = Delta::default();
     let mut seen: HashSet<MapKey> = HashSet::with_capacity(specs.len());
+    // Every key of every service: one key leads to one service.
+    let mut keys: HashSet<MapKey> = HashSet::with_capacity(specs.len());
     // (index in specs, key, old plan) of every service to plan.
     let mut todo: Vec<(usize, MapKey, Option<&Planned>)> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let key = MapKey::of(spec);
-        if !seen.insert(key) {
-            return Err(PlanError::DuplicateService(format!(
-                "{}:{}/{:?}",
-                spec.vip, spec.port, spec.proto
-            )));
+        let key = spec.ident();
+        seen.insert(key);
+        let own = std::iter::once((spec.vip, spec.port)).chain(spec.aliases.iter().copied());
+        for (k, (vip, port)) in spec.map_keys().zip(own) {
+            if !keys.insert(k) {
+                return Err(PlanError::DuplicateService(format!(
+                    "{vip}:{port}/{:?}",
+                    spec.proto
+                )));
+            }
         }
         match planned.get(&key) {
             Some(p) if !p.dirty && (same.get(i) == Some(&true) || p.spec == *spec) => {}
@@ -467,7 +475,7 @@ fn plan(
         for (key, p) in planned {
             if !seen.contains(key) {
                 d.gone.push(*key);
-                entries_of(current, key, p, &mut d.prev);
+                entries_of(current, p, &mut d.prev);
                 freed_services.push(p.id);
                 freed_backends.extend(&p.bids);
                 if let Some(r) = current.rings.get(&p.id) {
@@ -512,7 +520,7 @@ fn plan(
     for &(i, key, old) in &todo {
         let spec = &specs[i];
         if let Some(p) = old {
-            entries_of(current, &key, p, &mut d.prev);
+            entries_of(current, p, &mut d.prev);
         }
         let id = old.map_or_else(|| alloc.ids.service(), |p| p.id);
         let bids: Vec<u32> = spec
@@ -632,7 +640,9 @@ fn plan(
                 persist_mask: prefix_mask(key.family, spec.persistence_prefix),
             },
         );
-        d.next.services.insert(key, ServiceRef { id, flags: 0 });
+        for k in spec.map_keys() {
+            d.next.services.insert(k, ServiceRef { id, flags: 0 });
+        }
         d.next.rings.insert(id, ring);
         d.planned.push((
             key,
@@ -644,15 +654,35 @@ fn plan(
             },
         ));
     }
-    // The fragments-only entries of the groups whose services come or go.
+    // The fragments-only entries of the groups whose services come or go (or whose keys
+    // change: a group's aliases), keys as they were and as they will be.
+    let old_keys: Vec<MapKey> = d
+        .gone
+        .iter()
+        .chain(d.planned.iter().map(|(k, _)| k))
+        .filter_map(|k| planned.get(k))
+        .flat_map(|p| p.spec.map_keys())
+        .collect();
+    let new_keys: Vec<(MapKey, u32)> = d
+        .planned
+        .iter()
+        .flat_map(|(_, p)| p.spec.map_keys().map(move |k| (k, p.id)))
+        .collect();
     let mut touched: BTreeSet<Group> = BTreeSet::new();
     for (key, _) in &d.planned {
         if !planned.contains_key(key) {
             touched.insert(group_of(key));
         }
     }
-    for key in d.gone.iter().chain(stray.services.keys()) {
-        touched.insert(group_of(key));
+    for (k, _) in &new_keys {
+        if !old_keys.contains(k) {
+            touched.insert(group_of(k));
+        }
+    }
+    for key in old_keys.iter().chain(stray.services.keys()) {
+        if !new_keys.iter().any(|(k, _)| k == key) {
+            touched.insert(group_of(key));
+        }
     }
     for g in touched {
         let mut ports = groups.get(&g).cloned().unwrap_or_default();
@@ -663,11 +693,11 @@ fn plan(
                 d.prev.services.insert(k, *v);
             }
         }
-        for key in d.gone.iter().filter(|k| group_of(k) == g) {
+        for key in old_keys.iter().filter(|k| group_of(k) == g) {
             ports.remove(&u16::from_be(key.port));
         }
-        for (key, p) in d.planned.iter().filter(|(k, _)| group_of(k) == g) {
-            ports.insert(u16::from_be(key.port), p.id);
+        for (key, id) in new_keys.iter().filter(|(k, _)| group_of(k) == g) {
+            ports.insert(u16::from_be(key.port), *id);
         }
         if let Some((k, r)) = frag_entry(g, Some(&ports)) {
             d.next.services.insert(k, r);
@@ -1121,7 +1151,7 @@ impl<W: MapWriter> Dataplane<W> {
                     .zip(specs)
                     .zip(same.iter().copied().chain(std::iter::repeat(false)))
                 {
-                    if !(same && MapKey::of(mine) == MapKey::of(new)) {
+                    if !(same && mine.ident() == new.ident()) {
                         mine.clone_from(new);
                     }
                 }
@@ -1321,7 +1351,7 @@ impl<W: MapWriter> Dataplane<W> {
 
     /// The ids of a service and of its backends, in spec order (for counters and status).
     pub fn ids_of(&self, spec: &ServiceSpec) -> Option<(u32, Vec<u32>)> {
-        let p = self.planned.get(&MapKey::of(spec))?;
+        let p = self.planned.get(&spec.ident())?;
         let bids = if p.spec.backends.len() == spec.backends.len()
             && p.spec
                 .backends
@@ -1600,6 +1630,7 @@ mod tests {
             idle_timeout: 900,
             mh_table_size: M,
             active: true,
+            aliases: Vec::new(),
             backends: weights
                 .iter()
                 .enumerate()

@@ -155,6 +155,7 @@ mod tests {
             persistence_prefix: 32,
             idle_timeout: 900,
             active: true,
+            aliases: Vec::new(),
             backends: (0..n)
                 .map(|i| BackendSpec {
                     thresholds: Default::default(),

@@ -368,6 +368,7 @@ mod tests {
             persistence_prefix: 32,
             idle_timeout: 900,
             active: true,
+            aliases: Vec::new(),
             backends: (0..3)
                 .map(|i| BackendSpec {
                     thresholds: Default::default(),
