@@ -396,85 +396,87 @@ pub fn read_number_file(path: &std::path::Path) -> Option<i64> {
     parse_number_file(&buf[..n])
 }
 
-/// A running process as a `vrrp_track_process` sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessInfo {
-    /// The kernel's process name (`/proc/PID/comm`, at most 15 bytes).
-    pub comm: Vec<u8>,
-    /// The start of `/proc/PID/cmdline` (NUL after each word), when asked for.
-    pub cmdline: Option<Vec<u8>>,
+/// Enough of `/proc/PID/stat` for the name, the state and the start time (field 22): the
+/// PID, the name in parentheses (a kernel thread's up to 63 bytes), then 19 numbers.
+pub const STAT_HEAD: usize = 512;
+
+/// What `/proc/PID/stat` says of a process: its name, state letter and start time (in
+/// clock ticks since boot; with the PID, what tells a process from a later one that reuses
+/// the PID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat<'a> {
+    pub comm: &'a [u8],
+    pub state: u8,
+    pub start_time: u64,
 }
 
-/// Enough of `/proc/PID/stat` for the name and state: the PID (at most 10 digits), the
-/// name in parentheses (at most 15 bytes), the state letter.
-const STAT_HEAD: usize = 64;
-
-/// The process name and state letter of a `/proc/PID/stat` line's start. The name may hold
-/// any byte, `)` included, so it ends at the last `)`: what follows it (the state and
-/// numbers) has none.
-pub fn parse_proc_stat(head: &[u8]) -> Option<(&[u8], u8)> {
+/// Parses the start of a `/proc/PID/stat` line. The name may hold any byte, `)` included,
+/// so it ends at the last `)`: what follows it (the state and numbers) has none.
+pub fn parse_proc_stat(head: &[u8]) -> Option<ProcStat<'_>> {
     let open = head.iter().position(|b| *b == b'(')?;
     let close = head.iter().rposition(|b| *b == b')')?;
-    let name = head.get(open + 1..close)?;
-    match head.get(close + 1..close + 3)? {
-        [b' ', state] => Some((name, *state)),
-        _ => None,
-    }
+    let comm = head.get(open + 1..close)?;
+    let rest = std::str::from_utf8(head.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = match fields.next()?.as_bytes() {
+        [s] => *s,
+        _ => return None,
+    };
+    // Fields 4 to 21 come between the state (3) and the start time (22).
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat {
+        comm,
+        state,
+        start_time,
+    })
 }
 
-/// Every process now (threads are not processes here: `/proc` lists thread-group leaders
-/// only), zombies and dead ones left out, as keepalived counts them. With `cmdline_max`,
-/// the first that many bytes of each command line too (a process that went away meanwhile
-/// is skipped). Hand-written rather than the `procfs` crate: two fields of one file per
-/// process, read into a stack buffer, are the whole need, several times a second.
-pub fn processes(cmdline_max: Option<usize>) -> io::Result<Vec<ProcessInfo>> {
-    use std::io::Read;
+/// A process that went away while it was read (or is no longer there to read).
+fn gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
+}
+
+/// The PIDs of every process (`/proc` lists thread-group leaders only: threads are not
+/// processes here). An error reading the directory is an error: a short list would look
+/// like processes that stopped.
+pub fn proc_pids() -> io::Result<Vec<u32>> {
     let mut out = Vec::new();
-    let mut path = String::with_capacity(32);
     for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        path.clear();
-        path.push_str("/proc/");
-        path.push_str(pid);
-        let base = path.len();
-        path.push_str("/stat");
-        let mut head = [0u8; STAT_HEAD];
-        let Ok(n) = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)) else {
-            continue;
-        };
-        let Some((comm, state)) = parse_proc_stat(&head[..n]) else {
-            continue;
-        };
-        if matches!(state, b'Z' | b'X' | b'x') {
-            continue;
+        if let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            out.push(pid);
         }
-        let cmdline = match cmdline_max {
-            None => None,
-            Some(max) => {
-                path.truncate(base);
-                path.push_str("/cmdline");
-                let mut buf = Vec::with_capacity(max);
-                match std::fs::File::open(&path)
-                    .and_then(|f| f.take(max as u64).read_to_end(&mut buf))
-                {
-                    Ok(_) => Some(buf),
-                    Err(_) => continue,
-                }
-            }
-        };
-        out.push(ProcessInfo {
-            comm: comm.to_vec(),
-            cmdline,
-        });
     }
     Ok(out)
+}
+
+/// Reads at most `buf.len()` bytes of `/proc/PID/FILE` into `buf`: `Ok(None)` when the
+/// process is gone, any other failure (out of descriptors...) an error, never a process
+/// that seems to have stopped. `path` is scratch space, reused between calls.
+pub fn read_proc_file(
+    pid: u32,
+    file: &str,
+    path: &mut String,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    use std::{fmt::Write, io::Read};
+    path.clear();
+    let _ = write!(path, "/proc/{pid}/{file}");
+    let mut f = match std::fs::File::open(&*path) {
+        Ok(f) => f,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(n))
 }
 
 #[cfg(test)]
@@ -485,35 +487,56 @@ mod tests {
 
     #[test]
     fn proc_stat_heads() {
+        let line = b"1234 (nginx) S 1 1234 1234 0 -1 4194560 120 0 0 0 0 0 0 0 20 0 1 0 \
+                     98765 10096640 300 18446744073709551615";
         assert_eq!(
-            parse_proc_stat(b"1234 (nginx) S 1 1234 1234 0 -1"),
-            Some((&b"nginx"[..], b'S'))
+            parse_proc_stat(line),
+            Some(ProcStat {
+                comm: b"nginx",
+                state: b'S',
+                start_time: 98765
+            })
         );
         // A name may hold spaces and parentheses: it ends at the last `)`.
+        let odd = b"77 (a) b (c)) Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 555";
+        let p = parse_proc_stat(odd).unwrap();
         assert_eq!(
-            parse_proc_stat(b"77 (a) b (c)) Z 1 2 3"),
-            Some((&b"a) b (c)"[..], b'Z'))
+            (p.comm, p.state, p.start_time),
+            (&b"a) b (c)"[..], b'Z', 555)
         );
         assert_eq!(parse_proc_stat(b"77 (cut"), None);
-        assert_eq!(parse_proc_stat(b"77 (x)"), None, "no state");
+        assert_eq!(
+            parse_proc_stat(b"77 (x) S 1 2"),
+            None,
+            "cut before the start time"
+        );
         assert_eq!(parse_proc_stat(b""), None);
         assert_eq!(parse_proc_stat(b")("), None);
     }
 
     #[test]
-    fn this_process_is_listed() {
-        let me = std::fs::read("/proc/self/comm").unwrap();
-        let me = &me[..me.len() - 1];
-        let all = processes(Some(4096)).unwrap();
-        let mine = std::fs::read("/proc/self/cmdline").unwrap();
-        assert!(
-            all.iter().any(
-                |p| p.comm == me && p.cmdline.as_deref() == Some(&mine[..mine.len().min(4096)])
-            ),
-            "{me:?} not among {} processes",
-            all.len()
+    fn this_process_is_read() {
+        let me = std::process::id();
+        assert!(proc_pids().unwrap().contains(&me));
+        let (mut path, mut buf) = (String::new(), [0u8; STAT_HEAD]);
+        let n = read_proc_file(me, "stat", &mut path, &mut buf)
+            .unwrap()
+            .unwrap();
+        let stat = parse_proc_stat(&buf[..n]).unwrap();
+        let comm = std::fs::read("/proc/self/comm").unwrap();
+        assert_eq!(stat.comm, &comm[..comm.len() - 1]);
+        assert!(stat.start_time > 0);
+        // Bounded: only what fits.
+        let mut two = [0u8; 2];
+        assert_eq!(
+            read_proc_file(me, "cmdline", &mut path, &mut two).unwrap(),
+            Some(2)
         );
-        assert!(processes(None).unwrap().iter().all(|p| p.cmdline.is_none()));
+        // No such process: gone, not an error.
+        assert_eq!(
+            read_proc_file(u32::MAX, "stat", &mut path, &mut buf).unwrap(),
+            None
+        );
     }
 
     #[test]

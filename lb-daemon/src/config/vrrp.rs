@@ -88,9 +88,10 @@ pub(super) struct RawTrackProcess {
     quorum_max: Option<Spanned<u32>>,
     /// Seconds: `fork_delay` and `terminate_delay` at once.
     delay: Option<Spanned<f64>>,
-    /// Seconds a gained quorum must hold before it counts.
+    /// Seconds a change caused by a process starting (a gained quorum, or one lost above
+    /// `quorum_max`) must last before it counts.
     fork_delay: Option<Spanned<f64>>,
-    /// Seconds a lost quorum must last before it counts.
+    /// Seconds a change caused by a process stopping must last before it counts.
     terminate_delay: Option<Spanned<f64>>,
 }
 
@@ -226,6 +227,8 @@ pub struct TrackProcess {
 
 /// The kernel keeps a process name in 16 bytes with its NUL (`TASK_COMM_LEN`).
 pub const COMM_MAX: usize = 15;
+/// The longest command line (program and parameters) a `vrrp_track_process` may match.
+pub const CMDLINE_MAX: usize = 4096;
 
 /// A virtual address as keepalived writes it: `ADDR[/PREFIX] [dev IFACE] [label LABEL]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,6 +547,13 @@ pub(super) fn track_process(cx: &Ctx, raw: &RawTrackProcess) -> Result<TrackProc
         return Err(bad_process("a NUL byte cannot be part of a command line"));
     }
     let process = words.remove(0);
+    // What a pass reads of each command line is this long: bounded.
+    let line_len = process.len() + words.iter().map(|w| w.len() + 1).sum::<usize>() + 2;
+    if line_len > CMDLINE_MAX {
+        return Err(bad_process(&format!(
+            "the program and its parameters are {line_len} bytes: at most {CMDLINE_MAX}"
+        )));
+    }
     let param_match = match &raw.param_match {
         None if words.is_empty() => None,
         // keepalived: parameters alone are matched exactly.
@@ -580,10 +590,10 @@ pub(super) fn track_process(cx: &Ctx, raw: &RawTrackProcess) -> Result<TrackProc
         Some(q) => return Err(cx.invalid(q.span(), &k("quorum_max"), "must be 0..=65535")),
     };
     let quorum = match &raw.quorum {
-        // keepalived: `quorum_max 0` is "up while none runs".
+        // keepalived: `quorum_max 0` is "up while none runs" (with a quorum of 0 or 1).
         None if quorum_max == 0 => 0,
         None => 1,
-        Some(q) if *q.get_ref() == 0 && quorum_max == 0 => 0,
+        Some(q) if *q.get_ref() <= 1 && quorum_max == 0 => 0,
         Some(q) if !(1..=65_535).contains(q.get_ref()) => {
             return Err(cx.invalid(q.span(), &k("quorum"), "must be 1..=65535"))
         }
@@ -1250,7 +1260,11 @@ lb_kind = "DR"
         .unwrap();
         assert_eq!(c.track_processes[0].param_match, Some(ParamMatch::Initial));
         // quorum_max 0: up while none runs.
-        let c = parse(&with("process = \"nginx\"\nquorum_max = 0\n", "\"nginx\"")).unwrap();
+        let c = parse(&with(
+            "process = \"nginx\"\nquorum = 1\nquorum_max = 0\n",
+            "\"nginx\"",
+        ))
+        .unwrap();
         assert_eq!(
             (c.track_processes[0].quorum, c.track_processes[0].quorum_max),
             (0, 0)

@@ -1156,8 +1156,11 @@ impl Cx<'_> {
             comments: Vec::new(),
             trailing: None,
         });
-        let mut quorum = None;
-        let mut quorum_max = None;
+        // keepalived reads these in order, each against the others so far (see below).
+        let mut quorum: (u32, Option<(Span, &Stmt)>) = (1, None);
+        let mut quorum_max: (u32, Option<(Span, &Stmt)>) = (u32::MAX, None);
+        let mut fork_delay = None;
+        let mut terminate_delay = None;
         for st in &b.body {
             let r = (|| -> Result<(), Diag> {
                 let kw = st.keyword();
@@ -1211,22 +1214,50 @@ impl Cx<'_> {
                             self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
                         }
                     }
+                    // keepalived (`vrrp_tprocess_quorum*_handler`): a quorum above the
+                    // quorum_max so far, or a quorum_max below the quorum so far (but 0 over
+                    // a quorum of 1: none may run), is ignored with a warning; a quorum_max of
+                    // 0 makes the quorum 0, a later non-zero one makes it 1 again.
                     "quorum" => {
                         let w = one(st)?;
-                        quorum = Some((int(w, 1, 65_535)?, w.span, st));
+                        let q = int(w, 1, 65_535)? as u32;
+                        if q > quorum_max.0 {
+                            self.warnings.push(Diag::new(
+                                w.span,
+                                format!("quorum {q} is above quorum_max {}: keepalived ignores it, and so does the import", quorum_max.0),
+                            ));
+                        } else {
+                            quorum = (q, Some((w.span, st)));
+                        }
                     }
                     "quorum_max" => {
                         let w = one(st)?;
-                        quorum_max = Some((int(w, 0, 65_535)?, w.span, st));
+                        let m = int(w, 0, 65_535)? as u32;
+                        if m == 0 && quorum.0 <= 1 {
+                            quorum = (0, None);
+                            quorum_max = (0, Some((w.span, st)));
+                        } else if m < quorum.0 {
+                            self.warnings.push(Diag::new(
+                                w.span,
+                                format!("quorum_max {m} is below quorum {}: keepalived ignores it, and so does the import", quorum.0),
+                            ));
+                        } else {
+                            if quorum.0 == 0 {
+                                quorum = (1, None);
+                            }
+                            quorum_max = (m, Some((w.span, st)));
+                        }
                     }
+                    // The last of them sets each delay, as in keepalived.
                     key @ ("delay" | "fork_delay" | "terminate_delay") => {
-                        let key = match key {
-                            "delay" => "delay",
-                            "fork_delay" => "fork_delay",
-                            _ => "terminate_delay",
-                        };
                         let w = one(st)?;
-                        self.put(&mut t, key, seconds(w)?, w.span, st)?;
+                        let v = (seconds(w)?, w.span, st);
+                        if key != "terminate_delay" {
+                            fork_delay = Some(v.clone());
+                        }
+                        if key != "fork_delay" {
+                            terminate_delay = Some(v);
+                        }
                     }
                     "full_command" => {
                         let (on, span) = flag(st)?;
@@ -1241,14 +1272,21 @@ impl Cx<'_> {
             })();
             self.recover(st, r);
         }
-        // keepalived: `quorum_max 0` makes the quorum 0 (up while none runs).
-        if let Some((q, span, st)) = quorum {
-            if !(q <= 1 && quorum_max.is_some_and(|(m, _, _)| m == 0)) {
-                self.put(&mut t, "quorum", Value::Int(q), span, st)?;
+        if let (q, Some((span, st))) = quorum {
+            if q != 1 {
+                self.put(&mut t, "quorum", Value::Int(q.into()), span, st)?;
             }
         }
-        if let Some((m, span, st)) = quorum_max {
-            self.put(&mut t, "quorum_max", Value::Int(m), span, st)?;
+        if let (m, Some((span, st))) = quorum_max {
+            self.put(&mut t, "quorum_max", Value::Int(m.into()), span, st)?;
+        }
+        for (key, d) in [
+            ("fork_delay", fork_delay),
+            ("terminate_delay", terminate_delay),
+        ] {
+            if let Some((v, span, st)) = d {
+                self.put(&mut t, key, v, span, st)?;
+            }
         }
         if !t.has("process") {
             return Err(Diag::new(

@@ -12,11 +12,12 @@
 //! master process ...", PostgreSQL) is seen rewritten: match those by process name.
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, Notify},
     task::JoinHandle,
 };
 use tracing::{info, warn};
@@ -25,13 +26,26 @@ use super::track::{Status, TrackEvent, TrackKey};
 use crate::{
     config::vrrp::{ParamMatch, TrackProcess},
     log_limit::{LogLimit, LOG_EVERY},
-    os::ProcessInfo,
+    os::{parse_proc_stat, proc_pids, read_proc_file, STAT_HEAD},
 };
 
-/// How often `/proc` is read. One pass reads a 64-byte head of each process's `stat` (and
-/// its command line only when some tracker matches on it): about a millisecond for a few
-/// hundred processes.
+/// How often `/proc` is read. A pass reads each process's `comm` (its `stat` only when the
+/// name matches, to leave zombies out) and, when a tracker matches on command lines, each
+/// new process's command line once: about a millisecond for a few hundred processes.
 pub const PROCESS_POLL: Duration = Duration::from_millis(250);
+
+/// A pass still running after this long is logged: reading a process's command line waits
+/// for its memory map, which a process stuck in the kernel (a hung NFS mount) can hold.
+const SLOW_SCAN: Duration = Duration::from_secs(5);
+
+/// A running process as a tracker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessInfo<'a> {
+    /// The kernel's process name (`/proc/PID/comm`, at most 15 bytes).
+    pub comm: &'a [u8],
+    /// The start of `/proc/PID/cmdline` (a NUL after each word), when some tracker needs it.
+    pub cmdline: Option<&'a [u8]>,
+}
 
 // ---------------------------------------------------------------------------------------------
 // Matching: pure
@@ -72,6 +86,11 @@ impl ProcessMatcher {
         }
     }
 
+    /// Whether a process named `comm` may count (the whole answer without `full_command`).
+    pub fn may_match_comm(&self, comm: &[u8]) -> bool {
+        self.full_command || comm == self.name
+    }
+
     /// Whether `p` counts. Without `full_command`, its process name is compared whole
     /// (keepalived: `pgrep '^name$'`, never a pattern); with it, the command line's first
     /// word, and the parameters after it as `param_match` says.
@@ -79,7 +98,7 @@ impl ProcessMatcher {
         if !self.full_command {
             return p.comm == self.name;
         }
-        let Some(line) = p.cmdline.as_deref() else {
+        let Some(line) = p.cmdline else {
             return false;
         };
         // No NUL: a rewritten command line without arguments, all of it the program.
@@ -109,9 +128,12 @@ impl ProcessMatcher {
 /// A tracker's count, its quorum, and the delays before a change counts.
 ///
 /// keepalived delays a change caused by a fork by `fork_delay` and one caused by an exit by
-/// `terminate_delay`, whichever way the quorum goes. Seen from `/proc`, a count that rose
-/// is a fork and one that fell an exit. A change undone before its delay is over is never
-/// reported (a restart within `terminate_delay`); the first count is reported at once.
+/// `terminate_delay`, whichever way the quorum goes (gained, or lost above `quorum_max`).
+/// Seen from `/proc`, a count that rose is a fork and one that fell an exit; a pending
+/// change whose cause turns around (a fork, then more exits) waits the other delay from
+/// then, as keepalived cancels one timer and starts the other. A change undone before its
+/// delay is over is never reported (a restart within `terminate_delay`); the first count
+/// is reported at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessWatch {
     quorum: u32,
@@ -121,8 +143,9 @@ pub struct ProcessWatch {
     count: Option<u32>,
     /// What was reported: `None` before the first count.
     reported: Option<bool>,
-    /// When the pending change (the opposite of `reported`) counts.
-    pending: Option<Instant>,
+    /// When the pending change (the opposite of `reported`) counts, and whether a rise
+    /// (a fork) caused it.
+    pending: Option<(Instant, bool)>,
 }
 
 impl ProcessWatch {
@@ -136,6 +159,21 @@ impl ProcessWatch {
             reported: None,
             pending: None,
         }
+    }
+
+    /// Whether `other` follows the same rules (its state aside).
+    pub fn same_rules(&self, other: &ProcessWatch) -> bool {
+        (
+            self.quorum,
+            self.quorum_max,
+            self.fork_delay,
+            self.terminate_delay,
+        ) == (
+            other.quorum,
+            other.quorum_max,
+            other.fork_delay,
+            other.terminate_delay,
+        )
     }
 
     fn in_quorum(&self, count: u32) -> bool {
@@ -154,7 +192,7 @@ impl ProcessWatch {
     /// When [`ProcessWatch::observe`] must be called again for a pending change, even if
     /// the count stays.
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending
+        self.pending.map(|(due, _)| due)
     }
 
     /// Takes the count at `now`; returns the new status when it changes.
@@ -169,15 +207,19 @@ impl ProcessWatch {
             self.pending = None;
             return None;
         }
-        let due = match self.pending {
-            Some(due) => due,
-            None => {
-                let delay = if previous.is_some_and(|p| count > p) {
+        // The cause of this count: a rise, a fall, or none (the same count again).
+        let rose = previous.and_then(|p| (count != p).then_some(count > p));
+        let due = match (self.pending, rose) {
+            (Some((due, was)), r) if r.is_none_or(|r| r == was) => due,
+            _ => {
+                let rose = rose.unwrap_or(false);
+                let delay = if rose {
                     self.fork_delay
                 } else {
                     self.terminate_delay
                 };
-                *self.pending.insert(now + delay)
+                self.pending = Some((now + delay, rose));
+                now + delay
             }
         };
         if now < due {
@@ -193,37 +235,149 @@ impl ProcessWatch {
 // The poller: I/O
 // ---------------------------------------------------------------------------------------------
 
+/// Counts processes over `/proc`, keeping each command line it read (by PID, start time and
+/// name: a PID reused by a later process, or a process that exec'd another program, is read
+/// again), so that a command line is read once per process, not once per pass.
+#[derive(Default)]
+struct Scanner {
+    cmdlines: HashMap<u32, CachedLine>,
+    path: String,
+}
+
+struct CachedLine {
+    start_time: u64,
+    comm: Vec<u8>,
+    /// How much was asked for (a tracker needing more reads it again).
+    limit: usize,
+    line: Vec<u8>,
+}
+
+impl Scanner {
+    /// How many processes each of `matchers` counts now. Any failure other than a process
+    /// that went away fails the whole pass: a short count would look like stopped processes.
+    fn count(&mut self, matchers: &[ProcessMatcher]) -> std::io::Result<Vec<u32>> {
+        let limit = matchers.iter().map(|m| m.cmdline_len()).max().unwrap_or(0);
+        let mut counts = vec![0u32; matchers.len()];
+        let mut stat = [0u8; STAT_HEAD];
+        let mut comm = [0u8; 64];
+        let mut kept: HashMap<u32, CachedLine> = HashMap::new();
+        for pid in proc_pids()? {
+            // By name alone, `comm` decides whether the rest is worth reading (`stat` walks
+            // the process's threads).
+            if limit == 0 {
+                let Some(n) = read_proc_file(pid, "comm", &mut self.path, &mut comm)? else {
+                    continue;
+                };
+                let name = comm[..n].strip_suffix(b"\n").unwrap_or(&comm[..n]);
+                if !matchers.iter().any(|m| m.may_match_comm(name)) {
+                    continue;
+                }
+            }
+            let Some(n) = read_proc_file(pid, "stat", &mut self.path, &mut stat)? else {
+                continue;
+            };
+            let Some(st) = parse_proc_stat(&stat[..n]) else {
+                continue;
+            };
+            // Zombies and dead processes do not run (keepalived leaves them out too).
+            if matches!(st.state, b'Z' | b'X' | b'x') {
+                continue;
+            }
+            let line = if limit == 0 {
+                None
+            } else {
+                let cached = self.cmdlines.remove(&pid).filter(|c| {
+                    c.start_time == st.start_time && c.comm == st.comm && c.limit >= limit
+                });
+                let entry = match cached {
+                    Some(c) => c,
+                    None => {
+                        let mut line = vec![0u8; limit];
+                        let Some(n) = read_proc_file(pid, "cmdline", &mut self.path, &mut line)?
+                        else {
+                            continue;
+                        };
+                        line.truncate(n);
+                        CachedLine {
+                            start_time: st.start_time,
+                            comm: st.comm.to_vec(),
+                            limit,
+                            line,
+                        }
+                    }
+                };
+                Some(kept.entry(pid).insert_entry(entry).into_mut())
+            };
+            let info = ProcessInfo {
+                comm: st.comm,
+                cmdline: line.as_ref().map(|c| &c.line[..]),
+            };
+            for (count, m) in counts.iter_mut().zip(matchers) {
+                *count += u32::from(m.matches(&info));
+            }
+        }
+        // Processes that went away are forgotten.
+        self.cmdlines = kept;
+        Ok(counts)
+    }
+}
+
 struct Tracker {
     matcher: ProcessMatcher,
     watch: ProcessWatch,
 }
 
-/// Counts every tracker's processes in one pass over `/proc`.
-fn scan(trackers: &BTreeMap<String, Tracker>) -> std::io::Result<Vec<u32>> {
-    let cmdline = trackers
-        .values()
-        .map(|t| t.matcher.cmdline_len())
-        .max()
-        .filter(|n| *n > 0);
-    let all = crate::os::processes(cmdline)?;
-    Ok(trackers
-        .values()
-        .map(|t| all.iter().filter(|p| t.matcher.matches(p)).count() as u32)
-        .collect())
+type Trackers = Arc<Mutex<BTreeMap<String, Tracker>>>;
+
+fn lock(t: &Trackers) -> std::sync::MutexGuard<'_, BTreeMap<String, Tracker>> {
+    // A poisoned lock means a panic while it was held, which nothing here can leave halfway.
+    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The process poller; dropping it stops the polling.
+/// The process poller; dropping it stops the polling. A reload changes its trackers in
+/// place ([`ProcessTask::reconfigure`]): one whose matching and quorum rules stay keeps its
+/// count, its status and a delay in progress.
 #[derive(Debug)]
 pub struct ProcessTask {
-    /// What it was started with, to tell whether a reload changes it.
-    pub processes: BTreeMap<String, TrackProcess>,
-    status: watch::Receiver<HashMap<String, Status>>,
+    trackers: Trackers,
+    wake: Arc<Notify>,
     handle: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("watch", &self.watch)
+            .finish()
+    }
+}
+
 impl ProcessTask {
+    /// Every tracker's reported status (`Unknown` until its first pass).
     pub fn status(&self) -> HashMap<String, Status> {
-        self.status.borrow().clone()
+        lock(&self.trackers)
+            .iter()
+            .map(|(n, t)| (n.clone(), t.watch.status()))
+            .collect()
+    }
+
+    /// Takes a reload's trackers: unchanged ones go on, changed and new ones start over
+    /// (their first pass, at once, reports them), gone ones stop.
+    pub fn reconfigure(&self, processes: &BTreeMap<String, TrackProcess>) {
+        let mut trackers = lock(&self.trackers);
+        trackers.retain(|name, t| {
+            processes.get(name).is_some_and(|p| {
+                t.matcher == ProcessMatcher::new(p) && t.watch.same_rules(&ProcessWatch::new(p))
+            })
+        });
+        for (name, p) in processes {
+            trackers.entry(name.clone()).or_insert_with(|| Tracker {
+                matcher: ProcessMatcher::new(p),
+                watch: ProcessWatch::new(p),
+            });
+        }
+        drop(trackers);
+        self.wake.notify_one();
     }
 }
 
@@ -234,43 +388,22 @@ impl Drop for ProcessTask {
 }
 
 /// Polls `/proc` every `period` for `processes` (by tracker name) and sends each confirmed
-/// change. The first pass runs here, before it returns, so that the statuses are known at
-/// once (a reload's new tracking is seeded with them).
+/// change, the first pass's statuses included; the first pass starts at once.
 pub fn spawn_processes(
-    processes: BTreeMap<String, TrackProcess>,
+    processes: &BTreeMap<String, TrackProcess>,
     period: Duration,
     tx: mpsc::Sender<TrackEvent>,
 ) -> ProcessTask {
-    let mut trackers: BTreeMap<String, Tracker> = processes
-        .iter()
-        .map(|(n, p)| {
-            (
-                n.clone(),
-                Tracker {
-                    matcher: ProcessMatcher::new(p),
-                    watch: ProcessWatch::new(p),
-                },
-            )
-        })
-        .collect();
-    match scan(&trackers) {
-        Ok(counts) => {
-            let now = Instant::now();
-            for ((name, t), count) in trackers.iter_mut().zip(counts) {
-                if let Some(up) = t.watch.observe(now, count) {
-                    info!("track_process {name}: {count} running, {}", word(up));
-                }
-            }
-        }
-        Err(e) => warn!("track_process: reading /proc: {e}"),
-    }
-    let (status_tx, status) = watch::channel(statuses(&trackers));
-    let handle = tokio::spawn(process_loop(trackers, period, tx, status_tx));
-    ProcessTask {
-        processes,
-        status,
+    let trackers: Trackers = Arc::default();
+    let wake = Arc::new(Notify::new());
+    let handle = tokio::spawn(process_loop(trackers.clone(), wake.clone(), period, tx));
+    let task = ProcessTask {
+        trackers,
+        wake,
         handle,
-    }
+    };
+    task.reconfigure(processes);
+    task
 }
 
 fn word(up: bool) -> &'static str {
@@ -281,67 +414,91 @@ fn word(up: bool) -> &'static str {
     }
 }
 
-fn statuses(trackers: &BTreeMap<String, Tracker>) -> HashMap<String, Status> {
-    trackers
-        .iter()
-        .map(|(n, t)| (n.clone(), t.watch.status()))
-        .collect()
-}
-
 async fn process_loop(
-    mut trackers: BTreeMap<String, Tracker>,
+    trackers: Trackers,
+    wake: Arc<Notify>,
     period: Duration,
     tx: mpsc::Sender<TrackEvent>,
-    status: watch::Sender<HashMap<String, Status>>,
 ) {
+    let mut scanner = Some(Scanner::default());
     let mut bad = LogLimit::new(LOG_EVERY);
-    let mut next_scan = Instant::now() + period;
+    let mut next_scan = Instant::now();
+    // After a failed pass, the next one waits its period (no spinning on a pending delay).
+    let mut failing = false;
     loop {
-        // Wake for the next pass, or earlier for a delay that ends before it.
-        let wake = trackers
-            .values()
-            .filter_map(|t| t.watch.deadline())
-            .fold(next_scan, Instant::min);
-        tokio::time::sleep_until(wake.into()).await;
+        let due = if failing {
+            next_scan
+        } else {
+            lock(&trackers)
+                .values()
+                .filter_map(|t| t.watch.deadline())
+                .fold(next_scan, Instant::min)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => {}
+            _ = wake.notified() => {}
+        }
         let now = Instant::now();
         if now >= next_scan {
             next_scan = now + period;
         }
-        // Off the event loop: a pass over /proc is a few hundred small reads.
-        let (back, counts) = match tokio::task::spawn_blocking(move || {
-            let counts = scan(&trackers);
-            (trackers, counts)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => return,
+        let matchers: Vec<(String, ProcessMatcher)> = lock(&trackers)
+            .iter()
+            .map(|(n, t)| (n.clone(), t.matcher.clone()))
+            .collect();
+        if matchers.is_empty() {
+            continue;
+        }
+        // Off the event loop: a pass is a few hundred small reads.
+        let Some(mut sc) = scanner.take() else { return };
+        let mut pass = tokio::task::spawn_blocking(move || {
+            let only: Vec<ProcessMatcher> = matchers.iter().map(|(_, m)| m.clone()).collect();
+            let counts = sc.count(&only);
+            (sc, matchers, counts)
+        });
+        let started = Instant::now();
+        let (sc, matchers, counts) = loop {
+            tokio::select! {
+                r = &mut pass => match r {
+                    Ok(r) => break r,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(SLOW_SCAN) => warn!(
+                    "track_process: reading /proc has taken {:?} so far (a process stuck in the kernel?); the tracked processes keep their last status meanwhile",
+                    started.elapsed()
+                ),
+            }
         };
-        trackers = back;
+        scanner = Some(sc);
         let counts = match counts {
             Ok(c) => c,
             Err(e) => {
+                failing = true;
                 if let Some(suppressed) = bad.allow() {
-                    warn!(suppressed, "track_process: reading /proc: {e}");
+                    warn!(suppressed, "track_process: reading /proc: {e}; the tracked processes keep their last status");
                 }
                 continue;
             }
         };
+        failing = false;
         let now = Instant::now();
         let mut changes = Vec::new();
-        for ((name, t), count) in trackers.iter_mut().zip(counts) {
-            if let Some(up) = t.watch.observe(now, count) {
-                info!("track_process {name}: {count} running, {}", word(up));
-                changes.push(TrackEvent {
-                    key: TrackKey::Process(name.clone()),
-                    status: up.into(),
-                });
+        {
+            let mut trackers = lock(&trackers);
+            for ((name, m), count) in matchers.into_iter().zip(counts) {
+                // A reload may have changed the tracker meanwhile: its own pass comes next.
+                let Some(t) = trackers.get_mut(&name).filter(|t| t.matcher == m) else {
+                    continue;
+                };
+                if let Some(up) = t.watch.observe(now, count) {
+                    info!("track_process {name}: {count} running, {}", word(up));
+                    changes.push(TrackEvent {
+                        key: TrackKey::Process(name),
+                        status: up.into(),
+                    });
+                }
             }
         }
-        if changes.is_empty() {
-            continue;
-        }
-        status.send_replace(statuses(&trackers));
         for change in changes {
             if tx.send(change).await.is_err() {
                 return;
@@ -370,47 +527,63 @@ mod tests {
         }
     }
 
-    fn proc(comm: &str, argv: &[&str]) -> ProcessInfo {
+    /// A process as `/proc` would show it.
+    #[derive(Debug)]
+    struct Proc {
+        comm: Vec<u8>,
+        line: Vec<u8>,
+    }
+
+    impl Proc {
+        fn info(&self) -> ProcessInfo<'_> {
+            ProcessInfo {
+                comm: &self.comm,
+                cmdline: Some(&self.line),
+            }
+        }
+    }
+
+    fn proc(comm: &str, argv: &[&str]) -> Proc {
         let mut line = Vec::new();
         for a in argv {
             line.extend_from_slice(a.as_bytes());
             line.push(0);
         }
-        ProcessInfo {
+        Proc {
             comm: comm.as_bytes().to_vec(),
-            cmdline: Some(line),
+            line,
         }
     }
 
     #[test]
     fn names_are_compared_whole() {
         let m = ProcessMatcher::new(&tracker(&["ssh"], None, false));
-        assert!(m.matches(&proc("ssh", &["/usr/bin/ssh", "host"])));
+        assert!(m.matches(&proc("ssh", &["/usr/bin/ssh", "host"]).info()));
         assert!(
-            !m.matches(&proc("sshd", &["/usr/sbin/sshd"])),
+            !m.matches(&proc("sshd", &["/usr/sbin/sshd"]).info()),
             "not pgrep ssh"
         );
-        assert!(!m.matches(&proc("ss", &["ss"])));
+        assert!(!m.matches(&proc("ss", &["ss"]).info()));
         assert_eq!(m.cmdline_len(), 0, "no command line read");
     }
 
     #[test]
     fn full_command_compares_the_program_as_started() {
         let m = ProcessMatcher::new(&tracker(&["/usr/sbin/nginx"], None, true));
-        assert!(m.matches(&proc("nginx", &["/usr/sbin/nginx", "-g", "daemon off;"])));
+        assert!(m.matches(&proc("nginx", &["/usr/sbin/nginx", "-g", "daemon off;"]).info()));
         assert!(
-            !m.matches(&proc("nginx", &["nginx"])),
+            !m.matches(&proc("nginx", &["nginx"]).info()),
             "the path as started"
         );
         // A rewritten command line (one word, no NUL) that is exactly the program.
         let rewritten = ProcessInfo {
-            comm: b"nginx".to_vec(),
-            cmdline: Some(b"/usr/sbin/nginx".to_vec()),
+            comm: b"nginx",
+            cmdline: Some(b"/usr/sbin/nginx"),
         };
         assert!(m.matches(&rewritten));
         let kernel_thread = ProcessInfo {
-            comm: b"kworker/0:1".to_vec(),
-            cmdline: Some(Vec::new()),
+            comm: b"kworker/0:1",
+            cmdline: Some(b""),
         };
         assert!(!m.matches(&kernel_thread));
         // The program, its NUL, nothing configured beyond: one byte to tell.
@@ -433,26 +606,23 @@ mod tests {
             (&partial, [true, true, false, false, false]),
             (&initial, [true, true, true, false, false]),
         ] {
-            let got = [&same, &more, &longer, &fewer, &none].map(|p| m.matches(p));
+            let got = [&same, &more, &longer, &fewer, &none].map(|p| m.matches(&p.info()));
             assert_eq!(got, expect, "{m:?}");
         }
         // param_match without parameters: exact means none; the others, any.
         let bare = |mode| ProcessMatcher::new(&tracker(&["/bin/app"], mode, true));
-        assert!(bare(Some(ParamMatch::Exact)).matches(&none));
-        assert!(!bare(Some(ParamMatch::Exact)).matches(&same));
-        assert!(bare(Some(ParamMatch::Partial)).matches(&same));
-        assert!(bare(Some(ParamMatch::Initial)).matches(&same));
+        assert!(bare(Some(ParamMatch::Exact)).matches(&none.info()));
+        assert!(!bare(Some(ParamMatch::Exact)).matches(&same.info()));
+        assert!(bare(Some(ParamMatch::Partial)).matches(&same.info()));
+        assert!(bare(Some(ParamMatch::Initial)).matches(&same.info()));
         // Only the bytes a decision needs are read; a line cut there decides the same.
-        let cut = |p: &ProcessInfo, m: &ProcessMatcher| ProcessInfo {
-            comm: p.comm.clone(),
-            cmdline: p
-                .cmdline
-                .as_ref()
-                .map(|l| l[..l.len().min(m.cmdline_len())].to_vec()),
-        };
         for m in [&exact, &partial, &initial] {
             for p in [&same, &more, &longer, &fewer, &none] {
-                assert_eq!(m.matches(&cut(p, m)), m.matches(p), "{m:?} {p:?}");
+                let cut = ProcessInfo {
+                    comm: &p.comm,
+                    cmdline: Some(&p.line[..p.line.len().min(m.cmdline_len())]),
+                };
+                assert_eq!(m.matches(&cut), m.matches(&p.info()), "{m:?} {p:?}");
             }
         }
     }
@@ -512,8 +682,9 @@ mod tests {
         assert_eq!(w.count(), Some(0));
     }
 
-    /// The poller over the real `/proc`: a child started and killed is counted, with
-    /// `terminate_delay` holding the loss.
+    /// The poller over the real `/proc`: its first pass reports at once, a child killed is
+    /// counted out after `terminate_delay`, and a reload that keeps a tracker keeps its
+    /// status (nothing reported again) while a new tracker reports.
     #[tokio::test(flavor = "multi_thread")]
     async fn the_poller_counts_a_real_child() {
         let arg = format!("{}.{}", std::process::id(), 424242);
@@ -536,34 +707,59 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let (tx, mut rx) = mpsc::channel(16);
-        let task = spawn_processes(
-            BTreeMap::from([("t".to_string(), p), ("absent".to_string(), absent)]),
-            Duration::from_millis(50),
-            tx,
-        );
-        // The first pass is done before spawn_processes returns.
-        let first = task.status();
-        assert_eq!(first["t"], Status::Up);
-        assert_eq!(first["absent"], Status::Down);
+        let mut set = BTreeMap::from([("t".to_string(), p), ("absent".to_string(), absent)]);
+        let task = spawn_processes(&set, Duration::from_millis(50), tx);
+        async fn next(rx: &mut mpsc::Receiver<TrackEvent>) -> TrackEvent {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("no event")
+                .unwrap()
+        }
+        let ev = |name: &str, status| TrackEvent {
+            key: TrackKey::Process(name.into()),
+            status,
+        };
+        let mut first = vec![next(&mut rx).await, next(&mut rx).await];
+        first.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(first, vec![ev("absent", Status::Down), ev("t", Status::Up)]);
+        assert_eq!(task.status()["t"], Status::Up);
+        // A reload adding a tracker: the new one reports, "t" and "absent" stay as they are.
+        let mut again = set["absent"].clone();
+        again.name = "again".into();
+        set.insert("again".into(), again);
+        task.reconfigure(&set);
+        assert_eq!(next(&mut rx).await, ev("again", Status::Down));
         child.kill().unwrap();
         child.wait().unwrap();
         let killed = Instant::now();
-        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("no event")
-            .unwrap();
-        assert_eq!(
-            ev,
-            TrackEvent {
-                key: TrackKey::Process("t".into()),
-                status: Status::Down
-            }
-        );
+        assert_eq!(next(&mut rx).await, ev("t", Status::Down));
         assert!(
             killed.elapsed() >= Duration::from_millis(300),
             "terminate_delay: {:?}",
             killed.elapsed()
         );
         assert_eq!(task.status()["t"], Status::Down);
+        assert!(rx.try_recv().is_err(), "nothing else was reported");
+    }
+
+    /// A pending change whose cause turns around waits the other delay, from then.
+    #[test]
+    fn a_fork_then_exits_wait_the_terminate_delay() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // quorum 1..=1, fork_delay 1 s, terminate_delay 10 s.
+        let mut w = watch(1, 1, 1000, 10_000);
+        assert_eq!(w.observe(t0, 1), Some(true));
+        assert_eq!(w.observe(t0 + ms(100), 2), None, "above quorum_max: a fork");
+        assert_eq!(w.deadline(), Some(t0 + ms(1100)));
+        // Both exit: out of quorum by exits now, so terminate_delay from here.
+        assert_eq!(w.observe(t0 + ms(200), 0), None);
+        assert_eq!(w.deadline(), Some(t0 + ms(10_200)));
+        assert_eq!(
+            w.observe(t0 + ms(1500), 0),
+            None,
+            "not at the fork's deadline"
+        );
+        assert_eq!(w.observe(t0 + ms(10_200), 0), Some(false));
     }
 }

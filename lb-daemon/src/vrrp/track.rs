@@ -613,9 +613,8 @@ pub struct PreparedTracks {
     no_files: bool,
     /// The files of a new poller, when the set of tracked files changed.
     fresh_files: Option<BTreeMap<String, PathBuf>>,
-    no_processes: bool,
-    /// The trackers of a new process poller, when they changed.
-    fresh_processes: Option<BTreeMap<String, TrackProcess>>,
+    /// The process trackers (the poller keeps the unchanged ones' counts and delays).
+    processes: BTreeMap<String, TrackProcess>,
 }
 
 impl TrackTasks {
@@ -694,10 +693,7 @@ impl TrackTasks {
         // reload must not have told the instances another file's number.
         let keep_files = matches!(&self.files, Some(task) if task.files == files);
         let fresh_files = (!files.is_empty() && !keep_files).then_some(files.clone());
-        // Unchanged trackers keep their counts and pending delays.
-        let keep_processes = matches!(&self.processes, Some(t) if t.processes == processes);
-        let no_processes = processes.is_empty();
-        let fresh_processes = (!no_processes && !keep_processes).then_some(processes);
+
         let keep = matches!(&self.interfaces, Some(task) if task.names == names);
         let fresh = if names.is_empty() || keep {
             None
@@ -713,8 +709,7 @@ impl TrackTasks {
             fresh,
             no_files: files.is_empty(),
             fresh_files,
-            no_processes,
-            fresh_processes,
+            processes,
         })
     }
 
@@ -730,10 +725,12 @@ impl TrackTasks {
         } else if let Some(files) = p.fresh_files {
             self.files = Some(spawn_files(files, LINK_POLL, self.tx.clone()));
         }
-        if p.no_processes {
+        if p.processes.is_empty() {
             self.processes = None;
-        } else if let Some(processes) = p.fresh_processes {
-            self.processes = Some(spawn_processes(processes, PROCESS_POLL, self.tx.clone()));
+        } else if let Some(task) = &self.processes {
+            task.reconfigure(&p.processes);
+        } else {
+            self.processes = Some(spawn_processes(&p.processes, PROCESS_POLL, self.tx.clone()));
         }
         let wanted = p.wanted;
         self.scripts.retain(|name, task| {
