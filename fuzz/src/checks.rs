@@ -752,6 +752,16 @@ pub fn import(data: &[u8]) {
         output_name: None,
         // No file system to look in: a script without a `/` is an error at its position.
         search_path: None,
+        // Mark 1 stands for two ports of one address (the fwmark paths are reached).
+        fwmarks: (options & 2 != 0)
+            .then(|| {
+                (
+                    1,
+                    vec!["192.0.2.10 80".to_string(), "192.0.2.10 443".to_string()],
+                )
+            })
+            .into_iter()
+            .collect(),
     };
     let file = Path::new("fuzz.conf");
     match import::import_str(file, text, &opts) {

@@ -125,6 +125,11 @@ enum Cmd {
         /// The interface XDP runs on (default: the one where the virtual servers' VIPs are).
         #[arg(long)]
         interface: Option<String>,
+        /// What a firewall mark stands for: `N=ADDRESS [PORT],ADDRESS [PORT]...` (keepalived's
+        /// virtual_server_group entries: the addresses and ports your firewall marks with N).
+        /// A `virtual_server fwmark N` becomes one service of those. Repeat for each mark.
+        #[arg(long, value_name = "N=ENTRIES")]
+        fwmark: Vec<String>,
     },
     /// Set this host up as a direct-routing real server, as the seed's /etc/init.d/ipvsadm
     /// script does: the VIPs on lo, arp_ignore=1 and arp_announce=2; `stop` undoes it.
@@ -258,7 +263,14 @@ fn run() -> Result<()> {
             output,
             allow_unsupported,
             interface,
-        } => lb_daemon::import::cli(&file, output.as_deref(), allow_unsupported, interface),
+            fwmark,
+        } => lb_daemon::import::cli(
+            &file,
+            output.as_deref(),
+            allow_unsupported,
+            interface,
+            &fwmark,
+        ),
         Cmd::Status {
             json,
             pretty,

@@ -107,6 +107,10 @@ pub struct ServiceStatus {
     pub port: u16,
     /// `TCP` or `UDP`.
     pub protocol: String,
+    /// A `virtual_server_group`'s every `VIP:PORT` (the first is `vip` and `port`); empty
+    /// for a service of one address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<String>,
     /// `lb_algo`: `rr`, `wrr`, `sh` or `mh`.
     #[serde(default)]
     pub scheduler: String,
@@ -1658,6 +1662,7 @@ pub(crate) mod test_support {
                     vip: "192.0.2.100".parse().unwrap(),
                     port: 80,
                     protocol: "TCP".into(),
+                    group: Vec::new(),
                     scheduler: "rr".into(),
                     active: true,
                     persistence_timeout: 0,
@@ -1723,6 +1728,7 @@ pub(crate) mod test_support {
                     vip: "2001:db8::100".parse().unwrap(),
                     port: 53,
                     protocol: "UDP".into(),
+                    group: Vec::new(),
                     scheduler: "sh".into(),
                     active: false,
                     persistence_timeout: 300,

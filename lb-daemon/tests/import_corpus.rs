@@ -299,3 +299,59 @@ fn interface_option_chooses_the_dataplane_interface() {
         import.toml
     );
 }
+
+/// `virtual_server fwmark N`: with `--fwmark N=...` saying what the firewall marks, one
+/// service of those addresses and ports (one persistence table, as the mark gave); without
+/// it, listed as unsupported with what it needs. A group's `fwmark N` entry likewise.
+#[test]
+fn fwmark_services_become_groups() {
+    let text = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n priority 100\n\
+                virtual_ipaddress {\n  192.0.2.100\n }\n}\n\
+                virtual_server fwmark 1 {\n lb_algo rr\n lb_kind DR\n persistence_timeout 900\n\
+                real_server 198.51.100.11 {\n }\n}\n\
+                virtual_server_group mixed {\n fwmark 2\n 192.0.2.100 8080\n}\n\
+                virtual_server group mixed {\n lb_algo rr\n lb_kind DR\n protocol UDP\n\
+                real_server 198.51.100.12 {\n }\n}\n";
+    let file = Path::new("fw.conf");
+    let opts = Options {
+        fwmarks: import::parse_fwmarks(&[
+            "1=192.0.2.100 80, 192.0.2.100 443".to_string(),
+            "2=192.0.2.100 53".to_string(),
+        ])
+        .unwrap(),
+        ..Default::default()
+    };
+    let import = import::import_str(file, text, &opts).unwrap();
+    assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
+    let [tcp, udp] = &import.config.virtual_servers[..] else {
+        panic!("{:#?}", import.config.virtual_servers)
+    };
+    let addrs = |vs: &lb_daemon::config::VirtualServer| -> Vec<String> {
+        vs.addresses().map(|(a, p)| format!("{a} {p}")).collect()
+    };
+    assert_eq!(addrs(tcp), ["192.0.2.100 80", "192.0.2.100 443"]);
+    assert_eq!(tcp.persistence_timeout, 900);
+    assert_eq!(addrs(udp), ["192.0.2.100 53", "192.0.2.100 8080"]);
+    // Without the marks' meaning: the service is listed with what it needs; the group
+    // entry is an error that says the same.
+    let e = import::import_str(file, text, &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fw.conf:17:2: `virtual_server_group`: lb-daemon has no firewall marks"),
+        "{e}"
+    );
+    let only_service = &text[..text.find("virtual_server_group").unwrap()];
+    let listed = import::import_str(file, only_service, &Options::default()).unwrap();
+    assert_eq!(listed.unsupported.len(), 1);
+    assert!(
+        listed.unsupported[0].reason.contains("--fwmark '1="),
+        "{:?}",
+        listed.unsupported
+    );
+    assert!(listed.config.virtual_servers.is_empty());
+    // A bad --fwmark is refused before anything is read.
+    for bad in ["1", "x=192.0.2.1 80", "1=192.0.2.1 http", "1=fwmark 2"] {
+        assert!(import::parse_fwmarks(&[bad.to_string()]).is_err(), "{bad}");
+    }
+}

@@ -1129,3 +1129,80 @@ fn second_reply_from_the_same_server(client: &lb_tests::netns::Proc, flag: &std:
         "the connection moved to another server"
     );
 }
+
+/// keepalived's `virtual_server_group`: two VIPs as one service. With persistence, each
+/// client sticks to one real server whichever VIP it asks (one persistence table for the
+/// group, what keepalived users build fwmark services for), and `status` counts one service.
+/// Five client addresses ask the first VIP, then the second in the reverse order: two
+/// services with their own persistence would hand the second VIP's clients out afresh, by
+/// rr in that other order, and all but the middle client would move.
+#[test]
+fn a_virtual_server_group_is_one_service() {
+    if !require_lab("a_virtual_server_group_is_one_service") {
+        return;
+    }
+    let lab = DrLab::new(&unique_prefix("dg"), 3).expect("lab");
+    lab.add_vip_to_lb().unwrap();
+    // The second VIP, on the LB (it answers ARP for it) and on each real server's lo.
+    const VIP2: &str = "192.0.2.101";
+    lab.lb()
+        .ip(&["addr", "add", &format!("{VIP2}/32"), "dev", "eth0"])
+        .unwrap();
+    for s in lab.servers() {
+        s.ip(&["addr", "add", &format!("{VIP2}/32"), "dev", "lo"])
+            .unwrap();
+    }
+    let clients: Vec<String> = (5..10).map(|i| format!("192.0.2.{i}")).collect();
+    for c in &clients {
+        lab.client()
+            .ip(&["addr", "add", &format!("{c}/24"), "dev", "eth0"])
+            .unwrap();
+    }
+    let config = lab_config(&lab, "skb", "rr", &[1, 1, 1]).replacen(
+        "ip = \"192.0.2.100\"\nport = 80\n",
+        &format!(
+            "virtual_server_group = [\"192.0.2.100 80\", \"{VIP2} 80\"]\npersistence_timeout = 300\n"
+        ),
+        1,
+    );
+    let (daemon, _cfg) = start_daemon(&lab, &config, "skb").unwrap_or_else(|e| panic!("{e:#}"));
+    let ask = |from: &str, vip: &str| -> String {
+        lab.client()
+            .exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "--interface",
+                from,
+                &format!("http://{vip}/"),
+            ])
+            .unwrap_or_else(|e| panic!("{from} -> {vip}: {e:#}\n{}", daemon.read_stderr()))
+            .trim_end()
+            .to_string()
+    };
+    let first: Vec<String> = clients.iter().map(|c| ask(c, "192.0.2.100")).collect();
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() > 1, "rr spread the clients: {first:?}");
+    for (c, rs) in clients.iter().zip(&first).rev() {
+        assert_eq!(&ask(c, VIP2), rs, "{c} on the group's other VIP");
+        assert_eq!(&ask(c, "192.0.2.100"), rs, "{c} back on the first VIP");
+    }
+    // One service: the group's flows counted together, under its first address.
+    let status = status_json(&lab);
+    let services = status["services"].as_array().unwrap();
+    let group: Vec<&serde_json::Value> = services
+        .iter()
+        .filter(|s| s["vip"] == "192.0.2.100" || s["vip"] == VIP2)
+        .collect();
+    assert_eq!(group.len(), 1, "{status}");
+    assert_eq!(group[0]["new_flows"], 15, "{}", group[0]);
+    assert_eq!(
+        group[0]["group"],
+        serde_json::json!(["192.0.2.100:80", "192.0.2.101:80"]),
+        "{}",
+        group[0]
+    );
+}

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod check;
+pub mod group;
 pub mod split;
 pub mod sync;
 pub mod vrrp;
@@ -240,8 +241,12 @@ struct RawDataplane {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVirtualServer {
-    ip: Spanned<String>,
-    port: u16,
+    /// The VIP and port, or `virtual_server_group`.
+    ip: Option<Spanned<String>>,
+    port: Option<u16>,
+    /// keepalived's `virtual_server_group`: the service's (VIP, port)s, one service with
+    /// one pool, scheduler and persistence table (see [`group`]).
+    virtual_server_group: Option<Spanned<Vec<Spanned<String>>>>,
     protocol: Spanned<String>,
     /// keepalived's default: wlc.
     lb_algo: Option<Spanned<String>>,
@@ -451,9 +456,17 @@ pub struct VirtualServer {
     /// How the sorry server is reached: the service's `lb_kind`, as in keepalived (a TUN
     /// service's tunnel; a NAT service's sorry server may listen on another port).
     pub sorry_forward: Forward,
+    /// Its other (VIP, port)s: the rest of its `virtual_server_group` (the first is `vip`
+    /// and `port`, which name it).
+    pub aliases: Vec<(IpAddr, u16)>,
 }
 
 impl VirtualServer {
+    /// Every (VIP, port) that leads to it.
+    pub fn addresses(&self) -> impl Iterator<Item = (IpAddr, u16)> + '_ {
+        std::iter::once((self.vip, self.port)).chain(self.aliases.iter().copied())
+    }
+
     /// Seconds an established connection (a UDP flow) may stay idle: its own
     /// `idle_timeout`, else `lvs_timeouts`' `tcp` (`udp`), else IPVS's default.
     pub fn idle_timeout(&self, lvs: &LvsTimeouts) -> u32 {
@@ -718,14 +731,16 @@ impl Config {
         let cx = Ctx::new(file, text, vec![(0, 0)]);
         let mut raw: RawConfig = cx.toml()?;
         let services = raw.virtual_server.take().unwrap_or_default();
-        let first = services.first().map(|vs| cx.line_col(vs.ip.span().start).0);
+        let first = services
+            .first()
+            .map(|vs| cx.line_col(vs.name_span().start).0);
         Self::assemble(&cx, raw, first, || {
             services
                 .iter()
                 .map(|vs| {
                     Ok(Service {
                         vs: Arc::new(virtual_server(&cx, vs)?),
-                        ip_line: cx.line_col(vs.ip.span().start).0,
+                        ip_line: cx.line_col(vs.name_span().start).0,
                     })
                 })
                 .collect()
@@ -941,29 +956,67 @@ impl Config {
             }
         }
         let mut keys = std::collections::HashSet::with_capacity(services.len());
-        // Every VIP some instance owns, looked up once per service.
-        let owned_vips: std::collections::HashSet<IpAddr> = vrrp_instances
+        // Every VIP some instance owns, and what moves it: the instance, or its sync group
+        // (whose members move together).
+        let mover_of = |inst: &str| {
+            sync_groups
+                .iter()
+                .find(|g| g.members.iter().any(|m| m == inst))
+                .map_or_else(
+                    || format!("vrrp_instance {inst}"),
+                    |g| format!("vrrp_sync_group {}", g.name),
+                )
+        };
+        let owned_vips: std::collections::HashMap<IpAddr, String> = vrrp_instances
             .iter()
-            .flat_map(|i| i.virtual_ipaddress.iter().map(|v| v.addr))
+            .flat_map(|i| {
+                i.virtual_ipaddress
+                    .iter()
+                    .map(|v| (v.addr, mover_of(&i.name)))
+            })
             .collect();
         let mut virtual_servers = Vec::with_capacity(services.len());
         for Service { vs, ip_line } in services {
-            if !keys.insert(vs.key()) {
-                return Err(cx.invalid_at(
-                    ip_line,
-                    "virtual_server.ip",
-                    format!("{} is defined twice", vs.name()),
-                ));
+            let key_name = if vs.aliases.is_empty() {
+                "virtual_server.ip"
+            } else {
+                "virtual_server.virtual_server_group"
+            };
+            for (vip, port) in vs.addresses() {
+                if !keys.insert(ServiceKey::new(vip, port, vs.proto)) {
+                    return Err(cx.invalid_at(
+                        ip_line,
+                        key_name,
+                        format!("{} is defined twice", ServiceKey::new(vip, port, vs.proto)),
+                    ));
+                }
             }
-            if !vs.is_static && !owned_vips.contains(&vs.vip) {
-                return Err(cx.invalid_at(
-                    ip_line,
-                    "virtual_server.ip",
-                    format!(
-                        "{} is in no vrrp_instance's virtual_ipaddress: add it to one, or set static = true",
-                        vs.vip
-                    ),
-                ));
+            if !vs.is_static {
+                // The service is served where its first VIP is held: every VIP of a group
+                // must move with it.
+                let mut movers = std::collections::BTreeSet::new();
+                for (vip, _) in vs.addresses() {
+                    let Some(m) = owned_vips.get(&vip) else {
+                        return Err(cx.invalid_at(
+                            ip_line,
+                            key_name,
+                            format!(
+                                "{vip} is in no vrrp_instance's virtual_ipaddress: add it to one, or set static = true"
+                            ),
+                        ));
+                    };
+                    movers.insert(m.as_str());
+                }
+                if movers.len() > 1 {
+                    return Err(cx.invalid_at(
+                        ip_line,
+                        key_name,
+                        format!(
+                            "its addresses are held by {}: one service is served on one node, so its addresses must move together (one vrrp_instance, or one vrrp_sync_group)",
+                            movers.into_iter().collect::<Vec<_>>().join(" and ")
+                        ),
+                    ));
+                }
             }
             virtual_servers.push(vs);
         }
@@ -1372,7 +1425,7 @@ fn parse_block(file: &Path, b: &split::Block) -> Result<split::Parsed, ConfigErr
     let service = Arc::new(virtual_server(&cx, vs)?);
     Ok(split::Parsed {
         service,
-        ip_line: cx.line_col(vs.ip.span().start).0,
+        ip_line: cx.line_col(vs.name_span().start).0,
         scripts: cx.scripts.take(),
     })
 }
@@ -1419,8 +1472,76 @@ fn thresholds(cx: &Ctx, sched: Scheduler, rs: &RawRealServer) -> Result<Threshol
     Ok(t)
 }
 
+impl RawVirtualServer {
+    /// Where the service is named: its `ip`, else its `virtual_server_group`.
+    fn name_span(&self) -> std::ops::Range<usize> {
+        match (&self.ip, &self.virtual_server_group) {
+            (Some(ip), _) => ip.span(),
+            (None, Some(g)) => g.span(),
+            (None, None) => self.protocol.span(),
+        }
+    }
+}
+
+/// A service's (VIP, port)s: its `ip` and `port`, or its `virtual_server_group`'s entries
+/// (the first names it), one address family, each once.
+fn service_addresses(cx: &Ctx, vs: &RawVirtualServer) -> Result<Vec<(IpAddr, u16)>, ConfigError> {
+    let group_key = "virtual_server.virtual_server_group";
+    match (&vs.ip, vs.port, &vs.virtual_server_group) {
+        (Some(i), Some(port), None) => Ok(vec![(ip(cx, i, "virtual_server.ip")?, port)]),
+        (None, None, Some(g)) => {
+            let mut out: Vec<(IpAddr, u16)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for e in g.get_ref() {
+                let bad = |m: String| cx.invalid(e.span(), group_key, m);
+                for key in group::entry(e.get_ref()).map_err(bad)? {
+                    if !seen.insert(key) {
+                        return Err(bad(format!("{} {} is listed twice", key.0, key.1)));
+                    }
+                    if key.0.is_ipv4() != out.first().map_or(key.0, |f| f.0).is_ipv4() {
+                        return Err(bad("one address family per service".into()));
+                    }
+                    out.push(key);
+                }
+                if out.len() > group::MAX_GROUP_KEYS {
+                    return Err(bad(format!(
+                        "the group holds more than {} keys",
+                        group::MAX_GROUP_KEYS
+                    )));
+                }
+            }
+            if out.is_empty() {
+                return Err(cx.invalid(g.span(), group_key, "needs at least one entry"));
+            }
+            Ok(out)
+        }
+        (_, _, Some(_)) => Err(cx.invalid(
+            vs.name_span(),
+            group_key,
+            "names the service's addresses: leave ip and port out",
+        )),
+        (None, _, None) => Err(cx.invalid(
+            vs.protocol.span(),
+            "virtual_server.ip",
+            "missing: give ip and port, or virtual_server_group",
+        )),
+        (Some(i), None, None) => Err(cx.invalid(
+            i.span(),
+            "virtual_server.port",
+            "missing (0 for every port)",
+        )),
+    }
+}
+
 fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, ConfigError> {
-    let vip = ip(cx, &vs.ip, "virtual_server.ip")?;
+    let mut addresses = service_addresses(cx, vs)?;
+    let (vip, vport) = addresses.remove(0);
+    let aliases = addresses;
+    // The ports a real server may be written with under DR and tunnels (which cannot
+    // change ports): the group's.
+    let ports: std::collections::BTreeSet<u16> = std::iter::once(vport)
+        .chain(aliases.iter().map(|a| a.1))
+        .collect();
     let proto = match vs.protocol.get_ref().to_ascii_uppercase().as_str() {
         "TCP" => Proto::Tcp,
         "UDP" => Proto::Udp,
@@ -1441,6 +1562,16 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             .map_err(|e: String| cx.invalid(a.span(), "virtual_server.lb_algo", e))?,
     };
     let vs_method = forwarding(cx, &vs.lb_kind, "virtual_server.lb_kind")?;
+    if !aliases.is_empty() && vs_method == Method::Nat {
+        // NAT writes the reply's source port: one real server port for several service
+        // ports would need a reverse entry per flow that names its own.
+        return Err(cx.invalid(
+            vs.lb_kind.span(),
+            "virtual_server.lb_kind",
+            "NAT with a virtual_server_group is not implemented (use DR or TUN, or one \
+             service per address and port)",
+        ));
+    }
     // A NAT reply's source port is the service's: a service of every port has none.
     let all_ports_nat = |span: std::ops::Range<usize>, key: &str| {
         cx.invalid(
@@ -1450,7 +1581,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
              unknown (use DR or TUN, or one service per port)",
         )
     };
-    if vs_method == Method::Nat && vs.port == 0 {
+    if vs_method == Method::Nat && vport == 0 {
         return Err(all_ports_nat(vs.lb_kind.span(), "virtual_server.lb_kind"));
     }
     let vs_tunnel = vs_tunnel(cx, vs, vip, vs_method)?;
@@ -1501,7 +1632,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         None => vs_method,
         Some(m) => forwarding(cx, m, "virtual_server.sorry_server.lvs_method")?,
     };
-    if sorry_method == Method::Nat && vs.port == 0 {
+    if sorry_method == Method::Nat && vport == 0 {
         let span = vs
             .sorry_server
             .as_ref()
@@ -1515,7 +1646,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
         let forward = rs_forward(cx, rs, vs_method, vs_tunnel)?;
-        if forward == Forward::Nat && vs.port == 0 {
+        if forward == Forward::Nat && vport == 0 {
             let span = rs.lvs_method.as_ref().map_or(rs.ip.span(), |m| m.span());
             return Err(all_ports_nat(span, "real_server.lvs_method"));
         }
@@ -1551,16 +1682,16 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         // rewrites the port: 0 means the service's, as in ipvsadm.
         let mut port = *rs.port.get_ref();
         if forward == Forward::Nat && port == 0 {
-            port = vs.port;
+            port = vport;
         }
-        if forward != Forward::Nat && vs.port != 0 && port != 0 && port != vs.port {
+        if forward != Forward::Nat && !ports.contains(&0) && port != 0 && !ports.contains(&port) {
             return Err(cx.invalid(
                 rs.port.span(),
                 "real_server.port",
                 format!(
                     "{} differs from the service's port {}: direct routing and tunnels cannot \
                      change ports (NAT can; TCP_CHECK.connect_port checks another port)",
-                    port, vs.port
+                    port, vport
                 ),
             ));
         }
@@ -1568,7 +1699,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         // Port 0 of a DR or TUN real server is the service's: the same real server as one
         // written with that port.
         let effective = |a: SocketAddr| match a.port() {
-            0 => SocketAddr::new(a.ip(), vs.port),
+            0 => SocketAddr::new(a.ip(), vport),
             _ => a,
         };
         if real_servers
@@ -1593,7 +1724,8 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     }
     Ok(VirtualServer {
         vip,
-        port: vs.port,
+        port: vport,
+        aliases,
         proto,
         sched,
         persistence_timeout: vs.persistence_timeout,
@@ -1625,17 +1757,17 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                     ));
                 }
                 let port = match (sorry_method, s.port) {
-                    (Method::Nat, 0) => vs.port,
+                    (Method::Nat, 0) => vport,
                     (Method::Nat, p) => p,
                     // As for a real server: DR and tunnels cannot change ports.
-                    (_, p) if vs.port != 0 && p != 0 && p != vs.port => {
+                    (_, p) if !ports.contains(&0) && p != 0 && !ports.contains(&p) => {
                         return Err(cx.invalid(
                             s.ip.span(),
                             "virtual_server.sorry_server.port",
                             format!(
                                 "{p} differs from the service's port {}: direct routing and \
                                  tunnels cannot change ports (NAT can)",
-                                vs.port
+                                vport
                             ),
                         ))
                     }
@@ -1911,6 +2043,79 @@ static = true
         assert_eq!(vs.real_servers[1].weight, 1, "keepalived's default weight");
         assert!(vs.is_static);
         assert_eq!(vs.real_servers.len(), 2);
+    }
+
+    /// keepalived's virtual_server_group: one service under several (VIP, port)s, its
+    /// addresses moving together.
+    #[test]
+    fn virtual_server_group_is_one_service() {
+        let group = GOOD.replace(
+            "ip = \"192.0.2.100\"\nport = 80\n",
+            "virtual_server_group = [\"192.0.2.100 80\", \"192.0.2.100 443\", \"192.0.2.101-102 80\"]\n",
+        );
+        let c = parse(&group).unwrap();
+        let vs = &c.virtual_servers[0];
+        assert_eq!((vs.vip.to_string(), vs.port), ("192.0.2.100".into(), 80));
+        assert_eq!(vs.name(), "192.0.2.100:80/TCP", "named by its first entry");
+        let addrs: Vec<String> = vs.addresses().map(|(a, p)| format!("{a}:{p}")).collect();
+        assert_eq!(
+            addrs,
+            [
+                "192.0.2.100:80",
+                "192.0.2.100:443",
+                "192.0.2.101:80",
+                "192.0.2.102:80"
+            ]
+        );
+        // A real server on another of the group's ports is fine under DR; not elsewhere.
+        assert!(parse(&group.replacen("  port = 80\n", "  port = 443\n", 1)).is_ok());
+        let vrrp = "[[vrrp_instance]]\nname = \"A\"\ninterface = \"eth0\"\nvirtual_router_id = 1\n\
+                    priority = 100\nvirtual_ipaddress = [\"192.0.2.100\", \"192.0.2.101\"]\n\n\
+                    [[vrrp_instance]]\nname = \"B\"\ninterface = \"eth0\"\nvirtual_router_id = 2\n\
+                    priority = 100\nvirtual_ipaddress = [\"192.0.2.102\"]\n";
+        let held = format!("{vrrp}\n{}", group.replace("static = true\n", ""));
+        for (text, want) in [
+            (
+                group.replacen("  port = 80\n", "  port = 8080\n", 1),
+                "lb.toml:18: `real_server.port`: 8080 differs",
+            ),
+            (
+                group.replace("lb_kind = \"DR\"", "lb_kind = \"NAT\""),
+                "lb.toml:13: `virtual_server.lb_kind`: NAT with a virtual_server_group",
+            ),
+            (
+                group.replace("virtual_server_group", "ip = \"192.0.2.100\"\nvirtual_server_group"),
+                "lb.toml:10: `virtual_server.virtual_server_group`: names the service's addresses",
+            ),
+            (
+                group.replace("\"192.0.2.100 443\"", "\"fwmark 1\""),
+                "lb.toml:10: `virtual_server.virtual_server_group`: lb-daemon has no firewall-mark",
+            ),
+            (
+                group.replace("\"192.0.2.100 443\"", "\"192.0.2.101 80\""),
+                "lb.toml:10: `virtual_server.virtual_server_group`: 192.0.2.101 80 is listed twice",
+            ),
+            (
+                format!(
+                    "{group}\n[[virtual_server]]\nip = \"192.0.2.102\"\nport = 80\nprotocol = \"TCP\"\n\
+                     lb_kind = \"DR\"\nstatic = true\n"
+                ),
+                "lb.toml:26: `virtual_server.ip`: 192.0.2.102:80/TCP is defined twice",
+            ),
+            (
+                held.clone(),
+                "its addresses are held by vrrp_instance A and vrrp_instance B",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}\nwant {want}");
+        }
+        // In one sync group, the instances move together: accepted.
+        let synced = held.replace(
+            "[[vrrp_instance]]\nname = \"A\"",
+            "[[vrrp_sync_group]]\nname = \"G\"\ngroup = [\"A\", \"B\"]\n\n[[vrrp_instance]]\nname = \"A\"",
+        );
+        parse(&synced).unwrap();
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Dp {
         let vips: HashSet<IpAddr> = config
             .virtual_servers
             .iter()
-            .map(|vs| vs.vip)
+            .flat_map(|vs| vs.addresses().map(|(vip, _)| vip))
             .chain(
                 config
                     .vrrp_instances

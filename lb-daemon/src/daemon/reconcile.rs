@@ -139,7 +139,7 @@ pub fn service_spec(
         sloppy_tcp: vs.sloppy_tcp,
         mh_table_size: vs.mh_table_size,
         active,
-        aliases: Vec::new(),
+        aliases: vs.aliases.clone(),
         backends,
     }
 }

@@ -148,6 +148,14 @@ fn services(
             vip: spec.vip,
             port: spec.port,
             protocol: spec.proto.name().into(),
+            group: if spec.aliases.is_empty() {
+                Vec::new()
+            } else {
+                std::iter::once((spec.vip, spec.port))
+                    .chain(spec.aliases.iter().copied())
+                    .map(|(a, p)| std::net::SocketAddr::new(a, p).to_string())
+                    .collect()
+            },
             scheduler: spec.sched.name().into(),
             active: spec.active,
             persistence_timeout: spec.persistence_timeout,

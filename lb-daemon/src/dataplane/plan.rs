@@ -1375,7 +1375,12 @@ impl<W: MapWriter> Dataplane<W> {
 
     /// What the maps must hold for the current plan.
     pub fn needs(&self) -> Limits {
-        self.alloc.extent()
+        let mut l = self.alloc.extent();
+        // The service-key maps are sized at twice `services` (a key and a fragments-only
+        // key per service): a group's aliases need room of their own.
+        let keys = u32::try_from(self.current.services.len()).unwrap_or(u32::MAX);
+        l.services = l.services.max(keys.div_ceil(2));
+        l
     }
 
     pub fn writer(&self) -> &W {

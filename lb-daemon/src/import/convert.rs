@@ -88,7 +88,10 @@ struct Group {
 
 struct Server {
     table: Table,
+    /// Its first VIP (a `group`'s, once [`Cx::finish`] has found the group).
     vip: IpAddr,
+    /// `virtual_server group NAME`: the group, resolved at the end (it may come later).
+    group: Option<(String, Span)>,
     span: Span,
     /// It or one of its real servers is NAT'd: the program must see the replies.
     nat: bool,
@@ -142,6 +145,9 @@ struct Cx<'a> {
     track_files: Vec<Table>,
     /// keepalived's `vrrp_track_process` blocks.
     track_processes: Vec<Table>,
+    /// keepalived's `virtual_server_group` blocks: each entry's text (`fwmark N` too) and
+    /// where it is.
+    vs_groups: HashMap<String, Vec<(String, Span)>>,
     instances: Vec<Instance>,
     groups: Vec<Group>,
     servers: Vec<Server>,
@@ -179,6 +185,7 @@ impl<'a> Converter<'a> {
             scripts: Vec::new(),
             track_files: Vec::new(),
             track_processes: Vec::new(),
+            vs_groups: HashMap::new(),
             instances: Vec::new(),
             groups: Vec::new(),
             servers: Vec::new(),
@@ -835,6 +842,7 @@ impl Cx<'_> {
             "vrrp_instance" => self.vrrp_instance(s),
             "vrrp_sync_group" => self.sync_group(s),
             "virtual_server" => self.virtual_server(s),
+            "virtual_server_group" => self.vs_group(s),
             "SSL" => self.ssl(s),
             other => match keywords::unsupported(Ctx::Top, other) {
                 Some(reason) => {
@@ -2183,19 +2191,125 @@ impl Cx<'_> {
         Ok(())
     }
 
+    /// keepalived's `virtual_server_group NAME { ADDRESS [PORT] ... fwmark N ... }`, kept
+    /// for the `virtual_server group NAME`s, before or after it.
+    fn vs_group(&mut self, s: &Stmt) -> Result<(), Diag> {
+        let name = Self::block_name(s)?;
+        let b = block(s)?;
+        let mut entries = Vec::new();
+        for line in &b.body {
+            no_block(line)?;
+            let text = line
+                .words
+                .iter()
+                .map(|w| w.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            match line.words.as_slice() {
+                [k, n] if k.text == "fwmark" => {
+                    let mark = int(n, 0, i64::from(u32::MAX))? as u32;
+                    let Some(list) = self.opts.fwmarks.get(&mark) else {
+                        return Err(Diag::new(
+                            k.span,
+                            format!(
+                                "lb-daemon has no firewall marks: it needs the addresses and ports \
+                                 your firewall marks with {mark}, given as `--fwmark \
+                                 '{mark}=192.0.2.10 80,192.0.2.10 443'`"
+                            ),
+                        ));
+                    };
+                    entries.extend(list.iter().map(|e| (e.clone(), k.span)));
+                }
+                // `fwmark N inet|inet6`: the family is the addresses'.
+                [k, n, f] if k.text == "fwmark" && matches!(f.text.as_str(), "inet" | "inet6") => {
+                    return Err(Diag::new(
+                        n.span,
+                        "write `fwmark N` (the family comes from the --fwmark addresses)",
+                    ))
+                }
+                _ => {
+                    crate::config::group::entry(&text)
+                        .map_err(|m| Diag::new(line.keyword().span, m))?;
+                    entries.push((text, line.keyword().span));
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err(Diag::new(name.span, "an empty virtual_server_group"));
+        }
+        if self.vs_groups.insert(name.text.clone(), entries).is_some() {
+            return Err(Diag::new(
+                name.span,
+                format!("virtual_server_group {} is defined twice", name.text),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first address of a group's entries (each checked already).
+    fn group_vip(list: &[(String, Span)]) -> Result<IpAddr, Diag> {
+        let (text, span) = &list[0];
+        crate::config::group::entry(text)
+            .map_err(|m| Diag::new(*span, m))?
+            .first()
+            .map(|(a, _)| *a)
+            .ok_or_else(|| Diag::new(*span, "an empty entry"))
+    }
+
+    /// The `virtual_server_group` key of a service.
+    fn group_entry(list: &[(String, Span)], span: Span) -> Entry {
+        Entry {
+            key: "virtual_server_group",
+            value: Value::Array(
+                list.iter()
+                    .map(|(text, span)| Elem {
+                        value: Value::Str(text.clone()),
+                        span: Some(*span),
+                        comments: Vec::new(),
+                        trailing: None,
+                    })
+                    .collect(),
+            ),
+            span: Some(span),
+            comments: Vec::new(),
+            trailing: None,
+        }
+    }
+
     fn virtual_server(&mut self, s: &Stmt) -> Result<(), Diag> {
         let kw = s.keyword();
         let b = block(s)?;
+        // `group NAME` (resolved at the end) or `fwmark N` (from --fwmark): the service's
+        // addresses are a virtual_server_group.
+        let mut group = None;
+        let mut entries: Option<Vec<(String, Span)>> = None;
         let (ip_word, port_word) = match s.args() {
-            [k, ..] if k.text == "fwmark" || k.text == "group" => {
-                let reason = if k.text == "fwmark" {
-                    "fwmark virtual servers are not implemented: lb-daemon matches address, port and protocol"
-                } else {
-                    "virtual_server_group is not implemented: write one virtual_server per address"
+            [k, name] if k.text == "group" => {
+                group = Some((name.text.clone(), name.span));
+                (name, None)
+            }
+            [k, n] if k.text == "fwmark" => {
+                let mark = int(n, 0, i64::from(u32::MAX))? as u32;
+                let Some(list) = self.opts.fwmarks.get(&mark) else {
+                    // Listed (and left out with --allow-unsupported) with what it needs.
+                    let reason = format!(
+                        "lb-daemon has no firewall marks: give the addresses and ports your \
+                         firewall marks with {mark} as `--fwmark '{mark}=192.0.2.10 80,192.0.2.10 443'` \
+                         (keepalived's `virtual_server_group` entries); they become one service \
+                         with one pool and one persistence table, as the mark made them"
+                    );
+                    let comments = texts(&s.comments);
+                    self.unsupported(None, "top level", comments, k.span, s.written(), reason);
+                    return Ok(());
                 };
-                let comments = texts(&s.comments);
-                self.unsupported(None, "top level", comments, k.span, s.written(), reason);
-                return Ok(());
+                entries = Some(list.iter().map(|e| (e.clone(), n.span)).collect());
+                (n, None)
+            }
+            [k, ..] if k.text == "group" || k.text == "fwmark" => {
+                return Err(Diag::new(
+                    k.span,
+                    format!("expected `virtual_server {} NAME`", k.text),
+                ))
             }
             [ip] => (ip, None),
             [ip, port] => (ip, Some(port)),
@@ -2209,29 +2323,55 @@ impl Cx<'_> {
                 return Err(Diag::new(extra.span, "expected `virtual_server IP [PORT]`"))
             }
         };
-        let vip = ip(ip_word)?;
-        let vport = match port_word {
-            Some(p) => port(p)?,
-            None => 0,
-        };
-        let label = format!("virtual_server {} {}", ip_word.text, vport);
+        let grouped = group.is_some() || entries.is_some();
         let mut t = block_table(s);
-        t.push(Entry {
-            key: "ip",
-            value: Value::Str(vip.to_string()),
-            span: Some(ip_word.span),
-            comments: Vec::new(),
-            trailing: None,
-        });
-        t.push(Entry {
-            key: "port",
-            value: Value::Int(vport),
-            span: Some(port_word.map_or(ip_word.span, |p| p.span)),
-            comments: Vec::new(),
-            trailing: port_word
-                .is_none()
-                .then(|| " no port: every port of the VIP, as in keepalived".to_string()),
-        });
+        let (vip, vport, label) = if grouped {
+            let label = format!(
+                "virtual_server {}",
+                s.args()
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            // Until the group is found: the first entry's address names the service.
+            let vip = match &entries {
+                Some(list) => Self::group_vip(list)?,
+                None => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            };
+            if let Some(list) = &entries {
+                t.push(Self::group_entry(list, ip_word.span));
+            }
+            // A real server without a port: the port of the packet (DR and tunnels keep it).
+            (vip, 0, label)
+        } else {
+            let vip = ip(ip_word)?;
+            let vport = match port_word {
+                Some(p) => port(p)?,
+                None => 0,
+            };
+            t.push(Entry {
+                key: "ip",
+                value: Value::Str(vip.to_string()),
+                span: Some(ip_word.span),
+                comments: Vec::new(),
+                trailing: None,
+            });
+            t.push(Entry {
+                key: "port",
+                value: Value::Int(vport),
+                span: Some(port_word.map_or(ip_word.span, |p| p.span)),
+                comments: Vec::new(),
+                trailing: port_word
+                    .is_none()
+                    .then(|| " no port: every port of the VIP, as in keepalived".to_string()),
+            });
+            (
+                vip,
+                vport,
+                format!("virtual_server {} {}", ip_word.text, vport),
+            )
+        };
         let mut inherit = Inherited::default();
         let mut real_servers = Vec::new();
         // sh-port/mh-port: keepalived applies them only with their scheduler.
@@ -2421,7 +2561,7 @@ impl Cx<'_> {
                             "inet6" => true,
                             _ => return Err(Diag::new(w.span, "expected inet or inet6")),
                         };
-                        if v6 != vip.is_ipv6() {
+                        if !grouped && v6 != vip.is_ipv6() {
                             return Err(Diag::new(
                                 w.span,
                                 format!(
@@ -2506,7 +2646,7 @@ impl Cx<'_> {
                     kw.span,
                     " keepalived makes a service with persistence_granularity persistent, 6 minutes",
                 ));
-            } else if vport == 0 {
+            } else if vport == 0 && !grouped {
                 t.push(generated(
                     "persistence_timeout",
                     Value::Int(DEFAULT_PERSISTENCE_TIMEOUT),
@@ -2531,6 +2671,7 @@ impl Cx<'_> {
         self.servers.push(Server {
             table: t,
             vip,
+            group,
             span: kw.span,
             nat,
         });
@@ -3202,6 +3343,28 @@ impl Cx<'_> {
         let mut seen_interfaces: std::collections::HashSet<String> = Default::default();
         // The first instance (and its first entry) that holds each VIP, found once: a scan
         // per virtual server would be quadratic in the size of the file.
+        for vs in &mut self.servers {
+            let Some((name, span)) = vs.group.take() else {
+                continue;
+            };
+            let Some(list) = self.vs_groups.get(&name) else {
+                self.errors
+                    .push(Diag::new(span, format!("no virtual_server_group {name}")));
+                continue;
+            };
+            match Self::group_vip(list) {
+                Ok(vip) => vs.vip = vip,
+                Err(d) => {
+                    self.errors.push(d);
+                    continue;
+                }
+            }
+            let entry = Self::group_entry(list, span);
+            vs.table.items.insert(0, super::emit::Item::Entry(entry));
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
         let mut owners: HashMap<IpAddr, (&Instance, &Option<String>)> = HashMap::new();
         for i in &self.instances {
             for (a, dev) in &i.vips {

@@ -51,6 +51,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "track_file",
             "vrrp_track_file",
             "vrrp_track_process",
+            "virtual_server_group",
         ],
     ),
     ("track_file", &["file", "weight", "init_file"]),
@@ -397,9 +398,6 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
     let reason = match ctx {
         Top => match keyword {
             "static_ipaddress" | "static_routes" | "static_rules" | "track_group" => ROUTES,
-            "virtual_server_group" => {
-                "virtual_server_group is not implemented: write one virtual_server per address"
-            }
             "garp_group" => "per-interface gratuitous ARP pacing is not implemented",
             "bfd_instance" => TRACK_OTHER,
             "linkbeat_interfaces" | "interface_up_down_delays" | "linkbeat_use_polling" => {

@@ -210,6 +210,9 @@ pub struct Options {
     /// the importing machine's PATH (the command passes it). `None`: nowhere, so such a
     /// script is an error.
     pub search_path: Option<OsString>,
+    /// What keepalived's `fwmark N` services and group entries stand for: the addresses
+    /// and ports the firewall marks with N (`virtual_server_group` entries), by mark.
+    pub fwmarks: std::collections::BTreeMap<u32, Vec<String>>,
 }
 
 /// A successful import.
@@ -380,6 +383,34 @@ fn config_error(
     }
 }
 
+/// `--fwmark N=ENTRY,ENTRY...`: each entry a `virtual_server_group` entry (checked here).
+pub fn parse_fwmarks(
+    args: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<u32, Vec<String>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in args {
+        let (n, entries) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--fwmark {a:?}: expected N=ADDRESS [PORT],..."))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--fwmark {a:?}: {n:?} is not a mark (0..=4294967295)"))?;
+        let list: Vec<String> = entries
+            .split(',')
+            .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        for e in &list {
+            crate::config::group::entry(e)
+                .map_err(|m| anyhow::anyhow!("--fwmark {a:?}: {e:?}: {m}"))?;
+        }
+        if out.insert(n, list).is_some() {
+            anyhow::bail!("--fwmark {n} is given twice");
+        }
+    }
+    Ok(out)
+}
+
 /// The command: import `file`, print what is unsupported, write the TOML to `output` (or
 /// stdout). Refuses to write anything while something is unsupported, unless
 /// `allow_unsupported`.
@@ -388,7 +419,9 @@ pub fn cli(
     output: Option<&Path>,
     allow_unsupported: bool,
     interface: Option<String>,
+    fwmark: &[String],
 ) -> anyhow::Result<()> {
+    let fwmarks = parse_fwmarks(fwmark)?;
     if let Some(out) = output {
         let same = match (file.canonicalize(), out.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
@@ -403,6 +436,7 @@ pub fn cli(
         output_name: output.map(Path::to_path_buf),
         // Without PATH, keepalived searches glibc's confstr(_CS_PATH).
         search_path: Some(std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into())),
+        fwmarks,
     };
     let import = match import_file(file, &opts) {
         Err(ImportError::Several(all)) => {

@@ -49,8 +49,13 @@ impl Index {
             let Some((sid, bids)) = dp.ids_of(spec) else {
                 continue;
             };
+            // A group's every key: a peer that lists the group in another order names the
+            // service by another of them.
             ix.services
                 .insert((spec.proto.number(), spec.vip, spec.port), sid);
+            for &(vip, port) in &spec.aliases {
+                ix.services.insert((spec.proto.number(), vip, port), sid);
+            }
             ix.timeouts
                 .insert(sid, (spec.idle_timeout, spec.persistence_timeout));
             for (b, bid) in spec.backends.iter().zip(bids) {
