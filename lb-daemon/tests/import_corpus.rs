@@ -330,6 +330,12 @@ fn fwmark_services_become_groups() {
         vs.addresses().map(|(a, p)| format!("{a} {p}")).collect()
     };
     assert_eq!(addrs(tcp), ["192.0.2.100 80", "192.0.2.100 443"]);
+    assert_eq!(
+        tcp.proto,
+        lb_daemon::model::Proto::Tcp,
+        "an fwmark service: TCP"
+    );
+    assert_eq!(udp.proto, lb_daemon::model::Proto::Udp);
     assert_eq!(tcp.persistence_timeout, 900);
     assert_eq!(addrs(udp), ["192.0.2.100 53", "192.0.2.100 8080"]);
     // Without the marks' meaning: the service is listed with what it needs; the group

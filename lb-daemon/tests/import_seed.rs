@@ -279,7 +279,11 @@ fn import_keepalived_subcommand() {
     let text = fs::read_to_string(seed("lvs-dr.conf")).unwrap();
     fs::write(
         &lvs,
-        text.replacen("    priority 100\n", "    priority 100\n    use_vmac\n", 1),
+        text.replacen(
+            "    priority 100\n",
+            "    priority 100\n    use_ipvlan\n",
+            1,
+        ),
     )
     .unwrap();
     let lvs = lvs.to_str().unwrap();
@@ -290,7 +294,7 @@ fn import_keepalived_subcommand() {
     assert!(!o.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "unsupported: {lvs}:20:5: vrrp_instance VI_1: `use_vmac`"
+            "unsupported: {lvs}:20:5: vrrp_instance VI_1: `use_ipvlan`"
         )),
         "{stderr}"
     );
@@ -308,7 +312,7 @@ fn import_keepalived_subcommand() {
         "the list is printed anyway: {stderr}"
     );
     let written = fs::read_to_string(&out).unwrap();
-    assert!(written.contains("use_vmac"), "{written}");
+    assert!(written.contains("use_ipvlan"), "{written}");
     // The placeholder the importer writes for the sync key is refused until it exists.
     let o = run(&["check", "--config", out_s]);
     let stderr = String::from_utf8_lossy(&o.stderr);

@@ -214,6 +214,9 @@ pub struct VrrpParams {
     /// `notify_fifo_format = "keepalived"`), read by a `notify_fifo_script` that appends
     /// every line to [`FIFO_LOG`] in the node's directory.
     pub fifo: bool,
+    /// keepalived's `use_vmac` on both nodes: the VIP lives on `vrrp.VRID`, a macvlan with
+    /// the virtual MAC.
+    pub use_vmac: bool,
 }
 
 /// Where a node's FIFO reader appends the lines it read (see [`VrrpParams::fifo`]).
@@ -233,6 +236,7 @@ impl VrrpParams {
             preempt: true,
             master_hint: true,
             fifo: false,
+            use_vmac: false,
         }
     }
 
@@ -330,6 +334,28 @@ impl VrrpParams {
 
     /// [`VrrpParams::ours_toml`] with another priority and more VIPs (for reloads).
     pub fn ours_toml_with(&self, i: usize, priority: u8, more_vips: &[IpAddr]) -> String {
+        let mut c = self.ours_head(i, priority);
+        if self.use_vmac {
+            c += "use_vmac = true\n";
+        }
+        let vips: Vec<String> = std::iter::once(&self.vip)
+            .chain(more_vips)
+            .map(|v| format!("\"{v}/{}\"", self.vip_prefix()))
+            .collect();
+        c += &format!("virtual_ipaddress = [{}]\n", vips.join(", "));
+        c
+    }
+
+    /// The interface the VIP lives on: `vrrp.VRID` with [`VrrpParams::use_vmac`].
+    pub fn vip_interface(&self) -> String {
+        if self.use_vmac {
+            format!("vrrp.{}", self.vrid)
+        } else {
+            HOST_IF.to_string()
+        }
+    }
+
+    fn ours_head(&self, i: usize, priority: u8) -> String {
         let mut c = format!(
             "[global_defs]\nrouter_id = \"node{i}\"\nvrrp_version = {}\n\n[[vrrp_instance]]\n\
              name = \"{INSTANCE}\"\nstate = \"{}\"\ninterface = \"{HOST_IF}\"\n\
@@ -346,11 +372,6 @@ impl VrrpParams {
         if let (2, Some(pass)) = (self.version, &self.auth_pass) {
             c += &format!("authentication = {{ auth_type = \"PASS\", auth_pass = \"{pass}\" }}\n");
         }
-        let vips: Vec<String> = std::iter::once(&self.vip)
-            .chain(more_vips)
-            .map(|v| format!("\"{v}/{}\"", self.vip_prefix()))
-            .collect();
-        c += &format!("virtual_ipaddress = [{}]\n", vips.join(", "));
         c
     }
 
@@ -368,6 +389,9 @@ impl VrrpParams {
         );
         if !self.preempt {
             c += "    nopreempt\n";
+        }
+        if self.use_vmac {
+            c += "    use_vmac\n";
         }
         if let (2, Some(pass)) = (self.version, &self.auth_pass) {
             c += &format!(
@@ -768,7 +792,7 @@ impl Node {
         };
         let want = format!(" {}/", self.params.vip);
         self.ns
-            .ip(&[fam, "addr", "show", "dev", HOST_IF])
+            .ip(&[fam, "addr", "show", "dev", &self.params.vip_interface()])
             .is_ok_and(|o| o.contains(&want))
     }
 }
@@ -1160,7 +1184,10 @@ impl VrrpLab {
     /// Waits until the client's neighbour entry for the VIP is node `i`'s MAC, pinging the VIP
     /// once per try (a ping refreshes or creates the entry).
     pub fn wait_client_follows(&self, i: usize, timeout: Duration) -> Result<()> {
-        let mac = self.nodes[i].ns.mac(HOST_IF)?;
+        // The interface that answers for the VIP: the virtual MAC's with use_vmac.
+        let mac = self.nodes[i]
+            .ns
+            .mac(&self.nodes[i].params.vip_interface())?;
         let vip = self.nodes[0].params.vip.to_string();
         wait_until(
             &format!("the client's neighbour entry for the VIP to be node {i}'s MAC"),

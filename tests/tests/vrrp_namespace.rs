@@ -909,3 +909,80 @@ fn track_interface_fault_and_weight() {
         wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
     }
 }
+
+/// keepalived's `use_vmac`: the VIP lives on `vrrp.51`, a macvlan with the RFC's virtual MAC
+/// 00:00:5e:00:01:33, on both nodes. The client's neighbour entry names that MAC, and a hard
+/// failover changes nothing in it: the new master answers with the same MAC. Adverts leave
+/// from the virtual MAC; a stop that releases the VIP deletes the interface.
+#[test]
+fn use_vmac_keeps_the_clients_arp_entry_across_a_failover() {
+    if !require_root("vrrp use_vmac") {
+        return;
+    }
+    let p = pair("vm");
+    const VMAC: &str = "vrrp.51";
+    const MAC: [u8; 6] = [0, 0, 0x5e, 0, 1, 51];
+    let on_vmac = |i: usize| {
+        p.nodes[i]
+            .ip(&["-4", "addr", "show", "dev", VMAC])
+            .is_ok_and(|o| o.contains(&format!("{VIP}/")))
+    };
+    let adverts = p.client.capture("eth0", "ip proto 112").unwrap();
+    let d1 = start(&p.nodes[0], &config("n1", 150, "0.1", "use_vmac = true"));
+    let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", "use_vmac = true"));
+    let logs = || format!("{}\n----\n{}", d1.read_stderr(), d2.read_stderr());
+    wait_until(
+        "n1 to hold the VIP on vrrp.51",
+        Duration::from_secs(5),
+        || on_vmac(0) && !on_vmac(1),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert!(!has_vip(&p.nodes[0]), "the VIP is on vrrp.51, not eth0");
+    for n in &p.nodes {
+        assert_eq!(n.mac(VMAC).unwrap(), MAC, "{}", logs());
+        for key in [
+            "ipv4/conf/vrrp.51/arp_ignore",
+            "ipv4/conf/eth0/arp_ignore",
+            "ipv6/conf/vrrp.51/disable_ipv6",
+        ] {
+            let v = n.exec(&["cat", &format!("/proc/sys/net/{key}")]).unwrap();
+            assert_eq!(v.trim(), "1", "{key}");
+        }
+    }
+    let reach = |what: &str| {
+        wait_until(what, Duration::from_secs(5), || {
+            p.client.exec(&["ping", "-c", "1", "-W", "1", VIP]).is_ok()
+                && p.client.neigh_mac(VIP).ok().flatten() == Some(MAC)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    };
+    reach("the client to reach the VIP at the virtual MAC");
+    // Hard failure of n1: n2 takes over, and the client's entry needs no change.
+    d1.kill().unwrap();
+    wait_until(
+        "n2 to hold the VIP on vrrp.51",
+        Duration::from_secs(5),
+        || on_vmac(1),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert_eq!(p.client.neigh_mac(VIP).unwrap(), Some(MAC));
+    reach("the client to reach the new master at the same MAC");
+    // The adverts of both masters came from the virtual MAC.
+    let lines = adverts.lines();
+    let from_vmac = lines
+        .iter()
+        .filter(|l| l.contains("00:00:5e:00:01:33 >"))
+        .count();
+    assert!(
+        from_vmac > 3 && from_vmac == lines.iter().filter(|l| l.contains(" > ")).count(),
+        "adverts not from the virtual MAC: {lines:#?}"
+    );
+    // A releasing stop deletes the interface.
+    d2.signal(libc::SIGTERM).unwrap();
+    d2.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        p.nodes[1].mac(VMAC).is_err(),
+        "vrrp.51 left behind after the stop\n{}",
+        logs()
+    );
+}

@@ -1632,6 +1632,17 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         None => vs_method,
         Some(m) => forwarding(cx, m, "virtual_server.sorry_server.lvs_method")?,
     };
+    if sorry_method == Method::Nat && !aliases.is_empty() {
+        let span = vs
+            .sorry_server
+            .as_ref()
+            .map_or(vs.lb_kind.span(), |s| s.ip.span());
+        return Err(cx.invalid(
+            span,
+            "virtual_server.sorry_server.lvs_method",
+            "NAT with a virtual_server_group is not implemented (use DR or TUN)",
+        ));
+    }
     if sorry_method == Method::Nat && vport == 0 {
         let span = vs
             .sorry_server
@@ -1646,6 +1657,14 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
         let forward = rs_forward(cx, rs, vs_method, vs_tunnel)?;
+        if forward == Forward::Nat && !aliases.is_empty() {
+            let span = rs.lvs_method.as_ref().map_or(rs.ip.span(), |m| m.span());
+            return Err(cx.invalid(
+                span,
+                "real_server.lvs_method",
+                "NAT with a virtual_server_group is not implemented (use DR or TUN)",
+            ));
+        }
         if forward == Forward::Nat && vport == 0 {
             let span = rs.lvs_method.as_ref().map_or(rs.ip.span(), |m| m.span());
             return Err(all_ports_nat(span, "real_server.lvs_method"));
@@ -2105,6 +2124,10 @@ static = true
             (
                 held.clone(),
                 "its addresses are held by vrrp_instance A and vrrp_instance B",
+            ),
+            (
+                group.replacen("  port = 80\n", "  port = 80\n  lvs_method = \"NAT\"\n", 1),
+                "`real_server.lvs_method`: NAT with a virtual_server_group",
             ),
         ] {
             let e = parse(&text).unwrap_err().to_string();

@@ -154,6 +154,11 @@ pub(super) struct RawInstance {
     /// `garp_lower_prio_delay` seconds (default `garp_master_delay`).
     garp_lower_prio_repeat: Option<Spanned<u32>>,
     garp_lower_prio_delay: Option<u32>,
+    /// keepalived's `use_vmac [NAME]`: `true` (the interface `vrrp.VRID`) or its name.
+    use_vmac: Option<Spanned<toml::Value>>,
+    /// keepalived's `vmac_xmit_base`: adverts leave from `interface`, not the virtual MAC.
+    #[serde(default)]
+    vmac_xmit_base: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +302,12 @@ pub struct VrrpInstance {
     /// Between two frames of a burst: `global_defs.vrrp_garp_interval` for an IPv4
     /// instance, `vrrp_gna_interval` for an IPv6 one (0: back to back).
     pub garp_interval: Duration,
+    /// keepalived's `use_vmac`: the name of the virtual MAC interface (see
+    /// [`crate::vrrp::vmac`]) the VIPs live on.
+    pub use_vmac: Option<String>,
+    /// Adverts leave from `interface` rather than the virtual MAC interface (keepalived's
+    /// `vmac_xmit_base`; on whenever there are unicast peers, as keepalived sets it).
+    pub vmac_xmit_base: bool,
 }
 
 impl VrrpInstance {
@@ -864,8 +875,44 @@ pub(super) fn instance(
             Some(n) => Err(cx.invalid(n.span(), key, "must be 1..=255")),
         }
     };
+    let use_vmac = match &raw.use_vmac {
+        None => None,
+        Some(v) => {
+            let bad = |m: String| cx.invalid(v.span(), &k("use_vmac"), m);
+            let name = match v.get_ref() {
+                toml::Value::Boolean(false) => None,
+                toml::Value::Boolean(true) => Some(format!("vrrp.{vrid}")),
+                toml::Value::String(n) => Some(n.clone()),
+                _ => return Err(bad("true, or the interface's name".into())),
+            };
+            if let Some(n) = &name {
+                if n.is_empty()
+                    || n.len() >= 16
+                    || n.contains(['/', ' ', '\0', ':'])
+                    || n == "."
+                    || n == ".."
+                {
+                    return Err(bad(format!(
+                        "{n:?} is not an interface name (at most 15 bytes, no '/', ':' or space)"
+                    )));
+                }
+                if n == raw.interface.get_ref() {
+                    return Err(bad(format!("{n:?} is the instance's interface")));
+                }
+                if v6 {
+                    return Err(bad(
+                        "the virtual MAC interface is implemented for IPv4 instances only".into(),
+                    ));
+                }
+            }
+            name
+        }
+    };
     Ok(VrrpInstance {
         name: raw.name.get_ref().clone(),
+        use_vmac,
+        // keepalived: "unicast with use_vmac requires vmac_xmit_base - setting".
+        vmac_xmit_base: raw.vmac_xmit_base || !unicast_peer.is_empty(),
         start_master,
         interface: raw.interface.get_ref().clone(),
         vrid: vrid as u8,
@@ -994,6 +1041,7 @@ pub(super) fn cross_check(
         }
     }
     let mut inst_names = HashSet::new();
+    let mut vmacs: HashMap<String, &str> = HashMap::new();
     let mut vrids: HashMap<(String, bool, u8), &str> = HashMap::new();
     for (raw, c) in instances.iter().zip(checked) {
         if !inst_names.insert(c.name.as_str()) {
@@ -1028,6 +1076,15 @@ pub(super) fn cross_check(
                     raw_t.span(),
                     "vrrp_instance.track_file",
                     format!("no track_file {:?}", t.name),
+                ));
+            }
+        }
+        if let Some(v) = &c.use_vmac {
+            if let Some(other) = vmacs.insert(v.clone(), c.name.as_str()) {
+                return Err(cx.invalid(
+                    raw.use_vmac.as_ref().map_or(raw.name.span(), |u| u.span()),
+                    "vrrp_instance.use_vmac",
+                    format!("{v:?} is already instance {other:?}'s virtual MAC interface"),
                 ));
             }
         }
@@ -1209,6 +1266,69 @@ lb_kind = "DR"
             (Duration::from_secs(3), Duration::from_secs(3), 0, 1, 1)
         );
         assert_eq!(c.sync_groups[0].members, vec!["VI_1".to_string()]);
+    }
+
+    /// keepalived's `use_vmac [NAME]` and `vmac_xmit_base`.
+    #[test]
+    fn use_vmac_names_its_interface() {
+        let with = |extra: &str| {
+            SEED.replace(
+                "nopreempt = true\n",
+                &format!("nopreempt = true\n{extra}\n"),
+            )
+        };
+        let c = parse(&with("use_vmac = true")).unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!(
+            (i.use_vmac.as_deref(), i.vmac_xmit_base),
+            (Some("vrrp.77"), false)
+        );
+        let c = parse(&with("use_vmac = \"vip0\"\nvmac_xmit_base = true")).unwrap();
+        let i = &c.vrrp_instances[0];
+        assert_eq!(
+            (i.use_vmac.as_deref(), i.vmac_xmit_base),
+            (Some("vip0"), true)
+        );
+        assert_eq!(
+            parse(&with("use_vmac = false")).unwrap().vrrp_instances[0].use_vmac,
+            None
+        );
+        // keepalived: "unicast with use_vmac requires vmac_xmit_base - setting".
+        let c = parse(&with("use_vmac = true\nunicast_peer = [\"192.0.2.3\"]")).unwrap();
+        assert!(c.vrrp_instances[0].vmac_xmit_base);
+        for (extra, want) in [
+            (
+                "use_vmac = \"a-name-of-16-byte\"",
+                "is not an interface name",
+            ),
+            ("use_vmac = \"eth0\"", "is the instance's interface"),
+            ("use_vmac = 3", "true, or the interface's name"),
+        ] {
+            let e = parse(&with(extra)).unwrap_err().to_string();
+            assert!(
+                e.contains("`vrrp_instance.use_vmac`") && e.contains(want),
+                "{e}"
+            );
+        }
+        let v6 = with("use_vmac = true")
+            .replace("advert_int = 1\n", "version = 3\n")
+            .replace(
+                "authentication = { auth_type = \"PASS\", auth_pass = \"123456\" }\n",
+                "",
+            )
+            .replace("\"192.0.2.100\"]", "\"2001:db8::100\"]")
+            .replace("ip = \"192.0.2.100\"", "ip = \"2001:db8::100\"");
+        let e = parse(&v6).unwrap_err().to_string();
+        assert!(e.contains("IPv4 instances only"), "{e}");
+        // Two instances, one interface name.
+        let two = with("use_vmac = \"vip0\"")
+            + "\n[[vrrp_instance]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvirtual_router_id = 78\n\
+               priority = 100\nuse_vmac = \"vip0\"\nvirtual_ipaddress = [\"192.0.2.101\"]\n";
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(
+            e.contains("already instance \"VI_1\"'s virtual MAC interface"),
+            "{e}"
+        );
     }
 
     /// The seed's nginx tracked without a script: keepalived's `vrrp_track_process`.

@@ -260,6 +260,11 @@ async fn stop(state: State, mut inbox: state::Inbox, release: bool) -> Result<()
         }
         tokio::task::spawn_blocking(move || v.shutdown(release, std::time::Duration::from_secs(3)))
             .await?;
+        // The addresses are released: the virtual MAC interfaces go too (a `keep` stop
+        // leaves them with the addresses, for the next run).
+        if release {
+            crate::vrrp::vmac::release_all().await;
+        }
         // The STOP events the units sent on their way out.
         while let Ok(ev) = inbox.vrrp.try_recv() {
             if let Event::State(ev) = ev {

@@ -24,7 +24,16 @@ pub(super) struct Seeds {
 /// The seeds of `adopted` (the planner's view of the pinned maps) for `config`.
 pub(super) fn seeds(adopted: &[ServiceSpec], config: &Config) -> Seeds {
     let mut s = Seeds::default();
-    let by_key: HashMap<ServiceKey, &ServiceSpec> = adopted.iter().map(|a| (a.key(), a)).collect();
+    // By every key: a group's service is read back under its least key, which need not
+    // be the configuration's first.
+    let by_key: HashMap<ServiceKey, &ServiceSpec> = adopted
+        .iter()
+        .flat_map(|a| {
+            std::iter::once((a.vip, a.port))
+                .chain(a.aliases.iter().copied())
+                .map(move |(vip, port)| (ServiceKey::new(vip, port, a.proto), a))
+        })
+        .collect();
     for a in adopted {
         // A TUN backend has no MAC of its own to seed.
         for b in a.backends.iter().filter(|b| b.forward.is_dr()) {

@@ -73,11 +73,28 @@ pub(super) async fn vrrp_units(
                     )
                 })?,
         };
+        // keepalived's use_vmac: the VIPs (and gratuitous ARPs, and adverts unless
+        // vmac_xmit_base) on the virtual MAC interface; the source address stays the
+        // interface's.
+        let (vip_ifindex, advert) = match &inst.use_vmac {
+            None => (ifindex, (inst.interface.clone(), ifindex)),
+            Some(name) => {
+                let v = crate::vrrp::vmac::ensure(name, (&inst.interface, ifindex), inst.vrid)
+                    .await
+                    .with_context(|| format!("vrrp_instance {}: use_vmac", inst.name))?;
+                let advert = if inst.vmac_xmit_base {
+                    (inst.interface.clone(), ifindex)
+                } else {
+                    (name.clone(), v)
+                };
+                (v, advert)
+            }
+        };
         let mut vips = Vec::new();
         for v in &inst.virtual_ipaddress {
             let ifindex = match &v.dev {
                 Some(dev) => crate::os::ifindex(dev)?,
-                None => ifindex,
+                None => vip_ifindex,
             };
             let mut va = VirtualAddress::new(v.addr, ifindex).with_prefix(v.prefix_len);
             if let Some(l) = &v.label {
@@ -89,7 +106,8 @@ pub(super) async fn vrrp_units(
             inst.name.clone(),
             MemberSpec {
                 config: inst.clone(),
-                ifindex,
+                ifindex: vip_ifindex,
+                advert,
                 primary,
                 own: on_link,
                 vips,

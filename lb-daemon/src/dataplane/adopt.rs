@@ -608,6 +608,50 @@ mod tests {
             adopted.ids_of(&other).unwrap().0
         );
         assert_eq!(adopted.ids_of(&fewer).unwrap().0, id, "the same service");
+        // An address added below its least key: the service is known by another key now,
+        // and is still the same (id, backends, so flows and persistence go on).
+        let bids = adopted.ids_of(&fewer).unwrap().1;
+        let mut lower = fewer.clone();
+        lower.aliases.push(("192.0.2.19".parse().unwrap(), 80));
+        assert_ne!(lower.ident(), fewer.ident(), "the least key moved");
+        let writes = adopted.writer().writes;
+        adopted.update(&[lower.clone(), other.clone()]).unwrap();
+        assert_eq!(adopted.ids_of(&lower).unwrap(), (id, bids.clone()));
+        assert_eq!(
+            adopted.writer().writes - writes,
+            2,
+            "the new key and its fragments-only key, nothing else"
+        );
+        // Its least key dropped again: the same.
+        adopted.update(&[fewer.clone(), other.clone()]).unwrap();
+        assert_eq!(adopted.ids_of(&fewer).unwrap(), (id, bids));
+        assert!(!adopted
+            .writer()
+            .services
+            .keys()
+            .any(|k| k.addr == lower.map_keys().last().unwrap().addr));
+        // A key moving from one service to another in one update: its fragments follow.
+        let mut moved_web = fewer.clone();
+        moved_web.aliases.clear();
+        let mut moved_other = other.clone();
+        moved_other.aliases = vec![("192.0.2.20".parse().unwrap(), 80)];
+        adopted
+            .update(&[moved_web.clone(), moved_other.clone()])
+            .unwrap();
+        let other_id = adopted.ids_of(&moved_other).unwrap().0;
+        let k80 = MapKey {
+            port: 80u16.to_be(),
+            ..moved_web.ident()
+        };
+        assert_eq!(adopted.writer().services[&k80].id, other_id);
+        assert_eq!(
+            adopted.writer().services[&MapKey { port: 0, ..k80 }],
+            ServiceRef {
+                id: other_id,
+                flags: SVC_REF_F_FRAG_ONLY
+            },
+            "192.0.2.20's fragments go to its port-80 service, the other one now"
+        );
     }
 
     #[test]

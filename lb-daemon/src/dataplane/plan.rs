@@ -400,6 +400,9 @@ struct Delta {
     /// Services planned again (or new), and services gone.
     planned: Vec<(MapKey, Planned)>,
     gone: Vec<MapKey>,
+    /// Services planned again under another key (a group whose least key changed): their
+    /// old keys leave the plan, their ids and entries stay.
+    renamed: Vec<MapKey>,
     /// Service groups (for fragments) whose services change.
     groups: BTreeMap<Group, BTreeMap<u16, u32>>,
 }
@@ -447,14 +450,28 @@ fn plan(
     now: Instant,
 ) -> Result<Delta, PlanError> {
     let mut d = Delta::default();
+    // A group's service is known by its least key: one whose least key changed (an address
+    // added below it, or its least one dropped) is found by any key it still has, so that
+    // it keeps its id, backends and persistence. Built only when groups exist.
+    let by_any_key: HashMap<MapKey, MapKey> =
+        if planned.values().any(|p| !p.spec.aliases.is_empty())
+            || specs.iter().any(|s| !s.aliases.is_empty())
+        {
+            planned
+                .iter()
+                .flat_map(|(ident, p)| p.spec.map_keys().map(move |k| (k, *ident)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+    let mut claimed: HashSet<MapKey> = HashSet::new();
     let mut seen: HashSet<MapKey> = HashSet::with_capacity(specs.len());
     // Every key of every service: one key leads to one service.
     let mut keys: HashSet<MapKey> = HashSet::with_capacity(specs.len());
     // (index in specs, key, old plan) of every service to plan.
     let mut todo: Vec<(usize, MapKey, Option<&Planned>)> = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let key = spec.ident();
-        seen.insert(key);
+    for spec in specs {
+        seen.insert(spec.ident());
         let own = std::iter::once((spec.vip, spec.port)).chain(spec.aliases.iter().copied());
         for (k, (vip, port)) in spec.map_keys().zip(own) {
             if !keys.insert(k) {
@@ -464,16 +481,33 @@ fn plan(
                 )));
             }
         }
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        let key = spec.ident();
         match planned.get(&key) {
             Some(p) if !p.dirty && (same.get(i) == Some(&true) || p.spec == *spec) => {}
-            old => todo.push((i, key, old)),
+            Some(p) => todo.push((i, key, Some(p))),
+            None => {
+                // An old service that no spec keeps under its own key, and that shares a
+                // key with this one.
+                let renamed = spec
+                    .map_keys()
+                    .filter_map(|k| by_any_key.get(&k))
+                    .find(|old| !seen.contains(*old) && !claimed.contains(*old))
+                    .copied();
+                if let Some(old) = renamed {
+                    claimed.insert(old);
+                    d.renamed.push(old);
+                }
+                todo.push((i, key, renamed.and_then(|old| planned.get(&old))));
+            }
         }
     }
     let mut freed_services = Vec::new();
     let mut freed_backends = Vec::new();
     if seen.len() < planned.len() || todo.iter().any(|(_, _, old)| old.is_none()) {
         for (key, p) in planned {
-            if !seen.contains(key) {
+            if !seen.contains(key) && !claimed.contains(key) {
                 d.gone.push(*key);
                 entries_of(current, p, &mut d.prev);
                 freed_services.push(p.id);
@@ -654,16 +688,20 @@ fn plan(
             },
         ));
     }
-    // The fragments-only entries of the groups whose services come or go (or whose keys
-    // change: a group's aliases), keys as they were and as they will be.
-    let old_keys: Vec<MapKey> = d
-        .gone
-        .iter()
-        .chain(d.planned.iter().map(|(k, _)| k))
-        .filter_map(|k| planned.get(k))
-        .flat_map(|p| p.spec.map_keys())
-        .collect();
-    let new_keys: Vec<(MapKey, u32)> = d
+    // The fragments-only entries of the groups whose keys come, go or change service (a
+    // group's aliases), keys as they were and as they will be.
+    let mut old_keys: HashMap<MapKey, u32> = HashMap::new();
+    for k in d.gone.iter().chain(&d.renamed) {
+        if let Some(p) = planned.get(k) {
+            old_keys.extend(p.spec.map_keys().map(|m| (m, p.id)));
+        }
+    }
+    for (k, _) in &d.planned {
+        if let Some(p) = planned.get(k) {
+            old_keys.extend(p.spec.map_keys().map(|m| (m, p.id)));
+        }
+    }
+    let new_keys: HashMap<MapKey, u32> = d
         .planned
         .iter()
         .flat_map(|(_, p)| p.spec.map_keys().map(move |k| (k, p.id)))
@@ -674,15 +712,18 @@ fn plan(
             touched.insert(group_of(key));
         }
     }
-    for (k, _) in &new_keys {
-        if !old_keys.contains(k) {
+    for (k, id) in &new_keys {
+        if old_keys.get(k) != Some(id) {
             touched.insert(group_of(k));
         }
     }
-    for key in old_keys.iter().chain(stray.services.keys()) {
-        if !new_keys.iter().any(|(k, _)| k == key) {
-            touched.insert(group_of(key));
+    for (k, id) in &old_keys {
+        if new_keys.get(k) != Some(id) {
+            touched.insert(group_of(k));
         }
+    }
+    for key in stray.services.keys() {
+        touched.insert(group_of(key));
     }
     for g in touched {
         let mut ports = groups.get(&g).cloned().unwrap_or_default();
@@ -693,7 +734,7 @@ fn plan(
                 d.prev.services.insert(k, *v);
             }
         }
-        for key in old_keys.iter().filter(|k| group_of(k) == g) {
+        for key in old_keys.keys().filter(|k| group_of(k) == g) {
             ports.remove(&u16::from_be(key.port));
         }
         for (key, id) in new_keys.iter().filter(|(k, _)| group_of(k) == g) {
@@ -1048,7 +1089,17 @@ impl<W: MapWriter> Dataplane<W> {
             &mut alloc,
             now,
         )?;
-        let needs = alloc.extent();
+        let mut needs = alloc.extent();
+        // The service-key maps hold twice `services` keys: a group's aliases need room too
+        // (the keys after this update: those kept, and the delta's new ones).
+        let kept = self
+            .current
+            .services
+            .keys()
+            .filter(|k| !delta.prev.services.contains_key(k))
+            .count();
+        let keys = u32::try_from(kept + delta.next.services.len()).unwrap_or(u32::MAX);
+        needs.services = needs.services.max(keys.div_ceil(2));
         if let Some((what, needs, ceiling)) = needs.beyond_ceiling() {
             return Err(PlanError::BeyondCeiling {
                 what,
@@ -1096,6 +1147,7 @@ impl<W: MapWriter> Dataplane<W> {
             next,
             planned,
             gone,
+            renamed,
             groups,
         } = delta;
         for k in prev.services.keys() {
@@ -1127,7 +1179,7 @@ impl<W: MapWriter> Dataplane<W> {
                 mark_uncertain(&mut self.stray, &next);
             }
         }
-        for key in gone {
+        for key in gone.into_iter().chain(renamed) {
             self.planned.remove(&key);
         }
         for (key, mut p) in planned {

@@ -92,6 +92,9 @@ struct Server {
     vip: IpAddr,
     /// `virtual_server group NAME`: the group, resolved at the end (it may come later).
     group: Option<(String, Span)>,
+    /// A group's every address (filled at the end for `group NAME`): all held by VRRP
+    /// instances, or none.
+    addresses: Vec<IpAddr>,
     span: Span,
     /// It or one of its real servers is NAT'd: the program must see the replies.
     nat: bool,
@@ -1579,6 +1582,27 @@ impl Cx<'_> {
                         no_args(st)?;
                         self.put(&mut t, "nopreempt", Value::Bool(true), kw.span, st)?;
                     }
+                    // keepalived's `use_vmac [NAME] [MAC]`: the MAC form (a hardware address
+                    // of one's own choosing) is not implemented.
+                    "use_vmac" => {
+                        no_block(st)?;
+                        match st.args() {
+                            [] => self.put(&mut t, "use_vmac", Value::Bool(true), kw.span, st)?,
+                            [n] if !n.text.contains(':') => {
+                                self.put(&mut t, "use_vmac", Value::Str(n.text.clone()), n.span, st)?
+                            }
+                            [.., m] => {
+                                return Err(Diag::new(
+                                    m.span,
+                                    "a virtual MAC other than the RFC's 00:00:5e:00:01:VRID is not implemented: leave it out",
+                                ))
+                            }
+                        }
+                    }
+                    "vmac_xmit_base" => {
+                        let (on, span) = flag(st)?;
+                        self.put(&mut t, "vmac_xmit_base", Value::Bool(on), span, st)?;
+                    }
                     "preempt" => {
                         // keepalived's default, "for backwards compatibility".
                         no_args(st)?;
@@ -2256,6 +2280,19 @@ impl Cx<'_> {
             .ok_or_else(|| Diag::new(*span, "an empty entry"))
     }
 
+    /// Every address of a group's entries (each checked already).
+    fn group_addresses(list: &[(String, Span)]) -> Result<Vec<IpAddr>, Diag> {
+        let mut out = Vec::new();
+        for (text, span) in list {
+            for (a, _) in crate::config::group::entry(text).map_err(|m| Diag::new(*span, m))? {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The `virtual_server_group` key of a service.
     fn group_entry(list: &[(String, Span)], span: Span) -> Entry {
         Entry {
@@ -2630,6 +2667,30 @@ impl Cx<'_> {
                 }
             }
         }
+        // An IPVS fwmark service takes every protocol (keepalived ignores `protocol` there);
+        // a group here is of one: TCP, what marked services carry (HTTP and HTTPS).
+        if entries.is_some() {
+            if t.has("protocol") {
+                self.warnings.push(Diag::new(
+                    kw.span,
+                    "an fwmark service takes every protocol under IPVS (keepalived ignores \
+                     `protocol` there); lb-daemon's service is of the one written",
+                ));
+            } else {
+                t.push(generated(
+                    "protocol",
+                    Value::Str("TCP".into()),
+                    kw.span,
+                    " an fwmark service takes every protocol under IPVS; lb-daemon's group is of \
+                     one: TCP here (copy the service with protocol = \"UDP\" for UDP)",
+                ));
+                self.warnings.push(Diag::new(
+                    kw.span,
+                    "an fwmark service takes every protocol under IPVS; imported as TCP (copy it \
+                     with protocol UDP if the mark carries UDP)",
+                ));
+            }
+        }
         if !t.has("protocol") {
             t.push(generated(
                 "protocol",
@@ -2668,10 +2729,15 @@ impl Cx<'_> {
             });
         }
         t.shrink();
+        let addresses = match &entries {
+            Some(list) => Self::group_addresses(list)?,
+            None => Vec::new(),
+        };
         self.servers.push(Server {
             table: t,
             vip,
             group,
+            addresses,
             span: kw.span,
             nat,
         });
@@ -3352,8 +3418,11 @@ impl Cx<'_> {
                     .push(Diag::new(span, format!("no virtual_server_group {name}")));
                 continue;
             };
-            match Self::group_vip(list) {
-                Ok(vip) => vs.vip = vip,
+            match Self::group_vip(list).and_then(|v| Ok((v, Self::group_addresses(list)?))) {
+                Ok((vip, addresses)) => {
+                    vs.vip = vip;
+                    vs.addresses = addresses;
+                }
                 Err(d) => {
                     self.errors.push(d);
                     continue;
@@ -3372,6 +3441,27 @@ impl Cx<'_> {
             }
         }
         for vs in &mut self.servers {
+            // A group is held by VRRP as a whole, or not at all.
+            let held: Vec<&IpAddr> = vs
+                .addresses
+                .iter()
+                .filter(|a| owners.contains_key(a))
+                .collect();
+            if !held.is_empty() && held.len() != vs.addresses.len() {
+                let free = vs.addresses.iter().find(|a| !owners.contains_key(a));
+                self.errors.push(Diag::new(
+                    vs.span,
+                    format!(
+                        "the group's {} is in a vrrp_instance and {} in none: keepalived \
+                         serves the group's services on every node for the one and on the \
+                         master for the other; lb-daemon serves one service on one node, so \
+                         put every address of the group in the instances, or none",
+                        held[0],
+                        free.map_or_else(String::new, |a| a.to_string())
+                    ),
+                ));
+                continue;
+            }
             let owner = owners.get(&vs.vip).copied();
             match owner {
                 Some((inst, dev)) => {
@@ -3388,6 +3478,9 @@ impl Cx<'_> {
                      whatever the VRRP state",
                 )),
             }
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
         }
         let dataplane = match self.servers.first() {
             None => None,

@@ -146,6 +146,8 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "garp_master_refresh_repeat",
             "garp_lower_prio_repeat",
             "garp_lower_prio_delay",
+            "use_vmac",
+            "vmac_xmit_base",
             "accept",
             "lvs_sync_daemon_interface",
             "lvs_sync_daemon_inteface",
@@ -386,7 +388,8 @@ const PROCESS: &str =
     "lb-daemon is one process: keepalived's per-process tuning has no counterpart";
 const ROUTES: &str =
     "lb-daemon manages virtual addresses only, not routes, rules or static addresses";
-const VMAC: &str = "VRRP virtual MACs (macvlan/ipvlan) are not implemented";
+const VMAC: &str =
+    "use_vmac (a macvlan with the RFC's virtual MAC) is implemented; ipvlan and use_vmac_addr are not";
 const TRACK_OTHER: &str =
     "track_bfd is not implemented (track_interface, track_script, track_file, track_process and track_virtual_server are)";
 const OTHER_CHECKER: &str = "BFD_CHECK is not implemented";
@@ -478,7 +481,7 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             _ => return None,
         },
         Instance => match keyword {
-            "use_vmac" | "use_vmac_addr" | "vmac_xmit_base" | "use_ipvlan" => VMAC,
+            "use_vmac_addr" | "use_ipvlan" => VMAC,
             "track_bfd" => TRACK_OTHER,
             "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules"
             | "promote_secondaries" => ROUTES,

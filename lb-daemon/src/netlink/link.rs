@@ -10,13 +10,16 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{DefaultNla, Emitable, Parseable, ParseableParametrized, NLA_F_NESTED};
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkHeader, LinkMessage, LinkXdp, XdpAttached},
+    link::{
+        InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkHeader, LinkInfo,
+        LinkMessage, LinkXdp, MacVlanMode, XdpAttached,
+    },
     AddressFamily, RouteNetlinkMessage,
 };
 
 use super::{
-    attr_string, attributes, encode, NetlinkError, RouteSocket, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    attr_string, attributes, encode, NetlinkError, RouteSocket, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 const RTM_NEWLINK: u16 = 16;
@@ -24,7 +27,9 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_SETLINK: u16 = 19;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
 const IFLA_XDP: u16 = 43;
 // `XDP_FLAGS_*`, include/uapi/linux/if_link.h.
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
@@ -90,6 +95,133 @@ pub fn encode_set(seq: u32, ifindex: u32, fd: i32, mode: Mode) -> Vec<u8> {
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
     )
+}
+
+/// `RTM_NEWLINK` creating `name`, a macvlan on `parent` in private mode (keepalived's VRRP
+/// virtual MAC interface: frames between two macvlans of one parent are not delivered), with
+/// hardware address `mac`, down (its settings come before it sends anything).
+pub fn encode_new_macvlan(seq: u32, name: &str, parent: u32, mac: [u8; 6]) -> Vec<u8> {
+    let mut msg = link_message(0);
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.attributes.push(LinkAttribute::Link(parent));
+    msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::MacVlan),
+        LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+            MacVlanMode::Private,
+        )])),
+    ]));
+    encode(
+        RouteNetlinkMessage::NewLink(msg),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        seq,
+    )
+}
+
+/// `RTM_DELLINK` of `ifindex`.
+fn encode_delete(seq: u32, ifindex: u32) -> Vec<u8> {
+    encode(
+        RouteNetlinkMessage::DelLink(link_message(ifindex)),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    )
+}
+
+/// `RTM_SETLINK` bringing `ifindex` up.
+fn encode_up(seq: u32, ifindex: u32) -> Vec<u8> {
+    let mut msg = link_message(ifindex);
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    encode(
+        RouteNetlinkMessage::SetLink(msg),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    )
+}
+
+/// What an interface is, as far as a VRRP virtual MAC interface is concerned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkKind {
+    /// `IFLA_INFO_KIND` (`macvlan`, `veth`...), empty when the kernel gives none.
+    pub kind: String,
+    /// Private mode, for a macvlan.
+    pub private: bool,
+    /// `IFLA_LINK`: the interface it sits on.
+    pub parent: Option<u32>,
+    pub address: Vec<u8>,
+}
+
+/// [`LinkKind`] of `ifindex` from an `RTM_NEWLINK` message; `Ok(None)` for another interface.
+pub fn decode_kind(
+    msg_type: u16,
+    payload: &[u8],
+    ifindex: u32,
+) -> Result<Option<LinkKind>, NetlinkError> {
+    if msg_type != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let (header, attrs) = split_link(payload)?;
+    if header.index != ifindex {
+        return Ok(None);
+    }
+    let mut out = LinkKind::default();
+    for attr in attributes(attrs) {
+        let attr = attr?;
+        // Only the attributes read are decoded (see decode_link()).
+        if ![IFLA_ADDRESS, IFLA_LINK, IFLA_LINKINFO].contains(&attr.kind()) {
+            continue;
+        }
+        match LinkAttribute::parse_with_param(&attr, header.interface_family) {
+            Ok(LinkAttribute::Address(a)) => out.address = a,
+            Ok(LinkAttribute::Link(p)) => out.parent = Some(p),
+            Ok(LinkAttribute::LinkInfo(infos)) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => out.kind = k.to_string(),
+                        LinkInfo::Data(InfoData::MacVlan(d)) => {
+                            out.private |= d
+                                .iter()
+                                .any(|m| matches!(m, InfoMacVlan::Mode(MacVlanMode::Private)));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(out))
+}
+
+/// What `ifindex` is; `None` if no such interface is in the calling thread's namespace.
+pub async fn kind(ifindex: u32) -> Result<Option<LinkKind>, NetlinkError> {
+    let found = RouteSocket::open()?
+        .dump(encode_dump, |h, payload| {
+            decode_kind(h.message_type, payload, ifindex)
+        })
+        .await?;
+    Ok(found.into_iter().next())
+}
+
+/// Creates `name`, a private macvlan on `parent` with hardware address `mac`, down.
+pub async fn create_macvlan(name: &str, parent: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    RouteSocket::open()?
+        .request(|seq| encode_new_macvlan(seq, name, parent, mac))
+        .await
+}
+
+/// Deletes interface `ifindex`.
+pub async fn delete(ifindex: u32) -> Result<(), NetlinkError> {
+    RouteSocket::open()?
+        .request(|seq| encode_delete(seq, ifindex))
+        .await
+}
+
+/// Brings interface `ifindex` up.
+pub async fn set_up(ifindex: u32) -> Result<(), NetlinkError> {
+    RouteSocket::open()?
+        .request(|seq| encode_up(seq, ifindex))
+        .await
 }
 
 /// `RTM_GETLINK` dump request for every interface.

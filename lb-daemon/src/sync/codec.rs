@@ -454,8 +454,10 @@ pub enum Push {
 #[derive(Debug)]
 pub struct DataBuilder {
     max_len: usize,
-    /// The caller's number of each reference in the message, by position.
-    ref_ids: Vec<u32>,
+    /// The references in the message, by position: the caller's number and the reference
+    /// itself (a group's
+    /// backend is named under each of the group's VIPs its flows went to).
+    ref_ids: Vec<(u32, WireRef)>,
     refs: Vec<u8>,
     entries: Vec<u8>,
     count: u16,
@@ -494,7 +496,7 @@ impl DataBuilder {
         if r.vip.is_ipv6() != r.rip.is_ipv6() || r.vip.is_ipv6() != e.caddr.is_ipv6() {
             return Push::Invalid;
         }
-        let known = self.ref_ids.iter().position(|&x| x == id);
+        let known = self.ref_ids.iter().position(|x| x.0 == id && x.1 == *r);
         let entry_len = if r.v6() { ENTRY_LEN_V6 } else { ENTRY_LEN_V4 };
         let need = entry_len + if known.is_none() { r.encoded_len() } else { 0 };
         if self.len() + need > self.max_len
@@ -507,7 +509,7 @@ impl DataBuilder {
             Some(i) => i,
             None => {
                 put_ref(&mut self.refs, r);
-                self.ref_ids.push(id);
+                self.ref_ids.push((id, *r));
                 self.ref_ids.len() - 1
             }
         };

@@ -98,7 +98,13 @@ impl Index {
 
     /// This node's service id for a wire reference's service, if it is synced here.
     pub fn service(&self, r: &WireRef) -> Option<u32> {
-        self.services.get(&(r.proto, r.vip, r.vport)).copied()
+        self.service_at(r.proto, r.vip, r.vport)
+    }
+
+    /// This node's synced service at (protocol, VIP, port), a group's other addresses
+    /// included.
+    pub fn service_at(&self, proto: u8, vip: IpAddr, port: u16) -> Option<u32> {
+        self.services.get(&(proto, vip, port)).copied()
     }
 
     /// This node's (backend id, current generation) for a wire reference's real server of

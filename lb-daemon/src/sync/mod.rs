@@ -260,7 +260,7 @@ fn walked_entry(
     if !ix.alive(v.service, age, template) {
         return None;
     }
-    let r = *ix.wire_ref(v.service, v.backend, v.generation)?;
+    ix.wire_ref(v.service, v.backend, v.generation)?;
     let mut words = [0u32; 10];
     words[..key.len()].copy_from_slice(key);
     let ev = match table {
@@ -283,7 +283,8 @@ fn walked_entry(
             key: words,
         }),
     };
-    let (id, _, e) = sender::translate(&ev, ix, now_s).ok()?;
+    // The reference translate gives: a group's flow is named by its own VIP.
+    let (id, r, e) = sender::translate(&ev, ix, now_s).ok()?;
     Some((id, r, e))
 }
 

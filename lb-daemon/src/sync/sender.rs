@@ -74,11 +74,7 @@ pub fn age(now: u32, last_seen: u32) -> u16 {
 
 /// What an event says, as the wire names it: (backend id = the reference's number, the
 /// reference, the entry). `None`: not synced, or not the backend it was made for.
-pub fn translate<'i>(
-    ev: &Event,
-    ix: &'i Index,
-    now_s: u32,
-) -> Result<(u32, &'i WireRef, WireEntry), Skip> {
+pub fn translate(ev: &Event, ix: &Index, now_s: u32) -> Result<(u32, WireRef, WireEntry), Skip> {
     let (kind, value) = match ev {
         Event::V4(e) => (e.kind, e.value),
         Event::V6(e) => (e.kind, e.value),
@@ -96,20 +92,35 @@ pub fn translate<'i>(
             Skip::NotSynced
         })?;
     let template = wire_kind == codec::ENTRY_TEMPLATE;
-    let (caddr, cport, dport) = match ev {
-        Event::V4(e) if template => (v4(e.key[0]), 0, 0),
+    let (caddr, cport, dport, dst) = match ev {
+        Event::V4(e) if template => (v4(e.key[0]), 0, 0, None),
         Event::V4(e) => {
             // SAFETY: the key of a flow event is a FlowKey4 as words (lb-common).
             let k: FlowKey4 = unsafe { std::mem::transmute(e.key) };
-            (v4(k.src), u16::from_be(k.sport), u16::from_be(k.dport))
+            let dport = u16::from_be(k.dport);
+            (v4(k.src), u16::from_be(k.sport), dport, Some(v4(k.dst)))
         }
-        Event::V6(e) if template => (v6(&e.key[..4]), 0, 0),
+        Event::V6(e) if template => (v6(&e.key[..4]), 0, 0, None),
         Event::V6(e) => {
             // SAFETY: as above, a FlowKey6.
             let k: FlowKey6 = unsafe { std::mem::transmute(e.key) };
-            (v6(&k.src), u16::from_be(k.sport), u16::from_be(k.dport))
+            let dport = u16::from_be(k.dport);
+            (v6(&k.src), u16::from_be(k.sport), dport, Some(v6(&k.dst)))
         }
     };
+    // A flow to another address of a virtual_server_group: named by that address (and its
+    // port, or 0 for every port), which the peer's index knows as the same service.
+    let mut r = *r;
+    if let Some(dst) = dst.filter(|d| *d != r.vip) {
+        r.vport = if ix.service_at(r.proto, dst, dport) == Some(value.service) {
+            dport
+        } else if ix.service_at(r.proto, dst, 0) == Some(value.service) {
+            0
+        } else {
+            return Err(Skip::NotSynced);
+        };
+        r.vip = dst;
+    }
     Ok((
         value.backend,
         r,
@@ -267,10 +278,7 @@ impl Sender {
     pub fn push_event(&mut self, ev: &Event, ix: &Index, now_s: u32, now_ms: u32) {
         self.stats.events += 1;
         match translate(ev, ix, now_s) {
-            Ok((id, r, e)) => {
-                let r = *r;
-                self.push(id, &r, &e, now_ms)
-            }
+            Ok((id, r, e)) => self.push(id, &r, &e, now_ms),
             Err(Skip::NotSynced) => self.stats.not_synced += 1,
             Err(Skip::StaleBackend) => self.stats.stale_backend += 1,
             Err(Skip::Malformed) => self.stats.malformed_event += 1,
@@ -406,6 +414,68 @@ mod tests {
             },
             key,
         })
+    }
+
+    /// A flow to another VIP of a virtual_server_group is named by that VIP on the wire
+    /// (its peer installs it for that address), in its own reference.
+    #[test]
+    fn a_group_flow_is_named_by_its_own_vip() {
+        let (_, mut spec) = dp();
+        spec.aliases = vec![
+            ("192.0.2.101".parse().unwrap(), 80),
+            ("192.0.2.102".parse().unwrap(), 0),
+        ];
+        let mut d = Dataplane::new(MemMaps::default(), Limits::default());
+        d.update(std::slice::from_ref(&spec)).unwrap();
+        let ix = Index::build(&d, |_| true);
+        let (sid, bids) = d.ids_of(&spec).unwrap();
+        let g = d.current().backends[&bids[0]].generation;
+        let to = |last: u8, dport: u16| {
+            let Event::V4(mut e) = flow_event(sid, bids[0], g, 40000, 1000) else {
+                unreachable!()
+            };
+            // SAFETY: a flow event's key is a FlowKey4 as four words.
+            let mut k = unsafe { std::mem::transmute::<[u32; 4], FlowKey4>(e.key) };
+            k.dst = addr_v4([192, 0, 2, last]);
+            k.dport = dport.to_be();
+            // SAFETY: a FlowKey4 is four words.
+            e.key = unsafe { std::mem::transmute::<FlowKey4, [u32; 4]>(k) };
+            Event::V4(e)
+        };
+        let named =
+            |ev: &Event| translate(ev, &ix, 1002).map(|(_, r, _)| (r.vip.to_string(), r.vport));
+        assert_eq!(named(&to(100, 80)), Ok(("192.0.2.100".into(), 80)));
+        assert_eq!(named(&to(101, 80)), Ok(("192.0.2.101".into(), 80)));
+        assert_eq!(
+            named(&to(102, 8443)),
+            Ok(("192.0.2.102".into(), 0)),
+            "every port"
+        );
+        assert_eq!(named(&to(103, 80)), Err(Skip::NotSynced), "not the group's");
+        // Each names the service on the receiving side, and two VIPs of one backend are
+        // two references in one message.
+        for ev in [to(100, 80), to(101, 80)] {
+            let (_, r, _) = translate(&ev, &ix, 1002).unwrap();
+            assert_eq!(ix.service(&r), Some(sid));
+        }
+        let mut b = codec::DataBuilder::new(codec::DEFAULT_MAX_MESSAGE);
+        for ev in [to(100, 80), to(101, 80), to(101, 80)] {
+            let (id, r, e) = translate(&ev, &ix, 1002).unwrap();
+            assert_eq!(b.push(id, &r, &e), codec::Push::Added);
+        }
+        let h = codec::Header {
+            msg_type: 0,
+            flags: 0,
+            sync_id: 7,
+            boot_id: 1,
+            seq: 1,
+            send_ms: 0,
+        };
+        let m = decode(&b.seal(&h, &key()), &key(), 7).unwrap();
+        let Body::Data(data) = m.body else { panic!() };
+        let vips: Vec<String> = data.refs.iter().map(|r| r.vip.to_string()).collect();
+        assert_eq!(vips, ["192.0.2.100", "192.0.2.101"]);
+        assert_eq!(data.entries.len(), 3);
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod socket;
 pub mod track;
 pub mod unit;
+pub mod vmac;

@@ -39,7 +39,12 @@ use crate::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberSpec {
     pub config: VrrpInstance,
+    /// Where the virtual addresses live and gratuitous ARPs leave from: the instance's
+    /// interface, or its virtual MAC interface (`use_vmac`).
     pub ifindex: u32,
+    /// The interface adverts are sent and received on (name, index): `ifindex`'s, or the
+    /// instance's interface with `vmac_xmit_base`.
+    pub advert: (String, u32),
     /// Where adverts come from: `unicast_src_ip`, else the interface's first IPv4 address,
     /// or its IPv6 link-local address.
     pub primary: IpAddr,
@@ -201,8 +206,8 @@ fn open_socket(
     let c = &m.config;
     let multicast = c.unicast_peer.is_empty();
     let socket = std::sync::Arc::new(VrrpSocket::open(
-        &c.interface,
-        m.ifindex,
+        &m.advert.0,
+        m.advert.1,
         m.primary.is_ipv6(),
         multicast,
     )?);
@@ -265,6 +270,7 @@ pub fn same_router(old: &MemberSpec, new: &MemberSpec) -> bool {
     a.name == b.name
         && a.interface == b.interface
         && old.ifindex == new.ifindex
+        && old.advert == new.advert
         && a.vrid == b.vrid
         && a.version == b.version
         && old.primary.is_ipv6() == new.primary.is_ipv6()
@@ -1737,6 +1743,7 @@ mod tests {
         MemberSpec {
             config,
             ifindex: 2,
+            advert: ("eth0".into(), 2),
             primary: "192.0.2.200".parse().unwrap(),
             own: Vec::new(),
             vips: Vec::new(),
