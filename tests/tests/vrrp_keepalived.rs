@@ -615,20 +615,14 @@ fn unicast_across_a_router_with_keepalived() {
     k.stop(Duration::from_secs(5)).unwrap();
 }
 
-/// keepalived's `use_vmac` against ours, both ways: each node's VIP lives on `vrrp.51`, a
-/// macvlan with the virtual MAC 00:00:5e:00:01:33 (keepalived's and ours made the same way),
-/// so the client's neighbour entry never changes: keepalived master, then ours after a hard
-/// failure, then keepalived again when it comes back and preempts.
-#[test]
-fn use_vmac_with_keepalived() {
-    if !gate("use_vmac_with_keepalived") {
+/// keepalived's `use_vmac` against ours: each node's VIP lives on `vrrp.51`, a macvlan with
+/// the virtual MAC (00:00:5e:00:01:33 for IPv4, 00:00:5e:00:02:33 for IPv6, keepalived's and
+/// ours made the same way), so the client's neighbour entry never changes: keepalived master,
+/// then ours after a hard failure, then keepalived again when it comes back and preempts.
+fn use_vmac_with_keepalived(test: &str, params: VrrpParams, mac: [u8; 6]) {
+    if !gate(test) {
         return;
     }
-    const MAC: [u8; 6] = [0, 0, 0x5e, 0, 1, 51];
-    let params = VrrpParams {
-        use_vmac: true,
-        ..VrrpParams::v3(100)
-    };
     let mut lab = VrrpLab::new(
         &unique_prefix("vmk"),
         &params,
@@ -640,27 +634,67 @@ fn use_vmac_with_keepalived() {
     for i in 0..2 {
         assert_eq!(
             lab.node(i).mac("vrrp.51").unwrap(),
-            MAC,
+            mac,
             "node {i} ({})",
             lab.peer(i)
         );
     }
     lab.wait_client_follows(0, Duration::from_secs(5)).unwrap();
-    assert_eq!(lab.client_vip_mac(), Some(MAC));
+    assert_eq!(lab.client_vip_mac(), Some(mac));
     // keepalived dies: ours takes over, and answers at the same MAC.
     lab.kill(0).unwrap();
     let took = lab.wait_holder(1, Duration::from_secs(5)).unwrap();
-    eprintln!("ours master {took:?} after keepalived was killed");
-    assert_eq!(lab.client_vip_mac(), Some(MAC), "nothing to relearn");
-    lab.wait_client_follows(1, Duration::from_secs(5)).unwrap();
-    // keepalived again: it preempts (150 > 100), and ours leaves its vrrp.51 in place, up,
-    // holding nothing.
+    eprintln!("{test}: ours master {took:?} after keepalived was killed");
+    assert_eq!(lab.client_vip_mac(), Some(mac), "nothing to relearn");
+    let vip = params.vip.to_string();
+    lb_tests::netns::wait_until("ours to answer the client", Duration::from_secs(5), || {
+        lab.client()
+            .exec(&["ping", "-c", "1", "-W", "1", &vip])
+            .is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs_for_error()));
+    assert_eq!(lab.client_vip_mac(), Some(mac));
+    // keepalived again: it preempts (150 > 100), and ours keeps its vrrp.51, holding
+    // nothing.
     lab.start(0).unwrap();
     lab.wait_holder(0, Duration::from_secs(10)).unwrap();
-    lab.wait_client_follows(0, Duration::from_secs(5)).unwrap();
-    assert_eq!(lab.client_vip_mac(), Some(MAC));
+    lb_tests::netns::wait_until(
+        "keepalived to answer the client again",
+        Duration::from_secs(5),
+        || {
+            lab.client()
+                .exec(&["ping", "-c", "1", "-W", "1", &vip])
+                .is_ok()
+        },
+    )
+    .unwrap();
+    assert_eq!(lab.client_vip_mac(), Some(mac));
     assert!(
         lab.node(1).mac("vrrp.51").is_ok(),
         "ours keeps its virtual MAC interface as backup"
+    );
+}
+
+#[test]
+fn use_vmac_with_keepalived_v4() {
+    use_vmac_with_keepalived(
+        "use_vmac_with_keepalived_v4",
+        VrrpParams {
+            use_vmac: true,
+            ..VrrpParams::v3(100)
+        },
+        [0, 0, 0x5e, 0, 1, 51],
+    );
+}
+
+#[test]
+fn use_vmac_with_keepalived_v6() {
+    use_vmac_with_keepalived(
+        "use_vmac_with_keepalived_v6",
+        VrrpParams {
+            use_vmac: true,
+            ..VrrpParams::v3_ipv6(100)
+        },
+        [0, 0, 0x5e, 0, 2, 51],
     );
 }

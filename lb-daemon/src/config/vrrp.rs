@@ -886,23 +886,20 @@ pub(super) fn instance(
                 _ => return Err(bad("true, or the interface's name".into())),
             };
             if let Some(n) = &name {
+                // `%` is the kernel's name template, `all` and `default` name every
+                // interface's settings in /proc/sys.
                 if n.is_empty()
                     || n.len() >= 16
-                    || n.contains(['/', ' ', '\0', ':'])
-                    || n == "."
-                    || n == ".."
+                    || n.contains(['/', ':', '%', '\0'])
+                    || n.contains(char::is_whitespace)
+                    || [".", "..", "all", "default"].contains(&n.as_str())
                 {
                     return Err(bad(format!(
-                        "{n:?} is not an interface name (at most 15 bytes, no '/', ':' or space)"
+                        "{n:?} is not an interface name (at most 15 bytes, no '/', ':', '%' or space, not all or default)"
                     )));
                 }
                 if n == raw.interface.get_ref() {
                     return Err(bad(format!("{n:?} is the instance's interface")));
-                }
-                if v6 {
-                    return Err(bad(
-                        "the virtual MAC interface is implemented for IPv4 instances only".into(),
-                    ));
                 }
             }
             name
@@ -1310,6 +1307,7 @@ lb_kind = "DR"
                 "{e}"
             );
         }
+        // IPv6 too (the virtual MAC 00:00:5e:00:02:VRID).
         let v6 = with("use_vmac = true")
             .replace("advert_int = 1\n", "version = 3\n")
             .replace(
@@ -1318,8 +1316,8 @@ lb_kind = "DR"
             )
             .replace("\"192.0.2.100\"]", "\"2001:db8::100\"]")
             .replace("ip = \"192.0.2.100\"", "ip = \"2001:db8::100\"");
-        let e = parse(&v6).unwrap_err().to_string();
-        assert!(e.contains("IPv4 instances only"), "{e}");
+        let c = parse(&v6).unwrap();
+        assert_eq!(c.vrrp_instances[0].use_vmac.as_deref(), Some("vrrp.77"));
         // Two instances, one interface name.
         let two = with("use_vmac = \"vip0\"")
             + "\n[[vrrp_instance]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvirtual_router_id = 78\n\

@@ -27,6 +27,20 @@ impl State {
     ///
     /// [`VrrpThread::reconfigure`]: crate::vrrp::runtime::VrrpThread::reconfigure
     pub(super) async fn on_reload(&mut self) -> Result<(), String> {
+        let r = self.reload().await;
+        // The virtual MAC interfaces the configuration in force does not want (a reload
+        // removed or renamed them, or a refused one made them) go.
+        let wanted = self
+            .config
+            .vrrp_instances
+            .iter()
+            .filter_map(|i| i.use_vmac.clone())
+            .collect();
+        crate::vrrp::vmac::prune(&wanted).await;
+        r
+    }
+
+    async fn reload(&mut self) -> Result<(), String> {
         let started = Instant::now();
         // The cache is a memo of text to service: what it keeps is right whether or not
         // this reload goes through.

@@ -38,7 +38,16 @@ pub(super) async fn vrrp_units(
     let mut addrs = AddressSocket::open()?;
     let mut members: HashMap<String, MemberSpec> = HashMap::new();
     for inst in &config.vrrp_instances {
-        if let Some(m) = running.get(&inst.name).filter(|m| m.config == *inst) {
+        // (A virtual MAC interface that went away, deleted by hand, is made again.)
+        let vmac_in_place = |m: &MemberSpec| {
+            inst.use_vmac
+                .as_ref()
+                .is_none_or(|n| crate::os::ifindex(n).ok() == Some(m.ifindex))
+        };
+        if let Some(m) = running
+            .get(&inst.name)
+            .filter(|m| m.config == *inst && vmac_in_place(m))
+        {
             let mut m = m.clone();
             m.initial.clear();
             members.insert(inst.name.clone(), m);
@@ -79,9 +88,18 @@ pub(super) async fn vrrp_units(
         let (vip_ifindex, advert) = match &inst.use_vmac {
             None => (ifindex, (inst.interface.clone(), ifindex)),
             Some(name) => {
-                let v = crate::vrrp::vmac::ensure(name, (&inst.interface, ifindex), inst.vrid)
-                    .await
-                    .with_context(|| format!("vrrp_instance {}: use_vmac", inst.name))?;
+                let link_local = match primary {
+                    IpAddr::V6(a) if !inst.vmac_xmit_base => Some(a),
+                    _ => None,
+                };
+                let v = crate::vrrp::vmac::ensure(crate::vrrp::vmac::Wanted {
+                    name,
+                    parent: (&inst.interface, ifindex),
+                    vrid: inst.vrid,
+                    v6: v6.then_some(link_local),
+                })
+                .await
+                .with_context(|| format!("vrrp_instance {}: use_vmac", inst.name))?;
                 let advert = if inst.vmac_xmit_base {
                     (inst.interface.clone(), ifindex)
                 } else {

@@ -11,8 +11,15 @@
 //! reverse-path check with); the parent gets `arp_ignore = 1` and `arp_filter = 1`, so that
 //! it never answers for a VIP with its own MAC. One found in place (a previous run's, or
 //! keepalived's) is taken over when it is what would be made. A stop that releases the
-//! addresses deletes the interfaces this run made or took over; a `keep` stop leaves them
-//! for the next run. IPv4 only for now.
+//! addresses deletes the interfaces this run made or took over (and restores the settings
+//! it changed), and so does a reload that no longer wants one, or that was refused after
+//! making one: left up, it would take the peers' adverts (sent from the virtual MAC) away
+//! from the instance's socket. A `keep` stop leaves them for the next run.
+//!
+//! For an IPv6 instance the MAC is 00:00:5e:00:02:VRID, the interface makes no link-local
+//! address of its own (`addr_gen_mode = 1`: one made from the shared MAC would be every
+//! node's), and it gets the interface's link-local address, the source of the adverts, as
+//! keepalived gives it (unless the adverts leave from the interface, `vmac_xmit_base`).
 use std::{collections::BTreeMap, sync::Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -25,8 +32,38 @@ pub fn mac_v4(vrid: u8) -> [u8; 6] {
     [0x00, 0x00, 0x5e, 0x00, 0x01, vrid]
 }
 
+/// The virtual MAC of IPv6 virtual router `vrid` (RFC 5798 §7.3).
+pub fn mac_v6(vrid: u8) -> [u8; 6] {
+    [0x00, 0x00, 0x5e, 0x00, 0x02, vrid]
+}
+
+/// What the virtual MAC interface of one instance is made for.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub name: &'a str,
+    /// The instance's interface: name, index.
+    pub parent: (&'a str, u32),
+    pub vrid: u8,
+    /// An IPv6 instance: the link-local address the adverts come from, to be put on the
+    /// virtual MAC interface (`None`: they leave from the interface, `vmac_xmit_base`).
+    pub v6: Option<Option<std::net::Ipv6Addr>>,
+}
+
 /// The interfaces this run made or took over, by name: what a releasing stop deletes.
 static OURS: Mutex<BTreeMap<String, ()>> = Mutex::new(BTreeMap::new());
+
+/// Whether the kernel sends IGMP reports for 224.0.0.x groups: a backup joins the VRRP group
+/// on its virtual MAC interface, and its reports, sent from the virtual MAC, would teach the
+/// switches that the MAC is at the backup (keepalived's `disable_local_igmp`; its nftables
+/// filter does the same). Off while an IPv4 virtual MAC interface exists.
+const IGMP_LINK_LOCAL: &str = "/proc/sys/net/ipv4/igmp_link_local_mcast_reports";
+
+/// The value [`IGMP_LINK_LOCAL`] had before this run turned it off.
+static IGMP_REPORTS: Mutex<Option<i64>> = Mutex::new(None);
+
+/// The parents' settings this run changed, with their values before: restored at the stop
+/// (keepalived restores them when its last virtual MAC interface goes).
+static PARENTS: Mutex<Vec<(String, &'static str, i64)>> = Mutex::new(Vec::new());
 
 /// `/proc/sys/net/ipv4/conf/IFACE/KEY` (an interface name may hold dots: no sysctl-style
 /// key here).
@@ -51,20 +88,37 @@ fn write_conf(iface: &str, key: &str, value: i64) -> Result<()> {
 /// The virtual MAC interface `name` of virtual router `vrid` on `parent`, made (or taken
 /// over) and set up; its index. Another interface of that name (not a private macvlan on
 /// `parent` with the virtual MAC) is an error: nothing of someone else's is changed.
-pub async fn ensure(name: &str, parent: (&str, u32), vrid: u8) -> Result<u32> {
-    let mac = mac_v4(vrid);
-    let (parent_name, parent_ifindex) = parent;
+pub async fn ensure(w: Wanted<'_>) -> Result<u32> {
+    let (name, vrid) = (w.name, w.vrid);
+    let mac = if w.v6.is_some() {
+        mac_v6(vrid)
+    } else {
+        mac_v4(vrid)
+    };
+    let (parent_name, parent_ifindex) = w.parent;
     let ifindex = match crate::os::ifindex(name) {
         Ok(i) => {
             let k = link::kind(i)
                 .await
                 .with_context(|| format!("reading interface {name}"))?
                 .with_context(|| format!("interface {name} went away"))?;
-            if k.kind != "macvlan"
-                || !k.private
-                || k.parent != Some(parent_ifindex)
-                || k.address != mac
-            {
+            let ours = OURS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name);
+            let fits = k.kind == "macvlan"
+                && k.private
+                && k.parent == Some(parent_ifindex)
+                && k.address == mac;
+            if !fits && ours {
+                // One this run made for another interface or VRID (a reload changed them):
+                // made again, as keepalived does.
+                link::delete(i)
+                    .await
+                    .with_context(|| format!("deleting {name} to make it again"))?;
+                return Box::pin(ensure(w)).await;
+            }
+            if !fits {
                 bail!(
                     "interface {name} exists and is not the VRRP virtual MAC interface this \
                      instance needs (a private macvlan on {parent_name} with {}): rename it, or \
@@ -89,6 +143,50 @@ pub async fn ensure(name: &str, parent: (&str, u32), vrid: u8) -> Result<u32> {
     OURS.lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(name.to_string(), ());
+    match w.v6 {
+        None => ipv4_settings(name, parent_name)?,
+        Some(_) => {
+            // No link-local address made from the shared MAC (every node would have it).
+            write_v6(name, "disable_ipv6", 0)?;
+            write_v6(name, "addr_gen_mode", 1)?;
+        }
+    }
+    link::set_up(ifindex)
+        .await
+        .with_context(|| format!("bringing {name} up"))?;
+    if let Some(Some(ll)) = w.v6 {
+        let a = crate::netlink::addr::VirtualAddress::new(std::net::IpAddr::V6(ll), ifindex)
+            .with_prefix(64);
+        crate::netlink::addr::AddressSocket::open()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .add(&a)
+            .await
+            .map_err(|e| anyhow::anyhow!("adding {ll} to {name}: {e}"))?;
+    }
+    Ok(ifindex)
+}
+
+fn write_v6(iface: &str, key: &str, value: i64) -> Result<()> {
+    let p = format!("/proc/sys/net/ipv6/conf/{iface}/{key}");
+    std::fs::write(&p, format!("{value}\n")).with_context(|| format!("write {value} to {p}"))
+}
+
+/// An IPv4 instance's settings (keepalived's `set_interface_parameters`).
+fn ipv4_settings(name: &str, parent_name: &str) -> Result<()> {
+    let now: i64 = std::fs::read_to_string(IGMP_LINK_LOCAL)
+        .with_context(|| format!("read {IGMP_LINK_LOCAL}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{IGMP_LINK_LOCAL}: not a number"))?;
+    if now != 0 {
+        std::fs::write(IGMP_LINK_LOCAL, "0\n")
+            .with_context(|| format!("write 0 to {IGMP_LINK_LOCAL}"))?;
+        IGMP_REPORTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(now);
+        info!("{IGMP_LINK_LOCAL} = 0: a backup's reports would come from the virtual MAC");
+    }
     for (key, value) in [("arp_ignore", 1), ("accept_local", 1), ("rp_filter", 0)] {
         write_conf(name, key, value)?;
     }
@@ -99,12 +197,15 @@ pub async fn ensure(name: &str, parent: (&str, u32), vrid: u8) -> Result<u32> {
     if std::path::Path::new(&v6).exists() {
         std::fs::write(&v6, "1\n").with_context(|| format!("write 1 to {v6}"))?;
     }
-    link::set_up(ifindex)
-        .await
-        .with_context(|| format!("bringing {name} up"))?;
     for (key, value) in [("arp_ignore", 1), ("arp_filter", 1)] {
-        if read_conf(parent_name, key)? < value {
+        let before = read_conf(parent_name, key)?;
+        if before < value {
             write_conf(parent_name, key, value)?;
+            PARENTS.lock().unwrap_or_else(|p| p.into_inner()).push((
+                parent_name.to_string(),
+                key,
+                before,
+            ));
             info!("{parent_name}: {key} = {value}, so that it never answers for a VIP of {name}");
         }
     }
@@ -116,15 +217,47 @@ pub async fn ensure(name: &str, parent: (&str, u32), vrid: u8) -> Result<u32> {
              reverse-path check; set it to 0 or 2 (loose)"
         );
     }
-    Ok(ifindex)
+    Ok(())
 }
 
 /// Deletes every virtual MAC interface this run made or took over (a stop that releases
 /// the addresses).
 pub async fn release_all() {
-    let names: Vec<String> = std::mem::take(&mut *OURS.lock().unwrap_or_else(|p| p.into_inner()))
-        .into_keys()
-        .collect();
+    prune(&std::collections::BTreeSet::new()).await;
+    let parents = std::mem::take(&mut *PARENTS.lock().unwrap_or_else(|p| p.into_inner()));
+    for (parent, key, before) in parents.into_iter().rev() {
+        if let Err(e) = write_conf(&parent, key, before) {
+            warn!("restoring {parent}'s {key}: {e:#}");
+        }
+    }
+    let old = IGMP_REPORTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(v) = old {
+        if let Err(e) = std::fs::write(IGMP_LINK_LOCAL, format!("{v}\n")) {
+            warn!("restoring {IGMP_LINK_LOCAL}: {e}");
+        }
+    }
+}
+
+/// Deletes the virtual MAC interfaces this run made or took over that no instance of the
+/// configuration in force wants (a reload removed or renamed them, or a refused reload
+/// made them): left up, one would take the peers' adverts (sent from the virtual MAC)
+/// away from the instance's socket.
+pub async fn prune(wanted: &std::collections::BTreeSet<String>) {
+    let names: Vec<String> = {
+        let mut ours = OURS.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = ours
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect();
+        for n in &gone {
+            ours.remove(n);
+        }
+        gone
+    };
     for name in names {
         let Ok(i) = crate::os::ifindex(&name) else {
             continue;
