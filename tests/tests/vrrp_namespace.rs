@@ -983,7 +983,9 @@ fn use_vmac_keeps_the_clients_arp_entry_across_a_failover() {
     let vrrp = lines.iter().filter(|l| l.contains("VRRP")).count();
     assert!(vrrp > 3, "adverts from the virtual MAC: {lines:#?}");
     assert!(
-        !lines.iter().any(|l| l.to_ascii_lowercase().contains("igmp")),
+        !lines
+            .iter()
+            .any(|l| l.to_ascii_lowercase().contains("igmp")),
         "IGMP from the virtual MAC: {lines:#?}"
     );
     // A releasing stop deletes the interface.

@@ -116,6 +116,9 @@ pub async fn ensure(w: Wanted<'_>) -> Result<u32> {
                 link::delete(i)
                     .await
                     .with_context(|| format!("deleting {name} to make it again"))?;
+                // Not ours any more: should another interface take the name meanwhile, the
+                // next look refuses it rather than deleting again.
+                OURS.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
                 return Box::pin(ensure(w)).await;
             }
             if !fits {
