@@ -1350,7 +1350,8 @@ fn tracked_service(services: &[Arc<VirtualServer>], name: &str) -> Result<String
     find_service(services, name).map(|vs| vs.name())
 }
 
-/// The virtual server `name` names (see [`crate::model::parse_service_name`]).
+/// The virtual server `name` names (see [`crate::model::parse_service_name`]): any of a
+/// `virtual_server_group`'s addresses names the group's service.
 fn find_service<'a>(
     services: &'a [Arc<VirtualServer>],
     name: &str,
@@ -1358,7 +1359,10 @@ fn find_service<'a>(
     let (addr, proto) = crate::model::parse_service_name(name)?;
     let found: Vec<&Arc<VirtualServer>> = services
         .iter()
-        .filter(|vs| vs.vip == addr.ip() && vs.port == addr.port())
+        .filter(|vs| {
+            vs.addresses()
+                .any(|(vip, port)| vip == addr.ip() && port == addr.port())
+        })
         .filter(|vs| proto.is_none_or(|p| vs.proto == p))
         .collect();
     match found[..] {
@@ -2133,6 +2137,12 @@ static = true
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains(want), "{e}\nwant {want}");
         }
+        // Any of the group's addresses names the service (`real-server` commands,
+        // track_virtual_server), by its first.
+        assert_eq!(
+            c.find_service("192.0.2.101:80").map(|vs| vs.name()),
+            Ok("192.0.2.100:80/TCP".to_string())
+        );
         // In one sync group, the instances move together: accepted.
         let synced = held.replace(
             "[[vrrp_instance]]\nname = \"A\"",
