@@ -718,6 +718,18 @@ impl Cx<'_> {
     }
 
     /// `key = value` from statement `s`, refusing a key given twice.
+    /// A block's own `weight N [reverse|noreverse]` (a vrrp_script's, a track_file's, a
+    /// vrrp_track_process's): `weight`, and `reverse = true` when reversed (false is the
+    /// default there). The weight, for the caller's checks.
+    fn put_weight(&self, t: &mut Table, st: &Stmt) -> Result<i64, Diag> {
+        let (w, v, reverse) = weight_arg(st)?;
+        self.put(t, "weight", Value::Int(v), w.span, st)?;
+        if let Some((true, span)) = reverse {
+            self.put(t, "reverse", Value::Bool(true), span, st)?;
+        }
+        Ok(v)
+    }
+
     fn put(
         &self,
         t: &mut Table,
@@ -1105,11 +1117,7 @@ impl Cx<'_> {
                         self.put(&mut t, "file", Value::Str(w.text.clone()), w.span, st)?;
                     }
                     "weight" => {
-                        let (w, v, reverse) = weight_arg(st)?;
-                        self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
-                        if let Some((true, span)) = reverse {
-                            self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
-                        }
+                        self.put_weight(&mut t, st)?;
                     }
                     "init_file" => {
                         no_block(st)?;
@@ -1219,11 +1227,7 @@ impl Cx<'_> {
                         self.put(&mut t, "param_match", Value::Str(mode.into()), span, st)?;
                     }
                     "weight" => {
-                        let (w, v, reverse) = weight_arg(st)?;
-                        self.put(&mut t, "weight", Value::Int(v), w.span, st)?;
-                        if let Some((true, span)) = reverse {
-                            self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
-                        }
+                        self.put_weight(&mut t, st)?;
                     }
                     // keepalived (`vrrp_tprocess_quorum*_handler`): a quorum above the
                     // quorum_max so far, or a quorum_max below the quorum so far (but 0 over
@@ -1345,12 +1349,7 @@ impl Cx<'_> {
                         self.put(&mut t, key, seconds(w)?, w.span, st)?;
                     }
                     "weight" => {
-                        let (w, v, reverse) = weight_arg(st)?;
-                        weight = v;
-                        self.put(&mut t, "weight", Value::Int(weight), w.span, st)?;
-                        if let Some((true, span)) = reverse {
-                            self.put(&mut t, "reverse", Value::Bool(true), span, st)?;
-                        }
+                        weight = self.put_weight(&mut t, st)?;
                     }
                     k @ ("rise" | "fall") => {
                         let w = one(st)?;
