@@ -102,8 +102,8 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// NAT: a real server's (address, port, protocol) as a `ServiceKey4`/`ServiceKey6` ->
     /// the VIP and port its replies come from (`NatSource`). Written by the daemon, one
-    /// entry per NAT real server: a reply needs no per-flow state unless two services
-    /// share the real server (`NatSource::shared`).
+    /// entry per NAT real server and port it answers from: a reply needs no per-flow state
+    /// unless two service keys reach it (`NatSource::shared`).
     pub const NAT_SOURCES4: &str = "NAT_SOURCES4";
     pub const NAT_SOURCES6: &str = "NAT_SOURCES6";
     /// NAT, for a shared real server only: a reply's flow key (real server to client) ->
@@ -542,8 +542,9 @@ pub struct NatSource {
     /// The VIP (word 0 for IPv4) and the service's port, network byte order.
     pub vip: [u32; 4],
     pub vport: u16,
-    /// 1: more than one service sends to this real server's address and port, so its
-    /// replies are told apart by their flow (`NAT_REV4`/`NAT_REV6`, written per flow).
+    /// 1: more than one service key (two services, or two entries of a group) sends to
+    /// this real server's address and port, so its replies are told apart by their flow
+    /// (`NAT_REV4`/`NAT_REV6`, written per flow).
     pub shared: u8,
     pub _pad: u8,
 }

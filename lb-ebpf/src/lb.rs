@@ -56,6 +56,9 @@ trait Family {
     /// The key of the replies of flow `key` from a NAT real server at `daddr`, `port` (0:
     /// the flow's own destination port).
     fn reverse(key: &Self::Flow, daddr: &[u32; 4], port: u16) -> Self::Flow;
+    /// The port a NAT real server reached at `port` (0: the flow's own destination port)
+    /// answers flow `key` from.
+    fn reply_port(key: &Self::Flow, port: u16) -> u16;
     /// The key of the flow a reply (`reply`: from the real server to the client) is of,
     /// its VIP and port being `vip`, `vport`.
     fn forward(reply: &Self::Flow, vip: &[u32; 4], vport: u16) -> Self::Flow;
@@ -173,8 +176,16 @@ impl Family for V4 {
         reply.src == addr[0] && (port == 0 || reply.sport == port)
     }
     #[inline(always)]
+    fn reply_port(key: &FlowKey4, port: u16) -> u16 {
+        if port != 0 {
+            port
+        } else {
+            key.dport
+        }
+    }
+    #[inline(always)]
     fn reverse(key: &FlowKey4, daddr: &[u32; 4], port: u16) -> FlowKey4 {
-        let sport = if port != 0 { port } else { key.dport };
+        let sport = Self::reply_port(key, port);
         let words = [
             daddr[0],
             key.src,
@@ -321,8 +332,16 @@ impl Family for V6 {
         reply.src == *addr && (port == 0 || reply.sport == port)
     }
     #[inline(always)]
+    fn reply_port(key: &FlowKey6, port: u16) -> u16 {
+        if port != 0 {
+            port
+        } else {
+            key.dport
+        }
+    }
+    #[inline(always)]
     fn reverse(key: &FlowKey6, daddr: &[u32; 4], port: u16) -> FlowKey6 {
-        let sport = if port != 0 { port } else { key.dport };
+        let sport = Self::reply_port(key, port);
         let s = &key.src;
         let words = [
             daddr[0],
@@ -1076,8 +1095,9 @@ fn nat_reverse<F: Family>(key: &F::Flow, b: &BackendValue, proto: u8) {
     if NAT_ON.get(0).is_none_or(|on| *on & NAT_ON_SHARED == 0) {
         return;
     }
+    // A group's real server without a port of its own answers from each flow's.
     let shared = F::nat_sources()
-        .get_ptr(F::svc(&b.daddr, b.nat_port, proto))
+        .get_ptr(F::svc(&b.daddr, F::reply_port(key, b.nat_port), proto))
         // SAFETY: as in `nat_reply`.
         .is_some_and(|s| unsafe { (*s).shared != 0 });
     if shared {

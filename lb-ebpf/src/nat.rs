@@ -7,9 +7,11 @@
 //! A reply's new source is its real server's service's VIP and port: `NAT_SOURCES4`/
 //! `NAT_SOURCES6`, which the daemon writes per real server, say them, with no reverse
 //! entry (the flow table still says whether the reply's connection is live,
-//! `lb::nat_live`). Only a real server two services share needs its flows told apart:
+//! `lb::nat_live`). Only a real server's port that two service keys reach (two services',
+//! or two entries of a `virtual_server_group`) needs its flows told apart:
 //! `NAT_REV4`/`NAT_REV6` key them by their replies and give each flow's key back
-//! (`lb::nat_reply`). What the program cannot rewrite is dropped and counted
+//! (`lb::nat_reply`). A group's real server without a port keeps each packet's, and has
+//! an entry per port it answers from. What the program cannot rewrite is dropped and counted
 //! (`drop_nat_unsupported`): a fragment (its later pieces carry no port) and an IPv6 packet
 //! with extension headers before TCP or UDP.
 //!

@@ -80,6 +80,8 @@ use crate::{
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// The second VIP of a NAT group (`LvsParams::nat_group`).
+pub const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const HTTP: u16 = 80;
 /// The seed's second virtual server (plain HTTP here: only the TCP path matters).
@@ -261,6 +263,10 @@ pub struct LvsParams {
     /// and 443), their gateway the inside VIP of a second vrrp_instance (eth1), in one sync
     /// group with the outside one.
     pub nat: bool,
+    /// With `nat`: one service for the VIP's ports 80 and 443 and [`VIP2`]'s port 80 (a
+    /// `virtual_server_group`, persistent), its real servers without a port (each packet
+    /// keeps its own: nginx listens on 80 and 443 too); VI_1 holds both VIPs.
+    pub nat_group: bool,
 }
 
 /// How the LBs of the lab sync their flows.
@@ -285,6 +291,7 @@ impl LvsParams {
             pins: false,
             pin_root: None,
             nat: false,
+            nat_group: false,
         }
     }
 
@@ -338,8 +345,13 @@ virtual_router_id = 38
 priority = {priority}
 advert_int = {adv}
 {nopreempt}authentication = {{ auth_type = "PASS", auth_pass = "123456" }}
-virtual_ipaddress = ["{VIP}"]
+virtual_ipaddress = ["{VIP}"{vip2}]
 {inside_instance}"#,
+        vip2 = if p.nat_group {
+            format!(", \"{VIP2}\"")
+        } else {
+            String::new()
+        },
         inside = if p.nat {
             "inside_interfaces = [\"eth1\"]\n"
         } else {
@@ -381,6 +393,26 @@ virtual_ipaddress = ["{VIP}"]
         );
     }
     let kind = if p.nat { "NAT" } else { "DR" };
+    if p.nat_group {
+        c += &format!(
+            "\n[[virtual_server]]\nvirtual_server_group = [\"{VIP} {HTTP}\", \"{VIP} {HTTPS}\", \
+             \"{VIP2} {HTTP}\"]\nprotocol = \"TCP\"\nlb_algo = \"{}\"\nlb_kind = \"NAT\"\n\
+             persistence_timeout = 300\ndelay_loop = {}\n{hash_port}",
+            p.sched, t.delay_loop
+        );
+        for (i, w) in (1..=SERVERS).zip(p.weights()) {
+            c += &format!(
+                "\n  [[virtual_server.real_server]]\n  ip = \"{}\"\n  port = 0\n  weight = {w}\n  \
+                 TCP_CHECK = {{ connect_port = {NAT_PORT}, connect_timeout = {}, retry = {}, \
+                 delay_before_retry = {} }}\n",
+                nat_rs_v4(i),
+                t.connect_timeout,
+                t.retry,
+                t.delay_before_retry
+            );
+        }
+        return c;
+    }
     for port in [HTTP, HTTPS] {
         c += &format!(
             "\n[[virtual_server]]\nip = \"{VIP}\"\nport = {port}\nprotocol = \"TCP\"\n\
@@ -1329,7 +1361,10 @@ impl LvsLab {
                     ns
                 }
             };
-            let ports = [rs_port(params.nat, HTTP), rs_port(params.nat, HTTPS)];
+            let mut ports = vec![rs_port(params.nat, HTTP), rs_port(params.nat, HTTPS)];
+            if params.nat_group {
+                ports.extend([HTTP, HTTPS]);
+            }
             fs::write(
                 ns.dir().join("nginx.conf"),
                 nginx_conf(ns.dir(), &format!("rs{i}"), &ports),
@@ -1625,7 +1660,11 @@ impl LvsLab {
     /// Real server `i`'s health for port 80 as LB `lb` sees it (`up`, `down`, `unknown`).
     pub fn health(&self, lb: usize, i: usize) -> Option<String> {
         let s = status_json(self.lb(lb)).ok()?;
-        let want = self.rs_addr(i).to_string();
+        let mut want = self.rs_addr(i);
+        if self.params.nat_group {
+            want.set_port(0);
+        }
+        let want = want.to_string();
         s["services"]
             .as_array()?
             .iter()

@@ -15,7 +15,9 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    e2e_lab::{wait, LongLived, LvsLab, LvsParams, SyncMode, INSIDE_VIP, MARGIN, NAT_PORT, VIP},
+    e2e_lab::{
+        wait, LongLived, LvsLab, LvsParams, SyncMode, INSIDE_VIP, MARGIN, NAT_PORT, VIP, VIP2,
+    },
     netns::{require_lab, require_tools, unique_prefix, HOST_IF},
 };
 
@@ -228,4 +230,150 @@ fn nat_restart_takes_both_interfaces_over() {
         !xdp_on(&lab, HOST_IF) && !xdp_on(&lab, "eth1"),
         "a release takes both off"
     );
+}
+
+/// NAT inside a `virtual_server_group` (the lab's `nat_group`: VIP:80, VIP:443 and VIP2:80
+/// as one persistent service, real servers without a port, so each packet keeps its own):
+///
+/// * five clients, each asking the three keys, stay on one real server, and the clients
+///   spread over more than one;
+/// * every reply reaches the client from the key its connection went to (tcpdump): the
+///   real servers' port 80 answers for two VIPs, told apart per flow;
+/// * lb1 is SIGKILLed: connections to VIP2:80 and VIP:443 go on through lb2, whose synced
+///   flows carry their reverse entries.
+#[test]
+fn a_nat_group_answers_from_each_key_and_fails_over() {
+    let name = "a_nat_group_answers_from_each_key_and_fails_over";
+    if !require_lab(name) || !require_tools(name, &["curl", "tcpdump"]) {
+        return;
+    }
+    let params = LvsParams {
+        nat: true,
+        nat_group: true,
+        sync: Some(SyncMode::Unicast),
+        ..LvsParams::new("rr", "skb")
+    };
+    let t = params.timers;
+    let mut lab = LvsLab::new(&unique_prefix("nag"), params).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.start_pair().unwrap_or_else(|e| panic!("{e:#}"));
+    for i in 1..=3 {
+        lab.wait_health(1, i, "up", Duration::from_secs(10))
+            .unwrap();
+    }
+    let clients: Vec<String> = (5..10).map(|i| format!("192.0.2.{i}")).collect();
+    for c in &clients {
+        lab.client()
+            .ip(&["addr", "add", &format!("{c}/24"), "dev", HOST_IF])
+            .unwrap();
+    }
+    let keys = [(VIP, 80u16), (VIP, 443), (VIP2, 80)];
+    let captures: Vec<_> = keys
+        .iter()
+        .map(|(vip, port)| {
+            lab.client()
+                .capture(
+                    HOST_IF,
+                    &format!("tcp and src host {vip} and src port {port}"),
+                )
+                .unwrap()
+        })
+        .collect();
+    let leaks = lab
+        .client()
+        .capture(
+            HOST_IF,
+            "src net 198.51.100.0/24 or src port 8080 or src port 8443",
+        )
+        .unwrap();
+    let ask = |from: &str, vip: std::net::Ipv4Addr, port: u16| -> String {
+        lab.client()
+            .exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "--interface",
+                from,
+                &format!("http://{vip}:{port}/"),
+            ])
+            .unwrap_or_else(|e| panic!("{from} -> {vip}:{port}: {e:#}\n{}", lab.logs()))
+            .trim()
+            .to_string()
+    };
+    let mut chosen = std::collections::BTreeSet::new();
+    for c in &clients {
+        let answers: Vec<String> = keys.iter().map(|(v, p)| ask(c, *v, *p)).collect();
+        assert!(
+            answers.iter().all(|a| a == &answers[0]),
+            "{c} stays on one real server across the group: {answers:?}"
+        );
+        chosen.insert(answers[0].clone());
+    }
+    assert!(chosen.len() > 1, "rr spread the clients: {chosen:?}");
+    for (cap, (vip, port)) in captures.iter().zip(keys) {
+        // Each curl's connection: at least the SYN-ACK, the answer and the FIN.
+        cap.wait_for(
+            &format!("replies from {vip}:{port}"),
+            Duration::from_secs(3),
+            |l| l.len() >= 3 * clients.len(),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    drop(captures);
+    let leaked = leaks.stop().unwrap();
+    assert!(
+        leaked.is_empty(),
+        "untranslated replies reached the client: {leaked:?}"
+    );
+
+    // Connections to the shared port (VIP2:80) and to VIP:443, synced to lb2.
+    const N: usize = 20;
+    let mut shared = LongLived::open(lab.client(), (VIP2, 80).into(), N).unwrap();
+    let mut https = LongLived::open(lab.client(), (VIP, 443).into(), N).unwrap();
+    for conns in [&mut shared, &mut https] {
+        let r = conns.round();
+        assert_eq!((r.ok, r.resets), (N, 0), "before the failover: {r:?}");
+    }
+    // The flows and the client's persistence template.
+    wait(
+        "lb2 to hold every connection's flow",
+        Duration::from_secs(15),
+        || {
+            lab.sync_status(2)["installed_entries"]
+                .as_u64()
+                .unwrap_or(0)
+                > 2 * N as u64
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    lab.kill_lb(1).unwrap();
+    lab.wait_state(
+        2,
+        "MASTER",
+        t.master_down(99) + MARGIN + Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    wait("lb2 to hold the inside VIP", Duration::from_secs(5), || {
+        lab.lb(2)
+            .ip(&["-4", "addr", "show", "dev", "eth1"])
+            .is_ok_and(|a| a.contains(&INSIDE_VIP.to_string()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    lab.wait_client_follows(2, Duration::from_secs(5)).unwrap();
+    let lb2_mac = lab.lb(2).mac(HOST_IF).unwrap();
+    wait(
+        "the client to send VIP2's traffic to lb2",
+        Duration::from_secs(5),
+        || lab.client().neigh_mac(&VIP2.to_string()).ok().flatten() == Some(lb2_mac),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for (what, conns) in [("VIP2:80", &mut shared), ("VIP:443", &mut https)] {
+        let r = conns.round();
+        assert_eq!(
+            (r.ok, r.resets, r.moved),
+            (N, 0, 0),
+            "{what}: every connection on its real server after the failover: {r:?}\n{}",
+            lab.logs()
+        );
+    }
 }

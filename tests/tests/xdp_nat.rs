@@ -10,7 +10,8 @@
 //! reply's source would be the VIP, a martian to the stack), a reply whose TTL runs out (to
 //! the stack as it came), the answer to this node's own connection and a packet from
 //! another port of a real server (untouched); a real server two services share, whose
-//! replies are told apart by their flows.
+//! replies are told apart by their flows; and a `virtual_server_group`'s real server
+//! without a port, which keeps each packet's and answers from the key its flow went to.
 //!
 //! The FIB is a network namespace's own: the outside interface `lb0` (the clients behind a
 //! router), the inside one `lb1` (the real servers, on its subnet), permanent neighbour
@@ -18,9 +19,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use lb_common::reason::{self, *};
-use lb_common::FlowKey4;
+use lb_common::{FlowKey4, FlowKey6};
 use lb_daemon::{
-    dataplane::{flows::reverse_key4, BackendSpec, ServiceSpec, TUNNEL_MAC},
+    dataplane::{
+        flows::{reverse_key4, reverse_key6},
+        BackendSpec, ServiceSpec, TUNNEL_MAC,
+    },
     model::{Forward, Proto, Scheduler},
 };
 use lb_tests::{
@@ -663,6 +667,130 @@ fn a_real_server_two_services_share_is_told_apart_by_flow() {
                 };
                 let key = reverse_key4(&flow, SocketAddr::new(RS4.into(), RPORT));
                 assert_eq!(rev.get(&key, 0).ok(), Some(flow), "{vip}:{vport}");
+            }
+        })
+        .unwrap();
+}
+
+/// A `virtual_server_group` under NAT: keys VIP:80, VIP:443 and a second VIP's port 80, one
+/// real server without a port of its own (it keeps each packet's). Its port 80 answers for
+/// two keys, told apart by each flow's reverse entry; its port 443 for one, which needs
+/// none. IPv4 and IPv6.
+#[test]
+fn a_group_s_real_server_answers_from_the_key_each_flow_went_to() {
+    if !require_root("a_group_s_real_server_answers_from_the_key_each_flow_went_to") {
+        return;
+    }
+    let fib = Fib::new();
+    let vip4_b = Ipv4Addr::new(192, 0, 2, 102);
+    let vip6_b = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x102);
+    let group = |vip: IpAddr, vip_b: IpAddr, rs: IpAddr| {
+        let mut s = service(vip, Proto::Tcp, rs);
+        s.aliases = vec![(vip, 443), (vip_b, VPORT)];
+        s.backends[0].addr.set_port(0);
+        s
+    };
+    let specs = [
+        group(VIP4.into(), vip4_b.into(), RS4.into()),
+        group(VIP6.into(), vip6_b.into(), RS6.into()),
+    ];
+    fib.ns
+        .run_in(|| {
+            let mut h = harness(&specs);
+            h.set_tx_ports(&[fib.lb0, fib.lb1]).unwrap();
+            let families: [(IpAddr, IpAddr, IpAddr, IpAddr, u16); 2] = [
+                (
+                    VIP4.into(),
+                    vip4_b.into(),
+                    RS4.into(),
+                    CLIENT4.into(),
+                    ETH_P_IP,
+                ),
+                (
+                    VIP6.into(),
+                    vip6_b.into(),
+                    RS6.into(),
+                    CLIENT6.into(),
+                    ETH_P_IPV6,
+                ),
+            ];
+            for (vip, vip_b, rs, client, et) in families {
+                let flows = [
+                    (vip, VPORT, 40300),
+                    (vip, 443, 40301),
+                    (vip_b, VPORT, 40302),
+                ];
+                for (to, vport, cport) in flows {
+                    let inbound = packet(client, to, cport, vport, Some(TCP_SYN), 64);
+                    let frame = ether(fib.lb0_mac, ROUTER_MAC, None, et, &inbound);
+                    let (out, bumped) = run(&mut h, fib.lb0, &frame);
+                    assert_eq!((out.verdict, bumped), (XDP_REDIRECT, vec!["fwd_new_flow"]));
+                    let l3 = packet(client, rs, cport, vport, Some(TCP_SYN), 64);
+                    assert_eq!(
+                        out.data,
+                        ether(RS_MAC, fib.lb1_mac, None, et, &l3),
+                        "{to}:{vport} reaches {rs} on the same port"
+                    );
+                }
+                for (to, vport, cport) in flows {
+                    let flags = Some(TCP_SYN | TCP_ACK);
+                    let reply = packet(rs, client, vport, cport, flags, 64);
+                    let frame = ether(fib.lb1_mac, RS_MAC, None, et, &reply);
+                    let (out, bumped) = run(&mut h, fib.lb1, &frame);
+                    assert_eq!(
+                        (out.verdict, bumped),
+                        (XDP_REDIRECT, vec!["fwd_nat_reply"]),
+                        "the reply to {cport}"
+                    );
+                    let l3 = packet(to, client, vport, cport, flags, 63);
+                    assert_eq!(
+                        out.data,
+                        ether(ROUTER_MAC, fib.lb0_mac, None, et, &l3),
+                        "the reply to {cport} comes from {to}:{vport}"
+                    );
+                }
+                // Port 80's flows have reverse entries where sync writes a peer's (port 0:
+                // the flow's own); port 443's, which one key alone reaches, none.
+                let rs0 = SocketAddr::new(rs, 0);
+                for (to, vport, cport) in flows {
+                    let want = vport == VPORT;
+                    let found = match (client, to) {
+                        (IpAddr::V4(c), IpAddr::V4(v)) => {
+                            let rev: aya::maps::HashMap<_, FlowKey4, FlowKey4> =
+                                aya::maps::HashMap::try_from(h.ebpf.map("NAT_REV4").unwrap())
+                                    .unwrap();
+                            let flow = FlowKey4 {
+                                src: lb_common::addr_v4(c.octets()),
+                                dst: lb_common::addr_v4(v.octets()),
+                                sport: cport.to_be(),
+                                dport: vport.to_be(),
+                                proto: 6,
+                                _pad: [0; 3],
+                            };
+                            rev.get(&reverse_key4(&flow, rs0), 0)
+                                .ok()
+                                .map(|f| f == flow)
+                        }
+                        (IpAddr::V6(c), IpAddr::V6(v)) => {
+                            let rev: aya::maps::HashMap<_, FlowKey6, FlowKey6> =
+                                aya::maps::HashMap::try_from(h.ebpf.map("NAT_REV6").unwrap())
+                                    .unwrap();
+                            let flow = FlowKey6 {
+                                src: lb_common::addr_v6(c.octets()),
+                                dst: lb_common::addr_v6(v.octets()),
+                                sport: cport.to_be(),
+                                dport: vport.to_be(),
+                                proto: 6,
+                                _pad: [0; 3],
+                            };
+                            rev.get(&reverse_key6(&flow, rs0), 0)
+                                .ok()
+                                .map(|f| f == flow)
+                        }
+                        _ => unreachable!(),
+                    };
+                    assert_eq!(found, want.then_some(true), "{to}:{vport} from {cport}");
+                }
             }
         })
         .unwrap();

@@ -1566,17 +1566,8 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
             .map_err(|e: String| cx.invalid(a.span(), "virtual_server.lb_algo", e))?,
     };
     let vs_method = forwarding(cx, &vs.lb_kind, "virtual_server.lb_kind")?;
-    if !aliases.is_empty() && vs_method == Method::Nat {
-        // NAT writes the reply's source port: one real server port for several service
-        // ports would need a reverse entry per flow that names its own.
-        return Err(cx.invalid(
-            vs.lb_kind.span(),
-            "virtual_server.lb_kind",
-            "NAT with a virtual_server_group is not implemented (use DR or TUN, or one \
-             service per address and port)",
-        ));
-    }
-    // A NAT reply's source port is the service's: a service of every port has none.
+    // A NAT reply's source port is the service's: a service of every port (or a group
+    // with such an entry) has none.
     let all_ports_nat = |span: std::ops::Range<usize>, key: &str| {
         cx.invalid(
             span,
@@ -1585,9 +1576,13 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
              unknown (use DR or TUN, or one service per port)",
         )
     };
-    if vs_method == Method::Nat && vport == 0 {
+    let every_port = ports.contains(&0);
+    if vs_method == Method::Nat && every_port {
         return Err(all_ports_nat(vs.lb_kind.span(), "virtual_server.lb_kind"));
     }
+    // A NAT real server written without a port: the service's, or in a group of several
+    // ports 0, each packet keeping its own.
+    let nat_default_port = if ports.len() == 1 { vport } else { 0 };
     let vs_tunnel = vs_tunnel(cx, vs, vip, vs_method)?;
     let bits = if vip.is_ipv4() { 32 } else { 128 };
     let persistence_prefix = match &vs.persistence_granularity {
@@ -1636,18 +1631,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         None => vs_method,
         Some(m) => forwarding(cx, m, "virtual_server.sorry_server.lvs_method")?,
     };
-    if sorry_method == Method::Nat && !aliases.is_empty() {
-        let span = vs
-            .sorry_server
-            .as_ref()
-            .map_or(vs.lb_kind.span(), |s| s.ip.span());
-        return Err(cx.invalid(
-            span,
-            "virtual_server.sorry_server.lvs_method",
-            "NAT with a virtual_server_group is not implemented (use DR or TUN)",
-        ));
-    }
-    if sorry_method == Method::Nat && vport == 0 {
+    if sorry_method == Method::Nat && every_port {
         let span = vs
             .sorry_server
             .as_ref()
@@ -1661,15 +1645,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     for rs in &vs.real_server {
         let addr = ip(cx, &rs.ip, "real_server.ip")?;
         let forward = rs_forward(cx, rs, vs_method, vs_tunnel)?;
-        if forward == Forward::Nat && !aliases.is_empty() {
-            let span = rs.lvs_method.as_ref().map_or(rs.ip.span(), |m| m.span());
-            return Err(cx.invalid(
-                span,
-                "real_server.lvs_method",
-                "NAT with a virtual_server_group is not implemented (use DR or TUN)",
-            ));
-        }
-        if forward == Forward::Nat && vport == 0 {
+        if forward == Forward::Nat && every_port {
             let span = rs.lvs_method.as_ref().map_or(rs.ip.span(), |m| m.span());
             return Err(all_ports_nat(span, "real_server.lvs_method"));
         }
@@ -1702,10 +1678,11 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         }
         // Direct routing rewrites MACs only: the real server gets the packet on the
         // service's port whatever this says (IPVS ignores it silently; we do not). NAT
-        // rewrites the port: 0 means the service's, as in ipvsadm.
+        // rewrites the port: 0 means the service's, as in ipvsadm; in a group of several
+        // ports, each packet's own (as IPVS does for a fwmark service's port-0 real server).
         let mut port = *rs.port.get_ref();
         if forward == Forward::Nat && port == 0 {
-            port = vport;
+            port = nat_default_port;
         }
         if forward != Forward::Nat && !ports.contains(&0) && port != 0 && !ports.contains(&port) {
             return Err(cx.invalid(
@@ -1780,7 +1757,7 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
                     ));
                 }
                 let port = match (sorry_method, s.port) {
-                    (Method::Nat, 0) => vport,
+                    (Method::Nat, 0) => nat_default_port,
                     (Method::Nat, p) => p,
                     // As for a real server: DR and tunnels cannot change ports.
                     (_, p) if !ports.contains(&0) && p != 0 && !ports.contains(&p) => {
@@ -2103,10 +2080,6 @@ static = true
                 "lb.toml:18: `real_server.port`: 8080 differs",
             ),
             (
-                group.replace("lb_kind = \"DR\"", "lb_kind = \"NAT\""),
-                "lb.toml:13: `virtual_server.lb_kind`: NAT with a virtual_server_group",
-            ),
-            (
                 group.replace("virtual_server_group", "ip = \"192.0.2.100\"\nvirtual_server_group"),
                 "lb.toml:10: `virtual_server.virtual_server_group`: names the service's addresses",
             ),
@@ -2129,10 +2102,6 @@ static = true
                 held.clone(),
                 "its addresses are held by vrrp_instance A and vrrp_instance B",
             ),
-            (
-                group.replacen("  port = 80\n", "  port = 80\n  lvs_method = \"NAT\"\n", 1),
-                "`real_server.lvs_method`: NAT with a virtual_server_group",
-            ),
         ] {
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.contains(want), "{e}\nwant {want}");
@@ -2149,6 +2118,58 @@ static = true
             "[[vrrp_sync_group]]\nname = \"G\"\ngroup = [\"A\", \"B\"]\n\n[[vrrp_instance]]\nname = \"A\"",
         );
         parse(&synced).unwrap();
+    }
+
+    /// NAT in a group: a real server written with its port takes every key's packets on
+    /// it; without one, on the group's single port, else on each packet's own.
+    #[test]
+    fn nat_in_a_group() {
+        let group = |entries: &str| {
+            GOOD.replace(
+                "ip = \"192.0.2.100\"\nport = 80\n",
+                &format!("virtual_server_group = [{entries}]\n"),
+            )
+            .replace("lb_kind = \"DR\"", "lb_kind = \"NAT\"")
+            .replacen("  port = 80\n", "  port = 8080\n", 1)
+            .replacen("  port = 80\n", "  port = 0\n", 1)
+        };
+        let ports = |text: &str| -> Vec<u16> {
+            let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+            c.virtual_servers[0]
+                .real_servers
+                .iter()
+                .map(|r| r.addr.port())
+                .collect()
+        };
+        assert_eq!(
+            ports(&group("\"192.0.2.100 80\", \"192.0.2.101 80\"")),
+            [8080, 80]
+        );
+        assert_eq!(
+            ports(&group("\"192.0.2.100 80\", \"192.0.2.100 443\"")),
+            [8080, 0]
+        );
+        // Per real server too, and the sorry server.
+        let mixed = group("\"192.0.2.100 80\", \"192.0.2.100 443\"")
+            .replace("lb_kind = \"NAT\"", "lb_kind = \"DR\"")
+            .replacen("  port = 0\n", "  port = 0\n  lvs_method = \"NAT\"\n", 1)
+            .replacen("  port = 8080\n", "  port = 80\n", 1)
+            .replace(
+                "static = true\n",
+                "static = true\nsorry_server = { ip = \"192.0.2.20\", port = 0, lvs_method = \"NAT\" }\n",
+            );
+        let c = parse(&mixed).unwrap_or_else(|e| panic!("{e}"));
+        let vs = &c.virtual_servers[0];
+        assert_eq!(vs.real_servers[1].addr.port(), 0);
+        assert_eq!(vs.sorry_server.unwrap().port(), 0);
+        // An entry of every port leaves a reply's port unknown.
+        let e = parse(&group("\"192.0.2.100 80\", \"192.0.2.101 0\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`virtual_server.lb_kind`: a service of every port"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -94,16 +94,26 @@ impl Table {
 }
 
 /// The `NAT_REV4` key of flow `flow`'s replies from NAT real server `rs` (as the program's
-/// `lb::nat_reverse` writes it): from the real server's address and port to the client's.
+/// `lb::nat_reverse` writes it): from the real server's address and port (port 0: the
+/// flow's own destination port, which it keeps) to the client's.
 pub fn reverse_key4(flow: &FlowKey4, rs: std::net::SocketAddr) -> FlowKey4 {
     let (addr, _) = super::addr_words(rs.ip());
     FlowKey4 {
         src: addr[0],
         dst: flow.src,
-        sport: rs.port().to_be(),
+        sport: reply_port(flow.dport, rs),
         dport: flow.sport,
         proto: flow.proto,
         _pad: [0; 3],
+    }
+}
+
+/// The source port of NAT real server `rs`'s replies to a flow to `dport` (network byte
+/// order, as the answer).
+fn reply_port(dport: u16, rs: std::net::SocketAddr) -> u16 {
+    match rs.port() {
+        0 => dport,
+        p => p.to_be(),
     }
 }
 
@@ -113,7 +123,7 @@ pub fn reverse_key6(flow: &FlowKey6, rs: std::net::SocketAddr) -> FlowKey6 {
     FlowKey6 {
         src: addr,
         dst: flow.src,
-        sport: rs.port().to_be(),
+        sport: reply_port(flow.dport, rs),
         dport: flow.sport,
         proto: flow.proto,
         _pad: [0; 3],

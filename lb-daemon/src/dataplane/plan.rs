@@ -911,10 +911,11 @@ fn nat_sources(
         .iter()
         .filter(|(k, _)| !prev.services.contains_key(k))
         .chain(&next.services);
-    let vip_of: HashMap<u32, MapKey> = services
-        .filter(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0)
-        .map(|(k, r)| (r.id, *k))
-        .collect();
+    // A group's service has several keys: a reply's source is the one its flow went to.
+    let mut keys_of: HashMap<u32, Vec<MapKey>> = HashMap::new();
+    for (k, r) in services.filter(|(_, r)| r.flags & SVC_REF_F_FRAG_ONLY == 0) {
+        keys_of.entry(r.id).or_default().push(*k);
+    }
     let backends = current
         .backends
         .iter()
@@ -926,34 +927,43 @@ fn nat_sources(
         let Some(k) = next.keys.get(id).or_else(|| current.keys.get(id)) else {
             continue;
         };
-        let Some(vip) = vip_of.get(&k.service) else {
-            continue;
-        };
-        let source = MapKey {
-            addr: b.daddr,
-            port: b.nat_port,
-            proto: vip.proto,
-            family: k.family,
-        };
-        let value = NatSource {
-            vip: vip.addr,
-            vport: vip.port,
-            shared: 0,
-            _pad: 0,
-        };
-        let was = held.get(&source).map(|p| (p.vip, p.vport));
-        out.entry(source)
-            .and_modify(|v: &mut NatSource| {
-                if (v.vip, v.vport) != (value.vip, value.vport) {
-                    v.shared = 1;
-                    if was == Some((value.vip, value.vport)) {
-                        (v.vip, v.vport) = (value.vip, value.vport);
+        for vip in keys_of.get(&k.service).into_iter().flatten() {
+            let value = NatSource {
+                vip: vip.addr,
+                vport: vip.port,
+                shared: 0,
+                _pad: 0,
+            };
+            let source = nat_source_key(b, vip);
+            let was = held.get(&source).map(|p| (p.vip, p.vport));
+            out.entry(source)
+                .and_modify(|v: &mut NatSource| {
+                    if (v.vip, v.vport) != (value.vip, value.vport) {
+                        v.shared = 1;
+                        if was == Some((value.vip, value.vport)) {
+                            (v.vip, v.vport) = (value.vip, value.vport);
+                        }
                     }
-                }
-            })
-            .or_insert(value);
+                })
+                .or_insert(value);
+        }
     }
     out
+}
+
+/// Where NAT backend `b`'s replies to flows of service key `vip` come from: its address,
+/// and its port, or without one (a group's real server of several ports) the key's.
+fn nat_source_key(b: &BackendValue, vip: &MapKey) -> MapKey {
+    MapKey {
+        addr: b.daddr,
+        port: if b.nat_port != 0 {
+            b.nat_port
+        } else {
+            vip.port
+        },
+        proto: vip.proto,
+        family: vip.family,
+    }
 }
 
 /// `NAT_ON`'s bits for the sources `nat`.
@@ -1244,7 +1254,9 @@ impl<W: MapWriter> Dataplane<W> {
     }
 
     /// Whether NAT real server `rs` (its address and port, for protocol `proto`) is one two
-    /// services share: its flows' replies are then told apart by reverse entries.
+    /// service keys share: its flows' replies are then told apart by reverse entries.
+    /// Port 0 (a group's real server that keeps each packet's port): whether it is on any
+    /// port, a reverse entry where none is needed being harmless.
     pub fn nat_shared(&self, proto: u8, rs: SocketAddr) -> bool {
         let (addr, family) = super::addr_words(rs.ip());
         let key = MapKey {
@@ -1253,7 +1265,12 @@ impl<W: MapWriter> Dataplane<W> {
             proto,
             family,
         };
-        self.nat.get(&key).is_some_and(|s| s.shared != 0)
+        if rs.port() != 0 {
+            return self.nat.get(&key).is_some_and(|s| s.shared != 0);
+        }
+        self.nat
+            .iter()
+            .any(|(k, s)| (k.addr, k.proto, k.family) == (addr, proto, family) && s.shared != 0)
     }
 
     /// Writes what `NAT_SOURCES4`/`NAT_SOURCES6` and `NAT_ON` must hold for the maps as they
@@ -1523,8 +1540,9 @@ mod tests {
                 );
             }
             // A NAT real server that a ring can send new flows to has its entry, shared
-            // whenever the rings of two services can (each new flow must then write its
-            // reverse entry), at every moment of an update.
+            // whenever flows of two service keys can reach it (two services', or a group's
+            // two keys': each new flow must then write its reverse entry), at every moment
+            // of an update.
             let mut senders: BTreeMap<MapKey, BTreeSet<(u32, MapKey)>> = BTreeMap::new();
             for (key, r) in self
                 .0
@@ -1550,12 +1568,7 @@ mod tests {
                         continue;
                     };
                     if b.flags & BACKEND_F_NAT != 0 {
-                        let source = MapKey {
-                            addr: b.daddr,
-                            port: b.nat_port,
-                            proto: key.proto,
-                            family: key.family,
-                        };
+                        let source = super::nat_source_key(b, key);
                         senders.entry(source).or_default().insert((r.id, *key));
                     }
                 }
@@ -1564,13 +1577,13 @@ mod tests {
                 let Some(entry) = self.0.nat_sources.get(&source) else {
                     panic!("NAT real server {source:?} without its entry");
                 };
-                let ids: BTreeSet<u32> = services.iter().map(|(id, _)| *id).collect();
+                // Two services, or two keys of a group's: told apart per flow.
                 assert!(
-                    ids.len() < 2 || entry.shared != 0,
-                    "NAT real server {source:?} of services {ids:?} not shared"
+                    services.len() < 2 || entry.shared != 0,
+                    "NAT real server {source:?} of services {services:?} not shared"
                 );
-                // One service's alone: its replies are that service's.
-                if let (1, Some((_, svc))) = (ids.len(), services.first()) {
+                // One key's alone: its replies are that key's.
+                if let (1, Some((_, svc))) = (services.len(), services.first()) {
                     assert!(
                         entry.shared != 0 || (entry.vip, entry.vport) == (svc.addr, svc.port),
                         "NAT real server {source:?} of service {svc:?} names another: {entry:?}"
@@ -1805,6 +1818,55 @@ mod tests {
         d.update(&[s, other]).unwrap();
         assert_eq!(d.writer().0.nat, 0);
         assert!(d.writer().0.nat_sources.is_empty());
+    }
+
+    /// A group's NAT real server: one source per port it answers from. With a port of its
+    /// own, every key's flows reach that one (shared: told apart per flow); without one,
+    /// each key's port is its own, shared only where two keys have the same port. An alias
+    /// added or dropped by a reload moves the entries with it.
+    #[test]
+    fn a_group_s_nat_real_server_has_a_source_per_port() {
+        let mut s = spec(80, Scheduler::Rr, &[1]);
+        let vip2 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101));
+        s.aliases = vec![(s.vip, 443), (vip2, 80)];
+        s.backends[0].forward = Forward::Nat;
+        s.backends[0].mac = Some(crate::dataplane::TUNNEL_MAC);
+        let rs = s.backends[0].addr;
+        let (addr, family) = crate::dataplane::addr_words(rs.ip());
+        let key = |port: u16| MapKey {
+            addr,
+            port: port.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family,
+        };
+        let named = |d: &Dataplane<Checked>, port: u16| {
+            let v = d.writer().0.nat_sources[&key(port)];
+            let (vip, _) = crate::dataplane::addr_words(s.vip);
+            assert_eq!(v.vip, vip, "{v:?}");
+            (u16::from_be(v.vport), v.shared)
+        };
+        let mut d = dp();
+        s.backends[0].addr.set_port(8080);
+        d.update(std::slice::from_ref(&s)).unwrap();
+        assert_eq!(d.writer().0.nat_sources.len(), 1);
+        let shared = d.writer().0.nat_sources[&key(8080)].shared;
+        assert_eq!(shared, 1, "three keys reach port 8080");
+        assert_eq!(d.writer().0.nat, NAT_ON_ANY | NAT_ON_SHARED);
+        assert!(d.nat_shared(lb_common::PROTO_TCP, s.backends[0].addr));
+        // Port 0: each packet keeps its port. Port 80 answers for two keys, 443 for one.
+        s.backends[0].addr.set_port(0);
+        d.update(std::slice::from_ref(&s)).unwrap();
+        assert_eq!(d.writer().0.nat_sources.len(), 2, "8080's entry is gone");
+        assert_eq!(named(&d, 80).1, 1);
+        assert_eq!(named(&d, 443), (443, 0));
+        assert!(d.nat_shared(lb_common::PROTO_TCP, s.backends[0].addr));
+        // The second VIP dropped: port 80 is one key's again, named by it.
+        s.aliases.pop();
+        d.update(std::slice::from_ref(&s)).unwrap();
+        assert_eq!(named(&d, 80), (80, 0));
+        assert_eq!(named(&d, 443), (443, 0));
+        assert_eq!(d.writer().0.nat, NAT_ON_ANY);
+        assert!(!d.nat_shared(lb_common::PROTO_TCP, s.backends[0].addr));
     }
 
     /// A TUN backend: its tunnel in its value; without a source address of its family it is

@@ -2842,12 +2842,17 @@ impl Cx<'_> {
                 comments: Vec::new(),
                 trailing: None,
             }),
-            // keepalived gives a direct-routing real server without a port the service's.
+            // keepalived gives a real server without a port the service's; a group's
+            // service has none, and IPVS then keeps each packet's port.
             None => t.push(generated(
                 "port",
                 Value::Int(vport),
                 ip_word.span,
-                " no port in keepalived.conf: the service's, as keepalived sets it",
+                if vport == 0 {
+                    " no port in keepalived.conf: each packet keeps its own, as under IPVS"
+                } else {
+                    " no port in keepalived.conf: the service's, as keepalived sets it"
+                },
             )),
         }
         let mut inherit = Inherited::default();
