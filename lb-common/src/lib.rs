@@ -524,8 +524,8 @@ pub struct BackendValue {
     pub tun_ttl: u8,
     /// `TUN_GUE`: the UDP destination port, network byte order.
     pub tun_port: u16,
-    /// With `BACKEND_F_NAT`: the real server's port, network byte order (0: the service's,
-    /// as for an all-ports service).
+    /// With `BACKEND_F_NAT`: the real server's port, network byte order (0: each packet's
+    /// own, a `virtual_server_group`'s real server written without a port).
     pub nat_port: u16,
     pub _pad: u16,
 }
@@ -539,7 +539,8 @@ const _: () = assert!(core::mem::offset_of!(BackendValue, mac) % 2 == 0);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatSource {
-    /// The VIP (word 0 for IPv4) and the service's port, network byte order.
+    /// The VIP (word 0 for IPv4) and the port of the service key the replies come from,
+    /// network byte order.
     pub vip: [u32; 4],
     pub vport: u16,
     /// 1: more than one service key (two services, or two entries of a group) sends to

@@ -556,7 +556,8 @@ fn l4<F: Family>(ctx: &XdpContext, l3: &L3) -> Result<u32, u32> {
 
 /// A NAT real server's reply: the packet comes from a real server's address and port (its
 /// entry in `NAT_SOURCES4`/`NAT_SOURCES6` says the VIP and port to put back), or, from a
-/// real server two services share, its flow's reverse entry says which service's it is.
+/// real server two service keys share (two services, or a group's entries), its flow's
+/// reverse entry says which key's it is.
 #[inline(always)]
 fn nat_reply<F: Family>(
     ctx: &XdpContext,
@@ -1083,7 +1084,7 @@ fn new_flow<F: Family>(
     send_to::<F>(ctx, key, backend_mac(b), how, &value, true, clk, reason)
 }
 
-/// For a NAT backend two services share (`NatSource::shared`), remembers that the replies
+/// For a NAT backend two service keys share (`NatSource::shared`), remembers that the replies
 /// of flow `key` belong to it: its reverse entry. Any other needs none, its replies' source
 /// is the backend's own (`NAT_SOURCES4`/`NAT_SOURCES6`). A failed insert leaves the replies
 /// to the stack, as for a flow the table could not keep. A SYN the flood guard forwards

@@ -72,7 +72,7 @@ pub static NAT_SOURCES4: HashMap<ServiceKey4, NatSource> =
 pub static NAT_SOURCES6: HashMap<ServiceKey6, NatSource> =
     HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// NAT, a real server two services share: a reply's 5-tuple (real server to client) -> its
+/// NAT, a real server two service keys share: a reply's 5-tuple (real server to client) -> its
 /// flow's key (client to VIP), per family; written with the flow, sized with the flow
 /// table (`nat.rs`).
 #[map]

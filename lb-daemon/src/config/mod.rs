@@ -1580,9 +1580,10 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
     if vs_method == Method::Nat && every_port {
         return Err(all_ports_nat(vs.lb_kind.span(), "virtual_server.lb_kind"));
     }
-    // A NAT real server written without a port: the service's, or in a group of several
-    // ports 0, each packet keeping its own.
-    let nat_default_port = if ports.len() == 1 { vport } else { 0 };
+    // A NAT real server written without a port: the service's, or in a group 0, each
+    // packet keeping its own (the same for a group of one port, and a real server's
+    // address then stays the same whatever entries a reload adds).
+    let nat_default_port = if aliases.is_empty() { vport } else { 0 };
     let vs_tunnel = vs_tunnel(cx, vs, vip, vs_method)?;
     let bits = if vip.is_ipv4() { 32 } else { 128 };
     let persistence_prefix = match &vs.persistence_granularity {
@@ -1697,15 +1698,22 @@ fn virtual_server(cx: &Ctx, vs: &RawVirtualServer) -> Result<VirtualServer, Conf
         }
         let addr = SocketAddr::new(addr, port);
         // Port 0 of a DR or TUN real server is the service's: the same real server as one
-        // written with that port.
-        let effective = |a: SocketAddr| match a.port() {
-            0 => SocketAddr::new(a.ip(), vport),
-            _ => a,
+        // written with that port. A group's NAT real server without a port takes every
+        // port of the group: it is any of them.
+        let effective = |r: SocketAddr, f: Forward| -> Vec<u16> {
+            match (r.port(), f) {
+                (0, Forward::Nat) => ports.iter().copied().collect(),
+                (0, _) => vec![vport],
+                (p, _) => vec![p],
+            }
         };
-        if real_servers
-            .iter()
-            .any(|r: &RealServer| effective(r.addr) == effective(addr))
-        {
+        let mine = effective(addr, forward);
+        if real_servers.iter().any(|r: &RealServer| {
+            r.addr.ip() == addr.ip()
+                && effective(r.addr, r.forward)
+                    .iter()
+                    .any(|p| mine.contains(p))
+        }) {
             return Err(cx.invalid(
                 rs.ip.span(),
                 "real_server.ip",
@@ -2143,12 +2151,21 @@ static = true
         };
         assert_eq!(
             ports(&group("\"192.0.2.100 80\", \"192.0.2.101 80\"")),
-            [8080, 80]
+            [8080, 0]
         );
         assert_eq!(
             ports(&group("\"192.0.2.100 80\", \"192.0.2.100 443\"")),
             [8080, 0]
         );
+        // Without a port it is on every port of the group: with one on 443 it is listed
+        // twice.
+        let twice = group("\"192.0.2.100 80\", \"192.0.2.100 443\"").replacen(
+            "  ip = \"192.0.2.11\"\n  port = 8080\n",
+            "  ip = \"192.0.2.12\"\n  port = 443\n",
+            1,
+        );
+        let e = parse(&twice).unwrap_err().to_string();
+        assert!(e.contains("192.0.2.12:0 is listed twice"), "{e}");
         // Per real server too, and the sorry server.
         let mixed = group("\"192.0.2.100 80\", \"192.0.2.100 443\"")
             .replace("lb_kind = \"NAT\"", "lb_kind = \"DR\"")

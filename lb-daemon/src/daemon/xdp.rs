@@ -136,7 +136,7 @@ impl Xdp {
         }
         let limits = dataplane_limits(config).context("sizing the dataplane's maps")?;
         // The NAT reverse tables, as large as the connection tables where a service is
-        // NAT'd (only a real server two services share fills them); one entry otherwise.
+        // NAT'd (only a real server two service keys share fills them); one entry otherwise.
         let nat = config.has_nat();
         let mut opts = LoadOptions {
             limits,

@@ -1026,3 +1026,50 @@ fn walk<K: Copy + Default>(
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reverse key comes from the real server's port, or from the flow's own when the
+    /// real server has none (a group's NAT real server keeps each packet's port).
+    #[test]
+    fn reverse_keys_take_the_flow_s_port_for_a_real_server_without_one() {
+        let flow = FlowKey4 {
+            src: lb_common::addr_v4([203, 0, 113, 7]),
+            dst: lb_common::addr_v4([192, 0, 2, 100]),
+            sport: 40000u16.to_be(),
+            dport: 443u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let rs = |p: u16| std::net::SocketAddr::from(([198, 51, 100, 11], p));
+        let with = reverse_key4(&flow, rs(8443));
+        assert_eq!(
+            (
+                with.src,
+                with.dst,
+                u16::from_be(with.sport),
+                u16::from_be(with.dport)
+            ),
+            (
+                lb_common::addr_v4([198, 51, 100, 11]),
+                flow.src,
+                8443,
+                40000
+            )
+        );
+        assert_eq!(u16::from_be(reverse_key4(&flow, rs(0)).sport), 443);
+        let flow6 = FlowKey6 {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let rs6: std::net::SocketAddr = "[2001:db8::11]:0".parse().unwrap();
+        let k = reverse_key6(&flow6, rs6);
+        assert_eq!((u16::from_be(k.sport), k.dst, k.proto), (80, flow6.src, 17));
+    }
+}

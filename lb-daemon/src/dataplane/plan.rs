@@ -892,9 +892,11 @@ fn apply(prev: &Desired, next: &Desired, w: &mut dyn MapWriter) -> Result<(), Pl
 
 /// What `NAT_SOURCES4`/`NAT_SOURCES6` must hold for the maps `current` would hold once
 /// `delta` is applied: one entry per NAT real server (address, port, protocol), with the VIP
-/// and port of its service; shared when two services send to it. Every NAT backend counts,
-/// draining ones too (their flows' replies still come). A scan of the backends, not of the
-/// change: the entries depend on which services share a real server.
+/// and port of its service key; shared when two keys (two services', or a group's) send to
+/// it. A group's real server without a port keeps each packet's: an entry per port of the
+/// group. Every NAT backend counts, draining ones too (their flows' replies still come). A
+/// scan of the backends, not of the change: the entries depend on which services share a
+/// real server.
 ///
 /// A shared entry still names one service, the one a reply without a reverse entry is
 /// taken for: the one `held` (what the maps hold) named, when it is still among them. So
@@ -1110,6 +1112,16 @@ impl<W: MapWriter> Dataplane<W> {
             .count();
         let keys = u32::try_from(kept + delta.next.services.len()).unwrap_or(u32::MAX);
         needs.services = needs.services.max(keys.div_ceil(2));
+        // The NAT sources' maps are sized with the backends, and a group's real server
+        // without a port has one entry per port: the entries before and after this update
+        // are there together while it runs.
+        let nat_entries = {
+            let nat = nat_sources(&self.current, &delta, &self.nat);
+            nat.len() + self.nat.keys().filter(|k| !nat.contains_key(k)).count()
+        };
+        needs.backends = needs
+            .backends
+            .max(u32::try_from(nat_entries).unwrap_or(u32::MAX));
         if let Some((what, needs, ceiling)) = needs.beyond_ceiling() {
             return Err(PlanError::BeyondCeiling {
                 what,
@@ -1449,6 +1461,11 @@ impl<W: MapWriter> Dataplane<W> {
         // key per service): a group's aliases need room of their own.
         let keys = u32::try_from(self.current.services.len()).unwrap_or(u32::MAX);
         l.services = l.services.max(keys.div_ceil(2));
+        // And the NAT sources' maps, sized with the backends, may hold more (a group's real
+        // server without a port has an entry per port).
+        l.backends = l
+            .backends
+            .max(u32::try_from(self.nat.len()).unwrap_or(u32::MAX));
         l
     }
 
@@ -1867,6 +1884,19 @@ mod tests {
         assert_eq!(named(&d, 443), (443, 0));
         assert_eq!(d.writer().0.nat, NAT_ON_ANY);
         assert!(!d.nat_shared(lb_common::PROTO_TCP, s.backends[0].addr));
+        // The entries count against the backends' room: twelve real servers on three
+        // ports want 36 entries where the maps hold 32.
+        let mut big = spec(80, Scheduler::Rr, &[1; 12]);
+        big.aliases = vec![(big.vip, 443), (big.vip, 8443)];
+        for b in &mut big.backends {
+            b.forward = Forward::Nat;
+            b.mac = Some(crate::dataplane::TUNNEL_MAC);
+            b.addr.set_port(0);
+        }
+        assert_eq!(needs(std::slice::from_ref(&big)).unwrap().backends, 36);
+        let e = d.update(std::slice::from_ref(&big)).unwrap_err();
+        assert!(matches!(e, PlanError::NoRoom { .. }), "{e}");
+        assert_eq!(d.writer().0.nat_sources.len(), 2, "nothing written");
     }
 
     /// A TUN backend: its tunnel in its value; without a source address of its family it is

@@ -2378,7 +2378,8 @@ impl Cx<'_> {
             if let Some(list) = &entries {
                 t.push(Self::group_entry(list, ip_word.span));
             }
-            // A real server without a port: the port of the packet (DR and tunnels keep it).
+            // A real server without a port: the port of the packet (DR and tunnels keep it,
+            // and so does NAT in a group).
             (vip, 0, label)
         } else {
             let vip = ip(ip_word)?;

@@ -62,7 +62,7 @@
 //! | `virtual_server` without `protocol` | UDP | `protocol = "UDP"` |
 //! | `persistence_timeout` without a value; `persistence_granularity` or port 0 without it | 360 s | `persistence_timeout = 360` |
 //! | VIP held by no `vrrp_instance` | the service runs on every node | `static = true` |
-//! | real or sorry server without a port | the service's port | `port = N` |
+//! | real or sorry server without a port | the service's port (in a group, each packet's) | `port = N` (0 in a group) |
 //! | vs/rs `retry`, `delay_before_retry`, `warmup`, `connect_timeout`, `virtualhost`, `inhibit_on_failure`, `weight` | defaults for the real servers and their checks | copied down |
 //! | `quorum` above the total weight; `hysteresis` ≥ `quorum` | lowered to the total; to `quorum - 1` | the lowered value |
 //!

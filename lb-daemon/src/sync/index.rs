@@ -31,8 +31,9 @@ pub struct Index {
     backends: HashMap<(u32, SocketAddr), (u32, u32)>,
     /// Service id -> (idle timeout, persistence timeout), seconds (0: none).
     timeouts: HashMap<u32, (u32, u32)>,
-    /// NAT real servers two services share, by backend id: a synced flow to one needs its
-    /// reverse entry too (its replies are told apart by it).
+    /// NAT real servers two service keys share (two services, or a group's entries), by
+    /// backend id: a synced flow to one needs its reverse entry too (its replies are told
+    /// apart by it).
     nat_shared: HashMap<u32, SocketAddr>,
 }
 
@@ -116,8 +117,8 @@ impl Index {
     }
 
     /// Whether a service id is synced here.
-    /// The address and port of backend `bid` when it is a NAT real server two services
-    /// share.
+    /// The address and port of backend `bid` when it is a NAT real server two service keys
+    /// share (port 0: a group's real server that keeps each packet's port).
     pub fn nat_shared(&self, bid: u32) -> Option<SocketAddr> {
         self.nat_shared.get(&bid).copied()
     }
