@@ -1,6 +1,23 @@
-//! Embeds the XDP object so that a deployment is one binary. `cargo xtask build-ebpf` (which
-//! `cargo xtask test|bench|lab` run first) builds it; LB_EBPF_OBJECT points elsewhere.
-use std::path::PathBuf;
+//! Embeds the eBPF objects so that a deployment is one binary: the XDP program and the
+//! virtual MAC interfaces' filter, built side by side. `cargo xtask build-ebpf` (which
+//! `cargo xtask test|bench|lab` run first) builds them; LB_EBPF_OBJECT points elsewhere (the
+//! filter is then taken from the same directory).
+use std::path::{Path, PathBuf};
+
+fn embed(var: &str, obj: &Path) {
+    println!("cargo:rerun-if-changed={}", obj.display());
+    if !obj.is_file() {
+        panic!(
+            "the eBPF object {} is missing: run `cargo xtask build-ebpf` first \
+             (or set LB_EBPF_OBJECT to a built object)",
+            obj.display()
+        );
+    }
+    let obj = obj
+        .canonicalize()
+        .expect("canonical path of an eBPF object");
+    println!("cargo:rustc-env={var}={}", obj.display());
+}
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LB_EBPF_OBJECT");
@@ -9,16 +26,6 @@ fn main() {
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/ebpf/bpfel-unknown-none/release/lb"),
     };
-    println!("cargo:rerun-if-changed={}", obj.display());
-    if !obj.is_file() {
-        panic!(
-            "the XDP object {} is missing: run `cargo xtask build-ebpf` first \
-             (or set LB_EBPF_OBJECT to a built object)",
-            obj.display()
-        );
-    }
-    let obj = obj
-        .canonicalize()
-        .expect("canonical path of the XDP object");
-    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", obj.display());
+    embed("LB_EBPF_OBJECT", &obj);
+    embed("LB_VMAC_OBJECT", &obj.with_file_name("vmac"));
 }

@@ -104,6 +104,11 @@ pub mod names {
     /// the VIP and port its replies come from (`NatSource`). Written by the daemon, one
     /// entry per NAT real server and port it answers from: a reply needs no per-flow state
     /// unless two service keys reach it (`NatSource::shared`).
+    /// The virtual MAC program's (`vmac` object, not the XDP one): a virtual MAC
+    /// interface's ifindex -> its parent (`VmacParent`), where its MLD messages leave.
+    pub const VMAC_PARENTS: &str = "VMAC_PARENTS";
+    /// The virtual MAC program's counters (`vmac_stat`), per CPU.
+    pub const VMAC_STATS: &str = "VMAC_STATS";
     pub const NAT_SOURCES4: &str = "NAT_SOURCES4";
     pub const NAT_SOURCES6: &str = "NAT_SOURCES6";
     /// NAT, for a shared real server only: a reply's flow key (real server to client) ->
@@ -534,6 +539,26 @@ const _: () = assert!(core::mem::size_of::<BackendValue>() == 64);
 // The program copies `mac` in 16-bit words.
 const _: () = assert!(core::mem::offset_of!(BackendValue, mac) % 2 == 0);
 
+/// Value of `VMAC_PARENTS`: the interface a virtual MAC interface's MLD messages leave
+/// through instead, and its MAC (their new source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VmacParent {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<VmacParent>() == 12);
+
+/// Slots of `VMAC_STATS`.
+pub mod vmac_stat {
+    /// MLD messages moved to the parent interface.
+    pub const MOVED: u32 = 0;
+    /// MLD messages of an interface without a `VMAC_PARENTS` entry (passed as they were).
+    pub const UNMAPPED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Value of `NAT_SOURCES4`/`NAT_SOURCES6`: what a NAT real server's replies are rewritten
 /// to.
 #[repr(C)]
@@ -932,6 +957,7 @@ mod user {
     unsafe impl aya::Pod for SynGuard {}
     unsafe impl aya::Pod for DecapKey {}
     unsafe impl aya::Pod for NatSource {}
+    unsafe impl aya::Pod for VmacParent {}
 }
 
 /// An IPv4 address as the kernel side stores it (network byte order in memory).

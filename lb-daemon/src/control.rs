@@ -614,6 +614,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         map_writes: u64,
         sync: &'a Option<crate::status::SyncStatus>,
         syn_guard: &'a Option<crate::status::SynGuardStatus>,
+        vmac_mld: &'a Option<crate::status::VmacMldStatus>,
     }
     let mut services = Vec::with_capacity(snap.services.len());
     for part in crate::par::ranges(snap.services.len(), 0, |part| {
@@ -634,6 +635,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         map_writes,
         sync,
         syn_guard,
+        vmac_mld,
     } = snap;
     serde_json::to_writer(
         out,
@@ -649,6 +651,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
                 map_writes: *map_writes,
                 sync,
                 syn_guard,
+                vmac_mld,
             },
         },
     )

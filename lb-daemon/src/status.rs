@@ -82,6 +82,18 @@ pub struct Snapshot {
     /// The flow table's SYN-flood guard (`null` without a dataplane).
     #[serde(default)]
     pub syn_guard: Option<SynGuardStatus>,
+    /// The IPv6 virtual MAC interfaces' MLD filter (`null` until one is made).
+    #[serde(default)]
+    pub vmac_mld: Option<VmacMldStatus>,
+}
+
+/// MLD messages of IPv6 virtual MAC interfaces (`use_vmac`), sent through their parent
+/// interface from its MAC instead of from the virtual MAC (`vrrp::vmac_mld`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct VmacMldStatus {
+    pub moved: u64,
+    /// Of an interface the filter had no parent for: sent as they were (none expected).
+    pub unmapped: u64,
 }
 
 /// Flows waiting for the client's ACK, and what became of them (see `docs/architecture.md`,
@@ -877,6 +889,14 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         );
     }
 
+    if let Some(m) = &s.vmac_mld {
+        let _ = writeln!(
+            out,
+            "\nVirtual MAC MLD  {} messages sent from the parent interfaces, {} unmapped",
+            m.moved, m.unmapped
+        );
+    }
+
     if !s.reasons.is_empty() {
         out.push_str("\nXDP\n");
         let mut lines = vec![Line::Cells(
@@ -1301,6 +1321,21 @@ pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
         "Element writes the daemon made to the XDP program's maps (services, rings, backends).",
     );
     p.sample("lb_dataplane_map_writes_total", &[], s.map_writes);
+
+    if let Some(m) = &s.vmac_mld {
+        p.family(
+            "lb_vrrp_vmac_mld_moved_total",
+            "counter",
+            "MLD messages of IPv6 virtual MAC interfaces sent from their parent's MAC instead.",
+        );
+        p.sample("lb_vrrp_vmac_mld_moved_total", &[], m.moved);
+        p.family(
+            "lb_vrrp_vmac_mld_unmapped_total",
+            "counter",
+            "MLD messages of a virtual MAC interface the filter had no parent for (sent as they were).",
+        );
+        p.sample("lb_vrrp_vmac_mld_unmapped_total", &[], m.unmapped);
+    }
 
     if let Some(g) = &s.syn_guard {
         for (name, kind, help, v) in [
@@ -1826,6 +1861,7 @@ pub(crate) mod test_support {
             map_writes: 1234,
             sync: None,
             syn_guard: None,
+            vmac_mld: None,
         }
     }
 }
@@ -1920,6 +1956,29 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
             "lb_embryonic_flows_cap 100",
             "lb_embryonic_expired_total 4",
             "lb_embryonic_evicted_total 5",
+        ] {
+            assert!(prom.lines().any(|l| l == line), "{line} in\n{prom}");
+        }
+    }
+
+    #[test]
+    fn vmac_mld_in_table_and_metrics() {
+        let mut s = sample();
+        s.vmac_mld = Some(VmacMldStatus {
+            moved: 7,
+            unmapped: 1,
+        });
+        let table = render_table(&s, None);
+        assert!(
+            table.contains(
+                "\nVirtual MAC MLD  7 messages sent from the parent interfaces, 1 unmapped\n"
+            ),
+            "{table}"
+        );
+        let prom = render_prometheus(&s);
+        for line in [
+            "lb_vrrp_vmac_mld_moved_total 7",
+            "lb_vrrp_vmac_mld_unmapped_total 1",
         ] {
             assert!(prom.lines().any(|l| l == line), "{line} in\n{prom}");
         }
@@ -2453,7 +2512,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         };
         assert_eq!(
             keys(&v),
-            "map_writes,notify,reasons,router_id,services,syn_guard,sync,time,vrrp"
+            "map_writes,notify,reasons,router_id,services,syn_guard,sync,time,vmac_mld,vrrp"
         );
         assert_eq!(
             keys(&v["services"][0]),

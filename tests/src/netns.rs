@@ -698,6 +698,15 @@ impl Netns {
     /// Starts `tcpdump -l -n -e --immediate-mode -i IFNAME FILTER` here and returns once it
     /// is capturing (it printed "listening on"). An empty filter captures everything.
     pub fn capture(&self, ifname: &str, filter: &str) -> Result<Capture> {
+        self.capture_dir(ifname, None, filter)
+    }
+
+    /// [`Netns::capture`] of the frames this namespace sends on `ifname` only (`-Q out`).
+    pub fn capture_sent(&self, ifname: &str, filter: &str) -> Result<Capture> {
+        self.capture_dir(ifname, Some("out"), filter)
+    }
+
+    fn capture_dir(&self, ifname: &str, dir: Option<&str>, filter: &str) -> Result<Capture> {
         let mut args = vec![
             "tcpdump",
             "-l",
@@ -707,6 +716,9 @@ impl Netns {
             "-i",
             ifname,
         ];
+        if let Some(d) = dir {
+            args.extend(["-Q", d]);
+        }
         if !filter.trim().is_empty() {
             args.push(filter);
         }

@@ -30,7 +30,7 @@ use std::{
 };
 
 use lb_tests::{
-    netns::{require_root, unique_prefix},
+    netns::{fmt_mac, require_root, unique_prefix, HOST_IF},
     vrrp_lab::{Advert, Peer, VrrpLab, VrrpParams},
 };
 
@@ -629,8 +629,32 @@ fn use_vmac_with_keepalived(test: &str, params: VrrpParams, mac: [u8; 6]) {
         [Peer::Keepalived, Peer::Ours],
     )
     .unwrap();
+    let v6 = mac[4] == 2;
+    // As backup, ours sends nothing from the virtual MAC: its MLD reports (the VRRP group
+    // and the link-local address's group, joined on vrrp.51) leave from its eth0's MAC.
+    // (IPv4's IGMP reports for 224.0.0.18 are off by sysctl.)
+    let from_vmac = lab
+        .node(1)
+        .capture_sent(HOST_IF, &format!("ether src {}", fmt_mac(&mac)))
+        .unwrap();
     lab.start_both().unwrap();
     lab.wait_holder(0, Duration::from_secs(10)).unwrap();
+    if v6 {
+        lb_tests::netns::wait_until(
+            "ours to send MLD reports of vrrp.51 from its eth0",
+            Duration::from_secs(5),
+            || {
+                lab.status_ours(1)
+                    .is_ok_and(|s| s["vmac_mld"]["moved"].as_u64().unwrap_or(0) >= 2)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs_for_error()));
+    }
+    let sent = from_vmac.stop().unwrap();
+    assert!(
+        sent.is_empty(),
+        "ours, a backup, sent from the virtual MAC: {sent:#?}"
+    );
     for i in 0..2 {
         assert_eq!(
             lab.node(i).mac("vrrp.51").unwrap(),

@@ -46,6 +46,8 @@ pub(super) fn snapshot(
         }
     }
     snap.notify = Some(notifier.counters().into());
+    snap.vmac_mld = crate::vrrp::vmac_mld::stats()
+        .map(|(moved, unmapped)| crate::status::VmacMldStatus { moved, unmapped });
     snap
 }
 

@@ -14,3 +14,4 @@ pub mod socket;
 pub mod track;
 pub mod unit;
 pub mod vmac;
+pub mod vmac_mld;

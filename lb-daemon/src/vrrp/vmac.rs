@@ -20,6 +20,8 @@
 //! address of its own (`addr_gen_mode = 1`: one made from the shared MAC would be every
 //! node's), and it gets the interface's link-local address, the source of the adverts, as
 //! keepalived gives it (unless the adverts leave from the interface, `vmac_xmit_base`).
+//! Its MLD messages leave through the parent, from the parent's MAC (`vmac_mld`): IPv6 has
+//! no sysctl that keeps a backup's reports off the virtual MAC, as IPv4 has for IGMP.
 use std::{collections::BTreeMap, sync::Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -113,6 +115,7 @@ pub async fn ensure(w: Wanted<'_>) -> Result<u32> {
             if !fits && ours {
                 // One this run made for another interface or VRID (a reload changed them):
                 // made again, as keepalived does.
+                super::vmac_mld::detach(name);
                 link::delete(i)
                     .await
                     .with_context(|| format!("deleting {name} to make it again"))?;
@@ -152,6 +155,16 @@ pub async fn ensure(w: Wanted<'_>) -> Result<u32> {
             // No link-local address made from the shared MAC (every node would have it).
             write_v6(name, "disable_ipv6", 0)?;
             write_v6(name, "addr_gen_mode", 1)?;
+            // Its MLD messages leave through the parent, before it is up and sends any.
+            let parent_mac = link::kind(parent_ifindex)
+                .await
+                .with_context(|| format!("reading interface {parent_name}"))?
+                .with_context(|| format!("interface {parent_name} went away"))?
+                .address;
+            let parent_mac: [u8; 6] = parent_mac.as_slice().try_into().map_err(|_| {
+                anyhow::anyhow!("{parent_name} has no Ethernet address: {parent_mac:02x?}")
+            })?;
+            super::vmac_mld::attach(name, ifindex, (parent_ifindex, parent_mac))?;
         }
     }
     link::set_up(ifindex)
@@ -262,6 +275,7 @@ pub async fn prune(wanted: &std::collections::BTreeSet<String>) {
         gone
     };
     for name in names {
+        super::vmac_mld::detach(&name);
         let Ok(i) = crate::os::ifindex(&name) else {
             continue;
         };
