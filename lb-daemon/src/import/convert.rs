@@ -920,6 +920,14 @@ impl Cx<'_> {
                         let w = one(st)?;
                         self.put(&mut t, "router_id", Value::Str(w.text.clone()), w.span, st)?;
                     }
+                    "disable_local_igmp" => {
+                        no_block(st)?;
+                        let message = "`disable_local_igmp` is what lb-daemon does by itself \
+                                       while an IPv4 virtual MAC interface exists (and IPv6's \
+                                       MLD reports leave from the parent): left out";
+                        t.comment(format!(" {}: {message}", self.locate(kw.span)));
+                        self.warnings.push(Diag::new(kw.span, message));
+                    }
                     "vrrp_version" => {
                         let w = one(st)?;
                         let v = int(w, 2, 3)?;

@@ -77,6 +77,7 @@ pub const SUPPORTED: &[(&str, &[&str])] = &[
             "vrrp_version",
             "enable_script_security",
             "script_user",
+            "disable_local_igmp",
             "vrrp_garp_master_delay",
             "vrrp_garp_master_repeat",
             "vrrp_garp_master_refresh",
@@ -462,8 +463,10 @@ pub fn unsupported(ctx: Ctx, keyword: &str) -> Option<&'static str> {
             | "dynamic_interfaces" => NOT_IMPLEMENTED,
             "nftables" | "nftables_priority" | "nftables_counters" | "nftables_ifindex"
             | "nftables_ipvs" | "nftables_ipvs_priority" | "nftables_ipvs_start_fwmark"
-            | "vrrp_iptables" | "vrrp_ipsets" | "disable_local_igmp" => {
-                "lb-daemon sets up no firewall rules (no_accept mode and VMACs are not implemented)"
+            | "vrrp_iptables" | "vrrp_ipsets" => {
+                "lb-daemon sets up no firewall rules (no_accept mode is not implemented; a \
+                 virtual MAC interface's IGMP and MLD reports are kept off the virtual MAC \
+                 without them)"
             }
             "vmac_prefix" | "vmac_addr_prefix" => VMAC,
             _ => return None,
