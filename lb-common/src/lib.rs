@@ -554,8 +554,9 @@ const _: () = assert!(core::mem::size_of::<VmacParent>() == 12);
 pub mod vmac_stat {
     /// MLD messages moved to the parent interface.
     pub const MOVED: u32 = 0;
-    /// MLD messages of an interface without a `VMAC_PARENTS` entry (passed as they were).
-    pub const UNMAPPED: u32 = 1;
+    /// MLD messages left as they were: of an interface without a `VMAC_PARENTS` entry, or
+    /// whose source could not be rewritten.
+    pub const UNMOVED: u32 = 1;
     pub const COUNT: u32 = 2;
 }
 

@@ -92,8 +92,11 @@ pub struct Snapshot {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct VmacMldStatus {
     pub moved: u64,
-    /// Of an interface the filter had no parent for: sent as they were (none expected).
-    pub unmapped: u64,
+    /// Left as they were (no parent known for the interface, or the rewrite failed): none
+    /// expected.
+    pub unmoved: u64,
+    /// IPv6 virtual MAC interfaces the filter could not be put on (the log says why).
+    pub unfiltered: u64,
 }
 
 /// Flows waiting for the client's ACK, and what became of them (see `docs/architecture.md`,
@@ -892,8 +895,9 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
     if let Some(m) = &s.vmac_mld {
         let _ = writeln!(
             out,
-            "\nVirtual MAC MLD  {} messages sent from the parent interfaces, {} unmapped",
-            m.moved, m.unmapped
+            "\nVirtual MAC MLD  {} messages sent from the parent interfaces, {} left as they \
+             were, {} interfaces unfiltered",
+            m.moved, m.unmoved, m.unfiltered
         );
     }
 
@@ -1324,17 +1328,23 @@ pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
 
     if let Some(m) = &s.vmac_mld {
         p.family(
-            "lb_vrrp_vmac_mld_moved_total",
+            "lb_vrrp_vmac_mld_total",
             "counter",
-            "MLD messages of IPv6 virtual MAC interfaces sent from their parent's MAC instead.",
+            "MLD messages of IPv6 virtual MAC interfaces: sent from the parent's MAC (moved), \
+             or left as they were (unmoved).",
         );
-        p.sample("lb_vrrp_vmac_mld_moved_total", &[], m.moved);
+        p.sample("lb_vrrp_vmac_mld_total", &[("result", "moved")], m.moved);
+        p.sample(
+            "lb_vrrp_vmac_mld_total",
+            &[("result", "unmoved")],
+            m.unmoved,
+        );
         p.family(
-            "lb_vrrp_vmac_mld_unmapped_total",
-            "counter",
-            "MLD messages of a virtual MAC interface the filter had no parent for (sent as they were).",
+            "lb_vrrp_vmac_mld_unfiltered",
+            "gauge",
+            "IPv6 virtual MAC interfaces the MLD filter could not be put on.",
         );
-        p.sample("lb_vrrp_vmac_mld_unmapped_total", &[], m.unmapped);
+        p.sample("lb_vrrp_vmac_mld_unfiltered", &[], m.unfiltered);
     }
 
     if let Some(g) = &s.syn_guard {
@@ -1966,19 +1976,22 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
         let mut s = sample();
         s.vmac_mld = Some(VmacMldStatus {
             moved: 7,
-            unmapped: 1,
+            unmoved: 1,
+            unfiltered: 2,
         });
         let table = render_table(&s, None);
         assert!(
             table.contains(
-                "\nVirtual MAC MLD  7 messages sent from the parent interfaces, 1 unmapped\n"
+                "\nVirtual MAC MLD  7 messages sent from the parent interfaces, 1 left as they \
+                 were, 2 interfaces unfiltered\n"
             ),
             "{table}"
         );
         let prom = render_prometheus(&s);
         for line in [
-            "lb_vrrp_vmac_mld_moved_total 7",
-            "lb_vrrp_vmac_mld_unmapped_total 1",
+            "lb_vrrp_vmac_mld_total{result=\"moved\"} 7",
+            "lb_vrrp_vmac_mld_total{result=\"unmoved\"} 1",
+            "lb_vrrp_vmac_mld_unfiltered 2",
         ] {
             assert!(prom.lines().any(|l| l == line), "{line} in\n{prom}");
         }

@@ -217,6 +217,8 @@ pub struct VrrpParams {
     /// keepalived's `use_vmac` on both nodes: the VIP lives on `vrrp.VRID`, a macvlan with
     /// the virtual MAC.
     pub use_vmac: bool,
+    /// With `use_vmac`: `vmac_xmit_base` on both nodes (adverts leave from the interface).
+    pub vmac_xmit_base: bool,
 }
 
 /// Where a node's FIFO reader appends the lines it read (see [`VrrpParams::fifo`]).
@@ -237,6 +239,7 @@ impl VrrpParams {
             master_hint: true,
             fifo: false,
             use_vmac: false,
+            vmac_xmit_base: false,
         }
     }
 
@@ -338,6 +341,9 @@ impl VrrpParams {
         if self.use_vmac {
             c += "use_vmac = true\n";
         }
+        if self.vmac_xmit_base {
+            c += "vmac_xmit_base = true\n";
+        }
         let vips: Vec<String> = std::iter::once(&self.vip)
             .chain(more_vips)
             .map(|v| format!("\"{v}/{}\"", self.vip_prefix()))
@@ -392,6 +398,9 @@ impl VrrpParams {
         }
         if self.use_vmac {
             c += "    use_vmac\n";
+        }
+        if self.vmac_xmit_base {
+            c += "    vmac_xmit_base\n";
         }
         if let (2, Some(pass)) = (self.version, &self.auth_pass) {
             c += &format!(

@@ -1,7 +1,8 @@
 //! The virtual MAC interfaces' MLD filter (`lb-ebpf/src/bin/vmac.rs`, keepalived's
 //! `use_vmac` for IPv6) on the real object through BPF_PROG_TEST_RUN, byte for byte: an MLD
 //! message (v2 and v1 reports, done, behind the hop-by-hop header MLD always has, or
-//! without one) of an interface with a parent leaves redirected, its source MAC the
+//! without one, behind one of 8 or 16 bytes) of an interface with a parent leaves
+//! redirected, its source MAC the
 //! parent's and nothing else changed; anything else (neighbour discovery, IPv4, a frame cut
 //! short, a hop-by-hop header that runs past the frame, an interface with no parent)
 //! leaves as it came. The counters say which.
@@ -14,7 +15,8 @@ use lb_common::{names, vmac_stat, VmacParent};
 use lb_daemon::vrrp::vmac_mld::{OBJECT, PROGRAM};
 use lb_tests::netns::{require_root, unique_prefix, Netns};
 
-const TC_ACT_OK: i32 = 0;
+/// TCX's "next": what the filter answers for a frame it leaves alone.
+const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_REDIRECT: i32 = 7;
 const VMAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x02, 0x33];
 const PARENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -48,6 +50,16 @@ fn frame(dst_group_low: u8, next: u8, payload: &[u8]) -> Vec<u8> {
 /// `body` bytes, a report's records or the group).
 fn mld(ty: u8, body: usize) -> Vec<u8> {
     let mut p = vec![58, 0, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00];
+    p.extend([ty, 0, 0x12, 0x34]);
+    p.extend(std::iter::repeat_n(0xab, body));
+    p
+}
+
+/// [`mld`] behind a hop-by-hop header of 16 bytes (length 1: the router alert, then 10
+/// bytes of padding).
+fn mld_long_hbh(ty: u8, body: usize) -> Vec<u8> {
+    let mut p = vec![58, 1, 0x05, 0x02, 0x00, 0x00, 0x01, 0x08];
+    p.extend([0; 8]);
     p.extend([ty, 0, 0x12, 0x34]);
     p.extend(std::iter::repeat_n(0xab, body));
     p
@@ -138,6 +150,10 @@ fn mld_messages_leave_from_the_parent_and_nothing_else_changes() {
                 "report without hop-by-hop",
                 frame(0x16, 58, &mld(143, 24)[8..]),
             ),
+            (
+                "report behind a 16-byte hop-by-hop",
+                frame(0x16, 0, &mld_long_hbh(143, 24)),
+            ),
         ];
         for (what, input) in &cases {
             assert_eq!(f.run(input, vm0), moved(input), "{what}");
@@ -150,7 +166,15 @@ fn mld_messages_leave_from_the_parent_and_nothing_else_changes() {
         long_hbh[14 + 40 + 1] = 200;
         let mut ipv4 = frame(0x16, 0, &mld(143, 24));
         ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+        // Where a one-word hop-by-hop header would end lies an MLD type; the real next
+        // header, 16 bytes on, is a neighbour advertisement.
+        let mut na_long_hbh = mld_long_hbh(136, 24);
+        na_long_hbh[8] = 143;
         let untouched: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "neighbour advertisement behind 16 bytes",
+                frame(0x16, 0, &na_long_hbh),
+            ),
             // A neighbour advertisement: ICMPv6 136, no hop-by-hop header.
             (
                 "neighbour advertisement",
@@ -165,14 +189,14 @@ fn mld_messages_leave_from_the_parent_and_nothing_else_changes() {
             ),
         ];
         for (what, input) in &untouched {
-            assert_eq!(f.run(input, vm0), (TC_ACT_OK, input.clone()), "{what}");
+            assert_eq!(f.run(input, vm0), (TC_ACT_UNSPEC, input.clone()), "{what}");
         }
         assert_eq!(f.stat(vmac_stat::MOVED), cases.len() as u64);
-        assert_eq!(f.stat(vmac_stat::UNMAPPED), 0);
+        assert_eq!(f.stat(vmac_stat::UNMOVED), 0);
         // An interface with no parent: as it came, counted.
         let report = frame(0x16, 0, &mld(143, 24));
-        assert_eq!(f.run(&report, vm1), (TC_ACT_OK, report.clone()));
-        assert_eq!(f.stat(vmac_stat::UNMAPPED), 1);
+        assert_eq!(f.run(&report, vm1), (TC_ACT_UNSPEC, report.clone()));
+        assert_eq!(f.stat(vmac_stat::UNMOVED), 1);
     })
     .unwrap();
 }

@@ -965,6 +965,7 @@ fn use_vmac_keeps_the_clients_arp_entry_across_a_failover() {
             ("ipv4/conf/vrrp.51/rp_filter", "0"),
             ("ipv4/conf/eth0/arp_ignore", "1"),
             ("ipv4/conf/eth0/arp_filter", "1"),
+            ("ipv4/conf/eth0/arp_announce", "2"),
             ("ipv6/conf/vrrp.51/disable_ipv6", "1"),
             // A backup's IGMP reports would come from the virtual MAC.
             ("ipv4/igmp_link_local_mcast_reports", "0"),
@@ -994,9 +995,20 @@ fn use_vmac_keeps_the_clients_arp_entry_across_a_failover() {
     // The masters' adverts came from the virtual MAC (with their gratuitous ARPs and ARP
     // replies), and no IGMP report of a backup joining the VRRP group on it (which would
     // teach the switches that the MAC is at the backup).
+    let vrrp = || {
+        adverts
+            .lines()
+            .iter()
+            .filter(|l| l.contains("VRRP"))
+            .count()
+    };
+    wait_until(
+        "adverts from the virtual MAC",
+        Duration::from_secs(3),
+        || vrrp() > 3,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {:#?}", adverts.lines()));
     let lines = adverts.lines();
-    let vrrp = lines.iter().filter(|l| l.contains("VRRP")).count();
-    assert!(vrrp > 3, "adverts from the virtual MAC: {lines:#?}");
     assert!(
         !lines
             .iter()

@@ -46,8 +46,13 @@ pub(super) fn snapshot(
         }
     }
     snap.notify = Some(notifier.counters().into());
-    snap.vmac_mld = crate::vrrp::vmac_mld::stats()
-        .map(|(moved, unmapped)| crate::status::VmacMldStatus { moved, unmapped });
+    snap.vmac_mld = crate::vrrp::vmac_mld::stats().map(|(moved, unmoved, unfiltered)| {
+        crate::status::VmacMldStatus {
+            moved,
+            unmoved,
+            unfiltered,
+        }
+    });
     snap
 }
 

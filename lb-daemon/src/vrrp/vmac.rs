@@ -9,7 +9,8 @@
 //! it), with `arp_ignore = 1` (it answers ARP only for its own addresses, the VIPs),
 //! `accept_local = 1` and `rp_filter = 0` (it has no address of its own to pass a
 //! reverse-path check with); the parent gets `arp_ignore = 1` and `arp_filter = 1`, so that
-//! it never answers for a VIP with its own MAC. One found in place (a previous run's, or
+//! it never answers for a VIP with its own MAC, and `arp_announce = 2`, so that it never
+//! asks with a VIP as its sender either. One found in place (a previous run's, or
 //! keepalived's) is taken over when it is what would be made. A stop that releases the
 //! addresses deletes the interfaces this run made or took over (and restores the settings
 //! it changed), and so does a reload that no longer wants one, or that was refused after
@@ -115,10 +116,10 @@ pub async fn ensure(w: Wanted<'_>) -> Result<u32> {
             if !fits && ours {
                 // One this run made for another interface or VRID (a reload changed them):
                 // made again, as keepalived does.
-                super::vmac_mld::detach(name);
                 link::delete(i)
                     .await
                     .with_context(|| format!("deleting {name} to make it again"))?;
+                super::vmac_mld::detach(name);
                 // Not ours any more: should another interface take the name meanwhile, the
                 // next look refuses it rather than deleting again.
                 OURS.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
@@ -164,7 +165,9 @@ pub async fn ensure(w: Wanted<'_>) -> Result<u32> {
             let parent_mac: [u8; 6] = parent_mac.as_slice().try_into().map_err(|_| {
                 anyhow::anyhow!("{parent_name} has no Ethernet address: {parent_mac:02x?}")
             })?;
-            super::vmac_mld::attach(name, ifindex, (parent_ifindex, parent_mac))?;
+            // No router solicitations either: sent from the virtual MAC as well.
+            write_v6(name, "accept_ra", 0)?;
+            super::vmac_mld::attach(name, ifindex, (parent_ifindex, parent_mac));
         }
     }
     link::set_up(ifindex)
@@ -213,7 +216,11 @@ fn ipv4_settings(name: &str, parent_name: &str) -> Result<()> {
     if std::path::Path::new(&v6).exists() {
         std::fs::write(&v6, "1\n").with_context(|| format!("write 1 to {v6}"))?;
     }
-    for (key, value) in [("arp_ignore", 1), ("arp_filter", 1)] {
+    // And `arp_announce = 2`: an answer to a client leaves by the parent's route with the
+    // VIP as its source, and the parent's ARP request for the client would carry the VIP
+    // with the parent's MAC: the client would move the VIP to this node's own MAC, which
+    // the next failover does not move back (the keepalived namespace test caught it).
+    for (key, value) in [("arp_ignore", 1), ("arp_filter", 1), ("arp_announce", 2)] {
         let before = read_conf(parent_name, key)?;
         if before < value {
             write_conf(parent_name, key, value)?;
@@ -275,12 +282,17 @@ pub async fn prune(wanted: &std::collections::BTreeSet<String>) {
         gone
     };
     for name in names {
-        super::vmac_mld::detach(&name);
         let Ok(i) = crate::os::ifindex(&name) else {
+            super::vmac_mld::detach(&name);
             continue;
         };
         match link::delete(i).await {
-            Ok(()) => info!("{name}: deleted"),
+            Ok(()) => {
+                info!("{name}: deleted");
+                // Its filter went with it; what the loader kept of it goes now.
+                super::vmac_mld::detach(&name);
+            }
+            // Still there (and still up): its filter stays.
             Err(e) => warn!("{name}: deleting it: {e}"),
         }
     }

@@ -17,7 +17,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::TC_ACT_UNSPEC,
     helpers::bpf_redirect,
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray},
@@ -39,13 +39,18 @@ const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ICMP: u8 = 58;
 /// MLD's ICMPv6 types: query, v1 report, done (RFC 2710), v2 report (RFC 3810).
-const MLD_TYPES: [u8; 4] = [130, 131, 132, 143];
+#[inline(always)]
+fn is_mld(ty: u8) -> bool {
+    matches!(ty, 130..=132 | 143)
+}
 
+/// Anything but MLD goes on as it came: TC_ACT_UNSPEC, TCX's "next", so that a program
+/// attached after this one still runs.
 #[classifier]
 pub fn vmac_mld(ctx: TcContext) -> i32 {
     match mld_to_parent(&ctx) {
         Some(r) => r,
-        None => TC_ACT_OK as i32,
+        None => TC_ACT_UNSPEC,
     }
 }
 
@@ -64,16 +69,20 @@ fn mld_to_parent(ctx: &TcContext) -> Option<i32> {
         next = nh;
         off += (usize::from(len) + 1) * 8;
     }
-    if next != NEXTHDR_ICMP || !MLD_TYPES.contains(&ctx.load::<u8>(off).ok()?) {
+    if next != NEXTHDR_ICMP || !is_mld(ctx.load::<u8>(off).ok()?) {
         return None;
     }
     // SAFETY: the context's `__sk_buff`, valid while the program runs.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a map lookup; the value is copied out at once.
     let Some(parent) = (unsafe { VMAC_PARENTS.get(&ifindex) }).copied() else {
-        count(vmac_stat::UNMAPPED);
+        count(vmac_stat::UNMOVED);
         return None;
     };
-    ctx.store(6, &parent.mac, 0).ok()?;
+    if ctx.store(6, &parent.mac, 0).is_err() {
+        count(vmac_stat::UNMOVED);
+        return None;
+    }
     count(vmac_stat::MOVED);
     // SAFETY: a helper call with plain values; it answers TC_ACT_REDIRECT (egress).
     Some(unsafe { bpf_redirect(parent.ifindex, 0) } as i32)
