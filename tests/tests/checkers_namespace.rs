@@ -168,6 +168,14 @@ fn config(peer: &Path, body_md5: &str) -> String {
             &https(&format!("enable_sni = true\nca_file = \"{other}\"\n"))),
         // keepalived's SSL_GET: no SNI, no verification; the Host header picks the vhost.
         service("192.0.2.100", 445, "TCP", "192.0.2.11", &https("")),
+        // status_code: a missing page is what this one wants (nginx's 404); the other
+        // wants a 404 where the page is (200).
+        service("192.0.2.100", 446, "TCP", "192.0.2.11",
+            "SSL_GET]\nconnect_port = 443\nvirtualhost = \"www.example.test\"\n\
+             url = { path = \"/missing\", status_code = 404 }"),
+        service("192.0.2.100", 447, "TCP", "192.0.2.11",
+            "SSL_GET]\nconnect_port = 443\nvirtualhost = \"www.example.test\"\n\
+             url = { path = \"/health\", status_code = [404, \"500-599\"] }"),
         service("192.0.2.100", 53, "UDP", "192.0.2.11",
             "DNS_CHECK]\ntype = \"A\"\nname = \"www.example.test\""),
         service("192.0.2.100", 54, "UDP", "192.0.2.11",
@@ -411,6 +419,13 @@ fn checkers_against_real_peers() {
             ("192.0.2.100", 443, "up", ""),
             ("192.0.2.100", 444, "down", "UnknownIssuer"),
             ("192.0.2.100", 445, "up", ""),
+            ("192.0.2.100", 446, "up", ""),
+            (
+                "192.0.2.100",
+                447,
+                "down",
+                "status 200, expected 404 500-599",
+            ),
             ("192.0.2.100", 53, "up", ""),
             ("192.0.2.100", 54, "down", "NXDOMAIN"),
             ("192.0.2.100", 55, "up", ""),

@@ -534,8 +534,9 @@ fn track_process_moves_the_vip() {
     );
 }
 
-/// keepalived's `vrrp_startup_delay` (the instance waits in INIT, holding nothing) and
-/// `vrrp_garp_interval` (the gratuitous ARPs of a burst are spaced).
+/// keepalived's `vrrp_startup_delay` (the instance waits in INIT, holding nothing),
+/// `vrrp_garp_interval` (the gratuitous ARPs of a burst are spaced) and
+/// `garp_master_refresh` (the master repeats them).
 #[test]
 fn startup_delay_and_paced_gratuitous_arps() {
     if !require_root("vrrp startup delay") {
@@ -548,7 +549,7 @@ fn startup_delay_and_paced_gratuitous_arps() {
         "n1",
         150,
         "0.1",
-        "garp_master_repeat = 3\ngarp_master_delay = 0",
+        "garp_master_repeat = 3\ngarp_master_delay = 0\ngarp_master_refresh = 2",
     )
     .replacen(
         "[global_defs]\n",
@@ -584,6 +585,17 @@ fn startup_delay_and_paced_gratuitous_arps() {
     let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     eprintln!("gaps between the gratuitous ARPs: {gaps:?} (vrrp_garp_interval 0.25 s)");
     assert!(gaps.iter().all(|g| *g >= 0.24), "{gaps:?}");
+    // garp_master_refresh 2: one more (garp_master_refresh_repeat 1) two seconds on.
+    wait_until(
+        "the refresh's gratuitous ARP",
+        Duration::from_secs(4),
+        || gratuitous(&arps.lines(), &mac1).len() >= 4,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:#?}", arps.lines()));
+    let times = gratuitous(&arps.lines(), &mac1);
+    let refresh = times[3] - times[0];
+    eprintln!("the refresh {refresh:.2} s after the burst began (garp_master_refresh 2 s)");
+    assert!((1.9..2.6).contains(&refresh), "{times:?}");
 }
 
 #[test]
@@ -1023,4 +1035,51 @@ fn use_vmac_keeps_the_clients_arp_entry_across_a_failover() {
         "vrrp.51 left behind after the stop\n{}",
         logs()
     );
+}
+
+/// keepalived's `reverse` on a tracked script and a tracked interface, against the peer:
+/// n1 tracks a script that fails and an interface that is down, both reversed (no weight:
+/// FAULT while "failing"), so it is master; the script succeeding, then the interface
+/// coming up, each hands the VIP to n2, and undoing it brings it back.
+#[test]
+fn reverse_turns_a_script_and_an_interface_around() {
+    if !require_root("vrrp reverse") {
+        return;
+    }
+    let p = pair("vr");
+    let dir = ScriptDir::new(&unique_prefix("vr"));
+    let flag = dir.0.join("ok");
+    let check = dir.script("check.sh", &format!("test -e {}", flag.display()));
+    p.nodes[0]
+        .ip(&[
+            "link", "add", "trk0", "type", "veth", "peer", "name", "trk1",
+        ])
+        .unwrap();
+    p.nodes[0].ip(&["link", "set", "trk1", "up"]).unwrap();
+    let n1 = format!(
+        "[[vrrp_script]]\nname = \"chk\"\nscript = \"{check}\"\ninterval = 0.1\nfall = 1\nrise = 1\n\n{}",
+        config(
+            "n1",
+            150,
+            "0.1",
+            "track_script = [{ name = \"chk\", reverse = true }]\n\
+             track_interface = [{ name = \"trk0\", reverse = true }]"
+        )
+    );
+    let d1 = start(&p.nodes[0], &n1);
+    let d2 = start(&p.nodes[1], &config("n2", 100, "0.1", ""));
+    let within = Duration::from_secs(5);
+    wait_master(&p, 0, within, &[&d1, &d2]);
+    // The script succeeds: reversed, it fails.
+    std::fs::write(&flag, "").unwrap();
+    let took = wait_master(&p, 1, within, &[&d1, &d2]);
+    eprintln!("reversed script succeeding: n2 master after {took:?}");
+    std::fs::remove_file(&flag).unwrap();
+    wait_master(&p, 0, within, &[&d1, &d2]);
+    // The interface comes up: reversed, it is down.
+    p.nodes[0].ip(&["link", "set", "trk0", "up"]).unwrap();
+    let took = wait_master(&p, 1, within, &[&d1, &d2]);
+    eprintln!("reversed interface up: n2 master after {took:?}");
+    p.nodes[0].ip(&["link", "set", "trk0", "down"]).unwrap();
+    wait_master(&p, 0, within, &[&d1, &d2]);
 }
