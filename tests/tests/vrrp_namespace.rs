@@ -1083,3 +1083,60 @@ fn reverse_turns_a_script_and_an_interface_around() {
     p.nodes[0].ip(&["link", "set", "trk0", "down"]).unwrap();
     wait_master(&p, 0, within, &[&d1, &d2]);
 }
+
+/// keepalived's `vrrp_gna_interval`: an IPv6 master's unsolicited neighbour advertisements
+/// for its VIP (its burst of `garp_master_repeat`) are spaced, as `vrrp_garp_interval`
+/// spaces IPv4's gratuitous ARPs.
+#[test]
+fn paced_unsolicited_neighbour_advertisements() {
+    if !require_root("vrrp gna interval") {
+        return;
+    }
+    let p = pair("vn");
+    const VIP6: &str = "2001:db8::100";
+    let mac1 = fmt_mac(&p.nodes[0].mac("eth0").unwrap());
+    let nas = p
+        .client
+        .capture(
+            "eth0",
+            &format!("ether src {mac1} and icmp6 and ip6[40] == 136"),
+        )
+        .unwrap();
+    let text = config(
+        "n1",
+        150,
+        "0.1",
+        "garp_master_repeat = 3\ngarp_master_delay = 0",
+    )
+    .replace(&format!("[\"{VIP}/24\"]"), &format!("[\"{VIP6}/64\"]"))
+    .replacen(
+        "[global_defs]\n",
+        "[global_defs]\nvrrp_gna_interval = 0.3\n",
+        1,
+    );
+    let d1 = start(&p.nodes[0], &text);
+    let announced = |lines: &[String]| -> Vec<f64> {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("tgt is {VIP6}")))
+            .filter_map(|l| {
+                let t = l.split_whitespace().next()?;
+                let mut hms = t.split(':');
+                let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+                Some(
+                    h.parse::<f64>().ok()? * 3600.0
+                        + m.parse::<f64>().ok()? * 60.0
+                        + s.parse::<f64>().ok()?,
+                )
+            })
+            .collect()
+    };
+    wait_until("three unsolicited NAs", Duration::from_secs(5), || {
+        announced(&nas.lines()).len() >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{:#?}\n{}", nas.lines(), d1.read_stderr()));
+    let times = announced(&nas.lines());
+    let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between the unsolicited NAs: {gaps:?} (vrrp_gna_interval 0.3 s)");
+    assert!(gaps[..2].iter().all(|g| *g >= 0.29), "{gaps:?}");
+}
