@@ -1020,6 +1020,14 @@ impl LongLived {
         self.conns.is_empty()
     }
 
+    /// The connections' own (client) addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.conns
+            .iter()
+            .filter_map(|(s, _)| s.local_addr().ok())
+            .collect()
+    }
+
     /// Connections per real server.
     pub fn by_backend(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
@@ -1617,6 +1625,34 @@ impl LvsLab {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(())
+    }
+
+    /// The clients of the flows LB `i`'s table holds (a backup's: those connection sync
+    /// installed), each flow once (the sync counters count writes, a flow's periodic
+    /// refresh among them).
+    pub fn flow_clients(&self, i: usize) -> Vec<SocketAddr> {
+        let Ok(bin) = daemon_bin() else {
+            return Vec::new();
+        };
+        let out = std::process::Command::new(bin)
+            .args(["connections", "--json", "--limit", "100000", "--socket"])
+            .arg(Daemon::socket(self.lb(i)))
+            .output();
+        let Some(v) = out
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        else {
+            return Vec::new();
+        };
+        v["connections"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["client"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// LB `i`'s `sync` status (`null` without one, or when it does not answer).

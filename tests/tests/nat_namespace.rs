@@ -113,14 +113,13 @@ fn nat_pair_translates_both_ways_and_fails_over_with_sync() {
         (CONNECTIONS, 0),
         "before the failover: {r:?}"
     );
+    let mine = conns.local_addrs();
     wait(
         "lb2 to hold every connection's flow",
         Duration::from_secs(15),
         || {
-            lab.sync_status(2)["installed_entries"]
-                .as_u64()
-                .unwrap_or(0)
-                >= CONNECTIONS as u64
+            let held = lab.flow_clients(2);
+            mine.iter().all(|a| held.contains(a))
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
@@ -334,15 +333,16 @@ fn a_nat_group_answers_from_each_key_and_fails_over() {
         let r = conns.round();
         assert_eq!((r.ok, r.resets), (N, 0), "before the failover: {r:?}");
     }
-    // The flows and the client's persistence template.
+    let mine: Vec<std::net::SocketAddr> = [&shared, &https]
+        .iter()
+        .flat_map(|c| c.local_addrs())
+        .collect();
     wait(
         "lb2 to hold every connection's flow",
         Duration::from_secs(15),
         || {
-            lab.sync_status(2)["installed_entries"]
-                .as_u64()
-                .unwrap_or(0)
-                > 2 * N as u64
+            let held = lab.flow_clients(2);
+            mine.iter().all(|a| held.contains(a))
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));

@@ -1280,9 +1280,22 @@ impl<W: MapWriter> Dataplane<W> {
         if rs.port() != 0 {
             return self.nat.get(&key).is_some_and(|s| s.shared != 0);
         }
+        // The keys are ordered by address first: that address's entries, every port.
+        let first = MapKey {
+            port: 0,
+            proto: 0,
+            family: 0,
+            ..key
+        };
+        let last = MapKey {
+            port: u16::MAX,
+            proto: u8::MAX,
+            family: u8::MAX,
+            ..key
+        };
         self.nat
-            .iter()
-            .any(|(k, s)| (k.addr, k.proto, k.family) == (addr, proto, family) && s.shared != 0)
+            .range(first..=last)
+            .any(|(k, s)| (k.proto, k.family) == (proto, family) && s.shared != 0)
     }
 
     /// Writes what `NAT_SOURCES4`/`NAT_SOURCES6` and `NAT_ON` must hold for the maps as they
