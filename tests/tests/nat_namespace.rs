@@ -114,32 +114,9 @@ fn nat_pair_translates_both_ways_and_fails_over_with_sync() {
         "before the failover: {r:?}"
     );
     let mine = conns.local_addrs();
-    wait(
-        "lb2 to hold every connection's flow",
-        Duration::from_secs(15),
-        || {
-            let held = lab.flow_clients(2);
-            mine.iter().all(|a| held.contains(a))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
-
     // lb1 killed: lb2 takes both VIPs and translates the connections' replies.
     let t0 = Instant::now();
-    lab.kill_lb(1).unwrap();
-    lab.wait_state(
-        2,
-        "MASTER",
-        t.master_down(99) + MARGIN + Duration::from_secs(3),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    wait("lb2 to hold the inside VIP", Duration::from_secs(5), || {
-        lab.lb(2)
-            .ip(&["-4", "addr", "show", "dev", "eth1"])
-            .is_ok_and(|a| a.contains(&INSIDE_VIP.to_string()))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
-    lab.wait_client_follows(2, Duration::from_secs(5)).unwrap();
+    fail_over_with(&mut lab, &mine);
     let r = conns.round();
     eprintln!("after lb1's SIGKILL ({:?}): {r:?}", t0.elapsed());
     assert_eq!(
@@ -162,6 +139,37 @@ fn nat_pair_translates_both_ways_and_fails_over_with_sync() {
         lab.rs_addr(1).port() == NAT_PORT,
         "the real servers listen behind the service's port"
     );
+}
+
+/// Once lb2 holds the flow of every connection from `mine` (the client addresses in its
+/// table: the sync counters count writes, a periodic refresh among them), lb1 is SIGKILLed;
+/// returns when lb2 is master of both instances, holds the inside VIP and has the client's
+/// traffic.
+fn fail_over_with(lab: &mut LvsLab, mine: &[std::net::SocketAddr]) {
+    wait(
+        "lb2 to hold every connection's flow",
+        Duration::from_secs(15),
+        || {
+            let held = lab.flow_clients(2);
+            mine.iter().all(|a| held.contains(a))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    lab.kill_lb(1).unwrap();
+    let t = lab.params().timers;
+    lab.wait_state(
+        2,
+        "MASTER",
+        t.master_down(99) + MARGIN + Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    wait("lb2 to hold the inside VIP", Duration::from_secs(5), || {
+        lab.lb(2)
+            .ip(&["-4", "addr", "show", "dev", "eth1"])
+            .is_ok_and(|a| a.contains(&INSIDE_VIP.to_string()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    lab.wait_client_follows(2, Duration::from_secs(5)).unwrap();
 }
 
 /// Whether LB 1's `dev` runs an XDP program.
@@ -252,7 +260,6 @@ fn a_nat_group_answers_from_each_key_and_fails_over() {
         sync: Some(SyncMode::Unicast),
         ..LvsParams::new("rr", "skb")
     };
-    let t = params.timers;
     let mut lab = LvsLab::new(&unique_prefix("nag"), params).unwrap_or_else(|e| panic!("{e:#}"));
     lab.start_pair().unwrap_or_else(|e| panic!("{e:#}"));
     for i in 1..=3 {
@@ -337,29 +344,7 @@ fn a_nat_group_answers_from_each_key_and_fails_over() {
         .iter()
         .flat_map(|c| c.local_addrs())
         .collect();
-    wait(
-        "lb2 to hold every connection's flow",
-        Duration::from_secs(15),
-        || {
-            let held = lab.flow_clients(2);
-            mine.iter().all(|a| held.contains(a))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
-    lab.kill_lb(1).unwrap();
-    lab.wait_state(
-        2,
-        "MASTER",
-        t.master_down(99) + MARGIN + Duration::from_secs(3),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    wait("lb2 to hold the inside VIP", Duration::from_secs(5), || {
-        lab.lb(2)
-            .ip(&["-4", "addr", "show", "dev", "eth1"])
-            .is_ok_and(|a| a.contains(&INSIDE_VIP.to_string()))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
-    lab.wait_client_follows(2, Duration::from_secs(5)).unwrap();
+    fail_over_with(&mut lab, &mine);
     let lb2_mac = lab.lb(2).mac(HOST_IF).unwrap();
     wait(
         "the client to send VIP2's traffic to lb2",

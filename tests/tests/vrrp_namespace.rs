@@ -403,9 +403,14 @@ fn partition_then_heal_gives_one_master_within_an_interval() {
 /// The gratuitous ARPs for the VIP from `mac` in tcpdump's lines, as seconds of the day.
 fn gratuitous(lines: &[String], mac: &str) -> Vec<f64> {
     let announce = format!("Request who-has {VIP} (ff:ff:ff:ff:ff:ff) tell {VIP}");
+    seconds_of(lines, |l| l.contains(mac) && l.contains(&announce))
+}
+
+/// The times of tcpdump's lines that `pick` takes, as seconds of the day.
+fn seconds_of(lines: &[String], pick: impl Fn(&str) -> bool) -> Vec<f64> {
     lines
         .iter()
-        .filter(|l| l.contains(mac) && l.contains(&announce))
+        .filter(|l| pick(l))
         .filter_map(|l| {
             let t = l.split_whitespace().next()?;
             let mut hms = t.split(':');
@@ -1115,22 +1120,8 @@ fn paced_unsolicited_neighbour_advertisements() {
         1,
     );
     let d1 = start(&p.nodes[0], &text);
-    let announced = |lines: &[String]| -> Vec<f64> {
-        lines
-            .iter()
-            .filter(|l| l.contains(&format!("tgt is {VIP6}")))
-            .filter_map(|l| {
-                let t = l.split_whitespace().next()?;
-                let mut hms = t.split(':');
-                let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
-                Some(
-                    h.parse::<f64>().ok()? * 3600.0
-                        + m.parse::<f64>().ok()? * 60.0
-                        + s.parse::<f64>().ok()?,
-                )
-            })
-            .collect()
-    };
+    let target = format!("tgt is {VIP6}");
+    let announced = |lines: &[String]| seconds_of(lines, |l| l.contains(&target));
     wait_until("three unsolicited NAs", Duration::from_secs(5), || {
         announced(&nas.lines()).len() >= 3
     })

@@ -273,8 +273,8 @@ pub struct GarpConfig {
     pub master_refresh: Duration,
     /// `garp_master_refresh_repeat`: frames per VIP in each refresh burst. Default 1.
     pub master_refresh_repeat: u32,
-    /// `garp_interval` / `gna_interval`: spacing between consecutive frames (of any
-    /// VIP) within a burst; zero (the default) sends a burst back to back. keepalived
+    /// `garp_interval` / `gna_interval`: the least time between consecutive frames (of
+    /// any VIP) within a burst; zero (the default) sends a burst back to back. keepalived
     /// keeps this per interface across instances and separately for ARP and NA; here
     /// it applies within one schedule to both.
     pub interval: Duration,
@@ -317,12 +317,16 @@ impl GarpConfig {
 
 /// One burst: `rounds` announcements of every VIP, frame `k` at
 /// `start + k * interval` (VIP `k % n`: round by round, like keepalived's
-/// `vrrp_send_link_update()`).
+/// `vrrp_send_link_update()`), and never less than `interval` after the frame before:
+/// keepalived's `vrrp_garp_interval` is the least time between two frames, so a late
+/// wake-up delays the rest of the burst instead of sending what is due back to back.
 #[derive(Debug, Clone)]
 struct Burst {
     start: Instant,
     frames: u64,
     sent: u64,
+    /// When the last frame went (with a non-zero interval).
+    last: Option<Instant>,
 }
 
 impl Burst {
@@ -331,6 +335,7 @@ impl Burst {
             start,
             frames: u64::from(rounds.min(MAX_REPEAT)).saturating_mul(vips as u64),
             sent: 0,
+            last: None,
         }
     }
 
@@ -341,9 +346,13 @@ impl Burst {
     }
 
     fn next_time(&self, interval: Duration) -> Option<Instant> {
-        (self.sent < self.frames)
+        let planned = (self.sent < self.frames)
             .then(|| self.frame_time(interval, self.sent))
-            .flatten()
+            .flatten()?;
+        match self.last {
+            Some(last) if !interval.is_zero() => Some(planned.max(last.checked_add(interval)?)),
+            _ => Some(planned),
+        }
     }
 
     fn finished(&self, interval: Duration) -> bool {
@@ -365,6 +374,7 @@ impl Burst {
             let index = usize::try_from(self.sent % vips.len().max(1) as u64).unwrap_or(0);
             out.extend(vips.get(index).copied());
             self.sent += 1;
+            self.last = Some(now);
         }
     }
 }
@@ -1079,11 +1089,15 @@ mod tests {
         );
         assert!(s.is_finished());
 
-        // Woken late: everything due is sent at once, in order.
+        // Woken late: one frame now, the next an interval later (the interval is the
+        // least time between two), the burst's end as late.
         let mut s = GarpSchedule::new(&c, vips(), t0);
         let due = s.poll(t0 + ms(25));
-        assert_eq!(due.announce, [vips(), vips()[..1].to_vec()].concat());
-        assert_eq!(due.next_wake, Some(t0 + ms(30)));
+        assert_eq!(due.announce, vips()[..1].to_vec());
+        assert_eq!(due.next_wake, Some(t0 + ms(35)));
+        let due = s.poll(t0 + ms(35));
+        assert_eq!(due.announce, vips()[1..2].to_vec());
+        assert_eq!(due.next_wake, Some(t0 + ms(45)));
     }
 
     #[test]
