@@ -14,6 +14,16 @@
 //!   (which first has to resolve the client's address: `NEIGH_WANTED`).
 use std::time::{Duration, Instant};
 
+/// The tests take turns: three NAT labs at once (two load balancers, three nginx, a client
+/// each) on a two-core machine made the first test's failover see resets in CI runs 4 and
+/// 6 and here, never with one lab at a time (the cause is not found yet; see the session
+/// note).
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_lab() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use lb_tests::{
     e2e_lab::{
         wait, LongLived, LvsLab, LvsParams, SyncMode, INSIDE_VIP, MARGIN, NAT_PORT, VIP, VIP2,
@@ -34,6 +44,7 @@ fn curl(lab: &LvsLab) -> String {
 
 #[test]
 fn nat_pair_translates_both_ways_and_fails_over_with_sync() {
+    let _turn = one_lab();
     if !require_lab("nat_pair_translates_both_ways_and_fails_over_with_sync")
         || !require_tools(
             "nat_pair_translates_both_ways_and_fails_over_with_sync",
@@ -185,6 +196,7 @@ fn xdp_on(lab: &LvsLab, dev: &str) -> bool {
 /// writes the NAT sources before its program runs; `stop --release` takes both off.
 #[test]
 fn nat_restart_takes_both_interfaces_over() {
+    let _turn = one_lab();
     if !require_lab("nat_restart_takes_both_interfaces_over") {
         return;
     }
@@ -250,6 +262,7 @@ fn nat_restart_takes_both_interfaces_over() {
 ///   flows carry their reverse entries.
 #[test]
 fn a_nat_group_answers_from_each_key_and_fails_over() {
+    let _turn = one_lab();
     let name = "a_nat_group_answers_from_each_key_and_fails_over";
     if !require_lab(name) || !require_tools(name, &["curl", "tcpdump"]) {
         return;
