@@ -15,9 +15,8 @@
 use std::time::{Duration, Instant};
 
 /// The tests take turns: three NAT labs at once (two load balancers, three nginx, a client
-/// each) on a two-core machine made the first test's failover see resets in CI runs 4 and
-/// 6 and here, never with one lab at a time (the cause is not found yet; see the session
-/// note).
+/// each) on a two-core machine slowed the failover enough that the first test's round ran
+/// before the real servers followed lb2 (see `fail_over_with`), and saw resets.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_lab() -> std::sync::MutexGuard<'static, ()> {
@@ -181,6 +180,19 @@ fn fail_over_with(lab: &mut LvsLab, mine: &[std::net::SocketAddr]) {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
     lab.wait_client_follows(2, Duration::from_secs(5)).unwrap();
+    // And the real servers send their replies to lb2. Until their entry for the inside VIP
+    // follows lb2's gratuitous ARP, the replies reach lb1, whose program died with its
+    // daemon (no pins here) while its kernel still forwards: untranslated, they make the
+    // client answer with resets that end the connections at the real servers.
+    let lb2_inside = lab.lb(2).mac("eth1").unwrap();
+    for i in 1..=3 {
+        wait(
+            &format!("rs{i} to send to lb2"),
+            Duration::from_secs(5),
+            || lab.rs(i).neigh_mac(&INSIDE_VIP.to_string()).ok().flatten() == Some(lb2_inside),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    }
 }
 
 /// Whether LB 1's `dev` runs an XDP program.
