@@ -41,16 +41,14 @@ static STATE: Mutex<State> = Mutex::new(State {
 });
 
 fn load() -> Result<Filter> {
-    let mut ebpf = Ebpf::load(OBJECT).context("loading the virtual MAC filter")?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROGRAM)
-        .context("the virtual MAC filter object has no program")?
-        .try_into()?;
-    prog.load().context("loading the virtual MAC filter")?;
-    Ok(Filter {
-        ebpf,
+    let mut f = Filter {
+        ebpf: Ebpf::load(OBJECT).context("loading the virtual MAC filter")?,
         links: BTreeMap::new(),
-    })
+    };
+    program(&mut f)?
+        .load()
+        .context("loading the virtual MAC filter")?;
+    Ok(f)
 }
 
 fn parents(f: &mut Filter) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, VmacParent>> {
@@ -74,11 +72,9 @@ fn program(f: &mut Filter) -> Result<&mut SchedClassifier> {
 pub fn attach(name: &str, ifindex: u32, parent: (u32, [u8; 6])) {
     let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let r = (|| -> Result<()> {
-        if st.filter.is_none() {
-            st.filter = Some(load()?);
-        }
-        let Some(f) = st.filter.as_mut() else {
-            unreachable!("loaded above")
+        let f = match &mut st.filter {
+            Some(f) => f,
+            none => none.insert(load()?),
         };
         attach_in(f, name, ifindex, parent)
     })();
