@@ -42,9 +42,10 @@ for p in rustc-web rust-web-src cargo-web llvm-22-dev libpolly-22-dev zlib1g-dev
 done
 if [ "$what" = test ]; then
   # dnsmasq-base and python3-aiosmtpd: the DNS, UDP and SMTP checkers' peers (binaries only, no
-  # service started); openssl makes the SSL_GET test's certificates.
+  # service started); openssl makes the SSL_GET test's certificates; bird2: the routing daemon
+  # of `[announce]`'s nodes and of the ECMP test's upstream router.
   for p in iproute2 ethtool curl tcpdump python3 nginx-light keepalived iputils-ping util-linux bpftool \
-      dnsmasq-base python3-aiosmtpd openssl; do
+      dnsmasq-base python3-aiosmtpd openssl bird2; do
     want "$p"
   done
 fi
@@ -63,8 +64,8 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
     --no-default-features --features llvm-22
 fi
 
-# nginx and keepalived are run by the tests inside namespaces, never as system services.
-for svc in nginx keepalived; do
+# nginx, keepalived and BIRD are run by the tests inside namespaces, never as system services.
+for svc in nginx keepalived bird; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 echo "setup: done" >&2

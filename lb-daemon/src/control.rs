@@ -615,6 +615,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         sync: &'a Option<crate::status::SyncStatus>,
         syn_guard: &'a Option<crate::status::SynGuardStatus>,
         vmac_mld: &'a Option<crate::status::VmacMldStatus>,
+        announce: &'a Option<crate::status::AnnounceStatus>,
     }
     let mut services = Vec::with_capacity(snap.services.len());
     for part in crate::par::ranges(snap.services.len(), 0, |part| {
@@ -636,6 +637,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         sync,
         syn_guard,
         vmac_mld,
+        announce,
     } = snap;
     serde_json::to_writer(
         out,
@@ -652,6 +654,7 @@ fn encode_status(snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
                 sync,
                 syn_guard,
                 vmac_mld,
+                announce,
             },
         },
     )

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod status;
 
 // Protocol and policy cores (pure, time passed in), each with its I/O shell.
+pub mod announce;
 pub mod dataplane;
 pub mod health;
 pub mod realserver;

@@ -4,7 +4,7 @@
 //! program's `CLOCK` map and VRRP's packet timestamps need as a number.
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -106,6 +106,56 @@ pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<li
     }
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     Ok(Some(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags })))
+}
+
+/// Opens (creates, or attaches to an existing persistent one) the TUN device `name`, with
+/// `O_CLOEXEC` so no program the daemon starts holds it. Without `persist` the kernel
+/// removes the device, and every route through it, when the last descriptor closes: at any
+/// exit, SIGKILL included. That is what makes `[announce]`'s routes die with the daemon.
+/// A plain ioctl: the TUN crates around it bring async packet I/O this never does.
+pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid interface name"),
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: a valid NUL-terminated path and flags.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: req is a valid ifreq that TUNSETIFF reads the name and flags from.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Whether the TUN device behind `fd` outlives its last descriptor (`TUNSETPERSIST`): set
+/// for a stop that keeps the announcements for the next run, cleared once that run holds it.
+pub fn set_tun_persist(fd: BorrowedFd<'_>, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persist),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// An identifier of the calling thread's network namespace that is never reused during a

@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize};
 
 // Connection sync reports its own state; the snapshot carries it as it is.
 pub use crate::sync::{SyncPeerStatus, SyncStatus};
+// So does `[announce]`.
+pub use crate::announce::routes::{AnnounceStatus, VipStatus};
 
 /// `health` of a backend whose checks pass (or that has no check).
 pub const HEALTH_UP: &str = "up";
@@ -85,6 +87,9 @@ pub struct Snapshot {
     /// The IPv6 virtual MAC interfaces' MLD filter (`null` until one is made).
     #[serde(default)]
     pub vmac_mld: Option<VmacMldStatus>,
+    /// `[announce]`: the VIPs' routes for the routing daemon (`null` without the section).
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
 }
 
 /// MLD messages of IPv6 virtual MAC interfaces (`use_vmac`), sent through their parent
@@ -884,6 +889,10 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
         render_sync(y, &mut out);
     }
 
+    if let Some(a) = &s.announce {
+        render_announce(a, &mut out);
+    }
+
     if let Some(g) = &s.syn_guard {
         let _ = writeln!(
             out,
@@ -921,13 +930,50 @@ pub fn render_table(s: &Snapshot, rates: Option<&Rates>) -> String {
     out
 }
 
+/// The `Announce` part of the table: each VIP, whether its route is there, and why.
+fn render_announce(a: &AnnounceStatus, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\nAnnounce  device {} table {}  {} changes, {} errors",
+        a.device, a.table, a.changes, a.errors
+    );
+    let lines: Vec<Line> = a
+        .vips
+        .iter()
+        .map(|v| {
+            Line::Cells(vec![
+                format!(
+                    "  {}",
+                    v.vip.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+                ),
+                match (v.announced, v.wanted) {
+                    (true, true) => "announced",
+                    (false, false) => "withdrawn",
+                    (false, true) => "announcing",
+                    (true, false) => "withdrawing",
+                }
+                .to_string(),
+                v.reason.clone(),
+            ])
+        })
+        .collect();
+    align(&lines, &[], out);
+    if let Some(e) = &a.last_error {
+        let _ = writeln!(out, "  last error: {e}");
+    }
+}
+
 /// The `Connection sync` part of the table.
 fn render_sync(y: &SyncStatus, out: &mut String) {
     let _ = writeln!(
         out,
-        "\nConnection sync  {} vrrp_instance {} sync_id {}  {}{}",
+        "\nConnection sync  {} {} sync_id {}  {}{}",
         y.interface,
-        y.vrrp_instance,
+        if y.vrrp_instance.is_empty() {
+            "every peer".to_string()
+        } else {
+            format!("vrrp_instance {}", y.vrrp_instance)
+        },
         y.sync_id,
         y.role,
         y.lag_ms
@@ -1134,6 +1180,8 @@ impl std::fmt::Display for Num {
 /// | `lb_sync_full_syncs_total` | direction | whole-table syncs sent, received |
 /// | `lb_sync_dropped_total` | reason | entries, events and datagrams dropped |
 /// | `lb_sync_peer_lag_seconds`, `lb_sync_peer_last_heard_seconds` | peer | |
+/// | `lb_announce_vip` | vip | 1: its route is in the announce table (`[announce]`) |
+/// | `lb_announce_errors_total` | | route changes that failed (tried again) |
 ///
 /// Every family, the `lb_backend_*` ones included: [`render_prometheus_with`] can leave those
 /// out.
@@ -1345,6 +1393,29 @@ pub fn render_prometheus_with(s: &Snapshot, options: PromOptions) -> String {
             "IPv6 virtual MAC interfaces the MLD filter could not be put on.",
         );
         p.sample("lb_vrrp_vmac_mld_unfiltered", &[], m.unfiltered);
+    }
+
+    if let Some(a) = &s.announce {
+        p.family(
+            "lb_announce_vip",
+            "gauge",
+            "1 while the VIP's route is in the announce table (the routing daemon announces it).",
+        );
+        for v in &a.vips {
+            if let Some(vip) = v.vip {
+                p.sample(
+                    "lb_announce_vip",
+                    &[("vip", &vip.to_string())],
+                    u8::from(v.announced),
+                );
+            }
+        }
+        p.family(
+            "lb_announce_errors_total",
+            "counter",
+            "Route changes for the routing daemon that failed (tried again).",
+        );
+        p.sample("lb_announce_errors_total", &[], a.errors);
     }
 
     if let Some(g) = &s.syn_guard {
@@ -1872,6 +1943,7 @@ pub(crate) mod test_support {
             sync: None,
             syn_guard: None,
             vmac_mld: None,
+            announce: None,
         }
     }
 }
@@ -1992,6 +2064,52 @@ UDP  [2001:db8::100]:53 sh persistent 300 (backup)                              
             "lb_vrrp_vmac_mld_total{result=\"moved\"} 7",
             "lb_vrrp_vmac_mld_total{result=\"unmoved\"} 1",
             "lb_vrrp_vmac_mld_unfiltered 2",
+        ] {
+            assert!(prom.lines().any(|l| l == line), "{line} in\n{prom}");
+        }
+    }
+
+    #[test]
+    fn announce_in_table_and_metrics() {
+        let mut s = sample();
+        s.announce = Some(AnnounceStatus {
+            device: "lbvip0".into(),
+            table: 100,
+            vips: vec![
+                VipStatus {
+                    vip: Some("203.0.113.10".parse().unwrap()),
+                    announced: true,
+                    wanted: true,
+                    reason: "every service has its quorum".into(),
+                },
+                VipStatus {
+                    vip: Some("2001:db8::10".parse().unwrap()),
+                    announced: false,
+                    wanted: false,
+                    reason: "[2001:db8::10]:80/tcp lost its quorum".into(),
+                },
+            ],
+            changes: 3,
+            errors: 1,
+            last_error: Some("adding the route of 2001:db8::10: nope".into()),
+        });
+        let table = render_table(&s, None);
+        for line in [
+            "Announce  device lbvip0 table 100  3 changes, 1 errors",
+            "  203.0.113.10  announced  every service has its quorum",
+            "  2001:db8::10  withdrawn  [2001:db8::10]:80/tcp lost its quorum",
+            "  last error: adding the route of 2001:db8::10: nope",
+        ] {
+            assert!(
+                table.lines().any(|l| l.trim_end() == line),
+                "{line} in\n{table}"
+            );
+        }
+        let prom = render_prometheus(&s);
+        for line in [
+            "lb_announce_vip{vip=\"203.0.113.10\"} 1",
+            "lb_announce_vip{vip=\"2001:db8::10\"} 0",
+            "lb_announce_errors_total 1",
         ] {
             assert!(prom.lines().any(|l| l == line), "{line} in\n{prom}");
         }
@@ -2525,7 +2643,7 @@ lb_notify_hooks_total{result="timed_out"} 0
         };
         assert_eq!(
             keys(&v),
-            "map_writes,notify,reasons,router_id,services,syn_guard,sync,time,vmac_mld,vrrp"
+            "announce,map_writes,notify,reasons,router_id,services,syn_guard,sync,time,vmac_mld,vrrp"
         );
         assert_eq!(
             keys(&v["services"][0]),

@@ -168,7 +168,7 @@ fn lvs_seed_imports_with_its_sync_daemon() {
     );
     let sync = checked.sync.as_ref().unwrap();
     assert_eq!(sync.interface, "bond0");
-    assert_eq!(sync.vrrp_instance, "VI_1");
+    assert_eq!(sync.vrrp_instance.as_deref(), Some("VI_1"));
     assert_eq!(
         sync.sync_id, 38,
         "keepalived's default: the instance's VRID"

@@ -13,12 +13,14 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod announce;
 pub mod check;
 pub mod group;
 pub mod split;
 pub mod sync;
 pub mod vrrp;
 
+pub use announce::AnnounceConfig;
 pub use sync::SyncConfig;
 pub use vrrp::{SyncGroup, VrrpInstance, VrrpScript};
 
@@ -89,6 +91,7 @@ struct RawConfig {
     /// `None`: no `virtual_server` key at all (which the rest of a cut file must have).
     virtual_server: Option<Vec<RawVirtualServer>>,
     sync: Option<sync::RawSync>,
+    announce: Option<announce::RawAnnounce>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, PartialEq)]
@@ -417,8 +420,10 @@ pub struct Config {
     /// Shared with the parse cache ([`split::Cache`]): a reload that leaves a service's
     /// text alone hands over the same one, which says it is unchanged.
     pub virtual_servers: Vec<Arc<VirtualServer>>,
-    /// Connection sync with the peer LB; absent: none.
+    /// Connection sync with the peer LB (or every peer, under `[announce]`); absent: none.
     pub sync: Option<SyncConfig>,
+    /// VIPs routed to this node by a routing daemon; absent: every VIP is VRRP's or static.
+    pub announce: Option<AnnounceConfig>,
 }
 
 impl Config {
@@ -955,6 +960,17 @@ impl Config {
                 ));
             }
         }
+        let announce = match &raw.announce {
+            None => None,
+            Some(a) if dataplane.is_none() => {
+                return Err(cx.invalid(
+                    a.span(),
+                    "announce",
+                    "needs a [dataplane] section: the XDP program serves what is announced",
+                ))
+            }
+            Some(a) => Some(announce::announce(cx, a, &vrrp_instances)?),
+        };
         let mut keys = std::collections::HashSet::with_capacity(services.len());
         // Every VIP some instance owns, and what moves it: the instance, or its sync group
         // (whose members move together).
@@ -996,12 +1012,16 @@ impl Config {
                 // must move with it.
                 let mut movers = std::collections::BTreeSet::new();
                 for (vip, _) in vs.addresses() {
+                    if announce.as_ref().is_some_and(|a| a.announces(vip)) {
+                        movers.insert("[announce]");
+                        continue;
+                    }
                     let Some(m) = owned_vips.get(&vip) else {
                         return Err(cx.invalid_at(
                             ip_line,
                             key_name,
                             format!(
-                                "{vip} is in no vrrp_instance's virtual_ipaddress: add it to one, or set static = true"
+                                "{vip} is in no vrrp_instance's virtual_ipaddress: add it to one, or to announce.vips, or set static = true"
                             ),
                         ));
                     };
@@ -1032,6 +1052,20 @@ impl Config {
                 })?;
             }
         }
+        if let Some(a) = &announce {
+            // A route attracts traffic: a VIP without a service would draw it to nothing.
+            if let Some(v) = a.vips.iter().find(|v| {
+                !virtual_servers
+                    .iter()
+                    .any(|vs| vs.addresses().any(|(ip, _)| ip == **v))
+            }) {
+                return Err(cx.invalid_at(
+                    a.line,
+                    "announce.vips",
+                    format!("{v} has no virtual_server: nothing would serve what its route draws"),
+                ));
+            }
+        }
         let sync = match &raw.sync {
             None => None,
             Some(s) if dataplane.is_none() => {
@@ -1045,6 +1079,7 @@ impl Config {
                 cx,
                 s,
                 &vrrp_instances,
+                announce.as_ref(),
                 &virtual_servers,
                 &raw.global_defs.lvs_timeouts(),
             )?),
@@ -1062,6 +1097,7 @@ impl Config {
             sync_groups,
             virtual_servers,
             sync,
+            announce,
         })
     }
 

@@ -1,5 +1,6 @@
 //! The `[sync]` section: connection sync between the LB pair (IPVS's sync daemon,
-//! keepalived's `lvs_sync_daemon`).
+//! keepalived's `lvs_sync_daemon`), or, under `[announce]` and without a `vrrp_instance`,
+//! between every node that announces the same VIPs.
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
@@ -8,7 +9,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Ctx, VirtualServer, VrrpInstance};
+use super::{AnnounceConfig, ConfigError, Ctx, VirtualServer, VrrpInstance};
 use crate::model::sync_wire;
 
 /// The default refresh interval, seconds: a flow with traffic is sent again at most this
@@ -23,7 +24,7 @@ pub const DEFAULT_RING_SIZE: u32 = 4 << 20;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSync {
     interface: Spanned<String>,
-    vrrp_instance: Spanned<String>,
+    vrrp_instance: Option<Spanned<String>>,
     sync_id: Option<Spanned<u32>>,
     #[serde(default)]
     peers: Vec<Spanned<String>>,
@@ -48,9 +49,11 @@ impl RawSync {
 pub struct SyncConfig {
     /// Where sync messages are sent and received (IPVS's sync interface).
     pub interface: String,
-    /// The instance whose master sends: services on its VIPs are synced.
-    pub vrrp_instance: String,
-    /// IPVS's syncid: messages with another are dropped. Default: the instance's VRID.
+    /// The instance whose master sends: services on its VIPs are synced. `None`: every node
+    /// sends and installs (active-active): the services on `[announce]`'s VIPs are synced.
+    pub vrrp_instance: Option<String>,
+    /// IPVS's syncid: messages with another are dropped. Default: the instance's VRID (0
+    /// without one).
     pub sync_id: u8,
     /// Unicast: where messages go, and the only sources accepted. With a multicast group:
     /// the only sources accepted (any source with the key, when empty).
@@ -141,15 +144,46 @@ impl SyncConfig {
     }
 }
 
-/// Whether `vs` is synced: its VIP is one of the sync instance's.
-pub fn synced(inst: &VrrpInstance, vs: &VirtualServer) -> bool {
-    !vs.is_static && inst.virtual_ipaddress.iter().any(|v| v.addr == vs.vip)
+/// Which services are synced.
+#[derive(Clone, Copy)]
+pub enum Scope<'a> {
+    /// Those on the sync instance's VIPs.
+    Instance(&'a VrrpInstance),
+    /// Those on the announced VIPs (every node sends).
+    Announced(&'a AnnounceConfig),
+}
+
+impl Scope<'_> {
+    /// Whether `vs` is synced: its VIP is one of the sync instance's, or announced.
+    pub fn synced(&self, vs: &VirtualServer) -> bool {
+        match self {
+            Scope::Instance(inst) => {
+                !vs.is_static && inst.virtual_ipaddress.iter().any(|v| v.addr == vs.vip)
+            }
+            Scope::Announced(a) => a.announces(vs.vip),
+        }
+    }
+}
+
+/// What `c`'s services `config`'s `[sync]` covers; `None` without a `[sync]` (or with an
+/// instance that is not there, which the checks refuse).
+pub fn scope(config: &super::Config) -> Option<Scope<'_>> {
+    let s = config.sync.as_ref()?;
+    match &s.vrrp_instance {
+        Some(name) => config
+            .vrrp_instances
+            .iter()
+            .find(|i| i.name == *name)
+            .map(Scope::Instance),
+        None => config.announce.as_ref().map(Scope::Announced),
+    }
 }
 
 pub(super) fn sync(
     cx: &Ctx,
     s: &RawSync,
     instances: &[VrrpInstance],
+    announce: Option<&AnnounceConfig>,
     services: &[std::sync::Arc<VirtualServer>],
     lvs: &crate::model::LvsTimeouts,
 ) -> Result<SyncConfig, ConfigError> {
@@ -157,21 +191,41 @@ pub(super) fn sync(
     if s.interface.get_ref().is_empty() {
         return Err(cx.invalid(s.interface.span(), &key("interface"), "empty"));
     }
-    let inst = instances
-        .iter()
-        .find(|i| i.name == *s.vrrp_instance.get_ref())
-        .ok_or_else(|| {
-            cx.invalid(
-                s.vrrp_instance.span(),
-                &key("vrrp_instance"),
-                format!(
-                    "no vrrp_instance {:?}: its master sends the flows",
-                    s.vrrp_instance.get_ref()
-                ),
-            )
-        })?;
+    let scope = match (&s.vrrp_instance, announce) {
+        (Some(name), _) => Scope::Instance(
+            instances
+                .iter()
+                .find(|i| i.name == *name.get_ref())
+                .ok_or_else(|| {
+                    cx.invalid(
+                        name.span(),
+                        &key("vrrp_instance"),
+                        format!(
+                            "no vrrp_instance {:?}: its master sends the flows",
+                            name.get_ref()
+                        ),
+                    )
+                })?,
+        ),
+        (None, Some(a)) => Scope::Announced(a),
+        (None, None) => {
+            return Err(cx.invalid(
+                s.interface.span(),
+                "sync",
+                "needs a vrrp_instance (whose master sends the flows), or an [announce] \
+                 section (every node sends)",
+            ))
+        }
+    };
+    let scope_span = s
+        .vrrp_instance
+        .as_ref()
+        .map_or(s.interface.span(), Spanned::span);
     let sync_id = match &s.sync_id {
-        None => inst.vrid,
+        None => match scope {
+            Scope::Instance(inst) => inst.vrid,
+            Scope::Announced(_) => 0,
+        },
         Some(id) => u8::try_from(*id.get_ref())
             .map_err(|_| cx.invalid(id.span(), &key("sync_id"), "out of range 0..=255"))?,
     };
@@ -293,19 +347,19 @@ pub(super) fn sync(
     };
     // A synced flow idle for less than its timeout must stay on the backup: its refreshes
     // come at most a refresh interval (plus the lag) apart.
-    for vs in services.iter().filter(|vs| synced(inst, vs)) {
+    for vs in services.iter().filter(|vs| scope.synced(vs)) {
         let idle = vs.idle_timeout(lvs);
         if idle != 0 && idle < 2 * refresh_interval {
             let span = s
                 .refresh_interval
                 .as_ref()
-                .map_or(s.vrrp_instance.span(), Spanned::span);
+                .map_or(scope_span.clone(), Spanned::span);
             return Err(cx.invalid(
                 span,
                 &key("refresh_interval"),
                 format!(
                     "{} s is more than half the idle_timeout of {} ({} s): its flows would expire \
-                     on the backup between two refreshes",
+                     on the peers between two refreshes",
                     refresh_interval,
                     vs.name(),
                     idle
@@ -329,7 +383,10 @@ pub(super) fn sync(
     };
     Ok(SyncConfig {
         interface: s.interface.get_ref().clone(),
-        vrrp_instance: inst.name.clone(),
+        vrrp_instance: match scope {
+            Scope::Instance(inst) => Some(inst.name.clone()),
+            Scope::Announced(_) => None,
+        },
         sync_id,
         peers,
         multicast_group,

@@ -191,6 +191,8 @@ impl Dp {
         overrides: &Overrides,
     ) -> Result<(), PlanError> {
         let health_of = |vs: &VirtualServer, rs: &RealServer| verdict_of(health, overrides, vs, rs);
+        let serving = serving(config, master_vips);
+        let master_vips = &*serving;
         let lvs = config.global_defs.lvs_timeouts();
         if self.lvs != Some(lvs) {
             if let Err(e) = self.xdp.dp.writer_mut().set_timeouts(&lvs.per_state()) {
@@ -352,6 +354,8 @@ impl Dp {
         overrides: &Overrides,
     ) -> Vec<ServiceSpec> {
         let health_of = |vs: &VirtualServer, rs: &RealServer| verdict_of(health, overrides, vs, rs);
+        let serving = serving(config, master_vips);
+        let master_vips = &*serving;
         config
             .virtual_servers
             .iter()
@@ -371,6 +375,11 @@ impl Dp {
         self.stale.extend(services);
     }
 
+    /// Whether service `key` has its quorum as last planned (`None`: not planned yet).
+    pub(super) fn quorum_of(&self, key: &ServiceKey) -> Option<bool> {
+        self.derived.get(key).map(|d| d.quorum)
+    }
+
     /// The quorum changes `track_virtual_server` has not heard of yet.
     pub(super) fn quorum_events(&mut self, config: &Config, now: Instant) -> Vec<TrackEvent> {
         let derived = &self.derived;
@@ -381,6 +390,23 @@ impl Dp {
             |ip| known.contains_key(&ip),
             now,
         )
+    }
+}
+
+/// The VIPs whose services this node serves: its master instances' (`master_vips`) and,
+/// under `[announce]`, the announced ones, which every node serves whether its route is
+/// announced or not (a flow the router still sends here, or one a peer synced, keeps going).
+fn serving<'a>(
+    config: &Config,
+    master_vips: &'a HashSet<IpAddr>,
+) -> std::borrow::Cow<'a, HashSet<IpAddr>> {
+    match &config.announce {
+        None => std::borrow::Cow::Borrowed(master_vips),
+        Some(a) => {
+            let mut all = master_vips.clone();
+            all.extend(a.vips.iter().copied());
+            std::borrow::Cow::Owned(all)
+        }
     }
 }
 

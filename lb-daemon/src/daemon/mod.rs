@@ -249,9 +249,15 @@ async fn stop(state: State, mut inbox: state::Inbox, release: bool) -> Result<()
         vrrp,
         track_tasks,
         notifier,
+        announcer,
         ..
     } = state;
     let _ = crate::sdnotify::notify("STOPPING=1");
+    // First: the router moves the flows to the other nodes while this one still forwards.
+    // A `keep` stop leaves the routes to the next run, as it leaves the program.
+    if let Some(a) = announcer {
+        a.stop(!release).await;
+    }
     if let Some(v) = vrrp {
         if release {
             info!("stopping VRRP: priority-0 adverts, releasing the virtual addresses");

@@ -78,6 +78,17 @@ impl State {
         // starts again if anything changed, on the program's ring: what the ring fixes
         // (its size, the refresh interval) waits for a restart.
         let sync_key = new.sync_key().map_err(|e| e.to_string())?;
+        // A new `[announce]`: its device is made now (a name another interface has refuses
+        // the reload), and dropped with the reload if it fails; it announces nothing until
+        // the commit's first plan.
+        let new_announcer = match (&self.config.announce, &new.announce) {
+            (None, Some(a)) => Some(
+                crate::announce::routes::Announcer::start(a)
+                    .await
+                    .map_err(|e| refusal(&self.path, ("announce", "device", format!("{e:#}"))))?,
+            ),
+            _ => None,
+        };
         if let Some(dp) = &self.dp {
             dp.xdp
                 .sync_fits(new.sync.as_ref())
@@ -228,6 +239,11 @@ impl State {
             if let Some(d) = &new.dataplane {
                 dp.xdp.reserve = d.reserve;
             }
+            // Whether a service is served follows the announced VIPs, which its own text
+            // does not say: every service is planned again when they change.
+            if new.announce != self.config.announce {
+                dp.all_stale();
+            }
             if let Err(e) = dp
                 .apply(&new, &self.master_vips, &self.health, &self.overrides)
                 .await
@@ -306,6 +322,9 @@ impl State {
                 if let Some(r) = old_reserve {
                     dp.xdp.reserve = r;
                 }
+                if new.announce != self.config.announce {
+                    dp.all_stale();
+                }
                 if let Err(back) = dp
                     .apply(
                         &self.config,
@@ -327,6 +346,14 @@ impl State {
         }
 
         // Commit: nothing from here on can fail.
+        if let Some(a) = new_announcer {
+            self.announcer = Some(a);
+        } else if new.announce.is_none() {
+            if let Some(old) = self.announcer.take() {
+                info!("announce: the section is gone: its routes are withdrawn");
+                old.stop(false).await;
+            }
+        }
         let addresses_moved = addresses(&self.config, &changed) != addresses(&new, &changed);
         let health_before = verdicts(&new, &changed, &self.health, &self.overrides);
         if let Some(n) = notifier {
@@ -576,6 +603,24 @@ fn restart_only(
             }
         }
     }
+    // The device is held open and the routes are in the table: the VIPs change in place.
+    if let (Some(a), Some(b)) = (&running.announce, &new.announce) {
+        for (key, changed) in [
+            ("table", a.table != b.table),
+            ("device", a.device != b.device),
+        ] {
+            if changed {
+                return Err((
+                    "announce",
+                    key,
+                    format!(
+                        "announce.{key} changed: the routes and their device are the running \
+                         one's: restart to apply it"
+                    ),
+                ));
+            }
+        }
+    }
     // This very reload's answer goes back over the socket; its group changes in place.
     if new.global_defs.control_socket_path() != running.global_defs.control_socket_path() {
         return Err((
@@ -602,13 +647,16 @@ fn sync_refusal(key: &'static str, why: &str) -> (&'static str, &'static str, St
 }
 
 /// Whether this node sends its flows under `config`'s `[sync]`: its instance holds its
-/// VIPs here.
+/// VIPs here, or it has none (every node sends).
 fn sync_master(config: &Config, master_vips: &HashSet<IpAddr>) -> bool {
     let Some(s) = &config.sync else { return false };
+    let Some(name) = &s.vrrp_instance else {
+        return true;
+    };
     config
         .vrrp_instances
         .iter()
-        .find(|i| i.name == s.vrrp_instance)
+        .find(|i| i.name == *name)
         .is_some_and(|i| {
             i.virtual_ipaddress
                 .iter()
@@ -747,6 +795,7 @@ lb_kind = "DR"
             config,
             dp: None,
             master_vips: HashSet::new(),
+            announcer: None,
             vrrp: None,
             vrrp_events: mpsc::unbounded_channel().0,
             metrics: None,

@@ -52,6 +52,8 @@ pub(super) struct State {
     pub dp: Option<Dp>,
     /// The VIPs of the instances that are master here.
     pub master_vips: HashSet<IpAddr>,
+    /// `[announce]`'s routes for the routing daemon; none without the section.
+    pub announcer: Option<crate::announce::routes::Announcer>,
     /// Each real server's health, as the checkers last reported it.
     pub health: Health,
     pub checkers: health::Checkers,
@@ -178,6 +180,7 @@ impl State {
             config,
             dp,
             master_vips: seeds.master_vips,
+            announcer: None,
             health,
             checkers,
             track_tasks,
@@ -208,6 +211,9 @@ impl State {
             )
             .await
             .context("writing the configuration into the dataplane")?;
+        }
+        if let Some(a) = &state.config.announce {
+            state.announcer = Some(crate::announce::routes::Announcer::start(a).await?);
         }
         if !state.config.vrrp_instances.is_empty() {
             // A master resumes only over a dataplane that still serves its VIPs: the one
@@ -292,7 +298,7 @@ impl State {
         self.apply().await;
         if let (Some(dp), Some(c)) = (&self.dp, &self.config.sync) {
             // The sync instance's master sends its flows; a backup installs them.
-            if let (Some(s), true) = (&dp.xdp.sync, c.vrrp_instance == instance) {
+            if let (Some(s), true) = (&dp.xdp.sync, c.vrrp_instance.as_ref() == Some(&instance)) {
                 s.set_master(master);
             }
         }
@@ -521,7 +527,7 @@ impl State {
         } else {
             Vec::new()
         };
-        snapshot(
+        let mut s = snapshot(
             &self.config,
             self.dp.as_ref(),
             self.vrrp.as_ref(),
@@ -530,13 +536,22 @@ impl State {
             &flows,
             per_backend,
             &self.overrides,
-        )
+        );
+        s.announce = self.announcer.as_ref().map(|a| a.status());
+        s
     }
 
     /// After any event: a service may have lost or regained its quorum (the tick also
     /// ends the settling time of the first verdicts); the instances tracking it hear of it.
     pub(super) fn after_event(&mut self, now: Instant) {
         let Some(dp) = self.dp.as_mut() else { return };
+        if let (Some(a), Some(c)) = (&self.announcer, &self.config.announce) {
+            a.set(crate::announce::plan(
+                c,
+                &self.config.virtual_servers,
+                |vs| dp.quorum_of(&vs.key()),
+            ));
+        }
         for ev in dp.quorum_events(&self.config, now) {
             for (instance, input) in self.tracking.on_event(&ev) {
                 info!(%instance, "{} {}: {input:?}", ev.key, if ev.status == track::Status::Up { "has its quorum" } else { "lost its quorum" });

@@ -27,6 +27,7 @@
 pub mod addr;
 pub mod link;
 pub mod neigh;
+pub mod route;
 
 use std::io;
 use std::mem;

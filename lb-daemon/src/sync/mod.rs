@@ -18,6 +18,11 @@
 //!   messages, within the same rate (a backup that starts after the master, or an old master
 //!   that returns, learns the flows it missed).
 //!
+//! * Active-active (`[announce]`, no `vrrp_instance`): every node is both. It sends its
+//!   flows to every peer, acknowledges and asks for the whole table like a backup, and
+//!   installs its peers' entries over its own (a flow the router moves to this node keeps
+//!   the real server the first node chose, and that node's refreshes keep it alive here).
+//!
 //! `docs/architecture.md`, "Connection sync", has the wire format and the loss behaviour.
 pub mod codec;
 pub mod index;
@@ -101,6 +106,8 @@ pub fn boot_id(last: u32) -> u32 {
 /// What the main loop and the engine share.
 struct Shared {
     master: AtomicBool,
+    /// Active-active: always sending, never only a backup.
+    active: bool,
     stop: AtomicBool,
     index: Mutex<Arc<Index>>,
     /// Bumped at each change of `index`.
@@ -149,8 +156,10 @@ impl SyncHandle {
     pub fn start(c: &SyncConfig, key: &[u8], parts: ProgramParts) -> io::Result<Self> {
         let key = Key::new(key).ok_or_else(|| io::Error::other("sync key too short"))?;
         let socket = SyncSocket::open(c)?;
+        let active = c.vrrp_instance.is_none();
         let shared = Arc::new(Shared {
-            master: AtomicBool::new(false),
+            master: AtomicBool::new(active),
+            active,
             stop: AtomicBool::new(false),
             index: Mutex::new(Arc::new(Index::default())),
             index_gen: std::sync::atomic::AtomicU64::new(0),
@@ -171,7 +180,9 @@ impl SyncHandle {
     /// This node became master (sends its flows) or stopped being master (installs the
     /// peer's; its flow caches are cleared).
     pub fn set_master(&self, master: bool) {
-        self.shared.master.store(master, Ordering::SeqCst);
+        self.shared
+            .master
+            .store(master || self.shared.active, Ordering::SeqCst);
     }
 
     /// The translation tables the engine uses now (a new engine goes on with them).
@@ -207,11 +218,10 @@ impl SyncHandle {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
-        s.role = if self.shared.master.load(Ordering::SeqCst) {
-            "sending"
-        } else {
-            "receiving"
-        }
+        s.role = role(
+            self.shared.active,
+            self.shared.master.load(Ordering::SeqCst),
+        )
         .into();
         s
     }
@@ -223,6 +233,16 @@ impl Drop for SyncHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The role status shows: `active` (active-active: sends and installs), `sending`
+/// (master), `receiving` (backup).
+fn role(active: bool, master: bool) -> &'static str {
+    match (active, master) {
+        (true, _) => "active",
+        (false, true) => "sending",
+        (false, false) => "receiving",
     }
 }
 
@@ -403,7 +423,7 @@ impl Engine {
                 self.publish(shared, master);
             }
             let ix = shared.index.lock().map(|g| g.clone()).unwrap_or_default();
-            self.receive(&mut buf, &ix, master);
+            self.receive(&mut buf, &ix, master, shared.active);
             let now = Instant::now();
             if now >= next_drain {
                 self.drain(&ix, master);
@@ -415,7 +435,7 @@ impl Engine {
             }
             self.send();
             if now >= next_tick {
-                if !master {
+                if !master || shared.active {
                     let ack = self.receiver.ack(now, now_ms());
                     self.send_now(&ack);
                 }
@@ -449,7 +469,11 @@ impl Engine {
         }
     }
 
-    fn receive(&mut self, buf: &mut [u8], ix: &Index, master: bool) {
+    fn receive(&mut self, buf: &mut [u8], ix: &Index, master: bool, active: bool) {
+        // A master keeps its own flows over what a peer sends (a split brain, the last
+        // messages of a failover); an active-active node takes its peers' (see the module's
+        // comment).
+        let keep_own = master && !active;
         let now = Instant::now();
         let (s, ms) = (now_s(), now_ms());
         for _ in 0..RECV_PER_TURN {
@@ -466,7 +490,7 @@ impl Engine {
                         self.full_sync_asked(from, master, now);
                     }
                     if self.receiver.pending() >= INSTALL_BATCH {
-                        self.install(master);
+                        self.install(keep_own);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -477,15 +501,15 @@ impl Engine {
                 }
             }
         }
-        self.install(master);
+        self.install(keep_own);
         self.log_rejections(now);
     }
 
-    fn install(&mut self, master: bool) {
+    fn install(&mut self, keep_own: bool) {
         if self.receiver.pending() == 0 {
             return;
         }
-        if let Err(e) = self.receiver.install(&self.tables, master) {
+        if let Err(e) = self.receiver.install(&self.tables, keep_own) {
             self.stats.install_errors += 1;
             warn!("connection sync: installing the peer's flows: {e}");
         }
@@ -679,9 +703,9 @@ impl Engine {
             .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
         let status = SyncStatus {
             interface: self.cfg.interface.clone(),
-            vrrp_instance: self.cfg.vrrp_instance.clone(),
+            vrrp_instance: self.cfg.vrrp_instance.clone().unwrap_or_default(),
             sync_id: self.cfg.sync_id,
-            role: if master { "sending" } else { "receiving" }.into(),
+            role: role(shared.active, master).into(),
             boot_id: self.boot_id,
             peers,
             lag_ms: if master { lag_ms } else { None },
@@ -703,23 +727,19 @@ impl Engine {
 }
 
 /// The index of `dp`'s state for `config`'s `[sync]`: the services on the sync instance's
-/// VIPs (not `static` ones, which both nodes serve with flows of their own).
+/// VIPs (not `static` ones, which both nodes serve with flows of their own), or on the
+/// announced VIPs.
 pub fn index_for<W: crate::dataplane::maps::MapWriter>(
     config: &crate::config::Config,
     dp: &crate::dataplane::Dataplane<W>,
 ) -> Index {
-    let Some(inst) = config.sync.as_ref().and_then(|s| {
-        config
-            .vrrp_instances
-            .iter()
-            .find(|i| i.name == s.vrrp_instance)
-    }) else {
+    let Some(scope) = crate::config::sync::scope(config) else {
         return Index::default();
     };
     let synced: std::collections::HashSet<crate::model::ServiceKey> = config
         .virtual_servers
         .iter()
-        .filter(|vs| crate::config::sync::synced(inst, vs))
+        .filter(|vs| scope.synced(vs))
         .map(|vs| vs.key())
         .collect();
     Index::build(dp, |s| synced.contains(&s.key()))

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct SyncStatus {
     pub interface: String,
-    /// The vrrp_instance whose master sends.
+    /// The vrrp_instance whose master sends; empty when every node sends (`[announce]`).
     pub vrrp_instance: String,
     pub sync_id: u8,
-    /// `sending` while this node is master of the instance, else `receiving`.
+    /// `sending` while this node is master of the instance, else `receiving`; `active` when
+    /// every node sends and installs (`[announce]`).
     pub role: String,
     /// This run's boot id (a peer's replay window starts again when it changes).
     pub boot_id: u32,
