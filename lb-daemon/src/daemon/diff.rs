@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, fmt::Debug, net::SocketAddr};
 use crate::config::{Config, VirtualServer};
 
 /// What differs from `old` to `new`: `global_defs` keys, VRRP instances and sync groups,
-/// services and their real servers, `[dataplane]` and `[sync]`. Empty: nothing.
+/// services and their real servers, `[dataplane]`, `[sync]` and `[announce]`. Empty:
+/// nothing.
 pub(super) fn describe(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     global_defs(old, new, &mut out);
@@ -16,6 +17,22 @@ pub(super) fn describe(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.sync != new.sync {
         out.push("[sync] changed".into());
+    }
+    match (&old.announce, &new.announce) {
+        (None, None) => {}
+        (None, Some(_)) => out.push("[announce] added".into()),
+        (Some(_), None) => out.push("[announce] removed: its routes are withdrawn".into()),
+        (Some(a), Some(b)) => {
+            for v in b.vips.iter().filter(|v| !a.vips.contains(v)) {
+                out.push(format!("[announce] vip {v}: added"));
+            }
+            for v in a.vips.iter().filter(|v| !b.vips.contains(v)) {
+                out.push(format!("[announce] vip {v}: removed (withdrawn)"));
+            }
+            if (a.table, &a.device) != (b.table, &b.device) {
+                out.push("[announce] table or device changed".into());
+            }
+        }
     }
     instances(old, new, &mut out);
     let groups = |c: &Config| -> BTreeMap<String, Vec<String>> {
@@ -292,6 +309,37 @@ lb_kind = "DR"
     #[test]
     fn the_same_file_differs_in_nothing() {
         assert!(describe(&parse(TEXT), &parse(TEXT)).is_empty());
+    }
+
+    #[test]
+    fn announce_changes_are_said() {
+        let service = |vip: &str| {
+            format!(
+                "\n[[virtual_server]]\nip = \"{vip}\"\nport = 80\nprotocol = \"TCP\"\nlb_kind = \"DR\"\nstatic = true\n"
+            )
+        };
+        let with = |vips: &str| {
+            parse(&format!(
+                "{TEXT}\n[announce]\nvips = [{vips}]\n{}{}",
+                service("203.0.113.10"),
+                service("203.0.113.11")
+            ))
+        };
+        let without = parse(&format!(
+            "{TEXT}{}{}",
+            service("203.0.113.10"),
+            service("203.0.113.11")
+        ));
+        let one = with("\"203.0.113.10\"");
+        let two = with("\"203.0.113.10\", \"203.0.113.11\"");
+        assert_eq!(describe(&one, &two), ["[announce] vip 203.0.113.11: added"]);
+        assert_eq!(
+            describe(&two, &one),
+            ["[announce] vip 203.0.113.11: removed (withdrawn)"]
+        );
+        assert!(describe(&without, &one).contains(&"[announce] added".to_string()));
+        assert!(describe(&one, &without)
+            .contains(&"[announce] removed: its routes are withdrawn".to_string()));
     }
 
     #[test]
