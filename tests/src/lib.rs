@@ -3,6 +3,7 @@
 pub mod blip_bench;
 pub mod daemon_bench;
 pub mod e2e_lab;
+pub mod ecmp_lab;
 pub mod hitless_bench;
 pub mod lab;
 pub mod netns;

@@ -1,0 +1,1457 @@
+//! Active-active load balancers behind ECMP (`[announce]`), in network namespaces: three
+//! lb-daemon nodes route the VIP to themselves, BIRD on each announces it over BGP, and the
+//! router's BIRD merges the paths into one multipath route, over which the router's kernel
+//! spreads the clients' flows.
+//!
+//! ```text
+//!  {p}c    eth0 198.51.100.2 ..= .65/24 (64 client addresses) ──── eth1 198.51.100.1 ─┐
+//!                                                                                      │
+//!  {p}r    eth0 192.0.2.1   router: BIRD AS 65000 (dist/bird/router.conf), forwarding ─┤
+//!  {p}lb1  eth0 192.0.2.11  lb-daemon [announce] + [sync] to lb2, lb3; BIRD AS 65001   ─┤
+//!  {p}lb2  eth0 192.0.2.12  ... (dist/bird/lb-node.conf, the node's address put in)    ─┤ {p}br: br0
+//!  {p}lb3  eth0 192.0.2.13  ...                                                        ─┤
+//!  {p}rs1  eth0 192.0.2.21  nginx :80 answering `rs1`, VIP 203.0.113.10/32 on lo       ─┤
+//!  {p}rs2  eth0 192.0.2.22  ...                                                        ─┤
+//!  {p}rs3  eth0 192.0.2.23  ...                                                        ─┘
+//! ```
+//!
+//! A request: client -> router (one next hop of `203.0.113.10 proto bird`, chosen by a hash
+//! of addresses and ports, `fib_multipath_hash_policy = 1`) -> that node's XDP program
+//! (destination MAC rewritten, direct routing) -> a real server, which answers the client
+//! straight through the router with the VIP as source.
+//!
+//! Each node's daemon ([`lb_toml`]) schedules with Maglev (`mh`), so every node picks the
+//! same real server for a client, and syncs its flows to the other two (`[sync]` without a
+//! `vrrp_instance`). Its health checks are `HTTP_GET`s of `/health/lbN` (a path of its own),
+//! which the real servers serve from a file each per node: [`EcmpLab::set_checks`] removes
+//! one node's files, and that node alone loses its quorum.
+//!
+//! Before the daemon, the lab simulates it ([`EcmpLab::simulate_announce`]): a TUN device
+//! held by a descriptor of this process (so that closing it does to the device what the
+//! daemon's death does), and the route the daemon keeps through it.
+//!
+//! Safety: as in [`crate::netns`]: documentation ranges only (192.0.2.0/24, 198.51.100.0/24,
+//! 203.0.113.0/24, 2001:db8::/32), per-run namespace prefixes, nothing in the root
+//! namespace; teardown stops only the processes started here (daemons, BIRD, nginx) and
+//! deletes only the namespaces created here; every wait has a deadline.
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    io::{self, Read, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use crate::{
+    e2e_lab::{
+        http_get, nginx_conf, parse_response, status_json, wait, Failure, RoundReport, Timers,
+        SYNC_KEY_PLACEHOLDER,
+    },
+    lab::{daemon_bin, with_control_socket},
+    netns::{require_root, require_tools, Lan, Netns, Proc, HOST_IF, PRIVILEGED_ENV},
+};
+
+// ---------------------------------------------------------------------------------------------
+// Addresses and bounds
+// ---------------------------------------------------------------------------------------------
+
+/// The announced VIP.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const HTTP: u16 = 80;
+/// The router on the LAN (the nodes' BGP neighbour, the real servers' gateway).
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The router on the clients' side (their gateway).
+pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The router's interface towards the client.
+pub const ROUTER_CLIENT_IF: &str = "eth1";
+pub const LBS: usize = 3;
+pub const SERVERS: usize = 3;
+/// Addresses on the client's interface: enough that the router's hash spreads them over
+/// every node.
+pub const CLIENT_ADDRS: usize = 64;
+
+/// `[announce]`'s defaults, written out in [`lb_toml`] (and `kernel table 100` in
+/// dist/bird/lb-node.conf).
+pub const ANNOUNCE_TABLE: u32 = 100;
+pub const ANNOUNCE_DEVICE: &str = "lbvip0";
+/// The `proto` of the daemon's routes.
+pub const ANNOUNCE_PROTO: u8 = 250;
+
+/// The shipped BIRD configurations: the lab runs them as they are, but for the `log` line
+/// and (a node's) address.
+pub const ROUTER_BIRD_CONF: &str = include_str!("../../dist/bird/router.conf");
+pub const LB_BIRD_CONF: &str = include_str!("../../dist/bird/lb-node.conf");
+
+/// How the router hashes a flow onto a next hop: its 5-tuple (addresses, protocol, ports).
+///
+/// dist/bird/router.conf asks for `fib_multipath_hash_policy = 1`, which on a router hashes
+/// the 5-tuple, or takes the layer-4 hash the NIC computed (RSS) over the same fields. In
+/// this lab the packets reach the router over a veth, which keeps the hash the sending
+/// socket put on them (`skb->hash`, from `sk_txhash`: random per connection, and drawn
+/// again at each retransmission timeout), and policy 1 takes that: the router's choice
+/// would not be a function of the 5-tuple (`ip route get` disagreed with the nodes'
+/// counters), and a retransmission could move a flow to another node. Policy 3 with these
+/// fields hashes the 5-tuple from the packet itself, always: what a router does with
+/// policy 1 and packets from a NIC, and what [`EcmpLab::router_next_hop_for`] computes.
+pub const ROUTER_HASH: &[(&str, &str)] = &[
+    ("net.ipv4.fib_multipath_hash_policy", "3"),
+    // Source and destination address, protocol, source and destination port.
+    ("net.ipv4.fib_multipath_hash_fields", "0x0037"),
+];
+
+/// BFD's detection time in those files: 3 x 100 ms.
+pub const BFD_DETECTION: Duration = Duration::from_millis(300);
+/// What the issue promises: within 1 s of a node's death, new connections from every client
+/// go through the nodes that remain.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(1);
+/// Allowance on top of [`RECOVERY_BOUND`] and [`BFD_DETECTION`]. The path measured is
+/// short (a FIN or BFD, BIRD, one kernel route: tens of ms here); what the margin covers is
+/// the probes' granularity (a round of connections that began before the change fails after
+/// its [`PROBE_TIMEOUT`]) and scheduling on a loaded 2-core runner where three daemons,
+/// four BIRDs and three nginx share the cores. It stays well under the BGP hold time (3 s),
+/// so a BFD that does not work (the router waiting for the hold timer) fails the bound.
+pub const CI_MARGIN: Duration = Duration::from_millis(500);
+/// Timeout of one probe connection while waiting for the service to recover.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Node `i` (1-based): 192.0.2.(10+i).
+pub fn lb_v4(i: usize) -> Ipv4Addr {
+    assert!((1..=LBS).contains(&i), "node {i}");
+    Ipv4Addr::new(192, 0, 2, 10 + i as u8)
+}
+
+/// Real server `i` (1-based): 192.0.2.(20+i).
+pub fn rs_v4(i: usize) -> Ipv4Addr {
+    assert!((1..=SERVERS).contains(&i), "real server {i}");
+    Ipv4Addr::new(192, 0, 2, 20 + i as u8)
+}
+
+/// The client's addresses: 198.51.100.2 ..= 198.51.100.65.
+pub fn client_addrs() -> Vec<Ipv4Addr> {
+    (0..CLIENT_ADDRS)
+        .map(|k| Ipv4Addr::new(198, 51, 100, 2 + k as u8))
+        .collect()
+}
+
+/// The node that a next hop is, if it is one.
+pub fn node_of(hop: Ipv4Addr) -> Option<usize> {
+    (1..=LBS).find(|&i| lb_v4(i) == hop)
+}
+
+fn v6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+}
+
+/// The VIP's port 80.
+pub fn target() -> SocketAddr {
+    SocketAddr::from((VIP, HTTP))
+}
+
+/// The path node `lb`'s health checks fetch.
+pub fn health_path(lb: usize) -> String {
+    format!("/health/lb{lb}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gates
+// ---------------------------------------------------------------------------------------------
+
+/// Programs the lab runs.
+pub const ECMP_TOOLS: &[&str] = &["ip", "sysctl", "nginx", "bird", "birdc"];
+
+fn skip_or_panic(test: &str, reason: &str) -> bool {
+    if std::env::var(PRIVILEGED_ENV).as_deref() == Ok("1") {
+        panic!("{test}: {reason}, and {PRIVILEGED_ENV}=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: {reason}; set {PRIVILEGED_ENV}=1 to make this a failure");
+    false
+}
+
+/// Root and [`ECMP_TOOLS`] (bird2 for `bird` and `birdc`).
+pub fn require_ecmp_lab(test: &str) -> bool {
+    require_root(test) && require_tools(test, ECMP_TOOLS)
+}
+
+/// [`require_ecmp_lab`], and a daemon that takes `[announce]`: `lb-daemon check` of node 1's
+/// configuration. A daemon from before `[announce]` (it refuses the section as an unknown
+/// field) is a skip, with the reason printed (a failure under `LB_REQUIRE_PRIVILEGED=1`);
+/// any other refusal of the lab's configuration is a failure.
+pub fn require_announce(test: &str) -> bool {
+    if !require_ecmp_lab(test) {
+        return false;
+    }
+    match announce_refused() {
+        Ok(None) => true,
+        Ok(Some(why)) => skip_or_panic(test, &why),
+        Err(e) => panic!("{test}: {e:#}"),
+    }
+}
+
+/// Why the daemon refuses `[announce]`, if it does (see [`require_announce`]).
+fn announce_refused() -> Result<Option<String>> {
+    let bin = daemon_bin()?;
+    let dir = std::env::temp_dir().join(format!("lbtest-ecmp-check-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let r = (|| -> Result<Option<String>> {
+        let cfg = dir.join("lb.toml");
+        fs::write(
+            &cfg,
+            with_sync_key(&lb_toml(1, &Timers::lab(), "skb"), &dir)?,
+        )?;
+        let out = std::process::Command::new(&bin)
+            .arg("check")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .with_context(|| format!("running {} check", bin.display()))?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if err.contains("unknown field `announce`") {
+            return Ok(Some(format!(
+                "{} predates [announce] (`lb-daemon check` says: {err})",
+                bin.display()
+            )));
+        }
+        bail!(
+            "`lb-daemon check` refuses the lab's configuration: {err}\n{}",
+            fs::read_to_string(&cfg).unwrap_or_default()
+        )
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// `text` with its `log syslog all;` line sending to stderr instead (the lab keeps each
+/// BIRD's stderr in a file).
+fn log_to_stderr(text: &str) -> Result<String> {
+    const LINE: &str = "\nlog syslog all;\n";
+    ensure!(
+        text.contains(LINE),
+        "the BIRD configuration has no `log syslog all;` line"
+    );
+    Ok(text.replacen(LINE, "\nlog stderr all;\n", 1))
+}
+
+/// The router's BIRD configuration: dist/bird/router.conf.
+pub fn router_bird_conf() -> Result<String> {
+    log_to_stderr(ROUTER_BIRD_CONF)
+}
+
+/// Node `i`'s BIRD configuration: dist/bird/lb-node.conf (written for lb1, 192.0.2.11)
+/// with node `i`'s address as `router id` and session source.
+pub fn lb_bird_conf(i: usize) -> Result<String> {
+    let text = log_to_stderr(LB_BIRD_CONF)?;
+    let example = lb_v4(1);
+    let mut out = text;
+    for (from, to) in [
+        (
+            format!("router id {example};"),
+            format!("router id {};", lb_v4(i)),
+        ),
+        (
+            format!("local {example} as"),
+            format!("local {} as", lb_v4(i)),
+        ),
+    ] {
+        ensure!(
+            out.matches(&from).count() == 1,
+            "dist/bird/lb-node.conf should say `{from}` once"
+        );
+        out = out.replacen(&from, &to, 1);
+    }
+    Ok(out)
+}
+
+/// Node `i`'s lb-daemon TOML: the VIP announced, one DR service over the three real servers
+/// scheduled with Maglev, `HTTP_GET` checks of [`health_path`]`(i)`, and connection sync
+/// with the other two nodes.
+pub fn lb_toml(i: usize, t: &Timers, xdp_mode: &str) -> String {
+    let peers = (1..=LBS)
+        .filter(|&j| j != i)
+        .map(|j| format!("\"{}\"", lb_v4(j)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut c = format!(
+        r#"# ECMP lab, node lb{i} (generated by tests/src/ecmp_lab.rs).
+[global_defs]
+router_id = "ECMP_LB{i}"
+
+[dataplane]
+interface = "{HOST_IF}"
+xdp_mode = "{xdp_mode}"
+max_flows = 65536
+
+[announce]
+vips = ["{VIP}"]
+table = {ANNOUNCE_TABLE}
+device = "{ANNOUNCE_DEVICE}"
+
+# Every node sends its flows to the others and installs theirs.
+[sync]
+interface = "{HOST_IF}"
+peers = [{peers}]
+key_file = "{SYNC_KEY_PLACEHOLDER}"
+
+[[virtual_server]]
+ip = "{VIP}"
+port = {HTTP}
+protocol = "TCP"
+# Maglev: every node picks the same real server for a client.
+lb_algo = "mh"
+lb_kind = "DR"
+delay_loop = {delay_loop}
+"#,
+        delay_loop = t.delay_loop,
+    );
+    for s in 1..=SERVERS {
+        c += &format!(
+            "\n  [[virtual_server.real_server]]\n  ip = \"{}\"\n  port = {HTTP}\n  weight = 1\n  \
+             HTTP_GET = {{ connect_timeout = {}, retry = {}, delay_before_retry = {}, \
+             url = [{{ path = \"{}\" }}] }}\n",
+            rs_v4(s),
+            t.connect_timeout,
+            t.retry,
+            t.delay_before_retry,
+            health_path(i)
+        );
+    }
+    c
+}
+
+/// `config` with its sync key placeholder replaced by a key file written in `dir`
+/// (root-only, as the daemon wants it; the same key on every node).
+fn with_sync_key(config: &str, dir: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("sync.key");
+    fs::write(&key, b"the lab's shared sync key, 32 b.")?;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+    Ok(config.replace(SYNC_KEY_PLACEHOLDER, &key.to_string_lossy()))
+}
+
+/// A real server's nginx.conf: e2e_lab's (`/` answers `body`, long keep-alive), and
+/// `/health/` served from files under `dir`.
+pub fn rs_nginx_conf(dir: &std::path::Path, body: &str) -> Result<String> {
+    let base = nginx_conf(dir, body, &[HTTP]);
+    let anchor = "        location / {";
+    ensure!(base.contains(anchor), "e2e_lab's nginx.conf changed shape");
+    Ok(base.replacen(
+        anchor,
+        &format!(
+            "        location /health/ {{\n            root {};\n        }}\n{anchor}",
+            dir.display()
+        ),
+        1,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------------------
+
+/// The next hops of `ip -j route show` output (one route, multipath or not), sorted.
+pub fn parse_next_hops(json: &str) -> Result<Vec<Ipv4Addr>> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = serde_json::from_str(json).context("ip -j route")?;
+    let mut hops = Vec::new();
+    for route in v.as_array().context("ip -j route: not a list")? {
+        let gateways: Vec<&serde_json::Value> = match route["nexthops"].as_array() {
+            Some(nh) => nh.iter().map(|h| &h["gateway"]).collect(),
+            None => vec![&route["gateway"]],
+        };
+        for g in gateways {
+            if let Some(g) = g.as_str() {
+                hops.push(g.parse().with_context(|| format!("next hop {g:?}"))?);
+            }
+        }
+    }
+    hops.sort();
+    Ok(hops)
+}
+
+/// Opens a TUN device `name` in the calling thread's network namespace, not persistent: it
+/// vanishes, with every route through it, when the descriptor closes (what lb-daemon's
+/// device does when the daemon dies).
+fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    ensure_name_fits(name, req.ifr_name.len())?;
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: req is a valid ifreq that TUNSETIFF reads the name and flags from.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn ensure_name_fits(name: &str, size: usize) -> io::Result<()> {
+    if name.is_empty() || name.len() >= size || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not an interface name"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+// ---------------------------------------------------------------------------------------------
+
+fn failure(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Failure::Refused,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::Timeout,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Failure::Unreachable,
+        _ => Failure::Other(e.to_string()),
+    }
+}
+
+/// A TCP connection from `src` (bound before the connect) to `target`, from the calling
+/// thread's namespace.
+pub fn connect_from(src: Ipv4Addr, target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SockAddr::from(SocketAddr::from((src, 0))))?;
+    s.connect_timeout(&SockAddr::from(target), timeout)?;
+    Ok(s.into())
+}
+
+const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.0\r\nHost: lab\r\nUser-Agent: lb-ecmp\r\n\r\n";
+const REQUEST_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: lab\r\nUser-Agent: lb-ecmp\r\n\r\n";
+
+/// Sends `request` on `s` and reads the whole response, all within `timeout`.
+fn exchange(s: &mut TcpStream, request: &[u8], timeout: Duration) -> Result<String, Failure> {
+    let deadline = Instant::now() + timeout;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| failure(&e))?;
+    s.write_all(request).map_err(|e| failure(&e))?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Timeout);
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| failure(&e))?;
+        match s.read(&mut chunk) {
+            Ok(0) => return parse_response(&buf, true).unwrap_or(Err(Failure::Closed)),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(r) = parse_response(&buf, false) {
+                    return r;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failure(&e)),
+        }
+    }
+}
+
+/// One HTTP/1.0 request from `src` on a new connection; the real server's name, or why it
+/// failed. Also the connection's local address when it was made (for the router's choice).
+pub fn http_get_from(
+    src: Ipv4Addr,
+    target: SocketAddr,
+    timeout: Duration,
+) -> (Option<SocketAddr>, Result<String, Failure>) {
+    let mut s = match connect_from(src, target, timeout) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(failure(&e))),
+    };
+    let local = s.local_addr().ok();
+    (local, exchange(&mut s, REQUEST_CLOSE, timeout))
+}
+
+/// One probe of [`EcmpLab::probe_every_address`].
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub src: Ipv4Addr,
+    /// The connection's own address and port (None when it was not made).
+    pub local: Option<SocketAddr>,
+    pub outcome: Result<String, Failure>,
+}
+
+/// Keep-alive connections from chosen client addresses (e2e_lab's `LongLived`, with a source
+/// address per connection), each remembering the real server of its first request.
+pub struct SourcedConns {
+    conns: Vec<(TcpStream, String)>,
+}
+
+impl SourcedConns {
+    /// One connection per entry of `sources` (an address may repeat), from `client`, with a
+    /// first request on each.
+    pub fn open(client: &Netns, target: SocketAddr, sources: &[Ipv4Addr]) -> Result<Self> {
+        let sources = sources.to_vec();
+        let streams = client.run_in(move || -> Result<Vec<TcpStream>> {
+            sources
+                .iter()
+                .enumerate()
+                .map(|(i, &src)| {
+                    connect_from(src, target, Duration::from_secs(2))
+                        .with_context(|| format!("connection {i} from {src} to {target}"))
+                })
+                .collect()
+        })??;
+        let mut conns = Vec::with_capacity(streams.len());
+        for (i, mut s) in streams.into_iter().enumerate() {
+            let backend = exchange(&mut s, REQUEST_KEEP_ALIVE, Duration::from_secs(3))
+                .map_err(|f| anyhow!("first request on connection {i}: {f}"))?;
+            conns.push((s, backend));
+        }
+        Ok(SourcedConns { conns })
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The connections' own (client) addresses and ports.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.conns
+            .iter()
+            .filter_map(|(s, _)| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Connections per real server.
+    pub fn by_backend(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for (_, b) in &self.conns {
+            *m.entry(b.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// One more request on every connection.
+    pub fn round(&mut self) -> RoundReport {
+        let mut r = RoundReport::default();
+        for (s, backend) in &mut self.conns {
+            match exchange(s, REQUEST_KEEP_ALIVE, Duration::from_secs(3)) {
+                Ok(b) if b == *backend => r.ok += 1,
+                Ok(_) => r.moved += 1,
+                Err(Failure::Reset) => r.resets += 1,
+                Err(f) => *r.failures.entry(f.kind().to_string()).or_insert(0) += 1,
+            }
+        }
+        r
+    }
+}
+
+/// How long the service took to serve every client address again (see
+/// [`EcmpLab::wait_every_address_served`]).
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// From the event to the start of the first round of the final run of rounds in which
+    /// every address was served.
+    pub after: Duration,
+    /// Rounds made, and requests that failed in them, by kind.
+    pub rounds: usize,
+    pub failures: BTreeMap<String, usize>,
+}
+
+impl Recovery {
+    pub fn failed(&self) -> usize {
+        self.failures.values().sum()
+    }
+}
+
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "every address served {:.3} s after ({} rounds of {CLIENT_ADDRS}, {} failed{})",
+            self.after.as_secs_f64(),
+            self.rounds,
+            self.failed(),
+            if self.failures.is_empty() {
+                String::new()
+            } else {
+                format!(": {:?}", self.failures)
+            }
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lab
+// ---------------------------------------------------------------------------------------------
+
+/// A node: its namespace, BIRD and lb-daemon.
+struct Node {
+    /// The simulated announcement's TUN device ([`EcmpLab::simulate_announce`]); first, so
+    /// that it closes before the namespace goes.
+    sim_tun: Option<OwnedFd>,
+    ns: Netns,
+    bird: Option<Proc>,
+    daemon: Option<Proc>,
+    cfg: PathBuf,
+    /// stderr of every run, daemon and BIRD, in order.
+    logs: Vec<(String, PathBuf)>,
+}
+
+/// The ECMP topology (see the module doc). Drop stops every process started here (the
+/// nodes' daemons first) and deletes the namespaces.
+pub struct EcmpLab {
+    prefix: String,
+    timers: Timers,
+    xdp_mode: String,
+    // Field order is drop order: the nodes (their daemons withdraw), the real servers, the
+    // router, the client, the bridge last.
+    lbs: Vec<Node>,
+    servers: Vec<Netns>,
+    router: Netns,
+    router_bird: Proc,
+    client: Netns,
+    lan: Lan,
+}
+
+impl fmt::Debug for EcmpLab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EcmpLab({})", self.prefix)
+    }
+}
+
+fn bird_socket(ns: &Netns) -> PathBuf {
+    ns.dir().join("bird.ctl")
+}
+
+/// `birdc -s SOCKET args...` of the BIRD in `ns`.
+pub fn birdc(ns: &Netns, args: &[&str]) -> Result<String> {
+    let sock = bird_socket(ns);
+    let mut cmd = vec!["birdc", "-s", sock.to_str().context("socket path")?];
+    cmd.extend_from_slice(args);
+    let out = ns.exec(&cmd)?;
+    ensure!(
+        !out.contains("Unable to connect"),
+        "birdc in {}: {}",
+        ns.name(),
+        out.trim()
+    );
+    Ok(out)
+}
+
+/// Starts BIRD in `ns` with `conf`; returns once it answers on its control socket.
+fn start_bird(ns: &Netns, conf: &str) -> Result<Proc> {
+    let conf_path = ns.dir().join("bird.conf");
+    fs::write(&conf_path, conf)?;
+    let sock = bird_socket(ns);
+    let pid = ns.dir().join("bird.pid");
+    let p = ns.spawn(&[
+        "bird",
+        "-f",
+        "-c",
+        conf_path.to_str().context("path")?,
+        "-s",
+        sock.to_str().context("path")?,
+        "-P",
+        pid.to_str().context("path")?,
+    ])?;
+    let mut exited = false;
+    let r = wait(
+        &format!("BIRD in {} to answer", ns.name()),
+        Duration::from_secs(10),
+        || {
+            exited = !p.is_running();
+            exited
+                || birdc(ns, &["show", "status"])
+                    .is_ok_and(|o| o.contains("Daemon is up and running"))
+        },
+    );
+    if exited {
+        bail!("BIRD in {} exited: {}", ns.name(), p.read_stderr());
+    }
+    r.with_context(|| p.read_stderr())?;
+    Ok(p)
+}
+
+/// Starts nginx in a real server's namespace (its nginx.conf is written).
+fn start_nginx(ns: &Netns, addr: Ipv4Addr, body: &str) -> Result<Proc> {
+    let dir = ns.dir().to_string_lossy().into_owned();
+    let p = ns.spawn(&[
+        "nginx",
+        "-p",
+        &dir,
+        "-e",
+        &format!("{dir}/error.log"),
+        "-c",
+        &format!("{dir}/nginx.conf"),
+    ])?;
+    let target = SocketAddr::from((addr, HTTP));
+    let mut exited = false;
+    let r = wait(
+        &format!("nginx in {} to answer", ns.name()),
+        Duration::from_secs(10),
+        || {
+            exited = !p.is_running();
+            exited
+                || ns
+                    .run_in(|| http_get(target, Duration::from_secs(1)))
+                    .is_ok_and(|r| r.as_deref() == Ok(body))
+        },
+    );
+    if exited {
+        bail!("nginx in {} exited: {}", ns.name(), p.read_stderr());
+    }
+    r.with_context(|| fs::read_to_string(ns.dir().join("error.log")).unwrap_or_default())?;
+    Ok(p)
+}
+
+impl EcmpLab {
+    /// Builds the namespaces, starts the real servers' nginx, the router's BIRD and every
+    /// node's BIRD, and waits until the three BGP sessions are up. No daemon runs.
+    pub fn new(prefix: &str) -> Result<EcmpLab> {
+        Self::with_params(prefix, Timers::lab(), "skb")
+    }
+
+    /// [`EcmpLab::new`] with the checks' timers and the XDP mode of the nodes' daemons.
+    pub fn with_params(prefix: &str, timers: Timers, xdp_mode: &str) -> Result<EcmpLab> {
+        let lan = Lan::new(prefix)?;
+        let router = lan.host("r", 1, ROUTER, v6(1))?;
+        let client = Netns::new(&format!("{prefix}c"))?;
+        router.ip(&[
+            "link",
+            "add",
+            ROUTER_CLIENT_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
+            client.name(),
+        ])?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{ROUTER_CLIENT_SIDE}/24"),
+            "dev",
+            ROUTER_CLIENT_IF,
+        ])?;
+        router.ip(&["link", "set", ROUTER_CLIENT_IF, "up"])?;
+        // Forwarding with a flow hash over addresses and ports ([`ROUTER_HASH`]); no
+        // reverse-path filter: the real servers' replies come from the VIP (see
+        // dist/bird/router.conf).
+        router.sysctls(ROUTER_HASH)?;
+        router.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ("net.ipv4.conf.eth1.rp_filter", "0"),
+        ])?;
+        let mut batch: String = client_addrs()
+            .iter()
+            .map(|a| format!("addr add {a}/24 dev {HOST_IF}\n"))
+            .collect();
+        batch += &format!("link set {HOST_IF} up\nroute add default via {ROUTER_CLIENT_SIDE}\n");
+        let batch_file = client.dir().join("addresses.batch");
+        fs::write(&batch_file, batch)?;
+        client.ip(&["-batch", batch_file.to_str().context("path")?])?;
+        let router_bird = start_bird(&router, &router_bird_conf()?)?;
+
+        let mut servers = Vec::new();
+        for i in 1..=SERVERS {
+            let ns = lan.host(
+                &format!("rs{i}"),
+                20 + i as u8,
+                rs_v4(i),
+                v6(0x20 + i as u16),
+            )?;
+            // A direct-routing real server: the VIP on lo, never answered for in ARP.
+            ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            ns.sysctls(&[
+                ("net.ipv4.conf.lo.arp_ignore", "1"),
+                ("net.ipv4.conf.lo.arp_announce", "2"),
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+            ])?;
+            ns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
+            fs::create_dir_all(ns.dir().join("health"))?;
+            for lb in 1..=LBS {
+                fs::write(ns.dir().join(format!("health/lb{lb}")), "ok\n")?;
+            }
+            fs::write(
+                ns.dir().join("nginx.conf"),
+                rs_nginx_conf(ns.dir(), &format!("rs{i}"))?,
+            )?;
+            start_nginx(&ns, rs_v4(i), &format!("rs{i}"))?;
+            servers.push(ns);
+        }
+
+        let mut lab = EcmpLab {
+            prefix: prefix.to_string(),
+            timers,
+            xdp_mode: xdp_mode.to_string(),
+            lbs: Vec::new(),
+            servers,
+            router,
+            router_bird,
+            client,
+            lan,
+        };
+        for i in 1..=LBS {
+            let ns = lab.lan.host(
+                &format!("lb{i}"),
+                10 + i as u8,
+                lb_v4(i),
+                v6(0x10 + i as u16),
+            )?;
+            // Nothing the XDP program passes is routed on (see dist/bird/lb-node.conf).
+            ns.sysctls(&[
+                ("net.ipv4.ip_forward", "0"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ])?;
+            let cfg = ns.dir().join("lb.toml");
+            let text = with_control_socket(&lb_toml(i, &lab.timers, &lab.xdp_mode), ns.dir());
+            fs::write(&cfg, with_sync_key(&text, ns.dir())?)?;
+            lab.lbs.push(Node {
+                sim_tun: None,
+                ns,
+                bird: None,
+                daemon: None,
+                cfg,
+                logs: Vec::new(),
+            });
+        }
+        for i in 1..=LBS {
+            lab.start_bird(i)?;
+        }
+        lab.wait_sessions(&[1, 2, 3], Duration::from_secs(30))?;
+        Ok(lab)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn router(&self) -> &Netns {
+        &self.router
+    }
+
+    pub fn bridge(&self) -> &Netns {
+        self.lan.bridge()
+    }
+
+    /// Node `i` (1-based).
+    pub fn lb(&self, i: usize) -> &Netns {
+        &self.lbs[i - 1].ns
+    }
+
+    /// Real server `i` (1-based).
+    pub fn rs(&self, i: usize) -> &Netns {
+        &self.servers[i - 1]
+    }
+
+    /// Node `i`'s lb-daemon configuration file.
+    pub fn lb_config(&self, i: usize) -> &std::path::Path {
+        &self.lbs[i - 1].cfg
+    }
+
+    /// Every namespace, the bridge's last.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Netns> {
+        self.lbs.iter().map(|n| &n.ns).chain(&self.servers).chain([
+            &self.router,
+            &self.client,
+            self.lan.bridge(),
+        ])
+    }
+
+    // ---- BIRD -------------------------------------------------------------------------------
+
+    /// Starts node `i`'s BIRD (dist/bird/lb-node.conf with its address).
+    pub fn start_bird(&mut self, i: usize) -> Result<()> {
+        let conf = lb_bird_conf(i)?;
+        let node = &mut self.lbs[i - 1];
+        ensure!(
+            !node.bird.as_ref().is_some_and(Proc::is_running),
+            "lb{i}'s BIRD runs"
+        );
+        let p = start_bird(&node.ns, &conf)?;
+        node.logs.push((
+            format!("lb{i} BIRD"),
+            p.stderr_path().context("log")?.to_path_buf(),
+        ));
+        node.bird = Some(p);
+        Ok(())
+    }
+
+    /// SIGKILL of node `i`'s BIRD (its BGP session closes: the kernel sends a FIN; BFD stops).
+    pub fn kill_bird(&mut self, i: usize) -> Result<()> {
+        if let Some(p) = self.lbs[i - 1].bird.take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// `birdc` of the router's BIRD.
+    pub fn router_birdc(&self, args: &[&str]) -> Result<String> {
+        birdc(&self.router, args)
+    }
+
+    /// The state of the router's BGP session with node `i` (`Established`, `Active`, ...).
+    pub fn session(&self, i: usize) -> Option<String> {
+        let out = self.router_birdc(&["show", "protocols"]).ok()?;
+        let name = format!("lb{i}");
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.first() == Some(&name.as_str()) && w.get(1) == Some(&"BGP"))
+            .and_then(|w| w.get(5).map(|s| s.to_string()))
+    }
+
+    /// Waits until the router's sessions with `nodes` are established.
+    pub fn wait_sessions(&self, nodes: &[usize], timeout: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        let r = wait("the BGP sessions to be established", timeout, || {
+            nodes
+                .iter()
+                .all(|&i| self.session(i).as_deref() == Some("Established"))
+        });
+        r.with_context(|| {
+            format!(
+                "router: {}\n{}",
+                self.router_birdc(&["show", "protocols"])
+                    .unwrap_or_default(),
+                self.logs()
+            )
+        })?;
+        Ok(t.elapsed())
+    }
+
+    // ---- The router's route -------------------------------------------------------------------
+
+    /// The next hops of the router's route to the VIP (sorted; empty without a route, or
+    /// when `ip` fails).
+    pub fn router_next_hops(&self) -> Vec<Ipv4Addr> {
+        self.router
+            .ip(&["-j", "route", "show", &VIP.to_string()])
+            .ok()
+            .and_then(|o| parse_next_hops(&o).ok())
+            .unwrap_or_default()
+    }
+
+    /// The nodes the router's route to the VIP goes through.
+    pub fn router_nodes(&self) -> Vec<usize> {
+        self.router_next_hops()
+            .into_iter()
+            .filter_map(node_of)
+            .collect()
+    }
+
+    /// Waits until the router's route goes through exactly `nodes` (none: no route); how
+    /// long it took.
+    pub fn wait_next_hops(&self, nodes: &[usize], timeout: Duration) -> Result<Duration> {
+        let mut want: Vec<Ipv4Addr> = nodes.iter().map(|&i| lb_v4(i)).collect();
+        want.sort();
+        let t = Instant::now();
+        let r = wait(
+            &format!("the router's route to {VIP} via {want:?}"),
+            timeout,
+            || self.router_next_hops() == want,
+        );
+        r.with_context(|| {
+            format!(
+                "next hops now: {:?}\nrouter's BIRD: {}\n{}",
+                self.router_next_hops(),
+                self.router_birdc(&["show", "route", "all"])
+                    .unwrap_or_default(),
+                self.logs()
+            )
+        })?;
+        Ok(t.elapsed())
+    }
+
+    /// The next hop the router picks for a TCP connection from `src`:`sport` to the VIP's
+    /// port 80, coming from the client (`ip route get ... iif`): the one its packets take,
+    /// the router hashing their 5-tuple ([`ROUTER_HASH`]).
+    pub fn router_next_hop_for(&self, src: Ipv4Addr, sport: u16) -> Result<Ipv4Addr> {
+        let out = self.router.ip(&[
+            "-j",
+            "route",
+            "get",
+            &VIP.to_string(),
+            "from",
+            &src.to_string(),
+            "iif",
+            ROUTER_CLIENT_IF,
+            "ipproto",
+            "tcp",
+            "sport",
+            &sport.to_string(),
+            "dport",
+            &HTTP.to_string(),
+        ])?;
+        parse_next_hops(&out)?
+            .first()
+            .copied()
+            .with_context(|| format!("no next hop in {out}"))
+    }
+
+    // ---- The daemon's route, simulated ------------------------------------------------------
+
+    /// What lb-daemon does on node `i` while the VIP's services have quorum: a TUN device
+    /// (held by a descriptor of this process, not persistent) and `VIP/32 dev lbvip0 table
+    /// 100 proto 250`.
+    pub fn simulate_announce(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.lbs[i - 1];
+        ensure!(node.sim_tun.is_none(), "lb{i} simulates already");
+        let fd = node
+            .ns
+            .run_in(|| open_tun(ANNOUNCE_DEVICE))?
+            .with_context(|| format!("a TUN device in {}", node.ns.name()))?;
+        node.sim_tun = Some(fd);
+        node.ns.ip(&["link", "set", ANNOUNCE_DEVICE, "up"])?;
+        self.simulate_route(i, true)
+    }
+
+    /// The route alone: added again, or deleted (what the daemon does on quorum loss).
+    pub fn simulate_route(&self, i: usize, add: bool) -> Result<()> {
+        self.lb(i)
+            .ip(&[
+                "route",
+                if add { "add" } else { "del" },
+                &format!("{VIP}/32"),
+                "dev",
+                ANNOUNCE_DEVICE,
+                "table",
+                &ANNOUNCE_TABLE.to_string(),
+                "proto",
+                &ANNOUNCE_PROTO.to_string(),
+            ])
+            .map(drop)
+    }
+
+    /// What the daemon's death does on node `i`: the TUN device's last descriptor closes,
+    /// the kernel removes the device and its route.
+    pub fn simulate_death(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.lbs[i - 1];
+        ensure!(node.sim_tun.take().is_some(), "lb{i} simulates nothing");
+        Ok(())
+    }
+
+    // ---- Links ------------------------------------------------------------------------------
+
+    /// Node `i`'s bridge port down (`up = false`: the node is cut off without anything
+    /// closing, as at a power loss) or up.
+    pub fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        self.bridge()
+            .ip(&[
+                "link",
+                "set",
+                &format!("to-lb{i}"),
+                if up { "up" } else { "down" },
+            ])
+            .map(drop)
+    }
+
+    // ---- lb-daemon ------------------------------------------------------------------------
+
+    /// Starts node `i`'s lb-daemon (and its BIRD if it does not run); returns once the
+    /// program is attached, the real servers' MACs are resolved and the router's route goes
+    /// through the node (the checks passed, the daemon routed the VIP, BIRD announced it).
+    pub fn start_lb(&mut self, i: usize) -> Result<()> {
+        if !self.lbs[i - 1].bird.as_ref().is_some_and(Proc::is_running) {
+            self.start_bird(i)?;
+            self.wait_sessions(&[i], Duration::from_secs(30))?;
+        }
+        let bin = daemon_bin()?;
+        let node = &mut self.lbs[i - 1];
+        ensure!(
+            !node.daemon.as_ref().is_some_and(Proc::is_running),
+            "lb{i}'s lb-daemon runs"
+        );
+        let p = node.ns.spawn(&[
+            bin.to_str().context("daemon path")?,
+            "run",
+            "--config",
+            node.cfg.to_str().context("config path")?,
+        ])?;
+        node.logs.push((
+            format!("lb{i} lb-daemon"),
+            p.stderr_path().context("log")?.to_path_buf(),
+        ));
+        node.daemon = Some(p.clone());
+        let mode = format!("mode=\"{}\"", self.xdp_mode);
+        let mut exited = false;
+        let r = wait(
+            &format!("lb-daemon in lb{i} to attach and resolve the real servers"),
+            Duration::from_secs(30),
+            || {
+                exited = !p.is_running();
+                let log = p.read_stderr();
+                exited
+                    || (log.contains("XDP program attached")
+                        && log.contains(&mode)
+                        && log.matches("backend MAC resolved").count() >= SERVERS)
+            },
+        );
+        if exited {
+            bail!("lb-daemon in lb{i} exited:\n{}", p.read_stderr());
+        }
+        r.with_context(|| p.read_stderr())?;
+        let r = wait(
+            &format!("the router's route to go through lb{i}"),
+            Duration::from_secs(30),
+            || self.router_nodes().contains(&i),
+        );
+        r.with_context(|| {
+            format!(
+                "lb{i}'s status: {}\n{}",
+                self.lb_status(i)
+                    .map(|s| s["announce"].to_string())
+                    .unwrap_or_else(|e| format!("{e:#}")),
+                self.logs()
+            )
+        })
+    }
+
+    /// [`EcmpLab::start_lb`] of every node, then waits for the route through all three.
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 1..=LBS {
+            self.start_lb(i)?;
+        }
+        self.wait_next_hops(&[1, 2, 3], Duration::from_secs(10))
+            .map(drop)
+    }
+
+    /// Node `i`'s death: SIGKILL of its lb-daemon and of its BIRD.
+    pub fn kill_lb(&mut self, i: usize) -> Result<()> {
+        self.kill_daemon(i)?;
+        self.kill_bird(i)
+    }
+
+    /// SIGKILL of node `i`'s lb-daemon alone (a crash): its TUN device vanishes, and the
+    /// route through it; BIRD runs on.
+    pub fn kill_daemon(&mut self, i: usize) -> Result<()> {
+        if let Some(p) = self.lbs[i - 1].daemon.take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM of node `i`'s lb-daemon (it withdraws its routes as it stops); BIRD runs on.
+    pub fn stop_lb(&mut self, i: usize) -> Result<()> {
+        if let Some(p) = self.lbs[i - 1].daemon.take() {
+            p.stop(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    pub fn lb_running(&self, i: usize) -> bool {
+        self.lbs[i - 1]
+            .daemon
+            .as_ref()
+            .is_some_and(Proc::is_running)
+    }
+
+    /// `lb-daemon status --json` of node `i`.
+    pub fn lb_status(&self, i: usize) -> Result<serde_json::Value> {
+        status_json(self.lb(i))
+    }
+
+    /// The VIP's entry of `announce.vips` in node `i`'s status.
+    pub fn announce_status(&self, i: usize) -> Option<serde_json::Value> {
+        let s = self.lb_status(i).ok()?;
+        s["announce"]["vips"]
+            .as_array()?
+            .iter()
+            .find(|v| v["vip"] == VIP.to_string().as_str())
+            .cloned()
+    }
+
+    /// Whether node `i` says it announces the VIP (None when it does not answer).
+    pub fn announced(&self, i: usize) -> Option<bool> {
+        self.announce_status(i)?["announced"].as_bool()
+    }
+
+    /// The VIP's port-80 service in node `i`'s status.
+    pub fn service_status(&self, i: usize) -> Result<serde_json::Value> {
+        let s = self.lb_status(i)?;
+        s["services"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|svc| svc["vip"] == VIP.to_string().as_str() && svc["port"] == HTTP)
+            })
+            .cloned()
+            .with_context(|| format!("no service {VIP}:{HTTP} in lb{i}'s status: {s}"))
+    }
+
+    /// Flows node `i`'s program scheduled (`new_flows` of the VIP's service).
+    pub fn new_flows(&self, i: usize) -> Result<u64> {
+        let svc = self.service_status(i)?;
+        svc["new_flows"]
+            .as_u64()
+            .with_context(|| format!("new_flows in {svc}"))
+    }
+
+    /// The clients of the flows node `i`'s table holds (its own and those sync installed).
+    pub fn flow_clients(&self, i: usize) -> Vec<SocketAddr> {
+        let Ok(bin) = daemon_bin() else {
+            return Vec::new();
+        };
+        let out = std::process::Command::new(bin)
+            .args(["connections", "--json", "--limit", "100000", "--socket"])
+            .arg(self.lb(i).dir().join("ctl.sock"))
+            .output();
+        let Some(v) = out
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        else {
+            return Vec::new();
+        };
+        v["connections"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["client"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Makes node `i`'s health checks pass (`true`) or fail on every real server: its
+    /// `/health/lbI` file on each, present or not. The other nodes' checks are not touched.
+    pub fn set_checks(&self, i: usize, pass: bool) -> Result<()> {
+        for rs in &self.servers {
+            let f = rs.dir().join(format!("health/lb{i}"));
+            if pass {
+                fs::write(&f, "ok\n")?;
+            } else if f.exists() {
+                fs::remove_file(&f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's daemon and BIRD log, and the router's BIRD log, for error messages.
+    pub fn logs(&self) -> String {
+        let mut out = format!("---- router BIRD ----\n{}", self.router_bird.read_stderr());
+        for n in &self.lbs {
+            for (what, path) in &n.logs {
+                out += &format!(
+                    "\n---- {what} ----\n{}",
+                    fs::read_to_string(path).unwrap_or_default()
+                );
+            }
+        }
+        out
+    }
+
+    // ---- Clients ---------------------------------------------------------------------------
+
+    /// One request from each client address at once, each on a new connection with
+    /// `timeout` for the whole exchange.
+    pub fn probe_every_address(&self, timeout: Duration) -> Result<Vec<Probe>> {
+        let target = target();
+        self.client.run_in(move || {
+            // Threads started here are in the client's namespace too.
+            std::thread::scope(|s| {
+                let handles: Vec<_> = client_addrs()
+                    .into_iter()
+                    .map(|src| {
+                        s.spawn(move || {
+                            let (local, outcome) = http_get_from(src, target, timeout);
+                            Probe {
+                                src,
+                                local,
+                                outcome,
+                            }
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("probe thread"))
+                    .collect()
+            })
+        })
+    }
+
+    /// Rounds of [`EcmpLab::probe_every_address`] (each connection with [`PROBE_TIMEOUT`])
+    /// until `streak` rounds in a row serve every address; the time is measured from `since`
+    /// to the first of those rounds.
+    pub fn wait_every_address_served(
+        &self,
+        since: Instant,
+        streak: usize,
+        timeout: Duration,
+    ) -> Result<Recovery> {
+        let mut rec = Recovery::default();
+        let mut run = 0;
+        let mut run_start = since;
+        loop {
+            let start = Instant::now();
+            let probes = self.probe_every_address(PROBE_TIMEOUT)?;
+            rec.rounds += 1;
+            let failed: Vec<&Probe> = probes.iter().filter(|p| p.outcome.is_err()).collect();
+            for p in &failed {
+                if let Err(f) = &p.outcome {
+                    *rec.failures.entry(f.kind().to_string()).or_insert(0) += 1;
+                }
+            }
+            if failed.is_empty() {
+                if run == 0 {
+                    run_start = start;
+                }
+                run += 1;
+                if run >= streak {
+                    rec.after = run_start.saturating_duration_since(since);
+                    return Ok(rec);
+                }
+            } else {
+                run = 0;
+            }
+            if since.elapsed() > timeout {
+                bail!(
+                    "not every client address served within {timeout:?}: {} failed in the \
+                     last round, e.g. {:?}\nnext hops: {:?}",
+                    failed.len(),
+                    failed.first(),
+                    self.router_next_hops()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for EcmpLab {
+    fn drop(&mut self) {
+        // The daemons first (each withdraws as it stops), while BIRD and the router still
+        // run; then the fields drop, each namespace stopping what runs in it.
+        for n in &mut self.lbs {
+            if let Some(p) = n.daemon.take() {
+                if let Err(e) = p.stop(Duration::from_secs(5)) {
+                    eprintln!("ecmp_lab: stopping lb-daemon in {}: {e:#}", n.ns.name());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops_of_ip_json() {
+        let multi = r#"[{"dst":"203.0.113.10","protocol":"bird","metric":32,"flags":[],
+            "nexthops":[{"gateway":"192.0.2.13","dev":"eth0","weight":1,"flags":[]},
+                        {"gateway":"192.0.2.11","dev":"eth0","weight":1,"flags":[]}]}]"#;
+        assert_eq!(parse_next_hops(multi).unwrap(), [lb_v4(1), lb_v4(3)]);
+        let single = r#"[{"dst":"203.0.113.10","gateway":"192.0.2.12","dev":"eth0",
+            "protocol":"bird","metric":32,"flags":[]}]"#;
+        assert_eq!(parse_next_hops(single).unwrap(), [lb_v4(2)]);
+        assert!(parse_next_hops("[]").unwrap().is_empty());
+        assert!(parse_next_hops("").unwrap().is_empty());
+        assert!(parse_next_hops("[{\"gateway\":\"x\"}]").is_err());
+    }
+
+    #[test]
+    fn bird_configurations_are_the_shipped_ones() {
+        let r = router_bird_conf().unwrap();
+        assert!(r.contains("\nlog stderr all;\n") && !r.contains("\nlog syslog all;\n"));
+        assert_eq!(
+            r.replace("\nlog stderr all;\n", "\nlog syslog all;\n"),
+            ROUTER_BIRD_CONF
+        );
+        for i in 1..=LBS {
+            assert!(
+                r.contains(&format!("neighbor {} as 65001;", lb_v4(i))),
+                "{r}"
+            );
+        }
+        let lb2 = lb_bird_conf(2).unwrap();
+        assert!(lb2.contains("router id 192.0.2.12;"), "{lb2}");
+        assert!(lb2.contains("local 192.0.2.12 as 65001;"), "{lb2}");
+        assert!(lb2.contains("neighbor 192.0.2.1 as 65000;"), "{lb2}");
+        assert!(
+            lb2.contains(&format!("kernel table {ANNOUNCE_TABLE};")),
+            "{lb2}"
+        );
+        assert!(!lb2.contains("router id 192.0.2.11;"));
+        assert_eq!(
+            lb_bird_conf(1).unwrap(),
+            log_to_stderr(LB_BIRD_CONF).unwrap()
+        );
+    }
+
+    #[test]
+    fn node_configuration() {
+        let c = lb_toml(2, &Timers::lab(), "skb");
+        for want in [
+            "[announce]\nvips = [\"203.0.113.10\"]\ntable = 100\ndevice = \"lbvip0\"\n",
+            "peers = [\"192.0.2.11\", \"192.0.2.13\"]",
+            "lb_algo = \"mh\"",
+            "url = [{ path = \"/health/lb2\" }]",
+            SYNC_KEY_PLACEHOLDER,
+        ] {
+            assert!(c.contains(want), "{want} in\n{c}");
+        }
+        assert!(!c.contains("vrrp_instance") && !c.contains("static"), "{c}");
+        assert_eq!(c.matches("[[virtual_server.real_server]]").count(), SERVERS);
+        let n = rs_nginx_conf(std::path::Path::new("/x/rs1"), "rs1").unwrap();
+        assert!(
+            n.contains("location /health/ {\n            root /x/rs1;"),
+            "{n}"
+        );
+        assert!(n.contains("return 200 \"rs1\\n\";"), "{n}");
+    }
+
+    /// The nodes' configurations load with the daemon's own parser.
+    #[test]
+    fn node_configurations_load() {
+        let dir = std::env::temp_dir().join(format!("ecmp-cfg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 1..=LBS {
+            let p = dir.join(format!("lb{i}.toml"));
+            let text = with_sync_key(&lb_toml(i, &Timers::lab(), "skb"), &dir).unwrap();
+            fs::write(&p, &text).unwrap();
+            lb_daemon::config::Config::load(&p).unwrap_or_else(|e| panic!("lb{i}: {e:#}\n{text}"));
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn addresses() {
+        let c = client_addrs();
+        assert_eq!(c.len(), CLIENT_ADDRS);
+        assert_eq!(c[0], Ipv4Addr::new(198, 51, 100, 2));
+        assert_eq!(c[63], Ipv4Addr::new(198, 51, 100, 65));
+        assert_eq!(node_of(Ipv4Addr::new(192, 0, 2, 12)), Some(2));
+        assert_eq!(node_of(ROUTER), None);
+    }
+}
