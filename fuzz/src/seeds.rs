@@ -560,12 +560,27 @@ fn netlink() -> Vec<Vec<u8>> {
     link.attributes
         .push(LinkAttribute::Other(DefaultNla::new(43 | 0x8000, nested)));
     let link = netlink::encode(RouteNetlinkMessage::NewLink(link), 0, 0);
+    // RTM_NEWROUTE (24) as the kernel answers a dump: `[announce]`'s host route in table 100
+    // (the first byte picks the table), IPv4 and IPv6; the request's type is 24 too.
+    let route = |addr: &str| {
+        netlink::route::encode_add(
+            0,
+            &netlink::route::HostRoute {
+                addr: addr.parse().expect("an address"),
+                ifindex: 4,
+                table: 100,
+                protocol: 250,
+            },
+        )
+    };
     vec![
         with(&[3], &dump),
         with(&[3], &error),
         with(&[3], &ack),
         with(&[3], &addr),
         with(&[3], &link),
+        with(&[100], &route("203.0.113.10")),
+        with(&[100], &route("2001:db8::10")),
         with(&[3], &neigh::encode_dump_request(1, netlink::AF_UNSPEC)),
     ]
 }
