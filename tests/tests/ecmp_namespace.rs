@@ -235,6 +235,26 @@ const CONNECTIONS: usize = 100;
 /// The node that fails in [`node_failure`].
 const VICTIM: usize = 2;
 
+/// Whether the nodes agree on the real servers when one fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Views {
+    Same,
+    /// lb1 sees rs1 down, lb2 and lb3 up.
+    Differ,
+}
+
+/// What node `i`'s checks say of rs1.
+fn rs1_health(lab: &EcmpLab, i: usize) -> Option<String> {
+    let s = lab.lb_status(i).ok()?;
+    let rs1 = format!("{}:80", lb_tests::ecmp_lab::rs_v4(1));
+    s["services"][0]["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"].as_str() == Some(rs1.as_str()))?["health"]
+        .as_str()
+        .map(String::from)
+}
+
 /// How the node fails.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Death {
@@ -253,10 +273,21 @@ enum Death {
 /// 100 keep-alive connections over the three nodes (from the 64 client addresses, some
 /// through each node); lb2 fails `how`: no connection is reset, and new connections from
 /// every address succeed again within [`RECOVERY_BOUND`] (with [`CI_MARGIN`]).
-fn node_failure(tag: &str, how: Death) {
+fn node_failure(tag: &str, how: Death, views: Views) {
     let mut lab = EcmpLab::new(&unique_prefix(tag)).unwrap_or_else(|e| panic!("{e:#}"));
     lab.start_all()
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    if views == Views::Differ {
+        // lb1 alone sees rs1 fail: its Maglev table leaves rs1 out (a drained server keeps
+        // its established flows), lb2's and lb3's keep it. A connection lb2 sent to rs1
+        // that the router moves to lb1 must stay on rs1: only the synced entry says so.
+        let f = lab.rs(1).dir().join("health/lb1");
+        std::fs::remove_file(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        wait("lb1 to see rs1 down", Duration::from_secs(10), || {
+            rs1_health(&lab, 1).as_deref() == Some("down")
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
     let before: Vec<u64> = (1..=LBS).map(|i| lab.new_flows(i).unwrap()).collect();
     let sources: Vec<_> = client_addrs()
         .into_iter()
@@ -315,6 +346,14 @@ fn node_failure(tag: &str, how: Death) {
         });
     }
 
+    if views == Views::Differ {
+        let seen: Vec<_> = (1..=LBS).map(|i| rs1_health(&lab, i)).collect();
+        assert_eq!(
+            seen,
+            [Some("down".into()), Some("up".into()), Some("up".into())],
+            "the nodes' views of rs1 when lb{VICTIM} fails"
+        );
+    }
     let t0 = Instant::now();
     match how {
         Death::Killed => lab.kill_lb(VICTIM),
@@ -382,7 +421,18 @@ fn a_dead_node_resets_nothing_and_new_connections_resume() {
         return;
     }
     let _one = serial();
-    node_failure("ec2", Death::Killed);
+    node_failure("ec2", Death::Killed, Views::Same);
+}
+
+/// The same while the nodes' views of the real servers differ (lb1 sees rs1 down): the
+/// connections the router moves keep their real servers through the synced entries.
+#[test]
+fn a_dead_node_resets_nothing_while_the_nodes_disagree_on_a_real_server() {
+    if !require_announce("a_dead_node_resets_nothing_while_the_nodes_disagree_on_a_real_server") {
+        return;
+    }
+    let _one = serial();
+    node_failure("ec6", Death::Killed, Views::Differ);
 }
 
 /// The daemon alone dies: its device, and the route with it, go; BIRD withdraws.
@@ -392,7 +442,7 @@ fn a_dead_daemon_withdraws_through_its_vanished_device() {
         return;
     }
     let _one = serial();
-    node_failure("ec4", Death::DaemonKilled);
+    node_failure("ec4", Death::DaemonKilled, Views::Same);
 }
 
 /// The node is cut off (its link down, nothing closes): BFD takes it out of the route.
@@ -402,7 +452,7 @@ fn a_node_cut_off_leaves_the_route_after_bfd() {
         return;
     }
     let _one = serial();
-    node_failure("ec5", Death::CutOff);
+    node_failure("ec5", Death::CutOff, Views::Same);
 }
 
 /// lb3's checks fail on every real server (its own health path gone): lb3 leaves the route,
