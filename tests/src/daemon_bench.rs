@@ -11,6 +11,8 @@
 //! | `reload_vrrp_change_transitions` | VRRP state changes on either node of a pair of ours over 10 reloads of both, each adding or removing a VIP and raising both priorities (the master stays the higher) | value == 0 |
 //! | `check_blip_resets`            | keep-alive requests reset by a 4 s check outage of a serving real server (`crate::blip_bench`); baseline: `expire_nodest_conn = true` | value == 0 |
 //! | `vrrp_flood_cpu`               | the VRRP thread's CPU under 100k invalid adverts a second for 5 s (`crate::vrrp_flood`), in cores | value <= 0.5 |
+//! | `ecmp_node_loss_resets`        | active-active nodes behind ECMP (`crate::ecmp_lab`): resets among 100 long-lived connections over the three nodes when one node's lb-daemon and BIRD are SIGKILLed | value == 0 |
+//! | `ecmp_node_loss_new_conn_ms`   | the same run: from the kill until new connections from all 64 client addresses succeed again; baseline: the router's kernel route without the node (its netlink event), same run | value <= 1000 ms |
 //!
 //! `LB_BENCH_DAEMON_ONLY=text` runs only the entries whose name contains `text`.
 //!
@@ -90,6 +92,40 @@
 //! alone writes flows, and only on traffic, of which there is none). Value: transitions + map
 //! writes; it must be 0. A last reload with one weight changed checks that the counter does
 //! see a change (an error otherwise).
+//!
+//! # `ecmp_node_loss_*`: a node lost behind ECMP
+//!
+//! One run of [`crate::ecmp_lab::EcmpLab`] (the lab of tests/tests/ecmp_namespace.rs): a
+//! router with BIRD (dist/bird/router.conf: BGP, BFD 3 x 100 ms, `merge paths`), three
+//! lb-daemon nodes that announce the VIP through their own BIRD (`[announce]`, `mh`,
+//! `[sync]` to each other), three nginx DR real servers, a client with 64 addresses. The
+//! shared sequence, [`crate::ecmp_lab::EcmpLab::node_loss`]: 100 keep-alive connections from
+//! the client addresses in turn (the router's hash puts some through every node; checked),
+//! every node holding every connection's flow; SIGKILL of lb2's daemon, then of its BIRD
+//! (the kernel closes its BGP session); at once, rounds of one new connection from each of
+//! the 64 addresses (250 ms timeout each) until three rounds in a row all succeed, while
+//! another thread watches the router's routes (`ip monitor route` in its namespace); then
+//! one request on each long-lived connection.
+//!
+//! * `ecmp_node_loss_resets`: the long-lived connections reset on that last request (the
+//!   other outcomes, answered by another real server or timed out, are printed on stderr).
+//!   Target 0. No baseline.
+//! * `ecmp_node_loss_new_conn_ms`: from the instant before the kill to the start of the
+//!   first of those three rounds (so a round that began before the route changed and failed
+//!   after its timeout counts whole). Target: the issue's bound, 1000 ms
+//!   ([`crate::ecmp_lab::RECOVERY_BOUND`]: BFD's 3 x 100 ms plus BGP and the kernel; a BIRD
+//!   that dies closes its session, so BFD's detection is the slow case, not this one).
+//!   Baseline: from the same instant to the router's kernel installing its route without
+//!   the node (the netlink event as `ip monitor` reports it), in the same run: the routing
+//!   part of the figure, which the clients' rounds follow (ratio >= 1, but for the few ms
+//!   between a round's start and its SYNs, should the route change in them). What is
+//!   above 1 is mostly the kill itself: the first round starts once both processes are
+//!   reaped (tens of ms for the daemon; printed on stderr), and a round that began before
+//!   the route changed counts whole.
+//!
+//! Without root, bird2 or a daemon that takes `[announce]`, both entries are skipped with a
+//! `SKIP` line on stderr (an error under `LB_REQUIRE_PRIVILEGED=1`, as for the namespace
+//! tests).
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
@@ -1062,6 +1098,59 @@ fn reload_vrrp_change() -> Result<Entry> {
 }
 
 // -------------------------------------------------------------------------------------------
+// ecmp_node_loss_*
+// -------------------------------------------------------------------------------------------
+
+const ECMP_ENTRIES: [&str; 2] = ["ecmp_node_loss_resets", "ecmp_node_loss_new_conn_ms"];
+/// The node killed (the tests' victim too).
+const ECMP_VICTIM: usize = 2;
+
+/// Both `ecmp_node_loss_*` entries, from one run of the ECMP lab.
+fn ecmp_node_loss() -> Result<(Entry, Entry)> {
+    use crate::ecmp_lab::{per_node, Death, EcmpLab, LONG_LIVED, RECOVERY_BOUND};
+    let mut lab = EcmpLab::new(&unique_prefix("bec")).context("the ECMP lab")?;
+    lab.start_all()?;
+    let (spread, loss) = lab.node_loss(ECMP_VICTIM, Death::Killed)?;
+    progress(&format!(
+        "ecmp_node_loss: {LONG_LIVED} long-lived connections through {}; {loss}; the \
+         connections after: {:?}",
+        per_node(&spread.through),
+        loss.after
+    ));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    drop(spread);
+    drop(lab);
+    Ok((
+        Entry {
+            name: ECMP_ENTRIES[0],
+            value: loss.after.resets as f64,
+            unit: "resets",
+            baseline: None,
+            target: Target::ValueEquals(0.0),
+        },
+        Entry {
+            name: ECMP_ENTRIES[1],
+            value: ms(loss.recovery.after),
+            unit: "ms",
+            baseline: Some(ms(loss.route_out)),
+            target: Target::ValueAtMost(ms(RECOVERY_BOUND)),
+        },
+    ))
+}
+
+/// Entries that cannot run here: a `SKIP` line naming them, as the namespace tests print
+/// one, or an error under `LB_REQUIRE_PRIVILEGED=1`.
+fn skip(names: &[&str], why: &str) -> Result<()> {
+    use crate::netns::PRIVILEGED_ENV;
+    let names = names.join(", ");
+    if std::env::var(PRIVILEGED_ENV).as_deref() == Ok("1") {
+        bail!("{names}: {why}, and {PRIVILEGED_ENV}=1 forbids skipping");
+    }
+    eprintln!("SKIP {names}: {why}; set {PRIVILEGED_ENV}=1 to make this a failure");
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
 // The benchmark
 // -------------------------------------------------------------------------------------------
 
@@ -1112,6 +1201,16 @@ pub fn run(emit: &mut dyn FnMut(Entry)) -> Result<()> {
         let (failed, adopted) = crate::hitless_bench::restart()?;
         emit(failed);
         emit(adopted);
+    }
+    if ECMP_ENTRIES.iter().any(|n| wanted(n)) {
+        match crate::ecmp_lab::unavailable()? {
+            None => {
+                let (resets, new_conn) = ecmp_node_loss()?;
+                emit(resets);
+                emit(new_conn);
+            }
+            Some(why) => skip(&ECMP_ENTRIES, &why)?,
+        }
     }
     Ok(())
 }

@@ -30,6 +30,13 @@
 //! held by a descriptor of this process (so that closing it does to the device what the
 //! daemon's death does), and the route the daemon keeps through it.
 //!
+//! The issue's measurement is [`EcmpLab::node_loss`]: [`EcmpLab::open_spread`] (100
+//! keep-alive connections over every node, each node holding every flow), then
+//! [`EcmpLab::fail_node`] (a node killed, cut off or its daemon alone killed; the time until
+//! the router's route leaves it out and until new connections from every client address
+//! succeed; what the long-lived connections do after). `lb-lab --scenario ecmp`
+//! ([`ecmp_demo`]) and `lb-bench daemon` (`ecmp_node_loss_*`) run it.
+//!
 //! Safety: as in [`crate::netns`]: documentation ranges only (192.0.2.0/24, 198.51.100.0/24,
 //! 203.0.113.0/24, 2001:db8::/32), per-run namespace prefixes, nothing in the root
 //! namespace; teardown stops only the processes started here (daemons, BIRD, nginx) and
@@ -48,11 +55,14 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::{
     e2e_lab::{
-        http_get, nginx_conf, parse_response, status_json, wait, Failure, RoundReport, Timers,
-        SYNC_KEY_PLACEHOLDER,
+        http_get, nginx_conf, parse_response, status_json, wait, Failure, RoundReport, Summary,
+        Timers, CANCEL, SYNC_KEY_PLACEHOLDER,
     },
     lab::{daemon_bin, with_control_socket},
-    netns::{require_root, require_tools, Lan, Netns, Proc, HOST_IF, PRIVILEGED_ENV},
+    netns::{
+        require_root, require_tools, unique_prefix, Lan, Netns, Proc, HOST_IF, PRIVILEGED_ENV,
+    },
+    vrrp_lab::find_program,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -225,6 +235,30 @@ fn announce_refused() -> Result<Option<String>> {
     })();
     let _ = fs::remove_dir_all(&dir);
     r
+}
+
+/// Why the lab cannot run here, if it cannot, without printing or panicking (for the lab
+/// binary and the benchmark, which report it their own way): not root, a program of
+/// [`ECMP_TOOLS`] missing, or a daemon from before `[announce]`. An error when the daemon is
+/// not built or refuses the lab's configuration for another reason.
+pub fn unavailable() -> Result<Option<String>> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Ok(Some(format!("needs root (euid is {euid})")));
+    }
+    let missing: Vec<&str> = ECMP_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| find_program(t).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Some(format!(
+            "needs {} (apt-get install iproute2 procps nginx-light bird2)",
+            missing.join(", ")
+        )));
+    }
+    announce_refused()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1314,6 +1348,10 @@ impl EcmpLab {
         let mut run = 0;
         let mut run_start = since;
         loop {
+            ensure!(
+                !CANCEL.load(std::sync::atomic::Ordering::SeqCst),
+                "interrupted"
+            );
             let start = Instant::now();
             let probes = self.probe_every_address(PROBE_TIMEOUT)?;
             rec.rounds += 1;
@@ -1346,6 +1384,678 @@ impl EcmpLab {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A node lost under long-lived connections (the test, `lb-lab --scenario ecmp`, the bench)
+// ---------------------------------------------------------------------------------------------
+
+/// Long-lived connections held while a node fails (the issue's figure).
+pub const LONG_LIVED: usize = 100;
+/// Rounds in a row that must serve every client address for the service to count as
+/// recovered ([`EcmpLab::wait_every_address_served`]).
+pub const RECOVERY_STREAK: usize = 3;
+/// How long [`EcmpLab::fail_node`] waits for the route and for the clients, at most.
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(10);
+/// How long [`EcmpLab::open_spread`] waits for every node to hold every connection's flow.
+pub const SYNC_WAIT: Duration = Duration::from_secs(15);
+
+/// How a node fails in [`EcmpLab::fail_node`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// SIGKILL of its lb-daemon and its BIRD: the kernel closes the BGP session.
+    Killed,
+    /// SIGKILL of its lb-daemon alone: its TUN device vanishes with the route, BIRD withdraws.
+    DaemonKilled,
+    /// Its link cut: nothing closes, BFD notices. Until then the bridge floods the frames
+    /// for its MAC (the port is down, the MAC gone from the bridge's table) and the other
+    /// nodes' programs, which do not look at the destination MAC, serve them: new
+    /// connections may not fail at all. A switch floods the same way.
+    CutOff,
+}
+
+/// Per node (lb1, lb2, lb3).
+pub type PerNode = Vec<u64>;
+
+/// Keep-alive connections over every node, each node holding every connection's flow
+/// ([`EcmpLab::open_spread`]).
+pub struct Spread {
+    pub conns: SourcedConns,
+    /// The new flows each node scheduled for them.
+    pub flows: PerNode,
+    /// The connections the router sends through each node (its hash of each 5-tuple).
+    pub through: PerNode,
+}
+
+/// What a node's failure did ([`EcmpLab::fail_node`]).
+#[derive(Debug, Clone)]
+pub struct NodeLoss {
+    pub victim: usize,
+    pub how: Death,
+    /// What the failure itself took (SIGKILL and reaping of the processes, or the link set
+    /// down): the clients' first round starts only after it.
+    pub failing: Duration,
+    /// From the failure to the router's kernel installing its route without the node (the
+    /// netlink event, read at once by `ip monitor`).
+    pub route_out: Duration,
+    /// From the failure to new connections from every client address served again.
+    pub recovery: Recovery,
+    /// One more request on each long-lived connection, after.
+    pub after: RoundReport,
+}
+
+impl fmt::Display for NodeLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lb{} {:?} (in {:.3} s): out of the router's route after {:.3} s; {}",
+            self.victim,
+            self.how,
+            self.failing.as_secs_f64(),
+            self.route_out.as_secs_f64(),
+            self.recovery
+        )
+    }
+}
+
+/// Rounds of one new connection from every client address ([`EcmpLab::traffic_share`]).
+#[derive(Debug, Clone, Default)]
+pub struct Share {
+    pub requests: usize,
+    /// Failed requests, by kind.
+    pub failures: BTreeMap<String, usize>,
+    /// Answered requests, by real server.
+    pub by_backend: BTreeMap<String, usize>,
+    /// The new flows each node scheduled.
+    pub flows: PerNode,
+    /// The connections the router's hash sent to each node.
+    pub routed: PerNode,
+}
+
+impl Share {
+    pub fn failed(&self) -> usize {
+        self.failures.values().sum()
+    }
+}
+
+/// `lb1 N, lb2 N, lb3 N`.
+pub fn per_node(v: &[u64]) -> String {
+    v.iter()
+        .enumerate()
+        .map(|(i, n)| format!("lb{} {n}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `ip -o monitor route` in the router's namespace, each line with the instant this process
+/// read it: when the router's kernel installed a route, to a few hundred microseconds,
+/// without polling `ip route` (each poll a process, tens of ms apart). Killed on drop.
+struct RouteMonitor {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A route the monitor's start adds and deletes, to know that it listens.
+const MONITOR_PROBE: &str = "203.0.113.254/32";
+
+impl RouteMonitor {
+    /// Starts the monitor in `ns` and returns once it sees route changes there.
+    fn start(ns: &Netns) -> Result<Self> {
+        use std::io::BufRead;
+        let ip = find_program("ip").context("ip not found")?;
+        let mut child = std::process::Command::new(ip)
+            .args(["-n", ns.name(), "-o", "monitor", "route"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting `ip monitor route`")?;
+        let stdout = child.stdout.take().context("ip monitor's stdout")?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let at = Instant::now();
+                    lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((at, line));
+                }
+            })
+        };
+        let m = RouteMonitor {
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        let probe = MONITOR_PROBE.trim_end_matches("/32");
+        let mut seen = false;
+        for _ in 0..50 {
+            ns.ip(&["route", "add", "blackhole", MONITOR_PROBE])?;
+            ns.ip(&["route", "del", "blackhole", MONITOR_PROBE])?;
+            if wait("ip monitor to listen", Duration::from_millis(100), || {
+                m.snapshot().iter().any(|(_, l)| l.contains(probe))
+            })
+            .is_ok()
+            {
+                seen = true;
+                break;
+            }
+            ensure!(
+                !CANCEL.load(std::sync::atomic::Ordering::SeqCst),
+                "interrupted"
+            );
+        }
+        ensure!(seen, "`ip monitor route` in {} saw nothing", ns.name());
+        Ok(m)
+    }
+
+    fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `deadline` for the first route to the VIP installed after `since` that
+    /// does not go through node `victim`; its instant.
+    fn wait_without(&self, victim: usize, since: Instant, deadline: Instant) -> Result<Instant> {
+        let via = format!("via {} ", lb_v4(victim));
+        loop {
+            let found = self
+                .snapshot()
+                .into_iter()
+                .find(|(at, l)| *at >= since && route_line_without(l, &via));
+            if let Some((at, _)) = found {
+                return Ok(at);
+            }
+            ensure!(
+                !CANCEL.load(std::sync::atomic::Ordering::SeqCst),
+                "interrupted"
+            );
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self.snapshot().into_iter().map(|(_, l)| l).collect();
+                bail!(
+                    "the router installed no route to {VIP} without lb{victim}; ip monitor \
+                     saw:\n{}",
+                    seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Whether a line of `ip -o monitor route` installs a route to the VIP (not `Deleted`) that
+/// has no next hop `via` (`"via 192.0.2.12 "`).
+fn route_line_without(line: &str, via: &str) -> bool {
+    let l = line.trim_start_matches("[ROUTE]").trim_start();
+    l.starts_with(&format!("{VIP} ")) && !format!("{l} ").contains(via)
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl EcmpLab {
+    /// `r`, with every log appended to an error (unless the run was cancelled).
+    fn with_logs<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(e) if !CANCEL.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(anyhow!("{e:#}\n{}", self.logs()))
+            }
+            r => r,
+        }
+    }
+
+    /// `new_flows` of every node.
+    pub fn all_new_flows(&self) -> Result<PerNode> {
+        (1..=LBS).map(|i| self.new_flows(i)).collect()
+    }
+
+    /// The node the router sends a connection from `local` through.
+    fn node_for(&self, local: SocketAddr) -> Result<usize> {
+        let SocketAddr::V4(a) = local else {
+            bail!("{local} is no IPv4 address");
+        };
+        let hop = self.router_next_hop_for(*a.ip(), a.port())?;
+        node_of(hop).with_context(|| format!("the router sends {local} to {hop}, no node"))
+    }
+
+    /// The router's route to the VIP as `ip route show 203.0.113.10` prints it.
+    pub fn router_route(&self) -> Result<String> {
+        self.router.ip(&["route", "show", &VIP.to_string()])
+    }
+
+    /// `rounds` rounds of one request from each client address, each on a new connection
+    /// (3 s each): what every node scheduled, where the router sent them, who answered.
+    pub fn traffic_share(&self, rounds: usize) -> Result<Share> {
+        let before = self.all_new_flows()?;
+        let mut share = Share {
+            routed: vec![0; LBS],
+            ..Share::default()
+        };
+        for _ in 0..rounds {
+            for p in self.probe_every_address(Duration::from_secs(3))? {
+                share.requests += 1;
+                match &p.outcome {
+                    Ok(b) => *share.by_backend.entry(b.clone()).or_insert(0) += 1,
+                    Err(f) => *share.failures.entry(f.kind().to_string()).or_insert(0) += 1,
+                }
+                if let Some(local) = p.local {
+                    share.routed[self.node_for(local)? - 1] += 1;
+                }
+            }
+        }
+        let after = self.all_new_flows()?;
+        share.flows = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        Ok(share)
+    }
+
+    /// `n` keep-alive connections from the client addresses in turn, a first request on each;
+    /// then checks what a node's failure needs: each node scheduled exactly the connections
+    /// the router sends it (the flows sync installs are no new flows), every node has some,
+    /// a second request on each succeeds, and every node holds every connection's flow (its
+    /// own, the others' through sync).
+    pub fn open_spread(&self, n: usize) -> Result<Spread> {
+        let before = self.all_new_flows()?;
+        let sources: Vec<Ipv4Addr> = client_addrs().into_iter().cycle().take(n).collect();
+        let mut conns = self.with_logs(SourcedConns::open(&self.client, target(), &sources))?;
+        let after = self.all_new_flows()?;
+        let flows: PerNode = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let mut through = vec![0u64; LBS];
+        for local in conns.local_addrs() {
+            through[self.node_for(local)? - 1] += 1;
+        }
+        ensure!(
+            flows == through,
+            "new flows per node {flows:?}, but the router sends {through:?} through them"
+        );
+        ensure!(
+            through.iter().all(|&k| k > 0),
+            "a node has none of the {n} connections: {through:?}"
+        );
+        let r = conns.round();
+        ensure!(
+            (r.ok, r.resets) == (n, 0),
+            "a second request on each of the {n} connections: {r:?}"
+        );
+        let clients: std::collections::BTreeSet<SocketAddr> =
+            conns.local_addrs().into_iter().collect();
+        for i in 1..=LBS {
+            let r = wait(
+                &format!("lb{i} to hold every connection's flow"),
+                SYNC_WAIT,
+                || {
+                    let held: std::collections::BTreeSet<_> =
+                        self.flow_clients(i).into_iter().collect();
+                    clients.is_subset(&held)
+                },
+            );
+            self.with_logs(r.map_err(|e| {
+                anyhow!(
+                    "{e:#}\nsync: {}",
+                    self.lb_status(i)
+                        .map(|s| s["sync"].to_string())
+                        .unwrap_or_default()
+                )
+            }))?;
+        }
+        Ok(Spread {
+            conns,
+            flows,
+            through,
+        })
+    }
+
+    /// Node `victim` fails `how`; then, at once, waits for the router's route without it (the
+    /// instant its kernel installed it, from `ip monitor route`) and for
+    /// [`RECOVERY_STREAK`] rounds in a row that serve every client address (both timed from
+    /// the instant before the failure, [`RECOVERY_WAIT`] at most), and sends one more
+    /// request on each of `conns`. An error when the route or the clients do not recover in
+    /// time; what the connections did is the caller's to judge.
+    pub fn fail_node(
+        &mut self,
+        conns: &mut SourcedConns,
+        victim: usize,
+        how: Death,
+    ) -> Result<NodeLoss> {
+        ensure!((1..=LBS).contains(&victim), "no node lb{victim}");
+        let want: Vec<usize> = (1..=LBS).filter(|&i| i != victim).collect();
+        let monitor = RouteMonitor::start(&self.router)?;
+        let t0 = Instant::now();
+        match how {
+            Death::Killed => self.kill_lb(victim),
+            Death::DaemonKilled => self.kill_daemon(victim),
+            Death::CutOff => self.set_link(victim, false),
+        }?;
+        let failing = t0.elapsed();
+        let lab = &*self;
+        let (route, recovery) = std::thread::scope(|s| {
+            let route = s.spawn(|| -> Result<Duration> {
+                let at = monitor.wait_without(victim, t0, t0 + RECOVERY_WAIT)?;
+                // And the route as a later look shows it: exactly the others.
+                lab.wait_next_hops(&want, RECOVERY_WAIT)?;
+                Ok(at.saturating_duration_since(t0))
+            });
+            let recovery = lab.wait_every_address_served(t0, RECOVERY_STREAK, RECOVERY_WAIT);
+            (route.join(), recovery)
+        });
+        let route_out = route.map_err(|_| anyhow!("the route's waiting thread panicked"))??;
+        drop(monitor);
+        let recovery = self.with_logs(recovery)?;
+        Ok(NodeLoss {
+            victim,
+            how,
+            failing,
+            route_out,
+            recovery,
+            after: conns.round(),
+        })
+    }
+
+    /// [`EcmpLab::open_spread`] of [`LONG_LIVED`] connections, then [`EcmpLab::fail_node`]:
+    /// the issue's measurement, on a lab whose three nodes run.
+    pub fn node_loss(&mut self, victim: usize, how: Death) -> Result<(Spread, NodeLoss)> {
+        let mut spread = self.open_spread(LONG_LIVED)?;
+        let loss = self.fail_node(&mut spread.conns, victim, how)?;
+        Ok((spread, loss))
+    }
+
+    /// Node `i` back after [`Death::Killed`] or [`Death::DaemonKilled`]: its BIRD (if it
+    /// does not run) and its lb-daemon started, and the router's route through every node
+    /// again; how long that took.
+    pub fn restart_node(&mut self, i: usize) -> Result<Duration> {
+        let t0 = Instant::now();
+        self.start_lb(i)?;
+        let all: Vec<usize> = (1..=LBS).collect();
+        self.wait_next_hops(&all, Duration::from_secs(10))?;
+        Ok(t0.elapsed())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo: `lb-lab --scenario ecmp`
+// ---------------------------------------------------------------------------------------------
+
+/// The node the demo kills.
+pub const DEMO_VICTIM: usize = 2;
+/// Rounds of one new connection from each client address in the demo's traffic step.
+pub const DEMO_ROUNDS: usize = 3;
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.trim_end()
+        .lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn by_backend_line(m: &BTreeMap<String, usize>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+fn round_line(r: &RoundReport) -> String {
+    format!(
+        "{} answered by their real server, {} by another, {} reset, other failures {:?}",
+        r.ok, r.moved, r.resets, r.failures
+    )
+}
+
+/// The ECMP demo: three active-active nodes behind the router's multipath route, traffic
+/// from 64 client addresses, one node SIGKILLed (daemon and BIRD) under [`LONG_LIVED`]
+/// connections, then restarted. Every measurement goes into `summary`; the first step that
+/// fails ends the run with an error naming it.
+pub fn ecmp_demo(xdp_mode: &str, summary: &mut Summary) -> Result<()> {
+    let v = DEMO_VICTIM;
+    let bound = RECOVERY_BOUND + CI_MARGIN;
+    let mut lab = summary.step("ecmp 0: build the lab", |s| {
+        let t0 = Instant::now();
+        let lab = EcmpLab::with_params(&unique_prefix("lbe"), Timers::lab(), xdp_mode)?;
+        let names: Vec<&str> = lab.namespaces().map(Netns::name).collect();
+        println!("    namespaces: {}", names.join(" "));
+        println!(
+            "    router {ROUTER}: BIRD AS 65000 (dist/bird/router.conf), ECMP hash over the \
+             5-tuple; lb1..lb3 {}..{}: BIRD AS 65001 (dist/bird/lb-node.conf); \
+             {CLIENT_ADDRS} client addresses",
+            lb_v4(1),
+            lb_v4(LBS)
+        );
+        println!("    the router's three BGP sessions (BFD 3 x 100 ms) are established");
+        println!("    lb1: {}", lab.lb_config(1).display());
+        s.add("lab up (namespaces, nginx, four BIRDs)", secs(t0.elapsed()));
+        Ok(lab)
+    })?;
+
+    summary.step(
+        "ecmp 1: start lb-daemon on lb1, lb2 and lb3 ([announce])",
+        |s| {
+            let t0 = Instant::now();
+            lab.start_all()?;
+            let took = t0.elapsed();
+            for i in 1..=LBS {
+                ensure!(
+                    lab.announced(i) == Some(true),
+                    "lb{i} does not say it announces {VIP}: {:?}",
+                    lab.announce_status(i)
+                );
+            }
+            println!(
+                "    every daemon attached, its checks passed, {VIP} routed to {ANNOUNCE_DEVICE} \
+                 (table {ANNOUNCE_TABLE}) and announced: {}",
+                secs(took)
+            );
+            println!("    router# ip route show {VIP}");
+            println!("{}", indent(&lab.router_route()?, 8));
+            s.add("1. route through lb1, lb2, lb3 after", secs(took));
+            Ok(())
+        },
+    )?;
+
+    summary.step(
+        &format!("ecmp 2: traffic from the {CLIENT_ADDRS} client addresses"),
+        |s| {
+            let share = lab.traffic_share(DEMO_ROUNDS)?;
+            println!(
+                "    {} requests ({DEMO_ROUNDS} rounds of a new connection from each address): \
+                 {} failed {:?}",
+                share.requests,
+                share.failed(),
+                share.failures
+            );
+            println!("    new flows per node: {}", per_node(&share.flows));
+            println!(
+                "    sent there by the router's hash: {}",
+                per_node(&share.routed)
+            );
+            println!(
+                "    requests per real server: {}",
+                by_backend_line(&share.by_backend)
+            );
+            s.add("2. new flows per node", per_node(&share.flows));
+            s.add("2. requests failed", share.failed().to_string());
+            ensure!(share.failed() == 0, "requests failed: {:?}", share.failures);
+            ensure!(
+                share.flows.iter().all(|&n| n > 0),
+                "a node scheduled none: {}",
+                per_node(&share.flows)
+            );
+            ensure!(
+                share.flows == share.routed,
+                "the nodes scheduled {:?}, the router sent them {:?}",
+                share.flows,
+                share.routed
+            );
+            Ok(())
+        },
+    )?;
+
+    let mut spread = summary.step(
+        &format!("ecmp 3: open {LONG_LIVED} long-lived connections"),
+        |s| {
+            let spread = lab.open_spread(LONG_LIVED)?;
+            println!(
+                "    through each node (the router's hash): {}; new flows per node: {}",
+                per_node(&spread.through),
+                per_node(&spread.flows)
+            );
+            println!(
+                "    by real server: {}",
+                by_backend_line(&spread.conns.by_backend())
+            );
+            println!(
+                "    every node holds all {LONG_LIVED} flows (its own, and the others' through \
+                 [sync])"
+            );
+            s.add(
+                format!("3. {LONG_LIVED} long-lived connections through"),
+                per_node(&spread.through),
+            );
+            Ok(spread)
+        },
+    )?;
+
+    summary.step(
+        &format!("ecmp 4: SIGKILL lb{v} (its lb-daemon and its BIRD)"),
+        |s| {
+            let loss = lab.fail_node(&mut spread.conns, v, Death::Killed)?;
+            println!("    router# ip route show {VIP}");
+            println!("{}", indent(&lab.router_route()?, 8));
+            println!(
+                "    lb{v} out of the router's route {} after the kill (the kill itself, SIGKILL \
+                 and reaping of both processes, took {})",
+                secs(loss.route_out),
+                secs(loss.failing)
+            );
+            println!(
+                "    new connections from every address succeed again {} after the kill \
+                 (bound {} + margin {}; {} rounds of {CLIENT_ADDRS}, {} connections failed \
+                 meanwhile {:?})",
+                secs(loss.recovery.after),
+                secs(RECOVERY_BOUND),
+                secs(CI_MARGIN),
+                loss.recovery.rounds,
+                loss.recovery.failed(),
+                loss.recovery.failures
+            );
+            println!(
+                "    the {LONG_LIVED} long-lived connections: {}",
+                round_line(&loss.after)
+            );
+            s.add(
+                format!("4. lb{v} out of the route after"),
+                secs(loss.route_out),
+            );
+            s.add(
+                "4. new connections from every address after",
+                format!(
+                    "{} (bound {})",
+                    secs(loss.recovery.after),
+                    secs(RECOVERY_BOUND)
+                ),
+            );
+            s.add(
+                format!("4. long-lived connections reset (of {LONG_LIVED})"),
+                loss.after.resets.to_string(),
+            );
+            ensure!(
+                loss.after.resets == 0,
+                "{} of the {LONG_LIVED} long-lived connections were reset",
+                loss.after.resets
+            );
+            ensure!(
+                loss.after
+                    == RoundReport {
+                        ok: LONG_LIVED,
+                        ..Default::default()
+                    },
+                "the long-lived connections: {}",
+                round_line(&loss.after)
+            );
+            ensure!(
+                loss.route_out <= bound,
+                "lb{v} left the route after {} (bound {} + margin {})",
+                secs(loss.route_out),
+                secs(RECOVERY_BOUND),
+                secs(CI_MARGIN)
+            );
+            ensure!(
+                loss.recovery.after <= bound,
+                "new connections from every address took {} (bound {} + margin {})",
+                secs(loss.recovery.after),
+                secs(RECOVERY_BOUND),
+                secs(CI_MARGIN)
+            );
+            Ok(())
+        },
+    )?;
+
+    summary.step(
+        &format!("ecmp 5: restart lb{v} (its BIRD, then its lb-daemon)"),
+        |s| {
+            let back = lab.restart_node(v)?;
+            println!("    router# ip route show {VIP}");
+            println!("{}", indent(&lab.router_route()?, 8));
+            println!(
+                "    lb{v} back in the router's route {} after the restart began (BIRD, its BGP \
+                 session, the daemon, its checks)",
+                secs(back)
+            );
+            let r = spread.conns.round();
+            println!(
+                "    the {LONG_LIVED} long-lived connections: {}",
+                round_line(&r)
+            );
+            let share = lab.traffic_share(1)?;
+            println!(
+                "    {} new connections, {} failed; new flows per node: {}",
+                share.requests,
+                share.failed(),
+                per_node(&share.flows)
+            );
+            s.add(format!("5. lb{v} back in the route after"), secs(back));
+            s.add(
+                format!("5. long-lived connections reset as lb{v} returned"),
+                r.resets.to_string(),
+            );
+            s.add("5. new flows per node after", per_node(&share.flows));
+            ensure!(
+                r == RoundReport {
+                    ok: LONG_LIVED,
+                    ..Default::default()
+                },
+                "the long-lived connections as lb{v} returned: {}",
+                round_line(&r)
+            );
+            ensure!(share.failed() == 0, "requests failed: {:?}", share.failures);
+            ensure!(
+                share.flows[v - 1] > 0,
+                "lb{v} scheduled none: {}",
+                per_node(&share.flows)
+            );
+            Ok(())
+        },
+    )?;
+    drop(spread);
+    drop(lab);
+    Ok(())
 }
 
 impl Drop for EcmpLab {
@@ -1443,6 +2153,32 @@ mod tests {
             lb_daemon::config::Config::load(&p).unwrap_or_else(|e| panic!("lb{i}: {e:#}\n{text}"));
         }
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn monitor_lines() {
+        let via2 = "via 192.0.2.12 ";
+        let multi3 = "203.0.113.10 proto bird metric 32 \\\tnexthop via 192.0.2.11 dev eth0 \
+                      weight 1 \\\tnexthop via 192.0.2.12 dev eth0 weight 1 \\\tnexthop via \
+                      192.0.2.13 dev eth0 weight 1 ";
+        let multi2 = multi3.replace("nexthop via 192.0.2.12 dev eth0 weight 1 \\\t", "");
+        assert!(!route_line_without(multi3, via2));
+        assert!(route_line_without(&multi2, via2), "{multi2}");
+        assert!(route_line_without(
+            "203.0.113.10 via 192.0.2.11 dev eth0 proto bird metric 32",
+            via2
+        ));
+        assert!(!route_line_without(
+            "203.0.113.10 via 192.0.2.12 dev eth0 proto bird metric 32",
+            via2
+        ));
+        assert!(!route_line_without(&format!("Deleted {multi2}"), via2));
+        assert!(!route_line_without(
+            "203.0.113.254 via 192.0.2.11 dev eth0",
+            via2
+        ));
+        assert!(route_line_without(&format!("[ROUTE]{multi2}"), via2));
+        assert_eq!(per_node(&[3, 0, 7]), "lb1 3, lb2 0, lb3 7");
     }
 
     #[test]

@@ -26,9 +26,8 @@ use std::{
 use lb_tests::{
     e2e_lab::{holds_for, wait, RoundReport},
     ecmp_lab::{
-        client_addrs, lb_v4, node_of, require_announce, require_ecmp_lab, target, EcmpLab,
-        SourcedConns, ANNOUNCE_DEVICE, BFD_DETECTION, CI_MARGIN, CLIENT_ADDRS, LBS, RECOVERY_BOUND,
-        VIP,
+        client_addrs, lb_v4, node_of, require_announce, require_ecmp_lab, Death, EcmpLab,
+        ANNOUNCE_DEVICE, BFD_DETECTION, CI_MARGIN, CLIENT_ADDRS, LBS, RECOVERY_BOUND, VIP,
     },
     netns::unique_prefix,
 };
@@ -255,21 +254,6 @@ fn rs1_health(lab: &EcmpLab, i: usize) -> Option<String> {
         .map(String::from)
 }
 
-/// How the node fails.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Death {
-    /// SIGKILL of its lb-daemon and its BIRD: the kernel closes the BGP session.
-    Killed,
-    /// SIGKILL of its lb-daemon alone: its TUN device vanishes with the route, BIRD withdraws.
-    DaemonKilled,
-    /// Its link cut: nothing closes, BFD notices. Until then the bridge floods the frames
-    /// for its MAC (the port is down, the MAC gone from the bridge's table) and the other
-    /// nodes' programs, which do not look at the destination MAC, serve them (each of them:
-    /// the real server gets such a SYN twice, from the same choice): new connections may
-    /// not fail at all. A switch floods the same way.
-    CutOff,
-}
-
 /// 100 keep-alive connections over the three nodes (from the 64 client addresses, some
 /// through each node); lb2 fails `how`: no connection is reset, and new connections from
 /// every address succeed again within [`RECOVERY_BOUND`] (with [`CI_MARGIN`]).
@@ -288,64 +272,19 @@ fn node_failure(tag: &str, how: Death, views: Views) {
         })
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    let before: Vec<u64> = (1..=LBS).map(|i| lab.new_flows(i).unwrap()).collect();
-    let sources: Vec<_> = client_addrs()
-        .into_iter()
-        .cycle()
-        .take(CONNECTIONS)
-        .collect();
-    let mut conns = SourcedConns::open(lab.client(), target(), &sources)
+    // Each node's new flows are the router's choices, every node has some, no reset on a
+    // second request, and every node holds every connection's flow (its own, and the
+    // others' through sync) before one fails.
+    let mut spread = lab
+        .open_spread(CONNECTIONS)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
-    let flows: Vec<u64> = (1..=LBS)
-        .map(|i| lab.new_flows(i).unwrap() - before[i - 1])
-        .collect();
-    // Per node, the connections the router sends there.
-    let mut through = vec![0u64; LBS];
-    for a in conns.local_addrs() {
-        let std::net::SocketAddr::V4(a) = a else {
-            panic!("{a} is no IPv4 address");
-        };
-        let hop = lab
-            .router_next_hop_for(*a.ip(), a.port())
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        through[node_of(hop).expect("a node") - 1] += 1;
-    }
     eprintln!(
-        "{CONNECTIONS} connections: by real server {:?}; new flows per node {flows:?}; \
-         through each node {through:?}",
-        conns.by_backend()
+        "{CONNECTIONS} connections: by real server {:?}; new flows per node {:?}; through \
+         each node {:?}",
+        spread.conns.by_backend(),
+        spread.flows,
+        spread.through
     );
-    assert_eq!(flows, through);
-    assert!(
-        through.iter().all(|&n| n > 0),
-        "a node has none: {through:?}"
-    );
-    let r = conns.round();
-    assert_eq!((r.ok, r.resets), (CONNECTIONS, 0), "before: {r:?}");
-
-    // Every node holds every connection's flow (its own, and the others' through sync)
-    // before one fails.
-    let clients: BTreeSet<_> = conns.local_addrs().into_iter().collect();
-    for i in 1..=LBS {
-        wait(
-            &format!("lb{i} to hold every connection's flow"),
-            Duration::from_secs(15),
-            || {
-                let held: BTreeSet<_> = lab.flow_clients(i).into_iter().collect();
-                clients.is_subset(&held)
-            },
-        )
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e:#}\nsync: {}\n{}",
-                lab.lb_status(i)
-                    .map(|s| s["sync"].to_string())
-                    .unwrap_or_default(),
-                lab.logs()
-            )
-        });
-    }
-
     if views == Views::Differ {
         let seen: Vec<_> = (1..=LBS).map(|i| rs1_health(&lab, i)).collect();
         assert_eq!(
@@ -354,28 +293,10 @@ fn node_failure(tag: &str, how: Death, views: Views) {
             "the nodes' views of rs1 when lb{VICTIM} fails"
         );
     }
-    let t0 = Instant::now();
-    match how {
-        Death::Killed => lab.kill_lb(VICTIM),
-        Death::DaemonKilled => lab.kill_daemon(VICTIM),
-        Death::CutOff => lab.set_link(VICTIM, false),
-    }
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let (route, recovery) = std::thread::scope(|s| {
-        let route = s.spawn(|| {
-            let want: Vec<usize> = (1..=LBS).filter(|&i| i != VICTIM).collect();
-            lab.wait_next_hops(&want, Duration::from_secs(10))
-                .map(|_| t0.elapsed())
-        });
-        let recovery = lab.wait_every_address_served(t0, 3, Duration::from_secs(10));
-        (route.join().expect("route thread"), recovery)
-    });
-    let route = route.unwrap_or_else(|e| panic!("{e:#}"));
-    let recovery = recovery.unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
-    eprintln!(
-        "lb{VICTIM} {how:?}: out of the router's route after {}; {recovery}",
-        secs(route)
-    );
+    let loss = lab
+        .fail_node(&mut spread.conns, VICTIM, how)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    eprintln!("{loss}");
     if how == Death::DaemonKilled {
         assert!(
             lab.lb(VICTIM)
@@ -384,10 +305,9 @@ fn node_failure(tag: &str, how: Death, views: Views) {
             "{ANNOUNCE_DEVICE} outlived lb{VICTIM}'s daemon"
         );
     }
-    let r = conns.round();
-    eprintln!("the {CONNECTIONS} connections after: {r:?}");
+    eprintln!("the {CONNECTIONS} connections after: {:?}", loss.after);
     assert_eq!(
-        r,
+        loss.after,
         RoundReport {
             ok: CONNECTIONS,
             ..Default::default()
@@ -400,16 +320,16 @@ fn node_failure(tag: &str, how: Death, views: Views) {
         Death::Killed | Death::DaemonKilled => RECOVERY_BOUND,
     } + CI_MARGIN;
     assert!(
-        route <= route_bound,
+        loss.route_out <= route_bound,
         "lb{VICTIM} left the route after {} (bound {})",
-        secs(route),
+        secs(loss.route_out),
         secs(route_bound)
     );
     let bound = RECOVERY_BOUND + CI_MARGIN;
     assert!(
-        recovery.after <= bound,
+        loss.recovery.after <= bound,
         "new connections from every address took {} (bound {} + margin {})",
-        secs(recovery.after),
+        secs(loss.recovery.after),
         secs(RECOVERY_BOUND),
         secs(CI_MARGIN)
     );

@@ -26,7 +26,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Benchmarks: `dataplane` (XDP per-packet cost), `vrrp` (failover against keepalived),
-    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads),
+    /// `daemon` (health verdict to the maps, detection against keepalived's formula, reloads,
+    /// a node lost behind ECMP),
     /// `sync` (connection sync: lag, sender throughput, bytes per flow) or `scale` (start-up,
     /// a one-weight reload and status with 10,000 services; LB_BENCH_SCALE_SERVICES=N).
     Bench {
@@ -46,7 +47,9 @@ enum Cmd {
         time: u32,
     },
     /// The demo, in namespaces: the seed's two deployments (a VRRP pair of lb-daemons in DR
-    /// mode in front of three nginx real servers, then the nginx HA pair), failovers included.
+    /// mode in front of three nginx real servers, then the nginx HA pair), failovers included;
+    /// `--scenario ecmp`: three active-active lb-daemons announcing the VIP over BGP (BIRD)
+    /// to an ECMP router, one of them killed and restarted.
     Lab {
         /// Extra arguments for the lab binary (see `--help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
