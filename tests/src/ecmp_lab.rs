@@ -43,10 +43,9 @@
 //! deletes only the namespaces created here; every wait has a deadline.
 use std::{
     collections::BTreeMap,
-    fmt, fs,
-    io::{self, Read, Write},
+    fmt, fs, io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -55,13 +54,11 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::{
     e2e_lab::{
-        http_get, nginx_conf, parse_response, status_json, wait, Failure, RoundReport, Summary,
-        Timers, CANCEL, SYNC_KEY_PLACEHOLDER,
+        self, exchange, http_get, nginx_conf, status_json, wait, Failure, LongLived, RoundReport,
+        Summary, Timers, CANCEL, REQUEST_CLOSE, SYNC_KEY_PLACEHOLDER,
     },
     lab::{daemon_bin, with_control_socket},
-    netns::{
-        require_root, require_tools, unique_prefix, Lan, Netns, Proc, HOST_IF, PRIVILEGED_ENV,
-    },
+    netns::{require_root, require_tools, skip_or_panic, unique_prefix, Lan, Netns, Proc, HOST_IF},
     vrrp_lab::find_program,
 };
 
@@ -173,14 +170,6 @@ pub fn health_path(lb: usize) -> String {
 /// Programs the lab runs.
 pub const ECMP_TOOLS: &[&str] = &["ip", "sysctl", "nginx", "bird", "birdc"];
 
-fn skip_or_panic(test: &str, reason: &str) -> bool {
-    if std::env::var(PRIVILEGED_ENV).as_deref() == Ok("1") {
-        panic!("{test}: {reason}, and {PRIVILEGED_ENV}=1 forbids skipping");
-    }
-    eprintln!("SKIP {test}: {reason}; set {PRIVILEGED_ENV}=1 to make this a failure");
-    false
-}
-
 /// Root and [`ECMP_TOOLS`] (bird2 for `bird` and `birdc`).
 pub fn require_ecmp_lab(test: &str) -> bool {
     require_root(test) && require_tools(test, ECMP_TOOLS)
@@ -194,10 +183,13 @@ pub fn require_announce(test: &str) -> bool {
     if !require_ecmp_lab(test) {
         return false;
     }
-    match announce_refused() {
+    // Asked once per process: the tests run on threads of one process, and each asking in
+    // the same directory removed it under another's check.
+    static ANSWER: std::sync::OnceLock<Result<Option<String>, String>> = std::sync::OnceLock::new();
+    match ANSWER.get_or_init(|| announce_refused().map_err(|e| format!("{e:#}"))) {
         Ok(None) => true,
-        Ok(Some(why)) => skip_or_panic(test, &why),
-        Err(e) => panic!("{test}: {e:#}"),
+        Ok(Some(why)) => skip_or_panic(test, why),
+        Err(e) => panic!("{test}: {e}"),
     }
 }
 
@@ -414,94 +406,14 @@ pub fn parse_next_hops(json: &str) -> Result<Vec<Ipv4Addr>> {
     Ok(hops)
 }
 
-/// Opens a TUN device `name` in the calling thread's network namespace, not persistent: it
-/// vanishes, with every route through it, when the descriptor closes (what lb-daemon's
-/// device does when the daemon dies).
-fn open_tun(name: &str) -> io::Result<OwnedFd> {
-    // SAFETY: ifreq is plain old data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    ensure_name_fits(name, req.ifr_name.len())?;
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: a valid NUL-terminated path.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: open returned a descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: req is a valid ifreq that TUNSETIFF reads the name and flags from.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn ensure_name_fits(name: &str, size: usize) -> io::Result<()> {
-    if name.is_empty() || name.len() >= size || name.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not an interface name"),
-        ));
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Client side
 // ---------------------------------------------------------------------------------------------
 
-fn failure(e: &io::Error) -> Failure {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => Failure::Refused,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::Timeout,
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Failure::Unreachable,
-        _ => Failure::Other(e.to_string()),
-    }
-}
-
 /// A TCP connection from `src` (bound before the connect) to `target`, from the calling
 /// thread's namespace.
 pub fn connect_from(src: Ipv4Addr, target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    s.bind(&SockAddr::from(SocketAddr::from((src, 0))))?;
-    s.connect_timeout(&SockAddr::from(target), timeout)?;
-    Ok(s.into())
-}
-
-const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.0\r\nHost: lab\r\nUser-Agent: lb-ecmp\r\n\r\n";
-const REQUEST_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: lab\r\nUser-Agent: lb-ecmp\r\n\r\n";
-
-/// Sends `request` on `s` and reads the whole response, all within `timeout`.
-fn exchange(s: &mut TcpStream, request: &[u8], timeout: Duration) -> Result<String, Failure> {
-    let deadline = Instant::now() + timeout;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| failure(&e))?;
-    s.write_all(request).map_err(|e| failure(&e))?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Failure::Timeout);
-        }
-        s.set_read_timeout(Some(left)).map_err(|e| failure(&e))?;
-        match s.read(&mut chunk) {
-            Ok(0) => return parse_response(&buf, true).unwrap_or(Err(Failure::Closed)),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(r) = parse_response(&buf, false) {
-                    return r;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(failure(&e)),
-        }
-    }
+    e2e_lab::connect_from(Some(src.into()), target, timeout)
 }
 
 /// One HTTP/1.0 request from `src` on a new connection; the real server's name, or why it
@@ -513,7 +425,7 @@ pub fn http_get_from(
 ) -> (Option<SocketAddr>, Result<String, Failure>) {
     let mut s = match connect_from(src, target, timeout) {
         Ok(s) => s,
-        Err(e) => return (None, Err(failure(&e))),
+        Err(e) => return (None, Err(Failure::from_io(&e))),
     };
     let local = s.local_addr().ok();
     (local, exchange(&mut s, REQUEST_CLOSE, timeout))
@@ -528,74 +440,20 @@ pub struct Probe {
     pub outcome: Result<String, Failure>,
 }
 
-/// Keep-alive connections from chosen client addresses (e2e_lab's `LongLived`, with a source
-/// address per connection), each remembering the real server of its first request.
-pub struct SourcedConns {
-    conns: Vec<(TcpStream, String)>,
-}
+/// Keep-alive connections from chosen client addresses, each remembering the real server
+/// of its first request.
+pub type SourcedConns = LongLived;
 
-impl SourcedConns {
-    /// One connection per entry of `sources` (an address may repeat), from `client`, with a
-    /// first request on each.
-    pub fn open(client: &Netns, target: SocketAddr, sources: &[Ipv4Addr]) -> Result<Self> {
-        let sources = sources.to_vec();
-        let streams = client.run_in(move || -> Result<Vec<TcpStream>> {
-            sources
-                .iter()
-                .enumerate()
-                .map(|(i, &src)| {
-                    connect_from(src, target, Duration::from_secs(2))
-                        .with_context(|| format!("connection {i} from {src} to {target}"))
-                })
-                .collect()
-        })??;
-        let mut conns = Vec::with_capacity(streams.len());
-        for (i, mut s) in streams.into_iter().enumerate() {
-            let backend = exchange(&mut s, REQUEST_KEEP_ALIVE, Duration::from_secs(3))
-                .map_err(|f| anyhow!("first request on connection {i}: {f}"))?;
-            conns.push((s, backend));
-        }
-        Ok(SourcedConns { conns })
-    }
-
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
-    /// The connections' own (client) addresses and ports.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.conns
-            .iter()
-            .filter_map(|(s, _)| s.local_addr().ok())
-            .collect()
-    }
-
-    /// Connections per real server.
-    pub fn by_backend(&self) -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for (_, b) in &self.conns {
-            *m.entry(b.clone()).or_insert(0) += 1;
-        }
-        m
-    }
-
-    /// One more request on every connection.
-    pub fn round(&mut self) -> RoundReport {
-        let mut r = RoundReport::default();
-        for (s, backend) in &mut self.conns {
-            match exchange(s, REQUEST_KEEP_ALIVE, Duration::from_secs(3)) {
-                Ok(b) if b == *backend => r.ok += 1,
-                Ok(_) => r.moved += 1,
-                Err(Failure::Reset) => r.resets += 1,
-                Err(f) => *r.failures.entry(f.kind().to_string()).or_insert(0) += 1,
-            }
-        }
-        r
-    }
+/// [`SourcedConns`]: one connection per entry of `sources` (an address may repeat), from
+/// `client`, with a first request on each.
+pub fn open_sourced(
+    client: &Netns,
+    target: SocketAddr,
+    sources: &[Ipv4Addr],
+) -> Result<SourcedConns> {
+    let sources: Vec<Option<std::net::IpAddr>> =
+        sources.iter().map(|a| Some((*a).into())).collect();
+    LongLived::open_from(client, target, &sources)
 }
 
 /// How long the service took to serve every client address again (see
@@ -1063,7 +921,7 @@ impl EcmpLab {
         ensure!(node.sim_tun.is_none(), "lb{i} simulates already");
         let fd = node
             .ns
-            .run_in(|| open_tun(ANNOUNCE_DEVICE))?
+            .run_in(|| lb_daemon::os::open_tun(ANNOUNCE_DEVICE))?
             .with_context(|| format!("a TUN device in {}", node.ns.name()))?;
         node.sim_tun = Some(fd);
         node.ns.ip(&["link", "set", ANNOUNCE_DEVICE, "up"])?;
@@ -1253,28 +1111,7 @@ impl EcmpLab {
 
     /// The clients of the flows node `i`'s table holds (its own and those sync installed).
     pub fn flow_clients(&self, i: usize) -> Vec<SocketAddr> {
-        let Ok(bin) = daemon_bin() else {
-            return Vec::new();
-        };
-        let out = std::process::Command::new(bin)
-            .args(["connections", "--json", "--limit", "100000", "--socket"])
-            .arg(self.lb(i).dir().join("ctl.sock"))
-            .output();
-        let Some(v) = out
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        else {
-            return Vec::new();
-        };
-        v["connections"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c["client"].as_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        e2e_lab::flow_clients_at(&self.lb(i).dir().join("ctl.sock"))
     }
 
     /// Makes node `i`'s health checks pass (`true`) or fail on every real server: its
@@ -1666,7 +1503,7 @@ impl EcmpLab {
     pub fn open_spread(&self, n: usize) -> Result<Spread> {
         let before = self.all_new_flows()?;
         let sources: Vec<Ipv4Addr> = client_addrs().into_iter().cycle().take(n).collect();
-        let mut conns = self.with_logs(SourcedConns::open(&self.client, target(), &sources))?;
+        let mut conns = self.with_logs(open_sourced(&self.client, target(), &sources))?;
         let after = self.all_new_flows()?;
         let flows: PerNode = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut through = vec![0u64; LBS];
