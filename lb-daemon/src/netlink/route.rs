@@ -76,11 +76,16 @@ pub fn encode_delete(seq: u32, r: &HostRoute) -> Vec<u8> {
     )
 }
 
-/// `RTM_GETROUTE` dump of one family (`AF_INET` or `AF_INET6`); the kernel dumps every
-/// table, the caller filters.
-fn encode_dump(seq: u32, family: AddressFamily) -> Vec<u8> {
+/// `RTM_GETROUTE` dump of one family (`AF_INET` or `AF_INET6`) asking for `table` and
+/// `protocol` only: with `NETLINK_GET_STRICT_CHK` the kernel filters (a host with a full
+/// BGP table in its main table is not walked every resync); without it, it dumps every
+/// table and [`decode`] filters.
+fn encode_dump(seq: u32, family: AddressFamily, table: u32, protocol: u8) -> Vec<u8> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family;
+    msg.header.table = u8::try_from(table).unwrap_or(RT_TABLE_COMPAT);
+    msg.header.protocol = RouteProtocol::from(protocol);
+    msg.attributes.push(RouteAttribute::Table(table));
     encode(
         RouteNetlinkMessage::GetRoute(msg),
         NLM_F_REQUEST | NLM_F_DUMP,
@@ -161,15 +166,23 @@ pub async fn list(
     table: u32,
     protocol: u8,
 ) -> Result<Vec<HostRoute>, NetlinkError> {
+    // The kernel filters the dump by table and protocol (Linux 4.20+; an older one ignores
+    // the option and dumps everything, which `decode` filters).
+    let _ = sock.socket().set_netlink_get_strict_chk(true);
     let mut out = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        out.extend(
-            sock.dump(
-                |seq| encode_dump(seq, family),
+        match sock
+            .dump(
+                |seq| encode_dump(seq, family, table, protocol),
                 |h, p| decode(h, p, table, protocol),
             )
-            .await?,
-        );
+            .await
+        {
+            Ok(routes) => out.extend(routes),
+            // A filtered dump of a table that does not exist (none of its routes yet).
+            Err(e) if e.errno() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }
