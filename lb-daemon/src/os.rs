@@ -79,10 +79,8 @@ pub fn ioctl_socket() -> io::Result<OwnedFd> {
     socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).map(OwnedFd::from)
 }
 
-/// The flags of interface `name` (`SIOCGIFFLAGS`: `IFF_UP`, `IFF_RUNNING`...), or `None`
-/// when there is no such interface. Read by an ioctl on `sock` ([`ioctl_socket`]): the
-/// cheapest way to poll one interface every 100 ms, which a netlink dump is not.
-pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<libc::c_int>> {
+/// An `ifreq` with `name` in it (and nothing else), for the interface ioctls.
+fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
@@ -95,6 +93,14 @@ pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<li
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
+    Ok(req)
+}
+
+/// The flags of interface `name` (`SIOCGIFFLAGS`: `IFF_UP`, `IFF_RUNNING`...), or `None`
+/// when there is no such interface. Read by an ioctl on `sock` ([`ioctl_socket`]): the
+/// cheapest way to poll one interface every 100 ms, which a netlink dump is not.
+pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<libc::c_int>> {
+    let mut req = ifreq_named(name)?;
     // SAFETY: req is a valid ifreq that SIOCGIFFLAGS reads the name from and writes the flags
     // into.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
@@ -114,18 +120,7 @@ pub fn interface_flags(sock: BorrowedFd<'_>, name: &str) -> io::Result<Option<li
 /// exit, SIGKILL included. That is what makes `[announce]`'s routes die with the daemon.
 /// A plain ioctl: the TUN crates around it bring async packet I/O this never does.
 pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
-    // SAFETY: ifreq is plain old data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a valid interface name"),
-        ));
-    }
-    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
+    let mut req = ifreq_named(name)?;
     req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: a valid NUL-terminated path and flags.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };

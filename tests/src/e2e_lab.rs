@@ -572,7 +572,7 @@ pub enum Failure {
 }
 
 impl Failure {
-    fn from_io(e: &io::Error) -> Failure {
+    pub fn from_io(e: &io::Error) -> Failure {
         match e.kind() {
             io::ErrorKind::ConnectionRefused => Failure::Refused,
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
@@ -610,8 +610,10 @@ impl fmt::Display for Failure {
     }
 }
 
-const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.0\r\nHost: lab\r\nUser-Agent: lb-e2e\r\n\r\n";
-const REQUEST_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: lab\r\nUser-Agent: lb-e2e\r\n\r\n";
+/// A request that closes its connection after the answer.
+pub const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.0\r\nHost: lab\r\nUser-Agent: lb-e2e\r\n\r\n";
+/// A request that keeps its connection open.
+pub const REQUEST_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: lab\r\nUser-Agent: lb-e2e\r\n\r\n";
 
 /// Parses a whole HTTP response: the body (trimmed) of a 200, else the failure. `None` while
 /// it is incomplete: headers not finished, or fewer body bytes than `Content-Length` (a
@@ -671,15 +673,25 @@ fn read_response(s: &mut TcpStream, deadline: Instant) -> Result<String, Failure
     }
 }
 
-/// One HTTP/1.0 request on a new connection (from the calling thread's namespace).
-pub fn http_get(target: SocketAddr, timeout: Duration) -> Result<String, Failure> {
+/// Sends `request` on `s` and reads the whole response, all within `timeout`: the real
+/// server's answer, or why there is none.
+pub fn exchange(s: &mut TcpStream, request: &[u8], timeout: Duration) -> Result<String, Failure> {
     let deadline = Instant::now() + timeout;
-    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| Failure::from_io(&e))?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| Failure::from_io(&e))?;
-    s.write_all(REQUEST_CLOSE)
-        .map_err(|e| Failure::from_io(&e))?;
-    read_response(&mut s, deadline)
+    s.write_all(request).map_err(|e| Failure::from_io(&e))?;
+    read_response(s, deadline)
+}
+
+/// One HTTP/1.0 request on a new connection (from the calling thread's namespace).
+pub fn http_get(target: SocketAddr, timeout: Duration) -> Result<String, Failure> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| Failure::from_io(&e))?;
+    exchange(
+        &mut s,
+        REQUEST_CLOSE,
+        timeout.saturating_sub(started.elapsed()),
+    )
 }
 
 /// Runs `f` on a new thread in `ns`'s network namespace (sockets it opens live there).
@@ -995,15 +1007,28 @@ pub struct RoundReport {
 impl LongLived {
     /// Opens `n` connections to `target` from `client` and sends one request on each.
     pub fn open(client: &Netns, target: SocketAddr, n: usize) -> Result<LongLived> {
+        Self::open_from(client, target, &vec![None; n])
+    }
+
+    /// [`LongLived::open`], one connection per entry of `sources`, each from that address
+    /// (bound before the connect; `None`: the kernel's choice; an address may repeat).
+    pub fn open_from(
+        client: &Netns,
+        target: SocketAddr,
+        sources: &[Option<std::net::IpAddr>],
+    ) -> Result<LongLived> {
+        let sources = sources.to_vec();
         let streams = client.run_in(move || -> Result<Vec<TcpStream>> {
-            (0..n)
-                .map(|i| {
-                    TcpStream::connect_timeout(&target, Duration::from_secs(2))
-                        .with_context(|| format!("connection {i} to {target}"))
+            sources
+                .iter()
+                .enumerate()
+                .map(|(i, src)| {
+                    connect_from(*src, target, Duration::from_secs(2))
+                        .with_context(|| format!("connection {i} from {src:?} to {target}"))
                 })
                 .collect()
         })??;
-        let mut conns = Vec::with_capacity(n);
+        let mut conns = Vec::with_capacity(streams.len());
         for (i, mut s) in streams.into_iter().enumerate() {
             let backend =
                 request_on(&mut s).map_err(|f| anyhow!("first request on connection {i}: {f}"))?;
@@ -1052,13 +1077,29 @@ impl LongLived {
     }
 }
 
+/// A TCP connection to `target` from `src` (bound before the connect; `None`: the kernel's
+/// choice), from the calling thread's namespace.
+pub fn connect_from(
+    src: Option<std::net::IpAddr>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let Some(src) = src else {
+        return TcpStream::connect_timeout(&target, timeout);
+    };
+    let s = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    s.connect_timeout(&SockAddr::from(target), timeout)?;
+    Ok(s.into())
+}
+
 fn request_on(s: &mut TcpStream) -> Result<String, Failure> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    s.set_write_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| Failure::from_io(&e))?;
-    s.write_all(REQUEST_KEEP_ALIVE)
-        .map_err(|e| Failure::from_io(&e))?;
-    read_response(s, deadline)
+    exchange(s, REQUEST_KEEP_ALIVE, Duration::from_secs(3))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1162,6 +1203,33 @@ impl Daemon {
             .collect::<Vec<_>>()
             .join("")
     }
+}
+
+/// The clients of the flows in the table of the daemon whose control socket is `socket`
+/// (`lb-daemon connections`), each flow once; none when it does not answer.
+pub fn flow_clients_at(socket: &Path) -> Vec<SocketAddr> {
+    let Ok(bin) = daemon_bin() else {
+        return Vec::new();
+    };
+    let out = std::process::Command::new(bin)
+        .args(["connections", "--json", "--limit", "100000", "--socket"])
+        .arg(socket)
+        .output();
+    let Some(v) = out
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+    else {
+        return Vec::new();
+    };
+    v["connections"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["client"].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `lb-daemon status --json` through the daemon's control socket in `ns`.
@@ -1631,28 +1699,7 @@ impl LvsLab {
     /// installed), each flow once (the sync counters count writes, a flow's periodic
     /// refresh among them).
     pub fn flow_clients(&self, i: usize) -> Vec<SocketAddr> {
-        let Ok(bin) = daemon_bin() else {
-            return Vec::new();
-        };
-        let out = std::process::Command::new(bin)
-            .args(["connections", "--json", "--limit", "100000", "--socket"])
-            .arg(Daemon::socket(self.lb(i)))
-            .output();
-        let Some(v) = out
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        else {
-            return Vec::new();
-        };
-        v["connections"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c["client"].as_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        flow_clients_at(&Daemon::socket(self.lb(i)))
     }
 
     /// LB `i`'s `sync` status (`null` without one, or when it does not answer).

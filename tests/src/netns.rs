@@ -47,7 +47,9 @@ pub const LAB_TOOLS: &[&str] = &["ip", "sysctl", "nginx", "curl", "tcpdump", "et
 // Gates
 // ---------------------------------------------------------------------------------------------
 
-fn skip_or_panic(test: &str, reason: &str) -> bool {
+/// Prints `SKIP <test>: <reason>` and returns false, or panics under
+/// `LB_REQUIRE_PRIVILEGED=1`.
+pub fn skip_or_panic(test: &str, reason: &str) -> bool {
     if std::env::var(PRIVILEGED_ENV).as_deref() == Ok("1") {
         panic!("{test}: {reason}, and {PRIVILEGED_ENV}=1 forbids skipping");
     }
