@@ -195,7 +195,11 @@ fn a_stalled_backup_reads_queued_adverts_before_its_timer() {
     // Master_Down_Interval of n2: 361 ms.
     let c1 = config("n1", 150, "0.1", "");
     let c2 = config("n2", 100, "0.1", "");
+    // n1 master before n2 starts: started together, n2's Master_Down_Interval (361 ms)
+    // ends only 20 ms after n1's (341 ms), and a slower start of n1 under load let n2 take
+    // over once before the stall (CI): the assertion below reads n2's whole log.
     let d1 = start(&p.nodes[0], &c1);
+    wait_master(&p, 0, Duration::from_secs(5), &[&d1]);
     let d2 = start(&p.nodes[1], &c2);
     wait_master(&p, 0, Duration::from_secs(5), &[&d1, &d2]);
     wait_until("n2 to be backup", Duration::from_secs(3), || {
