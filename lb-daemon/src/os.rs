@@ -136,8 +136,8 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Whether the TUN device behind `fd` outlives its last descriptor (`TUNSETPERSIST`): set
-/// for a stop that keeps the announcements for the next run, cleared once that run holds it.
+/// Whether the TUN device behind `fd` outlives its last descriptor (`TUNSETPERSIST`): cleared
+/// when the daemon takes a persistent device of its name over, so that it dies with it.
 pub fn set_tun_persist(fd: BorrowedFd<'_>, persist: bool) -> io::Result<()> {
     // SAFETY: TUNSETPERSIST takes its argument by value.
     if unsafe {

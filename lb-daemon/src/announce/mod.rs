@@ -170,6 +170,15 @@ lb_kind = "DR"
         };
         bad("table = 254", "[\"203.0.113.10\"]", "announce.table");
         bad("table = 0", "[\"203.0.113.10\"]", "announce.table");
+        bad("table = 252", "[\"203.0.113.10\"]", "announce.table");
+        bad(
+            "device = \"vip%d\"",
+            "[\"203.0.113.10\"]",
+            "announce.device",
+        );
+        bad("", "[\"169.254.0.10\"]", "cannot be a VIP");
+        bad("", "[\"fe80::10\"]", "cannot be a VIP");
+        bad("", "[\"255.255.255.255\"]", "cannot be a VIP");
         bad("device = \"a/b\"", "[\"203.0.113.10\"]", "announce.device");
         bad(
             "device = \"sixteen_chars_xx\"",

@@ -60,16 +60,16 @@ pub struct VipStatus {
 /// The running announcer; [`Announcer::stop`] ends it.
 pub struct Announcer {
     cfg: AnnounceConfig,
-    /// `None` until the first plan: a run that took a `keep` stop's routes over leaves them
-    /// until it knows what it serves.
+    /// `None` until the first plan: nothing is announced (or withdrawn) before the daemon
+    /// knows what it serves.
     want: watch::Sender<Option<Vec<VipPlan>>>,
     status: Arc<Mutex<AnnounceStatus>>,
-    stop: Option<oneshot::Sender<bool>>,
+    stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Announcer {
-    /// Opens (or takes over, after a `keep` stop) the device, brings it up, and starts the
+    /// Opens the device (a persistent one of that name is taken over), brings it up, and starts the
     /// task; nothing is announced until [`Announcer::set`] says so. The device is the
     /// start's error: without it nothing could ever be announced.
     pub async fn start(cfg: &AnnounceConfig) -> Result<Self> {
@@ -117,12 +117,15 @@ impl Announcer {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Ends the task. `keep`: the device is made persistent and its routes stay, for the
-    /// next run to take over (a restart or an upgrade draws no traffic away); otherwise the
-    /// routes are deleted (the routing daemon withdraws them at once) and the device goes.
-    pub async fn stop(mut self, keep: bool) {
+    /// Ends the task: the routes are deleted (the routing daemon withdraws them at once) and
+    /// the device goes. Every stop withdraws, a `keep` stop too: routes left for a next run
+    /// would go on drawing traffic if that run never came (a new binary or file that fails,
+    /// a file without `[announce]`), with nothing to withdraw them, where VRRP's peer takes
+    /// over from a silent master. The router's rehash moves the flows to the other nodes,
+    /// which hold them through `[sync]`, and back when this node announces again.
+    pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(keep);
+            let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
             if tokio::time::timeout(STOP_WAIT, t).await.is_err() {
@@ -136,14 +139,15 @@ impl Drop for Announcer {
     fn drop(&mut self) {
         // Dropped without stop (a reload that ended it): the task deletes its routes.
         if let Some(s) = self.stop.take() {
-            let _ = s.send(false);
+            let _ = s.send(());
         }
     }
 }
 
 /// The TUN device and its index.
 struct Device {
-    fd: OwnedFd,
+    /// Held, never read: the device (and every route through it) lives while it is open.
+    _fd: OwnedFd,
     ifindex: u32,
     name: String,
 }
@@ -152,7 +156,7 @@ impl Device {
     async fn open(name: &str) -> Result<Self> {
         let fd = crate::os::open_tun(name)
             .with_context(|| format!("announce.device {name}: opening the TUN device"))?;
-        // Taken over from a `keep` stop: it goes with this run now.
+        // A persistent device of that name (`ip tuntap add`, say) goes with this run now.
         crate::os::set_tun_persist(fd.as_fd(), false)
             .with_context(|| format!("announce.device {name}: clearing persist"))?;
         let ifindex = crate::os::ifindex(name)
@@ -162,7 +166,7 @@ impl Device {
             .await
             .with_context(|| format!("announce.device {name}: bringing it up"))?;
         Ok(Self {
-            fd,
+            _fd: fd,
             ifindex,
             name: name.to_string(),
         })
@@ -186,33 +190,25 @@ impl Task {
     async fn run(
         mut self,
         mut want: watch::Receiver<Option<Vec<VipPlan>>>,
-        mut stop: oneshot::Receiver<bool>,
+        mut stop: oneshot::Receiver<()>,
     ) {
-        let keep = loop {
+        loop {
             let plan = want.borrow_and_update().clone();
             if let Some(plan) = plan {
                 self.reconcile(&plan).await;
             }
             tokio::select! {
-                r = want.changed() => if r.is_err() { break false },
+                r = want.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep(RESYNC) => {}
-                k = &mut stop => break k.unwrap_or(false),
+                _ = &mut stop => break,
             }
-        };
-        if keep {
-            match crate::os::set_tun_persist(self.device.fd.as_fd(), true) {
-                Ok(()) => {
-                    info!(device = %self.device.name, "announce: the routes stay for the next run")
-                }
-                Err(e) => {
-                    warn!(device = %self.device.name, "announce: the device cannot be kept ({e}): its routes go with it")
-                }
-            }
-            return;
         }
         // Deleted one by one before the device goes: each withdrawal reaches the routing
-        // daemon as its own message at once, where the device's removal needs its scan.
-        self.reconcile(&[]).await;
+        // daemon as its own message at once, where the device's removal needs its scan. A
+        // device someone deleted is not made again for it.
+        if self.device.is_there() {
+            self.reconcile(&[]).await;
+        }
         info!(device = %self.device.name, "announce: routes withdrawn");
     }
 

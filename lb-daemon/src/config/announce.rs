@@ -72,7 +72,11 @@ pub(super) fn announce(
                 format!("{:?} is not an IP address", v.get_ref()),
             )
         })?;
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        let link_local = match ip {
+            IpAddr::V4(a) => a.is_link_local() || a.is_broadcast(),
+            IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || link_local {
             return Err(cx.invalid(v.span(), "announce.vips", format!("{ip} cannot be a VIP")));
         }
         if vips.contains(&ip) {
@@ -97,14 +101,15 @@ pub(super) fn announce(
     let table = match &a.table {
         None => DEFAULT_TABLE,
         Some(t) => match *t.get_ref() {
-            // unspec, default, main, local: the node's own routing would use the VIPs.
-            0 | 253..=255 => {
+            // unspec, compat, default, main, local: the node's own routing would use the VIPs
+            // (252 stands for a table past 255 in a route message).
+            0 | 252..=255 => {
                 return Err(cx.invalid(
                     t.span(),
                     "announce.table",
                     format!(
-                        "{} is a table the kernel routes with (0, 253 default, 254 main, 255 \
-                         local): take one of its own, such as 100",
+                        "{} is a table the kernel routes with or reserves (0, 252 compat, 253 \
+                         default, 254 main, 255 local): take one of its own, such as 100",
                         t.get_ref()
                     ),
                 ))
@@ -120,13 +125,16 @@ pub(super) fn announce(
                 && n.len() < 16
                 && n != "."
                 && n != ".."
-                && !n.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
+                // '%': TUNSETIFF takes "name%d" for a template and makes another name.
+                && !n.contains(|c: char| {
+                    c == '/' || c == ':' || c == '%' || c.is_whitespace() || c == '\0'
+                });
             if !ok {
                 return Err(cx.invalid(
                     d.span(),
                     "announce.device",
                     format!(
-                        "{n:?} is not an interface name (1 to 15 characters, no '/', ':' or space)"
+                        "{n:?} is not an interface name (1 to 15 characters, no '/', ':', '%' or space)"
                     ),
                 ));
             }

@@ -160,7 +160,7 @@ impl Scope<'_> {
             Scope::Instance(inst) => {
                 !vs.is_static && inst.virtual_ipaddress.iter().any(|v| v.addr == vs.vip)
             }
-            Scope::Announced(a) => a.announces(vs.vip),
+            Scope::Announced(a) => vs.addresses().any(|(ip, _)| a.announces(ip)),
         }
     }
 }
@@ -192,7 +192,15 @@ pub(super) fn sync(
         return Err(cx.invalid(s.interface.span(), &key("interface"), "empty"));
     }
     let scope = match (&s.vrrp_instance, announce) {
-        (Some(name), _) => Scope::Instance(
+        (Some(name), Some(_)) => {
+            return Err(cx.invalid(
+                name.span(),
+                &key("vrrp_instance"),
+                "with [announce], [sync] is every node's: it syncs the announced VIPs' flows \
+                 among all peers, and cannot follow a VRRP instance too: leave vrrp_instance out",
+            ))
+        }
+        (Some(name), None) => Scope::Instance(
             instances
                 .iter()
                 .find(|i| i.name == *name.get_ref())

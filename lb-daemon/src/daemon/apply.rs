@@ -375,9 +375,22 @@ impl Dp {
         self.stale.extend(services);
     }
 
-    /// Whether service `key` has its quorum as last planned (`None`: not planned yet).
-    pub(super) fn quorum_of(&self, key: &ServiceKey) -> Option<bool> {
-        self.derived.get(key).map(|d| d.quorum)
+    /// Whether `vs` may draw traffic here (`[announce]`): its quorum as last planned, once
+    /// that can be trusted: every DR real server's MAC known, or the settling time of the
+    /// first verdicts passed (a MAC that never comes: a host that is down). `None`: not yet
+    /// (or not planned yet). A node that announced at its first MAC would draw flows the
+    /// router moves to it before it can send them where they belong.
+    pub(super) fn may_announce(&self, vs: &VirtualServer, now: Instant) -> Option<bool> {
+        let quorum = self.derived.get(&vs.key())?.quorum;
+        if !quorum {
+            return Some(false);
+        }
+        let macs = vs
+            .real_servers
+            .iter()
+            .filter(|rs| rs.forward.is_dr())
+            .all(|rs| self.macs.known.contains_key(&rs.addr.ip()));
+        (macs || self.quorum.settled(now)).then_some(true)
     }
 
     /// The quorum changes `track_virtual_server` has not heard of yet.

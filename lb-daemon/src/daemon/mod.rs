@@ -254,9 +254,9 @@ async fn stop(state: State, mut inbox: state::Inbox, release: bool) -> Result<()
     } = state;
     let _ = crate::sdnotify::notify("STOPPING=1");
     // First: the router moves the flows to the other nodes while this one still forwards.
-    // A `keep` stop leaves the routes to the next run, as it leaves the program.
+    // A `keep` stop withdraws too (see `Announcer::stop`).
     if let Some(a) = announcer {
-        a.stop(!release).await;
+        a.stop().await;
     }
     if let Some(v) = vrrp {
         if release {

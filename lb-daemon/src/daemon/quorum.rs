@@ -42,6 +42,11 @@ impl Quorum {
         }
     }
 
+    /// Whether the settling time of the first verdicts has passed at `now`.
+    pub(super) fn settled(&self, now: Instant) -> bool {
+        now.duration_since(self.started) >= QUORUM_SETTLE
+    }
+
     /// Logs a quorum lost or regained. The first verdict (at start, before MACs resolve) is
     /// not news, nor is a pool coming up as its MACs resolve: only a quorum said lost is
     /// said regained.

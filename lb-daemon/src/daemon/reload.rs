@@ -351,7 +351,7 @@ impl State {
         } else if new.announce.is_none() {
             if let Some(old) = self.announcer.take() {
                 info!("announce: the section is gone: its routes are withdrawn");
-                old.stop(false).await;
+                old.stop().await;
             }
         }
         let addresses_moved = addresses(&self.config, &changed) != addresses(&new, &changed);

@@ -549,7 +549,7 @@ impl State {
             a.set(crate::announce::plan(
                 c,
                 &self.config.virtual_servers,
-                |vs| dp.quorum_of(&vs.key()),
+                |vs| dp.may_announce(vs, now),
             ));
         }
         for ev in dp.quorum_events(&self.config, now) {
