@@ -511,7 +511,8 @@ http {{
     )
 }
 
-fn start_nginx(ns: &Netns) -> Result<Proc> {
+/// nginx in `ns` with the nginx.conf of its directory (written beforehand).
+pub fn start_nginx(ns: &Netns) -> Result<Proc> {
     let dir = ns.dir().to_string_lossy().into_owned();
     ns.spawn(&[
         "nginx",
@@ -524,7 +525,8 @@ fn start_nginx(ns: &Netns) -> Result<Proc> {
     ])
 }
 
-fn wait_nginx(ns: &Netns, proc: &Proc, target: SocketAddr, body: &str) -> Result<()> {
+/// Waits until `proc`, nginx in `ns`, answers `body` at `target` (an error if it exits).
+pub fn wait_nginx(ns: &Netns, proc: &Proc, target: SocketAddr, body: &str) -> Result<()> {
     let mut exited = false;
     let r = wait(
         &format!("nginx in {} to answer", ns.name()),

@@ -54,8 +54,8 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::{
     e2e_lab::{
-        self, exchange, http_get, nginx_conf, status_json, wait, Failure, LongLived, RoundReport,
-        Summary, Timers, CANCEL, REQUEST_CLOSE, SYNC_KEY_PLACEHOLDER,
+        self, exchange, nginx_conf, status_json, wait, Failure, LongLived, RoundReport, Summary,
+        Timers, CANCEL, REQUEST_CLOSE, SYNC_KEY_PLACEHOLDER,
     },
     lab::{daemon_bin, with_control_socket},
     netns::{require_root, require_tools, skip_or_panic, unique_prefix, Lan, Netns, Proc, HOST_IF},
@@ -583,35 +583,11 @@ fn start_bird(ns: &Netns, conf: &str) -> Result<Proc> {
     Ok(p)
 }
 
-/// Starts nginx in a real server's namespace (its nginx.conf is written).
+/// Starts nginx in a real server's namespace (its nginx.conf is written) and waits until it
+/// answers `body` at `addr`.
 fn start_nginx(ns: &Netns, addr: Ipv4Addr, body: &str) -> Result<Proc> {
-    let dir = ns.dir().to_string_lossy().into_owned();
-    let p = ns.spawn(&[
-        "nginx",
-        "-p",
-        &dir,
-        "-e",
-        &format!("{dir}/error.log"),
-        "-c",
-        &format!("{dir}/nginx.conf"),
-    ])?;
-    let target = SocketAddr::from((addr, HTTP));
-    let mut exited = false;
-    let r = wait(
-        &format!("nginx in {} to answer", ns.name()),
-        Duration::from_secs(10),
-        || {
-            exited = !p.is_running();
-            exited
-                || ns
-                    .run_in(|| http_get(target, Duration::from_secs(1)))
-                    .is_ok_and(|r| r.as_deref() == Ok(body))
-        },
-    );
-    if exited {
-        bail!("nginx in {} exited: {}", ns.name(), p.read_stderr());
-    }
-    r.with_context(|| fs::read_to_string(ns.dir().join("error.log")).unwrap_or_default())?;
+    let p = e2e_lab::start_nginx(ns)?;
+    e2e_lab::wait_nginx(ns, &p, SocketAddr::from((addr, HTTP)), body)?;
     Ok(p)
 }
 
